@@ -1,0 +1,53 @@
+"""The judge's decision schema, shared by every judge (builtin and VLM) and by the graph.
+
+Scores are in [0, 10] on three axes plus ``overall``; only ``overall`` feeds the group advantages in
+alignment. A VLM must answer with :class:`GroupCritique` (json_schema structured output); the builtin judge
+builds the same objects from evidence.
+"""
+
+from __future__ import annotations
+
+from pydantic import BaseModel, Field, field_validator
+
+AXES = ("motion_structure", "physical_feasibility", "image_alignment")
+
+
+class HypothesisScore(BaseModel):
+    """One hypothesis of a group, judged."""
+
+    index: int = Field(..., ge=0, description="0-based index of the hypothesis within the group")
+    motion_structure: float = Field(..., ge=0, le=10, description="3D pose/motion structure plausibility")
+    physical_feasibility: float = Field(..., ge=0, le=10, description="joint limits, no self-penetration")
+    image_alignment: float = Field(..., ge=0, le=10, description="agreement with the image and 2D keypoints")
+    overall: float = Field(..., ge=0, le=10, description="overall quality; ranks the group")
+    rationale: str = Field(..., description="one or two sentences citing the evidence")
+
+    @field_validator("rationale")
+    @classmethod
+    def _short(cls, v: str) -> str:
+        v = " ".join(v.split())
+        return v[:600]
+
+
+class GroupCritique(BaseModel):
+    """All hypotheses of one group, scored in one call so that the scores are comparable."""
+
+    scores: list[HypothesisScore]
+    summary: str = Field("", description="what distinguishes the best from the worst hypotheses")
+    rules_applied: list[str] = Field(default_factory=list, description="ids of the memory rules applied")
+
+
+class ProposedRule(BaseModel):
+    """A rule the judge proposes while exploring (rule mining)."""
+
+    text: str = Field(..., description="a point deduction a person can check, e.g. 'knee bent backwards → −3'")
+    tags: list[str] = Field(default_factory=list)
+    measure: str | None = Field(None, description="evidence measure name for an executable condition")
+    comparator: str | None = Field(None, description="one of > >= < <=")
+    threshold: float | None = None
+    points: float | None = Field(None, description="points taken off `overall` (0-10 scale) when it fires")
+    axis: str | None = Field(None, description="axis the deduction applies to, or None for overall only")
+
+
+class RuleProposals(BaseModel):
+    rules: list[ProposedRule] = Field(default_factory=list, max_length=2)

@@ -1,0 +1,1 @@
+"""Group preference export and finetuning (GPA, Diffusion-DPO, best-of-group SFT)."""

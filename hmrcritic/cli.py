@@ -1,0 +1,89 @@
+"""The ``hmrcritic`` command line: a thin layer over the library.
+
+Each command group lives in ``hmrcritic/commands/<area>.py`` and registers itself through ``register(app)``,
+so the CLI stays a table of contents. Errors the user can cause are :class:`~hmrcritic.errors.HMRCriticError`:
+printed as one line, exit code 2; ``--debug`` shows the traceback.
+"""
+
+from __future__ import annotations
+
+import importlib
+import os
+import sys
+
+import hmrcritic.config  # noqa: F401  (sets PYOPENGL_PLATFORM and offline flags before anything imports pyrender)
+import typer
+
+from hmrcritic.errors import HMRCriticError
+
+app = typer.Typer(
+    name="hmrcritic",
+    help="Diffusion human mesh recovery + a critique agent + group preference alignment, offline-first.",
+    no_args_is_help=True,
+    pretty_exceptions_enable=False,
+    add_completion=False,
+)
+
+# Order is the order of `hmrcritic --help`.
+COMMAND_MODULES = [
+    "hmrcritic.commands.demo",
+    "hmrcritic.commands.doctor",
+    "hmrcritic.commands.body",
+    "hmrcritic.commands.data",
+    "hmrcritic.commands.model",
+    "hmrcritic.commands.agent",
+    "hmrcritic.commands.memory",
+    "hmrcritic.commands.explore",
+    "hmrcritic.commands.alignment",
+]
+
+for _name in COMMAND_MODULES:
+    try:
+        _module = importlib.import_module(_name)
+    except ModuleNotFoundError as exc:  # a command group not built yet must not break the others
+        if exc.name != _name:
+            raise
+        continue
+    _module.register(app)
+
+
+@app.callback()
+def _root(debug: bool = typer.Option(False, "--debug", help="Show tracebacks for errors.")) -> None:
+    if debug:
+        os.environ["HMRCRITIC_DEBUG"] = "1"
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Console entry point: run the app, turn user errors into one line and a non-zero exit."""
+    argv = list(sys.argv[1:] if argv is None else argv)
+    debug = "--debug" in argv or os.environ.get("HMRCRITIC_DEBUG") == "1"
+    try:
+        app(args=argv, standalone_mode=False)
+    except HMRCriticError as exc:
+        if debug:
+            raise
+        print(f"error: {exc}", file=sys.stderr)
+        return exc.exit_code
+    except (typer.Exit, SystemExit) as exc:
+        code = getattr(exc, "exit_code", None)
+        if code is None:
+            code = getattr(exc, "code", 0)
+        return int(code or 0)
+    except typer.Abort:
+        print("aborted", file=sys.stderr)
+        return 130
+    except Exception as exc:  # click usage errors and the like
+        import click
+
+        if isinstance(exc, click.ClickException):
+            exc.show()
+            return exc.exit_code
+        if debug:
+            raise
+        print(f"error: {type(exc).__name__}: {exc} (run with --debug for the traceback)", file=sys.stderr)
+        return 1
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,87 @@
+"""Settings with environment fallbacks.
+
+Every folder and endpoint the toolkit uses is resolved here, once, so that tests can point the whole
+toolkit at a temporary home with one variable (``HMRCRITIC_HOME``) and so that ``doctor`` can print what
+is in use. The API key is read from the environment when needed and never stored on a settings object
+that could be printed or serialised.
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+# Pyrender must see the GL platform before it is imported anywhere. Respect a user's choice (osmesa).
+os.environ.setdefault("PYOPENGL_PLATFORM", "egl")
+# Nothing in this project may download at run time.
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
+os.environ.setdefault("ANONYMIZED_TELEMETRY", "False")
+
+
+def _env_path(name: str, default: Path) -> Path:
+    value = os.environ.get(name)
+    return Path(value).expanduser() if value else default
+
+
+def home_dir() -> Path:
+    """Root of everything the toolkit writes (cache, data, memory) unless overridden per folder."""
+    if os.environ.get("HMRCRITIC_HOME"):
+        return Path(os.environ["HMRCRITIC_HOME"]).expanduser()
+    xdg = os.environ.get("XDG_DATA_HOME")
+    return (Path(xdg) if xdg else Path.home() / ".local" / "share") / "hmrcritic"
+
+
+def cache_dir() -> Path:
+    """Generated assets (the mannequin body model, pose priors). Safe to delete: regenerated on demand."""
+    return _env_path("HMRCRITIC_CACHE", home_dir() / "cache")
+
+
+def data_dir() -> Path:
+    """Synthetic splits (sharded .npz + manifest)."""
+    return _env_path("HMRCRITIC_DATA", home_dir() / "data")
+
+
+def memory_dir() -> Path:
+    """The Chroma dual memory (rules + prototypes)."""
+    return _env_path("HMRCRITIC_MEMORY", home_dir() / "memory")
+
+
+def runs_dir() -> Path:
+    """Agent runs: the SQLite checkpointer and per-run artefacts (renders, evidence, traces)."""
+    return _env_path("HMRCRITIC_RUNS", home_dir() / "runs")
+
+
+def api_key() -> str | None:
+    """The judge endpoint key, from the environment only. Never log or serialise it."""
+    return os.environ.get("HMRCRITIC_API_KEY") or os.environ.get("OPENAI_API_KEY")
+
+
+@dataclass
+class JudgeSettings:
+    """Where the VLM judge lives. Works with OpenAI, vLLM (:8000), Ollama (:11434), LM Studio (:1234)."""
+
+    base_url: str | None = field(
+        default_factory=lambda: os.environ.get("HMRCRITIC_BASE_URL") or os.environ.get("OPENAI_BASE_URL")
+    )
+    model: str = field(default_factory=lambda: os.environ.get("HMRCRITIC_VLM_MODEL", "gpt-4o-mini"))
+    timeout_s: float = field(default_factory=lambda: float(os.environ.get("HMRCRITIC_VLM_TIMEOUT", "60")))
+    max_retries: int = field(default_factory=lambda: int(os.environ.get("HMRCRITIC_VLM_RETRIES", "4")))
+    max_concurrency: int = field(default_factory=lambda: int(os.environ.get("HMRCRITIC_VLM_CONCURRENCY", "4")))
+
+    def public(self) -> dict:
+        """Settings safe to print: the key is reported only as present or absent."""
+        out = asdict(self)
+        out["api_key"] = "set" if api_key() else "not set"
+        return out
+
+
+def body_model_path() -> Path | None:
+    """A user-supplied SMPL file (``HMRCRITIC_BODY_MODEL``); None means the built-in mannequin."""
+    value = os.environ.get("HMRCRITIC_BODY_MODEL")
+    return Path(value).expanduser() if value else None
+
+
+def default_device() -> str:
+    return os.environ.get("HMRCRITIC_DEVICE", "cpu")

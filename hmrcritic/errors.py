@@ -1,0 +1,26 @@
+"""User-facing errors.
+
+Anything a user can cause (a missing file, a malformed keypoint JSON, a wrong body model, an endpoint that
+keeps failing) raises :class:`HMRCriticError` with one line that says what is wrong and where. The CLI
+prints that line and exits non-zero; a traceback is shown only with ``--debug``.
+"""
+
+from __future__ import annotations
+
+
+class HMRCriticError(Exception):
+    """An error whose message is meant for the user (one line: what is wrong and where)."""
+
+    exit_code = 2
+
+
+class InputError(HMRCriticError):
+    """Bad user input: a file that is missing, unreadable, malformed or inconsistent."""
+
+
+class AssetError(HMRCriticError):
+    """A missing or malformed asset (body model, checkpoint, dataset)."""
+
+
+class JudgeError(HMRCriticError):
+    """A judge failed for a group after its retries (timeout, garbage, rate limits)."""

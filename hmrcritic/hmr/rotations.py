@@ -1,0 +1,114 @@
+"""Rotation conversions in torch, batched over any leading shape.
+
+The diffusion model works in the continuous 6D representation (Zhou et al. 2019: the first two columns of
+the rotation matrix), SMPL takes axis-angle. All functions are pure and differentiable.
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+
+
+def axis_angle_to_matrix(aa: torch.Tensor) -> torch.Tensor:
+    """(..., 3) axis-angle → (..., 3, 3) rotation matrices (Rodrigues, stable near zero)."""
+    angle = aa.norm(dim=-1, keepdim=True).clamp_min(1e-8)
+    axis = aa / angle
+    x, y, z = axis.unbind(-1)
+    zeros = torch.zeros_like(x)
+    k = torch.stack([zeros, -z, y, z, zeros, -x, -y, x, zeros], dim=-1).reshape(aa.shape[:-1] + (3, 3))
+    s = torch.sin(angle)[..., None]
+    c = torch.cos(angle)[..., None]
+    eye = torch.eye(3, dtype=aa.dtype, device=aa.device).expand(k.shape)
+    return eye + s * k + (1 - c) * (k @ k)
+
+
+def matrix_to_axis_angle(m: torch.Tensor) -> torch.Tensor:
+    """(..., 3, 3) → (..., 3) axis-angle, via quaternions (robust at 0 and near π)."""
+    return quaternion_to_axis_angle(matrix_to_quaternion(m))
+
+
+def matrix_to_quaternion(m: torch.Tensor) -> torch.Tensor:
+    """(..., 3, 3) → (..., 4) unit quaternion (w, x, y, z) with w ≥ 0."""
+    m00, m01, m02 = m[..., 0, 0], m[..., 0, 1], m[..., 0, 2]
+    m10, m11, m12 = m[..., 1, 0], m[..., 1, 1], m[..., 1, 2]
+    m20, m21, m22 = m[..., 2, 0], m[..., 2, 1], m[..., 2, 2]
+    q_abs = torch.sqrt(
+        torch.clamp(
+            torch.stack(
+                [1 + m00 + m11 + m22, 1 + m00 - m11 - m22, 1 - m00 + m11 - m22, 1 - m00 - m11 + m22], dim=-1
+            ),
+            min=1e-12,
+        )
+    )
+    quat_by = torch.stack(
+        [
+            torch.stack([q_abs[..., 0] ** 2, m21 - m12, m02 - m20, m10 - m01], dim=-1),
+            torch.stack([m21 - m12, q_abs[..., 1] ** 2, m10 + m01, m02 + m20], dim=-1),
+            torch.stack([m02 - m20, m10 + m01, q_abs[..., 2] ** 2, m12 + m21], dim=-1),
+            torch.stack([m10 - m01, m20 + m02, m21 + m12, q_abs[..., 3] ** 2], dim=-1),
+        ],
+        dim=-2,
+    )
+    quat_candidates = quat_by / (2.0 * q_abs[..., None].clamp_min(0.1))
+    idx = q_abs.argmax(dim=-1)
+    q = torch.gather(quat_candidates, -2, idx[..., None, None].expand(idx.shape + (1, 4))).squeeze(-2)
+    q = F.normalize(q, dim=-1)
+    return torch.where(q[..., :1] < 0, -q, q)
+
+
+def quaternion_to_axis_angle(q: torch.Tensor) -> torch.Tensor:
+    norms = q[..., 1:].norm(dim=-1, keepdim=True)
+    half = torch.atan2(norms, q[..., :1])
+    angle = 2 * half
+    small = angle.abs() < 1e-6
+    sin_half_over = torch.where(small, 0.5 - angle * angle / 48, torch.sin(half) / angle.clamp_min(1e-12))
+    return q[..., 1:] / sin_half_over
+
+
+def matrix_to_rot6d(m: torch.Tensor) -> torch.Tensor:
+    """(..., 3, 3) → (..., 6): the first two columns, column-major (c1, c2)."""
+    return torch.cat([m[..., :, 0], m[..., :, 1]], dim=-1)
+
+
+def rot6d_to_matrix(r: torch.Tensor) -> torch.Tensor:
+    """(..., 6) → (..., 3, 3) by Gram–Schmidt; any 6-vector maps to a valid rotation."""
+    a1, a2 = r[..., :3], r[..., 3:]
+    b1 = F.normalize(a1, dim=-1)
+    b2 = F.normalize(a2 - (b1 * a2).sum(-1, keepdim=True) * b1, dim=-1)
+    b3 = torch.cross(b1, b2, dim=-1)
+    return torch.stack([b1, b2, b3], dim=-1)
+
+
+def axis_angle_to_rot6d(aa: torch.Tensor) -> torch.Tensor:
+    return matrix_to_rot6d(axis_angle_to_matrix(aa))
+
+
+def rot6d_to_axis_angle(r: torch.Tensor) -> torch.Tensor:
+    return matrix_to_axis_angle(rot6d_to_matrix(r))
+
+
+def euler_to_matrix(angles: torch.Tensor, order: str = "XYZ") -> torch.Tensor:
+    """(..., 3) intrinsic Euler angles (radians) in ``order`` → (..., 3, 3)."""
+    mats = []
+    for i, axis in enumerate(order):
+        a = angles[..., i]
+        c, s = torch.cos(a), torch.sin(a)
+        o, z = torch.ones_like(a), torch.zeros_like(a)
+        if axis == "X":
+            m = torch.stack([o, z, z, z, c, -s, z, s, c], -1)
+        elif axis == "Y":
+            m = torch.stack([c, z, s, z, o, z, -s, z, c], -1)
+        else:
+            m = torch.stack([c, -s, z, s, c, z, z, z, o], -1)
+        mats.append(m.reshape(a.shape + (3, 3)))
+    return mats[0] @ mats[1] @ mats[2]
+
+
+def matrix_to_euler_xyz(m: torch.Tensor) -> torch.Tensor:
+    """(..., 3, 3) → (..., 3) intrinsic XYZ Euler angles (inverse of ``euler_to_matrix(., 'XYZ')``)."""
+    sy = m[..., 0, 2].clamp(-1.0, 1.0)
+    y = torch.asin(sy)
+    x = torch.atan2(-m[..., 1, 2], m[..., 2, 2])
+    z = torch.atan2(-m[..., 0, 1], m[..., 0, 0])
+    return torch.stack([x, y, z], dim=-1)

@@ -1,0 +1,114 @@
+"""Atomic, checksummed file writes shared by every writer in the toolkit.
+
+A crash mid-write must never leave a torn file: write to a temporary file in the same folder, fsync, then
+``os.replace`` (atomic on POSIX). JSONL appends carry a per-record checksum so a reader can drop a torn
+last line after a kill -9.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import io
+import json
+import os
+import tempfile
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+
+def atomic_write_bytes(path: str | os.PathLike, data: bytes) -> Path:
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    try:
+        with os.fdopen(fd, "wb") as fh:
+            fh.write(data)
+            fh.flush()
+            os.fsync(fh.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        try:
+            os.unlink(tmp)
+        except FileNotFoundError:
+            pass
+        raise
+    return path
+
+
+def atomic_write_text(path: str | os.PathLike, text: str) -> Path:
+    return atomic_write_bytes(path, text.encode("utf-8"))
+
+
+def atomic_write_json(path: str | os.PathLike, obj: Any, indent: int | None = 2) -> Path:
+    return atomic_write_text(path, json.dumps(obj, indent=indent, sort_keys=False, default=_json_default) + "\n")
+
+
+def atomic_save_npz(path: str | os.PathLike, **arrays: np.ndarray) -> Path:
+    buf = io.BytesIO()
+    np.savez_compressed(buf, **arrays)
+    return atomic_write_bytes(path, buf.getvalue())
+
+
+def sha256_bytes(data: bytes) -> str:
+    return hashlib.sha256(data).hexdigest()
+
+
+def sha256_file(path: str | os.PathLike) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as fh:
+        for chunk in iter(lambda: fh.read(1 << 20), b""):
+            h.update(chunk)
+    return h.hexdigest()
+
+
+def record_checksum(record: dict) -> str:
+    """Checksum of a JSON record without its own ``checksum`` field (canonical key order)."""
+    body = {k: v for k, v in record.items() if k != "checksum"}
+    return sha256_bytes(json.dumps(body, sort_keys=True, default=_json_default).encode("utf-8"))[:16]
+
+
+def append_jsonl(path: str | os.PathLike, record: dict, checksum: bool = True) -> None:
+    """Append one record as a line, fsynced. With ``checksum`` the record carries its own checksum."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    rec = dict(record)
+    if checksum:
+        rec["checksum"] = record_checksum(rec)
+    line = json.dumps(rec, default=_json_default) + "\n"
+    with open(path, "a", encoding="utf-8") as fh:
+        fh.write(line)
+        fh.flush()
+        os.fsync(fh.fileno())
+
+
+def read_jsonl(path: str | os.PathLike, verify: bool = True) -> list[dict]:
+    """Read records, skipping a torn or corrupt line (bad JSON or checksum mismatch)."""
+    path = Path(path)
+    if not path.exists():
+        return []
+    out = []
+    with open(path, encoding="utf-8") as fh:
+        for line in fh:
+            line = line.strip()
+            if not line:
+                continue
+            try:
+                rec = json.loads(line)
+            except json.JSONDecodeError:
+                continue
+            if verify and "checksum" in rec and rec["checksum"] != record_checksum(rec):
+                continue
+            out.append(rec)
+    return out
+
+
+def _json_default(obj: Any) -> Any:
+    if isinstance(obj, np.generic):
+        return obj.item()
+    if isinstance(obj, np.ndarray):
+        return obj.tolist()
+    if isinstance(obj, Path):
+        return str(obj)
+    raise TypeError(f"not JSON serialisable: {type(obj).__name__}")

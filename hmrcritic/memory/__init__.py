@@ -1,0 +1,1 @@
+"""Dual memory in Chroma: semantic rules and episodic prototypes."""
