@@ -16,11 +16,13 @@ lazily by :func:`make_judge` so that the builtin path never imports langchain-op
 
 from __future__ import annotations
 
-from typing import Protocol, runtime_checkable
+import math
+from typing import Literal, Protocol, runtime_checkable
 
+import numpy as np
 from pydantic import BaseModel, Field
 
-from hmrcritic.agent.schema import GroupCritique, RuleProposals
+from hmrcritic.agent.schema import AXES, GroupCritique, HypothesisScore, ProposedRule, RuleProposals
 from hmrcritic.memory.schema import Rule
 
 
@@ -55,6 +57,17 @@ class Mistake(BaseModel):
     note: str = ""
 
 
+class ReflectionIssue(BaseModel):
+    """One problem the reflect node found in a critique (structured, so a builtin judge can act on it;
+    the same issues are rendered as the ``feedback`` text a VLM reads)."""
+
+    kind: Literal["invalid", "contradiction", "prototype", "rule"]
+    indices: list[int] = Field(default_factory=list, description="hypotheses concerned (pairs: [higher, better])")
+    detail: str = ""
+    rule_id: str | None = None
+    target: float | None = Field(None, description="the overall score the check suggests, when it has one")
+
+
 class JudgeContext(BaseModel):
     """Everything a judge may look at for one group (small, plain, serialisable)."""
 
@@ -76,6 +89,7 @@ class JudgeContext(BaseModel):
     side_grid_path: str | None = Field(None, description="all hypotheses from the side, labelled 0..N-1")
     overlay_paths: list[str] = Field(default_factory=list, description="one overlay per hypothesis (optional)")
     feedback: str = Field("", description="reflect-node feedback for a revise round ('' on the first round)")
+    issues: list[ReflectionIssue] = Field(default_factory=list, description="structured form of ``feedback``")
     previous: GroupCritique | None = Field(None, description="the critique being revised, if any")
     round: int = Field(0, ge=0, description="0 = first critique, k = k-th revision")
 
@@ -99,3 +113,239 @@ class Judge(Protocol):
     def propose_rules(self, ctx: JudgeContext, mistakes: list[Mistake]) -> RuleProposals:
         """Mine at most two new, testable rules from the critique's mistakes on a labelled group."""
         ...
+
+
+# --------------------------------------------------------------------------------------------------------------
+# The builtin judge
+# --------------------------------------------------------------------------------------------------------------
+
+# How much each axis counts in ``overall`` before rules and prototypes (the three cues of the paper).
+AXIS_WEIGHTS = {"motion_structure": 0.35, "physical_feasibility": 0.3, "image_alignment": 0.35}
+
+
+def apply_rules(rules: list[Rule], evidence: dict[str, list[float]], n: int):
+    """Fire every executable rule on every hypothesis.
+
+    Returns ``(overall_off (n,), axis_off {axis: (n,)}, fired {rule_id: [indices]})``. A rule whose measure
+    is not in this group's evidence (e.g. no ground plane) is skipped, not guessed.
+    """
+    overall_off = np.zeros(n)
+    axis_off = {a: np.zeros(n) for a in AXES}
+    fired: dict[str, list[int]] = {}
+    for rule in rules:
+        cond = rule.condition
+        if cond is None or cond.measure not in evidence:
+            continue
+        hits = [i for i, v in enumerate(evidence[cond.measure]) if cond.fires(float(v))]
+        if not hits:
+            continue
+        fired[rule.rule_id] = hits
+        overall_off[hits] += cond.points
+        if cond.axis in axis_off:
+            axis_off[cond.axis][hits] += cond.points
+    return overall_off, axis_off, fired
+
+
+def prototype_consensus(hits: list[PrototypeHit], temperature: float = 0.05) -> tuple[float, float] | None:
+    """(similarity-weighted settled overall, confidence in [0, 1]) of one hypothesis' prototypes."""
+    if not hits:
+        return None
+    sims = np.array([h.similarity for h in hits], dtype=np.float64)
+    w = np.exp((sims - sims.max()) / temperature)
+    value = float((w * np.array([h.overall for h in hits])).sum() / w.sum())
+    confidence = float(np.clip(sims.max(), 0.0, 1.0)) ** 4
+    return value, confidence
+
+
+class BuiltinJudge:
+    """Deterministic, offline judge: scores from measured evidence, retrieved rules and prototypes.
+
+    1. Each axis: ``10 · exp(−Σ badness)`` over the measures of that axis (badness = value / the measure's
+       "clearly bad" scale, :func:`hmrcritic.agent.evidence.badness`); ``overall`` = weighted axis mean.
+    2. Rules (semantic memory): every retrieved rule whose executable condition fires takes its points off
+       ``overall`` and its axis — knowledge in the form of thresholds the smooth base score lacks.
+    3. Prototypes (episodic memory): the similarity-weighted settled ``overall`` of the nearest past poses is
+       blended in with weight ``proto_weight · confidence`` (confidence = top similarity⁴). Prototypes
+       written while exploring labelled data carry scores settled on the true error, so this calibrates the
+       critic toward what actually went wrong for similar poses.
+    4. Revision (``ctx.issues`` from the reflect node): starts from the previous critique and fixes each
+       issue — recompute invalid scores, apply a fired rule that was not applied, move a score toward a
+       strongly similar prototype consensus, and put a hypothesis that strong evidence says is worse below
+       the one that dominates it. Every change is written into the summary.
+
+    Beyond the paper: the paper's critic is a VLM; this judge makes the whole loop run offline and gives
+    the memories something executable to act on (PAPER.md §6).
+    """
+
+    name = "builtin"
+
+    def __init__(self, proto_weight: float = 0.5, temperature: float = 0.05, **_: object):
+        self.proto_weight = float(proto_weight)
+        self.temperature = float(temperature)
+
+    def __repr__(self) -> str:
+        return f"BuiltinJudge(proto_weight={self.proto_weight})"
+
+    # -- first critique ---------------------------------------------------------------------------------------
+    def base_scores(self, ctx: JudgeContext) -> dict[str, np.ndarray]:
+        from hmrcritic.agent.evidence import MEASURES, badness
+
+        n = ctx.num_hypotheses
+        bad = {a: np.zeros(n) for a in AXES}
+        for name, values in ctx.evidence.items():
+            if name in MEASURES:
+                bad[MEASURES[name].axis] += badness(name, values)
+        scores = {a: 10.0 * np.exp(-bad[a]) for a in AXES}
+        scores["overall"] = sum(AXIS_WEIGHTS[a] * scores[a] for a in AXES)
+        return scores
+
+    def critique(self, ctx: JudgeContext) -> GroupCritique:
+        if ctx.round > 0 and ctx.previous is not None and ctx.issues:
+            return self.revise(ctx)
+        n = ctx.num_hypotheses
+        s = self.base_scores(ctx)
+        overall_off, axis_off, fired = apply_rules(ctx.rules, ctx.evidence, n)
+        for a in AXES:
+            s[a] = np.clip(s[a] - axis_off[a], 0, 10)
+        overall = np.clip(s["overall"] - overall_off, 0, 10)
+        proto_note: list[str] = [""] * n
+        for i in range(min(n, len(ctx.prototypes))):
+            cons = prototype_consensus(ctx.prototypes[i], self.temperature)
+            if cons is None:
+                continue
+            value, conf = cons
+            alpha = self.proto_weight * conf
+            overall[i] = (1 - alpha) * overall[i] + alpha * value
+            proto_note[i] = f"similar past poses settled at {value:.1f} (weight {alpha:.2f})"
+        scores = []
+        for i in range(n):
+            rules_i = [rid for rid, idx in fired.items() if i in idx]
+            scores.append(HypothesisScore(
+                index=i,
+                motion_structure=round(float(s["motion_structure"][i]), 3),
+                physical_feasibility=round(float(s["physical_feasibility"][i]), 3),
+                image_alignment=round(float(s["image_alignment"][i]), 3),
+                overall=round(float(np.clip(overall[i], 0, 10)), 3),
+                rationale=self._rationale(ctx, i, rules_i, proto_note[i]),
+            ))
+        order = sorted(range(n), key=lambda i: -scores[i].overall)
+        summary = (f"best h{order[0]} ({scores[order[0]].overall:.1f}), worst h{order[-1]} "
+                   f"({scores[order[-1]].overall:.1f}); {len(fired)} rule(s) fired")
+        return GroupCritique(scores=scores, summary=summary, rules_applied=sorted(fired))
+
+    def _rationale(self, ctx: JudgeContext, i: int, rules_i: list[str], proto_note: str) -> str:
+        from hmrcritic.agent.evidence import MEASURES, badness
+
+        row = ctx.evidence_row(i)
+        worst = sorted(((float(badness(k, [v])[0]), k, v) for k, v in row.items() if k in MEASURES),
+                       reverse=True)[:2]
+        parts = [f"{k}={v:.3g} {MEASURES[k].unit}" for b, k, v in worst if b > 0.05]
+        text = ("worst evidence: " + ", ".join(parts)) if parts else "no measure is off"
+        if rules_i:
+            text += "; rules fired: " + ", ".join(rules_i)
+        if proto_note:
+            text += "; " + proto_note
+        return text + "."
+
+    # -- revision ---------------------------------------------------------------------------------------------
+    def revise(self, ctx: JudgeContext) -> GroupCritique:
+        """Fix the issues the reflect node raised, starting from the previous critique."""
+        n = ctx.num_hypotheses
+        if any(issue.kind == "invalid" for issue in ctx.issues):
+            fresh = self.critique(ctx.model_copy(update={"round": 0, "issues": [], "previous": None}))
+            fresh.summary = "revised: recomputed invalid critique; " + fresh.summary
+            return fresh
+        prev = {s.index: s.model_copy() for s in ctx.previous.scores}
+        overall = np.array([prev[i].overall for i in range(n)], dtype=np.float64)
+        applied = list(ctx.previous.rules_applied)
+        changes: list[str] = []
+        rules = {r.rule_id: r for r in ctx.rules}
+        for issue in ctx.issues:
+            if issue.kind == "rule" and issue.rule_id in rules and rules[issue.rule_id].condition is not None:
+                pts = rules[issue.rule_id].condition.points
+                for i in issue.indices:
+                    overall[i] = max(0.0, overall[i] - pts)
+                if issue.rule_id not in applied:
+                    applied.append(issue.rule_id)
+                changes.append(f"applied {issue.rule_id} to h{','.join(map(str, issue.indices))}")
+        for issue in ctx.issues:
+            if issue.kind == "prototype" and issue.target is not None:
+                for i in issue.indices:
+                    before = overall[i]
+                    overall[i] = 0.5 * (overall[i] + issue.target)
+                    changes.append(f"h{i} {before:.1f}→{overall[i]:.1f} toward similar past poses")
+        for issue in ctx.issues:
+            if issue.kind == "contradiction" and len(issue.indices) == 2:
+                hi, better = issue.indices
+                if overall[hi] >= overall[better]:
+                    before = overall[hi]
+                    overall[hi] = max(0.0, overall[better] - 0.1)
+                    changes.append(f"h{hi} {before:.1f}→{overall[hi]:.1f} below h{better} (dominated)")
+        scores = []
+        for i in range(n):
+            sc = prev[i]
+            sc.overall = round(float(np.clip(overall[i], 0, 10)), 3)
+            scores.append(sc)
+        summary = "revised: " + ("; ".join(changes) if changes else "no change") + " | " + ctx.previous.summary
+        return GroupCritique(scores=scores, summary=summary[:2000], rules_applied=applied)
+
+    # -- rule mining -----------------------------------------------------------------------------------------
+    def propose_rules(self, ctx: JudgeContext, mistakes: list[Mistake]) -> RuleProposals:
+        """Mine up to two threshold rules from over-rated hypotheses.
+
+        For each measure, compare the over-rated hypotheses (critic rank much better than true rank) with the
+        rest of the group; the measure that separates them best (largest gap in units of its scale) becomes
+        a rule with its threshold halfway between the two groups' medians. Deterministic; the later
+        exploration step keeps or retires it by its success rate.
+        """
+        from hmrcritic.agent.evidence import MEASURES, badness
+
+        over = [m for m in mistakes if m.true_rank - m.critic_rank >= max(2, ctx.num_hypotheses // 4)]
+        if not over or not ctx.evidence:
+            return RuleProposals()
+        over_idx = {m.index for m in over}
+        rest = [i for i in range(ctx.num_hypotheses) if i not in over_idx]
+        if not rest:
+            return RuleProposals()
+        gaps = []
+        for name, values in ctx.evidence.items():
+            if name not in MEASURES:
+                continue
+            v = np.asarray(values, dtype=np.float64)
+            b = badness(name, v)
+            gap = float(np.median(b[list(over_idx)]) - np.median(b[rest]))
+            if gap > 0.25 and math.isfinite(gap):
+                gaps.append((gap, name, float(np.median(v[list(over_idx)])), float(np.median(v[rest]))))
+        gaps.sort(reverse=True)
+        rules = []
+        for gap, name, v_over, v_rest in gaps[:2]:
+            spec = MEASURES[name]
+            thr = round(0.5 * (v_over + v_rest), 4)
+            cmp = ">" if spec.higher_is_worse else "<"
+            pts = round(float(np.clip(2.0 * gap, 1.0, 4.0)), 1)
+            tag = {"alignment": "alignment", "joint_limits": "joint_limits"}.get(spec.tag, spec.tag)
+            rules.append(ProposedRule(
+                text=f"{name} {cmp} {thr:g} {spec.unit} ({spec.description}) → take off {pts:g} points.",
+                tags=[tag], measure=name, comparator=cmp, threshold=thr, points=pts, axis=spec.axis))
+        return RuleProposals(rules=rules)
+
+
+def make_judge(name: str | Judge = "builtin", **kwargs) -> Judge:
+    """A judge by name: ``builtin`` (offline) or ``vlm`` (OpenAI-compatible endpoint, imported lazily).
+
+    An object that already implements :class:`Judge` is returned as is (tests, custom judges).
+    """
+    if not isinstance(name, str):
+        if isinstance(name, Judge):
+            return name
+        raise TypeError(f"not a judge: {name!r}")
+    key = name.strip().lower()
+    if key == "builtin":
+        return BuiltinJudge(**kwargs)
+    if key == "vlm":
+        from hmrcritic.agent.vlm import VLMJudge
+
+        return VLMJudge(**kwargs)
+    from hmrcritic.errors import InputError
+
+    raise InputError(f"judge {name!r} is unknown; choose 'builtin' or 'vlm'")

@@ -59,7 +59,7 @@ def select_joints(joints: Tensor, joint_set: str | None = "lsp14") -> tuple[Tens
     J = joints.shape[-2]
     if J == 24 and len(idx) != 24:
         joints = joints[..., idx, :]
-    elif J != len(idx):
+    elif len(idx) != J:
         raise ValueError(f"joint set {joint_set!r} needs 24 SMPL joints or {len(idx)} joints, got {J}")
     if joint_set == "lsp14":
         root = 0.5 * (joints[..., _LSP14_HIPS[0], :] + joints[..., _LSP14_HIPS[1], :])
@@ -155,7 +155,9 @@ def reprojection_error(joints2d_pred, keypoints, min_conf: float = 0.0) -> Tenso
     pred = _as_tensor(joints2d_pred)
     kp = _as_tensor(keypoints).to(pred.dtype)
     if pred.shape[-1] != 2 or kp.shape[-1] != 3 or pred.shape[-2] != kp.shape[-2]:
-        raise ValueError(f"reprojection_error: need (…,K,2) and (…,K,3), got {tuple(pred.shape)} and {tuple(kp.shape)}")
+        raise ValueError(
+            f"reprojection_error: need (…,K,2) and (…,K,3), got {tuple(pred.shape)} and {tuple(kp.shape)}"
+        )
     conf = torch.nan_to_num(kp[..., 2], nan=0.0)
     vis = conf > min_conf
     diff = torch.where(vis.unsqueeze(-1), pred - kp[..., :2], torch.zeros_like(pred))
@@ -209,7 +211,7 @@ def group_metrics(per_hyp, reduce: bool = True) -> dict:
 
 
 def select_top1(per_hyp_error, scores) -> Tensor:
-    """Error ``(B,)`` of the hypothesis each group's critic scored highest (``scores (B,N)``, higher = better).
+    """Error ``(B,)`` of the hypothesis each group's critic scored highest (``scores (B,N)``, higher=better).
 
     NaN scores never win; ties go to the lowest index (deterministic).
     """

@@ -1,0 +1,150 @@
+"""Speed of the diffusion HMR model: hypotheses/s when sampling groups, and training steps/s.
+
+Sampling: N = 16 and 100 hypotheses for a batch of inputs at 3, 10 and 50 DDIM steps (network only, and
+with the translation solve + body model). Training: optimiser steps/s at the recipe's batch size.
+Uses the shipped base model when present (else a freshly initialised one of the same architecture: the
+speed does not depend on the weights). Writes benchmarks/results/diffusion.json.
+
+    python benchmarks/bench_diffusion.py [--device cuda] [--threads 2] [--quick]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import platform
+import time
+from pathlib import Path
+
+import torch
+
+from hmrcritic.hmr.diffusion import (
+    DEFAULT_CHECKPOINT,
+    HMRDiffusion,
+    condition_from_keypoints,
+    load_model,
+    sample,
+)
+from hmrcritic.hmr.train import TrainConfig
+
+RESULTS = Path(__file__).resolve().parent / "results" / "diffusion.json"
+
+
+def _inputs(B: int, device: str):
+    g = torch.Generator().manual_seed(0)
+    uv = torch.rand(B, 17, 2, generator=g) * torch.tensor([200.0, 380.0]) + torch.tensor([220.0, 50.0])
+    conf = (torch.rand(B, 17, generator=g) > 0.15).float()
+    K = torch.tensor([[800.0, 0, 320], [0, 800, 240], [0, 0, 1]]).expand(B, 3, 3)
+    return condition_from_keypoints(torch.cat([uv, conf[..., None]], -1), K, (640, 480)).to(device)
+
+
+def _timeit(fn, repeat: int) -> float:
+    fn()  # warm-up
+    if torch.cuda.is_available():
+        torch.cuda.synchronize()
+    best = float("inf")
+    for _ in range(repeat):
+        t0 = time.perf_counter()
+        fn()
+        if torch.cuda.is_available():
+            torch.cuda.synchronize()
+        best = min(best, time.perf_counter() - t0)
+    return best
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--device", default="cpu")
+    ap.add_argument("--threads", type=int, default=2)
+    ap.add_argument("--inputs", type=int, default=4, help="inputs per batch (B); B·N rows per network call")
+    ap.add_argument("--repeat", type=int, default=2)
+    ap.add_argument("--quick", action="store_true", help="fewer settings (smoke run)")
+    args = ap.parse_args()
+    torch.set_num_threads(args.threads)
+    dev = args.device
+    if DEFAULT_CHECKPOINT.exists():
+        model, source = load_model(device=dev), str(DEFAULT_CHECKPOINT.name)
+    else:
+        model, source = HMRDiffusion(TrainConfig().model).to(dev).eval(), "untrained (no shipped checkpoint)"
+    from hmrcritic.hmr.body import load_body_model
+
+    body = load_body_model(device=dev)
+    cond = _inputs(args.inputs, dev)
+    rows = []
+    Ns = [16] if args.quick else [16, 100]
+    steps_list = [3, 10] if args.quick else [3, 10, 50]
+    for N in Ns:
+        for steps in steps_list:
+            for solve in (False, True):
+
+                def run(N=N, steps=steps, solve=solve):
+                    sample(
+                        model,
+                        cond,
+                        num_generations=N,
+                        steps=steps,
+                        body=body,
+                        solve_transl=solve,
+                        generator=torch.Generator(device=dev).manual_seed(0),
+                    )
+
+                s = _timeit(run, args.repeat)
+                rows.append(
+                    {
+                        "N": N,
+                        "B": args.inputs,
+                        "ddim_steps": steps,
+                        "with_translation": solve,
+                        "seconds": round(s, 4),
+                        "hypotheses_per_s": round(args.inputs * N / s, 1),
+                    }
+                )
+                print(
+                    f"N={N:4d} B={args.inputs} steps={steps:3d} transl={'yes' if solve else 'no ':3s} "
+                    f"{rows[-1]['hypotheses_per_s']:10.1f} hyp/s  ({s * 1000:.0f} ms)",
+                    flush=True,
+                )
+
+    cfg = TrainConfig()
+    train_model = HMRDiffusion(cfg.model).to(dev).train()
+    opt = torch.optim.AdamW(train_model.parameters(), lr=1e-4)
+    tc = _inputs(cfg.batch_size, dev)
+    x0 = torch.randn(cfg.batch_size, HMRDiffusion.X_DIM, device=dev)
+
+    def step():
+        loss = train_model.loss(x0, tc).mean()
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+
+    n_steps = 3 if args.quick else 10
+    t = _timeit(lambda: [step() for _ in range(n_steps)], 1) / n_steps
+    train = {
+        "batch_size": cfg.batch_size,
+        "steps_per_s": round(1 / t, 2),
+        "samples_per_s": round(cfg.batch_size / t, 1),
+    }
+    print(
+        f"training: {train['steps_per_s']} steps/s at batch {cfg.batch_size} "
+        f"({train['samples_per_s']} samples/s)"
+    )
+
+    out = {
+        "device": dev,
+        "threads": args.threads,
+        "torch": torch.__version__,
+        "machine": platform.processor() or platform.machine(),
+        "model": source,
+        "params": train_model.num_parameters(),
+        "config": model.config.__dict__,
+        "sampling": rows,
+        "training": train,
+        "note": "best of --repeat runs; wall time on a possibly shared machine",
+    }
+    RESULTS.parent.mkdir(parents=True, exist_ok=True)
+    RESULTS.write_text(json.dumps(out, indent=2) + "\n")
+    print(f"wrote {RESULTS}")
+
+
+if __name__ == "__main__":
+    main()

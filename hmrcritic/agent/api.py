@@ -1,0 +1,343 @@
+"""Python API of the critique agent: score one group or many.
+
+``critique_group(sample, hypotheses)`` writes the group's inputs into its run folder, runs the LangGraph
+agent on thread ``group_id`` (SQLite checkpointer) and returns a :class:`ScoredGroup`. Running the same
+group again returns the finished checkpoint instead of recomputing (``fresh=True`` recomputes); a run that
+was interrupted resumes from its last node. ``critique_groups`` does many, each failure (bad input, a judge
+that times out or answers garbage) becoming that group's error while the others go on. Memory is written
+only by the ``memory_write`` node, only when learning, and only after the critique is final.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import re
+import time
+from collections.abc import Iterable, Sequence
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+from pydantic import BaseModel, Field
+
+from hmrcritic import config as hconfig
+from hmrcritic.agent.schema import HypothesisScore
+from hmrcritic.agent.state import AgentConfig
+from hmrcritic.errors import HMRCriticError, InputError
+from hmrcritic.io import atomic_save_npz, atomic_write_json
+
+HYP_KEYS = {"global_orient": 3, "body_pose": 69, "betas": 10, "transl": 3}
+
+
+class ScoredGroup(BaseModel):
+    """The agent's verdict on one group (what ``critique`` prints and exports consume)."""
+
+    group_id: str
+    scores: list[HypothesisScore]
+    ranking: list[int] = Field(..., description="hypothesis indices, best overall first")
+    memory_version: str = "none"
+    judge: str = "builtin"
+    reflections: list[dict[str, Any]] = Field(default_factory=list)
+    notes: str = ""
+    run_dir: str = ""
+    run_id: str = ""
+    rules_applied: list[str] = Field(default_factory=list)
+    rules_recalled: list[dict[str, Any]] = Field(default_factory=list)
+    prototypes_recalled: list[list[dict[str, Any]]] = Field(default_factory=list)
+    evidence: dict[str, list[float]] = Field(default_factory=dict)
+    renders: dict[str, str] = Field(default_factory=dict)
+    memory_written: dict[str, Any] = Field(default_factory=dict)
+    resumed: bool = False
+
+    @property
+    def overall(self) -> list[float]:
+        return [s.overall for s in sorted(self.scores, key=lambda s: s.index)]
+
+
+@dataclass
+class GroupResult:
+    """One entry of :func:`critique_groups`: a result or a one-line error, never both."""
+
+    group_id: str
+    result: ScoredGroup | None = None
+    error: str | None = None
+    error_type: str | None = None
+
+
+# ------------------------------------------------------------------------------------------------ inputs
+def safe_id(group_id: str) -> str:
+    s = re.sub(r"[^A-Za-z0-9._-]+", "_", str(group_id)).strip("._")
+    if not s:
+        raise InputError(f"group id {group_id!r} has no usable characters")
+    return s[:120]
+
+
+def load_hypotheses(source: Any, where: str = "hypotheses") -> dict[str, np.ndarray]:
+    """Hypotheses from an ``.npz`` path, a dict of arrays or a ``HypothesisGroup`` (one input), validated:
+    the four SMPL keys, one leading N, finite values."""
+    if isinstance(source, str | Path):
+        path = Path(source)
+        where = str(path)
+        if not path.exists():
+            raise InputError(f"{where}: file not found")
+        try:
+            with np.load(path, allow_pickle=False) as z:
+                arrays = {k: np.asarray(z[k]) for k in z.files}
+        except Exception as exc:
+            raise InputError(f"{where}: not a readable .npz file ({type(exc).__name__}: {exc})") from exc
+    elif hasattr(source, "numpy") and hasattr(source, "body_pose") and not isinstance(source, dict):
+        arrays = {k: np.asarray(v) for k, v in source.numpy().items()}
+        if arrays["body_pose"].ndim == 3:
+            if arrays["body_pose"].shape[0] != 1:
+                raise InputError(f"{where}: a HypothesisGroup with {arrays['body_pose'].shape[0]} inputs; "
+                                 "pass one input's hypotheses (group.numpy(b))")
+            arrays = {k: v[0] for k, v in arrays.items()}
+    elif isinstance(source, dict):
+        arrays = {k: (v.detach().cpu().numpy() if hasattr(v, "detach") else np.asarray(v)) for k, v in source.items()}
+    else:
+        raise InputError(f"{where}: expected an .npz path, a dict of arrays or a HypothesisGroup")
+    out = {}
+    n = None
+    for key, dim in HYP_KEYS.items():
+        if key not in arrays:
+            if key == "transl":
+                continue
+            raise InputError(f"{where}: missing array {key!r} (needs global_orient, body_pose, betas, transl)")
+        a = np.asarray(arrays[key], dtype=np.float32)
+        if a.ndim == 1:
+            a = a[None]
+        if a.ndim != 2 or a.shape[1] != dim:
+            raise InputError(f"{where}: {key} has shape {a.shape}, expected (N, {dim})")
+        n = a.shape[0] if n is None else n
+        if a.shape[0] != n:
+            raise InputError(f"{where}: {key} has {a.shape[0]} hypotheses, others have {n}")
+        if not np.isfinite(a).all():
+            i = int(np.argwhere(~np.isfinite(a))[0][0])
+            raise InputError(f"{where}: {key} of hypothesis {i} contains NaN/inf")
+        out[key] = a
+    if "transl" not in out:
+        raise InputError(f"{where}: missing array 'transl' (camera translation per hypothesis)")
+    if n == 0:
+        raise InputError(f"{where}: no hypotheses")
+    return out
+
+
+def _sample_arrays(sample: Any) -> dict[str, np.ndarray]:
+    sid = getattr(sample, "sample_id", "?")
+    kp = np.asarray(getattr(sample, "keypoints", None), dtype=np.float32)
+    if kp.shape != (17, 3):
+        raise InputError(f"sample {sid}: keypoints have shape {kp.shape}, expected (17, 3) COCO-17 [u, v, conf]")
+    if not np.isfinite(kp).all():
+        raise InputError(f"sample {sid}: keypoints contain NaN/inf")
+    if not (kp[:, 2] > 0).any():
+        raise InputError(f"sample {sid}: no keypoint has confidence > 0")
+    K = np.asarray(getattr(sample, "K", None), dtype=np.float32)
+    if K.shape != (3, 3) or not np.isfinite(K).all():
+        raise InputError(f"sample {sid}: intrinsics K must be a finite (3, 3) matrix, got shape {K.shape}")
+    size = np.asarray(getattr(sample, "image_size", None), dtype=np.int64).reshape(-1)
+    if size.shape != (2,) or (size <= 0).any():
+        raise InputError(f"sample {sid}: image_size must be (W, H) > 0")
+    out = {"keypoints": kp, "K": K, "image_size": size}
+    s24 = getattr(sample, "smpl24_keypoints", None)
+    if s24 is not None:
+        s24 = np.asarray(s24, dtype=np.float32)
+        if s24.shape == (24, 3) and np.isfinite(s24).all():
+            out["joint_conf"] = np.clip(s24[:, 2], 0, 1)
+    mask_path = getattr(sample, "mask_path", None)
+    if mask_path:
+        out["mask_path"] = np.array(str(mask_path))
+    ground = getattr(sample, "ground", None)
+    if ground is not None:
+        out["ground_normal"] = np.asarray(ground[0], dtype=np.float32)
+        out["ground_offset"] = np.float32(ground[1])
+    return out
+
+
+def _inputs_digest(arrays: dict[str, np.ndarray]) -> str:
+    h = hashlib.sha256()
+    for k in sorted(arrays):
+        h.update(k.encode())
+        h.update(np.ascontiguousarray(arrays[k]).tobytes())
+    return h.hexdigest()[:16]
+
+
+# --------------------------------------------------------------------------------------------------- runs
+def new_run_id(group_id: str) -> str:
+    stamp = time.strftime("%Y%m%d-%H%M%S", time.gmtime()) + f"-{int(time.time() * 1e6) % 1_000_000:06d}"
+    return f"{stamp}-{safe_id(group_id)}"[:160]
+
+
+def _agent_config(config: AgentConfig | dict | None, judge: Any, memory: Any, learn: bool | None,
+                  **overrides) -> AgentConfig:
+    if isinstance(config, AgentConfig):
+        cfg = config.model_copy()
+    else:
+        cfg = AgentConfig.model_validate(config or {})
+    if isinstance(judge, str):
+        cfg.judge = judge
+    elif judge is not None:
+        cfg.judge = getattr(judge, "name", "custom")
+    if isinstance(memory, str | Path):
+        cfg.memory_dir = str(memory)
+    if learn is not None:
+        cfg.learn = bool(learn)
+    for k, v in overrides.items():
+        if v is not None:
+            setattr(cfg, k, v)
+    return cfg
+
+
+def critique_group(
+    sample: Any,
+    hypotheses: Any,
+    judge: Any = "builtin",
+    memory: Any = None,
+    config: AgentConfig | dict | None = None,
+    *,
+    learn: bool | None = None,
+    group_id: str | None = None,
+    true_errors_mm: Sequence[float] | None = None,
+    fresh: bool = False,
+    checkpointer: Any = None,
+    graph: Any = None,
+    on_update=None,
+) -> ScoredGroup:
+    """Critique one group of hypotheses of one input.
+
+    ``judge``: "builtin" | "vlm" | a Judge object. ``memory``: a MemoryStore, a memory folder, or None (the
+    configured one). ``true_errors_mm`` (labelled groups only) lets ``memory_write`` settle prototypes on the
+    true error when learning; judges never see it. ``on_update(node, update, seconds)`` is called after each
+    node (CLI progress). Raises :class:`HMRCriticError` subclasses for bad input and judge failures.
+    """
+    from hmrcritic.agent.graph import compile_graph, open_checkpointer
+    from hmrcritic.agent.trace import TraceWriter
+
+    cfg = _agent_config(config, judge, memory, learn)
+    gid = str(group_id or getattr(sample, "sample_id", None) or "")
+    if not gid:
+        raise InputError("critique_group: the sample has no sample_id; pass group_id=")
+    arrays = {**_sample_arrays(sample), **load_hypotheses(hypotheses)}
+    n = len(arrays["body_pose"])
+    if true_errors_mm is not None:
+        err = np.asarray(true_errors_mm, dtype=np.float32).reshape(-1)
+        if err.shape != (n,) or not np.isfinite(err).all():
+            raise InputError(f"group {gid}: true_errors_mm must be {n} finite values")
+        arrays["true_error_mm"] = err
+    image_path = getattr(sample, "image_path", None)
+    digest = _inputs_digest({k: v for k, v in arrays.items() if k != "true_error_mm"})
+
+    saver = checkpointer if checkpointer is not None else open_checkpointer()
+    app = graph if graph is not None else compile_graph(saver)
+    configurable: dict[str, Any] = {"thread_id": gid, "agent": cfg.model_dump()}
+    if judge is not None and not isinstance(judge, str):
+        configurable["judge"] = judge
+    if memory is not None and not isinstance(memory, str | Path):
+        configurable["memory"] = memory
+    run_config = {"configurable": configurable, "recursion_limit": 25 + 4 * cfg.max_reflections}
+
+    snapshot = app.get_state(run_config)
+    values = dict(snapshot.values or {})
+    if values and (fresh or values.get("inputs_digest") != digest):
+        if not fresh and values.get("done"):
+            raise InputError(f"group {gid} was already critiqued with different inputs; use another group id "
+                             "or fresh=True (--fresh) to recompute")
+        saver.delete_thread(gid)
+        values = {}
+    run_dir = hconfig.runs_dir() / "groups" / safe_id(gid)
+    if values.get("done"):
+        return _scored(values, cfg, resumed=True)
+    run_id = new_run_id(gid)
+    tracer = TraceWriter(run_id, gid)
+    if not values:  # a new thread: write the inputs, then start at render
+        run_dir.mkdir(parents=True, exist_ok=True)
+        atomic_save_npz(run_dir / "inputs.npz", **arrays)
+        start: Any = {
+            "group_id": gid, "run_id": run_id, "run_dir": str(run_dir), "num_hypotheses": n,
+            "image_path": str(image_path) if image_path else None, "has_labels": "true_error_mm" in arrays,
+            "inputs_digest": digest, "round": 0, "reflections": [], "issues": [], "feedback": "",
+        }
+    else:  # an interrupted thread: resume from its last checkpoint
+        start = None
+    tracer.start(cfg, resumed=start is None)
+    try:
+        t0 = time.perf_counter()
+        for chunk in app.stream(start, run_config, stream_mode="updates"):
+            t1 = time.perf_counter()
+            for node, update in chunk.items():
+                tracer.node(node, update or {}, t1 - t0)
+                if on_update is not None:
+                    on_update(node, update or {}, t1 - t0)
+            t0 = time.perf_counter()
+    except HMRCriticError as exc:
+        tracer.error(exc)
+        raise
+    except Exception as exc:
+        tracer.error(exc)
+        raise
+    values = dict(app.get_state(run_config).values)
+    tracer.finish(values)
+    return _scored(values, cfg, resumed=start is None, run_id=run_id)
+
+
+def _scored(values: dict, cfg: AgentConfig, resumed: bool, run_id: str | None = None) -> ScoredGroup:
+    crit = values["critique"]
+    scores = [HypothesisScore.model_validate(s) for s in crit["scores"]]
+    ranking = [s.index for s in sorted(scores, key=lambda s: (-s.overall, s.index))]
+    return ScoredGroup(
+        group_id=values["group_id"], scores=sorted(scores, key=lambda s: s.index), ranking=ranking,
+        memory_version=values.get("memory_version", "none"), judge=cfg.judge,
+        reflections=values.get("reflections", []), notes=crit.get("summary", ""),
+        run_dir=values.get("run_dir", ""), run_id=run_id or values.get("run_id", ""),
+        rules_applied=list(crit.get("rules_applied", [])), rules_recalled=values.get("rules", []),
+        prototypes_recalled=values.get("prototypes", []), evidence=values.get("evidence", {}),
+        renders=values.get("renders", {}), memory_written=values.get("memory_written", {}), resumed=resumed,
+    )
+
+
+def critique_groups(
+    items: Iterable[tuple[Any, Any] | dict],
+    judge: Any = "builtin",
+    memory: Any = None,
+    config: AgentConfig | dict | None = None,
+    *,
+    learn: bool | None = None,
+    workers: int = 1,
+    progress=None,
+    **kwargs,
+) -> list[GroupResult]:
+    """Critique many groups; ``items`` are ``(sample, hypotheses)`` pairs or dicts of
+    :func:`critique_group` keyword arguments. A failing group yields a :class:`GroupResult` with ``error``
+    and the others go on. ``workers`` > 1 runs groups in threads (useful for a VLM endpoint)."""
+    cfg = _agent_config(config, judge, memory, learn)
+    jobs = [it if isinstance(it, dict) else {"sample": it[0], "hypotheses": it[1]} for it in items]
+
+    def one(job: dict) -> GroupResult:
+        gid = str(job.get("group_id") or getattr(job.get("sample"), "sample_id", "?"))
+        try:
+            res = critique_group(judge=judge, memory=memory, config=cfg, **{**kwargs, **job})
+            return GroupResult(gid, result=res)
+        except HMRCriticError as exc:
+            return GroupResult(gid, error=str(exc), error_type=type(exc).__name__)
+        except Exception as exc:  # an unexpected failure still must not stop the other groups
+            return GroupResult(gid, error=f"{type(exc).__name__}: {exc}", error_type=type(exc).__name__)
+
+    results: list[GroupResult] = []
+    if workers <= 1:
+        for i, job in enumerate(jobs):
+            results.append(one(job))
+            if progress is not None:
+                progress(i + 1, len(jobs), results[-1])
+        return results
+    with ThreadPoolExecutor(max_workers=workers) as pool:
+        for i, res in enumerate(pool.map(one, jobs)):
+            results.append(res)
+            if progress is not None:
+                progress(i + 1, len(jobs), res)
+    return results
+
+
+def write_scores(result: ScoredGroup, out_dir: str | Path) -> Path:
+    """``scores.json`` (the ScoredGroup) in ``out_dir``, atomically."""
+    return atomic_write_json(Path(out_dir) / "scores.json", result.model_dump())

@@ -1,0 +1,267 @@
+"""Measured evidence per hypothesis: the numbers every judge (builtin and VLM) and every rule reads.
+
+All measures are computed for a whole group at once (vectorised over the N hypotheses) and returned as
+``dict[name, np.ndarray (N,)]``. Names, units and directions live in :data:`MEASURES`; rules (memory) refer
+to these names in their executable conditions, so renaming one is a contract change.
+
+Choices made here (the paper is silent; see docs/CONTRACTS.md "agent/"):
+
+* ``reproj_px`` is the confidence-weighted mean distance between projected COCO-17 body keypoints and the
+  2D keypoints with confidence > 0; ``reproj_rel`` divides it by the diagonal of the visible keypoints' box
+  so a threshold means the same for a small and a large person.
+* ``consensus_dev_mm`` is the distance (mm, weighted mean over the 24 root-relative SMPL joints) of each
+  hypothesis to the group *medoid* (the hypothesis with the least total distance to the others). Joints
+  with low 2D confidence count up to twice: where the image says nothing, the group's agreement is the
+  only evidence there is, and an outlier there is more likely wrong than a diverse but image-supported one.
+* ``pose_prior_nll`` comes from :mod:`hmrcritic.agent.prior` (a GMM on 6D joint rotations fitted on the
+  train split), standardised on the train poses: 0 = a typical train pose, 1 = one train std less likely.
+* ``asymmetry`` is the mean relative left/right bone-length difference of the limbs (unusual shapes).
+* ``silhouette_iou`` needs a known person mask and rendered masks; ``floor_penetration_mm`` and
+  ``floating_mm`` need a known ground plane. Absent inputs mean the measure is left out, never faked.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+
+from hmrcritic.errors import InputError
+
+
+@dataclass(frozen=True)
+class MeasureSpec:
+    """What a measure means. ``scale`` is the value at which the builtin judge calls it clearly bad;
+    ``tag``/``tag_at`` make the retrieval tag emitted when any hypothesis of a group reaches ``tag_at``."""
+
+    unit: str
+    higher_is_worse: bool
+    description: str
+    axis: str
+    scale: float
+    tag: str
+    tag_at: float
+
+
+MEASURES: dict[str, MeasureSpec] = {
+    "reproj_px": MeasureSpec(
+        "px", True, "mean 2D distance of projected body keypoints to the visible 2D keypoints",
+        "image_alignment", 25.0, "alignment", 25.0),
+    "reproj_rel": MeasureSpec(
+        "fraction of box diagonal", True, "reproj_px divided by the diagonal of the visible keypoints' box",
+        "image_alignment", 0.06, "alignment", 0.06),
+    "joint_limit_deg": MeasureSpec(
+        "deg", True, "sum over joints of degrees outside the anatomical range",
+        "physical_feasibility", 40.0, "joint_limits", 15.0),
+    "hyperextension_deg": MeasureSpec(
+        "deg", True, "largest backwards bend of a knee or elbow",
+        "physical_feasibility", 20.0, "hyperextension", 5.0),
+    "penetration_mm": MeasureSpec(
+        "mm", True, "depth of the deepest limb-vs-torso/limb intersection",
+        "physical_feasibility", 30.0, "penetration", 10.0),
+    "pose_prior_nll": MeasureSpec(
+        "train std", True, "negative log-likelihood under the train-pose prior, standardised on the train poses",
+        "motion_structure", 3.0, "prior", 2.0),
+    "consensus_dev_mm": MeasureSpec(
+        "mm", True, "distance of root-relative joints to the group medoid (occluded joints weigh more)",
+        "motion_structure", 120.0, "consensus", 80.0),
+    "silhouette_iou": MeasureSpec(
+        "IoU", False, "overlap of the rendered silhouette with the person mask",
+        "image_alignment", 0.3, "alignment", 0.6),
+    "floor_penetration_mm": MeasureSpec(
+        "mm", True, "depth of the lowest body point below the ground plane",
+        "physical_feasibility", 50.0, "grounding", 20.0),
+    "floating_mm": MeasureSpec(
+        "mm", True, "height of the lowest body point above the ground plane",
+        "physical_feasibility", 100.0, "grounding", 50.0),
+    "asymmetry": MeasureSpec(
+        "fraction", True, "mean relative left/right limb bone-length difference",
+        "motion_structure", 0.15, "symmetry", 0.1),
+}
+
+# Left/right limb bones (parent, child) as SMPL joint indices: thigh, shin, upper arm, forearm.
+_LEFT_BONES = [(1, 4), (4, 7), (16, 18), (18, 20)]
+_RIGHT_BONES = [(2, 5), (5, 8), (17, 19), (19, 21)]
+_FOOT_JOINTS = [7, 8, 10, 11]
+
+
+@dataclass
+class GroupInputs:
+    """Arrays of one group, in camera coordinates (metres) and pixels. Built by the graph's render node."""
+
+    joints: np.ndarray  # (N,24,3) SMPL joints
+    coco17: np.ndarray  # (N,17,3) 3D COCO-17 keypoints of the body model
+    body_pose: np.ndarray  # (N,69) axis-angle
+    keypoints: np.ndarray  # (17,3) [u, v, conf]
+    K: np.ndarray  # (3,3)
+    image_size: tuple[int, int]  # (W, H)
+    joint_conf: np.ndarray | None = None  # (24,) 2D confidence per SMPL joint, if known
+    mask: np.ndarray | None = None  # (H,W) bool person mask, if known
+    pred_masks: np.ndarray | None = None  # (N,H,W) bool rendered silhouettes
+    ground: tuple[np.ndarray, float] | None = None  # (unit normal pointing up, offset): height = n·X + d
+    vertices: np.ndarray | None = None  # (N,V,3) for ground contact (joints used when absent)
+
+
+def _t(x) -> torch.Tensor:
+    return torch.as_tensor(np.asarray(x), dtype=torch.float32)
+
+
+def project(points: torch.Tensor, K: torch.Tensor) -> torch.Tensor:
+    """(…,J,3) camera points → (…,J,2) pixels; points behind the camera are pushed to z = 1 cm."""
+    z = points[..., 2:3].clamp_min(1e-2)
+    uv = points[..., :2] / z
+    return uv @ K[:2, :2].T + K[:2, 2]
+
+
+def reprojection(coco17: torch.Tensor, keypoints: torch.Tensor, K: torch.Tensor) -> tuple[torch.Tensor, float]:
+    """Confidence-weighted mean pixel error per hypothesis and the visible keypoints' box diagonal."""
+    conf = keypoints[:, 2].clamp_min(0)
+    vis = conf > 0
+    if not bool(vis.any()):
+        raise InputError("keypoints: no keypoint has confidence > 0; nothing to compare hypotheses against")
+    uv = project(coco17, K)  # (N,17,2)
+    d = (uv - keypoints[None, :, :2]).norm(dim=-1)  # (N,17)
+    px = (d * conf).sum(-1) / conf.sum()
+    pts = keypoints[vis, :2]
+    diag = float((pts.max(0).values - pts.min(0).values).norm())
+    return px, diag
+
+
+def consensus_deviation(joints: torch.Tensor, joint_conf: torch.Tensor | None = None) -> torch.Tensor:
+    """Weighted mean distance (mm) of each hypothesis' root-relative joints to the group medoid."""
+    rel = joints - joints[:, :1]
+    w = torch.ones(joints.shape[1]) if joint_conf is None else 2.0 - joint_conf.clamp(0, 1)
+    w = w / w.sum()
+    pair = ((rel[:, None] - rel[None]).norm(dim=-1) * w).sum(-1)  # (N,N)
+    medoid = int(pair.sum(1).argmin())
+    return pair[:, medoid] * 1000.0
+
+
+def bone_asymmetry(joints: torch.Tensor) -> torch.Tensor:
+    left = torch.stack([(joints[:, c] - joints[:, p]).norm(dim=-1) for p, c in _LEFT_BONES], -1)
+    right = torch.stack([(joints[:, c] - joints[:, p]).norm(dim=-1) for p, c in _RIGHT_BONES], -1)
+    return ((left - right).abs() / (0.5 * (left + right)).clamp_min(1e-6)).mean(-1)
+
+
+def silhouette_iou(pred_masks: np.ndarray, mask: np.ndarray) -> np.ndarray:
+    p = np.asarray(pred_masks, bool)
+    m = np.asarray(mask, bool)[None]
+    inter = (p & m).sum((1, 2))
+    union = (p | m).sum((1, 2))
+    return np.where(union > 0, inter / np.maximum(union, 1), 0.0).astype(np.float64)
+
+
+def ground_contact(points: torch.Tensor, normal, offset: float) -> tuple[torch.Tensor, torch.Tensor]:
+    """(floor_penetration_mm, floating_mm) of the lowest point of each hypothesis w.r.t. a ground plane."""
+    n = _t(normal)
+    n = n / n.norm().clamp_min(1e-9)
+    lowest = (points @ n + float(offset)).min(dim=-1).values  # (N,)
+    return (-lowest).clamp_min(0) * 1000.0, lowest.clamp_min(0) * 1000.0
+
+
+def _validate(inp: GroupInputs) -> None:
+    N = np.asarray(inp.joints).shape[0]
+    for name, arr, shape in [
+        ("joints", inp.joints, (N, 24, 3)),
+        ("coco17", inp.coco17, (N, 17, 3)),
+        ("body_pose", inp.body_pose, (N, 69)),
+        ("keypoints", inp.keypoints, (17, 3)),
+        ("K", inp.K, (3, 3)),
+    ]:
+        a = np.asarray(arr)
+        if a.shape != shape:
+            raise InputError(f"evidence: {name} has shape {a.shape}, expected {shape}")
+        if not np.isfinite(a).all():
+            bad = np.argwhere(~np.isfinite(a))[0].tolist()
+            raise InputError(f"evidence: {name} contains NaN/inf (first at index {bad})")
+
+
+def compute_evidence(inp: GroupInputs, prior=None) -> dict[str, np.ndarray]:
+    """Every measure this group's inputs allow, each ``(N,)`` float64. ``prior`` defaults to the cached
+    train-pose prior (:func:`hmrcritic.agent.prior.get_pose_prior`)."""
+    from hmrcritic.hmr import anatomy
+
+    _validate(inp)
+    joints = _t(inp.joints)
+    coco = _t(inp.coco17)
+    pose = _t(inp.body_pose)
+    K = _t(inp.K)
+    kp = _t(inp.keypoints)
+    px, diag = reprojection(coco, kp, K)
+    diag = max(diag, 0.1 * float(max(inp.image_size)))  # one or two visible keypoints: fall back to the image
+    out: dict[str, torch.Tensor] = {"reproj_px": px, "reproj_rel": px / diag}
+    with torch.no_grad():
+        out["joint_limit_deg"] = anatomy.joint_limit_violation(pose).sum(-1)
+        out["hyperextension_deg"] = anatomy.hyperextension(pose).max(-1).values
+        out["penetration_mm"] = anatomy.self_penetration(joints) * 1000.0
+    if prior is None:
+        from hmrcritic.agent.prior import get_pose_prior
+
+        prior = get_pose_prior()
+    out["pose_prior_nll"] = _t(prior.nll(pose))
+    conf = None if inp.joint_conf is None else _t(inp.joint_conf)
+    out["consensus_dev_mm"] = consensus_deviation(joints, conf)
+    out["asymmetry"] = bone_asymmetry(joints)
+    result = {k: v.detach().double().cpu().numpy() for k, v in out.items()}
+    if inp.mask is not None and inp.pred_masks is not None:
+        result["silhouette_iou"] = silhouette_iou(inp.pred_masks, inp.mask)
+    if inp.ground is not None:
+        pts = _t(inp.vertices) if inp.vertices is not None else joints[:, _FOOT_JOINTS]
+        pen, flo = ground_contact(pts, inp.ground[0], inp.ground[1])
+        result["floor_penetration_mm"] = pen.double().numpy()
+        result["floating_mm"] = flo.double().numpy()
+    for k, v in result.items():
+        result[k] = np.nan_to_num(v, nan=0.0, posinf=1e6, neginf=-1e6)
+    return result
+
+
+def badness(name: str, values) -> np.ndarray:
+    """Measure values mapped to 'how bad' on a common scale (0 = fine, 1 = clearly bad at ``scale``)."""
+    spec = MEASURES[name]
+    v = np.asarray(values, dtype=np.float64)
+    if spec.higher_is_worse:
+        return np.clip(v, 0, None) / spec.scale
+    return np.clip(1.0 - v, 0, None) / spec.scale
+
+
+def evidence_tags(evidence: dict[str, np.ndarray | list[float]], keypoints=None,
+                  image_size: tuple[int, int] | None = None) -> list[str]:
+    """Tags for rule retrieval, from the memory's tag vocabulary (memory/starter_rules.TAG_VOCABULARY).
+
+    A measure's tag is emitted when any hypothesis of the group reaches its ``tag_at`` (worse side); with
+    the 2D keypoints, ``occlusion`` (some confidence 0) and ``truncation`` (a keypoint outside the image).
+    Knee/elbow hyperextension also tags ``legs``/``arms``, the limbs it concerns.
+    """
+    tags: set[str] = set()
+    for name, values in evidence.items():
+        spec = MEASURES.get(name)
+        if spec is None:
+            continue
+        v = np.asarray(values, dtype=np.float64)
+        hit = (v >= spec.tag_at) if spec.higher_is_worse else (v <= spec.tag_at)
+        if bool(hit.any()):
+            tags.add(spec.tag)
+    if "hyperextension" in tags:
+        tags.update({"legs", "arms"})
+    if keypoints is not None:
+        kp = np.asarray(keypoints, dtype=np.float64)
+        if bool((kp[:, 2] <= 0).any()):
+            tags.add("occlusion")
+        if image_size is not None:
+            W, H = image_size
+            vis = kp[:, 2] > 0
+            out = (kp[:, 0] < 0) | (kp[:, 1] < 0) | (kp[:, 0] >= W) | (kp[:, 1] >= H)
+            if bool((out & vis).any()) or bool((kp[:, 2] <= 0).sum() >= 6):
+                tags.add("truncation")
+    return sorted(tags)
+
+
+def summarise(evidence: dict[str, np.ndarray | list[float]]) -> str:
+    """One line per measure (min / median / max) for logs, prompts and the text rule query."""
+    lines = []
+    for name, values in evidence.items():
+        v = np.asarray(values, dtype=np.float64)
+        unit = MEASURES[name].unit if name in MEASURES else ""
+        lines.append(f"{name}: min {v.min():.3g} median {np.median(v):.3g} max {v.max():.3g} {unit}")
+    return "\n".join(lines)

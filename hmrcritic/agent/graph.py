@@ -1,0 +1,76 @@
+"""The critique agent as a LangGraph state machine.
+
+``render → recall → critique → reflect ⟲ → memory_write``: ``reflect`` either sends the group back to
+``critique`` with feedback (revise, bounded by ``AgentConfig.max_reflections``) or on to ``memory_write``.
+One thread per group (``thread_id`` = group id) in a SQLite checkpointer under ``runs_dir()``, so a group
+that was already critiqued is returned from its checkpoint and an interrupted one resumes where it stopped.
+
+:func:`build_graph` returns the uncompiled :class:`StateGraph` (importable without touching SQLite);
+:func:`compile_graph` adds a checkpointer.
+"""
+
+from __future__ import annotations
+
+import sqlite3
+import threading
+from pathlib import Path
+
+from langgraph.graph import END, START, StateGraph
+
+from hmrcritic import config as hconfig
+from hmrcritic.agent import nodes
+from hmrcritic.agent.state import AgentState
+
+_SAVERS: dict[str, object] = {}
+_SAVER_LOCK = threading.Lock()
+
+
+def build_graph() -> StateGraph:
+    g = StateGraph(AgentState)
+    g.add_node("render", nodes.render)
+    g.add_node("recall", nodes.recall)
+    g.add_node("critique", nodes.critique)
+    g.add_node("reflect", nodes.reflect)
+    g.add_node("memory_write", nodes.memory_write)
+    g.add_edge(START, "render")
+    g.add_edge("render", "recall")
+    g.add_edge("recall", "critique")
+    g.add_edge("critique", "reflect")
+    g.add_conditional_edges("reflect", nodes.route_after_reflect,
+                            {"critique": "critique", "memory_write": "memory_write"})
+    g.add_edge("memory_write", END)
+    return g
+
+
+def checkpoint_path() -> Path:
+    return hconfig.runs_dir() / "checkpoints.sqlite"
+
+
+def open_checkpointer(path: str | Path | None = None):
+    """A SqliteSaver on ``path`` (default ``runs_dir()/checkpoints.sqlite``), one per path and process.
+
+    ``check_same_thread=False`` lets worker threads (``critique_groups``) share it; SqliteSaver serialises
+    its own access with a lock.
+    """
+    from langgraph.checkpoint.sqlite import SqliteSaver
+
+    path = Path(path) if path is not None else checkpoint_path()
+    key = str(path.resolve())
+    with _SAVER_LOCK:
+        if key not in _SAVERS:
+            path.parent.mkdir(parents=True, exist_ok=True)
+            conn = sqlite3.connect(str(path), check_same_thread=False)
+            _SAVERS[key] = SqliteSaver(conn)
+        return _SAVERS[key]
+
+
+def compile_graph(checkpointer=None):
+    """The compiled graph; ``checkpointer=None`` → the default SQLite checkpointer (pass ``False`` for none)."""
+    if checkpointer is None:
+        checkpointer = open_checkpointer()
+    return build_graph().compile(checkpointer=checkpointer or None)
+
+
+def mermaid() -> str:
+    """The graph as Mermaid text (offline; ``draw_mermaid_png`` would call a web service)."""
+    return build_graph().compile().get_graph().draw_mermaid()

@@ -1,0 +1,188 @@
+"""Labelled hypothesis groups for evaluating (and warming up) the critic.
+
+A :class:`LabelledGroup` is one labelled input (a :class:`~hmrcritic.hmr.data.Sample`), N hypotheses and each
+hypothesis' true PA-MPJPE (mm, LSP-14, Procrustes with scale). Two sources:
+
+* :func:`groups_from_model` — the real thing: hypotheses sampled by the diffusion model
+  (``hmr.diffusion.load_model()`` + ``sample``), several inputs per batched call.
+* :func:`groups_from_perturbed_gt` — a fallback when no model checkpoint is available: the ground-truth pose
+  with rotation noise of a different size per hypothesis (so a group spans good and bad hypotheses) and,
+  for some hypotheses, a typical failure (one joint far off, a knee bent backwards). The camera
+  translation of every hypothesis is re-solved from the 2D keypoints, as the diffusion sampler does, so
+  image alignment stays as good as the pose allows. Nothing about the perturbation reaches the critic.
+
+:func:`make_groups` picks the model when it loads, else the fallback, and says which it used.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+import torch
+
+from hmrcritic.errors import AssetError, HMRCriticError, InputError
+
+
+@dataclass
+class LabelledGroup:
+    group_id: str
+    sample: Any
+    hypotheses: dict[str, np.ndarray]  # global_orient (N,3), body_pose (N,69), betas (N,10), transl (N,3)
+    errors_mm: np.ndarray  # (N,) true PA-MPJPE
+    source: str = "perturbed"
+    extra: dict = field(default_factory=dict)
+
+
+def _labels(sample) -> dict[str, np.ndarray]:
+    need = ("global_orient", "body_pose", "betas")
+    if any(getattr(sample, k, None) is None for k in need):
+        raise InputError(f"sample {getattr(sample, 'sample_id', '?')}: has no SMPL labels; use a labelled split")
+    return {k: np.asarray(getattr(sample, k), dtype=np.float32) for k in (*need, "transl")
+            if getattr(sample, k, None) is not None}
+
+
+def true_errors(hyps: dict[str, np.ndarray], sample, body=None) -> np.ndarray:
+    """PA-MPJPE (mm, lsp14) of each hypothesis against the sample's ground-truth body."""
+    from hmrcritic.hmr.body import load_body_model
+    from hmrcritic.hmr.metrics import pa_mpjpe
+
+    body = body or load_body_model()
+    lab = _labels(sample)
+    t = {k: torch.as_tensor(v, dtype=torch.float32) for k, v in hyps.items() if k in ("global_orient", "body_pose",
+                                                                                       "betas", "transl")}
+    with torch.no_grad():
+        pred = body(t["global_orient"], t["body_pose"], t["betas"], t["transl"]).joints
+        if getattr(sample, "joints3d", None) is not None:
+            gt = torch.as_tensor(np.asarray(sample.joints3d), dtype=torch.float32)[None]
+        else:
+            g = {k: torch.as_tensor(v)[None] for k, v in lab.items()}
+            gt = body(g["global_orient"], g["body_pose"], g["betas"], g.get("transl")).joints
+        return pa_mpjpe(pred, gt.expand_as(pred)).double().numpy()
+
+
+def _compose(aa: torch.Tensor, noise: torch.Tensor) -> torch.Tensor:
+    from hmrcritic.hmr.rotations import axis_angle_to_matrix, matrix_to_axis_angle
+
+    return matrix_to_axis_angle(axis_angle_to_matrix(noise) @ axis_angle_to_matrix(aa))
+
+
+# body_pose joint slots (SMPL joint index − 1) that the "one joint far off" failure picks from
+_MAJOR = [0, 1, 2, 3, 4, 5, 8, 15, 16, 17, 18]  # hips, spine1, knees, spine3, shoulders, elbows
+_KNEES = [3, 4]
+
+
+def perturb_group(sample, n: int, rng: np.random.Generator, body=None,
+                  sigma_range: tuple[float, float] = (0.03, 0.35), p_big: float = 0.25,
+                  p_hyper: float = 0.15) -> dict[str, np.ndarray]:
+    """N hypotheses around the sample's true pose; see the module docstring."""
+    from hmrcritic.hmr.body import load_body_model
+    from hmrcritic.hmr.diffusion import solve_translation
+
+    body = body or load_body_model()
+    lab = _labels(sample)
+    sig = np.exp(rng.uniform(np.log(sigma_range[0]), np.log(sigma_range[1]), n))
+    bp = torch.as_tensor(lab["body_pose"]).reshape(1, 23, 3).repeat(n, 1, 1)
+    noise = torch.as_tensor(rng.normal(0, 1, (n, 23, 3)) * sig[:, None, None], dtype=torch.float32)
+    bp = _compose(bp, noise)
+    for k in range(n):
+        if rng.random() < p_big:
+            j = int(rng.choice(_MAJOR))
+            axis = rng.normal(0, 1, 3)
+            axis /= np.linalg.norm(axis)
+            bp[k, j] = _compose(bp[k, j], torch.as_tensor(axis * rng.uniform(0.7, 1.6), dtype=torch.float32))
+        if rng.random() < p_hyper:
+            j = int(rng.choice(_KNEES))
+            bp[k, j] = torch.tensor([-rng.uniform(0.35, 0.9), 0.0, 0.0])
+    go = torch.as_tensor(lab["global_orient"]).reshape(1, 3).repeat(n, 1)
+    go = _compose(go, torch.as_tensor(rng.normal(0, 1, (n, 3)) * sig[:, None] * 0.5, dtype=torch.float32))
+    betas = torch.as_tensor(lab["betas"]).reshape(1, 10) + torch.as_tensor(
+        rng.normal(0, 1, (n, 10)) * sig[:, None], dtype=torch.float32)
+    bp = bp.reshape(n, 69)
+    with torch.no_grad():
+        out = body(go, bp, betas, torch.zeros(n, 3))
+        coco = body.coco17(out)
+        kp = torch.as_tensor(np.asarray(sample.keypoints), dtype=torch.float32)[None].expand(n, -1, -1)
+        K = torch.as_tensor(np.asarray(sample.K), dtype=torch.float32)[None].expand(n, -1, -1)
+        transl = solve_translation(coco, kp, K)
+    return {"global_orient": go.numpy(), "body_pose": bp.numpy(), "betas": betas.numpy(),
+            "transl": transl.numpy().astype(np.float32)}
+
+
+def _split(split):
+    if isinstance(split, str):
+        from hmrcritic.hmr.data import load_split
+
+        return load_split(split)
+    return split
+
+
+def _indices(scenes, num_groups: int, start: int) -> list[int]:
+    if len(scenes) <= start:
+        raise InputError(f"split has {len(scenes)} samples; cannot start at {start}")
+    return list(range(start, min(len(scenes), start + num_groups)))
+
+
+def groups_from_perturbed_gt(split="test", num_groups: int = 20, num_generations: int = 16, seed: int = 0,
+                             start: int = 0) -> list[LabelledGroup]:
+    from hmrcritic.hmr.body import load_body_model
+
+    scenes = _split(split)
+    name = getattr(scenes, "name", str(split))
+    body = load_body_model()
+    out = []
+    for i in _indices(scenes, num_groups, start):
+        s = scenes[i]
+        rng = np.random.default_rng([seed, i])
+        hyps = perturb_group(s, num_generations, rng, body=body)
+        out.append(LabelledGroup(f"{name}-{i:06d}", s, hyps, true_errors(hyps, s, body), source="perturbed"))
+    return out
+
+
+def groups_from_model(split="test", num_groups: int = 20, num_generations: int = 16, seed: int = 0,
+                      start: int = 0, model=None, steps: int = 10, batch: int = 8) -> list[LabelledGroup]:
+    """Groups sampled by the diffusion model (``model`` default: the shipped base checkpoint)."""
+    from hmrcritic.hmr import diffusion
+    from hmrcritic.hmr.body import load_body_model
+
+    scenes = _split(split)
+    name = getattr(scenes, "name", str(split))
+    model = model if model is not None else diffusion.load_model()
+    model.eval()
+    body = load_body_model()
+    idx = _indices(scenes, num_groups, start)
+    gen = torch.Generator().manual_seed(int(seed))
+    out = []
+    for b0 in range(0, len(idx), batch):
+        chunk = [scenes[i] for i in idx[b0:b0 + batch]]
+        kp = torch.as_tensor(np.stack([s.keypoints for s in chunk]), dtype=torch.float32)
+        K = torch.as_tensor(np.stack([s.K for s in chunk]), dtype=torch.float32)
+        size = torch.as_tensor(np.stack([np.asarray(s.image_size) for s in chunk]), dtype=torch.float32)
+        cond = diffusion.condition_from_keypoints(kp, K, size)
+        group = diffusion.sample(model, cond, num_generations=num_generations, steps=steps, generator=gen,
+                                 K=K, keypoints=kp, body=body)
+        for b, s in enumerate(chunk):
+            hyps = {k: v for k, v in group.numpy(b).items() if k != "x0"}
+            out.append(LabelledGroup(f"{name}-{idx[b0 + b]:06d}", s, hyps, true_errors(hyps, s, body),
+                                     source="model"))
+    return out
+
+
+def make_groups(split="test", num_groups: int = 20, num_generations: int = 16, seed: int = 0,
+                start: int = 0, source: str = "auto", model_path=None) -> tuple[list[LabelledGroup], str]:
+    """Groups from ``source`` ("model" | "perturbed" | "auto": the model if it loads, else perturbed)."""
+    if source not in ("auto", "model", "perturbed"):
+        raise InputError(f"group source {source!r}: choose auto, model or perturbed")
+    if source in ("auto", "model"):
+        try:
+            from hmrcritic.hmr import diffusion
+
+            model = diffusion.load_model(model_path)
+        except (HMRCriticError, ImportError, FileNotFoundError) as exc:
+            if source == "model":
+                raise AssetError(f"diffusion model could not be loaded: {exc}") from exc
+            model = None
+        if model is not None:
+            return groups_from_model(split, num_groups, num_generations, seed, start, model=model), "model"
+    return groups_from_perturbed_gt(split, num_groups, num_generations, seed, start), "perturbed"

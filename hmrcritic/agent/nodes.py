@@ -1,0 +1,457 @@
+"""The graph's nodes: plain functions ``(state, config) -> dict`` (the state update), testable alone.
+
+``render`` → ``recall`` → ``critique`` → ``reflect`` ⟲ (revise: back to ``critique``, at most
+``max_reflections`` times) → ``memory_write``. Arrays are read from and written to the group's run folder;
+what goes back into the state is small and plain (see :mod:`hmrcritic.agent.state`).
+
+Heavy shared objects (body model, renderer, memory store, judge) are resolved per process from the settings
+in ``config["configurable"]["agent"]``, never stored in the state. A test or a caller may inject a judge
+or a memory store through ``config["configurable"]["judge"]`` / ``["memory"]`` (objects are not
+checkpointed; only the plain settings are).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import math
+import threading
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+from langchain_core.runnables import RunnableConfig
+
+from hmrcritic.agent.judges import (
+    JudgeContext,
+    PrototypeHit,
+    ReflectionIssue,
+    apply_rules,
+    make_judge,
+    prototype_consensus,
+)
+from hmrcritic.agent.schema import AXES, GroupCritique
+from hmrcritic.agent.state import AgentConfig, AgentState
+from hmrcritic.errors import InputError, JudgeError
+from hmrcritic.io import atomic_save_npz, atomic_write_json
+from hmrcritic.memory.schema import Prototype, Rule
+
+NODE_NAMES = ("render", "recall", "critique", "reflect", "memory_write")
+
+_LOCK = threading.Lock()
+_MEMORIES: dict[tuple, Any] = {}
+_JUDGES: dict[tuple, Any] = {}
+
+
+# ------------------------------------------------------------------------------------------------ resources
+def get_memory(cfg: AgentConfig, config: dict | None = None):
+    """The memory store for these settings (injected object first, else one per (path, url) and process)."""
+    injected = ((config or {}).get("configurable") or {}).get("memory")
+    if injected is not None:
+        return injected
+    from hmrcritic.memory.store import MemoryStore
+
+    key = (cfg.memory_dir, cfg.chroma_url)
+    with _LOCK:
+        if key not in _MEMORIES:
+            _MEMORIES[key] = MemoryStore(path=cfg.memory_dir, chroma_url=cfg.chroma_url)
+        return _MEMORIES[key]
+
+
+def get_judge(cfg: AgentConfig, config: dict | None = None):
+    injected = ((config or {}).get("configurable") or {}).get("judge")
+    if injected is not None and not isinstance(injected, str):
+        return injected
+    name = injected or cfg.judge
+    key = (name, cfg.proto_weight)
+    with _LOCK:
+        if key not in _JUDGES:
+            kwargs = {"proto_weight": cfg.proto_weight} if name == "builtin" else {}
+            _JUDGES[key] = make_judge(name, **kwargs)
+        return _JUDGES[key]
+
+
+def load_inputs(run_dir: str | Path) -> dict[str, np.ndarray]:
+    path = Path(run_dir) / "inputs.npz"
+    if not path.exists():
+        raise InputError(f"group inputs missing: {path}")
+    with np.load(path, allow_pickle=False) as z:
+        return {k: z[k] for k in z.files}
+
+
+def load_bodies(run_dir: str | Path) -> dict[str, np.ndarray]:
+    with np.load(Path(run_dir) / "bodies.npz", allow_pickle=False) as z:
+        return {k: z[k] for k in z.files}
+
+
+def _body_forward(inputs: dict[str, np.ndarray], vertices: bool = False):
+    import torch
+
+    from hmrcritic.hmr.body import load_body_model
+
+    body = load_body_model()
+    t = {k: torch.as_tensor(inputs[k], dtype=torch.float32) for k in ("global_orient", "body_pose", "betas", "transl")}
+    with torch.no_grad():
+        out = body(t["global_orient"], t["body_pose"], t["betas"], t["transl"])
+        coco = body.coco17(out)
+    res = {"joints": out.joints.numpy(), "coco17": coco.numpy()}
+    if vertices:
+        res["vertices"] = out.vertices.numpy()
+    return body, res
+
+
+# ---------------------------------------------------------------------------------------------------- nodes
+def render(state: AgentState, config: RunnableConfig = None) -> dict:
+    """Body-model forward for the group, evidence measures, and (when enabled) the overlay/side grids."""
+    from hmrcritic.agent.evidence import GroupInputs, compute_evidence, evidence_tags
+
+    cfg = AgentConfig.from_config(config)
+    run_dir = Path(state["run_dir"])
+    inputs = load_inputs(run_dir)
+    mask = None
+    mask_path = str(inputs["mask_path"]) if "mask_path" in inputs and str(inputs["mask_path"]) else None
+    need_vertices = cfg.render or mask_path is not None
+    body, bodies = _body_forward(inputs, vertices=need_vertices)
+    W, H = (int(v) for v in inputs["image_size"])
+    renders: dict[str, str] = {}
+    pred_masks = None
+    if mask_path is not None:
+        mask = _read_mask(mask_path, (W, H))
+    if cfg.render or mask is not None:
+        from hmrcritic.hmr.render import get_renderer, save_png
+
+        renderer = get_renderer()
+        if mask is not None:
+            pred_masks = np.stack([renderer.mask(v, body.faces, inputs["K"], (W, H)) for v in bodies["vertices"]])
+        if cfg.render:
+            image = _read_image(state.get("image_path"))
+            grid = renderer.group_grid(image, bodies["vertices"], body.faces, inputs["K"], cols=4,
+                                       image_size=(W, H))
+            side = renderer.group_grid(image, bodies["vertices"], body.faces, inputs["K"], cols=4, side=True,
+                                       image_size=(W, H))
+            renders["overlay_grid"] = str(save_png(run_dir / "overlay_grid.png", grid))
+            renders["side_grid"] = str(save_png(run_dir / "side_grid.png", side))
+    ground = None
+    if "ground_normal" in inputs and "ground_offset" in inputs:
+        ground = (inputs["ground_normal"], float(inputs["ground_offset"]))
+    gi = GroupInputs(
+        joints=bodies["joints"], coco17=bodies["coco17"], body_pose=inputs["body_pose"],
+        keypoints=inputs["keypoints"], K=inputs["K"], image_size=(W, H),
+        joint_conf=inputs.get("joint_conf"), mask=mask, pred_masks=pred_masks, ground=ground,
+        vertices=bodies.get("vertices") if ground is not None else None,
+    )
+    evidence = compute_evidence(gi)
+    atomic_save_npz(run_dir / "bodies.npz", joints=bodies["joints"], coco17=bodies["coco17"])
+    atomic_save_npz(run_dir / "evidence.npz", **evidence)
+    return {
+        "evidence": {k: [float(x) for x in v] for k, v in evidence.items()},
+        "tags": evidence_tags(evidence, inputs["keypoints"], (W, H)),
+        "renders": renders,
+        "num_hypotheses": int(len(inputs["body_pose"])),
+    }
+
+
+def recall(state: AgentState, config: RunnableConfig = None) -> dict:
+    """Rules for this group's evidence tags (Ψ: tag overlap + success + UCB) and, per hypothesis, the
+    nearest prototypes by pose embedding. Nothing is recalled when memory (or that part of it) is off."""
+    cfg = AgentConfig.from_config(config)
+    if not cfg.use_memory or not (cfg.use_rules or cfg.use_prototypes):
+        return {"rules": [], "prototypes": [], "memory_version": "none"}
+    memory = get_memory(cfg, config)
+    rules: list[dict] = []
+    protos: list[list[dict]] = []
+    if cfg.use_rules and cfg.rules_k > 0:
+        # Tags only (no text query): the evidence summary is numbers, which a sentence embedder reads
+        # poorly, and skipping it keeps recall fast and free of a 3 s model load.
+        got = memory.rules.retrieve(state.get("tags", []), k=cfg.rules_k, ucb_c=cfg.ucb_c)
+        rules = [r.model_dump() for r in got]
+    if cfg.use_prototypes and cfg.prototypes_k > 0 and memory.prototypes.count() > 0:
+        from hmrcritic.memory.embeddings import pose_embedding
+
+        emb = pose_embedding(load_bodies(state["run_dir"])["joints"])
+        hits = memory.prototypes.query(emb, k=cfg.prototypes_k, include_embeddings=False)
+        protos = [[_hit(p, s).model_dump() for p, s in row] for row in hits]
+    return {"rules": rules, "prototypes": protos, "memory_version": memory.version()}
+
+
+def _hit(p: Prototype, similarity: float) -> PrototypeHit:
+    return PrototypeHit(
+        proto_id=p.proto_id, similarity=float(similarity), overall=p.overall, motion_structure=p.motion_structure,
+        physical_feasibility=p.physical_feasibility, image_alignment=p.image_alignment, rationale=p.rationale,
+        tags=list(p.tags), source=p.source, error_mm=p.error_mm,
+    )
+
+
+def build_context(state: AgentState) -> JudgeContext:
+    from hmrcritic.agent.evidence import MEASURES
+
+    evidence = state.get("evidence", {})
+    info = {}
+    for name in evidence:
+        if name in MEASURES:
+            m = MEASURES[name]
+            info[name] = f"{m.unit}; {'higher' if m.higher_is_worse else 'lower'} is worse; {m.description}"
+    renders = state.get("renders", {}) or {}
+    previous = state.get("critique") if state.get("round", 0) > 0 else None
+    return JudgeContext(
+        group_id=state["group_id"],
+        num_hypotheses=state["num_hypotheses"],
+        evidence=evidence,
+        measure_info=info,
+        tags=state.get("tags", []),
+        rules=[Rule.model_validate(r) for r in state.get("rules", [])],
+        prototypes=[[PrototypeHit.model_validate(h) for h in row] for row in state.get("prototypes", [])],
+        image_path=state.get("image_path"),
+        overlay_grid_path=renders.get("overlay_grid"),
+        side_grid_path=renders.get("side_grid"),
+        feedback=state.get("feedback", "") if previous else "",
+        issues=[ReflectionIssue.model_validate(i) for i in state.get("issues", [])] if previous else [],
+        previous=GroupCritique.model_validate(previous) if previous else None,
+        round=state.get("round", 0),
+    )
+
+
+def critique(state: AgentState, config: RunnableConfig = None) -> dict:
+    """Ask the judge; in a revise round it sees the reflect node's feedback and its previous critique."""
+    cfg = AgentConfig.from_config(config)
+    judge = get_judge(cfg, config)
+    ctx = build_context(state)
+    try:
+        result = judge.critique(ctx)
+    except JudgeError:
+        raise
+    except Exception as exc:  # a judge bug or garbage must become this group's error, not a crash of all
+        raise JudgeError(f"group {ctx.group_id}: judge {getattr(judge, 'name', judge)!r} failed: "
+                         f"{type(exc).__name__}: {exc}") from exc
+    if not isinstance(result, GroupCritique):
+        try:
+            result = GroupCritique.model_validate(result)
+        except Exception as exc:
+            raise JudgeError(f"group {ctx.group_id}: judge returned {type(result).__name__}, "
+                             "not a GroupCritique") from exc
+    update: dict[str, Any] = {"critique": result.model_dump()}
+    if ctx.previous is not None:
+        changes = diff_critiques(ctx.previous, result)
+        reflections = [dict(r) for r in state.get("reflections", [])]
+        if reflections:
+            reflections[-1]["changes"] = changes
+        update["reflections"] = reflections
+    return update
+
+
+def diff_critiques(before: GroupCritique, after: GroupCritique, tol: float = 1e-3) -> list[str]:
+    """What a revision changed, as short lines (scores that moved, rank of the best, rules applied)."""
+    b = {s.index: s for s in before.scores}
+    out = []
+    for s in after.scores:
+        old = b.get(s.index)
+        if old is None:
+            out.append(f"h{s.index} added ({s.overall:.2f})")
+            continue
+        for field in ("overall", *AXES):
+            x, y = getattr(old, field), getattr(s, field)
+            if abs(x - y) > tol:
+                out.append(f"h{s.index} {field} {x:.2f}→{y:.2f}")
+    new_rules = sorted(set(after.rules_applied) - set(before.rules_applied))
+    if new_rules:
+        out.append("rules now applied: " + ", ".join(new_rules))
+    best_b = max(before.scores, key=lambda s: s.overall).index if before.scores else None
+    best_a = max(after.scores, key=lambda s: s.overall).index if after.scores else None
+    if best_b != best_a:
+        out.append(f"top-1 h{best_b}→h{best_a}")
+    return out
+
+
+# ------------------------------------------------------------------------------------------------- reflect
+STRONG_MARGIN = 0.75  # badness units (1 = a measure at its "clearly bad" scale)
+PROTO_SIMILARITY = 0.97
+PROTO_DISAGREEMENT = 2.0  # points on the 0-10 scale
+
+
+def check_critique(ctx: JudgeContext, crit: dict | GroupCritique | None) -> list[ReflectionIssue]:
+    """The revise checks: invalid values, rankings that contradict strong evidence, disagreement with a
+    confident prototype consensus, and fired rules that were not applied. Deterministic."""
+    n = ctx.num_hypotheses
+    issues: list[ReflectionIssue] = []
+    try:
+        c = crit if isinstance(crit, GroupCritique) else GroupCritique.model_validate(crit)
+    except Exception as exc:
+        return [ReflectionIssue(kind="invalid", detail=f"critique does not validate: {exc}"[:300])]
+    idx = [s.index for s in c.scores]
+    if sorted(idx) != list(range(n)):
+        missing = sorted(set(range(n)) - set(idx))
+        dup = sorted({i for i in idx if idx.count(i) > 1})
+        return [ReflectionIssue(kind="invalid", indices=missing,
+                                detail=f"expected one score per index 0..{n - 1}; missing {missing}, "
+                                       f"duplicated {dup}, extra {sorted(set(idx) - set(range(n)))}")]
+    bad = [s.index for s in c.scores
+           if not all(math.isfinite(getattr(s, f)) and 0 <= getattr(s, f) <= 10 for f in ("overall", *AXES))]
+    if bad:
+        return [ReflectionIssue(kind="invalid", indices=bad, detail="scores must be finite and in [0, 10]")]
+    overall = np.array([s.overall for s in sorted(c.scores, key=lambda s: s.index)])
+
+    # fired rules that the critique did not apply
+    _, _, fired = apply_rules(ctx.rules, ctx.evidence, n)
+    by_id = {r.rule_id: r for r in ctx.rules}
+    for rid, hits in fired.items():
+        pts = by_id[rid].condition.points
+        if rid not in c.rules_applied and pts >= 1.0:
+            not_low = [i for i in hits if overall[i] > 10.0 - pts + 0.5]
+            if not_low:
+                issues.append(ReflectionIssue(kind="rule", indices=not_low, rule_id=rid,
+                                              detail=f"rule {rid} fires on h{not_low} but was not applied"))
+
+    # confident prototype consensus far from the score
+    for i in range(min(n, len(ctx.prototypes))):
+        hits = ctx.prototypes[i]
+        cons = prototype_consensus(hits)
+        if cons is None or max(h.similarity for h in hits) < PROTO_SIMILARITY:
+            continue
+        value, _ = cons
+        if abs(overall[i] - value) > PROTO_DISAGREEMENT:
+            issues.append(ReflectionIssue(kind="prototype", indices=[i], target=round(value, 3),
+                                          detail=f"h{i} scored {overall[i]:.1f} but very similar past poses "
+                                                 f"settled at {value:.1f}"))
+
+    # rankings that contradict strong evidence: j dominates i on every axis, by a wide margin on one
+    axis_bad = _axis_badness(ctx.evidence, n)
+    if axis_bad is not None:
+        worse_eq = (axis_bad[:, :, None] >= axis_bad[:, None, :] - 1e-9).all(0)  # [i, j]: i no better than j
+        margin = (axis_bad[:, :, None] - axis_bad[:, None, :]).max(0)
+        ranked_above = overall[:, None] > overall[None, :]
+        contra = worse_eq & (margin >= STRONG_MARGIN) & ranked_above
+        for i, j in zip(*np.nonzero(contra)):
+            issues.append(ReflectionIssue(kind="contradiction", indices=[int(i), int(j)],
+                                          detail=f"h{i} ranked above h{j} although h{j} is better on every "
+                                                 f"axis of the evidence (margin {margin[i, j]:.2f})"))
+    return issues
+
+
+def _axis_badness(evidence: dict[str, list[float]], n: int) -> np.ndarray | None:
+    from hmrcritic.agent.evidence import MEASURES, badness
+
+    if not evidence:
+        return None
+    out = {a: np.zeros(n) for a in AXES}
+    for name, values in evidence.items():
+        if name in MEASURES:
+            out[MEASURES[name].axis] += badness(name, values)
+    return np.stack([out[a] for a in AXES])  # (3, n)
+
+
+def feedback_text(issues: list[ReflectionIssue]) -> str:
+    if not issues:
+        return ""
+    lines = ["Revise your critique; a consistency check found:"]
+    lines += [f"- [{i.kind}] {i.detail}" for i in issues[:20]]
+    if len(issues) > 20:
+        lines.append(f"- … and {len(issues) - 20} more of the same kinds")
+    return "\n".join(lines)
+
+
+def reflect(state: AgentState, config: RunnableConfig = None) -> dict:
+    """Check the critique; when something is wrong and rounds are left, ask for a revision."""
+    cfg = AgentConfig.from_config(config)
+    ctx = build_context({**state, "round": 0})
+    issues = check_critique(ctx, state.get("critique"))
+    rnd = int(state.get("round", 0))
+    reflections = [dict(r) for r in state.get("reflections", [])]
+    revise = bool(issues) and rnd < cfg.max_reflections
+    reflections.append({
+        "round": rnd,
+        "issues": [i.model_dump() for i in issues],
+        "action": "revise" if revise else ("accept" if not issues else "accept (no rounds left)"),
+        "changes": [],
+    })
+    update: dict[str, Any] = {"reflections": reflections, "issues": [i.model_dump() for i in issues]}
+    if revise:
+        update["round"] = rnd + 1
+        update["feedback"] = feedback_text(issues)
+    return update
+
+
+def route_after_reflect(state: AgentState, config: RunnableConfig = None) -> str:
+    last = (state.get("reflections") or [{}])[-1]
+    return "critique" if last.get("action") == "revise" else "memory_write"
+
+
+# -------------------------------------------------------------------------------------------- memory_write
+def settled_overall(error_mm: np.ndarray, scale_mm: float = 60.0) -> np.ndarray:
+    """A score settled on the true error (exploration with labels): 10 at 0 mm, 3.7 at ``scale_mm``."""
+    return 10.0 * np.exp(-np.asarray(error_mm, dtype=np.float64) / scale_mm)
+
+
+def memory_write(state: AgentState, config: RunnableConfig = None) -> dict:
+    """When learning: one batch of prototypes (pose embeddings + settled scores) and the rule statistics.
+
+    Runs only after the critique is final. Labelled groups (warm-up/exploration) settle prototypes on the
+    true error and count a rule use as a success when the group's Spearman ρ(overall, −error) ≥ τ; an
+    unlabelled group writes its final critique's scores and leaves the rule statistics alone (success
+    cannot be judged without labels).
+    """
+    cfg = AgentConfig.from_config(config)
+    crit = GroupCritique.model_validate(state["critique"])
+    run_dir = Path(state["run_dir"])
+    atomic_write_json(run_dir / "critique.json", crit.model_dump())
+    if not cfg.learn or not cfg.use_memory:
+        return {"memory_written": {"prototypes": 0, "rules_recorded": 0}, "done": True}
+    from hmrcritic.hmr.metrics import spearman
+    from hmrcritic.memory.embeddings import pose_embedding
+
+    memory = get_memory(cfg, config)
+    inputs = load_inputs(run_dir)
+    emb = pose_embedding(load_bodies(run_dir)["joints"])
+    scores = sorted(crit.scores, key=lambda s: s.index)
+    overall = np.array([s.overall for s in scores])
+    labelled = "true_error_mm" in inputs
+    err = inputs["true_error_mm"].astype(np.float64) if labelled else None
+    settled = settled_overall(err) if (labelled and cfg.settle_with_labels) else overall
+    gid = state["group_id"]
+    protos = [
+        Prototype(
+            proto_id=f"{gid}#h{s.index}", embedding=[float(x) for x in emb[s.index]],
+            overall=float(np.clip(settled[s.index], 0, 10)), motion_structure=s.motion_structure,
+            physical_feasibility=s.physical_feasibility, image_alignment=s.image_alignment,
+            rationale=s.rationale + (f" True PA-MPJPE {err[s.index]:.0f} mm." if labelled else ""),
+            tags=list(state.get("tags", [])), source=f"{gid}#h{s.index}",
+            error_mm=float(err[s.index]) if labelled else None,
+        )
+        for s in scores
+    ]
+    recorded = 0
+    success = None
+    batch = getattr(memory, "_write", None)  # the store's re-entrant write lock: both writes, one batch
+    with batch() if batch is not None else contextlib.nullcontext():
+        memory.prototypes.add(protos)
+        if labelled and crit.rules_applied:
+            rho = float(spearman(overall, -err)) if np.ptp(overall) > 0 else 0.0
+            success = rho >= cfg.success_tau
+            memory.rules.record_use(list(crit.rules_applied), success=success)
+            recorded = len(crit.rules_applied)
+    return {
+        "memory_written": {"prototypes": len(protos), "rules_recorded": recorded, "success": success},
+        "memory_version": memory.version(),
+        "done": True,
+    }
+
+
+# ------------------------------------------------------------------------------------------------- helpers
+def _read_image(path: str | None) -> np.ndarray | None:
+    if not path:
+        return None
+    from hmrcritic.hmr.data import read_image
+
+    return read_image(path)
+
+
+def _read_mask(path: str, size: tuple[int, int]) -> np.ndarray:
+    from PIL import Image, UnidentifiedImageError
+
+    try:
+        with Image.open(path) as im:
+            m = np.asarray(im.convert("L")) > 127
+    except (OSError, UnidentifiedImageError) as exc:
+        raise InputError(f"mask {path}: cannot be read as an image ({exc})") from exc
+    if (m.shape[1], m.shape[0]) != tuple(size):
+        raise InputError(f"mask {path}: size {m.shape[1]}x{m.shape[0]} differs from the image {size[0]}x{size[1]}")
+    return m
+

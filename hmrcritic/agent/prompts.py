@@ -1,0 +1,219 @@
+"""Prompts of the VLM judge: the critique of one group and rule mining from its mistakes.
+
+Why these words: the paper asks its critic to weigh three cues — 3D motion structure, physical feasibility and
+alignment with the image — and to score all hypotheses of a group in one call so the scores are comparable
+within the group (they become group-normalised advantages). Rules read as point deductions a person can
+check ("knee bent backwards → take off 3 points"); we go beyond the paper by giving rules an optional
+executable condition on a measured evidence value, which the prompt shows beside the text, and by sending a
+compact evidence table (numbers the builtin judge also uses) next to the renders.
+
+Everything here is plain text building; nothing talks to the network. The stub server in
+``tests/openai_stub_server.py`` parses :func:`evidence_table` back (header ``hyp | name | ...``, one row per
+hypothesis, legend lines ``- name: ...``), so change both together.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from collections.abc import Sequence
+from typing import Any
+
+from hmrcritic.agent.schema import AXES
+
+# Cap the long free-text pieces so a group of 20 with 5 prototypes each stays a few kB of text.
+MAX_RULES = 12
+MAX_PROTOS_PER_HYP = 2
+MAX_RATIONALE_CHARS = 140
+
+CRITIQUE_SYSTEM = """\
+You are an expert critic of 3D human mesh recovery. For one input image a model produced a GROUP of \
+candidate body meshes (hypotheses). You judge all hypotheses of the group together, in one answer, so that \
+their scores are comparable within the group.
+
+Weigh three cues, each scored from 0 (very bad) to 10 (perfect):
+- motion_structure: is the 3D pose a coherent human posture (natural articulation, limbs and torso in \
+plausible 3D arrangement, sensible depth ordering in the side view)?
+- physical_feasibility: could a real body do this (joints within their limits, no knee or elbow bent \
+backwards, no limb passing through the body, feet on the ground rather than floating or sinking)?
+- image_alignment: does the overlay cover the person in the image and agree with the 2D keypoints?
+Then give `overall` (0-10): your ranking score for the hypothesis, mainly driven by the worst flaws.
+
+How to score:
+- Start every hypothesis at 10 and take points off for each flaw you see or measure (deductions). Apply \
+the memory rules you are given when their condition holds, and list the ids of the rules you applied.
+- Use the spread of the scale: the best hypotheses of the group should score clearly above the worst. Give \
+equal scores only to hypotheses you cannot tell apart.
+- The evidence table holds measured values; trust it for what the renders cannot show (e.g. small \
+penetrations), and use the renders for what numbers miss.
+- Past cases (prototypes) are calibration examples: similar poses were scored as shown.
+- Rationale: one or two sentences citing the deciding evidence.
+Score exactly the hypotheses you are given: one entry per index 0..N-1, each index once."""
+
+RULES_SYSTEM = """\
+You are improving the rule book of a critic of 3D human mesh hypotheses. The critic ranked a group of \
+hypotheses; the true 3D errors are now known. You will see where the critic's ranking disagreed with the \
+truth: hypotheses it rated too high (over-rated) and too low (under-rated), each with its measured evidence.
+Propose at most two NEW rules that would have fixed the ranking and that a person can check. Write each as a \
+point deduction ("<condition> -> take off <k> points"). When a rule depends on one measured value, also give \
+its executable condition: `measure` (one of the evidence measure names shown), `comparator` (one of \
+> >= < <=), `threshold` (in the measure's unit) and `points` (0-10, taken off `overall`), and optionally \
+`axis` (one of motion_structure, physical_feasibility, image_alignment). Prefer thresholds that separate \
+the over-rated from the under-rated hypotheses in the table. Do not repeat a rule already in the rule book."""
+
+
+def _fmt(v: float) -> str:
+    """Compact number: 3 significant digits, no scientific notation for the usual ranges."""
+    if v is None or (isinstance(v, float) and math.isnan(v)):
+        return "nan"
+    a = abs(v)
+    if a >= 100:
+        return f"{v:.0f}"
+    if a >= 10:
+        return f"{v:.1f}"
+    if a >= 0.01 or a == 0:
+        return f"{v:.2f}"
+    return f"{v:.2g}"
+
+
+def evidence_table(evidence: dict[str, Sequence[float]], measure_info: dict[str, str] | None = None) -> str:
+    """The evidence as a legend plus one text row per hypothesis (``hyp | m1 | m2 ...``)."""
+    if not evidence:
+        return "EVIDENCE: none measured for this group."
+    names = list(evidence)
+    n = len(next(iter(evidence.values())))
+    info = measure_info or {}
+    lines = ["EVIDENCE legend (measure: unit; direction; meaning):"]
+    for name in names:
+        lines.append(f"- {name}: {info.get(name, 'no description')}")
+    lines.append("EVIDENCE table (one row per hypothesis):")
+    lines.append(" | ".join(["hyp", *names]))
+    for i in range(n):
+        lines.append(" | ".join([str(i), *(_fmt(float(evidence[name][i])) for name in names)]))
+    return "\n".join(lines)
+
+
+def rules_block(rules: Sequence[Any]) -> str:
+    """Recalled rules with their ids, text and (when present) the executable condition."""
+    if not rules:
+        return "RULES from memory: none recalled."
+    lines = ["RULES from memory (apply when they hold; cite their ids in rules_applied):"]
+    for rule in list(rules)[:MAX_RULES]:
+        line = f"- [{rule.rule_id}] {rule.text}"
+        cond = getattr(rule, "condition", None)
+        if cond is not None:
+            axis = f" on {cond.axis}" if cond.axis else ""
+            line += (
+                f"  (condition: {cond.measure} {cond.comparator} {_fmt(cond.threshold)} "
+                f"-> -{_fmt(cond.points)} points{axis})"
+            )
+        if rule.n_used:
+            line += f"  [worked {rule.n_success}/{rule.n_used} times]"
+        lines.append(line)
+    return "\n".join(lines)
+
+
+def prototypes_block(prototypes: Sequence[Sequence[Any]]) -> str:
+    """Per hypothesis, its most similar past cases: score, rationale and similarity (calibration examples)."""
+    rows = []
+    for i, hits in enumerate(prototypes):
+        for hit in list(hits)[:MAX_PROTOS_PER_HYP]:
+            rationale = " ".join(str(hit.rationale).split())[:MAX_RATIONALE_CHARS]
+            rows.append(
+                f"- hyp {i} resembles a past case (similarity {hit.similarity:.2f}) scored overall "
+                f"{_fmt(hit.overall)}: {rationale or 'no rationale'}"
+            )
+    if not rows:
+        return "PAST CASES: none recalled."
+    return "\n".join(["PAST CASES (similar poses scored earlier; use them to calibrate):", *rows])
+
+
+def _example_json(n: int) -> str:
+    entry = {"index": 0, **{a: 7.5 for a in AXES}, "overall": 7.0, "rationale": "..."}
+    shown = [entry] if n == 1 else [entry, {**entry, "index": 1}]
+    return json.dumps({"scores": shown, "summary": "...", "rules_applied": ["rule-id"]})
+
+
+def critique_text(ctx: Any, *, images: Sequence[str], text_mode: bool = False, retry_reason: str = "") -> str:
+    """The user message text for one group (images travel as separate image parts, in ``images`` order)."""
+    n = ctx.num_hypotheses
+    parts = [f"GROUP {ctx.group_id}: {n} hypotheses, indices 0..{n - 1}."]
+    descr = {
+        "overlay": "the hypotheses overlaid on the input image, one tile per hypothesis, labelled by index",
+        "side": "the same hypotheses seen from the side (camera turned 90 degrees), same labels",
+        "image": "the input image",
+    }
+    if images:
+        parts.append(
+            "IMAGES (in order): " + "; ".join(f"{k + 1}. {descr[kind]}" for k, kind in enumerate(images))
+        )
+    else:
+        parts.append("IMAGES: none available for this group; judge from the evidence.")
+    parts.append(rules_block(ctx.rules))
+    parts.append(prototypes_block(ctx.prototypes))
+    parts.append(evidence_table(ctx.evidence, ctx.measure_info))
+    if ctx.previous is not None and ctx.feedback:
+        prev = "; ".join(f"{s.index}:{_fmt(s.overall)}" for s in ctx.previous.scores)
+        parts.append(f"YOUR PREVIOUS overall scores (index:score): {prev}")
+    if ctx.feedback:
+        parts.append(f"FEEDBACK on the previous critique (revise accordingly): {ctx.feedback}")
+    if retry_reason:
+        parts.append(f"Your previous answer could not be used ({retry_reason}). Answer again, carefully.")
+    ask = f"Score all {n} hypotheses (indices 0..{n - 1}, each exactly once) on the 0-10 scale."
+    if text_mode:
+        ask += " Reply with ONLY a JSON object of this shape, no prose: " + _example_json(n)
+    parts.append(ask)
+    return "\n\n".join(parts)
+
+
+def mistakes_table(mistakes: Sequence[Any]) -> str:
+    """The over- and under-rated hypotheses with their evidence rows."""
+    if not mistakes:
+        return "MISTAKES: none."
+    names: list[str] = []
+    for m in mistakes:
+        for name in m.evidence:
+            if name not in names:
+                names.append(name)
+    lines = [
+        "MISTAKES (critic_rank, true_rank: 0 = best; over-rated = critic ranked it better than the truth):",
+        " | ".join(["hyp", "verdict", "overall", "critic_rank", "true_rank", "error_mm", *names]),
+    ]
+    notes = []
+    for m in mistakes:
+        verdict = "over-rated" if m.critic_rank < m.true_rank else "under-rated"
+        row = [str(m.index), verdict, _fmt(m.overall), str(m.critic_rank), str(m.true_rank), _fmt(m.error_mm)]
+        row += [_fmt(float(m.evidence[name])) if name in m.evidence else "-" for name in names]
+        lines.append(" | ".join(row))
+        if m.note:
+            notes.append(f"- hyp {m.index}: {' '.join(m.note.split())[:MAX_RATIONALE_CHARS]}")
+    if notes:
+        lines += ["Notes on these hypotheses (e.g. the critic's own rationale):", *notes]
+    return "\n".join(lines)
+
+
+def rule_mining_text(ctx: Any, mistakes: Sequence[Any], *, text_mode: bool = False) -> str:
+    """The user message for rule mining on one labelled group."""
+    parts = [
+        f"GROUP {ctx.group_id}: {ctx.num_hypotheses} hypotheses.",
+        rules_block(ctx.rules).replace("RULES from memory", "RULE BOOK (already known)"),
+        evidence_table(ctx.evidence, ctx.measure_info),
+        mistakes_table(mistakes),
+        "Propose at most 2 new rules (an empty list is fine if no rule would help).",
+    ]
+    if text_mode:
+        example = {
+            "rules": [
+                {
+                    "text": "elbow bent backwards by more than 15 degrees -> take off 3 points",
+                    "tags": ["hyperextension"],
+                    "measure": "hyperextension_deg",
+                    "comparator": ">",
+                    "threshold": 15.0,
+                    "points": 3.0,
+                    "axis": "physical_feasibility",
+                }
+            ]
+        }
+        parts.append("Reply with ONLY a JSON object of this shape, no prose: " + json.dumps(example))
+    return "\n\n".join(parts)

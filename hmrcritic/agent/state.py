@@ -1,0 +1,89 @@
+"""Graph state and the agent's settings.
+
+State stays small and plain (ids, paths, floats, lists, dicts of JSON types): the SQLite checkpointer
+serialises it after every node, and numpy values do not survive that (STACK.md). Pydantic records
+(critique, rules, prototype hits, reflection issues) travel as their ``model_dump()``. The arrays of a group
+(hypotheses, joints, evidence, renders) live in its run folder; the state holds the folder's path.
+
+:class:`AgentConfig` is passed to the graph as ``config["configurable"]["agent"]`` (a plain dict), so every
+node reads the same settings and a run can be reproduced from its checkpoint.
+"""
+
+from __future__ import annotations
+
+import os
+from typing import Any, TypedDict
+
+from pydantic import BaseModel, Field
+
+
+def _env_bool(name: str, default: bool) -> bool:
+    value = os.environ.get(name)
+    if value is None or value == "":
+        return default
+    return value.strip().lower() in ("1", "true", "yes", "on")
+
+
+def _env_int(name: str, default: int) -> int:
+    value = os.environ.get(name)
+    return int(value) if value else default
+
+
+def _env_float(name: str, default: float) -> float:
+    value = os.environ.get(name)
+    return float(value) if value else default
+
+
+class AgentConfig(BaseModel):
+    """Settings of one agent run. Every field has an ``HMRCRITIC_*`` environment fallback."""
+
+    judge: str = Field(default_factory=lambda: os.environ.get("HMRCRITIC_JUDGE", "builtin"))
+    max_reflections: int = Field(default_factory=lambda: _env_int("HMRCRITIC_MAX_REFLECTIONS", 2), ge=0)
+    rules_k: int = Field(default_factory=lambda: _env_int("HMRCRITIC_RULES_K", 8), ge=0)
+    prototypes_k: int = Field(default_factory=lambda: _env_int("HMRCRITIC_PROTOTYPES_K", 5), ge=0)
+    ucb_c: float = Field(default_factory=lambda: _env_float("HMRCRITIC_UCB_C", 1.0), ge=0)
+    learn: bool = Field(default_factory=lambda: _env_bool("HMRCRITIC_LEARN", False))
+    render: bool = Field(default_factory=lambda: _env_bool("HMRCRITIC_RENDER", True))
+    memory_dir: str | None = Field(default_factory=lambda: os.environ.get("HMRCRITIC_MEMORY") or None)
+    chroma_url: str | None = Field(default_factory=lambda: os.environ.get("HMRCRITIC_CHROMA_URL") or None)
+    use_memory: bool = Field(default_factory=lambda: _env_bool("HMRCRITIC_USE_MEMORY", True))
+    use_rules: bool = Field(default_factory=lambda: _env_bool("HMRCRITIC_USE_RULES", True))
+    use_prototypes: bool = Field(default_factory=lambda: _env_bool("HMRCRITIC_USE_PROTOTYPES", True))
+    proto_weight: float = Field(default_factory=lambda: _env_float("HMRCRITIC_PROTO_WEIGHT", 0.5), ge=0, le=1)
+    settle_with_labels: bool = Field(
+        True, description="when learning on labelled groups, prototypes keep scores settled on the true error"
+    )
+    success_tau: float = Field(0.5, description="Spearman ρ a labelled group must reach for its rules to succeed")
+
+    @classmethod
+    def from_config(cls, config: dict | None) -> AgentConfig:
+        """The settings inside a LangGraph ``RunnableConfig`` (defaults + env when absent)."""
+        raw = ((config or {}).get("configurable") or {}).get("agent")
+        if isinstance(raw, AgentConfig):
+            return raw
+        return cls.model_validate(raw or {})
+
+
+class AgentState(TypedDict, total=False):
+    """What the checkpointer stores per group (one thread per group)."""
+
+    group_id: str
+    run_id: str
+    inputs_digest: str  # content hash of the inputs: a thread is reused only for the same inputs
+    run_dir: str  # per-group folder: inputs.npz, bodies.npz, evidence.npz, renders, critique.json
+    num_hypotheses: int
+    image_path: str | None
+    has_labels: bool  # the inputs carry true per-hypothesis errors (exploration / warm-up only)
+    renders: dict[str, str]  # name → png path
+    evidence: dict[str, list[float]]
+    tags: list[str]
+    rules: list[dict[str, Any]]  # Rule dumps
+    prototypes: list[list[dict[str, Any]]]  # per hypothesis: PrototypeHit dumps
+    memory_version: str
+    critique: dict[str, Any]  # GroupCritique dump
+    round: int  # 0 = first critique; k = k-th revision
+    issues: list[dict[str, Any]]  # ReflectionIssue dumps raised by the last reflect
+    feedback: str
+    reflections: list[dict[str, Any]]  # one record per reflect: round, issues, changes
+    memory_written: dict[str, Any]
+    done: bool

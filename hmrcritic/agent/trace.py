@@ -1,0 +1,126 @@
+"""Run traces: which node ran when, for how long, and what it changed.
+
+Each ``critique_group`` call that computes something writes ``runs_dir()/traces/<run_id>.jsonl`` (one
+checksummed record per event, appended as it happens, so a crashed run still has its trace) and points
+``runs_dir()/traces/LAST`` at it. ``hmrcritic trace RUN_ID | --last`` prints it. LangSmith / Langfuse
+tracing needs nothing here: LangChain picks them up from their environment variables.
+"""
+
+from __future__ import annotations
+
+import time
+from pathlib import Path
+from typing import Any
+
+from hmrcritic import config as hconfig
+from hmrcritic.errors import InputError
+from hmrcritic.io import append_jsonl, atomic_write_text, read_jsonl
+
+
+def traces_dir() -> Path:
+    return hconfig.runs_dir() / "traces"
+
+
+def summarise_update(node: str, update: dict[str, Any]) -> dict[str, Any]:
+    """A short, human-readable account of a node's state update (never the arrays or the full texts)."""
+    out: dict[str, Any] = {"keys": sorted(update)}
+    if "evidence" in update:
+        out["measures"] = sorted(update["evidence"])
+    if "tags" in update:
+        out["tags"] = update["tags"]
+    if "renders" in update:
+        out["renders"] = sorted(update["renders"])
+    if "rules" in update:
+        out["rules"] = [r.get("rule_id") for r in update["rules"]]
+    if "prototypes" in update:
+        out["prototypes"] = sum(len(row) for row in update["prototypes"])
+    if "critique" in update:
+        scores = update["critique"].get("scores", [])
+        if scores:
+            best = max(scores, key=lambda s: s["overall"])
+            worst = min(scores, key=lambda s: s["overall"])
+            out["best"] = f"h{best['index']} {best['overall']:.2f}"
+            out["worst"] = f"h{worst['index']} {worst['overall']:.2f}"
+        out["rules_applied"] = len(update["critique"].get("rules_applied", []))
+    if node == "critique" and update.get("reflections"):
+        out["changes"] = update["reflections"][-1].get("changes", [])[:20]
+    if node == "reflect" and update.get("reflections"):
+        last = update["reflections"][-1]
+        out["action"] = last.get("action")
+        kinds: dict[str, int] = {}
+        for issue in last.get("issues", []):
+            kinds[issue["kind"]] = kinds.get(issue["kind"], 0) + 1
+        out["issues"] = kinds
+    if "memory_written" in update:
+        out["memory_written"] = update["memory_written"]
+    return out
+
+
+class TraceWriter:
+    def __init__(self, run_id: str, group_id: str):
+        self.run_id = run_id
+        self.group_id = group_id
+        self.path = traces_dir() / f"{run_id}.jsonl"
+        self.step = 0
+        self.t0 = time.time()
+
+    def _write(self, rec: dict) -> None:
+        append_jsonl(self.path, {"run_id": self.run_id, "group_id": self.group_id, **rec})
+
+    def start(self, cfg, resumed: bool = False) -> None:
+        self._write({"event": "start", "time": self.t0, "resumed": resumed, "config": cfg.model_dump()})
+        atomic_write_text(traces_dir() / "LAST", self.run_id + "\n")
+
+    def node(self, node: str, update: dict, seconds: float) -> None:
+        self.step += 1
+        self._write({"event": "node", "step": self.step, "node": node, "seconds": round(seconds, 6),
+                     "changed": summarise_update(node, update)})
+
+    def error(self, exc: BaseException) -> None:
+        self._write({"event": "error", "error": f"{type(exc).__name__}: {exc}"[:500]})
+
+    def finish(self, values: dict) -> None:
+        self._write({"event": "finish", "seconds": round(time.time() - self.t0, 6),
+                     "rounds": values.get("round", 0), "done": bool(values.get("done"))})
+
+
+def resolve_run(run_id: str | None = None, last: bool = False) -> Path:
+    d = traces_dir()
+    if last or not run_id:
+        pointer = d / "LAST"
+        if not pointer.exists():
+            raise InputError(f"no runs recorded yet in {d}")
+        run_id = pointer.read_text().strip()
+    path = d / f"{run_id}.jsonl"
+    if not path.exists():
+        matches = sorted(d.glob(f"*{run_id}*.jsonl"))
+        if len(matches) == 1:
+            return matches[0]
+        hint = f"; {len(matches)} runs match" if matches else ""
+        raise InputError(f"run {run_id!r} not found in {d}{hint}")
+    return path
+
+
+def read_trace(run_id: str | None = None, last: bool = False) -> list[dict]:
+    return read_jsonl(resolve_run(run_id, last))
+
+
+def format_trace(records: list[dict]) -> str:
+    """The node sequence with timings and what each node changed, one line per node."""
+    if not records:
+        return "(empty trace)"
+    lines = [f"run {records[0]['run_id']}  group {records[0]['group_id']}"]
+    for r in records:
+        if r["event"] == "start":
+            lines.append(f"  start{' (resumed)' if r.get('resumed') else ''}  judge={r['config'].get('judge')}"
+                         f" learn={r['config'].get('learn')} max_reflections={r['config'].get('max_reflections')}")
+        elif r["event"] == "node":
+            ch = dict(r["changed"])
+            ch.pop("keys", None)
+            desc = "; ".join(f"{k}={v}" for k, v in ch.items())
+            lines.append(f"  {r['step']:>2}. {r['node']:<13} {r['seconds'] * 1000:8.1f} ms  {desc}"[:400])
+        elif r["event"] == "error":
+            lines.append(f"  error: {r['error']}")
+        elif r["event"] == "finish":
+            lines.append(f"  finish  {r['seconds'] * 1000:.1f} ms total, {r['rounds']} revision round(s)")
+    return "\n".join(lines)

@@ -1,0 +1,567 @@
+"""The VLM judge: any OpenAI-compatible vision endpoint scores a whole group in one call.
+
+Follows the paper's critic (a frozen VLM that sees all hypotheses of a group at once and weighs 3D motion
+structure, physical feasibility and image alignment). Beyond the paper, and why:
+
+* Three axes plus ``overall`` on a 0-10 scale (:class:`GroupCritique`); a model that answers on the paper's
+  0-100 scale is rescaled, so either prompt style works.
+* The prompt carries a measured evidence table and the recalled rules/prototypes as text, so a small local
+  VLM has numbers to lean on (see :mod:`hmrcritic.agent.prompts`).
+* Robustness for real endpoints: structured output via ``json_schema``; servers that reject it get
+  function calling, and servers that reject that get plain text parsed tolerantly (first JSON object, 0-100
+  rescaled, clamped, missing axes filled from ``overall``). Answers with the wrong hypotheses are rejected.
+  Timeouts, 5xx, 429 (``Retry-After`` honoured) and unusable answers are retried with exponential backoff
+  and jitter; then :class:`~hmrcritic.errors.JudgeError` names the group and the last reason in one line.
+  ChatOpenAI's own retries are off (``max_retries=0``) so this policy is the only one in force.
+* A process-wide semaphore per endpoint bounds the requests in flight (``JudgeSettings.max_concurrency``);
+  :meth:`VLMJudge.critique_many` fans groups out on a thread pool of that size.
+
+The API key comes from :func:`hmrcritic.config.api_key` only. It is handed to the client as a secret and is
+scrubbed from every message this module writes (logs and errors); errors are raised outside the ``except``
+block so no provider exception (which may quote a request) rides along as ``__context__``.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import email.utils
+import json
+import logging
+import math
+import random
+import threading
+import time
+from collections.abc import Callable, Sequence
+from concurrent.futures import ThreadPoolExecutor, as_completed
+from pathlib import Path
+from typing import Any
+
+from pydantic import BaseModel
+
+from hmrcritic.agent import prompts
+from hmrcritic.agent.judges import JudgeContext, Mistake
+from hmrcritic.agent.schema import AXES, GroupCritique, HypothesisScore, ProposedRule, RuleProposals
+from hmrcritic.config import JudgeSettings, api_key
+from hmrcritic.errors import JudgeError
+
+log = logging.getLogger(__name__)
+
+MODES = ("json_schema", "function_calling", "text")
+COMPARATORS = (">", ">=", "<", "<=")
+# Used when no key is set: local servers (vLLM, Ollama, LM Studio) accept any bearer token.
+NO_KEY_PLACEHOLDER = "EMPTY"
+
+_SEMAPHORES: dict[tuple[str, int], threading.BoundedSemaphore] = {}
+_SEMAPHORES_LOCK = threading.Lock()
+
+
+def endpoint_semaphore(base_url: str | None, limit: int) -> threading.BoundedSemaphore:
+    """The process-wide limiter for one endpoint: every judge talking to ``base_url`` shares it."""
+    key = (base_url or "default", max(1, int(limit)))
+    with _SEMAPHORES_LOCK:
+        if key not in _SEMAPHORES:
+            _SEMAPHORES[key] = threading.BoundedSemaphore(key[1])
+        return _SEMAPHORES[key]
+
+
+class Unparseable(ValueError):
+    """The endpoint answered, but not with something we can use (retried like a transient failure)."""
+
+
+# ---------------------------------------------------------------------------------------------- parsing
+
+
+def extract_json(text: str) -> Any:
+    """The first JSON object (or array) embedded in ``text`` (prose, code fences and all)."""
+    decoder = json.JSONDecoder()
+    for i, ch in enumerate(text):
+        if ch in "{[":
+            try:
+                value, _ = decoder.raw_decode(text, i)
+            except json.JSONDecodeError:
+                continue
+            if isinstance(value, dict | list):
+                return value
+    raise Unparseable("no JSON object in the answer")
+
+
+def _num(value: Any) -> float | None:
+    try:
+        f = float(value)
+    except (TypeError, ValueError):
+        return None
+    return f if math.isfinite(f) else None
+
+
+def normalise_critique(data: Any, n: int) -> GroupCritique:
+    """Turn whatever the endpoint returned into a valid critique of exactly ``n`` hypotheses, or raise.
+
+    Tolerated: a bare list of scores; ``score``/``comment``/``id`` aliases (the paper's critic answers one
+    score and a comment); a 0-100 scale (rescaled when any value exceeds 10); values outside the scale
+    (clamped); missing axes (filled from ``overall``; a missing ``overall`` is the mean of the axes);
+    missing indices when the list has exactly ``n`` entries (taken in order); indices 1..n (shifted).
+    Rejected: the wrong number of hypotheses, duplicate or out-of-range indices, entries without scores.
+    """
+    if isinstance(data, BaseModel):
+        data = data.model_dump()
+    if isinstance(data, list):
+        data = {"scores": data}
+    if not isinstance(data, dict):
+        raise Unparseable("answer is not a JSON object")
+    entries = next(
+        (data[k] for k in ("scores", "hypotheses", "results") if isinstance(data.get(k), list)), None
+    )
+    if entries is None:
+        raise Unparseable("answer has no 'scores' list")
+    if len(entries) != n:
+        raise Unparseable(f"answer scores {len(entries)} hypotheses, expected {n}")
+    rows = []
+    for pos, e in enumerate(entries):
+        if not isinstance(e, dict):
+            raise Unparseable(f"score entry {pos} is not an object")
+        idx = e.get("index", e.get("id", e.get("hypothesis")))
+        vals = {a: _num(e.get(a)) for a in AXES}
+        overall = _num(e.get("overall", e.get("score")))
+        known = [v for v in vals.values() if v is not None]
+        if overall is None:
+            if not known:
+                raise Unparseable(f"score entry {pos} has no scores")
+            overall = sum(known) / len(known)
+        vals = {a: (overall if v is None else v) for a, v in vals.items()}
+        rationale = e.get("rationale", e.get("comment", e.get("reason", "")))
+        rows.append({"index": idx, "overall": overall, **vals, "rationale": str(rationale or "")})
+    # indices: all given or none given
+    given = [r["index"] for r in rows]
+    if all(i is None for i in given):
+        for pos, r in enumerate(rows):
+            r["index"] = pos
+    else:
+        try:
+            ints = [int(i) for i in given]
+        except (TypeError, ValueError):
+            raise Unparseable("hypothesis indices are missing or not integers") from None
+        if sorted(ints) == list(range(1, n + 1)):
+            ints = [i - 1 for i in ints]
+        if sorted(ints) != list(range(n)):
+            raise Unparseable(f"hypothesis indices {sorted(ints)} are not exactly 0..{n - 1}")
+        for r, i in zip(rows, ints, strict=True):
+            r["index"] = i
+    top = max(max(r[k] for k in ("overall", *AXES)) for r in rows)
+    scale = 10.0 if top > 10.0 else 1.0
+    scores = []
+    for r in sorted(rows, key=lambda r: r["index"]):
+        clamp = {k: min(10.0, max(0.0, r[k] / scale)) for k in ("overall", *AXES)}
+        scores.append(HypothesisScore(index=r["index"], rationale=r["rationale"], **clamp))
+    applied = data.get("rules_applied") or []
+    applied = [str(x) for x in applied] if isinstance(applied, list) else []
+    return GroupCritique(scores=scores, summary=str(data.get("summary") or "")[:1000], rules_applied=applied)
+
+
+def normalise_proposals(data: Any, ctx: JudgeContext) -> RuleProposals:
+    """Keep at most two usable, new rules; an executable condition survives only if it is complete and
+    names a measure of this group's evidence (otherwise the rule keeps its text and loses the condition)."""
+    if isinstance(data, BaseModel):
+        data = data.model_dump()
+    if isinstance(data, list):
+        data = {"rules": data}
+    if not isinstance(data, dict) or not isinstance(data.get("rules"), list):
+        raise Unparseable("answer has no 'rules' list")
+    known_texts = {" ".join(r.text.lower().split()) for r in ctx.rules}
+    known_conds = {
+        (r.condition.measure, r.condition.comparator, round(r.condition.threshold, 6))
+        for r in ctx.rules
+        if r.condition is not None
+    }
+    out: list[ProposedRule] = []
+    for item in data["rules"]:
+        if not isinstance(item, dict) or not str(item.get("text") or "").strip():
+            continue
+        text = " ".join(str(item["text"]).split())[:400]
+        measure, comp = item.get("measure"), item.get("comparator")
+        threshold, points = _num(item.get("threshold")), _num(item.get("points"))
+        axis = item.get("axis") if item.get("axis") in AXES else None
+        executable = (
+            measure in ctx.evidence and comp in COMPARATORS and threshold is not None and points is not None
+        )
+        if not executable:
+            measure = comp = threshold = points = axis = None
+        else:
+            points = min(10.0, max(0.0, points))
+            if (measure, comp, round(threshold, 6)) in known_conds:
+                continue
+        if text.lower() in known_texts:
+            continue
+        tags = [str(t) for t in item.get("tags") or [] if isinstance(t, str | int)][:8]
+        out.append(
+            ProposedRule(
+                text=text,
+                tags=tags,
+                measure=measure,
+                comparator=comp,
+                threshold=threshold,
+                points=points,
+                axis=axis,
+            )
+        )
+        if len(out) == 2:
+            break
+    if data["rules"] and not out:
+        raise Unparseable("none of the proposed rules is usable or new")
+    return RuleProposals(rules=out)
+
+
+# ---------------------------------------------------------------------------------------------- images
+
+
+def image_part(path: str | Path, group_id: str, what: str) -> dict:
+    """An ``image_url`` content part carrying the file as a base64 data URL (PNG or JPEG)."""
+    p = Path(path)
+    try:
+        data = p.read_bytes()
+    except OSError as exc:
+        raise JudgeError(f"group {group_id}: cannot read the {what} image {p}: {exc.strerror}") from None
+    if data.startswith(b"\x89PNG\r\n\x1a\n"):
+        mime = "image/png"
+    elif data.startswith(b"\xff\xd8"):
+        mime = "image/jpeg"
+    else:
+        raise JudgeError(f"group {group_id}: the {what} image {p} is neither PNG nor JPEG")
+    url = f"data:{mime};base64,{base64.b64encode(data).decode('ascii')}"
+    return {"type": "image_url", "image_url": {"url": url}}
+
+
+# ---------------------------------------------------------------------------------------------- judge
+
+
+def _retry_after_s(exc: Exception) -> float | None:
+    """Seconds the server asked us to wait (``retry-after-ms``, or ``Retry-After`` in seconds or a date)."""
+    response = getattr(exc, "response", None)
+    headers = getattr(response, "headers", None)
+    if not headers:
+        return None
+    if (ms := _num(headers.get("retry-after-ms"))) is not None:
+        return max(0.0, ms / 1000.0)
+    value = headers.get("retry-after")
+    if value is None:
+        return None
+    if (s := _num(value)) is not None:
+        return max(0.0, s)
+    try:
+        when = email.utils.parsedate_to_datetime(value)
+    except (TypeError, ValueError):
+        return None
+    return max(0.0, when.timestamp() - time.time())
+
+
+class VLMJudge:
+    """A :class:`~hmrcritic.agent.judges.Judge` backed by an OpenAI-compatible chat endpoint with vision.
+
+    ``settings`` defaults to :class:`JudgeSettings` from the environment. Backoff: retry k (k = 0, 1, ...)
+    waits ``min(backoff_max_s, backoff_base_s * 2**k)`` scaled by a jitter in [0.5, 1], or the server's
+    ``Retry-After`` when larger (capped at ``max_retry_after_s``). A group therefore fails after at most
+    ``(1 + max_retries) * timeout_s`` plus the backoffs. ``send_input_image`` adds the raw input image to
+    the overlay and side grids (off by default: the overlay grid already shows it).
+    """
+
+    name = "vlm"
+
+    def __init__(
+        self,
+        settings: JudgeSettings | None = None,
+        *,
+        backoff_base_s: float = 1.0,
+        backoff_max_s: float = 30.0,
+        max_retry_after_s: float = 120.0,
+        send_input_image: bool = False,
+    ):
+        from langchain_openai import ChatOpenAI  # lazy: the builtin path never imports it
+        from pydantic import SecretStr
+
+        self.settings = settings or JudgeSettings()
+        self.backoff_base_s = backoff_base_s
+        self.backoff_max_s = backoff_max_s
+        self.max_retry_after_s = max_retry_after_s
+        self.send_input_image = send_input_image
+        key = api_key()
+        self._secret = SecretStr(key or "")  # for scrubbing only; its repr is masked
+        self._llm = ChatOpenAI(
+            model=self.settings.model,
+            base_url=self.settings.base_url,
+            api_key=SecretStr(key or NO_KEY_PLACEHOLDER),
+            temperature=0,
+            timeout=self.settings.timeout_s,
+            max_retries=0,
+        )
+        self._mode = MODES[0]
+        self._mode_lock = threading.Lock()
+        self._runnables: dict[tuple[str, str], Any] = {}
+        self._semaphore = endpoint_semaphore(self.settings.base_url, self.settings.max_concurrency)
+
+    def __repr__(self) -> str:
+        s = self.settings
+        return f"VLMJudge(model={s.model!r}, base_url={s.base_url!r}, mode={self._mode!r})"
+
+    @property
+    def mode(self) -> str:
+        """The structured-output method in use (drops to a simpler one when the endpoint rejects it)."""
+        return self._mode
+
+    # -- public API -----------------------------------------------------------------------------------
+
+    def critique(self, ctx: JudgeContext) -> GroupCritique:
+        """Score every hypothesis of the group in one call; raise JudgeError after the retries."""
+        self._check_context(ctx)
+        images = self._images(ctx)
+        known_rules = {r.rule_id for r in ctx.rules}
+
+        def validate(data: Any) -> GroupCritique:
+            crit = normalise_critique(data, ctx.num_hypotheses)
+            # only ids that were in the prompt: the graph counts rule uses from this list
+            crit.rules_applied = [r for r in dict.fromkeys(crit.rules_applied) if r in known_rules]
+            return crit
+
+        def build(mode: str, retry_reason: str) -> list:
+            text = prompts.critique_text(
+                ctx, images=[kind for kind, _ in images], text_mode=mode == "text", retry_reason=retry_reason
+            )
+            return self._messages(prompts.CRITIQUE_SYSTEM, text, [part for _, part in images])
+
+        return self._call(ctx.group_id, GroupCritique, build, validate)
+
+    def propose_rules(self, ctx: JudgeContext, mistakes: list[Mistake]) -> RuleProposals:
+        """Rule mining: show where the ranking disagreed with the truth and ask for at most two new rules."""
+        self._check_context(ctx)
+        images = self._images(ctx)
+
+        def build(mode: str, retry_reason: str) -> list:
+            text = prompts.rule_mining_text(ctx, mistakes, text_mode=mode == "text")
+            if retry_reason:
+                text += f"\n\nYour previous answer could not be used ({retry_reason}). Answer again."
+            return self._messages(prompts.RULES_SYSTEM, text, [part for _, part in images])
+
+        return self._call(ctx.group_id, RuleProposals, build, lambda d: normalise_proposals(d, ctx))
+
+    def critique_many(
+        self,
+        ctxs: Sequence[JudgeContext],
+        *,
+        return_exceptions: bool = False,
+        on_done: Callable[[int, GroupCritique | JudgeError], None] | None = None,
+    ) -> list[GroupCritique | JudgeError]:
+        """Critique many groups on a thread pool bounded by ``max_concurrency``; results in input order.
+
+        With ``return_exceptions`` a failed group yields its JudgeError in place; otherwise the first failure
+        cancels the groups not yet started and is raised. ``on_done(i, result)`` reports progress.
+        """
+        results: list[Any] = [None] * len(ctxs)
+        if not ctxs:
+            return results
+        workers = max(1, min(self.settings.max_concurrency, len(ctxs)))
+        pool = ThreadPoolExecutor(max_workers=workers, thread_name_prefix="vlm-judge")
+        failure: JudgeError | None = None
+        try:
+            futures = {pool.submit(self.critique, c): i for i, c in enumerate(ctxs)}
+            for fut in as_completed(futures):
+                i = futures[fut]
+                if fut.cancelled():
+                    continue
+                try:
+                    results[i] = fut.result()
+                except JudgeError as exc:
+                    results[i] = exc
+                    if not return_exceptions and failure is None:
+                        failure = exc
+                        for other in futures:
+                            other.cancel()
+                if on_done is not None and results[i] is not None:
+                    on_done(i, results[i])
+        finally:
+            pool.shutdown(wait=True, cancel_futures=True)
+        if failure is not None:
+            raise failure
+        return results
+
+    async def acritique(self, ctx: JudgeContext) -> GroupCritique:
+        """Async form of :meth:`critique` (runs in a worker thread; the endpoint semaphore still applies)."""
+        return await asyncio.to_thread(self.critique, ctx)
+
+    async def acritique_many(
+        self, ctxs: Sequence[JudgeContext], **kwargs
+    ) -> list[GroupCritique | JudgeError]:
+        return await asyncio.to_thread(self.critique_many, ctxs, **kwargs)
+
+    def check_endpoint(self) -> dict:
+        """Is the endpoint reachable and does it serve our model? (``GET /models``; for ``doctor``.)
+
+        Returns ``{"ok", "base_url", "model", "models", "error"}``; never raises, never shows the key.
+        """
+        out = {"ok": False, "base_url": self.settings.base_url, "model": self.settings.model, "models": []}
+        try:
+            out["models"] = sorted(m.id for m in self._llm.root_client.models.list())
+        except Exception as exc:  # noqa: BLE001 - reported, not raised
+            out["error"] = self._describe(exc)
+            return out
+        out["ok"] = self.settings.model in out["models"] or not out["models"]
+        out["error"] = "" if out["ok"] else f"model {self.settings.model!r} is not served here"
+        return out
+
+    # -- internals ------------------------------------------------------------------------------------
+
+    @staticmethod
+    def _check_context(ctx: JudgeContext) -> None:
+        """A table that disagrees with N would make the prompt lie about the hypotheses: refuse it."""
+        n = ctx.num_hypotheses
+        for name, values in ctx.evidence.items():
+            if len(values) != n:
+                raise JudgeError(
+                    f"group {ctx.group_id}: evidence {name!r} has {len(values)} values, expected {n}"
+                )
+        if len(ctx.prototypes) > n:
+            raise JudgeError(
+                f"group {ctx.group_id}: prototypes given for {len(ctx.prototypes)} hypotheses of {n}"
+            )
+
+    def _images(self, ctx: JudgeContext) -> list[tuple[str, dict]]:
+        wanted = [("overlay", ctx.overlay_grid_path), ("side", ctx.side_grid_path)]
+        if self.send_input_image:
+            wanted.append(("image", ctx.image_path))
+        what = {"overlay": "overlay grid", "side": "side-view grid", "image": "input"}
+        return [(kind, image_part(path, ctx.group_id, what[kind])) for kind, path in wanted if path]
+
+    @staticmethod
+    def _messages(system: str, text: str, image_parts: list[dict]) -> list:
+        from langchain_core.messages import HumanMessage, SystemMessage
+
+        return [
+            SystemMessage(content=system),
+            HumanMessage(content=[{"type": "text", "text": text}, *image_parts]),
+        ]
+
+    def _runnable(self, schema: type[BaseModel], mode: str):
+        """The chat model bound to one structured-output method, returning the raw message too.
+
+        For ``json_schema`` the model's JSON schema is passed as a named dict rather than the class: with
+        the class the openai client validates the answer strictly and throws the text away, whereas we want
+        to see it (a 0-100 answer or JSON in prose is still usable). The request on the wire is the same
+        ``response_format: {type: json_schema, json_schema: {name: GroupCritique, schema: ...}}``.
+        """
+        key = (schema.__name__, mode)
+        if key not in self._runnables:
+            if mode == "text":
+                self._runnables[key] = self._llm
+            elif mode == "json_schema":
+                doc = (schema.__doc__ or schema.__name__).strip().splitlines()[0]
+                spec = {"name": schema.__name__, "description": doc, "schema": schema.model_json_schema()}
+                self._runnables[key] = self._llm.with_structured_output(spec, method=mode, include_raw=True)
+            else:
+                self._runnables[key] = self._llm.with_structured_output(schema, method=mode, include_raw=True)
+        return self._runnables[key]
+
+    def _scrub(self, text: str) -> str:
+        """One line, bounded, with the key removed."""
+        if secret := self._secret.get_secret_value():
+            text = text.replace(secret, "***")
+        text = " ".join(text.split())
+        return text if len(text) <= 300 else text[:297] + "..."
+
+    def _describe(self, exc: Exception) -> str:
+        status = getattr(exc, "status_code", None)
+        message = getattr(exc, "message", None) or str(exc) or type(exc).__name__
+        head = f"HTTP {status}" if status else type(exc).__name__
+        return self._scrub(f"{head}: {message}")
+
+    def _degrade(self, failed_mode: str) -> bool:
+        """Step down from a structured-output method the endpoint rejected. False when none is left."""
+        with self._mode_lock:
+            if self._mode != failed_mode:  # another thread already stepped down
+                return True
+            pos = MODES.index(failed_mode)
+            if pos + 1 >= len(MODES):
+                return False
+            self._mode = MODES[pos + 1]
+            log.info("vlm judge: endpoint rejected %s; using %s from now on", failed_mode, self._mode)
+            return True
+
+    @staticmethod
+    def _payload(result: Any) -> Any:
+        """The structured data of an answer: parsed object, tool-call arguments, or JSON found in text."""
+        if isinstance(result, dict) and "raw" in result:
+            if isinstance(result.get("parsed"), BaseModel):
+                return result["parsed"]
+            raw = result["raw"]
+        else:
+            raw = result
+        tool_calls = getattr(raw, "tool_calls", None) or []
+        if tool_calls:
+            return tool_calls[0].get("args")
+        invalid = getattr(raw, "invalid_tool_calls", None) or []
+        if invalid:
+            return extract_json(str(invalid[0].get("args") or ""))
+        content = getattr(raw, "content", "")
+        if isinstance(content, list):
+            content = "".join(b if isinstance(b, str) else str(b.get("text", "")) for b in content)
+        return extract_json(str(content))
+
+    def _call(self, group_id: str, schema: type[BaseModel], build, validate):
+        import openai
+
+        attempts = 1 + max(0, int(self.settings.max_retries))
+        attempt, retry_reason, reason = 0, "", ""
+        started_in: str | None = None  # the method this call stepped down from, if it did
+        while True:
+            mode = self._mode
+            wait_hint: float | None = None
+            fatal = False
+            try:
+                messages = build(mode, retry_reason)
+                with self._semaphore:
+                    result = self._runnable(schema, mode).invoke(messages)
+                return validate(self._payload(result))
+            except Unparseable as exc:
+                reason = f"unusable answer ({exc})"
+                retry_reason = str(exc)
+            except openai.BadRequestError as exc:
+                overflow = "ContextOverflow" in type(exc).__name__
+                if not overflow and mode != MODES[-1] and self._degrade(mode):
+                    started_in = started_in or mode
+                    continue  # not an attempt: the same request in a simpler form
+                if started_in is not None:
+                    # rejected in every form: the request, not the method, is at fault (e.g. an image
+                    # too large), so later groups go back to the method this call started with
+                    with self._mode_lock:
+                        self._mode = started_in
+                reason, fatal = f"endpoint rejected the request ({self._describe(exc)})", True
+            except openai.APITimeoutError:
+                reason = f"no answer within {self.settings.timeout_s:g} s"
+            except openai.RateLimitError as exc:
+                reason = f"rate limited ({self._describe(exc)})"
+                wait_hint = _retry_after_s(exc)
+            except openai.InternalServerError as exc:
+                reason = f"server error ({self._describe(exc)})"
+            except openai.APIConnectionError:
+                reason = f"cannot connect to {self.settings.base_url or 'the default OpenAI endpoint'}"
+            except openai.APIStatusError as exc:  # 401, 403, 404, 422...: retrying will not help
+                reason, fatal = self._describe(exc), True
+            except openai.OpenAIError as exc:
+                reason, fatal = self._describe(exc), True
+            attempt += 1
+            if fatal or attempt >= attempts:
+                break
+            delay = min(self.backoff_max_s, self.backoff_base_s * 2 ** (attempt - 1)) * random.uniform(
+                0.5, 1.0
+            )
+            if wait_hint is not None:
+                delay = max(delay, min(wait_hint, self.max_retry_after_s))
+            log.warning(
+                "vlm judge: group %s attempt %d/%d failed: %s; retrying in %.2f s",
+                group_id,
+                attempt,
+                attempts,
+                self._scrub(reason),
+                delay,
+            )
+            time.sleep(delay)
+        # Raised here, outside any except block, so no provider exception is chained to it.
+        tries = f"after {attempt} attempt{'s' if attempt != 1 else ''}"
+        raise JudgeError(self._scrub(f"VLM judge failed for group {group_id} {tries}: {reason}"))

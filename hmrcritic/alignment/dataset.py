@@ -1,0 +1,521 @@
+"""The group preference dataset: format, writer helpers, reader and validator.
+
+Layout of an export folder (``FORMAT_VERSION`` 1)::
+
+    dataset.json        header: format version, model checkpoint hash, judge, num_generations, seed, counts
+    manifest.jsonl      one GroupRecord per line (per-record checksum), appended by a single writer
+    groups/<id>.cond.npz   condition: keypoints (17,3) px + conf, K (3,3), image_size (2,)  — no 3D labels
+    groups/<id>.hyps.npz   hypotheses: x0 (N,D), global_orient (N,3), body_pose (N,69), betas (N,10), transl (N,3)
+    pairs.jsonl         derived, TRL ``prompt/chosen/rejected`` shape: best vs worst hypothesis of each group
+    failures.jsonl      groups whose scoring failed (retried on the next run)
+
+Why this shape: arrays stay out of the manifest (it stays greppable and small); every array file is
+written atomically *before* its manifest line, and the line carries the content checksums of both files
+plus its own checksum, so a reader can tell a complete record from a torn one after a kill -9. Array
+checksums are over the array *contents* (name, dtype, shape, bytes), not the zip bytes, so the same group
+exported twice — by any executor — has the same record.
+
+No 3D label may enter this dataset: the array files are checked against allow-lists of keys on write, on
+read and by ``validate_dataset``, and the reader refuses anything else by name.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import re
+from collections.abc import Iterable
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from pydantic import BaseModel, Field, ValidationError, model_validator
+
+from hmrcritic.agent.schema import HypothesisScore
+from hmrcritic.alignment.stats import advantages_np
+from hmrcritic.errors import AssetError
+from hmrcritic.io import atomic_save_npz, atomic_write_json, atomic_write_text, record_checksum
+
+FORMAT_VERSION = 1
+HEADER = "dataset.json"
+MANIFEST = "manifest.jsonl"
+PAIRS = "pairs.jsonl"
+FAILURES = "failures.jsonl"
+GROUPS = "groups"
+
+COND_KEYS = ("keypoints", "K", "image_size")
+HYP_KEYS = ("x0", "global_orient", "body_pose", "betas", "transl")
+# Names that would mean a 3D label (or something derived from one) leaked into the dataset.
+LABEL_KEYS = frozenset(
+    {"joints3d", "vertices", "keypoints_clean", "gt_joints", "gt_vertices", "labels", "global_orient",
+     "body_pose", "betas", "transl", "category", "error_mm", "true_error_mm"}
+)
+# The three axes that accompany ``overall`` (see agent/schema.py).
+AXES = ("motion_structure", "physical_feasibility", "image_alignment")
+
+
+class ArrayRef(BaseModel):
+    """A file under the dataset folder and the content checksum of its arrays."""
+
+    path: str = Field(..., description="relative to the dataset folder")
+    sha256: str
+
+
+class GroupRecord(BaseModel):
+    """One scored group (one line of ``manifest.jsonl``)."""
+
+    format_version: int = FORMAT_VERSION
+    group_id: str
+    input_id: str
+    split: str | None = None
+    source: str
+    condition: ArrayRef
+    hypotheses: ArrayRef
+    num_hypotheses: int = Field(..., ge=1)
+    x_dim: int = Field(..., ge=1)
+    scores: list[HypothesisScore]
+    advantages: list[float]
+    zero_variance: bool
+    judge: str
+    memory_version: str
+    model_hash: str
+    seed: int
+    group_seed: int
+    checksum: str | None = None
+
+    @model_validator(mode="after")
+    def _consistent(self) -> GroupRecord:
+        n = self.num_hypotheses
+        if len(self.scores) != n or len(self.advantages) != n:
+            raise ValueError(f"scores/advantages must have num_hypotheses={n} entries")
+        if [s.index for s in self.scores] != list(range(n)):
+            raise ValueError("scores must be in hypothesis order with index 0..N-1")
+        return self
+
+    def to_line_dict(self) -> dict:
+        """The JSON object written to the manifest, with its own checksum."""
+        body = self.model_dump(mode="json", exclude={"checksum"})
+        body["checksum"] = record_checksum(body)
+        return body
+
+
+class DatasetHeader(BaseModel):
+    format_version: int = FORMAT_VERSION
+    kind: str = "hmrcritic.group_preferences"
+    source: str
+    split: str | None = None
+    model_hash: str
+    judge: str
+    memory_version: str = "none"
+    num_generations: int
+    sample_steps: int
+    seed: int
+    x_dim: int | None = None
+    counts: dict[str, Any] = Field(default_factory=dict)
+
+
+# ---------------------------------------------------------------------------------------------- ids
+
+
+def group_id_for(source: str, input_id: str, seed: int) -> str:
+    """Deterministic, file-name-safe id from where the input came from, its id and the export seed."""
+    digest = hashlib.sha256(f"{source}|{input_id}|{seed}".encode()).hexdigest()[:12]
+    safe = re.sub(r"[^A-Za-z0-9_.-]+", "_", str(input_id))[:40]
+    return f"{safe}-{digest}"
+
+
+def group_seed_for(seed: int, input_id: str) -> int:
+    """Per-group seed from (export seed, input id): the same group whatever worker or executor draws it."""
+    return int(hashlib.sha256(f"{seed}:{input_id}".encode()).hexdigest()[:8], 16)
+
+
+# ------------------------------------------------------------------------------------------- arrays
+
+
+def arrays_checksum(arrays: dict[str, np.ndarray]) -> str:
+    """Content checksum of named arrays (key, dtype, shape, bytes; keys in sorted order)."""
+    h = hashlib.sha256()
+    for key in sorted(arrays):
+        a = np.ascontiguousarray(arrays[key])
+        h.update(key.encode())
+        h.update(a.dtype.str.encode())
+        h.update(repr(a.shape).encode())
+        h.update(a.tobytes())
+    return h.hexdigest()
+
+
+def _check_keys(arrays: Iterable[str], allowed: tuple[str, ...], where: str) -> None:
+    keys = set(arrays)
+    extra = keys - set(allowed)
+    if extra:
+        labels = sorted(extra & LABEL_KEYS)
+        what = f"3D label key(s) {labels}" if labels else f"unexpected key(s) {sorted(extra)}"
+        raise AssetError(f"{where}: {what} not allowed (allowed: {list(allowed)})")
+    missing = set(allowed) - keys
+    if missing:
+        raise AssetError(f"{where}: missing key(s) {sorted(missing)}")
+
+
+def condition_arrays(keypoints: np.ndarray, K: np.ndarray, image_size) -> dict[str, np.ndarray]:
+    """The only inputs a condition file may hold: 2D keypoints (px + confidence), intrinsics, image size."""
+    return {
+        "keypoints": np.asarray(keypoints, dtype=np.float32).reshape(17, 3),
+        "K": np.asarray(K, dtype=np.float32).reshape(3, 3),
+        "image_size": np.asarray(image_size, dtype=np.int64).reshape(2),
+    }
+
+
+def check_condition(arrays: dict[str, np.ndarray], where: str) -> None:
+    _check_keys(arrays, COND_KEYS, where)
+    shapes = {"keypoints": (17, 3), "K": (3, 3), "image_size": (2,)}
+    for k, shape in shapes.items():
+        if tuple(arrays[k].shape) != shape:
+            raise AssetError(f"{where}: {k} has shape {tuple(arrays[k].shape)}, expected {shape}")
+
+
+def check_hypotheses(arrays: dict[str, np.ndarray], where: str, n: int | None = None) -> tuple[int, int]:
+    """Checks keys and shapes of a hypotheses file; returns (N, D)."""
+    _check_keys(arrays, HYP_KEYS, where)
+    x0 = arrays["x0"]
+    if x0.ndim != 2:
+        raise AssetError(f"{where}: x0 must be (N, D), got shape {tuple(x0.shape)}")
+    N, D = x0.shape
+    if n is not None and N != n:
+        raise AssetError(f"{where}: x0 has {N} hypotheses, the record says {n}")
+    for k, width in (("global_orient", 3), ("body_pose", 69), ("betas", 10), ("transl", 3)):
+        if tuple(arrays[k].shape) != (N, width):
+            raise AssetError(f"{where}: {k} has shape {tuple(arrays[k].shape)}, expected {(N, width)}")
+    if not np.isfinite(x0).all():
+        raise AssetError(f"{where}: x0 contains non-finite values")
+    return int(N), int(D)
+
+
+def write_group_arrays(root: Path, group_id: str, cond: dict, hyps: dict) -> tuple[ArrayRef, ArrayRef]:
+    """Check and atomically write both array files of a group; returns their references."""
+    check_condition(cond, f"condition of {group_id}")
+    check_hypotheses(hyps, f"hypotheses of {group_id}")
+    refs = []
+    for suffix, arrays in (("cond", cond), ("hyps", hyps)):
+        rel = f"{GROUPS}/{group_id}.{suffix}.npz"
+        atomic_save_npz(root / rel, **arrays)
+        refs.append(ArrayRef(path=rel, sha256=arrays_checksum(arrays)))
+    return refs[0], refs[1]
+
+
+def load_npz(path: Path) -> dict[str, np.ndarray]:
+    try:
+        with np.load(path, allow_pickle=False) as z:
+            return {k: z[k] for k in z.files}
+    except FileNotFoundError:
+        raise AssetError(f"missing array file {path}") from None
+    except Exception as exc:  # zipfile.BadZipFile, ValueError, OSError …
+        raise AssetError(f"unreadable array file {path}: {type(exc).__name__}: {exc}") from None
+
+
+def build_record(**fields) -> GroupRecord:
+    """A GroupRecord with advantages and the zero-variance flag derived from the overall scores."""
+    overall = [s.overall for s in fields["scores"]]
+    fields.setdefault("advantages", advantages_np(overall, "group"))
+    fields.setdefault("zero_variance", bool(max(overall) - min(overall) <= 1e-6))
+    return GroupRecord(**fields)
+
+
+# ------------------------------------------------------------------------------------------ manifest
+
+
+def parse_manifest_line(line: str) -> GroupRecord | None:
+    """A record from one manifest line, or None when the line is torn, corrupt or fails the schema."""
+    line = line.strip()
+    if not line:
+        return None
+    try:
+        raw = json.loads(line)
+    except json.JSONDecodeError:
+        return None
+    if not isinstance(raw, dict) or raw.get("checksum") != record_checksum(raw):
+        return None
+    try:
+        return GroupRecord.model_validate(raw)
+    except ValidationError:
+        return None
+
+
+def read_manifest(root: str | Path) -> list[GroupRecord]:
+    """Complete, checksummed records in file order (torn lines dropped, first of duplicate ids kept)."""
+    path = Path(root) / MANIFEST
+    if not path.exists():
+        return []
+    out, seen = [], set()
+    with open(path, encoding="utf-8") as fh:
+        for line in fh:
+            rec = parse_manifest_line(line)
+            if rec is not None and rec.group_id not in seen:
+                seen.add(rec.group_id)
+                out.append(rec)
+    return out
+
+
+def record_files_ok(root: Path, rec: GroupRecord) -> bool:
+    """Both array files exist, have the checksums the record names and pass the key/shape checks."""
+    try:
+        cond = load_npz(root / rec.condition.path)
+        hyps = load_npz(root / rec.hypotheses.path)
+        check_condition(cond, rec.condition.path)
+        n, d = check_hypotheses(hyps, rec.hypotheses.path, rec.num_hypotheses)
+    except AssetError:
+        return False
+    return (
+        d == rec.x_dim
+        and arrays_checksum(cond) == rec.condition.sha256
+        and arrays_checksum(hyps) == rec.hypotheses.sha256
+    )
+
+
+def repair_manifest(root: str | Path, check_files: bool = True) -> tuple[list[GroupRecord], int]:
+    """Keep the valid records of a manifest and rewrite it atomically when anything had to be dropped.
+
+    Called when an export starts or resumes: a kill -9 can leave a torn last line (or, never in practice,
+    a record whose arrays are gone). Returns the kept records and how many lines were dropped.
+    """
+    root = Path(root)
+    path = root / MANIFEST
+    if not path.exists():
+        return [], 0
+    raw_lines = path.read_text(encoding="utf-8").splitlines(keepends=True)
+    kept, lines, seen = [], [], set()
+    for line in raw_lines:
+        rec = parse_manifest_line(line)
+        if rec is None or rec.group_id in seen:
+            continue
+        if check_files and not record_files_ok(root, rec):
+            continue
+        seen.add(rec.group_id)
+        kept.append(rec)
+        lines.append(line if line.endswith("\n") else line + "\n")
+    dropped = sum(1 for ln in raw_lines if ln.strip()) - len(kept)
+    if dropped or (raw_lines and not raw_lines[-1].endswith("\n")):
+        atomic_write_text(path, "".join(lines))
+    return kept, dropped
+
+
+def rewrite_manifest(root: str | Path, records: list[GroupRecord]) -> None:
+    """Atomically replace the manifest (used to put records in input order once an export completes)."""
+    text = "".join(json.dumps(r.to_line_dict()) + "\n" for r in records)
+    atomic_write_text(Path(root) / MANIFEST, text)
+
+
+def pair_records(records: Iterable[GroupRecord]) -> list[dict]:
+    """TRL-style preference pairs: best vs worst hypothesis of each group with a score gap.
+
+    ``prompt`` is the condition reference, ``chosen``/``rejected`` reference a hypothesis (file + index) with
+    its scores. Ties resolve to the lowest index so the file is deterministic.
+    """
+    pairs = []
+    for r in records:
+        if r.zero_variance:
+            continue
+        overall = [s.overall for s in r.scores]
+        best = int(np.argmax(overall))
+        worst = int(np.argmin(overall))
+
+        def side(i: int, r=r) -> dict:
+            s = r.scores[i]
+            return {"hypotheses": r.hypotheses.path, "index": i, "overall": s.overall,
+                    "scores": {a: getattr(s, a) for a in AXES}, "advantage": r.advantages[i]}
+
+        pairs.append({
+            "group_id": r.group_id,
+            "prompt": {"condition": r.condition.path, "input_id": r.input_id},
+            "chosen": side(best),
+            "rejected": side(worst),
+            "margin": overall[best] - overall[worst],
+        })
+    return pairs
+
+
+def write_pairs(root: str | Path, records: Iterable[GroupRecord]) -> int:
+    pairs = pair_records(records)
+    atomic_write_text(Path(root) / PAIRS, "".join(json.dumps(p) + "\n" for p in pairs))
+    return len(pairs)
+
+
+def read_header(root: str | Path) -> DatasetHeader:
+    path = Path(root) / HEADER
+    if not path.exists():
+        raise AssetError(f"{path}: not a group preference dataset (no {HEADER})")
+    try:
+        header = DatasetHeader.model_validate_json(path.read_text(encoding="utf-8"))
+    except ValidationError as exc:
+        raise AssetError(f"{path}: malformed header: {exc.errors()[0]['msg']}") from None
+    if header.format_version != FORMAT_VERSION:
+        raise AssetError(f"{path}: format_version {header.format_version} unsupported (this reads {FORMAT_VERSION})")
+    return header
+
+
+def write_header(root: str | Path, header: DatasetHeader) -> None:
+    atomic_write_json(Path(root) / HEADER, header.model_dump(mode="json"))
+
+
+# ---------------------------------------------------------------------------------------- validate
+
+
+class ValidationReport(BaseModel):
+    path: str
+    ok: bool
+    groups: int = 0
+    hypotheses: int = 0
+    pairs: int = 0
+    zero_variance_share: float = 0.0
+    errors: list[str] = Field(default_factory=list)
+    warnings: list[str] = Field(default_factory=list)
+
+
+def validate_dataset(root: str | Path, max_errors: int = 50) -> ValidationReport:
+    """Check a dataset folder end to end (strict: a torn manifest line is an error here).
+
+    Header and format version; every manifest line parses, carries a correct checksum and fits the schema;
+    group ids are unique; both array files of each record exist, hold exactly the allowed keys (no 3D labels)
+    with the right shapes and the checksums the record names; stored advantages match the scores; the pairs
+    file refers to known groups. Array files no record refers to are reported as warnings (an interrupted
+    export leaves them; the next run overwrites them).
+    """
+    root = Path(root)
+    errors: list[str] = []
+    warnings: list[str] = []
+    try:
+        header = read_header(root)
+    except AssetError as exc:
+        return ValidationReport(path=str(root), ok=False, errors=[str(exc)])
+    path = root / MANIFEST
+    if not path.exists():
+        return ValidationReport(path=str(root), ok=False, errors=[f"{path}: missing"])
+    seen: set[str] = set()
+    records: list[GroupRecord] = []
+    with open(path, encoding="utf-8") as fh:
+        for lineno, line in enumerate(fh, 1):
+            where = f"{MANIFEST}:{lineno}"
+            if not line.strip():
+                continue
+            if not line.endswith("\n"):
+                errors.append(f"{where}: torn last line (no newline)")
+            try:
+                raw = json.loads(line)
+            except json.JSONDecodeError:
+                errors.append(f"{where}: not valid JSON")
+                continue
+            if not isinstance(raw, dict) or raw.get("checksum") != record_checksum(raw):
+                errors.append(f"{where}: checksum mismatch")
+                continue
+            try:
+                rec = GroupRecord.model_validate(raw)
+            except ValidationError as exc:
+                first = exc.errors()[0]
+                errors.append(f"{where}: schema: {'.'.join(map(str, first['loc']))}: {first['msg']}")
+                continue
+            if rec.format_version != header.format_version:
+                errors.append(f"{where}: format_version {rec.format_version} != header {header.format_version}")
+            if rec.group_id in seen:
+                errors.append(f"{where}: duplicate group_id {rec.group_id}")
+                continue
+            seen.add(rec.group_id)
+            records.append(rec)
+            errors.extend(f"{where}: {e}" for e in _check_record_files(root, rec))
+            expected = advantages_np([s.overall for s in rec.scores], "group")
+            if not np.allclose(expected, rec.advantages, atol=1e-5):
+                errors.append(f"{where}: advantages do not match the overall scores")
+            if len(errors) >= max_errors:
+                errors.append("… too many errors, stopped")
+                break
+    referenced = {r.condition.path for r in records} | {r.hypotheses.path for r in records}
+    if (root / GROUPS).is_dir():
+        orphans = [p for p in (root / GROUPS).glob("*.npz") if f"{GROUPS}/{p.name}" not in referenced]
+        if orphans:
+            warnings.append(f"{len(orphans)} array file(s) not referenced by the manifest (interrupted run)")
+    n_pairs = 0
+    if (root / PAIRS).exists():
+        for lineno, line in enumerate((root / PAIRS).read_text(encoding="utf-8").splitlines(), 1):
+            try:
+                pair = json.loads(line)
+                ok = pair["group_id"] in seen and {"prompt", "chosen", "rejected"} <= set(pair)
+            except (json.JSONDecodeError, KeyError, TypeError):
+                ok = False
+            if not ok:
+                errors.append(f"{PAIRS}:{lineno}: malformed or refers to an unknown group")
+            n_pairs += 1
+    zero = sum(r.zero_variance for r in records)
+    return ValidationReport(
+        path=str(root), ok=not errors, groups=len(records),
+        hypotheses=sum(r.num_hypotheses for r in records), pairs=n_pairs,
+        zero_variance_share=zero / max(len(records), 1), errors=errors, warnings=warnings,
+    )
+
+
+def _check_record_files(root: Path, rec: GroupRecord) -> list[str]:
+    errs = []
+    for ref, kind in ((rec.condition, "condition"), (rec.hypotheses, "hypotheses")):
+        p = root / ref.path
+        if not p.exists():
+            errs.append(f"{kind} file {ref.path} missing")
+            continue
+        try:
+            arrays = load_npz(p)
+            if kind == "condition":
+                check_condition(arrays, ref.path)
+            else:
+                _, d = check_hypotheses(arrays, ref.path, rec.num_hypotheses)
+                if d != rec.x_dim:
+                    errs.append(f"{ref.path}: x0 width {d} != x_dim {rec.x_dim}")
+        except AssetError as exc:
+            errs.append(str(exc))
+            continue
+        if arrays_checksum(arrays) != ref.sha256:
+            errs.append(f"{ref.path}: checksum mismatch")
+    return errs
+
+
+# ------------------------------------------------------------------------------------------- reader
+
+
+class GroupPreferenceDataset(torch.utils.data.Dataset):
+    """Reads an export folder; item ``i`` is one scored group.
+
+    Each item: ``group_id``, ``keypoints (17,3)`` px + conf, ``K (3,3)``, ``image_size (2,)``, ``x0 (N,D)``,
+    ``overall (N,)``, ``axes (N,3)`` (motion_structure, physical_feasibility, image_alignment) and
+    ``advantages (N,)``. Only the allow-listed keys are ever read: a file holding anything else — above all a
+    3D label such as ``joints3d`` — is refused with an :class:`AssetError`. ``verify`` checks array checksums.
+    """
+
+    def __init__(self, root: str | Path, verify: bool = True, skip_zero_variance: bool = False):
+        self.root = Path(root)
+        self.header = read_header(self.root)
+        self.records = read_manifest(self.root)
+        if skip_zero_variance:
+            self.records = [r for r in self.records if not r.zero_variance]
+        if not self.records:
+            raise AssetError(f"{self.root / MANIFEST}: no complete groups")
+        self.verify = verify
+
+    def __len__(self) -> int:
+        return len(self.records)
+
+    def __getitem__(self, i: int) -> dict[str, Any]:
+        rec = self.records[i]
+        cond = load_npz(self.root / rec.condition.path)
+        hyps = load_npz(self.root / rec.hypotheses.path)
+        check_condition(cond, str(self.root / rec.condition.path))
+        check_hypotheses(hyps, str(self.root / rec.hypotheses.path), rec.num_hypotheses)
+        if self.verify and (
+            arrays_checksum(cond) != rec.condition.sha256 or arrays_checksum(hyps) != rec.hypotheses.sha256
+        ):
+            raise AssetError(f"{self.root / rec.hypotheses.path}: checksum does not match manifest")
+        return {
+            "group_id": rec.group_id,
+            "keypoints": torch.from_numpy(cond["keypoints"].astype(np.float32)),
+            "K": torch.from_numpy(cond["K"].astype(np.float32)),
+            "image_size": torch.from_numpy(cond["image_size"].astype(np.int64)),
+            "x0": torch.from_numpy(hyps["x0"].astype(np.float32)),
+            "overall": torch.tensor([s.overall for s in rec.scores], dtype=torch.float32),
+            "axes": torch.tensor([[getattr(s, a) for a in AXES] for s in rec.scores], dtype=torch.float32),
+            "advantages": torch.tensor(rec.advantages, dtype=torch.float32),
+        }

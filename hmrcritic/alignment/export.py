@@ -1,0 +1,505 @@
+"""Export scored hypothesis groups as a group preference dataset (see :mod:`hmrcritic.alignment.dataset`).
+
+For every input: draw a group of ``num_generations`` hypotheses with the diffusion model (per-group seed
+derived from ``(seed, input_id)``), have the critique agent score the whole group against a *frozen*
+memory, and write the scored group. Only 2D keypoints, intrinsics and image size of an input are ever
+passed on — labels are stripped from every sample before it leaves this module.
+
+Resumable and idempotent. Only the parent process writes: for each finished group it writes both array
+files atomically, then appends one checksummed manifest line (fsynced). A kill -9 at any moment leaves at
+worst a torn last line or orphan array files; on start the manifest is repaired (invalid lines dropped,
+rewritten atomically) and groups already present are skipped, so re-running the same command finishes
+the job with no duplicate. When all inputs are done the manifest is rewritten in input order and
+``pairs.jsonl`` is derived, so the dataset is byte-identical whichever executor produced it.
+
+Executors: in-process (``workers=1``), ``workers=K`` spawned processes (each loads the model and opens the
+memory read-only once), or Ray (``ray_address`` = an address, ``"auto"``, or ``"local"`` for a local
+instance; one actor per worker). Scoring is injectable: ``score_group`` is a callable or a
+``"module:function"`` with :func:`hmrcritic.agent.api.critique_group`'s signature
+``(sample, hypotheses, judge=..., memory=..., config=..., group_id=...) -> object with .scores and
+.memory_version`` (``config`` holds ``AgentConfig`` fields; ``group_id`` names the agent's thread).
+A group whose scoring fails (e.g. :class:`JudgeError`) goes to ``failures.jsonl`` with its reason and
+the run continues; the next run retries it.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import importlib
+import multiprocessing as mp
+import time
+from collections.abc import Callable, Iterable, Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from pydantic import BaseModel, Field
+
+from hmrcritic.agent.schema import HypothesisScore
+from hmrcritic.alignment import dataset as D
+from hmrcritic.errors import InputError
+from hmrcritic.io import append_jsonl, atomic_write_text, read_jsonl
+
+DEFAULT_SCORER = "hmrcritic.agent.api:critique_group"
+# Sample fields that carry 3D labels (hmr.data.LABEL_KEYS and the like): never passed to a worker or the
+# agent. 2D inputs (keypoints, smpl24_keypoints, K, image/mask paths) stay.
+LABEL_FIELDS = ("global_orient", "body_pose", "betas", "transl", "joints3d", "keypoints_clean", "vertices",
+                "category")
+
+
+@dataclass
+class ExportConfig:
+    out: str
+    split: str | None = None
+    data: str | None = None
+    model: str | None = None  # None → the shipped base model
+    num_generations: int = 20
+    judge: str = "builtin"
+    workers: int = 1
+    ray_address: str | None = None  # "local", "auto" or host:port; None → no Ray
+    limit: int | None = None
+    seed: int = 0
+    sample_steps: int = 10  # DDIM steps
+    memory: str | None = None  # memory folder; None → config.memory_dir()
+    chroma_url: str | None = None
+    score_group: str = DEFAULT_SCORER  # "module:function"
+    use_memory: bool = True  # open the frozen memory and pass it to the scorer
+    threads_per_worker: int = 1
+
+    def __post_init__(self) -> None:
+        if (self.split is None) == (self.data is None):
+            raise InputError("give exactly one of --split NAME or --data DIR")
+        if self.num_generations < 2:
+            raise InputError(f"--num-generations must be ≥ 2 (a group needs something to compare), got "
+                             f"{self.num_generations}")
+        if self.workers < 1:
+            raise InputError(f"--workers must be ≥ 1, got {self.workers}")
+        if self.limit is not None and self.limit < 1:
+            raise InputError(f"--limit must be ≥ 1, got {self.limit}")
+        if self.judge not in ("builtin", "vlm"):
+            raise InputError(f"--judge must be builtin or vlm, got {self.judge!r}")
+        if ":" not in self.score_group:
+            raise InputError(f"score_group must be 'module:function', got {self.score_group!r}")
+
+    @property
+    def source(self) -> str:
+        return f"split:{self.split}" if self.split else f"data:{Path(self.data).resolve()}"
+
+
+class ExportSummary(BaseModel):
+    out: str
+    executor: str
+    inputs: int
+    done_before: int
+    new_groups: int
+    groups: int
+    failures: int
+    failure_reasons: dict[str, int] = Field(default_factory=dict)
+    repaired_lines: int = 0
+    zero_variance_share: float = 0.0
+    score_histogram: dict[str, int] = Field(default_factory=dict)
+    pairs: int = 0
+    elapsed_s: float = 0.0
+    groups_per_s: float = 0.0
+
+
+# ---------------------------------------------------------------------------------------------- inputs
+
+
+def strip_labels(sample: Any) -> Any:
+    """A copy of a sample with every 3D-label field set to None (dataclass or plain object)."""
+    if dataclasses.is_dataclass(sample):
+        names = {f.name for f in dataclasses.fields(sample)}
+        return dataclasses.replace(sample, **{k: None for k in LABEL_FIELDS if k in names})
+    return sample
+
+
+def load_inputs(cfg: ExportConfig) -> list[Any]:
+    """The samples to export (labels stripped), in a deterministic order, at most ``limit``."""
+    from hmrcritic.hmr import data as hdata
+
+    if cfg.split is not None:
+        scenes = hdata.load_split(cfg.split)
+    else:
+        root = Path(cfg.data)
+        if not root.is_dir():
+            raise InputError(f"--data {root}: not a folder")
+        scenes = _load_data_dir(hdata, root)
+    n = len(scenes) if cfg.limit is None else min(cfg.limit, len(scenes))
+    return [strip_labels(scenes[i]) for i in range(n)]
+
+
+def _load_data_dir(hdata, root: Path):
+    """A split folder written by ``hmrcritic data generate`` / ``generate_split`` (shards + manifest.json)."""
+    if not (root / "manifest.json").exists():
+        raise InputError(f"--data {root}: no manifest.json (expected a split folder written by "
+                         "`hmrcritic data generate`)")
+    return hdata.SceneSet(root)
+
+
+# --------------------------------------------------------------------------------------------- workers
+
+
+@dataclass
+class WorkerContext:
+    """Everything a worker needs (picklable): it loads the model and opens the memory itself, once."""
+
+    model: str | None
+    num_generations: int
+    sample_steps: int
+    judge: str
+    score_group: str
+    use_memory: bool
+    memory: str | None
+    chroma_url: str | None
+    threads: int
+
+
+def _import(spec: str) -> Callable:
+    mod, _, attr = spec.partition(":")
+    try:
+        return getattr(importlib.import_module(mod), attr)
+    except (ImportError, AttributeError) as exc:
+        raise InputError(f"cannot import scorer {spec!r}: {exc}") from None
+
+
+class GroupWorker:
+    """Samples and scores one group at a time. One per process (or Ray actor); the model and the
+    read-only memory are opened lazily on the first task and reused."""
+
+    def __init__(self, ctx: WorkerContext):
+        self.ctx = ctx
+        self._model = None
+        self._memory = None
+        self._score = None
+
+    def _setup(self) -> None:
+        if self._model is not None:
+            return
+        from hmrcritic.hmr.diffusion import load_model
+
+        torch.set_num_threads(self.ctx.threads)
+        self._model = load_model(self.ctx.model)
+        self._score = _import(self.ctx.score_group)
+        if self.ctx.use_memory:
+            from hmrcritic.memory import MemoryStore
+
+            self._memory = MemoryStore(self.ctx.memory, chroma_url=self.ctx.chroma_url, read_only=True)
+
+    def run(self, task: dict) -> dict:
+        """Task → result dict (``ok`` with arrays and scores, or the failure reason). Never raises."""
+        head = {"group_id": task["group_id"], "input_id": task["input_id"], "group_seed": task["group_seed"]}
+        try:
+            self._setup()
+            sample = task["sample"]
+            hyps = self._sample(sample, task["group_seed"])
+        except Exception as exc:  # a broken input or model: recorded, the run goes on
+            return {**head, "ok": False, "stage": "sample", "error": _reason(exc)}
+        try:
+            scored = self._score(sample, hyps, judge=self.ctx.judge, memory=self._memory,
+                                 config=self._agent_config(), group_id=task["thread_id"])
+            scores = [HypothesisScore.model_validate(s if isinstance(s, dict) else s.model_dump())
+                      for s in scored.scores]
+            if [s.index for s in scores] != list(range(self.ctx.num_generations)):
+                scores = sorted(scores, key=lambda s: s.index)
+                if [s.index for s in scores] != list(range(self.ctx.num_generations)):
+                    raise ValueError(f"scorer returned indices {[s.index for s in scores]}")
+        except Exception as exc:
+            return {**head, "ok": False, "stage": "score", "error": _reason(exc)}
+        cond = D.condition_arrays(sample.keypoints, sample.K, sample.image_size)
+        arrays = {k: np.ascontiguousarray(getattr(hyps, k)[0].detach().cpu().numpy().astype(np.float32))
+                  for k in D.HYP_KEYS}
+        return {**head, "ok": True, "cond": cond, "hyps": arrays,
+                "scores": [s.model_dump() for s in scores],
+                "memory_version": str(getattr(scored, "memory_version", "") or "")}
+
+    def _agent_config(self) -> dict:
+        """Agent settings (``AgentConfig`` fields): scoring only, never learning, on the frozen memory."""
+        return {"judge": self.ctx.judge, "learn": False, "memory_dir": self.ctx.memory,
+                "chroma_url": self.ctx.chroma_url, "use_memory": self.ctx.use_memory}
+
+    def _sample(self, sample, group_seed: int):
+        from hmrcritic.hmr.diffusion import condition_from_keypoints
+        from hmrcritic.hmr.diffusion import sample as draw
+
+        kp = torch.as_tensor(np.asarray(sample.keypoints, dtype=np.float32))[None]
+        K = torch.as_tensor(np.asarray(sample.K, dtype=np.float32))[None]
+        size = torch.as_tensor(np.asarray(sample.image_size, dtype=np.float32))[None]
+        cond = condition_from_keypoints(kp, K, size)
+        gen = torch.Generator().manual_seed(group_seed)
+        prev = torch.get_num_threads()
+        torch.set_num_threads(self.ctx.threads)
+        try:
+            return draw(self._model, cond, num_generations=self.ctx.num_generations, steps=self.ctx.sample_steps,
+                        generator=gen)
+        finally:
+            torch.set_num_threads(prev)
+
+
+def _reason(exc: BaseException) -> str:
+    msg = " ".join(str(exc).split())[:300]
+    return f"{type(exc).__name__}: {msg}" if msg else type(exc).__name__
+
+
+_WORKER: GroupWorker | None = None
+
+
+def _pool_init(ctx: WorkerContext) -> None:
+    global _WORKER
+    _WORKER = GroupWorker(ctx)
+
+
+def _pool_run(task: dict) -> dict:
+    assert _WORKER is not None
+    return _WORKER.run(task)
+
+
+def _serial(ctx: WorkerContext, tasks: list[dict]) -> Iterator[dict]:
+    worker = GroupWorker(ctx)
+    prev = torch.get_num_threads()
+    try:
+        for task in tasks:
+            yield worker.run(task)
+    finally:
+        torch.set_num_threads(prev)
+
+
+def _pool(ctx: WorkerContext, tasks: list[dict], workers: int) -> Iterator[dict]:
+    mpctx = mp.get_context("spawn")
+    pool = mpctx.Pool(workers, initializer=_pool_init, initargs=(ctx,))
+    try:
+        yield from pool.imap_unordered(_pool_run, tasks, chunksize=1)
+        pool.close()
+    finally:
+        pool.terminate()
+        pool.join()
+
+
+def _ray(ctx: WorkerContext, tasks: list[dict], workers: int, address: str) -> Iterator[dict]:
+    try:
+        import ray
+        from ray.util import ActorPool
+    except ImportError:
+        raise InputError("--ray-address needs Ray: pip install 'hmrcritic[ray]'") from None
+    started = False
+    if not ray.is_initialized():
+        try:
+            if address == "local":
+                ray.init(num_cpus=workers, include_dashboard=False, log_to_driver=False)
+            else:
+                ray.init(address=address, log_to_driver=False)
+        except Exception as exc:
+            raise InputError(f"cannot connect to Ray at {address!r}: {_reason(exc)}") from None
+        started = True
+    try:
+        actor_cls = ray.remote(num_cpus=1)(GroupWorker)
+        actors = [actor_cls.remote(ctx) for _ in range(workers)]
+        pool = ActorPool(actors)
+        yield from pool.map_unordered(lambda a, t: a.run.remote(t), tasks)
+        for a in actors:
+            ray.kill(a)
+    finally:
+        if started and address == "local":
+            ray.shutdown()
+
+
+# ------------------------------------------------------------------------------------------------ export
+
+
+def model_hash(model_path: str | None) -> tuple[str, int]:
+    """Content hash of the model weights and its x0 width (loads the checkpoint once in the parent)."""
+    from hmrcritic.alignment.finetune import state_dict_hash
+    from hmrcritic.hmr.diffusion import load_model
+
+    model = load_model(model_path)
+    return state_dict_hash(model), int(model.X_DIM)
+
+
+def frozen_memory(cfg: ExportConfig) -> tuple[str | None, str]:
+    """Path and version of the frozen memory the workers open read-only.
+
+    A missing local memory is created once, here, with the starter rules, so that workers never write.
+    Returns ``(None, "none")`` when scoring runs without memory.
+    """
+    if not cfg.use_memory:
+        return cfg.memory, "none"
+    from hmrcritic import config
+    from hmrcritic.memory import MemoryStore
+
+    path = cfg.memory
+    if not cfg.chroma_url:
+        p = Path(cfg.memory) if cfg.memory else config.memory_dir()
+        if not (p / "chroma.sqlite3").exists():
+            MemoryStore(p)  # seeds the starter rules
+        path = str(p)
+    return path, MemoryStore(path, chroma_url=cfg.chroma_url, read_only=True).version()
+
+
+def export(
+    cfg: ExportConfig,
+    inputs: list[Any] | None = None,
+    progress: bool | Callable[[int, int], None] = False,
+) -> ExportSummary:
+    """Run (or resume) an export; returns the summary. ``inputs`` overrides ``split``/``data`` (samples)."""
+    t_start = time.time()
+    out = Path(cfg.out)
+    out.mkdir(parents=True, exist_ok=True)
+    samples = [strip_labels(s) for s in inputs] if inputs is not None else load_inputs(cfg)
+    if cfg.limit is not None:
+        samples = samples[: cfg.limit]
+    if not samples:
+        raise InputError(f"no inputs to export from {cfg.source}")
+    mhash, x_dim = model_hash(cfg.model)
+    memory, memory_version = frozen_memory(cfg)
+    header = D.DatasetHeader(
+        source=cfg.source, split=cfg.split, model_hash=mhash, judge=cfg.judge, memory_version=memory_version,
+        num_generations=cfg.num_generations, sample_steps=cfg.sample_steps, seed=cfg.seed, x_dim=x_dim,
+    )
+    _check_or_write_header(out, header)
+    # The agent's checkpointer thread of a group: new whenever anything that changes its critique changes.
+    run_key = hashlib.sha256(
+        f"{mhash}|{cfg.num_generations}|{cfg.sample_steps}|{cfg.judge}|{memory_version}".encode()
+    ).hexdigest()[:8]
+
+    done, repaired = D.repair_manifest(out)
+    done_ids = {r.group_id for r in done}
+    tasks, order = [], {}
+    for i, s in enumerate(samples):
+        input_id = str(s.sample_id)
+        gid = D.group_id_for(cfg.source, input_id, cfg.seed)
+        if gid in order:
+            raise InputError(f"duplicate input id {input_id!r} in {cfg.source}")
+        order[gid] = i
+        if gid not in done_ids:
+            tasks.append({"group_id": gid, "input_id": input_id, "thread_id": f"export-{gid}-{run_key}",
+                          "group_seed": D.group_seed_for(cfg.seed, input_id), "sample": s})
+    ctx = WorkerContext(cfg.model, cfg.num_generations, cfg.sample_steps, cfg.judge, cfg.score_group,
+                        cfg.use_memory, memory, cfg.chroma_url, cfg.threads_per_worker)
+    if cfg.ray_address:
+        executor, results = f"ray({cfg.ray_address})×{cfg.workers}", _ray(ctx, tasks, cfg.workers, cfg.ray_address)
+    elif cfg.workers > 1:
+        executor, results = f"processes×{cfg.workers}", _pool(ctx, tasks, cfg.workers)
+    else:
+        executor, results = "serial", _serial(ctx, tasks)
+
+    new, failures = 0, []
+    bar = _progress(len(samples), len(done_ids)) if progress is True else None
+    try:
+        for res in results if tasks else ():
+            if res["ok"]:
+                _write_group(out, cfg, res, mhash, x_dim)
+                new += 1
+            else:
+                failures.append(res)
+                append_jsonl(out / D.FAILURES, {k: res[k] for k in ("group_id", "input_id", "stage", "error")})
+            if bar is not None:
+                bar[0].update(bar[1], advance=1)
+            elif callable(progress):
+                progress(len(done_ids) + new + len(failures), len(samples))
+    finally:
+        if bar is not None:
+            bar[0].stop()
+
+    records = D.read_manifest(out)
+    records.sort(key=lambda r: order.get(r.group_id, len(order)))
+    D.rewrite_manifest(out, records)
+    n_pairs = D.write_pairs(out, records)
+    present = {r.group_id for r in records}
+    open_failures = [f for f in read_jsonl(out / D.FAILURES) if f["group_id"] not in present]
+    _rewrite_failures(out, open_failures)
+    elapsed = time.time() - t_start
+    reasons: dict[str, int] = {}
+    for f in failures:
+        key = f["error"].split(":")[0]
+        reasons[key] = reasons.get(key, 0) + 1
+    overall = [s.overall for r in records for s in r.scores]
+    hist, edges = np.histogram(overall, bins=10, range=(0.0, 10.0))
+    summary = ExportSummary(
+        out=str(out), executor=executor, inputs=len(samples), done_before=len(done_ids), new_groups=new,
+        groups=len(records), failures=len(failures), failure_reasons=reasons, repaired_lines=repaired,
+        zero_variance_share=sum(r.zero_variance for r in records) / max(len(records), 1),
+        score_histogram={f"{edges[i]:.0f}-{edges[i + 1]:.0f}": int(h) for i, h in enumerate(hist)},
+        pairs=n_pairs, elapsed_s=elapsed, groups_per_s=new / max(elapsed, 1e-9),
+    )
+    header.counts = {"groups": len(records), "failures_open": len(open_failures), "pairs": n_pairs,
+                     "zero_variance_share": summary.zero_variance_share}
+    D.write_header(out, header)
+    return summary
+
+
+def _check_or_write_header(out: Path, header: D.DatasetHeader) -> None:
+    path = out / D.HEADER
+    if path.exists():
+        old = D.read_header(out)
+        keys = ("source", "model_hash", "judge", "memory_version", "num_generations", "sample_steps", "seed",
+                "x_dim")
+        diff = [k for k in keys if getattr(old, k) != getattr(header, k)]
+        if diff:
+            raise InputError(
+                f"{out} holds an export with different {', '.join(diff)} "
+                f"({', '.join(f'{k}={getattr(old, k)!r}' for k in diff)}); use another --out"
+            )
+        header.counts = old.counts
+    D.write_header(out, header)
+
+
+def _write_group(out: Path, cfg: ExportConfig, res: dict, mhash: str, x_dim: int) -> None:
+    """Arrays first (atomic), then the checksummed manifest line: the only write order a reader trusts."""
+    cref, href = D.write_group_arrays(out, res["group_id"], res["cond"], res["hyps"])
+    record = D.build_record(
+        group_id=res["group_id"], input_id=res["input_id"], split=cfg.split, source=cfg.source, condition=cref,
+        hypotheses=href, num_hypotheses=int(res["hyps"]["x0"].shape[0]), x_dim=x_dim,
+        scores=[HypothesisScore.model_validate(s) for s in res["scores"]], judge=cfg.judge,
+        memory_version=res["memory_version"], model_hash=mhash, seed=cfg.seed, group_seed=res["group_seed"],
+    )
+    line = record.to_line_dict()
+    append_jsonl(out / D.MANIFEST, {k: v for k, v in line.items() if k != "checksum"})
+
+
+def _rewrite_failures(out: Path, failures: Iterable[dict]) -> None:
+    import json
+
+    path = out / D.FAILURES
+    failures = list(failures)
+    if failures or path.exists():
+        atomic_write_text(path, "".join(json.dumps(f) + "\n" for f in failures))
+
+
+def _progress(total: int, done: int):
+    from rich.progress import BarColumn, MofNCompleteColumn, Progress, ProgressColumn, TextColumn
+    from rich.progress import TimeRemainingColumn
+    from rich.text import Text
+
+    class RateColumn(ProgressColumn):
+        def render(self, task) -> Text:
+            return Text(f"{task.speed:.2f} groups/s" if task.speed else "– groups/s")
+
+    prog = Progress(TextColumn("export"), BarColumn(), MofNCompleteColumn(), RateColumn(), TextColumn("ETA"),
+                    TimeRemainingColumn())
+    task = prog.add_task("export", total=total, completed=done)
+    prog.start()
+    return prog, task
+
+
+def format_summary(s: ExportSummary) -> str:
+    """Plain-text summary for the CLI."""
+    lines = [
+        f"export → {s.out} ({s.executor})",
+        f"  groups: {s.groups}/{s.inputs} (new {s.new_groups}, already done {s.done_before}, "
+        f"repaired manifest lines {s.repaired_lines})",
+        f"  failures: {s.failures}" + (f" {s.failure_reasons}" if s.failure_reasons else ""),
+        f"  zero-variance groups: {100 * s.zero_variance_share:.1f}%   pairs: {s.pairs}",
+        f"  {s.groups_per_s:.2f} groups/s over {s.elapsed_s:.1f} s",
+        "  overall score histogram:",
+    ]
+    peak = max(s.score_histogram.values() or [1]) or 1
+    for k, v in s.score_histogram.items():
+        lines.append(f"    {k:>6} {'#' * round(30 * v / peak):<30} {v}")
+    return "\n".join(lines)
+
+
+__all__ = ["ExportConfig", "ExportSummary", "export", "format_summary", "strip_labels", "load_inputs",
+           "GroupWorker", "WorkerContext"]

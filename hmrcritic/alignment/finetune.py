@@ -1,0 +1,289 @@
+"""Finetune the diffusion HMR model on an exported group preference dataset (GPA | DPO | SFT).
+
+Recipe (PAPER.md §4, the released code): AdamW at lr 1e-4, gradients clipped to norm 1, an EMA of the
+weights (decay 0.999 with the usual warm-up ``min(decay, (1+k)/(10+k))`` so short runs are not just the
+base model), ``num_generations`` = 20 of the stored hypotheses drawn per group and step, a frozen copy of
+the base model as the reference. Objectives and their formulas: :mod:`hmrcritic.alignment.objectives`.
+
+Only what the dataset reader yields reaches the model: 2D keypoints, intrinsics, image size, the sampled
+``x0`` and the critic's scores — never a 3D label (the reader refuses label keys by name).
+
+Everything a run needs to continue lives beside the output checkpoint ``OUT``:
+``OUT.state.pt`` (policy, EMA, optimiser, step, RNG; written atomically every ``checkpoint_every`` steps),
+``OUT.log.jsonl`` (one record per logged step: loss, implicit-reward margin/accuracy, zero-variance share,
+per-group score statistics, grad norm, lr, steps/s). Each step's randomness comes from a generator seeded
+by ``(seed, step)``, so a resumed run gives the same weights as an uninterrupted one.
+The final checkpoint holds the EMA weights, written with the model's ``save_model`` (``load_model`` reads it).
+"""
+
+from __future__ import annotations
+
+import copy
+import hashlib
+import io
+import json
+import time
+from collections.abc import Callable
+from dataclasses import asdict, dataclass, fields
+from pathlib import Path
+
+import torch
+
+from hmrcritic.alignment.dataset import GroupPreferenceDataset
+from hmrcritic.alignment.objectives import OBJECTIVES, ObjectiveConfig, compute_loss, frozen_reference
+from hmrcritic.alignment.stats import GroupStatTracker
+from hmrcritic.errors import AssetError, InputError
+from hmrcritic.io import append_jsonl, atomic_write_bytes, atomic_write_text, read_jsonl
+
+# Fields that may change between a run and its resumption (everything else must match).
+_RESUMABLE_CHANGES = {"steps", "checkpoint_every", "log_every", "progress"}
+
+
+@dataclass
+class FinetuneConfig:
+    data: str
+    out: str
+    model: str | None = None  # base checkpoint; None → the shipped base model
+    objective: str = "gpa"
+    num_generations: int = 20
+    steps: int = 200
+    batch_size: int = 8
+    lr: float = 1e-4
+    weight_decay: float = 0.0
+    beta: float = 100.0
+    t_min: int | None = None
+    gpa_weight: float = 0.1
+    base_loss_weight: float = 1.0
+    scale_rewards: str = "group"
+    ema: float = 0.999
+    grad_clip: float = 1.0
+    seed: int = 0
+    checkpoint_every: int = 50
+    log_every: int = 1
+    device: str = "cpu"
+    resume: bool = True
+
+    def __post_init__(self) -> None:
+        self.data, self.out = str(self.data), str(self.out)
+        self.model = None if self.model is None else str(self.model)
+        if self.objective == "gpa_no_base_loss":
+            self.objective, self.base_loss_weight = "gpa", 0.0
+        if self.objective not in OBJECTIVES:
+            raise InputError(f"--objective must be one of {', '.join(OBJECTIVES)}, got {self.objective!r}")
+        for name in ("num_generations", "steps", "batch_size", "checkpoint_every", "log_every"):
+            if getattr(self, name) < 1:
+                raise InputError(f"--{name.replace('_', '-')} must be ≥ 1, got {getattr(self, name)}")
+        if not 0.0 <= self.ema < 1.0:
+            raise InputError(f"--ema must be in [0, 1), got {self.ema}")
+        if self.num_generations < 2 and self.objective != "sft":
+            raise InputError("--num-generations must be ≥ 2 for preference objectives")
+
+    def objective_config(self) -> ObjectiveConfig:
+        try:
+            return ObjectiveConfig(self.objective, self.beta, self.t_min, self.gpa_weight, self.base_loss_weight,
+                                   self.scale_rewards)
+        except ValueError as exc:
+            raise InputError(str(exc)) from None
+
+    @property
+    def state_path(self) -> Path:
+        return Path(self.out + ".state.pt")
+
+    @property
+    def log_path(self) -> Path:
+        return Path(self.out + ".log.jsonl")
+
+
+def state_dict_hash(model: torch.nn.Module) -> str:
+    """Content hash of a model's weights and buffers (names, dtypes, shapes, bytes)."""
+    h = hashlib.sha256()
+    for k, v in sorted(model.state_dict().items()):
+        t = v.detach().cpu().contiguous()
+        h.update(k.encode())
+        h.update(str(t.dtype).encode())
+        h.update(repr(tuple(t.shape)).encode())
+        h.update(t.numpy().tobytes() if t.dtype != torch.bfloat16 else t.float().numpy().tobytes())
+    return h.hexdigest()[:16]
+
+
+class _GroupTensors:
+    """All groups of a dataset in memory (the arrays are small): conditions built once, x0 per group."""
+
+    def __init__(self, ds: GroupPreferenceDataset, device: str):
+        from hmrcritic.hmr.diffusion import condition_from_keypoints
+
+        items = [ds[i] for i in range(len(ds))]
+        self.group_ids = [it["group_id"] for it in items]
+        kp = torch.stack([it["keypoints"] for it in items])
+        K = torch.stack([it["K"] for it in items])
+        size = torch.stack([it["image_size"] for it in items])
+        self.cond = condition_from_keypoints(kp, K, size).to(device)
+        self.x0 = [it["x0"].to(device) for it in items]
+        self.overall = [it["overall"].to(device) for it in items]
+        self.min_n = min(x.shape[0] for x in self.x0)
+
+    def __len__(self) -> int:
+        return len(self.x0)
+
+    def batch(self, step: int, batch_size: int, G: int, seed: int, gen: torch.Generator):
+        """Groups of step ``step`` (epochs of a seeded permutation) and G hypotheses drawn per group."""
+        n = len(self)
+        bs = min(batch_size, n)
+        epoch, k = divmod(step, n // bs)
+        order = torch.randperm(n, generator=torch.Generator().manual_seed(seed * 1_000_003 + epoch))
+        idx = order[k * bs : (k + 1) * bs]
+        xs, ss = [], []
+        for i in idx.tolist():
+            pick = torch.randperm(self.x0[i].shape[0], generator=gen)[:G].to(self.x0[i].device)
+            xs.append(self.x0[i][pick])
+            ss.append(self.overall[i][pick])
+        return idx, torch.stack(xs), torch.stack(ss)
+
+
+def _load_base(cfg: FinetuneConfig):
+    from hmrcritic.hmr.diffusion import load_model
+
+    return load_model(cfg.model, device=cfg.device)
+
+
+def _comparable(cfg: FinetuneConfig) -> dict:
+    return {k: v for k, v in asdict(cfg).items() if k not in _RESUMABLE_CHANGES and k != "resume"}
+
+
+def _save_state(cfg: FinetuneConfig, policy, ema, opt, step: int, base_hash: str) -> None:
+    buf = io.BytesIO()
+    torch.save({
+        "step": step, "policy": policy.state_dict(), "ema": ema.state_dict(), "opt": opt.state_dict(),
+        "torch_rng": torch.get_rng_state(), "config": json.dumps(_comparable(cfg), sort_keys=True),
+        "base_hash": base_hash,
+    }, buf)
+    atomic_write_bytes(cfg.state_path, buf.getvalue())
+
+
+def _resume(cfg: FinetuneConfig, policy, ema, opt, base_hash: str) -> int:
+    path = cfg.state_path
+    try:
+        st = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as exc:
+        raise AssetError(f"cannot resume from {path}: {type(exc).__name__}: {exc}") from None
+    if st.get("config") != json.dumps(_comparable(cfg), sort_keys=True) or st.get("base_hash") != base_hash:
+        raise InputError(f"{path} belongs to a run with different settings; use another --out or --no-resume")
+    policy.load_state_dict(st["policy"])
+    ema.load_state_dict(st["ema"])
+    opt.load_state_dict(st["opt"])
+    torch.set_rng_state(st["torch_rng"])
+    step = int(st["step"])
+    kept = [r for r in read_jsonl(cfg.log_path) if r.get("step", 0) <= step]
+    atomic_write_text(cfg.log_path, "".join(json.dumps(r) + "\n" for r in kept))
+    return step
+
+
+def finetune(config: FinetuneConfig, progress: bool | Callable[[dict], None] = False) -> Path:
+    """Run (or resume) a finetune; returns the path of the final EMA checkpoint (``config.out``).
+
+    ``progress``: True for a rich progress bar, or a callable receiving each logged record.
+    """
+    cfg = config
+    ocfg = cfg.objective_config()
+    out = Path(cfg.out)
+    if out.is_dir():
+        raise InputError(f"--out must be a checkpoint file path, got a folder: {out}")
+    out.parent.mkdir(parents=True, exist_ok=True)
+    ds = GroupPreferenceDataset(cfg.data)
+    data = _GroupTensors(ds, cfg.device)
+    G = min(cfg.num_generations, data.min_n)
+
+    torch.manual_seed(cfg.seed)
+    base = _load_base(cfg)
+    base_hash = state_dict_hash(base)
+    reference = frozen_reference(base) if cfg.objective != "sft" else None
+    policy = copy.deepcopy(base).train()
+    for p in policy.parameters():
+        p.requires_grad_(True)
+    ema = frozen_reference(base)
+    opt = torch.optim.AdamW(policy.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
+
+    start = 0
+    if cfg.resume and cfg.state_path.exists():
+        start = _resume(cfg, policy, ema, opt, base_hash)
+    elif cfg.log_path.exists():
+        cfg.log_path.unlink()
+
+    tracker = GroupStatTracker()
+    bar = _progress_bar(cfg.steps, start) if progress is True else None
+    callback = progress if callable(progress) else None
+    t0, window = time.time(), []
+    try:
+        for step in range(start, cfg.steps):
+            gen = torch.Generator().manual_seed(cfg.seed * 7_919_993 + step)
+            idx, x0, scores = data.batch(step, cfg.batch_size, G, cfg.seed, gen)
+            cond = data.cond.index(idx.to(data.x0[0].device))
+            tracker.update([data.group_ids[i] for i in idx.tolist()], scores)
+            step_gen = torch.Generator(device=x0.device).manual_seed(cfg.seed * 104_729 + step)
+            out_obj = compute_loss(policy, reference, x0, cond, scores, ocfg, step_gen)
+            opt.zero_grad(set_to_none=True)
+            if out_obj.loss.requires_grad:
+                out_obj.loss.backward()
+            gnorm = torch.nn.utils.clip_grad_norm_(policy.parameters(), cfg.grad_clip)
+            opt.step()
+            with torch.no_grad():
+                decay = min(cfg.ema, (1 + step) / (10 + step))
+                for pe, pm in zip(ema.parameters(), policy.parameters(), strict=True):
+                    pe.lerp_(pm, 1 - decay)
+            window.append({**out_obj.metrics, "grad_norm": float(gnorm)})
+            done = step + 1
+            if done % cfg.log_every == 0 or done == cfg.steps:
+                elapsed = time.time() - t0
+                rec = {"step": done, "objective": cfg.objective, "lr": cfg.lr, "num_generations": G,
+                       **_mean_metrics(window), **{f"batch_{k}": v for k, v in tracker.summary().items()},
+                       "steps_per_s": len(window) / max(elapsed, 1e-9)}
+                append_jsonl(cfg.log_path, rec, checksum=False)
+                if bar is not None:
+                    bar[0].update(bar[1], completed=done, loss=rec.get("loss", float("nan")))
+                if callback:
+                    callback({**rec, "total": cfg.steps})
+                tracker.clear()
+                t0, window = time.time(), []
+            if done % cfg.checkpoint_every == 0 or done == cfg.steps:
+                _save_state(cfg, policy, ema, opt, done, base_hash)
+    finally:
+        if bar is not None:
+            bar[0].stop()
+
+    from hmrcritic.hmr.diffusion import save_model
+
+    final = ema
+    final_log = (read_jsonl(cfg.log_path, verify=False) or [{}])[-1]
+    extra = {
+        "finetune": {k: v for k, v in asdict(cfg).items() if k != "resume"},
+        "base_model_hash": base_hash, "data_model_hash": ds.header.model_hash,
+        "data_groups": len(ds), "num_generations_used": G, "final_log": final_log, "weights": "ema",
+    }
+    save_model(final, out, extra=extra)
+    return out
+
+
+def _mean_metrics(window: list[dict]) -> dict[str, float]:
+    keys = sorted({k for m in window for k in m})
+    return {k: sum(m[k] for m in window if k in m) / max(1, sum(k in m for m in window)) for k in keys}
+
+
+def _progress_bar(total: int, start: int):
+    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
+
+    prog = Progress(TextColumn("finetune"), BarColumn(), MofNCompleteColumn(),
+                    TextColumn("loss {task.fields[loss]:.4f}"), TimeRemainingColumn())
+    task = prog.add_task("finetune", total=total, completed=start, loss=float("nan"))
+    prog.start()
+    return prog, task
+
+
+def config_from_kwargs(**kwargs) -> FinetuneConfig:
+    """A FinetuneConfig from keyword arguments, ignoring ``None`` for fields with defaults (CLI helper)."""
+    names = {f.name for f in fields(FinetuneConfig)}
+    unknown = set(kwargs) - names
+    if unknown:
+        raise InputError(f"unknown finetune options {sorted(unknown)}")
+    required = {"data", "out"}
+    clean = {k: v for k, v in kwargs.items() if v is not None or k in required or k in ("model", "t_min")}
+    return FinetuneConfig(**clean)

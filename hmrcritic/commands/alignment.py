@@ -1,0 +1,139 @@
+"""``export`` (+ ``export validate``) and ``finetune``: group preference data and alignment from the CLI."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import typer
+
+from hmrcritic.errors import InputError
+
+
+def _export_app() -> typer.Typer:
+    app = typer.Typer(
+        name="export", no_args_is_help=False, invoke_without_command=True,
+        help="Sample, critique and write scored hypothesis groups as a group preference dataset.",
+    )
+
+    @app.callback(invoke_without_command=True)
+    def export_cmd(
+        ctx: typer.Context,
+        split: str = typer.Option(None, help="A synthetic split to export (e.g. wild)."),
+        data: Path = typer.Option(None, help="A split folder written by `hmrcritic data generate`."),
+        model: Path = typer.Option(None, help="Diffusion checkpoint (default: the shipped base model)."),
+        num_generations: int = typer.Option(20, help="Hypotheses per group (G)."),
+        judge: str = typer.Option("builtin", help="builtin (offline) or vlm (OpenAI-compatible endpoint)."),
+        out: Path = typer.Option(None, help="Output dataset folder (re-run the same command to resume)."),
+        workers: int = typer.Option(1, help="Worker processes (or Ray actors with --ray-address)."),
+        ray_address: str = typer.Option(None, help="Ray cluster address, 'auto', or 'local' to start one."),
+        limit: int = typer.Option(None, help="Export only the first N inputs."),
+        seed: int = typer.Option(0, help="Export seed; per-group seeds derive from (seed, input id)."),
+        steps: int = typer.Option(10, help="DDIM sampling steps."),
+        memory: Path = typer.Option(None, help="Frozen memory folder (default: the configured memory)."),
+        chroma_url: str = typer.Option(None, help="Chroma server URL for the memory (many workers/hosts)."),
+        no_memory: bool = typer.Option(False, "--no-memory", help="Score without rule/prototype memory."),
+        scorer: str = typer.Option(None, help="Custom scorer 'module:function' (critique_group's signature)."),
+        as_json: bool = typer.Option(False, "--json", help="Print the summary as JSON."),
+    ) -> None:
+        """Export scored groups (resumable: kill it any time and run the same command again).
+
+        Examples:
+          hmrcritic export --split wild --num-generations 20 --out runs/wild-prefs
+          hmrcritic export --split wild --out runs/wild-prefs --workers 2
+          hmrcritic export --split wild --out runs/wild-prefs --ray-address local --workers 4
+          hmrcritic export validate runs/wild-prefs
+        """
+        if ctx.invoked_subcommand is not None:
+            return
+        from hmrcritic.alignment.export import DEFAULT_SCORER, ExportConfig, export, format_summary
+
+        if out is None:
+            raise InputError("export needs --out DIR (and --split NAME or --data DIR)")
+        cfg = ExportConfig(
+            out=str(out), split=split, data=None if data is None else str(data),
+            model=None if model is None else str(model), num_generations=num_generations, judge=judge,
+            workers=workers, ray_address=ray_address, limit=limit, seed=seed, sample_steps=steps,
+            memory=None if memory is None else str(memory), chroma_url=chroma_url, use_memory=not no_memory,
+            score_group=scorer or DEFAULT_SCORER,
+        )
+        summary = export(cfg, progress=not as_json)
+        print(summary.model_dump_json(indent=2) if as_json else format_summary(summary))
+        if summary.groups == 0 and summary.failures:
+            raise SystemExit(1)  # (typer.Exit's code is lost under standalone_mode=False)
+
+    @app.command("validate")
+    def validate_cmd(
+        path: Path = typer.Argument(..., help="Dataset folder written by `hmrcritic export`."),
+        as_json: bool = typer.Option(False, "--json", help="Print the report as JSON."),
+    ) -> None:
+        """Check a dataset: schema, checksums, files, shapes, no 3D label keys, unique ids.
+
+        Example: hmrcritic export validate runs/wild-prefs
+        """
+        from hmrcritic.alignment.dataset import validate_dataset
+
+        rep = validate_dataset(path)
+        if as_json:
+            print(rep.model_dump_json(indent=2))
+        else:
+            print(f"{'OK' if rep.ok else 'INVALID'}: {rep.path}: {rep.groups} groups, {rep.hypotheses} hypotheses, "
+                  f"{rep.pairs} pairs, zero-variance {100 * rep.zero_variance_share:.1f}%")
+            for e in rep.errors:
+                print(f"  error: {e}")
+            for w in rep.warnings:
+                print(f"  warning: {w}")
+        if not rep.ok:
+            raise SystemExit(1)  # (typer.Exit's code is lost under standalone_mode=False)
+
+    return app
+
+
+def register(app: typer.Typer) -> None:
+    app.add_typer(_export_app(), name="export")
+
+    @app.command("finetune")
+    def finetune_cmd(
+        data: Path = typer.Option(..., help="Dataset folder written by `hmrcritic export`."),
+        out: Path = typer.Option(..., help="Output checkpoint (.pt); OUT.state.pt / OUT.log.jsonl beside it."),
+        model: Path = typer.Option(None, help="Base checkpoint (default: the shipped base model)."),
+        objective: str = typer.Option("gpa", help="gpa | gpa_linear | dpo | sft (best-of-group)."),
+        num_generations: int = typer.Option(20, help="Stored hypotheses drawn per group and step (G)."),
+        steps: int = typer.Option(200, help="Optimiser steps."),
+        batch_size: int = typer.Option(8, help="Groups per step."),
+        lr: float = typer.Option(1e-4, help="AdamW learning rate."),
+        beta: float = typer.Option(100.0, help="β of the GPA / DPO losses."),
+        t_min: int = typer.Option(None, help="GPA: t ~ U[t_min, T) (default T/2)."),
+        gpa_weight: float = typer.Option(0.1, help="Weight of the GPA loss."),
+        base_loss_weight: float = typer.Option(1.0, help="Weight of the plain denoising loss (0 = none)."),
+        scale_rewards: str = typer.Option("group", help="Advantage scaling: group | batch | none."),
+        ema: float = typer.Option(0.999, help="EMA decay of the saved weights."),
+        seed: int = typer.Option(0, help="Seed (batches, noise, timesteps)."),
+        checkpoint_every: int = typer.Option(50, help="Save resumable state every K steps."),
+        resume: bool = typer.Option(True, "--resume/--no-resume", help="Continue from OUT.state.pt."),
+        device: str = typer.Option("cpu", help="cpu or cuda."),
+        as_json: bool = typer.Option(False, "--json", help="Print the result as JSON."),
+    ) -> None:
+        """Align the diffusion model on a preference dataset against a frozen reference (resumable).
+
+        Examples:
+          hmrcritic finetune --data runs/wild-prefs --out runs/aligned.pt
+          hmrcritic finetune --data runs/wild-prefs --out runs/dpo.pt --objective dpo --steps 400
+        """
+        from hmrcritic.alignment.finetune import FinetuneConfig, finetune
+
+        cfg = FinetuneConfig(
+            data=str(data), out=str(out), model=None if model is None else str(model), objective=objective,
+            num_generations=num_generations, steps=steps, batch_size=batch_size, lr=lr, beta=beta, t_min=t_min,
+            gpa_weight=gpa_weight, base_loss_weight=base_loss_weight, scale_rewards=scale_rewards, ema=ema,
+            seed=seed, checkpoint_every=checkpoint_every, resume=resume, device=device,
+        )
+        path = finetune(cfg, progress=not as_json)
+        logs = [json.loads(line) for line in cfg.log_path.read_text().splitlines() if line.strip()]
+        last = logs[-1] if logs else {}
+        if as_json:
+            print(json.dumps({"checkpoint": str(path), "log": str(cfg.log_path), "final": last}, indent=2))
+        else:
+            keys = ("loss", "reward_margin", "reward_accuracy", "zero_variance_share")
+            shown = "  ".join(f"{k} {last[k]:.4g}" for k in keys if k in last)
+            print(f"aligned checkpoint (EMA weights) -> {path}\n  log {cfg.log_path}\n  last step: {shown}")

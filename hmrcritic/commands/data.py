@@ -1,0 +1,74 @@
+"""``hmrcritic data``: generate and inspect the synthetic scene splits (logic lives in hmr/data.py)."""
+
+from __future__ import annotations
+
+import json
+
+import typer
+
+
+def register(app: typer.Typer) -> None:
+    data_app = typer.Typer(help="Synthetic scene splits (train / wild / test).", no_args_is_help=True)
+
+    @data_app.command("generate")
+    def generate(
+        split: str = typer.Option(..., "--split", help="train, wild or test"),
+        n: int = typer.Option(None, "--n", help="number of scenes (default: the split's size)"),
+        seed: int = typer.Option(None, "--seed", help="override the split's fixed seed"),
+        render: bool = typer.Option(False, "--render", help="also render images and masks (slow)"),
+        as_json: bool = typer.Option(False, "--json", help="print the manifest as JSON"),
+    ) -> None:
+        """Generate a split into the data folder (replacing an existing one atomically)."""
+        from hmrcritic.hmr.data import generate_split, load_split
+
+        folder = generate_split(split, n=n, seed=seed, render_images=render, quiet=as_json)
+        info = load_split(split, root=folder.parent, generate=False).manifest
+        if as_json:
+            typer.echo(json.dumps(_summary(info, folder)))
+        else:
+            typer.echo(f"split {split}: {info['n']} scenes in {folder} ({info['seconds']} s)")
+
+    @data_app.command("info")
+    def info(
+        split: str = typer.Option(..., "--split", help="train, wild or test"),
+        as_json: bool = typer.Option(False, "--json", help="machine-readable output"),
+    ) -> None:
+        """Summarise a generated split (size, seed, labels, visibility)."""
+        import numpy as np
+
+        from hmrcritic.hmr.data import load_split
+        from hmrcritic.hmr.poses import POSE_CATEGORIES
+
+        ss = load_split(split, generate=False)
+        summary = _summary(ss.manifest, ss.folder)
+        kp = ss.arrays(["keypoints"])["keypoints"]
+        summary["visible_fraction"] = round(float((kp[..., 2] > 0).mean()), 4)
+        labels = ss.eval_labels()
+        counts = np.bincount(labels["category"], minlength=len(POSE_CATEGORIES))
+        summary["categories"] = {c: int(k) for c, k in zip(POSE_CATEGORIES, counts, strict=True)}
+        if as_json:
+            typer.echo(json.dumps(summary))
+            return
+        for key, value in summary.items():
+            typer.echo(f"{key:>18}: {value}")
+
+    app.add_typer(data_app, name="data")
+
+
+def _summary(manifest: dict, folder) -> dict:
+    keys = (
+        "split",
+        "n",
+        "seed",
+        "preset",
+        "has_labels",
+        "body_model",
+        "image_size",
+        "images",
+        "generator_version",
+    )
+    out = {k: manifest.get(k) for k in keys}
+    out["folder"] = str(folder)
+    out["shards"] = len(manifest.get("shards", []))
+    out["labels_eval"] = bool(manifest.get("labels_eval"))
+    return out

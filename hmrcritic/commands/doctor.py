@@ -1,0 +1,221 @@
+"""``hmrcritic doctor``: what this installation will use, and whether each part works, in one screen.
+
+Every line is a live check (torch builds a tensor, the GL stack renders a sphere, the body model runs a
+forward pass, the shipped checkpoint loads), not a guess from versions, because the failures users meet
+are environmental (no EGL libraries, a CUDA wheel without a GPU, a malformed SMPL file). The judge's API
+key is reported only as set / not set and is scrubbed from everything printed.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import platform
+import sys
+import time
+from importlib import metadata
+from pathlib import Path
+from urllib.parse import urlsplit, urlunsplit
+
+import typer
+
+ASSETS_DIR = Path(__file__).resolve().parent.parent / "assets"
+CHECKPOINT_PATH = ASSETS_DIR / "base_model.pt"
+PACKAGES = ("torch", "numpy", "smplx", "pyrender", "trimesh", "PyOpenGL", "langgraph", "langchain-openai",
+            "chromadb", "typer")
+
+
+def _check(name: str, fn) -> dict:
+    """Run one check; any exception becomes a failed check with its one-line reason (never a traceback)."""
+    t0 = time.perf_counter()
+    try:
+        res = fn()
+    except Exception as exc:  # doctor reports, it does not crash
+        res = {"ok": False, "error": f"{type(exc).__name__}: {exc}".splitlines()[0][:400]}
+    res.setdefault("ok", True)
+    res["seconds"] = round(time.perf_counter() - t0, 3)
+    return {"name": name, **res}
+
+
+def _python() -> dict:
+    return {"version": platform.python_version(), "executable": sys.executable,
+            "platform": platform.platform()}
+
+
+def _torch() -> dict:
+    import torch
+
+    x = torch.arange(6, dtype=torch.float32).reshape(2, 3)
+    ok = (x @ x.T).tolist() == [[5.0, 14.0], [14.0, 50.0]]
+    res = {
+        "ok": ok, "version": torch.__version__,
+        "build": f"CUDA {torch.version.cuda}" if torch.version.cuda else "CPU",
+        "cuda_available": bool(torch.cuda.is_available()), "threads": torch.get_num_threads(),
+        "cpu_count": os.cpu_count(),
+    }
+    if not ok:
+        res["error"] = "a 2×3 matrix product gave the wrong result"
+    return res
+
+
+def _packages() -> dict:
+    versions = {}
+    for name in PACKAGES:
+        try:
+            versions[name] = metadata.version(name)
+        except metadata.PackageNotFoundError:
+            versions[name] = None
+    missing = [k for k, v in versions.items() if v is None]
+    out = {"ok": not missing, "versions": versions}
+    if missing:
+        out["error"] = f"not installed: {', '.join(missing)}"
+    return out
+
+
+def _render() -> dict:
+    from hmrcritic.hmr.render import self_test
+
+    return self_test()
+
+
+def _body() -> dict:
+    import torch
+
+    from hmrcritic.hmr.body import load_body_model, resolve_model_path
+
+    body = load_body_model()
+    z = torch.zeros(1, 3)
+    out = body(torch.tensor([[torch.pi, 0.0, 0.0]]), torch.zeros(1, 69), torch.zeros(1, 10), z)
+    height = float(out.vertices[0, :, 1].max() - out.vertices[0, :, 1].min())
+    ok = bool(torch.isfinite(out.vertices).all()) and 0.5 < height < 2.5
+    file = resolve_model_path()
+    where = str(file) if file else "built-in mannequin (generated in cache)"
+    res = {"ok": ok, "model": body.name, "file": where,
+           "vertices": int(body.num_vertices), "faces": int(len(body.faces)),
+           "height_m": round(height, 3)}
+    if not ok:
+        res["error"] = f"rest pose looks wrong (height {height:.2f} m or non-finite vertices)"
+    return res
+
+
+def _folders() -> dict:
+    from hmrcritic import config
+
+    out = {}
+    for name in ("cache", "data", "memory", "runs"):
+        p = getattr(config, f"{name}_dir")()
+        probe = p
+        while not probe.exists() and probe != probe.parent:
+            probe = probe.parent
+        out[name] = {"path": str(p), "exists": p.exists(), "writable": os.access(probe, os.W_OK)}
+    bad = [k for k, v in out.items() if not v["writable"]]
+    res = {"ok": not bad, "folders": out}
+    if bad:
+        res["error"] = f"not writable: {', '.join(bad)}"
+    return res
+
+
+def _checkpoint() -> dict:
+    path = CHECKPOINT_PATH
+    if not path.is_file():
+        return {"ok": False, "path": str(path), "error": f"shipped checkpoint missing: {path}"}
+    from hmrcritic.hmr.diffusion import load_model
+
+    model = load_model(path)
+    params = sum(p.numel() for p in model.parameters())
+    return {"path": str(path), "bytes": path.stat().st_size, "parameters": int(params)}
+
+
+def _strip_userinfo(url: str | None) -> str | None:
+    """A base URL with any ``user:password@`` removed (keys sometimes ride in URLs)."""
+    if not url:
+        return url
+    parts = urlsplit(url)
+    if parts.username or parts.password:
+        host = parts.hostname or ""
+        netloc = host + (f":{parts.port}" if parts.port else "")
+        return urlunsplit((parts.scheme, netloc, parts.path, parts.query, parts.fragment))
+    return url
+
+
+def _judge() -> dict:
+    from hmrcritic.config import JudgeSettings
+
+    pub = JudgeSettings().public()
+    pub["base_url"] = _strip_userinfo(pub.get("base_url"))
+    return {"settings": pub, "note": "builtin judge needs no endpoint; the VLM judge uses these settings"}
+
+
+CHECKS = [
+    ("python", _python), ("torch", _torch), ("packages", _packages), ("gl_render", _render),
+    ("body_model", _body), ("folders", _folders), ("checkpoint", _checkpoint), ("judge", _judge),
+]
+
+
+def run_checks(skip: tuple[str, ...] = ()) -> dict:
+    """All checks as a JSON-safe dict ``{ok, gl_platform, checks: [...]}`` with the API key scrubbed."""
+    checks = [_check(name, fn) for name, fn in CHECKS if name not in skip]
+    report = {"ok": all(c["ok"] for c in checks), "gl_platform": os.environ.get("PYOPENGL_PLATFORM"),
+              "checks": checks}
+    return json.loads(_scrub(json.dumps(report, default=str)))
+
+
+def _scrub(text: str) -> str:
+    """Belt and braces: the key must never reach the output, whatever a check printed."""
+    from hmrcritic.config import api_key
+
+    for key in {api_key(), os.environ.get("HMRCRITIC_API_KEY"), os.environ.get("OPENAI_API_KEY")}:
+        if key and len(key) >= 4:
+            text = text.replace(key, "***")
+    return text
+
+
+def _summary(c: dict) -> str:
+    n = c["name"]
+    if n == "python":
+        return f"Python {c['version']} ({c['executable']})"
+    if n == "torch":
+        return (f"torch {c['version']} [{c['build']}], cuda available: {c['cuda_available']}, "
+                f"threads {c['threads']} of {c['cpu_count']} CPUs")
+    if n == "packages":
+        return ", ".join(f"{k} {v}" for k, v in c["versions"].items())
+    if n == "gl_render" and c["ok"]:
+        return (f"PYOPENGL_PLATFORM={c['platform']}: rendered {c['pixels']} px in {c['ms']} ms on "
+                f"{c.get('renderer', '?')} ({c.get('vendor', '?')}, GL {c.get('version', '?')})")
+    if n == "body_model" and c["ok"]:
+        return f"{c['model']}: {c['vertices']} vertices, {c['faces']} faces, rest height {c['height_m']} m"
+    if n == "folders":
+        return "; ".join(f"{k}={v['path']}" + ("" if v["exists"] else " (not yet created)")
+                         for k, v in c["folders"].items())
+    if n == "checkpoint" and c["ok"]:
+        return f"{c['path']} ({c['bytes'] / 1e6:.1f} MB, {c['parameters']:,} parameters)"
+    if n == "judge":
+        s = c["settings"]
+        return (f"base_url={s.get('base_url') or '(none: OpenAI default)'}, model={s.get('model')}, "
+                f"api key {s.get('api_key')}, timeout {s.get('timeout_s')} s, retries {s.get('max_retries')}")
+    return c.get("error", "")
+
+
+def register(app: typer.Typer) -> None:
+    @app.command("doctor")
+    def doctor_cmd(
+        as_json: bool = typer.Option(False, "--json", help="Print the report as JSON."),
+        no_render: bool = typer.Option(False, "--no-render", help="Skip the live GL render."),
+    ) -> None:
+        """Check the installation: Python, torch, GL rendering, body model, folders, checkpoint, judge.
+
+        Exits non-zero when a check fails. Example: hmrcritic doctor --json
+        """
+        report = run_checks(skip=("gl_render",) if no_render else ())
+        if as_json:
+            print(json.dumps(report, indent=2))
+        else:
+            for c in report["checks"]:
+                mark = "ok  " if c["ok"] else "FAIL"
+                line = _summary(c) if c["ok"] else c.get("error", "failed")
+                print(f"[{mark}] {c['name']:<11} {line}")
+            print("all checks passed" if report["ok"] else "some checks failed (see FAIL lines)")
+        if not report["ok"]:
+            # SystemExit rather than typer.Exit: cli.main runs click with standalone_mode=False, where
+            # typer.Exit's code is returned by app() and lost; SystemExit reaches main's handler.
+            raise SystemExit(1)

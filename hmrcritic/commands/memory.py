@@ -1,0 +1,156 @@
+"""``hmrcritic memory ...``: inspect, search, export/import and reset the Chroma dual memory."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import typer
+
+memory_app = typer.Typer(
+    help="The critic's dual memory (Chroma): rules and prototypes.\n\n"
+    "Examples: `hmrcritic memory stats`, `hmrcritic memory rules --tags legs,hyperextension`, "
+    "`hmrcritic memory search \"feet below the floor\"`, `hmrcritic memory export mem.json`, "
+    "`hmrcritic memory reset --yes`.",
+    no_args_is_help=True,
+)
+
+_DIR = typer.Option(None, "--memory-dir", help="Memory folder (default: HMRCRITIC_MEMORY or <home>/memory).")
+_URL = typer.Option(None, "--chroma-url", help="Chroma server, http://host:port (default: embedded on disk).")
+_JSON = typer.Option(False, "--json", help="Machine-readable output.")
+
+
+def _open(memory_dir: Path | None, chroma_url: str | None):
+    """Open for reading: read-only when a memory exists (never modifies it); a missing default memory is
+    created and seeded, which is what every other command would see."""
+    from hmrcritic import config
+    from hmrcritic.memory.store import MemoryStore
+
+    path = memory_dir or config.memory_dir()
+    exists = bool(chroma_url) or (Path(path) / "chroma.sqlite3").exists()
+    return MemoryStore(path, chroma_url=chroma_url, read_only=exists)
+
+
+def _print_json(obj) -> None:
+    typer.echo(json.dumps(obj, indent=2, default=str))
+
+
+@memory_app.command("stats")
+def stats(memory_dir: Path = _DIR, chroma_url: str = _URL, as_json: bool = _JSON) -> None:
+    """Counts, content version, embedding identities and folder."""
+    st = _open(memory_dir, chroma_url).stats()
+    if as_json:
+        _print_json(st)
+        return
+    for k, v in st.items():
+        if k == "embeddings":
+            for name, e in v.items():
+                typer.echo(f"{'embedding ' + name:<26} {e['id']} (dim {e['dim']})")
+        else:
+            typer.echo(f"{k:<26} {v}")
+
+
+@memory_app.command("rules")
+def rules(
+    tags: str = typer.Option("", "--tags", help="Comma-separated query tags (default: none)."),
+    k: int = typer.Option(0, "-k", help="Show only the k best (0 = all)."),
+    ucb_c: float = typer.Option(1.0, "--ucb-c", help="Exploration constant C of the UCB bonus."),
+    include_retired: bool = typer.Option(False, "--all", help="Also list retired rules (at the end)."),
+    memory_dir: Path = _DIR, chroma_url: str = _URL, as_json: bool = _JSON,
+) -> None:
+    """Rules sorted by retrieval score Ψ (PAPER.md §2) with their success rates."""
+    store = _open(memory_dir, chroma_url)
+    query = [t for t in tags.split(",") if t.strip()]
+    scored = store.rules.scored(query, ucb_c=ucb_c)
+    if k > 0:
+        scored = scored[:k]
+    retired = [r for r in store.rules.all(include_retired=True) if r.retired] if include_retired else []
+    rows = [(r, psi) for r, psi in scored] + [(r, None) for r in retired]
+    if as_json:
+        _print_json([{**r.model_dump(mode="json"), "psi": psi, "success_rate": r.success_rate}
+                     for r, psi in rows])
+        return
+    from rich.console import Console
+    from rich.table import Table
+
+    table = Table(title=f"rules (query tags: {','.join(query) or '-'}; C={ucb_c})")
+    for col in ("Ψ", "id", "used", "success", "rate", "tags", "condition", "text"):
+        table.add_column(col, overflow="fold", no_wrap=col in ("Ψ", "id", "rate"))
+    for r, psi in rows:
+        c = r.condition
+        cond = f"{c.measure} {c.comparator} {c.threshold:g} → −{c.points:g}" if c else ""
+        table.add_row("retired" if psi is None else f"{psi:.3f}", r.rule_id, str(r.n_used), str(r.n_success),
+                      f"{r.success_rate:.2f}" if r.n_used else "-", ",".join(r.tags), cond, r.text)
+    Console().print(table)
+
+
+@memory_app.command("search")
+def search(
+    query: str = typer.Argument(..., help="Free text, e.g. 'knee bent backwards'."),
+    k: int = typer.Option(5, "-k", help="How many rules."),
+    memory_dir: Path = _DIR, chroma_url: str = _URL, as_json: bool = _JSON,
+) -> None:
+    """Rules nearest in meaning to QUERY (all-MiniLM-L6-v2 text embeddings, cosine)."""
+    hits = _open(memory_dir, chroma_url).rules.search(query, k=k)
+    if as_json:
+        _print_json([{**r.model_dump(mode="json"), "similarity": s} for r, s in hits])
+        return
+    for r, s in hits:
+        typer.echo(f"{s:.3f}  {r.rule_id:<28} {r.text}")
+
+
+@memory_app.command("export")
+def export(
+    file: Path = typer.Argument(..., help="JSON file to write (rules and prototypes, with embeddings)."),
+    memory_dir: Path = _DIR, chroma_url: str = _URL, as_json: bool = _JSON,
+) -> None:
+    """Write the whole memory to a JSON file."""
+    out = _open(memory_dir, chroma_url).export_json(file)
+    _print_json(out) if as_json else typer.echo(
+        f"wrote {file}: {out['rules']} rules, {out['prototypes']} prototypes (version {out['version']})")
+
+
+@memory_app.command("import")
+def import_(
+    file: Path = typer.Argument(..., help="A file written by `hmrcritic memory export`."),
+    overwrite: bool = typer.Option(False, "--overwrite", help="Replace same-id rules always."),
+    memory_dir: Path = _DIR, chroma_url: str = _URL, as_json: bool = _JSON,
+) -> None:
+    """Merge an exported memory into this one (new ids added; a known rule is replaced only when the file's
+    copy has more uses, or with --overwrite)."""
+    from hmrcritic.memory.store import MemoryStore
+
+    store = MemoryStore(memory_dir, chroma_url=chroma_url)
+    counts = store.import_json(file, overwrite=overwrite)
+    counts["version"] = store.version()
+    _print_json(counts) if as_json else typer.echo(", ".join(f"{k}: {v}" for k, v in counts.items()))
+
+
+@memory_app.command("reset")
+def reset(
+    yes: bool = typer.Option(False, "--yes", help="Do not ask for confirmation."),
+    no_seed: bool = typer.Option(False, "--no-seed", help="Start empty instead of with the starter rules."),
+    memory_dir: Path = _DIR, chroma_url: str = _URL,
+) -> None:
+    """Delete every rule and prototype and start again (seeded with the starter rules)."""
+    from hmrcritic.memory.store import COLLECTIONS, MemoryStore
+
+    where = chroma_url or str(memory_dir or "the default memory folder")
+    if not yes and not typer.confirm(f"Delete all rules and prototypes in {where}?"):
+        raise typer.Abort()
+    path = memory_dir
+    if path is None:
+        from hmrcritic import config
+
+        path = config.memory_dir()
+    if not chroma_url:
+        MemoryStore.drop_collections(Path(path), list(COLLECTIONS))  # works even on a mismatched memory
+    store = MemoryStore(path, chroma_url=chroma_url, seed_starter=False)
+    store.reset(seed_starter=not no_seed)
+    st = store.stats()
+    typer.echo(f"memory reset at {st['location']}: {st['rules']} rules, {st['prototypes']} prototypes "
+               f"(version {st['version']})")
+
+
+def register(app: typer.Typer) -> None:
+    app.add_typer(memory_app, name="memory")

@@ -1,0 +1,192 @@
+"""``train-base``, ``sample`` and ``evaluate``: the diffusion HMR model from the command line."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import typer
+
+from hmrcritic.errors import InputError
+
+
+def _progress_printer(prefix: str):
+    def show(rec: dict) -> None:
+        total = rec.get("total", 0)
+        eta = (total - rec["step"]) / max(rec.get("steps_per_s", 0), 1e-9)
+        print(
+            f"{prefix} step {rec['step']}/{total}  loss {rec['loss']:.4f}  lr {rec['lr']:.2e}  "
+            f"{rec['steps_per_s']:.2f} steps/s  eta {eta / 60:.1f} min",
+            flush=True,
+        )
+
+    return show
+
+
+def _eval_progress(done: int, total: int) -> None:
+    print(f"\r  evaluated {done}/{total}", end="\n" if done >= total else "", flush=True)
+
+
+def _parse_scene(scene: str):
+    split, _, idx = scene.partition(":")
+    if not split or not idx.strip().lstrip("-").isdigit():
+        raise InputError(f"--scene must look like SPLIT:INDEX (e.g. test:3), got {scene!r}")
+    from hmrcritic.hmr.data import load_split
+
+    scenes = load_split(split)
+    i = int(idx)
+    if not 0 <= i < len(scenes):
+        raise InputError(f"--scene index {i} out of range for split {split!r} ({len(scenes)} scenes)")
+    return scenes[i]
+
+
+def register(app: typer.Typer) -> None:
+    @app.command("train-base")
+    def train_base_cmd(
+        seed: int = typer.Option(0, help="Seed of the whole recipe (init, data order, noise, augmentation)."),
+        steps: int = typer.Option(None, help="Training steps (default: the recipe's)."),
+        batch_size: int = typer.Option(None, help="Batch size (default: the recipe's)."),
+        out: Path = typer.Option(
+            None, help="Run folder (state.pt, log.jsonl, model.pt). Default: runs/train-base-seed<S>."
+        ),
+        resume: bool = typer.Option(
+            True, "--resume/--no-resume", help="Continue from the run folder's last checkpoint."
+        ),
+        threads: int = typer.Option(2, help="torch CPU threads."),
+        max_samples: int = typer.Option(None, help="Use only the first N training scenes (quick runs)."),
+        device: str = typer.Option("cpu", help="cpu or cuda."),
+        ship: bool = typer.Option(
+            False, help="Evaluate on test and wild and install as hmrcritic/assets/base_model.pt."
+        ),
+        eval_limit: int = typer.Option(500, help="Scenes per split for the --ship evaluation."),
+    ) -> None:
+        """Train the base diffusion model from its recipe (reproducible; resumes).
+
+        Example: hmrcritic train-base --seed 0 --ship
+        """
+        from dataclasses import replace
+
+        from hmrcritic.config import runs_dir
+        from hmrcritic.hmr.train import TrainConfig, ship_model, train_base
+
+        cfg = TrainConfig(seed=seed, threads=threads, max_samples=max_samples)
+        if steps is not None:
+            cfg = replace(cfg, steps=steps)
+        if batch_size is not None:
+            cfg = replace(cfg, batch_size=batch_size)
+        out = out or runs_dir() / f"train-base-seed{seed}"
+        print(
+            f"training base model -> {out} ({cfg.steps} steps, batch {cfg.batch_size}, seed {seed})",
+            flush=True,
+        )
+        path = train_base(cfg, out, resume=resume, progress=_progress_printer("train"), device=device)
+        print(f"model: {path}")
+        if ship:
+            from hmrcritic.hmr.diffusion import load_model
+            from hmrcritic.hmr.evaluate import evaluate_model, format_report
+
+            model = load_model(path, device=device)
+            evals = {}
+            for split in ("test", "wild"):
+                evals[split] = evaluate_model(
+                    model, split=split, num_generations=16, limit=eval_limit, progress=_eval_progress
+                )
+                print(format_report(evals[split]))
+            pt, js = ship_model(path, evals, command=f"hmrcritic train-base --seed {seed} --ship")
+            print(f"shipped: {pt} ({pt.stat().st_size / 1e6:.1f} MB), {js}")
+
+    @app.command("sample")
+    def sample_cmd(
+        image: Path = typer.Option(None, help="Input image (PNG/JPEG)."),
+        keypoints: Path = typer.Option(None, help="2D keypoints JSON (COCO-17 or OpenPose BODY_25)."),
+        scene: str = typer.Option(None, help="A synthetic scene instead: SPLIT:INDEX (e.g. test:3)."),
+        num_generations: int = typer.Option(16, "-n", "--num-generations", help="Hypotheses to draw."),
+        steps: int = typer.Option(10, help="DDIM steps."),
+        eta: float = typer.Option(0.0, help="DDIM eta (0 = deterministic given the seed)."),
+        seed: int = typer.Option(0, help="Sampling seed."),
+        focal: float = typer.Option(None, help="Focal length in px for user images (default max(W,H))."),
+        out: Path = typer.Option(..., help="Output folder."),
+        obj: bool = typer.Option(False, "--obj", help="Also write one .obj mesh per hypothesis."),
+        render: bool = typer.Option(
+            True, "--render/--no-render", help="Write overlays, side views and grid.png."
+        ),
+        model: Path = typer.Option(None, help="Checkpoint (default: the shipped base model)."),
+        device: str = typer.Option("cpu", help="cpu or cuda."),
+        as_json: bool = typer.Option(False, "--json", help="Print the summary as JSON."),
+    ) -> None:
+        """Draw a group of SMPL hypotheses for one input and write them (npz, renders, optional meshes).
+
+        Examples: hmrcritic sample --image me.jpg --keypoints me.json -n 16 --out out/
+                  hmrcritic sample --scene test:0 -n 16 --out out/ --obj
+        """
+        from hmrcritic.hmr.diffusion import load_model, sample_to_dir
+
+        if scene and (image or keypoints):
+            raise InputError("give either --scene or --image/--keypoints, not both")
+        if scene:
+            item = _parse_scene(scene)
+        elif image and keypoints:
+            from hmrcritic.hmr.data import sample_from_user
+
+            item = sample_from_user(image, keypoints, focal=focal)
+        else:
+            raise InputError("need --image and --keypoints, or --scene SPLIT:INDEX")
+        m = load_model(model, device=device)
+        summary = sample_to_dir(
+            m,
+            item,
+            out,
+            num_generations=num_generations,
+            steps=steps,
+            eta=eta,
+            seed=seed,
+            obj=obj,
+            render=render,
+        )
+        if as_json:
+            print(json.dumps(summary))
+        else:
+            print(
+                f"{num_generations} hypotheses -> {out}/hypotheses.npz"
+                + (f", grid {summary['files']['grid']}" if render else "")
+            )
+
+    @app.command("evaluate")
+    def evaluate_cmd(
+        model: Path = typer.Option(None, help="Checkpoint (default: the shipped base model)."),
+        split: str = typer.Option("test", help="test or wild (labelled splits)."),
+        num_generations: int = typer.Option(16, "-n", "--num-generations", help="Hypotheses per input."),
+        steps: int = typer.Option(10, help="DDIM steps."),
+        eta: float = typer.Option(0.0, help="DDIM eta."),
+        limit: int = typer.Option(None, help="Evaluate only the first K scenes."),
+        batch_size: int = typer.Option(32, help="Inputs per batch (B·N rows per network call)."),
+        seed: int = typer.Option(0, help="Sampling seed."),
+        joint_set: str = typer.Option("lsp14", help="lsp14 or smpl24."),
+        no_nn: bool = typer.Option(False, "--no-nn", help="Skip the nearest-neighbour baseline."),
+        device: str = typer.Option("cpu", help="cpu or cuda."),
+        as_json: bool = typer.Option(False, "--json", help="Print one JSON object."),
+    ) -> None:
+        """MPJPE / PA-MPJPE / PVE (mean, best-of-N, mean pose), reprojection, implausible rate, diversity.
+
+        Example: hmrcritic evaluate --split test --num-generations 16 --limit 200 --json
+        """
+        from hmrcritic.hmr.diffusion import load_model
+        from hmrcritic.hmr.evaluate import evaluate_model, format_report
+
+        if joint_set not in ("lsp14", "smpl24"):
+            raise InputError(f"--joint-set must be lsp14 or smpl24, got {joint_set!r}")
+        m = load_model(model, device=device)
+        res = evaluate_model(
+            m,
+            split=split,
+            num_generations=num_generations,
+            steps=steps,
+            eta=eta,
+            limit=limit,
+            batch_size=batch_size,
+            seed=seed,
+            joint_set=joint_set,
+            nn_baseline=not no_nn,
+            progress=None if as_json else _eval_progress,
+        )
+        print(json.dumps(res) if as_json else format_report(res))

@@ -1,0 +1,472 @@
+"""The body model: ``smplx.SMPL`` (24 joints, 10 betas) behind one small, device-agnostic API.
+
+Why a wrapper: every caller (data generation, the diffusion sampler, metrics, renders, the agent's evidence)
+needs the same three things from SMPL: batched vertices, the 24 joints, and a few named keypoint sets
+(``smpl24``, ``lsp14``, COCO-17 with face points taken from vertices). The wrapper also decides *which* model
+file is used (an explicit path, ``HMRCRITIC_BODY_MODEL``, else the generated mannequin of
+:mod:`hmrcritic.hmr.mannequin`) and turns every way a model file can be wrong into one
+:class:`~hmrcritic.errors.AssetError` line that names the file and the expected layout.
+
+Model files are read with a restricted unpickler (numpy, scipy.sparse and plain Python only), so a model
+file cannot run code. Official SMPL ``.pkl`` files contain ``chumpy`` objects; chumpy does not work on
+Python 3.11 / numpy 2, so :func:`convert_smpl_pkl` rewrites them as plain numpy without importing chumpy.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import io
+import pickle
+import threading
+import zipfile
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from hmrcritic import config
+from hmrcritic.errors import AssetError
+from hmrcritic.hmr import mannequin
+
+SMPL_JOINT_NAMES: list[str] = [
+    "pelvis", "left_hip", "right_hip", "spine1", "left_knee", "right_knee", "spine2", "left_ankle",
+    "right_ankle", "spine3", "left_foot", "right_foot", "neck", "left_collar", "right_collar", "head",
+    "left_shoulder", "right_shoulder", "left_elbow", "right_elbow", "left_wrist", "right_wrist",
+    "left_hand", "right_hand",
+]  # fmt: skip
+SMPL_PARENTS: list[int] = list(mannequin.PARENTS)
+EXTRA_NAMES: list[str] = ["nose", "reye", "leye", "rear", "lear"]  # order of BodyOutput.extra (smplx's)
+
+# LSP-14 order: r_ankle, r_knee, r_hip, l_hip, l_knee, l_ankle, r_wrist, r_elbow, r_shoulder, l_shoulder,
+# l_elbow, l_wrist, neck, head — taken from SMPL joints.
+JOINT_SETS: dict[str, list[int]] = {
+    "smpl24": list(range(24)),
+    "lsp14": [8, 5, 2, 1, 4, 7, 21, 19, 17, 16, 18, 20, 12, 15],
+}
+COCO17_NAMES: list[str] = [
+    "nose", "left_eye", "right_eye", "left_ear", "right_ear", "left_shoulder", "right_shoulder",
+    "left_elbow", "right_elbow", "left_wrist", "right_wrist", "left_hip", "right_hip", "left_knee",
+    "right_knee", "left_ankle", "right_ankle",
+]  # fmt: skip
+# Indices into cat([joints (24), extra (5)]): face points from vertices, the rest from SMPL joints.
+COCO17_FROM_SMPL: list[int] = [24, 26, 25, 28, 27, 16, 17, 18, 19, 20, 21, 1, 2, 4, 5, 7, 8]
+
+REQUIRED_LAYOUT = {
+    "v_template": "(V,3)", "f": "(F,3)", "shapedirs": "(V,3,>=10)", "posedirs": "(V,3,207)",
+    "J_regressor": "(24,V)", "weights": "(V,24)", "kintree_table": "(2,24)",
+}  # fmt: skip
+_LAYOUT_TEXT = (
+    "expected a chumpy-free SMPL model: a pickled dict or .npz with "
+    + ", ".join(f"{k} {v}" for k, v in REQUIRED_LAYOUT.items())
+    + " (and vertex_ids for nose, reye, leye, rear, lear unless V = 6890)"
+)
+
+
+def joint_set(name: str) -> list[int]:
+    """SMPL joint indices of a named joint set (``smpl24`` or ``lsp14``)."""
+    try:
+        return list(JOINT_SETS[name])
+    except KeyError:
+        raise ValueError(f"unknown joint set {name!r}; known: {', '.join(JOINT_SETS)}") from None
+
+
+@dataclass
+class BodyOutput:
+    vertices: torch.Tensor  # (B,V,3)
+    joints: torch.Tensor  # (B,24,3)
+    extra: torch.Tensor  # (B,5,3): nose, reye, leye, rear, lear
+
+
+class BodyModel:
+    """A loaded SMPL-layout model (real SMPL or the mannequin) with a batched forward pass.
+
+    Call with ``global_orient (B,3)``, ``body_pose (B,69)``, ``betas (B,10)`` and optional ``transl (B,3)``
+    (tensors or arrays; any leading shape, e.g. ``(B,N,…)`` for hypothesis groups, which the outputs keep).
+    Inputs are moved to the model's device; gradients flow through.
+    """
+
+    def __init__(self, arrays: dict, name: str, device: str | torch.device = "cpu"):
+        import smplx
+        from smplx.utils import Struct
+
+        self.name = name
+        self.device = torch.device(device)
+        self.faces = np.asarray(arrays["f"], dtype=np.int64)
+        self.num_vertices = int(arrays["v_template"].shape[0])
+        self.num_betas = 10
+        vertex_ids = arrays.get("vertex_ids")
+        if vertex_ids is None:
+            from smplx.vertex_ids import vertex_ids as smplx_ids
+
+            if self.num_vertices != 6890:
+                raise AssetError(
+                    f"{name}: model has {self.num_vertices} vertices and no 'vertex_ids' (nose, reye, leye, "
+                    "rear, lear); only 6890-vertex SMPL files can use the standard face vertices"
+                )
+            vertex_ids = smplx_ids["smplh"]
+        self.vertex_ids = {k: int(vertex_ids[k]) for k in EXTRA_NAMES}
+        part = arrays.get("part_of_vertex")
+        self.part_of_vertex = (
+            np.asarray(part, dtype=np.int64) if part is not None else np.asarray(arrays["weights"]).argmax(1)
+        )
+        with contextlib.redirect_stdout(io.StringIO()):  # smplx prints a warning about 10 betas
+            self.smpl = smplx.SMPL(
+                model_path=name,
+                data_struct=Struct(**arrays),
+                num_betas=10,
+                vertex_ids=self.vertex_ids,
+                use_hands=False,
+                use_feet_keypoints=False,
+                create_global_orient=False,
+                create_body_pose=False,
+                create_betas=False,
+                create_transl=False,
+            )
+        self.smpl.to(self.device).eval()
+        for p in self.smpl.parameters():
+            p.requires_grad_(False)
+
+    def _as(self, x, width: int, what: str) -> torch.Tensor:
+        t = torch.as_tensor(x, dtype=torch.float32, device=self.device)
+        if t.shape[-1:] != (width,):
+            raise ValueError(f"{what} must have last dimension {width}, got shape {tuple(t.shape)}")
+        return t
+
+    def __call__(self, global_orient, body_pose, betas, transl=None) -> BodyOutput:
+        go = self._as(global_orient, 3, "global_orient")
+        bp = self._as(body_pose, 69, "body_pose")
+        be = self._as(betas, 10, "betas")
+        tr = self._as(transl, 3, "transl") if transl is not None else None
+        lead = torch.broadcast_shapes(
+            go.shape[:-1], bp.shape[:-1], be.shape[:-1], *([tr.shape[:-1]] if tr is not None else [])
+        )
+        n = int(np.prod(lead)) if len(lead) else 1
+        go, bp, be = (t.expand(*lead, t.shape[-1]).reshape(n, -1) for t in (go, bp, be))
+        if n == 0:
+            z = go.new_zeros
+            return BodyOutput(z(*lead, self.num_vertices, 3), z(*lead, 24, 3), z(*lead, 5, 3))
+        out = self.smpl(global_orient=go, body_pose=bp, betas=be, return_verts=True)
+        verts, joints = out.vertices, out.joints
+        if tr is not None:
+            t = tr.expand(*lead, 3).reshape(n, 1, 3)
+            verts, joints = verts + t, joints + t
+        return BodyOutput(
+            vertices=verts.reshape(*lead, self.num_vertices, 3),
+            joints=joints[:, :24].reshape(*lead, 24, 3),
+            extra=joints[:, 24:29].reshape(*lead, 5, 3),
+        )
+
+    def coco17(self, out: BodyOutput) -> torch.Tensor:
+        """COCO-17 keypoints (…,17,3): face points from the extra vertex joints, the rest from SMPL joints."""
+        allj = torch.cat([out.joints, out.extra], dim=-2)
+        return allj[..., COCO17_FROM_SMPL, :]
+
+    def template(self, betas=None) -> BodyOutput:
+        """Zero-pose body (betas default 0): the canonical T-pose, y up, facing +z."""
+        be = torch.zeros(1, 10) if betas is None else betas
+        zeros = torch.zeros(1, 3)
+        return self(zeros, torch.zeros(1, 69), be)
+
+    def __repr__(self) -> str:
+        return (
+            f"BodyModel(name={self.name!r}, vertices={self.num_vertices}, faces={len(self.faces)}, "
+            f"device={self.device})"
+        )
+
+
+# ------------------------------------------------------------------------------------------ file reading
+class _ChumpyFound(Exception):
+    pass
+
+
+class _ChStandIn:
+    """Stands in for ``chumpy.ch.Ch`` (and any chumpy class) while unpickling: keeps the pickled state and
+    exposes the underlying array as ``x`` / ``r``."""
+
+    _state = None
+
+    def __init__(self, *args, **kwargs):
+        pass
+
+    def __setstate__(self, state):
+        self._state = state
+
+    def __reduce__(self):  # never re-pickled as a stand-in
+        raise TypeError("chumpy stand-in cannot be pickled; convert it with .x first")
+
+    @property
+    def x(self):
+        state = self._state
+        if isinstance(state, tuple):  # (dict, slotstate)
+            state = next((s for s in state if isinstance(s, dict)), None)
+        if isinstance(state, dict):
+            value = state.get("x")  # a plain Ch stores its array as ``x`` (chumpy's __getstate__)
+            if isinstance(value, _ChStandIn):
+                value = value.x
+            if value is not None and not isinstance(value, dict):
+                return np.asarray(value)
+        raise ValueError("chumpy object without a stored array (a derived expression)")
+
+    r = x
+
+
+class _SparseStandIn:
+    """Stands in for a pickled ``scipy.sparse`` matrix from any scipy version (module paths moved).
+    Unpickling creates it with ``__new__`` and hands it the matrix's ``__dict__``."""
+
+    _fmt = "csc"
+    _state = None
+
+    def __setstate__(self, state):
+        self._state = state
+
+    def toarray(self) -> np.ndarray:
+        import scipy.sparse as sp
+
+        st = self._state if isinstance(self._state, dict) else {}
+        fmt = st.get("format", self._fmt)
+        shape = tuple(st.get("_shape", st.get("shape", ())))
+        if fmt in ("csc", "csr"):
+            cls = sp.csc_matrix if fmt == "csc" else sp.csr_matrix
+            return cls((st["data"], st["indices"], st["indptr"]), shape=shape).toarray()
+        if fmt == "coo":
+            return sp.coo_matrix((st["data"], (st["row"], st["col"])), shape=shape).toarray()
+        raise ValueError(f"unsupported sparse format {fmt!r}")
+
+
+_SPARSE_STANDINS = {
+    fmt: type(f"_{fmt}_standin", (_SparseStandIn,), {"_fmt": fmt}) for fmt in ("csc", "csr", "coo")
+}
+
+
+_NUMPY_NAMES = {"_reconstruct", "scalar", "ndarray", "dtype", "_frombuffer"}
+_SAFE_BUILTINS = {"object", "slice", "complex", "set", "frozenset", "bytearray", "range"}
+
+
+class _ModelUnpickler(pickle.Unpickler):
+    """Unpickles numpy / scipy.sparse / plain Python only. chumpy classes become :class:`_ChStandIn` when
+    ``allow_chumpy`` (conversion), else raise :class:`_ChumpyFound`."""
+
+    def __init__(self, fh, allow_chumpy: bool):
+        super().__init__(fh, encoding="latin1")
+        self.allow_chumpy = allow_chumpy
+
+    def find_class(self, module: str, name: str):
+        root = module.split(".")[0]
+        if root == "chumpy":
+            if not self.allow_chumpy:
+                raise _ChumpyFound()
+            return _ChStandIn
+        if root == "numpy" and (name in _NUMPY_NAMES or module == "numpy.dtypes"):
+            return super().find_class(module, name)
+        if root == "scipy" and ".sparse" in module:
+            for fmt, cls in _SPARSE_STANDINS.items():
+                if name.startswith(fmt):
+                    return cls
+        if module in ("copyreg", "copy_reg") and name in ("_reconstructor", "__newobj__"):
+            return super().find_class(module, name)
+        if module in ("builtins", "__builtin__") and name in _SAFE_BUILTINS:
+            return super().find_class(module, name)
+        if (module, name) == ("_codecs", "encode"):  # bytes in protocol-2 pickles
+            return super().find_class(module, name)
+        if module == "collections" and name == "OrderedDict":
+            return super().find_class(module, name)
+        raise pickle.UnpicklingError(f"refusing to load {module}.{name}")
+
+
+def _plain(value, key: str, path: Path):
+    """A stand-in or sparse value as a plain numpy array."""
+    if isinstance(value, _ChStandIn):
+        try:
+            return value.x
+        except ValueError as exc:
+            raise AssetError(
+                f"{path}: key '{key}' is a chumpy expression without stored values ({exc})"
+            ) from None
+    if isinstance(value, _SparseStandIn):
+        return value.toarray()
+    if hasattr(value, "toarray") and not isinstance(value, np.ndarray):  # a real scipy sparse matrix
+        return value.toarray()
+    return value
+
+
+def _read_raw(path: Path, allow_chumpy: bool) -> dict:
+    if not path.exists():
+        raise AssetError(f"body model file not found: {path} ({_LAYOUT_TEXT})")
+    if not path.is_file():
+        raise AssetError(f"body model path is not a file: {path} ({_LAYOUT_TEXT})")
+    if zipfile.is_zipfile(path):  # .npz
+        try:
+            with np.load(path, allow_pickle=False) as npz:
+                data = {k: npz[k] for k in npz.files}
+        except Exception as exc:
+            raise AssetError(
+                f"{path}: unreadable .npz body model ({type(exc).__name__}: {exc}); {_LAYOUT_TEXT}"
+            ) from None
+        return data
+    try:
+        with open(path, "rb") as fh:
+            data = _ModelUnpickler(fh, allow_chumpy).load()
+    except _ChumpyFound:
+        raise AssetError(
+            f"{path} contains chumpy objects (an official SMPL .pkl); convert it once with "
+            f"`hmrcritic body convert {path} SMPL_NEUTRAL_plain.pkl` and use the converted file"
+        ) from None
+    except Exception as exc:
+        raise AssetError(
+            f"{path}: not a readable body model ({type(exc).__name__}: {exc}); {_LAYOUT_TEXT}"
+        ) from None
+    if not isinstance(data, dict):
+        raise AssetError(
+            f"{path}: body model must be a dict of arrays, got {type(data).__name__}; {_LAYOUT_TEXT}"
+        )
+    return data
+
+
+def _validate(data: dict, path: Path) -> dict:
+    """Check the SMPL layout; return a dict of arrays with fixed dtypes (plus optional extras)."""
+    missing = [k for k in REQUIRED_LAYOUT if k not in data]
+    if missing:
+        raise AssetError(f"{path}: missing key(s) {', '.join(missing)}; {_LAYOUT_TEXT}")
+    out = {}
+    for k in REQUIRED_LAYOUT:
+        v = _plain(data[k], k, path)
+        try:
+            out[k] = np.asarray(v)
+        except Exception:
+            raise AssetError(f"{path}: key '{k}' is not an array; {_LAYOUT_TEXT}") from None
+        if out[k].dtype == object or not np.issubdtype(out[k].dtype, np.number):
+            raise AssetError(f"{path}: key '{k}' is not numeric (dtype {out[k].dtype}); {_LAYOUT_TEXT}")
+    V = out["v_template"].shape[0] if out["v_template"].ndim == 2 else -1
+    expect = {
+        "v_template": lambda s: len(s) == 2 and s[1] == 3 and s[0] > 0,
+        "f": lambda s: len(s) == 2 and s[1] == 3,
+        "shapedirs": lambda s: len(s) == 3 and s[0] == V and s[1] == 3 and s[2] >= 10,
+        "posedirs": lambda s: len(s) == 3 and s[0] == V and s[1] == 3 and s[2] == 207,
+        "J_regressor": lambda s: len(s) == 2 and s[0] == 24 and s[1] == V,
+        "weights": lambda s: len(s) == 2 and s[0] == V and s[1] == 24,
+        "kintree_table": lambda s: len(s) == 2 and s[0] == 2 and s[1] == 24,
+    }
+    for k, ok in expect.items():
+        if not ok(out[k].shape):
+            raise AssetError(
+                f"{path}: key '{k}' has shape {tuple(out[k].shape)}, expected {REQUIRED_LAYOUT[k]} "
+                f"with V={V}; {_LAYOUT_TEXT}"
+            )
+    if out["f"].size and (out["f"].min() < 0 or out["f"].max() >= V):
+        raise AssetError(f"{path}: faces index vertices outside 0..{V - 1}; {_LAYOUT_TEXT}")
+    for k in ("v_template", "shapedirs", "J_regressor", "weights"):
+        out[k] = out[k].astype(np.float64)
+        if not np.isfinite(out[k]).all():
+            raise AssetError(f"{path}: key '{k}' contains NaN or inf")
+    out["posedirs"] = out["posedirs"].astype(np.float32)
+    out["f"] = out["f"].astype(np.int64)
+    out["kintree_table"] = out["kintree_table"].astype(np.int64)
+    out["shapedirs"] = out["shapedirs"][:, :, :10]
+    for k in ("part_of_vertex", "vertex_ids", "J"):
+        if k in data:
+            out[k] = data[k]
+    vid = out.get("vertex_ids")
+    if isinstance(vid, np.ndarray):  # .npz cannot hold a dict: (5,) ints in EXTRA_NAMES order
+        if vid.shape != (5,) or not np.issubdtype(vid.dtype, np.integer):
+            raise AssetError(f"{path}: 'vertex_ids' must be 5 ints ({', '.join(EXTRA_NAMES)})")
+        out["vertex_ids"] = dict(zip(EXTRA_NAMES, (int(i) for i in vid), strict=True))
+    if out.get("vertex_ids") is not None and not all(
+        0 <= int(out["vertex_ids"].get(k, -1)) < V for k in EXTRA_NAMES
+    ):
+        raise AssetError(f"{path}: 'vertex_ids' must give {', '.join(EXTRA_NAMES)} as vertex indices < {V}")
+    return out
+
+
+def read_model_arrays(path: str | Path) -> dict:
+    """Read and validate a chumpy-free SMPL-layout file (.pkl or .npz) into a dict of numpy arrays."""
+    path = Path(path).expanduser()
+    return _validate(_read_raw(path, allow_chumpy=False), path)
+
+
+def convert_smpl_pkl(src: str | Path, dst: str | Path) -> Path:
+    """Rewrite an official (chumpy) SMPL ``.pkl`` as a plain-numpy pickle, without chumpy.
+
+    chumpy objects are replaced during unpickling by stand-ins that keep their stored array, the sparse
+    ``J_regressor`` becomes dense, and the result is validated before it is written atomically.
+    """
+    from hmrcritic.io import atomic_write_bytes
+
+    src, dst = Path(src).expanduser(), Path(dst).expanduser()
+    raw = _read_raw(src, allow_chumpy=True)
+    if not isinstance(raw, dict):
+        raise AssetError(f"{src}: not a SMPL model dict")
+    plain = {k: _plain(v, k, src) for k, v in raw.items() if k in REQUIRED_LAYOUT or k == "J"}
+    arrays = _validate(plain, src)
+    if "J" in plain and isinstance(plain["J"], np.ndarray):
+        arrays["J"] = np.asarray(plain["J"], dtype=np.float64)
+    buf = io.BytesIO()
+    pickle.dump(arrays, buf, protocol=4)
+    return atomic_write_bytes(dst, buf.getvalue())
+
+
+# ------------------------------------------------------------------------------------------ loading
+_CACHE: dict[tuple[str, str], BodyModel] = {}
+_LOCK = threading.Lock()
+
+
+def resolve_model_path(path: str | Path | None = None) -> Path | None:
+    """The model file in use: ``path``, else ``HMRCRITIC_BODY_MODEL``, else None (the mannequin)."""
+    if path is not None:
+        return Path(path).expanduser()
+    return config.body_model_path()
+
+
+def load_body_model(path: str | Path | None = None, device: str | torch.device = "cpu") -> BodyModel:
+    """Load (once per (file, device)) the body model: ``path`` → ``HMRCRITIC_BODY_MODEL`` → the mannequin,
+    generated on first use into ``cache_dir()/mannequin/SMPL_MANNEQUIN.pkl``."""
+    file = resolve_model_path(path)
+    dev = str(torch.device(device))
+    if file is None:
+        file = mannequin.default_folder() / mannequin.FILE_NAME
+        key, name = (f"mannequin:{file}", dev), "mannequin"
+    else:
+        key, name = (str(file.resolve()), dev), str(file)
+    with _LOCK:
+        model = _CACHE.get(key)
+        if model is not None:
+            return model
+        if name == "mannequin":
+            mannequin.ensure_mannequin(file.parent)
+        model = BodyModel(read_model_arrays(file), name=name, device=dev)
+        _CACHE[key] = model
+        return model
+
+
+def clear_cache() -> None:
+    """Forget loaded models (tests; after regenerating a file)."""
+    with _LOCK:
+        _CACHE.clear()
+
+
+# ------------------------------------------------------------------------------------------ summaries
+def body_info(model: BodyModel) -> dict:
+    """Plain-type summary of a model (for ``hmrcritic body info`` and ``doctor``)."""
+    with torch.no_grad():
+        verts = model.template().vertices[0].cpu().numpy()
+    return {
+        "source": model.name,
+        "vertices": model.num_vertices,
+        "faces": int(len(model.faces)),
+        "joints": 24,
+        "betas": model.num_betas,
+        "height_m": round(float(verts[:, 1].max() - verts[:, 1].min()), 4),
+    }
+
+
+def export_template_obj(model: BodyModel, out: str | Path) -> Path:
+    """The zero-pose, betas-0 mesh as a Wavefront .obj (atomic write)."""
+    from hmrcritic.io import atomic_write_text
+
+    with torch.no_grad():
+        verts = model.template().vertices[0].cpu().numpy()
+    lines = [f"# hmrcritic body model: {model.name}"]
+    lines += [f"v {x:.6f} {y:.6f} {z:.6f}" for x, y, z in verts]
+    lines += [f"f {a + 1} {b + 1} {c + 1}" for a, b, c in model.faces]
+    return atomic_write_text(Path(out).expanduser(), "\n".join(lines) + "\n")

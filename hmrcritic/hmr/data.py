@@ -1,0 +1,752 @@
+"""Samples, synthetic scene splits and readers for user inputs.
+
+A *scene* is a posed body seen by a random camera: the procedural pose source (:mod:`poses`) → the body
+model (batched) → a camera placed around the person (azimuth, elevation, distance, roll; the person
+roughly centred and spanning a preset fraction of the image) → 2D keypoints in the COCO-17 and SMPL-24
+layouts with the corruptions a real detector shows: pixel noise whose confidence drops with the error,
+occasional outliers, spatially coherent occlusion (image-space boxes, a whole limb end, joints hidden
+behind the torso, the face when it looks away) and truncation at the image border. Hidden points are
+stored as ``[0, 0, 0]`` so their position cannot leak into a model.
+
+Splits (:data:`SPLITS`) have fixed seeds: ``train`` (labelled), ``test`` (held out, labelled, other seed)
+and ``wild`` (harder viewpoints, more noise/occlusion). ``wild``'s 3D labels live in a separate
+``labels_eval.npz`` next to the condition shards, so finetuning code that reads the shards never sees them;
+evaluation reads them through :meth:`SceneSet.eval_labels`. A split is a folder
+``data_dir()/<split>/`` with ``shard_*.npz`` and ``manifest.json``, written into a staging folder and
+swapped in atomically; :func:`load_split` generates it on first use under a file lock.
+
+The readers turn user files (PNG/JPEG image; COCO-17 or OpenPose BODY_25 JSON) into a :class:`Sample` and
+raise :class:`~hmrcritic.errors.InputError` naming the file and the problem for anything malformed.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import shutil
+import time
+import warnings
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from hmrcritic import config
+from hmrcritic.errors import AssetError, InputError
+from hmrcritic.hmr import anatomy, camera, poses
+from hmrcritic.hmr.rotations import axis_angle_to_matrix, matrix_to_axis_angle
+from hmrcritic.io import atomic_save_npz, atomic_write_json, sha256_file
+
+GENERATOR_VERSION = f"scenes-1/{poses.GENERATOR_VERSION}"
+DEFAULT_IMAGE_SIZE = (256, 256)
+
+COCO17_NAMES = [
+    "nose", "left_eye", "right_eye", "left_ear", "right_ear", "left_shoulder", "right_shoulder",
+    "left_elbow", "right_elbow", "left_wrist", "right_wrist", "left_hip", "right_hip", "left_knee",
+    "right_knee", "left_ankle", "right_ankle",
+]  # fmt: skip
+# OpenPose BODY_25 index of each COCO-17 keypoint (BODY_25: 0 nose, 1 neck, 2-4 right arm, 5-7 left arm,
+# 8 mid-hip, 9-11 right leg, 12-14 left leg, 15/16 right/left eye, 17/18 right/left ear, 19-24 feet).
+BODY25_TO_COCO17 = [0, 16, 15, 18, 17, 5, 2, 6, 3, 7, 4, 12, 9, 13, 10, 14, 11]
+
+LABEL_KEYS = ("global_orient", "body_pose", "betas", "transl", "joints3d", "keypoints_clean", "category")
+CONDITION_KEYS = ("keypoints", "smpl24_keypoints", "K", "image_size")
+
+# Corruption and viewpoint presets. Ranges are uniform; roll_deg is a standard deviation.
+PRESETS: dict[str, dict] = {
+    "train": dict(
+        azimuth_deg=(-180, 180),
+        elevation_deg=(-10, 30),
+        roll_deg=3.0,
+        focal_scale=(0.8, 1.6),
+        fill=(0.4, 0.8),
+        centre_jitter=0.08,
+        noise_frac=0.01,
+        outlier_p=0.0,
+        box_p=0.3,
+        boxes_max=1,
+        limb_p=0.15,
+        self_occ_p=0.6,
+        face_occ=True,
+    ),
+    "wild": dict(
+        azimuth_deg=(-180, 180),
+        elevation_deg=(-35, 65),
+        roll_deg=15.0,
+        focal_scale=(0.7, 2.0),
+        fill=(0.45, 0.95),
+        centre_jitter=0.18,
+        noise_frac=0.025,
+        outlier_p=0.04,
+        box_p=0.7,
+        boxes_max=2,
+        limb_p=0.35,
+        self_occ_p=0.9,
+        face_occ=True,
+    ),
+    "clean": dict(
+        azimuth_deg=(-180, 180),
+        elevation_deg=(-10, 30),
+        roll_deg=0.0,
+        focal_scale=(1.0, 1.0),
+        fill=(0.5, 0.7),
+        centre_jitter=0.0,
+        noise_frac=0.0,
+        outlier_p=0.0,
+        box_p=0.0,
+        boxes_max=0,
+        limb_p=0.0,
+        self_occ_p=0.0,
+        face_occ=False,
+    ),
+}
+PRESETS["test"] = PRESETS["train"]
+SPLITS: dict[str, tuple[int, int, str]] = {
+    "train": (20000, 1001, "train"),
+    "wild": (2000, 2002, "wild"),
+    "test": (1000, 3003, "test"),
+}
+
+# Chains (COCO-17 indices / SMPL-24 indices) for limb occluders: a random tail of the chain is hidden.
+_LIMBS_COCO = [[5, 7, 9], [6, 8, 10], [11, 13, 15], [12, 14, 16], [0, 1, 2, 3, 4]]
+_LIMBS_SMPL = [[16, 18, 20, 22], [17, 19, 21, 23], [1, 4, 7, 10], [2, 5, 8, 11], [12, 15]]
+_FACE_COCO = [0, 1, 2, 3, 4]
+
+
+# ----------------------------------------------------------------------------------------------- Sample
+@dataclass
+class Sample:
+    """One input: COCO-17 keypoints ``[u, v, conf]`` (conf 0 = not visible), intrinsics and image size;
+    labels (SMPL parameters in the camera frame, joints) when known."""
+
+    sample_id: str
+    keypoints: np.ndarray
+    K: np.ndarray
+    image_size: tuple[int, int]
+    smpl24_keypoints: np.ndarray | None = None
+    image_path: str | None = None
+    mask_path: str | None = None
+    global_orient: np.ndarray | None = None
+    body_pose: np.ndarray | None = None
+    betas: np.ndarray | None = None
+    transl: np.ndarray | None = None
+    joints3d: np.ndarray | None = None
+    category: str | None = None
+
+    @property
+    def has_labels(self) -> bool:
+        return self.body_pose is not None
+
+
+# ------------------------------------------------------------------------------------- scene generation
+def _resolve_preset(preset) -> dict:
+    if isinstance(preset, dict):
+        return {**PRESETS["train"], **preset}
+    try:
+        return dict(PRESETS[preset])
+    except KeyError:
+        raise ValueError(f"unknown preset {preset!r}; known: {', '.join(PRESETS)}") from None
+
+
+def make_scenes(
+    n: int,
+    seed: int,
+    preset="train",
+    image_size=DEFAULT_IMAGE_SIZE,
+    body=None,
+    chunk: int = 4096,
+    categories=None,
+    progress=None,
+) -> dict[str, np.ndarray]:
+    """Generate ``n`` scenes as stacked numpy arrays (conditions and labels together), deterministic per
+    ``seed``. ``body`` defaults to :func:`hmrcritic.hmr.body.load_body_model`."""
+    from hmrcritic.hmr.body import load_body_model
+
+    cfg = _resolve_preset(preset)
+    body = body or load_body_model()
+    W, H = int(image_size[0]), int(image_size[1])
+    pose = poses.sample_poses(n, seed, categories)
+    rng = np.random.default_rng([seed, 7])
+    cams = camera.sample_cameras(n, rng, cfg)
+    out: dict[str, list] = {k: [] for k in (*CONDITION_KEYS, *LABEL_KEYS)}
+    for s in range(0, n, chunk):
+        sl = slice(s, min(n, s + chunk))
+        part = _scene_chunk(
+            body, {k: v[sl] for k, v in pose.items()}, {k: v[sl] for k, v in cams.items()}, cfg, W, H, rng
+        )
+        for k, v in part.items():
+            out[k].append(v)
+        if progress is not None:
+            progress(sl.stop - sl.start)
+    arrays = {k: np.concatenate(v) for k, v in out.items()}
+    arrays["category"] = pose["category"].numpy().astype(np.int64)
+    return arrays
+
+
+_FAST_CACHE: dict[int, dict] = {}
+
+
+def keypoint_joints(body, global_orient, body_pose, betas) -> tuple[torch.Tensor, torch.Tensor]:
+    """SMPL joints (B,24,3) and COCO-17 points (B,17,3) without skinning every vertex.
+
+    Keypoints need the 24 joints and 5 face vertices only, so shape blending, pose correctives and
+    skinning are evaluated for those 5 vertices (the rest of the mesh is ~99 % of the cost of a full
+    SMPL forward). Equal to ``body(...)`` up to float rounding (tested); falls back to it for a body that
+    does not expose smplx's buffers.
+    """
+    s = getattr(body, "smpl", None)
+    if s is None or not hasattr(s, "posedirs") or not hasattr(body, "vertex_ids"):
+        res = body(global_orient, body_pose, betas)
+        return res.joints, body.coco17(res)
+    from smplx.lbs import batch_rigid_transform, batch_rodrigues
+
+    from hmrcritic.hmr.body import EXTRA_NAMES
+
+    key = id(body)
+    if key not in _FAST_CACHE:
+        ids = torch.tensor([body.vertex_ids[k] for k in EXTRA_NAMES], device=s.v_template.device)
+        nv = s.v_template.shape[0]
+        _FAST_CACHE[key] = {
+            "j_t": s.J_regressor @ s.v_template,
+            "j_sd": torch.einsum("jv,vkl->jkl", s.J_regressor, s.shapedirs),
+            "e_t": s.v_template[ids],
+            "e_sd": s.shapedirs[ids],
+            "e_pd": s.posedirs.reshape(-1, nv, 3)[:, ids].reshape(s.posedirs.shape[0], -1),
+            "e_w": s.lbs_weights[ids],
+        }
+    c = _FAST_CACHE[key]
+    dev = s.v_template.device
+    go, bp, be = (
+        torch.as_tensor(x, dtype=torch.float32, device=dev) for x in (global_orient, body_pose, betas)
+    )
+    B = go.shape[0]
+    joints_rest = c["j_t"] + torch.einsum("jkl,bl->bjk", c["j_sd"], be)
+    extra = c["e_t"] + torch.einsum("vkl,bl->bvk", c["e_sd"], be)
+    rot = batch_rodrigues(torch.cat([go, bp], 1).reshape(-1, 3)).reshape(B, 24, 3, 3)
+    feat = (rot[:, 1:] - torch.eye(3, device=dev)).reshape(B, -1)
+    extra = extra + (feat @ c["e_pd"]).reshape(B, -1, 3)
+    joints, A = batch_rigid_transform(rot, joints_rest, s.parents, dtype=torch.float32)
+    T = torch.einsum("vj,bjxy->bvxy", c["e_w"], A)
+    extra = (T[..., :3, :3] @ extra[..., None])[..., 0] + T[..., :3, 3]
+    from hmrcritic.hmr.body import BodyOutput
+
+    out = BodyOutput(vertices=joints.new_zeros(B, 0, 3), joints=joints, extra=extra)
+    return joints, body.coco17(out)
+
+
+@torch.no_grad()
+def _scene_chunk(body, pose: dict, cams: dict, cfg: dict, W: int, H: int, rng: np.random.Generator) -> dict:
+    n = pose["body_pose"].shape[0]
+    go_b, bp, betas = pose["global_orient_body"], pose["body_pose"], pose["betas"]
+    joints_w, coco_w = (t.float().cpu() for t in keypoint_joints(body, go_b, bp, betas))
+    pts_w = torch.cat([joints_w, coco_w], 1)
+    centre = 0.5 * (pts_w.amin(1) + pts_w.amax(1))
+    focal = torch.as_tensor(cams["focal_scale"], dtype=torch.float32) * max(W, H)
+    K = torch.zeros(n, 3, 3)
+    K[:, 0, 0], K[:, 1, 1], K[:, 0, 2], K[:, 1, 2], K[:, 2, 2] = focal, focal, W / 2, H / 2, 1.0
+    az, el, roll = (torch.as_tensor(cams[k], dtype=torch.float32) for k in ("azimuth", "elevation", "roll"))
+    fill = torch.as_tensor(cams["fill"], dtype=torch.float32)
+    dist = torch.full((n,), 4.0)
+    for _ in range(3):  # distance so the person's larger projected side spans `fill` of the image
+        pos = camera.orbit_position(centre, dist, az, el)
+        rot = camera.look_at_rotation(pos, centre, roll)
+        uv = camera.project((pts_w - pos[:, None]) @ rot.transpose(1, 2), K)
+        extent = (uv.amax(1) - uv.amin(1)).amax(1) * 1.12  # joints sit inside the silhouette
+        dist = dist * extent / (fill * min(W, H))
+    # No body part closer than 0.6 m to the camera (extreme wide-angle close-ups look like nothing real).
+    pos = camera.orbit_position(centre, dist, az, el)
+    near = ((pts_w - pos[:, None]) @ camera.look_at_rotation(pos, centre, roll).transpose(1, 2))[..., 2].amin(
+        1
+    )
+    dist = dist + (0.6 - near).clamp_min(0)
+    # Shift the look-at point in the image plane so the person is off-centre by `jitter` of the image.
+    jit = torch.as_tensor(cams["jitter"], dtype=torch.float32)
+    pos = camera.orbit_position(centre, dist, az, el)
+    rot = camera.look_at_rotation(pos, centre, roll)
+    shift = -(jit[:, 0:1] * W * rot[:, 0] + jit[:, 1:2] * H * rot[:, 1]) * (dist / focal)[:, None]
+    rot = camera.look_at_rotation(pos, centre + shift, roll)
+    # Camera-frame parameters: X_cam = R (X_w - C). SMPL rotates about the root joint J0, hence transl.
+    j0 = joints_w[:, 0]
+    go_c = matrix_to_axis_angle(rot @ axis_angle_to_matrix(go_b))
+    transl = ((j0 - pos)[:, None] @ rot.transpose(1, 2))[:, 0] - j0
+    joints_c = (joints_w - pos[:, None]) @ rot.transpose(1, 2)
+    coco_c = (coco_w - pos[:, None]) @ rot.transpose(1, 2)
+    kp_clean = camera.project(coco_c, K)
+    sm_clean = camera.project(joints_c, K)
+    box = (kp_clean.amax(1) - kp_clean.amin(1)).norm(dim=-1).numpy()  # person box diagonal, px
+    kp, vis_c = _corrupt(kp_clean.numpy(), coco_c.numpy(), box, cfg, W, H, rng, _LIMBS_COCO, _FACE_COCO)
+    sm, vis_s = _corrupt(sm_clean.numpy(), joints_c.numpy(), box, cfg, W, H, rng, _LIMBS_SMPL, [])
+    return {
+        "keypoints": kp.astype(np.float32),
+        "smpl24_keypoints": sm.astype(np.float32),
+        "K": K.numpy().astype(np.float32),
+        "image_size": np.tile(np.array([W, H], np.int32), (n, 1)),
+        "global_orient": go_c.numpy().astype(np.float32),
+        "body_pose": bp.numpy().astype(np.float32),
+        "betas": betas.numpy().astype(np.float32),
+        "transl": transl.numpy().astype(np.float32),
+        "joints3d": joints_c.numpy().astype(np.float32),
+        "keypoints_clean": kp_clean.numpy().astype(np.float32),
+        "category": np.zeros(n, np.int64),  # filled by the caller
+    }
+
+
+def _corrupt(uv, pts_c, box, cfg, W, H, rng, limbs, face) -> tuple[np.ndarray, np.ndarray]:
+    """Noise, confidences, occlusion and truncation for one layout. Returns ([u,v,c] (n,J,3), visible)."""
+    n, J, _ = uv.shape
+    sigma = cfg["noise_frac"] * box * rng.uniform(0.5, 1.5, n)  # px, per sample
+    err = rng.normal(0, 1, (n, J, 2)) * sigma[:, None, None]
+    outlier = rng.random((n, J)) < cfg["outlier_p"]
+    ang = rng.uniform(0, 2 * np.pi, (n, J))
+    mag = rng.uniform(0.08, 0.25, (n, J)) * box[:, None]
+    err[outlier] = np.stack([np.cos(ang), np.sin(ang)], -1)[outlier] * mag[outlier][:, None]
+    r = np.linalg.norm(err, axis=-1) / np.maximum(2.0 * sigma[:, None], 0.02 * box[:, None])
+    conf = 0.51 + 0.49 * np.exp(-0.5 * r**2) * rng.uniform(0.85, 1.0, (n, J))
+    noisy = uv + err
+    hidden = np.zeros((n, J), bool)
+    # Image-space box occluders centred on a random joint (an object in front of the person).
+    for _ in range(cfg["boxes_max"]):
+        use = rng.random(n) < cfg["box_p"]
+        c = uv[np.arange(n), rng.integers(0, J, n)] + rng.normal(0, 0.05, (n, 2)) * box[:, None]
+        half = rng.uniform(0.1, 0.25, (n, 2)) * box[:, None]
+        inside = (np.abs(uv - c[:, None]) <= half[:, None]).all(-1)
+        hidden |= inside & use[:, None]
+    # A limb hidden from a random joint to its end (out of view behind something, tucked away).
+    use = rng.random(n) < cfg["limb_p"]
+    which = rng.integers(0, len(limbs), n)
+    start = rng.random(n)
+    for li, chain in enumerate(limbs):
+        for k, j in enumerate(chain):
+            hidden[:, j] |= use & (which == li) & (k >= np.floor(start * len(chain)))
+    # Self-occlusion: the ray camera→joint passes through the torso in front of the joint.
+    if cfg["self_occ_p"] > 0:
+        torso_a = np.broadcast_to(
+            pts_c[:, None, 0] if J == 24 else 0.5 * (pts_c[:, None, 11] + pts_c[:, None, 12]), (n, J, 3)
+        )
+        torso_b = np.broadcast_to(
+            pts_c[:, None, 12] if J == 24 else 0.5 * (pts_c[:, None, 5] + pts_c[:, None, 6]), (n, J, 3)
+        )
+        p = torch.from_numpy(pts_c.astype(np.float32))
+        d = anatomy.segment_distance(
+            torch.zeros_like(p),
+            p * 0.97,
+            torch.from_numpy(np.ascontiguousarray(torso_a, np.float32)),
+            torch.from_numpy(np.ascontiguousarray(torso_b, np.float32)),
+        )
+        mid_depth = 0.5 * (torso_a[..., 2] + torso_b[..., 2])
+        behind = (d.numpy() < 0.09) & (pts_c[..., 2] > mid_depth + 0.05)
+        hidden |= behind & (rng.random((n, 1)) < cfg["self_occ_p"])
+    # The face looking away: a face point clearly further from the camera than the ears' midpoint.
+    if face and cfg["face_occ"]:
+        mid = 0.5 * (pts_c[:, 3] + pts_c[:, 4])
+        depth = pts_c[:, face, 2] - mid[:, None, 2]
+        hidden[:, face] |= depth > np.array([0.02, 0.02, 0.02, 0.045, 0.045])
+    # Keep a usable minimum: if occluders hid nearly everything, drop them for that sample.
+    truncated = (noisy[..., 0] < 0) | (noisy[..., 0] >= W) | (noisy[..., 1] < 0) | (noisy[..., 1] >= H)
+    truncated |= pts_c[..., 2] < 0.1
+    too_few = (~hidden & ~truncated).sum(1) < max(4, J // 3)
+    hidden[too_few] = False
+    visible = ~hidden & ~truncated
+    out = np.concatenate([noisy, conf[..., None]], -1)
+    out[~visible] = 0.0
+    return out, visible
+
+
+# ------------------------------------------------------------------------------------------ split files
+def _split_root(root) -> Path:
+    return Path(root) if root is not None else config.data_dir()
+
+
+def default_size(name: str) -> int:
+    """The split's default size times ``HMRCRITIC_SPLIT_SIZE_SCALE`` (tests use tiny splits)."""
+    n = SPLITS[name][0]
+    scale = os.environ.get("HMRCRITIC_SPLIT_SIZE_SCALE")
+    if scale:
+        try:
+            n = max(1, int(round(n * float(scale))))
+        except ValueError:
+            raise InputError(f"HMRCRITIC_SPLIT_SIZE_SCALE={scale!r} is not a number") from None
+    return n
+
+
+def _check_name(name: str) -> None:
+    if name not in SPLITS:
+        raise InputError(f"unknown split {name!r}; known: {', '.join(SPLITS)}")
+
+
+def generate_split(
+    name: str,
+    out_dir=None,
+    n: int | None = None,
+    seed: int | None = None,
+    render_images: bool = False,
+    shard_size: int = 1000,
+    image_size=DEFAULT_IMAGE_SIZE,
+    body=None,
+    quiet: bool = False,
+) -> Path:
+    """Generate split ``name`` into ``out_dir`` (default ``data_dir()/<name>``) and return that folder.
+    Written to a staging folder and swapped in, so a crash never leaves a half-written split."""
+    from hmrcritic.hmr.body import load_body_model
+
+    _check_name(name)
+    n_default, seed_default, preset = SPLITS[name]
+    n = default_size(name) if n is None else int(n)
+    seed = seed_default if seed is None else int(seed)
+    if n < 1:
+        raise InputError(f"split {name}: n must be ≥ 1, got {n}")
+    out = Path(out_dir) if out_dir is not None else _split_root(None) / name
+    out.parent.mkdir(parents=True, exist_ok=True)
+    body = body or load_body_model()
+    t0 = time.perf_counter()
+    arrays = _with_progress(
+        f"generating split '{name}' ({n} scenes)",
+        n,
+        quiet,
+        lambda cb: make_scenes(n, seed, preset, image_size, body, progress=cb),
+    )
+    stage = out.parent / f".staging-{out.name}-{os.getpid()}"
+    shutil.rmtree(stage, ignore_errors=True)
+    stage.mkdir(parents=True)
+    try:
+        has_labels = name != "wild"
+        ids = np.array([f"{name}-{i:06d}" for i in range(n)])
+        if render_images:
+            _render_split(stage, arrays, ids, body, quiet)
+        keys = CONDITION_KEYS + (LABEL_KEYS if has_labels else ())
+        shards = []
+        for s in range(0, n, shard_size):
+            fname = f"shard_{s // shard_size:05d}.npz"
+            sl = slice(s, min(n, s + shard_size))
+            atomic_save_npz(stage / fname, sample_id=ids[sl], **{k: arrays[k][sl] for k in keys})
+            shards.append({"file": fname, "n": sl.stop - sl.start, "sha256": sha256_file(stage / fname)})
+        labels_eval = None
+        if not has_labels:
+            atomic_save_npz(stage / "labels_eval.npz", sample_id=ids, **{k: arrays[k] for k in LABEL_KEYS})
+            labels_eval = {"file": "labels_eval.npz", "sha256": sha256_file(stage / "labels_eval.npz")}
+        manifest = {
+            "split": name,
+            "n": n,
+            "seed": seed,
+            "preset": preset,
+            "preset_params": _resolve_preset(preset),
+            "generator_version": GENERATOR_VERSION,
+            "has_labels": has_labels,
+            "shards": shards,
+            "labels_eval": labels_eval,
+            "body_model": body.name,
+            "image_size": [int(image_size[0]), int(image_size[1])],
+            "images": bool(render_images),
+            "categories": list(poses.POSE_CATEGORIES),
+            "seconds": round(time.perf_counter() - t0, 2),
+        }
+        atomic_write_json(stage / "manifest.json", manifest)
+        old = out.parent / f".old-{out.name}-{os.getpid()}"
+        if out.exists():
+            os.replace(out, old)
+        os.replace(stage, out)
+        shutil.rmtree(old, ignore_errors=True)
+    except BaseException:
+        shutil.rmtree(stage, ignore_errors=True)
+        raise
+    return out
+
+
+def _with_progress(label: str, total: int, quiet: bool, fn):
+    if quiet or total < 2000:
+        return fn(None)
+    from rich.progress import Progress
+
+    with Progress(transient=True) as prog:
+        task = prog.add_task(label, total=total)
+        return fn(lambda k: prog.advance(task, k))
+
+
+def _render_split(stage: Path, arrays: dict, ids: np.ndarray, body, quiet: bool) -> None:
+    """Shaded renders on a random two-tone background and silhouettes, as PNG (``images/``, ``masks/``)."""
+    from PIL import Image
+
+    from hmrcritic.hmr.render import get_renderer
+
+    renderer = get_renderer()
+    (stage / "images").mkdir()
+    (stage / "masks").mkdir()
+    rng = np.random.default_rng(len(ids))
+    n = len(ids)
+    for s in range(0, n, 256):
+        sl = slice(s, min(n, s + 256))
+        with torch.no_grad():
+            verts = (
+                body(
+                    arrays["global_orient"][sl],
+                    arrays["body_pose"][sl],
+                    arrays["betas"][sl],
+                    arrays["transl"][sl],
+                )
+                .vertices.cpu()
+                .numpy()
+            )
+        for i, v in zip(range(sl.start, sl.stop), verts, strict=True):
+            W, H = (int(x) for x in arrays["image_size"][i])
+            rgb, depth = renderer.render(v, body.faces, arrays["K"][i], (W, H))
+            top, bottom = rng.uniform(40, 220, 3), rng.uniform(40, 220, 3)
+            t = np.linspace(0, 1, H)[:, None, None]
+            bg = (top * (1 - t) + bottom * t) * np.ones((1, W, 1))
+            m = depth > 0
+            img = np.where(m[..., None], rgb, bg).astype(np.uint8)
+            Image.fromarray(img).save(stage / "images" / f"{ids[i]}.png")
+            Image.fromarray((m * 255).astype(np.uint8)).save(stage / "masks" / f"{ids[i]}.png")
+
+
+def _manifest(folder: Path) -> dict | None:
+    try:
+        return json.loads((folder / "manifest.json").read_text())
+    except FileNotFoundError:
+        return None
+    except (OSError, json.JSONDecodeError) as exc:
+        raise AssetError(f"{folder / 'manifest.json'}: unreadable split manifest ({exc})") from None
+
+
+def load_split(
+    name: str, root=None, generate: bool = True, n: int | None = None, quiet: bool = False
+) -> SceneSet:
+    """The split ``name`` from ``root`` (default ``data_dir()``), generated on first use. A split made by
+    another generator version or body model is regenerated; with an explicit ``n`` a different size too."""
+    from filelock import FileLock
+
+    from hmrcritic.hmr.body import load_body_model
+
+    _check_name(name)
+    folder = _split_root(root) / name
+    body_name = load_body_model().name
+
+    def fresh(m):
+        return (
+            m is not None
+            and m.get("generator_version") == GENERATOR_VERSION
+            and m.get("body_model") == body_name
+            and (n is None or m.get("n") == n)
+        )
+
+    if not fresh(_manifest(folder)):
+        if not generate:
+            raise AssetError(
+                f"split '{name}' not found or out of date in {folder.parent}; "
+                f"run `hmrcritic data generate --split {name}`"
+            )
+        folder.parent.mkdir(parents=True, exist_ok=True)
+        with FileLock(str(folder.parent / f".{name}.lock")):
+            if not fresh(_manifest(folder)):  # another process may have made it meanwhile
+                if not quiet:
+                    print(f"hmrcritic: generating synthetic split '{name}' into {folder} (first use)")
+                generate_split(name, folder, n=n, quiet=quiet)
+    return SceneSet(folder)
+
+
+class SceneSet:
+    """One split on disk, loaded lazily shard by shard. Indexing gives :class:`Sample`; :meth:`arrays`
+    gives stacked arrays for batching. ``wild`` has ``has_labels = False``; its labels are only reachable
+    through :meth:`eval_labels`."""
+
+    def __init__(self, folder):
+        self.folder = Path(folder)
+        m = _manifest(self.folder)
+        if m is None:
+            raise AssetError(f"{self.folder}: no manifest.json (not a generated split)")
+        self.manifest = m
+        self.name: str = m["split"]
+        self.has_labels: bool = bool(m["has_labels"])
+        self._counts = [s["n"] for s in m["shards"]]
+        self._offsets = np.cumsum([0, *self._counts])
+        self._cache: dict[int, dict[str, np.ndarray]] = {}
+
+    def __len__(self) -> int:
+        return int(self._offsets[-1])
+
+    def __repr__(self) -> str:
+        return (
+            f"SceneSet({self.name!r}, n={len(self)}, labels={self.has_labels}, folder={str(self.folder)!r})"
+        )
+
+    def _shard(self, k: int) -> dict[str, np.ndarray]:
+        if k not in self._cache:
+            path = self.folder / self.manifest["shards"][k]["file"]
+            try:
+                with np.load(path, allow_pickle=False) as z:
+                    self._cache[k] = {key: z[key] for key in z.files}
+            except (OSError, ValueError) as exc:
+                raise AssetError(f"{path}: unreadable shard ({exc}); regenerate the split") from None
+        return self._cache[k]
+
+    def keys(self) -> list[str]:
+        return list(self._shard(0).keys())
+
+    def __getitem__(self, i: int) -> Sample:
+        if i < 0:
+            i += len(self)
+        if not 0 <= i < len(self):
+            raise IndexError(f"split {self.name}: index {i} out of range (n={len(self)})")
+        k = int(np.searchsorted(self._offsets, i, side="right") - 1)
+        a = self._shard(k)
+        j = i - int(self._offsets[k])
+        get = lambda key: a[key][j] if key in a else None  # noqa: E731
+        sid = str(a["sample_id"][j])
+        img = self.folder / "images" / f"{sid}.png"
+        msk = self.folder / "masks" / f"{sid}.png"
+        cat = get("category")
+        return Sample(
+            sample_id=sid,
+            keypoints=a["keypoints"][j],
+            K=a["K"][j],
+            image_size=(int(a["image_size"][j][0]), int(a["image_size"][j][1])),
+            smpl24_keypoints=get("smpl24_keypoints"),
+            image_path=str(img) if img.exists() else None,
+            mask_path=str(msk) if msk.exists() else None,
+            global_orient=get("global_orient"),
+            body_pose=get("body_pose"),
+            betas=get("betas"),
+            transl=get("transl"),
+            joints3d=get("joints3d"),
+            category=poses.POSE_CATEGORIES[int(cat)] if cat is not None else None,
+        )
+
+    def arrays(self, keys=None) -> dict[str, np.ndarray]:
+        """Stacked arrays over all shards for ``keys`` (default: every key in the shards)."""
+        keys = self.keys() if keys is None else list(keys)
+        shards = [self._shard(k) for k in range(len(self._counts))]
+        missing = [k for k in keys if k not in shards[0]]
+        if missing:
+            hint = " (wild's labels are only in eval_labels())" if not self.has_labels else ""
+            raise KeyError(f"split {self.name} has no {', '.join(missing)}{hint}")
+        return {k: np.concatenate([s[k] for s in shards]) for k in keys}
+
+    def eval_labels(self) -> dict[str, np.ndarray]:
+        """3D labels for evaluation (all splits): from the shards, or ``labels_eval.npz`` for ``wild``."""
+        if self.has_labels:
+            return self.arrays(["sample_id", *LABEL_KEYS])
+        path = self.folder / self.manifest["labels_eval"]["file"]
+        with np.load(path, allow_pickle=False) as z:
+            return {k: z[k] for k in z.files}
+
+
+# ------------------------------------------------------------------------------------------- user input
+def read_image(path) -> np.ndarray:
+    """(H,W,3) uint8 RGB from a PNG/JPEG (anything PIL reads); InputError for missing or non-image files."""
+    from PIL import Image, UnidentifiedImageError
+
+    p = Path(path)
+    if not p.is_file():
+        raise InputError(f"{p}: image file not found")
+    try:
+        with Image.open(p) as im:
+            im.load()
+            arr = np.asarray(im.convert("RGB"), dtype=np.uint8)
+    except (UnidentifiedImageError, OSError, ValueError) as exc:
+        raise InputError(f"{p}: not a readable image (PNG/JPEG expected): {exc}") from None
+    if arr.ndim != 3 or arr.shape[0] < 2 or arr.shape[1] < 2:
+        raise InputError(f"{p}: image has unusable size {arr.shape}")
+    return arr
+
+
+def _as_points(values, path: Path, what: str) -> np.ndarray:
+    try:
+        arr = np.asarray(values, dtype=np.float64)
+    except (TypeError, ValueError):
+        raise InputError(f"{path}: {what} must contain only numbers") from None
+    return arr
+
+
+def read_keypoints_json(path, image_size=None) -> np.ndarray:
+    """COCO-17 keypoints (17,3) ``[u, v, conf]`` from a JSON file, validated.
+
+    Accepted forms: a list of 17 ``[x, y, c]``; 51 flat numbers; a COCO annotation ``{"keypoints": [51]}``
+    (visibility flags 0/1/2 become confidence 0/0.5/1) or a list of them; OpenPose
+    ``{"people": [{"pose_keypoints_2d": [75]}]}`` (BODY_25, mapped to COCO-17). With several people the
+    first is used and a warning is issued. ``image_size`` (W,H) rejects visible points outside the image.
+    """
+    p = Path(path)
+    if not p.is_file():
+        raise InputError(f"{p}: keypoint file not found")
+    try:
+        data = json.loads(p.read_text(encoding="utf-8"))
+    except UnicodeDecodeError:
+        raise InputError(f"{p}: not a JSON text file") from None
+    except json.JSONDecodeError as exc:
+        raise InputError(f"{p}: not valid JSON ({exc.msg} at line {exc.lineno})") from None
+    visibility_flags = False
+    body25 = False
+    if isinstance(data, dict) and "people" in data:
+        people = data["people"]
+        if not isinstance(people, list) or not people:
+            raise InputError(f"{p}: OpenPose JSON with no people")
+        if len(people) > 1:
+            warnings.warn(f"{p}: {len(people)} people found; using the first", stacklevel=2)
+        if not isinstance(people[0], dict) or "pose_keypoints_2d" not in people[0]:
+            raise InputError(f"{p}: people[0] has no 'pose_keypoints_2d'")
+        values, body25 = people[0]["pose_keypoints_2d"], True
+    elif isinstance(data, dict) and "keypoints" in data:
+        values, visibility_flags = data["keypoints"], True
+    elif isinstance(data, list) and data and all(isinstance(d, dict) for d in data):
+        if not all("keypoints" in d for d in data):
+            raise InputError(f"{p}: list of objects without 'keypoints' (expected COCO annotations)")
+        if len(data) > 1:
+            warnings.warn(f"{p}: {len(data)} people found; using the first", stacklevel=2)
+        values, visibility_flags = data[0]["keypoints"], True
+    elif isinstance(data, list):
+        values = data
+    else:
+        raise InputError(
+            f"{p}: unrecognised keypoint JSON (expected a list of 17 [x,y,c], 51 numbers, "
+            "{'keypoints': [...]} or OpenPose {'people': [...]})"
+        )
+    arr = _as_points(values, p, "keypoints")
+    if arr.size == 75 and arr.ndim in (1, 2):
+        body25 = True
+    expected = 75 if body25 else 51
+    if arr.size != expected or arr.ndim not in (1, 2) or (arr.ndim == 2 and arr.shape[1] != 3):
+        fmt = "BODY_25 (25×3 = 75 numbers)" if body25 else "COCO-17 (17 [x,y,c] or 51 numbers)"
+        raise InputError(f"{p}: expected {fmt}, got shape {list(arr.shape)}")
+    arr = arr.reshape(-1, 3)
+    if body25:
+        arr = arr[BODY25_TO_COCO17]
+    bad = ~np.isfinite(arr)
+    if bad.any():
+        i = int(np.argwhere(bad)[0][0])
+        raise InputError(f"{p}: keypoint {i} ({COCO17_NAMES[i]}) is NaN or infinite")
+    conf = arr[:, 2]
+    if visibility_flags or (conf.max() > 1 and np.isin(conf, (0, 1, 2)).all()):
+        arr[:, 2] = np.select([conf >= 2, conf >= 1], [1.0, 0.5], 0.0)
+    elif (conf < 0).any() or (conf > 1).any():
+        i = int(np.argmax((conf < 0) | (conf > 1)))
+        raise InputError(f"{p}: keypoint {i} ({COCO17_NAMES[i]}) has confidence {conf[i]:g} outside [0, 1]")
+    visible = arr[:, 2] > 0
+    if not visible.any():
+        raise InputError(f"{p}: no visible keypoints (every confidence is 0)")
+    if image_size is not None:
+        W, H = image_size
+        tol = 0.02 * max(W, H)
+        u, v = arr[:, 0], arr[:, 1]
+        out = visible & ((u < -tol) | (u > W + tol) | (v < -tol) | (v > H + tol))
+        if out.any():
+            i = int(np.argmax(out))
+            raise InputError(
+                f"{p}: keypoint {i} ({COCO17_NAMES[i]}) at ({u[i]:.1f}, {v[i]:.1f}) lies outside "
+                f"the {W}×{H} image"
+            )
+    arr[~visible] = 0.0
+    return arr.astype(np.float32)
+
+
+def sample_from_user(image_path, keypoints_path, focal: float | None = None) -> Sample:
+    """A :class:`Sample` from a user image + keypoint JSON; K defaults to focal = max(W, H), centred."""
+    img = read_image(image_path)
+    H, W = img.shape[:2]
+    if focal is not None and not (math.isfinite(focal) and focal > 0):
+        raise InputError(f"focal length must be a positive number, got {focal}")
+    kp = read_keypoints_json(keypoints_path, image_size=(W, H))
+    K = camera.default_intrinsics(W, H, focal).numpy()
+    return Sample(
+        sample_id=Path(image_path).stem, keypoints=kp, K=K, image_size=(W, H), image_path=str(image_path)
+    )

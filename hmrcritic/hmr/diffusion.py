@@ -1,0 +1,607 @@
+"""The diffusion HMR model: a compact conditional denoiser over SMPL parameters, DDPM-trained, DDIM-sampled.
+
+What is diffused: ``x0 = [6D rotations of the 24 SMPL joints (global orientation first), 10 betas]``
+(154 numbers). The camera is *not* diffused: for every sampled body the translation that best explains
+the 2D keypoints is solved in closed form (weighted linear least squares), so each hypothesis can be
+rendered over its image. This departs from the paper's base model (ScoreHypo diffuses joint positions
+and twists from image features); we condition on 2D keypoints only because no image backbone ships
+offline (see PAPER.md §6).
+
+Denoiser: one small transformer over 25 state tokens (24 joint-rotation tokens + 1 shape token), 17
+keypoint tokens (box-normalised position, confidence, visibility), one box token and one timestep token.
+Keypoints are normalised to the person box, so the pose evidence is translation/scale invariant; the box
+token carries what that normalisation throws away and what the camera-frame ``global_orient`` depends on:
+the ray direction of the box centre and the box size relative to the focal length (perspective).
+
+The network works in a standardised space: ``q_sample`` and ``predict_eps`` see ``(x0 - mean) / std``
+with per-dimension statistics fitted on the training set and stored as buffers in the checkpoint. Every
+public function takes and returns *raw* ``x0``; ``x_t`` and ``eps`` live in the standardised space, so
+``d = ||eps - predict_eps(q_sample(x0, t, eps), t, c)||²`` (the GPA/DPO implicit reward) is consistent.
+
+Training objective: plain DDPM eps-prediction MSE on a 1000-step linear-β schedule (as the paper);
+sampler: DDIM with configurable steps and η (η = 0 deterministic, as the paper).
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import asdict, dataclass, field, fields
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import nn
+
+from hmrcritic.errors import AssetError, InputError
+from hmrcritic.hmr.rotations import axis_angle_to_rot6d, rot6d_to_axis_angle
+
+NUM_JOINTS = 24
+NUM_BETAS = 10
+NUM_KEYPOINTS = 17
+X_DIM = NUM_JOINTS * 6 + NUM_BETAS
+CHECKPOINT_FORMAT = "hmrcritic-diffusion"
+CHECKPOINT_VERSION = 1
+BOX_PAD = 1.2  # the person box is the visible-keypoint extent, padded by 20 % on its longer side
+
+ASSETS_DIR = Path(__file__).resolve().parent.parent / "assets"
+DEFAULT_CHECKPOINT = ASSETS_DIR / "base_model.pt"
+
+
+# ----------------------------------------------------------------------------------------------- config
+@dataclass
+class DiffusionConfig:
+    """Architecture and noise schedule. Everything here is saved in the checkpoint and checked on load."""
+
+    d_model: int = 128
+    layers: int = 4
+    heads: int = 4
+    ff_mult: int = 2
+    dropout: float = 0.0
+    T: int = 1000
+    beta_schedule: str = "linear"
+    beta_start: float = 1e-4
+    beta_end: float = 0.02
+    std_floor: float = 0.05  # floor for the per-dimension std of x0 (joints that barely move in the data)
+
+    @classmethod
+    def from_dict(cls, d: dict) -> DiffusionConfig:
+        names = {f.name for f in fields(cls)}
+        unknown = set(d) - names
+        if unknown:
+            raise ValueError(f"unknown DiffusionConfig fields {sorted(unknown)}")
+        return cls(**d)
+
+
+# -------------------------------------------------------------------------------------------- condition
+@dataclass
+class Condition:
+    """What the denoiser sees about one input (batched over B).
+
+    ``keypoints``: (B,17,3) COCO-17 positions normalised to the person box (about [-1, 1]) and confidence
+    (0 = missing). ``box``: (B,4) = (ray x, ray y) of the box centre ((c - principal point) / focal),
+    box size / focal, share of visible keypoints. ``keypoints_px`` and ``K`` are kept (not fed to the
+    network) so the sampler can solve each hypothesis's camera translation.
+    """
+
+    keypoints: torch.Tensor
+    box: torch.Tensor
+    keypoints_px: torch.Tensor | None = None
+    K: torch.Tensor | None = None
+
+    def __len__(self) -> int:
+        return int(self.keypoints.shape[0])
+
+    def to(self, device: str | torch.device) -> Condition:
+        return Condition(*[None if v is None else v.to(device) for v in self._values()])
+
+    def index(self, idx: Any) -> Condition:
+        return Condition(*[None if v is None else v[idx] for v in self._values()])
+
+    def repeat_interleave(self, n: int) -> Condition:
+        """Each input repeated n times in a row: rows b*n .. b*n+n-1 belong to input b (B·N batching)."""
+        return Condition(*[None if v is None else v.repeat_interleave(n, dim=0) for v in self._values()])
+
+    def _values(self) -> list[torch.Tensor | None]:
+        return [self.keypoints, self.box, self.keypoints_px, self.K]
+
+
+def person_box(keypoints: torch.Tensor, image_size: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """Centre (B,2) and side length (B,) of the square person box around the visible keypoints.
+
+    With no visible keypoint the whole image is the box; a single visible keypoint gets a box of 1/4 image.
+    """
+    vis = keypoints[..., 2] > 0
+    uv = keypoints[..., :2]
+    big = torch.finfo(uv.dtype).max
+    lo = torch.where(vis[..., None], uv, torch.full_like(uv, big)).amin(dim=-2)
+    hi = torch.where(vis[..., None], uv, torch.full_like(uv, -big)).amax(dim=-2)
+    any_vis = vis.any(dim=-1)
+    wh = image_size.to(uv.dtype).expand(uv.shape[0], 2)
+    centre = torch.where(any_vis[:, None], (lo + hi) / 2, wh / 2)
+    extent = torch.where(any_vis, (hi - lo).amax(dim=-1), wh.amax(dim=-1) / BOX_PAD)
+    size = torch.where(vis.sum(-1) <= 1, wh.amax(dim=-1) / 4, extent * BOX_PAD).clamp_min(1.0)
+    return centre, size
+
+
+def condition_from_keypoints(
+    keypoints: torch.Tensor, K: torch.Tensor, image_size: torch.Tensor | tuple[int, int] | None = None
+) -> Condition:
+    """Build the model condition from pixel keypoints (B,17,3) [u, v, conf], intrinsics (B,3,3) and (W,H).
+
+    Keypoints outside the image are treated as missing (conf 0): a detector cannot see them either.
+    """
+    keypoints = torch.as_tensor(keypoints, dtype=torch.float32)
+    K = torch.as_tensor(K, dtype=torch.float32, device=keypoints.device)
+    if keypoints.ndim == 2:
+        keypoints = keypoints[None]
+    if K.ndim == 2:
+        K = K[None].expand(keypoints.shape[0], 3, 3)
+    if keypoints.shape[1:] != (NUM_KEYPOINTS, 3):
+        raise InputError(f"keypoints must have shape (B,17,3) [u, v, conf], got {tuple(keypoints.shape)}")
+    if K.shape != (keypoints.shape[0], 3, 3):
+        raise InputError(f"K must have shape (B,3,3) matching keypoints, got {tuple(K.shape)}")
+    if image_size is None:
+        image_size = 2 * K[:, :2, 2]  # principal point at the image centre
+    image_size = torch.as_tensor(image_size, dtype=torch.float32, device=keypoints.device).reshape(-1, 2)
+    conf = keypoints[..., 2].clamp(0, 1)
+    uv = keypoints[..., :2]
+    inside = (
+        (uv >= 0).all(-1) & (uv[..., 0] <= image_size[:, None, 0]) & (uv[..., 1] <= image_size[:, None, 1])
+    )
+    conf = torch.where(inside & torch.isfinite(uv).all(-1), conf, torch.zeros_like(conf))
+    uv = torch.nan_to_num(uv)
+    kp = torch.cat([uv, conf[..., None]], dim=-1)
+    centre, size = person_box(kp, image_size)
+    vis = (conf > 0)[..., None]
+    norm_uv = torch.where(vis, (uv - centre[:, None]) / (size[:, None, None] / 2), torch.zeros_like(uv))
+    f = torch.sqrt(K[:, 0, 0] * K[:, 1, 1])
+    ray = (centre - K[:, :2, 2]) / torch.stack([K[:, 0, 0], K[:, 1, 1]], dim=-1)
+    box = torch.cat([ray, (size / f)[:, None], vis.float().mean(dim=(1, 2))[:, None]], dim=-1)
+    return Condition(keypoints=torch.cat([norm_uv, conf[..., None]], -1), box=box, keypoints_px=kp, K=K)
+
+
+# ----------------------------------------------------------------------------------- parameters <-> x0
+def params_to_x0(global_orient: torch.Tensor, body_pose: torch.Tensor, betas: torch.Tensor) -> torch.Tensor:
+    """SMPL axis-angle parameters → x0 (B, X_DIM) = [6D of 24 joints (global first), betas]."""
+    global_orient = torch.as_tensor(global_orient, dtype=torch.float32)
+    body_pose = torch.as_tensor(body_pose, dtype=torch.float32, device=global_orient.device)
+    betas = torch.as_tensor(betas, dtype=torch.float32, device=global_orient.device)
+    lead = global_orient.shape[:-1]
+    aa = torch.cat([global_orient.reshape(*lead, 1, 3), body_pose.reshape(*lead, NUM_JOINTS - 1, 3)], dim=-2)
+    r6 = axis_angle_to_rot6d(aa).reshape(*lead, NUM_JOINTS * 6)
+    return torch.cat([r6, betas[..., :NUM_BETAS]], dim=-1)
+
+
+def x0_to_params(x0: torch.Tensor) -> dict[str, torch.Tensor]:
+    """x0 (..., X_DIM) → dict(global_orient (...,3), body_pose (...,69), betas (...,10)), axis-angle."""
+    lead = x0.shape[:-1]
+    aa = rot6d_to_axis_angle(x0[..., : NUM_JOINTS * 6].reshape(*lead, NUM_JOINTS, 6))
+    return {
+        "global_orient": aa[..., 0, :],
+        "body_pose": aa[..., 1:, :].reshape(*lead, (NUM_JOINTS - 1) * 3),
+        "betas": x0[..., NUM_JOINTS * 6 :],
+    }
+
+
+# ---------------------------------------------------------------------------------------------- network
+def timestep_embedding(t: torch.Tensor, dim: int, max_period: float = 10000.0) -> torch.Tensor:
+    half = dim // 2
+    freqs = torch.exp(-math.log(max_period) * torch.arange(half, device=t.device, dtype=torch.float32) / half)
+    args = t.float()[:, None] * freqs[None]
+    return torch.cat([torch.cos(args), torch.sin(args)], dim=-1)
+
+
+class HMRDiffusion(nn.Module):
+    """Conditional eps-predictor over x0 = [24×6D, 10 betas], with its DDPM noise schedule as buffers."""
+
+    X_DIM = X_DIM
+
+    def __init__(self, config: DiffusionConfig | None = None):
+        super().__init__()
+        self.config = config = config or DiffusionConfig()
+        d = config.d_model
+        if d % config.heads:
+            raise ValueError(f"d_model {d} must be divisible by heads {config.heads}")
+        self.num_timesteps = config.T
+        if config.beta_schedule != "linear":
+            raise ValueError(f"unknown beta schedule {config.beta_schedule!r} (only 'linear')")
+        betas = torch.linspace(config.beta_start, config.beta_end, config.T, dtype=torch.float64)
+        self.register_buffer("betas", betas.float())
+        self.register_buffer("alphas_cumprod", torch.cumprod(1 - betas, 0).float())
+        self.register_buffer("x_mean", torch.zeros(X_DIM))
+        self.register_buffer("x_std", torch.ones(X_DIM))
+
+        self.joint_in = nn.Linear(6, d)
+        self.shape_in = nn.Linear(NUM_BETAS, d)
+        self.kp_in = nn.Linear(4, d)
+        self.box_in = nn.Sequential(nn.Linear(4, d), nn.SiLU(), nn.Linear(d, d))
+        self.t_mlp = nn.Sequential(nn.Linear(d, d), nn.SiLU(), nn.Linear(d, d))
+        # token-type / index embeddings: 25 state tokens, 17 keypoints, box, time
+        self.state_pos = nn.Parameter(torch.randn(NUM_JOINTS + 1, d) * 0.02)
+        self.kp_pos = nn.Parameter(torch.randn(NUM_KEYPOINTS, d) * 0.02)
+        self.box_pos = nn.Parameter(torch.randn(1, d) * 0.02)
+        layer = nn.TransformerEncoderLayer(
+            d,
+            config.heads,
+            d * config.ff_mult,
+            config.dropout,
+            activation="gelu",
+            batch_first=True,
+            norm_first=True,
+        )
+        self.encoder = nn.TransformerEncoder(layer, config.layers, enable_nested_tensor=False)
+        self.norm = nn.LayerNorm(d)
+        self.joint_out = nn.Linear(d, 6)
+        self.shape_out = nn.Linear(d, NUM_BETAS)
+        for head in (self.joint_out, self.shape_out):  # start as "predict zero noise": stable early training
+            nn.init.zeros_(head.weight)
+            nn.init.zeros_(head.bias)
+
+    # -- normalisation ------------------------------------------------------------------------------
+    def set_normalization(self, x0: torch.Tensor) -> None:
+        """Fit the per-dimension mean/std of x0 on training data (stored in the checkpoint)."""
+        x0 = x0.to(self.x_mean.device, torch.float32)
+        self.x_mean.copy_(x0.mean(0))
+        self.x_std.copy_(x0.std(0).clamp_min(self.config.std_floor))
+
+    def normalize(self, x0: torch.Tensor) -> torch.Tensor:
+        return (x0 - self.x_mean) / self.x_std
+
+    def denormalize(self, z: torch.Tensor) -> torch.Tensor:
+        return z * self.x_std + self.x_mean
+
+    # -- DDPM pieces ---------------------------------------------------------------------------------
+    def q_sample(self, x0: torch.Tensor, t: torch.Tensor, eps: torch.Tensor) -> torch.Tensor:
+        """Noise raw x0 to step t: ``sqrt(ᾱ_t)·norm(x0) + sqrt(1-ᾱ_t)·eps`` (standardised space)."""
+        ab = self.alphas_cumprod[t].unsqueeze(-1)
+        return ab.sqrt() * self.normalize(x0) + (1 - ab).sqrt() * eps
+
+    def predict_eps(self, x_t: torch.Tensor, t: torch.Tensor, cond: Condition) -> torch.Tensor:
+        """eps_θ(x_t, t, c): (B, X_DIM) for x_t (B, X_DIM) in standardised space and t (B,) long."""
+        B = x_t.shape[0]
+        if len(cond) != B:
+            raise ValueError(f"condition batch {len(cond)} != x_t batch {B}")
+        joints = self.joint_in(x_t[:, : NUM_JOINTS * 6].reshape(B, NUM_JOINTS, 6))
+        shape = self.shape_in(x_t[:, NUM_JOINTS * 6 :])[:, None]
+        temb = self.t_mlp(timestep_embedding(t, self.config.d_model))[:, None]
+        state = torch.cat([joints, shape], 1) + self.state_pos + temb
+        kp = cond.keypoints
+        vis = (kp[..., 2:3] > 0).float()
+        kp_tok = self.kp_in(torch.cat([kp, vis], -1)) + self.kp_pos
+        box_tok = self.box_in(cond.box)[:, None] + self.box_pos
+        h = self.encoder(torch.cat([state, kp_tok, box_tok, temb], 1))
+        h = self.norm(h[:, : NUM_JOINTS + 1])
+        return torch.cat(
+            [self.joint_out(h[:, :NUM_JOINTS]).reshape(B, -1), self.shape_out(h[:, NUM_JOINTS])], -1
+        )
+
+    def loss(
+        self,
+        x0: torch.Tensor,
+        cond: Condition,
+        t: torch.Tensor | None = None,
+        eps: torch.Tensor | None = None,
+        generator: torch.Generator | None = None,
+    ) -> torch.Tensor:
+        """Plain DDPM eps-MSE per sample (B,), t ~ U{0..T-1} and eps ~ N(0, I) unless given."""
+        B = x0.shape[0]
+        if t is None:
+            t = torch.randint(0, self.num_timesteps, (B,), device=x0.device, generator=generator)
+        if eps is None:
+            eps = torch.randn(x0.shape, device=x0.device, generator=generator)
+        pred = self.predict_eps(self.q_sample(x0, t, eps), t, cond)
+        return (pred - eps).pow(2).mean(-1)
+
+    def num_parameters(self) -> int:
+        return sum(p.numel() for p in self.parameters())
+
+
+# ---------------------------------------------------------------------------------------------- sampling
+@dataclass
+class HypothesisGroup:
+    """N hypotheses for each of B inputs. Arrays are (B, N, …); ``x0`` is the raw diffused vector."""
+
+    global_orient: torch.Tensor
+    body_pose: torch.Tensor
+    betas: torch.Tensor
+    transl: torch.Tensor
+    x0: torch.Tensor
+    extra: dict = field(default_factory=dict)
+
+    @property
+    def num_generations(self) -> int:
+        return int(self.x0.shape[1])
+
+    def flat(self) -> dict[str, torch.Tensor]:
+        """(B·N, …) views, for one batched body-model call."""
+        return {k: getattr(self, k).reshape(-1, getattr(self, k).shape[-1]) for k in self._keys()}
+
+    def numpy(self, b: int | None = None) -> dict[str, Any]:
+        """Plain numpy arrays (for ``hypotheses.npz``): the whole group, or the N hypotheses of input b."""
+        return {
+            k: (getattr(self, k) if b is None else getattr(self, k)[b]).detach().cpu().numpy()
+            for k in self._keys()
+        }
+
+    @staticmethod
+    def _keys() -> tuple[str, ...]:
+        return ("global_orient", "body_pose", "betas", "transl", "x0")
+
+
+def ddim_timesteps(T: int, steps: int) -> torch.Tensor:
+    """``steps`` evenly spaced timesteps from T-1 down to 0 (steps=1 → just T-1)."""
+    if steps < 1 or steps > T:
+        raise InputError(f"DDIM steps must be in 1..{T}, got {steps}")
+    if steps == 1:
+        return torch.tensor([T - 1])
+    return torch.linspace(T - 1, 0, steps).round().long()
+
+
+@torch.no_grad()
+def ddim_sample_x0(
+    model: HMRDiffusion,
+    cond: Condition,
+    steps: int = 10,
+    eta: float = 0.0,
+    generator: torch.Generator | None = None,
+    x_T: torch.Tensor | None = None,
+    clip: float = 6.0,
+) -> torch.Tensor:
+    """DDIM (Song et al. 2021) from pure noise to raw x0, one batched network call per step.
+
+    ``clip`` bounds the predicted standardised x0 (avoids rare blow-ups at very few steps).
+    """
+    B = len(cond)
+    device = model.alphas_cumprod.device
+    gen_device = generator.device if generator is not None else device
+    x = x_T if x_T is not None else torch.randn(B, X_DIM, generator=generator, device=gen_device).to(device)
+    ts = ddim_timesteps(model.num_timesteps, steps).tolist()
+    ac = model.alphas_cumprod
+    for i, t in enumerate(ts):
+        a_t = ac[t]
+        a_prev = ac[ts[i + 1]] if i + 1 < len(ts) else torch.ones((), device=device)
+        tt = torch.full((B,), t, device=device, dtype=torch.long)
+        eps = model.predict_eps(x, tt, cond)
+        z0 = ((x - (1 - a_t).sqrt() * eps) / a_t.sqrt()).clamp(-clip, clip)
+        eps = (x - a_t.sqrt() * z0) / (1 - a_t).sqrt()
+        sigma = eta * ((1 - a_prev) / (1 - a_t) * (1 - a_t / a_prev)).clamp_min(0).sqrt()
+        x = a_prev.sqrt() * z0 + (1 - a_prev - sigma**2).clamp_min(0).sqrt() * eps
+        if eta > 0 and i + 1 < len(ts):
+            x = x + sigma * torch.randn(x.shape, generator=generator, device=gen_device).to(device)
+    return model.denormalize(x)
+
+
+def solve_translation(joints_body: torch.Tensor, keypoints: torch.Tensor, K: torch.Tensor) -> torch.Tensor:
+    """Camera translation t (…,3) that best projects body points (…,J,3) (at transl=0) onto keypoints.
+
+    For each visible keypoint (u, v, w): ``fx(X+tx) + (cx-u)(Z+tz) = 0`` and ``fy(Y+ty) + (cy-v)(Z+tz) = 0``
+    — linear in t; weighted by confidence and solved as 3×3 normal equations, batched. A tiny ridge towards
+    t = (0, 0, 3 m) keeps inputs with fewer than two visible keypoints well posed (negligible otherwise).
+    """
+    X, Y, Z = joints_body.unbind(-1)
+    u, v, w = keypoints.unbind(-1)
+    K = K.to(joints_body.dtype)
+    while K.ndim < joints_body.ndim:  # (B,3,3) → broadcast over extra leading dims such as N
+        K = K.unsqueeze(-3)
+    fx, fy = K[..., 0, 0, None], K[..., 1, 1, None]
+    cx, cy = K[..., 0, 2, None], K[..., 1, 2, None]
+    zero = torch.zeros_like(X)
+    ax = torch.stack([fx.expand_as(X), zero, cx - u], -1)  # (…,J,3)
+    ay = torch.stack([zero, fy.expand_as(Y), cy - v], -1)
+    bx = -(fx * X + (cx - u) * Z)
+    by = -(fy * Y + (cy - v) * Z)
+    A = torch.cat([ax, ay], -2)  # (…,2J,3)
+    b = torch.cat([bx, by], -1)
+    wts = torch.cat([w, w], -1).clamp_min(0)
+    AtW = A.transpose(-1, -2) * wts[..., None, :]
+    M = AtW @ A
+    eye = torch.eye(3, dtype=A.dtype, device=A.device)
+    trace = M.diagonal(dim1=-2, dim2=-1).sum(-1)[..., None, None]
+    lam = 1e-7 * trace + 1e-6 * (fx * fy).squeeze(-1)[..., None, None]
+    prior = torch.tensor([0.0, 0.0, 3.0], dtype=A.dtype, device=A.device)
+    M = M + lam * eye
+    rhs = (AtW @ b[..., None]).squeeze(-1) + lam[..., 0] * prior
+    return torch.linalg.solve(M, rhs)
+
+
+@torch.no_grad()
+def sample(
+    model: HMRDiffusion,
+    cond: Condition,
+    num_generations: int = 16,
+    steps: int = 10,
+    eta: float = 0.0,
+    generator: torch.Generator | None = None,
+    K: torch.Tensor | None = None,
+    keypoints: torch.Tensor | None = None,
+    body=None,
+    solve_transl: bool = True,
+) -> HypothesisGroup:
+    """Draw ``num_generations`` hypotheses for each of the B inputs in one batched pass per step (B·N rows).
+
+    ``K`` (B,3,3) and pixel ``keypoints`` (B,17,3) default to the ones stored in ``cond``; with them the
+    camera translation of every hypothesis is solved from its COCO-17 joints (``body``: a BodyModel,
+    default ``load_body_model()``). Same generator seed → same hypotheses.
+    """
+    if num_generations < 1:
+        raise InputError(f"num_generations must be ≥ 1, got {num_generations}")
+    device = model.alphas_cumprod.device
+    cond = cond.to(device)
+    B, N = len(cond), num_generations
+    x0 = ddim_sample_x0(model, cond.repeat_interleave(N), steps=steps, eta=eta, generator=generator)
+    params = x0_to_params(x0)
+    K = cond.K if K is None else torch.as_tensor(K, dtype=torch.float32, device=device)
+    keypoints = (
+        cond.keypoints_px
+        if keypoints is None
+        else torch.as_tensor(keypoints, dtype=torch.float32, device=device)
+    )
+    transl = torch.zeros(B * N, 3, device=device)
+    if solve_transl and K is not None and keypoints is not None:
+        if body is None:
+            from hmrcritic.hmr.body import load_body_model
+
+            body = load_body_model(device=str(device))
+        out = body(
+            params["global_orient"],
+            params["body_pose"],
+            params["betas"],
+            torch.zeros(B * N, 3, device=device),
+        )
+        coco = body.coco17(out)
+        transl = solve_translation(coco, keypoints.repeat_interleave(N, 0), K.repeat_interleave(N, 0))
+    return HypothesisGroup(
+        global_orient=params["global_orient"].reshape(B, N, 3),
+        body_pose=params["body_pose"].reshape(B, N, 69),
+        betas=params["betas"].reshape(B, N, NUM_BETAS),
+        transl=transl.reshape(B, N, 3),
+        x0=x0.reshape(B, N, X_DIM),
+    )
+
+
+# ------------------------------------------------------------------------------------------- checkpoints
+def save_model(model: HMRDiffusion, path: str | Path, extra: dict | None = None) -> Path:
+    """Atomically write a self-describing checkpoint (format tag, config, weights, JSON-able ``extra``)."""
+    import io
+
+    from hmrcritic.io import atomic_write_bytes
+
+    payload = {
+        "format": CHECKPOINT_FORMAT,
+        "version": CHECKPOINT_VERSION,
+        "config": asdict(model.config),
+        "state_dict": {k: v.detach().cpu().contiguous() for k, v in model.state_dict().items()},
+        "extra": extra or {},
+    }
+    buf = io.BytesIO()
+    torch.save(payload, buf)
+    return atomic_write_bytes(path, buf.getvalue())
+
+
+def read_checkpoint(path: str | Path) -> dict:
+    """Load and validate a checkpoint file's payload (no model built). Raises AssetError naming the path."""
+    path = Path(path)
+    if not path.is_file():
+        raise AssetError(f"model checkpoint not found: {path}")
+    try:
+        payload = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as exc:
+        raise AssetError(
+            f"model checkpoint is corrupt or not a torch file: {path} ({type(exc).__name__})"
+        ) from None
+    if not isinstance(payload, dict) or payload.get("format") != CHECKPOINT_FORMAT:
+        raise AssetError(
+            f"not an hmrcritic diffusion checkpoint (missing format tag '{CHECKPOINT_FORMAT}'): {path}"
+        )
+    if payload.get("version") != CHECKPOINT_VERSION:
+        raise AssetError(
+            f"checkpoint version {payload.get('version')} unsupported (want {CHECKPOINT_VERSION}): {path}"
+        )
+    return payload
+
+
+def load_model(path: str | Path | None = None, device: str = "cpu") -> HMRDiffusion:
+    """Load a checkpoint (None → the shipped ``hmrcritic/assets/base_model.pt``), in eval mode on ``device``.
+
+    A missing, corrupt or mismatched file (wrong config, missing/extra/misshaped weights) raises
+    :class:`AssetError` naming the path.
+    """
+    path = Path(path) if path is not None else DEFAULT_CHECKPOINT
+    payload = read_checkpoint(path)
+    try:
+        config = DiffusionConfig.from_dict(dict(payload["config"]))
+        model = HMRDiffusion(config)
+    except Exception as exc:
+        raise AssetError(
+            f"checkpoint config does not match this version of hmrcritic: {path} ({exc})"
+        ) from None
+    state = payload.get("state_dict")
+    if not isinstance(state, dict):
+        raise AssetError(f"checkpoint has no state_dict: {path}")
+    try:
+        model.load_state_dict(state, strict=True)
+    except RuntimeError as exc:
+        first = str(exc).strip().splitlines()
+        detail = " ".join(s.strip() for s in first[:3])[:300]
+        raise AssetError(f"checkpoint weights do not match the model: {path} ({detail})") from None
+    model.checkpoint_path = str(path)
+    model.checkpoint_extra = payload.get("extra", {})
+    return model.to(device).eval()
+
+
+# ------------------------------------------------------------------------------ sample → files (CLI glue)
+def sample_to_dir(
+    model: HMRDiffusion,
+    item,
+    out_dir: str | Path,
+    num_generations: int = 16,
+    steps: int = 10,
+    eta: float = 0.0,
+    seed: int = 0,
+    obj: bool = False,
+    render: bool = True,
+    body=None,
+    image=None,
+    cols: int = 4,
+) -> dict:
+    """Sample a group for one input (a ``hmr.data.Sample``) and write it to ``out_dir``.
+
+    Writes ``hypotheses.npz`` (global_orient, body_pose, betas, transl, x0, plus keypoints, K, image_size),
+    with ``obj`` one ``hyp_XX.obj`` per hypothesis (camera frame), with ``render`` ``overlay_XX.png``,
+    ``side_XX.png`` and ``grid.png`` (all N overlays, indexed). Returns a summary dict (paths, counts).
+    """
+    from hmrcritic.io import atomic_save_npz, atomic_write_json
+
+    device = model.alphas_cumprod.device
+    out_dir = Path(out_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    kp = torch.as_tensor(item.keypoints, dtype=torch.float32, device=device)[None]
+    K = torch.as_tensor(item.K, dtype=torch.float32, device=device)[None]
+    size = torch.as_tensor(item.image_size, dtype=torch.float32, device=device)[None]
+    if body is None:
+        from hmrcritic.hmr.body import load_body_model
+
+        body = load_body_model(device=str(device))
+    cond = condition_from_keypoints(kp, K, size)
+    gen = torch.Generator(device=device).manual_seed(int(seed))
+    group = sample(
+        model, cond, num_generations=num_generations, steps=steps, eta=eta, generator=gen, body=body
+    )
+    arrays = group.numpy(0)
+    arrays.update(keypoints=kp[0].cpu().numpy(), K=K[0].cpu().numpy(), image_size=size[0].cpu().numpy())
+    files = {"hypotheses": str(atomic_save_npz(out_dir / "hypotheses.npz", **arrays))}
+    flat = group.flat()
+    verts = (
+        body(flat["global_orient"], flat["body_pose"], flat["betas"], flat["transl"]).vertices.cpu().numpy()
+    )
+    if obj or render:
+        from hmrcritic.hmr import render as R
+    if obj:
+        files["obj"] = [
+            str(R.write_obj(out_dir / f"hyp_{i:02d}.obj", v, body.faces)) for i, v in enumerate(verts)
+        ]
+    if render:
+        if image is None and getattr(item, "image_path", None):
+            from hmrcritic.hmr.data import read_image
+
+            image = read_image(item.image_path)
+        r = R.get_renderer()
+        Kn, wh = K[0].cpu().numpy(), tuple(int(x) for x in item.image_size)
+        files["overlay"], files["side"] = [], []
+        for i, v in enumerate(verts):
+            ov = r.overlay(image, v, body.faces, Kn, image_size=wh)
+            files["overlay"].append(str(R.save_png(out_dir / f"overlay_{i:02d}.png", ov)))
+            files["side"].append(str(R.save_png(out_dir / f"side_{i:02d}.png", r.side_view(v, body.faces))))
+        grid = r.group_grid(image, verts, body.faces, Kn, cols=cols, image_size=wh)
+        files["grid"] = str(R.save_png(out_dir / "grid.png", grid))
+    summary = {
+        "sample_id": getattr(item, "sample_id", None),
+        "num_generations": num_generations,
+        "steps": steps,
+        "eta": eta,
+        "seed": seed,
+        "model": getattr(model, "checkpoint_path", None),
+        "files": files,
+    }
+    atomic_write_json(out_dir / "summary.json", summary)
+    return summary

@@ -1,0 +1,332 @@
+"""Evaluation of a diffusion HMR model on a labelled split (``hmrcritic evaluate``).
+
+For each input the model draws a group of N hypotheses (DDIM, fixed per-batch seeds, so a run is
+reproducible). Reported, all in mm on the ``lsp14`` joint set unless named otherwise:
+
+- MPJPE (mid-hip aligned), PA-MPJPE (Procrustes with scale), PVE (pelvis aligned, all vertices), each as
+  the mean over hypotheses, the oracle best-of-N (the paper's headline figure) and the "mean pose"
+  (hypotheses' x0 averaged, rotations re-orthonormalised by the 6D map);
+- 2D reprojection error (px) of the COCO-17 joints against the visible input keypoints;
+- implausible-hypothesis rate (joint limits or self-penetration, ``hmr/anatomy.is_implausible``);
+- diversity: mean pairwise joint distance within a group (root-relative, mm) over the SMPL joints whose
+  COCO keypoint is visible vs occluded (``COCO_TO_SMPL``);
+- a nearest-neighbour baseline: the training pose whose box-normalised 2D keypoints are closest.
+
+``select_fn`` is the hook for "critic top-1" (alignment stage): given a batch context it returns per-input
+scores (B,N) (higher = better) or chosen indices (B,), and the selected hypothesis's errors are reported.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from hmrcritic.errors import InputError
+from hmrcritic.hmr.diffusion import (
+    HMRDiffusion,
+    condition_from_keypoints,
+    sample,
+    x0_to_params,
+)
+
+# COCO-17 keypoint → SMPL joint (used to split joints into visible / occluded for the diversity figure).
+# The five face keypoints all map to the head; SMPL joints with no COCO counterpart (pelvis, spine, neck,
+# collars) are left out of both sets; feet and hands follow the ankles and wrists.
+COCO_TO_SMPL = {
+    0: 15,
+    1: 15,
+    2: 15,
+    3: 15,
+    4: 15,
+    5: 16,
+    6: 17,
+    7: 18,
+    8: 19,
+    9: 20,
+    10: 21,
+    11: 1,
+    12: 2,
+    13: 4,
+    14: 5,
+    15: 7,
+    16: 8,
+}
+FOLLOWERS = {10: 7, 11: 8, 22: 20, 23: 21}  # SMPL foot/hand joint → the mapped joint it follows
+
+LABEL_KEYS = ["global_orient", "body_pose", "betas", "transl"]
+INPUT_KEYS = ["keypoints", "K", "image_size"]
+
+
+def smpl_visibility(keypoints: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """(visible (B,24), mapped (B,24)) bool masks of SMPL joints from COCO-17 keypoint confidences."""
+    B = keypoints.shape[0]
+    vis = torch.zeros(B, 24, dtype=torch.bool, device=keypoints.device)
+    mapped = torch.zeros(24, dtype=torch.bool, device=keypoints.device)
+    kv = keypoints[..., 2] > 0
+    for c, s in COCO_TO_SMPL.items():
+        vis[:, s] |= kv[:, c]
+        mapped[s] = True
+    for s, src in FOLLOWERS.items():
+        vis[:, s] = vis[:, src]
+        mapped[s] = True
+    return vis, mapped.expand(B, 24)
+
+
+def normalized_keypoints(keypoints: torch.Tensor, K: torch.Tensor, image_size: torch.Tensor) -> torch.Tensor:
+    """Box-normalised keypoints (B,17,3) as the model sees them (translation/scale invariant)."""
+    return condition_from_keypoints(keypoints, K, image_size).keypoints
+
+
+def nearest_neighbour(query: torch.Tensor, bank: torch.Tensor, miss_penalty: float = 0.25) -> torch.Tensor:
+    """Index into ``bank`` (M,17,3) of the nearest normalised keypoints for each query (B,17,3).
+
+    Squared distance over joints visible in both, averaged, plus ``miss_penalty`` times the share of the
+    query's visible joints that the bank entry lacks; three matmuls, no loop (vectorised cdist).
+    """
+    m = (query[..., 2] > 0).float()  # (B,17)
+    v = (bank[..., 2] > 0).float()  # (M,17)
+    p, q = query[..., :2], bank[..., :2]
+    p2 = (p * p).sum(-1) * m
+    q2 = (q * q).sum(-1) * v
+    cross = torch.einsum("bjc,mjc->bm", p * m[..., None], q * v[..., None])
+    num = p2 @ v.T + m @ q2.T - 2 * cross
+    both = m @ v.T
+    miss = (m.sum(-1, keepdim=True) - both) / m.sum(-1, keepdim=True).clamp_min(1)
+    d = num / both.clamp_min(1) + miss_penalty * miss + 1e6 * (both == 0)
+    return d.argmin(dim=-1)
+
+
+def _load_labelled(split: str, limit: int | None):
+    """Inputs + 3D labels of a split as float tensors (``wild``: labels from its separate eval file)."""
+    from hmrcritic.hmr.data import load_split
+
+    scenes = load_split(split)
+    n = len(scenes) if limit is None else min(limit, len(scenes))
+    inputs = scenes.arrays(INPUT_KEYS)
+    labels = scenes.eval_labels()
+    missing = [k for k in LABEL_KEYS if k not in labels]
+    if missing:
+        raise InputError(f"split {split!r} has no labels {missing} to evaluate against")
+    arrays = {**inputs, **{k: labels[k] for k in LABEL_KEYS}}
+    return {k: torch.as_tensor(np.asarray(v)[:n], dtype=torch.float32) for k, v in arrays.items()}, n
+
+
+def _nn_bank(body, max_bank: int | None = None):
+    """Training set normalised keypoints + its joints (for the NN baseline)."""
+    from hmrcritic.hmr.data import load_split
+
+    tr = load_split("train")
+    a = tr.arrays(INPUT_KEYS + ["global_orient", "body_pose", "betas"])
+    if max_bank is not None:
+        a = {k: v[:max_bank] for k, v in a.items()}
+    a = {k: torch.as_tensor(np.asarray(v), dtype=torch.float32) for k, v in a.items()}
+    size = a["image_size"].reshape(-1, 2).expand(a["keypoints"].shape[0], 2)
+    bank = normalized_keypoints(a["keypoints"], a["K"], size)
+    return bank, a
+
+
+@torch.no_grad()
+def evaluate_model(
+    model: HMRDiffusion,
+    split: str = "test",
+    num_generations: int = 16,
+    steps: int = 10,
+    eta: float = 0.0,
+    limit: int | None = None,
+    batch_size: int = 32,
+    seed: int = 0,
+    joint_set: str = "lsp14",
+    select_fn: Callable[[dict], torch.Tensor] | None = None,
+    nn_baseline: bool = True,
+    body=None,
+    progress: Callable[[int, int], None] | None = None,
+) -> dict:
+    """Evaluate ``model`` on ``split``; returns a flat dict of figures (see module docstring).
+
+    Deterministic for a given (model, split, limit, num_generations, steps, eta, batch_size, seed).
+    """
+    from hmrcritic.hmr import metrics as M
+    from hmrcritic.hmr.anatomy import is_implausible
+    from hmrcritic.hmr.body import load_body_model
+
+    if num_generations < 1:
+        raise InputError(f"--num-generations must be ≥ 1, got {num_generations}")
+    device = model.alphas_cumprod.device
+    body = body or load_body_model(device=str(device))
+    data, n = _load_labelled(split, limit)
+    if n == 0:
+        raise InputError(f"split {split!r} is empty")
+    sizes = data["image_size"].reshape(-1, 2).expand(n, 2)
+    bank = bank_arr = None
+    if nn_baseline:
+        bank, bank_arr = _nn_bank(body)
+
+    acc: dict[str, list[torch.Tensor]] = {}
+
+    def add(name, value):
+        acc.setdefault(name, []).append(value.detach().float().cpu().reshape(-1))
+
+    N = num_generations
+    t0 = time.time()
+    model.eval()
+    for start in range(0, n, batch_size):
+        sl = slice(start, min(n, start + batch_size))
+        kp, K, size = data["keypoints"][sl].to(device), data["K"][sl].to(device), sizes[sl].to(device)
+        B = kp.shape[0]
+        cond = condition_from_keypoints(kp, K, size)
+        gen = torch.Generator(device=device).manual_seed(seed * 1_000_003 + start)
+        group = sample(model, cond, num_generations=N, steps=steps, eta=eta, generator=gen, body=body)
+        flat = group.flat()
+        out = body(flat["global_orient"], flat["body_pose"], flat["betas"], flat["transl"])
+        joints = out.joints.reshape(B, N, 24, 3)
+        verts = out.vertices.reshape(B, N, -1, 3)
+        gt = body(
+            data["global_orient"][sl].to(device),
+            data["body_pose"][sl].to(device),
+            data["betas"][sl].to(device),
+            data["transl"][sl].to(device),
+        )
+        gj, gv = gt.joints[:, None], gt.vertices[:, None]
+        e_mpjpe = M.mpjpe(joints, gj, joint_set)
+        e_pa = M.pa_mpjpe(joints, gj, joint_set)
+        e_pve = M.pve(verts, gv, joints[..., 0, :], gj[..., 0, :])
+        proj = _project(body.coco17(out), K.repeat_interleave(N, 0)).reshape(B, N, 17, 2)
+        e_rep = M.reprojection_error(proj, kp[:, None].expand(B, N, 17, 3))
+        for name, e in (("mpjpe", e_mpjpe), ("pa_mpjpe", e_pa), ("pve", e_pve), ("reproj", e_rep)):
+            g = M.group_metrics(e, reduce=False)
+            add(f"{name}_mean", g["mean"])
+            add(f"{name}_best", g["best"])
+        # mean pose: average x0 over the group (6D re-orthonormalised), translation re-solved
+        mp = x0_to_params(group.x0.mean(1))
+        mo = body(mp["global_orient"], mp["body_pose"], mp["betas"], None)
+        add("mpjpe_meanpose", M.mpjpe(mo.joints, gt.joints, joint_set))
+        add("pa_mpjpe_meanpose", M.pa_mpjpe(mo.joints, gt.joints, joint_set))
+        add("pve_meanpose", M.pve(mo.vertices, gt.vertices, mo.joints[:, 0], gt.joints[:, 0]))
+        add("implausible", is_implausible(flat["body_pose"], out.joints).float())
+        vis, mapped = smpl_visibility(kp)
+        add("div_visible", M.mean_pairwise_distance(joints, vis & mapped, root_relative=True))
+        add("div_occluded", M.mean_pairwise_distance(joints, ~vis & mapped, root_relative=True))
+        add("div_all", M.mean_pairwise_distance(joints, None, root_relative=True))
+        if select_fn is not None:
+            ctx = {
+                "group": group,
+                "keypoints": kp,
+                "K": K,
+                "image_size": size,
+                "joints": joints,
+                "vertices": verts,
+                "faces": body.faces,
+                "indices": torch.arange(sl.start, sl.stop),
+                "split": split,
+                "cond": cond,
+            }
+            choice = torch.as_tensor(select_fn(ctx), device=e_pa.device)
+            idx = choice.argmax(-1) if choice.ndim == 2 else choice.long()
+            add("pa_mpjpe_selected", e_pa.gather(1, idx[:, None]).squeeze(1))
+            add("mpjpe_selected", e_mpjpe.gather(1, idx[:, None]).squeeze(1))
+            add("pve_selected", e_pve.gather(1, idx[:, None]).squeeze(1))
+        if bank is not None:
+            nn_idx = nearest_neighbour(normalized_keypoints(kp, K, size).cpu(), bank)
+            no = body(
+                *(bank_arr[k][nn_idx].to(device) for k in ("global_orient", "body_pose", "betas")), None
+            )
+            add("nn_pa_mpjpe", M.pa_mpjpe(no.joints, gt.joints, joint_set))
+            add("nn_mpjpe", M.mpjpe(no.joints, gt.joints, joint_set))
+        if progress:
+            progress(sl.stop, n)
+    elapsed = time.time() - t0
+
+    def mean(name):
+        if name not in acc:
+            return None
+        v = torch.cat(acc[name])
+        v = v[torch.isfinite(v)]
+        return round(float(v.mean()), 3) if v.numel() else None
+
+    res = {
+        "split": split,
+        "n_samples": n,
+        "num_generations": N,
+        "steps": steps,
+        "eta": eta,
+        "seed": seed,
+        "joint_set": joint_set,
+        "unit": "mm (3D), px (2D)",
+        "mpjpe_mean_mm": mean("mpjpe_mean"),
+        "mpjpe_best_mm": mean("mpjpe_best"),
+        "mpjpe_meanpose_mm": mean("mpjpe_meanpose"),
+        "pa_mpjpe_mean_mm": mean("pa_mpjpe_mean"),
+        "pa_mpjpe_best_mm": mean("pa_mpjpe_best"),
+        "pa_mpjpe_meanpose_mm": mean("pa_mpjpe_meanpose"),
+        "pve_mean_mm": mean("pve_mean"),
+        "pve_best_mm": mean("pve_best"),
+        "pve_meanpose_mm": mean("pve_meanpose"),
+        "reproj_px": mean("reproj_mean"),
+        "reproj_best_px": mean("reproj_best"),
+        "implausible_rate": mean("implausible"),
+        "nn_baseline_pa_mpjpe_mm": mean("nn_pa_mpjpe"),
+        "nn_baseline_mpjpe_mm": mean("nn_mpjpe"),
+        "diversity_visible_mm": mean("div_visible"),
+        "diversity_occluded_mm": mean("div_occluded"),
+        "diversity_all_mm": mean("div_all"),
+        "diversity_joint_set": "smpl24 joints with a COCO-17 counterpart, root-relative",
+        "alignment": {
+            "mpjpe": "mid-hip (lsp14) / pelvis (smpl24)",
+            "pa_mpjpe": "procrustes",
+            "pve": "pelvis",
+            "reproj": "none",
+        },
+        "seconds": round(elapsed, 2),
+        "hypotheses_per_s": round(n * N / max(elapsed, 1e-9), 1),
+        "model": getattr(model, "checkpoint_path", None),
+    }
+    if select_fn is not None:
+        res.update(
+            {
+                "pa_mpjpe_selected_mm": mean("pa_mpjpe_selected"),
+                "mpjpe_selected_mm": mean("mpjpe_selected"),
+                "pve_selected_mm": mean("pve_selected"),
+            }
+        )
+    return res
+
+
+def _project(points: torch.Tensor, K: torch.Tensor) -> torch.Tensor:
+    """Pinhole projection of camera-frame points (B,J,3) with K (B,3,3) → pixels (B,J,2)."""
+    uvw = points @ K.transpose(-1, -2)
+    return uvw[..., :2] / uvw[..., 2:3].clamp_min(1e-6)
+
+
+def format_report(res: dict) -> str:
+    """Human-readable table of an evaluation dict."""
+    f = lambda v: "—" if v is None else f"{v:8.1f}"  # noqa: E731
+    rate = "—" if res["implausible_rate"] is None else f"{res['implausible_rate']:.3f}"
+    lines = [
+        f"split={res['split']}  n={res['n_samples']}  N={res['num_generations']}  DDIM steps={res['steps']}  "
+        f"joint set={res['joint_set']}  (mm; reprojection px)",
+        f"{'':14}{'mean':>9}{'best-of-N':>10}{'mean-pose':>10}",
+        *(
+            f"{label:14}{f(res[key + '_mean_mm'])} {f(res[key + '_best_mm'])} {f(res[key + '_meanpose_mm'])}"
+            for label, key in (("MPJPE", "mpjpe"), ("PA-MPJPE", "pa_mpjpe"), ("PVE", "pve"))
+        ),
+        f"{'reproj (px)':14}{f(res['reproj_px'])} {f(res['reproj_best_px'])}",
+        f"NN baseline PA-MPJPE {f(res['nn_baseline_pa_mpjpe_mm'])} mm   implausible rate {rate}",
+        f"diversity visible {f(res['diversity_visible_mm'])} mm   "
+        f"occluded {f(res['diversity_occluded_mm'])} mm"
+        f"   ({res['diversity_joint_set']})",
+    ]
+    if res.get("pa_mpjpe_selected_mm") is not None:
+        lines.append(f"selected top-1 PA-MPJPE {f(res['pa_mpjpe_selected_mm'])} mm")
+    lines.append(f"{res['hypotheses_per_s']} hypotheses/s, {res['seconds']} s")
+    return "\n".join(lines)
+
+
+def evaluate_checkpoint(path: str | Path | None, **kw) -> dict:
+    from hmrcritic.hmr.diffusion import load_model
+
+    device = kw.pop("device", "cpu")
+    return evaluate_model(load_model(path, device=device), **kw)

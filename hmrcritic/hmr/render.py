@@ -1,0 +1,527 @@
+"""Mesh rendering for overlays, silhouettes, depth, side views and hypothesis grids (pyrender, offscreen).
+
+Why it looks like this:
+
+- Meshes arrive in the project's **OpenCV camera frame** (x right, y down, z forward) with pixel
+  intrinsics ``K``. OpenGL looks down −z with y up, so vertices and normals are flipped in y and z
+  (a proper rotation, face winding is kept) and rendered with an identity camera pose and a
+  ``pyrender.IntrinsicsCamera`` built from ``K``. The principal point is shifted by half a pixel
+  because OpenCV puts integer coordinates at pixel centres and OpenGL at pixel corners, so a vertex
+  projected to ``(u, v)`` lands in pixel ``(round(u), round(v))``.
+- pyrender is imported lazily (inside methods) so importing the toolkit never needs a GL stack, and
+  ``hmrcritic.config`` has set ``PYOPENGL_PLATFORM`` (``egl`` unless the user chose e.g. ``osmesa``)
+  before the first import. EGL falls back to Mesa's llvmpipe software rasteriser when there is no GPU.
+- Creating a GL context costs ~100 ms and a scene + upload per frame ~25 ms, a reused scene ~12 ms per
+  512² frame (STACK.md). So a :class:`Renderer` keeps one ``OffscreenRenderer`` (its framebuffer resized
+  when the output size changes) and one scene (camera + lights); each call only swaps the mesh node.
+  :func:`get_renderer` shares one per process.
+- Overlays are composited here from the depth mask, not by pyrender's background colour, so pixels the
+  mesh does not cover are returned byte-identical to the input image.
+- Faces are drawn double-sided: a generated body model with flipped winding must not render inside-out.
+"""
+
+from __future__ import annotations
+
+import atexit
+import contextlib
+import io
+import math
+import os
+import threading
+import weakref
+from pathlib import Path
+
+import numpy as np
+
+import hmrcritic.config  # noqa: F401  (sets PYOPENGL_PLATFORM before pyrender can be imported)
+from hmrcritic.errors import HMRCriticError, InputError
+from hmrcritic.io import atomic_write_bytes, atomic_write_text
+
+DEFAULT_COLOR = (0.62, 0.74, 0.88)  # light blue, readable on most photos
+SIDE_COLOR = (0.85, 0.72, 0.55)
+_MESA_PACKAGES = "libegl1 libegl-mesa0 libgl1-mesa-dri libgbm1"
+
+
+class RenderError(HMRCriticError):
+    """The offscreen GL stack is unavailable or failed (missing Mesa/EGL libraries, bad platform)."""
+
+
+def _gl_error(exc: BaseException) -> RenderError:
+    platform = os.environ.get("PYOPENGL_PLATFORM", "<unset>")
+    return RenderError(
+        f"offscreen rendering failed with PYOPENGL_PLATFORM={platform}: {type(exc).__name__}: {exc}. "
+        f"Install the Mesa EGL libraries ({_MESA_PACKAGES}; e.g. `apt-get install {_MESA_PACKAGES}`) "
+        "or set PYOPENGL_PLATFORM=osmesa with libosmesa6, or disable rendering for this run."
+    )
+
+
+# ----------------------------------------------------------------------------------------------- inputs
+def _numpy(x):
+    return x.detach().cpu().numpy() if hasattr(x, "detach") else x
+
+
+def _rgb8(color) -> np.ndarray:
+    return (np.clip(np.asarray(color, dtype=np.float64)[:3], 0, 1) * 255).round().astype(np.uint8)
+
+
+def _check_mesh(vertices, faces, what: str = "mesh") -> tuple[np.ndarray, np.ndarray]:
+    v = np.asarray(_numpy(vertices), dtype=np.float32)
+    f = np.asarray(_numpy(faces))
+    if v.ndim != 2 or v.shape[1] != 3 or len(v) == 0:
+        raise InputError(f"{what}: vertices must be (V,3), got {v.shape}")
+    if f.ndim != 2 or f.shape[1] != 3 or len(f) == 0 or not np.issubdtype(f.dtype, np.integer):
+        raise InputError(f"{what}: faces must be an integer (F,3) array, got {f.dtype} {f.shape}")
+    if f.min() < 0 or f.max() >= len(v):
+        raise InputError(f"{what}: face indices must lie in [0, {len(v)}), got [{f.min()}, {f.max()}]")
+    if not np.isfinite(v).all():
+        bad = int(np.flatnonzero(~np.isfinite(v).all(axis=1))[0])
+        raise InputError(f"{what}: vertex {bad} is not finite ({v[bad].tolist()})")
+    return v, f.astype(np.int64, copy=False)
+
+
+def _check_K(K) -> np.ndarray:
+    K = np.asarray(_numpy(K), dtype=np.float64)
+    if K.shape != (3, 3) or not np.isfinite(K).all() or K[0, 0] <= 0 or K[1, 1] <= 0:
+        got = str(K.tolist())[:200]
+        raise InputError(f"intrinsics K must be a finite (3,3) matrix with positive focal lengths, got {got}")
+    return K
+
+
+def _check_image(image) -> np.ndarray:
+    img = np.asarray(image)
+    if img.ndim == 2:
+        img = np.repeat(img[..., None], 3, axis=2)
+    if img.ndim != 3 or img.shape[2] not in (3, 4) or img.shape[0] == 0 or img.shape[1] == 0:
+        raise InputError(f"image must be (H,W,3) uint8, got {img.shape}")
+    if img.dtype != np.uint8:
+        if np.issubdtype(img.dtype, np.floating) and img.size and img.max() <= 1.0:
+            img = img * 255.0
+        img = np.clip(img, 0, 255).astype(np.uint8)
+    return np.ascontiguousarray(img[..., :3])
+
+
+def _size_from(image_size, K: np.ndarray) -> tuple[int, int]:
+    """(W, H) from an explicit size, else twice the principal point (the usual centred camera)."""
+    if image_size is not None:
+        W, H = (int(round(float(s))) for s in image_size)
+    else:
+        W, H = int(round(2 * K[0, 2])), int(round(2 * K[1, 2]))
+    if W <= 0 or H <= 0 or W > 8192 or H > 8192:
+        raise InputError(f"image size must be within 1..8192 px, got (W,H)=({W},{H})")
+    return W, H
+
+
+def vertex_normals(v: np.ndarray, f: np.ndarray) -> np.ndarray:
+    """Area-weighted vertex normals, vectorised with bincount (faster than trimesh for a fresh mesh)."""
+    fn = np.cross(v[f[:, 1]] - v[f[:, 0]], v[f[:, 2]] - v[f[:, 0]])
+    vn = np.zeros_like(v)
+    for k in range(3):
+        for d in range(3):
+            vn[:, d] += np.bincount(f[:, k], weights=fn[:, d], minlength=len(v))
+    norm = np.linalg.norm(vn, axis=1, keepdims=True)
+    return (vn / np.maximum(norm, 1e-12)).astype(np.float32)
+
+
+def scale_intrinsics(K, s: float) -> np.ndarray:
+    """K for the same camera at ``s`` times the resolution (pixel-centre convention kept)."""
+    K2 = np.array(K, dtype=np.float64)
+    K2[:2, :2] *= s
+    K2[:2, 2] = s * (K2[:2, 2] + 0.5) - 0.5
+    return K2
+
+
+def _resize(img: np.ndarray, W: int, H: int) -> np.ndarray:
+    from PIL import Image
+
+    if img.shape[1] == W and img.shape[0] == H:
+        return img
+    return np.asarray(Image.fromarray(img).resize((W, H), Image.BILINEAR))
+
+
+# --------------------------------------------------------------------------------------------- renderer
+class Renderer:
+    """Offscreen mesh renderer; cheap to construct (no GL until the first render), reuse one per process.
+
+    Every instance draws through one process-wide GL context (see :func:`_shared_offscreen`); renders are
+    serialised by a process-wide lock, so threads may share a renderer but do not render in parallel.
+    """
+
+    def __init__(self, ambient: float = 0.3, light_intensity: float = 2.5):
+        self.ambient = float(ambient)
+        self.light_intensity = float(light_intensity)
+        self._scene = None
+        self._camera = None
+        self._mesh_node = None
+        self._lock = _GL_LOCK
+
+    @property
+    def gl_info(self) -> dict[str, str]:
+        """GL vendor / renderer / version strings once a context exists (e.g. renderer 'llvmpipe ...')."""
+        return dict(_GL_STATE["info"])
+
+    # ---- GL plumbing
+    def _offscreen(self, W: int, H: int):
+        _GL_STATE["users"].add(self)
+        return _shared_offscreen(W, H)
+
+    def _get_scene(self):
+        if self._scene is None:
+            try:
+                import pyrender
+            except Exception as exc:
+                raise _gl_error(exc) from exc
+            scene = pyrender.Scene(bg_color=[0.0, 0.0, 0.0, 0.0], ambient_light=[self.ambient] * 3)
+            self._camera = pyrender.IntrinsicsCamera(fx=1.0, fy=1.0, cx=0.0, cy=0.0, znear=0.05, zfar=100.0)
+            scene.add(self._camera, pose=np.eye(4))
+            # Key light from the viewer's upper left, fill from the right: shading shows the limbs' depth.
+            key = pyrender.DirectionalLight(color=np.ones(3), intensity=self.light_intensity)
+            fill = pyrender.DirectionalLight(color=np.ones(3), intensity=self.light_intensity * 0.3)
+            scene.add(key, pose=_look_dir(np.array([-0.4, 0.6, 1.0])))
+            scene.add(fill, pose=_look_dir(np.array([0.6, -0.2, 1.0])))
+            self._scene = scene
+        return self._scene
+
+    def _render(self, vertices, faces, K, image_size, color, depth_only: bool):
+        """Render one mesh; returns (color uint8 (H,W,3) or None, depth float32 (H,W), 0 = background)."""
+        import pyrender
+
+        v, f = _check_mesh(vertices, faces)
+        K = _check_K(K)
+        W, H = _size_from(image_size, K)
+        with self._lock:
+            r = self._offscreen(W, H)
+            scene = self._get_scene()
+            cam = self._camera
+            cam.fx, cam.fy = float(K[0, 0]), float(K[1, 1])
+            cam.cx, cam.cy = float(K[0, 2]) + 0.5, float(K[1, 2]) + 0.5
+            zmax = float(v[:, 2].max())
+            cam.znear = 0.01
+            cam.zfar = max(100.0, 2.0 * zmax + 1.0)
+            flip = np.array([1.0, -1.0, -1.0], dtype=np.float32)
+            normals = vertex_normals(v, f) * flip
+            material = pyrender.MetallicRoughnessMaterial(
+                baseColorFactor=[*map(float, color[:3]), 1.0], metallicFactor=0.0, roughnessFactor=0.7,
+                doubleSided=True,
+            )
+            prim = pyrender.Primitive(
+                positions=v * flip, normals=normals, indices=f, material=material, mode=4  # 4 = GL_TRIANGLES
+            )
+            mesh = pyrender.Mesh([prim])
+            if self._mesh_node is not None:
+                scene.remove_node(self._mesh_node)
+                self._mesh_node = None
+            self._mesh_node = scene.add(mesh)
+            flags = pyrender.RenderFlags.SKIP_CULL_FACES
+            try:
+                if depth_only:
+                    depth = r.render(scene, flags=flags | pyrender.RenderFlags.DEPTH_ONLY)
+                    rgb = None
+                else:
+                    rgb, depth = r.render(scene, flags=flags)
+            except Exception as exc:
+                raise _gl_error(exc) from exc
+            finally:
+                scene.remove_node(self._mesh_node)
+                self._mesh_node = None
+        return rgb, np.asarray(depth, dtype=np.float32)
+
+    # ---- public API
+    def render_depth(self, vertices, faces, K, image_size=None) -> np.ndarray:
+        """Depth (H,W) float32 in metres along the OpenCV z axis; 0 where the mesh is absent."""
+        return self._render(vertices, faces, K, image_size, DEFAULT_COLOR, depth_only=True)[1]
+
+    def mask(self, vertices, faces, K, image_size=None) -> np.ndarray:
+        """Silhouette (H,W) bool: pixels the mesh covers; ``image_size`` (W,H), default 2·principal point."""
+        return self.render_depth(vertices, faces, K, image_size) > 0
+
+    def masks(self, vertices, faces, K, image_size=None) -> np.ndarray:
+        """Silhouettes (N,H,W) bool of a group of meshes ``vertices (N,V,3)`` sharing ``faces`` and ``K``."""
+        vs = np.asarray(_numpy(vertices), dtype=np.float32)
+        if vs.ndim != 3:
+            raise InputError(f"masks: vertices must be (N,V,3), got {vs.shape}")
+        return np.stack([self.mask(v, faces, K, image_size) for v in vs])
+
+    def render(self, vertices, faces, K, image_size=None, color=DEFAULT_COLOR):
+        """Shaded colour (H,W,3) uint8 on black and depth (H,W) float32 (0 = background)."""
+        return self._render(vertices, faces, K, image_size, color, depth_only=False)
+
+    def overlay(
+        self, image, vertices, faces, K, color=DEFAULT_COLOR, alpha: float = 0.85, image_size=None,
+        bg_color=(1.0, 1.0, 1.0),
+    ) -> np.ndarray:
+        """The mesh drawn over ``image`` (H,W,3) uint8; pixels the mesh does not cover stay unchanged.
+
+        ``image=None`` draws on a plain ``bg_color`` (floats in [0,1]) canvas of ``image_size`` (W,H).
+        ``alpha`` blends the mesh with the image where it is drawn (1 = opaque).
+        """
+        if image is not None:
+            img = _check_image(image)
+            image_size = (img.shape[1], img.shape[0])
+        else:
+            W, H = _size_from(image_size, _check_K(K))
+            img = np.empty((H, W, 3), np.uint8)
+            img[:] = _rgb8(bg_color)
+        rgb, depth = self._render(vertices, faces, K, image_size, color, depth_only=False)
+        m = depth > 0
+        out = img.copy()
+        a = float(np.clip(alpha, 0.0, 1.0))
+        blend = a * rgb[m].astype(np.float32) + (1.0 - a) * img[m].astype(np.float32)
+        out[m] = np.clip(blend.round(), 0, 255).astype(np.uint8)
+        return out
+
+    def side_view(
+        self, vertices, faces, size=256, angle_deg: float = 90.0, color=SIDE_COLOR, bg_color=(1.0, 1.0, 1.0),
+        extent: float | None = None, centre=None,
+    ) -> np.ndarray:
+        """The mesh seen from the side: rotated ``angle_deg`` about the camera's vertical (y) axis through its
+        centroid (90° shows the person's left side when they face the camera), framed by a distant long-lens
+        camera (near-orthographic, so limb depths read as lengths). ``extent`` (m) fixes the framing so a
+        group's side views share one scale; ``centre`` overrides the rotation centre. Returns (H,W,3) uint8.
+        """
+        v, f = _check_mesh(vertices, faces, "side_view")
+        W, H = (int(size), int(size)) if np.isscalar(size) else (int(size[0]), int(size[1]))
+        v_side, K = _side_camera(v, W, H, angle_deg, extent, centre)
+        return self.overlay(None, v_side, f, K, color=color, alpha=1.0, image_size=(W, H), bg_color=bg_color)
+
+    def group_grid(
+        self, image, vertices, faces, K, cols: int = 4, labels: bool = True, side: bool = False,
+        tile: int = 256, color=DEFAULT_COLOR, alpha: float = 0.85, image_size=None, pad: int = 4,
+        label_prefix: str = "#",
+    ) -> np.ndarray:
+        """All N hypotheses of a group in one image: overlays (and with ``side`` a side view right of each),
+        ``cols`` cells per row, each labelled with its index (0..N-1) so a critic can refer to it.
+
+        ``vertices`` is (N,V,3) in camera coordinates; tiles are rendered directly at ``tile`` px on the
+        longer side (K rescaled) rather than rendered large and shrunk. Side views share one scale.
+        """
+        vs = np.asarray(_numpy(vertices), dtype=np.float32)
+        if vs.ndim == 2:
+            vs = vs[None]
+        if vs.ndim != 3 or vs.shape[-1] != 3 or len(vs) == 0:
+            raise InputError(f"group_grid: vertices must be (N,V,3), got {vs.shape}")
+        K = _check_K(K)
+        if image is not None:
+            img = _check_image(image)
+            W, H = img.shape[1], img.shape[0]
+        else:
+            W, H = _size_from(image_size, K)
+            img = np.full((H, W, 3), 255, np.uint8)
+        s = min(1.0, float(tile) / max(W, H))
+        tw, th = max(1, int(round(W * s))), max(1, int(round(H * s)))
+        Ks = scale_intrinsics(K, tw / W) if s < 1.0 else K
+        base = _resize(img, tw, th)
+        N = len(vs)
+        cols = max(1, min(int(cols), N))
+        rows = math.ceil(N / cols)
+        side_w = th if side else 0
+        cell_w = tw + side_w
+        grid = np.full((rows * th + (rows + 1) * pad, cols * cell_w + (cols + 1) * pad, 3), 255, np.uint8)
+        extent = _group_extent(vs, angle_deg=90.0) if side else None
+        corners = [(pad + (i // cols) * (th + pad), pad + (i % cols) * (cell_w + pad)) for i in range(N)]
+        # all overlays, then all side views: one framebuffer size at a time
+        for i, (y0, x0) in enumerate(corners):
+            grid[y0:y0 + th, x0:x0 + tw] = self.overlay(base, vs[i], faces, Ks, color=color, alpha=alpha)
+        for i, (y0, x0) in enumerate(corners if side else []):
+            grid[y0:y0 + th, x0 + tw:x0 + tw + side_w] = self.side_view(
+                vs[i], faces, size=(side_w, th), extent=extent, bg_color=(0.9, 0.9, 0.9)
+            )
+        if labels:
+            items = [(x0, y0, f"{label_prefix}{i}") for i, (y0, x0) in enumerate(corners)]
+            grid = _draw_labels(grid, items, size=max(12, th // 10))
+        return grid
+
+    def close(self) -> None:
+        """Drop this renderer's scene and its claim on the GL context, which is freed when no renderer is
+        left using it. Safe to call twice; the renderer can be used again afterwards."""
+        with self._lock:
+            _GL_STATE["users"].discard(self)
+            if not _GL_STATE["users"]:
+                _release_offscreen()
+            self._scene = None
+            self._camera = None
+            self._mesh_node = None
+
+
+# One GL context for the whole process. pyrender's EGL ``delete()`` calls ``eglTerminate`` on the display
+# that every context shares, so freeing one of several OffscreenRenderers kills the others (EGL_BAD_DISPLAY
+# on their next render). Hence a single OffscreenRenderer whose framebuffer is resized when the output size
+# changes (~3 ms, only on a change), shared by all Renderer instances and freed when the last one closes.
+_GL_LOCK = threading.RLock()
+_GL_STATE: dict = {"offscreen": None, "users": weakref.WeakSet(), "info": {}}
+
+
+def _shared_offscreen(W: int, H: int):
+    with _GL_LOCK:
+        r = _GL_STATE["offscreen"]
+        if r is None:
+            try:
+                import pyrender
+
+                r = pyrender.OffscreenRenderer(viewport_width=W, viewport_height=H)
+            except Exception as exc:  # ImportError, EGL/GL errors: one clear line for the user
+                raise _gl_error(exc) from exc
+            _GL_STATE["offscreen"] = r
+            if not _GL_STATE["info"]:
+                _GL_STATE["info"] = _query_gl_info()
+        if (r.viewport_width, r.viewport_height) != (W, H):
+            r.viewport_width, r.viewport_height = W, H
+        return r
+
+
+def _release_offscreen() -> None:
+    with _GL_LOCK:
+        r = _GL_STATE["offscreen"]
+        _GL_STATE["offscreen"] = None
+        if r is not None:
+            _safe_delete(r)
+
+
+def _look_dir(direction: np.ndarray) -> np.ndarray:
+    """Pose (4,4, OpenGL frame) for a directional light shining from ``direction`` (towards the origin)."""
+    z = direction / np.linalg.norm(direction)  # pyrender lights shine along their local −z
+    up = np.array([0.0, 1.0, 0.0])
+    x = np.cross(up, z)
+    x /= np.linalg.norm(x)
+    y = np.cross(z, x)
+    pose = np.eye(4)
+    pose[:3, 0], pose[:3, 1], pose[:3, 2] = x, y, z
+    return pose
+
+
+def _rot_y(angle_deg: float) -> np.ndarray:
+    a = math.radians(angle_deg)
+    return np.array([[math.cos(a), 0, math.sin(a)], [0, 1, 0], [-math.sin(a), 0, math.cos(a)]], np.float32)
+
+
+def _group_extent(vs: np.ndarray, angle_deg: float) -> float:
+    """Largest side-view extent (m) over a group, so all its side views share one scale."""
+    R = _rot_y(angle_deg)
+    centred = vs - vs.mean(axis=1, keepdims=True)
+    rot = centred @ R.T
+    return float(np.ptp(rot[..., :2], axis=1).max())
+
+
+def _side_camera(v: np.ndarray, W: int, H: int, angle_deg: float, extent, centre):
+    """Side-rotated vertices and a far, long-lens K framing them in (W,H)."""
+    c = v.mean(axis=0) if centre is None else np.asarray(centre, np.float32)
+    rot = (v - c) @ _rot_y(angle_deg).T
+    mid = 0.5 * (rot[:, :2].min(axis=0) + rot[:, :2].max(axis=0))
+    rot[:, :2] -= mid
+    ext = float(extent) if extent else float(np.ptp(rot[:, :2], axis=0).max())
+    ext = max(ext, 1e-3) * 1.15  # margin
+    dist = 10.0 * ext  # far away + long lens ≈ orthographic
+    f = min(W, H) * dist / ext
+    rot[:, 2] += dist
+    K = np.array([[f, 0, (W - 1) / 2.0], [0, f, (H - 1) / 2.0], [0, 0, 1]], np.float64)
+    return rot.astype(np.float32), K
+
+
+def _draw_labels(grid: np.ndarray, items, size: int) -> np.ndarray:
+    from PIL import Image, ImageDraw, ImageFont
+
+    try:
+        font = ImageFont.load_default(size=size)
+    except TypeError:  # Pillow < 10.1: bitmap default font, no size
+        font = ImageFont.load_default()
+    im = Image.fromarray(grid)
+    draw = ImageDraw.Draw(im)
+    for x, y, text in items:
+        box = draw.textbbox((x + 3, y + 2), text, font=font)
+        draw.rectangle((box[0] - 3, box[1] - 2, box[2] + 3, box[3] + 2), fill=(0, 0, 0))
+        draw.text((x + 3, y + 2), text, fill=(255, 255, 255), font=font)
+    return np.asarray(im).copy()
+
+
+def _safe_delete(r) -> None:
+    with contextlib.suppress(Exception):  # a context already gone at shutdown: nothing left to free
+        r.delete()
+
+
+def _query_gl_info() -> dict[str, str]:
+    """GL vendor/renderer/version of the current context (e.g. 'llvmpipe' = software), best effort."""
+    try:
+        from OpenGL import GL
+
+        return {
+            k: (GL.glGetString(e) or b"").decode(errors="replace")
+            for k, e in (("vendor", GL.GL_VENDOR), ("renderer", GL.GL_RENDERER), ("version", GL.GL_VERSION))
+        }
+    except Exception:
+        return {}
+
+
+_RENDERER: Renderer | None = None
+_RENDERER_LOCK = threading.Lock()
+
+
+def get_renderer() -> Renderer:
+    """The process-wide renderer (created on first call; GL starts on its first render)."""
+    global _RENDERER
+    with _RENDERER_LOCK:
+        if _RENDERER is None:
+            _RENDERER = Renderer()
+            atexit.register(close)
+        return _RENDERER
+
+
+def close() -> None:
+    """Release the process-wide renderer (and the GL context once no other renderer uses it)."""
+    if _RENDERER is not None:
+        _RENDERER.close()
+
+
+# ---------------------------------------------------------------------------------------------- files
+def encode_png(img: np.ndarray) -> bytes:
+    from PIL import Image
+
+    buf = io.BytesIO()
+    Image.fromarray(_check_image(img)).save(buf, format="PNG")
+    return buf.getvalue()
+
+
+def save_png(path: str | os.PathLike, img: np.ndarray) -> Path:
+    """Write an (H,W,3) uint8 image as PNG atomically (no torn file if interrupted)."""
+    return atomic_write_bytes(path, encode_png(img))
+
+
+def write_obj(path: str | os.PathLike, vertices, faces) -> Path:
+    """Write a triangle mesh as Wavefront OBJ (1-based faces), atomically; vertices as given."""
+    v, f = _check_mesh(vertices, faces, "write_obj")
+    lines = [f"# hmrcritic mesh: {len(v)} vertices, {len(f)} faces\n"]
+    lines += [f"v {x:.6f} {y:.6f} {z:.6f}\n" for x, y, z in v.tolist()]
+    lines += [f"f {a} {b} {c}\n" for a, b, c in (f + 1).tolist()]
+    return atomic_write_text(path, "".join(lines))
+
+
+def self_test(size: int = 64) -> dict:
+    """Render a small sphere and check that pixels changed where it should be (used by ``doctor``).
+
+    Returns ``{ok, platform, vendor, renderer, version, pixels, ms}``; a broken GL stack gives ``ok=False``
+    with the one-line reason in ``error`` instead of raising.
+    """
+    import time
+
+    info: dict = {"ok": False, "platform": os.environ.get("PYOPENGL_PLATFORM", "<unset>")}
+    import trimesh
+
+    sphere = trimesh.creation.icosphere(subdivisions=2)
+    verts, faces = np.asarray(sphere.vertices), np.asarray(sphere.faces)
+    verts = (0.3 * verts + [0.0, 0.0, 3.0]).astype(np.float32)
+    K = np.array([[size * 2.0, 0, (size - 1) / 2], [0, size * 2.0, (size - 1) / 2], [0, 0, 1]])
+    r = Renderer()
+    try:
+        t0 = time.perf_counter()
+        img = r.overlay(None, verts, faces, K, image_size=(size, size), bg_color=(0, 0, 0), alpha=1.0)
+        info["ms"] = round((time.perf_counter() - t0) * 1000, 1)
+        changed = (img != 0).any(-1)
+        info["pixels"] = int(changed.sum())
+        expected = np.pi * (size * 2.0 * 0.3 / 3.0) ** 2  # area of the projected disc (approx.)
+        info["ok"] = bool(changed[size // 2, size // 2]) and 0.8 * expected < info["pixels"] < 1.2 * expected
+        if not info["ok"]:
+            info["error"] = f"render produced {info['pixels']} mesh pixels, expected about {expected:.0f}"
+        info.update(r.gl_info)
+    except HMRCriticError as exc:
+        info["error"] = str(exc)
+    finally:
+        r.close()
+    return info

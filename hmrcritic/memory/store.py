@@ -1,0 +1,420 @@
+"""The dual memory: one Chroma database with a rule collection and a prototype collection.
+
+Storage: ``chromadb.PersistentClient`` in ``config.memory_dir()`` (or ``path``) by default; a Chroma
+server through ``chromadb.HttpClient`` when ``chroma_url`` (or ``HMRCRITIC_CHROMA_URL``) is given, for many
+workers on several machines.
+
+Writers: two processes writing one embedded collection at once silently corrupt its vector index, and a
+process does not see another's new vectors until it reopens its client (STACK.md). So every write batch
+takes ``<memory_dir>/.write.lock`` (``filelock``) and, for the embedded store, drops this process's cached
+Chroma system and reopens it *inside* the lock, so the batch starts from what is on disk. Readers that want
+other processes' writes call :meth:`MemoryStore.refresh`.
+
+Frozen memory: ``read_only=True`` refuses every write (scoring for export/evaluation reads a frozen memory
+and records its :meth:`MemoryStore.version`). Chroma 1.5 rewrites a few bytes of its SQLite file and of the
+HNSW ``length.bin`` whenever a client opens a database, even for pure reads, so "unchanged" is defined by
+the content hash :meth:`version`, not by file bytes.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import threading
+from collections.abc import Iterator
+from contextlib import contextmanager, suppress
+from pathlib import Path
+from typing import Any
+from urllib.parse import urlparse
+
+import numpy as np
+
+from hmrcritic import config
+from hmrcritic.errors import AssetError, InputError
+from hmrcritic.io import atomic_write_json
+from hmrcritic.memory.embeddings import POSE_DIM, POSE_EMBEDDING_ID, TEXT_DIM, TEXT_EMBEDDING_ID
+from hmrcritic.memory.prototypes import PROTOTYPES_COLLECTION, PrototypeMemory, proto_key
+from hmrcritic.memory.rules import RULES_COLLECTION, RuleMemory, rule_key
+from hmrcritic.memory.schema import Prototype, Rule
+
+SCHEMA_VERSION = 1
+EXPORT_FORMAT = "hmrcritic-memory"
+LOCK_NAME = ".write.lock"
+LOCK_TIMEOUT_S = float(os.environ.get("HMRCRITIC_MEMORY_LOCK_TIMEOUT", "300"))
+
+# name -> (embedding identity, dimension); written into collection metadata, checked on open.
+COLLECTIONS: dict[str, tuple[str, int]] = {
+    RULES_COLLECTION: (TEXT_EMBEDDING_ID, TEXT_DIM),
+    PROTOTYPES_COLLECTION: (POSE_EMBEDDING_ID, POSE_DIM),
+}
+_PAGE = 5000
+
+
+class ReadOnlyMemoryError(AssetError):
+    """A write was attempted on a memory opened with ``read_only=True`` (frozen)."""
+
+
+# Per database path: bumped whenever this process reopens Chroma there, so every MemoryStore on the same
+# path re-fetches its client and collections (Chroma shares one "system" per path inside a process).
+_GENERATION: dict[str, int] = {}
+_PROCESS_LOCKS: dict[str, threading.RLock] = {}
+_REGISTRY_LOCK = threading.Lock()
+
+
+def _chroma_settings():
+    from chromadb.config import Settings
+
+    return Settings(anonymized_telemetry=False, allow_reset=False)
+
+
+def _persistent_client(path: str, reopen: bool = False):
+    """A client on ``path``; with ``reopen`` the process's cached Chroma system is stopped first so the
+    new client loads the database (and vector index) fresh from disk."""
+    import chromadb
+    from chromadb.api.shared_system_client import SharedSystemClient
+
+    if reopen:
+        with SharedSystemClient._refcount_lock:
+            old = SharedSystemClient._identifier_to_system.pop(path, None)
+            SharedSystemClient._identifier_to_refcount.pop(path, None)
+        if old is not None:
+            with suppress(Exception):  # a half-stopped old system must not block the fresh one
+                old.stop()
+        with _REGISTRY_LOCK:
+            _GENERATION[path] = _GENERATION.get(path, 0) + 1
+    try:
+        return chromadb.PersistentClient(path=path, settings=_chroma_settings())
+    except Exception as exc:
+        raise AssetError(f"cannot open the Chroma memory at {path}: {exc}") from exc
+
+
+def _http_client(url: str):
+    import chromadb
+
+    u = urlparse(url if "://" in url else f"http://{url}")
+    if not u.hostname:
+        raise InputError(f"chroma url {url!r} is not of the form http://host:port")
+    port = u.port or (443 if u.scheme == "https" else 8000)
+    try:
+        client = chromadb.HttpClient(host=u.hostname, port=port, ssl=u.scheme == "https",
+                                     settings=_chroma_settings())
+        client.heartbeat()
+    except Exception as exc:
+        raise AssetError(f"cannot reach the Chroma server at {url}: {exc}") from exc
+    return client
+
+
+class MemoryStore:
+    """Rules + prototypes in Chroma. ``path`` None → ``config.memory_dir()``; ``chroma_url`` → a server.
+
+    A writable store on an empty folder creates both collections and seeds the starter rules
+    (``seed_starter``). A read-only store never creates anything: a missing memory is an AssetError.
+    """
+
+    def __init__(self, path: str | os.PathLike | None = None, chroma_url: str | None = None,
+                 read_only: bool = False, seed_starter: bool = True):
+        self.read_only = bool(read_only)
+        self.chroma_url = chroma_url or os.environ.get("HMRCRITIC_CHROMA_URL") or None
+        self.path = Path(path).expanduser().resolve() if path is not None else config.memory_dir().resolve()
+        self._key = str(self.path)
+        self._cols: dict[str, Any] = {}
+        self._gen_seen = -1
+        self.rules = RuleMemory(self)
+        self.prototypes = PrototypeMemory(self)
+        if self.chroma_url:
+            self._client = _http_client(self.chroma_url)
+        else:
+            if self.read_only and not (self.path / "chroma.sqlite3").exists():
+                raise AssetError(f"no memory at {self.path} (nothing to open read-only); create one with "
+                                 "`hmrcritic memory reset --yes` or by exploring")
+            self.path.mkdir(parents=True, exist_ok=True)
+            self._client = _persistent_client(self._key)
+            self._gen_seen = _GENERATION.get(self._key, 0)
+        missing = self._open_collections()
+        if missing:
+            if self.read_only:
+                raise AssetError(f"memory at {self.location} lacks collection(s) {missing}; it is not an "
+                                 "hmrcritic memory or was reset half-way (run `hmrcritic memory reset`)")
+            with self._write():
+                if self._open_collections():
+                    self._create_missing(seed_starter)
+
+    # ---- plumbing ---------------------------------------------------------------------------------------
+    @property
+    def location(self) -> str:
+        return self.chroma_url or str(self.path)
+
+    def _generation(self) -> int:
+        return _GENERATION.get(self._key, 0) if not self.chroma_url else 0
+
+    def _ensure_current(self) -> None:
+        """Re-fetch the client/collections when this process reopened Chroma on our path since we did."""
+        if self.chroma_url:
+            return
+        gen = self._generation()
+        if gen != self._gen_seen:
+            self._client = _persistent_client(self._key)
+            self._cols = {}
+            self._gen_seen = gen
+
+    def _open_collections(self) -> list[str]:
+        """Fetch and check both collections; returns the names that do not exist."""
+        from chromadb.errors import NotFoundError
+
+        missing = []
+        for name, (emb_id, dim) in COLLECTIONS.items():
+            try:
+                col = self._client.get_collection(name, embedding_function=None)
+            except (NotFoundError, ValueError):
+                missing.append(name)
+                continue
+            meta = col.metadata or {}
+            if meta.get("embedding_id") != emb_id or meta.get("embedding_dim") != dim:
+                raise AssetError(
+                    f"memory at {self.location}: collection {name!r} was built with embedding "
+                    f"{meta.get('embedding_id')!r} (dim {meta.get('embedding_dim')}), this hmrcritic uses "
+                    f"{emb_id!r} (dim {dim}); rebuild it with `hmrcritic memory reset --yes` (export first "
+                    "with the old version to keep rules: `hmrcritic memory export FILE`)"
+                )
+            self._cols[name] = col
+        return missing
+
+    def _create_missing(self, seed_starter: bool) -> None:
+        created_rules = False
+        for name, (emb_id, dim) in COLLECTIONS.items():
+            if name in self._cols:
+                continue
+            self._cols[name] = self._client.create_collection(
+                name,
+                configuration={"hnsw": {"space": "cosine"}},
+                metadata={"embedding_id": emb_id, "embedding_dim": dim, "hmrcritic_schema": SCHEMA_VERSION},
+                embedding_function=None,
+            )
+            created_rules |= name == RULES_COLLECTION
+        if created_rules and seed_starter:
+            from hmrcritic.memory.starter_rules import starter_embeddings, starter_rules
+
+            rules = starter_rules()
+            self.rules.add(rules, embeddings=starter_embeddings(rules))
+
+    def _collection(self, name: str):
+        self._ensure_current()
+        if name not in self._cols:
+            missing = self._open_collections()
+            if name in missing:
+                raise AssetError(f"memory at {self.location} lacks collection {name!r}; run "
+                                 "`hmrcritic memory reset --yes`")
+        return self._cols[name]
+
+    @contextmanager
+    def _write(self) -> Iterator[None]:
+        """One write batch: refuse when frozen, take the file lock, start from what is on disk.
+
+        Re-entrant: nested batches (``add`` inside ``reset``) share the outer lock and reopen only once."""
+        if self.read_only:
+            raise ReadOnlyMemoryError(f"memory at {self.location} is open read-only (frozen); "
+                                      "writes are refused")
+        from filelock import FileLock, Timeout
+
+        with _REGISTRY_LOCK:
+            plock = _PROCESS_LOCKS.setdefault(self._key, threading.RLock())
+        with plock:
+            depth = getattr(self, "_write_depth", 0)
+            if depth:
+                self._write_depth = depth + 1
+                try:
+                    yield
+                finally:
+                    self._write_depth -= 1
+                return
+            self.path.mkdir(parents=True, exist_ok=True)
+            lock = FileLock(str(self.path / LOCK_NAME), timeout=LOCK_TIMEOUT_S)
+            try:
+                lock.acquire()
+            except Timeout as exc:
+                raise AssetError(f"memory at {self.location} stayed locked by another writer for "
+                                 f"{LOCK_TIMEOUT_S:.0f} s (lock file {self.path / LOCK_NAME})") from exc
+            self._write_depth = 1
+            try:
+                if not self.chroma_url:
+                    self._client = _persistent_client(self._key, reopen=True)
+                    self._gen_seen = self._generation()
+                    self._cols = {}
+                    self._open_collections()
+                self.rules.invalidate()
+                yield
+            finally:
+                self._write_depth = 0
+                self.rules.invalidate()
+                lock.release()
+
+    def _check_dim(self, name: str, vecs: np.ndarray) -> None:
+        dim = COLLECTIONS[name][1]
+        if vecs.ndim != 2 or vecs.shape[1] != dim:
+            raise InputError(f"{name}: vectors must have shape (n, {dim}), got {vecs.shape}")
+
+    def _upsert(self, name: str, ids: list[str], vecs: np.ndarray, metas: list[dict], docs: list[str],
+                progress: bool = False) -> None:
+        vecs = np.asarray(vecs, dtype=np.float32)
+        self._check_dim(name, vecs)
+        col = self._collection(name)
+        try:
+            batch = min(int(self._client.get_max_batch_size()), 5000)
+        except Exception:
+            batch = 1000
+        starts = range(0, len(ids), batch)
+        if progress and len(ids) > batch:
+            from rich.progress import track
+
+            starts = track(starts, description=f"writing {name}")
+        for s in starts:
+            e = s + batch
+            col.upsert(ids=ids[s:e], embeddings=vecs[s:e], metadatas=metas[s:e], documents=docs[s:e])
+
+    def _get_all(self, name: str, include: list[str], ids: list[str] | None = None) -> dict[str, list]:
+        """``collection.get`` paged (large collections) with lists for every included field."""
+        col = self._collection(name)
+        out: dict[str, list] = {"ids": [], **{k: [] for k in include}}
+        if ids is not None:
+            chunks = [dict(ids=ids[s:s + _PAGE]) for s in range(0, len(ids), _PAGE)]
+        else:
+            n = col.count()
+            chunks = [dict(limit=_PAGE, offset=s) for s in range(0, n, _PAGE)]
+        for ch in chunks:
+            got = col.get(include=include, **ch)
+            out["ids"].extend(got["ids"])
+            for k in include:
+                vals = got.get(k)
+                out[k].extend(list(vals) if vals is not None else [None] * len(got["ids"]))
+        return out
+
+    # ---- public -----------------------------------------------------------------------------------------
+    def refresh(self) -> None:
+        """See other processes' writes: reopen Chroma from disk (embedded store) and drop caches."""
+        if not self.chroma_url:
+            self._client = _persistent_client(self._key, reopen=True)
+            self._gen_seen = self._generation()
+            self._cols = {}
+            self._open_collections()
+        self.rules.invalidate()
+
+    def version(self) -> str:
+        """Content hash of all rules (ids, text, tags, statistics, condition, retired) and prototypes (ids,
+        scores), independent of insertion order and stable across processes. 16 hex digits."""
+        rules = sorted(rule_key(r) for r in self.rules.all(include_retired=True))
+        got = self._get_all(PROTOTYPES_COLLECTION, include=["metadatas"])
+        protos = sorted(proto_key(i, m) for i, m in zip(got["ids"], got["metadatas"], strict=True))
+        blob = json.dumps({"rules": rules, "prototypes": protos}, sort_keys=True, separators=(",", ":"))
+        return hashlib.sha256(blob.encode("utf-8")).hexdigest()[:16]
+
+    def stats(self) -> dict:
+        rules = self.rules.all(include_retired=True)
+        active = [r for r in rules if not r.retired]
+        return {
+            "location": self.location,
+            "backend": "http" if self.chroma_url else "persistent",
+            "read_only": self.read_only,
+            "version": self.version(),
+            "rules": len(active),
+            "rules_retired": len(rules) - len(active),
+            "rules_by_origin": {o: sum(r.origin == o for r in active) for o in ("starter", "mined", "user")},
+            "rule_uses": sum(r.n_used for r in active),
+            "rule_successes": sum(r.n_success for r in active),
+            "prototypes": self.prototypes.count(),
+            "embeddings": {name: {"id": e, "dim": d} for name, (e, d) in COLLECTIONS.items()},
+        }
+
+    def reset(self, seed_starter: bool = True) -> None:
+        """Delete both collections and recreate them (seeded with the starter rules unless told not to)."""
+        from chromadb.errors import NotFoundError
+
+        with self._write():
+            for name in COLLECTIONS:
+                with suppress(NotFoundError, ValueError):
+                    self._client.delete_collection(name)
+            self._cols = {}
+            self._create_missing(seed_starter)
+
+    def export_json(self, path: str | os.PathLike) -> dict:
+        """Write every rule and prototype (with embeddings) to a JSON file; returns the counts."""
+        data = {
+            "format": EXPORT_FORMAT,
+            "schema": SCHEMA_VERSION,
+            "version": self.version(),
+            "embeddings": {name: {"id": e, "dim": d} for name, (e, d) in COLLECTIONS.items()},
+            "rules": self.rules.export_records(),
+            "prototypes": self.prototypes.export_records(),
+        }
+        atomic_write_json(path, data, indent=None)
+        return {"rules": len(data["rules"]), "prototypes": len(data["prototypes"]),
+                "version": data["version"]}
+
+    def import_json(self, path: str | os.PathLike, overwrite: bool = False) -> dict:
+        """Merge an export into this memory.
+
+        New rule ids are added; a rule id already present is replaced only when the file's copy has more
+        uses (or with ``overwrite``). Prototypes are upserted by id. Stored vectors are reused when the
+        file's embedding identity matches ours, otherwise rule texts are re-embedded (prototype vectors
+        cannot be recomputed without joints, so a pose-embedding mismatch is an error)."""
+        path = Path(path)
+        try:
+            data = json.loads(path.read_text(encoding="utf-8"))
+        except FileNotFoundError as exc:
+            raise InputError(f"memory import: no file {path}") from exc
+        except (OSError, json.JSONDecodeError) as exc:
+            raise InputError(f"memory import: {path} is not readable JSON ({exc})") from exc
+        if not isinstance(data, dict) or data.get("format") != EXPORT_FORMAT:
+            raise InputError(f"memory import: {path} is not an hmrcritic memory export (format field)")
+        emb = data.get("embeddings", {})
+        same_text = emb.get(RULES_COLLECTION) == {"id": TEXT_EMBEDDING_ID, "dim": TEXT_DIM}
+        pose_ok = emb.get(PROTOTYPES_COLLECTION) == {"id": POSE_EMBEDDING_ID, "dim": POSE_DIM}
+        if data.get("prototypes") and not pose_ok:
+            raise InputError(f"memory import: {path} has prototypes embedded with "
+                             f"{emb.get(PROTOTYPES_COLLECTION)}, this memory uses {POSE_EMBEDDING_ID} "
+                             f"({POSE_DIM})")
+        try:
+            rules = [(Rule.model_validate({k: v for k, v in r.items() if k != "embedding"}),
+                      r.get("embedding")) for r in data.get("rules", [])]
+            protos = [Prototype.model_validate(p) for p in data.get("prototypes", [])]
+        except Exception as exc:
+            raise InputError(f"memory import: {path} has a malformed record ({exc})".splitlines()[0]) from exc
+        counts = {"rules_added": 0, "rules_updated": 0, "rules_skipped": 0, "prototypes": 0}
+        with self._write():
+            current = {r.rule_id: r for r in self.rules.all(include_retired=True)}
+            new = [(r, e) for r, e in rules if r.rule_id not in current]
+            upd = [r for r, _ in rules
+                   if r.rule_id in current and (overwrite or r.n_used > current[r.rule_id].n_used)]
+            counts["rules_skipped"] = len(rules) - len(new) - len(upd)
+            if new:
+                vecs = None
+                if same_text and all(e is not None and len(e) == TEXT_DIM for _, e in new):
+                    vecs = np.asarray([e for _, e in new], dtype=np.float32)
+                self.rules.add([r for r, _ in new], embeddings=vecs)
+            if upd:
+                self.rules.update(upd)
+            if protos:
+                self.prototypes.add(protos, progress=True)
+            counts.update(rules_added=len(new), rules_updated=len(upd), prototypes=len(protos))
+        return counts
+
+    @staticmethod
+    def drop_collections(path: str | os.PathLike, names: list[str] | None = None) -> None:
+        """Delete collections of an embedded memory without opening it as a MemoryStore (so it works on a
+        memory whose embedding identity no longer matches: what ``memory reset`` must do). Takes the lock."""
+        from chromadb.errors import NotFoundError
+        from filelock import FileLock
+
+        path = Path(path).expanduser().resolve()
+        if not (path / "chroma.sqlite3").exists():
+            return
+        with FileLock(str(path / LOCK_NAME), timeout=LOCK_TIMEOUT_S):
+            client = _persistent_client(str(path), reopen=True)
+            for name in names or list(COLLECTIONS):
+                with suppress(NotFoundError, ValueError):
+                    client.delete_collection(name)
+
+    def close(self) -> None:
+        """Drop references (Chroma keeps one shared system per path in a process; it is reused)."""
+        self._cols = {}
+

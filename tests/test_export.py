@@ -1,0 +1,289 @@
+"""Export engine: dataset format and validation, resumability after kill -9, failures, and identical records
+from the serial, multi-process and Ray executors.
+
+Scoring is injected (``score_group``) with ``fake_score`` below — a deterministic function of the
+hypotheses — so these tests exercise the export engine itself; the real agent is covered by the
+end-to-end test at the bottom (marked slow). The diffusion model, body model and sampler are the real ones
+(a tiny randomly initialised checkpoint).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from hmrcritic.agent.schema import HypothesisScore
+from hmrcritic.alignment import dataset as D
+from hmrcritic.alignment.export import ExportConfig, export
+from hmrcritic.errors import InputError, JudgeError
+
+TESTS = Path(__file__).resolve().parent
+SCORER = "test_export:fake_score"
+
+
+@dataclasses.dataclass
+class Inp:
+    """Sample-like input with a 3D label field, which export must strip before scoring."""
+
+    sample_id: str
+    keypoints: np.ndarray
+    K: np.ndarray
+    image_size: tuple
+    joints3d: np.ndarray | None = None
+
+
+@dataclasses.dataclass
+class Scored:
+    scores: list
+    memory_version: str = "test-memory"
+
+
+def fake_score(sample, hypotheses, judge="builtin", memory=None, config=None, group_id=None):
+    """Deterministic stand-in for the agent: score = closeness of each hypothesis to the group's mean pose."""
+    assert sample.joints3d is None, "a 3D label reached the scorer"
+    assert config["learn"] is False
+    delay = float(os.environ.get("HMRCRITIC_TEST_SCORE_DELAY", "0"))
+    if delay:
+        time.sleep(delay)
+    if sample.sample_id in os.environ.get("HMRCRITIC_TEST_FAIL_IDS", "").split(","):
+        raise JudgeError(f"judge gave up on {sample.sample_id}")
+    pose = hypotheses.body_pose[0].double()
+    dev = (pose - pose.mean(0)).norm(dim=1)
+    overall = (10 * (1 - dev / (dev.max() + 1e-9))).clamp(0, 10)
+    if sample.sample_id.endswith("tie"):
+        overall = torch.full_like(overall, 5.0)
+    return Scored([HypothesisScore(index=i, motion_structure=o, physical_feasibility=o, image_alignment=o,
+                                   overall=o, rationale=f"deviation {d:.3f}")
+                   for i, (o, d) in enumerate(zip(overall.tolist(), dev.tolist(), strict=True))])
+
+
+def make_inputs(n: int, seed: int = 0, tie_last: bool = False) -> list[Inp]:
+    rng = np.random.default_rng(seed)
+    out = []
+    for i in range(n):
+        kp = np.concatenate([rng.uniform(150, 350, size=(17, 2)), rng.uniform(0.5, 1, size=(17, 1))], 1)
+        sid = f"img{i:03d}" + ("tie" if tie_last and i == n - 1 else "")
+        out.append(Inp(sid, kp.astype(np.float32), np.array([[500, 0, 256], [0, 500, 256], [0, 0, 1]], np.float32),
+                       (512, 512), joints3d=rng.normal(size=(24, 3)).astype(np.float32)))
+    return out
+
+
+def tiny_model(path: Path) -> Path:
+    from hmrcritic.hmr.diffusion import DiffusionConfig, HMRDiffusion, save_model
+
+    torch.manual_seed(0)
+    model = HMRDiffusion(DiffusionConfig(d_model=32, layers=1, heads=2, T=100))
+    for head in (model.joint_out, model.shape_out):
+        torch.nn.init.normal_(head.weight, std=0.3)
+    save_model(model, path)
+    return path
+
+
+@pytest.fixture(scope="module")
+def model_path(tmp_path_factory):
+    return tiny_model(tmp_path_factory.mktemp("model") / "tiny.pt")
+
+
+def cfg_for(out, model_path, **kw) -> ExportConfig:
+    base = {"split": "inline", "num_generations": 4, "sample_steps": 2, "score_group": SCORER, "use_memory": False}
+    return ExportConfig(out=str(out), model=str(model_path), **{**base, **kw})
+
+
+def test_export_writes_a_valid_dataset_without_labels(model_path, tmp_path):
+    s = export(cfg_for(tmp_path / "ds", model_path), inputs=make_inputs(4, tie_last=True))
+    assert (s.groups, s.new_groups, s.failures, s.pairs) == (4, 4, 0, 3)
+    assert s.zero_variance_share == 0.25 and sum(s.score_histogram.values()) == 16
+    rep = D.validate_dataset(tmp_path / "ds")
+    assert rep.ok, rep.errors
+    recs = D.read_manifest(tmp_path / "ds")
+    assert [r.input_id for r in recs] == ["img000", "img001", "img002", "img003tie"]
+    assert len({r.group_id for r in recs}) == 4 and recs[-1].zero_variance
+    r = recs[0]
+    assert r.memory_version == "test-memory" and r.num_hypotheses == 4 and r.x_dim == 154
+    assert np.allclose(r.advantages, D.advantages_np([x.overall for x in r.scores]))
+    for rec in recs:
+        with np.load(tmp_path / "ds" / rec.condition.path) as z:
+            assert sorted(z.files) == ["K", "image_size", "keypoints"]
+        with np.load(tmp_path / "ds" / rec.hypotheses.path) as z:
+            assert sorted(z.files) == sorted(D.HYP_KEYS) and z["x0"].shape == (4, 154)
+    pair = json.loads((tmp_path / "ds" / "pairs.jsonl").read_text().splitlines()[0])
+    assert pair["chosen"]["overall"] > pair["rejected"]["overall"] and pair["prompt"]["condition"].endswith("cond.npz")
+    ds = D.GroupPreferenceDataset(tmp_path / "ds")
+    item = ds[0]
+    assert item["x0"].shape == (4, 154) and item["overall"].shape == (4,)
+    # same command again: nothing new, same bytes
+    before = (tmp_path / "ds" / "manifest.jsonl").read_bytes()
+    again = export(cfg_for(tmp_path / "ds", model_path), inputs=make_inputs(4, tie_last=True))
+    assert again.new_groups == 0 and again.done_before == 4
+    assert (tmp_path / "ds" / "manifest.jsonl").read_bytes() == before
+
+
+def test_failures_are_recorded_and_retried(model_path, tmp_path, monkeypatch):
+    monkeypatch.setenv("HMRCRITIC_TEST_FAIL_IDS", "img001")
+    s = export(cfg_for(tmp_path / "ds", model_path), inputs=make_inputs(3))
+    assert s.groups == 2 and s.failures == 1 and s.failure_reasons == {"JudgeError": 1}
+    fails = [json.loads(line) for line in (tmp_path / "ds" / "failures.jsonl").read_text().splitlines()]
+    assert [f["input_id"] for f in fails] == ["img001"] and "judge gave up" in fails[0]["error"]
+    monkeypatch.setenv("HMRCRITIC_TEST_FAIL_IDS", "")
+    s2 = export(cfg_for(tmp_path / "ds", model_path), inputs=make_inputs(3))
+    assert s2.groups == 3 and s2.new_groups == 1 and s2.failures == 0
+    assert (tmp_path / "ds" / "failures.jsonl").read_text() == ""
+    assert D.validate_dataset(tmp_path / "ds").ok
+
+
+def test_resume_refuses_other_settings(model_path, tmp_path):
+    export(cfg_for(tmp_path / "ds", model_path), inputs=make_inputs(1))
+    with pytest.raises(InputError, match="num_generations"):
+        export(cfg_for(tmp_path / "ds", model_path, num_generations=5), inputs=make_inputs(1))
+    with pytest.raises(InputError, match="exactly one"):
+        ExportConfig(out="x", split="wild", data="y")
+
+
+def test_validate_catches_corruption(model_path, tmp_path):
+    root = tmp_path / "ds"
+    export(cfg_for(root, model_path), inputs=make_inputs(3))
+    assert D.validate_dataset(root).ok
+    manifest = root / "manifest.jsonl"
+    lines = manifest.read_text().splitlines(keepends=True)
+    manifest.write_text("".join(lines + [lines[0], lines[1][:40]]))  # duplicate + torn line
+    rep = D.validate_dataset(root)
+    assert not rep.ok and any("duplicate" in e for e in rep.errors) and any("torn" in e for e in rep.errors)
+    kept, dropped = D.repair_manifest(root)
+    assert len(kept) == 3 and dropped == 2 and D.validate_dataset(root).ok
+    rec = kept[0]
+    arrays = D.load_npz(root / rec.hypotheses.path)
+    arrays["x0"] = arrays["x0"] + 1
+    D.atomic_save_npz(root / rec.hypotheses.path, **arrays)
+    rep = D.validate_dataset(root)
+    assert any("checksum mismatch" in e for e in rep.errors)
+    cond = D.load_npz(root / kept[1].condition.path)
+    D.atomic_save_npz(root / kept[1].condition.path, **cond, joints3d=np.zeros((24, 3), np.float32))
+    rep = D.validate_dataset(root)
+    assert any("3D label" in e and "joints3d" in e for e in rep.errors)
+
+
+def _manifest(root: Path) -> list[str]:
+    return (root / "manifest.jsonl").read_text().splitlines()
+
+
+@pytest.mark.slow
+def test_process_pool_gives_the_same_records_as_serial(model_path, tmp_path, monkeypatch):
+    monkeypatch.setenv("PYTHONPATH", os.pathsep.join([str(TESTS), os.environ.get("PYTHONPATH", "")]))
+    inputs = make_inputs(4)
+    export(cfg_for(tmp_path / "serial", model_path), inputs=inputs)
+    s = export(cfg_for(tmp_path / "pool", model_path, workers=2), inputs=inputs)
+    assert s.executor == "processes×2" and s.groups == 4
+    assert _manifest(tmp_path / "pool") == _manifest(tmp_path / "serial")
+    assert D.validate_dataset(tmp_path / "pool").ok
+
+
+@pytest.mark.slow
+def test_ray_gives_the_same_records_as_serial(model_path, tmp_path, monkeypatch):
+    ray = pytest.importorskip("ray")
+    monkeypatch.setenv("PYTHONPATH", os.pathsep.join([str(TESTS), os.environ.get("PYTHONPATH", "")]))
+    try:
+        ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False,
+                 runtime_env={"env_vars": {"PYTHONPATH": os.environ["PYTHONPATH"],
+                                           "HMRCRITIC_HOME": os.environ["HMRCRITIC_HOME"]}})
+    except Exception as exc:  # pragma: no cover - depends on the sandbox
+        pytest.skip(f"Ray cannot start here: {type(exc).__name__}: {exc}")
+    try:
+        inputs = make_inputs(3)
+        export(cfg_for(tmp_path / "serial", model_path), inputs=inputs)
+        s = export(cfg_for(tmp_path / "ray", model_path, workers=2, ray_address="auto"), inputs=inputs)
+        assert s.executor.startswith("ray") and s.groups == 3
+        assert _manifest(tmp_path / "ray") == _manifest(tmp_path / "serial")
+    finally:
+        ray.shutdown()
+
+
+_CHILD = """
+import sys, test_export as t
+from hmrcritic.alignment.export import export
+export(t.cfg_for(sys.argv[1], sys.argv[2]), inputs=t.make_inputs(int(sys.argv[3])))
+"""
+
+
+def test_kill_9_mid_run_then_rerun_finishes_without_duplicates(model_path, tmp_path):
+    root, n = tmp_path / "ds", 8
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(TESTS), os.environ.get("PYTHONPATH", "")]),
+           "HMRCRITIC_TEST_SCORE_DELAY": "0.3"}
+    proc = subprocess.Popen([sys.executable, "-c", _CHILD, str(root), str(model_path), str(n)], env=env,
+                            stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    deadline = time.time() + 120
+    manifest = root / "manifest.jsonl"
+    while time.time() < deadline and proc.poll() is None:
+        if manifest.exists() and len(manifest.read_text().splitlines()) >= 2:
+            break
+        time.sleep(0.05)
+    assert proc.poll() is None, proc.stderr.read().decode()[-2000:]
+    proc.send_signal(signal.SIGKILL)
+    proc.wait()
+    written = len(_manifest(root))
+    assert 2 <= written < n
+    with open(manifest, "a") as fh:  # what a kill in the middle of a write leaves behind
+        fh.write(_manifest(root)[0][:57])
+    assert not D.validate_dataset(root).ok
+    s = export(cfg_for(root, model_path), inputs=make_inputs(n))
+    assert s.repaired_lines == 1 and s.done_before == written and s.new_groups == n - written
+    rep = D.validate_dataset(root)
+    assert rep.ok and rep.groups == n, rep.errors
+    ids = [json.loads(line)["group_id"] for line in _manifest(root)]
+    assert len(ids) == len(set(ids)) == n
+    # identical to an uninterrupted export
+    export(cfg_for(tmp_path / "clean", model_path), inputs=make_inputs(n))
+    assert _manifest(root) == _manifest(tmp_path / "clean")
+
+
+@pytest.fixture(scope="module")
+def wild_split(tmp_path_factory):
+    from hmrcritic.hmr.data import generate_split
+
+    return generate_split("wild", tmp_path_factory.mktemp("data") / "wild", n=3, quiet=True)
+
+
+def test_cli_export_validate_and_finetune(model_path, wild_split, tmp_path, capsys):
+    from hmrcritic.cli import main
+
+    out = tmp_path / "prefs"
+    args = ["export", "--data", str(wild_split), "--model", str(model_path), "--out", str(out),
+            "--num-generations", "3", "--steps", "2", "--scorer", SCORER, "--no-memory", "--json"]
+    assert main(args) == 0
+    summary = json.loads(capsys.readouterr().out)
+    assert summary["groups"] == 3 and summary["failures"] == 0
+    assert main(["export", "validate", str(out)]) == 0
+    assert "OK" in capsys.readouterr().out
+    assert main(["finetune", "--data", str(out), "--model", str(model_path), "--out", str(tmp_path / "a.pt"),
+                 "--steps", "2", "--batch-size", "2", "--num-generations", "3", "--json"]) == 0
+    res = json.loads(capsys.readouterr().out)
+    assert Path(res["checkpoint"]).exists() and res["final"]["step"] == 2
+    (out / "manifest.jsonl").write_text((out / "manifest.jsonl").read_text() + '{"torn": ')
+    assert main(["export", "validate", str(out)]) == 1
+    assert "not valid JSON" in capsys.readouterr().out
+    assert main(["export", "--split", "wild", "--data", str(wild_split), "--out", str(out)]) == 2
+    assert main(["finetune", "--data", str(out), "--out", str(tmp_path / "b.pt"), "--objective", "ppo"]) == 2
+
+
+@pytest.mark.slow
+def test_export_with_the_real_agent(model_path, wild_split, tmp_path):
+    """The default scorer: the LangGraph critique agent with the builtin judge on a frozen starter memory."""
+    pytest.importorskip("hmrcritic.agent.api")
+    s = export(ExportConfig(out=str(tmp_path / "prefs"), data=str(wild_split), model=str(model_path),
+                            num_generations=4, sample_steps=2, memory=str(tmp_path / "memory")))
+    assert s.failures == 0, s.failure_reasons
+    rep = D.validate_dataset(tmp_path / "prefs")
+    assert rep.ok and rep.groups == 3, rep.errors
+    recs = D.read_manifest(tmp_path / "prefs")
+    assert all(r.memory_version not in ("", "none") for r in recs)
+    assert len({r.memory_version for r in recs}) == 1
+    assert any(len({s.overall for s in r.scores}) > 1 for r in recs)
