@@ -142,6 +142,8 @@ def main() -> None:
             "python": platform.python_version(), "torch": torch.__version__,
             "threads": torch.get_num_threads(), "cpu_count": os.cpu_count(),
             "gl_platform": os.environ.get("PYOPENGL_PLATFORM"),
+            # other work on the machine slows every figure; record how busy it was
+            "load_avg_1min_start": round(os.getloadavg()[0], 2),
         },
         "body_model": {"name": body.name, "vertices": int(body.num_vertices), "faces": int(len(body.faces))},
         "quick": args.quick,
@@ -172,6 +174,9 @@ def main() -> None:
     print(f"{'what':<40} {'rate':>12} {'unit':<10} {'ms/call':>10}")
     for name, rate, unit, ms in rows:
         print(f"{name:<40} {rate:>12,.1f} {unit:<10} {ms:>10.2f}")
+    res["machine"]["load_avg_1min_end"] = round(os.getloadavg()[0], 2)
+    print(f"load average (1 min) at start / end: {m['load_avg_1min_start']} / {m['load_avg_1min_end']} "
+          f"on {m['cpu_count']} CPUs")
     atomic_write_json(args.out, res)
     print(f"wrote {args.out}")
 

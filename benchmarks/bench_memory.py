@@ -77,9 +77,19 @@ def bench_prototypes(root: Path, size: int, n_queries: int) -> dict:
     t = time.perf_counter()
     store.version()
     version_s = time.perf_counter() - t
+    # one group's memory_write: 16 prototypes in one locked batch (includes reopening Chroma from disk)
+    writes = []
+    extra = pose_like(16 * 5, seed=size + 2)
+    for w in range(5):
+        batch = [Prototype(proto_id=f"w{w}-{i}", embedding=extra[16 * w + i].tolist(), overall=5.0,
+                           motion_structure=5.0, physical_feasibility=5.0, image_alignment=5.0)
+                 for i in range(16)]
+        t = time.perf_counter()
+        store.prototypes.add(batch)
+        writes.append(time.perf_counter() - t)
     return {"entries": size, "insert_s": round(insert_s, 2), "insert_per_s": round(size / insert_s, 1),
             "query_single_k5": _pct(single), "query_group16_k5": _pct(group), "self_recall_at_1": recall,
-            "version_s": round(version_s, 3)}
+            "version_s": round(version_s, 3), "write_group16": _pct(writes)}
 
 
 def bench_rules(root: Path, n_rules: int, n_queries: int) -> dict:
@@ -133,11 +143,12 @@ def main() -> None:
                                                  "chromadb": chromadb.__version__},
               "prototypes": protos, "rules": rules}
     print(f"{'prototypes':>10} {'insert/s':>9} {'q1 p50 ms':>10} {'q1 p95 ms':>10} {'q16 p50 ms':>11} "
-          f"{'q16 p95 ms':>11} {'recall@1':>8}")
+          f"{'q16 p95 ms':>11} {'recall@1':>8} {'version s':>9} {'write16 ms':>10}")
     for p in protos:
         print(f"{p['entries']:>10} {p['insert_per_s']:>9.0f} {p['query_single_k5']['p50_ms']:>10.2f} "
               f"{p['query_single_k5']['p95_ms']:>10.2f} {p['query_group16_k5']['p50_ms']:>11.2f} "
-              f"{p['query_group16_k5']['p95_ms']:>11.2f} {p['self_recall_at_1']:>8.2f}")
+              f"{p['query_group16_k5']['p95_ms']:>11.2f} {p['self_recall_at_1']:>8.2f} "
+              f"{p['version_s']:>9.3f} {p['write_group16']['p50_ms']:>10.1f}")
     c, u = rules["retrieve_cached_k8"], rules["retrieve_uncached_k8"]
     print(f"rules={rules['rules']}: retrieve k=8 cached p50 {c['p50_ms']:.2f} ms p95 {c['p95_ms']:.2f} ms; "
           f"uncached p50 {u['p50_ms']:.2f} ms p95 {u['p95_ms']:.2f} ms; "

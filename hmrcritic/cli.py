@@ -11,9 +11,9 @@ import importlib
 import os
 import sys
 
-import hmrcritic.config  # noqa: F401  (sets PYOPENGL_PLATFORM and offline flags before anything imports pyrender)
 import typer
 
+import hmrcritic.config  # noqa: F401  (sets PYOPENGL_PLATFORM and offline flags before anything imports pyrender)
 from hmrcritic.errors import HMRCriticError
 
 app = typer.Typer(
@@ -58,7 +58,7 @@ def main(argv: list[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
     debug = "--debug" in argv or os.environ.get("HMRCRITIC_DEBUG") == "1"
     try:
-        app(args=argv, standalone_mode=False)
+        rv = app(args=argv, standalone_mode=False)
     except HMRCriticError as exc:
         if debug:
             raise
@@ -82,7 +82,8 @@ def main(argv: list[str] | None = None) -> int:
             raise
         print(f"error: {type(exc).__name__}: {exc} (run with --debug for the traceback)", file=sys.stderr)
         return 1
-    return 0
+    # With standalone_mode=False click returns typer.Exit's code instead of raising it.
+    return rv if isinstance(rv, int) else 0
 
 
 if __name__ == "__main__":

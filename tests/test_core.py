@@ -101,3 +101,15 @@ def test_cli_help_lists_commands(capsys):
 @pytest.mark.parametrize("name", ["cache_dir", "data_dir", "memory_dir", "runs_dir"])
 def test_folders_live_under_test_home(name):
     assert str(getattr(config, name)()).startswith(os.environ["HMRCRITIC_HOME"])
+
+
+def test_cli_propagates_typer_exit_code():
+    import typer
+
+    from hmrcritic.cli import app, main
+
+    @app.command("exit-three-for-test", hidden=True)
+    def _exit3():
+        raise typer.Exit(code=3)
+
+    assert main(["exit-three-for-test"]) == 3

@@ -9,7 +9,7 @@ import pytest
 import torch
 
 from hmrcritic.errors import InputError
-from hmrcritic.hmr import camera
+from hmrcritic.hmr import anatomy, camera
 from hmrcritic.hmr import data as D
 from hmrcritic.hmr.body import load_body_model
 
@@ -66,6 +66,8 @@ def test_clean_scenes_reproject_exactly(body):
 
 def test_noisy_keypoints_hidden_points_and_confidences(body):
     a = D.make_scenes(400, 12, "train", body=body)
+    # Ground truth is anatomically plausible on the body model's own joints (the implausible-rate baseline).
+    assert not anatomy.is_implausible(torch.tensor(a["body_pose"]), torch.tensor(a["joints3d"])).any()
     kp = a["keypoints"]
     vis = kp[..., 2] > 0
     assert 0.5 < vis.mean() < 0.98
@@ -255,6 +257,13 @@ def test_malformed_keypoints_raise_input_error(tmp_path, content, match):
     with pytest.raises(InputError, match=match) as exc:
         D.read_keypoints_json(path)
     assert str(path) in str(exc.value) and "\n" not in str(exc.value)
+
+
+def test_binary_file_as_json(tmp_path):
+    path = tmp_path / "image.json"
+    path.write_bytes(b"\x89PNG\r\n\x1a\n\x00\xff\xfe")
+    with pytest.raises(InputError, match="JSON"):
+        D.read_keypoints_json(path)
 
 
 def test_points_outside_image_and_missing_file(tmp_path):

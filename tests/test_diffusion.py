@@ -158,6 +158,9 @@ def test_solve_translation_recovers_known_translation():
     uv[..., :5, :] = 1e4
     t = solve_translation(X, torch.cat([uv, conf[..., None]], -1), K)
     assert torch.allclose(t, t_true, atol=1e-3)
+    # a body whose best fit would sit behind the camera is kept in front of it
+    flipped = solve_translation(-X, torch.cat([uv, conf[..., None]], -1), K, min_depth=0.5)
+    assert (flipped[..., 2] >= 0.5).all() and torch.isfinite(flipped).all()
     # no visible keypoint at all: falls back to the prior instead of a singular solve
     t0 = solve_translation(X[:, 0], torch.zeros(B, J, 3), K)
     assert torch.isfinite(t0).all()

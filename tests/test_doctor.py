@@ -34,8 +34,16 @@ def test_doctor_json_reports_all_parts_and_passes(capsys, monkeypatch, good_chec
     code, text = _run(capsys, "--json")
     report = json.loads(text)
     checks = {c["name"]: c for c in report["checks"]}
-    assert set(checks) == {"python", "torch", "packages", "gl_render", "body_model", "folders", "checkpoint",
-                           "judge"}
+    assert set(checks) == {
+        "python",
+        "torch",
+        "packages",
+        "gl_render",
+        "body_model",
+        "folders",
+        "checkpoint",
+        "judge",
+    }
     assert report["ok"], [c for c in report["checks"] if not c["ok"]]
     assert code == 0
     assert checks["torch"]["build"] in ("CPU",) or checks["torch"]["build"].startswith("CUDA")

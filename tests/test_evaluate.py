@@ -18,12 +18,14 @@ REQUIRED = [
 ]  # fmt: skip
 
 
-@pytest.fixture()
-def tiny_splits(tmp_path, monkeypatch):
-    """Tiny synthetic splits in their own data folder (train 100, test 5, wild 10 scenes)."""
-    monkeypatch.setenv("HMRCRITIC_DATA", str(tmp_path / "data"))
-    monkeypatch.setenv("HMRCRITIC_SPLIT_SIZE_SCALE", "0.005")
-    return tmp_path
+@pytest.fixture(scope="module")
+def tiny_splits(tmp_path_factory):
+    """Tiny synthetic splits in their own data folder (train 100, test 5, wild 10 scenes), made once."""
+    root = tmp_path_factory.mktemp("data")
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setenv("HMRCRITIC_DATA", str(root))
+        mp.setenv("HMRCRITIC_SPLIT_SIZE_SCALE", "0.005")
+        yield root
 
 
 @pytest.fixture()
@@ -40,8 +42,8 @@ def test_evaluate_json_has_the_keys(tiny_splits, tiny_model, capsys):
 
     _, path = tiny_model
     for split in ("test", "wild"):
-        rc = main(["evaluate", "--model", str(path), "--split", split, "--num-generations", "3", "--limit", "3",
-                   "--steps", "2", "--json"])  # fmt: skip
+        args = ["evaluate", "--model", str(path), "--split", split, "--num-generations", "3"]
+        rc = main([*args, "--limit", "3", "--steps", "2", "--json"])
         out = capsys.readouterr().out.strip().splitlines()
         assert rc == 0
         res = json.loads(out[-1])

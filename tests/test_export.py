@@ -62,9 +62,19 @@ def fake_score(sample, hypotheses, judge="builtin", memory=None, config=None, gr
     overall = (10 * (1 - dev / (dev.max() + 1e-9))).clamp(0, 10)
     if sample.sample_id.endswith("tie"):
         overall = torch.full_like(overall, 5.0)
-    return Scored([HypothesisScore(index=i, motion_structure=o, physical_feasibility=o, image_alignment=o,
-                                   overall=o, rationale=f"deviation {d:.3f}")
-                   for i, (o, d) in enumerate(zip(overall.tolist(), dev.tolist(), strict=True))])
+    return Scored(
+        [
+            HypothesisScore(
+                index=i,
+                motion_structure=o,
+                physical_feasibility=o,
+                image_alignment=o,
+                overall=o,
+                rationale=f"deviation {d:.3f}",
+            )
+            for i, (o, d) in enumerate(zip(overall.tolist(), dev.tolist(), strict=True))
+        ]
+    )
 
 
 def make_inputs(n: int, seed: int = 0, tie_last: bool = False) -> list[Inp]:
@@ -73,8 +83,15 @@ def make_inputs(n: int, seed: int = 0, tie_last: bool = False) -> list[Inp]:
     for i in range(n):
         kp = np.concatenate([rng.uniform(150, 350, size=(17, 2)), rng.uniform(0.5, 1, size=(17, 1))], 1)
         sid = f"img{i:03d}" + ("tie" if tie_last and i == n - 1 else "")
-        out.append(Inp(sid, kp.astype(np.float32), np.array([[500, 0, 256], [0, 500, 256], [0, 0, 1]], np.float32),
-                       (512, 512), joints3d=rng.normal(size=(24, 3)).astype(np.float32)))
+        out.append(
+            Inp(
+                sid,
+                kp.astype(np.float32),
+                np.array([[500, 0, 256], [0, 500, 256], [0, 0, 1]], np.float32),
+                (512, 512),
+                joints3d=rng.normal(size=(24, 3)).astype(np.float32),
+            )
+        )
     return out
 
 
@@ -95,7 +112,13 @@ def model_path(tmp_path_factory):
 
 
 def cfg_for(out, model_path, **kw) -> ExportConfig:
-    base = {"split": "inline", "num_generations": 4, "sample_steps": 2, "score_group": SCORER, "use_memory": False}
+    base = {
+        "split": "inline",
+        "num_generations": 4,
+        "sample_steps": 2,
+        "score_group": SCORER,
+        "use_memory": False,
+    }
     return ExportConfig(out=str(out), model=str(model_path), **{**base, **kw})
 
 
@@ -192,9 +215,17 @@ def test_ray_gives_the_same_records_as_serial(model_path, tmp_path, monkeypatch)
     ray = pytest.importorskip("ray")
     monkeypatch.setenv("PYTHONPATH", os.pathsep.join([str(TESTS), os.environ.get("PYTHONPATH", "")]))
     try:
-        ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False,
-                 runtime_env={"env_vars": {"PYTHONPATH": os.environ["PYTHONPATH"],
-                                           "HMRCRITIC_HOME": os.environ["HMRCRITIC_HOME"]}})
+        ray.init(
+            num_cpus=2,
+            include_dashboard=False,
+            log_to_driver=False,
+            runtime_env={
+                "env_vars": {
+                    "PYTHONPATH": os.environ["PYTHONPATH"],
+                    "HMRCRITIC_HOME": os.environ["HMRCRITIC_HOME"],
+                }
+            },
+        )
     except Exception as exc:  # pragma: no cover - depends on the sandbox
         pytest.skip(f"Ray cannot start here: {type(exc).__name__}: {exc}")
     try:
@@ -207,20 +238,42 @@ def test_ray_gives_the_same_records_as_serial(model_path, tmp_path, monkeypatch)
         ray.shutdown()
 
 
-_CHILD = """
-import sys, test_export as t
-from hmrcritic.alignment.export import export
-export(t.cfg_for(sys.argv[1], sys.argv[2]), inputs=t.make_inputs(int(sys.argv[3])))
-"""
+@pytest.fixture(scope="module")
+def wild_split(tmp_path_factory):
+    from hmrcritic.hmr.data import generate_split
+
+    return generate_split("wild", tmp_path_factory.mktemp("data") / "wild", n=8, quiet=True)
 
 
-def test_kill_9_mid_run_then_rerun_finishes_without_duplicates(model_path, tmp_path):
+def test_kill_9_mid_run_then_rerun_finishes_without_duplicates(model_path, wild_split, tmp_path):
+    """`hmrcritic export` killed with SIGKILL mid-run, a torn line on top, then the very same command again."""
     root, n = tmp_path / "ds", 8
-    env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(TESTS), os.environ.get("PYTHONPATH", "")]),
-           "HMRCRITIC_TEST_SCORE_DELAY": "0.3"}
-    proc = subprocess.Popen([sys.executable, "-c", _CHILD, str(root), str(model_path), str(n)], env=env,
-                            stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
-    deadline = time.time() + 120
+    cmd = [
+        sys.executable,
+        "-m",
+        "hmrcritic.cli",
+        "export",
+        "--data",
+        str(wild_split),
+        "--model",
+        str(model_path),
+        "--out",
+        str(root),
+        "--num-generations",
+        "4",
+        "--steps",
+        "2",
+        "--scorer",
+        SCORER,
+        "--no-memory",
+    ]
+    env = {
+        **os.environ,
+        "PYTHONPATH": os.pathsep.join([str(TESTS), os.environ.get("PYTHONPATH", "")]),
+        "HMRCRITIC_TEST_SCORE_DELAY": "0.3",
+    }
+    proc = subprocess.Popen(cmd, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    deadline = time.time() + 180
     manifest = root / "manifest.jsonl"
     while time.time() < deadline and proc.poll() is None:
         if manifest.exists() and len(manifest.read_text().splitlines()) >= 2:
@@ -234,37 +287,79 @@ def test_kill_9_mid_run_then_rerun_finishes_without_duplicates(model_path, tmp_p
     with open(manifest, "a") as fh:  # what a kill in the middle of a write leaves behind
         fh.write(_manifest(root)[0][:57])
     assert not D.validate_dataset(root).ok
-    s = export(cfg_for(root, model_path), inputs=make_inputs(n))
-    assert s.repaired_lines == 1 and s.done_before == written and s.new_groups == n - written
+    env["HMRCRITIC_TEST_SCORE_DELAY"] = "0"
+    res = subprocess.run([*cmd, "--json"], env=env, capture_output=True, text=True, timeout=300)
+    assert res.returncode == 0, res.stderr[-2000:]
+    s = json.loads(res.stdout)
+    assert s["repaired_lines"] == 1 and s["done_before"] == written and s["new_groups"] == n - written
     rep = D.validate_dataset(root)
     assert rep.ok and rep.groups == n, rep.errors
     ids = [json.loads(line)["group_id"] for line in _manifest(root)]
     assert len(ids) == len(set(ids)) == n
     # identical to an uninterrupted export
-    export(cfg_for(tmp_path / "clean", model_path), inputs=make_inputs(n))
+    clean = ExportConfig(
+        out=str(tmp_path / "clean"),
+        data=str(wild_split),
+        model=str(model_path),
+        num_generations=4,
+        sample_steps=2,
+        score_group=SCORER,
+        use_memory=False,
+    )
+    export(clean)
     assert _manifest(root) == _manifest(tmp_path / "clean")
-
-
-@pytest.fixture(scope="module")
-def wild_split(tmp_path_factory):
-    from hmrcritic.hmr.data import generate_split
-
-    return generate_split("wild", tmp_path_factory.mktemp("data") / "wild", n=3, quiet=True)
 
 
 def test_cli_export_validate_and_finetune(model_path, wild_split, tmp_path, capsys):
     from hmrcritic.cli import main
 
     out = tmp_path / "prefs"
-    args = ["export", "--data", str(wild_split), "--model", str(model_path), "--out", str(out),
-            "--num-generations", "3", "--steps", "2", "--scorer", SCORER, "--no-memory", "--json"]
+    args = [
+        "export",
+        "--data",
+        str(wild_split),
+        "--model",
+        str(model_path),
+        "--out",
+        str(out),
+        "--limit",
+        "3",
+        "--num-generations",
+        "3",
+        "--steps",
+        "2",
+        "--scorer",
+        SCORER,
+        "--no-memory",
+        "--json",
+    ]
     assert main(args) == 0
     summary = json.loads(capsys.readouterr().out)
     assert summary["groups"] == 3 and summary["failures"] == 0
     assert main(["export", "validate", str(out)]) == 0
+    assert {r.split for r in D.read_manifest(out)} == {"wild"}
     assert "OK" in capsys.readouterr().out
-    assert main(["finetune", "--data", str(out), "--model", str(model_path), "--out", str(tmp_path / "a.pt"),
-                 "--steps", "2", "--batch-size", "2", "--num-generations", "3", "--json"]) == 0
+    assert (
+        main(
+            [
+                "finetune",
+                "--data",
+                str(out),
+                "--model",
+                str(model_path),
+                "--out",
+                str(tmp_path / "a.pt"),
+                "--steps",
+                "2",
+                "--batch-size",
+                "2",
+                "--num-generations",
+                "3",
+                "--json",
+            ]
+        )
+        == 0
+    )
     res = json.loads(capsys.readouterr().out)
     assert Path(res["checkpoint"]).exists() and res["final"]["step"] == 2
     (out / "manifest.jsonl").write_text((out / "manifest.jsonl").read_text() + '{"torn": ')
@@ -278,8 +373,26 @@ def test_cli_export_validate_and_finetune(model_path, wild_split, tmp_path, caps
 def test_export_with_the_real_agent(model_path, wild_split, tmp_path):
     """The default scorer: the LangGraph critique agent with the builtin judge on a frozen starter memory."""
     pytest.importorskip("hmrcritic.agent.api")
-    s = export(ExportConfig(out=str(tmp_path / "prefs"), data=str(wild_split), model=str(model_path),
-                            num_generations=4, sample_steps=2, memory=str(tmp_path / "memory")))
+    from hmrcritic.agent.prior import fit_gmm, pose_features, set_pose_prior
+    from hmrcritic.hmr.poses import sample_poses
+
+    # the agent's pose prior is normally fitted on the 20k-scene train split; a prior fitted on 600 poses
+    # of the same pose source keeps this test to seconds (serial export: it runs in this process)
+    set_pose_prior(fit_gmm(pose_features(sample_poses(600, seed=0)["body_pose"])))
+    try:
+        s = export(
+            ExportConfig(
+                out=str(tmp_path / "prefs"),
+                data=str(wild_split),
+                model=str(model_path),
+                num_generations=4,
+                sample_steps=2,
+                memory=str(tmp_path / "memory"),
+                limit=3,
+            )
+        )
+    finally:
+        set_pose_prior(None)
     assert s.failures == 0, s.failure_reasons
     rep = D.validate_dataset(tmp_path / "prefs")
     assert rep.ok and rep.groups == 3, rep.errors

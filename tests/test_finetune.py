@@ -35,26 +35,64 @@ def write_dataset(root, n_groups=6, N=6, seed=0, poison=None, tie_first=False):
     """A dataset written with the dataset module's own writer: random x0, scores = closeness to a target."""
     rng = np.random.default_rng(seed)
     target = rng.normal(size=X_DIM).astype(np.float32)
-    D.write_header(root, D.DatasetHeader(source="test", model_hash="x", judge="builtin", num_generations=N,
-                                         sample_steps=2, seed=seed, x_dim=X_DIM))
+    D.write_header(
+        root,
+        D.DatasetHeader(
+            source="test",
+            model_hash="x",
+            judge="builtin",
+            num_generations=N,
+            sample_steps=2,
+            seed=seed,
+            x_dim=X_DIM,
+        ),
+    )
     for g in range(n_groups):
         x0 = (target + rng.normal(size=(N, X_DIM))).astype(np.float32)
         dist = np.linalg.norm(x0 - target, axis=1)
-        overall = np.clip(5 + 3 * (np.sqrt(X_DIM) - dist), 0, 10) if not (tie_first and g == 0) else np.full(N, 5.0)
+        overall = (
+            np.clip(5 + 3 * (np.sqrt(X_DIM) - dist), 0, 10) if not (tie_first and g == 0) else np.full(N, 5.0)
+        )
         kp = np.concatenate([rng.uniform(100, 400, size=(17, 2)), np.ones((17, 1))], 1)
         cond = D.condition_arrays(kp, [[500, 0, 256], [0, 500, 256], [0, 0, 1]], (512, 512))
-        hyps = {"x0": x0, "global_orient": np.zeros((N, 3), np.float32), "body_pose": np.zeros((N, 69), np.float32),
-                "betas": x0[:, -10:].copy(), "transl": np.zeros((N, 3), np.float32)}
+        hyps = {
+            "x0": x0,
+            "global_orient": np.zeros((N, 3), np.float32),
+            "body_pose": np.zeros((N, 69), np.float32),
+            "betas": x0[:, -10:].copy(),
+            "transl": np.zeros((N, 3), np.float32),
+        }
         gid = f"in{g}"
         cref, href = D.write_group_arrays(root, gid, cond, hyps)
         if poison:
             D.atomic_save_npz(root / cref.path, **cond, **poison)
             cref = D.ArrayRef(path=cref.path, sha256=D.arrays_checksum({**cond, **poison}))
-        scores = [HypothesisScore(index=i, motion_structure=s, physical_feasibility=s, image_alignment=s, overall=s,
-                                  rationale="distance to target") for i, s in enumerate(overall.tolist())]
-        rec = D.build_record(group_id=gid, input_id=f"in{g}", source="test", condition=cref, hypotheses=href,
-                             num_hypotheses=N, x_dim=X_DIM, scores=scores, judge="builtin", memory_version="m0",
-                             model_hash="x", seed=seed, group_seed=g)
+        scores = [
+            HypothesisScore(
+                index=i,
+                motion_structure=s,
+                physical_feasibility=s,
+                image_alignment=s,
+                overall=s,
+                rationale="distance to target",
+            )
+            for i, s in enumerate(overall.tolist())
+        ]
+        rec = D.build_record(
+            group_id=gid,
+            input_id=f"in{g}",
+            source="test",
+            condition=cref,
+            hypotheses=href,
+            num_hypotheses=N,
+            x_dim=X_DIM,
+            scores=scores,
+            judge="builtin",
+            memory_version="m0",
+            model_hash="x",
+            seed=seed,
+            group_seed=g,
+        )
         append_jsonl(root / D.MANIFEST, {k: v for k, v in rec.to_line_dict().items() if k != "checksum"})
     D.write_pairs(root, D.read_manifest(root))
     return root
@@ -81,15 +119,27 @@ def test_gpa_finetune_logs_and_saves_a_loadable_ema_checkpoint(data_dir, base_ck
     model = load_model(out)
     base = load_model(base_ckpt)
     assert state_dict_hash(model) != state_dict_hash(base)
-    assert model.checkpoint_extra["weights"] == "ema" and model.checkpoint_extra["finetune"]["objective"] == "gpa"
+    assert (
+        model.checkpoint_extra["weights"] == "ema"
+        and model.checkpoint_extra["finetune"]["objective"] == "gpa"
+    )
     logs = [json.loads(line) for line in (tmp_path / "aligned.pt.log.jsonl").read_text().splitlines()]
     assert [r["step"] for r in logs] == [1, 2, 3, 4]
     for r in logs:
-        for key in ("loss", "loss_gpa", "loss_base", "zero_variance_share", "grad_norm", "batch_score_std_mean"):
+        for key in (
+            "loss",
+            "loss_gpa",
+            "loss_base",
+            "zero_variance_share",
+            "grad_norm",
+            "batch_score_std_mean",
+        ):
             assert np.isfinite(r[key]), key
         assert r["num_generations"] == 4
     # the tied group (1 of 6) shows up as zero-variance share in the batches that drew it
-    assert any(r["zero_variance_share"] > 0 for r in logs) or all(r["batch_zero_variance_share"] == 0 for r in logs)
+    assert any(r["zero_variance_share"] > 0 for r in logs) or all(
+        r["batch_zero_variance_share"] == 0 for r in logs
+    )
     assert (tmp_path / "aligned.pt.state.pt").exists()
 
 
@@ -117,8 +167,20 @@ def test_other_objectives_run(objective, data_dir, base_ckpt, tmp_path):
 def test_gpa_raises_the_implicit_reward_of_better_hypotheses(data_dir, base_ckpt, tmp_path):
     """A short GPA run (no base loss, no EMA) must prefer high-scored hypotheses: the reward accuracy and
     margin logged in the last steps beat those of the first steps."""
-    cfg = _cfg(data_dir, base_ckpt, tmp_path / "learn.pt", steps=30, lr=3e-3, gpa_weight=1.0, base_loss_weight=0.0,
-               beta=10.0, ema=0.0, batch_size=5, num_generations=6, checkpoint_every=100)
+    cfg = _cfg(
+        data_dir,
+        base_ckpt,
+        tmp_path / "learn.pt",
+        steps=30,
+        lr=3e-3,
+        gpa_weight=1.0,
+        base_loss_weight=0.0,
+        beta=10.0,
+        ema=0.0,
+        batch_size=5,
+        num_generations=6,
+        checkpoint_every=100,
+    )
     finetune(cfg)
     logs = [json.loads(line) for line in (tmp_path / "learn.pt.log.jsonl").read_text().splitlines()]
     first = np.mean([r["loss_gpa"] for r in logs[:5]])
@@ -128,7 +190,9 @@ def test_gpa_raises_the_implicit_reward_of_better_hypotheses(data_dir, base_ckpt
 
 
 def test_reader_and_finetuner_refuse_3d_label_keys(base_ckpt, tmp_path):
-    root = write_dataset(tmp_path / "poisoned", n_groups=2, poison={"joints3d": np.zeros((24, 3), np.float32)})
+    root = write_dataset(
+        tmp_path / "poisoned", n_groups=2, poison={"joints3d": np.zeros((24, 3), np.float32)}
+    )
     ds = D.GroupPreferenceDataset(root)
     with pytest.raises(AssetError, match="3D label"):
         ds[0]
@@ -171,12 +235,24 @@ def test_no_wild_label_reaches_the_finetuner(base_ckpt, tmp_path, monkeypatch):
 
     def run(tag: str) -> dict:
         prefs = tmp_path / f"prefs-{tag}"
-        export(ExportConfig(out=str(prefs), data=str(wild), model=str(base_ckpt), num_generations=4,
-                            sample_steps=2, score_group=test_export.SCORER, use_memory=False))
+        export(
+            ExportConfig(
+                out=str(prefs),
+                data=str(wild),
+                model=str(base_ckpt),
+                num_generations=4,
+                sample_steps=2,
+                score_group=test_export.SCORER,
+                use_memory=False,
+            )
+        )
         assert D.validate_dataset(prefs).ok
         for f in (prefs / "groups").glob("*.npz"):
             with np.load(f) as z:
-                assert not set(z.files) & D.LABEL_KEYS - set(D.HYP_KEYS) and set(z.files) <= {*D.COND_KEYS, *D.HYP_KEYS}
+                assert not set(z.files) & D.LABEL_KEYS - set(D.HYP_KEYS) and set(z.files) <= {
+                    *D.COND_KEYS,
+                    *D.HYP_KEYS,
+                }
                 if f.name.endswith(".cond.npz"):
                     assert sorted(z.files) == sorted(D.COND_KEYS)
         out = finetune(_cfg(prefs, base_ckpt, tmp_path / f"{tag}.pt", steps=2, batch_size=2))
@@ -186,7 +262,9 @@ def test_no_wild_label_reaches_the_finetuner(base_ckpt, tmp_path, monkeypatch):
     clean = run("clean")
     labels = dict(np.load(wild / "labels_eval.npz"))
     rng = np.random.default_rng(1)
-    poisoned = {k: (rng.normal(size=v.shape).astype(v.dtype) if v.dtype.kind == "f" else v) for k, v in labels.items()}
+    poisoned = {
+        k: (rng.normal(size=v.shape).astype(v.dtype) if v.dtype.kind == "f" else v) for k, v in labels.items()
+    }
     D.atomic_save_npz(wild / "labels_eval.npz", **poisoned)
     again = run("poisoned")
     assert all(torch.equal(clean[k], again[k]) for k in clean)

@@ -153,6 +153,9 @@ def test_spearman_kendall_hand_cases():
     assert M.kendall_tau(xt, x).item() == pytest.approx(5 / math.sqrt(30))
     assert M.rankdata(xt).tolist() == [1.0, 2.5, 2.5, 4.0]
     assert math.isnan(M.spearman(torch.ones(4), x).item())
+    # numpy float64 inputs keep their precision: values 1e-9 apart are not tied
+    close = np.array([1.0, 1.0 + 1e-9, 1.0 + 2e-9])
+    assert M.spearman(close, np.array([1.0, 2.0, 3.0])).item() == pytest.approx(1.0)
 
 
 def test_rank_correlations_batched_match_scipy():
@@ -170,8 +173,13 @@ def test_rank_correlations_batched_match_scipy():
 
 def test_metric_result_and_standard_metrics():
     r = M.MetricResult("pa_mpjpe", 42.0, alignment="procrustes")
-    assert r.to_dict() == {"name": "pa_mpjpe", "value": 42.0, "unit": "mm", "joint_set": "lsp14",
-                           "alignment": "procrustes"}
+    assert r.to_dict() == {
+        "name": "pa_mpjpe",
+        "value": 42.0,
+        "unit": "mm",
+        "joint_set": "lsp14",
+        "alignment": "procrustes",
+    }
     gt = _rand_joints(2, seed=7)
     out = M.standard_metrics(gt, gt, torch.zeros(2, 10, 3), torch.zeros(2, 10, 3))
     assert set(out) == {"mpjpe", "pa_mpjpe", "pve"} and all(v.shape == (2,) for v in out.values())

@@ -219,8 +219,10 @@ def test_dpo_uses_best_and_worst_with_antithetic_t_and_shared_eps():
     B, G = 2, 4
     x0, cond = _batch(B=B, G=G)
     scores = torch.tensor([[1.0, 8.0, 3.0, 2.0], [9.0, 1.0, 4.0, 5.0]])
-    compute_loss(policy, ref, x0, cond, scores, ObjectiveConfig(objective="dpo"), torch.Generator().manual_seed(0))
-    (x_t, t), = ref.calls
+    compute_loss(
+        policy, ref, x0, cond, scores, ObjectiveConfig(objective="dpo"), torch.Generator().manual_seed(0)
+    )
+    ((x_t, t),) = ref.calls
     assert x_t.shape[0] == 4 * B  # [w(t), w(T−1−t), l(t), l(T−1−t)]
     tw1, tw2, tl1, tl2 = t.view(4, B)
     assert torch.equal(tw2, T - 1 - tw1) and torch.equal(tl1, tw1) and torch.equal(tl2, tw2)
@@ -252,8 +254,15 @@ def test_total_is_weighted_sum_of_gpa_and_base():
     policy = TinyDenoiser(seed=6)
     x0, cond = _batch()
     scores = torch.tensor([[1.0, 4.0, 2.0], [3.0, 0.0, 6.0]])
-    out = compute_loss(policy, ref, x0, cond, scores, ObjectiveConfig(gpa_weight=0.1, base_loss_weight=1.0),
-                       torch.Generator().manual_seed(0))
+    out = compute_loss(
+        policy,
+        ref,
+        x0,
+        cond,
+        scores,
+        ObjectiveConfig(gpa_weight=0.1, base_loss_weight=1.0),
+        torch.Generator().manual_seed(0),
+    )
     m = out.metrics
     assert out.loss.item() == pytest.approx(0.1 * m["loss_gpa"] + 1.0 * m["loss_base"], rel=1e-5)
     nb = ObjectiveConfig(objective="gpa_no_base_loss")

@@ -76,7 +76,7 @@ def test_silhouette_matches_projected_vertices(renderer):
     padded = np.zeros((H + 2, W + 2), bool)
     for dy in (0, 1, 2):
         for dx in (0, 1, 2):
-            padded[dy:dy + H, dx:dx + W] |= m
+            padded[dy : dy + H, dx : dx + W] |= m
     assert padded[px[:, 1] + 1, px[:, 0] + 1].all()
     hull = _hull_mask(uv, W, H)
     iou = (m & hull).sum() / (m | hull).sum()
@@ -119,6 +119,20 @@ def test_overlay_changes_only_mesh_pixels(renderer):
     assert (opaque[~m] == 0).all()
 
 
+def test_shading_does_not_depend_on_face_winding(renderer):
+    v, f = _sphere([0.0, 0.0, 2.5])
+    K = np.array([[200.0, 0, 63.5], [0, 200.0, 63.5], [0, 0, 1]])
+    a = renderer.overlay(None, v, f, K, alpha=1.0)
+    b = renderer.overlay(None, v, f[:, ::-1], K, alpha=1.0)  # inside-out winding
+    assert np.abs(a.astype(int) - b.astype(int)).max() <= 2
+    lum = a[renderer.mask(v, f, K)].mean(-1)
+    # lit from the viewer's upper left: the upper-left quadrant of the sphere is brighter than the lower right
+    m = renderer.mask(v, f, K)
+    ul = a[:64, :64][m[:64, :64]].mean()
+    lr = a[64:, 64:][m[64:, 64:]].mean()
+    assert ul > lr + 10 and lum.min() > 0
+
+
 def test_side_view_shows_depth_extent(renderer):
     box = trimesh.creation.box(extents=(0.1, 0.2, 1.0))  # thin in x, long along the viewing direction z
     v = np.asarray(box.vertices + [0, 0, 4.0], np.float32)
@@ -146,13 +160,13 @@ def test_group_grid_layout_and_labels(renderer):
     label_zone = np.zeros_like(diff)
     for i in range(5):
         y0, x0 = 4 + (i // 3) * 52, 4 + (i % 3) * 68
-        assert diff[y0:y0 + 16, x0:x0 + 30].any()  # every cell carries its label
-        label_zone[y0:y0 + 24, x0:x0 + 40] = True
+        assert diff[y0 : y0 + 16, x0 : x0 + 30].any()  # every cell carries its label
+        label_zone[y0 : y0 + 24, x0 : x0 + 40] = True
     assert not (diff & ~label_zone).any()  # and labels touch nothing else
     # each cell is that hypothesis' overlay: the sphere's centre column moves right with the index
     centres = []
     for i in range(3):
-        cell = g[4:52, 4 + i * 68:4 + i * 68 + 64]
+        cell = g[4:52, 4 + i * 68 : 4 + i * 68 + 64]
         cols = np.argwhere((cell != 90).any(-1))[:, 1]
         centres.append(cols.mean())
     assert centres[0] < centres[1] < centres[2]
@@ -203,15 +217,22 @@ def test_body_model_overlay_is_upright_and_aligned(renderer):
     from hmrcritic.hmr.body import load_body_model
 
     body = load_body_model()
-    out = body(torch.tensor([[np.pi, 0.0, 0.0]]), torch.zeros(1, 69), torch.zeros(1, 10),
-               torch.tensor([[0.1, 0.2, 4.0]]))
+    out = body(
+        torch.tensor([[np.pi, 0.0, 0.0]]),
+        torch.zeros(1, 69),
+        torch.zeros(1, 10),
+        torch.tensor([[0.1, 0.2, 4.0]]),
+    )
     v, j = out.vertices[0].numpy(), out.joints[0].numpy()
     K = np.array([[500.0, 0, 159.5], [0, 500.0, 199.5], [0, 0, 1]])
     m = renderer.mask(v, body.faces, K, (320, 400))
     uv = _project(v, K)
     ys, xs = np.nonzero(m)
-    assert np.allclose([xs.min(), xs.max(), ys.min(), ys.max()],
-                       [uv[:, 0].min(), uv[:, 0].max(), uv[:, 1].min(), uv[:, 1].max()], atol=2)
+    assert np.allclose(
+        [xs.min(), xs.max(), ys.min(), ys.max()],
+        [uv[:, 0].min(), uv[:, 0].max(), uv[:, 1].min(), uv[:, 1].max()],
+        atol=2,
+    )
     juv = np.round(_project(j, K)).astype(int)
     for name, idx in (("pelvis", 0), ("spine3", 9), ("head", 15)):
         assert m[juv[idx, 1], juv[idx, 0]], name  # inner joints project onto the body's silhouette
@@ -258,7 +279,9 @@ def test_unavailable_gl_platform_gives_one_clear_line():
 
 
 def test_importing_render_metrics_doctor_does_not_import_pyrender():
-    code = ("import sys, hmrcritic.hmr.render, hmrcritic.hmr.metrics, hmrcritic.commands.doctor\n"
-            "print('pyrender' in sys.modules, 'OpenGL' in sys.modules)")
+    code = (
+        "import sys, hmrcritic.hmr.render, hmrcritic.hmr.metrics, hmrcritic.commands.doctor\n"
+        "print('pyrender' in sys.modules, 'OpenGL' in sys.modules)"
+    )
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
     assert out.stdout.strip() == "False False", out.stderr[-2000:]

@@ -203,13 +203,15 @@ def critique_group(
     checkpointer: Any = None,
     graph: Any = None,
     on_update=None,
+    run_dir: str | Path | None = None,
 ) -> ScoredGroup:
     """Critique one group of hypotheses of one input.
 
     ``judge``: "builtin" | "vlm" | a Judge object. ``memory``: a MemoryStore, a memory folder, or None (the
     configured one). ``true_errors_mm`` (labelled groups only) lets ``memory_write`` settle prototypes on the
     true error when learning; judges never see it. ``on_update(node, update, seconds)`` is called after each
-    node (CLI progress). Raises :class:`HMRCriticError` subclasses for bad input and judge failures.
+    node (CLI progress). ``run_dir`` overrides the group's folder (default ``runs_dir()/groups/<id>``).
+    Raises :class:`HMRCriticError` subclasses for bad input and judge failures.
     """
     from hmrcritic.agent.graph import compile_graph, open_checkpointer
     from hmrcritic.agent.trace import TraceWriter
@@ -245,7 +247,7 @@ def critique_group(
                              "or fresh=True (--fresh) to recompute")
         saver.delete_thread(gid)
         values = {}
-    run_dir = hconfig.runs_dir() / "groups" / safe_id(gid)
+    run_dir = Path(run_dir) if run_dir is not None else hconfig.runs_dir() / "groups" / safe_id(gid)
     if values.get("done"):
         return _scored(values, cfg, resumed=True)
     run_id = new_run_id(gid)

@@ -74,8 +74,8 @@ _KNEES = [3, 4]
 
 
 def perturb_group(sample, n: int, rng: np.random.Generator, body=None,
-                  sigma_range: tuple[float, float] = (0.03, 0.35), p_big: float = 0.25,
-                  p_hyper: float = 0.15) -> dict[str, np.ndarray]:
+                  sigma_range: tuple[float, float] = (0.02, 0.25), p_big: float = 0.2,
+                  p_hyper: float = 0.1) -> dict[str, np.ndarray]:
     """N hypotheses around the sample's true pose; see the module docstring."""
     from hmrcritic.hmr.body import load_body_model
     from hmrcritic.hmr.diffusion import solve_translation

@@ -123,11 +123,18 @@ class Judge(Protocol):
 AXIS_WEIGHTS = {"motion_structure": 0.35, "physical_feasibility": 0.3, "image_alignment": 0.35}
 
 
-def apply_rules(rules: list[Rule], evidence: dict[str, list[float]], n: int):
+def rule_reliability(rule: Rule) -> float:
+    """Laplace-smoothed success rate of a rule, ``(n_success + 1) / (n_used + 2)``: 0.5 for an untried rule."""
+    return (rule.n_success + 1.0) / (rule.n_used + 2.0)
+
+
+def apply_rules(rules: list[Rule], evidence: dict[str, list[float]], n: int, weighted: bool = False):
     """Fire every executable rule on every hypothesis.
 
     Returns ``(overall_off (n,), axis_off {axis: (n,)}, fired {rule_id: [indices]})``. A rule whose measure
-    is not in this group's evidence (e.g. no ground plane) is skipped, not guessed.
+    is not in this group's evidence (e.g. no ground plane) is skipped, not guessed. With ``weighted`` the
+    points are scaled by ``2 · reliability`` (×1 for an untried rule, up to ×2 for one that always helped,
+    toward 0 for one that never did), so what exploration learnt about a rule changes how much it counts.
     """
     overall_off = np.zeros(n)
     axis_off = {a: np.zeros(n) for a in AXES}
@@ -140,9 +147,10 @@ def apply_rules(rules: list[Rule], evidence: dict[str, list[float]], n: int):
         if not hits:
             continue
         fired[rule.rule_id] = hits
-        overall_off[hits] += cond.points
+        pts = cond.points * (2.0 * rule_reliability(rule) if weighted else 1.0)
+        overall_off[hits] += pts
         if cond.axis in axis_off:
-            axis_off[cond.axis][hits] += cond.points
+            axis_off[cond.axis][hits] += pts
     return overall_off, axis_off, fired
 
 
@@ -157,13 +165,20 @@ def prototype_consensus(hits: list[PrototypeHit], temperature: float = 0.05) -> 
     return value, confidence
 
 
+# A rule's points act multiplicatively: each point keeps exp(−POINT_DECAY) of the score. Subtracting and
+# clipping at 0 would tie every badly broken hypothesis at 0 and throw their ranking away.
+POINT_DECAY = 0.12
+
+
 class BuiltinJudge:
     """Deterministic, offline judge: scores from measured evidence, retrieved rules and prototypes.
 
     1. Each axis: ``10 · exp(−Σ badness)`` over the measures of that axis (badness = value / the measure's
-       "clearly bad" scale, :func:`hmrcritic.agent.evidence.badness`); ``overall`` = weighted axis mean.
+       "clearly bad" scale, :func:`hmrcritic.agent.evidence.badness`); ``overall`` =
+       ``10 · exp(−Σ_axis w_axis · badness_axis)``.
     2. Rules (semantic memory): every retrieved rule whose executable condition fires takes its points off
-       ``overall`` and its axis — knowledge in the form of thresholds the smooth base score lacks.
+       — as a factor ``exp(−0.12 · points · 2 · reliability)`` on ``overall`` and its axis, so deductions
+       never tie broken hypotheses at 0 and a rule counts as much as exploration found it reliable.
     3. Prototypes (episodic memory): the similarity-weighted settled ``overall`` of the nearest past poses is
        blended in with weight ``proto_weight · confidence`` (confidence = top similarity⁴). Prototypes
        written while exploring labelled data carry scores settled on the true error, so this calibrates the
@@ -179,15 +194,17 @@ class BuiltinJudge:
 
     name = "builtin"
 
-    def __init__(self, proto_weight: float = 0.5, temperature: float = 0.05, **_: object):
+    def __init__(self, proto_weight: float = 0.5, temperature: float = 0.05, point_decay: float = POINT_DECAY,
+                 **_: object):
         self.proto_weight = float(proto_weight)
         self.temperature = float(temperature)
+        self.point_decay = float(point_decay)
 
     def __repr__(self) -> str:
         return f"BuiltinJudge(proto_weight={self.proto_weight})"
 
-    # -- first critique ---------------------------------------------------------------------------------------
-    def base_scores(self, ctx: JudgeContext) -> dict[str, np.ndarray]:
+    # -- first critique ---------------------------------------------------------------------------------
+    def badness(self, ctx: JudgeContext) -> dict[str, np.ndarray]:
         from hmrcritic.agent.evidence import MEASURES, badness
 
         n = ctx.num_hypotheses
@@ -195,19 +212,16 @@ class BuiltinJudge:
         for name, values in ctx.evidence.items():
             if name in MEASURES:
                 bad[MEASURES[name].axis] += badness(name, values)
-        scores = {a: 10.0 * np.exp(-bad[a]) for a in AXES}
-        scores["overall"] = sum(AXIS_WEIGHTS[a] * scores[a] for a in AXES)
-        return scores
+        return bad
 
     def critique(self, ctx: JudgeContext) -> GroupCritique:
         if ctx.round > 0 and ctx.previous is not None and ctx.issues:
             return self.revise(ctx)
         n = ctx.num_hypotheses
-        s = self.base_scores(ctx)
-        overall_off, axis_off, fired = apply_rules(ctx.rules, ctx.evidence, n)
-        for a in AXES:
-            s[a] = np.clip(s[a] - axis_off[a], 0, 10)
-        overall = np.clip(s["overall"] - overall_off, 0, 10)
+        bad = self.badness(ctx)
+        overall_off, axis_off, fired = apply_rules(ctx.rules, ctx.evidence, n, weighted=True)
+        s = {a: 10.0 * np.exp(-bad[a] - self.point_decay * axis_off[a]) for a in AXES}
+        overall = 10.0 * np.exp(-sum(AXIS_WEIGHTS[a] * bad[a] for a in AXES) - self.point_decay * overall_off)
         proto_note: list[str] = [""] * n
         for i in range(min(n, len(ctx.prototypes))):
             cons = prototype_consensus(ctx.prototypes[i], self.temperature)
@@ -222,10 +236,10 @@ class BuiltinJudge:
             rules_i = [rid for rid, idx in fired.items() if i in idx]
             scores.append(HypothesisScore(
                 index=i,
-                motion_structure=round(float(s["motion_structure"][i]), 3),
-                physical_feasibility=round(float(s["physical_feasibility"][i]), 3),
-                image_alignment=round(float(s["image_alignment"][i]), 3),
-                overall=round(float(np.clip(overall[i], 0, 10)), 3),
+                motion_structure=float(s["motion_structure"][i]),
+                physical_feasibility=float(s["physical_feasibility"][i]),
+                image_alignment=float(s["image_alignment"][i]),
+                overall=float(np.clip(overall[i], 0, 10)),
                 rationale=self._rationale(ctx, i, rules_i, proto_note[i]),
             ))
         order = sorted(range(n), key=lambda i: -scores[i].overall)
@@ -264,7 +278,7 @@ class BuiltinJudge:
             if issue.kind == "rule" and issue.rule_id in rules and rules[issue.rule_id].condition is not None:
                 pts = rules[issue.rule_id].condition.points
                 for i in issue.indices:
-                    overall[i] = max(0.0, overall[i] - pts)
+                    overall[i] = overall[i] * math.exp(-self.point_decay * pts)
                 if issue.rule_id not in applied:
                     applied.append(issue.rule_id)
                 changes.append(f"applied {issue.rule_id} to h{','.join(map(str, issue.indices))}")
@@ -279,12 +293,12 @@ class BuiltinJudge:
                 hi, better = issue.indices
                 if overall[hi] >= overall[better]:
                     before = overall[hi]
-                    overall[hi] = max(0.0, overall[better] - 0.1)
+                    overall[hi] = overall[better] * 0.98
                     changes.append(f"h{hi} {before:.1f}→{overall[hi]:.1f} below h{better} (dominated)")
         scores = []
         for i in range(n):
             sc = prev[i]
-            sc.overall = round(float(np.clip(overall[i], 0, 10)), 3)
+            sc.overall = float(np.clip(overall[i], 0, 10))
             scores.append(sc)
         summary = "revised: " + ("; ".join(changes) if changes else "no change") + " | " + ctx.previous.summary
         return GroupCritique(scores=scores, summary=summary[:2000], rules_applied=applied)

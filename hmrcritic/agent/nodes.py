@@ -319,7 +319,7 @@ def check_critique(ctx: JudgeContext, crit: dict | GroupCritique | None) -> list
         margin = (axis_bad[:, :, None] - axis_bad[:, None, :]).max(0)
         ranked_above = overall[:, None] > overall[None, :]
         contra = worse_eq & (margin >= STRONG_MARGIN) & ranked_above
-        for i, j in zip(*np.nonzero(contra)):
+        for i, j in zip(*np.nonzero(contra), strict=True):
             issues.append(ReflectionIssue(kind="contradiction", indices=[int(i), int(j)],
                                           detail=f"h{i} ranked above h{j} although h{j} is better on every "
                                                  f"axis of the evidence (margin {margin[i, j]:.2f})"))
@@ -394,7 +394,6 @@ def memory_write(state: AgentState, config: RunnableConfig = None) -> dict:
     atomic_write_json(run_dir / "critique.json", crit.model_dump())
     if not cfg.learn or not cfg.use_memory:
         return {"memory_written": {"prototypes": 0, "rules_recorded": 0}, "done": True}
-    from hmrcritic.hmr.metrics import spearman
     from hmrcritic.memory.embeddings import pose_embedding
 
     memory = get_memory(cfg, config)
@@ -423,15 +422,56 @@ def memory_write(state: AgentState, config: RunnableConfig = None) -> dict:
     with batch() if batch is not None else contextlib.nullcontext():
         memory.prototypes.add(protos)
         if labelled and crit.rules_applied:
-            rho = float(spearman(overall, -err)) if np.ptp(overall) > 0 else 0.0
-            success = rho >= cfg.success_tau
-            memory.rules.record_use(list(crit.rules_applied), success=success)
-            recorded = len(crit.rules_applied)
+            ok, bad = rule_outcomes(crit, state, err, cfg.success_tau)
+            if ok:
+                memory.rules.record_use(ok, success=True)
+            if bad:
+                memory.rules.record_use(bad, success=False)
+            recorded = len(ok) + len(bad)
+            success = {"succeeded": len(ok), "failed": len(bad)}
     return {
         "memory_written": {"prototypes": len(protos), "rules_recorded": recorded, "success": success},
         "memory_version": memory.version(),
         "done": True,
     }
+
+
+def rule_outcomes(crit: GroupCritique, state: AgentState, err: np.ndarray, tau: float) -> tuple[list, list]:
+    """Which applied rules succeeded on a labelled group.
+
+    A rule with an executable condition succeeded when its deduction *improved* the group's ranking: the
+    Spearman ρ(overall, −error) of the final scores is higher than with that rule's points given back
+    (undone as the builtin judge applies them, a factor exp(POINT_DECAY · points)). So a rule that only
+    repeats what the evidence already says (no change) or that pushes the ranking the wrong way loses
+    reliability, and the judge weighs it less next time. This counterfactual test is sharper than the
+    paper's group-level one, which we keep for rules without a condition (or that fired on every
+    hypothesis): the group's ρ must reach τ.
+    """
+    from hmrcritic.agent.judges import POINT_DECAY
+    from hmrcritic.hmr.metrics import spearman
+
+    def rho(o: np.ndarray) -> float:
+        return float(spearman(o, -err)) if np.ptp(o) > 0 else 0.0
+
+    rules = [Rule.model_validate(r) for r in state.get("rules", [])]
+    applied = set(crit.rules_applied)
+    by_id = {r.rule_id: r for r in rules}
+    _, _, fired = apply_rules([r for r in rules if r.rule_id in applied], state.get("evidence", {}), len(err))
+    overall = np.array([s.overall for s in sorted(crit.scores, key=lambda s: s.index)], dtype=np.float64)
+    rho_final = rho(overall)
+    ok, bad = [], []
+    for rid in sorted(applied):
+        if rid not in by_id:
+            continue  # a judge named a rule that was never recalled: nothing to credit
+        hits = fired.get(rid, [])
+        if hits and len(hits) < len(err):
+            undone = overall.copy()
+            undone[hits] *= math.exp(POINT_DECAY * by_id[rid].condition.points)
+            good = rho_final > rho(undone) + 1e-9
+        else:
+            good = rho_final >= tau
+        (ok if good else bad).append(rid)
+    return ok, bad
 
 
 # ------------------------------------------------------------------------------------------------- helpers

@@ -48,16 +48,9 @@ class PosePrior:
 
     def raw_nll(self, feats: torch.Tensor) -> torch.Tensor:
         """−log p(x) for (B,D) features (log-sum-exp over components)."""
-        D = feats.shape[-1]
-        mu = torch.as_tensor(self.means, dtype=torch.float64)
-        L = torch.as_tensor(self.chols, dtype=torch.float64)
-        logw = torch.log(torch.as_tensor(self.weights, dtype=torch.float64))
-        x = feats.double()
-        diff = (x[:, None, :] - mu[None]).unsqueeze(-1)  # (B,C,D,1)
-        z = torch.linalg.solve_triangular(L[None].expand(x.shape[0], -1, -1, -1), diff, upper=False)
-        maha = (z.squeeze(-1) ** 2).sum(-1)  # (B,C)
-        logdet = 2 * torch.log(torch.diagonal(L, dim1=-2, dim2=-1)).sum(-1)  # (C,)
-        logp = logw - 0.5 * (maha + logdet + D * math.log(2 * math.pi))
+        logp = _component_logpdf(
+            feats.double(), torch.as_tensor(self.weights, dtype=torch.float64),
+            torch.as_tensor(self.means, dtype=torch.float64), torch.as_tensor(self.chols, dtype=torch.float64))
         return -torch.logsumexp(logp, dim=-1)
 
     def nll(self, body_pose) -> np.ndarray:
@@ -66,7 +59,19 @@ class PosePrior:
             return ((self.raw_nll(pose_features(body_pose)) - self.reference) / self.spread).numpy()
 
 
-def fit_gmm(feats: torch.Tensor, components: int = 8, iters: int = 30, shrink: float = 0.05, seed: int = 0):
+def _component_logpdf(x: torch.Tensor, w: torch.Tensor, mu: torch.Tensor, L: torch.Tensor) -> torch.Tensor:
+    """(B,C) log(w_c · N(x | mu_c, L_c L_cᵀ)); one triangular solve per component (C is small)."""
+    D = x.shape[-1]
+    cols = []
+    for c in range(len(w)):
+        z = torch.linalg.solve_triangular(L[c], (x - mu[c]).T, upper=False)  # (D,B)
+        maha = (z**2).sum(0)
+        logdet = 2 * torch.log(torch.diagonal(L[c])).sum()
+        cols.append(torch.log(w[c]) - 0.5 * (maha + logdet + D * math.log(2 * math.pi)))
+    return torch.stack(cols, -1)
+
+
+def fit_gmm(feats: torch.Tensor, components: int = 8, iters: int = 20, shrink: float = 0.05, seed: int = 0):
     """EM for a full-covariance GMM; k-means++-style seeding; covariance shrunk toward its diagonal mean."""
     x = feats.double()
     B, D = x.shape
@@ -91,13 +96,7 @@ def fit_gmm(feats: torch.Tensor, components: int = 8, iters: int = 30, shrink: f
             covs.append((1 - shrink) * S + shrink * tr * eye + 1e-5 * eye)
         L = torch.linalg.cholesky(torch.stack(covs))
         prior = PosePrior(w.numpy(), mu.numpy(), L.numpy(), 0.0)
-        # E step through the same density code the prior uses
-        diff = (x[:, None, :] - mu[None]).unsqueeze(-1)
-        z = torch.linalg.solve_triangular(L[None].expand(B, -1, -1, -1), diff, upper=False)
-        maha = (z.squeeze(-1) ** 2).sum(-1)
-        logdet = 2 * torch.log(torch.diagonal(L, dim1=-2, dim2=-1)).sum(-1)
-        logp = torch.log(w) - 0.5 * (maha + logdet)
-        resp = torch.softmax(logp, dim=-1)
+        resp = torch.softmax(_component_logpdf(x, w, mu, L), dim=-1)  # E step
     train_nll = prior.raw_nll(x)
     prior.reference = float(train_nll.mean())
     prior.spread = float(train_nll.std().clamp_min(1e-6))
@@ -118,14 +117,14 @@ def _train_poses() -> tuple[np.ndarray, str]:
     except ImportError:
         from hmrcritic.hmr.poses import sample_poses
 
-        poses = np.asarray(sample_poses(4000, seed=0)["body_pose"], dtype=np.float32)
-        return poses, "poses-4000-0"
+        poses = np.asarray(sample_poses(2000, seed=0)["body_pose"], dtype=np.float32)
+        return poses, "poses-2000-0"
 
 
 _CACHE: dict[str, PosePrior] = {}
 
 
-def get_pose_prior(max_poses: int = 6000) -> PosePrior:
+def get_pose_prior(max_poses: int = 3000) -> PosePrior:
     """The process-wide prior, loaded from the cache folder or fitted once (seconds) and cached."""
     home = str(config.cache_dir())
     if home in _CACHE:  # one prior per cache folder and process (tests switch homes)
@@ -152,3 +151,12 @@ def get_pose_prior(max_poses: int = 6000) -> PosePrior:
                         info=np.array(json.dumps({"n": int(len(sel)), "key": key})))
     _CACHE[home] = prior
     return prior
+
+
+def set_pose_prior(prior: PosePrior | None) -> None:
+    """Use ``prior`` for the current cache folder (tests, or a prior fitted elsewhere); None forgets it."""
+    home = str(config.cache_dir())
+    if prior is None:
+        _CACHE.pop(home, None)
+    else:
+        _CACHE[home] = prior

@@ -5,7 +5,8 @@ Layout of an export folder (``FORMAT_VERSION`` 1)::
     dataset.json        header: format version, model checkpoint hash, judge, num_generations, seed, counts
     manifest.jsonl      one GroupRecord per line (per-record checksum), appended by a single writer
     groups/<id>.cond.npz   condition: keypoints (17,3) px + conf, K (3,3), image_size (2,)  — no 3D labels
-    groups/<id>.hyps.npz   hypotheses: x0 (N,D), global_orient (N,3), body_pose (N,69), betas (N,10), transl (N,3)
+    groups/<id>.hyps.npz   hypotheses: x0 (N,D), global_orient (N,3), body_pose (N,69), betas (N,10),
+                           transl (N,3)
     pairs.jsonl         derived, TRL ``prompt/chosen/rejected`` shape: best vs worst hypothesis of each group
     failures.jsonl      groups whose scoring failed (retried on the next run)
 
@@ -48,8 +49,21 @@ COND_KEYS = ("keypoints", "K", "image_size")
 HYP_KEYS = ("x0", "global_orient", "body_pose", "betas", "transl")
 # Names that would mean a 3D label (or something derived from one) leaked into the dataset.
 LABEL_KEYS = frozenset(
-    {"joints3d", "vertices", "keypoints_clean", "gt_joints", "gt_vertices", "labels", "global_orient",
-     "body_pose", "betas", "transl", "category", "error_mm", "true_error_mm"}
+    {
+        "joints3d",
+        "vertices",
+        "keypoints_clean",
+        "gt_joints",
+        "gt_vertices",
+        "labels",
+        "global_orient",
+        "body_pose",
+        "betas",
+        "transl",
+        "category",
+        "error_mm",
+        "true_error_mm",
+    }
 )
 # The three axes that accompany ``overall`` (see agent/schema.py).
 AXES = ("motion_structure", "physical_feasibility", "image_alignment")
@@ -181,7 +195,7 @@ def check_hypotheses(arrays: dict[str, np.ndarray], where: str, n: int | None = 
     if x0.ndim != 2:
         raise AssetError(f"{where}: x0 must be (N, D), got shape {tuple(x0.shape)}")
     N, D = x0.shape
-    if n is not None and N != n:
+    if n is not None and n != N:
         raise AssetError(f"{where}: x0 has {N} hypotheses, the record says {n}")
     for k, width in (("global_orient", 3), ("body_pose", 69), ("betas", 10), ("transl", 3)):
         if tuple(arrays[k].shape) != (N, width):
@@ -321,16 +335,23 @@ def pair_records(records: Iterable[GroupRecord]) -> list[dict]:
 
         def side(i: int, r=r) -> dict:
             s = r.scores[i]
-            return {"hypotheses": r.hypotheses.path, "index": i, "overall": s.overall,
-                    "scores": {a: getattr(s, a) for a in AXES}, "advantage": r.advantages[i]}
+            return {
+                "hypotheses": r.hypotheses.path,
+                "index": i,
+                "overall": s.overall,
+                "scores": {a: getattr(s, a) for a in AXES},
+                "advantage": r.advantages[i],
+            }
 
-        pairs.append({
-            "group_id": r.group_id,
-            "prompt": {"condition": r.condition.path, "input_id": r.input_id},
-            "chosen": side(best),
-            "rejected": side(worst),
-            "margin": overall[best] - overall[worst],
-        })
+        pairs.append(
+            {
+                "group_id": r.group_id,
+                "prompt": {"condition": r.condition.path, "input_id": r.input_id},
+                "chosen": side(best),
+                "rejected": side(worst),
+                "margin": overall[best] - overall[worst],
+            }
+        )
     return pairs
 
 
@@ -349,7 +370,9 @@ def read_header(root: str | Path) -> DatasetHeader:
     except ValidationError as exc:
         raise AssetError(f"{path}: malformed header: {exc.errors()[0]['msg']}") from None
     if header.format_version != FORMAT_VERSION:
-        raise AssetError(f"{path}: format_version {header.format_version} unsupported (this reads {FORMAT_VERSION})")
+        raise AssetError(
+            f"{path}: format_version {header.format_version} unsupported (this reads {FORMAT_VERSION})"
+        )
     return header
 
 
@@ -414,7 +437,9 @@ def validate_dataset(root: str | Path, max_errors: int = 50) -> ValidationReport
                 errors.append(f"{where}: schema: {'.'.join(map(str, first['loc']))}: {first['msg']}")
                 continue
             if rec.format_version != header.format_version:
-                errors.append(f"{where}: format_version {rec.format_version} != header {header.format_version}")
+                errors.append(
+                    f"{where}: format_version {rec.format_version} != header {header.format_version}"
+                )
             if rec.group_id in seen:
                 errors.append(f"{where}: duplicate group_id {rec.group_id}")
                 continue
@@ -445,9 +470,14 @@ def validate_dataset(root: str | Path, max_errors: int = 50) -> ValidationReport
             n_pairs += 1
     zero = sum(r.zero_variance for r in records)
     return ValidationReport(
-        path=str(root), ok=not errors, groups=len(records),
-        hypotheses=sum(r.num_hypotheses for r in records), pairs=n_pairs,
-        zero_variance_share=zero / max(len(records), 1), errors=errors, warnings=warnings,
+        path=str(root),
+        ok=not errors,
+        groups=len(records),
+        hypotheses=sum(r.num_hypotheses for r in records),
+        pairs=n_pairs,
+        zero_variance_share=zero / max(len(records), 1),
+        errors=errors,
+        warnings=warnings,
     )
 
 

@@ -46,8 +46,16 @@ from hmrcritic.io import append_jsonl, atomic_write_text, read_jsonl
 DEFAULT_SCORER = "hmrcritic.agent.api:critique_group"
 # Sample fields that carry 3D labels (hmr.data.LABEL_KEYS and the like): never passed to a worker or the
 # agent. 2D inputs (keypoints, smpl24_keypoints, K, image/mask paths) stay.
-LABEL_FIELDS = ("global_orient", "body_pose", "betas", "transl", "joints3d", "keypoints_clean", "vertices",
-                "category")
+LABEL_FIELDS = (
+    "global_orient",
+    "body_pose",
+    "betas",
+    "transl",
+    "joints3d",
+    "keypoints_clean",
+    "vertices",
+    "category",
+)
 
 
 @dataclass
@@ -73,8 +81,10 @@ class ExportConfig:
         if (self.split is None) == (self.data is None):
             raise InputError("give exactly one of --split NAME or --data DIR")
         if self.num_generations < 2:
-            raise InputError(f"--num-generations must be ≥ 2 (a group needs something to compare), got "
-                             f"{self.num_generations}")
+            raise InputError(
+                f"--num-generations must be ≥ 2 (a group needs something to compare), got "
+                f"{self.num_generations}"
+            )
         if self.workers < 1:
             raise InputError(f"--workers must be ≥ 1, got {self.workers}")
         if self.limit is not None and self.limit < 1:
@@ -117,8 +127,9 @@ def strip_labels(sample: Any) -> Any:
     return sample
 
 
-def load_inputs(cfg: ExportConfig) -> list[Any]:
-    """The samples to export (labels stripped), in a deterministic order, at most ``limit``."""
+def load_inputs(cfg: ExportConfig) -> tuple[list[Any], str | None]:
+    """The samples to export (labels stripped), in a deterministic order, at most ``limit``, and the name
+    of the split they come from."""
     from hmrcritic.hmr import data as hdata
 
     if cfg.split is not None:
@@ -129,14 +140,15 @@ def load_inputs(cfg: ExportConfig) -> list[Any]:
             raise InputError(f"--data {root}: not a folder")
         scenes = _load_data_dir(hdata, root)
     n = len(scenes) if cfg.limit is None else min(cfg.limit, len(scenes))
-    return [strip_labels(scenes[i]) for i in range(n)]
+    return [strip_labels(scenes[i]) for i in range(n)], getattr(scenes, "name", cfg.split)
 
 
 def _load_data_dir(hdata, root: Path):
     """A split folder written by ``hmrcritic data generate`` / ``generate_split`` (shards + manifest.json)."""
     if not (root / "manifest.json").exists():
-        raise InputError(f"--data {root}: no manifest.json (expected a split folder written by "
-                         "`hmrcritic data generate`)")
+        raise InputError(
+            f"--data {root}: no manifest.json (expected a split folder written by `hmrcritic data generate`)"
+        )
     return hdata.SceneSet(root)
 
 
@@ -199,10 +211,18 @@ class GroupWorker:
         except Exception as exc:  # a broken input or model: recorded, the run goes on
             return {**head, "ok": False, "stage": "sample", "error": _reason(exc)}
         try:
-            scored = self._score(sample, hyps, judge=self.ctx.judge, memory=self._memory,
-                                 config=self._agent_config(), group_id=task["thread_id"])
-            scores = [HypothesisScore.model_validate(s if isinstance(s, dict) else s.model_dump())
-                      for s in scored.scores]
+            scored = self._score(
+                sample,
+                hyps,
+                judge=self.ctx.judge,
+                memory=self._memory,
+                config=self._agent_config(),
+                group_id=task["thread_id"],
+            )
+            scores = [
+                HypothesisScore.model_validate(s if isinstance(s, dict) else s.model_dump())
+                for s in scored.scores
+            ]
             if [s.index for s in scores] != list(range(self.ctx.num_generations)):
                 scores = sorted(scores, key=lambda s: s.index)
                 if [s.index for s in scores] != list(range(self.ctx.num_generations)):
@@ -210,16 +230,28 @@ class GroupWorker:
         except Exception as exc:
             return {**head, "ok": False, "stage": "score", "error": _reason(exc)}
         cond = D.condition_arrays(sample.keypoints, sample.K, sample.image_size)
-        arrays = {k: np.ascontiguousarray(getattr(hyps, k)[0].detach().cpu().numpy().astype(np.float32))
-                  for k in D.HYP_KEYS}
-        return {**head, "ok": True, "cond": cond, "hyps": arrays,
-                "scores": [s.model_dump() for s in scores],
-                "memory_version": str(getattr(scored, "memory_version", "") or "")}
+        arrays = {
+            k: np.ascontiguousarray(getattr(hyps, k)[0].detach().cpu().numpy().astype(np.float32))
+            for k in D.HYP_KEYS
+        }
+        return {
+            **head,
+            "ok": True,
+            "cond": cond,
+            "hyps": arrays,
+            "scores": [s.model_dump() for s in scores],
+            "memory_version": str(getattr(scored, "memory_version", "") or ""),
+        }
 
     def _agent_config(self) -> dict:
         """Agent settings (``AgentConfig`` fields): scoring only, never learning, on the frozen memory."""
-        return {"judge": self.ctx.judge, "learn": False, "memory_dir": self.ctx.memory,
-                "chroma_url": self.ctx.chroma_url, "use_memory": self.ctx.use_memory}
+        return {
+            "judge": self.ctx.judge,
+            "learn": False,
+            "memory_dir": self.ctx.memory,
+            "chroma_url": self.ctx.chroma_url,
+            "use_memory": self.ctx.use_memory,
+        }
 
     def _sample(self, sample, group_seed: int):
         from hmrcritic.hmr.diffusion import condition_from_keypoints
@@ -233,8 +265,13 @@ class GroupWorker:
         prev = torch.get_num_threads()
         torch.set_num_threads(self.ctx.threads)
         try:
-            return draw(self._model, cond, num_generations=self.ctx.num_generations, steps=self.ctx.sample_steps,
-                        generator=gen)
+            return draw(
+                self._model,
+                cond,
+                num_generations=self.ctx.num_generations,
+                steps=self.ctx.sample_steps,
+                generator=gen,
+            )
         finally:
             torch.set_num_threads(prev)
 
@@ -347,16 +384,27 @@ def export(
     t_start = time.time()
     out = Path(cfg.out)
     out.mkdir(parents=True, exist_ok=True)
-    samples = [strip_labels(s) for s in inputs] if inputs is not None else load_inputs(cfg)
+    if inputs is not None:
+        samples, split_name = [strip_labels(s) for s in inputs], cfg.split
+    else:
+        samples, split_name = load_inputs(cfg)
     if cfg.limit is not None:
         samples = samples[: cfg.limit]
     if not samples:
         raise InputError(f"no inputs to export from {cfg.source}")
+    _import(cfg.score_group)  # configuration errors fail the run here, not every group in the workers
     mhash, x_dim = model_hash(cfg.model)
     memory, memory_version = frozen_memory(cfg)
     header = D.DatasetHeader(
-        source=cfg.source, split=cfg.split, model_hash=mhash, judge=cfg.judge, memory_version=memory_version,
-        num_generations=cfg.num_generations, sample_steps=cfg.sample_steps, seed=cfg.seed, x_dim=x_dim,
+        source=cfg.source,
+        split=split_name,
+        model_hash=mhash,
+        judge=cfg.judge,
+        memory_version=memory_version,
+        num_generations=cfg.num_generations,
+        sample_steps=cfg.sample_steps,
+        seed=cfg.seed,
+        x_dim=x_dim,
     )
     _check_or_write_header(out, header)
     # The agent's checkpointer thread of a group: new whenever anything that changes its critique changes.
@@ -374,12 +422,31 @@ def export(
             raise InputError(f"duplicate input id {input_id!r} in {cfg.source}")
         order[gid] = i
         if gid not in done_ids:
-            tasks.append({"group_id": gid, "input_id": input_id, "thread_id": f"export-{gid}-{run_key}",
-                          "group_seed": D.group_seed_for(cfg.seed, input_id), "sample": s})
-    ctx = WorkerContext(cfg.model, cfg.num_generations, cfg.sample_steps, cfg.judge, cfg.score_group,
-                        cfg.use_memory, memory, cfg.chroma_url, cfg.threads_per_worker)
+            tasks.append(
+                {
+                    "group_id": gid,
+                    "input_id": input_id,
+                    "thread_id": f"export-{gid}-{run_key}",
+                    "group_seed": D.group_seed_for(cfg.seed, input_id),
+                    "sample": s,
+                }
+            )
+    ctx = WorkerContext(
+        cfg.model,
+        cfg.num_generations,
+        cfg.sample_steps,
+        cfg.judge,
+        cfg.score_group,
+        cfg.use_memory,
+        memory,
+        cfg.chroma_url,
+        cfg.threads_per_worker,
+    )
     if cfg.ray_address:
-        executor, results = f"ray({cfg.ray_address})×{cfg.workers}", _ray(ctx, tasks, cfg.workers, cfg.ray_address)
+        executor, results = (
+            f"ray({cfg.ray_address})×{cfg.workers}",
+            _ray(ctx, tasks, cfg.workers, cfg.ray_address),
+        )
     elif cfg.workers > 1:
         executor, results = f"processes×{cfg.workers}", _pool(ctx, tasks, cfg.workers)
     else:
@@ -390,11 +457,13 @@ def export(
     try:
         for res in results if tasks else ():
             if res["ok"]:
-                _write_group(out, cfg, res, mhash, x_dim)
+                _write_group(out, cfg, res, mhash, x_dim, split_name)
                 new += 1
             else:
                 failures.append(res)
-                append_jsonl(out / D.FAILURES, {k: res[k] for k in ("group_id", "input_id", "stage", "error")})
+                append_jsonl(
+                    out / D.FAILURES, {k: res[k] for k in ("group_id", "input_id", "stage", "error")}
+                )
             if bar is not None:
                 bar[0].update(bar[1], advance=1)
             elif callable(progress):
@@ -418,14 +487,27 @@ def export(
     overall = [s.overall for r in records for s in r.scores]
     hist, edges = np.histogram(overall, bins=10, range=(0.0, 10.0))
     summary = ExportSummary(
-        out=str(out), executor=executor, inputs=len(samples), done_before=len(done_ids), new_groups=new,
-        groups=len(records), failures=len(failures), failure_reasons=reasons, repaired_lines=repaired,
+        out=str(out),
+        executor=executor,
+        inputs=len(samples),
+        done_before=len(done_ids),
+        new_groups=new,
+        groups=len(records),
+        failures=len(failures),
+        failure_reasons=reasons,
+        repaired_lines=repaired,
         zero_variance_share=sum(r.zero_variance for r in records) / max(len(records), 1),
         score_histogram={f"{edges[i]:.0f}-{edges[i + 1]:.0f}": int(h) for i, h in enumerate(hist)},
-        pairs=n_pairs, elapsed_s=elapsed, groups_per_s=new / max(elapsed, 1e-9),
+        pairs=n_pairs,
+        elapsed_s=elapsed,
+        groups_per_s=new / max(elapsed, 1e-9),
     )
-    header.counts = {"groups": len(records), "failures_open": len(open_failures), "pairs": n_pairs,
-                     "zero_variance_share": summary.zero_variance_share}
+    header.counts = {
+        "groups": len(records),
+        "failures_open": len(open_failures),
+        "pairs": n_pairs,
+        "zero_variance_share": summary.zero_variance_share,
+    }
     D.write_header(out, header)
     return summary
 
@@ -434,8 +516,16 @@ def _check_or_write_header(out: Path, header: D.DatasetHeader) -> None:
     path = out / D.HEADER
     if path.exists():
         old = D.read_header(out)
-        keys = ("source", "model_hash", "judge", "memory_version", "num_generations", "sample_steps", "seed",
-                "x_dim")
+        keys = (
+            "source",
+            "model_hash",
+            "judge",
+            "memory_version",
+            "num_generations",
+            "sample_steps",
+            "seed",
+            "x_dim",
+        )
         diff = [k for k in keys if getattr(old, k) != getattr(header, k)]
         if diff:
             raise InputError(
@@ -446,14 +536,24 @@ def _check_or_write_header(out: Path, header: D.DatasetHeader) -> None:
     D.write_header(out, header)
 
 
-def _write_group(out: Path, cfg: ExportConfig, res: dict, mhash: str, x_dim: int) -> None:
+def _write_group(out: Path, cfg: ExportConfig, res: dict, mhash: str, x_dim: int, split: str | None) -> None:
     """Arrays first (atomic), then the checksummed manifest line: the only write order a reader trusts."""
     cref, href = D.write_group_arrays(out, res["group_id"], res["cond"], res["hyps"])
     record = D.build_record(
-        group_id=res["group_id"], input_id=res["input_id"], split=cfg.split, source=cfg.source, condition=cref,
-        hypotheses=href, num_hypotheses=int(res["hyps"]["x0"].shape[0]), x_dim=x_dim,
-        scores=[HypothesisScore.model_validate(s) for s in res["scores"]], judge=cfg.judge,
-        memory_version=res["memory_version"], model_hash=mhash, seed=cfg.seed, group_seed=res["group_seed"],
+        group_id=res["group_id"],
+        input_id=res["input_id"],
+        split=split,
+        source=cfg.source,
+        condition=cref,
+        hypotheses=href,
+        num_hypotheses=int(res["hyps"]["x0"].shape[0]),
+        x_dim=x_dim,
+        scores=[HypothesisScore.model_validate(s) for s in res["scores"]],
+        judge=cfg.judge,
+        memory_version=res["memory_version"],
+        model_hash=mhash,
+        seed=cfg.seed,
+        group_seed=res["group_seed"],
     )
     line = record.to_line_dict()
     append_jsonl(out / D.MANIFEST, {k: v for k, v in line.items() if k != "checksum"})
@@ -469,16 +569,28 @@ def _rewrite_failures(out: Path, failures: Iterable[dict]) -> None:
 
 
 def _progress(total: int, done: int):
-    from rich.progress import BarColumn, MofNCompleteColumn, Progress, ProgressColumn, TextColumn
-    from rich.progress import TimeRemainingColumn
+    from rich.progress import (
+        BarColumn,
+        MofNCompleteColumn,
+        Progress,
+        ProgressColumn,
+        TextColumn,
+        TimeRemainingColumn,
+    )
     from rich.text import Text
 
     class RateColumn(ProgressColumn):
         def render(self, task) -> Text:
             return Text(f"{task.speed:.2f} groups/s" if task.speed else "– groups/s")
 
-    prog = Progress(TextColumn("export"), BarColumn(), MofNCompleteColumn(), RateColumn(), TextColumn("ETA"),
-                    TimeRemainingColumn())
+    prog = Progress(
+        TextColumn("export"),
+        BarColumn(),
+        MofNCompleteColumn(),
+        RateColumn(),
+        TextColumn("ETA"),
+        TimeRemainingColumn(),
+    )
     task = prog.add_task("export", total=total, completed=done)
     prog.start()
     return prog, task
@@ -501,5 +613,13 @@ def format_summary(s: ExportSummary) -> str:
     return "\n".join(lines)
 
 
-__all__ = ["ExportConfig", "ExportSummary", "export", "format_summary", "strip_labels", "load_inputs",
-           "GroupWorker", "WorkerContext"]
+__all__ = [
+    "ExportConfig",
+    "ExportSummary",
+    "export",
+    "format_summary",
+    "strip_labels",
+    "load_inputs",
+    "GroupWorker",
+    "WorkerContext",
+]

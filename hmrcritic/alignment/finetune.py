@@ -80,8 +80,14 @@ class FinetuneConfig:
 
     def objective_config(self) -> ObjectiveConfig:
         try:
-            return ObjectiveConfig(self.objective, self.beta, self.t_min, self.gpa_weight, self.base_loss_weight,
-                                   self.scale_rewards)
+            return ObjectiveConfig(
+                self.objective,
+                self.beta,
+                self.t_min,
+                self.gpa_weight,
+                self.base_loss_weight,
+                self.scale_rewards,
+            )
         except ValueError as exc:
             raise InputError(str(exc)) from None
 
@@ -152,11 +158,18 @@ def _comparable(cfg: FinetuneConfig) -> dict:
 
 def _save_state(cfg: FinetuneConfig, policy, ema, opt, step: int, base_hash: str) -> None:
     buf = io.BytesIO()
-    torch.save({
-        "step": step, "policy": policy.state_dict(), "ema": ema.state_dict(), "opt": opt.state_dict(),
-        "torch_rng": torch.get_rng_state(), "config": json.dumps(_comparable(cfg), sort_keys=True),
-        "base_hash": base_hash,
-    }, buf)
+    torch.save(
+        {
+            "step": step,
+            "policy": policy.state_dict(),
+            "ema": ema.state_dict(),
+            "opt": opt.state_dict(),
+            "torch_rng": torch.get_rng_state(),
+            "config": json.dumps(_comparable(cfg), sort_keys=True),
+            "base_hash": base_hash,
+        },
+        buf,
+    )
     atomic_write_bytes(cfg.state_path, buf.getvalue())
 
 
@@ -234,9 +247,15 @@ def finetune(config: FinetuneConfig, progress: bool | Callable[[dict], None] = F
             done = step + 1
             if done % cfg.log_every == 0 or done == cfg.steps:
                 elapsed = time.time() - t0
-                rec = {"step": done, "objective": cfg.objective, "lr": cfg.lr, "num_generations": G,
-                       **_mean_metrics(window), **{f"batch_{k}": v for k, v in tracker.summary().items()},
-                       "steps_per_s": len(window) / max(elapsed, 1e-9)}
+                rec = {
+                    "step": done,
+                    "objective": cfg.objective,
+                    "lr": cfg.lr,
+                    "num_generations": G,
+                    **_mean_metrics(window),
+                    **{f"batch_{k}": v for k, v in tracker.summary().items()},
+                    "steps_per_s": len(window) / max(elapsed, 1e-9),
+                }
                 append_jsonl(cfg.log_path, rec, checksum=False)
                 if bar is not None:
                     bar[0].update(bar[1], completed=done, loss=rec.get("loss", float("nan")))
@@ -256,8 +275,12 @@ def finetune(config: FinetuneConfig, progress: bool | Callable[[dict], None] = F
     final_log = (read_jsonl(cfg.log_path, verify=False) or [{}])[-1]
     extra = {
         "finetune": {k: v for k, v in asdict(cfg).items() if k != "resume"},
-        "base_model_hash": base_hash, "data_model_hash": ds.header.model_hash,
-        "data_groups": len(ds), "num_generations_used": G, "final_log": final_log, "weights": "ema",
+        "base_model_hash": base_hash,
+        "data_model_hash": ds.header.model_hash,
+        "data_groups": len(ds),
+        "num_generations_used": G,
+        "final_log": final_log,
+        "weights": "ema",
     }
     save_model(final, out, extra=extra)
     return out
@@ -271,8 +294,13 @@ def _mean_metrics(window: list[dict]) -> dict[str, float]:
 def _progress_bar(total: int, start: int):
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
 
-    prog = Progress(TextColumn("finetune"), BarColumn(), MofNCompleteColumn(),
-                    TextColumn("loss {task.fields[loss]:.4f}"), TimeRemainingColumn())
+    prog = Progress(
+        TextColumn("finetune"),
+        BarColumn(),
+        MofNCompleteColumn(),
+        TextColumn("loss {task.fields[loss]:.4f}"),
+        TimeRemainingColumn(),
+    )
     task = prog.add_task("finetune", total=total, completed=start, loss=float("nan"))
     prog.start()
     return prog, task

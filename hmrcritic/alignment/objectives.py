@@ -223,13 +223,15 @@ def dpo_loss(policy, reference, x0, cond, scores, cfg: ObjectiveConfig, generato
     delta = d[0] - d[1]
     loss = -F.logsigmoid(-cfg.beta / 2 * delta).mean()
     dd = d.detach().view(2, 2, Bk).mean(dim=1)  # average the two timesteps → (2, Bk)
-    metrics.update({
-        "loss": float(loss.detach()),
-        "loss_dpo": float(loss.detach()),
-        "reward_margin": float((-cfg.beta * (dd[0] - dd[1])).mean()),
-        "reward_accuracy": float(((dd[0] - dd[1]) < 0).float().mean()),
-        "sigma_mean": float(torch.sigmoid(cfg.beta / 2 * delta.detach()).mean()),
-    })
+    metrics.update(
+        {
+            "loss": float(loss.detach()),
+            "loss_dpo": float(loss.detach()),
+            "reward_margin": float((-cfg.beta * (dd[0] - dd[1])).mean()),
+            "reward_accuracy": float(((dd[0] - dd[1]) < 0).float().mean()),
+            "sigma_mean": float(torch.sigmoid(cfg.beta / 2 * delta.detach()).mean()),
+        }
+    )
     return ObjectiveOutput(loss, metrics)
 
 
@@ -240,8 +242,15 @@ def sft_loss(policy, reference, x0, cond, scores, cfg: ObjectiveConfig, generato
     xb = x0[torch.arange(B, device=x0.device), best]
     loss = _base_loss(policy, xb, cond, generator)
     zero = zero_variance_mask(scores)
-    return ObjectiveOutput(loss, {"loss": float(loss.detach()), "loss_sft": float(loss.detach()),
-                                  "zero_variance_share": float(zero.float().mean()), "groups": float(B)})
+    return ObjectiveOutput(
+        loss,
+        {
+            "loss": float(loss.detach()),
+            "loss_sft": float(loss.detach()),
+            "zero_variance_share": float(zero.float().mean()),
+            "groups": float(B),
+        },
+    )
 
 
 def _reward_metrics(d: torch.Tensor, scores: torch.Tensor, beta: float) -> dict[str, float]:
@@ -256,10 +265,14 @@ def _reward_metrics(d: torch.Tensor, scores: torch.Tensor, beta: float) -> dict[
 _DISPATCH = {"gpa": gpa_loss, "gpa_linear": gpa_loss, "dpo": dpo_loss, "sft": sft_loss}
 
 
-def compute_loss(policy, reference, x0, cond, scores, cfg: ObjectiveConfig, generator=None) -> ObjectiveOutput:
+def compute_loss(
+    policy, reference, x0, cond, scores, cfg: ObjectiveConfig, generator=None
+) -> ObjectiveOutput:
     """Dispatch on ``cfg.objective``. ``x0 (B,G,D)``, ``scores (B,G)`` (overall), ``cond`` for B groups."""
     if x0.ndim != 3 or scores.shape != x0.shape[:2]:
-        raise ValueError(f"x0 must be (B,G,D) and scores (B,G); got {tuple(x0.shape)} and {tuple(scores.shape)}")
+        raise ValueError(
+            f"x0 must be (B,G,D) and scores (B,G); got {tuple(x0.shape)} and {tuple(scores.shape)}"
+        )
     return _DISPATCH[cfg.objective](policy, reference, x0, cond, scores, cfg, generator)
 
 

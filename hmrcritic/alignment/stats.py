@@ -24,7 +24,9 @@ ZERO_VARIANCE_TOL = 1e-6
 STD_EPS = 1e-8
 
 
-def group_advantages(scores: torch.Tensor, scale_rewards: str = "group", eps: float = STD_EPS) -> torch.Tensor:
+def group_advantages(
+    scores: torch.Tensor, scale_rewards: str = "group", eps: float = STD_EPS
+) -> torch.Tensor:
     """Advantages of scores ``(B, G)`` along the group axis.
 
     - ``group``: ``(s − mean_g) / (std_g + eps)`` (population std; the paper's GPA),

@@ -12,7 +12,9 @@ from hmrcritic.errors import InputError
 
 def _export_app() -> typer.Typer:
     app = typer.Typer(
-        name="export", no_args_is_help=False, invoke_without_command=True,
+        name="export",
+        no_args_is_help=False,
+        invoke_without_command=True,
         help="Sample, critique and write scored hypothesis groups as a group preference dataset.",
     )
 
@@ -33,7 +35,9 @@ def _export_app() -> typer.Typer:
         memory: Path = typer.Option(None, help="Frozen memory folder (default: the configured memory)."),
         chroma_url: str = typer.Option(None, help="Chroma server URL for the memory (many workers/hosts)."),
         no_memory: bool = typer.Option(False, "--no-memory", help="Score without rule/prototype memory."),
-        scorer: str = typer.Option(None, help="Custom scorer 'module:function' (critique_group's signature)."),
+        scorer: str = typer.Option(
+            None, help="Custom scorer 'module:function' (critique_group's signature)."
+        ),
         as_json: bool = typer.Option(False, "--json", help="Print the summary as JSON."),
     ) -> None:
         """Export scored groups (resumable: kill it any time and run the same command again).
@@ -51,10 +55,20 @@ def _export_app() -> typer.Typer:
         if out is None:
             raise InputError("export needs --out DIR (and --split NAME or --data DIR)")
         cfg = ExportConfig(
-            out=str(out), split=split, data=None if data is None else str(data),
-            model=None if model is None else str(model), num_generations=num_generations, judge=judge,
-            workers=workers, ray_address=ray_address, limit=limit, seed=seed, sample_steps=steps,
-            memory=None if memory is None else str(memory), chroma_url=chroma_url, use_memory=not no_memory,
+            out=str(out),
+            split=split,
+            data=None if data is None else str(data),
+            model=None if model is None else str(model),
+            num_generations=num_generations,
+            judge=judge,
+            workers=workers,
+            ray_address=ray_address,
+            limit=limit,
+            seed=seed,
+            sample_steps=steps,
+            memory=None if memory is None else str(memory),
+            chroma_url=chroma_url,
+            use_memory=not no_memory,
             score_group=scorer or DEFAULT_SCORER,
         )
         summary = export(cfg, progress=not as_json)
@@ -77,8 +91,11 @@ def _export_app() -> typer.Typer:
         if as_json:
             print(rep.model_dump_json(indent=2))
         else:
-            print(f"{'OK' if rep.ok else 'INVALID'}: {rep.path}: {rep.groups} groups, {rep.hypotheses} hypotheses, "
-                  f"{rep.pairs} pairs, zero-variance {100 * rep.zero_variance_share:.1f}%")
+            print(
+                f"{'OK' if rep.ok else 'INVALID'}: {rep.path}: {rep.groups} groups, "
+                f"{rep.hypotheses} hypotheses, "
+                f"{rep.pairs} pairs, zero-variance {100 * rep.zero_variance_share:.1f}%"
+            )
             for e in rep.errors:
                 print(f"  error: {e}")
             for w in rep.warnings:
@@ -95,7 +112,9 @@ def register(app: typer.Typer) -> None:
     @app.command("finetune")
     def finetune_cmd(
         data: Path = typer.Option(..., help="Dataset folder written by `hmrcritic export`."),
-        out: Path = typer.Option(..., help="Output checkpoint (.pt); OUT.state.pt / OUT.log.jsonl beside it."),
+        out: Path = typer.Option(
+            ..., help="Output checkpoint (.pt); OUT.state.pt / OUT.log.jsonl beside it."
+        ),
         model: Path = typer.Option(None, help="Base checkpoint (default: the shipped base model)."),
         objective: str = typer.Option("gpa", help="gpa | gpa_linear | dpo | sft (best-of-group)."),
         num_generations: int = typer.Option(20, help="Stored hypotheses drawn per group and step (G)."),
@@ -123,10 +142,24 @@ def register(app: typer.Typer) -> None:
         from hmrcritic.alignment.finetune import FinetuneConfig, finetune
 
         cfg = FinetuneConfig(
-            data=str(data), out=str(out), model=None if model is None else str(model), objective=objective,
-            num_generations=num_generations, steps=steps, batch_size=batch_size, lr=lr, beta=beta, t_min=t_min,
-            gpa_weight=gpa_weight, base_loss_weight=base_loss_weight, scale_rewards=scale_rewards, ema=ema,
-            seed=seed, checkpoint_every=checkpoint_every, resume=resume, device=device,
+            data=str(data),
+            out=str(out),
+            model=None if model is None else str(model),
+            objective=objective,
+            num_generations=num_generations,
+            steps=steps,
+            batch_size=batch_size,
+            lr=lr,
+            beta=beta,
+            t_min=t_min,
+            gpa_weight=gpa_weight,
+            base_loss_weight=base_loss_weight,
+            scale_rewards=scale_rewards,
+            ema=ema,
+            seed=seed,
+            checkpoint_every=checkpoint_every,
+            resume=resume,
+            device=device,
         )
         path = finetune(cfg, progress=not as_json)
         logs = [json.loads(line) for line in cfg.log_path.read_text().splitlines() if line.strip()]

@@ -26,7 +26,8 @@ def register(app: typer.Typer) -> None:
         if as_json:
             typer.echo(json.dumps(_summary(info, folder)))
         else:
-            typer.echo(f"split {split}: {info['n']} scenes in {folder} ({info['seconds']} s)")
+            secs = f"{info['seconds']} s, {info['cpu_seconds']} s CPU"
+            typer.echo(f"split {split}: {info['n']} scenes in {folder} ({secs})")
 
     @data_app.command("info")
     def info(

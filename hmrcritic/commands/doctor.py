@@ -180,7 +180,8 @@ def _summary(c: dict) -> str:
     if n == "packages":
         return ", ".join(f"{k} {v}" for k, v in c["versions"].items())
     if n == "gl_render" and c["ok"]:
-        return (f"PYOPENGL_PLATFORM={c['platform']}: rendered {c['pixels']} px in {c['ms']} ms on "
+        return (f"PYOPENGL_PLATFORM={c['platform']}: rendered {c['pixels']} px in {c['ms']} ms "
+                f"(first {c['first_ms']} ms) on "
                 f"{c.get('renderer', '?')} ({c.get('vendor', '?')}, GL {c.get('version', '?')})")
     if n == "body_model" and c["ok"]:
         return f"{c['model']}: {c['vertices']} vertices, {c['faces']} faces, rest height {c['height_m']} m"

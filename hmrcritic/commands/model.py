@@ -52,13 +52,18 @@ def register(app: typer.Typer) -> None:
         resume: bool = typer.Option(
             True, "--resume/--no-resume", help="Continue from the run folder's last checkpoint."
         ),
-        threads: int = typer.Option(2, help="torch CPU threads."),
+        threads: int = typer.Option(
+            1, help="torch CPU threads (1 = bitwise reproducible; fastest on a busy machine)."
+        ),
         max_samples: int = typer.Option(None, help="Use only the first N training scenes (quick runs)."),
+        stop_at: int = typer.Option(
+            None, help="Stop after this step (resumable; the recipe's schedule is kept)."
+        ),
         device: str = typer.Option("cpu", help="cpu or cuda."),
         ship: bool = typer.Option(
             False, help="Evaluate on test and wild and install as hmrcritic/assets/base_model.pt."
         ),
-        eval_limit: int = typer.Option(500, help="Scenes per split for the --ship evaluation."),
+        eval_limit: int = typer.Option(200, help="Scenes per split for the --ship evaluation."),
     ) -> None:
         """Train the base diffusion model from its recipe (reproducible; resumes).
 
@@ -79,7 +84,13 @@ def register(app: typer.Typer) -> None:
             f"training base model -> {out} ({cfg.steps} steps, batch {cfg.batch_size}, seed {seed})",
             flush=True,
         )
-        path = train_base(cfg, out, resume=resume, progress=_progress_printer("train"), device=device)
+        path = train_base(
+            cfg, out, resume=resume, progress=_progress_printer("train"), device=device, stop_at=stop_at
+        )
+        if path.name == "state.pt":  # stopped early: export the EMA weights at that step
+            from hmrcritic.hmr.train import checkpoint_from_state
+
+            path = checkpoint_from_state(path, Path(out) / f"model_step{stop_at}.pt")
         print(f"model: {path}")
         if ship:
             from hmrcritic.hmr.diffusion import load_model
@@ -92,7 +103,12 @@ def register(app: typer.Typer) -> None:
                     model, split=split, num_generations=16, limit=eval_limit, progress=_eval_progress
                 )
                 print(format_report(evals[split]))
-            pt, js = ship_model(path, evals, command=f"hmrcritic train-base --seed {seed} --ship")
+            cmd = (
+                f"hmrcritic train-base --seed {seed}"
+                + (f" --stop-at {stop_at}" if stop_at else "")
+                + " --ship"
+            )
+            pt, js = ship_model(path, evals, command=cmd)
             print(f"shipped: {pt} ({pt.stat().st_size / 1e6:.1f} MB), {js}")
 
     @app.command("sample")

@@ -167,7 +167,9 @@ def make_scenes(
     cfg = _resolve_preset(preset)
     body = body or load_body_model()
     W, H = int(image_size[0]), int(image_size[1])
-    pose = poses.sample_poses(n, seed, categories)
+    pose = poses.sample_poses(
+        n, seed, categories, joints_fn=lambda g, b, be: keypoint_joints(body, g, b, be)[0]
+    )
     rng = np.random.default_rng([seed, 7])
     cams = camera.sample_cameras(n, rng, cfg)
     out: dict[str, list] = {k: [] for k in (*CONDITION_KEYS, *LABEL_KEYS)}
@@ -400,7 +402,7 @@ def generate_split(
     out = Path(out_dir) if out_dir is not None else _split_root(None) / name
     out.parent.mkdir(parents=True, exist_ok=True)
     body = body or load_body_model()
-    t0 = time.perf_counter()
+    t0, c0 = time.perf_counter(), time.process_time()
     arrays = _with_progress(
         f"generating split '{name}' ({n} scenes)",
         n,
@@ -441,6 +443,7 @@ def generate_split(
             "images": bool(render_images),
             "categories": list(poses.POSE_CATEGORIES),
             "seconds": round(time.perf_counter() - t0, 2),
+            "cpu_seconds": round(time.process_time() - c0, 2),
         }
         atomic_write_json(stage / "manifest.json", manifest)
         old = out.parent / f".old-{out.name}-{os.getpid()}"
@@ -562,6 +565,11 @@ class SceneSet:
         self._offsets = np.cumsum([0, *self._counts])
         self._cache: dict[int, dict[str, np.ndarray]] = {}
 
+    @property
+    def root(self) -> Path:
+        """The split's folder (alias of ``folder``)."""
+        return self.folder
+
     def __len__(self) -> int:
         return int(self._offsets[-1])
 
@@ -591,15 +599,15 @@ class SceneSet:
         k = int(np.searchsorted(self._offsets, i, side="right") - 1)
         a = self._shard(k)
         j = i - int(self._offsets[k])
-        get = lambda key: a[key][j] if key in a else None  # noqa: E731
+        get = lambda key: a[key][j].copy() if key in a else None  # noqa: E731 (copies keep the cache intact)
         sid = str(a["sample_id"][j])
         img = self.folder / "images" / f"{sid}.png"
         msk = self.folder / "masks" / f"{sid}.png"
         cat = get("category")
         return Sample(
             sample_id=sid,
-            keypoints=a["keypoints"][j],
-            K=a["K"][j],
+            keypoints=a["keypoints"][j].copy(),
+            K=a["K"][j].copy(),
             image_size=(int(a["image_size"][j][0]), int(a["image_size"][j][1])),
             smpl24_keypoints=get("smpl24_keypoints"),
             image_path=str(img) if img.exists() else None,
@@ -654,7 +662,7 @@ def _as_points(values, path: Path, what: str) -> np.ndarray:
     try:
         arr = np.asarray(values, dtype=np.float64)
     except (TypeError, ValueError):
-        raise InputError(f"{path}: {what} must contain only numbers") from None
+        raise InputError(f"{path}: {what} must contain only numbers in a regular [x, y, c] layout") from None
     return arr
 
 

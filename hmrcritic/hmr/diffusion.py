@@ -53,7 +53,7 @@ class DiffusionConfig:
     """Architecture and noise schedule. Everything here is saved in the checkpoint and checked on load."""
 
     d_model: int = 128
-    layers: int = 4
+    layers: int = 3
     heads: int = 4
     ff_mult: int = 2
     dropout: float = 0.0
@@ -62,6 +62,10 @@ class DiffusionConfig:
     beta_start: float = 1e-4
     beta_end: float = 0.02
     std_floor: float = 0.05  # floor for the per-dimension std of x0 (joints that barely move in the data)
+    # A global condition vector (MLP over all keypoint + box features) added to every state token, beside the
+    # keypoint tokens: without this direct path the first base run learned to ignore the keypoints entirely
+    # (its loss was the same with shuffled conditions after 1000 steps).
+    global_cond: bool = True
 
     @classmethod
     def from_dict(cls, d: dict) -> DiffusionConfig:
@@ -145,9 +149,7 @@ def condition_from_keypoints(
     image_size = torch.as_tensor(image_size, dtype=torch.float32, device=keypoints.device).reshape(-1, 2)
     conf = keypoints[..., 2].clamp(0, 1)
     uv = keypoints[..., :2]
-    inside = (
-        (uv >= 0).all(-1) & (uv[..., 0] <= image_size[:, None, 0]) & (uv[..., 1] <= image_size[:, None, 1])
-    )
+    inside = (uv >= 0).all(-1) & (uv[..., 0] <= image_size[:, None, 0]) & (uv[..., 1] <= image_size[:, None, 1])
     conf = torch.where(inside & torch.isfinite(uv).all(-1), conf, torch.zeros_like(conf))
     uv = torch.nan_to_num(uv)
     kp = torch.cat([uv, conf[..., None]], dim=-1)
@@ -216,6 +218,8 @@ class HMRDiffusion(nn.Module):
         self.kp_in = nn.Linear(4, d)
         self.box_in = nn.Sequential(nn.Linear(4, d), nn.SiLU(), nn.Linear(d, d))
         self.t_mlp = nn.Sequential(nn.Linear(d, d), nn.SiLU(), nn.Linear(d, d))
+        if config.global_cond:
+            self.cond_mlp = nn.Sequential(nn.Linear(NUM_KEYPOINTS * 4 + 4, 2 * d), nn.SiLU(), nn.Linear(2 * d, d))
         # token-type / index embeddings: 25 state tokens, 17 keypoints, box, time
         self.state_pos = nn.Parameter(torch.randn(NUM_JOINTS + 1, d) * 0.02)
         self.kp_pos = nn.Parameter(torch.randn(NUM_KEYPOINTS, d) * 0.02)
@@ -267,13 +271,14 @@ class HMRDiffusion(nn.Module):
         state = torch.cat([joints, shape], 1) + self.state_pos + temb
         kp = cond.keypoints
         vis = (kp[..., 2:3] > 0).float()
-        kp_tok = self.kp_in(torch.cat([kp, vis], -1)) + self.kp_pos
+        kp_feat = torch.cat([kp, vis], -1)
+        kp_tok = self.kp_in(kp_feat) + self.kp_pos
+        if self.config.global_cond:
+            state = state + self.cond_mlp(torch.cat([kp_feat.reshape(B, -1), cond.box], -1))[:, None]
         box_tok = self.box_in(cond.box)[:, None] + self.box_pos
         h = self.encoder(torch.cat([state, kp_tok, box_tok, temb], 1))
         h = self.norm(h[:, : NUM_JOINTS + 1])
-        return torch.cat(
-            [self.joint_out(h[:, :NUM_JOINTS]).reshape(B, -1), self.shape_out(h[:, NUM_JOINTS])], -1
-        )
+        return torch.cat([self.joint_out(h[:, :NUM_JOINTS]).reshape(B, -1), self.shape_out(h[:, NUM_JOINTS])], -1)
 
     def loss(
         self,
@@ -319,8 +324,7 @@ class HypothesisGroup:
     def numpy(self, b: int | None = None) -> dict[str, Any]:
         """Plain numpy arrays (for ``hypotheses.npz``): the whole group, or the N hypotheses of input b."""
         return {
-            k: (getattr(self, k) if b is None else getattr(self, k)[b]).detach().cpu().numpy()
-            for k in self._keys()
+            k: (getattr(self, k) if b is None else getattr(self, k)[b]).detach().cpu().numpy() for k in self._keys()
         }
 
     @staticmethod
@@ -371,7 +375,9 @@ def ddim_sample_x0(
     return model.denormalize(x)
 
 
-def solve_translation(joints_body: torch.Tensor, keypoints: torch.Tensor, K: torch.Tensor) -> torch.Tensor:
+def solve_translation(
+    joints_body: torch.Tensor, keypoints: torch.Tensor, K: torch.Tensor, min_depth: float = 0.3
+) -> torch.Tensor:
     """Camera translation t (…,3) that best projects body points (…,J,3) (at transl=0) onto keypoints.
 
     For each visible keypoint (u, v, w): ``fx(X+tx) + (cx-u)(Z+tz) = 0`` and ``fy(Y+ty) + (cy-v)(Z+tz) = 0``
@@ -380,6 +386,7 @@ def solve_translation(joints_body: torch.Tensor, keypoints: torch.Tensor, K: tor
     """
     X, Y, Z = joints_body.unbind(-1)
     u, v, w = keypoints.unbind(-1)
+    w = w.clamp_min(0)
     K = K.to(joints_body.dtype)
     while K.ndim < joints_body.ndim:  # (B,3,3) → broadcast over extra leading dims such as N
         K = K.unsqueeze(-3)
@@ -392,7 +399,7 @@ def solve_translation(joints_body: torch.Tensor, keypoints: torch.Tensor, K: tor
     by = -(fy * Y + (cy - v) * Z)
     A = torch.cat([ax, ay], -2)  # (…,2J,3)
     b = torch.cat([bx, by], -1)
-    wts = torch.cat([w, w], -1).clamp_min(0)
+    wts = torch.cat([w, w], -1)
     AtW = A.transpose(-1, -2) * wts[..., None, :]
     M = AtW @ A
     eye = torch.eye(3, dtype=A.dtype, device=A.device)
@@ -401,7 +408,15 @@ def solve_translation(joints_body: torch.Tensor, keypoints: torch.Tensor, K: tor
     prior = torch.tensor([0.0, 0.0, 3.0], dtype=A.dtype, device=A.device)
     M = M + lam * eye
     rhs = (AtW @ b[..., None]).squeeze(-1) + lam[..., 0] * prior
-    return torch.linalg.solve(M, rhs)
+    t = torch.linalg.solve(M, rhs)
+    # A badly wrong body can fit best "behind" the camera; keep it in front (depth ≥ min_depth) and
+    # re-fit tx, ty for that depth so the hypothesis still lands on the keypoints.
+    tz = t[..., 2:3].clamp_min(min_depth)
+    wsum = w.sum(-1, keepdim=True)
+    tx = (w * (-X - (cx - u) * (Z + tz) / fx)).sum(-1, keepdim=True) / wsum.clamp_min(1e-9)
+    ty = (w * (-Y - (cy - v) * (Z + tz) / fy)).sum(-1, keepdim=True) / wsum.clamp_min(1e-9)
+    refit = (t[..., 2:3] < min_depth) & (wsum > 0)
+    return torch.where(refit, torch.cat([tx, ty, tz], -1), t)
 
 
 @torch.no_grad()
@@ -432,9 +447,7 @@ def sample(
     params = x0_to_params(x0)
     K = cond.K if K is None else torch.as_tensor(K, dtype=torch.float32, device=device)
     keypoints = (
-        cond.keypoints_px
-        if keypoints is None
-        else torch.as_tensor(keypoints, dtype=torch.float32, device=device)
+        cond.keypoints_px if keypoints is None else torch.as_tensor(keypoints, dtype=torch.float32, device=device)
     )
     transl = torch.zeros(B * N, 3, device=device)
     if solve_transl and K is not None and keypoints is not None:
@@ -486,17 +499,11 @@ def read_checkpoint(path: str | Path) -> dict:
     try:
         payload = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as exc:
-        raise AssetError(
-            f"model checkpoint is corrupt or not a torch file: {path} ({type(exc).__name__})"
-        ) from None
+        raise AssetError(f"model checkpoint is corrupt or not a torch file: {path} ({type(exc).__name__})") from None
     if not isinstance(payload, dict) or payload.get("format") != CHECKPOINT_FORMAT:
-        raise AssetError(
-            f"not an hmrcritic diffusion checkpoint (missing format tag '{CHECKPOINT_FORMAT}'): {path}"
-        )
+        raise AssetError(f"not an hmrcritic diffusion checkpoint (missing format tag '{CHECKPOINT_FORMAT}'): {path}")
     if payload.get("version") != CHECKPOINT_VERSION:
-        raise AssetError(
-            f"checkpoint version {payload.get('version')} unsupported (want {CHECKPOINT_VERSION}): {path}"
-        )
+        raise AssetError(f"checkpoint version {payload.get('version')} unsupported (want {CHECKPOINT_VERSION}): {path}")
     return payload
 
 
@@ -512,9 +519,7 @@ def load_model(path: str | Path | None = None, device: str = "cpu") -> HMRDiffus
         config = DiffusionConfig.from_dict(dict(payload["config"]))
         model = HMRDiffusion(config)
     except Exception as exc:
-        raise AssetError(
-            f"checkpoint config does not match this version of hmrcritic: {path} ({exc})"
-        ) from None
+        raise AssetError(f"checkpoint config does not match this version of hmrcritic: {path} ({exc})") from None
     state = payload.get("state_dict")
     if not isinstance(state, dict):
         raise AssetError(f"checkpoint has no state_dict: {path}")
@@ -564,22 +569,16 @@ def sample_to_dir(
         body = load_body_model(device=str(device))
     cond = condition_from_keypoints(kp, K, size)
     gen = torch.Generator(device=device).manual_seed(int(seed))
-    group = sample(
-        model, cond, num_generations=num_generations, steps=steps, eta=eta, generator=gen, body=body
-    )
+    group = sample(model, cond, num_generations=num_generations, steps=steps, eta=eta, generator=gen, body=body)
     arrays = group.numpy(0)
     arrays.update(keypoints=kp[0].cpu().numpy(), K=K[0].cpu().numpy(), image_size=size[0].cpu().numpy())
     files = {"hypotheses": str(atomic_save_npz(out_dir / "hypotheses.npz", **arrays))}
     flat = group.flat()
-    verts = (
-        body(flat["global_orient"], flat["body_pose"], flat["betas"], flat["transl"]).vertices.cpu().numpy()
-    )
+    verts = body(flat["global_orient"], flat["body_pose"], flat["betas"], flat["transl"]).vertices.cpu().numpy()
     if obj or render:
         from hmrcritic.hmr import render as R
     if obj:
-        files["obj"] = [
-            str(R.write_obj(out_dir / f"hyp_{i:02d}.obj", v, body.faces)) for i, v in enumerate(verts)
-        ]
+        files["obj"] = [str(R.write_obj(out_dir / f"hyp_{i:02d}.obj", v, body.faces)) for i, v in enumerate(verts)]
     if render:
         if image is None and getattr(item, "image_path", None):
             from hmrcritic.hmr.data import read_image

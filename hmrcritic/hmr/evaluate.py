@@ -9,7 +9,8 @@ reproducible). Reported, all in mm on the ``lsp14`` joint set unless named other
 - 2D reprojection error (px) of the COCO-17 joints against the visible input keypoints;
 - implausible-hypothesis rate (joint limits or self-penetration, ``hmr/anatomy.is_implausible``);
 - diversity: mean pairwise joint distance within a group (root-relative, mm) over the SMPL joints whose
-  COCO keypoint is visible vs occluded (``COCO_TO_SMPL``);
+  COCO keypoint is visible vs occluded (``COCO_TO_SMPL``); ``*_aligned`` does the same after
+  similarity-aligning each hypothesis to the group mean, so global-orientation spread does not count;
 - a nearest-neighbour baseline: the training pose whose box-normalised 2D keypoints are closest.
 
 ``select_fn`` is the hook for "critic top-1" (alignment stage): given a batch context it returns per-input
@@ -211,6 +212,10 @@ def evaluate_model(
         add("div_visible", M.mean_pairwise_distance(joints, vis & mapped, root_relative=True))
         add("div_occluded", M.mean_pairwise_distance(joints, ~vis & mapped, root_relative=True))
         add("div_all", M.mean_pairwise_distance(joints, None, root_relative=True))
+        # the same after similarity-aligning every hypothesis to the group mean: articulation only
+        aligned = M.procrustes_align(joints, joints.mean(1, keepdim=True))
+        add("div_visible_pa", M.mean_pairwise_distance(aligned, vis & mapped))
+        add("div_occluded_pa", M.mean_pairwise_distance(aligned, ~vis & mapped))
         if select_fn is not None:
             ctx = {
                 "group": group,
@@ -273,6 +278,8 @@ def evaluate_model(
         "diversity_visible_mm": mean("div_visible"),
         "diversity_occluded_mm": mean("div_occluded"),
         "diversity_all_mm": mean("div_all"),
+        "diversity_visible_aligned_mm": mean("div_visible_pa"),
+        "diversity_occluded_aligned_mm": mean("div_occluded_pa"),
         "diversity_joint_set": "smpl24 joints with a COCO-17 counterpart, root-relative",
         "alignment": {
             "mpjpe": "mid-hip (lsp14) / pelvis (smpl24)",
@@ -318,6 +325,8 @@ def format_report(res: dict) -> str:
         f"diversity visible {f(res['diversity_visible_mm'])} mm   "
         f"occluded {f(res['diversity_occluded_mm'])} mm"
         f"   ({res['diversity_joint_set']})",
+        f"  aligned to group mean: visible {f(res.get('diversity_visible_aligned_mm'))} mm   "
+        f"occluded {f(res.get('diversity_occluded_aligned_mm'))} mm",
     ]
     if res.get("pa_mpjpe_selected_mm") is not None:
         lines.append(f"selected top-1 PA-MPJPE {f(res['pa_mpjpe_selected_mm'])} mm")

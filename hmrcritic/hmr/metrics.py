@@ -45,9 +45,11 @@ def joint_indices(name: str) -> list[int]:
 
 
 def _as_tensor(x) -> Tensor:
+    """Tensors pass through; float64 arrays stay float64 (ranks must not gain ties); others become float32."""
     if isinstance(x, Tensor):
         return x
-    return torch.as_tensor(np.asarray(x), dtype=torch.float32)
+    t = torch.as_tensor(np.asarray(x))
+    return t if t.dtype == torch.float64 else t.to(torch.float32)
 
 
 def select_joints(joints: Tensor, joint_set: str | None = "lsp14") -> tuple[Tensor, Tensor]:

@@ -336,12 +336,14 @@ def _draw(category: str, n: int, rng: np.random.Generator) -> tuple[torch.Tensor
     return _finalise(p)
 
 
-def sample_poses(n: int, seed: int, categories=None, max_rounds: int = 20) -> dict:
+def sample_poses(n: int, seed: int, categories=None, max_rounds: int = 20, joints_fn=None) -> dict:
     """Draw ``n`` plausible poses, deterministic per ``seed``.
 
     Returns ``global_orient_body (n,3)``, ``body_pose (n,69)``, ``betas (n,10)`` (float32 tensors) and
     ``category (n,)`` (int64 index into :data:`POSE_CATEGORIES`). ``categories`` restricts the mix (names
-    or indices); categories are drawn uniformly. Poses with interpenetrating capsules are redrawn.
+    or indices); categories are drawn uniformly. Poses with interpenetrating capsules are redrawn, judged
+    on ``joints_fn(global_orient, body_pose, betas) -> (B,24,3)`` (the scene generator passes the body
+    model, so the check sees its proportions and the betas) or else on the approximate SMPL skeleton.
     """
     if categories is None:
         cats = list(range(len(POSE_CATEGORIES)))
@@ -360,7 +362,10 @@ def sample_poses(n: int, seed: int, categories=None, max_rounds: int = 20) -> di
         for _ in range(max_rounds):
             g, b = _draw(POSE_CATEGORIES[c], len(todo), rng)
             glob[todo], body[todo] = g, b
-            joints = anatomy.forward_kinematics(g, b)
+            if joints_fn is None:
+                joints = anatomy.forward_kinematics(g, b)
+            else:
+                joints = joints_fn(g, b, torch.from_numpy(betas[todo])).float().cpu()
             bad = (anatomy.self_penetration(joints) > 0.0) | (anatomy.hyperextension(b).amax(1) > 0.5)
             todo = todo[bad.numpy()]
             if len(todo) == 0:

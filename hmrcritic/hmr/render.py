@@ -17,7 +17,10 @@ Why it looks like this:
   :func:`get_renderer` shares one per process.
 - Overlays are composited here from the depth mask, not by pyrender's background colour, so pixels the
   mesh does not cover are returned byte-identical to the input image.
-- Faces are drawn double-sided: a generated body model with flipped winding must not render inside-out.
+- Faces are drawn double-sided and lit with normals turned towards the camera, so a body model with
+  flipped winding does not render inside-out or black.
+- Shading is per-vertex Lambert baked into vertex colours and drawn unlit (:func:`shade_vertices`): on
+  llvmpipe this is ~3× faster than pyrender's PBR shader and reads just as well for a critic.
 """
 
 from __future__ import annotations
@@ -146,9 +149,10 @@ class Renderer:
     serialised by a process-wide lock, so threads may share a renderer but do not render in parallel.
     """
 
-    def __init__(self, ambient: float = 0.3, light_intensity: float = 2.5):
+    def __init__(self, ambient: float = 0.35, light_intensity: float = 0.8):
         self.ambient = float(ambient)
         self.light_intensity = float(light_intensity)
+        self._material = None
         self._scene = None
         self._camera = None
         self._mesh_node = None
@@ -170,14 +174,11 @@ class Renderer:
                 import pyrender
             except Exception as exc:
                 raise _gl_error(exc) from exc
-            scene = pyrender.Scene(bg_color=[0.0, 0.0, 0.0, 0.0], ambient_light=[self.ambient] * 3)
+            scene = pyrender.Scene(bg_color=[0.0, 0.0, 0.0, 0.0])
             self._camera = pyrender.IntrinsicsCamera(fx=1.0, fy=1.0, cx=0.0, cy=0.0, znear=0.05, zfar=100.0)
             scene.add(self._camera, pose=np.eye(4))
-            # Key light from the viewer's upper left, fill from the right: shading shows the limbs' depth.
-            key = pyrender.DirectionalLight(color=np.ones(3), intensity=self.light_intensity)
-            fill = pyrender.DirectionalLight(color=np.ones(3), intensity=self.light_intensity * 0.3)
-            scene.add(key, pose=_look_dir(np.array([-0.4, 0.6, 1.0])))
-            scene.add(fill, pose=_look_dir(np.array([0.6, -0.2, 1.0])))
+            self._material = pyrender.MetallicRoughnessMaterial(baseColorFactor=[1.0, 1.0, 1.0, 1.0],
+                                                                doubleSided=True)
             self._scene = scene
         return self._scene
 
@@ -198,20 +199,17 @@ class Renderer:
             cam.znear = 0.01
             cam.zfar = max(100.0, 2.0 * zmax + 1.0)
             flip = np.array([1.0, -1.0, -1.0], dtype=np.float32)
-            normals = vertex_normals(v, f) * flip
-            material = pyrender.MetallicRoughnessMaterial(
-                baseColorFactor=[*map(float, color[:3]), 1.0], metallicFactor=0.0, roughnessFactor=0.7,
-                doubleSided=True,
-            )
+            colors = None if depth_only else shade_vertices(v, f, color, self.ambient, self.light_intensity)
             prim = pyrender.Primitive(
-                positions=v * flip, normals=normals, indices=f, material=material, mode=4  # 4 = GL_TRIANGLES
+                positions=v * flip, color_0=colors, indices=f, material=self._material, mode=4  # GL_TRIANGLES
             )
             mesh = pyrender.Mesh([prim])
             if self._mesh_node is not None:
                 scene.remove_node(self._mesh_node)
                 self._mesh_node = None
             self._mesh_node = scene.add(mesh)
-            flags = pyrender.RenderFlags.SKIP_CULL_FACES
+            # FLAT = unlit: the shading is already in the vertex colours (see shade_vertices)
+            flags = pyrender.RenderFlags.SKIP_CULL_FACES | pyrender.RenderFlags.FLAT
             try:
                 if depth_only:
                     depth = r.render(scene, flags=flags | pyrender.RenderFlags.DEPTH_ONLY)
@@ -376,16 +374,26 @@ def _release_offscreen() -> None:
             _safe_delete(r)
 
 
-def _look_dir(direction: np.ndarray) -> np.ndarray:
-    """Pose (4,4, OpenGL frame) for a directional light shining from ``direction`` (towards the origin)."""
-    z = direction / np.linalg.norm(direction)  # pyrender lights shine along their local −z
-    up = np.array([0.0, 1.0, 0.0])
-    x = np.cross(up, z)
-    x /= np.linalg.norm(x)
-    y = np.cross(z, x)
-    pose = np.eye(4)
-    pose[:3, 0], pose[:3, 1], pose[:3, 2] = x, y, z
-    return pose
+# Lights in the OpenCV camera frame, as directions from the surface towards the light: a key light from the
+# viewer's upper left and a weaker fill from the right, so limbs in front of the torso read as separate.
+_KEY = np.array([-0.4, -0.6, -1.0]) / np.linalg.norm([-0.4, -0.6, -1.0])
+_FILL = np.array([0.6, 0.2, -1.0]) / np.linalg.norm([0.6, 0.2, -1.0])
+
+
+def shade_vertices(v: np.ndarray, f: np.ndarray, color, ambient: float = 0.35, key: float = 0.8):
+    """Per-vertex Lambert shading (key + 0.3·key fill + ambient) as RGBA vertex colours (V,4) float32.
+
+    Why not pyrender's PBR shader: on a software rasteriser (llvmpipe) its per-fragment lighting makes a
+    colour render ~3× slower than unlit vertex colours, and a critic only needs readable depth cues.
+    Normals are turned towards the camera, so the result does not depend on the mesh's face winding.
+    """
+    n = vertex_normals(v, f).astype(np.float64)
+    towards_cam = -v.astype(np.float64)
+    flip = np.sign(np.einsum("ij,ij->i", n, towards_cam))
+    n *= np.where(flip == 0, 1.0, flip)[:, None]
+    light = ambient + key * np.clip(n @ _KEY, 0, None) + 0.3 * key * np.clip(n @ _FILL, 0, None)
+    rgb = np.clip(np.asarray(color, dtype=np.float64)[:3][None] * light[:, None], 0.0, 1.0)
+    return np.concatenate([rgb, np.ones((len(v), 1))], axis=1).astype(np.float32)
 
 
 def _rot_y(angle_deg: float) -> np.ndarray:
@@ -496,8 +504,8 @@ def write_obj(path: str | os.PathLike, vertices, faces) -> Path:
 def self_test(size: int = 64) -> dict:
     """Render a small sphere and check that pixels changed where it should be (used by ``doctor``).
 
-    Returns ``{ok, platform, vendor, renderer, version, pixels, ms}``; a broken GL stack gives ``ok=False``
-    with the one-line reason in ``error`` instead of raising.
+    Returns ``{ok, platform, vendor, renderer, version, pixels, first_ms, ms}``; a broken GL stack gives
+    ``ok=False`` with the one-line reason in ``error`` instead of raising.
     """
     import time
 
@@ -510,9 +518,10 @@ def self_test(size: int = 64) -> dict:
     K = np.array([[size * 2.0, 0, (size - 1) / 2], [0, size * 2.0, (size - 1) / 2], [0, 0, 1]])
     r = Renderer()
     try:
-        t0 = time.perf_counter()
-        img = r.overlay(None, verts, faces, K, image_size=(size, size), bg_color=(0, 0, 0), alpha=1.0)
-        info["ms"] = round((time.perf_counter() - t0) * 1000, 1)
+        for key in ("first_ms", "ms"):  # the first render includes GL start-up and shader compilation
+            t0 = time.perf_counter()
+            img = r.overlay(None, verts, faces, K, image_size=(size, size), bg_color=(0, 0, 0), alpha=1.0)
+            info[key] = round((time.perf_counter() - t0) * 1000, 1)
         changed = (img != 0).any(-1)
         info["pixels"] = int(changed.sum())
         expected = np.pi * (size * 2.0 * 0.3 / 3.0) ** 2  # area of the projected disc (approx.)

@@ -9,6 +9,7 @@ paper embeds rendered overlays with CLIP; we embed poses because no image encode
 from __future__ import annotations
 
 import hashlib
+import json
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
@@ -51,6 +52,18 @@ def proto_key(proto_id: str, meta: dict) -> tuple:
     return (proto_id, *(round(float(meta.get(k, 0.0)), 6) for k in SCORE_FIELDS))
 
 
+_MOD = 1 << 128
+
+
+def proto_digest(ids: list[str], metas: list[dict]) -> int:
+    """Order-independent digest of prototypes: sum of per-record SHA-256 prefixes mod 2^128."""
+    total = 0
+    for i, m in zip(ids, metas, strict=True):
+        rec = json.dumps(proto_key(i, m), separators=(",", ":")).encode("utf-8")
+        total += int.from_bytes(hashlib.sha256(rec).digest()[:16], "big")
+    return total % _MOD
+
+
 def auto_proto_id(p: Prototype) -> str:
     emb = np.asarray(p.embedding, dtype=np.float32).tobytes()
     return "proto-" + hashlib.sha1(p.source.encode("utf-8") + emb).hexdigest()[:16]
@@ -66,7 +79,8 @@ class PrototypeMemory:
         return self._store._collection(PROTOTYPES_COLLECTION)
 
     def count(self) -> int:
-        return self._col().count()
+        with self._store._local_lock():
+            return self._col().count()
 
     def add(self, protos: list[Prototype], progress: bool = False) -> list[str]:
         """Insert or replace prototypes by id (empty ``proto_id`` → derived from source + embedding).
@@ -93,7 +107,11 @@ class PrototypeMemory:
         if len(set(ids)) != len(ids):
             raise InputError("prototype ids must be unique within one add() call")
         with self._store._write():
+            total, _ = self._store._proto_sum()
+            old = self._store._get_all(PROTOTYPES_COLLECTION, include=["metadatas"], ids=ids)
+            total = (total - proto_digest(old["ids"], old["metadatas"]) + proto_digest(ids, metas)) % _MOD
             self._store._upsert(PROTOTYPES_COLLECTION, ids, np.stack(vecs), metas, docs, progress=progress)
+            self._store._store_proto_sum(total)
         return ids
 
     def get(self, proto_ids: list[str]) -> list[Prototype]:
@@ -114,11 +132,11 @@ class PrototypeMemory:
             q = q[None]
         if q.ndim != 2 or q.shape[1] != POSE_DIM:
             raise InputError(f"prototype query: embeddings must have shape (n, {POSE_DIM}), got {q.shape}")
-        n = self.count()
-        if n == 0 or k <= 0 or len(q) == 0:
+        if k <= 0 or len(q) == 0:
             return [[] for _ in range(len(q))]
         include = ["documents", "metadatas", "distances"] + (["embeddings"] if include_embeddings else [])
-        res = self._col().query(query_embeddings=q, n_results=min(k, n), include=include)
+        with self._store._local_lock():  # Chroma returns fewer than k when the collection is smaller
+            res = self._col().query(query_embeddings=q, n_results=int(k), include=include)
         out = []
         for qi in range(len(q)):
             embs = res["embeddings"][qi] if include_embeddings else [None] * len(res["ids"][qi])

@@ -103,6 +103,7 @@ class RuleMemory:
         self._store = store
         self._cache: list[Rule] | None = None
         self._cache_gen = -1
+        self._loads = 0  # bumped on every reload: keys the arrays derived from the cache
 
     # ---- reading -------------------------------------------------------------------------------------
     def _col(self):
@@ -116,6 +117,7 @@ class RuleMemory:
             rules = [rule_from_record(i, d, m) for i, d, m in recs]
             self._cache = sorted(rules, key=lambda r: r.rule_id)
             self._cache_gen = gen
+            self._loads += 1
         return self._cache
 
     def invalidate(self) -> None:
@@ -142,7 +144,7 @@ class RuleMemory:
         rules = [r for r in self._load_all() if not r.retired]
         if not rules:
             return []
-        key = (id(self._cache), len(rules))
+        key = self._loads
         if getattr(self, "_arr_key", None) != key:
             vocab = sorted({t for r in rules for t in r.tags})
             col = {t: i for i, t in enumerate(vocab)}
@@ -179,11 +181,12 @@ class RuleMemory:
 
     def text_similarity(self, query_text: str) -> dict[str, float]:
         """Cosine similarity of the query text to every rule text (loads the text model)."""
-        n = self._col().count()
-        if n == 0:
-            return {}
         q = embed_text([query_text])
-        res = self._col().query(query_embeddings=q, n_results=n, include=["distances"])
+        with self._store._local_lock():
+            n = self._col().count()
+            if n == 0:
+                return {}
+            res = self._col().query(query_embeddings=q, n_results=n, include=["distances"])
         return {i: 1.0 - float(d) for i, d in zip(res["ids"][0], res["distances"][0], strict=True)}
 
     def search(self, query_text: str, k: int = 10, include_retired: bool = False) -> list[tuple[Rule, float]]:
@@ -262,17 +265,21 @@ class RuleMemory:
                                     [rule_to_metadata(r) for r in changed_text],
                                     [r.text for r in changed_text])
 
-    def record_use(self, rule_ids: list[str], success: bool) -> None:
+    def record_use(self, rule_ids: list[str], success: bool, ignore_unknown: bool = False) -> None:
         """``n_used += 1`` for each rule (and ``n_success += 1`` when ``success``); read-modify-write under
         the memory's write lock so two processes recording at once lose no counts. A rule id listed twice
-        counts twice."""
+        counts twice. Unknown ids are an InputError unless ``ignore_unknown`` (e.g. ids a VLM made up)."""
         rule_ids = list(rule_ids)
         if not rule_ids:
             return
         with self._store._write():
             current = {r.rule_id: r for r in self._load_all()}
             missing = sorted({i for i in rule_ids if i not in current})
-            if missing:
+            if missing and ignore_unknown:
+                rule_ids = [i for i in rule_ids if i in current]
+                if not rule_ids:
+                    return
+            elif missing:
                 raise InputError(f"record_use: unknown rule id(s) {missing[:5]} in {self._store.location}")
             touched: dict[str, Rule] = {}
             for i in rule_ids:

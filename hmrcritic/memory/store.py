@@ -7,7 +7,8 @@ workers on several machines.
 Writers: two processes writing one embedded collection at once silently corrupt its vector index, and a
 process does not see another's new vectors until it reopens its client (STACK.md). So every write batch
 takes ``<memory_dir>/.write.lock`` (``filelock``) and, for the embedded store, drops this process's cached
-Chroma system and reopens it *inside* the lock, so the batch starts from what is on disk. Readers that want
+Chroma system and reopens it *inside* the lock, so the batch starts from what is on disk (skipped when a
+sequence file shows that no other process wrote since this one did). Readers that want
 other processes' writes call :meth:`MemoryStore.refresh`.
 
 Frozen memory: ``read_only=True`` refuses every write (scoring for export/evaluation reads a frozen memory
@@ -34,7 +35,7 @@ from hmrcritic import config
 from hmrcritic.errors import AssetError, InputError
 from hmrcritic.io import atomic_write_json
 from hmrcritic.memory.embeddings import POSE_DIM, POSE_EMBEDDING_ID, TEXT_DIM, TEXT_EMBEDDING_ID
-from hmrcritic.memory.prototypes import PROTOTYPES_COLLECTION, PrototypeMemory, proto_key
+from hmrcritic.memory.prototypes import PROTOTYPES_COLLECTION, PrototypeMemory, proto_digest
 from hmrcritic.memory.rules import RULES_COLLECTION, RuleMemory, rule_key
 from hmrcritic.memory.schema import Prototype, Rule
 
@@ -59,6 +60,26 @@ class ReadOnlyMemoryError(AssetError):
 # path re-fetches its client and collections (Chroma shares one "system" per path inside a process).
 _GENERATION: dict[str, int] = {}
 _PROCESS_LOCKS: dict[str, threading.RLock] = {}
+# Per database path: the write sequence number this process last wrote or loaded. Every write batch bumps
+# ``<dir>/.write.seq`` under the lock; a batch skips the (costly, ~1 s at 100k prototypes) reopen when the
+# file still holds the number this process left there, i.e. nobody else wrote in between.
+_SEQ_SEEN: dict[str, int] = {}
+SEQ_NAME = ".write.seq"
+
+
+def _read_seq(path: Path) -> int:
+    try:
+        return int((path / SEQ_NAME).read_text().strip() or 0)
+    except (OSError, ValueError):
+        return -1
+
+
+def _bump_seq(path: Path, seq: int) -> int:
+    from hmrcritic.io import atomic_write_text
+
+    seq = max(seq, 0) + 1
+    atomic_write_text(path / SEQ_NAME, f"{seq}\n")
+    return seq
 _REGISTRY_LOCK = threading.Lock()
 
 
@@ -120,6 +141,8 @@ class MemoryStore:
         self._key = str(self.path)
         self._cols: dict[str, Any] = {}
         self._gen_seen = -1
+        self._writes = 0
+        self._version_cache: tuple[tuple[int, int], str] | None = None
         self.rules = RuleMemory(self)
         self.prototypes = PrototypeMemory(self)
         if self.chroma_url:
@@ -129,9 +152,11 @@ class MemoryStore:
                 raise AssetError(f"no memory at {self.path} (nothing to open read-only); create one with "
                                  "`hmrcritic memory reset --yes` or by exploring")
             self.path.mkdir(parents=True, exist_ok=True)
-            self._client = _persistent_client(self._key)
-            self._gen_seen = _GENERATION.get(self._key, 0)
-        missing = self._open_collections()
+        with self._local_lock():
+            if not self.chroma_url:
+                self._client = _persistent_client(self._key)
+                self._gen_seen = _GENERATION.get(self._key, 0)
+            missing = self._open_collections()
         if missing:
             if self.read_only:
                 raise AssetError(f"memory at {self.location} lacks collection(s) {missing}; it is not an "
@@ -207,6 +232,12 @@ class MemoryStore:
                                  "`hmrcritic memory reset --yes`")
         return self._cols[name]
 
+    def _local_lock(self) -> threading.RLock:
+        """Per-path, per-process lock. Every Chroma call of every store on this path holds it: a write
+        batch reopens the process's Chroma system, which must not happen under another thread's read."""
+        with _REGISTRY_LOCK:
+            return _PROCESS_LOCKS.setdefault(self._key, threading.RLock())
+
     @contextmanager
     def _write(self) -> Iterator[None]:
         """One write batch: refuse when frozen, take the file lock, start from what is on disk.
@@ -217,9 +248,7 @@ class MemoryStore:
                                       "writes are refused")
         from filelock import FileLock, Timeout
 
-        with _REGISTRY_LOCK:
-            plock = _PROCESS_LOCKS.setdefault(self._key, threading.RLock())
-        with plock:
+        with self._local_lock():
             depth = getattr(self, "_write_depth", 0)
             if depth:
                 self._write_depth = depth + 1
@@ -236,18 +265,25 @@ class MemoryStore:
                 raise AssetError(f"memory at {self.location} stayed locked by another writer for "
                                  f"{LOCK_TIMEOUT_S:.0f} s (lock file {self.path / LOCK_NAME})") from exc
             self._write_depth = 1
+            seq = _read_seq(self.path)
             try:
                 if not self.chroma_url:
-                    self._client = _persistent_client(self._key, reopen=True)
-                    self._gen_seen = self._generation()
-                    self._cols = {}
+                    if seq < 0 or _SEQ_SEEN.get(self._key) != seq:
+                        self._client = _persistent_client(self._key, reopen=True)
+                        self._gen_seen = self._generation()
+                        self._cols = {}
+                    self._ensure_current()
                     self._open_collections()
                 self.rules.invalidate()
                 yield
             finally:
                 self._write_depth = 0
+                self._writes += 1
                 self.rules.invalidate()
-                lock.release()
+                try:
+                    _SEQ_SEEN[self._key] = _bump_seq(self.path, seq)
+                finally:
+                    lock.release()
 
     def _check_dim(self, name: str, vecs: np.ndarray) -> None:
         dim = COLLECTIONS[name][1]
@@ -274,6 +310,10 @@ class MemoryStore:
 
     def _get_all(self, name: str, include: list[str], ids: list[str] | None = None) -> dict[str, list]:
         """``collection.get`` paged (large collections) with lists for every included field."""
+        with self._local_lock():
+            return self._get_all_locked(name, include, ids)
+
+    def _get_all_locked(self, name: str, include: list[str], ids: list[str] | None) -> dict[str, list]:
         col = self._collection(name)
         out: dict[str, list] = {"ids": [], **{k: [] for k in include}}
         if ids is not None:
@@ -292,21 +332,60 @@ class MemoryStore:
     # ---- public -----------------------------------------------------------------------------------------
     def refresh(self) -> None:
         """See other processes' writes: reopen Chroma from disk (embedded store) and drop caches."""
+        with self._local_lock():
+            self._refresh_locked()
+
+    def _refresh_locked(self) -> None:
         if not self.chroma_url:
             self._client = _persistent_client(self._key, reopen=True)
             self._gen_seen = self._generation()
             self._cols = {}
             self._open_collections()
+        self._writes += 1  # other processes may have written: drop the cached version too
         self.rules.invalidate()
 
     def version(self) -> str:
         """Content hash of all rules (ids, text, tags, statistics, condition, retired) and prototypes (ids,
-        scores), independent of insertion order and stable across processes. 16 hex digits."""
+        scores), independent of insertion order and stable across processes. 16 hex digits.
+
+        Cached until this store writes or :meth:`refresh` runs (the agent asks for it per group, and hashing
+        100k prototypes reads all their metadata)."""
+        key = (self._generation(), self._writes)
+        if self._version_cache is None or self._version_cache[0] != key:
+            self._version_cache = (key, self._compute_version())
+        return self._version_cache[1]
+
+    def _compute_version(self, full: bool = False) -> str:
         rules = sorted(rule_key(r) for r in self.rules.all(include_retired=True))
-        got = self._get_all(PROTOTYPES_COLLECTION, include=["metadatas"])
-        protos = sorted(proto_key(i, m) for i, m in zip(got["ids"], got["metadatas"], strict=True))
-        blob = json.dumps({"rules": rules, "prototypes": protos}, sort_keys=True, separators=(",", ":"))
+        total, count = self._proto_sum(full=full)
+        blob = json.dumps({"rules": rules, "prototypes": [f"{total:032x}", count]}, sort_keys=True,
+                          separators=(",", ":"))
         return hashlib.sha256(blob.encode("utf-8")).hexdigest()[:16]
+
+    def verify_version(self) -> bool:
+        """Recompute the prototype part of the version from every record and compare with the running
+        sum kept in collection metadata (they differ only after a crash between a write and its sum)."""
+        return self._compute_version(full=True) == self._compute_version()
+
+    # Prototypes can number 100k+, so their part of the version is an order-independent running sum of
+    # per-record digests, kept with its record count in the collection metadata and updated under the
+    # write lock by every prototype write. A missing or stale sum (count mismatch) falls back to a scan.
+    def _proto_sum(self, full: bool = False) -> tuple[int, int]:
+        with self._local_lock():
+            col = self._collection(PROTOTYPES_COLLECTION)
+            meta, count = col.metadata or {}, col.count()
+            if not full and isinstance(meta.get("content_sum"), str) and meta.get("content_count") == count:
+                return int(meta["content_sum"], 16), count
+            got = self._get_all_locked(PROTOTYPES_COLLECTION, ["metadatas"], None)
+            return proto_digest(got["ids"], got["metadatas"]), count
+
+    def _store_proto_sum(self, total: int) -> None:
+        """Inside a write batch: record the running sum (and the count it belongs to) in Chroma."""
+        col = self._collection(PROTOTYPES_COLLECTION)
+        meta = dict(col.metadata or {})
+        meta.update(content_sum=f"{total:032x}", content_count=col.count())
+        col.modify(metadata=meta)
+        self._cols.pop(PROTOTYPES_COLLECTION, None)  # re-fetch so the cached metadata is current
 
     def stats(self) -> dict:
         rules = self.rules.all(include_retired=True)
@@ -413,6 +492,7 @@ class MemoryStore:
             for name in names or list(COLLECTIONS):
                 with suppress(NotFoundError, ValueError):
                     client.delete_collection(name)
+            _SEQ_SEEN[str(path)] = _bump_seq(path, _read_seq(path))
 
     def close(self) -> None:
         """Drop references (Chroma keeps one shared system per path in a process; it is reused)."""

@@ -1,0 +1,680 @@
+"""Reflective knowledge construction (PAPER.md §3): explore labelled groups, grow the memory, then freeze it.
+
+``explore(memory, split, rounds, batch_size)`` runs the critique agent graph (the same graph that scores for
+export and evaluation, with memory writes off) on batches of 3D-labelled groups. After each batch:
+
+1. **Rule statistics.** Every rule put into a judgement (recalled into the judge's context) gets
+   ``n_used += 1``; when the group's Spearman ρ(overall, −error) reaches τ the rules of that group also get
+   ``n_success += 1``. The error is PA-MPJPE by default (``mix`` = 1.2·MPJPE + 2.0·PA-MPJPE + 0.7·PVE, the
+   released code's ground-truth reward).
+2. **Prototypes.** Representative cases — the best and the worst hypothesis of each group and the
+   hypotheses the critic misjudged most — are written with their pose embedding, rationale, tags, true
+   PA-MPJPE and a *settled* overall score. Settled score (our choice; the paper does not say): the critic's
+   own scores re-assigned by the true error ranking (:func:`~hmrcritic.agent.mining.rank_matched_scores`),
+   i.e. the critic's judgement corrected toward the true rank while keeping the critic's scale, so a recalled
+   prototype tells the judge "a pose like this deserved that score" in the units the judge uses.
+3. **Rule mining** where a group's ρ falls short of τ: the builtin judge's executable-rule miner, or the
+   judge's own ``propose_rules`` (VLM) on the worst groups, validated (:mod:`hmrcritic.agent.mining`).
+4. **Maintenance**: near-duplicates merged, rules failing after enough uses retired
+   (:mod:`hmrcritic.memory.maintenance`).
+
+Crash safety / resume: a batch's effect on the memory is computed as a *plan with absolute values* (rule
+records after the batch, prototypes by deterministic id, mined rules with ids derived from their text),
+written to ``explore_pending.json``, applied under the memory's write lock and followed — inside the same
+lock — by the progress record (``explore_progress.json``). Re-applying a plan is a no-op, so an exploration
+killed anywhere resumes from its last finished batch without counting a use twice.
+
+Frozen memory: ``explored_on.json`` records which split and group ids the memory has learned from;
+:func:`assert_not_explored` refuses to evaluate on them. Scoring elsewhere opens the memory read-only and
+records :meth:`MemoryStore.version` with every score.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import json
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from hmrcritic.agent.mining import (
+    BatchGroup,
+    Rejection,
+    candidate_to_rule,
+    group_spearman,
+    mine_rules,
+    overrated_mask,
+    rank_matched_scores,
+    ranks,
+    underrated_mask,
+    validate_proposal,
+)
+from hmrcritic.errors import HMRCriticError, InputError
+from hmrcritic.io import append_jsonl, atomic_write_json, read_jsonl
+from hmrcritic.memory.schema import Prototype, Rule
+
+ERROR_METRICS = ("pa_mpjpe", "mpjpe", "pve", "mix")
+MIX_WEIGHTS = {"mpjpe": 1.2, "pa_mpjpe": 2.0, "pve": 0.7}
+EXPLORED_FILE = "explored_on.json"
+PROGRESS_FILE = "explore_progress.json"
+PENDING_FILE = "explore_pending.json"
+LOG_FILE = "explore_log.jsonl"
+SNAPSHOT_SKIP = (".write.lock", PENDING_FILE, ".complete")
+HISTORY_GROUPS = 64  # recent groups the miner validates a candidate rule on
+PROTOS_MISJUDGED = 2  # per group, besides the best and the worst
+
+
+# ------------------------------------------------------------------------------------------------ errors
+def error_table(group: Any, body: Any = None) -> dict[str, np.ndarray]:
+    """Per-hypothesis PA-MPJPE, MPJPE, PVE (mm) and their ``mix`` for a labelled group.
+
+    PA-MPJPE is the group's own ``errors_mm`` (what :mod:`hmrcritic.agent.groups` measured); the others are
+    computed here against the sample's ground-truth body and cached in ``group.extra["errors"]`` (a caller
+    may pre-fill that dict, e.g. a constructed test split)."""
+    extra = getattr(group, "extra", None)
+    if isinstance(extra, dict) and "errors" in extra and all(k in extra["errors"] for k in ("mpjpe", "pve")):
+        tab = {k: np.asarray(v, np.float64) for k, v in extra["errors"].items()}
+    else:
+        import torch
+
+        from hmrcritic.agent.groups import _labels
+        from hmrcritic.hmr.body import load_body_model
+        from hmrcritic.hmr.metrics import standard_metrics
+
+        body = body or load_body_model()
+        h = {k: torch.as_tensor(np.asarray(v), dtype=torch.float32) for k, v in group.hypotheses.items()}
+        lab = {k: torch.as_tensor(v, dtype=torch.float32)[None] for k, v in _labels(group.sample).items()}
+        with torch.no_grad():
+            pred = body(h["global_orient"], h["body_pose"], h["betas"], h.get("transl"))
+            gt = body(lab["global_orient"], lab["body_pose"], lab["betas"], lab.get("transl"))
+            m = standard_metrics(pred.joints, gt.joints.expand_as(pred.joints), pred.vertices,
+                                 gt.vertices.expand_as(pred.vertices))
+        tab = {k: v.double().numpy() for k, v in m.items()}
+        if isinstance(extra, dict):
+            extra["errors"] = {k: v.tolist() for k, v in tab.items()}
+    tab["pa_mpjpe"] = np.asarray(group.errors_mm, np.float64)
+    tab["mix"] = sum(w * tab[k] for k, w in MIX_WEIGHTS.items())
+    return tab
+
+
+def exploration_error(group: Any, metric: str = "pa_mpjpe", body: Any = None) -> np.ndarray:
+    if metric not in ERROR_METRICS:
+        raise InputError(f"error metric {metric!r}: choose one of {', '.join(ERROR_METRICS)}")
+    if metric == "pa_mpjpe":
+        return np.asarray(group.errors_mm, np.float64)
+    return error_table(group, body)[metric]
+
+
+# --------------------------------------------------------------------------------------- explored sidecar
+def _memory_path(memory: Any) -> Path:
+    if isinstance(memory, str | Path):
+        return Path(memory).expanduser().resolve()
+    if memory is None:
+        from hmrcritic import config
+
+        return config.memory_dir().resolve()
+    return Path(memory.path)
+
+
+def explored_record(memory: Any) -> dict:
+    """``explored_on.json`` of a memory: ``{"splits": {split: {"group_ids": [...], ...}}}`` (empty if none)."""
+    path = _memory_path(memory) / EXPLORED_FILE
+    if not path.exists():
+        return {"splits": {}}
+    try:
+        data = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, json.JSONDecodeError) as exc:
+        raise InputError(f"{path}: unreadable exploration record ({exc}); it guards against evaluating on "
+                         "explored groups, so fix or delete it knowingly") from exc
+    data.setdefault("splits", {})
+    return data
+
+
+def assert_not_explored(memory: Any, split: str, group_ids: Sequence[str]) -> None:
+    """Refuse to evaluate on groups the memory learned from (same split and group id).
+
+    Group ids are the labelled-group ids (``<split>-<index>``), so the same index of another split is fine.
+    Raises :class:`InputError` naming how many overlap and an example."""
+    rec = explored_record(memory).get("splits", {}).get(split)
+    if not rec:
+        return
+    seen = set(rec.get("group_ids", []))
+    clash = [g for g in group_ids if g in seen]
+    if clash:
+        raise InputError(f"memory at {_memory_path(memory)} was explored on {len(clash)} of these {split!r} groups "
+                         f"(e.g. {clash[0]}); evaluate on held-out groups (another split) or a memory not "
+                         "explored on them")
+
+
+def _tree_digest(folder: Path) -> str:
+    h = hashlib.sha256()
+    for f in sorted(folder.rglob("*")):
+        if f.is_file() and f.name not in SNAPSHOT_SKIP:
+            h.update(str(f.relative_to(folder)).encode())
+            h.update(hashlib.sha256(f.read_bytes()).digest())
+    return h.hexdigest()[:16]
+
+
+def frozen_copy(memory: Any = None, root: str | Path | None = None):
+    """A read-only :class:`MemoryStore` on a snapshot copy of an embedded memory folder.
+
+    Why: Chroma rewrites bytes of its SQLite file and HNSW index whenever a client opens a database, even
+    for reads. Scoring from a copy keeps the user's memory folder byte-identical (not just equal in
+    :meth:`MemoryStore.version`) and makes "frozen" literal. The copy lives in
+    ``runs_dir()/frozen-memory/<content digest>`` and is reused while the source is unchanged; its
+    ``explored_on.json`` travels with it, so :func:`assert_not_explored` works on either."""
+    import shutil
+    import tempfile
+
+    from hmrcritic import config
+    from hmrcritic.memory.store import MemoryStore
+
+    if getattr(memory, "chroma_url", None):
+        return MemoryStore(chroma_url=memory.chroma_url, read_only=True)  # a server: read-only client
+    src = _memory_path(memory)
+    if not (src / "chroma.sqlite3").exists():
+        raise InputError(f"no memory at {src} to freeze; explore first or `hmrcritic memory reset --yes`")
+    dst_root = Path(root) if root is not None else config.runs_dir() / "frozen-memory"
+    dst = dst_root / _tree_digest(src)
+    if not (dst / ".complete").exists():
+        dst_root.mkdir(parents=True, exist_ok=True)
+        tmp = Path(tempfile.mkdtemp(prefix=".copy-", dir=dst_root))
+        shutil.copytree(src, tmp / "m", ignore=shutil.ignore_patterns(*SNAPSHOT_SKIP))
+        (tmp / "m" / ".complete").write_text(str(src))
+        with contextlib.suppress(OSError):  # another process made the same copy meanwhile
+            (tmp / "m").rename(dst)
+        shutil.rmtree(tmp, ignore_errors=True)
+    return MemoryStore(dst, read_only=True)
+
+
+def _add_explored(memory: Any, split: str, group_ids: list[str], info: dict) -> None:
+    data = explored_record(memory)
+    rec = data["splits"].setdefault(split, {"group_ids": []})
+    known = set(rec["group_ids"])
+    rec["group_ids"] += [g for g in group_ids if g not in known]
+    rec.update({k: v for k, v in info.items() if k != "group_ids"})
+    atomic_write_json(_memory_path(memory) / EXPLORED_FILE, data)
+
+
+# ------------------------------------------------------------------------------------------------ results
+@dataclass
+class RoundReport:
+    round: int  # global round number (1-based) of this memory
+    batch_key: str
+    groups: int = 0
+    failed: list[dict] = field(default_factory=list)
+    mean_spearman: float = float("nan")
+    short_groups: int = 0  # groups with ρ < τ
+    rules_used: int = 0  # rule uses recorded
+    rules_added: list[dict] = field(default_factory=list)
+    rejected: list[dict] = field(default_factory=list)
+    retired: list[str] = field(default_factory=list)
+    merged: list[list[str]] = field(default_factory=list)
+    prototypes: int = 0
+    seconds: float = 0.0
+    memory_version: str = ""
+
+
+@dataclass
+class ExploreSummary:
+    memory: str
+    split: str
+    source: str
+    error_metric: str
+    tau: float
+    rounds: list[RoundReport] = field(default_factory=list)
+    resumed_rounds: int = 0  # rounds already done by an earlier (interrupted) run
+    stopped: str = ""  # why it stopped early, if it did
+    memory_version: str = ""
+    log_path: str = ""
+
+    @property
+    def groups(self) -> int:
+        return sum(r.groups for r in self.rounds)
+
+    @property
+    def rules_added(self) -> list[dict]:
+        return [a for r in self.rounds for a in r.rules_added]
+
+    @property
+    def rules_retired(self) -> list[str]:
+        return [a for r in self.rounds for a in r.retired]
+
+    def as_dict(self) -> dict:
+        d = asdict(self)
+        d.update(groups=self.groups, rules_added=self.rules_added, rules_retired=self.rules_retired)
+        return d
+
+
+# ---------------------------------------------------------------------------------------------- the loop
+def _signature(split: str, batch_size: int, seed: int, source: str, num_generations: int, metric: str,
+               start: int, custom: str | None) -> str:
+    blob = json.dumps([split, batch_size, seed, source, num_generations, metric, start, custom])
+    return hashlib.sha1(blob.encode()).hexdigest()[:10]
+
+
+def _read_progress(path: Path) -> dict:
+    f = path / PROGRESS_FILE
+    if not f.exists():
+        return {"runs": {}, "rounds_total": 0, "batches": []}
+    try:
+        return json.loads(f.read_text(encoding="utf-8"))
+    except (OSError, json.JSONDecodeError) as exc:
+        raise InputError(f"{f}: unreadable exploration progress record ({exc})") from exc
+
+
+def _open_memory(memory: Any):
+    from hmrcritic.memory.store import MemoryStore
+
+    if memory is None or isinstance(memory, str | Path):
+        memory = MemoryStore(memory)
+    if getattr(memory, "read_only", False):
+        raise InputError(f"memory at {memory.location} is open read-only (frozen); exploring writes to it — "
+                         "open it writable")
+    return memory
+
+
+def explore(
+    memory: Any = None,
+    split: str = "train",
+    rounds: int = 3,
+    batch_size: int = 8,
+    *,
+    tau: float = 0.5,
+    judge: Any = "builtin",
+    error_metric: str = "pa_mpjpe",
+    ucb_c: float = 1.0,
+    rules_k: int = 8,
+    num_generations: int = 16,
+    limit: int | None = None,
+    seed: int = 0,
+    start: int = 0,
+    source: str = "auto",
+    groups: Sequence[Any] | None = None,
+    max_reflections: int | None = None,
+    render: bool | None = None,
+    agent_config: dict | None = None,
+    max_new_rules: int = 2,
+    min_gain: float = 0.01,
+    retire_min_uses: int = 8,
+    retire_min_rate: float = 0.3,
+    merge_text: bool = True,
+    progress: Callable[[str, dict], None] | None = None,
+) -> ExploreSummary:
+    """Explore ``rounds`` batches of ``batch_size`` labelled groups and grow ``memory`` (see module doc).
+
+    ``memory``: a writable MemoryStore or a folder (None → the configured memory). ``groups``: explicit
+    :class:`~hmrcritic.agent.groups.LabelledGroup` objects instead of drawing them from ``split`` (their
+    ``split`` is still the name recorded in ``explored_on.json``). ``progress(event, payload)`` is called with
+    ``"group"``, ``"rule_added"``, ``"rule_rejected"``, ``"round"`` and ``"resumed"`` events. Calling again
+    with more ``rounds`` continues where the last call stopped (same split/batch size/seed/source).
+    """
+    from hmrcritic.agent.judges import make_judge
+    from hmrcritic.agent.state import AgentConfig
+
+    if error_metric not in ERROR_METRICS:
+        raise InputError(f"error metric {error_metric!r}: choose one of {', '.join(ERROR_METRICS)}")
+    if rounds < 0 or batch_size < 1:
+        raise InputError(f"explore: need rounds ≥ 0 and batch size ≥ 1 (got {rounds}, {batch_size})")
+    if not (-1.0 <= tau <= 1.0):
+        raise InputError(f"explore: τ = {tau} is not a Spearman value in [-1, 1]")
+    memory = _open_memory(memory)
+    mpath = Path(memory.path)
+    emit = progress or (lambda event, payload: None)
+    judge_obj = make_judge(judge) if isinstance(judge, str) else judge
+    is_builtin = getattr(judge_obj, "name", "") == "builtin"
+    cfg = AgentConfig.model_validate({
+        **(agent_config or {}), "judge": getattr(judge_obj, "name", "custom"), "learn": False,
+        "use_memory": True, "rules_k": rules_k, "ucb_c": ucb_c,
+        "render": (not is_builtin) if render is None else bool(render),
+        **({"max_reflections": max_reflections} if max_reflections is not None else {}),
+    })
+    custom = None if groups is None else hashlib.sha1(",".join(g.group_id for g in groups).encode()).hexdigest()[:10]
+    sig = _signature(split, batch_size, seed, source, num_generations, error_metric, start, custom)
+    summary = ExploreSummary(memory=memory.location, split=split, source=source, error_metric=error_metric,
+                             tau=tau, log_path=str(mpath / LOG_FILE))
+
+    _finish_pending(memory, emit)
+    prog = _read_progress(mpath)
+    done = set(prog.get("runs", {}).get(sig, {}).get("rounds_done", []))
+    summary.resumed_rounds = len([r for r in done if r < rounds])
+    if summary.resumed_rounds:
+        emit("resumed", {"rounds_done": sorted(done), "signature": sig})
+    total_cap = limit if limit is not None else None
+
+    from hmrcritic.agent.graph import compile_graph, open_checkpointer
+
+    saver = open_checkpointer()
+    app = compile_graph(saver)
+    history: list[BatchGroup] = []
+    resolved_source = source
+    for r in range(rounds):
+        if r in done:
+            continue
+        lo = r * batch_size
+        n_here = batch_size if total_cap is None else min(batch_size, total_cap - lo)
+        if n_here <= 0:
+            summary.stopped = f"limit of {total_cap} groups reached"
+            break
+        try:
+            batch = _batch_groups(groups, split, start + lo, n_here, num_generations, seed, resolved_source)
+        except InputError as exc:
+            summary.stopped = f"split exhausted before round {r + 1}: {exc}"
+            break
+        if not batch:
+            summary.stopped = f"no groups left for round {r + 1}"
+            break
+        resolved_source = batch[0].source if source == "auto" and groups is None else resolved_source
+        summary.source = resolved_source
+        report = _run_batch(memory, app, saver, judge_obj, is_builtin, cfg, batch, r, sig, split, tau,
+                            error_metric, history, emit, max_new_rules=max_new_rules, min_gain=min_gain,
+                            retire_min_uses=retire_min_uses, retire_min_rate=retire_min_rate,
+                            merge_text=merge_text, info={"seed": seed, "source": resolved_source,
+                                                         "num_generations": num_generations})
+        summary.rounds.append(report)
+        emit("round", asdict(report))
+    summary.memory_version = memory.version()
+    return summary
+
+
+def _batch_groups(groups, split, start, n, num_generations, seed, source) -> list:
+    if groups is not None:
+        return list(groups[start:start + n])
+    from hmrcritic.agent.groups import make_groups
+
+    got, _ = make_groups(split, num_groups=n, num_generations=num_generations, seed=seed, start=start,
+                         source=source)
+    return got
+
+
+def rule_stat_deltas(rules_per_group: Sequence[Sequence[str]], rhos: Sequence[float],
+                     tau: float) -> dict[str, list[int]]:
+    """``{rule_id: [uses, successes]}`` for one batch: each rule put into a group's judgement is used once
+    for that group, and succeeds when the group's Spearman reaches τ (PAPER.md §3 steps 1 and 3). A rule
+    listed twice for one group counts once (it was in that judgement once)."""
+    out: dict[str, list[int]] = {}
+    for ids, rho in zip(rules_per_group, rhos, strict=True):
+        ok = bool(np.isfinite(rho) and rho >= tau)
+        for rid in dict.fromkeys(ids):
+            d = out.setdefault(rid, [0, 0])
+            d[0] += 1
+            d[1] += int(ok)
+    return out
+
+
+def _mistakes(bg: BatchGroup, limit: int = 6):
+    """The worst over- and under-rated hypotheses of a group with their evidence (for a judge's mining)."""
+    from hmrcritic.agent.judges import Mistake
+
+    cr, tr = ranks(bg.overall, True), ranks(bg.error, False)
+    order = sorted(range(bg.n), key=lambda i: -abs(int(cr[i]) - int(tr[i])))
+    over, under = overrated_mask(bg), underrated_mask(bg)
+    if not (over.any() or under.any()):  # no big mistake: show the largest disagreements there are
+        over, under = overrated_mask(bg, 1), underrated_mask(bg, 1)
+    out = []
+    for i in order:
+        if not (over[i] or under[i]):
+            continue
+        out.append(Mistake(index=i, overall=float(bg.overall[i]), critic_rank=int(cr[i]), true_rank=int(tr[i]),
+                           error_mm=float(bg.error[i]),
+                           evidence={k: float(v[i]) for k, v in bg.evidence.items()},
+                           note="over-rated" if over[i] else "under-rated"))
+        if len(out) >= limit:
+            break
+    return out
+
+
+def _judge_proposals(judge_obj, res, bg: BatchGroup, round_no, validation, existing, emit):
+    """Ask a (VLM) judge for rules on one group; every failure becomes a logged rejection."""
+    from hmrcritic.agent.evidence import MEASURES
+    from hmrcritic.agent.judges import JudgeContext
+
+    info = {k: f"{m.unit}; {'higher' if m.higher_is_worse else 'lower'} is worse; {m.description}"
+            for k, m in MEASURES.items() if k in bg.evidence}
+    ctx = JudgeContext(group_id=res.group_id, num_hypotheses=bg.n, evidence={k: list(map(float, v))
+                       for k, v in bg.evidence.items()}, measure_info=info, tags=bg.tags,
+                       rules=[Rule.model_validate(r) for r in res.rules_recalled],
+                       overlay_grid_path=res.renders.get("overlay_grid"),
+                       side_grid_path=res.renders.get("side_grid"))
+    mistakes = _mistakes(bg)
+    if not mistakes:
+        return [], [Rejection("(judge)", f"group {res.group_id}: no clear mistake to show the judge")]
+    try:
+        props = judge_obj.propose_rules(ctx, mistakes)
+    except Exception as exc:  # a judge that fails or answers garbage: log and go on
+        return [], [Rejection("(judge)", f"group {res.group_id}: propose_rules failed: "
+                                         f"{type(exc).__name__}: {str(exc).splitlines()[0][:160] if str(exc) else ''}")]
+    items = getattr(props, "rules", None)
+    if items is None and isinstance(props, dict):
+        items = props.get("rules")
+    if items is None or not isinstance(items, list | tuple):
+        return [], [Rejection(str(props)[:120], f"group {res.group_id}: judge answered something that is not "
+                                                "a list of rule proposals")]
+    if not items:
+        return [], [Rejection("(judge)", f"group {res.group_id}: judge proposed no rule")]
+    accepted, rejected = [], []
+    for p in items[:2]:
+        rule, why = validate_proposal(p, round_no, validation, existing + accepted)
+        if rule is None:
+            rejected.append(why)
+        else:
+            accepted.append(rule)
+    return accepted, rejected
+
+
+def _run_batch(memory, app, saver, judge_obj, is_builtin, cfg, batch, r, sig, split, tau, metric, history,
+               emit, *, max_new_rules, min_gain, retire_min_uses, retire_min_rate, merge_text, info) -> RoundReport:
+    from hmrcritic.agent.api import critique_group
+    from hmrcritic.agent.evidence import evidence_tags
+    from hmrcritic.agent.nodes import load_bodies
+    from hmrcritic.memory.embeddings import pose_embedding
+
+    t0 = time.perf_counter()
+    prog = _read_progress(Path(memory.path))
+    round_no = int(prog.get("rounds_total", 0)) + 1
+    batch_key = f"{sig}:r{r}"
+    report = RoundReport(round=round_no, batch_key=batch_key)
+    # recorded before scoring: the memory may learn from these groups from now on
+    _add_explored(memory, split, [g.group_id for g in batch], info)
+
+    scored: list[tuple[Any, Any, BatchGroup]] = []
+    for i, g in enumerate(batch):
+        try:
+            res = critique_group(g.sample, g.hypotheses, judge=judge_obj, memory=memory, config=cfg,
+                                 group_id=f"explore-{g.group_id}", fresh=True, graph=app, checkpointer=saver)
+            err = exploration_error(g, metric)
+        except HMRCriticError as exc:
+            report.failed.append({"group_id": g.group_id, "error": str(exc)})
+            emit("group", {"index": i, "total": len(batch), "group_id": g.group_id, "error": str(exc)})
+            continue
+        ev = {k: np.asarray(v, np.float64) for k, v in res.evidence.items()}
+        kp = np.asarray(g.sample.keypoints)
+        bg = BatchGroup(g.group_id, ev, np.asarray(res.overall, np.float64), err,
+                        evidence_tags(ev, kp, tuple(g.sample.image_size)))
+        scored.append((g, res, bg))
+        emit("group", {"index": i, "total": len(batch), "group_id": g.group_id,
+                       "spearman": group_spearman(bg.overall, bg.error)})
+    report.groups = len(scored)
+    if not scored:
+        report.seconds = time.perf_counter() - t0
+        _commit(memory, {"batch_key": batch_key, "sig": sig, "r": r, "round": round_no, "rule_deltas": {},
+                         "new_rules": [], "prototypes": [], "report": asdict(report)}, merge_text=False,
+                retire=(retire_min_uses, retire_min_rate))
+        return report
+
+    # 1. rule statistics (deltas now; made absolute inside the lock)
+    rhos = [group_spearman(bg.overall, bg.error) for _, _, bg in scored]
+    deltas = rule_stat_deltas([[rd["rule_id"] for rd in res.rules_recalled] for _, res, _ in scored], rhos, tau)
+    report.mean_spearman = float(np.mean(rhos))
+    report.short_groups = int(sum(rho < tau for rho in rhos))
+    report.rules_used = int(sum(d[0] for d in deltas.values()))
+
+    # 2. prototypes: best, worst and the most misjudged of each group, settled on the true rank
+    protos: list[Prototype] = []
+    for g, res, bg in scored:
+        settled = rank_matched_scores(bg.overall, bg.error)
+        cr, tr = ranks(bg.overall, True), ranks(bg.error, False)
+        pick = [int(np.argmin(bg.error)), int(np.argmax(bg.error))]
+        for k in np.argsort(-np.abs(cr - tr), kind="stable")[:PROTOS_MISJUDGED]:
+            if int(k) not in pick and cr[k] != tr[k]:
+                pick.append(int(k))
+        try:
+            emb = pose_embedding(load_bodies(res.run_dir)["joints"])
+        except Exception as exc:  # a vanished run folder loses this group's prototypes, not the batch
+            report.failed.append({"group_id": g.group_id, "error": f"prototypes skipped: {exc}"})
+            continue
+        by_idx = {s.index: s for s in res.scores}
+        pa = np.asarray(g.errors_mm, np.float64)
+        for k in pick:
+            s = by_idx[k]
+            protos.append(Prototype(
+                proto_id=f"explore:{g.group_id}#h{k}", embedding=[float(x) for x in emb[k]],
+                overall=float(np.clip(settled[k], 0, 10)), motion_structure=s.motion_structure,
+                physical_feasibility=s.physical_feasibility, image_alignment=s.image_alignment,
+                rationale=(f"{s.rationale} Critic ranked it #{cr[k] + 1}, truth #{tr[k] + 1} of {bg.n} "
+                           f"(PA-MPJPE {pa[k]:.0f} mm); settled {settled[k]:.1f} instead of {s.overall:.1f}."),
+                tags=bg.tags, source=f"{split}/{g.group_id}#h{k}", error_mm=float(pa[k])))
+    report.prototypes = len(protos)
+
+    # 3. rule mining where the ranking fell short
+    short = [bg for (_, _, bg), rho in zip(scored, rhos, strict=True) if rho < tau]
+    validation = [bg for _, _, bg in scored] + history[-HISTORY_GROUPS:]
+    existing = memory.rules.all(include_retired=False)
+    new_rules: list[Rule] = []
+    rejected: list[Rejection] = []
+    if short:
+        if is_builtin or not hasattr(judge_obj, "propose_rules"):
+            cands, rej = mine_rules(short, validation=validation, existing=existing, max_rules=max_new_rules,
+                                    min_gain=min_gain)
+            rejected += rej
+            for c in cands:
+                new_rules.append(candidate_to_rule(c, round_no))
+                report.rules_added.append({"text": new_rules[-1].text, "gain": round(c.gain, 4),
+                                           "support": c.support})
+        else:
+            worst = sorted(zip(rhos, range(len(scored)), strict=True), key=lambda x: x[0])
+            for rho, j in worst[:2]:
+                if rho >= tau or len(new_rules) >= max_new_rules:
+                    break
+                acc, rej = _judge_proposals(judge_obj, scored[j][1], scored[j][2], round_no, validation,
+                                            existing + new_rules, emit)
+                rejected += rej
+                for rule in acc[: max_new_rules - len(new_rules)]:
+                    new_rules.append(rule)
+                    report.rules_added.append({"text": rule.text})
+    history.extend(bg for _, _, bg in scored)
+    report.rejected = [x.as_dict() for x in rejected]
+    from hmrcritic.memory.rules import mined_rule_id
+
+    for rule, add in zip(new_rules, report.rules_added, strict=True):
+        rule.rule_id = rule.rule_id or mined_rule_id(rule.text)
+        add["rule_id"] = rule.rule_id
+    for x in report.rejected:
+        emit("rule_rejected", x)
+    report.seconds = time.perf_counter() - t0
+    plan = {"batch_key": batch_key, "sig": sig, "r": r, "round": round_no, "rule_deltas": deltas,
+            "new_rules": [json.loads(x.model_dump_json()) for x in new_rules],
+            "prototypes": [p.model_dump(mode="json") for p in protos], "report": asdict(report)}
+    rep = _commit(memory, plan, merge_text=merge_text, retire=(retire_min_uses, retire_min_rate))
+    report.retired, report.merged = rep.get("retired", []), rep.get("merged", [])
+    report.memory_version = rep.get("memory_version", "")
+    for add in report.rules_added:
+        emit("rule_added", add)
+    return report
+
+
+# ------------------------------------------------------------------------------------------- commit/resume
+def _commit(memory, plan: dict, merge_text: bool, retire: tuple[int, float]) -> dict:
+    """Turn a batch's deltas into absolute records (inside the write lock), persist the plan, apply it, then
+    record progress and remove the plan — all under one lock acquisition."""
+    from hmrcritic.memory.embeddings import embed_text
+    from hmrcritic.memory.maintenance import plan_maintenance
+
+    mpath = Path(memory.path)
+    with memory._write():
+        current = {r.rule_id: r for r in memory.rules.all(include_retired=True)}
+        updates: dict[str, Rule] = {}
+        for rid, (du, ds) in plan["rule_deltas"].items():
+            if rid not in current:
+                continue  # deleted meanwhile (memory reset): nothing to count
+            r = current[rid].model_copy(deep=True)
+            r.n_used += int(du)
+            r.n_success += int(ds)
+            updates[rid] = r
+        new = [Rule.model_validate(x) for x in plan["new_rules"] if x["rule_id"] not in current]
+        new_vecs = embed_text([x.text for x in new]) if new else np.zeros((0, 384), np.float32)
+        after = {**current, **updates, **{x.rule_id: x for x in new}}
+        emb = None
+        if merge_text and new:
+            emb = memory.rules.embeddings([rid for rid, x in current.items() if not x.retired])
+            emb.update({x.rule_id: v for x, v in zip(new, new_vecs, strict=True)})
+        maint = plan_maintenance(list(after.values()), emb, min_uses=retire[0], min_rate=retire[1])
+        updates.update(maint.updates)
+        new_ids = {x.rule_id for x in new}
+        plan = {**plan, "rule_updates": [json.loads(x.model_dump_json()) for x in updates.values()],
+                "new_rules": [json.loads(x.model_dump_json()) for x in new],
+                "new_rule_vectors": np.asarray(new_vecs).round(7).tolist()}
+        plan["report"] = {**plan["report"], "retired": maint.retired, "merged": [list(p) for p in maint.merged]}
+        for x in plan["new_rules"]:  # a new rule merged/retired in the same batch is added already retired
+            if x["rule_id"] in updates:
+                x.update(json.loads(updates[x["rule_id"]].model_dump_json()))
+        plan["rule_updates"] = [u for u in plan["rule_updates"] if u["rule_id"] not in new_ids]
+        atomic_write_json(mpath / PENDING_FILE, plan, indent=None)
+        version = _apply_plan(memory, plan)
+    return {**plan["report"], "memory_version": version}
+
+
+def _apply_plan(memory, plan: dict) -> str:
+    """Idempotent: absolute rule records, rules and prototypes by fixed ids; then the progress record."""
+    mpath = Path(memory.path)
+    with memory._write():
+        have = {r.rule_id for r in memory.rules.all(include_retired=True)}
+        new = [Rule.model_validate(x) for x in plan.get("new_rules", [])]
+        vecs = np.asarray(plan.get("new_rule_vectors") or np.zeros((0, 384)), np.float32)
+        keep = [i for i, x in enumerate(new) if x.rule_id not in have]
+        if keep:
+            memory.rules.add([new[i] for i in keep], embeddings=vecs[keep])
+        if plan.get("rule_updates"):
+            memory.rules.update([Rule.model_validate(x) for x in plan["rule_updates"]])
+        if plan.get("prototypes"):
+            memory.prototypes.add([Prototype.model_validate(p) for p in plan["prototypes"]])
+        version = memory.version()
+        logged = read_jsonl(mpath / LOG_FILE)
+        if not logged or logged[-1].get("batch_key") != plan["batch_key"]:
+            append_jsonl(mpath / LOG_FILE, {"time": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+                                            "batch_key": plan["batch_key"],
+                                            "report": {**plan["report"], "memory_version": version}})
+        prog = _read_progress(mpath)
+        if plan["batch_key"] not in prog.get("batches", []):
+            run = prog.setdefault("runs", {}).setdefault(plan["sig"], {"rounds_done": []})
+            if plan["r"] not in run["rounds_done"]:
+                run["rounds_done"].append(plan["r"])
+            prog["rounds_total"] = int(prog.get("rounds_total", 0)) + 1
+            prog.setdefault("batches", []).append(plan["batch_key"])
+            atomic_write_json(mpath / PROGRESS_FILE, prog)
+        (mpath / PENDING_FILE).unlink(missing_ok=True)
+    return version
+
+
+def _finish_pending(memory, emit) -> None:
+    """A plan left by an interrupted run: apply it again (a no-op where it had been applied)."""
+    f = Path(memory.path) / PENDING_FILE
+    if not f.exists():
+        return
+    try:
+        plan = json.loads(f.read_text(encoding="utf-8"))
+    except (OSError, json.JSONDecodeError):
+        f.unlink(missing_ok=True)  # torn before it was complete: nothing of it was applied
+        return
+    _apply_plan(memory, plan)
+    emit("resumed", {"pending_batch": plan.get("batch_key")})
+
+
+def read_log(memory: Any) -> list[dict]:
+    """The exploration log (one record per finished batch)."""
+    return read_jsonl(_memory_path(memory) / LOG_FILE)

@@ -1,0 +1,276 @@
+"""Does exploration teach the critic anything? Held-out evaluation of memory variants and a learning curve.
+
+:func:`explore_eval` scores held-out labelled groups (never ones the memory explored: see
+:func:`~hmrcritic.agent.explore.assert_not_explored`) with a *frozen* (read-only) memory under several
+variants, and reports per variant the mean group-wise Spearman ρ and Kendall τ-b between the critic's overall
+score and the negated true error — against PA-MPJPE, MPJPE and PVE — and the mean error of the critic's
+top-1 pick, beside a random pick and the oracle (best of group). Variants (the paper's ablations, §5):
+
+* ``full`` — the explored memory;
+* ``no_reflection`` — the starter memory, no exploration (the paper's "without self-reflection");
+* ``no_rules`` / ``no_prototypes`` — the explored memory with one half switched off;
+* ``no_revise`` — the explored memory with hmrcritic's per-group revise loop off (our extension);
+* ``evidence_only`` — no memory at all (the judge's evidence-only scores).
+
+:func:`learning_curve` explores round by round (each call resumes the last) and evaluates the held-out
+groups after every round (round 0 = the starter memory), writing a JSON table and a PNG (matplotlib, Agg).
+Every score records the memory version it was made with; the memory's version must not change while
+scoring (checked: a frozen memory that changed is an error).
+"""
+
+from __future__ import annotations
+
+import tempfile
+from collections.abc import Callable, Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from hmrcritic.errors import AssetError, HMRCriticError, InputError
+
+VARIANTS = ("full", "no_reflection", "no_rules", "no_prototypes", "no_revise", "evidence_only")
+METRICS = ("pa_mpjpe", "mpjpe", "pve")
+_VARIANT_CONFIG: dict[str, dict] = {
+    "full": {},
+    "no_reflection": {},
+    "no_rules": {"use_rules": False},
+    "no_prototypes": {"use_prototypes": False},
+    "no_revise": {"max_reflections": 0},
+    "evidence_only": {"use_memory": False},
+}
+
+
+def starter_memory(folder: str | Path | None = None):
+    """A read-only memory holding only the starter rules (the ``no_reflection`` baseline)."""
+    from hmrcritic.memory.store import MemoryStore
+
+    folder = Path(folder) if folder is not None else Path(tempfile.mkdtemp(prefix="hmrcritic-starter-"))
+    if not (folder / "chroma.sqlite3").exists():
+        MemoryStore(folder)  # creates and seeds
+    return MemoryStore(folder, read_only=True)
+
+
+def _heldout(groups, split: str, num_groups: int, num_generations: int, seed: int, start: int, source: str):
+    if groups is not None:
+        return list(groups)
+    from hmrcritic.agent.groups import make_groups
+
+    got, _ = make_groups(split, num_groups=num_groups, num_generations=num_generations, seed=seed,
+                         start=start, source=source)
+    return got
+
+
+def score_groups(groups: Sequence[Any], memory: Any, variant: str = "full", judge: Any = "builtin",
+                 agent_config: dict | None = None, tag: str = "eval") -> tuple[list[np.ndarray | None], list[str]]:
+    """Overall scores of each group (None where the group failed) and the memory version of each score."""
+    from hmrcritic.agent.api import critique_group
+    from hmrcritic.agent.graph import compile_graph, open_checkpointer
+    from hmrcritic.agent.state import AgentConfig
+
+    if variant not in _VARIANT_CONFIG:
+        raise InputError(f"variant {variant!r}: choose from {', '.join(VARIANTS)}")
+    cfg = AgentConfig.model_validate({"render": False, **(agent_config or {}), **_VARIANT_CONFIG[variant],
+                                      "learn": False})
+    saver = open_checkpointer()
+    app = compile_graph(saver)
+    out: list[np.ndarray | None] = []
+    versions: list[str] = []
+    for g in groups:
+        try:
+            res = critique_group(g.sample, g.hypotheses, judge=judge, memory=memory, config=cfg,
+                                 group_id=f"{tag}-{variant}-{g.group_id}", fresh=True, graph=app,
+                                 checkpointer=saver)
+            out.append(np.asarray(res.overall, np.float64))
+            versions.append(res.memory_version)
+        except HMRCriticError:
+            out.append(None)
+            versions.append("")
+    return out, versions
+
+
+def correlation_row(scores: Sequence[np.ndarray | None], tables: Sequence[dict[str, np.ndarray]]) -> dict:
+    """Mean group-wise Spearman / Kendall of score vs −error per metric, and the critic's top-1 error."""
+    from hmrcritic.hmr.metrics import kendall_tau, spearman
+
+    row: dict[str, Any] = {}
+    ok = [(s, t) for s, t in zip(scores, tables, strict=True) if s is not None]
+    row["groups_scored"] = len(ok)
+    for m in METRICS:
+        rho, tau, top = [], [], []
+        for s, t in ok:
+            e = np.asarray(t[m], np.float64)
+            r = float(spearman(s, -e))
+            k = float(kendall_tau(s, -e))
+            rho.append(0.0 if np.isnan(r) else r)  # a constant score ranks nothing: counts as 0
+            tau.append(0.0 if np.isnan(k) else k)
+            top.append(float(e[int(np.argmax(s))]))  # ties: the lowest index, as argmax does
+        suffix = "" if m == "pa_mpjpe" else f"_{m}"
+        row[f"spearman{suffix}"] = float(np.mean(rho)) if rho else float("nan")
+        row[f"kendall{suffix}"] = float(np.mean(tau)) if tau else float("nan")
+        row[f"top1_{m}_mm"] = float(np.mean(top)) if top else float("nan")
+    return row
+
+
+def explore_eval(
+    memory: Any = None,
+    groups: Sequence[Any] | None = None,
+    *,
+    split: str = "test",
+    num_groups: int = 20,
+    num_generations: int = 16,
+    seed: int = 0,
+    start: int = 0,
+    source: str = "auto",
+    variants: Sequence[str] = VARIANTS,
+    judge: Any = "builtin",
+    agent_config: dict | None = None,
+    starter: Any = None,
+    progress: Callable[[str, int, int], None] | None = None,
+) -> dict:
+    """``{"rows": [{"variant", "spearman", "kendall", "top1_pa_mpjpe_mm", …}], "random_pa_mpjpe_mm",
+    "oracle_pa_mpjpe_mm", "num_groups", …}`` on held-out groups (see module doc).
+
+    ``memory``: the explored memory (folder or store; opened read-only). ``starter``: the memory of the
+    ``no_reflection`` row (default: a fresh starter memory in a temporary folder)."""
+    from hmrcritic.agent.explore import _memory_path, assert_not_explored, error_table, frozen_copy
+
+    bad = [v for v in variants if v not in VARIANTS]
+    if bad:
+        raise InputError(f"unknown variant(s) {bad}; choose from {', '.join(VARIANTS)}")
+    path = _memory_path(memory)
+    frozen = frozen_copy(memory)
+    held = _heldout(groups, split, num_groups, num_generations, seed, start, source)
+    if not held:
+        raise InputError(f"no held-out groups in split {split!r}")
+    assert_not_explored(path, split, [g.group_id for g in held])
+    tables = [error_table(g) for g in held]
+    before = frozen.version()
+    base = starter if starter is not None else (starter_memory() if "no_reflection" in variants else None)
+    rows = []
+    for i, v in enumerate(variants):
+        if progress is not None:
+            progress(v, i, len(variants))
+        mem = base if v == "no_reflection" else frozen
+        scores, versions = score_groups(held, mem, v, judge=judge, agent_config=agent_config)
+        row = {"variant": v, **correlation_row(scores, tables),
+               "memory_version": sorted({x for x in versions if x})}
+        rows.append(row)
+    after = frozen.version()
+    if after != before:
+        raise AssetError(f"memory at {path} changed while it was being scored read-only ({before} → {after})")
+    return {
+        "rows": rows,
+        "random_pa_mpjpe_mm": float(np.mean([t["pa_mpjpe"].mean() for t in tables])),
+        "oracle_pa_mpjpe_mm": float(np.mean([t["pa_mpjpe"].min() for t in tables])),
+        "random_mpjpe_mm": float(np.mean([t["mpjpe"].mean() for t in tables])),
+        "oracle_mpjpe_mm": float(np.mean([t["mpjpe"].min() for t in tables])),
+        "random_pve_mm": float(np.mean([t["pve"].mean() for t in tables])),
+        "oracle_pve_mm": float(np.mean([t["pve"].min() for t in tables])),
+        "num_groups": len(held),
+        "split": split if groups is None else "custom",
+        "memory_version": before,
+    }
+
+
+def learning_curve(
+    memory: Any,
+    *,
+    split: str = "train",
+    rounds: int = 5,
+    batch_size: int = 8,
+    heldout: Sequence[Any] | None = None,
+    heldout_split: str = "test",
+    heldout_groups: int = 16,
+    num_generations: int = 16,
+    seed: int = 0,
+    source: str = "auto",
+    train_groups: Sequence[Any] | None = None,
+    judge: Any = "builtin",
+    out_dir: str | Path | None = None,
+    explore_kwargs: dict | None = None,
+    progress: Callable[[dict], None] | None = None,
+) -> dict:
+    """Held-out Spearman/Kendall/top-1 after each exploration round (round 0 = before exploring).
+
+    Writes ``learning_curve.json`` and ``learning_curve.png`` into ``out_dir`` when given."""
+    from hmrcritic.agent.explore import _open_memory, explore, frozen_copy
+
+    mem = _open_memory(memory)
+    held = _heldout(heldout, heldout_split, heldout_groups, num_generations, seed, 0, source)
+    from hmrcritic.agent.explore import assert_not_explored, error_table
+
+    assert_not_explored(mem, heldout_split, [g.group_id for g in held])
+    tables = [error_table(g) for g in held]
+    rows = []
+
+    def evaluate(r: int) -> None:
+        ro = frozen_copy(mem)
+        scores, versions = score_groups(held, ro, "full", judge=judge, tag=f"curve-r{r}")
+        st = ro.stats()
+        row = {"round": r, **correlation_row(scores, tables), "rules": st["rules"],
+               "rules_retired": st["rules_retired"], "prototypes": st["prototypes"],
+               "memory_version": st["version"]}
+        rows.append(row)
+        if progress is not None:
+            progress(row)
+
+    evaluate(0)
+    for r in range(1, rounds + 1):
+        explore(mem, split=split, rounds=r, batch_size=batch_size, judge=judge, num_generations=num_generations,
+                seed=seed, source=source, groups=train_groups, **(explore_kwargs or {}))
+        evaluate(r)
+    result = {"rows": rows, "num_groups": len(held), "heldout_split": heldout_split if heldout is None else "custom",
+              "batch_size": batch_size, "split": split}
+    if out_dir is not None:
+        from hmrcritic.io import atomic_write_json
+
+        out = Path(out_dir)
+        atomic_write_json(out / "learning_curve.json", result)
+        result["png"] = str(plot_curve(rows, out / "learning_curve.png"))
+    return result
+
+
+def plot_curve(rows: Sequence[dict], path: str | Path) -> Path:
+    """Held-out Spearman and Kendall (left axis) and top-1 PA-MPJPE (right axis) per round, as a PNG."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    x = [r["round"] for r in rows]
+    fig, ax = plt.subplots(figsize=(6, 3.6), dpi=110)
+    ax.plot(x, [r["spearman"] for r in rows], "o-", label="Spearman (PA-MPJPE)")
+    ax.plot(x, [r["kendall"] for r in rows], "s--", label="Kendall τ (PA-MPJPE)")
+    ax.set_xlabel("exploration round (0 = starter memory)")
+    ax.set_ylabel("held-out rank correlation")
+    ax.grid(alpha=0.3)
+    ax2 = ax.twinx()
+    ax2.plot(x, [r["top1_pa_mpjpe_mm"] for r in rows], "^:", color="tab:red", label="top-1 PA-MPJPE")
+    ax2.set_ylabel("top-1 PA-MPJPE (mm)", color="tab:red")
+    h1, l1 = ax.get_legend_handles_labels()
+    h2, l2 = ax2.get_legend_handles_labels()
+    ax.legend(h1 + h2, l1 + l2, loc="lower right", fontsize=8)
+    ax.set_title("critic learning curve (held-out groups)")
+    fig.tight_layout()
+    tmp = path.with_name(f".{path.name}.tmp.png")
+    fig.savefig(tmp)
+    plt.close(fig)
+    tmp.replace(path)
+    return path
+
+
+def format_rows(result: dict) -> str:
+    """A plain-text table of :func:`explore_eval` rows (CLI/benchmarks)."""
+    head = f"{'variant':<15} {'ρ PA':>6} {'τ PA':>6} {'ρ MPJPE':>8} {'ρ PVE':>6} {'top1 PA':>8} {'top1 MPJPE':>10}"
+    lines = [head]
+    for r in result["rows"]:
+        lines.append(f"{r['variant']:<15} {r['spearman']:>6.3f} {r['kendall']:>6.3f} {r['spearman_mpjpe']:>8.3f} "
+                     f"{r['spearman_pve']:>6.3f} {r['top1_pa_mpjpe_mm']:>8.1f} {r['top1_mpjpe_mm']:>10.1f}")
+    lines.append(f"{'random pick':<15} {'':>6} {'':>6} {'':>8} {'':>6} {result['random_pa_mpjpe_mm']:>8.1f} "
+                 f"{result['random_mpjpe_mm']:>10.1f}")
+    lines.append(f"{'oracle':<15} {'':>6} {'':>6} {'':>8} {'':>6} {result['oracle_pa_mpjpe_mm']:>8.1f} "
+                 f"{result['oracle_mpjpe_mm']:>10.1f}")
+    return "\n".join(lines)

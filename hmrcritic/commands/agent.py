@@ -1,0 +1,200 @@
+"""``hmrcritic critique | trace | evaluate-critic``: the critique agent from the command line.
+
+Thin: argument parsing, progress and printing; the work is in :mod:`hmrcritic.agent`.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import typer
+
+from hmrcritic.errors import InputError
+
+
+def _parse_scene(spec: str) -> tuple[str, int]:
+    if ":" not in spec:
+        raise InputError(f"--scene {spec!r}: expected SPLIT:INDEX, e.g. test:12")
+    split, idx = spec.rsplit(":", 1)
+    try:
+        return split, int(idx)
+    except ValueError as exc:
+        raise InputError(f"--scene {spec!r}: INDEX must be an integer") from exc
+
+
+def _hypotheses_from_model(sample, model_path: str | None, n: int, seed: int) -> dict:
+    import numpy as np
+    import torch
+
+    from hmrcritic.hmr import diffusion
+
+    model = diffusion.load_model(model_path)
+    model.eval()
+    kp = torch.as_tensor(np.asarray(sample.keypoints), dtype=torch.float32)[None]
+    K = torch.as_tensor(np.asarray(sample.K), dtype=torch.float32)[None]
+    size = torch.as_tensor(np.asarray(sample.image_size), dtype=torch.float32)[None]
+    cond = diffusion.condition_from_keypoints(kp, K, size)
+    group = diffusion.sample(model, cond, num_generations=n, generator=torch.Generator().manual_seed(seed),
+                             K=K, keypoints=kp)
+    return {k: v for k, v in group.numpy(0).items() if k != "x0"}
+
+
+def register(app: typer.Typer) -> None:
+    @app.command("critique")
+    def critique_cmd(
+        image: Path = typer.Option(None, "--image", help="Input image (with --keypoints)."),
+        keypoints: Path = typer.Option(None, "--keypoints", help="COCO-17 or OpenPose BODY_25 keypoint JSON."),
+        scene: str = typer.Option(None, "--scene", help="A synthetic scene instead of an image: SPLIT:INDEX."),
+        hypotheses: Path = typer.Option(None, "--hypotheses", help="Hypotheses .npz (global_orient, body_pose, "
+                                                                   "betas, transl with a leading N)."),
+        model: str = typer.Option(None, "--model", help="Diffusion checkpoint to sample hypotheses from "
+                                                        "(default: the shipped base model)."),
+        n: int = typer.Option(16, "-n", "--num-generations", help="Hypotheses to sample with --model."),
+        seed: int = typer.Option(0, "--seed", help="Sampling seed."),
+        judge: str = typer.Option("builtin", "--judge", help="builtin (offline) or vlm (OpenAI-compatible)."),
+        out: Path = typer.Option(Path("critique_out"), "--out", help="Folder for scores.json and report.html."),
+        learn: bool = typer.Option(False, "--learn", help="Write prototypes/rule statistics to memory."),
+        no_render: bool = typer.Option(False, "--no-render", help="Skip rendering (faster; no images)."),
+        memory: Path = typer.Option(None, "--memory", help="Memory folder (default: HMRCRITIC_MEMORY)."),
+        max_reflections: int = typer.Option(None, "--max-reflections", help="Revise rounds at most."),
+        group_id: str = typer.Option(None, "--group-id", help="Thread id (default: the sample id)."),
+        fresh: bool = typer.Option(False, "--fresh", help="Recompute even if this group was critiqued."),
+        focal: float = typer.Option(None, "--focal", help="Focal length in px for a user image."),
+        as_json: bool = typer.Option(False, "--json", help="Print the scored group as JSON."),
+    ) -> None:
+        """Score a group of mesh hypotheses for one input and write a ranked table, scores.json and a
+        self-contained HTML report.
+
+        Examples:\n
+          hmrcritic critique --scene test:3 --no-render --out /tmp/c3\n
+          hmrcritic critique --image img.jpg --keypoints kp.json --hypotheses h.npz --judge vlm --out out/
+        """
+        from hmrcritic.agent.api import critique_group, load_hypotheses, write_scores
+        from hmrcritic.agent.report import write_report
+        from hmrcritic.agent.state import AgentConfig
+
+        if scene:
+            if image or keypoints:
+                raise InputError("give either --scene or --image/--keypoints, not both")
+            from hmrcritic.hmr.data import load_split
+
+            split, idx = _parse_scene(scene)
+            scenes = load_split(split)
+            if not 0 <= idx < len(scenes):
+                raise InputError(f"--scene {scene}: index out of range (split {split} has {len(scenes)} scenes)")
+            sample = scenes[idx]
+        else:
+            if not image or not keypoints:
+                raise InputError("give --image and --keypoints (or --scene SPLIT:INDEX)")
+            from hmrcritic.hmr.data import sample_from_user
+
+            sample = sample_from_user(image, keypoints, focal=focal)
+        if hypotheses is not None:
+            hyps = load_hypotheses(hypotheses)
+        else:
+            hyps = _hypotheses_from_model(sample, model, n, seed)
+        cfg = AgentConfig(judge=judge, learn=learn, render=not no_render)
+        if memory is not None:
+            cfg.memory_dir = str(memory)
+        if max_reflections is not None:
+            cfg.max_reflections = max_reflections
+
+        def show(node, update, seconds):
+            if not as_json:
+                typer.echo(f"  {node:<13} {seconds * 1000:7.1f} ms", err=True)
+
+        with _stdout_to_stderr(as_json):
+            result = critique_group(sample, hyps, judge=judge, config=cfg, group_id=group_id, fresh=fresh,
+                                    on_update=show)
+        out.mkdir(parents=True, exist_ok=True)
+        write_scores(result, out)
+        report = write_report(result, out, image_path=getattr(sample, "image_path", None))
+        if as_json:
+            typer.echo(result.model_dump_json(indent=2))
+            return
+        _print_table(result)
+        typer.echo(f"scores: {out / 'scores.json'}\nreport: {report}\nrun: {result.run_id}"
+                   + (" (finished earlier; use --fresh to recompute)" if result.resumed else ""))
+
+    @app.command("trace")
+    def trace_cmd(
+        run_id: str = typer.Argument(None, help="Run id (or a unique part of it)."),
+        last: bool = typer.Option(False, "--last", help="The most recent run."),
+        mermaid: bool = typer.Option(False, "--mermaid", help="Print the agent graph as Mermaid text."),
+        as_json: bool = typer.Option(False, "--json", help="Print the trace records as JSON."),
+    ) -> None:
+        """Print a run's node sequence with timings and what each node changed (or the graph as Mermaid).
+
+        Examples:\n
+          hmrcritic trace --last\n
+          hmrcritic trace --mermaid
+        """
+        if mermaid:
+            from hmrcritic.agent.graph import mermaid as draw
+
+            typer.echo(draw())
+            return
+        from hmrcritic.agent.trace import format_trace, read_trace
+
+        if not run_id and not last:
+            raise InputError("give a RUN_ID or --last (or --mermaid)")
+        records = read_trace(run_id, last=last)
+        typer.echo(json.dumps(records, indent=2) if as_json else format_trace(records))
+
+    @app.command("evaluate-critic")
+    def evaluate_cmd(
+        split: str = typer.Option("test", "--split", help="Labelled split to evaluate on."),
+        num_groups: int = typer.Option(20, "--num-groups", help="Groups to evaluate."),
+        num_generations: int = typer.Option(16, "--num-generations", help="Hypotheses per group."),
+        warmup_groups: int = typer.Option(40, "--warmup-groups", help="Train groups that warm the memory."),
+        source: str = typer.Option("auto", "--source", help="Hypotheses: auto | model | perturbed."),
+        judge: str = typer.Option("builtin", "--judge", help="builtin or vlm."),
+        max_reflections: int = typer.Option(2, "--max-reflections", help="Revise rounds of the full agent."),
+        seed: int = typer.Option(0, "--seed"),
+        as_json: bool = typer.Option(False, "--json", help="Print the result as JSON."),
+    ) -> None:
+        """Rank agreement (Spearman with −PA-MPJPE) and top-1 error of the critic, with ablations
+        (no_rules, no_prototypes, no_reflection, evidence_only), memory warmed on the train split.
+
+        Example:\n
+          hmrcritic evaluate-critic --split test --num-groups 20 --json
+        """
+        from hmrcritic.agent.evaluate_critic import evaluate_critic, format_table
+
+        def progress(stage, i, n):
+            if not as_json and (i == n or i % 10 == 0):
+                typer.echo(f"  {stage}: {i}/{n}", err=True)
+
+        with _stdout_to_stderr(as_json):  # library chatter (e.g. split generation) must not break the JSON
+            payload = evaluate_critic(split=split, num_groups=num_groups, num_generations=num_generations,
+                                      warmup_groups=warmup_groups, source=source, judge=judge,
+                                      max_reflections=max_reflections, seed=seed, progress=progress)
+        typer.echo(json.dumps(payload, indent=2) if as_json else format_table(payload))
+
+
+def _stdout_to_stderr(active: bool):
+    import contextlib
+    import sys
+
+    return contextlib.redirect_stdout(sys.stderr) if active else contextlib.nullcontext()
+
+
+def _print_table(result) -> None:
+    from rich.console import Console
+    from rich.table import Table
+
+    from hmrcritic.agent.schema import AXES
+
+    table = Table(title=f"group {result.group_id} — judge {result.judge}, memory {result.memory_version}")
+    for col in ("rank", "hyp", "overall", *[a.replace("_", " ") for a in AXES], "rationale"):
+        table.add_column(col, justify="left" if col == "rationale" else "right")
+    by_index = {s.index: s for s in result.scores}
+    for rank, i in enumerate(result.ranking):
+        s = by_index[i]
+        table.add_row(str(rank + 1), f"h{i}", f"{s.overall:.2f}", *[f"{getattr(s, a):.2f}" for a in AXES],
+                      s.rationale[:90])
+    Console().print(table)
+    rounds = max(0, len(result.reflections) - 1)
+    if rounds:
+        typer.echo(f"self-reflection: {rounds} revision round(s)")

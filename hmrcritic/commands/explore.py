@@ -1,0 +1,148 @@
+"""``hmrcritic explore | explore-eval | learning-curve``: reflective knowledge construction (PAPER.md §3)."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import typer
+
+_DIR = typer.Option(None, "--memory-dir", help="Memory folder (default: HMRCRITIC_MEMORY or <home>/memory).")
+_JSON = typer.Option(False, "--json", help="Machine-readable output.")
+_SOURCE = typer.Option("auto", "--source", help="Hypotheses: model | perturbed | auto (model if it loads).")
+_JUDGE = typer.Option("builtin", "--judge", help="builtin (offline) | vlm (OpenAI-compatible endpoint).")
+
+
+def _check_metric(metric: str) -> None:
+    from hmrcritic.agent.explore import ERROR_METRICS
+    from hmrcritic.errors import InputError
+
+    if metric not in ERROR_METRICS:
+        raise InputError(f"--error-metric {metric!r}: choose one of {', '.join(ERROR_METRICS)}")
+
+
+def explore_cmd(
+    split: str = typer.Option("train", "--split", help="Labelled split to explore (never the one you evaluate on)."),
+    rounds: int = typer.Option(3, "--rounds", help="Exploration rounds (one batch each)."),
+    batch_size: int = typer.Option(8, "--batch-size", help="Groups per batch."),
+    tau: float = typer.Option(0.5, "--tau", help="Spearman a group must reach for its rules to succeed."),
+    judge: str = _JUDGE,
+    error_metric: str = typer.Option("pa_mpjpe", "--error-metric", help="pa_mpjpe | mpjpe | pve | mix."),
+    ucb_c: float = typer.Option(1.0, "--ucb-c", help="UCB exploration constant C in rule retrieval Ψ."),
+    rules_k: int = typer.Option(8, "--rules-k", help="Rules recalled per group."),
+    num_generations: int = typer.Option(16, "--num-generations", help="Hypotheses per group."),
+    limit: int = typer.Option(None, "--limit", help="At most this many groups in total."),
+    seed: int = typer.Option(0, "--seed", help="Sampling seed of the groups."),
+    source: str = _SOURCE,
+    max_reflections: int = typer.Option(None, "--max-reflections", help="Revise rounds per group (default: agent's)."),
+    memory_dir: Path = _DIR,
+    as_json: bool = _JSON,
+) -> None:
+    """Explore labelled groups and grow the memory: rule statistics, prototypes, mined rules.
+
+    Resumes an interrupted run from its last finished batch; calling again with more --rounds continues.
+    Example: `hmrcritic explore --split train --rounds 5 --batch-size 8 --tau 0.5`.
+    """
+    from hmrcritic.agent.explore import explore
+
+    _check_metric(error_metric)
+
+    def progress(event: str, p: dict) -> None:
+        if as_json:
+            return
+        if event == "group":
+            msg = f"error: {p['error']}" if "error" in p else f"ρ = {p['spearman']:+.3f}"
+            typer.echo(f"  [{p['index'] + 1}/{p['total']}] {p['group_id']}: {msg}")
+        elif event == "rule_added":
+            typer.echo(f"  + rule {p['rule_id']}: {p['text']}" + (f" (Δρ {p['gain']:+.3f})" if "gain" in p else ""))
+        elif event == "rule_rejected":
+            typer.echo(f"  - rejected: {p['text'][:80]} — {p['reason']}")
+        elif event == "round":
+            typer.echo(f"round {p['round']}: {p['groups']} groups, mean ρ {p['mean_spearman']:+.3f}, "
+                       f"{len(p['rules_added'])} rule(s) added, {len(p['retired'])} retired, "
+                       f"{len(p['merged'])} merged, {p['prototypes']} prototypes ({p['seconds']:.1f} s)")
+        elif event == "resumed":
+            typer.echo(f"resuming: {p}")
+
+    summary = explore(memory_dir, split=split, rounds=rounds, batch_size=batch_size, tau=tau, judge=judge,
+                      error_metric=error_metric, ucb_c=ucb_c, rules_k=rules_k, num_generations=num_generations,
+                      limit=limit, seed=seed, source=source, max_reflections=max_reflections, progress=progress)
+    if as_json:
+        typer.echo(json.dumps(summary.as_dict(), indent=2, default=str))
+        return
+    typer.echo(f"explored {summary.groups} groups of {split} ({summary.source}); memory version "
+               f"{summary.memory_version}; log {summary.log_path}"
+               + (f"; stopped: {summary.stopped}" if summary.stopped else ""))
+
+
+def explore_eval_cmd(
+    split: str = typer.Option("test", "--split", help="Held-out labelled split."),
+    num_groups: int = typer.Option(20, "--num-groups", help="Held-out groups."),
+    num_generations: int = typer.Option(16, "--num-generations", help="Hypotheses per group."),
+    variants: str = typer.Option(",".join(("full", "no_reflection", "no_rules", "no_prototypes", "no_revise",
+                                           "evidence_only")), "--variants", help="Comma-separated variants."),
+    seed: int = typer.Option(0, "--seed"),
+    source: str = _SOURCE,
+    judge: str = _JUDGE,
+    memory_dir: Path = _DIR,
+    out: Path = typer.Option(None, "--out", help="Also write the JSON here."),
+    as_json: bool = _JSON,
+) -> None:
+    """Held-out critic quality of the explored memory against its ablations (frozen memory, read-only copy).
+
+    Example: `hmrcritic explore-eval --split test --num-groups 20`.
+    """
+    from hmrcritic.agent.learning_curve import explore_eval, format_rows
+
+    res = explore_eval(memory_dir, split=split, num_groups=num_groups, num_generations=num_generations,
+                       seed=seed, source=source, judge=judge,
+                       variants=[v.strip() for v in variants.split(",") if v.strip()])
+    if out is not None:
+        from hmrcritic.io import atomic_write_json
+
+        atomic_write_json(out, res)
+    if as_json:
+        typer.echo(json.dumps(res, indent=2))
+        return
+    typer.echo(f"{res['num_groups']} held-out groups of {res['split']}; memory {res['memory_version']}")
+    typer.echo(format_rows(res))
+
+
+def learning_curve_cmd(
+    split: str = typer.Option("train", "--split", help="Split to explore."),
+    heldout_split: str = typer.Option("test", "--heldout-split", help="Held-out split to evaluate on."),
+    rounds: int = typer.Option(5, "--rounds"),
+    batch_size: int = typer.Option(8, "--batch-size"),
+    heldout_groups: int = typer.Option(16, "--heldout-groups"),
+    num_generations: int = typer.Option(16, "--num-generations"),
+    tau: float = typer.Option(0.5, "--tau"),
+    seed: int = typer.Option(0, "--seed"),
+    source: str = _SOURCE,
+    memory_dir: Path = typer.Option(..., "--memory-dir", help="A NEW (or starter) memory folder to explore into."),
+    out: Path = typer.Option(Path("learning_curve"), "--out", help="Folder for learning_curve.json/.png."),
+    as_json: bool = _JSON,
+) -> None:
+    """Explore round by round and evaluate held-out Spearman after each round (table + PNG).
+
+    Example: `hmrcritic learning-curve --memory-dir /tmp/mem --rounds 5 --out results/`.
+    """
+    from hmrcritic.agent.learning_curve import learning_curve
+
+    def progress(row: dict) -> None:
+        if not as_json:
+            typer.echo(f"round {row['round']}: ρ {row['spearman']:+.3f}  τ {row['kendall']:+.3f}  top-1 "
+                       f"{row['top1_pa_mpjpe_mm']:.1f} mm  rules {row['rules']}  prototypes {row['prototypes']}")
+
+    res = learning_curve(memory_dir, split=split, rounds=rounds, batch_size=batch_size, heldout_split=heldout_split,
+                         heldout_groups=heldout_groups, num_generations=num_generations, seed=seed, source=source,
+                         out_dir=out, explore_kwargs={"tau": tau}, progress=progress)
+    if as_json:
+        typer.echo(json.dumps(res, indent=2))
+    else:
+        typer.echo(f"wrote {out / 'learning_curve.json'} and {res.get('png')}")
+
+
+def register(app: typer.Typer) -> None:
+    app.command("explore")(explore_cmd)
+    app.command("explore-eval")(explore_eval_cmd)
+    app.command("learning-curve")(learning_curve_cmd)

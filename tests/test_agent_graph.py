@@ -1,0 +1,277 @@
+"""The critique agent graph: real LangGraph + SqliteSaver + Chroma memory, on constructed scenes."""
+
+from __future__ import annotations
+
+from types import SimpleNamespace
+
+import numpy as np
+import pytest
+import torch
+
+from hmrcritic.agent import nodes
+from hmrcritic.agent.api import critique_group, critique_groups
+from hmrcritic.agent.graph import build_graph, compile_graph, open_checkpointer
+from hmrcritic.agent.judges import BuiltinJudge, JudgeContext, make_judge
+from hmrcritic.agent.schema import GroupCritique, HypothesisScore
+from hmrcritic.agent.state import AgentConfig
+from hmrcritic.errors import InputError, JudgeError
+
+N = 6
+
+
+@pytest.fixture(scope="module", autouse=True)
+def small_prior():
+    """A prior fitted on a few hundred poses, so these tests never generate the 20k-scene train split."""
+    from hmrcritic.agent.prior import fit_gmm, pose_features, set_pose_prior
+    from hmrcritic.hmr.poses import sample_poses
+
+    set_pose_prior(fit_gmm(pose_features(sample_poses(300, seed=11)["body_pose"]), components=2, iters=5))
+    yield
+    set_pose_prior(None)
+
+
+def make_scene(seed: int, sample_id: str | None = None):
+    from hmrcritic.agent.evidence import project
+    from hmrcritic.hmr.body import load_body_model
+    from hmrcritic.hmr.poses import sample_poses
+    from hmrcritic.hmr.rotations import axis_angle_to_matrix, matrix_to_axis_angle
+
+    p = sample_poses(1, seed)
+    Rx = axis_angle_to_matrix(torch.tensor([[np.pi, 0, 0]], dtype=torch.float32))
+    go = matrix_to_axis_angle(Rx @ axis_angle_to_matrix(p["global_orient_body"]))
+    body = load_body_model()
+    transl = torch.tensor([[0.0, 0.2, 3.5]])
+    out = body(go, p["body_pose"], p["betas"], transl)
+    K = np.array([[500, 0, 256], [0, 500, 256], [0, 0, 1]], np.float32)
+    uv = project(body.coco17(out), torch.as_tensor(K))[0].numpy()
+    kp = np.concatenate([uv, np.ones((17, 1))], 1).astype(np.float32)
+    return SimpleNamespace(
+        sample_id=sample_id or f"scene-{seed}", keypoints=kp, K=K, image_size=(512, 512), smpl24_keypoints=None,
+        image_path=None, mask_path=None, global_orient=go[0].numpy(), body_pose=p["body_pose"][0].numpy(),
+        betas=p["betas"][0].numpy(), transl=transl[0].numpy(), joints3d=out.joints[0].numpy(), category=None)
+
+
+def make_group(seed: int, n: int = N, sample_id: str | None = None):
+    from hmrcritic.agent.groups import perturb_group, true_errors
+
+    s = make_scene(seed, sample_id)
+    h = perturb_group(s, n, np.random.default_rng(seed))
+    return s, h, true_errors(h, s)
+
+
+@pytest.fixture()
+def memory(tmp_path):
+    from hmrcritic.memory.store import MemoryStore
+
+    store = MemoryStore(path=tmp_path / "memory")
+    store.reset(seed_starter=True)
+    return store
+
+
+@pytest.fixture()
+def saver(tmp_path):
+    return open_checkpointer(tmp_path / "ckpt.sqlite")
+
+
+def cfg(**kw) -> AgentConfig:
+    return AgentConfig(render=False, **kw)
+
+
+def test_graph_compiles_and_stores_state(tmp_path, memory, saver):
+    s, h, _ = make_group(1)
+    res = critique_group(s, h, memory=memory, config=cfg(), checkpointer=saver, run_dir=tmp_path / "g1")
+    assert len(res.scores) == N and sorted(res.ranking) == list(range(N))
+    assert all(0 <= sc.overall <= 10 for sc in res.scores)
+    app = compile_graph(saver)
+    snap = app.get_state({"configurable": {"thread_id": "scene-1"}})
+    st = snap.values
+    assert st["done"] is True and snap.next == ()
+    assert len(st["critique"]["scores"]) == N
+    assert set(st["evidence"]) >= {"reproj_px", "hyperextension_deg", "consensus_dev_mm", "pose_prior_nll"}
+    assert all(len(v) == N for v in st["evidence"].values())
+    assert st["rules"], "starter rules must be recalled"
+    assert st["reflections"][0]["round"] == 0
+    assert (tmp_path / "g1" / "evidence.npz").exists() and (tmp_path / "g1" / "critique.json").exists()
+    # state is plain: no numpy leaked into the checkpoint
+    assert all(isinstance(x, float) for x in st["evidence"]["reproj_px"])
+
+
+def test_nodes_alone(tmp_path, memory):
+    from hmrcritic.agent.api import _sample_arrays, load_hypotheses
+    from hmrcritic.io import atomic_save_npz
+
+    s, h, err = make_group(2)
+    run_dir = tmp_path / "run"
+    atomic_save_npz(run_dir / "inputs.npz", **_sample_arrays(s), **load_hypotheses(h), true_error_mm=err)
+    config = {"configurable": {"agent": cfg(learn=True).model_dump(), "memory": memory}}
+    state = {"group_id": "g2", "run_dir": str(run_dir), "num_hypotheses": N, "round": 0, "reflections": []}
+    state.update(nodes.render(state, config))
+    assert state["num_hypotheses"] == N and state["renders"] == {}
+    state.update(nodes.recall(state, config))
+    assert state["prototypes"] == [] and len(state["rules"]) <= 8
+    state.update(nodes.critique(state, config))
+    crit = GroupCritique.model_validate(state["critique"])
+    assert [x.index for x in crit.scores] == list(range(N))
+    state.update(nodes.reflect(state, config))
+    assert state["reflections"][-1]["action"] in ("accept", "revise")
+    before = memory.prototypes.count()
+    out = nodes.memory_write(state, config)
+    assert out["done"] and out["memory_written"]["prototypes"] == N
+    assert memory.prototypes.count() == before + N
+    # learned prototypes are recalled next time, with settled (label-informed) scores
+    state.update(nodes.recall(state, config))
+    assert len(state["prototypes"]) == N and state["prototypes"][0][0]["similarity"] > 0.99
+    assert state["prototypes"][0][0]["error_mm"] is not None
+
+
+def test_rerun_returns_finished_thread(tmp_path, memory, saver):
+    s, h, _ = make_group(3)
+    first = critique_group(s, h, memory=memory, config=cfg(), checkpointer=saver, run_dir=tmp_path / "g")
+    second = critique_group(s, h, memory=memory, config=cfg(), checkpointer=saver, run_dir=tmp_path / "g")
+    assert not first.resumed and second.resumed
+    assert second.overall == first.overall
+    with pytest.raises(InputError, match="different inputs"):
+        h2 = {k: v.copy() for k, v in h.items()}
+        h2["body_pose"][0, 0] += 0.1
+        critique_group(s, h2, memory=memory, config=cfg(), checkpointer=saver, run_dir=tmp_path / "g")
+    third = critique_group(s, h2, memory=memory, config=cfg(), checkpointer=saver, run_dir=tmp_path / "g",
+                           fresh=True)
+    assert not third.resumed
+
+
+class FlakyJudge:
+    """Fails on its first call (like a timed-out endpoint), then behaves as the builtin judge."""
+
+    name = "flaky"
+
+    def __init__(self):
+        self.calls = 0
+        self.inner = BuiltinJudge()
+
+    def critique(self, ctx):
+        self.calls += 1
+        if self.calls == 1:
+            raise JudgeError(f"group {ctx.group_id}: endpoint timed out after 3 retries")
+        return self.inner.critique(ctx)
+
+    def propose_rules(self, ctx, mistakes):
+        return self.inner.propose_rules(ctx, mistakes)
+
+
+def test_interrupted_thread_resumes_from_checkpoint(tmp_path, memory, saver):
+    s, h, _ = make_group(4)
+    judge = FlakyJudge()
+    version = memory.version()
+    with pytest.raises(JudgeError, match="timed out"):
+        critique_group(s, h, judge=judge, memory=memory, config=cfg(learn=True), checkpointer=saver,
+                       run_dir=tmp_path / "g")
+    assert memory.version() == version  # nothing half-written
+    updates = []
+    res = critique_group(s, h, judge=judge, memory=memory, config=cfg(learn=True), checkpointer=saver,
+                         run_dir=tmp_path / "g", on_update=lambda node, u, t: updates.append(node))
+    assert res.resumed and updates[0] == "critique" and "render" not in updates
+    assert updates[-1] == "memory_write" and memory.version() != version
+
+
+class InvalidJudge:
+    """Always leaves out a hypothesis: the reflect node must flag it every round, but only so often."""
+
+    name = "invalid"
+
+    def __init__(self):
+        self.calls = 0
+
+    def critique(self, ctx: JudgeContext) -> GroupCritique:
+        self.calls += 1
+        return GroupCritique(scores=[HypothesisScore(index=i, motion_structure=5, physical_feasibility=5,
+                                                     image_alignment=5, overall=5, rationale="same")
+                                     for i in range(ctx.num_hypotheses - 1)])
+
+    def propose_rules(self, ctx, mistakes):
+        raise NotImplementedError
+
+
+@pytest.mark.parametrize("max_reflections", [0, 2])
+def test_revise_loop_is_bounded(tmp_path, memory, saver, max_reflections):
+    s, h, _ = make_group(5, sample_id=f"bounded-{max_reflections}")
+    judge = InvalidJudge()
+    res = critique_group(s, h, judge=judge, memory=memory, config=cfg(max_reflections=max_reflections),
+                         checkpointer=saver, run_dir=tmp_path / "g")
+    assert judge.calls == max_reflections + 1
+    assert len(res.reflections) == max_reflections + 1
+    assert all(r["issues"][0]["kind"] == "invalid" for r in res.reflections)
+    assert res.reflections[-1]["action"] == "accept (no rounds left)"
+
+
+def test_reflection_fixes_contradictions():
+    """A critique that ranks a dominated hypothesis first is revised so that it no longer does."""
+    ev = {"reproj_rel": [0.01, 0.2, 0.05], "hyperextension_deg": [0.0, 40.0, 0.0],
+          "consensus_dev_mm": [10.0, 200.0, 20.0]}
+    ctx = JudgeContext(group_id="c", num_hypotheses=3, evidence=ev)
+    bad = GroupCritique(scores=[HypothesisScore(index=i, motion_structure=5, physical_feasibility=5,
+                                                image_alignment=5, overall=o, rationale="x")
+                                for i, o in enumerate([4.0, 9.0, 3.0])])
+    issues = nodes.check_critique(ctx, bad)
+    assert any(i.kind == "contradiction" and i.indices == [1, 0] for i in issues)
+    fixed = BuiltinJudge().critique(ctx.model_copy(update={"round": 1, "previous": bad, "issues": issues}))
+    o = [x.overall for x in fixed.scores]
+    assert o[1] < o[0] and o[1] < o[2]
+    assert "revised" in fixed.summary
+    assert not [i for i in nodes.check_critique(ctx, fixed) if i.kind == "contradiction"]
+
+
+def test_memory_unchanged_without_learning(tmp_path, memory, saver):
+    s, h, err = make_group(6)
+    version, count = memory.version(), memory.prototypes.count()
+    res = critique_group(s, h, memory=memory, config=cfg(learn=False), checkpointer=saver,
+                         run_dir=tmp_path / "a", true_errors_mm=err)
+    assert memory.version() == version and memory.prototypes.count() == count
+    assert res.memory_written == {"prototypes": 0, "rules_recorded": 0}
+    s2, h2, err2 = make_group(7)
+    res = critique_group(s2, h2, memory=memory, config=cfg(learn=True), checkpointer=saver,
+                         run_dir=tmp_path / "b", true_errors_mm=err2)
+    assert memory.prototypes.count() == count + N
+    assert res.memory_written["rules_recorded"] == len(res.rules_applied)
+    used = {r.rule_id: r.n_used for r in memory.rules.all()}
+    assert all(used[r] >= 1 for r in res.rules_applied)
+
+
+def test_bad_groups_fail_alone(tmp_path, memory, saver):
+    good = make_group(8)
+    nan = make_group(9)
+    nan[1]["body_pose"][2, 5] = np.nan
+    wrong = make_group(10)
+    wrong[0].keypoints = wrong[0].keypoints[:12]
+    flaky = make_group(12, sample_id="judge-fails")
+
+    class Garbage:
+        name = "garbage"
+
+        def critique(self, ctx):
+            if ctx.group_id == "judge-fails":
+                return {"scores": "not a list"}
+            return BuiltinJudge().critique(ctx)
+
+        def propose_rules(self, ctx, mistakes):
+            raise NotImplementedError
+
+    version = memory.version()
+    items = [{"sample": g[0], "hypotheses": g[1], "run_dir": tmp_path / str(i)}
+             for i, g in enumerate([good, nan, wrong, flaky])]
+    results = critique_groups(items, judge=Garbage(), memory=memory, config=cfg(learn=True),
+                              checkpointer=saver)
+    assert [r.error is None for r in results] == [True, False, False, False]
+    assert "hypothesis 2" in results[1].error and results[1].error_type == "InputError"
+    assert "keypoints" in results[2].error
+    assert results[3].error_type == "JudgeError" and "judge-fails" in results[3].error
+    assert memory.prototypes.count() == N  # only the good group was learnt
+    assert memory.version() != version
+
+
+def test_build_graph_is_uncompiled_and_drawable():
+    g = build_graph()
+    assert set(nodes.NODE_NAMES) <= set(g.nodes)
+    text = g.compile().get_graph().draw_mermaid()
+    assert "reflect" in text and "memory_write" in text
+    with pytest.raises(InputError):
+        make_judge("nope")

@@ -1,0 +1,118 @@
+"""``hmrcritic critique`` and ``hmrcritic trace`` end to end (real rendering, real graph, real memory)."""
+
+from __future__ import annotations
+
+import json
+from types import SimpleNamespace
+
+import numpy as np
+import pytest
+import torch
+
+from hmrcritic.cli import main
+
+
+@pytest.fixture(scope="module", autouse=True)
+def small_prior():
+    from hmrcritic.agent.prior import fit_gmm, pose_features, set_pose_prior
+    from hmrcritic.hmr.poses import sample_poses
+
+    set_pose_prior(fit_gmm(pose_features(sample_poses(300, seed=11)["body_pose"]), components=2, iters=5))
+    yield
+    set_pose_prior(None)
+
+
+@pytest.fixture(scope="module")
+def user_inputs(tmp_path_factory):
+    """An image, its COCO-17 keypoint JSON and a hypotheses .npz, consistent with one another."""
+    from PIL import Image
+
+    from hmrcritic.agent.evidence import project
+    from hmrcritic.agent.groups import perturb_group
+    from hmrcritic.hmr.body import load_body_model
+    from hmrcritic.hmr.camera import default_intrinsics
+    from hmrcritic.hmr.poses import sample_poses
+    from hmrcritic.hmr.rotations import axis_angle_to_matrix, matrix_to_axis_angle
+
+    d = tmp_path_factory.mktemp("user")
+    W = H = 256
+    K = default_intrinsics(W, H, None).numpy()
+    p = sample_poses(1, 5)
+    go = matrix_to_axis_angle(axis_angle_to_matrix(torch.tensor([[np.pi, 0, 0]])) @
+                              axis_angle_to_matrix(p["global_orient_body"]))
+    body = load_body_model()
+    out = body(go, p["body_pose"], p["betas"], torch.tensor([[0.0, 0.1, 4.0]]))
+    uv = project(body.coco17(out), torch.as_tensor(K))[0].numpy()
+    kp = [[float(u), float(v), 1.0] for u, v in uv]
+    Image.fromarray(np.full((H, W, 3), 200, np.uint8)).save(d / "person.png")
+    (d / "person.json").write_text(json.dumps(kp))
+    scene = SimpleNamespace(keypoints=np.array(kp, np.float32), K=K, global_orient=go[0].numpy(),
+                            body_pose=p["body_pose"][0].numpy(), betas=p["betas"][0].numpy())
+    hyps = perturb_group(scene, 4, np.random.default_rng(0))
+    np.savez(d / "hyps.npz", **hyps)
+    return d
+
+
+def test_critique_writes_table_scores_and_report(user_inputs, tmp_path, capsys):
+    d = user_inputs
+    out = tmp_path / "out"
+    rc = main(["critique", "--image", str(d / "person.png"), "--keypoints", str(d / "person.json"),
+               "--hypotheses", str(d / "hyps.npz"), "--out", str(out)])
+    text = capsys.readouterr().out
+    assert rc == 0, text
+    assert "rank" in text and "h0" in text and "report:" in text
+    scores = json.loads((out / "scores.json").read_text())
+    assert scores["group_id"] == "person" and len(scores["scores"]) == 4
+    assert sorted(scores["ranking"]) == [0, 1, 2, 3]
+    html = (out / "report.html").read_text()
+    assert html.count("data:image/png;base64,") >= 2  # overlay grid + side grid (+ input image)
+    assert "Self-reflection" in html and "Recalled rules" in html and "starter-" in html
+
+    rc = main(["trace", "--last"])
+    text = capsys.readouterr().out
+    assert rc == 0 and " ms" in text and "render" in text and "memory_write" in text
+    assert main(["trace", "--last", "--json"]) == 0
+    records = json.loads(capsys.readouterr().out)
+    order = [r["node"] for r in records if r["event"] == "node"]
+    assert order[:4] == ["render", "recall", "critique", "reflect"] and order[-1] == "memory_write"
+    assert all(r["seconds"] >= 0 for r in records if r["event"] == "node")
+
+    rc = main(["critique", "--image", str(d / "person.png"), "--keypoints", str(d / "person.json"),
+               "--hypotheses", str(d / "hyps.npz"), "--out", str(out), "--json", "--no-render"])
+    again = json.loads(capsys.readouterr().out)
+    assert rc == 0 and again["resumed"] is True and again["ranking"] == scores["ranking"]
+
+
+def test_trace_mermaid(capsys):
+    assert main(["trace", "--mermaid"]) == 0
+    text = capsys.readouterr().out
+    assert "graph TD" in text and "reflect -.-> critique" in text
+
+
+@pytest.mark.parametrize("case", ["keypoints_shape", "corrupt_image", "nan_hypotheses", "missing_key"])
+def test_bad_input_is_one_line_error(user_inputs, tmp_path, capsys, case):
+    d = user_inputs
+    image, kp, hyps = d / "person.png", d / "person.json", d / "hyps.npz"
+    if case == "keypoints_shape":
+        kp = tmp_path / "kp.json"
+        kp.write_text(json.dumps([[1.0, 2.0, 1.0]] * 12))
+    elif case == "corrupt_image":
+        image = tmp_path / "broken.png"
+        image.write_bytes(b"\x89PNG not really")
+    else:
+        z = dict(np.load(hyps))
+        if case == "nan_hypotheses":
+            z["body_pose"][1, 7] = np.nan
+        else:
+            z.pop("betas")
+        hyps = tmp_path / "h.npz"
+        np.savez(hyps, **z)
+    rc = main(["critique", "--image", str(image), "--keypoints", str(kp), "--hypotheses", str(hyps),
+               "--out", str(tmp_path / "o"), "--no-render", "--group-id", f"bad-{case}"])
+    err = capsys.readouterr().err.strip()
+    assert rc == 2
+    assert err.startswith("error:") and len(err.splitlines()) == 1
+    expected = {"keypoints_shape": "17", "corrupt_image": "broken.png", "nan_hypotheses": "hypothesis 1",
+                "missing_key": "betas"}[case]
+    assert expected in err
+    assert not (tmp_path / "o" / "scores.json").exists()

@@ -1,0 +1,57 @@
+"""``hmrcritic evaluate-critic --json`` on a few small groups: the JSON shape and honest warm-up."""
+
+from __future__ import annotations
+
+import json
+import math
+
+import pytest
+
+from hmrcritic.cli import main
+
+
+@pytest.fixture(autouse=True)
+def small_world(monkeypatch):
+    from hmrcritic.agent.prior import fit_gmm, pose_features, set_pose_prior
+    from hmrcritic.hmr.poses import sample_poses
+
+    monkeypatch.setenv("HMRCRITIC_SPLIT_SIZE_SCALE", "0.002")  # tiny splits if this session makes them
+    set_pose_prior(fit_gmm(pose_features(sample_poses(300, seed=11)["body_pose"]), components=2, iters=5))
+    yield
+    set_pose_prior(None)
+
+
+@pytest.mark.slow
+def test_evaluate_critic_json(capsys):
+    rc = main(["evaluate-critic", "--split", "test", "--num-groups", "2", "--num-generations", "4",
+               "--warmup-groups", "3", "--source", "perturbed", "--json"])
+    out = capsys.readouterr().out
+    assert rc == 0, out
+    payload = json.loads(out)
+    assert payload["num_groups"] == 2
+    assert [r["variant"] for r in payload["rows"]] == ["full", "no_rules", "no_prototypes", "no_reflection",
+                                                     "evidence_only"]
+    for r in payload["rows"]:
+        assert -1.0 <= r["spearman"] <= 1.0 and math.isfinite(r["top1_pa_mpjpe_mm"])
+        assert payload["oracle_pa_mpjpe_mm"] - 1e-6 <= r["top1_pa_mpjpe_mm"]
+    assert payload["oracle_pa_mpjpe_mm"] <= payload["random_pa_mpjpe_mm"]
+
+    # the memory was warmed on train groups only and frozen afterwards
+    from hmrcritic.memory.store import MemoryStore
+
+    store = MemoryStore(path=f"{payload['workdir']}/memory", read_only=True)
+    sources = [p["source"] for p in store.prototypes.export_records()] if hasattr(
+        store.prototypes, "export_records") else []
+    assert sources and all(s.startswith("warmup/train-") for s in sources)
+    assert store.version() == payload["memory_version"]
+    assert store.prototypes.count() == 3 * 4
+
+    # a second run with the same settings reuses the finished groups and gives the same numbers
+    assert main(["evaluate-critic", "--split", "test", "--num-groups", "2", "--num-generations", "4",
+                 "--warmup-groups", "3", "--source", "perturbed", "--json"]) == 0
+    assert json.loads(capsys.readouterr().out)["rows"] == payload["rows"]
+
+
+def test_same_split_is_refused(capsys):
+    rc = main(["evaluate-critic", "--split", "train", "--num-groups", "1", "--json"])
+    assert rc == 2 and "must differ" in capsys.readouterr().err

@@ -1,0 +1,319 @@
+"""Reflective knowledge construction: exploration grows a memory that ranks held-out groups better.
+
+Groups are real (perturbed ground truth of a tiny generated split, real agent graph, real Chroma); the pose
+prior is a real GMM fitted on a small pose sample instead of the 20k-pose train split (speed only).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from hmrcritic.agent import explore as ex
+from hmrcritic.agent.judges import BuiltinJudge
+from hmrcritic.agent.mining import BatchGroup, mine_rules, simulate_gain, validate_proposal
+from hmrcritic.agent.schema import ProposedRule, RuleProposals
+from hmrcritic.errors import InputError
+from hmrcritic.memory.maintenance import plan_maintenance
+from hmrcritic.memory.schema import Rule, RuleCondition
+from hmrcritic.memory.starter_rules import starter_rules
+from hmrcritic.memory.store import MemoryStore
+
+MEASURE = "consensus_dev_mm"  # the measure that decides the constructed error
+
+
+@pytest.fixture(scope="module", autouse=True)
+def small_prior():
+    from hmrcritic import config
+    from hmrcritic.agent import prior
+    from hmrcritic.hmr.poses import sample_poses
+
+    fitted = prior.fit_gmm(prior.pose_features(sample_poses(600, seed=0)["body_pose"]), components=4, iters=8)
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setitem(prior._CACHE, str(config.cache_dir()), fitted)
+        yield
+
+
+def _groups(tmp: Path, name: str, n: int, seed: int, gens: int = 12):
+    from hmrcritic.agent.groups import groups_from_perturbed_gt
+    from hmrcritic.hmr.data import SceneSet, generate_split
+
+    folder = generate_split(name, tmp / name, n=n, quiet=True)
+    return groups_from_perturbed_gt(SceneSet(folder), num_groups=n, num_generations=gens, seed=seed)
+
+
+def _evidence(g) -> dict[str, np.ndarray]:
+    from hmrcritic.agent.evidence import GroupInputs, compute_evidence
+    from hmrcritic.hmr.body import load_body_model
+
+    body = load_body_model()
+    h = {k: torch.as_tensor(v) for k, v in g.hypotheses.items()}
+    with torch.no_grad():
+        out = body(h["global_orient"], h["body_pose"], h["betas"], h["transl"])
+        coco = body.coco17(out)
+    s = g.sample
+    return compute_evidence(GroupInputs(
+        joints=out.joints.numpy(), coco17=coco.numpy(), body_pose=g.hypotheses["body_pose"],
+        keypoints=np.asarray(s.keypoints, np.float32), K=np.asarray(s.K, np.float32),
+        image_size=tuple(s.image_size), joint_conf=np.clip(np.asarray(s.smpl24_keypoints)[:, 2], 0, 1)))
+
+
+@pytest.fixture(scope="module")
+def constructed(tmp_path_factory):
+    """Train/held-out groups whose true error is decided by one measure: hypotheses above its 75th
+    percentile are badly wrong (+150 mm), the rest differ by noise. The starter memory ignores the measure."""
+    tmp = tmp_path_factory.mktemp("explore-splits")
+    train, test = _groups(tmp, "train", 8, 0), _groups(tmp, "test", 5, 1)
+    values = {g.group_id: _evidence(g)[MEASURE] for g in train + test}
+    thr = float(np.quantile(np.concatenate([values[g.group_id] for g in train]), 0.75))
+    rng = np.random.default_rng(0)
+    for g in train + test:
+        x = values[g.group_id]
+        g.errors_mm = 30.0 + 150.0 * (x > thr) + rng.uniform(0, 60, len(x))
+        g.extra["errors"] = {"mpjpe": 1.3 * g.errors_mm, "pve": 1.5 * g.errors_mm}
+    return train, test, thr
+
+
+def _memory(path: Path, without: str | None = MEASURE) -> MemoryStore:
+    mem = MemoryStore(path, seed_starter=False)
+    mem.rules.add([r for r in starter_rules() if r.condition.measure != without])
+    return mem
+
+
+def _tree(path: Path) -> dict[str, str]:
+    return {str(f.relative_to(path)): hashlib.sha256(f.read_bytes()).hexdigest()
+            for f in sorted(path.rglob("*")) if f.is_file()}
+
+
+# ------------------------------------------------------------------------------------------ end to end
+def test_exploration_mines_the_predictive_measure_and_heldout_rises(constructed, tmp_path):
+    from hmrcritic.agent.learning_curve import explore_eval
+
+    train, test, thr = constructed
+    mem = _memory(tmp_path / "mem")
+    starter = MemoryStore(tmp_path / "starter", seed_starter=False)
+    starter.rules.add(mem.rules.all())
+    events = []
+    summary = ex.explore(mem, split="train", groups=train, rounds=2, batch_size=4, tau=0.7,
+                         progress=lambda e, p: events.append(e))
+    assert summary.groups == 8 and len(summary.rounds) == 2
+    mined = [r for r in mem.rules.all() if r.origin == "mined"]
+    assert any(r.condition is not None and r.condition.measure == MEASURE for r in mined), \
+        [r.text for r in mined]
+    assert all(r.round_created >= 1 and r.tags for r in mined)
+    assert "rule_added" in events and events.count("round") == 2
+    # log: one checksummed record per batch
+    log = ex.read_log(mem)
+    assert [rec["report"]["round"] for rec in log] == [1, 2]
+    # held-out: the explored memory ranks better than the starter memory it grew from
+    res = explore_eval(mem, test, variants=["full", "no_reflection"], starter=MemoryStore(starter.path,
+                                                                                          read_only=True))
+    rows = {r["variant"]: r for r in res["rows"]}
+    assert rows["full"]["spearman"] > rows["no_reflection"]["spearman"] + 0.02, rows
+    assert set(res) >= {"rows", "random_pa_mpjpe_mm", "oracle_pa_mpjpe_mm", "num_groups"}
+    assert res["oracle_pa_mpjpe_mm"] <= rows["full"]["top1_pa_mpjpe_mm"]
+    # exploring on train and evaluating on those same groups is refused
+    with pytest.raises(InputError, match="explored"):
+        explore_eval(mem, train[:2], split="train", variants=["full"])
+    with pytest.raises(InputError, match="explored"):
+        ex.assert_not_explored(mem.path, "train", [train[0].group_id])
+    ex.assert_not_explored(mem.path, "test", [train[0].group_id])  # another split: fine
+
+
+def test_frozen_memory_is_byte_identical_after_scoring(constructed, tmp_path):
+    from hmrcritic.agent.learning_curve import explore_eval
+
+    train, test, _ = constructed
+    mem = _memory(tmp_path / "mem")
+    ex.explore(mem, split="train", groups=train, rounds=1, batch_size=2)
+    version = mem.version()
+    del mem
+    before = _tree(tmp_path / "mem")
+    res = explore_eval(tmp_path / "mem", test[:2], variants=["full", "no_rules"])
+    assert _tree(tmp_path / "mem") == before
+    assert all(r["memory_version"] == [version] for r in res["rows"])
+    assert res["memory_version"] == version
+
+
+def test_ucb_makes_an_unused_rule_get_tried(constructed, tmp_path):
+    train, _, _ = constructed
+    for c, tried in ((3.0, True), (0.0, False)):
+        mem = MemoryStore(tmp_path / f"mem{c}", seed_starter=False)
+        rules = starter_rules()
+        for r in rules:  # well-tried rules with a good record
+            r.n_used, r.n_success = 40, 30
+        fresh = Rule(rule_id="fresh-rule", text="A brand-new rule nobody has tried yet → take off 1 point.",
+                     tags=[], origin="user",
+                     condition=RuleCondition(measure="reproj_px", comparator=">", threshold=1e6, points=1))
+        mem.rules.add(rules + [fresh])
+        ex.explore(mem, split="train", groups=train[:1], rounds=1, batch_size=1, rules_k=3, ucb_c=c)
+        assert (mem.rules.get(["fresh-rule"])[0].n_used == 1) is tried
+
+
+# ------------------------------------------------------------------------------------------ arithmetic
+def test_rule_statistics_arithmetic_on_a_hand_made_batch(tmp_path):
+    deltas = ex.rule_stat_deltas([["a", "b"], ["a"], ["b", "b", "c"]], [0.9, 0.2, 0.5], tau=0.5)
+    assert deltas == {"a": [2, 1], "b": [2, 2], "c": [1, 1]}
+    assert ex.rule_stat_deltas([["a"]], [float("nan")], 0.5) == {"a": [1, 0]}
+    mem = MemoryStore(tmp_path / "m", seed_starter=False)
+    base = [Rule(rule_id=i, text=f"rule {i} takes off points", origin="user", n_used=u, n_success=s,
+                 condition=RuleCondition(measure="reproj_px", comparator=">", threshold=t, points=1))
+            for i, u, s, t in (("a", 3, 1, 10.0), ("b", 0, 0, 40.0), ("c", 5, 5, 90.0))]
+    mem.rules.add(base)
+    plan = {"batch_key": "k:r0", "sig": "k", "r": 0, "round": 1, "rule_deltas": deltas, "new_rules": [],
+            "prototypes": [], "report": {"round": 1}}
+    ex._commit(mem, plan, merge_text=False, retire=(8, 0.3))
+    got = {r.rule_id: (r.n_used, r.n_success) for r in mem.rules.all()}
+    assert got == {"a": (5, 2), "b": (2, 2), "c": (6, 6)}
+
+
+def test_resume_after_a_crash_counts_nothing_twice(constructed, tmp_path, monkeypatch):
+    train, _, _ = constructed
+    groups = train[:2]
+    clean = _memory(tmp_path / "clean", without=None)
+    ex.explore(clean, split="train", groups=groups, rounds=2, batch_size=1, merge_text=False)
+
+    crashed = _memory(tmp_path / "crash", without=None)
+    real_append = ex.append_jsonl
+    calls = {"n": 0}
+
+    def dying_append(path, record, checksum=True):  # the process dies after round 2's Chroma writes
+        calls["n"] += 1
+        if calls["n"] == 2:
+            raise KeyboardInterrupt
+        return real_append(path, record, checksum)
+
+    monkeypatch.setattr(ex, "append_jsonl", dying_append)
+    with pytest.raises(KeyboardInterrupt):
+        ex.explore(crashed, split="train", groups=groups, rounds=2, batch_size=1, merge_text=False)
+    assert (Path(crashed.path) / ex.PENDING_FILE).exists()
+    monkeypatch.setattr(ex, "append_jsonl", real_append)
+    events = []
+    again = ex.explore(crashed, split="train", groups=groups, rounds=2, batch_size=1, merge_text=False,
+                       progress=lambda e, p: events.append(e))
+    assert "resumed" in events and again.rounds == []  # both batches were finished: nothing re-run
+    stats = lambda m: {r.rule_id: (r.n_used, r.n_success, r.retired) for r in m.rules.all(include_retired=True)}  # noqa: E731
+    assert stats(crashed) == stats(clean)
+    assert crashed.prototypes.count() == clean.prototypes.count()
+    assert len(ex.read_log(crashed)) == 2
+    assert not (Path(crashed.path) / ex.PENDING_FILE).exists()
+    # more rounds continue where it stopped (a third batch would need a third group: stops cleanly)
+    more = ex.explore(crashed, split="train", groups=groups, rounds=3, batch_size=1, merge_text=False)
+    assert more.rounds == [] and "no groups" in more.stopped
+
+
+# ------------------------------------------------------------------------------------ bad proposals
+def _bg(seed: int, n: int = 10) -> BatchGroup:
+    rng = np.random.default_rng(seed)
+    x = rng.uniform(0, 100, n)
+    err = 20 + 2.0 * x  # the measure decides the error
+    overall = 5 + rng.normal(0, 1, n)  # the critic ignores it
+    return BatchGroup(f"g{seed}", {"consensus_dev_mm": x, "reproj_px": rng.uniform(0, 20, n)}, overall, err,
+                      ["consensus"])
+
+
+def test_bad_proposals_are_rejected_with_reasons():
+    val = [_bg(i) for i in range(4)]
+    cases = {
+        "not json at all": "does not parse",
+        json.dumps({"text": "knee bent → −3", "measure": "knee_angle", "comparator": ">", "threshold": 3}):
+            "unknown measure",
+        json.dumps({"text": "reprojection above 5 px → −2", "measure": "reproj_px", "comparator": ">"}):
+            "incomplete condition",
+        json.dumps({"text": "reprojection above 5 px → −2", "measure": "reproj_px", "comparator": "~",
+                    "threshold": 5}): "comparator",
+        json.dumps({"text": "reprojection above 5 px → −2", "measure": "reproj_px", "comparator": ">",
+                    "threshold": 5, "points": 50}): "points",
+        json.dumps({"text": "   "}): "empty",
+        # rewards the hypotheses the truth says are worst: makes the batch's rankings worse
+        json.dumps({"text": "a close consensus is suspicious → −5", "measure": "consensus_dev_mm",
+                    "comparator": "<", "threshold": 50, "points": 5}): "worse",
+    }
+    for prop, why in cases.items():
+        rule, rej = validate_proposal(prop, 1, validation=val)
+        assert rule is None and why in rej.reason, (prop, rej)
+    rule, rej = validate_proposal(ProposedRule(text="Limbs far from the group's consensus are wrong → −3",
+                                               measure="consensus_dev_mm", comparator=">", threshold=60,
+                                               points=3), 2, validation=val)
+    assert rej is None and rule.origin == "mined" and rule.round_created == 2 and "consensus" in rule.tags
+    text_only, rej = validate_proposal({"text": "Hands should not pass through the head.", "tags": ["arms"]}, 1)
+    assert rej is None and text_only.condition is None
+
+
+def test_builtin_miner_finds_the_separating_condition():
+    batch = [_bg(i) for i in range(6)]
+    cands, _ = mine_rules(batch)
+    assert cands and cands[0].measure == "consensus_dev_mm" and cands[0].comparator == ">"
+    assert cands[0].gain > 0.05 and 0.5 <= cands[0].points <= 6
+    assert simulate_gain(batch, [(c.measure, c.comparator, c.threshold, c.points) for c in cands[:1]])[0] > 0
+    known = Rule(rule_id="x", text="x rule", condition=cands[0].condition())
+    again, _ = mine_rules(batch, existing=[known], max_rules=1)
+    assert all(abs(c.threshold - known.condition.threshold) > 0.05 * known.condition.threshold for c in again
+               if c.measure == known.condition.measure)
+
+
+class GarbageJudge(BuiltinJudge):
+    """Scores like the builtin judge, but its rule mining answers nothing usable."""
+
+    name = "garbage"
+
+    def __init__(self, answers):
+        super().__init__()
+        self.answers = list(answers)
+
+    def propose_rules(self, ctx, mistakes):
+        a = self.answers.pop(0) if self.answers else RuleProposals()
+        if isinstance(a, Exception):
+            raise a
+        return a
+
+
+def test_exploration_goes_on_when_the_judge_proposes_garbage(constructed, tmp_path):
+    train, _, _ = constructed
+    mem = _memory(tmp_path / "mem")
+    before = {r.rule_id for r in mem.rules.all()}
+    judge = GarbageJudge([
+        RuleProposals(),  # nothing
+        RuntimeError("endpoint returned HTML"),
+        {"rules": [{"text": "knee angle above 3 → −3", "measure": "knee_angle", "comparator": ">",
+                    "threshold": 3, "points": 3}]},
+        "complete nonsense",
+    ])
+    summary = ex.explore(mem, split="train", groups=train[:4], rounds=4, batch_size=1, tau=1.0, judge=judge)
+    assert len(summary.rounds) == 4
+    reasons = " | ".join(x["reason"] for r in summary.rounds for x in r.rejected)
+    assert "no rule" in reasons and "propose_rules failed" in reasons and "unknown measure" in reasons
+    assert "not a list" in reasons
+    assert {r.rule_id for r in mem.rules.all()} == before
+    logged = [x for rec in ex.read_log(mem) for x in rec["report"]["rejected"]]
+    assert len(logged) >= 4
+
+
+# ------------------------------------------------------------------------------------- maintenance
+def test_maintenance_merges_close_thresholds_and_retires_failures():
+    def rule(i, thr, used=0, ok=0, measure="reproj_px"):
+        return Rule(rule_id=i, text=f"rule {i}", origin="mined", n_used=used, n_success=ok,
+                    condition=RuleCondition(measure=measure, comparator=">", threshold=thr, points=1))
+
+    rules = [rule("a", 10.0, 5, 4), rule("b", 10.5, 2, 1), rule("c", 30.0), rule("d", 50, 10, 2, "penetration_mm")]
+    plan = plan_maintenance(rules)
+    assert plan.merged == [("a", "b")]
+    assert plan.updates["a"].n_used == 7 and plan.updates["a"].n_success == 5 and plan.updates["b"].retired
+    assert plan.retired == ["d"] and plan.updates["d"].retired
+    assert "c" not in plan.updates
+    emb = {"a": np.array([1.0, 0]), "b": np.array([0, 1.0]), "c": np.array([0.99, 0.05]), "d": np.array([0, 1.0])}
+    t = plan_maintenance([Rule(rule_id="a", text="x", n_used=3), Rule(rule_id="c", text="y")], emb)
+    assert t.merged == [("a", "c")]  # text cosine > 0.9, no conditions to contradict
+
+
+def test_explore_refuses_bad_settings(tmp_path):
+    mem = MemoryStore(tmp_path / "m")
+    with pytest.raises(InputError, match="error metric"):
+        ex.explore(mem, error_metric="mae")
+    with pytest.raises(InputError, match="frozen"):
+        ex.explore(MemoryStore(tmp_path / "m", read_only=True))

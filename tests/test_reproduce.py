@@ -1,0 +1,157 @@
+"""``hmrcritic reproduce``: the whole loop (explore → export → finetune ×5 → evaluate ×6 → table) on tiny
+splits with a tiny base model trained here, its resumability and its outputs."""
+
+from __future__ import annotations
+
+import json
+import math
+
+import pytest
+import torch
+
+from hmrcritic.errors import InputError
+
+
+@pytest.fixture(scope="module")
+def env(tmp_path_factory):
+    """Tiny splits in a private data folder and a tiny base checkpoint (a few training steps)."""
+    mp = pytest.MonkeyPatch()
+    root = tmp_path_factory.mktemp("repro")
+    mp.setenv("HMRCRITIC_DATA", str(root / "data"))
+    mp.setenv("HMRCRITIC_SPLIT_SIZE_SCALE", "0.005")  # train 100, wild 10, test 5
+    from hmrcritic.hmr.diffusion import DiffusionConfig
+    from hmrcritic.hmr.train import TrainConfig, train_base
+
+    cfg = TrainConfig(
+        steps=30,
+        batch_size=32,
+        threads=2,
+        warmup=5,
+        log_every=10,
+        ckpt_every=1000,
+        model=DiffusionConfig(d_model=32, layers=1, heads=2),
+    )
+    model = train_base(cfg, root / "base")
+    yield {"root": root, "model": model}
+    mp.undo()
+
+
+@pytest.fixture(scope="module")
+def first_run(env):
+    from hmrcritic.alignment.reproduce import reproduce
+
+    lines: list[str] = []
+    res = reproduce("quick", out_dir=env["root"] / "run", model=env["model"], progress=lines.append)
+    return res, lines
+
+
+@pytest.mark.slow
+def test_quick_run_produces_the_main_table(env, first_run):
+    from hmrcritic.alignment.dataset import read_manifest, validate_dataset
+    from hmrcritic.alignment.reproduce import ROW_KEYS, ROWS
+
+    res, lines = first_run
+    assert res["preset"] == "quick"
+    assert [r["model"] for r in res["rows"]] == list(ROWS)
+    for row in res["rows"]:
+        assert set(row) == {"model", *ROW_KEYS}
+        for k in ROW_KEYS:
+            assert row[k] is not None and math.isfinite(row[k]), (row["model"], k)
+        # oracle best-of-M ≤ critic top-1 and ≤ the mean over hypotheses, by definition
+        assert row["pa_mpjpe_best_mm"] <= row["pa_mpjpe_top1_mm"] + 1e-6
+        assert row["pa_mpjpe_best_mm"] <= row["pa_mpjpe_mean_mm"] + 1e-6
+        assert 0.0 <= row["implausible_rate"] <= 1.0
+    out = env["root"] / "run"
+    for name in ("results.md", "results.json", "results.png"):
+        assert (out / name).stat().st_size > 0
+    assert (out / "results.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    md = (out / "results.md").read_text()
+    assert md.count("\n| ") == len(ROWS) + 1 and "PA-MPJPE critic top-1" in md
+    assert json.loads((out / "results.json").read_text())["rows"] == res["rows"]
+    # the exported wild dataset is valid, label-free, scored with the frozen (explored) memory
+    wild = next(out.glob("wild-*"))
+    assert validate_dataset(wild).ok
+    recs = read_manifest(wild)
+    assert recs and all(r.memory_version == res["memory_version"] for r in recs)
+    assert res["explore"]["stats"]["prototypes"] > 0  # exploration wrote into the memory before freezing
+    # aligned models differ from the base (finetuning did something) and from each other
+    rows = {r["model"]: r for r in res["rows"]}
+    assert len({rows[m]["pa_mpjpe_mean_mm"] for m in ROWS}) > 2
+    assert any("finetune gpa_no_base_loss" in ln for ln in lines)
+
+
+@pytest.mark.slow
+def test_rerun_resumes_and_changed_setting_reruns_only_downstream(env, first_run):
+    from hmrcritic.alignment.reproduce import reproduce
+
+    res, _ = first_run
+    lines: list[str] = []
+    again = reproduce("quick", out_dir=env["root"] / "run", model=env["model"], progress=lines.append)
+    assert again["rows"] == res["rows"]
+    assert not any(("finetune" in ln or "evaluate" in ln) and "done before" not in ln for ln in lines)
+    lines.clear()
+    changed = reproduce(
+        "quick",
+        out_dir=env["root"] / "run",
+        model=env["model"],
+        progress=lines.append,
+        overrides={"lr": "3e-4", "objectives": "gpa"},
+    )
+    text = "\n".join(lines)
+    assert "explore: done before" in text and "export: done before" in text
+    assert "evaluate base: done before" in text
+    assert "finetune gpa: 6 steps" in text  # re-trained with the new lr
+    assert [r["model"] for r in changed["rows"]] == ["base", "gpa"]
+    assert changed["rows"][0] == res["rows"][0]
+    assert changed["rows"][1] != next(r for r in res["rows"] if r["model"] == "gpa")
+
+
+@pytest.mark.slow
+def test_cli_json(env, first_run):
+    import typer
+    from typer.testing import CliRunner
+
+    from hmrcritic.commands.reproduce import register
+
+    app = typer.Typer()
+    register(app)
+
+    @app.command("noop")  # a second command keeps typer from collapsing the app into `reproduce` itself
+    def _noop() -> None: ...
+
+    r = CliRunner().invoke(
+        app,
+        ["reproduce", "--quick", "--out", str(env["root"] / "run"), "--model", str(env["model"]), "--json"],
+    )
+    assert r.exit_code == 0, r.output
+    data = json.loads(r.stdout)
+    assert data["preset"] == "quick" and data["rows"] == first_run[0]["rows"]
+
+
+def test_bad_settings_are_one_line_errors():
+    from hmrcritic.alignment.reproduce import make_preset, parse_overrides
+
+    with pytest.raises(InputError, match="unknown preset"):
+        make_preset("huge")
+    with pytest.raises(InputError, match="unknown preset field"):
+        make_preset("quick", {"learning_rate": "1"})
+    with pytest.raises(InputError, match="not a valid int"):
+        make_preset("quick", {"steps": "many"})
+    with pytest.raises(InputError, match="unknown objective"):
+        make_preset("quick", {"objectives": "gpa,ppo"})
+    with pytest.raises(InputError, match="KEY=VALUE"):
+        parse_overrides(["lr"])
+    p = make_preset("full", parse_overrides(["lr=3e-4", "t_min=none", "critic_top1=false"]))
+    assert p.lr == 3e-4 and p.t_min is None and p.critic_top1 is False
+
+
+def test_table_marks_changes_against_base(tmp_path):
+    from hmrcritic.alignment.reproduce import ROW_KEYS, format_table, plot_results
+
+    base = {"model": "base", **{k: 10.0 for k in ROW_KEYS}}
+    gpa = {"model": "gpa", **{k: 8.5 for k in ROW_KEYS}}
+    res = {"rows": [base, gpa], "preset": "quick", "settings": {}, "export": {}}
+    md = format_table(res)
+    assert "8.5 (-15.0%)" in md and "| base | 10.0 |" in md
+    assert plot_results(res, tmp_path / "r.png").stat().st_size > 0
+    torch.manual_seed(0)
