@@ -35,6 +35,7 @@ COMMAND_MODULES = [
     "hmrcritic.commands.memory",
     "hmrcritic.commands.explore",
     "hmrcritic.commands.alignment",
+    "hmrcritic.commands.reproduce",
 ]
 
 for _name in COMMAND_MODULES:

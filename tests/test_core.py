@@ -113,3 +113,8 @@ def test_cli_propagates_typer_exit_code():
         raise typer.Exit(code=3)
 
     assert main(["exit-three-for-test"]) == 3
+
+
+def test_atomic_writes_are_world_readable(tmp_path):
+    path = atomic_write_json(tmp_path / "r.json", {"a": 1})
+    assert (path.stat().st_mode & 0o777) == 0o644

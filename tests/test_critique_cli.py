@@ -116,3 +116,20 @@ def test_bad_input_is_one_line_error(user_inputs, tmp_path, capsys, case):
                 "missing_key": "betas"}[case]
     assert expected in err
     assert not (tmp_path / "o" / "scores.json").exists()
+
+
+def test_critique_scene_and_missing_model(user_inputs, tmp_path, capsys, monkeypatch):
+    monkeypatch.setenv("HMRCRITIC_SPLIT_SIZE_SCALE", "0.002")  # a tiny test split if this session makes it
+    rc = main(["critique", "--scene", "test:0", "--hypotheses", str(user_inputs / "hyps.npz"), "--no-render",
+               "--out", str(tmp_path / "s"), "--json"])
+    captured = capsys.readouterr()
+    assert rc == 0, captured.err
+    payload = json.loads(captured.out)
+    assert payload["group_id"] == "test-000000" or payload["group_id"].startswith("test")
+    assert len(payload["scores"]) == 4 and (tmp_path / "s" / "report.html").exists()
+    rc = main(["critique", "--scene", "test:0", "--model", str(tmp_path / "missing.pt"), "--out",
+               str(tmp_path / "m"), "--no-render"])
+    err = capsys.readouterr().err.strip()
+    assert rc == 2 and err.startswith("error:") and len(err.splitlines()) == 1
+    rc = main(["critique", "--scene", "test", "--hypotheses", str(user_inputs / "hyps.npz")])
+    assert rc == 2 and "SPLIT:INDEX" in capsys.readouterr().err

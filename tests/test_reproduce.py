@@ -155,3 +155,13 @@ def test_table_marks_changes_against_base(tmp_path):
     assert "8.5 (-15.0%)" in md and "| base | 10.0 |" in md
     assert plot_results(res, tmp_path / "r.png").stat().st_size > 0
     torch.manual_seed(0)
+
+
+def test_second_run_on_the_same_folder_is_refused(tmp_path):
+    from filelock import FileLock
+
+    from hmrcritic.alignment.reproduce import reproduce
+
+    with FileLock(str(tmp_path / ".reproduce.lock")):
+        with pytest.raises(InputError, match="another `hmrcritic reproduce` is running"):
+            reproduce("quick", out_dir=tmp_path, progress=False)

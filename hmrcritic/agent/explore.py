@@ -304,6 +304,8 @@ def explore(
     retire_min_uses: int = 8,
     retire_min_rate: float = 0.3,
     merge_text: bool = True,
+    prototypes: str = "representative",
+    settle: str = "rank",
     progress: Callable[[str, dict], None] | None = None,
 ) -> ExploreSummary:
     """Explore ``rounds`` batches of ``batch_size`` labelled groups and grow ``memory`` (see module doc).
@@ -319,6 +321,9 @@ def explore(
 
     if error_metric not in ERROR_METRICS:
         raise InputError(f"error metric {error_metric!r}: choose one of {', '.join(ERROR_METRICS)}")
+    if prototypes not in ("representative", "all") or settle not in ("rank", "error"):
+        raise InputError(f"explore: prototypes {prototypes!r} must be representative|all, settle {settle!r} "
+                         "rank|error")
     if rounds < 0 or batch_size < 1:
         raise InputError(f"explore: need rounds ≥ 0 and batch size ≥ 1 (got {rounds}, {batch_size})")
     if not (-1.0 <= tau <= 1.0):
@@ -326,8 +331,11 @@ def explore(
     memory = _open_memory(memory)
     mpath = Path(memory.path)
     emit = progress or (lambda event, payload: None)
+    from hmrcritic.agent.judges import BuiltinJudge
+
     judge_obj = make_judge(judge) if isinstance(judge, str) else judge
-    is_builtin = getattr(judge_obj, "name", "") == "builtin"
+    # judges that score from executable rules (the builtin one and its variants) get the executable miner
+    is_builtin = isinstance(judge_obj, BuiltinJudge)
     cfg = AgentConfig.model_validate({
         **(agent_config or {}), "judge": getattr(judge_obj, "name", "custom"), "learn": False,
         "use_memory": True, "rules_k": rules_k, "ucb_c": ucb_c,
@@ -374,8 +382,8 @@ def explore(
         report = _run_batch(memory, app, saver, judge_obj, is_builtin, cfg, batch, r, sig, split, tau,
                             error_metric, history, emit, max_new_rules=max_new_rules, min_gain=min_gain,
                             retire_min_uses=retire_min_uses, retire_min_rate=retire_min_rate,
-                            merge_text=merge_text, info={"seed": seed, "source": resolved_source,
-                                                         "num_generations": num_generations})
+                            merge_text=merge_text, prototypes=prototypes, settle=settle,
+                            info={"seed": seed, "source": resolved_source, "num_generations": num_generations})
         summary.rounds.append(report)
         emit("round", asdict(report))
     summary.memory_version = memory.version()
@@ -390,6 +398,20 @@ def _batch_groups(groups, split, start, n, num_generations, seed, source) -> lis
     got, _ = make_groups(split, num_groups=n, num_generations=num_generations, seed=seed, start=start,
                          source=source)
     return got
+
+
+def settle_scores(overall: np.ndarray, error: np.ndarray, mode: str = "rank") -> np.ndarray:
+    """The settled overall score of each hypothesis of an explored group.
+
+    ``rank`` (default; see the module docstring): the critic's scores re-assigned by the true ranking.
+    ``error``: an absolute mapping of the true error, ``10·exp(−error/60 mm)`` (what the graph's
+    ``memory_write`` node uses when learning with labels), comparable across groups but not in the critic's
+    own units."""
+    if mode == "rank":
+        return rank_matched_scores(overall, error)
+    if mode == "error":
+        return 10.0 * np.exp(-np.asarray(error, np.float64) / 60.0)
+    raise InputError(f"settle mode {mode!r}: choose rank or error")
 
 
 def rule_stat_deltas(rules_per_group: Sequence[Sequence[str]], rhos: Sequence[float],
@@ -468,7 +490,8 @@ def _judge_proposals(judge_obj, res, bg: BatchGroup, round_no, validation, exist
 
 
 def _run_batch(memory, app, saver, judge_obj, is_builtin, cfg, batch, r, sig, split, tau, metric, history,
-               emit, *, max_new_rules, min_gain, retire_min_uses, retire_min_rate, merge_text, info) -> RoundReport:
+               emit, *, max_new_rules, min_gain, retire_min_uses, retire_min_rate, merge_text, prototypes, settle,
+               info) -> RoundReport:
     from hmrcritic.agent.api import critique_group
     from hmrcritic.agent.evidence import evidence_tags
     from hmrcritic.agent.nodes import load_bodies
@@ -517,12 +540,14 @@ def _run_batch(memory, app, saver, judge_obj, is_builtin, cfg, batch, r, sig, sp
     # 2. prototypes: best, worst and the most misjudged of each group, settled on the true rank
     protos: list[Prototype] = []
     for g, res, bg in scored:
-        settled = rank_matched_scores(bg.overall, bg.error)
+        settled = settle_scores(bg.overall, bg.error, settle)
         cr, tr = ranks(bg.overall, True), ranks(bg.error, False)
         pick = [int(np.argmin(bg.error)), int(np.argmax(bg.error))]
         for k in np.argsort(-np.abs(cr - tr), kind="stable")[:PROTOS_MISJUDGED]:
             if int(k) not in pick and cr[k] != tr[k]:
                 pick.append(int(k))
+        if prototypes == "all":
+            pick += [k for k in range(bg.n) if k not in pick]
         try:
             emb = pose_embedding(load_bodies(res.run_dir)["joints"])
         except Exception as exc:  # a vanished run folder loses this group's prototypes, not the batch

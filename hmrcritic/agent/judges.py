@@ -128,6 +128,16 @@ def rule_reliability(rule: Rule) -> float:
     return (rule.n_success + 1.0) / (rule.n_used + 2.0)
 
 
+RULE_GAIN = 1.0
+
+
+def rule_weight(rule: Rule, gain: float | None = None) -> float:
+    """How much a rule's points count: ``max(0, 1 + gain · (2 · reliability − 1))`` — 1 for an untried rule,
+    more for one whose deductions improved rankings while exploring, down to 0 for one that never did."""
+    g = RULE_GAIN if gain is None else gain
+    return max(0.0, 1.0 + g * (2.0 * rule_reliability(rule) - 1.0))
+
+
 def apply_rules(rules: list[Rule], evidence: dict[str, list[float]], n: int, weighted: bool = False):
     """Fire every executable rule on every hypothesis.
 
@@ -147,7 +157,7 @@ def apply_rules(rules: list[Rule], evidence: dict[str, list[float]], n: int, wei
         if not hits:
             continue
         fired[rule.rule_id] = hits
-        pts = cond.points * (2.0 * rule_reliability(rule) if weighted else 1.0)
+        pts = cond.points * (rule_weight(rule) if weighted else 1.0)
         overall_off[hits] += pts
         if cond.axis in axis_off:
             axis_off[cond.axis][hits] += pts
@@ -167,44 +177,87 @@ def prototype_consensus(hits: list[PrototypeHit], temperature: float = 0.05) -> 
 
 # A rule's points act multiplicatively: each point keeps exp(−POINT_DECAY) of the score. Subtracting and
 # clipping at 0 would tie every badly broken hypothesis at 0 and throw their ranking away.
-POINT_DECAY = 0.12
+POINT_DECAY = 0.03
+# Weight of the generic evidence score (mean within-group rank of the measures, in [0, 1]) in log-score
+# units; one rule point is POINT_DECAY of the same units, so ten points outweigh the whole generic score.
+GENERIC_WEIGHT = 0.3
+# How strongly a prototype consensus pulls: ``overall`` is multiplied by ((value + 0.1) / 10.1) ** β with
+# β = PROTO_GAIN · proto_weight · confidence (log-space blend: it reorders, it does not flatten).
+PROTO_GAIN = 0.3
+
+
+def _mean_rank(v: np.ndarray) -> np.ndarray:
+    """0-based ranks, ties sharing their mean rank (as scipy's ``rankdata`` − 1)."""
+    less = (v[None, :] < v[:, None]).sum(1)
+    equal = (v[None, :] == v[:, None]).sum(1)
+    return less + 0.5 * (equal - 1.0)
+
+
+def generic_badness(evidence: dict[str, list[float]], n: int) -> tuple[np.ndarray, dict[str, np.ndarray]]:
+    """The judge's knowledge-free evidence score: per measure, each hypothesis' within-group rank on the
+    worse side (0 = best of the group, 1 = worst; ties share their mean rank), averaged over the measures
+    with equal weights — overall and per axis.
+
+    It *measures* but does not know which measure matters or what value is clearly bad: that knowledge is
+    what the rule memory holds (thresholds and points), so the judge without memory (``evidence_only``,
+    ``no_rules``) is a generic one, and the rules are not a re-statement of its own scoring.
+    """
+    from hmrcritic.agent.evidence import MEASURES
+
+    per_axis: dict[str, list[np.ndarray]] = {a: [] for a in AXES}
+    for name, values in evidence.items():
+        spec = MEASURES.get(name)
+        if spec is None or n < 2:
+            continue
+        v = np.asarray(values, dtype=np.float64)
+        v = v if spec.higher_is_worse else -v
+        per_axis[spec.axis].append(_mean_rank(v) / (n - 1.0))
+    allm = [r for rs in per_axis.values() for r in rs]
+    overall = np.mean(allm, axis=0) if allm else np.zeros(n)
+    axes = {a: (np.mean(rs, axis=0) if rs else np.zeros(n)) for a, rs in per_axis.items()}
+    return overall, axes
 
 
 class BuiltinJudge:
     """Deterministic, offline judge: scores from measured evidence, retrieved rules and prototypes.
 
-    1. Each axis: ``10 · exp(−Σ badness)`` over the measures of that axis (badness = value / the measure's
-       "clearly bad" scale, :func:`hmrcritic.agent.evidence.badness`); ``overall`` =
-       ``10 · exp(−Σ_axis w_axis · badness_axis)``.
-    2. Rules (semantic memory): every retrieved rule whose executable condition fires takes its points off
-       — as a factor ``exp(−0.12 · points · 2 · reliability)`` on ``overall`` and its axis, so deductions
-       never tie broken hypotheses at 0 and a rule counts as much as exploration found it reliable.
-    3. Prototypes (episodic memory): the similarity-weighted settled ``overall`` of the nearest past poses is
-       blended in with weight ``proto_weight · confidence`` (confidence = top similarity⁴). Prototypes
-       written while exploring labelled data carry scores settled on the true error, so this calibrates the
-       critic toward what actually went wrong for similar poses.
+    1. Generic evidence (:func:`generic_badness`): the mean within-group rank of every measure, equal
+       weights — ``overall = 10 · exp(−0.3 · rank_mean)`` (each axis from its own measures). This is all
+       the judge knows without memory.
+    2. Rules (semantic memory) carry the knowledge of which measures matter and how much: every retrieved
+       rule whose executable condition fires takes its points off, as a factor ``exp(−0.03 · points ·
+       weight)`` on ``overall`` and its axis (weight = 1 for an untried rule, up to 2 for one whose deductions
+       improved rankings while warming up/exploring, toward 0 for one that never did).
+    3. Prototypes (episodic memory): the similarity-weighted settled ``overall`` of the nearest past poses
+       (settled on the true error while warming up on labelled train groups) multiplies ``overall`` by
+       ``((value + 0.1) / 10.1) ** β``, ``β = 0.3 · proto_weight · confidence`` (confidence = top
+       similarity⁴): a calibration toward what actually went wrong for similar poses.
     4. Revision (``ctx.issues`` from the reflect node): starts from the previous critique and fixes each
-       issue — recompute invalid scores, apply a fired rule that was not applied, move a score toward a
-       strongly similar prototype consensus, and put a hypothesis that strong evidence says is worse below
-       the one that dominates it. Every change is written into the summary.
+       issue — recompute invalid scores, apply a fired rule that was not applied, and put a hypothesis that
+       the evidence says is worse on every measure below the one that dominates it (and, with
+       ``revise_prototypes``, move a score toward a strongly similar prototype consensus). Every change is
+       written into the summary.
 
     Beyond the paper: the paper's critic is a VLM; this judge makes the whole loop run offline and gives
-    the memories something executable to act on (PAPER.md §6).
+    the memories something executable to act on (PAPER.md §6). Constants were tuned on train groups only.
     """
 
     name = "builtin"
 
-    def __init__(self, proto_weight: float = 0.5, temperature: float = 0.05, point_decay: float = POINT_DECAY,
-                 **_: object):
+    def __init__(self, proto_weight: float = 0.3, temperature: float = 0.05, point_decay: float = POINT_DECAY,
+                 revise_prototypes: bool = False, generic_weight: float = GENERIC_WEIGHT, **_: object):
         self.proto_weight = float(proto_weight)
+        self.revise_prototypes = bool(revise_prototypes)
         self.temperature = float(temperature)
         self.point_decay = float(point_decay)
+        self.generic_weight = float(generic_weight)
 
     def __repr__(self) -> str:
         return f"BuiltinJudge(proto_weight={self.proto_weight})"
 
     # -- first critique ---------------------------------------------------------------------------------
     def badness(self, ctx: JudgeContext) -> dict[str, np.ndarray]:
+        """Per-axis sum of the measures' scale-normalised badness (used for rationales and rule mining)."""
         from hmrcritic.agent.evidence import MEASURES, badness
 
         n = ctx.num_hypotheses
@@ -218,19 +271,21 @@ class BuiltinJudge:
         if ctx.round > 0 and ctx.previous is not None and ctx.issues:
             return self.revise(ctx)
         n = ctx.num_hypotheses
-        bad = self.badness(ctx)
+        g_all, g_axis = generic_badness(ctx.evidence, n)
         overall_off, axis_off, fired = apply_rules(ctx.rules, ctx.evidence, n, weighted=True)
-        s = {a: 10.0 * np.exp(-bad[a] - self.point_decay * axis_off[a]) for a in AXES}
-        overall = 10.0 * np.exp(-sum(AXIS_WEIGHTS[a] * bad[a] for a in AXES) - self.point_decay * overall_off)
+        gw = self.generic_weight
+        s = {a: 10.0 * np.exp(-gw * g_axis[a] - self.point_decay * axis_off[a]) for a in AXES}
+        log_overall = np.log(10.0) - gw * g_all - self.point_decay * overall_off
         proto_note: list[str] = [""] * n
         for i in range(min(n, len(ctx.prototypes))):
             cons = prototype_consensus(ctx.prototypes[i], self.temperature)
             if cons is None:
                 continue
             value, conf = cons
-            alpha = self.proto_weight * conf
-            overall[i] = (1 - alpha) * overall[i] + alpha * value
-            proto_note[i] = f"similar past poses settled at {value:.1f} (weight {alpha:.2f})"
+            beta = PROTO_GAIN * self.proto_weight * conf
+            log_overall[i] += beta * math.log((max(value, 0.0) + 0.1) / 10.1)
+            proto_note[i] = f"similar past poses settled at {value:.1f} (weight {beta:.2f})"
+        overall = np.exp(log_overall)
         scores = []
         for i in range(n):
             rules_i = [rid for rid, idx in fired.items() if i in idx]
@@ -283,7 +338,10 @@ class BuiltinJudge:
                     applied.append(issue.rule_id)
                 changes.append(f"applied {issue.rule_id} to h{','.join(map(str, issue.indices))}")
         for issue in ctx.issues:
-            if issue.kind == "prototype" and issue.target is not None:
+            # This judge already blended the prototypes into its first critique; pulling further toward them
+            # would count the same evidence twice (measured: it lowers the rank agreement). The check stays
+            # in the reflect node for judges that may ignore prototypes (a VLM).
+            if issue.kind == "prototype" and issue.target is not None and self.revise_prototypes:
                 for i in issue.indices:
                     before = overall[i]
                     overall[i] = 0.5 * (overall[i] + issue.target)
@@ -293,7 +351,7 @@ class BuiltinJudge:
                 hi, better = issue.indices
                 if overall[hi] >= overall[better]:
                     before = overall[hi]
-                    overall[hi] = overall[better] * 0.98
+                    overall[hi] = overall[better] * 0.995
                     changes.append(f"h{hi} {before:.1f}→{overall[hi]:.1f} below h{better} (dominated)")
         scores = []
         for i in range(n):

@@ -105,14 +105,17 @@ def rank_matched_scores(overall: np.ndarray, error: np.ndarray) -> np.ndarray:
 
 
 def overrated_mask(g: BatchGroup, min_shift: int | None = None) -> np.ndarray:
-    """Hypotheses the critic put at least ``min_shift`` places (default max(2, N/4)) above their true rank."""
+    """The damaging over-ratings: hypotheses in the worse half by true error that the critic put at least
+    ``min_shift`` places (default max(2, N/4)) above their true rank. (Swaps among good hypotheses are
+    mistakes too, but no deduction rule should be mined from them.)"""
     shift = max(2, g.n // 4) if min_shift is None else min_shift
-    return (ranks(g.error, False) - ranks(g.overall, True)) >= shift
+    return ((ranks(g.error, False) - ranks(g.overall, True)) >= shift) & (g.error > np.median(g.error))
 
 
 def underrated_mask(g: BatchGroup, min_shift: int | None = None) -> np.ndarray:
+    """Hypotheses in the better half by true error that the critic put ``min_shift`` places too low."""
     shift = max(2, g.n // 4) if min_shift is None else min_shift
-    return (ranks(g.overall, True) - ranks(g.error, False)) >= shift
+    return ((ranks(g.overall, True) - ranks(g.error, False)) >= shift) & (g.error <= np.median(g.error))
 
 
 def group_spearman(overall: np.ndarray, error: np.ndarray) -> float:
@@ -233,7 +236,8 @@ def mine_rules(
     existing: list[Rule] | None = None,
     max_rules: int = 2,
     min_gain: float = 0.01,
-    min_support: int = 3,
+    min_support: int = 2,
+    min_lift: float = 1.5,
     rel_tol: float = 0.1,
     measures: list[str] | None = None,
 ) -> tuple[list[Candidate], list[Rejection]]:
@@ -241,8 +245,10 @@ def mine_rules(
 
     ``validation`` (default: ``batch``) are the groups the simulated Spearman gain is averaged over; the
     caller passes the batch plus recent batches so one lucky batch cannot write a rule. ``existing`` rules'
-    conditions are not proposed again (same measure and comparator, threshold within ``rel_tol``). Rules are
-    picked greedily: the second one must still gain once the first is applied.
+    conditions are not proposed again (same measure and comparator, threshold within ``rel_tol``). A candidate
+    must fire on at least ``min_support`` over-rated hypotheses, with a share of over-rated ones ``min_lift``
+    times the batch's, and help more validation groups than it hurts. Rules are picked greedily: the second
+    one must still gain once the first is applied.
     """
     from hmrcritic.agent.evidence import MEASURES
 
@@ -276,6 +282,8 @@ def mine_rules(
                 support = int((f & label).sum())
                 if support < min_support or f.all() or not f.any():
                     continue
+                if support / f.sum() < min_lift * label.mean():  # fires on everything alike: no signal
+                    continue
                 if _too_close(name, cmp, float(t), existing_conds + [c.condition() for c in chosen], rel_tol):
                     continue
                 pos_gap = gap[f & label]
@@ -290,6 +298,9 @@ def mine_rules(
                 pool.append((name, cmp, float(t), max(base_pts, MIN_POINTS), float(ig[t_i]), support,
                              int(f.sum()), hit_groups))
         if not pool:
+            if not chosen:
+                rejected.append(Rejection("(builtin miner)", "no condition fires on enough over-rated hypotheses "
+                                          f"(≥ {min_support}, share ≥ {min_lift}× the batch's)"))
             break
         # keep the most informative thresholds per measure, then test their point sizes by simulation
         pool.sort(key=lambda p: -p[4])
@@ -312,6 +323,9 @@ def mine_rules(
             if best is None or gain > best.gain + 1e-12 or (abs(gain - best.gain) <= 1e-12 and p[4] > best.info_gain):
                 best = Candidate(name, cmp, _nice(thr), pts, float(gain), p[4], p[5], p[6],
                                  tags=_context_tags(batch, name, p[7]))
+        if best is None and not chosen:
+            rejected.append(Rejection("(builtin miner)", "no condition on the evidence singles out the over-rated "
+                                      "hypotheses consistently (support, lift or consistency too low)"))
         if best is None or best.gain < min_gain:
             if best is not None:
                 rejected.append(Rejection(

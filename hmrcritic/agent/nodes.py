@@ -262,7 +262,6 @@ def diff_critiques(before: GroupCritique, after: GroupCritique, tol: float = 1e-
 
 
 # ------------------------------------------------------------------------------------------------- reflect
-STRONG_MARGIN = 0.75  # badness units (1 = a measure at its "clearly bad" scale)
 PROTO_SIMILARITY = 0.97
 PROTO_DISAGREEMENT = 2.0  # points on the 0-10 scale
 
@@ -312,30 +311,33 @@ def check_critique(ctx: JudgeContext, crit: dict | GroupCritique | None) -> list
                                           detail=f"h{i} scored {overall[i]:.1f} but very similar past poses "
                                                  f"settled at {value:.1f}"))
 
-    # rankings that contradict strong evidence: j dominates i on every axis, by a wide margin on one
-    axis_bad = _axis_badness(ctx.evidence, n)
-    if axis_bad is not None:
-        worse_eq = (axis_bad[:, :, None] >= axis_bad[:, None, :] - 1e-9).all(0)  # [i, j]: i no better than j
-        margin = (axis_bad[:, :, None] - axis_bad[:, None, :]).max(0)
+    # rankings that contradict the evidence: j dominates i (no worse on every measure, better on one)
+    worse = _measure_matrix(ctx.evidence, n)
+    if worse is not None:
+        no_better = (worse[:, :, None] >= worse[:, None, :]).all(0)  # [i, j]: i no better than j anywhere
+        strictly = (worse[:, :, None] > worse[:, None, :]).any(0)  # [i, j]: i worse than j somewhere
         ranked_above = overall[:, None] > overall[None, :]
-        contra = worse_eq & (margin >= STRONG_MARGIN) & ranked_above
+        contra = no_better & strictly & ranked_above
         for i, j in zip(*np.nonzero(contra), strict=True):
             issues.append(ReflectionIssue(kind="contradiction", indices=[int(i), int(j)],
-                                          detail=f"h{i} ranked above h{j} although h{j} is better on every "
-                                                 f"axis of the evidence (margin {margin[i, j]:.2f})"))
+                                          detail=f"h{i} ranked above h{j} although h{j} is at least as good "
+                                                 "on every evidence measure and better on some"))
     return issues
 
 
-def _axis_badness(evidence: dict[str, list[float]], n: int) -> np.ndarray | None:
-    from hmrcritic.agent.evidence import MEASURES, badness
+def _measure_matrix(evidence: dict[str, list[float]], n: int) -> np.ndarray | None:
+    """(M, n) evidence oriented so that higher is worse, one row per known measure (None without any).
 
-    if not evidence:
-        return None
-    out = {a: np.zeros(n) for a in AXES}
-    for name, values in evidence.items():
-        if name in MEASURES:
-            out[MEASURES[name].axis] += badness(name, values)
-    return np.stack([out[a] for a in AXES])  # (3, n)
+    Pareto dominance over the raw measures needs no weights: it is the one ordering that every weighting
+    of the evidence agrees with, so a critique that breaks it (whatever rules and prototypes moved it) is
+    wrong by the evidence itself — what the reflect node checks. Measured on train groups, fixing these
+    contradictions raises the rank agreement a little on top of rules and prototypes.
+    """
+    from hmrcritic.agent.evidence import MEASURES
+
+    rows = [np.asarray(v, dtype=np.float64) * (1.0 if MEASURES[k].higher_is_worse else -1.0)
+            for k, v in evidence.items() if k in MEASURES and len(v) == n]
+    return np.stack(rows) if rows else None
 
 
 def feedback_text(issues: list[ReflectionIssue]) -> str:

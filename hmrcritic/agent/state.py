@@ -49,7 +49,7 @@ class AgentConfig(BaseModel):
     use_memory: bool = Field(default_factory=lambda: _env_bool("HMRCRITIC_USE_MEMORY", True))
     use_rules: bool = Field(default_factory=lambda: _env_bool("HMRCRITIC_USE_RULES", True))
     use_prototypes: bool = Field(default_factory=lambda: _env_bool("HMRCRITIC_USE_PROTOTYPES", True))
-    proto_weight: float = Field(default_factory=lambda: _env_float("HMRCRITIC_PROTO_WEIGHT", 0.5), ge=0, le=1)
+    proto_weight: float = Field(default_factory=lambda: _env_float("HMRCRITIC_PROTO_WEIGHT", 0.3), ge=0, le=1)
     settle_with_labels: bool = Field(
         True, description="when learning on labelled groups, prototypes keep scores settled on the true error"
     )

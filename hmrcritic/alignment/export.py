@@ -383,7 +383,8 @@ def export(
     """Run (or resume) an export; returns the summary. ``inputs`` overrides ``split``/``data`` (samples)."""
     t_start = time.time()
     out = Path(cfg.out)
-    out.mkdir(parents=True, exist_ok=True)
+    if out.exists() and not out.is_dir():
+        raise InputError(f"--out {out}: exists and is not a folder")
     if inputs is not None:
         samples, split_name = [strip_labels(s) for s in inputs], cfg.split
     else:
@@ -406,6 +407,7 @@ def export(
         seed=cfg.seed,
         x_dim=x_dim,
     )
+    out.mkdir(parents=True, exist_ok=True)  # only once inputs, model and memory are known to be good
     _check_or_write_header(out, header)
     # The agent's checkpointer thread of a group: new whenever anything that changes its critique changes.
     run_key = hashlib.sha256(

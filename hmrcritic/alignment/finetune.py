@@ -201,9 +201,9 @@ def finetune(config: FinetuneConfig, progress: bool | Callable[[dict], None] = F
     out = Path(cfg.out)
     if out.is_dir():
         raise InputError(f"--out must be a checkpoint file path, got a folder: {out}")
-    out.parent.mkdir(parents=True, exist_ok=True)
     ds = GroupPreferenceDataset(cfg.data)
     data = _GroupTensors(ds, cfg.device)
+    out.parent.mkdir(parents=True, exist_ok=True)
     G = min(cfg.num_generations, data.min_n)
 
     torch.manual_seed(cfg.seed)

@@ -344,10 +344,6 @@ def reproduce(
     (e.g. ``{"lr": 3e-4}``); every stage whose inputs change re-runs, the rest is reused from ``out_dir``.
     """
     from hmrcritic import config as hconfig
-    from hmrcritic.alignment.export import ExportConfig, export
-    from hmrcritic.alignment.finetune import FinetuneConfig, finetune, state_dict_hash
-    from hmrcritic.hmr.diffusion import load_model
-    from hmrcritic.hmr.evaluate import evaluate_model
 
     name = preset if isinstance(preset, str) else "custom"
     p = make_preset(preset, overrides)
@@ -355,6 +351,26 @@ def reproduce(
     if out.exists() and not out.is_dir():
         raise InputError(f"--out must be a folder, got a file: {out}")
     out.mkdir(parents=True, exist_ok=True)
+    from filelock import FileLock, Timeout
+
+    lock = FileLock(str(out / ".reproduce.lock"))
+    try:
+        lock.acquire(timeout=0)
+    except Timeout:
+        raise InputError(f"another `hmrcritic reproduce` is running on {out}; wait for it or use another --out") \
+            from None
+    try:
+        return _run(name, p, out, model, progress)
+    finally:
+        lock.release()
+
+
+def _run(name: str, p: Preset, out: Path, model, progress) -> dict:
+    from hmrcritic.alignment.export import ExportConfig, export
+    from hmrcritic.alignment.finetune import FinetuneConfig, finetune, state_dict_hash
+    from hmrcritic.hmr.diffusion import load_model
+    from hmrcritic.hmr.evaluate import evaluate_model
+
     log = _Log(out, progress)
     t_start = time.time()
     timings: dict[str, float] = {}

@@ -40,6 +40,25 @@ def _hypotheses_from_model(sample, model_path: str | None, n: int, seed: int) ->
     return {k: v for k, v in group.numpy(0).items() if k != "x0"}
 
 
+def _load_sample(scene, image, keypoints, focal):
+    """The input: a synthetic scene (SPLIT:INDEX) or a user image + keypoint JSON."""
+    if scene:
+        if image or keypoints:
+            raise InputError("give either --scene or --image/--keypoints, not both")
+        from hmrcritic.hmr.data import load_split
+
+        split, idx = _parse_scene(scene)
+        scenes = load_split(split)
+        if not 0 <= idx < len(scenes):
+            raise InputError(f"--scene {scene}: index out of range (split {split} has {len(scenes)} scenes)")
+        return scenes[idx]
+    if not image or not keypoints:
+        raise InputError("give --image and --keypoints (or --scene SPLIT:INDEX)")
+    from hmrcritic.hmr.data import sample_from_user
+
+    return sample_from_user(image, keypoints, focal=focal)
+
+
 def register(app: typer.Typer) -> None:
     @app.command("critique")
     def critique_cmd(
@@ -74,22 +93,8 @@ def register(app: typer.Typer) -> None:
         from hmrcritic.agent.report import write_report
         from hmrcritic.agent.state import AgentConfig
 
-        if scene:
-            if image or keypoints:
-                raise InputError("give either --scene or --image/--keypoints, not both")
-            from hmrcritic.hmr.data import load_split
-
-            split, idx = _parse_scene(scene)
-            scenes = load_split(split)
-            if not 0 <= idx < len(scenes):
-                raise InputError(f"--scene {scene}: index out of range (split {split} has {len(scenes)} scenes)")
-            sample = scenes[idx]
-        else:
-            if not image or not keypoints:
-                raise InputError("give --image and --keypoints (or --scene SPLIT:INDEX)")
-            from hmrcritic.hmr.data import sample_from_user
-
-            sample = sample_from_user(image, keypoints, focal=focal)
+        with _stdout_to_stderr(as_json):
+            sample = _load_sample(scene, image, keypoints, focal)
         if hypotheses is not None:
             hyps = load_hypotheses(hypotheses)
         else:
@@ -187,14 +192,17 @@ def _print_table(result) -> None:
     from hmrcritic.agent.schema import AXES
 
     table = Table(title=f"group {result.group_id} — judge {result.judge}, memory {result.memory_version}")
-    for col in ("rank", "hyp", "overall", *[a.replace("_", " ") for a in AXES], "rationale"):
-        table.add_column(col, justify="left" if col == "rationale" else "right")
+    for col in ("rank", "hyp", "overall", "motion", "physical", "image"):  # the three axes, abbreviated
+        table.add_column(col, justify="right", no_wrap=True, min_width=len(col))
+    table.add_column("rationale", justify="left", no_wrap=True, overflow="ellipsis", max_width=90)
     by_index = {s.index: s for s in result.scores}
     for rank, i in enumerate(result.ranking):
         s = by_index[i]
         table.add_row(str(rank + 1), f"h{i}", f"{s.overall:.2f}", *[f"{getattr(s, a):.2f}" for a in AXES],
                       s.rationale[:90])
-    Console().print(table)
+    import sys
+
+    Console(width=None if sys.stdout.isatty() else 150).print(table)
     rounds = max(0, len(result.reflections) - 1)
     if rounds:
         typer.echo(f"self-reflection: {rounds} revision round(s)")

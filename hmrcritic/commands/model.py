@@ -52,18 +52,15 @@ def register(app: typer.Typer) -> None:
         resume: bool = typer.Option(
             True, "--resume/--no-resume", help="Continue from the run folder's last checkpoint."
         ),
-        threads: int = typer.Option(
-            1, help="torch CPU threads (1 = bitwise reproducible; fastest on a busy machine)."
-        ),
+        threads: int = typer.Option(1, help="torch CPU threads (1 = bitwise reproducible; fastest on a busy machine)."),
         max_samples: int = typer.Option(None, help="Use only the first N training scenes (quick runs)."),
-        stop_at: int = typer.Option(
-            None, help="Stop after this step (resumable; the recipe's schedule is kept)."
-        ),
+        stop_at: int = typer.Option(None, help="Stop after this step (resumable; the recipe's schedule is kept)."),
         device: str = typer.Option("cpu", help="cpu or cuda."),
         ship: bool = typer.Option(
             False, help="Evaluate on test and wild and install as hmrcritic/assets/base_model.pt."
         ),
-        eval_limit: int = typer.Option(200, help="Scenes per split for the --ship evaluation."),
+        guidance: float = typer.Option(30.0, help="Keypoint guidance of the extra guided --ship evaluation."),
+        eval_limit: int = typer.Option(150, help="Scenes per split for the --ship evaluation."),
     ) -> None:
         """Train the base diffusion model from its recipe (reproducible; resumes).
 
@@ -84,9 +81,7 @@ def register(app: typer.Typer) -> None:
             f"training base model -> {out} ({cfg.steps} steps, batch {cfg.batch_size}, seed {seed})",
             flush=True,
         )
-        path = train_base(
-            cfg, out, resume=resume, progress=_progress_printer("train"), device=device, stop_at=stop_at
-        )
+        path = train_base(cfg, out, resume=resume, progress=_progress_printer("train"), device=device, stop_at=stop_at)
         if path.name == "state.pt":  # stopped early: export the EMA weights at that step
             from hmrcritic.hmr.train import checkpoint_from_state
 
@@ -98,16 +93,20 @@ def register(app: typer.Typer) -> None:
 
             model = load_model(path, device=device)
             evals = {}
-            for split in ("test", "wild"):
-                evals[split] = evaluate_model(
-                    model, split=split, num_generations=16, limit=eval_limit, progress=_eval_progress
+            runs = [
+                ("test", "test", 0.0, eval_limit),
+                ("wild", "wild", 0.0, eval_limit),
+                (f"test_guided{guidance:g}", "test", guidance, max(1, eval_limit // 2)),
+            ]
+            for key, split, g, lim in runs:
+                evals[key] = evaluate_model(
+                    model, split=split, num_generations=16, limit=lim, guidance=g, progress=_eval_progress
                 )
-                print(format_report(evals[split]))
-            cmd = (
-                f"hmrcritic train-base --seed {seed}"
-                + (f" --stop-at {stop_at}" if stop_at else "")
-                + " --ship"
-            )
+                print(format_report(evals[key]), flush=True)
+            cmd = f"hmrcritic train-base --seed {seed}"
+            cmd += f" --steps {cfg.steps}" if steps is not None else ""
+            cmd += f" --batch-size {cfg.batch_size}" if batch_size is not None else ""
+            cmd += (f" --stop-at {stop_at}" if stop_at else "") + f" --ship --eval-limit {eval_limit}"
             pt, js = ship_model(path, evals, command=cmd)
             print(f"shipped: {pt} ({pt.stat().st_size / 1e6:.1f} MB), {js}")
 
@@ -123,9 +122,7 @@ def register(app: typer.Typer) -> None:
         focal: float = typer.Option(None, help="Focal length in px for user images (default max(W,H))."),
         out: Path = typer.Option(..., help="Output folder."),
         obj: bool = typer.Option(False, "--obj", help="Also write one .obj mesh per hypothesis."),
-        render: bool = typer.Option(
-            True, "--render/--no-render", help="Write overlays, side views and grid.png."
-        ),
+        render: bool = typer.Option(True, "--render/--no-render", help="Write overlays, side views and grid.png."),
         model: Path = typer.Option(None, help="Checkpoint (default: the shipped base model)."),
         device: str = typer.Option("cpu", help="cpu or cuda."),
         as_json: bool = typer.Option(False, "--json", help="Print the summary as JSON."),
@@ -177,6 +174,7 @@ def register(app: typer.Typer) -> None:
         limit: int = typer.Option(None, help="Evaluate only the first K scenes."),
         batch_size: int = typer.Option(32, help="Inputs per batch (B·N rows per network call)."),
         seed: int = typer.Option(0, help="Sampling seed."),
+        guidance: float = typer.Option(0.0, help="2D keypoint guidance strength (0 = the model alone)."),
         joint_set: str = typer.Option("lsp14", help="lsp14 or smpl24."),
         no_nn: bool = typer.Option(False, "--no-nn", help="Skip the nearest-neighbour baseline."),
         device: str = typer.Option("cpu", help="cpu or cuda."),
@@ -203,6 +201,7 @@ def register(app: typer.Typer) -> None:
             seed=seed,
             joint_set=joint_set,
             nn_baseline=not no_nn,
+            guidance=guidance,
             progress=None if as_json else _eval_progress,
         )
         print(json.dumps(res) if as_json else format_report(res))

@@ -66,6 +66,11 @@ class DiffusionConfig:
     # keypoint tokens: without this direct path the first base run learned to ignore the keypoints entirely
     # (its loss was the same with shuffled conditions after 1000 steps).
     global_cond: bool = True
+    # What the network outputs: "v" (Salimans & Ho 2022: v = sqrt(ᾱ)·eps − sqrt(1−ᾱ)·x0, eps-like at low noise,
+    # x0-like at high noise) or "eps". ``predict_eps`` always returns eps, so callers never see the difference.
+    # With "eps" the condition barely moves the loss (only mid-noise steps depend on it) and two CPU-budget
+    # runs ignored the keypoints entirely; with "v" high-noise steps are a direct keypoints → pose regression.
+    prediction: str = "v"
 
     @classmethod
     def from_dict(cls, d: dict) -> DiffusionConfig:
@@ -205,6 +210,8 @@ class HMRDiffusion(nn.Module):
         if d % config.heads:
             raise ValueError(f"d_model {d} must be divisible by heads {config.heads}")
         self.num_timesteps = config.T
+        if config.prediction not in ("v", "eps"):
+            raise ValueError(f"unknown prediction {config.prediction!r} (v or eps)")
         if config.beta_schedule != "linear":
             raise ValueError(f"unknown beta schedule {config.beta_schedule!r} (only 'linear')")
         betas = torch.linspace(config.beta_start, config.beta_end, config.T, dtype=torch.float64)
@@ -278,7 +285,11 @@ class HMRDiffusion(nn.Module):
         box_tok = self.box_in(cond.box)[:, None] + self.box_pos
         h = self.encoder(torch.cat([state, kp_tok, box_tok, temb], 1))
         h = self.norm(h[:, : NUM_JOINTS + 1])
-        return torch.cat([self.joint_out(h[:, :NUM_JOINTS]).reshape(B, -1), self.shape_out(h[:, NUM_JOINTS])], -1)
+        out = torch.cat([self.joint_out(h[:, :NUM_JOINTS]).reshape(B, -1), self.shape_out(h[:, NUM_JOINTS])], -1)
+        if self.config.prediction == "eps":
+            return out
+        ab = self.alphas_cumprod[t].unsqueeze(-1)
+        return ab.sqrt() * out + (1 - ab).sqrt() * x_t  # v → eps
 
     def loss(
         self,
@@ -287,15 +298,34 @@ class HMRDiffusion(nn.Module):
         t: torch.Tensor | None = None,
         eps: torch.Tensor | None = None,
         generator: torch.Generator | None = None,
+        snr_gamma: float | None = None,
+        weighting: str = "eps",
     ) -> torch.Tensor:
-        """Plain DDPM eps-MSE per sample (B,), t ~ U{0..T-1} and eps ~ N(0, I) unless given."""
+        """DDPM eps-MSE per sample (B,), t ~ U{0..T-1} and eps ~ N(0, I) unless given.
+
+        Plain (unweighted) by default — the objective the alignment losses build on. ``snr_gamma`` applies
+        Min-SNR-γ weighting (Hang et al. 2023), ``min(SNR_t, γ) / SNR_t``: low-noise steps, whose eps error
+        is mostly irreducible, stop drowning out the noisier steps where the keypoints decide the pose. The
+        base training may use it. ``weighting="v"`` is the v-prediction loss ``||v̂ − v||²`` (= eps-MSE / ᾱ_t),
+        which the base recipe uses: it weights high-noise steps like an x0 regression, so the keypoints are
+        learned within a CPU-sized budget.
+        """
         B = x0.shape[0]
         if t is None:
             t = torch.randint(0, self.num_timesteps, (B,), device=x0.device, generator=generator)
         if eps is None:
             eps = torch.randn(x0.shape, device=x0.device, generator=generator)
         pred = self.predict_eps(self.q_sample(x0, t, eps), t, cond)
-        return (pred - eps).pow(2).mean(-1)
+        mse = (pred - eps).pow(2).mean(-1)
+        if weighting == "v":  # ||v̂ − v||² = ||epŝ − eps||² / ᾱ_t
+            mse = mse / self.alphas_cumprod[t]
+        elif weighting != "eps":
+            raise ValueError(f"unknown loss weighting {weighting!r} (eps or v)")
+        if snr_gamma is not None:
+            ab = self.alphas_cumprod[t]
+            snr = ab / (1 - ab)
+            mse = mse * snr.clamp_max(snr_gamma) / snr
+        return mse
 
     def num_parameters(self) -> int:
         return sum(p.numel() for p in self.parameters())
@@ -350,10 +380,15 @@ def ddim_sample_x0(
     generator: torch.Generator | None = None,
     x_T: torch.Tensor | None = None,
     clip: float = 6.0,
+    guide_fn=None,
+    guidance: float = 0.0,
+    guide_iters: int = 2,
 ) -> torch.Tensor:
     """DDIM (Song et al. 2021) from pure noise to raw x0, one batched network call per step.
 
-    ``clip`` bounds the predicted standardised x0 (avoids rare blow-ups at very few steps).
+    ``clip`` bounds the predicted standardised x0 (avoids rare blow-ups at very few steps). With
+    ``guide_fn`` (raw x0 (R,X_DIM) → energy (R,)) and ``guidance`` > 0, each step's x0 prediction takes
+    ``guide_iters`` gradient steps on the energy before DDIM continues from it (reconstruction guidance).
     """
     B = len(cond)
     device = model.alphas_cumprod.device
@@ -367,6 +402,12 @@ def ddim_sample_x0(
         tt = torch.full((B,), t, device=device, dtype=torch.long)
         eps = model.predict_eps(x, tt, cond)
         z0 = ((x - (1 - a_t).sqrt() * eps) / a_t.sqrt()).clamp(-clip, clip)
+        if guide_fn is not None and guidance > 0:
+            for _ in range(guide_iters):
+                with torch.enable_grad():
+                    z = z0.detach().requires_grad_(True)
+                    (g,) = torch.autograd.grad(guide_fn(model.denormalize(z)).sum(), z)
+                z0 = (z0 - guidance * torch.nan_to_num(g)).clamp(-clip, clip)
         eps = (x - a_t.sqrt() * z0) / (1 - a_t).sqrt()
         sigma = eta * ((1 - a_prev) / (1 - a_t) * (1 - a_t / a_prev)).clamp_min(0).sqrt()
         x = a_prev.sqrt() * z0 + (1 - a_prev - sigma**2).clamp_min(0).sqrt() * eps
@@ -419,6 +460,26 @@ def solve_translation(
     return torch.where(refit, torch.cat([tx, ty, tz], -1), t)
 
 
+def reprojection_energy(body, keypoints: torch.Tensor, K: torch.Tensor):
+    """Energy for keypoint guidance: confidence-weighted squared 2D error of the COCO-17 joints, with the
+    translation solved per hypothesis, in units of the person-box size (so it is image-scale free)."""
+    from hmrcritic.hmr.camera import project
+
+    w = keypoints[..., 2].clamp_min(0)
+    size = person_box(keypoints, 2 * K[:, :2, 2])[1]
+
+    def energy(x0: torch.Tensor) -> torch.Tensor:
+        p = x0_to_params(x0)
+        out = body(p["global_orient"], p["body_pose"], p["betas"], torch.zeros(x0.shape[0], 3, device=x0.device))
+        coco = body.coco17(out)
+        t = solve_translation(coco, keypoints, K)
+        uv = project(coco + t[:, None], K)
+        err = (uv - keypoints[..., :2]).pow(2).sum(-1) / size[:, None] ** 2
+        return (w * err).sum(-1) / w.sum(-1).clamp_min(1e-6)
+
+    return energy
+
+
 @torch.no_grad()
 def sample(
     model: HMRDiffusion,
@@ -431,37 +492,50 @@ def sample(
     keypoints: torch.Tensor | None = None,
     body=None,
     solve_transl: bool = True,
+    guidance: float = 0.0,
 ) -> HypothesisGroup:
     """Draw ``num_generations`` hypotheses for each of the B inputs in one batched pass per step (B·N rows).
 
     ``K`` (B,3,3) and pixel ``keypoints`` (B,17,3) default to the ones stored in ``cond``; with them the
     camera translation of every hypothesis is solved from its COCO-17 joints (``body``: a BodyModel,
     default ``load_body_model()``). Same generator seed → same hypotheses.
+
+    ``guidance`` > 0 (our extension, off by default so the model's own spread is what is measured and
+    aligned) nudges every step's x0 prediction down the 2D reprojection energy of the visible keypoints
+    (:func:`reprojection_energy`); occluded joints carry no energy and keep the model's diversity.
     """
     if num_generations < 1:
         raise InputError(f"num_generations must be ≥ 1, got {num_generations}")
     device = model.alphas_cumprod.device
     cond = cond.to(device)
     B, N = len(cond), num_generations
-    x0 = ddim_sample_x0(model, cond.repeat_interleave(N), steps=steps, eta=eta, generator=generator)
-    params = x0_to_params(x0)
     K = cond.K if K is None else torch.as_tensor(K, dtype=torch.float32, device=device)
-    keypoints = (
-        cond.keypoints_px if keypoints is None else torch.as_tensor(keypoints, dtype=torch.float32, device=device)
-    )
-    transl = torch.zeros(B * N, 3, device=device)
-    if solve_transl and K is not None and keypoints is not None:
-        if body is None:
-            from hmrcritic.hmr.body import load_body_model
+    if keypoints is None:
+        keypoints = cond.keypoints_px
+    else:
+        keypoints = torch.as_tensor(keypoints, dtype=torch.float32, device=device)
+    have_2d = K is not None and keypoints is not None
+    if body is None and have_2d and (solve_transl or guidance > 0):
+        from hmrcritic.hmr.body import load_body_model
 
-            body = load_body_model(device=str(device))
-        out = body(
-            params["global_orient"],
-            params["body_pose"],
-            params["betas"],
-            torch.zeros(B * N, 3, device=device),
-        )
-        coco = body.coco17(out)
+        body = load_body_model(device=str(device))
+    guide_fn = None
+    if guidance > 0 and have_2d:
+        guide_fn = reprojection_energy(body, keypoints.repeat_interleave(N, 0), K.repeat_interleave(N, 0))
+    x0 = ddim_sample_x0(
+        model,
+        cond.repeat_interleave(N),
+        steps=steps,
+        eta=eta,
+        generator=generator,
+        guide_fn=guide_fn,
+        guidance=guidance,
+    )
+    params = x0_to_params(x0)
+    transl = torch.zeros(B * N, 3, device=device)
+    if solve_transl and have_2d:
+        zeros = torch.zeros(B * N, 3, device=device)
+        coco = body.coco17(body(params["global_orient"], params["body_pose"], params["betas"], zeros))
         transl = solve_translation(coco, keypoints.repeat_interleave(N, 0), K.repeat_interleave(N, 0))
     return HypothesisGroup(
         global_orient=params["global_orient"].reshape(B, N, 3),

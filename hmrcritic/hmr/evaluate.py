@@ -6,11 +6,16 @@ reproducible). Reported, all in mm on the ``lsp14`` joint set unless named other
 - MPJPE (mid-hip aligned), PA-MPJPE (Procrustes with scale), PVE (pelvis aligned, all vertices), each as
   the mean over hypotheses, the oracle best-of-N (the paper's headline figure) and the "mean pose"
   (hypotheses' x0 averaged, rotations re-orthonormalised by the 6D map);
-- 2D reprojection error (px) of the COCO-17 joints against the visible input keypoints;
+- 2D reprojection error (px) of the COCO-17 joints against the visible input keypoints: ``reproj_px`` is
+  the per-group median (a hypothesis whose best fit is a body squeezed in front of the lens projects
+  thousands of px off and would swamp a mean; ``reproj_mean_px`` is that mean), ``reproj_best_px`` the best;
 - implausible-hypothesis rate (joint limits or self-penetration, ``hmr/anatomy.is_implausible``);
 - diversity: mean pairwise joint distance within a group (root-relative, mm) over the SMPL joints whose
   COCO keypoint is visible vs occluded (``COCO_TO_SMPL``); ``*_aligned`` does the same after
   similarity-aligning each hypothesis to the group mean, so global-orientation spread does not count;
+  ``*_balanced`` compares each joint with itself (aligned spread of joint j where it is visible vs where it
+  is occluded, then averaged over joints), because occluded joints are mostly distal ones (wrists, ankles)
+  and the plain sets mix joint types;
 - a nearest-neighbour baseline: the training pose whose box-normalised 2D keypoints are closest.
 
 ``select_fn`` is the hook for "critic top-1" (alignment stage): given a batch context it returns per-input
@@ -145,6 +150,7 @@ def evaluate_model(
     nn_baseline: bool = True,
     body=None,
     progress: Callable[[int, int], None] | None = None,
+    guidance: float = 0.0,
 ) -> dict:
     """Evaluate ``model`` on ``split``; returns a flat dict of figures (see module docstring).
 
@@ -172,6 +178,7 @@ def evaluate_model(
         acc.setdefault(name, []).append(value.detach().float().cpu().reshape(-1))
 
     N = num_generations
+    per_joint, vis_masks, occ_masks = [], [], []
     t0 = time.time()
     model.eval()
     for start in range(0, n, batch_size):
@@ -180,7 +187,9 @@ def evaluate_model(
         B = kp.shape[0]
         cond = condition_from_keypoints(kp, K, size)
         gen = torch.Generator(device=device).manual_seed(seed * 1_000_003 + start)
-        group = sample(model, cond, num_generations=N, steps=steps, eta=eta, generator=gen, body=body)
+        group = sample(
+            model, cond, num_generations=N, steps=steps, eta=eta, generator=gen, body=body, guidance=guidance
+        )
         flat = group.flat()
         out = body(flat["global_orient"], flat["body_pose"], flat["betas"], flat["transl"])
         joints = out.joints.reshape(B, N, 24, 3)
@@ -201,6 +210,7 @@ def evaluate_model(
             g = M.group_metrics(e, reduce=False)
             add(f"{name}_mean", g["mean"])
             add(f"{name}_best", g["best"])
+            add(f"{name}_median", g["median"])
         # mean pose: average x0 over the group (6D re-orthonormalised), translation re-solved
         mp = x0_to_params(group.x0.mean(1))
         mo = body(mp["global_orient"], mp["body_pose"], mp["betas"], None)
@@ -216,6 +226,11 @@ def evaluate_model(
         aligned = M.procrustes_align(joints, joints.mean(1, keepdim=True))
         add("div_visible_pa", M.mean_pairwise_distance(aligned, vis & mapped))
         add("div_occluded_pa", M.mean_pairwise_distance(aligned, ~vis & mapped))
+        # per-joint spread (B,24) for the joint-balanced comparison (same joint visible vs occluded)
+        pair = (aligned.unsqueeze(2) - aligned.unsqueeze(1)).norm(dim=-1).sum(dim=(1, 2)) * 1000.0
+        per_joint.append((pair / max(N * (N - 1), 1)).cpu())
+        vis_masks.append((vis & mapped).cpu())
+        occ_masks.append((~vis & mapped).cpu())
         if select_fn is not None:
             ctx = {
                 "group": group,
@@ -236,9 +251,7 @@ def evaluate_model(
             add("pve_selected", e_pve.gather(1, idx[:, None]).squeeze(1))
         if bank is not None:
             nn_idx = nearest_neighbour(normalized_keypoints(kp, K, size).cpu(), bank)
-            no = body(
-                *(bank_arr[k][nn_idx].to(device) for k in ("global_orient", "body_pose", "betas")), None
-            )
+            no = body(*(bank_arr[k][nn_idx].to(device) for k in ("global_orient", "body_pose", "betas")), None)
             add("nn_pa_mpjpe", M.pa_mpjpe(no.joints, gt.joints, joint_set))
             add("nn_mpjpe", M.mpjpe(no.joints, gt.joints, joint_set))
         if progress:
@@ -252,6 +265,13 @@ def evaluate_model(
         v = v[torch.isfinite(v)]
         return round(float(v.mean()), 3) if v.numel() else None
 
+    bal_vis = bal_occ = None
+    if N > 1:
+        d, mv, mo = torch.cat(per_joint), torch.cat(vis_masks).float(), torch.cat(occ_masks).float()
+        both = (mv.sum(0) > 0) & (mo.sum(0) > 0)  # joints seen both visible and occluded somewhere
+        if both.any():
+            bal_vis = round(float(((d * mv).sum(0) / mv.sum(0).clamp_min(1))[both].mean()), 3)
+            bal_occ = round(float(((d * mo).sum(0) / mo.sum(0).clamp_min(1))[both].mean()), 3)
     res = {
         "split": split,
         "n_samples": n,
@@ -259,6 +279,7 @@ def evaluate_model(
         "steps": steps,
         "eta": eta,
         "seed": seed,
+        "guidance": guidance,
         "joint_set": joint_set,
         "unit": "mm (3D), px (2D)",
         "mpjpe_mean_mm": mean("mpjpe_mean"),
@@ -270,7 +291,8 @@ def evaluate_model(
         "pve_mean_mm": mean("pve_mean"),
         "pve_best_mm": mean("pve_best"),
         "pve_meanpose_mm": mean("pve_meanpose"),
-        "reproj_px": mean("reproj_mean"),
+        "reproj_px": mean("reproj_median"),
+        "reproj_mean_px": mean("reproj_mean"),
         "reproj_best_px": mean("reproj_best"),
         "implausible_rate": mean("implausible"),
         "nn_baseline_pa_mpjpe_mm": mean("nn_pa_mpjpe"),
@@ -280,6 +302,8 @@ def evaluate_model(
         "diversity_all_mm": mean("div_all"),
         "diversity_visible_aligned_mm": mean("div_visible_pa"),
         "diversity_occluded_aligned_mm": mean("div_occluded_pa"),
+        "diversity_visible_balanced_mm": bal_vis,
+        "diversity_occluded_balanced_mm": bal_occ,
         "diversity_joint_set": "smpl24 joints with a COCO-17 counterpart, root-relative",
         "alignment": {
             "mpjpe": "mid-hip (lsp14) / pelvis (smpl24)",
@@ -327,6 +351,8 @@ def format_report(res: dict) -> str:
         f"   ({res['diversity_joint_set']})",
         f"  aligned to group mean: visible {f(res.get('diversity_visible_aligned_mm'))} mm   "
         f"occluded {f(res.get('diversity_occluded_aligned_mm'))} mm",
+        f"  joint-balanced (aligned): visible {f(res.get('diversity_visible_balanced_mm'))} mm   "
+        f"occluded {f(res.get('diversity_occluded_balanced_mm'))} mm",
     ]
     if res.get("pa_mpjpe_selected_mm") is not None:
         lines.append(f"selected top-1 PA-MPJPE {f(res['pa_mpjpe_selected_mm'])} mm")

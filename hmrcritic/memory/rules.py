@@ -102,7 +102,7 @@ class RuleMemory:
     def __init__(self, store: MemoryStore):
         self._store = store
         self._cache: list[Rule] | None = None
-        self._cache_gen = -1
+        self._cache_gen: tuple | None = None
         self._loads = 0  # bumped on every reload: keys the arrays derived from the cache
 
     # ---- reading -------------------------------------------------------------------------------------
@@ -110,7 +110,7 @@ class RuleMemory:
         return self._store._collection(RULES_COLLECTION)
 
     def _load_all(self) -> list[Rule]:
-        gen = self._store._generation()
+        gen = self._store._content_key()
         if self._cache is None or self._cache_gen != gen:
             got = self._store._get_all(RULES_COLLECTION, include=["documents", "metadatas"])
             recs = zip(got["ids"], got["documents"], got["metadatas"], strict=True)

@@ -64,6 +64,9 @@ _PROCESS_LOCKS: dict[str, threading.RLock] = {}
 # ``<dir>/.write.seq`` under the lock; a batch skips the (costly, ~1 s at 100k prototypes) reopen when the
 # file still holds the number this process left there, i.e. nobody else wrote in between.
 _SEQ_SEEN: dict[str, int] = {}
+# Per database path: bumped after every write batch in this process, so every store on the path drops its
+# cached rules/version even when the batch did not need to reopen Chroma.
+_EPOCH: dict[str, int] = {}
 SEQ_NAME = ".write.seq"
 
 
@@ -142,7 +145,7 @@ class MemoryStore:
         self._cols: dict[str, Any] = {}
         self._gen_seen = -1
         self._writes = 0
-        self._version_cache: tuple[tuple[int, int], str] | None = None
+        self._version_cache: tuple[tuple[int, int, int], str] | None = None
         self.rules = RuleMemory(self)
         self.prototypes = PrototypeMemory(self)
         if self.chroma_url:
@@ -172,6 +175,10 @@ class MemoryStore:
 
     def _generation(self) -> int:
         return _GENERATION.get(self._key, 0) if not self.chroma_url else 0
+
+    def _content_key(self) -> tuple[int, int, int]:
+        """Changes whenever content this store may have cached could have changed (in this process)."""
+        return (self._generation(), _EPOCH.get(self._key, 0), self._writes)
 
     def _ensure_current(self) -> None:
         """Re-fetch the client/collections when this process reopened Chroma on our path since we did."""
@@ -279,6 +286,8 @@ class MemoryStore:
             finally:
                 self._write_depth = 0
                 self._writes += 1
+                with _REGISTRY_LOCK:
+                    _EPOCH[self._key] = _EPOCH.get(self._key, 0) + 1
                 self.rules.invalidate()
                 try:
                     _SEQ_SEEN[self._key] = _bump_seq(self.path, seq)
@@ -350,7 +359,7 @@ class MemoryStore:
 
         Cached until this store writes or :meth:`refresh` runs (the agent asks for it per group, and hashing
         100k prototypes reads all their metadata)."""
-        key = (self._generation(), self._writes)
+        key = self._content_key()
         if self._version_cache is None or self._version_cache[0] != key:
             self._version_cache = (key, self._compute_version())
         return self._version_cache[1]
