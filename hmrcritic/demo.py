@@ -70,7 +70,7 @@ def run_demo(
     say: Callable[[str], None] = print,
 ) -> DemoResult:
     from hmrcritic.agent.api import critique_group
-    from hmrcritic.agent.explore import explore
+    from hmrcritic.agent.explore import explore, frozen_copy
     from hmrcritic.agent.groups import true_errors
     from hmrcritic.agent.report import write_report
     from hmrcritic.hmr.body import load_body_model
@@ -106,7 +106,7 @@ def run_demo(
 
     explore(memory, split="train", rounds=explore_rounds, batch_size=explore_batch, seed=seed,
             num_generations=num_generations, progress=on_event)
-    frozen = MemoryStore(out / "memory", read_only=True)
+    frozen = frozen_copy(memory)  # read-only snapshot: scoring never touches the explored memory
     result.memory_version = frozen.version()
     say(f"      memory frozen at version {result.memory_version}")
 

@@ -275,3 +275,67 @@ def test_build_graph_is_uncompiled_and_drawable():
     assert "reflect" in text and "memory_write" in text
     with pytest.raises(InputError):
         make_judge("nope")
+
+
+def _rule(rule_id: str, measure: str, threshold: float, points: float):
+    from hmrcritic.memory.schema import Rule, RuleCondition
+
+    return Rule(rule_id=rule_id, text=f"{measure} > {threshold} → take off {points} points.",
+                condition=RuleCondition(measure=measure, comparator=">", threshold=threshold, points=points,
+                                        axis="motion_structure"))
+
+
+def test_judge_without_rules_weighs_measures_equally_and_rules_carry_the_knowledge():
+    """Without memory the builtin judge ranks by the mean within-group rank of the measures (it does not
+    know which one matters); a rule on one measure changes that ranking toward what the rule says."""
+    # h0 is best on two measures but far from the consensus; h1 is the reverse
+    ev = {"reproj_rel": [0.01, 0.03, 0.02], "pose_prior_nll": [0.0, 2.0, 1.0],
+          "consensus_dev_mm": [150.0, 10.0, 60.0]}
+    ctx = JudgeContext(group_id="k", num_hypotheses=3, evidence=ev)
+    plain = [s.overall for s in BuiltinJudge().critique(ctx).scores]
+    assert plain[0] > plain[2] > plain[1]  # mean ranks 1/3, 2/3, 1/2 (worse side)
+    ruled = BuiltinJudge().critique(ctx.model_copy(update={"rules": [_rule("r-cons", "consensus_dev_mm", 100, 6)]}))
+    o = [s.overall for s in ruled.scores]
+    assert o[0] < o[1] and o[0] < o[2] and ruled.rules_applied == ["r-cons"]
+    # a larger value of a measure where lower is better (silhouette IoU) counts as better
+    iou = JudgeContext(group_id="i", num_hypotheses=2, evidence={"silhouette_iou": [0.9, 0.3]})
+    a, b = (s.overall for s in BuiltinJudge().critique(iou).scores)
+    assert a > b
+
+
+def test_prototypes_reorder_within_the_evidence():
+    """A confident prototype consensus of a low settled score moves that hypothesis down the ranking."""
+    from hmrcritic.agent.judges import PrototypeHit
+
+    ev = {"reproj_rel": [0.01, 0.02], "consensus_dev_mm": [10.0, 20.0]}
+    ctx = JudgeContext(group_id="p", num_hypotheses=2, evidence=ev)
+    base = [s.overall for s in BuiltinJudge().critique(ctx).scores]
+    assert base[0] > base[1]
+
+    def hit(v):
+        return PrototypeHit(proto_id=f"p{v}", similarity=0.99, overall=v, motion_structure=5,
+                            physical_feasibility=5, image_alignment=5)
+
+    with_p = ctx.model_copy(update={"prototypes": [[hit(0.5)], [hit(9.5)]]})
+    o = [s.overall for s in BuiltinJudge(proto_weight=1.0).critique(with_p).scores]
+    assert o[0] < o[1]
+    assert [s.overall for s in BuiltinJudge(proto_weight=0.0).critique(with_p).scores] == pytest.approx(base)
+
+
+def test_contradictions_are_judged_on_the_measures_fired_rules_read():
+    """With a fired rule the dominance check reads only its measure(s); without rules, every measure."""
+    ev = {"consensus_dev_mm": [10.0, 200.0], "pose_prior_nll": [5.0, 1.0]}
+    bad = GroupCritique(scores=[HypothesisScore(index=i, motion_structure=5, physical_feasibility=5,
+                                                image_alignment=5, overall=o, rationale="x")
+                                for i, o in enumerate([4.0, 9.0])])
+    plain = JudgeContext(group_id="c", num_hypotheses=2, evidence=ev)
+    assert not [i for i in nodes.check_critique(plain, bad) if i.kind == "contradiction"]  # no dominance
+    ruled = plain.model_copy(update={"rules": [_rule("r-cons", "consensus_dev_mm", 100, 6)]})
+    issues = [i for i in nodes.check_critique(ruled, bad) if i.kind == "contradiction"]
+    assert [i.indices for i in issues] == [[1, 0]]
+
+
+def test_recall_skips_rules_that_cannot_fire():
+    assert nodes._applicable(_rule("a", "consensus_dev_mm", 100, 1), {"consensus_dev_mm": [50.0, 150.0]})
+    assert not nodes._applicable(_rule("b", "consensus_dev_mm", 200, 1), {"consensus_dev_mm": [50.0, 150.0]})
+    assert not nodes._applicable(_rule("c", "floating_mm", 1, 1), {"consensus_dev_mm": [50.0]})

@@ -34,6 +34,10 @@ def test_evaluate_critic_json(capsys):
     for r in payload["rows"]:
         assert -1.0 <= r["spearman"] <= 1.0 and math.isfinite(r["top1_pa_mpjpe_mm"])
         assert payload["oracle_pa_mpjpe_mm"] - 1e-6 <= r["top1_pa_mpjpe_mm"]
+        if r["variant"] != "full":  # paired difference to the full agent on the same groups
+            full = payload["rows"][0]["spearman"]
+            assert r["full_minus_spearman"] == pytest.approx(full - r["spearman"], abs=1e-9)
+            assert r["full_minus_sem"] >= 0
     assert payload["oracle_pa_mpjpe_mm"] <= payload["random_pa_mpjpe_mm"]
 
     # the memory was warmed on train groups only and frozen afterwards

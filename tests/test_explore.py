@@ -114,11 +114,15 @@ def test_exploration_end_to_end_log_guard_and_heldout(constructed, tmp_path):
                          progress=lambda e, p: events.append(e))
     assert summary.groups == 8 and len(summary.rounds) == 1
     mined = [r for r in mem.rules.all() if r.origin == "mined"]
-    assert mined and all(r.round_created == 1 and r.tags and r.condition is not None for r in mined)
-    assert "rule_added" in events and events.count("round") == 1 and events.count("group") == 8
+    assert all(r.round_created == 1 and r.tags and r.condition is not None for r in mined)
+    rep = summary.rounds[0]
+    assert rep.short_groups == 0 or mined or rep.rejected  # where ρ fell short, mining ran and said why
+    assert events.count("round") == 1 and events.count("group") == 8
+    assert ("rule_added" in events) == bool(mined)
     # log: one checksummed record per batch
     log = ex.read_log(mem)
-    assert [rec["report"]["round"] for rec in log] == [1] and log[0]["report"]["rules_added"]
+    assert [rec["report"]["round"] for rec in log] == [1]
+    assert len(log[0]["report"]["rules_added"]) == len(mined)
     # held-out: the explored memory ranks better than the starter memory it grew from
     # (rules only: the constructed error is relative to each group's medoid, which pose prototypes cannot
     # carry across groups, so they are switched off to see what the mined rules add)
@@ -163,7 +167,7 @@ def test_ucb_makes_an_unused_rule_get_tried(constructed, tmp_path):
             r.n_used, r.n_success = 40, 30
         fresh = Rule(rule_id="fresh-rule", text="A brand-new rule nobody has tried yet → take off 1 point.",
                      tags=[], origin="user",
-                     condition=RuleCondition(measure="reproj_px", comparator=">", threshold=1e6, points=1))
+                     condition=RuleCondition(measure="reproj_px", comparator=">", threshold=-1.0, points=0.1))
         mem.rules.add(rules + [fresh])
         ex.explore(mem, split="train", groups=train[:1], rounds=1, batch_size=1, rules_k=3, ucb_c=c)
         assert (mem.rules.get(["fresh-rule"])[0].n_used == 1) is tried

@@ -90,19 +90,16 @@ def test_rerun_resumes_and_changed_setting_reruns_only_downstream(env, first_run
     assert again["rows"] == res["rows"]
     assert not any(("finetune" in ln or "evaluate" in ln) and "done before" not in ln for ln in lines)
     lines.clear()
-    changed = reproduce(
-        "quick",
-        out_dir=env["root"] / "run",
-        model=env["model"],
-        progress=lines.append,
-        overrides={"lr": "3e-4", "objectives": "gpa"},
-    )
+    changed = reproduce("quick", out_dir=env["root"] / "run", model=env["model"], progress=lines.append,
+                        overrides={"t_min": "100", "objectives": "gpa,sft"})
     text = "\n".join(lines)
     assert "explore: done before" in text and "export: done before" in text
     assert "evaluate base: done before" in text
-    assert "finetune gpa: 6 steps" in text  # re-trained with the new lr
-    assert [r["model"] for r in changed["rows"]] == ["base", "gpa"]
+    assert "finetune gpa: 6 steps" in text  # a GPA-only setting re-trains GPA ...
+    assert "finetune sft: done before" in text and "evaluate sft: done before" in text  # ... not the baselines
+    assert [r["model"] for r in changed["rows"]] == ["base", "gpa", "sft"]
     assert changed["rows"][0] == res["rows"][0]
+    assert changed["rows"][2] == next(r for r in res["rows"] if r["model"] == "sft")
     assert changed["rows"][1] != next(r for r in res["rows"] if r["model"] == "gpa")
 
 
@@ -162,6 +159,5 @@ def test_second_run_on_the_same_folder_is_refused(tmp_path):
 
     from hmrcritic.alignment.reproduce import reproduce
 
-    with FileLock(str(tmp_path / ".reproduce.lock")):
-        with pytest.raises(InputError, match="another `hmrcritic reproduce` is running"):
-            reproduce("quick", out_dir=tmp_path, progress=False)
+    with FileLock(str(tmp_path / ".reproduce.lock")), pytest.raises(InputError, match="another `hmrcritic"):
+        reproduce("quick", out_dir=tmp_path, progress=False)

@@ -16,7 +16,9 @@ export and evaluation, with memory writes off) on batches of 3D-labelled groups.
 3. **Rule mining** where a group's ρ falls short of τ: the builtin judge's executable-rule miner, or the
    judge's own ``propose_rules`` (VLM) on the worst groups, validated (:mod:`hmrcritic.agent.mining`).
 4. **Maintenance**: near-duplicates merged, rules failing after enough uses retired
-   (:mod:`hmrcritic.memory.maintenance`).
+   (:mod:`hmrcritic.memory.maintenance`); beyond the paper, also rules whose own deduction keeps making
+   rankings worse (counterfactual Δρ of giving its points back, :func:`rule_removal_effects`, kept in
+   ``explore_progress.json``).
 
 Crash safety / resume: a batch's effect on the memory is computed as a *plan with absolute values* (rule
 records after the batch, prototypes by deterministic id, mined rules with ids derived from their text),
@@ -67,6 +69,7 @@ LOG_FILE = "explore_log.jsonl"
 SNAPSHOT_SKIP = (".write.lock", PENDING_FILE, ".complete")
 HISTORY_GROUPS = 64  # recent groups the miner validates a candidate rule on
 PROTOS_MISJUDGED = 2  # per group, besides the best and the worst
+HARM_TOLERANCE = 0.005  # mean Δρ from giving a rule's points back above which the rule is retired as harmful
 
 
 # ------------------------------------------------------------------------------------------------ errors
@@ -429,6 +432,33 @@ def rule_stat_deltas(rules_per_group: Sequence[Sequence[str]], rhos: Sequence[fl
     return out
 
 
+def rule_removal_effects(applied: Sequence[tuple[Sequence[str], BatchGroup]],
+                         rules: dict[str, Rule]) -> dict[str, list[float]]:
+    """``{rule_id: [Σ Δρ, groups]}``: for each executable rule applied in a group, how much the group's
+    Spearman would change if its deduction were given back (positive = the rule hurt the ranking).
+
+    Beyond the paper: its success count only says the *group* went well. This counterfactual says whether
+    the rule itself helped, and lets maintenance retire rules that keep making rankings worse."""
+    from hmrcritic.agent.mining import _fires
+
+    out: dict[str, list[float]] = {}
+    for ids, bg in applied:
+        base = group_spearman(bg.overall, bg.error)
+        for rid in dict.fromkeys(ids):
+            rule = rules.get(rid)
+            c = rule.condition if rule is not None else None
+            if c is None or c.measure not in bg.evidence:
+                continue
+            fires = _fires(np.asarray(bg.evidence[c.measure], np.float64), c.comparator, np.array([c.threshold]))[0]
+            if not fires.any():
+                continue
+            without = np.clip(bg.overall + c.points * fires, 0, 10)
+            e = out.setdefault(rid, [0.0, 0])
+            e[0] += group_spearman(without, bg.error) - base
+            e[1] += 1
+    return out
+
+
 def _mistakes(bg: BatchGroup, limit: int = 6):
     """The worst over- and under-rated hypotheses of a group with their evidence (for a judge's mining)."""
     from hmrcritic.agent.judges import Mistake
@@ -533,6 +563,8 @@ def _run_batch(memory, app, saver, judge_obj, is_builtin, cfg, batch, r, sig, sp
     # 1. rule statistics (deltas now; made absolute inside the lock)
     rhos = [group_spearman(bg.overall, bg.error) for _, _, bg in scored]
     deltas = rule_stat_deltas([[rd["rule_id"] for rd in res.rules_recalled] for _, res, _ in scored], rhos, tau)
+    effects = rule_removal_effects([(res.rules_applied, bg) for _, res, bg in scored],
+                                   {r.rule_id: r for r in memory.rules.all(include_retired=True)})
     report.mean_spearman = float(np.mean(rhos))
     report.short_groups = int(sum(rho < tau for rho in rhos))
     report.rules_used = int(sum(d[0] for d in deltas.values()))
@@ -603,6 +635,7 @@ def _run_batch(memory, app, saver, judge_obj, is_builtin, cfg, batch, r, sig, sp
         emit("rule_rejected", x)
     report.seconds = time.perf_counter() - t0
     plan = {"batch_key": batch_key, "sig": sig, "r": r, "round": round_no, "rule_deltas": deltas,
+            "effect_deltas": effects,
             "new_rules": [json.loads(x.model_dump_json()) for x in new_rules],
             "prototypes": [p.model_dump(mode="json") for p in protos], "report": asdict(report)}
     rep = _commit(memory, plan, merge_text=merge_text, retire=(retire_min_uses, retire_min_rate))
@@ -639,12 +672,33 @@ def _commit(memory, plan: dict, merge_text: bool, retire: tuple[int, float]) -> 
             emb = memory.rules.embeddings([rid for rid, x in current.items() if not x.retired])
             emb.update({x.rule_id: v for x, v in zip(new, new_vecs, strict=True)})
         maint = plan_maintenance(list(after.values()), emb, min_uses=retire[0], min_rate=retire[1])
+        effects = {k: list(v) for k, v in _read_progress(mpath).get("rule_effects", {}).items()}
+        for rid, (d, n) in plan.get("effect_deltas", {}).items():
+            e = effects.setdefault(rid, [0.0, 0])
+            e[0], e[1] = e[0] + float(d), e[1] + int(n)
+        # a rule whose own deduction demonstrably helps rankings is kept even when its groups keep failing τ
+        # (a weak critic fails τ with or without it; the success rate then says nothing about the rule)
+        helpful = {rid for rid, (d, n) in effects.items() if n >= 3 and d / n < -HARM_TOLERANCE}
+        kept = [rid for rid in maint.retired if rid in helpful]
+        for rid in kept:
+            maint.updates.pop(rid, None)
+        maint.retired = [rid for rid in maint.retired if rid not in helpful]
         updates.update(maint.updates)
+        harmful = []
+        for rid, (d, n) in sorted(effects.items()):
+            rule = updates.get(rid) or after.get(rid)
+            if rule is not None and not rule.retired and n >= retire[0] and d / n > HARM_TOLERANCE:
+                r2 = rule.model_copy(deep=True)
+                r2.retired = True
+                updates[rid] = r2
+                harmful.append(rid)
+        plan = {**plan, "rule_effects": effects}
         new_ids = {x.rule_id for x in new}
         plan = {**plan, "rule_updates": [json.loads(x.model_dump_json()) for x in updates.values()],
                 "new_rules": [json.loads(x.model_dump_json()) for x in new],
                 "new_rule_vectors": np.asarray(new_vecs).round(7).tolist()}
-        plan["report"] = {**plan["report"], "retired": maint.retired, "merged": [list(p) for p in maint.merged]}
+        plan["report"] = {**plan["report"], "retired": maint.retired + harmful,
+                          "retired_harmful": harmful, "merged": [list(p) for p in maint.merged]}
         for x in plan["new_rules"]:  # a new rule merged/retired in the same batch is added already retired
             if x["rule_id"] in updates:
                 x.update(json.loads(updates[x["rule_id"]].model_dump_json()))
@@ -681,6 +735,8 @@ def _apply_plan(memory, plan: dict) -> str:
                 run["rounds_done"].append(plan["r"])
             prog["rounds_total"] = int(prog.get("rounds_total", 0)) + 1
             prog.setdefault("batches", []).append(plan["batch_key"])
+            if "rule_effects" in plan:
+                prog["rule_effects"] = plan["rule_effects"]
             atomic_write_json(mpath / PROGRESS_FILE, prog)
         (mpath / PENDING_FILE).unlink(missing_ok=True)
     return version

@@ -233,8 +233,8 @@ class BuiltinJudge:
        ``((value + 0.1) / 10.1) ** β``, ``β = 0.3 · proto_weight · confidence`` (confidence = top
        similarity⁴): a calibration toward what actually went wrong for similar poses.
     4. Revision (``ctx.issues`` from the reflect node): starts from the previous critique and fixes each
-       issue — recompute invalid scores, apply a fired rule that was not applied, and put a hypothesis that
-       the evidence says is worse on every measure below the one that dominates it (and, with
+       issue — recompute invalid scores, apply a fired rule that was not applied, and swap the scores of a
+       hypothesis ranked above one that dominates it on the measures the fired rules read (and, with
        ``revise_prototypes``, move a score toward a strongly similar prototype consensus). Every change is
        written into the summary.
 
@@ -350,9 +350,14 @@ class BuiltinJudge:
             if issue.kind == "contradiction" and len(issue.indices) == 2:
                 hi, better = issue.indices
                 if overall[hi] >= overall[better]:
+                    # swap the two scores: the pair is put in the order the evidence demands while every
+                    # other hypothesis keeps its place (pushing the dominated one just below the other
+                    # can drop it past many; measured on train groups, the swap ranks better)
                     before = overall[hi]
-                    overall[hi] = overall[better] * 0.995
-                    changes.append(f"h{hi} {before:.1f}→{overall[hi]:.1f} below h{better} (dominated)")
+                    overall[hi], overall[better] = overall[better], overall[hi]
+                    if overall[hi] >= overall[better]:
+                        overall[hi] = overall[better] * 0.995
+                    changes.append(f"h{hi} {before:.1f}→{overall[hi]:.1f} swapped below h{better} (dominated)")
         scores = []
         for i in range(n):
             sc = prev[i]

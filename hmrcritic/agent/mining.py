@@ -369,7 +369,7 @@ def rule_text(c: Candidate | RuleCondition) -> str:
     spec = MEASURES[c.measure]
     desc = spec.description[0].upper() + spec.description[1:]
     return (f"{desc} ({c.measure}) {_CMP_WORDS[c.comparator]} {c.threshold:g} {spec.unit} → take off "
-            f"{c.points:g} points.")
+            f"{c.points:g} point{'' if c.points == 1 else 's'}.")
 
 
 def candidate_to_rule(c: Candidate, round_created: int) -> Rule:

@@ -162,7 +162,12 @@ def recall(state: AgentState, config: RunnableConfig = None) -> dict:
     if cfg.use_rules and cfg.rules_k > 0:
         # Tags only (no text query): the evidence summary is numbers, which a sentence embedder reads
         # poorly, and skipping it keeps recall fast and free of a 3 s model load.
-        got = memory.rules.retrieve(state.get("tags", []), k=cfg.rules_k, ucb_c=cfg.ucb_c)
+        # Ψ ranks the rules; a rule whose executable condition fires on no hypothesis of this group (or
+        # whose measure this group lacks) cannot change its critique, so it does not take one of the k
+        # slots (an hmrcritic extension of the paper's retrieval; rules without a condition always compete).
+        evidence = state.get("evidence", {}) or {}
+        ranked = memory.rules.scored(state.get("tags", []), ucb_c=cfg.ucb_c)
+        got = [r for r, _ in ranked if _applicable(r, evidence)][:cfg.rules_k]
         rules = [r.model_dump() for r in got]
     if cfg.use_prototypes and cfg.prototypes_k > 0 and memory.prototypes.count() > 0:
         from hmrcritic.memory.embeddings import pose_embedding
@@ -171,6 +176,13 @@ def recall(state: AgentState, config: RunnableConfig = None) -> dict:
         hits = memory.prototypes.query(emb, k=cfg.prototypes_k, include_embeddings=False)
         protos = [[_hit(p, s).model_dump() for p, s in row] for row in hits]
     return {"rules": rules, "prototypes": protos, "memory_version": memory.version()}
+
+
+def _applicable(rule: Rule, evidence: dict[str, list[float]]) -> bool:
+    cond = rule.condition
+    if cond is None:
+        return True
+    return cond.measure in evidence and any(cond.fires(float(v)) for v in evidence[cond.measure])
 
 
 def _hit(p: Prototype, similarity: float) -> PrototypeHit:
@@ -311,8 +323,11 @@ def check_critique(ctx: JudgeContext, crit: dict | GroupCritique | None) -> list
                                           detail=f"h{i} scored {overall[i]:.1f} but very similar past poses "
                                                  f"settled at {value:.1f}"))
 
-    # rankings that contradict the evidence: j dominates i (no worse on every measure, better on one)
-    worse = _measure_matrix(ctx.evidence, n)
+    # rankings that contradict the evidence: j dominates i (no worse on every measure that a fired rule
+    # reads — every measure when no rule fired — and better on one)
+    read = {ctx_rule.condition.measure for ctx_rule in ctx.rules if ctx_rule.condition is not None
+            and ctx_rule.rule_id in fired and ctx_rule.condition.points > 0}
+    worse = _measure_matrix(ctx.evidence, n, only=read or None)
     if worse is not None:
         no_better = (worse[:, :, None] >= worse[:, None, :]).all(0)  # [i, j]: i no better than j anywhere
         strictly = (worse[:, :, None] > worse[:, None, :]).any(0)  # [i, j]: i worse than j somewhere
@@ -325,8 +340,10 @@ def check_critique(ctx: JudgeContext, crit: dict | GroupCritique | None) -> list
     return issues
 
 
-def _measure_matrix(evidence: dict[str, list[float]], n: int) -> np.ndarray | None:
-    """(M, n) evidence oriented so that higher is worse, one row per known measure (None without any).
+def _measure_matrix(evidence: dict[str, list[float]], n: int, only: set[str] | None = None) -> np.ndarray | None:
+    """(M, n) evidence oriented so that higher is worse, one row per known measure (None without any);
+    ``only``: just these measures — the ones the fired rules read, i.e. what the rule memory says matters
+    for this group (without rules, every measure).
 
     Pareto dominance over the raw measures needs no weights: it is the one ordering that every weighting
     of the evidence agrees with, so a critique that breaks it (whatever rules and prototypes moved it) is
@@ -336,7 +353,7 @@ def _measure_matrix(evidence: dict[str, list[float]], n: int) -> np.ndarray | No
     from hmrcritic.agent.evidence import MEASURES
 
     rows = [np.asarray(v, dtype=np.float64) * (1.0 if MEASURES[k].higher_is_worse else -1.0)
-            for k, v in evidence.items() if k in MEASURES and len(v) == n]
+            for k, v in evidence.items() if k in MEASURES and len(v) == n and (only is None or k in only)]
     return np.stack(rows) if rows else None
 
 

@@ -317,6 +317,49 @@ class CriticSelector:
         return scores
 
 
+def critic_quality(export_dir: str | Path, split: str = "wild") -> dict:
+    """How well the exported critic scores rank the hypotheses by their true error (diagnostic only).
+
+    Reads the split's *evaluation* labels after the fact, to report critic quality the way the paper does
+    (group-wise Spearman between score and −PA-MPJPE); nothing here feeds finetuning. Also: PA-MPJPE of the
+    group mean, of the critic's top-1 and of the oracle best, over the exported groups.
+    """
+    from hmrcritic.alignment.dataset import load_npz, read_manifest
+    from hmrcritic.hmr.body import load_body_model
+    from hmrcritic.hmr.data import load_split
+    from hmrcritic.hmr.metrics import pa_mpjpe, spearman
+
+    root = Path(export_dir)
+    recs = read_manifest(root)
+    labels = load_split(split).eval_labels()
+    pos = {str(s): i for i, s in enumerate(labels["sample_id"])}
+    body = load_body_model()
+    rhos, top1, mean, best = [], [], [], []
+
+    def t(a):
+        return torch.as_tensor(np.asarray(a), dtype=torch.float32)
+
+    for r in recs:
+        if r.input_id not in pos:
+            continue
+        h, i = load_npz(root / r.hypotheses.path), pos[r.input_id]
+        with torch.no_grad():
+            pj = body(t(h["global_orient"]), t(h["body_pose"]), t(h["betas"]), t(h["transl"])).joints
+            gj = body(*(t(labels[k][i])[None] for k in ("global_orient", "body_pose", "betas", "transl"))).joints
+        e = pa_mpjpe(pj, gj).numpy()
+        s = np.array([x.overall for x in sorted(r.scores, key=lambda x: x.index)])
+        if np.ptp(s) > 0:
+            rhos.append(float(spearman(torch.tensor(s), -torch.tensor(e))))
+        top1.append(float(e[s.argmax()]))
+        mean.append(float(e.mean()))
+        best.append(float(e.min()))
+    if not mean:
+        return {}
+    return {"groups": len(mean), "spearman_mean": round(float(np.mean(rhos)), 3) if rhos else None,
+            "pa_mpjpe_mean_mm": round(float(np.mean(mean)), 2), "pa_mpjpe_top1_mm": round(float(np.mean(top1)), 2),
+            "pa_mpjpe_best_mm": round(float(np.mean(best)), 2)}
+
+
 def _row(name: str, ev: dict) -> dict:
     return {
         "model": name,
@@ -433,7 +476,7 @@ def _run(name: str, p: Preset, out: Path, model, progress) -> dict:
     model_keys: dict[str, str] = {"base": base_hash}
     for obj in p.objectives:
         base_w = 0.0 if obj == "gpa_no_base_loss" else p.base_loss_weight
-        k_ft = _key("finetune", k_export, obj, ft_common, base_w)
+        k_ft = _finetune_key(k_export, obj, ft_common, base_w)
         ckpt = out / "models" / f"{obj}-{k_ft}.pt"
         rec_path = out / "models" / f"{obj}-{k_ft}.json"
         rec = _read_json(rec_path)
@@ -489,6 +532,11 @@ def _run(name: str, p: Preset, out: Path, model, progress) -> dict:
         evals[row] = ev
 
     # 6. report
+    try:
+        quality = critic_quality(wild_dir, "wild")
+    except Exception as exc:  # a diagnostic must never cost the table (e.g. a data folder without labels)
+        quality = {"error": f"{type(exc).__name__}: {exc}"}
+    log(f"critic quality on the exported wild groups (labels read for this diagnostic only): {quality}")
     rows = [_row(r, evals[r]) for r in ("base", *p.objectives)]
     result = {
         "rows": rows,
@@ -498,6 +546,7 @@ def _run(name: str, p: Preset, out: Path, model, progress) -> dict:
         "memory_version": explore_rec["version"],
         "explore": {k: explore_rec.get(k) for k in ("engine", "stats", "summary")},
         "export": {k: export_rec.get(k) for k in ("groups", "failures", "zero_variance_share", "score_histogram")},
+        "critic_quality_wild": quality,
         "extra": {r: {k: evals[r].get(k) for k in ("mpjpe_best_mm", "pve_best_mm", "pa_mpjpe_meanpose_mm",
                                                    "mpjpe_selected_mm", "diversity_all_mm", "n_samples")}
                   for r in evals},
@@ -512,6 +561,15 @@ def _run(name: str, p: Preset, out: Path, model, progress) -> dict:
         log(f"chart not written: {type(exc).__name__}: {exc}")
     log(f"done: {out / 'results.md'}")
     return result
+
+
+def _finetune_key(k_export: str, obj: str, common: dict, base_w: float) -> str:
+    """Cache key of one finetune: only the settings that objective reads (DPO ignores the GPA-only t_min,
+    gpa_weight and base loss; SFT also ignores β), so tuning GPA does not re-run the baselines."""
+    if obj in ("dpo", "sft"):
+        drop = {"t_min", "gpa_weight"} | ({"beta"} if obj == "sft" else set())
+        return _key("finetune", k_export, obj, {k: v for k, v in common.items() if k not in drop}, None)
+    return _key("finetune", k_export, obj, common, base_w)
 
 
 def _every(log: _Log, what: str, i: int, n: int) -> None:

@@ -7,9 +7,10 @@ scale. Several measures have a mild and a severe rule so that the deduction grow
 
 Thresholds are engineering defaults in the measures' own units (degrees, mm, px / person-box diagonal,
 IoU); exploration keeps or drops rules by their success rate, so they need not be perfect. The points of
-the consensus, keypoint, hyperextension, joint-limit and prior rules were fitted on train groups (never on
-test) against the builtin judge's generic evidence score: they are the judge's knowledge of which measures
-matter and how much (the judge alone weighs every measure the same).
+the consensus, keypoint, hyperextension, joint-limit, prior and penetration rules were fitted on train groups
+(never on test; diffusion-sampled and perturbed-ground-truth groups alike, train[5000:5120]) against the
+builtin judge's generic evidence score: they are the judge's knowledge of which measures matter and how
+much (the judge alone weighs every measure the same).
 ``pose_prior_nll`` is relative to the pose prior's typical value on plausible training poses.
 """
 
@@ -67,49 +68,44 @@ def _r(rule_id: str, text: str, tags: list[str], measure: str, cmp: str, thr: fl
 _PF, _MS, _IA = "physical_feasibility", "motion_structure", "image_alignment"
 
 STARTER_RULES: list[Rule] = [
-    # Group consensus: the strongest single cue of a wrong pose (measured on train groups), so it is graded
-    # finely; the deductions add up as the distance grows.
+    # Group consensus: a strong cue when the group mostly agrees (small deviations), graded.
     _r("starter-consensus-slight", "Root-relative joints more than 4 cm from the group's consensus pose → "
-       "take off 2 points.", ["consensus"], "consensus_dev_mm", ">", 40.0, 2.0, _MS),
+       "take off 1 point.", ["consensus"], "consensus_dev_mm", ">", 40.0, 1.0, _MS),
     _r("starter-consensus", "Visible joints more than 7 cm away from the group's consensus pose, with no "
-       "image evidence for the difference → take off 6 points.", ["consensus"], "consensus_dev_mm", ">",
-       70.0, 6.0, _MS),
-    _r("starter-consensus-far", "Joints more than 11 cm from the group's consensus pose (a limb elsewhere "
-       "than most hypotheses put it) → take off 3 more points.", ["consensus", "arms", "legs"],
-       "consensus_dev_mm", ">", 110.0, 3.0, _MS),
-    _r("starter-consensus-outlier", "Joints more than 16 cm from the group's consensus pose (an outlier "
-       "of the group) → take off 4 more points.", ["consensus", "prior"], "consensus_dev_mm", ">", 160.0,
-       4.0, _MS),
-    _r("starter-occluded-consensus", "Limbs placed more than 23 cm from the group's consensus (guessing "
-       "where the image cannot tell) → take off 2 more points.", ["occlusion", "consensus", "truncation"],
-       "consensus_dev_mm", ">", 230.0, 2.0, _MS),
-    # 2D keypoint alignment, relative to the person's size.
+       "image evidence for the difference → take off 6 points.", ["consensus", "occlusion"],
+       "consensus_dev_mm", ">", 70.0, 6.0, _MS),
+    # 2D keypoint alignment, relative to the person's size: the strongest cue for sampled hypotheses.
     _r("starter-keypoints-mild", "Projected joints off the visible 2D keypoints by more than 5% of the "
-       "person box diagonal → take off 1 point.", ["alignment"], "reproj_rel", ">", 0.05, 1.0, _IA),
+       "person box diagonal → take off 6 points.", ["alignment"], "reproj_rel", ">", 0.05, 6.0, _IA),
     _r("starter-keypoints", "Projected joints off the visible 2D keypoints by more than 9% of the person "
-       "box diagonal → take off 2 more points.", ["alignment", "arms", "legs"], "reproj_rel", ">", 0.09,
-       2.0, _IA),
+       "box diagonal → take off 8 more points.", ["alignment", "arms", "legs"], "reproj_rel", ">", 0.09,
+       8.0, _IA),
     _r("starter-keypoints-severe", "Projected joints off the visible 2D keypoints by more than 15% of the "
-       "person box diagonal (a limb in the wrong place) → take off 2 more points.",
-       ["alignment", "truncation"], "reproj_rel", ">", 0.15, 2.0, _IA),
+       "person box diagonal (a limb in the wrong place) → take off 8 more points.",
+       ["alignment", "truncation"], "reproj_rel", ">", 0.15, 8.0, _IA),
+    _r("starter-keypoints-wrong", "Projected joints off the visible 2D keypoints by more than 30% of the "
+       "person box diagonal (the body is misplaced) → take off 1 more point.", ["alignment", "truncation"],
+       "reproj_rel", ">", 0.3, 1.0, _IA),
+    _r("starter-keypoints-lost", "Projected joints off the visible 2D keypoints by more than 60% of the "
+       "person box diagonal → take off half a point more.", ["alignment"], "reproj_rel", ">", 0.6, 0.5, _IA),
     _r("starter-silhouette", "Body silhouette overlapping the person mask with IoU below 0.6 → take off "
        "2 points.", ["alignment"], "silhouette_iou", "<", 0.6, 2.0, _IA),
     # Anatomy and plausibility.
     _r("starter-hyperext-mild", "A knee or elbow bent backwards by more than 10° → take off 1 point.",
        ["hyperextension", "joint_limits", "legs", "arms"], "hyperextension_deg", ">", 10.0, 1.0, _PF),
     _r("starter-hyperext-severe", "A knee or elbow bent backwards by more than 30° is anatomically "
-       "impossible → take off 1 more point.", ["hyperextension", "joint_limits", "legs", "arms"],
-       "hyperextension_deg", ">", 30.0, 1.0, _PF),
+       "impossible → take off 3 more points.", ["hyperextension", "joint_limits", "legs", "arms"],
+       "hyperextension_deg", ">", 30.0, 3.0, _PF),
     _r("starter-joint-limits", "Joint angles outside anatomical limits by more than 30° in total (e.g. a "
-       "spine or limb twisted too far) → take off 1 point.", ["joint_limits", "spine"], "joint_limit_deg",
-       ">", 30.0, 1.0, _PF),
+       "spine or limb twisted too far) → take off half a point.", ["joint_limits", "spine"],
+       "joint_limit_deg", ">", 30.0, 0.5, _PF),
     _r("starter-prior", "A pose that the pose prior finds unlikely (negative log-likelihood more than 8 "
-       "train std above typical) → take off 1 point.", ["prior", "spine"], "pose_prior_nll", ">", 8.0,
-       1.0, _MS),
+       "train std above typical) → take off 4 points.", ["prior", "spine"], "pose_prior_nll", ">", 8.0,
+       4.0, _MS),
     _r("starter-prior-severe", "A pose the pose prior finds very unlikely (more than 20 train std above "
        "typical) → take off half a point more.", ["prior"], "pose_prior_nll", ">", 20.0, 0.5, _MS),
-    _r("starter-penetration-severe", "A limb going through the torso by more than 5 cm → take off 1 point.",
-       ["penetration", "arms", "legs"], "penetration_mm", ">", 50.0, 1.0, _PF),
+    _r("starter-penetration-severe", "A limb going through the torso by more than 5 cm → take off 2 points.",
+       ["penetration", "arms", "legs"], "penetration_mm", ">", 50.0, 2.0, _PF),
     _r("starter-floor-penetration", "Feet sinking more than 3 cm below the ground plane → take off 3 points.",
        ["grounding", "legs"], "floor_penetration_mm", ">", 30.0, 3.0, _PF),
     _r("starter-floating", "Feet floating more than 5 cm above the ground while standing → take off "
