@@ -292,7 +292,7 @@ def explore(
     judge: Any = "builtin",
     error_metric: str = "pa_mpjpe",
     ucb_c: float = 1.0,
-    rules_k: int = 8,
+    rules_k: int = 16,
     num_generations: int = 16,
     limit: int | None = None,
     seed: int = 0,

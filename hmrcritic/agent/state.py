@@ -39,7 +39,7 @@ class AgentConfig(BaseModel):
 
     judge: str = Field(default_factory=lambda: os.environ.get("HMRCRITIC_JUDGE", "builtin"))
     max_reflections: int = Field(default_factory=lambda: _env_int("HMRCRITIC_MAX_REFLECTIONS", 2), ge=0)
-    rules_k: int = Field(default_factory=lambda: _env_int("HMRCRITIC_RULES_K", 8), ge=0)
+    rules_k: int = Field(default_factory=lambda: _env_int("HMRCRITIC_RULES_K", 16), ge=0)
     prototypes_k: int = Field(default_factory=lambda: _env_int("HMRCRITIC_PROTOTYPES_K", 5), ge=0)
     ucb_c: float = Field(default_factory=lambda: _env_float("HMRCRITIC_UCB_C", 1.0), ge=0)
     learn: bool = Field(default_factory=lambda: _env_bool("HMRCRITIC_LEARN", False))

@@ -29,7 +29,7 @@ def explore_cmd(
     judge: str = _JUDGE,
     error_metric: str = typer.Option("pa_mpjpe", "--error-metric", help="pa_mpjpe | mpjpe | pve | mix."),
     ucb_c: float = typer.Option(1.0, "--ucb-c", help="UCB exploration constant C in rule retrieval Ψ."),
-    rules_k: int = typer.Option(8, "--rules-k", help="Rules recalled per group."),
+    rules_k: int = typer.Option(16, "--rules-k", help="Rules recalled per group."),
     num_generations: int = typer.Option(16, "--num-generations", help="Hypotheses per group."),
     limit: int = typer.Option(None, "--limit", help="At most this many groups in total."),
     seed: int = typer.Option(0, "--seed", help="Sampling seed of the groups."),
