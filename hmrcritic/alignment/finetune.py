@@ -20,7 +20,6 @@ from __future__ import annotations
 
 import copy
 import hashlib
-import io
 import json
 import time
 from collections.abc import Callable
@@ -33,7 +32,7 @@ from hmrcritic.alignment.dataset import GroupPreferenceDataset
 from hmrcritic.alignment.objectives import OBJECTIVES, ObjectiveConfig, compute_loss, frozen_reference
 from hmrcritic.alignment.stats import GroupStatTracker
 from hmrcritic.errors import AssetError, InputError
-from hmrcritic.io import append_jsonl, atomic_write_bytes, atomic_write_text, read_jsonl
+from hmrcritic.io import append_jsonl, atomic_torch_save, atomic_write_text, read_jsonl
 
 # Fields that may change between a run and its resumption (everything else must match).
 _RESUMABLE_CHANGES = {"steps", "checkpoint_every", "log_every", "progress"}
@@ -157,8 +156,8 @@ def _comparable(cfg: FinetuneConfig) -> dict:
 
 
 def _save_state(cfg: FinetuneConfig, policy, ema, opt, step: int, base_hash: str) -> None:
-    buf = io.BytesIO()
-    torch.save(
+    atomic_torch_save(
+        cfg.state_path,
         {
             "step": step,
             "policy": policy.state_dict(),
@@ -168,9 +167,7 @@ def _save_state(cfg: FinetuneConfig, policy, ema, opt, step: int, base_hash: str
             "config": json.dumps(_comparable(cfg), sort_keys=True),
             "base_hash": base_hash,
         },
-        buf,
     )
-    atomic_write_bytes(cfg.state_path, buf.getvalue())
 
 
 def _resume(cfg: FinetuneConfig, policy, ema, opt, base_hash: str) -> int:

@@ -549,9 +549,7 @@ def sample(
 # ------------------------------------------------------------------------------------------- checkpoints
 def save_model(model: HMRDiffusion, path: str | Path, extra: dict | None = None) -> Path:
     """Atomically write a self-describing checkpoint (format tag, config, weights, JSON-able ``extra``)."""
-    import io
-
-    from hmrcritic.io import atomic_write_bytes
+    from hmrcritic.io import atomic_torch_save
 
     payload = {
         "format": CHECKPOINT_FORMAT,
@@ -560,9 +558,7 @@ def save_model(model: HMRDiffusion, path: str | Path, extra: dict | None = None)
         "state_dict": {k: v.detach().cpu().contiguous() for k, v in model.state_dict().items()},
         "extra": extra or {},
     }
-    buf = io.BytesIO()
-    torch.save(payload, buf)
-    return atomic_write_bytes(path, buf.getvalue())
+    return atomic_torch_save(path, payload)
 
 
 def read_checkpoint(path: str | Path) -> dict:

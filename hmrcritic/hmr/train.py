@@ -33,7 +33,7 @@ from hmrcritic.hmr.diffusion import (
     params_to_x0,
     save_model,
 )
-from hmrcritic.io import append_jsonl, atomic_write_bytes, read_jsonl
+from hmrcritic.io import append_jsonl, atomic_torch_save, read_jsonl
 
 # COCO-17 limb groups that are occluded together (an arm, a leg, the face) in the limb-occlusion augmentation.
 LIMB_GROUPS = [
@@ -178,10 +178,8 @@ def _batch_indices(step: int, cfg: TrainConfig, n: int) -> torch.Tensor:
 
 
 def _save_state(path: Path, model, ema, opt, step: int, cfg: TrainConfig) -> None:
-    import io
-
-    buf = io.BytesIO()
-    torch.save(
+    atomic_torch_save(
+        path,
         {
             "step": step,
             "model": model.state_dict(),
@@ -189,9 +187,7 @@ def _save_state(path: Path, model, ema, opt, step: int, cfg: TrainConfig) -> Non
             "opt": opt.state_dict(),
             "config": asdict(cfg),
         },
-        buf,
     )
-    atomic_write_bytes(path, buf.getvalue())
 
 
 def train_base(
