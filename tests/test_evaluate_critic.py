@@ -23,16 +23,19 @@ def small_world(monkeypatch):
 
 @pytest.mark.slow
 def test_evaluate_critic_json(capsys):
-    rc = main(["evaluate-critic", "--split", "test", "--num-groups", "2", "--num-generations", "4",
-               "--warmup-groups", "3", "--source", "perturbed", "--json"])
+    args = ["evaluate-critic", "--split", "test", "--num-groups", "2", "--num-generations", "4",
+            "--warmup-groups", "3", "--source", "perturbed", "--json"]
+    rc = main(args)
     out = capsys.readouterr().out
     assert rc == 0, out
     payload = json.loads(out)
-    assert payload["num_groups"] == 2
-    assert [r["variant"] for r in payload["rows"]] == ["full", "no_rules", "no_prototypes", "no_reflection",
-                                                     "evidence_only"]
+    assert payload["num_groups"] == 2 and payload["explored_groups"] == 3
+    assert [r["variant"] for r in payload["rows"]] == ["full", "no_reflection", "no_rules", "no_prototypes",
+                                                     "no_revise", "evidence_only"]
     for r in payload["rows"]:
-        assert -1.0 <= r["spearman"] <= 1.0 and math.isfinite(r["top1_pa_mpjpe_mm"])
+        for k in ("spearman", "kendall", "spearman_mpjpe", "kendall_mpjpe", "spearman_pve", "kendall_pve"):
+            assert -1.0 <= r[k] <= 1.0, (k, r)
+        assert math.isfinite(r["top1_pa_mpjpe_mm"])
         assert payload["oracle_pa_mpjpe_mm"] - 1e-6 <= r["top1_pa_mpjpe_mm"]
         if r["variant"] != "full":  # paired difference to the full agent on the same groups
             full = payload["rows"][0]["spearman"]
@@ -40,20 +43,28 @@ def test_evaluate_critic_json(capsys):
             assert r["full_minus_sem"] >= 0
     assert payload["oracle_pa_mpjpe_mm"] <= payload["random_pa_mpjpe_mm"]
 
-    # the memory was warmed on train groups only and frozen afterwards
+    # the memory was explored on train groups only, and every variant read one frozen version of it
+    from hmrcritic.agent.explore import assert_not_explored, explored_record
+    from hmrcritic.errors import InputError
     from hmrcritic.memory.store import MemoryStore
 
-    store = MemoryStore(path=f"{payload['workdir']}/memory", read_only=True)
-    sources = [p["source"] for p in store.prototypes.export_records()] if hasattr(
-        store.prototypes, "export_records") else []
-    assert sources and all(s.startswith("warmup/train-") for s in sources)
+    store = MemoryStore(path=payload["memory_dir"], read_only=True)
+    sources = [p["source"] for p in store.prototypes.export_records()]
+    assert sources and all(s.startswith("train/") for s in sources)
     assert store.version() == payload["memory_version"]
-    assert store.prototypes.count() == 3 * 4
+    rows = {r["variant"]: r for r in payload["rows"]}
+    assert rows["full"]["memory_version"] == [payload["memory_version"]]
+    assert rows["no_reflection"]["memory_version"] != rows["full"]["memory_version"]  # the starter memory
+    assert set(explored_record(store)["splits"]) == {"train"}
+    explored = explored_record(store)["splits"]["train"]["group_ids"]
+    assert len(explored) == 3
+    with pytest.raises(InputError, match="explored"):
+        assert_not_explored(store, "train", explored[:1])
 
-    # a second run with the same settings reuses the finished groups and gives the same numbers
-    assert main(["evaluate-critic", "--split", "test", "--num-groups", "2", "--num-generations", "4",
-                 "--warmup-groups", "3", "--source", "perturbed", "--json"]) == 0
-    assert json.loads(capsys.readouterr().out)["rows"] == payload["rows"]
+    # a second run with the same settings reuses the explored memory and gives the same numbers
+    assert main(args) == 0
+    again = json.loads(capsys.readouterr().out)
+    assert again["rows"] == payload["rows"] and again["memory_version"] == payload["memory_version"]
 
 
 def test_same_split_is_refused(capsys):

@@ -256,6 +256,11 @@ class BuiltinJudge:
         return f"BuiltinJudge(proto_weight={self.proto_weight})"
 
     # -- first critique ---------------------------------------------------------------------------------
+    def generic_evidence(self, ctx: JudgeContext) -> dict[str, list[float]]:
+        """The measures the knowledge-free evidence score reads (all of them). Rules still read every measure;
+        a subclass that hides one here is a judge that can only learn about that measure from its memory."""
+        return ctx.evidence
+
     def badness(self, ctx: JudgeContext) -> dict[str, np.ndarray]:
         """Per-axis sum of the measures' scale-normalised badness (used for rationales and rule mining)."""
         from hmrcritic.agent.evidence import MEASURES, badness
@@ -271,7 +276,7 @@ class BuiltinJudge:
         if ctx.round > 0 and ctx.previous is not None and ctx.issues:
             return self.revise(ctx)
         n = ctx.num_hypotheses
-        g_all, g_axis = generic_badness(ctx.evidence, n)
+        g_all, g_axis = generic_badness(self.generic_evidence(ctx), n)
         overall_off, axis_off, fired = apply_rules(ctx.rules, ctx.evidence, n, weighted=True)
         gw = self.generic_weight
         s = {a: 10.0 * np.exp(-gw * g_axis[a] - self.point_decay * axis_off[a]) for a in AXES}

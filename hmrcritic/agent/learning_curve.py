@@ -10,7 +10,7 @@ top-1 pick, beside a random pick and the oracle (best of group). Variants (the p
 * ``no_reflection`` — the starter memory, no exploration (the paper's "without self-reflection");
 * ``no_rules`` / ``no_prototypes`` — the explored memory with one half switched off;
 * ``no_revise`` — the explored memory with hmrcritic's per-group revise loop off (our extension);
-* ``evidence_only`` — no memory at all (the judge's evidence-only scores).
+* ``evidence_only`` — no memory and no revise loop (the judge's evidence-only scores).
 
 :func:`learning_curve` explores round by round (each call resumes the last) and evaluates the held-out
 groups after every round (round 0 = the starter memory), writing a JSON table and a PNG (matplotlib, Agg).
@@ -37,7 +37,7 @@ _VARIANT_CONFIG: dict[str, dict] = {
     "no_rules": {"use_rules": False},
     "no_prototypes": {"use_prototypes": False},
     "no_revise": {"max_reflections": 0},
-    "evidence_only": {"use_memory": False},
+    "evidence_only": {"use_memory": False, "max_reflections": 0},
 }
 
 
@@ -96,6 +96,7 @@ def correlation_row(scores: Sequence[np.ndarray | None], tables: Sequence[dict[s
     row: dict[str, Any] = {}
     ok = [(s, t) for s, t in zip(scores, tables, strict=True) if s is not None]
     row["groups_scored"] = len(ok)
+    per_group: list[float] = []
     for m in METRICS:
         rho, tau, top = [], [], []
         for s, t in ok:
@@ -106,9 +107,12 @@ def correlation_row(scores: Sequence[np.ndarray | None], tables: Sequence[dict[s
             tau.append(0.0 if np.isnan(k) else k)
             top.append(float(e[int(np.argmax(s))]))  # ties: the lowest index, as argmax does
         suffix = "" if m == "pa_mpjpe" else f"_{m}"
+        if m == "pa_mpjpe":
+            per_group = rho
         row[f"spearman{suffix}"] = float(np.mean(rho)) if rho else float("nan")
         row[f"kendall{suffix}"] = float(np.mean(tau)) if tau else float("nan")
         row[f"top1_{m}_mm"] = float(np.mean(top)) if top else float("nan")
+    row["per_group_spearman"] = per_group  # against PA-MPJPE, for paired differences between variants
     return row
 
 

@@ -150,20 +150,26 @@ def register(app: typer.Typer) -> None:
     @app.command("evaluate-critic")
     def evaluate_cmd(
         split: str = typer.Option("test", "--split", help="Labelled split to evaluate on."),
-        num_groups: int = typer.Option(20, "--num-groups", help="Groups to evaluate."),
+        num_groups: int = typer.Option(20, "--num-groups", help="Held-out groups to evaluate."),
         num_generations: int = typer.Option(16, "--num-generations", help="Hypotheses per group."),
-        warmup_groups: int = typer.Option(40, "--warmup-groups", help="Train groups that warm the memory."),
+        warmup_groups: int = typer.Option(40, "--warmup-groups",
+                                          help="Train groups explored into the memory first (0: starter memory)."),
+        batch_size: int = typer.Option(8, "--batch-size", help="Exploration batch size (groups per round)."),
+        memory_dir: Path = typer.Option(None, "--memory-dir",
+                                        help="Score with this explored memory instead of exploring a new one."),
+        variants: str = typer.Option(_ALL_VARIANTS, "--variants", help="Comma-separated variants."),
         source: str = typer.Option("auto", "--source", help="Hypotheses: auto | model | perturbed."),
         judge: str = typer.Option("builtin", "--judge", help="builtin or vlm."),
         max_reflections: int = typer.Option(2, "--max-reflections", help="Revise rounds of the full agent."),
         seed: int = typer.Option(0, "--seed"),
         as_json: bool = typer.Option(False, "--json", help="Print the result as JSON."),
     ) -> None:
-        """Rank agreement (Spearman with −PA-MPJPE) and top-1 error of the critic, with ablations
-        (no_rules, no_prototypes, no_reflection, evidence_only), memory warmed on the train split.
+        """Critic quality on held-out labelled groups — Spearman/Kendall with −PA-MPJPE (and MPJPE, PVE),
+        top-1 error — for the explored memory and its ablations (no_reflection = starter memory, no_rules,
+        no_prototypes, no_revise, evidence_only).
 
         Example:\n
-          hmrcritic evaluate-critic --split test --num-groups 20 --json
+          hmrcritic evaluate-critic --split test --num-groups 30 --warmup-groups 64 --json
         """
         from hmrcritic.agent.evaluate_critic import evaluate_critic, format_table
 
@@ -173,9 +179,14 @@ def register(app: typer.Typer) -> None:
 
         with _stdout_to_stderr(as_json):  # library chatter (e.g. split generation) must not break the JSON
             payload = evaluate_critic(split=split, num_groups=num_groups, num_generations=num_generations,
-                                      warmup_groups=warmup_groups, source=source, judge=judge,
-                                      max_reflections=max_reflections, seed=seed, progress=progress)
+                                      warmup_groups=warmup_groups, batch_size=batch_size, memory_dir=memory_dir,
+                                      variants=[v.strip() for v in variants.split(",") if v.strip()],
+                                      source=source, judge=judge, max_reflections=max_reflections, seed=seed,
+                                      progress=progress)
         typer.echo(json.dumps(payload, indent=2) if as_json else format_table(payload))
+
+
+_ALL_VARIANTS = "full,no_reflection,no_rules,no_prototypes,no_revise,evidence_only"
 
 
 def _stdout_to_stderr(active: bool):

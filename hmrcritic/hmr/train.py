@@ -55,7 +55,7 @@ class TrainConfig:
     """Everything that defines a training run. Saved with the checkpoint (``recipe``)."""
 
     seed: int = 0
-    steps: int = 1500
+    steps: int = 10000
     batch_size: int = 64
     lr: float = 1e-3
     min_lr: float = 2e-5
