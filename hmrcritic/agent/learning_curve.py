@@ -96,7 +96,6 @@ def correlation_row(scores: Sequence[np.ndarray | None], tables: Sequence[dict[s
     row: dict[str, Any] = {}
     ok = [(s, t) for s, t in zip(scores, tables, strict=True) if s is not None]
     row["groups_scored"] = len(ok)
-    per_group: list[float] = []
     for m in METRICS:
         rho, tau, top = [], [], []
         for s, t in ok:
@@ -108,11 +107,10 @@ def correlation_row(scores: Sequence[np.ndarray | None], tables: Sequence[dict[s
             top.append(float(e[int(np.argmax(s))]))  # ties: the lowest index, as argmax does
         suffix = "" if m == "pa_mpjpe" else f"_{m}"
         if m == "pa_mpjpe":
-            per_group = rho
+            row["per_group_spearman"] = rho  # for paired differences between variants
         row[f"spearman{suffix}"] = float(np.mean(rho)) if rho else float("nan")
         row[f"kendall{suffix}"] = float(np.mean(tau)) if tau else float("nan")
         row[f"top1_{m}_mm"] = float(np.mean(top)) if top else float("nan")
-    row["per_group_spearman"] = per_group  # against PA-MPJPE, for paired differences between variants
     return row
 
 
