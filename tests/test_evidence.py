@@ -55,6 +55,7 @@ def test_registry_is_complete():
         "penetration_mm",
         "pose_prior_nll",
         "consensus_dev_mm",
+        "consensus_pa_mm",
         "silhouette_iou",
         "floor_penetration_mm",
         "floating_mm",

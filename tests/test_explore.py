@@ -140,10 +140,12 @@ def test_exploration_end_to_end_log_guard_and_heldout(constructed, tmp_path):
     assert summary.groups == 8 and len(summary.rounds) == 1
     mined = [r for r in mem.rules.all() if r.origin == "mined"]
     assert all(r.round_created == 1 and r.tags and r.condition is not None for r in mined)
-    # the miner found the measure, on its worse side, near the threshold that decides the error
+    # the miner found the measure, on its worse side: a step rule near the threshold that decides the error,
+    # or a graded one whose deduction grows across that threshold
     on_measure = [r.condition for r in mined if not r.retired and r.condition.measure == MEASURE]
-    assert any(c.comparator == ">" and 0.8 * thr <= c.threshold <= 1.25 * thr for c in on_measure), \
-        ([r.text for r in mined], thr)
+    assert any(c.comparator == ">" and (0.8 * thr <= c.threshold <= 1.25 * thr if c.per is None else
+                                        c.deduction([thr * 1.1])[0] > c.deduction([thr * 0.9])[0])
+               for c in on_measure), ([r.text for r in mined], thr)
     rep = summary.rounds[0]
     assert rep.short_groups > 0 and not rep.failed  # the blind starter falls short of τ: mining had to run
     assert events.count("round") == 1 and events.count("group") == 8
@@ -305,9 +307,11 @@ def test_miner_finds_the_predictive_measure_and_heldout_spearman_rises():
     batch = [_bg(i) for i in range(6)]
     cands, _ = mine_rules(batch)
     assert cands and cands[0].measure == "consensus_dev_mm" and cands[0].comparator == ">"
-    assert cands[0].gain > 0.05 and 0.5 <= cands[0].points <= 6
+    assert cands[0].gain > 0.05 and 0.5 <= cands[0].points <= 8
     heldout = [_bg(100 + i) for i in range(8)]
-    assert simulate_gain(heldout, [(c.measure, c.comparator, c.threshold, c.points) for c in cands[:1]])[0] > 0.05
+    assert simulate_gain(heldout, [c.spec() for c in cands[:1]])[0] > 0.05
+    step, _ = mine_rules(batch, graded=False)  # step rules alone find the measure too
+    assert step and step[0].measure == "consensus_dev_mm" and step[0].per is None and step[0].points <= 6
     known = Rule(rule_id="x", text="x rule", condition=cands[0].condition())
     again, _ = mine_rules(batch, existing=[known], max_rules=1)
     assert all(abs(c.threshold - known.condition.threshold) > 0.05 * known.condition.threshold for c in again

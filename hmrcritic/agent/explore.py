@@ -439,7 +439,7 @@ def rule_removal_effects(applied: Sequence[tuple[Sequence[str], BatchGroup]],
 
     Beyond the paper: its success count only says the *group* went well. This counterfactual says whether
     the rule itself helped, and lets maintenance retire rules that keep making rankings worse."""
-    from hmrcritic.agent.mining import _fires
+    from hmrcritic.agent.mining import deduct
 
     out: dict[str, list[float]] = {}
     for ids, bg in applied:
@@ -449,10 +449,9 @@ def rule_removal_effects(applied: Sequence[tuple[Sequence[str], BatchGroup]],
             c = rule.condition if rule is not None else None
             if c is None or c.measure not in bg.evidence:
                 continue
-            fires = _fires(np.asarray(bg.evidence[c.measure], np.float64), c.comparator, np.array([c.threshold]))[0]
-            if not fires.any():
+            if not c.deduction(bg.evidence[c.measure]).any():
                 continue
-            without = np.clip(bg.overall + c.points * fires, 0, 10)
+            without = deduct(bg.overall, bg.evidence, c, sign=-1.0)
             e = out.setdefault(rid, [0.0, 0])
             e[0] += group_spearman(without, bg.error) - base
             e[1] += 1

@@ -91,7 +91,7 @@ def score_groups(groups: Sequence[Any], memory: Any, variant: str = "full", judg
 
 def correlation_row(scores: Sequence[np.ndarray | None], tables: Sequence[dict[str, np.ndarray]]) -> dict:
     """Mean group-wise Spearman / Kendall of score vs −error per metric, and the critic's top-1 error."""
-    from hmrcritic.hmr.metrics import kendall_tau, spearman
+    from hmrcritic.hmr.metrics import kendall_tau, pearson, spearman
 
     row: dict[str, Any] = {}
     ok = [(s, t) for s, t in zip(scores, tables, strict=True) if s is not None]
@@ -111,6 +111,13 @@ def correlation_row(scores: Sequence[np.ndarray | None], tables: Sequence[dict[s
         row[f"spearman{suffix}"] = float(np.mean(rho)) if rho else float("nan")
         row[f"kendall{suffix}"] = float(np.mean(tau)) if tau else float("nan")
         row[f"top1_{m}_mm"] = float(np.mean(top)) if top else float("nan")
+    # the paper's point-wise correlation: all hypotheses of all groups pooled, so it also asks whether a
+    # score means the same in an easy and a hard group (what calibration against prototypes is for)
+    if ok:
+        s_all = np.concatenate([np.asarray(s, np.float64) for s, _ in ok])
+        e_all = np.concatenate([np.asarray(t["pa_mpjpe"], np.float64) for _, t in ok])
+        r = float(pearson(s_all, -e_all)) if np.ptp(s_all) > 0 else 0.0
+        row["pearson_pointwise"] = 0.0 if np.isnan(r) else r
     return row
 
 

@@ -69,12 +69,16 @@ class Candidate:
     support: int  # over-rated hypotheses it fires on
     fires: int  # all hypotheses it fires on
     tags: list[str] = field(default_factory=list)
+    per: float | None = None  # graded: points per `per` units beyond the threshold
 
     def condition(self) -> RuleCondition:
         from hmrcritic.agent.evidence import MEASURES
 
         return RuleCondition(measure=self.measure, comparator=self.comparator, threshold=self.threshold,
-                             points=self.points, axis=MEASURES[self.measure].axis)
+                             points=self.points, axis=MEASURES[self.measure].axis, per=self.per)
+
+    def spec(self) -> tuple:
+        return (self.measure, self.comparator, self.threshold, self.points, self.per)
 
 
 @dataclass
@@ -140,30 +144,60 @@ def _fires(values: np.ndarray, comparator: str, thresholds: np.ndarray) -> np.nd
     return {">": v > t, ">=": v >= t, "<": v < t, "<=": v <= t}[comparator]
 
 
-def simulate_gains(groups: list[BatchGroup], conditions: list[tuple[str, str, float, float]]) -> np.ndarray:
-    """Change of each group's Spearman when each condition ``(measure, comparator, threshold, points)`` takes
-    its points off ``overall`` (clipped to [0, 10], as the builtin judge does); a group without the measure is
-    unchanged. Returns ``(len(conditions), len(groups))``; vectorised per group size."""
+def _as_condition(c) -> RuleCondition:
+    """A condition from a :class:`RuleCondition` or a tuple ``(measure, comparator, threshold, points[, per])``."""
+    if isinstance(c, RuleCondition):
+        return c
+    measure, cmp, thr, pts, *rest = c
+    return RuleCondition(measure=measure, comparator=cmp, threshold=float(thr), points=float(pts),
+                         per=(rest[0] if rest else None))
+
+
+def log_scores(overall: np.ndarray) -> np.ndarray:
+    """The builtin judge's scores in its own (log) units, where a rule's deduction is additive."""
+    return np.log(np.clip(np.asarray(overall, np.float64), 1e-6, None))
+
+
+def deduct(overall: np.ndarray, evidence: dict[str, np.ndarray], cond, sign: float = 1.0) -> np.ndarray:
+    """``overall`` after (``sign`` = −1: before) a condition's deduction, exactly as the builtin judge applies
+    it: a factor ``exp(−POINT_DECAY · points)`` (an untried rule's weight is 1). A group without the measure is
+    unchanged."""
+    from hmrcritic.agent.judges import POINT_DECAY
+
+    c = _as_condition(cond)
+    if c.measure not in evidence:
+        return np.asarray(overall, np.float64)
+    return np.asarray(overall, np.float64) * np.exp(-sign * POINT_DECAY * c.deduction(evidence[c.measure]))
+
+
+def simulate_gains(groups: list[BatchGroup], conditions: list) -> np.ndarray:
+    """Change of each group's Spearman when each condition — a :class:`RuleCondition` or ``(measure,
+    comparator, threshold, points[, per])`` — takes its deduction off ``overall`` the way the builtin judge
+    does (multiplicatively, :func:`deduct`); a group without the measure is unchanged.
+    Returns ``(len(conditions), len(groups))``; vectorised per group size."""
+    from hmrcritic.agent.judges import POINT_DECAY
+
     out = np.zeros((len(conditions), len(groups)))
     if not conditions or not groups:
         return out
+    conds = [_as_condition(c) for c in conditions]
     for _, idx in _stack(groups).items():
         gs = [groups[i] for i in idx]
-        ov = torch.as_tensor(np.stack([g.overall for g in gs]), dtype=torch.float64)  # (G,N)
+        ov = torch.as_tensor(np.stack([log_scores(g.overall) for g in gs]), dtype=torch.float64)  # (G,N)
         neg_err = -torch.as_tensor(np.stack([g.error for g in gs]), dtype=torch.float64)
         base = torch.nan_to_num(spearman(ov, neg_err), nan=0.0)
-        offs = np.zeros((len(conditions), len(gs), gs[0].n))
-        for c, (measure, cmp, thr, pts) in enumerate(conditions):
-            for j, g in enumerate(gs):
-                if measure in g.evidence:
-                    offs[c, j] = _fires(np.asarray(g.evidence[measure], np.float64), cmp, np.array([thr]))[0] * pts
-        new = (ov[None] - torch.as_tensor(offs)).clamp(0, 10)
+        offs = np.zeros((len(conds), len(gs), gs[0].n))
+        for j, g in enumerate(gs):
+            for c, cond in enumerate(conds):
+                if cond.measure in g.evidence:
+                    offs[c, j] = cond.deduction(g.evidence[cond.measure])
+        new = ov[None] - POINT_DECAY * torch.as_tensor(offs)
         rho = torch.nan_to_num(spearman(new, neg_err.expand_as(new)), nan=0.0)
         out[:, idx] = (rho - base[None]).numpy()
     return out
 
 
-def simulate_gain(groups: list[BatchGroup], conditions: list[tuple[str, str, float, float]]) -> np.ndarray:
+def simulate_gain(groups: list[BatchGroup], conditions: list) -> np.ndarray:
     """Mean over the groups of :func:`simulate_gains`: ``(len(conditions),)``."""
     if not conditions or not groups:
         return np.zeros(len(conditions))
@@ -240,6 +274,7 @@ def mine_rules(
     min_lift: float = 1.5,
     rel_tol: float = 0.1,
     measures: list[str] | None = None,
+    graded: bool = True,
 ) -> tuple[list[Candidate], list[Rejection]]:
     """Executable rules from the over-rated hypotheses of ``batch`` (see the module docstring).
 
@@ -249,6 +284,11 @@ def mine_rules(
     must fire on at least ``min_support`` over-rated hypotheses, with a share of over-rated ones ``min_lift``
     times the batch's, and help more validation groups than it hurts. Rules are picked greedily: the second
     one must still gain once the first is applied.
+
+    With ``graded`` (default) the search also tries graded rules (``points`` per ``per`` units beyond the
+    threshold; thresholds at the 10–75 % quantiles of the batch, ``per`` a fraction of the measure's spread):
+    they carry how *much* a measure matters, which a step rule cannot, and they are held to the same test
+    (simulated gain on the validation groups, consistency). Beyond the paper (its rules are prose).
     """
     from hmrcritic.agent.evidence import MEASURES
 
@@ -297,7 +337,7 @@ def mine_rules(
                     off += k
                 pool.append((name, cmp, float(t), max(base_pts, MIN_POINTS), float(ig[t_i]), support,
                              int(f.sum()), hit_groups))
-        if not pool:
+        if not pool and not graded:
             if not chosen:
                 rejected.append(Rejection("(builtin miner)", "no condition fires on enough over-rated hypotheses "
                                           f"(≥ {min_support}, share ≥ {min_lift}× the batch's)"))
@@ -309,20 +349,25 @@ def mine_rules(
         for p in shortlist:
             for mult in POINT_MULTIPLIERS:
                 pts = float(np.clip(round(p[3] * mult * 2) / 2, MIN_POINTS, MAX_POINTS))
-                conds.append((p[0], p[1], p[2], pts))
+                conds.append((p[0], p[1], p[2], pts, None))
                 meta.append(p)
+        if graded:
+            for p in _graded_pool(batch, names, over, existing_conds + [c.condition() for c in chosen], rel_tol):
+                for pts in GRADED_POINTS:
+                    conds.append((p[0], p[1], p[2], pts, p[-1]))
+                    meta.append(p[:-1])
         val_groups = _apply(validation, chosen)
         per_group = simulate_gains(val_groups, conds)
         gains = per_group.mean(-1)
         # consistency: a real regularity helps more groups than it hurts; one fitted to a few groups' noise
         # does not (small batches make a lucky threshold easy to find)
         consistent = (per_group > 1e-9).sum(-1) > (per_group < -1e-9).sum(-1)
-        for (name, cmp, thr, pts), p, gain, ok in zip(conds, meta, gains, consistent, strict=True):
+        for (name, cmp, thr, pts, per), p, gain, ok in zip(conds, meta, gains, consistent, strict=True):
             if not ok:
                 continue
             if best is None or gain > best.gain + 1e-12 or (abs(gain - best.gain) <= 1e-12 and p[4] > best.info_gain):
                 best = Candidate(name, cmp, _nice(thr), pts, float(gain), p[4], p[5], p[6],
-                                 tags=_context_tags(batch, name, p[7]))
+                                 tags=_context_tags(batch, name, p[7]), per=None if per is None else _nice(per))
         if best is None and not chosen:
             rejected.append(Rejection("(builtin miner)", "no condition on the evidence singles out the over-rated "
                                       "hypotheses consistently (support, lift or consistency too low)"))
@@ -335,6 +380,42 @@ def mine_rules(
         chosen.append(best)
         names = [n for n in names if n != best.measure]
     return chosen, rejected
+
+
+GRADED_QUANTILES = (0.1, 0.25, 0.5, 0.75)
+GRADED_PER = (0.25, 0.5, 1.0)  # × the measure's standard deviation over the batch
+GRADED_POINTS = (1.0, 2.0, 4.0, 8.0)
+
+
+def _graded_pool(batch: list[BatchGroup], names: list[str], over: list[np.ndarray], existing: list[RuleCondition],
+                 rel_tol: float) -> list[tuple]:
+    """Graded candidates ``(measure, comparator, threshold, 0, info_gain=0, support, fires, hit_groups, per)``
+    for every measure with spread in the batch (points are tried by the caller)."""
+    from hmrcritic.agent.evidence import MEASURES
+
+    pool = []
+    for name in names:
+        spec = MEASURES[name]
+        cmp = ">" if spec.higher_is_worse else "<"
+        present = [i for i, g in enumerate(batch) if name in g.evidence]
+        if not present:
+            continue
+        vals = np.concatenate([np.asarray(batch[i].evidence[name], np.float64) for i in present])
+        label = np.concatenate([over[i] for i in present])
+        sd = float(vals.std())
+        if not np.isfinite(sd) or sd <= 0:
+            continue
+        qs = np.quantile(vals, GRADED_QUANTILES if spec.higher_is_worse else [1 - q for q in GRADED_QUANTILES])
+        for t in np.unique(np.round(qs, 6)):
+            if _too_close(name, cmp, float(t), [c for c in existing if c.per is not None], rel_tol):
+                continue
+            f = _fires(vals, cmp, np.array([t]))[0]
+            hit_groups = [i for i in present if _fires(np.asarray(batch[i].evidence[name], np.float64), cmp,
+                                                       np.array([t]))[0].any()]
+            for k in GRADED_PER:
+                pool.append((name, cmp, float(t), 0.0, 0.0, int((f & label).sum()), int(f.sum()), hit_groups,
+                             _nice(k * sd)))
+    return pool
 
 
 def _nice(x: float) -> float:
@@ -352,10 +433,8 @@ def _apply(groups: list[BatchGroup], chosen: list[Candidate]) -> list[BatchGroup
     for g in groups:
         ov = g.overall.copy()
         for c in chosen:
-            if c.measure in g.evidence:
-                ov = ov - _fires(np.asarray(g.evidence[c.measure], np.float64), c.comparator,
-                                 np.array([c.threshold]))[0] * c.points
-        out.append(BatchGroup(g.group_id, g.evidence, np.clip(ov, 0, 10), g.error, g.tags))
+            ov = deduct(ov, g.evidence, c.condition())
+        out.append(BatchGroup(g.group_id, g.evidence, ov, g.error, g.tags))
     return out
 
 
@@ -365,11 +444,15 @@ _CMP_WORDS = {">": "above", ">=": "at or above", "<": "below", "<=": "at or belo
 def rule_text(c: Candidate | RuleCondition) -> str:
     """A readable deduction sentence for a mined condition."""
     from hmrcritic.agent.evidence import MEASURES
+    from hmrcritic.memory.schema import GRADED_CAP
 
     spec = MEASURES[c.measure]
     desc = spec.description[0].upper() + spec.description[1:]
-    return (f"{desc} ({c.measure}) {_CMP_WORDS[c.comparator]} {c.threshold:g} {spec.unit} → take off "
-            f"{c.points:g} point{'' if c.points == 1 else 's'}.")
+    pts = f"{c.points:g} point{'' if c.points == 1 else 's'}"
+    if getattr(c, "per", None):
+        return (f"{desc} ({c.measure}) {_CMP_WORDS[c.comparator]} {c.threshold:g} {spec.unit} → take off {pts} "
+                f"for every {c.per:g} {spec.unit} beyond it (at most {GRADED_CAP * c.points:g}).")
+    return f"{desc} ({c.measure}) {_CMP_WORDS[c.comparator]} {c.threshold:g} {spec.unit} → take off {pts}."
 
 
 def candidate_to_rule(c: Candidate, round_created: int) -> Rule:

@@ -78,6 +78,15 @@ def load_inputs(run_dir: str | Path) -> dict[str, np.ndarray]:
         return {k: z[k] for k in z.files}
 
 
+def load_pairwise(run_dir: str | Path) -> np.ndarray | None:
+    """The group's (N, N) pairwise Procrustes distances (mm) saved by the render node (None for an older run)."""
+    path = Path(run_dir) / "bodies.npz"
+    if not path.exists():
+        return None
+    with np.load(path) as z:
+        return np.asarray(z["pairwise_pa_mm"], np.float64) if "pairwise_pa_mm" in z.files else None
+
+
 def load_bodies(run_dir: str | Path) -> dict[str, np.ndarray]:
     with np.load(Path(run_dir) / "bodies.npz", allow_pickle=False) as z:
         return {k: z[k] for k in z.files}
@@ -102,7 +111,7 @@ def _body_forward(inputs: dict[str, np.ndarray], vertices: bool = False):
 # ---------------------------------------------------------------------------------------------------- nodes
 def render(state: AgentState, config: RunnableConfig = None) -> dict:
     """Body-model forward for the group, evidence measures, and (when enabled) the overlay/side grids."""
-    from hmrcritic.agent.evidence import GroupInputs, compute_evidence, evidence_tags
+    from hmrcritic.agent.evidence import GroupInputs, compute_evidence, evidence_tags, pairwise_pa_mm
 
     cfg = AgentConfig.from_config(config)
     run_dir = Path(state["run_dir"])
@@ -138,9 +147,11 @@ def render(state: AgentState, config: RunnableConfig = None) -> dict:
         keypoints=inputs["keypoints"], K=inputs["K"], image_size=(W, H),
         joint_conf=inputs.get("joint_conf"), mask=mask, pred_masks=pred_masks, ground=ground,
         vertices=bodies.get("vertices") if ground is not None else None,
+        pairwise_pa_mm=pairwise_pa_mm(bodies["joints"]).numpy(),
     )
     evidence = compute_evidence(gi)
-    atomic_save_npz(run_dir / "bodies.npz", joints=bodies["joints"], coco17=bodies["coco17"])
+    atomic_save_npz(run_dir / "bodies.npz", joints=bodies["joints"], coco17=bodies["coco17"],
+                    pairwise_pa_mm=gi.pairwise_pa_mm)
     atomic_save_npz(run_dir / "evidence.npz", **evidence)
     return {
         "evidence": {k: [float(x) for x in v] for k, v in evidence.items()},
@@ -278,9 +289,11 @@ PROTO_SIMILARITY = 0.97
 PROTO_DISAGREEMENT = 2.0  # points on the 0-10 scale
 
 
-def check_critique(ctx: JudgeContext, crit: dict | GroupCritique | None) -> list[ReflectionIssue]:
+def check_critique(ctx: JudgeContext, crit: dict | GroupCritique | None,
+                   pairwise_mm: np.ndarray | None = None) -> list[ReflectionIssue]:
     """The revise checks: invalid values, rankings that contradict strong evidence, disagreement with a
-    confident prototype consensus, and fired rules that were not applied. Deterministic."""
+    confident prototype consensus, fired rules that were not applied, and (given the group's pairwise
+    Procrustes distances) near-identical poses scored apart (:func:`neighbour_issues`). Deterministic."""
     n = ctx.num_hypotheses
     issues: list[ReflectionIssue] = []
     try:
@@ -337,7 +350,53 @@ def check_critique(ctx: JudgeContext, crit: dict | GroupCritique | None) -> list
             issues.append(ReflectionIssue(kind="contradiction", indices=[int(i), int(j)],
                                           detail=f"h{i} ranked above h{j} although h{j} is at least as good "
                                                  "on every evidence measure and better on some"))
+    if pairwise_mm is not None:
+        issues += neighbour_issues(overall, pairwise_mm)
     return issues
+
+
+# Neighbour consistency: kernel width (mm of Procrustes-aligned joint distance) and the log-score gap to the
+# neighbour-implied score above which a hypothesis is flagged. Chosen on train groups (docs/CONTRACTS.md).
+NEIGHBOUR_SIGMA_MM = 20.0
+NEIGHBOUR_TOLERANCE = 0.05
+
+
+def neighbour_targets(overall: np.ndarray, pairwise_mm: np.ndarray, sigma_mm: float = NEIGHBOUR_SIGMA_MM) -> np.ndarray:
+    """Per hypothesis, the score its pose-neighbours imply: the kernel-weighted (``exp(−d / σ)``, itself
+    excluded) geometric mean of the other hypotheses' scores.
+
+    Why it is a consistency check: the true error is 1-Lipschitz in the pose — two hypotheses d mm apart
+    (Procrustes-aligned) cannot differ in PA-MPJPE by more than d — so near-identical poses deserve
+    near-identical scores, and a score far from its neighbours' is more likely noise in one measure than
+    knowledge. Averaging over the neighbours pools their evidence."""
+    s = np.log(np.clip(np.asarray(overall, np.float64), 1e-6, None))
+    P = np.asarray(pairwise_mm, np.float64)
+    W = np.exp(-P / float(sigma_mm))
+    np.fill_diagonal(W, 0.0)
+    den = W.sum(1)
+    m = np.where(den > 0, (W @ s) / np.maximum(den, 1e-300), s)
+    return np.exp(m)
+
+
+def neighbour_issues(overall: np.ndarray, pairwise_mm: np.ndarray, sigma_mm: float = NEIGHBOUR_SIGMA_MM,
+                     tolerance: float = NEIGHBOUR_TOLERANCE) -> list[ReflectionIssue]:
+    """One ``neighbours`` issue per hypothesis whose score is more than ``tolerance`` (log units, ≈ a 5 %
+    ratio) from what its pose-neighbours imply (:func:`neighbour_targets`); the target goes with it."""
+    n = len(overall)
+    P = np.asarray(pairwise_mm, np.float64)
+    if n < 2 or P.shape != (n, n):
+        return []
+    target = neighbour_targets(overall, P, sigma_mm)
+    gap = np.abs(np.log(np.clip(overall, 1e-6, None)) - np.log(np.clip(target, 1e-6, None)))
+    out = []
+    for i in np.nonzero(gap > tolerance)[0]:
+        near = [int(j) for j in np.argsort(P[i]) if j != i][:3]
+        out.append(ReflectionIssue(
+            kind="neighbours", indices=[int(i)], target=round(float(target[i]), 4),
+            detail=f"h{i} scored {overall[i]:.2f} but its nearest poses (h{', h'.join(map(str, near))}; "
+                   f"{P[i, near[0]]:.0f}–{P[i, near[-1]]:.0f} mm apart) imply {target[i]:.2f}: near-identical "
+                   "poses must score alike"))
+    return out
 
 
 def _measure_matrix(evidence: dict[str, list[float]], n: int, only: set[str] | None = None) -> np.ndarray | None:
@@ -371,7 +430,7 @@ def reflect(state: AgentState, config: RunnableConfig = None) -> dict:
     """Check the critique; when something is wrong and rounds are left, ask for a revision."""
     cfg = AgentConfig.from_config(config)
     ctx = build_context({**state, "round": 0})
-    issues = check_critique(ctx, state.get("critique"))
+    issues = check_critique(ctx, state.get("critique"), pairwise_mm=load_pairwise(state["run_dir"]))
     rnd = int(state.get("round", 0))
     reflections = [dict(r) for r in state.get("reflections", [])]
     revise = bool(issues) and rnd < cfg.max_reflections
@@ -483,9 +542,10 @@ def rule_outcomes(crit: GroupCritique, state: AgentState, err: np.ndarray, tau: 
         if rid not in by_id:
             continue  # a judge named a rule that was never recalled: nothing to credit
         hits = fired.get(rid, [])
-        if hits and len(hits) < len(err):
-            undone = overall.copy()
-            undone[hits] *= math.exp(POINT_DECAY * by_id[rid].condition.points)
+        cond = by_id[rid].condition
+        ded = cond.deduction(state.get("evidence", {})[cond.measure]) if hits else None
+        if hits and np.ptp(ded) > 0:  # the rule reorders (a step rule firing on all does not)
+            undone = overall * np.exp(POINT_DECAY * ded)
             good = rho_final > rho(undone) + 1e-9
         else:
             good = rho_final >= tau

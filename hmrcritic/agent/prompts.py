@@ -103,9 +103,10 @@ def rules_block(rules: Sequence[Any]) -> str:
         cond = getattr(rule, "condition", None)
         if cond is not None:
             axis = f" on {cond.axis}" if cond.axis else ""
+            graded = f" per {_fmt(cond.per)} beyond the threshold" if getattr(cond, "per", None) else ""
             line += (
                 f"  (condition: {cond.measure} {cond.comparator} {_fmt(cond.threshold)} "
-                f"-> -{_fmt(cond.points)} points{axis})"
+                f"-> -{_fmt(cond.points)} points{graded}{axis})"
             )
         if rule.n_used:
             line += f"  [worked {rule.n_success}/{rule.n_used} times]"

@@ -4,9 +4,14 @@ from __future__ import annotations
 
 from typing import Literal
 
+import numpy as np
 from pydantic import BaseModel, Field
 
 Comparator = Literal[">", ">=", "<", "<="]
+
+
+# A graded rule takes off at most this many times its points (one outlier measure cannot zero a score).
+GRADED_CAP = 3.0
 
 
 class RuleCondition(BaseModel):
@@ -17,6 +22,9 @@ class RuleCondition(BaseModel):
     threshold: float
     points: float = Field(..., description="points taken off (0-10 scale) when the condition fires")
     axis: str | None = Field(None, description="axis that loses the points besides overall; None = overall")
+    per: float | None = Field(
+        None, gt=0, description="graded rule: take off `points` for every `per` units beyond the threshold "
+                                f"(at most {GRADED_CAP:g}× points); None = a step rule, `points` once")
 
     def fires(self, value: float) -> bool:
         return {
@@ -25,6 +33,21 @@ class RuleCondition(BaseModel):
             "<": value < self.threshold,
             "<=": value <= self.threshold,
         }[self.comparator]
+
+    def deduction(self, values) -> np.ndarray:
+        """Points taken off each value, ``(n,)`` float64: 0 where the condition does not fire; ``points`` for
+        a step rule; ``points · min(cap, distance beyond the threshold / per)`` for a graded one.
+
+        Why graded rules: a step rule only splits a group in two, so it cannot say that 150 mm from the
+        group's consensus is worse than 90 mm. A graded rule carries a measure's *weight* — the knowledge of
+        how much a measure matters, which exploration can learn and an equal-weight judge lacks."""
+        v = np.asarray(values, dtype=np.float64)
+        t = self.threshold
+        fired = {">": v > t, ">=": v >= t, "<": v < t, "<=": v <= t}[self.comparator]
+        if self.per is None:
+            return np.where(fired, self.points, 0.0)
+        beyond = np.abs(v - t) / self.per
+        return np.where(fired, self.points * np.clip(beyond, 0.0, GRADED_CAP), 0.0)
 
 
 class Rule(BaseModel):
