@@ -129,8 +129,11 @@ def evaluate_critic(
         summary = explore(mem, split=warmup_split, rounds=rounds, batch_size=batch_size, tau=tau, judge=judge,
                           rules_k=rules_k, num_generations=num_generations, limit=warmup_groups, seed=seed + 1,
                           source=used, max_reflections=max_reflections, progress=on_event)
-        explored_groups = sum(r.groups for r in summary.rounds)
-        del mem
+        del mem, summary
+        # what the memory holds (a resumed exploration explores nothing new in this call)
+        from hmrcritic.agent.explore import explored_record
+
+        explored_groups = len(explored_record(memory_path)["splits"].get(warmup_split, {}).get("group_ids", []))
     starter = starter_memory(workdir / "starter") if "no_reflection" in variants else None
 
     def on_variant(v: str, i: int, n: int) -> None:

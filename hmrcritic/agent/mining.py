@@ -511,13 +511,17 @@ def validate_proposal(
         if not math.isfinite(pts) or not (0 < pts <= 10):
             return None, Rejection(text, f"points {p.points!r} outside (0, 10]")
         axis = p.axis if p.axis in AXES else MEASURES[p.measure].axis
-        cond = RuleCondition(measure=p.measure, comparator=p.comparator, threshold=thr, points=pts, axis=axis)
+        per = None if p.per is None else float(p.per)
+        if per is not None and not (math.isfinite(per) and per > 0):
+            return None, Rejection(text, f"per {p.per!r} must be a positive number (or omitted for a step rule)")
+        cond = RuleCondition(measure=p.measure, comparator=p.comparator, threshold=thr, points=pts, axis=axis,
+                             per=per)
         existing_conds = [r.condition for r in (existing or []) if r.condition is not None and not r.retired]
         if _too_close(cond.measure, cond.comparator, thr, existing_conds, rel_tol):
             return None, Rejection(text, f"duplicates an existing rule on {cond.measure} {cond.comparator} "
                                          f"≈{thr:g}")
         if validation:
-            gain = float(simulate_gain(validation, [(cond.measure, cond.comparator, thr, pts)])[0])
+            gain = float(simulate_gain(validation, [cond])[0])
             if gain < -max_harm:
                 return None, Rejection(text, f"makes the batch's rankings worse when applied (simulated "
                                              f"Spearman change {gain:+.4f})")

@@ -47,6 +47,9 @@ class ProposedRule(BaseModel):
     threshold: float | None = None
     points: float | None = Field(None, description="points taken off `overall` (0-10 scale) when it fires")
     axis: str | None = Field(None, description="axis the deduction applies to, or None for overall only")
+    per: float | None = Field(None, description="graded rule: take off `points` for every `per` units of the "
+                                                "measure beyond the threshold (at most 3× points); omit for a "
+                                                "one-off deduction")
 
 
 class RuleProposals(BaseModel):
