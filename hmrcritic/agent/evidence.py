@@ -17,8 +17,9 @@ Choices made here (the paper is silent; see docs/CONTRACTS.md "agent/"):
   every other one of its group. If the sampler is calibrated, the truth behaves like one more sample of the
   group, so a hypothesis close to all the others is closer to the truth on average — and, Procrustes-aligned
   like PA-MPJPE, it ignores the global rotation and scale that the medoid distance above still counts.
-  Measured on train groups of the shipped model: within-group Spearman with −PA-MPJPE 0.54, the strongest
-  single measure (``benchmarks``/notes in docs/CONTRACTS.md). Beyond the paper (its critic sees pixels only).
+  Measured on groups of the shipped model: within-group Spearman with −PA-MPJPE 0.53 (train) / 0.44 (test),
+  with ``reproj_px`` the strongest single measures (``python benchmarks/critic_signals.py``). Beyond the
+  paper (its critic sees pixels only).
 * ``pose_prior_nll`` comes from :mod:`hmrcritic.agent.prior` (a GMM on 6D joint rotations fitted on the
   train split), standardised on the train poses: 0 = a typical train pose, 1 = one train std less likely.
 * ``asymmetry`` is the mean relative left/right bone-length difference of the limbs (unusual shapes).
