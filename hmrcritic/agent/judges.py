@@ -356,8 +356,8 @@ class BuiltinJudge:
                     overall[i] = 0.5 * (overall[i] + issue.target)
                     changes.append(f"h{i} {before:.1f}→{overall[i]:.1f} toward similar past poses")
         # near-identical poses scored apart: move each flagged score halfway (in log units) to what its
-        # pose-neighbours imply — all at once, from the scores the check saw (measured on train groups:
-        # +0.02–0.03 Spearman on top of rules; see nodes.neighbour_targets for why it is a consistency check)
+        # pose-neighbours imply — all at once, from the scores the check saw (see nodes.neighbour_targets for
+        # why it is a consistency check; its held-out effect is evaluate-critic's `no_revise` row)
         moved = []
         for issue in ctx.issues:
             if issue.kind == "neighbours" and issue.target is not None and issue.target > 0:
