@@ -65,6 +65,8 @@ def test_evaluate_critic_json(capsys):
     assert main(args) == 0
     again = json.loads(capsys.readouterr().out)
     assert again["rows"] == payload["rows"] and again["memory_version"] == payload["memory_version"]
+    assert again["explored_groups"] == 3  # what the memory holds, though this call explored nothing new
+    assert all("pearson_pointwise" in r and -1.0 <= r["pearson_pointwise"] <= 1.0 for r in again["rows"])
 
 
 def test_same_split_is_refused(capsys):
