@@ -304,13 +304,10 @@ def mine_rules(
         best: Candidate | None = None
         pool: list[tuple[str, str, float, float, float, int, int, list[int]]] = []
         for name in names:
-            spec = MEASURES[name]
-            cmp = ">" if spec.higher_is_worse else "<"
-            present = [i for i, g in enumerate(batch) if name in g.evidence]
-            if not present:
+            pooled = _pooled(batch, over, name)
+            if pooled is None:
                 continue
-            vals = np.concatenate([np.asarray(batch[i].evidence[name], np.float64) for i in present])
-            label = np.concatenate([over[i] for i in present])
+            cmp, present, vals, label = pooled
             # gap: how far each hypothesis sat above the score its true rank deserved
             gap = np.concatenate([batch[i].overall - rank_matched_scores(batch[i].overall, batch[i].error)
                                   for i in present])
@@ -328,15 +325,8 @@ def mine_rules(
                     continue
                 pos_gap = gap[f & label]
                 base_pts = float(np.median(pos_gap)) if pos_gap.size else 1.0
-                hit_groups = []
-                off = 0
-                for i in present:
-                    k = batch[i].n
-                    if f[off:off + k].any():
-                        hit_groups.append(i)
-                    off += k
                 pool.append((name, cmp, float(t), max(base_pts, MIN_POINTS), float(ig[t_i]), support,
-                             int(f.sum()), hit_groups))
+                             int(f.sum()), _hit_groups(batch, present, f)))
         if not pool and not graded:
             if not chosen:
                 rejected.append(Rejection("(builtin miner)", "no condition fires on enough over-rated hypotheses "
@@ -391,31 +381,49 @@ def _graded_pool(batch: list[BatchGroup], names: list[str], over: list[np.ndarra
                  rel_tol: float) -> list[tuple]:
     """Graded candidates ``(measure, comparator, threshold, 0, info_gain=0, support, fires, hit_groups, per)``
     for every measure with spread in the batch (points are tried by the caller)."""
-    from hmrcritic.agent.evidence import MEASURES
-
     pool = []
     for name in names:
-        spec = MEASURES[name]
-        cmp = ">" if spec.higher_is_worse else "<"
-        present = [i for i, g in enumerate(batch) if name in g.evidence]
-        if not present:
+        pooled = _pooled(batch, over, name)
+        if pooled is None:
             continue
-        vals = np.concatenate([np.asarray(batch[i].evidence[name], np.float64) for i in present])
-        label = np.concatenate([over[i] for i in present])
+        cmp, present, vals, label = pooled
         sd = float(vals.std())
         if not np.isfinite(sd) or sd <= 0:
             continue
-        qs = np.quantile(vals, GRADED_QUANTILES if spec.higher_is_worse else [1 - q for q in GRADED_QUANTILES])
+        qs = np.quantile(vals, GRADED_QUANTILES if cmp == ">" else [1 - q for q in GRADED_QUANTILES])
         for t in np.unique(np.round(qs, 6)):
             if _too_close(name, cmp, float(t), [c for c in existing if c.per is not None], rel_tol):
                 continue
             f = _fires(vals, cmp, np.array([t]))[0]
-            hit_groups = [i for i in present if _fires(np.asarray(batch[i].evidence[name], np.float64), cmp,
-                                                       np.array([t]))[0].any()]
+            hits = _hit_groups(batch, present, f)
             for k in GRADED_PER:
-                pool.append((name, cmp, float(t), 0.0, 0.0, int((f & label).sum()), int(f.sum()), hit_groups,
+                pool.append((name, cmp, float(t), 0.0, 0.0, int((f & label).sum()), int(f.sum()), hits,
                              _nice(k * sd)))
     return pool
+
+
+def _pooled(batch: list[BatchGroup], over: list[np.ndarray], name: str):
+    """A measure over the batch: ``(comparator on its worse side, indices of the groups that have it, their
+    values concatenated, their over-rated labels concatenated)``, or None when no group has it."""
+    from hmrcritic.agent.evidence import MEASURES
+
+    present = [i for i, g in enumerate(batch) if name in g.evidence]
+    if not present:
+        return None
+    cmp = ">" if MEASURES[name].higher_is_worse else "<"
+    vals = np.concatenate([np.asarray(batch[i].evidence[name], np.float64) for i in present])
+    return cmp, present, vals, np.concatenate([over[i] for i in present])
+
+
+def _hit_groups(batch: list[BatchGroup], present: list[int], fires: np.ndarray) -> list[int]:
+    """The groups (of ``present``, whose values are concatenated in ``fires``) where a condition fires at all."""
+    out, off = [], 0
+    for i in present:
+        k = batch[i].n
+        if fires[off:off + k].any():
+            out.append(i)
+        off += k
+    return out
 
 
 def _nice(x: float) -> float:
