@@ -97,3 +97,14 @@ def test_neighbour_check_flags_near_identical_poses_scored_apart_and_revise_clos
     ctx0 = JudgeContext(group_id="g", num_hypotheses=3, evidence={})
     assert {i.kind for i in check_critique(ctx0, prev, pairwise_mm=P)} == {"neighbours"}
     assert check_critique(ctx0, prev) == []
+
+
+def test_a_graded_rule_is_not_merged_into_a_step_rule_on_the_same_threshold():
+    from hmrcritic.memory.maintenance import same_condition
+
+    step = Rule(rule_id="s", text="step", condition=RuleCondition(measure="reproj_px", comparator=">",
+                                                                  threshold=10, points=2))
+    graded = Rule(rule_id="g", text="graded", condition=step.condition.model_copy(update={"per": 5.0}))
+    other_graded = Rule(rule_id="h", text="graded 2", condition=graded.condition.model_copy(update={"threshold": 10.5}))
+    assert not same_condition(step, graded)
+    assert same_condition(graded, other_graded)

@@ -52,7 +52,8 @@ def _code_digest() -> str:
     for name in ("judges.py", "nodes.py", "evidence.py", "groups.py", "prior.py", "graph.py", "explore.py",
                  "mining.py"):
         h.update((here / name).read_bytes())
-    h.update((here.parent / "memory" / "starter_rules.py").read_bytes())
+    for name in ("starter_rules.py", "maintenance.py", "rules.py", "schema.py"):
+        h.update((here.parent / "memory" / name).read_bytes())
     return h.hexdigest()[:12]
 
 

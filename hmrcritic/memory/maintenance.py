@@ -7,8 +7,9 @@ twice. Nothing is ever deleted: merged and retired rules get ``retired = True`` 
 the memory version still reflects them and ``hmrcritic memory rules --all`` shows them.
 
 Near-duplicates (the issue's two tests):
-  * the same executable condition up to the threshold: same measure and comparator with thresholds within
-    ``rel_tol`` of each other (relative to the larger threshold, at least 5 % of the measure's scale); or
+  * the same executable condition up to the threshold: same measure and comparator, both step or both
+    graded, with thresholds within ``rel_tol`` of each other (relative to the larger threshold, at least 5 %
+    of the measure's scale); or
   * text-embedding cosine above ``text_threshold`` (0.9) where the conditions do not contradict (both
     absent, one absent, or the same measure and comparator) — the starter set's mild/severe pairs read alike
     but differ in threshold by far more than ``rel_tol`` and stay apart.
@@ -52,9 +53,13 @@ def _scale(measure: str) -> float:
 
 
 def same_condition(a: Rule, b: Rule, rel_tol: float = REL_TOL) -> bool:
-    """Same measure and comparator, thresholds within ``rel_tol`` (see module docstring)."""
+    """Same measure and comparator, thresholds within ``rel_tol`` (see module docstring), and both step rules
+    or both graded: a graded rule weighs a measure where a step rule only splits it, so neither replaces the
+    other."""
     ca, cb = a.condition, b.condition
     if ca is None or cb is None or (ca.measure, ca.comparator) != (cb.measure, cb.comparator):
+        return False
+    if (ca.per is None) != (cb.per is None):
         return False
     tol = rel_tol * max(abs(ca.threshold), abs(cb.threshold), 0.05 * _scale(ca.measure))
     return abs(ca.threshold - cb.threshold) <= tol

@@ -92,7 +92,7 @@ def _compatible(a: Rule, b: Rule) -> bool:
     if a.condition is None or b.condition is None:
         return True
     ca, cb = a.condition, b.condition
-    same = (ca.measure, ca.comparator) == (cb.measure, cb.comparator)
+    same = (ca.measure, ca.comparator, ca.per) == (cb.measure, cb.comparator, cb.per)  # a graded rule is not a step
     return same and abs(ca.threshold - cb.threshold) < 1e-9
 
 
@@ -299,7 +299,7 @@ class RuleMemory:
     def merge_near_duplicates(self, threshold: float = 0.92) -> list[tuple[str, str]]:
         """Retire active rules whose text embedding has cosine >= ``threshold`` with a kept rule.
 
-        Only rules with compatible conditions merge (same measure, comparator and threshold, or one of
+        Only rules with compatible conditions merge (same measure, comparator, threshold and grading, or one of
         them without a condition): the starter set's mild/severe pairs read alike but are different rules.
 
         The kept rule of each cluster is the most used (then lowest id); it absorbs the merged rule's
