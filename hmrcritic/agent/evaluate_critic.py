@@ -34,10 +34,9 @@ from typing import Any
 import numpy as np
 
 from hmrcritic import config as hconfig
+from hmrcritic.agent.learning_curve import VARIANTS  # one list of variants for both tools
 from hmrcritic.errors import InputError
 from hmrcritic.io import atomic_write_json
-
-VARIANTS: tuple[str, ...] = ("full", "no_reflection", "no_rules", "no_prototypes", "no_revise", "evidence_only")
 
 # Rules recalled per group: enough to hold every starter rule that can fire on a group (18 starter rules, at
 # most ~14 applicable at once) plus mined ones, so the measurement is of the memory's knowledge rather than of

@@ -157,7 +157,7 @@ def register(app: typer.Typer) -> None:
         batch_size: int = typer.Option(8, "--batch-size", help="Exploration batch size (groups per round)."),
         memory_dir: Path = typer.Option(None, "--memory-dir",
                                         help="Score with this explored memory instead of exploring a new one."),
-        variants: str = typer.Option(_ALL_VARIANTS, "--variants", help="Comma-separated variants."),
+        variants: str = typer.Option(None, "--variants", help="Comma-separated variants (default: all six)."),
         source: str = typer.Option("auto", "--source", help="Hypotheses: auto | model | perturbed."),
         judge: str = typer.Option("builtin", "--judge", help="builtin or vlm."),
         max_reflections: int = typer.Option(2, "--max-reflections", help="Revise rounds of the full agent."),
@@ -180,13 +180,11 @@ def register(app: typer.Typer) -> None:
         with _stdout_to_stderr(as_json):  # library chatter (e.g. split generation) must not break the JSON
             payload = evaluate_critic(split=split, num_groups=num_groups, num_generations=num_generations,
                                       warmup_groups=warmup_groups, batch_size=batch_size, memory_dir=memory_dir,
-                                      variants=[v.strip() for v in variants.split(",") if v.strip()],
+                                      variants=[v.strip() for v in (variants or "").split(",") if v.strip()] or None,
                                       source=source, judge=judge, max_reflections=max_reflections, seed=seed,
                                       progress=progress)
         typer.echo(json.dumps(payload, indent=2) if as_json else format_table(payload))
 
-
-_ALL_VARIANTS = "full,no_reflection,no_rules,no_prototypes,no_revise,evidence_only"
 
 
 def _stdout_to_stderr(active: bool):
