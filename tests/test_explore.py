@@ -376,6 +376,26 @@ def test_maintenance_merges_close_thresholds_and_retires_failures():
     assert t.merged == [("a", "c")]  # text cosine > 0.9, no conditions to contradict
 
 
+def test_exploration_retires_a_harmful_soft_rule_but_never_a_hard_constraint(constructed, tmp_path):
+    """A rule that keeps making the 3D-error ranking worse is retired as harmful — unless it is a hard
+    constraint, whose worth (an impossible pose) the error ranking cannot judge."""
+    train, _, thr = constructed
+
+    def penalise_the_good(rule_id: str, hard: bool) -> Rule:
+        return Rule(rule_id=rule_id, text=f"{rule_id}: low {MEASURE}", origin="user",
+                    condition=RuleCondition(measure=MEASURE, comparator="<", threshold=thr, points=8.0,
+                                            axis="physical_feasibility", hard=hard))
+
+    mem = _memory(tmp_path / "mem")
+    mem.rules.add([penalise_the_good("soft-harm", False), penalise_the_good("hard-harm", True)])
+    summary = ex.explore(mem, split="train", groups=train, rounds=1, batch_size=8, tau=0.5, judge=BlindJudge(),
+                         max_new_rules=0, retire_min_uses=3)
+    retired = set(summary.rules_retired)
+    assert "soft-harm" in retired and "hard-harm" not in retired, retired
+    active = {r.rule_id for r in mem.rules.all()}
+    assert "hard-harm" in active and "soft-harm" not in active
+
+
 def test_explore_refuses_bad_settings(tmp_path):
     mem = MemoryStore(tmp_path / "m")
     with pytest.raises(InputError, match="error metric"):

@@ -44,7 +44,7 @@ from hmrcritic.io import atomic_write_json
 RULES_K = 16
 
 
-def _code_digest() -> str:
+def code_digest() -> str:
     """Hash of the agent's scoring and exploration code: an explored memory is never reused after it changed."""
     h = hashlib.sha256()
     here = Path(__file__).parent
@@ -103,7 +103,7 @@ def evaluate_critic(
                          f"(got {warmup_groups}, {batch_size})")
     judge_name = judge if isinstance(judge, str) else getattr(judge, "name", "custom")
     key = _key(ws=warmup_split, wg=warmup_groups, g=num_generations, seed=seed, source=source, judge=judge_name,
-               r=max_reflections, k=rules_k, b=batch_size, tau=tau, code=_code_digest())
+               r=max_reflections, k=rules_k, b=batch_size, tau=tau, code=code_digest())
     workdir = Path(workdir) if workdir is not None else hconfig.runs_dir() / "evaluate" / key
     workdir.mkdir(parents=True, exist_ok=True)
 

@@ -145,6 +145,7 @@ def apply_rules(rules: list[Rule], evidence: dict[str, list[float]], n: int, wei
     is not in this group's evidence (e.g. no ground plane) is skipped, not guessed. With ``weighted`` the
     points are scaled by ``2 · reliability`` (×1 for an untried rule, up to ×2 for one that always helped,
     toward 0 for one that never did), so what exploration learnt about a rule changes how much it counts.
+    A hard constraint (``condition.hard``) always counts its stated points.
     """
     overall_off = np.zeros(n)
     axis_off = {a: np.zeros(n) for a in AXES}
@@ -158,11 +159,17 @@ def apply_rules(rules: list[Rule], evidence: dict[str, list[float]], n: int, wei
         if not hits:
             continue
         fired[rule.rule_id] = hits
-        pts = ded * (rule_weight(rule) if weighted else 1.0)
+        pts = ded * (rule_weight(rule) if weighted and not cond.hard else 1.0)
         overall_off += pts
         if cond.axis in axis_off:
             axis_off[cond.axis] += pts
     return overall_off, axis_off, fired
+
+
+def hard_points(rules: list[Rule], evidence: dict[str, list[float]], n: int) -> np.ndarray:
+    """(n,) points the hard constraints among ``rules`` take off each hypothesis (0 where none fires)."""
+    off, _, _ = apply_rules([r for r in rules if r.condition is not None and r.condition.hard], evidence, n)
+    return off
 
 
 def prototype_consensus(hits: list[PrototypeHit], temperature: float = 0.05) -> tuple[float, float] | None:

@@ -22,10 +22,12 @@ import numpy as np
 from langchain_core.runnables import RunnableConfig
 
 from hmrcritic.agent.judges import (
+    POINT_DECAY,
     JudgeContext,
     PrototypeHit,
     ReflectionIssue,
     apply_rules,
+    hard_points,
     make_judge,
     prototype_consensus,
 )
@@ -351,7 +353,10 @@ def check_critique(ctx: JudgeContext, crit: dict | GroupCritique | None,
                                           detail=f"h{i} ranked above h{j} although h{j} is at least as good "
                                                  "on every evidence measure and better on some"))
     if pairwise_mm is not None:
-        issues += neighbour_issues(overall, pairwise_mm)
+        # hard constraints applied by the critique are kept out of the smoothing: feasibility is not
+        # Lipschitz in the pose the way the 3D error is, so a neighbour must not average a deduction away
+        hard = [r for r in ctx.rules if r.rule_id in c.rules_applied]
+        issues += neighbour_issues(overall, pairwise_mm, offset=POINT_DECAY * hard_points(hard, ctx.evidence, n))
     return issues
 
 
@@ -363,32 +368,37 @@ NEIGHBOUR_SIGMA_MM = 20.0
 NEIGHBOUR_TOLERANCE = 0.05
 
 
-def neighbour_targets(overall: np.ndarray, pairwise_mm: np.ndarray, sigma_mm: float = NEIGHBOUR_SIGMA_MM) -> np.ndarray:
+def neighbour_targets(overall: np.ndarray, pairwise_mm: np.ndarray, sigma_mm: float = NEIGHBOUR_SIGMA_MM,
+                      offset: np.ndarray | None = None) -> np.ndarray:
     """Per hypothesis, the score its pose-neighbours imply: the kernel-weighted (``exp(−d / σ)``, itself
-    excluded) geometric mean of the other hypotheses' scores.
+    excluded) geometric mean of the other hypotheses' scores. ``offset`` (log units per hypothesis, e.g. the
+    hard constraints' deductions) is given back before averaging and taken off again after, so it passes
+    through unchanged.
 
     Why it is a consistency check: the true error is 1-Lipschitz in the pose — two hypotheses d mm apart
     (Procrustes-aligned) cannot differ in PA-MPJPE by more than d — so near-identical poses deserve
     near-identical scores, and a score far from its neighbours' is more likely noise in one measure than
     knowledge. Averaging over the neighbours pools their evidence."""
-    s = np.log(np.clip(np.asarray(overall, np.float64), 1e-6, None))
+    off = np.zeros(len(overall)) if offset is None else np.asarray(offset, np.float64)
+    s = np.log(np.clip(np.asarray(overall, np.float64), 1e-6, None)) + off
     P = np.asarray(pairwise_mm, np.float64)
     W = np.exp(-P / float(sigma_mm))
     np.fill_diagonal(W, 0.0)
     den = W.sum(1)
     m = np.where(den > 0, (W @ s) / np.maximum(den, 1e-300), s)
-    return np.exp(m)
+    return np.exp(m - off)
 
 
 def neighbour_issues(overall: np.ndarray, pairwise_mm: np.ndarray, sigma_mm: float = NEIGHBOUR_SIGMA_MM,
-                     tolerance: float = NEIGHBOUR_TOLERANCE) -> list[ReflectionIssue]:
+                     tolerance: float = NEIGHBOUR_TOLERANCE, offset: np.ndarray | None = None
+                     ) -> list[ReflectionIssue]:
     """One ``neighbours`` issue per hypothesis whose score is more than ``tolerance`` (log units, ≈ a 5 %
     ratio) from what its pose-neighbours imply (:func:`neighbour_targets`); the target goes with it."""
     n = len(overall)
     P = np.asarray(pairwise_mm, np.float64)
     if n < 2 or P.shape != (n, n):
         return []
-    target = neighbour_targets(overall, P, sigma_mm)
+    target = neighbour_targets(overall, P, sigma_mm, offset)
     gap = np.abs(np.log(np.clip(overall, 1e-6, None)) - np.log(np.clip(target, 1e-6, None)))
     out = []
     for i in np.nonzero(gap > tolerance)[0]:
@@ -456,7 +466,8 @@ def route_after_reflect(state: AgentState, config: RunnableConfig = None) -> str
 
 # -------------------------------------------------------------------------------------------- memory_write
 def settled_overall(error_mm: np.ndarray, scale_mm: float = 60.0) -> np.ndarray:
-    """A score settled on the true error (exploration with labels): 10 at 0 mm, 3.7 at ``scale_mm``."""
+    """A score settled on the true error (exploration with labels): 10 at 0 mm, 3.7 at ``scale_mm``
+    (:func:`memory_write` also takes off the hard constraints' points)."""
     return 10.0 * np.exp(-np.asarray(error_mm, dtype=np.float64) / scale_mm)
 
 
@@ -483,7 +494,13 @@ def memory_write(state: AgentState, config: RunnableConfig = None) -> dict:
     overall = np.array([s.overall for s in scores])
     labelled = "true_error_mm" in inputs
     err = inputs["true_error_mm"].astype(np.float64) if labelled else None
-    settled = settled_overall(err) if (labelled and cfg.settle_with_labels) else overall
+    if labelled and cfg.settle_with_labels:
+        # settled on the true error, and on the hard constraints (an impossible pose is not good however
+        # close its joints are), so a prototype never argues a hard deduction away
+        rules = [Rule.model_validate(r) for r in state.get("rules", [])]
+        settled = settled_overall(err) * np.exp(-POINT_DECAY * hard_points(rules, state.get("evidence", {}), len(err)))
+    else:
+        settled = overall
     gid = state["group_id"]
     protos = [
         Prototype(
@@ -527,7 +544,6 @@ def rule_outcomes(crit: GroupCritique, state: AgentState, err: np.ndarray, tau: 
     paper's group-level one, which we keep for rules without a condition (or that fired on every
     hypothesis): the group's ρ must reach τ.
     """
-    from hmrcritic.agent.judges import POINT_DECAY
     from hmrcritic.hmr.metrics import spearman
 
     def rho(o: np.ndarray) -> float:

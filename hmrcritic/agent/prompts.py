@@ -110,6 +110,8 @@ def rules_block(rules: Sequence[Any]) -> str:
                 f"  (condition: {cond.measure} {cond.comparator} {_fmt(cond.threshold)} "
                 f"-> -{_fmt(cond.points)} points{graded}{axis})"
             )
+            if getattr(cond, "hard", False):
+                line += "  HARD CONSTRAINT: the pose is impossible when it holds; always take the full points"
         if rule.n_used:
             line += f"  [worked {rule.n_success}/{rule.n_used} times]"
         lines.append(line)

@@ -429,7 +429,10 @@ def _run(name: str, p: Preset, out: Path, model, progress) -> dict:
     # 2. explore (memory frozen afterwards)
     explore_params = {k: getattr(p, k) for k in ("explore_rounds", "explore_batch", "explore_generations",
                                                  "sample_steps", "seed", "judge", "render")}
-    k_explore = _key("explore", base_hash, explore_params)
+    from hmrcritic.agent.evaluate_critic import code_digest
+
+    # the starter rules and the scoring code are inputs of the memory too: a changed rule re-explores
+    k_explore = _key("explore", base_hash, explore_params, code_digest())
     memory_dir = out / f"memory-{k_explore}"
     explore_rec_path = out / f"explore-{k_explore}.json"
     explore_rec = _read_json(explore_rec_path)

@@ -79,7 +79,7 @@ def rules(
     for r, psi in rows:
         c = r.condition
         cond = (f"{c.measure} {c.comparator} {c.threshold:g} → −{c.points:g}"
-                + (f" per {c.per:g}" if c.per else "")) if c else ""
+                + (f" per {c.per:g}" if c.per else "") + (" (hard)" if c.hard else "")) if c else ""
         table.add_row("retired" if psi is None else f"{psi:.3f}", r.rule_id, str(r.n_used), str(r.n_success),
                       f"{r.success_rate:.2f}" if r.n_used else "-", ",".join(r.tags), cond, r.text)
     Console().print(table)

@@ -59,7 +59,7 @@ def same_condition(a: Rule, b: Rule, rel_tol: float = REL_TOL) -> bool:
     ca, cb = a.condition, b.condition
     if ca is None or cb is None or (ca.measure, ca.comparator) != (cb.measure, cb.comparator):
         return False
-    if (ca.per is None) != (cb.per is None):
+    if (ca.per is None) != (cb.per is None) or ca.hard != cb.hard:
         return False
     tol = rel_tol * max(abs(ca.threshold), abs(cb.threshold), 0.05 * _scale(ca.measure))
     return abs(ca.threshold - cb.threshold) <= tol
@@ -111,9 +111,12 @@ def plan_merges(rules: list[Rule], embeddings: dict[str, np.ndarray] | None = No
 
 def plan_retirements(rules: list[Rule], min_uses: int = RETIRE_MIN_USES,
                      min_rate: float = RETIRE_MIN_RATE) -> MaintenancePlan:
-    """Active rules whose success rate stays below ``min_rate`` after ``min_uses`` uses."""
+    """Active rules whose success rate stays below ``min_rate`` after ``min_uses`` uses — except hard
+    constraints: their success is counted against the 3D error ranking, which cannot judge feasibility."""
     plan = MaintenancePlan()
     for r in rules:
+        if r.condition is not None and r.condition.hard:
+            continue
         if not r.retired and r.n_used >= min_uses and r.success_rate < min_rate:
             r2 = r.model_copy(deep=True)
             r2.retired = True

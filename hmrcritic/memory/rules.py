@@ -92,7 +92,8 @@ def _compatible(a: Rule, b: Rule) -> bool:
     if a.condition is None or b.condition is None:
         return True
     ca, cb = a.condition, b.condition
-    same = (ca.measure, ca.comparator, ca.per) == (cb.measure, cb.comparator, cb.per)  # a graded rule is not a step
+    # a graded rule is not a step rule, and a hard constraint is not a soft rule
+    same = (ca.measure, ca.comparator, ca.per, ca.hard) == (cb.measure, cb.comparator, cb.per, cb.hard)
     return same and abs(ca.threshold - cb.threshold) < 1e-9
 
 

@@ -25,6 +25,11 @@ class RuleCondition(BaseModel):
     per: float | None = Field(
         None, gt=0, description="graded rule: take off `points` for every `per` units beyond the threshold "
                                 f"(at most {GRADED_CAP:g}× points); None = a step rule, `points` once")
+    hard: bool = Field(
+        False, description="a hard constraint (the pose is anatomically impossible when it fires): its points "
+                           "are fixed — not reweighed by how often it improved a ranking, not smoothed away by "
+                           "the neighbour check, never retired — because ranking by 3D error cannot judge "
+                           "feasibility")
 
     def fires(self, value: float) -> bool:
         return {

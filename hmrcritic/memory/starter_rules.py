@@ -7,10 +7,14 @@ scale. Several measures have a mild and a severe rule so that the deduction grow
 
 Thresholds are engineering defaults in the measures' own units (degrees, mm, px / person-box diagonal,
 IoU); exploration keeps or drops rules by their success rate, so they need not be perfect. The points of
-the consensus, keypoint, hyperextension, joint-limit, prior and penetration rules were fitted on train groups
+the consensus, keypoint and prior rules were fitted on train groups
 (never on test; diffusion-sampled and perturbed-ground-truth groups alike, train[5000:5120]) against the
 builtin judge's generic evidence score: they are the judge's knowledge of which measures matter and how
-much (the judge alone weighs every measure the same).
+much (the judge alone weighs every measure the same). The hyperextension, joint-limit and self-penetration
+rules are not fitted that way: they are hard constraints at the thresholds of ``hmr/anatomy.is_implausible``
+with the paper's weight, because ranking by PA-MPJPE cannot learn that a pose is impossible (an implausible
+hypothesis is only ≈ 9 mm worse than its group on average), and a critic that barely deducts for it leaves
+GPA nothing to push away from (see docs/REPRODUCE.md).
 ``pose_prior_nll`` is relative to the pose prior's typical value on plausible training poses.
 """
 
@@ -65,6 +69,13 @@ def _r(rule_id: str, text: str, tags: list[str], measure: str, cmp: str, thr: fl
     )
 
 
+def _h(rule_id: str, text: str, tags: list[str], measure: str, cmp: str, thr: float, pts: float, axis: str):
+    """A hard constraint (``RuleCondition.hard``): fixed points, never retired."""
+    rule = _r(rule_id, text, tags, measure, cmp, thr, pts, axis)
+    rule.condition.hard = True
+    return rule
+
+
 _PF, _MS, _IA = "physical_feasibility", "motion_structure", "image_alignment"
 
 STARTER_RULES: list[Rule] = [
@@ -90,22 +101,28 @@ STARTER_RULES: list[Rule] = [
        "person box diagonal → take off half a point more.", ["alignment"], "reproj_rel", ">", 0.6, 0.5, _IA),
     _r("starter-silhouette", "Body silhouette overlapping the person mask with IoU below 0.6 → take off "
        "2 points.", ["alignment"], "silhouette_iou", "<", 0.6, 2.0, _IA),
-    # Anatomy and plausibility.
-    _r("starter-hyperext-mild", "A knee or elbow bent backwards by more than 10° → take off 1 point.",
-       ["hyperextension", "joint_limits", "legs", "arms"], "hyperextension_deg", ">", 10.0, 1.0, _PF),
-    _r("starter-hyperext-severe", "A knee or elbow bent backwards by more than 30° is anatomically "
+    # Anatomically impossible poses (the thresholds of hmr/anatomy.is_implausible, the "implausible rate"):
+    # hard constraints with the paper's weight ("visible self-penetration → take off 5-10 points"), not
+    # fitted on PA-MPJPE ranking, which cannot tell that a pose is impossible.
+    _h("starter-hyperext-mild", "A knee or elbow bent backwards by more than 10° is anatomically implausible "
+       "→ take off 5 points.", ["hyperextension", "joint_limits", "legs", "arms"], "hyperextension_deg", ">",
+       10.0, 5.0, _PF),
+    _h("starter-hyperext-severe", "A knee or elbow bent backwards by more than 30° is anatomically "
        "impossible → take off 3 more points.", ["hyperextension", "joint_limits", "legs", "arms"],
        "hyperextension_deg", ">", 30.0, 3.0, _PF),
-    _r("starter-joint-limits", "Joint angles outside anatomical limits by more than 30° in total (e.g. a "
-       "spine or limb twisted too far) → take off half a point.", ["joint_limits", "spine"],
-       "joint_limit_deg", ">", 30.0, 0.5, _PF),
+    _h("starter-joint-limits", "Joint angles outside anatomical limits by more than 10° in total (e.g. a "
+       "spine or limb twisted too far) → take off 5 points.", ["joint_limits", "spine"],
+       "joint_limit_deg", ">", 10.0, 5.0, _PF),
     _r("starter-prior", "A pose that the pose prior finds unlikely (negative log-likelihood more than 8 "
        "train std above typical) → take off 4 points.", ["prior", "spine"], "pose_prior_nll", ">", 8.0,
        4.0, _MS),
     _r("starter-prior-severe", "A pose the pose prior finds very unlikely (more than 20 train std above "
        "typical) → take off half a point more.", ["prior"], "pose_prior_nll", ">", 20.0, 0.5, _MS),
-    _r("starter-penetration-severe", "A limb going through the torso by more than 5 cm → take off 2 points.",
-       ["penetration", "arms", "legs"], "penetration_mm", ">", 50.0, 2.0, _PF),
+    _h("starter-penetration", "Body parts intersecting each other (a limb inside the torso or the other "
+       "limb) by more than 2 cm → take off 5 points.", ["penetration", "arms", "legs"], "penetration_mm", ">",
+       20.0, 5.0, _PF),
+    _h("starter-penetration-severe", "A limb going through the torso by more than 5 cm → take off 3 more "
+       "points.", ["penetration", "arms", "legs"], "penetration_mm", ">", 50.0, 3.0, _PF),
     _r("starter-floor-penetration", "Feet sinking more than 3 cm below the ground plane → take off 3 points.",
        ["grounding", "legs"], "floor_penetration_mm", ">", 30.0, 3.0, _PF),
     _r("starter-floating", "Feet floating more than 5 cm above the ground while standing → take off "
