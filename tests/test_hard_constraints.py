@@ -88,6 +88,7 @@ def test_the_builtin_judge_scores_an_impossible_twin_clearly_lower():
     ctx = JudgeContext(group_id="g", num_hypotheses=3, evidence=ev, rules=rules)
     crit = BuiltinJudge().critique(ctx)
     o = [s.overall for s in crit.scores]
-    assert o[1] <= o[0] * np.exp(-POINT_DECAY * 5.0) + 1e-9
+    pts = next(r.condition.points for r in rules if r.rule_id == "starter-penetration")
+    assert o[1] <= o[0] * np.exp(-POINT_DECAY * pts) + 1e-9
     assert crit.scores[1].physical_feasibility < crit.scores[0].physical_feasibility
     assert "starter-penetration" in crit.rules_applied and "starter-penetration-severe" not in crit.rules_applied
