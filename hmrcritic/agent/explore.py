@@ -686,7 +686,7 @@ def _commit(memory, plan: dict, merge_text: bool, retire: tuple[int, float]) -> 
         harmful = []
         for rid, (d, n) in sorted(effects.items()):
             rule = updates.get(rid) or after.get(rid)
-            if rule is None or rule.retired or (rule.condition is not None and rule.condition.hard):
+            if rule is None or rule.retired or rule.hard:
                 continue  # a hard constraint is kept whatever it does to the 3D-error ranking
             if n >= retire[0] and d / n > HARM_TOLERANCE:
                 r2 = rule.model_copy(deep=True)

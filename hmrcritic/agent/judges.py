@@ -168,7 +168,7 @@ def apply_rules(rules: list[Rule], evidence: dict[str, list[float]], n: int, wei
 
 def hard_points(rules: list[Rule], evidence: dict[str, list[float]], n: int) -> np.ndarray:
     """(n,) points the hard constraints among ``rules`` take off each hypothesis (0 where none fires)."""
-    off, _, _ = apply_rules([r for r in rules if r.condition is not None and r.condition.hard], evidence, n)
+    off, _, _ = apply_rules([r for r in rules if r.hard], evidence, n)
     return off
 
 

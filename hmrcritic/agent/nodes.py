@@ -355,8 +355,8 @@ def check_critique(ctx: JudgeContext, crit: dict | GroupCritique | None,
     if pairwise_mm is not None:
         # hard constraints applied by the critique are kept out of the smoothing: feasibility is not
         # Lipschitz in the pose the way the 3D error is, so a neighbour must not average a deduction away
-        hard = [r for r in ctx.rules if r.rule_id in c.rules_applied]
-        issues += neighbour_issues(overall, pairwise_mm, offset=POINT_DECAY * hard_points(hard, ctx.evidence, n))
+        applied = [r for r in ctx.rules if r.rule_id in c.rules_applied]
+        issues += neighbour_issues(overall, pairwise_mm, offset=POINT_DECAY * hard_points(applied, ctx.evidence, n))
     return issues
 
 

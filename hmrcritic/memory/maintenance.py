@@ -115,9 +115,7 @@ def plan_retirements(rules: list[Rule], min_uses: int = RETIRE_MIN_USES,
     constraints: their success is counted against the 3D error ranking, which cannot judge feasibility."""
     plan = MaintenancePlan()
     for r in rules:
-        if r.condition is not None and r.condition.hard:
-            continue
-        if not r.retired and r.n_used >= min_uses and r.success_rate < min_rate:
+        if not r.retired and not r.hard and r.n_used >= min_uses and r.success_rate < min_rate:
             r2 = r.model_copy(deep=True)
             r2.retired = True
             plan.retired.append(r.rule_id)

@@ -70,6 +70,11 @@ class Rule(BaseModel):
     def success_rate(self) -> float:
         return self.n_success / self.n_used if self.n_used else 0.0
 
+    @property
+    def hard(self) -> bool:
+        """Whether the rule is a hard constraint (see :attr:`RuleCondition.hard`)."""
+        return self.condition is not None and self.condition.hard
+
 
 class Prototype(BaseModel):
     """A past scored hypothesis: its pose embedding, settled scores and rationale."""
