@@ -26,30 +26,17 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from hmrcritic.alignment.dataset import load_npz, read_manifest
+from hmrcritic.alignment.reproduce import export_groups_with_labels
 from hmrcritic.hmr.anatomy import is_implausible
-from hmrcritic.hmr.body import load_body_model
-from hmrcritic.hmr.data import load_split
 from hmrcritic.hmr.metrics import pa_mpjpe
 
 
 def implausible_scoring(export_dir: str | Path, split: str = "wild") -> dict:
-    root = Path(export_dir)
-    recs = read_manifest(root)
-    labels = load_split(split).eval_labels()
-    pos = {str(s): i for i, s in enumerate(labels["sample_id"])}
-    body = load_body_model()
-
-    def t(a):
-        return torch.as_tensor(np.asarray(a), dtype=torch.float32)
-
     z, pct, gaps = [], [], []
-    n_hyp = n_imp = lowest = highest = 0
-    for r in recs:
-        h = load_npz(root / r.hypotheses.path)
-        with torch.no_grad():
-            joints = body(t(h["global_orient"]), t(h["body_pose"]), t(h["betas"]), t(h["transl"])).joints
-        imp = is_implausible(t(h["body_pose"]), joints).numpy()
+    groups = n_hyp = n_imp = lowest = highest = 0
+    for r, h, joints, gt in export_groups_with_labels(export_dir, split):
+        groups += 1
+        imp = is_implausible(torch.as_tensor(h["body_pose"], dtype=torch.float32), joints).numpy()
         s = np.array([x.overall for x in sorted(r.scores, key=lambda x: x.index)], dtype=np.float64)
         n_hyp += len(s)
         n_imp += int(imp.sum())
@@ -59,14 +46,11 @@ def implausible_scoring(export_dir: str | Path, split: str = "wild") -> dict:
         pct += list((np.argsort(np.argsort(s)) / (len(s) - 1.0))[imp])
         lowest += int(imp[s.argmin()])
         highest += int(imp[s.argmax()])
-        if r.input_id in pos and (~imp).any():
-            i = pos[r.input_id]
-            with torch.no_grad():
-                gt = body(*(t(labels[k][i])[None] for k in ("global_orient", "body_pose", "betas", "transl"))).joints
+        if gt is not None and (~imp).any():
             e = pa_mpjpe(joints, gt).numpy()
             gaps.append(float(e[imp].mean() - e[~imp].mean()))
     return {
-        "export": str(root), "groups": len(recs), "hypotheses": n_hyp, "implausible": n_imp,
+        "export": str(export_dir), "groups": groups, "hypotheses": n_hyp, "implausible": n_imp,
         "implausible_share": round(n_imp / max(n_hyp, 1), 4),
         "implausible_mean_z": round(float(np.mean(z)), 3) if z else None,
         "implausible_mean_rank_pct": round(float(np.mean(pct)), 3) if pct else None,

@@ -317,6 +317,35 @@ class CriticSelector:
         return scores
 
 
+def export_groups_with_labels(export_dir: str | Path, split: str = "wild"):
+    """Yield ``(record, hypotheses, joints (G,24,3), gt_joints (1,24,3) | None)`` for every exported group.
+
+    The ground truth comes from the split's *evaluation* labels, read after the fact for diagnostics
+    (:func:`critic_quality`, ``benchmarks/critic_implausible.py``); nothing here feeds finetuning.
+    """
+    from hmrcritic.alignment.dataset import load_npz, read_manifest
+    from hmrcritic.hmr.body import load_body_model
+    from hmrcritic.hmr.data import load_split
+
+    root = Path(export_dir)
+    labels = load_split(split).eval_labels()
+    pos = {str(s): i for i, s in enumerate(labels["sample_id"])}
+    body = load_body_model()
+
+    def t(a):
+        return torch.as_tensor(np.asarray(a), dtype=torch.float32)
+
+    for r in read_manifest(root):
+        h = load_npz(root / r.hypotheses.path)
+        with torch.no_grad():
+            pj = body(t(h["global_orient"]), t(h["body_pose"]), t(h["betas"]), t(h["transl"])).joints
+            gj = None
+            if r.input_id in pos:
+                i = pos[r.input_id]
+                gj = body(*(t(labels[k][i])[None] for k in ("global_orient", "body_pose", "betas", "transl"))).joints
+        yield r, h, pj, gj
+
+
 def critic_quality(export_dir: str | Path, split: str = "wild") -> dict:
     """How well the exported critic scores rank the hypotheses by their true error (diagnostic only).
 
@@ -324,28 +353,12 @@ def critic_quality(export_dir: str | Path, split: str = "wild") -> dict:
     (group-wise Spearman between score and −PA-MPJPE); nothing here feeds finetuning. Also: PA-MPJPE of the
     group mean, of the critic's top-1 and of the oracle best, over the exported groups.
     """
-    from hmrcritic.alignment.dataset import load_npz, read_manifest
-    from hmrcritic.hmr.body import load_body_model
-    from hmrcritic.hmr.data import load_split
     from hmrcritic.hmr.metrics import pa_mpjpe, spearman
 
-    root = Path(export_dir)
-    recs = read_manifest(root)
-    labels = load_split(split).eval_labels()
-    pos = {str(s): i for i, s in enumerate(labels["sample_id"])}
-    body = load_body_model()
     rhos, top1, mean, best = [], [], [], []
-
-    def t(a):
-        return torch.as_tensor(np.asarray(a), dtype=torch.float32)
-
-    for r in recs:
-        if r.input_id not in pos:
+    for r, _, pj, gj in export_groups_with_labels(export_dir, split):
+        if gj is None:
             continue
-        h, i = load_npz(root / r.hypotheses.path), pos[r.input_id]
-        with torch.no_grad():
-            pj = body(t(h["global_orient"]), t(h["body_pose"]), t(h["betas"]), t(h["transl"])).joints
-            gj = body(*(t(labels[k][i])[None] for k in ("global_orient", "body_pose", "betas", "transl"))).joints
         e = pa_mpjpe(pj, gj).numpy()
         s = np.array([x.overall for x in sorted(r.scores, key=lambda x: x.index)])
         if np.ptp(s) > 0:
