@@ -322,6 +322,36 @@ def test_prototypes_reorder_within_the_evidence():
     assert [s.overall for s in BuiltinJudge(proto_weight=0.0).critique(with_p).scores] == pytest.approx(base)
 
 
+def test_prototype_level_calibrates_the_group_and_keeps_its_ranking():
+    """Labelled prototypes move a group's level halfway (× confidence) to what similar poses truly deserved;
+    the ranking within the group is kept exactly, no score passes 10, and prototypes without a recorded
+    true error (written from unlabelled critiques) carry no level."""
+    import math
+
+    from hmrcritic.agent.judges import PROTO_LEVEL, PrototypeHit, settled_overall
+
+    ev = {"reproj_rel": [0.01, 0.03, 0.02], "consensus_dev_mm": [10.0, 30.0, 20.0]}
+    ctx = JudgeContext(group_id="l", num_hypotheses=3, evidence=ev)
+
+    def overall(error_mm, **kw):
+        hits = [[PrototypeHit(proto_id=f"p{i}", similarity=0.99, overall=5.0, motion_structure=5,
+                              physical_feasibility=5, image_alignment=5, error_mm=error_mm)] for i in range(3)]
+        crit = BuiltinJudge(proto_weight=0.0, **kw).critique(ctx.model_copy(update={"prototypes": hits}))
+        return np.array([s.overall for s in crit.scores]), crit.summary
+
+    base = np.array([s.overall for s in BuiltinJudge(proto_weight=0.0).critique(ctx).scores])
+    hard, summary = overall(300.0)
+    easy, _ = overall(1.0)
+    for o in (hard, easy):
+        assert list(np.argsort(-o)) == list(np.argsort(-base)) and o.max() <= 10.0 + 1e-9
+    want = PROTO_LEVEL * 0.99 ** 4 * (math.log(settled_overall(300.0)) - np.log(base).mean())
+    assert np.log(hard) - np.log(base) == pytest.approx(np.full(3, want))
+    assert "level calibrated" in summary
+    assert easy == pytest.approx(base)  # the best already sits at 10: the cap leaves the group where it is
+    assert overall(None)[0] == pytest.approx(base)
+    assert overall(300.0, proto_level=0.0)[0] == pytest.approx(base)
+
+
 def test_contradictions_are_judged_on_the_measures_fired_rules_read():
     """With a fired rule the dominance check reads only its measure(s); without rules, every measure."""
     ev = {"consensus_dev_mm": [10.0, 200.0], "pose_prior_nll": [5.0, 1.0]}

@@ -41,6 +41,13 @@ def test_evaluate_critic_json(capsys):
             full = payload["rows"][0]["spearman"]
             assert r["full_minus_spearman"] == pytest.approx(full - r["spearman"], abs=1e-9)
             assert r["full_minus_sem"] >= 0
+            assert r["full_minus_top1_mm"] == pytest.approx(
+                payload["rows"][0]["top1_pa_mpjpe_mm"] - r["top1_pa_mpjpe_mm"], abs=1e-6)
+            assert r["full_minus_pearson"] == pytest.approx(
+                payload["rows"][0]["pearson_pointwise"] - r["pearson_pointwise"], abs=1e-6)
+            assert r["full_minus_pearson_se"] >= 0 and r["full_minus_top1_sem"] >= 0
+            assert "per_group_scores" not in r
+    assert "per_group_errors" not in payload
     assert payload["oracle_pa_mpjpe_mm"] <= payload["random_pa_mpjpe_mm"]
 
     # the memory was explored on train groups only, and every variant read one frozen version of it

@@ -141,12 +141,15 @@ def evaluate_critic(
             progress(f"score {v}", i + 1, n)
 
     res = explore_eval(memory_path, eval_groups, split=split, variants=variants, judge=judge,
-                       agent_config=agent_config, starter=starter, progress=on_variant)
+                       agent_config=agent_config, starter=starter, progress=on_variant, keep_scores=True)
     per_group = {r["variant"]: np.asarray(r.pop("per_group_spearman"), np.float64) for r in res["rows"]}
+    scores = {r["variant"]: r.pop("per_group_scores") for r in res["rows"]}
+    errors = res.pop("per_group_errors")
     for r in res["rows"]:
         rho = per_group[r["variant"]]
         r["spearman_sem"] = float(rho.std(ddof=1) / math.sqrt(len(rho))) if len(rho) > 1 else 0.0
     _paired_deltas(res["rows"], per_group)
+    _paired_pearson_deltas(res["rows"], scores, errors, seed=seed)
     payload = {
         **res,
         "num_generations": int(num_generations),
@@ -180,6 +183,49 @@ def _paired_deltas(rows: list[dict], per_group: dict[str, np.ndarray]) -> None:
         r["full_minus_sem"] = float(d.std(ddof=1) / math.sqrt(len(d))) if len(d) > 1 else 0.0
 
 
+def _pooled_pearson(scores: list[np.ndarray], errors: list[np.ndarray]) -> float:
+    s, e = np.concatenate(scores), np.concatenate(errors)
+    if np.ptp(s) <= 0:
+        return 0.0
+    r = float(np.corrcoef(s, -e)[0, 1])
+    return 0.0 if math.isnan(r) else r
+
+
+def _paired_pearson_deltas(rows: list[dict], scores: dict[str, list], errors: list, seed: int = 0,
+                           n_boot: int = 1000) -> None:
+    """Add ``full_minus_pearson`` with a paired bootstrap standard error, and ``full_minus_top1_mm`` with its
+    paired SE, to every ablation row.
+
+    The point-wise Pearson pools all hypotheses of all groups, so it has no per-group values to pair;
+    instead the same resampled groups (with replacement, ``n_boot`` times) are scored for both variants and
+    the spread of the difference is the SE. Groups that either variant failed to score are left out."""
+    full = scores.get("full")
+    if full is None:
+        return
+    rng = np.random.default_rng(seed)
+    for r in rows:
+        if r["variant"] == "full":
+            continue
+        other = scores[r["variant"]]
+        keep = [i for i in range(len(errors)) if full[i] is not None and other[i] is not None]
+        if not keep:
+            continue
+        a = [np.asarray(full[i], np.float64) for i in keep]
+        b = [np.asarray(other[i], np.float64) for i in keep]
+        e = [np.asarray(errors[i], np.float64) for i in keep]
+        r["full_minus_pearson"] = _pooled_pearson(a, e) - _pooled_pearson(b, e)
+        # top-1 (ties: the lowest index, as argmax does); negative = full's pick is better
+        d = np.array([e[i][int(np.argmax(a[i]))] - e[i][int(np.argmax(b[i]))] for i in range(len(keep))])
+        r["full_minus_top1_mm"] = float(d.mean())
+        r["full_minus_top1_sem"] = float(d.std(ddof=1) / math.sqrt(len(d))) if len(d) > 1 else 0.0
+        boots = []
+        for _ in range(n_boot if len(keep) > 1 else 0):
+            idx = rng.integers(0, len(keep), len(keep))
+            boots.append(_pooled_pearson([a[i] for i in idx], [e[i] for i in idx])
+                         - _pooled_pearson([b[i] for i in idx], [e[i] for i in idx]))
+        r["full_minus_pearson_se"] = float(np.std(boots, ddof=1)) if len(boots) > 1 else 0.0
+
+
 def format_table(payload: dict[str, Any]) -> str:
     src = (f"memory explored on {payload['explored_groups']} {payload['warmup_split']} groups"
            if payload.get("explored_groups") is not None else f"memory {payload['memory_dir']}")
@@ -187,12 +233,19 @@ def format_table(payload: dict[str, Any]) -> str:
              f"{payload['num_generations']} ({payload['group_source']} hypotheses; {src}, version "
              f"{payload['memory_version']})",
              f"{'variant':<15}{'ρ PA':>7}{'± sem':>7}{'τ PA':>7}{'ρ MPJPE':>9}{'ρ PVE':>7}{'top-1 PA':>10}"
-             f"{'full − this (paired sem)':>27}"]
+             f"{'r pooled':>9}{'full − this: ρ (paired sem)':>30}{'r (bootstrap se)':>20}"
+             f"{'top-1 mm (sem)':>18}"]
     for r in payload["rows"]:
-        delta = (f"{r['full_minus_spearman']:>+19.3f} ({r['full_minus_sem']:.3f})"
+        delta = (f"{r['full_minus_spearman']:>+22.3f} ({r['full_minus_sem']:.3f})"
                  if "full_minus_spearman" in r else "")
+        if "full_minus_pearson" in r:
+            delta += (f"{r['full_minus_pearson']:>+12.3f} ({r['full_minus_pearson_se']:.3f})"
+                      f"{r['full_minus_top1_mm']:>+11.1f} ({r['full_minus_top1_sem']:.1f})")
         lines.append(f"{r['variant']:<15}{r['spearman']:>7.3f}{r['spearman_sem']:>7.3f}{r['kendall']:>7.3f}"
-                     f"{r['spearman_mpjpe']:>9.3f}{r['spearman_pve']:>7.3f}{r['top1_pa_mpjpe_mm']:>7.1f} mm{delta}")
+                     f"{r['spearman_mpjpe']:>9.3f}{r['spearman_pve']:>7.3f}{r['top1_pa_mpjpe_mm']:>7.1f} mm"
+                     f"{r.get('pearson_pointwise', float('nan')):>9.3f}{delta}")
     lines.append(f"{'random pick':<52}{payload['random_pa_mpjpe_mm']:>7.1f} mm")
     lines.append(f"{'oracle best-of-N':<52}{payload['oracle_pa_mpjpe_mm']:>7.1f} mm")
+    lines.append("ρ, τ: mean within-group rank correlation of overall with −error; r pooled: point-wise Pearson of "
+                 "overall with −PA-MPJPE over all hypotheses of all groups (do scores mean the same across groups?)")
     return "\n".join(lines)

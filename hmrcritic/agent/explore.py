@@ -44,6 +44,7 @@ from typing import Any
 
 import numpy as np
 
+from hmrcritic.agent.judges import settled_overall
 from hmrcritic.agent.mining import (
     BatchGroup,
     Rejection,
@@ -413,7 +414,7 @@ def settle_scores(overall: np.ndarray, error: np.ndarray, mode: str = "rank") ->
     if mode == "rank":
         return rank_matched_scores(overall, error)
     if mode == "error":
-        return 10.0 * np.exp(-np.asarray(error, np.float64) / 60.0)
+        return settled_overall(error)
     raise InputError(f"settle mode {mode!r}: choose rank or error")
 
 

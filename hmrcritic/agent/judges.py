@@ -183,6 +183,51 @@ def prototype_consensus(hits: list[PrototypeHit], temperature: float = 0.05) -> 
     return value, confidence
 
 
+def settled_overall(error_mm, scale_mm: float = 60.0) -> np.ndarray:
+    """The score a hypothesis deserved given its true error: 10 at 0 mm, 3.7 at ``scale_mm`` (60 mm).
+
+    One mapping for everything that settles on the truth: the graph's ``memory_write`` on labelled groups,
+    exploration's ``settle="error"`` and the prototype calibration below (:func:`prototype_level`)."""
+    return 10.0 * np.exp(-np.asarray(error_mm, dtype=np.float64) / scale_mm)
+
+
+def prototype_level(prototypes: list[list[PrototypeHit]], temperature: float = 0.05) -> tuple[float, float] | None:
+    """(mean log score the group's nearest *labelled* prototypes deserved, mean confidence), or None.
+
+    Per hypothesis: the similarity-weighted :func:`settled_overall` of the true errors of its recalled
+    prototypes that carry one (written while exploring labelled groups), its confidence = top similarity⁴;
+    then the mean over the hypotheses. It says how well poses like these actually went — an absolute level
+    that a group's own evidence, ranked within the group, cannot give."""
+    logs, confs = [], []
+    for hits in prototypes:
+        known = [h for h in hits if h.error_mm is not None]
+        if not known:
+            continue
+        sims = np.array([h.similarity for h in known], dtype=np.float64)
+        w = np.exp((sims - sims.max()) / temperature)
+        value = float((w * settled_overall([h.error_mm for h in known])).sum() / w.sum())
+        logs.append(math.log(max(value, 1e-3)))
+        confs.append(float(np.clip(sims.max(), 0.0, 1.0)) ** 4)
+    if not logs:
+        return None
+    return float(np.mean(logs)), float(np.mean(confs))
+
+
+def calibrate_level(log_overall: np.ndarray, level: tuple[float, float] | None,
+                    share: float) -> tuple[np.ndarray, float]:
+    """Move a group's mean log score ``share · confidence`` of the way to the prototypes' level.
+
+    One shift for every hypothesis, capped so that no score passes 10 (clipping would tie the best ones):
+    the ranking within the group is exactly kept; what changes is that a score means the same in an easy
+    and a hard group. Returns (calibrated log scores, the shift)."""
+    if level is None or share <= 0 or len(log_overall) == 0:
+        return log_overall, 0.0
+    target, conf = level
+    shift = share * conf * (target - float(np.mean(log_overall)))
+    shift = min(shift, math.log(10.0) - float(np.max(log_overall)))
+    return log_overall + shift, float(shift)
+
+
 # A rule's points act multiplicatively: each point keeps exp(−POINT_DECAY) of the score. Subtracting and
 # clipping at 0 would tie every badly broken hypothesis at 0 and throw their ranking away.
 POINT_DECAY = 0.03
@@ -192,6 +237,10 @@ GENERIC_WEIGHT = 0.3
 # How strongly a prototype consensus pulls: ``overall`` is multiplied by ((value + 0.1) / 10.1) ** β with
 # β = PROTO_GAIN · proto_weight · confidence (log-space blend: it reorders, it does not flatten).
 PROTO_GAIN = 0.3
+# Share of the way a group's mean log score moves to its labelled prototypes' level (:func:`calibrate_level`).
+# Chosen on held-out *train* groups (0.3 / 0.5 / 0.7 / 1.0 → point-wise Pearson 0.656 / 0.672 / 0.668 / 0.545):
+# the prototypes' level and the rules' level each know part of how hard a group is.
+PROTO_LEVEL = 0.5
 
 
 def _mean_rank(v: np.ndarray) -> np.ndarray:
@@ -236,10 +285,15 @@ class BuiltinJudge:
        rule whose executable condition fires takes its points off, as a factor ``exp(−0.03 · points ·
        weight)`` on ``overall`` and its axis (weight = 1 for an untried rule, up to 2 for one whose deductions
        improved rankings while warming up/exploring, toward 0 for one that never did).
-    3. Prototypes (episodic memory): the similarity-weighted settled ``overall`` of the nearest past poses
-       (settled on the true error while warming up on labelled train groups) multiplies ``overall`` by
-       ``((value + 0.1) / 10.1) ** β``, ``β = 0.3 · proto_weight · confidence`` (confidence = top
-       similarity⁴): a calibration toward what actually went wrong for similar poses.
+    3. Prototypes (episodic memory), two ways:
+       a. per hypothesis, the similarity-weighted settled ``overall`` of its nearest past poses multiplies
+          ``overall`` by ``((value + 0.1) / 10.1) ** β``, ``β = 0.3 · proto_weight · confidence``
+          (confidence = top similarity⁴) — a small nudge within the group;
+       b. per group, the level (:func:`calibrate_level`): the mean log score moves ``proto_level`` (0.5) ·
+          confidence of the way to what the labelled prototypes of its hypotheses truly deserved
+          (:func:`settled_overall` of their recorded errors). This is the paper's "calibration examples"
+          made executable: it keeps every ranking and makes scores comparable across groups (point-wise
+          Pearson), which evidence ranked within a group cannot do.
     4. Revision (``ctx.issues`` from the reflect node): starts from the previous critique and fixes each
        issue — recompute invalid scores, apply a fired rule that was not applied, and swap the scores of a
        hypothesis ranked above one that dominates it on the measures the fired rules read, move a score
@@ -254,15 +308,17 @@ class BuiltinJudge:
     name = "builtin"
 
     def __init__(self, proto_weight: float = 0.3, temperature: float = 0.05, point_decay: float = POINT_DECAY,
-                 revise_prototypes: bool = False, generic_weight: float = GENERIC_WEIGHT, **_: object):
+                 revise_prototypes: bool = False, generic_weight: float = GENERIC_WEIGHT,
+                 proto_level: float = PROTO_LEVEL, **_: object):
         self.proto_weight = float(proto_weight)
+        self.proto_level = float(proto_level)
         self.revise_prototypes = bool(revise_prototypes)
         self.temperature = float(temperature)
         self.point_decay = float(point_decay)
         self.generic_weight = float(generic_weight)
 
     def __repr__(self) -> str:
-        return f"BuiltinJudge(proto_weight={self.proto_weight})"
+        return f"BuiltinJudge(proto_weight={self.proto_weight}, proto_level={self.proto_level})"
 
     # -- first critique ---------------------------------------------------------------------------------
     def generic_evidence(self, ctx: JudgeContext) -> dict[str, list[float]]:
@@ -299,6 +355,8 @@ class BuiltinJudge:
             beta = PROTO_GAIN * self.proto_weight * conf
             log_overall[i] += beta * math.log((max(value, 0.0) + 0.1) / 10.1)
             proto_note[i] = f"similar past poses settled at {value:.1f} (weight {beta:.2f})"
+        log_overall, shift = calibrate_level(log_overall, prototype_level(ctx.prototypes[:n], self.temperature),
+                                             self.proto_level)
         overall = np.exp(log_overall)
         scores = []
         for i in range(n):
@@ -314,6 +372,8 @@ class BuiltinJudge:
         order = sorted(range(n), key=lambda i: -scores[i].overall)
         summary = (f"best h{order[0]} ({scores[order[0]].overall:.1f}), worst h{order[-1]} "
                    f"({scores[order[-1]].overall:.1f}); {len(fired)} rule(s) fired")
+        if shift:
+            summary += f"; level calibrated ×{math.exp(shift):.2f} to how similar past poses truly went"
         return GroupCritique(scores=scores, summary=summary, rules_applied=sorted(fired))
 
     def _rationale(self, ctx: JudgeContext, i: int, rules_i: list[str], proto_note: str) -> str:

@@ -136,12 +136,15 @@ def explore_eval(
     agent_config: dict | None = None,
     starter: Any = None,
     progress: Callable[[str, int, int], None] | None = None,
+    keep_scores: bool = False,
 ) -> dict:
     """``{"rows": [{"variant", "spearman", "kendall", "top1_pa_mpjpe_mm", …}], "random_pa_mpjpe_mm",
     "oracle_pa_mpjpe_mm", "num_groups", …}`` on held-out groups (see module doc).
 
     ``memory``: the explored memory (folder or store; opened read-only). ``starter``: the memory of the
-    ``no_reflection`` row (default: a fresh starter memory in a temporary folder)."""
+    ``no_reflection`` row (default: a fresh starter memory in a temporary folder). ``keep_scores``: each row
+    also carries ``per_group_scores`` and the result ``per_group_errors`` (PA-MPJPE), for paired statistics
+    between variants."""
     from hmrcritic.agent.explore import _memory_path, assert_not_explored, error_table, frozen_copy
 
     bad = [v for v in variants if v not in VARIANTS]
@@ -164,11 +167,15 @@ def explore_eval(
         scores, versions = score_groups(held, mem, v, judge=judge, agent_config=agent_config)
         row = {"variant": v, **correlation_row(scores, tables),
                "memory_version": sorted({x for x in versions if x})}
+        if keep_scores:
+            row["per_group_scores"] = [None if s is None else np.asarray(s, np.float64).tolist() for s in scores]
         rows.append(row)
     after = frozen.version()
     if after != before:
         raise AssetError(f"memory at {path} changed while it was being scored read-only ({before} → {after})")
+    extra = {"per_group_errors": [t["pa_mpjpe"].tolist() for t in tables]} if keep_scores else {}
     return {
+        **extra,
         "rows": rows,
         "random_pa_mpjpe_mm": float(np.mean([t["pa_mpjpe"].mean() for t in tables])),
         "oracle_pa_mpjpe_mm": float(np.mean([t["pa_mpjpe"].min() for t in tables])),

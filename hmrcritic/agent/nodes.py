@@ -30,6 +30,7 @@ from hmrcritic.agent.judges import (
     hard_points,
     make_judge,
     prototype_consensus,
+    settled_overall,
 )
 from hmrcritic.agent.schema import AXES, GroupCritique
 from hmrcritic.agent.state import AgentConfig, AgentState
@@ -64,10 +65,10 @@ def get_judge(cfg: AgentConfig, config: dict | None = None):
     if injected is not None and not isinstance(injected, str):
         return injected
     name = injected or cfg.judge
-    key = (name, cfg.proto_weight)
+    key = (name, cfg.proto_weight, cfg.proto_level)
     with _LOCK:
         if key not in _JUDGES:
-            kwargs = {"proto_weight": cfg.proto_weight} if name == "builtin" else {}
+            kwargs = {"proto_weight": cfg.proto_weight, "proto_level": cfg.proto_level} if name == "builtin" else {}
             _JUDGES[key] = make_judge(name, **kwargs)
         return _JUDGES[key]
 
@@ -465,12 +466,6 @@ def route_after_reflect(state: AgentState, config: RunnableConfig = None) -> str
 
 
 # -------------------------------------------------------------------------------------------- memory_write
-def settled_overall(error_mm: np.ndarray, scale_mm: float = 60.0) -> np.ndarray:
-    """A score settled on the true error (exploration with labels): 10 at 0 mm, 3.7 at ``scale_mm``
-    (:func:`memory_write` also takes off the hard constraints' points)."""
-    return 10.0 * np.exp(-np.asarray(error_mm, dtype=np.float64) / scale_mm)
-
-
 def memory_write(state: AgentState, config: RunnableConfig = None) -> dict:
     """When learning: one batch of prototypes (pose embeddings + settled scores) and the rule statistics.
 

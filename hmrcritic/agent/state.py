@@ -50,6 +50,10 @@ class AgentConfig(BaseModel):
     use_rules: bool = Field(default_factory=lambda: _env_bool("HMRCRITIC_USE_RULES", True))
     use_prototypes: bool = Field(default_factory=lambda: _env_bool("HMRCRITIC_USE_PROTOTYPES", True))
     proto_weight: float = Field(default_factory=lambda: _env_float("HMRCRITIC_PROTO_WEIGHT", 0.3), ge=0, le=1)
+    proto_level: float = Field(
+        default_factory=lambda: _env_float("HMRCRITIC_PROTO_LEVEL", 0.5), ge=0, le=1,
+        description="builtin judge: share of the way a group's score level moves to its labelled prototypes'",
+    )
     settle_with_labels: bool = Field(
         True, description="when learning on labelled groups, prototypes keep scores settled on the true error"
     )
