@@ -458,3 +458,18 @@ def test_request_rejected_in_every_form_fails_and_restores_mode(images):
         srv.default = "good"
         assert_valid(judge.critique(make_ctx(images)))
     assert srv.requests[-1].mode == "json_schema"
+
+
+def test_prototypes_block_gives_the_true_error_of_labelled_cases():
+    """A labelled past case shows its true error beside its score (the calibration it carries); an unlabelled
+    one shows its score only."""
+    from hmrcritic.agent.prompts import prototypes_block
+
+    def hit(err):
+        return PrototypeHit(proto_id="p", similarity=0.97, overall=3.2, motion_structure=5,
+                            physical_feasibility=5, image_alignment=5, rationale="r", error_mm=err)
+
+    text = prototypes_block([[hit(87.4)], [hit(None)]])
+    lines = text.splitlines()[1:]
+    assert "true PA-MPJPE 87 mm" in lines[0] and "true PA-MPJPE" not in lines[1]
+    assert all("scored overall 3.2" in line for line in lines)

@@ -62,10 +62,10 @@ def _key(**settings) -> str:
 
 def evaluate_critic(
     split: str = "test",
-    num_groups: int = 20,
+    num_groups: int = 100,
     num_generations: int = 16,
     warmup_split: str = "train",
-    warmup_groups: int = 40,
+    warmup_groups: int = 200,
     seed: int = 0,
     source: str = "auto",
     judge: Any = "builtin",

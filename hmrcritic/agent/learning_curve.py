@@ -248,7 +248,8 @@ def learning_curve(
 
 
 def plot_curve(rows: Sequence[dict], path: str | Path) -> Path:
-    """Held-out Spearman and Kendall (left axis) and top-1 PA-MPJPE (right axis) per round, as a PNG."""
+    """Held-out Spearman, Kendall and point-wise Pearson (left axis) and top-1 PA-MPJPE (right axis) per
+    round, as a PNG."""
     import matplotlib
 
     matplotlib.use("Agg")
@@ -260,8 +261,11 @@ def plot_curve(rows: Sequence[dict], path: str | Path) -> Path:
     fig, ax = plt.subplots(figsize=(6, 3.6), dpi=110)
     ax.plot(x, [r["spearman"] for r in rows], "o-", label="Spearman (PA-MPJPE)")
     ax.plot(x, [r["kendall"] for r in rows], "s--", label="Kendall τ (PA-MPJPE)")
+    if all("pearson_pointwise" in r for r in rows):
+        ax.plot(x, [r["pearson_pointwise"] for r in rows], "d-.", color="tab:green",
+                label="point-wise Pearson (all groups pooled)")
     ax.set_xlabel("exploration round (0 = starter memory)")
-    ax.set_ylabel("held-out rank correlation")
+    ax.set_ylabel("held-out correlation")
     ax.grid(alpha=0.3)
     ax2 = ax.twinx()
     ax2.plot(x, [r["top1_pa_mpjpe_mm"] for r in rows], "^:", color="tab:red", label="top-1 PA-MPJPE")

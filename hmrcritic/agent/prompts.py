@@ -46,7 +46,8 @@ the memory rules you are given when their condition holds, and list the ids of t
 equal scores only to hypotheses you cannot tell apart.
 - The evidence table holds measured values; trust it for what the renders cannot show (e.g. small \
 penetrations), and use the renders for what numbers miss.
-- Past cases (prototypes) are calibration examples: similar poses were scored as shown.
+- Past cases (prototypes) are calibration examples: similar poses were scored as shown; where a past case's \
+true error is given, poses that went that well or badly deserve scores at that level.
 - Rationale: one or two sentences citing the deciding evidence.
 Score exactly the hypotheses you are given: one entry per index 0..N-1, each index once."""
 
@@ -124,8 +125,11 @@ def prototypes_block(prototypes: Sequence[Sequence[Any]]) -> str:
     for i, hits in enumerate(prototypes):
         for hit in list(hits)[:MAX_PROTOS_PER_HYP]:
             rationale = " ".join(str(hit.rationale).split())[:MAX_RATIONALE_CHARS]
+            # the true error, when the case was labelled, is the calibration the paper's examples carry
+            truth = (f", true PA-MPJPE {hit.error_mm:.0f} mm" if getattr(hit, "error_mm", None) is not None
+                     else "")
             rows.append(
-                f"- hyp {i} resembles a past case (similarity {hit.similarity:.2f}) scored overall "
+                f"- hyp {i} resembles a past case (similarity {hit.similarity:.2f}{truth}) scored overall "
                 f"{_fmt(hit.overall)}: {rationale or 'no rationale'}"
             )
     if not rows:

@@ -150,9 +150,9 @@ def register(app: typer.Typer) -> None:
     @app.command("evaluate-critic")
     def evaluate_cmd(
         split: str = typer.Option("test", "--split", help="Labelled split to evaluate on."),
-        num_groups: int = typer.Option(20, "--num-groups", help="Held-out groups to evaluate."),
+        num_groups: int = typer.Option(100, "--num-groups", help="Held-out groups to evaluate."),
         num_generations: int = typer.Option(16, "--num-generations", help="Hypotheses per group."),
-        warmup_groups: int = typer.Option(40, "--warmup-groups",
+        warmup_groups: int = typer.Option(200, "--warmup-groups",
                                           help="Train groups explored into the memory first (0: starter memory)."),
         batch_size: int = typer.Option(8, "--batch-size", help="Exploration batch size (groups per round)."),
         memory_dir: Path = typer.Option(None, "--memory-dir",
