@@ -34,7 +34,7 @@ from typing import Any
 import numpy as np
 
 from hmrcritic import config as hconfig
-from hmrcritic.agent.learning_curve import VARIANTS  # one list of variants for both tools
+from hmrcritic.agent.learning_curve import VARIANTS, pooled_pearson  # one list of variants for both tools
 from hmrcritic.errors import InputError
 from hmrcritic.io import atomic_write_json
 
@@ -183,14 +183,6 @@ def _paired_deltas(rows: list[dict], per_group: dict[str, np.ndarray]) -> None:
         r["full_minus_sem"] = float(d.std(ddof=1) / math.sqrt(len(d))) if len(d) > 1 else 0.0
 
 
-def _pooled_pearson(scores: list[np.ndarray], errors: list[np.ndarray]) -> float:
-    s, e = np.concatenate(scores), np.concatenate(errors)
-    if np.ptp(s) <= 0:
-        return 0.0
-    r = float(np.corrcoef(s, -e)[0, 1])
-    return 0.0 if math.isnan(r) else r
-
-
 def _paired_pearson_deltas(rows: list[dict], scores: dict[str, list], errors: list, seed: int = 0,
                            n_boot: int = 1000) -> None:
     """Add ``full_minus_pearson`` with a paired bootstrap standard error, and ``full_minus_top1_mm`` with its
@@ -213,7 +205,7 @@ def _paired_pearson_deltas(rows: list[dict], scores: dict[str, list], errors: li
         a = [np.asarray(full[i], np.float64) for i in keep]
         b = [np.asarray(other[i], np.float64) for i in keep]
         e = [np.asarray(errors[i], np.float64) for i in keep]
-        r["full_minus_pearson"] = _pooled_pearson(a, e) - _pooled_pearson(b, e)
+        r["full_minus_pearson"] = pooled_pearson(a, e) - pooled_pearson(b, e)
         # top-1 (ties: the lowest index, as argmax does); negative = full's pick is better
         d = np.array([e[i][int(np.argmax(a[i]))] - e[i][int(np.argmax(b[i]))] for i in range(len(keep))])
         r["full_minus_top1_mm"] = float(d.mean())
@@ -221,8 +213,8 @@ def _paired_pearson_deltas(rows: list[dict], scores: dict[str, list], errors: li
         boots = []
         for _ in range(n_boot if len(keep) > 1 else 0):
             idx = rng.integers(0, len(keep), len(keep))
-            boots.append(_pooled_pearson([a[i] for i in idx], [e[i] for i in idx])
-                         - _pooled_pearson([b[i] for i in idx], [e[i] for i in idx]))
+            boots.append(pooled_pearson([a[i] for i in idx], [e[i] for i in idx])
+                         - pooled_pearson([b[i] for i in idx], [e[i] for i in idx]))
         r["full_minus_pearson_se"] = float(np.std(boots, ddof=1)) if len(boots) > 1 else 0.0
 
 

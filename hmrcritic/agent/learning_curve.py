@@ -20,6 +20,7 @@ scoring (checked: a frozen memory that changed is an error).
 
 from __future__ import annotations
 
+import math
 import tempfile
 from collections.abc import Callable, Sequence
 from pathlib import Path
@@ -91,7 +92,7 @@ def score_groups(groups: Sequence[Any], memory: Any, variant: str = "full", judg
 
 def correlation_row(scores: Sequence[np.ndarray | None], tables: Sequence[dict[str, np.ndarray]]) -> dict:
     """Mean group-wise Spearman / Kendall of score vs −error per metric, and the critic's top-1 error."""
-    from hmrcritic.hmr.metrics import kendall_tau, pearson, spearman
+    from hmrcritic.hmr.metrics import kendall_tau, spearman
 
     row: dict[str, Any] = {}
     ok = [(s, t) for s, t in zip(scores, tables, strict=True) if s is not None]
@@ -114,11 +115,19 @@ def correlation_row(scores: Sequence[np.ndarray | None], tables: Sequence[dict[s
     # the paper's point-wise correlation: all hypotheses of all groups pooled, so it also asks whether a
     # score means the same in an easy and a hard group (what calibration against prototypes is for)
     if ok:
-        s_all = np.concatenate([np.asarray(s, np.float64) for s, _ in ok])
-        e_all = np.concatenate([np.asarray(t["pa_mpjpe"], np.float64) for _, t in ok])
-        r = float(pearson(s_all, -e_all)) if np.ptp(s_all) > 0 else 0.0
-        row["pearson_pointwise"] = 0.0 if np.isnan(r) else r
+        row["pearson_pointwise"] = pooled_pearson([s for s, _ in ok], [t["pa_mpjpe"] for _, t in ok])
     return row
+
+
+def pooled_pearson(scores: Sequence[np.ndarray], errors: Sequence[np.ndarray]) -> float:
+    """Point-wise Pearson of score with −error over all hypotheses of all groups pooled (0 for a constant
+    score)."""
+    s = np.concatenate([np.asarray(x, np.float64) for x in scores])
+    e = np.concatenate([np.asarray(x, np.float64) for x in errors])
+    if np.ptp(s) <= 0:
+        return 0.0
+    r = float(np.corrcoef(s, -e)[0, 1])
+    return 0.0 if math.isnan(r) else r
 
 
 def explore_eval(

@@ -1,0 +1,94 @@
+"""How far should prototypes move a group's score level? (the figures behind ``judges.PROTO_LEVEL``)
+
+Explores ``--warmup-groups`` train groups into a fresh memory (as ``evaluate-critic`` does), then scores
+held-out groups — other *train* groups, on which the share is chosen, and ``test`` groups, on which it is only
+reported — with the prototypes switched off, and applies :func:`hmrcritic.agent.judges.calibrate_level` with
+each share to those scores and the prototypes the recall node would retrieve (``prototypes_k`` per hypothesis).
+Prints, per share, the point-wise Pearson of ``overall`` with −PA-MPJPE over all hypotheses pooled and the
+mean within-group Spearman (unchanged by construction: one shift per group). Writes
+benchmarks/results/prototype_level.json (or ``--json PATH``).
+
+    python benchmarks/prototype_level.py [--warmup-groups 200] [--heldout-groups 100] [--shares 0 0.3 0.5 0.7 1]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import tempfile
+from pathlib import Path
+
+import numpy as np
+
+from hmrcritic.agent.api import critique_group
+from hmrcritic.agent.explore import assert_not_explored, explore, frozen_copy
+from hmrcritic.agent.groups import make_groups
+from hmrcritic.agent.judges import calibrate_level, prototype_level
+from hmrcritic.agent.nodes import _hit, load_bodies
+from hmrcritic.agent.state import AgentConfig
+from hmrcritic.hmr.metrics import spearman
+from hmrcritic.memory.embeddings import pose_embedding
+from hmrcritic.memory.store import MemoryStore
+
+RESULTS = Path(__file__).resolve().parent / "results" / "prototype_level.json"
+HELDOUT_TRAIN_START = 3000  # far past the groups exploration draws (checked with assert_not_explored)
+
+
+def score_without_prototypes(groups, memory, k: int) -> list[tuple[np.ndarray, list, np.ndarray]]:
+    """(overall without prototypes, the prototype hits recall would give, true PA-MPJPE) per group."""
+    cfg = AgentConfig(render=False, learn=False, use_prototypes=False, rules_k=16)
+    out = []
+    for g in groups:
+        res = critique_group(g.sample, g.hypotheses, memory=memory, config=cfg,
+                             group_id=f"protolevel-{g.group_id}", fresh=True)
+        joints = load_bodies(res.run_dir)["joints"][:, :24]
+        hits = [[_hit(p, s) for p, s in row] for row in memory.prototypes.query(pose_embedding(joints), k=k)]
+        out.append((np.asarray(res.overall, np.float64), hits, np.asarray(g.errors_mm, np.float64)))
+    return out
+
+
+def figures(scored, share: float) -> dict:
+    cal = []
+    for s, hits, _ in scored:
+        log_s, _ = calibrate_level(np.log(np.maximum(s, 1e-9)), prototype_level(hits), share)
+        cal.append(np.exp(log_s))
+    allp, alle = np.concatenate(cal), np.concatenate([e for _, _, e in scored])
+    rho = [float(spearman(c, -e)) for c, (_, _, e) in zip(cal, scored, strict=True)]
+    return {"share": share, "pearson_pointwise": float(np.corrcoef(allp, -alle)[0, 1]),
+            "spearman": float(np.nanmean(rho))}
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    ap.add_argument("--warmup-groups", type=int, default=200)
+    ap.add_argument("--heldout-groups", type=int, default=100)
+    ap.add_argument("--shares", type=float, nargs="+", default=[0.0, 0.3, 0.5, 0.7, 1.0])
+    ap.add_argument("--prototypes-k", type=int, default=AgentConfig().prototypes_k)
+    ap.add_argument("--json", type=Path, default=RESULTS, help="where to write the figures")
+    args = ap.parse_args()
+    result: dict = {"warmup_groups": args.warmup_groups, "heldout_groups": args.heldout_groups,
+                    "prototypes_k": args.prototypes_k, "splits": {}}
+    with tempfile.TemporaryDirectory() as tmp:
+        mem = MemoryStore(path=Path(tmp) / "memory")
+        explore(mem, split="train", rounds=-(-args.warmup_groups // 8), batch_size=8, limit=args.warmup_groups,
+                seed=1)
+        frozen = frozen_copy(mem)
+        for split, start in (("train", HELDOUT_TRAIN_START), ("test", 0)):
+            groups, _ = make_groups(split, args.heldout_groups, 16, seed=0, start=start, source="model")
+            if split == "train":
+                assert_not_explored(mem, split, [g.group_id for g in groups])
+            scored = score_without_prototypes(groups, frozen, args.prototypes_k)
+            rows = [figures(scored, share) for share in args.shares]
+            result["splits"][split] = rows
+            print(f"{split} ({'choose on' if split == 'train' else 'report only'}): "
+                  f"{len(scored)} held-out groups, memory of {frozen.prototypes.count()} prototypes")
+            for r in rows:
+                print(f"  share {r['share']:.1f}: point-wise Pearson {r['pearson_pointwise']:.3f}   "
+                      f"within-group Spearman {r['spearman']:.3f}")
+    args.json.parent.mkdir(parents=True, exist_ok=True)
+    args.json.write_text(json.dumps(result, indent=2))
+    print(f"wrote {args.json}")
+
+
+if __name__ == "__main__":
+    main()
