@@ -149,7 +149,7 @@ def evaluate_critic(
         rho = per_group[r["variant"]]
         r["spearman_sem"] = float(rho.std(ddof=1) / math.sqrt(len(rho))) if len(rho) > 1 else 0.0
     _paired_deltas(res["rows"], per_group)
-    _paired_pearson_deltas(res["rows"], scores, errors, seed=seed)
+    _paired_pearson_top1_deltas(res["rows"], scores, errors, seed=seed)
     payload = {
         **res,
         "num_generations": int(num_generations),
@@ -183,7 +183,7 @@ def _paired_deltas(rows: list[dict], per_group: dict[str, np.ndarray]) -> None:
         r["full_minus_sem"] = float(d.std(ddof=1) / math.sqrt(len(d))) if len(d) > 1 else 0.0
 
 
-def _paired_pearson_deltas(rows: list[dict], scores: dict[str, list], errors: list, seed: int = 0,
+def _paired_pearson_top1_deltas(rows: list[dict], scores: dict[str, list], errors: list, seed: int = 0,
                            n_boot: int = 1000) -> None:
     """Add ``full_minus_pearson`` with a paired bootstrap standard error, and ``full_minus_top1_mm`` with its
     paired SE, to every ablation row.
