@@ -21,11 +21,9 @@ from pathlib import Path
 
 import numpy as np
 
-from hmrcritic.agent.api import critique_group
+from hmrcritic.agent.api import critique_labelled
 from hmrcritic.agent.explore import error_table
 from hmrcritic.agent.groups import make_groups
-from hmrcritic.agent.nodes import load_bodies
-from hmrcritic.agent.state import AgentConfig
 from hmrcritic.hmr.metrics import spearman
 from hmrcritic.memory.embeddings import pose_embedding
 
@@ -41,12 +39,8 @@ def _rho(score: np.ndarray, err: np.ndarray) -> float:
 
 def collect(split: str, n_groups: int, n: int) -> list[dict]:
     groups, used = make_groups(split, n_groups, n, seed=0, source="model")
-    cfg = AgentConfig(render=False, learn=False, use_memory=False, max_reflections=0)
     out = []
-    for g in groups:
-        res = critique_group(g.sample, g.hypotheses, memory=None, config=cfg, group_id=f"signals-{g.group_id}",
-                             fresh=True)
-        joints = load_bodies(res.run_dir)["joints"][:, :24]
+    for g, res, joints in critique_labelled(groups, tag="signals"):
         out.append({"evidence": {k: np.asarray(v) for k, v in res.evidence.items()},
                     "err": error_table(g)["pa_mpjpe"], "emb": pose_embedding(joints)})
     return out

@@ -20,11 +20,11 @@ from pathlib import Path
 
 import numpy as np
 
-from hmrcritic.agent.api import critique_group
+from hmrcritic.agent.api import critique_labelled
 from hmrcritic.agent.explore import assert_not_explored, explore, frozen_copy
 from hmrcritic.agent.groups import make_groups
 from hmrcritic.agent.judges import calibrate_level, prototype_level
-from hmrcritic.agent.nodes import _hit, load_bodies
+from hmrcritic.agent.nodes import _hit
 from hmrcritic.agent.state import AgentConfig
 from hmrcritic.hmr.metrics import spearman
 from hmrcritic.memory.embeddings import pose_embedding
@@ -38,10 +38,7 @@ def score_without_prototypes(groups, memory, k: int) -> list[tuple[np.ndarray, l
     """(overall without prototypes, the prototype hits recall would give, true PA-MPJPE) per group."""
     cfg = AgentConfig(render=False, learn=False, use_prototypes=False, rules_k=16)
     out = []
-    for g in groups:
-        res = critique_group(g.sample, g.hypotheses, memory=memory, config=cfg,
-                             group_id=f"protolevel-{g.group_id}", fresh=True)
-        joints = load_bodies(res.run_dir)["joints"][:, :24]
+    for g, res, joints in critique_labelled(groups, memory, cfg, tag="protolevel"):
         hits = [[_hit(p, s) for p, s in row] for row in memory.prototypes.query(pose_embedding(joints), k=k)]
         out.append((np.asarray(res.overall, np.float64), hits, np.asarray(g.errors_mm, np.float64)))
     return out

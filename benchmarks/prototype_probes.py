@@ -29,10 +29,8 @@ from pathlib import Path
 
 import numpy as np
 
-from hmrcritic.agent.api import critique_group
+from hmrcritic.agent.api import critique_labelled
 from hmrcritic.agent.groups import make_groups
-from hmrcritic.agent.nodes import load_bodies
-from hmrcritic.agent.state import AgentConfig
 from hmrcritic.hmr.metrics import spearman
 from hmrcritic.memory.embeddings import pose_embedding
 
@@ -64,12 +62,8 @@ def _unit(a: np.ndarray) -> np.ndarray:
 
 def collect(split: str, n_groups: int) -> list[dict]:
     groups, _ = make_groups(split, n_groups, 16, seed=0, source="model")
-    cfg = AgentConfig(render=False, learn=False, use_memory=False, max_reflections=0)
     out = []
-    for g in groups:
-        res = critique_group(g.sample, g.hypotheses, memory=None, config=cfg, group_id=f"probes-{g.group_id}",
-                             fresh=True)
-        joints = load_bodies(res.run_dir)["joints"][:, :24]
+    for g, res, joints in critique_labelled(groups, tag="probes"):
         ev = {k: np.asarray(v, np.float64) for k, v in res.evidence.items()}
         n = len(joints)
         emb = pose_embedding(joints)

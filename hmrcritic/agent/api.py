@@ -13,7 +13,7 @@ from __future__ import annotations
 import hashlib
 import re
 import time
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Iterator, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
@@ -338,6 +338,22 @@ def critique_groups(
             if progress is not None:
                 progress(i + 1, len(jobs), res)
     return results
+
+
+def critique_labelled(groups: Iterable[Any], memory: Any = None, config: AgentConfig | dict | None = None,
+                      tag: str = "diag") -> Iterator[tuple[Any, ScoredGroup, np.ndarray]]:
+    """Critique labelled groups one by one, each in a fresh thread, and yield ``(group, result, joints)`` with
+    the hypotheses' ``(N, 24, 3)`` SMPL joints: the loop behind the critic diagnostics in benchmarks/
+    (critic_signals, prototype_probes, prototype_level). Default config: no rendering, no memory, no revise
+    loop — the measured evidence alone."""
+    from hmrcritic.agent.nodes import load_bodies
+
+    if config is None:
+        config = AgentConfig(render=False, learn=False, use_memory=False, max_reflections=0)
+    for g in groups:
+        res = critique_group(g.sample, g.hypotheses, memory=memory, config=config, group_id=f"{tag}-{g.group_id}",
+                             fresh=True)
+        yield g, res, load_bodies(res.run_dir)["joints"][:, :24]
 
 
 def write_scores(result: ScoredGroup, out_dir: str | Path) -> Path:
