@@ -14,7 +14,12 @@ brings to the baseline on test (± paired SE) and on train. Probes:
 * ``2D view→truth``: retrieve train inputs with similar normalised 2D keypoints and score each hypothesis by
   its cosine to their true (camera-frame, root-relative) poses — a lifting prior from memory;
 * ``evidence profile→residual``: kNN on the hypothesis' within-group evidence ranks plus its group's spread
-  and reprojection level, of the baseline's residual (a non-linear scorer learned from memory).
+  and reprojection level, of the baseline's residual (a non-linear scorer learned from memory);
+* ``pose-local weights``: instead of adding a feature, re-weigh the evidence per group — least squares on the
+  ``k`` memory groups whose mean pose is nearest, blended half-and-half with the global weights (do poses like
+  this one need other measures?);
+* ``per-category weights (true category)``: the same with the group's *true* scene category (sitting, lying, …)
+  as the neighbourhood — an upper bound on what any category-aware memory could bring.
 
     python benchmarks/prototype_probes.py [--train-groups 600] [--test-groups 150] [-k 8 32 128]
 
@@ -85,6 +90,7 @@ def collect(split: str, n_groups: int) -> list[dict]:
             "truth": _unit((gt[1:] - gt[:1]).ravel()[None])[0],
             "hyp_cam": _unit(rel[:, 1:].reshape(n, -1)),
             "profile": np.concatenate([ranks, np.tile(level, (n, 1))], 1),
+            "med": _unit(emb.mean(0)[None])[0], "cat": str(g.sample.category),
         })
     return out
 
@@ -109,18 +115,59 @@ def knn(groups, bank, key, target, k, *, exclude_self, cosine=True, temperature=
     return out
 
 
+def _nearest_groups(keys: np.ndarray, query: np.ndarray, k: int, exclude: int | None) -> tuple[np.ndarray, np.ndarray]:
+    """(indices, similarities) of the k bank groups whose key has the largest dot product with ``query``."""
+    s = keys @ query
+    if exclude is not None:
+        s[exclude] = -np.inf
+    idx = np.argsort(-s)[:k]
+    idx = idx[np.isfinite(s[idx])]  # the excluded group, when k reaches the whole bank
+    return idx, s[idx]
+
+
 def lifting(groups, bank, k, *, exclude_self) -> list[np.ndarray]:
     views = np.stack([g["view"] for g in bank])
     truths = np.stack([g["truth"] for g in bank])
     out = []
     for i, g in enumerate(groups):
-        s = views @ g["view"]
-        if exclude_self:
-            s[i] = -np.inf
-        idx = np.argsort(-s)[:k]
-        w = np.exp((s[idx] - s[idx[0]]) / 0.01)
+        idx, s = _nearest_groups(views, g["view"], k, i if exclude_self else None)
+        w = np.exp((s - s[0]) / 0.01)
         out.append(-((g["hyp_cam"] @ truths[idx].T) * w).sum(1) / w.sum())  # higher = farther from the truths
     return out
+
+
+def _fit(groups) -> np.ndarray:
+    w, *_ = np.linalg.lstsq(np.concatenate([g["X"] for g in groups]), np.concatenate([g["ze"] for g in groups]),
+                            rcond=None)
+    return w
+
+
+def local_weights(groups, bank, w, k, *, exclude_self, lam=0.5) -> list[np.ndarray]:
+    """Per group: the evidence re-weighted with least squares on its k nearest memory groups (by mean pose)."""
+    keys = np.stack([g["med"] for g in bank])
+    out = []
+    for i, g in enumerate(groups):
+        idx, _ = _nearest_groups(keys, g["med"], k, i if exclude_self else None)
+        wl = _fit([bank[j] for j in idx])
+        out.append(g["X"] @ ((1 - lam) * w + lam * wl))
+    return out
+
+
+def category_weights(groups, bank, w, lam=0.5) -> list[np.ndarray]:
+    """Per group: the evidence re-weighted with least squares on the memory groups of its true category."""
+    per = {c: _fit([b for b in bank if b["cat"] == c]) for c in {b["cat"] for b in bank}}
+    return [g["X"] @ ((1 - lam) * w + lam * per.get(g["cat"], w)) for g in groups]
+
+
+def reweighted(train, test, s_train, s_test) -> dict:
+    """A re-weighted baseline's own ρ on test and its change against the baseline (paired SE)."""
+    def gain(groups, scores):
+        return np.array([_rho(-s, g["err"]) - _rho(-g["base"], g["err"]) for g, s in zip(groups, scores, strict=True)])
+
+    d_test, d_train = gain(test, s_test), gain(train, s_train)
+    return {"alone_spearman_test": float(np.mean([_rho(-s, g["err"]) for g, s in zip(test, s_test, strict=True)])),
+            "delta_test": float(d_test.mean()), "delta_test_sem": float(d_test.std(ddof=1) / np.sqrt(len(d_test))),
+            "delta_train": float(d_train.mean()), "beta": None}
 
 
 def added_value(train, test, f_train, f_test) -> dict:
@@ -146,8 +193,7 @@ def main() -> None:
     ap.add_argument("-k", type=int, nargs="+", default=[8, 32, 128])
     args = ap.parse_args()
     train, test = collect("train", args.train_groups), collect("test", args.test_groups)
-    w, *_ = np.linalg.lstsq(np.concatenate([g["X"] for g in train]), np.concatenate([g["ze"] for g in train]),
-                            rcond=None)
+    w = _fit(train)
     for g in train + test:
         g["base"] = g["X"] @ w
         g["res"] = g["ze"] - g["base"]
@@ -171,9 +217,16 @@ def main() -> None:
     for k in (1, 4, 16):
         probes[f"2D view→truth k={k}"] = added_value(train, test, lifting(train, train, k, exclude_self=True),
                                                      lifting(test, train, k, exclude_self=False))
-    print(f"{'probe':<36}{'alone ρ':>9}{'Δρ test':>10}{'± sem':>8}{'Δρ train':>10}")
+    for k in (16, 64, 200):
+        probes[f"pose-local weights k={k}"] = reweighted(
+            train, test, local_weights(train, train, w, k, exclude_self=True),
+            local_weights(test, train, w, k, exclude_self=False))
+    # train: in-sample (the category weights are fitted on these groups), so only the test figure says anything
+    probes["per-category weights (true category)"] = reweighted(train, test, category_weights(train, train, w),
+                                                                category_weights(test, train, w))
+    print(f"{'probe':<40}{'alone ρ':>9}{'Δρ test':>10}{'± sem':>8}{'Δρ train':>10}")
     for name, p in probes.items():
-        print(f"{name:<36}{p['alone_spearman_test']:>+9.3f}{p['delta_test']:>+10.4f}{p['delta_test_sem']:>8.4f}"
+        print(f"{name:<40}{p['alone_spearman_test']:>+9.3f}{p['delta_test']:>+10.4f}{p['delta_test_sem']:>8.4f}"
               f"{p['delta_train']:>+10.4f}")
     RESULTS.parent.mkdir(parents=True, exist_ok=True)
     RESULTS.write_text(json.dumps({"train_groups": len(train), "test_groups": len(test), "baseline": base,

@@ -103,6 +103,10 @@ def run_demo(
                 f"{len(payload.get('rules_added', []))} rules added, {len(payload.get('retired', []))} retired")
         elif event == "resumed":
             say(f"      resuming: rounds {payload.get('rounds_done')} already explored")
+        elif event == "calibrated" and payload.get("calibration"):
+            cal = payload["calibration"]
+            say(f"      score calibration on {cal['groups']} more train groups: log s' = {cal['intercept']:.2f} + "
+                f"{cal['slope']:.2f}·log s (point-wise r {cal['pearson_before']:.2f} → {cal['pearson_after']:.2f})")
 
     explore(memory, split="train", rounds=explore_rounds, batch_size=explore_batch, seed=seed,
             num_generations=num_generations, progress=on_event)

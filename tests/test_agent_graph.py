@@ -323,9 +323,9 @@ def test_prototypes_reorder_within_the_evidence():
 
 
 def test_prototype_level_calibrates_the_group_and_keeps_its_ranking():
-    """Labelled prototypes move a group's level halfway (× confidence) to what similar poses truly deserved;
-    the ranking within the group is kept exactly, no score passes 10, and prototypes without a recorded
-    true error (written from unlabelled critiques) carry no level."""
+    """Labelled prototypes move a group's level PROTO_LEVEL of the way (× confidence) to what similar poses
+    truly deserved; the ranking within the group is kept exactly, no score passes 10, and prototypes without a
+    recorded true error (written from unlabelled critiques) carry no level."""
     import math
 
     from hmrcritic.agent.judges import PROTO_LEVEL, PrototypeHit, settled_overall

@@ -31,7 +31,11 @@ def test_evaluate_critic_json(capsys):
     payload = json.loads(out)
     assert payload["num_groups"] == 2 and payload["explored_groups"] == 3
     assert [r["variant"] for r in payload["rows"]] == ["full", "no_reflection", "no_rules", "no_prototypes",
-                                                     "no_revise", "evidence_only"]
+                                                     "no_calibration", "no_revise", "evidence_only"]
+    rows = {r["variant"]: r for r in payload["rows"]}
+    # the calibration is an increasing map: it cannot change a within-group ranking or a top-1 pick
+    assert rows["no_calibration"]["spearman"] == pytest.approx(rows["full"]["spearman"], abs=1e-9)
+    assert rows["no_calibration"]["top1_pa_mpjpe_mm"] == pytest.approx(rows["full"]["top1_pa_mpjpe_mm"])
     for r in payload["rows"]:
         for k in ("spearman", "kendall", "spearman_mpjpe", "kendall_mpjpe", "spearman_pve", "kendall_pve"):
             assert -1.0 <= r[k] <= 1.0, (k, r)

@@ -8,6 +8,8 @@ the oracle best-of-N. Variants:
 * ``full`` — the explored memory (reflective knowledge construction on the ``warmup_split``, PAPER.md §3);
 * ``no_reflection`` — the paper's "without self-reflection": the starter memory, no exploration;
 * ``no_rules`` / ``no_prototypes`` — the explored memory with one half switched off;
+* ``no_calibration`` — the explored memory without its score calibration (:mod:`hmrcritic.agent.calibration`;
+  our extension: a monotone map, so it moves only the point-wise figures);
 * ``no_revise`` — the explored memory with hmrcritic's per-group revise loop off (our extension);
 * ``evidence_only`` — no memory and no revise loop: the builtin judge on the evidence alone.
 
@@ -49,7 +51,7 @@ def code_digest() -> str:
     h = hashlib.sha256()
     here = Path(__file__).parent
     for name in ("judges.py", "nodes.py", "evidence.py", "groups.py", "prior.py", "graph.py", "explore.py",
-                 "mining.py"):
+                 "mining.py", "calibration.py"):
         h.update((here / name).read_bytes())
     for name in ("starter_rules.py", "maintenance.py", "rules.py", "schema.py"):
         h.update((here.parent / "memory" / name).read_bytes())

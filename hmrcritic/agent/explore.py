@@ -44,6 +44,7 @@ from typing import Any
 
 import numpy as np
 
+from hmrcritic.agent.calibration import CALIBRATION_GROUPS
 from hmrcritic.agent.judges import settled_overall
 from hmrcritic.agent.mining import (
     BatchGroup,
@@ -57,7 +58,7 @@ from hmrcritic.agent.mining import (
     underrated_mask,
     validate_proposal,
 )
-from hmrcritic.errors import HMRCriticError, InputError
+from hmrcritic.errors import AssetError, HMRCriticError, InputError
 from hmrcritic.io import append_jsonl, atomic_write_json, read_jsonl
 from hmrcritic.memory.schema import Prototype, Rule
 
@@ -147,10 +148,11 @@ def assert_not_explored(memory: Any, split: str, group_ids: Sequence[str]) -> No
     rec = explored_record(memory).get("splits", {}).get(split)
     if not rec:
         return
-    seen = set(rec.get("group_ids", []))
+    seen = set(rec.get("group_ids", [])) | set(rec.get("calibration_group_ids", []))
     clash = [g for g in group_ids if g in seen]
     if clash:
-        raise InputError(f"memory at {_memory_path(memory)} was explored on {len(clash)} of these {split!r} groups "
+        raise InputError(f"memory at {_memory_path(memory)} was explored (or calibrated) on {len(clash)} of these "
+                         f"{split!r} groups "
                          f"(e.g. {clash[0]}); evaluate on held-out groups (another split) or a memory not "
                          "explored on them")
 
@@ -196,12 +198,14 @@ def frozen_copy(memory: Any = None, root: str | Path | None = None):
     return MemoryStore(dst, read_only=True)
 
 
-def _add_explored(memory: Any, split: str, group_ids: list[str], info: dict) -> None:
+def _add_explored(memory: Any, split: str, group_ids: list[str], info: dict, key: str = "group_ids") -> None:
+    """Record ``group_ids`` under ``explored_on.json[split][key]`` (``group_ids``: learned from;
+    ``calibration_group_ids``: the score calibration was fitted on them) and ``info`` beside them."""
     data = explored_record(memory)
     rec = data["splits"].setdefault(split, {"group_ids": []})
-    known = set(rec["group_ids"])
-    rec["group_ids"] += [g for g in group_ids if g not in known]
-    rec.update({k: v for k, v in info.items() if k != "group_ids"})
+    known = set(rec.setdefault(key, []))
+    rec[key] += [g for g in group_ids if g not in known]
+    rec.update({k: v for k, v in info.items() if k not in ("group_ids", "calibration_group_ids")})
     atomic_write_json(_memory_path(memory) / EXPLORED_FILE, data)
 
 
@@ -236,6 +240,8 @@ class ExploreSummary:
     stopped: str = ""  # why it stopped early, if it did
     memory_version: str = ""
     log_path: str = ""
+    calibration: dict | None = None  # the ScoreCalibration fitted at the end of this call, if one was
+    calibration_note: str = ""  # why none was fitted, when none was
 
     @property
     def groups(self) -> int:
@@ -310,6 +316,7 @@ def explore(
     merge_text: bool = True,
     prototypes: str = "representative",
     settle: str = "rank",
+    calibration_groups: int = CALIBRATION_GROUPS,
     progress: Callable[[str, dict], None] | None = None,
 ) -> ExploreSummary:
     """Explore ``rounds`` batches of ``batch_size`` labelled groups and grow ``memory`` (see module doc).
@@ -317,8 +324,15 @@ def explore(
     ``memory``: a writable MemoryStore or a folder (None → the configured memory). ``groups``: explicit
     :class:`~hmrcritic.agent.groups.LabelledGroup` objects instead of drawing them from ``split`` (their
     ``split`` is still the name recorded in ``explored_on.json``). ``progress(event, payload)`` is called with
-    ``"group"``, ``"rule_added"``, ``"rule_rejected"``, ``"round"`` and ``"resumed"`` events. Calling again
-    with more ``rounds`` continues where the last call stopped (same split/batch size/seed/source).
+    ``"group"``, ``"rule_added"``, ``"rule_rejected"``, ``"round"``, ``"resumed"``, ``"calibrate"`` and
+    ``"calibrated"`` events. Calling again with more ``rounds`` continues where the last call stopped (same
+    split/batch size/seed/source).
+
+    With a builtin judge, the call ends by fitting the memory's score calibration on the
+    ``calibration_groups`` labelled groups that follow the explored ones (:mod:`hmrcritic.agent.calibration`;
+    0 = leave the calibration alone). It is refitted whenever this call explored something or the stored one
+    is missing or stale (the rules changed since it was fitted); those groups are recorded as used
+    (:func:`assert_not_explored` refuses them too).
     """
     from hmrcritic.agent.judges import make_judge
     from hmrcritic.agent.state import AgentConfig
@@ -390,8 +404,55 @@ def explore(
                             info={"seed": seed, "source": resolved_source, "num_generations": num_generations})
         summary.rounds.append(report)
         emit("round", asdict(report))
+    if is_builtin and calibration_groups > 0:
+        # the groups after the last batch this signature ever explored (also right for a resumed or a
+        # rounds=0 call, which only refits a missing or stale calibration)
+        ran = set(_read_progress(mpath).get("runs", {}).get(sig, {}).get("rounds_done", []))
+        end = (max(ran) + 1) * batch_size if ran else 0
+        end = end if total_cap is None else min(end, total_cap)
+        _maybe_calibrate(memory, summary, judge_obj, cfg, groups, split, start + end, calibration_groups,
+                         num_generations, seed, resolved_source, emit)
     summary.memory_version = memory.version()
     return summary
+
+
+def _maybe_calibrate(memory, summary: ExploreSummary, judge_obj, cfg, groups, split: str, start: int, n: int,
+                     num_generations: int, seed: int, source: str, emit) -> None:
+    """Refit the score calibration on the ``n`` groups from ``start`` when something changed (see explore)."""
+    from hmrcritic.agent.calibration import calibrate_memory
+
+    name = getattr(judge_obj, "name", "custom")
+    try:
+        current = memory.calibration()
+    except AssetError:
+        current = None  # unreadable: replace it
+    fresh = (current is not None and current.judge == name
+             and current.rules_fingerprint == memory.rules_fingerprint())
+    if fresh and not summary.rounds:
+        return
+    try:
+        cal_groups = _batch_groups(groups, split, start, n, num_generations, seed, source)
+    except InputError as exc:
+        cal_groups, why = [], str(exc)
+    else:
+        why = "the split has no groups after the explored ones"
+    learned = set(explored_record(memory)["splits"].get(split, {}).get("group_ids", []))
+    cal_groups = [g for g in cal_groups if g.group_id not in learned]  # never fit on what the rules learned from
+    if not cal_groups:
+        summary.calibration_note = f"score calibration not refitted: {why}"
+        emit("calibrated", {"calibration": None, "note": summary.calibration_note})
+        return
+    agent = cfg.model_dump(exclude={"memory_dir", "chroma_url"})
+    try:
+        cal = calibrate_memory(memory, cal_groups, judge=judge_obj, agent_config=agent, split=split,
+                               progress=lambda i, total: emit("calibrate", {"index": i, "total": total}))
+    except InputError as exc:
+        summary.calibration_note = f"score calibration not refitted: {exc}"
+        emit("calibrated", {"calibration": None, "note": summary.calibration_note})
+        return
+    _add_explored(memory, split, [g.group_id for g in cal_groups], {}, key="calibration_group_ids")
+    summary.calibration = cal.model_dump(mode="json")
+    emit("calibrated", {"calibration": summary.calibration})
 
 
 def _batch_groups(groups, split, start, n, num_generations, seed, source) -> list:

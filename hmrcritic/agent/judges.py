@@ -23,7 +23,7 @@ import numpy as np
 from pydantic import BaseModel, Field
 
 from hmrcritic.agent.schema import AXES, GroupCritique, HypothesisScore, ProposedRule, RuleProposals
-from hmrcritic.memory.schema import Rule
+from hmrcritic.memory.schema import Rule, ScoreCalibration
 
 
 class PrototypeHit(BaseModel):
@@ -92,6 +92,8 @@ class JudgeContext(BaseModel):
     issues: list[ReflectionIssue] = Field(default_factory=list, description="structured form of ``feedback``")
     previous: GroupCritique | None = Field(None, description="the critique being revised, if any")
     round: int = Field(0, ge=0, description="0 = first critique, k = k-th revision")
+    calibration: ScoreCalibration | None = Field(
+        None, description="the memory's score calibration for this judge (builtin: applied to overall)")
 
     def evidence_row(self, index: int) -> dict[str, float]:
         return {name: float(values[index]) for name, values in self.evidence.items()}
@@ -239,12 +241,14 @@ GENERIC_WEIGHT = 0.3
 # How strongly a prototype consensus pulls: ``overall`` is multiplied by ((value + 0.1) / 10.1) ** β with
 # β = PROTO_GAIN · proto_weight · confidence (log-space blend: it reorders, it does not flatten).
 PROTO_GAIN = 0.3
-# Share of the way a group's mean log score moves to its labelled prototypes' level (:func:`calibrate_level`).
-# Chosen on held-out *train* groups (`python benchmarks/prototype_level.py`): point-wise Pearson for shares
-# 0 / 0.3 / 0.5 / 0.7 / 1.0 is 0.560 / 0.585 / 0.597 / 0.599 / 0.529 with 64 explored groups and
-# 0.527 / 0.563 / 0.587 / 0.603 / 0.554 with 200. 0.5–0.7 are best; 0.5 is the more cautious. The prototypes'
-# level and the rules' level each know part of how hard a group is, so neither share 0 nor 1 is right.
-PROTO_LEVEL = 0.5
+# Share of the way a group's mean log score moves to its labelled prototypes' level (:func:`calibrate_level`),
+# applied after the memory's score calibration. Chosen on held-out *train* groups
+# (`python benchmarks/prototype_level.py [--warmup-groups 64]`): point-wise Pearson for shares
+# 0 / 0.3 / 0.5 / 0.7 / 1.0 is 0.553 / 0.575 / 0.582 / 0.576 / 0.517 with 200 explored groups and
+# 0.571 / 0.587 / 0.579 / 0.548 / 0.457 with 64: 0.3 is best with 64 and within 0.007 of the best (0.5) with 200,
+# the cautious choice (before the score calibration existed, 0.5–0.7 were best: the level was then also making up
+# for the raw scale being off).
+PROTO_LEVEL = 0.3
 
 
 def _mean_rank(v: np.ndarray) -> np.ndarray:
@@ -293,7 +297,10 @@ class BuiltinJudge:
        a. per hypothesis, the similarity-weighted settled ``overall`` of its nearest past poses multiplies
           ``overall`` by ``((value + 0.1) / 10.1) ** β``, ``β = 0.3 · proto_weight · confidence``
           (confidence = top similarity⁴) — a small nudge within the group;
-       b. per group, the level (:func:`calibrate_level`): the mean log score moves ``proto_level`` (0.5) ·
+       then, when the memory holds a score calibration fitted for its rules (``ctx.calibration``, fitted by
+       exploration: :mod:`hmrcritic.agent.calibration`), ``log overall`` is mapped by it onto the true-error
+       scale — an increasing map, so rankings do not change;
+       b. per group, the level (:func:`calibrate_level`): the mean log score moves ``proto_level`` (0.3) ·
           confidence of the way to what the labelled prototypes of its hypotheses truly deserved
           (:func:`settled_overall` of their recorded errors). This is the paper's "calibration examples"
           made executable: it keeps every ranking and makes scores comparable across groups (point-wise
@@ -359,6 +366,10 @@ class BuiltinJudge:
             beta = PROTO_GAIN * self.proto_weight * conf
             log_overall[i] += beta * math.log((max(value, 0.0) + 0.1) / 10.1)
             proto_note[i] = f"similar past poses settled at {value:.1f} (weight {beta:.2f})"
+        # onto the true-error scale the explored rule set was fitted for (after the nudge, whose strength was
+        # chosen in the judge's own units; before the level, which is on the true-error scale)
+        if ctx.calibration is not None:
+            log_overall = ctx.calibration.apply(log_overall)
         log_overall, shift = calibrate_level(log_overall, prototype_level(ctx.prototypes[:n], self.temperature),
                                              self.proto_level)
         overall = np.exp(log_overall)
@@ -376,6 +387,8 @@ class BuiltinJudge:
         order = sorted(range(n), key=lambda i: -scores[i].overall)
         summary = (f"best h{order[0]} ({scores[order[0]].overall:.1f}), worst h{order[-1]} "
                    f"({scores[order[-1]].overall:.1f}); {len(fired)} rule(s) fired")
+        if ctx.calibration is not None:
+            summary += f"; scale calibrated (×s^{ctx.calibration.slope:.2f})"
         if shift:
             summary += f"; level calibrated ×{math.exp(shift):.2f} to how similar past poses truly went"
         return GroupCritique(scores=scores, summary=summary, rules_applied=sorted(fired))
@@ -407,13 +420,15 @@ class BuiltinJudge:
         applied = list(ctx.previous.rules_applied)
         changes: list[str] = []
         rules = {r.rule_id: r for r in ctx.rules}
+        # a point is worth ``slope`` times less on a calibrated scale
+        decay = self.point_decay * (ctx.calibration.slope if ctx.calibration is not None else 1.0)
         for issue in ctx.issues:
             if issue.kind == "rule" and issue.rule_id in rules and rules[issue.rule_id].condition is not None:
                 cond = rules[issue.rule_id].condition
                 ded = cond.deduction(ctx.evidence[cond.measure]) if cond.measure in ctx.evidence else \
                     np.full(n, cond.points)
                 for i in issue.indices:
-                    overall[i] = overall[i] * math.exp(-self.point_decay * float(ded[i]))
+                    overall[i] = overall[i] * math.exp(-decay * float(ded[i]))
                 if issue.rule_id not in applied:
                     applied.append(issue.rule_id)
                 changes.append(f"applied {issue.rule_id} to h{','.join(map(str, issue.indices))}")

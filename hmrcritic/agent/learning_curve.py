@@ -9,6 +9,8 @@ top-1 pick, beside a random pick and the oracle (best of group). Variants (the p
 * ``full`` — the explored memory;
 * ``no_reflection`` — the starter memory, no exploration (the paper's "without self-reflection");
 * ``no_rules`` / ``no_prototypes`` — the explored memory with one half switched off;
+* ``no_calibration`` — the explored memory without its score calibration (:mod:`hmrcritic.agent.calibration`;
+  our extension: a monotone map, so it moves only the point-wise figures);
 * ``no_revise`` — the explored memory with hmrcritic's per-group revise loop off (our extension);
 * ``evidence_only`` — no memory and no revise loop (the judge's evidence-only scores).
 
@@ -30,13 +32,14 @@ import numpy as np
 
 from hmrcritic.errors import AssetError, HMRCriticError, InputError
 
-VARIANTS = ("full", "no_reflection", "no_rules", "no_prototypes", "no_revise", "evidence_only")
+VARIANTS = ("full", "no_reflection", "no_rules", "no_prototypes", "no_calibration", "no_revise", "evidence_only")
 METRICS = ("pa_mpjpe", "mpjpe", "pve")
 _VARIANT_CONFIG: dict[str, dict] = {
     "full": {},
     "no_reflection": {},
     "no_rules": {"use_rules": False},
     "no_prototypes": {"use_prototypes": False},
+    "no_calibration": {"use_calibration": False},
     "no_revise": {"max_reflections": 0},
     "evidence_only": {"use_memory": False, "max_reflections": 0},
 }
@@ -63,8 +66,10 @@ def _heldout(groups, split: str, num_groups: int, num_generations: int, seed: in
 
 
 def score_groups(groups: Sequence[Any], memory: Any, variant: str = "full", judge: Any = "builtin",
-                 agent_config: dict | None = None, tag: str = "eval") -> tuple[list[np.ndarray | None], list[str]]:
-    """Overall scores of each group (None where the group failed) and the memory version of each score."""
+                 agent_config: dict | None = None, tag: str = "eval",
+                 progress: Callable[[int, int], None] | None = None) -> tuple[list[np.ndarray | None], list[str]]:
+    """Overall scores of each group (None where the group failed) and the memory version of each score.
+    ``progress(i, n)`` is called after each group."""
     from hmrcritic.agent.api import critique_group
     from hmrcritic.agent.graph import compile_graph, open_checkpointer
     from hmrcritic.agent.state import AgentConfig
@@ -87,6 +92,8 @@ def score_groups(groups: Sequence[Any], memory: Any, variant: str = "full", judg
         except HMRCriticError:
             out.append(None)
             versions.append("")
+        if progress is not None:
+            progress(len(out), len(groups))
     return out, versions
 
 
@@ -140,7 +147,7 @@ def explore_eval(
     seed: int = 0,
     start: int = 0,
     source: str = "auto",
-    variants: Sequence[str] = VARIANTS,
+    variants: Sequence[str] | None = None,
     judge: Any = "builtin",
     agent_config: dict | None = None,
     starter: Any = None,
@@ -156,6 +163,7 @@ def explore_eval(
     between variants."""
     from hmrcritic.agent.explore import _memory_path, assert_not_explored, error_table, frozen_copy
 
+    variants = list(variants or VARIANTS)  # None: every variant
     bad = [v for v in variants if v not in VARIANTS]
     if bad:
         raise InputError(f"unknown variant(s) {bad}; choose from {', '.join(VARIANTS)}")

@@ -36,7 +36,7 @@ from hmrcritic.agent.schema import AXES, GroupCritique
 from hmrcritic.agent.state import AgentConfig, AgentState
 from hmrcritic.errors import InputError, JudgeError
 from hmrcritic.io import atomic_save_npz, atomic_write_json
-from hmrcritic.memory.schema import Prototype, Rule
+from hmrcritic.memory.schema import Prototype, Rule, ScoreCalibration
 
 NODE_NAMES = ("render", "recall", "critique", "reflect", "memory_write")
 
@@ -169,7 +169,7 @@ def recall(state: AgentState, config: RunnableConfig = None) -> dict:
     nearest prototypes by pose embedding. Nothing is recalled when memory (or that part of it) is off."""
     cfg = AgentConfig.from_config(config)
     if not cfg.use_memory or not (cfg.use_rules or cfg.use_prototypes):
-        return {"rules": [], "prototypes": [], "memory_version": "none"}
+        return {"rules": [], "prototypes": [], "memory_version": "none", "calibration": None}
     memory = get_memory(cfg, config)
     rules: list[dict] = []
     protos: list[list[dict]] = []
@@ -189,7 +189,10 @@ def recall(state: AgentState, config: RunnableConfig = None) -> dict:
         emb = pose_embedding(load_bodies(state["run_dir"])["joints"])
         hits = memory.prototypes.query(emb, k=cfg.prototypes_k, include_embeddings=False)
         protos = [[_hit(p, s).model_dump() for p, s in row] for row in hits]
-    return {"rules": rules, "prototypes": protos, "memory_version": memory.version()}
+    # the calibration maps the scores of the rule set it was fitted on, so it comes with the rules
+    cal = memory.calibration() if cfg.use_rules and cfg.use_calibration else None
+    calibration = cal.model_dump() if cal is not None and cal.judge == cfg.judge else None
+    return {"rules": rules, "prototypes": protos, "memory_version": memory.version(), "calibration": calibration}
 
 
 def _applicable(rule: Rule, evidence: dict[str, list[float]]) -> bool:
@@ -233,6 +236,7 @@ def build_context(state: AgentState) -> JudgeContext:
         issues=[ReflectionIssue.model_validate(i) for i in state.get("issues", [])] if previous else [],
         previous=GroupCritique.model_validate(previous) if previous else None,
         round=state.get("round", 0),
+        calibration=ScoreCalibration.model_validate(state["calibration"]) if state.get("calibration") else None,
     )
 
 
@@ -357,7 +361,10 @@ def check_critique(ctx: JudgeContext, crit: dict | GroupCritique | None,
         # hard constraints applied by the critique are kept out of the smoothing: feasibility is not
         # Lipschitz in the pose the way the 3D error is, so a neighbour must not average a deduction away
         applied = [r for r in ctx.rules if r.rule_id in c.rules_applied]
-        issues += neighbour_issues(overall, pairwise_mm, offset=POINT_DECAY * hard_points(applied, ctx.evidence, n))
+        # on a calibrated scale log-score gaps are ``slope`` times the judge's own: the same check, rescaled
+        scale = ctx.calibration.slope if ctx.calibration is not None else 1.0
+        issues += neighbour_issues(overall, pairwise_mm, tolerance=NEIGHBOUR_TOLERANCE * scale,
+                                   offset=scale * POINT_DECAY * hard_points(applied, ctx.evidence, n))
     return issues
 
 
@@ -405,7 +412,7 @@ def neighbour_issues(overall: np.ndarray, pairwise_mm: np.ndarray, sigma_mm: flo
     for i in np.nonzero(gap > tolerance)[0]:
         near = [int(j) for j in np.argsort(P[i]) if j != i][:3]
         out.append(ReflectionIssue(
-            kind="neighbours", indices=[int(i)], target=round(float(target[i]), 4),
+            kind="neighbours", indices=[int(i)], target=float(target[i]),
             detail=f"h{i} scored {overall[i]:.2f} but its nearest poses (h{', h'.join(map(str, near))}; "
                    f"{P[i, near[0]]:.0f}–{P[i, near[-1]]:.0f} mm apart) imply {target[i]:.2f}: near-identical "
                    "poses must score alike"))

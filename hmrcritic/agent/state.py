@@ -16,6 +16,8 @@ from typing import Any, TypedDict
 
 from pydantic import BaseModel, Field
 
+from hmrcritic.agent.judges import PROTO_LEVEL
+
 
 def _env_bool(name: str, default: bool) -> bool:
     value = os.environ.get(name)
@@ -51,8 +53,12 @@ class AgentConfig(BaseModel):
     use_prototypes: bool = Field(default_factory=lambda: _env_bool("HMRCRITIC_USE_PROTOTYPES", True))
     proto_weight: float = Field(default_factory=lambda: _env_float("HMRCRITIC_PROTO_WEIGHT", 0.3), ge=0, le=1)
     proto_level: float = Field(
-        default_factory=lambda: _env_float("HMRCRITIC_PROTO_LEVEL", 0.5), ge=0, le=1,
+        default_factory=lambda: _env_float("HMRCRITIC_PROTO_LEVEL", PROTO_LEVEL), ge=0, le=1,
         description="builtin judge: share of the way a group's score level moves to its labelled prototypes'",
+    )
+    use_calibration: bool = Field(
+        default_factory=lambda: _env_bool("HMRCRITIC_USE_CALIBRATION", True),
+        description="apply the memory's score calibration (fitted by exploration; it belongs to the rules)",
     )
     settle_with_labels: bool = Field(
         True, description="when learning on labelled groups, prototypes keep scores settled on the true error"
@@ -84,6 +90,7 @@ class AgentState(TypedDict, total=False):
     rules: list[dict[str, Any]]  # Rule dumps
     prototypes: list[list[dict[str, Any]]]  # per hypothesis: PrototypeHit dumps
     memory_version: str
+    calibration: dict[str, Any] | None  # ScoreCalibration dump, when the memory has one for this judge
     critique: dict[str, Any]  # GroupCritique dump
     round: int  # 0 = first critique; k = k-th revision
     issues: list[dict[str, Any]]  # ReflectionIssue dumps raised by the last reflect

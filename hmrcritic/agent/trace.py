@@ -34,6 +34,9 @@ def summarise_update(node: str, update: dict[str, Any]) -> dict[str, Any]:
         out["rules"] = [r.get("rule_id") for r in update["rules"]]
     if "prototypes" in update:
         out["prototypes"] = sum(len(row) for row in update["prototypes"])
+    if update.get("calibration"):
+        cal = update["calibration"]
+        out["calibration"] = f"log s' = {cal['intercept']:.2f} + {cal['slope']:.2f}·log s"
     if "critique" in update:
         scores = update["critique"].get("scores", [])
         if scores:

@@ -235,10 +235,12 @@ def _explore(preset: Preset, memory_dir: Path, model_path: str | None, key: str,
         from hmrcritic.agent.groups import groups_from_model
         from hmrcritic.hmr.diffusion import load_model
 
-        groups = groups_from_model("train", num_groups=preset.explore_rounds * preset.explore_batch,
+        params = inspect.signature(engine).parameters
+        # the groups after the explored ones fit the memory's score calibration (explore's calibration_groups)
+        extra = params["calibration_groups"].default if "calibration_groups" in params else 0
+        groups = groups_from_model("train", num_groups=preset.explore_rounds * preset.explore_batch + extra,
                                    num_generations=preset.explore_generations, seed=preset.seed,
                                    model=load_model(model_path), steps=preset.sample_steps)
-        params = inspect.signature(engine).parameters
         want = {"split": "train", "rounds": preset.explore_rounds, "batch_size": preset.explore_batch,
                 "num_generations": preset.explore_generations, "seed": preset.seed, "judge": preset.judge,
                 "render": preset.render, "groups": groups}

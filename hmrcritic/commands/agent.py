@@ -157,7 +157,7 @@ def register(app: typer.Typer) -> None:
         batch_size: int = typer.Option(8, "--batch-size", help="Exploration batch size (groups per round)."),
         memory_dir: Path = typer.Option(None, "--memory-dir",
                                         help="Score with this explored memory instead of exploring a new one."),
-        variants: str = typer.Option(None, "--variants", help="Comma-separated variants (default: all six)."),
+        variants: str = typer.Option(None, "--variants", help="Comma-separated variants (default: all)."),
         source: str = typer.Option("auto", "--source", help="Hypotheses: auto | model | perturbed."),
         judge: str = typer.Option("builtin", "--judge", help="builtin or vlm."),
         max_reflections: int = typer.Option(2, "--max-reflections", help="Revise rounds of the full agent."),
@@ -166,7 +166,7 @@ def register(app: typer.Typer) -> None:
     ) -> None:
         """Critic quality on held-out labelled groups — Spearman/Kendall with −PA-MPJPE (and MPJPE, PVE),
         top-1 error — for the explored memory and its ablations (no_reflection = starter memory, no_rules,
-        no_prototypes, no_revise, evidence_only).
+        no_prototypes, no_calibration, no_revise, evidence_only).
 
         Example:\n
           hmrcritic evaluate-critic --split test --num-groups 30 --warmup-groups 64 --json

@@ -35,17 +35,24 @@ def explore_cmd(
     seed: int = typer.Option(0, "--seed", help="Sampling seed of the groups."),
     source: str = _SOURCE,
     max_reflections: int = typer.Option(None, "--max-reflections", help="Revise rounds per group (default: agent's)."),
+    calibration_groups: int = typer.Option(
+        None, "--calibration-groups",
+        help="Labelled groups after the explored ones to fit the score calibration on (builtin judge; 0 = skip; "
+             "default 32)."),
     memory_dir: Path = _DIR,
     as_json: bool = _JSON,
 ) -> None:
-    """Explore labelled groups and grow the memory: rule statistics, prototypes, mined rules.
+    """Explore labelled groups and grow the memory: rule statistics, prototypes, mined rules, and at the end
+    the score calibration (fitted on the groups that follow the explored ones).
 
     Resumes an interrupted run from its last finished batch; calling again with more --rounds continues.
     Example: `hmrcritic explore --split train --rounds 5 --batch-size 8 --tau 0.5`.
     """
+    from hmrcritic.agent.calibration import CALIBRATION_GROUPS
     from hmrcritic.agent.explore import explore
 
     _check_metric(error_metric)
+    calibration_groups = CALIBRATION_GROUPS if calibration_groups is None else calibration_groups
 
     def progress(event: str, p: dict) -> None:
         if as_json:
@@ -63,10 +70,18 @@ def explore_cmd(
                        f"{len(p['merged'])} merged, {p['prototypes']} prototypes ({p['seconds']:.1f} s)")
         elif event == "resumed":
             typer.echo(f"resuming: {p}")
+        elif event == "calibrate" and p["index"] in (1, p["total"]):
+            typer.echo(f"  calibrating scores: {p['index']}/{p['total']} held-out groups")
+        elif event == "calibrated":
+            from hmrcritic.commands.memory import describe_calibration
+
+            typer.echo(f"score calibration: {describe_calibration(p['calibration'])}" if p["calibration"]
+                       else p["note"])
 
     summary = explore(memory_dir, split=split, rounds=rounds, batch_size=batch_size, tau=tau, judge=judge,
                       error_metric=error_metric, ucb_c=ucb_c, rules_k=rules_k, num_generations=num_generations,
-                      limit=limit, seed=seed, source=source, max_reflections=max_reflections, progress=progress)
+                      limit=limit, seed=seed, source=source, max_reflections=max_reflections,
+                      calibration_groups=calibration_groups, progress=progress)
     if as_json:
         typer.echo(json.dumps(summary.as_dict(), indent=2, default=str))
         return
@@ -79,8 +94,7 @@ def explore_eval_cmd(
     split: str = typer.Option("test", "--split", help="Held-out labelled split."),
     num_groups: int = typer.Option(20, "--num-groups", help="Held-out groups."),
     num_generations: int = typer.Option(16, "--num-generations", help="Hypotheses per group."),
-    variants: str = typer.Option(",".join(("full", "no_reflection", "no_rules", "no_prototypes", "no_revise",
-                                           "evidence_only")), "--variants", help="Comma-separated variants."),
+    variants: str = typer.Option(None, "--variants", help="Comma-separated variants (default: all)."),
     seed: int = typer.Option(0, "--seed"),
     source: str = _SOURCE,
     judge: str = _JUDGE,
@@ -96,7 +110,7 @@ def explore_eval_cmd(
 
     res = explore_eval(memory_dir, split=split, num_groups=num_groups, num_generations=num_generations,
                        seed=seed, source=source, judge=judge,
-                       variants=[v.strip() for v in variants.split(",") if v.strip()])
+                       variants=[v.strip() for v in variants.split(",") if v.strip()] if variants else None)
     if out is not None:
         from hmrcritic.io import atomic_write_json
 

@@ -46,8 +46,37 @@ def stats(memory_dir: Path = _DIR, chroma_url: str = _URL, as_json: bool = _JSON
         if k == "embeddings":
             for name, e in v.items():
                 typer.echo(f"{'embedding ' + name:<26} {e['id']} (dim {e['dim']})")
+        elif k == "calibration":
+            typer.echo(f"{k:<26} {describe_calibration(v)}")
         else:
             typer.echo(f"{k:<26} {v}")
+
+
+def describe_calibration(cal: dict | None) -> str:
+    """One line for a ``stats()["calibration"]`` entry."""
+    if not cal:
+        return "none (explore with the builtin judge to fit one)"
+    return (f"log s' = {cal['intercept']:.3f} + {cal['slope']:.3f}·log s ({cal['judge']} judge; fitted on "
+            f"{cal['groups']} {cal['split']} groups from {cal['first_group'] or '?'}, {cal['hypotheses']} "
+            f"hypotheses: point-wise r {cal['pearson_before']:.3f} → {cal['pearson_after']:.3f})"
+            + ("; STALE: the rules changed since" if cal.get("stale") else ""))
+
+
+@memory_app.command("calibration")
+def calibration(
+    clear: bool = typer.Option(False, "--clear", help="Remove the stored calibration (scores go back to raw)."),
+    memory_dir: Path = _DIR, chroma_url: str = _URL, as_json: bool = _JSON,
+) -> None:
+    """The score calibration exploration fitted: how the judge's raw overall maps onto the true-error scale."""
+    from hmrcritic.memory.store import MemoryStore
+
+    if clear:
+        store = MemoryStore(memory_dir, chroma_url=chroma_url)
+        store.set_calibration(None)
+        typer.echo(f"calibration cleared at {store.location} (version {store.version()})")
+        return
+    st = _open(memory_dir, chroma_url).stats()["calibration"]
+    _print_json(st) if as_json else typer.echo(describe_calibration(st))
 
 
 @memory_app.command("rules")

@@ -89,3 +89,31 @@ class Prototype(BaseModel):
     tags: list[str] = Field(default_factory=list)
     source: str = Field("", description="where it came from, e.g. 'train/000123#h4' (never an eval group)")
     error_mm: float | None = Field(None, description="true PA-MPJPE when it was written while exploring")
+
+
+class ScoreCalibration(BaseModel):
+    """How a judge's raw ``overall`` maps onto the scale of true error, learned while exploring.
+
+    Why: the builtin judge's score is ``10·exp(−points)``, and how many points an explored rule set stacks
+    varies from one exploration to the next, so the same score can mean 60 mm in one memory and 120 mm in
+    another. Exploration fits ``log s' = intercept + slope · log s`` (least squares) to
+    ``log settled_overall(true error)`` on held-out labelled groups of its split, scored with the final rule
+    set and without prototypes. The map is increasing, so no ranking (within or across groups) changes;
+    what changes is that scores become comparable (point-wise Pearson). It belongs to the rule set it was
+    fitted on (``rules_fingerprint``) and to the judge that produced the scores (``judge``)."""
+
+    judge: str = "builtin"
+    slope: float = Field(..., gt=0, description="γ: log-score units of error per log-score unit of the judge")
+    intercept: float
+    groups: int = Field(..., ge=1, description="labelled groups the map was fitted on")
+    hypotheses: int = Field(..., ge=2)
+    split: str = ""
+    first_group: str = Field("", description="group id of the first fitting group (the rest follow it)")
+    pearson_before: float = Field(..., description="point-wise Pearson of overall with −error on the fit set")
+    pearson_after: float
+    rules_fingerprint: str = Field("", description="the active rule set it was fitted for")
+
+    def apply(self, log_overall):
+        """Calibrated log scores (capped at log 10). Increasing in ``log_overall``."""
+        x = np.asarray(log_overall, dtype=np.float64)
+        return np.minimum(self.intercept + self.slope * x, np.log(10.0))

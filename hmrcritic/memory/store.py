@@ -37,11 +37,12 @@ from hmrcritic.io import atomic_write_json
 from hmrcritic.memory.embeddings import POSE_DIM, POSE_EMBEDDING_ID, TEXT_DIM, TEXT_EMBEDDING_ID
 from hmrcritic.memory.prototypes import PROTOTYPES_COLLECTION, PrototypeMemory, proto_digest
 from hmrcritic.memory.rules import RULES_COLLECTION, RuleMemory, rule_key
-from hmrcritic.memory.schema import Prototype, Rule
+from hmrcritic.memory.schema import Prototype, Rule, ScoreCalibration
 
 SCHEMA_VERSION = 1
 EXPORT_FORMAT = "hmrcritic-memory"
 LOCK_NAME = ".write.lock"
+CALIBRATION_KEY = "score_calibration"  # rules-collection metadata key holding the ScoreCalibration JSON
 LOCK_TIMEOUT_S = float(os.environ.get("HMRCRITIC_MEMORY_LOCK_TIMEOUT", "300"))
 
 # name -> (embedding identity, dimension); written into collection metadata, checked on open.
@@ -367,8 +368,11 @@ class MemoryStore:
     def _compute_version(self, full: bool = False) -> str:
         rules = sorted(rule_key(r) for r in self.rules.all(include_retired=True))
         total, count = self._proto_sum(full=full)
-        blob = json.dumps({"rules": rules, "prototypes": [f"{total:032x}", count]}, sort_keys=True,
-                          separators=(",", ":"))
+        content: dict[str, Any] = {"rules": rules, "prototypes": [f"{total:032x}", count]}
+        cal = self.calibration()
+        if cal is not None:  # absent → the same version as before calibrations existed
+            content["calibration"] = cal.model_dump(mode="json")
+        blob = json.dumps(content, sort_keys=True, separators=(",", ":"))
         return hashlib.sha256(blob.encode("utf-8")).hexdigest()[:16]
 
     def verify_version(self) -> bool:
@@ -396,6 +400,40 @@ class MemoryStore:
         col.modify(metadata=meta)
         self._cols.pop(PROTOTYPES_COLLECTION, None)  # re-fetch so the cached metadata is current
 
+    # ---- score calibration: the explored rule set's exchange rate of points into error (ScoreCalibration) --
+    # Kept in the rules collection's metadata, so it travels with the memory on disk, in a Chroma server, in a
+    # frozen copy and in exports, and enters the memory version.
+    def calibration(self) -> ScoreCalibration | None:
+        """The stored score calibration, or None (a memory that was never explored with the builtin judge)."""
+        with self._local_lock():
+            raw = (self._collection(RULES_COLLECTION).metadata or {}).get(CALIBRATION_KEY)
+        if not raw:
+            return None
+        try:
+            return ScoreCalibration.model_validate_json(raw)
+        except ValueError as exc:
+            raise AssetError(f"memory at {self.location}: its score calibration is unreadable ({exc})".splitlines()[0]
+                             + "; clear it with `hmrcritic memory calibration --clear` (exploring fits a new one)"
+                             ) from exc
+
+    def set_calibration(self, calibration: ScoreCalibration | None) -> None:
+        """Store (or with None, remove) the score calibration; one atomic metadata write under the lock."""
+        with self._write():
+            col = self._collection(RULES_COLLECTION)
+            meta = dict(col.metadata or {})
+            meta.pop(CALIBRATION_KEY, None)
+            if calibration is not None:
+                meta[CALIBRATION_KEY] = calibration.model_dump_json()
+            col.modify(metadata=meta)
+            self._cols.pop(RULES_COLLECTION, None)  # re-fetch so the cached metadata is current
+
+    def rules_fingerprint(self) -> str:
+        """Hash of what makes the builtin judge score the way it does: the active rules' ids and conditions
+        (not their texts or statistics). A calibration fitted for another fingerprint is stale."""
+        keys = sorted((r.rule_id, r.condition.model_dump_json() if r.condition is not None else "")
+                      for r in self.rules.all())
+        return hashlib.sha256(json.dumps(keys).encode("utf-8")).hexdigest()[:12]
+
     def stats(self) -> dict:
         rules = self.rules.all(include_retired=True)
         active = [r for r in rules if not r.retired]
@@ -411,7 +449,14 @@ class MemoryStore:
             "rule_successes": sum(r.n_success for r in active),
             "prototypes": self.prototypes.count(),
             "embeddings": {name: {"id": e, "dim": d} for name, (e, d) in COLLECTIONS.items()},
+            "calibration": self._calibration_stats(),
         }
+
+    def _calibration_stats(self) -> dict | None:
+        cal = self.calibration()
+        if cal is None:
+            return None
+        return {**cal.model_dump(mode="json"), "stale": cal.rules_fingerprint != self.rules_fingerprint()}
 
     def reset(self, seed_starter: bool = True) -> None:
         """Delete both collections and recreate them (seeded with the starter rules unless told not to)."""
@@ -434,6 +479,9 @@ class MemoryStore:
             "rules": self.rules.export_records(),
             "prototypes": self.prototypes.export_records(),
         }
+        cal = self.calibration()
+        if cal is not None:
+            data["calibration"] = cal.model_dump(mode="json")
         atomic_write_json(path, data, indent=None)
         return {"rules": len(data["rules"]), "prototypes": len(data["prototypes"]),
                 "version": data["version"]}
@@ -465,6 +513,7 @@ class MemoryStore:
             rules = [(Rule.model_validate({k: v for k, v in r.items() if k != "embedding"}),
                       r.get("embedding")) for r in data.get("rules", [])]
             protos = [Prototype.model_validate(p) for p in data.get("prototypes", [])]
+            cal = ScoreCalibration.model_validate(data["calibration"]) if data.get("calibration") else None
         except Exception as exc:
             raise InputError(f"memory import: {path} has a malformed record ({exc})".splitlines()[0]) from exc
         counts = {"rules_added": 0, "rules_updated": 0, "rules_skipped": 0, "prototypes": 0}
@@ -483,7 +532,13 @@ class MemoryStore:
                 self.rules.update(upd)
             if protos:
                 self.prototypes.add(protos, progress=True)
-            counts.update(rules_added=len(new), rules_updated=len(upd), prototypes=len(protos))
+            # a calibration belongs to the rule set it was fitted for: take the file's when this memory has
+            # none (or with overwrite); otherwise keep ours
+            take_cal = cal is not None and (overwrite or self.calibration() is None)
+            if take_cal:
+                self.set_calibration(cal)
+            counts.update(rules_added=len(new), rules_updated=len(upd), prototypes=len(protos),
+                          calibration=bool(take_cal))
         return counts
 
     @staticmethod
