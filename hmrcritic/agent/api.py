@@ -23,6 +23,7 @@ import numpy as np
 from pydantic import BaseModel, Field
 
 from hmrcritic import config as hconfig
+from hmrcritic.agent.judges import judge_name
 from hmrcritic.agent.schema import HypothesisScore
 from hmrcritic.agent.state import AgentConfig
 from hmrcritic.errors import HMRCriticError, InputError
@@ -175,10 +176,8 @@ def _agent_config(config: AgentConfig | dict | None, judge: Any, memory: Any, le
         cfg = config.model_copy()
     else:
         cfg = AgentConfig.model_validate(config or {})
-    if isinstance(judge, str):
-        cfg.judge = judge
-    elif judge is not None:
-        cfg.judge = getattr(judge, "name", "custom")
+    if judge is not None:
+        cfg.judge = judge_name(judge)
     if isinstance(memory, str | Path):
         cfg.memory_dir = str(memory)
     if learn is not None:

@@ -23,7 +23,7 @@ from typing import Any
 
 import numpy as np
 
-from hmrcritic.agent.judges import settled_overall
+from hmrcritic.agent.judges import judge_name, settled_overall
 from hmrcritic.agent.learning_curve import pooled_pearson, score_groups
 from hmrcritic.errors import InputError
 from hmrcritic.memory.schema import ScoreCalibration
@@ -80,12 +80,12 @@ def calibrate_memory(memory: Any, groups: Sequence[Any], *, judge: Any = "builti
     ``progress(i, n)`` is called per group."""
     if not groups:
         raise InputError("score calibration: no labelled groups given")
-    judge_name = judge if isinstance(judge, str) else getattr(judge, "name", "custom")
-    cfg = {**(agent_config or {}), "judge": judge_name, "use_prototypes": False, "use_calibration": False,
+    name = judge_name(judge)
+    cfg = {**(agent_config or {}), "judge": name, "use_prototypes": False, "use_calibration": False,
            "learn": False}
     scores, _ = score_groups(groups, memory, "full", judge=judge, agent_config=cfg, tag="calibrate",
                              progress=progress)
-    cal = fit_calibration(scores, [g.errors_mm for g in groups], judge=judge_name, split=split,
+    cal = fit_calibration(scores, [g.errors_mm for g in groups], judge=name, split=split,
                           first_group=groups[0].group_id, rules_fingerprint=memory.rules_fingerprint())
     memory.set_calibration(cal)
     return cal

@@ -36,6 +36,7 @@ from typing import Any
 import numpy as np
 
 from hmrcritic import config as hconfig
+from hmrcritic.agent.judges import judge_name
 from hmrcritic.agent.learning_curve import VARIANTS, pooled_pearson  # one list of variants for both tools
 from hmrcritic.errors import InputError
 from hmrcritic.io import atomic_write_json
@@ -103,8 +104,8 @@ def evaluate_critic(
     if warmup_groups < 0 or batch_size < 1:
         raise InputError(f"evaluate-critic: need --warmup-groups ≥ 0 and --batch-size ≥ 1 "
                          f"(got {warmup_groups}, {batch_size})")
-    judge_name = judge if isinstance(judge, str) else getattr(judge, "name", "custom")
-    key = _key(ws=warmup_split, wg=warmup_groups, g=num_generations, seed=seed, source=source, judge=judge_name,
+    name = judge_name(judge)
+    key = _key(ws=warmup_split, wg=warmup_groups, g=num_generations, seed=seed, source=source, judge=name,
                r=max_reflections, k=rules_k, b=batch_size, tau=tau, code=code_digest())
     workdir = Path(workdir) if workdir is not None else hconfig.runs_dir() / "evaluate" / key
     workdir.mkdir(parents=True, exist_ok=True)
@@ -160,7 +161,7 @@ def evaluate_critic(
         "warmup_groups": warmup_groups if memory_dir is None else None,
         "explored_groups": explored_groups,
         "group_source": used,
-        "judge": judge_name,
+        "judge": name,
         "memory_dir": str(memory_path),
         "workdir": str(workdir),
     }

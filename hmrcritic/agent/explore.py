@@ -45,7 +45,7 @@ from typing import Any
 import numpy as np
 
 from hmrcritic.agent.calibration import CALIBRATION_GROUPS
-from hmrcritic.agent.judges import settled_overall
+from hmrcritic.agent.judges import judge_name, settled_overall
 from hmrcritic.agent.mining import (
     BatchGroup,
     Rejection,
@@ -355,7 +355,7 @@ def explore(
     # judges that score from executable rules (the builtin one and its variants) get the executable miner
     is_builtin = isinstance(judge_obj, BuiltinJudge)
     cfg = AgentConfig.model_validate({
-        **(agent_config or {}), "judge": getattr(judge_obj, "name", "custom"), "learn": False,
+        **(agent_config or {}), "judge": judge_name(judge_obj), "learn": False,
         "use_memory": True, "rules_k": rules_k, "ucb_c": ucb_c,
         "render": (not is_builtin) if render is None else bool(render),
         **({"max_reflections": max_reflections} if max_reflections is not None else {}),
@@ -421,7 +421,7 @@ def _maybe_calibrate(memory, summary: ExploreSummary, judge_obj, cfg, groups, sp
     """Refit the score calibration on the ``n`` groups from ``start`` when something changed (see explore)."""
     from hmrcritic.agent.calibration import calibrate_memory
 
-    name = getattr(judge_obj, "name", "custom")
+    name = judge_name(judge_obj)
     try:
         current = memory.calibration()
     except AssetError:

@@ -513,6 +513,12 @@ class BuiltinJudge:
         return RuleProposals(rules=rules)
 
 
+def judge_name(judge: str | Judge) -> str:
+    """The name a judge is recorded under (config, exported records, a memory's calibration): the string
+    itself, or the object's ``name`` ("custom" without one)."""
+    return judge if isinstance(judge, str) else getattr(judge, "name", "custom")
+
+
 def make_judge(name: str | Judge = "builtin", **kwargs) -> Judge:
     """A judge by name: ``builtin`` (offline) or ``vlm`` (OpenAI-compatible endpoint, imported lazily).
 
