@@ -15,6 +15,7 @@ import typer
 
 import hmrcritic.config  # noqa: F401  (sets PYOPENGL_PLATFORM and offline flags before anything imports pyrender)
 from hmrcritic.errors import HMRCriticError
+from hmrcritic.redact import scrub
 
 app = typer.Typer(
     name="hmrcritic",
@@ -33,6 +34,7 @@ COMMAND_MODULES = [
     "hmrcritic.commands.model",
     "hmrcritic.commands.agent",
     "hmrcritic.commands.memory",
+    "hmrcritic.commands.runs",
     "hmrcritic.commands.explore",
     "hmrcritic.commands.alignment",
     "hmrcritic.commands.reproduce",
@@ -54,6 +56,38 @@ def _root(debug: bool = typer.Option(False, "--debug", help="Show tracebacks for
         os.environ["HMRCRITIC_DEBUG"] = "1"
 
 
+def _print_traceback() -> None:
+    """``--debug``: the traceback of the exception being handled, with secrets masked (hmrcritic.redact)."""
+    import traceback
+
+    print(scrub(traceback.format_exc()), file=sys.stderr, end="")
+
+
+_OS_HINTS = {
+    FileExistsError: "a file is where a folder is needed",
+    NotADirectoryError: "a file is where a folder is needed",
+    IsADirectoryError: "a folder is where a file is needed",
+    PermissionError: "check the folder's permissions",
+}
+
+
+def _os_error(exc: OSError) -> str:
+    """One line naming the path and what to do, for the errors of the file system."""
+    paths = " -> ".join(str(p) for p in (exc.filename, exc.filename2) if p)
+    hint = next((h for t, h in _OS_HINTS.items() if isinstance(exc, t)), "")
+    text = exc.strerror or str(exc) or type(exc).__name__
+    return text + (f": {paths}" if paths else "") + (f" ({hint})" if hint else "")
+
+
+def _validation_error(exc) -> str:
+    """A pydantic ValidationError as one line: each bad setting, why, and the value given."""
+    parts = []
+    for err in exc.errors():
+        where = ".".join(str(x) for x in err.get("loc", ())) or exc.title
+        parts.append(f"{where}: {err.get('msg', 'invalid')} (got {err.get('input')!r})")
+    return f"invalid {exc.title} setting: " + "; ".join(parts)
+
+
 def main(argv: list[str] | None = None) -> int:
     """Console entry point: run the app, turn user errors into one line and a non-zero exit."""
     argv = list(sys.argv[1:] if argv is None else argv)
@@ -62,8 +96,8 @@ def main(argv: list[str] | None = None) -> int:
         rv = app(args=argv, standalone_mode=False)
     except HMRCriticError as exc:
         if debug:
-            raise
-        print(f"error: {exc}", file=sys.stderr)
+            _print_traceback()
+        print(f"error: {scrub(exc)}", file=sys.stderr)
         return exc.exit_code
     except (typer.Exit, SystemExit) as exc:
         code = getattr(exc, "exit_code", None)
@@ -73,15 +107,27 @@ def main(argv: list[str] | None = None) -> int:
     except typer.Abort:
         print("aborted", file=sys.stderr)
         return 130
+    except OSError as exc:  # a file where a folder should be, no permission, disk full...
+        if debug:
+            _print_traceback()
+        print(f"error: {scrub(_os_error(exc))}", file=sys.stderr)
+        return 2
     except Exception as exc:  # click usage errors and the like
         import click
+        import pydantic
 
         if isinstance(exc, click.ClickException):
             exc.show()
             return exc.exit_code
+        if isinstance(exc, pydantic.ValidationError):  # a setting out of range (AgentConfig and the like)
+            if debug:
+                _print_traceback()
+            print(f"error: {scrub(_validation_error(exc))}", file=sys.stderr)
+            return 2
         if debug:
-            raise
-        print(f"error: {type(exc).__name__}: {exc} (run with --debug for the traceback)", file=sys.stderr)
+            _print_traceback()
+            return 1
+        print(f"error: {type(exc).__name__}: {scrub(exc)} (run with --debug for the traceback)", file=sys.stderr)
         return 1
     # With standalone_mode=False click returns typer.Exit's code instead of raising it.
     return rv if isinstance(rv, int) else 0

@@ -58,6 +58,48 @@ def api_key() -> str | None:
     return os.environ.get("HMRCRITIC_API_KEY") or os.environ.get("OPENAI_API_KEY")
 
 
+def check_device(device: str) -> str:
+    """``device`` if this torch can run on it, else an :class:`InputError` naming the way out."""
+    import torch
+
+    from hmrcritic.errors import InputError
+
+    try:
+        kind = torch.device(device).type
+    except (RuntimeError, ValueError, TypeError):
+        raise InputError(f"device {device!r} is not a torch device; use cpu or cuda[:N]") from None
+    if kind not in ("cpu", "cuda"):
+        raise InputError(f"device {device!r}: hmrcritic runs on cpu or cuda[:N]")
+    if kind == "cuda" and not torch.cuda.is_available():
+        raise InputError(f"device {device!r}: this torch has no usable CUDA (CPU build, or no GPU visible); "
+                         "use --device cpu")
+    return device
+
+
+def check_base_url(url: str | None) -> str | None:
+    """The judge's base URL if usable, else an :class:`InputError` that says why (the URL shown redacted).
+
+    Credentials do not belong in it: ``user:password@`` makes the HTTP client send Basic auth *instead of*
+    the API key, and a query string ends up in the middle of the request path (``/v1?x=…chat/completions``);
+    both also spread the secret into every message that names the endpoint."""
+    if url is None:
+        return None
+    from urllib.parse import urlsplit
+
+    from hmrcritic.errors import InputError
+    from hmrcritic.redact import redact_url
+
+    parts = urlsplit(url)
+    shown = redact_url(url)
+    if parts.scheme not in ("http", "https") or not parts.hostname:
+        raise InputError(f"judge base URL {shown!r} is not of the form http(s)://host[:port]/path "
+                         "(e.g. http://localhost:8000/v1 for vLLM)")
+    if parts.username or parts.password or parts.query or parts.fragment:
+        raise InputError(f"judge base URL {shown!r} must not carry credentials, a query string or a fragment; "
+                         "put the key in HMRCRITIC_API_KEY (or OPENAI_API_KEY)")
+    return url
+
+
 @dataclass
 class JudgeSettings:
     """Where the VLM judge lives. Works with OpenAI, vLLM (:8000), Ollama (:11434), LM Studio (:1234)."""

@@ -369,3 +369,86 @@ def test_recall_skips_rules_that_cannot_fire():
     assert nodes._applicable(_rule("a", "consensus_dev_mm", 100, 1), {"consensus_dev_mm": [50.0, 150.0]})
     assert not nodes._applicable(_rule("b", "consensus_dev_mm", 200, 1), {"consensus_dev_mm": [50.0, 150.0]})
     assert not nodes._applicable(_rule("c", "floating_mm", 1, 1), {"consensus_dev_mm": [50.0]})
+
+
+def test_throwaway_critique_leaves_nothing_behind_unless_it_fails(tmp_path, memory, saver, monkeypatch):
+    """keep=False (exploration and evaluation loops): no checkpoint thread, no trace, and discard_run removes
+    the run folder; a failed run keeps its trace so it can be looked at."""
+    import tempfile
+    from pathlib import Path
+
+    from hmrcritic.agent.api import discard_run
+    from hmrcritic.agent.trace import traces_dir
+
+    def last():
+        return (traces_dir() / "LAST").read_text() if (traces_dir() / "LAST").exists() else None
+
+    traces, last_before = set(traces_dir().glob("*.jsonl")), last()
+    s, h, _ = make_group(21, sample_id="throwaway")
+    res = critique_group(s, h, memory=memory, config=cfg(), checkpointer=saver, keep=False)
+    assert (Path(res.run_dir) / "inputs.npz").exists() and len(res.scores) == N
+    assert compile_graph(saver).get_state({"configurable": {"thread_id": "throwaway"}}).values == {}
+    assert set(traces_dir().glob("*.jsonl")) == traces and last() == last_before
+    discard_run(res)
+    assert not Path(res.run_dir).exists()
+    # never outside runs_dir() and the temp folder
+    monkeypatch.setattr(tempfile, "tempdir", str(tmp_path / "elsewhere"))
+    outside = tmp_path / "user-folder"
+    outside.mkdir()
+    discard_run(outside)
+    assert outside.exists()
+
+    class Broken:
+        name = "broken"
+
+        def critique(self, ctx):
+            raise JudgeError("endpoint down")
+
+        def propose_rules(self, ctx, mistakes):
+            raise NotImplementedError
+
+    s2, h2, _ = make_group(23, sample_id="throwaway-judge")
+    with pytest.raises(JudgeError):
+        critique_group(s2, h2, judge=Broken(), memory=memory, config=cfg(), checkpointer=saver, keep=False)
+    new = set(traces_dir().glob("*.jsonl")) - traces
+    assert len(new) == 1 and "endpoint down" in next(iter(new)).read_text()
+    assert last().strip() == next(iter(new)).stem
+
+
+def test_prune_runs_removes_old_threads_with_their_folders(tmp_path, memory):
+    """runs prune: a thread goes with its run folder when that is older than the cutoff; fresh ones stay."""
+    import os
+    import time
+
+    from hmrcritic.agent.api import safe_id
+    from hmrcritic.agent.runs import prune_runs, runs_usage
+
+    root = tmp_path / "runs"
+    saver = open_checkpointer(root / "checkpoints.sqlite")
+    for seed, gid in ((31, "old-group"), (32, "new-group")):
+        s, h, _ = make_group(seed, sample_id=gid)
+        critique_group(s, h, memory=memory, config=cfg(), checkpointer=saver,
+                       run_dir=root / "groups" / safe_id(gid))
+    (root / "traces").mkdir()
+    for name, age_days in (("old-run", 30), ("new-run", 0)):
+        p = root / "traces" / f"{name}.jsonl"
+        p.write_text("{}\n")
+        os.utime(p, (time.time() - age_days * 86400, time.time() - age_days * 86400))
+    ten_days_ago = time.time() - 10 * 86400
+    os.utime(root / "groups" / "old-group", (ten_days_ago, ten_days_ago))
+    use = runs_usage(root)
+    assert use["parts"]["checkpoints"]["count"] == 2 and use["parts"]["groups"]["count"] == 2
+
+    dry = prune_runs(7, root=root, dry_run=True)
+    assert dry["removed"]["checkpoints"] == 1 and dry["removed"]["groups"] == 1 and dry["removed"]["traces"] == 1
+    assert runs_usage(root)["parts"]["checkpoints"]["count"] == 2  # a dry run deletes nothing
+
+    out = prune_runs(7, root=root)
+    assert out["removed"] == dry["removed"] and out["bytes_after"] < out["bytes_before"]
+    app = compile_graph(saver)
+    assert app.get_state({"configurable": {"thread_id": "old-group"}}).values == {}
+    assert app.get_state({"configurable": {"thread_id": "new-group"}}).values["done"] is True
+    assert not (root / "groups" / "old-group").exists() and (root / "groups" / "new-group").exists()
+    assert sorted(p.stem for p in (root / "traces").glob("*.jsonl")) == ["new-run"]
+    with pytest.raises(InputError):
+        prune_runs(-1, root=root)

@@ -203,6 +203,7 @@ def critique_group(
     graph: Any = None,
     on_update=None,
     run_dir: str | Path | None = None,
+    keep: bool = True,
 ) -> ScoredGroup:
     """Critique one group of hypotheses of one input.
 
@@ -210,12 +211,19 @@ def critique_group(
     configured one). ``true_errors_mm`` (labelled groups only) lets ``memory_write`` settle prototypes on the
     true error when learning; judges never see it. ``on_update(node, update, seconds)`` is called after each
     node (CLI progress). ``run_dir`` overrides the group's folder (default ``runs_dir()/groups/<id>``).
+    ``keep=False`` is for throwaway critiques (exploration, evaluation loops, diagnostics): a successful run
+    leaves no checkpoint thread and no trace (a failed one keeps both, to be traced); the caller removes the
+    run folder with :func:`discard_run` once it has read what it needs.
     Raises :class:`HMRCriticError` subclasses for bad input and judge failures.
     """
     from hmrcritic.agent.graph import compile_graph, open_checkpointer
     from hmrcritic.agent.trace import TraceWriter
 
     cfg = _agent_config(config, judge, memory, learn)
+    if judge is None or isinstance(judge, str):  # an unknown name or a bad endpoint fails before any work
+        from hmrcritic.agent.nodes import get_judge
+
+        get_judge(cfg)
     gid = str(group_id or getattr(sample, "sample_id", None) or "")
     if not gid:
         raise InputError("critique_group: the sample has no sample_id; pass group_id=")
@@ -250,7 +258,7 @@ def critique_group(
     if values.get("done"):
         return _scored(values, cfg, resumed=True)
     run_id = new_run_id(gid)
-    tracer = TraceWriter(run_id, gid)
+    tracer = TraceWriter(run_id, gid, only_on_error=not keep)
     if not values:  # a new thread: write the inputs, then start at render
         run_dir.mkdir(parents=True, exist_ok=True)
         atomic_save_npz(run_dir / "inputs.npz", **arrays)
@@ -279,7 +287,24 @@ def critique_group(
         raise
     values = dict(app.get_state(run_config).values)
     tracer.finish(values)
+    if not keep:
+        saver.delete_thread(gid)
     return _scored(values, cfg, resumed=start is None, run_id=run_id)
+
+
+def discard_run(result: ScoredGroup | str | Path) -> None:
+    """Remove a throwaway critique's run folder (arrays, renders). Only folders inside ``runs_dir()`` or the
+    system temp folder are removed, so a result pointing elsewhere can never delete user files."""
+    import shutil
+    import tempfile
+
+    path = Path(result.run_dir if isinstance(result, ScoredGroup) else result)
+    if not str(path) or not path.is_dir():
+        return
+    roots = [hconfig.runs_dir().resolve(), Path(tempfile.gettempdir()).resolve()]
+    real = path.resolve()
+    if any(real != root and real.is_relative_to(root) for root in roots):
+        shutil.rmtree(real, ignore_errors=True)
 
 
 def _scored(values: dict, cfg: AgentConfig, resumed: bool, run_id: str | None = None) -> ScoredGroup:
@@ -351,8 +376,10 @@ def critique_labelled(groups: Iterable[Any], memory: Any = None, config: AgentCo
         config = AgentConfig(render=False, learn=False, use_memory=False, max_reflections=0)
     for g in groups:
         res = critique_group(g.sample, g.hypotheses, memory=memory, config=config, group_id=f"{tag}-{g.group_id}",
-                             fresh=True)
-        yield g, res, load_bodies(res.run_dir)["joints"][:, :24]
+                             fresh=True, keep=False)
+        joints = load_bodies(res.run_dir)["joints"][:, :24]
+        discard_run(res)
+        yield g, res, joints
 
 
 def write_scores(result: ScoredGroup, out_dir: str | Path) -> Path:

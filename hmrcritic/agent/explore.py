@@ -346,6 +346,16 @@ def explore(
         raise InputError(f"explore: need rounds ≥ 0 and batch size ≥ 1 (got {rounds}, {batch_size})")
     if not (-1.0 <= tau <= 1.0):
         raise InputError(f"explore: τ = {tau} is not a Spearman value in [-1, 1]")
+    if num_generations < 2 or calibration_groups < 0:
+        raise InputError(f"explore: need ≥ 2 hypotheses per group and calibration groups ≥ 0 (got "
+                         f"{num_generations}, {calibration_groups})")
+    if source not in ("auto", "model", "perturbed"):
+        raise InputError(f"explore: group source {source!r}: choose auto, model or perturbed")
+    if groups is None:
+        from hmrcritic.hmr.data import SPLITS
+
+        if split not in SPLITS:
+            raise InputError(f"explore: unknown split {split!r}; known: {', '.join(SPLITS)}")
     memory = _open_memory(memory)
     mpath = Path(memory.path)
     emit = progress or (lambda event, payload: None)
@@ -583,7 +593,7 @@ def _judge_proposals(judge_obj, res, bg: BatchGroup, round_no, validation, exist
 def _run_batch(memory, app, saver, judge_obj, is_builtin, cfg, batch, r, sig, split, tau, metric, history,
                emit, *, max_new_rules, min_gain, retire_min_uses, retire_min_rate, merge_text, prototypes, settle,
                info) -> RoundReport:
-    from hmrcritic.agent.api import critique_group
+    from hmrcritic.agent.api import critique_group, discard_run
     from hmrcritic.agent.evidence import evidence_tags
     from hmrcritic.agent.nodes import load_bodies
     from hmrcritic.memory.embeddings import pose_embedding
@@ -600,7 +610,8 @@ def _run_batch(memory, app, saver, judge_obj, is_builtin, cfg, batch, r, sig, sp
     for i, g in enumerate(batch):
         try:
             res = critique_group(g.sample, g.hypotheses, judge=judge_obj, memory=memory, config=cfg,
-                                 group_id=f"explore-{g.group_id}", fresh=True, graph=app, checkpointer=saver)
+                                 group_id=f"explore-{g.group_id}", fresh=True, graph=app, checkpointer=saver,
+                                 keep=False)
             err = exploration_error(g, metric)
         except HMRCriticError as exc:
             report.failed.append({"group_id": g.group_id, "error": str(exc)})
@@ -686,6 +697,8 @@ def _run_batch(memory, app, saver, judge_obj, is_builtin, cfg, batch, r, sig, sp
                     new_rules.append(rule)
                     report.rules_added.append({"text": rule.text})
     history.extend(bg for _, _, bg in scored)
+    for _, res, _ in scored:  # arrays and renders are read; nothing needs the run folders any more
+        discard_run(res)
     report.rejected = [x.as_dict() for x in rejected]
     from hmrcritic.memory.rules import mined_rule_id
 

@@ -70,7 +70,7 @@ def score_groups(groups: Sequence[Any], memory: Any, variant: str = "full", judg
                  progress: Callable[[int, int], None] | None = None) -> tuple[list[np.ndarray | None], list[str]]:
     """Overall scores of each group (None where the group failed) and the memory version of each score.
     ``progress(i, n)`` is called after each group."""
-    from hmrcritic.agent.api import critique_group
+    from hmrcritic.agent.api import critique_group, discard_run
     from hmrcritic.agent.graph import compile_graph, open_checkpointer
     from hmrcritic.agent.state import AgentConfig
 
@@ -86,7 +86,8 @@ def score_groups(groups: Sequence[Any], memory: Any, variant: str = "full", judg
         try:
             res = critique_group(g.sample, g.hypotheses, judge=judge, memory=memory, config=cfg,
                                  group_id=f"{tag}-{variant}-{g.group_id}", fresh=True, graph=app,
-                                 checkpointer=saver)
+                                 checkpointer=saver, keep=False)
+            discard_run(res)
             out.append(np.asarray(res.overall, np.float64))
             versions.append(res.memory_version)
         except HMRCriticError:

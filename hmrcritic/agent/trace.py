@@ -15,6 +15,7 @@ from typing import Any
 from hmrcritic import config as hconfig
 from hmrcritic.errors import InputError
 from hmrcritic.io import append_jsonl, atomic_write_text, read_jsonl
+from hmrcritic.redact import scrub
 
 
 def traces_dir() -> Path:
@@ -60,19 +61,37 @@ def summarise_update(node: str, update: dict[str, Any]) -> dict[str, Any]:
 
 
 class TraceWriter:
-    def __init__(self, run_id: str, group_id: str):
+    """Appends a run's events to ``traces_dir()/<run_id>.jsonl`` as they happen.
+
+    ``only_on_error``: keep the events in memory and write them (and point ``LAST`` at the run) only if the
+    run fails — for throwaway critiques (exploration, evaluation loops), whose thousands of successful runs
+    would otherwise bury the ones a person wants to trace."""
+
+    def __init__(self, run_id: str, group_id: str, only_on_error: bool = False):
         self.run_id = run_id
         self.group_id = group_id
         self.path = traces_dir() / f"{run_id}.jsonl"
         self.step = 0
         self.t0 = time.time()
+        self._held: list[dict] | None = [] if only_on_error else None
 
     def _write(self, rec: dict) -> None:
-        append_jsonl(self.path, {"run_id": self.run_id, "group_id": self.group_id, **rec})
+        rec = {"run_id": self.run_id, "group_id": self.group_id, **rec}
+        if self._held is not None:
+            self._held.append(rec)
+        else:
+            append_jsonl(self.path, rec)
+
+    def _flush(self) -> None:
+        held, self._held = self._held or [], None
+        for rec in held:
+            append_jsonl(self.path, rec)
+        atomic_write_text(traces_dir() / "LAST", self.run_id + "\n")
 
     def start(self, cfg, resumed: bool = False) -> None:
         self._write({"event": "start", "time": self.t0, "resumed": resumed, "config": cfg.model_dump()})
-        atomic_write_text(traces_dir() / "LAST", self.run_id + "\n")
+        if self._held is None:
+            atomic_write_text(traces_dir() / "LAST", self.run_id + "\n")
 
     def node(self, node: str, update: dict, seconds: float) -> None:
         self.step += 1
@@ -80,7 +99,9 @@ class TraceWriter:
                      "changed": summarise_update(node, update)})
 
     def error(self, exc: BaseException) -> None:
-        self._write({"event": "error", "error": f"{type(exc).__name__}: {exc}"[:500]})
+        self._write({"event": "error", "error": scrub(f"{type(exc).__name__}: {exc}")[:500]})
+        if self._held is not None:
+            self._flush()
 
     def finish(self, values: dict) -> None:
         self._write({"event": "finish", "seconds": round(time.time() - self.t0, 6),
@@ -99,8 +120,11 @@ def resolve_run(run_id: str | None = None, last: bool = False) -> Path:
         matches = sorted(d.glob(f"*{run_id}*.jsonl"))
         if len(matches) == 1:
             return matches[0]
-        hint = f"; {len(matches)} runs match" if matches else ""
-        raise InputError(f"run {run_id!r} not found in {d}{hint}")
+        if matches:
+            shown = ", ".join(m.stem for m in matches[-3:])
+            raise InputError(f"run id {run_id!r} is ambiguous in {d}: {len(matches)} runs match (latest: {shown}); "
+                             "give more of the id")
+        raise InputError(f"run {run_id!r} not found in {d}")
     return path
 
 

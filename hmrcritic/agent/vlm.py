@@ -42,8 +42,9 @@ from pydantic import BaseModel
 from hmrcritic.agent import prompts
 from hmrcritic.agent.judges import JudgeContext, Mistake
 from hmrcritic.agent.schema import AXES, GroupCritique, HypothesisScore, ProposedRule, RuleProposals
-from hmrcritic.config import JudgeSettings, api_key
-from hmrcritic.errors import JudgeError
+from hmrcritic.config import JudgeSettings, api_key, check_base_url
+from hmrcritic.errors import InputError, JudgeError
+from hmrcritic.redact import guard_langsmith, redact_url, register_secret, scrub
 
 log = logging.getLogger(__name__)
 
@@ -279,11 +280,17 @@ class VLMJudge:
         from pydantic import SecretStr
 
         self.settings = settings or JudgeSettings()
+        check_base_url(self.settings.base_url)
         self.backoff_base_s = backoff_base_s
         self.backoff_max_s = backoff_max_s
         self.max_retry_after_s = max_retry_after_s
         self.send_input_image = send_input_image
         key = api_key()
+        if not key and self.settings.base_url is None:  # retrying the OpenAI endpoint without a key cannot work
+            raise InputError("the VLM judge has no endpoint and no key: set HMRCRITIC_API_KEY (or OPENAI_API_KEY) "
+                             "for OpenAI, or HMRCRITIC_BASE_URL for a local server (vLLM, Ollama)")
+        register_secret(key)
+        guard_langsmith()
         self._secret = SecretStr(key or "")  # for scrubbing only; its repr is masked
         self._llm = ChatOpenAI(
             model=self.settings.model,
@@ -300,7 +307,7 @@ class VLMJudge:
 
     def __repr__(self) -> str:
         s = self.settings
-        return f"VLMJudge(model={s.model!r}, base_url={s.base_url!r}, mode={self._mode!r})"
+        return f"VLMJudge(model={s.model!r}, base_url={redact_url(s.base_url)!r}, mode={self._mode!r})"
 
     @property
     def mode(self) -> str:
@@ -396,7 +403,7 @@ class VLMJudge:
 
         Returns ``{"ok", "base_url", "model", "models", "error"}``; never raises, never shows the key.
         """
-        out = {"ok": False, "base_url": self.settings.base_url, "model": self.settings.model, "models": []}
+        out = {"ok": False, "base_url": redact_url(self.settings.base_url), "model": self.settings.model, "models": []}
         try:
             out["models"] = sorted(m.id for m in self._llm.root_client.models.list())
         except Exception as exc:  # noqa: BLE001 - reported, not raised
@@ -459,10 +466,11 @@ class VLMJudge:
         return self._runnables[key]
 
     def _scrub(self, text: str) -> str:
-        """One line, bounded, with the key removed."""
+        """One line, bounded, with the key (and anything else secret-looking, see :mod:`hmrcritic.redact`)
+        removed."""
         if secret := self._secret.get_secret_value():
             text = text.replace(secret, "***")
-        text = " ".join(text.split())
+        text = " ".join(scrub(text).split())
         return text if len(text) <= 300 else text[:297] + "..."
 
     def _describe(self, exc: Exception) -> str:
@@ -540,7 +548,7 @@ class VLMJudge:
             except openai.InternalServerError as exc:
                 reason = f"server error ({self._describe(exc)})"
             except openai.APIConnectionError:
-                reason = f"cannot connect to {self.settings.base_url or 'the default OpenAI endpoint'}"
+                reason = f"cannot connect to {redact_url(self.settings.base_url) or 'the default OpenAI endpoint'}"
             except openai.APIStatusError as exc:  # 401, 403, 404, 422...: retrying will not help
                 reason, fatal = self._describe(exc), True
             except openai.OpenAIError as exc:

@@ -41,7 +41,9 @@ from pydantic import BaseModel, Field
 from hmrcritic.agent.schema import HypothesisScore
 from hmrcritic.alignment import dataset as D
 from hmrcritic.errors import InputError
+from hmrcritic.hmr.diffusion import MAX_GENERATIONS
 from hmrcritic.io import append_jsonl, atomic_write_text, read_jsonl
+from hmrcritic.redact import scrub
 
 DEFAULT_SCORER = "hmrcritic.agent.api:critique_group"
 # Sample fields that carry 3D labels (hmr.data.LABEL_KEYS and the like): never passed to a worker or the
@@ -85,6 +87,10 @@ class ExportConfig:
                 f"--num-generations must be ≥ 2 (a group needs something to compare), got "
                 f"{self.num_generations}"
             )
+        if self.num_generations > MAX_GENERATIONS:
+            raise InputError(f"--num-generations must be ≤ {MAX_GENERATIONS}, got {self.num_generations}")
+        if not 1 <= self.sample_steps <= 1000:
+            raise InputError(f"--steps (DDIM steps) must be in 1..1000, got {self.sample_steps}")
         if self.workers < 1:
             raise InputError(f"--workers must be ≥ 1, got {self.workers}")
         if self.limit is not None and self.limit < 1:
@@ -277,7 +283,7 @@ class GroupWorker:
 
 
 def _reason(exc: BaseException) -> str:
-    msg = " ".join(str(exc).split())[:300]
+    msg = " ".join(scrub(exc).split())[:300]
     return f"{type(exc).__name__}: {msg}" if msg else type(exc).__name__
 
 

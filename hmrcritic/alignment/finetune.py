@@ -21,6 +21,7 @@ from __future__ import annotations
 import copy
 import hashlib
 import json
+import math
 import time
 from collections.abc import Callable
 from dataclasses import asdict, dataclass, fields
@@ -194,17 +195,24 @@ def finetune(config: FinetuneConfig, progress: bool | Callable[[dict], None] = F
     ``progress``: True for a rich progress bar, or a callable receiving each logged record.
     """
     cfg = config
+    from hmrcritic.config import check_device
+
+    check_device(cfg.device)
+    if not (math.isfinite(cfg.lr) and cfg.lr > 0):
+        raise InputError(f"--lr must be a finite number > 0, got {cfg.lr}")
     ocfg = cfg.objective_config()
     out = Path(cfg.out)
     if out.is_dir():
         raise InputError(f"--out must be a checkpoint file path, got a folder: {out}")
     ds = GroupPreferenceDataset(cfg.data)
     data = _GroupTensors(ds, cfg.device)
-    out.parent.mkdir(parents=True, exist_ok=True)
     G = min(cfg.num_generations, data.min_n)
 
     torch.manual_seed(cfg.seed)
     base = _load_base(cfg)
+    if cfg.t_min is not None and not 0 <= cfg.t_min < base.num_timesteps:
+        raise InputError(f"--t-min must be in [0, {base.num_timesteps}), got {cfg.t_min}")
+    out.parent.mkdir(parents=True, exist_ok=True)
     base_hash = state_dict_hash(base)
     reference = frozen_reference(base) if cfg.objective != "sft" else None
     policy = copy.deepcopy(base).train()

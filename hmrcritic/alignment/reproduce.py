@@ -257,7 +257,7 @@ def _explore(preset: Preset, memory_dir: Path, model_path: str | None, key: str,
 
 
 def _explore_minimal(preset: Preset, store, model_path: str | None, key: str, log: _Log) -> dict:
-    from hmrcritic.agent.api import critique_group
+    from hmrcritic.agent.api import critique_group, discard_run
     from hmrcritic.agent.graph import compile_graph, open_checkpointer
     from hmrcritic.agent.groups import groups_from_model
     from hmrcritic.hmr.diffusion import load_model
@@ -275,7 +275,8 @@ def _explore_minimal(preset: Preset, store, model_path: str | None, key: str, lo
             res = critique_group(g.sample, g.hypotheses, judge=preset.judge, memory=store,
                                  config={"render": preset.render, "learn": True},
                                  true_errors_mm=g.errors_mm, group_id=f"reproduce-explore-{key}-{g.group_id}",
-                                 fresh=True, checkpointer=saver, graph=app)
+                                 fresh=True, checkpointer=saver, graph=app, keep=False)
+            discard_run(res)
             rhos.append(float(spearman(torch.tensor(res.overall), -torch.tensor(g.errors_mm))))
         log(f"explore round {r + 1}/{preset.explore_rounds}: mean Spearman {np.mean(rhos):.3f}")
     return {"groups": len(rhos), "spearman_mean": float(np.mean(rhos)) if rhos else None}
@@ -298,7 +299,7 @@ class CriticSelector:
         self.spearman: list[float] = []
 
     def __call__(self, ctx: dict) -> torch.Tensor:
-        from hmrcritic.agent.api import critique_group
+        from hmrcritic.agent.api import critique_group, discard_run
 
         group = ctx["group"]
         B, N = group.body_pose.shape[:2]
@@ -314,7 +315,8 @@ class CriticSelector:
             res = critique_group(sample, hyps, judge=self.preset.judge, memory=self.memory,
                                  config={"render": self.preset.render, "learn": False},
                                  group_id=f"reproduce-eval-{self.tag}-{idx}", fresh=True,
-                                 checkpointer=self.saver, graph=self.app)
+                                 checkpointer=self.saver, graph=self.app, keep=False)
+            discard_run(res)
             scores[b] = torch.tensor(res.overall, dtype=torch.float32)
         return scores
 

@@ -161,13 +161,10 @@ def run_checks(skip: tuple[str, ...] = ()) -> dict:
 
 
 def _scrub(text: str) -> str:
-    """Belt and braces: the key must never reach the output, whatever a check printed."""
-    from hmrcritic.config import api_key
+    """Belt and braces: no key, URL credential or token must reach the output, whatever a check printed."""
+    from hmrcritic.redact import scrub
 
-    for key in {api_key(), os.environ.get("HMRCRITIC_API_KEY"), os.environ.get("OPENAI_API_KEY")}:
-        if key and len(key) >= 4:
-            text = text.replace(key, "***")
-    return text
+    return scrub(text)
 
 
 def _summary(c: dict) -> str:

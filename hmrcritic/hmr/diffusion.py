@@ -39,6 +39,9 @@ NUM_JOINTS = 24
 NUM_BETAS = 10
 NUM_KEYPOINTS = 17
 X_DIM = NUM_JOINTS * 6 + NUM_BETAS
+# Hypotheses per input: the paper samples 16–32; 1024 is far beyond any use and still fits in memory
+# (a group costs about 0.5 MB per hypothesis through sampling, evidence and critique).
+MAX_GENERATIONS = 1024
 CHECKPOINT_FORMAT = "hmrcritic-diffusion"
 CHECKPOINT_VERSION = 1
 BOX_PAD = 1.2  # the person box is the visible-keypoint extent, padded by 20 % on its longer side
@@ -504,8 +507,12 @@ def sample(
     aligned) nudges every step's x0 prediction down the 2D reprojection energy of the visible keypoints
     (:func:`reprojection_energy`); occluded joints carry no energy and keep the model's diversity.
     """
-    if num_generations < 1:
-        raise InputError(f"num_generations must be ≥ 1, got {num_generations}")
+    if not 1 <= num_generations <= MAX_GENERATIONS:
+        raise InputError(f"num_generations must be in 1..{MAX_GENERATIONS}, got {num_generations} "
+                         "(each hypothesis costs about 0.5 MB while sampling and critiquing)")
+    for name, value in (("eta", eta), ("guidance", guidance)):
+        if not math.isfinite(float(value)) or float(value) < 0:
+            raise InputError(f"{name} must be a finite number ≥ 0, got {value}")
     device = model.alphas_cumprod.device
     cond = cond.to(device)
     B, N = len(cond), num_generations
@@ -583,6 +590,9 @@ def load_model(path: str | Path | None = None, device: str = "cpu") -> HMRDiffus
     A missing, corrupt or mismatched file (wrong config, missing/extra/misshaped weights) raises
     :class:`AssetError` naming the path.
     """
+    from hmrcritic.config import check_device
+
+    check_device(device)
     path = Path(path) if path is not None else DEFAULT_CHECKPOINT
     payload = read_checkpoint(path)
     try:

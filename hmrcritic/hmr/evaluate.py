@@ -162,6 +162,10 @@ def evaluate_model(
 
     if num_generations < 1:
         raise InputError(f"--num-generations must be ≥ 1, got {num_generations}")
+    if limit is not None and limit < 1:
+        raise InputError(f"--limit must be ≥ 1 scene (or left out for the whole split), got {limit}")
+    if batch_size < 1:
+        raise InputError(f"--batch-size must be ≥ 1, got {batch_size}")
     device = model.alphas_cumprod.device
     body = body or load_body_model(device=str(device))
     data, n = _load_labelled(split, limit)

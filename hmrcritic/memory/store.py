@@ -38,6 +38,7 @@ from hmrcritic.memory.embeddings import POSE_DIM, POSE_EMBEDDING_ID, TEXT_DIM, T
 from hmrcritic.memory.prototypes import PROTOTYPES_COLLECTION, PrototypeMemory, proto_digest
 from hmrcritic.memory.rules import RULES_COLLECTION, RuleMemory, rule_key
 from hmrcritic.memory.schema import Prototype, Rule, ScoreCalibration
+from hmrcritic.redact import redact_url, scrub
 
 SCHEMA_VERSION = 1
 EXPORT_FORMAT = "hmrcritic-memory"
@@ -126,7 +127,7 @@ def _http_client(url: str):
                                      settings=_chroma_settings())
         client.heartbeat()
     except Exception as exc:
-        raise AssetError(f"cannot reach the Chroma server at {url}: {exc}") from exc
+        raise AssetError(scrub(f"cannot reach the Chroma server at {url}: {exc}")) from exc
     return client
 
 
@@ -172,7 +173,7 @@ class MemoryStore:
     # ---- plumbing ---------------------------------------------------------------------------------------
     @property
     def location(self) -> str:
-        return self.chroma_url or str(self.path)
+        return redact_url(self.chroma_url) if self.chroma_url else str(self.path)
 
     def _generation(self) -> int:
         return _GENERATION.get(self._key, 0) if not self.chroma_url else 0
@@ -482,6 +483,9 @@ class MemoryStore:
         cal = self.calibration()
         if cal is not None:
             data["calibration"] = cal.model_dump(mode="json")
+        if Path(path).is_dir():
+            raise InputError(f"memory export: {path} is a folder; give a file path, e.g. "
+                             f"{Path(path) / 'memory.json'}")
         atomic_write_json(path, data, indent=None)
         return {"rules": len(data["rules"]), "prototypes": len(data["prototypes"]),
                 "version": data["version"]}
@@ -498,8 +502,8 @@ class MemoryStore:
             data = json.loads(path.read_text(encoding="utf-8"))
         except FileNotFoundError as exc:
             raise InputError(f"memory import: no file {path}") from exc
-        except (OSError, json.JSONDecodeError) as exc:
-            raise InputError(f"memory import: {path} is not readable JSON ({exc})") from exc
+        except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
+            raise InputError(f"memory import: {path} is not readable JSON ({exc})".splitlines()[0]) from exc
         if not isinstance(data, dict) or data.get("format") != EXPORT_FORMAT:
             raise InputError(f"memory import: {path} is not an hmrcritic memory export (format field)")
         emb = data.get("embeddings", {})

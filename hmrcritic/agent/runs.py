@@ -1,0 +1,137 @@
+"""What the agent keeps under ``runs_dir()``, how big it is, and pruning what is old.
+
+Every critique leaves a checkpoint thread (``checkpoints.sqlite``), a run folder of arrays and renders
+(``groups/<id>``) and a trace (``traces/<run>.jsonl``); exploration and evaluation add read-only memory
+snapshots (``frozen-memory/``) and result caches (``evaluate/``). Throwaway critiques no longer keep theirs
+(``critique_group(keep=False)``), but a user's own critiques, and everything an older version wrote,
+accumulate: one workstation had 32 GB of checkpoints after a few weeks of evaluation runs.
+:func:`prune_runs` removes what is older than a cutoff — a checkpoint thread goes with its run folder (a
+thread whose folder is gone cannot be resumed: its inputs lived there) — then compacts the SQLite file.
+"""
+
+from __future__ import annotations
+
+import shutil
+import sqlite3
+import time
+from pathlib import Path
+
+from hmrcritic import config as hconfig
+from hmrcritic.errors import InputError
+
+DAY_S = 86_400.0
+
+
+def _tree_bytes(path: Path) -> int:
+    if path.is_file():
+        return path.stat().st_size
+    return sum(p.stat().st_size for p in path.rglob("*") if p.is_file()) if path.is_dir() else 0
+
+
+def _entries(folder: Path, pattern: str = "*") -> list[Path]:
+    return sorted(folder.glob(pattern)) if folder.is_dir() else []
+
+
+def _threads(db: Path) -> list[str]:
+    if not db.exists():
+        return []
+    with sqlite3.connect(f"file:{db}?mode=ro", uri=True) as con:
+        try:
+            return [r[0] for r in con.execute("SELECT DISTINCT thread_id FROM checkpoints")]
+        except sqlite3.OperationalError:  # a fresh file without tables yet
+            return []
+
+
+def runs_usage(root: str | Path | None = None) -> dict:
+    """Sizes and counts of each part of the runs folder (bytes)."""
+    root = Path(root) if root is not None else hconfig.runs_dir()
+    db = root / "checkpoints.sqlite"
+    parts = {
+        "checkpoints": {"count": len(_threads(db)),  # the database with its write-ahead log
+                        "bytes": sum(_tree_bytes(db.with_name(db.name + s)) for s in ("", "-wal", "-shm"))},
+        "groups": {"count": len(_entries(root / "groups")), "bytes": _tree_bytes(root / "groups")},
+        "traces": {"count": len(_entries(root / "traces", "*.jsonl")), "bytes": _tree_bytes(root / "traces")},
+        "frozen-memory": {"count": len(_entries(root / "frozen-memory")),
+                          "bytes": _tree_bytes(root / "frozen-memory")},
+        "evaluate": {"count": len(_entries(root / "evaluate")), "bytes": _tree_bytes(root / "evaluate")},
+    }
+    return {"root": str(root), "parts": parts, "total_bytes": sum(p["bytes"] for p in parts.values())}
+
+
+def prune_runs(older_than_days: float = 7.0, root: str | Path | None = None, dry_run: bool = False,
+               vacuum: bool = True) -> dict:
+    """Remove run folders, checkpoint threads, traces, memory snapshots and evaluation caches last touched
+    more than ``older_than_days`` ago (0 = everything), then compact ``checkpoints.sqlite``.
+
+    A checkpoint thread is removed when its run folder is older than the cutoff or missing. ``dry_run``
+    counts without deleting. Returns what was (or would be) removed and the bytes before and after."""
+    from hmrcritic.agent.api import safe_id
+
+    if not older_than_days >= 0:
+        raise InputError(f"--older-than must be ≥ 0 days, got {older_than_days}")
+    root = Path(root) if root is not None else hconfig.runs_dir()
+    before = runs_usage(root)["total_bytes"]
+    cutoff = time.time() - older_than_days * DAY_S
+
+    def old(p: Path) -> bool:
+        try:
+            return p.stat().st_mtime < cutoff
+        except FileNotFoundError:
+            return True
+
+    removed = {"groups": 0, "checkpoints": 0, "traces": 0, "frozen-memory": 0, "evaluate": 0}
+    stale_groups = {p.name for p in _entries(root / "groups") if old(p)}
+    db = root / "checkpoints.sqlite"
+    threads = [t for t in _threads(db) if _safe(safe_id, t) in stale_groups
+               or not (root / "groups" / _safe(safe_id, t)).exists()]
+    removed["checkpoints"] = len(threads)
+    if threads and not dry_run:
+        _delete_threads(db, threads)
+    for part, pattern in (("groups", "*"), ("traces", "*.jsonl"), ("frozen-memory", "*"), ("evaluate", "*")):
+        for p in _entries(root / part, pattern):
+            if part == "groups" and p.name not in stale_groups or part != "groups" and not old(p):
+                continue
+            removed[part] += 1
+            if not dry_run:
+                shutil.rmtree(p, ignore_errors=True) if p.is_dir() else p.unlink(missing_ok=True)
+    last = root / "traces" / "LAST"
+    if not dry_run and last.exists() and not (root / "traces" / f"{last.read_text().strip()}.jsonl").exists():
+        last.unlink()
+    if vacuum and not dry_run and db.exists() and removed["checkpoints"]:
+        con = sqlite3.connect(str(db), timeout=60)
+        try:  # rewrites only what is left; then fold its WAL back so the space is really returned
+            con.execute("VACUUM")
+            con.execute("PRAGMA wal_checkpoint(TRUNCATE)")
+        finally:
+            con.close()
+    after = before if dry_run else runs_usage(root)["total_bytes"]
+    return {"root": str(root), "older_than_days": older_than_days, "dry_run": dry_run, "removed": removed,
+            "bytes_before": before, "bytes_after": after}
+
+
+def _delete_threads(db: Path, threads: list[str], batch: int = 256) -> None:
+    """Delete threads in batches, each committed and its write-ahead log folded back into the database.
+
+    Two things make one big ``DELETE`` dangerous on a large file: SQLite builds with ``secure_delete`` on
+    overwrite every freed page (through the WAL: deleting 32 GB of checkpoints wrote a 13 GB WAL before we
+    stopped it), and a single transaction's WAL holds every page it touched until it commits. Freed pages
+    need no overwriting here (checkpoints hold no secrets, see hmrcritic.redact), and small transactions
+    keep the WAL small."""
+    con = sqlite3.connect(str(db), timeout=60)
+    try:
+        con.execute("PRAGMA secure_delete = OFF")
+        for i in range(0, len(threads), batch):
+            chunk = [(t,) for t in threads[i:i + batch]]
+            with con:
+                for table in ("checkpoints", "writes"):
+                    con.executemany(f"DELETE FROM {table} WHERE thread_id = ?", chunk)
+            con.execute("PRAGMA wal_checkpoint(TRUNCATE)")
+    finally:
+        con.close()
+
+
+def _safe(safe_id, thread_id: str) -> str:
+    try:
+        return safe_id(thread_id)
+    except InputError:
+        return ""

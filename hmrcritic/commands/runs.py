@@ -1,0 +1,62 @@
+"""``hmrcritic runs ...``: how much the runs folder holds (checkpoints, run folders, traces) and pruning it."""
+
+from __future__ import annotations
+
+import json
+
+import typer
+
+runs_app = typer.Typer(
+    help="The runs folder: checkpoint threads, run folders, traces, memory snapshots, evaluation caches.\n\n"
+    "Examples: `hmrcritic runs stats`, `hmrcritic runs prune --older-than 7 --dry-run`.",
+    no_args_is_help=True,
+)
+
+
+def _mb(n: int) -> str:
+    return f"{n / 1e6:,.1f} MB"
+
+
+@runs_app.command("stats")
+def stats(as_json: bool = typer.Option(False, "--json", help="Machine-readable output.")) -> None:
+    """Size and count of each part of the runs folder."""
+    from hmrcritic.agent.runs import runs_usage
+
+    use = runs_usage()
+    if as_json:
+        typer.echo(json.dumps(use, indent=2))
+        return
+    typer.echo(f"runs folder {use['root']}: {_mb(use['total_bytes'])}")
+    for name, part in use["parts"].items():
+        typer.echo(f"  {name:<14}{part['count']:>8} entries  {_mb(part['bytes']):>14}")
+
+
+@runs_app.command("prune")
+def prune(
+    older_than: float = typer.Option(7.0, "--older-than", help="Remove what was last touched more than this many "
+                                     "days ago (0 = everything)."),
+    dry_run: bool = typer.Option(False, "--dry-run", help="Only count what would be removed."),
+    yes: bool = typer.Option(False, "--yes", help="Do not ask for confirmation."),
+    as_json: bool = typer.Option(False, "--json", help="Machine-readable output."),
+) -> None:
+    """Remove old checkpoint threads (with their run folders), traces, memory snapshots and evaluation caches,
+    then compact the checkpoint database. The critic's memory itself is never touched."""
+    from hmrcritic import config
+    from hmrcritic.agent.runs import prune_runs
+
+    if not dry_run and not yes and not typer.confirm(
+            f"Remove runs older than {older_than:g} days from {config.runs_dir()}?"):
+        raise typer.Abort()
+    out = prune_runs(older_than_days=older_than, dry_run=dry_run)
+    if as_json:
+        typer.echo(json.dumps(out, indent=2))
+        return
+    verb = "would remove" if dry_run else "removed"
+    what = ", ".join(f"{v} {k}" for k, v in out["removed"].items())
+    typer.echo(f"{verb}: {what}")
+    if not dry_run:
+        typer.echo(f"runs folder {_mb(out['bytes_before'])} -> {_mb(out['bytes_after'])}")
+
+
+def register(app: typer.Typer) -> None:
+    app.add_typer(runs_app, name="runs")

@@ -1,0 +1,108 @@
+"""Secrets never leave the process: one scrubber for every message, trace, report and upload.
+
+An API key can reach text in ways no caller planned: an endpoint that quotes the ``Authorization`` header
+back in its 401 body, a base URL carrying ``user:password@`` or ``?api_key=…``, an exception whose repr shows
+a request. So every string hmrcritic writes where a person or a file can see it — error lines, retry
+warnings, trace events, export failure records, ``doctor``, and (when LangSmith tracing is switched on) the
+runs uploaded to LangSmith — goes through :func:`scrub`, which removes
+
+* the values of the key variables (``HMRCRITIC_API_KEY``, ``OPENAI_API_KEY``, ``LANGSMITH_API_KEY``,
+  ``LANGCHAIN_API_KEY``) and any value passed to :func:`register_secret`;
+* the user-info part of any URL (``scheme://user:password@host`` → ``scheme://***@host``);
+* the values of query parameters whose names look secret (``key``, ``token``, ``secret``, ``password``,
+  ``auth``, ``sig`` … anywhere in the name);
+* ``Bearer`` / ``Basic`` credentials (a token of 8+ characters with at least one digit, so prose such as
+  "Basic authentication" survives).
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import threading
+from typing import Any
+
+MASK = "***"
+SECRET_ENV_VARS = ("HMRCRITIC_API_KEY", "OPENAI_API_KEY", "LANGSMITH_API_KEY", "LANGCHAIN_API_KEY")
+# Shorter values would mask ordinary words; real keys are far longer.
+MIN_SECRET_LEN = 6
+
+_extra: set[str] = set()
+_extra_lock = threading.Lock()
+
+_URL_USERINFO = re.compile(r"(?P<scheme>\b[a-zA-Z][a-zA-Z0-9+.\-]*://)[^/\s@?#'\"]+@")
+_SECRET_QUERY = re.compile(
+    r"(?i)(?P<name>[?&;][a-z0-9_.\-]*(?:key|token|secret|passw|pwd|auth|sig|credential)[a-z0-9_.\-]*=)"
+    r"[^&#\s'\"]+"
+)
+_AUTH_TOKEN = re.compile(r"\b(?P<kind>Bearer|Basic)(?P<sep>\s+)(?=[A-Za-z0-9._~+/=\-]*\d)[A-Za-z0-9._~+/=\-]{8,}")
+
+
+def register_secret(value: str | None) -> None:
+    """Scrub ``value`` from everything from now on (e.g. a key handed over in code, not the environment)."""
+    if value and len(value) >= MIN_SECRET_LEN:
+        with _extra_lock:
+            _extra.add(value)
+
+
+def secret_values() -> list[str]:
+    """The literal secrets to mask now, longest first (so a key containing another is masked whole)."""
+    found = {os.environ.get(v) or "" for v in SECRET_ENV_VARS} | set(_extra)
+    return sorted((s for s in found if len(s) >= MIN_SECRET_LEN), key=len, reverse=True)
+
+
+def scrub(text: Any) -> str:
+    """``text`` as a string with every secret masked (see the module docstring for what counts)."""
+    out = str(text)
+    for s in secret_values():
+        out = out.replace(s, MASK)
+    out = _URL_USERINFO.sub(lambda m: m.group("scheme") + MASK + "@", out)
+    out = _SECRET_QUERY.sub(lambda m: m.group("name") + MASK, out)
+    return _AUTH_TOKEN.sub(lambda m: m.group("kind") + m.group("sep") + MASK, out)
+
+
+def redact_url(url: str | None) -> str | None:
+    """A URL safe to print: user-info and secret-looking query values masked (None stays None)."""
+    return None if url is None else scrub(url)
+
+
+def scrub_tree(obj: Any) -> Any:
+    """:func:`scrub` applied to every string inside nested dicts, lists and tuples (keys included)."""
+    if isinstance(obj, str):
+        return scrub(obj)
+    if isinstance(obj, dict):
+        return {scrub_tree(k): scrub_tree(v) for k, v in obj.items()}
+    if isinstance(obj, (list, tuple)):
+        return type(obj)(scrub_tree(v) for v in obj)
+    return obj
+
+
+_langsmith_lock = threading.Lock()
+_langsmith_client: Any = None  # the scrubbing client we installed, if any
+
+
+def guard_langsmith() -> bool:
+    """When LangSmith tracing is switched on through its environment variables, make the client that
+    LangChain uploads with scrub every run's inputs, outputs, metadata and error text first.
+
+    LangChain records an LLM call's exception *before* our retry loop sees it, so an endpoint that quotes
+    the key back in an error body would otherwise reach the upload verbatim. Installs the client only if
+    none has been configured yet (a caller's own client is left alone). Returns whether one is installed
+    by us now. Offline: constructing the client does not contact the server.
+    """
+    try:
+        from langsmith import run_trees, utils
+    except ImportError:  # langsmith absent: nothing can upload
+        return False
+    if not utils.tracing_is_enabled():
+        return False
+    global _langsmith_client
+    with _langsmith_lock:
+        current = run_trees._CLIENT  # noqa: SLF001 - the cached client LangChain's tracer uses
+        if current is not None:
+            return current is _langsmith_client
+        from langsmith import Client
+
+        _langsmith_client = Client(anonymizer=scrub_tree)
+        run_trees.configure(client=_langsmith_client)
+    return True
