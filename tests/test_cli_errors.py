@@ -69,3 +69,46 @@ def test_ambiguous_trace_id_says_so(capsys):
     finally:
         for p in traces_dir().glob("20990101-*.jsonl"):
             p.unlink()
+
+
+def test_unreadable_hypotheses_files_are_named_plainly(tmp_path):
+    import numpy as np
+
+    from hmrcritic.agent.api import load_hypotheses
+    from hmrcritic.errors import InputError
+
+    rand = tmp_path / "rand.npz"
+    rand.write_bytes(bytes(range(256)) * 8)
+    npy = tmp_path / "one.npz"
+    with open(npy, "wb") as f:
+        np.save(f, np.zeros((4, 69), np.float32))
+    text = tmp_path / "text.npz"
+    np.savez(text, global_orient=np.array([["a", "b", "c"]]), body_pose=np.zeros((1, 69)), betas=np.zeros((1, 10)),
+             transl=np.zeros((1, 3)))
+    cases = {rand: "not a readable .npz", npy: "single .npy array", text: "expected numbers",
+             tmp_path: "is a folder"}
+    for path, needle in cases.items():
+        with pytest.raises(InputError) as info:
+            load_hypotheses(path)
+        assert needle in str(info.value) and "allow_pickle" not in str(info.value)
+
+
+@pytest.mark.parametrize("argv,needle", [
+    (["critique", "--scene", "test:0", "--hypotheses", "h.npz", "--model", "m.pt"], "not both"),
+    (["critique", "--scene", "test:0", "--focal", "500", "--no-render"], "--focal is for a user image"),
+    (["memory", "search", "  "], "give some text"),
+])
+def test_conflicting_or_empty_options_are_refused(argv, needle, capsys):
+    assert main(argv) == 2
+    assert needle in capsys.readouterr().err
+
+
+def test_memory_import_refuses_another_schema(tmp_path, capsys):
+    import json
+
+    from hmrcritic.memory.store import EXPORT_FORMAT
+
+    f = tmp_path / "future.json"
+    f.write_text(json.dumps({"format": EXPORT_FORMAT, "schema": 99, "rules": [], "prototypes": []}))
+    assert main(["memory", "import", str(f), "--memory-dir", str(tmp_path / "m")]) == 2
+    assert "schema 99" in capsys.readouterr().err

@@ -24,7 +24,7 @@ import torch
 
 from hmrcritic.agent.schema import HypothesisScore
 from hmrcritic.alignment import dataset as D
-from hmrcritic.alignment.export import ExportConfig, export
+from hmrcritic.alignment.export import ExportConfig, export, format_summary
 from hmrcritic.errors import InputError, JudgeError
 
 TESTS = Path(__file__).resolve().parent
@@ -157,6 +157,9 @@ def test_failures_are_recorded_and_retried(model_path, tmp_path, monkeypatch):
     assert s.groups == 2 and s.failures == 1 and s.failure_reasons == {"JudgeError": 1}
     fails = [json.loads(line) for line in (tmp_path / "ds" / "failures.jsonl").read_text().splitlines()]
     assert [f["input_id"] for f in fails] == ["img001"] and "judge gave up" in fails[0]["error"]
+    assert "judge gave up" in s.first_failure and "failures.jsonl" in format_summary(s)
+    rep = D.validate_dataset(tmp_path / "ds")
+    assert rep.ok and any("1 input(s) failed" in w for w in rep.warnings)
     monkeypatch.setenv("HMRCRITIC_TEST_FAIL_IDS", "")
     s2 = export(cfg_for(tmp_path / "ds", model_path), inputs=make_inputs(3))
     assert s2.groups == 3 and s2.new_groups == 1 and s2.failures == 0

@@ -83,11 +83,21 @@ def load_hypotheses(source: Any, where: str = "hypotheses") -> dict[str, np.ndar
         where = str(path)
         if not path.exists():
             raise InputError(f"{where}: file not found")
+        if path.is_dir():
+            raise InputError(f"{where}: is a folder; give the hypotheses .npz file (e.g. the one `hmrcritic sample` "
+                             "writes)")
         try:
-            with np.load(path, allow_pickle=False) as z:
+            loaded = np.load(path, allow_pickle=False)
+        except Exception as exc:  # never suggest allow_pickle: a hypotheses file holds plain float arrays
+            raise InputError(f"{where}: not a readable .npz archive of float arrays ({type(exc).__name__})") from exc
+        if not isinstance(loaded, np.lib.npyio.NpzFile):
+            raise InputError(f"{where}: a single .npy array, not an .npz archive with global_orient, body_pose, "
+                             "betas, transl")
+        try:
+            with loaded as z:
                 arrays = {k: np.asarray(z[k]) for k in z.files}
         except Exception as exc:
-            raise InputError(f"{where}: not a readable .npz file ({type(exc).__name__}: {exc})") from exc
+            raise InputError(f"{where}: not a readable .npz archive of float arrays ({type(exc).__name__})") from exc
     elif hasattr(source, "numpy") and hasattr(source, "body_pose") and not isinstance(source, dict):
         arrays = {k: np.asarray(v) for k, v in source.numpy().items()}
         if arrays["body_pose"].ndim == 3:
@@ -106,6 +116,8 @@ def load_hypotheses(source: Any, where: str = "hypotheses") -> dict[str, np.ndar
             if key == "transl":
                 continue
             raise InputError(f"{where}: missing array {key!r} (needs global_orient, body_pose, betas, transl)")
+        if not np.issubdtype(np.asarray(arrays[key]).dtype, np.number):
+            raise InputError(f"{where}: {key} holds {np.asarray(arrays[key]).dtype} values, expected numbers")
         a = np.asarray(arrays[key], dtype=np.float32)
         if a.ndim == 1:
             a = a[None]

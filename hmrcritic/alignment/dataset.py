@@ -468,6 +468,14 @@ def validate_dataset(root: str | Path, max_errors: int = 50) -> ValidationReport
             if not ok:
                 errors.append(f"{PAIRS}:{lineno}: malformed or refers to an unknown group")
             n_pairs += 1
+    if not records:
+        errors.append(f"{MANIFEST}: no groups (nothing to finetune on)")
+    failures_path = root / FAILURES
+    if failures_path.exists():
+        open_failures = [line for line in failures_path.read_text(encoding="utf-8").splitlines() if line.strip()]
+        if open_failures:
+            warnings.append(f"{len(open_failures)} input(s) failed and are not in the dataset ({FAILURES}); "
+                            "re-running the export retries them")
     zero = sum(r.zero_variance for r in records)
     return ValidationReport(
         path=str(root),

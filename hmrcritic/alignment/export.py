@@ -114,6 +114,7 @@ class ExportSummary(BaseModel):
     groups: int
     failures: int
     failure_reasons: dict[str, int] = Field(default_factory=dict)
+    first_failure: str = Field("", description="the first failure's message (all of them: failures.jsonl)")
     repaired_lines: int = 0
     zero_variance_share: float = 0.0
     score_histogram: dict[str, int] = Field(default_factory=dict)
@@ -503,6 +504,7 @@ def export(
         groups=len(records),
         failures=len(failures),
         failure_reasons=reasons,
+        first_failure=f"{failures[0]['group_id']}: {failures[0]['error']}" if failures else "",
         repaired_lines=repaired,
         zero_variance_share=sum(r.zero_variance for r in records) / max(len(records), 1),
         score_histogram={f"{edges[i]:.0f}-{edges[i + 1]:.0f}": int(h) for i, h in enumerate(hist)},
@@ -610,7 +612,8 @@ def format_summary(s: ExportSummary) -> str:
         f"export → {s.out} ({s.executor})",
         f"  groups: {s.groups}/{s.inputs} (new {s.new_groups}, already done {s.done_before}, "
         f"repaired manifest lines {s.repaired_lines})",
-        f"  failures: {s.failures}" + (f" {s.failure_reasons}" if s.failure_reasons else ""),
+        f"  failures: {s.failures}" + (f" {s.failure_reasons}" if s.failure_reasons else "")
+        + (f"\n    first: {s.first_failure}\n    all: {Path(s.out) / D.FAILURES}" if s.first_failure else ""),
         f"  zero-variance groups: {100 * s.zero_variance_share:.1f}%   pairs: {s.pairs}",
         f"  {s.groups_per_s:.2f} groups/s over {s.elapsed_s:.1f} s",
         "  overall score histogram:",

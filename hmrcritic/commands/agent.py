@@ -45,6 +45,8 @@ def _load_sample(scene, image, keypoints, focal):
     if scene:
         if image or keypoints:
             raise InputError("give either --scene or --image/--keypoints, not both")
+        if focal is not None:
+            raise InputError("--focal is for a user image; a synthetic scene has its own camera")
         from hmrcritic.hmr.data import load_split
 
         split, idx = _parse_scene(scene)
@@ -93,6 +95,8 @@ def register(app: typer.Typer) -> None:
         from hmrcritic.agent.report import write_report
         from hmrcritic.agent.state import AgentConfig
 
+        if hypotheses is not None and model is not None:
+            raise InputError("give --hypotheses (score these) or --model (sample new ones), not both")
         with _stdout_to_stderr(as_json):
             sample = _load_sample(scene, image, keypoints, focal)
         if hypotheses is not None:

@@ -82,8 +82,8 @@ def calibration(
 @memory_app.command("rules")
 def rules(
     tags: str = typer.Option("", "--tags", help="Comma-separated query tags (default: none)."),
-    k: int = typer.Option(0, "-k", help="Show only the k best (0 = all)."),
-    ucb_c: float = typer.Option(1.0, "--ucb-c", help="Exploration constant C of the UCB bonus."),
+    k: int = typer.Option(0, "-k", min=0, help="Show only the k best (0 = all)."),
+    ucb_c: float = typer.Option(1.0, "--ucb-c", min=0.0, help="Exploration constant C of the UCB bonus."),
     include_retired: bool = typer.Option(False, "--all", help="Also list retired rules (at the end)."),
     memory_dir: Path = _DIR, chroma_url: str = _URL, as_json: bool = _JSON,
 ) -> None:
@@ -117,10 +117,14 @@ def rules(
 @memory_app.command("search")
 def search(
     query: str = typer.Argument(..., help="Free text, e.g. 'knee bent backwards'."),
-    k: int = typer.Option(5, "-k", help="How many rules."),
+    k: int = typer.Option(5, "-k", min=1, help="How many rules."),
     memory_dir: Path = _DIR, chroma_url: str = _URL, as_json: bool = _JSON,
 ) -> None:
     """Rules nearest in meaning to QUERY (all-MiniLM-L6-v2 text embeddings, cosine)."""
+    if not query.strip():
+        from hmrcritic.errors import InputError
+
+        raise InputError("memory search: give some text to search for, e.g. 'knee bent backwards'")
     hits = _open(memory_dir, chroma_url).rules.search(query, k=k)
     if as_json:
         _print_json([{**r.model_dump(mode="json"), "similarity": s} for r, s in hits])

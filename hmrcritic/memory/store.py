@@ -506,6 +506,9 @@ class MemoryStore:
             raise InputError(f"memory import: {path} is not readable JSON ({exc})".splitlines()[0]) from exc
         if not isinstance(data, dict) or data.get("format") != EXPORT_FORMAT:
             raise InputError(f"memory import: {path} is not an hmrcritic memory export (format field)")
+        if data.get("schema", SCHEMA_VERSION) != SCHEMA_VERSION:
+            raise InputError(f"memory import: {path} has schema {data.get('schema')!r}; this hmrcritic reads schema "
+                             f"{SCHEMA_VERSION} (export it again with a matching version)")
         emb = data.get("embeddings", {})
         same_text = emb.get(RULES_COLLECTION) == {"id": TEXT_EMBEDDING_ID, "dim": TEXT_DIM}
         pose_ok = emb.get(PROTOTYPES_COLLECTION) == {"id": POSE_EMBEDDING_ID, "dim": POSE_DIM}
