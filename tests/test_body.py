@@ -406,3 +406,13 @@ def test_cli_body_commands(tmp_path, capsys, arrays):
     assert "hmrcritic body convert" in capsys.readouterr().err
     assert main(["body", "convert", str(src), str(tmp_path / "plain.pkl")]) == 0
     assert (tmp_path / "plain.pkl").exists()
+
+
+def test_convert_keeps_the_face_vertex_ids_of_a_non_smpl_mesh(tmp_path):
+    """The mannequin (4008 vertices) names its nose/eye/ear vertices itself; a converted copy must still load."""
+    from hmrcritic.hmr import mannequin
+
+    src = mannequin.ensure_mannequin(tmp_path / "m")
+    dst = B.convert_smpl_pkl(src, tmp_path / "conv.pkl")
+    body = B.load_body_model(dst)
+    assert body.vertex_ids == B.load_body_model(src).vertex_ids

@@ -61,11 +61,14 @@ def test_doctor_never_prints_the_key(capsys, monkeypatch, good_checkpoint):
     for args in (("--no-render",), ("--json", "--no-render")):
         code, text = _run(capsys, *args)
         assert SECRET not in text
-        assert "set" in text  # reported as present
+        assert code != 0 and "must not carry credentials" in text  # the VLM judge would refuse this URL
     report = json.loads(text)
     judge = next(c for c in report["checks"] if c["name"] == "judge")
-    assert judge["settings"]["api_key"] == "set"
+    assert judge["settings"]["api_key"] == "set" and judge["ok"] is False
     assert judge["settings"]["base_url"] == "http://127.0.0.1:8000/v1"
+    monkeypatch.setenv("HMRCRITIC_BASE_URL", "http://127.0.0.1:8000/v1")
+    code, text = _run(capsys, "--no-render")
+    assert SECRET not in text and "api key set" in text
 
 
 def test_doctor_fails_on_missing_or_corrupt_checkpoint(capsys, monkeypatch, tmp_path):

@@ -71,7 +71,9 @@ def register(app: typer.Typer) -> None:
                                                                    "betas, transl with a leading N)."),
         model: str = typer.Option(None, "--model", help="Diffusion checkpoint to sample hypotheses from "
                                                         "(default: the shipped base model)."),
-        n: int = typer.Option(16, "-n", "--num-generations", help="Hypotheses to sample with --model."),
+        n: int = typer.Option(16, "-n", "--num-generations",
+                              help="Hypotheses to sample (with --model, or the shipped base model) when no "
+                                   "--hypotheses are given."),
         seed: int = typer.Option(0, "--seed", help="Sampling seed."),
         judge: str = typer.Option("builtin", "--judge", help="builtin (offline) or vlm (OpenAI-compatible)."),
         out: Path = typer.Option(Path("critique_out"), "--out", help="Folder for scores.json and report.html."),

@@ -139,11 +139,20 @@ def _strip_userinfo(url: str | None) -> str | None:
 
 
 def _judge() -> dict:
-    from hmrcritic.config import JudgeSettings
+    from hmrcritic.config import JudgeSettings, check_base_url
+    from hmrcritic.errors import InputError
 
     pub = JudgeSettings().public()
+    try:
+        check_base_url(pub.get("base_url"))
+        problem = ""
+    except InputError as exc:  # the VLM judge would refuse it: say so here, not at the first critique
+        problem = str(exc)
     pub["base_url"] = _strip_userinfo(pub.get("base_url"))
-    return {"settings": pub, "note": "builtin judge needs no endpoint; the VLM judge uses these settings"}
+    out = {"settings": pub, "note": "builtin judge needs no endpoint; the VLM judge uses these settings"}
+    if problem:
+        out.update(ok=False, error=problem)
+    return out
 
 
 CHECKS = [

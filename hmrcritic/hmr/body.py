@@ -398,6 +398,8 @@ def convert_smpl_pkl(src: str | Path, dst: str | Path) -> Path:
     if not isinstance(raw, dict):
         raise AssetError(f"{src}: not a SMPL model dict")
     plain = {k: _plain(v, k, src) for k, v in raw.items() if k in REQUIRED_LAYOUT or k == "J"}
+    if isinstance(raw.get("vertex_ids"), dict):  # a non-SMPL mesh names its face vertices itself: keep them
+        plain["vertex_ids"] = {str(k): int(v) for k, v in raw["vertex_ids"].items()}
     arrays = _validate(plain, src)
     if "J" in plain and isinstance(plain["J"], np.ndarray):
         arrays["J"] = np.asarray(plain["J"], dtype=np.float64)
