@@ -387,7 +387,8 @@ def test_throwaway_critique_leaves_nothing_behind_unless_it_fails(tmp_path, memo
     s, h, _ = make_group(21, sample_id="throwaway")
     res = critique_group(s, h, memory=memory, config=cfg(), checkpointer=saver, keep=False)
     assert (Path(res.run_dir) / "inputs.npz").exists() and len(res.scores) == N
-    assert compile_graph(saver).get_state({"configurable": {"thread_id": "throwaway"}}).values == {}
+    left = saver.conn.execute("SELECT count(*) FROM checkpoints WHERE thread_id LIKE 'throwaway%'").fetchone()[0]
+    assert left == 0 and res.group_id == "throwaway"
     assert set(traces_dir().glob("*.jsonl")) == traces and last() == last_before
     discard_run(res)
     assert not Path(res.run_dir).exists()

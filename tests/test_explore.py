@@ -263,6 +263,53 @@ def test_resume_after_a_crash_counts_nothing_twice(constructed, tmp_path, monkey
     assert more.rounds == [] and "no groups" in more.stopped
 
 
+def test_continuing_an_exploration_equals_one_uninterrupted_run(constructed, tmp_path):
+    """The miner validates candidates on this run's recent groups; that history is kept with the progress
+    record, so stopping after round 1 and calling again (a crash, or more --rounds) mines exactly as one run
+    does. Before, it restarted from an empty history and mined other rules (an audit: 21 rules vs 20)."""
+    train, _, _ = constructed
+    kw = dict(split="train", groups=train[:6], batch_size=2, tau=0.5, judge=BlindJudge(), merge_text=False,
+              calibration_groups=0)
+    one = _memory(tmp_path / "one")
+    ex.explore(one, rounds=3, **kw)
+    two = _memory(tmp_path / "two")
+    ex.explore(two, rounds=1, **kw)
+    ex.explore(two, rounds=3, **kw)
+    rules = lambda m: sorted((r.rule_id, r.n_used, r.n_success, r.retired)  # noqa: E731
+                             for r in m.rules.all(include_retired=True))
+    assert len(rules(one)) > len(starter_rules()) - 1  # something was mined, so history mattered
+    assert rules(two) == rules(one) and two.version() == one.version()
+
+
+def test_a_second_exploration_of_the_same_memory_is_refused_at_once(tmp_path):
+    """One exploration per memory at a time, across processes: the second one fails, naming the first."""
+    import subprocess
+    import sys
+    import textwrap
+
+    mem = MemoryStore(tmp_path / "m", seed_starter=False)
+    code = textwrap.dedent(f"""
+        import sys, time
+        from hmrcritic.memory.store import MemoryStore
+        m = MemoryStore({str(tmp_path / 'm')!r}, seed_starter=False)
+        with m.exclusive("an exploration"):
+            print("held", flush=True)
+            sys.stdin.readline()
+    """)
+    holder = subprocess.Popen([sys.executable, "-c", code], stdin=subprocess.PIPE, stdout=subprocess.PIPE,
+                              text=True)
+    try:
+        assert holder.stdout.readline().strip() == "held"
+        with pytest.raises(InputError, match=r"busy with an exploration \(pid \d+"):
+            ex.explore(mem, split="train", rounds=1, batch_size=1)
+        with pytest.raises(InputError, match="busy"):
+            mem.import_json(tmp_path / "nothing.json")
+    finally:
+        holder.communicate("\n", timeout=60)
+    with mem.exclusive("a test"):  # free again once the holder is gone
+        pass
+
+
 # ------------------------------------------------------------------------------------ bad proposals
 def _bg(seed: int, n: int = 10) -> BatchGroup:
     rng = np.random.default_rng(seed)

@@ -13,6 +13,7 @@ from __future__ import annotations
 import hashlib
 import re
 import time
+import uuid
 from collections.abc import Iterable, Iterator, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
@@ -251,7 +252,10 @@ def critique_group(
 
     saver = checkpointer if checkpointer is not None else open_checkpointer()
     app = graph if graph is not None else compile_graph(saver)
-    configurable: dict[str, Any] = {"thread_id": gid, "agent": cfg.model_dump()}
+    # A throwaway run is never resumed, so it gets a thread (and run folder) of its own: two explorations of
+    # the same groups into different memories, in one home and at the same time, must not share one.
+    thread = gid if keep else f"{gid}~{uuid.uuid4().hex[:10]}"
+    configurable: dict[str, Any] = {"thread_id": thread, "agent": cfg.model_dump()}
     if judge is not None and not isinstance(judge, str):
         configurable["judge"] = judge
     if memory is not None and not isinstance(memory, str | Path):
@@ -264,9 +268,9 @@ def critique_group(
         if not fresh and values.get("done"):
             raise InputError(f"group {gid} was already critiqued with different inputs; use another group id "
                              "or fresh=True (--fresh) to recompute")
-        saver.delete_thread(gid)
+        saver.delete_thread(thread)
         values = {}
-    run_dir = Path(run_dir) if run_dir is not None else hconfig.runs_dir() / "groups" / safe_id(gid)
+    run_dir = Path(run_dir) if run_dir is not None else hconfig.runs_dir() / "groups" / safe_id(thread)
     if values.get("done"):
         return _scored(values, cfg, resumed=True)
     run_id = new_run_id(gid)
@@ -300,7 +304,7 @@ def critique_group(
     values = dict(app.get_state(run_config).values)
     tracer.finish(values)
     if not keep:
-        saver.delete_thread(gid)
+        saver.delete_thread(thread)
     return _scored(values, cfg, resumed=start is None, run_id=run_id)
 
 

@@ -357,73 +357,77 @@ def explore(
         if split not in SPLITS:
             raise InputError(f"explore: unknown split {split!r}; known: {', '.join(SPLITS)}")
     memory = _open_memory(memory)
-    mpath = Path(memory.path)
-    emit = progress or (lambda event, payload: None)
-    from hmrcritic.agent.judges import BuiltinJudge
+    with memory.exclusive("an exploration"):  # one exploration per memory at a time (store.py)
+        mpath = Path(memory.path)
+        emit = progress or (lambda event, payload: None)
+        from hmrcritic.agent.judges import BuiltinJudge
 
-    judge_obj = make_judge(judge) if isinstance(judge, str) else judge
-    # judges that score from executable rules (the builtin one and its variants) get the executable miner
-    is_builtin = isinstance(judge_obj, BuiltinJudge)
-    cfg = AgentConfig.model_validate({
-        **(agent_config or {}), "judge": judge_name(judge_obj), "learn": False,
-        "use_memory": True, "rules_k": rules_k, "ucb_c": ucb_c,
-        "render": (not is_builtin) if render is None else bool(render),
-        **({"max_reflections": max_reflections} if max_reflections is not None else {}),
-    })
-    custom = None if groups is None else hashlib.sha1(",".join(g.group_id for g in groups).encode()).hexdigest()[:10]
-    sig = _signature(split, batch_size, seed, source, num_generations, error_metric, start, custom)
-    summary = ExploreSummary(memory=memory.location, split=split, source=source, error_metric=error_metric,
-                             tau=tau, log_path=str(mpath / LOG_FILE))
+        judge_obj = make_judge(judge) if isinstance(judge, str) else judge
+        # judges that score from executable rules (the builtin one and its variants) get the executable miner
+        is_builtin = isinstance(judge_obj, BuiltinJudge)
+        cfg = AgentConfig.model_validate({
+            **(agent_config or {}), "judge": judge_name(judge_obj), "learn": False,
+            "use_memory": True, "rules_k": rules_k, "ucb_c": ucb_c,
+            "render": (not is_builtin) if render is None else bool(render),
+            **({"max_reflections": max_reflections} if max_reflections is not None else {}),
+        })
+        custom = (None if groups is None
+                  else hashlib.sha1(",".join(g.group_id for g in groups).encode()).hexdigest()[:10])
+        sig = _signature(split, batch_size, seed, source, num_generations, error_metric, start, custom)
+        summary = ExploreSummary(memory=memory.location, split=split, source=source, error_metric=error_metric,
+                                 tau=tau, log_path=str(mpath / LOG_FILE))
 
-    _finish_pending(memory, emit)
-    prog = _read_progress(mpath)
-    done = set(prog.get("runs", {}).get(sig, {}).get("rounds_done", []))
-    summary.resumed_rounds = len([r for r in done if r < rounds])
-    if summary.resumed_rounds:
-        emit("resumed", {"rounds_done": sorted(done), "signature": sig})
-    total_cap = limit if limit is not None else None
+        _finish_pending(memory, emit)
+        prog = _read_progress(mpath)
+        done = set(prog.get("runs", {}).get(sig, {}).get("rounds_done", []))
+        summary.resumed_rounds = len([r for r in done if r < rounds])
+        if summary.resumed_rounds:
+            emit("resumed", {"rounds_done": sorted(done), "signature": sig})
+        total_cap = limit if limit is not None else None
 
-    from hmrcritic.agent.graph import compile_graph, open_checkpointer
+        from hmrcritic.agent.graph import compile_graph, open_checkpointer
 
-    saver = open_checkpointer()
-    app = compile_graph(saver)
-    history: list[BatchGroup] = []
-    resolved_source = source
-    for r in range(rounds):
-        if r in done:
-            continue
-        lo = r * batch_size
-        n_here = batch_size if total_cap is None else min(batch_size, total_cap - lo)
-        if n_here <= 0:
-            summary.stopped = f"limit of {total_cap} groups reached"
-            break
-        try:
-            batch = _batch_groups(groups, split, start + lo, n_here, num_generations, seed, resolved_source)
-        except InputError as exc:
-            summary.stopped = f"split exhausted before round {r + 1}: {exc}"
-            break
-        if not batch:
-            summary.stopped = f"no groups left for round {r + 1}"
-            break
-        resolved_source = batch[0].source if source == "auto" and groups is None else resolved_source
-        summary.source = resolved_source
-        report = _run_batch(memory, app, saver, judge_obj, is_builtin, cfg, batch, r, sig, split, tau,
-                            error_metric, history, emit, max_new_rules=max_new_rules, min_gain=min_gain,
-                            retire_min_uses=retire_min_uses, retire_min_rate=retire_min_rate,
-                            merge_text=merge_text, prototypes=prototypes, settle=settle,
-                            info={"seed": seed, "source": resolved_source, "num_generations": num_generations})
-        summary.rounds.append(report)
-        emit("round", asdict(report))
-    if is_builtin and calibration_groups > 0:
-        # the groups after the last batch this signature ever explored (also right for a resumed or a
-        # rounds=0 call, which only refits a missing or stale calibration)
-        ran = set(_read_progress(mpath).get("runs", {}).get(sig, {}).get("rounds_done", []))
-        end = (max(ran) + 1) * batch_size if ran else 0
-        end = end if total_cap is None else min(end, total_cap)
-        _maybe_calibrate(memory, summary, judge_obj, cfg, groups, split, start + end, calibration_groups,
-                         num_generations, seed, resolved_source, emit)
-    summary.memory_version = memory.version()
-    return summary
+        saver = open_checkpointer()
+        app = compile_graph(saver)
+        # the miner validates candidates on this run's recent groups: kept with the progress record, so a
+        # resumed (or continued) run mines exactly as one uninterrupted run would
+        history = [BatchGroup.from_json(x) for x in prog.get("runs", {}).get(sig, {}).get("history", [])]
+        resolved_source = source
+        for r in range(rounds):
+            if r in done:
+                continue
+            lo = r * batch_size
+            n_here = batch_size if total_cap is None else min(batch_size, total_cap - lo)
+            if n_here <= 0:
+                summary.stopped = f"limit of {total_cap} groups reached"
+                break
+            try:
+                batch = _batch_groups(groups, split, start + lo, n_here, num_generations, seed, resolved_source)
+            except InputError as exc:
+                summary.stopped = f"split exhausted before round {r + 1}: {exc}"
+                break
+            if not batch:
+                summary.stopped = f"no groups left for round {r + 1}"
+                break
+            resolved_source = batch[0].source if source == "auto" and groups is None else resolved_source
+            summary.source = resolved_source
+            report = _run_batch(memory, app, saver, judge_obj, is_builtin, cfg, batch, r, sig, split, tau,
+                                error_metric, history, emit, max_new_rules=max_new_rules, min_gain=min_gain,
+                                retire_min_uses=retire_min_uses, retire_min_rate=retire_min_rate,
+                                merge_text=merge_text, prototypes=prototypes, settle=settle,
+                                info={"seed": seed, "source": resolved_source, "num_generations": num_generations})
+            summary.rounds.append(report)
+            emit("round", asdict(report))
+        if is_builtin and calibration_groups > 0:
+            # the groups after the last batch this signature ever explored (also right for a resumed or a
+            # rounds=0 call, which only refits a missing or stale calibration)
+            ran = set(_read_progress(mpath).get("runs", {}).get(sig, {}).get("rounds_done", []))
+            end = (max(ran) + 1) * batch_size if ran else 0
+            end = end if total_cap is None else min(end, total_cap)
+            _maybe_calibrate(memory, summary, judge_obj, cfg, groups, split, start + end, calibration_groups,
+                             num_generations, seed, resolved_source, emit)
+        summary.memory_version = memory.version()
+        return summary
 
 
 def _maybe_calibrate(memory, summary: ExploreSummary, judge_obj, cfg, groups, split: str, start: int, n: int,
@@ -711,7 +715,8 @@ def _run_batch(memory, app, saver, judge_obj, is_builtin, cfg, batch, r, sig, sp
     plan = {"batch_key": batch_key, "sig": sig, "r": r, "round": round_no, "rule_deltas": deltas,
             "effect_deltas": effects,
             "new_rules": [json.loads(x.model_dump_json()) for x in new_rules],
-            "prototypes": [p.model_dump(mode="json") for p in protos], "report": asdict(report)}
+            "prototypes": [p.model_dump(mode="json") for p in protos], "report": asdict(report),
+            "history": [bg.to_json() for _, _, bg in scored]}
     rep = _commit(memory, plan, merge_text=merge_text, retire=(retire_min_uses, retire_min_rate))
     report.retired, report.merged = rep.get("retired", []), rep.get("merged", [])
     report.memory_version = rep.get("memory_version", "")
@@ -809,6 +814,7 @@ def _apply_plan(memory, plan: dict) -> str:
             run = prog.setdefault("runs", {}).setdefault(plan["sig"], {"rounds_done": []})
             if plan["r"] not in run["rounds_done"]:
                 run["rounds_done"].append(plan["r"])
+                run["history"] = (run.get("history", []) + plan.get("history", []))[-HISTORY_GROUPS:]
             prog["rounds_total"] = int(prog.get("rounds_total", 0)) + 1
             prog.setdefault("batches", []).append(plan["batch_key"])
             if "rule_effects" in plan:

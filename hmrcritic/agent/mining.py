@@ -57,6 +57,20 @@ class BatchGroup:
     def n(self) -> int:
         return int(len(self.overall))
 
+    def to_json(self) -> dict:
+        """Plain JSON (floats round-trip exactly), so a resumed exploration mines on the same history."""
+        return {"group_id": self.group_id, "evidence": {k: np.asarray(v, np.float64).tolist()
+                                                         for k, v in self.evidence.items()},
+                "overall": np.asarray(self.overall, np.float64).tolist(),
+                "error": np.asarray(self.error, np.float64).tolist(), "tags": list(self.tags),
+                "rules_text": list(self.rules_text)}
+
+    @classmethod
+    def from_json(cls, d: dict) -> BatchGroup:
+        return cls(str(d["group_id"]), {k: np.asarray(v, np.float64) for k, v in d["evidence"].items()},
+                   np.asarray(d["overall"], np.float64), np.asarray(d["error"], np.float64),
+                   list(d.get("tags", [])), list(d.get("rules_text", [])))
+
 
 @dataclass
 class Candidate:

@@ -23,6 +23,7 @@ import hashlib
 import json
 import os
 import threading
+import time
 from collections.abc import Iterator
 from contextlib import contextmanager, suppress
 from pathlib import Path
@@ -44,6 +45,7 @@ SCHEMA_VERSION = 1
 EXPORT_FORMAT = "hmrcritic-memory"
 LOCK_NAME = ".write.lock"
 CALIBRATION_KEY = "score_calibration"  # rules-collection metadata key holding the ScoreCalibration JSON
+EXCLUSIVE_NAME = ".exclusive.lock"  # held for a whole exploration / import / reset (MemoryStore.exclusive)
 LOCK_TIMEOUT_S = float(os.environ.get("HMRCRITIC_MEMORY_LOCK_TIMEOUT", "300"))
 
 # name -> (embedding identity, dimension); written into collection metadata, checked on open.
@@ -86,6 +88,7 @@ def _bump_seq(path: Path, seq: int) -> int:
     atomic_write_text(path / SEQ_NAME, f"{seq}\n")
     return seq
 _REGISTRY_LOCK = threading.Lock()
+_EXCLUSIVE_HELD: dict[str, int] = {}  # memory folder -> depth of exclusive() held by this process
 
 
 def _chroma_settings():
@@ -459,11 +462,60 @@ class MemoryStore:
             return None
         return {**cal.model_dump(mode="json"), "stale": cal.rules_fingerprint != self.rules_fingerprint()}
 
+    @contextmanager
+    def exclusive(self, what: str) -> Iterator[None]:
+        """Hold this memory for one long job (an exploration, an import, a reset) against every other such job,
+        in any process on this machine.
+
+        The write lock serialises single batches only; two explorations interleaving their batches would each
+        also count the other's groups (an audit found rule statistics doubled, both runs exiting 0). So a
+        second job fails at once and names the first, rather than waiting for hours. Re-entrant within a
+        process (an exploration that imports or resets holds it already)."""
+        from filelock import FileLock, Timeout
+
+        if self.read_only:
+            raise ReadOnlyMemoryError(f"memory at {self.location} is open read-only (frozen); {what} writes to it")
+        key = str(self.path.resolve())
+        with _REGISTRY_LOCK:
+            depth = _EXCLUSIVE_HELD.get(key, 0)
+            if depth:
+                _EXCLUSIVE_HELD[key] = depth + 1
+        if depth:
+            try:
+                yield
+            finally:
+                with _REGISTRY_LOCK:
+                    _EXCLUSIVE_HELD[key] -= 1
+            return
+        self.path.mkdir(parents=True, exist_ok=True)
+        lock, holder = FileLock(str(self.path / EXCLUSIVE_NAME), timeout=0), self.path / ".exclusive.json"
+        try:
+            lock.acquire()
+        except Timeout:
+            try:
+                who = json.loads(holder.read_text(encoding="utf-8"))
+                by = f"{who.get('what')} (pid {who.get('pid')}, since {who.get('since')})"
+            except (OSError, ValueError):
+                by = "another process"
+            raise InputError(f"memory at {self.location} is busy with {by}; wait for it to finish or use "
+                             f"another --memory-dir (lock file {self.path / EXCLUSIVE_NAME})") from None
+        with _REGISTRY_LOCK:
+            _EXCLUSIVE_HELD[key] = 1
+        try:
+            atomic_write_json(holder, {"what": what, "pid": os.getpid(),
+                                       "since": time.strftime("%Y-%m-%d %H:%M:%S")})
+            yield
+        finally:
+            with _REGISTRY_LOCK:
+                _EXCLUSIVE_HELD.pop(key, None)
+            holder.unlink(missing_ok=True)
+            lock.release()
+
     def reset(self, seed_starter: bool = True) -> None:
         """Delete both collections and recreate them (seeded with the starter rules unless told not to)."""
         from chromadb.errors import NotFoundError
 
-        with self._write():
+        with self.exclusive("a memory reset"), self._write():
             for name in COLLECTIONS:
                 with suppress(NotFoundError, ValueError):
                     self._client.delete_collection(name)
@@ -497,6 +549,10 @@ class MemoryStore:
         uses (or with ``overwrite``). Prototypes are upserted by id. Stored vectors are reused when the
         file's embedding identity matches ours, otherwise rule texts are re-embedded (prototype vectors
         cannot be recomputed without joints, so a pose-embedding mismatch is an error)."""
+        with self.exclusive("a memory import"):
+            return self._import_json(path, overwrite)
+
+    def _import_json(self, path: str | os.PathLike, overwrite: bool) -> dict:
         path = Path(path)
         try:
             data = json.loads(path.read_text(encoding="utf-8"))
