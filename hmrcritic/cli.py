@@ -107,6 +107,9 @@ def main(argv: list[str] | None = None) -> int:
     except typer.Abort:
         print("aborted", file=sys.stderr)
         return 130
+    except KeyboardInterrupt:  # Ctrl-C: the long commands keep what they finished and resume from it
+        print("interrupted; what was finished is kept — run the same command again to resume", file=sys.stderr)
+        return 130
     except OSError as exc:  # a file where a folder should be, no permission, disk full...
         if debug:
             _print_traceback()

@@ -128,7 +128,7 @@ def test_rerun_returns_finished_thread(tmp_path, memory, saver):
     s, h, _ = make_group(3)
     first = critique_group(s, h, memory=memory, config=cfg(), checkpointer=saver, run_dir=tmp_path / "g")
     second = critique_group(s, h, memory=memory, config=cfg(), checkpointer=saver, run_dir=tmp_path / "g")
-    assert not first.resumed and second.resumed
+    assert not first.resumed and second.resumed and second.finished_earlier and not first.finished_earlier
     assert second.overall == first.overall
     with pytest.raises(InputError, match="different inputs"):
         h2 = {k: v.copy() for k, v in h.items()}
@@ -169,7 +169,7 @@ def test_interrupted_thread_resumes_from_checkpoint(tmp_path, memory, saver):
     updates = []
     res = critique_group(s, h, judge=judge, memory=memory, config=cfg(learn=True), checkpointer=saver,
                          run_dir=tmp_path / "g", on_update=lambda node, u, t: updates.append(node))
-    assert res.resumed and updates[0] == "critique" and "render" not in updates
+    assert res.resumed and not res.finished_earlier and updates[0] == "critique" and "render" not in updates
     assert updates[-1] == "memory_write" and memory.version() != version
 
 

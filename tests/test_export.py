@@ -403,3 +403,12 @@ def test_export_with_the_real_agent(model_path, wild_split, tmp_path):
     assert all(r.memory_version not in ("", "none") for r in recs)
     assert len({r.memory_version for r in recs}) == 1
     assert any(len({s.overall for s in r.scores}) > 1 for r in recs)
+    # the dataset holds the results: no checkpoint thread, run folder or trace of an exported group is left
+    from hmrcritic import config as hconfig
+    from hmrcritic.agent.graph import open_checkpointer
+
+    conn = open_checkpointer().conn
+    for r in recs:  # the agent's thread id is export-<group id>-<run key>
+        assert conn.execute("SELECT count(*) FROM checkpoints WHERE thread_id LIKE ?",
+                            (f"export-{r.group_id}-%",)).fetchone()[0] == 0
+        assert not list((hconfig.runs_dir() / "groups").glob(f"export-{r.group_id}-*"))

@@ -51,7 +51,8 @@ class ScoredGroup(BaseModel):
     evidence: dict[str, list[float]] = Field(default_factory=dict)
     renders: dict[str, str] = Field(default_factory=dict)
     memory_written: dict[str, Any] = Field(default_factory=dict)
-    resumed: bool = False
+    resumed: bool = Field(False, description="continued from a checkpoint (an interrupted or finished thread)")
+    finished_earlier: bool = Field(False, description="the thread had finished before: nothing was recomputed")
 
     @property
     def overall(self) -> list[float]:
@@ -272,7 +273,7 @@ def critique_group(
         values = {}
     run_dir = Path(run_dir) if run_dir is not None else hconfig.runs_dir() / "groups" / safe_id(thread)
     if values.get("done"):
-        return _scored(values, cfg, resumed=True)
+        return _scored(values, cfg, resumed=True).model_copy(update={"finished_earlier": True})
     run_id = new_run_id(gid)
     tracer = TraceWriter(run_id, gid, only_on_error=not keep)
     if not values:  # a new thread: write the inputs, then start at render
@@ -306,6 +307,22 @@ def critique_group(
     if not keep:
         saver.delete_thread(thread)
     return _scored(values, cfg, resumed=start is None, run_id=run_id)
+
+
+def forget_group(result: ScoredGroup) -> None:
+    """Remove everything a *kept* critique left once its result is safely stored elsewhere (an export writes
+    it to its dataset): the checkpoint thread, the run folder and the trace. A crash before that point still
+    resumes the group's critique from its checkpoint."""
+    from hmrcritic.agent.graph import open_checkpointer
+    from hmrcritic.agent.trace import traces_dir
+
+    open_checkpointer().delete_thread(result.group_id)
+    discard_run(result)
+    if result.run_id:
+        (traces_dir() / f"{result.run_id}.jsonl").unlink(missing_ok=True)
+        last = traces_dir() / "LAST"
+        if last.exists() and last.read_text().strip() == result.run_id:
+            last.unlink(missing_ok=True)
 
 
 def discard_run(result: ScoredGroup | str | Path) -> None:

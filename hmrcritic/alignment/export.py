@@ -236,6 +236,10 @@ class GroupWorker:
                     raise ValueError(f"scorer returned indices {[s.index for s in scores]}")
         except Exception as exc:
             return {**head, "ok": False, "stage": "score", "error": _reason(exc)}
+        from hmrcritic.agent.api import ScoredGroup, forget_group
+
+        if isinstance(scored, ScoredGroup):  # the dataset keeps the result; the run's thread, folder and trace go
+            forget_group(scored)
         cond = D.condition_arrays(sample.keypoints, sample.K, sample.image_size)
         arrays = {
             k: np.ascontiguousarray(getattr(hyps, k)[0].detach().cpu().numpy().astype(np.float32))

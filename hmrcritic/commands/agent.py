@@ -126,7 +126,8 @@ def register(app: typer.Typer) -> None:
             return
         _print_table(result)
         typer.echo(f"scores: {out / 'scores.json'}\nreport: {report}\nrun: {result.run_id}"
-                   + (" (finished earlier; use --fresh to recompute)" if result.resumed else ""))
+                   + (" (finished earlier; use --fresh to recompute)" if result.finished_earlier
+                      else " (resumed an interrupted run)" if result.resumed else ""))
 
     @app.command("trace")
     def trace_cmd(
