@@ -97,6 +97,7 @@ def test_unreadable_hypotheses_files_are_named_plainly(tmp_path):
     (["critique", "--scene", "test:0", "--hypotheses", "h.npz", "--model", "m.pt"], "not both"),
     (["critique", "--scene", "test:0", "--focal", "500", "--no-render"], "--focal is for a user image"),
     (["memory", "search", "  "], "give some text"),
+    (["trace", "some-run", "--last"], "not both"),
 ])
 def test_conflicting_or_empty_options_are_refused(argv, needle, capsys):
     assert main(argv) == 2

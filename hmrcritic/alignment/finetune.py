@@ -207,6 +207,11 @@ def finetune(config: FinetuneConfig, progress: bool | Callable[[dict], None] = F
     ds = GroupPreferenceDataset(cfg.data)
     data = _GroupTensors(ds, cfg.device)
     G = min(cfg.num_generations, data.min_n)
+    if cfg.num_generations > G and progress is True:  # the CLI: say so rather than silently train on fewer
+        import sys
+
+        print(f"note: the dataset's smallest group has {data.min_n} hypotheses; using G = {G} "
+              f"(asked for {cfg.num_generations})", file=sys.stderr)
 
     torch.manual_seed(cfg.seed)
     base = _load_base(cfg)

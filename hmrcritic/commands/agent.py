@@ -147,6 +147,8 @@ def register(app: typer.Typer) -> None:
 
             typer.echo(draw())
             return
+        if run_id and last:
+            raise InputError("give a run id or --last, not both")
         from hmrcritic.agent.trace import format_trace, read_trace
 
         if not run_id and not last:

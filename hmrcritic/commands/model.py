@@ -167,7 +167,7 @@ def register(app: typer.Typer) -> None:
     @app.command("evaluate")
     def evaluate_cmd(
         model: Path = typer.Option(None, help="Checkpoint (default: the shipped base model)."),
-        split: str = typer.Option("test", help="test or wild (labelled splits)."),
+        split: str = typer.Option("test", help="test or wild (held out); train is in-sample."),
         num_generations: int = typer.Option(16, "-n", "--num-generations", help="Hypotheses per input."),
         steps: int = typer.Option(10, help="DDIM steps."),
         eta: float = typer.Option(0.0, help="DDIM eta."),
