@@ -167,6 +167,26 @@ def test_failures_are_recorded_and_retried(model_path, tmp_path, monkeypatch):
     assert D.validate_dataset(tmp_path / "ds").ok
 
 
+def test_a_second_export_into_the_same_folder_is_refused_at_once(model_path, tmp_path):
+    """Two exports into one folder would both sample and score every group; the second fails, naming the first."""
+    import subprocess
+    import sys
+
+    out = tmp_path / "ds"
+    out.mkdir()
+    code = ("import sys; from filelock import FileLock; l = FileLock(sys.argv[1]); l.acquire(); "
+            "print('held', flush=True); sys.stdin.readline()")
+    holder = subprocess.Popen([sys.executable, "-c", code, str(out / ".export.lock")], stdin=subprocess.PIPE,
+                              stdout=subprocess.PIPE, text=True)
+    try:
+        assert holder.stdout.readline().strip() == "held"
+        with pytest.raises(InputError, match="another export into this folder is running"):
+            export(cfg_for(out, model_path), inputs=make_inputs(2))
+    finally:
+        holder.communicate("\n", timeout=60)
+    assert export(cfg_for(out, model_path), inputs=make_inputs(2)).groups == 2  # free again afterwards
+
+
 def test_resume_refuses_other_settings(model_path, tmp_path):
     export(cfg_for(tmp_path / "ds", model_path), inputs=make_inputs(1))
     with pytest.raises(InputError, match="num_generations"):

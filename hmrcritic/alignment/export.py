@@ -30,6 +30,7 @@ import importlib
 import multiprocessing as mp
 import time
 from collections.abc import Callable, Iterable, Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -386,6 +387,29 @@ def frozen_memory(cfg: ExportConfig) -> tuple[str | None, str]:
     return path, MemoryStore(path, chroma_url=cfg.chroma_url, read_only=True).version()
 
 
+@contextmanager
+def _exclusive(out: Path) -> Iterator[None]:
+    """Refuse a second export into the same folder while one runs (any process on this machine): both would
+    sample and score every group, and the work of one is thrown away."""
+    import os
+
+    from filelock import FileLock, Timeout
+
+    lock, who = FileLock(str(out / ".export.lock"), timeout=0), out / ".export.pid"
+    try:
+        lock.acquire()
+    except Timeout:
+        pid = who.read_text().strip() if who.exists() else "?"
+        raise InputError(f"{out}: another export into this folder is running (pid {pid}); wait for it, or "
+                         "re-run afterwards to resume") from None
+    try:
+        atomic_write_text(who, f"{os.getpid()}\n")
+        yield
+    finally:
+        who.unlink(missing_ok=True)
+        lock.release()
+
+
 def export(
     cfg: ExportConfig,
     inputs: list[Any] | None = None,
@@ -419,111 +443,112 @@ def export(
         x_dim=x_dim,
     )
     out.mkdir(parents=True, exist_ok=True)  # only once inputs, model and memory are known to be good
-    _check_or_write_header(out, header)
-    # The agent's checkpointer thread of a group: new whenever anything that changes its critique changes.
-    run_key = hashlib.sha256(
-        f"{mhash}|{cfg.num_generations}|{cfg.sample_steps}|{cfg.judge}|{memory_version}".encode()
-    ).hexdigest()[:8]
+    with _exclusive(out):  # one export per dataset folder at a time
+        _check_or_write_header(out, header)
+        # The agent's checkpointer thread of a group: new whenever anything that changes its critique changes.
+        run_key = hashlib.sha256(
+            f"{mhash}|{cfg.num_generations}|{cfg.sample_steps}|{cfg.judge}|{memory_version}".encode()
+        ).hexdigest()[:8]
 
-    done, repaired = D.repair_manifest(out)
-    done_ids = {r.group_id for r in done}
-    tasks, order = [], {}
-    for i, s in enumerate(samples):
-        input_id = str(s.sample_id)
-        gid = D.group_id_for(cfg.source, input_id, cfg.seed)
-        if gid in order:
-            raise InputError(f"duplicate input id {input_id!r} in {cfg.source}")
-        order[gid] = i
-        if gid not in done_ids:
-            tasks.append(
-                {
-                    "group_id": gid,
-                    "input_id": input_id,
-                    "thread_id": f"export-{gid}-{run_key}",
-                    "group_seed": D.group_seed_for(cfg.seed, input_id),
-                    "sample": s,
-                }
-            )
-    ctx = WorkerContext(
-        cfg.model,
-        cfg.num_generations,
-        cfg.sample_steps,
-        cfg.judge,
-        cfg.score_group,
-        cfg.use_memory,
-        memory,
-        cfg.chroma_url,
-        cfg.threads_per_worker,
-    )
-    if cfg.ray_address:
-        executor, results = (
-            f"ray({cfg.ray_address})×{cfg.workers}",
-            _ray(ctx, tasks, cfg.workers, cfg.ray_address),
-        )
-    elif cfg.workers > 1:
-        executor, results = f"processes×{cfg.workers}", _pool(ctx, tasks, cfg.workers)
-    else:
-        executor, results = "serial", _serial(ctx, tasks)
-
-    new, failures = 0, []
-    bar = _progress(len(samples), len(done_ids)) if progress is True else None
-    try:
-        for res in results if tasks else ():
-            if res["ok"]:
-                _write_group(out, cfg, res, mhash, x_dim, split_name)
-                new += 1
-            else:
-                failures.append(res)
-                append_jsonl(
-                    out / D.FAILURES, {k: res[k] for k in ("group_id", "input_id", "stage", "error")}
+        done, repaired = D.repair_manifest(out)
+        done_ids = {r.group_id for r in done}
+        tasks, order = [], {}
+        for i, s in enumerate(samples):
+            input_id = str(s.sample_id)
+            gid = D.group_id_for(cfg.source, input_id, cfg.seed)
+            if gid in order:
+                raise InputError(f"duplicate input id {input_id!r} in {cfg.source}")
+            order[gid] = i
+            if gid not in done_ids:
+                tasks.append(
+                    {
+                        "group_id": gid,
+                        "input_id": input_id,
+                        "thread_id": f"export-{gid}-{run_key}",
+                        "group_seed": D.group_seed_for(cfg.seed, input_id),
+                        "sample": s,
+                    }
                 )
-            if bar is not None:
-                bar[0].update(bar[1], advance=1)
-            elif callable(progress):
-                progress(len(done_ids) + new + len(failures), len(samples))
-    finally:
-        if bar is not None:
-            bar[0].stop()
+        ctx = WorkerContext(
+            cfg.model,
+            cfg.num_generations,
+            cfg.sample_steps,
+            cfg.judge,
+            cfg.score_group,
+            cfg.use_memory,
+            memory,
+            cfg.chroma_url,
+            cfg.threads_per_worker,
+        )
+        if cfg.ray_address:
+            executor, results = (
+                f"ray({cfg.ray_address})×{cfg.workers}",
+                _ray(ctx, tasks, cfg.workers, cfg.ray_address),
+            )
+        elif cfg.workers > 1:
+            executor, results = f"processes×{cfg.workers}", _pool(ctx, tasks, cfg.workers)
+        else:
+            executor, results = "serial", _serial(ctx, tasks)
 
-    records = D.read_manifest(out)
-    records.sort(key=lambda r: order.get(r.group_id, len(order)))
-    D.rewrite_manifest(out, records)
-    n_pairs = D.write_pairs(out, records)
-    present = {r.group_id for r in records}
-    open_failures = [f for f in read_jsonl(out / D.FAILURES) if f["group_id"] not in present]
-    _rewrite_failures(out, open_failures)
-    elapsed = time.time() - t_start
-    reasons: dict[str, int] = {}
-    for f in failures:
-        key = f["error"].split(":")[0]
-        reasons[key] = reasons.get(key, 0) + 1
-    overall = [s.overall for r in records for s in r.scores]
-    hist, edges = np.histogram(overall, bins=10, range=(0.0, 10.0))
-    summary = ExportSummary(
-        out=str(out),
-        executor=executor,
-        inputs=len(samples),
-        done_before=len(done_ids),
-        new_groups=new,
-        groups=len(records),
-        failures=len(failures),
-        failure_reasons=reasons,
-        first_failure=f"{failures[0]['group_id']}: {failures[0]['error']}" if failures else "",
-        repaired_lines=repaired,
-        zero_variance_share=sum(r.zero_variance for r in records) / max(len(records), 1),
-        score_histogram={f"{edges[i]:.0f}-{edges[i + 1]:.0f}": int(h) for i, h in enumerate(hist)},
-        pairs=n_pairs,
-        elapsed_s=elapsed,
-        groups_per_s=new / max(elapsed, 1e-9),
-    )
-    header.counts = {
-        "groups": len(records),
-        "failures_open": len(open_failures),
-        "pairs": n_pairs,
-        "zero_variance_share": summary.zero_variance_share,
-    }
-    D.write_header(out, header)
-    return summary
+        new, failures = 0, []
+        bar = _progress(len(samples), len(done_ids)) if progress is True else None
+        try:
+            for res in results if tasks else ():
+                if res["ok"]:
+                    _write_group(out, cfg, res, mhash, x_dim, split_name)
+                    new += 1
+                else:
+                    failures.append(res)
+                    append_jsonl(
+                        out / D.FAILURES, {k: res[k] for k in ("group_id", "input_id", "stage", "error")}
+                    )
+                if bar is not None:
+                    bar[0].update(bar[1], advance=1)
+                elif callable(progress):
+                    progress(len(done_ids) + new + len(failures), len(samples))
+        finally:
+            if bar is not None:
+                bar[0].stop()
+
+        records = D.read_manifest(out)
+        records.sort(key=lambda r: order.get(r.group_id, len(order)))
+        D.rewrite_manifest(out, records)
+        n_pairs = D.write_pairs(out, records)
+        present = {r.group_id for r in records}
+        open_failures = [f for f in read_jsonl(out / D.FAILURES) if f["group_id"] not in present]
+        _rewrite_failures(out, open_failures)
+        elapsed = time.time() - t_start
+        reasons: dict[str, int] = {}
+        for f in failures:
+            key = f["error"].split(":")[0]
+            reasons[key] = reasons.get(key, 0) + 1
+        overall = [s.overall for r in records for s in r.scores]
+        hist, edges = np.histogram(overall, bins=10, range=(0.0, 10.0))
+        summary = ExportSummary(
+            out=str(out),
+            executor=executor,
+            inputs=len(samples),
+            done_before=len(done_ids),
+            new_groups=new,
+            groups=len(records),
+            failures=len(failures),
+            failure_reasons=reasons,
+            first_failure=f"{failures[0]['group_id']}: {failures[0]['error']}" if failures else "",
+            repaired_lines=repaired,
+            zero_variance_share=sum(r.zero_variance for r in records) / max(len(records), 1),
+            score_histogram={f"{edges[i]:.0f}-{edges[i + 1]:.0f}": int(h) for i, h in enumerate(hist)},
+            pairs=n_pairs,
+            elapsed_s=elapsed,
+            groups_per_s=new / max(elapsed, 1e-9),
+        )
+        header.counts = {
+            "groups": len(records),
+            "failures_open": len(open_failures),
+            "pairs": n_pairs,
+            "zero_variance_share": summary.zero_variance_share,
+        }
+        D.write_header(out, header)
+        return summary
 
 
 def _check_or_write_header(out: Path, header: D.DatasetHeader) -> None:
