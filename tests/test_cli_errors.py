@@ -113,3 +113,17 @@ def test_memory_import_refuses_another_schema(tmp_path, capsys):
     f.write_text(json.dumps({"format": EXPORT_FORMAT, "schema": 99, "rules": [], "prototypes": []}))
     assert main(["memory", "import", str(f), "--memory-dir", str(tmp_path / "m")]) == 2
     assert "schema 99" in capsys.readouterr().err
+
+
+def test_absurd_body_shapes_are_refused():
+    import numpy as np
+
+    from hmrcritic.agent.api import load_hypotheses
+    from hmrcritic.errors import InputError
+
+    hyps = {"global_orient": np.zeros((3, 3)), "body_pose": np.zeros((3, 69)), "betas": np.zeros((3, 10)),
+            "transl": np.tile([0.0, 0.0, 3.0], (3, 1))}
+    assert load_hypotheses(hyps)["betas"].shape == (3, 10)
+    hyps["betas"][2, 0] = 1e6
+    with pytest.raises(InputError, match="hypothesis 2"):
+        load_hypotheses(hyps)

@@ -77,6 +77,9 @@ def safe_id(group_id: str) -> str:
     return s[:120]
 
 
+MAX_ABS_BETA = 50.0
+
+
 def load_hypotheses(source: Any, where: str = "hypotheses") -> dict[str, np.ndarray]:
     """Hypotheses from an ``.npz`` path, a dict of arrays or a ``HypothesisGroup`` (one input), validated:
     the four SMPL keys, one leading N, finite values."""
@@ -134,6 +137,11 @@ def load_hypotheses(source: Any, where: str = "hypotheses") -> dict[str, np.ndar
         out[key] = a
     if "transl" not in out:
         raise InputError(f"{where}: missing array 'transl' (camera translation per hypothesis)")
+    big = np.abs(out["betas"]).max(axis=1) > MAX_ABS_BETA
+    if big.any():  # SMPL's shape space spans about ±5 standard deviations; far beyond it is not a body
+        i = int(np.argmax(big))
+        raise InputError(f"{where}: betas of hypothesis {i} reach {np.abs(out['betas'][i]).max():.3g}; SMPL shape "
+                         f"coefficients are standard deviations (|β| ≲ 5, at most {MAX_ABS_BETA:g} accepted)")
     if n == 0:
         raise InputError(f"{where}: no hypotheses")
     return out
