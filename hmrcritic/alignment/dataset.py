@@ -470,6 +470,9 @@ def validate_dataset(root: str | Path, max_errors: int = 50) -> ValidationReport
             n_pairs += 1
     if not records:
         errors.append(f"{MANIFEST}: no groups (nothing to finetune on)")
+    if header.counts.get("finished") is False:
+        warnings.append("the last export into this folder did not finish (interrupted or still running); "
+                        "re-run the same export command to complete it")
     failures_path = root / FAILURES
     if failures_path.exists():
         open_failures = [line for line in failures_path.read_text(encoding="utf-8").splitlines() if line.strip()]

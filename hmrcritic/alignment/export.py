@@ -542,6 +542,8 @@ def export(
             groups_per_s=new / max(elapsed, 1e-9),
         )
         header.counts = {
+            "finished": True,
+            "inputs": len(samples),
             "groups": len(records),
             "failures_open": len(open_failures),
             "pairs": n_pairs,
@@ -572,6 +574,8 @@ def _check_or_write_header(out: Path, header: D.DatasetHeader) -> None:
                 f"({', '.join(f'{k}={getattr(old, k)!r}' for k in diff)}); use another --out"
             )
         header.counts = old.counts
+    # marked unfinished until this run's end rewrites the counts: validate can then tell a partial dataset
+    header.counts = {**header.counts, "finished": False}
     D.write_header(out, header)
 
 
