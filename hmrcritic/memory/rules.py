@@ -88,15 +88,6 @@ def mined_rule_id(text: str) -> str:
     return "rule-" + hashlib.sha1(norm.encode("utf-8")).hexdigest()[:12]
 
 
-def _compatible(a: Rule, b: Rule) -> bool:
-    if a.condition is None or b.condition is None:
-        return True
-    ca, cb = a.condition, b.condition
-    # a graded rule is not a step rule, and a hard constraint is not a soft rule
-    same = (ca.measure, ca.comparator, ca.per, ca.hard) == (cb.measure, cb.comparator, cb.per, cb.hard)
-    return same and abs(ca.threshold - cb.threshold) < 1e-9
-
-
 class RuleMemory:
     """The ``semantic_rules`` collection of a :class:`~hmrcritic.memory.store.MemoryStore`."""
 
@@ -297,41 +288,22 @@ class RuleMemory:
             r.retired = True
         self.update(rules)
 
-    def merge_near_duplicates(self, threshold: float = 0.92) -> list[tuple[str, str]]:
-        """Retire active rules whose text embedding has cosine >= ``threshold`` with a kept rule.
+    def merge_near_duplicates(self, threshold: float = 0.9) -> list[tuple[str, str]]:
+        """Retire active rules that duplicate a kept one; returns ``(kept_id, merged_id)`` pairs.
 
-        Only rules with compatible conditions merge (same measure, comparator, threshold and grading, or one of
-        them without a condition): the starter set's mild/severe pairs read alike but are different rules.
+        The policy is exploration's (:func:`hmrcritic.memory.maintenance.plan_merges`, one place): the same
+        executable condition up to a tolerance, or text cosine above ``threshold`` where the conditions do not
+        contradict (the starter set's mild/severe pairs read alike but are different rules). The kept rule of a
+        cluster is the most used; it absorbs the merged rules' statistics, tags and condition."""
+        from hmrcritic.memory.maintenance import plan_merges
 
-        The kept rule of each cluster is the most used (then lowest id); it absorbs the merged rule's
-        statistics and tags. Returns ``(kept_id, merged_id)`` pairs."""
-        rules = sorted(self.all(), key=lambda r: (-r.n_used, r.rule_id))
+        rules = self.all()
         if len(rules) < 2:
             return []
-        emb = self.embeddings([r.rule_id for r in rules])
-        mat = np.stack([emb[r.rule_id] for r in rules])
-        sims = mat @ mat.T
-        kept: dict[str, Rule] = {}
-        merged: list[tuple[str, str]] = []
-        absorbed: set[int] = set()
-        for i, r in enumerate(rules):
-            if i in absorbed:
-                continue
-            kept[r.rule_id] = r
-            for j in range(i + 1, len(rules)):
-                if j not in absorbed and sims[i, j] >= threshold and _compatible(r, rules[j]):
-                    other = rules[j]
-                    absorbed.add(j)
-                    r.n_used += other.n_used
-                    r.n_success += other.n_success
-                    r.tags = normalise_tags(r.tags + other.tags)
-                    r.condition = r.condition or other.condition
-                    other.retired = True
-                    merged.append((r.rule_id, other.rule_id))
-        if merged:
-            changed = [kept[k] for k in {k for k, _ in merged}] + [rules[j] for j in sorted(absorbed)]
-            self.update(changed)
-        return merged
+        plan = plan_merges(rules, self.embeddings([r.rule_id for r in rules]), text_threshold=threshold)
+        if plan.updates:
+            self.update(list(plan.updates.values()))
+        return plan.merged
 
     def export_records(self) -> list[dict]:
         emb = self.embeddings()
