@@ -33,6 +33,7 @@ import dataclasses
 import hashlib
 import inspect
 import json
+import math
 import os
 import sys
 import time
@@ -512,8 +513,9 @@ def _run(name: str, p: Preset, out: Path, model, progress) -> dict:
 
             def on_log(r, obj=obj, last=last):
                 last.update(r)
-                log(f"finetune {obj}: {r['step']}/{r['total']} loss {r.get('loss', float('nan')):.4f} "
-                    f"reward acc {r.get('reward_accuracy', float('nan')):.2f}")
+                acc = r.get("reward_accuracy")  # preference objectives only (SFT has none)
+                log(f"finetune {obj}: {r['step']}/{r['total']} loss {r.get('loss', float('nan')):.4f}"
+                    + (f" reward acc {acc:.2f}" if acc is not None and math.isfinite(acc) else ""))
 
             finetune(fcfg, progress=on_log)
             rec = {"objective": obj, "checkpoint": ckpt.name, "seconds": round(time.time() - t0, 1),
