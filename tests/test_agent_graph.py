@@ -303,6 +303,25 @@ def test_judge_without_rules_weighs_measures_equally_and_rules_carry_the_knowled
     assert a > b
 
 
+def test_axis_with_no_difference_in_the_group_reads_full_marks():
+    """A group where nobody violates a joint limit or penetrates itself reads 10 on physical feasibility
+    (not the 8.6 of a shared mean rank); once one hypothesis differs, it alone loses points. ``overall`` is
+    the same either way up to one constant factor per group (its ranking never depended on a tie)."""
+    from hmrcritic.agent.judges import generic_badness
+
+    feasible = {"joint_limit_deg": [0.0, 0.0, 0.0], "penetration_mm": [0.0, 0.0, 0.0],
+                "reproj_rel": [0.01, 0.03, 0.02]}
+    scores = BuiltinJudge().critique(JudgeContext(group_id="f", num_hypotheses=3, evidence=feasible)).scores
+    assert [s.physical_feasibility for s in scores] == pytest.approx([10.0, 10.0, 10.0])
+    assert scores[0].image_alignment == pytest.approx(10.0) and scores[1].image_alignment < scores[2].image_alignment
+    one_bad = {**feasible, "penetration_mm": [0.0, 25.0, 0.0]}
+    s2 = BuiltinJudge().critique(JudgeContext(group_id="f", num_hypotheses=3, evidence=one_bad)).scores
+    assert s2[1].physical_feasibility < s2[0].physical_feasibility == s2[2].physical_feasibility < 10.0
+    overall, axes = generic_badness(feasible, 3)
+    assert np.allclose(axes["physical_feasibility"], 0.0)
+    assert np.allclose(overall, (0.5 + 0.5 + np.array([0.0, 1.0, 0.5])) / 3)  # ties still count in overall
+
+
 def test_prototypes_reorder_within_the_evidence():
     """A confident prototype consensus of a low settled score moves that hypothesis down the ranking."""
     from hmrcritic.agent.judges import PrototypeHit

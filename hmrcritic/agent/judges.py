@@ -263,6 +263,11 @@ def generic_badness(evidence: dict[str, list[float]], n: int) -> tuple[np.ndarra
     worse side (0 = best of the group, 1 = worst; ties share their mean rank), averaged over the measures
     with equal weights — overall and per axis.
 
+    On the per-axis scores a measure on which the whole group ties counts 0 (nobody is worse than anybody):
+    a group with no joint-limit, hyperextension or penetration at all reads 10 on physical feasibility rather
+    than the 8.6 of a shared mean rank. ``overall`` keeps the mean rank — for it a tie is one constant shift
+    of the group, which ranks nothing differently, and the memory's score calibration was fitted on it.
+
     It *measures* but does not know which measure matters or what value is clearly bad: that knowledge is
     what the rule memory holds (thresholds and points), so the judge without memory (``evidence_only``,
     ``no_rules``) is a generic one, and the rules are not a re-statement of its own scoring.
@@ -276,10 +281,11 @@ def generic_badness(evidence: dict[str, list[float]], n: int) -> tuple[np.ndarra
             continue
         v = np.asarray(values, dtype=np.float64)
         v = v if spec.higher_is_worse else -v
-        per_axis[spec.axis].append(_mean_rank(v) / (n - 1.0))
-    allm = [r for rs in per_axis.values() for r in rs]
+        rank = _mean_rank(v) / (n - 1.0)
+        per_axis[spec.axis].append((rank, rank if np.ptp(v) > 0 else np.zeros(n)))
+    allm = [r for rs in per_axis.values() for r, _ in rs]
     overall = np.mean(allm, axis=0) if allm else np.zeros(n)
-    axes = {a: (np.mean(rs, axis=0) if rs else np.zeros(n)) for a, rs in per_axis.items()}
+    axes = {a: (np.mean([r for _, r in rs], axis=0) if rs else np.zeros(n)) for a, rs in per_axis.items()}
     return overall, axes
 
 
