@@ -109,6 +109,25 @@ def test_prior_and_consensus(body, prior):
     assert np.allclose(ev["asymmetry"], ev["asymmetry"][0], atol=1e-4)  # same shape, same bones
 
 
+def test_evidence_is_reported_to_its_resolution_so_rounding_noise_cannot_rank(body, prior):
+    """The pose cannot change an SMPL body's bone lengths, so its bone asymmetry is one value for the whole
+    group in exact arithmetic; in floats it differs at 1e-7, by CPU kernel. Unrounded, the judge's
+    within-group ranks of that noise decided part of the score (and differed between machines)."""
+    from hmrcritic.agent.evidence import decimals, quantise
+
+    rng = np.random.default_rng(3)
+    bp = rng.normal(0, 0.3, (8, 69)).astype(np.float32)
+    ev = compute_evidence(_group(body, bp), prior=prior)
+    assert len(set(ev["asymmetry"].tolist())) == 1  # a tie: nobody is worse
+    for name, v in ev.items():  # every measure sits on its grid
+        assert np.array_equal(v, np.round(v, decimals(name))), name
+    assert decimals("penetration_mm") == 2 and decimals("consensus_pa_mm") == 1 and decimals("asymmetry") == 4
+    assert quantise("penetration_mm", [0.0, 1e-7, -1e-7, 12.3456]).tolist() == [0.0, 0.0, 0.0, 12.35]
+    assert quantise("silhouette_iou", [1.0, 0.99994]).tolist() == [1.0, 0.9999]
+    assert np.signbit(quantise("penetration_mm", [-1e-9])).sum() == 0  # no negative zero
+    assert quantise("not_a_measure", [1e-9]).tolist() == [1e-9]
+
+
 def test_ground_and_silhouette(body, prior):
     bp = np.zeros((2, 69), np.float32)
     gi = _group(body, bp)

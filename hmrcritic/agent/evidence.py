@@ -29,6 +29,7 @@ Choices made here (the paper is silent; see docs/CONTRACTS.md "agent/"):
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 
 import numpy as np
@@ -249,8 +250,31 @@ def compute_evidence(inp: GroupInputs, prior=None) -> dict[str, np.ndarray]:
         result["floor_penetration_mm"] = pen.double().numpy()
         result["floating_mm"] = flo.double().numpy()
     for k, v in result.items():
-        result[k] = np.nan_to_num(v, nan=0.0, posinf=1e6, neginf=-1e6)
+        result[k] = quantise(k, np.nan_to_num(v, nan=0.0, posinf=1e6, neginf=-1e6))
     return result
+
+
+# Evidence is reported to the decimal place at or below this share of each measure's ``scale``: 0.01 mm of
+# penetration, 0.1 mm of consensus distance, 0.01 px of reprojection, 1e-4 of bone asymmetry or IoU. Finer
+# digits are floating-point noise, and the judge ranks measures within the group: unrounded, a measure that is
+# constant in exact arithmetic — the bone asymmetry of SMPL bodies, whose bone lengths the pose cannot change —
+# ranked the group by rounding error, differently on each CPU (measured: all 100 test groups of
+# `evaluate-critic` reordered on it between torch's AVX-512 and generic kernels, moving the evidence-only
+# Spearman by up to 0.01).
+EVIDENCE_RESOLUTION = 1e-3
+
+
+def decimals(name: str) -> int | None:
+    """Decimal places measure ``name`` is reported to (None for a measure this module does not know)."""
+    spec = MEASURES.get(name)
+    return None if spec is None else -math.floor(math.log10(spec.scale * EVIDENCE_RESOLUTION) + 1e-9)
+
+
+def quantise(name: str, values) -> np.ndarray:
+    """``values`` of measure ``name`` rounded to :func:`decimals` places (unknown measures unchanged)."""
+    v = np.asarray(values, dtype=np.float64)
+    d = decimals(name)
+    return v if d is None else np.round(v, d) + 0.0  # + 0.0: no negative zero
 
 
 def badness(name: str, values) -> np.ndarray:
