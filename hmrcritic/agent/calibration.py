@@ -30,8 +30,8 @@ from hmrcritic.memory.schema import ScoreCalibration
 
 # Labelled groups a calibration is fitted on by default: 32 × 16 = 512 (score, error) pairs for two parameters.
 # `python benchmarks/calibration_stability.py`: fitted on disjoint sets of 8 / 16 / 32 / 64 train groups, the
-# slope's SD is 0.37 / 0.12 / 0.07 / 0.07 and the worst set's test point-wise r 0.558 / 0.645 / 0.656 / 0.657
-# (uncalibrated 0.609): 32 is where more groups stop paying.
+# slope's SD is 0.36 / 0.11 / 0.05 / 0.04 and the worst set's test point-wise r 0.557 / 0.659 / 0.674 / 0.678
+# (uncalibrated 0.608): 32 is where more groups stop paying.
 CALIBRATION_GROUPS = 32
 SLOPE_RANGE = (0.02, 3.0)
 MIN_SCORE = 1e-3  # log of a zero score is clipped here

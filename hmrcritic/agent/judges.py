@@ -244,10 +244,9 @@ PROTO_GAIN = 0.3
 # Share of the way a group's mean log score moves to its labelled prototypes' level (:func:`calibrate_level`),
 # applied after the memory's score calibration. Chosen on held-out *train* groups
 # (`python benchmarks/prototype_level.py [--warmup-groups 64]`): point-wise Pearson for shares
-# 0 / 0.3 / 0.5 / 0.7 / 1.0 is 0.553 / 0.575 / 0.582 / 0.576 / 0.517 with 200 explored groups and
-# 0.571 / 0.587 / 0.579 / 0.548 / 0.457 with 64: 0.3 is best with 64 and within 0.007 of the best (0.5) with 200,
-# the cautious choice (before the score calibration existed, 0.5–0.7 were best: the level was then also making up
-# for the raw scale being off).
+# 0 / 0.3 / 0.5 / 0.7 / 1.0 is 0.579 / 0.595 / 0.595 / 0.582 / 0.518 with 200 explored groups and
+# 0.582 / 0.602 / 0.594 / 0.563 / 0.471 with 64: 0.3 is best with 64 and ties the best with 200 (before the score
+# calibration existed, 0.5–0.7 were best: the level was then also making up for the raw scale being off).
 PROTO_LEVEL = 0.3
 
 
