@@ -524,6 +524,9 @@ class MemoryStore:
 
     def export_json(self, path: str | os.PathLike) -> dict:
         """Write every rule and prototype (with embeddings) to a JSON file; returns the counts."""
+        if Path(path).is_dir():
+            raise InputError(f"memory export: {path} is a folder; give a file path, e.g. "
+                             f"{Path(path) / 'memory.json'}")
         data = {
             "format": EXPORT_FORMAT,
             "schema": SCHEMA_VERSION,
@@ -535,9 +538,6 @@ class MemoryStore:
         cal = self.calibration()
         if cal is not None:
             data["calibration"] = cal.model_dump(mode="json")
-        if Path(path).is_dir():
-            raise InputError(f"memory export: {path} is a folder; give a file path, e.g. "
-                             f"{Path(path) / 'memory.json'}")
         atomic_write_json(path, data, indent=None)
         return {"rules": len(data["rules"]), "prototypes": len(data["prototypes"]),
                 "version": data["version"]}
