@@ -122,3 +122,39 @@ def _json_default(obj: Any) -> Any:
     if isinstance(obj, Path):
         return str(obj)
     raise TypeError(f"not JSON serialisable: {type(obj).__name__}")
+
+
+class LockBusy(Exception):
+    """Raised by :func:`exclusive_lock` when another holder has the lock; ``str()`` says who holds it."""
+
+
+@contextlib.contextmanager
+def exclusive_lock(lock_path: str | os.PathLike, what: str, busy=LockBusy):
+    """Hold ``lock_path`` for one long job against every other process on this machine, without waiting.
+
+    A second holder fails at once with ``busy(holder)`` (default :class:`LockBusy`), ``holder`` naming the
+    first (``what``, pid, since when) from the record kept beside the lock (same name, ``.json`` suffix), so a
+    caller can say who is busy rather than hang for hours. Used for one exploration/import/reset per memory
+    and one export per dataset folder."""
+    import time
+
+    from filelock import FileLock, Timeout
+
+    lock_path = Path(lock_path)
+    holder = lock_path.with_suffix(".json")
+    lock = FileLock(str(lock_path), timeout=0)
+    try:
+        lock.acquire()
+    except Timeout:
+        try:
+            who = json.loads(holder.read_text(encoding="utf-8"))
+            by = f"{who.get('what')} (pid {who.get('pid')}, since {who.get('since')})"
+        except (OSError, ValueError):
+            by = "another process"
+        raise busy(by) from None
+    try:
+        atomic_write_json(holder, {"what": what, "pid": os.getpid(), "since": time.strftime("%Y-%m-%d %H:%M:%S")})
+        yield
+    finally:
+        holder.unlink(missing_ok=True)
+        lock.release()

@@ -30,7 +30,6 @@ import importlib
 import multiprocessing as mp
 import time
 from collections.abc import Callable, Iterable, Iterator
-from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -43,7 +42,7 @@ from hmrcritic.agent.schema import HypothesisScore
 from hmrcritic.alignment import dataset as D
 from hmrcritic.errors import InputError
 from hmrcritic.hmr.diffusion import MAX_GENERATIONS
-from hmrcritic.io import append_jsonl, atomic_write_text, read_jsonl
+from hmrcritic.io import append_jsonl, atomic_write_text, exclusive_lock, read_jsonl
 from hmrcritic.redact import scrub
 
 DEFAULT_SCORER = "hmrcritic.agent.api:critique_group"
@@ -387,27 +386,11 @@ def frozen_memory(cfg: ExportConfig) -> tuple[str | None, str]:
     return path, MemoryStore(path, chroma_url=cfg.chroma_url, read_only=True).version()
 
 
-@contextmanager
-def _exclusive(out: Path) -> Iterator[None]:
+def _exclusive(out: Path):
     """Refuse a second export into the same folder while one runs (any process on this machine): both would
     sample and score every group, and the work of one is thrown away."""
-    import os
-
-    from filelock import FileLock, Timeout
-
-    lock, who = FileLock(str(out / ".export.lock"), timeout=0), out / ".export.pid"
-    try:
-        lock.acquire()
-    except Timeout:
-        pid = who.read_text().strip() if who.exists() else "?"
-        raise InputError(f"{out}: another export into this folder is running (pid {pid}); wait for it, or "
-                         "re-run afterwards to resume") from None
-    try:
-        atomic_write_text(who, f"{os.getpid()}\n")
-        yield
-    finally:
-        who.unlink(missing_ok=True)
-        lock.release()
+    return exclusive_lock(out / ".export.lock", "an export", busy=lambda by: InputError(
+        f"{out}: another export into this folder is running — {by}; wait for it, or re-run afterwards to resume"))
 
 
 def export(

@@ -23,7 +23,6 @@ import hashlib
 import json
 import os
 import threading
-import time
 from collections.abc import Iterator
 from contextlib import contextmanager, suppress
 from pathlib import Path
@@ -34,7 +33,7 @@ import numpy as np
 
 from hmrcritic import config
 from hmrcritic.errors import AssetError, InputError
-from hmrcritic.io import atomic_write_json
+from hmrcritic.io import atomic_write_json, exclusive_lock
 from hmrcritic.memory.embeddings import POSE_DIM, POSE_EMBEDDING_ID, TEXT_DIM, TEXT_EMBEDDING_ID
 from hmrcritic.memory.prototypes import PROTOTYPES_COLLECTION, PrototypeMemory, proto_digest
 from hmrcritic.memory.rules import RULES_COLLECTION, RuleMemory, rule_key
@@ -471,8 +470,6 @@ class MemoryStore:
         also count the other's groups (an audit found rule statistics doubled, both runs exiting 0). So a
         second job fails at once and names the first, rather than waiting for hours. Re-entrant within a
         process (an exploration that imports or resets holds it already)."""
-        from filelock import FileLock, Timeout
-
         if self.read_only:
             raise ReadOnlyMemoryError(f"memory at {self.location} is open read-only (frozen); {what} writes to it")
         key = str(self.path.resolve())
@@ -488,28 +485,20 @@ class MemoryStore:
                     _EXCLUSIVE_HELD[key] -= 1
             return
         self.path.mkdir(parents=True, exist_ok=True)
-        lock, holder = FileLock(str(self.path / EXCLUSIVE_NAME), timeout=0), self.path / ".exclusive.json"
-        try:
-            lock.acquire()
-        except Timeout:
-            try:
-                who = json.loads(holder.read_text(encoding="utf-8"))
-                by = f"{who.get('what')} (pid {who.get('pid')}, since {who.get('since')})"
-            except (OSError, ValueError):
-                by = "another process"
-            raise InputError(f"memory at {self.location} is busy with {by}; wait for it to finish or use "
-                             f"another --memory-dir (lock file {self.path / EXCLUSIVE_NAME})") from None
-        with _REGISTRY_LOCK:
-            _EXCLUSIVE_HELD[key] = 1
-        try:
-            atomic_write_json(holder, {"what": what, "pid": os.getpid(),
-                                       "since": time.strftime("%Y-%m-%d %H:%M:%S")})
-            yield
-        finally:
+        lock_file = self.path / EXCLUSIVE_NAME
+
+        def busy(by: str) -> InputError:
+            return InputError(f"memory at {self.location} is busy with {by}; wait for it to finish or use "
+                              f"another --memory-dir (lock file {lock_file})")
+
+        with exclusive_lock(lock_file, what, busy=busy):
             with _REGISTRY_LOCK:
-                _EXCLUSIVE_HELD.pop(key, None)
-            holder.unlink(missing_ok=True)
-            lock.release()
+                _EXCLUSIVE_HELD[key] = 1
+            try:
+                yield
+            finally:
+                with _REGISTRY_LOCK:
+                    _EXCLUSIVE_HELD.pop(key, None)
 
     def reset(self, seed_starter: bool = True) -> None:
         """Delete both collections and recreate them (seeded with the starter rules unless told not to)."""
