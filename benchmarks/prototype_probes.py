@@ -22,8 +22,12 @@ brings to the baseline on test (± paired SE) and on train. Probes:
   as the neighbourhood — an upper bound on what any category-aware memory could bring.
 
     python benchmarks/prototype_probes.py [--train-groups 600] [--test-groups 150] [-k 8 32 128]
+                                          [--bank all|representative]
 
-Writes benchmarks/results/prototype_probes.json.
+``--bank representative`` keeps in the memory only what exploration writes as prototypes (each train group's
+best and worst hypothesis and its two most misjudged by the baseline) instead of every hypothesis: the memory
+evaluate-critic's ``full`` actually has. Writes benchmarks/results/prototype_probes.json (with
+``--bank representative``: prototype_probes_representative.json).
 """
 
 from __future__ import annotations
@@ -35,6 +39,7 @@ from pathlib import Path
 import numpy as np
 
 from hmrcritic.agent.api import critique_labelled
+from hmrcritic.agent.explore import PROTOS_MISJUDGED
 from hmrcritic.agent.groups import make_groups
 from hmrcritic.hmr.metrics import spearman
 from hmrcritic.memory.embeddings import pose_embedding
@@ -93,6 +98,17 @@ def collect(split: str, n_groups: int) -> list[dict]:
             "med": _unit(emb.mean(0)[None])[0], "cat": str(g.sample.category),
         })
     return out
+
+
+def representative(g: dict) -> dict:
+    """The group as exploration's memory keeps it: best, worst and the most misjudged hypotheses only."""
+    err = g["err"]
+    cr, tr = _ranks(g["base"]), _ranks(err)  # both 0 = best: the baseline predicts the z-scored error
+    pick = [int(np.argmin(err)), int(np.argmax(err))]
+    for k in np.argsort(-np.abs(cr - tr), kind="stable")[:PROTOS_MISJUDGED]:
+        if int(k) not in pick and cr[k] != tr[k]:
+            pick.append(int(k))
+    return {**g, **{key: g[key][pick] for key in ("err", "ze", "res", "emb", "dev", "profile")}}
 
 
 def knn(groups, bank, key, target, k, *, exclude_self, cosine=True, temperature=0.05) -> list[np.ndarray]:
@@ -191,12 +207,15 @@ def main() -> None:
     ap.add_argument("--train-groups", type=int, default=600)
     ap.add_argument("--test-groups", type=int, default=150)
     ap.add_argument("-k", type=int, nargs="+", default=[8, 32, 128])
+    ap.add_argument("--bank", choices=("all", "representative"), default="all",
+                    help="what the memory keeps of each train group (the hypothesis-level kNN probes)")
     args = ap.parse_args()
     train, test = collect("train", args.train_groups), collect("test", args.test_groups)
     w = _fit(train)
     for g in train + test:
         g["base"] = g["X"] @ w
         g["res"] = g["ze"] - g["base"]
+    bank = train if args.bank == "all" else [representative(g) for g in train]
     base = {s: float(np.mean([_rho(-g["base"], g["err"]) for g in grp])) for s, grp in (("train", train),
                                                                                           ("test", test))}
     print(f"evidence baseline (linear, fitted on {len(train)} train groups): within-group Spearman "
@@ -213,7 +232,7 @@ def main() -> None:
                                                                            exclude_self=ex, cosine=False),
         }
         for name, fn in specs.items():
-            probes[name] = added_value(train, test, fn(train, train, True), fn(test, train, False))
+            probes[name] = added_value(train, test, fn(train, bank, True), fn(test, bank, False))
     for k in (1, 4, 16):
         probes[f"2D view→truth k={k}"] = added_value(train, test, lifting(train, train, k, exclude_self=True),
                                                      lifting(test, train, k, exclude_self=False))
@@ -228,10 +247,11 @@ def main() -> None:
     for name, p in probes.items():
         print(f"{name:<40}{p['alone_spearman_test']:>+9.3f}{p['delta_test']:>+10.4f}{p['delta_test_sem']:>8.4f}"
               f"{p['delta_train']:>+10.4f}")
-    RESULTS.parent.mkdir(parents=True, exist_ok=True)
-    RESULTS.write_text(json.dumps({"train_groups": len(train), "test_groups": len(test), "baseline": base,
-                                   "probes": probes}, indent=2))
-    print(f"wrote {RESULTS}")
+    out = RESULTS if args.bank == "all" else RESULTS.with_name(f"prototype_probes_{args.bank}.json")
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.write_text(json.dumps({"train_groups": len(train), "test_groups": len(test), "bank": args.bank,
+                               "baseline": base, "probes": probes}, indent=2))
+    print(f"wrote {out}")
 
 
 if __name__ == "__main__":
