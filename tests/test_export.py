@@ -160,6 +160,10 @@ def test_failures_are_recorded_and_retried(model_path, tmp_path, monkeypatch):
     assert "judge gave up" in s.first_failure and "failures.jsonl" in format_summary(s)
     rep = D.validate_dataset(tmp_path / "ds")
     assert rep.ok and any("1 input(s) failed" in w for w in rep.warnings)
+    # failing again on the next run is still one open failure, not two
+    export(cfg_for(tmp_path / "ds", model_path), inputs=make_inputs(3))
+    assert len((tmp_path / "ds" / "failures.jsonl").read_text().splitlines()) == 1
+    assert any("1 input(s) failed" in w for w in D.validate_dataset(tmp_path / "ds").warnings)
     monkeypatch.setenv("HMRCRITIC_TEST_FAIL_IDS", "")
     s2 = export(cfg_for(tmp_path / "ds", model_path), inputs=make_inputs(3))
     assert s2.groups == 3 and s2.new_groups == 1 and s2.failures == 0

@@ -12,7 +12,7 @@ import torch
 
 from hmrcritic.agent.schema import HypothesisScore
 from hmrcritic.alignment import dataset as D
-from hmrcritic.alignment.finetune import FinetuneConfig, finetune, state_dict_hash
+from hmrcritic.alignment.finetune import FinetuneConfig, TrainingDiverged, finetune, state_dict_hash
 from hmrcritic.errors import AssetError, InputError
 from hmrcritic.hmr.diffusion import X_DIM, DiffusionConfig, HMRDiffusion, load_model, save_model
 from hmrcritic.io import append_jsonl
@@ -153,6 +153,18 @@ def test_resume_gives_the_same_weights(data_dir, base_ckpt, tmp_path):
     assert steps == [1, 2, 3, 4]
     with pytest.raises(InputError, match="different settings"):
         finetune(_cfg(data_dir, base_ckpt, tmp_path / "b.pt", steps=6, lr=5e-4))
+    # a state already past --steps would hand back a longer-trained model under the smaller step count
+    with pytest.raises(InputError, match="past --steps 3"):
+        finetune(_cfg(data_dir, base_ckpt, tmp_path / "b.pt", steps=3))
+
+
+def test_a_diverging_run_stops_before_nan_reaches_the_weights(data_dir, base_ckpt, tmp_path):
+    out = tmp_path / "boom.pt"
+    with pytest.raises(TrainingDiverged, match="diverged"):
+        finetune(_cfg(data_dir, base_ckpt, out, steps=6, lr=1e30, checkpoint_every=1, ema=0.0))
+    assert not out.exists()  # no final checkpoint of a run that blew up
+    state = torch.load(Path(str(out) + ".state.pt"), weights_only=True)  # the last good step is kept
+    assert all(torch.isfinite(v).all() for v in state["policy"].values() if v.is_floating_point())
 
 
 @pytest.mark.parametrize("objective", ["gpa_linear", "dpo", "sft"])
@@ -210,6 +222,11 @@ def test_bad_config_is_a_clear_error(data_dir, base_ckpt, tmp_path):
         finetune(_cfg(data_dir, base_ckpt, tmp_path / "x.pt", scale_rewards="global"))
     with pytest.raises(AssetError):
         finetune(_cfg(tmp_path / "nothing", base_ckpt, tmp_path / "x.pt"))
+    for bad in ({"beta": float("nan")}, {"beta": -1.0}, {"gpa_weight": float("inf")},
+                {"base_loss_weight": -0.5}, {"grad_clip": 0.0}, {"weight_decay": float("nan")}):
+        with pytest.raises(InputError, match=next(iter(bad)).replace("_", ".")):
+            _cfg(data_dir, base_ckpt, tmp_path / "x.pt", **bad)
+    assert not (tmp_path / "x.pt").exists()
 
 
 def test_no_wild_label_reaches_the_finetuner(base_ckpt, tmp_path, monkeypatch):

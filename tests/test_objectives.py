@@ -249,6 +249,31 @@ def test_sft_trains_only_on_the_best_hypothesis():
     assert out3.loss.item() != pytest.approx(out.loss.item(), rel=1e-6)
 
 
+def test_sft_skips_groups_whose_scores_all_tie():
+    """A tied group has no best hypothesis: SFT must not imitate an arbitrary one (its hypothesis 0)."""
+    policy = TinyDenoiser(seed=3)
+    x0, cond = _batch(B=2, G=3)
+    scores = torch.tensor([[5.0, 5.0, 5.0], [9.0, 1.0, 4.0]])
+    cfg = ObjectiveConfig(objective="sft")
+    policy.calls = []
+    out = compute_loss(policy, None, x0, cond, scores, cfg, torch.Generator().manual_seed(0))
+    assert [x.shape[0] for x, _ in policy.calls] == [1] and out.metrics["zero_variance_share"] == 0.5
+    x0b = x0.clone()
+    x0b[0] += 10.0  # the tied group's hypotheses cannot influence the loss
+    out2 = compute_loss(policy, None, x0b, cond, scores, cfg, torch.Generator().manual_seed(0))
+    assert out2.loss.item() == pytest.approx(out.loss.item(), rel=1e-6)
+    policy.calls = []
+    tied = compute_loss(policy, None, x0, cond, torch.full((2, 3), 4.0), cfg, torch.Generator().manual_seed(0))
+    assert tied.loss.item() == 0.0 and not tied.loss.requires_grad and policy.calls == []
+
+
+@pytest.mark.parametrize("bad", [{"beta": float("nan")}, {"beta": 0.0}, {"beta": -5.0},
+                                 {"gpa_weight": float("nan")}, {"base_loss_weight": -1.0}])
+def test_objective_config_refuses_non_finite_or_reversing_settings(bad):
+    with pytest.raises(ValueError, match=next(iter(bad))):
+        ObjectiveConfig(objective="gpa", **bad)
+
+
 def test_total_is_weighted_sum_of_gpa_and_base():
     ref = frozen_reference(TinyDenoiser())
     policy = TinyDenoiser(seed=6)

@@ -498,7 +498,9 @@ def export(
         D.rewrite_manifest(out, records)
         n_pairs = D.write_pairs(out, records)
         present = {r.group_id for r in records}
-        open_failures = [f for f in read_jsonl(out / D.FAILURES) if f["group_id"] not in present]
+        # one record per group, its latest failure: a group that failed on several runs is one open failure
+        open_failures = list({f["group_id"]: f for f in read_jsonl(out / D.FAILURES)
+                              if f["group_id"] not in present}.values())
         _rewrite_failures(out, open_failures)
         elapsed = time.time() - t_start
         reasons: dict[str, int] = {}

@@ -32,8 +32,13 @@ import torch
 from hmrcritic.alignment.dataset import GroupPreferenceDataset
 from hmrcritic.alignment.objectives import OBJECTIVES, ObjectiveConfig, compute_loss, frozen_reference
 from hmrcritic.alignment.stats import GroupStatTracker
-from hmrcritic.errors import AssetError, InputError
+from hmrcritic.errors import AssetError, HMRCriticError, InputError
 from hmrcritic.io import append_jsonl, atomic_torch_save, atomic_write_text, read_jsonl
+
+
+class TrainingDiverged(HMRCriticError):
+    """The loss became NaN or infinite; nothing of that step was applied or saved."""
+
 
 # Fields that may change between a run and its resumption (everything else must match).
 _RESUMABLE_CHANGES = {"steps", "checkpoint_every", "log_every", "progress"}
@@ -77,6 +82,11 @@ class FinetuneConfig:
             raise InputError(f"--ema must be in [0, 1), got {self.ema}")
         if self.num_generations < 2 and self.objective != "sft":
             raise InputError("--num-generations must be ≥ 2 for preference objectives")
+        if not (math.isfinite(self.grad_clip) and self.grad_clip > 0):
+            raise InputError(f"--grad-clip must be a finite number > 0, got {self.grad_clip}")
+        if not (math.isfinite(self.weight_decay) and self.weight_decay >= 0):
+            raise InputError(f"--weight-decay must be a finite number ≥ 0, got {self.weight_decay}")
+        self.objective_config()  # β and the loss weights: refused here, before any file is read or written
 
     def objective_config(self) -> ObjectiveConfig:
         try:
@@ -184,6 +194,9 @@ def _resume(cfg: FinetuneConfig, policy, ema, opt, base_hash: str) -> int:
     opt.load_state_dict(st["opt"])
     torch.set_rng_state(st["torch_rng"])
     step = int(st["step"])
+    if step > cfg.steps:
+        raise InputError(f"{path} is already at step {step}, past --steps {cfg.steps}: the saved model is "
+                         f"trained longer than asked; use --steps ≥ {step}, another --out or --no-resume")
     kept = [r for r in read_jsonl(cfg.log_path) if r.get("step", 0) <= step]
     atomic_write_text(cfg.log_path, "".join(json.dumps(r) + "\n" for r in kept))
     return step
@@ -244,6 +257,11 @@ def finetune(config: FinetuneConfig, progress: bool | Callable[[dict], None] = F
             tracker.update([data.group_ids[i] for i in idx.tolist()], scores)
             step_gen = torch.Generator(device=x0.device).manual_seed(cfg.seed * 104_729 + step)
             out_obj = compute_loss(policy, reference, x0, cond, scores, ocfg, step_gen)
+            if not torch.isfinite(out_obj.loss):
+                # Stop before a NaN reaches the weights: the state and checkpoint of the last good step stay.
+                raise TrainingDiverged(
+                    f"finetune diverged: the loss is {float(out_obj.loss.detach())} at step {step + 1} "
+                    f"(the last saved state, {cfg.state_path}, is kept); lower --lr or --beta")
             opt.zero_grad(set_to_none=True)
             if out_obj.loss.requires_grad:
                 out_obj.loss.backward()

@@ -43,6 +43,7 @@ Where we differ from a literal reading of the paper: ``||·||²`` is taken as th
 from __future__ import annotations
 
 import dataclasses
+import math
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -72,6 +73,14 @@ class ObjectiveConfig:
             raise ValueError(f"objective must be one of {OBJECTIVES}, got {self.objective!r}")
         if self.scale_rewards not in SCALE_REWARDS:
             raise ValueError(f"scale_rewards must be one of {SCALE_REWARDS}, got {self.scale_rewards!r}")
+        # A NaN β trains every weight to NaN and a negative one reverses the preference; both used to run to
+        # the end and save the broken checkpoint.
+        if not (math.isfinite(self.beta) and self.beta > 0):
+            raise ValueError(f"beta must be a finite number > 0, got {self.beta}")
+        for name in ("gpa_weight", "base_loss_weight"):
+            value = getattr(self, name)
+            if not (math.isfinite(value) and value >= 0):
+                raise ValueError(f"{name} must be a finite number ≥ 0, got {value}")
 
 
 @dataclass
@@ -240,8 +249,16 @@ def sft_loss(policy, reference, x0, cond, scores, cfg: ObjectiveConfig, generato
     B, G, D = x0.shape
     best, _ = _best_worst(scores)
     xb = x0[torch.arange(B, device=x0.device), best]
-    loss = _base_loss(policy, xb, cond, generator)
     zero = zero_variance_mask(scores)
+    # A group whose scores all tie has no best: its "best" would be hypothesis 0, an arbitrary pick that SFT
+    # would then imitate. Skip it, as GPA (zero advantages) and DPO (no pair) do.
+    if not zero.any():
+        loss = _base_loss(policy, xb, cond, generator)
+    elif zero.all():
+        loss = torch.zeros((), device=x0.device)
+    else:
+        keep = torch.nonzero(~zero).squeeze(1)
+        loss = _base_loss(policy, xb[keep], select_condition(cond, keep), generator)
     return ObjectiveOutput(
         loss,
         {
