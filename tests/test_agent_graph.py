@@ -137,6 +137,29 @@ def test_rerun_returns_finished_thread(tmp_path, memory, saver):
     third = critique_group(s, h2, memory=memory, config=cfg(), checkpointer=saver, run_dir=tmp_path / "g",
                            fresh=True)
     assert not third.resumed
+    # a finished critique is not handed out under another judge's name: that judge never saw the group
+    strict = type("StrictJudge", (BuiltinJudge,), {"name": "strict"})()
+    with pytest.raises(InputError, match="critiqued with the builtin judge"):
+        critique_group(s, h2, memory=memory, config=cfg(), judge=strict, checkpointer=saver, run_dir=tmp_path / "g")
+    fourth = critique_group(s, h2, memory=memory, config=cfg(), judge=strict, checkpointer=saver,
+                            run_dir=tmp_path / "g", fresh=True)
+    assert fourth.judge == "strict" and not fourth.resumed
+    again = critique_group(s, h2, memory=memory, config=cfg(), judge=strict, checkpointer=saver, run_dir=tmp_path / "g")
+    assert again.finished_earlier and again.judge == "strict"
+
+
+def test_group_ids_that_clean_to_one_name_get_their_own_run_folders(memory, saver):
+    from hmrcritic.agent.api import run_folder_name
+
+    assert run_folder_name("scene-1") == "scene-1"  # a clean id is its own folder name
+    assert len({run_folder_name(i) for i in ("c/1", "c_1", "c:1", "x" * 130, "x" * 131)}) == 5
+    s1, h1, _ = make_group(4)
+    s2, h2, _ = make_group(5)
+    a = critique_group(s1, h1, memory=memory, config=cfg(), checkpointer=saver, group_id="c/1")
+    b = critique_group(s2, h2, memory=memory, config=cfg(), checkpointer=saver, group_id="c_1")
+    assert a.run_dir != b.run_dir
+    again = critique_group(s1, h1, memory=memory, config=cfg(), checkpointer=saver, group_id="c/1")
+    assert again.finished_earlier and again.run_dir == a.run_dir and again.overall == a.overall
 
 
 class FlakyJudge:
@@ -472,3 +495,12 @@ def test_prune_runs_removes_old_threads_with_their_folders(tmp_path, memory):
     assert sorted(p.stem for p in (root / "traces").glob("*.jsonl")) == ["new-run"]
     with pytest.raises(InputError):
         prune_runs(-1, root=root)
+
+
+def test_a_bad_config_is_refused_before_anything_is_written(tmp_path, memory, saver):
+    s, h, _ = make_group(6)
+    with pytest.raises(InputError, match="max_reflections"):
+        critique_group(s, h, memory=memory, config={"render": False, "max_reflections": -1}, checkpointer=saver,
+                       run_dir=tmp_path / "bad")
+    assert not (tmp_path / "bad").exists()
+    assert compile_graph(saver).get_state({"configurable": {"thread_id": "scene-6"}}).values == {}

@@ -396,6 +396,70 @@ def test_export_reset_import_round_trip(tmp_path):
         store.import_json(tmp_path / "absent.json")
 
 
+@pytest.mark.parametrize("spoil", ["proto_overall", "proto_embedding", "rule_counts", "duplicate_rule"])
+def test_an_import_with_one_bad_record_imports_nothing(tmp_path, spoil):
+    """A bad record late in the file must not leave the rules before it merged: all or nothing."""
+    store = MemoryStore(tmp_path / "m")
+    store.prototypes.add([_proto("p0", pose_embedding(_poses()["squat"])[0])])
+    out = tmp_path / "export.json"
+    store.export_json(out)
+    data = json.loads(out.read_text())
+    data["rules"].append({**data["rules"][0], "rule_id": "brand-new", "text": "a new rule", "embedding": None})
+    if spoil == "proto_overall":
+        data["prototypes"][-1]["overall"] = 11.0
+    elif spoil == "proto_embedding":
+        data["prototypes"][-1]["embedding"] = data["prototypes"][-1]["embedding"][:5]
+    elif spoil == "rule_counts":
+        data["rules"][0].update(n_used=5, n_success=9)
+    else:
+        data["rules"].append(dict(data["rules"][-1]))
+    bad = tmp_path / "bad.json"
+    bad.write_text(json.dumps(data))
+    before = store.version()
+    with pytest.raises(InputError, match="nothing was imported"):
+        store.import_json(bad, overwrite=True)
+    assert store.version() == before
+    assert "brand-new" not in {r.rule_id for r in store.rules.all(include_retired=True)}
+
+
+def test_reset_forgets_what_exploration_recorded(tmp_path):
+    """A reset memory has explored nothing: a kept progress record would make the next exploration skip every
+    round as already done, into the empty memory."""
+    from hmrcritic.memory.store import EXPLORE_FILES
+
+    store = MemoryStore(tmp_path / "m")
+    for name in EXPLORE_FILES:
+        (tmp_path / "m" / name).write_text("{}")
+    store.reset()
+    assert not any((tmp_path / "m" / name).exists() for name in EXPLORE_FILES)
+
+
+def test_a_refused_reset_deletes_nothing(tmp_path, capsys):
+    """`memory reset` while an exploration holds the memory fails at once — before dropping anything."""
+    import subprocess
+
+    from hmrcritic.cli import main
+
+    path = tmp_path / "m"
+    n_rules = MemoryStore(path).rules.count()
+    code = textwrap.dedent(f"""
+        import sys
+        from hmrcritic.memory.store import MemoryStore
+        with MemoryStore({str(path)!r}).exclusive("an exploration"):
+            print("held", flush=True)
+            sys.stdin.readline()
+    """)
+    holder = subprocess.Popen([sys.executable, "-c", code], stdin=subprocess.PIPE, stdout=subprocess.PIPE,
+                              text=True)
+    try:
+        assert holder.stdout.readline().strip() == "held"
+        assert main(["memory", "reset", "--yes", "--no-seed", "--memory-dir", str(path)]) == 2
+        assert "busy with an exploration" in capsys.readouterr().err
+    finally:
+        holder.communicate("\n", timeout=60)
+    assert MemoryStore(path).rules.count() == n_rules > 0
+
+
 # ---- concurrency ----------------------------------------------------------------------------------------
 _WRITER = textwrap.dedent("""
     import sys, numpy as np
@@ -513,7 +577,9 @@ def test_cli_stats_rules_export_import_reset(tmp_path, capsys):
     assert main(["memory", "import", str(out), "--json", *d]) == 0
     capsys.readouterr()
     assert MemoryStore(path).rules.get(["starter-prior"])[0].n_used == 1
-    assert main(["memory", "stats", "--memory-dir", str(tmp_path / "nothing-here"), "--json"]) == 0
+    # a --memory-dir without a memory (a typo) is an error, and nothing is created there
+    assert main(["memory", "stats", "--memory-dir", str(tmp_path / "nothing-here"), "--json"]) == 2
+    assert "no memory at" in capsys.readouterr().err and not (tmp_path / "nothing-here").exists()
     assert main(["memory", "import", str(tmp_path / "absent.json"), *d]) == 2
     assert "no file" in capsys.readouterr().err
 

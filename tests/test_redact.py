@@ -72,6 +72,19 @@ def test_cli_error_line_and_debug_traceback_are_scrubbed(tmp_path, capsys):
     assert "Traceback" in err and "sk-CANARY-chroma-77" not in err
 
 
+def test_trace_records_carry_no_credentials():
+    """The trace's start record holds the agent config, whose Chroma URL may carry a user and password."""
+    from hmrcritic.agent.state import AgentConfig
+    from hmrcritic.agent.trace import TraceWriter
+
+    tracer = TraceWriter("run-redact-test", "g")
+    tracer.start(AgentConfig(render=False, chroma_url="http://admin:s3cret-CANARY-trace@127.0.0.1:9"))
+    tracer.error(RuntimeError("endpoint said: Authorization: Bearer sk-CANARY-bearer-123456"))
+    text = tracer.path.read_text()
+    assert "s3cret-CANARY-trace" not in text and "sk-CANARY-bearer-123456" not in text
+    assert "127.0.0.1:9" in text  # the rest of the config is kept
+
+
 class _Recorder(BaseHTTPRequestHandler):
     """A LangSmith endpoint on 127.0.0.1 that accepts and keeps every upload."""
 

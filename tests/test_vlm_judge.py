@@ -358,10 +358,15 @@ def test_normalise_proposals_filters(images):
             {"text": "third valid rule"},
         ]
     }
+    data["rules"][3]["per"] = 0.05  # graded: 10 points for every 0.05 of IoU below 0.5
+    data["rules"][2]["per"] = 4
     out = normalise_proposals(data, ctx).rules
     assert [r.text for r in out] == ["made-up measure", "iou low"]
-    assert out[0].measure is None and out[0].points is None  # condition dropped, text kept
+    assert out[0].measure is None and out[0].points is None and out[0].per is None  # condition dropped, text kept
     assert out[1].points == 10.0  # clamped
+    assert out[1].per == 0.05  # a graded proposal stays graded
+    data["rules"][3]["per"] = -1
+    assert normalise_proposals(data, ctx).rules[1].per is None  # nonsense step → a step rule
     with pytest.raises(ValueError):
         normalise_proposals({"rules": [{"text": ""}]}, ctx)
     assert normalise_proposals({"rules": []}, ctx).rules == []

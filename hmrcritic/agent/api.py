@@ -77,6 +77,16 @@ def safe_id(group_id: str) -> str:
     return s[:120]
 
 
+def run_folder_name(thread_id: str) -> str:
+    """The run folder of a checkpoint thread: the id itself when it is already a clean folder name, else the
+    cleaned id plus a hash of the raw one — two ids that clean to one name (``c/1`` and ``c_1``, or two long
+    ids cut at the same place) are two threads and must not share (and overwrite) one folder."""
+    s = safe_id(thread_id)
+    if s == thread_id:
+        return s
+    return f"{s[:100]}-{hashlib.sha1(thread_id.encode()).hexdigest()[:8]}"
+
+
 MAX_ABS_BETA = 50.0
 
 
@@ -194,20 +204,22 @@ def new_run_id(group_id: str) -> str:
 
 def _agent_config(config: AgentConfig | dict | None, judge: Any, memory: Any, learn: bool | None,
                   **overrides) -> AgentConfig:
-    if isinstance(config, AgentConfig):
-        cfg = config.model_copy()
-    else:
-        cfg = AgentConfig.model_validate(config or {})
+    from pydantic import ValidationError
+
+    raw = config.model_dump() if isinstance(config, AgentConfig) else dict(config or {})
     if judge is not None:
-        cfg.judge = judge_name(judge)
+        raw["judge"] = judge_name(judge)
     if isinstance(memory, str | Path):
-        cfg.memory_dir = str(memory)
+        raw["memory_dir"] = str(memory)
     if learn is not None:
-        cfg.learn = bool(learn)
-    for k, v in overrides.items():
-        if v is not None:
-            setattr(cfg, k, v)
-    return cfg
+        raw["learn"] = bool(learn)
+    raw.update({k: v for k, v in overrides.items() if v is not None})
+    try:  # validated here, before any input is written or thread started (not first inside the graph)
+        return AgentConfig.model_validate(raw)
+    except ValidationError as exc:
+        err = exc.errors()[0]
+        where = ".".join(str(x) for x in err["loc"]) or "config"
+        raise InputError(f"agent config: {where} {err['msg'].lower()} (got {err.get('input')!r})") from None
 
 
 def critique_group(
@@ -279,7 +291,16 @@ def critique_group(
                              "or fresh=True (--fresh) to recompute")
         saver.delete_thread(thread)
         values = {}
-    run_dir = Path(run_dir) if run_dir is not None else hconfig.runs_dir() / "groups" / safe_id(thread)
+    if values and values.get("judge", cfg.judge) != cfg.judge:
+        # A finished critique is reused only from the judge it was made with (reporting the old scores under
+        # the new judge's name would say a VLM scored what the builtin judge did); an interrupted one restarts
+        # rather than mixing two judges in one critique.
+        if values.get("done"):
+            raise InputError(f"group {gid} was critiqued with the {values['judge']} judge; use fresh=True "
+                             f"(--fresh) to critique it again with {cfg.judge}")
+        saver.delete_thread(thread)
+        values = {}
+    run_dir = Path(run_dir) if run_dir is not None else hconfig.runs_dir() / "groups" / run_folder_name(thread)
     if values.get("done"):
         return _scored(values, cfg, resumed=True).model_copy(update={"finished_earlier": True})
     run_id = new_run_id(gid)
@@ -290,7 +311,7 @@ def critique_group(
         start: Any = {
             "group_id": gid, "run_id": run_id, "run_dir": str(run_dir), "num_hypotheses": n,
             "image_path": str(image_path) if image_path else None, "has_labels": "true_error_mm" in arrays,
-            "inputs_digest": digest, "round": 0, "reflections": [], "issues": [], "feedback": "",
+            "inputs_digest": digest, "judge": cfg.judge, "round": 0, "reflections": [], "issues": [], "feedback": "",
         }
     else:  # an interrupted thread: resume from its last checkpoint
         start = None
@@ -354,7 +375,7 @@ def _scored(values: dict, cfg: AgentConfig, resumed: bool, run_id: str | None = 
     ranking = [s.index for s in sorted(scores, key=lambda s: (-s.overall, s.index))]
     return ScoredGroup(
         group_id=values["group_id"], scores=sorted(scores, key=lambda s: s.index), ranking=ranking,
-        memory_version=values.get("memory_version", "none"), judge=cfg.judge,
+        memory_version=values.get("memory_version", "none"), judge=values.get("judge") or cfg.judge,
         reflections=values.get("reflections", []), notes=crit.get("summary", ""),
         run_dir=values.get("run_dir", ""), run_id=run_id or values.get("run_id", ""),
         rules_applied=list(crit.get("rules_applied", [])), rules_recalled=values.get("rules", []),

@@ -61,13 +61,11 @@ from hmrcritic.agent.mining import (
 from hmrcritic.errors import AssetError, HMRCriticError, InputError
 from hmrcritic.io import append_jsonl, atomic_write_json, read_jsonl
 from hmrcritic.memory.schema import Prototype, Rule
+from hmrcritic.memory.store import EXPLORE_FILES
 
 ERROR_METRICS = ("pa_mpjpe", "mpjpe", "pve", "mix")
 MIX_WEIGHTS = {"mpjpe": 1.2, "pa_mpjpe": 2.0, "pve": 0.7}
-EXPLORED_FILE = "explored_on.json"
-PROGRESS_FILE = "explore_progress.json"
-PENDING_FILE = "explore_pending.json"
-LOG_FILE = "explore_log.jsonl"
+EXPLORED_FILE, PROGRESS_FILE, PENDING_FILE, LOG_FILE = EXPLORE_FILES
 SNAPSHOT_SKIP = (".write.lock", PENDING_FILE, ".complete")
 HISTORY_GROUPS = 64  # recent groups the miner validates a candidate rule on
 PROTOS_MISJUDGED = 2  # per group, besides the best and the worst

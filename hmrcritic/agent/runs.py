@@ -65,7 +65,7 @@ def prune_runs(older_than_days: float = 7.0, root: str | Path | None = None, dry
 
     A checkpoint thread is removed when its run folder is older than the cutoff or missing. ``dry_run``
     counts without deleting. Returns what was (or would be) removed and the bytes before and after."""
-    from hmrcritic.agent.api import safe_id
+    from hmrcritic.agent.api import run_folder_name
 
     if not older_than_days >= 0:
         raise InputError(f"--older-than must be ≥ 0 days, got {older_than_days}")
@@ -82,8 +82,8 @@ def prune_runs(older_than_days: float = 7.0, root: str | Path | None = None, dry
     removed = {"groups": 0, "checkpoints": 0, "traces": 0, "frozen-memory": 0, "evaluate": 0}
     stale_groups = {p.name for p in _entries(root / "groups") if old(p)}
     db = root / "checkpoints.sqlite"
-    threads = [t for t in _threads(db) if _safe(safe_id, t) in stale_groups
-               or not (root / "groups" / _safe(safe_id, t)).exists()]
+    threads = [t for t in _threads(db) if _safe(run_folder_name, t) in stale_groups
+               or not (root / "groups" / _safe(run_folder_name, t)).exists()]
     removed["checkpoints"] = len(threads)
     if threads and not dry_run:
         _delete_threads(db, threads)
@@ -130,8 +130,8 @@ def _delete_threads(db: Path, threads: list[str], batch: int = 256) -> None:
         con.close()
 
 
-def _safe(safe_id, thread_id: str) -> str:
+def _safe(folder_name, thread_id: str) -> str:
     try:
-        return safe_id(thread_id)
+        return folder_name(thread_id)
     except InputError:
         return ""

@@ -15,7 +15,7 @@ from typing import Any
 from hmrcritic import config as hconfig
 from hmrcritic.errors import InputError
 from hmrcritic.io import append_jsonl, atomic_write_text, read_jsonl
-from hmrcritic.redact import scrub
+from hmrcritic.redact import scrub, scrub_tree
 
 
 def traces_dir() -> Path:
@@ -76,7 +76,9 @@ class TraceWriter:
         self._held: list[dict] | None = [] if only_on_error else None
 
     def _write(self, rec: dict) -> None:
-        rec = {"run_id": self.run_id, "group_id": self.group_id, **rec}
+        # every record scrubbed, not just error lines: the config it starts with holds URLs (a Chroma server's
+        # may carry credentials), and a node's summary can quote what an endpoint said
+        rec = scrub_tree({"run_id": self.run_id, "group_id": self.group_id, **rec})
         if self._held is not None:
             self._held.append(rec)
         else:

@@ -185,8 +185,10 @@ def normalise_proposals(data: Any, ctx: JudgeContext) -> RuleProposals:
         executable = (
             measure in ctx.evidence and comp in COMPARATORS and threshold is not None and points is not None
         )
+        per = _num(item.get("per"))  # a graded rule's step; a step rule (or nonsense ≤ 0) has none
+        per = per if per is not None and per > 0 else None
         if not executable:
-            measure = comp = threshold = points = axis = None
+            measure = comp = threshold = points = axis = per = None
         else:
             points = min(10.0, max(0.0, points))
             if (measure, comp, round(threshold, 6)) in known_conds:
@@ -203,6 +205,7 @@ def normalise_proposals(data: Any, ctx: JudgeContext) -> RuleProposals:
                 threshold=threshold,
                 points=points,
                 axis=axis,
+                per=per,
             )
         )
         if len(out) == 2:

@@ -22,13 +22,14 @@ _JSON = typer.Option(False, "--json", help="Machine-readable output.")
 
 def _open(memory_dir: Path | None, chroma_url: str | None):
     """Open for reading: read-only when a memory exists (never modifies it); a missing default memory is
-    created and seeded, which is what every other command would see."""
+    created and seeded, which is what every other command would see. A ``--memory-dir`` that holds no memory
+    is an error naming it (a typo must not create and seed a new memory there)."""
     from hmrcritic import config
     from hmrcritic.memory.store import MemoryStore
 
     path = memory_dir or config.memory_dir()
     exists = bool(chroma_url) or (Path(path) / "chroma.sqlite3").exists()
-    return MemoryStore(path, chroma_url=chroma_url, read_only=exists)
+    return MemoryStore(path, chroma_url=chroma_url, read_only=exists or memory_dir is not None)
 
 
 def _print_json(obj) -> None:
@@ -139,6 +140,10 @@ def export(
     memory_dir: Path = _DIR, chroma_url: str = _URL, as_json: bool = _JSON,
 ) -> None:
     """Write the whole memory to a JSON file."""
+    from hmrcritic.errors import InputError
+
+    if file.is_dir():  # said before the memory is opened: the user's first mistake is the one to hear about
+        raise InputError(f"memory export: {file} is a folder; give a file path, e.g. {file / 'memory.json'}")
     out = _open(memory_dir, chroma_url).export_json(file)
     _print_json(out) if as_json else typer.echo(
         f"wrote {file}: {out['rules']} rules, {out['prototypes']} prototypes (version {out['version']})")
@@ -167,7 +172,7 @@ def reset(
     memory_dir: Path = _DIR, chroma_url: str = _URL,
 ) -> None:
     """Delete every rule and prototype and start again (seeded with the starter rules)."""
-    from hmrcritic.memory.store import COLLECTIONS, MemoryStore
+    from hmrcritic.memory.store import COLLECTIONS, MemoryStore, hold_exclusive
 
     where = chroma_url or str(memory_dir or "the default memory folder")
     if not yes and not typer.confirm(f"Delete all rules and prototypes in {where}?"):
@@ -177,10 +182,12 @@ def reset(
         from hmrcritic import config
 
         path = config.memory_dir()
-    if not chroma_url:
-        MemoryStore.drop_collections(Path(path), list(COLLECTIONS))  # works even on a mismatched memory
-    store = MemoryStore(path, chroma_url=chroma_url, seed_starter=False)
-    store.reset(seed_starter=not no_seed)
+    # hold the memory before touching it: a reset refused because an exploration runs must delete nothing
+    with hold_exclusive(path, "a memory reset"):
+        if not chroma_url:
+            MemoryStore.drop_collections(Path(path), list(COLLECTIONS))  # works even on a mismatched memory
+        store = MemoryStore(path, chroma_url=chroma_url, seed_starter=False)
+        store.reset(seed_starter=not no_seed)
     st = store.stats()
     typer.echo(f"memory reset at {st['location']}: {st['rules']} rules, {st['prototypes']} prototypes "
                f"(version {st['version']})")

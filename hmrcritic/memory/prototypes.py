@@ -82,14 +82,11 @@ class PrototypeMemory:
         with self._store._local_lock():
             return self._col().count()
 
-    def add(self, protos: list[Prototype], progress: bool = False) -> list[str]:
-        """Insert or replace prototypes by id (empty ``proto_id`` → derived from source + embedding).
-
-        Embeddings must be :func:`pose_embedding` vectors (``POSE_DIM`` long, finite); the whole list is
-        written under one lock acquisition."""
-        if not protos:
-            return []
-        ids, vecs, metas, docs = [], [], [], []
+    @staticmethod
+    def check(protos: list[Prototype]) -> tuple[list[str], list[np.ndarray]]:
+        """(ids, embeddings) of prototypes that :meth:`add` would store, or an InputError naming the first bad
+        one — without writing anything, so an import can check every record before its first write."""
+        ids, vecs = [], []
         for p in protos:
             emb = np.asarray(p.embedding, dtype=np.float32)
             if emb.shape != (POSE_DIM,) or not np.all(np.isfinite(emb)):
@@ -101,11 +98,20 @@ class PrototypeMemory:
                     raise InputError(f"prototype {p.proto_id or p.source!r}: {k}={v} outside [0, 10]")
             ids.append(p.proto_id or auto_proto_id(p))
             vecs.append(emb)
-            p2 = p.model_copy(update={"tags": normalise_tags(p.tags)})
-            metas.append(proto_to_metadata(p2))
-            docs.append(p.rationale)
         if len(set(ids)) != len(ids):
             raise InputError("prototype ids must be unique within one add() call")
+        return ids, vecs
+
+    def add(self, protos: list[Prototype], progress: bool = False) -> list[str]:
+        """Insert or replace prototypes by id (empty ``proto_id`` → derived from source + embedding).
+
+        Embeddings must be :func:`pose_embedding` vectors (``POSE_DIM`` long, finite); the whole list is
+        written under one lock acquisition."""
+        if not protos:
+            return []
+        ids, vecs = self.check(protos)
+        metas = [proto_to_metadata(p.model_copy(update={"tags": normalise_tags(p.tags)})) for p in protos]
+        docs = [p.rationale for p in protos]
         with self._store._write():
             total, _ = self._store._proto_sum()
             old = self._store._get_all(PROTOTYPES_COLLECTION, include=["metadatas"], ids=ids)

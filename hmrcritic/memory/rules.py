@@ -196,7 +196,8 @@ class RuleMemory:
         return {i: np.asarray(e, dtype=np.float32) for i, e in pairs}
 
     # ---- writing -------------------------------------------------------------------------------------
-    def _validate(self, rule: Rule) -> Rule:
+    def validate(self, rule: Rule) -> Rule:
+        """A checked copy of ``rule`` (text, statistics, tags, id) as :meth:`add` and :meth:`update` store it."""
         rule = rule.model_copy(deep=True)
         if not rule.text.strip():
             raise InputError(f"rule {rule.rule_id or '(new)'} has empty text")
@@ -213,7 +214,7 @@ class RuleMemory:
 
         A rule without id whose text is already stored maps to the existing id and is not added twice; an
         explicit id that already exists is an InputError (use :meth:`update`)."""
-        rules = [self._validate(r) for r in rules]
+        rules = [self.validate(r) for r in rules]
         if not rules:
             return []
         with self._store._write():
@@ -238,7 +239,7 @@ class RuleMemory:
 
     def update(self, rules: list[Rule]) -> None:
         """Replace stored rules (text, tags, statistics, condition, retired) by id; re-embeds changed text."""
-        rules = [self._validate(r) for r in rules]
+        rules = [self.validate(r) for r in rules]
         if not rules:
             return
         with self._store._write():

@@ -44,6 +44,10 @@ SCHEMA_VERSION = 1
 EXPORT_FORMAT = "hmrcritic-memory"
 LOCK_NAME = ".write.lock"
 CALIBRATION_KEY = "score_calibration"  # rules-collection metadata key holding the ScoreCalibration JSON
+# Exploration's records beside the collections (hmrcritic.agent.explore): which groups the contents were
+# learned from, its progress, a batch not yet applied and its log. They describe the contents, so a reset
+# deletes them with them.
+EXPLORE_FILES = ("explored_on.json", "explore_progress.json", "explore_pending.json", "explore_log.jsonl")
 EXCLUSIVE_NAME = ".exclusive.lock"  # held for a whole exploration / import / reset (MemoryStore.exclusive)
 LOCK_TIMEOUT_S = float(os.environ.get("HMRCRITIC_MEMORY_LOCK_TIMEOUT", "300"))
 
@@ -133,6 +137,55 @@ def _http_client(url: str):
     return client
 
 
+@contextmanager
+def hold_exclusive(path: str | os.PathLike, what: str, location: str | None = None) -> Iterator[None]:
+    """Hold the memory at ``path`` for one long job (an exploration, an import, a reset) against every other
+    such job, in any process on this machine.
+
+    The write lock serialises single batches only; two explorations interleaving their batches would each
+    also count the other's groups (an audit found rule statistics doubled, both runs exiting 0). So a
+    second job fails at once and names the first, rather than waiting for hours. Re-entrant within a
+    process (an exploration that imports or resets holds it already). A function of the folder rather than
+    of an open store, so that ``memory reset`` can hold it while it drops collections it cannot open."""
+    path = Path(path).expanduser().resolve()
+    key = str(path)
+    with _REGISTRY_LOCK:
+        depth = _EXCLUSIVE_HELD.get(key, 0)
+        if depth:
+            _EXCLUSIVE_HELD[key] = depth + 1
+    if depth:
+        try:
+            yield
+        finally:
+            with _REGISTRY_LOCK:
+                _EXCLUSIVE_HELD[key] -= 1
+        return
+    path.mkdir(parents=True, exist_ok=True)
+    lock_file = path / EXCLUSIVE_NAME
+
+    def busy(by: str) -> InputError:
+        return InputError(f"memory at {location or path} is busy with {by}; wait for it to finish or use "
+                          f"another --memory-dir (lock file {lock_file})")
+
+    with exclusive_lock(lock_file, what, busy=busy):
+        with _REGISTRY_LOCK:
+            _EXCLUSIVE_HELD[key] = 1
+        try:
+            yield
+        finally:
+            with _REGISTRY_LOCK:
+                _EXCLUSIVE_HELD.pop(key, None)
+
+
+def _finite_vector(value, dim: int) -> bool:
+    """Whether ``value`` is a list of ``dim`` finite numbers (a stored embedding that can be reused as is)."""
+    try:
+        v = np.asarray(value, dtype=np.float64)
+    except (TypeError, ValueError):
+        return False
+    return v.shape == (dim,) and bool(np.all(np.isfinite(v)))
+
+
 class MemoryStore:
     """Rules + prototypes in Chroma. ``path`` None → ``config.memory_dir()``; ``chroma_url`` → a server.
 
@@ -155,6 +208,8 @@ class MemoryStore:
         if self.chroma_url:
             self._client = _http_client(self.chroma_url)
         else:
+            if self.path.exists() and not self.path.is_dir():
+                raise InputError(f"a file is where a folder is needed: {self.path} (a memory is a folder)")
             if self.read_only and not (self.path / "chroma.sqlite3").exists():
                 raise AssetError(f"no memory at {self.path} (nothing to open read-only); create one with "
                                  "`hmrcritic memory reset --yes` or by exploring")
@@ -464,41 +519,11 @@ class MemoryStore:
     @contextmanager
     def exclusive(self, what: str) -> Iterator[None]:
         """Hold this memory for one long job (an exploration, an import, a reset) against every other such job,
-        in any process on this machine.
-
-        The write lock serialises single batches only; two explorations interleaving their batches would each
-        also count the other's groups (an audit found rule statistics doubled, both runs exiting 0). So a
-        second job fails at once and names the first, rather than waiting for hours. Re-entrant within a
-        process (an exploration that imports or resets holds it already)."""
+        in any process on this machine (:func:`hold_exclusive`)."""
         if self.read_only:
             raise ReadOnlyMemoryError(f"memory at {self.location} is open read-only (frozen); {what} writes to it")
-        key = str(self.path.resolve())
-        with _REGISTRY_LOCK:
-            depth = _EXCLUSIVE_HELD.get(key, 0)
-            if depth:
-                _EXCLUSIVE_HELD[key] = depth + 1
-        if depth:
-            try:
-                yield
-            finally:
-                with _REGISTRY_LOCK:
-                    _EXCLUSIVE_HELD[key] -= 1
-            return
-        self.path.mkdir(parents=True, exist_ok=True)
-        lock_file = self.path / EXCLUSIVE_NAME
-
-        def busy(by: str) -> InputError:
-            return InputError(f"memory at {self.location} is busy with {by}; wait for it to finish or use "
-                              f"another --memory-dir (lock file {lock_file})")
-
-        with exclusive_lock(lock_file, what, busy=busy):
-            with _REGISTRY_LOCK:
-                _EXCLUSIVE_HELD[key] = 1
-            try:
-                yield
-            finally:
-                with _REGISTRY_LOCK:
-                    _EXCLUSIVE_HELD.pop(key, None)
+        with hold_exclusive(self.path, what, location=self.location):
+            yield
 
     def reset(self, seed_starter: bool = True) -> None:
         """Delete both collections and recreate them (seeded with the starter rules unless told not to)."""
@@ -509,6 +534,10 @@ class MemoryStore:
                 with suppress(NotFoundError, ValueError):
                     self._client.delete_collection(name)
             self._cols = {}
+            # what exploration recorded about the contents goes with them: a kept progress record would make
+            # the next exploration skip every round as already done, into an empty memory
+            for name in EXPLORE_FILES:
+                (self.path / name).unlink(missing_ok=True)
             self._create_missing(seed_starter)
 
     def export_json(self, path: str | os.PathLike) -> dict:
@@ -568,6 +597,18 @@ class MemoryStore:
             cal = ScoreCalibration.model_validate(data["calibration"]) if data.get("calibration") else None
         except Exception as exc:
             raise InputError(f"memory import: {path} has a malformed record ({exc})".splitlines()[0]) from exc
+        # Check every record before the first write: a bad record late in the file must not leave the rules
+        # before it merged (an import is all or nothing).
+        try:
+            checked = [self.rules.validate(r) for r, _ in rules]
+            self.prototypes.check(protos)
+        except InputError as exc:
+            raise InputError(f"memory import: {path}: {exc} (nothing was imported)") from None
+        ids = [r.rule_id for r in checked]
+        if len(set(ids)) != len(ids):
+            dup = sorted({i for i in ids if ids.count(i) > 1})
+            raise InputError(f"memory import: {path} holds rule id(s) {dup[:5]} more than once (nothing was imported)")
+        rules = [(r, e if _finite_vector(e, TEXT_DIM) else None) for r, (_, e) in zip(checked, rules, strict=True)]
         counts = {"rules_added": 0, "rules_updated": 0, "rules_skipped": 0, "prototypes": 0}
         with self._write():
             current = {r.rule_id: r for r in self.rules.all(include_retired=True)}
@@ -577,7 +618,7 @@ class MemoryStore:
             counts["rules_skipped"] = len(rules) - len(new) - len(upd)
             if new:
                 vecs = None
-                if same_text and all(e is not None and len(e) == TEXT_DIM for _, e in new):
+                if same_text and all(e is not None for _, e in new):
                     vecs = np.asarray([e for _, e in new], dtype=np.float32)
                 self.rules.add([r for r, _ in new], embeddings=vecs)
             if upd:
