@@ -133,3 +133,21 @@ def test_critique_scene_and_missing_model(user_inputs, tmp_path, capsys, monkeyp
     assert rc == 2 and err.startswith("error:") and len(err.splitlines()) == 1
     rc = main(["critique", "--scene", "test", "--hypotheses", str(user_inputs / "hyps.npz")])
     assert rc == 2 and "SPLIT:INDEX" in capsys.readouterr().err
+
+
+def test_report_embeds_images_by_their_content_not_their_name(tmp_path):
+    """A JPEG named .png is labelled JPEG; a TIFF (browsers do not show it) is embedded re-encoded as PNG."""
+    import base64
+    import re
+
+    import numpy as np
+    from PIL import Image
+
+    from hmrcritic.agent.report import _img
+
+    Image.fromarray(np.full((4, 4, 3), 9, np.uint8)).save(tmp_path / "a.tiff")
+    Image.fromarray(np.full((4, 4, 3), 9, np.uint8)).save(tmp_path / "jpeg.png", format="JPEG")
+    mime = {n: re.search(r"data:([a-z/]+);base64,([^\"]+)", _img(str(tmp_path / n), "x")).groups()
+            for n in ("a.tiff", "jpeg.png")}
+    assert mime["jpeg.png"][0] == "image/jpeg"
+    assert mime["a.tiff"][0] == "image/png" and base64.b64decode(mime["a.tiff"][1]).startswith(b"\x89PNG")

@@ -25,11 +25,32 @@ code{background:#f4f4f4;padding:1px 4px}
 """
 
 
+_MAGIC = ((b"\x89PNG\r\n\x1a\n", "image/png"), (b"\xff\xd8\xff", "image/jpeg"), (b"GIF8", "image/gif"),
+          (b"BM", "image/bmp"))
+
+
+def _browser_mime(data: bytes) -> str | None:
+    """The MIME type of an image a browser shows inline, from its first bytes (not its file name), or None."""
+    if data[:4] == b"RIFF" and data[8:12] == b"WEBP":
+        return "image/webp"
+    return next((mime for magic, mime in _MAGIC if data.startswith(magic)), None)
+
+
 def _img(path: str | None, alt: str) -> str:
     if not path or not Path(path).exists():
         return ""
-    data = base64.b64encode(Path(path).read_bytes()).decode("ascii")
-    mime = "image/png" if str(path).lower().endswith(".png") else "image/jpeg"
+    raw = Path(path).read_bytes()
+    mime = _browser_mime(raw)
+    if mime is None:  # a format browsers do not show (TIFF, …): embed it re-encoded as PNG
+        import io
+
+        from PIL import Image
+
+        buf = io.BytesIO()
+        with Image.open(io.BytesIO(raw)) as im:
+            im.convert("RGB").save(buf, format="PNG")
+        raw, mime = buf.getvalue(), "image/png"
+    data = base64.b64encode(raw).decode("ascii")
     return f'<figure><img alt="{html.escape(alt)}" src="data:{mime};base64,{data}"><figcaption class="muted">' \
            f"{html.escape(alt)}</figcaption></figure>"
 
