@@ -232,6 +232,11 @@ def finetune(config: FinetuneConfig, progress: bool | Callable[[dict], None] = F
         raise InputError(f"--t-min must be in [0, {base.num_timesteps}), got {cfg.t_min}")
     out.parent.mkdir(parents=True, exist_ok=True)
     base_hash = state_dict_hash(base)
+    if base_hash != ds.header.model_hash and progress is True:
+        import sys
+
+        print(f"note: {cfg.data} was sampled by model {ds.header.model_hash}, but the model being aligned is "
+              f"{base_hash}: the preferences are about another model's samples (check --model)", file=sys.stderr)
     reference = frozen_reference(base) if cfg.objective != "sft" else None
     policy = copy.deepcopy(base).train()
     for p in policy.parameters():

@@ -16,6 +16,7 @@ The shipped model is the EMA of the weights (a standard diffusion practice; smoo
 from __future__ import annotations
 
 import copy
+import json
 import math
 import time
 from collections.abc import Callable
@@ -33,7 +34,7 @@ from hmrcritic.hmr.diffusion import (
     params_to_x0,
     save_model,
 )
-from hmrcritic.io import append_jsonl, atomic_torch_save, read_jsonl
+from hmrcritic.io import append_jsonl, atomic_torch_save, atomic_write_text, read_jsonl
 
 # COCO-17 limb groups that are occluded together (an arm, a leg, the face) in the limb-occlusion augmentation.
 LIMB_GROUPS = [
@@ -241,10 +242,9 @@ def train_base(
         except Exception as exc:
             raise AssetError(f"cannot resume from {state_path}: {type(exc).__name__}: {exc}") from None
         # drop log records past the checkpoint (written after it by the killed run)
+        # one atomic rewrite (each record keeps its checksum): a crash here must not lose the log before it
         records = [r for r in read_jsonl(log_path) if r.get("step", 0) <= start]
-        log_path.unlink(missing_ok=True)
-        for r in records:
-            append_jsonl(log_path, {k: v for k, v in r.items() if k != "checksum"})
+        atomic_write_text(log_path, "".join(json.dumps(r) + "\n" for r in records))
     elif not resume:
         log_path.unlink(missing_ok=True)
 
