@@ -119,7 +119,8 @@ def main(argv: list[str] | None = None) -> int:
         import click
         import pydantic
 
-        if isinstance(exc, click.ClickException):
+        # typer ships its own copy of click (typer._click), whose exceptions are not click's: match by class name
+        if isinstance(exc, click.ClickException) or any(c.__name__ == "ClickException" for c in type(exc).__mro__):
             exc.show()
             return exc.exit_code
         if isinstance(exc, pydantic.ValidationError):  # a setting out of range (AgentConfig and the like)

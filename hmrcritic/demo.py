@@ -91,6 +91,9 @@ def run_demo(
 
     say(f"[2/4] exploring {explore_rounds} × {explore_batch} labelled train groups to grow the critic's memory")
     memory = MemoryStore(out / "memory")
+    # a fresh memory every run: exploring on top of a previous demo's memory (other --seed, more rounds) would
+    # make the figures depend on how often the demo ran in this folder
+    memory.reset()
 
     def on_event(event: str, payload: dict) -> None:
         if event == "rule_added":

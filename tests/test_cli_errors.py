@@ -37,6 +37,8 @@ CASES = {
     "evaluate on a device torch lacks": (["evaluate", "--limit", "1", "-n", "2", "--device", "tpu"], "device"),
     "memory import of binary": (["memory", "import", "{binary}", "--memory-dir", "{tmp}/m"], "not readable JSON"),
     "memory export into a folder": (["memory", "export", "{folder}", "--memory-dir", "{tmp}/m"], "is a folder"),
+    "--focal with a scene": (["sample", "--scene", "test:0", "--focal", "100", "--no-render", "--out", "{tmp}/s"],
+                             "has its own camera"),
     "export with 0 DDIM steps": (["export", "--split", "wild", "--num-generations", "4", "--limit", "2", "--steps",
                                   "0", "--out", "{tmp}/e"], "DDIM steps"),
 }
@@ -46,7 +48,9 @@ CASES = {
 def test_bad_cli_input_is_one_clear_line(case, places, capsys):
     argv, needle = CASES[case]
     rc = main([a.format(**places) for a in argv])
-    err = capsys.readouterr().err.strip()
+    # the first-use notice ("generating synthetic split …") is information on stderr, not part of the error
+    err = "\n".join(line for line in capsys.readouterr().err.strip().splitlines()
+                    if not line.startswith("hmrcritic: generating synthetic split"))
     assert rc == 2, err
     assert err.startswith("error:") and len(err.splitlines()) == 1, err
     assert needle in err
@@ -55,6 +59,27 @@ def test_bad_cli_input_is_one_clear_line(case, places, capsys):
         assert not (places["tmp"] / "xmem").exists()  # refused before the memory folder was made
     if case == "export with 0 DDIM steps":
         assert not (places["tmp"] / "e").exists()
+
+
+def test_usage_errors_show_usage_and_exit_2(capsys):
+    """typer's own click copy raises its own exception classes: still a usage message and exit code 2."""
+    assert main(["sample", "--scene", "test:0"]) == 2
+    err = capsys.readouterr().err
+    assert "Usage:" in err and "--out" in err and "Traceback" not in err and "--debug" not in err
+    assert main(["sample", "--bogus-flag"]) == 2
+    assert "No such option" in capsys.readouterr().err
+
+
+def test_json_output_stays_parseable_when_a_split_is_generated(tmp_path, monkeypatch, capsys):
+    """The first-use notice goes to stderr, so `--json` on stdout is JSON even on a fresh home."""
+    import json
+
+    monkeypatch.setenv("HMRCRITIC_HOME", str(tmp_path / "home"))
+    monkeypatch.setenv("HMRCRITIC_SPLIT_SIZE_SCALE", "0.01")
+    assert main(["sample", "--scene", "test:0", "-n", "2", "--steps", "2", "--no-render", "--json",
+                 "--out", str(tmp_path / "s")]) == 0
+    captured = capsys.readouterr()
+    assert json.loads(captured.out)["num_generations"] == 2 and "generating synthetic split" in captured.err
 
 
 def test_ambiguous_trace_id_says_so(capsys):

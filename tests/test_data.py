@@ -195,6 +195,12 @@ def test_keypoint_formats(tmp_path):
         write(tmp_path, "d.json", {"keypoints": [1, 2, 0] * 8 + [5, 6, 1] + [7, 8, 2] * 8})
     )
     assert (flags[:8] == 0).all() and flags[8, 2] == 0.5 and (flags[9:, 2] == 1).all()
+    # a detector's scores in COCO-annotation form are confidences, not flags (a 0.9 is not "not labelled")
+    scores = D.read_keypoints_json(write(tmp_path, "e.json", {"keypoints": [v for r in COCO for v in r[:2] + [0.9]]
+                                                              [:-3] + [116, 98, 1.0]}))
+    assert np.allclose(scores[:16, 2], 0.9) and scores[16, 2] == 1.0
+    with pytest.raises(InputError, match="outside"):
+        D.read_keypoints_json(write(tmp_path, "f.json", {"keypoints": [1, 2, 0.5] * 16 + [3, 4, 7]}))
 
 
 def test_body25_maps_to_coco17(tmp_path):

@@ -146,6 +146,28 @@ def test_sample_solves_translation_with_body_model():
     assert grp.transl.shape == (2, 3, 3) and torch.isfinite(grp.transl).all()
 
 
+def test_sample_to_dir_writes_one_run_and_refuses_a_broken_model(tmp_path):
+    """A smaller -n into the same folder leaves no meshes of the last run; NaN weights write nothing."""
+    from types import SimpleNamespace
+
+    from hmrcritic.hmr.body import load_body_model
+    from hmrcritic.hmr.diffusion import sample_to_dir
+
+    body = load_body_model()
+    torch.manual_seed(0)
+    m = HMRDiffusion(TINY).eval()
+    kp = np.concatenate([np.random.default_rng(0).uniform(150, 450, (17, 2)), np.ones((17, 1))], 1)
+    item = SimpleNamespace(keypoints=kp, K=_K(1)[0].numpy(), image_size=np.array([640.0, 480.0]), sample_id="s")
+    sample_to_dir(m, item, tmp_path, num_generations=3, steps=2, obj=True, render=False, body=body)
+    sample_to_dir(m, item, tmp_path, num_generations=2, steps=2, obj=True, render=False, body=body)
+    assert sorted(p.name for p in tmp_path.glob("hyp_*.obj")) == ["hyp_00.obj", "hyp_01.obj"]
+    with torch.no_grad():
+        next(m.parameters()).fill_(float("nan"))
+    with pytest.raises(AssetError, match="non-finite"):
+        sample_to_dir(m, item, tmp_path / "nan", num_generations=2, steps=2, obj=True, render=False, body=body)
+    assert not (tmp_path / "nan" / "hypotheses.npz").exists()
+
+
 def test_solve_translation_recovers_known_translation():
     g = torch.Generator().manual_seed(0)
     B, N, J = 4, 3, 17

@@ -138,6 +138,12 @@ def test_bad_settings_are_one_line_errors():
         make_preset("quick", {"objectives": "gpa,ppo"})
     with pytest.raises(InputError, match="KEY=VALUE"):
         parse_overrides(["lr"])
+    # settings that only the last stages read are refused before the first stage runs
+    for key, value, needle in (("eval_split", "bogus", "labelled split"), ("eval_split", "wild", "labelled split"),
+                               ("judge", "nope", "builtin or vlm"), ("lr", "nan", "lr must"), ("ema", "2", "ema must"),
+                               ("beta", "-1", "beta must"), ("gpa_weight", "inf", "gpa_weight must")):
+        with pytest.raises(InputError, match=needle):
+            make_preset("quick", {key: value})
     p = make_preset("full", parse_overrides(["lr=3e-4", "t_min=none", "critic_top1=false"]))
     assert p.lr == 3e-4 and p.t_min is None and p.critic_top1 is False
 

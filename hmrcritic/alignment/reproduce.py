@@ -46,6 +46,7 @@ from typing import Any
 import numpy as np
 import torch
 
+from hmrcritic.alignment.objectives import ObjectiveConfig
 from hmrcritic.errors import InputError
 from hmrcritic.io import atomic_write_json, atomic_write_text
 
@@ -110,6 +111,22 @@ class Preset:
             raise InputError(f"preset field explore_rounds must be ≥ 0, got {self.explore_rounds}")
         if self.num_generations < 2 or self.explore_generations < 2:
             raise InputError("num_generations and explore_generations must be ≥ 2 (a group needs a comparison)")
+        # checked here, not when the stage that reads them starts (after exploring, exporting and finetuning)
+        from hmrcritic.hmr.data import SPLITS
+
+        if self.eval_split not in SPLITS or self.eval_split == "wild":
+            labelled = ", ".join(s for s in SPLITS if s != "wild")
+            raise InputError(f"preset field eval_split must be a labelled split ({labelled}), got {self.eval_split!r}")
+        if self.judge not in ("builtin", "vlm"):
+            raise InputError(f"preset field judge must be builtin or vlm, got {self.judge!r}")
+        if not (math.isfinite(self.lr) and self.lr > 0):
+            raise InputError(f"preset field lr must be a finite number > 0, got {self.lr}")
+        if not 0.0 <= self.ema < 1.0:
+            raise InputError(f"preset field ema must be in [0, 1), got {self.ema}")
+        try:
+            ObjectiveConfig("gpa", self.beta, self.t_min, self.gpa_weight, self.base_loss_weight)
+        except ValueError as exc:
+            raise InputError(f"preset: {exc}") from None
 
 
 PRESETS: dict[str, Preset] = {

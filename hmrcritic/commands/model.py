@@ -118,6 +118,7 @@ def register(app: typer.Typer) -> None:
         num_generations: int = typer.Option(16, "-n", "--num-generations", help="Hypotheses to draw."),
         steps: int = typer.Option(10, help="DDIM steps."),
         eta: float = typer.Option(0.0, help="DDIM eta (0 = deterministic given the seed)."),
+        guidance: float = typer.Option(0.0, help="2D keypoint guidance strength (0 = the model alone)."),
         seed: int = typer.Option(0, help="Sampling seed."),
         focal: float = typer.Option(None, help="Focal length in px for user images (default max(W,H))."),
         out: Path = typer.Option(..., help="Output folder."),
@@ -137,6 +138,8 @@ def register(app: typer.Typer) -> None:
         if scene and (image or keypoints):
             raise InputError("give either --scene or --image/--keypoints, not both")
         if scene:
+            if focal is not None:  # a scene carries its own camera; taking the flag and ignoring it misleads
+                raise InputError("--focal applies to --image/--keypoints; a --scene has its own camera")
             item = _parse_scene(scene)
         elif image and keypoints:
             from hmrcritic.hmr.data import sample_from_user
@@ -152,6 +155,7 @@ def register(app: typer.Typer) -> None:
             num_generations=num_generations,
             steps=steps,
             eta=eta,
+            guidance=guidance,
             seed=seed,
             obj=obj,
             render=render,

@@ -25,8 +25,10 @@ import json
 import math
 import os
 import shutil
+import sys
 import time
 import warnings
+import zipfile
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -543,7 +545,8 @@ def load_split(
         with FileLock(str(folder.parent / f".{name}.lock")):
             if not fresh(_manifest(folder)):  # another process may have made it meanwhile
                 if not quiet:
-                    print(f"hmrcritic: generating synthetic split '{name}' into {folder} (first use)")
+                    # stderr: a command's --json output on stdout must stay parseable on first use
+                    print(f"hmrcritic: generating synthetic split '{name}' into {folder} (first use)", file=sys.stderr)
                 generate_split(name, folder, n=n, quiet=quiet)
     return SceneSet(folder)
 
@@ -584,8 +587,9 @@ class SceneSet:
             try:
                 with np.load(path, allow_pickle=False) as z:
                     self._cache[k] = {key: z[key] for key in z.files}
-            except (OSError, ValueError) as exc:
-                raise AssetError(f"{path}: unreadable shard ({exc}); regenerate the split") from None
+            except (OSError, ValueError, EOFError, KeyError, zipfile.BadZipFile) as exc:  # truncated → BadZipFile
+                raise AssetError(f"{path}: unreadable shard ({type(exc).__name__}: {exc}); regenerate the split "
+                                 f"(delete {self.folder})") from None
         return self._cache[k]
 
     def keys(self) -> list[str]:
@@ -651,6 +655,8 @@ def read_image(path) -> np.ndarray:
         with Image.open(p) as im:
             im.load()
             arr = np.asarray(im.convert("RGB"), dtype=np.uint8)
+    except Image.DecompressionBombError as exc:
+        raise InputError(f"{p}: image too large to read safely ({exc})".splitlines()[0]) from None
     except (UnidentifiedImageError, OSError, ValueError) as exc:
         raise InputError(f"{p}: not a readable image (PNG/JPEG expected): {exc}") from None
     if arr.ndim != 3 or arr.shape[0] < 2 or arr.shape[1] < 2:
@@ -670,7 +676,8 @@ def read_keypoints_json(path, image_size=None) -> np.ndarray:
     """COCO-17 keypoints (17,3) ``[u, v, conf]`` from a JSON file, validated.
 
     Accepted forms: a list of 17 ``[x, y, c]``; 51 flat numbers; a COCO annotation ``{"keypoints": [51]}``
-    (visibility flags 0/1/2 become confidence 0/0.5/1) or a list of them; OpenPose
+    (visibility flags 0/1/2 become confidence 0/0.5/1; values that are not all flags are read as confidences in
+    [0, 1]) or a list of them; OpenPose
     ``{"people": [{"pose_keypoints_2d": [75]}]}`` (BODY_25, mapped to COCO-17). With several people the
     first is used and a warning is issued. ``image_size`` (W,H) rejects visible points outside the image.
     """
@@ -724,7 +731,9 @@ def read_keypoints_json(path, image_size=None) -> np.ndarray:
         i = int(np.argwhere(bad)[0][0])
         raise InputError(f"{p}: keypoint {i} ({COCO17_NAMES[i]}) is NaN or infinite")
     conf = arr[:, 2]
-    if visibility_flags or (conf.max() > 1 and np.isin(conf, (0, 1, 2)).all()):
+    # COCO visibility flags only when every value is one (0/1/2); a COCO-style file from a detector carries
+    # scores (0.93, …) in that slot, which are confidences — mapping them as flags silently hid every point < 1
+    if np.isin(conf, (0, 1, 2)).all() and (visibility_flags or conf.max() > 1):
         arr[:, 2] = np.select([conf >= 2, conf >= 1], [1.0, 0.5], 0.0)
     elif (conf < 0).any() or (conf > 1).any():
         i = int(np.argmax((conf < 0) | (conf > 1)))

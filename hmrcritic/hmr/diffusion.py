@@ -624,6 +624,7 @@ def sample_to_dir(
     eta: float = 0.0,
     seed: int = 0,
     obj: bool = False,
+    guidance: float = 0.0,
     render: bool = True,
     body=None,
     image=None,
@@ -635,6 +636,8 @@ def sample_to_dir(
     with ``obj`` one ``hyp_XX.obj`` per hypothesis (camera frame), with ``render`` ``overlay_XX.png``,
     ``side_XX.png`` and ``grid.png`` (all N overlays, indexed). Returns a summary dict (paths, counts).
     """
+    import numpy as np
+
     from hmrcritic.io import atomic_save_npz, atomic_write_json
 
     device = model.alphas_cumprod.device
@@ -649,8 +652,20 @@ def sample_to_dir(
         body = load_body_model(device=str(device))
     cond = condition_from_keypoints(kp, K, size)
     gen = torch.Generator(device=device).manual_seed(int(seed))
-    group = sample(model, cond, num_generations=num_generations, steps=steps, eta=eta, generator=gen, body=body)
+    group = sample(model, cond, num_generations=num_generations, steps=steps, eta=eta, generator=gen, body=body,
+                   guidance=guidance)
     arrays = group.numpy(0)
+    bad = [k for k, v in arrays.items() if np.issubdtype(np.asarray(v).dtype, np.floating) and not np.isfinite(v).all()]
+    if bad:
+        raise AssetError(f"the model sampled non-finite {', '.join(bad)}: its checkpoint "
+                         f"{getattr(model, 'checkpoint_path', None) or '(in memory)'} is broken (NaN/inf weights?); "
+                         "nothing was written")
+    # summary.json marks a finished folder: remove it (and a previous run's numbered files, which a smaller
+    # -n would leave behind) before writing, so the folder never mixes two runs
+    (out_dir / "summary.json").unlink(missing_ok=True)
+    for pattern in ("hyp_[0-9][0-9]*.obj", "overlay_[0-9][0-9]*.png", "side_[0-9][0-9]*.png", "grid.png"):
+        for stale in out_dir.glob(pattern):
+            stale.unlink()
     arrays.update(keypoints=kp[0].cpu().numpy(), K=K[0].cpu().numpy(), image_size=size[0].cpu().numpy())
     files = {"hypotheses": str(atomic_save_npz(out_dir / "hypotheses.npz", **arrays))}
     flat = group.flat()
@@ -678,6 +693,7 @@ def sample_to_dir(
         "num_generations": num_generations,
         "steps": steps,
         "eta": eta,
+        "guidance": guidance,
         "seed": seed,
         "model": getattr(model, "checkpoint_path", None),
         "files": files,
