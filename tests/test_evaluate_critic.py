@@ -83,3 +83,19 @@ def test_evaluate_critic_json(capsys):
 def test_same_split_is_refused(capsys):
     rc = main(["evaluate-critic", "--split", "train", "--num-groups", "1", "--json"])
     assert rc == 2 and "must differ" in capsys.readouterr().err
+
+
+def test_paired_differences_pair_the_same_groups_when_a_variant_failed_some():
+    """A group a variant failed is NaN in its per-group ρ: the paired difference uses only groups both scored
+    (it used to crash on unequal lengths, or silently pair different groups when the counts matched)."""
+    import numpy as np
+
+    from hmrcritic.agent.evaluate_critic import _paired_deltas
+
+    nan = float("nan")
+    rows = [{"variant": "full"}, {"variant": "no_rules"}, {"variant": "no_prototypes"}]
+    per_group = {"full": np.array([0.5, nan, 0.7, 0.9]), "no_rules": np.array([0.1, 0.2, nan, 0.5]),
+                 "no_prototypes": np.array([0.5, 0.6, 0.7, 0.8])}
+    _paired_deltas(rows, per_group)
+    assert rows[1]["full_minus_groups"] == 2 and math.isclose(rows[1]["full_minus_spearman"], 0.4)
+    assert rows[2]["full_minus_groups"] == 3 and math.isclose(rows[2]["full_minus_spearman"], 0.1 / 3)

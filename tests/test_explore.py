@@ -281,6 +281,45 @@ def test_continuing_an_exploration_equals_one_uninterrupted_run(constructed, tmp
     assert rules(two) == rules(one) and two.version() == one.version()
 
 
+def test_learning_curve_rows_are_honest_rounds(constructed, tmp_path):
+    """Round 0 is the unexplored memory and round r the memory after r rounds, scored on groups it never
+    explored: the same split for both is refused, and so is a memory explored before (its rows would be
+    shifted: round 0 would already be an explored memory)."""
+    from hmrcritic.agent.learning_curve import learning_curve
+
+    train, test, _ = constructed
+    with pytest.raises(InputError, match="must differ"):
+        learning_curve(_memory(tmp_path / "same"), split="test", heldout_split="test", rounds=1)
+    kw = dict(train_groups=train[:4], heldout=test[:2], batch_size=2, judge=BlindJudge(),
+              explore_kwargs={"merge_text": False, "calibration_groups": 0})
+    mem = _memory(tmp_path / "m")
+    res = learning_curve(mem, rounds=2, **kw)
+    assert [r["round"] for r in res["rows"]] == [0, 1, 2] and res["rows"][0]["prototypes"] == 0
+    assert res["rows"][1]["prototypes"] < res["rows"][2]["prototypes"] == mem.prototypes.count()
+    with pytest.raises(InputError, match="explored already"):
+        learning_curve(mem, rounds=3, **kw)
+
+
+def test_continuing_after_a_calibration_equals_one_uninterrupted_run(constructed, tmp_path):
+    """The first call ends by fitting a score calibration; the next call must still score on the judge's own
+    scale (it used to score on the calibrated one, and settled its prototypes differently from one run)."""
+    train, _, _ = constructed
+    kw = dict(split="train", groups=train[:8], batch_size=2, tau=0.5, judge=BlindJudge(), merge_text=False,
+              calibration_groups=2)
+    one = _memory(tmp_path / "one")
+    ex.explore(one, rounds=2, **kw)
+    two = _memory(tmp_path / "two")
+    ex.explore(two, rounds=1, **kw)
+    assert two.calibration() is not None  # the second call starts from a calibrated memory
+    ex.explore(two, rounds=2, **kw)
+    protos = lambda m: sorted((p["proto_id"], round(p["overall"], 9)) for p in m.prototypes.export_records())  # noqa: E731
+    assert protos(two) == protos(one) and two.version() == one.version()
+    # each batch's log records the memory version after that batch (it logged the one before it)
+    three = _memory(tmp_path / "three")
+    ex.explore(three, rounds=2, **{**kw, "calibration_groups": 0})
+    assert [r["report"]["memory_version"] for r in ex.read_log(three)][-1] == three.version()
+
+
 def test_a_second_exploration_of_the_same_memory_is_refused_at_once(tmp_path):
     """One exploration per memory at a time, across processes: the second one fails, naming the first."""
     import subprocess

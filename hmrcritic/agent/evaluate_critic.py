@@ -105,12 +105,13 @@ def evaluate_critic(
         raise InputError(f"evaluate-critic: need --warmup-groups ≥ 0 and --batch-size ≥ 1 "
                          f"(got {warmup_groups}, {batch_size})")
     name = judge_name(judge)
-    key = _key(ws=warmup_split, wg=warmup_groups, g=num_generations, seed=seed, source=source, judge=name,
+    eval_groups, used = make_groups(split, num_groups, num_generations, seed=seed, source=source)
+    # keyed by the source actually used ("auto" resolves to the model or, without one, perturbed ground
+    # truth): a memory explored from one source is never reused for the other
+    key = _key(ws=warmup_split, wg=warmup_groups, g=num_generations, seed=seed, source=used, judge=name,
                r=max_reflections, k=rules_k, b=batch_size, tau=tau, code=code_digest())
     workdir = Path(workdir) if workdir is not None else hconfig.runs_dir() / "evaluate" / key
     workdir.mkdir(parents=True, exist_ok=True)
-
-    eval_groups, used = make_groups(split, num_groups, num_generations, seed=seed, source=source)
     if progress is not None:
         progress("groups", len(eval_groups), len(eval_groups))
 
@@ -150,6 +151,7 @@ def evaluate_critic(
     errors = res.pop("per_group_errors")
     for r in res["rows"]:
         rho = per_group[r["variant"]]
+        rho = rho[np.isfinite(rho)]  # groups this variant scored
         r["spearman_sem"] = float(rho.std(ddof=1) / math.sqrt(len(rho))) if len(rho) > 1 else 0.0
     _paired_deltas(res["rows"], per_group)
     _paired_pearson_top1_deltas(res["rows"], scores, errors, seed=seed)
@@ -181,9 +183,11 @@ def _paired_deltas(rows: list[dict], per_group: dict[str, np.ndarray]) -> None:
     for r in rows:
         if r["variant"] == "full":
             continue
-        d = full - per_group[r["variant"]]
+        d = full - per_group[r["variant"]]  # per group, in the same order; NaN where either variant failed
+        d = d[np.isfinite(d)]
         r["full_minus_spearman"] = float(d.mean())
         r["full_minus_sem"] = float(d.std(ddof=1) / math.sqrt(len(d))) if len(d) > 1 else 0.0
+        r["full_minus_groups"] = int(len(d))
 
 
 def _paired_pearson_top1_deltas(rows: list[dict], scores: dict[str, list], errors: list, seed: int = 0,

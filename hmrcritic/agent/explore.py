@@ -368,6 +368,10 @@ def explore(
             "use_memory": True, "rules_k": rules_k, "ucb_c": ucb_c,
             "render": (not is_builtin) if render is None else bool(render),
             **({"max_reflections": max_reflections} if max_reflections is not None else {}),
+            # exploration scores on the judge's own scale: a calibration fitted by an earlier call would change
+            # the settled prototypes and what the miner simulates, so a continued exploration would differ from
+            # one uninterrupted run (the fit at the end of this call is what calibrates)
+            "use_calibration": False,
         })
         custom = (None if groups is None
                   else hashlib.sha1(",".join(g.group_id for g in groups).encode()).hexdigest()[:10])

@@ -105,6 +105,7 @@ def correlation_row(scores: Sequence[np.ndarray | None], tables: Sequence[dict[s
     row: dict[str, Any] = {}
     ok = [(s, t) for s, t in zip(scores, tables, strict=True) if s is not None]
     row["groups_scored"] = len(ok)
+    failed = [s is None for s in scores]
     for m in METRICS:
         rho, tau, top = [], [], []
         for s, t in ok:
@@ -115,8 +116,9 @@ def correlation_row(scores: Sequence[np.ndarray | None], tables: Sequence[dict[s
             tau.append(0.0 if np.isnan(k) else k)
             top.append(float(e[int(np.argmax(s))]))  # ties: the lowest index, as argmax does
         suffix = "" if m == "pa_mpjpe" else f"_{m}"
-        if m == "pa_mpjpe":
-            row["per_group_spearman"] = rho  # for paired differences between variants
+        if m == "pa_mpjpe":  # for paired differences between variants: one entry per group, NaN where it failed
+            it = iter(rho)
+            row["per_group_spearman"] = [float("nan") if f else next(it) for f in failed]
         row[f"spearman{suffix}"] = float(np.mean(rho)) if rho else float("nan")
         row[f"kendall{suffix}"] = float(np.mean(tau)) if tau else float("nan")
         row[f"top1_{m}_mm"] = float(np.mean(top)) if top else float("nan")
@@ -228,17 +230,33 @@ def learning_curve(
     """Held-out Spearman/Kendall/top-1 after each exploration round (round 0 = before exploring).
 
     Writes ``learning_curve.json`` and ``learning_curve.png`` into ``out_dir`` when given."""
-    from hmrcritic.agent.explore import _open_memory, explore, frozen_copy
+    from hmrcritic.agent.explore import (
+        PROGRESS_FILE,
+        _open_memory,
+        assert_not_explored,
+        error_table,
+        explore,
+        explored_record,
+        frozen_copy,
+    )
 
+    if heldout is None and train_groups is None and split == heldout_split:
+        # both start at the split's first group with the same seed: rounds would score groups just learned from
+        raise InputError(f"learning-curve: the held-out split ({heldout_split}) must differ from the exploration "
+                         f"split ({split})")
     mem = _open_memory(memory)
+    if explored_record(mem)["splits"] or (Path(mem.path) / PROGRESS_FILE).exists():
+        # round 0 must be the memory before any exploration and round r the memory after r rounds; a memory that
+        # was explored already (an earlier curve, an interrupted one) would shift every label
+        raise InputError(f"learning-curve: the memory at {mem.location} has been explored already; give a fresh "
+                         "--memory-dir (or `hmrcritic memory reset --yes --memory-dir …`)")
     held = _heldout(heldout, heldout_split, heldout_groups, num_generations, seed, 0, source)
-    from hmrcritic.agent.explore import assert_not_explored, error_table
-
-    assert_not_explored(mem, heldout_split, [g.group_id for g in held])
+    held_ids = [g.group_id for g in held]
     tables = [error_table(g) for g in held]
     rows = []
 
     def evaluate(r: int) -> None:
+        assert_not_explored(mem, heldout_split, held_ids)  # every round: a round may have explored them
         ro = frozen_copy(mem)
         scores, versions = score_groups(held, ro, "full", judge=judge, tag=f"curve-r{r}")
         st = ro.stats()

@@ -322,6 +322,8 @@ class MemoryStore:
                     yield
                 finally:
                     self._write_depth -= 1
+                    # a version read later inside the outer batch must see this write (exploration logs it)
+                    self._writes += 1
                 return
             self.path.mkdir(parents=True, exist_ok=True)
             lock = FileLock(str(self.path / LOCK_NAME), timeout=LOCK_TIMEOUT_S)
