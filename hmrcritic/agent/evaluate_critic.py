@@ -52,11 +52,28 @@ def code_digest() -> str:
     h = hashlib.sha256()
     here = Path(__file__).parent
     for name in ("judges.py", "nodes.py", "evidence.py", "groups.py", "prior.py", "graph.py", "explore.py",
-                 "mining.py", "calibration.py"):
+                 "mining.py", "calibration.py", "api.py", "state.py"):
         h.update((here / name).read_bytes())
-    for name in ("starter_rules.py", "maintenance.py", "rules.py", "schema.py"):
+    for name in ("starter_rules.py", "maintenance.py", "rules.py", "schema.py", "store.py", "prototypes.py",
+                 "embeddings.py"):
         h.update((here.parent / "memory" / name).read_bytes())
     return h.hexdigest()[:12]
+
+
+def inputs_digest(source: str) -> dict:
+    """What else decides the explored memory besides the code: the agent settings' defaults (``HMRCRITIC_*``
+    environment overrides included), the synthetic data generator's version and, for model-sampled groups,
+    the shipped checkpoint's bytes."""
+    from hmrcritic.agent.state import AgentConfig
+    from hmrcritic.hmr.data import GENERATOR_VERSION
+
+    out = {"defaults": AgentConfig().model_dump(exclude={"memory_dir", "chroma_url", "judge"}),
+           "generator": GENERATOR_VERSION}
+    if source == "model":
+        from hmrcritic.hmr.diffusion import DEFAULT_CHECKPOINT
+
+        out["model"] = hashlib.sha256(Path(DEFAULT_CHECKPOINT).read_bytes()).hexdigest()[:12]
+    return out
 
 
 def _key(**settings) -> str:
@@ -109,7 +126,7 @@ def evaluate_critic(
     # keyed by the source actually used ("auto" resolves to the model or, without one, perturbed ground
     # truth): a memory explored from one source is never reused for the other
     key = _key(ws=warmup_split, wg=warmup_groups, g=num_generations, seed=seed, source=used, judge=name,
-               r=max_reflections, k=rules_k, b=batch_size, tau=tau, code=code_digest())
+               r=max_reflections, k=rules_k, b=batch_size, tau=tau, code=code_digest(), inputs=inputs_digest(used))
     workdir = Path(workdir) if workdir is not None else hconfig.runs_dir() / "evaluate" / key
     workdir.mkdir(parents=True, exist_ok=True)
     if progress is not None:
