@@ -28,6 +28,7 @@ import shutil
 import sys
 import time
 import warnings
+import weakref
 import zipfile
 from dataclasses import dataclass
 from pathlib import Path
@@ -189,7 +190,9 @@ def make_scenes(
     return arrays
 
 
-_FAST_CACHE: dict[int, dict] = {}
+# per body model object, dropped with it: keyed by id() a new body could reuse a freed id and get the old
+# model's regressors
+_FAST_CACHE: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
 
 
 def keypoint_joints(body, global_orient, body_pose, betas) -> tuple[torch.Tensor, torch.Tensor]:
@@ -208,7 +211,7 @@ def keypoint_joints(body, global_orient, body_pose, betas) -> tuple[torch.Tensor
 
     from hmrcritic.hmr.body import EXTRA_NAMES
 
-    key = id(body)
+    key = body
     if key not in _FAST_CACHE:
         ids = torch.tensor([body.vertex_ids[k] for k in EXTRA_NAMES], device=s.v_template.device)
         nv = s.v_template.shape[0]
