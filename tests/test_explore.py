@@ -320,31 +320,14 @@ def test_continuing_after_a_calibration_equals_one_uninterrupted_run(constructed
     assert [r["report"]["memory_version"] for r in ex.read_log(three)][-1] == three.version()
 
 
-def test_a_second_exploration_of_the_same_memory_is_refused_at_once(tmp_path):
+def test_a_second_exploration_of_the_same_memory_is_refused_at_once(tmp_path, memory_held_elsewhere):
     """One exploration per memory at a time, across processes: the second one fails, naming the first."""
-    import subprocess
-    import sys
-    import textwrap
-
     mem = MemoryStore(tmp_path / "m", seed_starter=False)
-    code = textwrap.dedent(f"""
-        import sys, time
-        from hmrcritic.memory.store import MemoryStore
-        m = MemoryStore({str(tmp_path / 'm')!r}, seed_starter=False)
-        with m.exclusive("an exploration"):
-            print("held", flush=True)
-            sys.stdin.readline()
-    """)
-    holder = subprocess.Popen([sys.executable, "-c", code], stdin=subprocess.PIPE, stdout=subprocess.PIPE,
-                              text=True)
-    try:
-        assert holder.stdout.readline().strip() == "held"
+    with memory_held_elsewhere(tmp_path / "m"):
         with pytest.raises(InputError, match=r"busy with an exploration \(pid \d+"):
             ex.explore(mem, split="train", rounds=1, batch_size=1)
         with pytest.raises(InputError, match="busy"):
             mem.import_json(tmp_path / "nothing.json")
-    finally:
-        holder.communicate("\n", timeout=60)
     with mem.exclusive("a test"):  # free again once the holder is gone
         pass
 

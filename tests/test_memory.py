@@ -434,29 +434,15 @@ def test_reset_forgets_what_exploration_recorded(tmp_path):
     assert not any((tmp_path / "m" / name).exists() for name in EXPLORE_FILES)
 
 
-def test_a_refused_reset_deletes_nothing(tmp_path, capsys):
+def test_a_refused_reset_deletes_nothing(tmp_path, capsys, memory_held_elsewhere):
     """`memory reset` while an exploration holds the memory fails at once — before dropping anything."""
-    import subprocess
-
     from hmrcritic.cli import main
 
     path = tmp_path / "m"
     n_rules = MemoryStore(path).rules.count()
-    code = textwrap.dedent(f"""
-        import sys
-        from hmrcritic.memory.store import MemoryStore
-        with MemoryStore({str(path)!r}).exclusive("an exploration"):
-            print("held", flush=True)
-            sys.stdin.readline()
-    """)
-    holder = subprocess.Popen([sys.executable, "-c", code], stdin=subprocess.PIPE, stdout=subprocess.PIPE,
-                              text=True)
-    try:
-        assert holder.stdout.readline().strip() == "held"
+    with memory_held_elsewhere(path):
         assert main(["memory", "reset", "--yes", "--no-seed", "--memory-dir", str(path)]) == 2
         assert "busy with an exploration" in capsys.readouterr().err
-    finally:
-        holder.communicate("\n", timeout=60)
     assert MemoryStore(path).rules.count() == n_rules > 0
 
 
