@@ -289,6 +289,10 @@ def test_images_and_sample_from_user(tmp_path):
     Image.fromarray(img).save(tmp_path / "im.jpg")
     assert D.read_image(tmp_path / "im.png").shape == (120, 160, 3)
     assert D.read_image(tmp_path / "im.jpg").dtype == np.uint8
+    exif = Image.Exif()
+    exif[0x0112] = 6  # stored sideways, "rotate 90° clockwise to view"
+    Image.fromarray(img).save(tmp_path / "sideways.jpg", exif=exif)
+    assert D.read_image(tmp_path / "sideways.jpg").shape == (160, 120, 3)  # upright, as a viewer shows it
     (tmp_path / "fake.png").write_text("hello")
     with pytest.raises(InputError, match="not a readable image"):
         D.read_image(tmp_path / "fake.png")

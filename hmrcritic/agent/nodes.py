@@ -583,11 +583,11 @@ def _read_image(path: str | None) -> np.ndarray | None:
 
 
 def _read_mask(path: str, size: tuple[int, int]) -> np.ndarray:
-    from PIL import Image, UnidentifiedImageError
+    from PIL import Image, ImageOps, UnidentifiedImageError
 
     try:
-        with Image.open(path) as im:
-            m = np.asarray(im.convert("L")) > 127
+        with Image.open(path) as im:  # upright like the image it masks (hmr.data.read_image)
+            m = np.asarray(ImageOps.exif_transpose(im).convert("L")) > 127
     except (OSError, UnidentifiedImageError) as exc:
         raise InputError(f"mask {path}: cannot be read as an image ({exc})") from exc
     if (m.shape[1], m.shape[0]) != tuple(size):

@@ -649,7 +649,7 @@ class SceneSet:
 # ------------------------------------------------------------------------------------------- user input
 def read_image(path) -> np.ndarray:
     """(H,W,3) uint8 RGB from a PNG/JPEG (anything PIL reads); InputError for missing or non-image files."""
-    from PIL import Image, UnidentifiedImageError
+    from PIL import Image, ImageOps, UnidentifiedImageError
 
     p = Path(path)
     if not p.is_file():
@@ -657,7 +657,9 @@ def read_image(path) -> np.ndarray:
     try:
         with Image.open(p) as im:
             im.load()
-            arr = np.asarray(im.convert("RGB"), dtype=np.uint8)
+            # upright as a viewer (and OpenCV-based keypoint detectors) show it: a phone photo stored sideways
+            # with an EXIF orientation would otherwise not match its keypoints
+            arr = np.asarray(ImageOps.exif_transpose(im).convert("RGB"), dtype=np.uint8)
     except Image.DecompressionBombError as exc:
         raise InputError(f"{p}: image too large to read safely ({exc})".splitlines()[0]) from None
     except (UnidentifiedImageError, OSError, ValueError) as exc:
