@@ -15,6 +15,9 @@ Behaviours are scripted per request (a FIFO queue, then ``default``):
 ``slow``        sleeps ``slow_s`` before answering           ``429``         rate limited, ``Retry-After``
 ``500``         internal server error                        ``401_echo``    401 quoting the Authorization
 ``400``         bad request whatever its form (e.g. an image too large)
+``trickle``     the good answer, one byte every ``trickle_s`` (a stalled stream: every read succeeds, the
+                call never ends)
+``empty_choices`` / ``not_completion``  a 200 whose body is no chat completion (``choices: []`` / ``{"foo": 1}``)
 
 ``reject_response_format`` / ``reject_tools`` make the server answer 400 to those request forms (a server
 without structured outputs / without forced tool choice). ``latency_s`` is added to every chat request.
@@ -47,6 +50,9 @@ BEHAVIOURS = {
     "429",
     "500",
     "401_echo",
+    "trickle",
+    "empty_choices",
+    "not_completion",
 }
 
 
@@ -214,6 +220,7 @@ class StubOpenAIServer:
         self.default = default
         self.latency_s = latency_s
         self.slow_s = slow_s
+        self.trickle_s = 0.05
         self.retry_after = retry_after
         self.reject_response_format = reject_response_format
         self.reject_tools = reject_tools
@@ -328,6 +335,12 @@ class StubOpenAIServer:
         if b == "slow":
             self._stop.wait(self.slow_s)
             b = "good"
+        if b == "trickle":
+            b = "good"  # the body is sent slowly (Handler._send)
+        if b == "empty_choices":
+            return 200, {}, {"id": "chatcmpl-stub", "object": "chat.completion", "model": self.model, "choices": []}
+        if b == "not_completion":
+            return 200, {}, {"foo": 1}
         if b == "429":
             return 429, {"Retry-After": self.retry_after}, _error("rate limit reached, slow down", 429)
         if b == "400":
@@ -366,7 +379,7 @@ class StubOpenAIServer:
             def log_message(self, *args) -> None:  # keep test output clean
                 pass
 
-            def _send(self, status: int, headers: dict, obj: dict) -> None:
+            def _send(self, status: int, headers: dict, obj: dict, trickle: bool = False) -> None:
                 data = json.dumps(obj).encode()
                 try:
                     self.send_response(status)
@@ -375,7 +388,13 @@ class StubOpenAIServer:
                     for k, v in headers.items():
                         self.send_header(k, v)
                     self.end_headers()
-                    self.wfile.write(data)
+                    if not trickle:
+                        self.wfile.write(data)
+                    for i in range(len(data) if trickle else 0):
+                        self.wfile.write(data[i:i + 1])
+                        self.wfile.flush()
+                        if server._stop.wait(server.trickle_s):
+                            break
                 except (BrokenPipeError, ConnectionResetError):
                     pass  # the client gave up (timeout): nothing to answer
 
@@ -413,7 +432,7 @@ class StubOpenAIServer:
                 rec.status = status
                 with st.lock:
                     st.requests.append(rec)
-                self._send(status, headers, obj)
+                self._send(status, headers, obj, trickle=rec.behaviour == "trickle")
 
         return Handler
 

@@ -83,6 +83,16 @@ def test_critique_writes_table_scores_and_report(user_inputs, tmp_path, capsys):
     assert rc == 0 and again["resumed"] is True and again["ranking"] == scores["ranking"]
 
 
+def test_a_group_id_with_brackets_prints_as_it_is(user_inputs, tmp_path, capsys):
+    """Square brackets in user or endpoint text are not the table library's markup (it crashed on "[/x]")."""
+    d = user_inputs
+    rc = main(["critique", "--image", str(d / "person.png"), "--keypoints", str(d / "person.json"), "--no-render",
+               "--hypotheses", str(d / "hyps.npz"), "--group-id", "run[/x][red]", "--out", str(tmp_path / "o")])
+    out = capsys.readouterr()
+    assert rc == 0, out.err
+    assert "run[/x][red]" in out.out
+
+
 def test_trace_mermaid(capsys):
     assert main(["trace", "--mermaid"]) == 0
     text = capsys.readouterr().out

@@ -219,6 +219,28 @@ def test_all_timeouts_raise_within_bounded_time(images):
     assert elapsed < 5.0  # 3 attempts x 0.3 s + backoffs, far below the server's 10 s
 
 
+def test_a_stalled_stream_is_cut_at_the_call_deadline(images):
+    """A server that sends a byte every 50 ms passes every read timeout; the call deadline still ends it."""
+    with StubOpenAIServer(default="trickle") as srv:
+        judge = make_judge(srv, timeout_s=0.5, max_retries=1)
+        t0 = time.monotonic()
+        with pytest.raises(JudgeError, match="no answer within 0.5 s"):
+            judge.critique(make_ctx(images))
+        assert time.monotonic() - t0 < 5.0 and srv.arrivals == 2
+
+
+@pytest.mark.parametrize("bad", ["empty_choices", "not_completion"])
+def test_a_200_that_is_no_completion_is_retried_and_fails_only_its_group(images, bad):
+    with StubOpenAIServer() as srv:
+        srv.push(bad)
+        assert_valid(make_judge(srv).critique(make_ctx(images)))  # retried, then good
+        assert srv.arrivals == 2
+    with StubOpenAIServer(default=bad) as srv:
+        out = make_judge(srv, max_retries=1).critique_many([make_ctx(images), make_ctx(images)],
+                                                          return_exceptions=True)
+        assert all(isinstance(r, JudgeError) and "malformed answer" in str(r) for r in out)
+
+
 def test_unreachable_endpoint_and_missing_image(images, tmp_path):
     srv = StubOpenAIServer()
     url = srv.base_url
@@ -381,6 +403,10 @@ def test_normalise_critique_tolerance():
     crit = normalise_critique(data, 3)
     assert [s.index for s in crit.scores] == [0, 1, 2]
     assert [s.overall for s in crit.scores] == pytest.approx([5.0, 6.0, 7.0])
+    # one value just above 10 in a 0-10 answer is clamped, not read as "the whole answer is on 0-100"
+    near = normalise_critique({"scores": [{"index": 0, "overall": 10.5}, {"index": 1, "overall": 7},
+                                          {"index": 2, "overall": 6}]}, 3)
+    assert [s.overall for s in near.scores] == pytest.approx([10.0, 7.0, 6.0])
     assert crit.scores[0].physical_feasibility == pytest.approx(5.0) and crit.scores[0].rationale == "c0"
     # missing overall -> mean of axes; out-of-range clamped; no indices -> positional
     crit = normalise_critique(

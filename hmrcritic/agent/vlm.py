@@ -70,6 +70,40 @@ class Unparseable(ValueError):
     """The endpoint answered, but not with something we can use (retried like a transient failure)."""
 
 
+class _Deadline(Exception):
+    """A call took longer than ``timeout_s`` in all (the HTTP client's timeout bounds each read only)."""
+
+
+def invoke_within(runnable, messages, seconds: float):
+    """``runnable.invoke(messages)``, or :class:`_Deadline` once ``seconds`` have passed.
+
+    The HTTP client's timeout bounds each read, so a server that keeps sending a byte now and then (a stalled
+    stream, a proxy's keep-alive) would hold a group, and its endpoint slot, indefinitely. The call runs in a
+    daemon thread (with this context, so tracing keeps its parent run) and is abandoned at the deadline; its
+    connection closes when the server gives up or the process ends."""
+    import contextvars
+
+    box: dict[str, Any] = {}
+    done = threading.Event()
+    ctx = contextvars.copy_context()
+
+    def run() -> None:
+        try:
+            box["result"] = ctx.run(runnable.invoke, messages)
+        except BaseException as exc:  # handed to the caller as it is
+            box["error"] = exc
+        finally:
+            done.set()
+
+    threading.Thread(target=run, daemon=True, name="vlm-call").start()
+    # a little grace, so that a silent server trips the client's own read timeout first (same message either way)
+    if not done.wait(seconds + 0.25):
+        raise _Deadline()
+    if "error" in box:
+        raise box["error"]
+    return box["result"]
+
+
 # ---------------------------------------------------------------------------------------------- parsing
 
 
@@ -148,8 +182,10 @@ def normalise_critique(data: Any, n: int) -> GroupCritique:
             raise Unparseable(f"hypothesis indices {sorted(ints)} are not exactly 0..{n - 1}")
         for r, i in zip(rows, ints, strict=True):
             r["index"] = i
-    top = max(max(r[k] for k in ("overall", *AXES)) for r in rows)
-    scale = 10.0 if top > 10.0 else 1.0
+    # the paper's 0-100 scale when the answer is mostly on it; a value or two just above 10 in a 0-10 answer are
+    # clamped (dividing everything by 10 for one 10.5 would shrink the whole group's scores tenfold)
+    values = sorted(r[k] for r in rows for k in ("overall", *AXES))
+    scale = 10.0 if values[len(values) // 2] > 10.0 else 1.0
     scores = []
     for r in sorted(rows, key=lambda r: r["index"]):
         clamp = {k: min(10.0, max(0.0, r[k] / scale)) for k in ("overall", *AXES)}
@@ -378,7 +414,9 @@ class VLMJudge:
                     continue
                 try:
                     results[i] = fut.result()
-                except JudgeError as exc:
+                except Exception as exc:  # JudgeError, or anything else: that group fails, the others go on
+                    if not isinstance(exc, JudgeError):
+                        exc = JudgeError(f"group {ctxs[i].group_id}: {type(exc).__name__}: {scrub(exc)}")
                     results[i] = exc
                     if not return_exceptions and failure is None:
                         failure = exc
@@ -527,11 +565,13 @@ class VLMJudge:
             try:
                 messages = build(mode, retry_reason)
                 with self._semaphore:
-                    result = self._runnable(schema, mode).invoke(messages)
+                    result = invoke_within(self._runnable(schema, mode), messages, self.settings.timeout_s)
                 return validate(self._payload(result))
             except Unparseable as exc:
                 reason = f"unusable answer ({exc})"
                 retry_reason = str(exc)
+            except _Deadline:
+                reason = f"no answer within {self.settings.timeout_s:g} s"
             except openai.BadRequestError as exc:
                 overflow = "ContextOverflow" in type(exc).__name__
                 if not overflow and mode != MODES[-1] and self._degrade(mode):
@@ -556,6 +596,11 @@ class VLMJudge:
                 reason, fatal = self._describe(exc), True
             except openai.OpenAIError as exc:
                 reason, fatal = self._describe(exc), True
+            except (IndexError, KeyError, TypeError, AttributeError, ValueError) as exc:
+                # a 200 that is not a chat completion ({"choices": []}, an HTML page, {"foo": 1}): the client
+                # library fails on it in its own way; retried like any unusable answer
+                reason = f"malformed answer ({type(exc).__name__}: {str(exc)[:120]})"
+                retry_reason = "the previous answer was not a valid chat completion"
             attempt += 1
             if fatal or attempt >= attempts:
                 break

@@ -205,11 +205,13 @@ def _stdout_to_stderr(active: bool):
 
 def _print_table(result) -> None:
     from rich.console import Console
+    from rich.markup import escape
     from rich.table import Table
 
     from hmrcritic.agent.schema import AXES
 
-    table = Table(title=f"group {result.group_id} — judge {result.judge}, memory {result.memory_version}")
+    # group ids and rationales are user and endpoint text: "[/x]" in them is not rich markup
+    table = Table(title=escape(f"group {result.group_id} — judge {result.judge}, memory {result.memory_version}"))
     for col in ("rank", "hyp", "overall", "motion", "physical", "image"):  # the three axes, abbreviated
         table.add_column(col, justify="right", no_wrap=True, min_width=len(col))
     table.add_column("rationale", justify="left", no_wrap=True, overflow="ellipsis", max_width=90)
@@ -217,7 +219,7 @@ def _print_table(result) -> None:
     for rank, i in enumerate(result.ranking):
         s = by_index[i]
         table.add_row(str(rank + 1), f"h{i}", f"{s.overall:.2f}", *[f"{getattr(s, a):.2f}" for a in AXES],
-                      s.rationale[:90])
+                      escape(s.rationale[:90]))
     import sys
 
     Console(width=None if sys.stdout.isatty() else 150).print(table)
