@@ -80,6 +80,8 @@ def test_neighbour_check_flags_near_identical_poses_scored_apart_and_revise_clos
     assert {0, 1} <= flagged and all(i.kind == "neighbours" for i in issues)
     # consistent scores raise nothing
     assert neighbour_issues(np.array([6.0, 6.0, 6.0]), P) == []
+    # two hypotheses are each other's only "neighbour", however far apart: no check (it would tie them)
+    assert neighbour_issues(np.array([8.0, 2.0]), np.array([[0, 2], [2, 0]], float)) == []
     # the builtin judge's revision moves each flagged score halfway (log units) to its target
     from hmrcritic.agent.schema import GroupCritique, HypothesisScore
 

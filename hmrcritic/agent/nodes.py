@@ -404,7 +404,10 @@ def neighbour_issues(overall: np.ndarray, pairwise_mm: np.ndarray, sigma_mm: flo
     ratio) from what its pose-neighbours imply (:func:`neighbour_targets`); the target goes with it."""
     n = len(overall)
     P = np.asarray(pairwise_mm, np.float64)
-    if n < 2 or P.shape != (n, n):
+    # The kernel weights are normalised, so the nearest poses set the target even when none is near. With two
+    # hypotheses each one's target is the other's score: moving both toward it would tie every pair (an export
+    # of N = 2 groups had no preference left). Three or more are needed for "neighbours" to mean anything.
+    if n < 3 or P.shape != (n, n):
         return []
     target = neighbour_targets(overall, P, sigma_mm, offset)
     gap = np.abs(np.log(np.clip(overall, 1e-6, None)) - np.log(np.clip(target, 1e-6, None)))

@@ -394,6 +394,9 @@ def convert_smpl_pkl(src: str | Path, dst: str | Path) -> Path:
     from hmrcritic.io import atomic_write_bytes
 
     src, dst = Path(src).expanduser(), Path(dst).expanduser()
+    if not src.is_file():  # the input is the official chumpy file, not the chumpy-free one _read_raw describes
+        raise AssetError(f"body convert: {src} is {'a folder' if src.is_dir() else 'not found'}; give the official "
+                         "SMPL .pkl (e.g. basicModel_neutral_lbs_10_207_0_v1.0.0.pkl) to convert")
     raw = _read_raw(src, allow_chumpy=True)
     if not isinstance(raw, dict):
         raise AssetError(f"{src}: not a SMPL model dict")
