@@ -12,6 +12,7 @@ import argparse
 import json
 import os
 import platform
+import shutil
 import sys
 import tempfile
 import time
@@ -26,8 +27,17 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--source", default="auto", help="auto | model | perturbed")
     ap.add_argument("--out", default=str(Path(__file__).parent / "results" / "agent.json"))
     args = ap.parse_args(argv)
+    if args.groups < 1:
+        ap.error("--groups must be ≥ 1 (one more is drawn to warm the caches)")
 
     work = tempfile.mkdtemp(prefix="bench-agent-")
+    try:
+        return _run(args, work)
+    finally:
+        shutil.rmtree(work, ignore_errors=True)  # its checkpoints, memory and run folders
+
+
+def _run(args, work: str) -> int:
     os.environ["HMRCRITIC_RUNS"] = str(Path(work) / "runs")  # keep the user's runs folder clean
     import torch
 

@@ -42,8 +42,19 @@ def main(argv: list[str] | None = None) -> dict:
     ap.add_argument("--out", default=str(ROOT / "benchmarks" / "results" / "explore.json"))
     args = ap.parse_args(argv)
 
-    os.environ["HMRCRITIC_HOME"] = args.home or tempfile.mkdtemp(prefix="hmrcritic-bench-explore-")
-    os.environ.setdefault("HMRCRITIC_SPLIT_SIZE_SCALE", args.split_scale)
+    scratch = None if args.home else tempfile.mkdtemp(prefix="hmrcritic-bench-explore-")
+    os.environ["HMRCRITIC_HOME"] = args.home or scratch
+    os.environ["HMRCRITIC_SPLIT_SIZE_SCALE"] = args.split_scale  # what --split-scale says, even if the env had one
+    try:
+        return _run(args)
+    finally:
+        if scratch is not None:
+            import shutil
+
+            shutil.rmtree(scratch, ignore_errors=True)
+
+
+def _run(args) -> dict:
     import numpy as np
     import torch
 
@@ -92,6 +103,10 @@ def main(argv: list[str] | None = None) -> dict:
 
     # 2. exploration throughput (+ 3. learning curve on held-out groups) --------------------------------
     mdir = config.home_dir() / "bench-explore-memory"
+    if mdir.exists():  # a memory from an earlier run in this --home: its log would be reported as this run's timing
+        import shutil
+
+        shutil.rmtree(mdir)
     if args.heldout > 0:
         t0 = time.perf_counter()
         curve = learning_curve(mdir, split="train", rounds=args.rounds, batch_size=args.batch_size,

@@ -131,6 +131,10 @@ def main() -> None:
     ap.add_argument("--rules", type=int, default=1000)
     ap.add_argument("--out", type=Path, default=RESULTS)
     args = ap.parse_args()
+    if args.queries < 16:
+        ap.error("--queries must be ≥ 16 (group queries take 16 poses at a time)")
+    if min(args.sizes) < 50:
+        ap.error("--sizes must each be ≥ 50 (self-recall is measured on 50 stored entries)")
     root = Path(tempfile.mkdtemp(prefix="hmrcritic-bench-memory-"))
     try:
         protos = [bench_prototypes(root, s, args.queries) for s in args.sizes]

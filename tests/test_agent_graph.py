@@ -472,6 +472,9 @@ def test_prune_runs_removes_old_threads_with_their_folders(tmp_path, memory):
         s, h, _ = make_group(seed, sample_id=gid)
         critique_group(s, h, memory=memory, config=cfg(), checkpointer=saver,
                        run_dir=root / "groups" / safe_id(gid))
+    # a fresh thread whose run folder the caller put elsewhere (critique_group(run_dir=...)) is not an orphan
+    s, h, _ = make_group(33, sample_id="elsewhere")
+    critique_group(s, h, memory=memory, config=cfg(), checkpointer=saver, run_dir=tmp_path / "elsewhere")
     (root / "traces").mkdir()
     for name, age_days in (("old-run", 30), ("new-run", 0)):
         p = root / "traces" / f"{name}.jsonl"
@@ -480,17 +483,18 @@ def test_prune_runs_removes_old_threads_with_their_folders(tmp_path, memory):
     ten_days_ago = time.time() - 10 * 86400
     os.utime(root / "groups" / "old-group", (ten_days_ago, ten_days_ago))
     use = runs_usage(root)
-    assert use["parts"]["checkpoints"]["count"] == 2 and use["parts"]["groups"]["count"] == 2
+    assert use["parts"]["checkpoints"]["count"] == 3 and use["parts"]["groups"]["count"] == 2
 
     dry = prune_runs(7, root=root, dry_run=True)
     assert dry["removed"]["checkpoints"] == 1 and dry["removed"]["groups"] == 1 and dry["removed"]["traces"] == 1
-    assert runs_usage(root)["parts"]["checkpoints"]["count"] == 2  # a dry run deletes nothing
+    assert runs_usage(root)["parts"]["checkpoints"]["count"] == 3  # a dry run deletes nothing
 
     out = prune_runs(7, root=root)
     assert out["removed"] == dry["removed"] and out["bytes_after"] < out["bytes_before"]
     app = compile_graph(saver)
     assert app.get_state({"configurable": {"thread_id": "old-group"}}).values == {}
     assert app.get_state({"configurable": {"thread_id": "new-group"}}).values["done"] is True
+    assert app.get_state({"configurable": {"thread_id": "elsewhere"}}).values["done"] is True
     assert not (root / "groups" / "old-group").exists() and (root / "groups" / "new-group").exists()
     assert sorted(p.stem for p in (root / "traces").glob("*.jsonl")) == ["new-run"]
     with pytest.raises(InputError):

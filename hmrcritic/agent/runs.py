@@ -83,7 +83,7 @@ def prune_runs(older_than_days: float = 7.0, root: str | Path | None = None, dry
     stale_groups = {p.name for p in _entries(root / "groups") if old(p)}
     db = root / "checkpoints.sqlite"
     threads = [t for t in _threads(db) if _safe(run_folder_name, t) in stale_groups
-               or not (root / "groups" / _safe(run_folder_name, t)).exists()]
+               or not (root / "groups" / _safe(run_folder_name, t)).exists() and _orphaned(db, t, old)]
     removed["checkpoints"] = len(threads)
     if threads and not dry_run:
         _delete_threads(db, threads)
@@ -128,6 +128,19 @@ def _delete_threads(db: Path, threads: list[str], batch: int = 256) -> None:
             con.execute("PRAGMA wal_checkpoint(TRUNCATE)")
     finally:
         con.close()
+
+
+def _orphaned(db: Path, thread_id: str, old) -> bool:
+    """Whether a thread with no folder under ``groups/`` can go: its stored run folder (``critique_group`` takes
+    any ``run_dir``) is missing or older than the cutoff. A thread whose state names no folder is orphaned."""
+    from hmrcritic.agent.graph import open_checkpointer
+
+    try:
+        got = open_checkpointer(db).get_tuple({"configurable": {"thread_id": thread_id, "checkpoint_ns": ""}})
+        run_dir = (got.checkpoint.get("channel_values") or {}).get("run_dir") if got is not None else None
+    except Exception:  # an unreadable checkpoint cannot be resumed either
+        return True
+    return not run_dir or old(Path(run_dir))
 
 
 def _safe(folder_name, thread_id: str) -> str:
