@@ -87,8 +87,13 @@ def append_jsonl(path: str | os.PathLike, record: dict, checksum: bool = True) -
     if checksum:
         rec["checksum"] = record_checksum(rec)
     line = json.dumps(rec, default=_json_default) + "\n"
-    with open(path, "a", encoding="utf-8") as fh:
-        fh.write(line)
+    with open(path, "a+b") as fh:
+        # a torn last line (a crash mid-append) must not swallow this record: start it on a line of its own
+        if fh.seek(0, os.SEEK_END) > 0:
+            fh.seek(-1, os.SEEK_END)
+            if fh.read(1) != b"\n":
+                line = "\n" + line
+        fh.write(line.encode("utf-8"))
         fh.flush()
         os.fsync(fh.fileno())
 

@@ -68,6 +68,8 @@ def test_jsonl_drops_torn_and_tampered_lines(tmp_path):
         fh.write(json.dumps(rec) + "\n")
         fh.write('{"id": 5, "chec')  # torn by a kill -9
     assert [r["id"] for r in read_jsonl(path)] == [1, 2]
+    append_jsonl(path, {"id": 6})  # the next record starts on its own line, not glued to the torn one
+    assert [r["id"] for r in read_jsonl(path)] == [1, 2, 6]
 
 
 def test_settings_never_expose_key(monkeypatch):

@@ -271,6 +271,20 @@ def test_tiny_training_lowers_loss_and_resume_is_exact(tmp_path):
     assert [r["step"] for r in loss_curve(tmp_path / "resumed")] == [r["step"] for r in loss_curve(tmp_path / "full")]
 
 
+def test_a_log_left_before_the_first_checkpoint_is_not_continued(tmp_path):
+    """A run killed before its first checkpoint left log records but no state: the next run starts at step 0 and
+    must not append to them (the log read [1..5, 1..8] before)."""
+    from hmrcritic.io import append_jsonl
+
+    data = _tiny_data(16)
+    cfg = TrainConfig(steps=4, batch_size=8, warmup=1, log_every=1, ckpt_every=4, threads=1, model=TINY)
+    for step in (1, 2, 3):
+        append_jsonl(tmp_path / "log.jsonl", {"step": step, "loss": 9.9})
+    train_base(cfg, tmp_path, data=data)
+    assert [r["step"] for r in loss_curve(tmp_path)] == [1, 2, 3, 4]
+    assert all(r["loss"] != 9.9 for r in loss_curve(tmp_path))
+
+
 def test_resume_refuses_a_different_recipe(tmp_path):
     data = _tiny_data(16)
     cfg = TrainConfig(steps=4, batch_size=8, warmup=1, log_every=2, ckpt_every=2, threads=1, model=TINY)

@@ -86,6 +86,15 @@ def test_doctor_fails_on_missing_or_corrupt_checkpoint(capsys, monkeypatch, tmp_
     assert code != 0 and not report["ok"] and not ck["ok"] and str(corrupt) in ck["error"]
 
 
+def test_doctor_fails_when_the_checkpoint_metadata_describes_another_file(capsys, good_checkpoint):
+    """ship_model writes base_model.pt and base_model.json one after the other: a crash between leaves a pair
+    whose sha256 disagree, and the shipped figures would then describe another model."""
+    meta = good_checkpoint.with_suffix(".json")
+    meta.write_text(json.dumps({"sha256": "0" * 64}))
+    code, text = _run(capsys, "--no-render")
+    assert code != 0 and "[FAIL] checkpoint" in text and "sha256 differs" in text
+
+
 def test_doctor_fails_on_a_broken_body_model(capsys, monkeypatch, tmp_path, good_checkpoint):
     bad = tmp_path / "SMPL_BROKEN.pkl"
     bad.write_bytes(b"garbage")

@@ -123,7 +123,18 @@ def _checkpoint() -> dict:
 
     model = load_model(path)
     params = sum(p.numel() for p in model.parameters())
-    return {"path": str(path), "bytes": path.stat().st_size, "parameters": int(params)}
+    out = {"path": str(path), "bytes": path.stat().st_size, "parameters": int(params)}
+    meta = path.with_suffix(".json")  # its metadata (recipe, seed, shipped eval figures) must describe this file
+    if meta.is_file():
+        import json
+
+        from hmrcritic.io import sha256_file
+
+        want = json.loads(meta.read_text(encoding="utf-8")).get("sha256")
+        if want and want != sha256_file(path):
+            return {**out, "ok": False, "error": f"{meta.name} describes another checkpoint than {path.name} "
+                                                 "(sha256 differs): ship it again with `hmrcritic train-base --ship`"}
+    return out
 
 
 def _strip_userinfo(url: str | None) -> str | None:

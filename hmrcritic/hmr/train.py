@@ -245,7 +245,7 @@ def train_base(
         # one atomic rewrite (each record keeps its checksum): a crash here must not lose the log before it
         records = [r for r in read_jsonl(log_path) if r.get("step", 0) <= start]
         atomic_write_text(log_path, "".join(json.dumps(r) + "\n" for r in records))
-    elif not resume:
+    else:  # starting at step 0: a log left by a run killed before its first checkpoint is not this run's
         log_path.unlink(missing_ok=True)
 
     x0_all, kp_all, K_all, size_all = (t.to(device) for t in (data.x0, data.keypoints, data.K, data.image_size))
@@ -319,24 +319,21 @@ def ship_model(
     evaluation figures per split (from :func:`hmrcritic.hmr.evaluate.evaluate_model`), so the shipped
     numbers can be re-derived with ``hmrcritic evaluate``.
     """
-    import json
-    import shutil
+    import hashlib
 
     from hmrcritic.hmr.diffusion import ASSETS_DIR, read_checkpoint
-    from hmrcritic.io import atomic_write_json, sha256_file
+    from hmrcritic.io import atomic_write_bytes, atomic_write_json
 
     payload = read_checkpoint(model_path)
     dest = Path(dest_dir) if dest_dir is not None else ASSETS_DIR
     dest.mkdir(parents=True, exist_ok=True)
     pt = dest / "base_model.pt"
-    tmp = dest / ".base_model.pt.tmp"
-    shutil.copyfile(model_path, tmp)
-    tmp.replace(pt)
+    data = Path(model_path).read_bytes()
     extra = payload.get("extra", {})
     meta = {
         "checkpoint": pt.name,
-        "sha256": sha256_file(pt),
-        "bytes": pt.stat().st_size,
+        "sha256": hashlib.sha256(data).hexdigest(),
+        "bytes": len(data),
         "config": payload["config"],
         "recipe": extra.get("recipe"),
         "seed": extra.get("seed"),
@@ -345,6 +342,8 @@ def ship_model(
         "reproduce": command or "hmrcritic train-base --seed 0 --ship",
         "eval": json.loads(json.dumps(evals)),
     }
+    # each file atomically; a crash between the two leaves a pair whose sha256 disagree, which `doctor` reports
+    atomic_write_bytes(pt, data)
     js = atomic_write_json(dest / "base_model.json", meta)
     return pt, js
 
