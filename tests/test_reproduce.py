@@ -103,6 +103,23 @@ def test_rerun_resumes_and_changed_setting_reruns_only_downstream(env, first_run
     assert changed["rows"][1] != next(r for r in res["rows"] if r["model"] == "gpa")
 
 
+def test_a_killed_baseline_resumes_after_a_gpa_only_change(env, first_run):
+    """DPO/SFT ignore t_min, gpa_weight, the base loss (and SFT β): their cache key leaves those out, so their
+    finetune must not record them either — a baseline killed after a state save used to be refused on resume
+    ("belongs to a run with different settings") once a GPA-only setting had changed."""
+    from hmrcritic.alignment.reproduce import reproduce
+
+    run = env["root"] / "run"  # in place: the state records its paths; resuming ends where it was (same model)
+    ckpt = next(p for p in (run / "models").glob("sft-*.pt") if not p.name.endswith(".state.pt"))
+    ckpt.unlink()  # as a kill after the last state save leaves it
+    ckpt.with_suffix(".json").unlink()
+    lines: list[str] = []
+    res = reproduce("quick", out_dir=run, model=env["model"], progress=lines.append,
+                    overrides={"t_min": "100", "beta": "50", "gpa_weight": "0.2", "objectives": "sft"})
+    assert ckpt.exists() and [r["model"] for r in res["rows"]] == ["base", "sft"]
+    assert "finetune sft: 6 steps" in "\n".join(lines)  # re-run (resumed from its state), not "done before"
+
+
 @pytest.mark.slow
 def test_cli_json(env, first_run):
     import typer
@@ -140,6 +157,7 @@ def test_bad_settings_are_one_line_errors():
         parse_overrides(["lr"])
     # settings that only the last stages read are refused before the first stage runs
     for key, value, needle in (("eval_split", "bogus", "labelled split"), ("eval_split", "wild", "labelled split"),
+                               ("eval_split", "train", "did not learn from"),
                                ("judge", "nope", "builtin or vlm"), ("lr", "nan", "lr must"), ("ema", "2", "ema must"),
                                ("beta", "-1", "beta must"), ("gpa_weight", "inf", "gpa_weight must")):
         with pytest.raises(InputError, match=needle):

@@ -60,10 +60,10 @@ def code_digest() -> str:
     return h.hexdigest()[:12]
 
 
-def inputs_digest(source: str) -> dict:
+def inputs_digest(source: str | None = None) -> dict:
     """What else decides the explored memory besides the code: the agent settings' defaults (``HMRCRITIC_*``
-    environment overrides included), the synthetic data generator's version and, for model-sampled groups,
-    the shipped checkpoint's bytes."""
+    environment overrides included), the synthetic data generator's version and, for model-sampled groups
+    (``source="model"``), the shipped checkpoint's bytes."""
     from hmrcritic.agent.state import AgentConfig
     from hmrcritic.hmr.data import GENERATOR_VERSION
 

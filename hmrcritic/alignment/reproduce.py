@@ -114,9 +114,9 @@ class Preset:
         # checked here, not when the stage that reads them starts (after exploring, exporting and finetuning)
         from hmrcritic.hmr.data import SPLITS
 
-        if self.eval_split not in SPLITS or self.eval_split == "wild":
-            labelled = ", ".join(s for s in SPLITS if s != "wild")
-            raise InputError(f"preset field eval_split must be a labelled split ({labelled}), got {self.eval_split!r}")
+        if self.eval_split not in SPLITS or self.eval_split in ("wild", "train"):
+            raise InputError(f"preset field eval_split must be a labelled split the critic did not learn from "
+                             f"(test; train is explored, wild is unlabelled), got {self.eval_split!r}")
         if self.judge not in ("builtin", "vlm"):
             raise InputError(f"preset field judge must be builtin or vlm, got {self.judge!r}")
         if not (math.isfinite(self.lr) and self.lr > 0):
@@ -464,10 +464,12 @@ def _run(name: str, p: Preset, out: Path, model, progress) -> dict:
     # 2. explore (memory frozen afterwards)
     explore_params = {k: getattr(p, k) for k in ("explore_rounds", "explore_batch", "explore_generations",
                                                  "sample_steps", "seed", "judge", "render")}
-    from hmrcritic.agent.evaluate_critic import code_digest
+    from hmrcritic.agent.evaluate_critic import code_digest, inputs_digest
 
     # the starter rules and the scoring code are inputs of the memory too: a changed rule re-explores
-    k_explore = _key("explore", base_hash, explore_params, code_digest())
+    # the agent's defaults (HMRCRITIC_* overrides) and the data generator decide the memory too; export and
+    # evaluation keys build on this one
+    k_explore = _key("explore", base_hash, explore_params, code_digest(), inputs_digest())
     memory_dir = out / f"memory-{k_explore}"
     explore_rec_path = out / f"explore-{k_explore}.json"
     explore_rec = _read_json(explore_rec_path)
@@ -523,8 +525,7 @@ def _run(name: str, p: Preset, out: Path, model, progress) -> dict:
             t0 = time.time()
             fcfg = FinetuneConfig(data=str(wild_dir), out=str(ckpt), model=model_path, objective=obj,
                                   num_generations=p.num_generations, steps=p.steps, batch_size=p.batch_size,
-                                  lr=p.lr, beta=p.beta, t_min=p.t_min, gpa_weight=p.gpa_weight,
-                                  base_loss_weight=base_w, ema=p.ema, seed=p.seed,
+                                  lr=p.lr, **_objective_settings(obj, p, base_w), ema=p.ema, seed=p.seed,
                                   checkpoint_every=max(1, p.steps // 10), log_every=max(1, p.steps // 10))
             last = {}
 
@@ -602,13 +603,27 @@ def _run(name: str, p: Preset, out: Path, model, progress) -> dict:
     return result
 
 
+# Settings an objective does not read (DPO ignores the GPA-only t_min, gpa_weight and base loss; SFT also β):
+# left out of its cache key, so tuning GPA does not re-run the baselines, and given to its finetune at their
+# defaults, so a killed baseline resumes whatever GPA setting changed meanwhile.
+_IGNORED = {"dpo": ("t_min", "gpa_weight", "base_loss_weight"), "sft": ("t_min", "gpa_weight", "base_loss_weight",
+                                                                       "beta")}
+
+
 def _finetune_key(k_export: str, obj: str, common: dict, base_w: float) -> str:
-    """Cache key of one finetune: only the settings that objective reads (DPO ignores the GPA-only t_min,
-    gpa_weight and base loss; SFT also ignores β), so tuning GPA does not re-run the baselines."""
-    if obj in ("dpo", "sft"):
-        drop = {"t_min", "gpa_weight"} | ({"beta"} if obj == "sft" else set())
-        return _key("finetune", k_export, obj, {k: v for k, v in common.items() if k not in drop}, None)
+    """Cache key of one finetune: only the settings that objective reads (see ``_IGNORED``)."""
+    if obj in _IGNORED:
+        return _key("finetune", k_export, obj, {k: v for k, v in common.items() if k not in _IGNORED[obj]}, None)
     return _key("finetune", k_export, obj, common, base_w)
+
+
+def _objective_settings(obj: str, p: Preset, base_w: float) -> dict:
+    """The objective-specific FinetuneConfig fields: the preset's, or the defaults for those it ignores."""
+    from hmrcritic.alignment.finetune import FinetuneConfig
+
+    out = {"beta": p.beta, "t_min": p.t_min, "gpa_weight": p.gpa_weight, "base_loss_weight": base_w}
+    defaults = {f.name: f.default for f in dataclasses.fields(FinetuneConfig)}
+    return {k: (defaults[k] if k in _IGNORED.get(obj, ()) else v) for k, v in out.items()}
 
 
 def _every(log: _Log, what: str, i: int, n: int) -> None:
@@ -623,6 +638,12 @@ def _fmt(v: Any, spec: str) -> str:
     return "—" if v is None else spec.format(v)
 
 
+def _evaluated(result: dict) -> Any:
+    """Inputs actually evaluated (a split smaller than ``eval_limit`` is evaluated whole), else the setting."""
+    n = {v.get("n_samples") for v in (result.get("extra") or {}).values() if v.get("n_samples") is not None}
+    return n.pop() if len(n) == 1 else result.get("settings", {}).get("eval_limit")
+
+
 def format_table(result: dict) -> str:
     """The main table (markdown), with the change of each aligned model vs base in brackets."""
     rows = result["rows"]
@@ -632,7 +653,7 @@ def format_table(result: dict) -> str:
         f"Preset `{result['preset']}`: explore {s.get('explore_rounds')}×{s.get('explore_batch')} train groups, "
         f"export {result.get('export', {}).get('groups')} wild groups of G={s.get('num_generations')}, "
         f"finetune {s.get('steps')} steps × {s.get('batch_size')} groups (lr {s.get('lr')}, β {s.get('beta')}), "
-        f"evaluate {s.get('eval_limit')} `{s.get('eval_split')}` inputs × M={s.get('eval_generations')}. "
+        f"evaluate {_evaluated(result)} `{s.get('eval_split')}` inputs × M={s.get('eval_generations')}. "
         "mm on LSP-14 joints; implausible = share of hypotheses breaking joint limits or self-penetrating.",
         "",
         "| model | " + " | ".join(c[1] for c in COLUMNS) + " |",
