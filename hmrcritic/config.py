@@ -20,6 +20,44 @@ os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
 os.environ.setdefault("ANONYMIZED_TELEMETRY", "False")
 
 
+def env_number(name: str, default, kind: type = float, minimum: float | None = None, above: bool = False):
+    """``kind(os.environ[name])``, or ``default`` when unset or empty; an InputError naming the variable when the
+    value is not a (finite) number or is below ``minimum`` (at or below it with ``above``)."""
+    import math
+
+    from hmrcritic.errors import InputError
+
+    raw = os.environ.get(name)
+    if raw is None or not raw.strip():
+        return default
+    try:
+        value = kind(raw.strip())
+    except ValueError:
+        raise InputError(f"{name}={raw!r} is not {'an integer' if kind is int else 'a number'}") from None
+    if not math.isfinite(value):
+        raise InputError(f"{name}={raw!r} must be a finite number")
+    if minimum is not None and (value <= minimum if above else value < minimum):
+        raise InputError(f"{name}={raw!r} must be {'>' if above else '≥'} {minimum:g}")
+    return value
+
+
+_TRUE, _FALSE = ("1", "true", "yes", "on", "y"), ("0", "false", "no", "off", "n")
+
+
+def env_flag(name: str, default: bool) -> bool:
+    """A yes/no variable: unset or empty → ``default``; anything but 1/0, true/false, yes/no, on/off is an error
+    (a typo like "ture" used to mean False)."""
+    from hmrcritic.errors import InputError
+
+    raw = os.environ.get(name)
+    if raw is None or not raw.strip():
+        return default
+    value = raw.strip().lower()
+    if value in _TRUE or value in _FALSE:
+        return value in _TRUE
+    raise InputError(f"{name}={raw!r} is not a yes/no value (1/0, true/false, yes/no, on/off)")
+
+
 def _env_path(name: str, default: Path) -> Path:
     value = os.environ.get(name)
     return Path(value).expanduser() if value else default
@@ -108,9 +146,20 @@ class JudgeSettings:
         default_factory=lambda: os.environ.get("HMRCRITIC_BASE_URL") or os.environ.get("OPENAI_BASE_URL")
     )
     model: str = field(default_factory=lambda: os.environ.get("HMRCRITIC_VLM_MODEL", "gpt-4o-mini"))
-    timeout_s: float = field(default_factory=lambda: float(os.environ.get("HMRCRITIC_VLM_TIMEOUT", "60")))
-    max_retries: int = field(default_factory=lambda: int(os.environ.get("HMRCRITIC_VLM_RETRIES", "4")))
-    max_concurrency: int = field(default_factory=lambda: int(os.environ.get("HMRCRITIC_VLM_CONCURRENCY", "4")))
+    timeout_s: float = field(default_factory=lambda: env_number("HMRCRITIC_VLM_TIMEOUT", 60.0, float, 0, above=True))
+    max_retries: int = field(default_factory=lambda: env_number("HMRCRITIC_VLM_RETRIES", 4, int, 0))
+    max_concurrency: int = field(default_factory=lambda: env_number("HMRCRITIC_VLM_CONCURRENCY", 4, int, 1))
+
+    def __post_init__(self) -> None:  # values given in code are held to what the variables are
+        import math
+
+        from hmrcritic.errors import InputError
+
+        if not (math.isfinite(self.timeout_s) and self.timeout_s > 0):
+            raise InputError(f"judge timeout must be a finite number of seconds > 0, got {self.timeout_s}")
+        if self.max_retries < 0 or self.max_concurrency < 1:
+            raise InputError(f"judge retries must be ≥ 0 and concurrency ≥ 1, got {self.max_retries}, "
+                             f"{self.max_concurrency}")
 
     def public(self) -> dict:
         """Settings safe to print: the key is reported only as present or absent."""

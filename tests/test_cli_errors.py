@@ -152,3 +152,42 @@ def test_absurd_body_shapes_are_refused():
     hyps["betas"][2, 0] = 1e6
     with pytest.raises(InputError, match="hypothesis 2"):
         load_hypotheses(hyps)
+
+
+@pytest.mark.parametrize("env, argv, needle", [
+    ({"HMRCRITIC_VLM_TIMEOUT": "abc"}, ["doctor", "--no-render", "--json"], "VLM_TIMEOUT='abc' is not a number"),
+    ({"HMRCRITIC_MAX_REFLECTIONS": "1.5"}, ["memory", "stats"], None),
+])
+def test_bad_environment_values_name_the_variable(env, argv, needle, places, capsys, monkeypatch):
+    """A variable that cannot be read is an error naming it — not a ValueError, not a silent default."""
+    from hmrcritic.config import env_flag, env_number
+    from hmrcritic.errors import InputError
+
+    for k, v in env.items():
+        monkeypatch.setenv(k, v)
+    if needle is None:  # read where it is used, not by every command
+        with pytest.raises(InputError, match="HMRCRITIC_MAX_REFLECTIONS='1.5' is not an integer"):
+            env_number("HMRCRITIC_MAX_REFLECTIONS", 2, int)
+        return
+    rc = main([a.format(**places) for a in argv])
+    out = capsys.readouterr()
+    assert rc != 0 and needle in out.out + out.err and "Traceback" not in out.err
+    for raw, want in (("", True), ("yes", True), ("OFF", False)):
+        monkeypatch.setenv("HMRCRITIC_X", raw)
+        assert env_flag("HMRCRITIC_X", True) is want
+    monkeypatch.setenv("HMRCRITIC_X", "ture")
+    with pytest.raises(InputError, match="HMRCRITIC_X='ture' is not a yes/no value"):
+        env_flag("HMRCRITIC_X", True)
+    from hmrcritic.hmr.data import default_size
+
+    for bad in ("inf", "0", "-1"):  # inf overflowed; 0 and -1 silently gave one-scene splits
+        monkeypatch.setenv("HMRCRITIC_SPLIT_SIZE_SCALE", bad)
+        with pytest.raises(InputError, match="HMRCRITIC_SPLIT_SIZE_SCALE"):
+            default_size("test")
+
+
+def test_agent_settings_from_the_environment_are_checked_before_exploring(places, monkeypatch, capsys):
+    monkeypatch.setenv("HMRCRITIC_PROTO_WEIGHT", "2")  # must be in [0, 1]
+    rc = main(["explore", "--rounds", "1", "--batch-size", "1", "--memory-dir", str(places["tmp"] / "envmem")])
+    assert rc == 2 and "proto_weight" in capsys.readouterr().err
+    assert not (places["tmp"] / "envmem").exists()

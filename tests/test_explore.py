@@ -471,3 +471,22 @@ def test_explore_refuses_bad_settings(tmp_path):
         ex.explore(mem, error_metric="mae")
     with pytest.raises(InputError, match="frozen"):
         ex.explore(MemoryStore(tmp_path / "m", read_only=True))
+
+
+def test_a_round_where_every_group_failed_is_not_recorded(constructed, tmp_path):
+    """Every group failing is systemic (an endpoint down, a bad setting): the round must not be marked done, or
+    every later run would skip it as explored."""
+    from hmrcritic.errors import HMRCriticError, JudgeError
+
+    class Down(BlindJudge):
+        def critique(self, ctx):
+            raise JudgeError(f"group {ctx.group_id}: endpoint down")
+
+    train, _, _ = constructed
+    mem = _memory(tmp_path / "m")
+    kw = dict(split="train", groups=train[:2], rounds=1, batch_size=2, merge_text=False, calibration_groups=0)
+    with pytest.raises(HMRCriticError, match="every group of round 1 failed.*endpoint down"):
+        ex.explore(mem, judge=Down(), **kw)
+    assert ex.read_log(mem) == []
+    again = ex.explore(mem, judge=BlindJudge(), **kw)  # the round is still to do
+    assert again.groups == 2

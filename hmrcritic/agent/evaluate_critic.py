@@ -118,6 +118,9 @@ def evaluate_critic(
     unknown = [v for v in variants if v not in VARIANTS]
     if unknown:
         raise InputError(f"unknown variant(s) {unknown}; choose from {list(VARIANTS)}")
+    if num_generations < 2:
+        raise InputError(f"evaluate-critic: a group needs ≥ 2 hypotheses to rank, got --num-generations "
+                         f"{num_generations}")
     if warmup_groups < 0 or batch_size < 1:
         raise InputError(f"evaluate-critic: need --warmup-groups ≥ 0 and --batch-size ≥ 1 "
                          f"(got {warmup_groups}, {batch_size})")

@@ -354,6 +354,11 @@ def explore(
 
         if split not in SPLITS:
             raise InputError(f"explore: unknown split {split!r}; known: {', '.join(SPLITS)}")
+    if limit is not None and limit < 1:
+        raise InputError(f"explore: --limit must be ≥ 1 group, got {limit}")
+    # the agent settings (HMRCRITIC_* variables included) are checked before the memory folder is touched
+    AgentConfig.model_validate({**(agent_config or {}), "rules_k": rules_k, "ucb_c": ucb_c,
+                                **({"max_reflections": max_reflections} if max_reflections is not None else {})})
     memory = _open_memory(memory)
     with memory.exclusive("an exploration"):  # one exploration per memory at a time (store.py)
         mpath = Path(memory.path)
@@ -631,6 +636,12 @@ def _run_batch(memory, app, saver, judge_obj, is_builtin, cfg, batch, r, sig, sp
         emit("group", {"index": i, "total": len(batch), "group_id": g.group_id,
                        "spearman": group_spearman(bg.overall, bg.error)})
     report.groups = len(scored)
+    if not scored and report.failed:
+        # every group failed: something systemic (a bad setting, an endpoint down), not a batch to count as
+        # explored — a round recorded done here would be skipped on every later run
+        first = report.failed[0]
+        raise HMRCriticError(f"explore: every group of round {round_no} failed, nothing was recorded; first: "
+                             f"{first['group_id']}: {first['error']}")
     if not scored:
         report.seconds = time.perf_counter() - t0
         _commit(memory, {"batch_key": batch_key, "sig": sig, "r": r, "round": round_no, "rule_deltas": {},

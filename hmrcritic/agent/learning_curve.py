@@ -170,6 +170,8 @@ def explore_eval(
     bad = [v for v in variants if v not in VARIANTS]
     if bad:
         raise InputError(f"unknown variant(s) {bad}; choose from {', '.join(VARIANTS)}")
+    if groups is None and num_generations < 2:
+        raise InputError(f"explore-eval: a group needs ≥ 2 hypotheses to rank, got --num-generations {num_generations}")
     path = _memory_path(memory)
     frozen = frozen_copy(memory)
     held = _heldout(groups, split, num_groups, num_generations, seed, start, source)

@@ -14,30 +14,29 @@ from __future__ import annotations
 import os
 from typing import Any, TypedDict
 
-from pydantic import BaseModel, Field
+from pydantic import BaseModel, ConfigDict, Field
 
 from hmrcritic.agent.judges import PROTO_LEVEL
+from hmrcritic.config import env_flag, env_number
 
 
 def _env_bool(name: str, default: bool) -> bool:
-    value = os.environ.get(name)
-    if value is None or value == "":
-        return default
-    return value.strip().lower() in ("1", "true", "yes", "on")
+    return env_flag(name, default)
 
 
 def _env_int(name: str, default: int) -> int:
-    value = os.environ.get(name)
-    return int(value) if value else default
+    return env_number(name, default, int)
 
 
 def _env_float(name: str, default: float) -> float:
-    value = os.environ.get(name)
-    return float(value) if value else default
+    return env_number(name, default, float)
 
 
 class AgentConfig(BaseModel):
     """Settings of one agent run. Every field has an ``HMRCRITIC_*`` environment fallback."""
+
+    # the ranges below hold for values from the environment too (pydantic does not check defaults otherwise)
+    model_config = ConfigDict(validate_default=True, allow_inf_nan=False)
 
     judge: str = Field(default_factory=lambda: os.environ.get("HMRCRITIC_JUDGE", "builtin"))
     max_reflections: int = Field(default_factory=lambda: _env_int("HMRCRITIC_MAX_REFLECTIONS", 2), ge=0)

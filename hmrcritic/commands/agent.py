@@ -74,7 +74,7 @@ def register(app: typer.Typer) -> None:
         n: int = typer.Option(16, "-n", "--num-generations",
                               help="Hypotheses to sample (with --model, or the shipped base model) when no "
                                    "--hypotheses are given."),
-        seed: int = typer.Option(0, "--seed", help="Sampling seed."),
+        seed: int = typer.Option(0, "--seed", help="Sampling seed.", min=0, max=2**32 - 1),
         judge: str = typer.Option("builtin", "--judge", help="builtin (offline) or vlm (OpenAI-compatible)."),
         out: Path = typer.Option(Path("critique_out"), "--out", help="Folder for scores.json and report.html."),
         learn: bool = typer.Option(False, "--learn", help="Write prototypes/rule statistics to memory."),
@@ -170,7 +170,7 @@ def register(app: typer.Typer) -> None:
         source: str = typer.Option("auto", "--source", help="Hypotheses: auto | model | perturbed."),
         judge: str = typer.Option("builtin", "--judge", help="builtin or vlm."),
         max_reflections: int = typer.Option(2, "--max-reflections", help="Revise rounds of the full agent."),
-        seed: int = typer.Option(0, "--seed"),
+        seed: int = typer.Option(0, "--seed", min=0, max=2**32 - 1),
         as_json: bool = typer.Option(False, "--json", help="Print the result as JSON."),
     ) -> None:
         """Critic quality on held-out labelled groups — Spearman/Kendall with −PA-MPJPE (and MPJPE, PVE),

@@ -30,7 +30,8 @@ def _export_app() -> typer.Typer:
         workers: int = typer.Option(1, help="Worker processes (or Ray actors with --ray-address)."),
         ray_address: str = typer.Option(None, help="Ray cluster address, 'auto', or 'local' to start one."),
         limit: int = typer.Option(None, help="Export only the first N inputs."),
-        seed: int = typer.Option(0, help="Export seed; per-group seeds derive from (seed, input id)."),
+        seed: int = typer.Option(
+            0, help="Export seed; per-group seeds derive from (seed, input id).", min=0, max=2**32 - 1),
         steps: int = typer.Option(10, help="DDIM sampling steps."),
         memory: Path = typer.Option(None, help="Frozen memory folder (default: the configured memory)."),
         chroma_url: str = typer.Option(None, help="Chroma server URL for the memory (many workers/hosts)."),
@@ -127,7 +128,7 @@ def register(app: typer.Typer) -> None:
         base_loss_weight: float = typer.Option(1.0, help="Weight of the plain denoising loss (0 = none)."),
         scale_rewards: str = typer.Option("group", help="Advantage scaling: group | batch | none."),
         ema: float = typer.Option(0.999, help="EMA decay of the saved weights."),
-        seed: int = typer.Option(0, help="Seed (batches, noise, timesteps)."),
+        seed: int = typer.Option(0, help="Seed (batches, noise, timesteps).", min=0, max=2**32 - 1),
         checkpoint_every: int = typer.Option(50, help="Save resumable state every K steps."),
         resume: bool = typer.Option(True, "--resume/--no-resume", help="Continue from OUT.state.pt."),
         device: str = typer.Option("cpu", help="cpu or cuda."),

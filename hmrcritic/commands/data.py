@@ -14,7 +14,7 @@ def register(app: typer.Typer) -> None:
     def generate(
         split: str = typer.Option(..., "--split", help="train, wild or test"),
         n: int = typer.Option(None, "--n", help="number of scenes (default: the split's size)"),
-        seed: int = typer.Option(None, "--seed", help="override the split's fixed seed"),
+        seed: int = typer.Option(None, "--seed", help="override the split's fixed seed", min=0, max=2**32 - 1),
         render: bool = typer.Option(False, "--render", help="also render images and masks (slow)"),
         as_json: bool = typer.Option(False, "--json", help="print the manifest as JSON"),
     ) -> None:

@@ -43,7 +43,8 @@ def _parse_scene(scene: str):
 def register(app: typer.Typer) -> None:
     @app.command("train-base")
     def train_base_cmd(
-        seed: int = typer.Option(0, help="Seed of the whole recipe (init, data order, noise, augmentation)."),
+        seed: int = typer.Option(
+            0, help="Seed of the whole recipe (init, data order, noise, augmentation).", min=0, max=2**32 - 1),
         steps: int = typer.Option(None, help="Training steps (default: the recipe's)."),
         batch_size: int = typer.Option(None, help="Batch size (default: the recipe's)."),
         out: Path = typer.Option(
@@ -119,7 +120,7 @@ def register(app: typer.Typer) -> None:
         steps: int = typer.Option(10, help="DDIM steps."),
         eta: float = typer.Option(0.0, help="DDIM eta (0 = deterministic given the seed)."),
         guidance: float = typer.Option(0.0, help="2D keypoint guidance strength (0 = the model alone)."),
-        seed: int = typer.Option(0, help="Sampling seed."),
+        seed: int = typer.Option(0, help="Sampling seed.", min=0, max=2**32 - 1),
         focal: float = typer.Option(None, help="Focal length in px for user images (default max(W,H))."),
         out: Path = typer.Option(..., help="Output folder."),
         obj: bool = typer.Option(False, "--obj", help="Also write one .obj mesh per hypothesis."),
@@ -177,7 +178,7 @@ def register(app: typer.Typer) -> None:
         eta: float = typer.Option(0.0, help="DDIM eta."),
         limit: int = typer.Option(None, help="Evaluate only the first K scenes."),
         batch_size: int = typer.Option(32, help="Inputs per batch (B·N rows per network call)."),
-        seed: int = typer.Option(0, help="Sampling seed."),
+        seed: int = typer.Option(0, help="Sampling seed.", min=0, max=2**32 - 1),
         guidance: float = typer.Option(0.0, help="2D keypoint guidance strength (0 = the model alone)."),
         joint_set: str = typer.Option("lsp14", help="lsp14 or smpl24."),
         no_nn: bool = typer.Option(False, "--no-nn", help="Skip the nearest-neighbour baseline."),

@@ -368,14 +368,8 @@ def _split_root(root) -> Path:
 
 def default_size(name: str) -> int:
     """The split's default size times ``HMRCRITIC_SPLIT_SIZE_SCALE`` (tests use tiny splits)."""
-    n = SPLITS[name][0]
-    scale = os.environ.get("HMRCRITIC_SPLIT_SIZE_SCALE")
-    if scale:
-        try:
-            n = max(1, int(round(n * float(scale))))
-        except ValueError:
-            raise InputError(f"HMRCRITIC_SPLIT_SIZE_SCALE={scale!r} is not a number") from None
-    return n
+    scale = config.env_number("HMRCRITIC_SPLIT_SIZE_SCALE", 1.0, float, 0, above=True)
+    return max(1, int(round(SPLITS[name][0] * scale)))
 
 
 def _check_name(name: str) -> None:

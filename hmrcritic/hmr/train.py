@@ -80,6 +80,15 @@ class TrainConfig:
     aug_conf: float = 0.15  # confidence jitter (uniform ±)
     model: DiffusionConfig = field(default_factory=DiffusionConfig)
 
+    def __post_init__(self) -> None:
+        for name in ("steps", "batch_size", "threads", "log_every", "ckpt_every"):
+            if int(getattr(self, name)) < 1:
+                raise InputError(f"train-base: {name.replace('_', '-')} must be ≥ 1, got {getattr(self, name)}")
+        if self.seed < 0 or self.warmup < 0:
+            raise InputError(f"train-base: seed and warmup must be ≥ 0, got {self.seed}, {self.warmup}")
+        if not (math.isfinite(self.lr) and self.lr > 0 and math.isfinite(self.min_lr) and self.min_lr >= 0):
+            raise InputError(f"train-base: lr must be a finite number > 0 and min-lr ≥ 0, got {self.lr}, {self.min_lr}")
+
     @classmethod
     def from_dict(cls, d: dict) -> TrainConfig:
         d = dict(d)
@@ -208,6 +217,8 @@ def train_base(
     ``out_dir`` gets ``state.pt`` (resume state, every ``ckpt_every`` steps), ``log.jsonl`` (loss per
     ``log_every`` steps) and ``model.pt`` (EMA weights + recipe, ``load_model``-able) at the end.
     """
+    if stop_at is not None and stop_at < 1:
+        raise InputError(f"train-base: --stop-at must be ≥ 1 step, got {stop_at}")
     torch.set_num_threads(cfg.threads)
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)

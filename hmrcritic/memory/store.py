@@ -49,7 +49,9 @@ CALIBRATION_KEY = "score_calibration"  # rules-collection metadata key holding t
 # deletes them with them.
 EXPLORE_FILES = ("explored_on.json", "explore_progress.json", "explore_pending.json", "explore_log.jsonl")
 EXCLUSIVE_NAME = ".exclusive.lock"  # held for a whole exploration / import / reset (MemoryStore.exclusive)
-LOCK_TIMEOUT_S = float(os.environ.get("HMRCRITIC_MEMORY_LOCK_TIMEOUT", "300"))
+def _lock_timeout_s() -> float:
+    """How long a writer waits for the memory's write lock (``HMRCRITIC_MEMORY_LOCK_TIMEOUT``, 300 s)."""
+    return config.env_number("HMRCRITIC_MEMORY_LOCK_TIMEOUT", 300.0, float, 0)
 
 # name -> (embedding identity, dimension); written into collection metadata, checked on open.
 COLLECTIONS: dict[str, tuple[str, int]] = {
@@ -326,12 +328,13 @@ class MemoryStore:
                     self._writes += 1
                 return
             self.path.mkdir(parents=True, exist_ok=True)
-            lock = FileLock(str(self.path / LOCK_NAME), timeout=LOCK_TIMEOUT_S)
+            timeout = _lock_timeout_s()
+            lock = FileLock(str(self.path / LOCK_NAME), timeout=timeout)
             try:
                 lock.acquire()
             except Timeout as exc:
                 raise AssetError(f"memory at {self.location} stayed locked by another writer for "
-                                 f"{LOCK_TIMEOUT_S:.0f} s (lock file {self.path / LOCK_NAME})") from exc
+                                 f"{timeout:.0f} s (lock file {self.path / LOCK_NAME})") from exc
             self._write_depth = 1
             seq = _read_seq(self.path)
             try:
@@ -646,7 +649,7 @@ class MemoryStore:
         path = Path(path).expanduser().resolve()
         if not (path / "chroma.sqlite3").exists():
             return
-        with FileLock(str(path / LOCK_NAME), timeout=LOCK_TIMEOUT_S):
+        with FileLock(str(path / LOCK_NAME), timeout=_lock_timeout_s()):
             client = _persistent_client(str(path), reopen=True)
             for name in names or list(COLLECTIONS):
                 with suppress(NotFoundError, ValueError):
