@@ -226,6 +226,31 @@ def _manifest(root: Path) -> list[str]:
     return (root / "manifest.jsonl").read_text().splitlines()
 
 
+def dying_score(sample, hypotheses, **kw):
+    """fake_score, except that the worker process dies on the ids in HMRCRITIC_TEST_EXIT_IDS (killed, OOM)."""
+    if sample.sample_id in os.environ.get("HMRCRITIC_TEST_EXIT_IDS", "").split(","):
+        os._exit(3)
+    return fake_score(sample, hypotheses, **kw)
+
+
+@pytest.mark.slow
+def test_a_dead_worker_fails_its_groups_instead_of_hanging_the_export(model_path, tmp_path, monkeypatch):
+    """multiprocessing.Pool waited forever for a task whose worker had died; now the unfinished groups are
+    failures (stage "worker") and a re-run exports them."""
+    monkeypatch.setenv("PYTHONPATH", os.pathsep.join([str(TESTS), os.environ.get("PYTHONPATH", "")]))
+    monkeypatch.setenv("HMRCRITIC_TEST_EXIT_IDS", "img001")
+    inputs = make_inputs(4)
+    cfg = cfg_for(tmp_path / "ds", model_path, workers=2, score_group="test_export:dying_score")
+    s = export(cfg, inputs=inputs)
+    fails = [json.loads(line) for line in (tmp_path / "ds" / "failures.jsonl").read_text().splitlines()]
+    assert s.failures >= 1 and s.groups + s.failures == 4
+    assert any(f["input_id"] == "img001" and f["stage"] == "worker" for f in fails)
+    assert [f["input_id"] for f in fails] == sorted(f["input_id"] for f in fails)  # input order
+    monkeypatch.setenv("HMRCRITIC_TEST_EXIT_IDS", "")
+    again = export(cfg, inputs=inputs)
+    assert again.groups == 4 and again.failures == 0 and D.validate_dataset(tmp_path / "ds").ok
+
+
 @pytest.mark.slow
 def test_process_pool_gives_the_same_records_as_serial(model_path, tmp_path, monkeypatch):
     monkeypatch.setenv("PYTHONPATH", os.pathsep.join([str(TESTS), os.environ.get("PYTHONPATH", "")]))
@@ -438,3 +463,27 @@ def test_export_with_the_real_agent(model_path, wild_split, tmp_path):
         assert conn.execute("SELECT count(*) FROM checkpoints WHERE thread_id LIKE ?",
                             (f"export-{r.group_id}-%",)).fetchone()[0] == 0
         assert not list((hconfig.runs_dir() / "groups").glob(f"export-{r.group_id}-*"))
+
+
+def test_validate_catches_a_dataset_out_of_step_with_itself(model_path, tmp_path):
+    """Each file valid alone, inconsistent together: pairs edited or missing, a group of another N than the
+    header; and the reader names the file whose checksum changed."""
+    root = tmp_path / "ds"
+    export(cfg_for(root, model_path), inputs=make_inputs(3))
+    assert D.validate_dataset(root).ok
+    pairs = (root / "pairs.jsonl").read_text()
+    (root / "pairs.jsonl").write_text("".join(pairs.splitlines(keepends=True)[1:]))
+    assert any("not the pairs" in e for e in D.validate_dataset(root).errors)
+    (root / "pairs.jsonl").unlink()
+    assert any("pairs.jsonl: missing" in e for e in D.validate_dataset(root).errors)
+    (root / "pairs.jsonl").write_text(pairs)
+    header = json.loads((root / "dataset.json").read_text())
+    (root / "dataset.json").write_text(json.dumps({**header, "num_generations": 5}))
+    assert any("the header says 5" in e for e in D.validate_dataset(root).errors)
+    (root / "dataset.json").write_text(json.dumps(header))
+    rec = D.read_manifest(root)[0]
+    cond = dict(np.load(root / rec.condition.path))
+    cond["K"] = cond["K"] * 2
+    np.savez(root / rec.condition.path, **cond)
+    with pytest.raises(Exception, match="cond"):
+        D.GroupPreferenceDataset(root)[0]

@@ -445,6 +445,8 @@ def validate_dataset(root: str | Path, max_errors: int = 50) -> ValidationReport
                 continue
             seen.add(rec.group_id)
             records.append(rec)
+            if rec.num_hypotheses != header.num_generations:
+                errors.append(f"{where}: {rec.num_hypotheses} hypotheses, the header says {header.num_generations}")
             errors.extend(f"{where}: {e}" for e in _check_record_files(root, rec))
             expected = advantages_np([s.overall for s in rec.scores], "group")
             if not np.allclose(expected, rec.advantages, atol=1e-5):
@@ -458,6 +460,14 @@ def validate_dataset(root: str | Path, max_errors: int = 50) -> ValidationReport
         if orphans:
             warnings.append(f"{len(orphans)} array file(s) not referenced by the manifest (interrupted run)")
     n_pairs = 0
+    expected_pairs = pair_records(records)
+    finished = header.counts.get("finished") is not False  # an export writes the pairs when it finishes
+    if finished and not (root / PAIRS).exists():
+        if expected_pairs:
+            errors.append(f"{PAIRS}: missing ({len(expected_pairs)} pairs expected; re-run the export to write it)")
+    elif finished and _read_pairs(root / PAIRS) != expected_pairs:
+        errors.append(f"{PAIRS}: not the pairs of the manifest's groups (edited or out of date; re-run the export "
+                      "to rewrite it)")
     if (root / PAIRS).exists():
         for lineno, line in enumerate((root / PAIRS).read_text(encoding="utf-8").splitlines(), 1):
             try:
@@ -490,6 +500,17 @@ def validate_dataset(root: str | Path, max_errors: int = 50) -> ValidationReport
         errors=errors,
         warnings=warnings,
     )
+
+
+def _read_pairs(path: Path) -> list:
+    """The pairs file's records, skipping lines that are not JSON (reported apart, line by line)."""
+    out = []
+    for line in path.read_text(encoding="utf-8").splitlines():
+        try:
+            out.append(json.loads(line))
+        except json.JSONDecodeError:
+            continue
+    return out
 
 
 def _check_record_files(root: Path, rec: GroupRecord) -> list[str]:
@@ -546,10 +567,10 @@ class GroupPreferenceDataset(torch.utils.data.Dataset):
         hyps = load_npz(self.root / rec.hypotheses.path)
         check_condition(cond, str(self.root / rec.condition.path))
         check_hypotheses(hyps, str(self.root / rec.hypotheses.path), rec.num_hypotheses)
-        if self.verify and (
-            arrays_checksum(cond) != rec.condition.sha256 or arrays_checksum(hyps) != rec.hypotheses.sha256
-        ):
-            raise AssetError(f"{self.root / rec.hypotheses.path}: checksum does not match manifest")
+        if self.verify:
+            for arrays, ref in ((cond, rec.condition), (hyps, rec.hypotheses)):
+                if arrays_checksum(arrays) != ref.sha256:  # name the file that changed, not always the hypotheses
+                    raise AssetError(f"{self.root / ref.path}: checksum does not match manifest")
         return {
             "group_id": rec.group_id,
             "keypoints": torch.from_numpy(cond["keypoints"].astype(np.float32)),

@@ -201,18 +201,24 @@ class GroupWorker:
         from hmrcritic.hmr.diffusion import load_model
 
         torch.set_num_threads(self.ctx.threads)
-        self._model = load_model(self.ctx.model)
+        model = load_model(self.ctx.model)
         self._score = _import(self.ctx.score_group)
         if self.ctx.use_memory:
             from hmrcritic.memory import MemoryStore
 
             self._memory = MemoryStore(self.ctx.memory, chroma_url=self.ctx.chroma_url, read_only=True)
+        # set last: a setup that failed half-way (the memory did not open) is retried by the next task, not
+        # taken as done (every later group was scored without the frozen memory)
+        self._model = model
 
     def run(self, task: dict) -> dict:
         """Task → result dict (``ok`` with arrays and scores, or the failure reason). Never raises."""
         head = {"group_id": task["group_id"], "input_id": task["input_id"], "group_seed": task["group_seed"]}
         try:
             self._setup()
+        except Exception as exc:  # the model, scorer or memory did not open: recorded, the next task retries
+            return {**head, "ok": False, "stage": "setup", "error": _reason(exc)}
+        try:
             sample = task["sample"]
             hyps = self._sample(sample, task["group_seed"])
         except Exception as exc:  # a broken input or model: recorded, the run goes on
@@ -316,14 +322,31 @@ def _serial(ctx: WorkerContext, tasks: list[dict]) -> Iterator[dict]:
 
 
 def _pool(ctx: WorkerContext, tasks: list[dict], workers: int) -> Iterator[dict]:
-    mpctx = mp.get_context("spawn")
-    pool = mpctx.Pool(workers, initializer=_pool_init, initargs=(ctx,))
+    """Results as they finish. A worker process that dies (killed, out of memory, a ``SystemExit`` in a scorer)
+    breaks the pool: the groups not finished by then are reported failed (stage "worker") instead of waiting
+    forever on them, as ``multiprocessing.Pool`` did; a re-run retries them."""
+    from concurrent.futures import FIRST_COMPLETED, ProcessPoolExecutor, wait
+    from concurrent.futures.process import BrokenProcessPool
+
+    pool = ProcessPoolExecutor(workers, mp_context=mp.get_context("spawn"), initializer=_pool_init,
+                               initargs=(ctx,))
+    pending = {pool.submit(_pool_run, t): t for t in tasks}
     try:
-        yield from pool.imap_unordered(_pool_run, tasks, chunksize=1)
-        pool.close()
+        while pending:
+            done, _ = wait(pending, return_when=FIRST_COMPLETED)
+            for fut in done:
+                task = pending.pop(fut)
+                try:
+                    yield fut.result()
+                except BrokenProcessPool:
+                    yield {"group_id": task["group_id"], "input_id": task["input_id"],
+                           "group_seed": task["group_seed"], "ok": False, "stage": "worker",
+                           "error": "a worker process died while this group was pending (killed, out of memory, "
+                                    "or exited); a re-run retries it"}
     finally:
-        pool.terminate()
-        pool.join()
+        for fut in pending:
+            fut.cancel()
+        pool.shutdown(wait=True, cancel_futures=True)
 
 
 def _ray(ctx: WorkerContext, tasks: list[dict], workers: int, address: str) -> Iterator[dict]:
@@ -498,9 +521,12 @@ def export(
         D.rewrite_manifest(out, records)
         n_pairs = D.write_pairs(out, records)
         present = {r.group_id for r in records}
-        # one record per group, its latest failure: a group that failed on several runs is one open failure
-        open_failures = list({f["group_id"]: f for f in read_jsonl(out / D.FAILURES)
-                              if f["group_id"] not in present}.values())
+        # one record per group, its latest failure (a group that failed on several runs is one open failure),
+        # in input order, so the file does not depend on which worker finished first
+        open_failures = sorted({f["group_id"]: f for f in read_jsonl(out / D.FAILURES)
+                                if f["group_id"] not in present}.values(),
+                               key=lambda f: order.get(f["group_id"], len(order)))
+        failures.sort(key=lambda f: order.get(f["group_id"], len(order)))
         _rewrite_failures(out, open_failures)
         elapsed = time.time() - t_start
         reasons: dict[str, int] = {}
