@@ -49,9 +49,12 @@ CALIBRATION_KEY = "score_calibration"  # rules-collection metadata key holding t
 # deletes them with them.
 EXPLORE_FILES = ("explored_on.json", "explore_progress.json", "explore_pending.json", "explore_log.jsonl")
 EXCLUSIVE_NAME = ".exclusive.lock"  # held for a whole exploration / import / reset (MemoryStore.exclusive)
+
+
 def _lock_timeout_s() -> float:
     """How long a writer waits for the memory's write lock (``HMRCRITIC_MEMORY_LOCK_TIMEOUT``, 300 s)."""
     return config.env_number("HMRCRITIC_MEMORY_LOCK_TIMEOUT", 300.0, float, 0)
+
 
 # name -> (embedding identity, dimension); written into collection metadata, checked on open.
 COLLECTIONS: dict[str, tuple[str, int]] = {
