@@ -13,6 +13,7 @@ import io
 import json
 import os
 import tempfile
+from collections.abc import Iterable
 from pathlib import Path
 from typing import Any
 
@@ -49,6 +50,12 @@ def atomic_torch_save(path: str | os.PathLike, obj: Any) -> Path:
 
 def atomic_write_text(path: str | os.PathLike, text: str) -> Path:
     return atomic_write_bytes(path, text.encode("utf-8"))
+
+
+def atomic_write_jsonl(path: str | os.PathLike, records: Iterable[dict]) -> Path:
+    """Replace a JSON-lines file with ``records``, one per line, as they are (a record read back keeps its
+    checksum): how a log is cut back to its last checkpoint or a manifest put in order."""
+    return atomic_write_text(path, "".join(json.dumps(r, default=_json_default) + "\n" for r in records))
 
 
 def atomic_write_json(path: str | os.PathLike, obj: Any, indent: int | None = 2) -> Path:

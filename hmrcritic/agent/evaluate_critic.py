@@ -71,8 +71,9 @@ def inputs_digest(source: str | None = None) -> dict:
            "generator": GENERATOR_VERSION}
     if source == "model":
         from hmrcritic.hmr.diffusion import DEFAULT_CHECKPOINT
+        from hmrcritic.io import sha256_file
 
-        out["model"] = hashlib.sha256(Path(DEFAULT_CHECKPOINT).read_bytes()).hexdigest()[:12]
+        out["model"] = sha256_file(DEFAULT_CHECKPOINT)[:12]
     return out
 
 

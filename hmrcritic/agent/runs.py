@@ -82,8 +82,16 @@ def prune_runs(older_than_days: float = 7.0, root: str | Path | None = None, dry
     removed = {"groups": 0, "checkpoints": 0, "traces": 0, "frozen-memory": 0, "evaluate": 0}
     stale_groups = {p.name for p in _entries(root / "groups") if old(p)}
     db = root / "checkpoints.sqlite"
-    threads = [t for t in _threads(db) if _safe(run_folder_name, t) in stale_groups
-               or not (root / "groups" / _safe(run_folder_name, t)).exists() and _orphaned(db, t, old)]
+    def prunable(thread: str) -> bool:
+        try:
+            folder = run_folder_name(thread)
+        except InputError:  # an id with no usable characters has no folder: nothing could resume it
+            folder = ""
+        if folder in stale_groups:
+            return True
+        return not (root / "groups" / folder).exists() and _orphaned(db, thread, old)
+
+    threads = [t for t in _threads(db) if prunable(t)]
     removed["checkpoints"] = len(threads)
     if threads and not dry_run:
         _delete_threads(db, threads)
@@ -142,9 +150,3 @@ def _orphaned(db: Path, thread_id: str, old) -> bool:
         return True
     return not run_dir or old(Path(run_dir))
 
-
-def _safe(folder_name, thread_id: str) -> str:
-    try:
-        return folder_name(thread_id)
-    except InputError:
-        return ""

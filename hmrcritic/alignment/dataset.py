@@ -36,7 +36,7 @@ from pydantic import BaseModel, Field, ValidationError, model_validator
 from hmrcritic.agent.schema import HypothesisScore
 from hmrcritic.alignment.stats import advantages_np
 from hmrcritic.errors import AssetError
-from hmrcritic.io import atomic_save_npz, atomic_write_json, atomic_write_text, record_checksum
+from hmrcritic.io import atomic_save_npz, atomic_write_json, atomic_write_jsonl, atomic_write_text, record_checksum
 
 FORMAT_VERSION = 1
 HEADER = "dataset.json"
@@ -315,8 +315,7 @@ def repair_manifest(root: str | Path, check_files: bool = True) -> tuple[list[Gr
 
 def rewrite_manifest(root: str | Path, records: list[GroupRecord]) -> None:
     """Atomically replace the manifest (used to put records in input order once an export completes)."""
-    text = "".join(json.dumps(r.to_line_dict()) + "\n" for r in records)
-    atomic_write_text(Path(root) / MANIFEST, text)
+    atomic_write_jsonl(Path(root) / MANIFEST, [r.to_line_dict() for r in records])
 
 
 def pair_records(records: Iterable[GroupRecord]) -> list[dict]:
@@ -357,7 +356,7 @@ def pair_records(records: Iterable[GroupRecord]) -> list[dict]:
 
 def write_pairs(root: str | Path, records: Iterable[GroupRecord]) -> int:
     pairs = pair_records(records)
-    atomic_write_text(Path(root) / PAIRS, "".join(json.dumps(p) + "\n" for p in pairs))
+    atomic_write_jsonl(Path(root) / PAIRS, pairs)
     return len(pairs)
 
 
@@ -460,24 +459,26 @@ def validate_dataset(root: str | Path, max_errors: int = 50) -> ValidationReport
         if orphans:
             warnings.append(f"{len(orphans)} array file(s) not referenced by the manifest (interrupted run)")
     n_pairs = 0
-    expected_pairs = pair_records(records)
-    finished = header.counts.get("finished") is not False  # an export writes the pairs when it finishes
-    if finished and not (root / PAIRS).exists():
-        if expected_pairs:
-            errors.append(f"{PAIRS}: missing ({len(expected_pairs)} pairs expected; re-run the export to write it)")
-    elif finished and _read_pairs(root / PAIRS) != expected_pairs:
-        errors.append(f"{PAIRS}: not the pairs of the manifest's groups (edited or out of date; re-run the export "
-                      "to rewrite it)")
+    pairs: list | None = None  # the file's records that parse; None without a file
     if (root / PAIRS).exists():
+        pairs = []
         for lineno, line in enumerate((root / PAIRS).read_text(encoding="utf-8").splitlines(), 1):
             try:
                 pair = json.loads(line)
+                pairs.append(pair)
                 ok = pair["group_id"] in seen and {"prompt", "chosen", "rejected"} <= set(pair)
             except (json.JSONDecodeError, KeyError, TypeError):
                 ok = False
             if not ok:
                 errors.append(f"{PAIRS}:{lineno}: malformed or refers to an unknown group")
             n_pairs += 1
+    if header.counts.get("finished") is not False:  # an export writes the pairs when it finishes
+        expected_pairs = pair_records(records)
+        if pairs is None and expected_pairs:
+            errors.append(f"{PAIRS}: missing ({len(expected_pairs)} pairs expected; re-run the export to write it)")
+        elif pairs is not None and pairs != expected_pairs:
+            errors.append(f"{PAIRS}: not the pairs of the manifest's groups (edited or out of date; re-run the "
+                          "export to rewrite it)")
     if not records:
         errors.append(f"{MANIFEST}: no groups (nothing to finetune on)")
     if header.counts.get("finished") is False:
@@ -500,17 +501,6 @@ def validate_dataset(root: str | Path, max_errors: int = 50) -> ValidationReport
         errors=errors,
         warnings=warnings,
     )
-
-
-def _read_pairs(path: Path) -> list:
-    """The pairs file's records, skipping lines that are not JSON (reported apart, line by line)."""
-    out = []
-    for line in path.read_text(encoding="utf-8").splitlines():
-        try:
-            out.append(json.loads(line))
-        except json.JSONDecodeError:
-            continue
-    return out
 
 
 def _check_record_files(root: Path, rec: GroupRecord) -> list[str]:

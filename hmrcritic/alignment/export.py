@@ -42,7 +42,7 @@ from hmrcritic.agent.schema import HypothesisScore
 from hmrcritic.alignment import dataset as D
 from hmrcritic.errors import InputError
 from hmrcritic.hmr.diffusion import MAX_GENERATIONS
-from hmrcritic.io import append_jsonl, atomic_write_text, exclusive_lock, read_jsonl
+from hmrcritic.io import append_jsonl, atomic_write_jsonl, exclusive_lock, read_jsonl
 from hmrcritic.redact import scrub
 
 DEFAULT_SCORER = "hmrcritic.agent.api:critique_group"
@@ -523,10 +523,12 @@ def export(
         present = {r.group_id for r in records}
         # one record per group, its latest failure (a group that failed on several runs is one open failure),
         # in input order, so the file does not depend on which worker finished first
+        def input_order(f: dict) -> int:
+            return order.get(f["group_id"], len(order))
+
         open_failures = sorted({f["group_id"]: f for f in read_jsonl(out / D.FAILURES)
-                                if f["group_id"] not in present}.values(),
-                               key=lambda f: order.get(f["group_id"], len(order)))
-        failures.sort(key=lambda f: order.get(f["group_id"], len(order)))
+                                if f["group_id"] not in present}.values(), key=input_order)
+        failures.sort(key=input_order)
         _rewrite_failures(out, open_failures)
         elapsed = time.time() - t_start
         reasons: dict[str, int] = {}
@@ -614,12 +616,10 @@ def _write_group(out: Path, cfg: ExportConfig, res: dict, mhash: str, x_dim: int
 
 
 def _rewrite_failures(out: Path, failures: Iterable[dict]) -> None:
-    import json
-
     path = out / D.FAILURES
     failures = list(failures)
     if failures or path.exists():
-        atomic_write_text(path, "".join(json.dumps(f) + "\n" for f in failures))
+        atomic_write_jsonl(path, failures)
 
 
 def _progress(total: int, done: int):

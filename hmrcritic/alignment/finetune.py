@@ -33,7 +33,7 @@ from hmrcritic.alignment.dataset import GroupPreferenceDataset
 from hmrcritic.alignment.objectives import OBJECTIVES, ObjectiveConfig, compute_loss, frozen_reference
 from hmrcritic.alignment.stats import GroupStatTracker
 from hmrcritic.errors import AssetError, HMRCriticError, InputError
-from hmrcritic.io import append_jsonl, atomic_torch_save, atomic_write_text, read_jsonl
+from hmrcritic.io import append_jsonl, atomic_torch_save, atomic_write_jsonl, read_jsonl
 
 
 class TrainingDiverged(HMRCriticError):
@@ -198,7 +198,7 @@ def _resume(cfg: FinetuneConfig, policy, ema, opt, base_hash: str) -> int:
         raise InputError(f"{path} is already at step {step}, past --steps {cfg.steps}: the saved model is "
                          f"trained longer than asked; use --steps ≥ {step}, another --out or --no-resume")
     kept = [r for r in read_jsonl(cfg.log_path) if r.get("step", 0) <= step]
-    atomic_write_text(cfg.log_path, "".join(json.dumps(r) + "\n" for r in kept))
+    atomic_write_jsonl(cfg.log_path, kept)
     return step
 
 

@@ -140,10 +140,9 @@ def export(
     memory_dir: Path = _DIR, chroma_url: str = _URL, as_json: bool = _JSON,
 ) -> None:
     """Write the whole memory to a JSON file."""
-    from hmrcritic.errors import InputError
+    from hmrcritic.memory.store import check_export_target
 
-    if file.is_dir():  # said before the memory is opened: the user's first mistake is the one to hear about
-        raise InputError(f"memory export: {file} is a folder; give a file path, e.g. {file / 'memory.json'}")
+    check_export_target(file)  # before the memory is opened: the user's first mistake is the one to hear about
     out = _open(memory_dir, chroma_url).export_json(file)
     _print_json(out) if as_json else typer.echo(
         f"wrote {file}: {out['rules']} rules, {out['prototypes']} prototypes (version {out['version']})")

@@ -34,7 +34,7 @@ from hmrcritic.hmr.diffusion import (
     params_to_x0,
     save_model,
 )
-from hmrcritic.io import append_jsonl, atomic_torch_save, atomic_write_text, read_jsonl
+from hmrcritic.io import append_jsonl, atomic_torch_save, atomic_write_jsonl, read_jsonl
 
 # COCO-17 limb groups that are occluded together (an arm, a leg, the face) in the limb-occlusion augmentation.
 LIMB_GROUPS = [
@@ -255,7 +255,7 @@ def train_base(
         # drop log records past the checkpoint (written after it by the killed run)
         # one atomic rewrite (each record keeps its checksum): a crash here must not lose the log before it
         records = [r for r in read_jsonl(log_path) if r.get("step", 0) <= start]
-        atomic_write_text(log_path, "".join(json.dumps(r) + "\n" for r in records))
+        atomic_write_jsonl(log_path, records)
     else:  # starting at step 0: a log left by a run killed before its first checkpoint is not this run's
         log_path.unlink(missing_ok=True)
 

@@ -182,6 +182,12 @@ def hold_exclusive(path: str | os.PathLike, what: str, location: str | None = No
                 _EXCLUSIVE_HELD.pop(key, None)
 
 
+def check_export_target(path: str | os.PathLike) -> None:
+    """Refuse a folder as the file a memory export writes (checked before the memory is read or opened)."""
+    if Path(path).is_dir():
+        raise InputError(f"memory export: {path} is a folder; give a file path, e.g. {Path(path) / 'memory.json'}")
+
+
 def _finite_vector(value, dim: int) -> bool:
     """Whether ``value`` is a list of ``dim`` finite numbers (a stored embedding that can be reused as is)."""
     try:
@@ -550,9 +556,7 @@ class MemoryStore:
 
     def export_json(self, path: str | os.PathLike) -> dict:
         """Write every rule and prototype (with embeddings) to a JSON file; returns the counts."""
-        if Path(path).is_dir():
-            raise InputError(f"memory export: {path} is a folder; give a file path, e.g. "
-                             f"{Path(path) / 'memory.json'}")
+        check_export_target(path)
         data = {
             "format": EXPORT_FORMAT,
             "schema": SCHEMA_VERSION,
