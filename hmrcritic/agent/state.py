@@ -20,18 +20,6 @@ from hmrcritic.agent.judges import PROTO_LEVEL
 from hmrcritic.config import env_flag, env_number
 
 
-def _env_bool(name: str, default: bool) -> bool:
-    return env_flag(name, default)
-
-
-def _env_int(name: str, default: int) -> int:
-    return env_number(name, default, int)
-
-
-def _env_float(name: str, default: float) -> float:
-    return env_number(name, default, float)
-
-
 class AgentConfig(BaseModel):
     """Settings of one agent run. Every field has an ``HMRCRITIC_*`` environment fallback."""
 
@@ -39,24 +27,24 @@ class AgentConfig(BaseModel):
     model_config = ConfigDict(validate_default=True, allow_inf_nan=False)
 
     judge: str = Field(default_factory=lambda: os.environ.get("HMRCRITIC_JUDGE", "builtin"))
-    max_reflections: int = Field(default_factory=lambda: _env_int("HMRCRITIC_MAX_REFLECTIONS", 2), ge=0)
-    rules_k: int = Field(default_factory=lambda: _env_int("HMRCRITIC_RULES_K", 16), ge=0)
-    prototypes_k: int = Field(default_factory=lambda: _env_int("HMRCRITIC_PROTOTYPES_K", 5), ge=0)
-    ucb_c: float = Field(default_factory=lambda: _env_float("HMRCRITIC_UCB_C", 1.0), ge=0)
-    learn: bool = Field(default_factory=lambda: _env_bool("HMRCRITIC_LEARN", False))
-    render: bool = Field(default_factory=lambda: _env_bool("HMRCRITIC_RENDER", True))
+    max_reflections: int = Field(default_factory=lambda: env_number("HMRCRITIC_MAX_REFLECTIONS", 2, int), ge=0)
+    rules_k: int = Field(default_factory=lambda: env_number("HMRCRITIC_RULES_K", 16, int), ge=0)
+    prototypes_k: int = Field(default_factory=lambda: env_number("HMRCRITIC_PROTOTYPES_K", 5, int), ge=0)
+    ucb_c: float = Field(default_factory=lambda: env_number("HMRCRITIC_UCB_C", 1.0, float), ge=0)
+    learn: bool = Field(default_factory=lambda: env_flag("HMRCRITIC_LEARN", False))
+    render: bool = Field(default_factory=lambda: env_flag("HMRCRITIC_RENDER", True))
     memory_dir: str | None = Field(default_factory=lambda: os.environ.get("HMRCRITIC_MEMORY") or None)
     chroma_url: str | None = Field(default_factory=lambda: os.environ.get("HMRCRITIC_CHROMA_URL") or None)
-    use_memory: bool = Field(default_factory=lambda: _env_bool("HMRCRITIC_USE_MEMORY", True))
-    use_rules: bool = Field(default_factory=lambda: _env_bool("HMRCRITIC_USE_RULES", True))
-    use_prototypes: bool = Field(default_factory=lambda: _env_bool("HMRCRITIC_USE_PROTOTYPES", True))
-    proto_weight: float = Field(default_factory=lambda: _env_float("HMRCRITIC_PROTO_WEIGHT", 0.3), ge=0, le=1)
+    use_memory: bool = Field(default_factory=lambda: env_flag("HMRCRITIC_USE_MEMORY", True))
+    use_rules: bool = Field(default_factory=lambda: env_flag("HMRCRITIC_USE_RULES", True))
+    use_prototypes: bool = Field(default_factory=lambda: env_flag("HMRCRITIC_USE_PROTOTYPES", True))
+    proto_weight: float = Field(default_factory=lambda: env_number("HMRCRITIC_PROTO_WEIGHT", 0.3, float), ge=0, le=1)
     proto_level: float = Field(
-        default_factory=lambda: _env_float("HMRCRITIC_PROTO_LEVEL", PROTO_LEVEL), ge=0, le=1,
+        default_factory=lambda: env_number("HMRCRITIC_PROTO_LEVEL", PROTO_LEVEL, float), ge=0, le=1,
         description="builtin judge: share of the way a group's score level moves to its labelled prototypes'",
     )
     use_calibration: bool = Field(
-        default_factory=lambda: _env_bool("HMRCRITIC_USE_CALIBRATION", True),
+        default_factory=lambda: env_flag("HMRCRITIC_USE_CALIBRATION", True),
         description="apply the memory's score calibration (fitted by exploration; it belongs to the rules)",
     )
     settle_with_labels: bool = Field(
