@@ -14,6 +14,7 @@ Behaviours are scripted per request (a FIFO queue, then ``default``):
 ``garbage``     text with no JSON                           ``wrong_count`` one hypothesis too few
 ``slow``        sleeps ``slow_s`` before answering           ``429``         rate limited, ``Retry-After``
 ``500``         internal server error                        ``401_echo``    401 quoting the Authorization
+``503``         unavailable (a model loading), ``Retry-After``
 ``400``         bad request whatever its form (e.g. an image too large)
 ``trickle``     the good answer, one byte every ``trickle_s`` (a stalled stream: every read succeeds, the
                 call never ends)
@@ -49,6 +50,7 @@ BEHAVIOURS = {
     "400",
     "429",
     "500",
+    "503",
     "401_echo",
     "trickle",
     "empty_choices",
@@ -347,6 +349,8 @@ class StubOpenAIServer:
             return 400, {}, _error("image too large for this model", 400)
         if b == "500":
             return 500, {}, _error("internal error", 500)
+        if b == "503":
+            return 503, {"Retry-After": self.retry_after}, _error("model is loading, try again", 503)
         if b == "401_echo":
             return 401, {}, _error(f"invalid credentials: {rec.auth}", 401)
         if b == "garbage":

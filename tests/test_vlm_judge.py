@@ -194,6 +194,16 @@ def test_429_honours_retry_after_then_good(images):
     assert second.t_start - first.t_start >= 0.9  # backoff alone is ≤ 0.05 s here
 
 
+def test_503_honours_retry_after_then_good(images):
+    """A server that is loading a model or overloaded says when to come back (503 + Retry-After)."""
+    with StubOpenAIServer(retry_after="1") as srv:
+        srv.push("503")
+        assert_valid(make_judge(srv).critique(make_ctx(images)))
+    first, second = srv.requests
+    assert first.status == 503 and second.status == 200
+    assert second.t_start - first.t_start >= 0.9  # backoff alone is ≤ 0.05 s here
+
+
 def test_500_then_good(images):
     with StubOpenAIServer() as srv:
         srv.push("500", "500")

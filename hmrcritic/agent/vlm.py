@@ -10,7 +10,7 @@ structure, physical feasibility and image alignment). Beyond the paper, and why:
 * Robustness for real endpoints: structured output via ``json_schema``; servers that reject it get
   function calling, and servers that reject that get plain text parsed tolerantly (first JSON object, 0-100
   rescaled, clamped, missing axes filled from ``overall``). Answers with the wrong hypotheses are rejected.
-  Timeouts, 5xx, 429 (``Retry-After`` honoured) and unusable answers are retried with exponential backoff
+  Timeouts, 5xx, 429 (``Retry-After`` honoured, also on a 503) and unusable answers are retried with exponential backoff
   and jitter; then :class:`~hmrcritic.errors.JudgeError` names the group and the last reason in one line.
   ChatOpenAI's own retries are off (``max_retries=0``) so this policy is the only one in force.
 * A process-wide semaphore per endpoint bounds the requests in flight (``JudgeSettings.max_concurrency``);
@@ -590,6 +590,7 @@ class VLMJudge:
                 wait_hint = _retry_after_s(exc)
             except openai.InternalServerError as exc:
                 reason = f"server error ({self._describe(exc)})"
+                wait_hint = _retry_after_s(exc)  # a 503 (loading, overloaded) says when to come back
             except openai.APIConnectionError:
                 reason = f"cannot connect to {redact_url(self.settings.base_url) or 'the default OpenAI endpoint'}"
             except openai.APIStatusError as exc:  # 401, 403, 404, 422...: retrying will not help
