@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import math
+from pathlib import Path
 
 import pytest
 import torch
@@ -118,6 +119,34 @@ def test_a_killed_baseline_resumes_after_a_gpa_only_change(env, first_run):
                     overrides={"t_min": "100", "beta": "50", "gpa_weight": "0.2", "objectives": "sft"})
     assert ckpt.exists() and [r["model"] for r in res["rows"]] == ["base", "sft"]
     assert "finetune sft: 6 steps" in "\n".join(lines)  # re-run (resumed from its state), not "done before"
+
+
+def test_stage_keys_cover_the_code_each_stage_runs(tmp_path, monkeypatch):
+    """An edited objective re-runs the finetunes (and what follows), not the export: the finetune, export and
+    evaluation keys carry a digest of the source files each stage runs, so a cached checkpoint trained by old
+    code is never reused after a change to the loss or the sampler."""
+    import shutil
+
+    import hmrcritic
+    from hmrcritic.alignment import reproduce as rp
+
+    pkg = Path(hmrcritic.__file__).parent
+    files = sorted({rel for rels in rp._STAGE_CODE.values() for rel in rels})
+    for rel in files:
+        (tmp_path / rel).parent.mkdir(parents=True, exist_ok=True)
+        shutil.copy(pkg / rel, tmp_path / rel)
+    before = {stage: rp.stage_code_digest(stage, tmp_path) for stage in rp._STAGE_CODE}
+    assert before == {stage: rp.stage_code_digest(stage) for stage in rp._STAGE_CODE}
+    with open(tmp_path / "alignment/objectives.py", "a") as f:
+        f.write("\n# an edit\n")
+    after = {stage: rp.stage_code_digest(stage, tmp_path) for stage in rp._STAGE_CODE}
+    assert after["finetune"] != before["finetune"]
+    assert after["export"] == before["export"] and after["eval"] == before["eval"]
+    # the digest is part of every objective's finetune key
+    common = {"steps": 10}
+    keys = {obj: rp._finetune_key("k", obj, common, 1.0) for obj in ("gpa", "dpo", "sft")}
+    monkeypatch.setattr(rp, "stage_code_digest", lambda stage, root=None: "changed")
+    assert all(rp._finetune_key("k", obj, common, 1.0) != k for obj, k in keys.items())
 
 
 @pytest.mark.slow

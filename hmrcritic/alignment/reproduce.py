@@ -192,6 +192,25 @@ def _key(*parts: Any) -> str:
     return hashlib.sha256(blob.encode()).hexdigest()[:10]
 
 
+# The code each cached stage runs beyond the agent (whose code is in the explore key, and through it in every
+# later key): an edited sampler, objective or metric re-runs the stages it feeds instead of reusing their files.
+_STAGE_CODE = {
+    "export": ("alignment/export.py", "alignment/dataset.py", "hmr/diffusion.py", "hmr/render.py"),
+    "finetune": ("alignment/finetune.py", "alignment/objectives.py", "alignment/stats.py", "alignment/dataset.py",
+                 "hmr/diffusion.py"),
+    "eval": ("hmr/evaluate.py", "hmr/metrics.py", "hmr/diffusion.py"),
+}
+
+
+def stage_code_digest(stage: str, root: str | Path | None = None) -> str:
+    """Hash of the source files the ``stage`` runs (see ``_STAGE_CODE``; ``root``: the package folder)."""
+    root = Path(root) if root is not None else Path(__file__).resolve().parent.parent
+    h = hashlib.sha256()
+    for rel in _STAGE_CODE[stage]:
+        h.update(rel.encode() + b"\0" + (root / rel).read_bytes())
+    return h.hexdigest()[:12]
+
+
 def _read_json(path: Path) -> dict | None:
     try:
         return json.loads(path.read_text())
@@ -488,7 +507,7 @@ def _run(name: str, p: Preset, out: Path, model, progress) -> dict:
     # 3. export scored wild groups with the frozen memory
     export_params = {k: getattr(p, k) for k in ("wild_groups", "num_generations", "sample_steps", "seed", "judge",
                                                 "render")}
-    k_export = _key("export", k_explore, explore_rec["version"], export_params)
+    k_export = _key("export", k_explore, explore_rec["version"], export_params, stage_code_digest("export"))
     wild_dir = out / f"wild-{k_export}"
     export_rec_path = out / f"export-{k_export}.json"
     export_rec = _read_json(export_rec_path)
@@ -550,7 +569,8 @@ def _run(name: str, p: Preset, out: Path, model, progress) -> dict:
                                               "sample_steps", "seed", "critic_top1", "judge")}
     evals: dict[str, dict] = {}
     for row in ("base", *p.objectives):
-        k_ev = _key("eval", model_keys[row], eval_params, k_explore if p.critic_top1 else None)
+        k_ev = _key("eval", model_keys[row], eval_params, k_explore if p.critic_top1 else None,
+                    stage_code_digest("eval"))
         ev_path = out / "eval" / f"{row}-{k_ev}.json"
         ev = _read_json(ev_path)
         if ev is None:
@@ -613,8 +633,9 @@ _IGNORED = {"dpo": ("t_min", "gpa_weight", "base_loss_weight"), "sft": ("t_min",
 def _finetune_key(k_export: str, obj: str, common: dict, base_w: float) -> str:
     """Cache key of one finetune: only the settings that objective reads (see ``_IGNORED``)."""
     if obj in _IGNORED:
-        return _key("finetune", k_export, obj, {k: v for k, v in common.items() if k not in _IGNORED[obj]}, None)
-    return _key("finetune", k_export, obj, common, base_w)
+        return _key("finetune", k_export, obj, {k: v for k, v in common.items() if k not in _IGNORED[obj]}, None,
+                    stage_code_digest("finetune"))
+    return _key("finetune", k_export, obj, common, base_w, stage_code_digest("finetune"))
 
 
 def _objective_settings(obj: str, p: Preset, base_w: float) -> dict:
