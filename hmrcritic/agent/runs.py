@@ -17,7 +17,7 @@ import time
 from pathlib import Path
 
 from hmrcritic import config as hconfig
-from hmrcritic.errors import InputError
+from hmrcritic.errors import AssetError, InputError
 
 DAY_S = 86_400.0
 
@@ -32,14 +32,33 @@ def _entries(folder: Path, pattern: str = "*") -> list[Path]:
     return sorted(folder.glob(pattern)) if folder.is_dir() else []
 
 
+DB_TIMEOUT_S = 5.0  # how long reading the checkpoint database waits for a writer (another critique)
+
+
 def _threads(db: Path) -> list[str]:
+    """The thread ids in the checkpoint database ([] when it does not exist or has no tables yet).
+
+    Only a missing table means "no threads": a database that stays locked (a long critique or prune writing)
+    or is not SQLite at all used to count as empty too, so ``runs stats`` showed 0 checkpoints and ``runs
+    prune`` removed the run folders while it kept every thread. Those are AssetErrors naming the file."""
     if not db.exists():
         return []
-    with sqlite3.connect(f"file:{db}?mode=ro", uri=True) as con:
+    try:
+        con = sqlite3.connect(f"file:{db}?mode=ro", uri=True, timeout=DB_TIMEOUT_S)
         try:
             return [r[0] for r in con.execute("SELECT DISTINCT thread_id FROM checkpoints")]
-        except sqlite3.OperationalError:  # a fresh file without tables yet
+        finally:
+            con.close()
+    except sqlite3.OperationalError as exc:
+        if "no such table" in str(exc):  # a fresh file without tables yet
             return []
+        if "locked" in str(exc) or "busy" in str(exc):
+            raise AssetError(f"checkpoint database {db} is locked by another process (a critique or prune "
+                             f"still writing?); try again when it has finished ({exc})") from None
+        raise AssetError(f"checkpoint database {db} cannot be read ({exc})") from None
+    except sqlite3.DatabaseError as exc:
+        raise AssetError(f"checkpoint database {db} is damaged ({exc}); move it aside to start afresh "
+                         "(its checkpoint threads cannot be resumed)") from None
 
 
 def runs_usage(root: str | Path | None = None) -> dict:

@@ -153,3 +153,37 @@ def format_trace(records: list[dict]) -> str:
         elif r["event"] == "finish":
             lines.append(f"  finish  {r['seconds'] * 1000:.1f} ms total, {r['rounds']} revision round(s)")
     return "\n".join(lines)
+
+
+def _mermaid_text(text: str) -> str:
+    """Text safe inside a quoted Mermaid label: quotes, angle brackets and ``#`` as Mermaid entity codes."""
+    return "".join({'"': "#quot;", "<": "#lt;", ">": "#gt;", "#": "#35;"}.get(c, c) for c in text.replace("\n", " "))
+
+
+def trace_mermaid(records: list[dict]) -> str:
+    """The node sequence of one run as a Mermaid flowchart (one box per node with its duration, in order).
+
+    ``hmrcritic trace RUN_ID --mermaid`` printed the agent's static graph and ignored the run, so a run id
+    that did not exist exited 0 and a revise loop's rounds could not be seen; the static graph is what
+    ``--mermaid`` without a run prints."""
+    lines = ["flowchart TD"]
+    if records:
+        lines.append(f'    run_title["run {_mermaid_text(str(records[0].get("run_id", "")))}"]:::meta')
+    prev = "run_start"
+    lines.append("    run_start([start])")
+    for r in records:
+        if r.get("event") == "node":
+            name = f"n{r['step']}"
+            label = f"{r['step']}. {r['node']} · {r['seconds'] * 1000:.1f} ms"
+            lines += [f'    {name}["{_mermaid_text(label)}"]', f"    {prev} --> {name}"]
+            prev = name
+        elif r.get("event") == "error":
+            lines += [f'    run_error["{_mermaid_text("error: " + str(r.get("error", ""))[:160])}"]:::error',
+                      f"    {prev} --> run_error"]
+            prev = "run_error"
+        elif r.get("event") == "finish":
+            label = f"finish · {r['seconds'] * 1000:.1f} ms, {r['rounds']} revision round(s)"
+            lines += [f'    run_finish(["{_mermaid_text(label)}"])', f"    {prev} --> run_finish"]
+            prev = "run_finish"
+    lines += ["    classDef error fill:#fdd,stroke:#c33", "    classDef meta fill:none,stroke:none"]
+    return "\n".join(lines)

@@ -61,6 +61,24 @@ def _load_sample(scene, image, keypoints, focal):
     return sample_from_user(image, keypoints, focal=focal)
 
 
+def _check_out_dir(out: Path) -> None:
+    """Refuse an ``--out`` that cannot become a folder before anything runs.
+
+    The folder used to be made only after the critique, so ``--out some_file`` failed at the very end: with
+    ``--learn`` the memory had already taken the group's prototypes and rule statistics, and the run was
+    checkpointed as finished, for a command that reported an error."""
+    import os
+
+    out = out.absolute()
+    if out.exists() and not out.is_dir():
+        raise InputError(f"--out {out} is a file; give a folder for scores.json and report.html")
+    first = next(p for p in (out, *out.parents) if p.exists())  # the folder the new ones go into
+    if not first.is_dir():
+        raise InputError(f"--out {out}: {first} is a file, so no folder can be made inside it")
+    if not os.access(first, os.W_OK | os.X_OK):
+        raise InputError(f"--out {out}: {first} is not writable")
+
+
 def register(app: typer.Typer) -> None:
     @app.command("critique")
     def critique_cmd(
@@ -99,6 +117,7 @@ def register(app: typer.Typer) -> None:
 
         if hypotheses is not None and model is not None:
             raise InputError("give --hypotheses (score these) or --model (sample new ones), not both")
+        _check_out_dir(out)
         with _stdout_to_stderr(as_json):
             sample = _load_sample(scene, image, keypoints, focal)
         if hypotheses is not None:
@@ -133,7 +152,8 @@ def register(app: typer.Typer) -> None:
     def trace_cmd(
         run_id: str = typer.Argument(None, help="Run id (or a unique part of it)."),
         last: bool = typer.Option(False, "--last", help="The most recent run."),
-        mermaid: bool = typer.Option(False, "--mermaid", help="Print the agent graph as Mermaid text."),
+        mermaid: bool = typer.Option(False, "--mermaid", help="Mermaid text: the run's node sequence (with a "
+                                     "RUN_ID or --last), else the agent graph."),
         as_json: bool = typer.Option(False, "--json", help="Print the trace records as JSON."),
     ) -> None:
         """Print a run's node sequence with timings and what each node changed (or the graph as Mermaid).
@@ -142,19 +162,24 @@ def register(app: typer.Typer) -> None:
           hmrcritic trace --last\n
           hmrcritic trace --mermaid
         """
-        if mermaid:
+        if run_id and last:
+            raise InputError("give a run id or --last, not both")
+        if mermaid and not (run_id or last):  # the agent's graph; with a run, that run's path through it
+            if as_json:
+                raise InputError("--json is for a run's trace records; --mermaid alone prints the graph")
             from hmrcritic.agent.graph import mermaid as draw
 
             typer.echo(draw())
             return
-        if run_id and last:
-            raise InputError("give a run id or --last, not both")
-        from hmrcritic.agent.trace import format_trace, read_trace
+        from hmrcritic.agent.trace import format_trace, read_trace, trace_mermaid
 
         if not run_id and not last:
             raise InputError("give a RUN_ID or --last (or --mermaid)")
+        if mermaid and as_json:
+            raise InputError("give --mermaid or --json, not both")
         records = read_trace(run_id, last=last)
-        typer.echo(json.dumps(records, indent=2) if as_json else format_trace(records))
+        typer.echo(trace_mermaid(records) if mermaid else json.dumps(records, indent=2) if as_json
+                   else format_trace(records))
 
     @app.command("evaluate-critic")
     def evaluate_cmd(

@@ -172,8 +172,9 @@ def reset(
 ) -> None:
     """Delete every rule and prototype and start again (seeded with the starter rules)."""
     from hmrcritic.memory.store import COLLECTIONS, MemoryStore, hold_exclusive
+    from hmrcritic.redact import redact_url
 
-    where = chroma_url or str(memory_dir or "the default memory folder")
+    where = redact_url(chroma_url) or str(memory_dir or "the default memory folder")  # no password in the prompt
     if not yes and not typer.confirm(f"Delete all rules and prototypes in {where}?"):
         raise typer.Abort()
     path = memory_dir
@@ -183,8 +184,8 @@ def reset(
         path = config.memory_dir()
     # hold the memory before touching it: a reset refused because an exploration runs must delete nothing
     with hold_exclusive(path, "a memory reset"):
-        if not chroma_url:
-            MemoryStore.drop_collections(Path(path), list(COLLECTIONS))  # works even on a mismatched memory
+        # drops without opening, so it works even on a memory built with another embedding (disk or server)
+        MemoryStore.drop_collections(Path(path), list(COLLECTIONS), chroma_url=chroma_url)
         store = MemoryStore(path, chroma_url=chroma_url, seed_starter=False)
         store.reset(seed_starter=not no_seed)
     st = store.stats()

@@ -113,11 +113,14 @@ class PrototypeMemory:
         metas = [proto_to_metadata(p.model_copy(update={"tags": normalise_tags(p.tags)})) for p in protos]
         docs = [p.rationale for p in protos]
         with self._store._write():
-            total, _ = self._store._proto_sum()
+            total, count = self._store._proto_sum()
             old = self._store._get_all(PROTOTYPES_COLLECTION, include=["metadatas"], ids=ids)
             total = (total - proto_digest(old["ids"], old["metadatas"]) + proto_digest(ids, metas)) % _MOD
             self._store._upsert(PROTOTYPES_COLLECTION, ids, np.stack(vecs), metas, docs, progress=progress)
-            self._store._store_proto_sum(total)
+            # the count this sum accounts for, not the collection's count now: on a Chroma server another
+            # machine's writer (whose file lock is its own) may have added records in between, and then the
+            # counts differ and the version is rescanned instead of silently missing that writer's records
+            self._store._store_proto_sum(total, count + len(set(ids) - set(old["ids"])))
         return ids
 
     def get(self, proto_ids: list[str]) -> list[Prototype]:

@@ -11,6 +11,12 @@ Chroma system and reopens it *inside* the lock, so the batch starts from what is
 sequence file shows that no other process wrote since this one did). Readers that want
 other processes' writes call :meth:`MemoryStore.refresh`.
 
+On a Chroma server the lock file is each machine's own, so batches from two machines are not serialised: the
+server keeps every record, and the prototype part of the version notices an interleaved writer (its stored
+count no longer matches) and rescans; but a rule's use statistics read and rewritten by two machines at the
+same instant keep one of the two updates. Learning (exploration) is one process; many machines *reading* a
+server memory (export workers, critique) is the case the server is for.
+
 Frozen memory: ``read_only=True`` refuses every write (scoring for export/evaluation reads a frozen memory
 and records its :meth:`MemoryStore.version`). Chroma 1.5 rewrites a few bytes of its SQLite file and of the
 HNSW ``length.bin`` whenever a client opens a database, even for pure reads, so "unchanged" is defined by
@@ -126,20 +132,64 @@ def _persistent_client(path: str, reopen: bool = False):
         raise AssetError(f"cannot open the Chroma memory at {path}: {exc}") from exc
 
 
+def _parse_chroma_url(url: str) -> tuple[str, int, bool]:
+    """``(host, port, ssl)`` of a Chroma server URL (``http(s)://host[:port]``, or ``host:port``).
+
+    An InputError naming the URL (credentials masked) for anything else: ``urlparse`` raises a bare
+    ValueError for a bad port or bracket ("Port could not be cast to integer value"), and a scheme other
+    than http(s) was silently taken as plain http."""
+    shown = redact_url(url)
+    try:
+        u = urlparse(url if "://" in url else f"http://{url}")
+        port = u.port
+    except ValueError as exc:
+        raise InputError(f"chroma url {shown!r} is not of the form http://host:port ({exc})") from None
+    if u.scheme not in ("http", "https") or not u.hostname:
+        raise InputError(f"chroma url {shown!r} is not of the form http://host:port")
+    return u.hostname, port or (443 if u.scheme == "https" else 8000), u.scheme == "https"
+
+
+class _ServerProxy:
+    """A Chroma ``HttpClient`` (or a collection it returned) whose calls turn a transport failure into an
+    AssetError naming the server.
+
+    A server that stops answering after the store opened (restarted, network gone) otherwise surfaces as
+    httpx's bare ``ConnectError: [Errno 111] Connection refused``, which names neither Chroma nor the URL.
+    Collections it hands out are wrapped the same way; everything else passes through unchanged."""
+
+    def __init__(self, target: Any, where: str):
+        self._target = target
+        self._where = where
+
+    def __getattr__(self, name: str) -> Any:
+        attr = getattr(self._target, name)
+        if not callable(attr):
+            return attr
+
+        def call(*args, **kwargs):
+            import httpx
+            from chromadb.api.models.Collection import Collection
+
+            try:
+                out = attr(*args, **kwargs)
+            except httpx.TransportError as exc:
+                raise AssetError(scrub(f"the Chroma server at {self._where} stopped answering "
+                                       f"({type(exc).__name__}: {exc})")) from exc
+            return _ServerProxy(out, self._where) if isinstance(out, Collection) else out
+
+        return call
+
+
 def _http_client(url: str):
     import chromadb
 
-    u = urlparse(url if "://" in url else f"http://{url}")
-    if not u.hostname:
-        raise InputError(f"chroma url {url!r} is not of the form http://host:port")
-    port = u.port or (443 if u.scheme == "https" else 8000)
+    host, port, ssl = _parse_chroma_url(url)
     try:
-        client = chromadb.HttpClient(host=u.hostname, port=port, ssl=u.scheme == "https",
-                                     settings=_chroma_settings())
+        client = chromadb.HttpClient(host=host, port=port, ssl=ssl, settings=_chroma_settings())
         client.heartbeat()
     except Exception as exc:
-        raise AssetError(scrub(f"cannot reach the Chroma server at {url}: {exc}")) from exc
-    return client
+        raise AssetError(scrub(f"cannot reach the Chroma server at {redact_url(url)}: {exc}")) from exc
+    return _ServerProxy(client, redact_url(url))
 
 
 @contextmanager
@@ -464,11 +514,11 @@ class MemoryStore:
             got = self._get_all_locked(PROTOTYPES_COLLECTION, ["metadatas"], None)
             return proto_digest(got["ids"], got["metadatas"]), count
 
-    def _store_proto_sum(self, total: int) -> None:
-        """Inside a write batch: record the running sum (and the count it belongs to) in Chroma."""
+    def _store_proto_sum(self, total: int, count: int) -> None:
+        """Inside a write batch: record the running sum and the record count it accounts for in Chroma."""
         col = self._collection(PROTOTYPES_COLLECTION)
         meta = dict(col.metadata or {})
-        meta.update(content_sum=f"{total:032x}", content_count=col.count())
+        meta.update(content_sum=f"{total:032x}", content_count=int(count))
         col.modify(metadata=meta)
         self._cols.pop(PROTOTYPES_COLLECTION, None)  # re-fetch so the cached metadata is current
 
@@ -647,12 +697,23 @@ class MemoryStore:
         return counts
 
     @staticmethod
-    def drop_collections(path: str | os.PathLike, names: list[str] | None = None) -> None:
+    def drop_collections(path: str | os.PathLike, names: list[str] | None = None,
+                         chroma_url: str | None = None) -> None:
         """Delete collections of an embedded memory without opening it as a MemoryStore (so it works on a
-        memory whose embedding identity no longer matches: what ``memory reset`` must do). Takes the lock."""
+        memory whose embedding identity no longer matches: what ``memory reset`` must do). Takes the lock.
+
+        With ``chroma_url`` the collections are dropped on that server instead: a server memory can mismatch
+        just the same, and opening it as a MemoryStore (what a reset did) fails on the very check whose
+        error message tells the user to reset."""
         from chromadb.errors import NotFoundError
         from filelock import FileLock
 
+        if chroma_url:
+            client = _http_client(chroma_url)
+            for name in names or list(COLLECTIONS):
+                with suppress(NotFoundError, ValueError):
+                    client.delete_collection(name)
+            return
         path = Path(path).expanduser().resolve()
         if not (path / "chroma.sqlite3").exists():
             return

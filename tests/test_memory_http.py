@@ -1,0 +1,171 @@
+"""The dual memory on a Chroma server (``--chroma-url`` / ``HMRCRITIC_CHROMA_URL``): a local ``chroma run``
+started per module (about 3 s; skipped where the executable is missing or does not come up).
+
+Each case came from running the CLI against a server: a mismatched server memory that `memory reset` could
+not rebuild (while the error told the user to reset), a password in the reset prompt, bare ValueErrors for a
+malformed URL, and httpx's nameless ``ConnectError`` once the server stopped after the store had opened."""
+
+from __future__ import annotations
+
+import contextlib
+import shutil
+import socket
+import subprocess
+import sys
+import time
+import urllib.request
+from pathlib import Path
+
+import pytest
+
+from hmrcritic.cli import main
+from hmrcritic.errors import AssetError, InputError
+from hmrcritic.memory.store import COLLECTIONS, MemoryStore
+
+
+def _start_server(data: Path) -> tuple[subprocess.Popen, int]:
+    exe = shutil.which("chroma") or str(Path(sys.executable).with_name("chroma"))
+    if not Path(exe).exists():
+        pytest.skip("no `chroma` executable to start a server")
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    proc = subprocess.Popen([exe, "run", "--path", str(data), "--host", "127.0.0.1", "--port", str(port)],
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    deadline = time.time() + 30
+    while time.time() < deadline:
+        try:
+            urllib.request.urlopen(f"http://127.0.0.1:{port}/api/v2/heartbeat", timeout=1)
+            return proc, port
+        except Exception:
+            if proc.poll() is not None:
+                pytest.skip(f"`chroma run` exited with code {proc.returncode}")
+            time.sleep(0.3)
+    _stop(proc)
+    pytest.skip("`chroma run` did not answer within 30 s")
+
+
+def _stop(proc: subprocess.Popen) -> None:
+    proc.terminate()
+    try:
+        proc.wait(timeout=10)
+    except subprocess.TimeoutExpired:
+        proc.kill()
+        proc.wait(timeout=10)
+
+
+@pytest.fixture(scope="module")
+def server(tmp_path_factory):
+    proc, port = _start_server(tmp_path_factory.mktemp("chroma-server"))
+    yield port
+    _stop(proc)
+
+
+@pytest.fixture()
+def url(server):
+    """The module's server, emptied of hmrcritic's collections before each test."""
+    import chromadb
+
+    client = chromadb.HttpClient(host="127.0.0.1", port=server)
+    for name in COLLECTIONS:
+        with contextlib.suppress(Exception):  # absent
+            client.delete_collection(name)
+    return f"http://127.0.0.1:{server}"
+
+
+def test_reset_rebuilds_a_server_memory_built_with_another_embedding(url, tmp_path, capsys):
+    """The open check tells the user to run `memory reset`; with --chroma-url that reset opened the memory
+    first and failed on the same check, so a mismatched server memory could never be rebuilt."""
+    import chromadb
+
+    MemoryStore(tmp_path / "lock", chroma_url=url)  # creates and seeds
+    col = chromadb.HttpClient(host="127.0.0.1", port=int(url.rsplit(":", 1)[1])).get_collection(
+        "episodic_prototypes")
+    col.modify(metadata={**col.metadata, "embedding_dim": 72})  # built by another hmrcritic
+    with pytest.raises(AssetError, match="memory reset"):
+        MemoryStore(tmp_path / "lock", chroma_url=url)
+
+    assert main(["memory", "reset", "--yes", "--chroma-url", url, "--memory-dir", str(tmp_path / "lock")]) == 0
+    assert "memory reset at" in capsys.readouterr().out
+    store = MemoryStore(tmp_path / "lock", chroma_url=url, read_only=True)
+    assert store.rules.count() > 0 and store.prototypes.count() == 0
+
+
+def test_reset_prompt_does_not_show_the_password(url, tmp_path, capsys, monkeypatch):
+    import io
+
+    secret_url = url.replace("http://", "http://bob:hunter2secret@")
+    monkeypatch.setattr(sys, "stdin", io.StringIO("n\n"))
+    assert main(["memory", "reset", "--chroma-url", secret_url, "--memory-dir", str(tmp_path / "lock")]) != 0
+    out = capsys.readouterr()
+    assert "Delete all rules" in out.out + out.err
+    assert "hunter2secret" not in out.out + out.err
+
+
+@pytest.mark.parametrize("bad", ["http://[::1", "ftp://127.0.0.1:8000", "http://bob:hunter2secret@127.0.0.1:port"])
+def test_malformed_chroma_url_is_an_input_error_without_the_password(bad, tmp_path):
+    """urlparse's bare ValueError ("Port could not be cast…", "Invalid IPv6 URL") reached the user as a generic
+    error, and an ftp:// URL was quietly taken as http."""
+    with pytest.raises(InputError, match="chroma url") as info:
+        MemoryStore(tmp_path / "lock", chroma_url=bad)
+    assert "hunter2secret" not in str(info.value)
+
+
+def test_server_that_stops_after_open_gives_an_error_naming_it(tmp_path):
+    """Once open, a server that went away surfaced as httpx's bare ``ConnectError: [Errno 111] Connection
+    refused``: no mention of Chroma or of which server."""
+    proc, port = _start_server(tmp_path / "srv")
+    try:
+        store = MemoryStore(tmp_path / "lock", chroma_url=f"http://bob:hunter2secret@127.0.0.1:{port}")
+        assert store.rules.count() > 0
+    finally:
+        _stop(proc)
+    store.refresh()
+    for call in (lambda: store.rules.all(), store.prototypes.count, store.stats):
+        with pytest.raises(AssetError, match=rf"Chroma server at http://\*\*\*@127\.0\.0\.1:{port}") as info:
+            call()
+        assert "hunter2secret" not in str(info.value)
+
+
+def test_two_machines_adding_at_once_keep_the_version_true(url, tmp_path):
+    """Writers on two machines share the server but not a file lock. The prototype running sum used to be
+    stored with the collection's count *after* the write, which already held the other writer's records:
+    count matched, sum did not, so ``version()`` silently disagreed with the content (verify_version False)."""
+    import threading
+
+    import numpy as np
+
+    from hmrcritic.memory.embeddings import POSE_DIM
+    from hmrcritic.memory.schema import Prototype
+
+    stores = [MemoryStore(tmp_path / name, chroma_url=url) for name in ("a", "b")]
+    rng = np.random.default_rng(0)
+    barrier = threading.Barrier(2)
+
+    errors: list[BaseException] = []
+
+    def write(store: MemoryStore, tag: str) -> None:
+        try:
+            _write(store, tag)
+        except BaseException as exc:  # surfaced by the assert below, not lost in the thread
+            errors.append(exc)
+            barrier.abort()
+
+    def _write(store: MemoryStore, tag: str) -> None:
+        for b in range(4):
+            barrier.wait()
+            v = rng.normal(size=(15, POSE_DIM))
+            store.prototypes.add([Prototype(proto_id=f"{tag}-{b}-{i}", embedding=v[i].tolist(), overall=5,
+                                            motion_structure=5, physical_feasibility=5, image_alignment=5)
+                                  for i in range(15)])
+
+    threads = [threading.Thread(target=write, args=(s, t)) for s, t in zip(stores, "ab", strict=True)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert not errors
+    fresh = MemoryStore(tmp_path / "c", chroma_url=url, read_only=True)
+    assert fresh.prototypes.count() == 120
+    assert fresh.verify_version()
+    assert stores[0].version() == stores[1].version() == fresh.version()
