@@ -148,6 +148,26 @@ def test_rerun_returns_finished_thread(tmp_path, memory, saver):
     assert again.finished_earlier and again.judge == "strict"
 
 
+def test_finished_thread_is_not_reused_under_other_settings_or_another_image(tmp_path, memory, saver):
+    """Only the arrays were compared: a group critiqued with the revise loop off (or rendering off, or without
+    learning) came back "finished earlier" for a run with it on, and a new photo behind the same keypoints got
+    the old photo's scores."""
+    from PIL import Image
+
+    s, h, _ = make_group(6)
+    img = tmp_path / "photo.png"
+    Image.new("RGB", (512, 512), (200, 10, 10)).save(img)
+    s.image_path = str(img)
+    kw = {"memory": memory, "checkpointer": saver, "run_dir": tmp_path / "g"}
+    first = critique_group(s, h, config=cfg(max_reflections=0), **kw)
+    assert critique_group(s, h, config=cfg(max_reflections=0), **kw).finished_earlier  # same: reused
+    other = critique_group(s, h, config=cfg(max_reflections=2), **kw)
+    assert not other.finished_earlier and not other.resumed
+    Image.new("RGB", (512, 512), (10, 200, 10)).save(img)  # same path, another image
+    again = critique_group(s, h, config=cfg(max_reflections=2), **kw)
+    assert not again.finished_earlier and not again.resumed and first.group_id == again.group_id
+
+
 def test_group_ids_that_clean_to_one_name_get_their_own_run_folders(memory, saver):
     from hmrcritic.agent.api import run_folder_name
 

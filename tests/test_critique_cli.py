@@ -78,9 +78,14 @@ def test_critique_writes_table_scores_and_report(user_inputs, tmp_path, capsys):
     assert all(r["seconds"] >= 0 for r in records if r["event"] == "node")
 
     rc = main(["critique", "--image", str(d / "person.png"), "--keypoints", str(d / "person.json"),
-               "--hypotheses", str(d / "hyps.npz"), "--out", str(out), "--json", "--no-render"])
+               "--hypotheses", str(d / "hyps.npz"), "--out", str(out), "--json"])
     again = json.loads(capsys.readouterr().out)
     assert rc == 0 and again["resumed"] is True and again["ranking"] == scores["ranking"]
+    # other settings are another critique, not the finished one (its report would say "rendered")
+    rc = main(["critique", "--image", str(d / "person.png"), "--keypoints", str(d / "person.json"),
+               "--hypotheses", str(d / "hyps.npz"), "--out", str(out), "--json", "--no-render"])
+    unrendered = json.loads(capsys.readouterr().out)
+    assert rc == 0 and unrendered["resumed"] is False
 
 
 def test_a_group_id_with_brackets_prints_as_it_is(user_inputs, tmp_path, capsys):

@@ -11,6 +11,7 @@ only by the ``memory_write`` node, only when learning, and only after the critiq
 from __future__ import annotations
 
 import hashlib
+import json
 import re
 import time
 import uuid
@@ -196,6 +197,19 @@ def _inputs_digest(arrays: dict[str, np.ndarray]) -> str:
     return h.hexdigest()[:16]
 
 
+def _settings_digest(cfg: AgentConfig, image_path: Any, mask_path: Any) -> str:
+    """What decides a critique besides the arrays and the judge's name: the agent settings (the judge is
+    compared on its own, with its own message) and the bytes of the image and mask files (a path names a
+    file; the file behind it may be another one on a re-run)."""
+    from hmrcritic.io import sha256_file
+
+    h = hashlib.sha256(json.dumps(cfg.model_dump(exclude={"judge"}), sort_keys=True, default=str).encode())
+    for path in (image_path, None if mask_path is None else str(mask_path)):
+        if path and Path(path).is_file():
+            h.update(sha256_file(path).encode())
+    return h.hexdigest()[:16]
+
+
 # --------------------------------------------------------------------------------------------------- runs
 def new_run_id(group_id: str) -> str:
     stamp = time.strftime("%Y%m%d-%H%M%S", time.gmtime()) + f"-{int(time.time() * 1e6) % 1_000_000:06d}"
@@ -270,6 +284,7 @@ def critique_group(
         arrays["true_error_mm"] = err
     image_path = getattr(sample, "image_path", None)
     digest = _inputs_digest({k: v for k, v in arrays.items() if k != "true_error_mm"})
+    settings = _settings_digest(cfg, image_path, arrays.get("mask_path"))
 
     saver = checkpointer if checkpointer is not None else open_checkpointer()
     app = graph if graph is not None else compile_graph(saver)
@@ -289,6 +304,12 @@ def critique_group(
         if not fresh and values.get("done"):
             raise InputError(f"group {gid} was already critiqued with different inputs; use another group id "
                              "or fresh=True (--fresh) to recompute")
+        saver.delete_thread(thread)
+        values = {}
+    if values and values.get("settings_digest") != settings:
+        # the same group scored under other settings (render on/off, reflections, rules/prototypes, learning,
+        # memory) or with another image or mask file behind the same keypoints: critiqued again, since
+        # returning the old run would report what those settings did not produce
         saver.delete_thread(thread)
         values = {}
     if values and values.get("judge", cfg.judge) != cfg.judge:
@@ -311,7 +332,8 @@ def critique_group(
         start: Any = {
             "group_id": gid, "run_id": run_id, "run_dir": str(run_dir), "num_hypotheses": n,
             "image_path": str(image_path) if image_path else None, "has_labels": "true_error_mm" in arrays,
-            "inputs_digest": digest, "judge": cfg.judge, "round": 0, "reflections": [], "issues": [], "feedback": "",
+            "inputs_digest": digest, "settings_digest": settings, "judge": cfg.judge, "round": 0, "reflections": [],
+            "issues": [], "feedback": "",
         }
     else:  # an interrupted thread: resume from its last checkpoint
         start = None
