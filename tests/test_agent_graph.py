@@ -528,3 +528,31 @@ def test_a_bad_config_is_refused_before_anything_is_written(tmp_path, memory, sa
                        run_dir=tmp_path / "bad")
     assert not (tmp_path / "bad").exists()
     assert compile_graph(saver).get_state({"configurable": {"thread_id": "scene-6"}}).values == {}
+
+
+def test_damaged_or_locked_checkpoint_database_is_one_line_naming_it(tmp_path, memory):
+    """sqlite3 names no file: a damaged checkpoint database gave "DatabaseError: file is not a database", and a
+    database locked by another process "OperationalError: database is locked", both mid-critique."""
+    import sqlite3
+
+    from hmrcritic.agent.graph import open_checkpointer
+    from hmrcritic.errors import AssetError
+
+    bad = tmp_path / "damaged.sqlite"
+    bad.write_bytes(b"not a database at all" * 100)
+    with pytest.raises(AssetError, match=f"checkpoint database {bad}.*move it aside"):
+        open_checkpointer(bad)
+
+    db = tmp_path / "locked.sqlite"
+    saver = open_checkpointer(db)
+    holder = sqlite3.connect(db)
+    holder.execute("BEGIN EXCLUSIVE")
+    saver.conn.execute("PRAGMA busy_timeout = 200")  # not the default 30 s wait in a test
+    s, h, _ = make_group(7)
+    try:
+        with pytest.raises(AssetError, match=f"checkpoint database {db} stayed locked"):
+            critique_group(s, h, memory=memory, config=cfg(), checkpointer=saver, run_dir=tmp_path / "g")
+    finally:
+        holder.rollback()
+        holder.close()
+    assert critique_group(s, h, memory=memory, config=cfg(), checkpointer=saver, run_dir=tmp_path / "g").scores

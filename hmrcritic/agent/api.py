@@ -13,10 +13,12 @@ from __future__ import annotations
 import hashlib
 import json
 import re
+import sqlite3
 import time
 import uuid
 from collections.abc import Iterable, Iterator, Sequence
 from concurrent.futures import ThreadPoolExecutor
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -197,6 +199,25 @@ def _inputs_digest(arrays: dict[str, np.ndarray]) -> str:
     return h.hexdigest()[:16]
 
 
+def _saver_path(saver: Any) -> str:
+    """The file behind a SQLite checkpointer, for error messages (sqlite3's own name no file)."""
+    try:
+        return str(saver.conn.execute("PRAGMA database_list").fetchone()[2]) or "the checkpoint database"
+    except Exception:
+        return "the checkpoint database"
+
+
+@contextmanager
+def _checkpoint_errors(saver: Any) -> Iterator[None]:
+    """Turn a SQLite failure of the checkpointer into one AssetError line naming its file."""
+    try:
+        yield
+    except sqlite3.Error as exc:
+        from hmrcritic.agent.graph import checkpoint_error
+
+        raise checkpoint_error(_saver_path(saver), exc) from exc
+
+
 def _settings_digest(cfg: AgentConfig, image_path: Any, mask_path: Any) -> str:
     """What decides a critique besides the arrays and the judge's name: the agent settings (the judge is
     compared on its own, with its own message) and the bytes of the image and mask files (a path names a
@@ -298,7 +319,8 @@ def critique_group(
         configurable["memory"] = memory
     run_config = {"configurable": configurable, "recursion_limit": 25 + 4 * cfg.max_reflections}
 
-    snapshot = app.get_state(run_config)
+    with _checkpoint_errors(saver):
+        snapshot = app.get_state(run_config)
     values = dict(snapshot.values or {})
     if values and (fresh or values.get("inputs_digest") != digest):
         if not fresh and values.get("done"):
@@ -350,10 +372,16 @@ def critique_group(
     except HMRCriticError as exc:
         tracer.error(exc)
         raise
+    except sqlite3.Error as exc:  # the checkpointer's database (locked for too long, damaged, disk full)
+        tracer.error(exc)
+        from hmrcritic.agent.graph import checkpoint_error
+
+        raise checkpoint_error(_saver_path(saver), exc) from exc
     except Exception as exc:
         tracer.error(exc)
         raise
-    values = dict(app.get_state(run_config).values)
+    with _checkpoint_errors(saver):
+        values = dict(app.get_state(run_config).values)
     tracer.finish(values)
     if not keep:
         saver.delete_thread(thread)

@@ -20,6 +20,7 @@ from langgraph.graph import END, START, StateGraph
 from hmrcritic import config as hconfig
 from hmrcritic.agent import nodes
 from hmrcritic.agent.state import AgentState
+from hmrcritic.errors import AssetError
 
 _SAVERS: dict[str, object] = {}
 _SAVER_LOCK = threading.Lock()
@@ -46,6 +47,18 @@ def checkpoint_path() -> Path:
     return hconfig.runs_dir() / "checkpoints.sqlite"
 
 
+CHECKPOINT_TIMEOUT_S = 30.0
+
+
+def checkpoint_error(path: str | Path, exc: Exception) -> AssetError:
+    """A one-line error naming the checkpoint database for a SQLite failure (sqlite3 names no file)."""
+    if "locked" in str(exc) or "busy" in str(exc):
+        return AssetError(f"checkpoint database {path} stayed locked by another process for "
+                          f"{CHECKPOINT_TIMEOUT_S:.0f} s ({exc}); try again when it has finished")
+    return AssetError(f"checkpoint database {path} cannot be used ({type(exc).__name__}: {exc}); move it aside "
+                      "to start afresh (its interrupted critiques then start over)")
+
+
 def open_checkpointer(path: str | Path | None = None):
     """A SqliteSaver on ``path`` (default ``runs_dir()/checkpoints.sqlite``), one per path and process.
 
@@ -59,8 +72,16 @@ def open_checkpointer(path: str | Path | None = None):
     with _SAVER_LOCK:
         if key not in _SAVERS:
             path.parent.mkdir(parents=True, exist_ok=True)
-            conn = sqlite3.connect(str(path), check_same_thread=False)
-            _SAVERS[key] = SqliteSaver(conn)
+            # a writer holding the file (another critique's checkpoint) is waited for, not failed at once
+            conn = sqlite3.connect(str(path), check_same_thread=False, timeout=CHECKPOINT_TIMEOUT_S)
+            try:
+                conn.execute("PRAGMA schema_version").fetchone()  # a damaged file fails here, not mid-critique
+                saver = SqliteSaver(conn)
+                saver.setup()
+            except sqlite3.Error as exc:
+                conn.close()
+                raise checkpoint_error(path, exc) from None
+            _SAVERS[key] = saver
         return _SAVERS[key]
 
 
