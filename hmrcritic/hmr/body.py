@@ -356,10 +356,21 @@ def _validate(data: dict, path: Path) -> dict:
             )
     if out["f"].size and (out["f"].min() < 0 or out["f"].max() >= V):
         raise AssetError(f"{path}: faces index vertices outside 0..{V - 1}; {_LAYOUT_TEXT}")
-    for k in ("v_template", "shapedirs", "J_regressor", "weights"):
+    if not np.issubdtype(out["f"].dtype, np.integer) and not np.array_equal(out["f"], np.round(out["f"])):
+        raise AssetError(f"{path}: key 'f' holds non-integer vertex indices; {_LAYOUT_TEXT}")
+    # posedirs too: a NaN there gave NaN vertices for every body, even at zero pose (NaN·0 = NaN)
+    for k in ("v_template", "shapedirs", "posedirs", "J_regressor", "weights"):
         out[k] = out[k].astype(np.float64)
         if not np.isfinite(out[k]).all():
             raise AssetError(f"{path}: key '{k}' contains NaN or inf")
+    # smplx poses joints in index order, so each joint's parent must come before it (SMPL's own root
+    # entry is -1 or 2**32-1 and is ignored); anything else raised a bare IndexError deep in smplx
+    parents = out["kintree_table"][0, 1:].astype(np.int64)
+    bad = np.flatnonzero((parents < 0) | (parents >= np.arange(1, 24)))
+    if bad.size:
+        j = int(bad[0]) + 1
+        raise AssetError(f"{path}: kintree_table gives joint {j} the parent {int(parents[j - 1])}; each joint j "
+                         f"needs a parent in 0..j-1")
     out["posedirs"] = out["posedirs"].astype(np.float32)
     out["f"] = out["f"].astype(np.int64)
     out["kintree_table"] = out["kintree_table"].astype(np.int64)
@@ -367,15 +378,28 @@ def _validate(data: dict, path: Path) -> dict:
     for k in ("part_of_vertex", "vertex_ids", "J"):
         if k in data:
             out[k] = data[k]
+    if out.get("part_of_vertex") is not None:  # consumers index per-vertex arrays with it: (V,) in 0..23
+        try:
+            part = np.asarray(_plain(out["part_of_vertex"], "part_of_vertex", path))
+            ok = part.shape == (V,) and np.issubdtype(part.dtype, np.integer) and part.min() >= 0 and part.max() < 24
+        except (TypeError, ValueError):
+            ok = False
+        if not ok:
+            raise AssetError(f"{path}: 'part_of_vertex' must be {V} ints in 0..23 (the joint of each vertex)")
+        out["part_of_vertex"] = part.astype(np.int64)
     vid = out.get("vertex_ids")
     if isinstance(vid, np.ndarray):  # .npz cannot hold a dict: (5,) ints in EXTRA_NAMES order
         if vid.shape != (5,) or not np.issubdtype(vid.dtype, np.integer):
             raise AssetError(f"{path}: 'vertex_ids' must be 5 ints ({', '.join(EXTRA_NAMES)})")
         out["vertex_ids"] = dict(zip(EXTRA_NAMES, (int(i) for i in vid), strict=True))
-    if out.get("vertex_ids") is not None and not all(
-        0 <= int(out["vertex_ids"].get(k, -1)) < V for k in EXTRA_NAMES
-    ):
-        raise AssetError(f"{path}: 'vertex_ids' must give {', '.join(EXTRA_NAMES)} as vertex indices < {V}")
+    if out.get("vertex_ids") is not None:
+        vid = out["vertex_ids"]
+        try:  # a dict of names → ints; anything else (strings, a list) is one clear line, not a ValueError
+            ok = isinstance(vid, dict) and all(0 <= int(vid.get(k, -1)) < V for k in EXTRA_NAMES)
+        except (TypeError, ValueError):
+            ok = False
+        if not ok:
+            raise AssetError(f"{path}: 'vertex_ids' must give {', '.join(EXTRA_NAMES)} as vertex indices < {V}")
     return out
 
 

@@ -30,6 +30,7 @@ import time
 import warnings
 import weakref
 import zipfile
+import zlib
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -377,6 +378,42 @@ def _check_name(name: str) -> None:
         raise InputError(f"unknown split {name!r}; known: {', '.join(SPLITS)}")
 
 
+def _split_lock(folder: Path):
+    """The lock ``.<name>.lock`` beside a split folder, held by :func:`load_split` while it checks and
+    generates and by :func:`generate_split` while it swaps the new folder in. A singleton per path, so
+    ``load_split`` → ``generate_split`` re-enters it instead of deadlocking on a second instance."""
+    from filelock import FileLock
+
+    return FileLock(str(folder.parent / f".{folder.name}.lock"), is_singleton=True)
+
+
+def _pid_alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except (PermissionError, OverflowError, ValueError):  # another user's process, or not a pid we can judge
+        return pid > 0
+    return True
+
+
+def _remove_dead_leftovers(out: Path) -> list[Path]:
+    """Remove the ``.staging-<name>-<pid>`` and ``.old-<name>-<pid>`` folders next to ``out`` whose process
+    no longer runs (a generation killed mid-way leaves them; nothing else ever would remove them), never one
+    of a live process, which may be writing it right now. Returns what was removed."""
+    removed = []
+    for kind in ("staging", "old"):
+        prefix = f".{kind}-{out.name}-"
+        for path in out.parent.glob(f".{kind}-*"):
+            pid = path.name[len(prefix):]
+            if not (path.name.startswith(prefix) and pid.isdigit()) or int(pid) == os.getpid():
+                continue
+            if not _pid_alive(int(pid)):
+                shutil.rmtree(path, ignore_errors=True)
+                removed.append(path)
+    return removed
+
+
 def generate_split(
     name: str,
     out_dir=None,
@@ -389,7 +426,11 @@ def generate_split(
     quiet: bool = False,
 ) -> Path:
     """Generate split ``name`` into ``out_dir`` (default ``data_dir()/<name>``) and return that folder.
-    Written to a staging folder and swapped in, so a crash never leaves a half-written split."""
+
+    Written to a staging folder and swapped in, so a crash never leaves a half-written split; the staging
+    and swap folders a killed run left behind are removed on the next run. The swap holds the split's lock
+    (:func:`_split_lock`): two processes generating the same split at once would otherwise move each
+    other's folders away mid-swap (``Directory not empty`` / ``No such file``) and orphan ``.old-*``."""
     from hmrcritic.hmr.body import load_body_model
 
     _check_name(name)
@@ -400,6 +441,7 @@ def generate_split(
         raise InputError(f"split {name}: n must be ≥ 1, got {n}")
     out = Path(out_dir) if out_dir is not None else _split_root(None) / name
     out.parent.mkdir(parents=True, exist_ok=True)
+    _remove_dead_leftovers(out)
     body = body or load_body_model()
     t0, c0 = time.perf_counter(), time.process_time()
     arrays = _with_progress(
@@ -446,9 +488,11 @@ def generate_split(
         }
         atomic_write_json(stage / "manifest.json", manifest)
         old = out.parent / f".old-{out.name}-{os.getpid()}"
-        if out.exists():
-            os.replace(out, old)
-        os.replace(stage, out)
+        with _split_lock(out):
+            shutil.rmtree(old, ignore_errors=True)  # os.replace cannot move onto a non-empty folder
+            if out.exists():
+                os.replace(out, old)
+            os.replace(stage, out)
         shutil.rmtree(old, ignore_errors=True)
     except BaseException:
         shutil.rmtree(stage, ignore_errors=True)
@@ -504,11 +548,33 @@ def _render_split(stage: Path, arrays: dict, ids: np.ndarray, body, quiet: bool)
 
 def _manifest(folder: Path) -> dict | None:
     try:
-        return json.loads((folder / "manifest.json").read_text())
+        m = json.loads((folder / "manifest.json").read_text())
     except FileNotFoundError:
         return None
-    except (OSError, json.JSONDecodeError) as exc:
+    except (OSError, ValueError) as exc:  # ValueError: bad JSON or bytes that are not UTF-8
         raise AssetError(f"{folder / 'manifest.json'}: unreadable split manifest ({exc})") from None
+    if not isinstance(m, dict):
+        raise AssetError(f"{folder / 'manifest.json'}: not a split manifest (a JSON object expected)")
+    return m
+
+
+# what Sample needs from every shard (labels are optional there: wild keeps them in labels_eval.npz)
+_SHARD_KEYS = ("sample_id", "keypoints", "K", "image_size")
+
+
+def _read_npz(path: Path, folder: Path, what: str, required=()) -> dict[str, np.ndarray]:
+    """All arrays of one split file, or an AssetError naming the file: a truncated, corrupt or missing shard
+    (or wild's ``labels_eval.npz``) must give one line that says which file, not a bare BadZipFile/KeyError."""
+    try:
+        with np.load(path, allow_pickle=False) as z:
+            arrays = {key: z[key] for key in z.files}
+    except (OSError, ValueError, EOFError, KeyError, zipfile.BadZipFile, zlib.error) as exc:  # truncated → BadZipFile
+        raise AssetError(f"{path}: unreadable {what} ({type(exc).__name__}: {exc}); regenerate the split "
+                         f"(delete {folder})") from None
+    missing = [k for k in required if k not in arrays]
+    if missing:
+        raise AssetError(f"{path}: {what} has no {', '.join(missing)}; regenerate the split (delete {folder})")
+    return arrays
 
 
 def load_split(
@@ -516,8 +582,6 @@ def load_split(
 ) -> SceneSet:
     """The split ``name`` from ``root`` (default ``data_dir()``), generated on first use. A split made by
     another generator version or body model is regenerated; with an explicit ``n`` a different size too."""
-    from filelock import FileLock
-
     from hmrcritic.hmr.body import load_body_model
 
     _check_name(name)
@@ -539,7 +603,7 @@ def load_split(
                 f"run `hmrcritic data generate --split {name}`"
             )
         folder.parent.mkdir(parents=True, exist_ok=True)
-        with FileLock(str(folder.parent / f".{name}.lock")):
+        with _split_lock(folder):
             if not fresh(_manifest(folder)):  # another process may have made it meanwhile
                 if not quiet:
                     # stderr: a command's --json output on stdout must stay parseable on first use
@@ -559,9 +623,14 @@ class SceneSet:
         if m is None:
             raise AssetError(f"{self.folder}: no manifest.json (not a generated split)")
         self.manifest = m
-        self.name: str = m["split"]
-        self.has_labels: bool = bool(m["has_labels"])
-        self._counts = [s["n"] for s in m["shards"]]
+        try:
+            self.name: str = m["split"]
+            self.has_labels: bool = bool(m["has_labels"])
+            self._counts = [int(s["n"]) for s in m["shards"]]
+            self._files = [str(s["file"]) for s in m["shards"]]
+        except (KeyError, TypeError, ValueError) as exc:
+            raise AssetError(f"{self.folder / 'manifest.json'}: not a split manifest (bad or missing "
+                             f"{exc}); regenerate the split (delete {self.folder})") from None
         self._offsets = np.cumsum([0, *self._counts])
         self._cache: dict[int, dict[str, np.ndarray]] = {}
 
@@ -580,13 +649,7 @@ class SceneSet:
 
     def _shard(self, k: int) -> dict[str, np.ndarray]:
         if k not in self._cache:
-            path = self.folder / self.manifest["shards"][k]["file"]
-            try:
-                with np.load(path, allow_pickle=False) as z:
-                    self._cache[k] = {key: z[key] for key in z.files}
-            except (OSError, ValueError, EOFError, KeyError, zipfile.BadZipFile) as exc:  # truncated → BadZipFile
-                raise AssetError(f"{path}: unreadable shard ({type(exc).__name__}: {exc}); regenerate the split "
-                                 f"(delete {self.folder})") from None
+            self._cache[k] = _read_npz(self.folder / self._files[k], self.folder, "shard", _SHARD_KEYS)
         return self._cache[k]
 
     def keys(self) -> list[str]:
@@ -635,9 +698,11 @@ class SceneSet:
         """3D labels for evaluation (all splits): from the shards, or ``labels_eval.npz`` for ``wild``."""
         if self.has_labels:
             return self.arrays(["sample_id", *LABEL_KEYS])
-        path = self.folder / self.manifest["labels_eval"]["file"]
-        with np.load(path, allow_pickle=False) as z:
-            return {k: z[k] for k in z.files}
+        entry = self.manifest.get("labels_eval")
+        if not isinstance(entry, dict) or "file" not in entry:
+            raise AssetError(f"{self.folder / 'manifest.json'}: split {self.name} has no labels_eval entry; "
+                             f"regenerate the split (delete {self.folder})")
+        return _read_npz(self.folder / entry["file"], self.folder, "evaluation labels", ("sample_id", *LABEL_KEYS))
 
 
 # ------------------------------------------------------------------------------------------- user input

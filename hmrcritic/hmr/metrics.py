@@ -94,12 +94,17 @@ def procrustes_align(pred, gt) -> Tensor:
 
     Closed form (Umeyama 1991) via a batched SVD in float64; the sign correction on the smallest singular
     direction keeps the rotation proper (det = +1) so a mirrored prediction is never "aligned" by a
-    reflection. Returns the aligned prediction in the dtype of ``pred``.
+    reflection. Returns the aligned prediction in the dtype of ``pred``. A sample with a NaN/inf point (a
+    diverged hypothesis) comes back all NaN, like its MPJPE, instead of making the batched SVD raise for
+    every sample of the batch.
     """
     pred, gt = _as_tensor(pred), _as_tensor(gt)
     pred, gt = torch.broadcast_tensors(pred, gt)
     X = pred.double()
     Y = gt.double()
+    finite = (torch.isfinite(X).all(dim=-1) & torch.isfinite(Y).all(dim=-1)).all(dim=-1)  # (…)
+    X = torch.where(finite[..., None, None], X, 0.0)
+    Y = torch.where(finite[..., None, None], Y, 0.0)
     mu_x = X.mean(dim=-2, keepdim=True)
     mu_y = Y.mean(dim=-2, keepdim=True)
     X0 = X - mu_x
@@ -115,6 +120,7 @@ def procrustes_align(pred, gt) -> Tensor:
     R = V @ torch.diag_embed(Z) @ U.transpose(-1, -2)  # rotation acting on column vectors: y ≈ s R x
     scale = (S * Z).sum(dim=-1) / var_x.clamp_min(1e-12)
     aligned = scale[..., None, None] * (X0 @ R.transpose(-1, -2)) + mu_y
+    aligned = torch.where(finite[..., None, None], aligned, float("nan"))
     return aligned.to(pred.dtype)
 
 
@@ -192,6 +198,10 @@ def group_metrics(per_hyp, reduce: bool = True) -> dict:
     Returns ``mean`` (average hypothesis), ``best`` (oracle best-of-N, the paper's headline number),
     ``worst`` and ``median``. With ``reduce`` each is a float averaged over the B groups; otherwise a
     ``(B,)`` tensor. NaN entries (undefined errors) are ignored within a group.
+
+    ``median`` is ``torch.nanmedian``: for an even count of (non-NaN) values it is the **lower** of the two
+    middle values, not their average (``[1, 2, 3, 4]`` → 2, not 2.5). Published tables were computed this
+    way, so it stays; compare with numpy/scipy medians accordingly.
     """
     e = _as_tensor(per_hyp).float()
     if e.ndim == 1:

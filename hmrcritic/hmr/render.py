@@ -106,7 +106,13 @@ def _check_image(image) -> np.ndarray:
 def _size_from(image_size, K: np.ndarray) -> tuple[int, int]:
     """(W, H) from an explicit size, else twice the principal point (the usual centred camera)."""
     if image_size is not None:
-        W, H = (int(round(float(s))) for s in image_size)
+        try:
+            size = np.asarray(_numpy(image_size), dtype=np.float64).ravel()
+        except (TypeError, ValueError):
+            size = np.zeros(0)
+        if size.shape != (2,) or not np.isfinite(size).all():  # one clear line, not a ValueError from unpacking
+            raise InputError(f"image size must be two finite numbers (W,H), got {str(image_size)[:100]}")
+        W, H = (int(round(s)) for s in size)
     else:
         W, H = int(round(2 * K[0, 2])), int(round(2 * K[1, 2]))
     if W <= 0 or H <= 0 or W > 8192 or H > 8192:
@@ -200,6 +206,11 @@ class Renderer:
             cam.zfar = max(100.0, 2.0 * zmax + 1.0)
             flip = np.array([1.0, -1.0, -1.0], dtype=np.float32)
             colors = None if depth_only else shade_vertices(v, f, color, self.ambient, self.light_intensity)
+            if depth_only:
+                # pyrender's depth-only pass always culls back faces (it ignores SKIP_CULL_FACES and
+                # doubleSided), so a flipped-winding mesh gave the far side's depth and a camera inside the
+                # mesh an empty mask; both windings make the depth pass double-sided like the colour pass.
+                f = np.concatenate([f, f[:, ::-1]])
             prim = pyrender.Primitive(
                 positions=v * flip, color_0=colors, indices=f, material=self._material, mode=4  # GL_TRIANGLES
             )
@@ -237,6 +248,9 @@ class Renderer:
         vs = np.asarray(_numpy(vertices), dtype=np.float32)
         if vs.ndim != 3:
             raise InputError(f"masks: vertices must be (N,V,3), got {vs.shape}")
+        if len(vs) == 0:  # an empty group has no silhouettes, but its (0,H,W) shape is still well defined
+            W, H = _size_from(image_size, _check_K(K))
+            return np.zeros((0, H, W), bool)
         return np.stack([self.mask(v, faces, K, image_size) for v in vs])
 
     def render(self, vertices, faces, K, image_size=None, color=DEFAULT_COLOR):
@@ -277,7 +291,7 @@ class Renderer:
         group's side views share one scale; ``centre`` overrides the rotation centre. Returns (H,W,3) uint8.
         """
         v, f = _check_mesh(vertices, faces, "side_view")
-        W, H = (int(size), int(size)) if np.isscalar(size) else (int(size[0]), int(size[1]))
+        W, H = _size_from((size, size) if np.isscalar(size) else size, None)  # checked before K is built from it
         v_side, K = _side_camera(v, W, H, angle_deg, extent, centre)
         return self.overlay(None, v_side, f, K, color=color, alpha=1.0, image_size=(W, H), bg_color=bg_color)
 
