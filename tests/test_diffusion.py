@@ -202,6 +202,8 @@ def test_checkpoint_roundtrip_and_clear_errors(tmp_path):
 
     with pytest.raises(AssetError, match="not found.*missing.pt"):
         load_model(tmp_path / "missing.pt")
+    with pytest.raises(AssetError, match="is a folder; give the .pt file .it holds m.pt"):  # not "not found"
+        load_model(tmp_path)
     bad = tmp_path / "corrupt.pt"
     bad.write_bytes(b"this is not a checkpoint")
     with pytest.raises(AssetError, match="corrupt.pt"):

@@ -571,6 +571,10 @@ def save_model(model: HMRDiffusion, path: str | Path, extra: dict | None = None)
 def read_checkpoint(path: str | Path) -> dict:
     """Load and validate a checkpoint file's payload (no model built). Raises AssetError naming the path."""
     path = Path(path)
+    if path.is_dir():
+        found = sorted(p.name for p in path.glob("*.pt") if not p.name.endswith(".state.pt"))[:3]
+        raise AssetError(f"model checkpoint {path} is a folder; give the .pt file"
+                         + (f" (it holds {', '.join(found)})" if found else ""))
     if not path.is_file():
         raise AssetError(f"model checkpoint not found: {path}")
     try:
