@@ -169,3 +169,38 @@ def test_two_machines_adding_at_once_keep_the_version_true(url, tmp_path):
     assert fresh.prototypes.count() == 120
     assert fresh.verify_version()
     assert stores[0].version() == stores[1].version() == fresh.version()
+
+
+def test_credentials_in_the_url_are_sent_as_basic_auth(tmp_path):
+    """``http://user:pw@host`` dropped user and password, so a server requiring auth answered 401 however the
+    URL was written. They go as HTTP basic auth now — and still never into a message."""
+    import base64
+    import json
+    import threading
+    from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+
+    seen: list[str | None] = []
+
+    class Refuse(BaseHTTPRequestHandler):
+        def log_message(self, *args) -> None:
+            pass
+
+        def do_GET(self) -> None:
+            seen.append(self.headers.get("Authorization"))
+            body = json.dumps({"error": "Unauthorized", "message": "no"}).encode()
+            self.send_response(401)
+            self.send_header("Content-Type", "application/json")
+            self.send_header("Content-Length", str(len(body)))
+            self.end_headers()
+            self.wfile.write(body)
+
+    srv = ThreadingHTTPServer(("127.0.0.1", 0), Refuse)
+    threading.Thread(target=srv.serve_forever, daemon=True).start()
+    try:
+        url = f"http://al%40ice:s3cr%3Dt@127.0.0.1:{srv.server_address[1]}"
+        with pytest.raises(AssetError) as info:
+            MemoryStore(tmp_path / "m", chroma_url=url)
+    finally:
+        srv.shutdown()
+    assert seen and seen[0] == "Basic " + base64.b64encode(b"al@ice:s3cr=t").decode()
+    assert "s3cr" not in str(info.value) and "al%40ice" not in str(info.value)

@@ -105,10 +105,14 @@ _REGISTRY_LOCK = threading.Lock()
 _EXCLUSIVE_HELD: dict[str, int] = {}  # memory folder -> depth of exclusive() held by this process
 
 
-def _chroma_settings():
+def _chroma_settings(credentials: str | None = None):
+    """Chroma client settings; ``credentials`` ("user:password" from a server URL) are sent as HTTP basic
+    auth (Chroma's own ``CHROMA_CLIENT_AUTH_*`` environment variables work too when none are given)."""
     from chromadb.config import Settings
 
-    return Settings(anonymized_telemetry=False, allow_reset=False)
+    auth = ({"chroma_client_auth_provider": "chromadb.auth.basic_authn.BasicAuthClientProvider",
+             "chroma_client_auth_credentials": credentials} if credentials else {})
+    return Settings(anonymized_telemetry=False, allow_reset=False, **auth)
 
 
 def _persistent_client(path: str, reopen: bool = False):
@@ -181,11 +185,16 @@ class _ServerProxy:
 
 
 def _http_client(url: str):
+    from urllib.parse import unquote
+
     import chromadb
 
     host, port, ssl = _parse_chroma_url(url)
+    u = urlparse(url if "://" in url else f"http://{url}")
+    # user:password in the URL were dropped, so a server that requires auth refused with a puzzling 401
+    credentials = f"{unquote(u.username or '')}:{unquote(u.password or '')}" if u.username or u.password else None
     try:
-        client = chromadb.HttpClient(host=host, port=port, ssl=ssl, settings=_chroma_settings())
+        client = chromadb.HttpClient(host=host, port=port, ssl=ssl, settings=_chroma_settings(credentials))
         client.heartbeat()
     except Exception as exc:
         raise AssetError(scrub(f"cannot reach the Chroma server at {redact_url(url)}: {exc}")) from exc
