@@ -204,3 +204,10 @@ def test_credentials_in_the_url_are_sent_as_basic_auth(tmp_path):
         srv.shutdown()
     assert seen and seen[0] == "Basic " + base64.b64encode(b"al@ice:s3cr=t").decode()
     assert "s3cr" not in str(info.value) and "al%40ice" not in str(info.value)
+
+
+def test_read_only_on_an_empty_server_says_there_is_no_memory(url, tmp_path):
+    """An empty server read-only (``memory stats``, a frozen export) said the memory "lacks collection(s) …
+    or was reset half-way" — there was never one."""
+    with pytest.raises(AssetError, match="no hmrcritic memory on the Chroma server at http://127.0.0.1"):
+        MemoryStore(tmp_path / "m", chroma_url=url, read_only=True)

@@ -290,6 +290,10 @@ class MemoryStore:
                 self._gen_seen = _GENERATION.get(self._key, 0)
             missing = self._open_collections()
         if missing:
+            if self.read_only and self.chroma_url and set(missing) == set(COLLECTIONS):
+                raise AssetError(f"no hmrcritic memory on the Chroma server at {self.location} (nothing to open "
+                                 "read-only); create one with `hmrcritic memory reset --yes --chroma-url ...` or "
+                                 "by exploring")
             if self.read_only:
                 raise AssetError(f"memory at {self.location} lacks collection(s) {missing}; it is not an "
                                  "hmrcritic memory or was reset half-way (run `hmrcritic memory reset`)")
