@@ -52,3 +52,18 @@ def test_mermaid_alone_is_still_the_agent_graph(a_run, capsys):
     assert main(["trace", "--mermaid"]) == 0
     out = capsys.readouterr().out
     assert "graph TD" in out and "memory_write" in out
+
+
+def test_run_id_with_a_path_or_an_empty_last_pointer_is_refused(a_run, tmp_path, capsys):
+    """A run id is a file name in the traces folder: "../x" read a .jsonl outside it, and an empty LAST
+    pointer globbed every trace (one run resolved to it, several were "ambiguous")."""
+    from hmrcritic.agent.trace import traces_dir
+
+    outside = tmp_path / "elsewhere.jsonl"
+    outside.write_text('{"event": "start"}\n')
+    rel = "../" * 8 + str(outside.with_suffix(""))[1:]
+    assert main(["trace", rel]) == 2
+    assert "no path separators" in capsys.readouterr().err
+    (traces_dir() / "LAST").write_text("")
+    assert main(["trace", "--last"]) == 2
+    assert "is empty" in capsys.readouterr().err

@@ -117,6 +117,10 @@ def resolve_run(run_id: str | None = None, last: bool = False) -> Path:
         if not pointer.exists():
             raise InputError(f"no runs recorded yet in {d}")
         run_id = pointer.read_text().strip()
+        if not run_id:  # an empty pointer would match every trace below
+            raise InputError(f"{pointer} is empty: the last run is unknown; give a RUN_ID")
+    if any(sep in run_id for sep in ("/", "\\")) or run_id in (".", ".."):  # a run id is a file name in d
+        raise InputError(f"run id {run_id!r} is not a run id (no path separators); see `ls {d}`")
     path = d / f"{run_id}.jsonl"
     if not path.exists():
         matches = sorted(d.glob(f"*{run_id}*.jsonl"))
