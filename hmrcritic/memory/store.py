@@ -166,6 +166,8 @@ class _ServerProxy:
         self._where = where
 
     def __getattr__(self, name: str) -> Any:
+        if name in ("_target", "_where"):  # not set yet (a copy or unpickling): no endless recursion
+            raise AttributeError(name)
         attr = getattr(self._target, name)
         if not callable(attr):
             return attr
