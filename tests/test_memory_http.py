@@ -211,3 +211,14 @@ def test_read_only_on_an_empty_server_says_there_is_no_memory(url, tmp_path):
     or was reset half-way" — there was never one."""
     with pytest.raises(AssetError, match="no hmrcritic memory on the Chroma server at http://127.0.0.1"):
         MemoryStore(tmp_path / "m", chroma_url=url, read_only=True)
+
+
+def test_server_proxy_can_be_copied():
+    """The proxy looked its own fields up through ``__getattr__``: a copy (or an unpickled one) recursed
+    without end before they existed."""
+    import copy
+
+    from hmrcritic.memory.store import _ServerProxy
+
+    p = copy.copy(_ServerProxy([3, 1, 3], "http://127.0.0.1:1"))
+    assert p.count(3) == 2
