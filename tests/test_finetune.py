@@ -158,6 +158,40 @@ def test_resume_gives_the_same_weights(data_dir, base_ckpt, tmp_path):
         finetune(_cfg(data_dir, base_ckpt, tmp_path / "b.pt", steps=3))
 
 
+@pytest.mark.parametrize("objective", ["gpa", "dpo", "sft"])
+def test_resume_after_a_kill_between_checkpoints_is_bitwise(objective, data_dir, tmp_path):
+    """Killed mid-run (after step 5, last state at step 3), with dropout on so the global torch RNG is used
+    by every step: the resumed run re-does steps 4–5 and ends bitwise equal to an uninterrupted one, with
+    the same per-step log."""
+    import dataclasses
+
+    torch.manual_seed(0)
+    model = HMRDiffusion(dataclasses.replace(TINY, dropout=0.1))
+    for head in (model.joint_out, model.shape_out):
+        torch.nn.init.normal_(head.weight, std=0.05)
+    base = save_model(model, tmp_path / "base.pt", extra={})
+    kw = {"objective": objective, "steps": 7, "checkpoint_every": 3}
+    straight = finetune(_cfg(data_dir, base, tmp_path / "a.pt", **kw))
+
+    class Killed(Exception):
+        pass
+
+    def kill_after_5(rec):
+        if rec["step"] == 5:
+            raise Killed
+
+    with pytest.raises(Killed):
+        finetune(_cfg(data_dir, base, tmp_path / "b.pt", **kw), progress=kill_after_5)
+    assert torch.load(tmp_path / "b.pt.state.pt", weights_only=True)["step"] == 3
+    resumed = finetune(_cfg(data_dir, base, tmp_path / "b.pt", **kw))
+    a, b = load_model(straight).state_dict(), load_model(resumed).state_dict()
+    assert all(torch.equal(a[k], b[k]) for k in a)
+    la, lb = ([json.loads(line) for line in (tmp_path / f"{n}.pt.log.jsonl").read_text().splitlines()]
+              for n in "ab")
+    assert [r["step"] for r in lb] == list(range(1, 8))
+    assert [r["loss"] for r in la] == [r["loss"] for r in lb]
+
+
 def test_a_diverging_run_stops_before_nan_reaches_the_weights(data_dir, base_ckpt, tmp_path):
     out = tmp_path / "boom.pt"
     with pytest.raises(TrainingDiverged, match="diverged"):

@@ -294,3 +294,66 @@ def test_total_is_weighted_sum_of_gpa_and_base():
     assert nb.objective == "gpa" and nb.base_loss_weight == 0.0
     with pytest.raises(ValueError):
         ObjectiveConfig(objective="ppo")
+
+
+@pytest.mark.parametrize("objective", ["gpa", "gpa_linear", "gpa_no_base_loss", "dpo", "sft"])
+def test_loss_equals_the_documented_formula(objective):
+    """Each objective's value, recomputed from the definitions on the (t, ε) the code drew (read back from the
+    noised inputs it fed the models): A_i = (s_i − mean s)/(pop. std s + 1e-8), e = mean_D (ε − ε_model(x_t))²,
+    d_i = e_θ − e_ref; gpa = w·mean_groups −log σ(−β Σ_i A_i d_i) + w_b·mean e_θ(base draws); gpa_linear the
+    same with β Σ A d; dpo = mean over pairs × {t, T−1−t} of −log σ(−β/2 (d_w − d_l)); sft = mean e_θ(best).
+    The tied group is left out of every preference term (and of SFT) but not of the base loss."""
+    ref = frozen_reference(TinyDenoiser())
+    policy = TinyDenoiser(seed=5)
+    B, G = 3, 4
+    x0, cond = _batch(B=B, G=G, seed=11)
+    scores = torch.tensor([[3.0, 7.0, 1.0, 6.0], [2.0, 2.0, 2.0, 2.0], [9.0, 0.5, 4.0, 4.5]])
+    cfg = ObjectiveConfig(objective=objective, beta=3.0, gpa_weight=0.7, base_loss_weight=1.3)
+    policy.calls = []
+    out = compute_loss(policy, ref if objective != "sft" else None, x0, cond, scores, cfg,
+                       torch.Generator().manual_seed(4))
+    kept = [0, 2]
+
+    def err(model, x, t, eps, c):
+        ab = model.alphas_cumprod[t].unsqueeze(-1)
+        with torch.no_grad():
+            return (eps - model.net(torch.cat([ab.sqrt() * x + (1 - ab).sqrt() * eps, t.float()[:, None] / T, c],
+                                              -1))).pow(2).mean(1)
+
+    def read_back(call, xs):
+        x_t, t = call
+        return t, _recover_eps(policy, x_t, t, xs)
+
+    beta, w, wb = cfg.beta, cfg.gpa_weight, cfg.base_loss_weight
+    if objective.startswith("gpa"):
+        s = scores[kept]
+        A = (s - s.mean(1, keepdim=True)) / (s.std(1, unbiased=False, keepdim=True) + 1e-8)
+        xs = x0[kept].reshape(-1, D)
+        c = cond.keypoints[kept].repeat_interleave(G, 0)
+        t, eps = read_back(policy.calls[0], xs)
+        d = (err(policy, xs, t, eps, c) - err(ref, xs, t, eps, c)).view(len(kept), G)
+        sad = (A * d).sum(1)
+        logistic = -torch.nn.functional.logsigmoid(-beta * sad).mean()
+        l_gpa = (beta * sad).mean() if objective == "gpa_linear" else logistic
+        expected = w * l_gpa
+        if objective != "gpa_no_base_loss":
+            xb = x0.reshape(-1, D)
+            tb, eb = read_back(policy.calls[1], xb)
+            expected = expected + wb * err(policy, xb, tb, eb, cond.keypoints.repeat_interleave(G, 0)).mean()
+        else:
+            assert len(policy.calls) == 1
+    elif objective == "dpo":
+        rows = torch.tensor(kept)
+        xw, xl = x0[rows, scores[rows].argmax(1)], x0[rows, scores[rows].argmin(1)]
+        xs = torch.cat([xw, xw, xl, xl])
+        c = cond.keypoints[rows].repeat(4, 1)
+        t, eps = read_back(policy.calls[0], xs)
+        e = err(policy, xs, t, eps, c) - err(ref, xs, t, eps, c)
+        d_w, d_l = e[: 2 * len(kept)], e[2 * len(kept):]
+        expected = -torch.nn.functional.logsigmoid(-beta / 2 * (d_w - d_l)).mean()
+    else:
+        rows = torch.tensor(kept)
+        xb = x0[rows, scores[rows].argmax(1)]
+        t, eps = read_back(policy.calls[0], xb)
+        expected = err(policy, xb, t, eps, cond.keypoints[rows]).mean()
+    assert out.loss.item() == pytest.approx(expected.item(), rel=1e-4, abs=1e-6)
