@@ -210,6 +210,11 @@ def test_zero_variance_groups_are_skipped_and_counted():
     policy.calls = []
     tied = compute_loss(policy, ref, x0, cond, torch.full((2, 3), 4.0), cfg, torch.Generator().manual_seed(1))
     assert tied.loss.item() == 0.0 and tied.metrics["zero_variance_share"] == 1.0 and policy.calls == []
+    # no GPA term, so no loss_gpa: a logged window averages it over the steps that had one (a 0.0 pulled it down)
+    assert "loss_gpa" not in tied.metrics
+    from hmrcritic.alignment.finetune import _mean_metrics
+
+    assert _mean_metrics([out.metrics, tied.metrics])["loss_gpa"] == out.metrics["loss_gpa"]
 
 
 def test_dpo_uses_best_and_worst_with_antithetic_t_and_shared_eps():

@@ -192,8 +192,7 @@ def gpa_loss(policy, reference, x0, cond, scores, cfg: ObjectiveConfig, generato
         metrics["loss_gpa"] = float(l_gpa.detach())
         metrics["sigma_mean"] = float(torch.sigmoid(cfg.beta * s_ad.detach()).mean())
         metrics.update(_reward_metrics(d.detach(), scores[idx], cfg.beta))
-    else:
-        metrics["loss_gpa"] = 0.0
+    # every group tied: no GPA term, and no loss_gpa either — a 0.0 here pulled the logged mean of a window down
     if cfg.base_loss_weight > 0:
         l_base = _base_loss(policy, x0_flat, cond_flat, generator)
         parts.append(cfg.base_loss_weight * l_base)
@@ -271,7 +270,9 @@ def sft_loss(policy, reference, x0, cond, scores, cfg: ObjectiveConfig, generato
 
 
 def _reward_metrics(d: torch.Tensor, scores: torch.Tensor, beta: float) -> dict[str, float]:
-    """Implicit reward r_i = −β d_i: best-minus-worst margin, its sign accuracy, and rank agreement."""
+    """Implicit reward r_i = −β d_i: the best-minus-worst margin and its sign accuracy (the share of groups
+    whose best-scored hypothesis the policy already denoises better, relative to the reference, than the
+    worst)."""
     best, worst = _best_worst(scores)
     rows = torch.arange(d.shape[0], device=d.device)
     r = -beta * d
