@@ -131,3 +131,14 @@ def test_batched_shapes():
     assert A.hyperextension(bp).shape == (5, 4)
     assert A.self_penetration(joints_of(bp)).shape == (5,)
     assert A.is_implausible(bp, joints_of(bp)).dtype == torch.bool
+
+
+def test_a_non_finite_hypothesis_is_implausible():
+    """NaN measures compare False: a diverged hypothesis counted as plausible in the implausible rate."""
+    bp = torch.zeros(3, 69)
+    j = joints_of(bp)
+    bp[1, 10] = float("nan")
+    j2 = j.clone()
+    j2[2, 5, 1] = float("inf")
+    assert A.is_implausible(bp).tolist() == [False, True, False]
+    assert A.is_implausible(torch.zeros(3, 69), j2).tolist() == [False, False, True]

@@ -8,7 +8,9 @@ Choices made here (the paper is silent; see docs/CONTRACTS.md "agent/"):
 
 * ``reproj_px`` is the confidence-weighted mean distance between projected COCO-17 body keypoints and the
   2D keypoints with confidence > 0; ``reproj_rel`` divides it by the diagonal of the visible keypoints' box
-  so a threshold means the same for a small and a large person.
+  so a threshold means the same for a small and a large person. That diagonal is floored at 10 % of the
+  image's longer side (one or two visible keypoints have no usable box), so for a person whose visible box
+  is smaller than that, ``reproj_rel`` is ``reproj_px`` over the floor, not over the person's box.
 * ``consensus_dev_mm`` is the distance (mm, weighted mean over the 24 root-relative SMPL joints) of each
   hypothesis to the group *medoid* (the hypothesis with the least total distance to the others). Joints
   with low 2D confidence count up to twice: where the image says nothing, the group's agreement is the
@@ -189,15 +191,36 @@ def silhouette_iou(pred_masks: np.ndarray, mask: np.ndarray) -> np.ndarray:
 
 
 def ground_contact(points: torch.Tensor, normal, offset: float) -> tuple[torch.Tensor, torch.Tensor]:
-    """(floor_penetration_mm, floating_mm) of the lowest point of each hypothesis w.r.t. a ground plane."""
+    """(floor_penetration_mm, floating_mm) of the lowest point of each hypothesis w.r.t. a ground plane.
+
+    ``normal`` is normalised here but ``offset`` is used as given, so the pair must already be the plane of
+    a *unit* normal (height = n·X + d, metres): a scaled pair ``(k·n, k·d)`` moves the plane by ``(k−1)·d``.
+    """
     n = _t(normal)
     n = n / n.norm().clamp_min(1e-9)
     lowest = (points @ n + float(offset)).min(dim=-1).values  # (N,)
     return (-lowest).clamp_min(0) * 1000.0, lowest.clamp_min(0) * 1000.0
 
 
+def _check_array(name: str, arr, shape: tuple) -> np.ndarray:
+    a = np.asarray(arr)
+    if a.shape != shape:
+        raise InputError(f"evidence: {name} has shape {a.shape}, expected {shape}")
+    if not np.isfinite(a).all():
+        bad = np.argwhere(~np.isfinite(a))[0].tolist()
+        raise InputError(f"evidence: {name} contains NaN/inf (first at index {bad})")
+    return a
+
+
 def _validate(inp: GroupInputs) -> None:
-    N = np.asarray(inp.joints).shape[0]
+    """Shapes and finiteness of every input a measure reads. The optional inputs are checked too: a NaN
+    there used to be turned into a plausible-looking 0 by the final ``nan_to_num`` (joint_conf → every
+    consensus_dev_mm 0; ground/vertices → no floor contact), and a mis-sized one was broadcast into a
+    measure of the wrong length (pairwise_pa_mm, pred_masks) or crashed in torch/numpy."""
+    N = np.asarray(inp.joints).shape[0] if np.ndim(inp.joints) else 0
+    if N < 1:
+        raise InputError("evidence: the group has no hypotheses (joints has shape "
+                         f"{np.shape(inp.joints)}, expected (N ≥ 1, 24, 3))")
     for name, arr, shape in [
         ("joints", inp.joints, (N, 24, 3)),
         ("coco17", inp.coco17, (N, 17, 3)),
@@ -205,12 +228,32 @@ def _validate(inp: GroupInputs) -> None:
         ("keypoints", inp.keypoints, (17, 3)),
         ("K", inp.K, (3, 3)),
     ]:
-        a = np.asarray(arr)
-        if a.shape != shape:
-            raise InputError(f"evidence: {name} has shape {a.shape}, expected {shape}")
-        if not np.isfinite(a).all():
-            bad = np.argwhere(~np.isfinite(a))[0].tolist()
-            raise InputError(f"evidence: {name} contains NaN/inf (first at index {bad})")
+        _check_array(name, arr, shape)
+    size = np.asarray(inp.image_size, dtype=np.float64).reshape(-1)
+    if size.shape != (2,) or not np.isfinite(size).all() or (size <= 0).any():
+        raise InputError(f"evidence: image_size must be (W, H) > 0, got {inp.image_size!r}")
+    if inp.joint_conf is not None:
+        _check_array("joint_conf", inp.joint_conf, (24,))
+    if inp.pairwise_pa_mm is not None:
+        _check_array("pairwise_pa_mm", inp.pairwise_pa_mm, (N, N))
+    if inp.mask is not None and inp.pred_masks is not None:
+        m = np.asarray(inp.mask)
+        if m.ndim != 2:
+            raise InputError(f"evidence: mask has shape {m.shape}, expected (H, W)")
+        _check_array("pred_masks", inp.pred_masks, (N, *m.shape))
+    if inp.ground is not None:
+        if len(inp.ground) != 2:
+            raise InputError("evidence: ground must be (unit normal (3,), offset)")
+        normal = _check_array("ground normal", np.asarray(inp.ground[0], dtype=np.float64), (3,))
+        if not np.linalg.norm(normal) > 0:
+            raise InputError("evidence: ground normal is the zero vector; expected a unit normal pointing up")
+        if not math.isfinite(float(inp.ground[1])):
+            raise InputError(f"evidence: ground offset is {inp.ground[1]!r}, expected a finite number")
+        if inp.vertices is not None:
+            v = np.asarray(inp.vertices)
+            if v.ndim != 3 or v.shape[0] != N or v.shape[1] < 1 or v.shape[2] != 3:
+                raise InputError(f"evidence: vertices has shape {v.shape}, expected ({N}, V ≥ 1, 3)")
+            _check_array("vertices", v, v.shape)
 
 
 def compute_evidence(inp: GroupInputs, prior=None) -> dict[str, np.ndarray]:

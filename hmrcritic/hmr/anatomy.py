@@ -276,9 +276,13 @@ def is_implausible(
     pen_tol_m: float = 0.02,
 ) -> torch.Tensor:
     """(B,) bool: a joint more than ``limit_tol_deg`` outside its range, a knee/elbow hyperextended by more
-    than ``limit_tol_deg``, or (when joints are given) capsules interpenetrating deeper than ``pen_tol_m``."""
+    than ``limit_tol_deg``, or (when joints are given) capsules interpenetrating deeper than ``pen_tol_m``.
+    A non-finite pose or joint set (a diverged hypothesis) is implausible too: its measures are NaN, and NaN
+    compares False, so it used to count as plausible."""
     bad = joint_limit_violation(body_pose).amax(dim=1) > limit_tol_deg
     bad = bad | (hyperextension(body_pose).amax(dim=1) > limit_tol_deg)
+    bad = bad | ~torch.isfinite(body_pose.reshape(body_pose.shape[0], -1)).all(dim=1)
     if joints is not None:
         bad = bad | (self_penetration(joints) > pen_tol_m)
+        bad = bad | ~torch.isfinite(joints.reshape(joints.shape[0], -1)).all(dim=1)
     return bad
