@@ -24,6 +24,7 @@ the run continues; the next run retries it.
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import hashlib
 import importlib
@@ -349,32 +350,186 @@ def _pool(ctx: WorkerContext, tasks: list[dict], workers: int) -> Iterator[dict]
         pool.shutdown(wait=True, cancel_futures=True)
 
 
-def _ray(ctx: WorkerContext, tasks: list[dict], workers: int, address: str) -> Iterator[dict]:
+RAY_WORKER_DIED = "a Ray worker died while running this group (killed, out of memory, or exited); a re-run retries it"
+
+
+def _ray_address_for_messages(address: str) -> str:
+    """The address as error lines may show it: no credentials (``user:pw@`` with or without a scheme)."""
+    safe = scrub(address)
+    if "@" in safe:
+        scheme, sep, rest = safe.rpartition("://")
+        safe = f"{scheme}{sep}***@{rest.rpartition('@')[2]}"
+    return safe
+
+
+def _probe_ray_address(address: str) -> None:
+    """Fail at once, in one line, when nothing listens at ``host:port`` (``ray.init`` retries such an address for
+    many minutes, printing a warning every few seconds)."""
+    import socket
+
+    hostport = address.partition("://")[2] if "://" in address else address
+    hostport = hostport.rpartition("@")[2].split("/")[0]
+    host, sep, port = hostport.rpartition(":")
+    if not sep or not port.isdigit():
+        raise InputError(
+            f"--ray-address {_ray_address_for_messages(address)!r}: expected host:port, ray://host:port, "
+            "'auto' or 'local'"
+        )
     try:
-        import ray
-        from ray.util import ActorPool
+        with socket.create_connection((host.strip("[]"), int(port)), timeout=5):
+            pass
+    except OSError as exc:
+        raise InputError(
+            f"cannot connect to Ray at {_ray_address_for_messages(address)!r}: nothing answers there "
+            f"({type(exc).__name__}: {exc.strerror or exc}); start the cluster (`ray start --head`) or fix the address"
+        ) from None
+
+
+def _ray_preflight(address: str) -> None:
+    try:
+        import ray  # noqa: F401
     except ImportError:
         raise InputError("--ray-address needs Ray: pip install 'hmrcritic[ray]'") from None
-    started = False
-    if not ray.is_initialized():
-        try:
-            if address == "local":
-                ray.init(num_cpus=workers, include_dashboard=False, log_to_driver=False)
-            else:
-                ray.init(address=address, log_to_driver=False)
-        except Exception as exc:
-            raise InputError(f"cannot connect to Ray at {address!r}: {_reason(exc)}") from None
-        started = True
+    if address not in ("local", "auto"):
+        _probe_ray_address(address)
+
+
+def _ray_init(ray, address: str, workers: int) -> None:
+    import logging
+
     try:
-        actor_cls = ray.remote(num_cpus=1)(GroupWorker)
-        actors = [actor_cls.remote(ctx) for _ in range(workers)]
-        pool = ActorPool(actors)
-        yield from pool.map_unordered(lambda a, t: a.run.remote(t), tasks)
-        for a in actors:
-            ray.kill(a)
+        if address == "local":
+            ray.init(num_cpus=workers, include_dashboard=False, log_to_driver=False, logging_level=logging.ERROR)
+        else:
+            ray.init(address=address, log_to_driver=False, logging_level=logging.WARNING)
+    except Exception as exc:
+        raise InputError(
+            f"cannot connect to Ray at {_ray_address_for_messages(address)!r}: "
+            f"{_reason(exc).replace(address, _ray_address_for_messages(address))}"
+        ) from None
+
+
+class _QuietRayErrors:
+    """While the export runs, Ray's driver prints every worker death as a long ``(raylet) …`` paragraph on stdout
+    (under the progress bar, into ``--json`` output). The export records each death itself (failures.jsonl, the
+    summary), so those paragraphs go to the debug log instead. Best effort: a Ray without the hook is left alone."""
+
+    def __enter__(self):
+        import logging
+
+        try:
+            from ray._private import worker as ray_worker
+        except ImportError:  # pragma: no cover - Ray internals moved
+            self._mod = None
+            return self
+        self._mod, self._orig = ray_worker, getattr(ray_worker, "print_to_stdstream", None)
+        if self._orig is None:  # pragma: no cover
+            return self
+        log, orig = logging.getLogger("hmrcritic.export.ray"), self._orig
+
+        def route(data, *args, **kwargs):
+            if isinstance(data, dict) and data.get("pid") == "raylet":
+                for line in data.get("lines", []):
+                    log.debug("ray: %s", scrub(line))
+                return None
+            return orig(data, *args, **kwargs)
+
+        ray_worker.print_to_stdstream = route
+        return self
+
+    def __exit__(self, *exc):
+        if self._mod is not None and self._orig is not None:
+            self._mod.print_to_stdstream = self._orig
+        return False
+
+
+def _worker_failure(task: dict, exc: BaseException | str) -> dict:
+    if isinstance(exc, str):
+        error = exc
+    else:
+        error = f"{type(exc).__name__}: {RAY_WORKER_DIED}"
+    return {"group_id": task["group_id"], "input_id": task["input_id"], "group_seed": task["group_seed"],
+            "ok": False, "stage": "worker", "error": error}
+
+
+def _ray(ctx: WorkerContext, tasks: list[dict], workers: int, address: str) -> Iterator[dict]:
+    """Results as they finish, one group in flight per actor. An actor that dies (killed, out of memory, a
+    ``SystemExit``, its node gone) fails only the group it was running (stage "worker", as the process pool
+    does) and is replaced; after ``2 × workers + 2`` deaths in a row with no group finished (the cluster is
+    gone or every worker crashes at start) the groups not started are failed too instead of trying on. Ray
+    started here (``"local"``) or connected here is shut down at the end, also on an error or Ctrl-C in the
+    driver; the actors are killed in every case."""
+    try:
+        import ray
+        from ray.exceptions import RayError
+    except ImportError:
+        raise InputError("--ray-address needs Ray: pip install 'hmrcritic[ray]'") from None
+    connected_here = False
+    if not ray.is_initialized():
+        _ray_init(ray, address, workers)
+        connected_here = True
+    actors: list = []
+    running: dict = {}  # ObjectRef → (actor, task)
+    try:
+        with _QuietRayErrors():
+            actor_cls = ray.remote(num_cpus=1, max_restarts=0, max_task_retries=0)(GroupWorker)
+            queue = list(reversed(tasks))
+            idle = []
+            for _ in range(min(workers, len(tasks))):
+                actors.append(actor_cls.remote(ctx))
+                idle.append(actors[-1])
+            deaths_in_a_row, limit = 0, 2 * workers + 2
+            while queue or running:
+                while idle and queue:
+                    actor, task = idle.pop(), queue.pop()
+                    running[actor.run.remote(task)] = (actor, task)
+                try:
+                    ready, _ = ray.wait(list(running), num_returns=1)
+                except (RayError, ConnectionError) as exc:  # the driver lost the cluster: nothing more will finish
+                    reason = f"{_reason(exc)}; a re-run retries this group"
+                    for _actor, task in running.values():
+                        yield _worker_failure(task, reason)
+                    running.clear()
+                    while queue:
+                        yield _worker_failure(queue.pop(), reason)
+                    break
+                for ref in ready:
+                    actor, task = running.pop(ref)
+                    try:
+                        res = ray.get(ref)
+                    except RayError as exc:
+                        deaths_in_a_row += 1
+                        yield _worker_failure(task, exc)
+                        _kill_actor(ray, actor)
+                        actors.remove(actor)
+                        if deaths_in_a_row >= limit:
+                            reason = (f"{type(exc).__name__}: {deaths_in_a_row} Ray workers died in a row (the cluster "
+                                      "is gone or workers crash at start); a re-run retries this group")
+                            while queue:
+                                yield _worker_failure(queue.pop(), reason)
+                        elif queue:
+                            try:
+                                actors.append(actor_cls.remote(ctx))
+                            except Exception as exc2:  # the driver lost the cluster
+                                reason = f"{_reason(exc2)}; a re-run retries this group"
+                                while queue:
+                                    yield _worker_failure(queue.pop(), reason)
+                            else:
+                                idle.append(actors[-1])
+                        continue
+                    deaths_in_a_row = 0
+                    idle.append(actor)
+                    yield res
     finally:
-        if started and address == "local":
+        for actor in actors:
+            _kill_actor(ray, actor)
+        if connected_here:
             ray.shutdown()
+
+
+def _kill_actor(ray, actor) -> None:
+    with contextlib.suppress(Exception):  # already dead, or the cluster is gone
+        ray.kill(actor, no_restart=True)
 
 
 # ------------------------------------------------------------------------------------------------ export
@@ -448,6 +603,8 @@ def export(
         seed=cfg.seed,
         x_dim=x_dim,
     )
+    if cfg.ray_address:  # Ray missing or nothing at the address: one line now, before anything is written
+        _ray_preflight(cfg.ray_address)
     out.mkdir(parents=True, exist_ok=True)  # only once inputs, model and memory are known to be good
     with _exclusive(out):  # one export per dataset folder at a time
         _check_or_write_header(out, header)
@@ -515,6 +672,11 @@ def export(
         finally:
             if bar is not None:
                 bar[0].stop()
+            # an error or Ctrl-C here stops the executor now (its workers, a Ray started for this export), not
+            # whenever the suspended generator is collected
+            close = getattr(results, "close", None)
+            if close is not None:
+                close()
 
         records = D.read_manifest(out)
         records.sort(key=lambda r: order.get(r.group_id, len(order)))
