@@ -91,6 +91,17 @@ def _validation_error(exc) -> str:
 def main(argv: list[str] | None = None) -> int:
     """Console entry point: run the app, turn user errors into one line and a non-zero exit."""
     argv = list(sys.argv[1:] if argv is None else argv)
+    before = os.environ.get("HMRCRITIC_DEBUG")
+    try:
+        return _main(argv)
+    finally:  # ``--debug`` sets the variable for this command (and its workers), not for later in-process calls
+        if before is None:
+            os.environ.pop("HMRCRITIC_DEBUG", None)
+        else:
+            os.environ["HMRCRITIC_DEBUG"] = before
+
+
+def _main(argv: list[str]) -> int:
     debug = "--debug" in argv or os.environ.get("HMRCRITIC_DEBUG") == "1"
     try:
         rv = app(args=argv, standalone_mode=False)
