@@ -556,3 +556,17 @@ def test_damaged_or_locked_checkpoint_database_is_one_line_naming_it(tmp_path, m
         holder.rollback()
         holder.close()
     assert critique_group(s, h, memory=memory, config=cfg(), checkpointer=saver, run_dir=tmp_path / "g").scores
+
+
+def test_ground_evidence_does_not_depend_on_rendering(tmp_path, memory, saver):
+    """With rendering off the ground measures fell back to the joints (the ankle sits above the sole), so
+    the same body on the same floor read ~2 cm more floating than with rendering on."""
+    s, h, _ = make_group(8)
+    feet = s.joints3d[[7, 8, 10, 11], 1]  # y of the ankles and feet; the camera frame's y points down
+    s.ground = (np.array([0.0, -1.0, 0.0], np.float32), float(feet.max()) + 0.02)  # height = −y + d
+    off = critique_group(s, h, memory=memory, config=AgentConfig(render=False), checkpointer=saver,
+                         run_dir=tmp_path / "off", group_id="ground-off")
+    on = critique_group(s, h, memory=memory, config=AgentConfig(render=True), checkpointer=saver,
+                        run_dir=tmp_path / "on", group_id="ground-on")
+    assert off.evidence["floating_mm"] == on.evidence["floating_mm"]
+    assert off.evidence["floor_penetration_mm"] == on.evidence["floor_penetration_mm"]

@@ -121,7 +121,10 @@ def render(state: AgentState, config: RunnableConfig = None) -> dict:
     inputs = load_inputs(run_dir)
     mask = None
     mask_path = str(inputs["mask_path"]) if "mask_path" in inputs and str(inputs["mask_path"]) else None
-    need_vertices = cfg.render or mask_path is not None
+    has_ground = "ground_normal" in inputs and "ground_offset" in inputs
+    # the ground measures read the lowest *vertex*: with joints alone (render off) the same body floated
+    # ~2 cm higher (the ankle joint sits above the sole), so a render flag changed the evidence
+    need_vertices = cfg.render or mask_path is not None or has_ground
     body, bodies = _body_forward(inputs, vertices=need_vertices)
     W, H = (int(v) for v in inputs["image_size"])
     renders: dict[str, str] = {}
@@ -142,9 +145,7 @@ def render(state: AgentState, config: RunnableConfig = None) -> dict:
                                        image_size=(W, H))
             renders["overlay_grid"] = str(save_png(run_dir / "overlay_grid.png", grid))
             renders["side_grid"] = str(save_png(run_dir / "side_grid.png", side))
-    ground = None
-    if "ground_normal" in inputs and "ground_offset" in inputs:
-        ground = (inputs["ground_normal"], float(inputs["ground_offset"]))
+    ground = (inputs["ground_normal"], float(inputs["ground_offset"])) if has_ground else None
     gi = GroupInputs(
         joints=bodies["joints"], coco17=bodies["coco17"], body_pose=inputs["body_pose"],
         keypoints=inputs["keypoints"], K=inputs["K"], image_size=(W, H),
