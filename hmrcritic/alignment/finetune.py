@@ -175,6 +175,10 @@ def _save_state(cfg: FinetuneConfig, policy, ema, opt, step: int, base_hash: str
             "ema": ema.state_dict(),
             "opt": opt.state_dict(),
             "torch_rng": torch.get_rng_state(),
+            # dropout on a GPU draws from the CUDA generators: saved too, so a GPU run resumes as it would run on
+            # (not exercised here: no GPU on the machines this was written on)
+            **({"cuda_rng": torch.cuda.get_rng_state_all()}
+               if str(cfg.device).startswith("cuda") and torch.cuda.is_available() else {}),
             "config": json.dumps(_comparable(cfg), sort_keys=True),
             "base_hash": base_hash,
         },
@@ -193,6 +197,8 @@ def _resume(cfg: FinetuneConfig, policy, ema, opt, base_hash: str) -> int:
     ema.load_state_dict(st["ema"])
     opt.load_state_dict(st["opt"])
     torch.set_rng_state(st["torch_rng"])
+    if "cuda_rng" in st and torch.cuda.is_available():
+        torch.cuda.set_rng_state_all(st["cuda_rng"])
     step = int(st["step"])
     if step > cfg.steps:
         raise InputError(f"{path} is already at step {step}, past --steps {cfg.steps}: the saved model is "
