@@ -570,3 +570,20 @@ def test_ground_evidence_does_not_depend_on_rendering(tmp_path, memory, saver):
                         run_dir=tmp_path / "on", group_id="ground-on")
     assert off.evidence["floating_mm"] == on.evidence["floating_mm"]
     assert off.evidence["floor_penetration_mm"] == on.evidence["floor_penetration_mm"]
+
+
+@pytest.mark.parametrize("bad", ["bottom_row", "lower", "negative_focal"])
+def test_intrinsics_that_projection_would_misread_are_refused(memory, saver, bad):
+    """Projection and rendering read fx, fy, cx, cy (and skew): a K with another bottom row, a non-zero
+    K[1, 0] or a non-positive focal length was silently misread."""
+    s, h, _ = make_group(9)
+    K = s.K.copy()
+    if bad == "bottom_row":
+        K[2] = [0.0, 0.0, 2.0]
+    elif bad == "lower":
+        K[1, 0] = 3.0
+    else:
+        K[0, 0] = -500.0
+    s.K = K
+    with pytest.raises(InputError, match="intrinsics K must be"):
+        critique_group(s, h, memory=memory, config=cfg(), checkpointer=saver)

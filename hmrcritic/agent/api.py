@@ -172,6 +172,10 @@ def _sample_arrays(sample: Any) -> dict[str, np.ndarray]:
     K = np.asarray(getattr(sample, "K", None), dtype=np.float32)
     if K.shape != (3, 3) or not np.isfinite(K).all():
         raise InputError(f"sample {sid}: intrinsics K must be a finite (3, 3) matrix, got shape {K.shape}")
+    if not np.allclose(K[2], [0, 0, 1], atol=1e-6) or abs(float(K[1, 0])) > 1e-6 or K[0, 0] <= 0 or K[1, 1] <= 0:
+        # projection and rendering read fx, fy, cx, cy (and skew) only: any other K would be silently misread
+        raise InputError(f"sample {sid}: intrinsics K must be [[fx, s, cx], [0, fy, cy], [0, 0, 1]] with fx, fy > 0, "
+                         f"got {np.round(K, 4).tolist()}")
     size = np.asarray(getattr(sample, "image_size", None), dtype=np.int64).reshape(-1)
     if size.shape != (2,) or (size <= 0).any():
         raise InputError(f"sample {sid}: image_size must be (W, H) > 0")
