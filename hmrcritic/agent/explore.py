@@ -601,6 +601,11 @@ def _judge_proposals(judge_obj, res, bg: BatchGroup, round_no, validation, exist
     return accepted, rejected
 
 
+def _recent(history: list) -> list:
+    """The last ``HISTORY_GROUPS`` groups (none for 0: ``history[-0:]`` would be all of them)."""
+    return history[-HISTORY_GROUPS:] if HISTORY_GROUPS > 0 else []
+
+
 def _run_batch(memory, app, saver, judge_obj, is_builtin, cfg, batch, r, sig, split, tau, metric, history,
                emit, *, max_new_rules, min_gain, retire_min_uses, retire_min_rate, merge_text, prototypes, settle,
                info) -> RoundReport:
@@ -689,7 +694,7 @@ def _run_batch(memory, app, saver, judge_obj, is_builtin, cfg, batch, r, sig, sp
 
     # 3. rule mining where the ranking fell short
     short = [bg for (_, _, bg), rho in zip(scored, rhos, strict=True) if rho < tau]
-    validation = [bg for _, _, bg in scored] + history[-HISTORY_GROUPS:]
+    validation = [bg for _, _, bg in scored] + _recent(history)
     existing = memory.rules.all(include_retired=False)
     new_rules: list[Rule] = []
     rejected: list[Rejection] = []
@@ -827,7 +832,7 @@ def _apply_plan(memory, plan: dict) -> str:
             run = prog.setdefault("runs", {}).setdefault(plan["sig"], {"rounds_done": []})
             if plan["r"] not in run["rounds_done"]:
                 run["rounds_done"].append(plan["r"])
-                run["history"] = (run.get("history", []) + plan.get("history", []))[-HISTORY_GROUPS:]
+                run["history"] = _recent(run.get("history", []) + plan.get("history", []))
             prog["rounds_total"] = int(prog.get("rounds_total", 0)) + 1
             prog.setdefault("batches", []).append(plan["batch_key"])
             if "rule_effects" in plan:
