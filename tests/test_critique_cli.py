@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import re
 from types import SimpleNamespace
 
 import numpy as np
@@ -62,7 +63,7 @@ def test_critique_writes_table_scores_and_report(user_inputs, tmp_path, capsys):
     assert rc == 0, text
     assert "rank" in text and "h0" in text and "report:" in text
     scores = json.loads((out / "scores.json").read_text())
-    assert scores["group_id"] == "person" and len(scores["scores"]) == 4
+    assert re.fullmatch(r"person-[0-9a-f]{8}", scores["group_id"]) and len(scores["scores"]) == 4
     assert sorted(scores["ranking"]) == [0, 1, 2, 3]
     html = (out / "report.html").read_text()
     assert html.count("data:image/png;base64,") >= 2  # overlay grid + side grid (+ input image)
@@ -86,6 +87,35 @@ def test_critique_writes_table_scores_and_report(user_inputs, tmp_path, capsys):
                "--hypotheses", str(d / "hyps.npz"), "--out", str(out), "--json", "--no-render"])
     unrendered = json.loads(capsys.readouterr().out)
     assert rc == 0 and unrendered["resumed"] is False
+
+
+def test_another_image_with_the_same_file_name_is_its_own_group(user_inputs, tmp_path, capsys):
+    """The default group id was the image's file stem: a second img.png (another folder, other keypoints) was
+    refused as "already critiqued with different inputs"."""
+    d = user_inputs
+    other = tmp_path / "other"
+    other.mkdir()
+    (other / "person.png").write_bytes((d / "person.png").read_bytes())
+    kp = json.loads((d / "person.json").read_text())
+    text = json.dumps(kp)
+    nums = re.findall(r"\d+\.\d+", text)
+    kp2 = json.loads(text.replace(nums[0], str(float(nums[0]) + 3.0), 1))  # one keypoint moved: other inputs
+    (other / "person.json").write_text(json.dumps(kp2))
+    args = ["--hypotheses", str(d / "hyps.npz"), "--no-render", "--json"]
+    assert main(["critique", "--image", str(d / "person.png"), "--keypoints", str(d / "person.json"), *args,
+                 "--out", str(tmp_path / "a")]) == 0
+    first = json.loads(capsys.readouterr().out)
+    rc = main(["critique", "--image", str(other / "person.png"), "--keypoints", str(other / "person.json"), *args,
+               "--out", str(tmp_path / "b")])
+    out = capsys.readouterr()
+    assert rc == 0, out.err
+    second = json.loads(out.out)
+    assert second["group_id"] != first["group_id"] and not second["resumed"]
+    # the same inputs again resume their own thread
+    assert main(["critique", "--image", str(d / "person.png"), "--keypoints", str(d / "person.json"), *args,
+                 "--out", str(tmp_path / "a")]) == 0
+    again = json.loads(capsys.readouterr().out)
+    assert again["group_id"] == first["group_id"] and again["resumed"]
 
 
 def test_a_group_id_with_brackets_prints_as_it_is(user_inputs, tmp_path, capsys):

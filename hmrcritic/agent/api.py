@@ -203,6 +203,18 @@ def _inputs_digest(arrays: dict[str, np.ndarray]) -> str:
     return h.hexdigest()[:16]
 
 
+def content_group_id(sample: Any, hypotheses: Any) -> str:
+    """``<sample id>-<8 hex digits of the inputs>``: the group id the CLI uses when none is given.
+
+    The sample id alone (an image's file stem, a scene's ``split:index``) names different inputs alike —
+    every ``img.png``, or ``test:0`` sampled with another ``-n`` — and a finished thread is not reused for other
+    inputs, so the second one was refused. With the content in the id, the same inputs resume the same thread
+    and different ones get their own."""
+    arrays = {**_sample_arrays(sample), **load_hypotheses(hypotheses)}
+    sid = str(getattr(sample, "sample_id", None) or "group")
+    return f"{sid}-{_inputs_digest(arrays)[:8]}"
+
+
 def _saver_path(saver: Any) -> str:
     """The file behind a SQLite checkpointer, for error messages (sqlite3's own name no file)."""
     try:
@@ -328,8 +340,8 @@ def critique_group(
     values = dict(snapshot.values or {})
     if values and (fresh or values.get("inputs_digest") != digest):
         if not fresh and values.get("done"):
-            raise InputError(f"group {gid} was already critiqued with different inputs; use another group id "
-                             "or fresh=True (--fresh) to recompute")
+            raise InputError(f"group {gid} was already critiqued with different inputs; give another group id "
+                             "(--group-id / group_id=) or recompute it with --fresh / fresh=True")
         saver.delete_thread(thread)
         values = {}
     if values and values.get("settings_digest") != settings:

@@ -99,7 +99,8 @@ def register(app: typer.Typer) -> None:
         no_render: bool = typer.Option(False, "--no-render", help="Skip rendering (faster; no images)."),
         memory: Path = typer.Option(None, "--memory", help="Memory folder (default: HMRCRITIC_MEMORY)."),
         max_reflections: int = typer.Option(None, "--max-reflections", help="Revise rounds at most."),
-        group_id: str = typer.Option(None, "--group-id", help="Thread id (default: the sample id)."),
+        group_id: str = typer.Option(None, "--group-id", help="Thread id (default: the sample id and a hash of "
+                                                               "the inputs, so other inputs never collide)."),
         fresh: bool = typer.Option(False, "--fresh", help="Recompute even if this group was critiqued."),
         focal: float = typer.Option(None, "--focal", help="Focal length in px for a user image."),
         as_json: bool = typer.Option(False, "--json", help="Print the scored group as JSON."),
@@ -111,7 +112,7 @@ def register(app: typer.Typer) -> None:
           hmrcritic critique --scene test:3 --no-render --out /tmp/c3\n
           hmrcritic critique --image img.jpg --keypoints kp.json --hypotheses h.npz --judge vlm --out out/
         """
-        from hmrcritic.agent.api import critique_group, load_hypotheses, write_scores
+        from hmrcritic.agent.api import content_group_id, critique_group, load_hypotheses, write_scores
         from hmrcritic.agent.report import write_report
         from hmrcritic.agent.state import AgentConfig
 
@@ -124,6 +125,7 @@ def register(app: typer.Typer) -> None:
             hyps = load_hypotheses(hypotheses)
         else:
             hyps = _hypotheses_from_model(sample, model, n, seed)
+        group_id = group_id or content_group_id(sample, hyps)
         cfg = AgentConfig(judge=judge, learn=learn, render=not no_render)
         if memory is not None:
             cfg.memory_dir = str(memory)
