@@ -103,6 +103,8 @@ def main(argv: list[str] | None = None) -> int:
 
 def _main(argv: list[str]) -> int:
     debug = "--debug" in argv or os.environ.get("HMRCRITIC_DEBUG") == "1"
+    if "--debug" in argv:  # an app-level option: accepted after the command too (`hmrcritic sample … --debug`)
+        argv = ["--debug", *(a for a in argv if a != "--debug")]
     try:
         rv = app(args=argv, standalone_mode=False)
     except HMRCriticError as exc:

@@ -191,3 +191,14 @@ def test_agent_settings_from_the_environment_are_checked_before_exploring(places
     rc = main(["explore", "--rounds", "1", "--batch-size", "1", "--memory-dir", str(places["tmp"] / "envmem")])
     assert rc == 2 and "proto_weight" in capsys.readouterr().err
     assert not (places["tmp"] / "envmem").exists()
+
+
+def test_debug_after_the_command_and_memory_dir_everywhere(tmp_path, capsys):
+    """`--debug` worked only before the command ("No such option: --debug" after it), and the memory folder
+    was `--memory` for critique/export but `--memory-dir` everywhere else."""
+    assert main(["sample", "--scene", "test:999999", "-n", "2", "--out", str(tmp_path / "s"), "--debug"]) == 2
+    err = capsys.readouterr().err
+    assert "Traceback" in err and "No such option" not in err
+    for cmd in (["critique", "--help"], ["export", "--help"]):
+        assert main(cmd) == 0
+        assert "--memory-dir" in capsys.readouterr().out

@@ -97,7 +97,8 @@ def register(app: typer.Typer) -> None:
         out: Path = typer.Option(Path("critique_out"), "--out", help="Folder for scores.json and report.html."),
         learn: bool = typer.Option(False, "--learn", help="Write prototypes/rule statistics to memory."),
         no_render: bool = typer.Option(False, "--no-render", help="Skip rendering (faster; no images)."),
-        memory: Path = typer.Option(None, "--memory", help="Memory folder (default: HMRCRITIC_MEMORY)."),
+        memory: Path = typer.Option(None, "--memory-dir", "--memory",
+                                    help="Memory folder (default: HMRCRITIC_MEMORY)."),
         max_reflections: int = typer.Option(None, "--max-reflections", help="Revise rounds at most."),
         group_id: str = typer.Option(None, "--group-id", help="Thread id (default: the sample id and a hash of "
                                                                "the inputs, so other inputs never collide)."),

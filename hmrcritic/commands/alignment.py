@@ -33,7 +33,8 @@ def _export_app() -> typer.Typer:
         seed: int = typer.Option(
             0, help="Export seed; per-group seeds derive from (seed, input id).", min=0, max=2**32 - 1),
         steps: int = typer.Option(10, help="DDIM sampling steps."),
-        memory: Path = typer.Option(None, help="Frozen memory folder (default: the configured memory)."),
+        memory: Path = typer.Option(None, "--memory-dir", "--memory",
+                                    help="Frozen memory folder (default: the configured memory)."),
         chroma_url: str = typer.Option(None, help="Chroma server URL for the memory (many workers/hosts)."),
         no_memory: bool = typer.Option(False, "--no-memory", help="Score without rule/prototype memory."),
         scorer: str = typer.Option(
