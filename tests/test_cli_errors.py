@@ -202,3 +202,14 @@ def test_debug_after_the_command_and_memory_dir_everywhere(tmp_path, capsys):
     for cmd in (["critique", "--help"], ["export", "--help"]):
         assert main(cmd) == 0
         assert "--memory-dir" in capsys.readouterr().out
+
+
+def test_export_validate_of_a_missing_folder_is_one_line(tmp_path, capsys):
+    """It printed an INVALID report and then an error line, exit 1 (an invalid dataset's code) for a path that
+    holds no dataset at all."""
+    assert main(["export", "validate", str(tmp_path / "nope")]) == 2
+    err = capsys.readouterr()
+    assert err.out == "" and err.err.strip().splitlines() == [f"error: {tmp_path / 'nope'}: no such folder"]
+    (tmp_path / "empty").mkdir()
+    assert main(["export", "validate", str(tmp_path / "empty")]) == 2
+    assert "no dataset.json" in capsys.readouterr().err

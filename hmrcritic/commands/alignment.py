@@ -89,6 +89,12 @@ def _export_app() -> typer.Typer:
         """
         from hmrcritic.alignment.dataset import validate_dataset
 
+        # nothing to validate is a usage error (one line, exit 2), not an INVALID dataset (exit 1)
+        if not path.is_dir():
+            raise InputError(f"{path}: no such folder" if not path.exists() else f"{path} is not a folder")
+        if not (path / "dataset.json").is_file():
+            raise InputError(f"{path}: not a group preference dataset (no dataset.json; `hmrcritic export` "
+                             "writes one)")
         rep = validate_dataset(path)
         if as_json:
             print(rep.model_dump_json(indent=2))
