@@ -68,7 +68,7 @@ def run_one(args) -> None:
 
 
 def main() -> None:
-    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap = argparse.ArgumentParser(description=" ".join(__doc__.split("\n\n")[0].split()))
     ap.add_argument("--inputs", type=int, default=8)
     ap.add_argument("--G", type=int, default=20)
     ap.add_argument("--steps", type=int, default=10, help="DDIM steps")

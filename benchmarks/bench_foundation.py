@@ -122,13 +122,16 @@ def bench_scenes(n: int, n_images: int) -> dict:
 
 
 def main() -> None:
-    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap = argparse.ArgumentParser(description=" ".join(__doc__.split("\n\n")[0].split()))
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--quick", action="store_true", help="short timings (smoke test)")
     ap.add_argument("--scenes", type=int, default=2000, help="scenes for the keypoint-only generation timing")
     ap.add_argument("--scene-images", type=int, default=50, help="scenes for the with-images timing")
-    ap.add_argument("--out", type=Path, default=RESULTS)
+    ap.add_argument("--out", type=Path, default=None,
+                    help="JSON path (default results/foundation.json; with --quick results/foundation_quick.json, "
+                         "so a smoke run never replaces the figures README cites)")
     args = ap.parse_args()
+    args.out = args.out or (RESULTS.with_name("foundation_quick.json") if args.quick else RESULTS)
     torch.set_num_threads(args.threads)
     min_time = 0.3 if args.quick else 2.0
     if args.quick:

@@ -134,7 +134,7 @@ def run(groups: int, hypotheses: int, latency: float, concurrencies: list[int], 
 
 
 def main(argv: list[str] | None = None) -> None:
-    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap = argparse.ArgumentParser(description=" ".join(__doc__.split("\n\n")[0].split()))
     ap.add_argument("--groups", type=int, default=16)
     ap.add_argument("--hypotheses", type=int, default=16)
     ap.add_argument("--latency", type=float, default=1.0, help="seconds the stub takes per call")

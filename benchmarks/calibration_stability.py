@@ -30,7 +30,7 @@ RESULTS = Path(__file__).resolve().parent / "results" / "calibration_stability.j
 
 
 def main() -> None:
-    ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    ap = argparse.ArgumentParser(description=" ".join(__doc__.split("\n\n")[0].split()))
     ap.add_argument("--warmup-groups", type=int, default=200)
     ap.add_argument("--pool-groups", type=int, default=128)
     ap.add_argument("--test-groups", type=int, default=100)

@@ -61,7 +61,7 @@ def implausible_scoring(export_dir: str | Path, split: str = "wild") -> dict:
 
 
 def main() -> None:
-    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap = argparse.ArgumentParser(description=" ".join(__doc__.split("\n\n")[0].split()))
     ap.add_argument("export_dir")
     ap.add_argument("--split", default="wild")
     ap.add_argument("--json", type=Path, default=None, help="also write the figures here")

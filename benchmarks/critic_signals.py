@@ -47,7 +47,7 @@ def collect(split: str, n_groups: int, n: int) -> list[dict]:
 
 
 def main() -> None:
-    ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    ap = argparse.ArgumentParser(description=" ".join(__doc__.split("\n\n")[0].split()))
     ap.add_argument("--train-groups", type=int, default=150)
     ap.add_argument("--test-groups", type=int, default=60)
     ap.add_argument("-n", "--num-generations", type=int, default=16)

@@ -27,7 +27,7 @@ RESULTS = Path(__file__).resolve().parent / "results" / "miner_history.json"
 
 
 def main() -> None:
-    ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    ap = argparse.ArgumentParser(description=" ".join(__doc__.split("\n\n")[0].split()))
     ap.add_argument("--sizes", type=int, nargs="+", default=[0, 16, 64, 1000])
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--num-groups", type=int, default=100)

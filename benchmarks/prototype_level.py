@@ -93,7 +93,7 @@ def fitted_levels(fit_on, report_on) -> dict:
 
 
 def main() -> None:
-    ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    ap = argparse.ArgumentParser(description=" ".join(__doc__.split("\n\n")[0].split()))
     ap.add_argument("--warmup-groups", type=int, default=200)
     ap.add_argument("--heldout-groups", type=int, default=100)
     ap.add_argument("--shares", type=float, nargs="+", default=[0.0, 0.3, 0.5, 0.7, 1.0])

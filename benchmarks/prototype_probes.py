@@ -203,7 +203,7 @@ def added_value(train, test, f_train, f_test) -> dict:
 
 
 def main() -> None:
-    ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    ap = argparse.ArgumentParser(description=" ".join(__doc__.split("\n\n")[0].split()))
     ap.add_argument("--train-groups", type=int, default=600)
     ap.add_argument("--test-groups", type=int, default=150)
     ap.add_argument("-k", type=int, nargs="+", default=[8, 32, 128])
