@@ -490,3 +490,17 @@ def test_a_round_where_every_group_failed_is_not_recorded(constructed, tmp_path)
     assert ex.read_log(mem) == []
     again = ex.explore(mem, judge=BlindJudge(), **kw)  # the round is still to do
     assert again.groups == 2
+
+
+def test_explore_eval_table_shows_pointwise_r():
+    """README quotes explore-eval's point-wise r, which the text table left out (only --json had it)."""
+    import json
+    from pathlib import Path
+
+    from hmrcritic.agent.learning_curve import format_rows
+
+    res = json.loads((Path(__file__).resolve().parents[1] / "docs/results/explore_eval.json").read_text())
+    text = format_rows(res)
+    full = next(r for r in res["rows"] if r["variant"] == "full")
+    assert "r pts" in text.splitlines()[0]
+    assert f"{full['pearson_pointwise']:.3f}" in next(ln for ln in text.splitlines() if ln.startswith("full "))

@@ -321,14 +321,16 @@ def plot_curve(rows: Sequence[dict], path: str | Path) -> Path:
 
 
 def format_rows(result: dict) -> str:
-    """A plain-text table of :func:`explore_eval` rows (CLI/benchmarks)."""
-    head = f"{'variant':<15} {'ρ PA':>6} {'τ PA':>6} {'ρ MPJPE':>8} {'ρ PVE':>6} {'top1 PA':>8} {'top1 MPJPE':>10}"
+    """A plain-text table of :func:`explore_eval` rows (CLI/benchmarks), point-wise Pearson r included."""
+    head = (f"{'variant':<15} {'ρ PA':>6} {'τ PA':>6} {'ρ MPJPE':>8} {'ρ PVE':>6} {'r pts':>6} {'top1 PA':>8} "
+            f"{'top1 MPJPE':>10}")
     lines = [head]
     for r in result["rows"]:
+        pr = r.get("pearson_pointwise")
+        pr_s = f"{pr:>6.3f}" if isinstance(pr, float) and math.isfinite(pr) else f"{'—':>6}"
         lines.append(f"{r['variant']:<15} {r['spearman']:>6.3f} {r['kendall']:>6.3f} {r['spearman_mpjpe']:>8.3f} "
-                     f"{r['spearman_pve']:>6.3f} {r['top1_pa_mpjpe_mm']:>8.1f} {r['top1_mpjpe_mm']:>10.1f}")
-    lines.append(f"{'random pick':<15} {'':>6} {'':>6} {'':>8} {'':>6} {result['random_pa_mpjpe_mm']:>8.1f} "
-                 f"{result['random_mpjpe_mm']:>10.1f}")
-    lines.append(f"{'oracle':<15} {'':>6} {'':>6} {'':>8} {'':>6} {result['oracle_pa_mpjpe_mm']:>8.1f} "
-                 f"{result['oracle_mpjpe_mm']:>10.1f}")
+                     f"{r['spearman_pve']:>6.3f} {pr_s} {r['top1_pa_mpjpe_mm']:>8.1f} {r['top1_mpjpe_mm']:>10.1f}")
+    blank = f"{'':>6} {'':>6} {'':>8} {'':>6} {'':>6}"
+    lines.append(f"{'random pick':<15} {blank} {result['random_pa_mpjpe_mm']:>8.1f} {result['random_mpjpe_mm']:>10.1f}")
+    lines.append(f"{'oracle':<15} {blank} {result['oracle_pa_mpjpe_mm']:>8.1f} {result['oracle_mpjpe_mm']:>10.1f}")
     return "\n".join(lines)
