@@ -13,6 +13,11 @@ _SOURCE = typer.Option("auto", "--source", help="Hypotheses: model | perturbed |
 _JUDGE = typer.Option("builtin", "--judge", help="builtin (offline) | vlm (OpenAI-compatible endpoint).")
 
 
+
+def _shorten(text: str, width: int) -> str:
+    """``text`` cut at a word boundary with an ellipsis (a cut mid-word read as a typo: "… abo —")."""
+    return text if len(text) <= width else text[: width - 1].rsplit(" ", 1)[0].rstrip(" ,;:") + "…"
+
 def _check_metric(metric: str) -> None:
     from hmrcritic.agent.explore import ERROR_METRICS
     from hmrcritic.errors import InputError
@@ -63,7 +68,7 @@ def explore_cmd(
         elif event == "rule_added":
             typer.echo(f"  + rule {p['rule_id']}: {p['text']}" + (f" (Δρ {p['gain']:+.3f})" if "gain" in p else ""))
         elif event == "rule_rejected":
-            typer.echo(f"  - rejected: {p['text'][:80]} — {p['reason']}")
+            typer.echo(f"  - rejected: {_shorten(p['text'], 80)} — {p['reason']}")
         elif event == "round":
             typer.echo(f"round {p['round']}: {p['groups']} groups, mean ρ {p['mean_spearman']:+.3f}, "
                        f"{len(p['rules_added'])} rule(s) added, {len(p['retired'])} retired, "
