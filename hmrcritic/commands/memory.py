@@ -112,7 +112,9 @@ def rules(
                 + (f" per {c.per:g}" if c.per else "") + (" (hard)" if c.hard else "")) if c else ""
         table.add_row("retired" if psi is None else f"{psi:.3f}", r.rule_id, str(r.n_used), str(r.n_success),
                       f"{r.success_rate:.2f}" if r.n_used else "-", ",".join(r.tags), cond, r.text)
-    Console().print(table)
+    import sys
+
+    Console(width=None if sys.stdout.isatty() else 160).print(table)  # piped: rich would squeeze it into 80 columns
 
 
 @memory_app.command("search")
