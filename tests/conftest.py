@@ -24,6 +24,23 @@ import torch  # noqa: E402
 torch.set_num_threads(2)
 
 
+@pytest.fixture(scope="session")
+def body():
+    """The built-in body model (the mannequin)."""
+    from hmrcritic.hmr.body import load_body_model
+
+    return load_body_model()
+
+
+@pytest.fixture(scope="session")
+def prior():
+    """A small pose prior (2 components on 300 poses) for the evidence tests: fitted in well under a second."""
+    from hmrcritic.agent.prior import fit_gmm, pose_features
+    from hmrcritic.hmr.poses import sample_poses
+
+    return fit_gmm(pose_features(sample_poses(300, seed=7)["body_pose"]), components=2, iters=5)
+
+
 @pytest.fixture()
 def memory_held_elsewhere():
     """``with memory_held_elsewhere(path):`` — another process holds the memory at ``path`` for "an exploration"
@@ -47,3 +64,65 @@ def memory_held_elsewhere():
             holder.communicate("\n", timeout=60)
 
     return hold
+
+
+# ---- a local Chroma server (`chroma run`, shipped with chromadb) for the --chroma-url path ------------------
+def start_chroma_server(data) -> tuple[subprocess.Popen, int]:
+    """Start `chroma run` on a free port with its data in `data`; skip the test when it cannot run here."""
+    import shutil
+    import socket
+    import time
+    import urllib.request
+    from pathlib import Path
+
+    exe = shutil.which("chroma") or str(Path(sys.executable).with_name("chroma"))
+    if not Path(exe).exists():
+        pytest.skip("no `chroma` executable to start a server")
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    proc = subprocess.Popen([exe, "run", "--path", str(data), "--host", "127.0.0.1", "--port", str(port)],
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    deadline = time.time() + 30
+    while time.time() < deadline:
+        try:
+            urllib.request.urlopen(f"http://127.0.0.1:{port}/api/v2/heartbeat", timeout=1)
+            return proc, port
+        except Exception:
+            if proc.poll() is not None:
+                pytest.skip(f"`chroma run` exited with code {proc.returncode}")
+            time.sleep(0.3)
+    stop_process(proc)
+    pytest.skip("`chroma run` did not answer within 30 s")
+
+
+def stop_process(proc: subprocess.Popen) -> None:
+    """Terminate, then kill if it does not end within 10 s."""
+    proc.terminate()
+    try:
+        proc.wait(timeout=10)
+    except subprocess.TimeoutExpired:
+        proc.kill()
+        proc.wait(timeout=10)
+
+
+@pytest.fixture(scope="session")
+def chroma_server_port(tmp_path_factory):
+    """Port of one local Chroma server for the whole session (about 3 s to start)."""
+    proc, port = start_chroma_server(tmp_path_factory.mktemp("chroma-server"))
+    yield port
+    stop_process(proc)
+
+
+@pytest.fixture()
+def chroma_url(chroma_server_port):
+    """The session's server URL, emptied of hmrcritic's collections before each test."""
+    import chromadb
+
+    from hmrcritic.memory.store import COLLECTIONS
+
+    client = chromadb.HttpClient(host="127.0.0.1", port=chroma_server_port)
+    for name in COLLECTIONS:
+        with contextlib.suppress(Exception):  # absent
+            client.delete_collection(name)
+    return f"http://127.0.0.1:{chroma_server_port}"

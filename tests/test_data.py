@@ -11,12 +11,6 @@ import torch
 from hmrcritic.errors import InputError
 from hmrcritic.hmr import anatomy, camera
 from hmrcritic.hmr import data as D
-from hmrcritic.hmr.body import load_body_model
-
-
-@pytest.fixture(scope="module")
-def body():
-    return load_body_model()
 
 
 @pytest.fixture(scope="module")

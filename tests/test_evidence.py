@@ -7,24 +7,12 @@ import pytest
 import torch
 
 from hmrcritic.agent.evidence import MEASURES, GroupInputs, badness, compute_evidence, evidence_tags, project
-from hmrcritic.agent.prior import PosePrior, fit_gmm, pose_features
-from hmrcritic.hmr.body import load_body_model
+from hmrcritic.agent.prior import PosePrior
 from hmrcritic.hmr.rotations import axis_angle_to_matrix, matrix_to_axis_angle
 
 K = np.array([[600.0, 0, 256], [0, 600.0, 256], [0, 0, 1]], np.float32)
 UPRIGHT = np.array([np.pi, 0.0, 0.0], np.float32)  # SMPL y-up body → OpenCV camera (y down)
 
-
-@pytest.fixture(scope="module")
-def body():
-    return load_body_model()
-
-
-@pytest.fixture(scope="module")
-def prior():
-    from hmrcritic.hmr.poses import sample_poses
-
-    return fit_gmm(pose_features(sample_poses(300, seed=7)["body_pose"]), components=2, iters=5)
 
 
 def _group(body, body_pose: np.ndarray, global_orient=None, keypoints=None, transl=(0.0, 0.2, 3.5)):

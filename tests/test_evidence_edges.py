@@ -14,27 +14,13 @@ import numpy as np
 import pytest
 import torch
 
+# the camera and the upright rotation of the measures' own tests (body and prior: conftest fixtures)
+from test_evidence import UPRIGHT, K  # noqa: E402
+
 from hmrcritic.agent.evidence import GroupInputs, compute_evidence, project
-from hmrcritic.agent.prior import fit_gmm, pose_features
 from hmrcritic.errors import InputError
 from hmrcritic.hmr import anatomy as A
-from hmrcritic.hmr.body import load_body_model
 from hmrcritic.hmr.rotations import axis_angle_to_matrix, euler_to_matrix, matrix_to_axis_angle
-
-K = np.array([[600.0, 0, 256], [0, 600.0, 256], [0, 0, 1]], np.float32)
-UPRIGHT = np.array([np.pi, 0.0, 0.0], np.float32)  # SMPL y-up body → OpenCV camera (y down)
-
-
-@pytest.fixture(scope="module")
-def body():
-    return load_body_model()
-
-
-@pytest.fixture(scope="module")
-def prior():
-    from hmrcritic.hmr.poses import sample_poses
-
-    return fit_gmm(pose_features(sample_poses(300, seed=7)["body_pose"]), components=2, iters=5)
 
 
 def _pose(**joints) -> np.ndarray:

@@ -4,12 +4,9 @@ from __future__ import annotations
 
 import json
 import math
-import shutil
-import socket
 import subprocess
 import sys
 import textwrap
-import time
 from pathlib import Path
 
 import numpy as np
@@ -571,50 +568,13 @@ def test_cli_stats_rules_export_import_reset(tmp_path, capsys):
 
 
 # ---- Chroma server (HttpClient) ------------------------------------------------------------------------
-@pytest.fixture(scope="module")
-def chroma_server(tmp_path_factory):
-    exe = shutil.which("chroma") or str(Path(sys.executable).with_name("chroma"))
-    if not Path(exe).exists():
-        pytest.skip("no `chroma` executable to start a server")
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port = s.getsockname()[1]
-    data = tmp_path_factory.mktemp("chroma-server")
-    proc = subprocess.Popen(
-        [exe, "run", "--path", str(data), "--host", "127.0.0.1", "--port", str(port)],
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.DEVNULL,
-    )
-    url = f"http://127.0.0.1:{port}"
-    deadline = time.time() + 30
-    import urllib.request
-
-    while time.time() < deadline:
-        try:
-            urllib.request.urlopen(f"{url}/api/v2/heartbeat", timeout=1)
-            break
-        except Exception:
-            if proc.poll() is not None:
-                pytest.skip(f"`chroma run` exited with code {proc.returncode}")
-            time.sleep(0.3)
-    else:
-        proc.kill()
-        pytest.skip("`chroma run` did not answer within 30 s")
-    yield url
-    proc.terminate()
-    try:
-        proc.wait(timeout=10)
-    except subprocess.TimeoutExpired:
-        proc.kill()
-
-
-def test_http_client_backend(chroma_server, tmp_path):
-    store = MemoryStore(tmp_path / "lockdir", chroma_url=chroma_server)
+def test_http_client_backend(chroma_url, tmp_path):
+    store = MemoryStore(tmp_path / "lockdir", chroma_url=chroma_url)
     assert store.stats()["backend"] == "http" and store.rules.count() == len(STARTER_RULES)
     poses = _poses()
     store.prototypes.add([_proto(n, pose_embedding(p)[0]) for n, p in poses.items()])
     assert store.prototypes.query_joints(_disguise(poses["walk"], 5), k=1)[0][0][0].proto_id == "walk"
-    other = MemoryStore(tmp_path / "lockdir", chroma_url=chroma_server, read_only=True)
+    other = MemoryStore(tmp_path / "lockdir", chroma_url=chroma_url, read_only=True)
     assert other.version() == store.version()
     store.rules.record_use(["starter-prior"], success=True)
     assert other.rules.get(["starter-prior"])[0].n_used in (0, 1)  # cached view; refresh() re-reads

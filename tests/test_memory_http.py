@@ -7,70 +7,23 @@ malformed URL, and httpx's nameless ``ConnectError`` once the server stopped aft
 
 from __future__ import annotations
 
-import contextlib
-import shutil
-import socket
-import subprocess
 import sys
-import time
-import urllib.request
-from pathlib import Path
 
 import pytest
 
 from hmrcritic.cli import main
 from hmrcritic.errors import AssetError, InputError
-from hmrcritic.memory.store import COLLECTIONS, MemoryStore
-
-
-def _start_server(data: Path) -> tuple[subprocess.Popen, int]:
-    exe = shutil.which("chroma") or str(Path(sys.executable).with_name("chroma"))
-    if not Path(exe).exists():
-        pytest.skip("no `chroma` executable to start a server")
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port = s.getsockname()[1]
-    proc = subprocess.Popen([exe, "run", "--path", str(data), "--host", "127.0.0.1", "--port", str(port)],
-                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    deadline = time.time() + 30
-    while time.time() < deadline:
-        try:
-            urllib.request.urlopen(f"http://127.0.0.1:{port}/api/v2/heartbeat", timeout=1)
-            return proc, port
-        except Exception:
-            if proc.poll() is not None:
-                pytest.skip(f"`chroma run` exited with code {proc.returncode}")
-            time.sleep(0.3)
-    _stop(proc)
-    pytest.skip("`chroma run` did not answer within 30 s")
-
-
-def _stop(proc: subprocess.Popen) -> None:
-    proc.terminate()
-    try:
-        proc.wait(timeout=10)
-    except subprocess.TimeoutExpired:
-        proc.kill()
-        proc.wait(timeout=10)
-
-
-@pytest.fixture(scope="module")
-def server(tmp_path_factory):
-    proc, port = _start_server(tmp_path_factory.mktemp("chroma-server"))
-    yield port
-    _stop(proc)
+from hmrcritic.memory.store import MemoryStore
 
 
 @pytest.fixture()
-def url(server):
-    """The module's server, emptied of hmrcritic's collections before each test."""
-    import chromadb
+def server(chroma_server_port):
+    return chroma_server_port
 
-    client = chromadb.HttpClient(host="127.0.0.1", port=server)
-    for name in COLLECTIONS:
-        with contextlib.suppress(Exception):  # absent
-            client.delete_collection(name)
-    return f"http://127.0.0.1:{server}"
+
+@pytest.fixture()
+def url(chroma_url):
+    return chroma_url
 
 
 def test_reset_rebuilds_a_server_memory_built_with_another_embedding(url, tmp_path, capsys):
@@ -114,12 +67,14 @@ def test_malformed_chroma_url_is_an_input_error_without_the_password(bad, tmp_pa
 def test_server_that_stops_after_open_gives_an_error_naming_it(tmp_path):
     """Once open, a server that went away surfaced as httpx's bare ``ConnectError: [Errno 111] Connection
     refused``: no mention of Chroma or of which server."""
-    proc, port = _start_server(tmp_path / "srv")
+    from conftest import start_chroma_server, stop_process
+
+    proc, port = start_chroma_server(tmp_path / "srv")
     try:
         store = MemoryStore(tmp_path / "lock", chroma_url=f"http://bob:hunter2secret@127.0.0.1:{port}")
         assert store.rules.count() > 0
     finally:
-        _stop(proc)
+        stop_process(proc)
     store.refresh()
     for call in (lambda: store.rules.all(), store.prototypes.count, store.stats):
         with pytest.raises(AssetError, match=rf"Chroma server at http://\*\*\*@127\.0\.0\.1:{port}") as info:
