@@ -131,7 +131,8 @@ def test_sample_shapes_seeds_and_one_step():
     assert torch.isfinite(one.x0).all()
     stoch = sample(m, cond, num_generations=2, steps=5, eta=1.0, generator=g(0), solve_transl=False)
     assert torch.isfinite(stoch.x0).all()
-    # B·N batching: the rows of input b are its own (one batched pass gives the same as input alone)
+    # B·N batching: rows b·N … b·N+N−1 are input b's hypotheses (the noise drawn depends on the batch
+    # composition, so the same input alone and in a batch gives other hypotheses; same x_T → same output)
     solo = sample(m, cond.index(slice(0, 1)), num_generations=4, steps=3, generator=g(1), solve_transl=False)
     assert solo.x0.shape == (1, 4, X_DIM)
 

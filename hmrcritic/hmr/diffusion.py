@@ -18,7 +18,8 @@ with per-dimension statistics fitted on the training set and stored as buffers i
 public function takes and returns *raw* ``x0``; ``x_t`` and ``eps`` live in the standardised space, so
 ``d = ||eps - predict_eps(q_sample(x0, t, eps), t, c)||²`` (the GPA/DPO implicit reward) is consistent.
 
-Training objective: plain DDPM eps-prediction MSE on a 1000-step linear-β schedule (as the paper);
+Training objective: the DDPM denoising MSE on a 1000-step linear-β schedule (as the paper), eps-weighted by
+default and v-weighted (``||v̂ − v||²`` = eps-MSE / ᾱ_t) in the shipped base recipe (``TrainConfig.loss_weighting``);
 sampler: DDIM with configurable steps and η (η = 0 deterministic, as the paper).
 """
 
@@ -120,7 +121,8 @@ class Condition:
 def person_box(keypoints: torch.Tensor, image_size: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     """Centre (B,2) and side length (B,) of the square person box around the visible keypoints.
 
-    With no visible keypoint the whole image is the box; a single visible keypoint gets a box of 1/4 image.
+    With at most one visible keypoint the box is centred on it (on the image centre with none) and is a quarter
+    of the image's longer side.
     """
     vis = keypoints[..., 2] > 0
     uv = keypoints[..., :2]
@@ -307,8 +309,9 @@ class HMRDiffusion(nn.Module):
         """DDPM eps-MSE per sample (B,), t ~ U{0..T-1} and eps ~ N(0, I) unless given.
 
         Plain (unweighted) by default — the objective the alignment losses build on. ``snr_gamma`` applies
-        Min-SNR-γ weighting (Hang et al. 2023), ``min(SNR_t, γ) / SNR_t``: low-noise steps, whose eps error
-        is mostly irreducible, stop drowning out the noisier steps where the keypoints decide the pose. The
+        Min-SNR-γ weighting (Hang et al. 2023), ``min(SNR_t, γ) / SNR_t`` on the eps loss and
+        ``min(SNR_t, γ) / (SNR_t + 1)`` on the v loss (the same weight on the x0 error): low-noise steps, whose
+        eps error is mostly irreducible, stop drowning out the noisier steps where the keypoints decide the pose. The
         base training may use it. ``weighting="v"`` is the v-prediction loss ``||v̂ − v||²`` (= eps-MSE / ᾱ_t),
         which the base recipe uses: it weights high-noise steps like an x0 regression, so the keypoints are
         learned within a CPU-sized budget.
@@ -327,7 +330,8 @@ class HMRDiffusion(nn.Module):
         if snr_gamma is not None:
             ab = self.alphas_cumprod[t]
             snr = ab / (1 - ab)
-            mse = mse * snr.clamp_max(snr_gamma) / snr
+            # relative to the x0 error both are min(SNR, γ); the v loss already carries (SNR + 1) of it
+            mse = mse * snr.clamp_max(snr_gamma) / (snr + 1 if weighting == "v" else snr)
         return mse
 
     def num_parameters(self) -> int:
