@@ -550,7 +550,7 @@ def test_damaged_or_locked_checkpoint_database_is_one_line_naming_it(tmp_path, m
     saver.conn.execute("PRAGMA busy_timeout = 200")  # not the default 30 s wait in a test
     s, h, _ = make_group(7)
     try:
-        with pytest.raises(AssetError, match=f"checkpoint database {db} stayed locked"):
+        with pytest.raises(AssetError, match=f"checkpoint database {db} is locked by another process"):
             critique_group(s, h, memory=memory, config=cfg(), checkpointer=saver, run_dir=tmp_path / "g")
     finally:
         holder.rollback()

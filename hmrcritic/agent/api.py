@@ -28,6 +28,7 @@ from pydantic import BaseModel, Field
 
 from hmrcritic import config as hconfig
 from hmrcritic.agent.judges import judge_name
+from hmrcritic.agent.runs import checkpoint_error
 from hmrcritic.agent.schema import HypothesisScore
 from hmrcritic.agent.state import AgentConfig
 from hmrcritic.errors import HMRCriticError, InputError
@@ -229,8 +230,6 @@ def _checkpoint_errors(saver: Any) -> Iterator[None]:
     try:
         yield
     except sqlite3.Error as exc:
-        from hmrcritic.agent.graph import checkpoint_error
-
         raise checkpoint_error(_saver_path(saver), exc) from exc
 
 
@@ -376,27 +375,19 @@ def critique_group(
     else:  # an interrupted thread: resume from its last checkpoint
         start = None
     tracer.start(cfg, resumed=start is None)
-    try:
-        t0 = time.perf_counter()
-        for chunk in app.stream(start, run_config, stream_mode="updates"):
-            t1 = time.perf_counter()
-            for node, update in chunk.items():
-                tracer.node(node, update or {}, t1 - t0)
-                if on_update is not None:
-                    on_update(node, update or {}, t1 - t0)
+    with _checkpoint_errors(saver):  # the checkpointer's database locked for too long, damaged, disk full
+        try:
             t0 = time.perf_counter()
-    except HMRCriticError as exc:
-        tracer.error(exc)
-        raise
-    except sqlite3.Error as exc:  # the checkpointer's database (locked for too long, damaged, disk full)
-        tracer.error(exc)
-        from hmrcritic.agent.graph import checkpoint_error
-
-        raise checkpoint_error(_saver_path(saver), exc) from exc
-    except Exception as exc:
-        tracer.error(exc)
-        raise
-    with _checkpoint_errors(saver):
+            for chunk in app.stream(start, run_config, stream_mode="updates"):
+                t1 = time.perf_counter()
+                for node, update in chunk.items():
+                    tracer.node(node, update or {}, t1 - t0)
+                    if on_update is not None:
+                        on_update(node, update or {}, t1 - t0)
+                t0 = time.perf_counter()
+        except Exception as exc:  # traced as it happened, then raised (a SQLite one as one line naming the file)
+            tracer.error(exc)
+            raise
         values = dict(app.get_state(run_config).values)
     tracer.finish(values)
     if not keep:

@@ -19,8 +19,8 @@ from langgraph.graph import END, START, StateGraph
 
 from hmrcritic import config as hconfig
 from hmrcritic.agent import nodes
+from hmrcritic.agent.runs import checkpoint_error
 from hmrcritic.agent.state import AgentState
-from hmrcritic.errors import AssetError
 
 _SAVERS: dict[str, object] = {}
 _SAVER_LOCK = threading.Lock()
@@ -48,15 +48,6 @@ def checkpoint_path() -> Path:
 
 
 CHECKPOINT_TIMEOUT_S = 30.0
-
-
-def checkpoint_error(path: str | Path, exc: Exception) -> AssetError:
-    """A one-line error naming the checkpoint database for a SQLite failure (sqlite3 names no file)."""
-    if "locked" in str(exc) or "busy" in str(exc):
-        return AssetError(f"checkpoint database {path} stayed locked by another process for "
-                          f"{CHECKPOINT_TIMEOUT_S:.0f} s ({exc}); try again when it has finished")
-    return AssetError(f"checkpoint database {path} cannot be used ({type(exc).__name__}: {exc}); move it aside "
-                      "to start afresh (its interrupted critiques then start over)")
 
 
 def open_checkpointer(path: str | Path | None = None):

@@ -49,16 +49,22 @@ def _threads(db: Path) -> list[str]:
             return [r[0] for r in con.execute("SELECT DISTINCT thread_id FROM checkpoints")]
         finally:
             con.close()
-    except sqlite3.OperationalError as exc:
-        if "no such table" in str(exc):  # a fresh file without tables yet
+    except sqlite3.Error as exc:
+        if isinstance(exc, sqlite3.OperationalError) and "no such table" in str(exc):  # fresh, no tables yet
             return []
-        if "locked" in str(exc) or "busy" in str(exc):
-            raise AssetError(f"checkpoint database {db} is locked by another process (a critique or prune "
-                             f"still writing?); try again when it has finished ({exc})") from None
-        raise AssetError(f"checkpoint database {db} cannot be read ({exc})") from None
-    except sqlite3.DatabaseError as exc:
-        raise AssetError(f"checkpoint database {db} is damaged ({exc}); move it aside to start afresh "
-                         "(its checkpoint threads cannot be resumed)") from None
+        raise checkpoint_error(db, exc) from None
+
+
+def checkpoint_error(path: str | Path, exc: Exception) -> AssetError:
+    """One AssetError line naming the checkpoint database for a SQLite failure (sqlite3's own name no file):
+    locked by another process, unusable (disk full, no permission) or not a database at all."""
+    if "locked" in str(exc) or "busy" in str(exc):
+        return AssetError(f"checkpoint database {path} is locked by another process (a critique or prune still "
+                          f"writing?); try again when it has finished ({exc})")
+    if isinstance(exc, sqlite3.OperationalError):
+        return AssetError(f"checkpoint database {path} cannot be used ({exc})")
+    return AssetError(f"checkpoint database {path} is damaged ({exc}); move it aside to start afresh (its "
+                      "checkpoint threads cannot be resumed)")
 
 
 def runs_usage(root: str | Path | None = None) -> dict:
