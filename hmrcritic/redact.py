@@ -62,8 +62,16 @@ def scrub(text: Any) -> str:
 
 
 def redact_url(url: str | None) -> str | None:
-    """A URL safe to print: user-info and secret-looking query values masked (None stays None)."""
-    return None if url is None else scrub(url)
+    """A URL safe to print: user-info and secret-looking query values masked (None stays None).
+
+    Also an address without a scheme (``user:pw@host:port``, as Ray and Chroma accept): free text cannot tell
+    that from an e-mail address, but a string known to be an address can."""
+    if url is None:
+        return None
+    safe = scrub(url)
+    if "://" not in safe and "@" in safe:
+        safe = "***@" + safe.rpartition("@")[2]
+    return safe
 
 
 def scrub_tree(obj: Any) -> Any:

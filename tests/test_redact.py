@@ -35,6 +35,10 @@ def test_scrub_masks_every_kind_of_secret_and_keeps_prose(monkeypatch):
     assert "Basic authentication required" in out  # prose survives
     assert "http://localhost:11434/v1" in out and "gpt-4o-mini" in out
     assert redact_url(None) is None and redact_url("http://h:1/v1") == "http://h:1/v1"
+    # an address without a scheme (Ray's, Chroma's host:port form) keeps no credentials either
+    assert redact_url("alice:s3cret@10.0.0.2:6379") == "***@10.0.0.2:6379"
+    assert redact_url("ray://alice:s3cret@10.0.0.2:10001") == "ray://***@10.0.0.2:10001"
+    assert redact_url("10.0.0.2:6379") == "10.0.0.2:6379"
     tree = scrub_tree({"a": [f"x {KEY}", ("Bearer abcdef12345",)], KEY: 3})
     assert KEY not in json.dumps(tree) and "abcdef12345" not in json.dumps(tree)
 

@@ -44,7 +44,7 @@ from hmrcritic.alignment import dataset as D
 from hmrcritic.errors import InputError
 from hmrcritic.hmr.diffusion import MAX_GENERATIONS
 from hmrcritic.io import append_jsonl, atomic_write_jsonl, exclusive_lock, read_jsonl
-from hmrcritic.redact import scrub
+from hmrcritic.redact import redact_url, scrub
 
 DEFAULT_SCORER = "hmrcritic.agent.api:critique_group"
 # Sample fields that carry 3D labels (hmr.data.LABEL_KEYS and the like): never passed to a worker or the
@@ -353,15 +353,6 @@ def _pool(ctx: WorkerContext, tasks: list[dict], workers: int) -> Iterator[dict]
 RAY_WORKER_DIED = "a Ray worker died while running this group (killed, out of memory, or exited); a re-run retries it"
 
 
-def _ray_address_for_messages(address: str) -> str:
-    """The address as error lines may show it: no credentials (``user:pw@`` with or without a scheme)."""
-    safe = scrub(address)
-    if "@" in safe:
-        scheme, sep, rest = safe.rpartition("://")
-        safe = f"{scheme}{sep}***@{rest.rpartition('@')[2]}"
-    return safe
-
-
 def _probe_ray_address(address: str) -> None:
     """Fail at once, in one line, when nothing listens at ``host:port`` (``ray.init`` retries such an address for
     many minutes, printing a warning every few seconds)."""
@@ -372,7 +363,7 @@ def _probe_ray_address(address: str) -> None:
     host, sep, port = hostport.rpartition(":")
     if not sep or not port.isdigit():
         raise InputError(
-            f"--ray-address {_ray_address_for_messages(address)!r}: expected host:port, ray://host:port, "
+            f"--ray-address {redact_url(address)!r}: expected host:port, ray://host:port, "
             "'auto' or 'local'"
         )
     try:
@@ -380,7 +371,7 @@ def _probe_ray_address(address: str) -> None:
             pass
     except OSError as exc:
         raise InputError(
-            f"cannot connect to Ray at {_ray_address_for_messages(address)!r}: nothing answers there "
+            f"cannot connect to Ray at {redact_url(address)!r}: nothing answers there "
             f"({type(exc).__name__}: {exc.strerror or exc}); start the cluster (`ray start --head`) or fix the address"
         ) from None
 
@@ -404,8 +395,8 @@ def _ray_init(ray, address: str, workers: int) -> None:
             ray.init(address=address, log_to_driver=False, logging_level=logging.WARNING)
     except Exception as exc:
         raise InputError(
-            f"cannot connect to Ray at {_ray_address_for_messages(address)!r}: "
-            f"{_reason(exc).replace(address, _ray_address_for_messages(address))}"
+            f"cannot connect to Ray at {redact_url(address)!r}: "
+            f"{_reason(exc).replace(address, redact_url(address))}"
         ) from None
 
 
