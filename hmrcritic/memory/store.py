@@ -33,7 +33,7 @@ from collections.abc import Iterator
 from contextlib import contextmanager, suppress
 from pathlib import Path
 from typing import Any
-from urllib.parse import urlparse
+from urllib.parse import unquote, urlparse
 
 import numpy as np
 
@@ -136,8 +136,9 @@ def _persistent_client(path: str, reopen: bool = False):
         raise AssetError(f"cannot open the Chroma memory at {path}: {exc}") from exc
 
 
-def _parse_chroma_url(url: str) -> tuple[str, int, bool]:
-    """``(host, port, ssl)`` of a Chroma server URL (``http(s)://host[:port]``, or ``host:port``).
+def _parse_chroma_url(url: str) -> tuple[str, int, bool, str | None]:
+    """``(host, port, ssl, credentials)`` of a Chroma server URL (``http(s)://[user:pw@]host[:port]``, or
+    ``host:port``); ``credentials`` is ``"user:pw"`` (sent as basic auth) or None.
 
     An InputError naming the URL (credentials masked) for anything else: ``urlparse`` raises a bare
     ValueError for a bad port or bracket ("Port could not be cast to integer value"), and a scheme other
@@ -150,7 +151,9 @@ def _parse_chroma_url(url: str) -> tuple[str, int, bool]:
         raise InputError(f"chroma url {shown!r} is not of the form http://host:port ({exc})") from None
     if u.scheme not in ("http", "https") or not u.hostname:
         raise InputError(f"chroma url {shown!r} is not of the form http://host:port")
-    return u.hostname, port or (443 if u.scheme == "https" else 8000), u.scheme == "https"
+    # user:password in the URL used to be dropped, so a server that requires auth refused with a puzzling 401
+    credentials = f"{unquote(u.username or '')}:{unquote(u.password or '')}" if u.username or u.password else None
+    return u.hostname, port or (443 if u.scheme == "https" else 8000), u.scheme == "https", credentials
 
 
 class _ServerProxy:
@@ -187,14 +190,9 @@ class _ServerProxy:
 
 
 def _http_client(url: str):
-    from urllib.parse import unquote
-
     import chromadb
 
-    host, port, ssl = _parse_chroma_url(url)
-    u = urlparse(url if "://" in url else f"http://{url}")
-    # user:password in the URL were dropped, so a server that requires auth refused with a puzzling 401
-    credentials = f"{unquote(u.username or '')}:{unquote(u.password or '')}" if u.username or u.password else None
+    host, port, ssl, credentials = _parse_chroma_url(url)
     try:
         client = chromadb.HttpClient(host=host, port=port, ssl=ssl, settings=_chroma_settings(credentials))
         client.heartbeat()
