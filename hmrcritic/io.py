@@ -72,6 +72,15 @@ def sha256_bytes(data: bytes) -> str:
     return hashlib.sha256(data).hexdigest()
 
 
+def sources_digest(paths: Iterable[str | os.PathLike]) -> str:
+    """sha256 of the files' bytes, concatenated in the order given: what a cache key needs of the code that
+    made a cached result (an edit re-runs it)."""
+    h = hashlib.sha256()
+    for path in paths:
+        h.update(Path(path).read_bytes())
+    return h.hexdigest()
+
+
 def sha256_file(path: str | os.PathLike) -> str:
     h = hashlib.sha256()
     with open(path, "rb") as fh:

@@ -39,7 +39,7 @@ from hmrcritic import config as hconfig
 from hmrcritic.agent.judges import judge_name
 from hmrcritic.agent.learning_curve import VARIANTS, pooled_pearson  # one list of variants for both tools
 from hmrcritic.errors import InputError
-from hmrcritic.io import atomic_write_json
+from hmrcritic.io import atomic_write_json, sources_digest
 
 # Rules recalled per group: enough to hold every starter rule that can fire on a group (18 starter rules, at
 # most ~14 applicable at once) plus mined ones, so the measurement is of the memory's knowledge rather than of
@@ -49,15 +49,12 @@ RULES_K = 16
 
 def code_digest() -> str:
     """Hash of the agent's scoring and exploration code: an explored memory is never reused after it changed."""
-    h = hashlib.sha256()
     here = Path(__file__).parent
-    for name in ("judges.py", "nodes.py", "evidence.py", "groups.py", "prior.py", "graph.py", "explore.py",
-                 "mining.py", "calibration.py", "api.py", "state.py"):
-        h.update((here / name).read_bytes())
-    for name in ("starter_rules.py", "maintenance.py", "rules.py", "schema.py", "store.py", "prototypes.py",
-                 "embeddings.py"):
-        h.update((here.parent / "memory" / name).read_bytes())
-    return h.hexdigest()[:12]
+    agent = ("judges.py", "nodes.py", "evidence.py", "groups.py", "prior.py", "graph.py", "explore.py", "mining.py",
+             "calibration.py", "api.py", "state.py")
+    memory = ("starter_rules.py", "maintenance.py", "rules.py", "schema.py", "store.py", "prototypes.py",
+              "embeddings.py")
+    return sources_digest([here / n for n in agent] + [here.parent / "memory" / n for n in memory])[:12]
 
 
 def inputs_digest(source: str | None = None) -> dict:

@@ -48,7 +48,7 @@ import torch
 
 from hmrcritic.alignment.objectives import ObjectiveConfig
 from hmrcritic.errors import InputError
-from hmrcritic.io import atomic_write_json, atomic_write_text
+from hmrcritic.io import atomic_write_json, atomic_write_text, sources_digest
 
 ROWS = ("base", "gpa", "gpa_linear", "gpa_no_base_loss", "dpo", "sft")
 OBJECTIVE_ROWS = ROWS[1:]
@@ -205,10 +205,7 @@ _STAGE_CODE = {
 def stage_code_digest(stage: str, root: str | Path | None = None) -> str:
     """Hash of the source files the ``stage`` runs (see ``_STAGE_CODE``; ``root``: the package folder)."""
     root = Path(root) if root is not None else Path(__file__).resolve().parent.parent
-    h = hashlib.sha256()
-    for rel in _STAGE_CODE[stage]:
-        h.update(rel.encode() + b"\0" + (root / rel).read_bytes())
-    return h.hexdigest()[:12]
+    return sources_digest(root / rel for rel in _STAGE_CODE[stage])[:12]
 
 
 def _read_json(path: Path) -> dict | None:
