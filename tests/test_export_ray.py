@@ -127,3 +127,51 @@ def test_a_wrong_ray_address_fails_at_once_in_one_line_without_its_password(mode
     assert time.monotonic() - t0 < 20
     assert f"127.0.0.1:{port}" in msg and "s3cretpw" not in msg and "\n" not in msg, msg
     assert not ray.is_initialized() and not (tmp_path / "ds").exists()  # nothing written
+
+
+@pytest.mark.slow
+def test_a_ray_cluster_without_cpus_is_refused_in_one_line(model_path, tmp_path, ray_env):  # noqa: F811
+    """Its workers could never start (each takes 1 CPU): the export waited forever under a still progress bar."""
+    ray.init(num_cpus=0, include_dashboard=False, log_to_driver=False)
+    try:
+        t0 = time.monotonic()
+        with pytest.raises(InputError, match="has no CPUs") as info:
+            export(cfg_for(tmp_path / "ds", model_path, workers=2, ray_address="auto", score_group=SCORER),
+                   inputs=make_inputs(2))
+        assert time.monotonic() - t0 < 60 and "\n" not in str(info.value)
+        assert not (tmp_path / "ds" / D.MANIFEST).exists() or D.read_manifest(tmp_path / "ds") == []
+    finally:
+        ray.shutdown()
+
+
+@ray.remote(num_cpus=1)
+class _Hog:
+    """Another job's actor holding the cluster's only CPU."""
+
+    def ready(self) -> bool:
+        return True
+
+
+@pytest.mark.slow
+def test_workers_waiting_for_a_busy_clusters_cpu_are_reported_and_then_run(model_path, tmp_path, ray_env,  # noqa: F811
+                                                                           monkeypatch, caplog):
+    """Other jobs hold every CPU: the export says its workers wait for one (nothing but a still bar before),
+    keeps waiting, and finishes every group once the CPU is free."""
+    import logging
+    import threading
+
+    monkeypatch.setattr(E, "RAY_STARVED_NOTE_S", 1.0)
+    ray.init(num_cpus=1, include_dashboard=False, log_to_driver=False)
+    try:
+        hog = _Hog.remote()
+        ray.get(hog.ready.remote())
+        threading.Timer(4.0, lambda: ray.kill(hog)).start()
+        with caplog.at_level(logging.WARNING, logger="hmrcritic.export"):
+            s = export(cfg_for(tmp_path / "ds", model_path, workers=1, ray_address="auto", score_group=SCORER),
+                       inputs=make_inputs(2))
+        assert (s.groups, s.failures) == (2, 0)
+        notes = [r.getMessage() for r in caplog.records if r.name == "hmrcritic.export"]
+        assert notes and "1 of 1 Ray worker(s) still wait for a free CPU" in notes[0], notes
+        assert "0 of 1 CPUs free" in notes[0], notes
+    finally:
+        ray.shutdown()

@@ -212,6 +212,10 @@ class GroupWorker:
         # taken as done (every later group was scored without the frozen memory)
         self._model = model
 
+    def ping(self) -> bool:
+        """Answers once the worker exists (a Ray actor waiting for a free CPU does not yet)."""
+        return True
+
     def run(self, task: dict) -> dict:
         """Task → result dict (``ok`` with arrays and scores, or the failure reason). Never raises."""
         head = {"group_id": task["group_id"], "input_id": task["input_id"], "group_seed": task["group_seed"]}
@@ -462,20 +466,26 @@ def _ray(ctx: WorkerContext, tasks: list[dict], workers: int, address: str) -> I
     actors: list = []
     running: dict = {}  # ObjectRef → (actor, task)
     try:
+        _check_ray_cpus(ray, address)
         with _QuietRayErrors():
             actor_cls = ray.remote(num_cpus=1, max_restarts=0, max_task_retries=0)(GroupWorker)
             queue = list(reversed(tasks))
             idle = []
+            started: dict = {}  # actor → its ping: ready once Ray has placed it on a CPU
             for _ in range(min(workers, len(tasks))):
                 actors.append(actor_cls.remote(ctx))
                 idle.append(actors[-1])
+                started[actors[-1]] = actors[-1].ping.remote()
             deaths_in_a_row, limit = 0, 2 * workers + 2
             while queue or running:
                 while idle and queue:
                     actor, task = idle.pop(), queue.pop()
                     running[actor.run.remote(task)] = (actor, task)
                 try:
-                    ready, _ = ray.wait(list(running), num_returns=1)
+                    ready, _ = ray.wait(list(running), num_returns=1, timeout=RAY_STARVED_NOTE_S)
+                    if not ready:
+                        _note_starved(ray, address, started)
+                        continue
                 except (RayError, ConnectionError) as exc:  # the driver lost the cluster: nothing more will finish
                     reason = f"{_reason(exc)}; a re-run retries this group"
                     for _actor, task in running.values():
@@ -493,6 +503,7 @@ def _ray(ctx: WorkerContext, tasks: list[dict], workers: int, address: str) -> I
                         yield _worker_failure(task, exc)
                         _kill_actor(ray, actor)
                         actors.remove(actor)
+                        started.pop(actor, None)
                         if deaths_in_a_row >= limit:
                             reason = (f"{type(exc).__name__}: {deaths_in_a_row} Ray workers died in a row (the cluster "
                                       "is gone or workers crash at start); a re-run retries this group")
@@ -507,6 +518,7 @@ def _ray(ctx: WorkerContext, tasks: list[dict], workers: int, address: str) -> I
                                     yield _worker_failure(queue.pop(), reason)
                             else:
                                 idle.append(actors[-1])
+                                started[actors[-1]] = actors[-1].ping.remote()
                         continue
                     deaths_in_a_row = 0
                     idle.append(actor)
@@ -516,6 +528,34 @@ def _ray(ctx: WorkerContext, tasks: list[dict], workers: int, address: str) -> I
             _kill_actor(ray, actor)
         if connected_here:
             ray.shutdown()
+
+
+RAY_STARVED_NOTE_S = 60.0  # how long no group may finish before the export says why it is waiting
+
+
+def _check_ray_cpus(ray, address: str) -> None:
+    """A cluster without CPUs can never start a worker (each takes 1 CPU): the export would wait forever
+    under a progress bar that never moves. Refuse in one line instead."""
+    total = ray.cluster_resources().get("CPU", 0)
+    if total < 1:
+        raise InputError(f"the Ray cluster at {redact_url(address)!r} has no CPUs (it reports {total:g}); each "
+                         "export worker needs 1 CPU — add nodes with CPUs or use --workers without --ray-address")
+
+
+def _note_starved(ray, address: str, started: dict) -> None:
+    """Say why nothing finishes when export workers cannot start because other jobs hold every CPU of the
+    cluster: Ray reports that only in its own log, and the progress bar just stands still. Waiting on is right
+    (a busy cluster frees up), so this is a note, repeated while it lasts, not a failure."""
+    import logging
+
+    refs = list(started.values())
+    placed, _ = ray.wait(refs, num_returns=len(refs), timeout=0) if refs else ([], [])
+    waiting = len(refs) - len(placed)
+    if waiting:
+        logging.getLogger("hmrcritic.export").warning(
+            "export: %d of %d Ray worker(s) still wait for a free CPU — the cluster at %s has %g of %g CPUs free "
+            "(other jobs hold them); waiting on", waiting, len(refs), redact_url(address),
+            ray.available_resources().get("CPU", 0), ray.cluster_resources().get("CPU", 0))
 
 
 def _kill_actor(ray, actor) -> None:

@@ -28,7 +28,8 @@ def _export_app() -> typer.Typer:
         judge: str = typer.Option("builtin", help="builtin (offline) or vlm (OpenAI-compatible endpoint)."),
         out: Path = typer.Option(None, help="Output dataset folder (re-run the same command to resume)."),
         workers: int = typer.Option(1, help="Worker processes (or Ray actors with --ray-address)."),
-        ray_address: str = typer.Option(None, help="Ray cluster address, 'auto', or 'local' to start one."),
+        ray_address: str = typer.Option(None, help="Ray cluster address, 'auto', or 'local' to start one "
+                                                      "(each worker is an actor taking 1 CPU)."),
         limit: int = typer.Option(None, help="Export only the first N inputs."),
         seed: int = typer.Option(
             0, help="Export seed; per-group seeds derive from (seed, input id).", min=0, max=2**32 - 1),
