@@ -141,6 +141,9 @@ def test_groups_of_one_and_two_are_defined(body, prior, n):
         assert ev["consensus_dev_mm"].tolist() == [0.0] and ev["consensus_pa_mm"].tolist() == [0.0]
     else:  # the Procrustes distance is symmetric: both are the same distance from each other
         assert ev["consensus_pa_mm"][0] == ev["consensus_pa_mm"][1] > 0
+        # and so is the medoid distance: with two hypotheses neither is the consensus (the first was: 0 mm,
+        # its partner the whole distance — a preference from the group's order alone)
+        assert ev["consensus_dev_mm"][0] == ev["consensus_dev_mm"][1] > 0
 
 
 def test_a_roll_about_the_camera_axis_grows_the_reprojection_error(body, prior):

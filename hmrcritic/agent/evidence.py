@@ -143,13 +143,18 @@ def reprojection(coco17: torch.Tensor, keypoints: torch.Tensor, K: torch.Tensor)
 
 
 def consensus_deviation(joints: torch.Tensor, joint_conf: torch.Tensor | None = None) -> torch.Tensor:
-    """Weighted mean distance (mm) of each hypothesis' root-relative joints to the group medoid."""
+    """Weighted mean distance (mm) of each hypothesis' root-relative joints to the group medoid.
+
+    When several hypotheses tie for medoid (always so for N = 2, and for duplicated hypotheses) the distance
+    is the mean over the tied ones: picking the first would make the first of a pair look like the consensus
+    and its partner the outlier — a preference that comes from the order of the group alone."""
     rel = joints - joints[:, :1]
     w = torch.ones(joints.shape[1]) if joint_conf is None else 2.0 - joint_conf.clamp(0, 1)
     w = w / w.sum()
     pair = ((rel[:, None] - rel[None]).norm(dim=-1) * w).sum(-1)  # (N,N)
-    medoid = int(pair.sum(1).argmin())
-    return pair[:, medoid] * 1000.0
+    total = pair.sum(1)
+    tied = total <= total.min() * (1 + 1e-9)  # float sums of the same distances in another order
+    return pair[:, tied].mean(1) * 1000.0
 
 
 def pairwise_pa_mm(joints: torch.Tensor, chunk: int = 4096) -> torch.Tensor:
