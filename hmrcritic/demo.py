@@ -126,7 +126,7 @@ def run_demo(
         hyps = dict(np.load(folder / "hypotheses.npz"))
         res = critique_group(item, hyps, judge="builtin", memory=frozen, group_id=f"demo-{item.sample_id}",
                              fresh=True)
-        report = write_report(res, folder)
+        report = write_report(res, folder, image_path=item.image_path)
         errors = np.asarray(true_errors(hyps, item, body), dtype=np.float64)
         overall = np.array([s.overall for s in res.scores])
         rho = float(spearman(overall, -errors)) if np.ptp(overall) > 0 else float("nan")
