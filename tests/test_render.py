@@ -176,6 +176,24 @@ def test_group_grid_layout_and_labels(renderer):
     assert gn.shape == (48 + 8, 2 * 64 + 12, 3)
 
 
+def test_both_grids_at_once_render_each_overlay_once_and_match_the_single_grids(renderer, monkeypatch):
+    """The critique draws the overlay grid and the overlay + side grid of a group: the overlays were rendered
+    twice (3N renders). ``group_grids`` gives the same two images pixel for pixel from 2N renders."""
+    img = np.full((96, 128, 3), 90, np.uint8)
+    K = np.array([[150.0, 0, 63.5], [0, 150.0, 47.5], [0, 0, 1]])
+    vs = np.stack([_sphere([0.1 * i - 0.2, 0.05 * i, 3.0], 0.2, 2)[0] for i in range(5)])
+    f = _sphere([0, 0, 0], 0.2, 2)[1]
+    one = renderer.group_grid(img, vs, f, K, cols=3, tile=64)
+    two = renderer.group_grid(img, vs, f, K, cols=3, tile=64, side=True)
+    calls = []
+    real = type(renderer)._render
+    monkeypatch.setattr(type(renderer), "_render", lambda self, *a, **kw: calls.append(1) or real(self, *a, **kw))
+    g1, g2 = renderer.group_grids(img, vs, f, K, cols=3, tile=64)
+    assert len(calls) == 2 * len(vs)
+    np.testing.assert_array_equal(g1, one)
+    np.testing.assert_array_equal(g2, two)
+
+
 def test_input_errors_are_clear(renderer):
     v, f = _sphere([0, 0, 3.0])
     K = np.array([[100.0, 0, 32], [0, 100.0, 32], [0, 0, 1]])

@@ -139,10 +139,8 @@ def render(state: AgentState, config: RunnableConfig = None) -> dict:
             pred_masks = np.stack([renderer.mask(v, body.faces, inputs["K"], (W, H)) for v in bodies["vertices"]])
         if cfg.render:
             image = _read_image(state.get("image_path"))
-            grid = renderer.group_grid(image, bodies["vertices"], body.faces, inputs["K"], cols=4,
-                                       image_size=(W, H))
-            side = renderer.group_grid(image, bodies["vertices"], body.faces, inputs["K"], cols=4, side=True,
-                                       image_size=(W, H))
+            grid, side = renderer.group_grids(image, bodies["vertices"], body.faces, inputs["K"], cols=4,
+                                              image_size=(W, H))
             renders["overlay_grid"] = str(save_png(run_dir / "overlay_grid.png", grid))
             renders["side_grid"] = str(save_png(run_dir / "side_grid.png", side))
     ground = (inputs["ground_normal"], float(inputs["ground_offset"])) if has_ground else None

@@ -306,6 +306,23 @@ class Renderer:
         ``vertices`` is (N,V,3) in camera coordinates; tiles are rendered directly at ``tile`` px on the
         longer side (K rescaled) rather than rendered large and shrunk. Side views share one scale.
         """
+        layout = self._grid_layout(image, vertices, K, cols, tile, image_size)
+        overlays = self._overlay_tiles(layout, faces, color, alpha)
+        return self._compose(layout, overlays, faces, side, pad, labels, label_prefix)
+
+    def group_grids(
+        self, image, vertices, faces, K, cols: int = 4, labels: bool = True, tile: int = 256,
+        color=DEFAULT_COLOR, alpha: float = 0.85, image_size=None, pad: int = 4, label_prefix: str = "#",
+    ) -> tuple[np.ndarray, np.ndarray]:
+        """``(overlay grid, overlay + side-view grid)``, pixel for pixel the two :meth:`group_grid` calls
+        (``side=False`` and ``side=True``), with each overlay rendered once instead of twice — the critique's
+        render step draws both, and the overlays were a third of its renders."""
+        layout = self._grid_layout(image, vertices, K, cols, tile, image_size)
+        overlays = self._overlay_tiles(layout, faces, color, alpha)
+        return (self._compose(layout, overlays, faces, False, pad, labels, label_prefix),
+                self._compose(layout, overlays, faces, True, pad, labels, label_prefix))
+
+    def _grid_layout(self, image, vertices, K, cols, tile, image_size) -> dict:
         vs = np.asarray(_numpy(vertices), dtype=np.float32)
         if vs.ndim == 2:
             vs = vs[None]
@@ -321,9 +338,16 @@ class Renderer:
         s = min(1.0, float(tile) / max(W, H))
         tw, th = max(1, int(round(W * s))), max(1, int(round(H * s)))
         Ks = scale_intrinsics(K, tw / W) if s < 1.0 else K
-        base = _resize(img, tw, th)
+        return {"vs": vs, "Ks": Ks, "base": _resize(img, tw, th), "tw": tw, "th": th,
+                "cols": max(1, min(int(cols), len(vs)))}
+
+    def _overlay_tiles(self, layout: dict, faces, color, alpha) -> list[np.ndarray]:
+        return [self.overlay(layout["base"], v, faces, layout["Ks"], color=color, alpha=alpha) for v in layout["vs"]]
+
+    def _compose(self, layout: dict, overlays, faces, side: bool, pad: int, labels: bool,
+                 label_prefix: str) -> np.ndarray:
+        vs, tw, th, cols = layout["vs"], layout["tw"], layout["th"], layout["cols"]
         N = len(vs)
-        cols = max(1, min(int(cols), N))
         rows = math.ceil(N / cols)
         side_w = th if side else 0
         cell_w = tw + side_w
@@ -331,8 +355,8 @@ class Renderer:
         extent = _group_extent(vs, angle_deg=90.0) if side else None
         corners = [(pad + (i // cols) * (th + pad), pad + (i % cols) * (cell_w + pad)) for i in range(N)]
         # all overlays, then all side views: one framebuffer size at a time
-        for i, (y0, x0) in enumerate(corners):
-            grid[y0:y0 + th, x0:x0 + tw] = self.overlay(base, vs[i], faces, Ks, color=color, alpha=alpha)
+        for (y0, x0), tile_img in zip(corners, overlays, strict=True):
+            grid[y0:y0 + th, x0:x0 + tw] = tile_img
         for i, (y0, x0) in enumerate(corners if side else []):
             grid[y0:y0 + th, x0 + tw:x0 + tw + side_w] = self.side_view(
                 vs[i], faces, size=(side_w, th), extent=extent, bg_color=(0.9, 0.9, 0.9)
