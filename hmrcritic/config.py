@@ -149,6 +149,9 @@ class JudgeSettings:
     timeout_s: float = field(default_factory=lambda: env_number("HMRCRITIC_VLM_TIMEOUT", 60.0, float, 0, above=True))
     max_retries: int = field(default_factory=lambda: env_number("HMRCRITIC_VLM_RETRIES", 4, int, 0))
     max_concurrency: int = field(default_factory=lambda: env_number("HMRCRITIC_VLM_CONCURRENCY", 4, int, 1))
+    # output-token cap per answer; None = the endpoint's own default (a 64-hypothesis critique is ~4k tokens,
+    # more than some local servers give by default)
+    max_tokens: int | None = field(default_factory=lambda: env_number("HMRCRITIC_VLM_MAX_TOKENS", None, int, 1))
 
     def __post_init__(self) -> None:  # values given in code are held to what the variables are
         import math
@@ -157,6 +160,10 @@ class JudgeSettings:
 
         if not (math.isfinite(self.timeout_s) and self.timeout_s > 0):
             raise InputError(f"judge timeout must be a finite number of seconds > 0, got {self.timeout_s}")
+        if self.max_tokens is not None and (isinstance(self.max_tokens, bool) or int(self.max_tokens) != self.max_tokens
+                                            or self.max_tokens < 1):
+            raise InputError(f"judge max_tokens must be an integer ≥ 1 (or None for the endpoint's default), got "
+                             f"{self.max_tokens!r}")
         if self.max_retries < 0 or self.max_concurrency < 1:
             raise InputError(f"judge retries must be ≥ 0 and concurrency ≥ 1, got {self.max_retries}, "
                              f"{self.max_concurrency}")

@@ -55,6 +55,7 @@ BEHAVIOURS = {
     "trickle",
     "empty_choices",
     "not_completion",
+    "cut_off",
 }
 
 
@@ -364,6 +365,13 @@ class StubOpenAIServer:
         if b == "wrong_count" and rec.kind == "critique":
             answer = {**answer, "scores": answer["scores"][:-1]}
         payload = json.dumps(answer)
+        if b == "cut_off":  # the server's output-token limit: half the answer, finish_reason "length"
+            half = payload[: len(payload) // 2]
+            out = _completion(self.model, tool=(tools[0]["function"]["name"], half) if rec.mode == "tools" else None,
+                              content=None if rec.mode == "tools" else half)
+            out["choices"][0]["finish_reason"] = "length"
+            out["usage"]["completion_tokens"] = 123
+            return 200, {}, out
         if b == "prose":
             return (
                 200,

@@ -23,7 +23,7 @@ from hmrcritic.agent.judges import Judge, JudgeContext, Mistake, PrototypeHit  #
 from hmrcritic.agent.schema import GroupCritique, ProposedRule  # noqa: E402
 from hmrcritic.agent.vlm import VLMJudge, extract_json, normalise_critique, normalise_proposals  # noqa: E402
 from hmrcritic.config import JudgeSettings  # noqa: E402
-from hmrcritic.errors import JudgeError  # noqa: E402
+from hmrcritic.errors import InputError, JudgeError  # noqa: E402
 from hmrcritic.memory.schema import Rule, RuleCondition  # noqa: E402
 
 N = 5
@@ -82,7 +82,8 @@ def make_ctx(images, group_id="g0", n=N, **kw) -> JudgeContext:
 
 
 def make_judge(srv: StubOpenAIServer, **kw) -> VLMJudge:
-    s = dict(base_url=srv.base_url, model="stub-vlm", timeout_s=5.0, max_retries=2, max_concurrency=4)
+    s = dict(base_url=srv.base_url, model="stub-vlm", timeout_s=5.0, max_retries=2, max_concurrency=4,
+             max_tokens=None)
     s.update({k: kw.pop(k) for k in list(kw) if k in s})
     return VLMJudge(JudgeSettings(**s), backoff_base_s=0.01, backoff_max_s=0.05, **kw)
 
@@ -183,6 +184,37 @@ def test_always_garbage_raises_judge_error(images):
     assert len(srv.requests) == 3
     msg = str(info.value)
     assert "\n" not in msg and "train/000042" in msg and "no JSON object" in msg and "3 attempts" in msg
+
+
+@pytest.mark.parametrize("mode", ["json_schema", "tools"])
+def test_an_answer_cut_at_the_output_limit_fails_at_once_saying_so(images, mode):
+    """finish_reason "length": the JSON stops mid-way. It was retried as "unusable" (at temperature 0 the same
+    cut every time) and reported as a parse error that did not say the cause or the cure."""
+    with StubOpenAIServer(default="cut_off", reject_response_format=mode == "tools") as srv, \
+            pytest.raises(JudgeError) as info:
+        make_judge(srv, max_retries=3).critique(make_ctx(images, group_id="g-long"))
+    assert [r.status for r in srv.requests if r.mode == mode] == [200]  # one answer, no retries
+    msg = str(info.value)
+    assert "finish_reason=length" in msg and "123 tokens" in msg and "HMRCRITIC_VLM_MAX_TOKENS" in msg, msg
+    assert "\n" not in msg and "g-long" in msg
+
+
+def test_max_tokens_is_sent_when_set_and_checked(images, monkeypatch):
+    with StubOpenAIServer() as srv:
+        assert_valid(make_judge(srv, max_tokens=4096).critique(make_ctx(images)))
+        assert_valid(make_judge(srv).critique(make_ctx(images)))
+    with_cap, default = srv.requests
+    assert (with_cap.body.get("max_completion_tokens") or with_cap.body.get("max_tokens")) == 4096
+    assert "max_tokens" not in default.body and "max_completion_tokens" not in default.body
+    monkeypatch.setenv("HMRCRITIC_VLM_MAX_TOKENS", "2048")
+    assert JudgeSettings().max_tokens == 2048
+    for bad in ("0", "lots", "1.5"):
+        monkeypatch.setenv("HMRCRITIC_VLM_MAX_TOKENS", bad)
+        with pytest.raises(InputError, match="HMRCRITIC_VLM_MAX_TOKENS"):
+            JudgeSettings()
+    monkeypatch.delenv("HMRCRITIC_VLM_MAX_TOKENS")
+    with pytest.raises(InputError, match="max_tokens"):
+        JudgeSettings(max_tokens=0)
 
 
 @pytest.mark.parametrize("status", ["429", "503"])  # rate limited; unavailable (a model loading)

@@ -294,6 +294,10 @@ def _retry_after_s(exc: Exception) -> float | None:
     return max(0.0, when.timestamp() - time.time())
 
 
+class _CutOff(Exception):
+    """The answer stopped at the endpoint's output-token limit."""
+
+
 class VLMJudge:
     """A :class:`~hmrcritic.agent.judges.Judge` backed by an OpenAI-compatible chat endpoint with vision.
 
@@ -338,6 +342,7 @@ class VLMJudge:
             temperature=0,
             timeout=self.settings.timeout_s,
             max_retries=0,
+            **({"max_tokens": int(self.settings.max_tokens)} if self.settings.max_tokens is not None else {}),
         )
         self._mode = MODES[0]
         self._mode_lock = threading.Lock()
@@ -532,6 +537,24 @@ class VLMJudge:
             log.info("vlm judge: endpoint rejected %s; using %s from now on", failed_mode, self._mode)
             return True
 
+    def _check_complete(self, result: Any) -> None:
+        """Raise :class:`_CutOff` when the endpoint stopped the answer at its output-token limit
+        (``finish_reason == "length"``): the JSON is cut mid-way, and retrying gives the same cut."""
+        raw = result.get("raw") if isinstance(result, dict) else result
+        meta = getattr(raw, "response_metadata", None) or {}
+        if meta.get("finish_reason") != "length":
+            return
+        usage = getattr(raw, "usage_metadata", None) or {}
+        raise _CutOff(self._cut_off_reason(usage.get("output_tokens")))
+
+    def _cut_off_reason(self, tokens: int | None) -> str:
+        cap = self.settings.max_tokens
+        return ("the answer was cut off at the endpoint's output limit (finish_reason=length"
+                + (f", {tokens} tokens" if tokens else "") + "); "
+                + (f"raise HMRCRITIC_VLM_MAX_TOKENS (now {cap})" if cap else "set HMRCRITIC_VLM_MAX_TOKENS higher "
+                   "than the server's default (Ollama: also a larger num_ctx)")
+                + " or critique fewer hypotheses per group")
+
     @staticmethod
     def _payload(result: Any) -> Any:
         """The structured data of an answer: parsed object, tool-call arguments, or JSON found in text."""
@@ -566,7 +589,13 @@ class VLMJudge:
                 messages = build(mode, retry_reason)
                 with self._semaphore:
                     result = invoke_within(self._runnable(schema, mode), messages, self.settings.timeout_s)
+                self._check_complete(result)
                 return validate(self._payload(result))
+            except _CutOff as exc:  # at temperature 0 a retry is cut at the same place
+                reason, fatal = str(exc), True
+            except openai.LengthFinishReasonError as exc:  # the same, seen by the client's json_schema parsing
+                usage = getattr(getattr(exc, "completion", None), "usage", None)
+                reason, fatal = self._cut_off_reason(getattr(usage, "completion_tokens", None)), True
             except Unparseable as exc:
                 reason = f"unusable answer ({exc})"
                 retry_reason = str(exc)
