@@ -168,6 +168,33 @@ def test_finished_thread_is_not_reused_under_other_settings_or_another_image(tmp
     assert not again.finished_earlier and not again.resumed and first.group_id == again.group_id
 
 
+def test_a_finished_vlm_critique_is_not_reused_for_another_model(tmp_path, memory, saver, monkeypatch):
+    """The judge was compared by name only: after HMRCRITIC_VLM_MODEL changed, `critique --judge vlm` came back
+    "finished earlier" with the other model's scores, attributed to the new one."""
+    from openai_stub_server import StubOpenAIServer
+
+    from hmrcritic.agent.vlm import VLMJudge
+    from hmrcritic.config import JudgeSettings
+
+    s, h, _ = make_group(7)
+    kw = {"memory": memory, "checkpointer": saver, "run_dir": tmp_path / "g", "config": cfg(max_reflections=0)}
+    with StubOpenAIServer(require_images=False) as srv:
+        monkeypatch.setenv("HMRCRITIC_BASE_URL", srv.base_url)
+        monkeypatch.setenv("HMRCRITIC_VLM_MODEL", "model-a")
+        first = critique_group(s, h, judge="vlm", **kw)
+        assert critique_group(s, h, judge="vlm", **kw).finished_earlier  # same model: reused
+        calls = len(srv.requests)
+        monkeypatch.setenv("HMRCRITIC_VLM_MODEL", "model-b")
+        other = critique_group(s, h, judge="vlm", **kw)
+        assert not other.finished_earlier and len(srv.requests) == calls + 1
+        assert srv.requests[-1].body["model"] == "model-b"
+        # the same for a judge object: its settings, not only its name
+        judge_c = VLMJudge(JudgeSettings(base_url=srv.base_url, model="model-c"))
+        assert not critique_group(s, h, judge=judge_c, **kw).finished_earlier
+        assert critique_group(s, h, judge=judge_c, **kw).finished_earlier
+    assert first.judge == other.judge == "vlm"
+
+
 def test_group_ids_that_clean_to_one_name_get_their_own_run_folders(memory, saver):
     from hmrcritic.agent.api import run_folder_name
 

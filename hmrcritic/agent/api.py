@@ -233,13 +233,32 @@ def _checkpoint_errors(saver: Any) -> Iterator[None]:
         raise checkpoint_error(_saver_path(saver), exc) from exc
 
 
-def _settings_digest(cfg: AgentConfig, image_path: Any, mask_path: Any) -> str:
+def _judge_identity(cfg: AgentConfig, judge: Any) -> str:
+    """Which model answers behind the judge's name: for a VLM its model, endpoint (no credentials) and output
+    cap — ``vlm`` with another ``HMRCRITIC_VLM_MODEL`` is another critic. The name itself is compared apart."""
+    from hmrcritic.redact import redact_url
+
+    if judge is not None and not isinstance(judge, str):
+        settings = getattr(judge, "settings", None)
+    elif cfg.judge == "vlm":
+        settings = hconfig.JudgeSettings()
+    else:
+        return ""
+    if settings is None:
+        return ""
+    return json.dumps([getattr(settings, "model", None), redact_url(getattr(settings, "base_url", None)),
+                       getattr(settings, "max_tokens", None)], default=str)
+
+
+def _settings_digest(cfg: AgentConfig, image_path: Any, mask_path: Any, judge_identity: str = "") -> str:
     """What decides a critique besides the arrays and the judge's name: the agent settings (the judge is
-    compared on its own, with its own message) and the bytes of the image and mask files (a path names a
-    file; the file behind it may be another one on a re-run)."""
+    compared on its own, with its own message), the model behind the judge, and the bytes of the image and
+    mask files (a path names a file; the file behind it may be another one on a re-run)."""
     from hmrcritic.io import sha256_file
 
     h = hashlib.sha256(json.dumps(cfg.model_dump(exclude={"judge"}), sort_keys=True, default=str).encode())
+    if judge_identity:  # absent for the builtin judge: digests of existing builtin threads stay valid
+        h.update(judge_identity.encode())
     for path in (image_path, None if mask_path is None else str(mask_path)):
         if path and Path(path).is_file():
             h.update(sha256_file(path).encode())
@@ -320,7 +339,7 @@ def critique_group(
         arrays["true_error_mm"] = err
     image_path = getattr(sample, "image_path", None)
     digest = _inputs_digest({k: v for k, v in arrays.items() if k != "true_error_mm"})
-    settings = _settings_digest(cfg, image_path, arrays.get("mask_path"))
+    settings = _settings_digest(cfg, image_path, arrays.get("mask_path"), _judge_identity(cfg, judge))
 
     saver = checkpointer if checkpointer is not None else open_checkpointer()
     app = graph if graph is not None else compile_graph(saver)

@@ -65,12 +65,24 @@ def get_judge(cfg: AgentConfig, config: dict | None = None):
     if injected is not None and not isinstance(injected, str):
         return injected
     name = injected or cfg.judge
-    key = (name, cfg.proto_weight, cfg.proto_level)
+    key = (name, cfg.proto_weight, cfg.proto_level, _endpoint_key() if name == "vlm" else None)
     with _LOCK:
         if key not in _JUDGES:
             kwargs = {"proto_weight": cfg.proto_weight, "proto_level": cfg.proto_level} if name == "builtin" else {}
             _JUDGES[key] = make_judge(name, **kwargs)
         return _JUDGES[key]
+
+
+def _endpoint_key() -> tuple:
+    """The VLM judge is built from the environment: a process that changes HMRCRITIC_VLM_MODEL, the endpoint
+    or the key (a notebook, a long-lived service) gets a judge for the new ones, not the first one cached.
+    The key enters only as a hash."""
+    import hashlib
+    from dataclasses import astuple
+
+    from hmrcritic.config import JudgeSettings, api_key
+
+    return (*astuple(JudgeSettings()), hashlib.sha256((api_key() or "").encode()).hexdigest())
 
 
 def load_inputs(run_dir: str | Path) -> dict[str, np.ndarray]:
