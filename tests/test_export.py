@@ -487,3 +487,22 @@ def test_validate_catches_a_dataset_out_of_step_with_itself(model_path, tmp_path
     np.savez(root / rec.condition.path, **cond)
     with pytest.raises(Exception, match="cond"):
         D.GroupPreferenceDataset(root)[0]
+
+
+def test_resuming_a_vlm_export_with_another_model_is_refused(model_path, tmp_path, monkeypatch):
+    """The header named the judge "vlm" only: an export resumed after HMRCRITIC_VLM_MODEL changed mixed two
+    critics' scores in one dataset."""
+    monkeypatch.setenv("HMRCRITIC_BASE_URL", "http://127.0.0.1:9/v1")  # never called: the scorer is fake_score
+    monkeypatch.setenv("HMRCRITIC_VLM_MODEL", "model-a")
+    inputs = make_inputs(3)
+    first = export(cfg_for(tmp_path / "ds", model_path, judge="vlm", limit=2), inputs=inputs)
+    assert first.new_groups == 2
+    assert D.read_header(tmp_path / "ds").judge_model == "model-a @ http://127.0.0.1:9/v1"
+    monkeypatch.setenv("HMRCRITIC_VLM_MODEL", "model-b")
+    with pytest.raises(InputError, match="judge_model"):
+        export(cfg_for(tmp_path / "ds", model_path, judge="vlm"), inputs=inputs)
+    monkeypatch.setenv("HMRCRITIC_VLM_MODEL", "model-a")
+    again = export(cfg_for(tmp_path / "ds", model_path, judge="vlm"), inputs=inputs)
+    assert (again.done_before, again.new_groups, again.groups) == (2, 1, 3)
+    builtin = export(cfg_for(tmp_path / "b", model_path), inputs=inputs[:1])  # builtin: no model named
+    assert builtin.groups == 1 and D.read_header(tmp_path / "b").judge_model is None

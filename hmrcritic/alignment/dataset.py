@@ -121,6 +121,7 @@ class DatasetHeader(BaseModel):
     split: str | None = None
     model_hash: str
     judge: str
+    judge_model: str | None = None  # the VLM behind judge "vlm" (model @ endpoint); None for the builtin judge
     memory_version: str = "none"
     num_generations: int
     sample_steps: int

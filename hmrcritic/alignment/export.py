@@ -628,6 +628,7 @@ def export(
         split=split_name,
         model_hash=mhash,
         judge=cfg.judge,
+        judge_model=_judge_model(cfg.judge),
         memory_version=memory_version,
         num_generations=cfg.num_generations,
         sample_steps=cfg.sample_steps,
@@ -642,6 +643,7 @@ def export(
         # The agent's checkpointer thread of a group: new whenever anything that changes its critique changes.
         run_key = hashlib.sha256(
             f"{mhash}|{cfg.num_generations}|{cfg.sample_steps}|{cfg.judge}|{memory_version}".encode()
+            + (f"|{header.judge_model}".encode() if header.judge_model else b"")
         ).hexdigest()[:8]
 
         done, repaired = D.repair_manifest(out)
@@ -759,6 +761,17 @@ def export(
         return summary
 
 
+def _judge_model(judge: str) -> str | None:
+    """Which VLM scores the groups (model @ endpoint, no credentials): resuming an export with another
+    HMRCRITIC_VLM_MODEL would mix two critics' scores in one dataset under one judge name."""
+    if judge != "vlm":
+        return None
+    from hmrcritic.config import JudgeSettings
+
+    s = JudgeSettings()
+    return f"{s.model} @ {redact_url(s.base_url) or 'the OpenAI API'}"
+
+
 def _check_or_write_header(out: Path, header: D.DatasetHeader) -> None:
     path = out / D.HEADER
     if path.exists():
@@ -767,6 +780,7 @@ def _check_or_write_header(out: Path, header: D.DatasetHeader) -> None:
             "source",
             "model_hash",
             "judge",
+            "judge_model",
             "memory_version",
             "num_generations",
             "sample_steps",
