@@ -168,6 +168,12 @@ class JudgeSettings:
             raise InputError(f"judge retries must be ≥ 0 and concurrency ≥ 1, got {self.max_retries}, "
                              f"{self.max_concurrency}")
 
+    def describe(self) -> str:
+        """``model @ endpoint`` (no credentials): which VLM answers, for results, reports and dataset headers."""
+        from hmrcritic.redact import redact_url
+
+        return f"{self.model} @ {redact_url(self.base_url) or 'the OpenAI API'}"
+
     def public(self) -> dict:
         """Settings safe to print: the key is reported only as present or absent."""
         out = asdict(self)

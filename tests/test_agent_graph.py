@@ -193,6 +193,11 @@ def test_a_finished_vlm_critique_is_not_reused_for_another_model(tmp_path, memor
         assert not critique_group(s, h, judge=judge_c, **kw).finished_earlier
         assert critique_group(s, h, judge=judge_c, **kw).finished_earlier
     assert first.judge == other.judge == "vlm"
+    # and the result says which model scored it (scores.json, report, the CLI table)
+    assert (first.judge_model, other.judge_model) == (f"model-a @ {srv.base_url}", f"model-b @ {srv.base_url}")
+    with pytest.raises(InputError, match="critiqued with the vlm judge"):  # not silently replaced
+        critique_group(s, h, **kw)
+    assert critique_group(s, h, fresh=True, **kw).judge_model is None  # builtin
 
 
 def test_group_ids_that_clean_to_one_name_get_their_own_run_folders(memory, saver):

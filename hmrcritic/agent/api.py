@@ -45,6 +45,7 @@ class ScoredGroup(BaseModel):
     ranking: list[int] = Field(..., description="hypothesis indices, best overall first")
     memory_version: str = "none"
     judge: str = "builtin"
+    judge_model: str | None = Field(None, description="the VLM behind judge vlm: model @ endpoint")
     reflections: list[dict[str, Any]] = Field(default_factory=list)
     notes: str = ""
     run_dir: str = ""
@@ -233,21 +234,18 @@ def _checkpoint_errors(saver: Any) -> Iterator[None]:
         raise checkpoint_error(_saver_path(saver), exc) from exc
 
 
-def _judge_identity(cfg: AgentConfig, judge: Any) -> str:
-    """Which model answers behind the judge's name: for a VLM its model, endpoint (no credentials) and output
-    cap — ``vlm`` with another ``HMRCRITIC_VLM_MODEL`` is another critic. The name itself is compared apart."""
-    from hmrcritic.redact import redact_url
-
+def _judge_settings(cfg: AgentConfig, judge: Any) -> hconfig.JudgeSettings | None:
+    """The endpoint settings behind a VLM judge (a judge object's own, or the environment's for "vlm")."""
     if judge is not None and not isinstance(judge, str):
         settings = getattr(judge, "settings", None)
-    elif cfg.judge == "vlm":
-        settings = hconfig.JudgeSettings()
-    else:
-        return ""
-    if settings is None:
-        return ""
-    return json.dumps([getattr(settings, "model", None), redact_url(getattr(settings, "base_url", None)),
-                       getattr(settings, "max_tokens", None)], default=str)
+        return settings if isinstance(settings, hconfig.JudgeSettings) else None
+    return hconfig.JudgeSettings() if cfg.judge == "vlm" else None
+
+
+def _judge_identity(settings: hconfig.JudgeSettings | None) -> str:
+    """Which model answers behind the judge's name: for a VLM its model, endpoint (no credentials) and output
+    cap — ``vlm`` with another ``HMRCRITIC_VLM_MODEL`` is another critic. The name itself is compared apart."""
+    return "" if settings is None else json.dumps([settings.describe(), settings.max_tokens])
 
 
 def _settings_digest(cfg: AgentConfig, image_path: Any, mask_path: Any, judge_identity: str = "") -> str:
@@ -339,7 +337,8 @@ def critique_group(
         arrays["true_error_mm"] = err
     image_path = getattr(sample, "image_path", None)
     digest = _inputs_digest({k: v for k, v in arrays.items() if k != "true_error_mm"})
-    settings = _settings_digest(cfg, image_path, arrays.get("mask_path"), _judge_identity(cfg, judge))
+    judge_settings = _judge_settings(cfg, judge)
+    settings = _settings_digest(cfg, image_path, arrays.get("mask_path"), _judge_identity(judge_settings))
 
     saver = checkpointer if checkpointer is not None else open_checkpointer()
     app = graph if graph is not None else compile_graph(saver)
@@ -362,12 +361,6 @@ def critique_group(
                              "(--group-id / group_id=) or recompute it with --fresh / fresh=True")
         saver.delete_thread(thread)
         values = {}
-    if values and values.get("settings_digest") != settings:
-        # the same group scored under other settings (render on/off, reflections, rules/prototypes, learning,
-        # memory) or with another image or mask file behind the same keypoints: critiqued again, since
-        # returning the old run would report what those settings did not produce
-        saver.delete_thread(thread)
-        values = {}
     if values and values.get("judge", cfg.judge) != cfg.judge:
         # A finished critique is reused only from the judge it was made with (reporting the old scores under
         # the new judge's name would say a VLM scored what the builtin judge did); an interrupted one restarts
@@ -375,6 +368,12 @@ def critique_group(
         if values.get("done"):
             raise InputError(f"group {gid} was critiqued with the {values['judge']} judge; use fresh=True "
                              f"(--fresh) to critique it again with {cfg.judge}")
+        saver.delete_thread(thread)
+        values = {}
+    if values and values.get("settings_digest") != settings:
+        # the same group scored under other settings (render on/off, reflections, rules/prototypes, learning,
+        # memory) or with another image or mask file behind the same keypoints: critiqued again, since
+        # returning the old run would report what those settings did not produce
         saver.delete_thread(thread)
         values = {}
     run_dir = Path(run_dir) if run_dir is not None else hconfig.runs_dir() / "groups" / run_folder_name(thread)
@@ -389,6 +388,7 @@ def critique_group(
             "group_id": gid, "run_id": run_id, "run_dir": str(run_dir), "num_hypotheses": n,
             "image_path": str(image_path) if image_path else None, "has_labels": "true_error_mm" in arrays,
             "inputs_digest": digest, "settings_digest": settings, "judge": cfg.judge, "round": 0, "reflections": [],
+            "judge_model": judge_settings.describe() if judge_settings is not None else None,
             "issues": [], "feedback": "",
         }
     else:  # an interrupted thread: resume from its last checkpoint
@@ -452,6 +452,7 @@ def _scored(values: dict, cfg: AgentConfig, resumed: bool, run_id: str | None = 
     return ScoredGroup(
         group_id=values["group_id"], scores=sorted(scores, key=lambda s: s.index), ranking=ranking,
         memory_version=values.get("memory_version", "none"), judge=values.get("judge") or cfg.judge,
+        judge_model=values.get("judge_model"),
         reflections=values.get("reflections", []), notes=crit.get("summary", ""),
         run_dir=values.get("run_dir", ""), run_id=run_id or values.get("run_id", ""),
         rules_applied=list(crit.get("rules_applied", [])), rules_recalled=values.get("rules", []),

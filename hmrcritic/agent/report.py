@@ -225,7 +225,9 @@ def render_html(result: ScoredGroup, image_path: str | None = None) -> str:
         f'<meta http-equiv="Content-Security-Policy" content="{_CSP}">',
         f"<title>hmrcritic critique {_e(result.group_id)}</title><style>{_CSS}</style></head><body>",
         f"<h1>Critique of group <code>{_e(result.group_id)}</code></h1>",
-        f"<p>judge <b>{_e(result.judge)}</b> · memory version <code>{_e(result.memory_version)}</code> · run "
+        f"<p>judge <b>{_e(result.judge)}</b>"
+        + (f" (<code>{_e(result.judge_model)}</code>)" if result.judge_model else "")
+        + f" · memory version <code>{_e(result.memory_version)}</code> · run "
         f"<code>{_e(result.run_id)}</code> · {len(result.scores)} hypotheses · "
         f"{max(0, len(result.reflections) - 1)} revision round(s)</p>",
         f"<p>{_e(result.notes)}</p>" if result.notes else "",

@@ -69,6 +69,7 @@ class AgentState(TypedDict, total=False):
     inputs_digest: str  # content hash of the inputs: a thread is reused only for the same inputs
     settings_digest: str  # agent settings + image/mask bytes: a finished thread is reused only for equal ones
     judge: str  # the judge's name: a finished thread is reused only by the same judge
+    judge_model: str | None  # the VLM behind it (model @ endpoint), None for the builtin judge
     run_dir: str  # per-group folder: inputs.npz, bodies.npz, evidence.npz, renders, critique.json
     num_hypotheses: int
     image_path: str | None

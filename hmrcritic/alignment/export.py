@@ -768,8 +768,7 @@ def _judge_model(judge: str) -> str | None:
         return None
     from hmrcritic.config import JudgeSettings
 
-    s = JudgeSettings()
-    return f"{s.model} @ {redact_url(s.base_url) or 'the OpenAI API'}"
+    return JudgeSettings().describe()
 
 
 def _check_or_write_header(out: Path, header: D.DatasetHeader) -> None:

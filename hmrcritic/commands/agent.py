@@ -239,7 +239,8 @@ def _print_table(result) -> None:
     from hmrcritic.agent.schema import AXES
 
     # group ids and rationales are user and endpoint text: "[/x]" in them is not rich markup
-    table = Table(title=escape(f"group {result.group_id} — judge {result.judge}, memory {result.memory_version}"))
+    judge = result.judge + (f" ({result.judge_model})" if result.judge_model else "")
+    table = Table(title=escape(f"group {result.group_id} — judge {judge}, memory {result.memory_version}"))
     for col in ("rank", "hyp", "overall", "motion", "physical", "image"):  # the three axes, abbreviated
         table.add_column(col, justify="right", no_wrap=True, min_width=len(col))
     table.add_column("rationale", justify="left", no_wrap=True, overflow="ellipsis", max_width=90)
