@@ -57,6 +57,22 @@ def test_fit_refuses_what_it_cannot_calibrate():
         fit_calibration([None], [errors[0]])
 
 
+def test_fit_takes_a_zero_score_and_names_what_it_cannot_fit():
+    """A score of 0 is clipped before its log; input it cannot fit is one clear InputError (it was numpy's
+    broadcast ValueError for mismatched groups, and "the scores do not vary" for scores that were all NaN)."""
+    scores, errors = _pairs()
+    with_zero = [s.copy() for s in scores]
+    with_zero[0][0] = 0.0
+    cal = fit_calibration(with_zero, errors)
+    assert math.isfinite(cal.slope) and math.isfinite(cal.intercept) and cal.slope > 0
+    with pytest.raises(InputError, match="0 hypotheses with a finite score"):
+        fit_calibration([np.full(16, np.nan)], [errors[0]])
+    with pytest.raises(InputError, match="16 scores for 15 errors"):
+        fit_calibration([scores[0]], [errors[0][:15]])
+    with pytest.raises(InputError, match="6 groups of scores but 5 of errors"):
+        fit_calibration(scores, errors[:-1])
+
+
 def test_memory_keeps_the_calibration(tmp_path):
     """Persisted in Chroma (survives reopening and a frozen copy), part of the memory version, carried by
     export/import, flagged stale when the rules change, cleared by reset."""

@@ -44,18 +44,26 @@ def fit_calibration(scores: Sequence[Any], errors: Sequence[Any], *, judge: str 
 
     Raises :class:`InputError` when there is nothing to fit or the scores do not rank error at all (slope ≤ 0:
     a calibration cannot repair a critic that scores backwards)."""
-    pairs = [(np.asarray(s, np.float64), np.asarray(e, np.float64)) for s, e in zip(scores, errors, strict=True)
-             if s is not None]
+    if len(scores) != len(errors):
+        raise InputError(f"score calibration: {len(scores)} groups of scores but {len(errors)} of errors")
+    pairs = [(np.asarray(s, np.float64).ravel(), np.asarray(e, np.float64).ravel())
+             for s, e in zip(scores, errors, strict=True) if s is not None]
     if not pairs or sum(len(s) for s, _ in pairs) < 2:
         raise InputError("score calibration: no scored hypotheses to fit on")
+    bad = [i for i, (s, e) in enumerate(pairs) if len(s) != len(e)]
+    if bad:
+        s, e = pairs[bad[0]]
+        raise InputError(f"score calibration: a group has {len(s)} scores for {len(e)} errors")
     s = np.concatenate([p[0] for p in pairs])
     e = np.concatenate([p[1] for p in pairs])
     ok = np.isfinite(s) & np.isfinite(e)
     s, e = s[ok], e[ok]
-    x = np.log(np.maximum(s, MIN_SCORE))
+    if len(s) < 2:
+        raise InputError(f"score calibration: {len(s)} hypotheses with a finite score and error; nothing to fit")
+    x = np.log(np.maximum(s, MIN_SCORE))  # a score of 0 counts as MIN_SCORE (no log of 0)
     y = np.log(settled_overall(e))
     var = float(np.var(x))
-    if len(x) < 2 or var == 0:
+    if var == 0:
         raise InputError("score calibration: the scores do not vary; nothing to fit")
     slope = float(np.mean((x - x.mean()) * (y - y.mean())) / var)
     if slope <= 0:

@@ -24,7 +24,13 @@ Crash safety / resume: a batch's effect on the memory is computed as a *plan wit
 records after the batch, prototypes by deterministic id, mined rules with ids derived from their text),
 written to ``explore_pending.json``, applied under the memory's write lock and followed — inside the same
 lock — by the progress record (``explore_progress.json``). Re-applying a plan is a no-op, so an exploration
-killed anywhere resumes from its last finished batch without counting a use twice.
+killed anywhere resumes from its last finished batch without counting a use twice. The score calibration is
+refitted by a resumed call whenever the rule records changed since the last fit (the rule state each fit was
+made for is kept in the progress record), and its groups are recorded before the fit, so an interrupted-then-
+resumed exploration ends with the memory of an uninterrupted one. Rounds are counted per setting signature; a
+call with other settings (batch size, error metric) that would explore groups an earlier run of the memory
+learned from is refused rather than counting them twice. A group that cannot test a ranking (fewer than two
+hypotheses, one true error for all) is skipped with its reason.
 
 Frozen memory: ``explored_on.json`` records which split and group ids the memory has learned from;
 :func:`assert_not_explored` refuses to evaluate on them. Scoring elsewhere opens the memory read-only and
@@ -131,10 +137,11 @@ def explored_record(memory: Any) -> dict:
         return {"splits": {}}
     try:
         data = json.loads(path.read_text(encoding="utf-8"))
-    except (OSError, json.JSONDecodeError) as exc:
-        raise InputError(f"{path}: unreadable exploration record ({exc}); it guards against evaluating on "
-                         "explored groups, so fix or delete it knowingly") from exc
-    data.setdefault("splits", {})
+        if not isinstance(data, dict) or not isinstance(data.setdefault("splits", {}), dict):
+            raise ValueError("not a JSON object with a 'splits' object")
+    except (OSError, ValueError) as exc:
+        raise InputError(f"{path}: unreadable exploration record ({str(exc).splitlines()[0]}); it guards against "
+                         "evaluating on explored groups, so fix or delete it knowingly") from exc
     return data
 
 
@@ -271,9 +278,60 @@ def _read_progress(path: Path) -> dict:
     if not f.exists():
         return {"runs": {}, "rounds_total": 0, "batches": []}
     try:
-        return json.loads(f.read_text(encoding="utf-8"))
-    except (OSError, json.JSONDecodeError) as exc:
-        raise InputError(f"{f}: unreadable exploration progress record ({exc})") from exc
+        data = json.loads(f.read_text(encoding="utf-8"))
+        if not isinstance(data, dict):
+            raise ValueError("not a JSON object")
+        return data
+    except (OSError, ValueError) as exc:
+        raise InputError(f"{f}: unreadable exploration progress record ({str(exc).splitlines()[0]}); restore it, or "
+                         f"start the memory over with `hmrcritic memory reset --yes --memory-dir {path}` (deleting "
+                         "the file alone would explore the same groups again and count them twice)") from exc
+
+
+def _settings(split: str, batch_size: int, seed: int, source: str, num_generations: int, metric: str, start: int,
+              custom: str | None) -> dict:
+    """What an exploration run's signature is made of, kept with its progress (see :func:`_check_overlap`)."""
+    return {"split": split, "batch_size": batch_size, "seed": seed, "source": source,
+            "num_generations": num_generations, "error_metric": metric, "start": start, "custom": custom}
+
+
+def _same_groups(a: dict, b: dict) -> bool:
+    """Whether two runs' group index ``i`` is the same group: the same list of given groups, or for groups drawn
+    from a split the same split, seed, source and group size (which decide its hypotheses)."""
+    if a.get("custom") or b.get("custom"):
+        return a.get("split") == b.get("split") and a.get("custom") == b.get("custom")
+    return all(a.get(k) == b.get(k) for k in ("split", "seed", "source", "num_generations"))
+
+
+def _check_overlap(prog: dict, sig: str, settings: dict, rounds: int, limit: int | None) -> None:
+    """Refuse a run that would explore groups another run of this memory already learned from.
+
+    Rounds are counted per signature, so a call with another ``--batch-size`` (or error metric) than the one it
+    means to resume is a new run from the split's first group: before, it silently explored the same groups a
+    second time (rule statistics counted twice, prototypes overwritten). Runs on other hypotheses (another
+    seed, source or group count) are fine. Runs recorded before settings and spans were kept are not checked."""
+    bs, lo = settings["batch_size"], settings["start"]
+    done = set(prog.get("runs", {}).get(sig, {}).get("rounds_done", []))
+    end = rounds * bs if limit is None else min(rounds * bs, limit)
+    mine = [(lo + r * bs, lo + min((r + 1) * bs, end)) for r in range(rounds) if r not in done and r * bs < end]
+    for other, run in sorted(prog.get("runs", {}).items()):
+        theirs = run.get("settings")
+        if other == sig or not isinstance(theirs, dict) or not run.get("rounds_done"):
+            continue
+        if not _same_groups(theirs, settings):
+            continue
+        spans = [tuple(x) for x in run.get("spans", [])]
+        clash = [(max(a, c), min(b, d)) for a, b in mine for c, d in spans if max(a, c) < min(b, d)]
+        if clash:
+            differ = ", ".join(f"{k.replace('_', ' ')} {theirs.get(k)} (now {settings[k]})"
+                               for k in ("batch_size", "error_metric", "start") if theirs.get(k) != settings[k])
+            first, last = min(a for a, _ in clash), max(b for _, b in clash) - 1
+            raise InputError(
+                f"explore: this memory already learned from {settings['split']} groups #{first}–#{last} in an "
+                f"earlier run with other settings ({differ}; {len(run['rounds_done'])} round(s) done), and this run "
+                "would explore them again, counting them twice. To resume that run, give its settings again; "
+                + ("to explore them again on purpose (new hypotheses), change --seed; " if not settings["custom"]
+                   else "") + "or use a fresh --memory-dir")
 
 
 def _open_memory(memory: Any):
@@ -381,16 +439,18 @@ def explore(
         custom = (None if groups is None
                   else hashlib.sha1(",".join(g.group_id for g in groups).encode()).hexdigest()[:10])
         sig = _signature(split, batch_size, seed, source, num_generations, error_metric, start, custom)
+        settings = _settings(split, batch_size, seed, source, num_generations, error_metric, start, custom)
         summary = ExploreSummary(memory=memory.location, split=split, source=source, error_metric=error_metric,
                                  tau=tau, log_path=str(mpath / LOG_FILE))
 
         _finish_pending(memory, emit)
         prog = _read_progress(mpath)
+        total_cap = limit if limit is not None else None
+        _check_overlap(prog, sig, settings, rounds, total_cap)
         done = set(prog.get("runs", {}).get(sig, {}).get("rounds_done", []))
         summary.resumed_rounds = len([r for r in done if r < rounds])
         if summary.resumed_rounds:
-            emit("resumed", {"rounds_done": sorted(done), "signature": sig})
-        total_cap = limit if limit is not None else None
+            emit("resumed", {"rounds_done": sorted(done), "signature": sig, "rounds": rounds})
 
         from hmrcritic.agent.graph import compile_graph, open_checkpointer
 
@@ -422,9 +482,13 @@ def explore(
                                 error_metric, history, emit, max_new_rules=max_new_rules, min_gain=min_gain,
                                 retire_min_uses=retire_min_uses, retire_min_rate=retire_min_rate,
                                 merge_text=merge_text, prototypes=prototypes, settle=settle,
-                                info={"seed": seed, "source": resolved_source, "num_generations": num_generations})
+                                info={"seed": seed, "source": resolved_source, "num_generations": num_generations},
+                                run_record={"settings": settings, "span": [start + lo, start + lo + len(batch)]})
             summary.rounds.append(report)
             emit("round", asdict(report))
+        if resolved_source == "auto" and groups is None:  # nothing drawn in this call: what the run drew
+            resolved_source = explored_record(memory)["splits"].get(split, {}).get("source", "auto")
+            summary.source = resolved_source
         if is_builtin and calibration_groups > 0:
             # the groups after the last batch this signature ever explored (also right for a resumed or a
             # rounds=0 call, which only refits a missing or stale calibration)
@@ -437,43 +501,82 @@ def explore(
         return summary
 
 
+def _rules_state(memory) -> str:
+    """Hash of every rule record, statistics included. The builtin judge weighs a rule by its success rate and
+    recall ranks rules by Ψ, so scores (and a calibration fitted on them) depend on the statistics too, which
+    :meth:`MemoryStore.rules_fingerprint` (ids and conditions) leaves out."""
+    from hmrcritic.memory.rules import rule_key
+
+    keys = sorted(json.dumps(rule_key(r), sort_keys=True) for r in memory.rules.all(include_retired=True))
+    return hashlib.sha256("\n".join(keys).encode("utf-8")).hexdigest()[:16]
+
+
 def _maybe_calibrate(memory, summary: ExploreSummary, judge_obj, cfg, groups, split: str, start: int, n: int,
                      num_generations: int, seed: int, source: str, emit) -> None:
-    """Refit the score calibration on the ``n`` groups from ``start`` when something changed (see explore)."""
+    """Refit the score calibration on the ``n`` groups from ``start`` when something changed (see explore).
+
+    "Changed" includes rule statistics: an exploration interrupted after its last round and before its fit was
+    stored (Ctrl-C, kill) left the previous call's calibration behind, which the rule fingerprint alone calls
+    fresh when the round mined and retired nothing; the resumed call then kept it, and ended with another memory
+    than one uninterrupted call. The rule state each fit was made for is kept in the progress record."""
     from hmrcritic.agent.calibration import calibrate_memory
 
     name = judge_name(judge_obj)
+    mpath = Path(memory.path)
     try:
         current = memory.calibration()
     except AssetError:
         current = None  # unreadable: replace it
+    state = _rules_state(memory)
+    fitted_for = _read_progress(mpath).get("calibration", {}).get("rules_state")
     fresh = (current is not None and current.judge == name
-             and current.rules_fingerprint == memory.rules_fingerprint())
+             and current.rules_fingerprint == memory.rules_fingerprint()
+             and fitted_for in (None, state))  # None: fitted before the state was kept (or not by explore)
     if fresh and not summary.rounds:
         return
-    try:
-        cal_groups = _batch_groups(groups, split, start, n, num_generations, seed, source)
-    except InputError as exc:
-        cal_groups, why = [], str(exc)
-    else:
-        why = "the split has no groups after the explored ones"
+    kept = (" (the memory keeps its earlier calibration, fitted for its rules as they were then; `hmrcritic memory "
+            "calibration --clear` removes it)") if current is not None else ""
+    # never fit on what the rules learned from; groups another run of this memory learned from (another seed)
+    # are passed over for the next ones (one draw of n groups where none was learned, as before)
     learned = set(explored_record(memory)["splits"].get(split, {}).get("group_ids", []))
-    cal_groups = [g for g in cal_groups if g.group_id not in learned]  # never fit on what the rules learned from
+    cal_groups: list = []
+    why = "the split has no groups after the explored ones that the memory has not learned from"
+    pos, want = start, n
+    while want > 0:
+        try:
+            got = _batch_groups(groups, split, pos, want, num_generations, seed, source)
+        except InputError as exc:
+            why = str(exc) if not cal_groups else why
+            break
+        cal_groups += [g for g in got if g.group_id not in learned]
+        pos += want
+        if len(got) < want:  # the split ends here
+            break
+        want = n - len(cal_groups)
     if not cal_groups:
-        summary.calibration_note = f"score calibration not refitted: {why}"
+        summary.calibration_note = f"score calibration not refitted: {why}{kept}"
         emit("calibrated", {"calibration": None, "note": summary.calibration_note})
         return
+    # recorded before the fit, as explored groups are before scoring: a run killed after the fit was stored
+    # must not leave its groups open to evaluation
+    _add_explored(memory, split, [g.group_id for g in cal_groups], {}, key="calibration_group_ids")
     agent = cfg.model_dump(exclude={"memory_dir", "chroma_url"})
     try:
         cal = calibrate_memory(memory, cal_groups, judge=judge_obj, agent_config=agent, split=split,
                                progress=lambda i, total: emit("calibrate", {"index": i, "total": total}))
     except InputError as exc:
-        summary.calibration_note = f"score calibration not refitted: {exc}"
+        summary.calibration_note = f"score calibration not refitted: {exc}{kept}"
         emit("calibrated", {"calibration": None, "note": summary.calibration_note})
         return
-    _add_explored(memory, split, [g.group_id for g in cal_groups], {}, key="calibration_group_ids")
+    prog = _read_progress(mpath)
+    prog["calibration"] = {"rules_state": state, "judge": name}
+    atomic_write_json(mpath / PROGRESS_FILE, prog)
     summary.calibration = cal.model_dump(mode="json")
-    emit("calibrated", {"calibration": summary.calibration})
+    if len(cal_groups) < n:
+        summary.calibration_note = (f"score calibration fitted on {len(cal_groups)} of the {n} groups asked (no more "
+                                    "unexplored groups after the explored ones); with few groups the fit is noisy")
+    emit("calibrated", {"calibration": summary.calibration,
+                        **({"note": summary.calibration_note} if summary.calibration_note else {})})
 
 
 def _batch_groups(groups, split, start, n, num_generations, seed, source) -> list:
@@ -601,6 +704,20 @@ def _judge_proposals(judge_obj, res, bg: BatchGroup, round_no, validation, exist
     return accepted, rejected
 
 
+def _unrankable(error: np.ndarray, metric: str) -> str:
+    """Why a labelled group cannot test a ranking ("" when it can): fewer than 2 hypotheses, a true error that
+    is not finite, or one true error for all of them. Such a group says nothing about the rules (its Spearman is
+    0 whatever they do: counted, it failed every rule in it) and leaves no best and worst to keep."""
+    n = len(error)
+    if n < 2:
+        return f"skipped: {n} hypothes{'i' if n == 1 else 'e'}s, nothing to rank (a group needs ≥ 2)"
+    if not np.all(np.isfinite(error)):
+        return f"skipped: its true {metric} is not finite for {int(np.sum(~np.isfinite(error)))} of {n} hypotheses"
+    if np.ptp(error) <= 0:
+        return f"skipped: all {n} hypotheses have the same true {metric} ({float(error[0]):.1f}), nothing to rank"
+    return ""
+
+
 def _recent(history: list) -> list:
     """The last ``HISTORY_GROUPS`` groups (none for 0: ``history[-0:]`` would be all of them)."""
     return history[-HISTORY_GROUPS:] if HISTORY_GROUPS > 0 else []
@@ -608,7 +725,7 @@ def _recent(history: list) -> list:
 
 def _run_batch(memory, app, saver, judge_obj, is_builtin, cfg, batch, r, sig, split, tau, metric, history,
                emit, *, max_new_rules, min_gain, retire_min_uses, retire_min_rate, merge_text, prototypes, settle,
-               info) -> RoundReport:
+               info, run_record: dict | None = None) -> RoundReport:
     from hmrcritic.agent.api import critique_group, discard_run
     from hmrcritic.agent.evidence import evidence_tags
     from hmrcritic.agent.nodes import load_bodies
@@ -625,10 +742,15 @@ def _run_batch(memory, app, saver, judge_obj, is_builtin, cfg, batch, r, sig, sp
     scored: list[tuple[Any, Any, BatchGroup]] = []
     for i, g in enumerate(batch):
         try:
+            err = exploration_error(g, metric)
+            why = _unrankable(err, metric)
+            if why:  # nothing to learn from it; scoring it would only cost time
+                report.failed.append({"group_id": g.group_id, "error": why})
+                emit("group", {"index": i, "total": len(batch), "group_id": g.group_id, "skipped": why})
+                continue
             res = critique_group(g.sample, g.hypotheses, judge=judge_obj, memory=memory, config=cfg,
                                  group_id=f"explore-{g.group_id}", fresh=True, graph=app, checkpointer=saver,
                                  keep=False)
-            err = exploration_error(g, metric)
         except HMRCriticError as exc:
             report.failed.append({"group_id": g.group_id, "error": str(exc)})
             emit("group", {"index": i, "total": len(batch), "group_id": g.group_id, "error": str(exc)})
@@ -645,13 +767,13 @@ def _run_batch(memory, app, saver, judge_obj, is_builtin, cfg, batch, r, sig, sp
         # every group failed: something systemic (a bad setting, an endpoint down), not a batch to count as
         # explored — a round recorded done here would be skipped on every later run
         first = report.failed[0]
-        raise HMRCriticError(f"explore: every group of round {round_no} failed, nothing was recorded; first: "
-                             f"{first['group_id']}: {first['error']}")
+        raise HMRCriticError(f"explore: every group of round {round_no} failed or was skipped, nothing was recorded; "
+                             f"first: {first['group_id']}: {first['error']}")
     if not scored:
         report.seconds = time.perf_counter() - t0
         _commit(memory, {"batch_key": batch_key, "sig": sig, "r": r, "round": round_no, "rule_deltas": {},
-                         "new_rules": [], "prototypes": [], "report": asdict(report)}, merge_text=False,
-                retire=(retire_min_uses, retire_min_rate))
+                         "new_rules": [], "prototypes": [], "report": asdict(report), **(run_record or {})},
+                merge_text=False, retire=(retire_min_uses, retire_min_rate))
         return report
 
     # 1. rule statistics (deltas now; made absolute inside the lock)
@@ -674,6 +796,7 @@ def _run_batch(memory, app, saver, judge_obj, is_builtin, cfg, batch, r, sig, sp
                 pick.append(int(k))
         if prototypes == "all":
             pick += [k for k in range(bg.n) if k not in pick]
+        pick = list(dict.fromkeys(pick))  # one prototype per hypothesis (ids must be unique in one write)
         try:
             emb = pose_embedding(load_bodies(res.run_dir)["joints"])
         except Exception as exc:  # a vanished run folder loses this group's prototypes, not the batch
@@ -734,7 +857,7 @@ def _run_batch(memory, app, saver, judge_obj, is_builtin, cfg, batch, r, sig, sp
             "effect_deltas": effects,
             "new_rules": [json.loads(x.model_dump_json()) for x in new_rules],
             "prototypes": [p.model_dump(mode="json") for p in protos], "report": asdict(report),
-            "history": [bg.to_json() for _, _, bg in scored]}
+            "history": [bg.to_json() for _, _, bg in scored], **(run_record or {})}
     rep = _commit(memory, plan, merge_text=merge_text, retire=(retire_min_uses, retire_min_rate))
     report.retired, report.merged = rep.get("retired", []), rep.get("merged", [])
     report.memory_version = rep.get("memory_version", "")
@@ -820,7 +943,9 @@ def _apply_plan(memory, plan: dict) -> str:
         if plan.get("rule_updates"):
             memory.rules.update([Rule.model_validate(x) for x in plan["rule_updates"]])
         if plan.get("prototypes"):
-            memory.prototypes.add([Prototype.model_validate(p) for p in plan["prototypes"]])
+            # by id, the last one kept: a plan written before picks were de-duplicated may hold one twice
+            protos = {p["proto_id"]: p for p in plan["prototypes"]}
+            memory.prototypes.add([Prototype.model_validate(p) for p in protos.values()])
         version = memory.version()
         logged = read_jsonl(mpath / LOG_FILE)
         if not logged or logged[-1].get("batch_key") != plan["batch_key"]:
@@ -833,6 +958,9 @@ def _apply_plan(memory, plan: dict) -> str:
             if plan["r"] not in run["rounds_done"]:
                 run["rounds_done"].append(plan["r"])
                 run["history"] = _recent(run.get("history", []) + plan.get("history", []))
+                if "settings" in plan:  # what _check_overlap compares a later run with
+                    run["settings"] = plan["settings"]
+                    run.setdefault("spans", []).append(plan["span"])
             prog["rounds_total"] = int(prog.get("rounds_total", 0)) + 1
             prog.setdefault("batches", []).append(plan["batch_key"])
             if "rule_effects" in plan:

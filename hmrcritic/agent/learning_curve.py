@@ -211,6 +211,60 @@ def explore_eval(
     }
 
 
+PARTIAL_FILE = "learning_curve.partial.json"  # rows evaluated so far, beside the result (resume)
+
+
+def _curve_settings(split, heldout_split, batch_size, held, train_groups, num_generations, seed, source, judge,
+                    explore_kwargs) -> dict:
+    """What decides the curve's rows except how many rounds: a resumed curve must have been run with these."""
+    import json
+
+    from hmrcritic.agent.judges import judge_name
+
+    return json.loads(json.dumps({
+        "split": split, "heldout_split": heldout_split, "batch_size": batch_size, "num_generations": num_generations,
+        "seed": seed, "source": source, "judge": judge_name(judge), "explore_kwargs": explore_kwargs or {},
+        "heldout": [g.group_id for g in held],
+        "train_groups": None if train_groups is None else [g.group_id for g in train_groups]}, default=str))
+
+
+def _resume_rows(mem, out_dir: Path | None, settings: dict) -> tuple[list[dict], str]:
+    """The rows of an interrupted curve into this memory that can be continued (see :func:`learning_curve`), or
+    ``([], why not)``."""
+    import json
+
+    from hmrcritic.agent.explore import PENDING_FILE, PROGRESS_FILE, _finish_pending, _read_progress
+
+    f = out_dir / PARTIAL_FILE if out_dir is not None else None
+    if f is None or not f.exists():
+        return [], ""
+    try:
+        part = json.loads(f.read_text(encoding="utf-8"))
+        rows, memory, saved = part["rows"], part["memory"], part["settings"]
+        last = int(rows[-1]["round"])
+    except (OSError, ValueError, KeyError, IndexError, TypeError) as exc:
+        return [], f"{f} is unreadable ({type(exc).__name__})"
+    if memory != str(mem.path):
+        return [], f"{f} is the curve of another memory ({memory})"
+    if saved != settings:
+        diff = sorted(k for k in settings if saved.get(k) != settings[k])
+        return [], f"{f} was made with other settings ({', '.join(diff)})"
+    if (Path(mem.path) / PENDING_FILE).exists():  # a batch computed but not fully written: finish it first
+        with mem.exclusive("a learning curve"):
+            _finish_pending(mem, lambda event, payload: None)
+    if not (Path(mem.path) / PROGRESS_FILE).exists():
+        return [], f"the memory has no exploration progress record beside {f}"
+    done = int(_read_progress(Path(mem.path)).get("rounds_total", 0))
+    # round `last` evaluated and the memory still as it was then, or round last + 1 explored (or half-calibrated)
+    # but not yet evaluated; anything else means the memory changed outside this curve
+    if done == last and mem.version() == rows[-1].get("memory_version"):
+        return rows, ""
+    if done == last + 1:
+        return rows, ""
+    return [], (f"the memory has {done} exploration round(s), the curve in {f} stopped after round {last}; it was "
+                "changed outside this curve")
+
+
 def learning_curve(
     memory: Any,
     *,
@@ -228,10 +282,17 @@ def learning_curve(
     out_dir: str | Path | None = None,
     explore_kwargs: dict | None = None,
     progress: Callable[[dict], None] | None = None,
+    status: Callable[[str], None] | None = None,
 ) -> dict:
     """Held-out Spearman/Kendall/top-1 after each exploration round (round 0 = before exploring).
 
-    Writes ``learning_curve.json`` and ``learning_curve.png`` into ``out_dir`` when given."""
+    Writes ``learning_curve.json`` and ``learning_curve.png`` into ``out_dir`` when given. ``progress(row)`` is
+    called with each round's row, ``status(line)`` with what is being done (long rounds say so as they go).
+
+    Resumable: with ``out_dir``, the rows evaluated so far are kept in ``learning_curve.partial.json`` there;
+    the same call after an interruption (Ctrl-C, a kill) continues from the last evaluated round — its
+    exploration resumes as ``explore`` does — and ends with the rows and memory of one uninterrupted call. A
+    memory explored otherwise is refused (round 0 must be the unexplored memory)."""
     from hmrcritic.agent.explore import (
         PROGRESS_FILE,
         _open_memory,
@@ -241,24 +302,44 @@ def learning_curve(
         explored_record,
         frozen_copy,
     )
+    from hmrcritic.io import atomic_write_json
 
+    say = status or (lambda line: None)
     if heldout is None and train_groups is None and split == heldout_split:
         # both start at the split's first group with the same seed: rounds would score groups just learned from
         raise InputError(f"learning-curve: the held-out split ({heldout_split}) must differ from the exploration "
                          f"split ({split})")
+    if rounds < 0:
+        raise InputError(f"learning-curve: need rounds ≥ 0, got {rounds}")
     mem = _open_memory(memory)
-    if explored_record(mem)["splits"] or (Path(mem.path) / PROGRESS_FILE).exists():
+    out = Path(out_dir) if out_dir is not None else None
+    explored = bool(explored_record(mem)["splits"]) or (Path(mem.path) / PROGRESS_FILE).exists()
+    if explored and (out is None or not (out / PARTIAL_FILE).exists()):
         # round 0 must be the memory before any exploration and round r the memory after r rounds; a memory that
         # was explored already (an earlier curve, an interrupted one) would shift every label
         raise InputError(f"learning-curve: the memory at {mem.location} has been explored already; give a fresh "
                          "--memory-dir (or `hmrcritic memory reset --yes --memory-dir …`)")
     held = _heldout(heldout, heldout_split, heldout_groups, num_generations, seed, 0, source)
     held_ids = [g.group_id for g in held]
+    settings = _curve_settings(split, heldout_split, batch_size, held, train_groups, num_generations, seed, source,
+                               judge, explore_kwargs)
+    rows: list[dict] = []
+    if explored:
+        rows, why = _resume_rows(mem, out, settings)
+        if not rows:
+            raise InputError(f"learning-curve: the memory at {mem.location} has been explored already and cannot "
+                             f"continue the interrupted curve: {why}; give a fresh --memory-dir and --out (or "
+                             "`hmrcritic memory reset --yes --memory-dir …`)")
+        say(f"resuming: rounds 0–{rows[-1]['round']} were evaluated by an interrupted run ({out / PARTIAL_FILE})")
+        for row in rows:
+            if progress is not None:
+                progress(row)
     tables = [error_table(g) for g in held]
-    rows = []
 
     def evaluate(r: int) -> None:
         assert_not_explored(mem, heldout_split, held_ids)  # every round: a round may have explored them
+        say(f"round {r}: scoring {len(held)} held-out groups of {heldout_split}"
+            + (" with the unexplored memory" if r == 0 else ""))
         ro = frozen_copy(mem)
         scores, versions = score_groups(held, ro, "full", judge=judge, tag=f"curve-r{r}")
         st = ro.stats()
@@ -266,22 +347,32 @@ def learning_curve(
                "rules_retired": st["rules_retired"], "prototypes": st["prototypes"],
                "memory_version": st["version"]}
         rows.append(row)
+        if out is not None:  # what an interrupted curve continues from
+            atomic_write_json(out / PARTIAL_FILE, {"memory": str(mem.path), "settings": settings, "rows": rows})
         if progress is not None:
             progress(row)
 
-    evaluate(0)
-    for r in range(1, rounds + 1):
+    def on_explore(event: str, p: dict) -> None:
+        if event == "group":
+            what = p.get("error") or p.get("skipped") or f"ρ = {p['spearman']:+.3f}"
+            say(f"  [{p['index'] + 1}/{p['total']}] {p['group_id']}: {what}")
+        elif event == "calibrate" and p["index"] in (1, p["total"]):
+            say(f"  calibrating scores: {p['index']}/{p['total']} held-out train groups")
+
+    if not rows:
+        evaluate(0)
+    where = split if train_groups is None else "the given groups"
+    for r in range(rows[-1]["round"] + 1, rounds + 1):
+        say(f"round {r}/{rounds}: exploring {batch_size} groups of {where}")
         explore(mem, split=split, rounds=r, batch_size=batch_size, judge=judge, num_generations=num_generations,
-                seed=seed, source=source, groups=train_groups, **(explore_kwargs or {}))
+                seed=seed, source=source, groups=train_groups, **{"progress": on_explore, **(explore_kwargs or {})})
         evaluate(r)
     result = {"rows": rows, "num_groups": len(held), "heldout_split": heldout_split if heldout is None else "custom",
               "batch_size": batch_size, "split": split}
-    if out_dir is not None:
-        from hmrcritic.io import atomic_write_json
-
-        out = Path(out_dir)
+    if out is not None:
         atomic_write_json(out / "learning_curve.json", result)
         result["png"] = str(plot_curve(rows, out / "learning_curve.png"))
+        (out / PARTIAL_FILE).unlink(missing_ok=True)
     return result
 
 

@@ -18,6 +18,60 @@ def _shorten(text: str, width: int) -> str:
     """``text`` cut at a word boundary with an ellipsis (a cut mid-word read as a typo: "… abo —")."""
     return text if len(text) <= width else text[: width - 1].rsplit(" ", 1)[0].rstrip(" ,;:") + "…"
 
+def _rounds_text(rounds: list[int]) -> str:
+    """0-based round indices as 1-based ranges: [0, 1, 2, 4] → "1–3, 5"."""
+    out: list[str] = []
+    for r in sorted(set(rounds)):
+        if out and out[-1][1] == r:
+            out[-1][1] = r + 1
+        else:
+            out.append([r + 1, r + 1])
+    return ", ".join(f"{a}" if a == b else f"{a}–{b}" for a, b in out)
+
+
+def explore_line(event: str, p: dict) -> str | None:
+    """The line `hmrcritic explore` prints for one progress event of :func:`hmrcritic.agent.explore.explore`
+    (None: nothing to print)."""
+    if event == "group":
+        if "error" in p:
+            what = f"error: {p['error']}"
+        elif "skipped" in p:
+            what = p["skipped"]
+        else:
+            what = f"ρ = {p['spearman']:+.3f}"
+        return f"  [{p['index'] + 1}/{p['total']}] {p['group_id']}: {what}"
+    if event == "rule_added":
+        return f"  + rule {p['rule_id']}: {p['text']}" + (f" (Δρ {p['gain']:+.3f})" if "gain" in p else "")
+    if event == "rule_rejected":
+        return f"  - rejected: {_shorten(p['text'], 80)} — {p['reason']}"
+    if event == "round":
+        return (f"round {p['round']}: {p['groups']} groups, mean ρ {p['mean_spearman']:+.3f}, "
+                f"{len(p['rules_added'])} rule(s) added, {len(p['retired'])} retired, "
+                f"{len(p['merged'])} merged, {p['prototypes']} prototypes ({p['seconds']:.1f} s)")
+    if event == "resumed":
+        if "pending_batch" in p:
+            return (f"resuming: wrote the rest of batch {p['pending_batch']}, which an interrupted run had finished "
+                    "computing")
+        rounds = p.get("rounds")
+        done = [r for r in p.get("rounds_done", []) if rounds is None or r < rounds]
+        if rounds is not None and len(done) >= rounds:
+            return (f"nothing to explore: round(s) {_rounds_text(done)} of {rounds} were done by an earlier run of "
+                    "this memory; give a larger --rounds to continue")
+        todo = min(set(range(rounds)) - set(done)) + 1 if rounds is not None else None
+        return (f"resuming: round(s) {_rounds_text(done)} were done by an earlier run of this memory"
+                + (f"; continuing with round {todo} of {rounds}" if todo else ""))
+    if event == "calibrate" and p["index"] in (1, p["total"]):
+        return f"  calibrating scores: {p['index']}/{p['total']} held-out groups"
+    if event == "calibrated":
+        from hmrcritic.commands.memory import describe_calibration
+
+        if not p["calibration"]:
+            return p["note"]
+        return f"score calibration: {describe_calibration(p['calibration'])}" + (
+            f"\n  note: {p['note']}" if p.get("note") else "")
+    return None
+
+
 def _check_metric(metric: str) -> None:
     from hmrcritic.agent.explore import ERROR_METRICS
     from hmrcritic.errors import InputError
@@ -60,28 +114,9 @@ def explore_cmd(
     calibration_groups = CALIBRATION_GROUPS if calibration_groups is None else calibration_groups
 
     def progress(event: str, p: dict) -> None:
-        if as_json:
-            return
-        if event == "group":
-            msg = f"error: {p['error']}" if "error" in p else f"ρ = {p['spearman']:+.3f}"
-            typer.echo(f"  [{p['index'] + 1}/{p['total']}] {p['group_id']}: {msg}")
-        elif event == "rule_added":
-            typer.echo(f"  + rule {p['rule_id']}: {p['text']}" + (f" (Δρ {p['gain']:+.3f})" if "gain" in p else ""))
-        elif event == "rule_rejected":
-            typer.echo(f"  - rejected: {_shorten(p['text'], 80)} — {p['reason']}")
-        elif event == "round":
-            typer.echo(f"round {p['round']}: {p['groups']} groups, mean ρ {p['mean_spearman']:+.3f}, "
-                       f"{len(p['rules_added'])} rule(s) added, {len(p['retired'])} retired, "
-                       f"{len(p['merged'])} merged, {p['prototypes']} prototypes ({p['seconds']:.1f} s)")
-        elif event == "resumed":
-            typer.echo(f"resuming: {p}")
-        elif event == "calibrate" and p["index"] in (1, p["total"]):
-            typer.echo(f"  calibrating scores: {p['index']}/{p['total']} held-out groups")
-        elif event == "calibrated":
-            from hmrcritic.commands.memory import describe_calibration
-
-            typer.echo(f"score calibration: {describe_calibration(p['calibration'])}" if p["calibration"]
-                       else p["note"])
+        line = None if as_json else explore_line(event, p)
+        if line is not None:
+            typer.echo(line)
 
     summary = explore(memory_dir, split=split, rounds=rounds, batch_size=batch_size, tau=tau, judge=judge,
                       error_metric=error_metric, ucb_c=ucb_c, rules_k=rules_k, num_generations=num_generations,
@@ -143,6 +178,7 @@ def learning_curve_cmd(
 ) -> None:
     """Explore round by round and evaluate held-out Spearman after each round (table + PNG).
 
+    Interrupted, the same command continues from the last evaluated round (kept in --out).
     Example: `hmrcritic learning-curve --memory-dir /tmp/mem --rounds 5 --out results/`.
     """
     from hmrcritic.agent.learning_curve import learning_curve
@@ -152,9 +188,13 @@ def learning_curve_cmd(
             typer.echo(f"round {row['round']}: ρ {row['spearman']:+.3f}  τ {row['kendall']:+.3f}  top-1 "
                        f"{row['top1_pa_mpjpe_mm']:.1f} mm  rules {row['rules']}  prototypes {row['prototypes']}")
 
+    def status(line: str) -> None:
+        if not as_json:
+            typer.echo(line)
+
     res = learning_curve(memory_dir, split=split, rounds=rounds, batch_size=batch_size, heldout_split=heldout_split,
                          heldout_groups=heldout_groups, num_generations=num_generations, seed=seed, source=source,
-                         out_dir=out, explore_kwargs={"tau": tau}, progress=progress)
+                         out_dir=out, explore_kwargs={"tau": tau}, progress=progress, status=status)
     if as_json:
         typer.echo(json.dumps(res, indent=2))
     else:
