@@ -41,6 +41,32 @@ def prior():
     return fit_gmm(pose_features(sample_poses(300, seed=7)["body_pose"]), components=2, iters=5)
 
 
+@pytest.fixture(scope="module")
+def small_prior():
+    """The process-wide pose prior set to one fitted on a few hundred poses, so agent tests never generate the
+    20k-scene train split to fit the real one (modules: ``pytestmark = pytest.mark.usefixtures("small_prior")``)."""
+    from hmrcritic.agent.prior import fit_gmm, pose_features, set_pose_prior
+    from hmrcritic.hmr.poses import sample_poses
+
+    set_pose_prior(fit_gmm(pose_features(sample_poses(300, seed=11)["body_pose"]), components=2, iters=5))
+    yield
+    set_pose_prior(None)
+
+
+@pytest.fixture(scope="module")
+def explore_prior():
+    """The pose prior cached for this home as one fitted on 600 poses (4 components): what the exploration
+    tests learn against (``pytestmark = pytest.mark.usefixtures("explore_prior")``)."""
+    from hmrcritic import config
+    from hmrcritic.agent import prior
+    from hmrcritic.hmr.poses import sample_poses
+
+    fitted = prior.fit_gmm(prior.pose_features(sample_poses(600, seed=0)["body_pose"]), components=4, iters=8)
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setitem(prior._CACHE, str(config.cache_dir()), fitted)
+        yield
+
+
 @pytest.fixture()
 def memory_held_elsewhere():
     """``with memory_held_elsewhere(path):`` — another process holds the memory at ``path`` for "an exploration"

@@ -19,15 +19,7 @@ from hmrcritic.errors import InputError, JudgeError
 N = 6
 
 
-@pytest.fixture(scope="module", autouse=True)
-def small_prior():
-    """A prior fitted on a few hundred poses, so these tests never generate the 20k-scene train split."""
-    from hmrcritic.agent.prior import fit_gmm, pose_features, set_pose_prior
-    from hmrcritic.hmr.poses import sample_poses
-
-    set_pose_prior(fit_gmm(pose_features(sample_poses(300, seed=11)["body_pose"]), components=2, iters=5))
-    yield
-    set_pose_prior(None)
+pytestmark = pytest.mark.usefixtures("small_prior")
 
 
 def make_scene(seed: int, sample_id: str | None = None):

@@ -12,15 +12,7 @@ import torch
 
 from hmrcritic.cli import main
 
-
-@pytest.fixture(scope="module", autouse=True)
-def small_prior():
-    from hmrcritic.agent.prior import fit_gmm, pose_features, set_pose_prior
-    from hmrcritic.hmr.poses import sample_poses
-
-    set_pose_prior(fit_gmm(pose_features(sample_poses(300, seed=11)["body_pose"]), components=2, iters=5))
-    yield
-    set_pose_prior(None)
+pytestmark = pytest.mark.usefixtures("small_prior")
 
 
 @pytest.fixture(scope="module")

@@ -28,16 +28,7 @@ from hmrcritic.memory.store import MemoryStore
 MEASURE = "consensus_dev_mm"  # the measure that decides the constructed error
 
 
-@pytest.fixture(scope="module", autouse=True)
-def small_prior():
-    from hmrcritic import config
-    from hmrcritic.agent import prior
-    from hmrcritic.hmr.poses import sample_poses
-
-    fitted = prior.fit_gmm(prior.pose_features(sample_poses(600, seed=0)["body_pose"]), components=4, iters=8)
-    with pytest.MonkeyPatch.context() as mp:
-        mp.setitem(prior._CACHE, str(config.cache_dir()), fitted)
-        yield
+pytestmark = pytest.mark.usefixtures("explore_prior")
 
 
 def _groups(tmp: Path, name: str, n: int, seed: int, gens: int = 12):

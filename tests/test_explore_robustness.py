@@ -17,17 +17,7 @@ from hmrcritic.agent import explore as ex
 from hmrcritic.errors import HMRCriticError, InputError
 from hmrcritic.memory.store import MemoryStore
 
-
-@pytest.fixture(scope="module", autouse=True)
-def small_prior():
-    from hmrcritic import config
-    from hmrcritic.agent import prior
-    from hmrcritic.hmr.poses import sample_poses
-
-    fitted = prior.fit_gmm(prior.pose_features(sample_poses(600, seed=0)["body_pose"]), components=4, iters=8)
-    with pytest.MonkeyPatch.context() as mp:
-        mp.setitem(prior._CACHE, str(config.cache_dir()), fitted)
-        yield
+pytestmark = pytest.mark.usefixtures("explore_prior")
 
 
 @pytest.fixture(scope="module")

@@ -13,7 +13,6 @@ from types import SimpleNamespace
 
 import numpy as np
 import pytest
-import torch
 from PIL import Image
 
 from hmrcritic.agent.report import KEEP_BYTES, MAX_EMBED_WIDTH, _img, render_html, write_report
@@ -21,15 +20,7 @@ from hmrcritic.agent.report import KEEP_BYTES, MAX_EMBED_WIDTH, _img, render_htm
 N = 8
 
 
-@pytest.fixture(scope="module", autouse=True)
-def small_prior():
-    """A prior fitted on a few hundred poses, so these tests never generate the 20k-scene train split."""
-    from hmrcritic.agent.prior import fit_gmm, pose_features, set_pose_prior
-    from hmrcritic.hmr.poses import sample_poses
-
-    set_pose_prior(fit_gmm(pose_features(sample_poses(300, seed=11)["body_pose"]), components=2, iters=5))
-    yield
-    set_pose_prior(None)
+pytestmark = pytest.mark.usefixtures("small_prior")
 
 
 def photo(path: Path, w: int, h: int, seed: int = 0) -> Path:
@@ -46,31 +37,18 @@ def photo(path: Path, w: int, h: int, seed: int = 0) -> Path:
 @pytest.fixture(scope="module")
 def scored(tmp_path_factory):
     """One real critique with rendering (N=8 over a 512×512 photo-like image) and the starter rule memory."""
+    from test_agent_graph import make_scene
+
     from hmrcritic.agent.api import critique_group
-    from hmrcritic.agent.evidence import project
     from hmrcritic.agent.graph import open_checkpointer
     from hmrcritic.agent.groups import perturb_group
     from hmrcritic.agent.state import AgentConfig
-    from hmrcritic.hmr.body import load_body_model
-    from hmrcritic.hmr.poses import sample_poses
-    from hmrcritic.hmr.rotations import axis_angle_to_matrix, matrix_to_axis_angle
     from hmrcritic.memory.store import MemoryStore
 
     d = tmp_path_factory.mktemp("report")
     image = photo(d / "person.png", 512, 512)
-    p = sample_poses(1, 3)
-    Rx = axis_angle_to_matrix(torch.tensor([[np.pi, 0, 0]], dtype=torch.float32))
-    go = matrix_to_axis_angle(Rx @ axis_angle_to_matrix(p["global_orient_body"]))
-    body = load_body_model()
-    transl = torch.tensor([[0.0, 0.2, 3.5]])
-    out = body(go, p["body_pose"], p["betas"], transl)
-    K = np.array([[500, 0, 256], [0, 500, 256], [0, 0, 1]], np.float32)
-    uv = project(body.coco17(out), torch.as_tensor(K))[0].numpy()
-    sample = SimpleNamespace(
-        sample_id="report-scene", keypoints=np.concatenate([uv, np.ones((17, 1))], 1).astype(np.float32), K=K,
-        image_size=(512, 512), smpl24_keypoints=None, image_path=str(image), mask_path=None,
-        global_orient=go[0].numpy(), body_pose=p["body_pose"][0].numpy(), betas=p["betas"][0].numpy(),
-        transl=transl[0].numpy(), joints3d=out.joints[0].numpy(), category=None)
+    sample = make_scene(3, "report-scene")
+    sample.image_path = str(image)
     hyps = perturb_group(sample, N, np.random.default_rng(3))
     memory = MemoryStore(path=d / "memory")
     memory.reset(seed_starter=True)
