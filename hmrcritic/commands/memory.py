@@ -141,13 +141,15 @@ def export(
     file: Path = typer.Argument(..., help="JSON file to write (rules and prototypes, with embeddings)."),
     memory_dir: Path = _DIR, chroma_url: str = _URL, as_json: bool = _JSON,
 ) -> None:
-    """Write the whole memory to a JSON file."""
+    """Write the whole memory to a JSON file (with its calibration and the record of the groups it was explored
+    on, and its exploration progress)."""
     from hmrcritic.memory.store import check_export_target
 
     check_export_target(file)  # before the memory is opened: the user's first mistake is the one to hear about
     out = _open(memory_dir, chroma_url).export_json(file)
+    explored = f", the {out['explored_groups']} explored group ids it learned from" if out["explored_groups"] else ""
     _print_json(out) if as_json else typer.echo(
-        f"wrote {file}: {out['rules']} rules, {out['prototypes']} prototypes (version {out['version']})")
+        f"wrote {file}: {out['rules']} rules, {out['prototypes']} prototypes{explored} (version {out['version']})")
 
 
 @memory_app.command("import")
@@ -157,7 +159,8 @@ def import_(
     memory_dir: Path = _DIR, chroma_url: str = _URL, as_json: bool = _JSON,
 ) -> None:
     """Merge an exported memory into this one (new ids added; a known rule is replaced only when the file's
-    copy has more uses, or with --overwrite)."""
+    copy has more uses, or with --overwrite). The groups the file's memory was explored on join this memory's
+    record, so evaluation stays refused on them; its exploration progress is taken when this memory has none."""
     from hmrcritic.memory.store import MemoryStore
 
     store = MemoryStore(memory_dir, chroma_url=chroma_url)
@@ -173,8 +176,14 @@ def reset(
     memory_dir: Path = _DIR, chroma_url: str = _URL,
 ) -> None:
     """Delete every rule and prototype and start again (seeded with the starter rules)."""
+    import os
+
     from hmrcritic.memory.store import COLLECTIONS, MemoryStore, hold_exclusive
     from hmrcritic.redact import redact_url
+
+    # the server MemoryStore would pick up from the environment is the one to drop (dropping the folder's
+    # collections instead left a mismatched server memory failing on the very check that says to reset it)
+    chroma_url = chroma_url or os.environ.get("HMRCRITIC_CHROMA_URL") or None
 
     where = redact_url(chroma_url) or str(memory_dir or "the default memory folder")  # no password in the prompt
     if not yes and not typer.confirm(f"Delete all rules and prototypes in {where}?"):

@@ -25,12 +25,19 @@ the content hash :meth:`version`, not by file bytes.
 
 from __future__ import annotations
 
+import copy
+import errno
 import hashlib
 import json
+import logging
 import os
+import shlex
+import socket
+import sys
 import threading
+import time
 from collections.abc import Iterator
-from contextlib import contextmanager, suppress
+from contextlib import ExitStack, contextmanager, suppress
 from pathlib import Path
 from typing import Any
 from urllib.parse import unquote, urlparse
@@ -44,17 +51,29 @@ from hmrcritic.memory.embeddings import POSE_DIM, POSE_EMBEDDING_ID, TEXT_DIM, T
 from hmrcritic.memory.prototypes import PROTOTYPES_COLLECTION, PrototypeMemory, proto_digest
 from hmrcritic.memory.rules import RULES_COLLECTION, RuleMemory, rule_key
 from hmrcritic.memory.schema import Prototype, Rule, ScoreCalibration
-from hmrcritic.redact import redact_url, scrub
+from hmrcritic.redact import MASK, redact_url, scrub
+
+log = logging.getLogger("hmrcritic.memory")
 
 SCHEMA_VERSION = 1
 EXPORT_FORMAT = "hmrcritic-memory"
 LOCK_NAME = ".write.lock"
+# Who holds the write lock (pid, host, command line, since when), written by the holder and removed on release:
+# a writer kept waiting says whom it waits for (the lock itself records nothing).
+HOLDER_NAME = ".write.json"
+LOCK_NOTE_AFTER_S = 5.0  # a writer waiting this long for the write lock says once (log warning) who holds it
 CALIBRATION_KEY = "score_calibration"  # rules-collection metadata key holding the ScoreCalibration JSON
 # Exploration's records beside the collections (hmrcritic.agent.explore): which groups the contents were
 # learned from, its progress, a batch not yet applied and its log. They describe the contents, so a reset
 # deletes them with them.
 EXPLORE_FILES = ("explored_on.json", "explore_progress.json", "explore_pending.json", "explore_log.jsonl")
 EXCLUSIVE_NAME = ".exclusive.lock"  # held for a whole exploration / import / reset (MemoryStore.exclusive)
+# Of EXPLORE_FILES, what an export carries besides the collections (export_json / import_json): the record of
+# the groups the contents were learned from (the guard against evaluating on them: without it an imported memory
+# could be evaluated on its own training groups) and the exploration progress (which rounds of which runs the
+# contents already hold: without it, continuing that exploration in the imported memory counts them again).
+# Not carried: a pending batch (crash recovery of the source folder) and the log (history, not meaning).
+EXPORTED_FILES = {"explored_on": EXPLORE_FILES[0], "explore_progress": EXPLORE_FILES[1]}
 
 
 def _lock_timeout_s() -> float:
@@ -101,8 +120,179 @@ def _bump_seq(path: Path, seq: int) -> int:
     seq = max(seq, 0) + 1
     atomic_write_text(path / SEQ_NAME, f"{seq}\n")
     return seq
+
+
 _REGISTRY_LOCK = threading.Lock()
 _EXCLUSIVE_HELD: dict[str, int] = {}  # memory folder -> depth of exclusive() held by this process
+# Per database path: depth of the write batch this process is in (changed only under the path's process lock,
+# which the batch holds throughout), so a batch nested through another MemoryStore on the same folder shares
+# the outer batch's file lock instead of waiting on it until the timeout (a second FileLock blocks its own
+# process).
+_WRITE_DEPTH: dict[str, int] = {}
+
+
+def cli_target(path: str | os.PathLike, chroma_url: str | None = None) -> str:
+    """The options naming a memory on the command line, as the user must type them (quoted for the shell):
+    ``--memory-dir PATH`` or ``--chroma-url URL`` (credentials masked; see :func:`cli_hint`)."""
+    if chroma_url:
+        return f"--chroma-url {shlex.quote(redact_url(chroma_url))}"
+    return f"--memory-dir {shlex.quote(str(path))}"
+
+
+def cli_hint(command: str, path: str | os.PathLike, chroma_url: str | None = None) -> str:
+    """```hmrcritic memory COMMAND --memory-dir PATH``` (or ``--chroma-url``) for an error message: a hint
+    without the option acts on the *default* memory, not on the one the message is about."""
+    hint = f"`hmrcritic memory {command} {cli_target(path, chroma_url)}`"
+    if chroma_url and MASK in redact_url(chroma_url):
+        hint += f" (with the server's credentials in place of {MASK})"
+    return hint
+
+
+class UnwritableMemoryError(AssetError):
+    """The memory's folder cannot be written (a read-only mount, no permission)."""
+
+
+def _under(child: Path, parent: Path) -> bool:
+    try:
+        Path(child).resolve().relative_to(parent)
+        return True
+    except (ValueError, OSError):
+        return False
+
+
+def _unwritable_cause(exc: BaseException, path: Path) -> str | None:
+    """The short reason when ``exc`` (or an exception it came from) says the memory folder ``path`` cannot be
+    written — an OSError on a file there (read-only file system, permission), or Chroma's SQLite "attempt to
+    write a readonly database" — else None."""
+    seen: set[int] = set()
+    e: BaseException | None = exc
+    while e is not None and id(e) not in seen:
+        seen.add(id(e))
+        if isinstance(e, UnwritableMemoryError):
+            return None  # said already
+        if isinstance(e, OSError):  # only one about a file of this memory
+            if e.errno in (errno.EROFS, errno.EACCES, errno.EPERM) and e.filename and _under(Path(e.filename), path):
+                return e.strerror or str(e)
+        else:  # Chroma's own errors carry SQLite's text
+            text = str(e).lower()
+            if "readonly database" in text or "read-only database" in text:
+                return "attempt to write a readonly database"
+            if "read-only file system" in text:
+                return "read-only file system"
+        e = e.__cause__ if e.__cause__ is not None else None if e.__suppress_context__ else e.__context__
+    return None
+
+
+def _unwritable_error(location: str, reason: str, read_only: bool = False) -> UnwritableMemoryError:
+    if read_only:
+        return UnwritableMemoryError(
+            f"memory at {location} cannot be opened: its folder is not writable ({reason}), and Chroma writes to "
+            "its database even to read it; copy the folder somewhere writable and give that as --memory-dir, or "
+            "make it writable")
+    return UnwritableMemoryError(f"memory at {location} is not writable ({reason}); give a writable --memory-dir, "
+                                 "or make the folder writable (permissions, a read-only mount)")
+
+
+@contextmanager
+def _unwritable_as_error(path: Path, location: str, read_only: bool = False) -> Iterator[None]:
+    """Turn a failure to write the memory folder inside the block into one line naming it (others pass)."""
+    try:
+        yield
+    except Exception as exc:
+        reason = _unwritable_cause(exc, path)
+        if reason is None:
+            raise
+        raise _unwritable_error(location, reason, read_only) from exc
+
+
+def _mkdir(path: Path, location: str) -> None:
+    try:
+        path.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        if exc.errno not in (errno.EROFS, errno.EACCES, errno.EPERM):
+            raise
+        raise UnwritableMemoryError(f"cannot create the memory folder {location} ({exc.strerror}: {exc.filename}); "
+                                    "give a writable --memory-dir") from exc
+
+
+# ---- the write lock -------------------------------------------------------------------------------------
+def _command_line() -> str:
+    argv = [Path(sys.argv[0]).name if sys.argv and sys.argv[0] else "python", *sys.argv[1:]]
+    line = scrub(" ".join(argv))
+    return line if len(line) <= 160 else line[:157] + "..."
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except OSError:  # another user's process: it exists
+        return True
+    return True
+
+
+def _lock_holder(path: Path) -> tuple[str, int | None]:
+    """``(who, pid)`` of the process holding the write lock of the memory at ``path``, from the record the
+    holder keeps (:data:`HOLDER_NAME`); ``pid`` None when the record is missing or left by a process that died
+    (an older hmrcritic, or anything else holding the file)."""
+    unknown = "another process (it left no record of which)", None
+    try:
+        rec = json.loads((path / HOLDER_NAME).read_text(encoding="utf-8"))
+        pid, host = int(rec["pid"]), str(rec.get("host") or "")
+    except (OSError, ValueError, KeyError, TypeError, AttributeError):
+        return unknown
+    here = socket.gethostname()
+    if host in ("", here) and not _alive(pid):
+        return unknown
+    if host in ("", here) and pid == os.getpid():
+        return "this process itself (a write batch it has not finished)", None
+    on = f" on {host}" if host and host != here else ""
+    cmd = f" `{rec['command']}`" if rec.get("command") else ""
+    return f"pid {pid}{on}{cmd}, holding it since {rec.get('since', '?')}", pid
+
+
+def _acquire_write_lock(path: Path, location: str):
+    """Take ``<path>/.write.lock`` for one write batch and record this process as its holder.
+
+    Waits up to ``HMRCRITIC_MEMORY_LOCK_TIMEOUT`` seconds; after :data:`LOCK_NOTE_AFTER_S` it says once who
+    holds it and that it waits (a silent wait of minutes looks like a hang), and a timeout names the holder and
+    what to do."""
+    from filelock import FileLock, Timeout
+
+    timeout = _lock_timeout_s()
+    lock = FileLock(str(path / LOCK_NAME))
+    first = min(timeout, LOCK_NOTE_AFTER_S)
+    try:
+        with _unwritable_as_error(path, location):
+            try:
+                lock.acquire(timeout=first)
+            except Timeout:
+                if timeout <= first:
+                    raise
+                who, _ = _lock_holder(path)
+                log.warning("memory at %s is locked by another writer, %s; waiting for it (up to %.0f s in all: "
+                            "HMRCRITIC_MEMORY_LOCK_TIMEOUT)", location, who, timeout)
+                lock.acquire(timeout=timeout - first)
+    except Timeout:
+        who, pid = _lock_holder(path)
+        stop = f", stop that process if it is stuck (kill {pid})" if pid is not None else ""
+        raise AssetError(f"memory at {location} stayed locked by another writer for {timeout:.0f} s: {who} (lock "
+                         f"file {path / LOCK_NAME}); wait for it to finish and run again{stop}, set "
+                         "HMRCRITIC_MEMORY_LOCK_TIMEOUT to wait longer, or use another --memory-dir") from None
+    rec = {"pid": os.getpid(), "host": socket.gethostname(), "command": _command_line(),
+           "since": time.strftime("%Y-%m-%d %H:%M:%S")}
+    with suppress(OSError):  # only informs a waiting writer: never worth failing the write for
+        (path / HOLDER_NAME).write_text(json.dumps(rec), encoding="utf-8")
+    return lock
+
+
+def _release_write_lock(path: Path, lock) -> None:
+    try:
+        with suppress(OSError):
+            (path / HOLDER_NAME).unlink(missing_ok=True)
+    finally:
+        lock.release()
 
 
 def _chroma_settings(credentials: str | None = None):
@@ -115,24 +305,38 @@ def _chroma_settings(credentials: str | None = None):
     return Settings(anonymized_telemetry=False, allow_reset=False, **auth)
 
 
-def _persistent_client(path: str, reopen: bool = False):
-    """A client on ``path``; with ``reopen`` the process's cached Chroma system is stopped first so the
-    new client loads the database (and vector index) fresh from disk."""
-    import chromadb
+def _drop_system(path: str) -> None:
+    """Stop and forget this process's cached Chroma system for ``path`` (the next client loads it afresh)."""
     from chromadb.api.shared_system_client import SharedSystemClient
 
+    with SharedSystemClient._refcount_lock:
+        old = SharedSystemClient._identifier_to_system.pop(path, None)
+        SharedSystemClient._identifier_to_refcount.pop(path, None)
+    if old is not None:
+        with suppress(Exception):  # a half-stopped old system must not block the fresh one
+            old.stop()
+
+
+def _persistent_client(path: str, reopen: bool = False, read_only: bool = False):
+    """A client on ``path``; with ``reopen`` the process's cached Chroma system is stopped first so the
+    new client loads the database (and vector index) fresh from disk. A folder Chroma cannot write is an
+    :class:`UnwritableMemoryError` (Chroma writes on every open, so ``read_only`` only changes the advice)."""
+    import chromadb
+
     if reopen:
-        with SharedSystemClient._refcount_lock:
-            old = SharedSystemClient._identifier_to_system.pop(path, None)
-            SharedSystemClient._identifier_to_refcount.pop(path, None)
-        if old is not None:
-            with suppress(Exception):  # a half-stopped old system must not block the fresh one
-                old.stop()
+        _drop_system(path)
         with _REGISTRY_LOCK:
             _GENERATION[path] = _GENERATION.get(path, 0) + 1
     try:
         return chromadb.PersistentClient(path=path, settings=_chroma_settings())
     except Exception as exc:
+        # Chroma caches the system for the path before starting it: left there, a system whose start failed
+        # answered every later open in this process with "'RustBindingsAPI' object has no attribute 'bindings'"
+        # (after the folder was made writable, say), hiding the cause
+        _drop_system(path)
+        reason = _unwritable_cause(exc, Path(path))
+        if reason is not None:
+            raise _unwritable_error(path, reason, read_only) from exc
         raise AssetError(f"cannot open the Chroma memory at {path}: {exc}") from exc
 
 
@@ -224,14 +428,16 @@ def hold_exclusive(path: str | os.PathLike, what: str, location: str | None = No
             with _REGISTRY_LOCK:
                 _EXCLUSIVE_HELD[key] -= 1
         return
-    path.mkdir(parents=True, exist_ok=True)
+    _mkdir(path, location or str(path))
     lock_file = path / EXCLUSIVE_NAME
 
     def busy(by: str) -> InputError:
         return InputError(f"memory at {location or path} is busy with {by}; wait for it to finish or use "
                           f"another --memory-dir (lock file {lock_file})")
 
-    with exclusive_lock(lock_file, what, busy=busy):
+    with ExitStack() as stack:
+        with _unwritable_as_error(path, location or str(path)):  # taking the lock only, not the job inside it
+            stack.enter_context(exclusive_lock(lock_file, what, busy=busy))
         with _REGISTRY_LOCK:
             _EXCLUSIVE_HELD[key] = 1
         try:
@@ -239,6 +445,53 @@ def hold_exclusive(path: str | os.PathLike, what: str, location: str | None = No
         finally:
             with _REGISTRY_LOCK:
                 _EXCLUSIVE_HELD.pop(key, None)
+
+
+_EXPLORED_ID_KEYS = ("group_ids", "calibration_group_ids")  # explored_on.json[splits][split]: the guarded ids
+
+
+def _check_side_record(key: str, data: Any) -> None:
+    """ValueError when ``data`` is not an exploration record of kind ``key`` (:data:`EXPORTED_FILES`)."""
+    if not isinstance(data, dict):
+        raise ValueError("not a JSON object")
+    if key != "explored_on":
+        return
+    splits = data.get("splits", {})
+    if not isinstance(splits, dict):
+        raise ValueError("'splits' is not an object")
+    for split, rec in splits.items():
+        if not isinstance(rec, dict):
+            raise ValueError(f"split {split!r} is not an object")
+        for k in _EXPLORED_ID_KEYS:
+            ids = rec.get(k, [])
+            if not isinstance(ids, list) or not all(isinstance(g, str) for g in ids):
+                raise ValueError(f"split {split!r}: {k} is not a list of group ids")
+
+
+def merge_explored(ours: dict | None, theirs: dict) -> tuple[dict, int]:
+    """``explored_on.json`` guarding both memories' groups: per split, the union of the learned-from and the
+    calibration group ids (ours first, in order), other fields ours where both have them. Returns the merged
+    record and how many ids it adds to ours. Never shrinks the guard: an import keeps what this memory learned
+    from, and adds what the imported contents were learned from."""
+    out = copy.deepcopy(ours) if ours else {"splits": {}}
+    splits = out.setdefault("splits", {})
+    added = 0
+    for split, rec in theirs.get("splits", {}).items():
+        mine = splits.setdefault(split, {"group_ids": []})
+        for key in _EXPLORED_ID_KEYS:
+            have = mine.get(key, [])
+            known = set(have)
+            new = [g for g in dict.fromkeys(rec.get(key, [])) if g not in known]
+            if new or key in rec:
+                mine[key] = have + new
+            added += len(new)
+        for k, v in rec.items():
+            if k not in _EXPLORED_ID_KEYS:
+                mine.setdefault(k, copy.deepcopy(v))
+    for k, v in theirs.items():
+        if k != "splits":
+            out.setdefault(k, copy.deepcopy(v))
+    return out, added
 
 
 def check_export_target(path: str | os.PathLike) -> None:
@@ -271,6 +524,7 @@ class MemoryStore:
         self._key = str(self.path)
         self._cols: dict[str, Any] = {}
         self._gen_seen = -1
+        self._epoch_seen = _EPOCH.get(self._key, 0)
         self._writes = 0
         self._version_cache: tuple[tuple[int, int, int], str] | None = None
         self.rules = RuleMemory(self)
@@ -282,21 +536,20 @@ class MemoryStore:
                 raise InputError(f"a file is where a folder is needed: {self.path} (a memory is a folder)")
             if self.read_only and not (self.path / "chroma.sqlite3").exists():
                 raise AssetError(f"no memory at {self.path} (nothing to open read-only); create one with "
-                                 "`hmrcritic memory reset --yes` or by exploring")
-            self.path.mkdir(parents=True, exist_ok=True)
+                                 f"{self._hint('reset --yes')} or by exploring")
+            _mkdir(self.path, self.location)
         with self._local_lock():
             if not self.chroma_url:
-                self._client = _persistent_client(self._key)
+                self._client = _persistent_client(self._key, read_only=self.read_only)
                 self._gen_seen = _GENERATION.get(self._key, 0)
             missing = self._open_collections()
         if missing:
             if self.read_only and self.chroma_url and set(missing) == set(COLLECTIONS):
                 raise AssetError(f"no hmrcritic memory on the Chroma server at {self.location} (nothing to open "
-                                 "read-only); create one with `hmrcritic memory reset --yes --chroma-url ...` or "
-                                 "by exploring")
+                                 f"read-only); create one with {self._hint('reset --yes')} or by exploring")
             if self.read_only:
                 raise AssetError(f"memory at {self.location} lacks collection(s) {missing}; it is not an "
-                                 "hmrcritic memory or was reset half-way (run `hmrcritic memory reset`)")
+                                 f"hmrcritic memory or was reset half-way (run {self._hint('reset --yes')})")
             with self._write():
                 if self._open_collections():
                     self._create_missing(seed_starter)
@@ -306,6 +559,10 @@ class MemoryStore:
     def location(self) -> str:
         return redact_url(self.chroma_url) if self.chroma_url else str(self.path)
 
+    def _hint(self, command: str) -> str:
+        """```hmrcritic memory COMMAND``` naming this memory (see :func:`cli_hint`)."""
+        return cli_hint(command, self.path, self.chroma_url)
+
     def _generation(self) -> int:
         return _GENERATION.get(self._key, 0) if not self.chroma_url else 0
 
@@ -314,12 +571,19 @@ class MemoryStore:
         return (self._generation(), _EPOCH.get(self._key, 0), self._writes)
 
     def _ensure_current(self) -> None:
-        """Re-fetch the client/collections when this process reopened Chroma on our path since we did."""
+        """Re-fetch the client/collections when this process reopened Chroma on our path since we did, and the
+        collections when a write batch in this process (through any store on the path) ended since we fetched
+        them: a fetched collection's metadata (score calibration, prototype content sum) is a snapshot, so a
+        second store on the folder otherwise kept reporting the old calibration and version."""
+        epoch = _EPOCH.get(self._key, 0)
+        if epoch != self._epoch_seen:
+            self._cols = {}
+            self._epoch_seen = epoch
         if self.chroma_url:
             return
         gen = self._generation()
         if gen != self._gen_seen:
-            self._client = _persistent_client(self._key)
+            self._client = _persistent_client(self._key, read_only=self.read_only)
             self._cols = {}
             self._gen_seen = gen
 
@@ -339,8 +603,8 @@ class MemoryStore:
                 raise AssetError(
                     f"memory at {self.location}: collection {name!r} was built with embedding "
                     f"{meta.get('embedding_id')!r} (dim {meta.get('embedding_dim')}), this hmrcritic uses "
-                    f"{emb_id!r} (dim {dim}); rebuild it with `hmrcritic memory reset --yes` (export first "
-                    "with the old version to keep rules: `hmrcritic memory export FILE`)"
+                    f"{emb_id!r} (dim {dim}); rebuild it with {self._hint('reset --yes')} (export first "
+                    f"with the old version to keep rules: {self._hint('export FILE')})"
                 )
             self._cols[name] = col
         return missing
@@ -369,7 +633,7 @@ class MemoryStore:
             missing = self._open_collections()
             if name in missing:
                 raise AssetError(f"memory at {self.location} lacks collection {name!r}; run "
-                                 "`hmrcritic memory reset --yes`")
+                                 f"{self._hint('reset --yes')}")
         return self._cols[name]
 
     def _local_lock(self) -> threading.RLock:
@@ -382,53 +646,49 @@ class MemoryStore:
     def _write(self) -> Iterator[None]:
         """One write batch: refuse when frozen, take the file lock, start from what is on disk.
 
-        Re-entrant: nested batches (``add`` inside ``reset``) share the outer lock and reopen only once."""
+        Re-entrant: nested batches (``add`` inside ``reset``) share the outer lock and reopen only once, also
+        when the nested one goes through another store on the same folder (the depth is per folder). A folder
+        that cannot be written is one :class:`UnwritableMemoryError` naming it."""
         if self.read_only:
             raise ReadOnlyMemoryError(f"memory at {self.location} is open read-only (frozen); "
                                       "writes are refused")
-        from filelock import FileLock, Timeout
-
         with self._local_lock():
-            depth = getattr(self, "_write_depth", 0)
+            depth = _WRITE_DEPTH.get(self._key, 0)
             if depth:
-                self._write_depth = depth + 1
+                _WRITE_DEPTH[self._key] = depth + 1
                 try:
                     yield
                 finally:
-                    self._write_depth -= 1
+                    _WRITE_DEPTH[self._key] -= 1
                     # a version read later inside the outer batch must see this write (exploration logs it)
                     self._writes += 1
                 return
-            self.path.mkdir(parents=True, exist_ok=True)
-            timeout = _lock_timeout_s()
-            lock = FileLock(str(self.path / LOCK_NAME), timeout=timeout)
-            try:
-                lock.acquire()
-            except Timeout as exc:
-                raise AssetError(f"memory at {self.location} stayed locked by another writer for "
-                                 f"{timeout:.0f} s (lock file {self.path / LOCK_NAME})") from exc
-            self._write_depth = 1
+            _mkdir(self.path, self.location)
+            lock = _acquire_write_lock(self.path, self.location)
+            _WRITE_DEPTH[self._key] = 1
             seq = _read_seq(self.path)
             try:
-                if not self.chroma_url:
-                    if seq < 0 or _SEQ_SEEN.get(self._key) != seq:
-                        self._client = _persistent_client(self._key, reopen=True)
-                        self._gen_seen = self._generation()
-                        self._cols = {}
-                    self._ensure_current()
-                    self._open_collections()
-                self.rules.invalidate()
-                yield
+                with _unwritable_as_error(self.path, self.location):
+                    if not self.chroma_url:
+                        if seq < 0 or _SEQ_SEEN.get(self._key) != seq:
+                            self._client = _persistent_client(self._key, reopen=True)
+                            self._gen_seen = self._generation()
+                            self._cols = {}
+                        self._ensure_current()
+                        self._open_collections()
+                    self.rules.invalidate()
+                    yield
             finally:
-                self._write_depth = 0
+                _WRITE_DEPTH.pop(self._key, None)
                 self._writes += 1
                 with _REGISTRY_LOCK:
                     _EPOCH[self._key] = _EPOCH.get(self._key, 0) + 1
                 self.rules.invalidate()
                 try:
-                    _SEQ_SEEN[self._key] = _bump_seq(self.path, seq)
+                    with _unwritable_as_error(self.path, self.location):
+                        _SEQ_SEEN[self._key] = _bump_seq(self.path, seq)
                 finally:
-                    lock.release()
+                    _release_write_lock(self.path, lock)
 
     def _check_dim(self, name: str, vecs: np.ndarray) -> None:
         dim = COLLECTIONS[name][1]
@@ -481,10 +741,13 @@ class MemoryStore:
             self._refresh_locked()
 
     def _refresh_locked(self) -> None:
+        # collections re-fetched on a server too (lazily, on next use): a fetched collection's metadata (score
+        # calibration, prototype content sum) is a snapshot, so a refresh that kept it missed another machine's
+        # calibration, and an upsert there that kept the prototype count left the version stale
+        self._cols = {}
         if not self.chroma_url:
-            self._client = _persistent_client(self._key, reopen=True)
+            self._client = _persistent_client(self._key, reopen=True, read_only=self.read_only)
             self._gen_seen = self._generation()
-            self._cols = {}
             self._open_collections()
         self._writes += 1  # other processes may have written: drop the cached version too
         self.rules.invalidate()
@@ -548,7 +811,7 @@ class MemoryStore:
             return ScoreCalibration.model_validate_json(raw)
         except ValueError as exc:
             raise AssetError(f"memory at {self.location}: its score calibration is unreadable ({exc})".splitlines()[0]
-                             + "; clear it with `hmrcritic memory calibration --clear` (exploring fits a new one)"
+                             + f"; clear it with {self._hint('calibration --clear')} (exploring fits a new one)"
                              ) from exc
 
     def set_calibration(self, calibration: ScoreCalibration | None) -> None:
@@ -602,6 +865,21 @@ class MemoryStore:
         with hold_exclusive(self.path, what, location=self.location):
             yield
 
+    def _side_record(self, key: str) -> dict | None:
+        """The exploration record ``key`` of :data:`EXPORTED_FILES` beside the collections, or None when absent;
+        an unreadable one is an InputError (an export without it would drop what it guards)."""
+        f = self.path / EXPORTED_FILES[key]
+        try:
+            data = json.loads(f.read_text(encoding="utf-8"))
+            _check_side_record(key, data)
+        except FileNotFoundError:
+            return None
+        except (OSError, ValueError) as exc:
+            raise InputError(f"{f}: unreadable exploration record ({str(exc).splitlines()[0]}); it travels with "
+                             "the memory's exports and guards against evaluating on explored groups, so fix it or "
+                             "move it aside knowingly") from exc
+        return data
+
     def reset(self, seed_starter: bool = True) -> None:
         """Delete both collections and recreate them (seeded with the starter rules unless told not to)."""
         from chromadb.errors import NotFoundError
@@ -618,8 +896,10 @@ class MemoryStore:
             self._create_missing(seed_starter)
 
     def export_json(self, path: str | os.PathLike) -> dict:
-        """Write every rule and prototype (with embeddings) to a JSON file; returns the counts."""
+        """Write every rule and prototype (with embeddings) to a JSON file, with the calibration and the
+        exploration records of :data:`EXPORTED_FILES`; returns the counts."""
         check_export_target(path)
+        side = {key: rec for key in EXPORTED_FILES if (rec := self._side_record(key)) is not None}
         data = {
             "format": EXPORT_FORMAT,
             "schema": SCHEMA_VERSION,
@@ -631,9 +911,11 @@ class MemoryStore:
         cal = self.calibration()
         if cal is not None:
             data["calibration"] = cal.model_dump(mode="json")
+        data.update(side)
         atomic_write_json(path, data, indent=None)
+        explored = merge_explored(None, side["explored_on"])[1] if "explored_on" in side else 0
         return {"rules": len(data["rules"]), "prototypes": len(data["prototypes"]),
-                "version": data["version"]}
+                "version": data["version"], "explored_groups": explored}
 
     def import_json(self, path: str | os.PathLike, overwrite: bool = False) -> dict:
         """Merge an export into this memory.
@@ -641,7 +923,12 @@ class MemoryStore:
         New rule ids are added; a rule id already present is replaced only when the file's copy has more
         uses (or with ``overwrite``). Prototypes are upserted by id. Stored vectors are reused when the
         file's embedding identity matches ours, otherwise rule texts are re-embedded (prototype vectors
-        cannot be recomputed without joints, so a pose-embedding mismatch is an error)."""
+        cannot be recomputed without joints, so a pose-embedding mismatch is an error).
+
+        Exploration records (:data:`EXPORTED_FILES`; an export written before they travelled has none): the
+        groups the file's contents were learned from join this memory's ``explored_on.json`` (a union, written
+        before the contents, so evaluation stays refused on them); the file's exploration progress is taken
+        when this memory has none (a copy resumes like its source), else this memory keeps its own."""
         with self.exclusive("a memory import"):
             return self._import_json(path, overwrite)
 
@@ -672,6 +959,14 @@ class MemoryStore:
             cal = ScoreCalibration.model_validate(data["calibration"]) if data.get("calibration") else None
         except Exception as exc:
             raise InputError(f"memory import: {path} has a malformed record ({exc})".splitlines()[0]) from exc
+        side = {key: data[key] for key in EXPORTED_FILES if data.get(key) is not None}
+        for key, rec in side.items():
+            try:
+                _check_side_record(key, rec)
+            except ValueError as exc:
+                raise InputError(f"memory import: {path} has a malformed {key} record ({exc}) (nothing was "
+                                 "imported)") from None
+        ours_explored = self._side_record("explored_on")  # unreadable: refused before anything is written
         # Check every record before the first write: a bad record late in the file must not leave the rules
         # before it merged (an import is all or nothing).
         try:
@@ -686,6 +981,11 @@ class MemoryStore:
         rules = [(r, e if _finite_vector(e, TEXT_DIM) else None) for r, (_, e) in zip(checked, rules, strict=True)]
         counts = {"rules_added": 0, "rules_updated": 0, "rules_skipped": 0, "prototypes": 0}
         with self._write():
+            explored_added = 0
+            if "explored_on" in side:  # the guard first: an import cut short is over-guarded, never under
+                merged, explored_added = merge_explored(ours_explored, side["explored_on"])
+                if explored_added:
+                    atomic_write_json(self.path / EXPORTED_FILES["explored_on"], merged)
             current = {r.rule_id: r for r in self.rules.all(include_retired=True)}
             new = [(r, e) for r, e in rules if r.rule_id not in current]
             upd = [r for r, _ in rules
@@ -705,8 +1005,13 @@ class MemoryStore:
             take_cal = cal is not None and (overwrite or self.calibration() is None)
             if take_cal:
                 self.set_calibration(cal)
+            progress_file = self.path / EXPORTED_FILES["explore_progress"]
+            take_progress = "explore_progress" in side and not progress_file.exists()
+            if take_progress:  # after the contents, as exploration writes it after a batch
+                atomic_write_json(progress_file, side["explore_progress"])
             counts.update(rules_added=len(new), rules_updated=len(upd), prototypes=len(protos),
-                          calibration=bool(take_cal))
+                          calibration=bool(take_cal), explored_groups=explored_added,
+                          explore_progress=take_progress)
         return counts
 
     @staticmethod
@@ -719,7 +1024,6 @@ class MemoryStore:
         just the same, and opening it as a MemoryStore (what a reset did) fails on the very check whose
         error message tells the user to reset."""
         from chromadb.errors import NotFoundError
-        from filelock import FileLock
 
         if chroma_url:
             client = _http_client(chroma_url)
@@ -730,12 +1034,16 @@ class MemoryStore:
         path = Path(path).expanduser().resolve()
         if not (path / "chroma.sqlite3").exists():
             return
-        with FileLock(str(path / LOCK_NAME), timeout=_lock_timeout_s()):
-            client = _persistent_client(str(path), reopen=True)
-            for name in names or list(COLLECTIONS):
-                with suppress(NotFoundError, ValueError):
-                    client.delete_collection(name)
-            _SEQ_SEEN[str(path)] = _bump_seq(path, _read_seq(path))
+        lock = _acquire_write_lock(path, str(path))
+        try:
+            with _unwritable_as_error(path, str(path)):
+                client = _persistent_client(str(path), reopen=True)
+                for name in names or list(COLLECTIONS):
+                    with suppress(NotFoundError, ValueError):
+                        client.delete_collection(name)
+                _SEQ_SEEN[str(path)] = _bump_seq(path, _read_seq(path))
+        finally:
+            _release_write_lock(path, lock)
 
     def close(self) -> None:
         """Drop references (Chroma keeps one shared system per path in a process; it is reused)."""
