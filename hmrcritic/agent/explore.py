@@ -72,7 +72,9 @@ from hmrcritic.memory.store import EXPLORE_FILES
 ERROR_METRICS = ("pa_mpjpe", "mpjpe", "pve", "mix")
 MIX_WEIGHTS = {"mpjpe": 1.2, "pa_mpjpe": 2.0, "pve": 0.7}
 EXPLORED_FILE, PROGRESS_FILE, PENDING_FILE, LOG_FILE = EXPLORE_FILES
-SNAPSHOT_SKIP = (".write.lock", PENDING_FILE, ".complete")
+# lock files and the lock holder's record (present only during a write) are not content: a snapshot taken then
+# must hash and copy like one taken a moment later
+SNAPSHOT_SKIP = (".write.lock", ".write.json", ".exclusive.lock", PENDING_FILE, ".complete")
 HISTORY_GROUPS = 64  # recent groups the miner validates a candidate rule on
 PROTOS_MISJUDGED = 2  # per group, besides the best and the worst
 HARM_TOLERANCE = 0.005  # mean Δρ from giving a rule's points back above which the rule is retired as harmful
@@ -189,7 +191,9 @@ def frozen_copy(memory: Any = None, root: str | Path | None = None):
         return MemoryStore(chroma_url=memory.chroma_url, read_only=True)  # a server: read-only client
     src = _memory_path(memory)
     if not (src / "chroma.sqlite3").exists():
-        raise InputError(f"no memory at {src} to freeze; explore first or `hmrcritic memory reset --yes`")
+        from hmrcritic.memory.store import cli_hint
+
+        raise InputError(f"no memory at {src} to freeze; explore first or {cli_hint('reset --yes', src)}")
     dst_root = Path(root) if root is not None else config.runs_dir() / "frozen-memory"
     dst = dst_root / _tree_digest(src)
     if not (dst / ".complete").exists():
@@ -283,8 +287,10 @@ def _read_progress(path: Path) -> dict:
             raise ValueError("not a JSON object")
         return data
     except (OSError, ValueError) as exc:
+        from hmrcritic.memory.store import cli_hint
+
         raise InputError(f"{f}: unreadable exploration progress record ({str(exc).splitlines()[0]}); restore it, or "
-                         f"start the memory over with `hmrcritic memory reset --yes --memory-dir {path}` (deleting "
+                         f"start the memory over with {cli_hint('reset --yes', path)} (deleting "
                          "the file alone would explore the same groups again and count them twice)") from exc
 
 

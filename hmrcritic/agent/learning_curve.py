@@ -31,6 +31,7 @@ from typing import Any
 import numpy as np
 
 from hmrcritic.errors import AssetError, HMRCriticError, InputError
+from hmrcritic.memory.store import cli_hint
 
 VARIANTS = ("full", "no_reflection", "no_rules", "no_prototypes", "no_calibration", "no_revise", "evidence_only")
 METRICS = ("pa_mpjpe", "mpjpe", "pve")
@@ -318,7 +319,7 @@ def learning_curve(
         # round 0 must be the memory before any exploration and round r the memory after r rounds; a memory that
         # was explored already (an earlier curve, an interrupted one) would shift every label
         raise InputError(f"learning-curve: the memory at {mem.location} has been explored already; give a fresh "
-                         "--memory-dir (or `hmrcritic memory reset --yes --memory-dir …`)")
+                         f"--memory-dir (or {cli_hint('reset --yes', mem.path, mem.chroma_url)})")
     held = _heldout(heldout, heldout_split, heldout_groups, num_generations, seed, 0, source)
     held_ids = [g.group_id for g in held]
     settings = _curve_settings(split, heldout_split, batch_size, held, train_groups, num_generations, seed, source,
@@ -329,7 +330,7 @@ def learning_curve(
         if not rows:
             raise InputError(f"learning-curve: the memory at {mem.location} has been explored already and cannot "
                              f"continue the interrupted curve: {why}; give a fresh --memory-dir and --out (or "
-                             "`hmrcritic memory reset --yes --memory-dir …`)")
+                             f"{cli_hint('reset --yes', mem.path, mem.chroma_url)})")
         say(f"resuming: rounds 0–{rows[-1]['round']} were evaluated by an interrupted run ({out / PARTIAL_FILE})")
         for row in rows:
             if progress is not None:
