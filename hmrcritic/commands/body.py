@@ -15,6 +15,55 @@ _BODY_MODEL_OPT = typer.Option(
     None, "--body-model", help="SMPL-layout .pkl/.npz (default: HMRCRITIC_BODY_MODEL, else the mannequin)."
 )
 
+_ZIP_MAGIC, _NPY_MAGIC = b"PK\x03\x04", b"\x93NUMPY"
+
+
+def _check_model_file(path: Path | None, role: str) -> None:
+    """What the reader would misname, said plainly: not a regular file (a device, a fifo), a truncated or corrupt
+    .npz (a zip without its central directory reads as a broken pickle), a single .npy array, an empty file."""
+    import zipfile
+
+    from hmrcritic.errors import AssetError
+
+    if path is None:
+        return
+    path = path.expanduser()
+    if path.exists() and not path.is_file():
+        raise AssetError(f"{role} {path} is {'a folder' if path.is_dir() else 'not a regular file'}; give the "
+                         "SMPL .pkl or .npz file")
+    if not path.is_file():
+        return  # the reader says "not found" with the expected layout
+    with open(path, "rb") as fh:
+        head = fh.read(8)
+    if not head:
+        raise AssetError(f"{role} {path} is empty (0 bytes); copy the SMPL file again")
+    if head.startswith(_NPY_MAGIC):
+        raise AssetError(f"{role} {path} is a single .npy array, not a body model; give the SMPL .pkl, or an .npz "
+                         "holding v_template, f, shapedirs, posedirs, J_regressor, weights and kintree_table")
+    if head.startswith(_ZIP_MAGIC) and not zipfile.is_zipfile(path):
+        raise AssetError(f"{role} {path} is a truncated or corrupt .npz (a zip archive without its directory); "
+                         "copy or download it again")
+
+
+def _model_in_use(body_model: Path | None) -> tuple[Path | None, str]:
+    """The file ``load_body_model`` would read, and how to name it: --body-model, else HMRCRITIC_BODY_MODEL."""
+    from hmrcritic.hmr.body import resolve_model_path
+
+    return resolve_model_path(body_model), "--body-model" if body_model is not None else "HMRCRITIC_BODY_MODEL"
+
+
+def _one_line(fn, *args):
+    """``fn(*args)`` with a user error's message kept on one line (some readers quote multi-line messages)."""
+    from hmrcritic.errors import HMRCriticError
+
+    try:
+        return fn(*args)
+    except HMRCriticError as exc:
+        text = str(exc)
+        if "\n" not in text:
+            raise
+        raise type(exc)(" ".join(text.split())) from None
+
 
 @body_app.command("convert")
 def convert(
@@ -22,10 +71,32 @@ def convert(
     dst: Path = typer.Argument(..., help="Output plain-numpy .pkl."),
 ) -> None:
     """Rewrite an official SMPL .pkl as plain numpy (no chumpy needed)."""
+    from hmrcritic.errors import HMRCriticError, InputError
     from hmrcritic.hmr.body import convert_smpl_pkl
 
-    out = convert_smpl_pkl(src, dst)
+    _check_model_file(src, "body convert: input")
+    dst_x = dst.expanduser()
+    if dst_x.is_dir():
+        raise InputError(f"body convert: output {dst} is a folder; give a file name (e.g. {dst / 'SMPL_NEUTRAL.pkl'})")
+    if dst_x.suffix.lower() == ".npz":
+        raise InputError(f"body convert: output {dst} is named .npz but the converted model is a pickle; name it "
+                         ".pkl")
+    if src.expanduser().is_file() and dst_x.exists() and dst_x.resolve() == src.expanduser().resolve():
+        raise InputError(f"body convert: output {dst} is the input file; write the converted model beside it, "
+                         "the official file stays as it is")
+    out = _one_line(convert_smpl_pkl, src, dst)
     print(f"wrote {out}")
+    # then loaded as the body model would be: a file that converts but cannot be used (a non-SMPL mesh without its
+    # face vertex ids) is said now, not at the first sample that needs it
+    import sys
+
+    from hmrcritic.hmr.body import BodyModel, read_model_arrays
+
+    try:
+        BodyModel(read_model_arrays(out), name=str(out))
+    except Exception as exc:  # noqa: BLE001 (smplx's own errors too: whatever stops the model loading)
+        why = str(exc) if isinstance(exc, HMRCriticError) else f"{type(exc).__name__}: {exc}"
+        print(f"warning: {out} does not load as a body model yet: {' '.join(why.split())}", file=sys.stderr)
 
 
 @body_app.command("info")
@@ -36,7 +107,8 @@ def info(
     """Vertices, faces, joints, source file and standing height (betas = 0) of the body model."""
     from hmrcritic.hmr.body import body_info, load_body_model
 
-    summary = body_info(load_body_model(body_model))
+    _check_model_file(*_model_in_use(body_model))
+    summary = body_info(_one_line(load_body_model, body_model))
     if as_json:
         print(json.dumps(summary, indent=2))
         return
@@ -50,9 +122,13 @@ def export_obj(
     body_model: Path | None = _BODY_MODEL_OPT,
 ) -> None:
     """Write the template mesh (zero pose, betas = 0) as a Wavefront .obj."""
+    from hmrcritic.errors import InputError
     from hmrcritic.hmr.body import export_template_obj, load_body_model
 
-    path = export_template_obj(load_body_model(body_model), out)
+    if out.expanduser().is_dir():
+        raise InputError(f"body export-obj: output {out} is a folder; give a file name (e.g. {out / 'body.obj'})")
+    _check_model_file(*_model_in_use(body_model))
+    path = export_template_obj(_one_line(load_body_model, body_model), out)
     print(f"wrote {path}")
 
 

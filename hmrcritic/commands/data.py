@@ -6,6 +6,10 @@ import json
 
 import typer
 
+# Scenes are built in memory before they are written (about 1.3 KB a scene, twice that at the peak): a million is
+# 50× the train split and a few GB; an --n of 10**8 ran for minutes before the machine ran out of memory.
+MAX_SCENES = 1_000_000
+
 
 def register(app: typer.Typer) -> None:
     data_app = typer.Typer(help="Synthetic scene splits (train / wild / test).", no_args_is_help=True)
@@ -19,8 +23,12 @@ def register(app: typer.Typer) -> None:
         as_json: bool = typer.Option(False, "--json", help="print the manifest as JSON"),
     ) -> None:
         """Generate a split into the data folder (replacing an existing one atomically)."""
+        from hmrcritic.errors import InputError
         from hmrcritic.hmr.data import generate_split, load_split
 
+        if n is not None and not 1 <= n <= MAX_SCENES:
+            raise InputError(f"data generate: --n must be in 1..{MAX_SCENES:,} scenes (they are held in memory while "
+                             f"generating, about 1.3 KB each), got {n}")
         folder = generate_split(split, n=n, seed=seed, render_images=render, quiet=as_json)
         info = load_split(split, root=folder.parent, generate=False).manifest
         if as_json:
@@ -41,6 +49,7 @@ def register(app: typer.Typer) -> None:
         from hmrcritic.hmr.poses import POSE_CATEGORIES
 
         ss = load_split(split, generate=False)
+        _verify_files(ss.manifest, ss.folder)
         summary = _summary(ss.manifest, ss.folder)
         kp = ss.arrays(["keypoints"])["keypoints"]
         summary["visible_fraction"] = round(float((kp[..., 2] > 0).mean()), 4)
@@ -73,3 +82,27 @@ def _summary(manifest: dict, folder) -> dict:
     out["shards"] = len(manifest.get("shards", []))
     out["labels_eval"] = bool(manifest.get("labels_eval"))
     return out
+
+
+def _verify_files(manifest: dict, folder) -> None:
+    """Each shard (and wild's labels file) against the sha256 its manifest recorded: a file truncated, damaged or
+    replaced since generation is named, instead of counted and summarised as if it were whole."""
+    from pathlib import Path
+
+    from hmrcritic.errors import AssetError
+    from hmrcritic.io import sha256_file
+
+    entries = list(manifest.get("shards") or [])
+    if isinstance(manifest.get("labels_eval"), dict):
+        entries.append(manifest["labels_eval"])
+    for entry in entries:
+        if not isinstance(entry, dict) or "file" not in entry or "sha256" not in entry:
+            continue  # the manifest reader has already refused a manifest without file names
+        path = Path(folder) / str(entry["file"])
+        if not path.is_file():
+            why = "is missing"
+        elif sha256_file(path) != entry["sha256"]:
+            why = "does not match its manifest (sha256 differs: truncated, damaged or replaced)"
+        else:
+            continue
+        raise AssetError(f"{path} {why}; regenerate the split: hmrcritic data generate --split {manifest.get('split')}")

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import sys
 from pathlib import Path
 
 import typer
@@ -24,7 +25,41 @@ def _progress_printer(prefix: str):
 
 
 def _eval_progress(done: int, total: int) -> None:
-    print(f"\r  evaluated {done}/{total}", end="\n" if done >= total else "", flush=True)
+    # stderr: the report (or --json) on stdout stays clean, and a long --json run still shows it is working
+    print(f"\r  evaluated {done}/{total}", end="\n" if done >= total else "", file=sys.stderr, flush=True)
+
+
+def _note(msg: str) -> None:
+    print(f"hmrcritic: {msg}", file=sys.stderr, flush=True)
+
+
+def _check_device(device: str) -> str:
+    """``device`` if it exists here, else one line (a CPU-only torch asked for cuda, or cuda:N beyond the GPUs)."""
+    import torch
+
+    from hmrcritic.config import check_device
+
+    check_device(device)
+    dev = torch.device(device)
+    if dev.type == "cuda" and dev.index is not None and dev.index >= torch.cuda.device_count():
+        raise InputError(f"device {device!r}: this machine has {torch.cuda.device_count()} CUDA device(s) "
+                         f"(cuda:0..cuda:{torch.cuda.device_count() - 1})")
+    return device
+
+
+def _check_sampling(num_generations: int, steps: int, eta: float, guidance: float) -> None:
+    """The sampler's own limits, checked before a model or split is loaded or an output folder made."""
+    import math
+
+    from hmrcritic.hmr.diffusion import MAX_GENERATIONS
+
+    if not 1 <= num_generations <= MAX_GENERATIONS:
+        raise InputError(f"--num-generations must be in 1..{MAX_GENERATIONS}, got {num_generations}")
+    if steps < 1:
+        raise InputError(f"--steps (DDIM steps) must be ≥ 1, got {steps}")
+    for name, value in (("eta", eta), ("guidance", guidance)):
+        if not math.isfinite(float(value)) or float(value) < 0:
+            raise InputError(f"--{name} must be a finite number ≥ 0, got {value}")
 
 
 def _parse_scene(scene: str):
@@ -37,7 +72,13 @@ def _parse_scene(scene: str):
     i = int(idx)
     if not 0 <= i < len(scenes):
         raise InputError(f"--scene index {i} out of range for split {split!r} ({len(scenes)} scenes)")
-    return scenes[i]
+    try:
+        return scenes[i]
+    except (IndexError, KeyError) as exc:  # a shard shorter than its manifest says, or missing an array
+        from hmrcritic.errors import AssetError
+
+        raise AssetError(f"split {split!r} in {scenes.folder} is damaged (scene {i}: {type(exc).__name__}); "
+                         f"regenerate it: hmrcritic data generate --split {split}") from None
 
 
 def register(app: typer.Typer) -> None:
@@ -67,6 +108,7 @@ def register(app: typer.Typer) -> None:
 
         Example: hmrcritic train-base --seed 0 --ship
         """
+        import math
         from dataclasses import replace
 
         from hmrcritic.config import runs_dir
@@ -77,12 +119,21 @@ def register(app: typer.Typer) -> None:
             cfg = replace(cfg, steps=steps)
         if batch_size is not None:
             cfg = replace(cfg, batch_size=batch_size)
+        # everything that can be refused is refused before training (the --ship evaluation comes ~20 min later)
+        if stop_at is not None and stop_at < 1:
+            raise InputError(f"train-base: --stop-at must be ≥ 1 step, got {stop_at}")
+        _check_device(device)
+        if ship and eval_limit < 1:
+            raise InputError(f"train-base: --eval-limit must be ≥ 1 scene, got {eval_limit}")
+        if ship and not (math.isfinite(guidance) and guidance >= 0):
+            raise InputError(f"train-base: --guidance must be a finite number ≥ 0, got {guidance}")
         out = out or runs_dir() / f"train-base-seed{seed}"
         print(
             f"training base model -> {out} ({cfg.steps} steps, batch {cfg.batch_size}, seed {seed})",
             flush=True,
         )
-        path = train_base(cfg, out, resume=resume, progress=_progress_printer("train"), device=device, stop_at=stop_at)
+        path = train_base(cfg, out, resume=resume, progress=_progress_printer("train"), device=device, stop_at=stop_at,
+                          notify=lambda msg: print(f"train: {msg}", flush=True))
         if path.name == "state.pt":  # stopped early: export the EMA weights at that step
             from hmrcritic.hmr.train import checkpoint_from_state
 
@@ -103,6 +154,9 @@ def register(app: typer.Typer) -> None:
                 evals[key] = evaluate_model(
                     model, split=split, num_generations=16, limit=lim, guidance=g, progress=_eval_progress
                 )
+                if evals[key]["n_samples"] < lim:
+                    _note(f"split {split!r} has only {evals[key]['n_samples']} scenes; {key} evaluated them all "
+                          f"(--eval-limit {lim})")
                 print(format_report(evals[key]), flush=True)
             cmd = f"hmrcritic train-base --seed {seed}"
             cmd += f" --steps {cfg.steps}" if steps is not None else ""
@@ -134,8 +188,10 @@ def register(app: typer.Typer) -> None:
         Examples: hmrcritic sample --image me.jpg --keypoints me.json -n 16 --out out/
                   hmrcritic sample --scene test:0 -n 16 --out out/ --obj
         """
-        from hmrcritic.hmr.diffusion import load_model, sample_to_dir
+        from hmrcritic.hmr.diffusion import ddim_timesteps, load_model, sample_to_dir
 
+        _check_sampling(num_generations, steps, eta, guidance)
+        _check_device(device)
         if scene and (image or keypoints):
             raise InputError("give either --scene or --image/--keypoints, not both")
         if scene:
@@ -149,6 +205,7 @@ def register(app: typer.Typer) -> None:
         else:
             raise InputError("need --image and --keypoints, or --scene SPLIT:INDEX")
         m = load_model(model, device=device)
+        ddim_timesteps(m.num_timesteps, steps)  # steps ≤ the model's T, before the output folder is made
         summary = sample_to_dir(
             m,
             item,
@@ -194,6 +251,8 @@ def register(app: typer.Typer) -> None:
 
         if joint_set not in ("lsp14", "smpl24"):
             raise InputError(f"--joint-set must be lsp14 or smpl24, got {joint_set!r}")
+        _check_sampling(num_generations, steps, eta, guidance)
+        _check_device(device)
         m = load_model(model, device=device)
         res = evaluate_model(
             m,
@@ -207,6 +266,8 @@ def register(app: typer.Typer) -> None:
             joint_set=joint_set,
             nn_baseline=not no_nn,
             guidance=guidance,
-            progress=None if as_json else _eval_progress,
+            progress=_eval_progress,
         )
+        if limit is not None and res["n_samples"] < limit:
+            _note(f"split {split!r} has only {res['n_samples']} scenes; evaluated all of them (--limit {limit})")
         print(json.dumps(res) if as_json else format_report(res))

@@ -31,10 +31,12 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from hmrcritic.errors import InputError
+from hmrcritic.errors import AssetError, InputError
 from hmrcritic.hmr.diffusion import (
+    MAX_GENERATIONS,
     HMRDiffusion,
     condition_from_keypoints,
+    ddim_timesteps,
     sample,
     x0_to_params,
 )
@@ -118,6 +120,12 @@ def _load_labelled(split: str, limit: int | None):
     if missing:
         raise InputError(f"split {split!r} has no labels {missing} to evaluate against")
     arrays = {**inputs, **{k: labels[k] for k in LABEL_KEYS}}
+    # a shard (or wild's labels file) shorter than the manifest says would misalign inputs and labels
+    short = {k: len(v) for k, v in arrays.items() if len(v) != len(scenes)}
+    if short:
+        raise AssetError(f"split {split!r} in {scenes.folder} is damaged: its manifest lists {len(scenes)} scenes "
+                         f"but {', '.join(f'{k} has {m}' for k, m in short.items())}; regenerate it "
+                         f"(`hmrcritic data generate --split {split}`)")
     return {k: torch.as_tensor(np.asarray(v)[:n], dtype=torch.float32) for k, v in arrays.items()}, n
 
 
@@ -160,8 +168,12 @@ def evaluate_model(
     from hmrcritic.hmr.anatomy import is_implausible
     from hmrcritic.hmr.body import load_body_model
 
-    if num_generations < 1:
-        raise InputError(f"--num-generations must be ≥ 1, got {num_generations}")
+    if not 1 <= num_generations <= MAX_GENERATIONS:
+        raise InputError(f"--num-generations must be in 1..{MAX_GENERATIONS}, got {num_generations}")
+    ddim_timesteps(model.num_timesteps, steps)  # DDIM steps in 1..T: refused before any split is loaded
+    for name, value in (("eta", eta), ("guidance", guidance)):
+        if not np.isfinite(float(value)) or float(value) < 0:
+            raise InputError(f"--{name} must be a finite number ≥ 0, got {value}")
     if limit is not None and limit < 1:
         raise InputError(f"--limit must be ≥ 1 scene (or left out for the whole split), got {limit}")
     if batch_size < 1:

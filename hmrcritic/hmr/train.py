@@ -84,6 +84,8 @@ class TrainConfig:
         for name in ("steps", "batch_size", "threads", "log_every", "ckpt_every"):
             if int(getattr(self, name)) < 1:
                 raise InputError(f"train-base: {name.replace('_', '-')} must be ≥ 1, got {getattr(self, name)}")
+        if self.max_samples is not None and int(self.max_samples) < 1:  # [:-5] would silently drop the last 5
+            raise InputError(f"train-base: max-samples must be ≥ 1 (or left out for all), got {self.max_samples}")
         if self.seed < 0 or self.warmup < 0:
             raise InputError(f"train-base: seed and warmup must be ≥ 0, got {self.seed}, {self.warmup}")
         if not (math.isfinite(self.lr) and self.lr > 0 and math.isfinite(self.min_lr) and self.min_lr >= 0):
@@ -106,9 +108,17 @@ class TrainData:
     K: torch.Tensor
     image_size: torch.Tensor
     source: dict = field(default_factory=dict)
+    fingerprint: str = ""  # sha256 of the arrays it was built from (set by from_arrays; see data_fingerprint)
 
     def __len__(self) -> int:
         return int(self.x0.shape[0])
+
+    def data_fingerprint(self) -> str:
+        """What a resume checks the data against: the source arrays' sha256 (exact on any machine), else that
+        of the tensors trained on."""
+        if self.fingerprint:
+            return self.fingerprint
+        return _sha256_tensors([self.x0, self.keypoints, self.K, self.image_size])
 
     @classmethod
     def from_arrays(cls, arrays: dict, source: dict | None = None) -> TrainData:
@@ -117,10 +127,25 @@ class TrainData:
             raise InputError(f"training data lacks arrays {missing}")
         t = {k: torch.as_tensor(np.asarray(arrays[k]), dtype=torch.float32) for k in TRAIN_KEYS}
         image_size = t["image_size"].reshape(-1, 2).expand(t["keypoints"].shape[0], 2)
+        lengths = {k: int(t[k].shape[0]) if t[k].ndim else 0 for k in TRAIN_KEYS if k != "image_size"}
+        if len(set(lengths.values())) != 1:
+            raise InputError(f"training data arrays disagree in length: {lengths}")
         x0 = params_to_x0(t["global_orient"], t["body_pose"], t["betas"])
         if not torch.isfinite(x0).all() or not torch.isfinite(t["keypoints"]).all():
             raise InputError("training data contains non-finite values")
-        return cls(x0=x0, keypoints=t["keypoints"], K=t["K"], image_size=image_size, source=source or {})
+        return cls(x0=x0, keypoints=t["keypoints"], K=t["K"], image_size=image_size, source=source or {},
+                   fingerprint=_sha256_tensors([t[k] for k in TRAIN_KEYS]))
+
+
+def _sha256_tensors(tensors: list[torch.Tensor]) -> str:
+    import hashlib
+
+    h = hashlib.sha256()
+    for t in tensors:
+        t = t.detach().cpu().contiguous()
+        h.update(f"{tuple(t.shape)}{t.dtype}".encode())
+        h.update(t.numpy().tobytes())
+    return h.hexdigest()
 
 
 def load_train_data(split: str = "train", max_samples: int | None = None) -> TrainData:
@@ -130,6 +155,11 @@ def load_train_data(split: str = "train", max_samples: int | None = None) -> Tra
     if not getattr(scenes, "has_labels", True):
         raise InputError(f"split {split!r} has no labels; train on a labelled split")
     arrays = scenes.arrays(TRAIN_KEYS)
+    got = {len(v) for v in arrays.values()}
+    if got != {len(scenes)}:  # a shard shorter than its manifest says (damaged, or replaced by hand)
+        raise AssetError(f"split {split!r} in {getattr(scenes, 'folder', '?')} is damaged: its manifest lists "
+                         f"{len(scenes)} scenes but its shards hold {sorted(got)}; regenerate it "
+                         f"(`hmrcritic data generate --split {split}`)")
     if max_samples is not None:
         arrays = {k: v[:max_samples] for k, v in arrays.items()}
     source = {"split": split, "n": int(len(arrays["keypoints"]))}
@@ -187,7 +217,25 @@ def _batch_indices(step: int, cfg: TrainConfig, n: int) -> torch.Tensor:
     return _epoch_order(n, epoch, cfg.seed)[k * bs : (k + 1) * bs]
 
 
-def _save_state(path: Path, model, ema, opt, step: int, cfg: TrainConfig) -> None:
+STATE_FILES = ("state.pt", "log.jsonl", "model.pt")  # what a run writes into its folder (atomic temp files too)
+
+
+def _rng_state(device: str) -> dict:
+    """The global RNG streams a training step may draw from (dropout): saved with every checkpoint, so a resumed
+    run draws what the uninterrupted one drew."""
+    rng = {"cpu": torch.get_rng_state()}
+    if torch.device(device).type == "cuda":
+        rng["cuda"] = torch.cuda.get_rng_state(torch.device(device))
+    return rng
+
+
+def _set_rng_state(rng: dict, device: str) -> None:
+    torch.set_rng_state(rng["cpu"])
+    if "cuda" in rng and torch.device(device).type == "cuda":
+        torch.cuda.set_rng_state(rng["cuda"], torch.device(device))
+
+
+def _save_state(path: Path, model, ema, opt, step: int, cfg: TrainConfig, extra: dict | None = None) -> None:
     atomic_torch_save(
         path,
         {
@@ -196,8 +244,48 @@ def _save_state(path: Path, model, ema, opt, step: int, cfg: TrainConfig) -> Non
             "ema": ema.state_dict(),
             "opt": opt.state_dict(),
             "config": asdict(cfg),
+            **(extra or {}),
         },
     )
+
+
+def _config_diff(saved: dict, cfg: TrainConfig) -> str:
+    """``name old → new`` for every recipe setting that differs (model settings as ``model.name``)."""
+    if not isinstance(saved, dict):
+        return "(unreadable config)"
+    now, out = asdict(cfg), []
+    for key in sorted(set(saved) | set(now)):
+        a, b = saved.get(key, "(unset)"), now.get(key, "(unset)")
+        if key == "model" and isinstance(a, dict) and isinstance(b, dict):
+            out += [f"model.{k} {a.get(k, '(unset)')} → {b.get(k, '(unset)')}"
+                    for k in sorted(set(a) | set(b)) if a.get(k, "(unset)") != b.get(k, "(unset)")]
+        elif a != b:
+            out.append(f"{key.replace('_', '-')} {a} → {b}")
+    return ", ".join(out) or "(unreadable config)"
+
+
+def _one_line(exc: BaseException) -> str:
+    text = " ".join(str(exc).split())
+    return f"{type(exc).__name__}: {text[:200]}" if text else type(exc).__name__
+
+
+def _write(path: Path, what: str, kept: int, fn, *args) -> None:
+    """Run the write ``fn(*args)``; an OS error (disk full, no permission, a read-only folder) becomes one line
+    naming the file and what is kept, instead of a bare ``No space left on device``."""
+    try:
+        fn(*args)
+    except OSError as exc:
+        keep = (f"the last checkpoint (step {kept}) is kept: fix that and run the same command to resume"
+                if kept else "no checkpoint was written yet")
+        raise AssetError(f"train-base: cannot write the {what} {path}: {exc.strerror or exc}; {keep}") from None
+
+
+def _busy(by: str) -> AssetError:
+    return AssetError(f"train-base: this run folder is in use by {by}; wait for it or give another --out")
+
+
+def _resume_hint(state_path: Path) -> str:
+    return f"delete {state_path} or pass --no-resume to start over, or give another --out"
 
 
 def train_base(
@@ -208,26 +296,46 @@ def train_base(
     progress: Callable[[dict], None] | None = None,
     device: str = "cpu",
     stop_at: int | None = None,
+    notify: Callable[[str], None] | None = None,
 ) -> Path:
     """Train (or resume) the base model; returns the path of the final EMA checkpoint ``model.pt``.
 
     ``stop_at`` ends this call after that many steps (state saved; returns ``state.pt``): training can be
-    split over several calls and ends exactly where one uninterrupted call would.
+    split over several calls and ends exactly where one uninterrupted call would. A run already at ``stop_at``
+    returns at once.
 
     ``out_dir`` gets ``state.pt`` (resume state, every ``ckpt_every`` steps), ``log.jsonl`` (loss per
-    ``log_every`` steps) and ``model.pt`` (EMA weights + recipe, ``load_model``-able) at the end.
+    ``log_every`` steps) and ``model.pt`` (EMA weights + recipe, ``load_model``-able) at the end. A resumed run
+    continues bitwise as the uninterrupted one (weights, optimizer, EMA, data order, per-step noise, the global
+    RNG and the running loss of the log window are all in ``state.pt``); it refuses a state written with another
+    recipe or on other training data. One process per folder at a time. ``notify`` gets one-line messages
+    (resuming, nothing left to do, interrupted).
     """
+    from hmrcritic.config import check_device
+    from hmrcritic.io import exclusive_lock
+
     if stop_at is not None and stop_at < 1:
         raise InputError(f"train-base: --stop-at must be ≥ 1 step, got {stop_at}")
+    check_device(device)
+    say = notify or (lambda _msg: None)
     torch.set_num_threads(cfg.threads)
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
+    with exclusive_lock(out_dir / ".train-base.lock", "train-base", busy=_busy):
+        for name in STATE_FILES:  # temp files of a run killed mid-write (atomic writes: the real file is intact)
+            for tmp in out_dir.glob(f".{name}.*.tmp"):
+                tmp.unlink(missing_ok=True)
+        return _train(cfg, out_dir, data, resume, progress, device, stop_at, say)
+
+
+def _train(cfg, out_dir: Path, data, resume, progress, device, stop_at, say) -> Path:
     state_path, log_path, final_path = out_dir / "state.pt", out_dir / "log.jsonl", out_dir / "model.pt"
     if data is None:
         data = load_train_data(cfg.split, cfg.max_samples)
     n = len(data)
     if n < 2:
         raise InputError(f"need at least 2 training samples, got {n}")
+    fingerprint = data.data_fingerprint()
 
     torch.manual_seed(cfg.seed)
     model = HMRDiffusion(cfg.model).to(device)
@@ -236,71 +344,121 @@ def train_base(
     for p in ema.parameters():
         p.requires_grad_(False)
     opt = torch.optim.AdamW(model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
-    start = 0
+    start, run_loss, run_n = 0, 0.0, 0
     if resume and state_path.exists():
         try:
             st = torch.load(state_path, map_location="cpu", weights_only=True)
-            if TrainConfig.from_dict(st["config"]) != cfg:
-                raise AssetError(
-                    f"{state_path} was written by a different training config; use another --out or --no-resume"
-                )
+            saved = st["config"]
+        except Exception as exc:
+            raise AssetError(f"cannot resume from {state_path}: it is corrupt or not a training state "
+                             f"({_one_line(exc)}); {_resume_hint(state_path)}") from None
+        try:
+            same = TrainConfig.from_dict(saved) == cfg
+        except Exception:
+            same = False
+        if not same:
+            raise AssetError(
+                f"{state_path} was written by a different training config ({_config_diff(saved, cfg)}); "
+                "use another --out or --no-resume"
+            )
+        known = st.get("data_sha256")
+        if known is not None and known != fingerprint:
+            was = st.get("data_source") or {}
+            raise AssetError(
+                f"{state_path} was trained on other data (split {was.get('split', cfg.split)!r}, "
+                f"{was.get('n', '?')} scenes; now {len(data)}, and the arrays differ): the split was regenerated "
+                "since; use another --out or --no-resume"
+            )
+        try:
             model.load_state_dict(st["model"])
             ema.load_state_dict(st["ema"])
             opt.load_state_dict(st["opt"])
             start = int(st["step"])
-        except AssetError:
-            raise
+            if "rng" in st:
+                _set_rng_state(st["rng"], device)
+            if "log_window" in st:  # the log record after the checkpoint averages over the steps before it too
+                run_loss, run_n = float(st["log_window"]["loss"]), int(st["log_window"]["n"])
         except Exception as exc:
-            raise AssetError(f"cannot resume from {state_path}: {type(exc).__name__}: {exc}") from None
+            raise AssetError(f"cannot resume from {state_path}: {_one_line(exc)}; {_resume_hint(state_path)}") from None
+        if not 0 <= start <= cfg.steps:
+            raise AssetError(f"cannot resume from {state_path}: step {start} outside 0..{cfg.steps}; "
+                             f"{_resume_hint(state_path)}")
+        if stop_at is not None and stop_at < start:
+            raise InputError(f"train-base: {state_path} is already at step {start}, past --stop-at {stop_at}; "
+                             "give a later --stop-at, or another --out")
         # drop log records past the checkpoint (written after it by the killed run)
         # one atomic rewrite (each record keeps its checksum): a crash here must not lose the log before it
         records = [r for r in read_jsonl(log_path) if r.get("step", 0) <= start]
-        atomic_write_jsonl(log_path, records)
-    else:  # starting at step 0: a log left by a run killed before its first checkpoint is not this run's
+        _write(log_path, "loss log", start, atomic_write_jsonl, log_path, records)
+        if start >= cfg.steps:
+            say(f"{state_path} has finished all {cfg.steps} steps; writing {final_path} from it")
+        elif stop_at == start:
+            say(f"{state_path} is already at step {start} (--stop-at {stop_at}); nothing to train")
+            return state_path
+        else:
+            say(f"resuming from step {start}/{cfg.steps} ({state_path}); the run continues bitwise as an "
+                "uninterrupted one")
+    else:  # starting at step 0: a log (or a state, with --no-resume) left by another run is not this run's
         log_path.unlink(missing_ok=True)
+        state_path.unlink(missing_ok=True)
 
     x0_all, kp_all, K_all, size_all = (t.to(device) for t in (data.x0, data.keypoints, data.K, data.image_size))
     model.train()
-    t0, run_loss, run_n = time.time(), 0.0, 0
-    for step in range(start, cfg.steps):
-        gen = torch.Generator().manual_seed(cfg.seed * 7_919_993 + step)
-        idx = _batch_indices(step, cfg, n)
-        kp = augment_keypoints(kp_all[idx].cpu(), size_all[idx].cpu(), cfg, gen).to(device)
-        cond = condition_from_keypoints(kp, K_all[idx], size_all[idx])
-        x0 = x0_all[idx]
-        t = torch.randint(0, model.num_timesteps, (len(idx),), generator=gen).to(device)
-        eps = torch.randn(x0.shape, generator=gen).to(device)
-        for g in opt.param_groups:
-            g["lr"] = _lr_at(step, cfg)
-        loss = model.loss(x0, cond, t=t, eps=eps, snr_gamma=cfg.snr_gamma, weighting=cfg.loss_weighting).mean()
-        opt.zero_grad(set_to_none=True)
-        loss.backward()
-        gnorm = torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.grad_clip)
-        opt.step()
-        with torch.no_grad():
-            decay = min(cfg.ema, (1 + step) / (10 + step))
-            for pe, pm in zip(ema.parameters(), model.parameters(), strict=True):
-                pe.lerp_(pm, 1 - decay)
-        run_loss += float(loss.detach())
-        run_n += 1
-        done = step + 1
-        if done % cfg.log_every == 0 or done == cfg.steps:
-            elapsed = time.time() - t0
-            rec = {
-                "step": done,
-                "loss": run_loss / run_n,
-                "lr": _lr_at(step, cfg),
-                "grad_norm": float(gnorm),
-                "steps_per_s": run_n / max(elapsed, 1e-9),
-            }
-            append_jsonl(log_path, rec)
-            if progress:
-                progress({**rec, "total": cfg.steps})
-            t0, run_loss, run_n = time.time(), 0.0, 0
-        if done % cfg.ckpt_every == 0 or done == cfg.steps or done == stop_at:
-            _save_state(state_path, model, ema, opt, done, cfg)
-        if done == stop_at and done < cfg.steps:
-            return state_path
+    t0, timed = time.time(), 0  # steps since t0 (the log window may hold steps from before a resume)
+    done = saved_at = start
+    try:
+        for step in range(start, cfg.steps):
+            gen = torch.Generator().manual_seed(cfg.seed * 7_919_993 + step)
+            idx = _batch_indices(step, cfg, n)
+            kp = augment_keypoints(kp_all[idx].cpu(), size_all[idx].cpu(), cfg, gen).to(device)
+            cond = condition_from_keypoints(kp, K_all[idx], size_all[idx])
+            x0 = x0_all[idx]
+            t = torch.randint(0, model.num_timesteps, (len(idx),), generator=gen).to(device)
+            eps = torch.randn(x0.shape, generator=gen).to(device)
+            for g in opt.param_groups:
+                g["lr"] = _lr_at(step, cfg)
+            loss = model.loss(x0, cond, t=t, eps=eps, snr_gamma=cfg.snr_gamma, weighting=cfg.loss_weighting).mean()
+            opt.zero_grad(set_to_none=True)
+            loss.backward()
+            gnorm = torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.grad_clip)
+            opt.step()
+            with torch.no_grad():
+                decay = min(cfg.ema, (1 + step) / (10 + step))
+                for pe, pm in zip(ema.parameters(), model.parameters(), strict=True):
+                    pe.lerp_(pm, 1 - decay)
+            run_loss += float(loss.detach())
+            run_n += 1
+            timed += 1
+            done = step + 1
+            if done % cfg.log_every == 0 or done == cfg.steps:
+                elapsed = time.time() - t0
+                rec = {
+                    "step": done,
+                    "loss": run_loss / run_n,
+                    "lr": _lr_at(step, cfg),
+                    "grad_norm": float(gnorm),
+                    "steps_per_s": timed / max(elapsed, 1e-9),
+                }
+                _write(log_path, "loss log", saved_at, append_jsonl, log_path, rec)
+                if progress:
+                    progress({**rec, "total": cfg.steps})
+                t0, timed, run_loss, run_n = time.time(), 0, 0.0, 0
+            if done % cfg.ckpt_every == 0 or done == cfg.steps or done == stop_at:
+                extra = {
+                    "rng": _rng_state(device),
+                    "log_window": {"loss": run_loss, "n": run_n},
+                    "data_sha256": fingerprint,
+                    "data_source": json.loads(json.dumps(data.source, default=str)),  # plain types: weights_only
+                }
+                _write(state_path, "training state", saved_at, _save_state, state_path, model, ema, opt, done, cfg,
+                       extra)
+                saved_at = done
+            if done == stop_at and done < cfg.steps:
+                return state_path
+    except KeyboardInterrupt:
+        say(f"interrupted at step {done}/{cfg.steps}; the last checkpoint is step {saved_at} ({state_path})"
+            if saved_at else f"interrupted at step {done}/{cfg.steps}, before the first checkpoint")
+        raise
 
     extra = {
         "recipe": asdict(cfg),
@@ -309,7 +467,7 @@ def train_base(
         "steps": cfg.steps,
         "final_loss": (read_jsonl(log_path) or [{}])[-1].get("loss"),
     }
-    save_model(ema, final_path, extra=extra)
+    _write(final_path, "model", saved_at, save_model, ema, final_path, extra)
     return final_path
 
 
