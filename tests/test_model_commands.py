@@ -113,6 +113,20 @@ def test_a_split_cut_short_is_named_not_a_raw_error(data_dir, tmp_path, capsys):
     assert "shard_00000.npz does not match its manifest" in _one_line_error(capsys)
 
 
+def test_a_split_cut_short_is_refused_by_the_scene_set_itself(data_dir):
+    """The library, not only the commands: indexing past a short shard raised a bare IndexError, and
+    ``arrays()`` stacked fewer scenes than ``len()`` says."""
+    from hmrcritic.errors import AssetError
+    from hmrcritic.hmr.data import SceneSet
+
+    _cut_shard(data_dir / "test")
+    scenes = SceneSet(data_dir / "test")
+    assert len(scenes) > 3
+    for use in (lambda: scenes[0], lambda: scenes[len(scenes) - 1], lambda: scenes.arrays(["keypoints"])):
+        with pytest.raises(AssetError, match="split 'test' is damaged: .*holds \\[3\\] rows"):
+            use()
+
+
 # ------------------------------------------------------------------------------------------------- train-base
 @pytest.mark.parametrize("extra,needle", [
     (["--ship", "--eval-limit", "0"], "--eval-limit must be ≥ 1"),

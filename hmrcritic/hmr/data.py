@@ -649,7 +649,15 @@ class SceneSet:
 
     def _shard(self, k: int) -> dict[str, np.ndarray]:
         if k not in self._cache:
-            self._cache[k] = _read_npz(self.folder / self._files[k], self.folder, "shard", _SHARD_KEYS)
+            path = self.folder / self._files[k]
+            arrays = _read_npz(path, self.folder, "shard", _SHARD_KEYS)
+            # the manifest's count decides the indexing: a shard holding other rows (cut short, replaced by hand)
+            # would give an IndexError far from here, or silently fewer scenes to train or evaluate on
+            rows = {key: len(v) for key, v in arrays.items() if getattr(v, "ndim", 0) >= 1}
+            if set(rows.values()) != {self._counts[k]}:
+                raise AssetError(f"split {self.name!r} is damaged: {path} holds {sorted(set(rows.values()))} rows "
+                                 f"where its manifest lists {self._counts[k]}; regenerate it (delete {self.folder})")
+            self._cache[k] = arrays
         return self._cache[k]
 
     def keys(self) -> list[str]:
