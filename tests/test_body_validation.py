@@ -62,3 +62,15 @@ def test_official_root_parent_is_accepted(raw, tmp_path):
     model = B.BodyModel(B.read_model_arrays(path), name=str(path))
     out = model(np.zeros((1, 3)), np.zeros((1, 69)), np.zeros((1, 10)))
     assert np.isfinite(out.vertices.numpy()).all()
+
+
+def test_a_truncated_npz_model_is_named_as_one(raw, tmp_path):
+    """Cut short, an .npz is no longer recognised as a zip and was read as a pickle: the error spoke of an
+    unpickling failure, not of the damaged archive."""
+    full = tmp_path / "model.npz"
+    np.savez(full, **{k: np.asarray(v) for k, v in raw.items() if k in B.REQUIRED_LAYOUT})
+    cut = tmp_path / "cut.npz"
+    cut.write_bytes(full.read_bytes()[: full.stat().st_size // 2])
+    with pytest.raises(AssetError, match="truncated .npz") as info:
+        B.read_model_arrays(cut)
+    assert str(cut) in str(info.value) and "\n" not in str(info.value)

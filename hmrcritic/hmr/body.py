@@ -305,6 +305,11 @@ def _read_raw(path: Path, allow_chumpy: bool) -> dict:
                 f"{path}: unreadable .npz body model ({type(exc).__name__}: {exc}); {_LAYOUT_TEXT}"
             ) from None
         return data
+    with open(path, "rb") as fh:
+        head = fh.read(4)
+    if head == b"PK\x03\x04":  # a zip's first entry without the zip's directory at its end: cut short
+        raise AssetError(f"{path}: a damaged or truncated .npz body model (the zip archive is incomplete); "
+                         f"copy or convert it again; {_LAYOUT_TEXT}")
     try:
         with open(path, "rb") as fh:
             data = _ModelUnpickler(fh, allow_chumpy).load()
