@@ -156,7 +156,8 @@ def test_bad_input_is_one_line_error(user_inputs, tmp_path, capsys, case):
 
 
 def test_critique_scene_and_missing_model(user_inputs, tmp_path, capsys, monkeypatch):
-    monkeypatch.setenv("HMRCRITIC_SPLIT_SIZE_SCALE", "0.002")  # a tiny test split if this session makes it
+    monkeypatch.setenv("HMRCRITIC_DATA", str(tmp_path / "data"))  # its own tiny test split, not the session's
+    monkeypatch.setenv("HMRCRITIC_SPLIT_SIZE_SCALE", "0.002")
     rc = main(["critique", "--scene", "test:0", "--hypotheses", str(user_inputs / "hyps.npz"), "--no-render",
                "--out", str(tmp_path / "s"), "--json"])
     captured = capsys.readouterr()

@@ -152,6 +152,10 @@ def test_kill_9_mid_training_then_resume_is_bitwise_the_uninterrupted_run(tmp_pa
 def test_ctrl_c_says_where_the_run_can_resume_from(tmp_path):
     """SIGINT (Ctrl-C) mid-run: the run says the step it reached and the checkpoint a re-run resumes from."""
     code = _KILLED_RUN.replace("progress=", "notify=print, progress=")
+    # a terminal's Ctrl-C: Python's own handler, also when this suite runs in the background (a shell starts
+    # background jobs with SIGINT ignored, and a child then inherits the ignore and never sees the signal)
+    code = code.replace("import sys, time", "import signal, sys, time; signal.signal(signal.SIGINT, "
+                                            "signal.default_int_handler)")
     out = tmp_path / "run"
     proc = subprocess.Popen([sys.executable, "-c", code.format(tests=str(TESTS), out=str(out))], cwd=tmp_path,
                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
