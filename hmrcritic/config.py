@@ -111,6 +111,10 @@ def check_device(device: str) -> str:
     if kind == "cuda" and not torch.cuda.is_available():
         raise InputError(f"device {device!r}: this torch has no usable CUDA (CPU build, or no GPU visible); "
                          "use --device cpu")
+    index = torch.device(device).index
+    if kind == "cuda" and index is not None and index >= torch.cuda.device_count():
+        n = torch.cuda.device_count()
+        raise InputError(f"device {device!r}: this machine has {n} CUDA device(s) (cuda:0..cuda:{n - 1})")
     return device
 
 

@@ -145,6 +145,26 @@ def _json_default(obj: Any) -> Any:
     raise TypeError(f"not JSON serialisable: {type(obj).__name__}")
 
 
+def pid_alive(pid: int) -> bool:
+    """Whether process ``pid`` exists on this machine (another user's counts). A pid ≤ 0 or one out of range
+    (a damaged record) is not a process: ``os.kill`` would signal a process group or raise OverflowError."""
+    try:
+        pid = int(pid)
+    except (TypeError, ValueError):
+        return False
+    if pid <= 0:
+        return False
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:  # another user's process
+        return True
+    except (OverflowError, ValueError, OSError):
+        return False
+    return True
+
+
 class LockBusy(Exception):
     """Raised by :func:`exclusive_lock` when another holder has the lock; ``str()`` says who holds it."""
 

@@ -71,6 +71,6 @@ def test_a_truncated_npz_model_is_named_as_one(raw, tmp_path):
     np.savez(full, **{k: np.asarray(v) for k, v in raw.items() if k in B.REQUIRED_LAYOUT})
     cut = tmp_path / "cut.npz"
     cut.write_bytes(full.read_bytes()[: full.stat().st_size // 2])
-    with pytest.raises(AssetError, match="truncated .npz") as info:
+    with pytest.raises(AssetError, match="truncated or corrupt .npz") as info:
         B.read_model_arrays(cut)
     assert str(cut) in str(info.value) and "\n" not in str(info.value)

@@ -14,7 +14,7 @@ import numpy as np
 import pytest
 
 from hmrcritic.agent import explore as ex
-from hmrcritic.errors import HMRCriticError, InputError
+from hmrcritic.errors import InputError
 from hmrcritic.memory.store import MemoryStore
 
 pytestmark = pytest.mark.usefixtures("explore_prior")
@@ -99,10 +99,13 @@ def test_groups_that_cannot_be_ranked_are_skipped_with_a_reason(train, tmp_path)
     assert max(r.n_used for r in mem.rules.all()) == 1
     lines = [explore_line(e, p) for e, p in events if e == "group"]
     assert any("skipped: all 8 hypotheses have the same true pa_mpjpe" in ln for ln in lines), lines
-    # a round of nothing but such groups is refused in one line, and nothing is recorded as done
-    with pytest.raises(HMRCriticError, match="every group of round 2 failed or was skipped.*same true"):
-        ex.explore(mem, split="train", groups=[tie, tie], rounds=1, batch_size=2, calibration_groups=0)
-    assert len(ex.read_log(mem)) == 1 and not (Path(mem.path) / ex.PENDING_FILE).exists()
+    # a round of nothing but such groups is recorded as an empty round (refusing it blocked every later run of
+    # the same settings at the same batch), and the exploration goes on past it
+    before = mem.version()
+    out = ex.explore(mem, split="train", groups=[tie, tie, train[0]], rounds=2, batch_size=2, calibration_groups=0,
+                     merge_text=False)
+    assert [r.groups for r in out.rounds] == [0, 1] and len(out.rounds[0].failed) == 2
+    assert len(ex.read_log(mem)) == 3 and not (Path(mem.path) / ex.PENDING_FILE).exists() and mem.version() != before
 
 
 def test_a_plan_with_a_prototype_twice_still_applies(tmp_path):
@@ -239,21 +242,22 @@ def _curve(path, out, train, heldout, status=None, rounds=2):
                           status=status)
 
 
-def _interrupt_at(where: str):
-    """A status callback that raises KeyboardInterrupt at the first line starting with ``where`` once round 2
-    has begun."""
-    began = {"round 2": False}
+def _interrupt_at(where: str, in_round: int = 2):
+    """A status callback that raises KeyboardInterrupt at the first line starting with ``where`` once round
+    ``in_round`` has begun."""
+    began = {"yes": False}
 
     def status(line: str) -> None:
-        began["round 2"] |= line.startswith("round 2/2")
-        if began["round 2"] and line.startswith(where):
+        began["yes"] |= line.startswith(f"round {in_round}/2")
+        if began["yes"] and line.startswith(where):
             raise KeyboardInterrupt
 
     return status
 
 
-@pytest.mark.parametrize("where", ["round 2/2: exploring", "  [1/2]", "round 2: scoring"])
-def test_an_interrupted_learning_curve_continues_where_it_stopped(train, heldout, tmp_path, where):
+@pytest.mark.parametrize("where,in_round", [("round 2/2: exploring", 2), ("  [1/2]", 2), ("round 2: scoring", 2),
+                                            ("  [1/2]", 1)])  # in round 1: before any progress record
+def test_an_interrupted_learning_curve_continues_where_it_stopped(train, heldout, tmp_path, where, in_round):
     """An interrupted learning-curve could only start over (its memory counts as explored); the rows
     evaluated so far are kept beside the result and the same call continues, ending as an uninterrupted one."""
     from hmrcritic.agent.learning_curve import PARTIAL_FILE
@@ -262,11 +266,11 @@ def test_an_interrupted_learning_curve_continues_where_it_stopped(train, heldout
 
     mem, out = tmp_path / "m", tmp_path / "out"
     with pytest.raises(KeyboardInterrupt):
-        _curve(mem, out, train, heldout, status=_interrupt_at(where))
+        _curve(mem, out, train, heldout, status=_interrupt_at(where, in_round))
     assert (out / PARTIAL_FILE).exists() and not (out / "learning_curve.json").exists()
     said = []
     got = _curve(mem, out, train, heldout, status=said.append)
-    assert said[0].startswith("resuming: rounds 0–1 were evaluated"), said
+    assert said[0].startswith(f"resuming: rounds 0–{in_round - 1} were evaluated"), said
     assert got["rows"] == ref["rows"] and _state(mem)["version"] == _state(tmp_path / "ref")["version"]
     assert json.loads((out / "learning_curve.json").read_text())["rows"] == ref["rows"]
     assert not (out / PARTIAL_FILE).exists()

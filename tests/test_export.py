@@ -506,3 +506,9 @@ def test_resuming_a_vlm_export_with_another_model_is_refused(model_path, tmp_pat
     assert (again.done_before, again.new_groups, again.groups) == (2, 1, 3)
     builtin = export(cfg_for(tmp_path / "b", model_path), inputs=inputs[:1])  # builtin: no model named
     assert builtin.groups == 1 and D.read_header(tmp_path / "b").judge_model is None
+    # a vlm export from before the model was recorded: the model is unknown, said so (not "judge_model=None")
+    header = D.read_header(tmp_path / "ds")
+    header.judge_model = None
+    D.write_header(tmp_path / "ds", header)
+    with pytest.raises(InputError, match="before the judge's model was recorded"):
+        export(cfg_for(tmp_path / "ds", model_path, judge="vlm"), inputs=inputs)

@@ -243,9 +243,10 @@ def _judge_settings(cfg: AgentConfig, judge: Any) -> hconfig.JudgeSettings | Non
 
 
 def _judge_identity(settings: hconfig.JudgeSettings | None) -> str:
-    """Which model answers behind the judge's name: for a VLM its model, endpoint (no credentials) and output
-    cap — ``vlm`` with another ``HMRCRITIC_VLM_MODEL`` is another critic. The name itself is compared apart."""
-    return "" if settings is None else json.dumps([settings.describe(), settings.max_tokens])
+    """Which model answers behind the judge's name: for a VLM its model and endpoint (no credentials), as the
+    export's dataset header records it — ``vlm`` with another ``HMRCRITIC_VLM_MODEL`` is another critic. The
+    name itself is compared apart."""
+    return "" if settings is None else settings.describe()
 
 
 def _settings_digest(cfg: AgentConfig, image_path: Any, mask_path: Any, judge_identity: str = "") -> str:

@@ -67,14 +67,15 @@ from hmrcritic.agent.mining import (
 from hmrcritic.errors import AssetError, HMRCriticError, InputError
 from hmrcritic.io import append_jsonl, atomic_write_json, read_jsonl
 from hmrcritic.memory.schema import Prototype, Rule
-from hmrcritic.memory.store import EXPLORE_FILES
+from hmrcritic.memory.store import EXCLUSIVE_NAME, EXPLORE_FILES, HOLDER_NAME, LOCK_NAME, cli_hint
 
 ERROR_METRICS = ("pa_mpjpe", "mpjpe", "pve", "mix")
 MIX_WEIGHTS = {"mpjpe": 1.2, "pa_mpjpe": 2.0, "pve": 0.7}
 EXPLORED_FILE, PROGRESS_FILE, PENDING_FILE, LOG_FILE = EXPLORE_FILES
 # lock files and the lock holder's record (present only during a write) are not content: a snapshot taken then
 # must hash and copy like one taken a moment later
-SNAPSHOT_SKIP = (".write.lock", ".write.json", ".exclusive.lock", PENDING_FILE, ".complete")
+SNAPSHOT_SKIP = (LOCK_NAME, HOLDER_NAME, EXCLUSIVE_NAME, Path(EXCLUSIVE_NAME).with_suffix(".json").name, PENDING_FILE,
+                 ".complete")
 HISTORY_GROUPS = 64  # recent groups the miner validates a candidate rule on
 PROTOS_MISJUDGED = 2  # per group, besides the best and the worst
 HARM_TOLERANCE = 0.005  # mean Δρ from giving a rule's points back above which the rule is retired as harmful
@@ -191,8 +192,6 @@ def frozen_copy(memory: Any = None, root: str | Path | None = None):
         return MemoryStore(chroma_url=memory.chroma_url, read_only=True)  # a server: read-only client
     src = _memory_path(memory)
     if not (src / "chroma.sqlite3").exists():
-        from hmrcritic.memory.store import cli_hint
-
         raise InputError(f"no memory at {src} to freeze; explore first or {cli_hint('reset --yes', src)}")
     dst_root = Path(root) if root is not None else config.runs_dir() / "frozen-memory"
     dst = dst_root / _tree_digest(src)
@@ -287,8 +286,6 @@ def _read_progress(path: Path) -> dict:
             raise ValueError("not a JSON object")
         return data
     except (OSError, ValueError) as exc:
-        from hmrcritic.memory.store import cli_hint
-
         raise InputError(f"{f}: unreadable exploration progress record ({str(exc).splitlines()[0]}); restore it, or "
                          f"start the memory over with {cli_hint('reset --yes', path)} (deleting "
                          "the file alone would explore the same groups again and count them twice)") from exc
@@ -451,7 +448,7 @@ def explore(
 
         _finish_pending(memory, emit)
         prog = _read_progress(mpath)
-        total_cap = limit if limit is not None else None
+        total_cap = limit
         _check_overlap(prog, sig, settings, rounds, total_cap)
         done = set(prog.get("runs", {}).get(sig, {}).get("rounds_done", []))
         summary.resumed_rounds = len([r for r in done if r < rounds])
@@ -540,8 +537,9 @@ def _maybe_calibrate(memory, summary: ExploreSummary, judge_obj, cfg, groups, sp
              and fitted_for in (None, state))  # None: fitted before the state was kept (or not by explore)
     if fresh and not summary.rounds:
         return
-    kept = (" (the memory keeps its earlier calibration, fitted for its rules as they were then; `hmrcritic memory "
-            "calibration --clear` removes it)") if current is not None else ""
+    kept = (" (the memory keeps its earlier calibration, fitted for its rules as they were then; "
+            f"{cli_hint('calibration --clear', memory.path, getattr(memory, 'chroma_url', None))} removes it)"
+            ) if current is not None else ""
     # never fit on what the rules learned from; groups another run of this memory learned from (another seed)
     # are passed over for the next ones (one draw of n groups where none was learned, as before)
     learned = set(explored_record(memory)["splits"].get(split, {}).get("group_ids", []))
@@ -746,11 +744,13 @@ def _run_batch(memory, app, saver, judge_obj, is_builtin, cfg, batch, r, sig, sp
     _add_explored(memory, split, [g.group_id for g in batch], info)
 
     scored: list[tuple[Any, Any, BatchGroup]] = []
+    skipped = 0
     for i, g in enumerate(batch):
         try:
             err = exploration_error(g, metric)
             why = _unrankable(err, metric)
             if why:  # nothing to learn from it; scoring it would only cost time
+                skipped += 1
                 report.failed.append({"group_id": g.group_id, "error": why})
                 emit("group", {"index": i, "total": len(batch), "group_id": g.group_id, "skipped": why})
                 continue
@@ -769,11 +769,12 @@ def _run_batch(memory, app, saver, judge_obj, is_builtin, cfg, batch, r, sig, sp
         emit("group", {"index": i, "total": len(batch), "group_id": g.group_id,
                        "spearman": group_spearman(bg.overall, bg.error)})
     report.groups = len(scored)
-    if not scored and report.failed:
+    if not scored and len(report.failed) > skipped:
         # every group failed: something systemic (a bad setting, an endpoint down), not a batch to count as
-        # explored — a round recorded done here would be skipped on every later run
-        first = report.failed[0]
-        raise HMRCriticError(f"explore: every group of round {round_no} failed or was skipped, nothing was recorded; "
+        # explored — a round recorded done here would be skipped on every later run. (A batch of groups that
+        # only cannot be ranked is recorded as an empty round below: it would be the same batch on every run.)
+        first = next(f for f in report.failed if not f["error"].startswith("skipped:"))
+        raise HMRCriticError(f"explore: every group of round {round_no} failed, nothing was recorded; "
                              f"first: {first['group_id']}: {first['error']}")
     if not scored:
         report.seconds = time.perf_counter() - t0

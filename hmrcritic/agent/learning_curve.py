@@ -234,7 +234,7 @@ def _resume_rows(mem, out_dir: Path | None, settings: dict) -> tuple[list[dict],
     ``([], why not)``."""
     import json
 
-    from hmrcritic.agent.explore import PENDING_FILE, PROGRESS_FILE, _finish_pending, _read_progress
+    from hmrcritic.agent.explore import PENDING_FILE, _finish_pending, _read_progress
 
     f = out_dir / PARTIAL_FILE if out_dir is not None else None
     if f is None or not f.exists():
@@ -253,8 +253,7 @@ def _resume_rows(mem, out_dir: Path | None, settings: dict) -> tuple[list[dict],
     if (Path(mem.path) / PENDING_FILE).exists():  # a batch computed but not fully written: finish it first
         with mem.exclusive("a learning curve"):
             _finish_pending(mem, lambda event, payload: None)
-    if not (Path(mem.path) / PROGRESS_FILE).exists():
-        return [], f"the memory has no exploration progress record beside {f}"
+    # no progress record yet (interrupted inside round 1, before its batch was committed) reads as 0 rounds
     done = int(_read_progress(Path(mem.path)).get("rounds_total", 0))
     # round `last` evaluated and the memory still as it was then, or round last + 1 explored (or half-calibrated)
     # but not yet evaluated; anything else means the memory changed outside this curve

@@ -786,6 +786,10 @@ def _check_or_write_header(out: Path, header: D.DatasetHeader) -> None:
             "seed",
             "x_dim",
         )
+        if old.judge == header.judge == "vlm" and old.judge_model is None and header.judge_model is not None:
+            raise InputError(f"{out} holds a vlm export made before the judge's model was recorded: which model "
+                             f"scored it is unknown, so resuming it with {header.judge_model} could mix two "
+                             "critics; use another --out")
         diff = [k for k in keys if getattr(old, k) != getattr(header, k)]
         if diff:
             raise InputError(

@@ -15,36 +15,6 @@ _BODY_MODEL_OPT = typer.Option(
     None, "--body-model", help="SMPL-layout .pkl/.npz (default: HMRCRITIC_BODY_MODEL, else the mannequin)."
 )
 
-_ZIP_MAGIC, _NPY_MAGIC = b"PK\x03\x04", b"\x93NUMPY"
-
-
-def _check_model_file(path: Path | None, role: str) -> None:
-    """What the reader would misname, said plainly: not a regular file (a device, a fifo), a truncated or corrupt
-    .npz (a zip without its central directory reads as a broken pickle), a single .npy array, an empty file."""
-    import zipfile
-
-    from hmrcritic.errors import AssetError
-
-    if path is None:
-        return
-    path = path.expanduser()
-    if path.exists() and not path.is_file():
-        raise AssetError(f"{role} {path} is {'a folder' if path.is_dir() else 'not a regular file'}; give the "
-                         "SMPL .pkl or .npz file")
-    if not path.is_file():
-        return  # the reader says "not found" with the expected layout
-    with open(path, "rb") as fh:
-        head = fh.read(8)
-    if not head:
-        raise AssetError(f"{role} {path} is empty (0 bytes); copy the SMPL file again")
-    if head.startswith(_NPY_MAGIC):
-        raise AssetError(f"{role} {path} is a single .npy array, not a body model; give the SMPL .pkl, or an .npz "
-                         "holding v_template, f, shapedirs, posedirs, J_regressor, weights and kintree_table")
-    if head.startswith(_ZIP_MAGIC) and not zipfile.is_zipfile(path):
-        raise AssetError(f"{role} {path} is a truncated or corrupt .npz (a zip archive without its directory); "
-                         "copy or download it again")
-
-
 def _model_in_use(body_model: Path | None) -> tuple[Path | None, str]:
     """The file ``load_body_model`` would read, and how to name it: --body-model, else HMRCRITIC_BODY_MODEL."""
     from hmrcritic.hmr.body import resolve_model_path
@@ -74,7 +44,6 @@ def convert(
     from hmrcritic.errors import HMRCriticError, InputError
     from hmrcritic.hmr.body import convert_smpl_pkl
 
-    _check_model_file(src, "body convert: input")
     dst_x = dst.expanduser()
     if dst_x.is_dir():
         raise InputError(f"body convert: output {dst} is a folder; give a file name (e.g. {dst / 'SMPL_NEUTRAL.pkl'})")
@@ -107,7 +76,6 @@ def info(
     """Vertices, faces, joints, source file and standing height (betas = 0) of the body model."""
     from hmrcritic.hmr.body import body_info, load_body_model
 
-    _check_model_file(*_model_in_use(body_model))
     summary = body_info(_one_line(load_body_model, body_model))
     if as_json:
         print(json.dumps(summary, indent=2))
@@ -127,7 +95,6 @@ def export_obj(
 
     if out.expanduser().is_dir():
         raise InputError(f"body export-obj: output {out} is a folder; give a file name (e.g. {out / 'body.obj'})")
-    _check_model_file(*_model_in_use(body_model))
     path = export_template_obj(_one_line(load_body_model, body_model), out)
     print(f"wrote {path}")
 

@@ -306,9 +306,14 @@ def _read_raw(path: Path, allow_chumpy: bool) -> dict:
             ) from None
         return data
     with open(path, "rb") as fh:
-        head = fh.read(4)
-    if head == b"PK\x03\x04":  # a zip's first entry without the zip's directory at its end: cut short
-        raise AssetError(f"{path}: a damaged or truncated .npz body model (the zip archive is incomplete); "
+        head = fh.read(8)
+    if not head:
+        raise AssetError(f"{path}: the body model file is empty (0 bytes); copy it again")
+    if head.startswith(b"\x93NUMPY"):
+        raise AssetError(f"{path}: a single .npy array, not a body model; give the SMPL .pkl or an .npz of arrays; "
+                         f"{_LAYOUT_TEXT}")
+    if head.startswith(b"PK\x03\x04"):  # a zip's first entry without the zip's directory at its end: cut short
+        raise AssetError(f"{path}: a truncated or corrupt .npz body model (a zip archive without its directory); "
                          f"copy or convert it again; {_LAYOUT_TEXT}")
     try:
         with open(path, "rb") as fh:
@@ -424,7 +429,8 @@ def convert_smpl_pkl(src: str | Path, dst: str | Path) -> Path:
 
     src, dst = Path(src).expanduser(), Path(dst).expanduser()
     if not src.is_file():  # the input is the official chumpy file, not the chumpy-free one _read_raw describes
-        raise AssetError(f"body convert: {src} is {'a folder' if src.is_dir() else 'not found'}; give the official "
+        what = "a folder" if src.is_dir() else "not a regular file" if src.exists() else "not found"
+        raise AssetError(f"body convert: {src} is {what}; give the official "
                          "SMPL .pkl (e.g. basicModel_neutral_lbs_10_207_0_v1.0.0.pkl) to convert")
     raw = _read_raw(src, allow_chumpy=True)
     if not isinstance(raw, dict):

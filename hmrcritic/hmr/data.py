@@ -41,7 +41,7 @@ from hmrcritic import config
 from hmrcritic.errors import AssetError, InputError
 from hmrcritic.hmr import anatomy, camera, poses
 from hmrcritic.hmr.rotations import axis_angle_to_matrix, matrix_to_axis_angle
-from hmrcritic.io import atomic_save_npz, atomic_write_json, sha256_file
+from hmrcritic.io import atomic_save_npz, atomic_write_json, pid_alive, sha256_file
 
 GENERATOR_VERSION = f"scenes-1/{poses.GENERATOR_VERSION}"
 DEFAULT_IMAGE_SIZE = (256, 256)
@@ -387,16 +387,6 @@ def _split_lock(folder: Path):
     return FileLock(str(folder.parent / f".{folder.name}.lock"), is_singleton=True)
 
 
-def _pid_alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except (PermissionError, OverflowError, ValueError):  # another user's process, or not a pid we can judge
-        return pid > 0
-    return True
-
-
 def _remove_dead_leftovers(out: Path) -> list[Path]:
     """Remove the ``.staging-<name>-<pid>`` and ``.old-<name>-<pid>`` folders next to ``out`` whose process
     no longer runs (a generation killed mid-way leaves them; nothing else ever would remove them), never one
@@ -408,7 +398,7 @@ def _remove_dead_leftovers(out: Path) -> list[Path]:
             pid = path.name[len(prefix):]
             if not (path.name.startswith(prefix) and pid.isdigit()) or int(pid) == os.getpid():
                 continue
-            if not _pid_alive(int(pid)):
+            if not pid_alive(pid):
                 shutil.rmtree(path, ignore_errors=True)
                 removed.append(path)
     return removed

@@ -120,7 +120,8 @@ def _load_labelled(split: str, limit: int | None):
     if missing:
         raise InputError(f"split {split!r} has no labels {missing} to evaluate against")
     arrays = {**inputs, **{k: labels[k] for k in LABEL_KEYS}}
-    # a shard (or wild's labels file) shorter than the manifest says would misalign inputs and labels
+    # wild's labels file shorter than the manifest says would misalign inputs and labels (shards are checked
+    # against it by SceneSet)
     short = {k: len(v) for k, v in arrays.items() if len(v) != len(scenes)}
     if short:
         raise AssetError(f"split {split!r} in {scenes.folder} is damaged: its manifest lists {len(scenes)} scenes "

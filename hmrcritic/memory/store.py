@@ -46,7 +46,7 @@ import numpy as np
 
 from hmrcritic import config
 from hmrcritic.errors import AssetError, InputError
-from hmrcritic.io import atomic_write_json, exclusive_lock
+from hmrcritic.io import atomic_write_json, exclusive_lock, pid_alive
 from hmrcritic.memory.embeddings import POSE_DIM, POSE_EMBEDDING_ID, TEXT_DIM, TEXT_EMBEDDING_ID
 from hmrcritic.memory.prototypes import PROTOTYPES_COLLECTION, PrototypeMemory, proto_digest
 from hmrcritic.memory.rules import RULES_COLLECTION, RuleMemory, rule_key
@@ -222,16 +222,6 @@ def _command_line() -> str:
     return line if len(line) <= 160 else line[:157] + "..."
 
 
-def _alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except OSError:  # another user's process: it exists
-        return True
-    return True
-
-
 def _lock_holder(path: Path) -> tuple[str, int | None]:
     """``(who, pid)`` of the process holding the write lock of the memory at ``path``, from the record the
     holder keeps (:data:`HOLDER_NAME`); ``pid`` None when the record is missing or left by a process that died
@@ -243,7 +233,7 @@ def _lock_holder(path: Path) -> tuple[str, int | None]:
     except (OSError, ValueError, KeyError, TypeError, AttributeError):
         return unknown
     here = socket.gethostname()
-    if host in ("", here) and not _alive(pid):
+    if pid <= 0 or (host in ("", here) and not pid_alive(pid)):
         return unknown
     if host in ("", here) and pid == os.getpid():
         return "this process itself (a write batch it has not finished)", None
@@ -283,7 +273,7 @@ def _acquire_write_lock(path: Path, location: str):
     rec = {"pid": os.getpid(), "host": socket.gethostname(), "command": _command_line(),
            "since": time.strftime("%Y-%m-%d %H:%M:%S")}
     with suppress(OSError):  # only informs a waiting writer: never worth failing the write for
-        (path / HOLDER_NAME).write_text(json.dumps(rec), encoding="utf-8")
+        atomic_write_json(path / HOLDER_NAME, rec)  # a waiting writer never reads it half-written
     return lock
 
 
@@ -322,18 +312,22 @@ def _persistent_client(path: str, reopen: bool = False, read_only: bool = False)
     new client loads the database (and vector index) fresh from disk. A folder Chroma cannot write is an
     :class:`UnwritableMemoryError` (Chroma writes on every open, so ``read_only`` only changes the advice)."""
     import chromadb
+    from chromadb.api.shared_system_client import SharedSystemClient
 
     if reopen:
         _drop_system(path)
         with _REGISTRY_LOCK:
             _GENERATION[path] = _GENERATION.get(path, 0) + 1
+    shared = path in SharedSystemClient._identifier_to_system  # a running system other stores here use
     try:
         return chromadb.PersistentClient(path=path, settings=_chroma_settings())
     except Exception as exc:
         # Chroma caches the system for the path before starting it: left there, a system whose start failed
         # answered every later open in this process with "'RustBindingsAPI' object has no attribute 'bindings'"
-        # (after the folder was made writable, say), hiding the cause
-        _drop_system(path)
+        # (after the folder was made writable, say), hiding the cause. One that was already running for other
+        # stores of this process is theirs: a failure here (a transient error) must not stop it under them.
+        if not shared:
+            _drop_system(path)
         reason = _unwritable_cause(exc, Path(path))
         if reason is not None:
             raise _unwritable_error(path, reason, read_only) from exc
