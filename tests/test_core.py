@@ -120,3 +120,20 @@ def test_cli_propagates_typer_exit_code():
 def test_atomic_writes_are_world_readable(tmp_path):
     path = atomic_write_json(tmp_path / "r.json", {"a": 1})
     assert (path.stat().st_mode & 0o777) == 0o644
+
+
+def test_pid_alive_reads_damaged_pids_as_no_process(tmp_path):
+    """A lock record's pid is read back from a file: 0 or -1 made os.kill signal a process group (so "alive",
+    and the advice was `kill 0`), a huge one raised OverflowError out of the waiting writer."""
+    import os
+
+    from hmrcritic.io import atomic_write_json, pid_alive
+    from hmrcritic.memory.store import HOLDER_NAME, _lock_holder
+
+    assert pid_alive(os.getpid()) and pid_alive(str(os.getpid()))
+    for bad in (0, -1, 2**70, "x", None):
+        assert pid_alive(bad) is False, bad
+    atomic_write_json(tmp_path / HOLDER_NAME, {"pid": 0, "host": ""})
+    assert _lock_holder(tmp_path)[1] is None
+    atomic_write_json(tmp_path / HOLDER_NAME, {"pid": 2**70, "host": ""})
+    assert _lock_holder(tmp_path)[1] is None
