@@ -18,15 +18,9 @@ def tiny_data(tmp_path_factory):
 
 
 @pytest.fixture(autouse=True)
-def small_world(monkeypatch, tiny_data):
-    from hmrcritic.agent.prior import fit_gmm, pose_features, set_pose_prior
-    from hmrcritic.hmr.poses import sample_poses
-
+def small_world(monkeypatch, tiny_data, small_prior):
     monkeypatch.setenv("HMRCRITIC_DATA", str(tiny_data))
     monkeypatch.setenv("HMRCRITIC_SPLIT_SIZE_SCALE", "0.002")  # tiny splits, made in tiny_data
-    set_pose_prior(fit_gmm(pose_features(sample_poses(300, seed=11)["body_pose"]), components=2, iters=5))
-    yield
-    set_pose_prior(None)
 
 
 @pytest.mark.slow

@@ -18,6 +18,7 @@ def _shorten(text: str, width: int) -> str:
     """``text`` cut at a word boundary with an ellipsis (a cut mid-word read as a typo: "… abo —")."""
     return text if len(text) <= width else text[: width - 1].rsplit(" ", 1)[0].rstrip(" ,;:") + "…"
 
+
 def _rounds_text(rounds: list[int]) -> str:
     """0-based round indices as 1-based ranges: [0, 1, 2, 4] → "1–3, 5"."""
     out: list[str] = []
