@@ -34,21 +34,6 @@ def _note(msg: str) -> None:
     print(f"hmrcritic: {msg}", file=sys.stderr, flush=True)
 
 
-def _check_sampling(num_generations: int, steps: int, eta: float, guidance: float) -> None:
-    """The sampler's own limits, checked before a model or split is loaded or an output folder made."""
-    import math
-
-    from hmrcritic.hmr.diffusion import MAX_GENERATIONS
-
-    if not 1 <= num_generations <= MAX_GENERATIONS:
-        raise InputError(f"--num-generations must be in 1..{MAX_GENERATIONS}, got {num_generations}")
-    if steps < 1:
-        raise InputError(f"--steps (DDIM steps) must be ≥ 1, got {steps}")
-    for name, value in (("eta", eta), ("guidance", guidance)):
-        if not math.isfinite(float(value)) or float(value) < 0:
-            raise InputError(f"--{name} must be a finite number ≥ 0, got {value}")
-
-
 def _parse_scene(scene: str):
     split, _, idx = scene.partition(":")
     if not split or not idx.strip().lstrip("-").isdigit():
@@ -169,9 +154,9 @@ def register(app: typer.Typer) -> None:
         Examples: hmrcritic sample --image me.jpg --keypoints me.json -n 16 --out out/
                   hmrcritic sample --scene test:0 -n 16 --out out/ --obj
         """
-        from hmrcritic.hmr.diffusion import ddim_timesteps, load_model, sample_to_dir
+        from hmrcritic.hmr.diffusion import check_sampling_args, ddim_timesteps, load_model, sample_to_dir
 
-        _check_sampling(num_generations, steps, eta, guidance)
+        check_sampling_args(num_generations, steps, eta, guidance)
         check_device(device)
         if scene and (image or keypoints):
             raise InputError("give either --scene or --image/--keypoints, not both")
@@ -232,7 +217,9 @@ def register(app: typer.Typer) -> None:
 
         if joint_set not in ("lsp14", "smpl24"):
             raise InputError(f"--joint-set must be lsp14 or smpl24, got {joint_set!r}")
-        _check_sampling(num_generations, steps, eta, guidance)
+        from hmrcritic.hmr.diffusion import check_sampling_args
+
+        check_sampling_args(num_generations, steps, eta, guidance)
         check_device(device)
         m = load_model(model, device=device)
         res = evaluate_model(

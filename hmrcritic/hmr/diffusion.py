@@ -378,6 +378,22 @@ def ddim_timesteps(T: int, steps: int) -> torch.Tensor:
     return torch.linspace(T - 1, 0, steps).round().long()
 
 
+def check_sampling_args(num_generations: int, steps: int, eta: float = 0.0, guidance: float = 0.0,
+                        num_timesteps: int | None = None) -> None:
+    """The sampler's limits in the words of the CLI options, for a command to check before it loads a model or
+    a split or makes a folder (``num_timesteps`` unknown then) and for :func:`~hmrcritic.hmr.evaluate.
+    evaluate_model` (with it, the upper bound on ``steps`` too)."""
+    if not 1 <= num_generations <= MAX_GENERATIONS:
+        raise InputError(f"--num-generations must be in 1..{MAX_GENERATIONS}, got {num_generations}")
+    if steps < 1:
+        raise InputError(f"--steps (DDIM steps) must be ≥ 1, got {steps}")
+    if num_timesteps is not None:
+        ddim_timesteps(num_timesteps, steps)
+    for name, value in (("eta", eta), ("guidance", guidance)):
+        if not math.isfinite(float(value)) or float(value) < 0:
+            raise InputError(f"--{name} must be a finite number ≥ 0, got {value}")
+
+
 @torch.no_grad()
 def ddim_sample_x0(
     model: HMRDiffusion,

@@ -33,10 +33,9 @@ import torch
 
 from hmrcritic.errors import AssetError, InputError
 from hmrcritic.hmr.diffusion import (
-    MAX_GENERATIONS,
     HMRDiffusion,
+    check_sampling_args,
     condition_from_keypoints,
-    ddim_timesteps,
     sample,
     x0_to_params,
 )
@@ -169,12 +168,7 @@ def evaluate_model(
     from hmrcritic.hmr.anatomy import is_implausible
     from hmrcritic.hmr.body import load_body_model
 
-    if not 1 <= num_generations <= MAX_GENERATIONS:
-        raise InputError(f"--num-generations must be in 1..{MAX_GENERATIONS}, got {num_generations}")
-    ddim_timesteps(model.num_timesteps, steps)  # DDIM steps in 1..T: refused before any split is loaded
-    for name, value in (("eta", eta), ("guidance", guidance)):
-        if not np.isfinite(float(value)) or float(value) < 0:
-            raise InputError(f"--{name} must be a finite number ≥ 0, got {value}")
+    check_sampling_args(num_generations, steps, eta, guidance, model.num_timesteps)  # before any split is loaded
     if limit is not None and limit < 1:
         raise InputError(f"--limit must be ≥ 1 scene (or left out for the whole split), got {limit}")
     if batch_size < 1:
