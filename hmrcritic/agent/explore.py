@@ -270,10 +270,9 @@ class ExploreSummary:
 
 
 # ---------------------------------------------------------------------------------------------- the loop
-def _signature(split: str, batch_size: int, seed: int, source: str, num_generations: int, metric: str,
-               start: int, custom: str | None) -> str:
-    blob = json.dumps([split, batch_size, seed, source, num_generations, metric, start, custom])
-    return hashlib.sha1(blob.encode()).hexdigest()[:10]
+def _signature(settings: dict) -> str:
+    """The run's id in the progress record: a hash of its :func:`_settings` (in their order)."""
+    return hashlib.sha1(json.dumps(list(settings.values())).encode()).hexdigest()[:10]
 
 
 def _read_progress(path: Path) -> dict:
@@ -441,8 +440,8 @@ def explore(
         })
         custom = (None if groups is None
                   else hashlib.sha1(",".join(g.group_id for g in groups).encode()).hexdigest()[:10])
-        sig = _signature(split, batch_size, seed, source, num_generations, error_metric, start, custom)
         settings = _settings(split, batch_size, seed, source, num_generations, error_metric, start, custom)
+        sig = _signature(settings)
         summary = ExploreSummary(memory=memory.location, split=split, source=source, error_metric=error_metric,
                                  tau=tau, log_path=str(mpath / LOG_FILE))
 
