@@ -147,7 +147,8 @@ def export(
 
     check_export_target(file)  # before the memory is opened: the user's first mistake is the one to hear about
     out = _open(memory_dir, chroma_url).export_json(file)
-    explored = f", the {out['explored_groups']} explored group ids it learned from" if out["explored_groups"] else ""
+    explored = (f", the {out['explored_groups']} group ids it was explored or calibrated on (the evaluation guard)"
+                if out["explored_groups"] else "")
     _print_json(out) if as_json else typer.echo(
         f"wrote {file}: {out['rules']} rules, {out['prototypes']} prototypes{explored} (version {out['version']})")
 
