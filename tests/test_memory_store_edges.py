@@ -329,7 +329,7 @@ def test_export_import_carries_the_explored_groups_guard_and_progress(tmp_path, 
     (src / EXPLORE_FILES[3]).write_text('{"batch_key": "abc:r0"}\n')
     out = tmp_path / "e.json"
     assert main(["memory", "export", str(out), "--memory-dir", str(src)]) == 0
-    assert "the 3 explored group ids" in capsys.readouterr().out
+    assert "the 3 group ids it was explored or calibrated on" in capsys.readouterr().out
     data = json.loads(out.read_text())
     assert data["explored_on"] == explored_record(src) and data["explore_progress"] == progress
 
