@@ -116,6 +116,49 @@ def test_nodes_alone(tmp_path, memory):
     assert state["prototypes"][0][0]["error_mm"] is not None
 
 
+def test_memory_write_rerun_after_a_crash_counts_each_rule_use_once(tmp_path, memory, monkeypatch):
+    """A run killed after memory_write wrote and before its checkpoint was saved re-runs the node on resume: the
+    rule uses were counted a second time. Also killed half-way (the plan kept, the writes not all done)."""
+    from hmrcritic.agent.api import _sample_arrays, load_hypotheses
+    from hmrcritic.io import atomic_save_npz
+
+    s, h, err = make_group(2)
+    config = {"configurable": {"agent": cfg(learn=True).model_dump(), "memory": memory}}
+
+    def through_reflect(run_dir):
+        atomic_save_npz(run_dir / "inputs.npz", **_sample_arrays(s), **load_hypotheses(h), true_error_mm=err)
+        state = {"group_id": "g2", "run_id": f"run-{run_dir.name}", "run_dir": str(run_dir), "num_hypotheses": N,
+                 "round": 0, "reflections": []}
+        for node in (nodes.render, nodes.recall, nodes.critique, nodes.reflect):
+            state.update(node(state, config))
+        return state
+
+    def uses():
+        return {r.rule_id: (r.n_used, r.n_success) for r in memory.rules.all(include_retired=True)}
+
+    before = uses()
+    state = through_reflect(tmp_path / "a")
+    first = nodes.memory_write(state, config)
+    once = uses()
+    assert first["memory_written"]["rules_recorded"] > 0 and once != before
+    again = nodes.memory_write(state, config)  # the resumed run
+    assert uses() == once and again["memory_written"] == first["memory_written"]
+    # killed after the plan was kept and the prototypes written, before the rule statistics: the resume applies
+    # the same absolute records, once
+    state = through_reflect(tmp_path / "b")
+    real = type(memory.rules).update
+    monkeypatch.setattr(type(memory.rules), "update", lambda *a, **k: (_ for _ in ()).throw(KeyboardInterrupt))
+    with pytest.raises(KeyboardInterrupt):
+        nodes.memory_write(state, config)
+    assert uses() == once
+    monkeypatch.setattr(type(memory.rules), "update", real)
+    nodes.memory_write(state, config)
+    twice = uses()
+    nodes.memory_write(state, config)
+    assert uses() == twice and sum(u for u, _ in twice.values()) - sum(u for u, _ in once.values()) == \
+        first["memory_written"]["rules_recorded"]
+
+
 def test_rerun_returns_finished_thread(tmp_path, memory, saver):
     s, h, _ = make_group(3)
     first = critique_group(s, h, memory=memory, config=cfg(), checkpointer=saver, run_dir=tmp_path / "g")

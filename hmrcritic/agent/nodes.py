@@ -13,6 +13,7 @@ checkpointed; only the plain settings are).
 from __future__ import annotations
 
 import contextlib
+import json
 import math
 import threading
 from pathlib import Path
@@ -529,24 +530,53 @@ def memory_write(state: AgentState, config: RunnableConfig = None) -> dict:
         )
         for s in scores
     ]
-    recorded = 0
-    success = None
+    # Crash-safe like exploration's plan/apply: the rule statistics this group sets are computed once as
+    # absolute records and kept in the run folder before they are written, and marked applied after. A run
+    # killed after writing but before its checkpoint re-runs this node: it finds the plan applied (or re-applies
+    # the same absolute records) instead of counting every rule use a second time.
+    ledger = run_dir / MEMORY_WRITE_FILE
+    key = f"{gid}|{state.get('run_id', '')}"
     batch = getattr(memory, "_write", None)  # the store's re-entrant write lock: both writes, one batch
     with batch() if batch is not None else contextlib.nullcontext():
-        memory.prototypes.add(protos)
-        if labelled and crit.rules_applied:
-            ok, bad = rule_outcomes(crit, state, err, cfg.success_tau)
-            if ok:
-                memory.rules.record_use(ok, success=True)
-            if bad:
-                memory.rules.record_use(bad, success=False)
-            recorded = len(ok) + len(bad)
-            success = {"succeeded": len(ok), "failed": len(bad)}
+        plan = _read_ledger(ledger, key)
+        if plan is None:
+            rules_after: dict[str, Rule] = {}
+            success = None
+            if labelled and crit.rules_applied:
+                ok, bad = rule_outcomes(crit, state, err, cfg.success_tau)
+                rules_after = {r.rule_id: r for r in memory.rules.get(list(dict.fromkeys(ok + bad)))}
+                for rid, won in [(i, True) for i in ok] + [(i, False) for i in bad]:
+                    rules_after[rid].n_used += 1
+                    rules_after[rid].n_success += int(won)
+                success = {"succeeded": len(ok), "failed": len(bad)}
+                recorded = len(ok) + len(bad)
+            else:
+                recorded = 0
+            plan = {"key": key, "applied": False, "rules": [r.model_dump(mode="json") for r in rules_after.values()],
+                    "written": {"prototypes": len(protos), "rules_recorded": recorded, "success": success}}
+            atomic_write_json(ledger, plan)
+        if not plan["applied"]:
+            memory.prototypes.add(protos)  # by fixed ids: a second write replaces the first
+            if plan["rules"]:
+                memory.rules.update([Rule.model_validate(r) for r in plan["rules"]])
+            atomic_write_json(ledger, {**plan, "applied": True})
     return {
-        "memory_written": {"prototypes": len(protos), "rules_recorded": recorded, "success": success},
+        "memory_written": plan["written"],
         "memory_version": memory.version(),
         "done": True,
     }
+
+
+MEMORY_WRITE_FILE = "memory_write.json"
+
+
+def _read_ledger(path: Path, key: str) -> dict | None:
+    """This run's memory-write plan, or None (none yet, another run's, or unreadable: computed afresh)."""
+    try:
+        plan = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return None
+    return plan if isinstance(plan, dict) and plan.get("key") == key and "written" in plan else None
 
 
 def rule_outcomes(crit: GroupCritique, state: AgentState, err: np.ndarray, tau: float) -> tuple[list, list]:
