@@ -33,6 +33,7 @@ from hmrcritic.alignment.dataset import GroupPreferenceDataset
 from hmrcritic.alignment.objectives import OBJECTIVES, ObjectiveConfig, compute_loss, frozen_reference
 from hmrcritic.alignment.stats import GroupStatTracker
 from hmrcritic.errors import AssetError, HMRCriticError, InputError
+from hmrcritic.hmr.train import ema_update
 from hmrcritic.io import append_jsonl, atomic_torch_save, atomic_write_jsonl, read_jsonl
 
 
@@ -278,10 +279,7 @@ def finetune(config: FinetuneConfig, progress: bool | Callable[[dict], None] = F
                 out_obj.loss.backward()
             gnorm = torch.nn.utils.clip_grad_norm_(policy.parameters(), cfg.grad_clip)
             opt.step()
-            with torch.no_grad():
-                decay = min(cfg.ema, (1 + step) / (10 + step))
-                for pe, pm in zip(ema.parameters(), policy.parameters(), strict=True):
-                    pe.lerp_(pm, 1 - decay)
+            ema_update(ema, policy, step, cfg.ema)
             window.append({**out_obj.metrics, "grad_norm": float(gnorm)})
             done = step + 1
             if done % cfg.log_every == 0 or done == cfg.steps:

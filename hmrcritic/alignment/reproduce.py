@@ -197,7 +197,7 @@ def _key(*parts: Any) -> str:
 _STAGE_CODE = {
     "export": ("alignment/export.py", "alignment/dataset.py", "hmr/diffusion.py", "hmr/render.py"),
     "finetune": ("alignment/finetune.py", "alignment/objectives.py", "alignment/stats.py", "alignment/dataset.py",
-                 "hmr/diffusion.py"),
+                 "hmr/diffusion.py", "hmr/train.py"),
     "eval": ("hmr/evaluate.py", "hmr/metrics.py", "hmr/diffusion.py"),
 }
 

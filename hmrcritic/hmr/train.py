@@ -212,6 +212,15 @@ def _batch_indices(step: int, cfg: TrainConfig, n: int) -> torch.Tensor:
     return _epoch_order(n, epoch, cfg.seed)[k * bs : (k + 1) * bs]
 
 
+@torch.no_grad()
+def ema_update(ema: torch.nn.Module, model: torch.nn.Module, step: int, max_decay: float) -> None:
+    """One EMA step of ``ema`` toward ``model`` (the weights a run ships): the decay warms up as
+    ``(1 + step) / (10 + step)`` to ``max_decay``. Shared by base training and the alignment finetuner."""
+    decay = min(max_decay, (1 + step) / (10 + step))
+    for pe, pm in zip(ema.parameters(), model.parameters(), strict=True):
+        pe.lerp_(pm, 1 - decay)
+
+
 STATE_FILES = ("state.pt", "log.jsonl", "model.pt")  # what a run writes into its folder (atomic temp files too)
 
 
@@ -417,10 +426,7 @@ def _train(cfg, out_dir: Path, data, resume, progress, device, stop_at, say) -> 
             loss.backward()
             gnorm = torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.grad_clip)
             opt.step()
-            with torch.no_grad():
-                decay = min(cfg.ema, (1 + step) / (10 + step))
-                for pe, pm in zip(ema.parameters(), model.parameters(), strict=True):
-                    pe.lerp_(pm, 1 - decay)
+            ema_update(ema, model, step, cfg.ema)
             run_loss += float(loss.detach())
             run_n += 1
             timed += 1
