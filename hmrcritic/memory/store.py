@@ -218,6 +218,12 @@ def _mkdir(path: Path, location: str) -> None:
 # ---- the write lock -------------------------------------------------------------------------------------
 def _command_line() -> str:
     argv = [Path(sys.argv[0]).name if sys.argv and sys.argv[0] else "python", *sys.argv[1:]]
+    # a server URL may come without a scheme (user:password@host:port), where scrub cannot tell it from text
+    for i, a in enumerate(argv):
+        if i and argv[i - 1] == "--chroma-url":
+            argv[i] = redact_url(a)
+        elif a.startswith("--chroma-url="):
+            argv[i] = "--chroma-url=" + redact_url(a.partition("=")[2])
     line = scrub(" ".join(argv))
     return line if len(line) <= 160 else line[:157] + "..."
 
@@ -225,7 +231,8 @@ def _command_line() -> str:
 def _lock_holder(path: Path) -> tuple[str, int | None]:
     """``(who, pid)`` of the process holding the write lock of the memory at ``path``, from the record the
     holder keeps (:data:`HOLDER_NAME`); ``pid`` None when the record is missing or left by a process that died
-    (an older hmrcritic, or anything else holding the file)."""
+    (an older hmrcritic, or anything else holding the file), or when the holder runs on another host (a memory
+    folder on a shared file system): ``kill`` here would signal an unrelated process."""
     unknown = "another process (it left no record of which)", None
     try:
         rec = json.loads((path / HOLDER_NAME).read_text(encoding="utf-8"))
@@ -239,7 +246,7 @@ def _lock_holder(path: Path) -> tuple[str, int | None]:
         return "this process itself (a write batch it has not finished)", None
     on = f" on {host}" if host and host != here else ""
     cmd = f" `{rec['command']}`" if rec.get("command") else ""
-    return f"pid {pid}{on}{cmd}, holding it since {rec.get('since', '?')}", pid
+    return f"pid {pid}{on}{cmd}, holding it since {rec.get('since', '?')}", None if on else pid
 
 
 def _acquire_write_lock(path: Path, location: str):
@@ -893,7 +900,6 @@ class MemoryStore:
         """Write every rule and prototype (with embeddings) to a JSON file, with the calibration and the
         exploration records of :data:`EXPORTED_FILES`; returns the counts."""
         check_export_target(path)
-        side = {key: rec for key in EXPORTED_FILES if (rec := self._side_record(key)) is not None}
         data = {
             "format": EXPORT_FORMAT,
             "schema": SCHEMA_VERSION,
@@ -905,9 +911,14 @@ class MemoryStore:
         cal = self.calibration()
         if cal is not None:
             data["calibration"] = cal.model_dump(mode="json")
+        # read after the contents: exploration records a batch's groups before it learns from them (and its
+        # progress after), so an exploration writing meanwhile leaves the guard over-, never under-stated
+        side = {key: rec for key in EXPORTED_FILES if (rec := self._side_record(key)) is not None}
         data.update(side)
         atomic_write_json(path, data, indent=None)
-        explored = merge_explored(None, side["explored_on"])[1] if "explored_on" in side else 0
+        # distinct ids per split: a later round may learn from groups a calibration was fitted on (in both lists)
+        explored = sum(len({g for k in _EXPLORED_ID_KEYS for g in rec.get(k, [])})
+                       for rec in side.get("explored_on", {}).get("splits", {}).values())
         return {"rules": len(data["rules"]), "prototypes": len(data["prototypes"]),
                 "version": data["version"], "explored_groups": explored}
 
