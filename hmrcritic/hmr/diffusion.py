@@ -592,7 +592,9 @@ def read_checkpoint(path: str | Path) -> dict:
     """Load and validate a checkpoint file's payload (no model built). Raises AssetError naming the path."""
     path = Path(path)
     if path.is_dir():
-        found = sorted(p.name for p in path.glob("*.pt") if not p.name.endswith(".state.pt"))[:3]
+        # not a training state: train-base's state.pt, finetune's OUT.state.pt (read_checkpoint refuses both)
+        found = sorted(p.name for p in path.glob("*.pt")
+                       if not (p.name == "state.pt" or p.name.endswith(".state.pt")))[:3]
         raise AssetError(f"model checkpoint {path} is a folder; give the .pt file"
                          + (f" (it holds {', '.join(found)})" if found else ""))
     if not path.is_file():

@@ -1,0 +1,38 @@
+"""Review of the hmr/model changes: defects found by running the code, each pinned by a test that failed before its
+fix."""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+
+import pytest
+
+from hmrcritic.errors import AssetError
+from hmrcritic.hmr.diffusion import DiffusionConfig, load_model
+from hmrcritic.hmr.train import TrainConfig, train_base
+
+TESTS = Path(__file__).resolve().parent
+TINY = DiffusionConfig(d_model=32, layers=1, heads=2)
+
+
+def _data(n=16, seed=0):
+    sys.path.insert(0, str(TESTS))
+    from test_diffusion import _tiny_data
+
+    return _tiny_data(n, seed)
+
+
+def test_a_run_folder_given_as_the_model_names_its_checkpoints_not_its_training_state(tmp_path):
+    """`--model runs/train-base-seed0` (a run folder) is refused naming the .pt files to give instead; the run's
+    training state ``state.pt`` is not a model checkpoint (load_model refuses it), so it must not be suggested."""
+    cfg = TrainConfig(steps=6, batch_size=4, warmup=1, log_every=2, ckpt_every=2, model=TINY)
+    assert train_base(cfg, tmp_path, data=_data(), stop_at=2).name == "state.pt"
+    with pytest.raises(AssetError, match="is a folder") as info:
+        load_model(tmp_path)
+    assert "state.pt" not in str(info.value), info.value
+    with pytest.raises(AssetError, match="not an hmrcritic diffusion checkpoint"):  # what the hint led to
+        load_model(tmp_path / "state.pt")
+    final = train_base(cfg, tmp_path, data=_data())
+    with pytest.raises(AssetError, match=r"is a folder; give the \.pt file \(it holds model\.pt\)$"):
+        load_model(final.parent)
