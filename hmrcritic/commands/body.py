@@ -15,12 +15,6 @@ _BODY_MODEL_OPT = typer.Option(
     None, "--body-model", help="SMPL-layout .pkl/.npz (default: HMRCRITIC_BODY_MODEL, else the mannequin)."
 )
 
-def _model_in_use(body_model: Path | None) -> tuple[Path | None, str]:
-    """The file ``load_body_model`` would read, and how to name it: --body-model, else HMRCRITIC_BODY_MODEL."""
-    from hmrcritic.hmr.body import resolve_model_path
-
-    return resolve_model_path(body_model), "--body-model" if body_model is not None else "HMRCRITIC_BODY_MODEL"
-
 
 def _one_line(fn, *args):
     """``fn(*args)`` with a user error's message kept on one line (some readers quote multi-line messages)."""

@@ -357,7 +357,7 @@ def format_report(res: dict) -> str:
         ),
         # the group *median* under the "mean" column would read as a mean (the mean is in --json as
         # reproj_mean_px, swamped by hypotheses far off the image), so the row says what it shows
-        f"{'reproj med (px)':14}{f(res['reproj_px'])} {f(res['reproj_best_px'])}   (median over the group / best)",
+        f"{'reproj med px':14}{f(res['reproj_px'])} {f(res['reproj_best_px'])}   (median over the group / best)",
         f"NN baseline PA-MPJPE {f(res['nn_baseline_pa_mpjpe_mm'])} mm   implausible rate {rate}",
         f"diversity visible {f(res['diversity_visible_mm'])} mm   "
         f"occluded {f(res['diversity_occluded_mm'])} mm"
