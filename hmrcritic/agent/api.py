@@ -225,12 +225,35 @@ def _saver_path(saver: Any) -> str:
         return "the checkpoint database"
 
 
+def _raised_by(saver: Any, exc: BaseException) -> bool:
+    """Whether ``exc`` was raised in the checkpointer's own code: a node's SQLite (the Chroma memory is SQLite
+    too) fails inside the same ``stream`` and must not be reported as the checkpoint database."""
+    import inspect
+    import traceback
+
+    files = set()
+    package = type(saver).__module__.split(".")[0]
+    for cls in type(saver).__mro__:  # its class and base classes of its package (not typing's Generic, abc)
+        if cls.__module__.split(".")[0] != package:
+            continue
+        try:
+            files.add(inspect.getsourcefile(cls))
+        except TypeError:  # builtins
+            continue
+    files.discard(None)
+    if not files:
+        return True
+    return any(frame.filename in files for frame in traceback.extract_tb(exc.__traceback__))
+
+
 @contextmanager
 def _checkpoint_errors(saver: Any) -> Iterator[None]:
     """Turn a SQLite failure of the checkpointer into one AssetError line naming its file."""
     try:
         yield
     except sqlite3.Error as exc:
+        if not _raised_by(saver, exc):
+            raise
         raise checkpoint_error(_saver_path(saver), exc) from exc
 
 
@@ -283,11 +306,14 @@ def _agent_config(config: AgentConfig | dict | None, judge: Any, memory: Any, le
         raw["learn"] = bool(learn)
     raw.update({k: v for k, v in overrides.items() if v is not None})
     try:  # validated here, before any input is written or thread started (not first inside the graph)
-        return AgentConfig.model_validate(raw)
+        cfg = AgentConfig.model_validate(raw)
     except ValidationError as exc:
         err = exc.errors()[0]
         where = ".".join(str(x) for x in err["loc"]) or "config"
         raise InputError(f"agent config: {where} {err['msg'].lower()} (got {err.get('input')!r})") from None
+    if cfg.judge.strip().lower() in ("builtin", "vlm"):  # make_judge reads the names in any case ("VLM"); the
+        cfg.judge = cfg.judge.strip().lower()  # judge cache, model identity and thread reuse compare them exactly
+    return cfg
 
 
 def critique_group(

@@ -153,7 +153,8 @@ def consensus_deviation(joints: torch.Tensor, joint_conf: torch.Tensor | None = 
     w = w / w.sum()
     pair = ((rel[:, None] - rel[None]).norm(dim=-1) * w).sum(-1)  # (N,N)
     total = pair.sum(1)
-    tied = total <= total.min() * (1 + 1e-9)  # float sums of the same distances in another order
+    # float sums of the same distances in another order: N terms differ by at most ~N·eps of the sum
+    tied = total <= total.min() * (1 + len(total) * torch.finfo(total.dtype).eps)
     return pair[:, tied].mean(1) * 1000.0
 
 

@@ -589,8 +589,11 @@ class VLMJudge:
                 messages = build(mode, retry_reason)
                 with self._semaphore:
                     result = invoke_within(self._runnable(schema, mode), messages, self.settings.timeout_s)
-                self._check_complete(result)
-                return validate(self._payload(result))
+                try:
+                    return validate(self._payload(result))
+                except Unparseable:  # only an unusable answer is blamed on the cut (JSON modes often pad a
+                    self._check_complete(result)  # complete answer with whitespace up to the limit)
+                    raise
             except _CutOff as exc:  # at temperature 0 a retry is cut at the same place
                 reason, fatal = str(exc), True
             except openai.LengthFinishReasonError as exc:  # the same, seen by the client's json_schema parsing
