@@ -25,12 +25,12 @@ records after the batch, prototypes by deterministic id, mined rules with ids de
 written to ``explore_pending.json``, applied under the memory's write lock and followed — inside the same
 lock — by the progress record (``explore_progress.json``). Re-applying a plan is a no-op, so an exploration
 killed anywhere resumes from its last finished batch without counting a use twice. The score calibration is
-refitted by a resumed call whenever the rule records changed since the last fit (the rule state each fit was
-made for is kept in the progress record), and its groups are recorded before the fit, so an interrupted-then-
-resumed exploration ends with the memory of an uninterrupted one. Rounds are counted per setting signature; a
-call with other settings (batch size, error metric) that would explore groups an earlier run of the memory
-learned from is refused rather than counting them twice. A group that cannot test a ranking (fewer than two
-hypotheses, one true error for all) is skipped with its reason.
+refitted by a resumed call whenever the rule records changed or a round was explored since the last fit (the
+rule state and round count each fit was made for are kept in the progress record), and its groups are recorded
+before the fit, so an interrupted-then-resumed exploration ends with the memory of an uninterrupted one.
+Rounds are counted per setting signature; a call with other settings (batch size, error metric) that would
+explore groups an earlier run of the memory learned from is refused rather than counting them twice. A group
+that cannot test a ranking (fewer than two hypotheses, one true error for all) is skipped with its reason.
 
 Frozen memory: ``explored_on.json`` records which split and group ids the memory has learned from;
 :func:`assert_not_explored` refuses to evaluate on them. Scoring elsewhere opens the memory read-only and
@@ -326,7 +326,9 @@ def _check_overlap(prog: dict, sig: str, settings: dict, rounds: int, limit: int
         clash = [(max(a, c), min(b, d)) for a, b in mine for c, d in spans if max(a, c) < min(b, d)]
         if clash:
             differ = ", ".join(f"{k.replace('_', ' ')} {theirs.get(k)} (now {settings[k]})"
-                               for k in ("batch_size", "error_metric", "start") if theirs.get(k) != settings[k])
+                               # on given groups, seed, source and group size do not pick the groups either
+                               for k in ("batch_size", "error_metric", "start", "seed", "source", "num_generations")
+                               if theirs.get(k) != settings[k])
             first, last = min(a for a, _ in clash), max(b for _, b in clash) - 1
             raise InputError(
                 f"explore: this memory already learned from {settings['split']} groups #{first}–#{last} in an "
@@ -530,10 +532,16 @@ def _maybe_calibrate(memory, summary: ExploreSummary, judge_obj, cfg, groups, sp
     except AssetError:
         current = None  # unreadable: replace it
     state = _rules_state(memory)
-    fitted_for = _read_progress(mpath).get("calibration", {}).get("rules_state")
+    prog = _read_progress(mpath)
+    fitted = prog.get("calibration", {})
+    rounds_total = int(prog.get("rounds_total", 0))
     fresh = (current is not None and current.judge == name
              and current.rules_fingerprint == memory.rules_fingerprint()
-             and fitted_for in (None, state))  # None: fitted before the state was kept (or not by explore)
+             # None: fitted before the state was kept (or not by explore)
+             and fitted.get("rules_state") in (None, state)
+             # a round explored since the fit moves the calibration groups even where it left the rules alone
+             # (no rule recalled, or only unrankable groups): an uninterrupted call refits after it
+             and fitted.get("rounds_total", rounds_total) == rounds_total)
     if fresh and not summary.rounds:
         return
     kept = (" (the memory keeps its earlier calibration, fitted for its rules as they were then; "
@@ -572,7 +580,7 @@ def _maybe_calibrate(memory, summary: ExploreSummary, judge_obj, cfg, groups, sp
         emit("calibrated", {"calibration": None, "note": summary.calibration_note})
         return
     prog = _read_progress(mpath)
-    prog["calibration"] = {"rules_state": state, "judge": name}
+    prog["calibration"] = {"rules_state": state, "judge": name, "rounds_total": rounds_total}
     atomic_write_json(mpath / PROGRESS_FILE, prog)
     summary.calibration = cal.model_dump(mode="json")
     if len(cal_groups) < n:
