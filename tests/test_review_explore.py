@@ -75,3 +75,25 @@ def test_a_refused_rerun_on_given_groups_names_the_setting_that_differs(train, t
     ex.explore(MemoryStore(path), seed=0, **kw)
     with pytest.raises(InputError, match=r"other settings \(seed 0 \(now 1\); 1 round\(s\) done\)"):
         ex.explore(MemoryStore(path), seed=1, **kw)
+
+
+def test_the_source_a_run_drew_from_decides_whether_another_run_meets_its_groups(tmp_path, monkeypatch):
+    """``--source auto`` draws the model's groups when the model loads. The overlap check compared the source
+    as written, so a later ``--source model`` run with another batch size explored the groups of an earlier
+    ``auto`` run a second time (their rule uses counted twice) instead of being refused; and an ``auto`` run
+    after a ``perturbed`` one must not be refused for groups it will not draw."""
+    monkeypatch.setenv("HMRCRITIC_DATA", str(tmp_path / "data"))  # a tiny train split of this test's own
+    monkeypatch.setenv("HMRCRITIC_SPLIT_SIZE_SCALE", "0.002")
+    kw = dict(split="train", rounds=1, num_generations=4, calibration_groups=0, merge_text=False, max_new_rules=0)
+    path = tmp_path / "m"
+    first = ex.explore(MemoryStore(path), batch_size=1, source="auto", **kw)
+    assert first.source == "model"
+    before = _state(path)
+    with pytest.raises(InputError, match=r"already learned from train groups #0–#0 .*batch size 1 \(now 2\)"):
+        ex.explore(MemoryStore(path), batch_size=2, source="model", **kw)
+    assert _state(path) == before
+    ex.explore(MemoryStore(path), batch_size=2, source="perturbed", **kw)  # other hypotheses: fine
+
+    other = tmp_path / "other"
+    ex.explore(MemoryStore(other), batch_size=1, source="perturbed", **kw)
+    assert ex.explore(MemoryStore(other), batch_size=2, source="auto", **kw).source == "model"

@@ -302,7 +302,11 @@ def _same_groups(a: dict, b: dict) -> bool:
     from a split the same split, seed, source and group size (which decide its hypotheses)."""
     if a.get("custom") or b.get("custom"):
         return a.get("split") == b.get("split") and a.get("custom") == b.get("custom")
-    return all(a.get(k) == b.get(k) for k in ("split", "seed", "source", "num_generations"))
+    # the source a run drew from (``source_used``: kept with its batches, worked out for this run before it
+    # draws); ``auto`` alone (a record from before it was kept) may have met the same groups as either
+    src_a, src_b = (s.get("source_used") or s.get("source") for s in (a, b))
+    return (all(a.get(k) == b.get(k) for k in ("split", "seed", "num_generations"))
+            and (src_a == src_b or "auto" in (src_a, src_b)))
 
 
 def _check_overlap(prog: dict, sig: str, settings: dict, rounds: int, limit: int | None) -> None:
@@ -450,7 +454,12 @@ def explore(
         _finish_pending(memory, emit)
         prog = _read_progress(mpath)
         total_cap = limit
-        _check_overlap(prog, sig, settings, rounds, total_cap)
+        drawing = settings
+        if groups is None and source == "auto" and any(o != sig for o in prog.get("runs", {})):
+            from hmrcritic.agent.groups import group_model  # which groups "auto" will draw, for the check
+
+            drawing = {**settings, "source_used": "perturbed" if group_model() is None else "model"}
+        _check_overlap(prog, sig, drawing, rounds, total_cap)
         done = set(prog.get("runs", {}).get(sig, {}).get("rounds_done", []))
         summary.resumed_rounds = len([r for r in done if r < rounds])
         if summary.resumed_rounds:
@@ -487,7 +496,8 @@ def explore(
                                 retire_min_uses=retire_min_uses, retire_min_rate=retire_min_rate,
                                 merge_text=merge_text, prototypes=prototypes, settle=settle,
                                 info={"seed": seed, "source": resolved_source, "num_generations": num_generations},
-                                run_record={"settings": settings, "span": [start + lo, start + lo + len(batch)]})
+                                run_record={"settings": {**settings, "source_used": resolved_source},
+                                            "span": [start + lo, start + lo + len(batch)]})
             summary.rounds.append(report)
             emit("round", asdict(report))
         if resolved_source == "auto" and groups is None:  # nothing drawn in this call: what the run drew

@@ -172,17 +172,24 @@ def groups_from_model(split="test", num_groups: int = 20, num_generations: int =
 def make_groups(split="test", num_groups: int = 20, num_generations: int = 16, seed: int = 0,
                 start: int = 0, source: str = "auto", model_path=None) -> tuple[list[LabelledGroup], str]:
     """Groups from ``source`` ("model" | "perturbed" | "auto": the model if it loads, else perturbed)."""
+    model = group_model(source, model_path)
+    if model is not None:
+        return groups_from_model(split, num_groups, num_generations, seed, start, model=model), "model"
+    return groups_from_perturbed_gt(split, num_groups, num_generations, seed, start), "perturbed"
+
+
+def group_model(source: str = "auto", model_path=None):
+    """The diffusion model groups of ``source`` are sampled by, or None where they are perturbed ground truth:
+    "perturbed", or "auto" when the model does not load ("model" then raises AssetError)."""
     if source not in ("auto", "model", "perturbed"):
         raise InputError(f"group source {source!r}: choose auto, model or perturbed")
-    if source in ("auto", "model"):
-        try:
-            from hmrcritic.hmr import diffusion
+    if source == "perturbed":
+        return None
+    try:
+        from hmrcritic.hmr import diffusion
 
-            model = diffusion.load_model(model_path)
-        except (HMRCriticError, ImportError, FileNotFoundError) as exc:
-            if source == "model":
-                raise AssetError(f"diffusion model could not be loaded: {exc}") from exc
-            model = None
-        if model is not None:
-            return groups_from_model(split, num_groups, num_generations, seed, start, model=model), "model"
-    return groups_from_perturbed_gt(split, num_groups, num_generations, seed, start), "perturbed"
+        return diffusion.load_model(model_path)
+    except (HMRCriticError, ImportError, FileNotFoundError) as exc:
+        if source == "model":
+            raise AssetError(f"diffusion model could not be loaded: {exc}") from exc
+        return None
