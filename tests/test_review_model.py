@@ -36,3 +36,20 @@ def test_a_run_folder_given_as_the_model_names_its_checkpoints_not_its_training_
     final = train_base(cfg, tmp_path, data=_data())
     with pytest.raises(AssetError, match=r"is a folder; give the \.pt file \(it holds model\.pt\)$"):
         load_model(final.parent)
+
+
+def test_a_stopped_run_exports_the_step_it_stopped_at_or_refuses(tmp_path):
+    """``train-base --stop-at N`` writes ``model_stepN.pt`` from ``state.pt`` after its run let go of the folder;
+    another train-base on the folder may have trained on by then, and the file named step N held a later step's
+    weights. The export checks the step it was asked for."""
+    from hmrcritic.errors import InputError
+    from hmrcritic.hmr.train import checkpoint_from_state
+
+    cfg = TrainConfig(steps=6, batch_size=4, warmup=1, log_every=2, ckpt_every=2, model=TINY)
+    state = train_base(cfg, tmp_path, data=_data(), stop_at=2)
+    at2 = checkpoint_from_state(state, tmp_path / "model_step2.pt", step=2)
+    assert load_model(at2) is not None
+    train_base(cfg, tmp_path, data=_data(), stop_at=4)  # the other run, between the stop and the export
+    with pytest.raises(InputError, match=r"is at step 4, not 2: another train-base"):
+        checkpoint_from_state(state, tmp_path / "late.pt", step=2)
+    assert not (tmp_path / "late.pt").exists()

@@ -103,7 +103,7 @@ def register(app: typer.Typer) -> None:
         if path.name == "state.pt":  # stopped early: export the EMA weights at that step
             from hmrcritic.hmr.train import checkpoint_from_state
 
-            path = checkpoint_from_state(path, Path(out) / f"model_step{stop_at}.pt")
+            path = checkpoint_from_state(path, Path(out) / f"model_step{stop_at}.pt", step=stop_at)
         print(f"model: {path}")
         if ship:
             from hmrcritic.hmr.diffusion import load_model

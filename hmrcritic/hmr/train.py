@@ -532,13 +532,20 @@ def model_from_state(state_path: str | Path, device: str = "cpu") -> HMRDiffusio
     return model.to(device).eval()
 
 
-def checkpoint_from_state(state_path: str | Path, dest: str | Path, data_source: dict | None = None) -> Path:
+def checkpoint_from_state(state_path: str | Path, dest: str | Path, data_source: dict | None = None,
+                          step: int | None = None) -> Path:
     """Write the EMA model of a (possibly stopped-early) run's ``state.pt`` as a ``load_model`` checkpoint.
 
     The recipe it records is the run's config plus ``stop_at`` (the step it stopped at), which reproduces
-    it exactly: ``hmrcritic train-base --seed S --stop-at N``.
+    it exactly: ``hmrcritic train-base --seed S --stop-at N``. With ``step`` a state at any other step is
+    refused: ``train-base --stop-at N`` exports after its run has let go of the folder, where another
+    ``train-base`` may already have trained on (``model_stepN.pt`` would hold a later step's weights).
     """
     st = torch.load(state_path, map_location="cpu", weights_only=True)
+    if step is not None and int(st["step"]) != step:
+        raise InputError(f"train-base: {state_path} is at step {int(st['step'])}, not {step}: another train-base "
+                         f"on {Path(state_path).parent} trained on meanwhile; run the same command again once it "
+                         "has stopped")
     model = model_from_state(state_path)
     cfg = TrainConfig.from_dict(st["config"])
     log = [r for r in read_jsonl(Path(state_path).parent / "log.jsonl") if r.get("step", 0) <= st["step"]]
