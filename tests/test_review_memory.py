@@ -103,3 +103,40 @@ def test_the_export_counts_a_group_both_explored_and_calibrated_on_once(tmp_path
     _add_explored(src, "train", ["train-0", "train-1"], {})
     _add_explored(src, "val", ["train-0"], {})  # another split: another group
     assert store.export_json(tmp_path / "e.json")["explored_groups"] == 3
+
+
+@pytest.mark.parametrize("cut", ["after the drop", "inside the store's reset"])
+def test_a_reset_cut_short_is_refused_until_it_is_run_again(tmp_path, capsys, monkeypatch, cut):
+    """`memory reset` drops the collections, then deletes the exploration records. Cut short in between (Ctrl-C,
+    a kill), the memory reopened empty with the old progress record, and the next exploration skipped its rounds
+    as done. A reset now marks the folder first; a marked memory refuses to open, naming the command to run."""
+    from hmrcritic.cli import main
+    from hmrcritic.memory.store import RESET_MARKER
+
+    path = tmp_path / "m"
+    MemoryStore(path).prototypes.add([_proto("p1", 7.0)])
+    (path / EXPLORE_FILES[1]).write_text(json.dumps({"rounds_total": 3}))
+
+    def cut_short(*_a, **_k):
+        raise KeyboardInterrupt
+
+    target = "reset" if cut == "after the drop" else "_create_missing"
+    with monkeypatch.context() as mp:
+        mp.setattr(MemoryStore, target, cut_short)
+        assert main(["memory", "reset", "--yes", "--memory-dir", str(path)]) == 130  # Ctrl-C's exit
+    assert (path / RESET_MARKER).exists()
+    with pytest.raises(AssetError, match=r"a reset was cut short .*memory reset --yes --memory-dir"):
+        MemoryStore(path)
+    capsys.readouterr()
+    assert main(["memory", "reset", "--yes", "--memory-dir", str(path)]) == 0
+    assert not (path / RESET_MARKER).exists() and not (path / EXPLORE_FILES[1]).exists()
+    store = MemoryStore(path)
+    assert store.prototypes.count() == 0 and store.rules.count() > 0
+
+
+def test_the_store_reset_leaves_no_marker(tmp_path):
+    from hmrcritic.memory.store import RESET_MARKER
+
+    store = MemoryStore(tmp_path / "m")
+    store.reset(seed_starter=False)
+    assert not (tmp_path / "m" / RESET_MARKER).exists() and MemoryStore(tmp_path / "m").rules.count() == 0

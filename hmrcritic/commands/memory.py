@@ -179,7 +179,7 @@ def reset(
     """Delete every rule and prototype and start again (seeded with the starter rules)."""
     import os
 
-    from hmrcritic.memory.store import COLLECTIONS, MemoryStore, hold_exclusive
+    from hmrcritic.memory.store import COLLECTIONS, MemoryStore, hold_exclusive, resetting
     from hmrcritic.redact import redact_url
 
     # the server MemoryStore would pick up from the environment is the one to drop (dropping the folder's
@@ -195,7 +195,8 @@ def reset(
 
         path = config.memory_dir()
     # hold the memory before touching it: a reset refused because an exploration runs must delete nothing
-    with hold_exclusive(path, "a memory reset"):
+    # marked as being reset before anything is dropped: a reset cut short is refused until run again
+    with hold_exclusive(path, "a memory reset"), resetting(path):
         # drops without opening, so it works even on a memory built with another embedding (disk or server)
         MemoryStore.drop_collections(Path(path), list(COLLECTIONS), chroma_url=chroma_url)
         store = MemoryStore(path, chroma_url=chroma_url, seed_starter=False)

@@ -68,6 +68,10 @@ CALIBRATION_KEY = "score_calibration"  # rules-collection metadata key holding t
 # deletes them with them.
 EXPLORE_FILES = ("explored_on.json", "explore_progress.json", "explore_pending.json", "explore_log.jsonl")
 EXCLUSIVE_NAME = ".exclusive.lock"  # held for a whole exploration / import / reset (MemoryStore.exclusive)
+# Written before a reset deletes anything and removed once it is done (:func:`resetting`): a reset cut short
+# between dropping the collections and deleting the exploration records left an empty memory whose progress
+# record made the next exploration skip its rounds; such a memory now refuses to open until reset again.
+RESET_MARKER = ".reset-unfinished.json"
 # Of EXPLORE_FILES, what an export carries besides the collections (export_json / import_json): the record of
 # the groups the contents were learned from (the guard against evaluating on them: without it an imported memory
 # could be evaluated on its own training groups) and the exploration progress (which rounds of which runs the
@@ -406,6 +410,34 @@ def _http_client(url: str):
     return _ServerProxy(client, redact_url(url))
 
 
+_RESETTING: dict[str, int] = {}  # memory folders this process is resetting, how deep (under hold_exclusive)
+
+
+@contextmanager
+def resetting(path: str | os.PathLike) -> Iterator[None]:
+    """Mark the memory at ``path`` as being reset (:data:`RESET_MARKER`) for the block, which this process may
+    open meanwhile; the marker goes when the outermost block ends without an error. Hold the memory
+    (:func:`hold_exclusive`) around it."""
+    key = str(Path(path).expanduser().resolve())
+    marker = Path(key) / RESET_MARKER
+    with _REGISTRY_LOCK:
+        _RESETTING[key] = _RESETTING.get(key, 0) + 1
+    try:
+        if Path(key).is_dir() and not marker.exists():
+            atomic_write_json(marker, {"pid": os.getpid(), "since": time.strftime("%Y-%m-%dT%H:%M:%SZ",
+                                                                                 time.gmtime())})
+        yield
+        with _REGISTRY_LOCK:
+            outermost = _RESETTING[key] == 1
+        if outermost:
+            marker.unlink(missing_ok=True)
+    finally:
+        with _REGISTRY_LOCK:
+            _RESETTING[key] -= 1
+            if not _RESETTING[key]:
+                del _RESETTING[key]
+
+
 @contextmanager
 def hold_exclusive(path: str | os.PathLike, what: str, location: str | None = None) -> Iterator[None]:
     """Hold the memory at ``path`` for one long job (an exploration, an import, a reset) against every other
@@ -539,6 +571,10 @@ class MemoryStore:
                 raise AssetError(f"no memory at {self.path} (nothing to open read-only); create one with "
                                  f"{self._hint('reset --yes')} or by exploring")
             _mkdir(self.path, self.location)
+        if (self.path / RESET_MARKER).exists() and self._key not in _RESETTING:
+            raise AssetError(f"memory at {self.location}: a reset was cut short (its rules, prototypes and "
+                             f"exploration records may not belong together); run {self._hint('reset --yes')} "
+                             "again")
         with self._local_lock():
             if not self.chroma_url:
                 self._client = _persistent_client(self._key, read_only=self.read_only)
@@ -885,7 +921,7 @@ class MemoryStore:
         """Delete both collections and recreate them (seeded with the starter rules unless told not to)."""
         from chromadb.errors import NotFoundError
 
-        with self.exclusive("a memory reset"), self._write():
+        with self.exclusive("a memory reset"), resetting(self.path), self._write():
             for name in COLLECTIONS:
                 with suppress(NotFoundError, ValueError):
                     self._client.delete_collection(name)
