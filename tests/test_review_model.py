@@ -53,3 +53,17 @@ def test_a_stopped_run_exports_the_step_it_stopped_at_or_refuses(tmp_path):
     with pytest.raises(InputError, match=r"is at step 4, not 2: another train-base"):
         checkpoint_from_state(state, tmp_path / "late.pt", step=2)
     assert not (tmp_path / "late.pt").exists()
+
+
+def test_a_run_started_over_does_not_leave_the_old_runs_model_beside_its_state(tmp_path):
+    """``--no-resume`` deleted the old run's state and log but kept its ``model.pt`` until the new run ended: a
+    new run stopped early left a folder whose model.pt was the old run's beside the new run's state."""
+    cfg = TrainConfig(steps=4, batch_size=4, warmup=1, log_every=2, ckpt_every=2, model=TINY)
+    assert train_base(cfg, tmp_path, data=_data()).name == "model.pt"
+    assert train_base(cfg, tmp_path, data=_data(), resume=False, stop_at=2).name == "state.pt"
+    assert not (tmp_path / "model.pt").exists()
+    kept = tmp_path / "kept"  # a model.pt without a state (copied in) is not a run's: a resuming start keeps it
+    kept.mkdir()
+    (kept / "model.pt").write_bytes((tmp_path / "state.pt").read_bytes())
+    train_base(cfg, kept, data=_data(), stop_at=2)
+    assert (kept / "model.pt").exists()

@@ -58,7 +58,9 @@ def register(app: typer.Typer) -> None:
             None, help="Run folder (state.pt, log.jsonl, model.pt). Default: runs/train-base-seed<S>."
         ),
         resume: bool = typer.Option(
-            True, "--resume/--no-resume", help="Continue from the run folder's last checkpoint."
+            True, "--resume/--no-resume",
+            help="Continue from the run folder's last checkpoint (--no-resume: start over, deleting the folder's "
+            "state, log and model.pt)."
         ),
         threads: int = typer.Option(1, help="torch CPU threads (1 = bitwise reproducible; fastest on a busy machine)."),
         max_samples: int = typer.Option(None, help="Use only the first N training scenes (quick runs)."),

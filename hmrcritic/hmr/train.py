@@ -405,6 +405,8 @@ def _train(cfg, out_dir: Path, data, resume, progress, device, stop_at, say) -> 
     else:  # starting at step 0: a log (or a state, with --no-resume) left by another run is not this run's
         log_path.unlink(missing_ok=True)
         state_path.unlink(missing_ok=True)
+        if not resume:  # nor its model: until this run ends, model.pt would be the old run's beside the new state
+            final_path.unlink(missing_ok=True)
 
     x0_all, kp_all, K_all, size_all = (t.to(device) for t in (data.x0, data.keypoints, data.K, data.image_size))
     model.train()
