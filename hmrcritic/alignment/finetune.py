@@ -167,7 +167,8 @@ def _comparable(cfg: FinetuneConfig) -> dict:
     return {k: v for k, v in asdict(cfg).items() if k not in _RESUMABLE_CHANGES and k != "resume"}
 
 
-def _save_state(cfg: FinetuneConfig, policy, ema, opt, step: int, base_hash: str) -> None:
+def _save_state(cfg: FinetuneConfig, policy, ema, opt, step: int, base_hash: str,
+                window: list[dict] | None = None, tracker: GroupStatTracker | None = None) -> None:
     atomic_torch_save(
         cfg.state_path,
         {
@@ -182,11 +183,24 @@ def _save_state(cfg: FinetuneConfig, policy, ema, opt, step: int, base_hash: str
                if str(cfg.device).startswith("cuda") and torch.cuda.is_available() else {}),
             "config": json.dumps(_comparable(cfg), sort_keys=True),
             "base_hash": base_hash,
+            # the steps of the logging window still open at this step (a checkpoint need not fall on a log
+            # step): a resumed run logs the same window means as an uninterrupted one
+            "window": list(window or []),
+            "tracker": _tracker_state(tracker) if tracker is not None else None,
         },
     )
 
 
-def _resume(cfg: FinetuneConfig, policy, ema, opt, base_hash: str) -> int:
+def _tracker_state(tracker: GroupStatTracker) -> dict:
+    return {**{k: v for k, v in vars(tracker).items() if k != "_ids"}, "_ids": sorted(tracker._ids)}
+
+
+def _restore_tracker(tracker: GroupStatTracker, state: dict | None) -> None:
+    if state:
+        tracker.__dict__.update({**state, "_ids": set(state["_ids"])})
+
+
+def _resume(cfg: FinetuneConfig, policy, ema, opt, base_hash: str, tracker: GroupStatTracker) -> tuple[int, list]:
     path = cfg.state_path
     try:
         st = torch.load(path, map_location="cpu", weights_only=True)
@@ -206,7 +220,8 @@ def _resume(cfg: FinetuneConfig, policy, ema, opt, base_hash: str) -> int:
                          f"trained longer than asked; use --steps ≥ {step}, another --out or --no-resume")
     kept = [r for r in read_jsonl(cfg.log_path) if r.get("step", 0) <= step]
     atomic_write_jsonl(cfg.log_path, kept)
-    return step
+    _restore_tracker(tracker, st.get("tracker"))
+    return step, list(st.get("window") or [])
 
 
 def finetune(config: FinetuneConfig, progress: bool | Callable[[dict], None] = False) -> Path:
@@ -251,16 +266,16 @@ def finetune(config: FinetuneConfig, progress: bool | Callable[[dict], None] = F
     ema = frozen_reference(base)
     opt = torch.optim.AdamW(policy.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
 
-    start = 0
+    start, window = 0, []
+    tracker = GroupStatTracker()
     if cfg.resume and cfg.state_path.exists():
-        start = _resume(cfg, policy, ema, opt, base_hash)
+        start, window = _resume(cfg, policy, ema, opt, base_hash, tracker)
     elif cfg.log_path.exists():
         cfg.log_path.unlink()
 
-    tracker = GroupStatTracker()
     bar = _progress_bar(cfg.steps, start) if progress is True else None
     callback = progress if callable(progress) else None
-    t0, window = time.time(), []
+    t0, timed = time.time(), 0  # steps run by this process in the open window (restored ones were not timed)
     try:
         for step in range(start, cfg.steps):
             gen = torch.Generator().manual_seed(cfg.seed * 7_919_993 + step)
@@ -281,6 +296,7 @@ def finetune(config: FinetuneConfig, progress: bool | Callable[[dict], None] = F
             opt.step()
             ema_update(ema, policy, step, cfg.ema)
             window.append({**out_obj.metrics, "grad_norm": float(gnorm)})
+            timed += 1
             done = step + 1
             if done % cfg.log_every == 0 or done == cfg.steps:
                 elapsed = time.time() - t0
@@ -291,7 +307,7 @@ def finetune(config: FinetuneConfig, progress: bool | Callable[[dict], None] = F
                     "num_generations": G,
                     **_mean_metrics(window),
                     **{f"batch_{k}": v for k, v in tracker.summary().items()},
-                    "steps_per_s": len(window) / max(elapsed, 1e-9),
+                    "steps_per_s": timed / max(elapsed, 1e-9),
                 }
                 append_jsonl(cfg.log_path, rec, checksum=False)
                 if bar is not None:
@@ -299,9 +315,9 @@ def finetune(config: FinetuneConfig, progress: bool | Callable[[dict], None] = F
                 if callback:
                     callback({**rec, "total": cfg.steps})
                 tracker.clear()
-                t0, window = time.time(), []
+                t0, window, timed = time.time(), [], 0
             if done % cfg.checkpoint_every == 0 or done == cfg.steps:
-                _save_state(cfg, policy, ema, opt, done, base_hash)
+                _save_state(cfg, policy, ema, opt, done, base_hash, window, tracker)
     finally:
         if bar is not None:
             bar[0].stop()
