@@ -288,6 +288,24 @@ def generic_badness(evidence: dict[str, list[float]], n: int) -> tuple[np.ndarra
     return overall, axes
 
 
+def _dominated_by(ctx: JudgeContext) -> np.ndarray | None:
+    """(n, n) bool, ``[i, j]``: hypothesis j dominates i — no worse on every measure a fired rule reads (every
+    measure when no rule fires) and better on one: the dominance the reflect node's contradiction check
+    (:func:`hmrcritic.agent.nodes.check_critique`) cites. None without any known measure."""
+    from hmrcritic.agent.evidence import MEASURES
+
+    n = ctx.num_hypotheses
+    _, _, fired = apply_rules(ctx.rules, ctx.evidence, n)
+    read = {r.condition.measure for r in ctx.rules
+            if r.condition is not None and r.rule_id in fired and r.condition.points > 0}
+    rows = [np.asarray(v, dtype=np.float64) * (1.0 if MEASURES[k].higher_is_worse else -1.0)
+            for k, v in ctx.evidence.items() if k in MEASURES and len(v) == n and (not read or k in read)]
+    if not rows:
+        return None
+    worse = np.stack(rows)
+    return (worse[:, :, None] >= worse[:, None, :]).all(0) & (worse[:, :, None] > worse[:, None, :]).any(0)
+
+
 class BuiltinJudge:
     """Deterministic, offline judge: scores from measured evidence, retrieved rules and prototypes.
 
@@ -469,6 +487,19 @@ class BuiltinJudge:
                     if overall[hi] >= overall[better]:
                         overall[hi] = overall[better] * 0.995
                     changes.append(f"h{hi} {before:.1f}→{overall[hi]:.1f} swapped below h{better} (dominated)")
+        if any(issue.kind == "contradiction" for issue in ctx.issues):
+            # a swap can drop a hypothesis below one it dominates itself (h1 ≻ h0 ≻ h2 ranked h0, h2, h1:
+            # swapping h0 and h1 puts h2 above h0): keep swapping pairs the same evidence orders until none is
+            # inverted. Each such swap removes more inversions than it makes (dominance is transitive), so it ends.
+            dominated = _dominated_by(ctx)
+            while dominated is not None:
+                inverted = np.argwhere(dominated & (overall[:, None] > overall[None, :]))
+                if not len(inverted):
+                    break
+                hi, better = (int(k) for k in inverted[0])
+                before = overall[hi]
+                overall[hi], overall[better] = overall[better], overall[hi]
+                changes.append(f"h{hi} {before:.1f}→{overall[hi]:.1f} swapped below h{better} (dominated)")
         scores = []
         for i in range(n):
             sc = prev[i]

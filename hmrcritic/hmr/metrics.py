@@ -265,11 +265,15 @@ def mean_pairwise_distance(joints, mask=None, root_relative: bool = False) -> Te
 
 
 def rankdata(x) -> Tensor:
-    """1-based ranks along the last dim with ties given their average rank (like scipy's 'average')."""
+    """1-based ranks along the last dim with ties given their average rank (like scipy's 'average').
+
+    A slice with a NaN has no ranking: all its ranks are NaN (scipy's default ``nan_policy='propagate'``), so
+    a correlation computed from them is NaN too instead of ranking NaN below every number."""
     x = _as_tensor(x).to(torch.float64)
     less = (x.unsqueeze(-1) > x.unsqueeze(-2)).sum(-1)  # how many are smaller than x_i
     equal = (x.unsqueeze(-1) == x.unsqueeze(-2)).sum(-1)  # includes x_i itself
-    return less.to(torch.float64) + (equal.to(torch.float64) + 1.0) / 2.0
+    ranks = less.to(torch.float64) + (equal.to(torch.float64) + 1.0) / 2.0
+    return torch.where(torch.isnan(x).any(dim=-1, keepdim=True), float("nan"), ranks)
 
 
 def _pearson(a: Tensor, b: Tensor) -> Tensor:
@@ -286,7 +290,7 @@ def pearson(x, y) -> Tensor:
 
 
 def spearman(x, y) -> Tensor:
-    """Spearman's ρ along the last dim (per group), ties by average ranks; NaN if either side is constant.
+    """Spearman's ρ along the last dim (per group), ties by average ranks; NaN if either side is constant or has a NaN.
 
     Used as the paper's "group-wise Spearman": correlate a critic's scores with the ground-truth errors
     of the same group (expect a negative ρ between scores and errors for a good critic).
@@ -298,7 +302,7 @@ def spearman(x, y) -> Tensor:
 
 
 def kendall_tau(x, y) -> Tensor:
-    """Kendall's τ-b along the last dim (per group), tie-corrected like scipy's default; NaN if constant.
+    """Kendall's τ-b along the last dim (per group), tie-corrected like scipy's default; NaN if constant or with a NaN.
 
     τ-b = Σ_{i<j} sgn(xi−xj)·sgn(yi−yj) / sqrt(#pairs untied in x · #pairs untied in y), computed from
     the full sign matrices so a batch of groups is one tensor op (O(N²) memory, fine for N ≤ a few 100).
@@ -310,6 +314,8 @@ def kendall_tau(x, y) -> Tensor:
     sy = torch.sign(y.unsqueeze(-1) - y.unsqueeze(-2))
     num = (sx * sy).sum(dim=(-1, -2))
     den = torch.sqrt(sx.abs().sum(dim=(-1, -2)) * sy.abs().sum(dim=(-1, -2)))
+    # torch.sign(NaN) is 0, which would count a NaN as tied with everything: a group with one is NaN instead
+    den = torch.where(torch.isnan(x).any(dim=-1) | torch.isnan(y).any(dim=-1), 0.0, den)
     return torch.where(den > 0, num / den.clamp_min(1e-300), torch.full_like(num, float("nan")))
 
 
