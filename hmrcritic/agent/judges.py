@@ -288,21 +288,26 @@ def generic_badness(evidence: dict[str, list[float]], n: int) -> tuple[np.ndarra
     return overall, axes
 
 
-def _dominated_by(ctx: JudgeContext) -> np.ndarray | None:
+def dominance(rules: list[Rule], evidence: dict[str, list[float]], n: int) -> np.ndarray | None:
     """(n, n) bool, ``[i, j]``: hypothesis j dominates i — no worse on every measure a fired rule reads (every
-    measure when no rule fires) and better on one: the dominance the reflect node's contradiction check
-    (:func:`hmrcritic.agent.nodes.check_critique`) cites. None without any known measure."""
+    measure when no rule fires: what the rule memory says matters for this group) and better on one. None
+    without any known measure. What the reflect node's contradiction check cites and the revise step repairs.
+
+    Pareto dominance over the raw measures needs no weights: it is the one ordering that every weighting of the
+    evidence agrees with, so a critique that breaks it (whatever rules and prototypes moved it) is wrong by the
+    evidence itself. Measured on train groups, fixing these contradictions raises the rank agreement a little on
+    top of rules and prototypes.
+    """
     from hmrcritic.agent.evidence import MEASURES
 
-    n = ctx.num_hypotheses
-    _, _, fired = apply_rules(ctx.rules, ctx.evidence, n)
-    read = {r.condition.measure for r in ctx.rules
+    _, _, fired = apply_rules(rules, evidence, n)
+    read = {r.condition.measure for r in rules
             if r.condition is not None and r.rule_id in fired and r.condition.points > 0}
     rows = [np.asarray(v, dtype=np.float64) * (1.0 if MEASURES[k].higher_is_worse else -1.0)
-            for k, v in ctx.evidence.items() if k in MEASURES and len(v) == n and (not read or k in read)]
+            for k, v in evidence.items() if k in MEASURES and len(v) == n and (not read or k in read)]
     if not rows:
         return None
-    worse = np.stack(rows)
+    worse = np.stack(rows)  # (M, n), higher is worse
     return (worse[:, :, None] >= worse[:, None, :]).all(0) & (worse[:, :, None] > worse[:, None, :]).any(0)
 
 
@@ -491,7 +496,7 @@ class BuiltinJudge:
             # a swap can drop a hypothesis below one it dominates itself (h1 ≻ h0 ≻ h2 ranked h0, h2, h1:
             # swapping h0 and h1 puts h2 above h0): keep swapping pairs the same evidence orders until none is
             # inverted. Each such swap removes more inversions than it makes (dominance is transitive), so it ends.
-            dominated = _dominated_by(ctx)
+            dominated = dominance(ctx.rules, ctx.evidence, ctx.num_hypotheses)
             while dominated is not None:
                 inverted = np.argwhere(dominated & (overall[:, None] > overall[None, :]))
                 if not len(inverted):
