@@ -100,6 +100,8 @@ def test_mismatched_masks_are_a_clear_error(body, prior):
     ((np.zeros(3), 1.0), None, "zero vector"),  # was: height = d everywhere, 1000 mm floating for all
     ((np.array([0.0, np.nan, 0.0]), 1.0), None, "ground normal"),  # was: silently 0 and 0
     ((np.array([0.0, -1.0, 0.0]), float("nan")), None, "offset"),  # was: silently 0 and 0
+    ((np.array([0.0, -1.0, 0.0]), "1 m"), None, "offset"),  # was: a ValueError traceback
+    ((np.array([0.0, -1.0, 0.0]), None), None, "offset"),  # was: a TypeError traceback
     ((np.array([0.0, -1.0, 0.0]), 1.0), np.full((3, 10, 3), np.nan), "vertices"),  # was: silently 0 and 0
     ((np.array([0.0, -1.0, 0.0]), 1.0), np.zeros((2, 10, 3)), "vertices"),  # was: 2 values for 3 hypotheses
 ])
