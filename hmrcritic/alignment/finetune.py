@@ -186,18 +186,9 @@ def _save_state(cfg: FinetuneConfig, policy, ema, opt, step: int, base_hash: str
             # the steps of the logging window still open at this step (a checkpoint need not fall on a log
             # step): a resumed run logs the same window means as an uninterrupted one
             "window": list(window or []),
-            "tracker": _tracker_state(tracker) if tracker is not None else None,
+            "tracker": tracker.state_dict() if tracker is not None else None,
         },
     )
-
-
-def _tracker_state(tracker: GroupStatTracker) -> dict:
-    return {**{k: v for k, v in vars(tracker).items() if k != "_ids"}, "_ids": sorted(tracker._ids)}
-
-
-def _restore_tracker(tracker: GroupStatTracker, state: dict | None) -> None:
-    if state:
-        tracker.__dict__.update({**state, "_ids": set(state["_ids"])})
 
 
 def _resume(cfg: FinetuneConfig, policy, ema, opt, base_hash: str, tracker: GroupStatTracker) -> tuple[int, list]:
@@ -220,7 +211,8 @@ def _resume(cfg: FinetuneConfig, policy, ema, opt, base_hash: str, tracker: Grou
                          f"trained longer than asked; use --steps ≥ {step}, another --out or --no-resume")
     kept = [r for r in read_jsonl(cfg.log_path) if r.get("step", 0) <= step]
     atomic_write_jsonl(cfg.log_path, kept)
-    _restore_tracker(tracker, st.get("tracker"))
+    if st.get("tracker"):  # a state saved before the window was kept resumes with an empty one
+        tracker.load_state_dict(st["tracker"])
     return step, list(st.get("window") or [])
 
 

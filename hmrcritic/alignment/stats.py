@@ -93,6 +93,15 @@ class GroupStatTracker:
         self._sum_gap += float((s.max(dim=-1).values - s.min(dim=-1).values).sum())
         return zero
 
+    def state_dict(self) -> dict:
+        """The open window as plain types (a training state saved mid-window resumes it exactly)."""
+        return {"n": self._n, "ids": sorted(self._ids), "zero": self._zero, "sum_mean": self._sum_mean,
+                "sum_std": self._sum_std, "sum_gap": self._sum_gap}
+
+    def load_state_dict(self, state: dict) -> None:
+        self._n, self._ids, self._zero = int(state["n"]), set(state["ids"]), int(state["zero"])
+        self._sum_mean, self._sum_std, self._sum_gap = (float(state[k]) for k in ("sum_mean", "sum_std", "sum_gap"))
+
     def summary(self) -> dict[str, float]:
         n = max(self._n, 1)
         return {
