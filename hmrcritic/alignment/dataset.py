@@ -114,6 +114,9 @@ class GroupRecord(BaseModel):
         return body
 
 
+DEFAULT_SCORER = "hmrcritic.agent.api:critique_group"  # what scores an export unless --scorer says otherwise
+
+
 class DatasetHeader(BaseModel):
     format_version: int = FORMAT_VERSION
     kind: str = "hmrcritic.group_preferences"
@@ -122,6 +125,8 @@ class DatasetHeader(BaseModel):
     model_hash: str
     judge: str
     judge_model: str | None = None  # the VLM behind judge "vlm" (model @ endpoint); None for the builtin judge
+    # the scoring function ("module:function", --scorer); headers written before it was recorded: the agent's
+    scorer: str = DEFAULT_SCORER
     memory_version: str = "none"
     num_generations: int
     sample_steps: int
@@ -376,6 +381,20 @@ def read_header(root: str | Path) -> DatasetHeader:
     return header
 
 
+def header_mismatch(header: DatasetHeader, rec: GroupRecord) -> list[str]:
+    """The header's settings a record disagrees with (``name=record value``): a record of another export."""
+    diff = [
+        f"{k}={getattr(rec, k)!r}"
+        for k in ("source", "model_hash", "judge", "seed")
+        if getattr(rec, k) != getattr(header, k)
+    ]
+    if rec.num_hypotheses != header.num_generations:
+        diff.append(f"num_hypotheses={rec.num_hypotheses!r}")
+    if header.x_dim is not None and rec.x_dim != header.x_dim:
+        diff.append(f"x_dim={rec.x_dim!r}")
+    return diff
+
+
 def write_header(root: str | Path, header: DatasetHeader) -> None:
     atomic_write_json(Path(root) / HEADER, header.model_dump(mode="json"))
 
@@ -415,6 +434,7 @@ def validate_dataset(root: str | Path, max_errors: int = 50) -> ValidationReport
         return ValidationReport(path=str(root), ok=False, errors=[f"{path}: missing"])
     seen: set[str] = set()
     records: list[GroupRecord] = []
+    stopped = False
     with open(path, encoding="utf-8") as fh:
         for lineno, line in enumerate(fh, 1):
             where = f"{MANIFEST}:{lineno}"
@@ -447,12 +467,16 @@ def validate_dataset(root: str | Path, max_errors: int = 50) -> ValidationReport
             records.append(rec)
             if rec.num_hypotheses != header.num_generations:
                 errors.append(f"{where}: {rec.num_hypotheses} hypotheses, the header says {header.num_generations}")
+            other = [d for d in header_mismatch(header, rec) if not d.startswith("num_hypotheses=")]
+            if other:
+                errors.append(f"{where}: a record of another export ({', '.join(other)}; the header differs)")
             errors.extend(f"{where}: {e}" for e in _check_record_files(root, rec))
             expected = advantages_np([s.overall for s in rec.scores], "group")
             if not np.allclose(expected, rec.advantages, atol=1e-5):
                 errors.append(f"{where}: advantages do not match the overall scores")
             if len(errors) >= max_errors:
                 errors.append("… too many errors, stopped")
+                stopped = True
                 break
     referenced = {r.condition.path for r in records} | {r.hypotheses.path for r in records}
     if (root / GROUPS).is_dir():
@@ -480,6 +504,10 @@ def validate_dataset(root: str | Path, max_errors: int = 50) -> ValidationReport
         elif pairs is not None and pairs != expected_pairs:
             errors.append(f"{PAIRS}: not the pairs of the manifest's groups (edited or out of date; re-run the "
                           "export to rewrite it)")
+    written = header.counts.get("groups")
+    if header.counts.get("finished") is True and isinstance(written, int) and written != len(records) and not stopped:
+        errors.append(f"{MANIFEST}: {len(records)} group(s), but the finished export wrote {written} groups (lines "
+                      "lost or added since; re-run the export to restore them)")
     if not records:
         errors.append(f"{MANIFEST}: no groups (nothing to finetune on)")
     if header.counts.get("finished") is False:

@@ -46,7 +46,7 @@ from hmrcritic.hmr.diffusion import MAX_GENERATIONS
 from hmrcritic.io import append_jsonl, atomic_write_jsonl, exclusive_lock, read_jsonl
 from hmrcritic.redact import redact_url, scrub
 
-DEFAULT_SCORER = "hmrcritic.agent.api:critique_group"
+DEFAULT_SCORER = D.DEFAULT_SCORER
 # Sample fields that carry 3D labels (hmr.data.LABEL_KEYS and the like): never passed to a worker or the
 # agent. 2D inputs (keypoints, smpl24_keypoints, K, image/mask paths) stay.
 LABEL_FIELDS = (
@@ -629,6 +629,7 @@ def export(
         model_hash=mhash,
         judge=cfg.judge,
         judge_model=_judge_model(cfg.judge),
+        scorer=cfg.score_group,
         memory_version=memory_version,
         num_generations=cfg.num_generations,
         sample_steps=cfg.sample_steps,
@@ -678,7 +679,7 @@ def export(
         )
         if cfg.ray_address:
             executor, results = (
-                f"ray({cfg.ray_address})×{cfg.workers}",
+                f"ray({redact_url(cfg.ray_address)})×{cfg.workers}",
                 _ray(ctx, tasks, cfg.workers, cfg.ray_address),
             )
         elif cfg.workers > 1:
@@ -780,6 +781,7 @@ def _check_or_write_header(out: Path, header: D.DatasetHeader) -> None:
             "model_hash",
             "judge",
             "judge_model",
+            "scorer",
             "memory_version",
             "num_generations",
             "sample_steps",
@@ -797,6 +799,12 @@ def _check_or_write_header(out: Path, header: D.DatasetHeader) -> None:
                 f"({', '.join(f'{k}={getattr(old, k)!r}' for k in diff)}); use another --out"
             )
         header.counts = old.counts
+    else:  # records without a header (it was deleted): only this export's own may be resumed, never mixed in
+        for rec in D.read_manifest(out):
+            diff = D.header_mismatch(header, rec)
+            if diff:
+                raise InputError(f"{out} has no {D.HEADER} but its {D.MANIFEST} holds groups of another export "
+                                 f"({rec.group_id}: {', '.join(diff)}); use another --out")
     # marked unfinished until this run's end rewrites the counts: validate can then tell a partial dataset
     header.counts = {**header.counts, "finished": False}
     D.write_header(out, header)

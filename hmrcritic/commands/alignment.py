@@ -148,7 +148,19 @@ def register(app: typer.Typer) -> None:
           hmrcritic finetune --data runs/wild-prefs --out runs/aligned.pt
           hmrcritic finetune --data runs/wild-prefs --out runs/dpo.pt --objective dpo --steps 400
         """
+        import sys
+
+        from hmrcritic.alignment.dataset import read_header
         from hmrcritic.alignment.finetune import FinetuneConfig, finetune
+        from hmrcritic.errors import AssetError
+
+        try:
+            unfinished = read_header(data).counts.get("finished") is False
+        except (AssetError, OSError):
+            unfinished = False  # finetune itself says what is wrong with the folder
+        if unfinished:
+            print(f"note: the last export into {data} did not finish (interrupted or still running): training on "
+                  "the groups it wrote so far; re-run that export to complete it", file=sys.stderr)
 
         cfg = FinetuneConfig(
             data=str(data),
