@@ -123,7 +123,8 @@ def resolve_run(run_id: str | None = None, last: bool = False) -> Path:
         raise InputError(f"run id {run_id!r} is not a run id (no path separators); see `ls {d}`")
     path = d / f"{run_id}.jsonl"
     if not path.exists():
-        matches = sorted(d.glob(f"*{run_id}*.jsonl"))
+        # a part of the id, matched as text: glob would read "*", "?" and "[" in it as wildcards ("**" raised)
+        matches = sorted(m for m in d.glob("*.jsonl") if run_id in m.stem)
         if len(matches) == 1:
             return matches[0]
         if matches:

@@ -119,6 +119,10 @@ def register(app: typer.Typer) -> None:
 
         if hypotheses is not None and model is not None:
             raise InputError("give --hypotheses (score these) or --model (sample new ones), not both")
+        if hypotheses is None:  # in the option's words, before a split is loaded (generated on first use)
+            from hmrcritic.hmr.diffusion import check_sampling_args
+
+            check_sampling_args(n, steps=1)  # critique has no --steps option: only the group size is checked
         _check_out_dir(out)
         with _stdout_to_stderr(as_json):
             sample = _load_sample(scene, image, keypoints, focal)

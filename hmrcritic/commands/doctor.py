@@ -107,11 +107,15 @@ def _folders() -> dict:
         probe = p
         while not probe.exists() and probe != probe.parent:
             probe = probe.parent
-        out[name] = {"path": str(p), "exists": p.exists(), "writable": os.access(probe, os.W_OK)}
+        # a file where the folder (or one above it) goes is not writable, whatever its own permissions say
+        out[name] = {"path": str(p), "exists": p.exists(), "writable": probe.is_dir() and os.access(probe, os.W_OK)}
+        if not probe.is_dir():
+            out[name]["file_in_the_way"] = str(probe)
     bad = [k for k, v in out.items() if not v["writable"]]
     res = {"ok": not bad, "folders": out}
     if bad:
-        res["error"] = f"not writable: {', '.join(bad)}"
+        res["error"] = "not writable: " + ", ".join(
+            k + (f" ({out[k]['file_in_the_way']} is a file)" if "file_in_the_way" in out[k] else "") for k in bad)
     return res
 
 

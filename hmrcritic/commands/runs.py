@@ -44,8 +44,8 @@ def prune(
     from hmrcritic import config
     from hmrcritic.agent.runs import prune_runs
 
-    if not dry_run and not yes and not typer.confirm(
-            f"Remove runs older than {older_than:g} days from {config.runs_dir()}?"):
+    if not dry_run and not yes and not typer.confirm(  # asked on stderr: stdout is for the result (--json)
+            f"Remove runs older than {older_than:g} days from {config.runs_dir()}?", err=True):
         raise typer.Abort()
     out = prune_runs(older_than_days=older_than, dry_run=dry_run)
     if as_json:
