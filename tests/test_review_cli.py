@@ -87,3 +87,16 @@ def test_doctor_folders_check_fails_when_a_file_is_in_the_way(tmp_path, monkeypa
     assert res["ok"] is False
     assert not res["folders"]["memory"]["writable"]
     assert str(afile) in res["error"] and "memory" in res["error"]
+
+
+@pytest.mark.parametrize("which", ["image", "keypoint"])
+def test_a_folder_given_as_an_input_file_is_named_as_a_folder(tmp_path, which):
+    """``--image DIR`` said "image file not found" for a folder that plainly exists."""
+    from hmrcritic.errors import InputError
+    from hmrcritic.hmr.data import read_image, read_keypoints_json
+
+    read = read_image if which == "image" else read_keypoints_json
+    with pytest.raises(InputError, match=rf"is a folder; give the {which} file"):
+        read(tmp_path)
+    with pytest.raises(InputError, match=rf"{which} file not found"):
+        read(tmp_path / "missing")

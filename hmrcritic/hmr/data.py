@@ -710,7 +710,7 @@ def read_image(path) -> np.ndarray:
 
     p = Path(path)
     if not p.is_file():
-        raise InputError(f"{p}: image file not found")
+        raise InputError(f"{p} is a folder; give the image file" if p.is_dir() else f"{p}: image file not found")
     try:
         with Image.open(p) as im:
             im.load()
@@ -745,7 +745,7 @@ def read_keypoints_json(path, image_size=None) -> np.ndarray:
     """
     p = Path(path)
     if not p.is_file():
-        raise InputError(f"{p}: keypoint file not found")
+        raise InputError(f"{p} is a folder; give the keypoint file" if p.is_dir() else f"{p}: keypoint file not found")
     try:
         data = json.loads(p.read_text(encoding="utf-8"))
     except UnicodeDecodeError:
