@@ -98,3 +98,21 @@ def test_finetune_on_an_unfinished_export_says_so(model_path, tmp_path, capsys):
     D.write_header(root, header)
     assert main([*args[:6], str(tmp_path / "b.pt"), *args[7:]]) == 0
     assert "did not finish" not in capsys.readouterr().err
+
+
+def leaky_score(sample, hypotheses, **kw):
+    """A critic whose rationale quotes the API key back (as an endpoint's echo might)."""
+    import os
+
+    scored = fake_score(sample, hypotheses, **kw)
+    for s in scored.scores:
+        s.rationale += f" (auth {os.environ['HMRCRITIC_API_KEY']})"
+    return scored
+
+
+def test_a_rationale_quoting_the_key_is_scrubbed_before_the_dataset(model_path, tmp_path, monkeypatch):  # noqa: F811
+    monkeypatch.setenv("HMRCRITIC_API_KEY", "sk-test-very-secret-123456")
+    export(cfg_for(tmp_path / "ds", model_path, score_group="test_review_export:leaky_score"), inputs=make_inputs(2))
+    text = "".join(p.read_text() for p in (tmp_path / "ds").rglob("*") if p.is_file() and p.suffix != ".npz")
+    assert "sk-test-very-secret-123456" not in text
+    assert "deviation" in text  # the rationale itself is kept

@@ -241,6 +241,8 @@ class GroupWorker:
                 HypothesisScore.model_validate(s if isinstance(s, dict) else s.model_dump())
                 for s in scored.scores
             ]
+            for s in scores:  # a judge's words go into the dataset: an endpoint quoting a key back stays out
+                s.rationale = scrub(s.rationale)
             if [s.index for s in scores] != list(range(self.ctx.num_generations)):
                 scores = sorted(scores, key=lambda s: s.index)
                 if [s.index for s in scores] != list(range(self.ctx.num_generations)):
