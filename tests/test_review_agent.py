@@ -153,3 +153,20 @@ def test_a_finished_critique_is_not_reused_for_another_model_when_the_judge_is_s
         assert srv.requests[-1].body["model"] == "model-b"  # scored by the model it is reported under
     assert first.judge_model == f"model-a @ {srv.base_url}"
     assert not other.finished_earlier and other.judge_model == f"model-b @ {srv.base_url}"
+
+
+def test_an_endpoint_quoting_the_key_back_is_masked_in_the_critique_and_the_proposals(monkeypatch):
+    """The VLM's words go on to scores.json, reports, traces, the memory (prototype rationales, mined rule texts)
+    and exports; an echoing proxy that puts the key into an answer must not carry it there."""
+    key = "sk-review-echoed-0123456789"
+    monkeypatch.setenv("HMRCRITIC_API_KEY", key)
+    answer = json.loads(_answer())
+    answer["scores"][0]["rationale"] = f"fine (request auth: Bearer {key})"
+    answer["summary"] = f"key {key}"
+    judge, _ = _judge(monkeypatch, json.dumps(answer))
+    crit = judge.critique(_ctx())
+    assert key not in crit.model_dump_json() and crit.scores[0].rationale.startswith("fine")
+    rules = {"rules": [{"text": f"reproj_px above 3 px → −2 (seen with {key})", "tags": ["alignment"]}]}
+    judge, _ = _judge(monkeypatch, json.dumps(rules))
+    proposals = judge.propose_rules(_ctx(), [])
+    assert proposals.rules and key not in proposals.model_dump_json()

@@ -370,6 +370,11 @@ class VLMJudge:
             crit = normalise_critique(data, ctx.num_hypotheses)
             # only ids that were in the prompt: the graph counts rule uses from this list
             crit.rules_applied = [r for r in dict.fromkeys(crit.rules_applied) if r in known_rules]
+            # the endpoint's words go on to scores.json, reports, traces, memory and exports: a key it quotes back
+            # (an echoing proxy) is masked here, once
+            crit.summary = scrub(crit.summary)
+            for sc in crit.scores:
+                sc.rationale = scrub(sc.rationale)
             return crit
 
         def build(mode: str, retry_reason: str) -> list:
@@ -391,7 +396,13 @@ class VLMJudge:
                 text += f"\n\nYour previous answer could not be used ({retry_reason}). Answer again."
             return self._messages(prompts.RULES_SYSTEM, text, [part for _, part in images])
 
-        return self._call(ctx.group_id, RuleProposals, build, lambda d: normalise_proposals(d, ctx))
+        def validate(data: Any) -> RuleProposals:
+            proposals = normalise_proposals(data, ctx)
+            for rule in proposals.rules:  # rule texts are stored in the memory and exported with it
+                rule.text = scrub(rule.text)
+            return proposals
+
+        return self._call(ctx.group_id, RuleProposals, build, validate)
 
     def critique_many(
         self,
