@@ -37,6 +37,7 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
+from hmrcritic.agent.schema import finite_float
 from hmrcritic.errors import InputError
 
 
@@ -253,11 +254,7 @@ def _validate(inp: GroupInputs) -> None:
         normal = _check_array("ground normal", np.asarray(inp.ground[0], dtype=np.float64), (3,))
         if not np.linalg.norm(normal) > 0:
             raise InputError("evidence: ground normal is the zero vector; expected a unit normal pointing up")
-        try:
-            offset = float(inp.ground[1])
-        except (TypeError, ValueError):
-            offset = math.nan  # not a number at all ("1 m", None): the same one-line error as a NaN
-        if not math.isfinite(offset):
+        if finite_float(inp.ground[1]) is None:  # NaN, ±inf, or not a number at all ("1 m", None)
             raise InputError(f"evidence: ground offset is {inp.ground[1]!r}, expected a finite number")
         if inp.vertices is not None:
             v = np.asarray(inp.vertices)

@@ -18,7 +18,7 @@ from pathlib import Path
 from typing import Any
 
 from hmrcritic.agent.api import ScoredGroup
-from hmrcritic.agent.schema import AXES
+from hmrcritic.agent.schema import AXES, finite_float
 from hmrcritic.io import atomic_write_text
 
 MAX_EMBED_WIDTH = 1600  # px: wider images are embedded downscaled (the page itself is at most 1400 px wide)
@@ -169,24 +169,15 @@ def _e(x: Any) -> str:
     return html.escape(s).encode("utf-8", "replace").decode("utf-8")
 
 
-def _finite(x: Any, default: float | None = None) -> float | None:
-    """``x`` as a finite float, else ``default`` (None, NaN, ±inf, not a number)."""
-    try:
-        v = float(x)
-    except (TypeError, ValueError):
-        return default
-    return v if math.isfinite(v) else default
-
-
 def _num(x: Any, fmt: str) -> str:
     """A number formatted with ``fmt``, or "—" for None, NaN, ±inf and anything that is not a number."""
-    v = _finite(x)
+    v = finite_float(x)
     return "—" if v is None else format(v, fmt)
 
 
 def _bar_px(overall: Any) -> int:
     """Bar width for a 0-10 score: 10 px a point, clamped to 0..100 px (0 for a missing or non-finite score)."""
-    return int(round(min(10.0, max(0.0, _finite(overall, 0.0))) * 10))
+    return int(round(min(10.0, max(0.0, finite_float(overall, 0.0))) * 10))
 
 
 def _order(result: ScoredGroup) -> list[int]:
@@ -200,7 +191,7 @@ def _order(result: ScoredGroup) -> list[int]:
             seen.add(i)
             order.append(i)
     rest = [s for s in result.scores if s.index not in seen]
-    return order + [s.index for s in sorted(rest, key=lambda s: (-_finite(s.overall, -math.inf), s.index))]
+    return order + [s.index for s in sorted(rest, key=lambda s: (-finite_float(s.overall, -math.inf), s.index))]
 
 
 _RENDERS = {"overlay_grid": "overlays (index in each cell)", "side_grid": "overlays with side views"}

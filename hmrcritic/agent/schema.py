@@ -7,9 +7,22 @@ builds the same objects from evidence.
 
 from __future__ import annotations
 
+import math
+from typing import Any
+
 from pydantic import BaseModel, Field, field_validator
 
 AXES = ("motion_structure", "physical_feasibility", "image_alignment")
+
+
+def finite_float(x: Any, default: float | None = None) -> float | None:
+    """``x`` as a finite float, else ``default`` (None, NaN, ±inf, text that is not a number, any other object):
+    how a judge's answer, a stored score or a user's number is read without a traceback."""
+    try:
+        v = float(x)
+    except (TypeError, ValueError):
+        return default
+    return v if math.isfinite(v) else default
 
 
 class HypothesisScore(BaseModel):

@@ -28,7 +28,6 @@ import base64
 import email.utils
 import json
 import logging
-import math
 import random
 import threading
 import time
@@ -41,7 +40,14 @@ from pydantic import BaseModel
 
 from hmrcritic.agent import prompts
 from hmrcritic.agent.judges import JudgeContext, Mistake
-from hmrcritic.agent.schema import AXES, GroupCritique, HypothesisScore, ProposedRule, RuleProposals
+from hmrcritic.agent.schema import (
+    AXES,
+    GroupCritique,
+    HypothesisScore,
+    ProposedRule,
+    RuleProposals,
+    finite_float,
+)
 from hmrcritic.config import JudgeSettings, api_key, check_base_url
 from hmrcritic.errors import InputError, JudgeError
 from hmrcritic.redact import guard_langsmith, redact_url, register_secret, scrub
@@ -121,14 +127,6 @@ def extract_json(text: str) -> Any:
     raise Unparseable("no JSON object in the answer")
 
 
-def _num(value: Any) -> float | None:
-    try:
-        f = float(value)
-    except (TypeError, ValueError):
-        return None
-    return f if math.isfinite(f) else None
-
-
 def normalise_critique(data: Any, n: int) -> GroupCritique:
     """Turn whatever the endpoint returned into a valid critique of exactly ``n`` hypotheses, or raise.
 
@@ -156,8 +154,8 @@ def normalise_critique(data: Any, n: int) -> GroupCritique:
         if not isinstance(e, dict):
             raise Unparseable(f"score entry {pos} is not an object")
         idx = e.get("index", e.get("id", e.get("hypothesis")))
-        vals = {a: _num(e.get(a)) for a in AXES}
-        overall = _num(e.get("overall", e.get("score")))
+        vals = {a: finite_float(e.get(a)) for a in AXES}
+        overall = finite_float(e.get("overall", e.get("score")))
         known = [v for v in vals.values() if v is not None]
         if overall is None:
             if not known:
@@ -216,12 +214,12 @@ def normalise_proposals(data: Any, ctx: JudgeContext) -> RuleProposals:
             continue
         text = " ".join(str(item["text"]).split())[:400]
         measure, comp = item.get("measure"), item.get("comparator")
-        threshold, points = _num(item.get("threshold")), _num(item.get("points"))
+        threshold, points = finite_float(item.get("threshold")), finite_float(item.get("points"))
         axis = item.get("axis") if item.get("axis") in AXES else None
         executable = (
             measure in ctx.evidence and comp in COMPARATORS and threshold is not None and points is not None
         )
-        per = _num(item.get("per"))  # a graded rule's step; a step rule (or nonsense ≤ 0) has none
+        per = finite_float(item.get("per"))  # a graded rule's step; a step rule (or nonsense ≤ 0) has none
         per = per if per is not None and per > 0 else None
         if not executable:
             measure = comp = threshold = points = axis = per = None
@@ -280,12 +278,12 @@ def _retry_after_s(exc: Exception) -> float | None:
     headers = getattr(response, "headers", None)
     if not headers:
         return None
-    if (ms := _num(headers.get("retry-after-ms"))) is not None:
+    if (ms := finite_float(headers.get("retry-after-ms"))) is not None:
         return max(0.0, ms / 1000.0)
     value = headers.get("retry-after")
     if value is None:
         return None
-    if (s := _num(value)) is not None:
+    if (s := finite_float(value)) is not None:
         return max(0.0, s)
     try:
         when = email.utils.parsedate_to_datetime(value)
