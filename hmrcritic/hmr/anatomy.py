@@ -281,8 +281,9 @@ def is_implausible(
     compares False, so it used to count as plausible."""
     bad = joint_limit_violation(body_pose).amax(dim=1) > limit_tol_deg
     bad = bad | (hyperextension(body_pose).amax(dim=1) > limit_tol_deg)
-    bad = bad | ~torch.isfinite(body_pose.reshape(body_pose.shape[0], -1)).all(dim=1)
+    # flatten, not reshape(B, -1): that raised for an empty batch (0 elements leave -1 ambiguous)
+    bad = bad | ~torch.isfinite(body_pose.flatten(1)).all(dim=1)
     if joints is not None:
         bad = bad | (self_penetration(joints) > pen_tol_m)
-        bad = bad | ~torch.isfinite(joints.reshape(joints.shape[0], -1)).all(dim=1)
+        bad = bad | ~torch.isfinite(joints.flatten(1)).all(dim=1)
     return bad

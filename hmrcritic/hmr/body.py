@@ -138,9 +138,14 @@ class BodyModel:
         bp = self._as(body_pose, 69, "body_pose")
         be = self._as(betas, 10, "betas")
         tr = self._as(transl, 3, "transl") if transl is not None else None
-        lead = torch.broadcast_shapes(
-            go.shape[:-1], bp.shape[:-1], be.shape[:-1], *([tr.shape[:-1]] if tr is not None else [])
-        )
+        parts = {"global_orient": go, "body_pose": bp, "betas": be, **({"transl": tr} if tr is not None else {})}
+        lead = torch.broadcast_shapes(*(t.shape[:-1] for t in parts.values()))
+        for name, t in parts.items():
+            # broadcasting aligns trailing dims: a (B,10) betas under (B,N,69) poses paired betas row n with
+            # hypothesis n (silently, when B == N). Fewer leading dims are fine only when they are all 1.
+            if t.dim() - 1 < len(lead) and any(s != 1 for s in t.shape[:-1]):
+                raise ValueError(f"BodyModel: {name} {tuple(t.shape)} has fewer leading dims than {tuple(lead)}; "
+                                 "give every input the same leading dims, e.g. betas[:, None] for (B,N,…) poses")
         n = int(np.prod(lead)) if len(lead) else 1
         go, bp, be = (t.expand(*lead, t.shape[-1]).reshape(n, -1) for t in (go, bp, be))
         if n == 0:

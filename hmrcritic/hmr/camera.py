@@ -29,6 +29,9 @@ def project(points: torch.Tensor, K: torch.Tensor, eps: float = 1e-6) -> torch.T
     """(…,J,3) camera-frame points, K (3,3) or (…,3,3) → (…,J,2) pixels. Depth is clamped at ``eps`` so
     points behind the camera do not produce NaNs (callers mark them invisible)."""
     K = torch.as_tensor(K, dtype=points.dtype, device=points.device)
+    if K.dim() > 2 and K.dim() != points.dim():  # a (B,3,3) K under (B,N,J,3) points broadcast B against N
+        raise ValueError(f"project: K {tuple(K.shape)} needs the leading dims of the points {tuple(points.shape)} "
+                         "(or one (3,3) K for all)")
     z = points[..., 2:3].clamp_min(eps)
     xy = points[..., :2] / z
     if K.dim() == 2:

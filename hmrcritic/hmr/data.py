@@ -542,9 +542,12 @@ def _manifest(folder: Path) -> dict | None:
     except FileNotFoundError:
         return None
     except (OSError, ValueError) as exc:  # ValueError: bad JSON or bytes that are not UTF-8
-        raise AssetError(f"{folder / 'manifest.json'}: unreadable split manifest ({exc})") from None
+        # what to do, like every other damaged-split message: load_split does not regenerate over it by itself
+        raise AssetError(f"{folder / 'manifest.json'}: unreadable split manifest ({exc}); regenerate the split "
+                         f"(delete {folder})") from None
     if not isinstance(m, dict):
-        raise AssetError(f"{folder / 'manifest.json'}: not a split manifest (a JSON object expected)")
+        raise AssetError(f"{folder / 'manifest.json'}: not a split manifest (a JSON object expected); regenerate "
+                         f"the split (delete {folder})")
     return m
 
 

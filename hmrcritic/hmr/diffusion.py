@@ -157,7 +157,9 @@ def condition_from_keypoints(
     if image_size is None:
         image_size = 2 * K[:, :2, 2]  # principal point at the image centre
     image_size = torch.as_tensor(image_size, dtype=torch.float32, device=keypoints.device).reshape(-1, 2)
-    conf = keypoints[..., 2].clamp(0, 1)
+    # a NaN confidence is a missing point too: clamp keeps NaN, which reached the network and turned every
+    # hypothesis NaN (sample_to_dir then blamed the checkpoint)
+    conf = torch.nan_to_num(keypoints[..., 2], nan=0.0).clamp(0, 1)
     uv = keypoints[..., :2]
     inside = (uv >= 0).all(-1) & (uv[..., 0] <= image_size[:, None, 0]) & (uv[..., 1] <= image_size[:, None, 1])
     conf = torch.where(inside & torch.isfinite(uv).all(-1), conf, torch.zeros_like(conf))
@@ -541,6 +543,16 @@ def sample(
         keypoints = cond.keypoints_px
     else:
         keypoints = torch.as_tensor(keypoints, dtype=torch.float32, device=device)
+    # one K (3,3) / keypoint set (17,3) serves every input; any other shape is refused: repeat_interleave on a
+    # (3,3) K repeated its rows, and the translation solve read fy = 0 from it without an error
+    if K is not None and K.shape[-2:] == (3, 3) and K.numel() == 9:
+        K = K.reshape(3, 3).expand(B, 3, 3)
+    if keypoints is not None and keypoints.shape[-2:] == (NUM_KEYPOINTS, 3) and keypoints.numel() == NUM_KEYPOINTS * 3:
+        keypoints = keypoints.reshape(NUM_KEYPOINTS, 3).expand(B, NUM_KEYPOINTS, 3)
+    if K is not None and K.shape != (B, 3, 3):
+        raise InputError(f"K must have shape (B,3,3) = ({B},3,3) or (3,3), got {tuple(K.shape)}")
+    if keypoints is not None and keypoints.shape != (B, NUM_KEYPOINTS, 3):
+        raise InputError(f"keypoints must have shape (B,17,3) = ({B},17,3) or (17,3), got {tuple(keypoints.shape)}")
     have_2d = K is not None and keypoints is not None
     if body is None and have_2d and (solve_transl or guidance > 0):
         from hmrcritic.hmr.body import load_body_model

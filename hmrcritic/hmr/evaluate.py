@@ -222,7 +222,8 @@ def evaluate_model(
             add(f"{name}_mean", g["mean"])
             add(f"{name}_best", g["best"])
             add(f"{name}_median", g["median"])
-        # mean pose: average x0 over the group (6D re-orthonormalised), translation re-solved
+        # mean pose: average x0 over the group (6D re-orthonormalised); no translation: every metric below is
+        # root- or Procrustes-aligned
         mp = x0_to_params(group.x0.mean(1))
         mo = body(mp["global_orient"], mp["body_pose"], mp["betas"], None)
         add("mpjpe_meanpose", M.mpjpe(mo.joints, gt.joints, joint_set))
@@ -256,7 +257,14 @@ def evaluate_model(
                 "cond": cond,
             }
             choice = torch.as_tensor(select_fn(ctx), device=e_pa.device)
-            idx = choice.argmax(-1) if choice.ndim == 2 else choice.long()
+            if tuple(choice.shape) not in ((B, N), (B,)):
+                raise ValueError(f"select_fn must return scores ({B},{N}) or indices ({B},), got {tuple(choice.shape)}")
+            if choice.ndim == 2:  # a NaN score never wins (torch's argmax picks NaN), as in metrics.select_top1
+                idx = torch.nan_to_num(choice.double(), nan=float("-inf")).argmax(-1)
+            else:
+                idx = choice.long()
+                if ((idx < 0) | (idx >= N)).any():
+                    raise ValueError(f"select_fn chose hypothesis indices outside 0..{N - 1}: {idx.tolist()}")
             add("pa_mpjpe_selected", e_pa.gather(1, idx[:, None]).squeeze(1))
             add("mpjpe_selected", e_mpjpe.gather(1, idx[:, None]).squeeze(1))
             add("pve_selected", e_pve.gather(1, idx[:, None]).squeeze(1))

@@ -73,12 +73,18 @@ def select_joints(joints: Tensor, joint_set: str | None = "lsp14") -> tuple[Tens
 def _check_same_shape(a: Tensor, b: Tensor, what: str) -> None:
     if a.shape[-2:] != b.shape[-2:] or a.shape[-1] != 3:
         raise ValueError(f"{what}: prediction {tuple(a.shape)} and ground truth {tuple(b.shape)} differ")
+    # Leading dims broadcast only at equal rank (or against one lone (J,3) set): a (B,J,3) ground truth against
+    # (B,N,J,3) hypotheses lined its batch up with the hypotheses, a silently wrong figure when B == N
+    if a.ndim != b.ndim and min(a.ndim, b.ndim) > 2:
+        raise ValueError(f"{what}: prediction {tuple(a.shape)} and ground truth {tuple(b.shape)} differ in rank; "
+                         "give both the same leading dims, e.g. (B,N,J,3) against (B,1,J,3)")
 
 
 def mpjpe(pred, gt, joint_set: str | None = "lsp14") -> Tensor:
     """Mean per-joint position error in mm after root (pelvis / mid-hip) alignment. Shape ``(…)``.
 
-    ``pred``/``gt`` are ``(…,J,3)`` in metres; leading dims broadcast (e.g. ``(B,N,…)`` against ``(B,1,…)``).
+    ``pred``/``gt`` are ``(…,J,3)`` in metres; leading dims of equal rank broadcast (e.g. ``(B,N,…)`` against
+    ``(B,1,…)``); ranks that differ are refused unless one side is a single ``(J,3)`` set.
     """
     pred, gt = _as_tensor(pred), _as_tensor(gt)
     _check_same_shape(pred, gt, "mpjpe")
@@ -150,6 +156,11 @@ def pve(pred_verts, gt_verts, pred_root=None, gt_root=None) -> Tensor:
     _check_same_shape(pv, gv, "pve")
     pr = pv.mean(dim=-2) if pred_root is None else _as_tensor(pred_root)
     gr = gv.mean(dim=-2) if gt_root is None else _as_tensor(gt_root)
+    for name, root, verts in (("pred_root", pr, pv), ("gt_root", gr, gv)):
+        # a (B,3) root under (B,N,V,3) vertices broadcast its batch against the hypotheses
+        if root.shape[-1:] != (3,) or root.ndim != verts.ndim - 1:
+            raise ValueError(f"pve: {name} {tuple(root.shape)} must be (…,3) with the leading dims of "
+                             f"its vertices {tuple(verts.shape)}")
     return ((pv - pr.unsqueeze(-2)) - (gv - gr.unsqueeze(-2))).norm(dim=-1).mean(dim=-1) * 1000.0
 
 
@@ -208,6 +219,8 @@ def group_metrics(per_hyp, reduce: bool = True) -> dict:
         e = e.unsqueeze(0)
     if e.ndim != 2:
         raise ValueError(f"group_metrics: expected (B,N), got {tuple(e.shape)}")
+    if e.shape[-1] == 0:  # groups without a hypothesis: undefined like an all-NaN group (amin raised IndexError)
+        e = torch.full((e.shape[0], 1), float("nan"))
     nan = torch.isnan(e)
     out = {
         "mean": torch.nanmean(e, dim=-1),
