@@ -30,7 +30,9 @@ MIN_SECRET_LEN = 6
 _extra: set[str] = set()
 _extra_lock = threading.Lock()
 
-_URL_USERINFO = re.compile(r"(?P<scheme>\b[a-zA-Z][a-zA-Z0-9+.\-]*://)[^/\s@?#'\"]+@")
+# up to the *last* "@" of the authority, as URL parsers read it: a password with an unencoded "@" in it
+# (``user:p@ss@host``) kept everything after its first "@" in view
+_URL_USERINFO = re.compile(r"(?P<scheme>\b[a-zA-Z][a-zA-Z0-9+.\-]*://)[^/\s?#'\"]+@")
 _SECRET_QUERY = re.compile(
     r"(?i)(?P<name>[?&;][a-z0-9_.\-]*(?:key|token|secret|passw|pwd|auth|sig|credential)[a-z0-9_.\-]*=)"
     r"[^&#\s'\"]+"

@@ -7,11 +7,12 @@ structure, physical feasibility and image alignment). Beyond the paper, and why:
   0-100 scale is rescaled, so either prompt style works.
 * The prompt carries a measured evidence table and the recalled rules/prototypes as text, so a small local
   VLM has numbers to lean on (see :mod:`hmrcritic.agent.prompts`).
-* Robustness for real endpoints: structured output via ``json_schema``; servers that reject it get
-  function calling, and servers that reject that get plain text parsed tolerantly (first JSON object, 0-100
-  rescaled, clamped, missing axes filled from ``overall``). Answers with the wrong hypotheses are rejected.
-  Timeouts, 5xx, 429 (``Retry-After`` honoured, also on a 503) and unusable answers are retried with exponential backoff
-  and jitter; then :class:`~hmrcritic.errors.JudgeError` names the group and the last reason in one line.
+* Robustness for real endpoints: structured output via ``json_schema``; servers that reject it (a 400 or a
+  422) get function calling, and servers that reject that get plain text parsed tolerantly (first JSON
+  object outside a ``<think>`` block, 0-100 rescaled, clamped, missing axes filled from ``overall``). Answers
+  with the wrong hypotheses are rejected. Timeouts, 5xx, 408, 409, 429 (``Retry-After`` honoured, also on a
+  503) and unusable answers are retried with exponential backoff and jitter; then
+  :class:`~hmrcritic.errors.JudgeError` names the group and the last reason in one line.
   ChatOpenAI's own retries are off (``max_retries=0``) so this policy is the only one in force.
 * A process-wide semaphore per endpoint bounds the requests in flight (``JudgeSettings.max_concurrency``);
   :meth:`VLMJudge.critique_many` fans groups out on a thread pool of that size.
@@ -127,6 +128,28 @@ def extract_json(text: str) -> Any:
     raise Unparseable("no JSON object in the answer")
 
 
+def _answer_text(content: str) -> str:
+    """A plain-text answer without the reasoning a thinking model puts before it (everything up to the last
+    ``</think>``; some chat templates open the block in the prompt, so only the closing tag is in the answer).
+
+    The reasoning quotes the prompt's example entry or drafts single scores as JSON, and the first JSON object
+    of the whole text was taken for the answer: it was rejected (no 'scores' list) on every retry."""
+    _, sep, tail = content.rpartition("</think>")
+    return tail if sep else content
+
+
+def _index(value: Any) -> int:
+    """A hypothesis index as an int: an integer, or a number or numeral with an integral value ("2", 2.0).
+    ``int()`` alone truncated 1.9 to 1 and read ``true`` as 1, silently pairing scores with the wrong
+    hypotheses; those now raise like any other unusable index."""
+    if isinstance(value, bool):
+        raise ValueError("a boolean is not an index")
+    number = float(value) if isinstance(value, str) else value
+    if isinstance(number, float) and not number.is_integer():
+        raise ValueError(f"{value!r} is not an integer")
+    return int(number)
+
+
 def normalise_critique(data: Any, n: int) -> GroupCritique:
     """Turn whatever the endpoint returned into a valid critique of exactly ``n`` hypotheses, or raise.
 
@@ -171,7 +194,7 @@ def normalise_critique(data: Any, n: int) -> GroupCritique:
             r["index"] = pos
     else:
         try:
-            ints = [int(i) for i in given]
+            ints = [_index(i) for i in given]
         except (TypeError, ValueError):
             raise Unparseable("hypothesis indices are missing or not integers") from None
         if sorted(ints) == list(range(1, n + 1)):
@@ -181,12 +204,17 @@ def normalise_critique(data: Any, n: int) -> GroupCritique:
         for r, i in zip(rows, ints, strict=True):
             r["index"] = i
     # the paper's 0-100 scale when the answer is mostly on it; a value or two just above 10 in a 0-10 answer are
-    # clamped (dividing everything by 10 for one 10.5 would shrink the whole group's scores tenfold)
-    values = sorted(r[k] for r in rows for k in ("overall", *AXES))
-    scale = 10.0 if values[len(values) // 2] > 10.0 else 1.0
+    # clamped (dividing everything by 10 for one 10.5 would shrink the whole group's scores tenfold). A field whose
+    # own median is far above 10 is on 0-100 whatever the rest: `overall` on the paper's scale beside axes on 0-10
+    # was clamped to 10 for every hypothesis, a tie that threw the group's ranking away.
+    def median(vals: list[float]) -> float:
+        return sorted(vals)[len(vals) // 2]
+
+    pooled = median([r[k] for r in rows for k in ("overall", *AXES)]) > 10.0
+    scale = {k: 10.0 if pooled or median([r[k] for r in rows]) > 20.0 else 1.0 for k in ("overall", *AXES)}
     scores = []
     for r in sorted(rows, key=lambda r: r["index"]):
-        clamp = {k: min(10.0, max(0.0, r[k] / scale)) for k in ("overall", *AXES)}
+        clamp = {k: min(10.0, max(0.0, r[k] / scale[k])) for k in ("overall", *AXES)}
         scores.append(HypothesisScore(index=r["index"], rationale=r["rationale"], **clamp))
     applied = data.get("rules_applied") or []
     applied = [str(x) for x in applied] if isinstance(applied, list) else []
@@ -292,6 +320,25 @@ def _retry_after_s(exc: Exception) -> float | None:
     return max(0.0, when.timestamp() - time.time())
 
 
+def _usable_key(key: str | None) -> str | None:
+    """The key as it can go into an ``Authorization`` header, or an :class:`InputError` that says why not.
+
+    A key read from a file (``$(cat key.txt)`` of a Windows file keeps its ``\\r``) or pasted with a space or a
+    typographic character cannot be sent: the HTTP client refused the header inside the request, so every
+    group was retried and then reported as "cannot connect to <endpoint>" (or a "malformed answer"), and the
+    client's debug log quoted the header, key and all. Surrounding whitespace is never part of a key; any other
+    such character is named by position, never shown."""
+    if key is None:
+        return None
+    key = key.strip()
+    bad = next((i for i, c in enumerate(key) if not (" " < c < "\x7f")), None)
+    if bad is not None:
+        raise InputError(f"the API key (HMRCRITIC_API_KEY / OPENAI_API_KEY) has a space, control or non-ASCII "
+                         f"character at position {bad + 1} of {len(key)}; it cannot be sent in an HTTP header "
+                         "(a key pasted from a document or read from a file with Windows line endings?)")
+    return key or None
+
+
 class _CutOff(Exception):
     """The answer stopped at the endpoint's output-token limit."""
 
@@ -326,7 +373,7 @@ class VLMJudge:
         self.backoff_max_s = backoff_max_s
         self.max_retry_after_s = max_retry_after_s
         self.send_input_image = send_input_image
-        key = api_key()
+        key = _usable_key(api_key())
         if not key and self.settings.base_url is None:  # retrying the OpenAI endpoint without a key cannot work
             raise InputError("the VLM judge has no endpoint and no key: set HMRCRITIC_API_KEY (or OPENAI_API_KEY) "
                              "for OpenAI, or HMRCRITIC_BASE_URL for a local server (vLLM, Ollama)")
@@ -582,7 +629,7 @@ class VLMJudge:
         content = getattr(raw, "content", "")
         if isinstance(content, list):
             content = "".join(b if isinstance(b, str) else str(b.get("text", "")) for b in content)
-        return extract_json(str(content))
+        return extract_json(_answer_text(str(content)))
 
     def _call(self, group_id: str, schema: type[BaseModel], build, validate):
         import openai
@@ -613,7 +660,9 @@ class VLMJudge:
                 retry_reason = str(exc)
             except _Deadline:
                 reason = f"no answer within {self.settings.timeout_s:g} s"
-            except openai.BadRequestError as exc:
+            except (openai.BadRequestError, openai.UnprocessableEntityError) as exc:
+                # 422 too: servers built on axum/FastAPI validation (TGI among them) answer a request form
+                # they do not know (a json_schema response_format, forced tools) with 422, not 400
                 overflow = "ContextOverflow" in type(exc).__name__
                 if not overflow and mode != MODES[-1] and self._degrade(mode):
                     started_in = started_in or mode
@@ -634,8 +683,13 @@ class VLMJudge:
                 wait_hint = _retry_after_s(exc)  # a 503 (loading, overloaded) says when to come back
             except openai.APIConnectionError:
                 reason = f"cannot connect to {redact_url(self.settings.base_url) or 'the default OpenAI endpoint'}"
-            except openai.APIStatusError as exc:  # 401, 403, 404, 422...: retrying will not help
-                reason, fatal = self._describe(exc), True
+            except openai.APIStatusError as exc:  # 401, 403, 404...: retrying will not help
+                if exc.status_code in (408, 409):  # a proxy's request timeout, a lock timeout: the openai
+                    # client retries these itself, and its retries are off here (max_retries=0)
+                    reason = f"server busy ({self._describe(exc)})"
+                    wait_hint = _retry_after_s(exc)
+                else:
+                    reason, fatal = self._describe(exc), True
             except openai.OpenAIError as exc:
                 reason, fatal = self._describe(exc), True
             except (IndexError, KeyError, TypeError, AttributeError, ValueError) as exc:
