@@ -267,7 +267,9 @@ def read_manifest(root: str | Path) -> list[GroupRecord]:
     if not path.exists():
         return []
     out, seen = [], set()
-    with open(path, encoding="utf-8") as fh:
+    # errors="replace": a line garbled into bytes that are not UTF-8 (a crash mid-write, an editor's encoding)
+    # fails its checksum and is dropped like any torn line, instead of the decode error stopping every read
+    with open(path, encoding="utf-8", errors="replace") as fh:
         for line in fh:
             rec = parse_manifest_line(line)
             if rec is not None and rec.group_id not in seen:
@@ -302,7 +304,7 @@ def repair_manifest(root: str | Path, check_files: bool = True) -> tuple[list[Gr
     path = root / MANIFEST
     if not path.exists():
         return [], 0
-    raw_lines = path.read_text(encoding="utf-8").splitlines(keepends=True)
+    raw_lines = path.read_text(encoding="utf-8", errors="replace").splitlines(keepends=True)  # see read_manifest
     kept, lines, seen = [], [], set()
     for line in raw_lines:
         rec = parse_manifest_line(line)
@@ -435,7 +437,7 @@ def validate_dataset(root: str | Path, max_errors: int = 50) -> ValidationReport
     seen: set[str] = set()
     records: list[GroupRecord] = []
     stopped = False
-    with open(path, encoding="utf-8") as fh:
+    with open(path, encoding="utf-8", errors="replace") as fh:  # a non-UTF-8 line is reported, see read_manifest
         for lineno, line in enumerate(fh, 1):
             where = f"{MANIFEST}:{lineno}"
             if not line.strip():
@@ -487,7 +489,7 @@ def validate_dataset(root: str | Path, max_errors: int = 50) -> ValidationReport
     pairs: list | None = None  # the file's records that parse; None without a file
     if (root / PAIRS).exists():
         pairs = []
-        for lineno, line in enumerate((root / PAIRS).read_text(encoding="utf-8").splitlines(), 1):
+        for lineno, line in enumerate((root / PAIRS).read_text(encoding="utf-8", errors="replace").splitlines(), 1):
             try:
                 pair = json.loads(line)
                 pairs.append(pair)
@@ -515,7 +517,8 @@ def validate_dataset(root: str | Path, max_errors: int = 50) -> ValidationReport
                         "re-run the same export command to complete it")
     failures_path = root / FAILURES
     if failures_path.exists():
-        open_failures = [line for line in failures_path.read_text(encoding="utf-8").splitlines() if line.strip()]
+        text = failures_path.read_text(encoding="utf-8", errors="replace")  # appended: may end in a torn line
+        open_failures = [line for line in text.splitlines() if line.strip()]
         if open_failures:
             warnings.append(f"{len(open_failures)} input(s) failed and are not in the dataset ({FAILURES}); "
                             "re-running the export retries them")

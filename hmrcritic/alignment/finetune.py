@@ -123,6 +123,11 @@ def state_dict_hash(model: torch.nn.Module) -> str:
     return h.hexdigest()[:16]
 
 
+def dataset_hash(ds: GroupPreferenceDataset) -> str:
+    """Hash of the groups a dataset holds (its records' checksums, which cover scores and array checksums)."""
+    return hashlib.sha256("|".join(str(r.checksum) for r in ds.records).encode()).hexdigest()[:16]
+
+
 class _GroupTensors:
     """All groups of a dataset in memory (the arrays are small): conditions built once, x0 per group."""
 
@@ -168,7 +173,8 @@ def _comparable(cfg: FinetuneConfig) -> dict:
 
 
 def _save_state(cfg: FinetuneConfig, policy, ema, opt, step: int, base_hash: str,
-                window: list[dict] | None = None, tracker: GroupStatTracker | None = None) -> None:
+                window: list[dict] | None = None, tracker: GroupStatTracker | None = None,
+                data_hash: str | None = None) -> None:
     atomic_torch_save(
         cfg.state_path,
         {
@@ -183,6 +189,7 @@ def _save_state(cfg: FinetuneConfig, policy, ema, opt, step: int, base_hash: str
                if str(cfg.device).startswith("cuda") and torch.cuda.is_available() else {}),
             "config": json.dumps(_comparable(cfg), sort_keys=True),
             "base_hash": base_hash,
+            "data_hash": data_hash,
             # the steps of the logging window still open at this step (a checkpoint need not fall on a log
             # step): a resumed run logs the same window means as an uninterrupted one
             "window": list(window or []),
@@ -191,7 +198,8 @@ def _save_state(cfg: FinetuneConfig, policy, ema, opt, step: int, base_hash: str
     )
 
 
-def _resume(cfg: FinetuneConfig, policy, ema, opt, base_hash: str, tracker: GroupStatTracker) -> tuple[int, list]:
+def _resume(cfg: FinetuneConfig, policy, ema, opt, base_hash: str, tracker: GroupStatTracker,
+            data_hash: str | None = None) -> tuple[int, list]:
     path = cfg.state_path
     try:
         st = torch.load(path, map_location="cpu", weights_only=True)
@@ -199,6 +207,11 @@ def _resume(cfg: FinetuneConfig, policy, ema, opt, base_hash: str, tracker: Grou
         raise AssetError(f"cannot resume from {path}: {type(exc).__name__}: {exc}") from None
     if st.get("config") != json.dumps(_comparable(cfg), sort_keys=True) or st.get("base_hash") != base_hash:
         raise InputError(f"{path} belongs to a run with different settings; use another --out or --no-resume")
+    # the same --data path with other groups in it (re-exported, another judge, an export resumed meanwhile): the
+    # settings match, but continuing would train one model on two datasets (states saved before this: not checked)
+    if st.get("data_hash") not in (None, data_hash):
+        raise InputError(f"{path} belongs to a run on other data than {cfg.data} holds now (the dataset changed "
+                         "since); use another --out or --no-resume")
     policy.load_state_dict(st["policy"])
     ema.load_state_dict(st["ema"])
     opt.load_state_dict(st["opt"])
@@ -233,6 +246,7 @@ def finetune(config: FinetuneConfig, progress: bool | Callable[[dict], None] = F
         raise InputError(f"--out must be a checkpoint file path, got a folder: {out}")
     ds = GroupPreferenceDataset(cfg.data)
     data = _GroupTensors(ds, cfg.device)
+    data_hash = dataset_hash(ds)
     G = min(cfg.num_generations, data.min_n)
     if cfg.num_generations > G and progress is True:  # the CLI: say so rather than silently train on fewer
         import sys
@@ -261,7 +275,7 @@ def finetune(config: FinetuneConfig, progress: bool | Callable[[dict], None] = F
     start, window = 0, []
     tracker = GroupStatTracker()
     if cfg.resume and cfg.state_path.exists():
-        start, window = _resume(cfg, policy, ema, opt, base_hash, tracker)
+        start, window = _resume(cfg, policy, ema, opt, base_hash, tracker, data_hash)
     elif cfg.log_path.exists():
         cfg.log_path.unlink()
 
@@ -309,7 +323,7 @@ def finetune(config: FinetuneConfig, progress: bool | Callable[[dict], None] = F
                 tracker.clear()
                 t0, window, timed = time.time(), [], 0
             if done % cfg.checkpoint_every == 0 or done == cfg.steps:
-                _save_state(cfg, policy, ema, opt, done, base_hash, window, tracker)
+                _save_state(cfg, policy, ema, opt, done, base_hash, window, tracker, data_hash)
     finally:
         if bar is not None:
             bar[0].stop()

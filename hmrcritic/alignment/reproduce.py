@@ -123,6 +123,8 @@ class Preset:
             raise InputError(f"preset field lr must be a finite number > 0, got {self.lr}")
         if not 0.0 <= self.ema < 1.0:
             raise InputError(f"preset field ema must be in [0, 1), got {self.ema}")
+        if self.t_min is not None and self.t_min < 0:  # the upper end (the model's T) is checked once it is loaded
+            raise InputError(f"preset field t_min must be ≥ 0, got {self.t_min}")
         try:
             ObjectiveConfig("gpa", self.beta, self.t_min, self.gpa_weight, self.base_loss_weight)
         except ValueError as exc:
@@ -476,6 +478,9 @@ def _run(name: str, p: Preset, out: Path, model, progress) -> dict:
     base_path = str(getattr(base, "checkpoint_path", model_path))
     base_hash = state_dict_hash(base)
     log(f"base model {base_path} (hash {base_hash})")
+    # t_min is refused by the finetune stage, after exploring and exporting (hours in `full`): check it here
+    if p.t_min is not None and not p.t_min < base.num_timesteps:
+        raise InputError(f"preset field t_min must be in [0, {base.num_timesteps}) (the model's T), got {p.t_min}")
 
     # 2. explore (memory frozen afterwards)
     explore_params = {k: getattr(p, k) for k in ("explore_rounds", "explore_batch", "explore_generations",
@@ -485,7 +490,15 @@ def _run(name: str, p: Preset, out: Path, model, progress) -> dict:
     # the starter rules and the scoring code are inputs of the memory too: a changed rule re-explores
     # the agent's defaults (HMRCRITIC_* overrides) and the data generator decide the memory too; export and
     # evaluation keys build on this one
-    k_explore = _key("explore", base_hash, explore_params, code_digest(), inputs_digest())
+    # with judge vlm, which VLM scores (model @ endpoint, as the export header records it) decides the memory, the
+    # scores and the critic's top-1: another HMRCRITIC_VLM_MODEL reused the first one's cached results
+    from hmrcritic.alignment.export import _judge_model
+
+    judge_model = _judge_model(p.judge)
+    sizes = _split_sizes()
+    k_explore = _key("explore", base_hash, explore_params, code_digest(), inputs_digest(),
+                     *([judge_model] if judge_model is not None else []),  # builtin: its keys as before
+                     *([sizes] if sizes else []))
     memory_dir = out / f"memory-{k_explore}"
     explore_rec_path = out / f"explore-{k_explore}.json"
     explore_rec = _read_json(explore_rec_path)
@@ -508,7 +521,9 @@ def _run(name: str, p: Preset, out: Path, model, progress) -> dict:
     wild_dir = out / f"wild-{k_export}"
     export_rec_path = out / f"export-{k_export}.json"
     export_rec = _read_json(export_rec_path)
-    if export_rec is None:
+    # the record alone is not the dataset: with its folder gone (deleted to save space) every finetune not yet
+    # cached failed on a missing dataset; re-exporting rebuilds the same groups (per-group seeds)
+    if export_rec is None or not (wild_dir / "dataset.json").exists():
         log(f"export: {p.wild_groups} wild groups of {p.num_generations} → {wild_dir.name}")
         t0 = time.time()
         ecfg = ExportConfig(out=str(wild_dir), split="wild", model=model_path, num_generations=p.num_generations,
@@ -566,8 +581,10 @@ def _run(name: str, p: Preset, out: Path, model, progress) -> dict:
                                               "sample_steps", "seed", "critic_top1", "judge")}
     evals: dict[str, dict] = {}
     for row in ("base", *p.objectives):
+        # without critic_top1 nothing of k_explore is in the key: the data generator (and any scaled split
+        # sizes) must be, or a regenerated test split reused the old base evaluation beside fresh aligned rows
         k_ev = _key("eval", model_keys[row], eval_params, k_explore if p.critic_top1 else None,
-                    stage_code_digest("eval"))
+                    stage_code_digest("eval"), *([] if p.critic_top1 else [inputs_digest()["generator"], sizes]))
         ev_path = out / "eval" / f"{row}-{k_ev}.json"
         ev = _read_json(ev_path)
         if ev is None:
@@ -625,6 +642,15 @@ def _run(name: str, p: Preset, out: Path, model, progress) -> dict:
 # defaults, so a killed baseline resumes whatever GPA setting changed meanwhile.
 _IGNORED = {"dpo": ("t_min", "gpa_weight", "base_loss_weight"), "sft": ("t_min", "gpa_weight", "base_loss_weight",
                                                                        "beta")}
+
+
+def _split_sizes() -> dict | None:
+    """The split sizes when ``HMRCRITIC_SPLIT_SIZE_SCALE`` changes them (tests' tiny splits), else None: other
+    sizes are other groups, memories and evaluations; default sizes leave the cache keys as they were."""
+    from hmrcritic.hmr.data import SPLITS, default_size
+
+    sizes = {name: default_size(name) for name in SPLITS}
+    return None if all(sizes[name] == SPLITS[name][0] for name in SPLITS) else sizes
 
 
 def _finetune_key(k_export: str, obj: str, common: dict, base_w: float) -> str:

@@ -139,7 +139,7 @@ def register(app: typer.Typer) -> None:
         seed: int = typer.Option(0, help="Seed (batches, noise, timesteps).", min=0, max=2**32 - 1),
         checkpoint_every: int = typer.Option(50, help="Save resumable state every K steps."),
         resume: bool = typer.Option(True, "--resume/--no-resume", help="Continue from OUT.state.pt."),
-        device: str = typer.Option("cpu", help="cpu or cuda."),
+        device: str = typer.Option(None, help="cpu or cuda (default: HMRCRITIC_DEVICE, else cpu)."),
         as_json: bool = typer.Option(False, "--json", help="Print the result as JSON."),
     ) -> None:
         """Align the diffusion model on a preference dataset against a frozen reference (resumable).
@@ -152,6 +152,7 @@ def register(app: typer.Typer) -> None:
 
         from hmrcritic.alignment.dataset import read_header
         from hmrcritic.alignment.finetune import FinetuneConfig, finetune
+        from hmrcritic.config import check_device, default_device
         from hmrcritic.errors import AssetError
 
         try:
@@ -180,7 +181,7 @@ def register(app: typer.Typer) -> None:
             seed=seed,
             checkpoint_every=checkpoint_every,
             resume=resume,
-            device=device,
+            device=check_device(device or default_device()),  # HMRCRITIC_DEVICE, documented in config
         )
         path = finetune(cfg, progress=not as_json)
         logs = [json.loads(line) for line in cfg.log_path.read_text().splitlines() if line.strip()]
