@@ -192,4 +192,5 @@ def body_model_path() -> Path | None:
 
 
 def default_device() -> str:
-    return os.environ.get("HMRCRITIC_DEVICE", "cpu")
+    """``--device`` when not given (train-base, sample, evaluate): ``HMRCRITIC_DEVICE``, unset or empty → cpu."""
+    return os.environ.get("HMRCRITIC_DEVICE") or "cpu"

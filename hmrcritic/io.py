@@ -8,6 +8,7 @@ last line after a kill -9.
 from __future__ import annotations
 
 import contextlib
+import errno
 import hashlib
 import io
 import json
@@ -22,6 +23,8 @@ import numpy as np
 
 def atomic_write_bytes(path: str | os.PathLike, data: bytes) -> Path:
     path = Path(path)
+    if path.is_dir():  # else os.replace fails naming our temporary file ("/.tmp.x1y2.tmp -> /tmp"), not the target
+        raise IsADirectoryError(errno.EISDIR, os.strerror(errno.EISDIR), str(path))
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
     try:
@@ -115,12 +118,15 @@ def append_jsonl(path: str | os.PathLike, record: dict, checksum: bool = True) -
 
 
 def read_jsonl(path: str | os.PathLike, verify: bool = True) -> list[dict]:
-    """Read records, skipping a torn or corrupt line (bad JSON or checksum mismatch)."""
+    """Read records, skipping a torn or corrupt line (bad JSON, not a JSON object, or checksum mismatch).
+
+    ``errors="replace"``: a line garbled into bytes that are not UTF-8 (a crash mid-append) is skipped like any
+    torn line; the decode error used to stop the whole read (a finetune log resume, an export's failures)."""
     path = Path(path)
     if not path.exists():
         return []
     out = []
-    with open(path, encoding="utf-8") as fh:
+    with open(path, encoding="utf-8", errors="replace") as fh:
         for line in fh:
             line = line.strip()
             if not line:
@@ -128,6 +134,8 @@ def read_jsonl(path: str | os.PathLike, verify: bool = True) -> list[dict]:
             try:
                 rec = json.loads(line)
             except json.JSONDecodeError:
+                continue
+            if not isinstance(rec, dict):  # `5` or `[...]` parse but are no record
                 continue
             if verify and "checksum" in rec and rec["checksum"] != record_checksum(rec):
                 continue

@@ -149,6 +149,13 @@ def explore_eval_cmd(
     """
     from hmrcritic.agent.learning_curve import explore_eval, format_rows
 
+    if out is not None:  # a bad --out is refused now, not after minutes of scoring
+        if out.is_dir():
+            from hmrcritic.errors import InputError
+
+            raise InputError(f"explore-eval: --out {out} is a folder; give a file path, e.g. "
+                             f"{out / 'explore_eval.json'}")
+        out.parent.mkdir(parents=True, exist_ok=True)  # a file in the way or no permission: the OSError line now
     res = explore_eval(memory_dir, split=split, num_groups=num_groups, num_generations=num_generations,
                        seed=seed, source=source, judge=judge,
                        variants=[v.strip() for v in variants.split(",") if v.strip()] if variants else None)
@@ -183,6 +190,8 @@ def learning_curve_cmd(
     Example: `hmrcritic learning-curve --memory-dir /tmp/mem --rounds 5 --out results/`.
     """
     from hmrcritic.agent.learning_curve import learning_curve
+
+    out.mkdir(parents=True, exist_ok=True)  # a file in the way is refused now, not after round 0 was scored
 
     def progress(row: dict) -> None:
         if not as_json:

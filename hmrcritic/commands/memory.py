@@ -72,6 +72,14 @@ def calibration(
     from hmrcritic.memory.store import MemoryStore
 
     if clear:
+        import os
+
+        server = chroma_url or os.environ.get("HMRCRITIC_CHROMA_URL")
+        if memory_dir is not None and not server and not (Path(memory_dir) / "chroma.sqlite3").exists():
+            # as _open: a mistyped --memory-dir must not create and seed a new memory just to clear nothing there
+            from hmrcritic.errors import InputError
+
+            raise InputError(f"memory calibration --clear: no memory at {memory_dir}; nothing to clear")
         store = MemoryStore(memory_dir, chroma_url=chroma_url)
         store.set_calibration(None)
         typer.echo(f"calibration cleared at {store.location} (version {store.version()})")

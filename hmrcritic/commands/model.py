@@ -8,7 +8,7 @@ from pathlib import Path
 
 import typer
 
-from hmrcritic.config import check_device
+from hmrcritic.config import check_device, default_device
 from hmrcritic.errors import InputError
 
 
@@ -65,7 +65,7 @@ def register(app: typer.Typer) -> None:
         threads: int = typer.Option(1, help="torch CPU threads (1 = bitwise reproducible; fastest on a busy machine)."),
         max_samples: int = typer.Option(None, help="Use only the first N training scenes (quick runs)."),
         stop_at: int = typer.Option(None, help="Stop after this step (resumable; the recipe's schedule is kept)."),
-        device: str = typer.Option("cpu", help="cpu or cuda."),
+        device: str = typer.Option(None, help="cpu or cuda (default: HMRCRITIC_DEVICE, else cpu)."),
         ship: bool = typer.Option(
             False, help="Evaluate on test and wild and install as hmrcritic/assets/base_model.pt."
         ),
@@ -90,7 +90,7 @@ def register(app: typer.Typer) -> None:
         # everything that can be refused is refused before training (the --ship evaluation comes ~20 min later)
         if stop_at is not None and stop_at < 1:
             raise InputError(f"train-base: --stop-at must be ≥ 1 step, got {stop_at}")
-        check_device(device)
+        device = check_device(device or default_device())  # HMRCRITIC_DEVICE, documented in config
         if ship and eval_limit < 1:
             raise InputError(f"train-base: --eval-limit must be ≥ 1 scene, got {eval_limit}")
         if ship and not (math.isfinite(guidance) and guidance >= 0):
@@ -148,7 +148,7 @@ def register(app: typer.Typer) -> None:
         obj: bool = typer.Option(False, "--obj", help="Also write one .obj mesh per hypothesis."),
         render: bool = typer.Option(True, "--render/--no-render", help="Write overlays, side views and grid.png."),
         model: Path = typer.Option(None, help="Checkpoint (default: the shipped base model)."),
-        device: str = typer.Option("cpu", help="cpu or cuda."),
+        device: str = typer.Option(None, help="cpu or cuda (default: HMRCRITIC_DEVICE, else cpu)."),
         as_json: bool = typer.Option(False, "--json", help="Print the summary as JSON."),
     ) -> None:
         """Draw a group of SMPL hypotheses for one input and write them (npz, renders, optional meshes).
@@ -159,7 +159,7 @@ def register(app: typer.Typer) -> None:
         from hmrcritic.hmr.diffusion import check_sampling_args, ddim_timesteps, load_model, sample_to_dir
 
         check_sampling_args(num_generations, steps, eta, guidance)
-        check_device(device)
+        device = check_device(device or default_device())  # HMRCRITIC_DEVICE, documented in config
         if scene and (image or keypoints):
             raise InputError("give either --scene or --image/--keypoints, not both")
         if scene:
@@ -207,7 +207,7 @@ def register(app: typer.Typer) -> None:
         guidance: float = typer.Option(0.0, help="2D keypoint guidance strength (0 = the model alone)."),
         joint_set: str = typer.Option("lsp14", help="lsp14 or smpl24."),
         no_nn: bool = typer.Option(False, "--no-nn", help="Skip the nearest-neighbour baseline."),
-        device: str = typer.Option("cpu", help="cpu or cuda."),
+        device: str = typer.Option(None, help="cpu or cuda (default: HMRCRITIC_DEVICE, else cpu)."),
         as_json: bool = typer.Option(False, "--json", help="Print one JSON object."),
     ) -> None:
         """MPJPE / PA-MPJPE / PVE (mean, best-of-N, mean pose), reprojection, implausible rate, diversity.
@@ -222,7 +222,7 @@ def register(app: typer.Typer) -> None:
         from hmrcritic.hmr.diffusion import check_sampling_args
 
         check_sampling_args(num_generations, steps, eta, guidance)
-        check_device(device)
+        device = check_device(device or default_device())  # HMRCRITIC_DEVICE, documented in config
         m = load_model(model, device=device)
         res = evaluate_model(
             m,

@@ -542,6 +542,19 @@ def _finite_vector(value, dim: int) -> bool:
     return v.shape == (dim,) and bool(np.all(np.isfinite(v)))
 
 
+def _why(exc: Exception) -> str:
+    """One line for a record that does not validate: each bad field and why (a pydantic error's own text runs
+    over several lines, and its first line named neither the field nor the reason)."""
+    errors = getattr(exc, "errors", None)
+    if callable(errors):
+        try:
+            return "; ".join(f"{'.'.join(str(x) for x in e.get('loc', ())) or 'record'}: {e.get('msg', 'invalid')}"
+                             for e in errors())
+        except Exception:  # not a pydantic error after all
+            pass
+    return " ".join(f"{type(exc).__name__}: {exc}".split())
+
+
 class MemoryStore:
     """Rules + prototypes in Chroma. ``path`` None → ``config.memory_dir()``; ``chroma_url`` → a server.
 
@@ -993,13 +1006,21 @@ class MemoryStore:
             raise InputError(f"memory import: {path} has prototypes embedded with "
                              f"{emb.get(PROTOTYPES_COLLECTION)}, this memory uses {POSE_EMBEDDING_ID} "
                              f"({POSE_DIM})")
+        where = "calibration"
         try:
-            rules = [(Rule.model_validate({k: v for k, v in r.items() if k != "embedding"}),
-                      r.get("embedding")) for r in data.get("rules", [])]
-            protos = [Prototype.model_validate(p) for p in data.get("prototypes", [])]
+            rules = []
+            for i, r in enumerate(data.get("rules", [])):
+                where = f"rules[{i}]"
+                rules.append((Rule.model_validate({k: v for k, v in r.items() if k != "embedding"}),
+                              r.get("embedding")))
+            protos = []
+            for i, p in enumerate(data.get("prototypes", [])):
+                where = f"prototypes[{i}]"
+                protos.append(Prototype.model_validate(p))
+            where = "calibration"
             cal = ScoreCalibration.model_validate(data["calibration"]) if data.get("calibration") else None
         except Exception as exc:
-            raise InputError(f"memory import: {path} has a malformed record ({exc})".splitlines()[0]) from exc
+            raise InputError(f"memory import: {path} has a malformed record {where}: {_why(exc)}") from exc
         side = {key: data[key] for key in EXPORTED_FILES if data.get(key) is not None}
         for key, rec in side.items():
             try:
