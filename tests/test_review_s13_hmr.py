@@ -183,3 +183,37 @@ def test_body_model_refuses_betas_without_the_hypothesis_dim():
     a = body(torch.zeros(B, N, 3), poses, torch.randn(B, 10)[:, None])  # the way that says what it means
     b = body(torch.zeros(B, N, 3), poses, torch.zeros(1, 10))  # a single body shape still serves all
     assert a.joints.shape == b.joints.shape == (B, N, 24, 3)
+
+
+def test_renders_from_several_threads_share_the_gl_context():
+    """pyrender makes its EGL context current at each render and never releases it (its make_uncurrent is a
+    no-op), so a render from a second thread failed with EGL_BAD_ACCESS and the process could not render again:
+    critique_groups(workers=4) with rendering lost 5 of 6 groups."""
+    import threading
+
+    from hmrcritic.hmr.render import get_renderer
+
+    r = get_renderer()
+    v = np.array([[-0.2, -0.2, 2.0], [0.2, -0.2, 2.0], [0.0, 0.2, 2.0]], np.float32)
+    f = np.array([[0, 1, 2]])
+    K = np.array([[100.0, 0, 32], [0, 100.0, 32], [0, 0, 1]])
+    masks, errors = [], []
+
+    def draw():
+        try:
+            masks.append(r.mask(v, f, K, (64, 64)))
+        except Exception as exc:  # noqa: BLE001 — the test reports what the thread saw
+            errors.append(exc)
+
+    for _ in range(3):  # one after another, each on its own thread
+        t = threading.Thread(target=draw)
+        t.start()
+        t.join()
+    threads = [threading.Thread(target=draw) for _ in range(4)]  # and at once (the lock takes turns)
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert not errors, errors[0]
+    assert len(masks) == 7 and all(m.sum() > 0 for m in masks)
+    assert r.mask(v, f, K, (64, 64)).sum() == masks[0].sum()  # and the main thread still renders

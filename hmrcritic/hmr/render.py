@@ -232,6 +232,7 @@ class Renderer:
             finally:
                 scene.remove_node(self._mesh_node)
                 self._mesh_node = None
+                _uncurrent(r)
         return rgb, np.asarray(depth, dtype=np.float32)
 
     # ---- public API
@@ -399,9 +400,23 @@ def _shared_offscreen(W: int, H: int):
             _GL_STATE["offscreen"] = r
             if not _GL_STATE["info"]:
                 _GL_STATE["info"] = _query_gl_info()
+            _uncurrent(r)
         if (r.viewport_width, r.viewport_height) != (W, H):
             r.viewport_width, r.viewport_height = W, H
         return r
+
+
+def _uncurrent(r) -> None:
+    """Release the context from the calling thread. An EGL context is current in one thread at a time and
+    pyrender makes it current at each render without ever releasing it, so the next render from another
+    thread (``critique_groups(workers=4)``) failed with EGL_BAD_ACCESS and left the context unusable for the
+    whole process. The lock serialises renders; releasing after each hands the context on cleanly."""
+    display = getattr(getattr(r, "_platform", None), "_egl_display", None)  # pyrender's make_uncurrent: a no-op
+    if display is not None:
+        with contextlib.suppress(Exception):
+            from OpenGL.EGL import EGL_NO_CONTEXT, EGL_NO_SURFACE, eglMakeCurrent
+
+            eglMakeCurrent(display, EGL_NO_SURFACE, EGL_NO_SURFACE, EGL_NO_CONTEXT)
 
 
 def _release_offscreen() -> None:
