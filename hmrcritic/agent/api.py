@@ -28,7 +28,7 @@ from pydantic import BaseModel, Field
 
 from hmrcritic import config as hconfig
 from hmrcritic.agent.judges import judge_name
-from hmrcritic.agent.runs import checkpoint_error
+from hmrcritic.agent.runs import checkpoint_error, in_use
 from hmrcritic.agent.schema import HypothesisScore
 from hmrcritic.agent.state import AgentConfig
 from hmrcritic.errors import HMRCriticError, InputError
@@ -76,10 +76,13 @@ class GroupResult:
 
 # ------------------------------------------------------------------------------------------------ inputs
 def safe_id(group_id: str) -> str:
+    """``group_id`` as a file-name part. An id with nothing ASCII in it (an image's stem ``写真``, ``..``) is
+    ``group``: refusing it made every group named after a non-Latin file name fail; :func:`run_folder_name` adds
+    the hash of the raw id, so two such ids still get two folders. Only a blank id is refused."""
+    if not str(group_id).strip():
+        raise InputError(f"group id {group_id!r} is blank")
     s = re.sub(r"[^A-Za-z0-9._-]+", "_", str(group_id)).strip("._")
-    if not s:
-        raise InputError(f"group id {group_id!r} has no usable characters")
-    return s[:120]
+    return (s or "group")[:120]
 
 
 def run_folder_name(thread_id: str) -> str:
@@ -353,8 +356,9 @@ def critique_group(
 
         get_judge(cfg)
     gid = str(group_id or getattr(sample, "sample_id", None) or "")
-    if not gid:
-        raise InputError("critique_group: the sample has no sample_id; pass group_id=")
+    if not gid.strip():
+        raise InputError("critique_group: no group id (group_id= is blank or missing and the sample has no "
+                         "sample_id); pass group_id=")
     arrays = {**_sample_arrays(sample), **load_hypotheses(hypotheses)}
     n = len(arrays["body_pose"])
     if true_errors_mm is not None:
@@ -403,38 +407,45 @@ def critique_group(
         # returning the old run would report what those settings did not produce
         saver.delete_thread(thread)
         values = {}
+    if values and not values.get("done") and not (Path(values.get("run_dir") or "") / "inputs.npz").is_file():
+        # an interrupted thread whose run folder is gone (removed by hand, or pruned): its inputs lived there, so
+        # resuming it failed with "group inputs missing" on every re-run; it starts afresh instead
+        saver.delete_thread(thread)
+        values = {}
     run_dir = Path(run_dir) if run_dir is not None else hconfig.runs_dir() / "groups" / run_folder_name(thread)
     if values.get("done"):
         return _scored(values, cfg, resumed=True).model_copy(update={"finished_earlier": True})
     run_id = new_run_id(gid)
     tracer = TraceWriter(run_id, gid, only_on_error=not keep)
-    if not values:  # a new thread: write the inputs, then start at render
-        run_dir.mkdir(parents=True, exist_ok=True)
-        atomic_save_npz(run_dir / "inputs.npz", **arrays)
-        start: Any = {
-            "group_id": gid, "run_id": run_id, "run_dir": str(run_dir), "num_hypotheses": n,
-            "image_path": str(image_path) if image_path else None, "has_labels": "true_error_mm" in arrays,
-            "inputs_digest": digest, "settings_digest": settings, "judge": cfg.judge, "round": 0, "reflections": [],
-            "judge_model": judge_settings.describe() if judge_settings is not None else None,
-            "issues": [], "feedback": "",
-        }
-    else:  # an interrupted thread: resume from its last checkpoint
-        start = None
-    tracer.start(cfg, resumed=start is None)
-    with _checkpoint_errors(saver):  # the checkpointer's database locked for too long, damaged, disk full
-        try:
-            t0 = time.perf_counter()
-            for chunk in app.stream(start, run_config, stream_mode="updates"):
-                t1 = time.perf_counter()
-                for node, update in chunk.items():
-                    tracer.node(node, update or {}, t1 - t0)
-                    if on_update is not None:
-                        on_update(node, update or {}, t1 - t0)
+    # held while the graph runs, so that `runs prune` (any process) leaves this folder and thread alone
+    with in_use(Path(values["run_dir"]) if values else run_dir):
+        if not values:  # a new thread: write the inputs, then start at render
+            run_dir.mkdir(parents=True, exist_ok=True)
+            atomic_save_npz(run_dir / "inputs.npz", **arrays)
+            start: Any = {
+                "group_id": gid, "run_id": run_id, "run_dir": str(run_dir), "num_hypotheses": n,
+                "image_path": str(image_path) if image_path else None, "has_labels": "true_error_mm" in arrays,
+                "inputs_digest": digest, "settings_digest": settings, "judge": cfg.judge, "round": 0,
+                "reflections": [], "judge_model": judge_settings.describe() if judge_settings is not None else None,
+                "issues": [], "feedback": "",
+            }
+        else:  # an interrupted thread: resume from its last checkpoint
+            start = None
+        tracer.start(cfg, resumed=start is None)
+        with _checkpoint_errors(saver):  # the checkpointer's database locked for too long, damaged, disk full
+            try:
                 t0 = time.perf_counter()
-        except Exception as exc:  # traced as it happened, then raised (a SQLite one as one line naming the file)
-            tracer.error(exc)
-            raise
-        values = dict(app.get_state(run_config).values)
+                for chunk in app.stream(start, run_config, stream_mode="updates"):
+                    t1 = time.perf_counter()
+                    for node, update in chunk.items():
+                        tracer.node(node, update or {}, t1 - t0)
+                        if on_update is not None:
+                            on_update(node, update or {}, t1 - t0)
+                    t0 = time.perf_counter()
+            except Exception as exc:  # traced as it happened, then raised (a SQLite one naming the file)
+                tracer.error(exc)
+                raise
+            values = dict(app.get_state(run_config).values)
     tracer.finish(values)
     if not keep:
         saver.delete_thread(thread)
@@ -508,7 +519,9 @@ def critique_groups(
     def one(job: dict) -> GroupResult:
         gid = str(job.get("group_id") or getattr(job.get("sample"), "sample_id", "?"))
         try:
-            res = critique_group(judge=judge, memory=memory, config=cfg, **{**kwargs, **job})
+            # a job's own judge / memory / config (documented: any critique_group keyword) wins over the shared
+            # ones; passed beside them, every such job failed with "got multiple values for keyword argument"
+            res = critique_group(**{"judge": judge, "memory": memory, "config": cfg, **kwargs, **job})
             return GroupResult(gid, result=res)
         except HMRCriticError as exc:
             return GroupResult(gid, error=str(exc), error_type=type(exc).__name__)

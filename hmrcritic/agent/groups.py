@@ -118,6 +118,21 @@ def _split(split):
     return split
 
 
+def _check_args(num_groups: int, num_generations: int, seed: int, start: int, batch: int = 1) -> None:
+    """Refuse what would crash deep inside (``default_rng`` takes no negative seed, 0 hypotheses cannot be
+    reshaped) or silently draw the wrong scenes (a negative ``start`` indexed from the end of the split, naming
+    the groups ``test--00001``) — the same for both sources, so ``auto`` does not depend on the model loading."""
+    from hmrcritic.hmr.diffusion import MAX_GENERATIONS
+
+    for name, value, low in (("num_groups", num_groups, 0), ("start", start, 0), ("seed", seed, 0),
+                             ("batch", batch, 1)):
+        if isinstance(value, bool) or not isinstance(value, int | np.integer) or value < low:
+            raise InputError(f"{name} must be an integer ≥ {low}, got {value!r}")
+    if isinstance(num_generations, bool) or not isinstance(num_generations, int | np.integer) \
+            or not 1 <= num_generations <= MAX_GENERATIONS:
+        raise InputError(f"num_generations must be in 1..{MAX_GENERATIONS}, got {num_generations!r}")
+
+
 def _indices(scenes, num_groups: int, start: int) -> list[int]:
     if len(scenes) <= start:
         raise InputError(f"split has {len(scenes)} samples; cannot start at {start}")
@@ -128,6 +143,7 @@ def groups_from_perturbed_gt(split="test", num_groups: int = 20, num_generations
                              start: int = 0) -> list[LabelledGroup]:
     from hmrcritic.hmr.body import load_body_model
 
+    _check_args(num_groups, num_generations, seed, start)
     scenes = _split(split)
     name = getattr(scenes, "name", str(split))
     body = load_body_model()
@@ -146,6 +162,7 @@ def groups_from_model(split="test", num_groups: int = 20, num_generations: int =
     from hmrcritic.hmr import diffusion
     from hmrcritic.hmr.body import load_body_model
 
+    _check_args(num_groups, num_generations, seed, start, batch)
     scenes = _split(split)
     name = getattr(scenes, "name", str(split))
     model = model if model is not None else diffusion.load_model()
@@ -172,6 +189,7 @@ def groups_from_model(split="test", num_groups: int = 20, num_generations: int =
 def make_groups(split="test", num_groups: int = 20, num_generations: int = 16, seed: int = 0,
                 start: int = 0, source: str = "auto", model_path=None) -> tuple[list[LabelledGroup], str]:
     """Groups from ``source`` ("model" | "perturbed" | "auto": the model if it loads, else perturbed)."""
+    _check_args(num_groups, num_generations, seed, start)  # before a model is loaded for nothing
     model = group_model(source, model_path)
     if model is not None:
         return groups_from_model(split, num_groups, num_generations, seed, start, model=model), "model"

@@ -11,9 +11,12 @@ thread whose folder is gone cannot be resumed: its inputs lived there) — then 
 
 from __future__ import annotations
 
+import os
 import shutil
 import sqlite3
 import time
+from collections.abc import Iterator
+from contextlib import contextmanager, suppress
 from pathlib import Path
 
 from hmrcritic import config as hconfig
@@ -67,6 +70,51 @@ def checkpoint_error(path: str | Path, exc: Exception) -> AssetError:
                       "checkpoint threads cannot be resumed)")
 
 
+IN_USE_FILE = ".in-use"
+
+
+@contextmanager
+def in_use(folder: str | Path) -> Iterator[None]:
+    """Mark a run folder as in use by a critique for the block: a shared lock on ``<folder>/.in-use`` (any
+    number of holders, in any process). :func:`prune_runs` leaves a folder it cannot lock exclusively, and the
+    thread behind it, alone: a folder's age says nothing about a critique running on it right now, and
+    ``--older-than 0`` removed the inputs of a critique another process was running ("group inputs missing").
+    Without ``fcntl`` (Windows) nothing is locked."""
+    try:
+        import fcntl
+    except ImportError:
+        yield
+        return
+    folder = Path(folder)
+    folder.mkdir(parents=True, exist_ok=True)
+    fd = os.open(folder / IN_USE_FILE, os.O_RDWR | os.O_CREAT, 0o644)
+    try:
+        with suppress(OSError):  # a file system without locks (some NFS mounts): the critique runs unmarked
+            fcntl.flock(fd, fcntl.LOCK_SH)
+        yield
+    finally:
+        os.close(fd)  # releases the lock
+
+
+def folder_in_use(folder: str | Path) -> bool:
+    """Whether a critique holds ``folder`` (:func:`in_use`) now."""
+    try:
+        import fcntl
+    except ImportError:
+        return False
+    try:
+        fd = os.open(Path(folder) / IN_USE_FILE, os.O_RDWR)
+    except OSError:  # no lock file: never held (or not a folder)
+        return False
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        return True
+    finally:
+        os.close(fd)
+    return False
+
+
 def runs_usage(root: str | Path | None = None) -> dict:
     """Sizes and counts of each part of the runs folder (bytes)."""
     root = Path(root) if root is not None else hconfig.runs_dir()
@@ -105,12 +153,12 @@ def prune_runs(older_than_days: float = 7.0, root: str | Path | None = None, dry
             return True
 
     removed = {"groups": 0, "checkpoints": 0, "traces": 0, "frozen-memory": 0, "evaluate": 0}
-    stale_groups = {p.name for p in _entries(root / "groups") if old(p)}
+    stale_groups = {p.name for p in _entries(root / "groups") if old(p) and not folder_in_use(p)}
     db = root / "checkpoints.sqlite"
     def prunable(thread: str) -> bool:
         try:
             folder = run_folder_name(thread)
-        except InputError:  # an id with no usable characters has no folder: nothing could resume it
+        except InputError:  # a blank id has no folder: nothing could resume it
             folder = ""
         if folder in stale_groups:
             return True
@@ -173,5 +221,5 @@ def _orphaned(db: Path, thread_id: str, old) -> bool:
         run_dir = (got.checkpoint.get("channel_values") or {}).get("run_dir") if got is not None else None
     except Exception:  # an unreadable checkpoint cannot be resumed either
         return True
-    return not run_dir or old(Path(run_dir))
+    return not run_dir or old(Path(run_dir)) and not folder_in_use(run_dir)
 
