@@ -153,3 +153,27 @@ def test_read_jsonl_skips_non_utf8_and_non_object_lines(tmp_path):
     path = tmp_path / "log.jsonl"
     path.write_bytes(b'{"step": 1}\n5\n[1, 2]\n{"step": 2}\n{"st\xff\xfe')
     assert [r["step"] for r in read_jsonl(path)] == [1, 2]
+
+
+def test_memory_import_of_an_export_without_hard_keeps_starter_hard_constraints(tmp_path):
+    """An export from before conditions carried `hard` (same schema number) read as hard=False: a starter hard
+    constraint imported with more uses replaced ours as a soft rule (maintenance could then retire it)."""
+    import json
+
+    from hmrcritic.memory.store import MemoryStore
+
+    store = MemoryStore(tmp_path / "mem")
+    hard = [r for r in store.rules.all() if r.hard]
+    assert hard
+    dump = tmp_path / "old.json"
+    store.export_json(dump)
+    data = json.loads(dump.read_text())
+    for r in data["rules"]:
+        if r.get("condition"):
+            r["condition"].pop("hard", None)
+        r["n_used"] = r.get("n_used", 0) + 5  # more uses: the file's copy replaces ours
+    dump.write_text(json.dumps(data))
+    store.import_json(dump)
+    after = {r.rule_id: r for r in store.rules.all()}
+    assert all(after[r.rule_id].hard for r in hard)
+    assert all(after[r.rule_id].n_used == r.n_used + 5 for r in hard)

@@ -35,7 +35,7 @@ def pose_features(body_pose) -> torch.Tensor:
 
     aa = torch.as_tensor(np.asarray(body_pose) if not isinstance(body_pose, torch.Tensor) else body_pose)
     aa = aa.float().reshape(-1, 23, 3)
-    return matrix_to_rot6d(axis_angle_to_matrix(aa)).reshape(aa.shape[0], -1)
+    return matrix_to_rot6d(axis_angle_to_matrix(aa)).reshape(aa.shape[0], 23 * 6)  # explicit: B may be 0
 
 
 @dataclass
@@ -80,6 +80,8 @@ def fit_gmm(feats: torch.Tensor, components: int = 8, iters: int = 20, shrink: f
     centres = [x[torch.randint(B, (1,), generator=g)].squeeze(0)]
     for _ in range(1, C):
         d2 = torch.stack([((x - c) ** 2).sum(-1) for c in centres]).min(0).values
+        if d2.sum() <= 0:  # fewer distinct poses than components: every pose is a centre already (0/0 below)
+            d2 = torch.ones_like(d2)
         centres.append(x[torch.multinomial(d2 / d2.sum(), 1, generator=g)].squeeze(0))
     mu = torch.stack(centres)
     resp = torch.nn.functional.one_hot(((x[:, None] - mu[None]) ** 2).sum(-1).argmin(1), C).double()

@@ -65,7 +65,11 @@ def text_model_loaded() -> bool:
 
 
 def embed_text(texts: list[str]) -> np.ndarray:
-    """Unit-length 384-d float32 sentence embeddings, shape ``(n, 384)``; cosine = dot product."""
+    """Unit-length 384-d float32 sentence embeddings, shape ``(n, 384)``; cosine = dot product.
+
+    A single string is one text, shape ``(1, 384)`` (iterating it would embed each character)."""
+    if isinstance(texts, str):
+        texts = [texts]
     texts = [str(t) for t in texts]
     if not texts:
         return np.zeros((0, TEXT_DIM), dtype=np.float32)
@@ -107,11 +111,18 @@ def pose_embedding(joints: Any, up: Any = None) -> np.ndarray:
         raise InputError(f"pose_embedding: joints must have shape (n, 24, 3) SMPL joints, got {j.shape}")
     if not np.all(np.isfinite(j)):
         raise InputError("pose_embedding: joints contain NaN or inf")
+    if len(j) == 0:  # no poses: no vectors (the reshape below cannot infer a width from zero rows)
+        return np.zeros((0, POSE_DIM), dtype=np.float32)
     rel = j - j[:, _PELVIS : _PELVIS + 1]
     if up is None:
         up_v = rel[:, _NECK]
     else:
-        up_v = np.broadcast_to(np.asarray(up, dtype=np.float64).reshape(-1, 3), (len(j), 3))
+        u = np.asarray(up, dtype=np.float64)
+        if u.ndim not in (1, 2) or u.shape[-1] != 3 or (u.ndim == 2 and len(u) not in (1, len(j))) \
+                or not np.all(np.isfinite(u)):
+            raise InputError(f"pose_embedding: up must be a finite 3-vector or one per pose ({len(j)}, 3), "
+                             f"got shape {u.shape}")
+        up_v = np.broadcast_to(u.reshape(-1, 3), (len(j), 3))
     y = _unit(up_v)
     lateral = (rel[:, _LHIP] - rel[:, _RHIP]) + (rel[:, _LSHO] - rel[:, _RSHO])
     x = _unit(lateral - np.sum(lateral * y, axis=-1, keepdims=True) * y)

@@ -141,6 +141,8 @@ class PrototypeMemory:
             q = q[None]
         if q.ndim != 2 or q.shape[1] != POSE_DIM:
             raise InputError(f"prototype query: embeddings must have shape (n, {POSE_DIM}), got {q.shape}")
+        if not np.all(np.isfinite(q)):  # Chroma would answer with NaN similarities, not an error
+            raise InputError("prototype query: embeddings contain NaN or inf")
         if k <= 0 or len(q) == 0:
             return [[] for _ in range(len(q))]
         include = ["documents", "metadatas", "distances"] + (["embeddings"] if include_embeddings else [])

@@ -5,7 +5,7 @@ from __future__ import annotations
 from typing import Literal
 
 import numpy as np
-from pydantic import BaseModel, Field
+from pydantic import BaseModel, ConfigDict, Field
 
 Comparator = Literal[">", ">=", "<", "<="]
 
@@ -15,7 +15,13 @@ GRADED_CAP = 3.0
 
 
 class RuleCondition(BaseModel):
-    """An executable condition on an evidence measure: fires when ``measure comparator threshold``."""
+    """An executable condition on an evidence measure: fires when ``measure comparator threshold``.
+
+    Numbers must be finite: Chroma keeps the condition as JSON, where NaN/inf are written as ``null``, so a
+    non-finite threshold or points would be stored and then fail to load — every later read of the memory's
+    rules would raise. (An inf ``per`` would silently come back as None, a step rule.)"""
+
+    model_config = ConfigDict(allow_inf_nan=False)
 
     measure: str
     comparator: Comparator
@@ -100,7 +106,12 @@ class ScoreCalibration(BaseModel):
     ``log settled_overall(true error)`` on held-out labelled groups of its split, scored with the final rule
     set and without prototypes. The map is increasing, so no ranking (within or across groups) changes;
     what changes is that scores become comparable (point-wise Pearson). It belongs to the rule set it was
-    fitted on (``rules_fingerprint``) and to the judge that produced the scores (``judge``)."""
+    fitted on (``rules_fingerprint``) and to the judge that produced the scores (``judge``).
+
+    Numbers must be finite: stored as JSON, a NaN/inf would come back as ``null`` and the memory's calibration
+    would be unreadable (an import would accept a record that the memory then cannot read back)."""
+
+    model_config = ConfigDict(allow_inf_nan=False)
 
     judge: str = "builtin"
     slope: float = Field(..., gt=0, description="γ: log-score units of error per log-score unit of the judge")

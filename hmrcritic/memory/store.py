@@ -1007,12 +1007,21 @@ class MemoryStore:
                              f"{emb.get(PROTOTYPES_COLLECTION)}, this memory uses {POSE_EMBEDDING_ID} "
                              f"({POSE_DIM})")
         where = "calibration"
+        # An export written before conditions carried `hard` (same schema number) reads as hard=False: a starter
+        # hard constraint imported with more uses replaced ours soft, and maintenance then retired it. A starter
+        # rule's condition without the key keeps the starter's flag.
+        from hmrcritic.memory.starter_rules import starter_rules
+
+        starter_hard = {r.rule_id for r in starter_rules() if r.hard}
         try:
             rules = []
             for i, r in enumerate(data.get("rules", [])):
                 where = f"rules[{i}]"
-                rules.append((Rule.model_validate({k: v for k, v in r.items() if k != "embedding"}),
-                              r.get("embedding")))
+                r = {k: v for k, v in r.items() if k != "embedding"}
+                cond = r.get("condition")
+                if r.get("rule_id") in starter_hard and isinstance(cond, dict) and "hard" not in cond:
+                    r["condition"] = {**cond, "hard": True}
+                rules.append((Rule.model_validate(r), data["rules"][i].get("embedding")))
             protos = []
             for i, p in enumerate(data.get("prototypes", [])):
                 where = f"prototypes[{i}]"
