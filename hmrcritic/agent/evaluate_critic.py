@@ -74,6 +74,29 @@ def inputs_digest(source: str | None = None) -> dict:
     return out
 
 
+def split_digest(split: str) -> str:
+    """The exploration split's content as its manifest states it (shard hashes, body model, generator): the
+    group ids are ``<split>-<index>`` whatever the scenes, so a split regenerated with another ``--seed`` or
+    ``--n``, or for another body model (``HMRCRITIC_BODY_MODEL``), would otherwise reuse a memory explored on
+    other scenes. Generates the split on first use, as exploring it would."""
+    from hmrcritic.hmr.data import load_split
+
+    m = load_split(split).manifest
+    keep = {k: m.get(k) for k in ("n", "seed", "preset", "generator_version", "body_model", "shards", "labels_eval")}
+    return hashlib.sha256(json.dumps(keep, sort_keys=True, default=str).encode()).hexdigest()[:12]
+
+
+def judge_identity(judge: Any) -> str:
+    """Which model answers behind the judge's name: for ``vlm`` its model and endpoint (no credentials), ``""``
+    for the builtin judge. Part of the exploration key: the rules a VLM proposes are that model's, so a memory
+    explored with another ``HMRCRITIC_VLM_MODEL`` (or endpoint) is another memory, as for a critique's own
+    cache (:func:`hmrcritic.agent.api._judge_identity`)."""
+    from hmrcritic.agent.api import _judge_identity, _judge_settings
+    from hmrcritic.agent.state import AgentConfig
+
+    return _judge_identity(_judge_settings(AgentConfig(judge=judge_name(judge)), judge))
+
+
 def _key(**settings) -> str:
     return hashlib.sha256(json.dumps(settings, sort_keys=True, default=str).encode()).hexdigest()[:12]
 
@@ -101,8 +124,9 @@ def evaluate_critic(
     each variant.
 
     Returns the ``--json`` payload: ``rows`` (variant, spearman, kendall, top1_pa_mpjpe_mm, the same against
-    MPJPE and PVE, spearman_sem, full_minus_spearman/sem), ``random_pa_mpjpe_mm``, ``oracle_pa_mpjpe_mm``,
-    ``num_groups`` and provenance (group source, memory version, work folder).
+    MPJPE and PVE, spearman_sem — the SE over groups, 0 with fewer than 2 — full_minus_spearman/sem, absent
+    where no group was scored by both), ``random_pa_mpjpe_mm``, ``oracle_pa_mpjpe_mm``, ``num_groups`` and
+    provenance (group source, memory version, work folder). ``warmup_groups=0`` scores the starter memory.
     ``progress(stage, i, n)`` is called while exploring and scoring.
     """
     from hmrcritic.agent.explore import explore
@@ -126,8 +150,11 @@ def evaluate_critic(
     eval_groups, used = make_groups(split, num_groups, num_generations, seed=seed, source=source)
     # keyed by the source actually used ("auto" resolves to the model or, without one, perturbed ground
     # truth): a memory explored from one source is never reused for the other
+    ident = judge_identity(judge)  # only a VLM has one ("" for the builtin judge: not a key entry)
     key = _key(ws=warmup_split, wg=warmup_groups, g=num_generations, seed=seed, source=used, judge=name,
-               r=max_reflections, k=rules_k, b=batch_size, tau=tau, code=code_digest(), inputs=inputs_digest(used))
+               r=max_reflections, k=rules_k, b=batch_size, tau=tau, code=code_digest(), inputs=inputs_digest(used),
+               data=split_digest(warmup_split) if memory_dir is None else None,
+               **({"judge_model": ident} if ident else {}))
     workdir = Path(workdir) if workdir is not None else hconfig.runs_dir() / "evaluate" / key
     workdir.mkdir(parents=True, exist_ok=True)
     if progress is not None:
@@ -148,10 +175,11 @@ def evaluate_critic(
             if progress is not None and event == "group":
                 progress(f"explore {warmup_split}", payload["index"] + 1, payload["total"])
 
-        summary = explore(mem, split=warmup_split, rounds=rounds, batch_size=batch_size, tau=tau, judge=judge,
-                          rules_k=rules_k, num_generations=num_generations, limit=warmup_groups, seed=seed + 1,
-                          source=used, max_reflections=max_reflections, progress=on_event)
-        del mem, summary
+        if warmup_groups:  # 0 = the starter memory as seeded (explore refuses a limit of 0 groups)
+            explore(mem, split=warmup_split, rounds=rounds, batch_size=batch_size, tau=tau, judge=judge,
+                    rules_k=rules_k, num_generations=num_generations, limit=warmup_groups, seed=seed + 1,
+                    source=used, max_reflections=max_reflections, progress=on_event)
+        del mem
         # what the memory holds (a resumed exploration explores nothing new in this call)
         from hmrcritic.agent.explore import explored_record
 
@@ -203,6 +231,8 @@ def _paired_deltas(rows: list[dict], per_group: dict[str, np.ndarray]) -> None:
             continue
         d = full - per_group[r["variant"]]  # per group, in the same order; NaN where either variant failed
         d = d[np.isfinite(d)]
+        if not len(d):  # no group both scored: nothing to pair (a NaN mean with a 0 SE claimed a measurement)
+            continue
         r["full_minus_spearman"] = float(d.mean())
         r["full_minus_sem"] = float(d.std(ddof=1) / math.sqrt(len(d))) if len(d) > 1 else 0.0
         r["full_minus_groups"] = int(len(d))
@@ -261,6 +291,10 @@ def format_table(payload: dict[str, Any]) -> str:
         lines.append(f"{r['variant']:<15}{r['spearman']:>7.3f}{r['spearman_sem']:>7.3f}{r['kendall']:>7.3f}"
                      f"{r['spearman_mpjpe']:>9.3f}{r['spearman_pve']:>7.3f}{r['top1_pa_mpjpe_mm']:>7.1f} mm"
                      f"{r.get('pearson_pointwise', float('nan')):>9.3f}{delta}")
+    for r in payload["rows"]:  # a row over fewer groups than random/oracle is not comparable with them as is
+        if r.get("groups_scored", payload["num_groups"]) < payload["num_groups"]:
+            lines.append(f"{r['variant']}: scored {r['groups_scored']} of {payload['num_groups']} groups (the rest "
+                         "failed); its figures are over those, full − this over the groups both scored")
     lines.append(f"{'random pick':<52}{payload['random_pa_mpjpe_mm']:>7.1f} mm")
     lines.append(f"{'oracle best-of-N':<52}{payload['oracle_pa_mpjpe_mm']:>7.1f} mm")
     lines.append("ρ, τ: mean within-group rank correlation of overall with −error; r pooled: point-wise Pearson of "

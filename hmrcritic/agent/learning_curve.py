@@ -4,7 +4,10 @@
 :func:`~hmrcritic.agent.explore.assert_not_explored`) with a *frozen* (read-only) memory under several
 variants, and reports per variant the mean group-wise Spearman ρ and Kendall τ-b between the critic's overall
 score and the negated true error — against PA-MPJPE, MPJPE and PVE — and the mean error of the critic's
-top-1 pick, beside a random pick and the oracle (best of group). Variants (the paper's ablations, §5):
+top-1 pick, beside a random pick (the expected error of a uniform pick: each group's mean, no draw) and the
+oracle (best of group), both over every held-out group. A group a variant failed to score is left out of that
+variant's means (``groups_scored`` says how many it scored; NaN where it scored none). Variants (the paper's
+ablations, §5):
 
 * ``full`` — the explored memory;
 * ``no_reflection`` — the starter memory, no exploration (the paper's "without self-reflection");
@@ -64,6 +67,17 @@ def _heldout(groups, split: str, num_groups: int, num_generations: int, seed: in
     got, _ = make_groups(split, num_groups=num_groups, num_generations=num_generations, seed=seed,
                          start=start, source=source)
     return got
+
+
+def assert_heldout(memory: Any, split: str, group_ids: Sequence[str]) -> None:
+    """:func:`~hmrcritic.agent.explore.assert_not_explored` against ``split`` and every other split the memory
+    records. Given groups (``groups=`` / ``heldout=``) carry their own split in their ids (``<split>-<index>``)
+    whatever ``split`` is passed beside them, so checking ``split`` alone (default ``"test"``) let explored train
+    groups be scored as held-out ones; an id is one labelled input in any split, so a clash anywhere is one."""
+    from hmrcritic.agent.explore import assert_not_explored, explored_record
+
+    for s in [split] + sorted(k for k in explored_record(memory)["splits"] if k != split):
+        assert_not_explored(memory, s, group_ids)
 
 
 def score_groups(groups: Sequence[Any], memory: Any, variant: str = "full", judge: Any = "builtin",
@@ -165,7 +179,7 @@ def explore_eval(
     ``no_reflection`` row (default: a fresh starter memory in a temporary folder). ``keep_scores``: each row
     also carries ``per_group_scores`` and the result ``per_group_errors`` (PA-MPJPE), for paired statistics
     between variants."""
-    from hmrcritic.agent.explore import _memory_path, assert_not_explored, error_table, frozen_copy
+    from hmrcritic.agent.explore import _memory_path, error_table, frozen_copy
 
     variants = list(variants or VARIANTS)  # None: every variant
     bad = [v for v in variants if v not in VARIANTS]
@@ -178,7 +192,7 @@ def explore_eval(
     held = _heldout(groups, split, num_groups, num_generations, seed, start, source)
     if not held:
         raise InputError(f"no held-out groups in split {split!r}")
-    assert_not_explored(path, split, [g.group_id for g in held])
+    assert_heldout(path, split, [g.group_id for g in held])
     tables = [error_table(g) for g in held]
     before = frozen.version()
     base = starter if starter is not None else (starter_memory() if "no_reflection" in variants else None)
@@ -296,7 +310,6 @@ def learning_curve(
     from hmrcritic.agent.explore import (
         PROGRESS_FILE,
         _open_memory,
-        assert_not_explored,
         error_table,
         explore,
         explored_record,
@@ -337,7 +350,7 @@ def learning_curve(
     tables = [error_table(g) for g in held]
 
     def evaluate(r: int) -> None:
-        assert_not_explored(mem, heldout_split, held_ids)  # every round: a round may have explored them
+        assert_heldout(mem, heldout_split, held_ids)  # every round: a round may have explored them
         say(f"round {r}: scoring {len(held)} held-out groups of {heldout_split}"
             + (" with the unexplored memory" if r == 0 else ""))
         ro = frozen_copy(mem)
