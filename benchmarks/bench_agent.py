@@ -9,7 +9,6 @@ Prints a table and writes benchmarks/results/agent.json.
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import platform
 import shutil
@@ -47,6 +46,7 @@ def _run(args, work: str) -> int:
     from hmrcritic.agent.groups import make_groups
     from hmrcritic.agent.prior import get_pose_prior
     from hmrcritic.agent.state import AgentConfig
+    from hmrcritic.io import atomic_write_json
     from hmrcritic.memory.store import MemoryStore
 
     get_pose_prior()  # fitted/cached once; not part of the per-group cost
@@ -76,8 +76,7 @@ def _run(args, work: str) -> int:
         print(f"{'on' if r['render'] else 'off':<12}{r['groups']:>8}{r['groups_per_s']:>10.2f}"
               f"{r['ms_per_group']:>10.0f}")
     out = Path(args.out)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    out.write_text(json.dumps(result, indent=2) + "\n")
+    atomic_write_json(out, result)
     print(f"wrote {out}")
     return 0
 

@@ -8,9 +8,9 @@ starter memory. Each configuration runs in its own subprocess so that its peak r
 ``peak_rss_parent_mb`` (``resource.getrusage(RUSAGE_SELF)``) and ``peak_rss_children_mb`` (the largest
 worker process, ``RUSAGE_CHILDREN``; Ray's workers are not children of the driver and are not counted).
 groups/s counts the export call alone (worker start-up included: that is what a user waits for).
-Writes benchmarks/results/export.json.
+Writes benchmarks/results/export.json (or ``--out PATH``).
 
-    python benchmarks/bench_export.py [--inputs 8] [--G 20] [--configs serial,pool2,ray2]
+    python benchmarks/bench_export.py [--inputs 8] [--G 20] [--configs serial,pool2,ray2] [--out PATH]
 """
 
 from __future__ import annotations
@@ -25,6 +25,8 @@ import sys
 import tempfile
 import time
 from pathlib import Path
+
+from hmrcritic.io import atomic_write_json
 
 RESULTS = Path(__file__).resolve().parent / "results" / "export.json"
 CONFIGS = {"serial": (1, None), "pool2": (2, None), "ray2": (2, "local")}
@@ -74,6 +76,9 @@ def main() -> None:
     ap.add_argument("--steps", type=int, default=10, help="DDIM steps")
     ap.add_argument("--configs", default=",".join(CONFIGS))
     ap.add_argument("--scorer", default="hmrcritic.agent.api:critique_group")
+    ap.add_argument("--out", type=Path, default=RESULTS,
+                    help="JSON path (default results/export.json, the figures README cites: a smoke run goes "
+                         "elsewhere)")
     for hidden in ("one", "data", "model", "tmp", "memory"):
         ap.add_argument(f"--{hidden}", help=argparse.SUPPRESS)
     args = ap.parse_args()
@@ -161,25 +166,21 @@ def main() -> None:
             f"{r['config']:<10}{r['groups_per_s']:>10.3f}{r['elapsed_s']:>11.1f}{r['peak_rss_parent_mb']:>15.0f}"
             f"{r['peak_rss_children_mb']:>15.0f}"
         )
-    RESULTS.parent.mkdir(parents=True, exist_ok=True)
-    RESULTS.write_text(
-        json.dumps(
-            {
-                "benchmark": "alignment.export",
-                "model": note,
-                "inputs": args.inputs,
-                "G": args.G,
-                "steps": args.steps,
-                "scorer": args.scorer,
-                "cpus": os.cpu_count(),
-                "python": platform.python_version(),
-                "results": rows,
-            },
-            indent=2,
-        )
-        + "\n"
+    atomic_write_json(
+        args.out,
+        {
+            "benchmark": "alignment.export",
+            "model": note,
+            "inputs": args.inputs,
+            "G": args.G,
+            "steps": args.steps,
+            "scorer": args.scorer,
+            "cpus": os.cpu_count(),
+            "python": platform.python_version(),
+            "results": rows,
+        },
     )
-    print(f"wrote {RESULTS}")
+    print(f"wrote {args.out}")
 
 
 if __name__ == "__main__":

@@ -14,7 +14,6 @@ Writes benchmarks/results/calibration_stability.json (or ``--json PATH``).
 from __future__ import annotations
 
 import argparse
-import json
 import tempfile
 from pathlib import Path
 
@@ -24,6 +23,7 @@ from hmrcritic.agent.calibration import fit_calibration
 from hmrcritic.agent.explore import explore, frozen_copy
 from hmrcritic.agent.groups import make_groups
 from hmrcritic.agent.learning_curve import pooled_pearson, score_groups
+from hmrcritic.io import atomic_write_json
 from hmrcritic.memory.store import MemoryStore
 
 RESULTS = Path(__file__).resolve().parent / "results" / "calibration_stability.json"
@@ -72,8 +72,7 @@ def main() -> None:
         print(f"{size:>7}{len(fits):>6}{row['slope_mean']:>9.3f} ± {row['slope_sd']:.3f}"
               f"{row['intercept_mean']:>9.3f} ± {row['intercept_sd']:.3f}"
               f"{row['test_pearson_mean']:>9.3f} (min {row['test_pearson_min']:.3f})")
-    args.json.parent.mkdir(parents=True, exist_ok=True)
-    args.json.write_text(json.dumps(result, indent=2))
+    atomic_write_json(args.json, result)
     print(f"wrote {args.json}")
 
 

@@ -20,7 +20,6 @@ gives alignment nothing to push away from.
 from __future__ import annotations
 
 import argparse
-import json
 from pathlib import Path
 
 import numpy as np
@@ -29,6 +28,7 @@ import torch
 from hmrcritic.alignment.reproduce import export_groups_with_labels
 from hmrcritic.hmr.anatomy import is_implausible
 from hmrcritic.hmr.metrics import pa_mpjpe
+from hmrcritic.io import atomic_write_json
 
 
 def implausible_scoring(export_dir: str | Path, split: str = "wild") -> dict:
@@ -70,8 +70,7 @@ def main() -> None:
     for k, v in res.items():
         print(f"{k:32s} {v}")
     if args.json:
-        args.json.parent.mkdir(parents=True, exist_ok=True)
-        args.json.write_text(json.dumps(res, indent=2))
+        atomic_write_json(args.json, res)
 
 
 if __name__ == "__main__":

@@ -1,6 +1,7 @@
 """Which evidence carries signal about the true error of a hypothesis? (the numbers behind the critic's design)
 
-On labelled groups sampled by the shipped base model, prints and writes (benchmarks/results/critic_signals.json):
+On labelled groups sampled by the shipped base model, prints and writes (benchmarks/results/critic_signals.json,
+or ``--json PATH``):
 
 * per evidence measure, the mean within-group Spearman between −measure and −PA-MPJPE, on train and test groups
   — which measures a critic *should* weigh (and what exploration has to discover);
@@ -10,13 +11,12 @@ On labelled groups sampled by the shipped base model, prints and writes (benchma
   within-group Spearman and point-wise Pearson with −PA-MPJPE say whether pose-retrieved episodic memory can
   rank or calibrate at all on this data.
 
-    python benchmarks/critic_signals.py [--train-groups 150] [--test-groups 60] [-n 16]
+    python benchmarks/critic_signals.py [--train-groups 150] [--test-groups 60] [-n 16] [--json PATH]
 """
 
 from __future__ import annotations
 
 import argparse
-import json
 from pathlib import Path
 
 import numpy as np
@@ -25,6 +25,7 @@ from hmrcritic.agent.api import critique_labelled
 from hmrcritic.agent.explore import error_table
 from hmrcritic.agent.groups import make_groups
 from hmrcritic.hmr.metrics import spearman
+from hmrcritic.io import atomic_write_json
 from hmrcritic.memory.embeddings import pose_embedding
 
 RESULTS = Path(__file__).resolve().parent / "results" / "critic_signals.json"
@@ -52,6 +53,7 @@ def main() -> None:
     ap.add_argument("--test-groups", type=int, default=60)
     ap.add_argument("-n", "--num-generations", type=int, default=16)
     ap.add_argument("-k", type=int, nargs="+", default=[4, 16, 64])
+    ap.add_argument("--json", type=Path, default=RESULTS, help="where to write the figures")
     args = ap.parse_args()
     train = collect("train", args.train_groups, args.num_generations)
     test = collect("test", args.test_groups, args.num_generations)
@@ -80,9 +82,8 @@ def main() -> None:
         pear = float(np.corrcoef(allp, -alle)[0, 1])
         result["prototype_probe"].append({"k": k, "spearman_within_group": rho, "pearson_pointwise": pear})
         print(f"  k={k:<3} within-group Spearman {rho:+.3f}   point-wise Pearson {pear:+.3f}")
-    RESULTS.parent.mkdir(parents=True, exist_ok=True)
-    RESULTS.write_text(json.dumps(result, indent=2))
-    print(f"wrote {RESULTS}")
+    atomic_write_json(args.json, result)
+    print(f"wrote {args.json}")
 
 
 if __name__ == "__main__":

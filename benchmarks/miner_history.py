@@ -15,13 +15,13 @@ full − no_prototypes ρ. Writes benchmarks/results/miner_history.json (or ``--
 from __future__ import annotations
 
 import argparse
-import json
 import tempfile
 import time
 from pathlib import Path
 
 import hmrcritic.agent.explore as explore_mod
 from hmrcritic.agent.evaluate_critic import evaluate_critic
+from hmrcritic.io import atomic_write_json
 
 RESULTS = Path(__file__).resolve().parent / "results" / "miner_history.json"
 
@@ -60,10 +60,8 @@ def main() -> None:
                       f"({row['seconds']:.0f} s)", flush=True)
         finally:
             explore_mod.HISTORY_GROUPS = default
-    args.json.parent.mkdir(parents=True, exist_ok=True)
-    args.json.write_text(json.dumps({"seed": args.seed, "num_groups": args.num_groups,
-                                     "warmup_groups": args.warmup_groups, "default": default, "rows": rows},
-                                    indent=2) + "\n")
+    atomic_write_json(args.json, {"seed": args.seed, "num_groups": args.num_groups,
+                                  "warmup_groups": args.warmup_groups, "default": default, "rows": rows})
     print(f"wrote {args.json}")
 
 

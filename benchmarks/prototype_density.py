@@ -16,7 +16,6 @@ Writes benchmarks/results/prototype_density.json (or ``--json PATH``).
 from __future__ import annotations
 
 import argparse
-import json
 import tempfile
 import time
 from pathlib import Path
@@ -24,6 +23,7 @@ from pathlib import Path
 import hmrcritic.agent.judges as judges
 from hmrcritic.agent.evaluate_critic import RULES_K, evaluate_critic
 from hmrcritic.agent.explore import explore
+from hmrcritic.io import atomic_write_json
 from hmrcritic.memory.store import MemoryStore
 
 RESULTS = Path(__file__).resolve().parent / "results" / "prototype_density.json"
@@ -77,8 +77,7 @@ def main() -> None:
             judges.PROTO_GAIN = default_gain
     result = {"warmup_groups": args.warmup_groups, "num_groups": args.num_groups, "seed": args.seed,
               "prototypes": n_protos, "explore_seconds": round(explore_s, 1), "rows": rows}
-    args.json.parent.mkdir(parents=True, exist_ok=True)
-    args.json.write_text(json.dumps(result, indent=2))
+    atomic_write_json(args.json, result)
     print(f"wrote {args.json}")
 
 

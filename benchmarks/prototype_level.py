@@ -18,7 +18,6 @@ benchmarks/results/prototype_level.json (or ``--json PATH``).
 from __future__ import annotations
 
 import argparse
-import json
 import tempfile
 from pathlib import Path
 
@@ -31,6 +30,7 @@ from hmrcritic.agent.judges import calibrate_level, prototype_level, settled_ove
 from hmrcritic.agent.nodes import _hit
 from hmrcritic.agent.state import AgentConfig
 from hmrcritic.hmr.metrics import spearman
+from hmrcritic.io import atomic_write_json
 from hmrcritic.memory.embeddings import pose_embedding
 from hmrcritic.memory.store import MemoryStore
 
@@ -126,8 +126,7 @@ def main() -> None:
         result["fitted_level_pearson_test"] = fitted_levels(scored_by_split["train"], scored_by_split["test"])
         print("test, level fitted on the held-out train groups: " + ", ".join(
             f"{k} → point-wise Pearson {v:.3f}" for k, v in result["fitted_level_pearson_test"].items()))
-    args.json.parent.mkdir(parents=True, exist_ok=True)
-    args.json.write_text(json.dumps(result, indent=2))
+    atomic_write_json(args.json, result)
     print(f"wrote {args.json}")
 
 

@@ -27,13 +27,12 @@ brings to the baseline on test (± paired SE) and on train. Probes:
 ``--bank representative`` keeps in the memory only what exploration writes as prototypes (each train group's
 best and worst hypothesis and its two most misjudged by the baseline) instead of every hypothesis: the memory
 evaluate-critic's ``full`` actually has. Writes benchmarks/results/prototype_probes.json (with
-``--bank representative``: prototype_probes_representative.json).
+``--bank representative``: prototype_probes_representative.json), or ``--json PATH``.
 """
 
 from __future__ import annotations
 
 import argparse
-import json
 from pathlib import Path
 
 import numpy as np
@@ -42,6 +41,7 @@ from hmrcritic.agent.api import critique_labelled
 from hmrcritic.agent.explore import PROTOS_MISJUDGED
 from hmrcritic.agent.groups import make_groups
 from hmrcritic.hmr.metrics import spearman
+from hmrcritic.io import atomic_write_json
 from hmrcritic.memory.embeddings import pose_embedding
 
 RESULTS = Path(__file__).resolve().parent / "results" / "prototype_probes.json"
@@ -209,6 +209,7 @@ def main() -> None:
     ap.add_argument("-k", type=int, nargs="+", default=[8, 32, 128])
     ap.add_argument("--bank", choices=("all", "representative"), default="all",
                     help="what the memory keeps of each train group (the hypothesis-level kNN probes)")
+    ap.add_argument("--json", type=Path, default=None, help="where to write the figures (default: see above)")
     args = ap.parse_args()
     train, test = collect("train", args.train_groups), collect("test", args.test_groups)
     w = _fit(train)
@@ -247,10 +248,9 @@ def main() -> None:
     for name, p in probes.items():
         print(f"{name:<40}{p['alone_spearman_test']:>+9.3f}{p['delta_test']:>+10.4f}{p['delta_test_sem']:>8.4f}"
               f"{p['delta_train']:>+10.4f}")
-    out = RESULTS if args.bank == "all" else RESULTS.with_name(f"prototype_probes_{args.bank}.json")
-    out.parent.mkdir(parents=True, exist_ok=True)
-    out.write_text(json.dumps({"train_groups": len(train), "test_groups": len(test), "bank": args.bank,
-                               "baseline": base, "probes": probes}, indent=2))
+    out = args.json or (RESULTS if args.bank == "all" else RESULTS.with_name(f"prototype_probes_{args.bank}.json"))
+    atomic_write_json(out, {"train_groups": len(train), "test_groups": len(test), "bank": args.bank,
+                            "baseline": base, "probes": probes})
     print(f"wrote {out}")
 
 

@@ -24,7 +24,23 @@ def register(app: typer.Typer) -> None:
         """
         import json
 
+        from hmrcritic import config
         from hmrcritic.demo import run_demo
+        from hmrcritic.errors import InputError
+        from hmrcritic.hmr.data import load_split
+
+        # the demo resets <out>/memory every run: with --out at the home folder that was the memory every other
+        # command learns into and reads (explore, critique, export), wiped without a word
+        if (out / "memory").resolve() == config.memory_dir().expanduser().resolve():
+            raise InputError(f"demo: --out {out} would put the demo's memory at {config.memory_dir()}, the memory "
+                             "the other commands use, which the demo's fresh start would wipe; give another "
+                             "folder (e.g. --out out/demo)")
+        # the test split may be smaller than --scenes (``data generate --split test --n 3``, a split size scale):
+        # said now, not as an IndexError after the exploration and the first scenes have run
+        available = len(load_split("test"))
+        if scenes > available:
+            raise InputError(f"demo: --scenes {scenes} is more than the test split holds ({available} scenes); "
+                             f"use --scenes {available} or regenerate it: hmrcritic data generate --split test")
 
         say = (lambda s: None) if json_out else typer.echo
         result = run_demo(out, scenes, num_generations, explore_rounds, explore_batch, seed, say=say)
