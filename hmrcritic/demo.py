@@ -51,13 +51,20 @@ class DemoResult:
             "critic_top1_pa_mpjpe_mm": float(np.mean([x.top1_mm for x in s])) if s else None,
             "random_pick_pa_mpjpe_mm": float(np.mean([x.mean_mm for x in s])) if s else None,
             "oracle_best_pa_mpjpe_mm": float(np.mean([x.best_mm for x in s])) if s else None,
-            "mean_spearman": float(np.nanmean([x.spearman for x in s])) if s else None,
+            # None (JSON null) when no scene has one: ρ is undefined for a group whose scores all tie, and NaN is
+            # not JSON (``demo --json`` and summary.json must parse)
+            "mean_spearman": _mean_finite([x.spearman for x in s]),
             "joint_set": "lsp14",
             "alignment": "procrustes",
             "rules_added": self.rules_added,
             "memory_version": self.memory_version,
             "seconds": round(self.seconds, 1),
         }
+
+
+def _mean_finite(values: list[float]) -> float | None:
+    finite = [v for v in values if np.isfinite(v)]
+    return float(np.mean(finite)) if finite else None
 
 
 def run_demo(
@@ -142,7 +149,9 @@ def run_demo(
 
     result.seconds = time.perf_counter() - t0
     summary = result.summary()
-    atomic_write_json(out / "summary.json", {"summary": summary, "scenes": [s.__dict__ for s in result.scenes]})
+    scenes = [{k: (None if isinstance(v, float) and not np.isfinite(v) else v) for k, v in s.__dict__.items()}
+              for s in result.scenes]  # a tied scene's ρ is NaN: null in JSON
+    atomic_write_json(out / "summary.json", {"summary": summary, "scenes": scenes})
     atomic_write_text(out / "index.html", _index_html(result, summary))
     say("[4/4] PA-MPJPE (mm, lsp14, Procrustes-aligned) over the demo scenes: "
         f"critic top-1 {summary['critic_top1_pa_mpjpe_mm']:.1f} | random pick {summary['random_pick_pa_mpjpe_mm']:.1f}"

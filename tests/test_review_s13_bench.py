@@ -174,3 +174,19 @@ def test_bench_diffusion_warms_up_each_group_size_before_timing(monkeypatch, cap
         first_timed = next(i for i, (m, _, timed) in enumerate(calls) if m == n and timed)
         assert any(m == n and not timed for m, _, timed in calls[:first_timed]), calls
     assert "N=  16 B=2 DDIM steps=  3" in capsys.readouterr().out
+
+
+def test_demo_summary_of_tied_scenes_is_valid_json():
+    """A scene whose critic scores all tie has ρ = NaN; nanmean of only NaNs was NaN in `demo --json` and
+    summary.json, which JSON cannot hold (and a RuntimeWarning)."""
+    import json
+    import math
+
+    from hmrcritic.demo import DemoResult, DemoScene
+
+    scene = DemoScene("s", "f", [0, 1], [80.0, 90.0], 80.0, 85.0, 80.0, math.nan, "r.html")
+    summary = DemoResult("out", scenes=[scene]).summary()
+    assert summary["mean_spearman"] is None
+    json.dumps(summary, allow_nan=False)
+    ok = DemoScene("t", "f", [0, 1], [80.0, 90.0], 80.0, 85.0, 80.0, 0.5, "r.html")
+    assert DemoResult("out", scenes=[scene, ok]).summary()["mean_spearman"] == 0.5
