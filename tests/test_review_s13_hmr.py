@@ -217,3 +217,27 @@ def test_renders_from_several_threads_share_the_gl_context():
     assert not errors, errors[0]
     assert len(masks) == 7 and all(m.sum() > 0 for m in masks)
     assert r.mask(v, f, K, (64, 64)).sum() == masks[0].sum()  # and the main thread still renders
+
+
+def test_a_body_model_file_cannot_reach_eval_through_a_dotted_name(tmp_path):
+    """The restricted unpickler let any name through from numpy.dtypes; protocol 4 follows a dotted name
+    attribute by attribute, so "numpy.dtypes" + "__builtins__.get" reached eval and a 116-byte file ran code."""
+    import pickle
+
+    from hmrcritic.errors import AssetError
+    from hmrcritic.hmr.body import load_body_model
+
+    def s(x: str) -> bytes:
+        b = x.encode()
+        return pickle.SHORT_BINUNICODE + bytes([len(b)]) + b
+
+    marker = tmp_path / "ran"
+    payload = (pickle.PROTO + b"\x04" + s("numpy.dtypes") + s("__builtins__.get") + pickle.STACK_GLOBAL
+               + s("eval") + pickle.TUPLE1 + pickle.REDUCE
+               + s(f"__import__('pathlib').Path({str(marker)!r}).write_text('x')") + pickle.TUPLE1 + pickle.REDUCE
+               + pickle.STOP)
+    evil = tmp_path / "smpl.pkl"
+    evil.write_bytes(payload)
+    with pytest.raises(AssetError):
+        load_body_model(evil)
+    assert not marker.exists()

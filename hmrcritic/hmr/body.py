@@ -258,6 +258,11 @@ class _ModelUnpickler(pickle.Unpickler):
         self.allow_chumpy = allow_chumpy
 
     def find_class(self, module: str, name: str):
+        # A dotted name is followed attribute by attribute (protocol 4), so an allowed module is a way to any
+        # object reachable from it: numpy.dtypes + "__builtins__.get" reached eval. Plain names only, and from
+        # numpy.dtypes only its dtype classes.
+        if "." in name or (module == "numpy.dtypes" and not name.endswith("DType")):
+            raise pickle.UnpicklingError(f"refusing to load {module}.{name}")
         root = module.split(".")[0]
         if root == "chumpy":
             if not self.allow_chumpy:
