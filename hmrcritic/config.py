@@ -179,8 +179,12 @@ class JudgeSettings:
         return f"{self.model} @ {redact_url(self.base_url) or 'the OpenAI API'}"
 
     def public(self) -> dict:
-        """Settings safe to print: the key is reported only as present or absent."""
+        """Settings safe to print: the key is reported only as present or absent, the base URL without
+        credentials (``user:password@`` or a secret query value: it came out verbatim)."""
+        from hmrcritic.redact import redact_url
+
         out = asdict(self)
+        out["base_url"] = redact_url(self.base_url)
         out["api_key"] = "set" if api_key() else "not set"
         return out
 

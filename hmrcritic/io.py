@@ -21,14 +21,42 @@ from typing import Any
 import numpy as np
 
 
+def _umask() -> int:
+    """The process's umask, read from ``/proc`` where the kernel shows it: setting it to learn it (the only other
+    way) races with threads creating files meanwhile."""
+    try:
+        for line in Path("/proc/self/status").read_text().splitlines():
+            if line.startswith("Umask:"):
+                return int(line.split()[1], 8)
+    except (OSError, ValueError, IndexError):
+        pass
+    old = os.umask(0o022)
+    os.umask(old)
+    return old
+
+
+def _new_file_mode(path: Path) -> int:
+    """The mode a write to ``path`` leaves: a replaced file keeps its own (a memory export the user made private
+    stays private); a new one gets what ``open()`` would give it (0666 less the umask: 0644 by default, 0600
+    under ``umask 077``). mkstemp's 0600 was widened to a fixed 0644, so a user's ``umask 077`` was ignored and
+    every trace, memory export and dataset became readable by all."""
+    import stat
+
+    try:
+        return stat.S_IMODE(path.stat().st_mode) & 0o777
+    except OSError:
+        return 0o666 & ~_umask()
+
+
 def atomic_write_bytes(path: str | os.PathLike, data: bytes) -> Path:
     path = Path(path)
     if path.is_dir():  # else os.replace fails naming our temporary file ("/.tmp.x1y2.tmp -> /tmp"), not the target
         raise IsADirectoryError(errno.EISDIR, os.strerror(errno.EISDIR), str(path))
     path.parent.mkdir(parents=True, exist_ok=True)
+    mode = _new_file_mode(path)
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
     try:
-        os.fchmod(fd, 0o644)  # mkstemp makes 0600; outputs are ordinary files others may read
+        os.fchmod(fd, mode)  # mkstemp makes 0600; outputs are ordinary files, as open() would make them
         with os.fdopen(fd, "wb") as fh:
             fh.write(data)
             fh.flush()

@@ -8,6 +8,9 @@ runs uploaded to LangSmith — goes through :func:`scrub`, which removes
 
 * the values of the key variables (``HMRCRITIC_API_KEY``, ``OPENAI_API_KEY``, ``LANGSMITH_API_KEY``,
   ``LANGCHAIN_API_KEY``) and any value passed to :func:`register_secret`;
+* the credentials of the server addresses in :data:`URL_ENV_VARS` and of any address passed to
+  :func:`register_url` — needed for the ``user:password@host:port`` form without a scheme (as Chroma and Ray
+  take it), which free text cannot tell from an e-mail address;
 * the user-info part of any URL (``scheme://user:password@host`` → ``scheme://***@host``);
 * the values of query parameters whose names look secret (``key``, ``token``, ``secret``, ``password``,
   ``auth``, ``sig`` … anywhere in the name);
@@ -24,6 +27,8 @@ from typing import Any
 
 MASK = "***"
 SECRET_ENV_VARS = ("HMRCRITIC_API_KEY", "OPENAI_API_KEY", "LANGSMITH_API_KEY", "LANGCHAIN_API_KEY")
+# server addresses whose ``user:password@`` part is secret wherever it shows up
+URL_ENV_VARS = ("HMRCRITIC_CHROMA_URL", "HMRCRITIC_BASE_URL", "OPENAI_BASE_URL")
 # Shorter values would mask ordinary words; real keys are far longer.
 MIN_SECRET_LEN = 6
 
@@ -47,9 +52,37 @@ def register_secret(value: str | None) -> None:
             _extra.add(value)
 
 
+def url_secrets(url: str | None) -> list[str]:
+    """The credentials an address carries, with or without a scheme (``[scheme://]user:password@host``): the
+    ``user:password`` part and the password alone (or the user alone when it is a token), as written and
+    percent-decoded. [] for an address without them."""
+    from urllib.parse import unquote
+
+    if not url or "@" not in url:
+        return []
+    authority = url.split("://", 1)[-1]
+    for sep in "/?#":
+        authority = authority.split(sep, 1)[0]
+    userinfo = authority.rpartition("@")[0]
+    if not userinfo:
+        return []
+    user, _, password = userinfo.partition(":")
+    found = {userinfo, password or user}
+    return sorted(found | {unquote(s) for s in found})
+
+
+def register_url(url: str | None) -> None:
+    """Scrub the credentials of address ``url`` from everything from now on (a ``--chroma-url`` given on the
+    command line: the environment's are known already)."""
+    for s in url_secrets(url):
+        register_secret(s)
+
+
 def secret_values() -> list[str]:
     """The literal secrets to mask now, longest first (so a key containing another is masked whole)."""
     found = {os.environ.get(v) or "" for v in SECRET_ENV_VARS} | set(_extra)
+    for v in URL_ENV_VARS:
+        found.update(url_secrets(os.environ.get(v)))
     return sorted((s for s in found if len(s) >= MIN_SECRET_LEN), key=len, reverse=True)
 
 

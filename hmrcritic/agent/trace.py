@@ -15,7 +15,7 @@ from typing import Any
 from hmrcritic import config as hconfig
 from hmrcritic.errors import InputError
 from hmrcritic.io import append_jsonl, atomic_write_text, read_jsonl
-from hmrcritic.redact import scrub, scrub_tree
+from hmrcritic.redact import redact_url, register_url, scrub, scrub_tree
 
 
 def traces_dir() -> Path:
@@ -91,7 +91,13 @@ class TraceWriter:
         atomic_write_text(traces_dir() / "LAST", self.run_id + "\n")
 
     def start(self, cfg, resumed: bool = False) -> None:
-        self._write({"event": "start", "time": self.t0, "resumed": resumed, "config": cfg.model_dump()})
+        config = cfg.model_dump()
+        if config.get("chroma_url"):
+            # ``user:password@host:port`` (no scheme, as Chroma accepts it) is beyond scrub's reach as text:
+            # masked as an address here, and its credentials registered for the error lines that quote it
+            register_url(config["chroma_url"])
+            config["chroma_url"] = redact_url(config["chroma_url"])
+        self._write({"event": "start", "time": self.t0, "resumed": resumed, "config": config})
         if self._held is None:
             atomic_write_text(traces_dir() / "LAST", self.run_id + "\n")
 
