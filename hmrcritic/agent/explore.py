@@ -30,7 +30,10 @@ rule state and round count each fit was made for are kept in the progress record
 before the fit, so an interrupted-then-resumed exploration ends with the memory of an uninterrupted one.
 Rounds are counted per setting signature; a call with other settings (batch size, error metric) that would
 explore groups an earlier run of the memory learned from is refused rather than counting them twice. A group
-that cannot test a ranking (fewer than two hypotheses, one true error for all) is skipped with its reason.
+that cannot test a ranking (fewer than two hypotheses, one true error for all) is skipped with its reason. A
+group whose critique fails (a judge error, a VLM endpoint down) is kept in its round's ``failed`` with the error
+and is not retried: the round is done once its other groups are learned from, and the group stays recorded as
+explored (a round where every group failed is not recorded, so the next call runs it again).
 
 Frozen memory: ``explored_on.json`` records which split and group ids the memory has learned from;
 :func:`assert_not_explored` refuses to evaluate on them. Scoring elsewhere opens the memory read-only and
@@ -64,7 +67,7 @@ from hmrcritic.agent.mining import (
     underrated_mask,
     validate_proposal,
 )
-from hmrcritic.errors import AssetError, HMRCriticError, InputError
+from hmrcritic.errors import AssetError, HMRCriticError, InputError, JudgeError
 from hmrcritic.io import append_jsonl, atomic_write_json, read_jsonl
 from hmrcritic.memory.schema import Prototype, Rule
 from hmrcritic.memory.store import EXCLUSIVE_NAME, EXPLORE_FILES, HOLDER_NAME, LOCK_NAME, cli_hint
@@ -420,18 +423,25 @@ def explore(
 
         if split not in SPLITS:
             raise InputError(f"explore: unknown split {split!r}; known: {', '.join(SPLITS)}")
+        from hmrcritic.hmr.diffusion import MAX_GENERATIONS
+
+        # refused now: raised while drawing the first batch, it read "split exhausted before round 1" and the
+        # call ended with status 0 having explored nothing
+        if num_generations > MAX_GENERATIONS:
+            raise InputError(f"explore: at most {MAX_GENERATIONS} hypotheses per group (got {num_generations})")
     if limit is not None and limit < 1:
         raise InputError(f"explore: --limit must be ≥ 1 group, got {limit}")
     # the agent settings (HMRCRITIC_* variables included) are checked before the memory folder is touched
     AgentConfig.model_validate({**(agent_config or {}), "rules_k": rules_k, "ucb_c": ucb_c,
                                 **({"max_reflections": max_reflections} if max_reflections is not None else {})})
+    # an unknown judge name or a VLM judge without an endpoint fails here too, before a memory folder is created
+    judge_obj = make_judge(judge) if isinstance(judge, str) else judge
     memory = _open_memory(memory)
     with memory.exclusive("an exploration"):  # one exploration per memory at a time (store.py)
         mpath = Path(memory.path)
         emit = progress or (lambda event, payload: None)
         from hmrcritic.agent.judges import BuiltinJudge
 
-        judge_obj = make_judge(judge) if isinstance(judge, str) else judge
         # judges that score from executable rules (the builtin one and its variants) get the executable miner
         is_builtin = isinstance(judge_obj, BuiltinJudge)
         cfg = AgentConfig.model_validate({
@@ -484,6 +494,10 @@ def explore(
             try:
                 batch = _batch_groups(groups, split, start + lo, n_here, num_generations, seed, resolved_source)
             except InputError as exc:
+                if groups is None and start + lo < _split_size(split):
+                    # not the end of the split (an unlabelled split such as wild, a damaged sample): the error
+                    # itself, not "split exhausted" and status 0 with nothing explored
+                    raise
                 summary.stopped = f"split exhausted before round {r + 1}: {exc}"
                 break
             if not batch:
@@ -598,6 +612,13 @@ def _maybe_calibrate(memory, summary: ExploreSummary, judge_obj, cfg, groups, sp
                                     "unexplored groups after the explored ones); with few groups the fit is noisy")
     emit("calibrated", {"calibration": summary.calibration,
                         **({"note": summary.calibration_note} if summary.calibration_note else {})})
+
+
+def _split_size(split: str) -> int:
+    """How many samples the split holds (its loading error, if it cannot be loaded)."""
+    from hmrcritic.hmr.data import load_split
+
+    return len(load_split(split))
 
 
 def _batch_groups(groups, split, start, n, num_generations, seed, source) -> list:
@@ -774,6 +795,12 @@ def _run_batch(memory, app, saver, judge_obj, is_builtin, cfg, batch, r, sig, sp
             res = critique_group(g.sample, g.hypotheses, judge=judge_obj, memory=memory, config=cfg,
                                  group_id=f"explore-{g.group_id}", fresh=True, graph=app, checkpointer=saver,
                                  keep=False)
+            if sorted(s.index for s in res.scores) != list(range(len(err))):
+                # a judge whose final critique still misses (or repeats) a hypothesis once the revise rounds ran
+                # out: this group's error, not a ValueError from the Spearman that ended the whole exploration
+                discard_run(res)
+                raise JudgeError(f"group {g.group_id}: the judge's final critique scores hypotheses "
+                                 f"{sorted(s.index for s in res.scores)}, not each of 0..{len(err) - 1} once")
         except HMRCriticError as exc:
             report.failed.append({"group_id": g.group_id, "error": str(exc)})
             emit("group", {"index": i, "total": len(batch), "group_id": g.group_id, "error": str(exc)})

@@ -294,6 +294,9 @@ def diff_critiques(before: GroupCritique, after: GroupCritique, tol: float = 1e-
             x, y = getattr(old, field), getattr(s, field)
             if abs(x - y) > tol:
                 out.append(f"h{s.index} {field} {x:.2f}→{y:.2f}")
+    # a revision that lost a hypothesis's score (an answer cut short) recorded no change at all
+    now = {s.index for s in after.scores}
+    out += [f"h{i} removed (was {b[i].overall:.2f})" for i in sorted(set(b) - now)]
     new_rules = sorted(set(after.rules_applied) - set(before.rules_applied))
     if new_rules:
         out.append("rules now applied: " + ", ".join(new_rules))
@@ -476,6 +479,12 @@ def memory_write(state: AgentState, config: RunnableConfig = None) -> dict:
     cannot be judged without labels).
     """
     cfg = AgentConfig.from_config(config)
+    invalid = [i for i in state.get("issues", []) if i.get("kind") == "invalid"]
+    if invalid:  # the revise rounds ran out on a critique that still misses or duplicates hypotheses: fail the
+        # group here, before anything is written (it reached critique.json, memory, scores and exports, and
+        # exploration's Spearman raised on the length mismatch)
+        raise JudgeError(f"group {state['group_id']}: the judge's final critique is still invalid after "
+                         f"{int(state.get('round', 0))} revision(s): {invalid[0].get('detail', '')}"[:400])
     crit = GroupCritique.model_validate(state["critique"])
     run_dir = Path(state["run_dir"])
     atomic_write_json(run_dir / "critique.json", crit.model_dump())

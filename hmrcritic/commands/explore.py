@@ -30,6 +30,12 @@ def _rounds_text(rounds: list[int]) -> str:
     return ", ".join(f"{a}" if a == b else f"{a}–{b}" for a, b in out)
 
 
+def _failed_groups(failed: list[dict]) -> int:
+    """How many of a round's ``failed`` records are groups that failed (not skipped as unrankable, nor a scored
+    group that only lost its prototypes)."""
+    return sum(not str(f.get("error", "")).startswith(("skipped:", "prototypes skipped:")) for f in failed)
+
+
 def explore_line(event: str, p: dict) -> str | None:
     """The line `hmrcritic explore` prints for one progress event of :func:`hmrcritic.agent.explore.explore`
     (None: nothing to print)."""
@@ -46,7 +52,12 @@ def explore_line(event: str, p: dict) -> str | None:
     if event == "rule_rejected":
         return f"  - rejected: {_shorten(p['text'], 80)} — {p['reason']}"
     if event == "round":
-        return (f"round {p['round']}: {p['groups']} groups, mean ρ {p['mean_spearman']:+.3f}, "
+        # groups whose critique failed (a VLM endpoint error) are not retried: the round is recorded done, and they
+        # stay guarded against evaluation; "8 groups" for a batch of 8 with 3 such failures hid that
+        failed = _failed_groups(p.get("failed", []))
+        return (f"round {p['round']}: {p['groups']} groups"
+                + (f" ({failed} failed and will not be retried)" if failed else "")
+                + f", mean ρ {p['mean_spearman']:+.3f}, "
                 f"{len(p['rules_added'])} rule(s) added, {len(p['retired'])} retired, "
                 f"{len(p['merged'])} merged, {p['prototypes']} prototypes ({p['seconds']:.1f} s)")
     if event == "resumed":
@@ -126,8 +137,10 @@ def explore_cmd(
     if as_json:
         typer.echo(json.dumps(summary.as_dict(), indent=2, default=str))
         return
+    failed = sum(_failed_groups(r.failed) for r in summary.rounds)
     typer.echo(f"explored {summary.groups} groups of {split} ({summary.source}); memory version "
                f"{summary.memory_version}; log {summary.log_path}"
+               + (f"; {failed} group(s) failed and will not be retried" if failed else "")
                + (f"; stopped: {summary.stopped}" if summary.stopped else ""))
 
 
@@ -149,6 +162,10 @@ def explore_eval_cmd(
     """
     from hmrcritic.agent.learning_curve import explore_eval, format_rows
 
+    if num_groups < 1:  # read "no held-out groups in split 'test'", as if the split were empty
+        from hmrcritic.errors import InputError
+
+        raise InputError(f"explore-eval: --num-groups must be ≥ 1, got {num_groups}")
     if out is not None:  # a bad --out is refused now, not after minutes of scoring
         if out.is_dir():
             from hmrcritic.errors import InputError
@@ -190,7 +207,14 @@ def learning_curve_cmd(
     Example: `hmrcritic learning-curve --memory-dir /tmp/mem --rounds 5 --out results/`.
     """
     from hmrcritic.agent.learning_curve import learning_curve
+    from hmrcritic.errors import InputError
 
+    # refused before any work: --heldout-groups 0 explored every round and then wrote a curve of NaN (not JSON);
+    # --batch-size 0 failed only after round 0's held-out groups had been scored
+    for flag, value, low in (("--batch-size", batch_size, 1), ("--heldout-groups", heldout_groups, 1),
+                             ("--num-generations", num_generations, 2)):
+        if value < low:
+            raise InputError(f"learning-curve: {flag} must be ≥ {low}, got {value}")
     out.mkdir(parents=True, exist_ok=True)  # a file in the way is refused now, not after round 0 was scored
 
     def progress(row: dict) -> None:
