@@ -19,7 +19,10 @@ instance; one actor per worker). Scoring is injectable: ``score_group`` is a cal
 ``(sample, hypotheses, judge=..., memory=..., config=..., group_id=...) -> object with .scores and
 .memory_version`` (``config`` holds ``AgentConfig`` fields; ``group_id`` names the agent's thread).
 A group whose scoring fails (e.g. :class:`JudgeError`) goes to ``failures.jsonl`` with its reason and
-the run continues; the next run retries it.
+the run continues; the next run retries it. The memory must stay frozen for the whole run: when another
+process writes to it meanwhile (an exploration, ``critique --learn``), the run stops before writing a group
+scored after the change and keeps the ones before (:class:`_MemoryWatch`). Worker processes end with an
+export killed with -9, and its leftover temporary files go when it resumes.
 """
 
 from __future__ import annotations
@@ -311,6 +314,26 @@ _WORKER: GroupWorker | None = None
 def _pool_init(ctx: WorkerContext) -> None:
     global _WORKER
     _WORKER = GroupWorker(ctx)
+    _exit_with_parent()
+
+
+def _exit_with_parent() -> None:
+    """End this worker process once the export that spawned it is gone. A worker waits on the pool's task
+    queue, whose write end it holds itself, so an export killed with -9 (or by the OOM killer) otherwise left
+    every worker running for ever, each holding a model and the memory open."""
+    import os
+    import threading
+    from multiprocessing.connection import wait
+
+    parent = mp.parent_process()
+    if parent is None:  # not a spawned worker (called in-process)
+        return
+
+    def watch() -> None:
+        wait([parent.sentinel])
+        os._exit(1)
+
+    threading.Thread(target=watch, name="exit-with-parent", daemon=True).start()
 
 
 def _pool_run(task: dict) -> dict:
@@ -597,6 +620,62 @@ def frozen_memory(cfg: ExportConfig) -> tuple[str | None, str]:
     return path, MemoryStore(path, chroma_url=cfg.chroma_url, read_only=True).version()
 
 
+class _MemoryWatch:
+    """Notices another process writing to the export's memory while it runs (an exploration, ``critique
+    --learn``, an import): the workers' read-only stores see such writes, so later groups were scored by
+    another memory than the one the dataset names, silently. Cheap per group: the memory's write sequence
+    (bumped by every write batch) and whether a batch holds its write lock; only when either says so is the
+    version recomputed. An embedded memory only (a Chroma server's writers elsewhere leave no trace here)."""
+
+    def __init__(self, path: str | None, version: str, seq: int):
+        """``seq``: :meth:`seq_of` the memory read *before* ``version`` was (a write in between then costs one
+        recomputation, never a miss)."""
+        from hmrcritic.memory import store as S
+
+        self._S = S
+        self.path = Path(path) if path else None
+        self.version = version
+        self.seq = seq
+
+    @staticmethod
+    def seq_of(cfg: ExportConfig) -> int:
+        from hmrcritic import config
+        from hmrcritic.memory.store import _read_seq
+
+        return _read_seq(Path(cfg.memory) if cfg.memory else config.memory_dir())
+
+    def _batch_running(self) -> bool:
+        from filelock import FileLock, Timeout
+
+        lock = FileLock(str(self.path / self._S.LOCK_NAME))
+        try:
+            lock.acquire(timeout=0)
+        except Timeout:
+            return True
+        except OSError:  # a folder nobody can write either
+            return False
+        lock.release()
+        return False
+
+    def check(self, kept: int) -> None:
+        """Raise when the memory's content changed since the export started (``kept`` groups are written)."""
+        if self.path is None:
+            return
+        seq = self._S._read_seq(self.path)
+        if seq == self.seq and not self._batch_running():
+            return
+        store = self._S.MemoryStore(self.path, read_only=True)
+        store.refresh()
+        now = store.version()
+        if now != self.version:
+            raise InputError(
+                f"memory at {self.path} changed while this export ran (version {self.version} → {now}): another "
+                "process wrote to it (an exploration, `critique --learn`, an import), so the groups still to come "
+                f"would not be scored by the memory this dataset names; the {kept} group(s) written so far are "
+                "kept. Export from a memory nothing writes to (a copy of the folder), into another --out")
+        self.seq = seq
+
+
 def _exclusive(out: Path):
     """Refuse a second export into the same folder while one runs (any process on this machine): both would
     sample and score every group, and the work of one is thrown away."""
@@ -624,7 +703,9 @@ def export(
         raise InputError(f"no inputs to export from {cfg.source}")
     _import(cfg.score_group)  # configuration errors fail the run here, not every group in the workers
     mhash, x_dim = model_hash(cfg.model)
+    seq = _MemoryWatch.seq_of(cfg)
     memory, memory_version = frozen_memory(cfg)
+    watch = _MemoryWatch(memory if cfg.use_memory and not cfg.chroma_url else None, memory_version, seq)
     header = D.DatasetHeader(
         source=cfg.source,
         split=split_name,
@@ -642,6 +723,7 @@ def export(
         _ray_preflight(cfg.ray_address)
     out.mkdir(parents=True, exist_ok=True)  # only once inputs, model and memory are known to be good
     with _exclusive(out):  # one export per dataset folder at a time
+        _remove_temp_files(out)
         _check_or_write_header(out, header)
         # The agent's checkpointer thread of a group: new whenever anything that changes its critique changes.
         run_key = hashlib.sha256(
@@ -694,6 +776,7 @@ def export(
         try:
             for res in results if tasks else ():
                 if res["ok"]:
+                    watch.check(len(done_ids) + new)
                     _write_group(out, cfg, res, mhash, x_dim, split_name)
                     new += 1
                 else:
@@ -762,6 +845,18 @@ def export(
         }
         D.write_header(out, header)
         return summary
+
+
+def _remove_temp_files(out: Path) -> None:
+    """Remove the temporary files of atomic writes an export killed mid-write left (``.<name>.<random>.tmp``
+    beside the dataset's files and array files): nothing else ever would, and each is up to a whole group's
+    arrays. Only under the folder's export lock, where no other export is writing one right now."""
+    names = (D.HEADER, D.MANIFEST, D.PAIRS, D.FAILURES)
+    for tmp in [*out.glob(".*.tmp"), *(out / D.GROUPS).glob(".*.npz.*.tmp")]:
+        if tmp.parent == out and not any(tmp.name.startswith(f".{n}.") for n in names):
+            continue  # not ours
+        with contextlib.suppress(OSError):
+            tmp.unlink()
 
 
 def _judge_model(judge: str) -> str | None:

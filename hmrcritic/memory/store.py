@@ -51,7 +51,7 @@ from hmrcritic.memory.embeddings import POSE_DIM, POSE_EMBEDDING_ID, TEXT_DIM, T
 from hmrcritic.memory.prototypes import PROTOTYPES_COLLECTION, PrototypeMemory, proto_digest
 from hmrcritic.memory.rules import RULES_COLLECTION, RuleMemory, rule_key
 from hmrcritic.memory.schema import Prototype, Rule, ScoreCalibration
-from hmrcritic.redact import MASK, redact_url, scrub
+from hmrcritic.redact import MASK, redact_url, register_url, scrub
 
 log = logging.getLogger("hmrcritic.memory")
 
@@ -133,6 +133,10 @@ _EXCLUSIVE_HELD: dict[str, int] = {}  # memory folder -> depth of exclusive() he
 # the outer batch's file lock instead of waiting on it until the timeout (a second FileLock blocks its own
 # process).
 _WRITE_DEPTH: dict[str, int] = {}
+# Database paths this process holds a read snapshot of (:meth:`MemoryStore._snapshot`) -> whether a write batch
+# nested in it wrote: each such write drops the caches of the path's stores at once (the snapshot's reads must
+# see it), and the snapshot's end bumps the write sequence as a batch's end would (other processes reopen).
+_SNAPSHOTS: dict[str, bool] = {}
 
 
 def cli_target(path: str | os.PathLike, chroma_url: str | None = None) -> str:
@@ -353,6 +357,7 @@ def _parse_chroma_url(url: str) -> tuple[str, int, bool, str | None]:
     ValueError for a bad port or bracket ("Port could not be cast to integer value"), and a scheme other
     than http(s) was silently taken as plain http."""
     shown = redact_url(url)
+    register_url(url)  # its credentials are masked in every later message, trace and file of this process
     try:
         u = urlparse(url if "://" in url else f"http://{url}")
         port = u.port
@@ -436,6 +441,22 @@ def resetting(path: str | os.PathLike) -> Iterator[None]:
             _RESETTING[key] -= 1
             if not _RESETTING[key]:
                 del _RESETTING[key]
+
+
+def _reset_running(path: Path) -> str | None:
+    """Who is resetting the memory at ``path`` right now (``pid N, since T``), or None when nobody is: its
+    :data:`RESET_MARKER` then was left by a reset that was cut short. A live reset holds the folder
+    (:func:`hold_exclusive`), whose record names the same process as the marker; a process opening the memory
+    meanwhile was told the reset was cut short and to run it again."""
+    try:
+        mark = json.loads((path / RESET_MARKER).read_text(encoding="utf-8"))
+        held = json.loads((path / EXCLUSIVE_NAME).with_suffix(".json").read_text(encoding="utf-8"))
+        pid = int(mark["pid"])
+    except (OSError, ValueError, KeyError, TypeError):
+        return None
+    if held.get("pid") != pid or pid == os.getpid() or not pid_alive(pid):
+        return None
+    return f"pid {pid}, since {mark.get('since', '?')}"
 
 
 @contextmanager
@@ -585,6 +606,10 @@ class MemoryStore:
                                  f"{self._hint('reset --yes')} or by exploring")
             _mkdir(self.path, self.location)
         if (self.path / RESET_MARKER).exists() and self._key not in _RESETTING:
+            running = _reset_running(self.path)
+            if running:
+                raise AssetError(f"memory at {self.location} is being reset right now ({running}); run again "
+                                 "once it is done")
             raise AssetError(f"memory at {self.location}: a reset was cut short (its rules, prototypes and "
                              f"exploration records may not belong together); run {self._hint('reset --yes')} "
                              "again")
@@ -710,6 +735,10 @@ class MemoryStore:
                     yield
                 finally:
                     _WRITE_DEPTH[self._key] -= 1
+                    if self._key in _SNAPSHOTS:
+                        _SNAPSHOTS[self._key] = True
+                        with _REGISTRY_LOCK:
+                            _EPOCH[self._key] = _EPOCH.get(self._key, 0) + 1
                     # a version read later inside the outer batch must see this write (exploration logs it)
                     self._writes += 1
                 return
@@ -739,6 +768,42 @@ class MemoryStore:
                         _SEQ_SEEN[self._key] = _bump_seq(self.path, seq)
                 finally:
                     _release_write_lock(self.path, lock)
+
+    @contextmanager
+    def _snapshot(self) -> Iterator[None]:
+        """Read several parts of the memory that must belong together (an export) as one state: hold the write
+        lock and start from what is on disk. An exploration applies a batch's rules, prototypes, calibration and
+        progress record inside one write batch; a reader between them copied half a batch, with a progress
+        record saying it was done (a copy resumed from that never learns the rest). Shares a write batch this
+        process is in; a read-only store whose folder cannot take the lock reads without it (nobody can write
+        there either)."""
+        with self._local_lock():
+            if _WRITE_DEPTH.get(self._key, 0):
+                yield
+                return
+            lock = None
+            try:
+                # a server's writers on this machine lock this folder (_write); none made it: none wrote here
+                if not (self.chroma_url and not self.path.is_dir()):
+                    lock = _acquire_write_lock(self.path, self.location)
+            except UnwritableMemoryError:
+                if not self.read_only:
+                    raise
+            # a write batch nested in here (another store of this process on the folder) shares the lock
+            _WRITE_DEPTH[self._key] = 1
+            _SNAPSHOTS[self._key] = False
+            try:
+                self._refresh_locked()  # collection metadata (calibration, content sum) is a snapshot from open
+                yield
+            finally:
+                _WRITE_DEPTH.pop(self._key, None)
+                try:
+                    if _SNAPSHOTS.pop(self._key, False):
+                        with _unwritable_as_error(self.path, self.location):
+                            _SEQ_SEEN[self._key] = _bump_seq(self.path, _read_seq(self.path))
+                finally:
+                    if lock is not None:
+                        _release_write_lock(self.path, lock)
 
     def _check_dim(self, name: str, vecs: np.ndarray) -> None:
         dim = COLLECTIONS[name][1]
@@ -949,6 +1014,10 @@ class MemoryStore:
         """Write every rule and prototype (with embeddings) to a JSON file, with the calibration and the
         exploration records of :data:`EXPORTED_FILES`; returns the counts."""
         check_export_target(path)
+        with self._snapshot():
+            return self._export_json(path)
+
+    def _export_json(self, path: str | os.PathLike) -> dict:
         data = {
             "format": EXPORT_FORMAT,
             "schema": SCHEMA_VERSION,
