@@ -161,3 +161,28 @@ def test_public_judge_settings_carry_no_url_credentials():
     assert "pw-FAKE-public-42" not in str(pub) and "qk-FAKE-99" not in str(pub)
     assert pub["base_url"].startswith("http://***@10.0.0.4:8000/v1")
     assert JudgeSettings(base_url=None).public()["base_url"] is None
+
+
+def test_keypoint_json_nested_too_deep_or_too_big_is_one_line(tmp_path):
+    """A deeply nested keypoint file raised RecursionError (exit 1, no file named); a huge one was read whole."""
+    from hmrcritic.errors import InputError
+    from hmrcritic.hmr import data as D
+
+    deep = tmp_path / "deep.json"
+    deep.write_text("[" * 100_000 + "]" * 100_000)
+    with pytest.raises(InputError, match="nested too deeply"):
+        D.read_keypoints_json(deep)
+    big = tmp_path / "big.json"
+    big.write_bytes(b" " * (D.MAX_KEYPOINT_FILE_BYTES + 1))
+    with pytest.raises(InputError, match="not a keypoint file"):
+        D.read_keypoints_json(big)
+
+
+def test_a_chroma_url_given_in_code_has_its_password_scrubbed_from_later_messages(tmp_path):
+    """A --chroma-url's credentials were masked where the URL was shown, but the password quoted elsewhere
+    (an error from the server, a log line) stayed: parsing the address now registers them with the scrubber."""
+    from hmrcritic.memory.store import _parse_chroma_url
+    from hmrcritic.redact import scrub
+
+    _parse_chroma_url("http://admin:Sup3rSecretPw@chroma.example:8000")
+    assert "Sup3rSecretPw" not in scrub("server said: bad password Sup3rSecretPw")

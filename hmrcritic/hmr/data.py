@@ -737,6 +737,9 @@ def _as_points(values, path: Path, what: str) -> np.ndarray:
     return arr
 
 
+MAX_KEYPOINT_FILE_BYTES = 10_000_000
+
+
 def read_keypoints_json(path, image_size=None) -> np.ndarray:
     """COCO-17 keypoints (17,3) ``[u, v, conf]`` from a JSON file, validated.
 
@@ -749,12 +752,18 @@ def read_keypoints_json(path, image_size=None) -> np.ndarray:
     p = Path(path)
     if not p.is_file():
         raise InputError(f"{p} is a folder; give the keypoint file" if p.is_dir() else f"{p}: keypoint file not found")
+    # a keypoint file is a few kB; a huge one is not keypoints (and is read whole into memory otherwise)
+    if p.stat().st_size > MAX_KEYPOINT_FILE_BYTES:
+        raise InputError(f"{p}: {p.stat().st_size} bytes is not a keypoint file (at most "
+                         f"{MAX_KEYPOINT_FILE_BYTES // 1_000_000} MB)")
     try:
         data = json.loads(p.read_text(encoding="utf-8"))
     except UnicodeDecodeError:
         raise InputError(f"{p}: not a JSON text file") from None
     except json.JSONDecodeError as exc:
         raise InputError(f"{p}: not valid JSON ({exc.msg} at line {exc.lineno})") from None
+    except RecursionError:  # nested thousands deep: json's recursion limit, one line instead of a traceback
+        raise InputError(f"{p}: JSON nested too deeply to be keypoints") from None
     visibility_flags = False
     body25 = False
     if isinstance(data, dict) and "people" in data:
