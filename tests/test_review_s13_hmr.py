@@ -8,6 +8,7 @@ import math
 import numpy as np
 import pytest
 import torch
+from test_evaluate import tiny_splits  # noqa: F401 — the same tiny splits fixture
 
 from hmrcritic.errors import InputError
 from hmrcritic.hmr import metrics as M
@@ -17,16 +18,6 @@ from hmrcritic.hmr.diffusion import (
     condition_from_keypoints,
     sample,
 )
-
-
-@pytest.fixture(scope="module")
-def tiny_splits(tmp_path_factory):
-    """Tiny synthetic splits (train 100, test 5 scenes) in their own data folder."""
-    root = tmp_path_factory.mktemp("data")
-    with pytest.MonkeyPatch.context() as mp:
-        mp.setenv("HMRCRITIC_DATA", str(root))
-        mp.setenv("HMRCRITIC_SPLIT_SIZE_SCALE", "0.005")
-        yield root
 
 
 @pytest.fixture()
@@ -107,7 +98,7 @@ def test_sample_with_one_K_solves_the_same_translation(tiny_model, body):
 
 
 # ----------------------------------------------------------------------------------------------- evaluate
-def test_evaluate_select_fn_nan_score_never_wins(tiny_splits, tiny_model, body):
+def test_evaluate_select_fn_nan_score_never_wins(tiny_splits, tiny_model, body):  # noqa: F811
     """torch's argmax picks a NaN score, so a hypothesis the critic could not score was reported as its top-1."""
     from hmrcritic.hmr.evaluate import evaluate_model
 
