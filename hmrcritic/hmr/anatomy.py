@@ -109,13 +109,22 @@ def _rot_dist(r1: torch.Tensor, r2: torch.Tensor) -> torch.Tensor:
     return 2 * torch.asin((chord / math.sqrt(8.0)).clamp(max=1.0))
 
 
+def _body_pose_23x3(body_pose: torch.Tensor, who: str) -> torch.Tensor:
+    """(…,69) or (…,23,3) axis-angle → (B,23,3). Any other shape is refused: ``reshape(-1, 23, 3)`` alone
+    silently re-cut e.g. 23 full SMPL poses (23,72) (global orientation first) into 24 wrong body poses."""
+    if tuple(body_pose.shape[-1:]) != (69,) and tuple(body_pose.shape[-2:]) != (23, 3):
+        raise ValueError(f"{who}: body_pose must be (B,69) or (B,23,3) axis-angle (the 23 body joints, no global "
+                         f"orientation), got shape {tuple(body_pose.shape)}")
+    return body_pose.reshape(-1, 23, 3)
+
+
 def joint_limit_violation(body_pose: torch.Tensor, refine_steps: int = 25) -> torch.Tensor:
     """(B,69) axis-angle → (B,23) degrees by which each joint's rotation lies outside its box (0 inside).
 
     The value is the rotation angle between the joint's rotation and the closest rotation whose XYZ Euler
     angles are inside the limits, so it is independent of which Euler branch a decomposition returns.
     """
-    bp = body_pose.reshape(-1, 23, 3)
+    bp = _body_pose_23x3(body_pose, "joint_limit_violation")
     rot = axis_angle_to_matrix(bp)
     lo = torch.as_tensor(LIMITS_LO_DEG, dtype=rot.dtype, device=rot.device).deg2rad()
     hi = torch.as_tensor(LIMITS_HI_DEG, dtype=rot.dtype, device=rot.device).deg2rad()
@@ -150,7 +159,7 @@ def hyperextension(body_pose: torch.Tensor) -> torch.Tensor:
     Measured geometrically in the parent (thigh / upper-arm) frame: the angle of the child bone past the
     straight line on the side opposite to flexion (shin forward of the thigh; forearm behind the upper arm).
     """
-    bp = body_pose.reshape(-1, 23, 3)
+    bp = _body_pose_23x3(body_pose, "hyperextension")
     idx = [BODY_JOINT_NAMES.index(n) for n in HYPEREXTENSION_JOINTS]
     rot = axis_angle_to_matrix(bp[:, idx])  # (B,4,3,3)
     down = rot[..., :, 1] * -1.0  # R @ (0,-1,0): shin direction
@@ -281,9 +290,10 @@ def is_implausible(
     compares False, so it used to count as plausible."""
     bad = joint_limit_violation(body_pose).amax(dim=1) > limit_tol_deg
     bad = bad | (hyperextension(body_pose).amax(dim=1) > limit_tol_deg)
-    # flatten, not reshape(B, -1): that raised for an empty batch (0 elements leave -1 ambiguous)
-    bad = bad | ~torch.isfinite(body_pose.flatten(1)).all(dim=1)
+    # reshape(-1, 69), not reshape(B, -1) (raised for an empty batch: 0 elements leave -1 ambiguous) nor
+    # flatten(1) (raised for one (69,) pose, which the measures above accept, and misaligned a (B,N,69) batch)
+    bad = bad | ~torch.isfinite(body_pose.reshape(-1, 69)).all(dim=1)
     if joints is not None:
         bad = bad | (self_penetration(joints) > pen_tol_m)
-        bad = bad | ~torch.isfinite(joints.flatten(1)).all(dim=1)
+        bad = bad | ~torch.isfinite(joints.reshape(-1, 72)).all(dim=1)
     return bad

@@ -45,10 +45,20 @@ def look_at_rotation(
     cam_pos: torch.Tensor, target: torch.Tensor, roll: torch.Tensor | None = None
 ) -> torch.Tensor:
     """World (y-up) → OpenCV camera rotation (B,3,3) for cameras at ``cam_pos`` looking at ``target``,
-    optionally rolled about the viewing axis by ``roll`` radians. Rows are the camera axes in world."""
+    optionally rolled about the viewing axis by ``roll`` radians. Rows are the camera axes in world.
+
+    A camera exactly above or below its target (viewing along world y) has no horizon: ``fwd × up`` is zero
+    and the rotation used to come out singular (zero rows: every point projected to the principal point).
+    There the image x axis is taken as world +x, the limit of an orbit at azimuth 0 as the elevation
+    approaches ±90°; every other viewpoint is computed exactly as before."""
     fwd = torch.nn.functional.normalize(target - cam_pos, dim=-1)
     up = torch.tensor([0.0, 1.0, 0.0], dtype=fwd.dtype, device=fwd.device).expand_as(fwd)
-    right = torch.nn.functional.normalize(torch.cross(fwd, up, dim=-1), dim=-1)
+    side = torch.cross(fwd, up, dim=-1)
+    vertical = side.norm(dim=-1, keepdim=True) < 1e-12  # where normalize() below could not make a unit vector
+    if bool(vertical.any()):
+        alt_up = torch.stack([torch.zeros_like(fwd[..., 1]), torch.zeros_like(fwd[..., 1]), fwd[..., 1]], -1)
+        side = torch.where(vertical, torch.cross(fwd, alt_up, dim=-1), side)
+    right = torch.nn.functional.normalize(side, dim=-1)
     down = torch.cross(fwd, right, dim=-1)
     rot = torch.stack([right, down, fwd], dim=-2)
     if roll is not None:

@@ -336,6 +336,21 @@ def _draw(category: str, n: int, rng: np.random.Generator) -> tuple[torch.Tensor
     return _finalise(p)
 
 
+def _category_index(c) -> int:
+    """Index of a category given by name or index. An unknown name used to raise a bare ``tuple.index(x): x not
+    in tuple``, and a negative index (-1) drew "lying" poses but was stored as category -1, which indexes no
+    category in the returned ``category`` array."""
+    if isinstance(c, str):
+        if c not in POSE_CATEGORIES:
+            raise ValueError(f"unknown pose category {c!r}; choose from {', '.join(POSE_CATEGORIES)}")
+        return POSE_CATEGORIES.index(c)
+    i = int(c)
+    if not 0 <= i < len(POSE_CATEGORIES):
+        raise ValueError(f"pose category index {c!r} out of range 0..{len(POSE_CATEGORIES) - 1} "
+                         f"({', '.join(POSE_CATEGORIES)})")
+    return i
+
+
 def sample_poses(n: int, seed: int, categories=None, max_rounds: int = 20, joints_fn=None) -> dict:
     """Draw ``n`` plausible poses, deterministic per ``seed``.
 
@@ -345,10 +360,14 @@ def sample_poses(n: int, seed: int, categories=None, max_rounds: int = 20, joint
     on ``joints_fn(global_orient, body_pose, betas) -> (B,24,3)`` (the scene generator passes the body
     model, so the check sees its proportions and the betas) or else on the approximate SMPL skeleton.
     """
+    if int(n) < 0:
+        raise ValueError(f"sample_poses: n must be ≥ 0, got {n}")
     if categories is None:
         cats = list(range(len(POSE_CATEGORIES)))
     else:
-        cats = [POSE_CATEGORIES.index(c) if isinstance(c, str) else int(c) for c in categories]
+        if isinstance(categories, (str, int, np.integer)):  # one category: a bare "walking" was read letter by letter
+            categories = [categories]
+        cats = [_category_index(c) for c in categories]
         if not cats:
             raise ValueError("categories must not be empty")
     rng = np.random.default_rng(seed)

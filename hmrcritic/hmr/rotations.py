@@ -72,7 +72,9 @@ def matrix_to_rot6d(m: torch.Tensor) -> torch.Tensor:
 
 
 def rot6d_to_matrix(r: torch.Tensor) -> torch.Tensor:
-    """(..., 6) → (..., 3, 3) by Gram–Schmidt; any 6-vector maps to a valid rotation."""
+    """(..., 6) → (..., 3, 3) by Gram–Schmidt; any 6-vector whose two halves are nonzero and not parallel
+    maps to a valid rotation. A degenerate one (a zero half, or parallel halves: a measure-zero set a network
+    practically never outputs) gives a singular matrix with zero columns, not a rotation."""
     a1, a2 = r[..., :3], r[..., 3:]
     b1 = F.normalize(a1, dim=-1)
     b2 = F.normalize(a2 - (b1 * a2).sum(-1, keepdim=True) * b1, dim=-1)
@@ -89,7 +91,12 @@ def rot6d_to_axis_angle(r: torch.Tensor) -> torch.Tensor:
 
 
 def euler_to_matrix(angles: torch.Tensor, order: str = "XYZ") -> torch.Tensor:
-    """(..., 3) intrinsic Euler angles (radians) in ``order`` → (..., 3, 3)."""
+    """(..., 3) intrinsic Euler angles (radians) in ``order`` → (..., 3, 3).
+
+    ``order`` is three of the upper-case letters X, Y, Z; anything else is refused, because every letter
+    that is not X or Y used to be taken as Z (``"xyz"`` silently built a rotation about z three times)."""
+    if not (isinstance(order, str) and len(order) == 3 and set(order) <= set("XYZ")):
+        raise ValueError(f"euler_to_matrix: order must be three of the letters X, Y, Z (e.g. 'XYZ'), got {order!r}")
     mats = []
     for i, axis in enumerate(order):
         a = angles[..., i]

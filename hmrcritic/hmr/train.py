@@ -90,6 +90,31 @@ class TrainConfig:
             raise InputError(f"train-base: seed and warmup must be ≥ 0, got {self.seed}, {self.warmup}")
         if not (math.isfinite(self.lr) and self.lr > 0 and math.isfinite(self.min_lr) and self.min_lr >= 0):
             raise InputError(f"train-base: lr must be a finite number > 0 and min-lr ≥ 0, got {self.lr}, {self.min_lr}")
+        if self.min_lr > self.lr:  # the cosine "decay" would then climb from lr up to min-lr
+            raise InputError(f"train-base: min-lr must not exceed lr, got min-lr {self.min_lr} > lr {self.lr}")
+        # Out-of-range values here used to train without a word: a negative grad-clip flips every clipped
+        # gradient (clip_grad_norm_ scales by max_norm / norm, so the step goes uphill), grad-clip 0 zeroes them,
+        # ema > 1 extrapolates the shipped weights away from the model, a NaN jitter makes every keypoint NaN.
+        checks = [
+            ("grad-clip", self.grad_clip, "a finite number > 0", lambda v: v > 0),
+            ("ema", self.ema, "in [0, 1]", lambda v: 0 <= v <= 1),
+            ("weight-decay", self.weight_decay, "a finite number ≥ 0", lambda v: v >= 0),
+            ("aug-drop", self.aug_drop, "a probability in [0, 1]", lambda v: 0 <= v <= 1),
+            ("aug-limb", self.aug_limb, "a probability in [0, 1]", lambda v: 0 <= v <= 1),
+            ("aug-jitter", self.aug_jitter, "a finite number ≥ 0", lambda v: v >= 0),
+            ("aug-conf", self.aug_conf, "a finite number ≥ 0", lambda v: v >= 0),
+        ]
+        if self.snr_gamma is not None:
+            checks.append(("snr-gamma", self.snr_gamma, "a finite number > 0 (or left out)", lambda v: v > 0))
+        for name, value, what, ok in checks:
+            try:
+                good = math.isfinite(float(value)) and ok(float(value))
+            except (TypeError, ValueError):
+                good = False
+            if not good:
+                raise InputError(f"train-base: {name} must be {what}, got {value!r}")
+        if self.loss_weighting not in ("v", "eps"):  # else the first step raised a bare ValueError mid-run
+            raise InputError(f"train-base: loss-weighting must be 'v' or 'eps', got {self.loss_weighting!r}")
 
     @classmethod
     def from_dict(cls, d: dict) -> TrainConfig:
