@@ -7,8 +7,15 @@ STAMP := $(VENV)/.installed
 
 .PHONY: setup demo test lint bench clean
 
-$(STAMP): requirements.lock pyproject.toml
-	test -x $(PY) || $(PYTHON) -m venv $(VENV)
+# A venv whose creation stopped half-way (Debian/Ubuntu without python3-venv: "ensurepip is not available", or
+# Ctrl-C) has bin/python but no pip: `test -x bin/python` took it for done and every later make failed with
+# "No module named pip". Keyed on bin/pip, a rerun finishes it (venv over an existing folder keeps its packages).
+$(VENV)/bin/pip:
+	@$(PYTHON) -c "import sys; sys.exit(sys.version_info < (3, 11))" || { \
+	  echo "hmrcritic needs Python >= 3.11 and $(PYTHON) is missing or older: run make PYTHON=python3.11 (or newer)" >&2; exit 1; }
+	$(PYTHON) -m venv $(VENV)
+
+$(STAMP): requirements.lock pyproject.toml | $(VENV)/bin/pip
 	$(PY) -m pip install -q -r requirements.lock
 	$(PY) -m pip install -q --no-deps --no-build-isolation -e .
 	$(PY) -c "import torch; assert torch.version.cuda is None, 'a CUDA torch was installed; torch must be pinned to 2.13.0 (CPU)'"

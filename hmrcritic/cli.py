@@ -7,6 +7,8 @@ printed as one line, exit code 2; ``--debug`` shows the traceback.
 
 from __future__ import annotations
 
+import contextlib
+import errno
 import importlib
 import os
 import sys
@@ -71,10 +73,26 @@ _OS_HINTS = {
 }
 
 
+def _under_home(path) -> bool:
+    """``path`` is the toolkit's home folder, inside it or one of the folders above it (``HOME=/nonexistent``)."""
+    from pathlib import Path
+
+    from hmrcritic import config
+
+    try:
+        p, home = Path(path).expanduser().absolute(), config.home_dir().expanduser().absolute()
+    except (TypeError, ValueError, RuntimeError):
+        return False
+    return p == home or home in p.parents or p in home.parents
+
+
 def _os_error(exc: OSError) -> str:
     """One line naming the path and what to do, for the errors of the file system."""
     paths = " -> ".join(str(p) for p in (exc.filename, exc.filename2) if p)
     hint = next((h for t, h in _OS_HINTS.items() if isinstance(exc, t)), "")
+    if exc.filename and (isinstance(exc, PermissionError) or exc.errno == errno.EROFS) and _under_home(exc.filename):
+        # the default folder a user never chose (no or read-only home, a shared account): name the way out
+        hint = (hint + ", or " if hint else "") + "set HMRCRITIC_HOME to a writable folder"
     text = exc.strerror or str(exc) or type(exc).__name__
     return text + (f": {paths}" if paths else "") + (f" ({hint})" if hint else "")
 
@@ -88,9 +106,25 @@ def _validation_error(exc) -> str:
     return f"invalid {exc.title} setting: " + "; ".join(parts)
 
 
+def _tolerant_streams() -> None:
+    """Let stdout/stderr print what they cannot encode as ``\\u03c1`` instead of raising.
+
+    Messages and reports carry ρ, τ, →, ≥ and box drawing; with ``PYTHONIOENCODING=ascii`` or a Latin-1 locale
+    the first such character was a UnicodeEncodeError: ``--help`` and ``doctor`` died half-printed. UTF-8
+    streams and streams with a handler already set (tests' captures) are left alone; ``--json`` is ASCII anyway.
+    """
+    for stream in (sys.stdout, sys.stderr):
+        encoding = (getattr(stream, "encoding", None) or "").lower().replace("-", "").replace("_", "")
+        if encoding in ("utf8", "utf8sig") or getattr(stream, "errors", None) != "strict":
+            continue
+        with contextlib.suppress(AttributeError, ValueError, OSError):
+            stream.reconfigure(errors="backslashreplace")
+
+
 def main(argv: list[str] | None = None) -> int:
     """Console entry point: run the app, turn user errors into one line and a non-zero exit."""
     argv = list(sys.argv[1:] if argv is None else argv)
+    _tolerant_streams()
     before = os.environ.get("HMRCRITIC_DEBUG")
     try:
         return _main(argv)

@@ -12,12 +12,21 @@ import os
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
+
+def _default_env(name: str, value: str) -> None:
+    """``os.environ[name] = value`` unless the user set it. An empty value (``export PYOPENGL_PLATFORM=`` in a
+    script) counts as unset, as everywhere else in these settings: ``setdefault`` kept it, and PyOpenGL then
+    refused to render at all ("Unsupported PyOpenGL platform: ")."""
+    if not os.environ.get(name, "").strip():
+        os.environ[name] = value
+
+
 # Pyrender must see the GL platform before it is imported anywhere. Respect a user's choice (osmesa).
-os.environ.setdefault("PYOPENGL_PLATFORM", "egl")
+_default_env("PYOPENGL_PLATFORM", "egl")
 # Nothing in this project may download at run time.
-os.environ.setdefault("HF_HUB_OFFLINE", "1")
-os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
-os.environ.setdefault("ANONYMIZED_TELEMETRY", "False")
+_default_env("HF_HUB_OFFLINE", "1")
+_default_env("TRANSFORMERS_OFFLINE", "1")
+_default_env("ANONYMIZED_TELEMETRY", "False")
 
 
 def env_number(name: str, default, kind: type = float, minimum: float | None = None, above: bool = False):
@@ -68,7 +77,10 @@ def home_dir() -> Path:
     if os.environ.get("HMRCRITIC_HOME"):
         return Path(os.environ["HMRCRITIC_HOME"]).expanduser()
     xdg = os.environ.get("XDG_DATA_HOME")
-    return (Path(xdg) if xdg else Path.home() / ".local" / "share") / "hmrcritic"
+    # a relative XDG_DATA_HOME is invalid (XDG spec: ignore it): it put the home under whatever folder a command
+    # ran from, so the memory and data learnt in one folder were missing in the next
+    xdg_ok = bool(xdg) and Path(xdg).expanduser().is_absolute()
+    return (Path(xdg).expanduser() if xdg_ok else Path.home() / ".local" / "share") / "hmrcritic"
 
 
 def cache_dir() -> Path:

@@ -75,7 +75,18 @@ def _packages() -> dict:
 def _render() -> dict:
     from hmrcritic.hmr.render import self_test
 
-    return self_test()
+    try:
+        return self_test()
+    except Exception as exc:  # e.g. pyrender's ImportError when the platform's GL library is not installed
+        platform_ = os.environ.get("PYOPENGL_PLATFORM", "<unset>")
+        if platform_ == "osmesa":
+            fix = "install OSMesa (apt-get install libosmesa6) or unset PYOPENGL_PLATFORM to render with EGL"
+        else:
+            fix = ("install the Mesa EGL libraries (apt-get install libegl1 libegl-mesa0 libgl1-mesa-dri libgbm1) "
+                   "or set PYOPENGL_PLATFORM=osmesa with libosmesa6")
+        reason = f"{type(exc).__name__}: {exc}".splitlines()[0][:300]
+        return {"ok": False, "platform": platform_,
+                "error": f"offscreen rendering failed with PYOPENGL_PLATFORM={platform_} ({reason}); {fix}"}
 
 
 def _body() -> dict:
@@ -114,8 +125,10 @@ def _folders() -> dict:
     bad = [k for k, v in out.items() if not v["writable"]]
     res = {"ok": not bad, "folders": out}
     if bad:
+        # the FAIL line is all the text report shows: it names the folders, not just their roles, and the way out
         res["error"] = "not writable: " + ", ".join(
-            k + (f" ({out[k]['file_in_the_way']} is a file)" if "file_in_the_way" in out[k] else "") for k in bad)
+            f"{k}={out[k]['path']}" + (f" ({out[k]['file_in_the_way']} is a file)" if "file_in_the_way" in out[k]
+                                       else "") for k in bad) + "; set HMRCRITIC_HOME to a writable folder"
     return res
 
 
