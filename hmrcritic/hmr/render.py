@@ -27,11 +27,12 @@ from __future__ import annotations
 
 import atexit
 import contextlib
-import io
 import math
 import os
+import struct
 import threading
 import weakref
+import zlib
 from pathlib import Path
 
 import numpy as np
@@ -51,11 +52,13 @@ class RenderError(HMRCriticError):
 
 def _gl_error(exc: BaseException) -> RenderError:
     platform = os.environ.get("PYOPENGL_PLATFORM", "<unset>")
-    return RenderError(
-        f"offscreen rendering failed with PYOPENGL_PLATFORM={platform}: {type(exc).__name__}: {exc}. "
-        f"Install the Mesa EGL libraries ({_MESA_PACKAGES}; e.g. `apt-get install {_MESA_PACKAGES}`) "
-        "or set PYOPENGL_PLATFORM=osmesa with libosmesa6, or disable rendering for this run."
-    )
+    if platform == "osmesa":  # the user chose osmesa: the way out is its library, or the default (egl)
+        fix = "install libosmesa6 (e.g. `apt-get install libosmesa6`) or unset PYOPENGL_PLATFORM to use EGL"
+    else:
+        fix = (f"install the Mesa EGL libraries ({_MESA_PACKAGES}; e.g. `apt-get install {_MESA_PACKAGES}`) "
+               "or set PYOPENGL_PLATFORM=osmesa with libosmesa6")
+    return RenderError(f"offscreen rendering failed with PYOPENGL_PLATFORM={platform}: {type(exc).__name__}: "
+                       f"{exc}. {fix[0].upper()}{fix[1:]}, or disable rendering for this run.")
 
 
 # ----------------------------------------------------------------------------------------------- inputs
@@ -122,11 +125,13 @@ def _size_from(image_size, K: np.ndarray) -> tuple[int, int]:
 
 def vertex_normals(v: np.ndarray, f: np.ndarray) -> np.ndarray:
     """Area-weighted vertex normals, vectorised with bincount (faster than trimesh for a fresh mesh)."""
-    fn = np.cross(v[f[:, 1]] - v[f[:, 0]], v[f[:, 2]] - v[f[:, 0]])
-    vn = np.zeros_like(v)
+    v0 = v[f[:, 0]]
+    fn = np.ascontiguousarray(np.cross(v[f[:, 1]] - v0, v[f[:, 2]] - v0).T, np.float64)  # (3,F) weights
+    vn_t = np.zeros((3, len(v)), v.dtype)  # accumulated per axis as before, in rows instead of strided columns
     for k in range(3):
         for d in range(3):
-            vn[:, d] += np.bincount(f[:, k], weights=fn[:, d], minlength=len(v))
+            vn_t[d] += np.bincount(f[:, k], weights=fn[d], minlength=len(v))
+    vn = vn_t.T
     norm = np.linalg.norm(vn, axis=1, keepdims=True)
     return (vn / np.maximum(norm, 1e-12)).astype(np.float32)
 
@@ -190,7 +195,10 @@ class Renderer:
 
     def _render(self, vertices, faces, K, image_size, color, depth_only: bool):
         """Render one mesh; returns (color uint8 (H,W,3) or None, depth float32 (H,W), 0 = background)."""
-        import pyrender
+        try:  # PyOpenGL loads the platform's GL library here: a missing one is a RenderError naming it
+            import pyrender
+        except Exception as exc:
+            raise _gl_error(exc) from exc
 
         v, f = _check_mesh(vertices, faces)
         K = _check_K(K)
@@ -276,8 +284,10 @@ class Renderer:
             img[:] = _rgb8(bg_color)
         rgb, depth = self._render(vertices, faces, K, image_size, color, depth_only=False)
         m = depth > 0
-        out = img.copy()
         a = float(np.clip(alpha, 0.0, 1.0))
+        if a == 1.0:  # the blend below is exactly rgb then (x·1 + y·0 in float32); side views: ~2× faster
+            return np.where(m[..., None], rgb, img)
+        out = img.copy()
         blend = a * rgb[m].astype(np.float32) + (1.0 - a) * img[m].astype(np.float32)
         out[m] = np.clip(blend.round(), 0, 255).astype(np.uint8)
         return out
@@ -484,13 +494,24 @@ def _draw_labels(grid: np.ndarray, items, size: int) -> np.ndarray:
         font = ImageFont.load_default(size=size)
     except TypeError:  # Pillow < 10.1: bitmap default font, no size
         font = ImageFont.load_default()
-    im = Image.fromarray(grid)
-    draw = ImageDraw.Draw(im)
+    # Each label is drawn on a small crop around it and pasted back, in place: converting the whole grid to a
+    # PIL image and back copied ~6 MB twice per grid. At integer positions PIL draws the same pixels on a crop
+    # as on the whole image; the margin keeps every pixel a label touches inside its crop.
+    measure = ImageDraw.Draw(Image.new("RGB", (1, 1)))
+    gh, gw = grid.shape[:2]
     for x, y, text in items:
-        box = draw.textbbox((x + 3, y + 2), text, font=font)
+        box = measure.textbbox((x + 3, y + 2), text, font=font)
+        x0, y0 = max(0, min(x, box[0] - 3) - size), max(0, min(y, box[1] - 2) - size)
+        x1, y1 = min(gw, box[2] + 3 + size), min(gh, box[3] + 2 + size)
+        if x0 >= x1 or y0 >= y1:  # a label wholly outside the grid draws nothing
+            continue
+        im = Image.fromarray(grid[y0:y1, x0:x1])
+        draw = ImageDraw.Draw(im)
+        box = draw.textbbox((x + 3 - x0, y + 2 - y0), text, font=font)
         draw.rectangle((box[0] - 3, box[1] - 2, box[2] + 3, box[3] + 2), fill=(0, 0, 0))
-        draw.text((x + 3, y + 2), text, fill=(255, 255, 255), font=font)
-    return np.asarray(im).copy()
+        draw.text((x + 3 - x0, y + 2 - y0), text, fill=(255, 255, 255), font=font)
+        grid[y0:y1, x0:x1] = np.asarray(im)
+    return grid
 
 
 def _safe_delete(r) -> None:
@@ -532,12 +553,32 @@ def close() -> None:
 
 
 # ---------------------------------------------------------------------------------------------- files
-def encode_png(img: np.ndarray) -> bytes:
-    from PIL import Image
+_PNG_LEVEL = 1  # zlib level of encode_png
 
-    buf = io.BytesIO()
-    Image.fromarray(_check_image(img)).save(buf, format="PNG")
-    return buf.getvalue()
+
+def _png_chunk(tag: bytes, data: bytes) -> bytes:
+    return struct.pack(">I", len(data)) + tag + data + struct.pack(">I", zlib.crc32(tag + data) & 0xFFFFFFFF)
+
+
+def encode_png(img: np.ndarray) -> bytes:
+    """(H,W,3) uint8 as an 8-bit RGB PNG; decodes to exactly the input pixels.
+
+    Why not Pillow's encoder: it tries all five PNG filters on every row and deflates at level 6, which took
+    ~90 ms for the critique's two grids of a group (a quarter of its render step) and ~370 ms over a photo.
+    One "Up" filter for every row (a vectorised row difference) and zlib level 1 take ~28 ms and ~60 ms, for
+    files 10-25 % larger; the pixels are the same. (Choosing Sub or Up per row saved only 2 % more; zlib's
+    RLE strategy was faster on renders but tripled the size over a photo.)
+    """
+    img = _check_image(img)
+    H, W = img.shape[:2]
+    rows = img.reshape(H, 3 * W)
+    raw = np.empty((H, 1 + 3 * W), np.uint8)
+    raw[:, 0] = 2  # filter type "Up": each byte minus the byte above it (the row above the first is zeros)
+    raw[0, 1:] = rows[0]
+    np.subtract(rows[1:], rows[:-1], out=raw[1:, 1:])  # uint8 arithmetic wraps modulo 256, as PNG's filters do
+    ihdr = struct.pack(">IIBBBBB", W, H, 8, 2, 0, 0, 0)  # 8-bit truecolour, deflate, adaptive, no interlace
+    return b"".join((b"\x89PNG\r\n\x1a\n", _png_chunk(b"IHDR", ihdr),
+                     _png_chunk(b"IDAT", zlib.compress(raw, _PNG_LEVEL)), _png_chunk(b"IEND", b"")))
 
 
 def save_png(path: str | os.PathLike, img: np.ndarray) -> Path:
