@@ -78,15 +78,11 @@ def _render() -> dict:
     try:
         return self_test()
     except Exception as exc:  # e.g. pyrender's ImportError when the platform's GL library is not installed
-        platform_ = os.environ.get("PYOPENGL_PLATFORM", "<unset>")
-        if platform_ == "osmesa":
-            fix = "install OSMesa (apt-get install libosmesa6) or unset PYOPENGL_PLATFORM to render with EGL"
-        else:
-            fix = ("install the Mesa EGL libraries (apt-get install libegl1 libegl-mesa0 libgl1-mesa-dri libgbm1) "
-                   "or set PYOPENGL_PLATFORM=osmesa with libosmesa6")
-        reason = f"{type(exc).__name__}: {exc}".splitlines()[0][:300]
-        return {"ok": False, "platform": platform_,
-                "error": f"offscreen rendering failed with PYOPENGL_PLATFORM={platform_} ({reason}); {fix}"}
+        from hmrcritic.hmr.render import RenderError, _gl_error
+
+        err = exc if isinstance(exc, RenderError) else _gl_error(exc)  # one wording: the platform and its fix
+        return {"ok": False, "platform": os.environ.get("PYOPENGL_PLATFORM", "<unset>"),
+                "error": " ".join(str(err).split())[:600]}
 
 
 def _body() -> dict:
