@@ -108,11 +108,14 @@ def api_key() -> str | None:
     return os.environ.get("HMRCRITIC_API_KEY") or os.environ.get("OPENAI_API_KEY")
 
 
-def check_device(device: str) -> str:
-    """``device`` if this torch can run on it, else an :class:`InputError` naming the way out."""
+def check_device(device: str | None = None) -> str:
+    """``device`` (None or "": :func:`default_device`, i.e. ``HMRCRITIC_DEVICE`` else cpu) if this torch can run
+    on it, else an :class:`InputError` naming the way out."""
     import torch
 
     from hmrcritic.errors import InputError
+
+    device = device or default_device()
 
     try:
         kind = torch.device(device).type

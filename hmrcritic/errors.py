@@ -24,3 +24,8 @@ class AssetError(HMRCriticError):
 
 class JudgeError(HMRCriticError):
     """A judge failed for a group after its retries (timeout, garbage, rate limits)."""
+
+
+class InvalidCritiqueError(JudgeError):
+    """The judge's critique was still invalid (a hypothesis missing or repeated) when the revise rounds ran out.
+    Its thread is discarded: resuming it would only replay the same stored critique."""

@@ -148,8 +148,9 @@ def append_jsonl(path: str | os.PathLike, record: dict, checksum: bool = True) -
 def read_jsonl(path: str | os.PathLike, verify: bool = True) -> list[dict]:
     """Read records, skipping a torn or corrupt line (bad JSON, not a JSON object, or checksum mismatch).
 
-    ``errors="replace"``: a line garbled into bytes that are not UTF-8 (a crash mid-append) is skipped like any
-    torn line; the decode error used to stop the whole read (a finetune log resume, an export's failures)."""
+    ``errors="replace"``: a line garbled into bytes that are not UTF-8 (a crash mid-append) no longer stops the
+    whole read (a finetune log resume, an export's failures); it is skipped when it is no longer JSON or, for a
+    record with a checksum, fails it (a record without one may keep U+FFFD in its strings)."""
     path = Path(path)
     if not path.exists():
         return []

@@ -148,3 +148,20 @@ def test_readme_python_api_imports_run_as_written():
 def test_group_ids_are_kept_apart_from_one_another():
     assert len({run_folder_name(i) for i in ("写真", "画像", "..", "group", "_")}) == 5
     assert np.all([run_folder_name(i) == i for i in ("scene-1", "a.b_c")])
+
+
+def test_prune_on_a_file_system_without_locks_does_not_crash(tmp_path, monkeypatch):
+    """in_use tolerates a file system without locks, but folder_in_use let flock's OSError (ENOLCK) escape,
+    so `runs prune` crashed there."""
+    import errno
+    import fcntl
+
+    from hmrcritic.agent import runs
+
+    (tmp_path / runs.IN_USE_FILE).write_text("")
+
+    def no_locks(fd, op):
+        raise OSError(errno.ENOLCK, "No locks available")
+
+    monkeypatch.setattr(fcntl, "flock", no_locks)
+    assert runs.folder_in_use(tmp_path) is False

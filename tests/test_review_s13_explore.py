@@ -158,3 +158,29 @@ def test_a_final_critique_missing_a_hypothesis_reaches_neither_memory_nor_scores
                        group_id=g.group_id,
                        config=AgentConfig(max_reflections=0, learn=True, render=False))
     assert mem.version() == before
+
+
+def test_a_group_failed_for_an_invalid_final_critique_is_retried_afresh(train, tmp_path):  # noqa: F811
+    """The failure was raised in memory_write, after the checkpoint that says "memory_write next": a kept thread
+    (export's default) replayed the same stored critique on every re-run, so the group could never recover. Its
+    thread is discarded now, and a re-run with a judge that answers properly succeeds."""
+    from hmrcritic.agent.api import critique_group
+    from hmrcritic.agent.state import AgentConfig
+    from hmrcritic.errors import InvalidCritiqueError
+
+    class DropsOnce(_DropsOne):  # the same judge (name, settings), cut short on its first answer only
+        calls = 0
+
+        def critique(self, ctx):
+            self.calls += 1
+            return super().critique(ctx) if self.calls == 1 else BuiltinJudge.critique(self, ctx)
+
+    mem = MemoryStore(tmp_path / "m")
+    g = train[1]
+    judge = DropsOnce()
+    kw = dict(judge=judge, memory=mem, true_errors_mm=g.errors_mm, group_id=g.group_id, run_dir=tmp_path / "run",
+              config=AgentConfig(max_reflections=0, learn=False, render=False), keep=True)
+    with pytest.raises(InvalidCritiqueError):
+        critique_group(g.sample, g.hypotheses, **kw)
+    res = critique_group(g.sample, g.hypotheses, **kw)
+    assert sorted(s.index for s in res.scores) == list(range(len(g.errors_mm))) and not res.resumed

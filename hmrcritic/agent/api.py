@@ -31,7 +31,7 @@ from hmrcritic.agent.judges import judge_name
 from hmrcritic.agent.runs import checkpoint_error, in_use
 from hmrcritic.agent.schema import HypothesisScore
 from hmrcritic.agent.state import AgentConfig
-from hmrcritic.errors import HMRCriticError, InputError
+from hmrcritic.errors import HMRCriticError, InputError, InvalidCritiqueError
 from hmrcritic.io import atomic_save_npz, atomic_write_json
 
 HYP_KEYS = {"global_orient": 3, "body_pose": 69, "betas": 10, "transl": 3}
@@ -444,6 +444,8 @@ def critique_group(
                     t0 = time.perf_counter()
             except Exception as exc:  # traced as it happened, then raised (a SQLite one naming the file)
                 tracer.error(exc)
+                if isinstance(exc, InvalidCritiqueError):  # its checkpoint says "memory_write next": a re-run would
+                    saver.delete_thread(thread)  # replay the same invalid critique for ever; it starts afresh
                 raise
             values = dict(app.get_state(run_config).values)
     tracer.finish(values)

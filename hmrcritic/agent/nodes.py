@@ -36,7 +36,7 @@ from hmrcritic.agent.judges import (
 )
 from hmrcritic.agent.schema import AXES, GroupCritique
 from hmrcritic.agent.state import AgentConfig, AgentState
-from hmrcritic.errors import InputError, JudgeError
+from hmrcritic.errors import InputError, InvalidCritiqueError, JudgeError
 from hmrcritic.io import atomic_save_npz, atomic_write_json
 from hmrcritic.memory.schema import Prototype, Rule, ScoreCalibration
 
@@ -483,7 +483,7 @@ def memory_write(state: AgentState, config: RunnableConfig = None) -> dict:
     if invalid:  # the revise rounds ran out on a critique that still misses or duplicates hypotheses: fail the
         # group here, before anything is written (it reached critique.json, memory, scores and exports, and
         # exploration's Spearman raised on the length mismatch)
-        raise JudgeError(f"group {state['group_id']}: the judge's final critique is still invalid after "
+        raise InvalidCritiqueError(f"group {state['group_id']}: the judge's final critique is still invalid after "
                          f"{int(state.get('round', 0))} revision(s): {invalid[0].get('detail', '')}"[:400])
     crit = GroupCritique.model_validate(state["critique"])
     run_dir = Path(state["run_dir"])

@@ -110,6 +110,8 @@ def folder_in_use(folder: str | Path) -> bool:
         fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
     except BlockingIOError:
         return True
+    except OSError:  # a file system without locks: nothing could hold it (in_use runs unmarked there)
+        return False
     finally:
         os.close(fd)
     return False

@@ -152,7 +152,7 @@ def register(app: typer.Typer) -> None:
 
         from hmrcritic.alignment.dataset import read_header
         from hmrcritic.alignment.finetune import FinetuneConfig, finetune
-        from hmrcritic.config import check_device, default_device
+        from hmrcritic.config import check_device
         from hmrcritic.errors import AssetError
 
         try:
@@ -181,7 +181,7 @@ def register(app: typer.Typer) -> None:
             seed=seed,
             checkpoint_every=checkpoint_every,
             resume=resume,
-            device=check_device(device or default_device()),  # HMRCRITIC_DEVICE, documented in config
+            device=check_device(device),  # None: HMRCRITIC_DEVICE, else cpu
         )
         path = finetune(cfg, progress=not as_json)
         logs = [json.loads(line) for line in cfg.log_path.read_text().splitlines() if line.strip()]

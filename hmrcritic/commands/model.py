@@ -8,7 +8,7 @@ from pathlib import Path
 
 import typer
 
-from hmrcritic.config import check_device, default_device
+from hmrcritic.config import check_device
 from hmrcritic.errors import InputError
 
 
@@ -90,7 +90,7 @@ def register(app: typer.Typer) -> None:
         # everything that can be refused is refused before training (the --ship evaluation comes ~20 min later)
         if stop_at is not None and stop_at < 1:
             raise InputError(f"train-base: --stop-at must be ≥ 1 step, got {stop_at}")
-        device = check_device(device or default_device())  # HMRCRITIC_DEVICE, documented in config
+        device = check_device(device)  # None: HMRCRITIC_DEVICE, else cpu
         if ship and eval_limit < 1:
             raise InputError(f"train-base: --eval-limit must be ≥ 1 scene, got {eval_limit}")
         if ship and not (math.isfinite(guidance) and guidance >= 0):
@@ -159,7 +159,7 @@ def register(app: typer.Typer) -> None:
         from hmrcritic.hmr.diffusion import check_sampling_args, ddim_timesteps, load_model, sample_to_dir
 
         check_sampling_args(num_generations, steps, eta, guidance)
-        device = check_device(device or default_device())  # HMRCRITIC_DEVICE, documented in config
+        device = check_device(device)  # None: HMRCRITIC_DEVICE, else cpu
         if scene and (image or keypoints):
             raise InputError("give either --scene or --image/--keypoints, not both")
         if scene:
@@ -222,7 +222,7 @@ def register(app: typer.Typer) -> None:
         from hmrcritic.hmr.diffusion import check_sampling_args
 
         check_sampling_args(num_generations, steps, eta, guidance)
-        device = check_device(device or default_device())  # HMRCRITIC_DEVICE, documented in config
+        device = check_device(device)  # None: HMRCRITIC_DEVICE, else cpu
         m = load_model(model, device=device)
         res = evaluate_model(
             m,
