@@ -63,9 +63,9 @@ def fit_calibration(scores: Sequence[Any], errors: Sequence[Any], *, judge: str 
     x = np.log(np.maximum(s, MIN_SCORE))  # a score of 0 counts as MIN_SCORE (no log of 0)
     y = np.log(settled_overall(e))
     var = float(np.var(x))
-    # ptp, not only var: n equal scores can leave a variance of ~1e-32 (the mean is rounded), and the slope of
+    # ptp, not var: n equal scores can leave a variance of ~1e-32 (the mean is rounded), and the slope of
     # noise over noise is then arbitrary — a made-up calibration or a false "ranks backwards"
-    if var == 0 or np.ptp(x) == 0:
+    if np.ptp(x) == 0:
         raise InputError("score calibration: the scores do not vary; nothing to fit")
     slope = float(np.mean((x - x.mean()) * (y - y.mean())) / var)
     if slope <= 0:

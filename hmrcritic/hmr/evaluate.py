@@ -259,8 +259,8 @@ def evaluate_model(
             choice = torch.as_tensor(select_fn(ctx), device=e_pa.device)
             if tuple(choice.shape) not in ((B, N), (B,)):
                 raise ValueError(f"select_fn must return scores ({B},{N}) or indices ({B},), got {tuple(choice.shape)}")
-            if choice.ndim == 2:  # a NaN score never wins (torch's argmax picks NaN), as in metrics.select_top1
-                idx = torch.nan_to_num(choice.double(), nan=float("-inf")).argmax(-1)
+            if choice.ndim == 2:  # scores: a NaN never wins
+                idx = M.top1_index(choice).to(e_pa.device)
             else:
                 idx = choice.long()
                 if ((idx < 0) | (idx >= N)).any():

@@ -235,18 +235,21 @@ def group_metrics(per_hyp, reduce: bool = True) -> dict:
     return out
 
 
-def select_top1(per_hyp_error, scores) -> Tensor:
-    """Error ``(B,)`` of the hypothesis each group's critic scored highest (``scores (B,N)``, higher=better).
+def top1_index(scores) -> Tensor:
+    """Index ``(…)`` of the highest score along the last dim: NaN scores never win (torch's argmax picks NaN),
+    ties go to the lowest index (deterministic)."""
+    s = torch.nan_to_num(_as_tensor(scores).to(torch.float64), nan=float("-inf"))
+    return s.argmax(dim=-1)
 
-    NaN scores never win; ties go to the lowest index (deterministic).
-    """
+
+def select_top1(per_hyp_error, scores) -> Tensor:
+    """Error ``(B,)`` of the hypothesis each group's critic scored highest (``scores (B,N)``, higher=better),
+    picked by :func:`top1_index`."""
     e = _as_tensor(per_hyp_error)
-    s = _as_tensor(scores).to(torch.float64)
+    s = _as_tensor(scores)
     if e.shape != s.shape:
         raise ValueError(f"select_top1: errors {tuple(e.shape)} and scores {tuple(s.shape)} differ")
-    s = torch.nan_to_num(s, nan=float("-inf"))
-    idx = s.argmax(dim=-1, keepdim=True)
-    return e.gather(-1, idx).squeeze(-1)
+    return e.gather(-1, top1_index(s).unsqueeze(-1)).squeeze(-1)
 
 
 def mean_pairwise_distance(joints, mask=None, root_relative: bool = False) -> Tensor:
