@@ -18,7 +18,7 @@ import time
 import uuid
 from collections.abc import Iterable, Iterator, Sequence
 from concurrent.futures import ThreadPoolExecutor
-from contextlib import contextmanager
+from contextlib import ExitStack, contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -314,9 +314,7 @@ def _agent_config(config: AgentConfig | dict | None, judge: Any, memory: Any, le
         err = exc.errors()[0]
         where = ".".join(str(x) for x in err["loc"]) or "config"
         raise InputError(f"agent config: {where} {err['msg'].lower()} (got {err.get('input')!r})") from None
-    if cfg.judge.strip().lower() in ("builtin", "vlm"):  # make_judge reads the names in any case ("VLM"); the
-        cfg.judge = cfg.judge.strip().lower()  # judge cache, model identity and thread reuse compare them exactly
-    return cfg
+    return cfg  # its judge name is canonical (AgentConfig): "VLM" is "vlm" for every comparison
 
 
 def critique_group(
@@ -407,18 +405,24 @@ def critique_group(
         # returning the old run would report what those settings did not produce
         saver.delete_thread(thread)
         values = {}
-    if values and not values.get("done") and not (Path(values.get("run_dir") or "") / "inputs.npz").is_file():
-        # an interrupted thread whose run folder is gone (removed by hand, or pruned): its inputs lived there, so
-        # resuming it failed with "group inputs missing" on every re-run; it starts afresh instead
-        saver.delete_thread(thread)
-        values = {}
     run_dir = Path(run_dir) if run_dir is not None else hconfig.runs_dir() / "groups" / run_folder_name(thread)
     if values.get("done"):
         return _scored(values, cfg, resumed=True).model_copy(update={"finished_earlier": True})
     run_id = new_run_id(gid)
     tracer = TraceWriter(run_id, gid, only_on_error=not keep)
-    # held while the graph runs, so that `runs prune` (any process) leaves this folder and thread alone
-    with in_use(Path(values["run_dir"]) if values else run_dir):
+    # held while the graph runs, so that `runs prune` (any process) leaves this folder and thread alone; taken
+    # before the inputs are checked: a prune between the check and the lock removed them ("group inputs missing")
+    resume_dir = Path(values["run_dir"]) if values.get("run_dir") else None
+    with ExitStack() as held:
+        locked = resume_dir if resume_dir is not None and resume_dir.is_dir() else run_dir
+        held.enter_context(in_use(locked))
+        if values and not (resume_dir is not None and (resume_dir / "inputs.npz").is_file()):
+            # an interrupted thread whose run folder is gone (removed by hand, or pruned): its inputs lived there,
+            # so resuming it failed with "group inputs missing" on every re-run; it starts afresh instead
+            saver.delete_thread(thread)
+            values = {}
+            if locked != run_dir:  # its new inputs go to run_dir: that one is held too
+                held.enter_context(in_use(run_dir))
         if not values:  # a new thread: write the inputs, then start at render
             run_dir.mkdir(parents=True, exist_ok=True)
             atomic_save_npz(run_dir / "inputs.npz", **arrays)

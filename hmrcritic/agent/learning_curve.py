@@ -76,8 +76,9 @@ def assert_heldout(memory: Any, split: str, group_ids: Sequence[str]) -> None:
     groups be scored as held-out ones; an id is one labelled input in any split, so a clash anywhere is one."""
     from hmrcritic.agent.explore import assert_not_explored, explored_record
 
-    for s in [split] + sorted(k for k in explored_record(memory)["splits"] if k != split):
-        assert_not_explored(memory, s, group_ids)
+    record = explored_record(memory)  # read once: a split's check below is the same record, not a re-read
+    for s in [split] + sorted(k for k in record["splits"] if k != split):
+        assert_not_explored(memory, s, group_ids, record=record)
 
 
 def score_groups(groups: Sequence[Any], memory: Any, variant: str = "full", judge: Any = "builtin",

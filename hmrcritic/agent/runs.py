@@ -16,13 +16,14 @@ import shutil
 import sqlite3
 import time
 from collections.abc import Iterator
-from contextlib import contextmanager, suppress
+from contextlib import ExitStack, contextmanager
 from pathlib import Path
 
 from hmrcritic import config as hconfig
 from hmrcritic.errors import AssetError, InputError
 
 DAY_S = 86_400.0
+LOCK_BATCH = 256  # run folders prune holds locked at once
 
 
 def _tree_bytes(path: Path) -> int:
@@ -73,12 +74,25 @@ def checkpoint_error(path: str | Path, exc: Exception) -> AssetError:
 IN_USE_FILE = ".in-use"
 
 
+def _same_file(fd: int, path: Path) -> bool:
+    """Whether ``path`` still names the file open as ``fd`` (not removed, nor replaced by a new one)."""
+    try:
+        here = os.stat(path)
+    except OSError:
+        return False
+    held = os.fstat(fd)
+    return (held.st_dev, held.st_ino) == (here.st_dev, here.st_ino)
+
+
 @contextmanager
 def in_use(folder: str | Path) -> Iterator[None]:
     """Mark a run folder as in use by a critique for the block: a shared lock on ``<folder>/.in-use`` (any
     number of holders, in any process). :func:`prune_runs` leaves a folder it cannot lock exclusively, and the
     thread behind it, alone: a folder's age says nothing about a critique running on it right now, and
     ``--older-than 0`` removed the inputs of a critique another process was running ("group inputs missing").
+    Prune removes a folder while it holds that lock, so a critique that waited for it may get the lock of a
+    file that is gone with its folder: it then makes the folder again and locks the new file (holding the old
+    one marked nothing, and the critique wrote into a folder the next prune would remove under it).
     Without ``fcntl`` (Windows) nothing is locked."""
     try:
         import fcntl
@@ -86,35 +100,64 @@ def in_use(folder: str | Path) -> Iterator[None]:
         yield
         return
     folder = Path(folder)
-    folder.mkdir(parents=True, exist_ok=True)
-    fd = os.open(folder / IN_USE_FILE, os.O_RDWR | os.O_CREAT, 0o644)
-    try:
-        with suppress(OSError):  # a file system without locks (some NFS mounts): the critique runs unmarked
+    while True:
+        folder.mkdir(parents=True, exist_ok=True)
+        try:
+            fd = os.open(folder / IN_USE_FILE, os.O_RDWR | os.O_CREAT, 0o644)
+        except FileNotFoundError:  # removed between the two lines: make it again
+            continue
+        try:
             fcntl.flock(fd, fcntl.LOCK_SH)
+        except OSError:  # a file system without locks (some NFS mounts): the critique runs unmarked
+            break
+        if _same_file(fd, folder / IN_USE_FILE):
+            break
+        os.close(fd)  # pruned while we waited: lock the folder as it is now
+    try:
         yield
+    finally:
+        os.close(fd)  # releases the lock
+
+
+@contextmanager
+def _held_for_removal(folder: Path, create: bool = True) -> Iterator[bool]:
+    """Whether ``folder`` may be removed (no critique holds it, :func:`in_use`), holding it for the block: an
+    exclusive lock on its ``.in-use``, made if missing (``create``), so that a critique starting meanwhile waits
+    instead of running on a folder that is about to go. Checked and then released, a critique could start
+    between the check and the removal and lose its inputs. True where nothing can be locked (no ``fcntl``, a
+    file system without locks, not a folder)."""
+    try:
+        import fcntl
+    except ImportError:
+        yield True
+        return
+    fd = None
+    for flags in ((os.O_RDWR | os.O_CREAT, os.O_RDWR) if create else (os.O_RDWR,)):
+        try:
+            fd = os.open(folder / IN_USE_FILE, flags, 0o644)
+            break
+        except OSError:  # no lock file (and none can be made: read-only) or not a folder: never held
+            continue
+    if fd is None:
+        yield True
+        return
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        free = True
+    except BlockingIOError:
+        free = False
+    except OSError:  # a file system without locks: nothing could hold it (in_use runs unmarked there)
+        free = True
+    try:
+        yield free
     finally:
         os.close(fd)  # releases the lock
 
 
 def folder_in_use(folder: str | Path) -> bool:
     """Whether a critique holds ``folder`` (:func:`in_use`) now."""
-    try:
-        import fcntl
-    except ImportError:
-        return False
-    try:
-        fd = os.open(Path(folder) / IN_USE_FILE, os.O_RDWR)
-    except OSError:  # no lock file: never held (or not a folder)
-        return False
-    try:
-        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-    except BlockingIOError:
-        return True
-    except OSError:  # a file system without locks: nothing could hold it (in_use runs unmarked there)
-        return False
-    finally:
-        os.close(fd)
-    return False
+    with _held_for_removal(Path(folder), create=False) as free:
+        return not free
 
 
 def runs_usage(root: str | Path | None = None) -> dict:
@@ -138,7 +181,9 @@ def prune_runs(older_than_days: float = 7.0, root: str | Path | None = None, dry
     """Remove run folders, checkpoint threads, traces, memory snapshots and evaluation caches last touched
     more than ``older_than_days`` ago (0 = everything), then compact ``checkpoints.sqlite``.
 
-    A checkpoint thread is removed when its run folder is older than the cutoff or missing. ``dry_run``
+    A checkpoint thread is removed when its run folder is older than the cutoff or missing. A folder a
+    critique holds (:func:`in_use`) stays with its thread; the others are held locked until they and their
+    threads are gone, so a critique starting meanwhile waits and then starts afresh. ``dry_run``
     counts without deleting. Returns what was (or would be) removed and the bytes before and after."""
     from hmrcritic.agent.api import run_folder_name
 
@@ -155,24 +200,38 @@ def prune_runs(older_than_days: float = 7.0, root: str | Path | None = None, dry
             return True
 
     removed = {"groups": 0, "checkpoints": 0, "traces": 0, "frozen-memory": 0, "evaluate": 0}
-    stale_groups = {p.name for p in _entries(root / "groups") if old(p) and not folder_in_use(p)}
     db = root / "checkpoints.sqlite"
-    def prunable(thread: str) -> bool:
+    groups = root / "groups"
+    by_folder: dict[str, list[str]] = {}
+    for thread in _threads(db):
         try:
             folder = run_folder_name(thread)
         except InputError:  # a blank id has no folder: nothing could resume it
             folder = ""
-        if folder in stale_groups:
-            return True
-        return not (root / "groups" / folder).exists() and _orphaned(db, thread, old)
-
-    threads = [t for t in _threads(db) if prunable(t)]
-    removed["checkpoints"] = len(threads)
-    if threads and not dry_run:
-        _delete_threads(db, threads)
-    for part, pattern in (("groups", "*"), ("traces", "*.jsonl"), ("frozen-memory", "*"), ("evaluate", "*")):
+        by_folder.setdefault(folder, []).append(thread)
+    # threads whose folder is not under groups/ (a blank id's "" is no folder: it named groups/ itself)
+    orphans = [t for f, ts in by_folder.items() if not (f and (groups / f).exists()) for t in ts
+               if _orphaned(db, t, old)]
+    removed["checkpoints"] = len(orphans)
+    if orphans and not dry_run:
+        _delete_threads(db, orphans)
+    stale = [p for p in _entries(groups) if old(p)]
+    for i in range(0, len(stale), LOCK_BATCH):  # a batch of folders held at a time (open files are limited)
+        with ExitStack() as held:  # each folder stays locked until it is gone, its threads with it
+            free = [p for p in stale[i:i + LOCK_BATCH]
+                    if held.enter_context(_held_for_removal(p, create=not dry_run))]
+            threads = [t for p in free for t in by_folder.get(p.name, [])]
+            removed["groups"] += len(free)
+            removed["checkpoints"] += len(threads)
+            if dry_run:
+                continue
+            if threads:
+                _delete_threads(db, threads)
+            for p in free:
+                shutil.rmtree(p, ignore_errors=True) if p.is_dir() else p.unlink(missing_ok=True)
+    for part, pattern in (("traces", "*.jsonl"), ("frozen-memory", "*"), ("evaluate", "*")):
         for p in _entries(root / part, pattern):
-            if part == "groups" and p.name not in stale_groups or part != "groups" and not old(p):
+            if not old(p):
                 continue
             removed[part] += 1
             if not dry_run:
