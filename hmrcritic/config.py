@@ -103,9 +103,31 @@ def runs_dir() -> Path:
     return _env_path("HMRCRITIC_RUNS", home_dir() / "runs")
 
 
+API_KEY_VARS = ("HMRCRITIC_API_KEY", "OPENAI_API_KEY")  # the first one set wins
+
+
 def api_key() -> str | None:
-    """The judge endpoint key, from the environment only. Never log or serialise it."""
-    return os.environ.get("HMRCRITIC_API_KEY") or os.environ.get("OPENAI_API_KEY")
+    """The judge endpoint key, from the environment only, as it can go into an ``Authorization`` header (None
+    when unset or blank), else an :class:`InputError` that says why not. Never log or serialise it.
+
+    Every reader gets the same key and the same check: a key read from a file (``$(cat key.txt)`` of a Windows
+    file keeps its ``\\r``) or pasted with a space or a typographic character cannot be sent: the HTTP client
+    refused the header inside the request, so every group was retried and then reported as "cannot connect to
+    <endpoint>" (or a "malformed answer"), and the client's debug log quoted the header, key and all.
+    Surrounding whitespace is never part of a key; any other such character is named by position, never
+    shown."""
+    name = next((v for v in API_KEY_VARS if os.environ.get(v)), None)
+    if name is None:
+        return None
+    key = os.environ[name].strip()
+    bad = next((i for i, c in enumerate(key) if not (" " < c < "\x7f")), None)
+    if bad is not None:
+        from hmrcritic.errors import InputError
+
+        raise InputError(f"the API key in {name} has a space, control or non-ASCII character at position "
+                         f"{bad + 1} of {len(key)}; it cannot be sent in an HTTP header (a key pasted from a "
+                         "document or read from a file with Windows line endings?)")
+    return key or None
 
 
 def check_device(device: str | None = None) -> str:
@@ -194,13 +216,17 @@ class JudgeSettings:
         return f"{self.model} @ {redact_url(self.base_url) or 'the OpenAI API'}"
 
     def public(self) -> dict:
-        """Settings safe to print: the key is reported only as present or absent, the base URL without
-        credentials (``user:password@`` or a secret query value: it came out verbatim)."""
+        """Settings safe to print: the key is reported only as present, absent or unusable (why, never the key),
+        the base URL without credentials (``user:password@`` or a secret query value: it came out verbatim)."""
+        from hmrcritic.errors import InputError
         from hmrcritic.redact import redact_url
 
         out = asdict(self)
         out["base_url"] = redact_url(self.base_url)
-        out["api_key"] = "set" if api_key() else "not set"
+        try:
+            out["api_key"] = "set" if api_key() else "not set"
+        except InputError as exc:  # said here (by position, never shown), not raised: `doctor` reports it
+            out["api_key"] = f"set but unusable: {exc}"
         return out
 
 

@@ -80,7 +80,10 @@ def register_url(url: str | None) -> None:
 
 def secret_values() -> list[str]:
     """The literal secrets to mask now, longest first (so a key containing another is masked whole)."""
-    found = {os.environ.get(v) or "" for v in SECRET_ENV_VARS} | set(_extra)
+    # as set and as sent: a key read from a file keeps a ``\r`` or newline the HTTP client never sends
+    # (config.api_key strips it), so text quoting the sent key back did not contain the variable's value
+    found = {s for v in SECRET_ENV_VARS for s in (os.environ.get(v) or "", (os.environ.get(v) or "").strip())}
+    found |= set(_extra)
     for v in URL_ENV_VARS:
         found.update(url_secrets(os.environ.get(v)))
     return sorted((s for s in found if len(s) >= MIN_SECRET_LEN), key=len, reverse=True)

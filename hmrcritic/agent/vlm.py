@@ -320,25 +320,6 @@ def _retry_after_s(exc: Exception) -> float | None:
     return max(0.0, when.timestamp() - time.time())
 
 
-def _usable_key(key: str | None) -> str | None:
-    """The key as it can go into an ``Authorization`` header, or an :class:`InputError` that says why not.
-
-    A key read from a file (``$(cat key.txt)`` of a Windows file keeps its ``\\r``) or pasted with a space or a
-    typographic character cannot be sent: the HTTP client refused the header inside the request, so every
-    group was retried and then reported as "cannot connect to <endpoint>" (or a "malformed answer"), and the
-    client's debug log quoted the header, key and all. Surrounding whitespace is never part of a key; any other
-    such character is named by position, never shown."""
-    if key is None:
-        return None
-    key = key.strip()
-    bad = next((i for i, c in enumerate(key) if not (" " < c < "\x7f")), None)
-    if bad is not None:
-        raise InputError(f"the API key (HMRCRITIC_API_KEY / OPENAI_API_KEY) has a space, control or non-ASCII "
-                         f"character at position {bad + 1} of {len(key)}; it cannot be sent in an HTTP header "
-                         "(a key pasted from a document or read from a file with Windows line endings?)")
-    return key or None
-
-
 class _CutOff(Exception):
     """The answer stopped at the endpoint's output-token limit."""
 
@@ -373,7 +354,7 @@ class VLMJudge:
         self.backoff_max_s = backoff_max_s
         self.max_retry_after_s = max_retry_after_s
         self.send_input_image = send_input_image
-        key = _usable_key(api_key())
+        key = api_key()  # refuses a key that cannot go into an HTTP header, without showing it
         if not key and self.settings.base_url is None:  # retrying the OpenAI endpoint without a key cannot work
             raise InputError("the VLM judge has no endpoint and no key: set HMRCRITIC_API_KEY (or OPENAI_API_KEY) "
                              "for OpenAI, or HMRCRITIC_BASE_URL for a local server (vLLM, Ollama)")

@@ -861,12 +861,12 @@ def _remove_temp_files(out: Path) -> None:
 
 def _judge_model(judge: str) -> str | None:
     """Which VLM scores the groups (model @ endpoint, no credentials): resuming an export with another
-    HMRCRITIC_VLM_MODEL would mix two critics' scores in one dataset under one judge name."""
-    if judge != "vlm":
-        return None
-    from hmrcritic.config import JudgeSettings
+    HMRCRITIC_VLM_MODEL would mix two critics' scores in one dataset under one judge name. The string is
+    :func:`hmrcritic.agent.evaluate_critic.judge_identity`'s (None for the builtin judge): an existing
+    export's header records it, so it must stay the same to resume."""
+    from hmrcritic.agent.evaluate_critic import judge_identity
 
-    return JudgeSettings().describe()
+    return judge_identity(judge) or None
 
 
 def _check_or_write_header(out: Path, header: D.DatasetHeader) -> None:
