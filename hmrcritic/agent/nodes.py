@@ -35,7 +35,7 @@ from hmrcritic.agent.judges import (
     settled_overall,
 )
 from hmrcritic.agent.schema import AXES, GroupCritique
-from hmrcritic.agent.state import AgentConfig, AgentState
+from hmrcritic.agent.state import AgentConfig, AgentState, canonical_judge
 from hmrcritic.errors import InputError, InvalidCritiqueError, JudgeError
 from hmrcritic.io import atomic_save_npz, atomic_write_json
 from hmrcritic.memory.schema import Prototype, Rule, ScoreCalibration
@@ -66,7 +66,7 @@ def get_judge(cfg: AgentConfig, config: dict | None = None):
     injected = ((config or {}).get("configurable") or {}).get("judge")
     if injected is not None and not isinstance(injected, str):
         return injected
-    name = injected or cfg.judge
+    name = canonical_judge(injected) if injected else cfg.judge  # make_judge's reading: "VLM" is "vlm"
     key = (name, cfg.proto_weight, cfg.proto_level, _endpoint_key() if name == "vlm" else None)
     with _LOCK:
         if key not in _JUDGES:

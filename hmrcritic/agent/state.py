@@ -14,10 +14,19 @@ from __future__ import annotations
 import os
 from typing import Any, TypedDict
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, field_validator
 
 from hmrcritic.agent.judges import PROTO_LEVEL
 from hmrcritic.config import env_flag, env_number
+from hmrcritic.redact import register_url
+
+
+def canonical_judge(name: str) -> str:
+    """``VLM`` or `` builtin`` is the judge make_judge builds for it, while the judge cache, the model identity
+    and thread reuse compare the name exactly: one spelling for both (an unknown name stays as given, for
+    make_judge's error)."""
+    key = name.strip().lower()
+    return key if key in ("builtin", "vlm") else name
 
 
 class AgentConfig(BaseModel):
@@ -51,6 +60,19 @@ class AgentConfig(BaseModel):
         True, description="when learning on labelled groups, prototypes keep scores settled on the true error"
     )
     success_tau: float = Field(0.5, description="Spearman ρ a labelled group must reach for its rules to succeed")
+
+    @field_validator("judge")
+    @classmethod
+    def _canonical_judge(cls, v: str) -> str:
+        return canonical_judge(v)
+
+    @field_validator("chroma_url")
+    @classmethod
+    def _mask_chroma_credentials(cls, v: str | None) -> str | None:
+        """A Chroma address may carry ``user:password@`` (also without a scheme, which the scrubber cannot
+        recognise alone): registered here, every log, trace and export of this process masks it."""
+        register_url(v)
+        return v
 
     @classmethod
     def from_config(cls, config: dict | None) -> AgentConfig:
