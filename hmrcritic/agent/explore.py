@@ -151,12 +151,13 @@ def explored_record(memory: Any) -> dict:
     return data
 
 
-def assert_not_explored(memory: Any, split: str, group_ids: Sequence[str]) -> None:
+def assert_not_explored(memory: Any, split: str, group_ids: Sequence[str], record: dict | None = None) -> None:
     """Refuse to evaluate on groups the memory learned from (same split and group id).
 
     Group ids are the labelled-group ids (``<split>-<index>``), so the same index of another split is fine.
-    Raises :class:`InputError` naming how many overlap and an example."""
-    rec = explored_record(memory).get("splits", {}).get(split)
+    ``record``: the memory's :func:`explored_record`, when the caller has read it already (one read for a check
+    of several splits). Raises :class:`InputError` naming how many overlap and an example."""
+    rec = (explored_record(memory) if record is None else record).get("splits", {}).get(split)
     if not rec:
         return
     seen = set(rec.get("group_ids", [])) | set(rec.get("calibration_group_ids", []))
@@ -226,6 +227,8 @@ class RoundReport:
     round: int  # global round number (1-based) of this memory
     batch_key: str
     groups: int = 0
+    # {"group_id", "error", "kind"}: kind "error" (its critique failed), "skipped" (unrankable: nothing to learn)
+    # or "prototypes" (scored, its prototypes lost); records from before kinds have only the message
     failed: list[dict] = field(default_factory=list)
     mean_spearman: float = float("nan")
     short_groups: int = 0  # groups with ρ < τ
@@ -789,14 +792,14 @@ def _run_batch(memory, app, saver, judge_obj, is_builtin, cfg, batch, r, sig, sp
             why = _unrankable(err, metric)
             if why:  # nothing to learn from it; scoring it would only cost time
                 skipped += 1
-                report.failed.append({"group_id": g.group_id, "error": why})
+                report.failed.append({"group_id": g.group_id, "error": why, "kind": "skipped"})
                 emit("group", {"index": i, "total": len(batch), "group_id": g.group_id, "skipped": why})
                 continue
             res = critique_group(g.sample, g.hypotheses, judge=judge_obj, memory=memory, config=cfg,
                                  group_id=f"explore-{g.group_id}", fresh=True, graph=app, checkpointer=saver,
                                  keep=False)
         except HMRCriticError as exc:
-            report.failed.append({"group_id": g.group_id, "error": str(exc)})
+            report.failed.append({"group_id": g.group_id, "error": str(exc), "kind": "error"})
             emit("group", {"index": i, "total": len(batch), "group_id": g.group_id, "error": str(exc)})
             continue
         ev = {k: np.asarray(v, np.float64) for k, v in res.evidence.items()}
@@ -811,7 +814,7 @@ def _run_batch(memory, app, saver, judge_obj, is_builtin, cfg, batch, r, sig, sp
         # every group failed: something systemic (a bad setting, an endpoint down), not a batch to count as
         # explored — a round recorded done here would be skipped on every later run. (A batch of groups that
         # only cannot be ranked is recorded as an empty round below: it would be the same batch on every run.)
-        first = next(f for f in report.failed if not f["error"].startswith("skipped:"))
+        first = next(f for f in report.failed if f["kind"] == "error")
         raise HMRCriticError(f"explore: every group of round {round_no} failed, nothing was recorded; "
                              f"first: {first['group_id']}: {first['error']}")
     if not scored:
@@ -845,7 +848,7 @@ def _run_batch(memory, app, saver, judge_obj, is_builtin, cfg, batch, r, sig, sp
         try:
             emb = pose_embedding(load_bodies(res.run_dir)["joints"])
         except Exception as exc:  # a vanished run folder loses this group's prototypes, not the batch
-            report.failed.append({"group_id": g.group_id, "error": f"prototypes skipped: {exc}"})
+            report.failed.append({"group_id": g.group_id, "error": f"prototypes skipped: {exc}", "kind": "prototypes"})
             continue
         by_idx = {s.index: s for s in res.scores}
         pa = np.asarray(g.errors_mm, np.float64)

@@ -33,7 +33,9 @@ def _rounds_text(rounds: list[int]) -> str:
 def _failed_groups(failed: list[dict]) -> int:
     """How many of a round's ``failed`` records are groups that failed (not skipped as unrankable, nor a scored
     group that only lost its prototypes)."""
-    return sum(not str(f.get("error", "")).startswith(("skipped:", "prototypes skipped:")) for f in failed)
+    return sum(f["kind"] == "error" if "kind" in f
+               else not str(f.get("error", "")).startswith(("skipped:", "prototypes skipped:"))  # before kinds
+               for f in failed)
 
 
 def explore_line(event: str, p: dict) -> str | None:

@@ -1,0 +1,44 @@
+"""Exploration's ``failed`` records say what kind each is, and the explore CLI counts failed groups from that,
+not from how a message begins (a judge error's text is whatever the endpoint said)."""
+
+from __future__ import annotations
+
+import pytest
+from test_explore_robustness import train  # noqa: F401
+
+from hmrcritic.agent import explore as ex
+from hmrcritic.agent.judges import BuiltinJudge
+from hmrcritic.commands.explore import explore_line
+from hmrcritic.errors import JudgeError
+from hmrcritic.memory.store import MemoryStore
+
+pytestmark = pytest.mark.usefixtures("explore_prior")
+
+
+class _QuotesEndpoint(BuiltinJudge):
+    """A judge whose endpoint fails on one group with a message that happens to start like a skip."""
+
+    name = "quotes-endpoint"
+
+    def critique(self, ctx):
+        if ctx.group_id.endswith("000001"):
+            raise JudgeError("skipped: the endpoint dropped the request (quota)")
+        return super().critique(ctx)
+
+
+def test_a_failed_group_is_counted_whatever_its_message_says(train, tmp_path):  # noqa: F811
+    events: list = []
+    s = ex.explore(MemoryStore(tmp_path / "m"), split="train", groups=train[:3], rounds=1, batch_size=3,
+                   judge=_QuotesEndpoint(), calibration_groups=0, merge_text=False,
+                   progress=lambda e, p: events.append((e, p)))
+    assert [(f["group_id"], f["kind"]) for f in s.rounds[0].failed] == [(train[1].group_id, "error")]
+    line = next(explore_line(e, p) for e, p in events if e == "round")
+    assert line.startswith("round 1: 2 groups (1 failed and will not be retried)"), line
+
+
+def test_records_from_before_kinds_are_still_counted_by_their_message():
+    base = {"round": 1, "groups": 2, "mean_spearman": 0.5, "short_groups": 0, "rules_used": 0, "rules_added": [],
+            "rejected": [], "retired": [], "merged": [], "prototypes": 4, "seconds": 1.0}
+    old = [{"group_id": "a", "error": "skipped: 1 hypothesis"}, {"group_id": "b", "error": "judge: endpoint down"},
+           {"group_id": "c", "error": "prototypes skipped: gone"}]
+    assert "(1 failed" in explore_line("round", {**base, "failed": old})
