@@ -253,7 +253,9 @@ def segment_distance(p1: torch.Tensor, q1: torch.Tensor, p2: torch.Tensor, q2: t
         denom > 1e-10, ((b * f - c * e) / denom.clamp_min(1e-10)).clamp(0, 1), torch.zeros_like(a)
     )
     t = (b * s + f) / e
-    s = torch.where(t < 0, (-c / a).clamp(0, 1), torch.where(t > 1, ((b - c) / a).clamp(0, 1), s))
+    # ``t <= 0``, not ``t < 0``: when [p2,q2] is a point (d2 = 0), t is exactly 0 and s, left at 0 by the
+    # parallel fallback, must still be re-solved as the closest point of [p1,q1] to p2 (it gave |p1 − p2|).
+    s = torch.where(t <= 0, (-c / a).clamp(0, 1), torch.where(t > 1, ((b - c) / a).clamp(0, 1), s))
     t = t.clamp(0, 1)
     c1 = p1 + d1 * s[..., None]
     c2 = p2 + d2 * t[..., None]

@@ -113,9 +113,23 @@ def euler_to_matrix(angles: torch.Tensor, order: str = "XYZ") -> torch.Tensor:
 
 
 def matrix_to_euler_xyz(m: torch.Tensor) -> torch.Tensor:
-    """(..., 3, 3) → (..., 3) intrinsic XYZ Euler angles (inverse of ``euler_to_matrix(., 'XYZ')``)."""
+    """(..., 3, 3) → (..., 3) intrinsic XYZ Euler angles (inverse of ``euler_to_matrix(., 'XYZ')``).
+
+    At gimbal lock (y = ±90°, e.g. an elbow flexed 90°) x and z each come from atan2 of two rounding-sized
+    entries, i.e. noise, and their combination used to rebuild a rotation up to 180° off (which made
+    ``anatomy.joint_limit_violation`` report a large violation for an allowed rotation). There, z is
+    re-solved from the entries that still hold the rotation, given x (``Rx(x)ᵀ m = Ry(y) Rz(z)``), so the
+    angles always rebuild ``m`` (and y comes from atan2, as asin is coarse next to ±1); elsewhere the result
+    is unchanged."""
     sy = m[..., 0, 2].clamp(-1.0, 1.0)
     y = torch.asin(sy)
     x = torch.atan2(-m[..., 1, 2], m[..., 2, 2])
     z = torch.atan2(-m[..., 0, 1], m[..., 0, 0])
+    cy = torch.hypot(m[..., 0, 0], m[..., 0, 1])
+    lock = cy < 100 * torch.finfo(m.dtype).eps  # |cos y| at rounding level
+    if bool(lock.any()):
+        cx, sx = torch.cos(x), torch.sin(x)
+        z_lock = torch.atan2(cx * m[..., 1, 0] + sx * m[..., 2, 0], cx * m[..., 1, 1] + sx * m[..., 2, 1])
+        z = torch.where(lock, z_lock, z)
+        y = torch.where(lock, torch.atan2(m[..., 0, 2], cy), y)  # asin loses ~sqrt(eps) next to ±1
     return torch.stack([x, y, z], dim=-1)
