@@ -61,6 +61,20 @@ def _load_sample(scene, image, keypoints, focal):
     return sample_from_user(image, keypoints, focal=focal)
 
 
+def note_new_memory(memory: Path | None, chroma_url: str | None = None) -> None:
+    """Say on stderr when an explicit ``--memory-dir`` holds no memory yet.
+
+    Such a folder is seeded with the starter rules and used as if it were the memory asked for, so a mistyped path
+    critiqued (or exported a dataset) with the unexplored starter memory without a word."""
+    import os
+
+    if memory is None or chroma_url or os.environ.get("HMRCRITIC_CHROMA_URL"):
+        return
+    if not (memory.expanduser() / "chroma.sqlite3").exists():
+        typer.echo(f"note: no memory at {memory} yet; a new one with only the starter rules is made there (an "
+                   "explored memory is the folder `hmrcritic explore --memory-dir DIR` wrote)", err=True)
+
+
 def _check_out_dir(out: Path) -> None:
     """Refuse an ``--out`` that cannot become a folder before anything runs.
 
@@ -124,6 +138,7 @@ def register(app: typer.Typer) -> None:
 
             check_sampling_args(n, steps=1)  # critique has no --steps option: only the group size is checked
         _check_out_dir(out)
+        note_new_memory(memory)
         with _stdout_to_stderr(as_json):
             sample = _load_sample(scene, image, keypoints, focal)
         if hypotheses is not None:
@@ -213,6 +228,13 @@ def register(app: typer.Typer) -> None:
           hmrcritic evaluate-critic --split test --num-groups 30 --warmup-groups 64 --json
         """
         from hmrcritic.agent.evaluate_critic import evaluate_critic, format_table
+
+        # a mistyped --memory-dir is said before anything runs: the library checks it only after sampling every
+        # held-out group (seconds to minutes) and after making an empty run folder under runs/evaluate
+        if memory_dir is not None and not memory_dir.expanduser().is_dir():
+            what = "is a file, not a memory folder" if memory_dir.expanduser().exists() else "does not exist"
+            raise InputError(f"evaluate-critic: --memory-dir {memory_dir} {what}; give the folder `hmrcritic "
+                             "explore --memory-dir DIR` wrote, or leave it out to explore a new memory")
 
         def progress(stage, i, n):
             if not as_json and (i == n or i % 10 == 0):

@@ -15,7 +15,15 @@ def _export_app() -> typer.Typer:
         name="export",
         no_args_is_help=False,
         invoke_without_command=True,
-        help="Sample, critique and write scored hypothesis groups as a group preference dataset.",
+        # the group's help is what `export --help` shows (the callback's docstring is not): resuming and the
+        # examples belong here, or the help never says that a killed export continues where it stopped
+        help="Sample, critique and write scored hypothesis groups as a group preference dataset.\n\n"
+             "Resumable: kill it any time and run the same command again.\n\n"
+             "Examples:\n"
+             "  hmrcritic export --split wild --num-generations 20 --out runs/wild-prefs\n"
+             "  hmrcritic export --split wild --out runs/wild-prefs --workers 2\n"
+             "  hmrcritic export --split wild --out runs/wild-prefs --ray-address local --workers 4\n"
+             "  hmrcritic export validate runs/wild-prefs",
     )
 
     @app.callback(invoke_without_command=True)
@@ -43,20 +51,17 @@ def _export_app() -> typer.Typer:
         ),
         as_json: bool = typer.Option(False, "--json", help="Print the summary as JSON."),
     ) -> None:
-        """Export scored groups (resumable: kill it any time and run the same command again).
-
-        Examples:
-          hmrcritic export --split wild --num-generations 20 --out runs/wild-prefs
-          hmrcritic export --split wild --out runs/wild-prefs --workers 2
-          hmrcritic export --split wild --out runs/wild-prefs --ray-address local --workers 4
-          hmrcritic export validate runs/wild-prefs
-        """
+        """Export scored groups (resumable; `export --help` shows the group's help text above, not this)."""
         if ctx.invoked_subcommand is not None:
             return
         from hmrcritic.alignment.export import DEFAULT_SCORER, ExportConfig, export, format_summary
 
         if out is None:
             raise InputError("export needs --out DIR (and --split NAME or --data DIR)")
+        if not no_memory:
+            from hmrcritic.commands.agent import note_new_memory
+
+            note_new_memory(memory, chroma_url)
         cfg = ExportConfig(
             out=str(out),
             split=split,

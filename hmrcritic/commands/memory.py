@@ -97,8 +97,17 @@ def rules(
     memory_dir: Path = _DIR, chroma_url: str = _URL, as_json: bool = _JSON,
 ) -> None:
     """Rules sorted by retrieval score Ψ (PAPER.md §2) with their success rates."""
+    from hmrcritic.memory.starter_rules import TAG_VOCABULARY, normalise_tags
+
+    query = [t.strip() for t in tags.split(",") if t.strip()]
+    # retrieval keeps only vocabulary tags: a typo ("leg") was dropped without a word while the table's title
+    # still named it, so the listing looked tag-ranked when it was not
+    unknown = [t for t in query if not normalise_tags([t])]
+    if unknown:
+        from hmrcritic.errors import InputError
+
+        raise InputError(f"memory rules: unknown tag(s) {', '.join(unknown)}; known: {', '.join(TAG_VOCABULARY)}")
     store = _open(memory_dir, chroma_url)
-    query = [t for t in tags.split(",") if t.strip()]
     scored = store.rules.scored(query, ucb_c=ucb_c)
     if k > 0:
         scored = scored[:k]

@@ -55,7 +55,9 @@ def register(app: typer.Typer) -> None:
         steps: int = typer.Option(None, help="Training steps (default: the recipe's)."),
         batch_size: int = typer.Option(None, help="Batch size (default: the recipe's)."),
         out: Path = typer.Option(
-            None, help="Run folder (state.pt, log.jsonl, model.pt). Default: runs/train-base-seed<S>."
+            # the default is under the runs folder, not ./runs (as "runs/..." read): say which, as reproduce does
+            None, help="Run folder (state.pt, log.jsonl, model.pt). Default: <runs>/train-base-seed<S> (<runs>: "
+            "HMRCRITIC_RUNS, else <home>/runs)."
         ),
         resume: bool = typer.Option(
             True, "--resume/--no-resume",
