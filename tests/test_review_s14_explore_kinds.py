@@ -42,3 +42,24 @@ def test_records_from_before_kinds_are_still_counted_by_their_message():
     old = [{"group_id": "a", "error": "skipped: 1 hypothesis"}, {"group_id": "b", "error": "judge: endpoint down"},
            {"group_id": "c", "error": "prototypes skipped: gone"}]
     assert "(1 failed" in explore_line("round", {**base, "failed": old})
+
+
+def test_every_cli_option_and_command_says_what_it_is():
+    """``learning-curve --help`` listed --rounds, --batch-size, --heldout-groups, --num-generations, --tau and
+    --seed with no text at all (and explore-eval's --seed): every option of every command has help now."""
+    import typer
+
+    from hmrcritic.cli import app
+
+    missing: list[str] = []
+
+    def walk(cmd, path: str) -> None:  # typer ships its own click: its classes, not click's, so by duck type
+        for name, sub in getattr(cmd, "commands", {}).items():
+            walk(sub, f"{path} {name}")
+        if not hasattr(cmd, "commands") and not (cmd.help or "").strip():
+            missing.append(path)
+        missing.extend(f"{path} {p.opts[0]}" for p in cmd.params
+                       if p.param_type_name == "option" and p.name != "help" and not (p.help or "").strip())
+
+    walk(typer.main.get_command(app), "hmrcritic")
+    assert not missing, missing

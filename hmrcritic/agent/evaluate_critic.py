@@ -155,6 +155,12 @@ def evaluate_critic(
     if warmup_groups < 0 or batch_size < 1:
         raise InputError(f"evaluate-critic: need --warmup-groups ≥ 0 and --batch-size ≥ 1 "
                          f"(got {warmup_groups}, {batch_size})")
+    if memory_dir is not None and not Path(memory_dir).expanduser().is_dir():
+        # said before any work: found after sampling every held-out group (seconds to minutes) and making an
+        # empty run folder under runs/evaluate, a mistyped path cost all that
+        what = "is a file, not a memory folder" if Path(memory_dir).expanduser().exists() else "does not exist"
+        raise InputError(f"evaluate-critic: --memory-dir {memory_dir} {what}; give the folder `hmrcritic explore "
+                         "--memory-dir DIR` wrote, or leave it out to explore a new memory")
     name = judge_name(judge)
     eval_groups, used = make_groups(split, num_groups, num_generations, seed=seed, source=source)
     # keyed by the source actually used ("auto" resolves to the model or, without one, perturbed ground
@@ -171,9 +177,7 @@ def evaluate_critic(
 
     agent_config = {"max_reflections": max_reflections, "rules_k": rules_k}
     if memory_dir is not None:
-        memory_path = Path(memory_dir)
-        if not memory_path.exists():
-            raise InputError(f"evaluate-critic: --memory-dir {memory_path} does not exist (run `hmrcritic explore`)")
+        memory_path = Path(memory_dir).expanduser()
         explored_groups = None
     else:
         memory_path = workdir / "memory"

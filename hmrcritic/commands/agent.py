@@ -217,7 +217,8 @@ def register(app: typer.Typer) -> None:
         source: str = typer.Option("auto", "--source", help="Hypotheses: auto | model | perturbed."),
         judge: str = typer.Option("builtin", "--judge", help="builtin or vlm."),
         max_reflections: int = typer.Option(2, "--max-reflections", help="Revise rounds of the full agent."),
-        seed: int = typer.Option(0, "--seed", min=0, max=2**32 - 1),
+        seed: int = typer.Option(0, "--seed", min=0, max=2**32 - 1,
+                                 help="Sampling seed of the evaluated groups (the warm-up groups use seed + 1)."),
         as_json: bool = typer.Option(False, "--json", help="Print the result as JSON."),
     ) -> None:
         """Critic quality on held-out labelled groups — Spearman/Kendall with −PA-MPJPE (and MPJPE, PVE),
@@ -228,13 +229,6 @@ def register(app: typer.Typer) -> None:
           hmrcritic evaluate-critic --split test --num-groups 30 --warmup-groups 64 --json
         """
         from hmrcritic.agent.evaluate_critic import evaluate_critic, format_table
-
-        # a mistyped --memory-dir is said before anything runs: the library checks it only after sampling every
-        # held-out group (seconds to minutes) and after making an empty run folder under runs/evaluate
-        if memory_dir is not None and not memory_dir.expanduser().is_dir():
-            what = "is a file, not a memory folder" if memory_dir.expanduser().exists() else "does not exist"
-            raise InputError(f"evaluate-critic: --memory-dir {memory_dir} {what}; give the folder `hmrcritic "
-                             "explore --memory-dir DIR` wrote, or leave it out to explore a new memory")
 
         def progress(stage, i, n):
             if not as_json and (i == n or i % 10 == 0):

@@ -15,7 +15,8 @@ def register(app: typer.Typer) -> None:
         num_generations: int = typer.Option(16, "-n", "--num-generations", min=2, help="Hypotheses per scene."),
         explore_rounds: int = typer.Option(2, "--explore-rounds", min=0, help="Exploration batches before scoring."),
         explore_batch: int = typer.Option(6, "--explore-batch", min=1, help="Labelled train groups per batch."),
-        seed: int = typer.Option(0, "--seed", min=0, max=2**32 - 1),
+        seed: int = typer.Option(0, "--seed", min=0, max=2**32 - 1,
+                                 help="Sampling seed (exploration groups; scene i is sampled with seed + i)."),
         json_out: bool = typer.Option(False, "--json", help="Print the summary as JSON."),
     ) -> None:
         """Sample hypothesis groups, learn critic memory on train, critique held-out scenes, report metrics.

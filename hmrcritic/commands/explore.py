@@ -11,6 +11,7 @@ _DIR = typer.Option(None, "--memory-dir", help="Memory folder (default: HMRCRITI
 _JSON = typer.Option(False, "--json", help="Machine-readable output.")
 _SOURCE = typer.Option("auto", "--source", help="Hypotheses: model | perturbed | auto (model if it loads).")
 _JUDGE = typer.Option("builtin", "--judge", help="builtin (offline) | vlm (OpenAI-compatible endpoint).")
+_SEED = typer.Option(0, "--seed", help="Sampling seed of the groups.", min=0, max=2**32 - 1)
 
 
 
@@ -105,7 +106,7 @@ def explore_cmd(
     rules_k: int = typer.Option(16, "--rules-k", help="Rules recalled per group."),
     num_generations: int = typer.Option(16, "--num-generations", help="Hypotheses per group."),
     limit: int = typer.Option(None, "--limit", help="At most this many groups in total."),
-    seed: int = typer.Option(0, "--seed", help="Sampling seed of the groups.", min=0, max=2**32 - 1),
+    seed: int = _SEED,
     source: str = _SOURCE,
     max_reflections: int = typer.Option(None, "--max-reflections", help="Revise rounds per group (default: agent's)."),
     calibration_groups: int = typer.Option(
@@ -151,7 +152,7 @@ def explore_eval_cmd(
     num_groups: int = typer.Option(20, "--num-groups", help="Held-out groups."),
     num_generations: int = typer.Option(16, "--num-generations", help="Hypotheses per group."),
     variants: str = typer.Option(None, "--variants", help="Comma-separated variants (default: all)."),
-    seed: int = typer.Option(0, "--seed", min=0, max=2**32 - 1),
+    seed: int = _SEED,
     source: str = _SOURCE,
     judge: str = _JUDGE,
     memory_dir: Path = _DIR,
@@ -192,12 +193,12 @@ def explore_eval_cmd(
 def learning_curve_cmd(
     split: str = typer.Option("train", "--split", help="Split to explore."),
     heldout_split: str = typer.Option("test", "--heldout-split", help="Held-out split to evaluate on."),
-    rounds: int = typer.Option(5, "--rounds"),
-    batch_size: int = typer.Option(8, "--batch-size"),
-    heldout_groups: int = typer.Option(16, "--heldout-groups"),
-    num_generations: int = typer.Option(16, "--num-generations"),
-    tau: float = typer.Option(0.5, "--tau"),
-    seed: int = typer.Option(0, "--seed", min=0, max=2**32 - 1),
+    rounds: int = typer.Option(5, "--rounds", help="Exploration rounds; the held-out groups are scored after each."),
+    batch_size: int = typer.Option(8, "--batch-size", help="Groups explored per round."),
+    heldout_groups: int = typer.Option(16, "--heldout-groups", help="Held-out groups scored after each round."),
+    num_generations: int = typer.Option(16, "--num-generations", help="Hypotheses per group."),
+    tau: float = typer.Option(0.5, "--tau", help="Spearman a group must reach for its rules to succeed."),
+    seed: int = _SEED,
     source: str = _SOURCE,
     memory_dir: Path = typer.Option(..., "--memory-dir", help="A NEW (or starter) memory folder to explore into."),
     out: Path = typer.Option(Path("learning_curve"), "--out", help="Folder for learning_curve.json/.png."),
