@@ -121,9 +121,25 @@ def sha256_file(path: str | os.PathLike) -> str:
 
 
 def record_checksum(record: dict) -> str:
-    """Checksum of a JSON record without its own ``checksum`` field (canonical key order)."""
+    """Checksum of a JSON record without its own ``checksum`` field (canonical key order).
+
+    Taken over the record as it reads back: JSON turns non-string keys into strings, so ``{9: …, 10: …}``
+    was summed in the order 9, 10 and read back as "10", "9" (a mismatch: the record was silently dropped),
+    and mixed ``int``/``str`` keys made ``sort_keys`` raise TypeError. A record with string keys only
+    (every record written so far) reads back as it is, so its checksum is unchanged."""
     body = {k: v for k, v in record.items() if k != "checksum"}
+    if not _string_keys(body):
+        body = json.loads(json.dumps(body, default=_json_default))
     return sha256_bytes(json.dumps(body, sort_keys=True, default=_json_default).encode("utf-8"))[:16]
+
+
+def _string_keys(obj: Any) -> bool:
+    """Whether every dict key in ``obj`` (nested in dicts, lists and tuples) is already a string."""
+    if isinstance(obj, dict):
+        return all(isinstance(k, str) and _string_keys(v) for k, v in obj.items())
+    if isinstance(obj, list | tuple):
+        return all(_string_keys(v) for v in obj)
+    return True
 
 
 def append_jsonl(path: str | os.PathLike, record: dict, checksum: bool = True) -> None:
