@@ -14,11 +14,12 @@ import hashlib
 import json
 import re
 import sqlite3
+import threading
 import time
 import uuid
 from collections.abc import Iterable, Iterator, Sequence
 from concurrent.futures import ThreadPoolExecutor
-from contextlib import ExitStack, contextmanager
+from contextlib import ExitStack, contextmanager, nullcontext
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -260,6 +261,19 @@ def _checkpoint_errors(saver: Any) -> Iterator[None]:
         raise checkpoint_error(_saver_path(saver), exc) from exc
 
 
+_THREAD_LOCKS: dict[str, threading.Lock] = {}
+_THREAD_LOCKS_GUARD = threading.Lock()
+
+
+@contextmanager
+def _one_critique_per_thread(thread: str) -> Iterator[None]:
+    """Hold checkpoint thread ``thread`` against other critiques of it in this process (threads wait)."""
+    with _THREAD_LOCKS_GUARD:
+        lock = _THREAD_LOCKS.setdefault(thread, threading.Lock())
+    with lock:
+        yield
+
+
 def _judge_settings(cfg: AgentConfig, judge: Any) -> hconfig.JudgeSettings | None:
     """The endpoint settings behind a VLM judge (a judge object's own, or the environment's for "vlm")."""
     if judge is not None and not isinstance(judge, str):
@@ -301,6 +315,13 @@ def _agent_config(config: AgentConfig | dict | None, judge: Any, memory: Any, le
     from pydantic import ValidationError
 
     raw = config.model_dump() if isinstance(config, AgentConfig) else dict(config or {})
+    unknown = sorted(set(raw) - set(AgentConfig.model_fields))
+    if unknown:  # pydantic drops unknown keys: {"max_reflection": 0} ran with the default reflections, silently
+        import difflib
+
+        hints = [f"{k!r}" + (f" (did you mean {m[0]!r}?)" if (m := difflib.get_close_matches(
+            str(k), list(AgentConfig.model_fields), n=1)) else "") for k in unknown]
+        raise InputError(f"agent config: unknown setting(s) {', '.join(hints)}")
     if judge is not None:
         raw["judge"] = judge_name(judge)
     if isinstance(memory, str | Path):
@@ -381,81 +402,86 @@ def critique_group(
         configurable["memory"] = memory
     run_config = {"configurable": configurable, "recursion_limit": 25 + 4 * cfg.max_reflections}
 
-    with _checkpoint_errors(saver):
-        snapshot = app.get_state(run_config)
-    values = dict(snapshot.values or {})
-    if values and (fresh or values.get("inputs_digest") != digest):
-        if not fresh and values.get("done"):
-            raise InputError(f"group {gid} was already critiqued with different inputs; give another group id "
-                             "(--group-id / group_id=) or recompute it with --fresh / fresh=True")
-        saver.delete_thread(thread)
-        values = {}
-    if values and values.get("judge", cfg.judge) != cfg.judge:
-        # A finished critique is reused only from the judge it was made with (reporting the old scores under
-        # the new judge's name would say a VLM scored what the builtin judge did); an interrupted one restarts
-        # rather than mixing two judges in one critique.
-        if values.get("done"):
-            raise InputError(f"group {gid} was critiqued with the {values['judge']} judge; use fresh=True "
-                             f"(--fresh) to critique it again with {cfg.judge}")
-        saver.delete_thread(thread)
-        values = {}
-    if values and values.get("settings_digest") != settings:
-        # the same group scored under other settings (render on/off, reflections, rules/prototypes, learning,
-        # memory) or with another image or mask file behind the same keypoints: critiqued again, since
-        # returning the old run would report what those settings did not produce
-        saver.delete_thread(thread)
-        values = {}
-    run_dir = Path(run_dir) if run_dir is not None else hconfig.runs_dir() / "groups" / run_folder_name(thread)
-    if values.get("done"):
-        return _scored(values, cfg, resumed=True).model_copy(update={"finished_earlier": True})
-    run_id = new_run_id(gid)
-    tracer = TraceWriter(run_id, gid, only_on_error=not keep)
-    # held while the graph runs, so that `runs prune` (any process) leaves this folder and thread alone; taken
-    # before the inputs are checked: a prune between the check and the lock removed them ("group inputs missing")
-    resume_dir = Path(values["run_dir"]) if values.get("run_dir") else None
-    with ExitStack() as held:
-        locked = resume_dir if resume_dir is not None and resume_dir.is_dir() else run_dir
-        held.enter_context(in_use(locked))
-        if values and not (resume_dir is not None and (resume_dir / "inputs.npz").is_file()):
-            # an interrupted thread whose run folder is gone (removed by hand, or pruned): its inputs lived there,
-            # so resuming it failed with "group inputs missing" on every re-run; it starts afresh instead
+    # one critique of a kept thread at a time in this process: jobs of critique_groups(workers>1) that share a
+    # group id all read the empty checkpoint before any wrote it, then ran one thread over one run folder, and
+    # every job returned the first one's scores without an error (serially, the second is refused as "already
+    # critiqued with different inputs", or gets the stored result for the same inputs — as now)
+    with _one_critique_per_thread(thread) if keep else nullcontext():
+        with _checkpoint_errors(saver):
+            snapshot = app.get_state(run_config)
+        values = dict(snapshot.values or {})
+        if values and (fresh or values.get("inputs_digest") != digest):
+            if not fresh and values.get("done"):
+                raise InputError(f"group {gid} was already critiqued with different inputs; give another group id "
+                                 "(--group-id / group_id=) or recompute it with --fresh / fresh=True")
             saver.delete_thread(thread)
             values = {}
-            if locked != run_dir:  # its new inputs go to run_dir: that one is held too
-                held.enter_context(in_use(run_dir))
-        if not values:  # a new thread: write the inputs, then start at render
-            run_dir.mkdir(parents=True, exist_ok=True)
-            atomic_save_npz(run_dir / "inputs.npz", **arrays)
-            start: Any = {
-                "group_id": gid, "run_id": run_id, "run_dir": str(run_dir), "num_hypotheses": n,
-                "image_path": str(image_path) if image_path else None, "has_labels": "true_error_mm" in arrays,
-                "inputs_digest": digest, "settings_digest": settings, "judge": cfg.judge, "round": 0,
-                "reflections": [], "judge_model": judge_settings.describe() if judge_settings is not None else None,
-                "issues": [], "feedback": "",
-            }
-        else:  # an interrupted thread: resume from its last checkpoint
-            start = None
-        tracer.start(cfg, resumed=start is None)
-        with _checkpoint_errors(saver):  # the checkpointer's database locked for too long, damaged, disk full
-            try:
-                t0 = time.perf_counter()
-                for chunk in app.stream(start, run_config, stream_mode="updates"):
-                    t1 = time.perf_counter()
-                    for node, update in chunk.items():
-                        tracer.node(node, update or {}, t1 - t0)
-                        if on_update is not None:
-                            on_update(node, update or {}, t1 - t0)
+        if values and values.get("judge", cfg.judge) != cfg.judge:
+            # A finished critique is reused only from the judge it was made with (reporting the old scores under
+            # the new judge's name would say a VLM scored what the builtin judge did); an interrupted one restarts
+            # rather than mixing two judges in one critique.
+            if values.get("done"):
+                raise InputError(f"group {gid} was critiqued with the {values['judge']} judge; use fresh=True "
+                                 f"(--fresh) to critique it again with {cfg.judge}")
+            saver.delete_thread(thread)
+            values = {}
+        if values and values.get("settings_digest") != settings:
+            # the same group scored under other settings (render on/off, reflections, rules/prototypes, learning,
+            # memory) or with another image or mask file behind the same keypoints: critiqued again, since
+            # returning the old run would report what those settings did not produce
+            saver.delete_thread(thread)
+            values = {}
+        run_dir = Path(run_dir) if run_dir is not None else hconfig.runs_dir() / "groups" / run_folder_name(thread)
+        if values.get("done"):
+            return _scored(values, cfg, resumed=True).model_copy(update={"finished_earlier": True})
+        run_id = new_run_id(gid)
+        tracer = TraceWriter(run_id, gid, only_on_error=not keep)
+        # held while the graph runs, so that `runs prune` (any process) leaves this folder and thread alone; taken
+        # before the inputs are checked: a prune between the check and the lock removed them ("group inputs missing")
+        resume_dir = Path(values["run_dir"]) if values.get("run_dir") else None
+        with ExitStack() as held:
+            locked = resume_dir if resume_dir is not None and resume_dir.is_dir() else run_dir
+            held.enter_context(in_use(locked))
+            if values and not (resume_dir is not None and (resume_dir / "inputs.npz").is_file()):
+                # an interrupted thread whose run folder is gone (removed by hand, or pruned): its inputs lived there,
+                # so resuming it failed with "group inputs missing" on every re-run; it starts afresh instead
+                saver.delete_thread(thread)
+                values = {}
+                if locked != run_dir:  # its new inputs go to run_dir: that one is held too
+                    held.enter_context(in_use(run_dir))
+            if not values:  # a new thread: write the inputs, then start at render
+                run_dir.mkdir(parents=True, exist_ok=True)
+                atomic_save_npz(run_dir / "inputs.npz", **arrays)
+                start: Any = {
+                    "group_id": gid, "run_id": run_id, "run_dir": str(run_dir), "num_hypotheses": n,
+                    "image_path": str(image_path) if image_path else None, "has_labels": "true_error_mm" in arrays,
+                    "inputs_digest": digest, "settings_digest": settings, "judge": cfg.judge, "round": 0,
+                    "reflections": [], "judge_model": judge_settings.describe() if judge_settings is not None else None,
+                    "issues": [], "feedback": "",
+                }
+            else:  # an interrupted thread: resume from its last checkpoint
+                start = None
+            tracer.start(cfg, resumed=start is None)
+            with _checkpoint_errors(saver):  # the checkpointer's database locked for too long, damaged, disk full
+                try:
                     t0 = time.perf_counter()
-            except Exception as exc:  # traced as it happened, then raised (a SQLite one naming the file)
-                tracer.error(exc)
-                if isinstance(exc, InvalidCritiqueError):  # its checkpoint says "memory_write next": a re-run would
-                    saver.delete_thread(thread)  # replay the same invalid critique for ever; it starts afresh
-                raise
-            values = dict(app.get_state(run_config).values)
-    tracer.finish(values)
-    if not keep:
-        saver.delete_thread(thread)
-    return _scored(values, cfg, resumed=start is None, run_id=run_id)
+                    for chunk in app.stream(start, run_config, stream_mode="updates"):
+                        t1 = time.perf_counter()
+                        for node, update in chunk.items():
+                            tracer.node(node, update or {}, t1 - t0)
+                            if on_update is not None:
+                                on_update(node, update or {}, t1 - t0)
+                        t0 = time.perf_counter()
+                except Exception as exc:  # traced as it happened, then raised (a SQLite one naming the file)
+                    tracer.error(exc)
+                    if isinstance(exc, InvalidCritiqueError):  # its checkpoint says "memory_write next": a re-run would
+                        saver.delete_thread(thread)  # replay the same invalid critique for ever; it starts afresh
+                    raise
+                values = dict(app.get_state(run_config).values)
+        tracer.finish(values)
+        if not keep:
+            saver.delete_thread(thread)
+        return _scored(values, cfg, resumed=start is None, run_id=run_id)
 
 
 def forget_group(result: ScoredGroup) -> None:

@@ -148,7 +148,8 @@ class RuleMemory:
             self._arr = (col, tagmat, used, succ)
             self._arr_key = key
         col, tagmat, used, succ = self._arr
-        q = [col[t] for t in set(normalise_tags(list(query_tags))) if t in col]
+        # a list of tags or one comma-separated string (list() of a string was its characters: no tag matched)
+        q = [col[t] for t in set(normalise_tags(query_tags)) if t in col]
         overlap = tagmat[:, q].sum(axis=1) if q else np.zeros(len(rules))
         success = np.divide(succ, used, out=np.zeros_like(succ), where=used > 0)
         psi = overlap + success + ucb_c * np.sqrt(math.log(used.sum() + 1) / (used + 1))
@@ -188,7 +189,7 @@ class RuleMemory:
         ranked = sorted(sims.items(), key=lambda kv: (-kv[1], kv[0]))
         out = [(by_id[i].model_copy(deep=True), s) for i, s in ranked
                if i in by_id and (include_retired or not by_id[i].retired)]
-        return out[:k]
+        return out[:k] if k > 0 else []  # as retrieve: k=-1 sliced off the last rule only
 
     def embeddings(self, rule_ids: list[str] | None = None) -> dict[str, np.ndarray]:
         got = self._store._get_all(RULES_COLLECTION, include=["embeddings"], ids=rule_ids)
