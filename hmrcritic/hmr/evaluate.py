@@ -9,6 +9,9 @@ reproducible). Reported, all in mm on the ``lsp14`` joint set unless named other
 - 2D reprojection error (px) of the COCO-17 joints against the visible input keypoints: ``reproj_px`` is
   the per-group median (a hypothesis whose best fit is a body squeezed in front of the lens projects
   thousands of px off and would swamp a mean; ``reproj_mean_px`` is that mean), ``reproj_best_px`` the best;
+  ``reproj_behind_camera_rate`` is the share of hypotheses with a joint of a visible keypoint at or behind
+  the camera (depth ≤ 0): its projection is undefined, the depth clamp puts it millions of px away, and a
+  handful of them is what a huge ``reproj_mean_px`` (e.g. on ``wild``) is made of;
 - implausible-hypothesis rate (joint limits or self-penetration, ``hmr/anatomy.is_implausible``);
 - diversity: mean pairwise joint distance within a group (root-relative, mm) over the SMPL joints whose
   COCO keypoint is visible vs occluded (``COCO_TO_SMPL``); ``*_aligned`` does the same after
@@ -215,8 +218,12 @@ def evaluate_model(
         e_mpjpe = M.mpjpe(joints, gj, joint_set)
         e_pa = M.pa_mpjpe(joints, gj, joint_set)
         e_pve = M.pve(verts, gv, joints[..., 0, :], gj[..., 0, :])
-        proj = _project(body.coco17(out), K.repeat_interleave(N, 0)).reshape(B, N, 17, 2)
+        coco = body.coco17(out)
+        proj = _project(coco, K.repeat_interleave(N, 0)).reshape(B, N, 17, 2)
         e_rep = M.reprojection_error(proj, kp[:, None].expand(B, N, 17, 3))
+        # a visible keypoint's joint at or behind the camera: its reprojection error is not a distance
+        behind = (coco[..., 2].reshape(B, N, 17) <= 0) & (kp[:, None, :, 2] > 0)
+        add("reproj_behind", behind.any(-1).float())
         for name, e in (("mpjpe", e_mpjpe), ("pa_mpjpe", e_pa), ("pve", e_pve), ("reproj", e_rep)):
             g = M.group_metrics(e, reduce=False)
             add(f"{name}_mean", g["mean"])
@@ -313,6 +320,7 @@ def evaluate_model(
         "reproj_px": mean("reproj_median"),
         "reproj_mean_px": mean("reproj_mean"),
         "reproj_best_px": mean("reproj_best"),
+        "reproj_behind_camera_rate": mean("reproj_behind"),
         "implausible_rate": mean("implausible"),
         "nn_baseline_pa_mpjpe_mm": mean("nn_pa_mpjpe"),
         "nn_baseline_mpjpe_mm": mean("nn_mpjpe"),
@@ -366,6 +374,10 @@ def format_report(res: dict) -> str:
         # the group *median* under the "mean" column would read as a mean (the mean is in --json as
         # reproj_mean_px, swamped by hypotheses far off the image), so the row says what it shows
         f"{'reproj med px':14}{f(res['reproj_px'])} {f(res['reproj_best_px'])}   (median over the group / best)",
+        # the reason a reprojection mean can read in millions of px; no line where there is none
+        *([f"  {res['reproj_behind_camera_rate']:.3f} of hypotheses put a visible keypoint's joint at or behind "
+           "the camera (reprojection undefined; they swamp reproj_mean_px)"]
+          if res.get("reproj_behind_camera_rate") else []),
         f"NN baseline PA-MPJPE {f(res['nn_baseline_pa_mpjpe_mm'])} mm   implausible rate {rate}",
         f"diversity visible {f(res['diversity_visible_mm'])} mm   "
         f"occluded {f(res['diversity_occluded_mm'])} mm"

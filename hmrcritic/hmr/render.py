@@ -50,10 +50,21 @@ class RenderError(HMRCriticError):
     """The offscreen GL stack is unavailable or failed (missing Mesa/EGL libraries, bad platform)."""
 
 
+_PLATFORMS = ("egl", "osmesa")  # the values pyrender's OffscreenRenderer accepts (exactly, in lower case)
+
+
 def _gl_error(exc: BaseException) -> RenderError:
     platform = os.environ.get("PYOPENGL_PLATFORM", "<unset>")
     if platform == "osmesa":  # the user chose osmesa: the way out is its library, or the default (egl)
         fix = "install libosmesa6 (e.g. `apt-get install libosmesa6`) or unset PYOPENGL_PLATFORM to use EGL"
+    elif platform not in (*_PLATFORMS, "<unset>"):
+        # a value pyrender refuses ("Unsupported PyOpenGL platform"): no library install helps until it is fixed
+        fix = (f"offscreen rendering supports only PYOPENGL_PLATFORM={' or '.join(_PLATFORMS)}: unset it (EGL is "
+               f"then used; it needs the Mesa EGL libraries {_MESA_PACKAGES}) or set it to osmesa (needs libosmesa6)")
+    elif platform == "egl" and os.environ.get("EGL_DEVICE_ID") is not None and isinstance(exc, ValueError):
+        # pyrender's "Invalid device ID (n)", or int() of a value that is no number: the index, not the libraries
+        fix = (f"EGL_DEVICE_ID={os.environ['EGL_DEVICE_ID']!r} names no EGL device on this machine: unset it "
+               "(device 0) or set it to the index of one that exists")
     else:
         fix = (f"install the Mesa EGL libraries ({_MESA_PACKAGES}; e.g. `apt-get install {_MESA_PACKAGES}`) "
                "or set PYOPENGL_PLATFORM=osmesa with libosmesa6")
