@@ -772,7 +772,11 @@ def export(
             executor, results = "serial", _serial(ctx, tasks)
 
         new, failures = 0, []
-        bar = _progress(len(samples), len(done_ids)) if progress is True else None
+        # of these inputs (a dataset exported earlier with a larger --limit holds groups beyond them): the bar, the
+        # callback and done_before count these, or a re-run with a smaller --limit showed "60/4 groups" done
+        done_here = len(done_ids & order.keys())
+        # nothing left to do (a fully resumed export): no bar frozen at N/N with a blank rate and ETA
+        bar = _progress(len(samples), done_here) if progress is True and tasks else None
         try:
             for res in results if tasks else ():
                 if res["ok"]:
@@ -787,7 +791,7 @@ def export(
                 if bar is not None:
                     bar[0].update(bar[1], advance=1)
                 elif callable(progress):
-                    progress(len(done_ids) + new + len(failures), len(samples))
+                    progress(done_here + new + len(failures), len(samples))
         finally:
             if bar is not None:
                 bar[0].stop()
@@ -822,7 +826,7 @@ def export(
             out=str(out),
             executor=executor,
             inputs=len(samples),
-            done_before=len(done_ids),
+            done_before=done_here,
             new_groups=new,
             groups=len(records),
             failures=len(failures),
@@ -965,16 +969,29 @@ def _progress(total: int, done: int):
     return prog, task
 
 
+def _rate_line(s: ExportSummary) -> str:
+    """The throughput line; a run that wrote no group has no rate to show ("0.00 groups/s" read as a stalled
+    export when every group was already written)."""
+    if s.new_groups:
+        return f"  {s.groups_per_s:.2f} groups/s over {s.elapsed_s:.1f} s"
+    if s.failures:
+        return f"  no new group written ({s.failures} failed; re-run to retry them) in {s.elapsed_s:.1f} s"
+    return (f"  nothing left to do: all {s.inputs} input(s) already have their group; the dataset holds {s.groups} "
+            f"group(s), {s.pairs} pairs (checked in {s.elapsed_s:.1f} s)")
+
+
 def format_summary(s: ExportSummary) -> str:
     """Plain-text summary for the CLI."""
     lines = [
         f"export → {s.out} ({s.executor})",
-        f"  groups: {s.groups}/{s.inputs} (new {s.new_groups}, already done {s.done_before}, "
-        f"repaired manifest lines {s.repaired_lines})",
+        f"  groups: {s.done_before + s.new_groups}/{s.inputs} (new {s.new_groups}, already done {s.done_before}, "
+        f"repaired manifest lines {s.repaired_lines})"
+        + (f"\n  the dataset holds {s.groups} groups (also of inputs beyond these {s.inputs})"
+           if s.groups > s.done_before + s.new_groups else ""),
         f"  failures: {s.failures}" + (f" {s.failure_reasons}" if s.failure_reasons else "")
         + (f"\n    first: {s.first_failure}\n    all: {Path(s.out) / D.FAILURES}" if s.first_failure else ""),
         f"  zero-variance groups: {100 * s.zero_variance_share:.1f}%   pairs: {s.pairs}",
-        f"  {s.groups_per_s:.2f} groups/s over {s.elapsed_s:.1f} s",
+        _rate_line(s),
         "  overall score histogram:",
     ]
     peak = max(s.score_histogram.values() or [1]) or 1

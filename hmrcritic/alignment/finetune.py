@@ -279,7 +279,18 @@ def finetune(config: FinetuneConfig, progress: bool | Callable[[dict], None] = F
     elif cfg.log_path.exists():
         cfg.log_path.unlink()
 
-    bar = _progress_bar(cfg.steps, start) if progress is True else None
+    bar = None
+    if progress is True:
+        import sys
+
+        # a resumed run shows the loss it stopped at (not NaN until its next logged step); a run that is already
+        # complete trains nothing, so it says so instead of showing a finished bar with an unknown loss
+        last = (read_jsonl(cfg.log_path, verify=False) or [{}])[-1] if start else {}
+        if start >= cfg.steps:
+            print(f"note: {cfg.state_path} is already at step {start} of --steps {cfg.steps}: nothing left to "
+                  f"train; writing {out} from it (a larger --steps trains on)", file=sys.stderr)
+        else:
+            bar = _progress_bar(cfg.steps, start, last.get("loss"))
     callback = progress if callable(progress) else None
     t0, timed = time.time(), 0  # steps run by this process in the open window (restored ones were not timed)
     try:
@@ -317,7 +328,7 @@ def finetune(config: FinetuneConfig, progress: bool | Callable[[dict], None] = F
                 }
                 append_jsonl(cfg.log_path, rec, checksum=False)
                 if bar is not None:
-                    bar[0].update(bar[1], completed=done, loss=rec.get("loss", float("nan")))
+                    bar[0].update(bar[1], completed=done, loss=_loss_text(rec.get("loss")))
                 if callback:
                     callback({**rec, "total": cfg.steps})
                 tracker.clear()
@@ -350,17 +361,22 @@ def _mean_metrics(window: list[dict]) -> dict[str, float]:
     return {k: sum(m[k] for m in window if k in m) / max(1, sum(k in m for m in window)) for k in keys}
 
 
-def _progress_bar(total: int, start: int):
+def _loss_text(loss: float | None) -> str:
+    """The progress bar's loss: "–" until a step is logged (rather than "nan", which reads as a diverged run)."""
+    return "–" if loss is None else f"{loss:.4f}"
+
+
+def _progress_bar(total: int, start: int, loss: float | None = None):
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
 
     prog = Progress(
         TextColumn("finetune"),
         BarColumn(),
         MofNCompleteColumn(),
-        TextColumn("loss {task.fields[loss]:.4f}"),
+        TextColumn("loss {task.fields[loss]}"),
         TimeRemainingColumn(),
     )
-    task = prog.add_task("finetune", total=total, completed=start, loss=float("nan"))
+    task = prog.add_task("finetune", total=total, completed=start, loss=_loss_text(loss))
     prog.start()
     return prog, task
 

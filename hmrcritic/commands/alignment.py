@@ -79,7 +79,17 @@ def _export_app() -> typer.Typer:
             use_memory=not no_memory,
             score_group=scorer or DEFAULT_SCORER,
         )
-        summary = export(cfg, progress=not as_json)
+        try:
+            summary = export(cfg, progress=not as_json)
+        except KeyboardInterrupt:
+            # typer turns Ctrl-C into a silent exit 130 (the CLI's "interrupted" line never shows): say what is kept
+            import sys
+
+            from hmrcritic.alignment.dataset import read_manifest
+
+            print(f"interrupted: the {len(read_manifest(out))} group(s) in {out} are kept; run the same command "
+                  "again to resume", file=sys.stderr)
+            raise SystemExit(130) from None
         print(summary.model_dump_json(indent=2) if as_json else format_summary(summary))
         if summary.groups == 0 and summary.failures:
             raise SystemExit(1)  # (typer.Exit's code is lost under standalone_mode=False)
@@ -118,6 +128,26 @@ def _export_app() -> typer.Typer:
             raise SystemExit(1)  # (typer.Exit's code is lost under standalone_mode=False)
 
     return app
+
+
+def _saved_step(cfg) -> str:
+    """Where an interrupted finetune resumes: the step of its saved state, or from the start."""
+    if not cfg.resume:
+        return (f"--no-resume starts over when run again; without it, a re-run resumes from the state saved in "
+                f"{cfg.state_path} (every --checkpoint-every {cfg.checkpoint_every} steps), if any")
+    step = None
+    if cfg.state_path.exists():
+        import torch
+
+        try:
+            step = int(torch.load(cfg.state_path, map_location="cpu", weights_only=True, mmap=True)["step"])
+        except Exception:  # a state that does not load: the re-run says why
+            step = None
+    if step is None:
+        return (f"no state saved yet (every --checkpoint-every {cfg.checkpoint_every} steps); the same command "
+                "starts over")
+    return (f"{cfg.state_path} holds step {step} of {cfg.steps}; run the same command again to resume from it "
+            f"(state is saved every --checkpoint-every {cfg.checkpoint_every} steps)")
 
 
 def register(app: typer.Typer) -> None:
@@ -188,12 +218,19 @@ def register(app: typer.Typer) -> None:
             resume=resume,
             device=check_device(device),  # None: HMRCRITIC_DEVICE, else cpu
         )
-        path = finetune(cfg, progress=not as_json)
+        try:
+            path = finetune(cfg, progress=not as_json)
+        except KeyboardInterrupt:
+            # typer turns Ctrl-C into a silent exit 130: say which step a re-run continues from (the state is saved
+            # every --checkpoint-every steps, so the steps since are run again)
+            print(f"interrupted: {_saved_step(cfg)}", file=sys.stderr)
+            raise SystemExit(130) from None
         logs = [json.loads(line) for line in cfg.log_path.read_text().splitlines() if line.strip()]
         last = logs[-1] if logs else {}
         if as_json:
             print(json.dumps({"checkpoint": str(path), "log": str(cfg.log_path), "final": last}, indent=2))
         else:
             keys = ("loss", "reward_margin", "reward_accuracy", "zero_variance_share")
-            shown = "  ".join(f"{k} {last[k]:.4g}" for k in keys if k in last)
+            # a log emptied or deleted since (the state file resumed without it): say so, not an empty line
+            shown = "  ".join(f"{k} {last[k]:.4g}" for k in keys if k in last) or "none logged"
             print(f"aligned checkpoint (EMA weights) -> {path}\n  log {cfg.log_path}\n  last step: {shown}")
