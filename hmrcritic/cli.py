@@ -135,6 +135,9 @@ def main(argv: list[str] | None = None) -> int:
             os.environ["HMRCRITIC_DEBUG"] = before
 
 
+_INTERRUPTED = "interrupted; what was finished is kept — run the same command again to resume"
+
+
 def _main(argv: list[str]) -> int:
     debug = "--debug" in argv or os.environ.get("HMRCRITIC_DEBUG") == "1"
     if "--debug" in argv:  # an app-level option: accepted after the command too (`hmrcritic sample … --debug`)
@@ -155,7 +158,7 @@ def _main(argv: list[str]) -> int:
         print("aborted", file=sys.stderr)
         return 130
     except KeyboardInterrupt:  # Ctrl-C: the long commands keep what they finished and resume from it
-        print("interrupted; what was finished is kept — run the same command again to resume", file=sys.stderr)
+        print(_INTERRUPTED, file=sys.stderr)
         return 130
     except OSError as exc:  # a file where a folder should be, no permission, disk full...
         if debug:
@@ -180,7 +183,11 @@ def _main(argv: list[str]) -> int:
             return 1
         print(f"error: {type(exc).__name__}: {scrub(exc)} (run with --debug for the traceback)", file=sys.stderr)
         return 1
-    # With standalone_mode=False click returns typer.Exit's code instead of raising it.
+    # With standalone_mode=False click returns typer.Exit's code instead of raising it. typer turns Ctrl-C into
+    # a silent Exit(130) itself (the KeyboardInterrupt branch above never saw it), so 130 is said here; commands
+    # that say more about what they kept (export, finetune) leave by SystemExit(130), caught above, not by this.
+    if rv == 130:
+        print(_INTERRUPTED, file=sys.stderr)
     return rv if isinstance(rv, int) else 0
 
 

@@ -63,3 +63,18 @@ def test_every_cli_option_and_command_says_what_it_is():
 
     walk(typer.main.get_command(app), "hmrcritic")
     assert not missing, missing
+
+
+def test_ctrl_c_in_any_command_says_what_is_kept(monkeypatch, capsys):
+    """typer turns Ctrl-C into a silent exit 130 itself, so the CLI's own "interrupted; … run the same command
+    again to resume" line never showed for train-base, explore, reproduce, … (only 130 and nothing)."""
+    import hmrcritic.agent.runs as runs
+    from hmrcritic.cli import main
+
+    def ctrl_c():
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(runs, "runs_usage", ctrl_c)
+    assert main(["runs", "stats"]) == 130
+    err = capsys.readouterr().err
+    assert err.strip().startswith("interrupted;") and "run the same command again" in err
