@@ -17,7 +17,7 @@ import sqlite3
 import threading
 import time
 import uuid
-from collections.abc import Iterable, Iterator, Sequence
+from collections.abc import Iterable, Iterator, Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from contextlib import ExitStack, contextmanager, nullcontext
 from dataclasses import dataclass
@@ -314,6 +314,14 @@ def _agent_config(config: AgentConfig | dict | None, judge: Any, memory: Any, le
                   **overrides) -> AgentConfig:
     from pydantic import ValidationError
 
+    # wrong types are refused in one line here, the entry of critique_group(s): a dict() of a string raised a bare
+    # ValueError, and a memory that is neither a folder nor a store failed as an AttributeError inside the graph
+    if config is not None and not isinstance(config, AgentConfig | Mapping):
+        raise InputError(f"agent config must be an AgentConfig, a dict of its settings or None, got "
+                         f"{type(config).__name__}")
+    if memory is not None and not isinstance(memory, str | Path) and not hasattr(memory, "rules"):
+        raise InputError(f"memory must be a MemoryStore, a memory folder (str or Path) or None, got "
+                         f"{type(memory).__name__}")
     raw = config.model_dump() if isinstance(config, AgentConfig) else dict(config or {})
     unknown = sorted(set(raw) - set(AgentConfig.model_fields))
     if unknown:  # pydantic drops unknown keys: {"max_reflection": 0} ran with the default reflections, silently
@@ -370,6 +378,10 @@ def critique_group(
     from hmrcritic.agent.trace import TraceWriter
 
     cfg = _agent_config(config, judge, memory, learn)
+    if run_dir is not None and not isinstance(run_dir, str | Path):
+        raise InputError(f"run_dir must be a folder (str or Path) or None, got {type(run_dir).__name__}")
+    if run_dir is not None and Path(run_dir).is_file():  # a bare FileExistsError once the critique was to start
+        raise InputError(f"run_dir must be a folder, got the file {run_dir}")
     if judge is None or isinstance(judge, str):  # an unknown name or a bad endpoint fails before any work
         from hmrcritic.agent.nodes import get_judge
 
@@ -546,7 +558,18 @@ def critique_groups(
     :func:`critique_group` keyword arguments. A failing group yields a :class:`GroupResult` with ``error``
     and the others go on. ``workers`` > 1 runs groups in threads (useful for a VLM endpoint)."""
     cfg = _agent_config(config, judge, memory, learn)
-    jobs = [it if isinstance(it, dict) else {"sample": it[0], "hypotheses": it[1]} for it in items]
+    if isinstance(workers, bool) or not isinstance(workers, int | np.integer):
+        raise InputError(f"workers must be an integer, got {type(workers).__name__}")
+    if isinstance(items, str | bytes | dict) or not hasattr(items, "__iter__"):
+        raise InputError(f"items must be an iterable of (sample, hypotheses) pairs or dicts, got "
+                         f"{type(items).__name__}")
+    jobs = []
+    for i, it in enumerate(items):  # an item of another kind was a bare TypeError / IndexError here
+        try:
+            jobs.append(it if isinstance(it, dict) else {"sample": it[0], "hypotheses": it[1]})
+        except (TypeError, IndexError, KeyError):
+            raise InputError(f"items[{i}] must be a (sample, hypotheses) pair or a dict of critique_group "
+                             f"arguments, got {type(it).__name__}") from None
 
     def one(job: dict) -> GroupResult:
         gid = str(job.get("group_id") or getattr(job.get("sample"), "sample_id", "?"))

@@ -45,6 +45,7 @@ from __future__ import annotations
 import contextlib
 import hashlib
 import json
+import operator
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass, field
@@ -359,6 +360,37 @@ def _open_memory(memory: Any):
     return memory
 
 
+_REALS = ("tau", "min_gain", "retire_min_rate")
+_GROUP_FIELDS = ("group_id", "sample", "hypotheses", "errors_mm")
+
+
+def _check_types(memory: Any, groups: Any, **values: Any) -> None:
+    """Arguments of the wrong type are refused in one line, before the memory folder is made or opened: they failed
+    as a bare TypeError (``tau="x"``) or, for ``groups=[1, 2]``, an AttributeError after the folder was created.
+    Numpy and torch scalars count as numbers; ``limit`` may be None."""
+    if memory is not None and not isinstance(memory, str | Path) and not hasattr(memory, "exclusive"):
+        raise InputError(f"explore: memory must be a MemoryStore, a memory folder (str or Path) or None, got "
+                         f"{type(memory).__name__}")
+    for name, value in values.items():
+        if value is None and name == "limit":
+            continue
+        real = name in _REALS
+        try:
+            if isinstance(value, bool | str | bytes):
+                raise TypeError
+            float(value) if real else operator.index(value)
+        except (TypeError, ValueError):
+            raise InputError(f"explore: {name} must be {'a number' if real else 'an integer'}, got "
+                             f"{type(value).__name__}") from None
+    if groups is not None:
+        if isinstance(groups, str | bytes) or not isinstance(groups, Sequence):
+            raise InputError(f"explore: groups must be a list of LabelledGroup, got {type(groups).__name__}")
+        bad = next((i for i, g in enumerate(groups) if not all(hasattr(g, f) for f in _GROUP_FIELDS)), None)
+        if bad is not None:
+            raise InputError(f"explore: groups[{bad}] must be a LabelledGroup (group_id, sample, hypotheses, "
+                             f"errors_mm), got {type(groups[bad]).__name__}")
+
+
 def explore(
     memory: Any = None,
     split: str = "train",
@@ -407,6 +439,9 @@ def explore(
     from hmrcritic.agent.judges import make_judge
     from hmrcritic.agent.state import AgentConfig
 
+    _check_types(memory, groups, tau=tau, min_gain=min_gain, retire_min_rate=retire_min_rate, rounds=rounds,
+                 batch_size=batch_size, num_generations=num_generations, calibration_groups=calibration_groups,
+                 limit=limit, seed=seed, start=start, max_new_rules=max_new_rules, retire_min_uses=retire_min_uses)
     if error_metric not in ERROR_METRICS:
         raise InputError(f"error metric {error_metric!r}: choose one of {', '.join(ERROR_METRICS)}")
     if prototypes not in ("representative", "all") or settle not in ("rank", "error"):

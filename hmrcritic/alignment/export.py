@@ -138,6 +138,26 @@ def strip_labels(sample: Any) -> Any:
     return sample
 
 
+_INPUT_FIELDS = ("sample_id", "keypoints", "K", "image_size")
+
+
+def _checked_inputs(inputs: Any) -> list[Any]:
+    """``export(inputs=...)`` must be samples (objects with ``sample_id``, ``keypoints``, ``K``, ``image_size``):
+    anything else failed with a bare AttributeError while the groups were being listed, or every group failed
+    in the workers. Refused in one line before the model, memory or output folder is touched. Returns them as a
+    list (an iterator is read once)."""
+    try:
+        if isinstance(inputs, str | bytes | dict):
+            raise TypeError
+        inputs = list(inputs)  # a split (SceneSet) iterates by index
+    except TypeError:
+        raise InputError(f"inputs must be a list of samples, got {type(inputs).__name__}") from None
+    for i, s in enumerate(inputs):
+        if not all(hasattr(s, f) for f in _INPUT_FIELDS):
+            raise InputError(f"inputs[{i}] must be a sample ({', '.join(_INPUT_FIELDS)}), got {type(s).__name__}")
+    return inputs
+
+
 def load_inputs(cfg: ExportConfig) -> tuple[list[Any], str | None]:
     """The samples to export (labels stripped), in a deterministic order, at most ``limit``, and the name
     of the split they come from."""
@@ -694,7 +714,7 @@ def export(
     if out.exists() and not out.is_dir():
         raise InputError(f"--out {out}: exists and is not a folder")
     if inputs is not None:
-        samples, split_name = [strip_labels(s) for s in inputs], cfg.split
+        samples, split_name = [strip_labels(s) for s in _checked_inputs(inputs)], cfg.split
     else:
         samples, split_name = load_inputs(cfg)
     if cfg.limit is not None:

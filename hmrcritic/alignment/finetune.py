@@ -22,6 +22,7 @@ import copy
 import hashlib
 import json
 import math
+import operator
 import time
 from collections.abc import Callable
 from dataclasses import asdict, dataclass, fields
@@ -40,6 +41,9 @@ from hmrcritic.io import append_jsonl, atomic_torch_save, atomic_write_jsonl, re
 class TrainingDiverged(HMRCriticError):
     """The loss became NaN or infinite; nothing of that step was applied or saved."""
 
+
+_INT_FIELDS = ("num_generations", "steps", "batch_size", "t_min", "seed", "checkpoint_every", "log_every")
+_FLOAT_FIELDS = ("lr", "weight_decay", "beta", "gpa_weight", "base_loss_weight", "ema", "grad_clip")
 
 # Fields that may change between a run and its resumption (everything else must match).
 _RESUMABLE_CHANGES = {"steps", "checkpoint_every", "log_every", "progress"}
@@ -70,6 +74,7 @@ class FinetuneConfig:
     resume: bool = True
 
     def __post_init__(self) -> None:
+        self._check_types()
         self.data, self.out = str(self.data), str(self.out)
         self.model = None if self.model is None else str(self.model)
         if self.objective == "gpa_no_base_loss":
@@ -88,6 +93,23 @@ class FinetuneConfig:
         if not (math.isfinite(self.weight_decay) and self.weight_decay >= 0):
             raise InputError(f"--weight-decay must be a finite number ≥ 0, got {self.weight_decay}")
         self.objective_config()  # β and the loss weights: refused here, before any file is read or written
+
+    def _check_types(self) -> None:
+        """Numbers of the wrong type (``batch_size="8"``) are refused in one line like any other bad option, not
+        as a TypeError from a comparison below or from the optimizer once the dataset is loaded. Numpy and torch
+        scalars are numbers; the values are kept as given."""
+        for name in (*_INT_FIELDS, *_FLOAT_FIELDS):
+            value = getattr(self, name)
+            if value is None and name == "t_min":
+                continue
+            real = name in _FLOAT_FIELDS
+            try:
+                if isinstance(value, str | bytes | bool):
+                    raise TypeError
+                float(value) if real else operator.index(value)
+            except (TypeError, ValueError):
+                raise InputError(f"--{name.replace('_', '-')} must be {'a number' if real else 'an integer'}, got "
+                                 f"{type(value).__name__}") from None
 
     def objective_config(self) -> ObjectiveConfig:
         try:

@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import contextlib
 import io
+import os
 import pickle
 import threading
 import zipfile
@@ -26,7 +27,7 @@ import numpy as np
 import torch
 
 from hmrcritic import config
-from hmrcritic.errors import AssetError
+from hmrcritic.errors import AssetError, InputError
 from hmrcritic.hmr import mannequin
 
 SMPL_JOINT_NAMES: list[str] = [
@@ -470,9 +471,20 @@ def resolve_model_path(path: str | Path | None = None) -> Path | None:
 
 def load_body_model(path: str | Path | None = None, device: str | torch.device = "cpu") -> BodyModel:
     """Load (once per (file, device)) the body model: ``path`` → ``HMRCRITIC_BODY_MODEL`` → the mannequin,
-    generated on first use into ``cache_dir()/mannequin/SMPL_MANNEQUIN.pkl``."""
+    generated on first use into ``cache_dir()/mannequin/SMPL_MANNEQUIN.pkl``.
+
+    A ``path`` or ``device`` of the wrong kind is refused with one line (:class:`InputError`), not a bare
+    ``TypeError`` from ``Path`` or ``RuntimeError`` from ``torch.device``."""
+    if path is not None and not isinstance(path, str | os.PathLike):
+        raise InputError(f"load_body_model: path must be a file path (str or Path) or None, got "
+                         f"{type(path).__name__}")
+    try:
+        dev = str(torch.device(device))
+    except (RuntimeError, TypeError, ValueError):
+        got = repr(device[:40]) if isinstance(device, str) else type(device).__name__
+        raise InputError(f"load_body_model: device must be a torch device such as 'cpu' or 'cuda', got {got}") \
+            from None
     file = resolve_model_path(path)
-    dev = str(torch.device(device))
     if file is None:
         file = mannequin.default_folder() / mannequin.FILE_NAME
         key, name = (f"mannequin:{file}", dev), "mannequin"

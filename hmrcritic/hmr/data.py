@@ -831,11 +831,19 @@ def read_keypoints_json(path, image_size=None) -> np.ndarray:
 
 
 def sample_from_user(image_path, keypoints_path, focal: float | None = None) -> Sample:
-    """A :class:`Sample` from a user image + keypoint JSON; K defaults to focal = max(W, H), centred."""
-    img = read_image(image_path)
-    H, W = img.shape[:2]
+    """A :class:`Sample` from a user image + keypoint JSON; K defaults to focal = max(W, H), centred.
+
+    Arguments of the wrong type (``focal="x"``, a path that is a number) are refused as :class:`InputError`
+    before any file is read; numpy / torch scalars are focal lengths like any other number."""
+    for name, value in (("image_path", image_path), ("keypoints_path", keypoints_path)):
+        if not isinstance(value, str | os.PathLike):
+            raise InputError(f"{name} must be a file path (str or Path), got {type(value).__name__}")
+    if focal is not None and (isinstance(focal, str | bytes | bool) or not hasattr(focal, "__float__")):
+        raise InputError(f"focal must be a number (pixels) or None, got {type(focal).__name__}")
     if focal is not None and not (math.isfinite(focal) and focal > 0):
         raise InputError(f"focal length must be a positive number, got {focal}")
+    img = read_image(image_path)
+    H, W = img.shape[:2]
     kp = read_keypoints_json(keypoints_path, image_size=(W, H))
     K = camera.default_intrinsics(W, H, focal).numpy()
     return Sample(

@@ -585,6 +585,12 @@ class MemoryStore:
 
     def __init__(self, path: str | os.PathLike | None = None, chroma_url: str | None = None,
                  read_only: bool = False, seed_starter: bool = True):
+        # wrong types fail here in one line (not as a TypeError from Path or urlparse), before anything is opened
+        if path is not None and not isinstance(path, str | os.PathLike):
+            raise InputError(f"MemoryStore: path must be a memory folder (str or Path) or None, got "
+                             f"{type(path).__name__}")
+        if chroma_url is not None and not isinstance(chroma_url, str):
+            raise InputError(f"MemoryStore: chroma_url must be a URL string or None, got {type(chroma_url).__name__}")
         self.read_only = bool(read_only)
         self.chroma_url = chroma_url or os.environ.get("HMRCRITIC_CHROMA_URL") or None
         self.path = Path(path).expanduser().resolve() if path is not None else config.memory_dir().resolve()
