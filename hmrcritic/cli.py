@@ -135,7 +135,8 @@ def main(argv: list[str] | None = None) -> int:
             os.environ["HMRCRITIC_DEBUG"] = before
 
 
-_INTERRUPTED = "interrupted; what was finished is kept — run the same command again to resume"
+_INTERRUPTED = ("interrupted; the long commands (train-base, explore, learning-curve, export, finetune, reproduce, "
+                "critique) keep what they finished: run the same command again to resume")
 
 
 def _main(argv: list[str]) -> int:

@@ -116,7 +116,8 @@ def api_key() -> str | None:
     <endpoint>" (or a "malformed answer"), and the client's debug log quoted the header, key and all.
     Surrounding whitespace is never part of a key; any other such character is named by position, never
     shown."""
-    name = next((v for v in API_KEY_VARS if os.environ.get(v)), None)
+    # a blank variable is an unset one: HMRCRITIC_API_KEY="" or a stray "\r\n" hid a valid OPENAI_API_KEY
+    name = next((v for v in API_KEY_VARS if (os.environ.get(v) or "").strip()), None)
     if name is None:
         return None
     key = os.environ[name].strip()

@@ -57,3 +57,43 @@ def test_rule_retrieval_reads_one_tag_string_as_tags(tmp_path):
     as_list = [r.rule_id for r in rules.retrieve(["hyperextension"], k=3)]
     assert [r.rule_id for r in rules.retrieve("hyperextension", k=3)] == as_list
     assert rules.search("a knee bent backwards", k=-1) == []
+
+
+def test_a_critique_re_entered_for_its_own_group_is_an_error_not_a_hang(tmp_path, monkeypatch):
+    """A hook that critiques the same group again from inside its run waited for itself for ever."""
+    from test_agent_graph import make_group
+
+    from hmrcritic.agent import api
+    from hmrcritic.errors import InputError
+
+    monkeypatch.setenv("HMRCRITIC_RUNS", str(tmp_path / "runs"))
+    s, h, _ = make_group(5, n=4)
+    cfg = AgentConfig(render=False, use_memory=False)
+    seen: list = []
+
+    def hook(node, update, seconds):
+        if not seen:
+            try:
+                api.critique_group(s, h, config=cfg, group_id="inner-same")
+            except InputError as exc:
+                seen.append(str(exc))
+
+    api.critique_group(s, h, config=cfg, group_id="inner-same", on_update=hook)
+    assert seen and "re-entered" in seen[0]
+    assert api._THREAD_LOCKS == {}  # no entry left behind once nobody holds or waits
+
+
+def test_a_blank_key_variable_does_not_hide_the_other(monkeypatch):
+    from hmrcritic.config import api_key
+
+    monkeypatch.setenv("HMRCRITIC_API_KEY", " \r\n")
+    monkeypatch.setenv("OPENAI_API_KEY", "sk-test-abcdef123456")
+    assert api_key() == "sk-test-abcdef123456"
+
+
+def test_an_agent_config_with_keys_of_mixed_types_is_one_error():
+    from hmrcritic.agent.api import _agent_config
+    from hmrcritic.errors import InputError
+
+    with pytest.raises(InputError, match="unknown setting"):
+        _agent_config({1: 2, "x": 3}, None, None, None)

@@ -261,17 +261,36 @@ def _checkpoint_errors(saver: Any) -> Iterator[None]:
         raise checkpoint_error(_saver_path(saver), exc) from exc
 
 
-_THREAD_LOCKS: dict[str, threading.Lock] = {}
+_THREAD_LOCKS: dict[str, list] = {}  # thread → [lock, holders + waiters, owning OS thread]
 _THREAD_LOCKS_GUARD = threading.Lock()
 
 
 @contextmanager
 def _one_critique_per_thread(thread: str) -> Iterator[None]:
-    """Hold checkpoint thread ``thread`` against other critiques of it in this process (threads wait)."""
+    """Hold checkpoint thread ``thread`` against other critiques of it in this process (threads wait).
+
+    The entry goes once nobody holds or waits for it (an export keeps one thread per group: a lock per group
+    for the life of the process otherwise). A critique of the same thread started from inside its own run
+    (an ``on_update`` hook, a custom judge) would wait for itself for ever: it is an error instead."""
+    me = threading.get_ident()
     with _THREAD_LOCKS_GUARD:
-        lock = _THREAD_LOCKS.setdefault(thread, threading.Lock())
-    with lock:
-        yield
+        entry = _THREAD_LOCKS.setdefault(thread, [threading.Lock(), 0, None])
+        if entry[2] == me:
+            raise InputError(f"critique_group re-entered for group {thread!r} while critiquing it (from a hook or "
+                             "a judge of that same critique): give the inner one another group_id=")
+        entry[1] += 1
+    try:
+        with entry[0]:
+            entry[2] = me
+            try:
+                yield
+            finally:
+                entry[2] = None
+    finally:
+        with _THREAD_LOCKS_GUARD:
+            entry[1] -= 1
+            if entry[1] == 0:
+                _THREAD_LOCKS.pop(thread, None)
 
 
 def _judge_settings(cfg: AgentConfig, judge: Any) -> hconfig.JudgeSettings | None:
@@ -323,7 +342,7 @@ def _agent_config(config: AgentConfig | dict | None, judge: Any, memory: Any, le
         raise InputError(f"memory must be a MemoryStore, a memory folder (str or Path) or None, got "
                          f"{type(memory).__name__}")
     raw = config.model_dump() if isinstance(config, AgentConfig) else dict(config or {})
-    unknown = sorted(set(raw) - set(AgentConfig.model_fields))
+    unknown = sorted(set(raw) - set(AgentConfig.model_fields), key=str)  # keys of mixed types sort too
     if unknown:  # pydantic drops unknown keys: {"max_reflection": 0} ran with the default reflections, silently
         import difflib
 

@@ -54,7 +54,11 @@ def code_digest() -> str:
              "calibration.py", "api.py", "state.py")
     memory = ("starter_rules.py", "maintenance.py", "rules.py", "schema.py", "store.py", "prototypes.py",
               "embeddings.py")
-    return sources_digest([here / n for n in agent] + [here.parent / "memory" / n for n in memory])[:12]
+    # the hmr measures the evidence reads (joint limits, penetration, rotations, translation, metrics): a fix
+    # there moved an explored memory (evaluate-critic seed 2) while the key stayed the same
+    hmr = ("anatomy.py", "rotations.py", "diffusion.py", "metrics.py", "body.py")
+    return sources_digest([here / n for n in agent] + [here.parent / "memory" / n for n in memory]
+                          + [here.parent / "hmr" / n for n in hmr])[:12]
 
 
 def inputs_digest(source: str | None = None) -> dict:
