@@ -7,6 +7,9 @@ prints that line and exits non-zero; a traceback is shown only with ``--debug``.
 
 from __future__ import annotations
 
+import operator
+from typing import Any
+
 
 class HMRCriticError(Exception):
     """An error whose message is meant for the user (one line: what is wrong and where)."""
@@ -29,3 +32,16 @@ class JudgeError(HMRCriticError):
 class InvalidCritiqueError(JudgeError):
     """The judge's critique was still invalid (a hypothesis missing or repeated) when the revise rounds ran out.
     Its thread is discarded: resuming it would only replay the same stored critique."""
+
+
+def check_number(name: str, value: Any, integer: bool = False) -> None:
+    """Refuse ``value`` unless it is a number (``integer``: an integer) with one :class:`InputError` line naming
+    ``name``: a string like "8" or a bool is refused here rather than as a TypeError deep inside, while numpy and
+    torch scalars pass like any other number. Nothing is converted: valid input behaves exactly as before."""
+    try:
+        if isinstance(value, bool | str | bytes):
+            raise TypeError
+        operator.index(value) if integer else float(value)
+    except (TypeError, ValueError, RuntimeError):
+        raise InputError(f"{name} must be {'an integer' if integer else 'a number'}, got "
+                         f"{type(value).__name__}") from None

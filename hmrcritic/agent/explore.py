@@ -45,7 +45,6 @@ from __future__ import annotations
 import contextlib
 import hashlib
 import json
-import operator
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass, field
@@ -68,7 +67,7 @@ from hmrcritic.agent.mining import (
     underrated_mask,
     validate_proposal,
 )
-from hmrcritic.errors import AssetError, HMRCriticError, InputError
+from hmrcritic.errors import AssetError, HMRCriticError, InputError, check_number
 from hmrcritic.io import append_jsonl, atomic_write_json, read_jsonl
 from hmrcritic.memory.schema import Prototype, Rule
 from hmrcritic.memory.store import EXCLUSIVE_NAME, EXPLORE_FILES, HOLDER_NAME, LOCK_NAME, cli_hint
@@ -372,16 +371,8 @@ def _check_types(memory: Any, groups: Any, **values: Any) -> None:
         raise InputError(f"explore: memory must be a MemoryStore, a memory folder (str or Path) or None, got "
                          f"{type(memory).__name__}")
     for name, value in values.items():
-        if value is None and name == "limit":
-            continue
-        real = name in _REALS
-        try:
-            if isinstance(value, bool | str | bytes):
-                raise TypeError
-            float(value) if real else operator.index(value)
-        except (TypeError, ValueError):
-            raise InputError(f"explore: {name} must be {'a number' if real else 'an integer'}, got "
-                             f"{type(value).__name__}") from None
+        if not (value is None and name == "limit"):
+            check_number(f"explore: {name}", value, integer=name not in _REALS)
     if groups is not None:
         if isinstance(groups, str | bytes) or not isinstance(groups, Sequence):
             raise InputError(f"explore: groups must be a list of LabelledGroup, got {type(groups).__name__}")

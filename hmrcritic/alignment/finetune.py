@@ -22,7 +22,6 @@ import copy
 import hashlib
 import json
 import math
-import operator
 import time
 from collections.abc import Callable
 from dataclasses import asdict, dataclass, fields
@@ -33,7 +32,7 @@ import torch
 from hmrcritic.alignment.dataset import GroupPreferenceDataset
 from hmrcritic.alignment.objectives import OBJECTIVES, ObjectiveConfig, compute_loss, frozen_reference
 from hmrcritic.alignment.stats import GroupStatTracker
-from hmrcritic.errors import AssetError, HMRCriticError, InputError
+from hmrcritic.errors import AssetError, HMRCriticError, InputError, check_number
 from hmrcritic.hmr.train import ema_update
 from hmrcritic.io import append_jsonl, atomic_torch_save, atomic_write_jsonl, read_jsonl
 
@@ -100,16 +99,8 @@ class FinetuneConfig:
         scalars are numbers; the values are kept as given."""
         for name in (*_INT_FIELDS, *_FLOAT_FIELDS):
             value = getattr(self, name)
-            if value is None and name == "t_min":
-                continue
-            real = name in _FLOAT_FIELDS
-            try:
-                if isinstance(value, str | bytes | bool):
-                    raise TypeError
-                float(value) if real else operator.index(value)
-            except (TypeError, ValueError):
-                raise InputError(f"--{name.replace('_', '-')} must be {'a number' if real else 'an integer'}, got "
-                                 f"{type(value).__name__}") from None
+            if not (value is None and name == "t_min"):
+                check_number(f"--{name.replace('_', '-')}", value, integer=name in _INT_FIELDS)
 
     def objective_config(self) -> ObjectiveConfig:
         try:

@@ -26,7 +26,6 @@ sampler: DDIM with configurable steps and η (η = 0 deterministic, as the paper
 from __future__ import annotations
 
 import math
-import operator
 from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
 from typing import Any
@@ -34,7 +33,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from hmrcritic.errors import AssetError, InputError
+from hmrcritic.errors import AssetError, InputError, check_number
 from hmrcritic.hmr.rotations import axis_angle_to_rot6d, rot6d_to_axis_angle
 
 NUM_JOINTS = 24
@@ -396,39 +395,14 @@ def ddim_timesteps(T: int, steps: int) -> torch.Tensor:
     return torch.linspace(T - 1, 0, steps).round().long()
 
 
-def _is_int(value: Any) -> bool:
-    """An integer of any kind (int, numpy or one-element integer torch tensor; not a bool or a float)."""
-    if isinstance(value, bool):
-        return False
-    try:
-        operator.index(value)
-    except TypeError:
-        return False
-    return True
-
-
-def _is_real(value: Any) -> bool:
-    """A real number of any kind (int, float, numpy or one-element torch scalar; not a string)."""
-    if isinstance(value, str | bytes):
-        return False
-    try:
-        float(value)
-    except (TypeError, ValueError, RuntimeError):
-        return False
-    return True
-
-
 def check_sampling_args(num_generations: int, steps: int, eta: float = 0.0, guidance: float = 0.0,
                         num_timesteps: int | None = None) -> None:
     """The sampler's limits in the words of the CLI options, for a command to check before it loads a model or
     a split or makes a folder (``num_timesteps`` unknown then) and for :func:`~hmrcritic.hmr.evaluate.
     evaluate_model` (with it, the upper bound on ``steps`` too)."""
-    for name, value in (("--num-generations", num_generations), ("--steps", steps)):
-        if not _is_int(value):
-            raise InputError(f"{name} must be an integer, got {type(value).__name__}")
-    for name, value in (("--eta", eta), ("--guidance", guidance)):
-        if not _is_real(value):
-            raise InputError(f"{name} must be a number, got {type(value).__name__}")
+    for name, value, integer in (("--num-generations", num_generations, True), ("--steps", steps, True),
+                                 ("--eta", eta, False), ("--guidance", guidance, False)):
+        check_number(name, value, integer)
     if not 1 <= num_generations <= MAX_GENERATIONS:
         raise InputError(f"--num-generations must be in 1..{MAX_GENERATIONS}, got {num_generations}")
     if steps < 1:
@@ -592,12 +566,9 @@ def sample(
     """
     if not isinstance(cond, Condition):
         raise InputError(f"cond must be a Condition (from condition_from_keypoints), got {type(cond).__name__}")
-    for name, value in (("num_generations", num_generations), ("steps", steps)):
-        if not _is_int(value):
-            raise InputError(f"{name} must be an integer, got {type(value).__name__}")
-    for name, value in (("eta", eta), ("guidance", guidance)):
-        if not _is_real(value):
-            raise InputError(f"{name} must be a number, got {type(value).__name__}")
+    for name, value, integer in (("num_generations", num_generations, True), ("steps", steps, True),
+                                 ("eta", eta, False), ("guidance", guidance, False)):
+        check_number(name, value, integer)
     if generator is not None and not isinstance(generator, torch.Generator):
         raise InputError(f"generator must be a torch.Generator or None (torch.Generator().manual_seed(seed)), got "
                          f"{type(generator).__name__}")
