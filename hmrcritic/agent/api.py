@@ -31,7 +31,7 @@ from hmrcritic import config as hconfig
 from hmrcritic.agent.judges import judge_name
 from hmrcritic.agent.runs import checkpoint_error, in_use
 from hmrcritic.agent.schema import HypothesisScore
-from hmrcritic.agent.state import AgentConfig
+from hmrcritic.agent.state import AgentConfig, canonical_judge
 from hmrcritic.errors import HMRCriticError, InputError, InvalidCritiqueError
 from hmrcritic.io import atomic_save_npz, atomic_write_json
 
@@ -293,12 +293,13 @@ def _one_critique_per_thread(thread: str) -> Iterator[None]:
                 _THREAD_LOCKS.pop(thread, None)
 
 
-def _judge_settings(cfg: AgentConfig, judge: Any) -> hconfig.JudgeSettings | None:
-    """The endpoint settings behind a VLM judge (a judge object's own, or the environment's for "vlm")."""
+def _judge_settings(name: str, judge: Any = None) -> hconfig.JudgeSettings | None:
+    """The endpoint settings behind a VLM judge: a judge object's own, or the environment's for the name
+    ``vlm`` (in any spelling, as make_judge reads it); None for the builtin judge."""
     if judge is not None and not isinstance(judge, str):
         settings = getattr(judge, "settings", None)
         return settings if isinstance(settings, hconfig.JudgeSettings) else None
-    return hconfig.JudgeSettings() if cfg.judge == "vlm" else None
+    return hconfig.JudgeSettings() if canonical_judge(name) == "vlm" else None
 
 
 def _judge_identity(settings: hconfig.JudgeSettings | None) -> str:
@@ -418,7 +419,7 @@ def critique_group(
         arrays["true_error_mm"] = err
     image_path = getattr(sample, "image_path", None)
     digest = _inputs_digest({k: v for k, v in arrays.items() if k != "true_error_mm"})
-    judge_settings = _judge_settings(cfg, judge)
+    judge_settings = _judge_settings(cfg.judge, judge)
     settings = _settings_digest(cfg, image_path, arrays.get("mask_path"), _judge_identity(judge_settings))
 
     saver = checkpointer if checkpointer is not None else open_checkpointer()

@@ -94,20 +94,16 @@ def judge_identity(judge: Any) -> str:
     """Which model answers behind the judge's name: for ``vlm`` its model and endpoint (no credentials), ``""``
     for the builtin judge. Part of the exploration key: the rules a VLM proposes are that model's, so a memory
     explored with another ``HMRCRITIC_VLM_MODEL`` (or endpoint) is another memory, as for a critique's own
-    cache (:func:`hmrcritic.agent.api._judge_identity`, the same string).
+    cache (:func:`hmrcritic.agent.api._judge_identity`, which makes this string too).
 
     The one source of this string for keys and records: the export writes it into its dataset header
     (``judge_model``) and its thread keys, the pipeline keys its exploration with it (both through
     :func:`hmrcritic.alignment.export._judge_model`), so it must not change. A name is read as
     :func:`~hmrcritic.agent.judges.make_judge` reads it (``VLM`` made the VLM judge but had no identity: two
     models shared one key). Reads no agent settings: an export has none to check."""
-    from hmrcritic.config import JudgeSettings
+    from hmrcritic.agent.api import _judge_identity, _judge_settings
 
-    if isinstance(judge, str):
-        settings = JudgeSettings() if judge.strip().lower() == "vlm" else None
-    else:  # a judge object: its own endpoint settings (another model than the environment's, maybe)
-        settings = getattr(judge, "settings", None)
-    return settings.describe() if isinstance(settings, JudgeSettings) else ""
+    return _judge_identity(_judge_settings(judge_name(judge), judge))
 
 
 def _key(**settings) -> str:
