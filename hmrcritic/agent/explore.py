@@ -70,7 +70,7 @@ from hmrcritic.agent.mining import (
 from hmrcritic.errors import AssetError, HMRCriticError, InputError, check_number
 from hmrcritic.io import append_jsonl, atomic_write_json, read_jsonl
 from hmrcritic.memory.schema import Prototype, Rule
-from hmrcritic.memory.store import EXCLUSIVE_NAME, EXPLORE_FILES, HOLDER_NAME, LOCK_NAME, cli_hint
+from hmrcritic.memory.store import EXCLUSIVE_NAME, EXPLORE_FILES, HOLDER_NAME, LOCK_NAME, cli_hint, holds_memory
 
 ERROR_METRICS = ("pa_mpjpe", "mpjpe", "pve", "mix")
 MIX_WEIGHTS = {"mpjpe": 1.2, "pa_mpjpe": 2.0, "pve": 0.7}
@@ -195,7 +195,7 @@ def frozen_copy(memory: Any = None, root: str | Path | None = None):
     if getattr(memory, "chroma_url", None):
         return MemoryStore(chroma_url=memory.chroma_url, read_only=True)  # a server: read-only client
     src = _memory_path(memory)
-    if not (src / "chroma.sqlite3").exists():
+    if not holds_memory(src):
         raise InputError(f"no memory at {src} to freeze; explore first or {cli_hint('reset --yes', src)}")
     dst_root = Path(root) if root is not None else config.runs_dir() / "frozen-memory"
     dst = dst_root / _tree_digest(src)

@@ -34,7 +34,7 @@ from typing import Any
 import numpy as np
 
 from hmrcritic.errors import AssetError, HMRCriticError, InputError
-from hmrcritic.memory.store import cli_hint
+from hmrcritic.memory.store import cli_hint, holds_memory
 
 VARIANTS = ("full", "no_reflection", "no_rules", "no_prototypes", "no_calibration", "no_revise", "evidence_only")
 METRICS = ("pa_mpjpe", "mpjpe", "pve")
@@ -54,7 +54,7 @@ def starter_memory(folder: str | Path | None = None):
     from hmrcritic.memory.store import MemoryStore
 
     folder = Path(folder) if folder is not None else Path(tempfile.mkdtemp(prefix="hmrcritic-starter-"))
-    if not (folder / "chroma.sqlite3").exists():
+    if not holds_memory(folder):
         MemoryStore(folder)  # creates and seeds
     return MemoryStore(folder, read_only=True)
 

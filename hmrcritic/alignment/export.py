@@ -630,11 +630,12 @@ def frozen_memory(cfg: ExportConfig) -> tuple[str | None, str]:
         return cfg.memory, "none"
     from hmrcritic import config
     from hmrcritic.memory import MemoryStore
+    from hmrcritic.memory.store import holds_memory
 
     path = cfg.memory
     if not cfg.chroma_url:
         p = Path(cfg.memory) if cfg.memory else config.memory_dir()
-        if not (p / "chroma.sqlite3").exists():
+        if not holds_memory(p):
             MemoryStore(p)  # seeds the starter rules
         path = str(p)
     return path, MemoryStore(path, chroma_url=cfg.chroma_url, read_only=True).version()

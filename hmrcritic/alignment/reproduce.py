@@ -49,6 +49,7 @@ import torch
 from hmrcritic.alignment.objectives import ObjectiveConfig
 from hmrcritic.errors import InputError
 from hmrcritic.io import atomic_write_json, atomic_write_text, sources_digest
+from hmrcritic.memory.store import holds_memory
 
 ROWS = ("base", "gpa", "gpa_linear", "gpa_no_base_loss", "dpo", "sft")
 OBJECTIVE_ROWS = ROWS[1:]
@@ -502,7 +503,7 @@ def _run(name: str, p: Preset, out: Path, model, progress) -> dict:
     memory_dir = out / f"memory-{k_explore}"
     explore_rec_path = out / f"explore-{k_explore}.json"
     explore_rec = _read_json(explore_rec_path)
-    if explore_rec is None or not (memory_dir / "chroma.sqlite3").exists():
+    if explore_rec is None or not holds_memory(memory_dir):
         log(f"explore: {p.explore_rounds} round(s) × {p.explore_batch} train groups of "
             f"{p.explore_generations} → {memory_dir.name}")
         t0 = time.time()

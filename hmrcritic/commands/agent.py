@@ -68,9 +68,11 @@ def note_new_memory(memory: Path | None, chroma_url: str | None = None) -> None:
     critiqued (or exported a dataset) with the unexplored starter memory without a word."""
     import os
 
+    from hmrcritic.memory.store import holds_memory
+
     if memory is None or chroma_url or os.environ.get("HMRCRITIC_CHROMA_URL"):
         return
-    if not (memory.expanduser() / "chroma.sqlite3").exists():
+    if not holds_memory(memory.expanduser()):
         typer.echo(f"note: no memory at {memory} yet; a new one with only the starter rules is made there (an "
                    "explored memory is the folder `hmrcritic explore --memory-dir DIR` wrote)", err=True)
 

@@ -25,10 +25,10 @@ def _open(memory_dir: Path | None, chroma_url: str | None):
     created and seeded, which is what every other command would see. A ``--memory-dir`` that holds no memory
     is an error naming it (a typo must not create and seed a new memory there)."""
     from hmrcritic import config
-    from hmrcritic.memory.store import MemoryStore
+    from hmrcritic.memory.store import MemoryStore, holds_memory
 
     path = memory_dir or config.memory_dir()
-    exists = bool(chroma_url) or (Path(path) / "chroma.sqlite3").exists()
+    exists = bool(chroma_url) or holds_memory(Path(path))
     return MemoryStore(path, chroma_url=chroma_url, read_only=exists or memory_dir is not None)
 
 
@@ -69,13 +69,13 @@ def calibration(
     memory_dir: Path = _DIR, chroma_url: str = _URL, as_json: bool = _JSON,
 ) -> None:
     """The score calibration exploration fitted: how the judge's raw overall maps onto the true-error scale."""
-    from hmrcritic.memory.store import MemoryStore
+    from hmrcritic.memory.store import MemoryStore, holds_memory
 
     if clear:
         import os
 
         server = chroma_url or os.environ.get("HMRCRITIC_CHROMA_URL")
-        if memory_dir is not None and not server and not (Path(memory_dir) / "chroma.sqlite3").exists():
+        if memory_dir is not None and not server and not holds_memory(Path(memory_dir)):
             # as _open: a mistyped --memory-dir must not create and seed a new memory just to clear nothing there
             from hmrcritic.errors import InputError
 

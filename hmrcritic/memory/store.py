@@ -147,6 +147,15 @@ def cli_target(path: str | os.PathLike, chroma_url: str | None = None) -> str:
     return f"--memory-dir {shlex.quote(str(path))}"
 
 
+
+DB_FILE = "chroma.sqlite3"  # Chroma's database file in a persistent memory folder
+
+
+def holds_memory(folder: str | Path) -> bool:
+    """Whether ``folder`` holds a memory already (Chroma's database file is there), without opening it: the one
+    test of "is this a memory folder yet" for callers that must not create or seed one by looking."""
+    return (Path(folder) / DB_FILE).exists()
+
 def cli_hint(command: str, path: str | os.PathLike, chroma_url: str | None = None) -> str:
     """```hmrcritic memory COMMAND --memory-dir PATH``` (or ``--chroma-url``) for an error message: a hint
     without the option acts on the *default* memory, not on the one the message is about."""
@@ -607,7 +616,7 @@ class MemoryStore:
         else:
             if self.path.exists() and not self.path.is_dir():
                 raise InputError(f"a file is where a folder is needed: {self.path} (a memory is a folder)")
-            if self.read_only and not (self.path / "chroma.sqlite3").exists():
+            if self.read_only and not holds_memory(self.path):
                 raise AssetError(f"no memory at {self.path} (nothing to open read-only); create one with "
                                  f"{self._hint('reset --yes')} or by exploring")
             _mkdir(self.path, self.location)
@@ -1178,7 +1187,7 @@ class MemoryStore:
                     client.delete_collection(name)
             return
         path = Path(path).expanduser().resolve()
-        if not (path / "chroma.sqlite3").exists():
+        if not holds_memory(path):
             return
         lock = _acquire_write_lock(path, str(path))
         try:
