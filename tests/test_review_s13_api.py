@@ -43,30 +43,35 @@ def test_a_group_named_without_ascii_letters_is_critiqued(tmp_path):
         critique_group(s, h, config=_cfg(), checkpointer=saver, group_id="   ")
 
 
-def test_an_interrupted_thread_whose_run_folder_is_gone_starts_afresh(tmp_path, monkeypatch):
-    """Resuming a thread whose folder was removed (by hand, or pruned) failed with "group inputs missing" on
-    every re-run; it is now critiqued again from render."""
-    s, h, err = _group(2)
+def interrupt_at_memory_write(tmp_path, monkeypatch, s, h, err) -> dict:
+    """Critique a learning group whose memory_write crashes, as a process killed there would leave it: an
+    interrupted thread with its inputs in ``tmp_path/g``. Returns the keyword arguments that resume it."""
     from hmrcritic.memory.store import MemoryStore
 
-    memory = MemoryStore(path=tmp_path / "memory")
     saver = open_checkpointer(tmp_path / "ck.sqlite")
+    kw = {"memory": MemoryStore(path=tmp_path / "memory"), "config": _cfg(use_memory=True, learn=True),
+          "checkpointer": saver, "true_errors_mm": err, "run_dir": tmp_path / "g"}
     real = nodes.memory_write
 
     def crash(state, config=None):
         raise RuntimeError("killed")
 
     monkeypatch.setattr(nodes, "memory_write", crash)
-    crashing = build_graph().compile(checkpointer=saver)
     with pytest.raises(RuntimeError):
-        critique_group(s, h, memory=memory, config=_cfg(use_memory=True, learn=True), checkpointer=saver,
-                       graph=crashing, true_errors_mm=err, run_dir=tmp_path / "g")
+        critique_group(s, h, graph=build_graph().compile(checkpointer=saver), **kw)
     monkeypatch.setattr(nodes, "memory_write", real)
+    return kw
+
+
+def test_an_interrupted_thread_whose_run_folder_is_gone_starts_afresh(tmp_path, monkeypatch):
+    """Resuming a thread whose folder was removed (by hand, or pruned) failed with "group inputs missing" on
+    every re-run; it is now critiqued again from render."""
+    s, h, err = _group(2)
+    kw = interrupt_at_memory_write(tmp_path, monkeypatch, s, h, err)
     shutil.rmtree(tmp_path / "g")
     updates = []
-    res = critique_group(s, h, memory=memory, config=_cfg(use_memory=True, learn=True), checkpointer=saver,
-                         graph=build_graph().compile(checkpointer=saver), true_errors_mm=err, run_dir=tmp_path / "g",
-                         on_update=lambda node, u, t: updates.append(node))
+    res = critique_group(s, h, graph=build_graph().compile(checkpointer=kw["checkpointer"]),
+                         on_update=lambda node, u, t: updates.append(node), **kw)
     assert updates[0] == "render" and updates[-1] == "memory_write" and len(res.scores) == 4
 
 

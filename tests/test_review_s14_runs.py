@@ -9,25 +9,14 @@ import threading
 import time
 
 import pytest
+from test_review_s13_api import _cfg, _group, interrupt_at_memory_write
 
-from hmrcritic.agent import api, nodes, runs
+from hmrcritic.agent import api, runs
 from hmrcritic.agent.api import critique_group
 from hmrcritic.agent.graph import build_graph, open_checkpointer
 from hmrcritic.errors import InputError
 
 pytestmark = pytest.mark.usefixtures("small_prior")
-
-
-def _group(seed: int, sample_id: str | None = None):
-    from test_agent_graph import make_group
-
-    return make_group(seed, n=4, sample_id=sample_id)
-
-
-def _cfg(**kw):
-    from hmrcritic.agent.state import AgentConfig
-
-    return AgentConfig(**{"render": False, "use_memory": False, **kw})
 
 
 def _held(folder) -> bool:
@@ -98,22 +87,9 @@ def test_an_interrupted_critique_checks_its_inputs_once_it_holds_its_folder(tmp_
     """critique_group checked an interrupted thread's inputs before it took its folder's lock: a prune in
     between removed them and the resumed critique failed with "group inputs missing". Checked under the lock,
     the thread starts afresh."""
-    from hmrcritic.memory.store import MemoryStore
-
     s, h, err = _group(42)
-    memory = MemoryStore(path=tmp_path / "memory")
-    saver = open_checkpointer(tmp_path / "ck.sqlite")
-    real = nodes.memory_write
-
-    def crash(state, config=None):
-        raise RuntimeError("killed")
-
-    monkeypatch.setattr(nodes, "memory_write", crash)
-    kw = {"memory": memory, "config": _cfg(use_memory=True, learn=True), "checkpointer": saver,
-          "true_errors_mm": err, "run_dir": tmp_path / "g"}
-    with pytest.raises(RuntimeError):
-        critique_group(s, h, graph=build_graph().compile(checkpointer=saver), **kw)
-    monkeypatch.setattr(nodes, "memory_write", real)
+    kw = interrupt_at_memory_write(tmp_path, monkeypatch, s, h, err)
+    saver = kw["checkpointer"]
     assert (tmp_path / "g" / "inputs.npz").is_file()  # an interrupted thread with its inputs
     real_in_use, pruned = api.in_use, []
 
