@@ -3,15 +3,18 @@
 ``critique_group(sample, hypotheses)`` writes the group's inputs into its run folder, runs the LangGraph
 agent on thread ``group_id`` (SQLite checkpointer) and returns a :class:`ScoredGroup`. Running the same
 group again returns the finished checkpoint instead of recomputing (``fresh=True`` recomputes); a run that
-was interrupted resumes from its last node. ``critique_groups`` does many, each failure (bad input, a judge
-that times out or answers garbage) becoming that group's error while the others go on. Memory is written
-only by the ``memory_write`` node, only when learning, and only after the critique is final.
+was interrupted resumes from its last node. Critiques of one group id run one after the other, in threads of
+a process and in processes sharing the checkpoint file (the later one then finds the finished thread, as it
+would serially). ``critique_groups`` does many, each failure (bad input, a judge that times out or answers
+garbage) becoming that group's error while the others go on. Memory is written only by the ``memory_write``
+node, only when learning, and only after the critique is final.
 """
 
 from __future__ import annotations
 
 import hashlib
 import json
+import os
 import re
 import sqlite3
 import threading
@@ -29,7 +32,7 @@ from pydantic import BaseModel, Field
 
 from hmrcritic import config as hconfig
 from hmrcritic.agent.judges import judge_name
-from hmrcritic.agent.runs import checkpoint_error, in_use
+from hmrcritic.agent.runs import checkpoint_error, in_use, thread_lock
 from hmrcritic.agent.schema import HypothesisScore
 from hmrcritic.agent.state import AgentConfig, canonical_judge
 from hmrcritic.errors import HMRCriticError, InputError, InvalidCritiqueError
@@ -223,10 +226,18 @@ def content_group_id(sample: Any, hypotheses: Any) -> str:
 
 def _saver_path(saver: Any) -> str:
     """The file behind a SQLite checkpointer, for error messages (sqlite3's own name no file)."""
+    return _saver_file(saver) or "the checkpoint database"
+
+
+def _saver_file(saver: Any) -> str | None:
+    """The file behind a SQLite checkpointer; None for an in-memory one or a checkpointer of another kind. Read
+    under the saver's own lock: worker threads (``critique_groups``) share its one connection."""
+    lock = getattr(saver, "lock", None)
     try:
-        return str(saver.conn.execute("PRAGMA database_list").fetchone()[2]) or "the checkpoint database"
+        with lock if hasattr(lock, "acquire") and hasattr(lock, "__enter__") else nullcontext():
+            return str(saver.conn.execute("PRAGMA database_list").fetchone()[2]) or None
     except Exception:
-        return "the checkpoint database"
+        return None
 
 
 def _raised_by(saver: Any, exc: BaseException) -> bool:
@@ -291,6 +302,29 @@ def _one_critique_per_thread(thread: str) -> Iterator[None]:
             entry[1] -= 1
             if entry[1] == 0:
                 _THREAD_LOCKS.pop(thread, None)
+
+
+def _forget_thread_locks() -> None:
+    """In a forked child: the parent's critiques (other threads, now gone) hold nothing here; their entries
+    would keep a critique of their group in the child waiting for ever."""
+    global _THREAD_LOCKS_GUARD
+    _THREAD_LOCKS_GUARD = threading.Lock()
+    _THREAD_LOCKS.clear()
+
+
+if hasattr(os, "register_at_fork"):
+    os.register_at_fork(after_in_child=_forget_thread_locks)
+
+
+@contextmanager
+def _one_critique_at_a_time(saver: Any, thread: str, gid: str) -> Iterator[None]:
+    """Hold a kept checkpoint thread against every other critique of it: in this process (threads wait, a
+    re-entry is an error), then in other processes (:func:`hmrcritic.agent.runs.thread_lock`, a lock beside the
+    checkpoint file; an in-memory checkpointer is this process's alone). Two ``hmrcritic critique --group-id g``
+    started together both found the thread empty and ran on one thread and one run folder: one could score
+    the other's arrays. The second now waits, then finds the finished thread as it would serially."""
+    with _one_critique_per_thread(thread), thread_lock(_saver_file(saver), thread, group=gid):
+        yield
 
 
 def _judge_settings(name: str, judge: Any = None) -> hconfig.JudgeSettings | None:
@@ -434,11 +468,12 @@ def critique_group(
         configurable["memory"] = memory
     run_config = {"configurable": configurable, "recursion_limit": 25 + 4 * cfg.max_reflections}
 
-    # one critique of a kept thread at a time in this process: jobs of critique_groups(workers>1) that share a
-    # group id all read the empty checkpoint before any wrote it, then ran one thread over one run folder, and
-    # every job returned the first one's scores without an error (serially, the second is refused as "already
-    # critiqued with different inputs", or gets the stored result for the same inputs — as now)
-    with _one_critique_per_thread(thread) if keep else nullcontext():
+    # one critique of a kept thread at a time, in this process and across processes: jobs of
+    # critique_groups(workers>1), or two processes, that share a group id all read the empty checkpoint before
+    # any wrote it, then ran one thread over one run folder, and every job returned the first one's scores
+    # without an error (serially, the second is refused as "already critiqued with different inputs", or gets
+    # the stored result for the same inputs — as now)
+    with _one_critique_at_a_time(saver, thread, gid) if keep else nullcontext():
         with _checkpoint_errors(saver):
             snapshot = app.get_state(run_config)
         values = dict(snapshot.values or {})
@@ -519,12 +554,15 @@ def critique_group(
 def forget_group(result: ScoredGroup) -> None:
     """Remove everything a *kept* critique left once its result is safely stored elsewhere (an export writes
     it to its dataset): the checkpoint thread, the run folder and the trace. A crash before that point still
-    resumes the group's critique from its checkpoint."""
+    resumes the group's critique from its checkpoint. Done holding the thread (:func:`_one_critique_at_a_time`),
+    so that a critique of the same group id running meanwhile, here or in another process, is not cut off."""
     from hmrcritic.agent.graph import open_checkpointer
     from hmrcritic.agent.trace import traces_dir
 
-    open_checkpointer().delete_thread(result.group_id)
-    discard_run(result)
+    saver = open_checkpointer()
+    with _one_critique_at_a_time(saver, result.group_id, result.group_id):
+        saver.delete_thread(result.group_id)
+        discard_run(result)
     if result.run_id:
         (traces_dir() / f"{result.run_id}.jsonl").unlink(missing_ok=True)
         last = traces_dir() / "LAST"

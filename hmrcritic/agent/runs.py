@@ -11,16 +11,22 @@ thread whose folder is gone cannot be resumed: its inputs lived there) — then 
 
 from __future__ import annotations
 
+import errno
+import hashlib
+import logging
 import os
 import shutil
 import sqlite3
+import threading
 import time
 from collections.abc import Iterator
-from contextlib import ExitStack, contextmanager
+from contextlib import ExitStack, contextmanager, suppress
 from pathlib import Path
 
 from hmrcritic import config as hconfig
 from hmrcritic.errors import AssetError, InputError
+
+log = logging.getLogger(__name__)
 
 DAY_S = 86_400.0
 LOCK_BATCH = 256  # run folders prune holds locked at once
@@ -117,6 +123,110 @@ def in_use(folder: str | Path) -> Iterator[None]:
         yield
     finally:
         os.close(fd)  # releases the lock
+
+
+THREAD_LOCK_SUFFIX = ".threads.lock"  # beside the checkpoint database: one byte per checkpoint thread
+LOCK_NOTE_AFTER_S = 5.0  # a critique waiting this long for another process's critique of its group says so once
+_THREAD_LOCK_FDS: dict[str, int] = {}  # lock file → its fd, open for the life of the process (never closed)
+_THREAD_LOCKS_HELD: dict[tuple[str, int], list] = {}  # (lock file, byte) → [holders in this process, fd]
+_THREAD_LOCK_GUARD = threading.Lock()
+
+
+def _forget_thread_locks() -> None:
+    """In a forked child: it holds none of its parent's byte locks (POSIX), so it must not believe it does."""
+    global _THREAD_LOCK_GUARD
+    _THREAD_LOCK_GUARD = threading.Lock()  # another thread may have held it at the fork: it never lets go
+    _THREAD_LOCKS_HELD.clear()
+
+
+if hasattr(os, "register_at_fork"):
+    os.register_at_fork(after_in_child=_forget_thread_locks)
+
+
+def _thread_byte(thread: str) -> int:
+    """The byte of the lock file standing for checkpoint thread ``thread`` (< 2**60: two threads share one
+    by chance about never, and then they only wait for each other)."""
+    return int.from_bytes(hashlib.sha256(thread.encode()).digest()[:8], "big") >> 4
+
+
+def _try_thread_lock(path: str, byte: int) -> bool | None:
+    """Take ``byte`` of ``path`` for this process: True (held, or already held by this process), False (another
+    process holds it), None (nothing can be locked: the file cannot be opened, or its file system has no locks).
+
+    POSIX record locks belong to the process and closing ANY fd of the file drops all of them, so the file is
+    opened once per process and never closed, and a byte this process holds is counted, not locked twice (and
+    unlocked only by its last holder)."""
+    import fcntl
+
+    with _THREAD_LOCK_GUARD:
+        held = _THREAD_LOCKS_HELD.get((path, byte))
+        if held is not None:
+            held[0] += 1
+            return True
+        fd = _THREAD_LOCK_FDS.get(path)
+        if fd is None or not _same_file(fd, Path(path)):  # first use, or the runs folder was removed meanwhile:
+            try:  # the old fd is left open (closing it would drop what other critiques here hold through it)
+                fd = os.open(path, os.O_RDWR | os.O_CREAT | getattr(os, "O_CLOEXEC", 0), 0o644)
+            except OSError:
+                return None
+            _THREAD_LOCK_FDS[path] = fd
+        try:
+            fcntl.lockf(fd, fcntl.LOCK_EX | fcntl.LOCK_NB, 1, byte)
+        except OSError as exc:
+            if exc.errno in (errno.EACCES, errno.EAGAIN):
+                return False
+            return None  # a file system without locks (some NFS mounts): the critique runs unlocked
+        _THREAD_LOCKS_HELD[(path, byte)] = [1, fd]
+        return True
+
+
+def _release_thread_lock(path: str, byte: int) -> None:
+    import fcntl
+
+    with _THREAD_LOCK_GUARD:
+        held = _THREAD_LOCKS_HELD.get((path, byte))
+        if held is None:  # forked meanwhile (this is the child): it holds nothing
+            return
+        held[0] -= 1
+        if held[0] == 0:
+            del _THREAD_LOCKS_HELD[(path, byte)]
+            with suppress(OSError):
+                fcntl.lockf(held[1], fcntl.LOCK_UN, 1, byte)
+
+
+@contextmanager
+def thread_lock(db: str | Path | None, thread: str, group: str | None = None, wait: bool = True) -> Iterator[bool]:
+    """Hold checkpoint thread ``thread`` of the checkpoint database ``db`` against critiques in OTHER processes
+    for the block (in this process :func:`hmrcritic.agent.api.critique_group` serialises them itself).
+
+    Two processes critiquing one group id at once both found its thread empty, wrote their inputs into one run
+    folder and ran one thread: one could score the other's arrays, or both ran. The second now waits (saying so
+    once after :data:`LOCK_NOTE_AFTER_S`) and then finds the finished thread, as it would serially. One byte of
+    ``<db>.threads.lock`` per thread (no file per group), released when the block ends or the process dies.
+    Yields True when held; False only with ``wait=False`` when another process holds it. Without a file
+    (``db`` None: an in-memory checkpointer), ``fcntl`` (Windows) or locks on its file system: not locked (True)."""
+    try:
+        import fcntl  # noqa: F401
+    except ImportError:
+        db = None
+    if not db:
+        yield True
+        return
+    path = os.path.realpath(str(db)) + THREAD_LOCK_SUFFIX
+    byte = _thread_byte(thread)
+    start, pause, noted = time.monotonic(), 0.01, False
+    while (got := _try_thread_lock(path, byte)) is False and wait:  # polled: a blocking wait (F_SETLKW) can be
+        if not noted and time.monotonic() - start >= LOCK_NOTE_AFTER_S:  # refused as a "deadlock" between two
+            noted = True  # processes that merely run several critiques in threads
+            log.warning("group %s is being critiqued by another process (checkpoint database %s); waiting for it "
+                        "to finish", group if group is not None else thread, db)
+        time.sleep(pause)
+        pause = min(pause * 2, 0.25)
+    try:
+        yield got is not False
+    finally:
+        if got:
+            _release_thread_lock(path, byte)
 
 
 @contextmanager
