@@ -13,6 +13,8 @@
 from __future__ import annotations
 
 import html
+import re
+import shutil
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -153,11 +155,33 @@ def run_demo(
               for s in result.scenes]  # a tied scene's ρ is NaN: null in JSON
     atomic_write_json(out / "summary.json", {"summary": summary, "scenes": scenes})
     atomic_write_text(out / "index.html", _index_html(result, summary))
+    stale = _remove_stale_scenes(out, num_scenes)  # only now: a failed run leaves the earlier run's folders alone
+    if stale:
+        say(f"      removed {len(stale)} scene folder(s) of an earlier demo run in {out}: {', '.join(stale)}")
     say("[4/4] PA-MPJPE (mm, lsp14, Procrustes-aligned) over the demo scenes: "
         f"critic top-1 {summary['critic_top1_pa_mpjpe_mm']:.1f} | random pick {summary['random_pick_pa_mpjpe_mm']:.1f}"
         f" | oracle best-of-{num_generations} {summary['oracle_best_pa_mpjpe_mm']:.1f}")
     say(f"      reports: {out / 'index.html'} ({result.seconds:.0f} s)")
     return result
+
+
+def _remove_stale_scenes(out: Path, num_scenes: int) -> list[str]:
+    """Remove the ``scene_NN`` folders of an earlier demo run into ``out`` that this run did not write.
+
+    A re-run with fewer ``--scenes`` left the earlier run's higher-numbered scene folders next to the new ones,
+    looking like results of this run (index.html and summary.json list only the new ones). Removed: only real
+    folders (no links) directly in ``out`` named exactly as the demo names them (``scene_{i:02d}``, i ≥
+    ``num_scenes``) that hold the ``hypotheses.npz`` the demo writes into each; anything else is left alone.
+    Returns the names removed."""
+    removed = []
+    for p in sorted(out.iterdir()):
+        m = re.fullmatch(r"scene_(\d+)", p.name)
+        if (m is None or p.name != f"scene_{int(m.group(1)):02d}" or int(m.group(1)) < num_scenes
+                or p.is_symlink() or not p.is_dir() or not (p / "hypotheses.npz").is_file()):
+            continue
+        shutil.rmtree(p)
+        removed.append(p.name)
+    return removed
 
 
 def _index_html(result: DemoResult, summary: dict) -> str:

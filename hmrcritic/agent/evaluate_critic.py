@@ -30,6 +30,7 @@ from __future__ import annotations
 import hashlib
 import json
 import math
+import zlib
 from pathlib import Path
 from typing import Any
 
@@ -258,14 +259,16 @@ def _paired_pearson_top1_deltas(rows: list[dict], scores: dict[str, list], error
 
     The point-wise Pearson pools all hypotheses of all groups, so it has no per-group values to pair;
     instead the same resampled groups (with replacement, ``n_boot`` times) are scored for both variants and
-    the spread of the difference is the SE. Groups that either variant failed to score are left out."""
+    the spread of the difference is the SE. Groups that either variant failed to score are left out.
+    Each row draws from its own generator, seeded by (``seed``, variant name): with one shared generator a
+    row's SE changed when another variant was added to or left out of ``--variants``."""
     full = scores.get("full")
     if full is None:
         return
-    rng = np.random.default_rng(seed)
     for r in rows:
         if r["variant"] == "full":
             continue
+        rng = np.random.default_rng([seed, zlib.crc32(r["variant"].encode())])  # stable across runs (not hash())
         other = scores[r["variant"]]
         keep = [i for i in range(len(errors)) if full[i] is not None and other[i] is not None]
         if not keep:

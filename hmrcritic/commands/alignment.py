@@ -185,18 +185,25 @@ def register(app: typer.Typer) -> None:
         """
         import sys
 
-        from hmrcritic.alignment.dataset import read_header
+        from hmrcritic.alignment.dataset import read_header, read_manifest
         from hmrcritic.alignment.finetune import FinetuneConfig, finetune
         from hmrcritic.config import check_device
         from hmrcritic.errors import AssetError
 
         try:
             unfinished = read_header(data).counts.get("finished") is False
+            # the complete groups, as the dataset reader counts them (torn lines dropped; a small JSONL file)
+            written = len(read_manifest(data)) if unfinished else 0
         except (AssetError, OSError):
             unfinished = False  # finetune itself says what is wrong with the folder
+        if unfinished and not written:
+            # the note said "training on the groups it wrote so far" and finetune then stopped on "no complete
+            # groups": one error that says what happened and what to do instead
+            raise AssetError(f"the export into {data} was interrupted (or is still running) before its first group "
+                             "was written: nothing to finetune on; re-run that export to complete it")
         if unfinished:
             print(f"note: the last export into {data} did not finish (interrupted or still running): training on "
-                  "the groups it wrote so far; re-run that export to complete it", file=sys.stderr)
+                  f"the {written} group(s) it wrote so far; re-run that export to complete it", file=sys.stderr)
 
         cfg = FinetuneConfig(
             data=str(data),

@@ -284,11 +284,16 @@ def evaluate_model(
             progress(sl.stop, n)
     elapsed = time.time() - t0
 
-    def mean(name):
+    dropped: dict[str, int] = {}  # result key → non-finite values its mean left out
+
+    def mean(key, name):
         if name not in acc:
             return None
         v = torch.cat(acc[name])
-        v = v[torch.isfinite(v)]
+        finite = torch.isfinite(v)
+        if int((~finite).sum()):
+            dropped[key] = int((~finite).sum())
+        v = v[finite]
         return round(float(v.mean()), 3) if v.numel() else None
 
     bal_vis = bal_occ = None
@@ -308,27 +313,7 @@ def evaluate_model(
         "guidance": guidance,
         "joint_set": joint_set,
         "unit": "mm (3D), px (2D)",
-        "mpjpe_mean_mm": mean("mpjpe_mean"),
-        "mpjpe_best_mm": mean("mpjpe_best"),
-        "mpjpe_meanpose_mm": mean("mpjpe_meanpose"),
-        "pa_mpjpe_mean_mm": mean("pa_mpjpe_mean"),
-        "pa_mpjpe_best_mm": mean("pa_mpjpe_best"),
-        "pa_mpjpe_meanpose_mm": mean("pa_mpjpe_meanpose"),
-        "pve_mean_mm": mean("pve_mean"),
-        "pve_best_mm": mean("pve_best"),
-        "pve_meanpose_mm": mean("pve_meanpose"),
-        "reproj_px": mean("reproj_median"),
-        "reproj_mean_px": mean("reproj_mean"),
-        "reproj_best_px": mean("reproj_best"),
-        "reproj_behind_camera_rate": mean("reproj_behind"),
-        "implausible_rate": mean("implausible"),
-        "nn_baseline_pa_mpjpe_mm": mean("nn_pa_mpjpe"),
-        "nn_baseline_mpjpe_mm": mean("nn_mpjpe"),
-        "diversity_visible_mm": mean("div_visible"),
-        "diversity_occluded_mm": mean("div_occluded"),
-        "diversity_all_mm": mean("div_all"),
-        "diversity_visible_aligned_mm": mean("div_visible_pa"),
-        "diversity_occluded_aligned_mm": mean("div_occluded_pa"),
+        **{key: mean(key, name) for key, name in _FIGURES.items()},
         "diversity_visible_balanced_mm": bal_vis,
         "diversity_occluded_balanced_mm": bal_occ,
         "diversity_joint_set": "smpl24 joints with a COCO-17 counterpart, root-relative",
@@ -343,14 +328,44 @@ def evaluate_model(
         "model": getattr(model, "checkpoint_path", None),
     }
     if select_fn is not None:
-        res.update(
-            {
-                "pa_mpjpe_selected_mm": mean("pa_mpjpe_selected"),
-                "mpjpe_selected_mm": mean("mpjpe_selected"),
-                "pve_selected_mm": mean("pve_selected"),
-            }
-        )
+        res.update({key: mean(key, name) for key, name in _SELECTED_FIGURES.items()})
+    # the means leave non-finite values out (a failed Procrustes fit, a scene with no occluded joint for the
+    # occluded diversity): without this a mean over fewer scenes than n_samples read as one over all of them.
+    # Values are per scene, per hypothesis for the two rates (_PER_HYPOTHESIS); {} when nothing was left out.
+    res["non_finite_dropped"] = dropped
     return res
+
+
+# result key → accumulator name, in the order of the result dict
+_FIGURES = {
+    "mpjpe_mean_mm": "mpjpe_mean",
+    "mpjpe_best_mm": "mpjpe_best",
+    "mpjpe_meanpose_mm": "mpjpe_meanpose",
+    "pa_mpjpe_mean_mm": "pa_mpjpe_mean",
+    "pa_mpjpe_best_mm": "pa_mpjpe_best",
+    "pa_mpjpe_meanpose_mm": "pa_mpjpe_meanpose",
+    "pve_mean_mm": "pve_mean",
+    "pve_best_mm": "pve_best",
+    "pve_meanpose_mm": "pve_meanpose",
+    "reproj_px": "reproj_median",
+    "reproj_mean_px": "reproj_mean",
+    "reproj_best_px": "reproj_best",
+    "reproj_behind_camera_rate": "reproj_behind",
+    "implausible_rate": "implausible",
+    "nn_baseline_pa_mpjpe_mm": "nn_pa_mpjpe",
+    "nn_baseline_mpjpe_mm": "nn_mpjpe",
+    "diversity_visible_mm": "div_visible",
+    "diversity_occluded_mm": "div_occluded",
+    "diversity_all_mm": "div_all",
+    "diversity_visible_aligned_mm": "div_visible_pa",
+    "diversity_occluded_aligned_mm": "div_occluded_pa",
+}
+_SELECTED_FIGURES = {
+    "pa_mpjpe_selected_mm": "pa_mpjpe_selected",
+    "mpjpe_selected_mm": "mpjpe_selected",
+    "pve_selected_mm": "pve_selected",
+}
+_PER_HYPOTHESIS = ("reproj_behind_camera_rate", "implausible_rate")  # one value per hypothesis, not per scene
 
 
 def _project(points: torch.Tensor, K: torch.Tensor) -> torch.Tensor:
@@ -389,6 +404,14 @@ def format_report(res: dict) -> str:
     ]
     if res.get("pa_mpjpe_selected_mm") is not None:
         lines.append(f"selected top-1 PA-MPJPE {f(res['pa_mpjpe_selected_mm'])} mm")
+    dropped = res.get("non_finite_dropped") or {}  # .get: a result written before the field existed
+    if dropped:
+        n, N = res["n_samples"], res["num_generations"]
+        lines.append("note: these means leave out non-finite values, so they are over fewer than n: " + ", ".join(
+            f"{k} {v} of {n * N} hypotheses" if k in _PER_HYPOTHESIS else f"{k} {v} of {n} scenes"
+            for k, v in dropped.items())
+            + (" (a scene with no occluded, or no visible, joint has no such diversity)"
+               if any(k.startswith("diversity_") for k in dropped) else ""))
     lines.append(f"{res['hypotheses_per_s']} hypotheses/s, {res['seconds']} s")
     return "\n".join(lines)
 
