@@ -20,9 +20,9 @@ angles* ``R = Rx(a) @ Ry(b) @ Rz(c)`` in degrees. What the axes mean here:
 Per-axis boxes are a known simplification of the coupled ranges of ball joints (shoulders, hips); they are
 set generously so that natural poses pass. Euler angles are not unique (two branches, and a continuum at
 gimbal lock ``|b| = 90°``, which an elbow at 90° flexion hits), so :func:`joint_limit_violation` measures
-the *rotation distance* from a joint's rotation to the nearest rotation inside its box, searched over both
-branches and refined by a few projected-gradient steps. That makes it zero for every allowed rotation,
-whatever Euler branch numerical decomposition returns.
+the *rotation distance* from a joint's rotation to the nearest rotation inside its box, searched from both
+branches (and the box's centre) by exact coordinate ascent. That makes it zero for every allowed rotation,
+whatever Euler branch or gimbal-lock member a numerical decomposition returns.
 
 Self-penetration works from joints only (vertices of a user-supplied SMPL or of the mannequin differ):
 bones are capsules with fixed radii (a little thinner than a real body, so touching is not flagged) and
@@ -36,7 +36,7 @@ import math
 import numpy as np
 import torch
 
-from hmrcritic.hmr.rotations import axis_angle_to_matrix, euler_to_matrix, matrix_to_euler_xyz
+from hmrcritic.hmr.rotations import axis_angle_to_matrix, axis_rotation, euler_to_matrix, matrix_to_euler_xyz
 
 # SMPL kinematic tree (kept here so the module does not depend on hmr/body.py; it is SMPL's fixed tree).
 SMPL_JOINT_NAMES_24 = [
@@ -118,11 +118,45 @@ def _body_pose_23x3(body_pose: torch.Tensor, who: str) -> torch.Tensor:
     return body_pose.reshape(-1, 23, 3)
 
 
-def joint_limit_violation(body_pose: torch.Tensor, refine_steps: int = 25) -> torch.Tensor:
+def _best_angle(a_cos: torch.Tensor, a_sin: torch.Tensor, lo: torch.Tensor, hi: torch.Tensor) -> torch.Tensor:
+    """argmax over ``t ∈ [lo, hi]`` of ``a_cos·cos t + a_sin·sin t``: a sinusoid peaking at ``atan2(a_sin, a_cos)``
+    and falling symmetrically from it, so its peak where that lies in the range, else the end angularly nearer."""
+    peak = torch.atan2(a_sin, a_cos)
+    inside = (peak >= lo) & (peak <= hi)
+    nearer_lo = _wrap(peak - lo).abs() <= _wrap(peak - hi).abs()
+    return torch.where(inside, peak, torch.where(nearer_lo, lo, hi))
+
+
+def _closest_in_box(r: torch.Tensor, start: torch.Tensor, lo: torch.Tensor, hi: torch.Tensor,
+                    sweeps: int) -> torch.Tensor:
+    """(…,3,3) rotations, (…,3) XYZ Euler start inside the box → Euler angles in the box whose rotation is close to
+    ``r``: exact coordinate ascent of ``trace(rᵀ Rx(x) Ry(y) Rz(z))`` (= 1 + 2 cos of the angle between them).
+    With two angles fixed the trace is a sinusoid of the third (:func:`_best_angle`), so every step is the exact
+    best value of one angle and the angle to ``r`` never grows. Along the gimbal-lock continuum (where only
+    x ± z matters) it moves x and then z to the member of the family inside the box, if there is one."""
+    rt = r.transpose(-1, -2)
+    x, y, z = start.unbind(-1)
+    for _ in range(sweeps):
+        a = axis_rotation("Y", y) @ axis_rotation("Z", z) @ rt  # trace(Rx(x) a)
+        x = _best_angle(a[..., 1, 1] + a[..., 2, 2], a[..., 1, 2] - a[..., 2, 1], lo[..., 0], hi[..., 0])
+        b = axis_rotation("Z", z) @ rt @ axis_rotation("X", x)  # trace(Ry(y) b)
+        y = _best_angle(b[..., 0, 0] + b[..., 2, 2], b[..., 2, 0] - b[..., 0, 2], lo[..., 1], hi[..., 1])
+        c = rt @ axis_rotation("X", x) @ axis_rotation("Y", y)  # trace(Rz(z) c)
+        z = _best_angle(c[..., 0, 0] + c[..., 1, 1], c[..., 0, 1] - c[..., 1, 0], lo[..., 2], hi[..., 2])
+    return torch.stack([x, y, z], -1)
+
+
+def joint_limit_violation(body_pose: torch.Tensor, sweeps: int = 10) -> torch.Tensor:
     """(B,69) axis-angle → (B,23) degrees by which each joint's rotation lies outside its box (0 inside).
 
     The value is the rotation angle between the joint's rotation and the closest rotation whose XYZ Euler
-    angles are inside the limits, so it is independent of which Euler branch a decomposition returns.
+    angles are inside the limits, so it is independent of which Euler branch a decomposition returns. That
+    closest rotation is searched from three starts — both Euler branches clamped into the box, and the box's
+    centre — by exact coordinate ascent (:func:`_closest_in_box`), in float64, keeping the nearest. A clamped
+    branch alone is not the nearest rotation in general, and the projected-gradient refinement used before
+    stopped in local minima (on random rotations up to 50° outside the boxes, 131 of 4,600 joints read > 1°
+    more than a dense search over the box, worst 130°; now none, worst 0.3°); at gimbal lock an allowed
+    shoulder whose decomposed x and z were both outside read up to 23°.
     """
     bp = _body_pose_23x3(body_pose, "joint_limit_violation")
     rot = axis_angle_to_matrix(bp)
@@ -136,18 +170,22 @@ def joint_limit_violation(body_pose: torch.Tensor, refine_steps: int = 25) -> to
         d1, d2 = _rot_dist(r, euler_to_matrix(c1)), _rot_dist(r, euler_to_matrix(c2))
         best = torch.where((d1 <= d2)[..., None], c1, c2)
         dist = torch.minimum(d1, d2)
-        todo = dist > 1e-4
-        if refine_steps > 0 and bool(todo.any()):
+        todo = dist > 1e-4  # a branch inside the box (up to rounding): nothing to search
+        if bool(todo.any()):
             idx = todo.nonzero(as_tuple=True)
-            rt, e = r[idx], best[idx].clone()
-            lo_t, hi_t = lo[idx[1]], hi[idx[1]]
-            for _ in range(refine_steps):
-                with torch.enable_grad():
-                    ev = e.clone().requires_grad_(True)
-                    loss = (euler_to_matrix(ev) - rt).pow(2).sum()
-                    (g,) = torch.autograd.grad(loss, ev)
-                e = torch.maximum(torch.minimum(e - 0.2 * g, hi_t), lo_t)
-            best[idx] = torch.where((_rot_dist(rt, euler_to_matrix(e)) < dist[idx])[..., None], e, best[idx])
+            rt = r[idx].double()
+            lo_t, hi_t = lo[idx[1]].double(), hi[idx[1]].double()
+            found, found_d = None, None
+            for s in (c1[idx], c2[idx], (lo_t + hi_t) / 2):
+                e = _closest_in_box(rt, s.double(), lo_t, hi_t, sweeps)
+                d = _rot_dist(rt, euler_to_matrix(e))
+                if found is None:
+                    found, found_d = e, d
+                else:
+                    nearer = d < found_d
+                    found, found_d = torch.where(nearer[..., None], e, found), torch.minimum(d, found_d)
+            best[idx] = found.to(best.dtype)
+            dist[idx] = found_d.to(dist.dtype)
     inside = dist <= 1e-4
     out = _rot_dist(rot, euler_to_matrix(best.detach())).rad2deg()
     return torch.where(inside, torch.zeros_like(out), out)

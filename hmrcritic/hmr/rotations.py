@@ -97,19 +97,23 @@ def euler_to_matrix(angles: torch.Tensor, order: str = "XYZ") -> torch.Tensor:
     that is not X or Y used to be taken as Z (``"xyz"`` silently built a rotation about z three times)."""
     if not (isinstance(order, str) and len(order) == 3 and set(order) <= set("XYZ")):
         raise ValueError(f"euler_to_matrix: order must be three of the letters X, Y, Z (e.g. 'XYZ'), got {order!r}")
-    mats = []
-    for i, axis in enumerate(order):
-        a = angles[..., i]
-        c, s = torch.cos(a), torch.sin(a)
-        o, z = torch.ones_like(a), torch.zeros_like(a)
-        if axis == "X":
-            m = torch.stack([o, z, z, z, c, -s, z, s, c], -1)
-        elif axis == "Y":
-            m = torch.stack([c, z, s, z, o, z, -s, z, c], -1)
-        else:
-            m = torch.stack([c, -s, z, s, c, z, z, z, o], -1)
-        mats.append(m.reshape(a.shape + (3, 3)))
+    mats = [axis_rotation(axis, angles[..., i]) for i, axis in enumerate(order)]
     return mats[0] @ mats[1] @ mats[2]
+
+
+def axis_rotation(axis: str, a: torch.Tensor) -> torch.Tensor:
+    """(...) angles (radians) → (..., 3, 3) rotations about the coordinate axis ``"X"``, ``"Y"`` or ``"Z"``."""
+    c, s = torch.cos(a), torch.sin(a)
+    o, z = torch.ones_like(a), torch.zeros_like(a)
+    if axis == "X":
+        m = torch.stack([o, z, z, z, c, -s, z, s, c], -1)
+    elif axis == "Y":
+        m = torch.stack([c, z, s, z, o, z, -s, z, c], -1)
+    elif axis == "Z":
+        m = torch.stack([c, -s, z, s, c, z, z, z, o], -1)
+    else:
+        raise ValueError(f"axis_rotation: axis must be 'X', 'Y' or 'Z', got {axis!r}")
+    return m.reshape(a.shape + (3, 3))
 
 
 def matrix_to_euler_xyz(m: torch.Tensor) -> torch.Tensor:
