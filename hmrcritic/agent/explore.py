@@ -33,7 +33,9 @@ explore groups an earlier run of the memory learned from is refused rather than 
 that cannot test a ranking (fewer than two hypotheses, one true error for all) is skipped with its reason. A
 group whose critique fails (a judge error, a VLM endpoint down) is kept in its round's ``failed`` with the error
 and is not retried: the round is done once its other groups are learned from, and the group stays recorded as
-explored (a round where every group failed is not recorded, so the next call runs it again).
+explored (a round where every group failed is not recorded, so the next call runs it again). A round that
+``limit`` cut short (while the split goes on) is not recorded done: a later call explores the rest of it as a
+batch of its own (see :func:`explore`), so no group is skipped or explored twice.
 
 Frozen memory: ``explored_on.json`` records which split and group ids the memory has learned from;
 :func:`assert_not_explored` refuses to evaluate on them. Scoring elsewhere opens the memory read-only and
@@ -323,12 +325,16 @@ def _check_overlap(prog: dict, sig: str, settings: dict, rounds: int, limit: int
     second time (rule statistics counted twice, prototypes overwritten). Runs on other hypotheses (another
     seed, source or group count) are fine. Runs recorded before settings and spans were kept are not checked."""
     bs, lo = settings["batch_size"], settings["start"]
-    done = set(prog.get("runs", {}).get(sig, {}).get("rounds_done", []))
+    own = prog.get("runs", {}).get(sig, {})
+    done = set(own.get("rounds_done", []))
     end = rounds * bs if limit is None else min(rounds * bs, limit)
-    mine = [(lo + r * bs, lo + min((r + 1) * bs, end)) for r in range(rounds) if r not in done and r * bs < end]
+    # a round an earlier call's limit cut short goes on from its first unexplored group (0 for any other round)
+    firsts = {r: r * bs + _explored_of_round(own, r, lo, bs) for r in range(rounds) if r not in done}
+    mine = [(lo + a, lo + min((r + 1) * bs, end)) for r, a in firsts.items() if a < end]
     for other, run in sorted(prog.get("runs", {}).items()):
         theirs = run.get("settings")
-        if other == sig or not isinstance(theirs, dict) or not run.get("rounds_done"):
+        # a run whose only batch was cut short by its limit has no round done, but learned from its span
+        if other == sig or not isinstance(theirs, dict) or not (run.get("rounds_done") or run.get("spans")):
             continue
         if not _same_groups(theirs, settings):
             continue
@@ -340,12 +346,22 @@ def _check_overlap(prog: dict, sig: str, settings: dict, rounds: int, limit: int
                                for k in ("batch_size", "error_metric", "start", "seed", "source", "num_generations")
                                if theirs.get(k) != settings[k])
             first, last = min(a for a, _ in clash), max(b for _, b in clash) - 1
+            n_done = len(run.get("rounds_done", []))
             raise InputError(
                 f"explore: this memory already learned from {settings['split']} groups #{first}–#{last} in an "
-                f"earlier run with other settings ({differ}; {len(run['rounds_done'])} round(s) done), and this run "
+                f"earlier run with other settings ({differ}; "
+                f"{f'{n_done} round(s)' if n_done else 'part of a round'} done), and this run "
                 "would explore them again, counting them twice. To resume that run, give its settings again; "
                 + ("to explore them again on purpose (new hypotheses), change --seed; " if not settings["custom"]
                    else "") + "or use a fresh --memory-dir")
+
+
+def _explored_of_round(run: dict, r: int, start: int, batch_size: int) -> int:
+    """How many groups of round ``r`` (one not done) earlier calls explored before their ``limit`` cut the round
+    short: the end of the round's recorded spans, which run on from its first group (0 where none is recorded)."""
+    lo = start + r * batch_size
+    ends = [int(b) for a, b in run.get("spans", []) if lo <= int(a) < lo + batch_size]
+    return max(ends) - lo if ends else 0
 
 
 def _open_memory(memory: Any):
@@ -420,6 +436,13 @@ def explore(
     ``"group"``, ``"rule_added"``, ``"rule_rejected"``, ``"round"``, ``"resumed"``, ``"calibrate"`` and
     ``"calibrated"`` events. Calling again with more ``rounds`` continues where the last call stopped (same
     split/batch size/seed/source).
+
+    ``limit`` caps the groups of this call. A round it cuts short (groups 8–9 of a batch of 8 with ``limit=10``)
+    is not recorded done while the split has more groups: a later call explores the rest of that round (10–15,
+    within its own limit) as a continuation batch, after which the round is done. No group is skipped or explored
+    twice, but the continuation is a batch of its own (a log record and a global round number of its own) and
+    its rule statistics, prototypes and mining see 6 groups, then 2, instead of one batch of 8: the memory is
+    not the one an uninterrupted run without ``limit`` would grow. A round short because the split ended is done.
 
     With a builtin judge, the call ends by fitting the memory's score calibration on the
     ``calibration_groups`` labelled groups that follow the explored ones (:mod:`hmrcritic.agent.calibration`;
@@ -515,8 +538,11 @@ def explore(
         for r in range(rounds):
             if r in done:
                 continue
-            lo = r * batch_size
-            n_here = batch_size if total_cap is None else min(batch_size, total_cap - lo)
+            # groups of this round an earlier call explored before its limit cut the round short (usually 0)
+            part = _explored_of_round(prog.get("runs", {}).get(sig, {}), r, start, batch_size)
+            lo = r * batch_size + part
+            want = batch_size - part
+            n_here = want if total_cap is None else min(want, total_cap - lo)
             if n_here <= 0:
                 summary.stopped = f"limit of {total_cap} groups reached"
                 break
@@ -534,13 +560,18 @@ def explore(
                 break
             resolved_source = batch[0].source if source == "auto" and groups is None else resolved_source
             summary.source = resolved_source
+            # the limit cut the round short and the split goes on: not done, a later call explores the rest
+            cut = (n_here < want and len(batch) == n_here
+                   and start + lo + n_here < (len(groups) if groups is not None else _split_size(split)))
             report = _run_batch(memory, app, saver, judge_obj, is_builtin, cfg, batch, r, sig, split, tau,
                                 error_metric, history, emit, max_new_rules=max_new_rules, min_gain=min_gain,
                                 retire_min_uses=retire_min_uses, retire_min_rate=retire_min_rate,
                                 merge_text=merge_text, prototypes=prototypes, settle=settle,
                                 info={"seed": seed, "source": resolved_source, "num_generations": num_generations},
                                 run_record={"settings": {**settings, "source_used": resolved_source},
-                                            "span": [start + lo, start + lo + len(batch)]})
+                                            "span": [start + lo, start + lo + len(batch)],
+                                            **({"partial": True} if cut else {})},
+                                part=part)
             summary.rounds.append(report)
             emit("round", asdict(report))
         if resolved_source == "auto" and groups is None:  # nothing drawn in this call: what the run drew
@@ -549,8 +580,11 @@ def explore(
         if is_builtin and calibration_groups > 0:
             # the groups after the last batch this signature ever explored (also right for a resumed or a
             # rounds=0 call, which only refits a missing or stale calibration)
-            ran = set(_read_progress(mpath).get("runs", {}).get(sig, {}).get("rounds_done", []))
+            run_now = _read_progress(mpath).get("runs", {}).get(sig, {})
+            ran = set(run_now.get("rounds_done", []))
             end = (max(ran) + 1) * batch_size if ran else 0
+            # a round a limit cut short (not done) counts up to its last explored group
+            end = max([end] + [int(b) - start for _, b in run_now.get("spans", [])])
             end = end if total_cap is None else min(end, total_cap)
             _maybe_calibrate(memory, summary, judge_obj, cfg, groups, split, start + end, calibration_groups,
                              num_generations, seed, resolved_source, emit)
@@ -796,7 +830,7 @@ def _recent(history: list) -> list:
 
 def _run_batch(memory, app, saver, judge_obj, is_builtin, cfg, batch, r, sig, split, tau, metric, history,
                emit, *, max_new_rules, min_gain, retire_min_uses, retire_min_rate, merge_text, prototypes, settle,
-               info, run_record: dict | None = None) -> RoundReport:
+               info, run_record: dict | None = None, part: int = 0) -> RoundReport:
     from hmrcritic.agent.api import critique_group, discard_run
     from hmrcritic.agent.evidence import evidence_tags
     from hmrcritic.agent.nodes import load_bodies
@@ -805,7 +839,8 @@ def _run_batch(memory, app, saver, judge_obj, is_builtin, cfg, batch, r, sig, sp
     t0 = time.perf_counter()
     prog = _read_progress(Path(memory.path))
     round_no = int(prog.get("rounds_total", 0)) + 1
-    batch_key = f"{sig}:r{r}"
+    # the rest of a round a limit cut short (``part`` groups explored by an earlier call) is a batch of its own
+    batch_key = f"{sig}:r{r}" + (f"+{part}" if part else "")
     report = RoundReport(round=round_no, batch_key=batch_key)
     # recorded before scoring: the memory may learn from these groups from now on
     _add_explored(memory, split, [g.group_id for g in batch], info)
@@ -1030,7 +1065,8 @@ def _apply_plan(memory, plan: dict) -> str:
         if plan["batch_key"] not in prog.get("batches", []):
             run = prog.setdefault("runs", {}).setdefault(plan["sig"], {"rounds_done": []})
             if plan["r"] not in run["rounds_done"]:
-                run["rounds_done"].append(plan["r"])
+                if not plan.get("partial"):  # a round a limit cut short is done once its rest is explored
+                    run["rounds_done"].append(plan["r"])
                 run["history"] = _recent(run.get("history", []) + plan.get("history", []))
                 if "settings" in plan:  # what _check_overlap compares a later run with
                     run["settings"] = plan["settings"]
