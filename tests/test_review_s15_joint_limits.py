@@ -2,8 +2,9 @@
 
 Session 15: clamping a decomposed Euler branch into the box is not circular (a shoulder swung forward to
 x = −181°, i.e. +179°, was clamped to the box's +60° end instead of its −170° end) and the projected-gradient
-refinement after it stopped in local minima, so a joint 11° outside read 80°; at gimbal lock an allowed
-shoulder could read up to 23° (is_implausible flags > 10°). Checked here against a dense search of the box.
+refinement after it stopped in local minima, so a joint 11° outside read 80°; near gimbal lock an allowed
+shoulder could read up to 21° (is_implausible flags > 10°; benchmarks/joint_limits.py). Checked here against a
+dense search of the box.
 """
 
 from __future__ import annotations
@@ -57,7 +58,7 @@ def test_violation_is_the_distance_to_the_nearest_rotation_in_the_box(name, eule
 @pytest.mark.parametrize("y_deg", [90.0, -90.0])
 def test_every_allowed_shoulder_at_gimbal_lock_reads_zero(dtype, y_deg):
     """At y = ±90° only x ± z is defined; whichever member the decomposition returns, one inside the box is
-    allowed (6 of 4,000 read > 1° before, worst 23°)."""
+    allowed (3–16 of 4,000 read > 1° before, worst 21°: benchmarks/joint_limits.py)."""
     g = torch.Generator().manual_seed(1)
     n = 4000
     for name in ("left_shoulder", "right_shoulder"):

@@ -153,10 +153,11 @@ def joint_limit_violation(body_pose: torch.Tensor, sweeps: int = 10) -> torch.Te
     angles are inside the limits, so it is independent of which Euler branch a decomposition returns. That
     closest rotation is searched from three starts — both Euler branches clamped into the box, and the box's
     centre — by exact coordinate ascent (:func:`_closest_in_box`), in float64, keeping the nearest. A clamped
-    branch alone is not the nearest rotation in general, and the projected-gradient refinement used before
-    stopped in local minima (on random rotations up to 50° outside the boxes, 131 of 4,600 joints read > 1°
-    more than a dense search over the box, worst 130°; now none, worst 0.3°); at gimbal lock an allowed
-    shoulder whose decomposed x and z were both outside read up to 23°.
+    branch alone is not the nearest rotation in general (clamping is not circular), and the projected-gradient
+    refinement used before stopped in local minima: ``python benchmarks/joint_limits.py`` — of 4,600 random
+    rotations up to 50° outside the boxes, 130 read > 1° above a dense search of the box (worst 133°, 17 past
+    ``is_implausible``'s 10° by the excess alone), now none (worst 0.3°); allowed shoulders near gimbal lock read
+    up to 21°, now 0.
     """
     bp = _body_pose_23x3(body_pose, "joint_limit_violation")
     rot = axis_angle_to_matrix(bp)
