@@ -278,21 +278,30 @@ def test_self_test_reports_gl():
     assert info["pixels"] > 100 and info["renderer"]
 
 
+_MASK_CODE = (
+    "import numpy as np, trimesh\n"
+    "from hmrcritic.hmr.render import Renderer, RenderError\n"
+    "s = trimesh.creation.icosphere(1)\n"
+    "K = np.array([[100.0, 0, 32], [0, 100.0, 32], [0, 0, 1]])\n"
+    "try:\n"
+    "    Renderer().mask(s.vertices + [0, 0, 3], s.faces, K)\n"
+    "    print('RENDERED')\n"
+    "except RenderError as e:\n"
+    "    print('ERR', e)\n"
+)
+
+
+def mask_in_fresh_process(**env_vars: str) -> tuple[str, str]:
+    """Render one mask in a new Python process with ``env_vars`` set (GL platform choices are made at import):
+    its stdout line ("RENDERED" or "ERR <message>") and the tail of its stderr."""
+    env = dict(os.environ, **env_vars)
+    out = subprocess.run([sys.executable, "-c", _MASK_CODE], env=env, capture_output=True, text=True, timeout=120)
+    return out.stdout.strip(), out.stderr[-2000:]
+
+
 def test_unavailable_gl_platform_gives_one_clear_line():
-    code = (
-        "import numpy as np, trimesh\n"
-        "from hmrcritic.hmr.render import Renderer, RenderError\n"
-        "s = trimesh.creation.icosphere(1)\n"
-        "K = np.array([[100.0, 0, 32], [0, 100.0, 32], [0, 0, 1]])\n"
-        "try:\n"
-        "    Renderer().mask(s.vertices + [0, 0, 3], s.faces, K)\n"
-        "except RenderError as e:\n"
-        "    print('ERR', e)\n"
-    )
-    env = dict(os.environ, PYOPENGL_PLATFORM="no-such-platform")
-    out = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, timeout=120)
-    line = out.stdout.strip()
-    assert line.startswith("ERR"), out.stderr[-2000:]
+    line, err = mask_in_fresh_process(PYOPENGL_PLATFORM="no-such-platform")
+    assert line.startswith("ERR"), err
     assert "PYOPENGL_PLATFORM=no-such-platform" in line and "libegl-mesa0" in line and "\n" not in line
 
 

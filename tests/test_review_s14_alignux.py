@@ -11,6 +11,19 @@ from hmrcritic.alignment.finetune import FinetuneConfig, finetune
 from hmrcritic.cli import main
 
 
+def _interrupted_on_call(real, n: int):
+    """``real`` as a user's Ctrl-C meets it: its ``n``-th call raises KeyboardInterrupt instead of running."""
+    calls = []
+
+    def wrapped(*a, **k):
+        calls.append(1)
+        if len(calls) == n:
+            raise KeyboardInterrupt
+        return real(*a, **k)
+
+    return wrapped
+
+
 def _ft_cfg(data, base, out, **kw):
     kw = {"steps": 2, "batch_size": 2, "num_generations": 4, "checkpoint_every": 1, "lr": 1e-3, **kw}
     return FinetuneConfig(data=str(data), model=str(base), out=str(out), **kw)
@@ -92,15 +105,8 @@ def test_ctrl_c_in_finetune_says_where_a_rerun_resumes(base_ckpt, tmp_path, caps
     import hmrcritic.alignment.finetune as F
 
     data = write_dataset(tmp_path / "prefs", n_groups=4, N=4)
-    real, calls = F.compute_loss, []
-
-    def interrupt_at_step_3(*a, **k):
-        calls.append(1)
-        if len(calls) == 3:
-            raise KeyboardInterrupt
-        return real(*a, **k)
-
-    monkeypatch.setattr(F, "compute_loss", interrupt_at_step_3)
+    real = F.compute_loss
+    monkeypatch.setattr(F, "compute_loss", _interrupted_on_call(real, 3))
     args = ["finetune", "--data", str(data), "--out", str(tmp_path / "ft.pt"), "--model", str(base_ckpt),
             "--steps", "5", "--batch-size", "2", "--num-generations", "4", "--checkpoint-every", "2", "--json"]
     assert main(args) == 130
@@ -115,16 +121,7 @@ def test_ctrl_c_in_export_says_what_is_kept(model_path, tmp_path, capsys, monkey
     """Ctrl-C in `export` exited 130 in silence; it now says how many groups are kept and how to resume."""
     import hmrcritic.alignment.export as EX
 
-    real = EX._write_group
-    calls = []
-
-    def interrupt_second(*a, **k):
-        calls.append(1)
-        if len(calls) == 2:
-            raise KeyboardInterrupt
-        return real(*a, **k)
-
-    monkeypatch.setattr(EX, "_write_group", interrupt_second)
+    monkeypatch.setattr(EX, "_write_group", _interrupted_on_call(EX._write_group, 2))
     monkeypatch.setattr(EX, "load_inputs", lambda cfg: ([EX.strip_labels(s) for s in make_inputs(3)], "inline"))
     args = ["export", "--split", "inline", "--out", str(tmp_path / "ds"), "--model", str(model_path),
             "--num-generations", "4", "--steps", "2", "--no-memory", "--scorer", "test_export:fake_score", "--json"]

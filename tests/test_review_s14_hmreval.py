@@ -4,12 +4,10 @@ GL error / doctor line for an unsupported PYOPENGL_PLATFORM."""
 from __future__ import annotations
 
 import math
-import os
-import subprocess
-import sys
 
 import pytest
 import torch
+from test_render import mask_in_fresh_process
 
 from hmrcritic.hmr import evaluate as E
 from hmrcritic.hmr.camera import default_intrinsics, project
@@ -107,21 +105,8 @@ def test_doctor_gl_line_for_an_unsupported_platform(monkeypatch):
 def test_gl_error_for_an_egl_device_id_that_does_not_exist():
     """EGL_DEVICE_ID=7 on a machine with fewer EGL devices: pyrender raises "Invalid device ID (7)" and the
     advice was to install the Mesa EGL libraries (already there: device 0 renders)."""
-    code = (
-        "import numpy as np, trimesh\n"
-        "from hmrcritic.hmr.render import Renderer, RenderError\n"
-        "s = trimesh.creation.icosphere(1)\n"
-        "K = np.array([[100.0, 0, 32], [0, 100.0, 32], [0, 0, 1]])\n"
-        "try:\n"
-        "    Renderer().mask(s.vertices + [0, 0, 3], s.faces, K)\n"
-        "    print('RENDERED')\n"
-        "except RenderError as e:\n"
-        "    print('ERR', e)\n"
-    )
-    env = dict(os.environ, PYOPENGL_PLATFORM="egl", EGL_DEVICE_ID="999")
-    out = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, timeout=120)
-    line = out.stdout.strip()
-    assert line.startswith("ERR"), (line, out.stderr[-2000:])
+    line, err = mask_in_fresh_process(PYOPENGL_PLATFORM="egl", EGL_DEVICE_ID="999")
+    assert line.startswith("ERR"), (line, err)
     if "Invalid device ID" not in line:
         pytest.skip(f"this machine's EGL fails before the device index is read: {line[:200]}")
     assert "EGL_DEVICE_ID='999' names no EGL device" in line and "Install the Mesa" not in line
