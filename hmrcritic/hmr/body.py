@@ -148,7 +148,8 @@ class BodyModel:
                 raise ValueError(f"BodyModel: {name} {tuple(t.shape)} has fewer leading dims than {tuple(lead)}; "
                                  "give every input the same leading dims, e.g. betas[:, None] for (B,N,…) poses")
         n = int(np.prod(lead)) if len(lead) else 1
-        go, bp, be = (t.expand(*lead, t.shape[-1]).reshape(n, -1) for t in (go, bp, be))
+        # the width spelled out: reshape(0, -1) is ambiguous and raised before the empty-batch branch below
+        go, bp, be = (t.expand(*lead, t.shape[-1]).reshape(n, t.shape[-1]) for t in (go, bp, be))
         if n == 0:
             z = go.new_zeros
             return BodyOutput(z(*lead, self.num_vertices, 3), z(*lead, 24, 3), z(*lead, 5, 3))

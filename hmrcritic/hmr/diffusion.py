@@ -231,6 +231,8 @@ class HMRDiffusion(nn.Module):
         d = config.d_model
         if d % config.heads:
             raise ValueError(f"d_model {d} must be divisible by heads {config.heads}")
+        if d % 2:  # the timestep embedding is d/2 cosines + d/2 sines: an odd d failed at the first forward pass
+            raise ValueError(f"d_model {d} must be even (sin/cos timestep embedding)")
         self.num_timesteps = config.T
         if config.prediction not in ("v", "eps"):
             raise ValueError(f"unknown prediction {config.prediction!r} (v or eps)")
@@ -303,11 +305,13 @@ class HMRDiffusion(nn.Module):
         kp_feat = torch.cat([kp, vis], -1)
         kp_tok = self.kp_in(kp_feat) + self.kp_pos
         if self.config.global_cond:
-            state = state + self.cond_mlp(torch.cat([kp_feat.reshape(B, -1), cond.box], -1))[:, None]
+            # widths spelled out here and below: reshape(B, -1) of an empty batch (B = 0) is ambiguous and raised
+            state = state + self.cond_mlp(torch.cat([kp_feat.reshape(B, NUM_KEYPOINTS * 4), cond.box], -1))[:, None]
         box_tok = self.box_in(cond.box)[:, None] + self.box_pos
         h = self.encoder(torch.cat([state, kp_tok, box_tok, temb], 1))
         h = self.norm(h[:, : NUM_JOINTS + 1])
-        out = torch.cat([self.joint_out(h[:, :NUM_JOINTS]).reshape(B, -1), self.shape_out(h[:, NUM_JOINTS])], -1)
+        joints_out = self.joint_out(h[:, :NUM_JOINTS]).reshape(B, NUM_JOINTS * 6)
+        out = torch.cat([joints_out, self.shape_out(h[:, NUM_JOINTS])], -1)
         if self.config.prediction == "eps":
             return out
         ab = self.alphas_cumprod[t].unsqueeze(-1)
@@ -445,7 +449,7 @@ def ddim_sample_x0(
         tt = torch.full((B,), t, device=device, dtype=torch.long)
         eps = model.predict_eps(x, tt, cond)
         z0 = ((x - (1 - a_t).sqrt() * eps) / a_t.sqrt()).clamp(-clip, clip)
-        if guide_fn is not None and guidance > 0:
+        if guide_fn is not None and guidance > 0 and B > 0:  # no rows: nothing to guide (and no graph to grad)
             for _ in range(guide_iters):
                 with torch.enable_grad():
                     z = z0.detach().requires_grad_(True)

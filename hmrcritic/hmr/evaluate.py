@@ -13,9 +13,9 @@ reproducible). Reported, all in mm on the ``lsp14`` joint set unless named other
   the camera (depth ≤ 0): its projection is undefined, the depth clamp puts it millions of px away, and a
   handful of them is what a huge ``reproj_mean_px`` (e.g. on ``wild``) is made of;
 - implausible-hypothesis rate (joint limits or self-penetration, ``hmr/anatomy.is_implausible``);
-- diversity: mean pairwise joint distance within a group (root-relative, mm) over the SMPL joints whose
-  COCO keypoint is visible vs occluded (``COCO_TO_SMPL``); ``*_aligned`` does the same after
-  similarity-aligning each hypothesis to the group mean, so global-orientation spread does not count;
+- diversity (None with one hypothesis per group): mean pairwise joint distance within a group (root-relative,
+  mm) over the SMPL joints whose COCO keypoint is visible vs occluded (``COCO_TO_SMPL``); ``*_aligned`` does
+  the same after similarity-aligning each hypothesis to the group mean, so global-orientation spread does not count;
   ``*_balanced`` compares each joint with itself (aligned spread of joint j where it is visible vs where it
   is occluded, then averaged over joints), because occluded joints are mostly distal ones (wrists, ankles)
   and the plain sets mix joint types;
@@ -238,18 +238,21 @@ def evaluate_model(
         add("pve_meanpose", M.pve(mo.vertices, gt.vertices, mo.joints[:, 0], gt.joints[:, 0]))
         add("implausible", is_implausible(flat["body_pose"], out.joints).float())
         vis, mapped = smpl_visibility(kp)
-        add("div_visible", M.mean_pairwise_distance(joints, vis & mapped, root_relative=True))
-        add("div_occluded", M.mean_pairwise_distance(joints, ~vis & mapped, root_relative=True))
-        add("div_all", M.mean_pairwise_distance(joints, None, root_relative=True))
-        # the same after similarity-aligning every hypothesis to the group mean: articulation only
-        aligned = M.procrustes_align(joints, joints.mean(1, keepdim=True))
-        add("div_visible_pa", M.mean_pairwise_distance(aligned, vis & mapped))
-        add("div_occluded_pa", M.mean_pairwise_distance(aligned, ~vis & mapped))
-        # per-joint spread (B,24) for the joint-balanced comparison (same joint visible vs occluded)
-        pair = (aligned.unsqueeze(2) - aligned.unsqueeze(1)).norm(dim=-1).sum(dim=(1, 2)) * 1000.0
-        per_joint.append((pair / max(N * (N - 1), 1)).cpu())
-        vis_masks.append((vis & mapped).cpu())
-        occ_masks.append((~vis & mapped).cpu())
+        # one hypothesis has no spread: left out (None), not NaN per scene, which non_finite_dropped then
+        # counted and the report blamed on scenes without occluded or visible joints
+        if N > 1:
+            add("div_visible", M.mean_pairwise_distance(joints, vis & mapped, root_relative=True))
+            add("div_occluded", M.mean_pairwise_distance(joints, ~vis & mapped, root_relative=True))
+            add("div_all", M.mean_pairwise_distance(joints, None, root_relative=True))
+            # the same after similarity-aligning every hypothesis to the group mean: articulation only
+            aligned = M.procrustes_align(joints, joints.mean(1, keepdim=True))
+            add("div_visible_pa", M.mean_pairwise_distance(aligned, vis & mapped))
+            add("div_occluded_pa", M.mean_pairwise_distance(aligned, ~vis & mapped))
+            # per-joint spread (B,24) for the joint-balanced comparison (same joint visible vs occluded)
+            pair = (aligned.unsqueeze(2) - aligned.unsqueeze(1)).norm(dim=-1).sum(dim=(1, 2)) * 1000.0
+            per_joint.append((pair / (N * (N - 1))).cpu())
+            vis_masks.append((vis & mapped).cpu())
+            occ_masks.append((~vis & mapped).cpu())
         if select_fn is not None:
             ctx = {
                 "group": group,
