@@ -192,6 +192,14 @@ def check_condition(arrays: dict[str, np.ndarray], where: str) -> None:
     for k, shape in shapes.items():
         if tuple(arrays[k].shape) != shape:
             raise AssetError(f"{where}: {k} has shape {tuple(arrays[k].shape)}, expected {shape}")
+    # A NaN or zero focal length (or image size) made every loss of the group NaN: the finetuner then stopped with
+    # "diverged … lower --lr or --beta" at its first step and validate said the dataset was fine. (NaN keypoints
+    # are allowed: they read as missing points.)
+    K, size = arrays["K"], arrays["image_size"]
+    if not (np.isfinite(K).all() and K[0, 0] > 0 and K[1, 1] > 0):
+        raise AssetError(f"{where}: K must be finite intrinsics with focal lengths > 0, got {K.tolist()}")
+    if not (np.isfinite(size).all() and (size > 0).all()):
+        raise AssetError(f"{where}: image_size must be (W, H) > 0, got {size.tolist()}")
 
 
 def check_hypotheses(arrays: dict[str, np.ndarray], where: str, n: int | None = None) -> tuple[int, int]:

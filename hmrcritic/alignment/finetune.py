@@ -85,8 +85,11 @@ class FinetuneConfig:
                 raise InputError(f"--{name.replace('_', '-')} must be ≥ 1, got {getattr(self, name)}")
         if not 0.0 <= self.ema < 1.0:
             raise InputError(f"--ema must be in [0, 1), got {self.ema}")
-        if self.num_generations < 2 and self.objective != "sft":
-            raise InputError("--num-generations must be ≥ 2 for preference objectives")
+        # sft too: its "best of a group" of one hypothesis is a tie like any other, so every group was skipped and
+        # the run saved the base model unchanged after steps of zero loss
+        if self.num_generations < 2:
+            raise InputError(f"--num-generations must be ≥ 2 (a group of one hypothesis has no preference, and "
+                             f"best-of-group SFT no best), got {self.num_generations}")
         if not (math.isfinite(self.grad_clip) and self.grad_clip > 0):
             raise InputError(f"--grad-clip must be a finite number > 0, got {self.grad_clip}")
         if not (math.isfinite(self.weight_decay) and self.weight_decay >= 0):
@@ -261,6 +264,9 @@ def finetune(config: FinetuneConfig, progress: bool | Callable[[dict], None] = F
     data = _GroupTensors(ds, cfg.device)
     data_hash = dataset_hash(ds)
     G = min(cfg.num_generations, data.min_n)
+    if G < 2:  # a hand-written dataset: export refuses groups of one; with G = 1 no step carries a preference
+        raise InputError(f"{cfg.data}: its smallest group has {data.min_n} hypothesis; every group needs ≥ 2 to "
+                         "carry a preference")
     if cfg.num_generations > G and progress is True:  # the CLI: say so rather than silently train on fewer
         import sys
 
@@ -316,9 +322,17 @@ def finetune(config: FinetuneConfig, progress: bool | Callable[[dict], None] = F
             out_obj = compute_loss(policy, reference, x0, cond, scores, ocfg, step_gen)
             if not torch.isfinite(out_obj.loss):
                 # Stop before a NaN reaches the weights: the state and checkpoint of the last good step stay.
+                # At step 1 no update was made yet (and no state saved): the base model or the data gives the NaN,
+                # and "lower --lr" would send the user after the wrong cause.
+                loss_v = float(out_obj.loss.detach())
+                if step == 0:
+                    raise TrainingDiverged(
+                        f"finetune cannot start: the loss is {loss_v} at step 1, before any update, so the base model "
+                        f"({cfg.model or 'the shipped one'}) or the data in {cfg.data} gives it, not --lr or --beta")
+                kept = (f"the last saved state, {cfg.state_path}, is kept" if cfg.state_path.exists()
+                        else f"no state was saved yet: --checkpoint-every is {cfg.checkpoint_every}")
                 raise TrainingDiverged(
-                    f"finetune diverged: the loss is {float(out_obj.loss.detach())} at step {step + 1} "
-                    f"(the last saved state, {cfg.state_path}, is kept); lower --lr or --beta")
+                    f"finetune diverged: the loss is {loss_v} at step {step + 1} ({kept}); lower --lr or --beta")
             opt.zero_grad(set_to_none=True)
             if out_obj.loss.requires_grad:
                 out_obj.loss.backward()

@@ -258,15 +258,12 @@ def sft_loss(policy, reference, x0, cond, scores, cfg: ObjectiveConfig, generato
     else:
         keep = torch.nonzero(~zero).squeeze(1)
         loss = _base_loss(policy, xb[keep], select_condition(cond, keep), generator)
-    return ObjectiveOutput(
-        loss,
-        {
-            "loss": float(loss.detach()),
-            "loss_sft": float(loss.detach()),
-            "zero_variance_share": float(zero.float().mean()),
-            "groups": float(B),
-        },
-    )
+    metrics = {"loss": float(loss.detach()), "zero_variance_share": float(zero.float().mean()), "groups": float(B)}
+    # every group tied: no SFT term, and no loss_sft either (as GPA's loss_gpa and DPO's loss_dpo) — its 0.0 pulled
+    # the logged mean of the window down
+    if not zero.all():
+        metrics["loss_sft"] = metrics["loss"]
+    return ObjectiveOutput(loss, metrics)
 
 
 def _reward_metrics(d: torch.Tensor, scores: torch.Tensor, beta: float) -> dict[str, float]:
@@ -291,6 +288,10 @@ def compute_loss(
         raise ValueError(
             f"x0 must be (B,G,D) and scores (B,G); got {tuple(x0.shape)} and {tuple(scores.shape)}"
         )
+    # A NaN/inf score gave GPA a NaN loss, and DPO and SFT silently took the NaN-scored hypothesis as the best one
+    # (argmax treats NaN as the largest value): refuse it here, for every objective.
+    if scores.is_floating_point() and not bool(torch.isfinite(scores).all()):
+        raise ValueError(f"scores must be finite; got {int((~torch.isfinite(scores)).sum())} NaN/inf value(s)")
     return _DISPATCH[cfg.objective](policy, reference, x0, cond, scores, cfg, generator)
 
 

@@ -37,6 +37,9 @@ def group_advantages(
     """
     if scale_rewards not in SCALE_REWARDS:
         raise ValueError(f"scale_rewards must be one of {SCALE_REWARDS}, got {scale_rewards!r}")
+    # A NaN or inf score made every advantage of its group (of the batch, for "batch") NaN: a silent NaN loss
+    if scores.is_floating_point() and not bool(torch.isfinite(scores).all()):
+        raise ValueError(f"scores must be finite; got {int((~torch.isfinite(scores)).sum())} NaN/inf value(s)")
     s = scores.to(torch.float64) if scores.dtype != torch.float64 else scores
     centred = s - s.mean(dim=-1, keepdim=True)
     if scale_rewards == "group":
