@@ -8,11 +8,13 @@ structure, physical feasibility and image alignment). Beyond the paper, and why:
 * The prompt carries a measured evidence table and the recalled rules/prototypes as text, so a small local
   VLM has numbers to lean on (see :mod:`hmrcritic.agent.prompts`).
 * Robustness for real endpoints: structured output via ``json_schema``; servers that reject it (a 400 or a
-  422) get function calling, and servers that reject that get plain text parsed tolerantly (first JSON
-  object outside a ``<think>`` block, 0-100 rescaled, clamped, missing axes filled from ``overall``). Answers
-  with the wrong hypotheses are rejected. Timeouts, 5xx, 408, 409, 429 (``Retry-After`` honoured, also on a
-  503) and unusable answers are retried with exponential backoff and jitter; then
-  :class:`~hmrcritic.errors.JudgeError` names the group and the last reason in one line.
+  422) get function calling, and servers that reject that get plain text parsed tolerantly (the first JSON
+  object holding a list, outside a ``<think>`` block, 0-100 rescaled, clamped, missing axes filled from
+  ``overall``, scores written as fractions read on their scale, hypotheses named by their grid label). Answers
+  with the wrong hypotheses are rejected. Tool arguments sent as an object, and a 200 carrying an error
+  object, are read as a conforming server would have sent them (:func:`_tolerated`). Timeouts, 5xx, 408, 409,
+  429 (``Retry-After`` honoured, also on a 503) and unusable answers are retried with exponential backoff and
+  jitter; then :class:`~hmrcritic.errors.JudgeError` names the group and the last reason in one line.
   ChatOpenAI's own retries are off (``max_retries=0``) so this policy is the only one in force.
 * A process-wide semaphore per endpoint bounds the requests in flight (``JudgeSettings.max_concurrency``);
   :meth:`VLMJudge.critique_many` fans groups out on a thread pool of that size.
@@ -30,6 +32,7 @@ import email.utils
 import json
 import logging
 import random
+import re
 import threading
 import time
 from collections.abc import Callable, Sequence
@@ -115,16 +118,32 @@ def invoke_within(runnable, messages, seconds: float):
 
 
 def extract_json(text: str) -> Any:
-    """The first JSON object (or array) embedded in ``text`` (prose, code fences and all)."""
+    """The JSON answer embedded in ``text`` (prose, code fences and all): the first object that holds a list
+    (``{"scores": [...]}``, ``{"rules": [...]}``) or list of objects, else the first object or array.
+
+    The first JSON value of all was taken, and prose quotes other JSON before its answer: a reference such as
+    "hypothesis [3] is the worst" or the format it was asked for (``{"index": 0, ...}``) was rejected as the
+    answer on every retry, although the answer followed in the same text."""
     decoder = json.JSONDecoder()
-    for i, ch in enumerate(text):
-        if ch in "{[":
-            try:
-                value, _ = decoder.raw_decode(text, i)
-            except json.JSONDecodeError:
-                continue
-            if isinstance(value, dict | list):
-                return value
+    first: Any = None
+    i = 0
+    while i < len(text):
+        if text[i] not in "{[":
+            i += 1
+            continue
+        try:
+            value, end = decoder.raw_decode(text, i)
+        except json.JSONDecodeError:
+            i += 1
+            continue
+        if isinstance(value, dict) and any(isinstance(v, list) for v in value.values()):
+            return value
+        if isinstance(value, list) and value and all(isinstance(v, dict) for v in value):
+            return value
+        first = value if first is None else first
+        i = end  # not inside it: an entry of a quoted example is no answer either
+    if first is not None:
+        return first
     raise Unparseable("no JSON object in the answer")
 
 
@@ -138,26 +157,61 @@ def _answer_text(content: str) -> str:
     return tail if sep else content
 
 
+_LABEL = re.compile(r"\s*(?:#|h|hyp|hypothesis)?\s*#?\s*(\d+)\s*", re.IGNORECASE)
+
+
 def _index(value: Any) -> int:
-    """A hypothesis index as an int: an integer, or a number or numeral with an integral value ("2", 2.0).
+    """A hypothesis index as an int: an integer, or a number or numeral with an integral value ("2", 2.0), or
+    a label as the grids ("#2") and the reflection's feedback ("h2") write it.
     ``int()`` alone truncated 1.9 to 1 and read ``true`` as 1, silently pairing scores with the wrong
-    hypotheses; those now raise like any other unusable index."""
+    hypotheses; those now raise like any other unusable index. A label was refused on every retry, although
+    it names its tile as plainly as the number does."""
     if isinstance(value, bool):
         raise ValueError("a boolean is not an index")
+    if isinstance(value, str) and (m := _LABEL.fullmatch(value)):
+        value = m.group(1)
     number = float(value) if isinstance(value, str) else value
     if isinstance(number, float) and not number.is_integer():
         raise ValueError(f"{value!r} is not an integer")
     return int(number)
 
 
+# a value that says "no score" (an axis the model could not judge): filled like a missing one
+_NO_SCORE = {"", "n/a", "na", "none", "null", "nan", "-", "unknown"}
+_FRACTION = re.compile(r"\s*([-+]?\d+(?:\.\d+)?)\s*(?:(?:/|out of)\s*(\d+(?:\.\d+)?)|(%))?\s*", re.IGNORECASE)
+
+
+def _score(value: Any, pos: int, field: str) -> float | None:
+    """A score as a float on the 0-10 scale of the fraction it is written as ("7/10", "85/100", "70%"), a
+    number or numeral as it is, None when it is absent or says so ("N/A", NaN, null).
+
+    Any other text was read as absent: a present ``overall`` of "9/10" was replaced by the mean of the axes,
+    so the model's ranking was silently swapped for another one. Text that is no score is now refused (and
+    retried with the reason) rather than guessed around."""
+    number = finite_float(value)
+    if number is not None or value is None or isinstance(value, float | int):
+        return number
+    text = str(value).strip()
+    if text.lower() in _NO_SCORE:
+        return None
+    m = _FRACTION.fullmatch(text)
+    if m is not None:
+        whole = 100.0 if m.group(3) else float(m.group(2) or 10.0)
+        if whole > 0:
+            return float(m.group(1)) * 10.0 / whole
+    raise Unparseable(f"score entry {pos} has {field} {text[:40]!r}, not a number")
+
+
 def normalise_critique(data: Any, n: int) -> GroupCritique:
     """Turn whatever the endpoint returned into a valid critique of exactly ``n`` hypotheses, or raise.
 
     Tolerated: a bare list of scores; ``score``/``comment``/``id`` aliases (the paper's critic answers one
-    score and a comment); a 0-100 scale (rescaled when any value exceeds 10); values outside the scale
+    score and a comment); scores as numerals or fractions ("7", "7/10", "85/100", "70%"), "N/A" as absent;
+    indices as labels ("#2", "h2"); a 0-100 scale (rescaled when any value exceeds 10); values outside the scale
     (clamped); missing axes (filled from ``overall``; a missing ``overall`` is the mean of the axes);
     missing indices when the list has exactly ``n`` entries (taken in order); indices 1..n (shifted).
-    Rejected: the wrong number of hypotheses, duplicate or out-of-range indices, entries without scores.
+    Rejected: the wrong number of hypotheses, duplicate or out-of-range indices, entries without scores, a
+    score that is words.
     """
     if isinstance(data, BaseModel):
         data = data.model_dump()
@@ -177,8 +231,8 @@ def normalise_critique(data: Any, n: int) -> GroupCritique:
         if not isinstance(e, dict):
             raise Unparseable(f"score entry {pos} is not an object")
         idx = e.get("index", e.get("id", e.get("hypothesis")))
-        vals = {a: finite_float(e.get(a)) for a in AXES}
-        overall = finite_float(e.get("overall", e.get("score")))
+        vals = {a: _score(e.get(a), pos, a) for a in AXES}
+        overall = _score(e.get("overall", e.get("score")), pos, "overall")
         known = [v for v in vals.values() if v is not None]
         if overall is None:
             if not known:
@@ -320,6 +374,58 @@ def _retry_after_s(exc: Exception) -> float | None:
     return max(0.0, when.timestamp() - time.time())
 
 
+def _tolerated(body: Any) -> tuple[int, Any] | None:
+    """``(status, body)`` to read a 200's JSON body as, or None to read it as it is. Two quirks of real servers:
+
+    * an error object and no completion (OpenRouter reports a provider's failure so, as do some proxies): read
+      with the status the error names, or 502 when it names none, so the openai client raises it as that HTTP
+      error, with the server's message, and the retry policy applies. Taken as a completion, the client failed
+      on it in its own way ("TypeError: 'NoneType' object is not iterable" under json_schema) and the server's
+      words were lost;
+    * tool-call ``arguments`` as a JSON object instead of a string (llama.cpp's server has sent them so): the
+      client refused the message ("Input should be a valid string") on every retry of every group, and the
+      judge never left function calling. The object is what the string would have held."""
+    if not isinstance(body, dict):
+        return None
+    if body.get("error") and not body.get("choices"):
+        code = finite_float(body["error"].get("code")) if isinstance(body["error"], dict) else None
+        return (int(code) if code is not None and 400 <= code <= 599 else 502), body
+    changed = False
+    for choice in body.get("choices") if isinstance(body.get("choices"), list) else []:
+        message = choice.get("message") if isinstance(choice, dict) else None
+        calls = message.get("tool_calls") if isinstance(message, dict) else None
+        for call in calls if isinstance(calls, list) else []:
+            function = call.get("function") if isinstance(call, dict) else None
+            if isinstance(function, dict) and isinstance(function.get("arguments"), dict | list):
+                function["arguments"], changed = json.dumps(function["arguments"]), True
+    return (200, body) if changed else None
+
+
+def _http_client():
+    """The openai client's default HTTP client, with :func:`_tolerated` applied to every 200 JSON answer."""
+    import openai
+
+    class Client(openai.DefaultHttpxClient):
+        def send(self, request, **kwargs):
+            response = super().send(request, **kwargs)
+            if response.status_code != 200 or "json" not in response.headers.get("content-type", ""):
+                return response
+            response.read()
+            try:
+                fixed = _tolerated(json.loads(response.content))
+            except ValueError:
+                return response
+            if fixed is None:
+                return response
+            response.close()
+            drop = ("content-length", "content-encoding", "transfer-encoding")
+            headers = [(k, v) for k, v in response.headers.items() if k.lower() not in drop]
+            return type(response)(fixed[0], headers=headers, content=json.dumps(fixed[1]).encode(),
+                                  request=request, history=response.history)
+
+    return Client()
+
+
 class _CutOff(Exception):
     """The answer stopped at the endpoint's output-token limit."""
 
@@ -368,6 +474,7 @@ class VLMJudge:
             temperature=0,
             timeout=self.settings.timeout_s,
             max_retries=0,
+            http_client=_http_client(),
             **({"max_tokens": int(self.settings.max_tokens)} if self.settings.max_tokens is not None else {}),
         )
         self._mode = MODES[0]
@@ -557,10 +664,32 @@ class VLMJudge:
         return text if len(text) <= 300 else text[:297] + "..."
 
     def _describe(self, exc: Exception) -> str:
+        """``HTTP <status>: <message>``. A body that is not an OpenAI error object (Ollama's "404 page not found",
+        a proxy's HTML page, ``{"error": "<text>"}``) stays out of the client's message ("Error code: 502"),
+        so its words, without markup, are added: they were the only clue and were dropped."""
         status = getattr(exc, "status_code", None)
         message = getattr(exc, "message", None) or str(exc) or type(exc).__name__
+        body = getattr(exc, "body", None)
+        if isinstance(body, str) and body.strip() and body.strip() not in message:
+            message = f"{message} - {' '.join(re.sub(r'<[^>]*>', ' ', body).split())[:200]}"
         head = f"HTTP {status}" if status else type(exc).__name__
         return self._scrub(f"{head}: {message}")
+
+    @staticmethod
+    def _where(exc: Exception) -> str:
+        """Where a 404/405 came from, first (the message is cut at 300 characters): the URL asked, or the
+        redirect that led there. A base URL without ``/v1`` (Ollama's ``http://host:11434``) or one that
+        redirects (http to https: the client follows a 301 with a GET) was reported as a bare "HTTP 404" or
+        "HTTP 405" that named no address."""
+        response = getattr(exc, "response", None)
+        url = redact_url(str(getattr(getattr(response, "request", None), "url", "") or "?"))
+        history = getattr(response, "history", None) or []
+        if history:
+            start = redact_url(str(history[0].request.url))
+            as_get = ", which a redirected POST reaches as a GET" if history[0].status_code in (301, 302, 303) else ""
+            return f"{start} redirected to {url}{as_get}: set HMRCRITIC_BASE_URL to the address it redirects to; "
+        return (f"at {url} (OpenAI-compatible servers answer under /v1, e.g. http://localhost:11434/v1 for "
+                "Ollama: check HMRCRITIC_BASE_URL, and the model name): ")
 
     def _degrade(self, failed_mode: str) -> bool:
         """Step down from a structured-output method the endpoint rejected. False when none is left."""
@@ -671,6 +800,8 @@ class VLMJudge:
                     wait_hint = _retry_after_s(exc)
                 else:
                     reason, fatal = self._describe(exc), True
+                    if exc.status_code in (404, 405):
+                        reason = self._where(exc) + reason
             except openai.OpenAIError as exc:
                 reason, fatal = self._describe(exc), True
             except (IndexError, KeyError, TypeError, AttributeError, ValueError) as exc:
