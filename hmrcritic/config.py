@@ -67,20 +67,59 @@ def env_flag(name: str, default: bool) -> bool:
     raise InputError(f"{name}={raw!r} is not a yes/no value (1/0, true/false, yes/no, on/off)")
 
 
+def _env_path_value(name: str) -> str:
+    """A path variable as meant: without the line ending a Windows-edited env file (``docker --env-file``, a
+    systemd EnvironmentFile) leaves on it. ``HMRCRITIC_HOME=/data/hm\\r`` made a new, empty home named with a
+    carriage return beside the real one, and the memory and data learnt there were silently out of sight."""
+    return (os.environ.get(name) or "").rstrip("\r\n")
+
+
 def _env_path(name: str, default: Path) -> Path:
-    value = os.environ.get(name)
-    return Path(value).expanduser() if value else default
+    value = _env_path_value(name)
+    return _not_dangling(Path(value).expanduser() if value else default, name)
+
+
+def _not_dangling(path: Path, name: str) -> Path:
+    """``path``, unless it or a folder above it is a symbolic link to nothing: an InputError naming the link.
+
+    A home linked to a drive that is not mounted: the memory (which resolves links) made the missing target on
+    the disk below and learnt into a folder the drive hides once mounted, while every other writer failed with
+    "File exists: <link> (a file is where a folder is needed)", and doctor called the folders fine."""
+    for p in (path, *path.parents):
+        if p.is_symlink() and not p.exists():
+            from hmrcritic.errors import InputError
+
+            raise InputError(f"{p} is a symbolic link to {os.readlink(p)}, which does not exist (a drive not mounted?)"
+                             f"; create it, or set {name} or HMRCRITIC_HOME to another folder")
+    return path
 
 
 def home_dir() -> Path:
     """Root of everything the toolkit writes (cache, data, memory) unless overridden per folder."""
-    if os.environ.get("HMRCRITIC_HOME"):
-        return Path(os.environ["HMRCRITIC_HOME"]).expanduser()
-    xdg = os.environ.get("XDG_DATA_HOME")
+    if _env_path_value("HMRCRITIC_HOME"):
+        return Path(_env_path_value("HMRCRITIC_HOME")).expanduser()
+    xdg = _env_path_value("XDG_DATA_HOME")
     # a relative XDG_DATA_HOME is invalid (XDG spec: ignore it): it put the home under whatever folder a command
     # ran from, so the memory and data learnt in one folder were missing in the next
     xdg_ok = bool(xdg) and Path(xdg).expanduser().is_absolute()
-    return (Path(xdg).expanduser() if xdg_ok else Path.home() / ".local" / "share") / "hmrcritic"
+    return (Path(xdg).expanduser() if xdg_ok else _user_home() / ".local" / "share") / "hmrcritic"
+
+
+def _user_home() -> Path:
+    """``$HOME`` when it is an absolute path, else the account's home from the password database.
+
+    ``Path.home()`` takes HOME as it is: an empty one (``HOME= cmd``, some service managers) made the home
+    folder ``/.local/share/hmrcritic`` (root: written there; anyone else: "permission denied" on ``/``) and a
+    relative one put it under whatever folder the command ran from, as a relative XDG_DATA_HOME did."""
+    home = os.environ.get("HOME", "")
+    if home and Path(home).is_absolute():
+        return Path(home)
+    try:
+        import pwd
+
+        return Path(pwd.getpwuid(os.getuid()).pw_dir)
+    except (ImportError, KeyError, OSError):  # no such account (a container's arbitrary uid): as before
+        return Path.home()
 
 
 def cache_dir() -> Path:
@@ -187,7 +226,9 @@ class JudgeSettings:
     base_url: str | None = field(
         default_factory=lambda: os.environ.get("HMRCRITIC_BASE_URL") or os.environ.get("OPENAI_BASE_URL")
     )
-    model: str = field(default_factory=lambda: os.environ.get("HMRCRITIC_VLM_MODEL", "gpt-4o-mini"))
+    # empty counts as unset, as for every other setting: ``HMRCRITIC_VLM_MODEL=`` sent the model name "" to the
+    # endpoint, and doctor and the memory and dataset keys took "" for a critic of its own
+    model: str = field(default_factory=lambda: (os.environ.get("HMRCRITIC_VLM_MODEL") or "").strip() or "gpt-4o-mini")
     timeout_s: float = field(default_factory=lambda: env_number("HMRCRITIC_VLM_TIMEOUT", 60.0, float, 0, above=True))
     max_retries: int = field(default_factory=lambda: env_number("HMRCRITIC_VLM_RETRIES", 4, int, 0))
     max_concurrency: int = field(default_factory=lambda: env_number("HMRCRITIC_VLM_CONCURRENCY", 4, int, 1))
@@ -233,7 +274,7 @@ class JudgeSettings:
 
 def body_model_path() -> Path | None:
     """A user-supplied SMPL file (``HMRCRITIC_BODY_MODEL``); None means the built-in mannequin."""
-    value = os.environ.get("HMRCRITIC_BODY_MODEL")
+    value = _env_path_value("HMRCRITIC_BODY_MODEL")
     return Path(value).expanduser() if value else None
 
 

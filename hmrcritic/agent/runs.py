@@ -72,7 +72,10 @@ def checkpoint_error(path: str | Path, exc: Exception) -> AssetError:
         return AssetError(f"checkpoint database {path} is locked by another process (a critique or prune still "
                           f"writing?); try again when it has finished ({exc})")
     if isinstance(exc, sqlite3.OperationalError):
-        return AssetError(f"checkpoint database {path} cannot be used ({exc})")
+        # a read-only runs folder: SQLite writes beside its database even to read it (WAL), so say where to go
+        hint = ("; set HMRCRITIC_RUNS (or HMRCRITIC_HOME) to a writable folder, or make it writable"
+                if "readonly" in str(exc) or "read-only" in str(exc) or "unable to open" in str(exc) else "")
+        return AssetError(f"checkpoint database {path} cannot be used ({exc}){hint}")
     return AssetError(f"checkpoint database {path} is damaged ({exc}); move it aside to start afresh (its "
                       "checkpoint threads cannot be resumed)")
 

@@ -18,6 +18,7 @@ from pydantic import BaseModel, ConfigDict, Field, field_validator
 
 from hmrcritic.agent.judges import PROTO_LEVEL
 from hmrcritic.config import env_flag, env_number
+from hmrcritic.config import memory_dir as _env_memory_dir
 from hmrcritic.redact import register_url
 
 
@@ -42,7 +43,9 @@ class AgentConfig(BaseModel):
     ucb_c: float = Field(default_factory=lambda: env_number("HMRCRITIC_UCB_C", 1.0, float), ge=0)
     learn: bool = Field(default_factory=lambda: env_flag("HMRCRITIC_LEARN", False))
     render: bool = Field(default_factory=lambda: env_flag("HMRCRITIC_RENDER", True))
-    memory_dir: str | None = Field(default_factory=lambda: os.environ.get("HMRCRITIC_MEMORY") or None)
+    # through config (as the CLI): a trailing \r from a Windows env file dropped, a dangling link named
+    memory_dir: str | None = Field(
+        default_factory=lambda: str(_env_memory_dir()) if os.environ.get("HMRCRITIC_MEMORY", "").strip() else None)
     chroma_url: str | None = Field(default_factory=lambda: os.environ.get("HMRCRITIC_CHROMA_URL") or None)
     use_memory: bool = Field(default_factory=lambda: env_flag("HMRCRITIC_USE_MEMORY", True))
     use_rules: bool = Field(default_factory=lambda: env_flag("HMRCRITIC_USE_RULES", True))

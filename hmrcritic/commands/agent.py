@@ -10,6 +10,7 @@ from pathlib import Path
 
 import typer
 
+from hmrcritic.commands import expand_user_paths, is_tty
 from hmrcritic.errors import InputError
 
 
@@ -96,6 +97,8 @@ def _check_out_dir(out: Path) -> None:
 
 
 def register(app: typer.Typer) -> None:
+    first = len(app.registered_commands)
+
     @app.command("critique")
     def critique_cmd(
         image: Path = typer.Option(None, "--image", help="Input image (with --keypoints)."),
@@ -244,6 +247,7 @@ def register(app: typer.Typer) -> None:
                                       progress=progress)
         typer.echo(json.dumps(payload, indent=2) if as_json else format_table(payload))
 
+    expand_user_paths(app, first)
 
 
 def _stdout_to_stderr(active: bool):
@@ -273,7 +277,7 @@ def _print_table(result) -> None:
                       escape(s.rationale[:90]))
     import sys
 
-    Console(width=None if sys.stdout.isatty() else 150).print(table)
+    Console(width=None if is_tty(sys.stdout) else 150).print(table)
     rounds = max(0, len(result.reflections) - 1)
     if rounds:
         typer.echo(f"self-reflection: {rounds} revision round(s)")

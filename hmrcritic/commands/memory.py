@@ -131,7 +131,9 @@ def rules(
                       f"{r.success_rate:.2f}" if r.n_used else "-", ",".join(r.tags), cond, r.text)
     import sys
 
-    Console(width=None if sys.stdout.isatty() else 160).print(table)  # piped: rich would squeeze it into 80 columns
+    from hmrcritic.commands import is_tty
+
+    Console(width=None if is_tty(sys.stdout) else 160).print(table)  # piped: rich would squeeze it into 80 columns
 
 
 @memory_app.command("search")
@@ -224,4 +226,7 @@ def reset(
 
 
 def register(app: typer.Typer) -> None:
+    from hmrcritic.commands import expand_user_paths
+
+    expand_user_paths(memory_app)
     app.add_typer(memory_app, name="memory")

@@ -8,6 +8,7 @@ from pathlib import Path
 
 import typer
 
+from hmrcritic.commands import expand_user_paths, is_tty
 from hmrcritic.config import check_device
 from hmrcritic.errors import InputError
 
@@ -25,9 +26,25 @@ def _progress_printer(prefix: str):
     return show
 
 
-def _eval_progress(done: int, total: int) -> None:
-    # stderr: the report (or --json) on stdout stays clean, and a long --json run still shows it is working
-    print(f"\r  evaluated {done}/{total}", end="\n" if done >= total else "", file=sys.stderr, flush=True)
+def _eval_progress():
+    """The evaluation progress callback, on stderr: the report (or --json) on stdout stays clean, and a long --json
+    run still shows it is working."""
+    if is_tty(sys.stderr):
+        def show(done: int, total: int) -> None:
+            print(f"\r  evaluated {done}/{total}", end="\n" if done >= total else "", file=sys.stderr, flush=True)
+
+        return show
+    # a log file or CI (not a terminal): the \r updates piled up as one line of carriage returns per run, so say
+    # it in plain lines, at each tenth of the way and at the end
+    said = [0]
+
+    def show_plain(done: int, total: int) -> None:
+        tenth = 10 if done >= total else 10 * done // max(total, 1)
+        if tenth > said[0]:
+            said[0] = tenth
+            print(f"  evaluated {done}/{total}", file=sys.stderr, flush=True)
+
+    return show_plain
 
 
 def _note(msg: str) -> None:
@@ -48,6 +65,8 @@ def _parse_scene(scene: str):
 
 
 def register(app: typer.Typer) -> None:
+    first = len(app.registered_commands)
+
     @app.command("train-base")
     def train_base_cmd(
         seed: int = typer.Option(
@@ -122,7 +141,7 @@ def register(app: typer.Typer) -> None:
             ]
             for key, split, g, lim in runs:
                 evals[key] = evaluate_model(
-                    model, split=split, num_generations=16, limit=lim, guidance=g, progress=_eval_progress
+                    model, split=split, num_generations=16, limit=lim, guidance=g, progress=_eval_progress()
                 )
                 if evals[key]["n_samples"] < lim:
                     _note(f"split {split!r} has only {evals[key]['n_samples']} scenes; {key} evaluated them all "
@@ -238,8 +257,10 @@ def register(app: typer.Typer) -> None:
             joint_set=joint_set,
             nn_baseline=not no_nn,
             guidance=guidance,
-            progress=_eval_progress,
+            progress=_eval_progress(),
         )
         if limit is not None and res["n_samples"] < limit:
             _note(f"split {split!r} has only {res['n_samples']} scenes; evaluated all of them (--limit {limit})")
         print(json.dumps(res) if as_json else format_report(res))
+
+    expand_user_paths(app, first)

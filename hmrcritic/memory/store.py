@@ -206,8 +206,9 @@ def _unwritable_error(location: str, reason: str, read_only: bool = False) -> Un
             f"memory at {location} cannot be opened: its folder is not writable ({reason}), and Chroma writes to "
             "its database even to read it; copy the folder somewhere writable and give that as --memory-dir, or "
             "make it writable")
-    return UnwritableMemoryError(f"memory at {location} is not writable ({reason}); give a writable --memory-dir, "
-                                 "or make the folder writable (permissions, a read-only mount)")
+    return UnwritableMemoryError(f"memory at {location} is not writable ({reason}); give a writable --memory-dir "
+                                 "(or set HMRCRITIC_MEMORY or HMRCRITIC_HOME), or make the folder writable "
+                                 "(permissions, a read-only mount)")
 
 
 @contextmanager
@@ -229,7 +230,7 @@ def _mkdir(path: Path, location: str) -> None:
         if exc.errno not in (errno.EROFS, errno.EACCES, errno.EPERM):
             raise
         raise UnwritableMemoryError(f"cannot create the memory folder {location} ({exc.strerror}: {exc.filename}); "
-                                    "give a writable --memory-dir") from exc
+                                    "give a writable --memory-dir (or set HMRCRITIC_MEMORY or HMRCRITIC_HOME)") from exc
 
 
 # ---- the write lock -------------------------------------------------------------------------------------
