@@ -76,23 +76,29 @@ def open_checkpointer(path: str | Path | None = None):
         return _SAVERS[key]
 
 
-_COMPILED: dict[int, object] = {}
+_COMPILED: dict[int, object] = {}  # id(checkpointer) → (checkpointer, compiled graph), most recently used last
+COMPILED_KEPT = 8  # compiled graphs kept per process: the default checkpointer's and a few a caller passes
 
 
 def compile_graph(checkpointer=None):
     """The compiled graph; ``checkpointer=None`` → the default SQLite checkpointer (pass ``False`` for none).
 
-    Compiled once per checkpointer and process (compiling costs ~0.1 s, a whole group's critique ~0.3 s)."""
+    Compiled once per checkpointer and process (compiling costs ~0.1 s, a whole group's critique ~0.3 s), for
+    the :data:`COMPILED_KEPT` checkpointers used last: the cache holds each checkpointer, so a caller passing a
+    new one per critique (``critique_group(checkpointer=InMemorySaver())``) kept every one of them and all the
+    checkpoints in it for the life of the process (~0.2 MB per group of 16, without bound)."""
     if checkpointer is None:
         checkpointer = open_checkpointer()
     if checkpointer is False:
         return build_graph().compile()
     with _SAVER_LOCK:
         key = id(checkpointer)
-        cached = _COMPILED.get(key)
+        cached = _COMPILED.pop(key, None)
         if cached is None or cached[0] is not checkpointer:
             cached = (checkpointer, build_graph().compile(checkpointer=checkpointer))
-            _COMPILED[key] = cached
+        _COMPILED[key] = cached  # (re)inserted last: the least recently used one goes first
+        while len(_COMPILED) > COMPILED_KEPT:
+            _COMPILED.pop(next(iter(_COMPILED)))
         return cached[1]
 
 

@@ -36,6 +36,7 @@ import socket
 import sys
 import threading
 import time
+import weakref
 from collections.abc import Iterator
 from contextlib import ExitStack, contextmanager, suppress
 from pathlib import Path
@@ -109,6 +110,18 @@ _SEQ_SEEN: dict[str, int] = {}
 # cached rules/version even when the batch did not need to reopen Chroma.
 _EPOCH: dict[str, int] = {}
 SEQ_NAME = ".write.seq"
+# Per database path: how many embedded MemoryStores of this process use it. Chroma keeps a path's "system" (its
+# SQLite connections, the vector index in memory, threads) until it is stopped, and nothing stopped it: every
+# memory folder a long process opened stayed loaded after its last store was gone (a learning curve freezes a
+# copy per round; at 5k prototypes each kept ~10 MB, 16 file descriptors and 7 threads, up to "too many open
+# files"). A store's claim goes when it is closed or garbage-collected, and the system with the path's last one.
+_CLAIMS: dict[str, int] = {}
+# Paths whose claim a store gave up (close, or its finalizer when collected), settled at the next open or close:
+# a finalizer runs inside whatever code the garbage collector interrupted, which may hold a lock it would need.
+# A server store's own Chroma client goes here too, to be closed: Chroma gives every HttpClient systems of its
+# own (three, with a connection pool), and they too stayed for the life of the process (~1.6 MB and two
+# sockets per store).
+_RELEASED: list[Any] = []
 
 
 def _read_seq(path: Path) -> int:
@@ -330,6 +343,61 @@ def _drop_system(path: str) -> None:
     if old is not None:
         with suppress(Exception):  # a half-stopped old system must not block the fresh one
             old.stop()
+
+
+def _settle_released() -> None:
+    """Count off the claims given up since the last call (:data:`_CLAIMS`); a path left with none has its Chroma
+    system stopped. A path another thread is using right now, or a batch of this thread is in, waits for the
+    next call."""
+    deferred = []
+    while True:
+        try:
+            key = _RELEASED.pop()
+        except IndexError:
+            break
+        if not isinstance(key, str):  # a server store's client
+            _close_http_client(key)
+            continue
+        with _REGISTRY_LOCK:
+            lock = _PROCESS_LOCKS.setdefault(key, threading.RLock())
+        if not lock.acquire(blocking=False):
+            deferred.append(key)
+            continue
+        try:
+            with _REGISTRY_LOCK:
+                left = _CLAIMS.get(key, 0) - 1
+                if left <= 0 and (key in _WRITE_DEPTH or key in _SNAPSHOTS):
+                    deferred.append(key)  # this thread is inside a batch on it
+                    continue
+                if left > 0:
+                    _CLAIMS[key] = left
+                    continue
+                _CLAIMS.pop(key, None)
+            _drop_system(key)
+        finally:
+            lock.release()
+    _RELEASED.extend(deferred)
+
+
+def _close_http_client(client: Any) -> None:
+    """Stop a Chroma HttpClient's systems. ``close()`` stops them but leaves one registered for ever (Chroma 1.5
+    files the client's system under a second id when it makes the admin client), with its connection pool."""
+    from chromadb.api.shared_system_client import SharedSystemClient
+
+    client = getattr(client, "_target", client)
+    system = None
+    with suppress(Exception):  # an already closed client, or a registry someone cleared: nothing to look up
+        system = None if getattr(client, "_closed", False) else client._system
+    with suppress(Exception):
+        client.close()
+    if system is None:
+        return
+    with SharedSystemClient._refcount_lock:
+        for ident in [i for i, s in SharedSystemClient._identifier_to_system.items() if s is system]:
+            SharedSystemClient._identifier_to_system.pop(ident, None)
+            SharedSystemClient._identifier_to_refcount.pop(ident, None)
+    with suppress(Exception):
+        system.stop()
 
 
 def _persistent_client(path: str, reopen: bool = False, read_only: bool = False):
@@ -610,10 +678,13 @@ class MemoryStore:
         self._epoch_seen = _EPOCH.get(self._key, 0)
         self._writes = 0
         self._version_cache: tuple[tuple[int, int, int], str] | None = None
+        self._claim: weakref.finalize | None = None  # this store's count in _CLAIMS, while it holds one
+        _settle_released()  # stores collected since the last open: their folders' Chroma systems stop now
         self.rules = RuleMemory(self)
         self.prototypes = PrototypeMemory(self)
         if self.chroma_url:
             self._client = _http_client(self.chroma_url)
+            self._claim_path()
         else:
             if self.path.exists() and not self.path.is_dir():
                 raise InputError(f"a file is where a folder is needed: {self.path} (a memory is a folder)")
@@ -631,6 +702,7 @@ class MemoryStore:
                              "again")
         with self._local_lock():
             if not self.chroma_url:
+                self._claim_path()
                 self._client = _persistent_client(self._key, read_only=self.read_only)
                 self._gen_seen = _GENERATION.get(self._key, 0)
             missing = self._open_collections()
@@ -671,9 +743,14 @@ class MemoryStore:
             self._cols = {}
             self._epoch_seen = epoch
         if self.chroma_url:
+            if self._claim is None or not self._claim.alive:  # closed: its client is gone, so a new one
+                self._client = _http_client(self.chroma_url)
+                self._cols = {}
+                self._claim_path()
             return
         gen = self._generation()
         if gen != self._gen_seen:
+            self._claim_path()
             self._client = _persistent_client(self._key, read_only=self.read_only)
             self._cols = {}
             self._gen_seen = gen
@@ -727,6 +804,18 @@ class MemoryStore:
                                  f"{self._hint('reset --yes')}")
         return self._cols[name]
 
+    def _claim_path(self) -> None:
+        """Count this embedded store among the users of its folder's Chroma system (:data:`_CLAIMS`), once until
+        it is closed or collected; a server store's client is its own, closed then."""
+        if self._claim is not None and self._claim.alive:
+            return
+        if self.chroma_url:
+            self._claim = weakref.finalize(self, _RELEASED.append, getattr(self._client, "_target", self._client))
+            return
+        with _REGISTRY_LOCK:
+            _CLAIMS[self._key] = _CLAIMS.get(self._key, 0) + 1
+        self._claim = weakref.finalize(self, _RELEASED.append, self._key)
+
     def _local_lock(self) -> threading.RLock:
         """Per-path, per-process lock. Every Chroma call of every store on this path holds it: a write
         batch reopens the process's Chroma system, which must not happen under another thread's read."""
@@ -766,11 +855,14 @@ class MemoryStore:
                 with _unwritable_as_error(self.path, self.location):
                     if not self.chroma_url:
                         if seq < 0 or _SEQ_SEEN.get(self._key) != seq:
+                            self._claim_path()
                             self._client = _persistent_client(self._key, reopen=True)
                             self._gen_seen = self._generation()
                             self._cols = {}
                         self._ensure_current()
                         self._open_collections()
+                    else:
+                        self._ensure_current()  # a closed server store: a new client before its first call
                     self.rules.invalidate()
                     yield
             finally:
@@ -877,6 +969,7 @@ class MemoryStore:
         # calibration, and an upsert there that kept the prototype count left the version stale
         self._cols = {}
         if not self.chroma_url:
+            self._claim_path()
             self._client = _persistent_client(self._key, reopen=True, read_only=self.read_only)
             self._gen_seen = self._generation()
             self._open_collections()
@@ -1183,9 +1276,12 @@ class MemoryStore:
 
         if chroma_url:
             client = _http_client(chroma_url)
-            for name in names or list(COLLECTIONS):
-                with suppress(NotFoundError, ValueError):
-                    client.delete_collection(name)
+            try:
+                for name in names or list(COLLECTIONS):
+                    with suppress(NotFoundError, ValueError):
+                        client.delete_collection(name)
+            finally:
+                _close_http_client(client)  # as a closed store's (see _RELEASED)
             return
         path = Path(path).expanduser().resolve()
         if not holds_memory(path):
@@ -1202,6 +1298,12 @@ class MemoryStore:
             _release_write_lock(path, lock)
 
     def close(self) -> None:
-        """Drop references (Chroma keeps one shared system per path in a process; it is reused)."""
+        """Drop references and this store's claim on its folder's Chroma system, which stops (its database
+        connections, vector index and threads are freed) once no other store of this process uses the folder.
+        A store garbage-collected without closing gives its claim up too. Used again, it opens the folder anew."""
         self._cols = {}
+        if self._claim is not None and self._claim.alive:
+            self._claim()  # gives the claim up (a finalizer runs once)
+            self._gen_seen = -1  # the next use opens the folder again, and claims it
+        _settle_released()
 
