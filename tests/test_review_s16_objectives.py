@@ -426,3 +426,25 @@ def test_a_divergence_before_the_first_checkpoint_does_not_claim_a_saved_state(t
         finetune(_fcfg(data, base, out, steps=6, lr=1e30, checkpoint_every=50, ema=0.0))
     assert not (tmp_path / "boom.pt.state.pt").exists()
     assert "is kept" not in str(exc.value) and "no state was saved yet" in str(exc.value)
+
+
+def test_threads_are_set_for_the_run_recorded_and_given_back(tiny, tmp_path):
+    """Finetuned weights differ in their last bits between torch thread counts (one per core by default), so a
+    table reproduced on another machine could not be matched bit for bit, and nothing said which count made it.
+    ``threads`` fixes the count for the run (the caller's setting comes back), the checkpoint records the count
+    used, and a run resumes under another count (it changes rounding, not meaning)."""
+    from hmrcritic.alignment.finetune import finetune
+    from hmrcritic.errors import InputError
+    from hmrcritic.hmr.diffusion import load_model
+
+    root, base, data, _ = tiny
+    before = torch.get_num_threads()
+    a = finetune(_fcfg(data, base, tmp_path / "a.pt", threads=1, steps=2))
+    assert torch.get_num_threads() == before
+    assert load_model(a).checkpoint_extra["torch_threads"] == 1
+    b = finetune(_fcfg(data, base, tmp_path / "a.pt", threads=2, steps=4))  # resumed at another count
+    assert load_model(b).checkpoint_extra["torch_threads"] == 2
+    c = finetune(_fcfg(data, base, tmp_path / "c.pt", steps=2))
+    assert load_model(c).checkpoint_extra["torch_threads"] == before
+    with pytest.raises(InputError, match="--threads"):
+        _fcfg(data, base, tmp_path / "d.pt", threads=0)

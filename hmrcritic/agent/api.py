@@ -343,15 +343,30 @@ def _judge_identity(settings: hconfig.JudgeSettings | None) -> str:
     return "" if settings is None else settings.describe()
 
 
-def _settings_digest(cfg: AgentConfig, image_path: Any, mask_path: Any, judge_identity: str = "") -> str:
+def _memory_identity(cfg: AgentConfig, memory: Any) -> str:
+    """Which memory a store object passed as ``memory=`` is (its folder or server), as ``memory_dir`` says it for
+    a folder: the settings name the configured memory, not the store the graph is handed, so a critique with
+    ``MemoryStore(b)`` returned the finished critique made with ``MemoryStore(a)`` under a's memory version. Empty
+    for a folder or None (the config holds it), without memory, or for an object that names no location."""
+    if memory is None or isinstance(memory, str | Path) or not cfg.use_memory:
+        return ""
+    path, url = getattr(memory, "path", None), getattr(memory, "chroma_url", None)
+    return f"memory={url or ''}|{path or ''}" if path or url else ""
+
+
+def _settings_digest(cfg: AgentConfig, image_path: Any, mask_path: Any, judge_identity: str = "",
+                     memory_identity: str = "") -> str:
     """What decides a critique besides the arrays and the judge's name: the agent settings (the judge is
-    compared on its own, with its own message), the model behind the judge, and the bytes of the image and
-    mask files (a path names a file; the file behind it may be another one on a re-run)."""
+    compared on its own, with its own message), the model behind the judge, the memory store handed in
+    (:func:`_memory_identity`), and the bytes of the image and mask files (a path names a file; the file behind
+    it may be another one on a re-run)."""
     from hmrcritic.io import sha256_file
 
     h = hashlib.sha256(json.dumps(cfg.model_dump(exclude={"judge"}), sort_keys=True, default=str).encode())
     if judge_identity:  # absent for the builtin judge: digests of existing builtin threads stay valid
         h.update(judge_identity.encode())
+    if memory_identity:  # absent for a memory folder or None: digests of those threads stay valid
+        h.update(memory_identity.encode())
     for path in (image_path, None if mask_path is None else str(mask_path)):
         if path and Path(path).is_file():
             h.update(sha256_file(path).encode())
@@ -454,7 +469,8 @@ def critique_group(
     image_path = getattr(sample, "image_path", None)
     digest = _inputs_digest({k: v for k, v in arrays.items() if k != "true_error_mm"})
     judge_settings = _judge_settings(cfg.judge, judge)
-    settings = _settings_digest(cfg, image_path, arrays.get("mask_path"), _judge_identity(judge_settings))
+    settings = _settings_digest(cfg, image_path, arrays.get("mask_path"), _judge_identity(judge_settings),
+                                _memory_identity(cfg, memory))
 
     saver = checkpointer if checkpointer is not None else open_checkpointer()
     app = graph if graph is not None else compile_graph(saver)

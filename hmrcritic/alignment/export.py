@@ -823,7 +823,10 @@ def export(
                 close()
 
         records = D.read_manifest(out)
-        records.sort(key=lambda r: order.get(r.group_id, len(order)))
+        # input order; the groups of inputs beyond these (an earlier export with a larger --limit, perhaps
+        # interrupted, its lines then in the order its workers finished) by input id after them: kept in file
+        # order, the manifest and pairs.jsonl depended on which worker of that earlier run finished first
+        records.sort(key=lambda r: (order.get(r.group_id, len(order)), r.input_id, r.group_id))
         D.rewrite_manifest(out, records)
         n_pairs = D.write_pairs(out, records)
         present = {r.group_id for r in records}

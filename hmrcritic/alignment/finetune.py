@@ -45,7 +45,8 @@ _INT_FIELDS = ("num_generations", "steps", "batch_size", "t_min", "seed", "check
 _FLOAT_FIELDS = ("lr", "weight_decay", "beta", "gpa_weight", "base_loss_weight", "ema", "grad_clip")
 
 # Fields that may change between a run and its resumption (everything else must match).
-_RESUMABLE_CHANGES = {"steps", "checkpoint_every", "log_every", "progress"}
+# ``threads`` too: it moves the weights only by float rounding (see FinetuneConfig.threads)
+_RESUMABLE_CHANGES = {"steps", "checkpoint_every", "log_every", "progress", "threads"}
 
 
 @dataclass
@@ -71,6 +72,10 @@ class FinetuneConfig:
     log_every: int = 1
     device: str = "cpu"
     resume: bool = True
+    # torch CPU threads; None leaves torch's setting (one per core). The weights are bit-identical run to run only
+    # at one thread count (float sums reduce in another order at another count: the last bits differ), so the
+    # count used is recorded in the checkpoint. Set it to compare runs across machines.
+    threads: int | None = None
 
     def __post_init__(self) -> None:
         self._check_types()
@@ -90,6 +95,10 @@ class FinetuneConfig:
         if self.num_generations < 2:
             raise InputError(f"--num-generations must be ≥ 2 (a group of one hypothesis has no preference, and "
                              f"best-of-group SFT no best), got {self.num_generations}")
+        if self.threads is not None:
+            check_number("--threads", self.threads, integer=True)
+            if self.threads < 1:
+                raise InputError(f"--threads must be ≥ 1, got {self.threads}")
         if not (math.isfinite(self.grad_clip) and self.grad_clip > 0):
             raise InputError(f"--grad-clip must be a finite number > 0, got {self.grad_clip}")
         if not (math.isfinite(self.weight_decay) and self.weight_decay >= 0):
@@ -250,7 +259,17 @@ def finetune(config: FinetuneConfig, progress: bool | Callable[[dict], None] = F
 
     ``progress``: True for a rich progress bar, or a callable receiving each logged record.
     """
-    cfg = config
+    if config.threads is None:
+        return _finetune(config, progress)
+    prev = torch.get_num_threads()
+    torch.set_num_threads(config.threads)
+    try:
+        return _finetune(config, progress)
+    finally:
+        torch.set_num_threads(prev)  # the caller's setting (a notebook, reproduce's evaluation) back
+
+
+def _finetune(cfg: FinetuneConfig, progress: bool | Callable[[dict], None]) -> Path:
     from hmrcritic.config import check_device
 
     check_device(cfg.device)
@@ -376,6 +395,7 @@ def finetune(config: FinetuneConfig, progress: bool | Callable[[dict], None] = F
         "data_model_hash": ds.header.model_hash,
         "data_groups": len(ds),
         "num_generations_used": G,
+        "torch_threads": torch.get_num_threads(),
         "final_log": final_log,
         "weights": "ema",
     }

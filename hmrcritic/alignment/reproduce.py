@@ -627,6 +627,9 @@ def _run(name: str, p: Preset, out: Path, model, progress) -> dict:
                   for r in evals},
         "timings_s": timings,
         "seconds_this_run": round(time.time() - t_start, 1),
+        # the finetuned weights differ in their last bits between thread counts (FinetuneConfig.threads): which
+        # one this table came from
+        "torch_threads": torch.get_num_threads(),
     }
     atomic_write_json(out / "results.json", result)
     atomic_write_text(out / "results.md", format_table(result))

@@ -179,6 +179,9 @@ def register(app: typer.Typer) -> None:
         seed: int = typer.Option(0, help="Seed (batches, noise, timesteps).", min=0, max=2**32 - 1),
         checkpoint_every: int = typer.Option(50, help="Save resumable state every K steps."),
         resume: bool = typer.Option(True, "--resume/--no-resume", help="Continue from OUT.state.pt."),
+        threads: int = typer.Option(
+            None, min=1, help="torch CPU threads (default: torch's, one per core). Weights are bit-identical "
+                              "between runs at the same count; the count used is kept in the checkpoint."),
         device: str = typer.Option(None, help="cpu or cuda (default: HMRCRITIC_DEVICE, else cpu)."),
         as_json: bool = typer.Option(False, "--json", help="Print the result as JSON."),
     ) -> None:
@@ -228,6 +231,7 @@ def register(app: typer.Typer) -> None:
             seed=seed,
             checkpoint_every=checkpoint_every,
             resume=resume,
+            threads=threads,
             device=check_device(device),  # None: HMRCRITIC_DEVICE, else cpu
         )
         try:

@@ -163,7 +163,9 @@ def register(app: typer.Typer) -> None:
         steps: int = typer.Option(10, help="DDIM steps."),
         eta: float = typer.Option(0.0, help="DDIM eta (0 = deterministic given the seed)."),
         guidance: float = typer.Option(0.0, help="2D keypoint guidance strength (0 = the model alone)."),
-        seed: int = typer.Option(0, help="Sampling seed.", min=0, max=2**32 - 1),
+        seed: int = typer.Option(
+            0, help="Sampling seed: the same seed and inputs give the same hypotheses (one noise draw per batch, "
+                    "so a scene sampled with other scenes gets other ones).", min=0, max=2**32 - 1),
         focal: float = typer.Option(None, help="Focal length in px for user images (default max(W,H))."),
         out: Path = typer.Option(..., help="Output folder."),
         obj: bool = typer.Option(False, "--obj", help="Also write one .obj mesh per hypothesis."),
@@ -224,7 +226,8 @@ def register(app: typer.Typer) -> None:
         eta: float = typer.Option(0.0, help="DDIM eta."),
         limit: int = typer.Option(None, help="Evaluate only the first K scenes."),
         batch_size: int = typer.Option(32, help="Inputs per batch (B·N rows per network call)."),
-        seed: int = typer.Option(0, help="Sampling seed.", min=0, max=2**32 - 1),
+        seed: int = typer.Option(0, help="Sampling seed (with --batch-size: the groups depend on both).",
+                                 min=0, max=2**32 - 1),
         guidance: float = typer.Option(0.0, help="2D keypoint guidance strength (0 = the model alone)."),
         joint_set: str = typer.Option("lsp14", help="lsp14 or smpl24."),
         no_nn: bool = typer.Option(False, "--no-nn", help="Skip the nearest-neighbour baseline."),

@@ -560,7 +560,9 @@ def sample(
 
     ``K`` (B,3,3) and pixel ``keypoints`` (B,17,3) default to the ones stored in ``cond``; with them the
     camera translation of every hypothesis is solved from its COCO-17 joints (``body``: a BodyModel,
-    default ``load_body_model()``). Same generator seed → same hypotheses.
+    default ``load_body_model()``). Same generator seed and the same batch → same hypotheses; one generator
+    draws the noise of the whole batch, so an input sampled alone or at another place in a batch gets other
+    hypotheses (as likely, not the same ones).
 
     ``guidance`` > 0 (our extension, off by default so the model's own spread is what is measured and
     aligned) nudges every step's x0 prediction down the 2D reprojection energy of the visible keypoints
