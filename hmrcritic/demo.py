@@ -184,13 +184,26 @@ def _remove_stale_scenes(out: Path, num_scenes: int) -> list[str]:
     return removed
 
 
+def _fmt(x: float | None, spec: str) -> str:
+    """``x`` formatted, or "—" for None / NaN (ρ of a group whose scores all tie; null in summary.json)."""
+    return "—" if x is None or not np.isfinite(x) else format(x, spec)
+
+
 def _index_html(result: DemoResult, summary: dict) -> str:
+    # a tied scene's ρ printed as "+nan", and the figures the demo prints and summary.json holds (the means over
+    # the scenes: the demo's result) were not on the page at all
     rows = "".join(
         f"<tr><td><a href='{html.escape(Path(s.report).relative_to(result.out_dir).as_posix())}'>"
         f"{html.escape(s.sample_id)}</a></td><td>{s.top1_mm:.1f}</td><td>{s.mean_mm:.1f}</td>"
-        f"<td>{s.best_mm:.1f}</td><td>{s.spearman:+.2f}</td></tr>"
+        f"<td>{s.best_mm:.1f}</td><td>{_fmt(s.spearman, '+.2f')}</td></tr>"
         for s in result.scenes
     )
+    if result.scenes:
+        rows += (f"<tr><th>mean of {summary['num_scenes']}</th>"
+                 f"<th>{_fmt(summary['critic_top1_pa_mpjpe_mm'], '.1f')}</th>"
+                 f"<th>{_fmt(summary['random_pick_pa_mpjpe_mm'], '.1f')}</th>"
+                 f"<th>{_fmt(summary['oracle_best_pa_mpjpe_mm'], '.1f')}</th>"
+                 f"<th>{_fmt(summary['mean_spearman'], '+.2f')}</th></tr>")
     rules = "".join(f"<li>{html.escape(r)}</li>" for r in result.rules_added) or "<li>(none this run)</li>"
     return (
         "<!doctype html><meta charset='utf-8'><title>hmrcritic demo</title>"

@@ -512,7 +512,13 @@ class BuiltinJudge:
             sc = prev[i]
             sc.overall = float(np.clip(overall[i], 0, 10))
             scores.append(sc)
-        summary = "revised: " + ("; ".join(changes) if changes else "no change") + " | " + ctx.previous.summary
+        # the ranking now first: the previous summary behind it names the best and worst *before* this revision,
+        # and a report or trace that showed it alone contradicted the scores beside it
+        order = sorted(range(n), key=lambda i: -scores[i].overall)
+        now = (f"now best h{order[0]} ({scores[order[0]].overall:.1f}), worst h{order[-1]} "
+               f"({scores[order[-1]].overall:.1f})")
+        summary = ("revised: " + ("; ".join(changes) if changes else "no change") + f"; {now} | before: "
+                   + ctx.previous.summary)
         return GroupCritique(scores=scores, summary=summary[:2000], rules_applied=applied)
 
     # -- rule mining -----------------------------------------------------------------------------------------

@@ -47,7 +47,9 @@ def summarise_update(node: str, update: dict[str, Any]) -> dict[str, Any]:
             out["worst"] = f"h{worst['index']} {worst['overall']:.2f}"
         out["rules_applied"] = len(update["critique"].get("rules_applied", []))
     if node == "critique" and update.get("reflections"):
-        out["changes"] = update["reflections"][-1].get("changes", [])[:20]
+        changes = list(update["reflections"][-1].get("changes", []))
+        # the first 20, and how many more: a revision that moved 30 hypotheses read as one that moved 20
+        out["changes"] = changes[:20] + ([f"… {len(changes) - 20} more"] if len(changes) > 20 else [])
     if node == "reflect" and update.get("reflections"):
         last = update["reflections"][-1]
         out["action"] = last.get("action")
@@ -145,6 +147,37 @@ def read_trace(run_id: str | None = None, last: bool = False) -> list[dict]:
     return read_jsonl(resolve_run(run_id, last))
 
 
+LINE_CHARS = 400  # a node's line is kept to about this long by listing fewer items of its longest lists
+
+
+def _describe(changed: dict, room: int) -> str:
+    """``key=value; …`` for a node's summary, at most ``room`` characters where lists can be shortened.
+
+    The line used to be cut at a fixed character count, mid-item: a revision's changes ended in "h15 overall
+    5.91→5." (a number cut short, with nothing saying so). Lists now lose whole items from their end, the
+    longest list first, and say how many are not shown."""
+    ch = {k: v for k, v in changed.items() if k != "keys"}
+    lists = {k: [repr(x) for x in v] for k, v in ch.items() if isinstance(v, list)}
+    dropped = dict.fromkeys(lists, 0)
+
+    def text() -> str:
+        parts = []
+        for k, v in ch.items():
+            if k in lists:
+                items = lists[k] + ([f"… {dropped[k]} more"] if dropped[k] else [])
+                v = "[" + ", ".join(items) + "]"
+            parts.append(f"{k}={v}")
+        return "; ".join(parts)
+
+    desc = text()
+    while len(desc) > room and any(lists.values()):
+        k = max((k for k in lists if lists[k]), key=lambda k: len(", ".join(lists[k])))
+        lists[k].pop()
+        dropped[k] += 1
+        desc = text()
+    return desc
+
+
 def format_trace(records: list[dict]) -> str:
     """The node sequence with timings and what each node changed, one line per node."""
     if not records:
@@ -152,17 +185,19 @@ def format_trace(records: list[dict]) -> str:
     lines = [f"run {records[0]['run_id']}  group {records[0]['group_id']}"]
     for r in records:
         if r["event"] == "start":
-            lines.append(f"  start{' (resumed)' if r.get('resumed') else ''}  judge={r['config'].get('judge')}"
+            # a resumed run's steps count from its checkpoint: the nodes before it are in the interrupted run's trace
+            resumed = " (resumed: earlier nodes ran in an interrupted run of this group)" if r.get("resumed") else ""
+            lines.append(f"  start{resumed}  judge={r['config'].get('judge')}"
                          f" learn={r['config'].get('learn')} max_reflections={r['config'].get('max_reflections')}")
         elif r["event"] == "node":
-            ch = dict(r["changed"])
-            ch.pop("keys", None)
-            desc = "; ".join(f"{k}={v}" for k, v in ch.items())
-            lines.append(f"  {r['step']:>2}. {r['node']:<13} {r['seconds'] * 1000:8.1f} ms  {desc}"[:400])
+            head = f"  {r['step']:>2}. {r['node']:<13} {r['seconds'] * 1000:8.1f} ms  "
+            lines.append(head + _describe(r["changed"], LINE_CHARS - len(head)))
         elif r["event"] == "error":
             lines.append(f"  error: {r['error']}")
         elif r["event"] == "finish":
             lines.append(f"  finish  {r['seconds'] * 1000:.1f} ms total, {r['rounds']} revision round(s)")
+    if records[-1]["event"] not in ("error", "finish"):
+        lines.append("  (no finish recorded: the run was interrupted, or is still running)")
     return "\n".join(lines)
 
 
@@ -181,7 +216,9 @@ def trace_mermaid(records: list[dict]) -> str:
     if records:
         lines.append(f'    run_title["run {_mermaid_text(str(records[0].get("run_id", "")))}"]:::meta')
     prev = "run_start"
-    lines.append("    run_start([start])")
+    resumed = any(r.get("event") == "start" and r.get("resumed") for r in records)
+    # a resumed run starts at its checkpoint (its first box is no render): said, as format_trace says it
+    lines.append('    run_start(["start (resumed from a checkpoint)"])' if resumed else "    run_start([start])")
     for r in records:
         if r.get("event") == "node":
             name = f"n{r['step']}"

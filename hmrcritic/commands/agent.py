@@ -111,7 +111,10 @@ def register(app: typer.Typer) -> None:
         n: int = typer.Option(16, "-n", "--num-generations",
                               help="Hypotheses to sample (with --model, or the shipped base model) when no "
                                    "--hypotheses are given."),
-        seed: int = typer.Option(0, "--seed", help="Sampling seed.", min=0, max=2**32 - 1),
+        seed: int = typer.Option(
+            0, "--seed", min=0, max=2**32 - 1,
+            help="Sampling seed (with --model/--scene): the same seed gives the same group here. Export seeds each "
+                 "input from (seed, input id) and evaluate-critic samples in batches, so their groups differ."),
         judge: str = typer.Option("builtin", "--judge", help="builtin (offline) or vlm (OpenAI-compatible)."),
         out: Path = typer.Option(Path("critique_out"), "--out", help="Folder for scores.json and report.html."),
         learn: bool = typer.Option(False, "--learn", help="Write prototypes/rule statistics to memory."),
@@ -259,22 +262,27 @@ def _stdout_to_stderr(active: bool):
 
 def _print_table(result) -> None:
     from rich.console import Console
-    from rich.markup import escape
     from rich.table import Table
+    from rich.text import Text
 
     from hmrcritic.agent.schema import AXES
 
-    # group ids and rationales are user and endpoint text: "[/x]" in them is not rich markup
+    # The heading is a plain line, not the table's title: rich cut a title wider than the table (a narrow
+    # terminal lost the memory version). The rationale is the only column that gives way to a narrow terminal
+    # (rich shrinks wrappable columns first, then all evenly: with every column no_wrap, COLUMNS=60 squeezed the
+    # rank and hypothesis ids to nothing); each rationale stays one line, ending in "…". Cells are rich Text, so
+    # "[/x]" in group ids and rationales (user and endpoint text) is not markup.
     judge = result.judge + (f" ({result.judge_model})" if result.judge_model else "")
-    table = Table(title=escape(f"group {result.group_id} — judge {judge}, memory {result.memory_version}"))
+    typer.echo(f"group {result.group_id} — judge {judge}, memory {result.memory_version}")
+    table = Table()
     for col in ("rank", "hyp", "overall", "motion", "physical", "image"):  # the three axes, abbreviated
         table.add_column(col, justify="right", no_wrap=True, min_width=len(col))
-    table.add_column("rationale", justify="left", no_wrap=True, overflow="ellipsis", max_width=90)
+    table.add_column("rationale", justify="left", overflow="ellipsis", max_width=90)
     by_index = {s.index: s for s in result.scores}
     for rank, i in enumerate(result.ranking):
         s = by_index[i]
         table.add_row(str(rank + 1), f"h{i}", f"{s.overall:.2f}", *[f"{getattr(s, a):.2f}" for a in AXES],
-                      escape(s.rationale[:90]))
+                      Text(s.rationale[:90], no_wrap=True, overflow="ellipsis"))
     import sys
 
     Console(width=None if is_tty(sys.stdout) else 150).print(table)
