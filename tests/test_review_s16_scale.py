@@ -127,3 +127,19 @@ def test_server_stores_close_their_clients(chroma_url):
     m.close()
     assert m.rules.all() and m.prototypes.count() == 0  # used after close: a new client
     m.close()
+
+
+def test_the_nodes_keep_a_bounded_number_of_memory_stores(tmp_path):
+    """``get_memory`` cached one MemoryStore per folder named in the settings, for good: a process critiquing
+    with many memory folders kept every one (and, through it, its folder's Chroma system) open. Now the stores
+    used last are kept, and the most recent one is still the same object."""
+    from hmrcritic.agent import nodes
+    from hmrcritic.agent.state import AgentConfig
+
+    nodes._MEMORIES.clear()
+    first = nodes.get_memory(AgentConfig(memory_dir=str(tmp_path / "m0")))
+    stores = [nodes.get_memory(AgentConfig(memory_dir=str(tmp_path / f"m{i}"))) for i in range(1, 12)]
+    assert len(nodes._MEMORIES) == nodes.MEMORIES_KEPT
+    assert nodes.get_memory(AgentConfig(memory_dir=str(tmp_path / "m11"))) is stores[-1]
+    assert all(s is not first for s in nodes._MEMORIES.values())
+    nodes._MEMORIES.clear()

@@ -43,7 +43,8 @@ from hmrcritic.memory.schema import Prototype, Rule, ScoreCalibration
 NODE_NAMES = ("render", "recall", "critique", "reflect", "memory_write")
 
 _LOCK = threading.Lock()
-_MEMORIES: dict[tuple, Any] = {}
+_MEMORIES: dict[tuple, Any] = {}  # (memory_dir, chroma_url) → MemoryStore, most recently used last
+MEMORIES_KEPT = 8  # stores kept per process: a caller naming many folders kept every one open for good
 _JUDGES: dict[tuple, Any] = {}
 
 
@@ -57,9 +58,14 @@ def get_memory(cfg: AgentConfig, config: dict | None = None):
 
     key = (cfg.memory_dir, cfg.chroma_url)
     with _LOCK:
-        if key not in _MEMORIES:
-            _MEMORIES[key] = MemoryStore(path=cfg.memory_dir, chroma_url=cfg.chroma_url)
-        return _MEMORIES[key]
+        store = _MEMORIES.pop(key, None)
+        if store is None:
+            store = MemoryStore(path=cfg.memory_dir, chroma_url=cfg.chroma_url)
+        _MEMORIES[key] = store  # (re)inserted last: the least recently used goes first
+        while len(_MEMORIES) > MEMORIES_KEPT:
+            # dropped, not closed: a critique still using it keeps it; collected, it lets its folder go
+            _MEMORIES.pop(next(iter(_MEMORIES)))
+        return store
 
 
 def get_judge(cfg: AgentConfig, config: dict | None = None):
