@@ -152,3 +152,17 @@ def chroma_url(chroma_server_port):
         with contextlib.suppress(Exception):  # absent
             client.delete_collection(name)
     return f"http://127.0.0.1:{chroma_server_port}"
+
+
+@pytest.fixture(scope="module")
+def images(tmp_path_factory) -> tuple[str, str]:
+    """An overlay and a side grid for VLM-judge tests (random pixels: the stub server checks that they decode);
+    tests/test_vlm_judge.py has its own, of other sizes."""
+    import numpy as np
+    from PIL import Image
+
+    d = tmp_path_factory.mktemp("grids")
+    rng = np.random.default_rng(1)
+    for name in ("overlay.png", "side.png"):
+        Image.fromarray(rng.integers(0, 255, (48, 64, 3), dtype=np.uint8)).save(d / name)
+    return str(d / "overlay.png"), str(d / "side.png")

@@ -20,6 +20,20 @@ from hmrcritic.io import append_jsonl
 TINY = DiffusionConfig(d_model=32, layers=1, heads=2, T=100)
 
 
+class Killed(Exception):
+    """Stands for the process being killed in the middle of a finetune."""
+
+
+def kill_at(step: int):
+    """A progress callback that "kills" the run when step ``step`` is logged (its state is saved before)."""
+
+    def hook(rec):
+        if rec["step"] == step:
+            raise Killed
+
+    return hook
+
+
 @pytest.fixture(scope="module")
 def base_ckpt(tmp_path_factory):
     torch.manual_seed(0)
@@ -173,15 +187,8 @@ def test_resume_after_a_kill_between_checkpoints_is_bitwise(objective, data_dir,
     kw = {"objective": objective, "steps": 7, "checkpoint_every": 3}
     straight = finetune(_cfg(data_dir, base, tmp_path / "a.pt", **kw))
 
-    class Killed(Exception):
-        pass
-
-    def kill_after_5(rec):
-        if rec["step"] == 5:
-            raise Killed
-
     with pytest.raises(Killed):
-        finetune(_cfg(data_dir, base, tmp_path / "b.pt", **kw), progress=kill_after_5)
+        finetune(_cfg(data_dir, base, tmp_path / "b.pt", **kw), progress=kill_at(5))
     assert torch.load(tmp_path / "b.pt.state.pt", weights_only=True)["step"] == 3
     resumed = finetune(_cfg(data_dir, base, tmp_path / "b.pt", **kw))
     a, b = load_model(straight).state_dict(), load_model(resumed).state_dict()

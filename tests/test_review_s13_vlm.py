@@ -8,9 +8,7 @@ import logging
 import sys
 from pathlib import Path
 
-import numpy as np
 import pytest
-from PIL import Image
 
 sys.path.insert(0, str(Path(__file__).parent))
 
@@ -22,16 +20,6 @@ from hmrcritic.agent.vlm import normalise_critique  # noqa: E402
 from hmrcritic.errors import InputError, JudgeError  # noqa: E402
 
 KEY = "sk-hmrcritic-review-7c1e5d"
-
-
-@pytest.fixture(scope="module")
-def images(tmp_path_factory) -> tuple[str, str]:
-    """An overlay and a side grid (random pixels: the stub checks that they decode)."""
-    d = tmp_path_factory.mktemp("grids")
-    rng = np.random.default_rng(1)
-    for name in ("overlay.png", "side.png"):
-        Image.fromarray(rng.integers(0, 255, (48, 64, 3), dtype=np.uint8)).save(d / name)
-    return str(d / "overlay.png"), str(d / "side.png")
 
 
 class _Scripted(StubOpenAIServer):

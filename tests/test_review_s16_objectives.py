@@ -304,15 +304,10 @@ def test_resume_gives_the_same_parameters_and_log_when_the_checkpoint_is_mid_win
     kw = {"steps": 7, "log_every": 5, "checkpoint_every": 2, "objective": "gpa"}
     finetune(_fcfg(data, base, tmp_path / "a.pt", **kw))
 
-    class Killed(Exception):
-        pass
-
-    def kill_at_5(rec):
-        if rec["step"] == 5:
-            raise Killed
+    from test_finetune import Killed, kill_at
 
     with pytest.raises(Killed):
-        finetune(_fcfg(data, base, tmp_path / "b.pt", **kw), progress=kill_at_5)
+        finetune(_fcfg(data, base, tmp_path / "b.pt", **kw), progress=kill_at(5))
     assert torch.load(tmp_path / "b.pt.state.pt", weights_only=True)["step"] == 4
     finetune(_fcfg(data, base, tmp_path / "b.pt", **kw))
     finetune(_fcfg(data, base, tmp_path / "c.pt", **{**kw, "steps": 3}))

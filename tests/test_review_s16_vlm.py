@@ -11,7 +11,6 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from PIL import Image
 
 sys.path.insert(0, str(Path(__file__).parent))
 
@@ -22,15 +21,6 @@ from hmrcritic.agent.schema import AXES  # noqa: E402
 from hmrcritic.agent.vlm import VLMJudge, extract_json, normalise_critique  # noqa: E402
 from hmrcritic.config import JudgeSettings  # noqa: E402
 from hmrcritic.errors import JudgeError  # noqa: E402
-
-
-@pytest.fixture(scope="module")
-def images(tmp_path_factory) -> tuple[str, str]:
-    d = tmp_path_factory.mktemp("grids")
-    rng = np.random.default_rng(16)
-    for name in ("overlay.png", "side.png"):
-        Image.fromarray(rng.integers(0, 255, (40, 56, 3), dtype=np.uint8)).save(d / name)
-    return str(d / "overlay.png"), str(d / "side.png")
 
 
 class _Raw:
