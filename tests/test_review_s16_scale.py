@@ -143,3 +143,36 @@ def test_the_nodes_keep_a_bounded_number_of_memory_stores(tmp_path):
     assert nodes.get_memory(AgentConfig(memory_dir=str(tmp_path / "m11"))) is stores[-1]
     assert all(s is not first for s in nodes._MEMORIES.values())
     nodes._MEMORIES.clear()
+
+
+def test_a_finished_kept_thread_keeps_its_last_checkpoint_only(tmp_path):
+    """Every super-step's checkpoint of a kept critique stayed in the SQLite file, each a full copy of the state,
+    although a finished group is only ever read back as its final state. Now the last one alone stays: the state
+    read back, a re-run's reuse of it, and an interrupted thread's resume (untouched: only finished threads are
+    compacted) work as before."""
+    import sqlite3
+    import sys
+    from pathlib import Path
+
+    sys.path.insert(0, str(Path(__file__).parent))
+    from test_agent_graph import cfg, make_group
+
+    from hmrcritic.agent.api import critique_group
+    from hmrcritic.agent.graph import compile_graph, open_checkpointer
+
+    db = tmp_path / "ckpt.sqlite"
+    saver = open_checkpointer(db)
+    s, h, _ = make_group(11)
+    first = critique_group(s, h, config=cfg(use_memory=False), checkpointer=saver, run_dir=tmp_path / "g")
+    con = sqlite3.connect(db)
+    try:
+        rows = {t: con.execute(f"SELECT COUNT(*) FROM {t} WHERE thread_id = ?", (s.sample_id,)).fetchone()[0]
+                for t in ("checkpoints", "writes")}
+    finally:
+        con.close()
+    assert rows["checkpoints"] == 1, rows
+    snap = compile_graph(saver).get_state({"configurable": {"thread_id": s.sample_id}})
+    assert snap.values["done"] is True and snap.next == ()
+    assert [sc["overall"] for sc in snap.values["critique"]["scores"]] == first.overall
+    again = critique_group(s, h, config=cfg(use_memory=False), checkpointer=saver, run_dir=tmp_path / "g")
+    assert again.finished_earlier and again.overall == first.overall

@@ -560,11 +560,31 @@ def critique_group(
                     if isinstance(exc, InvalidCritiqueError):  # its checkpoint says "memory_write next": a re-run would
                         saver.delete_thread(thread)  # replay the same invalid critique for ever; it starts afresh
                     raise
-                values = dict(app.get_state(run_config).values)
+                snapshot = app.get_state(run_config)
+                values = dict(snapshot.values)
+                if keep:
+                    _keep_last_checkpoint(saver, thread, snapshot.config)
         tracer.finish(values)
         if not keep:
             saver.delete_thread(thread)
         return _scored(values, cfg, resumed=start is None, run_id=run_id)
+
+
+def _keep_last_checkpoint(saver, thread: str, last_config: dict) -> None:
+    """Delete a finished thread's checkpoints but its last one (and their pending writes).
+
+    A kept critique is read back only as its final state (a re-run returns it; prune and forget read or delete
+    it), yet every super-step's checkpoint stayed, each a full copy of the state: the checkpoint file grew by
+    206 KB per kept group of 16, and by 27 KB with the last checkpoint alone (``python benchmarks/bench_scale.py
+    --parts long_run``). Each checkpoint holds every channel's value, so the last one alone restores the state.
+    A checkpointer other than SQLite (in-memory, a caller's) is left as it is."""
+    conn, last = getattr(saver, "conn", None), (last_config.get("configurable") or {}).get("checkpoint_id")
+    if conn is None or not last or not hasattr(saver, "cursor"):
+        return
+    with saver.cursor() as cur:
+        for table in ("checkpoints", "writes"):
+            cur.execute(f"DELETE FROM {table} WHERE thread_id = ? AND checkpoint_ns = '' AND checkpoint_id != ?",
+                        (str(thread), str(last)))
 
 
 def forget_group(result: ScoredGroup) -> None:
