@@ -235,6 +235,13 @@ class JudgeSettings:
     # output-token cap per answer; None = the endpoint's own default (a 64-hypothesis critique is ~4k tokens,
     # more than some local servers give by default)
     max_tokens: int | None = field(default_factory=lambda: env_number("HMRCRITIC_VLM_MAX_TOKENS", None, int, 1))
+    # the grids as rendered are 256 px a tile, 4 a row (N = 64 with side views: 1040 × 4160 px): a small local VLM
+    # sees them at its own input size anyway, and a hosted one bills by image tiles. None = send as rendered.
+    image_max_side: int | None = field(
+        default_factory=lambda: env_number("HMRCRITIC_VLM_IMAGE_MAX_SIDE", None, int, 64))
+    # OpenAI's image ``detail`` (low | high | auto); None = not sent (the endpoint's default; other servers ignore it)
+    image_detail: str | None = field(
+        default_factory=lambda: (os.environ.get("HMRCRITIC_VLM_IMAGE_DETAIL") or "").strip().lower() or None)
 
     def __post_init__(self) -> None:  # values given in code are held to what the variables are
         import math
@@ -247,6 +254,14 @@ class JudgeSettings:
                                             or self.max_tokens < 1):
             raise InputError(f"judge max_tokens must be an integer ≥ 1 (or None for the endpoint's default), got "
                              f"{self.max_tokens!r}")
+        if self.image_max_side is not None and (isinstance(self.image_max_side, bool)
+                                                or int(self.image_max_side) != self.image_max_side
+                                                or self.image_max_side < 64):
+            raise InputError(f"judge image_max_side (HMRCRITIC_VLM_IMAGE_MAX_SIDE) must be an integer ≥ 64 px (or "
+                             f"None to send the grids as rendered), got {self.image_max_side!r}")
+        if self.image_detail not in (None, "low", "high", "auto"):
+            raise InputError(f"judge image_detail (HMRCRITIC_VLM_IMAGE_DETAIL) must be low, high or auto, got "
+                             f"{self.image_detail!r}")
         if self.max_retries < 0 or self.max_concurrency < 1:
             raise InputError(f"judge retries must be ≥ 0 and concurrency ≥ 1, got {self.max_retries}, "
                              f"{self.max_concurrency}")
@@ -256,6 +271,13 @@ class JudgeSettings:
         from hmrcritic.redact import redact_url
 
         return f"{self.model} @ {redact_url(self.base_url) or 'the OpenAI API'}"
+
+    def image_identity(self) -> str:
+        """How the images are sent, when not as rendered: what the VLM sees, so a finished critique is reused
+        only under the same (empty for the defaults: existing critiques keep their identity)."""
+        parts = [f"images<={self.image_max_side}px" if self.image_max_side else "",
+                 f"detail={self.image_detail}" if self.image_detail else ""]
+        return ",".join(p for p in parts if p)
 
     def public(self) -> dict:
         """Settings safe to print: the key is reported only as present, absent or unusable (why, never the key),

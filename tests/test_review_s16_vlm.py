@@ -202,3 +202,45 @@ def test_a_404_names_the_address_and_a_redirect_says_so(images):
     msg = str(info.value)
     assert f"{srv.base_url}/chat/completions redirected to" in msg and "/v2/chat/completions" in msg
     assert "HMRCRITIC_BASE_URL" in msg and "HTTP 404" in msg
+
+
+def test_images_can_be_scaled_down_and_given_a_detail(tmp_path):
+    """The grids went as rendered (N = 64 with side views: 1040 × 4160 px) to any VLM, a small local one that sees
+    them at its own input size included, and a hosted one billing by tiles had no ``detail`` to lower.
+    ``image_max_side`` scales the longer side down (aspect and format kept), ``image_detail`` is sent as is; the
+    defaults send the files untouched, without ``detail``, and keep the judge's identity (and so the finished
+    critiques made before) as it was."""
+    import base64
+    import io
+
+    from PIL import Image
+
+    from hmrcritic.agent.api import _judge_identity
+    from hmrcritic.errors import InputError
+
+    rng = np.random.default_rng(3)
+    big = []
+    for name, size in (("overlay.png", (300, 120)), ("side.png", (90, 200))):
+        Image.fromarray(rng.integers(0, 255, (size[1], size[0], 3), dtype=np.uint8)).save(tmp_path / name)
+        big.append(str(tmp_path / name))
+
+    def sent(srv):
+        parts = [p for m in srv.requests[-1].body["messages"] if isinstance(m.get("content"), list)
+                 for p in m["content"] if p.get("type") == "image_url"]
+        sizes = [Image.open(io.BytesIO(base64.b64decode(p["image_url"]["url"].split(",", 1)[1]))).size for p in parts]
+        return sizes, [p["image_url"].get("detail") for p in parts]
+
+    with StubOpenAIServer() as srv:
+        small = VLMJudge(JudgeSettings(base_url=srv.base_url, model="stub-vlm", timeout_s=5.0, max_retries=2,
+                                       image_max_side=64, image_detail="low"), backoff_base_s=0.01)
+        assert_valid(small.critique(make_ctx(tuple(big))))
+        assert sent(srv) == ([(64, 26), (29, 64)], ["low", "low"])
+        assert_valid(make_judge(srv).critique(make_ctx(tuple(big))))
+        assert sent(srv) == ([(300, 120), (90, 200)], [None, None])
+        assert not srv.violations
+    base = dict(base_url="http://127.0.0.1:9/v1", model="m")
+    assert _judge_identity(JudgeSettings(**base)) == "m @ http://127.0.0.1:9/v1"
+    assert _judge_identity(JudgeSettings(**base, image_max_side=512)) != _judge_identity(JudgeSettings(**base))
+    for bad in ({"image_max_side": 10}, {"image_max_side": 100.5}, {"image_detail": "medium"}):
+        with pytest.raises(InputError, match="image_"):
+            JudgeSettings(**base, **bad)

@@ -340,7 +340,10 @@ def _judge_identity(settings: hconfig.JudgeSettings | None) -> str:
     """Which model answers behind the judge's name: for a VLM its model and endpoint (no credentials), as the
     export's dataset header records it — ``vlm`` with another ``HMRCRITIC_VLM_MODEL`` is another critic. The
     name itself is compared apart."""
-    return "" if settings is None else settings.describe()
+    if settings is None:
+        return ""
+    images = settings.image_identity()
+    return settings.describe() + (f" [{images}]" if images else "")
 
 
 def _memory_identity(cfg: AgentConfig, memory: Any) -> str:

@@ -334,8 +334,11 @@ def normalise_proposals(data: Any, ctx: JudgeContext) -> RuleProposals:
 # ---------------------------------------------------------------------------------------------- images
 
 
-def image_part(path: str | Path, group_id: str, what: str) -> dict:
-    """An ``image_url`` content part carrying the file as a base64 data URL (PNG or JPEG)."""
+def image_part(path: str | Path, group_id: str, what: str, max_side: int | None = None,
+               detail: str | None = None) -> dict:
+    """An ``image_url`` content part carrying the file as a base64 data URL (PNG or JPEG), its longer side
+    scaled down to ``max_side`` px when it is longer (aspect kept, same format), with OpenAI's ``detail`` when
+    given (:class:`~hmrcritic.config.JudgeSettings` ``image_max_side`` / ``image_detail``)."""
     p = Path(path)
     try:
         data = p.read_bytes()
@@ -347,8 +350,31 @@ def image_part(path: str | Path, group_id: str, what: str) -> dict:
         mime = "image/jpeg"
     else:
         raise JudgeError(f"group {group_id}: the {what} image {p} is neither PNG nor JPEG")
+    if max_side is not None:
+        data = _scaled_down(data, max_side, mime, f"group {group_id}: the {what} image {p}")
     url = f"data:{mime};base64,{base64.b64encode(data).decode('ascii')}"
-    return {"type": "image_url", "image_url": {"url": url}}
+    return {"type": "image_url", "image_url": {"url": url, **({"detail": detail} if detail else {})}}
+
+
+def _scaled_down(data: bytes, max_side: int, mime: str, where: str) -> bytes:
+    """``data`` re-encoded with its longer side at ``max_side`` px (Lanczos), or as it is when it fits."""
+    import io
+
+    from PIL import Image
+
+    try:
+        with Image.open(io.BytesIO(data)) as im:
+            if max(im.size) <= max_side:
+                return data
+            scale = max_side / max(im.size)
+            size = (max(1, round(im.width * scale)), max(1, round(im.height * scale)))
+            small = im.convert("RGB").resize(size, Image.Resampling.LANCZOS)
+    except OSError as exc:  # a truncated or corrupt file: one line for the group, as an unreadable one
+        raise JudgeError(f"{where} cannot be decoded: {exc}") from None
+    out = io.BytesIO()
+    small.save(out, format="PNG" if mime == "image/png" else "JPEG", **({} if mime == "image/png" else
+                                                                        {"quality": 90}))
+    return out.getvalue()
 
 
 # ---------------------------------------------------------------------------------------------- judge
@@ -624,7 +650,8 @@ class VLMJudge:
         if self.send_input_image:
             wanted.append(("image", ctx.image_path))
         what = {"overlay": "overlay grid", "side": "side-view grid", "image": "input"}
-        return [(kind, image_part(path, ctx.group_id, what[kind])) for kind, path in wanted if path]
+        return [(kind, image_part(path, ctx.group_id, what[kind], self.settings.image_max_side,
+                                  self.settings.image_detail)) for kind, path in wanted if path]
 
     @staticmethod
     def _messages(system: str, text: str, image_parts: list[dict]) -> list:
