@@ -235,8 +235,8 @@ class JudgeSettings:
     # output-token cap per answer; None = the endpoint's own default (a 64-hypothesis critique is ~4k tokens,
     # more than some local servers give by default)
     max_tokens: int | None = field(default_factory=lambda: env_number("HMRCRITIC_VLM_MAX_TOKENS", None, int, 1))
-    # the grids as rendered are 256 px a tile, 4 a row (N = 64 with side views: 1040 × 4160 px): a small local VLM
-    # sees them at its own input size anyway, and a hosted one bills by image tiles. None = send as rendered.
+    # the grids as rendered are 256 px a tile, 4 a row (N = 64: 16 rows, twice as wide with side views): a small
+    # local VLM sees them at its own input size anyway, and a hosted one bills by image tiles. None = as rendered.
     image_max_side: int | None = field(
         default_factory=lambda: env_number("HMRCRITIC_VLM_IMAGE_MAX_SIDE", None, int, 64))
     # OpenAI's image ``detail`` (low | high | auto); None = not sent (the endpoint's default; other servers ignore it)
