@@ -16,6 +16,7 @@ import sys
 import typer
 
 import hmrcritic.config  # noqa: F401  (sets PYOPENGL_PLATFORM and offline flags before anything imports pyrender)
+from hmrcritic.commands import expand_user_paths
 from hmrcritic.errors import HMRCriticError
 from hmrcritic.redact import scrub
 
@@ -56,6 +57,9 @@ for _name in COMMAND_MODULES:
 def _root(debug: bool = typer.Option(False, "--debug", help="Show tracebacks for errors.")) -> None:
     if debug:
         os.environ["HMRCRITIC_DEBUG"] = "1"
+
+
+expand_user_paths(app)  # every command's paths take ``~`` as the home folder (a quoted ``~/x`` reaches us as is)
 
 
 def _print_traceback() -> None:

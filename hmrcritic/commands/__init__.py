@@ -3,14 +3,16 @@
 from __future__ import annotations
 
 
-def expand_user_paths(app, first: int = 0) -> None:
-    """Make the commands registered on ``app`` (from the ``first``-th on) take ``~`` in a path as the home folder.
+def expand_user_paths(app) -> None:
+    """Make every command of ``app`` (its groups' too, and a group's own callback) take ``~`` in a path as the
+    home folder.
 
     A shell leaves ``~`` alone when quoted or after ``=`` (``--out=~/runs/x``): ``--memory-dir``, the body model and
     every HMRCRITIC_* folder expanded it, but ``--out``, export files and the other paths made a folder named ``~``
     in the current one (``critique --memory-dir ~/m --out=~/o`` wrote to ``/home/me/m`` and ``./~/o``), one
     ``rm -rf ~`` away from losing the real home when cleaning up. Wraps the registered callbacks, so what typer reads
-    of them (signature, help) is unchanged and the functions stay callable as they were."""
+    of them (signature, help) is unchanged and the functions stay callable as they were. Called once by
+    ``hmrcritic.cli`` on the whole command tree, so a command added later is covered too."""
     import functools
     from pathlib import PurePath
 
@@ -22,12 +24,15 @@ def expand_user_paths(app, first: int = 0) -> None:
         call.expands_user_paths = True
         return call
 
-    infos = list(app.registered_commands[first:])
-    if first == 0 and app.registered_callback is not None:  # a group run as a command (``export --out …``)
+    infos = list(app.registered_commands)
+    if app.registered_callback is not None:  # a group run as a command (``export --out …``)
         infos.append(app.registered_callback)
     for info in infos:
         if info.callback is not None and not getattr(info.callback, "expands_user_paths", False):
             info.callback = expanding(info.callback)
+    for group in app.registered_groups:
+        if group.typer_instance is not None:
+            expand_user_paths(group.typer_instance)
 
 
 def is_tty(stream) -> bool:

@@ -10,7 +10,7 @@ from pathlib import Path
 
 import typer
 
-from hmrcritic.commands import expand_user_paths, is_tty
+from hmrcritic.commands import is_tty
 from hmrcritic.errors import InputError
 
 
@@ -97,8 +97,6 @@ def _check_out_dir(out: Path) -> None:
 
 
 def register(app: typer.Typer) -> None:
-    first = len(app.registered_commands)
-
     @app.command("critique")
     def critique_cmd(
         image: Path = typer.Option(None, "--image", help="Input image (with --keypoints)."),
@@ -249,8 +247,6 @@ def register(app: typer.Typer) -> None:
                                       source=source, judge=judge, max_reflections=max_reflections, seed=seed,
                                       progress=progress)
         typer.echo(json.dumps(payload, indent=2) if as_json else format_table(payload))
-
-    expand_user_paths(app, first)
 
 
 def _stdout_to_stderr(active: bool):

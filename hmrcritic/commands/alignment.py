@@ -151,12 +151,7 @@ def _saved_step(cfg) -> str:
 
 
 def register(app: typer.Typer) -> None:
-    from hmrcritic.commands import expand_user_paths
-
-    first = len(app.registered_commands)
-    export_app = _export_app()
-    expand_user_paths(export_app)
-    app.add_typer(export_app, name="export")
+    app.add_typer(_export_app(), name="export")
 
     @app.command("finetune")
     def finetune_cmd(
@@ -250,5 +245,3 @@ def register(app: typer.Typer) -> None:
             # a log emptied or deleted since (the state file resumed without it): say so, not an empty line
             shown = "  ".join(f"{k} {last[k]:.4g}" for k in keys if k in last) or "none logged"
             print(f"aligned checkpoint (EMA weights) -> {path}\n  log {cfg.log_path}\n  last step: {shown}")
-
-    expand_user_paths(app, first)

@@ -94,7 +94,4 @@ def export_obj(
 
 
 def register(app: typer.Typer) -> None:
-    from hmrcritic.commands import expand_user_paths
-
-    expand_user_paths(body_app)
     app.add_typer(body_app, name="body")

@@ -62,9 +62,6 @@ def register(app: typer.Typer) -> None:
         for key, value in summary.items():
             typer.echo(f"{key:>18}: {value}")
 
-    from hmrcritic.commands import expand_user_paths
-
-    expand_user_paths(data_app)
     app.add_typer(data_app, name="data")
 
 

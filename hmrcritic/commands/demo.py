@@ -6,12 +6,8 @@ from pathlib import Path
 
 import typer
 
-from hmrcritic.commands import expand_user_paths
-
 
 def register(app: typer.Typer) -> None:
-    first = len(app.registered_commands)
-
     @app.command("demo")
     def demo(
         out: Path = typer.Option(Path("out/demo"), "--out", help="Output folder (reports, renders, memory)."),
@@ -51,5 +47,3 @@ def register(app: typer.Typer) -> None:
         result = run_demo(out, scenes, num_generations, explore_rounds, explore_batch, seed, say=say)
         if json_out:
             typer.echo(json.dumps(result.summary(), indent=2))
-
-    expand_user_paths(app, first)

@@ -239,10 +239,6 @@ def learning_curve_cmd(
 
 
 def register(app: typer.Typer) -> None:
-    from hmrcritic.commands import expand_user_paths
-
-    first = len(app.registered_commands)
     app.command("explore")(explore_cmd)
     app.command("explore-eval")(explore_eval_cmd)
     app.command("learning-curve")(learning_curve_cmd)
-    expand_user_paths(app, first)

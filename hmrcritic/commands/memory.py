@@ -226,7 +226,4 @@ def reset(
 
 
 def register(app: typer.Typer) -> None:
-    from hmrcritic.commands import expand_user_paths
-
-    expand_user_paths(memory_app)
     app.add_typer(memory_app, name="memory")

@@ -8,7 +8,7 @@ from pathlib import Path
 
 import typer
 
-from hmrcritic.commands import expand_user_paths, is_tty
+from hmrcritic.commands import is_tty
 from hmrcritic.config import check_device
 from hmrcritic.errors import InputError
 
@@ -65,8 +65,6 @@ def _parse_scene(scene: str):
 
 
 def register(app: typer.Typer) -> None:
-    first = len(app.registered_commands)
-
     @app.command("train-base")
     def train_base_cmd(
         seed: int = typer.Option(
@@ -265,5 +263,3 @@ def register(app: typer.Typer) -> None:
         if limit is not None and res["n_samples"] < limit:
             _note(f"split {split!r} has only {res['n_samples']} scenes; evaluated all of them (--limit {limit})")
         print(json.dumps(res) if as_json else format_report(res))
-
-    expand_user_paths(app, first)

@@ -7,12 +7,8 @@ from pathlib import Path
 
 import typer
 
-from hmrcritic.commands import expand_user_paths
-
 
 def register(app: typer.Typer) -> None:
-    first = len(app.registered_commands)
-
     @app.command("reproduce")
     def reproduce_cmd(
         quick: bool = typer.Option(False, "--quick", help="Tiny preset (a couple of minutes; what the tests run)."),
@@ -41,5 +37,3 @@ def register(app: typer.Typer) -> None:
         else:
             print(format_table(res))
             print(f"results: {Path(res['out_dir']) / 'results.md'} (+ results.json, results.png)")
-
-    expand_user_paths(app, first)
