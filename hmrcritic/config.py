@@ -96,8 +96,9 @@ def _not_dangling(path: Path, name: str) -> Path:
 
 def home_dir() -> Path:
     """Root of everything the toolkit writes (cache, data, memory) unless overridden per folder."""
-    if _env_path_value("HMRCRITIC_HOME"):
-        return Path(_env_path_value("HMRCRITIC_HOME")).expanduser()
+    home = _env_path_value("HMRCRITIC_HOME")
+    if home:
+        return Path(home).expanduser()
     xdg = _env_path_value("XDG_DATA_HOME")
     # a relative XDG_DATA_HOME is invalid (XDG spec: ignore it): it put the home under whatever folder a command
     # ran from, so the memory and data learnt in one folder were missing in the next

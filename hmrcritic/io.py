@@ -14,7 +14,7 @@ import io
 import json
 import os
 import tempfile
-from collections.abc import Iterable
+from collections.abc import Iterable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -54,44 +54,43 @@ def atomic_write_bytes(path: str | os.PathLike, data: bytes) -> Path:
         raise IsADirectoryError(errno.EISDIR, os.strerror(errno.EISDIR), str(path))
     path.parent.mkdir(parents=True, exist_ok=True)
     mode = _new_file_mode(path)
-    try:
+    with _errors_naming(path):
         fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    except OSError as exc:
-        named = _naming(exc, path)
-        if named is exc:
+        try:
+            with os.fdopen(fd, "wb") as fh:
+                # mkstemp makes 0600; outputs are ordinary files, as open() would make them. Best effort:
+                # FAT/exFAT sticks and some network mounts refuse chmod (EPERM), which failed every write there
+                # (and leaked fd)
+                with contextlib.suppress(OSError):
+                    os.fchmod(fh.fileno(), mode)
+                fh.write(data)
+                fh.flush()
+                os.fsync(fh.fileno())
+            os.replace(tmp, path)
+        except BaseException:
+            with contextlib.suppress(FileNotFoundError):
+                os.unlink(tmp)
             raise
-        raise named from exc
-    try:
-        with os.fdopen(fd, "wb") as fh:
-            # mkstemp makes 0600; outputs are ordinary files, as open() would make them. Best effort: FAT/exFAT
-            # sticks and some network mounts refuse chmod (EPERM), which failed every write there (and leaked fd)
-            with contextlib.suppress(OSError):
-                os.fchmod(fh.fileno(), mode)
-            fh.write(data)
-            fh.flush()
-            os.fsync(fh.fileno())
-        os.replace(tmp, path)
-    except BaseException as exc:
-        with contextlib.suppress(FileNotFoundError):
-            os.unlink(tmp)
-        named = _naming(exc, path) if isinstance(exc, OSError) else exc
-        if named is exc:
-            raise
-        raise named from exc
     return path
 
 
-def _naming(exc: OSError, path: Path) -> OSError:
-    """``exc`` naming ``path``, the file being written: a full disk mid-write said only "No space left on device"
-    (write and fsync errors carry no file name) and an unwritable folder named our hidden temporary file
-    (``.scores.json.x1y2.tmp``), neither the file the user asked for. Same class and errno, so callers that
-    catch PermissionError or test ``errno`` are unaffected."""
-    if exc.errno is None or (exc.filename == str(path) and exc.filename2 is None):
-        return exc
+@contextlib.contextmanager
+def _errors_naming(path: Path) -> Iterator[None]:
+    """An OSError inside the block re-raised naming ``path``, the file being written: a full disk mid-write said
+    only "No space left on device" (write and fsync errors carry no file name) and an unwritable folder named
+    our hidden temporary file (``.scores.json.x1y2.tmp``), neither the file the user asked for. Same class and
+    errno, so callers that catch PermissionError or test ``errno`` are unaffected."""
     try:
-        return type(exc)(exc.errno, exc.strerror or str(exc), str(path))
-    except TypeError:  # an OSError subclass with another signature: keep it as it is
-        return exc
+        yield
+    except OSError as exc:
+        if exc.errno is None or (exc.filename == str(path) and exc.filename2 is None):
+            raise
+        named = None
+        with contextlib.suppress(TypeError):  # an OSError subclass with another signature: kept as it is
+            named = type(exc)(exc.errno, exc.strerror or str(exc), str(path))
+        if named is None:
+            raise
+        raise named from exc
 
 
 def atomic_torch_save(path: str | os.PathLike, obj: Any) -> Path:
@@ -175,21 +174,16 @@ def append_jsonl(path: str | os.PathLike, record: dict, checksum: bool = True) -
     if checksum:
         rec["checksum"] = record_checksum(rec)
     line = json.dumps(rec, default=_json_default) + "\n"
-    try:
-        with open(path, "a+b") as fh:
-            # a torn last line (a crash mid-append) must not swallow this record: start it on a line of its own
-            if fh.seek(0, os.SEEK_END) > 0:
-                fh.seek(-1, os.SEEK_END)
-                if fh.read(1) != b"\n":
-                    line = "\n" + line
-            fh.write(line.encode("utf-8"))
-            fh.flush()
-            os.fsync(fh.fileno())
-    except OSError as exc:  # a full disk: name the log (a torn line is dropped by read_jsonl)
-        named = _naming(exc, path)
-        if named is exc:
-            raise
-        raise named from exc
+    # a full disk: the error names the log (a torn line is dropped by read_jsonl)
+    with _errors_naming(path), open(path, "a+b") as fh:
+        # a torn last line (a crash mid-append) must not swallow this record: start it on a line of its own
+        if fh.seek(0, os.SEEK_END) > 0:
+            fh.seek(-1, os.SEEK_END)
+            if fh.read(1) != b"\n":
+                line = "\n" + line
+        fh.write(line.encode("utf-8"))
+        fh.flush()
+        os.fsync(fh.fileno())
 
 
 def read_jsonl(path: str | os.PathLike, verify: bool = True) -> list[dict]:

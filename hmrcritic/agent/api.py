@@ -581,8 +581,8 @@ def _keep_last_checkpoint(saver, thread: str, last_config: dict) -> None:
     206 KB per kept group of 16, and by 27 KB with the last checkpoint alone (``python benchmarks/bench_scale.py
     --parts long_run``). Each checkpoint holds every channel's value, so the last one alone restores the state.
     A checkpointer other than SQLite (in-memory, a caller's) is left as it is."""
-    conn, last = getattr(saver, "conn", None), (last_config.get("configurable") or {}).get("checkpoint_id")
-    if conn is None or not last or not hasattr(saver, "cursor"):
+    last = (last_config.get("configurable") or {}).get("checkpoint_id")
+    if not last or not hasattr(saver, "cursor"):  # the SQLite saver's locked cursor
         return
     with saver.cursor() as cur:
         for table in ("checkpoints", "writes"):
