@@ -267,9 +267,15 @@ def test_binary_file_as_json(tmp_path):
 
 
 def test_points_outside_image_and_missing_file(tmp_path):
+    # one point past the border is a truncated person: hidden, with a warning naming it
     path = write(tmp_path, "far.json", [[500, 50, 0.9]] + COCO[1:])
-    with pytest.raises(InputError, match="outside"):
-        D.read_keypoints_json(path, image_size=(200, 200))
+    with pytest.warns(UserWarning, match=r"keypoint 0 \(nose\) lies outside the 200×200 image: treated as hidden"):
+        kp = D.read_keypoints_json(path, image_size=(200, 200))
+    assert (kp[0] == 0).all() and (kp[1:] == np.asarray(COCO[1:], np.float32)).all()
+    # most points outside: keypoints of another image (or size), refused
+    with pytest.raises(InputError, match="6 of 17 visible keypoints"):
+        D.read_keypoints_json(write(tmp_path, "far6.json", [[500, 50, 0.9]] * 6 + COCO[6:]),
+                              image_size=(200, 200))
     with pytest.raises(InputError, match="not found"):
         D.read_keypoints_json(tmp_path / "missing.json")
 

@@ -366,13 +366,3 @@ def evidence_tags(evidence: dict[str, np.ndarray | list[float]], keypoints=None,
             if bool((out & vis).any()) or bool((kp[:, 2] <= 0).sum() >= 6):
                 tags.add("truncation")
     return sorted(tags)
-
-
-def summarise(evidence: dict[str, np.ndarray | list[float]]) -> str:
-    """One line per measure (min / median / max) for logs, prompts and the text rule query."""
-    lines = []
-    for name, values in evidence.items():
-        v = np.asarray(values, dtype=np.float64)
-        unit = MEASURES[name].unit if name in MEASURES else ""
-        lines.append(f"{name}: min {v.min():.3g} median {np.median(v):.3g} max {v.max():.3g} {unit}")
-    return "\n".join(lines)

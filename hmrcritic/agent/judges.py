@@ -121,10 +121,6 @@ class Judge(Protocol):
 # The builtin judge
 # --------------------------------------------------------------------------------------------------------------
 
-# How much each axis counts in ``overall`` before rules and prototypes (the three cues of the paper).
-AXIS_WEIGHTS = {"motion_structure": 0.35, "physical_feasibility": 0.3, "image_alignment": 0.35}
-
-
 def rule_reliability(rule: Rule) -> float:
     """Laplace-smoothed success rate of a rule, ``(n_success + 1) / (n_used + 2)``: 0.5 for an untried rule."""
     return (rule.n_success + 1.0) / (rule.n_used + 2.0)
@@ -366,17 +362,6 @@ class BuiltinJudge:
         """The measures the knowledge-free evidence score reads (all of them). Rules still read every measure;
         a subclass that hides one here is a judge that can only learn about that measure from its memory."""
         return ctx.evidence
-
-    def badness(self, ctx: JudgeContext) -> dict[str, np.ndarray]:
-        """Per-axis sum of the measures' scale-normalised badness (used for rationales and rule mining)."""
-        from hmrcritic.agent.evidence import MEASURES, badness
-
-        n = ctx.num_hypotheses
-        bad = {a: np.zeros(n) for a in AXES}
-        for name, values in ctx.evidence.items():
-            if name in MEASURES:
-                bad[MEASURES[name].axis] += badness(name, values)
-        return bad
 
     def critique(self, ctx: JudgeContext) -> GroupCritique:
         if ctx.round > 0 and ctx.previous is not None and ctx.issues:

@@ -124,9 +124,11 @@ def _train_poses() -> tuple[np.ndarray, str]:
 
 
 _CACHE: dict[str, PosePrior] = {}
+# Train poses the mixture is fitted on (a fixed subset: the cache key does not name the count)
+PRIOR_FIT_POSES = 3000
 
 
-def get_pose_prior(max_poses: int = 3000) -> PosePrior:
+def get_pose_prior() -> PosePrior:
     """The process-wide prior, loaded from the cache folder or fitted once (seconds) and cached."""
     home = str(config.cache_dir())
     if home in _CACHE:  # one prior per cache folder and process (tests switch homes)
@@ -146,7 +148,7 @@ def get_pose_prior(max_poses: int = 3000) -> PosePrior:
         if len(poses) < 50:
             raise AssetError(f"pose prior: only {len(poses)} train poses available; generate the train split")
         rng = np.random.default_rng(0)
-        sel = rng.permutation(len(poses))[:max_poses]
+        sel = rng.permutation(len(poses))[:PRIOR_FIT_POSES]
         prior = fit_gmm(pose_features(poses[sel]))
         atomic_save_npz(path, weights=prior.weights, means=prior.means, chols=prior.chols,
                         reference=np.float64(prior.reference), spread=np.float64(prior.spread),

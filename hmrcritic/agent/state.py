@@ -31,7 +31,8 @@ def canonical_judge(name: str) -> str:
 
 
 class AgentConfig(BaseModel):
-    """Settings of one agent run. Every field has an ``HMRCRITIC_*`` environment fallback."""
+    """Settings of one agent run. Every field but ``settle_with_labels`` and
+    ``success_tau`` (learning settings, not run settings) has an ``HMRCRITIC_*`` environment fallback."""
 
     # the ranges below hold for values from the environment too (pydantic does not check defaults otherwise)
     model_config = ConfigDict(validate_default=True, allow_inf_nan=False)

@@ -24,7 +24,7 @@ import json
 import math
 import time
 from collections.abc import Callable
-from dataclasses import asdict, dataclass, fields
+from dataclasses import asdict, dataclass
 from pathlib import Path
 
 import torch
@@ -426,14 +426,3 @@ def _progress_bar(total: int, start: int, loss: float | None = None):
     task = prog.add_task("finetune", total=total, completed=start, loss=_loss_text(loss))
     prog.start()
     return prog, task
-
-
-def config_from_kwargs(**kwargs) -> FinetuneConfig:
-    """A FinetuneConfig from keyword arguments, ignoring ``None`` for fields with defaults (CLI helper)."""
-    names = {f.name for f in fields(FinetuneConfig)}
-    unknown = set(kwargs) - names
-    if unknown:
-        raise InputError(f"unknown finetune options {sorted(unknown)}")
-    required = {"data", "out"}
-    clean = {k: v for k, v in kwargs.items() if v is not None or k in required or k in ("model", "t_min")}
-    return FinetuneConfig(**clean)

@@ -43,3 +43,20 @@ def is_tty(stream) -> bool:
         return bool(stream.isatty())
     except (AttributeError, ValueError, OSError):  # None, a closed or a replaced stream
         return False
+
+
+def scene_from_spec(spec: str):
+    """The synthetic scene ``SPLIT:INDEX`` names (``--scene test:3``), range-checked against its split; one
+    parser for ``sample`` and ``critique``, so both take and refuse the same specs with the same words."""
+    from hmrcritic.errors import InputError
+
+    split, _, idx = spec.rpartition(":")
+    if not split or not idx.strip().lstrip("-").isdigit():
+        raise InputError(f"--scene must look like SPLIT:INDEX (e.g. test:3), got {spec!r}")
+    from hmrcritic.hmr.data import load_split
+
+    scenes = load_split(split)
+    i = int(idx)
+    if not 0 <= i < len(scenes):
+        raise InputError(f"--scene index {i} out of range for split {split!r} ({len(scenes)} scenes)")
+    return scenes[i]  # a damaged shard (short, missing an array) is refused by SceneSet, naming the split

@@ -10,18 +10,8 @@ from pathlib import Path
 
 import typer
 
-from hmrcritic.commands import is_tty
+from hmrcritic.commands import is_tty, scene_from_spec
 from hmrcritic.errors import InputError
-
-
-def _parse_scene(spec: str) -> tuple[str, int]:
-    if ":" not in spec:
-        raise InputError(f"--scene {spec!r}: expected SPLIT:INDEX, e.g. test:12")
-    split, idx = spec.rsplit(":", 1)
-    try:
-        return split, int(idx)
-    except ValueError as exc:
-        raise InputError(f"--scene {spec!r}: INDEX must be an integer") from exc
 
 
 def _hypotheses_from_model(sample, model_path: str | None, n: int, seed: int) -> dict:
@@ -48,13 +38,7 @@ def _load_sample(scene, image, keypoints, focal):
             raise InputError("give either --scene or --image/--keypoints, not both")
         if focal is not None:
             raise InputError("--focal is for a user image; a synthetic scene has its own camera")
-        from hmrcritic.hmr.data import load_split
-
-        split, idx = _parse_scene(scene)
-        scenes = load_split(split)
-        if not 0 <= idx < len(scenes):
-            raise InputError(f"--scene {scene}: index out of range (split {split} has {len(scenes)} scenes)")
-        return scenes[idx]
+        return scene_from_spec(scene)
     if not image or not keypoints:
         raise InputError("give --image and --keypoints (or --scene SPLIT:INDEX)")
     from hmrcritic.hmr.data import sample_from_user
@@ -100,7 +84,9 @@ def register(app: typer.Typer) -> None:
     @app.command("critique")
     def critique_cmd(
         image: Path = typer.Option(None, "--image", help="Input image (with --keypoints)."),
-        keypoints: Path = typer.Option(None, "--keypoints", help="COCO-17 or OpenPose BODY_25 keypoint JSON."),
+        keypoints: Path = typer.Option(None, "--keypoints", help="Keypoint JSON in pixels: COCO-17 (list, COCO "
+                                                                 "results/annotations), OpenPose BODY_25, MMPose, "
+                                                                 "Halpe-26 or COCO-WholeBody."),
         scene: str = typer.Option(None, "--scene", help="A synthetic scene instead of an image: SPLIT:INDEX."),
         hypotheses: Path = typer.Option(None, "--hypotheses", help="Hypotheses .npz (global_orient, body_pose, "
                                                                    "betas, transl with a leading N)."),
@@ -118,7 +104,7 @@ def register(app: typer.Typer) -> None:
         learn: bool = typer.Option(False, "--learn", help="Write prototypes/rule statistics to memory."),
         no_render: bool = typer.Option(False, "--no-render", help="Skip rendering (faster; no images)."),
         memory: Path = typer.Option(None, "--memory-dir", "--memory",
-                                    help="Memory folder (default: HMRCRITIC_MEMORY)."),
+                                    help="Memory folder (default: HMRCRITIC_MEMORY or <home>/memory)."),
         max_reflections: int = typer.Option(None, "--max-reflections", help="Revise rounds at most."),
         group_id: str = typer.Option(None, "--group-id", help="Thread id (default: the sample id and a hash of "
                                                                "the inputs, so other inputs never collide)."),

@@ -8,7 +8,7 @@ from pathlib import Path
 
 import typer
 
-from hmrcritic.commands import is_tty
+from hmrcritic.commands import is_tty, scene_from_spec
 from hmrcritic.config import check_device
 from hmrcritic.errors import InputError
 
@@ -49,19 +49,6 @@ def _eval_progress():
 
 def _note(msg: str) -> None:
     print(f"hmrcritic: {msg}", file=sys.stderr, flush=True)
-
-
-def _parse_scene(scene: str):
-    split, _, idx = scene.partition(":")
-    if not split or not idx.strip().lstrip("-").isdigit():
-        raise InputError(f"--scene must look like SPLIT:INDEX (e.g. test:3), got {scene!r}")
-    from hmrcritic.hmr.data import load_split
-
-    scenes = load_split(split)
-    i = int(idx)
-    if not 0 <= i < len(scenes):
-        raise InputError(f"--scene index {i} out of range for split {split!r} ({len(scenes)} scenes)")
-    return scenes[i]  # a damaged shard (short, missing an array) is refused by SceneSet, naming the split
 
 
 def register(app: typer.Typer) -> None:
@@ -155,7 +142,8 @@ def register(app: typer.Typer) -> None:
     @app.command("sample")
     def sample_cmd(
         image: Path = typer.Option(None, help="Input image (PNG/JPEG)."),
-        keypoints: Path = typer.Option(None, help="2D keypoints JSON (COCO-17 or OpenPose BODY_25)."),
+        keypoints: Path = typer.Option(None, help="2D keypoints JSON in pixels (COCO-17 list or COCO results/"
+                                                  "annotations, OpenPose BODY_25, MMPose, Halpe-26, COCO-WholeBody)."),
         scene: str = typer.Option(None, help="A synthetic scene instead: SPLIT:INDEX (e.g. test:3)."),
         num_generations: int = typer.Option(16, "-n", "--num-generations", help="Hypotheses to draw."),
         steps: int = typer.Option(10, help="DDIM steps."),
@@ -186,7 +174,7 @@ def register(app: typer.Typer) -> None:
         if scene:
             if focal is not None:  # a scene carries its own camera; taking the flag and ignoring it misleads
                 raise InputError("--focal applies to --image/--keypoints; a --scene has its own camera")
-            item = _parse_scene(scene)
+            item = scene_from_spec(scene)
         elif image and keypoints:
             from hmrcritic.hmr.data import sample_from_user
 

@@ -9,8 +9,6 @@ inference. Random cameras are parameterised the way a photographer would place t
 
 from __future__ import annotations
 
-import math
-
 import numpy as np
 import torch
 
@@ -95,8 +93,3 @@ def sample_cameras(n: int, rng: np.random.Generator, preset: dict) -> dict[str, 
         "fill": fill,
         "jitter": jitter,
     }
-
-
-def fov_deg(K: torch.Tensor, width: int) -> float:
-    """Horizontal field of view of K for an image ``width`` pixels wide (for messages and docs)."""
-    return math.degrees(2 * math.atan(width / (2 * float(K[0, 0]))))

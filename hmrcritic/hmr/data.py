@@ -284,8 +284,8 @@ def _scene_chunk(body, pose: dict, cams: dict, cfg: dict, W: int, H: int, rng: n
     kp_clean = camera.project(coco_c, K)
     sm_clean = camera.project(joints_c, K)
     box = (kp_clean.amax(1) - kp_clean.amin(1)).norm(dim=-1).numpy()  # person box diagonal, px
-    kp, vis_c = _corrupt(kp_clean.numpy(), coco_c.numpy(), box, cfg, W, H, rng, _LIMBS_COCO, _FACE_COCO)
-    sm, vis_s = _corrupt(sm_clean.numpy(), joints_c.numpy(), box, cfg, W, H, rng, _LIMBS_SMPL, [])
+    kp = _corrupt(kp_clean.numpy(), coco_c.numpy(), box, cfg, W, H, rng, _LIMBS_COCO, _FACE_COCO)
+    sm = _corrupt(sm_clean.numpy(), joints_c.numpy(), box, cfg, W, H, rng, _LIMBS_SMPL, [])
     return {
         "keypoints": kp.astype(np.float32),
         "smpl24_keypoints": sm.astype(np.float32),
@@ -301,8 +301,8 @@ def _scene_chunk(body, pose: dict, cams: dict, cfg: dict, W: int, H: int, rng: n
     }
 
 
-def _corrupt(uv, pts_c, box, cfg, W, H, rng, limbs, face) -> tuple[np.ndarray, np.ndarray]:
-    """Noise, confidences, occlusion and truncation for one layout. Returns ([u,v,c] (n,J,3), visible)."""
+def _corrupt(uv, pts_c, box, cfg, W, H, rng, limbs, face) -> np.ndarray:
+    """Noise, confidences, occlusion and truncation for one layout: ``[u, v, c]`` (n,J,3), hidden points 0."""
     n, J, _ = uv.shape
     sigma = cfg["noise_frac"] * box * rng.uniform(0.5, 1.5, n)  # px, per sample
     err = rng.normal(0, 1, (n, J, 2)) * sigma[:, None, None]
@@ -359,7 +359,7 @@ def _corrupt(uv, pts_c, box, cfg, W, H, rng, limbs, face) -> tuple[np.ndarray, n
     visible = ~hidden & ~truncated
     out = np.concatenate([noisy, conf[..., None]], -1)
     out[~visible] = 0.0
-    return out, visible
+    return out
 
 
 # ------------------------------------------------------------------------------------------ split files
@@ -424,7 +424,7 @@ def generate_split(
     from hmrcritic.hmr.body import load_body_model
 
     _check_name(name)
-    n_default, seed_default, preset = SPLITS[name]
+    _, seed_default, preset = SPLITS[name]
     n = default_size(name) if n is None else int(n)
     seed = seed_default if seed is None else int(seed)
     if n < 1:
@@ -447,7 +447,7 @@ def generate_split(
         has_labels = name != "wild"
         ids = np.array([f"{name}-{i:06d}" for i in range(n)])
         if render_images:
-            _render_split(stage, arrays, ids, body, quiet)
+            _render_split(stage, arrays, ids, body)
         keys = CONDITION_KEYS + (LABEL_KEYS if has_labels else ())
         shards = []
         for s in range(0, n, shard_size):
@@ -500,7 +500,7 @@ def _with_progress(label: str, total: int, quiet: bool, fn):
         return fn(lambda k: prog.advance(task, k))
 
 
-def _render_split(stage: Path, arrays: dict, ids: np.ndarray, body, quiet: bool) -> None:
+def _render_split(stage: Path, arrays: dict, ids: np.ndarray, body) -> None:
     """Shaded renders on a random two-tone background and silhouettes, as PNG (``images/``, ``masks/``)."""
     from PIL import Image
 
@@ -719,7 +719,20 @@ def read_image(path) -> np.ndarray:
             im.load()
             # upright as a viewer (and OpenCV-based keypoint detectors) show it: a phone photo stored sideways
             # with an EXIF orientation would otherwise not match its keypoints
-            arr = np.asarray(ImageOps.exif_transpose(im).convert("RGB"), dtype=np.uint8)
+            im = ImageOps.exif_transpose(im)
+            if im.mode in ("I", "F") or im.mode.startswith("I;16"):
+                # 16-bit grey (a PNG from a depth/IR/scientific camera): convert("RGB") clips every value above
+                # 255, so the overlays and the report showed a white image; scale the 16-bit range to 8 bits
+                grey = np.asarray(im, dtype=np.float64)
+                scale = 257.0 if im.mode.startswith("I;16") or np.nanmax(grey, initial=0) > 255 else 1.0
+                im = Image.fromarray(np.nan_to_num(grey / scale).clip(0, 255).round().astype(np.uint8))
+            if im.mode in ("RGBA", "LA", "PA") or (im.mode == "P" and "transparency" in im.info):
+                # transparent pixels hold arbitrary colour (often black) under alpha 0: flatten onto white as a
+                # viewer and the report (agent.report._rgb) show it, so the overlays match the input shown
+                rgba = im.convert("RGBA")
+                im = Image.new("RGB", rgba.size, (255, 255, 255))
+                im.paste(rgba, mask=rgba.getchannel("A"))
+            arr = np.asarray(im.convert("RGB"), dtype=np.uint8)
     except Image.DecompressionBombError as exc:
         raise InputError(f"{p}: image too large to read safely ({exc})".splitlines()[0]) from None
     except (UnidentifiedImageError, OSError, ValueError) as exc:
@@ -738,16 +751,56 @@ def _as_points(values, path: Path, what: str) -> np.ndarray:
 
 
 MAX_KEYPOINT_FILE_BYTES = 10_000_000
+# keypoint sets whose first 17 points are COCO-17 in COCO's order (a whole-body or Halpe model's output)
+COCO17_PREFIX_FORMATS = {26: "Halpe-26", 133: "COCO-WholeBody-133"}
+KEYPOINT_FORMATS = ("a list of 17 [x,y,c] or 51 numbers (COCO-17), OpenPose {'people': [...]} (BODY_25), COCO "
+                    "results/annotations {'keypoints': [...]}, MMPose [{'keypoints', 'keypoint_scores'}], "
+                    "Halpe-26 or COCO-WholeBody-133")
+
+
+def _person_confidence(person: dict, key: str) -> float:
+    """Summed keypoint confidence of one detected person (-1 when its keypoints are not numbers)."""
+    try:
+        if "keypoint_scores" in person:
+            c = np.asarray(person["keypoint_scores"], dtype=np.float64).ravel()
+        else:
+            a = np.asarray(person[key], dtype=np.float64)
+            c = a[:, 2] if a.ndim == 2 and a.shape[1] == 3 else a[2::3] if a.ndim == 1 else np.zeros(0)
+        c = c[np.isfinite(c)]
+        return float(np.clip(c, 0, None).sum())
+    except (TypeError, ValueError, KeyError, IndexError):
+        return -1.0
+
+
+def _pick_person(people: list, key: str, path: Path) -> dict:
+    """The most confident of several detected people, saying which was taken.
+
+    OpenPose lists people in no useful order and detectors in theirs, so "the first" was often a small
+    background person with a few weak points; the person with the highest summed keypoint confidence is the
+    subject (ties: the first)."""
+    if len(people) == 1:
+        return people[0]
+    conf = [_person_confidence(d, key) if isinstance(d, dict) else -1.0 for d in people]
+    i = int(np.argmax(conf))
+    warnings.warn(f"{path}: {len(people)} people found; using the most confident (entry {i}, counting from 0); "
+                  "keep only the wanted person in the file to choose another", stacklevel=3)
+    return people[i]
 
 
 def read_keypoints_json(path, image_size=None) -> np.ndarray:
-    """COCO-17 keypoints (17,3) ``[u, v, conf]`` from a JSON file, validated.
+    """COCO-17 keypoints (17,3) ``[u, v, conf]`` in pixels from a JSON file, validated.
 
     Accepted forms: a list of 17 ``[x, y, c]``; 51 flat numbers; a COCO annotation ``{"keypoints": [51]}``
     (visibility flags 0/1/2 become confidence 0/0.5/1; values that are not all flags are read as confidences in
-    [0, 1]) or a list of them; OpenPose
-    ``{"people": [{"pose_keypoints_2d": [75]}]}`` (BODY_25, mapped to COCO-17). With several people the
-    first is used and a warning is issued. ``image_size`` (W,H) rejects visible points outside the image.
+    [0, 1]), a list of them (detector results) or a COCO annotation file ``{"images", "annotations"}`` of one
+    image; OpenPose ``{"people": [{"pose_keypoints_2d": [75]}]}`` (BODY_25, mapped to COCO-17); MMPose
+    ``[{"keypoints": [[x, y]], "keypoint_scores": [...]}]`` (or inside ``{"instance_info": [...]}``; its scores
+    are not probabilities — RTMPose's exceed 1 — so they are clipped to [0, 1]); Halpe-26 and
+    COCO-WholeBody-133, whose first 17 points are COCO-17. With several people the most confident (summed
+    keypoint confidence) is used and a warning says which. Coordinates normalised to [0, 1] are refused (they
+    would be a person one pixel tall). With ``image_size`` (W,H), visible points more than 2 % past the border
+    are hidden with a warning (a truncated person), unless more than a third of them are (keypoints of another
+    image: refused).
     """
     p = Path(path)
     if not p.is_file():
@@ -757,7 +810,9 @@ def read_keypoints_json(path, image_size=None) -> np.ndarray:
         raise InputError(f"{p}: {p.stat().st_size} bytes is not a keypoint file (at most "
                          f"{MAX_KEYPOINT_FILE_BYTES // 1_000_000} MB)")
     try:
-        data = json.loads(p.read_text(encoding="utf-8"))
+        # bytes: json detects UTF-8 with a BOM and UTF-16/32 (Windows tools and PowerShell write those), which
+        # read_text("utf-8") refused as "Unexpected UTF-8 BOM" / "not a JSON text file"
+        data = json.loads(p.read_bytes())
     except UnicodeDecodeError:
         raise InputError(f"{p}: not a JSON text file") from None
     except json.JSONDecodeError as exc:
@@ -766,37 +821,61 @@ def read_keypoints_json(path, image_size=None) -> np.ndarray:
         raise InputError(f"{p}: JSON nested too deeply to be keypoints") from None
     visibility_flags = False
     body25 = False
+    scores = None
+    if isinstance(data, dict) and isinstance(data.get("instance_info"), list):  # MMPose's demo / inferencer
+        data = data["instance_info"]
+        if not data:
+            raise InputError(f"{p}: MMPose JSON with no people")
+    elif isinstance(data, dict) and isinstance(data.get("annotations"), list):  # a COCO annotation file
+        anns = [a for a in data["annotations"] if isinstance(a, dict) and "keypoints" in a]
+        images = {a.get("image_id") for a in anns}
+        if not anns:
+            raise InputError(f"{p}: COCO annotation file with no keypoint annotations")
+        if len(images) > 1:
+            raise InputError(f"{p}: COCO annotation file with keypoints for {len(images)} images; give a file with "
+                             "this image's annotations only")
+        data = anns
     if isinstance(data, dict) and "people" in data:
         people = data["people"]
         if not isinstance(people, list) or not people:
             raise InputError(f"{p}: OpenPose JSON with no people")
-        if len(people) > 1:
-            warnings.warn(f"{p}: {len(people)} people found; using the first", stacklevel=2)
-        if not isinstance(people[0], dict) or "pose_keypoints_2d" not in people[0]:
-            raise InputError(f"{p}: people[0] has no 'pose_keypoints_2d'")
-        values, body25 = people[0]["pose_keypoints_2d"], True
+        person = _pick_person(people, "pose_keypoints_2d", p)
+        if not isinstance(person, dict) or "pose_keypoints_2d" not in person:
+            raise InputError(f"{p}: people[{people.index(person)}] has no 'pose_keypoints_2d'")
+        values, body25 = person["pose_keypoints_2d"], True
     elif isinstance(data, dict) and "keypoints" in data:
-        values, visibility_flags = data["keypoints"], True
+        values, visibility_flags, scores = data["keypoints"], True, data.get("keypoint_scores")
     elif isinstance(data, list) and data and all(isinstance(d, dict) for d in data):
         if not all("keypoints" in d for d in data):
-            raise InputError(f"{p}: list of objects without 'keypoints' (expected COCO annotations)")
-        if len(data) > 1:
-            warnings.warn(f"{p}: {len(data)} people found; using the first", stacklevel=2)
-        values, visibility_flags = data[0]["keypoints"], True
+            raise InputError(f"{p}: list of objects without 'keypoints' (expected COCO annotations or MMPose "
+                             "instances)")
+        person = _pick_person(data, "keypoints", p)
+        values, visibility_flags, scores = person["keypoints"], True, person.get("keypoint_scores")
     elif isinstance(data, list):
         values = data
     else:
-        raise InputError(
-            f"{p}: unrecognised keypoint JSON (expected a list of 17 [x,y,c], 51 numbers, "
-            "{'keypoints': [...]} or OpenPose {'people': [...]})"
-        )
+        raise InputError(f"{p}: unrecognised keypoint JSON (expected {KEYPOINT_FORMATS})")
     arr = _as_points(values, p, "keypoints")
+    if scores is not None:  # MMPose: (n,2) points and their scores apart
+        sc = _as_points(scores, p, "keypoint_scores").ravel()
+        pts = arr
+        if pts.ndim != 2 or pts.shape[1] not in (2, 3) or len(sc) != len(pts):
+            raise InputError(f"{p}: 'keypoints' {list(arr.shape)} and 'keypoint_scores' {list(sc.shape)} do not "
+                             "match (expected n [x, y] and n scores)")
+        arr = np.c_[pts[:, :2], np.clip(sc, 0.0, 1.0)]
+        visibility_flags = False
     if arr.size == 75 and arr.ndim in (1, 2):
         body25 = True
+    n_points = arr.size // 3 if arr.ndim == 1 or (arr.ndim == 2 and arr.shape[1] == 3) else 0
     expected = 75 if body25 else 51
+    if not body25 and arr.size % 3 == 0 and n_points in COCO17_PREFIX_FORMATS:
+        arr = arr.reshape(-1, 3)[:17]  # Halpe-26 / COCO-WholeBody: body points first, in COCO-17 order
     if arr.size != expected or arr.ndim not in (1, 2) or (arr.ndim == 2 and arr.shape[1] != 3):
-        fmt = "BODY_25 (25×3 = 75 numbers)" if body25 else "COCO-17 (17 [x,y,c] or 51 numbers)"
-        raise InputError(f"{p}: expected {fmt}, got shape {list(arr.shape)}")
+        if body25:
+            raise InputError(f"{p}: expected BODY_25 (25×3 = 75 numbers), got shape {list(arr.shape)}")
+        hint = " ([x, y] without a confidence: give [x, y, c])" if arr.ndim == 2 and arr.shape[1] == 2 else ""
+        raise InputError(f"{p}: expected COCO-17 (17 [x,y,c] or 51 numbers){hint}, got shape {list(arr.shape)}; "
+                         f"accepted: {KEYPOINT_FORMATS}")
     arr = arr.reshape(-1, 3)
     if body25:
         arr = arr[BODY25_TO_COCO17]
@@ -815,19 +894,46 @@ def read_keypoints_json(path, image_size=None) -> np.ndarray:
     visible = arr[:, 2] > 0
     if not visible.any():
         raise InputError(f"{p}: no visible keypoints (every confidence is 0)")
+    # coordinates from a tool that normalises to [0, 1] (MediaPipe, some exporters) read as pixels gave a person
+    # one pixel tall in the corner, sampled and critiqued without a word (a little slack: such tools put points
+    # just past the border at -0.05 or 1.05)
+    if (np.abs(arr[visible, :2] - 0.5) <= 0.75).all():
+        raise InputError(f"{p}: every keypoint lies in [0, 1]: normalised coordinates? Give pixels (x times the "
+                         "image width, y times its height)")
     if image_size is not None:
         W, H = image_size
         tol = 0.02 * max(W, H)
         u, v = arr[:, 0], arr[:, 1]
         out = visible & ((u < -tol) | (u > W + tol) | (v < -tol) | (v > H + tol))
-        if out.any():
+        # A few points past the border are a truncated person: top-down detectors (MMPose, ViTPose) place a
+        # cut-off ankle below the frame, and the model hides such points anyway (its training scenes store them
+        # as hidden), so they become hidden with a warning instead of refusing the file. Many points outside
+        # are keypoints of another image or size: refused.
+        if out.sum() * 3 > visible.sum():
             i = int(np.argmax(out))
             raise InputError(
                 f"{p}: keypoint {i} ({COCO17_NAMES[i]}) at ({u[i]:.1f}, {v[i]:.1f}) lies outside "
-                f"the {W}×{H} image"
+                f"the {W}×{H} image ({int(out.sum())} of {int(visible.sum())} visible keypoints do: keypoints "
+                "of another image or image size?)"
             )
+        if out.any():
+            names = ", ".join(f"{i} ({COCO17_NAMES[i]})" for i in np.flatnonzero(out))
+            warnings.warn(f"{p}: keypoint{'s' if out.sum() > 1 else ''} {names} lie{'' if out.sum() > 1 else 's'} "
+                          f"outside the {W}×{H} image: treated as hidden (a truncated person)", stacklevel=2)
+            visible &= ~out
     arr[~visible] = 0.0
     return arr.astype(np.float32)
+
+
+def _exif_rotated(path) -> bool:
+    """Whether the image carries an EXIF orientation that swaps its width and height (5-8)."""
+    from PIL import Image
+
+    try:
+        with Image.open(path) as im:
+            return im.getexif().get(0x0112) in (5, 6, 7, 8)
+    except (OSError, ValueError):
+        return False
 
 
 def sample_from_user(image_path, keypoints_path, focal: float | None = None) -> Sample:
@@ -844,7 +950,15 @@ def sample_from_user(image_path, keypoints_path, focal: float | None = None) -> 
         raise InputError(f"focal length must be a positive number, got {focal}")
     img = read_image(image_path)
     H, W = img.shape[:2]
-    kp = read_keypoints_json(keypoints_path, image_size=(W, H))
+    try:
+        kp = read_keypoints_json(keypoints_path, image_size=(W, H))
+    except InputError as exc:
+        if "lies outside the" in str(exc) and _exif_rotated(image_path):
+            # the size named is the upright one, not the one a file browser's "dimensions" may show: say so
+            raise InputError(f"{exc} (the image is used upright as its EXIF orientation says, as OpenCV-based "
+                             "detectors read it; keypoints from a tool that ignored the rotation do not fit it)"
+                             ) from None
+        raise
     K = camera.default_intrinsics(W, H, focal).numpy()
     return Sample(
         sample_id=Path(image_path).stem, keypoints=kp, K=K, image_size=(W, H), image_path=str(image_path)

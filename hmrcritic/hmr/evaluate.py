@@ -29,7 +29,6 @@ from __future__ import annotations
 
 import time
 from collections.abc import Callable
-from pathlib import Path
 
 import numpy as np
 import torch
@@ -132,14 +131,13 @@ def _load_labelled(split: str, limit: int | None):
     return {k: torch.as_tensor(np.asarray(v)[:n], dtype=torch.float32) for k, v in arrays.items()}, n
 
 
-def _nn_bank(body, max_bank: int | None = None):
-    """Training set normalised keypoints + its joints (for the NN baseline)."""
+def _nn_bank():
+    """The training set's normalised keypoints and its SMPL parameters (the NN baseline's bank; the caller
+    poses the body)."""
     from hmrcritic.hmr.data import load_split
 
     tr = load_split("train")
     a = tr.arrays(INPUT_KEYS + ["global_orient", "body_pose", "betas"])
-    if max_bank is not None:
-        a = {k: v[:max_bank] for k, v in a.items()}
     a = {k: torch.as_tensor(np.asarray(v), dtype=torch.float32) for k, v in a.items()}
     size = a["image_size"].reshape(-1, 2).expand(a["keypoints"].shape[0], 2)
     bank = normalized_keypoints(a["keypoints"], a["K"], size)
@@ -184,7 +182,7 @@ def evaluate_model(
     sizes = data["image_size"].reshape(-1, 2).expand(n, 2)
     bank = bank_arr = None
     if nn_baseline:
-        bank, bank_arr = _nn_bank(body)
+        bank, bank_arr = _nn_bank()
 
     acc: dict[str, list[torch.Tensor]] = {}
 
@@ -417,10 +415,3 @@ def format_report(res: dict) -> str:
                if any(k.startswith("diversity_") for k in dropped) else ""))
     lines.append(f"{res['hypotheses_per_s']} hypotheses/s, {res['seconds']} s")
     return "\n".join(lines)
-
-
-def evaluate_checkpoint(path: str | Path | None, **kw) -> dict:
-    from hmrcritic.hmr.diffusion import load_model
-
-    device = kw.pop("device", "cpu")
-    return evaluate_model(load_model(path, device=device), **kw)

@@ -347,7 +347,3 @@ def standard_metrics(
     if pred_verts is not None and gt_verts is not None:
         out["pve"] = pve(pred_verts, gt_verts, pj[..., 0, :], gj[..., 0, :])
     return out
-
-
-# The alignment each named metric uses, so reports can wrap tensors into MetricResult consistently.
-METRIC_ALIGNMENT = {"mpjpe": "pelvis", "pa_mpjpe": "procrustes", "pve": "pelvis", "reproj_px": "none"}

@@ -59,11 +59,6 @@ def _text_model() -> Any:
     return _model
 
 
-def text_model_loaded() -> bool:
-    """Whether the text model is already in memory (lets callers and tests check laziness)."""
-    return _model is not None
-
-
 def embed_text(texts: list[str]) -> np.ndarray:
     """Unit-length 384-d float32 sentence embeddings, shape ``(n, 384)``; cosine = dot product.
 

@@ -101,7 +101,8 @@ STARTER_RULES: list[Rule] = [
        "person box diagonal → take off half a point more.", ["alignment"], "reproj_rel", ">", 0.6, 0.5, _IA),
     _r("starter-silhouette", "Body silhouette overlapping the person mask with IoU below 0.6 → take off "
        "2 points.", ["alignment"], "silhouette_iou", "<", 0.6, 2.0, _IA),
-    # Anatomically impossible poses (the thresholds of hmr/anatomy.is_implausible, the "implausible rate"):
+    # Anatomically impossible poses (the thresholds of hmr/anatomy.is_implausible, the "implausible rate";
+    # joint_limit_deg sums the joints' violations where the metric takes the worst joint, so the rule is stricter):
     # hard constraints with the paper's weight ("visible self-penetration → take off 5-10 points"), not
     # fitted on PA-MPJPE ranking, which cannot tell that a pose is impossible.
     _h("starter-hyperext-mild", "A knee or elbow bent backwards by more than 10° is anatomically implausible "
