@@ -203,7 +203,7 @@ def read_jsonl(path: str | os.PathLike, verify: bool = True) -> list[dict]:
                 continue
             try:
                 rec = json.loads(line)
-            except json.JSONDecodeError:
+            except (json.JSONDecodeError, RecursionError):  # nested too deeply (a hostile line): unreadable too
                 continue
             if not isinstance(rec, dict):  # `5` or `[...]` parse but are no record
                 continue

@@ -102,6 +102,10 @@ def run_folder_name(thread_id: str) -> str:
 MAX_ABS_BETA = 50.0
 
 
+# far above any group the sampler allows (MAX_GENERATIONS hypotheses of ~340 bytes each)
+MAX_HYPOTHESES_FILE_BYTES = 64 << 20
+
+
 def load_hypotheses(source: Any, where: str = "hypotheses") -> dict[str, np.ndarray]:
     """Hypotheses from an ``.npz`` path, a dict of arrays or a ``HypothesisGroup`` (one input), validated:
     the four SMPL keys, one leading N, finite values."""
@@ -120,6 +124,13 @@ def load_hypotheses(source: Any, where: str = "hypotheses") -> dict[str, np.ndar
         if not isinstance(loaded, np.lib.npyio.NpzFile):
             raise InputError(f"{where}: a single .npy array, not an .npz archive with global_orient, body_pose, "
                              "betas, transl")
+        # an .npz is a zip: refuse one that would inflate past any group of hypotheses (1,024 of them take
+        # ~0.4 MB) before unpacking it, not after a 300 kB file of zeros took 320 MB of memory
+        size = sum(info.file_size for info in loaded.zip.infolist()) if hasattr(loaded, "zip") else 0
+        if size > MAX_HYPOTHESES_FILE_BYTES:
+            loaded.close()
+            raise InputError(f"{where}: would take {size / 2**20:.0f} MiB uncompressed (at most "
+                             f"{MAX_HYPOTHESES_FILE_BYTES >> 20} MiB): not a group of hypotheses")
         try:
             with loaded as z:
                 arrays = {k: np.asarray(z[k]) for k in z.files}

@@ -54,7 +54,10 @@ def _threads(db: Path) -> list[str]:
     if not db.exists():
         return []
     try:
-        con = sqlite3.connect(f"file:{db}?mode=ro", uri=True, timeout=DB_TIMEOUT_S)
+        # as a URI with its path percent-encoded: in ``f"file:{db}?mode=ro"`` a runs folder named "exp#3" or "a?b"
+        # ended the path at the "#" or "?" (and "%20" was decoded), so SQLite opened, and created read-write, a
+        # database outside the runs folder ("exp"), and stats and prune found no threads in the real one
+        con = sqlite3.connect(Path(os.path.abspath(db)).as_uri() + "?mode=ro", uri=True, timeout=DB_TIMEOUT_S)
         try:
             return [r[0] for r in con.execute("SELECT DISTINCT thread_id FROM checkpoints")]
         finally:

@@ -452,6 +452,11 @@ def _http_client():
     return Client()
 
 
+# control characters other than whitespace (C0, DEL, C1) and the invisible formatting ones a terminal obeys
+# (bidi embeddings/overrides/isolates, zero-width marks)
+_UNPRINTABLE = re.compile("[\x00-\x08\x0e-\x1b\x7f-\x84\x86-\x9f\u200b-\u200f\u202a-\u202e\u2066-\u2069\ufeff]")
+
+
 class _CutOff(Exception):
     """The answer stopped at the endpoint's output-token limit."""
 
@@ -684,10 +689,13 @@ class VLMJudge:
 
     def _scrub(self, text: str) -> str:
         """One line, bounded, with the key (and anything else secret-looking, see :mod:`hmrcritic.redact`)
-        removed."""
+        removed, and printable: an endpoint's error body is untrusted text that ends up on a terminal (the CLI's
+        error line, retry warnings, ``doctor``, ``trace``), and its escape sequences (``ESC]0;…BEL`` retitling
+        the window, ``ESC[2J`` clearing it, a bidi override reversing what follows) passed through, as
+        ``split()`` only takes whitespace out."""
         if secret := self._secret.get_secret_value():
             text = text.replace(secret, "***")
-        text = " ".join(scrub(text).split())
+        text = " ".join(_UNPRINTABLE.sub("?", scrub(text)).split())
         return text if len(text) <= 300 else text[:297] + "..."
 
     def _describe(self, exc: Exception) -> str:

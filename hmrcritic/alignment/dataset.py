@@ -31,7 +31,7 @@ from typing import Any
 
 import numpy as np
 import torch
-from pydantic import BaseModel, Field, ValidationError, model_validator
+from pydantic import BaseModel, Field, ValidationError, field_validator, model_validator
 
 from hmrcritic.agent.schema import HypothesisScore
 from hmrcritic.alignment.stats import advantages_np
@@ -74,6 +74,19 @@ class ArrayRef(BaseModel):
 
     path: str = Field(..., description="relative to the dataset folder")
     sha256: str
+
+    @field_validator("path")
+    @classmethod
+    def _inside(cls, v: str) -> str:
+        """``groups/<file>.npz``, as the writer makes it. A manifest is shared with a dataset, and a record whose
+        path was absolute or climbed out (``../../x.npz``) had the reader, the validator and the finetuner open
+        any .npz on the machine (``root / "/abs"`` is ``/abs``), and a dataset that was not self-contained
+        validated as ok where it was made."""
+        parts = v.split("/")
+        if len(parts) != 2 or parts[0] != GROUPS or parts[1] in ("", ".", "..") or "\\" in v \
+                or not v.endswith(".npz"):
+            raise ValueError(f"array file path {v!r} is not {GROUPS}/<name>.npz inside the dataset folder")
+        return v
 
 
 class GroupRecord(BaseModel):
@@ -231,12 +244,26 @@ def write_group_arrays(root: Path, group_id: str, cond: dict, hyps: dict) -> tup
     return refs[0], refs[1]
 
 
+# A group's arrays are about 1 kB a hypothesis: far below this even for thousands of them.
+MAX_ARRAY_FILE_BYTES = 256 << 20
+
+
 def load_npz(path: Path) -> dict[str, np.ndarray]:
+    """The arrays of one group file. Refused before anything is decompressed when they would take more than
+    :data:`MAX_ARRAY_FILE_BYTES`: an .npz is a zip, and a shared dataset's 300 kB file of zeros inflated to 320 MB
+    in memory (a few such files, or one larger, and the reader, ``validate`` or the finetuner swapped or was
+    killed) before the key and shape checks could refuse it."""
     try:
         with np.load(path, allow_pickle=False) as z:
+            size = sum(info.file_size for info in z.zip.infolist()) if hasattr(z, "zip") else 0
+            if size > MAX_ARRAY_FILE_BYTES:
+                raise AssetError(f"array file {path} would take {size / 2**20:.0f} MiB uncompressed (at most "
+                                 f"{MAX_ARRAY_FILE_BYTES >> 20} MiB for one group): not a group's arrays")
             return {k: z[k] for k in z.files}
     except FileNotFoundError:
         raise AssetError(f"missing array file {path}") from None
+    except AssetError:
+        raise
     except Exception as exc:  # zipfile.BadZipFile, ValueError, OSError …
         raise AssetError(f"unreadable array file {path}: {type(exc).__name__}: {exc}") from None
 
@@ -259,7 +286,7 @@ def parse_manifest_line(line: str) -> GroupRecord | None:
         return None
     try:
         raw = json.loads(line)
-    except json.JSONDecodeError:
+    except (json.JSONDecodeError, RecursionError):  # a line nested too deeply (hostile) is as unreadable
         return None
     if not isinstance(raw, dict) or raw.get("checksum") != record_checksum(raw):
         return None
@@ -454,7 +481,7 @@ def validate_dataset(root: str | Path, max_errors: int = 50) -> ValidationReport
                 errors.append(f"{where}: torn last line (no newline)")
             try:
                 raw = json.loads(line)
-            except json.JSONDecodeError:
+            except (json.JSONDecodeError, RecursionError):  # a RecursionError stopped validate with no file named
                 errors.append(f"{where}: not valid JSON")
                 continue
             if not isinstance(raw, dict) or raw.get("checksum") != record_checksum(raw):
@@ -502,7 +529,7 @@ def validate_dataset(root: str | Path, max_errors: int = 50) -> ValidationReport
                 pair = json.loads(line)
                 pairs.append(pair)
                 ok = pair["group_id"] in seen and {"prompt", "chosen", "rejected"} <= set(pair)
-            except (json.JSONDecodeError, KeyError, TypeError):
+            except (json.JSONDecodeError, RecursionError, KeyError, TypeError):
                 ok = False
             if not ok:
                 errors.append(f"{PAIRS}:{lineno}: malformed or refers to an unknown group")

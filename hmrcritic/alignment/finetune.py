@@ -209,7 +209,7 @@ def _save_state(cfg: FinetuneConfig, policy, ema, opt, step: int, base_hash: str
             "opt": opt.state_dict(),
             "torch_rng": torch.get_rng_state(),
             # dropout on a GPU draws from the CUDA generators: saved too, so a GPU run resumes as it would run on
-            # (not exercised here: no GPU on the machines this was written on)
+            # (not covered by the tests, which run on CPU)
             **({"cuda_rng": torch.cuda.get_rng_state_all()}
                if str(cfg.device).startswith("cuda") and torch.cuda.is_available() else {}),
             "config": json.dumps(_comparable(cfg), sort_keys=True),

@@ -671,6 +671,19 @@ def read_checkpoint(path: str | Path) -> dict:
     return payload
 
 
+def _state_mismatch(skeleton: nn.Module, state: dict) -> str:
+    """What keeps ``state`` from loading into ``skeleton`` (missing, unexpected or misshaped entries; "" when it
+    fits), compared without allocating: ``skeleton`` lives on the meta device."""
+    want = {k: tuple(v.shape) for k, v in skeleton.state_dict().items()}
+    wrong = [f"{k} is {tuple(v.shape) if isinstance(v, torch.Tensor) else type(v).__name__} in the file, "
+             f"{want[k]} in the model" for k, v in state.items()
+             if k in want and not (isinstance(v, torch.Tensor) and tuple(v.shape) == want[k])]
+    found = (("missing", ", ", sorted(set(want) - set(state))),
+             ("unexpected", ", ", sorted(map(str, set(state) - set(want)))), ("size mismatch:", "; ", wrong))
+    return "; ".join(f"{what} {sep.join(items[:3])}" + (f" and {len(items) - 3} more" if len(items) > 3 else "")
+                     for what, sep, items in found if items)[:300]
+
+
 def load_model(path: str | Path | None = None, device: str = "cpu") -> HMRDiffusion:
     """Load a checkpoint (None → the shipped ``hmrcritic/assets/base_model.pt``), in eval mode on ``device``.
 
@@ -682,14 +695,29 @@ def load_model(path: str | Path | None = None, device: str = "cpu") -> HMRDiffus
     check_device(device)
     path = Path(path) if path is not None else DEFAULT_CHECKPOINT
     payload = read_checkpoint(path)
-    try:
-        config = DiffusionConfig.from_dict(dict(payload["config"]))
-        model = HMRDiffusion(config)
-    except Exception as exc:
-        raise AssetError(f"checkpoint config does not match this version of hmrcritic: {path} ({exc})") from None
     state = payload.get("state_dict")
     if not isinstance(state, dict):
         raise AssetError(f"checkpoint has no state_dict: {path}")
+    # The config alone sizes the network: a file of a few hundred bytes asking for d_model 8192 × 64 layers had
+    # tens of GB allocated and initialised (swap, the OOM killer) before its weights were found not to fit. The
+    # network is laid out on the meta device first (no memory) and checked against the weights the file really
+    # holds, so the model built is never larger than the file; the layer count is checked before even that
+    # (a million layers take minutes to lay out).
+    try:
+        config = DiffusionConfig.from_dict(dict(payload["config"]))
+        held = len({k.split(".")[2] for k in state if isinstance(k, str) and k.startswith("encoder.layers.")})
+        if not isinstance(config.layers, int) or config.layers != held:
+            raise AssetError(f"checkpoint weights do not match the model: {path} (the config asks for "
+                             f"{config.layers!r} layers, the file holds weights for {held})")
+        with torch.device("meta"):
+            skeleton = HMRDiffusion(config)
+    except AssetError:
+        raise
+    except Exception as exc:
+        raise AssetError(f"checkpoint config does not match this version of hmrcritic: {path} ({exc})") from None
+    if detail := _state_mismatch(skeleton, state):
+        raise AssetError(f"checkpoint weights do not match the model: {path} ({detail})")
+    model = HMRDiffusion(config)
     try:
         model.load_state_dict(state, strict=True)
     except RuntimeError as exc:

@@ -93,8 +93,8 @@ def rot6d_to_axis_angle(r: torch.Tensor) -> torch.Tensor:
 def euler_to_matrix(angles: torch.Tensor, order: str = "XYZ") -> torch.Tensor:
     """(..., 3) intrinsic Euler angles (radians) in ``order`` → (..., 3, 3).
 
-    ``order`` is three of the upper-case letters X, Y, Z; anything else is refused, because every letter
-    that is not X or Y used to be taken as Z (``"xyz"`` silently built a rotation about z three times)."""
+    ``order`` is three of the upper-case letters X, Y, Z; anything else is refused (read leniently, ``"xyz"``
+    would silently build a rotation about z three times)."""
     if not (isinstance(order, str) and len(order) == 3 and set(order) <= set("XYZ")):
         raise ValueError(f"euler_to_matrix: order must be three of the letters X, Y, Z (e.g. 'XYZ'), got {order!r}")
     mats = [axis_rotation(axis, angles[..., i]) for i, axis in enumerate(order)]
@@ -120,7 +120,7 @@ def matrix_to_euler_xyz(m: torch.Tensor) -> torch.Tensor:
     """(..., 3, 3) → (..., 3) intrinsic XYZ Euler angles (inverse of ``euler_to_matrix(., 'XYZ')``).
 
     At gimbal lock (y = ±90°, e.g. an elbow flexed 90°) x and z each come from atan2 of two rounding-sized
-    entries, i.e. noise, and their combination used to rebuild a rotation up to 180° off (which made
+    entries, i.e. noise, and their combination alone can rebuild a rotation up to 180° off (which would make
     ``anatomy.joint_limit_violation`` report a large violation for an allowed rotation). There, z is
     re-solved from the entries that still hold the rotation, given x (``Rx(x)ᵀ m = Ry(y) Rz(z)``), so the
     angles always rebuild ``m`` (and y comes from atan2, as asin is coarse next to ±1); elsewhere the result
