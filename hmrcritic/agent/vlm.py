@@ -336,7 +336,8 @@ def normalise_proposals(data: Any, ctx: JudgeContext) -> RuleProposals:
 
 def image_part(path: str | Path, group_id: str, what: str, max_side: int | None = None,
                detail: str | None = None) -> dict:
-    """An ``image_url`` content part carrying the file as a base64 data URL (PNG or JPEG), its longer side
+    """An ``image_url`` content part carrying the file as a base64 data URL (PNG or JPEG; any other image, or one
+    a viewer would turn or flatten, as hmrcritic reads it: :func:`_as_seen`), its longer side
     scaled down to ``max_side`` px when it is longer (aspect kept, same format), with OpenAI's ``detail`` when
     given (:class:`~hmrcritic.config.JudgeSettings` ``image_max_side`` / ``image_detail``)."""
     p = Path(path)
@@ -344,16 +345,42 @@ def image_part(path: str | Path, group_id: str, what: str, max_side: int | None 
         data = p.read_bytes()
     except OSError as exc:
         raise JudgeError(f"group {group_id}: cannot read the {what} image {p}: {exc.strerror}") from None
-    if data.startswith(b"\x89PNG\r\n\x1a\n"):
-        mime = "image/png"
-    elif data.startswith(b"\xff\xd8"):
-        mime = "image/jpeg"
-    else:
-        raise JudgeError(f"group {group_id}: the {what} image {p} is neither PNG nor JPEG")
+    mime = "image/png" if data.startswith(b"\x89PNG\r\n\x1a\n") else "image/jpeg" if data.startswith(b"\xff\xd8") \
+        else None
+    data, mime = _as_seen(p, data, mime, f"group {group_id}: the {what} image {p}")
     if max_side is not None:
         data = _scaled_down(data, max_side, mime, f"group {group_id}: the {what} image {p}")
     url = f"data:{mime};base64,{base64.b64encode(data).decode('ascii')}"
     return {"type": "image_url", "image_url": {"url": url, **({"detail": detail} if detail else {})}}
+
+
+def _as_seen(path: Path, data: bytes, mime: str | None, where: str) -> tuple[bytes, str]:
+    """The image as hmrcritic reads it (``hmr.data.read_image``: upright by its EXIF orientation, alpha on white,
+    16-bit scaled to 8), re-encoded as PNG, when the file itself would show the VLM something else: a WebP/TIFF/BMP
+    input (refused before, though the critique read it), a phone photo stored sideways (the keypoints and the
+    overlays are upright; a server may not apply EXIF), a transparent or 16-bit PNG. Plain RGB/grey PNG and JPEG
+    files (the grids always) go as they are, byte for byte."""
+    import io
+
+    from PIL import Image
+
+    if mime is not None:
+        try:
+            with Image.open(io.BytesIO(data)) as im:
+                if im.getexif().get(0x0112, 1) == 1 and im.mode in ("RGB", "L"):
+                    return data, mime
+        except OSError as exc:  # a truncated or corrupt file: one line for the group, as an unreadable one
+            raise JudgeError(f"{where} cannot be decoded: {exc}") from None
+    from hmrcritic.errors import InputError
+    from hmrcritic.hmr.data import read_image
+
+    try:
+        arr = read_image(path)
+    except InputError as exc:
+        raise JudgeError(f"{where} cannot be decoded: {exc}") from None
+    out = io.BytesIO()
+    Image.fromarray(arr).save(out, format="PNG")
+    return out.getvalue(), "image/png"
 
 
 def _scaled_down(data: bytes, max_side: int, mime: str, where: str) -> bytes:

@@ -32,7 +32,7 @@ def _export_app() -> typer.Typer:
         split: str = typer.Option(None, help="A synthetic split to export (e.g. wild)."),
         data: Path = typer.Option(None, help="A split folder written by `hmrcritic data generate`."),
         model: Path = typer.Option(None, help="Diffusion checkpoint (default: the shipped base model)."),
-        num_generations: int = typer.Option(20, help="Hypotheses per group (G)."),
+        num_generations: int = typer.Option(20, "-n", "--num-generations", help="Hypotheses per group (G)."),
         judge: str = typer.Option("builtin", help="builtin (offline) or vlm (OpenAI-compatible endpoint)."),
         out: Path = typer.Option(None, help="Output dataset folder (re-run the same command to resume)."),
         workers: int = typer.Option(1, help="Worker processes (or Ray actors with --ray-address)."),
@@ -92,7 +92,9 @@ def _export_app() -> typer.Typer:
             raise SystemExit(130) from None
         print(summary.model_dump_json(indent=2) if as_json else format_summary(summary))
         if summary.groups == 0 and summary.failures:
-            raise SystemExit(1)  # (typer.Exit's code is lost under standalone_mode=False)
+            # why, on stderr too: it was only inside the summary (with --json, the JSON's first_failure), so a
+            # script saw exit 1 and an empty stderr
+            _fail(f"export wrote no group: all {summary.failures} failed; first: {summary.first_failure}")
 
     @app.command("validate")
     def validate_cmd(
@@ -125,9 +127,21 @@ def _export_app() -> typer.Typer:
             for w in rep.warnings:
                 print(f"  warning: {w}")
         if not rep.ok:
-            raise SystemExit(1)  # (typer.Exit's code is lost under standalone_mode=False)
+            _fail(f"{rep.path}: invalid dataset, {len(rep.errors)} error(s)"
+                  + (f"; first: {rep.errors[0]}" if rep.errors else ""))
 
     return app
+
+
+def _fail(line: str) -> None:
+    """Exit 1 with ``line`` on stderr after the command's output (the report or summary, on stdout): the one
+    line a script logs, as for every other failing command."""
+    import sys
+
+    from hmrcritic.redact import scrub
+
+    print(f"error: {scrub(line)}", file=sys.stderr)
+    raise SystemExit(1)  # (typer.Exit's code is lost under standalone_mode=False)
 
 
 def _saved_step(cfg) -> str:
@@ -161,7 +175,8 @@ def register(app: typer.Typer) -> None:
         ),
         model: Path = typer.Option(None, help="Base checkpoint (default: the shipped base model)."),
         objective: str = typer.Option("gpa", help="gpa | gpa_linear | dpo | sft (best-of-group)."),
-        num_generations: int = typer.Option(20, help="Stored hypotheses drawn per group and step (G)."),
+        num_generations: int = typer.Option(20, "-n", "--num-generations",
+                                             help="Stored hypotheses drawn per group and step (G)."),
         steps: int = typer.Option(200, help="Optimiser steps."),
         batch_size: int = typer.Option(8, help="Groups per step."),
         lr: float = typer.Option(1e-4, help="AdamW learning rate."),

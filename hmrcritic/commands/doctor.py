@@ -39,7 +39,37 @@ def _check(name: str, fn) -> dict:
 
 def _python() -> dict:
     return {"version": platform.python_version(), "executable": sys.executable,
-            "platform": platform.platform()}
+            "platform": platform.platform(), "hmrcritic": _hmrcritic()}
+
+
+def _hmrcritic() -> dict:
+    """Which hmrcritic runs: its version, the folder it is imported from and how it got there.
+
+    A wheel in site-packages, an editable install of a checkout and a checkout on PYTHONPATH run different code
+    under one name; "which copy is this?" is the first question about a report. Only the metadata of the copy
+    actually imported counts (a checkout's ``hmrcritic.egg-info`` or another environment's install on the path
+    describes other code); ``installed`` is that copy's metadata version, None when it was not installed.
+    """
+    from urllib.parse import unquote
+
+    import hmrcritic
+
+    pkg = Path(hmrcritic.__file__).resolve().parent
+    out = {"version": hmrcritic.__version__, "location": str(pkg), "installed": None,
+           "install": "not installed (source folder on sys.path)"}
+    for dist in metadata.distributions(name="hmrcritic"):
+        try:
+            direct = json.loads(dist.read_text("direct_url.json") or "{}")
+        except ValueError:
+            direct = {}
+        url = direct.get("url", "")
+        if direct.get("dir_info", {}).get("editable") and url.startswith("file://"):
+            if Path(unquote(urlsplit(url).path)).resolve() / "hmrcritic" == pkg:
+                return {**out, "installed": dist.version, "install": "editable"}
+        elif (str(getattr(dist, "_path", "")).endswith(".dist-info")
+              and Path(dist.locate_file("hmrcritic/__init__.py")).resolve() == pkg / "__init__.py"):
+            return {**out, "installed": dist.version, "install": "package"}
+    return out
 
 
 def _torch() -> dict:
@@ -203,7 +233,10 @@ def _scrub(text: str) -> str:
 def _summary(c: dict) -> str:
     n = c["name"]
     if n == "python":
-        return f"Python {c['version']} ({c['executable']})"
+        h = c["hmrcritic"]
+        other = f", installed metadata says {h['installed']}" if h["installed"] not in (None, h["version"]) else ""
+        return (f"Python {c['version']} ({c['executable']}); hmrcritic {h['version']} from {h['location']} "
+                f"({h['install']}{other})")
     if n == "torch":
         return (f"torch {c['version']} [{c['build']}], cuda available: {c['cuda_available']}, "
                 f"threads {c['threads']} of {c['cpu_count']} CPUs")

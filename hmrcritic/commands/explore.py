@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import math
 from pathlib import Path
 
 import typer
@@ -13,6 +14,29 @@ _SOURCE = typer.Option("auto", "--source", help="Hypotheses: model | perturbed |
 _JUDGE = typer.Option("builtin", "--judge", help="builtin (offline) | vlm (OpenAI-compatible endpoint).")
 _SEED = typer.Option(0, "--seed", help="Sampling seed of the groups.", min=0, max=2**32 - 1)
 
+
+def finite_json(obj):
+    """``obj`` with every NaN or ±inf float as None (JSON null), in dicts and lists at any depth.
+
+    A variant that scored no group (every critique failed: a VLM endpoint down) has NaN means, a failed group a
+    NaN in ``per_group_spearman``, a round of only unrankable groups a NaN ``mean_spearman``: ``json.dumps``
+    wrote them as the bare word NaN, which is not JSON (jq, JavaScript and strict parsers refuse the whole
+    document). null is what ``demo --json`` and the other outputs say for "no value". Numpy scalars and arrays
+    are taken as their Python values first (a float32 NaN is no ``float``)."""
+    if type(obj).__module__ == "numpy" and hasattr(obj, "tolist"):
+        obj = obj.tolist()
+    if isinstance(obj, float):
+        return obj if math.isfinite(obj) else None
+    if isinstance(obj, dict):
+        return {k: finite_json(v) for k, v in obj.items()}
+    if isinstance(obj, list | tuple):
+        return [finite_json(v) for v in obj]
+    return obj
+
+
+def json_text(obj) -> str:
+    """The one JSON document a ``--json`` prints: strict (no NaN), indented."""
+    return json.dumps(finite_json(obj), indent=2, default=str, allow_nan=False)
 
 
 def _shorten(text: str, width: int) -> str:
@@ -104,7 +128,7 @@ def explore_cmd(
     error_metric: str = typer.Option("pa_mpjpe", "--error-metric", help="pa_mpjpe | mpjpe | pve | mix."),
     ucb_c: float = typer.Option(1.0, "--ucb-c", help="UCB exploration constant C in rule retrieval Ψ."),
     rules_k: int = typer.Option(16, "--rules-k", help="Rules recalled per group."),
-    num_generations: int = typer.Option(16, "--num-generations", help="Hypotheses per group."),
+    num_generations: int = typer.Option(16, "-n", "--num-generations", help="Hypotheses per group."),
     limit: int = typer.Option(None, "--limit", help="At most this many groups in total."),
     seed: int = _SEED,
     source: str = _SOURCE,
@@ -138,7 +162,7 @@ def explore_cmd(
                       limit=limit, seed=seed, source=source, max_reflections=max_reflections,
                       calibration_groups=calibration_groups, progress=progress)
     if as_json:
-        typer.echo(json.dumps(summary.as_dict(), indent=2, default=str))
+        typer.echo(json_text(summary.as_dict()))
         return
     failed = sum(_failed_groups(r.failed) for r in summary.rounds)
     typer.echo(f"explored {summary.groups} groups of {split} ({summary.source}); memory version "
@@ -150,7 +174,7 @@ def explore_cmd(
 def explore_eval_cmd(
     split: str = typer.Option("test", "--split", help="Held-out labelled split."),
     num_groups: int = typer.Option(20, "--num-groups", help="Held-out groups."),
-    num_generations: int = typer.Option(16, "--num-generations", help="Hypotheses per group."),
+    num_generations: int = typer.Option(16, "-n", "--num-generations", help="Hypotheses per group."),
     variants: str = typer.Option(None, "--variants", help="Comma-separated variants (default: all)."),
     seed: int = _SEED,
     source: str = _SOURCE,
@@ -182,12 +206,34 @@ def explore_eval_cmd(
     if out is not None:
         from hmrcritic.io import atomic_write_json
 
-        atomic_write_json(out, res)
+        atomic_write_json(out, finite_json(res))  # strict JSON, as --json prints it
     if as_json:
-        typer.echo(json.dumps(res, indent=2))
-        return
-    typer.echo(f"{res['num_groups']} held-out groups of {res['split']}; memory {res['memory_version']}")
-    typer.echo(format_rows(res))
+        typer.echo(json_text(res))
+    else:
+        typer.echo(f"{res['num_groups']} held-out groups of {res['split']}; memory {res['memory_version']}")
+        typer.echo(format_rows(res))
+    _say_failed_groups(res)
+
+
+def _say_failed_groups(res: dict) -> None:
+    """A variant whose critiques failed for some groups (a VLM endpoint down, rate limits) is averaged over the
+    others; one that scored none has no numbers at all. explore-eval said neither and exited 0, so a script read
+    a table of nulls (or a mean over 1 of 20 groups) as a result. Each such variant gets a warning on stderr, and
+    when no variant scored a single group the exit code is 1 (as ``export`` with no group written)."""
+    import sys
+
+    rows = res.get("rows") or []
+    total = res.get("num_groups")
+    for row in rows:
+        scored = row.get("groups_scored")
+        if isinstance(scored, int) and isinstance(total, int) and scored < total:
+            print(f"warning: explore-eval: variant {row.get('variant')} scored {scored} of {total} groups (the "
+                  "critiques of the others failed); "
+                  + ("its numbers are over the groups it scored" if scored else "it has no numbers"), file=sys.stderr)
+    if rows and not any(row.get("groups_scored") for row in rows):
+        print("error: explore-eval: no variant scored any group: every critique failed (with --judge vlm: check "
+              "the endpoint, e.g. with `hmrcritic critique --scene test:0 --judge vlm`)", file=sys.stderr)
+        raise SystemExit(1)  # (typer.Exit's code is lost under standalone_mode=False)
 
 
 def learning_curve_cmd(
@@ -196,7 +242,7 @@ def learning_curve_cmd(
     rounds: int = typer.Option(5, "--rounds", help="Exploration rounds; the held-out groups are scored after each."),
     batch_size: int = typer.Option(8, "--batch-size", help="Groups explored per round."),
     heldout_groups: int = typer.Option(16, "--heldout-groups", help="Held-out groups scored after each round."),
-    num_generations: int = typer.Option(16, "--num-generations", help="Hypotheses per group."),
+    num_generations: int = typer.Option(16, "-n", "--num-generations", help="Hypotheses per group."),
     tau: float = typer.Option(0.5, "--tau", help="Spearman a group must reach for its rules to succeed."),
     seed: int = _SEED,
     source: str = _SOURCE,
@@ -218,6 +264,8 @@ def learning_curve_cmd(
                              ("--num-generations", num_generations, 2)):
         if value < low:
             raise InputError(f"learning-curve: {flag} must be ≥ {low}, got {value}")
+    if not -1 <= tau <= 1:  # explore refused it only after round 0's held-out groups had been scored
+        raise InputError(f"learning-curve: --tau {tau} is not a Spearman value in [-1, 1]")
     out.mkdir(parents=True, exist_ok=True)  # a file in the way is refused now, not after round 0 was scored
 
     def progress(row: dict) -> None:
@@ -233,7 +281,7 @@ def learning_curve_cmd(
                          heldout_groups=heldout_groups, num_generations=num_generations, seed=seed, source=source,
                          out_dir=out, explore_kwargs={"tau": tau}, progress=progress, status=status)
     if as_json:
-        typer.echo(json.dumps(res, indent=2))
+        typer.echo(json_text(res))
     else:
         typer.echo(f"wrote {out / 'learning_curve.json'} and {res.get('png')}")
 

@@ -82,7 +82,11 @@ def calibration(
             raise InputError(f"memory calibration --clear: no memory at {memory_dir}; nothing to clear")
         store = MemoryStore(memory_dir, chroma_url=chroma_url)
         store.set_calibration(None)
-        typer.echo(f"calibration cleared at {store.location} (version {store.version()})")
+        if as_json:  # --json was accepted and then ignored: a script's json.loads failed on the sentence
+            _print_json({"cleared": True, "location": str(store.location), "version": store.version(),
+                         "calibration": None})
+        else:
+            typer.echo(f"calibration cleared at {store.location} (version {store.version()})")
         return
     st = _open(memory_dir, chroma_url).stats()["calibration"]
     _print_json(st) if as_json else typer.echo(describe_calibration(st))
@@ -205,14 +209,18 @@ def reset(
     # collections instead left a mismatched server memory failing on the very check that says to reset it)
     chroma_url = chroma_url or os.environ.get("HMRCRITIC_CHROMA_URL") or None
 
-    where = redact_url(chroma_url) or str(memory_dir or "the default memory folder")  # no password in the prompt
-    if not yes and not typer.confirm(f"Delete all rules and prototypes in {where}?"):
-        raise typer.Abort()
     path = memory_dir
     if path is None:
         from hmrcritic import config
 
         path = config.memory_dir()
+    # the folder by name: "in the default memory folder?" did not say that HMRCRITIC_MEMORY (set in a profile,
+    # a job's environment) had moved it somewhere else; no password in the prompt
+    where = redact_url(chroma_url) or str(path)
+    # asked on stderr, as `runs prune` asks: on stdout the question went into `… > reset.log` and the command
+    # sat waiting for an answer nobody could see
+    if not yes and not typer.confirm(f"Delete all rules and prototypes in {where}?", err=True):
+        raise typer.Abort()
     # hold the memory before touching it: a reset refused because an exploration runs must delete nothing
     # marked as being reset before anything is dropped: a reset cut short is refused until run again
     with hold_exclusive(path, "a memory reset"), resetting(path):

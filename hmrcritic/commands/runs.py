@@ -41,9 +41,16 @@ def prune(
 ) -> None:
     """Remove old checkpoint threads (with their run folders), traces, memory snapshots and evaluation caches,
     then compact the checkpoint database. The critic's memory itself is never touched."""
+    import math
+
     from hmrcritic import config
     from hmrcritic.agent.runs import prune_runs
+    from hmrcritic.errors import InputError
 
+    # before the question: "Remove runs older than -1 days?" was asked and then refused; and --older-than inf
+    # (remove nothing) printed "older_than_days": Infinity, which is not JSON
+    if not (math.isfinite(older_than) and older_than >= 0):
+        raise InputError(f"--older-than must be a number of days ≥ 0 (0 = everything), got {older_than:g}")
     if not dry_run and not yes and not typer.confirm(  # asked on stderr: stdout is for the result (--json)
             f"Remove runs older than {older_than:g} days from {config.runs_dir()}?", err=True):
         raise typer.Abort()
