@@ -18,7 +18,7 @@ import typer
 import hmrcritic.config  # noqa: F401  (sets PYOPENGL_PLATFORM and offline flags before anything imports pyrender)
 from hmrcritic.commands import expand_user_paths
 from hmrcritic.errors import HMRCriticError
-from hmrcritic.redact import scrub
+from hmrcritic.redact import printable, scrub
 
 app = typer.Typer(
     name="hmrcritic",
@@ -53,10 +53,21 @@ for _name in COMMAND_MODULES:
     _module.register(app)
 
 
+def _print_version(value: bool) -> None:
+    if value:
+        from hmrcritic import __version__
+
+        print(f"hmrcritic {__version__}")
+        raise typer.Exit()
+
+
 @app.callback()
-def _root(debug: bool = typer.Option(False, "--debug", help="Show tracebacks for errors.")) -> None:
-    if debug:
-        os.environ["HMRCRITIC_DEBUG"] = "1"
+def _root(
+    debug: bool = typer.Option(False, "--debug", help="Show tracebacks for errors (or HMRCRITIC_DEBUG=1)."),
+    version: bool = typer.Option(False, "--version", is_eager=True, callback=_print_version,
+                                 help="Print the version and exit."),
+) -> None:
+    """(``--debug`` is read from the command line by :func:`main` before the app runs: nothing to do here.)"""
 
 
 expand_user_paths(app)  # every command's paths take ``~`` as the home folder (a quoted ``~/x`` reaches us as is)
@@ -129,22 +140,40 @@ def main(argv: list[str] | None = None) -> int:
     """Console entry point: run the app, turn user errors into one line and a non-zero exit."""
     argv = list(sys.argv[1:] if argv is None else argv)
     _tolerant_streams()
-    before = os.environ.get("HMRCRITIC_DEBUG")
+    debug = "--debug" in argv or os.environ.get("HMRCRITIC_DEBUG") == "1"
+    with _warnings_as_lines(debug):
+        return _main(argv, debug)
+
+
+@contextlib.contextmanager
+def _warnings_as_lines(debug: bool):
+    """Warnings as ``warning: <message>`` lines on stderr, like the errors, instead of Python's two-line
+    ``/path/to/hmrcritic/hmr/data.py:785: UserWarning: …`` plus the source line that raised it (``--debug`` keeps
+    Python's form). Secrets masked, terminal controls shown as "?"; in-process callers get theirs back after."""
+    import warnings
+
+    if debug:
+        yield
+        return
+
+    def one_line(message, category, filename, lineno, line=None) -> str:
+        return f"warning: {printable(message)}\n"
+
+    # formatwarning, not showwarning: a caller recording warnings (``catch_warnings(record=True)``, pytest.warns)
+    # still gets them, and Python's own writer keeps coping with a closed stderr
+    before = warnings.formatwarning
+    warnings.formatwarning = one_line
     try:
-        return _main(argv)
-    finally:  # ``--debug`` sets the variable for this command (and its workers), not for later in-process calls
-        if before is None:
-            os.environ.pop("HMRCRITIC_DEBUG", None)
-        else:
-            os.environ["HMRCRITIC_DEBUG"] = before
+        yield
+    finally:
+        warnings.formatwarning = before
 
 
 _INTERRUPTED = ("interrupted; the long commands (train-base, explore, learning-curve, export, finetune, reproduce, "
                 "critique) keep what they finished: run the same command again to resume")
 
 
-def _main(argv: list[str]) -> int:
-    debug = "--debug" in argv or os.environ.get("HMRCRITIC_DEBUG") == "1"
+def _main(argv: list[str], debug: bool) -> int:
     if "--debug" in argv:  # an app-level option: accepted after the command too (`hmrcritic sample … --debug`)
         argv = ["--debug", *(a for a in argv if a != "--debug")]
     try:
@@ -152,7 +181,7 @@ def _main(argv: list[str]) -> int:
     except HMRCriticError as exc:
         if debug:
             _print_traceback()
-        print(f"error: {scrub(exc)}", file=sys.stderr)
+        print(f"error: {printable(exc)}", file=sys.stderr)
         return exc.exit_code
     except (typer.Exit, SystemExit) as exc:
         code = getattr(exc, "exit_code", None)
@@ -168,7 +197,7 @@ def _main(argv: list[str]) -> int:
     except OSError as exc:  # a file where a folder should be, no permission, disk full...
         if debug:
             _print_traceback()
-        print(f"error: {scrub(_os_error(exc))}", file=sys.stderr)
+        print(f"error: {printable(_os_error(exc))}", file=sys.stderr)
         return 2
     except Exception as exc:  # click usage errors and the like
         import click
@@ -181,12 +210,12 @@ def _main(argv: list[str]) -> int:
         if isinstance(exc, pydantic.ValidationError):  # a setting out of range (AgentConfig and the like)
             if debug:
                 _print_traceback()
-            print(f"error: {scrub(_validation_error(exc))}", file=sys.stderr)
+            print(f"error: {printable(_validation_error(exc))}", file=sys.stderr)
             return 2
         if debug:
             _print_traceback()
             return 1
-        print(f"error: {type(exc).__name__}: {scrub(exc)} (run with --debug for the traceback)", file=sys.stderr)
+        print(f"error: {type(exc).__name__}: {printable(exc)} (run with --debug for the traceback)", file=sys.stderr)
         return 1
     # With standalone_mode=False click returns typer.Exit's code instead of raising it. typer turns Ctrl-C into
     # a silent Exit(130) itself (the KeyboardInterrupt branch above never saw it), so 130 is said here; commands

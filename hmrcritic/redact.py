@@ -99,6 +99,17 @@ def scrub(text: Any) -> str:
     return _AUTH_TOKEN.sub(lambda m: m.group("kind") + m.group("sep") + MASK, out)
 
 
+# Characters a terminal acts on instead of showing: C0/C1 controls but tab/newline (escape sequences retitle the
+# window or clear the screen), zero-width and bidi overrides (text that reads other than it is), a stray BOM.
+UNPRINTABLE = re.compile("[\x00-\x08\x0e-\x1b\x7f-\x84\x86-\x9f\u200b-\u200f\u202a-\u202e\u2066-\u2069\ufeff]")
+
+
+def printable(text: Any) -> str:
+    """``text`` scrubbed (:func:`scrub`) and with what a terminal would act on (:data:`UNPRINTABLE`) shown as
+    "?": for an error line that quotes a server, a file or an exception that came from outside."""
+    return UNPRINTABLE.sub("?", scrub(text))
+
+
 def redact_url(url: str | None) -> str | None:
     """A URL safe to print: user-info and secret-looking query values masked (None stays None).
 

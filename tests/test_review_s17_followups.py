@@ -47,3 +47,114 @@ def test_plain_grids_go_byte_for_byte_and_a_broken_file_is_one_line(tmp_path):
         with pytest.raises(JudgeError, match="cannot be decoded") as exc:
             image_part(tmp_path / name, "g", "input")
         assert "\n" not in str(exc.value)
+
+
+def test_version_flag(capsys):
+    import hmrcritic
+    from hmrcritic.cli import main
+
+    assert main(["--version"]) == 0
+    assert capsys.readouterr().out.strip() == f"hmrcritic {hmrcritic.__version__}"
+
+
+def _kp_file(tmp_path, rows):
+    import json
+
+    path = tmp_path / "kp.json"
+    path.write_text(json.dumps(rows))
+    return path
+
+
+COCO = [[100 + 5 * i, 50 + 12 * i, 0.9] for i in range(17)]
+
+
+def test_a_warning_is_one_line_on_stderr_not_pythons_two(tmp_path):
+    """The several-people and truncated-keypoint warnings printed as ``/…/hmr/data.py:785: UserWarning: …`` plus
+    the source line that raised them; now ``warning: …`` like the ``error:`` lines (``--debug`` keeps Python's)."""
+    import os
+    import subprocess
+    import sys
+
+    Image.fromarray(np.full((300, 200, 3), 90, np.uint8)).save(tmp_path / "im.png")
+    kp = _kp_file(tmp_path, [[900, 50, 0.9]] + COCO[1:])  # the nose far right of a 200-px image: hidden, warned
+    args = [sys.executable, "-m", "hmrcritic", "sample", "--image", str(tmp_path / "im.png"), "--keypoints", str(kp),
+            "-n", "2", "--no-render", "--out", str(tmp_path / "out")]
+    env = {**os.environ, "PYTHONWARNINGS": ""}
+    res = subprocess.run(args, capture_output=True, text=True, env=env, timeout=300)
+    assert res.returncode == 0, res.stderr
+    lines = [ln for ln in res.stderr.splitlines() if "outside the 200×300 image" in ln]
+    assert len(lines) == 1 and lines[0].startswith("warning: "), res.stderr
+    assert "UserWarning" not in res.stderr and "warnings.warn(" not in res.stderr
+    debug = subprocess.run([*args, "--debug"], capture_output=True, text=True, env=env, timeout=300)
+    assert "UserWarning" in debug.stderr  # --debug keeps Python's form, with where it came from
+
+
+def test_warnings_keep_reaching_a_recording_caller(tmp_path):
+    """In-process callers that record warnings (pytest.warns, catch_warnings(record=True)) still get them."""
+    import warnings
+
+    from hmrcritic.cli import main
+
+    Image.fromarray(np.full((300, 200, 3), 90, np.uint8)).save(tmp_path / "im.png")
+    kp = _kp_file(tmp_path, [[900, 50, 0.9]] + COCO[1:])
+    with pytest.warns(UserWarning, match="treated as hidden"):
+        assert main(["sample", "--image", str(tmp_path / "im.png"), "--keypoints", str(kp), "-n", "2",
+                     "--no-render", "--out", str(tmp_path / "out")]) == 0
+    assert warnings.formatwarning.__name__ == "formatwarning"  # put back after the command
+
+
+def test_an_error_line_shows_no_terminal_controls(tmp_path, capsys):
+    """A file name or an exception from outside reached the terminal raw: an escape sequence in a keypoint file's
+    name retitled the window or cleared the screen when the error line quoted it."""
+    from hmrcritic.cli import main
+
+    bad = tmp_path / "x\x1b]0;owned\x07\x1b[2J.json"
+    bad.write_text("{")
+    Image.fromarray(np.full((30, 20, 3), 90, np.uint8)).save(tmp_path / "im.png")
+    rc = main(["sample", "--image", str(tmp_path / "im.png"), "--keypoints", str(bad), "-n", "2", "--no-render",
+               "--out", str(tmp_path / "out")])
+    err = capsys.readouterr().err
+    assert rc != 0 and err.startswith("error: ") and "\x1b" not in err and "\x07" not in err, repr(err)
+
+
+def test_critique_leaves_unset_flags_to_the_environment(tmp_path, monkeypatch, capsys):
+    """``critique``'s fixed flag defaults overrode the agent's HMRCRITIC_* fallbacks: with HMRCRITIC_RENDER=0 it
+    still rendered, with HMRCRITIC_JUDGE=vlm it still judged builtin. A flag given still wins."""
+    import json
+
+    from hmrcritic.cli import main
+
+    monkeypatch.setenv("HMRCRITIC_RENDER", "0")
+    args = ["critique", "--scene", "test:0", "-n", "4", "--max-reflections", "0", "--json"]
+    assert main([*args, "--out", str(tmp_path / "a")]) == 0
+    assert not list((tmp_path / "a").glob("*.png")) and "<img" not in (tmp_path / "a" / "report.html").read_text()
+    # the judge from the environment: vlm against a closed port fails that group (builtin would have scored it)
+    monkeypatch.setenv("HMRCRITIC_JUDGE", "vlm")
+    monkeypatch.setenv("HMRCRITIC_BASE_URL", "http://127.0.0.1:9/v1")
+    monkeypatch.setenv("HMRCRITIC_VLM_MODEL", "m")
+    monkeypatch.setenv("HMRCRITIC_API_KEY", "sk-test-000000")
+    monkeypatch.setenv("HMRCRITIC_VLM_RETRIES", "0")
+    assert main([*args, "--fresh", "--out", str(tmp_path / "b")]) != 0
+    assert "127.0.0.1:9" in capsys.readouterr().err  # the vlm judge's endpoint failed, not a builtin refusal
+    assert main([*args, "--judge", "builtin", "--out", str(tmp_path / "c")]) == 0
+    assert json.loads((tmp_path / "c" / "scores.json").read_text())["judge"] == "builtin"
+
+
+def test_evaluate_critic_json_is_strict_and_a_run_that_scored_nothing_fails(tmp_path, monkeypatch, capsys):
+    """evaluate-critic printed ``"spearman": NaN`` (not JSON) and exited 0 in silence when every critique failed
+    (a VLM endpoint down), as explore-eval did."""
+    import json
+
+    from hmrcritic.cli import main
+
+    monkeypatch.setenv("HMRCRITIC_BASE_URL", "http://127.0.0.1:9/v1")
+    monkeypatch.setenv("HMRCRITIC_VLM_MODEL", "m")
+    monkeypatch.setenv("HMRCRITIC_API_KEY", "sk-test-000000")
+    monkeypatch.setenv("HMRCRITIC_VLM_RETRIES", "0")
+    rc = main(["evaluate-critic", "--judge", "vlm", "--num-groups", "1", "-n", "4", "--warmup-groups", "0",
+               "--variants", "full", "--source", "perturbed", "--json"])
+    out, err = capsys.readouterr()
+    assert rc == 1 and "NaN" not in out, (rc, err)
+    payload = json.loads(out)
+    assert payload["rows"][0]["spearman"] is None
+    assert "error: evaluate-critic: no variant scored any group" in err

@@ -54,7 +54,7 @@ from hmrcritic.agent.schema import (
 )
 from hmrcritic.config import JudgeSettings, api_key, check_base_url
 from hmrcritic.errors import InputError, JudgeError
-from hmrcritic.redact import guard_langsmith, redact_url, register_secret, scrub
+from hmrcritic.redact import guard_langsmith, printable, redact_url, register_secret, scrub
 
 log = logging.getLogger(__name__)
 
@@ -479,9 +479,6 @@ def _http_client():
     return Client()
 
 
-# control characters other than whitespace (C0, DEL, C1) and the invisible formatting ones a terminal obeys
-# (bidi embeddings/overrides/isolates, zero-width marks)
-_UNPRINTABLE = re.compile("[\x00-\x08\x0e-\x1b\x7f-\x84\x86-\x9f\u200b-\u200f\u202a-\u202e\u2066-\u2069\ufeff]")
 
 
 class _CutOff(Exception):
@@ -722,7 +719,7 @@ class VLMJudge:
         ``split()`` only takes whitespace out."""
         if secret := self._secret.get_secret_value():
             text = text.replace(secret, "***")
-        text = " ".join(_UNPRINTABLE.sub("?", scrub(text)).split())
+        text = " ".join(printable(text).split())
         return text if len(text) <= 300 else text[:297] + "..."
 
     def _describe(self, exc: Exception) -> str:

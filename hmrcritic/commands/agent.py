@@ -99,10 +99,14 @@ def register(app: typer.Typer) -> None:
             0, "--seed", min=0, max=2**32 - 1,
             help="Sampling seed (with --model/--scene): the same seed gives the same group here. Export seeds each "
                  "input from (seed, input id) and evaluate-critic samples in batches, so their groups differ."),
-        judge: str = typer.Option("builtin", "--judge", help="builtin (offline) or vlm (OpenAI-compatible)."),
+        judge: str = typer.Option(None, "--judge", help="builtin (offline) or vlm (OpenAI-compatible) "
+                                                        "(default: HMRCRITIC_JUDGE or builtin)."),
         out: Path = typer.Option(Path("critique_out"), "--out", help="Folder for scores.json and report.html."),
-        learn: bool = typer.Option(False, "--learn", help="Write prototypes/rule statistics to memory."),
-        no_render: bool = typer.Option(False, "--no-render", help="Skip rendering (faster; no images)."),
+        learn: bool = typer.Option(None, "--learn/--no-learn", help="Write prototypes/rule statistics to memory "
+                                                                    "(default: HMRCRITIC_LEARN or no)."),
+        render: bool = typer.Option(None, "--render/--no-render", help="Render overlays and side views; "
+                                                                       "--no-render is faster, without images "
+                                                                       "(default: HMRCRITIC_RENDER or yes)."),
         memory: Path = typer.Option(None, "--memory-dir", "--memory",
                                     help="Memory folder (default: HMRCRITIC_MEMORY or <home>/memory)."),
         max_reflections: int = typer.Option(None, "--max-reflections", help="Revise rounds at most."),
@@ -138,7 +142,10 @@ def register(app: typer.Typer) -> None:
         else:
             hyps = _hypotheses_from_model(sample, model, n, seed)
         group_id = group_id or content_group_id(sample, hyps)
-        cfg = AgentConfig(judge=judge, learn=learn, render=not no_render)
+        # a flag given beats the setting's HMRCRITIC_* variable; one not given leaves it to AgentConfig (fixed flag
+        # defaults here overrode HMRCRITIC_JUDGE / _LEARN / _RENDER, which the config documents as the fallback)
+        given = {"judge": judge, "learn": learn, "render": render}
+        cfg = AgentConfig(**{k: v for k, v in given.items() if v is not None})
         if memory is not None:
             cfg.memory_dir = str(memory)
         if max_reflections is not None:
@@ -199,7 +206,7 @@ def register(app: typer.Typer) -> None:
     def evaluate_cmd(
         split: str = typer.Option("test", "--split", help="Labelled split to evaluate on."),
         num_groups: int = typer.Option(100, "--num-groups", help="Held-out groups to evaluate."),
-        num_generations: int = typer.Option(16, "--num-generations", help="Hypotheses per group."),
+        num_generations: int = typer.Option(16, "-n", "--num-generations", help="Hypotheses per group."),
         warmup_groups: int = typer.Option(200, "--warmup-groups",
                                           help="Train groups explored into the memory first (0: starter memory)."),
         batch_size: int = typer.Option(8, "--batch-size", help="Exploration batch size (groups per round)."),
@@ -232,7 +239,10 @@ def register(app: typer.Typer) -> None:
                                       variants=[v.strip() for v in (variants or "").split(",") if v.strip()] or None,
                                       source=source, judge=judge, max_reflections=max_reflections, seed=seed,
                                       progress=progress)
-        typer.echo(json.dumps(payload, indent=2) if as_json else format_table(payload))
+        from hmrcritic.commands.explore import json_text, say_failed_groups
+
+        typer.echo(json_text(payload) if as_json else format_table(payload))
+        say_failed_groups(payload, "evaluate-critic")
 
 
 def _stdout_to_stderr(active: bool):

@@ -212,10 +212,10 @@ def explore_eval_cmd(
     else:
         typer.echo(f"{res['num_groups']} held-out groups of {res['split']}; memory {res['memory_version']}")
         typer.echo(format_rows(res))
-    _say_failed_groups(res)
+    say_failed_groups(res, "explore-eval")
 
 
-def _say_failed_groups(res: dict) -> None:
+def say_failed_groups(res: dict, command: str) -> None:
     """A variant whose critiques failed for some groups (a VLM endpoint down, rate limits) is averaged over the
     others; one that scored none has no numbers at all. explore-eval said neither and exited 0, so a script read
     a table of nulls (or a mean over 1 of 20 groups) as a result. Each such variant gets a warning on stderr, and
@@ -227,11 +227,11 @@ def _say_failed_groups(res: dict) -> None:
     for row in rows:
         scored = row.get("groups_scored")
         if isinstance(scored, int) and isinstance(total, int) and scored < total:
-            print(f"warning: explore-eval: variant {row.get('variant')} scored {scored} of {total} groups (the "
+            print(f"warning: {command}: variant {row.get('variant')} scored {scored} of {total} groups (the "
                   "critiques of the others failed); "
                   + ("its numbers are over the groups it scored" if scored else "it has no numbers"), file=sys.stderr)
     if rows and not any(row.get("groups_scored") for row in rows):
-        print("error: explore-eval: no variant scored any group: every critique failed (with --judge vlm: check "
+        print(f"error: {command}: no variant scored any group: every critique failed (with --judge vlm: check "
               "the endpoint, e.g. with `hmrcritic critique --scene test:0 --judge vlm`)", file=sys.stderr)
         raise SystemExit(1)  # (typer.Exit's code is lost under standalone_mode=False)
 
