@@ -136,7 +136,7 @@ def parse_evidence(text: str) -> tuple[int, list[str], list[list[float]], dict[s
     n = int(m.group(1)) if m else 0
     better: dict[str, bool] = {}
     for lm in re.finditer(r"^- (\w+): (.*)$", text, re.M):
-        better[lm.group(1)] = "higher is better" in lm.group(2)
+        better[lm.group(1)] = "higher is better" in lm.group(2) or "lower is worse" in lm.group(2)
     names: list[str] = []
     rows: list[list[float]] = []
     lines = text.splitlines()

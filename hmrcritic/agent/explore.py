@@ -1090,6 +1090,11 @@ def _finish_pending(memory, emit) -> None:
     except (OSError, json.JSONDecodeError):
         f.unlink(missing_ok=True)  # torn before it was complete: nothing of it was applied
         return
+    if plan.get("batch_key") in _read_progress(Path(memory.path)).get("batches", []):
+        # applied in full (the progress record is written last), killed before the file went: its absolute rule
+        # records written again would undo every rule statistic counted since (a `critique --learn`)
+        f.unlink(missing_ok=True)
+        return
     _apply_plan(memory, plan)
     emit("resumed", {"pending_batch": plan.get("batch_key")})
 

@@ -257,9 +257,14 @@ def _explore(preset: Preset, memory_dir: Path, model_path: str | None, key: str,
     exploration engine) when it exists, else a minimal in-file loop (prototypes + rule statistics, no
     rule mining) so the pipeline still runs."""
     from hmrcritic.memory import MemoryStore
+    from hmrcritic.memory.store import hold_exclusive, resetting
 
-    store = MemoryStore(memory_dir)
-    store.reset(seed_starter=True)
+    # opened inside the reset, as `memory reset` does: a run killed during the reset left the folder marked "reset
+    # cut short", which a plain open refuses, so the same command failed on every re-run telling the user to
+    # reset reproduce's own scratch memory by hand
+    with hold_exclusive(memory_dir, "a memory reset"), resetting(memory_dir):
+        store = MemoryStore(memory_dir)
+        store.reset(seed_starter=True)
     if preset.explore_rounds == 0:
         return {"engine": "none", "version": store.version(), "stats": store.stats()}
     try:

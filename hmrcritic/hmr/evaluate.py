@@ -267,15 +267,19 @@ def evaluate_model(
             choice = torch.as_tensor(select_fn(ctx), device=e_pa.device)
             if tuple(choice.shape) not in ((B, N), (B,)):
                 raise ValueError(f"select_fn must return scores ({B},{N}) or indices ({B},), got {tuple(choice.shape)}")
+            unpicked = torch.zeros(B, dtype=torch.bool, device=e_pa.device)
             if choice.ndim == 2:  # scores: a NaN never wins
                 idx = M.top1_index(choice).to(e_pa.device)
+                # a group scored all NaN (the critic failed on it) has no pick: argmax over all −inf gave index 0,
+                # the sampler's first hypothesis reported as the critic's; NaN instead, left out and counted
+                unpicked = torch.isnan(choice.to(torch.float64)).all(dim=-1).to(e_pa.device)
             else:
                 idx = choice.long()
                 if ((idx < 0) | (idx >= N)).any():
                     raise ValueError(f"select_fn chose hypothesis indices outside 0..{N - 1}: {idx.tolist()}")
-            add("pa_mpjpe_selected", e_pa.gather(1, idx[:, None]).squeeze(1))
-            add("mpjpe_selected", e_mpjpe.gather(1, idx[:, None]).squeeze(1))
-            add("pve_selected", e_pve.gather(1, idx[:, None]).squeeze(1))
+            for name, e in (("pa_mpjpe", e_pa), ("mpjpe", e_mpjpe), ("pve", e_pve)):
+                picked = e.gather(1, idx[:, None]).squeeze(1)
+                add(f"{name}_selected", torch.where(unpicked, torch.full_like(picked, float("nan")), picked))
         if bank is not None:
             nn_idx = nearest_neighbour(normalized_keypoints(kp, K, size).cpu(), bank)
             no = body(*(bank_arr[k][nn_idx].to(device) for k in ("global_orient", "body_pose", "betas")), None)
@@ -300,6 +304,13 @@ def evaluate_model(
     bal_vis = bal_occ = None
     if N > 1:
         d, mv, mo = torch.cat(per_joint), torch.cat(vis_masks).float(), torch.cat(occ_masks).float()
+        # a scene with a non-finite hypothesis has an all-NaN spread row, and NaN × a 0 mask is still NaN: one
+        # such scene made both balanced figures NaN for the whole split; left out and counted like the others
+        ok = torch.isfinite(d).all(dim=-1)
+        if not bool(ok.all()):
+            for key in ("diversity_visible_balanced_mm", "diversity_occluded_balanced_mm"):
+                dropped[key] = int((~ok).sum())
+            d, mv, mo = d[ok], mv[ok], mo[ok]
         both = (mv.sum(0) > 0) & (mo.sum(0) > 0)  # joints seen both visible and occluded somewhere
         if both.any():
             bal_vis = round(float(((d * mv).sum(0) / mv.sum(0).clamp_min(1))[both].mean()), 3)

@@ -244,12 +244,14 @@ def top1_index(scores) -> Tensor:
 
 def select_top1(per_hyp_error, scores) -> Tensor:
     """Error ``(B,)`` of the hypothesis each group's critic scored highest (``scores (B,N)``, higher=better),
-    picked by :func:`top1_index`."""
+    picked by :func:`top1_index`; NaN for a group scored all NaN (no pick: the argmax of all −inf is index 0,
+    which reported the sampler's first hypothesis as the critic's choice)."""
     e = _as_tensor(per_hyp_error)
     s = _as_tensor(scores)
     if e.shape != s.shape:
         raise ValueError(f"select_top1: errors {tuple(e.shape)} and scores {tuple(s.shape)} differ")
-    return e.gather(-1, top1_index(s).unsqueeze(-1)).squeeze(-1)
+    picked = e.gather(-1, top1_index(s).unsqueeze(-1)).squeeze(-1)
+    return torch.where(torch.isnan(s.to(torch.float64)).all(dim=-1), float("nan"), picked)
 
 
 def mean_pairwise_distance(joints, mask=None, root_relative: bool = False) -> Tensor:
@@ -301,8 +303,15 @@ def _pearson(a: Tensor, b: Tensor) -> Tensor:
 
 
 def pearson(x, y) -> Tensor:
-    """Pearson correlation along the last dim, batched over leading dims (NaN if either is constant)."""
-    return _pearson(_as_tensor(x).to(torch.float64), _as_tensor(y).to(torch.float64))
+    """Pearson correlation along the last dim, batched over leading dims (NaN if either is constant).
+
+    Constancy is tested on the values themselves: the centred copy of a constant like ``[0.1, 0.1, 0.1]`` is
+    float noise (its mean is not exactly 0.1), not zeros, so ``den > 0`` alone gave r = ±1 for two constants.
+    """
+    x, y = _as_tensor(x).to(torch.float64), _as_tensor(y).to(torch.float64)
+    r = _pearson(x, y)
+    const = (x == x[..., :1]).all(dim=-1) | (y == y[..., :1]).all(dim=-1)
+    return torch.where(const, torch.full_like(r, float("nan")), r)
 
 
 def spearman(x, y) -> Tensor:

@@ -73,6 +73,10 @@ EXCLUSIVE_NAME = ".exclusive.lock"  # held for a whole exploration / import / re
 # between dropping the collections and deleting the exploration records left an empty memory whose progress
 # record made the next exploration skip its rounds; such a memory now refuses to open until reset again.
 RESET_MARKER = ".reset-unfinished.json"
+# Written before a new memory's collections are created and removed once its starter rules are in: a process
+# killed between the two left a memory that opened with no rules at all, silently and for good (the rules
+# collection existed, so nothing seeded it again). An open that finds it finishes the seeding.
+CREATE_MARKER = ".create-unfinished.json"
 # Of EXPLORE_FILES, what an export carries besides the collections (export_json / import_json): the record of
 # the groups the contents were learned from (the guard against evaluating on them: without it an imported memory
 # could be evaluated on its own training groups) and the exploration progress (which rounds of which runs the
@@ -706,7 +710,13 @@ class MemoryStore:
                 self._client = _persistent_client(self._key, read_only=self.read_only)
                 self._gen_seen = _GENERATION.get(self._key, 0)
             missing = self._open_collections()
-        if missing:
+        unfinished = not self.chroma_url and (self.path / CREATE_MARKER).exists()
+        if unfinished and self.read_only:
+            raise AssetError(f"memory at {self.location} was being created and has not finished (its process was "
+                             "stopped, or is still at it): its starter rules may be missing; open it writable "
+                             "once (run the command that created it again) or run "
+                             f"{self._hint('reset --yes')}")
+        if missing or unfinished:
             if self.read_only and self.chroma_url and set(missing) == set(COLLECTIONS):
                 raise AssetError(f"no hmrcritic memory on the Chroma server at {self.location} (nothing to open "
                                  f"read-only); create one with {self._hint('reset --yes')} or by exploring")
@@ -714,7 +724,7 @@ class MemoryStore:
                 raise AssetError(f"memory at {self.location} lacks collection(s) {missing}; it is not an "
                                  f"hmrcritic memory or was reset half-way (run {self._hint('reset --yes')})")
             with self._write():
-                if self._open_collections():
+                if self._open_collections() or (self.path / CREATE_MARKER).exists():
                     self._create_missing(seed_starter)
 
     # ---- plumbing ---------------------------------------------------------------------------------------
@@ -778,6 +788,14 @@ class MemoryStore:
         return missing
 
     def _create_missing(self, seed_starter: bool) -> None:
+        """Create the missing collections and seed the starter rules, between writing and removing
+        :data:`CREATE_MARKER` (embedded stores): a creation cut short is finished by the next writable open,
+        which adds the starter rules that are not in yet."""
+        marker = None if self.chroma_url else self.path / CREATE_MARKER
+        finishing = marker is not None and marker.exists()
+        if marker is not None and not finishing and seed_starter and RULES_COLLECTION not in self._cols:
+            atomic_write_json(marker, {"pid": os.getpid(), "since": time.strftime("%Y-%m-%dT%H:%M:%SZ",
+                                                                                 time.gmtime())})
         created_rules = False
         for name, (emb_id, dim) in COLLECTIONS.items():
             if name in self._cols:
@@ -789,11 +807,15 @@ class MemoryStore:
                 embedding_function=None,
             )
             created_rules |= name == RULES_COLLECTION
-        if created_rules and seed_starter:
+        if (created_rules and seed_starter) or finishing:
             from hmrcritic.memory.starter_rules import starter_embeddings, starter_rules
 
-            rules = starter_rules()
-            self.rules.add(rules, embeddings=starter_embeddings(rules))
+            have = {r.rule_id for r in self.rules.all(include_retired=True)} if finishing else set()
+            rules = [r for r in starter_rules() if r.rule_id not in have]
+            if rules:
+                self.rules.add(rules, embeddings=starter_embeddings(rules))
+        if marker is not None:
+            marker.unlink(missing_ok=True)
 
     def _collection(self, name: str):
         self._ensure_current()
