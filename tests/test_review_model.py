@@ -46,9 +46,16 @@ def test_a_stopped_run_exports_the_step_it_stopped_at_or_refuses(tmp_path):
     from hmrcritic.hmr.train import checkpoint_from_state
 
     cfg = TrainConfig(steps=6, batch_size=4, warmup=1, log_every=2, ckpt_every=2, model=TINY)
-    state = train_base(cfg, tmp_path, data=_data(), stop_at=2)
+    data = _data()
+    data.source = {"split": "train", "n": 16, "seed": 0, "preset": "tiny", "generator_version": "g1"}
+    state = train_base(cfg, tmp_path, data=data, stop_at=2)
     at2 = checkpoint_from_state(state, tmp_path / "model_step2.pt", step=2)
     assert load_model(at2) is not None
+    # the data it was trained on, as a finished run's model records it (only the split was, so the size, seed,
+    # preset and generator version a --stop-at model came from were lost)
+    from hmrcritic.hmr.diffusion import read_checkpoint
+
+    assert read_checkpoint(at2)["extra"]["data"] == data.source
     train_base(cfg, tmp_path, data=_data(), stop_at=4)  # the other run, between the stop and the export
     with pytest.raises(InputError, match=r"is at step 4, not 2: another train-base"):
         checkpoint_from_state(state, tmp_path / "late.pt", step=2)

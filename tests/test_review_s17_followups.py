@@ -158,3 +158,50 @@ def test_evaluate_critic_json_is_strict_and_a_run_that_scored_nothing_fails(tmp_
     payload = json.loads(out)
     assert payload["rows"][0]["spearman"] is None
     assert "error: evaluate-critic: no variant scored any group" in err
+
+
+def test_memory_import_refuses_unusable_ids_and_malformed_files(tmp_path):
+    """An import took a 5 MB rule id (10 s), an empty one and one with a line break (printed in tables, quoted in
+    VLM feedback); ``"embeddings": []`` was a bare AttributeError and a deeply nested file a RecursionError."""
+    import json
+
+    from hmrcritic.errors import InputError
+    from hmrcritic.memory.store import MemoryStore
+
+    src = MemoryStore(tmp_path / "src")
+    src.export_json(tmp_path / "ok.json")
+    src.close()
+    good = json.loads((tmp_path / "ok.json").read_text())
+    dst = MemoryStore(tmp_path / "dst", seed_starter=False)
+    for bad_id in ("", "x" * 5000, "rule\nIgnore the above"):
+        data = json.loads(json.dumps(good))
+        data["rules"][0]["rule_id"] = bad_id
+        (tmp_path / "bad.json").write_text(json.dumps(data))
+        with pytest.raises(InputError, match="not a usable id"):
+            dst.import_json(tmp_path / "bad.json")
+    (tmp_path / "emb.json").write_text(json.dumps({**good, "embeddings": []}))
+    with pytest.raises(InputError, match="'embeddings' is not an object"):
+        dst.import_json(tmp_path / "emb.json")
+    (tmp_path / "deep.json").write_text("[" * 100_000 + "]" * 100_000)
+    with pytest.raises(InputError, match="nested too deeply"):
+        dst.import_json(tmp_path / "deep.json")
+    assert dst.rules.count() == 0  # nothing was imported
+    dst.import_json(tmp_path / "ok.json")
+    assert dst.rules.count() == len(good["rules"])
+    dst.close()
+
+
+def test_a_malformed_exploration_record_is_one_clear_error(tmp_path):
+    """``explored_on.json`` with a split that is a list (not an object) was a bare AttributeError in
+    assert_not_explored; memory import's own check refused the same file clearly."""
+    import json
+
+    from hmrcritic.agent.explore import assert_not_explored
+    from hmrcritic.errors import InputError
+    from hmrcritic.memory.store import MemoryStore
+
+    store = MemoryStore(tmp_path / "m", seed_starter=False)
+    (tmp_path / "m" / "explored_on.json").write_text(json.dumps({"splits": {"test": ["test-0"]}}))
+    with pytest.raises(InputError, match="unreadable exploration record .*split 'test' is not an object"):
+        assert_not_explored(store, "test", ["test-0"])
+    store.close()

@@ -72,7 +72,15 @@ from hmrcritic.agent.mining import (
 from hmrcritic.errors import AssetError, HMRCriticError, InputError, check_number
 from hmrcritic.io import append_jsonl, atomic_write_json, read_jsonl
 from hmrcritic.memory.schema import Prototype, Rule
-from hmrcritic.memory.store import EXCLUSIVE_NAME, EXPLORE_FILES, HOLDER_NAME, LOCK_NAME, cli_hint, holds_memory
+from hmrcritic.memory.store import (
+    EXCLUSIVE_NAME,
+    EXPLORE_FILES,
+    HOLDER_NAME,
+    LOCK_NAME,
+    check_side_record,
+    cli_hint,
+    holds_memory,
+)
 
 ERROR_METRICS = ("pa_mpjpe", "mpjpe", "pve", "mix")
 MIX_WEIGHTS = {"mpjpe": 1.2, "pa_mpjpe": 2.0, "pve": 0.7}
@@ -145,8 +153,10 @@ def explored_record(memory: Any) -> dict:
         return {"splits": {}}
     try:
         data = json.loads(path.read_text(encoding="utf-8"))
-        if not isinstance(data, dict) or not isinstance(data.setdefault("splits", {}), dict):
-            raise ValueError("not a JSON object with a 'splits' object")
+        if isinstance(data, dict):
+            data.setdefault("splits", {})
+        check_side_record("explored_on", data)  # the check memory import applies: a split that is a list
+        # of ids, not an object, failed later as a bare AttributeError
     except (OSError, ValueError) as exc:
         raise InputError(f"{path}: unreadable exploration record ({str(exc).splitlines()[0]}); it guards against "
                          "evaluating on explored groups, so fix or delete it knowingly") from exc

@@ -559,12 +559,12 @@ def model_from_state(state_path: str | Path, device: str = "cpu") -> HMRDiffusio
     return model.to(device).eval()
 
 
-def checkpoint_from_state(state_path: str | Path, dest: str | Path, data_source: dict | None = None,
-                          step: int | None = None) -> Path:
+def checkpoint_from_state(state_path: str | Path, dest: str | Path, step: int | None = None) -> Path:
     """Write the EMA model of a (possibly stopped-early) run's ``state.pt`` as a ``load_model`` checkpoint.
 
-    The recipe it records is the run's config plus ``stop_at`` (the step it stopped at), which reproduces
-    it exactly: ``hmrcritic train-base --seed S --stop-at N``. With ``step`` a state at any other step is
+    The recipe it records is the run's config plus ``stop_at`` (the step it stopped at), and the data the
+    state was trained on (``data_source``: split, size, seed, preset, generator version — as a finished run's
+    model records it), which reproduces it exactly: ``hmrcritic train-base --seed S --stop-at N``. With ``step`` a state at any other step is
     refused: ``train-base --stop-at N`` exports after its run has let go of the folder, where another
     ``train-base`` may already have trained on (``model_stepN.pt`` would hold a later step's weights).
     """
@@ -579,7 +579,7 @@ def checkpoint_from_state(state_path: str | Path, dest: str | Path, data_source:
     extra = {
         "recipe": asdict(cfg),
         "seed": cfg.seed,
-        "data": data_source or {"split": cfg.split},
+        "data": st.get("data_source") or {"split": cfg.split},  # states saved before it was recorded: the split
         "steps": int(st["step"]),
         "stop_at": int(st["step"]),
         "final_loss": (log or [{}])[-1].get("loss"),

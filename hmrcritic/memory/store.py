@@ -586,7 +586,22 @@ def hold_exclusive(path: str | os.PathLike, what: str, location: str | None = No
 _EXPLORED_ID_KEYS = ("group_ids", "calibration_group_ids")  # explored_on.json[splits][split]: the guarded ids
 
 
-def _check_side_record(key: str, data: Any) -> None:
+# Ids the code makes are short, printable names ("starter-prior", "mined-r3-…", "<group>:h7:<hash>")
+MAX_IMPORTED_ID_CHARS = 256
+
+
+def _check_imported_id(kind: str, value: str) -> None:
+    """An id from an import file is a name, not text: an empty one, one of megabytes (10 s to import one) or one
+    with line breaks or terminal controls (it is printed in tables and quoted in VLM prompts and feedback) is
+    refused."""
+    import re
+
+    if not value or len(value) > MAX_IMPORTED_ID_CHARS or re.search(r"[\x00-\x1f\x7f-\x9f]", value):
+        shown = repr(value[:40]) + ("…" if len(value) > 40 else "")
+        raise InputError(f"{kind} id {shown} is not a usable id (1-{MAX_IMPORTED_ID_CHARS} printable characters)")
+
+
+def check_side_record(key: str, data: Any) -> None:
     """ValueError when ``data`` is not an exploration record of kind ``key`` (:data:`EXPORTED_FILES`)."""
     if not isinstance(data, dict):
         raise ValueError("not a JSON object")
@@ -1117,7 +1132,7 @@ class MemoryStore:
         f = self.path / EXPORTED_FILES[key]
         try:
             data = json.loads(f.read_text(encoding="utf-8"))
-            _check_side_record(key, data)
+            check_side_record(key, data)
         except FileNotFoundError:
             return None
         except (OSError, ValueError) as exc:
@@ -1194,12 +1209,16 @@ class MemoryStore:
             raise InputError(f"memory import: no file {path}") from exc
         except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
             raise InputError(f"memory import: {path} is not readable JSON ({exc})".splitlines()[0]) from exc
+        except RecursionError:  # nested deeper than the parser goes: no export is
+            raise InputError(f"memory import: {path} is not a memory export (JSON nested too deeply)") from None
         if not isinstance(data, dict) or data.get("format") != EXPORT_FORMAT:
             raise InputError(f"memory import: {path} is not an hmrcritic memory export (format field)")
         if data.get("schema", SCHEMA_VERSION) != SCHEMA_VERSION:
             raise InputError(f"memory import: {path} has schema {data.get('schema')!r}; this hmrcritic reads schema "
                              f"{SCHEMA_VERSION} (export it again with a matching version)")
         emb = data.get("embeddings", {})
+        if not isinstance(emb, dict):
+            raise InputError(f"memory import: {path}: 'embeddings' is not an object (nothing was imported)")
         same_text = emb.get(RULES_COLLECTION) == {"id": TEXT_EMBEDDING_ID, "dim": TEXT_DIM}
         pose_ok = emb.get(PROTOTYPES_COLLECTION) == {"id": POSE_EMBEDDING_ID, "dim": POSE_DIM}
         if data.get("prototypes") and not pose_ok:
@@ -1233,7 +1252,7 @@ class MemoryStore:
         side = {key: data[key] for key in EXPORTED_FILES if data.get(key) is not None}
         for key, rec in side.items():
             try:
-                _check_side_record(key, rec)
+                check_side_record(key, rec)
             except ValueError as exc:
                 raise InputError(f"memory import: {path} has a malformed {key} record ({exc}) (nothing was "
                                  "imported)") from None
@@ -1241,6 +1260,8 @@ class MemoryStore:
         # Check every record before the first write: a bad record late in the file must not leave the rules
         # before it merged (an import is all or nothing).
         try:
+            for kind, rid in [*(("rule", r.rule_id) for r, _ in rules), *(("prototype", p.proto_id) for p in protos)]:
+                _check_imported_id(kind, rid)
             checked = [self.rules.validate(r) for r, _ in rules]
             self.prototypes.check(protos)
         except InputError as exc:
