@@ -96,3 +96,17 @@ def test_selected_figures_leave_out_a_group_the_critic_scored_all_nan(nan_run):
         assert math.isfinite(nan_run[key])
         assert nan_run["non_finite_dropped"][key] == 2  # was absent: hypothesis 0 counted as the critic's pick
     assert "pa_mpjpe_selected_mm 2 of 4 scenes" in format_report(nan_run)
+
+
+def test_top1_figures_average_the_errors_of_tied_best_scores():
+    """evaluate-critic, learning-curve and reproduce's critic top-1 took the lowest index among tied best scores
+    (argmax): the sampler's order decided for the critic. evidence_only ties at the top in 4-17 % of groups."""
+    from hmrcritic.agent.learning_curve import correlation_row
+    from hmrcritic.hmr.metrics import tied_top1_error
+
+    assert tied_top1_error([1.0, 3.0, 3.0, 2.0], [10.0, 20.0, 40.0, 5.0]) == 30.0
+    assert tied_top1_error([np.nan, 1.0, 1.0], [0.0, 4.0, 6.0]) == 5.0  # NaN never wins
+    assert np.isnan(tied_top1_error([np.nan, np.nan], [1.0, 2.0]))
+    table = {m: np.array([10.0, 20.0, 40.0, 5.0]) for m in ("pa_mpjpe", "mpjpe", "pve")}
+    row = correlation_row([np.array([1.0, 3.0, 3.0, 2.0])], [table])
+    assert row["top1_pa_mpjpe_mm"] == 30.0 and row["top1_pve_mm"] == 30.0

@@ -40,6 +40,7 @@ from hmrcritic import config as hconfig
 from hmrcritic.agent.judges import judge_name
 from hmrcritic.agent.learning_curve import VARIANTS, pooled_pearson  # one list of variants for both tools
 from hmrcritic.errors import InputError
+from hmrcritic.hmr.metrics import tied_top1_error
 from hmrcritic.io import atomic_write_json, sources_digest
 
 # Rules recalled per group: enough to hold every starter rule that can fire on a group (18 starter rules, at
@@ -277,8 +278,8 @@ def _paired_pearson_top1_deltas(rows: list[dict], scores: dict[str, list], error
         b = [np.asarray(other[i], np.float64) for i in keep]
         e = [np.asarray(errors[i], np.float64) for i in keep]
         r["full_minus_pearson"] = pooled_pearson(a, e) - pooled_pearson(b, e)
-        # top-1 (ties: the lowest index, as argmax does); negative = full's pick is better
-        d = np.array([e[i][int(np.argmax(a[i]))] - e[i][int(np.argmax(b[i]))] for i in range(len(keep))])
+        # top-1 (tied best scores: the mean of their errors); negative = full's pick is better
+        d = np.array([tied_top1_error(a[i], e[i]) - tied_top1_error(b[i], e[i]) for i in range(len(keep))])
         r["full_minus_top1_mm"] = float(d.mean())
         r["full_minus_top1_sem"] = float(d.std(ddof=1) / math.sqrt(len(d))) if len(d) > 1 else 0.0
         boots = []

@@ -116,7 +116,7 @@ def score_groups(groups: Sequence[Any], memory: Any, variant: str = "full", judg
 
 def correlation_row(scores: Sequence[np.ndarray | None], tables: Sequence[dict[str, np.ndarray]]) -> dict:
     """Mean group-wise Spearman / Kendall of score vs −error per metric, and the critic's top-1 error."""
-    from hmrcritic.hmr.metrics import kendall_tau, spearman
+    from hmrcritic.hmr.metrics import kendall_tau, spearman, tied_top1_error
 
     row: dict[str, Any] = {}
     ok = [(s, t) for s, t in zip(scores, tables, strict=True) if s is not None]
@@ -130,7 +130,7 @@ def correlation_row(scores: Sequence[np.ndarray | None], tables: Sequence[dict[s
             k = float(kendall_tau(s, -e))
             rho.append(0.0 if np.isnan(r) else r)  # a constant score ranks nothing: counts as 0
             tau.append(0.0 if np.isnan(k) else k)
-            top.append(float(e[int(np.argmax(s))]))  # ties: the lowest index, as argmax does
+            top.append(tied_top1_error(s, e))  # tied best scores: the mean of their errors
         suffix = "" if m == "pa_mpjpe" else f"_{m}"
         if m == "pa_mpjpe":  # for paired differences between variants: one entry per group, NaN where it failed
             it = iter(rho)

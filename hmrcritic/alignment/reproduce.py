@@ -399,7 +399,7 @@ def critic_quality(export_dir: str | Path, split: str = "wild") -> dict:
     (group-wise Spearman between score and −PA-MPJPE); nothing here feeds finetuning. Also: PA-MPJPE of the
     group mean, of the critic's top-1 and of the oracle best, over the exported groups.
     """
-    from hmrcritic.hmr.metrics import pa_mpjpe, spearman
+    from hmrcritic.hmr.metrics import pa_mpjpe, spearman, tied_top1_error
 
     rhos, top1, mean, best = [], [], [], []
     for r, _, pj, gj in export_groups_with_labels(export_dir, split):
@@ -409,7 +409,7 @@ def critic_quality(export_dir: str | Path, split: str = "wild") -> dict:
         s = np.array([x.overall for x in sorted(r.scores, key=lambda x: x.index)])
         if np.ptp(s) > 0:
             rhos.append(float(spearman(torch.tensor(s), -torch.tensor(e))))
-        top1.append(float(e[s.argmax()]))
+        top1.append(tied_top1_error(s, e))
         mean.append(float(e.mean()))
         best.append(float(e.min()))
     if not mean:

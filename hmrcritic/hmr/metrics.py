@@ -254,6 +254,23 @@ def select_top1(per_hyp_error, scores) -> Tensor:
     return torch.where(torch.isnan(s.to(torch.float64)).all(dim=-1), float("nan"), picked)
 
 
+def tied_top1_error(scores, errors) -> float:
+    """The critic's top-1 error for reporting: the error of the hypothesis scored highest, and where several share
+    the highest score, the mean of their errors (the expected error of picking one of them at random).
+
+    :func:`select_top1` must pick one hypothesis (a selection is a sample); a *figure* that took the lowest index
+    among tied best reported the sampler's order as the critic's choice — a critic that ties more (the
+    evidence-only one) got a luckier or unluckier top-1 than it earned. NaN scores never win; NaN when all are."""
+    s = np.asarray(scores, np.float64).reshape(-1)
+    e = np.asarray(errors, np.float64).reshape(-1)
+    if s.shape != e.shape:
+        raise ValueError(f"tied_top1_error: {s.size} scores and {e.size} errors")
+    finite = ~np.isnan(s)
+    if not finite.any():
+        return float("nan")
+    return float(e[finite & (s == s[finite].max())].mean())
+
+
 def mean_pairwise_distance(joints, mask=None, root_relative: bool = False) -> Tensor:
     """Diversity of each group: mean over hypothesis pairs of the mean joint distance, in mm. Shape ``(B,)``.
 

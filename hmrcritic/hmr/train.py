@@ -564,8 +564,9 @@ def checkpoint_from_state(state_path: str | Path, dest: str | Path, step: int | 
 
     The recipe it records is the run's config plus ``stop_at`` (the step it stopped at), and the data the
     state was trained on (``data_source``: split, size, seed, preset, generator version — as a finished run's
-    model records it), which reproduces it exactly: ``hmrcritic train-base --seed S --stop-at N``. With ``step`` a state at any other step is
-    refused: ``train-base --stop-at N`` exports after its run has let go of the folder, where another
+    model records it), which reproduces it exactly: ``hmrcritic train-base --seed S --stop-at N``. With ``step``
+    a state at any other step is refused: ``train-base --stop-at N`` exports after its run has let go of the
+    folder, where another
     ``train-base`` may already have trained on (``model_stepN.pt`` would hold a later step's weights).
     """
     st = torch.load(state_path, map_location="cpu", weights_only=True)
