@@ -205,3 +205,35 @@ def test_a_malformed_exploration_record_is_one_clear_error(tmp_path):
     with pytest.raises(InputError, match="unreadable exploration record .*split 'test' is not an object"):
         assert_not_explored(store, "test", ["test-0"])
     store.close()
+
+
+def test_big_groups_get_squarer_grids():
+    """N = 64 in four columns was a 16-row strip: shrunk to a VLM's image limit, its tiles were 63 px."""
+    from hmrcritic.agent.nodes import grid_columns
+
+    assert [grid_columns(n) for n in (1, 4, 8, 16, 17, 25, 64, 128)] == [4, 4, 4, 4, 5, 5, 8, 12]
+
+
+def test_trace_last_survives_an_export_forgetting_its_groups(tmp_path, monkeypatch):
+    """An export forgets each group it stored (checkpoint, run folder, trace): forgetting the run LAST pointed at
+    deleted LAST, and ``trace --last`` said "no runs recorded yet" beside an earlier critique's trace."""
+    from hmrcritic.agent.api import critique_group, forget_group
+    from hmrcritic.agent.runs import prune_runs
+    from hmrcritic.agent.trace import resolve_run, traces_dir
+    from hmrcritic.hmr.data import load_split
+
+    monkeypatch.setenv("HMRCRITIC_RUNS", str(tmp_path / "runs"))
+    scenes = load_split("test")
+    rng = np.random.default_rng(0)
+    hyps = {"global_orient": rng.normal(0, 0.1, (4, 3)), "body_pose": rng.normal(0, 0.1, (4, 69)),
+            "betas": np.zeros((4, 10)), "transl": np.tile([0.0, 0.0, 3.0], (4, 1))}
+    cfg = {"render": False, "max_reflections": 0}
+    kept = critique_group(scenes[0], hyps, config=cfg, group_id="kept")
+    gone = critique_group(scenes[1], hyps, config=cfg, group_id="gone")
+    assert resolve_run(last=True).stem == gone.run_id
+    forget_group(gone)
+    assert resolve_run(last=True).stem == kept.run_id
+    # prune: a LAST left pointing at a deleted trace is pointed at the newest one left
+    (traces_dir() / "LAST").write_text("deleted-run\n")
+    prune_runs(older_than_days=1e6)
+    assert resolve_run(last=True).stem == kept.run_id

@@ -607,7 +607,7 @@ def forget_group(result: ScoredGroup) -> None:
     resumes the group's critique from its checkpoint. Done holding the thread (:func:`_one_critique_at_a_time`),
     so that a critique of the same group id running meanwhile, here or in another process, is not cut off."""
     from hmrcritic.agent.graph import open_checkpointer
-    from hmrcritic.agent.trace import traces_dir
+    from hmrcritic.agent.trace import repoint_last, traces_dir
 
     saver = open_checkpointer()
     with _one_critique_at_a_time(saver, result.group_id, result.group_id):
@@ -615,9 +615,7 @@ def forget_group(result: ScoredGroup) -> None:
         discard_run(result)
     if result.run_id:
         (traces_dir() / f"{result.run_id}.jsonl").unlink(missing_ok=True)
-        last = traces_dir() / "LAST"
-        if last.exists() and last.read_text().strip() == result.run_id:
-            last.unlink(missing_ok=True)
+        repoint_last()
 
 
 def discard_run(result: ScoredGroup | str | Path) -> None:

@@ -132,6 +132,13 @@ def _body_forward(inputs: dict[str, np.ndarray], vertices: bool = False):
 
 
 # ---------------------------------------------------------------------------------------------------- nodes
+def grid_columns(n: int) -> int:
+    """Cells per row of a group's grids: 4 up to 16 hypotheses, then about square. Four columns made N = 64 a
+    16-row strip (1044 × 4164 px) that a VLM image limit (``HMRCRITIC_VLM_IMAGE_MAX_SIDE``, or a server's own)
+    shrank to 63-px tiles; 8 × 8 keeps them twice as large."""
+    return max(4, math.ceil(math.sqrt(n)))
+
+
 def render(state: AgentState, config: RunnableConfig = None) -> dict:
     """Body-model forward for the group, evidence measures, and (when enabled) the overlay/side grids."""
     from hmrcritic.agent.evidence import GroupInputs, compute_evidence, evidence_tags, pairwise_pa_mm
@@ -159,8 +166,8 @@ def render(state: AgentState, config: RunnableConfig = None) -> dict:
             pred_masks = np.stack([renderer.mask(v, body.faces, inputs["K"], (W, H)) for v in bodies["vertices"]])
         if cfg.render:
             image = _read_image(state.get("image_path"))
-            grid, side = renderer.group_grids(image, bodies["vertices"], body.faces, inputs["K"], cols=4,
-                                              image_size=(W, H))
+            grid, side = renderer.group_grids(image, bodies["vertices"], body.faces, inputs["K"],
+                                              cols=grid_columns(len(bodies["vertices"])), image_size=(W, H))
             renders["overlay_grid"] = str(save_png(run_dir / "overlay_grid.png", grid))
             renders["side_grid"] = str(save_png(run_dir / "side_grid.png", side))
     ground = (inputs["ground_normal"], float(inputs["ground_offset"])) if has_ground else None

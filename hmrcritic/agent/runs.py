@@ -352,9 +352,10 @@ def prune_runs(older_than_days: float = 7.0, root: str | Path | None = None, dry
             removed[part] += 1
             if not dry_run:
                 shutil.rmtree(p, ignore_errors=True) if p.is_dir() else p.unlink(missing_ok=True)
-    last = root / "traces" / "LAST"
-    if not dry_run and last.exists() and not (root / "traces" / f"{last.read_text().strip()}.jsonl").exists():
-        last.unlink()
+    if not dry_run:
+        from hmrcritic.agent.trace import repoint_last
+
+        repoint_last(root / "traces")
     if vacuum and not dry_run and db.exists() and removed["checkpoints"]:
         con = sqlite3.connect(str(db), timeout=60)
         try:  # rewrites only what is left; then fold its WAL back so the space is really returned

@@ -118,6 +118,23 @@ class TraceWriter:
                      "rounds": values.get("round", 0), "done": bool(values.get("done"))})
 
 
+def repoint_last(d: Path | None = None) -> None:
+    """Point ``LAST`` at the newest trace left in ``d`` (or remove it when none is), after traces were deleted.
+
+    An export keeps each critique's trace only until the group is in its dataset; deleting ``LAST`` with it left
+    ``trace --last`` saying "no runs recorded yet" beside the traces of earlier critiques."""
+    d = traces_dir() if d is None else Path(d)
+    pointer = d / "LAST"
+    current = pointer.read_text().strip() if pointer.exists() else ""
+    if current and (d / f"{current}.jsonl").exists():
+        return
+    left = [(p.stat().st_mtime, p.stem) for p in d.glob("*.jsonl") if p.is_file()] if d.is_dir() else []
+    if left:
+        atomic_write_text(pointer, max(left)[1] + "\n")
+    else:
+        pointer.unlink(missing_ok=True)
+
+
 def resolve_run(run_id: str | None = None, last: bool = False) -> Path:
     d = traces_dir()
     if last or not run_id:
