@@ -138,9 +138,9 @@ def _fail(line: str) -> None:
     line a script logs, as for every other failing command."""
     import sys
 
-    from hmrcritic.redact import scrub
+    from hmrcritic.redact import printable
 
-    print(f"error: {scrub(line)}", file=sys.stderr)
+    print(f"error: {printable(line)}", file=sys.stderr)
     raise SystemExit(1)  # (typer.Exit's code is lost under standalone_mode=False)
 
 
