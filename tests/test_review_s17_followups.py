@@ -237,3 +237,23 @@ def test_trace_last_survives_an_export_forgetting_its_groups(tmp_path, monkeypat
     (traces_dir() / "LAST").write_text("deleted-run\n")
     prune_runs(older_than_days=1e6)
     assert resolve_run(last=True).stem == kept.run_id
+
+
+def test_rerunning_a_finished_learning_curve_says_it_is_finished(tmp_path):
+    """The same learning-curve command after it finished said only "explored already; give a fresh
+    --memory-dir", as if something had gone wrong; it names the finished curve now."""
+    import json
+
+    from hmrcritic.agent.learning_curve import learning_curve
+    from hmrcritic.errors import InputError
+    from hmrcritic.memory.store import MemoryStore
+
+    store = MemoryStore(tmp_path / "m", seed_starter=False)
+    (tmp_path / "m" / "explored_on.json").write_text(json.dumps({"splits": {"train": {"group_ids": ["train-0"]}}}))
+    (tmp_path / "out").mkdir()
+    (tmp_path / "out" / "learning_curve.json").write_text("{}")
+    with pytest.raises(InputError, match=r"explored already \(a finished curve is in .*learning_curve.json\)"):
+        learning_curve(store, rounds=1, out_dir=tmp_path / "out")
+    with pytest.raises(InputError, match="explored already; give a fresh"):  # no curve there: as before
+        learning_curve(store, rounds=1, out_dir=tmp_path / "elsewhere")
+    store.close()

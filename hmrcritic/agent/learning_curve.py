@@ -228,6 +228,7 @@ def explore_eval(
 
 
 PARTIAL_FILE = "learning_curve.partial.json"  # rows evaluated so far, beside the result (resume)
+CURVE_FILE = "learning_curve.json"  # the finished result
 
 
 def _curve_settings(split, heldout_split, batch_size, held, train_groups, num_generations, seed, source, judge,
@@ -331,8 +332,10 @@ def learning_curve(
     if explored and (out is None or not (out / PARTIAL_FILE).exists()):
         # round 0 must be the memory before any exploration and round r the memory after r rounds; a memory that
         # was explored already (an earlier curve, an interrupted one) would shift every label
-        raise InputError(f"learning-curve: the memory at {mem.location} has been explored already; give a fresh "
-                         f"--memory-dir (or {cli_hint('reset --yes', mem.path, mem.chroma_url)})")
+        done = out is not None and (out / CURVE_FILE).exists()  # the same command after it finished: say so
+        raise InputError(f"learning-curve: the memory at {mem.location} has been explored already"
+                         + (f" (a finished curve is in {out / CURVE_FILE})" if done else "")
+                         + f"; give a fresh --memory-dir (or {cli_hint('reset --yes', mem.path, mem.chroma_url)})")
     held = _heldout(heldout, heldout_split, heldout_groups, num_generations, seed, 0, source)
     held_ids = [g.group_id for g in held]
     settings = _curve_settings(split, heldout_split, batch_size, held, train_groups, num_generations, seed, source,
@@ -384,7 +387,7 @@ def learning_curve(
     result = {"rows": rows, "num_groups": len(held), "heldout_split": heldout_split if heldout is None else "custom",
               "batch_size": batch_size, "split": split}
     if out is not None:
-        atomic_write_json(out / "learning_curve.json", result)
+        atomic_write_json(out / CURVE_FILE, result)
         result["png"] = str(plot_curve(rows, out / "learning_curve.png"))
         (out / PARTIAL_FILE).unlink(missing_ok=True)
     return result
