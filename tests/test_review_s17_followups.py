@@ -257,3 +257,28 @@ def test_rerunning_a_finished_learning_curve_says_it_is_finished(tmp_path):
     with pytest.raises(InputError, match="explored already; give a fresh"):  # no curve there: as before
         learning_curve(store, rounds=1, out_dir=tmp_path / "elsewhere")
     store.close()
+
+
+def test_critique_group_takes_the_judge_from_its_config_or_the_environment(tmp_path, monkeypatch):
+    """``critique_group(judge="builtin")`` was the default, so ``config={"judge": "vlm"}`` and HMRCRITIC_JUDGE
+    were silently overridden: the group was scored by the builtin judge."""
+    from hmrcritic.agent.api import critique_group
+    from hmrcritic.errors import HMRCriticError
+    from hmrcritic.hmr.data import load_split
+
+    monkeypatch.setenv("HMRCRITIC_RUNS", str(tmp_path / "runs"))
+    monkeypatch.setenv("HMRCRITIC_BASE_URL", "http://127.0.0.1:9/v1")
+    monkeypatch.setenv("HMRCRITIC_VLM_MODEL", "m")
+    monkeypatch.setenv("HMRCRITIC_API_KEY", "sk-test-000000")
+    monkeypatch.setenv("HMRCRITIC_VLM_RETRIES", "0")
+    rng = np.random.default_rng(0)
+    hyps = {"global_orient": rng.normal(0, 0.1, (4, 3)), "body_pose": rng.normal(0, 0.1, (4, 69)),
+            "betas": np.zeros((4, 10)), "transl": np.tile([0.0, 0.0, 3.0], (4, 1))}
+    sample = load_split("test")[0]
+    base = {"render": False, "max_reflections": 0}
+    with pytest.raises(HMRCriticError, match="127.0.0.1:9"):
+        critique_group(sample, hyps, config={**base, "judge": "vlm"}, group_id="cfg")
+    monkeypatch.setenv("HMRCRITIC_JUDGE", "vlm")
+    with pytest.raises(HMRCriticError, match="127.0.0.1:9"):
+        critique_group(sample, hyps, config=base, group_id="env")
+    assert critique_group(sample, hyps, judge="builtin", config=base, group_id="arg").judge == "builtin"

@@ -432,7 +432,7 @@ def _agent_config(config: AgentConfig | dict | None, judge: Any, memory: Any, le
 def critique_group(
     sample: Any,
     hypotheses: Any,
-    judge: Any = "builtin",
+    judge: Any = None,
     memory: Any = None,
     config: AgentConfig | dict | None = None,
     *,
@@ -448,10 +448,12 @@ def critique_group(
 ) -> ScoredGroup:
     """Critique one group of hypotheses of one input.
 
-    ``judge``: "builtin" | "vlm" | a Judge object. ``memory``: a MemoryStore, a memory folder, or None (the
-    configured one). ``true_errors_mm`` (labelled groups only) lets ``memory_write`` settle prototypes on the
-    true error when learning; judges never see it. ``on_update(node, update, seconds)`` is called after each
-    node (CLI progress). ``run_dir`` overrides the group's folder (default ``runs_dir()/groups/<id>``).
+    ``judge``: "builtin" | "vlm" | a Judge object; None takes the config's (``config={"judge": …}``, else
+    HMRCRITIC_JUDGE, else builtin — a fixed "builtin" default here overrode both). ``memory``: a MemoryStore, a
+    memory folder, or None (the configured one). ``true_errors_mm`` (labelled groups only) lets ``memory_write``
+    settle prototypes on the true error when learning; judges never see it. ``on_update(node, update,
+    seconds)`` is called after each node (CLI progress). ``run_dir`` overrides the group's folder (default
+    ``runs_dir()/groups/<id>``).
     ``keep=False`` is for throwaway critiques (exploration, evaluation loops, diagnostics): a successful run
     leaves no checkpoint thread and no trace (a failed one keeps both, to be traced); the caller removes the
     run folder with :func:`discard_run` once it has read what it needs.
@@ -651,7 +653,7 @@ def _scored(values: dict, cfg: AgentConfig, resumed: bool, run_id: str | None = 
 
 def critique_groups(
     items: Iterable[tuple[Any, Any] | dict],
-    judge: Any = "builtin",
+    judge: Any = None,
     memory: Any = None,
     config: AgentConfig | dict | None = None,
     *,
@@ -715,8 +717,8 @@ def critique_labelled(groups: Iterable[Any], memory: Any = None, config: AgentCo
     if config is None:
         config = AgentConfig(render=False, learn=False, use_memory=False, max_reflections=0)
     for g in groups:
-        res = critique_group(g.sample, g.hypotheses, memory=memory, config=config, group_id=f"{tag}-{g.group_id}",
-                             fresh=True, keep=False)
+        res = critique_group(g.sample, g.hypotheses, judge="builtin", memory=memory, config=config,
+                             group_id=f"{tag}-{g.group_id}", fresh=True, keep=False)
         joints = load_bodies(res.run_dir)["joints"][:, :24]
         discard_run(res)
         yield g, res, joints
