@@ -125,7 +125,7 @@ def load_hypotheses(source: Any, where: str = "hypotheses") -> dict[str, np.ndar
             raise InputError(f"{where}: a single .npy array, not an .npz archive with global_orient, body_pose, "
                              "betas, transl")
         # an .npz is a zip: refuse one that would inflate past any group of hypotheses (1,024 of them take
-        # ~0.4 MB) before unpacking it, not after a 300 kB file of zeros took 320 MB of memory
+        # ~0.4 MB) before unpacking it, not after a small file of zeros took hundreds of MB of memory
         size = sum(info.file_size for info in loaded.zip.infolist()) if hasattr(loaded, "zip") else 0
         if size > MAX_HYPOTHESES_FILE_BYTES:
             loaded.close()

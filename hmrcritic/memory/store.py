@@ -591,7 +591,7 @@ MAX_IMPORTED_ID_CHARS = 256
 
 
 def _check_imported_id(kind: str, value: str) -> None:
-    """An id from an import file is a name, not text: an empty one, one of megabytes (10 s to import one) or one
+    """An id from an import file is a name, not text: an empty one, one of megabytes (slow to import) or one
     with line breaks or terminal controls (it is printed in tables and quoted in VLM prompts and feedback) is
     refused."""
     import re
