@@ -132,12 +132,6 @@ def test_readme_python_api_walkthrough_sample_critique_and_group_ids(tmp_path, m
     assert critique_group(u, gu, config=cfg).group_id == "person"
 
 
-@pytest.mark.skip(reason="docs/REPRODUCE.md's `reproduce(preset='quick', out_dir=...)` takes ~3 min on 2 cores; "
-                         "tests/test_reproduce.py runs it (checked by hand in review s17: the rows and keys it names)")
-def test_reproduce_python_call_returns_the_documented_rows():
-    pass
-
-
 # ---- the VLM recipe (README "The VLM judge") -----------------------------------------------------------------
 
 def test_readme_vlm_recipe_runs_against_a_local_openai_compatible_server(tmp_path, monkeypatch, capsys):
