@@ -123,6 +123,12 @@ def atomic_save_npz(path: str | os.PathLike, **arrays: np.ndarray) -> Path:
     return atomic_write_bytes(path, buf.getvalue())
 
 
+def npz_unpacked_bytes(npz: Any) -> int:
+    """Bytes an opened ``np.load`` archive's arrays take once unpacked (its zip's declared sizes; nothing is
+    read): an .npz is a zip, so a small file can inflate to hundreds of MB, and a reader checks this first."""
+    return sum(info.file_size for info in npz.zip.infolist()) if hasattr(npz, "zip") else 0
+
+
 def sha256_bytes(data: bytes) -> str:
     return hashlib.sha256(data).hexdigest()
 

@@ -36,7 +36,7 @@ from hmrcritic.agent.runs import checkpoint_error, in_use, thread_lock
 from hmrcritic.agent.schema import HypothesisScore
 from hmrcritic.agent.state import AgentConfig, canonical_judge
 from hmrcritic.errors import HMRCriticError, InputError, InvalidCritiqueError
-from hmrcritic.io import atomic_save_npz, atomic_write_json
+from hmrcritic.io import atomic_save_npz, atomic_write_json, npz_unpacked_bytes
 
 HYP_KEYS = {"global_orient": 3, "body_pose": 69, "betas": 10, "transl": 3}
 
@@ -126,7 +126,7 @@ def load_hypotheses(source: Any, where: str = "hypotheses") -> dict[str, np.ndar
                              "betas, transl")
         # an .npz is a zip: refuse one that would inflate past any group of hypotheses (1,024 of them take
         # ~0.4 MB) before unpacking it, not after a small file of zeros took hundreds of MB of memory
-        size = sum(info.file_size for info in loaded.zip.infolist()) if hasattr(loaded, "zip") else 0
+        size = npz_unpacked_bytes(loaded)
         if size > MAX_HYPOTHESES_FILE_BYTES:
             loaded.close()
             raise InputError(f"{where}: would take {size / 2**20:.0f} MiB uncompressed (at most "

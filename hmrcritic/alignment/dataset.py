@@ -36,7 +36,14 @@ from pydantic import BaseModel, Field, ValidationError, field_validator, model_v
 from hmrcritic.agent.schema import HypothesisScore
 from hmrcritic.alignment.stats import advantages_np
 from hmrcritic.errors import AssetError
-from hmrcritic.io import atomic_save_npz, atomic_write_json, atomic_write_jsonl, atomic_write_text, record_checksum
+from hmrcritic.io import (
+    atomic_save_npz,
+    atomic_write_json,
+    atomic_write_jsonl,
+    atomic_write_text,
+    npz_unpacked_bytes,
+    record_checksum,
+)
 
 FORMAT_VERSION = 1
 HEADER = "dataset.json"
@@ -255,7 +262,7 @@ def load_npz(path: Path) -> dict[str, np.ndarray]:
     killed) before the key and shape checks could refuse it."""
     try:
         with np.load(path, allow_pickle=False) as z:
-            size = sum(info.file_size for info in z.zip.infolist()) if hasattr(z, "zip") else 0
+            size = npz_unpacked_bytes(z)
             if size > MAX_ARRAY_FILE_BYTES:
                 raise AssetError(f"array file {path} would take {size / 2**20:.0f} MiB uncompressed (at most "
                                  f"{MAX_ARRAY_FILE_BYTES >> 20} MiB for one group): not a group's arrays")
