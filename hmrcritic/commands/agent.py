@@ -10,7 +10,7 @@ from pathlib import Path
 
 import typer
 
-from hmrcritic.commands import is_tty, scene_from_spec
+from hmrcritic.commands import is_tty, json_text, say_failed_groups, scene_from_spec
 from hmrcritic.errors import InputError
 
 
@@ -239,8 +239,6 @@ def register(app: typer.Typer) -> None:
                                       variants=[v.strip() for v in (variants or "").split(",") if v.strip()] or None,
                                       source=source, judge=judge, max_reflections=max_reflections, seed=seed,
                                       progress=progress)
-        from hmrcritic.commands.explore import json_text, say_failed_groups
-
         typer.echo(json_text(payload) if as_json else format_table(payload))
         say_failed_groups(payload, "evaluate-critic")
 

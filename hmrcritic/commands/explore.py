@@ -2,41 +2,17 @@
 
 from __future__ import annotations
 
-import json
-import math
 from pathlib import Path
 
 import typer
+
+from hmrcritic.commands import finite_json, json_text, say_failed_groups
 
 _DIR = typer.Option(None, "--memory-dir", help="Memory folder (default: HMRCRITIC_MEMORY or <home>/memory).")
 _JSON = typer.Option(False, "--json", help="Machine-readable output.")
 _SOURCE = typer.Option("auto", "--source", help="Hypotheses: model | perturbed | auto (model if it loads).")
 _JUDGE = typer.Option("builtin", "--judge", help="builtin (offline) | vlm (OpenAI-compatible endpoint).")
 _SEED = typer.Option(0, "--seed", help="Sampling seed of the groups.", min=0, max=2**32 - 1)
-
-
-def finite_json(obj):
-    """``obj`` with every NaN or ±inf float as None (JSON null), in dicts and lists at any depth.
-
-    A variant that scored no group (every critique failed: a VLM endpoint down) has NaN means, a failed group a
-    NaN in ``per_group_spearman``, a round of only unrankable groups a NaN ``mean_spearman``: ``json.dumps``
-    wrote them as the bare word NaN, which is not JSON (jq, JavaScript and strict parsers refuse the whole
-    document). null is what ``demo --json`` and the other outputs say for "no value". Numpy scalars and arrays
-    are taken as their Python values first (a float32 NaN is no ``float``)."""
-    if type(obj).__module__ == "numpy" and hasattr(obj, "tolist"):
-        obj = obj.tolist()
-    if isinstance(obj, float):
-        return obj if math.isfinite(obj) else None
-    if isinstance(obj, dict):
-        return {k: finite_json(v) for k, v in obj.items()}
-    if isinstance(obj, list | tuple):
-        return [finite_json(v) for v in obj]
-    return obj
-
-
-def json_text(obj) -> str:
-    """The one JSON document a ``--json`` prints: strict (no NaN), indented."""
-    return json.dumps(finite_json(obj), indent=2, default=str, allow_nan=False)
 
 
 def _shorten(text: str, width: int) -> str:
@@ -213,27 +189,6 @@ def explore_eval_cmd(
         typer.echo(f"{res['num_groups']} held-out groups of {res['split']}; memory {res['memory_version']}")
         typer.echo(format_rows(res))
     say_failed_groups(res, "explore-eval")
-
-
-def say_failed_groups(res: dict, command: str) -> None:
-    """A variant whose critiques failed for some groups (a VLM endpoint down, rate limits) is averaged over the
-    others; one that scored none has no numbers at all. explore-eval said neither and exited 0, so a script read
-    a table of nulls (or a mean over 1 of 20 groups) as a result. Each such variant gets a warning on stderr, and
-    when no variant scored a single group the exit code is 1 (as ``export`` with no group written)."""
-    import sys
-
-    rows = res.get("rows") or []
-    total = res.get("num_groups")
-    for row in rows:
-        scored = row.get("groups_scored")
-        if isinstance(scored, int) and isinstance(total, int) and scored < total:
-            print(f"warning: {command}: variant {row.get('variant')} scored {scored} of {total} groups (the "
-                  "critiques of the others failed); "
-                  + ("its numbers are over the groups it scored" if scored else "it has no numbers"), file=sys.stderr)
-    if rows and not any(row.get("groups_scored") for row in rows):
-        print(f"error: {command}: no variant scored any group: every critique failed (with --judge vlm: check "
-              "the endpoint, e.g. with `hmrcritic critique --scene test:0 --judge vlm`)", file=sys.stderr)
-        raise SystemExit(1)  # (typer.Exit's code is lost under standalone_mode=False)
 
 
 def learning_curve_cmd(
