@@ -127,10 +127,12 @@ def _tolerant_streams() -> None:
     Messages and reports carry ρ, τ, →, ≥ and box drawing; with ``PYTHONIOENCODING=ascii`` or a Latin-1 locale
     the first such character was a UnicodeEncodeError: ``--help`` and ``doctor`` died half-printed. UTF-8
     streams and streams with a handler already set (tests' captures) are left alone; ``--json`` is ASCII anyway.
+    ``surrogateescape`` is no such handler: it is what Python gives stdout under ``LC_ALL=C PYTHONUTF8=0`` (an old
+    cron or service), and it raises on ρ as ``strict`` does (``memory rules`` died there).
     """
     for stream in (sys.stdout, sys.stderr):
         encoding = (getattr(stream, "encoding", None) or "").lower().replace("-", "").replace("_", "")
-        if encoding in ("utf8", "utf8sig") or getattr(stream, "errors", None) != "strict":
+        if encoding in ("utf8", "utf8sig") or getattr(stream, "errors", None) not in ("strict", "surrogateescape"):
             continue
         with contextlib.suppress(AttributeError, ValueError, OSError):
             stream.reconfigure(errors="backslashreplace")
@@ -141,8 +143,47 @@ def main(argv: list[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
     _tolerant_streams()
     debug = "--debug" in argv or os.environ.get("HMRCRITIC_DEBUG") == "1"
-    with _warnings_as_lines(debug):
-        return _main(argv, debug)
+    try:
+        with _warnings_as_lines(debug), _terminate_as_interrupt():
+            return _main(argv, debug)
+    except KeyboardInterrupt:  # a signal between the command's own handling and the handler's removal
+        return 143 if _TERMINATED else 130
+
+
+# The signal that stopped this run (SIGTERM), set by _terminate_as_interrupt's handler: the exit code and line say
+# "terminated" (143, the shell's 128 + 15) instead of Ctrl-C's "interrupted" (130).
+_TERMINATED: list[int] = []
+
+
+@contextlib.contextmanager
+def _terminate_as_interrupt():
+    """SIGTERM (``timeout``, ``kill``, systemd, ``docker stop``, CI cancelling a job) stops a command as Ctrl-C does.
+
+    Python's default SIGTERM ends the process on the spot, running no ``finally``: a progress bar left the
+    terminal's cursor hidden, an atomic write in progress left its temporary file (``.ft.pt.state.pt.x1y2.tmp``,
+    a model's size, which nothing removes) and nothing said which step a re-run resumes from. The first SIGTERM
+    raises KeyboardInterrupt, so everything a Ctrl-C does on the way out is done; a second one kills at once (the
+    default again). A handler someone else set (or an ignored SIGTERM) is left alone, and the previous handler is
+    back when the command returns (in-process callers)."""
+    import signal
+    import threading
+
+    _TERMINATED.clear()
+    if threading.current_thread() is not threading.main_thread() or \
+            signal.getsignal(signal.SIGTERM) is not signal.SIG_DFL:
+        yield
+        return
+
+    def on_term(signum, frame):
+        _TERMINATED.append(signum)
+        signal.signal(signal.SIGTERM, signal.SIG_DFL)
+        raise KeyboardInterrupt
+
+    signal.signal(signal.SIGTERM, on_term)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGTERM, signal.SIG_DFL)
 
 
 @contextlib.contextmanager
@@ -169,8 +210,18 @@ def _warnings_as_lines(debug: bool):
         warnings.formatwarning = before
 
 
-_INTERRUPTED = ("interrupted; the long commands (train-base, explore, learning-curve, export, finetune, reproduce, "
-                "critique) keep what they finished: run the same command again to resume")
+_RESUME = ("the long commands (train-base, explore, learning-curve, export, finetune, reproduce, critique) keep what "
+           "they finished: run the same command again to resume")
+_INTERRUPTED = "interrupted; " + _RESUME
+
+
+def _say_interrupted() -> int:
+    """The line and exit code of a run stopped by Ctrl-C (130) or by SIGTERM (143)."""
+    if _TERMINATED:
+        print("terminated (SIGTERM); " + _RESUME, file=sys.stderr)
+        return 143
+    print(_INTERRUPTED, file=sys.stderr)
+    return 130
 
 
 def _main(argv: list[str], debug: bool) -> int:
@@ -187,13 +238,14 @@ def _main(argv: list[str], debug: bool) -> int:
         code = getattr(exc, "exit_code", None)
         if code is None:
             code = getattr(exc, "code", 0)
+        if code == 130 and _TERMINATED:  # export and finetune said what they kept; the code says SIGTERM
+            return 143
         return int(code or 0)
     except typer.Abort:
         print("aborted", file=sys.stderr)
         return 130
     except KeyboardInterrupt:  # Ctrl-C: the long commands keep what they finished and resume from it
-        print(_INTERRUPTED, file=sys.stderr)
-        return 130
+        return _say_interrupted()
     except OSError as exc:  # a file where a folder should be, no permission, disk full...
         if debug:
             _print_traceback()
@@ -221,7 +273,7 @@ def _main(argv: list[str], debug: bool) -> int:
     # a silent Exit(130) itself (the KeyboardInterrupt branch above never saw it), so 130 is said here; commands
     # that say more about what they kept (export, finetune) leave by SystemExit(130), caught above, not by this.
     if rv == 130:
-        print(_INTERRUPTED, file=sys.stderr)
+        return _say_interrupted()
     return rv if isinstance(rv, int) else 0
 
 

@@ -21,11 +21,23 @@ from typing import Any
 import numpy as np
 
 
+def as_text(name: str) -> str:
+    """A name from the command line or the file system (an image's file name is the default group id) as text:
+    bytes that are not UTF-8 (a file from an old Windows zip or camera, ``caf\\xe9.jpg``; any non-ASCII name under
+    ``LC_ALL=C PYTHONUTF8=0``) reach Python as lone surrogates, and the critique died on them with "surrogates not
+    allowed" once the group id was hashed, checkpointed or written. Decoded from the name's bytes as UTF-8, so a
+    UTF-8 name read under an ASCII locale is itself again; what is no UTF-8 becomes U+FFFD."""
+    try:
+        return os.fsencode(name).decode("utf-8", "replace")
+    except UnicodeError:  # surrogates that are not escaped bytes (``"\\ud800"`` from a JSON file)
+        return name.encode("utf-8", "replace").decode("utf-8")
+
+
 def _umask() -> int:
     """The process's umask, read from ``/proc`` where the kernel shows it: setting it to learn it (the only other
     way) races with threads creating files meanwhile."""
     try:
-        for line in Path("/proc/self/status").read_text().splitlines():
+        for line in Path("/proc/self/status").read_text(encoding="utf-8", errors="replace").splitlines():
             if line.startswith("Umask:"):
                 return int(line.split()[1], 8)
     except (OSError, ValueError, IndexError):

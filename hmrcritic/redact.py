@@ -143,9 +143,13 @@ def guard_langsmith() -> bool:
     LangChain uploads with scrub every run's inputs, outputs, metadata and error text first.
 
     LangChain records an LLM call's exception *before* our retry loop sees it, so an endpoint that quotes
-    the key back in an error body would otherwise reach the upload verbatim. Installs the client only if
-    none has been configured yet (a caller's own client is left alone). Returns whether one is installed
-    by us now. Offline: constructing the client does not contact the server.
+    the key back in an error body would otherwise reach the upload verbatim. Installs the client if none has
+    been made yet; a client made already gets :func:`scrub_tree` as its anonymizer when it has none and hides
+    nothing its own way — LangSmith makes a plain one on the first traced call, and a builtin critique (or any
+    chain of the caller's) traced first left every later VLM critique of the process uploading the key that a
+    401 body quoted. A client with its own anonymizer or ``hide_*`` functions is left alone (its owner chose
+    what leaves). Returns whether the client in use scrubs with :func:`scrub_tree` now. With tracing off nothing
+    is made (a client, once made, asks the server for its settings in the background at once).
     """
     try:
         from langsmith import run_trees, utils
@@ -156,10 +160,12 @@ def guard_langsmith() -> bool:
     global _langsmith_client
     with _langsmith_lock:
         current = run_trees._CLIENT  # noqa: SLF001 - the cached client LangChain's tracer uses
-        if current is not None:
-            return current is _langsmith_client
-        from langsmith import Client
+        if current is None:
+            from langsmith import Client
 
-        _langsmith_client = Client(anonymizer=scrub_tree)
-        run_trees.configure(client=_langsmith_client)
-    return True
+            _langsmith_client = current = Client(anonymizer=scrub_tree)
+            run_trees.configure(client=_langsmith_client)
+        elif getattr(current, "_anonymizer", scrub_tree) is None and not any(
+                callable(getattr(current, f"_hide_{part}", None)) for part in ("inputs", "outputs", "metadata")):
+            current._anonymizer = scrub_tree  # noqa: SLF001 - what Client(anonymizer=) sets
+        return getattr(current, "_anonymizer", None) is scrub_tree

@@ -641,16 +641,18 @@ def test_ground_evidence_does_not_depend_on_rendering(tmp_path, memory, saver):
     assert off.evidence["floor_penetration_mm"] == on.evidence["floor_penetration_mm"]
 
 
-@pytest.mark.parametrize("bad", ["bottom_row", "lower", "negative_focal"])
+@pytest.mark.parametrize("bad", ["bottom_row", "lower", "skew", "negative_focal"])
 def test_intrinsics_that_projection_would_misread_are_refused(memory, saver, bad):
-    """Projection and rendering read fx, fy, cx, cy (and skew): a K with another bottom row, a non-zero
-    K[1, 0] or a non-positive focal length was silently misread."""
+    """Projection and rendering read fx, fy, cx, cy only: a K with another bottom row, a non-zero K[1, 0], a
+    skew K[0, 1] or a non-positive focal length was silently misread."""
     s, h, _ = make_group(9)
     K = s.K.copy()
     if bad == "bottom_row":
         K[2] = [0.0, 0.0, 2.0]
     elif bad == "lower":
         K[1, 0] = 3.0
+    elif bad == "skew":
+        K[0, 1] = 60.0
     else:
         K[0, 0] = -500.0
     s.K = K

@@ -43,10 +43,13 @@ def _convex_hull(pts):
     """Andrew's monotone chain (2D), counter-clockwise, no repeated end point."""
     pts = sorted(map(tuple, pts))
 
+    def cross(a, b):  # the z of a 2-D cross product (np.cross on 2-vectors is deprecated since NumPy 2.0)
+        return a[0] * b[1] - a[1] * b[0]
+
     def half(points):
         out = []
         for p in points:
-            while len(out) >= 2 and np.cross(np.subtract(out[-1], out[-2]), np.subtract(p, out[-2])) <= 0:
+            while len(out) >= 2 and cross(np.subtract(out[-1], out[-2]), np.subtract(p, out[-2])) <= 0:
                 out.pop()
             out.append(p)
         return out[:-1]

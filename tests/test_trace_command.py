@@ -34,7 +34,8 @@ def test_mermaid_of_a_run_is_its_node_sequence(a_run, capsys):
     out = capsys.readouterr().out
     assert out.startswith("flowchart TD")
     nodes = [lab.split(" · ")[0] for lab in _labels(out) if lab[:1].isdigit()]
-    assert nodes == ["1. render", "2. recall", "3. critique", "4. reflect", "5. critique"]
+    assert nodes == ["1: render", "2: recall", "3: critique", "4: reflect", "5: critique"]
+    assert not re.search(r'\["\d+\. ', out)  # "1. …" would be drawn as an unsupported markdown list
     # every node is reached from the previous one, ending in the error
     edges = re.findall(r"^\s+(\w+) --> (\w+)$", out, flags=re.M)
     assert [b for _, b in edges] == ["n1", "n2", "n3", "n4", "n5", "run_error"]

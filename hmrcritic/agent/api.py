@@ -192,10 +192,14 @@ def _sample_arrays(sample: Any) -> dict[str, np.ndarray]:
     K = np.asarray(getattr(sample, "K", None), dtype=np.float32)
     if K.shape != (3, 3) or not np.isfinite(K).all():
         raise InputError(f"sample {sid}: intrinsics K must be a finite (3, 3) matrix, got shape {K.shape}")
-    if not np.allclose(K[2], [0, 0, 1], atol=1e-6) or abs(float(K[1, 0])) > 1e-6 or K[0, 0] <= 0 or K[1, 1] <= 0:
-        # projection and rendering read fx, fy, cx, cy (and skew) only: any other K would be silently misread
-        raise InputError(f"sample {sid}: intrinsics K must be [[fx, s, cx], [0, fy, cy], [0, 0, 1]] with fx, fy > 0, "
-                         f"got {np.round(K, 4).tolist()}")
+    if (not np.allclose(K[2], [0, 0, 1], atol=1e-6) or abs(float(K[1, 0])) > 1e-6 or abs(float(K[0, 1])) > 1e-6
+            or K[0, 0] <= 0 or K[1, 1] <= 0):
+        # projection and rendering read fx, fy, cx, cy only: any other K would be silently misread. A skew K[0, 1]
+        # was let through, yet neither the projection nor the renderer reads it (skew 60 on a 128-px image: the
+        # projected centre at x = 70, the rendered silhouette's at 64) — masks, reprojection and overlays were
+        # all of another camera, without a word
+        raise InputError(f"sample {sid}: intrinsics K must be [[fx, 0, cx], [0, fy, cy], [0, 0, 1]] with fx, fy > 0 "
+                         f"(no skew), got {np.round(K, 4).tolist()}")
     size = np.asarray(getattr(sample, "image_size", None), dtype=np.int64).reshape(-1)
     if size.shape != (2,) or (size <= 0).any():
         raise InputError(f"sample {sid}: image_size must be (W, H) > 0")
@@ -242,13 +246,18 @@ def _saver_path(saver: Any) -> str:
 
 def _saver_file(saver: Any) -> str | None:
     """The file behind a SQLite checkpointer; None for an in-memory one or a checkpointer of another kind. Read
-    under the saver's own lock: worker threads (``critique_groups``) share its one connection."""
+    under the saver's own lock: worker threads (``critique_groups``) share its one connection.
+
+    SQLite names the file in UTF-8; as a path for ``os`` it is turned back into the file system's form — where
+    Python reads names as ASCII (``LC_ALL=C PYTHONUTF8=0``, an old cron or service), a home named ``équipe`` made
+    every critique fail at its thread lock ("'ascii' codec can't encode character")."""
     lock = getattr(saver, "lock", None)
     try:
         with lock if hasattr(lock, "acquire") and hasattr(lock, "__enter__") else nullcontext():
-            return str(saver.conn.execute("PRAGMA database_list").fetchone()[2]) or None
+            name = str(saver.conn.execute("PRAGMA database_list").fetchone()[2])
     except Exception:
         return None
+    return os.fsdecode(name.encode("utf-8", "surrogateescape")) if name else None
 
 
 def _raised_by(saver: Any, exc: BaseException) -> bool:
@@ -478,7 +487,10 @@ def critique_group(
     arrays = {**_sample_arrays(sample), **load_hypotheses(hypotheses)}
     n = len(arrays["body_pose"])
     if true_errors_mm is not None:
-        err = np.asarray(true_errors_mm, dtype=np.float32).reshape(-1)
+        try:  # a string or another non-number was a bare ValueError / TypeError, not the documented InputError
+            err = np.asarray(true_errors_mm, dtype=np.float32).reshape(-1)
+        except (TypeError, ValueError):
+            err = np.zeros(0, np.float32)
         if err.shape != (n,) or not np.isfinite(err).all():
             raise InputError(f"group {gid}: true_errors_mm must be {n} finite values")
         arrays["true_error_mm"] = err
@@ -563,6 +575,9 @@ def critique_group(
             tracer.start(cfg, resumed=start is None)
             with _checkpoint_errors(saver):  # the checkpointer's database locked for too long, damaged, disk full
                 try:
+                    if memory is None and cfg.memory_dir is None and cfg.use_memory and (
+                            cfg.use_rules or cfg.use_prototypes or cfg.learn):  # where the graph opens one
+                        configurable["memory"] = _configured_memory(cfg)
                     t0 = time.perf_counter()
                     for chunk in app.stream(start, run_config, stream_mode="updates"):
                         t1 = time.perf_counter()
@@ -571,8 +586,8 @@ def critique_group(
                             if on_update is not None:
                                 on_update(node, update or {}, t1 - t0)
                         t0 = time.perf_counter()
-                except Exception as exc:  # traced as it happened, then raised (a SQLite one naming the file)
-                    tracer.error(exc)
+                except BaseException as exc:  # traced as it happened, then raised (a SQLite one naming the file);
+                    tracer.error(exc)  # Ctrl-C too: it ends the trace and lets go of the trace file's lock
                     if isinstance(exc, InvalidCritiqueError):  # its checkpoint says "memory_write next": a re-run would
                         saver.delete_thread(thread)  # replay the same invalid critique for ever; it starts afresh
                     raise
@@ -584,6 +599,18 @@ def critique_group(
         if not keep:
             saver.delete_thread(thread)
         return _scored(values, cfg, resumed=start is None, run_id=run_id)
+
+
+def _configured_memory(cfg: AgentConfig) -> Any:
+    """The memory store of this call's home when the settings name no folder (``memory_dir`` None: no
+    ``HMRCRITIC_MEMORY``), as the graph would open it but keyed by the folder it resolves to now. The graph's
+    store cache is keyed by the settings, so ``(None, url)`` kept the first home's store for the process: after
+    ``HMRCRITIC_HOME`` changed (a notebook, a service with a home per tenant) a critique recalled from, and
+    learned into, the memory of the home used first. ``memory_dir`` itself stays None (it is part of the settings
+    digest of every stored thread)."""
+    from hmrcritic.agent.nodes import get_memory
+
+    return get_memory(cfg.model_copy(update={"memory_dir": str(hconfig.memory_dir())}))
 
 
 def _keep_last_checkpoint(saver, thread: str, last_config: dict) -> None:

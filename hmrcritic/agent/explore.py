@@ -215,7 +215,7 @@ def frozen_copy(memory: Any = None, root: str | Path | None = None):
         dst_root.mkdir(parents=True, exist_ok=True)
         tmp = Path(tempfile.mkdtemp(prefix=".copy-", dir=dst_root))
         shutil.copytree(src, tmp / "m", ignore=shutil.ignore_patterns(*SNAPSHOT_SKIP))
-        (tmp / "m" / ".complete").write_text(str(src))
+        (tmp / "m" / ".complete").write_text(str(src), encoding="utf-8")
         with contextlib.suppress(OSError):  # another process made the same copy meanwhile
             (tmp / "m").rename(dst)
         shutil.rmtree(tmp, ignore_errors=True)

@@ -86,7 +86,14 @@ def compile_graph(checkpointer=None):
     Compiled once per checkpointer and process (compiling costs ~0.1 s, a whole group's critique ~0.3 s), for
     the :data:`COMPILED_KEPT` checkpointers used last: the cache holds each checkpointer, so a caller passing a
     new one per critique (``critique_group(checkpointer=InMemorySaver())``) kept every one of them and all the
-    checkpoints in it for the life of the process (~0.2 MB per group of 16, without bound)."""
+    checkpoints in it for the life of the process (~0.2 MB per group of 16, without bound).
+
+    With LangSmith tracing on, the upload client is made to scrub secrets first (``redact.guard_langsmith``),
+    here for every judge: only the VLM judge did it, so a builtin critique's runs went out through LangSmith's
+    plain client, and a VLM critique after one in the same process (the client made then was kept) too."""
+    from hmrcritic.redact import guard_langsmith
+
+    guard_langsmith()
     if checkpointer is None:
         checkpointer = open_checkpointer()
     if checkpointer is False:

@@ -16,6 +16,7 @@ hypothesis' true PA-MPJPE (mm, LSP-14, Procrustes with scale). Two sources:
 
 from __future__ import annotations
 
+from collections import Counter
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -133,6 +134,18 @@ def _check_args(num_groups: int, num_generations: int, seed: int, start: int, ba
         raise InputError(f"num_generations must be in 1..{MAX_GENERATIONS}, got {num_generations!r}")
 
 
+def _group_ids(scenes, indices: list[int]) -> dict[int, str]:
+    """``<split>-<index>`` for a split; for scenes without a name (a caller's own list of samples) each sample's
+    id, made unique by its position where two share one. ``str(split)`` named them after the repr of the whole
+    list, arrays included: ids of ~10k characters, in every run folder name, trace and export record."""
+    name = getattr(scenes, "name", None)
+    if isinstance(name, str) and name:
+        return {i: f"{name}-{i:06d}" for i in indices}
+    sids = {i: str(getattr(scenes[i], "sample_id", None) or f"sample-{i:06d}") for i in indices}
+    seen = Counter(sids.values())
+    return {i: sid if seen[sid] == 1 else f"{sid}-{i:06d}" for i, sid in sids.items()}
+
+
 def _indices(scenes, num_groups: int, start: int) -> list[int]:
     if len(scenes) <= start:
         raise InputError(f"split has {len(scenes)} samples; cannot start at {start}")
@@ -145,14 +158,15 @@ def groups_from_perturbed_gt(split="test", num_groups: int = 20, num_generations
 
     _check_args(num_groups, num_generations, seed, start)
     scenes = _split(split)
-    name = getattr(scenes, "name", str(split))
     body = load_body_model()
     out = []
-    for i in _indices(scenes, num_groups, start):
+    indices = _indices(scenes, num_groups, start)
+    ids = _group_ids(scenes, indices)
+    for i in indices:
         s = scenes[i]
         rng = np.random.default_rng([seed, i])
         hyps = perturb_group(s, num_generations, rng, body=body)
-        out.append(LabelledGroup(f"{name}-{i:06d}", s, hyps, true_errors(hyps, s, body), source="perturbed"))
+        out.append(LabelledGroup(ids[i], s, hyps, true_errors(hyps, s, body), source="perturbed"))
     return out
 
 
@@ -164,11 +178,11 @@ def groups_from_model(split="test", num_groups: int = 20, num_generations: int =
 
     _check_args(num_groups, num_generations, seed, start, batch)
     scenes = _split(split)
-    name = getattr(scenes, "name", str(split))
     model = model if model is not None else diffusion.load_model()
     model.eval()
     body = load_body_model()
     idx = _indices(scenes, num_groups, start)
+    ids = _group_ids(scenes, idx)
     gen = torch.Generator().manual_seed(int(seed))
     out = []
     for b0 in range(0, len(idx), batch):
@@ -181,7 +195,7 @@ def groups_from_model(split="test", num_groups: int = 20, num_generations: int =
                                  K=K, keypoints=kp, body=body)
         for b, s in enumerate(chunk):
             hyps = {k: v for k, v in group.numpy(b).items() if k != "x0"}
-            out.append(LabelledGroup(f"{name}-{idx[b0 + b]:06d}", s, hyps, true_errors(hyps, s, body),
+            out.append(LabelledGroup(ids[idx[b0 + b]], s, hyps, true_errors(hyps, s, body),
                                      source="model"))
     return out
 

@@ -114,7 +114,7 @@ def _train_poses() -> tuple[np.ndarray, str]:
         poses = np.asarray(split.arrays(["body_pose"])["body_pose"], dtype=np.float32)
         root = getattr(split, "root", None)
         manifest = Path(root) / "manifest.json" if root else None
-        text = manifest.read_text() if manifest and manifest.exists() else f"train:{len(poses)}"
+        text = manifest.read_text(encoding="utf-8") if manifest and manifest.exists() else f"train:{len(poses)}"
         return poses, hashlib.sha256(text.encode()).hexdigest()[:16]
     except ImportError:
         from hmrcritic.hmr.poses import sample_poses

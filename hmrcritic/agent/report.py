@@ -138,10 +138,14 @@ def _embeddable(path: Path) -> tuple[bytes, str, str]:
     if not candidates:
         raise _Unavailable("could not be encoded for the report")
     data, out_mime = min(candidates, key=lambda c: len(c[0]))
+    # the whole path: the grids live in the run folder, not beside report.html (``critique --out`` holds only the
+    # report and scores.json, a demo scene folder has grid.png but no side_grid.png), so a bare "side_grid.png"
+    # sent the reader looking for a file that is not there
+    where = path.absolute()
     if shown is not rgb:
-        note = f"shown at {shown.width}×{shown.height} px; full size ({w}×{h}) in {path.name}"
+        note = f"shown at {shown.width}×{shown.height} px; full size ({w}×{h}) in {where}"
     elif data is not raw:
-        note = f"re-encoded for the report; original in {path.name}"
+        note = f"re-encoded for the report; original in {where}"
     else:
         note = ""
     return data, out_mime, note

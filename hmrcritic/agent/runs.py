@@ -298,7 +298,8 @@ def prune_runs(older_than_days: float = 7.0, root: str | Path | None = None, dry
     more than ``older_than_days`` ago (0 = everything), then compact ``checkpoints.sqlite``.
 
     A checkpoint thread is removed when its run folder is older than the cutoff or missing. A folder a
-    critique holds (:func:`in_use`) stays with its thread; the others are held locked until they and their
+    critique holds (:func:`in_use`) stays with its thread, and the trace a critique is writing stays too
+    (:func:`hmrcritic.agent.trace.trace_in_use`); the others are held locked until they and their
     threads are gone, so a critique starting meanwhile waits and then starts afresh. ``dry_run``
     counts without deleting. Returns what was (or would be) removed and the bytes before and after."""
     from hmrcritic.agent.api import run_folder_name
@@ -345,16 +346,16 @@ def prune_runs(older_than_days: float = 7.0, root: str | Path | None = None, dry
                 _delete_threads(db, threads)
             for p in free:
                 shutil.rmtree(p, ignore_errors=True) if p.is_dir() else p.unlink(missing_ok=True)
+    from hmrcritic.agent.trace import repoint_last, trace_in_use
+
     for part, pattern in (("traces", "*.jsonl"), ("frozen-memory", "*"), ("evaluate", "*")):
         for p in _entries(root / part, pattern):
-            if not old(p):
+            if not old(p) or part == "traces" and trace_in_use(p):  # a running critique's trace stays (as its folder)
                 continue
             removed[part] += 1
             if not dry_run:
                 shutil.rmtree(p, ignore_errors=True) if p.is_dir() else p.unlink(missing_ok=True)
     if not dry_run:
-        from hmrcritic.agent.trace import repoint_last
-
         repoint_last(root / "traces")
     if vacuum and not dry_run and db.exists() and removed["checkpoints"]:
         con = sqlite3.connect(str(db), timeout=60)

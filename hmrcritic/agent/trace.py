@@ -76,6 +76,29 @@ class TraceWriter:
         self.step = 0
         self.t0 = time.time()
         self._held: list[dict] | None = [] if only_on_error else None
+        self._lock: Any = None  # the trace file, open with a shared lock while the run writes it
+
+    def _hold_file(self) -> None:
+        """A shared lock on the trace file until the run ends, so that ``runs prune`` leaves it alone
+        (:func:`trace_in_use`): ``--older-than 0`` deleted a running critique's trace, which then went on
+        without its start record, and ``LAST`` was pointed at another run."""
+        try:
+            import fcntl
+
+            fh = open(self.path, "rb")  # noqa: SIM115 - held open until the run ends
+        except (ImportError, OSError):  # no fcntl (Windows): nothing is locked
+            return
+        try:
+            fcntl.flock(fh, fcntl.LOCK_SH)
+        except OSError:  # a file system without locks
+            fh.close()
+            return
+        self._lock = fh
+
+    def _release_file(self) -> None:
+        fh, self._lock = self._lock, None
+        if fh is not None:
+            fh.close()  # releases the lock
 
     def _write(self, rec: dict) -> None:
         # every record scrubbed, not just error lines: the config it starts with holds URLs (a Chroma server's
@@ -101,6 +124,7 @@ class TraceWriter:
             config["chroma_url"] = redact_url(config["chroma_url"])
         self._write({"event": "start", "time": self.t0, "resumed": resumed, "config": config})
         if self._held is None:
+            self._hold_file()
             atomic_write_text(traces_dir() / "LAST", self.run_id + "\n")
 
     def node(self, node: str, update: dict, seconds: float) -> None:
@@ -112,10 +136,30 @@ class TraceWriter:
         self._write({"event": "error", "error": scrub(f"{type(exc).__name__}: {exc}")[:500]})
         if self._held is not None:
             self._flush()
+        self._release_file()
 
     def finish(self, values: dict) -> None:
         self._write({"event": "finish", "seconds": round(time.time() - self.t0, 6),
                      "rounds": values.get("round", 0), "done": bool(values.get("done"))})
+        self._release_file()
+
+
+def trace_in_use(path: str | Path) -> bool:
+    """Whether a running critique holds the trace file ``path`` (:meth:`TraceWriter._hold_file`) now."""
+    try:
+        import fcntl
+
+        fh = open(path, "rb")  # noqa: SIM115
+    except (ImportError, OSError):
+        return False
+    with fh:
+        try:
+            fcntl.flock(fh, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            return True
+        except OSError:  # a file system without locks: nothing could hold it
+            return False
+    return False
 
 
 def repoint_last(d: Path | None = None) -> None:
@@ -239,7 +283,9 @@ def trace_mermaid(records: list[dict]) -> str:
     for r in records:
         if r.get("event") == "node":
             name = f"n{r['step']}"
-            label = f"{r['step']}. {r['node']} · {r['seconds'] * 1000:.1f} ms"
+            # "1: render", not "1. render": Mermaid 11 reads a label that opens with "1. " as a markdown list and
+            # draws "Unsupported markdown: list" in the box (mermaid-js/mermaid#6111)
+            label = f"{r['step']}: {r['node']} · {r['seconds'] * 1000:.1f} ms"
             lines += [f'    {name}["{_mermaid_text(label)}"]', f"    {prev} --> {name}"]
             prev = name
         elif r.get("event") == "error":

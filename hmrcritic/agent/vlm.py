@@ -157,6 +157,24 @@ def _answer_text(content: str) -> str:
     return tail if sep else content
 
 
+# What an endpoint's words may not carry on into files, the memory and terminals: lone surrogates (JSON's "\ud800"
+# decodes to one; no UTF-8 file or Chroma can hold it), C0/C1 controls (escape sequences that retitle or clear a
+# terminal, NUL) and bidi embeddings/overrides/isolates (text that reads other than it is). Zero-width joiners and
+# marks stay: emoji sequences and Persian/Arabic text need them.
+_SURROGATE = re.compile("[\ud800-\udfff]")
+_CONTROL = re.compile("[\x00-\x08\x0b\x0c\x0e-\x1f\x7f-\x9f\u202a-\u202e\u2066-\u2069]")
+
+
+def clean_text(text: str) -> str:
+    """``text`` from the endpoint as hmrcritic keeps it: lone surrogates as U+FFFD, controls as "?" (see above).
+
+    A rationale with a lone surrogate (``"\\ud800"`` in the answer's JSON, as a model that cut an emoji in half
+    writes it) passed validation and failed the critique at the memory write ("surrogates not allowed", from
+    Chroma), after the endpoint had been paid for; the report could not be written either. An escape sequence
+    went on verbatim into scores.json, the memory and the CLI's table, where it acted on the user's terminal."""
+    return _CONTROL.sub("?", _SURROGATE.sub("\ufffd", text))
+
+
 _LABEL = re.compile(r"\s*(?:#|h|hyp|hypothesis)?\s*#?\s*(\d+)\s*", re.IGNORECASE)
 
 
@@ -560,9 +578,9 @@ class VLMJudge:
             crit.rules_applied = [r for r in dict.fromkeys(crit.rules_applied) if r in known_rules]
             # the endpoint's words go on to scores.json, reports, traces, memory and exports: a key it quotes back
             # (an echoing proxy) is masked here, once
-            crit.summary = scrub(crit.summary)
+            crit.summary = clean_text(scrub(crit.summary))
             for sc in crit.scores:
-                sc.rationale = scrub(sc.rationale)
+                sc.rationale = clean_text(scrub(sc.rationale))
             return crit
 
         def build(mode: str, retry_reason: str) -> list:
@@ -587,7 +605,7 @@ class VLMJudge:
         def validate(data: Any) -> RuleProposals:
             proposals = normalise_proposals(data, ctx)
             for rule in proposals.rules:  # rule texts are stored in the memory and exported with it
-                rule.text = scrub(rule.text)
+                rule.text = clean_text(scrub(rule.text))
             return proposals
 
         return self._call(ctx.group_id, RuleProposals, build, validate)

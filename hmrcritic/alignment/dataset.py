@@ -197,6 +197,16 @@ def _check_keys(arrays: Iterable[str], allowed: tuple[str, ...], where: str) -> 
         raise AssetError(f"{where}: missing key(s) {sorted(missing)}")
 
 
+def _check_real(arrays: dict[str, np.ndarray], where: str) -> None:
+    """Every array holds real numbers (ints or floats). An .npz may hold strings, bytes or complex numbers without
+    pickling: a string array made the finiteness checks below raise a bare TypeError, which stopped ``validate``
+    (meant to list what is wrong) and an export's resume with a traceback, and a complex K was read with its
+    imaginary part silently dropped."""
+    for k, a in arrays.items():
+        if not (np.issubdtype(a.dtype, np.integer) or np.issubdtype(a.dtype, np.floating)):
+            raise AssetError(f"{where}: {k} holds {a.dtype} values, not real numbers")
+
+
 def condition_arrays(keypoints: np.ndarray, K: np.ndarray, image_size) -> dict[str, np.ndarray]:
     """The only inputs a condition file may hold: 2D keypoints (px + confidence), intrinsics, image size."""
     return {
@@ -208,6 +218,7 @@ def condition_arrays(keypoints: np.ndarray, K: np.ndarray, image_size) -> dict[s
 
 def check_condition(arrays: dict[str, np.ndarray], where: str) -> None:
     _check_keys(arrays, COND_KEYS, where)
+    _check_real(arrays, where)
     shapes = {"keypoints": (17, 3), "K": (3, 3), "image_size": (2,)}
     for k, shape in shapes.items():
         if tuple(arrays[k].shape) != shape:
@@ -225,6 +236,7 @@ def check_condition(arrays: dict[str, np.ndarray], where: str) -> None:
 def check_hypotheses(arrays: dict[str, np.ndarray], where: str, n: int | None = None) -> tuple[int, int]:
     """Checks keys and shapes of a hypotheses file; returns (N, D)."""
     _check_keys(arrays, HYP_KEYS, where)
+    _check_real(arrays, where)
     x0 = arrays["x0"]
     if x0.ndim != 2:
         raise AssetError(f"{where}: x0 must be (N, D), got shape {tuple(x0.shape)}")
@@ -418,6 +430,8 @@ def read_header(root: str | Path) -> DatasetHeader:
         header = DatasetHeader.model_validate_json(path.read_text(encoding="utf-8"))
     except ValidationError as exc:
         raise AssetError(f"{path}: malformed header: {exc.errors()[0]['msg']}") from None
+    except UnicodeDecodeError as exc:  # e.g. re-saved as UTF-16 by an editor: a bare decode error named no file
+        raise AssetError(f"{path}: malformed header: not UTF-8 text ({exc.reason} at byte {exc.start})") from None
     if header.format_version != FORMAT_VERSION:
         raise AssetError(
             f"{path}: format_version {header.format_version} unsupported (this reads {FORMAT_VERSION})"

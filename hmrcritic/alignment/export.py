@@ -393,6 +393,15 @@ def _pool(ctx: WorkerContext, tasks: list[dict], workers: int) -> Iterator[dict]
                            "group_seed": task["group_seed"], "ok": False, "stage": "worker",
                            "error": "a worker process died while this group was pending (killed, out of memory, "
                                     "or exited); a re-run retries it"}
+    except BaseException:
+        # Ctrl-C (or an error, or the caller stopping early): nothing will write what the workers are computing
+        # now, so stop them instead of waiting. A Ctrl-C reaches the workers too; each then took the next group
+        # already queued for it and ran it whole while `shutdown(wait=True)` waited (minutes with a VLM judge,
+        # the terminal silent, the results thrown away). Killed here as when the export itself is killed.
+        for proc in list((getattr(pool, "_processes", None) or {}).values()):
+            with contextlib.suppress(Exception):
+                proc.terminate()
+        raise
     finally:
         for fut in pending:
             fut.cancel()
@@ -435,6 +444,29 @@ def _ray_preflight(address: str) -> None:
 
 
 def _ray_init(ray, address: str, workers: int) -> None:
+    with _keep_sigterm_handler():
+        _ray_init_here(ray, address, workers)
+
+
+@contextlib.contextmanager
+def _keep_sigterm_handler():
+    """Put back the SIGTERM handler the caller had set (the CLI's, which stops the command as Ctrl-C does) once
+    ``ray.init`` has replaced it: a SIGTERM then ended the export through Ray's own handler, past every
+    ``finally``, so ``ray.shutdown()`` never ran and the local cluster's agents (``ray::DashboardAgent``,
+    ``ray::RuntimeEnvAgent``) stayed running after the export was gone. Python's default is left to Ray."""
+    import signal
+    import threading
+
+    main = threading.current_thread() is threading.main_thread()
+    before = signal.getsignal(signal.SIGTERM) if main else None
+    try:
+        yield
+    finally:
+        if callable(before):
+            signal.signal(signal.SIGTERM, before)
+
+
+def _ray_init_here(ray, address: str, workers: int) -> None:
     import logging
 
     try:

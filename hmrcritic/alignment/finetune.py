@@ -18,7 +18,9 @@ The final checkpoint holds the EMA weights, written with the model's ``save_mode
 
 from __future__ import annotations
 
+import contextlib
 import copy
+import glob
 import hashlib
 import json
 import math
@@ -34,7 +36,7 @@ from hmrcritic.alignment.objectives import OBJECTIVES, ObjectiveConfig, compute_
 from hmrcritic.alignment.stats import GroupStatTracker
 from hmrcritic.errors import AssetError, HMRCriticError, InputError, check_number
 from hmrcritic.hmr.train import ema_update
-from hmrcritic.io import append_jsonl, atomic_torch_save, atomic_write_jsonl, read_jsonl
+from hmrcritic.io import append_jsonl, atomic_torch_save, atomic_write_jsonl, exclusive_lock, read_jsonl
 
 
 class TrainingDiverged(HMRCriticError):
@@ -257,19 +259,24 @@ def _resume(cfg: FinetuneConfig, policy, ema, opt, base_hash: str, tracker: Grou
 def finetune(config: FinetuneConfig, progress: bool | Callable[[dict], None] = False) -> Path:
     """Run (or resume) a finetune; returns the path of the final EMA checkpoint (``config.out``).
 
-    ``progress``: True for a rich progress bar, or a callable receiving each logged record.
+    ``progress``: True for a rich progress bar, or a callable receiving each logged record. The caller's torch
+    thread count and global random state are as they were afterwards (the run seeds its own).
     """
-    if config.threads is None:
-        return _finetune(config, progress)
     prev = torch.get_num_threads()
-    torch.set_num_threads(config.threads)
+    if config.threads is not None:
+        torch.set_num_threads(config.threads)
     try:
-        return _finetune(config, progress)
+        with torch.random.fork_rng(devices=[]), contextlib.ExitStack() as held:  # manual_seed reseeded a notebook's RNG
+            return _finetune(config, progress, held)
     finally:
         torch.set_num_threads(prev)  # the caller's setting (a notebook, reproduce's evaluation) back
 
 
-def _finetune(cfg: FinetuneConfig, progress: bool | Callable[[dict], None]) -> Path:
+def _busy(by: str) -> AssetError:
+    return AssetError(f"finetune: this --out is in use by {by}; wait for it or give another --out")
+
+
+def _finetune(cfg: FinetuneConfig, progress: bool | Callable[[dict], None], held: contextlib.ExitStack) -> Path:
     from hmrcritic.config import check_device
 
     check_device(cfg.device)
@@ -297,6 +304,12 @@ def _finetune(cfg: FinetuneConfig, progress: bool | Callable[[dict], None]) -> P
     if cfg.t_min is not None and not 0 <= cfg.t_min < base.num_timesteps:
         raise InputError(f"--t-min must be in [0, {base.num_timesteps}), got {cfg.t_min}")
     out.parent.mkdir(parents=True, exist_ok=True)
+    # one process per --out (two interleaved their state and log), held until the caller's block ends; then the
+    # temporary files of a run killed mid-write, which nothing else removes (model-sized; the real files are intact)
+    held.enter_context(exclusive_lock(out.parent / f".{out.name}.lock", "finetune", busy=_busy))
+    for name in (out.name, cfg.state_path.name, cfg.log_path.name):
+        for tmp in out.parent.glob(f".{glob.escape(name)}.*.tmp"):
+            tmp.unlink(missing_ok=True)
     base_hash = state_dict_hash(base)
     if base_hash != ds.header.model_hash and progress is True:
         import sys

@@ -213,7 +213,7 @@ def stage_code_digest(stage: str, root: str | Path | None = None) -> str:
 
 def _read_json(path: Path) -> dict | None:
     try:
-        return json.loads(path.read_text())
+        return json.loads(path.read_text(encoding="utf-8"))
     except (OSError, ValueError):
         return None
 
@@ -228,7 +228,9 @@ class _Log:
 
     def __call__(self, msg: str) -> None:
         line = f"[{time.strftime('%H:%M:%S')} +{time.time() - self.t0:6.0f}s] {msg}"
-        with open(self.path, "a") as f:
+        # UTF-8 as every other file this writes: in the locale's encoding (ASCII, Latin-1, cp1252) the stage lines'
+        # "×" and "→" raised UnicodeEncodeError and stopped the run at its explore stage
+        with open(self.path, "a", encoding="utf-8") as f:
             f.write(line + "\n")
         if callable(self.enabled):
             self.enabled(line)

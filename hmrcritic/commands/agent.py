@@ -12,6 +12,7 @@ import typer
 
 from hmrcritic.commands import is_tty, json_text, say_failed_groups, scene_from_spec
 from hmrcritic.errors import InputError
+from hmrcritic.io import as_text
 
 
 def _hypotheses_from_model(sample, model_path: str | None, n: int, seed: int) -> dict:
@@ -137,6 +138,7 @@ def register(app: typer.Typer) -> None:
         note_new_memory(memory)
         with _stdout_to_stderr(as_json):
             sample = _load_sample(scene, image, keypoints, focal)
+        group_id = as_text(group_id) if group_id is not None else None
         if hypotheses is not None:
             hyps = load_hypotheses(hypotheses)
         else:
@@ -198,9 +200,13 @@ def register(app: typer.Typer) -> None:
             raise InputError("give a RUN_ID or --last (or --mermaid)")
         if mermaid and as_json:
             raise InputError("give --mermaid or --json, not both")
+        from hmrcritic.redact import printable
+
         records = read_trace(run_id, last=last)
-        typer.echo(trace_mermaid(records) if mermaid else json.dumps(records, indent=2) if as_json
-                   else format_trace(records))
+        # a --group-id or a rationale with escape sequences in it is shown, not acted on by the terminal (--json
+        # escapes them itself)
+        typer.echo(printable(trace_mermaid(records)) if mermaid else json.dumps(records, indent=2) if as_json
+                   else printable(format_trace(records)))
 
     @app.command("evaluate-critic")
     def evaluate_cmd(
@@ -262,8 +268,12 @@ def _print_table(result) -> None:
     # (rich shrinks wrappable columns first, then all evenly: with every column no_wrap, COLUMNS=60 squeezed the
     # rank and hypothesis ids to nothing); each rationale stays one line, ending in "…". Cells are rich Text, so
     # "[/x]" in group ids and rationales (user and endpoint text) is not markup.
+    # escape sequences in a rationale (a finished run critiqued before the VLM's words were cleaned, a judge of
+    # one's own) or a --group-id are shown as "?", not acted on by the terminal
+    from hmrcritic.redact import printable
+
     judge = result.judge + (f" ({result.judge_model})" if result.judge_model else "")
-    typer.echo(f"group {result.group_id} — judge {judge}, memory {result.memory_version}")
+    typer.echo(printable(f"group {result.group_id} — judge {judge}, memory {result.memory_version}"))
     table = Table()
     for col in ("rank", "hyp", "overall", "motion", "physical", "image"):  # the three axes, abbreviated
         table.add_column(col, justify="right", no_wrap=True, min_width=len(col))
@@ -272,7 +282,7 @@ def _print_table(result) -> None:
     for rank, i in enumerate(result.ranking):
         s = by_index[i]
         table.add_row(str(rank + 1), f"h{i}", f"{s.overall:.2f}", *[f"{getattr(s, a):.2f}" for a in AXES],
-                      Text(s.rationale[:90], no_wrap=True, overflow="ellipsis"))
+                      Text(printable(s.rationale[:90]), no_wrap=True, overflow="ellipsis"))
     import sys
 
     Console(width=None if is_tty(sys.stdout) else 150).print(table)

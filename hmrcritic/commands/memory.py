@@ -123,6 +123,9 @@ def rules(
         return
     from rich.console import Console
     from rich.table import Table
+    from rich.text import Text
+
+    from hmrcritic.redact import printable
 
     table = Table(title=f"rules (query tags: {','.join(query) or '-'}; C={ucb_c})")
     for col in ("Ψ", "id", "used", "success", "rate", "tags", "condition", "text"):
@@ -131,8 +134,11 @@ def rules(
         c = r.condition
         cond = (f"{c.measure} {c.comparator} {c.threshold:g} → −{c.points:g}"
                 + (f" per {c.per:g}" if c.per else "") + (" (hard)" if c.hard else "")) if c else ""
-        table.add_row("retired" if psi is None else f"{psi:.3f}", r.rule_id, str(r.n_used), str(r.n_success),
-                      f"{r.success_rate:.2f}" if r.n_used else "-", ",".join(r.tags), cond, r.text)
+        # rule texts come from a VLM or an imported file: as rich Text, "[/b]" in one is words, not markup (it
+        # was a MarkupError that ended the listing, and "[red]" recoloured the rest); escape sequences as "?"
+        table.add_row("retired" if psi is None else f"{psi:.3f}", Text(printable(r.rule_id)), str(r.n_used),
+                      str(r.n_success), f"{r.success_rate:.2f}" if r.n_used else "-", ",".join(r.tags), cond,
+                      Text(printable(r.text)))
     import sys
 
     from hmrcritic.commands import is_tty
@@ -155,8 +161,10 @@ def search(
     if as_json:
         _print_json([{**r.model_dump(mode="json"), "similarity": s} for r, s in hits])
         return
-    for r, s in hits:
-        typer.echo(f"{s:.3f}  {r.rule_id:<28} {r.text}")
+    from hmrcritic.redact import printable
+
+    for r, s in hits:  # a VLM's or an imported file's words: their escape sequences must not reach the terminal
+        typer.echo(f"{s:.3f}  {printable(r.rule_id):<28} {printable(r.text)}")
 
 
 @memory_app.command("export")

@@ -297,7 +297,14 @@ def _plain(value, key: str, path: Path):
                 f"{path}: key '{key}' is a chumpy expression without stored values ({exc})"
             ) from None
     if isinstance(value, _SparseStandIn):
-        return value.toarray()
+        # its state is whatever the file holds: one without its arrays, an index pointer of the wrong length or
+        # an unknown format raised a bare KeyError / ValueError / TypeError ("error: KeyError: 'data'") that named
+        # neither the file nor the key
+        try:
+            return value.toarray()
+        except (KeyError, TypeError, ValueError) as exc:
+            raise AssetError(f"{path}: key '{key}' is a sparse matrix that cannot be rebuilt "
+                             f"({type(exc).__name__}: {exc}); {_LAYOUT_TEXT}") from None
     if hasattr(value, "toarray") and not isinstance(value, np.ndarray):  # a real scipy sparse matrix
         return value.toarray()
     return value

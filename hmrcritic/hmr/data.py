@@ -41,7 +41,7 @@ from hmrcritic import config
 from hmrcritic.errors import AssetError, InputError
 from hmrcritic.hmr import anatomy, camera, poses
 from hmrcritic.hmr.rotations import axis_angle_to_matrix, matrix_to_axis_angle
-from hmrcritic.io import atomic_save_npz, atomic_write_json, pid_alive, sha256_file
+from hmrcritic.io import as_text, atomic_save_npz, atomic_write_json, pid_alive, sha256_file
 
 GENERATOR_VERSION = f"scenes-1/{poses.GENERATOR_VERSION}"
 DEFAULT_IMAGE_SIZE = (256, 256)
@@ -493,9 +493,11 @@ def generate_split(
 def _with_progress(label: str, total: int, quiet: bool, fn):
     if quiet or total < 2000:
         return fn(None)
+    from rich.console import Console
     from rich.progress import Progress
 
-    with Progress(transient=True) as prog:
+    # on stderr, beside the notice that data is being generated: stdout is the caller's (a --json reply, a pipe)
+    with Progress(transient=True, console=Console(stderr=True)) as prog:
         task = prog.add_task(label, total=total)
         return fn(lambda k: prog.advance(task, k))
 
@@ -538,7 +540,7 @@ def _render_split(stage: Path, arrays: dict, ids: np.ndarray, body) -> None:
 
 def _manifest(folder: Path) -> dict | None:
     try:
-        m = json.loads((folder / "manifest.json").read_text())
+        m = json.loads((folder / "manifest.json").read_text(encoding="utf-8"))
     except FileNotFoundError:
         return None
     except (OSError, ValueError) as exc:  # ValueError: bad JSON or bytes that are not UTF-8
@@ -787,6 +789,11 @@ def _pick_person(people: list, key: str, path: Path) -> dict:
     return people[i]
 
 
+# confidences up to this are read as 1: detectors that take a heatmap's peak as the score give values just
+# above 1 (1.005), which are confidences, not visibility flags or another format
+CONFIDENCE_SLACK = 1.1
+
+
 def read_keypoints_json(path, image_size=None) -> np.ndarray:
     """COCO-17 keypoints (17,3) ``[u, v, conf]`` in pixels from a JSON file, validated.
 
@@ -795,7 +802,8 @@ def read_keypoints_json(path, image_size=None) -> np.ndarray:
     [0, 1]), a list of them (detector results) or a COCO annotation file ``{"images", "annotations"}`` of one
     image; OpenPose ``{"people": [{"pose_keypoints_2d": [75]}]}`` (BODY_25, mapped to COCO-17); MMPose
     ``[{"keypoints": [[x, y]], "keypoint_scores": [...]}]`` (or inside ``{"instance_info": [...]}``; its scores
-    are not probabilities — RTMPose's exceed 1 — so they are clipped to [0, 1]); Halpe-26 and
+    are not probabilities — RTMPose's exceed 1 — so they are clipped to [0, 1]; other formats' confidences up
+    to 1.1, a heatmap peak just above 1, read as 1); Halpe-26 and
     COCO-WholeBody-133, whose first 17 points are COCO-17. With several people the most confident (summed
     keypoint confidence) is used and a warning says which. Coordinates normalised to [0, 1] are refused (they
     would be a person one pixel tall). With ``image_size`` (W,H), visible points more than 2 % past the border
@@ -888,9 +896,11 @@ def read_keypoints_json(path, image_size=None) -> np.ndarray:
     # scores (0.93, …) in that slot, which are confidences — mapping them as flags silently hid every point < 1
     if np.isin(conf, (0, 1, 2)).all() and (visibility_flags or conf.max() > 1):
         arr[:, 2] = np.select([conf >= 2, conf >= 1], [1.0, 0.5], 0.0)
-    elif (conf < 0).any() or (conf > 1).any():
-        i = int(np.argmax((conf < 0) | (conf > 1)))
+    elif (conf < 0).any() or (conf > CONFIDENCE_SLACK).any():
+        i = int(np.argmax((conf < 0) | (conf > CONFIDENCE_SLACK)))
         raise InputError(f"{p}: keypoint {i} ({COCO17_NAMES[i]}) has confidence {conf[i]:g} outside [0, 1]")
+    else:  # a heatmap peak a little above 1 (OpenPose, SimpleBaseline: 1.005) is a confidence of 1
+        arr[:, 2] = np.minimum(conf, 1.0)
     visible = arr[:, 2] > 0
     if not visible.any():
         raise InputError(f"{p}: no visible keypoints (every confidence is 0)")
@@ -961,5 +971,5 @@ def sample_from_user(image_path, keypoints_path, focal: float | None = None) -> 
         raise
     K = camera.default_intrinsics(W, H, focal).numpy()
     return Sample(
-        sample_id=Path(image_path).stem, keypoints=kp, K=K, image_size=(W, H), image_path=str(image_path)
+        sample_id=as_text(Path(image_path).stem), keypoints=kp, K=K, image_size=(W, H), image_path=str(image_path)
     )

@@ -797,10 +797,14 @@ def sample_to_dir(
         r = R.get_renderer()
         Kn, wh = K[0].cpu().numpy(), tuple(int(x) for x in item.image_size)
         files["overlay"], files["side"] = [], []
+        # one scale for the group's side views, as in its grid: each framed to its own body, files put side by
+        # side hid how the hypotheses differ in size
+        extent = R.group_extent(verts, angle_deg=90.0)
         for i, v in enumerate(verts):
             ov = r.overlay(image, v, body.faces, Kn, image_size=wh)
             files["overlay"].append(str(R.save_png(out_dir / f"overlay_{i:02d}.png", ov)))
-            files["side"].append(str(R.save_png(out_dir / f"side_{i:02d}.png", r.side_view(v, body.faces))))
+            side = r.side_view(v, body.faces, extent=extent)
+            files["side"].append(str(R.save_png(out_dir / f"side_{i:02d}.png", side)))
         grid = r.group_grid(image, verts, body.faces, Kn, cols=cols, image_size=wh)
         files["grid"] = str(R.save_png(out_dir / "grid.png", grid))
     summary = {

@@ -486,7 +486,7 @@ def is_current(path: Path) -> bool:
     if not path.exists() or not side.exists():
         return False
     try:
-        meta = json.loads(side.read_text())
+        meta = json.loads(side.read_text(encoding="utf-8"))
     except (OSError, ValueError):
         return False
     return meta.get("generator_version") == generator_version() and meta.get("sha256") == sha256_file(path)

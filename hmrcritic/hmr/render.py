@@ -43,6 +43,9 @@ from hmrcritic.io import atomic_write_bytes, atomic_write_text
 
 DEFAULT_COLOR = (0.62, 0.74, 0.88)  # light blue, readable on most photos
 SIDE_COLOR = (0.85, 0.72, 0.55)
+# The gutters between a grid's cells: white gutters vanished between the white tiles of a group without an input
+# image (every synthetic scene), so a limb clipped at one tile's edge read as part of the next hypothesis.
+GRID_GUTTER = 128
 _MESA_PACKAGES = "libegl1 libegl-mesa0 libgl1-mesa-dri libgbm1"
 
 
@@ -357,9 +360,12 @@ class Renderer:
         else:
             W, H = _size_from(image_size, K)
             img = np.full((H, W, 3), 255, np.uint8)
-        s = min(1.0, float(tile) / max(W, H))
+        # the longer side at ``tile`` px both ways: a small input (a 64 px person crop) was kept at its own size, so
+        # its tiles were 64 px, the 12 px labels covered a fifth of each and a VLM saw the bodies as a few blobs;
+        # it is now drawn at ``tile`` px like any other (the mesh rendered there, sharp; the photo scaled up)
+        s = float(tile) / max(W, H)
         tw, th = max(1, int(round(W * s))), max(1, int(round(H * s)))
-        Ks = scale_intrinsics(K, tw / W) if s < 1.0 else K
+        Ks = scale_intrinsics(K, tw / W) if (tw, th) != (W, H) else K
         return {"vs": vs, "Ks": Ks, "base": _resize(img, tw, th), "tw": tw, "th": th,
                 "cols": max(1, min(int(cols), len(vs)))}
 
@@ -373,8 +379,8 @@ class Renderer:
         rows = math.ceil(N / cols)
         side_w = th if side else 0
         cell_w = tw + side_w
-        grid = np.full((rows * th + (rows + 1) * pad, cols * cell_w + (cols + 1) * pad, 3), 255, np.uint8)
-        extent = _group_extent(vs, angle_deg=90.0) if side else None
+        grid = np.full((rows * th + (rows + 1) * pad, cols * cell_w + (cols + 1) * pad, 3), GRID_GUTTER, np.uint8)
+        extent = group_extent(vs, angle_deg=90.0) if side else None
         corners = [(pad + (i // cols) * (th + pad), pad + (i % cols) * (cell_w + pad)) for i in range(N)]
         # all overlays, then all side views: one framebuffer size at a time
         for (y0, x0), tile_img in zip(corners, overlays, strict=True):
@@ -475,7 +481,7 @@ def _rot_y(angle_deg: float) -> np.ndarray:
     return np.array([[math.cos(a), 0, math.sin(a)], [0, 1, 0], [-math.sin(a), 0, math.cos(a)]], np.float32)
 
 
-def _group_extent(vs: np.ndarray, angle_deg: float) -> float:
+def group_extent(vs: np.ndarray, angle_deg: float) -> float:
     """Largest side-view extent (m) over a group, so all its side views share one scale."""
     R = _rot_y(angle_deg)
     centred = vs - vs.mean(axis=1, keepdims=True)

@@ -347,14 +347,21 @@ def train_base(
         raise InputError(f"train-base: --stop-at must be ≥ 1 step, got {stop_at}")
     check_device(device)
     say = notify or (lambda _msg: None)
-    torch.set_num_threads(cfg.threads)
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
-    with exclusive_lock(out_dir / ".train-base.lock", "train-base", busy=_busy):
-        for name in STATE_FILES:  # temp files of a run killed mid-write (atomic writes: the real file is intact)
-            for tmp in out_dir.glob(f".{name}.*.tmp"):
-                tmp.unlink(missing_ok=True)
-        return _train(cfg, out_dir, data, resume, progress, device, stop_at, say)
+    prev_threads = torch.get_num_threads()
+    torch.set_num_threads(cfg.threads)
+    # the caller's thread count and global RNG back afterwards, as finetune does: a notebook that trained a base
+    # model kept 1 thread and an RNG reseeded to the recipe's seed
+    try:
+        with torch.random.fork_rng(devices=[]), exclusive_lock(out_dir / ".train-base.lock", "train-base",
+                                                                busy=_busy):
+            for name in STATE_FILES:  # temp files of a run killed mid-write (atomic writes: the real file is intact)
+                for tmp in out_dir.glob(f".{name}.*.tmp"):
+                    tmp.unlink(missing_ok=True)
+            return _train(cfg, out_dir, data, resume, progress, device, stop_at, say)
+    finally:
+        torch.set_num_threads(prev_threads)
 
 
 def _train(cfg, out_dir: Path, data, resume, progress, device, stop_at, say) -> Path:

