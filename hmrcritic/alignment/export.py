@@ -291,14 +291,23 @@ class GroupWorker:
         }
 
     def _agent_config(self) -> dict:
-        """Agent settings (``AgentConfig`` fields): scoring only, never learning, on the frozen memory."""
-        return {
+        """Agent settings (``AgentConfig`` fields): scoring only, never learning, on the frozen memory.
+
+        The builtin judge through the default scorer renders nothing (as exploration does): it never reads the
+        overlay and side grids, and :func:`~hmrcritic.agent.api.forget_group` deletes them with the run folder
+        once the scores are in the dataset. With ``HMRCRITIC_RENDER`` unset (on) every group drew two grids for
+        nothing: 5 groups of 16 took 5.5-5.7 s serially, 3.1 s without (``benchmarks/bench_export.py``), with the
+        same scores (the evidence does not depend on rendering)."""
+        out = {
             "judge": self.ctx.judge,
             "learn": False,
             "memory_dir": self.ctx.memory,
             "chroma_url": self.ctx.chroma_url,
             "use_memory": self.ctx.use_memory,
         }
+        if self.ctx.judge == "builtin" and self.ctx.score_group == DEFAULT_SCORER:
+            out["render"] = False  # a scorer of the user's own may read the renders: it keeps the setting
+        return out
 
     def _sample(self, sample, group_seed: int):
         from hmrcritic.hmr.diffusion import condition_from_keypoints

@@ -398,6 +398,10 @@ def _train(cfg, out_dir: Path, data, resume, progress, device, stop_at, say) -> 
                 "use another --out or --no-resume"
             )
         known = st.get("data_sha256")
+        # A state written before the data and the RNG streams were recorded (an older hmrcritic) cannot be checked
+        # against the data: it resumed on a regenerated split without a word, and the resume said it continued
+        # bitwise, which it cannot promise without the RNG streams and the log window.
+        legacy = known is None
         if known is not None and known != fingerprint:
             was = st.get("data_source") or {}
             raise AssetError(
@@ -432,8 +436,11 @@ def _train(cfg, out_dir: Path, data, resume, progress, device, stop_at, say) -> 
             say(f"{state_path} is already at step {start} (--stop-at {stop_at}); nothing to train")
             return state_path
         else:
-            say(f"resuming from step {start}/{cfg.steps} ({state_path}); the run continues bitwise as an "
-                "uninterrupted one")
+            say(f"resuming from step {start}/{cfg.steps} ({state_path}); " + (
+                "the run continues bitwise as an uninterrupted one" if not legacy else
+                "it was written by an older hmrcritic that kept no record of its training data or random state: "
+                "the data is not checked (resume only on the data it started on, else pass --no-resume) and the "
+                "run may differ slightly from an uninterrupted one"))
     else:  # starting at step 0: a log (or a state, with --no-resume) left by another run is not this run's
         log_path.unlink(missing_ok=True)
         state_path.unlink(missing_ok=True)
