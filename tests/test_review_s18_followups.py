@@ -44,9 +44,7 @@ def test_confidences_well_outside_zero_one_are_still_refused(tmp_path, bad):
 def test_a_checkpoint_database_in_a_utf8_named_folder_locks_when_python_reads_names_as_ascii(tmp_path):
     """``LC_ALL=C PYTHONUTF8=0``: SQLite names its file in UTF-8 (``équipe``), which ``os`` cannot encode as ASCII;
     every critique in such a home failed at its thread lock. The lock file lands beside the database."""
-    import os
-    import subprocess
-    import sys
+    from test_review_s18_locale import run_in_ascii_locale
 
     folder = tmp_path / "équipe 中文"
     code = ("import os, sys\n"
@@ -57,11 +55,7 @@ def test_a_checkpoint_database_in_a_utf8_named_folder_locks_when_python_reads_na
             "saver = open_checkpointer(os.path.join(os.environ['DIR'], 'checkpoints.sqlite'))\n"
             "with thread_lock(_saver_file(saver), 'g1') as held:\n"
             "    print(held, sys.getfilesystemencoding())\n")
-    env = {**os.environ, "LC_ALL": "C", "LANG": "C", "PYTHONUTF8": "0", "DIR": str(folder)}
-    env.pop("PYTHONIOENCODING", None)
-    done = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, timeout=300,
-                          encoding="utf-8", errors="replace")
-    assert done.returncode == 0, done.stderr[-2000:]
+    done = run_in_ascii_locale(code, DIR=str(folder))
     assert done.stdout.split() == ["True", "ascii"]
     assert sorted(p.name for p in folder.iterdir() if p.name.endswith(".lock")) == ["checkpoints.sqlite.threads.lock"]
 

@@ -146,6 +146,17 @@ def test_critique_of_an_image_whose_name_is_not_utf8(tmp_path, capsys):
     assert json.loads((tmp_path / "o2" / "scores.json").read_text(encoding="utf-8"))["group_id"] == "g\ufffd"
 
 
+def run_in_ascii_locale(code: str, **env: str) -> subprocess.CompletedProcess:
+    """``python -c code`` where Python reads file names and writes streams as ASCII (``LC_ALL=C PYTHONUTF8=0``: an old
+    cron or service environment), ``env`` added; asserts it exited 0."""
+    full = {**os.environ, "LC_ALL": "C", "LANG": "C", "PYTHONUTF8": "0", **env}
+    full.pop("PYTHONIOENCODING", None)
+    done = subprocess.run([sys.executable, "-c", code], env=full, capture_output=True, text=True, timeout=300,
+                          encoding="utf-8", errors="replace")
+    assert done.returncode == 0, done.stderr[-2000:]
+    return done
+
+
 def test_a_memory_in_a_utf8_named_folder_opens_when_python_reads_names_as_ascii(tmp_path):
     """``LC_ALL=C PYTHONUTF8=0`` (an old cron or service environment): Python reads the UTF-8 name
     ``équipe`` as lone surrogates, which Chroma's Rust side cannot take; every memory under such a folder failed
@@ -153,11 +164,7 @@ def test_a_memory_in_a_utf8_named_folder_opens_when_python_reads_names_as_ascii(
     folder = tmp_path / "équipe 中文"
     code = ("import os, sys; from hmrcritic.memory.store import MemoryStore; "
             "s = MemoryStore(os.environ['MEM']); print(s.stats()['rules'], sys.getfilesystemencoding())")
-    env = {**os.environ, "LC_ALL": "C", "LANG": "C", "PYTHONUTF8": "0", "MEM": str(folder)}
-    env.pop("PYTHONIOENCODING", None)
-    done = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, timeout=300,
-                          encoding="utf-8", errors="replace")
-    assert done.returncode == 0, done.stderr[-2000:]
+    done = run_in_ascii_locale(code, MEM=str(folder))
     rules, fs_encoding = done.stdout.split()
     assert int(rules) > 0 and fs_encoding == "ascii"
     assert (folder / "chroma.sqlite3").exists() or any(folder.iterdir())

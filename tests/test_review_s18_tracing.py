@@ -5,10 +5,9 @@ from __future__ import annotations
 
 import base64
 import gzip
-import json
 import sys
 import threading
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from http.server import ThreadingHTTPServer
 from pathlib import Path
 
 import pytest
@@ -16,6 +15,7 @@ import pytest
 sys.path.insert(0, str(Path(__file__).parent))
 
 from openai_stub_server import StubOpenAIServer  # noqa: E402
+from test_redact import _Recorder  # noqa: E402
 
 from hmrcritic import redact  # noqa: E402
 
@@ -25,21 +25,10 @@ KEY = "sk-CANARY-s18-hmr-4f3e2d1c"
 LS_KEY = "lsv2-CANARY-s18-ls-9a8b7c"
 
 
-class _LangSmith(BaseHTTPRequestHandler):
+class _LangSmith(_Recorder):
     """A LangSmith endpoint on 127.0.0.1 keeping every request (method, path, decompressed body)."""
 
     requests: list[tuple[str, str, bytes]] = []
-
-    def log_message(self, *args) -> None:
-        pass
-
-    def _ok(self, obj: dict) -> None:
-        data = json.dumps(obj).encode()
-        self.send_response(200)
-        self.send_header("Content-Type", "application/json")
-        self.send_header("Content-Length", str(len(data)))
-        self.end_headers()
-        self.wfile.write(data)
 
     def do_GET(self) -> None:
         type(self).requests.append(("GET", self.path, b""))
