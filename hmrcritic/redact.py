@@ -104,6 +104,11 @@ def scrub(text: Any) -> str:
 UNPRINTABLE = re.compile("[\x00-\x08\x0e-\x1b\x7f-\x84\x86-\x9f\u200b-\u200f\u202a-\u202e\u2066-\u2069\ufeff]")
 
 
+# A lone surrogate: JSON's "\ud800" decodes to one (a model that cut an emoji in half writes it), and Python reads a
+# name byte that is not UTF-8 as one. No UTF-8 file, tokenizer or Chroma takes it: shown as U+FFFD instead.
+LONE_SURROGATE = re.compile("[\ud800-\udfff]")
+
+
 def printable(text: Any) -> str:
     """``text`` scrubbed (:func:`scrub`) and with what a terminal would act on (:data:`UNPRINTABLE`) shown as
     "?": for an error line that quotes a server, a file or an exception that came from outside."""

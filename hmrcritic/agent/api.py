@@ -590,9 +590,6 @@ def critique_group(
             tracer.start(cfg, resumed=start is None)
             with _checkpoint_errors(saver):  # the checkpointer's database locked for too long, damaged, disk full
                 try:
-                    if memory is None and cfg.memory_dir is None and cfg.use_memory and (
-                            cfg.use_rules or cfg.use_prototypes or cfg.learn):  # where the graph opens one
-                        configurable["memory"] = _configured_memory(cfg)
                     t0 = time.perf_counter()
                     for chunk in app.stream(start, run_config, stream_mode="updates"):
                         t1 = time.perf_counter()
@@ -616,18 +613,6 @@ def critique_group(
         if not keep:
             saver.delete_thread(thread)
         return _scored(values, cfg, resumed=start is None, run_id=run_id)
-
-
-def _configured_memory(cfg: AgentConfig) -> Any:
-    """The memory store of this call's home when the settings name no folder (``memory_dir`` None: no
-    ``HMRCRITIC_MEMORY``), as the graph would open it but keyed by the folder it resolves to now. The graph's
-    store cache is keyed by the settings, so ``(None, url)`` kept the first home's store for the process: after
-    ``HMRCRITIC_HOME`` changed (a notebook, a service with a home per tenant) a critique recalled from, and
-    learned into, the memory of the home used first. ``memory_dir`` itself stays None (it is part of the settings
-    digest of every stored thread)."""
-    from hmrcritic.agent.nodes import get_memory
-
-    return get_memory(cfg.model_copy(update={"memory_dir": str(hconfig.memory_dir())}))
 
 
 def _keep_last_checkpoint(saver, thread: str, last_config: dict) -> None:

@@ -54,9 +54,14 @@ def get_memory(cfg: AgentConfig, config: dict | None = None):
     injected = ((config or {}).get("configurable") or {}).get("memory")
     if injected is not None:
         return injected
+    # keyed by the folder the settings resolve to now: with no folder named (no HMRCRITIC_MEMORY) the key was
+    # (None, url), so after HMRCRITIC_HOME changed in a process (a notebook, a service with a home per tenant)
+    # critiques recalled from and learned into the first home's memory
+    from hmrcritic.config import memory_dir
     from hmrcritic.memory.store import MemoryStore
 
-    key = (cfg.memory_dir, cfg.chroma_url)
+    folder = cfg.memory_dir if cfg.memory_dir is not None or cfg.chroma_url else str(memory_dir())
+    key = (folder, cfg.chroma_url)
     with _LOCK:
         store = _MEMORIES.pop(key, None)
         if store is None:

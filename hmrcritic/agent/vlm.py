@@ -54,7 +54,7 @@ from hmrcritic.agent.schema import (
 )
 from hmrcritic.config import JudgeSettings, api_key, check_base_url
 from hmrcritic.errors import InputError, JudgeError
-from hmrcritic.redact import guard_langsmith, printable, redact_url, register_secret, scrub
+from hmrcritic.redact import LONE_SURROGATE, guard_langsmith, printable, redact_url, register_secret, scrub
 
 log = logging.getLogger(__name__)
 
@@ -161,7 +161,6 @@ def _answer_text(content: str) -> str:
 # decodes to one; no UTF-8 file or Chroma can hold it), C0/C1 controls (escape sequences that retitle or clear a
 # terminal, NUL) and bidi embeddings/overrides/isolates (text that reads other than it is). Zero-width joiners and
 # marks stay: emoji sequences and Persian/Arabic text need them.
-_SURROGATE = re.compile("[\ud800-\udfff]")
 _CONTROL = re.compile("[\x00-\x08\x0b\x0c\x0e-\x1f\x7f-\x9f\u202a-\u202e\u2066-\u2069]")
 
 
@@ -172,7 +171,7 @@ def clean_text(text: str) -> str:
     writes it) passed validation and failed the critique at the memory write ("surrogates not allowed", from
     Chroma), after the endpoint had been paid for; the report could not be written either. An escape sequence
     went on verbatim into scores.json, the memory and the CLI's table, where it acted on the user's terminal."""
-    return _CONTROL.sub("?", _SURROGATE.sub("\ufffd", text))
+    return _CONTROL.sub("?", LONE_SURROGATE.sub("\ufffd", text))
 
 
 _LABEL = re.compile(r"\s*(?:#|h|hyp|hypothesis)?\s*#?\s*(\d+)\s*", re.IGNORECASE)

