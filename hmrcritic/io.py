@@ -105,6 +105,17 @@ def _errors_naming(path: Path) -> Iterator[None]:
         raise named from exc
 
 
+def remove_write_leftovers(folder: str | os.PathLike, names: Iterable[str]) -> None:
+    """Delete the temporary files that atomic writes of ``names`` in ``folder`` left when killed mid-write
+    (``.NAME.*.tmp``, as :func:`atomic_write_bytes` names them; the real files are intact). For a job holding its
+    folder's lock: nobody else is writing them."""
+    import glob
+
+    for name in names:
+        for tmp in Path(folder).glob(f".{glob.escape(name)}.*.tmp"):
+            tmp.unlink(missing_ok=True)
+
+
 def atomic_torch_save(path: str | os.PathLike, obj: Any) -> Path:
     """``torch.save`` into a temporary file and rename it in place, so a killed run never leaves a torn
     checkpoint (the model, training and finetuning states all go through here)."""

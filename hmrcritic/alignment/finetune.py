@@ -20,7 +20,6 @@ from __future__ import annotations
 
 import contextlib
 import copy
-import glob
 import hashlib
 import json
 import math
@@ -36,7 +35,14 @@ from hmrcritic.alignment.objectives import OBJECTIVES, ObjectiveConfig, compute_
 from hmrcritic.alignment.stats import GroupStatTracker
 from hmrcritic.errors import AssetError, HMRCriticError, InputError, check_number
 from hmrcritic.hmr.train import ema_update
-from hmrcritic.io import append_jsonl, atomic_torch_save, atomic_write_jsonl, exclusive_lock, read_jsonl
+from hmrcritic.io import (
+    append_jsonl,
+    atomic_torch_save,
+    atomic_write_jsonl,
+    exclusive_lock,
+    read_jsonl,
+    remove_write_leftovers,
+)
 
 
 class TrainingDiverged(HMRCriticError):
@@ -307,9 +313,7 @@ def _finetune(cfg: FinetuneConfig, progress: bool | Callable[[dict], None], held
     # one process per --out (two interleaved their state and log), held until the caller's block ends; then the
     # temporary files of a run killed mid-write, which nothing else removes (model-sized; the real files are intact)
     held.enter_context(exclusive_lock(out.parent / f".{out.name}.lock", "finetune", busy=_busy))
-    for name in (out.name, cfg.state_path.name, cfg.log_path.name):
-        for tmp in out.parent.glob(f".{glob.escape(name)}.*.tmp"):
-            tmp.unlink(missing_ok=True)
+    remove_write_leftovers(out.parent, (out.name, cfg.state_path.name, cfg.log_path.name))
     base_hash = state_dict_hash(base)
     if base_hash != ds.header.model_hash and progress is True:
         import sys

@@ -341,7 +341,7 @@ def train_base(
     (resuming, nothing left to do, interrupted).
     """
     from hmrcritic.config import check_device
-    from hmrcritic.io import exclusive_lock
+    from hmrcritic.io import exclusive_lock, remove_write_leftovers
 
     if stop_at is not None and stop_at < 1:
         raise InputError(f"train-base: --stop-at must be ≥ 1 step, got {stop_at}")
@@ -356,9 +356,7 @@ def train_base(
     try:
         with torch.random.fork_rng(devices=[]), exclusive_lock(out_dir / ".train-base.lock", "train-base",
                                                                 busy=_busy):
-            for name in STATE_FILES:  # temp files of a run killed mid-write (atomic writes: the real file is intact)
-                for tmp in out_dir.glob(f".{name}.*.tmp"):
-                    tmp.unlink(missing_ok=True)
+            remove_write_leftovers(out_dir, STATE_FILES)  # of a run killed mid-write
             return _train(cfg, out_dir, data, resume, progress, device, stop_at, say)
     finally:
         torch.set_num_threads(prev_threads)
