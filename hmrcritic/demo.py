@@ -12,6 +12,7 @@
 
 from __future__ import annotations
 
+import hashlib
 import html
 import re
 import shutil
@@ -127,13 +128,16 @@ def run_demo(
     say(f"      memory frozen at version {result.memory_version}")
 
     say(f"[3/4] sampling {num_generations} hypotheses for {num_scenes} held-out test scenes and critiquing them")
+    # each --out its own threads: demos into two folders at once on one home shared "demo-<sample id>", and one's
+    # fresh critique re-rendered the run folder's grids while the other was writing its report from them
+    out_tag = hashlib.sha1(str(out.resolve()).encode("utf-8", "surrogateescape")).hexdigest()[:8]
     for i in range(num_scenes):
         item = scenes[i]
         folder = out / f"scene_{i:02d}"
         sample_to_dir(model, item, folder, num_generations=num_generations, seed=seed + i, obj=True, render=True,
                       body=body)
         hyps = dict(np.load(folder / "hypotheses.npz"))
-        res = critique_group(item, hyps, judge="builtin", memory=frozen, group_id=f"demo-{item.sample_id}",
+        res = critique_group(item, hyps, judge="builtin", memory=frozen, group_id=f"demo-{item.sample_id}-{out_tag}",
                              fresh=True)
         report = write_report(res, folder, image_path=item.image_path)
         errors = np.asarray(true_errors(hyps, item, body), dtype=np.float64)

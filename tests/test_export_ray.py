@@ -106,18 +106,23 @@ def test_an_error_in_the_driver_shuts_down_the_ray_it_started(model_path, tmp_pa
     assert not (tmp_path / "ds" / D.MANIFEST).exists() or D.read_manifest(tmp_path / "ds") == []
 
 
-def _free_port() -> int:
+@pytest.fixture()
+def dead_port():
+    """A port where nothing listens, kept so for the test: bound here but never listening (a connection is
+    refused). A port freed again before the test used it could be taken meanwhile by another process's server
+    (a busy CI machine runs several), and ray.init then tried that server for many minutes."""
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
+        yield s.getsockname()[1]
 
 
 @pytest.mark.parametrize("form", ["{host}:{port}", "ray://alice:s3cretpw@{host}:{port}",
                                   "alice:s3cretpw@{host}:{port}"])
-def test_a_wrong_ray_address_fails_at_once_in_one_line_without_its_password(model_path, tmp_path, form):  # noqa: F811
+def test_a_wrong_ray_address_fails_at_once_in_one_line_without_its_password(model_path, tmp_path, form,  # noqa: F811
+                                                                           dead_port):
     """ray.init retried an address where nothing listens for 10+ minutes, printing a warning every 5 s; the
     error line showed the address's password."""
-    port = _free_port()
+    port = dead_port
     address = form.format(host="127.0.0.1", port=port)
     t0 = time.monotonic()
     with pytest.raises(InputError) as info:

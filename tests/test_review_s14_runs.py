@@ -59,7 +59,7 @@ def test_prune_holds_a_run_folder_locked_while_it_removes_it_and_its_thread(tmp_
     assert not (root / "groups" / "stale").exists()
 
 
-def test_a_critique_that_waited_for_prune_marks_the_folder_again(tmp_path):
+def test_a_critique_that_waited_for_prune_marks_the_folder_again(tmp_path, monkeypatch):
     """A critique blocked on the lock prune held got, once prune had removed the folder, a lock on a file that
     was gone: it marked nothing and wrote into a folder that no longer existed (or that the next prune removed
     under it). It now makes the folder again and holds the new lock file."""
@@ -68,6 +68,15 @@ def test_a_critique_that_waited_for_prune_marks_the_folder_again(tmp_path):
     fd = os.open(folder / runs.IN_USE_FILE, os.O_RDWR | os.O_CREAT)
     fcntl.flock(fd, fcntl.LOCK_EX)  # prune holds it
     inside: dict = {}
+    # the critique has opened the lock file prune holds and goes to wait for it: a sleep stood in for this, and
+    # on a busy machine the thread started after it, found no folder, and the race was never run (or it made
+    # the folder's file between rmtree's unlink and rmdir, and rmtree failed: "Directory not empty")
+    waiting, real_flock = threading.Event(), fcntl.flock
+
+    def flock(lock_fd, op):
+        if threading.current_thread() is t:
+            waiting.set()
+        return real_flock(lock_fd, op)
 
     def critique():
         with runs.in_use(folder):
@@ -75,8 +84,10 @@ def test_a_critique_that_waited_for_prune_marks_the_folder_again(tmp_path):
             inside["marked"] = runs.folder_in_use(folder)
 
     t = threading.Thread(target=critique)
+    monkeypatch.setattr(fcntl, "flock", flock)
     t.start()
-    time.sleep(0.3)  # the critique waits for the lock
+    assert waiting.wait(60), "the critique never went to lock its folder"
+    monkeypatch.undo()
     shutil.rmtree(folder)  # prune removes the folder, then lets go
     os.close(fd)
     t.join(10)

@@ -5,6 +5,7 @@ where it is the behaviour under test (Retry-After honoured, all-timeouts bounded
 from __future__ import annotations
 
 import logging
+import socket
 import sys
 import threading
 import time
@@ -275,14 +276,16 @@ def test_a_200_that_is_no_completion_is_retried_and_fails_only_its_group(images,
 
 
 def test_unreachable_endpoint_and_missing_image(images, tmp_path):
-    srv = StubOpenAIServer()
-    url = srv.base_url
-    srv._httpd.server_close()  # the port is closed: connection refused
-    judge = VLMJudge(
-        JudgeSettings(base_url=url, model="m", timeout_s=2.0, max_retries=1), backoff_base_s=0.01
-    )
-    with pytest.raises(JudgeError, match="cannot connect"):
-        judge.critique(make_ctx(images))
+    # bound for the test but never listening: connection refused. A port closed again could be taken by another
+    # process's server meanwhile (a busy CI machine runs several), which then answered instead.
+    with socket.socket() as held:
+        held.bind(("127.0.0.1", 0))
+        url = f"http://127.0.0.1:{held.getsockname()[1]}/v1"
+        judge = VLMJudge(
+            JudgeSettings(base_url=url, model="m", timeout_s=2.0, max_retries=1), backoff_base_s=0.01
+        )
+        with pytest.raises(JudgeError, match="cannot connect"):
+            judge.critique(make_ctx(images))
     missing = tmp_path / "nope.png"
     with pytest.raises(JudgeError, match="nope.png"):
         judge.critique(make_ctx(images, overlay_grid_path=str(missing)))

@@ -77,9 +77,11 @@ from hmrcritic.memory.store import (
     EXPLORE_FILES,
     HOLDER_NAME,
     LOCK_NAME,
+    OPEN_LOCK_NAME,
     check_side_record,
     cli_hint,
     holds_memory,
+    writers_held_off,
 )
 
 ERROR_METRICS = ("pa_mpjpe", "mpjpe", "pve", "mix")
@@ -88,7 +90,7 @@ EXPLORED_FILE, PROGRESS_FILE, PENDING_FILE, LOG_FILE = EXPLORE_FILES
 # lock files and the lock holder's record (present only during a write) are not content: a snapshot taken then
 # must hash and copy like one taken a moment later
 SNAPSHOT_SKIP = (LOCK_NAME, HOLDER_NAME, EXCLUSIVE_NAME, Path(EXCLUSIVE_NAME).with_suffix(".json").name, PENDING_FILE,
-                 ".complete")
+                 OPEN_LOCK_NAME, ".complete")
 HISTORY_GROUPS = 64  # recent groups the miner validates a candidate rule on
 PROTOS_MISJUDGED = 2  # per group, besides the best and the worst
 HARM_TOLERANCE = 0.005  # mean Δρ from giving a rule's points back above which the rule is retired as harmful
@@ -210,15 +212,18 @@ def frozen_copy(memory: Any = None, root: str | Path | None = None):
     if not holds_memory(src):
         raise InputError(f"no memory at {src} to freeze; explore first or {cli_hint('reset --yes', src)}")
     dst_root = Path(root) if root is not None else config.runs_dir() / "frozen-memory"
-    dst = dst_root / _tree_digest(src)
-    if not (dst / ".complete").exists():
-        dst_root.mkdir(parents=True, exist_ok=True)
-        tmp = Path(tempfile.mkdtemp(prefix=".copy-", dir=dst_root))
-        shutil.copytree(src, tmp / "m", ignore=shutil.ignore_patterns(*SNAPSHOT_SKIP))
-        (tmp / "m" / ".complete").write_text(str(src), encoding="utf-8")
-        with contextlib.suppress(OSError):  # another process made the same copy meanwhile
-            (tmp / "m").rename(dst)
-        shutil.rmtree(tmp, ignore_errors=True)
+    # digested and copied with the source's writers held off: a copy taken while another process (an explore, a
+    # critique --learn) wrote a batch mixed files from before and after it, and was named by a digest of neither
+    with writers_held_off(src):
+        dst = dst_root / _tree_digest(src)
+        if not (dst / ".complete").exists():
+            dst_root.mkdir(parents=True, exist_ok=True)
+            tmp = Path(tempfile.mkdtemp(prefix=".copy-", dir=dst_root))
+            shutil.copytree(src, tmp / "m", ignore=shutil.ignore_patterns(*SNAPSHOT_SKIP))
+            (tmp / "m" / ".complete").write_text(str(src), encoding="utf-8")
+            with contextlib.suppress(OSError):  # another process made the same copy meanwhile
+                (tmp / "m").rename(dst)
+            shutil.rmtree(tmp, ignore_errors=True)
     return MemoryStore(dst, read_only=True)
 
 

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import sqlite3
 import threading
+import time
 from pathlib import Path
 
 from langgraph.graph import END, START, StateGraph
@@ -50,6 +51,38 @@ def checkpoint_path() -> Path:
 CHECKPOINT_TIMEOUT_S = 30.0
 
 
+def _is_busy(exc: sqlite3.Error) -> bool:
+    code = getattr(exc, "sqlite_errorcode", None)
+    return (code is not None and code & 0xFF in (sqlite3.SQLITE_BUSY, sqlite3.SQLITE_LOCKED)
+            or "database is locked" in str(exc))
+
+
+def _set_up(conn: sqlite3.Connection, saver_class):
+    """The saver on ``conn`` with its tables made, retrying while another process sets up the same new file.
+
+    Two processes opening one new database at once (two critiques started together): SQLite answers
+    ``PRAGMA journal_mode=WAL`` with "database is locked" at once, without waiting the connection's timeout,
+    while the other holds its write lock making the tables (it does not wait where waiting could deadlock),
+    so the second critique failed before it began. Retried here with backoff up to the same timeout; the set-up
+    is idempotent (``CREATE TABLE IF NOT EXISTS``)."""
+    deadline = time.monotonic() + CHECKPOINT_TIMEOUT_S
+    delay = 0.005
+    while True:
+        try:
+            conn.execute("PRAGMA schema_version").fetchone()  # a damaged file fails here, not mid-critique
+            saver = saver_class(conn)
+            saver.setup()
+            return saver
+        except sqlite3.OperationalError as exc:
+            left = deadline - time.monotonic()
+            if not _is_busy(exc) or left <= 0:
+                raise
+            if conn.in_transaction:
+                conn.rollback()
+            time.sleep(min(delay, left))
+            delay = min(2 * delay, 0.25)
+
+
 def open_checkpointer(path: str | Path | None = None):
     """A SqliteSaver on ``path`` (default ``runs_dir()/checkpoints.sqlite``), one per path and process.
 
@@ -66,9 +99,7 @@ def open_checkpointer(path: str | Path | None = None):
             # a writer holding the file (another critique's checkpoint) is waited for, not failed at once
             conn = sqlite3.connect(str(path), check_same_thread=False, timeout=CHECKPOINT_TIMEOUT_S)
             try:
-                conn.execute("PRAGMA schema_version").fetchone()  # a damaged file fails here, not mid-critique
-                saver = SqliteSaver(conn)
-                saver.setup()
+                saver = _set_up(conn, SqliteSaver)
             except sqlite3.Error as exc:
                 conn.close()
                 raise checkpoint_error(path, exc) from None

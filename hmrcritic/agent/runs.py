@@ -295,7 +295,8 @@ def runs_usage(root: str | Path | None = None) -> dict:
 def prune_runs(older_than_days: float = 7.0, root: str | Path | None = None, dry_run: bool = False,
                vacuum: bool = True) -> dict:
     """Remove run folders, checkpoint threads, traces, memory snapshots and evaluation caches last touched
-    more than ``older_than_days`` ago (0 = everything), then compact ``checkpoints.sqlite``.
+    more than ``older_than_days`` ago (0 = everything), then compact ``checkpoints.sqlite``. A memory snapshot or
+    evaluation cache counts as touched when anything in it was (:func:`_last_touched`).
 
     A checkpoint thread is removed when its run folder is older than the cutoff or missing. A folder a
     critique holds (:func:`in_use`) stays with its thread, and the trace a critique is writing stays too
@@ -350,7 +351,9 @@ def prune_runs(older_than_days: float = 7.0, root: str | Path | None = None, dry
 
     for part, pattern in (("traces", "*.jsonl"), ("frozen-memory", "*"), ("evaluate", "*")):
         for p in _entries(root / part, pattern):
-            if not old(p) or part == "traces" and trace_in_use(p):  # a running critique's trace stays (as its folder)
+            if part == "traces" and (not old(p) or trace_in_use(p)):  # a running critique's trace stays (as its folder)
+                continue
+            if part != "traces" and _last_touched(p) >= cutoff:  # a memory snapshot or cache in use stays
                 continue
             removed[part] += 1
             if not dry_run:
@@ -367,6 +370,22 @@ def prune_runs(older_than_days: float = 7.0, root: str | Path | None = None, dry
     after = before if dry_run else runs_usage(root)["total_bytes"]
     return {"root": str(root), "older_than_days": older_than_days, "dry_run": dry_run, "removed": removed,
             "bytes_before": before, "bytes_after": after}
+
+
+def _last_touched(path: Path) -> float:
+    """When ``path`` or anything in it was last written: the newest mtime in the tree.
+
+    A folder's own mtime changes only when an entry directly in it is added or removed, so an evaluation cache
+    (``evaluate/<key>``) an evaluate-critic was exploring into right now (its memory is ``<key>/memory``), or a
+    memory snapshot being read (``frozen-memory/<digest>``, reused while its source is unchanged; opening it
+    rewrites its index files), counted as untouched since the day it was made: ``runs prune`` (7 days) removed it
+    under the running command, whose next memory write then failed with "memory … lacks collection
+    'semantic_rules'; run `hmrcritic memory reset`"."""
+    newest = 0.0
+    for q in (path, *(path.rglob("*") if path.is_dir() and not path.is_symlink() else ())):
+        with suppress(OSError):  # removed meanwhile
+            newest = max(newest, q.lstat().st_mtime)
+    return newest
 
 
 def _delete_threads(db: Path, threads: list[str], batch: int = 256) -> None:

@@ -10,6 +10,8 @@ from __future__ import annotations
 
 import os
 import time
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
@@ -21,6 +23,42 @@ from hmrcritic.redact import redact_url, register_url, scrub, scrub_tree
 
 def traces_dir() -> Path:
     return hconfig.runs_dir() / "traces"
+
+
+POINTER_LOCK = ".LAST.lock"  # beside LAST: held by whoever reads or writes the pointer to change it
+POINTER_LOCK_TIMEOUT_S = 30.0
+
+
+@contextmanager
+def _pointer_lock(d: Path) -> Iterator[None]:
+    """Hold ``d/.LAST.lock`` for the block: every change of ``LAST`` (a run starting, :func:`repoint_last`) goes
+    through it, so a repoint cannot undo a new run's pointer.
+
+    Without it, an export (which forgets each group's trace and repoints ``LAST``) or a prune read ``LAST`` naming
+    a deleted trace, listed the traces, and wrote the newest of them, while a critique in another process started
+    between the listing and the write: its pointer was overwritten with an older run, or removed when the folder
+    had held no other trace, and ``trace --last`` then showed another run or "no runs recorded yet". The pointer
+    is a convenience: where it cannot be locked (no lock within the timeout, a file system without locks) the
+    change goes ahead unlocked rather than failing a critique."""
+    from filelock import FileLock, Timeout
+
+    lock = FileLock(str(d / POINTER_LOCK))
+    try:
+        lock.acquire(timeout=POINTER_LOCK_TIMEOUT_S)
+    except (Timeout, OSError):
+        yield
+        return
+    try:
+        yield
+    finally:
+        lock.release()
+
+
+def _point_last_at(run_id: str) -> None:
+    d = traces_dir()
+    d.mkdir(parents=True, exist_ok=True)
+    with _pointer_lock(d):
+        atomic_write_text(d / "LAST", run_id + "\n")
 
 
 def summarise_update(node: str, update: dict[str, Any]) -> dict[str, Any]:
@@ -128,7 +166,7 @@ class TraceWriter:
         held, self._held = self._held or [], None
         for rec in held:
             append_jsonl(self.path, scrub_tree(rec))
-        atomic_write_text(traces_dir() / "LAST", self.run_id + "\n")
+        _point_last_at(self.run_id)
 
     def start(self, cfg, resumed: bool = False) -> None:
         config = cfg.model_dump()
@@ -140,7 +178,7 @@ class TraceWriter:
         self._write({"event": "start", "time": self.t0, "resumed": resumed, "config": config})
         if self._held is None:
             self._hold_file()
-            atomic_write_text(traces_dir() / "LAST", self.run_id + "\n")
+            _point_last_at(self.run_id)
 
     def node(self, node: str, update: dict, seconds: float) -> None:
         self.step += 1
@@ -183,15 +221,18 @@ def repoint_last(d: Path | None = None) -> None:
     An export keeps each critique's trace only until the group is in its dataset; deleting ``LAST`` with it left
     ``trace --last`` saying "no runs recorded yet" beside the traces of earlier critiques."""
     d = traces_dir() if d is None else Path(d)
-    pointer = d / "LAST"
-    current = pointer.read_text().strip() if pointer.exists() else ""
-    if current and (d / f"{current}.jsonl").exists():
+    if not d.is_dir():  # no traces, and no pointer either
         return
-    left = _traces_left(d) if d.is_dir() else []
-    if left:
-        atomic_write_text(pointer, max(left)[1] + "\n")
-    else:
-        pointer.unlink(missing_ok=True)
+    pointer = d / "LAST"
+    with _pointer_lock(d):  # read, listed and written as one: see _pointer_lock
+        current = pointer.read_text(encoding="utf-8").strip() if pointer.exists() else ""
+        if current and (d / f"{current}.jsonl").exists():
+            return
+        left = _traces_left(d)
+        if left:
+            atomic_write_text(pointer, max(left)[1] + "\n")
+        else:
+            pointer.unlink(missing_ok=True)
 
 
 def _traces_left(d: Path) -> list[tuple[float, str]]:
@@ -211,7 +252,7 @@ def resolve_run(run_id: str | None = None, last: bool = False) -> Path:
         pointer = d / "LAST"
         if not pointer.exists():
             raise InputError(f"no runs recorded yet in {d}")
-        run_id = pointer.read_text().strip()
+        run_id = pointer.read_text(encoding="utf-8").strip()
         if not run_id:  # an empty pointer would match every trace below
             raise InputError(f"{pointer} is empty: the last run is unknown; give a RUN_ID")
     if any(sep in run_id for sep in ("/", "\\")) or run_id in (".", ".."):  # a run id is a file name in d

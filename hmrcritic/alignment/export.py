@@ -44,7 +44,7 @@ from pydantic import BaseModel, Field
 
 from hmrcritic.agent.schema import HypothesisScore
 from hmrcritic.alignment import dataset as D
-from hmrcritic.errors import InputError
+from hmrcritic.errors import AssetError, InputError
 from hmrcritic.hmr.diffusion import MAX_GENERATIONS
 from hmrcritic.io import append_jsonl, atomic_write_jsonl, exclusive_lock, read_jsonl
 from hmrcritic.redact import redact_url, scrub
@@ -199,6 +199,7 @@ class WorkerContext:
     memory: str | None
     chroma_url: str | None
     threads: int
+    model_hash: str | None = None  # what the export's header names: a worker loading other weights refuses
 
 
 def _import(spec: str) -> Callable:
@@ -226,6 +227,18 @@ class GroupWorker:
 
         torch.set_num_threads(self.ctx.threads)
         model = load_model(self.ctx.model)
+        if self.ctx.model_hash is not None:
+            # Workers load the checkpoint seconds to minutes after the export hashed it for its header (a spawned
+            # process imports torch first; a Ray actor that died is replaced later on): a file rewritten meanwhile
+            # by another process (train-base finishing into that folder, a finetune's --out, `train-base --ship`)
+            # was sampled from while the dataset and every record named the old weights, silently.
+            from hmrcritic.alignment.finetune import state_dict_hash
+
+            now = state_dict_hash(model)
+            if now != self.ctx.model_hash:
+                raise AssetError(f"the checkpoint {self.ctx.model or '(shipped base model)'} changed since this "
+                                 f"export started (weights {self.ctx.model_hash} → {now}): another process rewrote "
+                                 "it; run the export again (into another --out for the new weights)")
         self._score = _import(self.ctx.score_group)
         if self.ctx.use_memory:
             from hmrcritic.memory import MemoryStore
@@ -822,6 +835,7 @@ def export(
             memory,
             cfg.chroma_url,
             cfg.threads_per_worker,
+            mhash,
         )
         if cfg.ray_address:
             executor, results = (

@@ -251,7 +251,7 @@ def register(app: typer.Typer) -> None:
             # every --checkpoint-every steps, so the steps since are run again)
             print(f"interrupted: {_saved_step(cfg)}", file=sys.stderr)
             raise SystemExit(130) from None
-        logs = [json.loads(line) for line in cfg.log_path.read_text().splitlines() if line.strip()]
+        logs = [json.loads(line) for line in cfg.log_path.read_text(encoding="utf-8").splitlines() if line.strip()]
         last = logs[-1] if logs else {}
         if as_json:
             print(json.dumps({"checkpoint": str(path), "log": str(cfg.log_path), "final": last}, indent=2))

@@ -538,9 +538,25 @@ def _render_split(stage: Path, arrays: dict, ids: np.ndarray, body) -> None:
             Image.fromarray((m * 255).astype(np.uint8)).save(stage / "masks" / f"{ids[i]}.png")
 
 
-def _manifest(folder: Path) -> dict | None:
+def _manifest_id(folder: Path) -> tuple[int, int] | None:
+    """``(device, inode)`` of the split's manifest now (None when there is none): a regeneration swaps in a new
+    folder with a new manifest file, so a change says the split was replaced."""
     try:
-        m = json.loads((folder / "manifest.json").read_text(encoding="utf-8"))
+        st = os.stat(folder / "manifest.json")
+    except OSError:
+        return None
+    return st.st_dev, st.st_ino
+
+
+def _manifest(folder: Path, ident: list | None = None) -> dict | None:
+    """The split's manifest (None when there is none); ``ident`` (a list) gets the :func:`_manifest_id` of the
+    very file read."""
+    try:
+        with open(folder / "manifest.json", "rb") as fh:
+            if ident is not None:
+                st = os.fstat(fh.fileno())
+                ident.append((st.st_dev, st.st_ino))
+            m = json.loads(fh.read().decode("utf-8"))
     except FileNotFoundError:
         return None
     except (OSError, ValueError) as exc:  # ValueError: bad JSON or bytes that are not UTF-8
@@ -614,10 +630,12 @@ class SceneSet:
 
     def __init__(self, folder):
         self.folder = Path(folder)
-        m = _manifest(self.folder)
+        ident: list = []
+        m = _manifest(self.folder, ident)
         if m is None:
             raise AssetError(f"{self.folder}: no manifest.json (not a generated split)")
         self.manifest = m
+        self._manifest_id = ident[0]
         try:
             self.name: str = m["split"]
             self.has_labels: bool = bool(m["has_labels"])
@@ -642,10 +660,28 @@ class SceneSet:
             f"SceneSet({self.name!r}, n={len(self)}, labels={self.has_labels}, folder={str(self.folder)!r})"
         )
 
+    def _check_not_replaced(self) -> None:
+        """An AssetError when the split on disk is no longer the one this set was opened on.
+
+        Shards are read lazily, by whatever folder holds the split's name when they are first needed: a split
+        regenerated meanwhile (``hmrcritic data generate`` in another shell, beside an exploration or export
+        reading it for hours) handed this set shards of the new generation under the old manifest, silently
+        mixing two splits (same size, other seed) or failing as "damaged" (other size) or "unreadable" (mid-swap)
+        with advice to delete the new, intact split."""
+        if _manifest_id(self.folder) != self._manifest_id:
+            raise AssetError(f"split {self.name!r} in {self.folder} was regenerated while this command was reading "
+                             "it (`hmrcritic data generate` in another process?): its scenes would mix two "
+                             "generations; run the command again")
+
     def _shard(self, k: int) -> dict[str, np.ndarray]:
         if k not in self._cache:
             path = self.folder / self._files[k]
-            arrays = _read_npz(path, self.folder, "shard", _SHARD_KEYS)
+            try:
+                arrays = _read_npz(path, self.folder, "shard", _SHARD_KEYS)
+            except AssetError:
+                self._check_not_replaced()  # gone mid-swap, not damaged: said so
+                raise
+            self._check_not_replaced()  # checked after the read: a split still the one opened is where it came from
             # the manifest's count decides the indexing: a shard holding other rows (cut short, replaced by hand)
             # would give an IndexError far from here, or silently fewer scenes to train or evaluate on
             rows = {key: len(v) for key, v in arrays.items() if getattr(v, "ndim", 0) >= 1}
@@ -705,7 +741,14 @@ class SceneSet:
         if not isinstance(entry, dict) or "file" not in entry:
             raise AssetError(f"{self.folder / 'manifest.json'}: split {self.name} has no labels_eval entry; "
                              f"regenerate the split (delete {self.folder})")
-        return _read_npz(self.folder / entry["file"], self.folder, "evaluation labels", ("sample_id", *LABEL_KEYS))
+        try:
+            labels = _read_npz(self.folder / entry["file"], self.folder, "evaluation labels",
+                               ("sample_id", *LABEL_KEYS))
+        except AssetError:
+            self._check_not_replaced()
+            raise
+        self._check_not_replaced()  # the labels of another generation would score these scenes against others
+        return labels
 
 
 # ------------------------------------------------------------------------------------------- user input

@@ -780,7 +780,7 @@ def sample_to_dir(
     (out_dir / "summary.json").unlink(missing_ok=True)
     for pattern in ("hyp_[0-9][0-9]*.obj", "overlay_[0-9][0-9]*.png", "side_[0-9][0-9]*.png", "grid.png"):
         for stale in out_dir.glob(pattern):
-            stale.unlink()
+            stale.unlink(missing_ok=True)  # another `sample` into this --out may have removed it
     arrays.update(keypoints=kp[0].cpu().numpy(), K=K[0].cpu().numpy(), image_size=size[0].cpu().numpy())
     files = {"hypotheses": str(atomic_save_npz(out_dir / "hypotheses.npz", **arrays))}
     flat = group.flat()

@@ -69,6 +69,10 @@ CALIBRATION_KEY = "score_calibration"  # rules-collection metadata key holding t
 # deletes them with them.
 EXPLORE_FILES = ("explored_on.json", "explore_progress.json", "explore_pending.json", "explore_log.jsonl")
 EXCLUSIVE_NAME = ".exclusive.lock"  # held for a whole exploration / import / reset (MemoryStore.exclusive)
+# Held while this process starts Chroma on the folder (:func:`_persistent_client`): Chroma makes its tables on
+# the first open without any lock of its own, so two processes opening one new memory at once (two critiques
+# started together on a fresh home) raced, and one failed with "table collections already exists".
+OPEN_LOCK_NAME = ".open.lock"
 # Written before a reset deletes anything and removed once it is done (:func:`resetting`): a reset cut short
 # between dropping the collections and deleting the exploration records left an empty memory whose progress
 # record made the next exploration skip its rounds; such a memory now refuses to open until reset again.
@@ -130,7 +134,7 @@ _RELEASED: list[Any] = []
 
 def _read_seq(path: Path) -> int:
     try:
-        return int((path / SEQ_NAME).read_text().strip() or 0)
+        return int((path / SEQ_NAME).read_text(encoding="utf-8").strip() or 0)
     except (OSError, ValueError):
         return -1
 
@@ -319,6 +323,27 @@ def _acquire_write_lock(path: Path, location: str):
     return lock
 
 
+@contextmanager
+def writers_held_off(path: str | os.PathLike) -> Iterator[None]:
+    """Hold the write lock of the memory folder ``path`` without opening Chroma there: while it is held, no
+    process writes the folder, so it can be read or copied file by file as one state (``explore.frozen_copy``;
+    opening a store would rewrite bytes of the very files being copied). Shares a write batch this process is
+    in; a folder that cannot take the lock is read without it (nobody can write there either)."""
+    path = Path(path)
+    if _WRITE_DEPTH.get(str(path), 0):
+        yield
+        return
+    try:
+        lock = _acquire_write_lock(path, str(path))
+    except UnwritableMemoryError:
+        yield
+        return
+    try:
+        yield
+    finally:
+        _release_write_lock(path, lock)
+
+
 def _release_write_lock(path: Path, lock) -> None:
     try:
         with suppress(OSError):
@@ -416,6 +441,35 @@ def _close_http_client(client: Any) -> None:
         system.stop()
 
 
+@contextmanager
+def _open_lock(path: Path, shared: bool) -> Iterator[None]:
+    """Hold ``<path>/.open.lock`` while this process starts Chroma there (see :data:`OPEN_LOCK_NAME`).
+
+    Not needed where this process already runs Chroma on the folder (``shared``: nothing is created), nor
+    possible where the folder cannot be written (then Chroma cannot make tables either, and says so). Opens are
+    short (about a second at 100k prototypes), so a long write batch, which holds the write lock, never
+    delays them."""
+    from filelock import FileLock, Timeout
+
+    if shared:
+        yield
+        return
+    lock = FileLock(str(path / OPEN_LOCK_NAME))
+    try:
+        lock.acquire(timeout=_lock_timeout_s())
+    except Timeout:
+        raise AssetError(f"memory at {path}: another process has been opening it for {_lock_timeout_s():.0f} s "
+                         f"(lock file {path / OPEN_LOCK_NAME}); stop it if it is stuck and run again, or set "
+                         "HMRCRITIC_MEMORY_LOCK_TIMEOUT to wait longer") from None
+    except OSError:  # an unwritable folder: no lock file; opening it reports why (UnwritableMemoryError)
+        yield
+        return
+    try:
+        yield
+    finally:
+        lock.release()
+
+
 def _persistent_client(path: str, reopen: bool = False, read_only: bool = False):
     """A client on ``path``; with ``reopen`` the process's cached Chroma system is stopped first so the
     new client loads the database (and vector index) fresh from disk. A folder Chroma cannot write is an
@@ -429,7 +483,10 @@ def _persistent_client(path: str, reopen: bool = False, read_only: bool = False)
             _GENERATION[path] = _GENERATION.get(path, 0) + 1
     shared = _chroma_path(path) in SharedSystemClient._identifier_to_system  # one other stores here use
     try:
-        return chromadb.PersistentClient(path=_chroma_path(path), settings=_chroma_settings())
+        with _open_lock(Path(path), shared):
+            return chromadb.PersistentClient(path=_chroma_path(path), settings=_chroma_settings())
+    except AssetError:  # the open lock's timeout, already one line naming the folder
+        raise
     except Exception as exc:
         # Chroma caches the system for the path before starting it: left there, a system whose start failed
         # answered every later open in this process with "'RustBindingsAPI' object has no attribute 'bindings'"
