@@ -272,6 +272,33 @@ def pid_alive(pid: int) -> bool:
     return True
 
 
+@contextlib.contextmanager
+def waiting_lock(lock_path: str | os.PathLike, timeout_s: float, timed_out=None) -> Iterator[None]:
+    """Hold the file lock ``lock_path`` for the block, waiting up to ``timeout_s`` for another holder.
+
+    For short critical sections that must not run in two processes at once but must not fail a command either:
+    where no lock file can be made (an unwritable folder, a file system without locks) the block runs unlocked;
+    a wait that times out raises ``timed_out()`` (an exception naming what waited), or runs unlocked when
+    ``timed_out`` is None."""
+    from filelock import FileLock, Timeout
+
+    lock = FileLock(str(lock_path))
+    try:
+        lock.acquire(timeout=timeout_s)
+    except Timeout:
+        if timed_out is not None:
+            raise timed_out() from None
+        yield
+        return
+    except OSError:
+        yield
+        return
+    try:
+        yield
+    finally:
+        lock.release()
+
+
 class LockBusy(Exception):
     """Raised by :func:`exclusive_lock` when another holder has the lock; ``str()`` says who holds it."""
 

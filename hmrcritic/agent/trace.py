@@ -40,18 +40,10 @@ def _pointer_lock(d: Path) -> Iterator[None]:
     had held no other trace, and ``trace --last`` then showed another run or "no runs recorded yet". The pointer
     is a convenience: where it cannot be locked (no lock within the timeout, a file system without locks) the
     change goes ahead unlocked rather than failing a critique."""
-    from filelock import FileLock, Timeout
+    from hmrcritic.io import waiting_lock
 
-    lock = FileLock(str(d / POINTER_LOCK))
-    try:
-        lock.acquire(timeout=POINTER_LOCK_TIMEOUT_S)
-    except (Timeout, OSError):
+    with waiting_lock(d / POINTER_LOCK, POINTER_LOCK_TIMEOUT_S):
         yield
-        return
-    try:
-        yield
-    finally:
-        lock.release()
 
 
 def _point_last_at(run_id: str) -> None:

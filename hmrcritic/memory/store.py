@@ -449,25 +449,19 @@ def _open_lock(path: Path, shared: bool) -> Iterator[None]:
     possible where the folder cannot be written (then Chroma cannot make tables either, and says so). Opens are
     short (about a second at 100k prototypes), so a long write batch, which holds the write lock, never
     delays them."""
-    from filelock import FileLock, Timeout
+    from hmrcritic.io import waiting_lock
+
+    def stuck() -> AssetError:
+        return AssetError(f"memory at {path}: another process has been opening it for {_lock_timeout_s():.0f} s "
+                          f"(lock file {path / OPEN_LOCK_NAME}); stop it if it is stuck and run again, or set "
+                          "HMRCRITIC_MEMORY_LOCK_TIMEOUT to wait longer")
 
     if shared:
         yield
         return
-    lock = FileLock(str(path / OPEN_LOCK_NAME))
-    try:
-        lock.acquire(timeout=_lock_timeout_s())
-    except Timeout:
-        raise AssetError(f"memory at {path}: another process has been opening it for {_lock_timeout_s():.0f} s "
-                         f"(lock file {path / OPEN_LOCK_NAME}); stop it if it is stuck and run again, or set "
-                         "HMRCRITIC_MEMORY_LOCK_TIMEOUT to wait longer") from None
-    except OSError:  # an unwritable folder: no lock file; opening it reports why (UnwritableMemoryError)
+    # an unwritable folder takes no lock file: opening it reports why (UnwritableMemoryError)
+    with waiting_lock(path / OPEN_LOCK_NAME, _lock_timeout_s(), timed_out=stuck):
         yield
-        return
-    try:
-        yield
-    finally:
-        lock.release()
 
 
 def _persistent_client(path: str, reopen: bool = False, read_only: bool = False):
