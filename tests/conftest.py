@@ -94,7 +94,12 @@ def memory_held_elsewhere():
 
 # ---- a local Chroma server (`chroma run`, shipped with chromadb) for the --chroma-url path ------------------
 def start_chroma_server(data) -> tuple[subprocess.Popen, int]:
-    """Start `chroma run` on a free port with its data in `data`; skip the test when it cannot run here."""
+    """Start `chroma run` on a free port with its data in `data`; skip the test when it cannot run here.
+
+    The port is freed before `chroma run` binds it (it must bind it itself), so another process may take it in
+    between: then our server exits (the port is in use) while the other one may answer the heartbeat. A server is
+    taken as ours only when the heartbeat answers, our process still runs and its database is in `data`; otherwise
+    another port is tried (three in all) rather than skipping the tests, or talking to someone else's server."""
     import shutil
     import socket
     import time
@@ -104,22 +109,28 @@ def start_chroma_server(data) -> tuple[subprocess.Popen, int]:
     exe = shutil.which("chroma") or str(Path(sys.executable).with_name("chroma"))
     if not Path(exe).exists():
         pytest.skip("no `chroma` executable to start a server")
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port = s.getsockname()[1]
-    proc = subprocess.Popen([exe, "run", "--path", str(data), "--host", "127.0.0.1", "--port", str(port)],
-                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    deadline = time.time() + 30
-    while time.time() < deadline:
-        try:
-            urllib.request.urlopen(f"http://127.0.0.1:{port}/api/v2/heartbeat", timeout=1)
-            return proc, port
-        except Exception:
-            if proc.poll() is not None:
-                pytest.skip(f"`chroma run` exited with code {proc.returncode}")
-            time.sleep(0.3)
-    stop_process(proc)
-    pytest.skip("`chroma run` did not answer within 30 s")
+    exited = None
+    for _ in range(3):
+        with socket.socket() as s:
+            s.bind(("127.0.0.1", 0))
+            port = s.getsockname()[1]
+        proc = subprocess.Popen([exe, "run", "--path", str(data), "--host", "127.0.0.1", "--port", str(port)],
+                                stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        deadline = time.time() + 30
+        while time.time() < deadline and proc.poll() is None:
+            try:
+                urllib.request.urlopen(f"http://127.0.0.1:{port}/api/v2/heartbeat", timeout=1)
+            except Exception:
+                time.sleep(0.3)
+                continue
+            time.sleep(0.5)  # a server that lost the port exits at once
+            if proc.poll() is None and (Path(data) / "chroma.sqlite3").exists():
+                return proc, port
+        if proc.poll() is None:
+            stop_process(proc)
+            pytest.skip("`chroma run` did not answer within 30 s")
+        exited = proc.returncode
+    pytest.skip(f"`chroma run` exited with code {exited} on three ports")
 
 
 def stop_process(proc: subprocess.Popen) -> None:
