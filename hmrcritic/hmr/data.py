@@ -548,17 +548,19 @@ def _manifest_id(folder: Path) -> tuple[int, int] | None:
     return st.st_dev, st.st_ino
 
 
-def _manifest(folder: Path, ident: list | None = None) -> dict | None:
-    """The split's manifest (None when there is none); ``ident`` (a list) gets the :func:`_manifest_id` of the
-    very file read."""
+def _manifest(folder: Path) -> dict | None:
+    """The split's manifest (None when there is none)."""
+    return _manifest_and_id(folder)[0]
+
+
+def _manifest_and_id(folder: Path) -> tuple[dict | None, tuple[int, int] | None]:
+    """The split's manifest and the :func:`_manifest_id` of the very file read (``(None, None)``: none there)."""
     try:
         with open(folder / "manifest.json", "rb") as fh:
-            if ident is not None:
-                st = os.fstat(fh.fileno())
-                ident.append((st.st_dev, st.st_ino))
+            st = os.fstat(fh.fileno())
             m = json.loads(fh.read().decode("utf-8"))
     except FileNotFoundError:
-        return None
+        return None, None
     except (OSError, ValueError) as exc:  # ValueError: bad JSON or bytes that are not UTF-8
         # what to do, like every other damaged-split message: load_split does not regenerate over it by itself
         raise AssetError(f"{folder / 'manifest.json'}: unreadable split manifest ({exc}); regenerate the split "
@@ -566,7 +568,7 @@ def _manifest(folder: Path, ident: list | None = None) -> dict | None:
     if not isinstance(m, dict):
         raise AssetError(f"{folder / 'manifest.json'}: not a split manifest (a JSON object expected); regenerate "
                          f"the split (delete {folder})")
-    return m
+    return m, (st.st_dev, st.st_ino)
 
 
 # what Sample needs from every shard (labels are optional there: wild keeps them in labels_eval.npz)
@@ -630,12 +632,10 @@ class SceneSet:
 
     def __init__(self, folder):
         self.folder = Path(folder)
-        ident: list = []
-        m = _manifest(self.folder, ident)
+        m, self._manifest_id = _manifest_and_id(self.folder)
         if m is None:
             raise AssetError(f"{self.folder}: no manifest.json (not a generated split)")
         self.manifest = m
-        self._manifest_id = ident[0]
         try:
             self.name: str = m["split"]
             self.has_labels: bool = bool(m["has_labels"])
@@ -660,33 +660,37 @@ class SceneSet:
             f"SceneSet({self.name!r}, n={len(self)}, labels={self.has_labels}, folder={str(self.folder)!r})"
         )
 
-    def _check_not_replaced(self) -> None:
-        """An AssetError when the split on disk is no longer the one this set was opened on.
+    def _read(self, file: str, what: str, required) -> dict[str, np.ndarray]:
+        """``_read_npz`` of a file of this split, which must still be the split this set was opened on.
 
         Shards are read lazily, by whatever folder holds the split's name when they are first needed: a split
         regenerated meanwhile (``hmrcritic data generate`` in another shell, beside an exploration or export
         reading it for hours) handed this set shards of the new generation under the old manifest, silently
         mixing two splits (same size, other seed) or failing as "damaged" (other size) or "unreadable" (mid-swap)
-        with advice to delete the new, intact split."""
+        with advice to delete the new, intact split. Checked after the read (a split still the one opened is where
+        the file came from) and after a failed one (gone mid-swap, not damaged: said so)."""
+        replaced = AssetError(f"split {self.name!r} in {self.folder} was regenerated while this command was reading "
+                              "it (`hmrcritic data generate` in another process?): its scenes would mix two "
+                              "generations; run the command again")
+        try:
+            arrays = _read_npz(self.folder / file, self.folder, what, required)
+        except AssetError:
+            if _manifest_id(self.folder) != self._manifest_id:
+                raise replaced from None
+            raise
         if _manifest_id(self.folder) != self._manifest_id:
-            raise AssetError(f"split {self.name!r} in {self.folder} was regenerated while this command was reading "
-                             "it (`hmrcritic data generate` in another process?): its scenes would mix two "
-                             "generations; run the command again")
+            raise replaced
+        return arrays
 
     def _shard(self, k: int) -> dict[str, np.ndarray]:
         if k not in self._cache:
-            path = self.folder / self._files[k]
-            try:
-                arrays = _read_npz(path, self.folder, "shard", _SHARD_KEYS)
-            except AssetError:
-                self._check_not_replaced()  # gone mid-swap, not damaged: said so
-                raise
-            self._check_not_replaced()  # checked after the read: a split still the one opened is where it came from
+            arrays = self._read(self._files[k], "shard", _SHARD_KEYS)
             # the manifest's count decides the indexing: a shard holding other rows (cut short, replaced by hand)
             # would give an IndexError far from here, or silently fewer scenes to train or evaluate on
             rows = {key: len(v) for key, v in arrays.items() if getattr(v, "ndim", 0) >= 1}
             if set(rows.values()) != {self._counts[k]}:
-                raise AssetError(f"split {self.name!r} is damaged: {path} holds {sorted(set(rows.values()))} rows "
+                raise AssetError(f"split {self.name!r} is damaged: {self.folder / self._files[k]} holds "
+                                 f"{sorted(set(rows.values()))} rows "
                                  f"where its manifest lists {self._counts[k]}; regenerate it (delete {self.folder})")
             self._cache[k] = arrays
         return self._cache[k]
@@ -741,14 +745,8 @@ class SceneSet:
         if not isinstance(entry, dict) or "file" not in entry:
             raise AssetError(f"{self.folder / 'manifest.json'}: split {self.name} has no labels_eval entry; "
                              f"regenerate the split (delete {self.folder})")
-        try:
-            labels = _read_npz(self.folder / entry["file"], self.folder, "evaluation labels",
-                               ("sample_id", *LABEL_KEYS))
-        except AssetError:
-            self._check_not_replaced()
-            raise
-        self._check_not_replaced()  # the labels of another generation would score these scenes against others
-        return labels
+        # the labels of another generation would score these scenes against others
+        return self._read(entry["file"], "evaluation labels", ("sample_id", *LABEL_KEYS))
 
 
 # ------------------------------------------------------------------------------------------- user input
