@@ -252,6 +252,23 @@ def _json_default(obj: Any) -> Any:
     raise TypeError(f"not JSON serialisable: {type(obj).__name__}")
 
 
+def newest_mtime(path: str | os.PathLike) -> float:
+    """When ``path`` or anything in it was last written: the newest mtime in the tree (0.0 when it is gone).
+
+    A folder's own mtime changes only when an entry directly in it is added or removed, so a folder a command is
+    writing deep inside looks untouched by its own mtime."""
+    path = Path(path)
+    newest = 0.0
+    try:
+        inside = list(path.rglob("*")) if path.is_dir() and not path.is_symlink() else []
+    except OSError:  # removed while listed
+        inside = []
+    for q in (path, *inside):
+        with contextlib.suppress(OSError):  # removed meanwhile
+            newest = max(newest, q.lstat().st_mtime)
+    return newest
+
+
 def pid_alive(pid: int) -> bool:
     """Whether process ``pid`` exists on this machine (another user's counts). A pid ≤ 0 or one out of range
     (a damaged record) is not a process: ``os.kill`` would signal a process group or raise OverflowError."""

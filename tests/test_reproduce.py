@@ -121,6 +121,27 @@ def test_a_killed_baseline_resumes_after_a_gpa_only_change(env, first_run):
     assert "finetune sft: 6 steps" in "\n".join(lines)  # re-run (resumed from its state), not "done before"
 
 
+@pytest.mark.slow
+def test_an_export_with_failed_groups_is_retried_by_the_next_run(env, first_run):
+    """An export that finished with failed groups (a VLM that timed out, answered garbage) was cached as it was: a
+    re-run of reproduce never retried them, and every finetune trained on the short dataset for good. The next run
+    resumes the export (retrying only those), and the finetunes are keyed by what the dataset holds."""
+    from hmrcritic.alignment.reproduce import reproduce
+
+    run = env["root"] / "run"
+    rec_path = next(run.glob("export-*.json"))
+    rec = json.loads(rec_path.read_text(encoding="utf-8"))
+    assert rec["failures"] == 0
+    rec_path.write_text(json.dumps({**rec, "failures": 1}), encoding="utf-8")  # as a run with one failed group
+    lines: list[str] = []
+    res = reproduce("quick", out_dir=run, model=env["model"], progress=lines.append, overrides={"objectives": "sft"})
+    text = "\n".join(lines)
+    assert "(retrying 1 failed)" in text
+    # the retry left nothing failed: the dataset is the complete one, and its finetune is the cached one
+    assert json.loads(rec_path.read_text(encoding="utf-8"))["failures"] == 0
+    assert "finetune sft: done before" in text and [r["model"] for r in res["rows"]] == ["base", "sft"]
+
+
 def test_stage_keys_cover_the_code_each_stage_runs(tmp_path, monkeypatch):
     """An edited objective re-runs the finetunes (and what follows), not the export: the finetune, export and
     evaluation keys carry a digest of the source files each stage runs, so a cached checkpoint trained by old

@@ -39,6 +39,7 @@ import numpy as np
 from hmrcritic import config as hconfig
 from hmrcritic.agent.judges import judge_name
 from hmrcritic.agent.learning_curve import VARIANTS, pooled_pearson  # one list of variants for both tools
+from hmrcritic.agent.runs import in_use
 from hmrcritic.errors import InputError
 from hmrcritic.hmr.metrics import tied_top1_error
 from hmrcritic.io import atomic_write_json, sources_digest
@@ -173,63 +174,65 @@ def evaluate_critic(
                data=split_digest(warmup_split) if memory_dir is None else None,
                **({"judge_model": ident} if ident else {}))
     workdir = Path(workdir) if workdir is not None else hconfig.runs_dir() / "evaluate" / key
-    workdir.mkdir(parents=True, exist_ok=True)
-    if progress is not None:
-        progress("groups", len(eval_groups), len(eval_groups))
-
-    agent_config = {"max_reflections": max_reflections, "rules_k": rules_k}
-    if memory_dir is not None:
-        memory_path = Path(memory_dir).expanduser()
-        explored_groups = None
-    else:
-        memory_path = workdir / "memory"
-        mem = MemoryStore(path=memory_path)  # a new folder is seeded with the starter rules
-        rounds = math.ceil(warmup_groups / batch_size) if warmup_groups else 0
-
-        def on_event(event: str, payload: dict) -> None:
-            if progress is not None and event == "group":
-                progress(f"explore {warmup_split}", payload["index"] + 1, payload["total"])
-
-        if warmup_groups:  # 0 = the starter memory as seeded (explore refuses a limit of 0 groups)
-            explore(mem, split=warmup_split, rounds=rounds, batch_size=batch_size, tau=tau, judge=judge,
-                    rules_k=rules_k, num_generations=num_generations, limit=warmup_groups, seed=seed + 1,
-                    source=used, max_reflections=max_reflections, progress=on_event)
-        del mem
-        # what the memory holds (a resumed exploration explores nothing new in this call)
-        from hmrcritic.agent.explore import explored_record
-
-        explored_groups = len(explored_record(memory_path)["splits"].get(warmup_split, {}).get("group_ids", []))
-    starter = starter_memory(workdir / "starter") if "no_reflection" in variants else None
-
-    def on_variant(v: str, i: int, n: int) -> None:
+    # held in use (made when missing) until its result is written: `runs prune` removed an evaluation's cache,
+    # its explored memory with it, under the running command
+    with in_use(workdir):
         if progress is not None:
-            progress(f"score {v}", i + 1, n)
+            progress("groups", len(eval_groups), len(eval_groups))
 
-    res = explore_eval(memory_path, eval_groups, split=split, variants=variants, judge=judge,
-                       agent_config=agent_config, starter=starter, progress=on_variant, keep_scores=True)
-    per_group = {r["variant"]: np.asarray(r.pop("per_group_spearman"), np.float64) for r in res["rows"]}
-    scores = {r["variant"]: r.pop("per_group_scores") for r in res["rows"]}
-    errors = res.pop("per_group_errors")
-    for r in res["rows"]:
-        rho = per_group[r["variant"]]
-        rho = rho[np.isfinite(rho)]  # groups this variant scored
-        r["spearman_sem"] = float(rho.std(ddof=1) / math.sqrt(len(rho))) if len(rho) > 1 else 0.0
-    _paired_deltas(res["rows"], per_group)
-    _paired_pearson_top1_deltas(res["rows"], scores, errors, seed=seed)
-    payload = {
-        **res,
-        "num_generations": int(num_generations),
-        "split": split,
-        "warmup_split": warmup_split if memory_dir is None else "(given memory)",
-        "warmup_groups": warmup_groups if memory_dir is None else None,
-        "explored_groups": explored_groups,
-        "group_source": used,
-        "judge": name,
-        "memory_dir": str(memory_path),
-        "workdir": str(workdir),
-    }
-    atomic_write_json(workdir / "result.json", payload)
-    return payload
+        agent_config = {"max_reflections": max_reflections, "rules_k": rules_k}
+        if memory_dir is not None:
+            memory_path = Path(memory_dir).expanduser()
+            explored_groups = None
+        else:
+            memory_path = workdir / "memory"
+            mem = MemoryStore(path=memory_path)  # a new folder is seeded with the starter rules
+            rounds = math.ceil(warmup_groups / batch_size) if warmup_groups else 0
+
+            def on_event(event: str, payload: dict) -> None:
+                if progress is not None and event == "group":
+                    progress(f"explore {warmup_split}", payload["index"] + 1, payload["total"])
+
+            if warmup_groups:  # 0 = the starter memory as seeded (explore refuses a limit of 0 groups)
+                explore(mem, split=warmup_split, rounds=rounds, batch_size=batch_size, tau=tau, judge=judge,
+                        rules_k=rules_k, num_generations=num_generations, limit=warmup_groups, seed=seed + 1,
+                        source=used, max_reflections=max_reflections, progress=on_event)
+            del mem
+            # what the memory holds (a resumed exploration explores nothing new in this call)
+            from hmrcritic.agent.explore import explored_record
+
+            explored_groups = len(explored_record(memory_path)["splits"].get(warmup_split, {}).get("group_ids", []))
+        starter = starter_memory(workdir / "starter") if "no_reflection" in variants else None
+
+        def on_variant(v: str, i: int, n: int) -> None:
+            if progress is not None:
+                progress(f"score {v}", i + 1, n)
+
+        res = explore_eval(memory_path, eval_groups, split=split, variants=variants, judge=judge,
+                           agent_config=agent_config, starter=starter, progress=on_variant, keep_scores=True)
+        per_group = {r["variant"]: np.asarray(r.pop("per_group_spearman"), np.float64) for r in res["rows"]}
+        scores = {r["variant"]: r.pop("per_group_scores") for r in res["rows"]}
+        errors = res.pop("per_group_errors")
+        for r in res["rows"]:
+            rho = per_group[r["variant"]]
+            rho = rho[np.isfinite(rho)]  # groups this variant scored
+            r["spearman_sem"] = float(rho.std(ddof=1) / math.sqrt(len(rho))) if len(rho) > 1 else 0.0
+        _paired_deltas(res["rows"], per_group)
+        _paired_pearson_top1_deltas(res["rows"], scores, errors, seed=seed)
+        payload = {
+            **res,
+            "num_generations": int(num_generations),
+            "split": split,
+            "warmup_split": warmup_split if memory_dir is None else "(given memory)",
+            "warmup_groups": warmup_groups if memory_dir is None else None,
+            "explored_groups": explored_groups,
+            "group_source": used,
+            "judge": name,
+            "memory_dir": str(memory_path),
+            "workdir": str(workdir),
+        }
+        atomic_write_json(workdir / "result.json", payload)
+        return payload
 
 
 def _paired_deltas(rows: list[dict], per_group: dict[str, np.ndarray]) -> None:

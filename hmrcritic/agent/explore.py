@@ -47,7 +47,9 @@ from __future__ import annotations
 import contextlib
 import hashlib
 import json
+import os
 import time
+import weakref
 from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -69,6 +71,7 @@ from hmrcritic.agent.mining import (
     underrated_mask,
     validate_proposal,
 )
+from hmrcritic.agent.runs import hold_shared, remove_if_unheld
 from hmrcritic.errors import AssetError, HMRCriticError, InputError, check_number
 from hmrcritic.io import append_jsonl, atomic_write_json, read_jsonl
 from hmrcritic.memory.schema import Prototype, Rule
@@ -200,9 +203,6 @@ def frozen_copy(memory: Any = None, root: str | Path | None = None):
     :meth:`MemoryStore.version`) and makes "frozen" literal. The copy lives in
     ``runs_dir()/frozen-memory/<content digest>`` and is reused while the source is unchanged; its
     ``explored_on.json`` travels with it, so :func:`assert_not_explored` works on either."""
-    import shutil
-    import tempfile
-
     from hmrcritic import config
     from hmrcritic.memory.store import MemoryStore
 
@@ -216,15 +216,58 @@ def frozen_copy(memory: Any = None, root: str | Path | None = None):
     # critique --learn) wrote a batch mixed files from before and after it, and was named by a digest of neither
     with writers_held_off(src):
         dst = dst_root / _tree_digest(src)
-        if not (dst / ".complete").exists():
-            dst_root.mkdir(parents=True, exist_ok=True)
-            tmp = Path(tempfile.mkdtemp(prefix=".copy-", dir=dst_root))
-            shutil.copytree(src, tmp / "m", ignore=shutil.ignore_patterns(*SNAPSHOT_SKIP))
-            (tmp / "m" / ".complete").write_text(str(src), encoding="utf-8")
-            with contextlib.suppress(OSError):  # another process made the same copy meanwhile
-                (tmp / "m").rename(dst)
-            shutil.rmtree(tmp, ignore_errors=True)
-    return MemoryStore(dst, read_only=True)
+        for _attempt in range(3):
+            if not (dst / ".complete").exists():
+                _copy_snapshot(src, dst)
+            try:  # held for the store's life: `runs prune` removed a snapshot a running command was reading
+                held = hold_shared(dst)
+            except FileNotFoundError:  # pruned between the copy and the lock: copy again
+                continue
+            if (dst / ".complete").exists():
+                break
+            if held is not None:  # pruned while we waited for it, or a folder no copy ever completed
+                os.close(held)
+        else:
+            raise AssetError(f"the memory snapshot {dst} stays incomplete (no .complete file); remove that folder "
+                             "and run again")
+    try:
+        store = MemoryStore(dst, read_only=True)
+    except BaseException:
+        if held is not None:
+            os.close(held)
+        raise
+    if held is not None:
+        weakref.finalize(store, os.close, held)
+    return store
+
+
+def _copy_snapshot(src: Path, dst: Path) -> None:
+    """Copy the memory folder ``src`` to ``dst`` (made complete by one rename). The copy is made in a
+    ``.copy-*`` folder that is held in use (:func:`~hmrcritic.agent.runs.hold_shared`) while it is filled, so a
+    ``runs prune`` running beside it leaves it alone, and the ones no copy holds (killed mid-way) are removed
+    first."""
+    import shutil
+    import tempfile
+
+    dst.parent.mkdir(parents=True, exist_ok=True)
+    for left in dst.parent.glob(".copy-*"):  # a copy killed mid-way left it (a live copy holds its own)
+        remove_if_unheld(left)
+    while True:
+        tmp = Path(tempfile.mkdtemp(prefix=".copy-", dir=dst.parent))
+        try:
+            held = hold_shared(tmp)
+        except FileNotFoundError:  # pruned before it was held: another one
+            continue
+        break
+    try:
+        shutil.copytree(src, tmp / "m", ignore=shutil.ignore_patterns(*SNAPSHOT_SKIP))
+        (tmp / "m" / ".complete").write_text(str(src), encoding="utf-8")
+        with contextlib.suppress(OSError):  # another process made the same copy meanwhile
+            (tmp / "m").rename(dst)
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+        if held is not None:
+            os.close(held)
 
 
 def _add_explored(memory: Any, split: str, group_ids: list[str], info: dict, key: str = "group_ids") -> None:

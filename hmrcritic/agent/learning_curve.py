@@ -233,14 +233,18 @@ CURVE_FILE = "learning_curve.json"  # the finished result
 
 def _curve_settings(split, heldout_split, batch_size, held, train_groups, num_generations, seed, source, judge,
                     explore_kwargs) -> dict:
-    """What decides the curve's rows except how many rounds: a resumed curve must have been run with these."""
+    """What decides the curve's rows except how many rounds: a resumed curve must have been run with these —
+    the agent's settings too (``HMRCRITIC_*``: the held-out scoring and the exploration read them), or a curve
+    resumed under other ones mixed rows scored two ways in one table."""
     import json
 
     from hmrcritic.agent.judges import judge_name
+    from hmrcritic.agent.state import AgentConfig
 
     return json.loads(json.dumps({
         "split": split, "heldout_split": heldout_split, "batch_size": batch_size, "num_generations": num_generations,
         "seed": seed, "source": source, "judge": judge_name(judge), "explore_kwargs": explore_kwargs or {},
+        "agent": AgentConfig().model_dump(exclude={"memory_dir", "chroma_url", "judge"}),
         "heldout": [g.group_id for g in held],
         "train_groups": None if train_groups is None else [g.group_id for g in train_groups]}, default=str))
 

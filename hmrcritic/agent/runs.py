@@ -25,6 +25,7 @@ from pathlib import Path
 
 from hmrcritic import config as hconfig
 from hmrcritic.errors import AssetError, InputError
+from hmrcritic.io import newest_mtime
 
 log = logging.getLogger(__name__)
 
@@ -96,39 +97,56 @@ def _same_file(fd: int, path: Path) -> bool:
     return (held.st_dev, held.st_ino) == (here.st_dev, here.st_ino)
 
 
-@contextmanager
-def in_use(folder: str | Path) -> Iterator[None]:
-    """Mark a run folder as in use by a critique for the block: a shared lock on ``<folder>/.in-use`` (any
-    number of holders, in any process). :func:`prune_runs` leaves a folder it cannot lock exclusively, and the
-    thread behind it, alone: a folder's age says nothing about a critique running on it right now, and
-    ``--older-than 0`` removed the inputs of a critique another process was running ("group inputs missing").
-    Prune removes a folder while it holds that lock, so a critique that waited for it may get the lock of a
-    file that is gone with its folder: it then makes the folder again and locks the new file (holding the old
-    one marked nothing, and the critique wrote into a folder the next prune would remove under it).
-    Without ``fcntl`` (Windows) nothing is locked."""
+def hold_shared(folder: str | Path) -> int | None:
+    """Mark the existing ``folder`` as in use until the returned fd is closed: a shared lock on
+    ``<folder>/.in-use`` (any number of holders, in any process), which :func:`prune_runs` cannot take
+    exclusively, so it leaves the folder alone. Waits while a prune holds the folder; when the prune removed it
+    meanwhile, raises FileNotFoundError (the caller makes it again). None where nothing can be locked (no
+    ``fcntl``, a file system without locks, a folder that cannot take the lock file)."""
     try:
         import fcntl
     except ImportError:
-        yield
-        return
+        return None
+    folder = Path(folder)
+    while True:
+        try:
+            fd = os.open(folder / IN_USE_FILE, os.O_RDWR | os.O_CREAT | getattr(os, "O_CLOEXEC", 0), 0o644)
+        except FileNotFoundError:
+            raise
+        except OSError:  # read-only, not a folder: unmarked (prune's own lock cannot be made there either)
+            return None
+        try:
+            fcntl.flock(fd, fcntl.LOCK_SH)
+        except OSError:  # a file system without locks (some NFS mounts): runs unmarked
+            os.close(fd)
+            return None
+        if _same_file(fd, folder / IN_USE_FILE):
+            return fd
+        os.close(fd)  # pruned while we waited: lock the folder as it is now, if it is still there
+
+
+@contextmanager
+def in_use(folder: str | Path) -> Iterator[None]:
+    """Mark a run folder (or an evaluation cache) as in use for the block, making it when missing
+    (:func:`hold_shared`). :func:`prune_runs` leaves a folder it cannot lock exclusively, and the thread behind
+    it, alone: a folder's age says nothing about a critique running on it right now, and ``--older-than 0``
+    removed the inputs of a critique another process was running ("group inputs missing"). Prune removes a
+    folder while it holds that lock, so a critique that waited for it may get the lock of a file that is gone
+    with its folder: it then makes the folder again and locks the new file (holding the old one marked
+    nothing, and the critique wrote into a folder the next prune would remove under it)."""
     folder = Path(folder)
     while True:
         folder.mkdir(parents=True, exist_ok=True)
         try:
-            fd = os.open(folder / IN_USE_FILE, os.O_RDWR | os.O_CREAT, 0o644)
+            fd = hold_shared(folder)
         except FileNotFoundError:  # removed between the two lines: make it again
             continue
-        try:
-            fcntl.flock(fd, fcntl.LOCK_SH)
-        except OSError:  # a file system without locks (some NFS mounts): the critique runs unmarked
-            break
-        if _same_file(fd, folder / IN_USE_FILE):
-            break
-        os.close(fd)  # pruned while we waited: lock the folder as it is now
+        break
     try:
         yield
     finally:
-        os.close(fd)  # releases the lock
+        if fd is not None:
+            os.close(fd)  # releases the lock
 
 
 THREAD_LOCK_SUFFIX = ".threads.lock"  # beside the checkpoint database: one byte per checkpoint thread
@@ -270,6 +288,31 @@ def _held_for_removal(folder: Path, create: bool = True) -> Iterator[bool]:
         os.close(fd)  # releases the lock
 
 
+def remove_if_unheld(folder: str | Path) -> bool:
+    """Remove ``folder`` if no command holds it (:func:`hold_shared`); whether it was removed. For leftovers
+    a killed command cannot clean up itself (a half-made memory snapshot copy). Unlike :func:`prune_runs`, which
+    the user asks for, nothing is removed where it cannot be locked: a live holder could not be told apart."""
+    try:
+        import fcntl
+    except ImportError:
+        return False
+    folder = Path(folder)
+    try:
+        fd = os.open(folder / IN_USE_FILE, os.O_RDWR | os.O_CREAT | getattr(os, "O_CLOEXEC", 0), 0o644)
+    except OSError:  # gone already, not a folder, read-only
+        return False
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except OSError:  # held, or a file system without locks
+        os.close(fd)
+        return False
+    try:
+        shutil.rmtree(folder, ignore_errors=True)
+    finally:
+        os.close(fd)
+    return True
+
+
 def folder_in_use(folder: str | Path) -> bool:
     """Whether a critique holds ``folder`` (:func:`in_use`) now."""
     with _held_for_removal(Path(folder), create=False) as free:
@@ -353,11 +396,17 @@ def prune_runs(older_than_days: float = 7.0, root: str | Path | None = None, dry
         for p in _entries(root / part, pattern):
             if part == "traces" and (not old(p) or trace_in_use(p)):  # a running critique's trace stays (as its folder)
                 continue
-            if part != "traces" and _last_touched(p) >= cutoff:  # a memory snapshot or cache in use stays
+            if part != "traces" and _last_touched(p) >= cutoff:  # a memory snapshot or cache written lately stays
                 continue
-            removed[part] += 1
-            if not dry_run:
-                shutil.rmtree(p, ignore_errors=True) if p.is_dir() else p.unlink(missing_ok=True)
+            # and so does one a running command holds (hold_shared: a demo's or an evaluation's memory snapshot,
+            # an evaluate-critic's cache, a snapshot being copied), whatever its age: removed under a running
+            # command, its next read failed ("memory … lacks collection 'semantic_rules'") or its result was lost
+            with _held_for_removal(p, create=not dry_run) as free:
+                if not free:
+                    continue
+                removed[part] += 1
+                if not dry_run:
+                    shutil.rmtree(p, ignore_errors=True) if p.is_dir() else p.unlink(missing_ok=True)
     if not dry_run:
         repoint_last(root / "traces")
     if vacuum and not dry_run and db.exists() and removed["checkpoints"]:
@@ -381,11 +430,7 @@ def _last_touched(path: Path) -> float:
     rewrites its index files), counted as untouched since the day it was made: ``runs prune`` (7 days) removed it
     under the running command, whose next memory write then failed with "memory … lacks collection
     'semantic_rules'; run `hmrcritic memory reset`"."""
-    newest = 0.0
-    for q in (path, *(path.rglob("*") if path.is_dir() and not path.is_symlink() else ())):
-        with suppress(OSError):  # removed meanwhile
-            newest = max(newest, q.lstat().st_mtime)
-    return newest
+    return newest_mtime(path)
 
 
 def _delete_threads(db: Path, threads: list[str], batch: int = 256) -> None:

@@ -968,15 +968,25 @@ def _check_or_write_header(out: Path, header: D.DatasetHeader) -> None:
             "seed",
             "x_dim",
         )
-        if old.judge == header.judge == "vlm" and old.judge_model is None and header.judge_model is not None:
+        diff = [k for k in keys if getattr(old, k) != getattr(header, k)]
+        unknown_vlm = old.judge == header.judge == "vlm" and old.judge_model is None and header.judge_model is not None
+        if (diff or unknown_vlm) and not D.read_manifest(out):
+            # no group was written under the old settings (stopped with Ctrl-C at once, every group failed): nothing
+            # to mix with, so this run's settings take the folder over, and the old run's failures (of its settings)
+            # go. Refusing sent a user who fixed a wrong -n or VLM model name to another --out for an empty folder.
+            with contextlib.suppress(FileNotFoundError):
+                (out / D.FAILURES).unlink()
+            old, diff, unknown_vlm = header.model_copy(), [], False
+        if unknown_vlm:
             raise InputError(f"{out} holds a vlm export made before the judge's model was recorded: which model "
                              f"scored it is unknown, so resuming it with {header.judge_model} could mix two "
                              "critics; use another --out")
-        diff = [k for k in keys if getattr(old, k) != getattr(header, k)]
         if diff:
+            # both values: the folder's alone ("num_generations=20") read as the setting this run was given
             raise InputError(
                 f"{out} holds an export with different {', '.join(diff)} "
-                f"({', '.join(f'{k}={getattr(old, k)!r}' for k in diff)}); use another --out"
+                f"({'; '.join(f'{k}: {getattr(old, k)!r} there, {getattr(header, k)!r} now' for k in diff)}); "
+                "use another --out"
             )
         header.counts = old.counts
     else:  # records without a header (it was deleted): only this export's own may be resumed, never mixed in

@@ -32,7 +32,7 @@ import torch
 
 from hmrcritic.alignment.dataset import GroupPreferenceDataset
 from hmrcritic.alignment.objectives import OBJECTIVES, ObjectiveConfig, compute_loss, frozen_reference
-from hmrcritic.alignment.stats import GroupStatTracker
+from hmrcritic.alignment.stats import GroupStatTracker, zero_variance_mask
 from hmrcritic.errors import AssetError, HMRCriticError, InputError, check_number
 from hmrcritic.hmr.train import ema_update
 from hmrcritic.io import (
@@ -205,6 +205,24 @@ def _comparable(cfg: FinetuneConfig) -> dict:
     return {k: v for k, v in asdict(cfg).items() if k not in _RESUMABLE_CHANGES and k != "resume"}
 
 
+def _settings_changed(saved: str | None, cfg: FinetuneConfig, ignore: set[str]) -> list[str]:
+    """The settings a saved state was trained with that differ now (``name old → new``).
+
+    ``ignore``: the path fields whose files are compared by content instead. The paths as typed were compared,
+    so the same run resumed from another folder (``--out ft/a.pt`` there, ``--out a.pt`` here) or with an
+    absolute path was refused as "a run with different settings" — it was not — and the message offered only
+    ``--no-resume``, which throws the trained steps away."""
+    try:
+        old = json.loads(saved) if isinstance(saved, str) else None
+    except ValueError:
+        old = None
+    if not isinstance(old, dict):
+        return ["(the saved settings are unreadable)"]
+    now = json.loads(json.dumps(_comparable(cfg), sort_keys=True))  # as saved: JSON types
+    return [f"{k} {old.get(k)!r} → {now.get(k)!r}" for k in sorted(old.keys() | now.keys())
+            if k not in ignore and old.get(k) != now.get(k)]
+
+
 def _save_state(cfg: FinetuneConfig, policy, ema, opt, step: int, base_hash: str,
                 window: list[dict] | None = None, tracker: GroupStatTracker | None = None,
                 data_hash: str | None = None) -> None:
@@ -238,8 +256,16 @@ def _resume(cfg: FinetuneConfig, policy, ema, opt, base_hash: str, tracker: Grou
         st = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as exc:
         raise AssetError(f"cannot resume from {path}: {type(exc).__name__}: {exc}") from None
-    if st.get("config") != json.dumps(_comparable(cfg), sort_keys=True) or st.get("base_hash") != base_hash:
-        raise InputError(f"{path} belongs to a run with different settings; use another --out or --no-resume")
+    # --out names the state itself and --model the weights compared by base_hash; --data is compared by the hash
+    # of its groups where the state has one (states saved before it: by the path)
+    ignore = {"out", "model"} | ({"data"} if st.get("data_hash") is not None else set())
+    changed = _settings_changed(st.get("config"), cfg, ignore)
+    if changed:
+        raise InputError(f"{path} belongs to a run with different settings ({'; '.join(changed)}); give the same "
+                         "ones to resume it, or use another --out or --no-resume")
+    if st.get("base_hash") != base_hash:
+        raise InputError(f"{path} belongs to a run from another base model (weights {st.get('base_hash')}; "
+                         f"{cfg.model or 'the shipped model'} has {base_hash}); use another --out or --no-resume")
     # the same --data path with other groups in it (re-exported, another judge, an export resumed meanwhile): the
     # settings match, but continuing would train one model on two datasets (states saved before this: not checked)
     if st.get("data_hash") not in (None, data_hash):
@@ -299,6 +325,17 @@ def _finetune(cfg: FinetuneConfig, progress: bool | Callable[[dict], None], held
     if G < 2:  # a hand-written dataset: export refuses groups of one; with G = 1 no step carries a preference
         raise InputError(f"{cfg.data}: its smallest group has {data.min_n} hypothesis; every group needs ≥ 2 to "
                          "carry a preference")
+    # Every group tied: GPA's term, DPO's pair and SFT's best all skip a tied group, so each step trains nothing
+    # (dpo, sft, gpa without base loss: the base model is saved back unchanged) or only the plain denoising loss;
+    # the CLI ended as if it had aligned the model. Said, not refused: a run on such data is well defined.
+    if progress is True and all(bool(zero_variance_mask(o[None])[0]) for o in data.overall):
+        import sys
+
+        trains = ("only the plain denoising loss" if cfg.objective in ("gpa", "gpa_linear") and cfg.base_loss_weight > 0
+                  else "nothing: the checkpoint will be the base model")
+        print(f"note: all {len(data)} group(s) of {cfg.data} score every hypothesis alike (zero-variance share "
+              f"100 %): no step carries a preference, so this run trains {trains}; export groups the critic "
+              "tells apart to align on", file=sys.stderr)
     if cfg.num_generations > G and progress is True:  # the CLI: say so rather than silently train on fewer
         import sys
 
@@ -307,6 +344,13 @@ def _finetune(cfg: FinetuneConfig, progress: bool | Callable[[dict], None], held
 
     torch.manual_seed(cfg.seed)
     base = _load_base(cfg)
+    # hypotheses of another width (a dataset sampled by another kind of model) stopped the first step with a bare
+    # "The size of tensor a (150) must match the size of tensor b (154)"
+    widths = sorted({int(x.shape[1]) for x in data.x0})
+    if widths != [int(base.X_DIM)]:
+        raise InputError(f"{cfg.data}: its hypotheses have {' or '.join(map(str, widths))} values each, but the model "
+                         f"being aligned ({cfg.model or 'the shipped one'}) has {base.X_DIM}: the dataset was sampled "
+                         "by another kind of model (check --model)")
     if cfg.t_min is not None and not 0 <= cfg.t_min < base.num_timesteps:
         raise InputError(f"--t-min must be in [0, {base.num_timesteps}), got {cfg.t_min}")
     out.parent.mkdir(parents=True, exist_ok=True)

@@ -531,8 +531,12 @@ def _run(name: str, p: Preset, out: Path, model, progress) -> dict:
     export_rec = _read_json(export_rec_path)
     # the record alone is not the dataset: with its folder gone (deleted to save space) every finetune not yet
     # cached failed on a missing dataset; re-exporting rebuilds the same groups (per-group seeds)
-    if export_rec is None or not (wild_dir / "dataset.json").exists():
-        log(f"export: {p.wild_groups} wild groups of {p.num_generations} → {wild_dir.name}")
+    # and an export with failed groups is run again (it resumes, retrying only those: a VLM that timed out or
+    # answered garbage may answer now); cached as it was, a re-run never retried them, as every other command does
+    retry = export_rec is not None and int(export_rec.get("failures") or 0) > 0
+    if export_rec is None or retry or not (wild_dir / "dataset.json").exists():
+        log(f"export: {p.wild_groups} wild groups of {p.num_generations} → {wild_dir.name}"
+            + (f" (retrying {export_rec['failures']} failed)" if retry else ""))
         t0 = time.time()
         ecfg = ExportConfig(out=str(wild_dir), split="wild", model=model_path, num_generations=p.num_generations,
                             judge=p.judge, limit=p.wild_groups, seed=p.seed, sample_steps=p.sample_steps,
@@ -553,9 +557,12 @@ def _run(name: str, p: Preset, out: Path, model, progress) -> dict:
                                             "gpa_weight", "ema", "seed")}
     checkpoints: dict[str, str] = {"base": base_path}
     model_keys: dict[str, str] = {"base": base_hash}
+    # a dataset short of failed groups is not the one a retry completes: its finetunes are keyed by what it holds
+    # (a complete export keeps the key it always had)
+    k_data = k_export if not export_rec.get("failures") else _key(k_export, "groups", export_rec["groups"])
     for obj in p.objectives:
         base_w = 0.0 if obj == "gpa_no_base_loss" else p.base_loss_weight
-        k_ft = _finetune_key(k_export, obj, ft_common, base_w)
+        k_ft = _finetune_key(k_data, obj, ft_common, base_w)
         ckpt = out / "models" / f"{obj}-{k_ft}.pt"
         rec_path = out / "models" / f"{obj}-{k_ft}.json"
         rec = _read_json(rec_path)

@@ -3,7 +3,9 @@
 GPA (PAPER.md §4) turns the critic's scores of one group into advantages ``A_i = (s_i − mean(s)) / std(s)``
 (population std + 1e-8), so that only the *ranking within a group* matters and groups of easy and hard
 inputs weigh alike. The same function fills the ``advantages`` field of the exported dataset and feeds the
-objectives, so the two can never disagree.
+objectives, so both use one formula. The finetuner recomputes them over the hypotheses it draws each step and
+never reads the stored field: they differ when it draws fewer than a group holds (``num_generations`` < G) or
+scales otherwise (``scale_rewards`` other than ``group``).
 
 :class:`GroupStatTracker` follows flow_grpo's per-prompt stat tracker: it accumulates the reward
 statistics of every group seen in a logging window (mean, spread, zero-variance share, best-minus-worst

@@ -92,6 +92,9 @@ class BodyModel:
         from smplx.utils import Struct
 
         self.name = name
+        # sha256 of the model file (None: the mannequin, which the project generates): what a split's scenes were
+        # posed with, since the path names no content (a file replaced at the same path, a relative path)
+        self.source_sha256: str | None = None
         self.device = torch.device(device)
         self.faces = np.asarray(arrays["f"], dtype=np.int64)
         self.num_vertices = int(arrays["v_template"].shape[0])
@@ -316,13 +319,28 @@ def _read_raw(path: Path, allow_chumpy: bool) -> dict:
     if not path.is_file():
         raise AssetError(f"body model path is not a file: {path} ({_LAYOUT_TEXT})")
     if zipfile.is_zipfile(path):  # .npz
+        pickled = []
         try:
             with np.load(path, allow_pickle=False) as npz:
-                data = {k: npz[k] for k in npz.files}
+                data = {}
+                for k in npz.files:
+                    try:
+                        data[k] = npz[k]
+                    except ValueError as exc:  # an object member: loading it would unpickle
+                        if "allow_pickle" not in str(exc):
+                            raise
+                        pickled.append(k)
         except Exception as exc:
             raise AssetError(
                 f"{path}: unreadable .npz body model ({type(exc).__name__}: {exc}); {_LAYOUT_TEXT}"
             ) from None
+        # Members that are pickled objects are never loaded. Those the model does not use (SMPL-X's joint2num and
+        # part2num dicts) are left out: one of them made a SMPL-X file read as "unreadable .npz" instead of being
+        # named as SMPL-X by _validate; one it uses is named here.
+        used = [k for k in pickled if k in REQUIRED_LAYOUT or k in _OPTIONAL_KEYS]
+        if used:
+            raise AssetError(f"{path}: key(s) {', '.join(used)} are stored as pickled Python objects, which are not "
+                             f"loaded; save them as plain numeric arrays; {_LAYOUT_TEXT}")
         return data
     with open(path, "rb") as fh:
         head = fh.read(8)
@@ -338,9 +356,15 @@ def _read_raw(path: Path, allow_chumpy: bool) -> dict:
         with open(path, "rb") as fh:
             data = _ModelUnpickler(fh, allow_chumpy).load()
     except _ChumpyFound:
+        # the suggested output is named after the input: "SMPL_NEUTRAL_plain.pkl" for every file named a male or
+        # female model's conversion as the neutral one
+        import shlex
+
+        plain = path.with_name(f"{path.stem}_plain.pkl")
         raise AssetError(
             f"{path} contains chumpy objects (an official SMPL .pkl); convert it once with "
-            f"`hmrcritic body convert {path} SMPL_NEUTRAL_plain.pkl` and use the converted file"
+            f"`hmrcritic body convert {shlex.quote(str(path))} {shlex.quote(str(plain))}` and use the converted "
+            "file (HMRCRITIC_BODY_MODEL or --body-model)"
         ) from None
     except Exception as exc:
         raise AssetError(
@@ -353,8 +377,33 @@ def _read_raw(path: Path, allow_chumpy: bool) -> dict:
     return data
 
 
+_OPTIONAL_KEYS = ("part_of_vertex", "vertex_ids", "J")
+# joint count → the SMPL-family model it identifies (models with 24 joints are SMPL)
+_OTHER_FAMILIES = {52: "SMPL+H", 55: "SMPL-X", 16: "MANO (a hand)", 5: "FLAME (a head)"}
+
+
+def _other_family(data: dict) -> str:
+    """ "a SMPL-X model (55 joints)" when the file's joint count names another SMPL-family model, else ""."""
+    for key, joints in (("kintree_table", lambda s: s[1] if len(s) == 2 else None),
+                        ("J_regressor", lambda s: s[0] if len(s) == 2 else None),
+                        ("posedirs", lambda s: s[-1] // 9 + 1 if len(s) == 3 and s[-1] % 9 == 0 else None)):
+        try:
+            n = joints(tuple(np.shape(_plain(data[key], key, Path()))))
+        except Exception:  # noqa: BLE001 (missing or unreadable: the checks below say so)
+            continue
+        if n in _OTHER_FAMILIES:
+            return f"a {_OTHER_FAMILIES[n]} model ({n} joints)"
+    return ""
+
+
 def _validate(data: dict, path: Path) -> dict:
     """Check the SMPL layout; return a dict of arrays with fixed dtypes (plus optional extras)."""
+    # a SMPL-X or SMPL+H file given by mistake (they sit beside SMPL in the same downloads) was refused for a
+    # 'posedirs' shape, which did not say that the file is the wrong model
+    family = _other_family(data)
+    if family:
+        raise AssetError(f"{path} is {family}, not SMPL: hmrcritic needs the 24-joint SMPL body model (e.g. "
+                         f"SMPL_NEUTRAL.pkl / basicmodel_neutral_lbs_10_207_0_v1.1.0.pkl); {_LAYOUT_TEXT}")
     missing = [k for k in REQUIRED_LAYOUT if k not in data]
     if missing:
         raise AssetError(f"{path}: missing key(s) {', '.join(missing)}; {_LAYOUT_TEXT}")
@@ -404,7 +453,7 @@ def _validate(data: dict, path: Path) -> dict:
     out["f"] = out["f"].astype(np.int64)
     out["kintree_table"] = out["kintree_table"].astype(np.int64)
     out["shapedirs"] = out["shapedirs"][:, :, :10]
-    for k in ("part_of_vertex", "vertex_ids", "J"):
+    for k in _OPTIONAL_KEYS:
         if k in data:
             out[k] = data[k]
     if out.get("part_of_vertex") is not None:  # consumers index per-vertex arrays with it: (V,) in 0..23
@@ -492,6 +541,9 @@ def load_body_model(path: str | Path | None = None, device: str | torch.device =
         got = repr(device[:40]) if isinstance(device, str) else type(device).__name__
         raise InputError(f"load_body_model: device must be a torch device such as 'cpu' or 'cuda', got {got}") \
             from None
+    if dev.startswith("cuda") and not torch.cuda.is_available():  # else a bare AssertionError from torch
+        raise InputError(f"load_body_model: device {dev} asked for, but this torch has no usable CUDA "
+                         f"({torch.__version__}); use 'cpu'")
     file = resolve_model_path(path)
     if file is None:
         file = mannequin.default_folder() / mannequin.FILE_NAME
@@ -505,6 +557,10 @@ def load_body_model(path: str | Path | None = None, device: str | torch.device =
         if name == "mannequin":
             mannequin.ensure_mannequin(file.parent)
         model = BodyModel(read_model_arrays(file), name=name, device=dev)
+        if name != "mannequin":
+            from hmrcritic.io import sha256_file
+
+            model.source_sha256 = sha256_file(file)
         _CACHE[key] = model
         return model
 

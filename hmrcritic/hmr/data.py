@@ -41,7 +41,7 @@ from hmrcritic import config
 from hmrcritic.errors import AssetError, InputError
 from hmrcritic.hmr import anatomy, camera, poses
 from hmrcritic.hmr.rotations import axis_angle_to_matrix, matrix_to_axis_angle
-from hmrcritic.io import as_text, atomic_save_npz, atomic_write_json, pid_alive, sha256_file
+from hmrcritic.io import as_text, atomic_save_npz, atomic_write_json, newest_mtime, pid_alive, sha256_file
 
 GENERATOR_VERSION = f"scenes-1/{poses.GENERATOR_VERSION}"
 DEFAULT_IMAGE_SIZE = (256, 256)
@@ -387,20 +387,46 @@ def _split_lock(folder: Path):
     return FileLock(str(folder.parent / f".{folder.name}.lock"), is_singleton=True)
 
 
+FOREIGN_LEFTOVER_AGE_S = 86_400.0  # another host's staging folder untouched this long is a leftover
+
+
+def _this_host() -> str:
+    """This machine's name as it may stand in a folder name."""
+    import re
+    import socket
+
+    return re.sub(r"[^A-Za-z0-9.-]", "_", socket.gethostname()) or "localhost"
+
+
+def _leftover_name(kind: str, out: Path) -> Path:
+    """``.<kind>-<name>-<pid>@<host>`` beside ``out``: the folder a generation stages into (``staging``) or moves
+    the split it replaces to (``old``). The host is in the name because a data folder can be shared across
+    machines, where a pid says nothing about another machine's processes."""
+    return out.parent / f".{kind}-{out.name}-{os.getpid()}@{_this_host()}"
+
+
 def _remove_dead_leftovers(out: Path) -> list[Path]:
-    """Remove the ``.staging-<name>-<pid>`` and ``.old-<name>-<pid>`` folders next to ``out`` whose process
-    no longer runs (a generation killed mid-way leaves them; nothing else ever would remove them), never one
-    of a live process, which may be writing it right now. Returns what was removed."""
+    """Remove the staging and swap folders (:func:`_leftover_name`) next to ``out`` that no generation is
+    writing any more (a generation killed mid-way leaves them; nothing else ever would remove them): this
+    host's whose process no longer runs, another host's untouched for :data:`FOREIGN_LEFTOVER_AGE_S` — never
+    one a live process may be writing right now. Judged by pid alone, a live generation on another machine
+    sharing the folder lost its staging folder. Names without a host (older releases) are this host's.
+    Returns what was removed."""
+    here = _this_host()
     removed = []
     for kind in ("staging", "old"):
         prefix = f".{kind}-{out.name}-"
         for path in out.parent.glob(f".{kind}-*"):
-            pid = path.name[len(prefix):]
-            if not (path.name.startswith(prefix) and pid.isdigit()) or int(pid) == os.getpid():
+            pid, _, host = path.name[len(prefix):].partition("@")
+            if not (path.name.startswith(prefix) and pid.isdigit()):
                 continue
-            if not pid_alive(pid):
-                shutil.rmtree(path, ignore_errors=True)
-                removed.append(path)
+            if host in ("", here):
+                if int(pid) == os.getpid() or pid_alive(pid):
+                    continue
+            elif time.time() - newest_mtime(path) < FOREIGN_LEFTOVER_AGE_S:
+                continue
+            shutil.rmtree(path, ignore_errors=True)
+            removed.append(path)
     return removed
 
 
@@ -440,7 +466,7 @@ def generate_split(
         quiet,
         lambda cb: make_scenes(n, seed, preset, image_size, body, progress=cb),
     )
-    stage = out.parent / f".staging-{out.name}-{os.getpid()}"
+    stage = _leftover_name("staging", out)
     shutil.rmtree(stage, ignore_errors=True)
     stage.mkdir(parents=True)
     try:
@@ -470,6 +496,7 @@ def generate_split(
             "shards": shards,
             "labels_eval": labels_eval,
             "body_model": body.name,
+            "body_sha256": getattr(body, "source_sha256", None),  # the file's content (None: the mannequin)
             "image_size": [int(image_size[0]), int(image_size[1])],
             "images": bool(render_images),
             "categories": list(poses.POSE_CATEGORIES),
@@ -477,7 +504,7 @@ def generate_split(
             "cpu_seconds": round(time.process_time() - c0, 2),
         }
         atomic_write_json(stage / "manifest.json", manifest)
-        old = out.parent / f".old-{out.name}-{os.getpid()}"
+        old = _leftover_name("old", out)
         with _split_lock(out):
             shutil.rmtree(old, ignore_errors=True)  # os.replace cannot move onto a non-empty folder
             if out.exists():
@@ -599,13 +626,21 @@ def load_split(
 
     _check_name(name)
     folder = _split_root(root) / name
-    body_name = load_body_model().name
+    body = load_body_model()
+
+    def same_body(m) -> bool:
+        # by the file's content where both sides know it: by its path alone, a SMPL file replaced at the same
+        # path (neutral → male) kept the scenes of the old body, paired with labels the new one poses; and the
+        # same file named by another path (relative, absolute) regenerated everything
+        if m.get("body_sha256") and body.source_sha256:
+            return m["body_sha256"] == body.source_sha256
+        return m.get("body_model") == body.name
 
     def fresh(m):
         return (
             m is not None
             and m.get("generator_version") == GENERATOR_VERSION
-            and m.get("body_model") == body_name
+            and same_body(m)
             and (n is None or m.get("n") == n)
         )
 

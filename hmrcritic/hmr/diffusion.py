@@ -751,13 +751,26 @@ def sample_to_dir(
     with ``obj`` one ``hyp_XX.obj`` per hypothesis (camera frame), with ``render`` ``overlay_XX.png``,
     ``side_XX.png`` and ``grid.png`` (all N overlays, indexed). Returns a summary dict (paths, counts).
     """
+    from hmrcritic.io import exclusive_lock
+
+    out_dir = Path(out_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    # one writer per folder: two runs into one --out each removed and wrote numbered files, and the folder ended
+    # with the hypotheses of one beside the renders of the other
+    with exclusive_lock(out_dir / ".sample.lock", "a sample", busy=lambda by: InputError(
+            f"{out_dir}: another sample into this folder is running — {by}; wait for it, or give another --out")):
+        return _sample_into(model, item, out_dir, num_generations=num_generations, steps=steps, eta=eta, seed=seed,
+                            obj=obj, guidance=guidance, render=render, body=body, image=image, cols=cols)
+
+
+def _sample_into(model: HMRDiffusion, item, out_dir: Path, num_generations: int, steps: int, eta: float, seed: int,
+                 obj: bool, guidance: float, render: bool, body, image, cols: int) -> dict:
+    """:func:`sample_to_dir`'s work, with ``out_dir`` made and held."""
     import numpy as np
 
     from hmrcritic.io import atomic_save_npz, atomic_write_json
 
     device = model.alphas_cumprod.device
-    out_dir = Path(out_dir)
-    out_dir.mkdir(parents=True, exist_ok=True)
     kp = torch.as_tensor(item.keypoints, dtype=torch.float32, device=device)[None]
     K = torch.as_tensor(item.K, dtype=torch.float32, device=device)[None]
     size = torch.as_tensor(item.image_size, dtype=torch.float32, device=device)[None]

@@ -174,6 +174,12 @@ def evaluate_model(
         raise InputError(f"--limit must be ≥ 1 scene (or left out for the whole split), got {limit}")
     if batch_size < 1:
         raise InputError(f"--batch-size must be ≥ 1, got {batch_size}")
+    # before the splits are loaded (the NN bank may generate the 20k-scene train split): an unknown name was a bare
+    # ValueError from the metrics after the first batch had been sampled
+    from hmrcritic.hmr.body import JOINT_SETS
+
+    if joint_set is not None and joint_set not in JOINT_SETS:  # None: the 24 joints as given (metrics.mpjpe)
+        raise InputError(f"joint set must be one of {', '.join(JOINT_SETS)}, got {joint_set!r}")
     device = model.alphas_cumprod.device
     body = body or load_body_model(device=str(device))
     data, n = _load_labelled(split, limit)
@@ -324,6 +330,11 @@ def evaluate_model(
         "seed": seed,
         "guidance": guidance,
         "joint_set": joint_set,
+        # the body the figures are measured on (PVE averages its vertices) and, where the checkpoint records it,
+        # the one its training scenes were made with: a model trained on the mannequin's scenes and evaluated
+        # with HMRCRITIC_BODY_MODEL set reported figures that said neither
+        "body_model": getattr(body, "name", None),
+        "trained_body_model": _trained_body_model(model),
         "unit": "mm (3D), px (2D)",
         **{key: mean(key, name) for key, name in _FIGURES.items()},
         "diversity_visible_balanced_mm": bal_vis,
@@ -380,6 +391,14 @@ _SELECTED_FIGURES = {
 _PER_HYPOTHESIS = ("reproj_behind_camera_rate", "implausible_rate")  # one value per hypothesis, not per scene
 
 
+def _trained_body_model(model) -> str | None:
+    """The body model of the scenes ``model`` was trained on, as its checkpoint records it (None: not recorded)."""
+    extra = getattr(model, "checkpoint_extra", None)
+    data = extra.get("data") if isinstance(extra, dict) else None
+    name = data.get("body_model") if isinstance(data, dict) else None
+    return name if isinstance(name, str) else None
+
+
 def _project(points: torch.Tensor, K: torch.Tensor) -> torch.Tensor:
     """Pinhole projection of camera-frame points (B,J,3) with K (B,3,3) → pixels (B,J,2)."""
     uvw = points @ K.transpose(-1, -2)
@@ -390,9 +409,12 @@ def format_report(res: dict) -> str:
     """Human-readable table of an evaluation dict."""
     f = lambda v: "—" if v is None else f"{v:8.1f}"  # noqa: E731
     rate = "—" if res["implausible_rate"] is None else f"{res['implausible_rate']:.3f}"
+    body, trained = res.get("body_model"), res.get("trained_body_model")  # .get: results from before they existed
     lines = [
         f"split={res['split']}  n={res['n_samples']}  N={res['num_generations']}  DDIM steps={res['steps']}  "
-        f"joint set={res['joint_set']}  (mm; reprojection px)",
+        f"joint set={res['joint_set']}" + (f"  body={body}" if body else "") + "  (mm; reprojection px)",
+        *([f"note: the model was trained on scenes of body model {trained}, not {body}: these figures measure it on "
+           "another body"] if body and trained and trained != body else []),
         f"{'':14}{'mean':>9}{'best-of-N':>10}{'mean-pose':>10}",
         *(
             f"{label:14}{f(res[key + '_mean_mm'])} {f(res[key + '_best_mm'])} {f(res[key + '_meanpose_mm'])}"

@@ -46,6 +46,11 @@ SIDE_COLOR = (0.85, 0.72, 0.55)
 # The gutters between a grid's cells: white gutters vanished between the white tiles of a group without an input
 # image (every synthetic scene), so a limb clipped at one tile's edge read as part of the next hypothesis.
 GRID_GUTTER = 128
+# The largest framebuffer side rendered; a larger output (a 45-60 MP camera photo is 8256-9504 px wide) is rendered
+# at this size and upsampled, where it used to be refused ("image size must be within 1..8192 px"), failing
+# `hmrcritic sample --render` and `critique --mask` on full-resolution photos. MAX_IMAGE_SIDE bounds the output.
+GL_MAX_SIDE = 8192
+MAX_IMAGE_SIDE = 16384
 _MESA_PACKAGES = "libegl1 libegl-mesa0 libgl1-mesa-dri libgbm1"
 
 
@@ -109,6 +114,8 @@ def _check_K(K) -> np.ndarray:
 
 def _check_image(image) -> np.ndarray:
     img = np.asarray(image)
+    if img.ndim == 3 and img.shape[2] == 1:  # grey with a channel axis (OpenCV, PIL "L" + [..., None]), as (H,W)
+        img = img[..., 0]
     if img.ndim == 2:
         img = np.repeat(img[..., None], 3, axis=2)
     if img.ndim != 3 or img.shape[2] not in (3, 4) or img.shape[0] == 0 or img.shape[1] == 0:
@@ -116,6 +123,10 @@ def _check_image(image) -> np.ndarray:
     if img.dtype != np.uint8:
         if np.issubdtype(img.dtype, np.floating) and img.size and img.max() <= 1.0:
             img = img * 255.0
+        elif np.issubdtype(img.dtype, np.integer) and img.size and img.max() > 255:
+            # 16-bit (a 16-bit PNG read by OpenCV / imageio): clipping at 255 turned it white; scaled as
+            # hmr.data.read_image scales a 16-bit file
+            img = np.round(img / 257.0)
         img = np.clip(img, 0, 255).astype(np.uint8)
     return np.ascontiguousarray(img[..., :3])
 
@@ -132,8 +143,8 @@ def _size_from(image_size, K: np.ndarray) -> tuple[int, int]:
         W, H = (int(round(s)) for s in size)
     else:
         W, H = int(round(2 * K[0, 2])), int(round(2 * K[1, 2]))
-    if W <= 0 or H <= 0 or W > 8192 or H > 8192:
-        raise InputError(f"image size must be within 1..8192 px, got (W,H)=({W},{H})")
+    if W <= 0 or H <= 0 or W > MAX_IMAGE_SIDE or H > MAX_IMAGE_SIDE:
+        raise InputError(f"image size must be within 1..{MAX_IMAGE_SIDE} px, got (W,H)=({W},{H})")
     return W, H
 
 
@@ -216,7 +227,13 @@ class Renderer:
 
         v, f = _check_mesh(vertices, faces)
         K = _check_K(K)
-        W, H = _size_from(image_size, K)
+        W_out, H_out = _size_from(image_size, K)
+        s = min(1.0, GL_MAX_SIDE / max(W_out, H_out))
+        if s < 1.0:  # rendered smaller (K scaled, pixel centres kept) and upsampled below
+            W, H = min(GL_MAX_SIDE, max(1, round(W_out * s))), min(GL_MAX_SIDE, max(1, round(H_out * s)))
+            K = scale_intrinsics(K, s)
+        else:
+            W, H = W_out, H_out
         with self._lock:
             r = self._offscreen(W, H)
             scene = self._get_scene()
@@ -255,7 +272,13 @@ class Renderer:
                 scene.remove_node(self._mesh_node)
                 self._mesh_node = None
                 _uncurrent(r)
-        return rgb, np.asarray(depth, dtype=np.float32)
+        depth = np.asarray(depth, dtype=np.float32)
+        if s < 1.0:  # nearest rendered pixel of each output pixel's centre
+            xi = np.minimum(((np.arange(W_out) + 0.5) * s).astype(np.int64), W - 1)
+            yi = np.minimum(((np.arange(H_out) + 0.5) * s).astype(np.int64), H - 1)
+            depth = depth[yi[:, None], xi]
+            rgb = None if rgb is None else rgb[yi[:, None], xi]
+        return rgb, depth
 
     # ---- public API
     def render_depth(self, vertices, faces, K, image_size=None) -> np.ndarray:
@@ -486,7 +509,11 @@ def group_extent(vs: np.ndarray, angle_deg: float) -> float:
     R = _rot_y(angle_deg)
     centred = vs - vs.mean(axis=1, keepdims=True)
     rot = centred @ R.T
-    return float(np.ptp(rot[..., :2], axis=1).max())
+    # over the finite hypotheses: one NaN body made the extent NaN, and every side view of the group then failed with
+    # "intrinsics K must be a finite (3,3) matrix" (a K the caller never gave) instead of the NaN body's own error
+    ext = np.ptp(rot[..., :2], axis=1).max(axis=-1)
+    ext = ext[np.isfinite(ext)]
+    return float(ext.max()) if ext.size else 0.0
 
 
 def _side_camera(v: np.ndarray, W: int, H: int, angle_deg: float, extent, centre):

@@ -185,7 +185,9 @@ def load_train_data(split: str = "train", max_samples: int | None = None) -> Tra
     source = {"split": split, "n": int(len(arrays["keypoints"]))}
     manifest = getattr(scenes, "manifest", None)
     if isinstance(manifest, dict):
-        source.update({k: manifest[k] for k in ("seed", "preset", "generator_version", "n") if k in manifest})
+        # body_model: the scenes' keypoints and shapes are that body's; evaluate names a model trained on another
+        source.update({k: manifest[k] for k in ("seed", "preset", "generator_version", "n", "body_model")
+                       if k in manifest})
     return TrainData.from_arrays(arrays, source)
 
 
@@ -434,7 +436,13 @@ def _train(cfg, out_dir: Path, data, resume, progress, device, stop_at, say) -> 
             say(f"{state_path} is already at step {start} (--stop-at {stop_at}); nothing to train")
             return state_path
         else:
+            # the kernels (and the RNG streams saved) are the device's: a state trained on cpu and resumed on cuda (or
+            # the reverse) continued "bitwise as an uninterrupted one", which it cannot; states before it was kept: ""
+            was_on = str(st.get("device") or "")
+            moved = bool(was_on) and was_on.split(":")[0] != str(device).split(":")[0]  # cuda:0 → cuda:1 is one kind
             say(f"resuming from step {start}/{cfg.steps} ({state_path}); " + (
+                f"it was trained on {was_on} and continues on {device}, so the run differs slightly from an "
+                "uninterrupted one (other kernels and random streams)" if moved and not legacy else
                 "the run continues bitwise as an uninterrupted one" if not legacy else
                 "it was written by an older hmrcritic that kept no record of its training data or random state: "
                 "the data is not checked (resume only on the data it started on, else pass --no-resume) and the "
@@ -489,6 +497,7 @@ def _train(cfg, out_dir: Path, data, resume, progress, device, stop_at, say) -> 
                     "log_window": {"loss": run_loss, "n": run_n},
                     "data_sha256": fingerprint,
                     "data_source": json.loads(json.dumps(data.source, default=str)),  # plain types: weights_only
+                    "device": str(device),
                 }
                 _write(state_path, "training state", saved_at, _save_state, state_path, model, ema, opt, done, cfg,
                        extra)
