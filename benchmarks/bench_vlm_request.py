@@ -9,7 +9,8 @@ and others count differently), and the JSON body's size.
 
     .venv/bin/python benchmarks/bench_vlm_request.py              # N = 4, 16, 64
     .venv/bin/python benchmarks/bench_vlm_request.py --sizes 16   # one size
-Writes benchmarks/results/vlm_request.json. Uses a temporary home (first use generates the test split).
+Writes benchmarks/results/vlm_request.json. Uses a temporary home (first use generates the test split) and the
+default settings: the environment's ``HMRCRITIC_*`` variables are not passed on.
 """
 
 from __future__ import annotations
@@ -58,11 +59,14 @@ def describe(request) -> dict:
 
 def measure(n: int, home: Path) -> list[dict]:
     with StubOpenAIServer() as server:
-        env = {**os.environ, "HMRCRITIC_HOME": str(home), "HMRCRITIC_BASE_URL": server.base_url,
-               "HMRCRITIC_VLM_MODEL": "stub-vlm"}
-        env.pop("HMRCRITIC_VLM_IMAGE_MAX_SIDE", None)
+        # the defaults' request, in the temporary home alone: the user's HMRCRITIC_* settings changed what was sent
+        # (HMRCRITIC_RENDER=0: no images; rules_k, revise rounds, image size) and where it went — with
+        # HMRCRITIC_MEMORY and HMRCRITIC_LEARN=1 the stub's made-up scores were written into the user's memory
+        env = {k: v for k, v in os.environ.items() if not k.startswith("HMRCRITIC_")}
+        env.update({"HMRCRITIC_HOME": str(home), "HMRCRITIC_BASE_URL": server.base_url,
+                    "HMRCRITIC_VLM_MODEL": "stub-vlm"})
         args = [sys.executable, "-m", "hmrcritic", "critique", "--scene", "test:0", "-n", str(n), "--judge", "vlm",
-                "--fresh", "--out", str(home / f"critique_{n}")]
+                "--fresh", "--no-learn", "--render", "--out", str(home / f"critique_{n}")]
         res = subprocess.run(args, env=env, capture_output=True, text=True)
         if res.returncode != 0:
             raise SystemExit(f"critique -n {n} failed: {res.stderr.strip()[-400:]}")

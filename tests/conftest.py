@@ -93,6 +93,22 @@ def memory_held_elsewhere():
 
 
 # ---- a local Chroma server (`chroma run`, shipped with chromadb) for the --chroma-url path ------------------
+def upright_scenes(body, n: int = 2) -> dict:
+    """``n`` labelled scenes in memory, as ``hmr.evaluate._load_labelled`` returns them: an upright body 3 m in front
+    of a 256² camera, every keypoint visible (tests evaluate on these without generating a split)."""
+    import math
+
+    from hmrcritic.hmr.camera import default_intrinsics, project
+
+    go = torch.tensor([[math.pi, 0.0, 0.0]]).expand(n, 3).contiguous()
+    bp, be = torch.zeros(n, 69), torch.zeros(n, 10)
+    tr = torch.tensor([[0.0, 0.0, 3.0]]).expand(n, 3).contiguous()
+    K = default_intrinsics(256, 256).expand(n, 3, 3).contiguous()
+    kp = torch.cat([project(body.coco17(body(go, bp, be, tr)), K), torch.ones(n, 17, 1)], -1)
+    return {"keypoints": kp, "K": K, "image_size": torch.tensor([[256.0, 256.0]]).expand(n, 2).contiguous(),
+            "global_orient": go, "body_pose": bp, "betas": be, "transl": tr}
+
+
 def start_chroma_server(data) -> tuple[subprocess.Popen, int]:
     """Start `chroma run` on a free port with its data in `data`; skip the test when it cannot run here.
 

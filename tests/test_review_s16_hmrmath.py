@@ -104,15 +104,11 @@ def test_odd_d_model_is_refused_when_the_model_is_built():
 def test_evaluate_with_one_hypothesis_reports_no_diversity_as_values_left_out(monkeypatch, body):
     """With one hypothesis per group every diversity is undefined: it was NaN per scene, counted in
     non_finite_dropped for every scene and explained in the report as scenes without occluded or visible joints."""
+    from conftest import upright_scenes
+
     B = 2
-    go = torch.tensor([[math.pi, 0.0, 0.0]]).expand(B, 3).contiguous()
-    bp, be = torch.zeros(B, 69), torch.zeros(B, 10)
-    tr = torch.tensor([[0.0, 0.0, 3.0]]).expand(B, 3).contiguous()
-    K = default_intrinsics(256, 256).expand(B, 3, 3).contiguous()
-    kp = torch.cat([project(body.coco17(body(go, bp, be, tr)), K), torch.ones(B, 17, 1)], -1)
-    kp[:, 13:, 2] = 0
-    data = {"keypoints": kp, "K": K, "image_size": torch.tensor([[256.0, 256.0]]).expand(B, 2).contiguous(),
-            "global_orient": go, "body_pose": bp, "betas": be, "transl": tr}
+    data = upright_scenes(body, B)
+    data["keypoints"][:, 13:, 2] = 0
     monkeypatch.setattr(E, "_load_labelled", lambda split, limit: (data, B))
     torch.manual_seed(0)
     model = HMRDiffusion(DiffusionConfig(**TINY))

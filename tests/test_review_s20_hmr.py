@@ -119,20 +119,9 @@ def test_a_full_resolution_photo_wider_than_8192_px_renders(renderer):
 @pytest.fixture(scope="module")
 def scene(body):
     """Two labelled scenes in memory (an upright body 3 m in front of a 256² camera), so no split is generated."""
-    import math
+    from conftest import upright_scenes
 
-    import torch
-
-    from hmrcritic.hmr.camera import default_intrinsics, project
-
-    n = 2
-    go = torch.tensor([[math.pi, 0.0, 0.0]]).expand(n, 3).contiguous()
-    bp, be = torch.zeros(n, 69), torch.zeros(n, 10)
-    tr = torch.tensor([[0.0, 0.0, 3.0]]).expand(n, 3).contiguous()
-    K = default_intrinsics(256, 256).expand(n, 3, 3).contiguous()
-    kp = torch.cat([project(body.coco17(body(go, bp, be, tr)), K), torch.ones(n, 17, 1)], -1)
-    return {"keypoints": kp, "K": K, "image_size": torch.tensor([[256.0, 256.0]]).expand(n, 2).contiguous(),
-            "global_orient": go, "body_pose": bp, "betas": be, "transl": tr}, n
+    return upright_scenes(body, 2), 2
 
 
 @pytest.mark.parametrize("trained_on", [None, "mannequin", "/models/SMPL_MALE.pkl"])

@@ -30,8 +30,8 @@ from hmrcritic.memory.schema import ScoreCalibration
 
 # Labelled groups a calibration is fitted on by default: 32 × 16 = 512 (score, error) pairs for two parameters.
 # `python benchmarks/calibration_stability.py`: fitted on disjoint sets of 8 / 16 / 32 / 64 train groups, the
-# slope's SD is 0.36 / 0.11 / 0.05 / 0.04 and the worst set's test point-wise r 0.557 / 0.659 / 0.674 / 0.678
-# (uncalibrated 0.608): 32 is where more groups stop paying.
+# slope's SD is 0.38 / 0.09 / 0.04 / 0.04 and the worst set's test point-wise r 0.573 / 0.680 / 0.687 / 0.687
+# (uncalibrated 0.622; benchmarks/results/calibration_stability.json): 32 is where more groups stop paying.
 CALIBRATION_GROUPS = 32
 SLOPE_RANGE = (0.02, 3.0)
 MIN_SCORE = 1e-3  # log of a zero score is clipped here

@@ -131,6 +131,11 @@ def evidence_table(evidence: dict[str, Sequence[float]], measure_info: dict[str,
     return "\n".join(lines)
 
 
+def shown_rule_id(rule_id: Any) -> str:
+    """A rule's id as the prompts show it, on one line and bounded; the VLM judge maps it back to the rule."""
+    return "".join(str(rule_id).split())[:80]
+
+
 def rules_block(rules: Sequence[Any], evidence: dict[str, Sequence[float]] | None = None) -> str:
     """Recalled rules with their ids, quoted text and (when present) the executable condition, with the
     hypotheses it holds for when ``evidence`` is given: the table's rounded values cannot always tell (0.1503
@@ -140,7 +145,7 @@ def rules_block(rules: Sequence[Any], evidence: dict[str, Sequence[float]] | Non
         return "RULES from memory: none recalled."
     lines = ["RULES from memory (apply when they hold; cite their ids in rules_applied):"]
     for rule in list(rules)[:MAX_RULES]:
-        rule_id = "".join(str(rule.rule_id).split())[:80]
+        rule_id = shown_rule_id(rule.rule_id)
         line = f"- [{rule_id}] {_quoted(rule.text, MAX_RULE_CHARS)}"
         cond = getattr(rule, "condition", None)
         if cond is not None:

@@ -9,12 +9,13 @@ structure, physical feasibility and image alignment). Beyond the paper, and why:
   VLM has numbers to lean on (see :mod:`hmrcritic.agent.prompts`).
 * Robustness for real endpoints: structured output via ``json_schema``; servers that reject it (a 400 or a
   422) get function calling, and servers that reject that get plain text parsed tolerantly (the first JSON
-  object holding a list, outside a ``<think>`` block, 0-100 rescaled, clamped, missing axes filled from
-  ``overall``, scores written as fractions read on their scale, hypotheses named by their grid label). Answers
-  with the wrong hypotheses are rejected. Tool arguments sent as an object, and a 200 carrying an error
-  object, are read as a conforming server would have sent them (:func:`_tolerated`). Timeouts, 5xx, 408, 409,
-  429 (``Retry-After`` honoured, also on a 503) and unusable answers are retried with exponential backoff and
-  jitter; then :class:`~hmrcritic.errors.JudgeError` names the group and the last reason in one line.
+  object holding a list, outside a ``<think>`` block, comments/trailing commas/single quotes allowed, 0-100 and
+  0-1 rescaled, clamped, missing axes filled from ``overall``, scores written as fractions read on their scale,
+  hypotheses named by their grid label or keying an object). Answers with the wrong hypotheses are rejected.
+  Tool arguments sent as an object, and a 200 carrying an error object, are read as a conforming server would
+  have sent them (:func:`_tolerated`). Timeouts, 5xx, 408, 409, 429 (``Retry-After`` honoured, also on a 503;
+  not OpenAI's ``insufficient_quota``, which no wait cures) and unusable answers are retried with exponential
+  backoff and jitter; then :class:`~hmrcritic.errors.JudgeError` names the group and the last reason in one line.
   ChatOpenAI's own retries are off (``max_retries=0``) so this policy is the only one in force.
 * A process-wide semaphore per endpoint bounds the requests in flight (``JudgeSettings.max_concurrency``);
   :meth:`VLMJudge.critique_many` fans groups out on a thread pool of that size.
@@ -123,28 +124,142 @@ def extract_json(text: str) -> Any:
 
     The first JSON value of all was taken, and prose quotes other JSON before its answer: a reference such as
     "hypothesis [3] is the worst" or the format it was asked for (``{"index": 0, ...}``) was rejected as the
-    answer on every retry, although the answer followed in the same text."""
-    decoder = json.JSONDecoder()
+    answer on every retry, although the answer followed in the same text.
+
+    An answer that is JSON only in a model's loose sense (``//`` or ``/* */`` comments, trailing commas, Python's
+    single quotes and True/False/None, keys without quotes) is read as such when no strict JSON in the text holds
+    a list: it was rejected on every retry, and with a misleading reason ("answer scores 0 hypotheses", from an
+    empty ``rules_applied`` list inside it). The answer wrapped as a tool call written out as text (``{"name": ...,
+    "arguments": {...}}``, as models without native tool calls write it) is the arguments."""
     first: Any = None
-    i = 0
-    while i < len(text):
-        if text[i] not in "{[":
-            i += 1
-            continue
-        try:
-            value, end = decoder.raw_decode(text, i)
-        except json.JSONDecodeError:
-            i += 1
-            continue
-        if isinstance(value, dict) and any(isinstance(v, list) for v in value.values()):
-            return value
-        if isinstance(value, list) and value and all(isinstance(v, dict) for v in value):
-            return value
-        first = value if first is None else first
-        i = end  # not inside it: an entry of a quoted example is no answer either
+    for relaxed in (False, True):
+        i, budget = 0, _RELAXED_BUDGET  # the relaxed reader is Python: bounded, as a brace left open rescans the rest
+        while i < len(text) and budget > 0:
+            if text[i] not in "{[":
+                i += 1
+                continue
+            try:
+                if relaxed:
+                    value, end = _relaxed_decode(text, i, min(len(text), i + budget))
+                    budget -= end - i
+                else:
+                    value, end = _DECODER.raw_decode(text, i)
+            except ValueError as exc:
+                budget -= getattr(exc, "read", 0)
+                i += 1
+                continue
+            except RecursionError:  # nested deeper than Python's stack (a model looping on "[[[["): it raised out
+                # of critique as a traceback. The rest of the run of brackets is as deep, less one each: skipped
+                opener = text[i]
+                while i < len(text) and text[i] == opener:
+                    i += 1
+                continue
+            if (found := _answer_in(value)) is not None:
+                return found
+            first = value if first is None else first
+            i = end  # not inside it: an entry of a quoted example is no answer either
     if first is not None:
         return first
     raise Unparseable("no JSON object in the answer")
+
+
+_DECODER = json.JSONDecoder()
+_RELAXED_BUDGET = 200_000  # characters the relaxed reader may look at per answer (about 0.1 s)
+
+
+def _answer_in(value: Any, depth: int = 0) -> Any:
+    """``value`` when it looks like an answer (an object holding a list, a list of objects), or the answer it
+    wraps (a tool call as text: ``arguments`` as an object or a JSON string), else None."""
+    if isinstance(value, dict) and any(isinstance(v, list) for v in value.values()):
+        return value
+    if isinstance(value, list) and value and all(isinstance(v, dict) for v in value):
+        return value
+    if isinstance(value, dict) and depth < 2:
+        for key in ("arguments", "parameters", "args", "input"):
+            inner = value.get(key)
+            if isinstance(inner, str):
+                try:
+                    inner = json.loads(inner)
+                except ValueError:
+                    continue
+            if isinstance(inner, dict) and (found := _answer_in(inner, depth + 1)) is not None:
+                return found
+    return None
+
+
+_WORDS = {"True": "true", "False": "false", "None": "null"}
+
+
+def _relaxed_decode(text: str, start: int, stop: int) -> tuple[Any, int]:
+    """``(value, end)`` of the loose JSON at ``text[start]`` (see :func:`extract_json`): comments dropped, trailing
+    commas dropped, single-quoted strings, bare keys and Python's words turned into JSON's; :class:`_Loose` when it
+    is not that (it reads no further than ``stop``)."""
+    out: list[str] = []
+    depth, i, n = 0, start, stop
+    while i < n:
+        c = text[i]
+        if c in "\"'":
+            j, raw = i + 1, []
+            while j < n and text[j] != c:
+                if text[j] == "\\" and j + 1 < n:
+                    raw.append(text[j:j + 2])
+                    j += 2
+                else:
+                    raw.append(text[j])
+                    j += 1
+            if j >= n:
+                raise _Loose(n - start)
+            body = "".join(raw)
+            if c == "'":  # the same characters, as a JSON string: \' is ', and a bare " is escaped
+                body = re.sub(r'(?<!\\)((?:\\\\)*)"', r'\1\\"', body.replace("\\'", "'"))
+            out.append('"' + body + '"')
+            i = j + 1
+            continue
+        if text.startswith("//", i) or c == "#":
+            i = text.find("\n", i)
+            i = n if i < 0 else i
+            continue
+        if text.startswith("/*", i):
+            j = text.find("*/", i + 2)
+            if j < 0:
+                raise _Loose(n - start)
+            i = j + 2
+            continue
+        if c.isalpha() or c == "_":
+            j = i
+            while j < n and (text[j].isalnum() or text[j] == "_"):
+                j += 1
+            word, k = text[i:j], j
+            while k < n and text[k] in " \t":
+                k += 1
+            # a key without quotes (JavaScript's {index: 0}) is a key; True/False/None are JSON's words
+            out.append(json.dumps(word) if k < n and text[k] == ":" else _WORDS.get(word, word))
+            i = j
+            continue
+        if c in "}]":
+            while out and out[-1].isspace():
+                out.pop()
+            if out and out[-1] == ",":
+                out.pop()
+            depth -= 1
+        elif c in "{[":
+            depth += 1
+        out.append(c)
+        i += 1
+        if depth == 0:
+            try:
+                return json.loads("".join(out)), i
+            except (ValueError, RecursionError):
+                raise _Loose(i - start) from None
+    raise _Loose(n - start)
+
+
+class _Loose(ValueError):
+    """Not loose JSON either; ``read``: the characters looked at (charged to the reader's budget)."""
+
+    def __init__(self, read: int):
+        super().__init__("not JSON")
+        self.read = read
 
 
 def _answer_text(content: str) -> str:
@@ -154,6 +269,10 @@ def _answer_text(content: str) -> str:
     The reasoning quotes the prompt's example entry or drafts single scores as JSON, and the first JSON object
     of the whole text was taken for the answer: it was rejected (no 'scores' list) on every retry."""
     _, sep, tail = content.rpartition("</think>")
+    if not sep and content.lstrip().startswith("<think>"):
+        # a block never closed (cut at the output limit, or the model stopped thinking aloud): all reasoning, no
+        # answer. A score list drafted in it was taken for the answer
+        return ""
     return tail if sep else content
 
 
@@ -174,7 +293,8 @@ def clean_text(text: str) -> str:
     return _CONTROL.sub("?", LONE_SURROGATE.sub("\ufffd", text))
 
 
-_LABEL = re.compile(r"\s*(?:#|h|hyp|hypothesis)?\s*#?\s*(\d+)\s*", re.IGNORECASE)
+# "#2", "h2", "hyp 2", "Hypothesis #2", and with a separator "hyp_2", "hypothesis-2", "tile 2" (refused before)
+_LABEL = re.compile(r"\s*(?:(?:h|hyp|hypothesis|tile)[\s_:-]*)?#?\s*(\d+)\s*", re.IGNORECASE)
 
 
 def _index(value: Any) -> int:
@@ -219,13 +339,23 @@ def _score(value: Any, pos: int, field: str) -> float | None:
     raise Unparseable(f"score entry {pos} has {field} {text[:40]!r}, not a number")
 
 
+def _keyed(value: Any) -> list | None:
+    """Scores given as an object keyed by hypothesis (``{"0": {...}, "h1": {...}}``) as a list whose entries carry
+    their key as the index (unless they name one themselves), else None. Such an answer was refused on every retry
+    ("no 'scores' list") although it names each hypothesis as plainly as a list does."""
+    if not isinstance(value, dict) or not value or not all(isinstance(v, dict) for v in value.values()):
+        return None
+    return [{"index": k, **v} for k, v in value.items()]
+
+
 def normalise_critique(data: Any, n: int) -> GroupCritique:
     """Turn whatever the endpoint returned into a valid critique of exactly ``n`` hypotheses, or raise.
 
     Tolerated: a bare list of scores; ``score``/``comment``/``id`` aliases (the paper's critic answers one
     score and a comment); scores as numerals or fractions ("7", "7/10", "85/100", "70%"), "N/A" as absent;
-    indices as labels ("#2", "h2"); a 0-100 scale (rescaled when any value exceeds 10); values outside the scale
-    (clamped); missing axes (filled from ``overall``; a missing ``overall`` is the mean of the axes);
+    indices as labels ("#2", "h2", "hyp_2"); scores as an object keyed by hypothesis; a 0-100 scale (rescaled
+    when the answer is mostly above 10), a 0-1 scale (every value within [0, 1], one a fraction); values outside
+    the scale (clamped); missing axes (filled from ``overall``; a missing ``overall`` is the mean of the axes);
     missing indices when the list has exactly ``n`` entries (taken in order); indices 1..n (shifted).
     Rejected: the wrong number of hypotheses, duplicate or out-of-range indices, entries without scores, a
     score that is words.
@@ -239,6 +369,9 @@ def normalise_critique(data: Any, n: int) -> GroupCritique:
     entries = next(
         (data[k] for k in ("scores", "hypotheses", "results") if isinstance(data.get(k), list)), None
     )
+    if entries is None:
+        entries = next((_keyed(data[k]) for k in ("scores", "hypotheses", "results")
+                        if _keyed(data.get(k)) is not None), None)
     if entries is None:
         raise Unparseable("answer has no 'scores' list")
     if len(entries) != n:
@@ -283,12 +416,23 @@ def normalise_critique(data: Any, n: int) -> GroupCritique:
 
     pooled = median([r[k] for r in rows for k in ("overall", *AXES)]) > 10.0
     scale = {k: 10.0 if pooled or median([r[k] for r in rows]) > 20.0 else 1.0 for k in ("overall", *AXES)}
+    # a 0-1 answer (0.85 for a good pose): every value within [0, 1] and one a fraction. Read on 0-10 it made every
+    # hypothesis of the group near-worthless, silently (the ranking survived, the scores did not: they go on as
+    # prototypes' calibration and into the reports). A 0-10 answer that low on every axis of every hypothesis,
+    # with a fraction among them, is not one a critic that starts at 10 and takes points off gives.
+    values = [r[k] for r in rows for k in ("overall", *AXES)]
+    if all(0.0 <= v <= 1.0 for v in values) and any(0.0 < v < 1.0 for v in values):
+        scale = dict.fromkeys(scale, 0.1)
     scores = []
     for r in sorted(rows, key=lambda r: r["index"]):
         clamp = {k: min(10.0, max(0.0, r[k] / scale[k])) for k in ("overall", *AXES)}
         scores.append(HypothesisScore(index=r["index"], rationale=r["rationale"], **clamp))
     applied = data.get("rules_applied") or []
-    applied = [str(x) for x in applied] if isinstance(applied, list) else []
+    # as the prompt shows them ("[rule-1a2b]"), or one string ("rule-1a2b, rule-3c4d"): ids hold no whitespace
+    # (prompts.shown_rule_id). Dropped, the rule was not counted as used, and the reflection asked for a revision
+    # (another paid call) for a rule the answer had applied.
+    applied = applied.replace(",", " ").split() if isinstance(applied, str) else applied
+    applied = [str(x).strip(" \t\n\"'`[]") for x in applied] if isinstance(applied, list) else []
     return GroupCritique(scores=scores, summary=str(data.get("summary") or "")[:1000], rules_applied=applied)
 
 
@@ -451,7 +595,8 @@ def _tolerated(body: Any) -> tuple[int, Any] | None:
       with the status the error names, or 502 when it names none, so the openai client raises it as that HTTP
       error, with the server's message, and the retry policy applies. Taken as a completion, the client failed
       on it in its own way ("TypeError: 'NoneType' object is not iterable" under json_schema) and the server's
-      words were lost;
+      words were lost. LM Studio answers an address it does not serve so (``{"error": "Unexpected endpoint or
+      method. (POST /chat/completions)"}``): a 404, which says where to look, rather than a 502 retried in vain;
     * tool-call ``arguments`` as a JSON object instead of a string (llama.cpp's server has sent them so): the
       client refused the message ("Input should be a valid string") on every retry of every group, and the
       judge never left function calling. The object is what the string would have held."""
@@ -459,6 +604,8 @@ def _tolerated(body: Any) -> tuple[int, Any] | None:
         return None
     if body.get("error") and not body.get("choices"):
         code = finite_float(body["error"].get("code")) if isinstance(body["error"], dict) else None
+        if code is None and "unexpected endpoint" in str(body["error"]).lower():
+            code = 404  # LM Studio's answer to an address it does not serve (a base URL without /v1)
         return (int(code) if code is not None and 400 <= code <= 599 else 502), body
     changed = False
     for choice in body.get("choices") if isinstance(body.get("choices"), list) else []:
@@ -471,6 +618,9 @@ def _tolerated(body: Any) -> tuple[int, Any] | None:
     return (200, body) if changed else None
 
 
+_NOT_JSON = object()
+
+
 def _http_client():
     """The openai client's default HTTP client, with :func:`_tolerated` applied to every 200 JSON answer."""
     import openai
@@ -478,20 +628,31 @@ def _http_client():
     class Client(openai.DefaultHttpxClient):
         def send(self, request, **kwargs):
             response = super().send(request, **kwargs)
-            if response.status_code != 200 or "json" not in response.headers.get("content-type", ""):
+            if response.status_code != 200 or kwargs.get("stream"):
                 return response
             response.read()
             try:
-                fixed = _tolerated(json.loads(response.content))
-            except ValueError:
+                body = json.loads(response.content)
+            except (ValueError, RecursionError):
+                body = _NOT_JSON
+            if body is _NOT_JSON:
+                # a 200 that is no JSON at all (a proxy's or captive portal's HTML page): the client failed on it
+                # as "AttributeError: 'str' object has no attribute 'choices'" and the page's words were lost; as
+                # a 502 with that body the error names them (VLMJudge._describe) and is retried as one
+                kind = response.headers.get("content-type", "").split(";")[0].strip() or "no content type"
+                fixed = (502, f"answered 200 with {kind}, not JSON: {response.text}")
+            elif "json" not in response.headers.get("content-type", ""):
                 return response
+            else:
+                fixed = _tolerated(body)
             if fixed is None:
                 return response
             response.close()
             drop = ("content-length", "content-encoding", "transfer-encoding")
             headers = [(k, v) for k, v in response.headers.items() if k.lower() not in drop]
-            return type(response)(fixed[0], headers=headers, content=json.dumps(fixed[1]).encode(),
-                                  request=request, history=response.history)
+            content = fixed[1].encode() if isinstance(fixed[1], str) else json.dumps(fixed[1]).encode()
+            return type(response)(fixed[0], headers=headers, content=content, request=request,
+                                  history=response.history)
 
     return Client()
 
@@ -499,7 +660,7 @@ def _http_client():
 
 
 class _CutOff(Exception):
-    """The answer stopped at the endpoint's output-token limit."""
+    """The answer stopped where a retry would stop it again: the output-token limit, a refusal, a content filter."""
 
 
 class VLMJudge:
@@ -569,12 +730,15 @@ class VLMJudge:
         """Score every hypothesis of the group in one call; raise JudgeError after the retries."""
         self._check_context(ctx)
         images = self._images(ctx)
-        known_rules = {r.rule_id for r in ctx.rules}
+        # an id as the prompt shows it (no whitespace, at most 80 characters) stands for the rule's own id: an
+        # imported rule "knee rule 1" was cited as "kneerule1", dropped, and so never counted as applied
+        known_rules = {prompts.shown_rule_id(r.rule_id): r.rule_id for r in ctx.rules}
+        known_rules.update({r.rule_id: r.rule_id for r in ctx.rules})
 
         def validate(data: Any) -> GroupCritique:
             crit = normalise_critique(data, ctx.num_hypotheses)
             # only ids that were in the prompt: the graph counts rule uses from this list
-            crit.rules_applied = [r for r in dict.fromkeys(crit.rules_applied) if r in known_rules]
+            crit.rules_applied = list(dict.fromkeys(known_rules[r] for r in crit.rules_applied if r in known_rules))
             # the endpoint's words go on to scores.json, reports, traces, memory and exports: a key it quotes back
             # (an echoing proxy) is masked here, once
             crit.summary = clean_text(scrub(crit.summary))
@@ -781,9 +945,16 @@ class VLMJudge:
 
     def _check_complete(self, result: Any) -> None:
         """Raise :class:`_CutOff` when the endpoint stopped the answer at its output-token limit
-        (``finish_reason == "length"``): the JSON is cut mid-way, and retrying gives the same cut."""
+        (``finish_reason == "length"``): the JSON is cut mid-way, and retrying gives the same cut. Likewise for a
+        refusal and a content filter's stop."""
         raw = result.get("raw") if isinstance(result, dict) else result
         meta = getattr(raw, "response_metadata", None) or {}
+        # a refusal (OpenAI's ``message.refusal``) or the provider's content filter (Azure, OpenAI) ends the answer
+        # the same way: each was retried as "the answer is empty", a paid call for the same refusal each time
+        if refusal := (getattr(raw, "additional_kwargs", None) or {}).get("refusal"):
+            raise _CutOff(f"the model refused to answer: {refusal}")
+        if meta.get("finish_reason") == "content_filter":
+            raise _CutOff("the endpoint's content filter stopped the answer (finish_reason=content_filter)")
         if meta.get("finish_reason") != "length":
             return
         usage = getattr(raw, "usage_metadata", None) or {}
@@ -815,7 +986,13 @@ class VLMJudge:
         content = getattr(raw, "content", "")
         if isinstance(content, list):
             content = "".join(b if isinstance(b, str) else str(b.get("text", "")) for b in content)
-        return extract_json(_answer_text(str(content)))
+        text = _answer_text(str(content or ""))
+        if not text.strip():
+            # said as it is, not as "no JSON object in the answer": with vLLM's --reasoning-parser and thinking
+            # turned off the whole answer lands in the message's reasoning field (not read), and a model that
+            # thinks until its output limit leaves nothing after its reasoning
+            raise Unparseable("the answer is empty" + (" after the model's reasoning" if content else ""))
+        return extract_json(text)
 
     def _call(self, group_id: str, schema: type[BaseModel], build, validate):
         import openai
@@ -862,8 +1039,13 @@ class VLMJudge:
             except openai.APITimeoutError:
                 reason = f"no answer within {self.settings.timeout_s:g} s"
             except openai.RateLimitError as exc:
-                reason = f"rate limited ({self._describe(exc)})"
-                wait_hint = _retry_after_s(exc)
+                if "insufficient_quota" in (getattr(exc, "code", None), getattr(exc, "type", None)):
+                    # OpenAI's 429 for an account out of credit: no wait cures it, and each group retried it
+                    # with the backoff (minutes for a run) before failing as "rate limited"
+                    reason, fatal = f"the account's quota is used up ({self._describe(exc)})", True
+                else:
+                    reason = f"rate limited ({self._describe(exc)})"
+                    wait_hint = _retry_after_s(exc)
             except openai.InternalServerError as exc:
                 reason = f"server error ({self._describe(exc)})"
                 wait_hint = _retry_after_s(exc)  # a 503 (loading, overloaded) says when to come back

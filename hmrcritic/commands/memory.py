@@ -24,11 +24,15 @@ def _open(memory_dir: Path | None, chroma_url: str | None):
     """Open for reading: read-only when a memory exists (never modifies it); a missing default memory is
     created and seeded, which is what every other command would see. A ``--memory-dir`` that holds no memory
     is an error naming it (a typo must not create and seed a new memory there)."""
+    import os
+
     from hmrcritic import config
     from hmrcritic.memory.store import MemoryStore, holds_memory
 
     path = memory_dir or config.memory_dir()
-    exists = bool(chroma_url) or holds_memory(Path(path))
+    # a server named by HMRCRITIC_CHROMA_URL is read as one named by --chroma-url: whether the local folder held
+    # a memory on disk decided it, so an empty server was created and seeded by a look, or refused, by that
+    exists = bool(chroma_url or os.environ.get("HMRCRITIC_CHROMA_URL")) or holds_memory(Path(path))
     return MemoryStore(path, chroma_url=chroma_url, read_only=exists or memory_dir is not None)
 
 
@@ -231,7 +235,7 @@ def reset(
         raise typer.Abort()
     # hold the memory before touching it: a reset refused because an exploration runs must delete nothing
     # marked as being reset before anything is dropped: a reset cut short is refused until run again
-    with hold_exclusive(path, "a memory reset"), resetting(path):
+    with hold_exclusive(path, "a memory reset"), resetting(path, chroma_url):
         # drops without opening, so it works even on a memory built with another embedding (disk or server)
         MemoryStore.drop_collections(Path(path), list(COLLECTIONS), chroma_url=chroma_url)
         store = MemoryStore(path, chroma_url=chroma_url, seed_starter=False)

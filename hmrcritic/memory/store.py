@@ -232,15 +232,55 @@ def _unwritable_error(location: str, reason: str, read_only: bool = False) -> Un
                                  "(permissions, a read-only mount)")
 
 
+# Free space below which a Chroma failure on an embedded memory is said to be the full disk's (see _disk_full_cause)
+DISK_LOW_BYTES = 64 << 20
+
+
+def _disk_full_cause(exc: BaseException, path: Path, embedded: bool) -> str | None:
+    """The short reason when Chroma's ``exc`` (not an OSError: the command line names those files itself) came
+    from the disk holding the memory filling up, else None. Chroma says so only sometimes (SQLite's "database or
+    disk is full"); when the disk filled while it moved its log into the vector index it says "Error in
+    compaction: Failed to apply logs to the metadata segment", so for an embedded memory the disk's free space is
+    looked at too."""
+    seen: set[int] = set()
+    e: BaseException | None = exc
+    chroma = False
+    while e is not None and id(e) not in seen:
+        seen.add(id(e))
+        if isinstance(e, AssetError | InputError | OSError):
+            return None  # ours (said already), or a file the command line names
+        text = str(e).lower()
+        if "disk is full" in text or "no space left" in text or "os error 28" in text:
+            return "the disk is full"
+        chroma |= type(e).__module__.startswith("chromadb")
+        e = e.__cause__ if e.__cause__ is not None else None if e.__suppress_context__ else e.__context__
+    if not (chroma and embedded):
+        return None
+    import shutil
+
+    try:
+        free = shutil.disk_usage(path).free
+    except OSError:
+        return None
+    return f"the disk holding it has {free / 2**20:.1f} MiB free" if free < DISK_LOW_BYTES else None
+
+
 @contextmanager
-def _unwritable_as_error(path: Path, location: str, read_only: bool = False) -> Iterator[None]:
-    """Turn a failure to write the memory folder inside the block into one line naming it (others pass)."""
+def _unwritable_as_error(path: Path, location: str, read_only: bool = False, embedded: bool = True) -> Iterator[None]:
+    """Turn a failure to write the memory folder inside the block into one line naming it (others pass): no
+    permission, a read-only mount, or a full disk (Chroma's own words for that named neither the memory nor,
+    sometimes, the disk, and the command ended as an internal error)."""
     try:
         yield
     except Exception as exc:
         reason = _unwritable_cause(exc, path)
         if reason is None:
-            raise
+            full = _disk_full_cause(exc, path, embedded)
+            if full is None:
+                raise
+            raise AssetError(f"memory at {location}: Chroma failed to write it ({full}: "
+                             f"{' '.join(str(exc).split())[:200]}); free some space and run again (a write cut "
+                             "short keeps the batches it finished before the failure)") from exc
         raise _unwritable_error(location, reason, read_only) from exc
 
 
@@ -564,18 +604,23 @@ _RESETTING: dict[str, int] = {}  # memory folders this process is resetting, how
 
 
 @contextmanager
-def resetting(path: str | os.PathLike) -> Iterator[None]:
+def resetting(path: str | os.PathLike, chroma_url: str | None = None) -> Iterator[None]:
     """Mark the memory at ``path`` as being reset (:data:`RESET_MARKER`) for the block, which this process may
     open meanwhile; the marker goes when the outermost block ends without an error. Hold the memory
-    (:func:`hold_exclusive`) around it."""
+    (:func:`hold_exclusive`) around it.
+
+    ``chroma_url`` (default ``HMRCRITIC_CHROMA_URL``, as :class:`MemoryStore`) names the memory reset when it is
+    on a server; the marker records which (:func:`_reset_marked`)."""
     key = str(Path(path).expanduser().resolve())
     marker = Path(key) / RESET_MARKER
+    chroma_url = chroma_url or os.environ.get("HMRCRITIC_CHROMA_URL") or None
     with _REGISTRY_LOCK:
         _RESETTING[key] = _RESETTING.get(key, 0) + 1
     try:
         if Path(key).is_dir() and not marker.exists():
             atomic_write_json(marker, {"pid": os.getpid(), "since": time.strftime("%Y-%m-%dT%H:%M:%SZ",
-                                                                                 time.gmtime())})
+                                                                                 time.gmtime()),
+                                       "server": redact_url(chroma_url) if chroma_url else None})
         yield
         with _REGISTRY_LOCK:
             outermost = _RESETTING[key] == 1
@@ -586,6 +631,22 @@ def resetting(path: str | os.PathLike) -> Iterator[None]:
             _RESETTING[key] -= 1
             if not _RESETTING[key]:
                 del _RESETTING[key]
+
+
+def _reset_marked(path: Path, chroma_url: str | None) -> bool:
+    """Whether a reset of *this* memory is unfinished: the folder's :data:`RESET_MARKER` is written for the memory
+    on disk or for one on a server (whose reset holds and marks the same folder). Without the distinction a
+    server reset cut short refused the folder's own memory, with a hint to reset *it* (deleting its rules), and
+    the reverse. A marker written before it said which (no ``server`` key) stands for both, as it did."""
+    try:
+        mark = json.loads((path / RESET_MARKER).read_text(encoding="utf-8"))
+    except FileNotFoundError:
+        return False
+    except (OSError, ValueError):
+        return True
+    if not isinstance(mark, dict) or "server" not in mark:
+        return True
+    return mark["server"] == (redact_url(chroma_url) if chroma_url else None)
 
 
 def _reset_running(path: Path) -> str | None:
@@ -787,7 +848,7 @@ class MemoryStore:
                 raise AssetError(f"no memory at {self.path} (nothing to open read-only); create one with "
                                  f"{self._hint('reset --yes')} or by exploring")
             _mkdir(self.path, self.location)
-        if (self.path / RESET_MARKER).exists() and self._key not in _RESETTING:
+        if self._key not in _RESETTING and _reset_marked(self.path, self.chroma_url):
             running = _reset_running(self.path)
             if running:
                 raise AssetError(f"memory at {self.location} is being reset right now ({running}); run again "
@@ -965,7 +1026,7 @@ class MemoryStore:
             _WRITE_DEPTH[self._key] = 1
             seq = _read_seq(self.path)
             try:
-                with _unwritable_as_error(self.path, self.location):
+                with _unwritable_as_error(self.path, self.location, embedded=not self.chroma_url):
                     if not self.chroma_url:
                         if seq < 0 or _SEQ_SEEN.get(self._key) != seq:
                             self._claim_path()
@@ -1042,9 +1103,12 @@ class MemoryStore:
             batch = 1000
         starts = range(0, len(ids), batch)
         if progress and len(ids) > batch:
+            from rich.console import Console
             from rich.progress import track
 
-            starts = track(starts, description=f"writing {name}")
+            # on stderr, gone when done: on stdout the bar's last line went first into `memory import --json`'s
+            # output (rich prints it even to a pipe), and a script's json.loads of a big import failed on it
+            starts = track(starts, description=f"writing {name}", console=Console(stderr=True), transient=True)
         for s in starts:
             e = s + batch
             col.upsert(ids=ids[s:e], embeddings=vecs[s:e], metadatas=metas[s:e], documents=docs[s:e])
@@ -1221,7 +1285,7 @@ class MemoryStore:
         """Delete both collections and recreate them (seeded with the starter rules unless told not to)."""
         from chromadb.errors import NotFoundError
 
-        with self.exclusive("a memory reset"), resetting(self.path), self._write():
+        with self.exclusive("a memory reset"), resetting(self.path, self.chroma_url), self._write():
             for name in COLLECTIONS:
                 with suppress(NotFoundError, ValueError):
                     self._client.delete_collection(name)
