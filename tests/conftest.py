@@ -93,6 +93,18 @@ def memory_held_elsewhere():
 
 
 # ---- a local Chroma server (`chroma run`, shipped with chromadb) for the --chroma-url path ------------------
+def load_benchmark(name: str):
+    """A script of benchmarks/ as a module (they are scripts, not a package), for tests of its measuring logic."""
+    import importlib.util
+    from pathlib import Path
+
+    path = Path(__file__).resolve().parents[1] / "benchmarks" / f"{name}.py"
+    spec = importlib.util.spec_from_file_location(f"_bench_{name}", path)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
 def upright_scenes(body, n: int = 2) -> dict:
     """``n`` labelled scenes in memory, as ``hmr.evaluate._load_labelled`` returns them: an upright body 3 m in front
     of a 256² camera, every keypoint visible (tests evaluate on these without generating a split)."""

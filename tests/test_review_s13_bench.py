@@ -4,7 +4,6 @@ where and how they write their figures)."""
 from __future__ import annotations
 
 import ast
-import importlib.util
 import json
 import subprocess
 import sys
@@ -21,11 +20,10 @@ BENCH = Path(__file__).resolve().parents[1] / "benchmarks"
 
 
 def _load(name: str):
-    """A benchmark script as a module (they are scripts, not a package)."""
-    spec = importlib.util.spec_from_file_location(f"_s13_{name}", BENCH / f"{name}.py")
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+    """A benchmark script as a module."""
+    from conftest import load_benchmark
+
+    return load_benchmark(name)
 
 
 def test_demo_refuses_more_scenes_than_the_test_split_holds(tmp_path, monkeypatch, capsys):

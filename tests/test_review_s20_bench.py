@@ -3,7 +3,6 @@ measuring logic on tiny inputs, the heavy parts replaced)."""
 
 from __future__ import annotations
 
-import importlib.util
 import json
 import time
 from pathlib import Path
@@ -11,15 +10,12 @@ from types import SimpleNamespace
 
 import pytest
 
-BENCH = Path(__file__).resolve().parents[1] / "benchmarks"
-
 
 def _load(name: str):
-    """A benchmark script as a module (they are scripts, not a package)."""
-    spec = importlib.util.spec_from_file_location(f"_s20_{name}", BENCH / f"{name}.py")
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+    """A benchmark script as a module."""
+    from conftest import load_benchmark
+
+    return load_benchmark(name)
 
 
 @pytest.fixture
