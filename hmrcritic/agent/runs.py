@@ -254,16 +254,16 @@ def thread_lock(db: str | Path | None, thread: str, group: str | None = None, wa
 
 
 @contextmanager
-def _held_for_removal(folder: Path, create: bool = True) -> Iterator[bool]:
+def _held_for_removal(folder: Path, create: bool = True, unlockable: bool = True) -> Iterator[bool]:
     """Whether ``folder`` may be removed (no critique holds it, :func:`in_use`), holding it for the block: an
     exclusive lock on its ``.in-use``, made if missing (``create``), so that a critique starting meanwhile waits
     instead of running on a folder that is about to go. Checked and then released, a critique could start
-    between the check and the removal and lose its inputs. True where nothing can be locked (no ``fcntl``, a
-    file system without locks, not a folder)."""
+    between the check and the removal and lose its inputs. ``unlockable`` where nothing can be locked (no
+    ``fcntl``, a file system without locks, not a folder): True for a prune the user asked for."""
     try:
         import fcntl
     except ImportError:
-        yield True
+        yield unlockable
         return
     fd = None
     for flags in ((os.O_RDWR | os.O_CREAT, os.O_RDWR) if create else (os.O_RDWR,)):
@@ -273,7 +273,7 @@ def _held_for_removal(folder: Path, create: bool = True) -> Iterator[bool]:
         except OSError:  # no lock file (and none can be made: read-only) or not a folder: never held
             continue
     if fd is None:
-        yield True
+        yield unlockable
         return
     try:
         fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
@@ -281,7 +281,7 @@ def _held_for_removal(folder: Path, create: bool = True) -> Iterator[bool]:
     except BlockingIOError:
         free = False
     except OSError:  # a file system without locks: nothing could hold it (in_use runs unmarked there)
-        free = True
+        free = unlockable
     try:
         yield free
     finally:
@@ -292,25 +292,11 @@ def remove_if_unheld(folder: str | Path) -> bool:
     """Remove ``folder`` if no command holds it (:func:`hold_shared`); whether it was removed. For leftovers
     a killed command cannot clean up itself (a half-made memory snapshot copy). Unlike :func:`prune_runs`, which
     the user asks for, nothing is removed where it cannot be locked: a live holder could not be told apart."""
-    try:
-        import fcntl
-    except ImportError:
-        return False
     folder = Path(folder)
-    try:
-        fd = os.open(folder / IN_USE_FILE, os.O_RDWR | os.O_CREAT | getattr(os, "O_CLOEXEC", 0), 0o644)
-    except OSError:  # gone already, not a folder, read-only
-        return False
-    try:
-        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-    except OSError:  # held, or a file system without locks
-        os.close(fd)
-        return False
-    try:
-        shutil.rmtree(folder, ignore_errors=True)
-    finally:
-        os.close(fd)
-    return True
+    with _held_for_removal(folder, unlockable=False) as free:
+        if free:
+            shutil.rmtree(folder, ignore_errors=True)
+    return free
 
 
 def folder_in_use(folder: str | Path) -> bool:
@@ -339,7 +325,7 @@ def prune_runs(older_than_days: float = 7.0, root: str | Path | None = None, dry
                vacuum: bool = True) -> dict:
     """Remove run folders, checkpoint threads, traces, memory snapshots and evaluation caches last touched
     more than ``older_than_days`` ago (0 = everything), then compact ``checkpoints.sqlite``. A memory snapshot or
-    evaluation cache counts as touched when anything in it was (:func:`_last_touched`).
+    evaluation cache counts as touched when anything in it was (:func:`hmrcritic.io.newest_mtime`).
 
     A checkpoint thread is removed when its run folder is older than the cutoff or missing. A folder a
     critique holds (:func:`in_use`) stays with its thread, and the trace a critique is writing stays too
@@ -396,7 +382,10 @@ def prune_runs(older_than_days: float = 7.0, root: str | Path | None = None, dry
         for p in _entries(root / part, pattern):
             if part == "traces" and (not old(p) or trace_in_use(p)):  # a running critique's trace stays (as its folder)
                 continue
-            if part != "traces" and _last_touched(p) >= cutoff:  # a memory snapshot or cache written lately stays
+            # a memory snapshot or cache written lately stays: dated by the newest file in it, as a folder's own
+            # mtime changes only when an entry directly in it comes or goes (an evaluate-critic exploring into
+            # <key>/memory, a snapshot whose index files its opening rewrote, looked untouched since made)
+            if part != "traces" and newest_mtime(p) >= cutoff:
                 continue
             # and so does one a running command holds (hold_shared: a demo's or an evaluation's memory snapshot,
             # an evaluate-critic's cache, a snapshot being copied), whatever its age: removed under a running
@@ -419,18 +408,6 @@ def prune_runs(older_than_days: float = 7.0, root: str | Path | None = None, dry
     after = before if dry_run else runs_usage(root)["total_bytes"]
     return {"root": str(root), "older_than_days": older_than_days, "dry_run": dry_run, "removed": removed,
             "bytes_before": before, "bytes_after": after}
-
-
-def _last_touched(path: Path) -> float:
-    """When ``path`` or anything in it was last written: the newest mtime in the tree.
-
-    A folder's own mtime changes only when an entry directly in it is added or removed, so an evaluation cache
-    (``evaluate/<key>``) an evaluate-critic was exploring into right now (its memory is ``<key>/memory``), or a
-    memory snapshot being read (``frozen-memory/<digest>``, reused while its source is unchanged; opening it
-    rewrites its index files), counted as untouched since the day it was made: ``runs prune`` (7 days) removed it
-    under the running command, whose next memory write then failed with "memory … lacks collection
-    'semantic_rules'; run `hmrcritic memory reset`"."""
-    return newest_mtime(path)
 
 
 def _delete_threads(db: Path, threads: list[str], batch: int = 256) -> None:
