@@ -71,7 +71,7 @@ from hmrcritic.agent.mining import (
     underrated_mask,
     validate_proposal,
 )
-from hmrcritic.agent.runs import hold_shared, remove_if_unheld
+from hmrcritic.agent.runs import hold_shared, in_use, remove_if_unheld
 from hmrcritic.errors import AssetError, HMRCriticError, InputError, check_number
 from hmrcritic.io import append_jsonl, atomic_write_json, read_jsonl
 from hmrcritic.memory.schema import Prototype, Rule
@@ -243,31 +243,24 @@ def frozen_copy(memory: Any = None, root: str | Path | None = None):
 
 def _copy_snapshot(src: Path, dst: Path) -> None:
     """Copy the memory folder ``src`` to ``dst`` (made complete by one rename). The copy is made in a
-    ``.copy-*`` folder that is held in use (:func:`~hmrcritic.agent.runs.hold_shared`) while it is filled, so a
-    ``runs prune`` running beside it leaves it alone, and the ones no copy holds (killed mid-way) are removed
-    first."""
+    ``.copy-*`` folder that is held in use (:func:`~hmrcritic.agent.runs.in_use`, which makes it again if a
+    ``runs prune`` removed it before it was held) while it is filled, so a prune running beside it leaves it
+    alone, and the ones no copy holds (killed mid-way) are removed first."""
     import shutil
     import tempfile
 
     dst.parent.mkdir(parents=True, exist_ok=True)
     for left in dst.parent.glob(".copy-*"):  # a copy killed mid-way left it (a live copy holds its own)
         remove_if_unheld(left)
-    while True:
-        tmp = Path(tempfile.mkdtemp(prefix=".copy-", dir=dst.parent))
-        try:
-            held = hold_shared(tmp)
-        except FileNotFoundError:  # pruned before it was held: another one
-            continue
-        break
+    tmp = Path(tempfile.mkdtemp(prefix=".copy-", dir=dst.parent))
     try:
-        shutil.copytree(src, tmp / "m", ignore=shutil.ignore_patterns(*SNAPSHOT_SKIP))
-        (tmp / "m" / ".complete").write_text(str(src), encoding="utf-8")
-        with contextlib.suppress(OSError):  # another process made the same copy meanwhile
-            (tmp / "m").rename(dst)
+        with in_use(tmp):
+            shutil.copytree(src, tmp / "m", ignore=shutil.ignore_patterns(*SNAPSHOT_SKIP))
+            (tmp / "m" / ".complete").write_text(str(src), encoding="utf-8")
+            with contextlib.suppress(OSError):  # another process made the same copy meanwhile
+                (tmp / "m").rename(dst)
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
-        if held is not None:
-            os.close(held)
 
 
 def _add_explored(memory: Any, split: str, group_ids: list[str], info: dict, key: str = "group_ids") -> None:
