@@ -112,11 +112,27 @@ def _os_error(exc: OSError) -> str:
     return text + (f": {paths}" if paths else "") + (f" ({hint})" if hint else "")
 
 
+def _is_terminal(stream) -> bool:
+    try:
+        return bool(stream is not None and stream.isatty())
+    except (AttributeError, ValueError, OSError):  # closed or replaced streams
+        return False
+
+
 def _validation_error(exc) -> str:
-    """A pydantic ValidationError as one line: each bad setting, why, and the value given."""
+    """A pydantic ValidationError as one line: each bad setting, why, and the value given.
+
+    An agent setting (AgentConfig) is named with its ``HMRCRITIC_*`` variable when that is set: most commands
+    take these settings only from the environment, and "proto_level: … (got 2.0)" named a field the user never
+    typed (they wrote ``HMRCRITIC_PROTO_LEVEL=2``)."""
     parts = []
     for err in exc.errors():
         where = ".".join(str(x) for x in err.get("loc", ())) or exc.title
+        loc = err.get("loc", ())
+        if exc.title == "AgentConfig" and len(loc) == 1:
+            var = "HMRCRITIC_MEMORY" if loc[0] == "memory_dir" else f"HMRCRITIC_{str(loc[0]).upper()}"
+            if os.environ.get(var, "").strip():
+                where += f" ({var}={os.environ[var]!r} in the environment)"
         parts.append(f"{where}: {err.get('msg', 'invalid')} (got {err.get('input')!r})")
     return f"invalid {exc.title} setting: " + "; ".join(parts)
 
@@ -242,7 +258,13 @@ def _main(argv: list[str], debug: bool) -> int:
             return 143
         return int(code or 0)
     except typer.Abort:
-        print("aborted", file=sys.stderr)
+        if not _is_terminal(sys.stdin):
+            # a question (runs prune, memory reset) with nothing to answer it — a script, cron, CI: a bare
+            # "aborted" after the prompt did not say that the flag exists or that nothing was changed
+            print("\naborted: nothing changed (stdin is not a terminal and gave no \"y\"); add --yes to go ahead",
+                  file=sys.stderr)  # on its own line, not after the prompt's "[y/N]:"
+        else:
+            print("aborted", file=sys.stderr)
         return 130
     except KeyboardInterrupt:  # Ctrl-C: the long commands keep what they finished and resume from it
         return _say_interrupted()

@@ -178,17 +178,21 @@ def check_device(device: str | None = None) -> str:
 
     from hmrcritic.errors import InputError
 
+    # named as the user gave it: "use --device cpu" sent someone who never typed --device (their device came
+    # from HMRCRITIC_DEVICE in a profile or a job's environment) after the wrong setting
+    given = "" if device else " (from HMRCRITIC_DEVICE)"
+    way_out = "use --device cpu" if device else "unset HMRCRITIC_DEVICE or set it to cpu"
     device = device or default_device()
 
     try:
         kind = torch.device(device).type
     except (RuntimeError, ValueError, TypeError):
-        raise InputError(f"device {device!r} is not a torch device; use cpu or cuda[:N]") from None
+        raise InputError(f"device {device!r}{given} is not a torch device; use cpu or cuda[:N]") from None
     if kind not in ("cpu", "cuda"):
-        raise InputError(f"device {device!r}: hmrcritic runs on cpu or cuda[:N]")
+        raise InputError(f"device {device!r}{given}: hmrcritic runs on cpu or cuda[:N]")
     if kind == "cuda" and not torch.cuda.is_available():
-        raise InputError(f"device {device!r}: this torch has no usable CUDA (CPU build, or no GPU visible); "
-                         "use --device cpu")
+        raise InputError(f"device {device!r}{given}: this torch has no usable CUDA (CPU build, or no GPU visible); "
+                         f"{way_out}")
     index = torch.device(device).index
     if kind == "cuda" and index is not None and index >= torch.cuda.device_count():
         n = torch.cuda.device_count()

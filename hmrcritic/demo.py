@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import hashlib
 import html
+import os
 import re
 import shutil
 import time
@@ -100,7 +101,13 @@ def run_demo(
     scenes = load_split("test")
 
     say(f"[2/4] exploring {explore_rounds} × {explore_batch} labelled train groups to grow the critic's memory")
-    memory = MemoryStore(out / "memory")
+    # on disk in <out>/memory even when HMRCRITIC_CHROMA_URL names a shared Chroma server (chroma_url=""): a
+    # MemoryStore given no URL falls back to that variable, so the fresh start below wiped the server's memory —
+    # the one every worker learns into — and the demo explored its rules into it
+    if os.environ.get("HMRCRITIC_CHROMA_URL"):
+        say("      (HMRCRITIC_CHROMA_URL is set: the demo keeps its own memory in its output folder, not on that "
+            "server)")
+    memory = MemoryStore(out / "memory", chroma_url="")
     # a fresh memory every run: exploring on top of a previous demo's memory (other --seed, more rounds) would
     # make the figures depend on how often the demo ran in this folder
     memory.reset()

@@ -133,8 +133,9 @@ def load_hypotheses(source: Any, where: str = "hypotheses") -> dict[str, np.ndar
             raise InputError(f"{where}: would take {size / 2**20:.0f} MiB uncompressed (at most "
                              f"{MAX_HYPOTHESES_FILE_BYTES >> 20} MiB): not a group of hypotheses")
         try:
-            with loaded as z:
-                arrays = {k: np.asarray(z[k]) for k in z.files}
+            with loaded as z:  # only the arrays read below: any other key (a tool's pickled metadata, `sample`'s
+                # x0 / keypoints / K) is ignored unread, as CONTRACTS.md says — reading it refused the whole file
+                arrays = {k: np.asarray(z[k]) for k in z.files if k in HYP_KEYS or k == "poses"}
         except Exception as exc:
             raise InputError(f"{where}: not a readable .npz archive of float arrays ({type(exc).__name__})") from exc
     elif hasattr(source, "numpy") and hasattr(source, "body_pose") and not isinstance(source, dict):
@@ -148,6 +149,7 @@ def load_hypotheses(source: Any, where: str = "hypotheses") -> dict[str, np.ndar
         arrays = {k: (v.detach().cpu().numpy() if hasattr(v, "detach") else np.asarray(v)) for k, v in source.items()}
     else:
         raise InputError(f"{where}: expected an .npz path, a dict of arrays or a HypothesisGroup")
+    arrays = _common_layouts(arrays, where)
     out = {}
     n = None
     for key, dim in HYP_KEYS.items():
@@ -160,9 +162,13 @@ def load_hypotheses(source: Any, where: str = "hypotheses") -> dict[str, np.ndar
         a = np.asarray(arrays[key], dtype=np.float32)
         if a.ndim == 1:
             a = a[None]
+        if key == "betas" and a.ndim == 2 and a.shape[1] != dim:
+            a = _ten_betas(a, where)
         if a.ndim != 2 or a.shape[1] != dim:
             raise InputError(f"{where}: {key} has shape {a.shape}, expected (N, {dim})")
         n = a.shape[0] if n is None else n
+        if key in ("betas", "transl") and a.shape[0] == 1 and n > 1:
+            a = np.repeat(a, n, axis=0)  # one body shape / placement shared by every hypothesis (a common layout)
         if a.shape[0] != n:
             raise InputError(f"{where}: {key} has {a.shape[0]} hypotheses, others have {n}")
         if not np.isfinite(a).all():
@@ -179,6 +185,41 @@ def load_hypotheses(source: Any, where: str = "hypotheses") -> dict[str, np.ndar
     if n == 0:
         raise InputError(f"{where}: no hypotheses")
     return out
+
+
+def _common_layouts(arrays: dict, where: str) -> dict:
+    """The layouts other SMPL tools write, read as ours (exactly: each is only a reshape or a split):
+    ``poses (N, 72)`` or ``(N, 24, 3)`` (AMASS, many fitting codes) split into global_orient and body_pose,
+    and per-joint ``(N, 23, 3)`` / ``(N, 1, 3)`` rotations flattened. Before, each was refused as "missing
+    global_orient" or "wrong shape", leaving the user to find the convention."""
+    arrays = dict(arrays)
+    if "poses" in arrays and "global_orient" not in arrays and "body_pose" not in arrays:
+        p = np.asarray(arrays.pop("poses"))
+        if p.ndim == 3 and p.shape[1:] == (24, 3):
+            p = p.reshape(p.shape[0], -1)
+        if p.ndim == 1:
+            p = p[None]
+        if p.ndim != 2 or p.shape[1] != 72:
+            raise InputError(f"{where}: poses has shape {p.shape}, expected (N, 72) SMPL axis-angle (24 joints × 3; "
+                             "SMPL-X / SMPL+H poses hold more joints — keep their first 24 as SMPL's)")
+        arrays["global_orient"], arrays["body_pose"] = p[:, :3], p[:, 3:]
+    for key, joints in (("global_orient", 1), ("body_pose", 23)):
+        a = arrays.get(key)
+        if a is not None and np.ndim(a) == 3 and np.shape(a)[1:] == (joints, 3):
+            arrays[key] = np.asarray(a).reshape(np.shape(a)[0], joints * 3)
+    return arrays
+
+
+def _ten_betas(betas: np.ndarray, where: str) -> np.ndarray:
+    """SMPL's 10 shape coefficients from another count, where that is exact: fewer are the same body with the
+    rest zero; more (16, 300 from a fitting code) only when every coefficient past the tenth is zero."""
+    count = betas.shape[1]
+    if count < 10:
+        return np.concatenate([betas, np.zeros((betas.shape[0], 10 - count), betas.dtype)], axis=1)
+    if np.all(np.abs(betas[:, 10:]) < 1e-6):
+        return betas[:, :10]
+    raise InputError(f"{where}: betas has {count} coefficients and those past the tenth are not zero; the body "
+                     "model uses SMPL's 10 (refit the shape with 10, or drop the rest knowingly: betas[:, :10])")
 
 
 def _sample_arrays(sample: Any) -> dict[str, np.ndarray]:
@@ -600,19 +641,50 @@ def critique_group(
                             if on_update is not None:
                                 on_update(node, update or {}, t1 - t0)
                         t0 = time.perf_counter()
+                    # reading the final state back and trimming the thread fail like the graph can (the
+                    # database locked, the disk full): traced too, or the trace read "still running"
+                    snapshot = app.get_state(run_config)
+                    values = dict(snapshot.values)
+                    if start is None and values.get("done") and values.get("run_id") != run_id:
+                        # a resumed critique finished in this run: its stored run id was the interrupted run's, so a
+                        # later "finished earlier" named the run whose trace shows the crash, not the one that scored it
+                        new_config = app.update_state(snapshot.config, {"run_id": run_id}, as_node="memory_write")
+                        snapshot = app.get_state(new_config)
+                        values = dict(snapshot.values)
+                    if keep:
+                        _keep_last_checkpoint(saver, thread, snapshot.config)
                 except BaseException as exc:  # traced as it happened, then raised (a SQLite one naming the file);
                     tracer.error(exc)  # Ctrl-C too: it ends the trace and lets go of the trace file's lock
                     if isinstance(exc, InvalidCritiqueError):  # its checkpoint says "memory_write next": a re-run would
                         saver.delete_thread(thread)  # replay the same invalid critique for ever; it starts afresh
                     raise
-                snapshot = app.get_state(run_config)
-                values = dict(snapshot.values)
-                if keep:
-                    _keep_last_checkpoint(saver, thread, snapshot.config)
         tracer.finish(values)
         if not keep:
             saver.delete_thread(thread)
+        _record_learned_scene(memory if memory is not None else cfg.memory_dir, cfg, sample)
         return _scored(values, cfg, resumed=start is None, run_id=run_id)
+
+
+def _record_learned_scene(memory: Any, cfg: AgentConfig, sample: Any) -> None:
+    """A learning critique of a split's scene (``critique --scene test:3 --learn``, ``critique_group(...,
+    learn=True)``) joins the memory's ``explored_on.json``, as exploration's groups do.
+
+    Only exploration recorded what a memory learned from, so a memory that learned from test-000003 this way —
+    its prototypes carrying the true error where labels were given — was evaluated on test-000003 afterwards
+    (evaluate-critic --memory-dir, explore-eval) and recalled that very scene's prototype, every held-out
+    check passing. Scenes that are no split's (a user's image) have nothing to be held out from."""
+    if not (cfg.learn and cfg.use_memory):
+        return
+    from hmrcritic.agent.explore import _add_explored, _memory_path
+    from hmrcritic.hmr.data import SPLITS
+    from hmrcritic.memory.store import writers_held_off
+
+    sid = str(getattr(sample, "sample_id", "") or "")
+    split, _, index = sid.rpartition("-")
+    if split not in SPLITS or not index.isdigit():
+        return
+    with writers_held_off(_memory_path(memory)):  # read, add, write: not beside another process's update
+        _add_explored(memory, split, [sid], {})
 
 
 def _keep_last_checkpoint(saver, thread: str, last_config: dict) -> None:

@@ -13,13 +13,13 @@ the oracle best-of-N. Variants:
 * ``no_revise`` — the explored memory with hmrcritic's per-group revise loop off (our extension);
 * ``evidence_only`` — no memory and no revise loop: the builtin judge on the evidence alone.
 
-Memory is built honestly: :func:`~hmrcritic.agent.explore.explore` runs on groups of the *train* split into
-a memory folder of this evaluation's own (or ``memory_dir``: an explored memory you bring), and the scored
-groups are checked never to be ones that memory explored
-(:func:`~hmrcritic.agent.explore.assert_not_explored`). Scoring reads a frozen copy, so every variant reads
-the same memory version. Each ablation row carries ``full_minus_spearman`` ± ``full_minus_sem``: the paired
-difference to ``full`` on the same groups (group difficulty cancels, so it is what says whether a part
-matters).
+Memory is built honestly: :func:`~hmrcritic.agent.explore.explore` runs on groups of the *train* split into a
+memory folder of this evaluation's own (or ``memory_dir``: an explored memory you bring), and the scored groups
+are checked never to be ones that memory explored (:func:`~hmrcritic.agent.explore.assert_not_explored`), nor
+their scenes under another id (:func:`~hmrcritic.agent.learning_curve.assert_unseen_scenes`: splits generated
+with one ``--seed``). Scoring reads a frozen copy, so every variant reads the same memory version. Each ablation
+row carries ``full_minus_spearman`` ± ``full_minus_sem``: the paired difference to ``full`` on the same groups
+(group difficulty cancels, so it is what says whether a part matters).
 
 Exploration is resumable and keyed by its settings: re-running the same evaluation reuses the explored
 memory and only re-scores.
@@ -27,6 +27,7 @@ memory and only re-scores.
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
 import math
@@ -155,6 +156,8 @@ def evaluate_critic(
     if num_generations < 2:
         raise InputError(f"evaluate-critic: a group needs ≥ 2 hypotheses to rank, got --num-generations "
                          f"{num_generations}")
+    if num_groups < 1:  # refused now: explore_eval said "no held-out groups" only after the whole exploration
+        raise InputError(f"evaluate-critic: --num-groups must be ≥ 1, got {num_groups}")
     if warmup_groups < 0 or batch_size < 1:
         raise InputError(f"evaluate-critic: need --warmup-groups ≥ 0 and --batch-size ≥ 1 "
                          f"(got {warmup_groups}, {batch_size})")
@@ -172,7 +175,10 @@ def evaluate_critic(
     key = _key(ws=warmup_split, wg=warmup_groups, g=num_generations, seed=seed, source=used, judge=name,
                r=max_reflections, k=rules_k, b=batch_size, tau=tau, code=code_digest(), inputs=inputs_digest(used),
                data=split_digest(warmup_split) if memory_dir is None else None,
-               **({"judge_model": ident} if ident else {}))
+               **({"judge_model": ident} if ident else {}),
+               # the memory brought: without it, evaluations of two memories shared one folder, each overwriting
+               # the other's result.json (its payload's "workdir" then pointed at another memory's figures)
+               **({"memory": str(Path(memory_dir).expanduser().resolve())} if memory_dir is not None else {}))
     workdir = Path(workdir) if workdir is not None else hconfig.runs_dir() / "evaluate" / key
     # held in use (made when missing) until its result is written: `runs prune` removed an evaluation's cache,
     # its explored memory with it, under the running command
@@ -186,30 +192,53 @@ def evaluate_critic(
             explored_groups = None
         else:
             memory_path = workdir / "memory"
-            mem = MemoryStore(path=memory_path)  # a new folder is seeded with the starter rules
+            # a new folder is seeded with the starter rules; on disk, its own, even where HMRCRITIC_CHROMA_URL names
+            # a shared server (which this exploration would otherwise have filled with its rules and prototypes)
+            mem = MemoryStore(path=memory_path, chroma_url="")
             rounds = math.ceil(warmup_groups / batch_size) if warmup_groups else 0
-
-            def on_event(event: str, payload: dict) -> None:
-                if progress is not None and event == "group":
-                    progress(f"explore {warmup_split}", payload["index"] + 1, payload["total"])
-
-            if warmup_groups:  # 0 = the starter memory as seeded (explore refuses a limit of 0 groups)
-                explore(mem, split=warmup_split, rounds=rounds, batch_size=batch_size, tau=tau, judge=judge,
-                        rules_k=rules_k, num_generations=num_generations, limit=warmup_groups, seed=seed + 1,
-                        source=used, max_reflections=max_reflections, progress=on_event)
-            del mem
-            # what the memory holds (a resumed exploration explores nothing new in this call)
+            # counted over the whole exploration: a group event's index and total are within its batch, so 200
+            # groups in batches of 8 said "explore train: 8/8" 25 times (and "1/8" ... "8/8" to a per-call
+            # progress) and never how far the exploration was; a resumed one starts from what it holds
             from hmrcritic.agent.explore import explored_record
 
+            start = len(explored_record(memory_path)["splits"].get(warmup_split, {}).get("group_ids", []))
+            seen = [min(start, warmup_groups)]
+
+            def on_event(event: str, payload: dict) -> None:
+                if progress is None:
+                    return
+                if event == "group":
+                    seen[0] += 1
+                    progress(f"explore {warmup_split}", min(seen[0], warmup_groups), warmup_groups)
+                elif event == "calibrate":  # the score calibration's groups (32 critiques) after the last batch
+                    progress(f"calibrate on {warmup_split}", payload["index"], payload["total"])
+
+            if warmup_groups:  # 0 = the starter memory as seeded (explore refuses a limit of 0 groups)
+                with contextlib.ExitStack() as stack:
+                    # taken here (explore re-enters it) to say what a second evaluation with the same settings
+                    # should do: the store's "use another --memory-dir" means "score this memory" to this command
+                    try:
+                        stack.enter_context(mem.exclusive("an evaluate-critic exploration"))
+                    except InputError as exc:
+                        if "busy with" not in str(exc):
+                            raise
+                        raise InputError(f"evaluate-critic: another evaluation with these settings is exploring "
+                                         f"its memory now ({memory_path}); run this one when it has finished: it "
+                                         "then reuses that explored memory and only scores") from None
+                    explore(mem, split=warmup_split, rounds=rounds, batch_size=batch_size, tau=tau, judge=judge,
+                            rules_k=rules_k, num_generations=num_generations, limit=warmup_groups, seed=seed + 1,
+                            source=used, max_reflections=max_reflections, progress=on_event)
+            del mem
+            # what the memory holds (a resumed exploration explores nothing new in this call)
             explored_groups = len(explored_record(memory_path)["splits"].get(warmup_split, {}).get("group_ids", []))
         starter = starter_memory(workdir / "starter") if "no_reflection" in variants else None
 
-        def on_variant(v: str, i: int, n: int) -> None:
+        def on_group(v: str, i: int, n: int) -> None:  # per group: a variant's 100 critiques take minutes
             if progress is not None:
-                progress(f"score {v}", i + 1, n)
+                progress(f"score {v}", i, n)
 
         res = explore_eval(memory_path, eval_groups, split=split, variants=variants, judge=judge,
-                           agent_config=agent_config, starter=starter, progress=on_variant, keep_scores=True)
+                           agent_config=agent_config, starter=starter, group_progress=on_group, keep_scores=True)
         per_group = {r["variant"]: np.asarray(r.pop("per_group_spearman"), np.float64) for r in res["rows"]}
         scores = {r["variant"]: r.pop("per_group_scores") for r in res["rows"]}
         errors = res.pop("per_group_errors")
@@ -231,7 +260,9 @@ def evaluate_critic(
             "memory_dir": str(memory_path),
             "workdir": str(workdir),
         }
-        atomic_write_json(workdir / "result.json", payload)
+        from hmrcritic.commands import finite_json
+
+        atomic_write_json(workdir / "result.json", finite_json(payload))  # strict JSON, as --json prints it
         return payload
 
 

@@ -231,7 +231,9 @@ def frozen_copy(memory: Any = None, root: str | Path | None = None):
             raise AssetError(f"the memory snapshot {dst} stays incomplete (no .complete file); remove that folder "
                              "and run again")
     try:
-        store = MemoryStore(dst, read_only=True)
+        # the snapshot is a folder: with HMRCRITIC_CHROMA_URL set, MemoryStore(dst) opened that server's memory
+        # instead, and scoring "from the frozen copy" read (or failed to reach) the shared memory
+        store = MemoryStore(dst, chroma_url="", read_only=True)
     except BaseException:
         if held is not None:
             os.close(held)

@@ -1,13 +1,13 @@
 """Does exploration teach the critic anything? Held-out evaluation of memory variants and a learning curve.
 
-:func:`explore_eval` scores held-out labelled groups (never ones the memory explored: see
-:func:`~hmrcritic.agent.explore.assert_not_explored`) with a *frozen* (read-only) memory under several
-variants, and reports per variant the mean group-wise Spearman ρ and Kendall τ-b between the critic's overall
-score and the negated true error — against PA-MPJPE, MPJPE and PVE — and the mean error of the critic's
-top-1 pick, beside a random pick (the expected error of a uniform pick: each group's mean, no draw) and the
-oracle (best of group), both over every held-out group. A group a variant failed to score is left out of that
-variant's means (``groups_scored`` says how many it scored; NaN where it scored none). Variants (the paper's
-ablations, §5):
+:func:`explore_eval` scores held-out labelled groups (never ones the memory explored, nor their scenes under
+another id: see :func:`~hmrcritic.agent.explore.assert_not_explored` and :func:`assert_unseen_scenes`) with a
+*frozen* (read-only) memory under several variants, and reports per variant the mean group-wise Spearman ρ and
+Kendall τ-b between the critic's overall score and the negated true error — against PA-MPJPE, MPJPE and PVE —
+and the mean error of the critic's top-1 pick, beside a random pick (the expected error of a uniform pick: each
+group's mean, no draw) and the oracle (best of group), both over every held-out group. A group a variant failed
+to score is left out of that variant's means (``groups_scored`` says how many it scored; NaN where it scored
+none). Variants (the paper's ablations, §5):
 
 * ``full`` — the explored memory;
 * ``no_reflection`` — the starter memory, no exploration (the paper's "without self-reflection");
@@ -55,8 +55,8 @@ def starter_memory(folder: str | Path | None = None):
 
     folder = Path(folder) if folder is not None else Path(tempfile.mkdtemp(prefix="hmrcritic-starter-"))
     if not holds_memory(folder):
-        MemoryStore(folder)  # creates and seeds
-    return MemoryStore(folder, read_only=True)
+        MemoryStore(folder, chroma_url="")  # creates and seeds, on disk even where HMRCRITIC_CHROMA_URL is set
+    return MemoryStore(folder, chroma_url="", read_only=True)
 
 
 def _heldout(groups, split: str, num_groups: int, num_generations: int, seed: int, start: int, source: str):
@@ -79,6 +79,62 @@ def assert_heldout(memory: Any, split: str, group_ids: Sequence[str]) -> None:
     record = explored_record(memory)  # read once: a split's check below is the same record, not a re-read
     for s in [split] + sorted(k for k in record["splits"] if k != split):
         assert_not_explored(memory, s, group_ids, record=record)
+
+
+def _scene_key(sample: Any) -> bytes | None:
+    """What makes two inputs the same scene (keypoints with their noise and occlusions, intrinsics, image size),
+    or None for a group without such a sample."""
+    kp, K = getattr(sample, "keypoints", None), getattr(sample, "K", None)
+    if kp is None or K is None:
+        return None
+    size = np.asarray(getattr(sample, "image_size", ()), np.int64)
+    return b"|".join(np.ascontiguousarray(np.asarray(x, np.float64)).tobytes() for x in (kp, K, size))
+
+
+def assert_unseen_scenes(memory: Any, groups: Sequence[Any]) -> None:
+    """Refuse held-out groups whose *scene* the memory learned from (or calibrated on) under another id.
+
+    :func:`assert_heldout` compares ids, and an id names an index of a split, not its content: two splits
+    generated with one seed (``hmrcritic data generate --split train --seed 0`` and ``--split test --seed 0``;
+    train and test share a preset) hold the same scenes at the same indices, so test-000003 *is* the explored
+    train-000003 and the critic recalled the prototypes of the scene it was being scored on, every id check
+    passing. The explored scenes are read from the splits as they are now (one not generated here is skipped)."""
+    import re
+    from collections import defaultdict
+
+    from hmrcritic.agent.explore import _memory_path, explored_record
+    from hmrcritic.hmr.data import SPLITS, load_split
+
+    mine: dict[bytes, str] = {}
+    for g in groups:
+        k = _scene_key(getattr(g, "sample", None))
+        if k is not None:
+            mine.setdefault(k, g.group_id)
+    if not mine:
+        return
+    pattern = re.compile(rf"({'|'.join(map(re.escape, SPLITS))})-(\d+)")
+    seen: dict[str, set[int]] = defaultdict(set)  # by the split each id names (a given group carries its own)
+    for rec in explored_record(memory)["splits"].values():
+        for gid in [*rec.get("group_ids", []), *rec.get("calibration_group_ids", [])]:
+            m = pattern.fullmatch(str(gid))
+            if m:
+                seen[m.group(1)].add(int(m.group(2)))
+    for s, indices in sorted(seen.items()):
+        try:
+            scenes = load_split(s, generate=False, quiet=True)
+        except HMRCriticError:  # not here (or out of date): its explored scenes are none of these
+            continue
+        for i in sorted(indices):
+            if i >= len(scenes):
+                continue
+            scene = scenes[i]
+            clash = mine.get(_scene_key(scene))
+            if clash is not None and clash != scene.sample_id:  # the same id is assert_heldout's to refuse
+                raise InputError(f"held-out group {clash} is the same scene as {scene.sample_id}, which the memory "
+                                 f"at {_memory_path(memory)} explored (or calibrated) on: splits generated with "
+                                 "one --seed hold the same scenes; regenerate one with another seed "
+                                 f"(`hmrcritic data generate --split {clash.rsplit('-', 1)[0]} --seed N`) or "
+                                 "evaluate a memory not explored on them")
 
 
 def score_groups(groups: Sequence[Any], memory: Any, variant: str = "full", judge: Any = "builtin",
@@ -172,6 +228,7 @@ def explore_eval(
     starter: Any = None,
     progress: Callable[[str, int, int], None] | None = None,
     keep_scores: bool = False,
+    group_progress: Callable[[str, int, int], None] | None = None,
 ) -> dict:
     """``{"rows": [{"variant", "spearman", "kendall", "top1_pa_mpjpe_mm", …}], "random_pa_mpjpe_mm",
     "oracle_pa_mpjpe_mm", "num_groups", …}`` on held-out groups (see module doc).
@@ -179,7 +236,8 @@ def explore_eval(
     ``memory``: the explored memory (folder or store; opened read-only). ``starter``: the memory of the
     ``no_reflection`` row (default: a fresh starter memory in a temporary folder). ``keep_scores``: each row
     also carries ``per_group_scores`` and the result ``per_group_errors`` (PA-MPJPE), for paired statistics
-    between variants."""
+    between variants. ``progress(variant, i, n)`` is called before each variant, ``group_progress(variant, i, n)``
+    after each of its groups."""
     from hmrcritic.agent.explore import _memory_path, error_table, frozen_copy
 
     variants = list(variants or VARIANTS)  # None: every variant
@@ -194,20 +252,33 @@ def explore_eval(
     if not held:
         raise InputError(f"no held-out groups in split {split!r}")
     assert_heldout(path, split, [g.group_id for g in held])
+    assert_unseen_scenes(path, held)
     tables = [error_table(g) for g in held]
     before = frozen.version()
-    base = starter if starter is not None else (starter_memory() if "no_reflection" in variants else None)
+    # a starter memory of our own is a temporary folder: removed when scored (every explore-eval and
+    # explore_eval() call with no_reflection left a Chroma database of ~0.5 MB in /tmp behind for good)
+    own = (Path(tempfile.mkdtemp(prefix="hmrcritic-starter-"))
+           if starter is None and "no_reflection" in variants else None)
     rows = []
-    for i, v in enumerate(variants):
-        if progress is not None:
-            progress(v, i, len(variants))
-        mem = base if v == "no_reflection" else frozen
-        scores, versions = score_groups(held, mem, v, judge=judge, agent_config=agent_config)
-        row = {"variant": v, **correlation_row(scores, tables),
-               "memory_version": sorted({x for x in versions if x})}
-        if keep_scores:
-            row["per_group_scores"] = [None if s is None else np.asarray(s, np.float64).tolist() for s in scores]
-        rows.append(row)
+    try:
+        base = starter if starter is not None else (starter_memory(own) if own is not None else None)
+        for i, v in enumerate(variants):
+            if progress is not None:
+                progress(v, i, len(variants))
+            mem = base if v == "no_reflection" else frozen
+            tick = None if group_progress is None else (lambda i, n, v=v: group_progress(v, i, n))
+            scores, versions = score_groups(held, mem, v, judge=judge, agent_config=agent_config, progress=tick)
+            row = {"variant": v, **correlation_row(scores, tables),
+                   "memory_version": sorted({x for x in versions if x})}
+            if keep_scores:
+                row["per_group_scores"] = [None if s is None else np.asarray(s, np.float64).tolist()
+                                           for s in scores]
+            rows.append(row)
+    finally:
+        if own is not None:
+            import shutil
+
+            shutil.rmtree(own, ignore_errors=True)
     after = frozen.version()
     if after != before:
         raise AssetError(f"memory at {path} changed while it was being scored read-only ({before} → {after})")
@@ -359,6 +430,7 @@ def learning_curve(
 
     def evaluate(r: int) -> None:
         assert_heldout(mem, heldout_split, held_ids)  # every round: a round may have explored them
+        assert_unseen_scenes(mem, held)
         say(f"round {r}: scoring {len(held)} held-out groups of {heldout_split}"
             + (" with the unexplored memory" if r == 0 else ""))
         ro = frozen_copy(mem)
@@ -391,7 +463,12 @@ def learning_curve(
     result = {"rows": rows, "num_groups": len(held), "heldout_split": heldout_split if heldout is None else "custom",
               "batch_size": batch_size, "split": split}
     if out is not None:
-        atomic_write_json(out / CURVE_FILE, result)
+        from hmrcritic.commands import finite_json
+
+        # strict JSON, as --json prints it: a held-out group whose critique failed is a NaN in its row's
+        # per_group_spearman (and a round that scored none NaN means), which json.dumps wrote as the bare word NaN
+        # that jq and other strict parsers refuse (the partial file keeps them: only this package reads it back)
+        atomic_write_json(out / CURVE_FILE, finite_json(result))
         result["png"] = str(plot_curve(rows, out / "learning_curve.png"))
         (out / PARTIAL_FILE).unlink(missing_ok=True)
     return result

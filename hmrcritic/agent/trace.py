@@ -247,6 +247,15 @@ def resolve_run(run_id: str | None = None, last: bool = False) -> Path:
         run_id = pointer.read_text(encoding="utf-8").strip()
         if not run_id:  # an empty pointer would match every trace below
             raise InputError(f"{pointer} is empty: the last run is unknown; give a RUN_ID")
+        if not (d / f"{run_id}.jsonl").is_file():
+            # its trace deleted by hand: said so, with the newest one left. It fell through to the part-of-an-id
+            # search below and `--last` answered "run '<id>' not found", an id the user never typed
+            left = _traces_left(d)
+            newest = f"; the newest trace left is {max(left)[1]} (`hmrcritic trace {max(left)[1]}`)" if left else ""
+            raise InputError(f"the last run {run_id} has no trace in {d} any more (deleted){newest}")
+    elif run_id.endswith(".jsonl") and run_id != ".jsonl":
+        # a trace's file name, as `ls` (which the messages below point to) shows it: the run id is its stem
+        run_id = run_id[:-len(".jsonl")]
     if any(sep in run_id for sep in ("/", "\\")) or run_id in (".", ".."):  # a run id is a file name in d
         raise InputError(f"run id {run_id!r} is not a run id (no path separators); see `ls {d}`")
     path = d / f"{run_id}.jsonl"
@@ -313,7 +322,9 @@ def format_trace(records: list[dict]) -> str:
             head = f"  {r['step']:>2}. {r['node']:<13} {r['seconds'] * 1000:8.1f} ms  "
             lines.append(head + _describe(r["changed"], LINE_CHARS - len(head)))
         elif r["event"] == "error":
-            lines.append(f"  error: {r['error']}")
+            # a multi-line error (a validation error lists one field a line) stays indented under its run: its
+            # later lines started at column 0, like the heading of another run
+            lines.append("  error: " + str(r["error"]).replace("\r", "").replace("\n", "\n         "))
         elif r["event"] == "finish":
             lines.append(f"  finish  {r['seconds'] * 1000:.1f} ms total, {r['rounds']} revision round(s)")
     if records[-1]["event"] not in ("error", "finish"):

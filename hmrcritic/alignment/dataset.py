@@ -495,6 +495,10 @@ def validate_dataset(root: str | Path, max_errors: int = 50) -> ValidationReport
     stopped = False
     with open(path, encoding="utf-8", errors="replace") as fh:  # a non-UTF-8 line is reported, see read_manifest
         for lineno, line in enumerate(fh, 1):
+            if len(errors) >= max_errors:  # also after lines that were no record at all (not JSON, a bad checksum):
+                errors.append("… too many errors, stopped")  # a garbled manifest listed every one of its lines
+                stopped = True
+                break
             where = f"{MANIFEST}:{lineno}"
             if not line.strip():
                 continue

@@ -264,8 +264,10 @@ def _explore(preset: Preset, memory_dir: Path, model_path: str | None, key: str,
     # opened inside the reset, as `memory reset` does: a run killed during the reset left the folder marked "reset
     # cut short", which a plain open refuses, so the same command failed on every re-run telling the user to
     # reset reproduce's own scratch memory by hand
-    with hold_exclusive(memory_dir, "a memory reset"), resetting(memory_dir):
-        store = MemoryStore(memory_dir)
+    with hold_exclusive(memory_dir, "a memory reset"), resetting(memory_dir, chroma_url=""):
+        # its own scratch folder: with HMRCRITIC_CHROMA_URL set, MemoryStore(memory_dir) was that server's memory,
+        # and this reset wiped the memory every worker shares ("" keeps it on disk; so below and in the export)
+        store = MemoryStore(memory_dir, chroma_url="")
         store.reset(seed_starter=True)
     if preset.explore_rounds == 0:
         return {"engine": "none", "version": store.version(), "stats": store.stats()}
@@ -335,7 +337,7 @@ class CriticSelector:
         from hmrcritic.agent.graph import compile_graph, open_checkpointer
         from hmrcritic.memory import MemoryStore
 
-        self.memory = MemoryStore(memory_dir, read_only=True)
+        self.memory = MemoryStore(memory_dir, chroma_url="", read_only=True)
         self.preset = preset
         self.tag = tag
         self.saver = open_checkpointer()
@@ -540,7 +542,7 @@ def _run(name: str, p: Preset, out: Path, model, progress) -> dict:
         t0 = time.time()
         ecfg = ExportConfig(out=str(wild_dir), split="wild", model=model_path, num_generations=p.num_generations,
                             judge=p.judge, limit=p.wild_groups, seed=p.seed, sample_steps=p.sample_steps,
-                            memory=str(memory_dir))
+                            memory=str(memory_dir), chroma_url="")
         with _env(**render_env):
             summary = export(ecfg, progress=lambda i, n: _every(log, "export", i, n))
         if summary.groups == 0:

@@ -74,7 +74,13 @@ def _check_out_dir(out: Path) -> None:
     out = out.absolute()
     if out.exists() and not out.is_dir():
         raise InputError(f"--out {out} is a file; give a folder for scores.json and report.html")
-    first = next(p for p in (out, *out.parents) if p.exists())  # the folder the new ones go into
+    # the folder the new ones go into; a link counts as there even when what it names is not (``exists`` said no)
+    first = next(p for p in (out, *out.parents) if os.path.lexists(p))
+    if first.is_symlink() and not first.exists():
+        # a dangling link (to an unmounted drive, a removed folder) passed as "to be made" and failed only at the
+        # end, after the critique (and --learn's memory writes), as "File exists … a file is where a folder is
+        # needed"
+        raise InputError(f"--out {out}: {first} is a link to {os.readlink(first)}, which does not exist")
     if not first.is_dir():
         raise InputError(f"--out {out}: {first} is a file, so no folder can be made inside it")
     if not os.access(first, os.W_OK | os.X_OK):
@@ -282,7 +288,9 @@ def _print_table(result) -> None:
     for rank, i in enumerate(result.ranking):
         s = by_index[i]
         table.add_row(str(rank + 1), f"h{i}", f"{s.overall:.2f}", *[f"{getattr(s, a):.2f}" for a in AXES],
-                      Text(printable(s.rationale[:90]), no_wrap=True, overflow="ellipsis"))
+                      # whole, for rich to cut at the column's width with "…": cut at 90 characters here first, a
+                      # long rationale filled the 90-wide column exactly and read as complete
+                      Text(printable(s.rationale), no_wrap=True, overflow="ellipsis"))
     import sys
 
     Console(width=None if is_tty(sys.stdout) else 150).print(table)

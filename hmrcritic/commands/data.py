@@ -106,3 +106,10 @@ def _verify_files(manifest: dict, folder) -> None:
         else:
             continue
         raise AssetError(f"{path} {why}; regenerate the split: hmrcritic data generate --split {manifest.get('split')}")
+    if manifest.get("images") and isinstance(manifest.get("n"), int):
+        # the images hold no sha256 in the manifest, but a deleted images folder went unsaid ("images: True"),
+        # while every sample read afterwards quietly had no image to overlay or align against
+        found = sum(1 for f in (Path(folder) / "images").glob("*.png")) if (Path(folder) / "images").is_dir() else 0
+        if found < manifest["n"]:
+            raise AssetError(f"{Path(folder) / 'images'}: {found} of the split's {manifest['n']} images are there; "
+                             f"regenerate the split: hmrcritic data generate --split {manifest.get('split')}")

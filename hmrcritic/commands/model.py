@@ -13,13 +13,17 @@ from hmrcritic.config import check_device
 from hmrcritic.errors import InputError
 
 
-def _progress_printer(prefix: str):
+def _progress_printer(prefix: str, stop_at: int | None = None):
+    """Progress lines of a training run; the eta is to where this run ends: ``stop_at`` when it stops before the
+    recipe's last step (the eta to the whole recipe read as if a ``--stop-at 500`` run had hours left)."""
     def show(rec: dict) -> None:
         total = rec.get("total", 0)
-        eta = (total - rec["step"]) / max(rec.get("steps_per_s", 0), 1e-9)
+        end = min(total, stop_at) if stop_at is not None else total
+        eta = max(end - rec["step"], 0) / max(rec.get("steps_per_s", 0), 1e-9)
         print(
             f"{prefix} step {rec['step']}/{total}  loss {rec['loss']:.4f}  lr {rec['lr']:.2e}  "
-            f"{rec['steps_per_s']:.2f} steps/s  eta {eta / 60:.1f} min",
+            f"{rec['steps_per_s']:.2f} steps/s  eta {eta / 60:.1f} min"
+            + (f" (to --stop-at {end})" if end < total else ""),
             flush=True,
         )
 
@@ -106,8 +110,8 @@ def register(app: typer.Typer) -> None:
             f"training base model -> {out} ({cfg.steps} steps, batch {cfg.batch_size}, seed {seed})",
             flush=True,
         )
-        path = train_base(cfg, out, resume=resume, progress=_progress_printer("train"), device=device, stop_at=stop_at,
-                          notify=lambda msg: print(f"train: {msg}", flush=True))
+        path = train_base(cfg, out, resume=resume, progress=_progress_printer("train", stop_at), device=device,
+                          stop_at=stop_at, notify=lambda msg: print(f"train: {msg}", flush=True))
         if path.name == "state.pt":  # stopped early: export the EMA weights at that step
             from hmrcritic.hmr.train import checkpoint_from_state
 
@@ -132,10 +136,16 @@ def register(app: typer.Typer) -> None:
                     _note(f"split {split!r} has only {evals[key]['n_samples']} scenes; {key} evaluated them all "
                           f"(--eval-limit {lim})")
                 print(format_report(evals[key]), flush=True)
+            # base_model.json's "reproduce": every setting that makes the model or its figures. Without
+            # --max-samples (other training data), --threads (a resume refuses another count; other kernels) and
+            # --guidance (the guided row's key and figures) it named a command that gives another model or table
             cmd = f"hmrcritic train-base --seed {seed}"
             cmd += f" --steps {cfg.steps}" if steps is not None else ""
             cmd += f" --batch-size {cfg.batch_size}" if batch_size is not None else ""
+            cmd += f" --max-samples {max_samples}" if max_samples is not None else ""
+            cmd += f" --threads {threads}" if threads != 1 else ""
             cmd += (f" --stop-at {stop_at}" if stop_at else "") + f" --ship --eval-limit {eval_limit}"
+            cmd += f" --guidance {guidance}" if guidance != 30.0 else ""  # str(float) round-trips; :g may not
             pt, js = ship_model(path, evals, command=cmd)
             print(f"shipped: {pt} ({pt.stat().st_size / 1e6:.1f} MB), {js}")
 

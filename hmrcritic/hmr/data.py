@@ -644,10 +644,22 @@ def load_split(
             and (n is None or m.get("n") == n)
         )
 
-    if not fresh(_manifest(folder)):
+    m = _manifest(folder)
+    if not fresh(m):
         if not generate:
+            # which: "not found or out of date" for a split that is there, made with the SMPL file a shell without
+            # HMRCRITIC_BODY_MODEL does not use, sent `data info` users to `data generate`, which replaces it
+            if m is None:
+                why = "not found"
+            elif m.get("generator_version") != GENERATOR_VERSION:
+                why = f"made by generator {m.get('generator_version')}, not this one's {GENERATOR_VERSION}"
+            elif not same_body(m):
+                why = (f"made with body model {m.get('body_model')}, not {body.name} (the body model in use): set "
+                       f"HMRCRITIC_BODY_MODEL to that file to use it, or replace it with scenes of {body.name}")
+            else:
+                why = f"of {m.get('n')} scenes, not {n}"
             raise AssetError(
-                f"split '{name}' not found or out of date in {folder.parent}; "
+                f"split '{name}' in {folder.parent}: {why}; "
                 f"run `hmrcritic data generate --split {name}`"
             )
         folder.parent.mkdir(parents=True, exist_ok=True)
@@ -831,9 +843,11 @@ def _as_points(values, path: Path, what: str) -> np.ndarray:
 MAX_KEYPOINT_FILE_BYTES = 10_000_000
 # keypoint sets whose first 17 points are COCO-17 in COCO's order (a whole-body or Halpe model's output)
 COCO17_PREFIX_FORMATS = {26: "Halpe-26", 133: "COCO-WholeBody-133"}
+# one person's keypoints as flat numbers: COCO-17, BODY_25, Halpe-26, COCO-WholeBody-133 (× [x, y, c])
+FLAT_PERSON_SIZES = (51, 75, 78, 399)
 KEYPOINT_FORMATS = ("a list of 17 [x,y,c] or 51 numbers (COCO-17), OpenPose {'people': [...]} (BODY_25), COCO "
                     "results/annotations {'keypoints': [...]}, MMPose [{'keypoints', 'keypoint_scores'}], "
-                    "Halpe-26 or COCO-WholeBody-133")
+                    "Halpe-26 or COCO-WholeBody-133; a list of people in any of the plain forms")
 
 
 def _person_confidence(person: dict, key: str) -> float:
@@ -880,7 +894,8 @@ def read_keypoints_json(path, image_size=None) -> np.ndarray:
     ``[{"keypoints": [[x, y]], "keypoint_scores": [...]}]`` (or inside ``{"instance_info": [...]}``; its scores
     are not probabilities — RTMPose's exceed 1 — so they are clipped to [0, 1]; other formats' confidences up
     to 1.1, a heatmap peak just above 1, read as 1); Halpe-26 and
-    COCO-WholeBody-133, whose first 17 points are COCO-17. With several people the most confident (summed
+    COCO-WholeBody-133, whose first 17 points are COCO-17; a plain list of people, each in one of the plain
+    forms (a detector's raw ``(P, 17, 3)`` array). With several people the most confident (summed
     keypoint confidence) is used and a warning says which. Coordinates normalised to [0, 1] are refused (they
     would be a person one pixel tall). With ``image_size`` (W,H), visible points more than 2 % past the border
     are hidden with a warning (a truncated person), unless more than a third of them are (keypoints of another
@@ -937,6 +952,11 @@ def read_keypoints_json(path, image_size=None) -> np.ndarray:
         values, visibility_flags, scores = person["keypoints"], True, person.get("keypoint_scores")
     elif isinstance(data, list):
         values = data
+        people = _as_points(data, p, "keypoints")
+        if (people.ndim == 3 and people.shape[2] == 3) or (people.ndim == 2 and people.shape[1] in FLAT_PERSON_SIZES):
+            # a plain list of people (a detector's raw array, one row per person, [x, y, c] points or flat) was
+            # refused as "got shape [2, 17, 3]"; it is read as the other multi-person forms are
+            values = _pick_person([{"keypoints": q} for q in people.tolist()], "keypoints", p)["keypoints"]
     else:
         raise InputError(f"{p}: unrecognised keypoint JSON (expected {KEYPOINT_FORMATS})")
     arr = _as_points(values, p, "keypoints")

@@ -334,7 +334,7 @@ def evaluate_model(
         # the one its training scenes were made with: a model trained on the mannequin's scenes and evaluated
         # with HMRCRITIC_BODY_MODEL set reported figures that said neither
         "body_model": getattr(body, "name", None),
-        "trained_body_model": _trained_body_model(model),
+        "trained_body_model": _trained_body_model(model, body),
         "unit": "mm (3D), px (2D)",
         **{key: mean(key, name) for key, name in _FIGURES.items()},
         "diversity_visible_balanced_mm": bal_vis,
@@ -391,12 +391,26 @@ _SELECTED_FIGURES = {
 _PER_HYPOTHESIS = ("reproj_behind_camera_rate", "implausible_rate")  # one value per hypothesis, not per scene
 
 
-def _trained_body_model(model) -> str | None:
-    """The body model of the scenes ``model`` was trained on, as its checkpoint records it (None: not recorded)."""
+def _trained_body_model(model, body=None) -> str | None:
+    """The body model of the scenes ``model`` was trained on, as its checkpoint records it (None: not recorded).
+
+    By the file's content where the checkpoint and ``body`` both know it (``data.body_sha256``, as ``load_split``
+    judges a split): by the path alone, the same SMPL file named by another path (relative when training, absolute
+    now) got the report's note that the figures measure the model on another body, and another file at the same
+    path (neutral replaced by male) got none. The same file is named as ``body`` is; another one at its path says
+    so."""
     extra = getattr(model, "checkpoint_extra", None)
     data = extra.get("data") if isinstance(extra, dict) else None
     name = data.get("body_model") if isinstance(data, dict) else None
-    return name if isinstance(name, str) else None
+    if not isinstance(name, str):
+        return None
+    sha, now = data.get("body_sha256"), getattr(body, "source_sha256", None)
+    if isinstance(sha, str) and isinstance(now, str):
+        if sha == now:
+            return getattr(body, "name", name)
+        if name == getattr(body, "name", None):
+            return f"{name} (another file at that path then, sha256 {sha[:12]}…)"
+    return name
 
 
 def _project(points: torch.Tensor, K: torch.Tensor) -> torch.Tensor:

@@ -86,6 +86,10 @@ class TrainConfig:
                 raise InputError(f"train-base: {name.replace('_', '-')} must be ≥ 1, got {getattr(self, name)}")
         if self.max_samples is not None and int(self.max_samples) < 1:  # [:-5] would silently drop the last 5
             raise InputError(f"train-base: max-samples must be ≥ 1 (or left out for all), got {self.max_samples}")
+        if self.max_samples is not None and int(self.max_samples) < 2:  # training needs two scenes (see _train): said
+            # after the split was loaded, or generated first (20,000 scenes, minutes) where it did not exist yet
+            raise InputError(f"train-base: max-samples must be ≥ 2 (training needs at least 2 scenes), got "
+                             f"{self.max_samples}")
         if self.seed < 0 or self.warmup < 0:
             raise InputError(f"train-base: seed and warmup must be ≥ 0, got {self.seed}, {self.warmup}")
         if not (math.isfinite(self.lr) and self.lr > 0 and math.isfinite(self.min_lr) and self.min_lr >= 0):
@@ -186,9 +190,33 @@ def load_train_data(split: str = "train", max_samples: int | None = None) -> Tra
     manifest = getattr(scenes, "manifest", None)
     if isinstance(manifest, dict):
         # body_model: the scenes' keypoints and shapes are that body's; evaluate names a model trained on another
-        source.update({k: manifest[k] for k in ("seed", "preset", "generator_version", "n", "body_model")
-                       if k in manifest})
+        source.update({k: manifest[k] for k in ("seed", "preset", "generator_version", "body_model") if k in manifest})
+        # n stays the scenes trained on: the manifest's n overwrote it, so a --max-samples 500 model recorded
+        # "n": 20000 and a refused resume read "20000 scenes; now 500" for two runs on 500 each. The split's own
+        # size apart, only where it differs (the recipe's model.pt stays byte for byte as it was)
+        if "n" in manifest and manifest["n"] != source["n"]:
+            source["split_n"] = manifest["n"]
+        # and the SMPL file's content (the mannequin has none, so its model.pt stays byte for byte as it was):
+        # evaluate tells the same file named by another path (relative, absolute) from another file at the path
+        if manifest.get("body_sha256"):
+            source["body_sha256"] = manifest["body_sha256"]
     return TrainData.from_arrays(arrays, source)
+
+
+def _say_if_not_the_default_split(source: dict, split: str, say: Callable[[str], None]) -> None:
+    """A split generated earlier with another ``--n`` or ``--seed`` (a quick test) is what ``load_split`` hands on,
+    and the run trained on it without a word: ``train-base --seed 0`` on a 100-scene train split printed the
+    recipe's "10000 steps, batch 64" and gave another model than the one it reproduces."""
+    from hmrcritic.hmr.data import SPLITS, default_size
+
+    if split not in SPLITS:
+        return
+    size, seed = default_size(split), SPLITS[split][1]
+    have_n, have_seed = source.get("split_n", source.get("n")), source.get("seed", seed)
+    if have_n != size or have_seed != seed:
+        say(f"the {split} split in the data folder has {have_n} scenes of seed {have_seed}, not the default {size} "
+            f"of seed {seed}: this run trains on them, so it does not reproduce the recipe's model "
+            f"(`hmrcritic data generate --split {split}` makes the default split)")
 
 
 def augment_keypoints(
@@ -368,6 +396,7 @@ def _train(cfg, out_dir: Path, data, resume, progress, device, stop_at, say) -> 
     state_path, log_path, final_path = out_dir / "state.pt", out_dir / "log.jsonl", out_dir / "model.pt"
     if data is None:
         data = load_train_data(cfg.split, cfg.max_samples)
+        _say_if_not_the_default_split(data.source, cfg.split, say)
     n = len(data)
     if n < 2:
         raise InputError(f"need at least 2 training samples, got {n}")
@@ -453,6 +482,10 @@ def _train(cfg, out_dir: Path, data, resume, progress, device, stop_at, say) -> 
         if not resume:  # nor its model: until this run ends, model.pt would be the old run's beside the new state
             final_path.unlink(missing_ok=True)
 
+    if cfg.batch_size > n and start < cfg.steps:
+        # _batch_indices takes min(batch, n): the run printed "batch 64" and recorded it in its recipe while every
+        # step trained on the 10 scenes there were
+        say(f"batch size {cfg.batch_size} is more than the {n} training scenes: each step trains on all {n}")
     x0_all, kp_all, K_all, size_all = (t.to(device) for t in (data.x0, data.keypoints, data.K, data.image_size))
     model.train()
     t0, timed = time.time(), 0  # steps since t0 (the log window may hold steps from before a resume)

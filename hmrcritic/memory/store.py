@@ -609,11 +609,11 @@ def resetting(path: str | os.PathLike, chroma_url: str | None = None) -> Iterato
     open meanwhile; the marker goes when the outermost block ends without an error. Hold the memory
     (:func:`hold_exclusive`) around it.
 
-    ``chroma_url`` (default ``HMRCRITIC_CHROMA_URL``, as :class:`MemoryStore`) names the memory reset when it is
-    on a server; the marker records which (:func:`_reset_marked`)."""
+    ``chroma_url`` (None: ``HMRCRITIC_CHROMA_URL``; ``""``: on disk — as :class:`MemoryStore`) names the memory
+    reset when it is on a server; the marker records which (:func:`_reset_marked`)."""
     key = str(Path(path).expanduser().resolve())
     marker = Path(key) / RESET_MARKER
-    chroma_url = chroma_url or os.environ.get("HMRCRITIC_CHROMA_URL") or None
+    chroma_url = (os.environ.get("HMRCRITIC_CHROMA_URL") if chroma_url is None else chroma_url) or None
     with _REGISTRY_LOCK:
         _RESETTING[key] = _RESETTING.get(key, 0) + 1
     try:
@@ -811,7 +811,8 @@ def _why(exc: Exception) -> str:
 
 
 class MemoryStore:
-    """Rules + prototypes in Chroma. ``path`` None → ``config.memory_dir()``; ``chroma_url`` → a server.
+    """Rules + prototypes in Chroma. ``path`` None → ``config.memory_dir()``; ``chroma_url`` → a server (None: the
+    one ``HMRCRITIC_CHROMA_URL`` names, if any; ``""``: on disk at ``path`` even where that variable is set).
 
     A writable store on an empty folder creates both collections and seeds the starter rules
     (``seed_starter``). A read-only store never creates anything: a missing memory is an AssetError.
@@ -826,7 +827,10 @@ class MemoryStore:
         if chroma_url is not None and not isinstance(chroma_url, str):
             raise InputError(f"MemoryStore: chroma_url must be a URL string or None, got {type(chroma_url).__name__}")
         self.read_only = bool(read_only)
-        self.chroma_url = chroma_url or os.environ.get("HMRCRITIC_CHROMA_URL") or None
+        # None: HMRCRITIC_CHROMA_URL decides; "" keeps the memory on disk whatever it says (a command's private
+        # memory — a snapshot, an evaluation's cache, reproduce's scratch — never goes to a shared server)
+        url = os.environ.get("HMRCRITIC_CHROMA_URL") if chroma_url is None else chroma_url
+        self.chroma_url = url or None
         self.path = Path(path).expanduser().resolve() if path is not None else config.memory_dir().resolve()
         self._key = str(self.path)
         self._cols: dict[str, Any] = {}
