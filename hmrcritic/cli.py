@@ -279,7 +279,13 @@ def _main(argv: list[str], debug: bool) -> int:
 
         # typer ships its own copy of click (typer._click), whose exceptions are not click's: match by class name
         if isinstance(exc, click.ClickException) or any(c.__name__ == "ClickException" for c in type(exc).__mro__):
-            exc.show()
+            # scrubbed like every other error line: a usage error quotes what was typed, and "Got unexpected extra
+            # argument(s) (http://bob:pw@host:8000)" (an address or a key pasted without its option) showed it whole
+            import io
+
+            shown = io.StringIO()
+            exc.show(file=shown)
+            sys.stderr.write(printable(shown.getvalue()))
             return exc.exit_code
         if isinstance(exc, pydantic.ValidationError):  # a setting out of range (AgentConfig and the like)
             if debug:

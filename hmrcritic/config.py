@@ -76,6 +76,14 @@ def _env_path_value(name: str) -> str:
 
 def _env_path(name: str, default: Path) -> Path:
     value = _env_path_value(name)
+    if "://" in value:
+        # a server address where a folder goes (HMRCRITIC_MEMORY=http://user:pw@host:8000, meant for a shared
+        # memory) was a relative path: a Chroma database made in ./http:/user:pw@host:8000/, the password in its name
+        from hmrcritic.errors import InputError
+        from hmrcritic.redact import redact_url
+
+        hint = "; a memory on a Chroma server is named by HMRCRITIC_CHROMA_URL" if name == "HMRCRITIC_MEMORY" else ""
+        raise InputError(f"{name}={redact_url(value)!r} is a server address, not a folder{hint}")
     return _not_dangling(Path(value).expanduser() if value else default, name)
 
 

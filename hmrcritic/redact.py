@@ -58,17 +58,45 @@ def url_secrets(url: str | None) -> list[str]:
     percent-decoded. [] for an address without them."""
     from urllib.parse import unquote
 
-    if not url or "@" not in url:
-        return []
-    authority = url.split("://", 1)[-1]
-    for sep in "/?#":
-        authority = authority.split(sep, 1)[0]
-    userinfo = authority.rpartition("@")[0]
+    userinfo = _userinfo(url)
     if not userinfo:
         return []
     user, _, password = userinfo.partition(":")
     found = {userinfo, password or user}
+    # a password with "/", "?" or "#" in it: a URL parser takes what comes before that for the port and quotes it
+    # in its error ("Port could not be cast to integer value as '<that>'")
+    cut = min((i for i in (password.find(c) for c in "/?#") if i > 0), default=0)
+    if cut:
+        found.add(password[:cut])
     return sorted(found | {unquote(s) for s in found})
+
+
+def _userinfo(url: str | None) -> str:
+    """The ``user:password`` part of address ``url`` as written ("" when it has none).
+
+    Where a URL parser ends the authority (at the first "/", "?" or "#") unless that cannot be the end: a
+    password with one of them unencoded (``http://user:p#ss@host``, ``user:pa/ss@host:8000``) is what a person
+    types, and the parser then reads "user:p" as the whole authority — its password was no secret to register,
+    and every message that quoted the address (``chroma url '…' is not of the form …``, a judge base URL
+    refused) showed it whole. So when the "@" comes only after that end, the authority runs on to the last "@"
+    before the next "/", "?" or "#", if what the parser took for it is no ``host[:port]`` (a port of letters) or
+    was cut at a "?" or "#" (an address has neither before an "@"); an "@" in a path (``http://h/a@b``) stays
+    where it is."""
+    if not url or "@" not in url:
+        return ""
+    rest = url.split("://", 1)[-1]
+    cut = min((i for i in (rest.find(c) for c in "/?#") if i >= 0), default=len(rest))
+    authority = rest[:cut]
+    if "@" in authority:
+        return authority.rpartition("@")[0]
+    if "@" not in rest[cut:]:
+        return ""
+    port = authority.rpartition(":")[2] if ":" in authority and not authority.endswith("]") else ""
+    if rest[cut] == "/" and (not port or port.isdigit()):
+        return ""  # a path with an "@" in it
+    first = rest.find("@")
+    end = min((i for i in (rest.find(c, first) for c in "/?#") if i >= 0), default=len(rest))
+    return rest[:rest.rfind("@", 0, end)]
 
 
 def register_url(url: str | None) -> None:
@@ -122,10 +150,12 @@ def redact_url(url: str | None) -> str | None:
     that from an e-mail address, but a string known to be an address can."""
     if url is None:
         return None
-    safe = scrub(url)
-    if "://" not in safe and "@" in safe:
-        safe = "***@" + safe.rpartition("@")[2]
-    return safe
+    info = _userinfo(url)
+    if info:  # masked as :func:`_userinfo` reads it, before scrub: a password with "#", "/", "?" or a space in it
+        # is beyond the free-text pattern, and a ``--chroma-url`` is registered only after its first message
+        scheme, sep, rest = url.partition("://")
+        url = (scheme + sep if sep else "") + MASK + (rest if sep else url)[len(info):]
+    return scrub(url)
 
 
 def scrub_tree(obj: Any) -> Any:

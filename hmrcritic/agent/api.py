@@ -146,7 +146,9 @@ def load_hypotheses(source: Any, where: str = "hypotheses") -> dict[str, np.ndar
                                  "pass one input's hypotheses (group.numpy(b))")
             arrays = {k: v[0] for k, v in arrays.items()}
     elif isinstance(source, dict):
-        arrays = {k: (v.detach().cpu().numpy() if hasattr(v, "detach") else np.asarray(v)) for k, v in source.items()}
+        # .float(): numpy has no bfloat16 (a model run in bf16 gave a bare "unsupported ScalarType BFloat16")
+        arrays = {k: (v.detach().cpu().float().numpy() if hasattr(v, "detach") else np.asarray(v))
+                  for k, v in source.items()}
     else:
         raise InputError(f"{where}: expected an .npz path, a dict of arrays or a HypothesisGroup")
     arrays = _common_layouts(arrays, where)
@@ -160,6 +162,8 @@ def load_hypotheses(source: Any, where: str = "hypotheses") -> dict[str, np.ndar
         if not np.issubdtype(np.asarray(arrays[key]).dtype, np.number):
             raise InputError(f"{where}: {key} holds {np.asarray(arrays[key]).dtype} values, expected numbers")
         a = np.asarray(arrays[key], dtype=np.float32)
+        if a.ndim == 3 and a.shape[0] == 1:  # group.numpy() of a one-input group: (1, N, …), as the group itself is
+            a = a[0]
         if a.ndim == 1:
             a = a[None]
         if key == "betas" and a.ndim == 2 and a.shape[1] != dim:

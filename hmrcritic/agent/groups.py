@@ -16,6 +16,7 @@ hypothesis' true PA-MPJPE (mm, LSP-14, Procrustes with scale). Two sources:
 
 from __future__ import annotations
 
+import os
 from collections import Counter
 from dataclasses import dataclass, field
 from typing import Any
@@ -112,10 +113,16 @@ def perturb_group(sample, n: int, rng: np.random.Generator, body=None,
 
 
 def _split(split):
+    """A split by name, or the caller's own scenes (a ``SceneSet``, a list of samples). One sample or another
+    object without ``len``/indexing is an :class:`InputError` here, not a TypeError from the first ``len()``."""
     if isinstance(split, str):
         from hmrcritic.hmr.data import load_split
 
         return load_split(split)
+    if not (hasattr(split, "__len__") and hasattr(split, "__getitem__")) or isinstance(split, dict | bytes):
+        hint = " (one sample: pass [sample])" if hasattr(split, "keypoints") else ""
+        raise InputError(f"split must be a split name, a SceneSet or a list of samples{hint}, got "
+                         f"{type(split).__name__}")
     return split
 
 
@@ -172,13 +179,18 @@ def groups_from_perturbed_gt(split="test", num_groups: int = 20, num_generations
 
 def groups_from_model(split="test", num_groups: int = 20, num_generations: int = 16, seed: int = 0,
                       start: int = 0, model=None, steps: int = 10, batch: int = 8) -> list[LabelledGroup]:
-    """Groups sampled by the diffusion model (``model`` default: the shipped base checkpoint)."""
+    """Groups sampled by the diffusion model (``model``: a loaded model or a checkpoint path; default: the shipped
+    base checkpoint)."""
     from hmrcritic.hmr import diffusion
     from hmrcritic.hmr.body import load_body_model
 
     _check_args(num_groups, num_generations, seed, start, batch)
     scenes = _split(split)
-    model = model if model is not None else diffusion.load_model()
+    # a checkpoint path is loaded, as make_groups(model_path=...) does: passing it as model= failed as
+    # "'str' object has no attribute 'eval'"
+    model = diffusion.load_model(model) if model is None or isinstance(model, str | os.PathLike) else model
+    if not isinstance(model, torch.nn.Module):
+        raise InputError(f"model must be an HMRDiffusion, a checkpoint path or None, got {type(model).__name__}")
     model.eval()
     body = load_body_model()
     idx = _indices(scenes, num_groups, start)

@@ -450,7 +450,7 @@ def learning_curve(
             what = p.get("error") or p.get("skipped") or f"ρ = {p['spearman']:+.3f}"
             say(f"  [{p['index'] + 1}/{p['total']}] {p['group_id']}: {what}")
         elif event == "calibrate" and p["index"] in (1, p["total"]):
-            say(f"  calibrating scores: {p['index']}/{p['total']} held-out train groups")
+            say(f"  calibrating scores: {p['index']}/{p['total']} held-out {split} groups")  # not always train
 
     if not rows:
         evaluate(0)

@@ -14,6 +14,7 @@ import base64
 import html
 import io
 import math
+from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
@@ -201,7 +202,34 @@ def _order(result: ScoredGroup) -> list[int]:
 _RENDERS = {"overlay_grid": "overlays (index in each cell)", "side_grid": "overlays with side views"}
 
 
+def _scored_group(result: Any) -> ScoredGroup:
+    """``result`` as a :class:`ScoredGroup`: the object itself, the dict ``scores.json`` holds (read back with
+    ``json.load``), or a :class:`~hmrcritic.agent.api.GroupResult` of ``critique_groups`` (its result; its error
+    when it has none). Each of those failed as an AttributeError ('dict' object has no attribute 'scores')."""
+    from pydantic import ValidationError
+
+    from hmrcritic.agent.api import GroupResult
+    from hmrcritic.errors import InputError
+
+    if isinstance(result, ScoredGroup):
+        return result
+    if isinstance(result, GroupResult):
+        if result.result is None:
+            raise InputError(f"group {result.group_id} has no result to report: {result.error}")
+        return result.result
+    if isinstance(result, Mapping):
+        try:
+            return ScoredGroup.model_validate(dict(result))
+        except ValidationError as exc:
+            err = exc.errors()[0]
+            where = ".".join(str(x) for x in err["loc"]) or "result"
+            raise InputError(f"report: not a critique result (scores.json): {where} {err['msg'].lower()}") from None
+    raise InputError(f"report: expected a ScoredGroup (critique_group's result), the dict of its scores.json or a "
+                     f"GroupResult, got {type(result).__name__}")
+
+
 def render_html(result: ScoredGroup, image_path: str | None = None) -> str:
+    result = _scored_group(result)
     by_index = {s.index: s for s in result.scores}
     rows = []
     for rank, i in enumerate(_order(result)):
@@ -293,4 +321,14 @@ def render_html(result: ScoredGroup, image_path: str | None = None) -> str:
 
 
 def write_report(result: ScoredGroup, out_dir: str | Path, image_path: str | None = None) -> Path:
-    return atomic_write_text(Path(out_dir) / "report.html", render_html(result, image_path))
+    """Write ``<out_dir>/report.html`` and return its path; ``out_dir`` ending in ``.html`` (and not an existing
+    folder) is the report file itself — ``write_report(r, "out/report.html")`` made a folder ``report.html`` with
+    the report inside. ``result``: see :func:`_scored_group`."""
+    from hmrcritic.errors import InputError
+
+    out = Path(out_dir).expanduser()
+    target = out if out.suffix.lower() in (".html", ".htm") and not out.is_dir() else out / "report.html"
+    blocked = next((d for d in (target.parent, *target.parent.parents) if d.is_file()), None)
+    if blocked is not None:  # a FileExistsError / NotADirectoryError from deep inside the atomic write
+        raise InputError(f"report: {blocked} is a file, not a folder; give a folder for report.html")
+    return atomic_write_text(target, render_html(result, image_path))

@@ -2,8 +2,10 @@
 
 Each ``critique_group`` call that computes something writes ``runs_dir()/traces/<run_id>.jsonl`` (one
 checksummed record per event, appended as it happens, so a crashed run still has its trace) and points
-``runs_dir()/traces/LAST`` at it. ``hmrcritic trace RUN_ID | --last`` prints it. LangSmith / Langfuse
-tracing needs nothing here: LangChain picks them up from their environment variables.
+``runs_dir()/traces/LAST`` at it. ``hmrcritic trace RUN_ID | --last`` prints it. LangSmith tracing needs
+nothing here: LangChain switches it on from its environment variables, and every upload is scrubbed
+(:func:`hmrcritic.redact.guard_langsmith`). Langfuse is no such case: LangChain reads no Langfuse variables (it
+traces only through a callback handler, and the agent takes no callbacks), and nothing would scrub what it sent.
 """
 
 from __future__ import annotations

@@ -42,6 +42,7 @@ from hmrcritic.io import (
     atomic_write_jsonl,
     atomic_write_text,
     npz_unpacked_bytes,
+    read_jsonl,
     record_checksum,
 )
 
@@ -460,6 +461,10 @@ def write_header(root: str | Path, header: DatasetHeader) -> None:
 # ---------------------------------------------------------------------------------------- validate
 
 
+_UNFINISHED = ("the last export into this folder did not finish (interrupted or still running); re-run the same "
+               "export command to complete it")
+
+
 class ValidationReport(BaseModel):
     path: str
     ok: bool
@@ -489,7 +494,10 @@ def validate_dataset(root: str | Path, max_errors: int = 50) -> ValidationReport
         return ValidationReport(path=str(root), ok=False, errors=[str(exc)])
     path = root / MANIFEST
     if not path.exists():
-        return ValidationReport(path=str(root), ok=False, errors=[f"{path}: missing"])
+        # an export stopped before its first group leaves only its header: say so, and that re-running it completes
+        # it (the bare "missing" read as a folder broken beyond repair)
+        unfinished = [_UNFINISHED] if header.counts.get("finished") is False else []
+        return ValidationReport(path=str(root), ok=False, errors=[f"{path}: missing"], warnings=unfinished)
     seen: set[str] = set()
     records: list[GroupRecord] = []
     stopped = False
@@ -573,12 +581,14 @@ def validate_dataset(root: str | Path, max_errors: int = 50) -> ValidationReport
     if not records:
         errors.append(f"{MANIFEST}: no groups (nothing to finetune on)")
     if header.counts.get("finished") is False:
-        warnings.append("the last export into this folder did not finish (interrupted or still running); "
-                        "re-run the same export command to complete it")
+        warnings.append(_UNFINISHED)
     failures_path = root / FAILURES
     if failures_path.exists():
-        text = failures_path.read_text(encoding="utf-8", errors="replace")  # appended: may end in a torn line
-        open_failures = [line for line in text.splitlines() if line.strip()]
+        # the inputs whose latest failure is still open: an interrupted export leaves the file as appended (a group
+        # that failed on two runs is two lines; one that failed, then was written by the interrupted run, is still
+        # listed), so counting its lines said "N input(s) failed and are not in the dataset" of groups it holds.
+        # read_jsonl drops a torn last line (appended: a kill mid-write leaves one).
+        open_failures = {str(f.get("group_id")) for f in read_jsonl(failures_path)} - seen
         if open_failures:
             warnings.append(f"{len(open_failures)} input(s) failed and are not in the dataset ({FAILURES}); "
                             "re-running the export retries them")
@@ -634,6 +644,15 @@ class GroupPreferenceDataset(torch.utils.data.Dataset):
         self.root = Path(root)
         self.header = read_header(self.root)
         self.records = read_manifest(self.root)
+        for rec in self.records:
+            # validate refuses such a record ("a record of another export"), and the finetuner trained on it: groups
+            # sampled by another model (or scored by another judge, drawn with another seed or G) under a header
+            # that names this export's
+            diff = header_mismatch(self.header, rec)
+            if diff:
+                raise AssetError(f"{self.root / MANIFEST}: group {rec.group_id} is a record of another export "
+                                 f"({', '.join(diff)}; {HEADER} differs); `hmrcritic export validate {self.root}` "
+                                 "lists them")
         if skip_zero_variance:
             self.records = [r for r in self.records if not r.zero_variance]
         if not self.records:

@@ -28,6 +28,7 @@ export killed with -9, and its leftover temporary files go when it resumes.
 from __future__ import annotations
 
 import contextlib
+import copy
 import dataclasses
 import hashlib
 import importlib
@@ -131,11 +132,28 @@ class ExportSummary(BaseModel):
 
 
 def strip_labels(sample: Any) -> Any:
-    """A copy of a sample with every 3D-label field set to None (dataclass or plain object)."""
+    """A copy of a sample with every 3D-label field set to None (dataclass or plain object).
+
+    A sample that is no dataclass (``export(inputs=...)`` with a ``SimpleNamespace``, a pydantic model, a class of
+    the caller's own) was passed on as it was, its ``joints3d`` and SMPL labels reaching the scorer (a VLM's prompt)
+    though this module promises they never leave it: such a sample is copied with its labels set to None, and one
+    that cannot be copied so (frozen, slots without the field) is refused rather than passed on."""
     if dataclasses.is_dataclass(sample):
         names = {f.name for f in dataclasses.fields(sample)}
         return dataclasses.replace(sample, **{k: None for k in LABEL_FIELDS if k in names})
-    return sample
+    present = [k for k in LABEL_FIELDS if getattr(sample, k, None) is not None]
+    if not present:
+        return sample
+    if isinstance(sample, BaseModel):
+        return sample.model_copy(update={k: None for k in present})
+    try:
+        stripped = copy.copy(sample)
+        for k in present:
+            setattr(stripped, k, None)
+    except Exception as exc:
+        raise InputError(f"sample {getattr(sample, 'sample_id', '?')}: its 3D label(s) {present} cannot be removed "
+                         f"({type(exc).__name__}: {exc}); pass samples without them (or as dataclasses)") from None
+    return stripped
 
 
 _INPUT_FIELDS = ("sample_id", "keypoints", "K", "image_size")
@@ -777,6 +795,13 @@ def export(
     if not samples:
         raise InputError(f"no inputs to export from {cfg.source}")
     _import(cfg.score_group)  # configuration errors fail the run here, not every group in the workers
+    if cfg.judge == "vlm" and cfg.score_group == DEFAULT_SCORER:
+        # the VLM judge's settings too (no key and no endpoint, a base URL with credentials, a bad HMRCRITIC_VLM_*
+        # value): the agent makes its judge per group, so each was found once per input, the whole split sampled
+        # and failed one by one (a folder of failures, exit 1 at the end). Making it contacts no endpoint.
+        from hmrcritic.agent.judges import make_judge
+
+        make_judge("vlm")
     mhash, x_dim = model_hash(cfg.model)
     seq = _MemoryWatch.seq_of(cfg)
     memory, memory_version = frozen_memory(cfg)

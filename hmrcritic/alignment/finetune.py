@@ -336,6 +336,16 @@ def _finetune(cfg: FinetuneConfig, progress: bool | Callable[[dict], None], held
         print(f"note: all {len(data)} group(s) of {cfg.data} score every hypothesis alike (zero-variance share "
               f"100 %): no step carries a preference, so this run trains {trains}; export groups the critic "
               "tells apart to align on", file=sys.stderr)
+    written = ds.header.counts.get("groups")
+    if ds.header.counts.get("finished") is True and isinstance(written, int) and written != len(ds.records) \
+            and progress is True:
+        import sys
+
+        # a finished export whose manifest lost lines (or holds damaged ones) was trained on what was left without
+        # a word; `export validate` calls it an error, the run is still well defined on the groups that read
+        print(f"note: {cfg.data}: the finished export wrote {written} groups, {len(ds.records)} read back (manifest "
+              f"lines lost or damaged since; `hmrcritic export validate {cfg.data}` lists them): training on those",
+              file=sys.stderr)
     if cfg.num_generations > G and progress is True:  # the CLI: say so rather than silently train on fewer
         import sys
 

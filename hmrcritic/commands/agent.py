@@ -206,13 +206,14 @@ def register(app: typer.Typer) -> None:
             raise InputError("give a RUN_ID or --last (or --mermaid)")
         if mermaid and as_json:
             raise InputError("give --mermaid or --json, not both")
-        from hmrcritic.redact import printable
+        from hmrcritic.redact import printable, scrub_tree
 
         records = read_trace(run_id, last=last)
         # a --group-id or a rationale with escape sequences in it is shown, not acted on by the terminal (--json
-        # escapes them itself)
-        typer.echo(printable(trace_mermaid(records)) if mermaid else json.dumps(records, indent=2) if as_json
-                   else printable(format_trace(records)))
+        # escapes them itself); --json is scrubbed as the text is (a secret this process knows that the writing
+        # one did not)
+        typer.echo(printable(trace_mermaid(records)) if mermaid else json.dumps(scrub_tree(records), indent=2)
+                   if as_json else printable(format_trace(records)))
 
     @app.command("evaluate-critic")
     def evaluate_cmd(

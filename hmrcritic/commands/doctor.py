@@ -33,7 +33,9 @@ def _check(name: str, fn) -> dict:
     try:
         res = fn()
     except Exception as exc:  # doctor reports, it does not crash
-        res = {"ok": False, "error": f"{type(exc).__name__}: {exc}".splitlines()[0][:400]}
+        # scrubbed before it is cut: a key or password straddling the 400th character lost its end, and the part
+        # left matched no secret in run_checks' scrub, so the report showed most of it
+        res = {"ok": False, "error": _scrub(f"{type(exc).__name__}: {exc}").splitlines()[0][:400]}
     res.setdefault("ok", True)
     res["seconds"] = round(time.perf_counter() - t0, 3)
     return {"name": name, **res}
@@ -145,7 +147,15 @@ def _body() -> dict:
 
 def _folders() -> dict:
     from hmrcritic import config
+    from hmrcritic.redact import redact_url, register_url
 
+    # a server address where a folder goes (``HMRCRITIC_MEMORY=http://user:pw@host:8000``, meant for
+    # HMRCRITIC_CHROMA_URL) is a folder named after it to every command: this check said "ok" and printed
+    # "memory=http:/user:pw@host:8000" (the path's single slash is no URL to the scrubber), password and all
+    addresses = {var: value for var in ("HMRCRITIC_HOME", "HMRCRITIC_CACHE", "HMRCRITIC_DATA", "HMRCRITIC_MEMORY",
+                                        "HMRCRITIC_RUNS") if "://" in (value := (os.environ.get(var) or "").strip())}
+    for value in addresses.values():
+        register_url(value)  # its credentials masked wherever the path shows up (run_checks scrubs the report)
     out = {}
     for name in ("cache", "data", "memory", "runs"):
         p = getattr(config, f"{name}_dir")()
@@ -157,12 +167,17 @@ def _folders() -> dict:
         if not probe.is_dir():
             out[name]["file_in_the_way"] = str(probe)
     bad = [k for k, v in out.items() if not v["writable"]]
-    res = {"ok": not bad, "folders": out}
+    res = {"ok": not (bad or addresses), "folders": out}
+    server = "; a memory on a Chroma server is named by HMRCRITIC_CHROMA_URL"
+    problems = [f"{var}={redact_url(value)!r} is a server address, not a folder"
+                + (server if var == "HMRCRITIC_MEMORY" else "") for var, value in addresses.items()]
     if bad:
         # the FAIL line is all the text report shows: it names the folders, not just their roles, and the way out
-        res["error"] = "not writable: " + ", ".join(
+        problems.append("not writable: " + ", ".join(
             f"{k}={out[k]['path']}" + (f" ({out[k]['file_in_the_way']} is a file)" if "file_in_the_way" in out[k]
-                                       else "") for k in bad) + "; set HMRCRITIC_HOME to a writable folder"
+                                       else "") for k in bad) + "; set HMRCRITIC_HOME to a writable folder")
+    if problems:
+        res["error"] = "; ".join(problems)
     return res
 
 
@@ -288,7 +303,11 @@ def run_checks(skip: tuple[str, ...] = ()) -> dict:
     checks = [_check(name, fn) for name, fn in CHECKS if name not in skip]
     report = {"ok": all(c["ok"] for c in checks), "gl_platform": os.environ.get("PYOPENGL_PLATFORM"),
               "checks": checks}
-    return json.loads(_scrub(json.dumps(report, default=str)))
+    from hmrcritic.redact import scrub_tree
+
+    # every string scrubbed as it is, not the JSON text: json.dumps writes a '"', a '\\' or a non-ASCII
+    # character of a secret escaped, which no longer matched the secret and was printed whole after json.loads
+    return scrub_tree(json.loads(json.dumps(report, default=str)))
 
 
 def _scrub(text: str) -> str:

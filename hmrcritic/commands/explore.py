@@ -221,6 +221,9 @@ def learning_curve_cmd(
             raise InputError(f"learning-curve: {flag} must be ≥ {low}, got {value}")
     if not -1 <= tau <= 1:  # explore refused it only after round 0's held-out groups had been scored
         raise InputError(f"learning-curve: --tau {tau} is not a Spearman value in [-1, 1]")
+    if split == heldout_split:  # learning_curve refuses it too, but after --out was made: an empty folder was left
+        raise InputError(f"learning-curve: the held-out split ({heldout_split}) must differ from the exploration "
+                         f"split ({split})")
     out.mkdir(parents=True, exist_ok=True)  # a file in the way is refused now, not after round 0 was scored
 
     def progress(row: dict) -> None:

@@ -26,6 +26,7 @@ sampler: DDIM with configurable steps and η (η = 0 deterministic, as the paper
 from __future__ import annotations
 
 import math
+import os
 from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
 from typing import Any
@@ -572,6 +573,13 @@ def sample(
     """
     if not isinstance(cond, Condition):
         raise InputError(f"cond must be a Condition (from condition_from_keypoints), got {type(cond).__name__}")
+    # a checkpoint path or None in place of the model failed as "'str' object has no attribute 'alphas_cumprod'"
+    # (duck-typed: a torch.compile'd model forwards its attributes and is accepted)
+    is_model = isinstance(getattr(model, "alphas_cumprod", None), torch.Tensor) and callable(
+        getattr(model, "predict_eps", None))
+    if not is_model:
+        hint = " (load it first: load_model(path))" if isinstance(model, str | Path) or model is None else ""
+        raise InputError(f"model must be an HMRDiffusion{hint}, got {type(model).__name__}")
     for name, value, integer in (("num_generations", num_generations, True), ("steps", steps, True),
                                  ("eta", eta, False), ("guidance", guidance, False)):
         check_number(name, value, integer)
@@ -587,11 +595,13 @@ def sample(
     device = model.alphas_cumprod.device
     cond = cond.to(device)
     B, N = len(cond), num_generations
-    K = cond.K if K is None else torch.as_tensor(K, dtype=torch.float32, device=device)
+    # K / keypoints given as something that is not numbers (a string, ragged lists) are the one-line InputError
+    # of condition_from_keypoints, not torch's bare TypeError / ValueError
+    K = cond.K if K is None else _as_float_tensor("K", K, "(B,3,3) or (3,3) intrinsics", device)
     if keypoints is None:
         keypoints = cond.keypoints_px
     else:
-        keypoints = torch.as_tensor(keypoints, dtype=torch.float32, device=device)
+        keypoints = _as_float_tensor("keypoints", keypoints, "(B,17,3) or (17,3) numbers [u, v, conf]", device)
     # one K (3,3) / keypoint set (17,3) serves every input; any other shape is refused: repeat_interleave on a
     # (3,3) K repeated its rows, and the translation solve read fy = 0 from it without an error
     if K is not None and K.shape[-2:] == (3, 3) and K.numel() == 9:
@@ -603,6 +613,9 @@ def sample(
     if keypoints is not None and keypoints.shape != (B, NUM_KEYPOINTS, 3):
         raise InputError(f"keypoints must have shape (B,17,3) = ({B},17,3) or (17,3), got {tuple(keypoints.shape)}")
     have_2d = K is not None and keypoints is not None
+    if body is not None and not (callable(body) and hasattr(body, "coco17")):  # a file name: AttributeError at the end
+        raise InputError(f"body must be a BodyModel (hmr.body.load_body_model(path)) or None, got "
+                         f"{type(body).__name__}")
     if body is None and have_2d and (solve_transl or guidance > 0):
         from hmrcritic.hmr.body import load_body_model
 
@@ -688,12 +701,21 @@ def load_model(path: str | Path | None = None, device: str = "cpu") -> HMRDiffus
     """Load a checkpoint (None → the shipped ``hmrcritic/assets/base_model.pt``), in eval mode on ``device``.
 
     A missing, corrupt or mismatched file (wrong config, missing/extra/misshaped weights) raises
-    :class:`AssetError` naming the path.
+    :class:`AssetError` naming the path; a path that is not one (a number, "") :class:`InputError`. ``~`` is
+    expanded, as by :func:`~hmrcritic.hmr.body.load_body_model`.
     """
     from hmrcritic.config import check_device
 
     check_device(device)
-    path = Path(path) if path is not None else DEFAULT_CHECKPOINT
+    # the path as load_body_model reads it: "~/ckpt.pt" expanded (it was "not found" from Python, where no shell
+    # expands it); "" (an unset variable's default) was read as the working folder ("model checkpoint . is a
+    # folder"), and a number failed as a bare TypeError
+    if path is not None and not isinstance(path, str | os.PathLike):
+        raise InputError(f"model checkpoint path must be a str or Path (or None for the shipped model), got "
+                         f"{type(path).__name__}")
+    if path is not None and not str(path).strip():
+        raise InputError("model checkpoint path is empty; give the .pt file (or None for the shipped model)")
+    path = Path(path).expanduser() if path is not None else DEFAULT_CHECKPOINT
     payload = read_checkpoint(path)
     state = payload.get("state_dict")
     if not isinstance(state, dict):

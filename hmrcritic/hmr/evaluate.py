@@ -27,6 +27,7 @@ scores (B,N) (higher = better) or chosen indices (B,), and the selected hypothes
 
 from __future__ import annotations
 
+import os
 import time
 from collections.abc import Callable
 
@@ -146,7 +147,7 @@ def _nn_bank():
 
 @torch.no_grad()
 def evaluate_model(
-    model: HMRDiffusion,
+    model: HMRDiffusion | str | os.PathLike,
     split: str = "test",
     num_generations: int = 16,
     steps: int = 10,
@@ -169,6 +170,10 @@ def evaluate_model(
     from hmrcritic.hmr.anatomy import is_implausible
     from hmrcritic.hmr.body import load_body_model
 
+    if isinstance(model, str | os.PathLike):  # a checkpoint path, as `hmrcritic evaluate --model` takes one: it was
+        from hmrcritic.hmr.diffusion import load_model  # "'str' object has no attribute 'num_timesteps'"
+
+        model = load_model(model)
     check_sampling_args(num_generations, steps, eta, guidance, model.num_timesteps)  # before any split is loaded
     if limit is not None and limit < 1:
         raise InputError(f"--limit must be ≥ 1 scene (or left out for the whole split), got {limit}")
