@@ -4,12 +4,12 @@ once both succeed, and a truncated or incomplete file gives one AssetError line 
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import subprocess
 import sys
 import textwrap
-import time
 
 import pytest
 
@@ -63,13 +63,14 @@ def test_a_killed_generation_leaves_nothing_after_the_next_run(tmp_path):
 
 def test_two_processes_generating_one_split_at_once(tmp_path):
     code = """
-        import os, sys, time
+        import os, sys
         from hmrcritic.hmr import data as D
         from hmrcritic.hmr.body import load_body_model
         body = load_body_model()
-        root, start = sys.argv[1], float(sys.argv[2])
+        root = sys.argv[1]
         D.generate_split("test", f"{root}/warm-{os.getpid()}/test", n=1, body=body, quiet=True)  # imports done
-        time.sleep(max(0.0, start - time.time()))
+        print("ready", flush=True)
+        sys.stdin.readline()  # the go, sent to all three at once when all are ready
         failures = []
         for _ in range(200):
             try:
@@ -79,15 +80,22 @@ def test_two_processes_generating_one_split_at_once(tmp_path):
         print(len(failures), failures[:1])
         """
     env = {**os.environ, "HMRCRITIC_HOME": str(tmp_path)}
-    start = time.time() + 10  # both loops start together, after their imports
     procs = [
         subprocess.Popen(
-            [sys.executable, "-c", textwrap.dedent(code), str(tmp_path), str(start)], env=env, cwd=tmp_path,
-            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+            [sys.executable, "-c", textwrap.dedent(code), str(tmp_path)], env=env, cwd=tmp_path,
+            stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
         )
         for _ in range(3)
     ]
+    # the loops start together, after their imports: each says "ready", then all are told to go at once (a
+    # barrier, instead of a start time 10 s ahead that every run waited out whatever its imports took)
+    ready = [p.stdout.readline() for p in procs]
+    for p in procs:
+        with contextlib.suppress(BrokenPipeError):  # one that died before it was ready: said below
+            p.stdin.write("go\n")
+            p.stdin.flush()
     outs = [p.communicate(timeout=300) for p in procs]
+    assert ready == ["ready\n"] * 3, (ready, [err[-2000:] for _, err in outs])
     for p, (out, err) in zip(procs, outs, strict=True):
         assert p.returncode == 0, err[-2000:]
         assert out.startswith("0 "), out  # no run failed (Directory not empty / No such file mid-swap)

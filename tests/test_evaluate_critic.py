@@ -17,10 +17,19 @@ def tiny_data(tmp_path_factory):
     return tmp_path_factory.mktemp("data")
 
 
+CALIBRATION_GROUPS = 8  # groups the warm-up exploration fits its score calibration on here (explore's default: 32)
+
+
 @pytest.fixture(autouse=True)
 def small_world(monkeypatch, tiny_data, small_prior):
+    import functools
+
+    from hmrcritic.agent import explore as ex
+
     monkeypatch.setenv("HMRCRITIC_DATA", str(tiny_data))
     monkeypatch.setenv("HMRCRITIC_SPLIT_SIZE_SCALE", "0.002")  # tiny splits, made in tiny_data
+    # speed only: the calibration is still fitted (checked in test_evaluate_critic_json), on fewer groups
+    monkeypatch.setattr(ex, "explore", functools.partial(ex.explore, calibration_groups=CALIBRATION_GROUPS))
 
 
 @pytest.mark.slow
@@ -65,6 +74,8 @@ def test_evaluate_critic_json(capsys):
     sources = [p["source"] for p in store.prototypes.export_records()]
     assert sources and all(s.startswith("train/") for s in sources)
     assert store.version() == payload["memory_version"]
+    # calibrated (so the no_calibration row above compared two scales), on the groups after the explored ones
+    assert store.calibration() is not None and store.calibration().groups == CALIBRATION_GROUPS
     rows = {r["variant"]: r for r in payload["rows"]}
     assert rows["full"]["memory_version"] == [payload["memory_version"]]
     assert rows["no_reflection"]["memory_version"] != rows["full"]["memory_version"]  # the starter memory

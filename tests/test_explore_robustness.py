@@ -255,14 +255,24 @@ def _interrupt_at(where: str, in_round: int = 2):
     return status
 
 
+@pytest.fixture(scope="module")
+def uninterrupted_curve(explore_prior, train, heldout, tmp_path_factory):
+    """The uninterrupted learning curve every interrupted one below must end as: its result and the memory
+    version it leaves (one call with the same inputs and settings, made once for the module)."""
+    ref = tmp_path_factory.mktemp("ref-curve")
+    result = _curve(ref / "ref", ref / "ref-out", train, heldout)
+    return result, _state(ref / "ref")["version"]
+
+
 @pytest.mark.parametrize("where,in_round", [("round 2/2: exploring", 2), ("  [1/2]", 2), ("round 2: scoring", 2),
                                             ("  [1/2]", 1)])  # in round 1: before any progress record
-def test_an_interrupted_learning_curve_continues_where_it_stopped(train, heldout, tmp_path, where, in_round):
+def test_an_interrupted_learning_curve_continues_where_it_stopped(train, heldout, uninterrupted_curve, tmp_path,
+                                                                   where, in_round):
     """An interrupted learning-curve could only start over (its memory counts as explored); the rows
     evaluated so far are kept beside the result and the same call continues, ending as an uninterrupted one."""
     from hmrcritic.agent.learning_curve import PARTIAL_FILE
 
-    ref = _curve(tmp_path / "ref", tmp_path / "ref-out", train, heldout)
+    ref, ref_version = uninterrupted_curve
 
     mem, out = tmp_path / "m", tmp_path / "out"
     with pytest.raises(KeyboardInterrupt):
@@ -271,7 +281,7 @@ def test_an_interrupted_learning_curve_continues_where_it_stopped(train, heldout
     said = []
     got = _curve(mem, out, train, heldout, status=said.append)
     assert said[0].startswith(f"resuming: rounds 0–{in_round - 1} were evaluated"), said
-    assert got["rows"] == ref["rows"] and _state(mem)["version"] == _state(tmp_path / "ref")["version"]
+    assert got["rows"] == ref["rows"] and _state(mem)["version"] == ref_version
     assert json.loads((out / "learning_curve.json").read_text())["rows"] == ref["rows"]
     assert not (out / PARTIAL_FILE).exists()
 

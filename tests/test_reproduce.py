@@ -12,14 +12,23 @@ import torch
 
 from hmrcritic.errors import InputError
 
+CALIBRATION_GROUPS = 8  # groups the exploration's score calibration is fitted on here (explore's default: 32)
+
 
 @pytest.fixture(scope="module")
 def env(tmp_path_factory):
-    """Tiny splits in a private data folder and a tiny base checkpoint (a few training steps)."""
+    """Tiny splits in a private data folder and a tiny base checkpoint (a few training steps). The exploration
+    fits its score calibration on 8 groups instead of 32 (speed only: reproduce reads the count from explore's
+    signature, samples that many more groups, and the fit still runs — see test_quick_run_produces_the_main_table)."""
+    import functools
+
+    from hmrcritic.agent import explore as ex
+
     mp = pytest.MonkeyPatch()
     root = tmp_path_factory.mktemp("repro")
     mp.setenv("HMRCRITIC_DATA", str(root / "data"))
     mp.setenv("HMRCRITIC_SPLIT_SIZE_SCALE", "0.005")  # train 100, wild 10, test 5
+    mp.setattr(ex, "explore", functools.partial(ex.explore, calibration_groups=CALIBRATION_GROUPS))
     from hmrcritic.hmr.diffusion import DiffusionConfig
     from hmrcritic.hmr.train import TrainConfig, train_base
 
@@ -53,6 +62,9 @@ def test_quick_run_produces_the_main_table(env, first_run):
 
     res, lines = first_run
     assert res["preset"] == "quick"
+    # the exploration ended by fitting the memory's score calibration on the groups after the explored ones
+    explore_rec = json.loads(next((env["root"] / "run").glob("explore-*.json")).read_text(encoding="utf-8"))
+    assert explore_rec["summary"]["calibration"]["groups"] == CALIBRATION_GROUPS, explore_rec["summary"]
     assert [r["model"] for r in res["rows"]] == list(ROWS)
     for row in res["rows"]:
         assert set(row) == {"model", *ROW_KEYS}
