@@ -97,3 +97,22 @@ def test_finetune_says_when_a_finished_export_lost_manifest_lines(tmp_path, caps
     finetune(FinetuneConfig(data=str(out), out=str(tmp_path / "a.pt"), model=str(ckpt), steps=1, batch_size=2,
                             num_generations=4), progress=True)
     assert "the finished export wrote 3 groups, 2 read back" in capsys.readouterr().err
+
+
+def test_the_reader_refuses_another_exports_records_but_not_another_group_size(tmp_path):
+    """The dataset reader refuses a record of another export (another model, judge, seed, source) as validate does,
+    but a group of another size stays readable: finetune trains on the smallest G and says so (hand-made datasets
+    mix sizes)."""
+    import json
+
+    from test_export import cfg_for, make_inputs, tiny_model
+
+    from hmrcritic.alignment import dataset as D
+    from hmrcritic.alignment.export import export
+
+    out = tmp_path / "ds"
+    export(cfg_for(out, tiny_model(tmp_path / "tiny.pt")), inputs=make_inputs(2))
+    header = json.loads((out / D.HEADER).read_text())
+    header["num_generations"] = 5
+    (out / D.HEADER).write_text(json.dumps(header))
+    assert len(D.GroupPreferenceDataset(out)) == 2

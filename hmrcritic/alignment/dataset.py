@@ -648,7 +648,8 @@ class GroupPreferenceDataset(torch.utils.data.Dataset):
             # validate refuses such a record ("a record of another export"), and the finetuner trained on it: groups
             # sampled by another model (or scored by another judge, drawn with another seed or G) under a header
             # that names this export's
-            diff = header_mismatch(self.header, rec)
+            # (another group size is not: validate names it apart, and finetune trains on the smallest G, saying so)
+            diff = [d for d in header_mismatch(self.header, rec) if not d.startswith("num_hypotheses=")]
             if diff:
                 raise AssetError(f"{self.root / MANIFEST}: group {rec.group_id} is a record of another export "
                                  f"({', '.join(diff)}; {HEADER} differs); `hmrcritic export validate {self.root}` "
