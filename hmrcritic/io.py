@@ -12,6 +12,7 @@ import errno
 import hashlib
 import io
 import json
+import math
 import os
 import tempfile
 from collections.abc import Iterable, Iterator
@@ -350,3 +351,22 @@ def exclusive_lock(lock_path: str | os.PathLike, what: str, busy=LockBusy):
     finally:
         holder.unlink(missing_ok=True)
         lock.release()
+
+
+def finite_json(obj):
+    """``obj`` with every NaN or ±inf float as None (JSON null), in dicts and lists at any depth.
+
+    A variant that scored no group (every critique failed: a VLM endpoint down) has NaN means, a failed group a
+    NaN in ``per_group_spearman``, a round of only unrankable groups a NaN ``mean_spearman``: ``json.dumps``
+    wrote them as the bare word NaN, which is not JSON (jq, JavaScript and strict parsers refuse the whole
+    document). null is what ``demo --json`` and the other outputs say for "no value". Numpy scalars and arrays
+    are taken as their Python values first (a float32 NaN is no ``float``)."""
+    if type(obj).__module__ == "numpy" and hasattr(obj, "tolist"):
+        obj = obj.tolist()
+    if isinstance(obj, float):
+        return obj if math.isfinite(obj) else None
+    if isinstance(obj, dict):
+        return {k: finite_json(v) for k, v in obj.items()}
+    if isinstance(obj, list | tuple):
+        return [finite_json(v) for v in obj]
+    return obj

@@ -260,7 +260,7 @@ def evaluate_critic(
             "memory_dir": str(memory_path),
             "workdir": str(workdir),
         }
-        from hmrcritic.commands import finite_json
+        from hmrcritic.io import finite_json
 
         atomic_write_json(workdir / "result.json", finite_json(payload))  # strict JSON, as --json prints it
         return payload

@@ -463,7 +463,7 @@ def learning_curve(
     result = {"rows": rows, "num_groups": len(held), "heldout_split": heldout_split if heldout is None else "custom",
               "batch_size": batch_size, "split": split}
     if out is not None:
-        from hmrcritic.commands import finite_json
+        from hmrcritic.io import finite_json
 
         # strict JSON, as --json prints it: a held-out group whose critique failed is a NaN in its row's
         # per_group_spearman (and a round that scored none NaN means), which json.dumps wrote as the bare word NaN

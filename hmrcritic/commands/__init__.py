@@ -3,7 +3,8 @@
 from __future__ import annotations
 
 import json
-import math
+
+from hmrcritic.io import finite_json  # noqa: F401  (re-exported: the commands' name for it)
 
 
 def expand_user_paths(app) -> None:
@@ -63,25 +64,6 @@ def scene_from_spec(spec: str):
     if not 0 <= i < len(scenes):
         raise InputError(f"--scene index {i} out of range for split {split!r} ({len(scenes)} scenes)")
     return scenes[i]  # a damaged shard (short, missing an array) is refused by SceneSet, naming the split
-
-
-def finite_json(obj):
-    """``obj`` with every NaN or ±inf float as None (JSON null), in dicts and lists at any depth.
-
-    A variant that scored no group (every critique failed: a VLM endpoint down) has NaN means, a failed group a
-    NaN in ``per_group_spearman``, a round of only unrankable groups a NaN ``mean_spearman``: ``json.dumps``
-    wrote them as the bare word NaN, which is not JSON (jq, JavaScript and strict parsers refuse the whole
-    document). null is what ``demo --json`` and the other outputs say for "no value". Numpy scalars and arrays
-    are taken as their Python values first (a float32 NaN is no ``float``)."""
-    if type(obj).__module__ == "numpy" and hasattr(obj, "tolist"):
-        obj = obj.tolist()
-    if isinstance(obj, float):
-        return obj if math.isfinite(obj) else None
-    if isinstance(obj, dict):
-        return {k: finite_json(v) for k, v in obj.items()}
-    if isinstance(obj, list | tuple):
-        return [finite_json(v) for v in obj]
-    return obj
 
 
 def json_text(obj) -> str:
