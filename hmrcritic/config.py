@@ -75,16 +75,23 @@ def _env_path_value(name: str) -> str:
 
 
 def _env_path(name: str, default: Path) -> Path:
-    value = _env_path_value(name)
+    value = _not_an_address(name, _env_path_value(name))
+    return _not_dangling(Path(value).expanduser() if value else default, name)
+
+
+def _not_an_address(name: str, value: str) -> str:
+    """``value`` of folder variable ``name``, unless it is a server address: an InputError (password masked).
+
+    A server address where a folder goes (``HMRCRITIC_MEMORY=http://user:pw@host:8000``, meant for a shared
+    memory) was a relative path: a Chroma database made in ``./http:/user:pw@host:8000/``, the password in its
+    name (and doctor printed it)."""
     if "://" in value:
-        # a server address where a folder goes (HMRCRITIC_MEMORY=http://user:pw@host:8000, meant for a shared
-        # memory) was a relative path: a Chroma database made in ./http:/user:pw@host:8000/, the password in its name
         from hmrcritic.errors import InputError
         from hmrcritic.redact import redact_url
 
         hint = "; a memory on a Chroma server is named by HMRCRITIC_CHROMA_URL" if name == "HMRCRITIC_MEMORY" else ""
         raise InputError(f"{name}={redact_url(value)!r} is a server address, not a folder{hint}")
-    return _not_dangling(Path(value).expanduser() if value else default, name)
+    return value
 
 
 def _not_dangling(path: Path, name: str) -> Path:
@@ -104,7 +111,7 @@ def _not_dangling(path: Path, name: str) -> Path:
 
 def home_dir() -> Path:
     """Root of everything the toolkit writes (cache, data, memory) unless overridden per folder."""
-    home = _env_path_value("HMRCRITIC_HOME")
+    home = _not_an_address("HMRCRITIC_HOME", _env_path_value("HMRCRITIC_HOME"))
     if home:
         return Path(home).expanduser()
     xdg = _env_path_value("XDG_DATA_HOME")

@@ -61,6 +61,13 @@ def test_a_server_address_as_the_memory_folder_is_refused_without_its_password(t
     err = capsys.readouterr().err
     assert "is a server address, not a folder" in err and "HMRCRITIC_CHROMA_URL" in err and "FAKEmemPW1" not in err
     assert list(tmp_path.iterdir()) == []
+    # the home too (doctor alone caught it there): every folder below it was named after the address
+    monkeypatch.delenv("HMRCRITIC_MEMORY")
+    monkeypatch.setenv("HMRCRITIC_HOME", "http://bob:FAKEhomePW1@127.0.0.1:8000")
+    assert main(["memory", "stats"]) != 0
+    err = capsys.readouterr().err
+    assert "HMRCRITIC_HOME=" in err and "is a server address, not a folder" in err and "FAKEhomePW1" not in err
+    assert list(tmp_path.iterdir()) == []
 
 
 def test_trace_json_is_scrubbed_like_the_text(tmp_path, monkeypatch, capsys):

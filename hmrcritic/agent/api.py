@@ -680,15 +680,15 @@ def _record_learned_scene(memory: Any, cfg: AgentConfig, sample: Any) -> None:
     if not (cfg.learn and cfg.use_memory):
         return
     from hmrcritic.agent.explore import _add_explored, _memory_path
-    from hmrcritic.hmr.data import SPLITS
+    from hmrcritic.agent.groups import split_scene
     from hmrcritic.memory.store import writers_held_off
 
     sid = str(getattr(sample, "sample_id", "") or "")
-    split, _, index = sid.rpartition("-")
-    if split not in SPLITS or not index.isdigit():
+    scene = split_scene(sid)
+    if scene is None:
         return
     with writers_held_off(_memory_path(memory)):  # read, add, write: not beside another process's update
-        _add_explored(memory, split, [sid], {})
+        _add_explored(memory, scene[0], [sid], {})
 
 
 def _keep_last_checkpoint(saver, thread: str, last_config: dict) -> None:

@@ -153,6 +153,15 @@ def _group_ids(scenes, indices: list[int]) -> dict[int, str]:
     return {i: sid if seen[sid] == 1 else f"{sid}-{i:06d}" for i, sid in sids.items()}
 
 
+def split_scene(scene_id: str) -> tuple[str, int] | None:
+    """``(split, index)`` of a split scene's id ``<split>-<index>`` (as :func:`_group_ids` names them), or None for
+    any other id (a user's image, a caller's own samples)."""
+    from hmrcritic.hmr.data import SPLITS
+
+    split, _, index = str(scene_id).rpartition("-")
+    return (split, int(index)) if split in SPLITS and index.isascii() and index.isdigit() else None
+
+
 def _indices(scenes, num_groups: int, start: int) -> list[int]:
     if len(scenes) <= start:
         raise InputError(f"split has {len(scenes)} samples; cannot start at {start}")

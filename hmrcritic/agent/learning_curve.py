@@ -99,11 +99,11 @@ def assert_unseen_scenes(memory: Any, groups: Sequence[Any]) -> None:
     train and test share a preset) hold the same scenes at the same indices, so test-000003 *is* the explored
     train-000003 and the critic recalled the prototypes of the scene it was being scored on, every id check
     passing. The explored scenes are read from the splits as they are now (one not generated here is skipped)."""
-    import re
     from collections import defaultdict
 
     from hmrcritic.agent.explore import _memory_path, explored_record
-    from hmrcritic.hmr.data import SPLITS, load_split
+    from hmrcritic.agent.groups import split_scene
+    from hmrcritic.hmr.data import load_split
 
     mine: dict[bytes, str] = {}
     for g in groups:
@@ -112,13 +112,12 @@ def assert_unseen_scenes(memory: Any, groups: Sequence[Any]) -> None:
             mine.setdefault(k, g.group_id)
     if not mine:
         return
-    pattern = re.compile(rf"({'|'.join(map(re.escape, SPLITS))})-(\d+)")
     seen: dict[str, set[int]] = defaultdict(set)  # by the split each id names (a given group carries its own)
     for rec in explored_record(memory)["splits"].values():
         for gid in [*rec.get("group_ids", []), *rec.get("calibration_group_ids", [])]:
-            m = pattern.fullmatch(str(gid))
-            if m:
-                seen[m.group(1)].add(int(m.group(2)))
+            scene = split_scene(gid)
+            if scene is not None:
+                seen[scene[0]].add(scene[1])
     for s, indices in sorted(seen.items()):
         try:
             scenes = load_split(s, generate=False, quiet=True)

@@ -147,15 +147,8 @@ def _body() -> dict:
 
 def _folders() -> dict:
     from hmrcritic import config
-    from hmrcritic.redact import redact_url, register_url
 
-    # a server address where a folder goes (``HMRCRITIC_MEMORY=http://user:pw@host:8000``, meant for
-    # HMRCRITIC_CHROMA_URL) is a folder named after it to every command: this check said "ok" and printed
-    # "memory=http:/user:pw@host:8000" (the path's single slash is no URL to the scrubber), password and all
-    addresses = {var: value for var in ("HMRCRITIC_HOME", "HMRCRITIC_CACHE", "HMRCRITIC_DATA", "HMRCRITIC_MEMORY",
-                                        "HMRCRITIC_RUNS") if "://" in (value := (os.environ.get(var) or "").strip())}
-    for value in addresses.values():
-        register_url(value)  # its credentials masked wherever the path shows up (run_checks scrubs the report)
+    # a server address given as one of these folders fails here, in config's own words (password masked)
     out = {}
     for name in ("cache", "data", "memory", "runs"):
         p = getattr(config, f"{name}_dir")()
@@ -167,17 +160,12 @@ def _folders() -> dict:
         if not probe.is_dir():
             out[name]["file_in_the_way"] = str(probe)
     bad = [k for k, v in out.items() if not v["writable"]]
-    res = {"ok": not (bad or addresses), "folders": out}
-    server = "; a memory on a Chroma server is named by HMRCRITIC_CHROMA_URL"
-    problems = [f"{var}={redact_url(value)!r} is a server address, not a folder"
-                + (server if var == "HMRCRITIC_MEMORY" else "") for var, value in addresses.items()]
+    res = {"ok": not bad, "folders": out}
     if bad:
         # the FAIL line is all the text report shows: it names the folders, not just their roles, and the way out
-        problems.append("not writable: " + ", ".join(
+        res["error"] = "not writable: " + ", ".join(
             f"{k}={out[k]['path']}" + (f" ({out[k]['file_in_the_way']} is a file)" if "file_in_the_way" in out[k]
-                                       else "") for k in bad) + "; set HMRCRITIC_HOME to a writable folder")
-    if problems:
-        res["error"] = "; ".join(problems)
+                                       else "") for k in bad) + "; set HMRCRITIC_HOME to a writable folder"
     return res
 
 
@@ -241,13 +229,13 @@ def _device_problem() -> str:
 
     Unchecked, ``HMRCRITIC_DEVICE=cuda`` on a CPU-only torch had doctor say "all checks passed" while every
     sample and evaluate failed, and their error ("use --device cpu") did not name the variable."""
-    from hmrcritic.config import check_device, default_device
+    from hmrcritic.config import check_device
     from hmrcritic.errors import InputError
 
     try:
-        check_device(default_device())
+        check_device(None)  # None: the variable's device, and an error that names the variable and the way out
     except InputError as exc:
-        return f"HMRCRITIC_DEVICE: {exc}".replace("use --device cpu", "unset it or set it to cpu")
+        return str(exc)
     return ""
 
 
