@@ -17,8 +17,9 @@ import typer
 
 import hmrcritic.config  # noqa: F401  (sets PYOPENGL_PLATFORM and offline flags before anything imports pyrender)
 from hmrcritic.commands import expand_user_paths
+from hmrcritic.config import env_debug
 from hmrcritic.errors import HMRCriticError
-from hmrcritic.redact import printable, scrub
+from hmrcritic.redact import printable
 
 app = typer.Typer(
     name="hmrcritic",
@@ -74,10 +75,12 @@ expand_user_paths(app)  # every command's paths take ``~`` as the home folder (a
 
 
 def _print_traceback() -> None:
-    """``--debug``: the traceback of the exception being handled, with secrets masked (hmrcritic.redact)."""
+    """``--debug``: the traceback of the exception being handled, with secrets masked and terminal controls shown
+    as "?" (hmrcritic.redact.printable), as in the error line under it: the traceback quotes the same message
+    (a tag, a file name, a server's answer), and its escape sequences reached the terminal there."""
     import traceback
 
-    print(scrub(traceback.format_exc()), file=sys.stderr, end="")
+    print(printable(traceback.format_exc()), file=sys.stderr, end="")
 
 
 _OS_HINTS = {
@@ -158,7 +161,7 @@ def main(argv: list[str] | None = None) -> int:
     """Console entry point: run the app, turn user errors into one line and a non-zero exit."""
     argv = list(sys.argv[1:] if argv is None else argv)
     _tolerant_streams()
-    debug = "--debug" in argv or os.environ.get("HMRCRITIC_DEBUG") == "1"
+    debug = "--debug" in argv or env_debug()
     try:
         with _warnings_as_lines(debug), _terminate_as_interrupt():
             return _main(argv, debug)
@@ -209,17 +212,20 @@ def _warnings_as_lines(debug: bool):
     Python's form). Secrets masked, terminal controls shown as "?"; in-process callers get theirs back after."""
     import warnings
 
-    if debug:
-        yield
-        return
+    before = warnings.formatwarning
 
     def one_line(message, category, filename, lineno, line=None) -> str:
         return f"warning: {printable(message)}\n"
 
+    def python_form(message, category, filename, lineno, line=None) -> str:
+        # ``--debug``: Python's form, masked too (README: the ``--debug`` output goes through the scrubber). It
+        # was printed as raised: a warning quoting a Chroma or judge address (``http://user:pw@host``) showed
+        # the password, where the same text as an error line or a traceback was masked
+        return printable(before(message, category, filename, lineno, line))
+
     # formatwarning, not showwarning: a caller recording warnings (``catch_warnings(record=True)``, pytest.warns)
     # still gets them, and Python's own writer keeps coping with a closed stderr
-    before = warnings.formatwarning
-    warnings.formatwarning = one_line
+    warnings.formatwarning = python_form if debug else one_line
     try:
         yield
     finally:
@@ -257,15 +263,21 @@ def _main(argv: list[str], debug: bool) -> int:
         if code == 130 and _TERMINATED:  # export and finetune said what they kept; the code says SIGTERM
             return 143
         return int(code or 0)
-    except typer.Abort:
+    except typer.Abort as exc:
+        # a question (runs prune, memory reset) ends in Abort on Ctrl-C (or SIGTERM) and at the end of stdin;
+        # typer's confirm drops the cause ("from None") but keeps it as the context. Only an interrupt exits as
+        # one (130, 143): a question nobody answered is a refusal, 1, as a "n" is (commands.confirm_or_stop)
+        if isinstance(exc.__context__, KeyboardInterrupt):
+            print("\naborted: nothing changed", file=sys.stderr)  # on its own line, not after "[y/N]:"
+            return 143 if _TERMINATED else 130
         if not _is_terminal(sys.stdin):
-            # a question (runs prune, memory reset) with nothing to answer it — a script, cron, CI: a bare
-            # "aborted" after the prompt did not say that the flag exists or that nothing was changed
+            # a question with nothing to answer it — a script, cron, CI: a bare "aborted" after the prompt did
+            # not say that the flag exists or that nothing was changed
             print("\naborted: nothing changed (stdin is not a terminal and gave no \"y\"); add --yes to go ahead",
-                  file=sys.stderr)  # on its own line, not after the prompt's "[y/N]:"
+                  file=sys.stderr)
         else:
-            print("aborted", file=sys.stderr)
-        return 130
+            print("\naborted: nothing changed", file=sys.stderr)
+        return 1
     except KeyboardInterrupt:  # Ctrl-C: the long commands keep what they finished and resume from it
         return _say_interrupted()
     except OSError as exc:  # a file where a folder should be, no permission, disk full...

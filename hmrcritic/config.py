@@ -43,7 +43,11 @@ def env_number(name: str, default, kind: type = float, minimum: float | None = N
         value = kind(raw.strip())
     except ValueError:
         raise InputError(f"{name}={raw!r} is not {'an integer' if kind is int else 'a number'}") from None
-    if not math.isfinite(value):
+    try:
+        finite = math.isfinite(value)
+    except OverflowError:  # an int beyond any float (``HMRCRITIC_VLM_CONCURRENCY=1000…0``): it was a traceback
+        raise InputError(f"{name}={raw.strip()[:20]!r}… ({len(raw.strip())} digits) is too large") from None
+    if not finite:
         raise InputError(f"{name}={raw!r} must be a finite number")
     if minimum is not None and (value <= minimum if above else value < minimum):
         raise InputError(f"{name}={raw!r} must be {'>' if above else '≥'} {minimum:g}")
@@ -67,11 +71,28 @@ def env_flag(name: str, default: bool) -> bool:
     raise InputError(f"{name}={raw!r} is not a yes/no value (1/0, true/false, yes/no, on/off)")
 
 
+def env_chroma_url() -> str | None:
+    """``HMRCRITIC_CHROMA_URL`` as meant: spaces and a Windows line ending around it dropped, a blank one unset.
+    Read raw in eight places, ``HMRCRITIC_CHROMA_URL=" "`` (an env file's empty slot) tried to reach "a Chroma
+    server at ' '" in every command that opens a memory, instead of using the memory on disk."""
+    return (os.environ.get("HMRCRITIC_CHROMA_URL") or "").strip() or None
+
+
+def env_debug() -> bool:
+    """``HMRCRITIC_DEBUG``: tracebacks for errors. Read inside the error handler, so it never raises: a value
+    that is not a yes-value is off (``true`` and ``1\r`` were off too, silently, when only "1" counted)."""
+    return (os.environ.get("HMRCRITIC_DEBUG") or "").strip().lower() in _TRUE
+
+
 def _env_path_value(name: str) -> str:
     """A path variable as meant: without the line ending a Windows-edited env file (``docker --env-file``, a
     systemd EnvironmentFile) leaves on it. ``HMRCRITIC_HOME=/data/hm\\r`` made a new, empty home named with a
-    carriage return beside the real one, and the memory and data learnt there were silently out of sight."""
-    return (os.environ.get(name) or "").rstrip("\r\n")
+    carriage return beside the real one, and the memory and data learnt there were silently out of sight.
+
+    Nor with the spaces around it, and a blank one is unset (as every number, flag, key and model variable):
+    ``HMRCRITIC_HOME=" "`` made a home named by a space in whatever folder a command ran from, and
+    ``HMRCRITIC_BODY_MODEL=" "`` failed every command with "body model file not found:  "."""
+    return (os.environ.get(name) or "").strip()
 
 
 def _env_path(name: str, default: Path) -> Path:
@@ -211,7 +232,8 @@ def check_device(device: str | None = None) -> str:
     index = torch.device(device).index
     if kind == "cuda" and index is not None and index >= torch.cuda.device_count():
         n = torch.cuda.device_count()
-        raise InputError(f"device {device!r}: this machine has {n} CUDA device(s) (cuda:0..cuda:{n - 1})")
+        raise InputError(f"device {device!r}{given}: this machine has {n} CUDA device(s) (cuda:0..cuda:{n - 1}); "
+                         + ("use --device cuda:0" if given == "" else "set HMRCRITIC_DEVICE to cuda:0 or cpu"))
     return device
 
 
@@ -230,6 +252,12 @@ def check_base_url(url: str | None) -> str | None:
 
     parts = urlsplit(url)
     shown = redact_url(url)
+    # urlsplit drops a \r, \n or tab and leading spaces: the URL passed, and the HTTP client then refused it with
+    # a traceback at the first critique (or sent every request to "%20http://…")
+    bad = next((i for i, c in enumerate(url) if c.isspace() or ord(c) < 32 or ord(c) == 127), None)
+    if bad is not None:
+        raise InputError(f"judge base URL {shown!r} has a space or control character at position {bad + 1} "
+                         "(read from a file with Windows line endings?)")
     if parts.scheme not in ("http", "https") or not parts.hostname:
         raise InputError(f"judge base URL {shown!r} is not of the form http(s)://host[:port]/path "
                          "(e.g. http://localhost:8000/v1 for vLLM)")
@@ -243,8 +271,12 @@ def check_base_url(url: str | None) -> str | None:
 class JudgeSettings:
     """Where the VLM judge lives. Works with OpenAI, vLLM (:8000), Ollama (:11434), LM Studio (:1234)."""
 
+    # blank is unset and the spaces around it are no part of it, as for the key: ``HMRCRITIC_BASE_URL=" "`` hid
+    # OPENAI_BASE_URL, and one from a Windows env file (``…/v1\r``) passed the URL check and then failed every
+    # judge with an httpx traceback ("Invalid non-printable ASCII character in URL")
     base_url: str | None = field(
-        default_factory=lambda: os.environ.get("HMRCRITIC_BASE_URL") or os.environ.get("OPENAI_BASE_URL")
+        default_factory=lambda: (os.environ.get("HMRCRITIC_BASE_URL") or "").strip()
+        or (os.environ.get("OPENAI_BASE_URL") or "").strip() or None
     )
     # empty counts as unset, as for every other setting: ``HMRCRITIC_VLM_MODEL=`` sent the model name "" to the
     # endpoint, and doctor and the memory and dataset keys took "" for a critic of its own
@@ -321,5 +353,8 @@ def body_model_path() -> Path | None:
 
 
 def default_device() -> str:
-    """``--device`` when not given (train-base, sample, evaluate): ``HMRCRITIC_DEVICE``, unset or empty → cpu."""
-    return os.environ.get("HMRCRITIC_DEVICE") or "cpu"
+    """``--device`` when not given (train-base, sample, evaluate): ``HMRCRITIC_DEVICE``, unset or blank → cpu.
+
+    Without the spaces or line ending around it, as every other variable here: ``cuda\r`` from a Windows env file
+    was "not a torch device", and a blank one refused rather than unset."""
+    return (os.environ.get("HMRCRITIC_DEVICE") or "").strip() or "cpu"

@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import hashlib
 import html
-import os
 import re
 import shutil
 import time
@@ -24,6 +23,7 @@ from pathlib import Path
 
 import numpy as np
 
+from hmrcritic import config
 from hmrcritic.io import atomic_write_json, atomic_write_text
 
 
@@ -104,7 +104,7 @@ def run_demo(
     # on disk in <out>/memory even when HMRCRITIC_CHROMA_URL names a shared Chroma server (chroma_url=""): a
     # MemoryStore given no URL falls back to that variable, so the fresh start below wiped the server's memory —
     # the one every worker learns into — and the demo explored its rules into it
-    if os.environ.get("HMRCRITIC_CHROMA_URL"):
+    if config.env_chroma_url():
         say("      (HMRCRITIC_CHROMA_URL is set: the demo keeps its own memory in its output folder, not on that "
             "server)")
     memory = MemoryStore(out / "memory", chroma_url="")

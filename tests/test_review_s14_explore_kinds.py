@@ -72,7 +72,7 @@ def test_ctrl_c_in_any_command_says_what_is_kept(monkeypatch, capsys):
     import hmrcritic.agent.runs as runs
     from hmrcritic.cli import main
 
-    def ctrl_c():
+    def ctrl_c(*args, **kwargs):
         raise KeyboardInterrupt
 
     monkeypatch.setattr(runs, "runs_usage", ctrl_c)

@@ -241,7 +241,7 @@ def test_readme_tables_equal_their_stored_json():
 
 def test_readme_says_runs_prune_asks_before_it_removes(tmp_path, monkeypatch):
     """README: '`hmrcritic runs prune --older-than 7` removes what is older'. Run as written without a terminal
-    (cron, CI) it asks, reads EOF and aborts (exit 130) having removed nothing: the docs must name `--yes`."""
+    (cron, CI) it asks, reads EOF and stops (exit 1) having removed nothing: the docs must name `--yes`."""
     from typer.testing import CliRunner
 
     from hmrcritic.cli import app

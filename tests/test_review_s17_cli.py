@@ -127,7 +127,7 @@ def test_memory_reset_asks_on_stderr(monkeypatch, capsys, tmp_path):
     import io
 
     monkeypatch.setattr("sys.stdin", io.StringIO("n\n"))
-    assert main(["memory", "reset", "--memory-dir", str(tmp_path / "m")]) == 130
+    assert main(["memory", "reset", "--memory-dir", str(tmp_path / "m")]) == 1
     cap = capsys.readouterr()
     assert "Delete all rules and prototypes" in cap.err and cap.out.strip() == ""  # (click echoes one space)
     assert not (tmp_path / "m").exists()
@@ -192,6 +192,6 @@ def test_memory_reset_prompt_names_the_folder_from_the_environment(monkeypatch, 
 
     monkeypatch.setenv("HMRCRITIC_MEMORY", str(tmp_path / "prod-memory"))
     monkeypatch.setattr("sys.stdin", io.StringIO("n\n"))
-    assert main(["memory", "reset"]) == 130
+    assert main(["memory", "reset"]) == 1
     cap = capsys.readouterr()
     assert str(tmp_path / "prod-memory") in cap.out + cap.err and "default memory folder" not in cap.out + cap.err

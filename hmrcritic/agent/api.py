@@ -38,6 +38,7 @@ from hmrcritic.agent.schema import HypothesisScore
 from hmrcritic.agent.state import AgentConfig, canonical_judge
 from hmrcritic.errors import HMRCriticError, InputError, InvalidCritiqueError
 from hmrcritic.io import atomic_save_npz, atomic_write_json, npz_unpacked_bytes
+from hmrcritic.redact import scrub
 
 HYP_KEYS = {"global_orient": 3, "body_pose": 69, "betas": 10, "transl": 3}
 
@@ -77,6 +78,22 @@ class GroupResult:
     result: ScoredGroup | None = None
     error: str | None = None
     error_type: str | None = None
+
+
+UNUSABLE_IN_A_ROW = 3  # as the export's (hmrcritic.alignment.export) and VLMJudge.critique_many's
+
+
+def _unusable_endpoint(exc: BaseException | None) -> str | None:
+    """``"<endpoint> (<what is wrong>)"`` when ``exc`` or what it wraps is the VLM judge's
+    ``EndpointUnusableError`` (read by its flag: the builtin path never imports the VLM module), else None."""
+    seen: set[int] = set()
+    while exc is not None and id(exc) not in seen:
+        seen.add(id(exc))
+        if getattr(exc, "endpoint_unusable", False) is True:
+            endpoint, cause = getattr(exc, "endpoint", ""), getattr(exc, "cause", "")
+            return scrub(f"{endpoint or 'the VLM endpoint'}" + (f" ({cause})" if cause else ""))
+        exc = exc.__cause__ or exc.__context__
+    return None
 
 
 # ------------------------------------------------------------------------------------------------ inputs
@@ -602,7 +619,11 @@ def critique_group(
             # returning the old run would report what those settings did not produce
             saver.delete_thread(thread)
             values = {}
-        run_dir = Path(run_dir) if run_dir is not None else hconfig.runs_dir() / "groups" / run_folder_name(thread)
+        # absolute, as stored in the checkpoint and scores.json: a relative one (``run_dir="mine/g1"``, a relative
+        # HMRCRITIC_HOME) was read against whatever folder a later prune, resume or report ran from — prune took
+        # the thread of a critique made a minute earlier for an orphan, a report from elsewhere found no images
+        run_dir = (Path(run_dir) if run_dir is not None
+                   else hconfig.runs_dir() / "groups" / run_folder_name(thread)).absolute()
         if values.get("done"):
             return _scored(values, cfg, resumed=True).model_copy(update={"finished_earlier": True})
         run_id = new_run_id(gid)
@@ -769,7 +790,14 @@ def critique_groups(
 ) -> list[GroupResult]:
     """Critique many groups; ``items`` are ``(sample, hypotheses)`` pairs or dicts of
     :func:`critique_group` keyword arguments. A failing group yields a :class:`GroupResult` with ``error``
-    and the others go on. ``workers`` > 1 runs groups in threads (useful for a VLM endpoint)."""
+    and the others go on. ``workers`` > 1 runs groups in threads (useful for a VLM endpoint).
+
+    When the VLM endpoint itself cannot be used (:class:`~hmrcritic.agent.vlm.EndpointUnusableError`: nothing
+    answers, the key or the model refused, every request refused) for ``UNUSABLE_IN_A_ROW`` groups in a row, the
+    groups not started yet are not sent: each gets an ``EndpointUnusableError`` result saying it was not tried,
+    instead of failing in turn after its retries (a notebook's 200 groups took an hour to learn the key was wrong).
+    A success in between resets the count; timeouts, 429 and 5xx never count. With ``workers`` > 1 the groups not
+    started wait for those in flight: one of them scored (the endpoint is back) sends them after all."""
     cfg = _agent_config(config, judge, memory, learn)
     if isinstance(workers, bool) or not isinstance(workers, int | np.integer):
         raise InputError(f"workers must be an integer, got {type(workers).__name__}")
@@ -784,17 +812,50 @@ def critique_groups(
             raise InputError(f"items[{i}] must be a (sample, hypotheses) pair or a dict of critique_group "
                              f"arguments, got {type(it).__name__}") from None
 
+    # the reason, once the endpoint counts as unusable. A group taken after that waits for the groups in flight
+    # (the batch waits for them anyway): one of them scored shows the endpoint answers again, and the rest go on;
+    # they were all "not tried" at once, with the endpoint back
+    stopped: list[str] = []
+    in_a_row, in_flight = [0], [0]
+    one_judge = not any("judge" in job for job in jobs)  # jobs with judges of their own: endpoints of their own
+    cond = threading.Condition()
+
     def one(job: dict) -> GroupResult:
         gid = str(job.get("group_id") or getattr(job.get("sample"), "sample_id", "?"))
+        with cond:
+            cond.wait_for(lambda: not stopped or in_flight[0] == 0)
+            why = stopped[0] if stopped else None
+            in_flight[0] += why is None
+        if why is not None:
+            return GroupResult(gid, error=f"not tried: {UNUSABLE_IN_A_ROW} groups in a row failed because the VLM "
+                               f"endpoint cannot be used: {why}", error_type="EndpointUnusableError")
+        res, exc = None, None
+        try:
+            res, exc = _one(job, gid)
+        finally:
+            with cond:
+                in_flight[0] -= 1
+                unusable = _unusable_endpoint(exc)
+                if unusable is not None:
+                    in_a_row[0] += 1
+                elif res is not None and res.error is None:  # scored: the endpoint answers
+                    in_a_row[0] = 0
+                    stopped.clear()
+                if unusable is not None and in_a_row[0] >= UNUSABLE_IN_A_ROW and one_judge and not stopped:
+                    stopped.append(unusable)
+                cond.notify_all()
+        return res
+
+    def _one(job: dict, gid: str) -> tuple[GroupResult, BaseException | None]:
         try:
             # a job's own judge / memory / config (documented: any critique_group keyword) wins over the shared
             # ones; passed beside them, every such job failed with "got multiple values for keyword argument"
             res = critique_group(**{"judge": judge, "memory": memory, "config": cfg, **kwargs, **job})
-            return GroupResult(gid, result=res)
+            return GroupResult(gid, result=res), None
         except HMRCriticError as exc:
-            return GroupResult(gid, error=str(exc), error_type=type(exc).__name__)
+            return GroupResult(gid, error=str(exc), error_type=type(exc).__name__), exc
         except Exception as exc:  # an unexpected failure still must not stop the other groups
-            return GroupResult(gid, error=f"{type(exc).__name__}: {exc}", error_type=type(exc).__name__)
+            return GroupResult(gid, error=f"{type(exc).__name__}: {exc}", error_type=type(exc).__name__), exc
 
     results: list[GroupResult] = []
     if workers <= 1:

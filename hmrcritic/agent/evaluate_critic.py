@@ -167,6 +167,16 @@ def evaluate_critic(
         what = "is a file, not a memory folder" if Path(memory_dir).expanduser().exists() else "does not exist"
         raise InputError(f"evaluate-critic: --memory-dir {memory_dir} {what}; give the folder `hmrcritic explore "
                          "--memory-dir DIR` wrote, or leave it out to explore a new memory")
+    # refused before the held-out groups are sampled (minutes with the model): an unknown --judge or a VLM judge
+    # without an endpoint failed every critique and ended "every critique failed" without the reason, and a bad
+    # --max-reflections was said only when the exploration or the scoring began
+    from hmrcritic.agent.judges import make_judge
+    from hmrcritic.agent.state import AgentConfig
+
+    if not -1 <= tau <= 1:
+        raise InputError(f"evaluate-critic: tau {tau} is not a Spearman value in [-1, 1]")
+    make_judge(judge)
+    AgentConfig.model_validate({"max_reflections": max_reflections, "rules_k": rules_k})
     name = judge_name(judge)
     eval_groups, used = make_groups(split, num_groups, num_generations, seed=seed, source=source)
     # keyed by the source actually used ("auto" resolves to the model or, without one, perturbed ground

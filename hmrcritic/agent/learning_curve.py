@@ -69,14 +69,17 @@ def _heldout(groups, split: str, num_groups: int, num_generations: int, seed: in
     return got
 
 
-def assert_heldout(memory: Any, split: str, group_ids: Sequence[str]) -> None:
+def assert_heldout(memory: Any, split: str, group_ids: Sequence[str], record: dict | None = None) -> None:
     """:func:`~hmrcritic.agent.explore.assert_not_explored` against ``split`` and every other split the memory
     records. Given groups (``groups=`` / ``heldout=``) carry their own split in their ids (``<split>-<index>``)
     whatever ``split`` is passed beside them, so checking ``split`` alone (default ``"test"``) let explored train
-    groups be scored as held-out ones; an id is one labelled input in any split, so a clash anywhere is one."""
+    groups be scored as held-out ones; an id is one labelled input in any split, so a clash anywhere is one.
+    ``record``: the explored-scene record to check (default: ``memory``'s own) — the scorers pass that of the
+    frozen copy they score with, so the record checked is the one of the memory that scores."""
     from hmrcritic.agent.explore import assert_not_explored, explored_record
 
-    record = explored_record(memory)  # read once: a split's check below is the same record, not a re-read
+    if record is None:  # read once: a split's check below is the same record, not a re-read
+        record = explored_record(memory)
     for s in [split] + sorted(k for k in record["splits"] if k != split):
         assert_not_explored(memory, s, group_ids, record=record)
 
@@ -91,14 +94,15 @@ def _scene_key(sample: Any) -> bytes | None:
     return b"|".join(np.ascontiguousarray(np.asarray(x, np.float64)).tobytes() for x in (kp, K, size))
 
 
-def assert_unseen_scenes(memory: Any, groups: Sequence[Any]) -> None:
+def assert_unseen_scenes(memory: Any, groups: Sequence[Any], record: dict | None = None) -> None:
     """Refuse held-out groups whose *scene* the memory learned from (or calibrated on) under another id.
 
     :func:`assert_heldout` compares ids, and an id names an index of a split, not its content: two splits
     generated with one seed (``hmrcritic data generate --split train --seed 0`` and ``--split test --seed 0``;
     train and test share a preset) hold the same scenes at the same indices, so test-000003 *is* the explored
     train-000003 and the critic recalled the prototypes of the scene it was being scored on, every id check
-    passing. The explored scenes are read from the splits as they are now (one not generated here is skipped)."""
+    passing. The explored scenes are read from the splits as they are now (one not generated here is skipped).
+    ``record``: as for :func:`assert_heldout`."""
     from collections import defaultdict
 
     from hmrcritic.agent.explore import _memory_path, explored_record
@@ -113,7 +117,7 @@ def assert_unseen_scenes(memory: Any, groups: Sequence[Any]) -> None:
     if not mine:
         return
     seen: dict[str, set[int]] = defaultdict(set)  # by the split each id names (a given group carries its own)
-    for rec in explored_record(memory)["splits"].values():
+    for rec in (explored_record(memory) if record is None else record)["splits"].values():
         for gid in [*rec.get("group_ids", []), *rec.get("calibration_group_ids", [])]:
             scene = split_scene(gid)
             if scene is not None:
@@ -138,9 +142,12 @@ def assert_unseen_scenes(memory: Any, groups: Sequence[Any]) -> None:
 
 def score_groups(groups: Sequence[Any], memory: Any, variant: str = "full", judge: Any = "builtin",
                  agent_config: dict | None = None, tag: str = "eval",
-                 progress: Callable[[int, int], None] | None = None) -> tuple[list[np.ndarray | None], list[str]]:
+                 progress: Callable[[int, int], None] | None = None,
+                 failures: list[str] | None = None) -> tuple[list[np.ndarray | None], list[str]]:
     """Overall scores of each group (None where the group failed) and the memory version of each score.
-    ``progress(i, n)`` is called after each group."""
+    ``progress(i, n)`` is called after each group; ``failures`` (a list) gets "<group id>: <reason>" of each group
+    that failed — without it a variant that failed every group was reported with a guess at the cause (the VLM
+    endpoint) while the reason (a split too small for the pose prior, say) was dropped."""
     from hmrcritic.agent.api import critique_group, discard_run
     from hmrcritic.agent.graph import compile_graph, open_checkpointer
     from hmrcritic.agent.state import AgentConfig
@@ -161,9 +168,11 @@ def score_groups(groups: Sequence[Any], memory: Any, variant: str = "full", judg
             discard_run(res)
             out.append(np.asarray(res.overall, np.float64))
             versions.append(res.memory_version)
-        except HMRCriticError:
+        except HMRCriticError as exc:
             out.append(None)
             versions.append("")
+            if failures is not None:
+                failures.append(f"{g.group_id}: {exc}")
         if progress is not None:
             progress(len(out), len(groups))
     return out, versions
@@ -237,7 +246,8 @@ def explore_eval(
     also carries ``per_group_scores`` and the result ``per_group_errors`` (PA-MPJPE), for paired statistics
     between variants. ``progress(variant, i, n)`` is called before each variant, ``group_progress(variant, i, n)``
     after each of its groups."""
-    from hmrcritic.agent.explore import _memory_path, error_table, frozen_copy
+    from hmrcritic.agent.explore import _memory_path, error_table, explored_record, frozen_copy
+    from hmrcritic.agent.judges import make_judge
 
     variants = list(variants or VARIANTS)  # None: every variant
     bad = [v for v in variants if v not in VARIANTS]
@@ -245,13 +255,19 @@ def explore_eval(
         raise InputError(f"unknown variant(s) {bad}; choose from {', '.join(VARIANTS)}")
     if groups is None and num_generations < 2:
         raise InputError(f"explore-eval: a group needs ≥ 2 hypotheses to rank, got --num-generations {num_generations}")
+    # built once to be refused now: an unknown name (``--judge foo``) or a VLM judge without an endpoint failed
+    # every critique of every variant, and the run ended "every critique failed" without the reason
+    make_judge(judge)
     path = _memory_path(memory)
     frozen = frozen_copy(memory)
     held = _heldout(groups, split, num_groups, num_generations, seed, start, source)
     if not held:
         raise InputError(f"no held-out groups in split {split!r}")
-    assert_heldout(path, split, [g.group_id for g in held])
-    assert_unseen_scenes(path, held)
+    # the record of the copy that scores (it travels with it), not the live folder's: a reset or an exploration
+    # of the live memory after the copy was taken changed what was checked, not what scored
+    record = explored_record(frozen)
+    assert_heldout(path, split, [g.group_id for g in held], record=record)
+    assert_unseen_scenes(path, held, record=record)
     tables = [error_table(g) for g in held]
     before = frozen.version()
     # a starter memory of our own is a temporary folder: removed when scored (every explore-eval and
@@ -266,9 +282,13 @@ def explore_eval(
                 progress(v, i, len(variants))
             mem = base if v == "no_reflection" else frozen
             tick = None if group_progress is None else (lambda i, n, v=v: group_progress(v, i, n))
-            scores, versions = score_groups(held, mem, v, judge=judge, agent_config=agent_config, progress=tick)
+            failed: list[str] = []
+            scores, versions = score_groups(held, mem, v, judge=judge, agent_config=agent_config, progress=tick,
+                                            failures=failed)
             row = {"variant": v, **correlation_row(scores, tables),
                    "memory_version": sorted({x for x in versions if x})}
+            if failed:  # only then: a row of a run where every group scored keeps its keys
+                row["first_failure"] = failed[0]
             if keep_scores:
                 row["per_group_scores"] = [None if s is None else np.asarray(s, np.float64).tolist()
                                            for s in scores]
@@ -382,15 +402,18 @@ def learning_curve(
     Resumable: with ``out_dir``, the rows evaluated so far are kept in ``learning_curve.partial.json`` there;
     the same call after an interruption (Ctrl-C, a kill) continues from the last evaluated round — its
     exploration resumes as ``explore`` does — and ends with the rows and memory of one uninterrupted call. A
-    memory explored otherwise is refused (round 0 must be the unexplored memory)."""
+    memory explored otherwise is refused (round 0 must be the unexplored memory), and so is a ``rounds`` below
+    the round the interrupted call reached (its memory cannot be unexplored)."""
     from hmrcritic.agent.explore import (
         PROGRESS_FILE,
         _open_memory,
+        _read_progress,
         error_table,
         explore,
         explored_record,
         frozen_copy,
     )
+    from hmrcritic.agent.judges import make_judge
     from hmrcritic.io import atomic_write_json
 
     say = status or (lambda line: None)
@@ -400,6 +423,15 @@ def learning_curve(
                          f"split ({split})")
     if rounds < 0:
         raise InputError(f"learning-curve: need rounds ≥ 0, got {rounds}")
+    # refused before round 0 is scored (the CLI checks its flags; the Python API did not): a batch size of 0 or an
+    # unknown judge failed only when round 1 began, no held-out groups or groups of one hypothesis explored every
+    # round to a curve of NaN or of nothing ranked
+    if batch_size < 1 or (heldout is None and (heldout_groups < 1 or num_generations < 2)):
+        raise InputError(f"learning-curve: need batch_size ≥ 1, heldout_groups ≥ 1 and num_generations ≥ 2 (got "
+                         f"{batch_size}, {heldout_groups}, {num_generations})")
+    if heldout is not None and not len(heldout):
+        raise InputError("learning-curve: no held-out groups to score (an empty list was given)")
+    make_judge(judge)
     mem = _open_memory(memory)
     out = Path(out_dir) if out_dir is not None else None
     explored = bool(explored_record(mem)["splits"]) or (Path(mem.path) / PROGRESS_FILE).exists()
@@ -411,6 +443,8 @@ def learning_curve(
                          + (f" (a finished curve is in {out / CURVE_FILE})" if done else "")
                          + f"; give a fresh --memory-dir (or {cli_hint('reset --yes', mem.path, mem.chroma_url)})")
     held = _heldout(heldout, heldout_split, heldout_groups, num_generations, seed, 0, source)
+    if not held:  # a split without groups: every round a row of NaN
+        raise InputError(f"learning-curve: no held-out groups to score in split {heldout_split!r}")
     held_ids = [g.group_id for g in held]
     settings = _curve_settings(split, heldout_split, batch_size, held, train_groups, num_generations, seed, source,
                                judge, explore_kwargs)
@@ -421,6 +455,15 @@ def learning_curve(
             raise InputError(f"learning-curve: the memory at {mem.location} has been explored already and cannot "
                              f"continue the interrupted curve: {why}; give a fresh --memory-dir and --out (or "
                              f"{cli_hint('reset --yes', mem.path, mem.chroma_url)})")
+        # a smaller --rounds than the interrupted call reached returned every row it had (a curve of 3 rounds for
+        # --rounds 1) and left a memory explored further than its curve; rows cut to the asked round would still
+        # describe a memory that is not the one in --memory-dir, so it is refused: rounds cannot be unexplored
+        have = max(int(rows[-1]["round"]), int(_read_progress(Path(mem.path)).get("rounds_total", 0)))
+        if rounds < have:
+            raise InputError(f"learning-curve: the interrupted curve in {out / PARTIAL_FILE} reached round {have} "
+                             f"(the memory at {mem.location} is explored that far), more than --rounds {rounds}; "
+                             f"give --rounds {have} or more to finish it, or a fresh --memory-dir and --out for a "
+                             f"curve of {rounds} round(s)")
         say(f"resuming: rounds 0–{rows[-1]['round']} were evaluated by an interrupted run ({out / PARTIAL_FILE})")
         for row in rows:
             if progress is not None:
@@ -428,16 +471,22 @@ def learning_curve(
     tables = [error_table(g) for g in held]
 
     def evaluate(r: int) -> None:
-        assert_heldout(mem, heldout_split, held_ids)  # every round: a round may have explored them
-        assert_unseen_scenes(mem, held)
+        ro = frozen_copy(mem)
+        # every round (a round may have explored them), against the record of the copy that scores: the live
+        # one read before the copy was taken could differ from it
+        record = explored_record(ro)
+        assert_heldout(mem, heldout_split, held_ids, record=record)
+        assert_unseen_scenes(mem, held, record=record)
         say(f"round {r}: scoring {len(held)} held-out groups of {heldout_split}"
             + (" with the unexplored memory" if r == 0 else ""))
-        ro = frozen_copy(mem)
-        scores, versions = score_groups(held, ro, "full", judge=judge, tag=f"curve-r{r}")
+        failed: list[str] = []
+        scores, versions = score_groups(held, ro, "full", judge=judge, tag=f"curve-r{r}", failures=failed)
         st = ro.stats()
         row = {"round": r, **correlation_row(scores, tables), "rules": st["rules"],
                "rules_retired": st["rules_retired"], "prototypes": st["prototypes"],
                "memory_version": st["version"]}
+        if failed:
+            row["first_failure"] = failed[0]
         rows.append(row)
         if out is not None:  # what an interrupted curve continues from
             atomic_write_json(out / PARTIAL_FILE, {"memory": str(mem.path), "settings": settings, "rows": rows})

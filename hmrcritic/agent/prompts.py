@@ -211,6 +211,9 @@ def critique_text(ctx: Any, *, images: Sequence[str], text_mode: bool = False, r
         # one name per hypothesis: the grids label tiles "#i", the feedback writes "hi", tables and past cases "hyp i"
         parts.append(f"LABELS: hypothesis i is tile #i on the images, row i of the evidence table and hi in "
                      f"feedback; answer with its index i (0..{n - 1}).")
+        # render.py writes why on a tile the mesh left untouched: without it such a tile read as the bare photo
+        parts.append("A tile whose mesh draws nothing carries a short note instead (behind camera, too close, no "
+                     "area, not in view): that hypothesis cannot be seen in the view.")
     else:
         parts.append("IMAGES: none available for this group; judge from the evidence.")
     parts.append(rules_block(ctx.rules, ctx.evidence))

@@ -160,7 +160,9 @@ def _img(path: str | None, alt: str) -> str:
     try:
         data, mime, note = _embeddable(p)
     except _Unavailable as why:
-        return f'<p class="missing">{_e(alt)}: image missing — {_e(p.name or path)}: {_e(why)}</p>'
+        # the whole path, as in the note of a downscaled render: the grids are in the run folder, not beside the
+        # report, so "overlay_grid.png: file not found" did not say where it was looked for (a pruned run folder?)
+        return f'<p class="missing">{_e(alt)}: image missing — {_e(p.absolute())}: {_e(why)}</p>'
     b64 = base64.b64encode(data).decode("ascii")
     caption = _e(alt) + (f" · {_e(note)}" if note else "")
     return f'<figure><img alt="{_e(alt)}" src="data:{mime};base64,{b64}"><figcaption class="muted">' \

@@ -17,6 +17,7 @@ import logging
 import os
 import shutil
 import sqlite3
+import stat
 import threading
 import time
 from collections.abc import Iterator
@@ -34,9 +35,23 @@ LOCK_BATCH = 256  # run folders prune holds locked at once
 
 
 def _tree_bytes(path: Path) -> int:
+    """Bytes of the files in ``path`` (or of the file ``path``); what goes while it is listed counts as gone.
+
+    Exploration and evaluation loops remove each group's run folder as soon as they have read it (``discard_run``)
+    and SQLite removes its write-ahead log when the last connection closes: ``rglob`` then ``stat`` raised
+    FileNotFoundError on a folder or file removed between the listing and the count, so ``runs stats`` (and
+    ``runs prune``, which sizes the folder before and after) failed beside a running exploration."""
     if path.is_file():
-        return path.stat().st_size
-    return sum(p.stat().st_size for p in path.rglob("*") if p.is_file()) if path.is_dir() else 0
+        with suppress(OSError):
+            return path.stat().st_size
+        return 0
+    total = 0
+    for top, _dirs, files in os.walk(path):  # errors (a folder removed meanwhile) skip it; links are not followed
+        for name in files:
+            with suppress(OSError):
+                st = os.lstat(os.path.join(top, name))
+                total += st.st_size if stat.S_ISREG(st.st_mode) else 0
+    return total
 
 
 def _entries(folder: Path, pattern: str = "*") -> list[Path]:
@@ -358,7 +373,7 @@ def prune_runs(older_than_days: float = 7.0, root: str | Path | None = None, dry
         by_folder.setdefault(folder, []).append(thread)
     # threads whose folder is not under groups/ (a blank id's "" is no folder: it named groups/ itself)
     orphans = [t for f, ts in by_folder.items() if not (f and (groups / f).exists()) for t in ts
-               if _orphaned(db, t, old)]
+               if _orphaned(db, t, old, cutoff)]
     removed["checkpoints"] = len(orphans)
     if orphans and not dry_run:
         _delete_threads(db, orphans)
@@ -398,16 +413,45 @@ def prune_runs(older_than_days: float = 7.0, root: str | Path | None = None, dry
                     shutil.rmtree(p, ignore_errors=True) if p.is_dir() else p.unlink(missing_ok=True)
     if not dry_run:
         repoint_last(root / "traces")
-    if vacuum and not dry_run and db.exists() and removed["checkpoints"]:
-        con = sqlite3.connect(str(db), timeout=60)
-        try:  # rewrites only what is left; then fold its WAL back so the space is really returned
-            con.execute("VACUUM")
-            con.execute("PRAGMA wal_checkpoint(TRUNCATE)")
-        finally:
-            con.close()
+    if vacuum and not dry_run and db.exists() and (removed["checkpoints"] or _mostly_free(db)):
+        try:
+            con = sqlite3.connect(str(db), timeout=PRUNE_DB_TIMEOUT_S)
+            try:  # rewrites only what is left; then fold its WAL back so the space is really returned
+                con.execute("VACUUM")
+                con.execute("PRAGMA wal_checkpoint(TRUNCATE)")
+            finally:
+                con.close()
+        except sqlite3.Error as exc:  # the threads are gone; the next prune compacts what they left (_mostly_free)
+            raise AssetError(f"{checkpoint_error(db, exc)}; the old runs were removed, but the file was not "
+                             "compacted: `hmrcritic runs prune` compacts it once it can (VACUUM needs room for "
+                             "a copy of it)") from None
     after = before if dry_run else runs_usage(root)["total_bytes"]
     return {"root": str(root), "older_than_days": older_than_days, "dry_run": dry_run, "removed": removed,
             "bytes_before": before, "bytes_after": after}
+
+
+PRUNE_DB_TIMEOUT_S = 60.0  # how long prune's deletes and VACUUM wait for a critique writing its checkpoint
+FREE_SHARE_TO_VACUUM = 0.1  # prune compacts the checkpoint database when this share of it is free pages
+
+
+def _mostly_free(db: Path) -> bool:
+    """Whether at least :data:`FREE_SHARE_TO_VACUUM` of the checkpoint database is free pages.
+
+    Prune compacted only when it had deleted threads itself, so what other deletes left was never given back: a
+    prune whose VACUUM failed (a disk full of checkpoints has no room for the copy VACUUM writes) or was killed
+    after its deletes, an export forgetting its groups, ``--fresh`` re-runs. The next prune found nothing old,
+    deleted nothing and left the file as big as before, every time ("runs folder 6.2 MB -> 6.2 MB" with no
+    thread in it)."""
+    try:
+        con = sqlite3.connect(Path(os.path.abspath(db)).as_uri() + "?mode=ro", uri=True, timeout=DB_TIMEOUT_S)
+        try:
+            pages = con.execute("PRAGMA page_count").fetchone()[0]
+            free = con.execute("PRAGMA freelist_count").fetchone()[0]
+        finally:
+            con.close()
+    except sqlite3.Error:  # unreadable now: not compacted (the prune itself went through)
+        return False
+    return pages > 0 and free >= FREE_SHARE_TO_VACUUM * pages
 
 
 def _delete_threads(db: Path, threads: list[str], batch: int = 256) -> None:
@@ -418,22 +462,31 @@ def _delete_threads(db: Path, threads: list[str], batch: int = 256) -> None:
     stopped it), and a single transaction's WAL holds every page it touched until it commits. Freed pages
     need no overwriting here (checkpoints hold no secrets, see hmrcritic.redact), and small transactions
     keep the WAL small."""
-    con = sqlite3.connect(str(db), timeout=60)
-    try:
-        con.execute("PRAGMA secure_delete = OFF")
-        for i in range(0, len(threads), batch):
-            chunk = [(t,) for t in threads[i:i + batch]]
-            with con:
-                for table in ("checkpoints", "writes"):
-                    con.executemany(f"DELETE FROM {table} WHERE thread_id = ?", chunk)
-            con.execute("PRAGMA wal_checkpoint(TRUNCATE)")
-    finally:
-        con.close()
+    try:  # a failure names the file (sqlite3's own "database is locked" named none): see checkpoint_error
+        con = sqlite3.connect(str(db), timeout=PRUNE_DB_TIMEOUT_S)
+        try:
+            con.execute("PRAGMA secure_delete = OFF")
+            for i in range(0, len(threads), batch):
+                chunk = [(t,) for t in threads[i:i + batch]]
+                with con:
+                    for table in ("checkpoints", "writes"):
+                        con.executemany(f"DELETE FROM {table} WHERE thread_id = ?", chunk)
+                con.execute("PRAGMA wal_checkpoint(TRUNCATE)")
+        finally:
+            con.close()
+    except sqlite3.Error as exc:
+        raise checkpoint_error(db, exc) from None
 
 
-def _orphaned(db: Path, thread_id: str, old) -> bool:
+def _orphaned(db: Path, thread_id: str, old, cutoff: float) -> bool:
     """Whether a thread with no folder under ``groups/`` can go: its stored run folder (``critique_group`` takes
-    any ``run_dir``) is missing or older than the cutoff. A thread whose state names no folder is orphaned."""
+    any ``run_dir``) is missing or older than the cutoff. A thread whose state names no folder is orphaned.
+
+    A ``run_dir`` given as a relative path is stored as given: relative to the folder the critique ran in, which
+    prune does not know. Looked up from prune's own folder it was "missing", and ``runs prune --older-than 7``
+    deleted the thread of a critique made a minute before; such a thread is as old as its last checkpoint."""
+    from datetime import datetime
+
     from hmrcritic.agent.graph import open_checkpointer
 
     try:
@@ -441,5 +494,13 @@ def _orphaned(db: Path, thread_id: str, old) -> bool:
         run_dir = (got.checkpoint.get("channel_values") or {}).get("run_dir") if got is not None else None
     except Exception:  # an unreadable checkpoint cannot be resumed either
         return True
+    if run_dir and not Path(run_dir).is_absolute():
+        with thread_lock(db, thread_id, wait=False) as free:
+            if not free:  # a critique of it running in another process (its folder cannot be checked)
+                return False
+        try:
+            return datetime.fromisoformat(str(got.checkpoint.get("ts"))).timestamp() < cutoff
+        except (TypeError, ValueError, OverflowError):  # no date: kept (its folder may well be there)
+            return False
     return not run_dir or old(Path(run_dir)) and not folder_in_use(run_dir)
 

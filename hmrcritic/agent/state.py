@@ -17,7 +17,7 @@ from typing import Any, TypedDict
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
 from hmrcritic.agent.judges import PROTO_LEVEL
-from hmrcritic.config import env_flag, env_number
+from hmrcritic.config import env_chroma_url, env_flag, env_number
 from hmrcritic.config import memory_dir as _env_memory_dir
 from hmrcritic.redact import register_url
 
@@ -37,7 +37,7 @@ class AgentConfig(BaseModel):
     # the ranges below hold for values from the environment too (pydantic does not check defaults otherwise)
     model_config = ConfigDict(validate_default=True, allow_inf_nan=False)
 
-    judge: str = Field(default_factory=lambda: os.environ.get("HMRCRITIC_JUDGE", "builtin"))
+    judge: str = Field(default_factory=lambda: (os.environ.get("HMRCRITIC_JUDGE") or "").strip() or "builtin")
     max_reflections: int = Field(default_factory=lambda: env_number("HMRCRITIC_MAX_REFLECTIONS", 2, int), ge=0)
     rules_k: int = Field(default_factory=lambda: env_number("HMRCRITIC_RULES_K", 16, int), ge=0)
     prototypes_k: int = Field(default_factory=lambda: env_number("HMRCRITIC_PROTOTYPES_K", 5, int), ge=0)
@@ -47,7 +47,7 @@ class AgentConfig(BaseModel):
     # through config (as the CLI): a trailing \r from a Windows env file dropped, a dangling link named
     memory_dir: str | None = Field(
         default_factory=lambda: str(_env_memory_dir()) if os.environ.get("HMRCRITIC_MEMORY", "").strip() else None)
-    chroma_url: str | None = Field(default_factory=lambda: os.environ.get("HMRCRITIC_CHROMA_URL") or None)
+    chroma_url: str | None = Field(default_factory=env_chroma_url)
     use_memory: bool = Field(default_factory=lambda: env_flag("HMRCRITIC_USE_MEMORY", True))
     use_rules: bool = Field(default_factory=lambda: env_flag("HMRCRITIC_USE_RULES", True))
     use_prototypes: bool = Field(default_factory=lambda: env_flag("HMRCRITIC_USE_PROTOTYPES", True))

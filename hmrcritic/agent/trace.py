@@ -117,7 +117,10 @@ class TraceWriter:
         self.group_id = group_id
         self.path = traces_dir() / f"{run_id}.jsonl"
         self.step = 0
-        self.t0 = time.time()
+        self.t0 = time.time()  # when the run started, as a date (the start record's "time")
+        # its length on a clock that only goes forward: the wall clock stepped back by NTP (or the user) during a
+        # long VLM critique made the finish record's total negative, or hours long when it stepped forward
+        self._m0 = time.monotonic()
         self._held: list[dict] | None = [] if only_on_error else None
         self._lock: Any = None  # the trace file, open with a shared lock while the run writes it
 
@@ -186,7 +189,7 @@ class TraceWriter:
         self._release_file()
 
     def finish(self, values: dict) -> None:
-        self._write({"event": "finish", "seconds": round(time.time() - self.t0, 6),
+        self._write({"event": "finish", "seconds": round(time.monotonic() - self._m0, 6),
                      "rounds": values.get("round", 0), "done": bool(values.get("done"))})
         self._release_file()
 
@@ -234,10 +237,21 @@ def _traces_left(d: Path) -> list[tuple[float, str]]:
     ``stat()`` per match found (hidden names and links to files included, folders and dangling links not), read
     with one ``scandir``. An export forgets each group's trace once it is in the dataset, so every exported group
     ran this scan over the whole history: glob cost two stats and a Path per trace, 29 ms per group beside 5,000
-    kept traces (12 ms now)."""
+    kept traces (12 ms now).
+
+    A trace removed between the listing and its ``stat`` is left out: the workers of one export forget their
+    groups' traces at the same time, and the ``stat`` of one another worker had just deleted raised
+    FileNotFoundError out of :func:`repoint_last`, failing the group whose result was already stored."""
+    out = []
     with os.scandir(d) as entries:
-        return [(e.stat().st_mtime, e.name[:-len(".jsonl")]) for e in entries
-                if e.name.endswith(".jsonl") and e.is_file()]
+        for e in entries:
+            if e.name.endswith(".jsonl"):
+                try:
+                    if e.is_file():
+                        out.append((e.stat().st_mtime, e.name[:-len(".jsonl")]))
+                except OSError:  # gone meanwhile (a dangling link, as before, is no trace either)
+                    continue
+    return out
 
 
 def resolve_run(run_id: str | None = None, last: bool = False) -> Path:

@@ -657,6 +657,92 @@ def _http_client():
     return Client()
 
 
+class EndpointUnusableError(JudgeError):
+    """A group failed for a reason of the endpoint's own, which every other group meets the same way: nothing
+    answers at the address (connection refused, a name that does not resolve), the key is refused (401/403), the
+    model or path is not served (404/405), the account's quota is spent, or the request is refused whatever its
+    form (a 4xx: more images than the server takes per request, ``temperature=0`` refused). A context too small
+    for the group, or a body too large (413), is its subclass :class:`GroupTooLargeError`, which stops no batch.
+
+    A batch of groups (:meth:`VLMJudge.critique_many`, ``hmrcritic export``) stops after
+    :data:`UNUSABLE_IN_A_ROW` such failures in a row instead of failing every remaining group in turn, each after
+    its retries (a 256-group export spent an hour so, to write nothing). Transient failures (timeouts, 429, 5xx,
+    unusable answers) stay plain :class:`JudgeError`: their group fails alone. ``endpoint``: the base URL without
+    credentials; ``cause``: what is wrong with it, in a few words."""
+
+    endpoint_unusable = True  # what the export checks (duck-typed: it does not import this module)
+
+    def __init__(self, message: str, endpoint: str = "", cause: str = ""):
+        super().__init__(message)
+        self.endpoint, self.cause = endpoint, cause
+
+    def __reduce__(self):  # pickled with its fields (a pool process's error), not rebuilt from the message alone
+        return type(self), (str(self), self.endpoint, self.cause)
+
+
+class GroupTooLargeError(EndpointUnusableError):
+    """The endpoint refuses this group's request for its size: too long for the model's context, or a body over
+    the server's limit (HTTP 413). The advice is the same as for every group, but a smaller group (fewer
+    hypotheses, fewer rules recalled) may pass, so a batch does not stop for it (``endpoint_unusable`` False): three
+    large groups in a row marked every group after them "not tried", those that fit included, and stopping saved
+    nothing, as such a group fails at once, without retries. A subclass, as these were raised so at first."""
+
+    endpoint_unusable = False
+
+
+# failures of the endpoint itself in a row, with no group scored in between, after which a batch stops
+UNUSABLE_IN_A_ROW = 3
+
+
+def _connect_failure(exc: BaseException) -> str | None:
+    """The transport's words when ``exc`` (an ``APIConnectionError``) is a failure to connect at all (connection
+    refused, a name that does not resolve: ``ConnectError`` under the openai client), else None. A connection
+    dropped mid-answer (a reset, a protocol error) is transient and not one of these."""
+    seen: set[int] = set()
+    while exc is not None and id(exc) not in seen:
+        seen.add(id(exc))
+        if type(exc).__name__ in ("ConnectError", "ConnectionRefusedError", "gaierror"):
+            return str(exc) or type(exc).__name__
+        exc = exc.__cause__ or exc.__context__
+    return None
+
+
+def _too_long(message: str) -> bool:
+    """Is this 400 (422) a context overflow? vLLM says "This model's maximum context length is ..." when it counts
+    the text alone, and "The decoder prompt (length 8825) is longer than the maximum model length of 8192" once the
+    images are counted in (the usual form for a VLM: a group's grids are most of its prompt); TGI "`inputs` tokens +
+    `max_new_tokens` must be <= 4096" (a 422), llama.cpp "exceeds the available context size", SGLang "longer than
+    the model's context length". All but the first were resent in two simpler forms and reported without advice."""
+    low = message.lower()
+    return any(words in low for words in ("maximum context length", "context_length_exceeded", "context window",
+                                          "longer than the maximum model length", "tokens + `max_new_tokens`",
+                                          "exceeds the available context size", "model's context length"))
+
+
+def _request_hint(message: str, images: int) -> str:
+    """Advice for a 400 every request of this shape gets again, or "". vLLM's context overflow ("This model's
+    maximum context length is 4096 tokens. However, you requested ...") and its images-per-request limit ("At
+    most 1 image(s) may be provided in one request/prompt", older vLLM's default, ``--limit-mm-per-prompt
+    image=1``) were reported as a bare "endpoint rejected the request", and first resent in two simpler forms."""
+    low = message.lower()
+    if _too_long(low):
+        return ("too long for the model's context: fewer hypotheses per group (--num-generations), smaller images "
+                "(HMRCRITIC_VLM_IMAGE_MAX_SIDE) or a larger context (vLLM --max-model-len)")
+    if m := re.search(r"at most (\d+) image\(s\) may be provided", low):
+        return (f"the server takes at most {m.group(1)} image(s) per request, the judge sends {images}: start vLLM "
+                f"with --limit-mm-per-prompt image={images} (newer vLLM: '{{\"image\": {images}}}')")
+    if "temperature" in low and ("unsupported" in low or "not support" in low):
+        return "the model refuses temperature=0, which the judge sends for repeatable scores: use another model"
+    return ""
+
+
+class _NotSent(Exception):
+    """A group of :meth:`VLMJudge.critique_many` not sent: the endpoint counts as unusable (``why``, the failure
+    that stopped the batch) or the batch was cancelled (``why`` None)."""
+
+    def __init__(self, why: EndpointUnusableError | None):
+        super().__init__()
+        self.why = why
 
 
 class _CutOff(Exception):
@@ -779,11 +865,18 @@ class VLMJudge:
         *,
         return_exceptions: bool = False,
         on_done: Callable[[int, GroupCritique | JudgeError], None] | None = None,
+        _stop: threading.Event | None = None,
     ) -> list[GroupCritique | JudgeError]:
         """Critique many groups on a thread pool bounded by ``max_concurrency``; results in input order.
 
         With ``return_exceptions`` a failed group yields its JudgeError in place; otherwise the first failure
         cancels the groups not yet started and is raised. ``on_done(i, result)`` reports progress.
+
+        After :data:`UNUSABLE_IN_A_ROW` groups in a row failed with :class:`EndpointUnusableError` (nothing
+        answers, the key or model refused, every request refused) and none was scored in between, the groups not
+        yet started are not sent: each gets an :class:`EndpointUnusableError` saying it was not attempted, instead
+        of failing the same way after its retries. They first wait for the groups still in flight (which the batch
+        waits for anyway): one of those scored shows the endpoint answers again, and they are sent after all.
         """
         results: list[Any] = [None] * len(ctxs)
         if not ctxs:
@@ -791,25 +884,69 @@ class VLMJudge:
         workers = max(1, min(self.settings.max_concurrency, len(ctxs)))
         pool = ThreadPoolExecutor(max_workers=workers, thread_name_prefix="vlm-judge")
         failure: JudgeError | None = None
+        # Under ``cond``: in_a_row and tripped are set by this thread only, in_flight is raised by a worker taking
+        # a group and lowered here as its result is read. A worker taking a group after the stop waits for the
+        # groups in flight: cancelled at the stop, the rest were all "not tried" though one of those was then
+        # scored, the endpoint back.
+        cond = threading.Condition()
+        in_a_row, tripped, in_flight, closing = 0, None, 0, False
+
+        def not_attempted(i: int, why: EndpointUnusableError) -> EndpointUnusableError:
+            return EndpointUnusableError(
+                f"VLM judge did not try group {ctxs[i].group_id}: {UNUSABLE_IN_A_ROW} groups in a row failed as the "
+                f"endpoint {why.endpoint} is unusable ({why.cause}); fix it and critique the group again",
+                why.endpoint, why.cause)
+
+        def one(ctx: JudgeContext) -> GroupCritique:
+            nonlocal in_flight
+            with cond:
+                cond.wait_for(lambda: tripped is None or in_flight == 0 or closing)
+                if tripped is not None or closing or (_stop is not None and _stop.is_set()):
+                    raise _NotSent(tripped)
+                in_flight += 1
+            return self.critique(ctx)
+
         try:
-            futures = {pool.submit(self.critique, c): i for i, c in enumerate(ctxs)}
+            futures = {pool.submit(one, c): i for i, c in enumerate(ctxs)}
             for fut in as_completed(futures):
                 i = futures[fut]
-                if fut.cancelled():
+                if fut.cancelled():  # after a failure without return_exceptions: raised below
                     continue
-                try:
-                    results[i] = fut.result()
-                except Exception as exc:  # JudgeError, or anything else: that group fails, the others go on
-                    if not isinstance(exc, JudgeError):
-                        exc = JudgeError(f"group {ctxs[i].group_id}: {type(exc).__name__}: {scrub(exc)}")
-                    results[i] = exc
-                    if not return_exceptions and failure is None:
-                        failure = exc
-                        for other in futures:
-                            other.cancel()
+                with cond:
+                    try:
+                        results[i] = fut.result()
+                        in_flight, in_a_row, tripped = in_flight - 1, 0, None
+                    except _NotSent as exc:
+                        gid = ctxs[i].group_id
+                        results[i] = (not_attempted(i, exc.why) if exc.why is not None else
+                                      JudgeError(f"VLM judge did not try group {gid}: the batch was cancelled"))
+                        if not return_exceptions and failure is None:
+                            failure = results[i]
+                            for other in futures:
+                                other.cancel()
+                    except Exception as exc:  # JudgeError, or anything else: that group fails, the others go on
+                        in_flight -= 1
+                        if not isinstance(exc, JudgeError):
+                            exc = JudgeError(f"group {ctxs[i].group_id}: {type(exc).__name__}: {scrub(exc)}")
+                        results[i] = exc
+                        if not return_exceptions and failure is None:
+                            failure = exc
+                            for other in futures:
+                                other.cancel()
+                        if getattr(exc, "endpoint_unusable", False) is True:  # not a GroupTooLargeError
+                            in_a_row += 1
+                            if in_a_row >= UNUSABLE_IN_A_ROW and tripped is None:
+                                tripped = exc
+                                log.warning("vlm judge: %d groups in a row failed because the endpoint %s is "
+                                            "unusable (%s); the groups not started are not sent", in_a_row,
+                                            exc.endpoint, exc.cause)
+                    cond.notify_all()
                 if on_done is not None and results[i] is not None:
                     on_done(i, results[i])
         finally:
+            with cond:  # an on_done that raised, a Ctrl-C: no worker may wait on counts nobody updates now
+                closing = True
+                cond.notify_all()
             pool.shutdown(wait=True, cancel_futures=True)
         if failure is not None:
             raise failure
@@ -822,7 +959,15 @@ class VLMJudge:
     async def acritique_many(
         self, ctxs: Sequence[JudgeContext], **kwargs
     ) -> list[GroupCritique | JudgeError]:
-        return await asyncio.to_thread(self.critique_many, ctxs, **kwargs)
+        """Async form of :meth:`critique_many`. Cancelled (``asyncio.wait_for``'s timeout, a task's ``cancel``),
+        it sends no more groups: the thread cannot be interrupted, and went on sending every group of the batch
+        while ``asyncio.run`` waited for it at its exit."""
+        stop = threading.Event()
+        try:
+            return await asyncio.to_thread(self.critique_many, ctxs, _stop=stop, **kwargs)
+        except asyncio.CancelledError:
+            stop.set()
+            raise
 
     def check_endpoint(self) -> dict:
         """Is the endpoint reachable and does it serve our model? (``GET /models``; for ``doctor``.)
@@ -1000,12 +1145,17 @@ class VLMJudge:
         attempts = 1 + max(0, int(self.settings.max_retries))
         attempt, retry_reason, reason = 0, "", ""
         started_in: str | None = None  # the method this call stepped down from, if it did
+        images = 0
         while True:
             mode = self._mode
             wait_hint: float | None = None
             fatal = False
+            unusable = ""  # what is wrong with the endpoint itself, when that is why this attempt failed
+            too_large = False  # ... for this group's size only: a smaller one may pass
             try:
                 messages = build(mode, retry_reason)
+                images = sum(1 for part in getattr(messages[-1], "content", None) or []
+                             if isinstance(part, dict) and part.get("type") == "image_url")
                 with self._semaphore:
                     result = invoke_within(self._runnable(schema, mode), messages, self.settings.timeout_s)
                 try:
@@ -1027,7 +1177,10 @@ class VLMJudge:
                 # 422 too: servers built on axum/FastAPI validation (TGI among them) answer a request form
                 # they do not know (a json_schema response_format, forced tools) with 422, not 400
                 overflow = "ContextOverflow" in type(exc).__name__
-                if not overflow and mode != MODES[-1] and self._degrade(mode):
+                hint = _request_hint(f"{exc} {getattr(exc, 'body', '')}" + (" context window" if overflow else ""),
+                                     images)
+                # a request too large or with too many images is refused in every form: not resent as such
+                if not overflow and not hint and mode != MODES[-1] and self._degrade(mode):
                     started_in = started_in or mode
                     continue  # not an attempt: the same request in a simpler form
                 if started_in is not None:
@@ -1035,7 +1188,12 @@ class VLMJudge:
                     # too large), so later groups go back to the method this call started with
                     with self._mode_lock:
                         self._mode = started_in
-                reason, fatal = f"endpoint rejected the request ({self._describe(exc)})", True
+                # the advice first: the line is cut at 300 characters, and a server's words can fill them
+                reason = f"endpoint rejected the request{f': {hint}' if hint else ''} ({self._describe(exc)})"
+                fatal = True
+                if "content_filter" not in f"{exc} {getattr(exc, 'code', '')}":  # Azure's filter judged this
+                    unusable = f"it refuses the request (HTTP {exc.status_code})"  # group's prompt, not the endpoint
+                    too_large = overflow or _too_long(f"{exc} {getattr(exc, 'body', '')}")
             except openai.APITimeoutError:
                 reason = f"no answer within {self.settings.timeout_s:g} s"
             except openai.RateLimitError as exc:
@@ -1043,14 +1201,22 @@ class VLMJudge:
                     # OpenAI's 429 for an account out of credit: no wait cures it, and each group retried it
                     # with the backoff (minutes for a run) before failing as "rate limited"
                     reason, fatal = f"the account's quota is used up ({self._describe(exc)})", True
+                    unusable = "the account's quota is used up"
                 else:
                     reason = f"rate limited ({self._describe(exc)})"
                     wait_hint = _retry_after_s(exc)
             except openai.InternalServerError as exc:
                 reason = f"server error ({self._describe(exc)})"
                 wait_hint = _retry_after_s(exc)  # a 503 (loading, overloaded) says when to come back
-            except openai.APIConnectionError:
+            except openai.APIConnectionError as exc:
                 reason = f"cannot connect to {redact_url(self.settings.base_url) or 'the default OpenAI endpoint'}"
+                if (words := _connect_failure(exc)) is not None:  # refused, no such host: not a dropped answer
+                    reason += f" ({words})"
+                    # a TLS handshake that fails is a ConnectError too: something answers, and the stop's line
+                    # ("nothing answers there") sent the user to restart a server that was running
+                    tls = any(w in words.lower() for w in ("ssl", "certificate", "tls"))
+                    unusable = ("the TLS handshake fails (an https address for a plain http server, or a certificate "
+                                "not trusted)" if tls else "nothing answers there")
             except openai.APIStatusError as exc:  # 401, 403, 404...: retrying will not help
                 if exc.status_code in (408, 409):  # a proxy's request timeout, a lock timeout: the openai
                     # client retries these itself, and its retries are off here (max_retries=0)
@@ -1060,6 +1226,10 @@ class VLMJudge:
                     reason, fatal = self._describe(exc), True
                     if exc.status_code in (404, 405):
                         reason = self._where(exc) + reason
+                    if 400 <= exc.status_code < 500:  # the key, the model, the path: the same for every group
+                        unusable = {401: "the key is refused", 403: "access is denied", 404: "not found there",
+                                    405: "not found there"}.get(exc.status_code, f"HTTP {exc.status_code}")
+                        too_large = exc.status_code == 413  # this group's body: a smaller one may pass
             except openai.OpenAIError as exc:
                 reason, fatal = self._describe(exc), True
             except (IndexError, KeyError, TypeError, AttributeError, ValueError) as exc:
@@ -1086,4 +1256,8 @@ class VLMJudge:
             time.sleep(delay)
         # Raised here, outside any except block, so no provider exception is chained to it.
         tries = f"after {attempt} attempt{'s' if attempt != 1 else ''}"
-        raise JudgeError(self._scrub(f"VLM judge failed for group {group_id} {tries}: {reason}"))
+        message = self._scrub(f"VLM judge failed for group {group_id} {tries}: {reason}")
+        if unusable:  # of the last attempt: one refused connection amid timeouts is no dead endpoint
+            cls = GroupTooLargeError if too_large else EndpointUnusableError
+            raise cls(message, redact_url(self.settings.base_url) or "the OpenAI API", unusable)
+        raise JudgeError(message)

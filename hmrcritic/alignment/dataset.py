@@ -318,19 +318,35 @@ def parse_manifest_line(line: str) -> GroupRecord | None:
 
 def read_manifest(root: str | Path) -> list[GroupRecord]:
     """Complete, checksummed records in file order (torn lines dropped, first of duplicate ids kept)."""
+    return scan_manifest(root)[0]
+
+
+def scan_manifest(root: str | Path) -> tuple[list[GroupRecord], list[int], list[tuple[int, int, str, bool]]]:
+    """:func:`read_manifest`'s records, plus what it left out: the numbers of the lines that are no record (torn,
+    damaged) and each repeated group id as ``(line, first line, group_id, same record)``. The reader dropped both
+    without a word while ``validate`` called them errors, so a user could not tell what finetune trained on."""
     path = Path(root) / MANIFEST
     if not path.exists():
-        return []
-    out, seen = [], set()
+        return [], [], []
+    out: list[GroupRecord] = []
+    first: dict[str, tuple[int, str | None]] = {}
+    skipped: list[int] = []
+    repeats: list[tuple[int, int, str, bool]] = []
     # errors="replace": a line garbled into bytes that are not UTF-8 (a crash mid-write, an editor's encoding)
     # fails its checksum and is dropped like any torn line, instead of the decode error stopping every read
     with open(path, encoding="utf-8", errors="replace") as fh:
-        for line in fh:
+        for lineno, line in enumerate(fh, 1):
             rec = parse_manifest_line(line)
-            if rec is not None and rec.group_id not in seen:
-                seen.add(rec.group_id)
+            if rec is None:
+                if line.strip():
+                    skipped.append(lineno)
+            elif rec.group_id in first:
+                at, checksum = first[rec.group_id]
+                repeats.append((lineno, at, rec.group_id, rec.checksum == checksum))
+            else:
+                first[rec.group_id] = (lineno, rec.checksum)
                 out.append(rec)
-    return out
+    return out, skipped, repeats
 
 
 def record_files_ok(root: Path, rec: GroupRecord) -> bool:
@@ -440,6 +456,11 @@ def read_header(root: str | Path) -> DatasetHeader:
     return header
 
 
+def advantages_match(rec: GroupRecord) -> bool:
+    """The record's stored advantages are those of its overall scores (what the exporter wrote)."""
+    return bool(np.allclose(advantages_np([s.overall for s in rec.scores], "group"), rec.advantages, atol=1e-5))
+
+
 def header_mismatch(header: DatasetHeader, rec: GroupRecord) -> list[str]:
     """The header's settings a record disagrees with (``name=record value``): a record of another export."""
     diff = [
@@ -461,8 +482,12 @@ def write_header(root: str | Path, header: DatasetHeader) -> None:
 # ---------------------------------------------------------------------------------------- validate
 
 
-_UNFINISHED = ("the last export into this folder did not finish (interrupted or still running); re-run the same "
-               "export command to complete it")
+# how to complete an unfinished export: the same command, except after the memory it scores with changed (the
+# export stops on that, "memory … changed while this export ran", and refuses the same --out from then on: another
+# memory_version). The advice named only the re-run, which is refused there.
+RERUN_ADVICE = ("re-run the same export command to complete it (if the memory it scores with changed since, that "
+                "re-run is refused: export into another --out, or use the groups written so far)")
+_UNFINISHED = f"the last export into this folder did not finish (interrupted or still running); {RERUN_ADVICE}"
 
 
 class ValidationReport(BaseModel):
@@ -496,11 +521,15 @@ def validate_dataset(root: str | Path, max_errors: int = 50) -> ValidationReport
     if not path.exists():
         # an export stopped before its first group leaves only its header: say so, and that re-running it completes
         # it (the bare "missing" read as a folder broken beyond repair)
-        unfinished = [_UNFINISHED] if header.counts.get("finished") is False else []
+        # (with no group written, a re-run takes the folder over whatever changed: the plain advice holds)
+        unfinished = ["the last export into this folder did not finish (interrupted or still running) before its first "
+                      "group; re-run the same export command to complete it"] \
+            if header.counts.get("finished") is False else []
         return ValidationReport(path=str(root), ok=False, errors=[f"{path}: missing"], warnings=unfinished)
-    seen: set[str] = set()
+    seen: dict[str, tuple[int, str | None]] = {}  # group id → (its first line, its record's checksum)
     records: list[GroupRecord] = []
     stopped = False
+    unreadable = 0  # lines that are no record
     with open(path, encoding="utf-8", errors="replace") as fh:  # a non-UTF-8 line is reported, see read_manifest
         for lineno, line in enumerate(fh, 1):
             if len(errors) >= max_errors:  # also after lines that were no record at all (not JSON, a bad checksum):
@@ -510,30 +539,38 @@ def validate_dataset(root: str | Path, max_errors: int = 50) -> ValidationReport
             where = f"{MANIFEST}:{lineno}"
             if not line.strip():
                 continue
-            if not line.endswith("\n"):
-                errors.append(f"{where}: torn last line (no newline)")
+            # one error per line (a torn last line was two, "torn" and "not valid JSON"); a line that is no record
+            # is left out by the reader: counted for the warning below
+            torn = "torn last line (no newline), " if not line.endswith("\n") else ""
+            unreadable += 1
             try:
                 raw = json.loads(line)
             except (json.JSONDecodeError, RecursionError):  # a RecursionError stopped validate with no file named
-                errors.append(f"{where}: not valid JSON")
+                errors.append(f"{where}: {torn}not valid JSON")
                 continue
             if not isinstance(raw, dict) or raw.get("checksum") != record_checksum(raw):
-                errors.append(f"{where}: checksum mismatch")
+                errors.append(f"{where}: {torn}checksum mismatch")
                 continue
             try:
                 rec = GroupRecord.model_validate(raw)
             except ValidationError as exc:
                 first = exc.errors()[0]
-                errors.append(f"{where}: schema: {'.'.join(map(str, first['loc']))}: {first['msg']}")
+                errors.append(f"{where}: {torn}schema: {'.'.join(map(str, first['loc']))}: {first['msg']}")
                 continue
+            unreadable -= 1
+            if torn:  # the record is whole, only its newline is missing: the reader takes it
+                errors.append(f"{where}: torn last line (no newline; its record is complete and finetune reads it)")
             if rec.format_version != header.format_version:
                 errors.append(
                     f"{where}: format_version {rec.format_version} != header {header.format_version}"
                 )
             if rec.group_id in seen:
-                errors.append(f"{where}: duplicate group_id {rec.group_id}")
+                at, checksum = seen[rec.group_id]
+                errors.append(f"{where}: duplicate group_id {rec.group_id} (first on line {at}; " + (
+                    "the same record: finetune reads it once)" if checksum == rec.checksum else
+                    "another record: finetune refuses the dataset, remove the wrong line)"))
                 continue
-            seen.add(rec.group_id)
+            seen[rec.group_id] = (lineno, rec.checksum)
             records.append(rec)
             if rec.num_hypotheses != header.num_generations:
                 errors.append(f"{where}: {rec.num_hypotheses} hypotheses, the header says {header.num_generations}")
@@ -541,13 +578,17 @@ def validate_dataset(root: str | Path, max_errors: int = 50) -> ValidationReport
             if other:
                 errors.append(f"{where}: a record of another export ({', '.join(other)}; the header differs)")
             errors.extend(f"{where}: {e}" for e in _check_record_files(root, rec))
-            expected = advantages_np([s.overall for s in rec.scores], "group")
-            if not np.allclose(expected, rec.advantages, atol=1e-5):
-                errors.append(f"{where}: advantages do not match the overall scores")
+            if not advantages_match(rec):
+                errors.append(f"{where}: advantages do not match the overall scores (edited, or written by another "
+                              "version; finetune recomputes them from the scores and does not read these)")
             if len(errors) >= max_errors:
                 errors.append("… too many errors, stopped")
                 stopped = True
                 break
+    if unreadable:  # what finetune does with them: it trains on the rest, and says so; validate's errors said nothing
+        warnings.append(f"{unreadable} {MANIFEST} line(s) hold no complete record (torn by an interrupted write, or "
+                        "damaged): finetune skips them and trains on the groups that read; the export's next run "
+                        "drops them")
     referenced = {r.condition.path for r in records} | {r.hypotheses.path for r in records}
     if (root / GROUPS).is_dir():
         orphans = [p for p in (root / GROUPS).glob("*.npz") if f"{GROUPS}/{p.name}" not in referenced]
@@ -570,7 +611,8 @@ def validate_dataset(root: str | Path, max_errors: int = 50) -> ValidationReport
     if header.counts.get("finished") is not False:  # an export writes the pairs when it finishes
         expected_pairs = pair_records(records)
         if pairs is None and expected_pairs:
-            errors.append(f"{PAIRS}: missing ({len(expected_pairs)} pairs expected; re-run the export to write it)")
+            errors.append(f"{PAIRS}: missing ({len(expected_pairs)} pairs expected; re-run the export to write it; "
+                          "finetune does not read it, TRL-style trainers do)")
         elif pairs is not None and pairs != expected_pairs:
             errors.append(f"{PAIRS}: not the pairs of the manifest's groups (edited or out of date; re-run the "
                           "export to rewrite it)")
@@ -582,16 +624,10 @@ def validate_dataset(root: str | Path, max_errors: int = 50) -> ValidationReport
         errors.append(f"{MANIFEST}: no groups (nothing to finetune on)")
     if header.counts.get("finished") is False:
         warnings.append(_UNFINISHED)
-    failures_path = root / FAILURES
-    if failures_path.exists():
-        # the inputs whose latest failure is still open: an interrupted export leaves the file as appended (a group
-        # that failed on two runs is two lines; one that failed, then was written by the interrupted run, is still
-        # listed), so counting its lines said "N input(s) failed and are not in the dataset" of groups it holds.
-        # read_jsonl drops a torn last line (appended: a kill mid-write leaves one).
-        open_failures = {str(f.get("group_id")) for f in read_jsonl(failures_path)} - seen
-        if open_failures:
-            warnings.append(f"{len(open_failures)} input(s) failed and are not in the dataset ({FAILURES}); "
-                            "re-running the export retries them")
+    failed = open_failures(root, seen.keys())
+    if failed:
+        warnings.append(f"{len(failed)} input(s) failed and are not in the dataset ({FAILURES}); "
+                        "re-running the export retries them")
     zero = sum(r.zero_variance for r in records)
     return ValidationReport(
         path=str(root),
@@ -603,6 +639,21 @@ def validate_dataset(root: str | Path, max_errors: int = 50) -> ValidationReport
         errors=errors,
         warnings=warnings,
     )
+
+
+def open_failures(root: str | Path, present: Iterable[str]) -> list[str]:
+    """The group ids of ``failures.jsonl`` not in the dataset (``present``), each once, in file order.
+
+    Any record counts, whatever its stage or other fields (an export may add some): a group it names failed. An
+    interrupted export leaves the file as appended (a group that failed on two runs is two lines; one that failed,
+    then was written by the interrupted run, is still listed), so counting its lines said "N input(s) failed and
+    are not in the dataset" of groups it holds. read_jsonl drops a torn last line (appended: a kill mid-write
+    leaves one)."""
+    present = set(present)
+    # a line that names no group (edited by hand into ``{}``) is dropped, as the export's own reader drops it: it
+    # was counted as a failed input called "None"
+    ids = (f["group_id"] for f in read_jsonl(Path(root) / FAILURES) if isinstance(f.get("group_id"), str))
+    return list(dict.fromkeys(g for g in ids if g not in present))
 
 
 def _check_record_files(root: Path, rec: GroupRecord) -> list[str]:
@@ -638,12 +689,26 @@ class GroupPreferenceDataset(torch.utils.data.Dataset):
     ``overall (N,)``, ``axes (N,3)`` (motion_structure, physical_feasibility, image_alignment) and
     ``advantages (N,)``. Only the allow-listed keys are ever read: a file holding anything else — above all a
     3D label such as ``joints3d`` — is refused with an :class:`AssetError`. ``verify`` checks array checksums.
+    Refused too: a record of another export, two different records of one group id. Kept for the caller to report
+    (finetune notes them; validate calls them errors): ``skipped_lines`` (manifest lines that are no record: torn,
+    damaged), ``repeated_lines`` (a record repeated as is, read once), ``stale_advantages`` (group ids whose stored
+    advantages are not those of their scores; finetune recomputes them).
     """
 
     def __init__(self, root: str | Path, verify: bool = True, skip_zero_variance: bool = False):
         self.root = Path(root)
         self.header = read_header(self.root)
-        self.records = read_manifest(self.root)
+        self.records, self.skipped_lines, repeats = scan_manifest(self.root)
+        differing = [(line, at, gid) for line, at, gid, same in repeats if not same]
+        if differing:
+            # two different records of one group (scores of two critiques, a manifest joined with another): which
+            # one is right is unknowable, and the reader trained on the first without a word while validate
+            # called the dataset invalid. A repeat of the same record is harmless: read once, noted by finetune.
+            line, at, gid = differing[0]
+            raise AssetError(f"{self.root / MANIFEST}: group {gid} is on line {at} and again, with other content, "
+                             f"on line {line} ({len(differing)} such repeat(s)): which one to train on is unknown; "
+                             f"`hmrcritic export validate {self.root}` lists them; remove the wrong lines")
+        self.repeated_lines = [line for line, *_ in repeats]
         for rec in self.records:
             # validate refuses such a record ("a record of another export"), and the finetuner trained on it: groups
             # sampled by another model (or scored by another judge, drawn with another seed or G) under a header
@@ -654,6 +719,9 @@ class GroupPreferenceDataset(torch.utils.data.Dataset):
                 raise AssetError(f"{self.root / MANIFEST}: group {rec.group_id} is a record of another export "
                                  f"({', '.join(diff)}; {HEADER} differs); `hmrcritic export validate {self.root}` "
                                  "lists them")
+        # groups whose stored advantages are not those of their scores (validate's error): never read by finetune,
+        # which recomputes them from the scores it draws, so the run is well defined; it says so
+        self.stale_advantages = [r.group_id for r in self.records if not advantages_match(r)]
         if skip_zero_variance:
             self.records = [r for r in self.records if not r.zero_variance]
         if not self.records:

@@ -19,7 +19,11 @@ instance; one actor per worker). Scoring is injectable: ``score_group`` is a cal
 ``(sample, hypotheses, judge=..., memory=..., config=..., group_id=...) -> object with .scores and
 .memory_version`` (``config`` holds ``AgentConfig`` fields; ``group_id`` names the agent's thread).
 A group whose scoring fails (e.g. :class:`JudgeError`) goes to ``failures.jsonl`` with its reason and
-the run continues; the next run retries it. The memory must stay frozen for the whole run: when another
+the run continues; the next run retries it. Only when the VLM judge's endpoint itself is unusable (nothing
+answers there, the key or the model refused, every request refused) and ``UNUSABLE_IN_A_ROW`` groups in a row
+failed so, none written in between, does the run stop early with a :class:`JudgeError` naming the endpoint: the
+groups written stay, the ones not attempted go to ``failures.jsonl`` (stage ``not_attempted``), and the same
+command continues once the endpoint works. The memory must stay frozen for the whole run: when another
 process writes to it meanwhile (an exploration, ``critique --learn``), the run stops before writing a group
 scored after the change and keeps the ones before (:class:`_MemoryWatch`). Worker processes end with an
 export killed with -9, and its leftover temporary files go when it resumes.
@@ -45,9 +49,9 @@ from pydantic import BaseModel, Field
 
 from hmrcritic.agent.schema import HypothesisScore
 from hmrcritic.alignment import dataset as D
-from hmrcritic.errors import AssetError, InputError
+from hmrcritic.errors import AssetError, InputError, JudgeError
 from hmrcritic.hmr.diffusion import MAX_GENERATIONS
-from hmrcritic.io import append_jsonl, atomic_write_jsonl, exclusive_lock, read_jsonl
+from hmrcritic.io import append_jsonl, atomic_write_jsonl, exclusive_lock, read_jsonl, record_checksum
 from hmrcritic.redact import redact_url, scrub
 
 DEFAULT_SCORER = D.DEFAULT_SCORER
@@ -302,7 +306,10 @@ class GroupWorker:
                 if [s.index for s in scores] != list(range(self.ctx.num_generations)):
                     raise ValueError(f"scorer returned indices {[s.index for s in scores]}")
         except Exception as exc:
-            return {**head, "ok": False, "stage": "score", "error": _reason(exc)}
+            failed = {**head, "ok": False, "stage": "score", "error": _reason(exc)}
+            if (endpoint := _unusable_endpoint(exc)) is not None:  # a flag the parent reads (and pickles) as text
+                failed["endpoint_unusable"] = endpoint
+            return failed
         from hmrcritic.agent.api import ScoredGroup, forget_group
 
         if isinstance(scored, ScoredGroup):  # the dataset keeps the result; the run's thread, folder and trace go
@@ -366,6 +373,26 @@ class GroupWorker:
 def _reason(exc: BaseException) -> str:
     msg = " ".join(scrub(exc).split())[:300]
     return f"{type(exc).__name__}: {msg}" if msg else type(exc).__name__
+
+
+# groups in a row whose scoring failed because the judge's endpoint itself is unusable, with none written in
+# between, after which the export stops (hmrcritic.agent.vlm.UNUSABLE_IN_A_ROW, not imported: the builtin
+# judge's exports never load the VLM client)
+UNUSABLE_IN_A_ROW = 3
+
+
+def _unusable_endpoint(exc: BaseException) -> str | None:
+    """``"<endpoint> (<what is wrong>)"`` when ``exc`` (or what it wraps, as a scorer of the user's own may) is the
+    VLM judge's :class:`~hmrcritic.agent.vlm.EndpointUnusableError`, else None. The exception itself stays in the
+    worker (a pool process, a Ray actor): only this text reaches the export."""
+    seen: set[int] = set()
+    while exc is not None and id(exc) not in seen:
+        seen.add(id(exc))
+        if getattr(exc, "endpoint_unusable", False) is True:
+            endpoint, cause = getattr(exc, "endpoint", ""), getattr(exc, "cause", "")
+            return scrub(f"{endpoint or 'the VLM endpoint'}" + (f" ({cause})" if cause else ""))
+        exc = exc.__cause__ or exc.__context__
+    return None
 
 
 _WORKER: GroupWorker | None = None
@@ -878,21 +905,29 @@ def export(
         done_here = len(done_ids & order.keys())
         # nothing left to do (a fully resumed export): no bar frozen at N/N with a blank rate and ETA
         bar = _progress(len(samples), done_here) if progress is True and tasks else None
+        # groups in a row that failed because the judge's endpoint is unusable (refused connections, a refused
+        # key, no such model, every request refused), none written in between: each failed after its retries, and
+        # a down endpoint failed every group of the split in turn (an hour for 256 groups, to write nothing)
+        unusable_in_a_row, finished, stopped = 0, set(), None
         try:
             for res in results if tasks else ():
+                finished.add(res["group_id"])
                 if res["ok"]:
                     watch.check(len(done_ids) + new)
                     _write_group(out, cfg, res, mhash, x_dim, split_name)
                     new += 1
+                    unusable_in_a_row = 0
                 else:
                     failures.append(res)
-                    append_jsonl(
-                        out / D.FAILURES, {k: res[k] for k in ("group_id", "input_id", "stage", "error")}
-                    )
+                    append_jsonl(out / D.FAILURES, _failure_line(res))
+                    unusable_in_a_row += 1 if res.get("endpoint_unusable") else 0
                 if bar is not None:
                     bar[0].update(bar[1], advance=1)
                 elif callable(progress):
                     progress(done_here + new + len(failures), len(samples))
+                if unusable_in_a_row >= UNUSABLE_IN_A_ROW:
+                    stopped = res
+                    break
         finally:
             if bar is not None:
                 bar[0].stop()
@@ -901,6 +936,8 @@ def export(
             close = getattr(results, "close", None)
             if close is not None:
                 close()
+        if stopped is not None:
+            raise _stop_for_endpoint(out, tasks, finished, stopped, order, len(done_ids) + new)
 
         records = D.read_manifest(out)
         # input order; the groups of inputs beyond these (an earlier export with a larger --limit, perhaps
@@ -915,7 +952,7 @@ def export(
         def input_order(f: dict) -> int:
             return order.get(f["group_id"], len(order))
 
-        open_failures = sorted({f["group_id"]: f for f in read_jsonl(out / D.FAILURES)
+        open_failures = sorted({f["group_id"]: f for f in _failure_records(out)
                                 if f["group_id"] not in present}.values(), key=input_order)
         failures.sort(key=input_order)
         _rewrite_failures(out, open_failures)
@@ -1046,6 +1083,39 @@ def _write_group(out: Path, cfg: ExportConfig, res: dict, mhash: str, x_dim: int
     )
     line = record.to_line_dict()
     append_jsonl(out / D.MANIFEST, {k: v for k, v in line.items() if k != "checksum"})
+
+
+def _failure_line(res: dict) -> dict:
+    """A failed group's line in failures.jsonl: its ids, stage and reason, and ``endpoint_unusable`` (the endpoint
+    and what is wrong with it) when the judge's endpoint itself was why."""
+    keys = ("group_id", "input_id", "stage", "error", "endpoint_unusable")
+    return {k: res[k] for k in keys if k in res}
+
+
+def _stop_for_endpoint(out: Path, tasks: list[dict], finished: set, last: dict, order: dict, kept: int) -> Exception:
+    """The error that stops an export whose judge endpoint is unusable (see the loop in :func:`export`), once the
+    groups not attempted are in failures.jsonl (stage ``not_attempted``, with ``endpoint_unusable``), so that they
+    read as failed, not as missing or scored, and a re-run retries them. The groups written stay; the header says
+    unfinished; running the same command again once the endpoint works continues from here."""
+    why = f"the VLM endpoint cannot be used: {last['endpoint_unusable']}"
+    skipped = [{"group_id": t["group_id"], "input_id": t["input_id"], "stage": "not_attempted",
+                "error": f"not attempted: the export stopped because {why}",
+                "endpoint_unusable": last["endpoint_unusable"]} for t in tasks if t["group_id"] not in finished]
+    for rec in skipped:  # checksummed as appended lines are
+        rec["checksum"] = record_checksum(rec)
+    present = {r.group_id for r in D.read_manifest(out)}
+    latest = {f["group_id"]: f for f in [*_failure_records(out), *skipped] if f["group_id"] not in present}
+    _rewrite_failures(out, sorted(latest.values(), key=lambda f: order.get(f["group_id"], len(order))))
+    return JudgeError(
+        f"export stopped: {UNUSABLE_IN_A_ROW} groups in a row failed because {why} (last: {last['group_id']}: "
+        f"{last['error']}); the {kept} group(s) in {out} are kept, the {len(skipped)} not attempted are listed in "
+        f"{out / D.FAILURES}: fix the endpoint and run the same command again to continue")
+
+
+def _failure_records(out: Path) -> list[dict]:
+    """failures.jsonl's records that name a group: a line edited by hand into another JSON object (``{}``) is
+    dropped, as a torn line is, instead of stopping the export's summary with a KeyError."""
+    return [f for f in read_jsonl(out / D.FAILURES) if isinstance(f.get("group_id"), str)]
 
 
 def _rewrite_failures(out: Path, failures: Iterable[dict]) -> None:

@@ -30,7 +30,7 @@ from pathlib import Path
 
 import torch
 
-from hmrcritic.alignment.dataset import GroupPreferenceDataset
+from hmrcritic.alignment.dataset import FAILURES, GroupPreferenceDataset, open_failures
 from hmrcritic.alignment.objectives import OBJECTIVES, ObjectiveConfig, compute_loss, frozen_reference
 from hmrcritic.alignment.stats import GroupStatTracker, zero_variance_mask
 from hmrcritic.errors import AssetError, HMRCriticError, InputError, check_number
@@ -82,7 +82,8 @@ class FinetuneConfig:
     resume: bool = True
     # torch CPU threads; None leaves torch's setting (one per core). The weights are bit-identical run to run only
     # at one thread count (float sums reduce in another order at another count: the last bits differ), so the
-    # count used is recorded in the checkpoint. Set it to compare runs across machines.
+    # count used is recorded in the checkpoint (torch_threads_used: every count a resumed run's steps ran at).
+    # Set it to compare runs across machines.
     threads: int | None = None
 
     def __post_init__(self) -> None:
@@ -112,6 +113,11 @@ class FinetuneConfig:
         if not (math.isfinite(self.weight_decay) and self.weight_decay >= 0):
             raise InputError(f"--weight-decay must be a finite number ≥ 0, got {self.weight_decay}")
         self.objective_config()  # β and the loss weights: refused here, before any file is read or written
+        # GPA's loss is gpa_weight · L_GPA + base_loss_weight · L_base: with both 0 it is 0 at every step, so no
+        # weight moved and the run saved the base model as "aligned checkpoint" after all its steps
+        if self.objective in ("gpa", "gpa_linear") and self.gpa_weight == 0 and self.base_loss_weight == 0:
+            raise InputError(f"--gpa-weight and --base-loss-weight are both 0 (objective {self.objective}): the loss "
+                             "is 0 at every step and nothing would train; give --gpa-weight > 0")
 
     def _check_types(self) -> None:
         """Numbers of the wrong type (``batch_size="8"``) are refused in one line like any other bad option, not
@@ -225,7 +231,7 @@ def _settings_changed(saved: str | None, cfg: FinetuneConfig, ignore: set[str]) 
 
 def _save_state(cfg: FinetuneConfig, policy, ema, opt, step: int, base_hash: str,
                 window: list[dict] | None = None, tracker: GroupStatTracker | None = None,
-                data_hash: str | None = None) -> None:
+                data_hash: str | None = None, threads_used: list[int] | None = None) -> None:
     atomic_torch_save(
         cfg.state_path,
         {
@@ -245,12 +251,13 @@ def _save_state(cfg: FinetuneConfig, policy, ema, opt, step: int, base_hash: str
             # step): a resumed run logs the same window means as an uninterrupted one
             "window": list(window or []),
             "tracker": tracker.state_dict() if tracker is not None else None,
+            "threads_used": sorted(threads_used or []),
         },
     )
 
 
 def _resume(cfg: FinetuneConfig, policy, ema, opt, base_hash: str, tracker: GroupStatTracker,
-            data_hash: str | None = None) -> tuple[int, list]:
+            data_hash: str | None = None) -> tuple[int, list, list[int]]:
     path = cfg.state_path
     try:
         st = torch.load(path, map_location="cpu", weights_only=True)
@@ -285,7 +292,7 @@ def _resume(cfg: FinetuneConfig, policy, ema, opt, base_hash: str, tracker: Grou
     atomic_write_jsonl(cfg.log_path, kept)
     if st.get("tracker"):  # a state saved before the window was kept resumes with an empty one
         tracker.load_state_dict(st["tracker"])
-    return step, list(st.get("window") or [])
+    return step, list(st.get("window") or []), [int(n) for n in st.get("threads_used") or []]
 
 
 def finetune(config: FinetuneConfig, progress: bool | Callable[[dict], None] = False) -> Path:
@@ -336,9 +343,12 @@ def _finetune(cfg: FinetuneConfig, progress: bool | Callable[[dict], None], held
         print(f"note: all {len(data)} group(s) of {cfg.data} score every hypothesis alike (zero-variance share "
               f"100 %): no step carries a preference, so this run trains {trains}; export groups the critic "
               "tells apart to align on", file=sys.stderr)
+    if progress is True:
+        _note_left_out(ds, cfg.data)
     written = ds.header.counts.get("groups")
+    # (groups missing no more than the unreadable lines the note above counted: explained there already)
     if ds.header.counts.get("finished") is True and isinstance(written, int) and written != len(ds.records) \
-            and progress is True:
+            and not 0 < written - len(ds.records) <= len(ds.skipped_lines) and progress is True:
         import sys
 
         # a finished export whose manifest lost lines (or holds damaged ones) was trained on what was left without
@@ -381,10 +391,10 @@ def _finetune(cfg: FinetuneConfig, progress: bool | Callable[[dict], None], held
     ema = frozen_reference(base)
     opt = torch.optim.AdamW(policy.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
 
-    start, window = 0, []
+    start, window, threads_used = 0, [], []
     tracker = GroupStatTracker()
     if cfg.resume and cfg.state_path.exists():
-        start, window = _resume(cfg, policy, ema, opt, base_hash, tracker, data_hash)
+        start, window, threads_used = _resume(cfg, policy, ema, opt, base_hash, tracker, data_hash)
     elif cfg.log_path.exists():
         cfg.log_path.unlink()
 
@@ -402,6 +412,8 @@ def _finetune(cfg: FinetuneConfig, progress: bool | Callable[[dict], None], held
             bar = _progress_bar(cfg.steps, start, last.get("loss"))
     callback = progress if callable(progress) else None
     t0, timed = time.time(), 0  # steps run by this process in the open window (restored ones were not timed)
+    if start < cfg.steps:  # the thread counts the steps ran at, this process's too (see the checkpoint's extra)
+        threads_used = sorted({*threads_used, torch.get_num_threads()})
     try:
         for step in range(start, cfg.steps):
             gen = torch.Generator().manual_seed(cfg.seed * 7_919_993 + step)
@@ -451,7 +463,7 @@ def _finetune(cfg: FinetuneConfig, progress: bool | Callable[[dict], None], held
                 tracker.clear()
                 t0, window, timed = time.time(), [], 0
             if done % cfg.checkpoint_every == 0 or done == cfg.steps:
-                _save_state(cfg, policy, ema, opt, done, base_hash, window, tracker, data_hash)
+                _save_state(cfg, policy, ema, opt, done, base_hash, window, tracker, data_hash, threads_used)
     finally:
         if bar is not None:
             bar[0].stop()
@@ -467,11 +479,42 @@ def _finetune(cfg: FinetuneConfig, progress: bool | Callable[[dict], None], held
         "data_groups": len(ds),
         "num_generations_used": G,
         "torch_threads": torch.get_num_threads(),
+        # every count the run's steps ran at: a run resumed with another --threads recorded only the last one, so
+        # its weights read as those of one count (which they are not, bit for bit); [] for a state saved before this
+        "torch_threads_used": threads_used,
         "final_log": final_log,
         "weights": "ema",
     }
     save_model(final, out, extra=extra)
     return out
+
+
+def _note_left_out(ds: GroupPreferenceDataset, data: str) -> None:
+    """What the reader left out or does not use that ``export validate`` calls an error, one line each on stderr:
+    the run is well defined without it, but it went on without a word while validate said INVALID, so a user could
+    not tell what the model was trained on."""
+    import sys
+
+    def lines(numbers: list[int]) -> str:
+        return ", ".join(map(str, numbers[:5])) + (f" and {len(numbers) - 5} more" if len(numbers) > 5 else "")
+
+    manifest = f"{data}/manifest.jsonl"
+    said = f"`hmrcritic export validate {data}` lists them"
+    if ds.skipped_lines:
+        print(f"note: {manifest}: line(s) {lines(ds.skipped_lines)} hold no complete record (torn by an interrupted "
+              f"write, or damaged): skipped, training on the {len(ds)} group(s) that read; {said}", file=sys.stderr)
+    if ds.repeated_lines:
+        print(f"note: {manifest}: line(s) {lines(ds.repeated_lines)} repeat an earlier line's record: each group is "
+              f"trained on once; {said}", file=sys.stderr)
+    failed = open_failures(ds.root, (r.group_id for r in ds.records))
+    if failed:  # a VLM endpoint down for most of an export left a few groups: trained on without a word
+        print(f"note: {len(failed)} input(s) of the export into {data} failed and are not in the dataset "
+              f"({FAILURES}, first: {failed[0]}): training on the {len(ds)} group(s) it holds; re-running the export "
+              "retries them", file=sys.stderr)
+    if ds.stale_advantages:
+        print(f"note: {len(ds.stale_advantages)} group(s) of {data} store advantages that do not match their scores "
+              f"(first: {ds.stale_advantages[0]}): unused, finetune recomputes them from the scores; {said}",
+              file=sys.stderr)
 
 
 def _mean_metrics(window: list[dict]) -> dict[str, float]:

@@ -104,6 +104,10 @@ class Preset:
         bad = [o for o in self.objectives if o not in OBJECTIVE_ROWS]
         if bad:
             raise InputError(f"unknown objective(s) {bad}; choose from {', '.join(OBJECTIVE_ROWS)}")
+        # `--set objectives=gpa,sft,gpa` printed the gpa row twice in the table, results.json and the chart
+        twice = sorted({o for o in self.objectives if self.objectives.count(o) > 1})
+        if twice:
+            raise InputError(f"objective(s) {twice} listed more than once in objectives")
         for name in ("explore_batch", "explore_generations", "wild_groups", "num_generations", "steps",
                      "batch_size", "eval_limit", "eval_generations", "eval_batch", "sample_steps"):
             if int(getattr(self, name)) < 1:
@@ -112,6 +116,18 @@ class Preset:
             raise InputError(f"preset field explore_rounds must be ≥ 0, got {self.explore_rounds}")
         if self.num_generations < 2 or self.explore_generations < 2:
             raise InputError("num_generations and explore_generations must be ≥ 2 (a group needs a comparison)")
+        # the sampler's cap: eval_generations above it was refused only by the evaluate stage, after the
+        # exploration, the export and every finetune had run (most of an hour in `full`)
+        from hmrcritic.hmr.diffusion import MAX_GENERATIONS
+
+        for name in ("explore_generations", "num_generations", "eval_generations"):
+            if int(getattr(self, name)) > MAX_GENERATIONS:
+                raise InputError(f"preset field {name} must be ≤ {MAX_GENERATIONS}, got {getattr(self, name)}")
+        # the range every other command's --seed takes: a negative seed failed in the exploration (after its memory
+        # reset), and a large one (2**45) overflowed torch's generator in the finetune (seed × 7,919,993), after the
+        # exploration and the export had run
+        if not 0 <= self.seed <= 2**32 - 1:
+            raise InputError(f"preset field seed must be in 0..{2**32 - 1}, got {self.seed}")
         # checked here, not when the stage that reads them starts (after exploring, exporting and finetuning)
         from hmrcritic.hmr.data import SPLITS
 
@@ -174,7 +190,9 @@ def _parse_field(name: str, text: str, current: Any) -> Any:
         if isinstance(current, float):
             return float(t)
     except ValueError:
-        raise InputError(f"--set {name}={text!r}: not a valid {type(current).__name__}") from None
+        # t_min's preset value is None (T/2): its error read "not a valid NoneType"
+        what = "int (or none: T/2)" if name == "t_min" else type(current).__name__
+        raise InputError(f"--set {name}={text!r}: not a valid {what}") from None
     return t
 
 
@@ -261,6 +279,12 @@ def _explore(preset: Preset, memory_dir: Path, model_path: str | None, key: str,
     from hmrcritic.memory import MemoryStore
     from hmrcritic.memory.store import hold_exclusive, resetting
 
+    if preset.judge == "vlm":
+        # a VLM judge without an endpoint or key was refused only by the exploration engine, after the memory reset
+        # and the sampling of every exploration and calibration group (minutes); making it is offline and cheap
+        from hmrcritic.agent.judges import make_judge
+
+        make_judge(preset.judge)
     # opened inside the reset, as `memory reset` does: a run killed during the reset left the folder marked "reset
     # cut short", which a plain open refuses, so the same command failed on every re-run telling the user to
     # reset reproduce's own scratch memory by hand
@@ -666,10 +690,27 @@ _IGNORED = {"dpo": ("t_min", "gpa_weight", "base_loss_weight"), "sft": ("t_min",
 
 def _split_sizes() -> dict | None:
     """The split sizes when ``HMRCRITIC_SPLIT_SIZE_SCALE`` changes them (tests' tiny splits), else None: other
-    sizes are other groups, memories and evaluations; default sizes leave the cache keys as they were."""
-    from hmrcritic.hmr.data import SPLITS, default_size
+    sizes are other groups, memories and evaluations; default sizes leave the cache keys as they were.
+
+    Also the size and seed of each split in the data folder that was generated otherwise (``hmrcritic data
+    generate --split test --n 50 --seed 3``): ``load_split`` hands such a split on as it is, so after one the cached
+    base evaluation (of the default test scenes) was reused beside aligned rows evaluated on the other scenes, one
+    table from two test sets. A split not generated yet is made at the default size and seed when first used."""
+    from hmrcritic.errors import AssetError
+    from hmrcritic.hmr.data import SPLITS, default_size, load_split
 
     sizes = {name: default_size(name) for name in SPLITS}
+    generated = {}
+    for name in SPLITS:
+        try:
+            manifest = load_split(name, generate=False, quiet=True).manifest
+        except (AssetError, InputError):  # not generated yet (or unreadable: the stage that reads it says so)
+            continue
+        have = [manifest.get("n", sizes[name]), manifest.get("seed", SPLITS[name][1])]
+        if have != [sizes[name], SPLITS[name][1]]:
+            generated[name] = have
+    if generated:
+        return {**sizes, "generated": generated}
     return None if all(sizes[name] == SPLITS[name][0] for name in SPLITS) else sizes
 
 

@@ -49,6 +49,22 @@ def is_tty(stream) -> bool:
         return False
 
 
+def confirm_or_stop(question: str, unchanged: str) -> None:
+    """Ask ``question`` on stderr (stdout is for the result, ``--json``); an answer "n" ends the command with exit
+    code 1 and ``unchanged`` (what was left alone, e.g. "nothing deleted") on stderr.
+
+    ``typer.confirm(..., abort=True)`` raised the same Abort for a "n" as for Ctrl-C, and the command exited 130,
+    the code of an interrupt: a script or a wrapper reading the code took a user's "no" for a killed run. A "no"
+    is a refusal (1, as ``apt`` and ``rm -i`` do); Ctrl-C and the end of stdin still reach ``cli.main`` as Abort."""
+    import sys
+
+    import typer
+
+    if not typer.confirm(question, err=True):
+        print(f"not confirmed: {unchanged}", file=sys.stderr)
+        raise SystemExit(1)  # (typer.Exit's code is lost under standalone_mode=False)
+
+
 def scene_from_spec(spec: str):
     """The synthetic scene ``SPLIT:INDEX`` names (``--scene test:3``), range-checked against its split; one
     parser for ``sample`` and ``critique``, so both take and refuse the same specs with the same words."""
@@ -75,8 +91,11 @@ def say_failed_groups(res: dict, command: str) -> None:
     """A variant whose critiques failed for some groups (a VLM endpoint down, rate limits) is averaged over the
     others; one that scored none has no numbers at all. explore-eval said neither and exited 0, so a script read
     a table of nulls (or a mean over 1 of 20 groups) as a result. Each such variant gets a warning on stderr, and
-    when no variant scored a single group the exit code is 1 (as ``export`` with no group written)."""
+    when no variant scored a single group the exit code is 1 (as ``export`` with no group written). The first
+    failure's reason (``first_failure``) is named where there was one."""
     import sys
+
+    from hmrcritic.redact import printable
 
     rows = res.get("rows") or []
     total = res.get("num_groups")
@@ -85,8 +104,12 @@ def say_failed_groups(res: dict, command: str) -> None:
         if isinstance(scored, int) and isinstance(total, int) and scored < total:
             print(f"warning: {command}: variant {row.get('variant')} scored {scored} of {total} groups (the "
                   "critiques of the others failed); "
-                  + ("its numbers are over the groups it scored" if scored else "it has no numbers"), file=sys.stderr)
+                  + ("its numbers are over the groups it scored" if scored else "it has no numbers")
+                  + (f"; first: {printable(row['first_failure'])}" if row.get("first_failure") else ""),
+                  file=sys.stderr)
     if rows and not any(row.get("groups_scored") for row in rows):
-        print(f"error: {command}: no variant scored any group: every critique failed (with --judge vlm: check "
-              "the endpoint, e.g. with `hmrcritic critique --scene test:0 --judge vlm`)", file=sys.stderr)
+        first = next((row["first_failure"] for row in rows if row.get("first_failure")), None)
+        print(f"error: {command}: no variant scored any group: every critique failed ("
+              + (f"first: {printable(first)}" if first else "with --judge vlm: check the endpoint, e.g. with "
+                 "`hmrcritic critique --scene test:0 --judge vlm`") + ")", file=sys.stderr)
         raise SystemExit(1)  # (typer.Exit's code is lost under standalone_mode=False)

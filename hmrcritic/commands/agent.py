@@ -11,6 +11,7 @@ from pathlib import Path
 import typer
 
 from hmrcritic.commands import is_tty, json_text, say_failed_groups, scene_from_spec
+from hmrcritic.config import env_chroma_url
 from hmrcritic.errors import InputError
 from hmrcritic.io import as_text
 
@@ -52,11 +53,10 @@ def note_new_memory(memory: Path | None, chroma_url: str | None = None) -> None:
 
     Such a folder is seeded with the starter rules and used as if it were the memory asked for, so a mistyped path
     critiqued (or exported a dataset) with the unexplored starter memory without a word."""
-    import os
 
     from hmrcritic.memory.store import holds_memory
 
-    if memory is None or chroma_url or os.environ.get("HMRCRITIC_CHROMA_URL"):
+    if memory is None or chroma_url or env_chroma_url():
         return
     if not holds_memory(memory.expanduser()):
         typer.echo(f"note: no memory at {memory} yet; a new one with only the starter rules is made there (an "

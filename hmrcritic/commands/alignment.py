@@ -203,7 +203,7 @@ def register(app: typer.Typer) -> None:
         """
         import sys
 
-        from hmrcritic.alignment.dataset import read_header, read_manifest
+        from hmrcritic.alignment.dataset import RERUN_ADVICE, read_header, read_manifest
         from hmrcritic.alignment.finetune import FinetuneConfig, finetune
         from hmrcritic.config import check_device
         from hmrcritic.errors import AssetError
@@ -221,7 +221,7 @@ def register(app: typer.Typer) -> None:
                              "was written: nothing to finetune on; re-run that export to complete it")
         if unfinished:
             print(f"note: the last export into {data} did not finish (interrupted or still running): training on "
-                  f"the {written} group(s) it wrote so far; re-run that export to complete it", file=sys.stderr)
+                  f"the {written} group(s) it wrote so far; {RERUN_ADVICE}", file=sys.stderr)
 
         cfg = FinetuneConfig(
             data=str(data),

@@ -38,6 +38,10 @@ def convert(
     from hmrcritic.errors import HMRCriticError, InputError
     from hmrcritic.hmr.body import convert_smpl_pkl
 
+    if not src.expanduser().is_file():
+        # the input's problem first: `convert /missing.pkl out.npz` said to rename the output, and once renamed,
+        # that the input was not there; convert_smpl_pkl refuses a missing input before writing anything
+        _one_line(convert_smpl_pkl, src, dst)
     dst_x = dst.expanduser()
     if dst_x.is_dir():
         raise InputError(f"body convert: output {dst} is a folder; give a file name (e.g. {dst / 'SMPL_NEUTRAL.pkl'})")

@@ -6,10 +6,6 @@ import json
 
 import typer
 
-# Scenes are built in memory before they are written (about 1.3 KB a scene, twice that at the peak): a million is
-# 50× the train split and a few GB; an --n of 10**8 ran for minutes before the machine ran out of memory.
-MAX_SCENES = 1_000_000
-
 
 def register(app: typer.Typer) -> None:
     data_app = typer.Typer(help="Synthetic scene splits (train / wild / test).", no_args_is_help=True)
@@ -24,7 +20,7 @@ def register(app: typer.Typer) -> None:
     ) -> None:
         """Generate a split into the data folder (replacing an existing one atomically)."""
         from hmrcritic.errors import InputError
-        from hmrcritic.hmr.data import generate_split, load_split
+        from hmrcritic.hmr.data import MAX_SCENES, generate_split, load_split
 
         if n is not None and not 1 <= n <= MAX_SCENES:
             raise InputError(f"data generate: --n must be in 1..{MAX_SCENES:,} scenes (they are held in memory while "
@@ -85,31 +81,8 @@ def _summary(manifest: dict, folder) -> dict:
 
 
 def _verify_files(manifest: dict, folder) -> None:
-    """Each shard (and wild's labels file) against the sha256 its manifest recorded: a file truncated, damaged or
-    replaced since generation is named, instead of counted and summarised as if it were whole."""
-    from pathlib import Path
+    """Each shard (and wild's labels file) against its manifest (see :func:`hmrcritic.hmr.data.verify_split_files`,
+    which training runs too)."""
+    from hmrcritic.hmr.data import verify_split_files
 
-    from hmrcritic.errors import AssetError
-    from hmrcritic.io import sha256_file
-
-    entries = list(manifest.get("shards") or [])
-    if isinstance(manifest.get("labels_eval"), dict):
-        entries.append(manifest["labels_eval"])
-    for entry in entries:
-        if not isinstance(entry, dict) or "file" not in entry or "sha256" not in entry:
-            continue  # the manifest reader has already refused a manifest without file names
-        path = Path(folder) / str(entry["file"])
-        if not path.is_file():
-            why = "is missing"
-        elif sha256_file(path) != entry["sha256"]:
-            why = "does not match its manifest (sha256 differs: truncated, damaged or replaced)"
-        else:
-            continue
-        raise AssetError(f"{path} {why}; regenerate the split: hmrcritic data generate --split {manifest.get('split')}")
-    if manifest.get("images") and isinstance(manifest.get("n"), int):
-        # the images hold no sha256 in the manifest, but a deleted images folder went unsaid ("images: True"),
-        # while every sample read afterwards quietly had no image to overlay or align against
-        found = sum(1 for f in (Path(folder) / "images").glob("*.png")) if (Path(folder) / "images").is_dir() else 0
-        if found < manifest["n"]:
-            raise AssetError(f"{Path(folder) / 'images'}: {found} of the split's {manifest['n']} images are there; "
-                             f"regenerate the split: hmrcritic data generate --split {manifest.get('split')}")
+    verify_split_files(manifest, folder)

@@ -29,7 +29,11 @@ def register(app: typer.Typer) -> None:
         from hmrcritic.demo import run_demo
         from hmrcritic.errors import InputError
         from hmrcritic.hmr.data import load_split
+        from hmrcritic.hmr.diffusion import check_sampling_args
 
+        # -n above the sampler's cap was refused by the exploration, after the demo had reset <out>/memory: a typo
+        # wiped the memory the earlier demo's reports in <out> were scored with, then failed
+        check_sampling_args(num_generations, steps=1)  # the demo has no --steps option: only the group size
         # the demo resets <out>/memory every run: with --out at the home folder that was the memory every other
         # command learns into and reads (explore, critique, export), wiped without a word
         if (out / "memory").resolve() == config.memory_dir().expanduser().resolve():

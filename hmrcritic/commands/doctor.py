@@ -161,11 +161,27 @@ def _folders() -> dict:
             out[name]["file_in_the_way"] = str(probe)
     bad = [k for k, v in out.items() if not v["writable"]]
     res = {"ok": not bad, "folders": out}
+    problems = []
     if bad:
         # the FAIL line is all the text report shows: it names the folders, not just their roles, and the way out
-        res["error"] = "not writable: " + ", ".join(
+        problems.append("not writable: " + ", ".join(
             f"{k}={out[k]['path']}" + (f" ({out[k]['file_in_the_way']} is a file)" if "file_in_the_way" in out[k]
-                                       else "") for k in bad) + "; set HMRCRITIC_HOME to a writable folder"
+                                       else "") for k in bad) + "; set HMRCRITIC_HOME to a writable folder")
+    # the data and memory settings the folders' commands read: `=abc` or `=-2` passed doctor, and then every
+    # memory write (the lock's wait) or first-use data generation failed
+    from hmrcritic.errors import InputError
+
+    settings = {}
+    for var, default, low, above in (("HMRCRITIC_MEMORY_LOCK_TIMEOUT", 300.0, 0, False),
+                                     ("HMRCRITIC_SPLIT_SIZE_SCALE", 1.0, 0, True)):
+        try:
+            settings[var] = config.env_number(var, default, float, low, above=above)
+        except InputError as exc:
+            problems.append(str(exc))
+    res["settings"] = settings
+    if problems:
+        res["ok"] = False
+        res["error"] = "; ".join(problems)
     return res
 
 
@@ -215,7 +231,7 @@ def _judge() -> dict:
         problem = str(exc)
     pub["base_url"] = _strip_userinfo(pub.get("base_url"))
     judge, agent_problems = _agent_problems()
-    out = {"settings": pub, "agent_judge": judge,
+    out = {"settings": pub, "agent_judge": judge, "agent": _agent_settings(),
            "note": "builtin judge needs no endpoint; the VLM judge uses these settings"}
     problems = [p for p in (problem, *agent_problems) if p]
     if problems:
@@ -257,8 +273,7 @@ def _agent_problems() -> tuple[str | None, list[str]]:
     except pydantic.ValidationError as exc:  # a number out of range
         problems = []
         for err in exc.errors():
-            field = str((err.get("loc") or ("?",))[0])
-            var = "HMRCRITIC_MEMORY" if field == "memory_dir" else f"HMRCRITIC_{field.upper()}"
+            var = _agent_var(str((err.get("loc") or ("?",))[0]))
             problems.append(f"{var}={os.environ.get(var, '')!r}: {err.get('msg', 'invalid')}")
         return None, problems
     if judge not in ("builtin", "vlm"):
@@ -267,6 +282,33 @@ def _agent_problems() -> tuple[str | None, list[str]]:
         return judge, ["HMRCRITIC_JUDGE=vlm, but the VLM judge has no endpoint and no key: set HMRCRITIC_API_KEY "
                        "(or OPENAI_API_KEY) for OpenAI, or HMRCRITIC_BASE_URL for a local server (vLLM, Ollama)"]
     return judge, []
+
+
+def _agent_var(field: str) -> str:
+    """The ``HMRCRITIC_*`` variable of AgentConfig field ``field``."""
+    return "HMRCRITIC_MEMORY" if field == "memory_dir" else f"HMRCRITIC_{field.upper()}"
+
+
+def _agent_settings() -> dict | None:
+    """The agent settings (AgentConfig) in effect, and which of their ``HMRCRITIC_*`` variables are set.
+
+    README promises "the agent's ``HMRCRITIC_*`` settings" in the report; only the judge and the problems were
+    in it, so ``HMRCRITIC_RULES_K=4`` left in a profile (every critique retrieving 4 rules) or
+    ``HMRCRITIC_USE_MEMORY=0`` did not show. None when they cannot be read (the judge check names why)."""
+    import pydantic
+
+    from hmrcritic.agent.state import AgentConfig
+    from hmrcritic.errors import InputError
+    from hmrcritic.redact import redact_url
+
+    try:
+        cfg = AgentConfig()
+    except (InputError, pydantic.ValidationError):
+        return None
+    values = {f: getattr(cfg, f) for f in type(cfg).model_fields if f not in ("settle_with_labels", "success_tau")}
+    values["chroma_url"] = redact_url(values["chroma_url"])  # (also ``user:pw@host`` without a scheme)
+    return {"values": values, "from_environment": sorted(_agent_var(f) for f in values
+                                                         if os.environ.get(_agent_var(f), "").strip())}
 
 
 def _vlm_unreachable() -> bool:
@@ -330,9 +372,12 @@ def _summary(c: dict) -> str:
         return f"{c['path']} ({c['bytes'] / 1e6:.1f} MB, {c['parameters']:,} parameters)"
     if n == "judge":
         s = c["settings"]
+        agent = c.get("agent") or {}
+        field = {_agent_var(f): f for f in agent.get("values", {})}  # the value as read (and masked), not as set
+        changed = ", ".join(f"{v}={agent['values'][field[v]]}" for v in agent.get("from_environment", ()))
         return (f"judge {c.get('agent_judge')}; base_url={s.get('base_url') or '(none: OpenAI default)'}, "
                 f"model={s.get('model')}, api key {s.get('api_key')}, timeout {s.get('timeout_s')} s, "
-                f"retries {s.get('max_retries')}")
+                f"retries {s.get('max_retries')}; agent settings: " + (changed or "defaults"))
     return c.get("error", "")
 
 

@@ -215,8 +215,9 @@ def learning_curve_cmd(
 
     # refused before any work: --heldout-groups 0 explored every round and then wrote a curve of NaN (not JSON);
     # --batch-size 0 failed only after round 0's held-out groups had been scored
-    for flag, value, low in (("--batch-size", batch_size, 1), ("--heldout-groups", heldout_groups, 1),
-                             ("--num-generations", num_generations, 2)):
+    # --rounds -1 too: learning_curve refused it, but after --out was made (an empty folder left behind)
+    for flag, value, low in (("--rounds", rounds, 0), ("--batch-size", batch_size, 1),
+                             ("--heldout-groups", heldout_groups, 1), ("--num-generations", num_generations, 2)):
         if value < low:
             raise InputError(f"learning-curve: {flag} must be ≥ {low}, got {value}")
     if not -1 <= tau <= 1:  # explore refused it only after round 0's held-out groups had been scored
@@ -230,6 +231,14 @@ def learning_curve_cmd(
         if not as_json:
             typer.echo(f"round {row['round']}: ρ {row['spearman']:+.3f}  τ {row['kendall']:+.3f}  top-1 "
                        f"{row['top1_pa_mpjpe_mm']:.1f} mm  rules {row['rules']}  prototypes {row['prototypes']}")
+        scored = row.get("groups_scored")
+        if isinstance(scored, int) and scored < heldout_groups:  # the round's figures are over fewer groups
+            from hmrcritic.redact import printable
+
+            typer.echo(f"warning: learning-curve: round {row['round']} scored {scored} of {heldout_groups} "
+                       "held-out groups (the critiques of the others failed)"
+                       + (f"; first: {printable(row['first_failure'])}" if row.get("first_failure") else ""),
+                       err=True)
 
     def status(line: str) -> None:
         if not as_json:

@@ -24,15 +24,13 @@ def _open(memory_dir: Path | None, chroma_url: str | None):
     """Open for reading: read-only when a memory exists (never modifies it); a missing default memory is
     created and seeded, which is what every other command would see. A ``--memory-dir`` that holds no memory
     is an error naming it (a typo must not create and seed a new memory there)."""
-    import os
-
     from hmrcritic import config
     from hmrcritic.memory.store import MemoryStore, holds_memory
 
     path = memory_dir or config.memory_dir()
     # a server named by HMRCRITIC_CHROMA_URL is read as one named by --chroma-url: whether the local folder held
     # a memory on disk decided it, so an empty server was created and seeded by a look, or refused, by that
-    exists = bool(chroma_url or os.environ.get("HMRCRITIC_CHROMA_URL")) or holds_memory(Path(path))
+    exists = bool(chroma_url or config.env_chroma_url()) or holds_memory(Path(path))
     return MemoryStore(path, chroma_url=chroma_url, read_only=exists or memory_dir is not None)
 
 
@@ -76,9 +74,9 @@ def calibration(
     from hmrcritic.memory.store import MemoryStore, holds_memory
 
     if clear:
-        import os
+        from hmrcritic.config import env_chroma_url
 
-        server = chroma_url or os.environ.get("HMRCRITIC_CHROMA_URL")
+        server = chroma_url or env_chroma_url()
         if memory_dir is not None and not server and not holds_memory(Path(memory_dir)):
             # as _open: a mistyped --memory-dir must not create and seed a new memory just to clear nothing there
             from hmrcritic.errors import InputError
@@ -105,8 +103,16 @@ def rules(
     memory_dir: Path = _DIR, chroma_url: str = _URL, as_json: bool = _JSON,
 ) -> None:
     """Rules sorted by retrieval score Ψ (PAPER.md §2) with their success rates."""
+    import math
+
     from hmrcritic.memory.starter_rules import TAG_VOCABULARY, normalise_tags
 
+    if not math.isfinite(ucb_c):
+        # ``--ucb-c inf`` passed the ``min=0`` check: every Ψ came out nan (∞ × 0 for an unused rule), listed in
+        # an arbitrary order, and ``--json`` printed ``NaN``, which is not JSON
+        from hmrcritic.errors import InputError
+
+        raise InputError(f"memory rules: --ucb-c must be a finite number ≥ 0, got {ucb_c:g}")
     query = [t.strip() for t in tags.split(",") if t.strip()]
     # retrieval keeps only vocabulary tags: a typo ("leg") was dropped without a word while the table's title
     # still named it, so the listing looked tag-ranked when it was not
@@ -125,29 +131,42 @@ def rules(
         _print_json([{**r.model_dump(mode="json"), "psi": psi, "success_rate": r.success_rate}
                      for r, psi in rows])
         return
+    import sys
+
     from rich.console import Console
     from rich.table import Table
     from rich.text import Text
 
+    from hmrcritic.commands import is_tty
     from hmrcritic.redact import printable
 
+    console = Console(width=None if is_tty(sys.stdout) else 160)  # piped: rich would squeeze it into 80 columns
+    # eight columns need about 140 of them: in an 80-column terminal rich levelled the wrappable ones, and each
+    # rule's text came out 4 characters wide, one word-piece a line. Narrower, a rule is one cell: its id and
+    # counts, its text, then its condition and tags, with the width left by Ψ
+    wide = console.width >= 140
     table = Table(title=f"rules (query tags: {','.join(query) or '-'}; C={ucb_c})")
-    for col in ("Ψ", "id", "used", "success", "rate", "tags", "condition", "text"):
+    for col in ("Ψ", "id", "used", "success", "rate", "tags", "condition", "text") if wide else ("Ψ", "rule"):
         table.add_column(col, overflow="fold", no_wrap=col in ("Ψ", "id", "rate"))
     for r, psi in rows:
         c = r.condition
         cond = (f"{c.measure} {c.comparator} {c.threshold:g} → −{c.points:g}"
                 + (f" per {c.per:g}" if c.per else "") + (" (hard)" if c.hard else "")) if c else ""
+        rate = f"{r.success_rate:.2f}" if r.n_used else "-"
+        shown = "retired" if psi is None else f"{psi:.3f}"
         # rule texts come from a VLM or an imported file: as rich Text, "[/b]" in one is words, not markup (it
         # was a MarkupError that ended the listing, and "[red]" recoloured the rest); escape sequences as "?"
-        table.add_row("retired" if psi is None else f"{psi:.3f}", Text(printable(r.rule_id)), str(r.n_used),
-                      str(r.n_success), f"{r.success_rate:.2f}" if r.n_used else "-", ",".join(r.tags), cond,
-                      Text(printable(r.text)))
-    import sys
-
-    from hmrcritic.commands import is_tty
-
-    Console(width=None if is_tty(sys.stdout) else 160).print(table)  # piped: rich would squeeze it into 80 columns
+        if wide:
+            table.add_row(shown, Text(printable(r.rule_id)), str(r.n_used), str(r.n_success), rate,
+                          ",".join(r.tags), cond, Text(printable(r.text)))
+            continue
+        cell = Text.assemble((printable(r.rule_id), "bold"),
+                             f"  used {r.n_used}, success {r.n_success}, rate {rate}\n{printable(r.text)}")
+        more = "; ".join(x for x in (f"if {cond}" if cond else "", "tags " + ",".join(r.tags) if r.tags else "") if x)
+        if more:
+            cell.append("\n" + more, style="dim")
+        table.add_row(shown, cell)
+    console.print(table)
 
 
 @memory_app.command("search")
@@ -212,14 +231,13 @@ def reset(
     memory_dir: Path = _DIR, chroma_url: str = _URL,
 ) -> None:
     """Delete every rule and prototype and start again (seeded with the starter rules)."""
-    import os
-
+    from hmrcritic.config import env_chroma_url
     from hmrcritic.memory.store import COLLECTIONS, MemoryStore, hold_exclusive, resetting
     from hmrcritic.redact import redact_url
 
     # the server MemoryStore would pick up from the environment is the one to drop (dropping the folder's
     # collections instead left a mismatched server memory failing on the very check that says to reset it)
-    chroma_url = chroma_url or os.environ.get("HMRCRITIC_CHROMA_URL") or None
+    chroma_url = chroma_url or env_chroma_url()
 
     path = memory_dir
     if path is None:
@@ -231,8 +249,10 @@ def reset(
     where = redact_url(chroma_url) or str(path)
     # asked on stderr, as `runs prune` asks: on stdout the question went into `… > reset.log` and the command
     # sat waiting for an answer nobody could see
-    if not yes and not typer.confirm(f"Delete all rules and prototypes in {where}?", err=True):
-        raise typer.Abort()
+    if not yes:
+        from hmrcritic.commands import confirm_or_stop
+
+        confirm_or_stop(f"Delete all rules and prototypes in {where}?", "nothing deleted")
     # hold the memory before touching it: a reset refused because an exploration runs must delete nothing
     # marked as being reset before anything is dropped: a reset cut short is refused until run again
     with hold_exclusive(path, "a memory reset"), resetting(path, chroma_url):

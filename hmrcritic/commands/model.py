@@ -221,7 +221,10 @@ def register(app: typer.Typer) -> None:
         steps: int = typer.Option(10, help="DDIM steps."),
         eta: float = typer.Option(0.0, help="DDIM eta."),
         limit: int = typer.Option(None, help="Evaluate only the first K scenes."),
-        batch_size: int = typer.Option(32, help="Inputs per batch (B·N rows per network call)."),
+        # "B·N rows per network call" no longer: the rows go through a bounded chunk at a time (hmr.evaluate.CHUNK_ROWS)
+        batch_size: int = typer.Option(
+            32, help="Inputs per batch (one noise draw per batch, so the groups depend on it; memory does not: the "
+                     "B·N hypotheses are evaluated 512 at a time)."),
         seed: int = typer.Option(0, help="Sampling seed (with --batch-size: the groups depend on both).",
                                  min=0, max=2**32 - 1),
         guidance: float = typer.Option(0.0, help="2D keypoint guidance strength (0 = the model alone)."),
@@ -257,6 +260,7 @@ def register(app: typer.Typer) -> None:
             nn_baseline=not no_nn,
             guidance=guidance,
             progress=_eval_progress(),
+            notify=_note,  # a leftover non-default split (a quick test's --n): its figures compare with no others
         )
         if limit is not None and res["n_samples"] < limit:
             _note(f"split {split!r} has only {res['n_samples']} scenes; evaluated all of them (--limit {limit})")

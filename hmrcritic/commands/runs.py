@@ -17,12 +17,29 @@ def _mb(n: int) -> str:
     return f"{n / 1e6:,.1f} MB"
 
 
+def _runs_root():
+    """The runs folder, refused when a file stands where it (or a folder above it) goes.
+
+    ``HMRCRITIC_RUNS`` naming a file (a typo, a log file) was counted as an empty runs folder: ``runs stats`` said
+    0 entries and ``runs prune`` "removed: 0 …", exit 0, while every critique failed on that file."""
+    from hmrcritic import config
+    from hmrcritic.errors import InputError
+
+    root = probe = config.runs_dir()
+    while not probe.exists() and probe != probe.parent:
+        probe = probe.parent
+    if not probe.is_dir():
+        raise InputError(f"runs folder {root}: {probe} is a file, not a folder (check HMRCRITIC_RUNS / "
+                         "HMRCRITIC_HOME)")
+    return root
+
+
 @runs_app.command("stats")
 def stats(as_json: bool = typer.Option(False, "--json", help="Machine-readable output.")) -> None:
     """Size and count of each part of the runs folder."""
     from hmrcritic.agent.runs import runs_usage
 
-    use = runs_usage()
+    use = runs_usage(_runs_root())
     if as_json:
         typer.echo(json.dumps(use, indent=2))
         return
@@ -43,7 +60,6 @@ def prune(
     then compact the checkpoint database. The critic's memory itself is never touched."""
     import math
 
-    from hmrcritic import config
     from hmrcritic.agent.runs import prune_runs
     from hmrcritic.errors import InputError
 
@@ -51,10 +67,12 @@ def prune(
     # (remove nothing) printed "older_than_days": Infinity, which is not JSON
     if not (math.isfinite(older_than) and older_than >= 0):
         raise InputError(f"--older-than must be a number of days ≥ 0 (0 = everything), got {older_than:g}")
-    if not dry_run and not yes and not typer.confirm(  # asked on stderr: stdout is for the result (--json)
-            f"Remove runs older than {older_than:g} days from {config.runs_dir()}?", err=True):
-        raise typer.Abort()
-    out = prune_runs(older_than_days=older_than, dry_run=dry_run)
+    root = _runs_root()
+    if not dry_run and not yes:  # asked on stderr: stdout is for the result (--json)
+        from hmrcritic.commands import confirm_or_stop
+
+        confirm_or_stop(f"Remove runs older than {older_than:g} days from {root}?", "nothing removed")
+    out = prune_runs(older_than_days=older_than, root=root, dry_run=dry_run)
     if as_json:
         typer.echo(json.dumps(out, indent=2))
         return

@@ -62,7 +62,8 @@ def look_at_rotation(
     if roll is not None:
         c, s = torch.cos(roll), torch.sin(roll)
         o, z = torch.ones_like(c), torch.zeros_like(c)
-        rz = torch.stack([c, -s, z, s, c, z, z, z, o], -1).reshape(-1, 3, 3)
+        # roll's own shape, not (-1,3,3): one camera (3,) with a scalar roll came back (1,3,3), without a roll (3,3)
+        rz = torch.stack([c, -s, z, s, c, z, z, z, o], -1).reshape(*c.shape, 3, 3)
         rot = rz @ rot
     return rot
 

@@ -367,10 +367,26 @@ def _split_root(root) -> Path:
     return Path(root) if root is not None else config.data_dir()
 
 
+# Scenes are built in memory before they are written (about 1.3 KB a scene, twice that at the peak): a million is
+# 50× the train split and a few GB; an --n of 10**8 ran for minutes before the machine ran out of memory.
+MAX_SCENES = 1_000_000
+
+
+def _too_many(what: str, n) -> InputError:
+    return InputError(f"{what} must be in 1..{MAX_SCENES:,} scenes (they are held in memory while generating, about "
+                      f"1.3 KB each), got {n:,.0f}")
+
+
 def default_size(name: str) -> int:
-    """The split's default size times ``HMRCRITIC_SPLIT_SIZE_SCALE`` (tests use tiny splits)."""
+    """The split's default size times ``HMRCRITIC_SPLIT_SIZE_SCALE`` (tests use tiny splits).
+
+    Held to :data:`MAX_SCENES` as ``data generate --n`` is: a scale of 100 sent a first use into generating
+    2,000,000 scenes until memory ran out, and 1e305 overflowed to infinity (a bare OverflowError)."""
     scale = config.env_number("HMRCRITIC_SPLIT_SIZE_SCALE", 1.0, float, 0, above=True)
-    return max(1, int(round(SPLITS[name][0] * scale)))
+    size = SPLITS[name][0] * scale
+    if not size <= MAX_SCENES:
+        raise _too_many(f"split {name}: HMRCRITIC_SPLIT_SIZE_SCALE={scale:g} × {SPLITS[name][0]:,} scenes", size)
+    return max(1, int(round(size)))
 
 
 def _check_name(name: str) -> None:
@@ -455,6 +471,8 @@ def generate_split(
     seed = seed_default if seed is None else int(seed)
     if n < 1:
         raise InputError(f"split {name}: n must be ≥ 1, got {n}")
+    if n > MAX_SCENES:
+        raise _too_many(f"split {name}: n", n)
     out = Path(out_dir) if out_dir is not None else _split_root(None) / name
     out.parent.mkdir(parents=True, exist_ok=True)
     _remove_dead_leftovers(out)
@@ -617,6 +635,51 @@ def _read_npz(path: Path, folder: Path, what: str, required=()) -> dict[str, np.
     return arrays
 
 
+def _regenerate_command(manifest: dict) -> str:
+    """The ``data generate`` command that makes this split again: with its ``--n``, ``--seed`` and ``--render``
+    where they are not the defaults. The bare ``--split`` named for a damaged rendered split made one without
+    images (and a custom-size split came back at the default size)."""
+    name = manifest.get("split")
+    cmd = f"hmrcritic data generate --split {name}"
+    if name in SPLITS:
+        n, seed = manifest.get("n"), manifest.get("seed")
+        try:
+            size = default_size(name)
+        except InputError:
+            size = None
+        cmd += f" --n {n}" if isinstance(n, int) and n != size else ""
+        cmd += f" --seed {seed}" if isinstance(seed, int) and seed != SPLITS[name][1] else ""
+    return cmd + (" --render" if manifest.get("images") else "")
+
+
+def verify_split_files(manifest: dict, folder) -> None:
+    """Each shard (and wild's labels file) against the sha256 its manifest recorded: a file truncated, damaged or
+    replaced since generation is named, instead of counted and summarised (``data info``) or trained on
+    (``train-base``) as if it were whole. Hashing is cheap next to reading: the 20,000-scene train split (21 MB)
+    hashes in ~20 ms. Entries without a sha256 are not checked."""
+    entries = list(manifest.get("shards") or [])
+    if isinstance(manifest.get("labels_eval"), dict):
+        entries.append(manifest["labels_eval"])
+    for entry in entries:
+        if not isinstance(entry, dict) or "file" not in entry or "sha256" not in entry:
+            continue  # the manifest reader has already refused a manifest without file names
+        path = Path(folder) / str(entry["file"])
+        if not path.is_file():
+            why = "is missing"
+        elif sha256_file(path) != entry["sha256"]:
+            why = "does not match its manifest (sha256 differs: truncated, damaged or replaced)"
+        else:
+            continue
+        raise AssetError(f"{path} {why}; regenerate the split: {_regenerate_command(manifest)}")
+    if manifest.get("images") and isinstance(manifest.get("n"), int):
+        # the images hold no sha256 in the manifest, but a deleted images folder went unsaid ("images: True"),
+        # while every sample read afterwards quietly had no image to overlay or align against
+        found = sum(1 for f in (Path(folder) / "images").glob("*.png")) if (Path(folder) / "images").is_dir() else 0
+        if found < manifest["n"]:
+            raise AssetError(f"{Path(folder) / 'images'}: {found} of the split's {manifest['n']} images are there; "
+                             f"regenerate the split: {_regenerate_command(manifest)}")
+
+
 def load_split(
     name: str, root=None, generate: bool = True, n: int | None = None, quiet: bool = False
 ) -> SceneSet:
@@ -654,8 +717,11 @@ def load_split(
             elif m.get("generator_version") != GENERATOR_VERSION:
                 why = f"made by generator {m.get('generator_version')}, not this one's {GENERATOR_VERSION}"
             elif not same_body(m):
-                why = (f"made with body model {m.get('body_model')}, not {body.name} (the body model in use): set "
-                       f"HMRCRITIC_BODY_MODEL to that file to use it, or replace it with scenes of {body.name}")
+                # the mannequin is no file to point HMRCRITIC_BODY_MODEL at: its scenes are used without the variable
+                use = ("unset HMRCRITIC_BODY_MODEL to use it" if m.get("body_model") == "mannequin" else
+                       "set HMRCRITIC_BODY_MODEL to that file to use it")
+                why = (f"made with body model {m.get('body_model')}, not {body.name} (the body model in use): {use}, "
+                       f"or replace it with scenes of {body.name}")
             else:
                 why = f"of {m.get('n')} scenes, not {n}"
             raise AssetError(
@@ -664,10 +730,20 @@ def load_split(
             )
         folder.parent.mkdir(parents=True, exist_ok=True)
         with _split_lock(folder):
-            if not fresh(_manifest(folder)):  # another process may have made it meanwhile
+            if not fresh(m := _manifest(folder)):  # another process may have made it meanwhile
                 if not quiet:
-                    # stderr: a command's --json output on stdout must stay parseable on first use
-                    print(f"hmrcritic: generating synthetic split '{name}' into {folder} (first use)", file=sys.stderr)
+                    # stderr: a command's --json output on stdout must stay parseable on first use. Which case: a
+                    # split of another body model (a SMPL file's, replaced because the variable was unset in this
+                    # shell) or generator was replaced under "(first use)", as if nothing had been there
+                    if m is None:
+                        why = "first use"
+                    elif m.get("generator_version") != GENERATOR_VERSION:
+                        why = f"replacing the one made by generator {m.get('generator_version')}"
+                    elif not same_body(m):
+                        why = f"replacing the one made with body model {m.get('body_model')}, not {body.name}"
+                    else:
+                        why = f"replacing the one of {m.get('n')} scenes by {n}"
+                    print(f"hmrcritic: generating synthetic split '{name}' into {folder} ({why})", file=sys.stderr)
                 generate_split(name, folder, n=n, quiet=quiet)
     return SceneSet(folder)
 
@@ -691,6 +767,11 @@ class SceneSet:
         except (KeyError, TypeError, ValueError) as exc:
             raise AssetError(f"{self.folder / 'manifest.json'}: not a split manifest (bad or missing "
                              f"{exc}); regenerate the split (delete {self.folder})") from None
+        # a manifest edited to "shards": [] (or a count below 1) read as an empty split, and the first shard asked
+        # for raised a bare IndexError; a negative count misplaced every later scene
+        if not self._counts or min(self._counts) < 1:
+            raise AssetError(f"{self.folder / 'manifest.json'}: not a split manifest (no shards, or a shard of "
+                             f"{min(self._counts, default=0)} scenes); regenerate the split (delete {self.folder})")
         self._offsets = np.cumsum([0, *self._counts])
         self._cache: dict[int, dict[str, np.ndarray]] = {}
 

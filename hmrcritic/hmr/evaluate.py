@@ -36,12 +36,21 @@ import torch
 
 from hmrcritic.errors import AssetError, InputError
 from hmrcritic.hmr.diffusion import (
+    X_DIM,
     HMRDiffusion,
+    HypothesisGroup,
     check_sampling_args,
     condition_from_keypoints,
-    sample,
+    ddim_sample_x0,
+    solve_translation,
     x0_to_params,
 )
+from hmrcritic.hmr.diffusion import sample as diffusion_sample
+
+# Hypotheses (B·N rows) per network / body-model / metric pass. One pass over all rows of a batch peaked at about
+# 0.63 MB a row (the body model's per-vertex transforms, the network's attention): `evaluate -n 1024` at the
+# default batch of 32 needed ~21 GB and failed after the splits had loaded. A chunk of 512 rows peaks at ~0.3 GB.
+CHUNK_ROWS = 512
 
 # COCO-17 keypoint → SMPL joint (used to split joints into visible / occluded for the diversity figure).
 # The five face keypoints all map to the head; SMPL joints with no COCO counterpart (pelvis, spine, neck,
@@ -110,6 +119,69 @@ def nearest_neighbour(query: torch.Tensor, bank: torch.Tensor, miss_penalty: flo
     return d.argmin(dim=-1)
 
 
+def _chunks(B: int, N: int, size: int | None = None) -> list[tuple[slice, slice]]:
+    """B groups of N hypotheses as (groups, hypotheses) blocks of at most ``size`` rows (default :data:`CHUNK_ROWS`),
+    in row order, each block a contiguous range of the B·N rows: whole groups where a group fits, else one group's
+    hypotheses in near-equal parts.
+
+    Near-equal, not ``size`` rows and a remainder: a pass over one or two rows takes other BLAS kernels than one
+    over many (the body model's vertices, the network's output differed in the last bits), and a block of 100+
+    rows gives every row the bits of one pass over the whole batch, so the figures stay what they were. Whole
+    groups keep the metrics' (groups, N) layout of one pass over the batch."""
+    size = CHUNK_ROWS if size is None else max(1, int(size))
+
+    def parts(total: int, k: int) -> list[slice]:
+        base, extra = divmod(total, k)
+        bounds = [0]
+        for i in range(k):
+            bounds.append(bounds[-1] + base + (i < extra))
+        return [slice(lo, hi) for lo, hi in zip(bounds[:-1], bounds[1:], strict=True)]
+
+    if size >= N:  # whole groups, near-equal counts of them
+        return [(g, slice(0, N)) for g in parts(B, max(1, -(-B // max(1, size // max(N, 1)))))]
+    return [(slice(b, b + 1), h) for b in range(B) for h in parts(N, -(-N // size))]
+
+
+def _rows(chunk: tuple[slice, slice], N: int) -> slice:
+    """The rows (of the B·N) of a :func:`_chunks` block."""
+    g, h = chunk
+    return slice(g.start * N + h.start, (g.stop - 1) * N + h.stop)
+
+
+def sample(model, cond, num_generations: int = 16, steps: int = 10, eta: float = 0.0, generator=None, body=None,
+           guidance: float = 0.0) -> HypothesisGroup:
+    """:func:`hmrcritic.hmr.diffusion.sample`'s hypotheses with the network and the translation solve run
+    :data:`CHUNK_ROWS` rows at a time (bounded memory; ``diffusion.sample`` holds all B·N rows through both).
+
+    With ``eta`` = 0 the generator draws nothing but x_T, here as ``diffusion.sample`` draws it, so the hypotheses are
+    the very same. ``eta`` > 0 (noise drawn for all rows at every step) and keypoint guidance (its energy is built
+    for all rows) go through ``diffusion.sample`` itself, whose memory grows with B·N."""
+    N, gen = num_generations, generator
+    if eta > 0 or guidance > 0 or gen is None or body is None or cond.K is None or cond.keypoints_px is None:
+        return diffusion_sample(model, cond, num_generations=N, steps=steps, eta=eta, generator=gen, body=body,
+                                guidance=guidance)
+    chunks = [_rows(c, N) for c in _chunks(len(cond), N)]
+    device = model.alphas_cumprod.device
+    B = len(cond)
+    rows = cond.to(device).repeat_interleave(N)
+    x_T = torch.randn(B * N, X_DIM, generator=gen, device=gen.device).to(device)
+    x0 = torch.cat([ddim_sample_x0(model, rows.index(sl), steps=steps, eta=eta, generator=gen, x_T=x_T[sl])
+                    for sl in chunks])
+    params = x0_to_params(x0)
+    transl = []
+    for sl in chunks:
+        zeros = torch.zeros(sl.stop - sl.start, 3, device=device)
+        coco = body.coco17(body(params["global_orient"][sl], params["body_pose"][sl], params["betas"][sl], zeros))
+        transl.append(solve_translation(coco, rows.keypoints_px[sl], rows.K[sl]))
+    return HypothesisGroup(
+        global_orient=params["global_orient"].reshape(B, N, 3),
+        body_pose=params["body_pose"].reshape(B, N, 69),
+        betas=params["betas"].reshape(B, N, -1),
+        transl=torch.cat(transl).reshape(B, N, 3),
+        x0=x0.reshape(B, N, X_DIM),
+    )
+
+
 def _load_labelled(split: str, limit: int | None):
     """Inputs + 3D labels of a split as float tensors (``wild``: labels from its separate eval file)."""
     from hmrcritic.hmr.data import load_split
@@ -130,6 +202,35 @@ def _load_labelled(split: str, limit: int | None):
                          f"but {', '.join(f'{k} has {m}' for k, m in short.items())}; regenerate it "
                          f"(`hmrcritic data generate --split {split}`)")
     return {k: torch.as_tensor(np.asarray(v)[:n], dtype=torch.float32) for k, v in arrays.items()}, n
+
+
+def _not_default_split_notes(split: str, nn_baseline: bool) -> list[str]:
+    """A line for each split the figures come from that is not the default one (the held-out split evaluated, and
+    the train split when it is the nearest-neighbour baseline's bank).
+
+    A split generated earlier with another ``--n`` or ``--seed`` (a quick test) is what ``load_split`` hands on:
+    its scenes are other scenes (a split's cameras are drawn for all its n at once, so even its first K differ), and
+    ``evaluate`` reported figures that compare with no published one without a word (train-base says so of its
+    training split in the same words)."""
+    from hmrcritic.hmr.data import SPLITS, default_size, load_split
+
+    notes = []
+    for name, what in ((split, "these figures are measured on them, so they compare with no figures on the "
+                               "default split"),
+                       *((("train", "the nearest-neighbour baseline searches them"),) if nn_baseline else ())):
+        if name not in SPLITS:
+            continue
+        try:
+            manifest = load_split(name, generate=False, quiet=True).manifest
+        except (AssetError, InputError):  # advisory: the figures are already measured
+            continue
+        size, seed = default_size(name), SPLITS[name][1]
+        have_n, have_seed = manifest.get("n", size), manifest.get("seed", seed)
+        if have_n != size or have_seed != seed:
+            notes.append(f"the {name} split in the data folder has {have_n} scenes of seed {have_seed}, not the "
+                         f"default {size} of seed {seed}: {what} (`hmrcritic data generate --split {name}` makes "
+                         "the default split)")
+    return notes
 
 
 def _nn_bank():
@@ -161,10 +262,14 @@ def evaluate_model(
     body=None,
     progress: Callable[[int, int], None] | None = None,
     guidance: float = 0.0,
+    notify: Callable[[str], None] | None = None,
 ) -> dict:
     """Evaluate ``model`` on ``split``; returns a flat dict of figures (see module docstring).
 
-    Deterministic for a given (model, split, limit, num_generations, steps, eta, batch_size, seed).
+    Deterministic for a given (model, split, limit, num_generations, steps, eta, batch_size, seed); the
+    hypotheses go through the network, the body model and the metrics :data:`CHUNK_ROWS` rows at a time, which
+    bounds the memory and leaves every figure as one pass over the batch gives it. ``notify`` takes one-line notes
+    (a split in the data folder that is not the default one) before the work starts.
     """
     from hmrcritic.hmr import metrics as M
     from hmrcritic.hmr.anatomy import is_implausible
@@ -194,6 +299,9 @@ def evaluate_model(
     bank = bank_arr = None
     if nn_baseline:
         bank, bank_arr = _nn_bank()
+    if notify is not None:
+        for note in _not_default_split_notes(split, nn_baseline):
+            notify(note)
 
     acc: dict[str, list[torch.Tensor]] = {}
 
@@ -214,25 +322,41 @@ def evaluate_model(
             model, cond, num_generations=N, steps=steps, eta=eta, generator=gen, body=body, guidance=guidance
         )
         flat = group.flat()
-        out = body(flat["global_orient"], flat["body_pose"], flat["betas"], flat["transl"])
-        joints = out.joints.reshape(B, N, 24, 3)
-        verts = out.vertices.reshape(B, N, -1, 3)
         gt = body(
             data["global_orient"][sl].to(device),
             data["body_pose"][sl].to(device),
             data["betas"][sl].to(device),
             data["transl"][sl].to(device),
         )
-        gj, gv = gt.joints[:, None], gt.vertices[:, None]
-        e_mpjpe = M.mpjpe(joints, gj, joint_set)
-        e_pa = M.pa_mpjpe(joints, gj, joint_set)
-        e_pve = M.pve(verts, gv, joints[..., 0, :], gj[..., 0, :])
-        coco = body.coco17(out)
-        proj = _project(coco, K.repeat_interleave(N, 0)).reshape(B, N, 17, 2)
-        e_rep = M.reprojection_error(proj, kp[:, None].expand(B, N, 17, 3))
-        # a visible keypoint's joint at or behind the camera: its reprojection error is not a distance
-        behind = (coco[..., 2].reshape(B, N, 17) <= 0) & (kp[:, None, :, 2] > 0)
-        add("reproj_behind", behind.any(-1).float())
+        # the hypotheses' bodies and their errors a block of rows at a time, in the (groups, N) layout of one pass over
+        # the batch (each row's values are that pass's); the vertices are kept only for a select_fn's context
+        rows: dict[str, list[torch.Tensor]] = {}
+        for gs, hs in _chunks(B, N):
+            ch = _rows((gs, hs), N)
+            g, h = gs.stop - gs.start, hs.stop - hs.start
+            out = body(flat["global_orient"][ch], flat["body_pose"][ch], flat["betas"][ch], flat["transl"][ch])
+            hj, hv = out.joints.reshape(g, h, 24, 3), out.vertices.reshape(g, h, -1, 3)
+            gj, gv = gt.joints[gs, None], gt.vertices[gs, None]
+            coco = body.coco17(out)
+            proj = _project(coco, K[gs].repeat_interleave(h, 0)).reshape(g, h, 17, 2)
+            # a visible keypoint's joint at or behind the camera: its reprojection error is not a distance
+            behind = (coco[..., 2].reshape(g, h, 17) <= 0) & (kp[gs, None, :, 2] > 0)
+            for name, v in (
+                ("joints", out.joints),
+                ("mpjpe", M.mpjpe(hj, gj, joint_set)),
+                ("pa_mpjpe", M.pa_mpjpe(hj, gj, joint_set)),
+                ("pve", M.pve(hv, gv, hj[..., 0, :], gj[..., 0, :])),
+                ("reproj", M.reprojection_error(proj, kp[gs, None].expand(g, h, 17, 3))),
+                ("behind", behind.any(-1)),
+                ("implausible", is_implausible(flat["body_pose"][ch], out.joints)),
+                *((("vertices", out.vertices),) if select_fn is not None else ()),
+            ):
+                rows.setdefault(name, []).append(v.reshape(g * h, *v.shape[2:]) if v.shape[:2] == (g, h) else v)
+            del out, hv, gv, coco, proj
+        joints = torch.cat(rows["joints"]).reshape(B, N, 24, 3)
+        verts = torch.cat(rows["vertices"]).reshape(B, N, -1, 3) if select_fn is not None else None
+        e_mpjpe, e_pa, e_pve, e_rep = (torch.cat(rows[k]).reshape(B, N) for k in ("mpjpe", "pa_mpjpe", "pve", "reproj"))
+        add("reproj_behind", torch.cat(rows["behind"]).float())
         for name, e in (("mpjpe", e_mpjpe), ("pa_mpjpe", e_pa), ("pve", e_pve), ("reproj", e_rep)):
             g = M.group_metrics(e, reduce=False)
             add(f"{name}_mean", g["mean"])
@@ -245,7 +369,7 @@ def evaluate_model(
         add("mpjpe_meanpose", M.mpjpe(mo.joints, gt.joints, joint_set))
         add("pa_mpjpe_meanpose", M.pa_mpjpe(mo.joints, gt.joints, joint_set))
         add("pve_meanpose", M.pve(mo.vertices, gt.vertices, mo.joints[:, 0], gt.joints[:, 0]))
-        add("implausible", is_implausible(flat["body_pose"], out.joints).float())
+        add("implausible", torch.cat(rows.pop("implausible")).float())
         vis, mapped = smpl_visibility(kp)
         # one hypothesis has no spread: left out (None), not NaN per scene, which non_finite_dropped then
         # counted and the report blamed on scenes without occluded or visible joints
@@ -258,7 +382,7 @@ def evaluate_model(
             add("div_visible_pa", M.mean_pairwise_distance(aligned, vis & mapped))
             add("div_occluded_pa", M.mean_pairwise_distance(aligned, ~vis & mapped))
             # per-joint spread (B,24) for the joint-balanced comparison (same joint visible vs occluded)
-            pair = (aligned.unsqueeze(2) - aligned.unsqueeze(1)).norm(dim=-1).sum(dim=(1, 2)) * 1000.0
+            pair = torch.cat([_pair_spread(aligned[b : b + 1]) for b in range(B)]) * 1000.0
             per_joint.append((pair / (N * (N - 1))).cpu())
             vis_masks.append((vis & mapped).cpu())
             occ_masks.append((~vis & mapped).cpu())
@@ -416,6 +540,22 @@ def _trained_body_model(model, body=None) -> str | None:
         if name == getattr(body, "name", None):
             return f"{name} (another file at that path then, sha256 {sha[:12]}…)"
     return name
+
+
+def _pair_spread(joints: torch.Tensor) -> torch.Tensor:
+    """Sum over all ordered hypothesis pairs of the distance of each joint, ``(B,N,J,3)`` → ``(B,J)``.
+
+    The (B,N,N,J,3) differences of all pairs at once were 288·B·N² bytes (2.4 GB for 32 groups of 512); called one
+    group at a time and built a block of first hypotheses at a time, it holds one group's (N,N,J) distances. The sum
+    stays one reduction over them (a sum of per-block sums adds in another order and changes the last bits)."""
+    from hmrcritic.hmr.metrics import PAIR_CHUNK_ELEMS
+
+    B, N, J, _ = joints.shape
+    step = max(1, PAIR_CHUNK_ELEMS // max(B * N * J, 1))
+    d = joints.new_empty(B, N, N, J)
+    for s in range(0, N, step):
+        d[:, s : s + step] = (joints[:, s : s + step].unsqueeze(2) - joints.unsqueeze(1)).norm(dim=-1)
+    return d.sum(dim=(1, 2))
 
 
 def _project(points: torch.Tensor, K: torch.Tensor) -> torch.Tensor:

@@ -143,6 +143,10 @@ def _size_from(image_size, K: np.ndarray) -> tuple[int, int]:
         W, H = (int(round(s)) for s in size)
     else:
         W, H = int(round(2 * K[0, 2])), int(round(2 * K[1, 2]))
+        if not (0 < W <= MAX_IMAGE_SIDE and 0 < H <= MAX_IMAGE_SIDE):
+            # the size was never given: "image size must be within 1..16384 px, got (W,H)=(-100,127)" blamed one
+            raise InputError(f"no image size given, and twice the principal point of K (cx,cy)=({K[0, 2]:g},"
+                             f"{K[1, 2]:g}) is not one ({W}×{H} px): pass image_size=(W,H)")
     if W <= 0 or H <= 0 or W > MAX_IMAGE_SIDE or H > MAX_IMAGE_SIDE:
         raise InputError(f"image size must be within 1..{MAX_IMAGE_SIDE} px, got (W,H)=({W},{H})")
     return W, H
@@ -241,7 +245,7 @@ class Renderer:
             cam.fx, cam.fy = float(K[0, 0]), float(K[1, 1])
             cam.cx, cam.cy = float(K[0, 2]) + 0.5, float(K[1, 2]) + 0.5
             zmax = float(v[:, 2].max())
-            cam.znear = 0.01
+            cam.znear = _ZNEAR
             cam.zfar = max(100.0, 2.0 * zmax + 1.0)
             flip = np.array([1.0, -1.0, -1.0], dtype=np.float32)
             colors = None if depth_only else shade_vertices(v, f, color, self.ambient, self.light_intensity)
@@ -376,6 +380,11 @@ class Renderer:
             vs = vs[None]
         if vs.ndim != 3 or vs.shape[-1] != 3 or len(vs) == 0:
             raise InputError(f"group_grid: vertices must be (N,V,3), got {vs.shape}")
+        finite = np.isfinite(vs).all(axis=2)
+        if not finite.all():  # the per-tile check said "mesh: vertex 5 is not finite", not which of N hypotheses
+            i, j = (int(x) for x in np.argwhere(~finite)[0])
+            raise InputError(f"group_grid: hypothesis {i} (of {len(vs)}): vertex {j} is not finite "
+                             f"({vs[i, j].tolist()})")
         K = _check_K(K)
         if image is not None:
             img = _check_image(image)
@@ -393,6 +402,7 @@ class Renderer:
                 "cols": max(1, min(int(cols), len(vs)))}
 
     def _overlay_tiles(self, layout: dict, faces, color, alpha) -> list[np.ndarray]:
+        layout["visible"] = float(alpha) > 0  # at alpha 0 no mesh shows on any tile: no tile is "not in view"
         return [self.overlay(layout["base"], v, faces, layout["Ks"], color=color, alpha=alpha) for v in layout["vs"]]
 
     def _compose(self, layout: dict, overlays, faces, side: bool, pad: int, labels: bool,
@@ -406,12 +416,18 @@ class Renderer:
         extent = group_extent(vs, angle_deg=90.0) if side else None
         corners = [(pad + (i // cols) * (th + pad), pad + (i % cols) * (cell_w + pad)) for i in range(N)]
         # all overlays, then all side views: one framebuffer size at a time
-        for (y0, x0), tile_img in zip(corners, overlays, strict=True):
+        notes = []  # a tile the mesh drew nothing on says why: it read as a plain photo (or blank), not a hypothesis
+        for i, ((y0, x0), tile_img) in enumerate(zip(corners, overlays, strict=True)):
             grid[y0:y0 + th, x0:x0 + tw] = tile_img
+            if layout.get("visible", True) and np.array_equal(tile_img, layout["base"]):
+                notes.append((x0, y0, tw, _empty_reason(vs[i], faces)))
         for i, (y0, x0) in enumerate(corners if side else []):
-            grid[y0:y0 + th, x0 + tw:x0 + tw + side_w] = self.side_view(
-                vs[i], faces, size=(side_w, th), extent=extent, bg_color=(0.9, 0.9, 0.9)
-            )
+            view = self.side_view(vs[i], faces, size=(side_w, th), extent=extent, bg_color=_GRID_SIDE_BG)
+            grid[y0:y0 + th, x0 + tw:x0 + tw + side_w] = view
+            if (view == _rgb8(_GRID_SIDE_BG)).all():
+                notes.append((x0 + tw, y0, side_w, _empty_reason(vs[i], faces, side=True)))
+        if notes:
+            grid = _draw_notes(grid, notes, th)
         if labels:
             items = [(x0, y0, f"{label_prefix}{i}") for i, (y0, x0) in enumerate(corners)]
             grid = _draw_labels(grid, items, size=max(12, th // 10))
@@ -529,6 +545,44 @@ def _side_camera(v: np.ndarray, W: int, H: int, angle_deg: float, extent, centre
     rot[:, 2] += dist
     K = np.array([[f, 0, (W - 1) / 2.0], [0, f, (H - 1) / 2.0], [0, 0, 1]], np.float64)
     return rot.astype(np.float32), K
+
+
+_GRID_SIDE_BG = (0.9, 0.9, 0.9)  # the side views' background in a grid
+_ZNEAR = 0.01  # the near clipping plane of :meth:`Renderer._render` (m)
+
+
+def _empty_reason(v: np.ndarray, faces, side: bool = False) -> str:
+    """Why a grid tile shows no mesh, in a couple of words that fit in it."""
+    v = np.asarray(v, dtype=np.float64)
+    f = np.asarray(_numpy(faces), dtype=np.int64)
+    if not np.isfinite(v).all():
+        return "not finite"
+    area = np.linalg.norm(np.cross(v[f[:, 1]] - v[f[:, 0]], v[f[:, 2]] - v[f[:, 0]]), axis=1).sum()
+    if not area > 0:
+        return "no area"  # every vertex at one point (or on one line): nothing to draw from any side
+    if side:
+        return "not drawn"
+    if (v[:, 2] <= 0).all():
+        return "behind camera"
+    return "too close" if (v[:, 2] <= _ZNEAR).all() else "not in view"  # nearer than the near plane: clipped
+
+
+def _draw_notes(grid: np.ndarray, notes, th: int) -> np.ndarray:
+    """Each ``(x0, y0, width, text)`` note drawn across the middle of its tile, its font shrunk to fit the width."""
+    from PIL import ImageFont
+
+    for x0, y0, width, text in notes:
+        size = max(8, th // 12)
+        while size > 8:
+            try:
+                font = ImageFont.load_default(size=size)
+            except TypeError:  # Pillow < 10.1: one bitmap size
+                break
+            if font.getlength(text) + 6 <= width:
+                break
+            size -= 1
+        grid = _draw_labels(grid, [(x0, y0 + th // 2 - size // 2, text)], size=size)
+    return grid
 
 
 def _draw_labels(grid: np.ndarray, items, size: int) -> np.ndarray:

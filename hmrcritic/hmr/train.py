@@ -178,12 +178,17 @@ def _sha256_tensors(tensors: list[torch.Tensor]) -> str:
 
 
 def load_train_data(split: str = "train", max_samples: int | None = None) -> TrainData:
-    from hmrcritic.hmr.data import load_split
+    from hmrcritic.hmr.data import load_split, verify_split_files
 
     scenes = load_split(split)
     if not getattr(scenes, "has_labels", True):
         raise InputError(f"split {split!r} has no labels; train on a labelled split")
     arrays = scenes.arrays(TRAIN_KEYS)  # a shard shorter than its manifest says is refused by SceneSet
+    if isinstance(getattr(scenes, "manifest", None), dict) and getattr(scenes, "folder", None) is not None:
+        # as `data info` does: a shard changed since generation that still unpacks with the rows listed (rewritten
+        # by hand, another generation's shard copied in) was trained on without a word; hashing the train split
+        # takes ~20 ms
+        verify_split_files(scenes.manifest, scenes.folder)
     if max_samples is not None:
         arrays = {k: v[:max_samples] for k, v in arrays.items()}
     source = {"split": split, "n": int(len(arrays["keypoints"]))}
@@ -392,8 +397,31 @@ def train_base(
         torch.set_num_threads(prev_threads)
 
 
+def _foreign_log(log_path: Path) -> bool:
+    """Whether ``log_path`` holds lines that are not train-base loss records (another tool's log in the folder).
+
+    A run killed before its first checkpoint leaves a log of its own records (``step`` and ``loss``, each with the
+    checksum :func:`~hmrcritic.io.append_jsonl` gives it) and perhaps one torn last line: that one is this run's to
+    restart. Anything else is someone's file, which a fresh start deleted without a word."""
+    try:
+        with open(log_path, "rb") as fh:
+            lines = [line for line in fh.read().splitlines() if line.strip()]
+    except FileNotFoundError:
+        return False
+    except OSError:  # a folder named log.jsonl, an unreadable file: nothing this run wrote either
+        return True
+    records = read_jsonl(log_path)  # a record whose checksum fails is left out: not ours (or torn)
+    ours = all("checksum" in r and "step" in r and "loss" in r for r in records)
+    return bool(lines) and (not records or not ours or len(lines) - len(records) > 1)
+
+
 def _train(cfg, out_dir: Path, data, resume, progress, device, stop_at, say) -> Path:
     state_path, log_path, final_path = out_dir / "state.pt", out_dir / "log.jsonl", out_dir / "model.pt"
+    if not state_path.exists() and _foreign_log(log_path):
+        # refused before the data is loaded (or a split generated, minutes): with no state.pt the folder is not a
+        # train-base run, and its log.jsonl would be deleted at step 0
+        raise InputError(f"train-base: {log_path} is not a train-base loss log (another tool's file?) and there is "
+                         f"no {state_path.name} beside it; give another --out, or move the file away to train here")
     if data is None:
         data = load_train_data(cfg.split, cfg.max_samples)
         _say_if_not_the_default_split(data.source, cfg.split, say)

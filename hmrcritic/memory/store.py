@@ -504,13 +504,35 @@ def _open_lock(path: Path, shared: bool) -> Iterator[None]:
         yield
 
 
+# Per database path: (device, inode) of its database file when this process last started Chroma there
+# (:func:`_persistent_client`), to tell a folder deleted and made again since from the one Chroma has open.
+_DB_IDENTITY: dict[str, tuple[int, int] | None] = {}
+
+
+def _db_identity(path: str) -> tuple[int, int] | None:
+    try:
+        st = os.stat(Path(path) / DB_FILE)
+    except OSError:
+        return None
+    return st.st_dev, st.st_ino
+
+
 def _persistent_client(path: str, reopen: bool = False, read_only: bool = False):
     """A client on ``path``; with ``reopen`` the process's cached Chroma system is stopped first so the
     new client loads the database (and vector index) fresh from disk. A folder Chroma cannot write is an
-    :class:`UnwritableMemoryError` (Chroma writes on every open, so ``read_only`` only changes the advice)."""
+    :class:`UnwritableMemoryError` (Chroma writes on every open, so ``read_only`` only changes the advice).
+
+    A cached system whose database file is no longer the folder's (the folder was deleted, or replaced, since)
+    is reopened too: a store is freed only by the garbage collector (it and its rule memory refer to each
+    other), so after ``shutil.rmtree(folder)`` a new store on the folder got the old system, read the deleted
+    memory's rules and prototypes as its own, and its first write failed with "lacks collection …; run
+    `memory reset`"."""
     import chromadb
     from chromadb.api.shared_system_client import SharedSystemClient
 
+    if (not reopen and path in _DB_IDENTITY and _DB_IDENTITY[path] != _db_identity(path)
+            and _chroma_path(path) in SharedSystemClient._identifier_to_system):
+        reopen = True
     if reopen:
         _drop_system(path)
         with _REGISTRY_LOCK:
@@ -518,7 +540,9 @@ def _persistent_client(path: str, reopen: bool = False, read_only: bool = False)
     shared = _chroma_path(path) in SharedSystemClient._identifier_to_system  # one other stores here use
     try:
         with _open_lock(Path(path), shared):
-            return chromadb.PersistentClient(path=_chroma_path(path), settings=_chroma_settings())
+            client = chromadb.PersistentClient(path=_chroma_path(path), settings=_chroma_settings())
+        _DB_IDENTITY[path] = _db_identity(path)
+        return client
     except AssetError:  # the open lock's timeout, already one line naming the folder
         raise
     except Exception as exc:
@@ -588,6 +612,43 @@ class _ServerProxy:
         return call
 
 
+class _DiskReads:
+    """A collection of an embedded memory whose reads (``get``, ``query``, ``count``) turn a failure that came
+    from the memory's disk being full into an AssetError naming the memory and the disk; all else passes through.
+
+    When the disk fills while Chroma moves a write into its vector index, every later read of that collection
+    fails until there is room again, in Chroma's words only ("Error executing plan: Internal error: Error creating
+    hnsw segment reader: Nothing found on disk"), which name neither the memory nor the disk: a critique or an
+    evaluation ended there as an internal error. Writes are said by :func:`_unwritable_as_error` already."""
+
+    _READS = frozenset({"get", "query", "count"})
+
+    def __init__(self, target: Any, path: Path):
+        self._target = target
+        self._path = path
+
+    def __getattr__(self, name: str) -> Any:
+        if name in ("_target", "_path"):  # not set yet (a copy or unpickling): no endless recursion
+            raise AttributeError(name)
+        attr = getattr(self._target, name)
+        if name not in self._READS:
+            return attr
+
+        def read(*args, **kwargs):
+            try:
+                return attr(*args, **kwargs)
+            except Exception as exc:
+                full = _disk_full_cause(exc, self._path, embedded=True)
+                if full is None:
+                    raise
+                raise AssetError(f"memory at {self._path}: Chroma failed to read it ({full}: "
+                                 f"{' '.join(str(exc).split())[:200]}); free some space and run again (Chroma "
+                                 "finishes the write the full disk cut short when it next opens the memory)"
+                                 ) from exc
+
+        return read
+
+
 def _http_client(url: str):
     import chromadb
 
@@ -613,10 +674,13 @@ def resetting(path: str | os.PathLike, chroma_url: str | None = None) -> Iterato
     reset when it is on a server; the marker records which (:func:`_reset_marked`)."""
     key = str(Path(path).expanduser().resolve())
     marker = Path(key) / RESET_MARKER
-    chroma_url = (os.environ.get("HMRCRITIC_CHROMA_URL") if chroma_url is None else chroma_url) or None
+    chroma_url = (config.env_chroma_url() if chroma_url is None else chroma_url) or None
     with _REGISTRY_LOCK:
+        outermost = key not in _RESETTING
         _RESETTING[key] = _RESETTING.get(key, 0) + 1
     try:
+        if outermost:  # before the marker: a refused reset leaves the memory as it was, openable
+            _check_records_reset_with(Path(key), chroma_url)
         if Path(key).is_dir() and not marker.exists():
             atomic_write_json(marker, {"pid": os.getpid(), "since": time.strftime("%Y-%m-%dT%H:%M:%SZ",
                                                                                  time.gmtime()),
@@ -631,6 +695,34 @@ def resetting(path: str | os.PathLike, chroma_url: str | None = None) -> Iterato
             _RESETTING[key] -= 1
             if not _RESETTING[key]:
                 del _RESETTING[key]
+
+
+def _check_records_reset_with(path: Path, chroma_url: str | None) -> None:
+    """Refuse a reset that would delete another memory's exploration records (an InputError, before anything
+    is marked or dropped).
+
+    A memory on a Chroma server keeps its exploration records (:data:`EXPLORE_FILES`) in the local memory folder,
+    the files the folder's own memory on disk keeps its records in, and a reset deletes them with the contents.
+    Following the hint for an empty server (``memory reset --yes --chroma-url URL``, on the default folder) thus
+    deleted the explored-groups guard and the progress of the user's explored memory on disk, whose rules and
+    prototypes stayed: evaluation was no longer refused on the groups it had learned from. The reverse: a reset
+    on disk of a folder holding no memory on disk deletes records only a server memory could have written."""
+    present = [name for name in EXPLORE_FILES if (path / name).exists()]
+    if not present:
+        return
+    on_disk = holds_memory(path)
+    if chroma_url and on_disk:
+        mine, theirs = f"the memory on the Chroma server {redact_url(chroma_url)}", "the memory on disk there"
+        fix = "give the server memory a folder of its own (--memory-dir, or HMRCRITIC_MEMORY) and reset it there"
+    elif not chroma_url and not on_disk:
+        mine, theirs = "a memory on disk there", "a memory on a Chroma server (none is on disk there)"
+        fix = ("reset that server memory with --chroma-url, or give the memory on disk another --memory-dir, or "
+               "move those files aside knowingly")
+    else:
+        return
+    raise InputError(f"memory reset: {path} holds the exploration records ({', '.join(present)}) of {theirs}, "
+                     f"which a reset of {mine} would delete (both keep them in that folder), and with them the "
+                     f"guard against evaluating on the groups it learned from; {fix} (nothing was reset)")
 
 
 def _reset_marked(path: Path, chroma_url: str | None) -> bool:
@@ -829,7 +921,7 @@ class MemoryStore:
         self.read_only = bool(read_only)
         # None: HMRCRITIC_CHROMA_URL decides; "" keeps the memory on disk whatever it says (a command's private
         # memory — a snapshot, an evaluation's cache, reproduce's scratch — never goes to a shared server)
-        url = os.environ.get("HMRCRITIC_CHROMA_URL") if chroma_url is None else chroma_url
+        url = config.env_chroma_url() if chroma_url is None else chroma_url
         self.chroma_url = url or None
         self.path = Path(path).expanduser().resolve() if path is not None else config.memory_dir().resolve()
         self._key = str(self.path)
@@ -940,7 +1032,7 @@ class MemoryStore:
                     f"{emb_id!r} (dim {dim}); rebuild it with {self._hint('reset --yes')} (export first "
                     f"with the old version to keep rules: {self._hint('export FILE')})"
                 )
-            self._cols[name] = col
+            self._cols[name] = col if self.chroma_url else _DiskReads(col, self.path)
         return missing
 
     def _create_missing(self, seed_starter: bool) -> None:
@@ -956,12 +1048,13 @@ class MemoryStore:
         for name, (emb_id, dim) in COLLECTIONS.items():
             if name in self._cols:
                 continue
-            self._cols[name] = self._client.create_collection(
+            col = self._client.create_collection(
                 name,
                 configuration={"hnsw": {"space": "cosine"}},
                 metadata={"embedding_id": emb_id, "embedding_dim": dim, "hmrcritic_schema": SCHEMA_VERSION},
                 embedding_function=None,
             )
+            self._cols[name] = col if self.chroma_url else _DiskReads(col, self.path)
             created_rules |= name == RULES_COLLECTION
         if (created_rules and seed_starter) or finishing:
             from hmrcritic.memory.starter_rules import starter_embeddings, starter_rules
@@ -1289,7 +1382,7 @@ class MemoryStore:
         """Delete both collections and recreate them (seeded with the starter rules unless told not to)."""
         from chromadb.errors import NotFoundError
 
-        with self.exclusive("a memory reset"), resetting(self.path, self.chroma_url), self._write():
+        with self.exclusive("a memory reset"), resetting(self.path, self.chroma_url or ""), self._write():
             for name in COLLECTIONS:
                 with suppress(NotFoundError, ValueError):
                     self._client.delete_collection(name)
@@ -1369,6 +1462,11 @@ class MemoryStore:
             raise InputError(f"memory import: {path} has prototypes embedded with "
                              f"{emb.get(PROTOTYPES_COLLECTION)}, this memory uses {POSE_EMBEDDING_ID} "
                              f"({POSE_DIM})")
+        # each record is named in the message below; a list that is none was named as the record last looked at
+        # ("malformed record calibration: TypeError: 'NoneType' object is not iterable" for "rules": null)
+        for key in ("rules", "prototypes"):
+            if not isinstance(data.get(key, []), list):
+                raise InputError(f"memory import: {path}: {key!r} is not a list of records (nothing was imported)")
         where = "calibration"
         # An export written before conditions carried `hard` (same schema number) reads as hard=False: a starter
         # hard constraint imported with more uses replaced ours soft, and maintenance then retired it. A starter
@@ -1380,6 +1478,8 @@ class MemoryStore:
             rules = []
             for i, r in enumerate(data.get("rules", [])):
                 where = f"rules[{i}]"
+                if not isinstance(r, dict):
+                    raise ValueError(f"a {type(r).__name__}, not a JSON object")
                 r = {k: v for k, v in r.items() if k != "embedding"}
                 _check_encodable(r)
                 cond = r.get("condition")
@@ -1489,10 +1589,36 @@ class MemoryStore:
     def close(self) -> None:
         """Drop references and this store's claim on its folder's Chroma system, which stops (its database
         connections, vector index and threads are freed) once no other store of this process uses the folder.
-        A store garbage-collected without closing gives its claim up too. Used again, it opens the folder anew."""
+        A store garbage-collected without closing gives its claim up too. Used again, it opens the folder anew.
+
+        What others tied to the store's life (``weakref.finalize``) ends here too: a frozen copy
+        (``explore.frozen_copy``) holds its snapshot folder against ``runs prune`` until its store goes, and
+        closing left that descriptor, and the client's database file, open until the garbage collector came by
+        (a notebook evaluating round after round kept one snapshot held, and two files open, per round)."""
         self._cols = {}
-        if self._claim is not None and self._claim.alive:
-            self._claim()  # gives the claim up (a finalizer runs once)
+        self.rules.invalidate()
+        for fin in _finalizers_of(self):
+            fin()  # each runs once: the collector finds nothing left to do
+        if self._claim is not None and not self._claim.alive:
             self._gen_seen = -1  # the next use opens the folder again, and claims it
+            self._client = None  # its Chroma system keeps the database file open while referenced
         _settle_released()
+
+    def __enter__(self) -> MemoryStore:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+
+def _finalizers_of(obj: object) -> list[weakref.finalize]:
+    """The live ``weakref.finalize`` callbacks registered on ``obj`` (CPython keeps them in a class registry;
+    none where it does not)."""
+    registry = getattr(weakref.finalize, "_registry", None) or {}
+    out = []
+    for fin, info in list(registry.items()):
+        with suppress(Exception):
+            if info.weakref() is obj and fin.alive:
+                out.append(fin)
+    return out
 
