@@ -193,3 +193,56 @@ def test_a_relative_run_dir_is_stored_absolute(monkeypatch, tmp_path):
     assert res.run_dir == str(tmp_path / "mine" / "g1")
     stored = compile_graph(saver).get_state({"configurable": {"thread_id": "scene-1"}}).values
     assert stored["run_dir"] == str(tmp_path / "mine" / "g1")
+
+
+def _refusing_endpoint(calls):
+    from hmrcritic.agent.vlm import EndpointUnusableError
+    from hmrcritic.errors import JudgeError
+
+    def refused(*args, **job):
+        calls.append(job.get("group_id"))
+        try:
+            raise EndpointUnusableError("VLM judge failed: HTTP 401", "http://127.0.0.1:9/v1", "the key is refused")
+        except EndpointUnusableError as exc:
+            raise JudgeError(f"group {job.get('group_id')}: {exc}") from exc
+
+    return refused
+
+
+def test_evaluation_scoring_stops_sending_to_an_endpoint_that_cannot_be_used(monkeypatch, tmp_path):
+    """explore-eval / evaluate-critic / learning-curve score every group of every variant: against a refused key each
+    failed after its retries (100 groups × 6 variants). Three in a row, and the rest fail "not tried" at once."""
+    from types import SimpleNamespace
+
+    from hmrcritic.agent import api
+    from hmrcritic.agent.learning_curve import score_groups
+
+    monkeypatch.setenv("HMRCRITIC_HOME", str(tmp_path))
+    calls: list = []
+    monkeypatch.setattr(api, "critique_group", _refusing_endpoint(calls))
+    groups = [SimpleNamespace(sample=None, hypotheses=None, group_id=f"g{i}") for i in range(7)]
+    failed: list[str] = []
+    scores, _ = score_groups(groups, None, "evidence_only", failures=failed)
+    assert scores == [None] * 7 and len(calls) == 3
+    assert len(failed) == 7 and all("not tried" in f and "the key is refused" in f for f in failed[3:])
+
+
+def test_an_exploration_round_stops_on_an_endpoint_that_cannot_be_used(monkeypatch, tmp_path):
+    """A round whose groups all fail raised only after every group's retries; with the endpoint itself refused it
+    stops after three, nothing recorded (a re-run with the endpoint fixed explores the round)."""
+    import pytest
+    from test_explore import _groups, _memory
+
+    from hmrcritic.agent import api
+    from hmrcritic.agent import explore as ex
+    from hmrcritic.errors import HMRCriticError
+
+    monkeypatch.setenv("HMRCRITIC_HOME", str(tmp_path / "home"))
+    train = _groups(tmp_path, "train", 6, seed=1, gens=6)
+    mem = _memory(tmp_path / "mem")
+    calls: list = []
+    monkeypatch.setattr(api, "critique_group", _refusing_endpoint(calls))
+    with pytest.raises(HMRCriticError, match="stopped after 3 groups failed because the VLM endpoint cannot be used"):
+        ex.explore(mem, split="train", groups=train, rounds=1, batch_size=6)
+    assert len(calls) == 3
+    assert not ex.read_log(mem)

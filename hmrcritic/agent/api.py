@@ -80,10 +80,10 @@ class GroupResult:
     error_type: str | None = None
 
 
-UNUSABLE_IN_A_ROW = 3  # as the export's (hmrcritic.alignment.export) and VLMJudge.critique_many's
+UNUSABLE_IN_A_ROW = 3  # every batch path's (export, critique_groups, evaluations, exploration), as vlm's
 
 
-def _unusable_endpoint(exc: BaseException | None) -> str | None:
+def unusable_endpoint(exc: BaseException | None) -> str | None:
     """``"<endpoint> (<what is wrong>)"`` when ``exc`` or what it wraps is the VLM judge's
     ``EndpointUnusableError`` (read by its flag: the builtin path never imports the VLM module), else None."""
     seen: set[int] = set()
@@ -835,7 +835,7 @@ def critique_groups(
         finally:
             with cond:
                 in_flight[0] -= 1
-                unusable = _unusable_endpoint(exc)
+                unusable = unusable_endpoint(exc)
                 if unusable is not None:
                     in_a_row[0] += 1
                 elif res is not None and res.error is None:  # scored: the endpoint answers

@@ -884,7 +884,7 @@ def _recent(history: list) -> list:
 def _run_batch(memory, app, saver, judge_obj, is_builtin, cfg, batch, r, sig, split, tau, metric, history,
                emit, *, max_new_rules, min_gain, retire_min_uses, retire_min_rate, merge_text, prototypes, settle,
                info, run_record: dict | None = None, part: int = 0) -> RoundReport:
-    from hmrcritic.agent.api import critique_group, discard_run
+    from hmrcritic.agent.api import UNUSABLE_IN_A_ROW, critique_group, discard_run, unusable_endpoint
     from hmrcritic.agent.evidence import evidence_tags
     from hmrcritic.agent.nodes import load_bodies
     from hmrcritic.memory.embeddings import pose_embedding
@@ -899,7 +899,7 @@ def _run_batch(memory, app, saver, judge_obj, is_builtin, cfg, batch, r, sig, sp
     _add_explored(memory, split, [g.group_id for g in batch], info)
 
     scored: list[tuple[Any, Any, BatchGroup]] = []
-    skipped = 0
+    skipped = unusable = 0
     for i, g in enumerate(batch):
         try:
             err = exploration_error(g, metric)
@@ -915,6 +915,16 @@ def _run_batch(memory, app, saver, judge_obj, is_builtin, cfg, batch, r, sig, sp
         except HMRCriticError as exc:
             report.failed.append({"group_id": g.group_id, "error": str(exc), "kind": "error"})
             emit("group", {"index": i, "total": len(batch), "group_id": g.group_id, "error": str(exc)})
+            # the VLM endpoint itself cannot be used (nothing answers, the key or the model refused) and no group
+            # of the round was scored: the round fails now, as it would after every group's retries
+            if unusable_endpoint(exc) is not None:
+                unusable += 1
+                if unusable >= UNUSABLE_IN_A_ROW and not scored:
+                    first = next(f for f in report.failed if f["kind"] == "error")
+                    raise HMRCriticError(
+                        f"explore: round {round_no} stopped after {unusable} groups failed because the VLM "
+                        f"endpoint cannot be used: {unusable_endpoint(exc)}; nothing was recorded; first: "
+                        f"{first['group_id']}: {first['error']}") from exc
             continue
         ev = {k: np.asarray(v, np.float64) for k, v in res.evidence.items()}
         kp = np.asarray(g.sample.keypoints)

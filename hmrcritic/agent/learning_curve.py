@@ -147,8 +147,12 @@ def score_groups(groups: Sequence[Any], memory: Any, variant: str = "full", judg
     """Overall scores of each group (None where the group failed) and the memory version of each score.
     ``progress(i, n)`` is called after each group; ``failures`` (a list) gets "<group id>: <reason>" of each group
     that failed — without it a variant that failed every group was reported with a guess at the cause (the VLM
-    endpoint) while the reason (a split too small for the pose prior, say) was dropped."""
-    from hmrcritic.agent.api import critique_group, discard_run
+    endpoint) while the reason (a split too small for the pose prior, say) was dropped.
+
+    After ``UNUSABLE_IN_A_ROW`` groups in a row failed because the VLM endpoint itself cannot be used (nothing
+    answers, the key or the model refused), the rest are not sent: they fail with "not tried" at once, instead of
+    each after its retries (an evaluate-critic of 100 groups × 6 variants against a refused key took hours)."""
+    from hmrcritic.agent.api import UNUSABLE_IN_A_ROW, critique_group, discard_run, unusable_endpoint
     from hmrcritic.agent.graph import compile_graph, open_checkpointer
     from hmrcritic.agent.state import AgentConfig
 
@@ -160,7 +164,17 @@ def score_groups(groups: Sequence[Any], memory: Any, variant: str = "full", judg
     app = compile_graph(saver)
     out: list[np.ndarray | None] = []
     versions: list[str] = []
+    in_a_row, stopped = 0, None
     for g in groups:
+        if stopped is not None:
+            out.append(None)
+            versions.append("")
+            if failures is not None:
+                failures.append(f"{g.group_id}: not tried: {UNUSABLE_IN_A_ROW} groups in a row failed because the "
+                                f"VLM endpoint cannot be used: {stopped}")
+            if progress is not None:
+                progress(len(out), len(groups))
+            continue
         try:
             res = critique_group(g.sample, g.hypotheses, judge=judge, memory=memory, config=cfg,
                                  group_id=f"{tag}-{variant}-{g.group_id}", fresh=True, graph=app,
@@ -168,11 +182,15 @@ def score_groups(groups: Sequence[Any], memory: Any, variant: str = "full", judg
             discard_run(res)
             out.append(np.asarray(res.overall, np.float64))
             versions.append(res.memory_version)
+            in_a_row = 0
         except HMRCriticError as exc:
             out.append(None)
             versions.append("")
             if failures is not None:
                 failures.append(f"{g.group_id}: {exc}")
+            if (why := unusable_endpoint(exc)) is not None:
+                in_a_row += 1
+                stopped = why if in_a_row >= UNUSABLE_IN_A_ROW else None
         if progress is not None:
             progress(len(out), len(groups))
     return out, versions

@@ -47,6 +47,7 @@ import numpy as np
 import torch
 from pydantic import BaseModel, Field
 
+from hmrcritic.agent.api import UNUSABLE_IN_A_ROW, unusable_endpoint  # one rule for every batch path
 from hmrcritic.agent.schema import HypothesisScore
 from hmrcritic.alignment import dataset as D
 from hmrcritic.errors import AssetError, InputError, JudgeError
@@ -307,7 +308,7 @@ class GroupWorker:
                     raise ValueError(f"scorer returned indices {[s.index for s in scores]}")
         except Exception as exc:
             failed = {**head, "ok": False, "stage": "score", "error": _reason(exc)}
-            if (endpoint := _unusable_endpoint(exc)) is not None:  # a flag the parent reads (and pickles) as text
+            if (endpoint := unusable_endpoint(exc)) is not None:  # a flag the parent reads (and pickles) as text
                 failed["endpoint_unusable"] = endpoint
             return failed
         from hmrcritic.agent.api import ScoredGroup, forget_group
@@ -373,26 +374,6 @@ class GroupWorker:
 def _reason(exc: BaseException) -> str:
     msg = " ".join(scrub(exc).split())[:300]
     return f"{type(exc).__name__}: {msg}" if msg else type(exc).__name__
-
-
-# groups in a row whose scoring failed because the judge's endpoint itself is unusable, with none written in
-# between, after which the export stops (hmrcritic.agent.vlm.UNUSABLE_IN_A_ROW, not imported: the builtin
-# judge's exports never load the VLM client)
-UNUSABLE_IN_A_ROW = 3
-
-
-def _unusable_endpoint(exc: BaseException) -> str | None:
-    """``"<endpoint> (<what is wrong>)"`` when ``exc`` (or what it wraps, as a scorer of the user's own may) is the
-    VLM judge's :class:`~hmrcritic.agent.vlm.EndpointUnusableError`, else None. The exception itself stays in the
-    worker (a pool process, a Ray actor): only this text reaches the export."""
-    seen: set[int] = set()
-    while exc is not None and id(exc) not in seen:
-        seen.add(id(exc))
-        if getattr(exc, "endpoint_unusable", False) is True:
-            endpoint, cause = getattr(exc, "endpoint", ""), getattr(exc, "cause", "")
-            return scrub(f"{endpoint or 'the VLM endpoint'}" + (f" ({cause})" if cause else ""))
-        exc = exc.__cause__ or exc.__context__
-    return None
 
 
 _WORKER: GroupWorker | None = None
