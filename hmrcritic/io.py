@@ -14,6 +14,7 @@ import io
 import json
 import math
 import os
+import socket
 import tempfile
 from collections.abc import Iterable, Iterator
 from pathlib import Path
@@ -341,12 +342,17 @@ def exclusive_lock(lock_path: str | os.PathLike, what: str, busy=LockBusy):
     except Timeout:
         try:
             who = json.loads(holder.read_text(encoding="utf-8"))
-            by = f"{who.get('what')} (pid {who.get('pid')}, since {who.get('since')})"
-        except (OSError, ValueError):
+            host = str(who.get("host") or "")
+            on = f" on {host}" if host and host != socket.gethostname() else ""
+            by = f"{who.get('what')} (pid {who.get('pid')}{on}, since {who.get('since')})"
+        except (OSError, ValueError, AttributeError):
             by = "another process"
         raise busy(by) from None
     try:
-        atomic_write_json(holder, {"what": what, "pid": os.getpid(), "since": time.strftime("%Y-%m-%d %H:%M:%S")})
+        # the host too: on a folder shared between machines, "pid N" alone named an unrelated process here, and
+        # readers that check whether the holder is alive (memory.store._reset_running) asked about it
+        atomic_write_json(holder, {"what": what, "pid": os.getpid(), "host": socket.gethostname(),
+                                   "since": time.strftime("%Y-%m-%d %H:%M:%S")})
         yield
     finally:
         holder.unlink(missing_ok=True)

@@ -855,7 +855,7 @@ def critique_groups(
         except HMRCriticError as exc:
             return GroupResult(gid, error=str(exc), error_type=type(exc).__name__), exc
         except Exception as exc:  # an unexpected failure still must not stop the other groups
-            return GroupResult(gid, error=f"{type(exc).__name__}: {exc}", error_type=type(exc).__name__), exc
+            return GroupResult(gid, error=f"{type(exc).__name__}: {scrub(exc)}", error_type=type(exc).__name__), exc
 
     results: list[GroupResult] = []
     if workers <= 1:

@@ -39,7 +39,11 @@ import numpy as np
 
 from hmrcritic import config as hconfig
 from hmrcritic.agent.judges import judge_name
-from hmrcritic.agent.learning_curve import VARIANTS, pooled_pearson  # one list of variants for both tools
+from hmrcritic.agent.learning_curve import (  # one list of variants for both tools
+    VARIANTS,
+    fmt_value,
+    pooled_pearson,
+)
 from hmrcritic.agent.runs import in_use
 from hmrcritic.errors import InputError
 from hmrcritic.hmr.metrics import tied_top1_error
@@ -247,8 +251,12 @@ def evaluate_critic(
             if progress is not None:
                 progress(f"score {v}", i, n)
 
-        res = explore_eval(memory_path, eval_groups, split=split, variants=variants, judge=judge,
-                           agent_config=agent_config, starter=starter, group_progress=on_group, keep_scores=True)
+        try:
+            res = explore_eval(memory_path, eval_groups, split=split, variants=variants, judge=judge,
+                               agent_config=agent_config, starter=starter, group_progress=on_group, keep_scores=True)
+        finally:  # its Chroma files open until the collector came by (explore_eval closes only what it opens)
+            if starter is not None:
+                starter.close()
         per_group = {r["variant"]: np.asarray(r.pop("per_group_spearman"), np.float64) for r in res["rows"]}
         scores = {r["variant"]: r.pop("per_group_scores") for r in res["rows"]}
         errors = res.pop("per_group_errors")
@@ -349,13 +357,17 @@ def format_table(payload: dict[str, Any]) -> str:
         if "full_minus_pearson" in r:
             delta += (f"{r['full_minus_pearson']:>+12.3f} ({r['full_minus_pearson_se']:.3f})"
                       f"{r['full_minus_top1_mm']:>+11.1f} ({r['full_minus_top1_sem']:.1f})")
-        lines.append(f"{r['variant']:<15}{r['spearman']:>7.3f}{r['spearman_sem']:>7.3f}{r['kendall']:>7.3f}"
-                     f"{r['spearman_mpjpe']:>9.3f}{r['spearman_pve']:>7.3f}{r['top1_pa_mpjpe_mm']:>7.1f} mm"
-                     f"{r.get('pearson_pointwise', float('nan')):>9.3f}{delta}")
+        # "—" where a variant scored no group (its figures are NaN): the table printed "nan" for them
+        f = fmt_value
+        sem = r["spearman_sem"] if r.get("groups_scored") else None  # 0 over no group is no measurement either
+        lines.append(f"{r['variant']:<15}{f(r['spearman'], '>7.3f')}{f(sem, '>7.3f')}{f(r['kendall'], '>7.3f')}"
+                     f"{f(r['spearman_mpjpe'], '>9.3f')}{f(r['spearman_pve'], '>7.3f')}"
+                     f"{f(r['top1_pa_mpjpe_mm'], '>7.1f')} mm{f(r.get('pearson_pointwise'), '>9.3f')}{delta}")
     for r in payload["rows"]:  # a row over fewer groups than random/oracle is not comparable with them as is
         if r.get("groups_scored", payload["num_groups"]) < payload["num_groups"]:
             lines.append(f"{r['variant']}: scored {r['groups_scored']} of {payload['num_groups']} groups (the rest "
-                         "failed); its figures are over those, full − this over the groups both scored")
+                         "failed); " + ("its figures are over those, full − this over the groups both scored"
+                                        if r["groups_scored"] else "it has no figures"))
     lines.append(f"{'random pick':<52}{payload['random_pa_mpjpe_mm']:>7.1f} mm")
     lines.append(f"{'oracle best-of-N':<52}{payload['oracle_pa_mpjpe_mm']:>7.1f} mm")
     lines.append("ρ, τ: mean within-group rank correlation of overall with −error; r pooled: point-wise Pearson of "

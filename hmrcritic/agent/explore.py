@@ -881,6 +881,12 @@ def _recent(history: list) -> list:
     return history[-HISTORY_GROUPS:] if HISTORY_GROUPS > 0 else []
 
 
+# what a round that failed before learning anything leaves: its group ids went to explored_on.json before scoring
+# (a kill mid-round must find them recorded), so "nothing was recorded" was not so
+_NOTHING_LEARNT = ("nothing was learnt (no rule or prototype written, the round not recorded as done; its groups stay "
+                   "recorded as explored on this memory, as they were sent to the judge)")
+
+
 def _run_batch(memory, app, saver, judge_obj, is_builtin, cfg, batch, r, sig, split, tau, metric, history,
                emit, *, max_new_rules, min_gain, retire_min_uses, retire_min_rate, merge_text, prototypes, settle,
                info, run_record: dict | None = None, part: int = 0) -> RoundReport:
@@ -923,7 +929,7 @@ def _run_batch(memory, app, saver, judge_obj, is_builtin, cfg, batch, r, sig, sp
                     first = next(f for f in report.failed if f["kind"] == "error")
                     raise HMRCriticError(
                         f"explore: round {round_no} stopped after {unusable} groups failed because the VLM "
-                        f"endpoint cannot be used: {unusable_endpoint(exc)}; nothing was recorded; first: "
+                        f"endpoint cannot be used: {unusable_endpoint(exc)}; {_NOTHING_LEARNT}; first: "
                         f"{first['group_id']}: {first['error']}") from exc
             continue
         ev = {k: np.asarray(v, np.float64) for k, v in res.evidence.items()}
@@ -939,7 +945,7 @@ def _run_batch(memory, app, saver, judge_obj, is_builtin, cfg, batch, r, sig, sp
         # explored — a round recorded done here would be skipped on every later run. (A batch of groups that
         # only cannot be ranked is recorded as an empty round below: it would be the same batch on every run.)
         first = next(f for f in report.failed if f["kind"] == "error")
-        raise HMRCriticError(f"explore: every group of round {round_no} failed, nothing was recorded; "
+        raise HMRCriticError(f"explore: every group of round {round_no} failed, {_NOTHING_LEARNT}; "
                              f"first: {first['group_id']}: {first['error']}")
     if not scored:
         report.seconds = time.perf_counter() - t0

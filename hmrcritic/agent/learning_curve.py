@@ -55,8 +55,17 @@ def starter_memory(folder: str | Path | None = None):
 
     folder = Path(folder) if folder is not None else Path(tempfile.mkdtemp(prefix="hmrcritic-starter-"))
     if not holds_memory(folder):
-        MemoryStore(folder, chroma_url="")  # creates and seeds, on disk even where HMRCRITIC_CHROMA_URL is set
+        # creates and seeds, on disk even where HMRCRITIC_CHROMA_URL is set; closed, not left to the collector
+        # with its database files open beside the read-only store returned
+        MemoryStore(folder, chroma_url="").close()
     return MemoryStore(folder, chroma_url="", read_only=True)
+
+
+def _close(store: Any) -> None:
+    """``store.close()`` where it has one: a memory-like reader without it (a stand-in in tests) is left as it is."""
+    close = getattr(store, "close", None)
+    if callable(close):
+        close()
 
 
 def _heldout(groups, split: str, num_groups: int, num_generations: int, seed: int, start: int, source: str):
@@ -278,61 +287,68 @@ def explore_eval(
     make_judge(judge)
     path = _memory_path(memory)
     frozen = frozen_copy(memory)
-    held = _heldout(groups, split, num_groups, num_generations, seed, start, source)
-    if not held:
-        raise InputError(f"no held-out groups in split {split!r}")
-    # the record of the copy that scores (it travels with it), not the live folder's: a reset or an exploration
-    # of the live memory after the copy was taken changed what was checked, not what scored
-    record = explored_record(frozen)
-    assert_heldout(path, split, [g.group_id for g in held], record=record)
-    assert_unseen_scenes(path, held, record=record)
-    tables = [error_table(g) for g in held]
-    before = frozen.version()
-    # a starter memory of our own is a temporary folder: removed when scored (every explore-eval and
-    # explore_eval() call with no_reflection left a Chroma database of ~0.5 MB in /tmp behind for good)
-    own = (Path(tempfile.mkdtemp(prefix="hmrcritic-starter-"))
-           if starter is None and "no_reflection" in variants else None)
-    rows = []
+    # closed when scored: held against `runs prune` and with its Chroma files open for the store's life, a
+    # notebook's evaluation after evaluation kept each snapshot (and its files) until the collector came by
     try:
-        base = starter if starter is not None else (starter_memory(own) if own is not None else None)
-        for i, v in enumerate(variants):
-            if progress is not None:
-                progress(v, i, len(variants))
-            mem = base if v == "no_reflection" else frozen
-            tick = None if group_progress is None else (lambda i, n, v=v: group_progress(v, i, n))
-            failed: list[str] = []
-            scores, versions = score_groups(held, mem, v, judge=judge, agent_config=agent_config, progress=tick,
-                                            failures=failed)
-            row = {"variant": v, **correlation_row(scores, tables),
-                   "memory_version": sorted({x for x in versions if x})}
-            if failed:  # only then: a row of a run where every group scored keeps its keys
-                row["first_failure"] = failed[0]
-            if keep_scores:
-                row["per_group_scores"] = [None if s is None else np.asarray(s, np.float64).tolist()
-                                           for s in scores]
-            rows.append(row)
-    finally:
-        if own is not None:
-            import shutil
+        held = _heldout(groups, split, num_groups, num_generations, seed, start, source)
+        if not held:
+            raise InputError(f"no held-out groups in split {split!r}")
+        # the record of the copy that scores (it travels with it), not the live folder's: a reset or an exploration
+        # of the live memory after the copy was taken changed what was checked, not what scored
+        record = explored_record(frozen)
+        assert_heldout(path, split, [g.group_id for g in held], record=record)
+        assert_unseen_scenes(path, held, record=record)
+        tables = [error_table(g) for g in held]
+        before = frozen.version()
+        # a starter memory of our own is a temporary folder: removed when scored (every explore-eval and
+        # explore_eval() call with no_reflection left a Chroma database of ~0.5 MB in /tmp behind for good)
+        own = (Path(tempfile.mkdtemp(prefix="hmrcritic-starter-"))
+               if starter is None and "no_reflection" in variants else None)
+        rows, base = [], None
+        try:
+            base = starter if starter is not None else (starter_memory(own) if own is not None else None)
+            for i, v in enumerate(variants):
+                if progress is not None:
+                    progress(v, i, len(variants))
+                mem = base if v == "no_reflection" else frozen
+                tick = None if group_progress is None else (lambda i, n, v=v: group_progress(v, i, n))
+                failed: list[str] = []
+                scores, versions = score_groups(held, mem, v, judge=judge, agent_config=agent_config, progress=tick,
+                                                failures=failed)
+                row = {"variant": v, **correlation_row(scores, tables),
+                       "memory_version": sorted({x for x in versions if x})}
+                if failed:  # only then: a row of a run where every group scored keeps its keys
+                    row["first_failure"] = failed[0]
+                if keep_scores:
+                    row["per_group_scores"] = [None if s is None else np.asarray(s, np.float64).tolist()
+                                               for s in scores]
+                rows.append(row)
+        finally:
+            if own is not None:
+                import shutil
 
-            shutil.rmtree(own, ignore_errors=True)
-    after = frozen.version()
-    if after != before:
-        raise AssetError(f"memory at {path} changed while it was being scored read-only ({before} → {after})")
-    extra = {"per_group_errors": [t["pa_mpjpe"].tolist() for t in tables]} if keep_scores else {}
-    return {
-        **extra,
-        "rows": rows,
-        "random_pa_mpjpe_mm": float(np.mean([t["pa_mpjpe"].mean() for t in tables])),
-        "oracle_pa_mpjpe_mm": float(np.mean([t["pa_mpjpe"].min() for t in tables])),
-        "random_mpjpe_mm": float(np.mean([t["mpjpe"].mean() for t in tables])),
-        "oracle_mpjpe_mm": float(np.mean([t["mpjpe"].min() for t in tables])),
-        "random_pve_mm": float(np.mean([t["pve"].mean() for t in tables])),
-        "oracle_pve_mm": float(np.mean([t["pve"].min() for t in tables])),
-        "num_groups": len(held),
-        "split": split if groups is None else "custom",
-        "memory_version": before,
-    }
+                if base is not None:  # ours: its database closed before its folder goes
+                    _close(base)
+                shutil.rmtree(own, ignore_errors=True)
+        after = frozen.version()
+        if after != before:
+            raise AssetError(f"memory at {path} changed while it was being scored read-only ({before} → {after})")
+        extra = {"per_group_errors": [t["pa_mpjpe"].tolist() for t in tables]} if keep_scores else {}
+        return {
+            **extra,
+            "rows": rows,
+            "random_pa_mpjpe_mm": float(np.mean([t["pa_mpjpe"].mean() for t in tables])),
+            "oracle_pa_mpjpe_mm": float(np.mean([t["pa_mpjpe"].min() for t in tables])),
+            "random_mpjpe_mm": float(np.mean([t["mpjpe"].mean() for t in tables])),
+            "oracle_mpjpe_mm": float(np.mean([t["mpjpe"].min() for t in tables])),
+            "random_pve_mm": float(np.mean([t["pve"].mean() for t in tables])),
+            "oracle_pve_mm": float(np.mean([t["pve"].min() for t in tables])),
+            "num_groups": len(held),
+            "split": split if groups is None else "custom",
+            "memory_version": before,
+        }
+    finally:
+        _close(frozen)
 
 
 PARTIAL_FILE = "learning_curve.partial.json"  # rows evaluated so far, beside the result (resume)
@@ -490,16 +506,19 @@ def learning_curve(
 
     def evaluate(r: int) -> None:
         ro = frozen_copy(mem)
-        # every round (a round may have explored them), against the record of the copy that scores: the live
-        # one read before the copy was taken could differ from it
-        record = explored_record(ro)
-        assert_heldout(mem, heldout_split, held_ids, record=record)
-        assert_unseen_scenes(mem, held, record=record)
-        say(f"round {r}: scoring {len(held)} held-out groups of {heldout_split}"
-            + (" with the unexplored memory" if r == 0 else ""))
-        failed: list[str] = []
-        scores, versions = score_groups(held, ro, "full", judge=judge, tag=f"curve-r{r}", failures=failed)
-        st = ro.stats()
+        try:  # a copy per round: each one closed when scored (see explore_eval)
+            # every round (a round may have explored them), against the record of the copy that scores: the live
+            # one read before the copy was taken could differ from it
+            record = explored_record(ro)
+            assert_heldout(mem, heldout_split, held_ids, record=record)
+            assert_unseen_scenes(mem, held, record=record)
+            say(f"round {r}: scoring {len(held)} held-out groups of {heldout_split}"
+                + (" with the unexplored memory" if r == 0 else ""))
+            failed: list[str] = []
+            scores, versions = score_groups(held, ro, "full", judge=judge, tag=f"curve-r{r}", failures=failed)
+            st = ro.stats()
+        finally:
+            _close(ro)
         row = {"round": r, **correlation_row(scores, tables), "rules": st["rules"],
                "rules_retired": st["rules_retired"], "prototypes": st["prototypes"],
                "memory_version": st["version"]}
@@ -575,16 +594,27 @@ def plot_curve(rows: Sequence[dict], path: str | Path) -> Path:
     return path
 
 
+def fmt_value(x: Any, spec: str) -> str:
+    """``x`` formatted with ``spec``, or "—" in the width a number would take where there is none (None, NaN).
+
+    A variant (or a curve's round) whose critiques all failed has NaN means: the tables printed "nan" in its row
+    (the ``--json`` output says null), which read as a figure the critic measured."""
+    if isinstance(x, int | float | np.floating) and math.isfinite(x):
+        return format(x, spec)
+    return "—".rjust(len(format(0.0, spec)))
+
+
 def format_rows(result: dict) -> str:
     """A plain-text table of :func:`explore_eval` rows (CLI/benchmarks), point-wise Pearson r included."""
     head = (f"{'variant':<15} {'ρ PA':>6} {'τ PA':>6} {'ρ MPJPE':>8} {'ρ PVE':>6} {'r pts':>6} {'top1 PA':>8} "
             f"{'top1 MPJPE':>10}")
     lines = [head]
     for r in result["rows"]:
-        pr = r.get("pearson_pointwise")
-        pr_s = f"{pr:>6.3f}" if isinstance(pr, float) and math.isfinite(pr) else f"{'—':>6}"
-        lines.append(f"{r['variant']:<15} {r['spearman']:>6.3f} {r['kendall']:>6.3f} {r['spearman_mpjpe']:>8.3f} "
-                     f"{r['spearman_pve']:>6.3f} {pr_s} {r['top1_pa_mpjpe_mm']:>8.1f} {r['top1_mpjpe_mm']:>10.1f}")
+        f = fmt_value
+        lines.append(f"{r['variant']:<15} {f(r['spearman'], '>6.3f')} {f(r['kendall'], '>6.3f')} "
+                     f"{f(r['spearman_mpjpe'], '>8.3f')} {f(r['spearman_pve'], '>6.3f')} "
+                     f"{f(r.get('pearson_pointwise'), '>6.3f')} {f(r['top1_pa_mpjpe_mm'], '>8.1f')} "
+                     f"{f(r['top1_mpjpe_mm'], '>10.1f')}")
     blank = f"{'':>6} {'':>6} {'':>8} {'':>6} {'':>6}"
     lines.append(f"{'random pick':<15} {blank} {result['random_pa_mpjpe_mm']:>8.1f} {result['random_mpjpe_mm']:>10.1f}")
     lines.append(f"{'oracle':<15} {blank} {result['oracle_pa_mpjpe_mm']:>8.1f} {result['oracle_mpjpe_mm']:>10.1f}")

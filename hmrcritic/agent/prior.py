@@ -146,7 +146,11 @@ def get_pose_prior() -> PosePrior:
             prior = None
     if prior is None:
         if len(poses) < 50:
-            raise AssetError(f"pose prior: only {len(poses)} train poses available; generate the train split")
+            # the split is there but small (a `data generate --split train --n 40`, HMRCRITIC_SPLIT_SIZE_SCALE under
+            # 0.0025): "generate the train split" sent the user to make what they had
+            raise AssetError(f"pose prior: only {len(poses)} train poses available, and it needs 50: regenerate the "
+                             "train split with more scenes (`hmrcritic data generate --split train`, or a larger "
+                             "HMRCRITIC_SPLIT_SIZE_SCALE)")
         rng = np.random.default_rng(0)
         sel = rng.permutation(len(poses))[:PRIOR_FIT_POSES]
         prior = fit_gmm(pose_features(poses[sel]))

@@ -288,8 +288,30 @@ def resolve_run(run_id: str | None = None, last: bool = False) -> Path:
     return path
 
 
+_FIELDS = {  # what format_trace and trace_mermaid read of each event, beside run_id and group_id
+    "start": {"config": dict},
+    "node": {"step": int, "node": str, "seconds": (int, float), "changed": dict},
+    "error": {"error": str},
+    "finish": {"seconds": (int, float), "rounds": int},
+}
+
+
+def _is_trace_record(rec: dict) -> bool:
+    fields = _FIELDS.get(rec.get("event"))
+    return (fields is not None and isinstance(rec.get("run_id"), str) and isinstance(rec.get("group_id"), str)
+            and all(isinstance(rec.get(k), t) and not isinstance(rec.get(k), bool) for k, t in fields.items()))
+
+
 def read_trace(run_id: str | None = None, last: bool = False) -> list[dict]:
-    return read_jsonl(resolve_run(run_id, last))
+    """The run's trace records. A line that is no such record is left out, and a file with none is refused: a
+    ``.jsonl`` of another tool (or of another version) in the traces folder, or a record edited by hand, ended
+    ``trace`` in "error: KeyError: 'run_id'" (``--mermaid``: "KeyError: 'step'") with nothing naming the file."""
+    path = resolve_run(run_id, last)
+    records = read_jsonl(path)
+    kept = [r for r in records if _is_trace_record(r)]
+    if records and not kept:
+        raise InputError(f"{path} holds no hmrcritic trace records (a file of another tool or version?)")
+    return kept
 
 
 LINE_CHARS = 400  # a node's line is kept to about this long by listing fewer items of its longest lists

@@ -325,6 +325,8 @@ def _score(value: Any, pos: int, field: str) -> float | None:
     Any other text was read as absent: a present ``overall`` of "9/10" was replaced by the mean of the axes,
     so the model's ranking was silently swapped for another one. Text that is no score is now refused (and
     retried with the reason) rather than guessed around."""
+    if isinstance(value, bool):  # float(True) is 1.0: a "true" for overall was read as a score of 1 out of 10
+        raise Unparseable(f"score entry {pos} has {field} {json.dumps(value)}, not a number")
     number = finite_float(value)
     if number is not None or value is None or isinstance(value, float | int):
         return number
@@ -692,6 +694,8 @@ class GroupTooLargeError(EndpointUnusableError):
 
 # failures of the endpoint itself in a row, with no group scored in between, after which a batch stops
 UNUSABLE_IN_A_ROW = 3
+# error codes of a 400 that judged one group's content (a smaller or other group passes): no endpoint failure
+_FILTERED = ("content_filter", "content_policy_violation", "invalid_prompt")
 
 
 def _connect_failure(exc: BaseException) -> str | None:
@@ -711,12 +715,22 @@ def _too_long(message: str) -> bool:
     """Is this 400 (422) a context overflow? vLLM says "This model's maximum context length is ..." when it counts
     the text alone, and "The decoder prompt (length 8825) is longer than the maximum model length of 8192" once the
     images are counted in (the usual form for a VLM: a group's grids are most of its prompt); TGI "`inputs` tokens +
-    `max_new_tokens` must be <= 4096" (a 422), llama.cpp "exceeds the available context size", SGLang "longer than
-    the model's context length". All but the first were resent in two simpler forms and reported without advice."""
+    `max_new_tokens` must be <= 4096" (a 422), llama.cpp "exceeds the available context size" (a 500 before its
+    400, and "Context size has been exceeded", LM Studio's MLX models' words too), SGLang "longer than the model's
+    context length". All but the first were resent in two simpler forms and reported without advice."""
     low = message.lower()
     return any(words in low for words in ("maximum context length", "context_length_exceeded", "context window",
                                           "longer than the maximum model length", "tokens + `max_new_tokens`",
-                                          "exceeds the available context size", "model's context length"))
+                                          "exceeds the available context size", "model's context length",
+                                          "context size has been exceeded"))
+
+
+def _model_missing(message: str, model: str) -> bool:
+    """Does this 404 say the model is not served (rather than the address)? It names the model asked for, or
+    says "model ... not found / does not exist" (a path a server echoes, "/models/v1/...", is not that)."""
+    low = message.lower()
+    return bool(len(model) >= 4 and model.lower() in low) or re.search(
+        r"\bmodel\b.{0,80}?\b(?:not found|does not exist|not exist)", low) is not None
 
 
 def _request_hint(message: str, images: int) -> str:
@@ -1043,20 +1057,33 @@ class VLMJudge:
         error line, retry warnings, ``doctor``, ``trace``), and its escape sequences (``ESC]0;…BEL`` retitling
         the window, ``ESC[2J`` clearing it, a bidi override reversing what follows) passed through, as
         ``split()`` only takes whitespace out."""
+        text = " ".join(printable(self._unsecret(text)).split())
+        return text if len(text) <= 300 else text[:297] + "..."
+
+    def _unsecret(self, text: str) -> str:
+        """``text`` with the key masked, whole: before any cut, so that no part of a key is left to show."""
         if secret := self._secret.get_secret_value():
             text = text.replace(secret, "***")
-        text = " ".join(printable(text).split())
-        return text if len(text) <= 300 else text[:297] + "..."
+        return scrub(text)
 
     def _describe(self, exc: Exception) -> str:
         """``HTTP <status>: <message>``. A body that is not an OpenAI error object (Ollama's "404 page not found",
-        a proxy's HTML page, ``{"error": "<text>"}``) stays out of the client's message ("Error code: 502"),
-        so its words, without markup, are added: they were the only clue and were dropped."""
+        a proxy's HTML page, ``{"error": "<text>"}``, FastAPI's ``{"detail": ...}``) stays out of the client's
+        message ("Error code: 502"), so its words, without markup, are added: they were the only clue and were
+        dropped."""
         status = getattr(exc, "status_code", None)
         message = getattr(exc, "message", None) or str(exc) or type(exc).__name__
         body = getattr(exc, "body", None)
         if isinstance(body, str) and body.strip() and body.strip() not in message:
-            message = f"{message} - {' '.join(re.sub(r'<[^>]*>', ' ', body).split())[:200]}"
+            # masked before the cut: a key the body quotes across the 200th character left its first part in view
+            message = f"{message} - {' '.join(re.sub(r'<[^>]*>', ' ', self._unsecret(body)).split())[:200]}"
+        elif isinstance(body, dict | list) and body and message == f"Error code: {status}":
+            # JSON the client found no message in: FastAPI's {"detail": ...} (its validation errors a list), an
+            # error object without "message". The line was a bare "HTTP 400: Error code: 400", and such a 400
+            # stops a batch as the endpoint's fault without a word of the server's on why
+            words = body.get("detail", body.get("error", body)) if isinstance(body, dict) else body
+            words = words if isinstance(words, str) else json.dumps(words, ensure_ascii=False, default=str)
+            message = f"{message} - {' '.join(self._unsecret(words).split())[:200]}"
         head = f"HTTP {status}" if status else type(exc).__name__
         return self._scrub(f"{head}: {message}")
 
@@ -1191,8 +1218,11 @@ class VLMJudge:
                 # the advice first: the line is cut at 300 characters, and a server's words can fill them
                 reason = f"endpoint rejected the request{f': {hint}' if hint else ''} ({self._describe(exc)})"
                 fatal = True
-                if "content_filter" not in f"{exc} {getattr(exc, 'code', '')}":  # Azure's filter judged this
-                    unusable = f"it refuses the request (HTTP {exc.status_code})"  # group's prompt, not the endpoint
+                # a filter judged this group's prompt or images, not the endpoint: Azure's content_filter, OpenAI's
+                # content_policy_violation / invalid_prompt (flagged as violating its usage policy, an input
+                # photo among them), which stopped a batch of groups that pass
+                if not any(code in f"{exc} {getattr(exc, 'code', '')}" for code in _FILTERED):
+                    unusable = f"it refuses the request (HTTP {exc.status_code})"
                     too_large = overflow or _too_long(f"{exc} {getattr(exc, 'body', '')}")
             except openai.APITimeoutError:
                 reason = f"no answer within {self.settings.timeout_s:g} s"
@@ -1206,8 +1236,18 @@ class VLMJudge:
                     reason = f"rate limited ({self._describe(exc)})"
                     wait_hint = _retry_after_s(exc)
             except openai.InternalServerError as exc:
-                reason = f"server error ({self._describe(exc)})"
-                wait_hint = _retry_after_s(exc)  # a 503 (loading, overloaded) says when to come back
+                if _too_long(f"{exc} {getattr(exc, 'body', '')}"):
+                    # llama.cpp before its 400 for this (ik_llama.cpp, LM Studio's MLX models still) answers a
+                    # context overflow with a 500: it was retried with the backoff, to the same 500, without advice
+                    if started_in is not None:
+                        with self._mode_lock:
+                            self._mode = started_in
+                    hint = _request_hint(f"{exc} {getattr(exc, 'body', '')}", images)
+                    reason, fatal = f"endpoint rejected the request: {hint} ({self._describe(exc)})", True
+                    unusable, too_large = f"it refuses the request (HTTP {exc.status_code})", True
+                else:
+                    reason = f"server error ({self._describe(exc)})"
+                    wait_hint = _retry_after_s(exc)  # a 503 (loading, overloaded) says when to come back
             except openai.APIConnectionError as exc:
                 reason = f"cannot connect to {redact_url(self.settings.base_url) or 'the default OpenAI endpoint'}"
                 if (words := _connect_failure(exc)) is not None:  # refused, no such host: not a dropped answer
@@ -1224,12 +1264,21 @@ class VLMJudge:
                     wait_hint = _retry_after_s(exc)
                 else:
                     reason, fatal = self._describe(exc), True
-                    if exc.status_code in (404, 405):
+                    # vLLM's "The model `x` does not exist", Ollama's "model \"x\" not found": the address is
+                    # right. The advice on /v1 came first and, behind a longer address, cut the server's words off
+                    # at 300 characters, and the stop's line (the export's) said "not found there"
+                    no_model = exc.status_code == 404 and _model_missing(
+                        f"{exc} {getattr(exc, 'body', '')}", self.settings.model)
+                    if no_model:
+                        reason = f"the model {self.settings.model!r} is not served there: {reason}"
+                    elif exc.status_code in (404, 405):
                         reason = self._where(exc) + reason
                     if 400 <= exc.status_code < 500:  # the key, the model, the path: the same for every group
                         unusable = {401: "the key is refused", 403: "access is denied", 404: "not found there",
                                     405: "not found there"}.get(exc.status_code, f"HTTP {exc.status_code}")
                         too_large = exc.status_code == 413  # this group's body: a smaller one may pass
+                        if no_model:
+                            unusable = f"the model {self.settings.model!r} is not served there"
             except openai.OpenAIError as exc:
                 reason, fatal = self._describe(exc), True
             except (IndexError, KeyError, TypeError, AttributeError, ValueError) as exc:

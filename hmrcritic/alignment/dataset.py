@@ -525,6 +525,11 @@ def validate_dataset(root: str | Path, max_errors: int = 50) -> ValidationReport
         unfinished = ["the last export into this folder did not finish (interrupted or still running) before its first "
                       "group; re-run the same export command to complete it"] \
             if header.counts.get("finished") is False else []
+        # an export whose VLM endpoint could not be used from its first group stops with no group written: what
+        # failed (and what was never tried) is in failures.jsonl, and "interrupted or still running" alone hid it
+        failed = open_failures(root, ())
+        if failed:
+            unfinished.append(_failed_warning(root, failed))
         return ValidationReport(path=str(root), ok=False, errors=[f"{path}: missing"], warnings=unfinished)
     seen: dict[str, tuple[int, str | None]] = {}  # group id → (its first line, its record's checksum)
     records: list[GroupRecord] = []
@@ -626,8 +631,7 @@ def validate_dataset(root: str | Path, max_errors: int = 50) -> ValidationReport
         warnings.append(_UNFINISHED)
     failed = open_failures(root, seen.keys())
     if failed:
-        warnings.append(f"{len(failed)} input(s) failed and are not in the dataset ({FAILURES}); "
-                        "re-running the export retries them")
+        warnings.append(_failed_warning(root, failed))
     zero = sum(r.zero_variance for r in records)
     return ValidationReport(
         path=str(root),
@@ -654,6 +658,23 @@ def open_failures(root: str | Path, present: Iterable[str]) -> list[str]:
     # was counted as a failed input called "None"
     ids = (f["group_id"] for f in read_jsonl(Path(root) / FAILURES) if isinstance(f.get("group_id"), str))
     return list(dict.fromkeys(g for g in ids if g not in present))
+
+
+def _failed_warning(root: Path, failed: list[str]) -> str:
+    return (f"{len(failed)} input(s) failed and are not in the dataset ({FAILURES}"
+            f"{not_attempted_note(root, failed)}); re-running the export retries them")
+
+
+def not_attempted_note(root: str | Path, failed: list[str]) -> str:
+    """``"; K of them …"`` when some of the open failures ``failed`` (:func:`open_failures`) are groups the export
+    never tried (its latest record's stage ``not_attempted``: it stopped on an unusable VLM endpoint), else "".
+    They were counted as failed inputs with nothing else said, so 250 groups never sent read as 250 that failed."""
+    latest = {f["group_id"]: f for f in read_jsonl(Path(root) / FAILURES) if isinstance(f.get("group_id"), str)}
+    skipped = sum(latest.get(g, {}).get("stage") == "not_attempted" for g in failed)
+    if not skipped:
+        return ""
+    return (f"; {skipped} of them were not attempted, the export having stopped because its VLM endpoint could not "
+            f"be used, and {len(failed) - skipped} were tried and failed")
 
 
 def _check_record_files(root: Path, rec: GroupRecord) -> list[str]:

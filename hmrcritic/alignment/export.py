@@ -21,12 +21,12 @@ instance; one actor per worker). Scoring is injectable: ``score_group`` is a cal
 A group whose scoring fails (e.g. :class:`JudgeError`) goes to ``failures.jsonl`` with its reason and
 the run continues; the next run retries it. Only when the VLM judge's endpoint itself is unusable (nothing
 answers there, the key or the model refused, every request refused) and ``UNUSABLE_IN_A_ROW`` groups in a row
-failed so, none written in between, does the run stop early with a :class:`JudgeError` naming the endpoint: the
-groups written stay, the ones not attempted go to ``failures.jsonl`` (stage ``not_attempted``), and the same
-command continues once the endpoint works. The memory must stay frozen for the whole run: when another
-process writes to it meanwhile (an exploration, ``critique --learn``), the run stops before writing a group
-scored after the change and keeps the ones before (:class:`_MemoryWatch`). Worker processes end with an
-export killed with -9, and its leftover temporary files go when it resumes.
+failed so, none written in between, and groups are still to come, does the run stop early with a
+:class:`JudgeError` naming the endpoint: the groups written stay, the ones not attempted go to ``failures.jsonl``
+(stage ``not_attempted``), and the same command continues once the endpoint works. The memory must stay frozen
+for the whole run: when another process writes to it meanwhile (an exploration, ``critique --learn``), the run
+stops before writing a group scored after the change and keeps the ones before (:class:`_MemoryWatch`). Worker
+processes end with an export killed with -9, and its leftover temporary files go when it resumes.
 """
 
 from __future__ import annotations
@@ -906,7 +906,10 @@ def export(
                     bar[0].update(bar[1], advance=1)
                 elif callable(progress):
                     progress(done_here + new + len(failures), len(samples))
-                if unusable_in_a_row >= UNUSABLE_IN_A_ROW:
+                # (only while some group is still to come: stopping after the last one left a dataset whose every
+                # input was tried marked unfinished, without its pairs.jsonl or input order, and the error told the
+                # user to re-run to continue what was complete; it ends as any export with failures does)
+                if unusable_in_a_row >= UNUSABLE_IN_A_ROW and len(finished) < len(tasks):
                     stopped = res
                     break
         finally:

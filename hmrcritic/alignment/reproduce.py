@@ -146,6 +146,15 @@ class Preset:
             ObjectiveConfig("gpa", self.beta, self.t_min, self.gpa_weight, self.base_loss_weight)
         except ValueError as exc:
             raise InputError(f"preset: {exc}") from None
+        # the finetune refuses a GPA row whose two loss weights are both 0 (its loss is 0 at every step):
+        # `--set gpa_weight=0` did so for gpa_no_base_loss (base weight 0 by definition) only when its finetune
+        # started, after the exploration, the export and the rows before it had run
+        if self.gpa_weight == 0:
+            idle = [o for o in self.objectives if o == "gpa_no_base_loss"
+                    or (o in ("gpa", "gpa_linear") and self.base_loss_weight == 0)]
+            if idle:
+                raise InputError(f"preset field gpa_weight is 0: objective(s) {idle} would have no loss (their "
+                                 "base loss weight is 0 too); give gpa_weight > 0 or leave them out of objectives")
 
 
 PRESETS: dict[str, Preset] = {

@@ -217,8 +217,12 @@ def register(app: typer.Typer) -> None:
         if unfinished and not written:
             # the note said "training on the groups it wrote so far" and finetune then stopped on "no complete
             # groups": one error that says what happened and what to do instead
+            from hmrcritic.alignment.dataset import FAILURES, open_failures
+            failed = open_failures(data, ())
+            why = (f"; {len(failed)} input(s) failed meanwhile: see {data / FAILURES} (an export whose VLM endpoint "
+                   "could not be used stops so)") if failed else ""
             raise AssetError(f"the export into {data} was interrupted (or is still running) before its first group "
-                             "was written: nothing to finetune on; re-run that export to complete it")
+                             f"was written{why}: nothing to finetune on; re-run that export to complete it")
         if unfinished:
             print(f"note: the last export into {data} did not finish (interrupted or still running): training on "
                   f"the {written} group(s) it wrote so far; {RERUN_ADVICE}", file=sys.stderr)

@@ -179,6 +179,16 @@ def _folders() -> dict:
         except InputError as exc:
             problems.append(str(exc))
     res["settings"] = settings
+    # the shared memory's address: `=http://host:80OO` or `=ftp://…` passed doctor, and then every command that
+    # opens the memory failed on it ("chroma url … is not of the form http://host:port"); read, never reached
+    url = config.env_chroma_url()
+    if url:
+        from hmrcritic.memory.store import _parse_chroma_url
+
+        try:
+            _parse_chroma_url(url)
+        except InputError as exc:
+            problems.append(f"HMRCRITIC_CHROMA_URL: {exc}")
     if problems:
         res["ok"] = False
         res["error"] = "; ".join(problems)
@@ -230,10 +240,13 @@ def _judge() -> dict:
     except InputError as exc:  # the VLM judge would refuse it: say so here, not at the first critique
         problem = str(exc)
     pub["base_url"] = _strip_userinfo(pub.get("base_url"))
+    # a key the judge cannot send was said in the settings and yet passed (as a bad base URL does not): "all
+    # checks passed" above "api key set but unusable", and every VLM critique then failed on it
+    key_problem = pub["api_key"].removeprefix("set but unusable: ") if pub["api_key"].startswith("set but") else ""
     judge, agent_problems = _agent_problems()
     out = {"settings": pub, "agent_judge": judge, "agent": _agent_settings(),
            "note": "builtin judge needs no endpoint; the VLM judge uses these settings"}
-    problems = [p for p in (problem, *agent_problems) if p]
+    problems = [p for p in (problem, key_problem, *agent_problems) if p]
     if problems:
         out.update(ok=False, error="; ".join(problems))
     return out

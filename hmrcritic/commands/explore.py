@@ -232,10 +232,13 @@ def learning_curve_cmd(
             typer.echo(f"round {row['round']}: ρ {row['spearman']:+.3f}  τ {row['kendall']:+.3f}  top-1 "
                        f"{row['top1_pa_mpjpe_mm']:.1f} mm  rules {row['rules']}  prototypes {row['prototypes']}")
         scored = row.get("groups_scored")
-        if isinstance(scored, int) and scored < heldout_groups:  # the round's figures are over fewer groups
+        # the groups scored (one entry each), not --heldout-groups: a held-out split smaller than that gives fewer
+        # groups, and every round warned "scored 4 of 16 … (the critiques of the others failed)" with none failed
+        total = len(row.get("per_group_spearman") or []) or heldout_groups
+        if isinstance(scored, int) and scored < total:  # the round's figures are over fewer groups
             from hmrcritic.redact import printable
 
-            typer.echo(f"warning: learning-curve: round {row['round']} scored {scored} of {heldout_groups} "
+            typer.echo(f"warning: learning-curve: round {row['round']} scored {scored} of {total} "
                        "held-out groups (the critiques of the others failed)"
                        + (f"; first: {printable(row['first_failure'])}" if row.get("first_failure") else ""),
                        err=True)

@@ -221,10 +221,12 @@ def register(app: typer.Typer) -> None:
         steps: int = typer.Option(10, help="DDIM steps."),
         eta: float = typer.Option(0.0, help="DDIM eta."),
         limit: int = typer.Option(None, help="Evaluate only the first K scenes."),
-        # "B·N rows per network call" no longer: the rows go through a bounded chunk at a time (hmr.evaluate.CHUNK_ROWS)
+        # "B·N rows per network call" no longer: the rows go a bounded chunk at a time (hmr.evaluate.CHUNK_ROWS), but
+        # not the sampling with --eta > 0 or --guidance (hmr.evaluate.sample): "memory does not" misled there
         batch_size: int = typer.Option(
             32, help="Inputs per batch (one noise draw per batch, so the groups depend on it; memory does not: the "
-                     "B·N hypotheses are evaluated 512 at a time)."),
+                     "B·N hypotheses are evaluated 512 at a time, except that --eta > 0 or --guidance samples all "
+                     "B·N at once)."),
         seed: int = typer.Option(0, help="Sampling seed (with --batch-size: the groups depend on both).",
                                  min=0, max=2**32 - 1),
         guidance: float = typer.Option(0.0, help="2D keypoint guidance strength (0 = the model alone)."),

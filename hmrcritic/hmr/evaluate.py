@@ -184,7 +184,7 @@ def sample(model, cond, num_generations: int = 16, steps: int = 10, eta: float =
 
 def _load_labelled(split: str, limit: int | None):
     """Inputs + 3D labels of a split as float tensors (``wild``: labels from its separate eval file)."""
-    from hmrcritic.hmr.data import load_split
+    from hmrcritic.hmr.data import _regenerate_command, load_split
 
     scenes = load_split(split)
     n = len(scenes) if limit is None else min(limit, len(scenes))
@@ -198,9 +198,10 @@ def _load_labelled(split: str, limit: int | None):
     # against it by SceneSet)
     short = {k: len(v) for k, v in arrays.items() if len(v) != len(scenes)}
     if short:
+        # the command that remakes this split (its --n, --seed, --render): the bare --split made a default one
         raise AssetError(f"split {split!r} in {scenes.folder} is damaged: its manifest lists {len(scenes)} scenes "
                          f"but {', '.join(f'{k} has {m}' for k, m in short.items())}; regenerate it "
-                         f"(`hmrcritic data generate --split {split}`)")
+                         f"(`{_regenerate_command(scenes.manifest)}`)")
     return {k: torch.as_tensor(np.asarray(v)[:n], dtype=torch.float32) for k, v in arrays.items()}, n
 
 

@@ -183,12 +183,13 @@ def load_train_data(split: str = "train", max_samples: int | None = None) -> Tra
     scenes = load_split(split)
     if not getattr(scenes, "has_labels", True):
         raise InputError(f"split {split!r} has no labels; train on a labelled split")
-    arrays = scenes.arrays(TRAIN_KEYS)  # a shard shorter than its manifest says is refused by SceneSet
     if isinstance(getattr(scenes, "manifest", None), dict) and getattr(scenes, "folder", None) is not None:
         # as `data info` does: a shard changed since generation that still unpacks with the rows listed (rewritten
         # by hand, another generation's shard copied in) was trained on without a word; hashing the train split
-        # takes ~20 ms
+        # takes ~20 ms. Before the shards are read: a truncated one failed to unpack first, and its message said
+        # "delete" the folder, after which train-base made the default split, not this one's --n / --seed
         verify_split_files(scenes.manifest, scenes.folder)
+    arrays = scenes.arrays(TRAIN_KEYS)  # a shard shorter than its manifest says is refused by SceneSet
     if max_samples is not None:
         arrays = {k: v[:max_samples] for k, v in arrays.items()}
     source = {"split": split, "n": int(len(arrays["keypoints"]))}
@@ -412,7 +413,11 @@ def _foreign_log(log_path: Path) -> bool:
         return True
     records = read_jsonl(log_path)  # a record whose checksum fails is left out: not ours (or torn)
     ours = all("checksum" in r and "step" in r and "loss" in r for r in records)
-    return bool(lines) and (not records or not ours or len(lines) - len(records) > 1)
+    # a run killed while appending its first record leaves that one torn line alone: it begins as every record of
+    # ours does (append_jsonl's json.dumps of {"step": …}), and was refused as someone's file, so the very command
+    # that wrote it could not restart in its own folder
+    torn_first = not records and len(lines) == 1 and lines[0].lstrip().startswith(b'{"step": ')
+    return bool(lines) and not torn_first and (not records or not ours or len(lines) - len(records) > 1)
 
 
 def _train(cfg, out_dir: Path, data, resume, progress, device, stop_at, say) -> Path:

@@ -368,20 +368,28 @@ def writers_held_off(path: str | os.PathLike) -> Iterator[None]:
     """Hold the write lock of the memory folder ``path`` without opening Chroma there: while it is held, no
     process writes the folder, so it can be read or copied file by file as one state (``explore.frozen_copy``;
     opening a store would rewrite bytes of the very files being copied). Shares a write batch this process is
-    in; a folder that cannot take the lock is read without it (nobody can write there either)."""
+    in; a folder that cannot take the lock is read without it (nobody can write there either).
+
+    The batch depth is per folder, not per thread, so it is read under the folder's process lock (which a batch
+    holds throughout): read without it, a thread of ``critique_many(workers=4)`` recording its scene while
+    another thread's critique was in a learning batch took that batch for its own and went on unlocked, and two
+    such threads read, added to and wrote ``explored_on.json`` at once (a scene learnt from went unrecorded)."""
     path = Path(path)
-    if _WRITE_DEPTH.get(str(path), 0):
-        yield
-        return
-    try:
-        lock = _acquire_write_lock(path, str(path))
-    except UnwritableMemoryError:
-        yield
-        return
-    try:
-        yield
-    finally:
-        _release_write_lock(path, lock)
+    with _REGISTRY_LOCK:
+        process_lock = _PROCESS_LOCKS.setdefault(str(path), threading.RLock())
+    with process_lock:
+        if _WRITE_DEPTH.get(str(path), 0):  # a batch of this very thread
+            yield
+            return
+        try:
+            lock = _acquire_write_lock(path, str(path))
+        except UnwritableMemoryError:
+            yield
+            return
+        try:
+            yield
+        finally:
+            _release_write_lock(path, lock)
 
 
 def _release_write_lock(path: Path, lock) -> None:
@@ -530,6 +538,14 @@ def _persistent_client(path: str, reopen: bool = False, read_only: bool = False)
     import chromadb
     from chromadb.api.shared_system_client import SharedSystemClient
 
+    if read_only and not holds_memory(path):
+        # a read-only store opens anew what it had open (after close(), a refresh, another store's write): where
+        # the memory went meanwhile (a frozen copy's snapshot that `runs prune` removed once its store was closed,
+        # a folder deleted) Chroma made a new, empty database, and the store said the memory "lacks collection
+        # 'semantic_rules'" and to reset it: a reset of a snapshot, and an empty snapshot folder left behind
+        raise AssetError(f"memory at {path} is gone: its folder holds no memory any more (deleted, or a snapshot "
+                         "removed by `hmrcritic runs prune` after its store was closed); nothing was opened there: "
+                         "open the memory again (for a snapshot, take a new frozen copy)")
     if (not reopen and path in _DB_IDENTITY and _DB_IDENTITY[path] != _db_identity(path)
             and _chroma_path(path) in SharedSystemClient._identifier_to_system):
         reopen = True
@@ -752,7 +768,15 @@ def _reset_running(path: Path) -> str | None:
         pid = int(mark["pid"])
     except (OSError, ValueError, KeyError, TypeError):
         return None
-    if held.get("pid") != pid or pid == os.getpid() or not pid_alive(pid):
+    if not isinstance(held, dict) or held.get("pid") != pid or pid == os.getpid():
+        return None
+    host = str(held.get("host") or "")
+    if host and host != socket.gethostname():
+        # a process on another machine (a memory folder on a shared file system): whether it is alive cannot be
+        # asked here — checked against this machine's processes, a running reset there read as "cut short"
+        return (f"pid {pid} on {host}, since {mark.get('since', '?')}; if that machine stopped, the reset was cut "
+                "short and must be run again")
+    if not pid_alive(pid):
         return None
     return f"pid {pid}, since {mark.get('since', '?')}"
 
@@ -934,6 +958,19 @@ class MemoryStore:
         _settle_released()  # stores collected since the last open: their folders' Chroma systems stop now
         self.rules = RuleMemory(self)
         self.prototypes = PrototypeMemory(self)
+        try:
+            self._open(seed_starter)
+        except BaseException:
+            # what the open took is given back now: a store that failed to open is referenced only by the
+            # exception's traceback and its own rule memory, so its claim (and with it the folder's Chroma system,
+            # database file and threads) stayed until the garbage collector came by: a long process retrying an
+            # open that fails (a memory reset half-way, another embedding) kept one more system open per try
+            with suppress(Exception):  # the open's own error is the one to hear about
+                self.close()
+            raise
+
+    def _open(self, seed_starter: bool) -> None:
+        """Connect (server) or start Chroma on the folder, check the collections and create what is missing."""
         if self.chroma_url:
             self._client = _http_client(self.chroma_url)
             self._claim_path()
