@@ -111,8 +111,34 @@ def _os_error(exc: OSError) -> str:
     if exc.filename and (isinstance(exc, PermissionError) or exc.errno == errno.EROFS) and _under_home(exc.filename):
         # the default folder a user never chose (no or read-only home, a shared account): name the way out
         hint = (hint + ", or " if hint else "") + "set HMRCRITIC_HOME to a writable folder"
+    if exc.filename and isinstance(exc, NotADirectoryError | FileExistsError):
+        hint = _file_in_the_way(exc.filename) or hint
     text = exc.strerror or str(exc) or type(exc).__name__
     return text + (f": {paths}" if paths else "") + (f" ({hint})" if hint else "")
+
+
+def _file_in_the_way(path) -> str:
+    """"<file> is a file where a folder is needed[, HMRCRITIC_X names it …]" for the file on ``path``'s way, or "".
+
+    ``HMRCRITIC_HOME`` naming a stray file: every command failed with "Not a directory: <home>/cache/mannequin",
+    a path the user never set, without the file in the way or the variable that put it there."""
+    from pathlib import Path
+
+    from hmrcritic import config
+
+    p = Path(path).expanduser().absolute()
+    blocker = next((q for q in (p, *p.parents) if q.exists() and not q.is_dir()), None)
+    if blocker is None:
+        return ""
+    named = {"HMRCRITIC_HOME": config.home_dir, "HMRCRITIC_CACHE": config.cache_dir, "HMRCRITIC_DATA": config.data_dir,
+             "HMRCRITIC_MEMORY": config.memory_dir, "HMRCRITIC_RUNS": config.runs_dir}
+    for var, folder in named.items():
+        try:
+            if os.environ.get(var, "").strip() and folder().expanduser().absolute() == blocker:
+                return f"{blocker} is a file, where a folder is needed: {var} names it; set {var} to a folder"
+        except Exception:  # noqa: BLE001 - a hint must not hide the error it explains
+            continue
+    return f"{blocker} is a file, where a folder is needed"
 
 
 def _is_terminal(stream) -> bool:

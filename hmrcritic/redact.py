@@ -7,7 +7,9 @@ warnings, trace events, export failure records, ``doctor``, and (when LangSmith 
 runs uploaded to LangSmith — goes through :func:`scrub`, which removes
 
 * the values of the key variables (``HMRCRITIC_API_KEY``, ``OPENAI_API_KEY``, ``LANGSMITH_API_KEY``,
-  ``LANGCHAIN_API_KEY``) and any value passed to :func:`register_secret`;
+  ``LANGCHAIN_API_KEY``) and any value passed to :func:`register_secret` — and, of those of 16+ characters (keys),
+  any 8-character piece that mixes letters and digits or cases (an endpoint quoting the key's start and end, or a
+  cut of it);
 * the credentials of the server addresses in :data:`URL_ENV_VARS` and of any address passed to
   :func:`register_url` — needed for the ``user:password@host:port`` form without a scheme (as Chroma and Ray
   take it), which free text cannot tell from an e-mail address;
@@ -117,11 +119,57 @@ def secret_values() -> list[str]:
     return sorted((s for s in found if len(s) >= MIN_SECRET_LEN), key=len, reverse=True)
 
 
+# A piece of a key quoted back: OpenAI's 401 shows its start and end ("sk-Q7vXz9K****…f4Hd"), a gateway cuts it to
+# its first 20 characters. Masking whole values only let those pieces through to error lines, traces and
+# failures.jsonl; any run of PIECE_LEN+ characters of a key of KEY_PIECES_FROM+ characters is masked too (shorter
+# secrets — passwords — are masked whole: their pieces are words). A piece counts only when it mixes two of
+# lowercase, uppercase and digits, as nearly every 8 characters of a random key do: a key registered in code that
+# spells words ("sk-hmrcritic-review-…") masked "hmrcritic" in every later line of the process. Only in texts up to
+# PIECE_SCAN_MAX characters (messages, bodies, records): a scan of a multi-MB upload (an image's base64) would cost
+# seconds.
+PIECE_LEN = 8
+KEY_PIECES_FROM = 16
+PIECE_SCAN_MAX = 1 << 16
+_piece_patterns: dict[tuple[str, ...], re.Pattern | None] = {}
+
+
+def _pieces_pattern(secrets: list[str]) -> re.Pattern | None:
+    """A pattern whose lookahead finds, at every position, a PIECE_LEN-character piece of a long secret."""
+    key = tuple(s for s in secrets if len(s) >= KEY_PIECES_FROM)
+    if key not in _piece_patterns:
+        pieces = sorted({p for s in key for i in range(len(s) - PIECE_LEN + 1)
+                         if _mixed(p := s[i:i + PIECE_LEN])})
+        _piece_patterns[key] = re.compile("(?=(" + "|".join(map(re.escape, pieces)) + "))") if pieces else None
+    return _piece_patterns[key]
+
+
+def _mixed(piece: str) -> bool:
+    return sum((any(c.islower() for c in piece), any(c.isupper() for c in piece), any(c.isdigit() for c in piece))) >= 2
+
+
+def _mask_pieces(out: str, secrets: list[str]) -> str:
+    pattern = _pieces_pattern(secrets)
+    if pattern is None or len(out) > PIECE_SCAN_MAX:
+        return out
+    spans: list[list[int]] = []
+    for m in pattern.finditer(out):
+        start, end = m.start(), m.start() + PIECE_LEN
+        if spans and start <= spans[-1][1]:
+            spans[-1][1] = max(spans[-1][1], end)
+        else:
+            spans.append([start, end])
+    for start, end in reversed(spans):
+        out = out[:start] + MASK + out[end:]
+    return out
+
+
 def scrub(text: Any) -> str:
     """``text`` as a string with every secret masked (see the module docstring for what counts)."""
     out = str(text)
-    for s in secret_values():
+    secrets = secret_values()
+    for s in secrets:
         out = out.replace(s, MASK)
+    out = _mask_pieces(out, secrets)
     out = _URL_USERINFO.sub(lambda m: m.group("scheme") + MASK + "@", out)
     out = _SECRET_QUERY.sub(lambda m: m.group("name") + MASK, out)
     return _AUTH_TOKEN.sub(lambda m: m.group("kind") + m.group("sep") + MASK, out)

@@ -137,3 +137,86 @@ def test_critique_groups_masks_a_secret_in_an_unexpected_failure(monkeypatch, tm
     [res] = api.critique_groups([{"sample": None, "hypotheses": None, "group_id": "g0"}])
     assert res.error is not None and res.error.startswith("RuntimeError:")
     assert key not in res.error and "q" * 24 not in res.error, res.error
+
+
+def test_a_home_that_is_a_file_is_named_as_the_variable(tmp_path, monkeypatch, capsys):
+    """``HMRCRITIC_HOME`` naming a stray file: every command failed with "Not a directory: <home>/cache/mannequin
+    (a file is where a folder is needed)" — a path the user never set — without the file in the way or the variable
+    that put it there. (doctor's folders check already said so.)"""
+    from hmrcritic.cli import main
+
+    stray = tmp_path / "home"
+    stray.write_text("")
+    monkeypatch.setenv("HMRCRITIC_HOME", str(stray))
+    assert main(["memory", "stats"]) == 2
+    err = capsys.readouterr().err
+    assert f"{stray} is a file, where a folder is needed: HMRCRITIC_HOME names it" in err, err
+
+
+def test_shipping_a_checkpoint_whose_extra_is_no_dict(tmp_path):
+    """``train-base --ship`` on a checkpoint another tool wrote with ``extra`` a list: AttributeError on ``.get``."""
+    import torch
+
+    from hmrcritic.hmr.diffusion import load_model, save_model
+    from hmrcritic.hmr.train import ship_model
+
+    model = load_model()
+    ckpt = tmp_path / "m.pt"
+    save_model(model, ckpt)
+    payload = torch.load(ckpt, weights_only=True)
+    payload["extra"] = ["not", "a", "dict"]
+    torch.save(payload, ckpt)
+    ship_model(ckpt, {}, tmp_path / "assets")
+    assert (tmp_path / "assets" / "base_model.pt").exists()
+
+
+def test_negative_true_errors_are_refused_before_the_critique(tmp_path):
+    """A negative true error (a signed difference passed by mistake) is no distance: the prototype memory refuses it,
+    but critique_group only found out at memory_write, after the judge had run."""
+    from test_review_s18_embedding import _group
+
+    from hmrcritic.agent.api import critique_group
+    from hmrcritic.agent.graph import open_checkpointer
+    from hmrcritic.errors import InputError
+
+    s, h, _ = _group(4)
+    with pytest.raises(InputError, match="true_errors_mm must be 4 finite values ≥ 0"):
+        critique_group(s, h, config={"render": False, "use_memory": False}, true_errors_mm=[10.0, -3.0, 20.0, 5.0],
+                       checkpointer=open_checkpointer(tmp_path / "ck.sqlite"))
+
+
+def test_scrub_masks_pieces_of_a_key_but_not_words_of_a_short_password(monkeypatch):
+    """Pieces of 8+ characters of a key (16+ characters) are masked wherever they show; a short secret (a password)
+    is masked whole only, so the words its pieces make stay readable."""
+    from hmrcritic.redact import scrub
+
+    key = "sk-proj-Q7vXz9KpWm3LtR8bNcYe2Hf4"
+    monkeypatch.setenv("OPENAI_API_KEY", key)
+    monkeypatch.setenv("HMRCRITIC_CHROMA_URL", "http://user:password1@host:8000")
+    out = scrub(f"provided: {key[:12]}****{key[-4:]}; cut: {key[3:23]}...; the password field; whole: password1")
+    assert all(key[i:i + 8] not in out for i in range(len(key) - 7)), out
+    assert "the password field" in out and "password1" not in out, out
+    assert scrub("nothing secret here") == "nothing secret here"
+
+
+def test_an_import_derives_the_id_of_a_prototype_written_without_one(tmp_path):
+    """CONTRACTS: ``proto_id "" → derived`` (as ``PrototypeMemory.add`` does); an import refused such a file as "an
+    empty id" — a hand-written or another tool's memory file could not be imported."""
+    import json as _json
+
+    from test_memory import _proto, _rand_vecs
+
+    from hmrcritic.memory.embeddings import POSE_DIM
+    from hmrcritic.memory.store import MemoryStore
+
+    src = MemoryStore(tmp_path / "a", seed_starter=False)
+    src.prototypes.add([_proto("p1", _rand_vecs(1, POSE_DIM)[0], source="g1")])
+    src.export_json(tmp_path / "m.json")
+    data = _json.loads((tmp_path / "m.json").read_text())
+    data["prototypes"][0]["proto_id"] = ""
+    (tmp_path / "m.json").write_text(_json.dumps(data))
+    dst = MemoryStore(tmp_path / "b", seed_starter=False)
+    counts = dst.import_json(tmp_path / "m.json")
+    assert counts["prototypes"] == 1 and dst.prototypes.count() == 1
+    [rec] = dst.prototypes.export_records()
+    assert rec["proto_id"].startswith("proto-") and rec["source"] == "g1", rec

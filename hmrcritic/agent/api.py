@@ -566,8 +566,11 @@ def critique_group(
             err = np.asarray(true_errors_mm, dtype=np.float32).reshape(-1)
         except (TypeError, ValueError):
             err = np.zeros(0, np.float32)
-        if err.shape != (n,) or not np.isfinite(err).all():
-            raise InputError(f"group {gid}: true_errors_mm must be {n} finite values")
+        # ≥ 0 too: a negative error (a signed difference passed by mistake) was a label that settles above 10 and
+        # lifts the level of nearby groups; the prototype memory refuses it now, but only at memory_write, after
+        # the critique had run
+        if err.shape != (n,) or not np.isfinite(err).all() or (err < 0).any():
+            raise InputError(f"group {gid}: true_errors_mm must be {n} finite values ≥ 0 (mm)")
         arrays["true_error_mm"] = err
     image_path = getattr(sample, "image_path", None)
     digest = _inputs_digest({k: v for k, v in arrays.items() if k != "true_error_mm"})
@@ -634,7 +637,10 @@ def critique_group(
         with ExitStack() as held:
             locked = resume_dir if resume_dir is not None and resume_dir.is_dir() else run_dir
             held.enter_context(in_use(locked))
-            if values and not (resume_dir is not None and (resume_dir / "inputs.npz").is_file()):
+            # (or, past render, whose bodies are gone — the nodes after render read them: a resume then stopped on
+            # "bodies.npz missing; use --fresh" where starting afresh is what that advice does)
+            if values and not (resume_dir is not None and (resume_dir / "inputs.npz").is_file()
+                               and ("evidence" not in values or (resume_dir / "bodies.npz").is_file())):
                 # an interrupted thread whose run folder is gone (removed by hand, or pruned): its inputs lived there,
                 # so resuming it failed with "group inputs missing" on every re-run; it starts afresh instead
                 saver.delete_thread(thread)

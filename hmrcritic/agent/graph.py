@@ -23,7 +23,7 @@ from hmrcritic.agent import nodes
 from hmrcritic.agent.runs import checkpoint_error
 from hmrcritic.agent.state import AgentState
 
-_SAVERS: dict[str, object] = {}
+_SAVERS: dict[str, tuple] = {}  # resolved path → (saver, (device, inode) of its file)
 _SAVER_LOCK = threading.Lock()
 
 
@@ -94,17 +94,30 @@ def open_checkpointer(path: str | Path | None = None):
     path = Path(path) if path is not None else checkpoint_path()
     key = str(path.resolve())
     with _SAVER_LOCK:
-        if key not in _SAVERS:
-            path.parent.mkdir(parents=True, exist_ok=True)
-            # a writer holding the file (another critique's checkpoint) is waited for, not failed at once
-            conn = sqlite3.connect(str(path), check_same_thread=False, timeout=CHECKPOINT_TIMEOUT_S)
-            try:
-                saver = _set_up(conn, SqliteSaver)
-            except sqlite3.Error as exc:
-                conn.close()
-                raise checkpoint_error(path, exc) from None
-            _SAVERS[key] = saver
-        return _SAVERS[key]
+        cached = _SAVERS.get(key)
+        if cached is not None and cached[1] == _file_id(path):
+            return cached[0]
+        # none yet, or the file was removed or replaced since it was opened (``rm -r runs/`` beside a notebook or
+        # a service): the connection kept writing every checkpoint into the deleted file, so no later process,
+        # `runs` command or resume saw any of them, and the space never came back while the process lived
+        path.parent.mkdir(parents=True, exist_ok=True)
+        # a writer holding the file (another critique's checkpoint) is waited for, not failed at once
+        conn = sqlite3.connect(str(path), check_same_thread=False, timeout=CHECKPOINT_TIMEOUT_S)
+        try:
+            saver = _set_up(conn, SqliteSaver)
+        except sqlite3.Error as exc:
+            conn.close()
+            raise checkpoint_error(path, exc) from None
+        _SAVERS[key] = (saver, _file_id(path))
+        return saver
+
+
+def _file_id(path: Path) -> tuple[int, int] | None:
+    try:
+        st = path.stat()
+    except OSError:
+        return None
+    return st.st_dev, st.st_ino
 
 
 _COMPILED: dict[int, object] = {}  # id(checkpointer) → (checkpointer, compiled graph), most recently used last

@@ -484,6 +484,18 @@ def candidate_to_rule(c: Candidate, round_created: int) -> Rule:
 
 
 # ---------------------------------------------------------------------------------------- judge proposals
+def _why(exc: Exception) -> str:
+    """What failed, in one line: a ValidationError's first line is only "1 validation error for ProposedRule"
+    (what the reason said for every bad proposal, so exploration's log never told which field was wrong)."""
+    from pydantic import ValidationError
+
+    if isinstance(exc, ValidationError):
+        text = "; ".join(f"{'.'.join(map(str, e['loc'])) or 'rule'}: {e['msg']}" for e in exc.errors()[:3])
+    else:
+        text = " ".join(str(exc).split())
+    return text[:160]
+
+
 def validate_proposal(
     proposal: Any,
     round_created: int,
@@ -509,8 +521,7 @@ def validate_proposal(
             p = ProposedRule.model_validate(proposal)
     except Exception as exc:
         raw_text = str(proposal)[:120]
-        return None, Rejection(raw_text, f"does not parse as a rule ({type(exc).__name__}: "
-                                         f"{str(exc).splitlines()[0][:120]})")
+        return None, Rejection(raw_text, f"does not parse as a rule ({type(exc).__name__}: {_why(exc)})")
     text = " ".join(str(p.text or "").split())
     if len(text) < 8:
         return None, Rejection(text, "rule text is empty or too short to be a checkable statement")

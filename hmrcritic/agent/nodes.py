@@ -106,17 +106,26 @@ def load_inputs(run_dir: str | Path) -> dict[str, np.ndarray]:
         return {k: z[k] for k in z.files}
 
 
-def load_pairwise(run_dir: str | Path) -> np.ndarray | None:
-    """The group's (N, N) pairwise Procrustes distances (mm) saved by the render node (None for an older run)."""
+def _bodies_file(run_dir: str | Path) -> Path:
+    """The render node's ``bodies.npz``, or an :class:`InputError` naming it when it is gone (the run folder
+    removed or emptied by hand while the critique ran, or between a crash and its resume): recall and memory_write
+    failed with a bare FileNotFoundError, and reflect silently skipped the neighbour check."""
     path = Path(run_dir) / "bodies.npz"
-    if not path.exists():
-        return None
-    with np.load(path) as z:
+    if not path.is_file():
+        raise InputError(f"group arrays missing: {path} (the run folder changed while the critique ran); "
+                         "critique the group again with --fresh (fresh=True)")
+    return path
+
+
+def load_pairwise(run_dir: str | Path) -> np.ndarray | None:
+    """The group's (N, N) pairwise Procrustes distances (mm) saved by the render node (None for an older run,
+    whose bodies.npz lacks them; a missing bodies.npz is an InputError)."""
+    with np.load(_bodies_file(run_dir)) as z:
         return np.asarray(z["pairwise_pa_mm"], np.float64) if "pairwise_pa_mm" in z.files else None
 
 
 def load_bodies(run_dir: str | Path) -> dict[str, np.ndarray]:
-    with np.load(Path(run_dir) / "bodies.npz", allow_pickle=False) as z:
+    with np.load(_bodies_file(run_dir), allow_pickle=False) as z:
         return {k: z[k] for k in z.files}
 
 
@@ -286,9 +295,11 @@ def critique(state: AgentState, config: RunnableConfig = None) -> dict:
     if not isinstance(result, GroupCritique):
         try:
             result = GroupCritique.model_validate(result)
-        except Exception as exc:
-            raise JudgeError(f"group {ctx.group_id}: judge returned {type(result).__name__}, "
-                             "not a GroupCritique") from exc
+        except Exception as exc:  # what failed, not only the type: a dict with one score of 11 read "not a
+            # GroupCritique" as if the judge had returned the wrong kind of object
+            why = " ".join(str(exc).split())[:300]
+            raise JudgeError(f"group {ctx.group_id}: judge returned a {type(result).__name__} that is not a valid "
+                             f"GroupCritique: {why}") from exc
     update: dict[str, Any] = {"critique": result.model_dump()}
     if ctx.previous is not None:
         changes = diff_critiques(ctx.previous, result)
@@ -318,8 +329,10 @@ def diff_critiques(before: GroupCritique, after: GroupCritique, tol: float = 1e-
     new_rules = sorted(set(after.rules_applied) - set(before.rules_applied))
     if new_rules:
         out.append("rules now applied: " + ", ".join(new_rules))
-    best_b = max(before.scores, key=lambda s: s.overall).index if before.scores else None
-    best_a = max(after.scores, key=lambda s: s.overall).index if after.scores else None
+    # the top of the ranking as the result gives it (ties to the lower index): by list order, a judge that listed
+    # tied scores in another order in its revision was recorded as having changed its best hypothesis
+    best_b = min(before.scores, key=lambda s: (-s.overall, s.index)).index if before.scores else None
+    best_a = min(after.scores, key=lambda s: (-s.overall, s.index)).index if after.scores else None
     if best_b != best_a:
         out.append(f"top-1 h{best_b}→h{best_a}")
     return out
@@ -505,6 +518,9 @@ def memory_write(state: AgentState, config: RunnableConfig = None) -> dict:
                          f"{int(state.get('round', 0))} revision(s): {invalid[0].get('detail', '')}"[:400])
     crit = GroupCritique.model_validate(state["critique"])
     run_dir = Path(state["run_dir"])
+    # the folder must still be there: writing critique.json made a removed one anew, holding that file alone,
+    # and a critique without learning finished "done" over a run folder whose arrays were gone
+    _bodies_file(run_dir)
     atomic_write_json(run_dir / "critique.json", crit.model_dump())
     if not cfg.learn or not cfg.use_memory:
         return {"memory_written": {"prototypes": 0, "rules_recorded": 0}, "done": True}
@@ -547,10 +563,12 @@ def memory_write(state: AgentState, config: RunnableConfig = None) -> dict:
         plan = _read_ledger(ledger, key)
         if plan is None:
             rules_after: dict[str, Rule] = {}
+            base: dict[str, list[int]] = {}  # the statistics the plan counts from
             success = None
             if labelled and crit.rules_applied:
                 ok, bad = rule_outcomes(crit, state, err, cfg.success_tau)
                 rules_after = {r.rule_id: r for r in memory.rules.get(list(dict.fromkeys(ok + bad)))}
+                base = {rid: [r.n_used, r.n_success] for rid, r in rules_after.items()}
                 for rid, won in [(i, True) for i in ok] + [(i, False) for i in bad]:
                     rules_after[rid].n_used += 1
                     rules_after[rid].n_success += int(won)
@@ -559,12 +577,13 @@ def memory_write(state: AgentState, config: RunnableConfig = None) -> dict:
             else:
                 recorded = 0
             plan = {"key": key, "applied": False, "rules": [r.model_dump(mode="json") for r in rules_after.values()],
+                    "base": base,
                     "written": {"prototypes": len(protos), "rules_recorded": recorded, "success": success}}
             atomic_write_json(ledger, plan)
         if not plan["applied"]:
             memory.prototypes.add(protos)  # by fixed ids: a second write replaces the first
             if plan["rules"]:
-                memory.rules.update([Rule.model_validate(r) for r in plan["rules"]])
+                memory.rules.update(_planned_rules(memory, plan))
             atomic_write_json(ledger, {**plan, "applied": True})
     return {
         "memory_written": plan["written"],
@@ -574,6 +593,31 @@ def memory_write(state: AgentState, config: RunnableConfig = None) -> dict:
 
 
 MEMORY_WRITE_FILE = "memory_write.json"
+
+
+def _planned_rules(memory, plan: dict) -> list[Rule]:
+    """The plan's rule uses counted onto the rules as they are now.
+
+    Written as the plan's whole records, a plan left unapplied by a crash and resumed later (after an exploration
+    or another learning critique) put back every other field and count of those rules as they were at the crash:
+    a rule retired or re-counted meanwhile came back, and one deleted meanwhile (a reset) failed the group on
+    every resume ("cannot update unknown rule id"). Now: a rule whose counts already equal the plan's (written,
+    then killed before the ledger said so) is left alone, one that is gone is skipped, the others get the plan's
+    increments on their current record. A plan of an older version (no ``base``) is written as it was."""
+    planned = [Rule.model_validate(r) for r in plan["rules"]]
+    base = plan.get("base")
+    if not isinstance(base, dict):
+        return planned
+    now = {r.rule_id: r for r in memory.rules.all(include_retired=True)}
+    out = []
+    for r in planned:
+        cur = now.get(r.rule_id)
+        if cur is None or r.rule_id not in base or (cur.n_used, cur.n_success) == (r.n_used, r.n_success):
+            continue
+        used, succeeded = base[r.rule_id]
+        out.append(cur.model_copy(update={"n_used": cur.n_used + r.n_used - int(used),
+                                          "n_success": cur.n_success + r.n_success - int(succeeded)}))
+    return out
 
 
 def _read_ledger(path: Path, key: str) -> dict | None:

@@ -59,8 +59,13 @@ def describe_calibration(cal: dict | None) -> str:
     """One line for a ``stats()["calibration"]`` entry."""
     if not cal:
         return "none (explore with the builtin judge to fit one)"
-    return (f"log s' = {cal['intercept']:.3f} + {cal['slope']:.3f}·log s ({cal['judge']} judge; fitted on "
-            f"{cal['groups']} {cal['split']} groups from {cal['first_group'] or '?'}, {cal['hypotheses']} "
+    from hmrcritic.redact import printable
+
+    # judge, split and first group are words of whoever wrote the memory (an imported file's calibration): their
+    # escape sequences reached the terminal from `memory stats` and `memory calibration`, a "\r" rewrote the line
+    judge, split, first = (" ".join(printable(cal[k]).split()) for k in ("judge", "split", "first_group"))
+    return (f"log s' = {cal['intercept']:.3f} + {cal['slope']:.3f}·log s ({judge} judge; fitted on "
+            f"{cal['groups']} {split} groups from {first or '?'}, {cal['hypotheses']} "
             f"hypotheses: point-wise r {cal['pearson_before']:.3f} → {cal['pearson_after']:.3f})"
             + ("; STALE: the rules changed since" if cal.get("stale") else ""))
 
@@ -150,15 +155,17 @@ def rules(
         table.add_column(col, overflow="fold", no_wrap=col in ("Ψ", "id", "rate"))
     for r, psi in rows:
         c = r.condition
-        cond = (f"{c.measure} {c.comparator} {c.threshold:g} → −{c.points:g}"
-                + (f" per {c.per:g}" if c.per else "") + (" (hard)" if c.hard else "")) if c else ""
+        # the measure is a name from an imported file as much as the text is: as a plain str cell, "[/b]" in it
+        # was rich markup (a MarkupError ended the listing) and its escape sequences reached the terminal
+        cond = printable(f"{c.measure} {c.comparator} {c.threshold:g} → −{c.points:g}"
+                         + (f" per {c.per:g}" if c.per else "") + (" (hard)" if c.hard else "")) if c else ""
         rate = f"{r.success_rate:.2f}" if r.n_used else "-"
         shown = "retired" if psi is None else f"{psi:.3f}"
         # rule texts come from a VLM or an imported file: as rich Text, "[/b]" in one is words, not markup (it
         # was a MarkupError that ended the listing, and "[red]" recoloured the rest); escape sequences as "?"
         if wide:
             table.add_row(shown, Text(printable(r.rule_id)), str(r.n_used), str(r.n_success), rate,
-                          ",".join(r.tags), cond, Text(printable(r.text)))
+                          ",".join(r.tags), Text(cond), Text(printable(r.text)))
             continue
         cell = Text.assemble((printable(r.rule_id), "bold"),
                              f"  used {r.n_used}, success {r.n_success}, rate {rate}\n{printable(r.text)}")
@@ -187,7 +194,9 @@ def search(
     from hmrcritic.redact import printable
 
     for r, s in hits:  # a VLM's or an imported file's words: their escape sequences must not reach the terminal
-        typer.echo(f"{s:.3f}  {printable(r.rule_id):<28} {printable(r.text)}")
+        # one hit a line: a "\r" in a rule text sent the cursor back to overwrite the hit's similarity and id with
+        # words of the text, and a newline split one hit over lines that read as hits without a score
+        typer.echo(f"{s:.3f}  {printable(r.rule_id):<28} {' '.join(printable(r.text).split())}")
 
 
 @memory_app.command("export")
@@ -218,6 +227,13 @@ def import_(
     record, so evaluation stays refused on them; its exploration progress is taken when this memory has none."""
     from hmrcritic.memory.store import MemoryStore
 
+    if not file.exists() or file.is_dir():  # exists: /dev/stdin (an export piped in) is no regular file
+        # before the memory is opened: opening a --memory-dir that holds none creates and seeds one, so a mistyped
+        # file name left a new memory folder behind (or the default memory created) for an import that did nothing
+        from hmrcritic.errors import InputError
+
+        raise InputError(f"memory import: {'a folder, not a file:' if file.is_dir() else 'no file'} {file} "
+                         "(nothing was imported)")
     store = MemoryStore(memory_dir, chroma_url=chroma_url)
     counts = store.import_json(file, overwrite=overwrite)
     counts["version"] = store.version()

@@ -157,7 +157,8 @@ def register(app: typer.Typer) -> None:
         scene: str = typer.Option(None, help="A synthetic scene instead: SPLIT:INDEX (e.g. test:3)."),
         num_generations: int = typer.Option(16, "-n", "--num-generations", help="Hypotheses to draw."),
         steps: int = typer.Option(10, help="DDIM steps."),
-        eta: float = typer.Option(0.0, help="DDIM eta (0 = deterministic given the seed)."),
+        eta: float = typer.Option(0.0, help="DDIM eta (0 = no fresh noise per step; any eta is reproducible given "
+                                             "--seed)."),
         guidance: float = typer.Option(0.0, help="2D keypoint guidance strength (0 = the model alone)."),
         seed: int = typer.Option(
             0, help="Sampling seed: the same seed and inputs give the same hypotheses (one noise draw per batch, "

@@ -356,6 +356,13 @@ def _read_raw(path: Path, allow_chumpy: bool) -> dict:
         with open(path, "rb") as fh:
             data = _ModelUnpickler(fh, allow_chumpy).load()
     except _ChumpyFound:
+        # official SMPL+H and MANO files are chumpy pickles too: they were told to convert, and the conversion then
+        # said they are the wrong model; read with stand-ins (no code runs), a wrong model is named at once
+        family = ""
+        with contextlib.suppress(Exception), open(path, "rb") as fh:
+            family = _other_family(_ModelUnpickler(fh, allow_chumpy=True).load())
+        if family:
+            raise _family_error(path, family) from None
         # the suggested output is named after the input: "SMPL_NEUTRAL_plain.pkl" for every file named a male or
         # female model's conversion as the neutral one
         import shlex
@@ -396,14 +403,18 @@ def _other_family(data: dict) -> str:
     return ""
 
 
+def _family_error(path: Path, family: str) -> AssetError:
+    return AssetError(f"{path} is {family}, not SMPL: hmrcritic needs the 24-joint SMPL body model (e.g. "
+                      f"SMPL_NEUTRAL.pkl / basicmodel_neutral_lbs_10_207_0_v1.1.0.pkl); {_LAYOUT_TEXT}")
+
+
 def _validate(data: dict, path: Path) -> dict:
     """Check the SMPL layout; return a dict of arrays with fixed dtypes (plus optional extras)."""
     # a SMPL-X or SMPL+H file given by mistake (they sit beside SMPL in the same downloads) was refused for a
     # 'posedirs' shape, which did not say that the file is the wrong model
     family = _other_family(data)
     if family:
-        raise AssetError(f"{path} is {family}, not SMPL: hmrcritic needs the 24-joint SMPL body model (e.g. "
-                         f"SMPL_NEUTRAL.pkl / basicmodel_neutral_lbs_10_207_0_v1.1.0.pkl); {_LAYOUT_TEXT}")
+        raise _family_error(path, family)
     missing = [k for k in REQUIRED_LAYOUT if k not in data]
     if missing:
         raise AssetError(f"{path}: missing key(s) {', '.join(missing)}; {_LAYOUT_TEXT}")

@@ -650,8 +650,22 @@ def sample(
 # ------------------------------------------------------------------------------------------- checkpoints
 def save_model(model: HMRDiffusion, path: str | Path, extra: dict | None = None) -> Path:
     """Atomically write a self-describing checkpoint (format tag, config, weights, JSON-able ``extra``)."""
+    import io
+
     from hmrcritic.io import atomic_torch_save
 
+    # read_checkpoint loads weights-only: an ``extra`` holding anything else (a numpy float from a metric, a Path)
+    # was written, and the finished model could then never be loaded ("corrupt or not a torch file")
+    buf = io.BytesIO()
+    torch.save(extra or {}, buf)
+    buf.seek(0)
+    try:
+        torch.load(buf, map_location="cpu", weights_only=True)
+    except Exception as exc:  # noqa: BLE001 (whatever the weights-only loader refuses)
+        what = _refused_global(exc) or type(exc).__name__
+        raise InputError(f"save_model: extra holds a value load_model cannot read back ({what}); keep it to plain "
+                         f"data (dict, list, str, int, float, bool, None), e.g. float(x) for a numpy number; "
+                         f"nothing was written to {path}") from None
     payload = {
         "format": CHECKPOINT_FORMAT,
         "version": CHECKPOINT_VERSION,
@@ -660,6 +674,14 @@ def save_model(model: HMRDiffusion, path: str | Path, extra: dict | None = None)
         "extra": extra or {},
     }
     return atomic_torch_save(path, payload)
+
+
+def _refused_global(exc: BaseException) -> str | None:
+    """The Python class torch's weights-only loader refused (``numpy._core.multiarray.scalar``), if that is why."""
+    import re
+
+    found = re.search(r"Unsupported global: GLOBAL (\S+)", str(exc))
+    return found.group(1) if found else None
 
 
 def read_checkpoint(path: str | Path) -> dict:
@@ -676,7 +698,17 @@ def read_checkpoint(path: str | Path) -> dict:
     try:
         payload = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as exc:
+        if refused := _refused_global(exc):  # a whole pickled module, numpy values: a torch file, not a corrupt one
+            raise AssetError(f"model checkpoint {path} is a torch file holding Python objects beyond weights and "
+                             f"plain data ({refused}), which are not loaded (they could run code); give a checkpoint "
+                             "written by hmrcritic (train-base, finetune or hmr.diffusion.save_model)") from None
         raise AssetError(f"model checkpoint is corrupt or not a torch file: {path} ({type(exc).__name__})") from None
+    if isinstance(payload, dict) and "format" not in payload and {"step", "ema", "opt"} <= set(payload):
+        # a run's resume state given as the model (the folder case above says the same): "missing format tag" did
+        # not say which file to give instead
+        raise AssetError(f"not an hmrcritic diffusion checkpoint but a training state (train-base's state.pt or "
+                         f"finetune's OUT.state.pt, at step {payload.get('step')}): {path}; give the .pt its run "
+                         "writes when it finishes (train-base: model.pt in the run folder; finetune: OUT)")
     if not isinstance(payload, dict) or payload.get("format") != CHECKPOINT_FORMAT:
         raise AssetError(f"not an hmrcritic diffusion checkpoint (missing format tag '{CHECKPOINT_FORMAT}'): {path}")
     if payload.get("version") != CHECKPOINT_VERSION:

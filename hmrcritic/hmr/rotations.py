@@ -25,7 +25,7 @@ def axis_angle_to_matrix(aa: torch.Tensor) -> torch.Tensor:
 
 def matrix_to_axis_angle(m: torch.Tensor) -> torch.Tensor:
     """(..., 3, 3) → (..., 3) axis-angle, via quaternions (robust at 0 and near π)."""
-    return quaternion_to_axis_angle(matrix_to_quaternion(m))
+    return _unit_quaternion_to_axis_angle(matrix_to_quaternion(m))
 
 
 def matrix_to_quaternion(m: torch.Tensor) -> torch.Tensor:
@@ -58,6 +58,15 @@ def matrix_to_quaternion(m: torch.Tensor) -> torch.Tensor:
 
 
 def quaternion_to_axis_angle(q: torch.Tensor) -> torch.Tensor:
+    """(..., 4) quaternion (w, x, y, z), of any nonzero length → (..., 3) axis-angle.
+
+    Normalised first: the conversion (``_unit_quaternion_to_axis_angle``) holds for unit quaternions only, and a
+    (1, 1, 0, 0) (90° about x) gave 2.22 rad instead of π/2."""
+    return _unit_quaternion_to_axis_angle(F.normalize(q, dim=-1))
+
+
+def _unit_quaternion_to_axis_angle(q: torch.Tensor) -> torch.Tensor:
+    """:func:`quaternion_to_axis_angle` of a unit quaternion (``matrix_to_quaternion``'s, already normalised)."""
     norms = q[..., 1:].norm(dim=-1, keepdim=True)
     half = torch.atan2(norms, q[..., :1])
     angle = 2 * half

@@ -613,7 +613,8 @@ def ship_model(
     dest.mkdir(parents=True, exist_ok=True)
     pt = dest / "base_model.pt"
     data = Path(model_path).read_bytes()
-    extra = payload.get("extra", {})
+    extra = payload.get("extra")
+    extra = extra if isinstance(extra, dict) else {}  # another tool's checkpoint: a list, None (AttributeError below)
     meta = {
         "checkpoint": pt.name,
         "sha256": hashlib.sha256(data).hexdigest(),

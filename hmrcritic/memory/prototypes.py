@@ -30,8 +30,10 @@ def proto_to_metadata(p: Prototype) -> dict:
     meta: dict[str, Any] = {k: float(getattr(p, k)) for k in SCORE_FIELDS}
     meta["tags"] = ",".join(p.tags)
     meta["source"] = p.source
-    if p.error_mm is not None:  # Chroma metadata cannot hold None: absent means unknown
-        meta["error_mm"] = float(p.error_mm)
+    # absent means unknown; written as None, which Chroma stores as no key: an upsert merges metadata into the
+    # stored record's, so leaving the key out kept the true error of the prototype it replaced (a group critiqued
+    # again unlabelled under the same id went on carrying the old label into every group level)
+    meta["error_mm"] = float(p.error_mm) if p.error_mm is not None else None
     return meta
 
 
@@ -42,7 +44,7 @@ def proto_from_record(proto_id: str, embedding: Any, document: str | None, meta:
         rationale=document or "",
         tags=[t for t in str(meta.get("tags", "")).split(",") if t],
         source=str(meta.get("source", "")),
-        error_mm=float(meta["error_mm"]) if "error_mm" in meta else None,
+        error_mm=float(meta["error_mm"]) if meta.get("error_mm") is not None else None,
         **{k: float(meta.get(k, 0.0)) for k in SCORE_FIELDS},
     )
 
@@ -96,6 +98,11 @@ class PrototypeMemory:
                 v = float(getattr(p, k))
                 if not (0.0 <= v <= 10.0):
                     raise InputError(f"prototype {p.proto_id or p.source!r}: {k}={v} outside [0, 10]")
+            # a true error is a distance: a NaN or inf one was stored as unknown without a word (Chroma drops it),
+            # and a negative one settles above 10 (settled_overall), lifting the level of every group it is near
+            if p.error_mm is not None and not (0.0 <= float(p.error_mm) < float("inf")):
+                raise InputError(f"prototype {p.proto_id or p.source!r}: error_mm={p.error_mm} is not a true error "
+                                 "(a finite distance ≥ 0 mm, or none)")
             ids.append(p.proto_id or auto_proto_id(p))
             vecs.append(emb)
         if len(set(ids)) != len(ids):

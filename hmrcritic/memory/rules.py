@@ -33,6 +33,7 @@ if TYPE_CHECKING:
     from hmrcritic.memory.store import MemoryStore
 
 RULES_COLLECTION = "semantic_rules"
+INT_MAX = 2**63 - 1  # the largest integer Chroma metadata holds exactly
 
 
 def rule_to_metadata(rule: Rule) -> dict:
@@ -205,6 +206,11 @@ class RuleMemory:
         if rule.n_used < 0 or rule.n_success < 0 or rule.n_success > rule.n_used:
             raise InputError(f"rule {rule.rule_id}: need 0 <= n_success <= n_used, got "
                              f"{rule.n_success}/{rule.n_used}")
+        if rule.n_used > INT_MAX or abs(rule.round_created) > INT_MAX:
+            # Chroma keeps metadata integers as 64-bit: a larger count (an import file's) came back rounded, or,
+            # past a float, failed the write with "Cannot convert Python object to UpdateMetadataValue"
+            raise InputError(f"rule {rule.rule_id or '(new)'}: n_used and round_created must fit in 64 bits "
+                             f"(at most {INT_MAX} in size)")
         rule.tags = normalise_tags(rule.tags)
         if not rule.rule_id:
             rule.rule_id = mined_rule_id(rule.text)
@@ -218,6 +224,11 @@ class RuleMemory:
         rules = [self.validate(r) for r in rules]
         if not rules:
             return []
+        if embeddings is not None and np.shape(embeddings)[:1] != (len(rules),):
+            # one vector per rule given, in order: fewer was an IndexError from inside the write, more were cut
+            # without a word (and the vectors paired with the wrong rules if one had been left out)
+            raise InputError(f"RuleMemory.add: {len(rules)} rule(s) but embeddings of shape {np.shape(embeddings)}; "
+                             "give one vector per rule, in order (or none, to embed the texts)")
         with self._store._write():
             existing = {r.rule_id for r in self._load_all()}
             new, vec_idx, ids, seen = [], [], [], set()

@@ -1543,7 +1543,10 @@ class MemoryStore:
         # Check every record before the first write: a bad record late in the file must not leave the rules
         # before it merged (an import is all or nothing).
         try:
-            for kind, rid in [*(("rule", r.rule_id) for r, _ in rules), *(("prototype", p.proto_id) for p in protos)]:
+            # a prototype's empty id is derived on add (CONTRACTS: proto_id "" → derived), as for one added in code:
+            # a hand-written or another tool's file without ids was refused as "an empty id"
+            for kind, rid in [*(("rule", r.rule_id) for r, _ in rules),
+                              *(("prototype", p.proto_id) for p in protos if p.proto_id != "")]:
                 _check_imported_id(kind, rid)
             checked = [self.rules.validate(r) for r, _ in rules]
             self.prototypes.check(protos)
