@@ -126,8 +126,14 @@ def _file_in_the_way(path) -> str:
 
     from hmrcritic import config
 
-    p = Path(path).expanduser().absolute()
-    blocker = next((q for q in (p, *p.parents) if q.exists() and not q.is_dir()), None)
+    # the path as the system call took it: a "~" there is a folder of that name (config and the CLI expand theirs),
+    # and expanding it raised in this error handler (RuntimeError for "~nouser", TypeError for a bytes filename,
+    # PermissionError from a stat), which replaced the one-line error it explains with an unexpected one
+    try:
+        p = Path(os.fsdecode(path)).absolute()
+        blocker = next((q for q in (p, *p.parents) if q.exists() and not q.is_dir()), None)
+    except (TypeError, ValueError, OSError):
+        return ""
     if blocker is None:
         return ""
     named = {"HMRCRITIC_HOME": config.home_dir, "HMRCRITIC_CACHE": config.cache_dir, "HMRCRITIC_DATA": config.data_dir,

@@ -743,10 +743,17 @@ class GroupPreferenceDataset(torch.utils.data.Dataset):
         # groups whose stored advantages are not those of their scores (validate's error): never read by finetune,
         # which recomputes them from the scores it draws, so the run is well defined; it says so
         self.stale_advantages = [r.group_id for r in self.records if not advantages_match(r)]
+        read_ids = {r.group_id for r in self.records}
         if skip_zero_variance:
             self.records = [r for r in self.records if not r.zero_variance]
         if not self.records:
-            raise AssetError(f"{self.root / MANIFEST}: no complete groups")
+            # an export whose every input failed (a VLM endpoint refused on its last groups: it finishes then, with
+            # them as failures) holds none: say so, as the finetune's note does for an export that holds some
+            failed = open_failures(self.root, read_ids)
+            why = (f"; {len(failed)} input(s) of the export failed and are not in the dataset ({FAILURES}, first: "
+                   f"{failed[0]}{not_attempted_note(self.root, failed)}): re-running the export retries them"
+                   ) if failed else ""
+            raise AssetError(f"{self.root / MANIFEST}: no complete groups{why}")
         self.verify = verify
 
     def __len__(self) -> int:

@@ -217,10 +217,12 @@ def register(app: typer.Typer) -> None:
         if unfinished and not written:
             # the note said "training on the groups it wrote so far" and finetune then stopped on "no complete
             # groups": one error that says what happened and what to do instead
-            from hmrcritic.alignment.dataset import FAILURES, open_failures
+            from hmrcritic.alignment.dataset import FAILURES, not_attempted_note, open_failures
             failed = open_failures(data, ())
-            why = (f"; {len(failed)} input(s) failed meanwhile: see {data / FAILURES} (an export whose VLM endpoint "
-                   "could not be used stops so)") if failed else ""
+            # how many of them were never sent (stage not_attempted), as validate and the finetune's note say: "250
+            # input(s) failed" read as 250 groups tried and failed
+            why = (f"; {len(failed)} input(s) failed meanwhile{not_attempted_note(data, failed)}: see "
+                   f"{data / FAILURES} (an export whose VLM endpoint could not be used stops so)") if failed else ""
             raise AssetError(f"the export into {data} was interrupted (or is still running) before its first group "
                              f"was written{why}: nothing to finetune on; re-run that export to complete it")
         if unfinished:
