@@ -5,24 +5,13 @@ Each test failed before its fix; the docstring says what was wrong."""
 from __future__ import annotations
 
 import json
-import sys
 from pathlib import Path
 
 import pytest
+from test_review_s22_hmrdata import TINY, _data  # the tiny model and data the training reviews share
 
 from hmrcritic.errors import AssetError, InputError
-from hmrcritic.hmr.diffusion import DiffusionConfig
 from hmrcritic.hmr.train import TrainConfig, train_base
-
-TESTS = Path(__file__).resolve().parent
-TINY = DiffusionConfig(d_model=32, layers=1, heads=2)
-
-
-def _data(n=8, seed=0):
-    sys.path.insert(0, str(TESTS))
-    from test_diffusion import _tiny_data
-
-    return _tiny_data(n, seed)
 
 
 def test_train_base_restarts_after_a_kill_during_its_first_log_record(tmp_path):
