@@ -80,7 +80,7 @@ class GroupResult:
     error_type: str | None = None
 
 
-UNUSABLE_IN_A_ROW = 3  # every batch path's (export, critique_groups, evaluations, exploration), as vlm's
+UNUSABLE_IN_A_ROW = 3  # every batch path's (export, critique_groups, evaluations, exploration, VLMJudge's)
 
 
 def unusable_endpoint(exc: BaseException | None) -> str | None:

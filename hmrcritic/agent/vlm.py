@@ -44,6 +44,11 @@ from typing import Any
 from pydantic import BaseModel
 
 from hmrcritic.agent import prompts
+
+# failures of the endpoint itself in a row, with no group scored in between, after which a batch stops: the one
+# count of every batch path (export, critique_groups, the evaluations, exploration), kept in the agent's api, which
+# the builtin path imports without this module
+from hmrcritic.agent.api import UNUSABLE_IN_A_ROW
 from hmrcritic.agent.judges import JudgeContext, Mistake
 from hmrcritic.agent.schema import (
     AXES,
@@ -692,8 +697,6 @@ class GroupTooLargeError(EndpointUnusableError):
     endpoint_unusable = False
 
 
-# failures of the endpoint itself in a row, with no group scored in between, after which a batch stops
-UNUSABLE_IN_A_ROW = 3
 # error codes of a 400 that judged one group's content (a smaller or other group passes): no endpoint failure
 _FILTERED = ("content_filter", "content_policy_violation", "invalid_prompt")
 
