@@ -9,6 +9,7 @@ that could be printed or serialised.
 from __future__ import annotations
 
 import os
+import re
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
@@ -100,18 +101,30 @@ def _env_path(name: str, default: Path) -> Path:
     return _not_dangling(Path(value).expanduser() if value else default, name)
 
 
+# ``host:port`` (a name, an IPv4 address or a bracketed IPv6 one; a port of digits): what follows the last "@" of a
+# schemeless address. No "/" or "\\": ``./host:8000`` and ``data/run:1`` are folders.
+_SCHEMELESS_ADDRESS = re.compile(r"(?:[A-Za-z0-9][A-Za-z0-9.\-]*|\[[0-9A-Fa-f:.]+\]):\d{1,5}")
+
+
 def _not_an_address(name: str, value: str) -> str:
     """``value`` of folder variable ``name``, unless it is a server address: an InputError (password masked).
 
     A server address where a folder goes (``HMRCRITIC_MEMORY=http://user:pw@host:8000``, meant for a shared
     memory) was a relative path: a Chroma database made in ``./http:/user:pw@host:8000/``, the password in its
-    name (and doctor printed it)."""
-    if "://" in value:
+    name (and doctor printed it).
+
+    So is one without a scheme, as Chroma and Ray take it: ``[user[:password]@]host:port``, a numeric port and no
+    "/" in the host part, not starting as a path does (``/``, ``~``, ``.``): ``HMRCRITIC_MEMORY=bob:pw@host:8000`` made
+    a folder of that name, password and all. A folder really named like that (``run:1``) is ``./run:1``."""
+    schemeless = (not value.startswith(("/", "~", ".", "\\"))
+                  and _SCHEMELESS_ADDRESS.fullmatch(value.rpartition("@")[2]) is not None)
+    if "://" in value or schemeless:
         from hmrcritic.errors import InputError
         from hmrcritic.redact import redact_url
 
         hint = "; a memory on a Chroma server is named by HMRCRITIC_CHROMA_URL" if name == "HMRCRITIC_MEMORY" else ""
-        raise InputError(f"{name}={redact_url(value)!r} is a server address, not a folder{hint}")
+        folder = f" (a folder of that name: write it ./{redact_url(value)})" if schemeless else ""
+        raise InputError(f"{name}={redact_url(value)!r} is a server address, not a folder{hint}{folder}")
     return value
 
 

@@ -69,7 +69,7 @@ def atomic_write_bytes(path: str | os.PathLike, data: bytes) -> Path:
     path.parent.mkdir(parents=True, exist_ok=True)
     mode = _new_file_mode(path)
     with _errors_naming(path):
-        fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+        fd, tmp = tempfile.mkstemp(prefix=f".{_tmp_stem(path.name)}.", suffix=".tmp", dir=path.parent)
         try:
             with os.fdopen(fd, "wb") as fh:
                 # mkstemp makes 0600; outputs are ordinary files, as open() would make them. Best effort:
@@ -85,7 +85,39 @@ def atomic_write_bytes(path: str | os.PathLike, data: bytes) -> Path:
             with contextlib.suppress(FileNotFoundError):
                 os.unlink(tmp)
             raise
+        _fsync_folder(path.parent)
     return path
+
+
+def _fsync_folder(folder: Path) -> None:
+    """fsync ``folder`` itself: a rename (or a new file) is an entry in the folder, and the fsync of the file does
+    not make that entry durable. Without it, a power cut after a write that "succeeded" could bring back the old
+    file, or no file at all for a new one (ext4, XFS and btrfs persist a rename only with its folder). Best effort:
+    a folder that cannot be opened or synced (Windows, some network mounts: EINVAL) is left as it was."""
+    try:
+        fd = os.open(folder, os.O_RDONLY | getattr(os, "O_DIRECTORY", 0) | getattr(os, "O_CLOEXEC", 0))
+    except OSError:
+        return
+    try:
+        os.fsync(fd)
+    except OSError:
+        pass
+    finally:
+        os.close(fd)
+
+
+TMP_STEM_BYTES = 200  # of a file's name in its temporary file's name (which adds 14: ".", "." + 8 random + ".tmp")
+
+
+def _tmp_stem(name: str) -> str:
+    """The part of file name ``name`` that its temporary file's name repeats: all of it, or its first
+    :data:`TMP_STEM_BYTES` bytes (whole characters) for a long one. A name of 242 to 255 bytes — which the
+    file system takes — made a temporary name longer than NAME_MAX (255), and the write failed with "File name
+    too long" naming the file, as if its own name were."""
+    stem = name[:TMP_STEM_BYTES]
+    while len(os.fsencode(stem)) > TMP_STEM_BYTES:
+        stem = stem[:-1]
+    return stem
 
 
 @contextlib.contextmanager
@@ -114,7 +146,7 @@ def remove_write_leftovers(folder: str | os.PathLike, names: Iterable[str]) -> N
     import glob
 
     for name in names:
-        for tmp in Path(folder).glob(f".{glob.escape(name)}.*.tmp"):
+        for tmp in Path(folder).glob(f".{glob.escape(_tmp_stem(name))}.*.tmp"):
             tmp.unlink(missing_ok=True)
 
 
@@ -208,13 +240,16 @@ def append_jsonl(path: str | os.PathLike, record: dict, checksum: bool = True) -
     # a full disk: the error names the log (a torn line is dropped by read_jsonl)
     with _errors_naming(path), open(path, "a+b") as fh:
         # a torn last line (a crash mid-append) must not swallow this record: start it on a line of its own
-        if fh.seek(0, os.SEEK_END) > 0:
+        new = fh.seek(0, os.SEEK_END) == 0
+        if not new:
             fh.seek(-1, os.SEEK_END)
             if fh.read(1) != b"\n":
                 line = "\n" + line
         fh.write(line.encode("utf-8"))
         fh.flush()
         os.fsync(fh.fileno())
+    if new:  # the file's entry in its folder too (see _fsync_folder): the first record of a log is no less kept
+        _fsync_folder(path.parent)
 
 
 def read_jsonl(path: str | os.PathLike, verify: bool = True) -> list[dict]:
@@ -234,7 +269,9 @@ def read_jsonl(path: str | os.PathLike, verify: bool = True) -> list[dict]:
                 continue
             try:
                 rec = json.loads(line)
-            except (json.JSONDecodeError, RecursionError):  # nested too deeply (a hostile line): unreadable too
+            # nested too deeply, or a number of more than 4300 digits (Python's int limit raises a bare ValueError,
+            # no JSONDecodeError: one such line ended `hmrcritic trace` and a finetune resume): unreadable too
+            except (ValueError, RecursionError):
                 continue
             if not isinstance(rec, dict):  # `5` or `[...]` parse but are no record
                 continue

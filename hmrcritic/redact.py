@@ -7,11 +7,13 @@ warnings, trace events, export failure records, ``doctor``, and (when LangSmith 
 runs uploaded to LangSmith — goes through :func:`scrub`, which removes
 
 * the values of the key variables (``HMRCRITIC_API_KEY``, ``OPENAI_API_KEY``, ``LANGSMITH_API_KEY``,
-  ``LANGCHAIN_API_KEY``) and any value passed to :func:`register_secret` — and, of those of 16+ characters (keys),
+  ``LANGCHAIN_API_KEY``, Chroma's ``CHROMA_CLIENT_AUTH_CREDENTIALS``: also its password and base64 form) and any
+  value passed to :func:`register_secret` — and, of those of 16+ characters (keys),
   any 8-character piece that mixes letters and digits or cases (an endpoint quoting the key's start and end, or a
   cut of it);
 * the credentials of the server addresses in :data:`URL_ENV_VARS` and of any address passed to
-  :func:`register_url` — needed for the ``user:password@host:port`` form without a scheme (as Chroma and Ray
+  :func:`register_url` (also base64-encoded, as a basic-auth header carries them) — needed for the
+  ``user:password@host:port`` form without a scheme (as Chroma and Ray
   take it), which free text cannot tell from an e-mail address;
 * the user-info part of any URL (``scheme://user:password@host`` → ``scheme://***@host``);
 * the values of query parameters whose names look secret (``key``, ``token``, ``secret``, ``password``,
@@ -28,7 +30,9 @@ import threading
 from typing import Any
 
 MASK = "***"
-SECRET_ENV_VARS = ("HMRCRITIC_API_KEY", "OPENAI_API_KEY", "LANGSMITH_API_KEY", "LANGCHAIN_API_KEY")
+# Chroma's own basic-auth variable (memory/store.py: it works when the server URL carries no credentials)
+SECRET_ENV_VARS = ("HMRCRITIC_API_KEY", "OPENAI_API_KEY", "LANGSMITH_API_KEY", "LANGCHAIN_API_KEY",
+                   "CHROMA_CLIENT_AUTH_CREDENTIALS")
 # server addresses whose ``user:password@`` part is secret wherever it shows up
 URL_ENV_VARS = ("HMRCRITIC_CHROMA_URL", "HMRCRITIC_BASE_URL", "OPENAI_BASE_URL")
 # Shorter values would mask ordinary words; real keys are far longer.
@@ -70,7 +74,16 @@ def url_secrets(url: str | None) -> list[str]:
     cut = min((i for i in (password.find(c) for c in "/?#") if i > 0), default=0)
     if cut:
         found.add(password[:cut])
-    return sorted(found | {unquote(s) for s in found})
+    found |= {unquote(s) for s in found}
+    # as a basic-auth header carries them (``Authorization: Basic base64(user:password)``), which the Bearer/Basic
+    # rule masks only with a digit in it
+    return sorted(found | {_base64(s) for s in (userinfo, unquote(userinfo)) if ":" in s})
+
+
+def _base64(text: str) -> str:
+    import base64
+
+    return base64.b64encode(text.encode("utf-8", "surrogatepass")).decode("ascii")
 
 
 def _userinfo(url: str | None) -> str:
@@ -114,6 +127,9 @@ def secret_values() -> list[str]:
     # (config.api_key strips it), so text quoting the sent key back did not contain the variable's value
     found = {s for v in SECRET_ENV_VARS for s in (os.environ.get(v) or "", (os.environ.get(v) or "").strip())}
     found |= set(_extra)
+    chroma = (os.environ.get("CHROMA_CLIENT_AUTH_CREDENTIALS") or "").strip()
+    if ":" in chroma:  # user:password, sent base64-encoded
+        found |= {_base64(chroma), chroma.partition(":")[2]}
     for v in URL_ENV_VARS:
         found.update(url_secrets(os.environ.get(v)))
     return sorted((s for s in found if len(s) >= MIN_SECRET_LEN), key=len, reverse=True)

@@ -100,7 +100,7 @@ def test_nodes_alone(tmp_path, memory):
     state.update(nodes.render(state, config))
     assert state["num_hypotheses"] == N and state["renders"] == {}
     state.update(nodes.recall(state, config))
-    assert state["prototypes"] == [] and 0 < len(state["rules"]) <= cfg().rules_k
+    assert nodes.prototype_hits(state) == [] and 0 < len(state["rules"]) <= cfg().rules_k
     state.update(nodes.critique(state, config))
     crit = GroupCritique.model_validate(state["critique"])
     assert [x.index for x in crit.scores] == list(range(N))
@@ -112,8 +112,9 @@ def test_nodes_alone(tmp_path, memory):
     assert memory.prototypes.count() == before + N
     # learned prototypes are recalled next time, with settled (label-informed) scores
     state.update(nodes.recall(state, config))
-    assert len(state["prototypes"]) == N and state["prototypes"][0][0]["similarity"] > 0.99
-    assert state["prototypes"][0][0]["error_mm"] is not None
+    hits = nodes.prototype_hits(state)
+    assert len(hits) == N and hits[0][0]["similarity"] > 0.99
+    assert hits[0][0]["error_mm"] is not None
 
 
 def test_memory_write_rerun_after_a_crash_counts_each_rule_use_once(tmp_path, memory, monkeypatch):

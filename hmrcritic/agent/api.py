@@ -35,7 +35,7 @@ from hmrcritic import config as hconfig
 from hmrcritic.agent.judges import judge_name
 from hmrcritic.agent.runs import checkpoint_error, in_use, thread_lock
 from hmrcritic.agent.schema import HypothesisScore
-from hmrcritic.agent.state import AgentConfig, canonical_judge
+from hmrcritic.agent.state import AgentConfig, canonical_judge, prototype_hits
 from hmrcritic.errors import HMRCriticError, InputError, InvalidCritiqueError
 from hmrcritic.io import atomic_save_npz, atomic_write_json, npz_unpacked_bytes
 from hmrcritic.redact import scrub
@@ -513,6 +513,13 @@ def _agent_config(config: AgentConfig | dict | None, judge: Any, memory: Any, le
     return cfg  # its judge name is canonical (AgentConfig): "VLM" is "vlm" for every comparison
 
 
+def _given_id(group_id: Any) -> str | None:
+    """``group_id=`` as the thread id, None where none is given (None or "": the sample's id is used; a blank one
+    is refused by the caller). Any falsy id was taken for none: ``group_id=i`` in a loop critiqued its first group
+    (``i = 0``) under the sample's id instead of ``"0"``."""
+    return None if group_id is None or group_id == "" else str(group_id)
+
+
 def critique_group(
     sample: Any,
     hypotheses: Any,
@@ -547,6 +554,10 @@ def critique_group(
     from hmrcritic.agent.trace import TraceWriter
 
     cfg = _agent_config(config, judge, memory, learn)
+    if cfg.learn and cfg.use_memory and getattr(memory, "read_only", False) is True:
+        # memory_write refused it only after the whole critique had run, leaving a thread and run folder behind
+        raise InputError(f"learn=True needs a writable memory: the MemoryStore at {getattr(memory, 'path', '?')} is "
+                         "open read-only (read_only=True); open it writable, or critique with learn=False")
     if run_dir is not None and not isinstance(run_dir, str | Path):
         raise InputError(f"run_dir must be a folder (str or Path) or None, got {type(run_dir).__name__}")
     if run_dir is not None and Path(run_dir).is_file():  # a bare FileExistsError once the critique was to start
@@ -555,7 +566,7 @@ def critique_group(
         from hmrcritic.agent.nodes import get_judge
 
         get_judge(cfg)
-    gid = str(group_id or getattr(sample, "sample_id", None) or "")
+    gid = _given_id(group_id) or str(getattr(sample, "sample_id", None) or "")
     if not gid.strip():
         raise InputError("critique_group: no group id (group_id= is blank or missing and the sample has no "
                          "sample_id); pass group_id=")
@@ -758,8 +769,13 @@ def discard_run(result: ScoredGroup | str | Path) -> None:
     import shutil
     import tempfile
 
-    path = Path(result.run_dir if isinstance(result, ScoredGroup) else result)
-    if not str(path) or not path.is_dir():
+    raw = result.run_dir if isinstance(result, ScoredGroup) else result
+    # an empty run_dir (ScoredGroup's default: one built from a scores.json without it) names no folder; as a Path
+    # it was "." — the working folder, which was removed whole when the notebook ran inside the temp folder
+    if raw is None or not str(raw).strip():
+        return
+    path = Path(raw)
+    if not path.is_dir():
         return
     roots = [hconfig.runs_dir().resolve(), Path(tempfile.gettempdir()).resolve()]
     real = path.resolve()
@@ -778,7 +794,7 @@ def _scored(values: dict, cfg: AgentConfig, resumed: bool, run_id: str | None = 
         reflections=values.get("reflections", []), notes=crit.get("summary", ""),
         run_dir=values.get("run_dir", ""), run_id=run_id or values.get("run_id", ""),
         rules_applied=list(crit.get("rules_applied", [])), rules_recalled=values.get("rules", []),
-        prototypes_recalled=values.get("prototypes", []), evidence=values.get("evidence", {}),
+        prototypes_recalled=prototype_hits(values), evidence=values.get("evidence", {}),
         renders=values.get("renders", {}), memory_written=values.get("memory_written", {}), resumed=resumed,
     )
 
@@ -827,7 +843,7 @@ def critique_groups(
     cond = threading.Condition()
 
     def one(job: dict) -> GroupResult:
-        gid = str(job.get("group_id") or getattr(job.get("sample"), "sample_id", "?"))
+        gid = _given_id(job.get("group_id")) or str(getattr(job.get("sample"), "sample_id", None) or "?")
         with cond:
             cond.wait_for(lambda: not stopped or in_flight[0] == 0)
             why = stopped[0] if stopped else None

@@ -95,7 +95,10 @@ def calibrate_memory(memory: Any, groups: Sequence[Any], *, judge: Any = "builti
            "learn": False}
     scores, _ = score_groups(groups, memory, "full", judge=judge, agent_config=cfg, tag="calibrate",
                              progress=progress)
+    # the first group the fit used: a first group whose critique failed is skipped by the fit, and naming it had
+    # ``memory stats`` say the calibration was fitted from a group it never saw
+    first = next((g.group_id for g, s in zip(groups, scores, strict=True) if s is not None), groups[0].group_id)
     cal = fit_calibration(scores, [g.errors_mm for g in groups], judge=name, split=split,
-                          first_group=groups[0].group_id, rules_fingerprint=memory.rules_fingerprint())
+                          first_group=first, rules_fingerprint=memory.rules_fingerprint())
     memory.set_calibration(cal)
     return cal

@@ -229,6 +229,9 @@ def evaluate_critic(
 
             if warmup_groups:  # 0 = the starter memory as seeded (explore refuses a limit of 0 groups)
                 with contextlib.ExitStack() as stack:
+                    # closed however the exploration ends: ``del mem`` left its Chroma files and threads open
+                    # while an exception's traceback (a failed or interrupted exploration) still referenced it
+                    stack.callback(mem.close)
                     # taken here (explore re-enters it) to say what a second evaluation with the same settings
                     # should do: the store's "use another --memory-dir" means "score this memory" to this command
                     try:
@@ -242,7 +245,7 @@ def evaluate_critic(
                     explore(mem, split=warmup_split, rounds=rounds, batch_size=batch_size, tau=tau, judge=judge,
                             rules_k=rules_k, num_generations=num_generations, limit=warmup_groups, seed=seed + 1,
                             source=used, max_reflections=max_reflections, progress=on_event)
-            del mem
+            mem.close()  # (again, for warmup_groups=0: closing twice is harmless)
             # what the memory holds (a resumed exploration explores nothing new in this call)
             explored_groups = len(explored_record(memory_path)["splits"].get(warmup_split, {}).get("group_ids", []))
         starter = starter_memory(workdir / "starter") if "no_reflection" in variants else None

@@ -541,108 +541,113 @@ def explore(
                                 **({"max_reflections": max_reflections} if max_reflections is not None else {})})
     # an unknown judge name or a VLM judge without an endpoint fails here too, before a memory folder is created
     judge_obj = make_judge(judge) if isinstance(judge, str) else judge
+    opened = memory is None or isinstance(memory, str | Path)
     memory = _open_memory(memory)
-    with memory.exclusive("an exploration"):  # one exploration per memory at a time (store.py)
-        mpath = Path(memory.path)
-        emit = progress or (lambda event, payload: None)
-        from hmrcritic.agent.judges import BuiltinJudge
+    try:
+        with memory.exclusive("an exploration"):  # one exploration per memory at a time (store.py)
+            mpath = Path(memory.path)
+            emit = progress or (lambda event, payload: None)
+            from hmrcritic.agent.judges import BuiltinJudge
 
-        # judges that score from executable rules (the builtin one and its variants) get the executable miner
-        is_builtin = isinstance(judge_obj, BuiltinJudge)
-        cfg = AgentConfig.model_validate({
-            **(agent_config or {}), "judge": judge_name(judge_obj), "learn": False,
-            "use_memory": True, "rules_k": rules_k, "ucb_c": ucb_c,
-            "render": (not is_builtin) if render is None else bool(render),
-            **({"max_reflections": max_reflections} if max_reflections is not None else {}),
-            # exploration scores on the judge's own scale: a calibration fitted by an earlier call would change
-            # the settled prototypes and what the miner simulates, so a continued exploration would differ from
-            # one uninterrupted run (the fit at the end of this call is what calibrates)
-            "use_calibration": False,
-        })
-        custom = (None if groups is None
-                  else hashlib.sha1(",".join(g.group_id for g in groups).encode()).hexdigest()[:10])
-        settings = _settings(split, batch_size, seed, source, num_generations, error_metric, start, custom)
-        sig = _signature(settings)
-        summary = ExploreSummary(memory=memory.location, split=split, source=source, error_metric=error_metric,
-                                 tau=tau, log_path=str(mpath / LOG_FILE))
+            # judges that score from executable rules (the builtin one and its variants) get the executable miner
+            is_builtin = isinstance(judge_obj, BuiltinJudge)
+            cfg = AgentConfig.model_validate({
+                **(agent_config or {}), "judge": judge_name(judge_obj), "learn": False,
+                "use_memory": True, "rules_k": rules_k, "ucb_c": ucb_c,
+                "render": (not is_builtin) if render is None else bool(render),
+                **({"max_reflections": max_reflections} if max_reflections is not None else {}),
+                # exploration scores on the judge's own scale: a calibration fitted by an earlier call would change
+                # the settled prototypes and what the miner simulates, so a continued exploration would differ from
+                # one uninterrupted run (the fit at the end of this call is what calibrates)
+                "use_calibration": False,
+            })
+            custom = (None if groups is None
+                      else hashlib.sha1(",".join(g.group_id for g in groups).encode()).hexdigest()[:10])
+            settings = _settings(split, batch_size, seed, source, num_generations, error_metric, start, custom)
+            sig = _signature(settings)
+            summary = ExploreSummary(memory=memory.location, split=split, source=source, error_metric=error_metric,
+                                     tau=tau, log_path=str(mpath / LOG_FILE))
 
-        _finish_pending(memory, emit)
-        prog = _read_progress(mpath)
-        total_cap = limit
-        drawing = settings
-        if groups is None and source == "auto" and any(o != sig for o in prog.get("runs", {})):
-            from hmrcritic.agent.groups import group_model  # which groups "auto" will draw, for the check
+            _finish_pending(memory, emit)
+            prog = _read_progress(mpath)
+            total_cap = limit
+            drawing = settings
+            if groups is None and source == "auto" and any(o != sig for o in prog.get("runs", {})):
+                from hmrcritic.agent.groups import group_model  # which groups "auto" will draw, for the check
 
-            drawing = {**settings, "source_used": "perturbed" if group_model() is None else "model"}
-        _check_overlap(prog, sig, drawing, rounds, total_cap)
-        done = set(prog.get("runs", {}).get(sig, {}).get("rounds_done", []))
-        summary.resumed_rounds = len([r for r in done if r < rounds])
-        if summary.resumed_rounds:
-            emit("resumed", {"rounds_done": sorted(done), "signature": sig, "rounds": rounds})
+                drawing = {**settings, "source_used": "perturbed" if group_model() is None else "model"}
+            _check_overlap(prog, sig, drawing, rounds, total_cap)
+            done = set(prog.get("runs", {}).get(sig, {}).get("rounds_done", []))
+            summary.resumed_rounds = len([r for r in done if r < rounds])
+            if summary.resumed_rounds:
+                emit("resumed", {"rounds_done": sorted(done), "signature": sig, "rounds": rounds})
 
-        from hmrcritic.agent.graph import compile_graph, open_checkpointer
+            from hmrcritic.agent.graph import compile_graph, open_checkpointer
 
-        saver = open_checkpointer()
-        app = compile_graph(saver)
-        # the miner validates candidates on this run's recent groups: kept with the progress record, so a
-        # resumed (or continued) run mines exactly as one uninterrupted run would
-        history = [BatchGroup.from_json(x) for x in prog.get("runs", {}).get(sig, {}).get("history", [])]
-        resolved_source = source
-        for r in range(rounds):
-            if r in done:
-                continue
-            # groups of this round an earlier call explored before its limit cut the round short (usually 0)
-            part = _explored_of_round(prog.get("runs", {}).get(sig, {}), r, start, batch_size)
-            lo = r * batch_size + part
-            want = batch_size - part
-            n_here = want if total_cap is None else min(want, total_cap - lo)
-            if n_here <= 0:
-                summary.stopped = f"limit of {total_cap} groups reached"
-                break
-            try:
-                batch = _batch_groups(groups, split, start + lo, n_here, num_generations, seed, resolved_source)
-            except InputError as exc:
-                if groups is None and start + lo < _split_size(split):
-                    # not the end of the split (an unlabelled split such as wild, a damaged sample): the error
-                    # itself, not "split exhausted" and status 0 with nothing explored
-                    raise
-                summary.stopped = f"split exhausted before round {r + 1}: {exc}"
-                break
-            if not batch:
-                summary.stopped = f"no groups left for round {r + 1}"
-                break
-            resolved_source = batch[0].source if source == "auto" and groups is None else resolved_source
-            summary.source = resolved_source
-            # the limit cut the round short and the split goes on: not done, a later call explores the rest
-            cut = (n_here < want and len(batch) == n_here
-                   and start + lo + n_here < (len(groups) if groups is not None else _split_size(split)))
-            report = _run_batch(memory, app, saver, judge_obj, is_builtin, cfg, batch, r, sig, split, tau,
-                                error_metric, history, emit, max_new_rules=max_new_rules, min_gain=min_gain,
-                                retire_min_uses=retire_min_uses, retire_min_rate=retire_min_rate,
-                                merge_text=merge_text, prototypes=prototypes, settle=settle,
-                                info={"seed": seed, "source": resolved_source, "num_generations": num_generations},
-                                run_record={"settings": {**settings, "source_used": resolved_source},
-                                            "span": [start + lo, start + lo + len(batch)],
-                                            **({"partial": True} if cut else {})},
-                                part=part)
-            summary.rounds.append(report)
-            emit("round", asdict(report))
-        if resolved_source == "auto" and groups is None:  # nothing drawn in this call: what the run drew
-            resolved_source = explored_record(memory)["splits"].get(split, {}).get("source", "auto")
-            summary.source = resolved_source
-        if is_builtin and calibration_groups > 0:
-            # the groups after the last batch this signature ever explored (also right for a resumed or a
-            # rounds=0 call, which only refits a missing or stale calibration)
-            run_now = _read_progress(mpath).get("runs", {}).get(sig, {})
-            ran = set(run_now.get("rounds_done", []))
-            end = (max(ran) + 1) * batch_size if ran else 0
-            # a round a limit cut short (not done) counts up to its last explored group
-            end = max([end] + [int(b) - start for _, b in run_now.get("spans", [])])
-            end = end if total_cap is None else min(end, total_cap)
-            _maybe_calibrate(memory, summary, judge_obj, cfg, groups, split, start + end, calibration_groups,
-                             num_generations, seed, resolved_source, emit)
-        summary.memory_version = memory.version()
-        return summary
+            saver = open_checkpointer()
+            app = compile_graph(saver)
+            # the miner validates candidates on this run's recent groups: kept with the progress record, so a
+            # resumed (or continued) run mines exactly as one uninterrupted run would
+            history = [BatchGroup.from_json(x) for x in prog.get("runs", {}).get(sig, {}).get("history", [])]
+            resolved_source = source
+            for r in range(rounds):
+                if r in done:
+                    continue
+                # groups of this round an earlier call explored before its limit cut the round short (usually 0)
+                part = _explored_of_round(prog.get("runs", {}).get(sig, {}), r, start, batch_size)
+                lo = r * batch_size + part
+                want = batch_size - part
+                n_here = want if total_cap is None else min(want, total_cap - lo)
+                if n_here <= 0:
+                    summary.stopped = f"limit of {total_cap} groups reached"
+                    break
+                try:
+                    batch = _batch_groups(groups, split, start + lo, n_here, num_generations, seed, resolved_source)
+                except InputError as exc:
+                    if groups is None and start + lo < _split_size(split):
+                        # not the end of the split (an unlabelled split such as wild, a damaged sample): the error
+                        # itself, not "split exhausted" and status 0 with nothing explored
+                        raise
+                    summary.stopped = f"split exhausted before round {r + 1}: {exc}"
+                    break
+                if not batch:
+                    summary.stopped = f"no groups left for round {r + 1}"
+                    break
+                resolved_source = batch[0].source if source == "auto" and groups is None else resolved_source
+                summary.source = resolved_source
+                # the limit cut the round short and the split goes on: not done, a later call explores the rest
+                cut = (n_here < want and len(batch) == n_here
+                       and start + lo + n_here < (len(groups) if groups is not None else _split_size(split)))
+                report = _run_batch(memory, app, saver, judge_obj, is_builtin, cfg, batch, r, sig, split, tau,
+                                    error_metric, history, emit, max_new_rules=max_new_rules, min_gain=min_gain,
+                                    retire_min_uses=retire_min_uses, retire_min_rate=retire_min_rate,
+                                    merge_text=merge_text, prototypes=prototypes, settle=settle,
+                                    info={"seed": seed, "source": resolved_source, "num_generations": num_generations},
+                                    run_record={"settings": {**settings, "source_used": resolved_source},
+                                                "span": [start + lo, start + lo + len(batch)],
+                                                **({"partial": True} if cut else {})},
+                                    part=part)
+                summary.rounds.append(report)
+                emit("round", asdict(report))
+            if resolved_source == "auto" and groups is None:  # nothing drawn in this call: what the run drew
+                resolved_source = explored_record(memory)["splits"].get(split, {}).get("source", "auto")
+                summary.source = resolved_source
+            if is_builtin and calibration_groups > 0:
+                # the groups after the last batch this signature ever explored (also right for a resumed or a
+                # rounds=0 call, which only refits a missing or stale calibration)
+                run_now = _read_progress(mpath).get("runs", {}).get(sig, {})
+                ran = set(run_now.get("rounds_done", []))
+                end = (max(ran) + 1) * batch_size if ran else 0
+                # a round a limit cut short (not done) counts up to its last explored group
+                end = max([end] + [int(b) - start for _, b in run_now.get("spans", [])])
+                end = end if total_cap is None else min(end, total_cap)
+                _maybe_calibrate(memory, summary, judge_obj, cfg, groups, split, start + end, calibration_groups,
+                                 num_generations, seed, resolved_source, emit)
+            summary.memory_version = memory.version()
+            return summary
+    finally:
+        if opened:  # a store this call opened from a folder is closed, not left open until garbage collection
+            memory.close()
 
 
 def _rules_state(memory) -> str:

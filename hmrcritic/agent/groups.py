@@ -201,7 +201,9 @@ def groups_from_model(split="test", num_groups: int = 20, num_generations: int =
     if not isinstance(model, torch.nn.Module):
         raise InputError(f"model must be an HMRDiffusion, a checkpoint path or None, got {type(model).__name__}")
     model.eval()
-    body = load_body_model()
+    body = load_body_model()  # the true errors are measured on the CPU
+    # the translation solve runs beside the network: a model on CUDA with the CPU body failed on mixed devices
+    sample_body = load_body_model(device=str(model.alphas_cumprod.device))
     idx = _indices(scenes, num_groups, start)
     ids = _group_ids(scenes, idx)
     gen = torch.Generator().manual_seed(int(seed))
@@ -213,7 +215,7 @@ def groups_from_model(split="test", num_groups: int = 20, num_generations: int =
         size = torch.as_tensor(np.stack([np.asarray(s.image_size) for s in chunk]), dtype=torch.float32)
         cond = diffusion.condition_from_keypoints(kp, K, size)
         group = diffusion.sample(model, cond, num_generations=num_generations, steps=steps, generator=gen,
-                                 K=K, keypoints=kp, body=body)
+                                 K=K, keypoints=kp, body=sample_body)
         for b, s in enumerate(chunk):
             hyps = {k: v for k, v in group.numpy(b).items() if k != "x0"}
             out.append(LabelledGroup(ids[idx[b0 + b]], s, hyps, true_errors(hyps, s, body),

@@ -196,7 +196,11 @@ def score_groups(groups: Sequence[Any], memory: Any, variant: str = "full", judg
             out.append(None)
             versions.append("")
             if failures is not None:
-                failures.append(f"{g.group_id}: {exc}")
+                # scrubbed here: the row's first_failure is written as it is into result.json and --json, and a
+                # judge's error (a custom judge's, quoting its request) carried the key there
+                from hmrcritic.redact import scrub
+
+                failures.append(scrub(f"{g.group_id}: {exc}"))
             if (why := unusable_endpoint(exc)) is not None:
                 in_a_row += 1
                 stopped = why if in_a_row >= UNUSABLE_IN_A_ROW else None
@@ -467,96 +471,104 @@ def learning_curve(
         raise InputError("learning-curve: no held-out groups to score (an empty list was given)")
     make_judge(judge)
     mem = _open_memory(memory)
-    out = Path(out_dir) if out_dir is not None else None
-    explored = bool(explored_record(mem)["splits"]) or (Path(mem.path) / PROGRESS_FILE).exists()
-    if explored and (out is None or not (out / PARTIAL_FILE).exists()):
-        # round 0 must be the memory before any exploration and round r the memory after r rounds; a memory that
-        # was explored already (an earlier curve, an interrupted one) would shift every label
-        done = out is not None and (out / CURVE_FILE).exists()  # the same command after it finished: say so
-        raise InputError(f"learning-curve: the memory at {mem.location} has been explored already"
-                         + (f" (a finished curve is in {out / CURVE_FILE})" if done else "")
-                         + f"; give a fresh --memory-dir (or {cli_hint('reset --yes', mem.path, mem.chroma_url)})")
-    held = _heldout(heldout, heldout_split, heldout_groups, num_generations, seed, 0, source)
-    if not held:  # a split without groups: every round a row of NaN
-        raise InputError(f"learning-curve: no held-out groups to score in split {heldout_split!r}")
-    held_ids = [g.group_id for g in held]
-    settings = _curve_settings(split, heldout_split, batch_size, held, train_groups, num_generations, seed, source,
-                               judge, explore_kwargs)
-    rows: list[dict] = []
-    if explored:
-        rows, why = _resume_rows(mem, out, settings)
-        if not rows:
-            raise InputError(f"learning-curve: the memory at {mem.location} has been explored already and cannot "
-                             f"continue the interrupted curve: {why}; give a fresh --memory-dir and --out (or "
-                             f"{cli_hint('reset --yes', mem.path, mem.chroma_url)})")
-        # a smaller --rounds than the interrupted call reached returned every row it had (a curve of 3 rounds for
-        # --rounds 1) and left a memory explored further than its curve; rows cut to the asked round would still
-        # describe a memory that is not the one in --memory-dir, so it is refused: rounds cannot be unexplored
-        have = max(int(rows[-1]["round"]), int(_read_progress(Path(mem.path)).get("rounds_total", 0)))
-        if rounds < have:
-            raise InputError(f"learning-curve: the interrupted curve in {out / PARTIAL_FILE} reached round {have} "
-                             f"(the memory at {mem.location} is explored that far), more than --rounds {rounds}; "
-                             f"give --rounds {have} or more to finish it, or a fresh --memory-dir and --out for a "
-                             f"curve of {rounds} round(s)")
-        say(f"resuming: rounds 0–{rows[-1]['round']} were evaluated by an interrupted run ({out / PARTIAL_FILE})")
-        for row in rows:
+    # a folder (or None) is opened here, and closed here: left to the garbage collector, its Chroma database
+    # files and threads stayed open after the call (a notebook's curve after curve kept one store each); a
+    # store the caller passed in is the caller's to close
+    try:
+        out = Path(out_dir) if out_dir is not None else None
+        explored = bool(explored_record(mem)["splits"]) or (Path(mem.path) / PROGRESS_FILE).exists()
+        if explored and (out is None or not (out / PARTIAL_FILE).exists()):
+            # round 0 must be the memory before any exploration and round r the memory after r rounds; a memory that
+            # was explored already (an earlier curve, an interrupted one) would shift every label
+            done = out is not None and (out / CURVE_FILE).exists()  # the same command after it finished: say so
+            raise InputError(f"learning-curve: the memory at {mem.location} has been explored already"
+                             + (f" (a finished curve is in {out / CURVE_FILE})" if done else "")
+                             + f"; give a fresh --memory-dir (or {cli_hint('reset --yes', mem.path, mem.chroma_url)})")
+        held = _heldout(heldout, heldout_split, heldout_groups, num_generations, seed, 0, source)
+        if not held:  # a split without groups: every round a row of NaN
+            raise InputError(f"learning-curve: no held-out groups to score in split {heldout_split!r}")
+        held_ids = [g.group_id for g in held]
+        settings = _curve_settings(split, heldout_split, batch_size, held, train_groups, num_generations, seed, source,
+                                   judge, explore_kwargs)
+        rows: list[dict] = []
+        if explored:
+            rows, why = _resume_rows(mem, out, settings)
+            if not rows:
+                raise InputError(f"learning-curve: the memory at {mem.location} has been explored already and cannot "
+                                 f"continue the interrupted curve: {why}; give a fresh --memory-dir and --out (or "
+                                 f"{cli_hint('reset --yes', mem.path, mem.chroma_url)})")
+            # a smaller --rounds than the interrupted call reached returned every row it had (a curve of 3 rounds for
+            # --rounds 1) and left a memory explored further than its curve; rows cut to the asked round would still
+            # describe a memory that is not the one in --memory-dir, so it is refused: rounds cannot be unexplored
+            have = max(int(rows[-1]["round"]), int(_read_progress(Path(mem.path)).get("rounds_total", 0)))
+            if rounds < have:
+                raise InputError(f"learning-curve: the interrupted curve in {out / PARTIAL_FILE} reached round {have} "
+                                 f"(the memory at {mem.location} is explored that far), more than --rounds {rounds}; "
+                                 f"give --rounds {have} or more to finish it, or a fresh --memory-dir and --out for a "
+                                 f"curve of {rounds} round(s)")
+            say(f"resuming: rounds 0–{rows[-1]['round']} were evaluated by an interrupted run ({out / PARTIAL_FILE})")
+            for row in rows:
+                if progress is not None:
+                    progress(row)
+        tables = [error_table(g) for g in held]
+
+        def evaluate(r: int) -> None:
+            ro = frozen_copy(mem)
+            try:  # a copy per round: each one closed when scored (see explore_eval)
+                # every round (a round may have explored them), against the record of the copy that scores: the live
+                # one read before the copy was taken could differ from it
+                record = explored_record(ro)
+                assert_heldout(mem, heldout_split, held_ids, record=record)
+                assert_unseen_scenes(mem, held, record=record)
+                say(f"round {r}: scoring {len(held)} held-out groups of {heldout_split}"
+                    + (" with the unexplored memory" if r == 0 else ""))
+                failed: list[str] = []
+                scores, versions = score_groups(held, ro, "full", judge=judge, tag=f"curve-r{r}", failures=failed)
+                st = ro.stats()
+            finally:
+                _close(ro)
+            row = {"round": r, **correlation_row(scores, tables), "rules": st["rules"],
+                   "rules_retired": st["rules_retired"], "prototypes": st["prototypes"],
+                   "memory_version": st["version"]}
+            if failed:
+                row["first_failure"] = failed[0]
+            rows.append(row)
+            if out is not None:  # what an interrupted curve continues from
+                atomic_write_json(out / PARTIAL_FILE, {"memory": str(mem.path), "settings": settings, "rows": rows})
             if progress is not None:
                 progress(row)
-    tables = [error_table(g) for g in held]
 
-    def evaluate(r: int) -> None:
-        ro = frozen_copy(mem)
-        try:  # a copy per round: each one closed when scored (see explore_eval)
-            # every round (a round may have explored them), against the record of the copy that scores: the live
-            # one read before the copy was taken could differ from it
-            record = explored_record(ro)
-            assert_heldout(mem, heldout_split, held_ids, record=record)
-            assert_unseen_scenes(mem, held, record=record)
-            say(f"round {r}: scoring {len(held)} held-out groups of {heldout_split}"
-                + (" with the unexplored memory" if r == 0 else ""))
-            failed: list[str] = []
-            scores, versions = score_groups(held, ro, "full", judge=judge, tag=f"curve-r{r}", failures=failed)
-            st = ro.stats()
-        finally:
-            _close(ro)
-        row = {"round": r, **correlation_row(scores, tables), "rules": st["rules"],
-               "rules_retired": st["rules_retired"], "prototypes": st["prototypes"],
-               "memory_version": st["version"]}
-        if failed:
-            row["first_failure"] = failed[0]
-        rows.append(row)
-        if out is not None:  # what an interrupted curve continues from
-            atomic_write_json(out / PARTIAL_FILE, {"memory": str(mem.path), "settings": settings, "rows": rows})
-        if progress is not None:
-            progress(row)
+        def on_explore(event: str, p: dict) -> None:
+            if event == "group":
+                what = p.get("error") or p.get("skipped") or f"ρ = {p['spearman']:+.3f}"
+                say(f"  [{p['index'] + 1}/{p['total']}] {p['group_id']}: {what}")
+            elif event == "calibrate" and p["index"] in (1, p["total"]):
+                say(f"  calibrating scores: {p['index']}/{p['total']} held-out {split} groups")  # not always train
 
-    def on_explore(event: str, p: dict) -> None:
-        if event == "group":
-            what = p.get("error") or p.get("skipped") or f"ρ = {p['spearman']:+.3f}"
-            say(f"  [{p['index'] + 1}/{p['total']}] {p['group_id']}: {what}")
-        elif event == "calibrate" and p["index"] in (1, p["total"]):
-            say(f"  calibrating scores: {p['index']}/{p['total']} held-out {split} groups")  # not always train
+        if not rows:
+            evaluate(0)
+        where = split if train_groups is None else "the given groups"
+        for r in range(rows[-1]["round"] + 1, rounds + 1):
+            say(f"round {r}/{rounds}: exploring {batch_size} groups of {where}")
+            explore(mem, split=split, rounds=r, batch_size=batch_size, judge=judge, num_generations=num_generations,
+                    seed=seed, source=source, groups=train_groups, **{"progress": on_explore, **(explore_kwargs or {})})
+            evaluate(r)
+        result = {"rows": rows, "num_groups": len(held),
+                  "heldout_split": heldout_split if heldout is None else "custom", "batch_size": batch_size,
+                  "split": split}
+        if out is not None:
+            from hmrcritic.io import finite_json
 
-    if not rows:
-        evaluate(0)
-    where = split if train_groups is None else "the given groups"
-    for r in range(rows[-1]["round"] + 1, rounds + 1):
-        say(f"round {r}/{rounds}: exploring {batch_size} groups of {where}")
-        explore(mem, split=split, rounds=r, batch_size=batch_size, judge=judge, num_generations=num_generations,
-                seed=seed, source=source, groups=train_groups, **{"progress": on_explore, **(explore_kwargs or {})})
-        evaluate(r)
-    result = {"rows": rows, "num_groups": len(held), "heldout_split": heldout_split if heldout is None else "custom",
-              "batch_size": batch_size, "split": split}
-    if out is not None:
-        from hmrcritic.io import finite_json
-
-        # strict JSON, as --json prints it: a held-out group whose critique failed is a NaN in its row's
-        # per_group_spearman (and a round that scored none NaN means), which json.dumps wrote as the bare word NaN
-        # that jq and other strict parsers refuse (the partial file keeps them: only this package reads it back)
-        atomic_write_json(out / CURVE_FILE, finite_json(result))
-        result["png"] = str(plot_curve(rows, out / "learning_curve.png"))
-        (out / PARTIAL_FILE).unlink(missing_ok=True)
-    return result
+            # strict JSON, as --json prints it: a held-out group whose critique failed is a NaN in its row's
+            # per_group_spearman (and a round that scored none NaN means), which json.dumps wrote as the bare word NaN
+            # that jq and other strict parsers refuse (the partial file keeps them: only this package reads it back)
+            atomic_write_json(out / CURVE_FILE, finite_json(result))
+            result["png"] = str(plot_curve(rows, out / "learning_curve.png"))
+            (out / PARTIAL_FILE).unlink(missing_ok=True)
+        return result
+    finally:
+        if mem is not memory:
+            _close(mem)
 
 
 def plot_curve(rows: Sequence[dict], path: str | Path) -> Path:

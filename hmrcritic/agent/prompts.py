@@ -21,8 +21,9 @@ from typing import Any
 
 from hmrcritic.agent.schema import AXES
 
-# Cap the long free-text pieces so a group of 20 with 5 prototypes each stays a few kB of text.
-MAX_RULES = 12
+# Cap the long free-text pieces so a group of 20 with 5 prototypes each stays a few kB of text. Rules are not cut in
+# number: the recall bounds them (``AgentConfig.rules_k``), and the reflection holds the critique to every rule it
+# was given.
 MAX_PROTOS_PER_HYP = 2
 MAX_RATIONALE_CHARS = 140
 MAX_RULE_CHARS = 300
@@ -140,11 +141,15 @@ def rules_block(rules: Sequence[Any], evidence: dict[str, Sequence[float]] | Non
     """Recalled rules with their ids, quoted text and (when present) the executable condition, with the
     hypotheses it holds for when ``evidence`` is given: the table's rounded values cannot always tell (0.1503
     reads "0.15" beside a threshold "> 0.15"), and the reflect node asks for a revision when a rule that holds
-    was not applied."""
+    was not applied.
+
+    Every rule given is shown: the first 12 only were, while the recall hands over up to ``rules_k`` (16 by
+    default) rules that each fire on a hypothesis, and the reflection checks all of them, so a revise round (a paid
+    call) asked the VLM to apply a rule "[id]" it had never been shown, with no text or condition to apply."""
     if not rules:
         return "RULES from memory: none recalled."
     lines = ["RULES from memory (apply when they hold; cite their ids in rules_applied):"]
-    for rule in list(rules)[:MAX_RULES]:
+    for rule in rules:
         rule_id = shown_rule_id(rule.rule_id)
         line = f"- [{rule_id}] {_quoted(rule.text, MAX_RULE_CHARS)}"
         cond = getattr(rule, "condition", None)

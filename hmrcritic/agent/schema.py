@@ -17,10 +17,11 @@ AXES = ("motion_structure", "physical_feasibility", "image_alignment")
 
 def finite_float(x: Any, default: float | None = None) -> float | None:
     """``x`` as a finite float, else ``default`` (None, NaN, ±inf, text that is not a number, any other object):
-    how a judge's answer, a stored score or a user's number is read without a traceback."""
+    how a judge's answer, a stored score or a user's number is read without a traceback (an integer of hundreds
+    of digits, which ``float`` refuses with OverflowError, included)."""
     try:
         v = float(x)
-    except (TypeError, ValueError):
+    except (TypeError, ValueError, OverflowError):
         return default
     return v if math.isfinite(v) else default
 

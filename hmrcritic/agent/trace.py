@@ -10,6 +10,7 @@ traces only through a callback handler, and the agent takes no callbacks), and n
 
 from __future__ import annotations
 
+import logging
 import os
 import time
 from collections.abc import Iterator
@@ -21,6 +22,8 @@ from hmrcritic import config as hconfig
 from hmrcritic.errors import InputError
 from hmrcritic.io import append_jsonl, atomic_write_text, read_jsonl
 from hmrcritic.redact import redact_url, register_url, scrub, scrub_tree
+
+log = logging.getLogger(__name__)
 
 
 def traces_dir() -> Path:
@@ -66,7 +69,9 @@ def summarise_update(node: str, update: dict[str, Any]) -> dict[str, Any]:
         out["renders"] = sorted(update["renders"])
     if "rules" in update:
         out["rules"] = [r.get("rule_id") for r in update["rules"]]
-    if "prototypes" in update:
+    if "prototype_recall" in update:  # packed (state.pack_prototype_hits): the hits, not the distinct prototypes
+        out["prototypes"] = sum(len(row) for row in (update["prototype_recall"] or {}).get("hits", []))
+    elif "prototypes" in update:  # a recall written before the state packed them
         out["prototypes"] = sum(len(row) for row in update["prototypes"])
     if update.get("calibration"):
         cal = update["calibration"]
@@ -183,15 +188,33 @@ class TraceWriter:
                      "changed": summarise_update(node, update)})
 
     def error(self, exc: BaseException) -> None:
-        self._write({"event": "error", "error": scrub(f"{type(exc).__name__}: {exc}")[:500]})
-        if self._held is not None:
-            self._flush()
-        self._release_file()
+        """Record the run's failure ``exc``, which the caller raises next. A trace that cannot be written (a full
+        disk, an unwritable or removed traces folder: a throwaway critique writes its trace only now) is warned
+        about, not raised: its OSError replaced ``exc`` — a VLM endpoint's refusal or a checkpoint database's
+        "disk is full" with its way out read as "Permission denied: traces/<run>.jsonl" — and the trace file's
+        lock was never let go (a later prune kept the file as "in use")."""
+        try:
+            self._write({"event": "error", "error": scrub(f"{type(exc).__name__}: {exc}")[:500]})
+            if self._held is not None:
+                self._flush()
+        except OSError as failed:
+            log.warning("the trace of run %s could not be written (%s); the run's own error follows", self.run_id,
+                        scrub(failed))
+        finally:
+            self._release_file()
 
     def finish(self, values: dict) -> None:
-        self._write({"event": "finish", "seconds": round(time.monotonic() - self._m0, 6),
-                     "rounds": values.get("round", 0), "done": bool(values.get("done"))})
-        self._release_file()
+        """Record the end of a run that succeeded. A record that cannot be written is warned about, not raised (as
+        in :meth:`error`): the critique has scored its group and stored its checkpoint, and an OSError from its
+        diagnostic trace reported the finished critique as failed."""
+        try:  # the lock let go even when the record cannot be written
+            self._write({"event": "finish", "seconds": round(time.monotonic() - self._m0, 6),
+                         "rounds": values.get("round", 0), "done": bool(values.get("done"))})
+        except OSError as failed:
+            log.warning("the trace of run %s could not be written (%s); the critique itself finished", self.run_id,
+                        scrub(failed))
+        finally:
+            self._release_file()
 
 
 def trace_in_use(path: str | Path) -> bool:
@@ -212,6 +235,16 @@ def trace_in_use(path: str | Path) -> bool:
     return False
 
 
+def _read_pointer(pointer: Path) -> str | None:
+    """The run id ``LAST`` names ("" when empty), or None when there is no pointer. Read as text whatever its bytes:
+    a pointer damaged into bytes that are no UTF-8 ended ``trace --last`` in a bare "UnicodeDecodeError" naming no
+    file, and ``runs prune`` and every export's repoint after its removals; it reads as a run with no trace."""
+    try:
+        return pointer.read_text(encoding="utf-8", errors="replace").strip()
+    except FileNotFoundError:  # never written, or removed (repoint_last: no trace left) since
+        return None
+
+
 def repoint_last(d: Path | None = None) -> None:
     """Point ``LAST`` at the newest trace left in ``d`` (or remove it when none is), after traces were deleted.
 
@@ -222,7 +255,7 @@ def repoint_last(d: Path | None = None) -> None:
         return
     pointer = d / "LAST"
     with _pointer_lock(d):  # read, listed and written as one: see _pointer_lock
-        current = pointer.read_text(encoding="utf-8").strip() if pointer.exists() else ""
+        current = _read_pointer(pointer) or ""
         if current and (d / f"{current}.jsonl").exists():
             return
         left = _traces_left(d)
@@ -258,9 +291,9 @@ def resolve_run(run_id: str | None = None, last: bool = False) -> Path:
     d = traces_dir()
     if last or not run_id:
         pointer = d / "LAST"
-        if not pointer.exists():
+        run_id = _read_pointer(pointer)
+        if run_id is None:
             raise InputError(f"no runs recorded yet in {d}")
-        run_id = pointer.read_text(encoding="utf-8").strip()
         if not run_id:  # an empty pointer would match every trace below
             raise InputError(f"{pointer} is empty: the last run is unknown; give a RUN_ID")
         if not (d / f"{run_id}.jsonl").is_file():
@@ -299,7 +332,18 @@ _FIELDS = {  # what format_trace and trace_mermaid read of each event, beside ru
 def _is_trace_record(rec: dict) -> bool:
     fields = _FIELDS.get(rec.get("event"))
     return (fields is not None and isinstance(rec.get("run_id"), str) and isinstance(rec.get("group_id"), str)
-            and all(isinstance(rec.get(k), t) and not isinstance(rec.get(k), bool) for k, t in fields.items()))
+            and all(isinstance(rec.get(k), t) and not isinstance(rec.get(k), bool) for k, t in fields.items())
+            and _float_or_none(rec.get("seconds")))
+
+
+def _float_or_none(value: Any) -> bool:
+    """Whether ``value`` (a record's "seconds", if any) can be shown as a float: an integer of hundreds of digits
+    (an edited or damaged record) ended ``trace`` in "OverflowError: int too large to convert to float"."""
+    try:
+        float(value) if value is not None else None
+    except OverflowError:
+        return False
+    return True
 
 
 def read_trace(run_id: str | None = None, last: bool = False) -> list[dict]:

@@ -32,6 +32,7 @@ import base64
 import email.utils
 import json
 import logging
+import math
 import random
 import re
 import threading
@@ -332,18 +333,33 @@ def _score(value: Any, pos: int, field: str) -> float | None:
     retried with the reason) rather than guessed around."""
     if isinstance(value, bool):  # float(True) is 1.0: a "true" for overall was read as a score of 1 out of 10
         raise Unparseable(f"score entry {pos} has {field} {json.dumps(value)}, not a number")
-    number = finite_float(value)
-    if number is not None or value is None or isinstance(value, float | int):
+    number = _finite(value)
+    if number is not None or value is None or (isinstance(value, float) and math.isnan(value)):
         return number
+    if isinstance(value, float | int):
+        # JSON's Infinity (or 1e999, or an integer of hundreds of digits) read as absent: an infinite overall was
+        # swapped for the mean of the axes, or the entry said to have "no scores". Refused with the value instead,
+        # so the model is told what to fix; NaN stays "no score", as "N/A" does
+        raise Unparseable(f"score entry {pos} has {field} {json.dumps(value)[:40]}, not a finite number")
     text = str(value).strip()
     if text.lower() in _NO_SCORE:
         return None
     m = _FRACTION.fullmatch(text)
     if m is not None:
         whole = 100.0 if m.group(3) else float(m.group(2) or 10.0)
-        if whole > 0:
-            return float(m.group(1)) * 10.0 / whole
+        if whole > 0 and math.isfinite(score := float(m.group(1)) * 10.0 / whole):  # not "9999…/10" (inf)
+            return score
     raise Unparseable(f"score entry {pos} has {field} {text[:40]!r}, not a number")
+
+
+def _finite(value: Any) -> float | None:
+    """:func:`finite_float` for an endpoint's JSON, where an integer too large for a float (``1000…0``, hundreds of
+    digits) is not finite either: ``float()`` raised OverflowError on it, which no handler of an answer catches,
+    and the critique (or rule mining) ended in a traceback instead of a retry with the reason."""
+    try:
+        return finite_float(value)
+    except OverflowError:
+        return None
 
 
 def _keyed(value: Any) -> list | None:
@@ -464,12 +480,12 @@ def normalise_proposals(data: Any, ctx: JudgeContext) -> RuleProposals:
             continue
         text = " ".join(str(item["text"]).split())[:400]
         measure, comp = item.get("measure"), item.get("comparator")
-        threshold, points = finite_float(item.get("threshold")), finite_float(item.get("points"))
+        threshold, points = _finite(item.get("threshold")), _finite(item.get("points"))
         axis = item.get("axis") if item.get("axis") in AXES else None
         executable = (
             measure in ctx.evidence and comp in COMPARATORS and threshold is not None and points is not None
         )
-        per = finite_float(item.get("per"))  # a graded rule's step; a step rule (or nonsense ≤ 0) has none
+        per = _finite(item.get("per"))  # a graded rule's step; a step rule (or nonsense ≤ 0) has none
         per = per if per is not None and per > 0 else None
         if not executable:
             measure = comp = threshold = points = axis = per = None
@@ -610,7 +626,7 @@ def _tolerated(body: Any) -> tuple[int, Any] | None:
     if not isinstance(body, dict):
         return None
     if body.get("error") and not body.get("choices"):
-        code = finite_float(body["error"].get("code")) if isinstance(body["error"], dict) else None
+        code = _finite(body["error"].get("code")) if isinstance(body["error"], dict) else None
         if code is None and "unexpected endpoint" in str(body["error"]).lower():
             code = 404  # LM Studio's answer to an address it does not serve (a base URL without /v1)
         return (int(code) if code is not None and 400 <= code <= 599 else 502), body
@@ -772,7 +788,10 @@ class VLMJudge:
     ``settings`` defaults to :class:`JudgeSettings` from the environment. Backoff: retry k (k = 0, 1, ...)
     waits ``min(backoff_max_s, backoff_base_s * 2**k)`` scaled by a jitter in [0.5, 1], or the server's
     ``Retry-After`` when larger (capped at ``max_retry_after_s``). A group therefore fails after at most
-    ``(1 + max_retries) * timeout_s`` plus the backoffs. ``send_input_image`` adds the raw input image to
+    ``(3 + max_retries)`` requests, each given ``timeout_s`` (and a 0.25 s grace): the ``1 + max_retries``
+    attempts, and at most two more when the endpoint refuses a request form (json_schema, then function calling:
+    the same request is resent in the next simpler form, not counted as an attempt) — plus the backoffs, and
+    any wait for a free slot of the endpoint's semaphore. ``send_input_image`` adds the raw input image to
     the overlay and side grids (off by default: the overlay grid already shows it).
     """
 
@@ -1175,6 +1194,7 @@ class VLMJudge:
         attempts = 1 + max(0, int(self.settings.max_retries))
         attempt, retry_reason, reason = 0, "", ""
         started_in: str | None = None  # the method this call stepped down from, if it did
+        stepped = 0  # step-downs in this call: at most one per simpler form, whatever other threads do to the mode
         images = 0
         while True:
             mode = self._mode
@@ -1209,22 +1229,27 @@ class VLMJudge:
                 overflow = "ContextOverflow" in type(exc).__name__
                 hint = _request_hint(f"{exc} {getattr(exc, 'body', '')}" + (" context window" if overflow else ""),
                                      images)
-                # a request too large or with too many images is refused in every form: not resent as such
-                if not overflow and not hint and mode != MODES[-1] and self._degrade(mode):
-                    started_in = started_in or mode
+                # a filter judged this group's prompt or images, not the endpoint: Azure's content_filter, OpenAI's
+                # content_policy_violation / invalid_prompt (flagged as violating its usage policy, an input
+                # photo among them), which stopped a batch of groups that pass
+                flagged = any(code in f"{exc} {getattr(exc, 'code', '')}" for code in _FILTERED)
+                # a request too large or with too many images is refused in every form, and a flagged one for its
+                # content (it was resent as function calling and as text, three paid requests to the same flag):
+                # not resent as such. The step-down is for a server that refuses the form (bounded per call)
+                if (not overflow and not hint and not flagged and mode != MODES[-1]
+                        and stepped < len(MODES) - 1 and self._degrade(mode)):
+                    started_in, stepped = started_in or mode, stepped + 1
                     continue  # not an attempt: the same request in a simpler form
-                if started_in is not None:
+                if started_in is not None and not flagged:
                     # rejected in every form: the request, not the method, is at fault (e.g. an image
-                    # too large), so later groups go back to the method this call started with
+                    # too large), so later groups go back to the method this call started with (a flag after a
+                    # step-down says nothing of the forms: the one refused stays refused)
                     with self._mode_lock:
                         self._mode = started_in
                 # the advice first: the line is cut at 300 characters, and a server's words can fill them
                 reason = f"endpoint rejected the request{f': {hint}' if hint else ''} ({self._describe(exc)})"
                 fatal = True
-                # a filter judged this group's prompt or images, not the endpoint: Azure's content_filter, OpenAI's
-                # content_policy_violation / invalid_prompt (flagged as violating its usage policy, an input
-                # photo among them), which stopped a batch of groups that pass
-                if not any(code in f"{exc} {getattr(exc, 'code', '')}" for code in _FILTERED):
+                if not flagged:
                     unusable = f"it refuses the request (HTTP {exc.status_code})"
                     too_large = overflow or _too_long(f"{exc} {getattr(exc, 'body', '')}")
             except openai.APITimeoutError:

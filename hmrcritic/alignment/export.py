@@ -802,6 +802,13 @@ def export(
         samples = samples[: cfg.limit]
     if not samples:
         raise InputError(f"no inputs to export from {cfg.source}")
+    # here, before the folder and its header are written: found while the tasks were listed, it left a dataset.json
+    # marked unfinished that validate and finetune told the user to complete by re-running, which fails the same way
+    seen: set[str] = set()
+    for s in samples:
+        if (input_id := str(s.sample_id)) in seen:
+            raise InputError(f"duplicate input id {input_id!r} in {cfg.source}: each input needs its own sample_id")
+        seen.add(input_id)
     _import(cfg.score_group)  # configuration errors fail the run here, not every group in the workers
     if cfg.judge == "vlm" and cfg.score_group == DEFAULT_SCORER:
         # the VLM judge's settings too (no key and no endpoint, a base URL with credentials, a bad HMRCRITIC_VLM_*

@@ -23,6 +23,7 @@ import copy
 import hashlib
 import json
 import math
+import operator
 import time
 from collections.abc import Callable
 from dataclasses import asdict, dataclass
@@ -88,6 +89,7 @@ class FinetuneConfig:
 
     def __post_init__(self) -> None:
         self._check_types()
+        self._plain_numbers()
         self.data, self.out = str(self.data), str(self.out)
         self.model = None if self.model is None else str(self.model)
         if self.objective == "gpa_no_base_loss":
@@ -108,6 +110,11 @@ class FinetuneConfig:
             check_number("--threads", self.threads, integer=True)
             if self.threads < 1:
                 raise InputError(f"--threads must be ≥ 1, got {self.threads}")
+            self.threads = operator.index(self.threads)
+        # the CLI's range: a larger seed overflowed torch's generator at the first step (seed × 7,919,993), after the
+        # dataset and the model were loaded, with a bare "Overflow when unpacking long long"
+        if not 0 <= self.seed <= 2**32 - 1:
+            raise InputError(f"--seed must be in 0..{2**32 - 1}, got {self.seed}")
         if not (math.isfinite(self.grad_clip) and self.grad_clip > 0):
             raise InputError(f"--grad-clip must be a finite number > 0, got {self.grad_clip}")
         if not (math.isfinite(self.weight_decay) and self.weight_decay >= 0):
@@ -127,6 +134,16 @@ class FinetuneConfig:
             value = getattr(self, name)
             if not (value is None and name == "t_min"):
                 check_number(f"--{name.replace('_', '-')}", value, integer=name in _INT_FIELDS)
+
+    def _plain_numbers(self) -> None:
+        """The numbers as plain Python ints and floats (same values). A numpy or torch scalar passed the checks
+        and then stopped the run: a float32 ``lr`` at the first checkpoint (the saved settings are JSON: "Object of
+        type float32 is not JSON serializable"), an int64 ``steps`` only after the last step (``save_model`` refuses
+        a numpy number in the checkpoint's extra), every trained step lost."""
+        for name in (*_INT_FIELDS, *_FLOAT_FIELDS):
+            value = getattr(self, name)
+            if value is not None:
+                setattr(self, name, operator.index(value) if name in _INT_FIELDS else float(value))
 
     def objective_config(self) -> ObjectiveConfig:
         try:
@@ -325,6 +342,11 @@ def _finetune(cfg: FinetuneConfig, progress: bool | Callable[[dict], None], held
     out = Path(cfg.out)
     if out.is_dir():
         raise InputError(f"--out must be a checkpoint file path, got a folder: {out}")
+    # the aligned weights written over the base checkpoint: the base is gone (the frozen reference of every later
+    # run with it), and a resume is refused as "another base model" since its hash changed under the state file
+    if cfg.model and out.resolve() == Path(cfg.model).expanduser().resolve():
+        raise InputError(f"--out {out} is the checkpoint being aligned (--model): the aligned model would replace "
+                         "its base; write it to another file")
     ds = GroupPreferenceDataset(cfg.data)
     data = _GroupTensors(ds, cfg.device)
     data_hash = dataset_hash(ds)
@@ -395,8 +417,13 @@ def _finetune(cfg: FinetuneConfig, progress: bool | Callable[[dict], None], held
     tracker = GroupStatTracker()
     if cfg.resume and cfg.state_path.exists():
         start, window, threads_used = _resume(cfg, policy, ema, opt, base_hash, tracker, data_hash)
-    elif cfg.log_path.exists():
-        cfg.log_path.unlink()
+    else:
+        # starting over (--no-resume) drops the old run's state with its log: kept until this run's first checkpoint,
+        # a run stopped before that was continued from the old state by the next plain re-run, its log holding this
+        # run's first steps and then the old state's next ones (the steps between missing), or refused as "a run on
+        # other data … use --no-resume", the option just given
+        cfg.log_path.unlink(missing_ok=True)
+        cfg.state_path.unlink(missing_ok=True)
 
     bar = None
     if progress is True:

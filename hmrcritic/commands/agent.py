@@ -104,8 +104,9 @@ def register(app: typer.Typer) -> None:
                                    "--hypotheses are given."),
         seed: int = typer.Option(
             0, "--seed", min=0, max=2**32 - 1,
-            help="Sampling seed (with --model/--scene): the same seed gives the same group here. Export seeds each "
-                 "input from (seed, input id) and evaluate-critic samples in batches, so their groups differ."),
+            help="Sampling seed (when sampling: without --hypotheses): the same seed gives the same group here. "
+                 "Export seeds each input from (seed, input id) and evaluate-critic samples in batches, so their "
+                 "groups differ."),
         judge: str = typer.Option(None, "--judge", help="builtin (offline) or vlm (OpenAI-compatible) "
                                                         "(default: HMRCRITIC_JUDGE or builtin)."),
         out: Path = typer.Option(Path("critique_out"), "--out", help="Folder for scores.json and report.html."),

@@ -230,10 +230,10 @@ def _strip_userinfo(url: str | None) -> str | None:
 
 
 def _judge() -> dict:
-    from hmrcritic.config import JudgeSettings, check_base_url
+    from hmrcritic.config import check_base_url
     from hmrcritic.errors import InputError
 
-    pub = JudgeSettings().public()
+    pub, settings_problems = _judge_settings()
     try:
         check_base_url(pub.get("base_url"))
         problem = ""
@@ -246,10 +246,43 @@ def _judge() -> dict:
     judge, agent_problems = _agent_problems()
     out = {"settings": pub, "agent_judge": judge, "agent": _agent_settings(),
            "note": "builtin judge needs no endpoint; the VLM judge uses these settings"}
-    problems = [p for p in (problem, key_problem, *agent_problems) if p]
+    problems = [p for p in (*settings_problems, problem, key_problem, *agent_problems) if p]
     if problems:
         out.update(ok=False, error="; ".join(problems))
     return out
+
+
+def _judge_settings() -> tuple[dict, list[str]]:
+    """The VLM judge's printable settings and what is wrong with each ``HMRCRITIC_VLM_*`` value.
+
+    ``JudgeSettings()`` stops at its first bad value, and doctor called it outside its checks: one bad variable
+    ended the judge check as a bare ``InputError: ...`` and hid every other one (the agent's settings were then
+    never looked at), so three bad values took three runs to find. Each value is read, and checked, alone; a bad
+    one is shown as such and its place taken by the default for the rest of the check."""
+    from dataclasses import fields
+
+    from hmrcritic.config import JudgeSettings
+    from hmrcritic.errors import InputError
+
+    try:
+        return JudgeSettings().public(), []
+    except InputError:
+        pass
+    # every field given, so no variable is read but the one under test
+    safe = {"base_url": None, "model": "gpt-4o-mini", "timeout_s": 60.0, "max_retries": 4, "max_concurrency": 4,
+            "max_tokens": None, "image_max_side": None, "image_detail": None}
+    values, bad, problems = dict(safe), [], []
+    for f in fields(JudgeSettings):
+        try:
+            value = f.default_factory()
+            JudgeSettings(**{**safe, f.name: value})
+            values[f.name] = value
+        except InputError as exc:
+            problems.append(str(exc))
+            bad.append(f.name)
+    pub = JudgeSettings(**values).public()
+    pub.update({name: "invalid (see the error)" for name in bad})
+    return pub, problems
 
 
 def _device_problem() -> str:
@@ -281,20 +314,51 @@ def _agent_problems() -> tuple[str | None, list[str]]:
 
     try:
         judge = AgentConfig().judge
-    except InputError as exc:  # a variable that is not a number / not a yes-no (config.env_number, env_flag)
-        return None, [str(exc)]
-    except pydantic.ValidationError as exc:  # a number out of range
-        problems = []
-        for err in exc.errors():
-            var = _agent_var(str((err.get("loc") or ("?",))[0]))
-            problems.append(f"{var}={os.environ.get(var, '')!r}: {err.get('msg', 'invalid')}")
-        return None, problems
+    except (InputError, pydantic.ValidationError):  # not a number / not a yes-no / out of range: say every one
+        return None, _each_agent_problem()
+    return judge, _judge_problems(judge)
+
+
+def _judge_problems(judge: str) -> list[str]:
+    """What is wrong with the judge the agent settings name (``HMRCRITIC_JUDGE``), [] when nothing."""
     if judge not in ("builtin", "vlm"):
-        return judge, [f"HMRCRITIC_JUDGE={judge!r} is unknown; choose builtin or vlm"]
+        return [f"HMRCRITIC_JUDGE={judge!r} is unknown; choose builtin or vlm"]
     if judge == "vlm" and _vlm_unreachable():
-        return judge, ["HMRCRITIC_JUDGE=vlm, but the VLM judge has no endpoint and no key: set HMRCRITIC_API_KEY "
-                       "(or OPENAI_API_KEY) for OpenAI, or HMRCRITIC_BASE_URL for a local server (vLLM, Ollama)"]
-    return judge, []
+        return ["HMRCRITIC_JUDGE=vlm, but the VLM judge has no endpoint and no key: set HMRCRITIC_API_KEY "
+                "(or OPENAI_API_KEY) for OpenAI, or HMRCRITIC_BASE_URL for a local server (vLLM, Ollama)"]
+    return []
+
+
+def _each_agent_problem() -> list[str]:
+    """Every bad agent variable, each with its problem, read field by field.
+
+    ``AgentConfig()`` stops at the first variable that is not a number or a yes/no (its field's default raises
+    before pydantic checks any range), so doctor named one bad variable a run, and a user with three fixed them
+    in three runs; a word in one variable also hid another's range and an unknown judge."""
+    from typing import Annotated
+
+    import pydantic
+
+    from hmrcritic.agent.state import AgentConfig, canonical_judge
+    from hmrcritic.errors import InputError
+
+    problems = []
+    for name, field in AgentConfig.model_fields.items():
+        if field.default_factory is None:  # no variable (settle_with_labels, success_tau)
+            continue
+        var = _agent_var(name)
+        try:
+            value = field.default_factory()
+            kind = Annotated[(field.annotation, *field.metadata)] if field.metadata else field.annotation
+            pydantic.TypeAdapter(kind).validate_python(value)
+        except InputError as exc:
+            problems.append(str(exc))
+        except pydantic.ValidationError as exc:  # a number out of range
+            problems.extend(f"{var}={os.environ.get(var, '')!r}: {err.get('msg', 'invalid')}" for err in exc.errors())
+        else:
+            if name == "judge":
+                problems.extend(_judge_problems(canonical_judge(value)))
+    return problems
 
 
 def _agent_var(field: str) -> str:

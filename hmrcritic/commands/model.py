@@ -80,7 +80,8 @@ def register(app: typer.Typer) -> None:
             False, help="Evaluate on test and wild and install as hmrcritic/assets/base_model.pt."
         ),
         guidance: float = typer.Option(30.0, help="Keypoint guidance of the extra guided --ship evaluation."),
-        eval_limit: int = typer.Option(150, help="Scenes per split for the --ship evaluation."),
+        eval_limit: int = typer.Option(150, help="Scenes per split for the --ship evaluation (the guided one: "
+                                                  "half of them)."),
     ) -> None:
         """Train the base diffusion model from its recipe (reproducible; resumes).
 
@@ -222,12 +223,11 @@ def register(app: typer.Typer) -> None:
         steps: int = typer.Option(10, help="DDIM steps."),
         eta: float = typer.Option(0.0, help="DDIM eta."),
         limit: int = typer.Option(None, help="Evaluate only the first K scenes."),
-        # "B·N rows per network call" no longer: the rows go a bounded chunk at a time (hmr.evaluate.CHUNK_ROWS), but
-        # not the sampling with --eta > 0 or --guidance (hmr.evaluate.sample): "memory does not" misled there
+        # "B·N rows per network call" no longer: the rows go a bounded chunk at a time (hmr.evaluate.CHUNK_ROWS), the
+        # sampling with --eta > 0 or --guidance too (ddim_sample_x0's row_chunks)
         batch_size: int = typer.Option(
             32, help="Inputs per batch (one noise draw per batch, so the groups depend on it; memory does not: the "
-                     "B·N hypotheses are evaluated 512 at a time, except that --eta > 0 or --guidance samples all "
-                     "B·N at once)."),
+                     "B·N hypotheses are sampled and evaluated 512 at a time)."),
         seed: int = typer.Option(0, help="Sampling seed (with --batch-size: the groups depend on both).",
                                  min=0, max=2**32 - 1),
         guidance: float = typer.Option(0.0, help="2D keypoint guidance strength (0 = the model alone)."),

@@ -431,12 +431,18 @@ def ddim_sample_x0(
     guide_fn=None,
     guidance: float = 0.0,
     guide_iters: int = 2,
+    row_chunks: list[slice] | None = None,
 ) -> torch.Tensor:
     """DDIM (Song et al. 2021) from pure noise to raw x0, one batched network call per step.
 
     ``clip`` bounds the predicted standardised x0 (avoids rare blow-ups at very few steps). With
     ``guide_fn`` (raw x0 (R,X_DIM) → energy (R,)) and ``guidance`` > 0, each step's x0 prediction takes
     ``guide_iters`` gradient steps on the energy before DDIM continues from it (reconstruction guidance).
+
+    ``row_chunks`` (contiguous slices covering the rows in order) runs the network and the guidance a block of rows
+    at a time within each step — bounded memory at large B·N — while x, and every step's ``eta`` noise drawn for all
+    rows at once, stay whole: the generator draws what it draws without chunks, so the samples are the same. With it
+    ``guide_fn`` is a list, one energy per block (an energy is built for its rows' keypoints).
     """
     B = len(cond)
     device = model.alphas_cumprod.device
@@ -444,18 +450,27 @@ def ddim_sample_x0(
     x = x_T if x_T is not None else torch.randn(B, X_DIM, generator=generator, device=gen_device).to(device)
     ts = ddim_timesteps(model.num_timesteps, steps).tolist()
     ac = model.alphas_cumprod
+    blocks = [slice(0, B)] if row_chunks is None else list(row_chunks)
+    energies = [guide_fn] if row_chunks is None else list(guide_fn or [None] * len(blocks))
+    conds = [cond] if row_chunks is None else [cond.index(sl) for sl in blocks]
     for i, t in enumerate(ts):
         a_t = ac[t]
         a_prev = ac[ts[i + 1]] if i + 1 < len(ts) else torch.ones((), device=device)
-        tt = torch.full((B,), t, device=device, dtype=torch.long)
-        eps = model.predict_eps(x, tt, cond)
-        z0 = ((x - (1 - a_t).sqrt() * eps) / a_t.sqrt()).clamp(-clip, clip)
-        if guide_fn is not None and guidance > 0 and B > 0:  # no rows: nothing to guide (and no graph to grad)
-            for _ in range(guide_iters):
-                with torch.enable_grad():
-                    z = z0.detach().requires_grad_(True)
-                    (g,) = torch.autograd.grad(guide_fn(model.denormalize(z)).sum(), z)
-                z0 = (z0 - guidance * torch.nan_to_num(g)).clamp(-clip, clip)
+        z0s = []
+        for sl, c, energy in zip(blocks, conds, energies, strict=True):
+            xb = x if row_chunks is None else x[sl]
+            tt = torch.full((len(xb),), t, device=device, dtype=torch.long)
+            eps = model.predict_eps(xb, tt, c)
+            z0 = ((xb - (1 - a_t).sqrt() * eps) / a_t.sqrt()).clamp(-clip, clip)
+            # no rows: nothing to guide (and no graph to grad)
+            if energy is not None and guidance > 0 and len(xb) > 0:
+                for _ in range(guide_iters):
+                    with torch.enable_grad():
+                        z = z0.detach().requires_grad_(True)
+                        (g,) = torch.autograd.grad(energy(model.denormalize(z)).sum(), z)
+                    z0 = (z0 - guidance * torch.nan_to_num(g)).clamp(-clip, clip)
+            z0s.append(z0)
+        z0 = z0s[0] if row_chunks is None else torch.cat(z0s)
         eps = (x - a_t.sqrt() * z0) / (1 - a_t).sqrt()
         sigma = eta * ((1 - a_prev) / (1 - a_t) * (1 - a_t / a_prev)).clamp_min(0).sqrt()
         x = a_prev.sqrt() * z0 + (1 - a_prev - sigma**2).clamp_min(0).sqrt() * eps

@@ -42,6 +42,7 @@ from hmrcritic.hmr.diffusion import (
     check_sampling_args,
     condition_from_keypoints,
     ddim_sample_x0,
+    reprojection_energy,
     solve_translation,
     x0_to_params,
 )
@@ -153,11 +154,12 @@ def sample(model, cond, num_generations: int = 16, steps: int = 10, eta: float =
     """:func:`hmrcritic.hmr.diffusion.sample`'s hypotheses with the network and the translation solve run
     :data:`CHUNK_ROWS` rows at a time (bounded memory; ``diffusion.sample`` holds all B·N rows through both).
 
-    With ``eta`` = 0 the generator draws nothing but x_T, here as ``diffusion.sample`` draws it, so the hypotheses are
-    the very same. ``eta`` > 0 (noise drawn for all rows at every step) and keypoint guidance (its energy is built
-    for all rows) go through ``diffusion.sample`` itself, whose memory grows with B·N."""
+    The generator draws x_T and each step's ``eta`` noise for all rows, as ``diffusion.sample`` draws them, and the
+    keypoint-guidance energy is built per block of rows from the same keypoints, so the hypotheses are the very
+    same (``ddim_sample_x0``'s ``row_chunks``). Without a generator, a body model or the inputs' K and pixel
+    keypoints (nothing to solve the translation from) it is ``diffusion.sample`` itself."""
     N, gen = num_generations, generator
-    if eta > 0 or guidance > 0 or gen is None or body is None or cond.K is None or cond.keypoints_px is None:
+    if gen is None or body is None or cond.K is None or cond.keypoints_px is None:
         return diffusion_sample(model, cond, num_generations=N, steps=steps, eta=eta, generator=gen, body=body,
                                 guidance=guidance)
     chunks = [_rows(c, N) for c in _chunks(len(cond), N)]
@@ -165,8 +167,11 @@ def sample(model, cond, num_generations: int = 16, steps: int = 10, eta: float =
     B = len(cond)
     rows = cond.to(device).repeat_interleave(N)
     x_T = torch.randn(B * N, X_DIM, generator=gen, device=gen.device).to(device)
-    x0 = torch.cat([ddim_sample_x0(model, rows.index(sl), steps=steps, eta=eta, generator=gen, x_T=x_T[sl])
-                    for sl in chunks])
+    energies = None
+    if guidance > 0:
+        energies = [reprojection_energy(body, rows.keypoints_px[sl], rows.K[sl]) for sl in chunks]
+    x0 = ddim_sample_x0(model, rows, steps=steps, eta=eta, generator=gen, x_T=x_T, guide_fn=energies,
+                        guidance=guidance, row_chunks=chunks)
     params = x0_to_params(x0)
     transl = []
     for sl in chunks:
@@ -249,7 +254,7 @@ def _nn_bank():
 
 @torch.no_grad()
 def evaluate_model(
-    model: HMRDiffusion | str | os.PathLike,
+    model: HMRDiffusion | str | os.PathLike | None,
     split: str = "test",
     num_generations: int = 16,
     steps: int = 10,
@@ -276,10 +281,16 @@ def evaluate_model(
     from hmrcritic.hmr.anatomy import is_implausible
     from hmrcritic.hmr.body import load_body_model
 
-    if isinstance(model, str | os.PathLike):  # a checkpoint path, as `hmrcritic evaluate --model` takes one: it was
-        from hmrcritic.hmr.diffusion import load_model  # "'str' object has no attribute 'num_timesteps'"
+    # a checkpoint path, as `hmrcritic evaluate --model` takes one (it was "'str' object has no attribute
+    # 'num_timesteps'"), or None: the shipped base model, as the command without --model
+    if model is None or isinstance(model, str | os.PathLike):
+        from hmrcritic.hmr.diffusion import load_model
 
         model = load_model(model)
+    elif not (isinstance(getattr(model, "alphas_cumprod", None), torch.Tensor) and callable(
+            getattr(model, "predict_eps", None))):
+        raise InputError(f"model must be an HMRDiffusion, a checkpoint path or None (the shipped base model), got "
+                         f"{type(model).__name__}")
     check_sampling_args(num_generations, steps, eta, guidance, model.num_timesteps)  # before any split is loaded
     if limit is not None and limit < 1:
         raise InputError(f"--limit must be ≥ 1 scene (or left out for the whole split), got {limit}")

@@ -102,10 +102,12 @@ def procrustes_align(pred, gt) -> Tensor:
     direction keeps the rotation proper (det = +1) so a mirrored prediction is never "aligned" by a
     reflection. Returns the aligned prediction in the dtype of ``pred``. A sample with a NaN/inf point (a
     diverged hypothesis) comes back all NaN, like its MPJPE, instead of making the batched SVD raise for
-    every sample of the batch.
+    every sample of the batch. Integer inputs (joints in whole mm) come back as float32, not truncated to
+    integers (which also made :func:`pa_mpjpe` raise "vector_norm: Expected a floating point ... Got Long").
     """
     pred, gt = _as_tensor(pred), _as_tensor(gt)
     pred, gt = torch.broadcast_tensors(pred, gt)
+    dtype = pred.dtype if pred.is_floating_point() else torch.float32
     X = pred.double()
     Y = gt.double()
     finite = (torch.isfinite(X).all(dim=-1) & torch.isfinite(Y).all(dim=-1)).all(dim=-1)  # (…)
@@ -127,7 +129,7 @@ def procrustes_align(pred, gt) -> Tensor:
     scale = (S * Z).sum(dim=-1) / var_x.clamp_min(1e-12)
     aligned = scale[..., None, None] * (X0 @ R.transpose(-1, -2)) + mu_y
     aligned = torch.where(finite[..., None, None], aligned, float("nan"))
-    return aligned.to(pred.dtype)
+    return aligned.to(dtype)
 
 
 def pa_mpjpe(pred, gt, joint_set: str | None = "lsp14") -> Tensor:
@@ -154,6 +156,10 @@ def pve(pred_verts, gt_verts, pred_root=None, gt_root=None) -> Tensor:
     """
     pv, gv = _as_tensor(pred_verts), _as_tensor(gt_verts)
     _check_same_shape(pv, gv, "pve")
+    if (pred_root is None) != (gt_root is None):
+        # one mesh on its pelvis and the other on its vertex centroid differ by the pelvis-to-centroid offset
+        # (several cm) even for identical meshes: a silently inflated figure
+        raise ValueError("pve: give both pred_root and gt_root (pelvis alignment) or neither (centroid alignment)")
     pr = pv.mean(dim=-2) if pred_root is None else _as_tensor(pred_root)
     gr = gv.mean(dim=-2) if gt_root is None else _as_tensor(gt_root)
     for name, root, verts in (("pred_root", pr, pv), ("gt_root", gr, gv)):
@@ -380,6 +386,11 @@ def standard_metrics(
     """
     pj, gj = _as_tensor(pred_joints), _as_tensor(gt_joints)
     out = {"mpjpe": mpjpe(pj, gj, joint_set), "pa_mpjpe": pa_mpjpe(pj, gj, joint_set)}
+    if (pred_verts is None) != (gt_verts is None):  # "pve" was left out without a word
+        raise ValueError("standard_metrics: give both pred_verts and gt_verts for PVE, or neither")
     if pred_verts is not None and gt_verts is not None:
+        if pj.shape[-2] != 24:  # PVE's root is SMPL joint 0: joint 0 of an lsp14 set is the right ankle
+            raise ValueError(f"standard_metrics: PVE needs the 24 SMPL joints for its pelvis root, got "
+                             f"{pj.shape[-2]} joints")
         out["pve"] = pve(pred_verts, gt_verts, pj[..., 0, :], gj[..., 0, :])
     return out

@@ -244,8 +244,11 @@ class Renderer:
             cam = self._camera
             cam.fx, cam.fy = float(K[0, 0]), float(K[1, 1])
             cam.cx, cam.cy = float(K[0, 2]) + 0.5, float(K[1, 2]) + 0.5
-            zmax = float(v[:, 2].max())
-            cam.znear = _ZNEAR
+            zmax, zmin = float(v[:, 2].max()), float(v[:, 2].min())
+            # a 24-bit depth buffer resolves ~z²/(znear·2²⁴) at depth z: at 0.01 m that is 1 mm at 13 m but 6 m at
+            # 1 km (a telephoto view of a far person: depths metres off, limbs z-fighting the torso). A mesh wholly
+            # beyond _DEEP_Z gets a near plane just in front of it; nearer ones render exactly as before.
+            cam.znear = _ZNEAR if zmax <= _DEEP_Z or zmin <= 2 * _ZNEAR else max(_ZNEAR, 0.5 * zmin)
             cam.zfar = max(100.0, 2.0 * zmax + 1.0)
             flip = np.array([1.0, -1.0, -1.0], dtype=np.float32)
             colors = None if depth_only else shade_vertices(v, f, color, self.ambient, self.light_intensity)
@@ -549,6 +552,7 @@ def _side_camera(v: np.ndarray, W: int, H: int, angle_deg: float, extent, centre
 
 _GRID_SIDE_BG = (0.9, 0.9, 0.9)  # the side views' background in a grid
 _ZNEAR = 0.01  # the near clipping plane of :meth:`Renderer._render` (m)
+_DEEP_Z = 12.0  # (m) beyond it the depth buffer's step at _ZNEAR passes 1 mm: the near plane follows the mesh
 
 
 def _empty_reason(v: np.ndarray, faces, side: bool = False) -> str:

@@ -11,8 +11,12 @@ import torch.nn.functional as F
 
 
 def axis_angle_to_matrix(aa: torch.Tensor) -> torch.Tensor:
-    """(..., 3) axis-angle → (..., 3, 3) rotation matrices (Rodrigues, stable near zero)."""
-    angle = aa.norm(dim=-1, keepdim=True).clamp_min(1e-8)
+    """(..., 3) axis-angle → (..., 3, 3) rotation matrices (Rodrigues, stable near zero).
+
+    The angle's floor is 1e-8, or the dtype's smallest normal number where 1e-8 is not one: in float16 1e-8
+    rounds to 0, so a zero rotation (the rest pose) divided 0 by 0 and came back all NaN."""
+    angle = aa.norm(dim=-1, keepdim=True)
+    angle = angle.clamp_min(max(1e-8, torch.finfo(angle.dtype).tiny))
     axis = aa / angle
     x, y, z = axis.unbind(-1)
     zeros = torch.zeros_like(x)

@@ -1464,9 +1464,10 @@ class MemoryStore:
         """Merge an export into this memory.
 
         New rule ids are added; a rule id already present is replaced only when the file's copy has more
-        uses (or with ``overwrite``). Prototypes are upserted by id. Stored vectors are reused when the
-        file's embedding identity matches ours, otherwise rule texts are re-embedded (prototype vectors
-        cannot be recomputed without joints, so a pose-embedding mismatch is an error).
+        uses (or with ``overwrite``). Prototypes are upserted by id: ``prototypes`` counts the file's,
+        ``prototypes_added`` those new here, ``prototypes_replaced`` those whose id was here already. Stored
+        vectors are reused when the file's embedding identity matches ours, otherwise rule texts are re-embedded
+        (prototype vectors cannot be recomputed without joints, so a pose-embedding mismatch is an error).
 
         Exploration records (:data:`EXPORTED_FILES`; an export written before they travelled has none): the
         groups the file's contents were learned from join this memory's ``explored_on.json`` (a union, written
@@ -1549,7 +1550,7 @@ class MemoryStore:
                               *(("prototype", p.proto_id) for p in protos if p.proto_id != "")]:
                 _check_imported_id(kind, rid)
             checked = [self.rules.validate(r) for r, _ in rules]
-            self.prototypes.check(protos)
+            proto_ids, _ = self.prototypes.check(protos)
         except InputError as exc:
             raise InputError(f"memory import: {path}: {exc} (nothing was imported)") from None
         ids = [r.rule_id for r in checked]
@@ -1557,7 +1558,8 @@ class MemoryStore:
             dup = sorted({i for i in ids if ids.count(i) > 1})
             raise InputError(f"memory import: {path} holds rule id(s) {dup[:5]} more than once (nothing was imported)")
         rules = [(r, e if _finite_vector(e, TEXT_DIM) else None) for r, (_, e) in zip(checked, rules, strict=True)]
-        counts = {"rules_added": 0, "rules_updated": 0, "rules_skipped": 0, "prototypes": 0}
+        counts = {"rules_added": 0, "rules_updated": 0, "rules_skipped": 0, "prototypes": 0, "prototypes_added": 0,
+                  "prototypes_replaced": 0}
         with self._write():
             explored_added = 0
             if "explored_on" in side:  # the guard first: an import cut short is over-guarded, never under
@@ -1576,6 +1578,9 @@ class MemoryStore:
                 self.rules.add([r for r, _ in new], embeddings=vecs)
             if upd:
                 self.rules.update(upd)
+            # which of them this memory holds already (upserted over: a second import of one file reported every
+            # prototype again as imported, as if the memory had gained them)
+            present = set(self._get_all(PROTOTYPES_COLLECTION, include=[], ids=proto_ids)["ids"]) if protos else set()
             if protos:
                 self.prototypes.add(protos, progress=True)
             # a calibration belongs to the rule set it was fitted for: take the file's when this memory has
@@ -1588,6 +1593,7 @@ class MemoryStore:
             if take_progress:  # after the contents, as exploration writes it after a batch
                 atomic_write_json(progress_file, side["explore_progress"])
             counts.update(rules_added=len(new), rules_updated=len(upd), prototypes=len(protos),
+                          prototypes_added=len(protos) - len(present), prototypes_replaced=len(present),
                           calibration=bool(take_cal), explored_groups=explored_added,
                           explore_progress=take_progress)
         return counts
