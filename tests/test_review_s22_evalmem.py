@@ -32,17 +32,22 @@ def _raw(monkeypatch, E):
     monkeypatch.setattr(E, "round", lambda x, n=None: x, raising=False)
 
 
-def test_evaluate_runs_the_network_and_the_body_model_a_chunk_of_rows_at_a_time(monkeypatch, body):
+@pytest.mark.parametrize("eta,guidance", [(0.0, 0.0), (0.7, 0.0), (0.0, 0.5), (0.5, 0.5)])
+def test_evaluate_runs_the_network_and_the_body_model_a_chunk_of_rows_at_a_time(monkeypatch, body, eta, guidance):
     """`evaluate -n 1024` at the default batch of 32 needed ~21 GB (0.63 MB per row: the network and the body model
     ran on all B·N rows at once) and failed only after the splits had loaded. Each pass is now at most CHUNK_ROWS
-    rows, and the figures are the very numbers of one pass over the batch (unrounded, equal)."""
+    rows, and the figures are the very numbers of one pass over the batch (unrounded, equal).
+
+    Session 24: with eta > 0 or keypoint guidance the whole batch still went through diffusion.sample (each step's
+    noise was drawn for all rows); now the network, the guidance energy and its body model run a block of rows at a
+    time inside each step while the noise is drawn for all rows as before."""
     from hmrcritic.hmr import evaluate as E
     from hmrcritic.hmr.diffusion import load_model
 
     model = load_model(None)
     monkeypatch.setattr(E, "_load_labelled", lambda split, limit: (_varied_scenes(body, 4), 4))
     _raw(monkeypatch, E)
-    kw = dict(num_generations=24, steps=3, batch_size=4, nn_baseline=False, body=body)
+    kw = dict(num_generations=24, steps=3, batch_size=4, nn_baseline=False, body=body, eta=eta, guidance=guidance)
     monkeypatch.setattr(E, "CHUNK_ROWS", 10_000, raising=False)
     whole = E.evaluate_model(model, **kw)
 

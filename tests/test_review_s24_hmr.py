@@ -1,57 +1,13 @@
 """Session 24 review (hmr): ``evaluate --eta > 0`` and ``--guidance`` run the network, the guidance energy and the
 body model a block of rows at a time like the default sampler (memory bounded at large -n), with the very same
-hypotheses and figures as one pass over the batch."""
+hypotheses and figures as one pass over the batch (the chunk sizes: tests/test_review_s22_evalmem.py)."""
 
 from __future__ import annotations
 
 import pytest
 import torch
 
-from tests.test_review_s22_evalmem import _raw, _varied_scenes
-
-
-@pytest.mark.parametrize("eta,guidance", [(0.7, 0.0), (0.0, 0.5), (0.5, 0.5)])
-def test_evaluate_with_eta_or_guidance_is_chunked_and_the_same(monkeypatch, body, eta, guidance):
-    """With eta > 0 or keypoint guidance, hmr.evaluate.sample handed the whole batch to diffusion.sample: the network
-    and the guidance's body model saw all B·N rows at once (~0.6 MB a row: `evaluate -n 1024 --eta 0.5` needed
-    ~21 GB). Now every pass is a block of at most CHUNK_ROWS rows while each step's noise is drawn for all rows as
-    before, so the figures are the numbers of one pass over the batch (unrounded, equal)."""
-    from hmrcritic.hmr import evaluate as E
-    from hmrcritic.hmr.diffusion import load_model
-
-    model = load_model(None)
-    monkeypatch.setattr(E, "_load_labelled", lambda split, limit: (_varied_scenes(body, 4), 4))
-    _raw(monkeypatch, E)
-    kw = dict(num_generations=24, steps=3, batch_size=4, nn_baseline=False, body=body, eta=eta, guidance=guidance)
-    monkeypatch.setattr(E, "CHUNK_ROWS", 10_000, raising=False)
-    whole = E.evaluate_model(model, **kw)
-
-    seen = {"body": 0, "net": 0}
-
-    class Spy:
-        def __init__(self, inner):
-            self.inner, self.faces, self.name = inner, inner.faces, inner.name
-
-        def __call__(self, go, *a):
-            seen["body"] = max(seen["body"], go.reshape(-1, 3).shape[0])
-            return self.inner(go, *a)
-
-        def coco17(self, out):
-            return self.inner.coco17(out)
-
-    predict = model.predict_eps
-
-    def spy_predict(x, t, cond):
-        seen["net"] = max(seen["net"], x.shape[0])
-        return predict(x, t, cond)
-
-    monkeypatch.setattr(model, "predict_eps", spy_predict)
-    monkeypatch.setattr(E, "CHUNK_ROWS", 48, raising=False)
-    chunked = E.evaluate_model(model, **{**kw, "body": Spy(body)})
-    assert seen == {"body": 48, "net": 48}, seen
-    for key in ("seconds", "hypotheses_per_s"):
-        whole.pop(key), chunked.pop(key)
-    assert chunked == whole
+from tests.test_review_s22_evalmem import _varied_scenes
 
 
 def test_chunked_sampling_draws_what_diffusion_sample_draws(body):
