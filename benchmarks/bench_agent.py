@@ -1,9 +1,9 @@
 """Critique-agent throughput: groups per second (N = 16 hypotheses) with the builtin judge, with and
 without rendering. Real graph, SQLite checkpointer and Chroma memory (starter rules) in a temporary folder.
 
-    python benchmarks/bench_agent.py [--groups 8] [--num-generations 16]
+    python benchmarks/bench_agent.py [--groups 8] [--num-generations 16] [--threads 2] [--out PATH]
 
-Prints a table and writes benchmarks/results/agent.json.
+Prints a table and writes benchmarks/results/agent.json (or ``--out PATH``).
 """
 
 from __future__ import annotations
@@ -25,9 +25,14 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--split", default="test")
     ap.add_argument("--source", default="auto", help="auto | model | perturbed")
     ap.add_argument("--out", default=str(Path(__file__).parent / "results" / "agent.json"))
+    ap.add_argument("--threads", type=int, default=min(2, os.cpu_count() or 1),
+                    help="torch threads (default: up to 2); on a shared machine 1 is steadier, as two threads "
+                         "fighting other jobs for the cores made a group's evidence 3-10x slower")
     args = ap.parse_args(argv)
     if args.groups < 1:
         ap.error("--groups must be ≥ 1 (one more is drawn to warm the caches)")
+    if args.threads < 1:
+        ap.error("--threads must be ≥ 1")
 
     work = tempfile.mkdtemp(prefix="bench-agent-")
     try:
@@ -40,7 +45,7 @@ def _run(args, work: str) -> int:
     os.environ["HMRCRITIC_RUNS"] = str(Path(work) / "runs")  # keep the user's runs folder clean
     import torch
 
-    torch.set_num_threads(min(2, os.cpu_count() or 1))
+    torch.set_num_threads(args.threads)
     from hmrcritic.agent.api import critique_group
     from hmrcritic.agent.graph import open_checkpointer
     from hmrcritic.agent.groups import make_groups

@@ -4,9 +4,9 @@ Sampling: N = 16 and 100 hypotheses for a batch of inputs at 3, 10 and 50 DDIM s
 per step, including the translation solve and its body-model call). Training: optimiser steps/s at the
 recipe's batch size.
 Uses the shipped base model when present (else a freshly initialised one of the same architecture: the
-speed does not depend on the weights). Writes benchmarks/results/diffusion.json.
+speed does not depend on the weights). Writes benchmarks/results/diffusion.json (or ``--out PATH``).
 
-    python benchmarks/bench_diffusion.py [--device cuda] [--threads 1] [--quick]
+    python benchmarks/bench_diffusion.py [--device cuda] [--threads 1] [--quick] [--out PATH]
 """
 
 from __future__ import annotations
@@ -95,6 +95,8 @@ def main() -> None:
     ap.add_argument("--inputs", type=int, default=1, help="inputs per batch (B); B·N rows per network call")
     ap.add_argument("--repeat", type=int, default=1)
     ap.add_argument("--quick", action="store_true", help="fewer settings (smoke run)")
+    ap.add_argument("--out", type=Path, default=None,
+                    help="JSON to write (default: results/diffusion.json; diffusion_quick.json with --quick)")
     args = ap.parse_args()
     torch.set_num_threads(args.threads)
     dev = args.device
@@ -149,7 +151,7 @@ def main() -> None:
         "load_avg": list(os.getloadavg()),
     }
     # a --quick smoke run never replaces the figures README cites
-    path = RESULTS.with_name("diffusion_quick.json") if args.quick else RESULTS
+    path = args.out or (RESULTS.with_name("diffusion_quick.json") if args.quick else RESULTS)
     atomic_write_json(path, out)
     print(f"wrote {path}")
 

@@ -85,6 +85,8 @@ def main() -> None:
     if args.one:
         run_one(args)
         return
+    if unknown := sorted(set(args.configs.split(",")) - set(CONFIGS)):
+        ap.error(f"unknown config(s) {unknown}; choose from {', '.join(CONFIGS)}")
 
     from hmrcritic.hmr.data import generate_split
     from hmrcritic.hmr.diffusion import DEFAULT_CHECKPOINT, HMRDiffusion, save_model
@@ -123,7 +125,10 @@ def main() -> None:
             "--scorer",
             args.scorer,
         ]
-        subprocess.run(warm, check=True, capture_output=True)
+        res = subprocess.run(warm, capture_output=True, text=True, check=False)
+        if res.returncode != 0:  # check=True said only "returned non-zero exit status 1", the reason swallowed
+            tail = res.stderr.strip().splitlines()[-1] if res.stderr.strip() else "?"
+            sys.exit(f"bench_export: the warm-up export failed (nothing measured): {tail}")
         for name in args.configs.split(","):
             cmd = [
                 sys.executable,
@@ -181,6 +186,8 @@ def main() -> None:
         },
     )
     print(f"wrote {args.out}")
+    if any("error" in r for r in rows):  # recorded above, but a failed configuration is no benchmark: make says so
+        sys.exit(1)
 
 
 if __name__ == "__main__":

@@ -1,5 +1,5 @@
 """Benchmark the secret scrubber (hmrcritic.redact.scrub), which every error line, log line, kept trace record and
-LangSmith upload goes through: µs per call for a short line, a 1.8 KB trace record and a ~60 KB text, with a
+LangSmith upload goes through: µs per call for a short line, a 2.6 KB trace record and a ~60 KB text, with a
 short key set (masked whole only) and with a long one (its 8-character pieces masked too, session 23).
 Prints a table and writes benchmarks/results/scrub.json.
 

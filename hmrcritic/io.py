@@ -62,10 +62,32 @@ def _new_file_mode(path: Path) -> int:
         return 0o666 & ~_umask()
 
 
+def _check_not_a_stream(path: Path) -> None:
+    """Refuse a target that is no file to replace: a device, a pipe, a socket (through links), or a link to a
+    process's file descriptor (``/dev/stdout`` → ``/proc/self/fd/1``, also when fd 1 is a regular file).
+
+    The write is a new file renamed over the target. Over ``/dev/null`` or ``/dev/stdout`` the rename replaced the
+    device or the link with a regular file (as root, as in a container: for every process of the machine), and
+    the data never reached the pipe or terminal the user meant; a FIFO was swapped for a file its reader never saw."""
+    import stat
+
+    from hmrcritic.errors import InputError
+
+    try:
+        mode = os.stat(path).st_mode  # through links
+        link = os.readlink(path) if path.is_symlink() else ""
+    except (OSError, ValueError):  # not there yet (the usual case), or a name the write itself refuses
+        return
+    if not (stat.S_ISREG(mode) or stat.S_ISDIR(mode)) or link.startswith(("/proc/", "/dev/fd/")):
+        raise InputError(f"{path} is not a file to write (a device, pipe, terminal, socket or a process's file "
+                         "descriptor): it is written whole as a new file renamed into place; give a file name")
+
+
 def atomic_write_bytes(path: str | os.PathLike, data: bytes) -> Path:
     path = Path(path)
     if path.is_dir():  # else os.replace fails naming our temporary file ("/.tmp.x1y2.tmp -> /tmp"), not the target
         raise IsADirectoryError(errno.EISDIR, os.strerror(errno.EISDIR), str(path))
+    _check_not_a_stream(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     mode = _new_file_mode(path)
     with _errors_naming(path):
@@ -229,8 +251,12 @@ def _string_keys(obj: Any) -> bool:
     return True
 
 
-def append_jsonl(path: str | os.PathLike, record: dict, checksum: bool = True) -> None:
-    """Append one record as a line, fsynced. With ``checksum`` the record carries its own checksum."""
+def append_jsonl(path: str | os.PathLike, record: dict, checksum: bool = True, durable: bool = True) -> None:
+    """Append one record as a line, fsynced. With ``checksum`` the record carries its own checksum.
+
+    ``durable=False``: written and flushed, not fsynced — a killed process keeps every record written (the kernel
+    has them), a power cut may lose the last ones. For diagnostics written many times a group (a critique's trace:
+    eleven records, eleven fsyncs, about a quarter of a builtin critique's time on a busy disk), not for state."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     rec = dict(record)
@@ -247,8 +273,9 @@ def append_jsonl(path: str | os.PathLike, record: dict, checksum: bool = True) -
                 line = "\n" + line
         fh.write(line.encode("utf-8"))
         fh.flush()
-        os.fsync(fh.fileno())
-    if new:  # the file's entry in its folder too (see _fsync_folder): the first record of a log is no less kept
+        if durable:
+            os.fsync(fh.fileno())
+    if new and durable:  # the file's entry in its folder too (see _fsync_folder): a log's first record is kept too
         _fsync_folder(path.parent)
 
 

@@ -86,6 +86,7 @@ from hmrcritic.memory.store import (
     holds_memory,
     writers_held_off,
 )
+from hmrcritic.redact import scrub
 
 ERROR_METRICS = ("pa_mpjpe", "mpjpe", "pve", "mix")
 MIX_WEIGHTS = {"mpjpe": 1.2, "pa_mpjpe": 2.0, "pve": 0.7}
@@ -344,11 +345,62 @@ def _read_progress(path: Path) -> dict:
         data = json.loads(f.read_text(encoding="utf-8"))
         if not isinstance(data, dict):
             raise ValueError("not a JSON object")
+        _check_progress(data)
         return data
     except (OSError, ValueError) as exc:
         raise InputError(f"{f}: unreadable exploration progress record ({str(exc).splitlines()[0]}); restore it, or "
                          f"start the memory over with {cli_hint('reset --yes', path)} (deleting "
                          "the file alone would explore the same groups again and count them twice)") from exc
+
+
+def _is_count(x: Any) -> bool:
+    return isinstance(x, int) and not isinstance(x, bool) and x >= 0
+
+
+def _check_progress(data: dict) -> None:
+    """ValueError naming the first part of a progress record exploration cannot read (a hand edit, a bad restore,
+    an imported export's record: ``memory import`` checks only that it is an object). A record of the wrong shape
+    inside failed later as a bare KeyError, AttributeError or TypeError traceback (a history group without its
+    evidence, ``"runs": []``), or was used and kept (a history group's lists of other lengths, which fail the
+    miner's simulation with a numpy shape error once a round gets that far)."""
+    runs = data.get("runs", {})
+    if not isinstance(runs, dict):
+        raise ValueError("'runs' is not an object")
+    for sig, run in runs.items():
+        if not isinstance(run, dict):
+            raise ValueError(f"run {sig}: not an object")
+        if not isinstance(run.get("rounds_done", []), list) or not all(map(_is_count, run.get("rounds_done", []))):
+            raise ValueError(f"run {sig}: 'rounds_done' is not a list of round numbers")
+        spans = run.get("spans", [])
+        if not isinstance(spans, list) or not all(
+                isinstance(x, list) and len(x) == 2 and all(isinstance(v, int) and not isinstance(v, bool) for v in x)
+                for x in spans):
+            raise ValueError(f"run {sig}: 'spans' is not a list of [first, end] group positions")
+        if not isinstance(run.get("settings", {}), dict):
+            raise ValueError(f"run {sig}: 'settings' is not an object")
+        history = run.get("history", [])
+        if not isinstance(history, list):
+            raise ValueError(f"run {sig}: 'history' is not a list")
+        for i, x in enumerate(history):
+            try:
+                bg = BatchGroup.from_json(x)
+                ok = all(v.ndim == 1 and len(v) == bg.n for v in (bg.overall, bg.error, *bg.evidence.values()))
+            except (KeyError, TypeError, ValueError, AttributeError):
+                ok = False
+            if not ok:
+                raise ValueError(f"run {sig}: history group {i} is not a group record (group_id, and evidence, "
+                                 "overall and error lists of one length)")
+    if not _is_count(data.get("rounds_total", 0)):
+        raise ValueError("'rounds_total' is not a count")
+    if not isinstance(data.get("batches", []), list):
+        raise ValueError("'batches' is not a list")
+    effects = data.get("rule_effects", {})
+    if not isinstance(effects, dict) or not all(
+            isinstance(v, list) and len(v) == 2 and isinstance(v[0], int | float) and _is_count(v[1])
+            for v in effects.values()):
+        raise ValueError("'rule_effects' is not an object of [Σ Δρ, groups] pairs")
+    if not isinstance(data.get("calibration", {}), dict):
+        raise ValueError("'calibration' is not an object")
 
 
 def _settings(split: str, batch_size: int, seed: int, source: str, num_generations: int, metric: str, start: int,
@@ -381,8 +433,12 @@ def _check_overlap(prog: dict, sig: str, settings: dict, rounds: int, limit: int
     own = prog.get("runs", {}).get(sig, {})
     done = set(own.get("rounds_done", []))
     end = rounds * bs if limit is None else min(rounds * bs, limit)
+    # only rounds that begin before the end of a recorded span can meet one: `--rounds 1000000000` ("until the split
+    # ends") looked at every round here, hanging the call before its first group while the dict filled memory
+    reach = max((int(b) for run in prog.get("runs", {}).values() for _, b in run.get("spans", [])), default=lo)
+    top = min(rounds, max(0, -(-(reach - lo) // bs)))
     # a round an earlier call's limit cut short goes on from its first unexplored group (0 for any other round)
-    firsts = {r: r * bs + _explored_of_round(own, r, lo, bs) for r in range(rounds) if r not in done}
+    firsts = {r: r * bs + _explored_of_round(own, r, lo, bs) for r in range(top) if r not in done}
     mine = [(lo + a, lo + min((r + 1) * bs, end)) for r, a in firsts.items() if a < end]
     for other, run in sorted(prog.get("runs", {}).items()):
         theirs = run.get("settings")
@@ -490,9 +546,11 @@ def explore(
     ``"calibrated"`` events. Calling again with more ``rounds`` continues where the last call stopped (same
     split/batch size/seed/source).
 
-    ``limit`` caps the groups of this call. A round it cuts short (groups 8–9 of a batch of 8 with ``limit=10``)
-    is not recorded done while the split has more groups: a later call explores the rest of that round (10–15,
-    within its own limit) as a continuation batch, after which the round is done. No group is skipped or explored
+    ``limit`` caps the run's groups in total, counted from its first (``start``), not this call's: a later call
+    with the same ``limit`` explores nothing more ("limit of 10 groups reached"), one with a larger limit goes on
+    up to it. A round it cuts short (groups 8–9 of a batch of 8 with ``limit=10``) is not recorded done while the
+    split has more groups: a later call explores the rest of that round (10–15, within its own limit) as a
+    continuation batch, after which the round is done. No group is skipped or explored
     twice, but the continuation is a batch of its own (a log record and a global round number of its own) and
     its rule statistics, prototypes and mining see 6 groups, then 2, instead of one batch of 8: the memory is
     not the one an uninterrupted run without ``limit`` would grow. A round short because the split ended is done.
@@ -516,6 +574,8 @@ def explore(
                          "rank|error")
     if rounds < 0 or batch_size < 1:
         raise InputError(f"explore: need rounds ≥ 0 and batch size ≥ 1 (got {rounds}, {batch_size})")
+    if start < 0:  # given groups were sliced from the end (groups[-2:2]): an odd group explored, a span [-2, -1] kept
+        raise InputError(f"explore: start is the position of the first group, ≥ 0 (got {start})")
     if not (-1.0 <= tau <= 1.0):
         raise InputError(f"explore: τ = {tau} is not a Spearman value in [-1, 1]")
     if num_generations < 2 or calibration_groups < 0:
@@ -847,13 +907,16 @@ def _judge_proposals(judge_obj, res, bg: BatchGroup, round_no, validation, exist
     try:
         props = judge_obj.propose_rules(ctx, mistakes)
     except Exception as exc:  # a judge that fails or answers garbage: log and go on
+        # scrubbed (before it is cut): the reason is printed and kept in explore_log.jsonl, and a custom judge's
+        # error may quote its key, as learning_curve.score_groups and the critique node already assume
+        why = scrub(str(exc)).splitlines()
         return [], [Rejection("(judge)", f"group {res.group_id}: propose_rules failed: "
-                                         f"{type(exc).__name__}: {str(exc).splitlines()[0][:160] if str(exc) else ''}")]
+                                         f"{type(exc).__name__}: {why[0][:160] if why else ''}")]
     items = getattr(props, "rules", None)
     if items is None and isinstance(props, dict):
         items = props.get("rules")
     if items is None or not isinstance(items, list | tuple):
-        return [], [Rejection(str(props)[:120], f"group {res.group_id}: judge answered something that is not "
+        return [], [Rejection(scrub(props)[:120], f"group {res.group_id}: judge answered something that is not "
                                                 "a list of rule proposals")]
     if not items:
         return [], [Rejection("(judge)", f"group {res.group_id}: judge proposed no rule")]
@@ -924,8 +987,11 @@ def _run_batch(memory, app, saver, judge_obj, is_builtin, cfg, batch, r, sig, sp
                                  group_id=f"explore-{g.group_id}", fresh=True, graph=app, checkpointer=saver,
                                  keep=False)
         except HMRCriticError as exc:
-            report.failed.append({"group_id": g.group_id, "error": str(exc), "kind": "error"})
-            emit("group", {"index": i, "total": len(batch), "group_id": g.group_id, "error": str(exc)})
+            # scrubbed: printed, kept in explore_log.jsonl and the summary; a custom judge's JudgeError passes the
+            # critique node as it is, and may quote its key (the VLM judge scrubs its own)
+            why = scrub(str(exc))
+            report.failed.append({"group_id": g.group_id, "error": why, "kind": "error"})
+            emit("group", {"index": i, "total": len(batch), "group_id": g.group_id, "error": why})
             # the VLM endpoint itself cannot be used (nothing answers, the key or the model refused) and no group
             # of the round was scored: the round fails now, as it would after every group's retries
             if unusable_endpoint(exc) is not None:
@@ -962,8 +1028,8 @@ def _run_batch(memory, app, saver, judge_obj, is_builtin, cfg, batch, r, sig, sp
     # 1. rule statistics (deltas now; made absolute inside the lock)
     rhos = [group_spearman(bg.overall, bg.error) for _, _, bg in scored]
     deltas = rule_stat_deltas([[rd["rule_id"] for rd in res.rules_recalled] for _, res, _ in scored], rhos, tau)
-    effects = rule_removal_effects([(res.rules_applied, bg) for _, res, bg in scored],
-                                   {r.rule_id: r for r in memory.rules.all(include_retired=True)})
+    known = {r.rule_id: r for r in memory.rules.all(include_retired=True)}
+    effects = rule_removal_effects([(res.rules_applied, bg) for _, res, bg in scored], known)
     report.mean_spearman = float(np.mean(rhos))
     report.short_groups = int(sum(rho < tau for rho in rhos))
     report.rules_used = int(sum(d[0] for d in deltas.values()))
@@ -1027,12 +1093,13 @@ def _run_batch(memory, app, saver, judge_obj, is_builtin, cfg, batch, r, sig, sp
     history.extend(bg for _, _, bg in scored)
     for _, res, _ in scored:  # arrays and renders are read; nothing needs the run folders any more
         discard_run(res)
-    report.rejected = [x.as_dict() for x in rejected]
     from hmrcritic.memory.rules import mined_rule_id
 
     for rule, add in zip(new_rules, report.rules_added, strict=True):
         rule.rule_id = rule.rule_id or mined_rule_id(rule.text)
         add["rule_id"] = rule.rule_id
+    new_rules, report.rules_added = _not_added_again(new_rules, report.rules_added, known, rejected)
+    report.rejected = [x.as_dict() for x in rejected]
     for x in report.rejected:
         emit("rule_rejected", x)
     report.seconds = time.perf_counter() - t0
@@ -1047,6 +1114,26 @@ def _run_batch(memory, app, saver, judge_obj, is_builtin, cfg, batch, r, sig, sp
     for add in report.rules_added:
         emit("rule_added", add)
     return report
+
+
+def _not_added_again(new_rules: list[Rule], added: list[dict], known: dict[str, Rule],
+                     rejected: list[Rejection]) -> tuple[list[Rule], list[dict]]:
+    """The batch's new rules without those the memory would not add (a rule's id comes from its text): one whose
+    text is a stored rule's (a retired one's too) or an earlier proposal's of this batch goes to ``rejected``.
+
+    Why: :func:`_commit` and ``RuleMemory.add`` skip them anyway, but the report listed them as added, so
+    `hmrcritic explore` printed "+ rule …" and counted a rule the memory never took (a retired rule stayed
+    retired), and a VLM's rule proposed twice was "added" twice. What is written does not change."""
+    kept: list[tuple[Rule, dict]] = []
+    for rule, add in zip(new_rules, added, strict=True):
+        old = known.get(rule.rule_id)
+        if old is None and all(rule.rule_id != k.rule_id for k, _ in kept):
+            kept.append((rule, add))
+            continue
+        where = ("a rule proposed earlier this round" if old is None
+                 else f"rule {rule.rule_id}, already in the memory" + (" (retired)" if old.retired else ""))
+        rejected.append(Rejection(rule.text, f"same text as {where}: not added again"))
+    return [r for r, _ in kept], [a for _, a in kept]
 
 
 # ------------------------------------------------------------------------------------------- commit/resume
@@ -1164,6 +1251,12 @@ def _finish_pending(memory, emit) -> None:
     except (OSError, json.JSONDecodeError):
         f.unlink(missing_ok=True)  # torn before it was complete: nothing of it was applied
         return
+    # JSON of another shape (an edit, a bad restore; the file is written whole) failed every later explore and
+    # learning-curve at once as a bare AttributeError or KeyError, the memory stuck until someone read the code
+    if not isinstance(plan, dict) or not all(k in plan for k in ("batch_key", "sig", "r", "report")):
+        raise InputError(f"{f}: unreadable pending exploration batch (not a batch plan); part of it may have been "
+                         "written to the memory, so restore it, or start the memory over with "
+                         f"{cli_hint('reset --yes', memory.path, getattr(memory, 'chroma_url', None))}")
     if plan.get("batch_key") in _read_progress(Path(memory.path)).get("batches", []):
         # applied in full (the progress record is written last), killed before the file went: its absolute rule
         # records written again would undo every rule statistic counted since (a `critique --learn`)

@@ -496,6 +496,12 @@ def _why(exc: Exception) -> str:
     return text[:160]
 
 
+def _echo(value: Any, width: int = 40) -> str:
+    """``repr(value)``, cut to about ``width`` characters with an ellipsis (a proposal's field quoted in a reason)."""
+    text = repr(value)
+    return text if len(text) <= width else text[: width - 1] + "…"
+
+
 def validate_proposal(
     proposal: Any,
     round_created: int,
@@ -532,11 +538,12 @@ def validate_proposal(
     if any(x is not None for x in parts):
         if any(x is None for x in parts):
             return None, Rejection(text, "incomplete condition: needs measure, comparator and threshold")
+        # the judge's values are echoed cut short: a 10 kB "measure" made a 10 kB reason, printed and logged
         if p.measure not in MEASURES:
-            return None, Rejection(text, f"condition on unknown measure {p.measure!r} (known: "
+            return None, Rejection(text, f"condition on unknown measure {_echo(p.measure)} (known: "
                                          f"{', '.join(sorted(MEASURES))})")
         if p.comparator not in COMPARATORS:
-            return None, Rejection(text, f"comparator {p.comparator!r} is not one of {' '.join(COMPARATORS)}")
+            return None, Rejection(text, f"comparator {_echo(p.comparator)} is not one of {' '.join(COMPARATORS)}")
         thr = float(p.threshold)
         if not math.isfinite(thr):
             return None, Rejection(text, f"threshold {p.threshold!r} is not a finite number")

@@ -333,7 +333,7 @@ def _score(value: Any, pos: int, field: str) -> float | None:
     retried with the reason) rather than guessed around."""
     if isinstance(value, bool):  # float(True) is 1.0: a "true" for overall was read as a score of 1 out of 10
         raise Unparseable(f"score entry {pos} has {field} {json.dumps(value)}, not a number")
-    number = _finite(value)
+    number = finite_float(value)
     if number is not None or value is None or (isinstance(value, float) and math.isnan(value)):
         return number
     if isinstance(value, float | int):
@@ -350,16 +350,6 @@ def _score(value: Any, pos: int, field: str) -> float | None:
         if whole > 0 and math.isfinite(score := float(m.group(1)) * 10.0 / whole):  # not "9999…/10" (inf)
             return score
     raise Unparseable(f"score entry {pos} has {field} {text[:40]!r}, not a number")
-
-
-def _finite(value: Any) -> float | None:
-    """:func:`finite_float` for an endpoint's JSON, where an integer too large for a float (``1000…0``, hundreds of
-    digits) is not finite either: ``float()`` raised OverflowError on it, which no handler of an answer catches,
-    and the critique (or rule mining) ended in a traceback instead of a retry with the reason."""
-    try:
-        return finite_float(value)
-    except OverflowError:
-        return None
 
 
 def _keyed(value: Any) -> list | None:
@@ -480,12 +470,12 @@ def normalise_proposals(data: Any, ctx: JudgeContext) -> RuleProposals:
             continue
         text = " ".join(str(item["text"]).split())[:400]
         measure, comp = item.get("measure"), item.get("comparator")
-        threshold, points = _finite(item.get("threshold")), _finite(item.get("points"))
+        threshold, points = finite_float(item.get("threshold")), finite_float(item.get("points"))
         axis = item.get("axis") if item.get("axis") in AXES else None
         executable = (
             measure in ctx.evidence and comp in COMPARATORS and threshold is not None and points is not None
         )
-        per = _finite(item.get("per"))  # a graded rule's step; a step rule (or nonsense ≤ 0) has none
+        per = finite_float(item.get("per"))  # a graded rule's step; a step rule (or nonsense ≤ 0) has none
         per = per if per is not None and per > 0 else None
         if not executable:
             measure = comp = threshold = points = axis = per = None
@@ -626,7 +616,7 @@ def _tolerated(body: Any) -> tuple[int, Any] | None:
     if not isinstance(body, dict):
         return None
     if body.get("error") and not body.get("choices"):
-        code = _finite(body["error"].get("code")) if isinstance(body["error"], dict) else None
+        code = finite_float(body["error"].get("code")) if isinstance(body["error"], dict) else None
         if code is None and "unexpected endpoint" in str(body["error"]).lower():
             code = 404  # LM Studio's answer to an address it does not serve (a base URL without /v1)
         return (int(code) if code is not None and 400 <= code <= 599 else 502), body

@@ -60,9 +60,36 @@ def confirm_or_stop(question: str, unchanged: str) -> None:
 
     import typer
 
+    if sys.stdin is None:
+        # stdin closed (``<&-``, a service manager): no answer can come, as at the end of an empty stdin; asking
+        # failed as "error: RuntimeError: input(): lost sys.stdin (run with --debug …)", an unexpected error that
+        # did not say that nothing was changed or that --yes exists. Abort: cli.main says both, exit 1
+        print(f"{question} [y/N]: ", end="", file=sys.stderr, flush=True)
+        raise typer.Abort()
     if not typer.confirm(question, err=True):
         print(f"not confirmed: {unchanged}", file=sys.stderr)
         raise SystemExit(1)  # (typer.Exit's code is lost under standalone_mode=False)
+
+
+def check_output_file(path, what: str) -> None:
+    """Refuse an output file name that names a device, a pipe, a terminal or a socket (``/dev/stdout``, a FIFO).
+
+    The commands write their files atomically: a temporary file beside the target, renamed over it. Over
+    ``/dev/stdout`` (``memory export /dev/stdout | jq``) that rename replaced the link with a regular file holding
+    the export (as root, as in a container: ``/dev/stdout`` broken for every process there), nothing reached the
+    pipe, and the command said "wrote /dev/stdout"; a FIFO was swapped for a file its reader never saw."""
+    import os
+    import stat
+
+    from hmrcritic.errors import InputError
+
+    try:
+        mode = os.stat(os.fsdecode(path)).st_mode  # through links: /dev/stdout is one, to the process's fd 1
+    except (OSError, ValueError):  # not there yet (the usual case), or a name the write itself will refuse
+        return
+    if not (stat.S_ISREG(mode) or stat.S_ISDIR(mode)):  # a folder: each command's own, clearer refusal
+        raise InputError(f"{what}: {path} is not a regular file (a device, pipe, terminal or socket); the file is "
+                         "written whole and renamed into place, so give a file name (e.g. out.json)")
 
 
 def scene_from_spec(spec: str):

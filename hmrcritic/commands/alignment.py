@@ -80,7 +80,8 @@ def _export_app() -> typer.Typer:
             score_group=scorer or DEFAULT_SCORER,
         )
         try:
-            summary = export(cfg, progress=not as_json)
+            with _bar_off_stdout(as_json):
+                summary = export(cfg, progress=_export_progress(as_json))
         except KeyboardInterrupt:
             # typer turns Ctrl-C into a silent exit 130 (the CLI's "interrupted" line never shows): say what is kept
             import sys
@@ -131,6 +132,43 @@ def _export_app() -> typer.Typer:
                   + (f"; first: {rep.errors[0]}" if rep.errors else ""))
 
     return app
+
+
+def _bar_off_stdout(as_json: bool):
+    """Send the progress bar of export and finetune (a rich bar, on stdout) and the library's chatter to stderr with
+    ``--json`` or when stdout is not a terminal: stdout is for the result.
+
+    ``hmrcritic finetune … > result.txt`` or ``| tee log`` found the bar's last frame ("finetune ━━━ 200/200 loss
+    …") as the first line of the result, ahead of the summary a script reads; the data generation's bar and every
+    note were on stderr already."""
+    import contextlib
+    import sys
+
+    from hmrcritic.commands import is_tty
+
+    return contextlib.nullcontext() if is_tty(sys.stdout) and not as_json else contextlib.redirect_stdout(sys.stderr)
+
+
+def _export_progress(as_json: bool):
+    """``export``'s ``progress``: the bar where it shows on a terminal (stdout, or stderr with ``--json`` or a
+    redirected stdout, see :func:`_bar_off_stdout`), else plain "export: 12/120 groups" lines on stderr at each
+    tenth of the way (CI, cron, ``2> log``): there the bar showed nothing until its last frame, and ``--json`` had
+    no progress at all, so an hour-long export logged no sign of life."""
+    import sys
+
+    from hmrcritic.commands import is_tty
+
+    if (is_tty(sys.stdout) and not as_json) or is_tty(sys.stderr):  # the stream the bar goes to is a terminal
+        return True
+    said = [0]
+
+    def show(done: int, total: int) -> None:
+        tenth = 10 if done >= total else 10 * done // max(total, 1)
+        if tenth > said[0]:
+            said[0] = tenth
+            print(f"export: {done}/{total} groups", file=sys.stderr, flush=True)
+
+    return show
 
 
 def _fail(line: str) -> None:
@@ -251,7 +289,10 @@ def register(app: typer.Typer) -> None:
             device=check_device(device),  # None: HMRCRITIC_DEVICE, else cpu
         )
         try:
-            path = finetune(cfg, progress=not as_json)
+            # progress=True with --json too: it is what turns on finetune's notes (another model's samples, all
+            # groups tied, fewer hypotheses than -n), which --json dropped without a word; the bar goes to stderr
+            with _bar_off_stdout(as_json):
+                path = finetune(cfg, progress=True)
         except KeyboardInterrupt:
             # typer turns Ctrl-C into a silent exit 130: say which step a re-run continues from (the state is saved
             # every --checkpoint-every steps, so the steps since are run again)

@@ -42,7 +42,10 @@ def convert(
         # the input's problem first: `convert /missing.pkl out.npz` said to rename the output, and once renamed,
         # that the input was not there; convert_smpl_pkl refuses a missing input before writing anything
         _one_line(convert_smpl_pkl, src, dst)
+    from hmrcritic.commands import check_output_file
+
     dst_x = dst.expanduser()
+    check_output_file(dst_x, "body convert: output")
     if dst_x.is_dir():
         raise InputError(f"body convert: output {dst} is a folder; give a file name (e.g. {dst / 'SMPL_NEUTRAL.pkl'})")
     if dst_x.suffix.lower() == ".npz":
@@ -88,11 +91,13 @@ def export_obj(
     body_model: Path | None = _BODY_MODEL_OPT,
 ) -> None:
     """Write the template mesh (zero pose, betas = 0) as a Wavefront .obj."""
+    from hmrcritic.commands import check_output_file
     from hmrcritic.errors import InputError
     from hmrcritic.hmr.body import export_template_obj, load_body_model
 
     if out.expanduser().is_dir():
         raise InputError(f"body export-obj: output {out} is a folder; give a file name (e.g. {out / 'body.obj'})")
+    check_output_file(out.expanduser(), "body export-obj: output")
     path = export_template_obj(_one_line(load_body_model, body_model), out)
     print(f"wrote {path}")
 

@@ -72,7 +72,9 @@ def explore_line(event: str, p: dict) -> str | None:
         if rounds is not None and len(done) >= rounds:
             return (f"nothing to explore: round(s) {_rounds_text(done)} of {rounds} were done by an earlier run of "
                     "this memory; give a larger --rounds to continue")
-        todo = min(set(range(rounds)) - set(done)) + 1 if rounds is not None else None
+        # the first round not done, found without a set of every round (`--rounds 1000000000` filled memory here)
+        have = set(done)
+        todo = next(r for r in range(rounds) if r not in have) + 1 if rounds is not None else None
         return (f"resuming: round(s) {_rounds_text(done)} were done by an earlier run of this memory"
                 + (f"; continuing with round {todo} of {rounds}" if todo else ""))
     if event == "calibrate" and p["index"] in (1, p["total"]):

@@ -16,7 +16,10 @@ memory_app = typer.Typer(
 )
 
 _DIR = typer.Option(None, "--memory-dir", help="Memory folder (default: HMRCRITIC_MEMORY or <home>/memory).")
-_URL = typer.Option(None, "--chroma-url", help="Chroma server, http://host:port (default: embedded on disk).")
+# the default is the server HMRCRITIC_CHROMA_URL names, when set (MemoryStore falls back to it): "embedded on disk"
+# sent a user with the variable in a profile to `memory stats` expecting the folder, and it read the server
+_URL = typer.Option(None, "--chroma-url", help="Chroma server, http://host:port (default: HMRCRITIC_CHROMA_URL, "
+                    "else embedded on disk).")
 _JSON = typer.Option(False, "--json", help="Machine-readable output.")
 
 
@@ -206,9 +209,11 @@ def export(
 ) -> None:
     """Write the whole memory to a JSON file (with its calibration and the record of the groups it was explored
     on, and its exploration progress)."""
+    from hmrcritic.commands import check_output_file
     from hmrcritic.memory.store import check_export_target
 
     check_export_target(file)  # before the memory is opened: the user's first mistake is the one to hear about
+    check_output_file(file, "memory export")
     out = _open(memory_dir, chroma_url).export_json(file)
     explored = (f", the {out['explored_groups']} group ids it was explored or calibrated on (the evaluation guard)"
                 if out["explored_groups"] else "")

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 
 import typer
@@ -32,8 +31,10 @@ def register(app: typer.Typer) -> None:
 
         res = reproduce("quick" if quick else "full", out_dir=out, model=model, overrides=parse_overrides(set_),
                         progress=True)
-        if as_json:
-            print(json.dumps(res, indent=2))
+        if as_json:  # strict JSON: a round of the exploration that scored no group has a NaN mean
+            from hmrcritic.commands import json_text
+
+            print(json_text(res))
         else:
             print(format_table(res))
             print(f"results: {Path(res['out_dir']) / 'results.md'} (+ results.json, results.png)")

@@ -1478,6 +1478,13 @@ class MemoryStore:
 
     def _import_json(self, path: str | os.PathLike, overwrite: bool) -> dict:
         path = Path(path)
+        # an exploration batch killed while it was being written (agent/explore.py's PENDING_FILE): the next
+        # explore re-writes its rule records whole, which undid an import made in between (its rule counts, its
+        # rules' fields) without a word
+        if (self.path / "explore_pending.json").exists():
+            raise InputError(f"memory import: {self.location} holds an exploration batch that was interrupted while "
+                             "it was being written (explore_pending.json); the next `hmrcritic explore` on this "
+                             "memory finishes it first — run one, then import")
         try:
             data = json.loads(path.read_text(encoding="utf-8"))
         except FileNotFoundError as exc:
