@@ -222,7 +222,8 @@ import hmrcritic.alignment.finetune as F
 from hmrcritic.cli import main
 
 def finetune(cfg, progress=False):
-    print("long job started", flush=True)
+    # to the process's own stdout: the command sends the library's output to stderr when stdout is a pipe
+    print("long job started", file=sys.__stdout__, flush=True)
     time.sleep(120)
 
 F.finetune = finetune
