@@ -39,6 +39,23 @@ def expand_user_paths(app) -> None:
             expand_user_paths(group.typer_instance)
 
 
+def progress_at_tenths(line: str):
+    """A ``(done, total)`` progress callback for a log or CI (no terminal): ``line`` (formatted with ``done`` and
+    ``total``) on stderr at each tenth of the way and at the end — ``\r`` updates piled up there as one line of
+    carriage returns, and a bar drawn nowhere showed no sign of life until its end."""
+    import sys
+
+    said = [0]
+
+    def show(done: int, total: int) -> None:
+        tenth = 10 if done >= total else 10 * done // max(total, 1)
+        if tenth > said[0]:
+            said[0] = tenth
+            print(line.format(done=done, total=total), file=sys.stderr, flush=True)
+
+    return show
+
+
 def is_tty(stream) -> bool:
     """Whether ``stream`` is a terminal. ``sys.stdout`` is None when the command runs with stdout closed
     (``hmrcritic critique … >&-``, some service managers): ``sys.stdout.isatty()`` then failed with an

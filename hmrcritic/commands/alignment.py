@@ -156,19 +156,11 @@ def _export_progress(as_json: bool):
     no progress at all, so an hour-long export logged no sign of life."""
     import sys
 
-    from hmrcritic.commands import is_tty
+    from hmrcritic.commands import is_tty, progress_at_tenths
 
     if (is_tty(sys.stdout) and not as_json) or is_tty(sys.stderr):  # the stream the bar goes to is a terminal
         return True
-    said = [0]
-
-    def show(done: int, total: int) -> None:
-        tenth = 10 if done >= total else 10 * done // max(total, 1)
-        if tenth > said[0]:
-            said[0] = tenth
-            print(f"export: {done}/{total} groups", file=sys.stderr, flush=True)
-
-    return show
+    return progress_at_tenths("export: {done}/{total} groups")
 
 
 def _fail(line: str) -> None:

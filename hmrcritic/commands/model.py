@@ -8,7 +8,7 @@ from pathlib import Path
 
 import typer
 
-from hmrcritic.commands import is_tty, scene_from_spec
+from hmrcritic.commands import is_tty, progress_at_tenths, scene_from_spec
 from hmrcritic.config import check_device
 from hmrcritic.errors import InputError
 
@@ -38,17 +38,8 @@ def _eval_progress():
             print(f"\r  evaluated {done}/{total}", end="\n" if done >= total else "", file=sys.stderr, flush=True)
 
         return show
-    # a log file or CI (not a terminal): the \r updates piled up as one line of carriage returns per run, so say
-    # it in plain lines, at each tenth of the way and at the end
-    said = [0]
-
-    def show_plain(done: int, total: int) -> None:
-        tenth = 10 if done >= total else 10 * done // max(total, 1)
-        if tenth > said[0]:
-            said[0] = tenth
-            print(f"  evaluated {done}/{total}", file=sys.stderr, flush=True)
-
-    return show_plain
+    # a log file or CI (not a terminal): plain lines, at each tenth of the way and at the end
+    return progress_at_tenths("  evaluated {done}/{total}")
 
 
 def _note(msg: str) -> None:
