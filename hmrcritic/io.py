@@ -62,9 +62,11 @@ def _new_file_mode(path: Path) -> int:
         return 0o666 & ~_umask()
 
 
-def _check_not_a_stream(path: Path) -> None:
+def check_output_target(path: str | os.PathLike, what: str = "") -> None:
     """Refuse a target that is no file to replace: a device, a pipe, a socket (through links), or a link to a
-    process's file descriptor (``/dev/stdout`` → ``/proc/self/fd/1``, also when fd 1 is a regular file).
+    process's file descriptor (``/dev/stdout`` → ``/proc/self/fd/1``, also when fd 1 is a regular file). ``what``
+    (e.g. "memory export") leads the message; a command calls this before its work, every atomic write before
+    writing.
 
     The write is a new file renamed over the target. Over ``/dev/null`` or ``/dev/stdout`` the rename replaced the
     device or the link with a regular file (as root, as in a container: for every process of the machine), and
@@ -74,20 +76,23 @@ def _check_not_a_stream(path: Path) -> None:
     from hmrcritic.errors import InputError
 
     try:
+        path = Path(os.fsdecode(path))
         mode = os.stat(path).st_mode  # through links
         link = os.readlink(path) if path.is_symlink() else ""
     except (OSError, ValueError):  # not there yet (the usual case), or a name the write itself refuses
         return
+    # a folder: each writer's own, clearer refusal
     if not (stat.S_ISREG(mode) or stat.S_ISDIR(mode)) or link.startswith(("/proc/", "/dev/fd/")):
-        raise InputError(f"{path} is not a file to write (a device, pipe, terminal, socket or a process's file "
-                         "descriptor): it is written whole as a new file renamed into place; give a file name")
+        raise InputError(f"{what + ': ' if what else ''}{path} is not a regular file (a device, pipe, terminal or "
+                         "socket, or a link to a process's file descriptor), so not a file to write: outputs are "
+                         "written whole and renamed into place; give a file name (e.g. out.json)")
 
 
 def atomic_write_bytes(path: str | os.PathLike, data: bytes) -> Path:
     path = Path(path)
     if path.is_dir():  # else os.replace fails naming our temporary file ("/.tmp.x1y2.tmp -> /tmp"), not the target
         raise IsADirectoryError(errno.EISDIR, os.strerror(errno.EISDIR), str(path))
-    _check_not_a_stream(path)
+    check_output_target(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     mode = _new_file_mode(path)
     with _errors_naming(path):

@@ -449,6 +449,40 @@ class StubOpenAIServer:
         return Handler
 
 
+class JSONAnswerServer:
+    """A chat endpoint on 127.0.0.1 (a free port, a daemon thread; a context manager) that answers each POST with
+    ``answer(body) -> (status, json_object)``: the scaffolding of the tests' hand-made servers (a canned error, a
+    context limit, answers by request form), which :class:`StubOpenAIServer`'s fixed behaviours do not cover."""
+
+    def __init__(self, answer):
+        class Handler(BaseHTTPRequestHandler):
+            protocol_version = "HTTP/1.1"
+
+            def log_message(self, *args) -> None:
+                pass
+
+            def do_POST(self) -> None:
+                status, obj = answer(json.loads(self.rfile.read(int(self.headers.get("Content-Length") or 0)) or b"{}"))
+                data = json.dumps(obj).encode()
+                self.send_response(status)
+                self.send_header("Content-Type", "application/json")
+                self.send_header("Content-Length", str(len(data)))
+                self.end_headers()
+                self.wfile.write(data)
+
+        self._httpd = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self._httpd.daemon_threads = True
+        self.url = f"http://127.0.0.1:{self._httpd.server_address[1]}/v1"
+
+    def __enter__(self):
+        threading.Thread(target=self._httpd.serve_forever, daemon=True).start()
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self._httpd.shutdown()
+        self._httpd.server_close()
+
+
 def _error(message: str, status: int) -> dict:
     kind = {400: "invalid_request_error", 401: "authentication_error", 429: "rate_limit_error"}.get(
         status, "server_error"

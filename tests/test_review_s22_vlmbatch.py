@@ -16,7 +16,7 @@ import time
 from types import SimpleNamespace
 
 import pytest
-from openai_stub_server import StubOpenAIServer
+from openai_stub_server import JSONAnswerServer, StubOpenAIServer
 from test_vlm_judge import make_ctx
 
 from hmrcritic.agent.vlm import EndpointUnusableError, VLMJudge
@@ -164,57 +164,31 @@ def test_critique_groups_still_stops_when_nothing_in_flight_is_scored(monkeypatc
 # ------------------------------------------------------------------ a group too large for the endpoint
 
 
-class SizeLimited:
+class SizeLimited(JSONAnswerServer):
     """A vLLM-like server whose context fits small groups only: a group named ``big…`` gets vLLM's overflow
     (400), one named ``huge…`` a proxy's 413; the others are scored. ``overflow`` picks vLLM's wording."""
 
     def __init__(self, overflow: str = "This model's maximum context length is 4096 tokens. However, you "
                  "requested 6120 tokens (5096 in the messages, 1024 in the completion).", status: int = 400):
         import json
-        from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
         from openai_stub_server import _completion, _user_text, good_critique
 
-        outer, big_status = self, status
         self.texts: list[str] = []
 
-        class Handler(BaseHTTPRequestHandler):
-            protocol_version = "HTTP/1.1"
+        def answer(body: dict) -> tuple[int, dict]:
+            text = _user_text(body)
+            self.texts.append(text)
+            if "GROUP big" in text:
+                if status == 422:  # TGI's validation error
+                    return status, {"error": f"Input validation error: {overflow}", "error_type": "validation"}
+                return status, {"object": "error", "message": overflow, "type": "BadRequestError", "param": None,
+                                "code": 400}
+            if "GROUP huge" in text:
+                return 413, {"error": {"message": "request entity too large", "type": "invalid_request"}}
+            return 200, _completion("stub-vlm", content=json.dumps(good_critique(text)))
 
-            def log_message(self, *args) -> None:
-                pass
-
-            def do_POST(self) -> None:
-                body = json.loads(self.rfile.read(int(self.headers.get("Content-Length") or 0)) or b"{}")
-                text = _user_text(body)
-                outer.texts.append(text)
-                if "GROUP big" in text:
-                    status, obj = big_status, {"object": "error", "message": overflow, "type": "BadRequestError",
-                                               "param": None, "code": 400}
-                    if big_status == 422:  # TGI's validation error
-                        obj = {"error": f"Input validation error: {overflow}", "error_type": "validation"}
-                elif "GROUP huge" in text:
-                    status, obj = 413, {"error": {"message": "request entity too large", "type": "invalid_request"}}
-                else:
-                    status, obj = 200, _completion("stub-vlm", content=json.dumps(good_critique(text)))
-                data = json.dumps(obj).encode()
-                self.send_response(status)
-                self.send_header("Content-Type", "application/json")
-                self.send_header("Content-Length", str(len(data)))
-                self.end_headers()
-                self.wfile.write(data)
-
-        self._httpd = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-        self._httpd.daemon_threads = True
-        self.url = f"http://127.0.0.1:{self._httpd.server_address[1]}/v1"
-
-    def __enter__(self):
-        threading.Thread(target=self._httpd.serve_forever, daemon=True).start()
-        return self
-
-    def __exit__(self, *exc):
-        self._httpd.shutdown()
-        self._httpd.server_close()
+        super().__init__(answer)
 
 
 @pytest.mark.parametrize(("msg", "status"), [

@@ -10,15 +10,12 @@ garbage) still fail their group alone.
 
 from __future__ import annotations
 
-import json
 import pickle
 import socket
-import threading
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from types import SimpleNamespace
 
 import pytest
-from openai_stub_server import StubOpenAIServer
+from openai_stub_server import JSONAnswerServer, StubOpenAIServer
 from test_export import cfg_for, make_inputs, tiny_model
 from test_vlm_judge import make_ctx
 
@@ -59,40 +56,17 @@ def judge_for(url: str, **kw) -> VLMJudge:
     return VLMJudge(JudgeSettings(**s), backoff_base_s=0.01, backoff_max_s=0.02)
 
 
-class Canned:
+class Canned(JSONAnswerServer):
     """A server that answers every chat request with one status and JSON body (vLLM's error objects), counting."""
 
     def __init__(self, status: int, body: dict):
-        outer = self
         self.count = 0
 
-        class Handler(BaseHTTPRequestHandler):
-            protocol_version = "HTTP/1.1"
+        def answer(_request: dict) -> tuple[int, dict]:
+            self.count += 1
+            return status, body
 
-            def log_message(self, *args) -> None:
-                pass
-
-            def do_POST(self) -> None:
-                self.rfile.read(int(self.headers.get("Content-Length") or 0))
-                outer.count += 1
-                data = json.dumps(body).encode()
-                self.send_response(status)
-                self.send_header("Content-Type", "application/json")
-                self.send_header("Content-Length", str(len(data)))
-                self.end_headers()
-                self.wfile.write(data)
-
-        self._httpd = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-        self._httpd.daemon_threads = True
-        self.url = f"http://127.0.0.1:{self._httpd.server_address[1]}/v1"
-
-    def __enter__(self):
-        threading.Thread(target=self._httpd.serve_forever, daemon=True).start()
-        return self
-
-    def __exit__(self, *exc):
-        self._httpd.shutdown()
-        self._httpd.server_close()
+        super().__init__(answer)
 
 
 def vllm_error(message: str) -> dict:

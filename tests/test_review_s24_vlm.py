@@ -17,14 +17,13 @@ import json
 import re
 import sys
 import threading
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 
 import pytest
 
 sys.path.insert(0, str(Path(__file__).parent))
 
-from openai_stub_server import StubOpenAIServer, _user_text  # noqa: E402
+from openai_stub_server import JSONAnswerServer, StubOpenAIServer, _user_text  # noqa: E402
 from test_review_s16_vlm import _content, _Quirky  # noqa: E402
 from test_review_s22_vlmdown import Canned, judge_for  # noqa: E402
 from test_vlm_judge import N, assert_valid, make_ctx, make_judge  # noqa: E402
@@ -43,55 +42,31 @@ FLAGGED = {
 FORM_REFUSED = {"detail": "response_format is not supported"}  # a server without structured outputs (no flag)
 
 
-class ByForm:
+class ByForm(JSONAnswerServer):
     """A server answering each chat request by its form (``json_schema``, ``function_calling``, ``text``) and
     group, as ``answer(form, group) -> (status, body)`` says; it records ``(group, form)`` per request and may
     hold a request (``hold(form, group)`` is called before answering, in the server's thread)."""
 
     def __init__(self, answer, hold=None):
-        outer = self
         self.seen: list[tuple[str, str]] = []
         self._lock = threading.Lock()
 
-        class Handler(BaseHTTPRequestHandler):
-            protocol_version = "HTTP/1.1"
+        def by_form(body: dict) -> tuple[int, dict]:
+            form = ("json_schema" if "response_format" in body else
+                    "function_calling" if "tools" in body else "text")
+            text = json.dumps(body["messages"])
+            group = m.group(1) if (m := re.search(r"GROUP (\w+):", text)) else "?"
+            with self._lock:
+                self.seen.append((group, form))
+            if hold is not None:
+                hold(form, group)
+            return answer(form, group)
 
-            def log_message(self, *args) -> None:
-                pass
-
-            def do_POST(self) -> None:
-                body = json.loads(self.rfile.read(int(self.headers.get("Content-Length") or 0)))
-                form = ("json_schema" if "response_format" in body else
-                        "function_calling" if "tools" in body else "text")
-                text = json.dumps(body["messages"])
-                group = m.group(1) if (m := re.search(r"GROUP (\w+):", text)) else "?"
-                with outer._lock:
-                    outer.seen.append((group, form))
-                if hold is not None:
-                    hold(form, group)
-                status, obj = answer(form, group)
-                data = json.dumps(obj).encode()
-                self.send_response(status)
-                self.send_header("Content-Type", "application/json")
-                self.send_header("Content-Length", str(len(data)))
-                self.end_headers()
-                self.wfile.write(data)
-
-        self._httpd = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-        self._httpd.daemon_threads = True
-        self.url = f"http://127.0.0.1:{self._httpd.server_address[1]}/v1"
+        super().__init__(by_form)
 
     def sent(self, group: str) -> list[str]:
         with self._lock:
             return [form for g, form in self.seen if g == group]
-
-    def __enter__(self):
-        threading.Thread(target=self._httpd.serve_forever, daemon=True).start()
-        return self
-
-    def __exit__(self, *exc):
-        self._httpd.shutdown()
-        self._httpd.server_close()
 
 
 # ------------------------------------------------------------------------------------- flagged content

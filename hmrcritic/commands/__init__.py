@@ -89,24 +89,12 @@ def confirm_or_stop(question: str, unchanged: str) -> None:
 
 
 def check_output_file(path, what: str) -> None:
-    """Refuse an output file name that names a device, a pipe, a terminal or a socket (``/dev/stdout``, a FIFO).
+    """Refuse, before the command's work, an output file name that names a device, a pipe, a terminal, a socket or
+    a process's file descriptor (``memory export /dev/stdout | jq`` replaced the link with a regular file):
+    :func:`hmrcritic.io.check_output_target`, which every atomic write applies too."""
+    from hmrcritic.io import check_output_target
 
-    The commands write their files atomically: a temporary file beside the target, renamed over it. Over
-    ``/dev/stdout`` (``memory export /dev/stdout | jq``) that rename replaced the link with a regular file holding
-    the export (as root, as in a container: ``/dev/stdout`` broken for every process there), nothing reached the
-    pipe, and the command said "wrote /dev/stdout"; a FIFO was swapped for a file its reader never saw."""
-    import os
-    import stat
-
-    from hmrcritic.errors import InputError
-
-    try:
-        mode = os.stat(os.fsdecode(path)).st_mode  # through links: /dev/stdout is one, to the process's fd 1
-    except (OSError, ValueError):  # not there yet (the usual case), or a name the write itself will refuse
-        return
-    if not (stat.S_ISREG(mode) or stat.S_ISDIR(mode)):  # a folder: each command's own, clearer refusal
-        raise InputError(f"{what}: {path} is not a regular file (a device, pipe, terminal or socket); the file is "
-                         "written whole and renamed into place, so give a file name (e.g. out.json)")
+    check_output_target(path, what)
 
 
 def scene_from_spec(spec: str):
