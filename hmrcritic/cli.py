@@ -99,7 +99,7 @@ def _under_home(path) -> bool:
 
     try:
         p, home = Path(path).expanduser().absolute(), config.home_dir().expanduser().absolute()
-    except (TypeError, ValueError, RuntimeError):
+    except (TypeError, ValueError, RuntimeError, HMRCriticError):  # HMRCRITIC_HOME an address: no hint, no crash
         return False
     return p == home or home in p.parents or p in home.parents
 

@@ -17,9 +17,14 @@ from pathlib import Path
 def _default_env(name: str, value: str) -> None:
     """``os.environ[name] = value`` unless the user set it. An empty value (``export PYOPENGL_PLATFORM=`` in a
     script) counts as unset, as everywhere else in these settings: ``setdefault`` kept it, and PyOpenGL then
-    refused to render at all ("Unsupported PyOpenGL platform: ")."""
-    if not os.environ.get(name, "").strip():
-        os.environ[name] = value
+    refused to render at all ("Unsupported PyOpenGL platform: ").
+
+    A value set is kept without the spaces and line ending around it, as every other variable here: PyOpenGL and
+    pyrender read it as it is, and ``PYOPENGL_PLATFORM=egl\r`` (a Windows env file) failed every render with
+    "Unsupported PyOpenGL platform: egl"."""
+    given = os.environ.get(name, "")
+    if given != (given.strip() or value):
+        os.environ[name] = given.strip() or value
 
 
 # Pyrender must see the GL platform before it is imported anywhere. Respect a user's choice (osmesa).
@@ -30,9 +35,10 @@ _default_env("TRANSFORMERS_OFFLINE", "1")
 _default_env("ANONYMIZED_TELEMETRY", "False")
 
 
-def env_number(name: str, default, kind: type = float, minimum: float | None = None, above: bool = False):
+def env_number(name: str, default, kind: type = float, minimum: float | None = None, above: bool = False,
+               maximum: float | None = None):
     """``kind(os.environ[name])``, or ``default`` when unset or empty; an InputError naming the variable when the
-    value is not a (finite) number or is below ``minimum`` (at or below it with ``above``)."""
+    value is not a (finite) number, is below ``minimum`` (at or below it with ``above``) or above ``maximum``."""
     import math
 
     from hmrcritic.errors import InputError
@@ -43,6 +49,9 @@ def env_number(name: str, default, kind: type = float, minimum: float | None = N
     try:
         value = kind(raw.strip())
     except ValueError:
+        digits = raw.strip()[1:] if raw.strip()[0] in "+-" else raw.strip()
+        if digits.isdecimal():  # an integer of more digits than Python converts (4300): "not an integer", all of it
+            raise InputError(f"{name}={raw.strip()[:20]!r}… ({len(digits)} digits) is too large") from None
         raise InputError(f"{name}={raw!r} is not {'an integer' if kind is int else 'a number'}") from None
     try:
         finite = math.isfinite(value)
@@ -52,6 +61,8 @@ def env_number(name: str, default, kind: type = float, minimum: float | None = N
         raise InputError(f"{name}={raw!r} must be a finite number")
     if minimum is not None and (value <= minimum if above else value < minimum):
         raise InputError(f"{name}={raw!r} must be {'>' if above else '≥'} {minimum:g}")
+    if maximum is not None and value > maximum:
+        raise InputError(f"{name}={raw!r} must be ≤ {maximum:g}")
     return value
 
 
@@ -98,7 +109,26 @@ def _env_path_value(name: str) -> str:
 
 def _env_path(name: str, default: Path) -> Path:
     value = _not_an_address(name, _env_path_value(name))
-    return _not_dangling(Path(value).expanduser() if value else default, name)
+    return _not_dangling(_expand(value, name) if value else default, name)
+
+
+def _expand(value: str, name: str) -> Path:
+    """Path ``value`` of variable ``name`` with a leading ``~`` expanded, ``~`` being :func:`_user_home` (as the
+    default home's): an InputError naming the variable for a ``~user`` that is no account here.
+
+    ``Path.expanduser`` took an empty HOME as it is (``HOME= HMRCRITIC_HOME=~/hm`` made the home ``/hm``), and
+    raised a bare RuntimeError for ``~nouser/x``: every command failed with "RuntimeError: Could not determine
+    home directory.", not naming the variable, and doctor's body model and folders checks likewise."""
+    if value == "~" or value.startswith("~/"):
+        return Path(str(_user_home()) + value[1:])
+    try:
+        return Path(value).expanduser()
+    except RuntimeError:
+        from hmrcritic.errors import InputError
+
+        user = value[1:].split("/", 1)[0]
+        raise InputError(f"{name}={value!r}: there is no user {user!r} on this machine for ~{user} to name the "
+                         "home folder of; give the folder's full path") from None
 
 
 # ``host:port`` (a name, an IPv4 address or a bracketed IPv6 one; a port of digits): what follows the last "@" of a
@@ -116,7 +146,8 @@ def _not_an_address(name: str, value: str) -> str:
     So is one without a scheme, as Chroma and Ray take it: ``[user[:password]@]host:port``, a numeric port and no
     "/" in the host part, not starting as a path does (``/``, ``~``, ``.``): ``HMRCRITIC_MEMORY=bob:pw@host:8000`` made
     a folder of that name, password and all. A folder really named like that (``run:1``) is ``./run:1``."""
-    schemeless = (not value.startswith(("/", "~", ".", "\\"))
+    # with a scheme it is no folder, whatever is after its "@": "write it ./http://…" was offered for one
+    schemeless = ("://" not in value and not value.startswith(("/", "~", ".", "\\"))
                   and _SCHEMELESS_ADDRESS.fullmatch(value.rpartition("@")[2]) is not None)
     if "://" in value or schemeless:
         from hmrcritic.errors import InputError
@@ -145,14 +176,20 @@ def _not_dangling(path: Path, name: str) -> Path:
 
 def home_dir() -> Path:
     """Root of everything the toolkit writes (cache, data, memory) unless overridden per folder."""
+    from hmrcritic.errors import InputError
+
     home = _not_an_address("HMRCRITIC_HOME", _env_path_value("HMRCRITIC_HOME"))
     if home:
-        return Path(home).expanduser()
+        return _expand(home, "HMRCRITIC_HOME")
     xdg = _env_path_value("XDG_DATA_HOME")
     # a relative XDG_DATA_HOME is invalid (XDG spec: ignore it): it put the home under whatever folder a command
-    # ran from, so the memory and data learnt in one folder were missing in the next
-    xdg_ok = bool(xdg) and Path(xdg).expanduser().is_absolute()
-    return (Path(xdg).expanduser() if xdg_ok else _user_home() / ".local" / "share") / "hmrcritic"
+    # ran from, so the memory and data learnt in one folder were missing in the next (so is a ~user of no account)
+    try:
+        xdg_path = _expand(xdg, "XDG_DATA_HOME") if xdg else None
+    except InputError:
+        xdg_path = None
+    xdg_ok = xdg_path is not None and xdg_path.is_absolute()
+    return (xdg_path if xdg_ok else _user_home() / ".local" / "share") / "hmrcritic"
 
 
 def _user_home() -> Path:
@@ -280,6 +317,9 @@ def check_base_url(url: str | None) -> str | None:
     return url
 
 
+MAX_TIMEOUT_S = 7 * 24 * 3600.0  # the longest judge timeout (HMRCRITIC_VLM_TIMEOUT): a week
+
+
 @dataclass
 class JudgeSettings:
     """Where the VLM judge lives. Works with OpenAI, vLLM (:8000), Ollama (:11434), LM Studio (:1234)."""
@@ -294,7 +334,11 @@ class JudgeSettings:
     # empty counts as unset, as for every other setting: ``HMRCRITIC_VLM_MODEL=`` sent the model name "" to the
     # endpoint, and doctor and the memory and dataset keys took "" for a critic of its own
     model: str = field(default_factory=lambda: (os.environ.get("HMRCRITIC_VLM_MODEL") or "").strip() or "gpt-4o-mini")
-    timeout_s: float = field(default_factory=lambda: env_number("HMRCRITIC_VLM_TIMEOUT", 60.0, float, 0, above=True))
+    # at most a week: beyond ~9.2e9 s (threading.TIMEOUT_MAX) the deadline's wait and the socket's timeout
+    # overflowed, so ``=1e10`` ("never time out") passed here and doctor, and every request then failed with
+    # "OverflowError: timestamp out of range for platform time_t"
+    timeout_s: float = field(default_factory=lambda: env_number("HMRCRITIC_VLM_TIMEOUT", 60.0, float, 0, above=True,
+                                                                maximum=MAX_TIMEOUT_S))
     max_retries: int = field(default_factory=lambda: env_number("HMRCRITIC_VLM_RETRIES", 4, int, 0))
     max_concurrency: int = field(default_factory=lambda: env_number("HMRCRITIC_VLM_CONCURRENCY", 4, int, 1))
     # output-token cap per answer; None = the endpoint's own default (a 64-hypothesis critique is ~4k tokens,
@@ -313,8 +357,9 @@ class JudgeSettings:
 
         from hmrcritic.errors import InputError
 
-        if not (math.isfinite(self.timeout_s) and self.timeout_s > 0):
-            raise InputError(f"judge timeout must be a finite number of seconds > 0, got {self.timeout_s}")
+        if not (math.isfinite(self.timeout_s) and 0 < self.timeout_s <= MAX_TIMEOUT_S):
+            raise InputError(f"judge timeout must be a number of seconds > 0 and ≤ {MAX_TIMEOUT_S:g} (a week), got "
+                             f"{self.timeout_s}")
         if self.max_tokens is not None and (isinstance(self.max_tokens, bool) or int(self.max_tokens) != self.max_tokens
                                             or self.max_tokens < 1):
             raise InputError(f"judge max_tokens must be an integer ≥ 1 (or None for the endpoint's default), got "
@@ -362,7 +407,7 @@ class JudgeSettings:
 def body_model_path() -> Path | None:
     """A user-supplied SMPL file (``HMRCRITIC_BODY_MODEL``); None means the built-in mannequin."""
     value = _env_path_value("HMRCRITIC_BODY_MODEL")
-    return Path(value).expanduser() if value else None
+    return _expand(value, "HMRCRITIC_BODY_MODEL") if value else None
 
 
 def default_device() -> str:

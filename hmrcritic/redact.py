@@ -202,8 +202,10 @@ def scrub(text: Any) -> str:
 
 
 # Characters a terminal acts on instead of showing: C0/C1 controls but tab/newline (escape sequences retitle the
-# window or clear the screen), zero-width and bidi overrides (text that reads other than it is), a stray BOM.
-UNPRINTABLE = re.compile("[\x00-\x08\x0e-\x1b\x7f-\x84\x86-\x9f\u200b-\u200f\u202a-\u202e\u2066-\u2069\ufeff]")
+# window or clear the screen; a carriage return not ending a line, a vertical tab or a form feed print over what came
+# before), zero-width and bidi overrides (text that reads other than it is), a stray BOM.
+UNPRINTABLE = re.compile(
+    "[\x00-\x08\x0b\x0c\x0e-\x1b\x7f-\x84\x86-\x9f\u200b-\u200f\u202a-\u202e\u2066-\u2069\ufeff]|\r(?!\n)")
 
 
 # A lone surrogate: JSON's "\ud800" decodes to one (a model that cut an emoji in half writes it), and Python reads a

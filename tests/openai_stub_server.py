@@ -451,8 +451,9 @@ class StubOpenAIServer:
 
 class JSONAnswerServer:
     """A chat endpoint on 127.0.0.1 (a free port, a daemon thread; a context manager) that answers each POST with
-    ``answer(body) -> (status, json_object)``: the scaffolding of the tests' hand-made servers (a canned error, a
-    context limit, answers by request form), which :class:`StubOpenAIServer`'s fixed behaviours do not cover."""
+    ``answer(body) -> (status, json_object)`` — or ``(status, raw_bytes, content_type)`` for a body that is no JSON
+    (an event stream): the scaffolding of the tests' hand-made servers (a canned error, a context limit, answers by
+    request form, a stream), which :class:`StubOpenAIServer`'s fixed behaviours do not cover."""
 
     def __init__(self, answer):
         class Handler(BaseHTTPRequestHandler):
@@ -462,10 +463,11 @@ class JSONAnswerServer:
                 pass
 
             def do_POST(self) -> None:
-                status, obj = answer(json.loads(self.rfile.read(int(self.headers.get("Content-Length") or 0)) or b"{}"))
-                data = json.dumps(obj).encode()
+                status, obj, *ctype = answer(
+                    json.loads(self.rfile.read(int(self.headers.get("Content-Length") or 0)) or b"{}"))
+                data = obj if ctype else json.dumps(obj).encode()
                 self.send_response(status)
-                self.send_header("Content-Type", "application/json")
+                self.send_header("Content-Type", ctype[0] if ctype else "application/json")
                 self.send_header("Content-Length", str(len(data)))
                 self.end_headers()
                 self.wfile.write(data)

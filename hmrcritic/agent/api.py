@@ -118,6 +118,9 @@ def run_folder_name(thread_id: str) -> str:
 
 
 MAX_ABS_BETA = 50.0
+# metres: far past any telephoto framing (a person 1 km away renders), short of numbers that are not a placement —
+# an overflowed integer, or float32 rounding the body's own metre-scale size away
+MAX_ABS_TRANSL_M = 1e5
 
 
 # far above any group the sampler allows (MAX_GENERATIONS hypotheses of ~340 bytes each)
@@ -126,7 +129,8 @@ MAX_HYPOTHESES_FILE_BYTES = 64 << 20
 
 def load_hypotheses(source: Any, where: str = "hypotheses") -> dict[str, np.ndarray]:
     """Hypotheses from an ``.npz`` path, a dict of arrays or a ``HypothesisGroup`` (one input), validated:
-    the four SMPL keys, one leading N, finite values."""
+    the four SMPL keys, one leading N (1 to ``MAX_GENERATIONS``), finite real values, transl in metres."""
+    from hmrcritic.hmr.diffusion import MAX_GENERATIONS as max_n
     if isinstance(source, str | Path):
         path = Path(source)
         where = str(path)
@@ -176,8 +180,11 @@ def load_hypotheses(source: Any, where: str = "hypotheses") -> dict[str, np.ndar
             if key == "transl":
                 continue
             raise InputError(f"{where}: missing array {key!r} (needs global_orient, body_pose, betas, transl)")
-        if not np.issubdtype(np.asarray(arrays[key]).dtype, np.number):
-            raise InputError(f"{where}: {key} holds {np.asarray(arrays[key]).dtype} values, expected numbers")
+        dtype = np.asarray(arrays[key]).dtype
+        if not np.issubdtype(dtype, np.number):
+            raise InputError(f"{where}: {key} holds {dtype} values, expected numbers")
+        if np.issubdtype(dtype, np.complexfloating):  # the cast below dropped the imaginary part with a mere warning
+            raise InputError(f"{where}: {key} holds {dtype} values, expected real numbers")
         a = np.asarray(arrays[key], dtype=np.float32)
         if a.ndim == 3 and a.shape[0] == 1:  # group.numpy() of a one-input group: (1, N, …), as the group itself is
             a = a[0]
@@ -188,6 +195,11 @@ def load_hypotheses(source: Any, where: str = "hypotheses") -> dict[str, np.ndar
         if a.ndim != 2 or a.shape[1] != dim:
             raise InputError(f"{where}: {key} has shape {a.shape}, expected (N, {dim})")
         n = a.shape[0] if n is None else n
+        if n == 0:  # before the counts are compared: a shared (1, 10) betas read "betas has 1 hypotheses, others 0"
+            raise InputError(f"{where}: no hypotheses")
+        if n > max_n:  # the evidence compares every pair of hypotheses: 100k of them fit in a 64 MiB file
+            raise InputError(f"{where}: {n} hypotheses; a group holds at most {max_n} (as `sample -n` and "
+                             "`export --num-generations` allow): critique it in parts")
         if key in ("betas", "transl") and a.shape[0] == 1 and n > 1:
             a = np.repeat(a, n, axis=0)  # one body shape / placement shared by every hypothesis (a common layout)
         if a.shape[0] != n:
@@ -198,13 +210,16 @@ def load_hypotheses(source: Any, where: str = "hypotheses") -> dict[str, np.ndar
         out[key] = a
     if "transl" not in out:
         raise InputError(f"{where}: missing array 'transl' (camera translation per hypothesis)")
+    far = np.abs(out["transl"]).max(axis=1) > MAX_ABS_TRANSL_M
+    if far.any():
+        i = int(np.argmax(far))
+        raise InputError(f"{where}: transl of hypothesis {i} reaches {np.abs(out['transl'][i]).max():.3g}; the "
+                         f"camera translation is in metres (at most {MAX_ABS_TRANSL_M:g} accepted)")
     big = np.abs(out["betas"]).max(axis=1) > MAX_ABS_BETA
     if big.any():  # SMPL's shape space spans about ±5 standard deviations; far beyond it is not a body
         i = int(np.argmax(big))
         raise InputError(f"{where}: betas of hypothesis {i} reach {np.abs(out['betas'][i]).max():.3g}; SMPL shape "
                          f"coefficients are standard deviations (|β| ≲ 5, at most {MAX_ABS_BETA:g} accepted)")
-    if n == 0:
-        raise InputError(f"{where}: no hypotheses")
     return out
 
 
@@ -452,12 +467,26 @@ def _memory_identity(cfg: AgentConfig, memory: Any) -> str:
     return f"memory={url or ''}|{path or ''}" if path or url else ""
 
 
+def _body_identity() -> str:
+    """Which body model the render node will pose the hypotheses with: the content hash of a user SMPL file
+    (``HMRCRITIC_BODY_MODEL``, as the loaded model records it), empty for the built-in mannequin.
+
+    Every measure, the prototypes recalled by pose and the renders come from that body, yet the settings named
+    none: after ``HMRCRITIC_BODY_MODEL`` was set (or its file replaced), a re-run returned the mannequin's
+    critique "finished earlier", and an interrupted one was continued on the other body."""
+    from hmrcritic.hmr.body import load_body_model, resolve_model_path
+
+    if resolve_model_path() is None:  # the mannequin: the digests of threads made with it stay valid
+        return ""
+    return f"body={load_body_model().source_sha256 or ''}"
+
+
 def _settings_digest(cfg: AgentConfig, image_path: Any, mask_path: Any, judge_identity: str = "",
-                     memory_identity: str = "") -> str:
+                     memory_identity: str = "", body_identity: str = "", labels_identity: str = "") -> str:
     """What decides a critique besides the arrays and the judge's name: the agent settings (the judge is
     compared on its own, with its own message), the model behind the judge, the memory store handed in
-    (:func:`_memory_identity`), and the bytes of the image and mask files (a path names a file; the file behind
-    it may be another one on a re-run)."""
+    (:func:`_memory_identity`), the body model (:func:`_body_identity`), and the bytes of the image and mask
+    files (a path names a file; the file behind it may be another one on a re-run)."""
     from hmrcritic.io import sha256_file
 
     h = hashlib.sha256(json.dumps(cfg.model_dump(exclude={"judge"}), sort_keys=True, default=str).encode())
@@ -465,6 +494,10 @@ def _settings_digest(cfg: AgentConfig, image_path: Any, mask_path: Any, judge_id
         h.update(judge_identity.encode())
     if memory_identity:  # absent for a memory folder or None: digests of those threads stay valid
         h.update(memory_identity.encode())
+    if body_identity:  # absent for the mannequin, likewise
+        h.update(body_identity.encode())
+    if labels_identity:  # absent unless a learning critique is given labels, likewise
+        h.update(labels_identity.encode())
     for path in (image_path, None if mask_path is None else str(mask_path)):
         if path and Path(path).is_file():
             h.update(sha256_file(path).encode())
@@ -589,7 +622,12 @@ def critique_group(
     identity = _judge_identity(judge_settings)
     if not identity and cfg.judge == "builtin":
         identity = f"builtin code {_critic_code()}"
-    settings = _settings_digest(cfg, image_path, arrays.get("mask_path"), identity, _memory_identity(cfg, memory))
+    # the labels a learning critique writes into its prototypes: a re-run with labels of a group learned without
+    # them (or with others) returned the finished thread, and the labels were silently never learned
+    labels = (f"labels={hashlib.sha256(arrays['true_error_mm'].tobytes()).hexdigest()}"
+              if cfg.learn and cfg.use_memory and "true_error_mm" in arrays else "")
+    settings = _settings_digest(cfg, image_path, arrays.get("mask_path"), identity, _memory_identity(cfg, memory),
+                                _body_identity(), labels)
 
     saver = checkpointer if checkpointer is not None else open_checkpointer()
     app = graph if graph is not None else compile_graph(saver)
@@ -639,6 +677,10 @@ def critique_group(
         run_dir = (Path(run_dir) if run_dir is not None
                    else hconfig.runs_dir() / "groups" / run_folder_name(thread)).absolute()
         if values.get("done"):
+            # recorded again (idempotent): a process killed once memory_write had run, before the scene was
+            # recorded below, left the memory learned from a scene no record named, and the re-run returned the
+            # finished thread without recording it
+            _record_learned_scene(memory if memory is not None else cfg.memory_dir, cfg, sample)
             return _scored(values, cfg, resumed=True).model_copy(update={"finished_earlier": True})
         run_id = new_run_id(gid)
         tracer = TraceWriter(run_id, gid, only_on_error=not keep)
@@ -674,7 +716,11 @@ def critique_group(
             with _checkpoint_errors(saver):  # the checkpointer's database locked for too long, damaged, disk full
                 try:
                     t0 = time.perf_counter()
-                    for chunk in app.stream(start, run_config, stream_mode="updates"):
+                    # durability "sync": each node's checkpoint is on disk before the next node starts. LangGraph's
+                    # default saves them in the background while the next node runs, so memory_write could learn
+                    # before any checkpoint of the thread was written (the database busy a moment): killed then, the
+                    # re-run found no thread, began a new run (another ledger key) and counted every rule use twice
+                    for chunk in app.stream(start, run_config, stream_mode="updates", durability="sync"):
                         t1 = time.perf_counter()
                         for node, update in chunk.items():
                             if node.startswith("__"):  # LangGraph's own entries (`__metadata__` of writes it replays
@@ -709,7 +755,8 @@ def critique_group(
 
 def _record_learned_scene(memory: Any, cfg: AgentConfig, sample: Any) -> None:
     """A learning critique of a split's scene (``critique --scene test:3 --learn``, ``critique_group(...,
-    learn=True)``) joins the memory's ``explored_on.json``, as exploration's groups do.
+    learn=True)``) joins the memory's ``explored_on.json``, as exploration's groups do: once it has learned, and
+    again whenever its finished thread is returned.
 
     Only exploration recorded what a memory learned from, so a memory that learned from test-000003 this way —
     its prototypes carrying the true error where labels were given — was evaluated on test-000003 afterwards

@@ -93,8 +93,14 @@ def calibrate_memory(memory: Any, groups: Sequence[Any], *, judge: Any = "builti
     name = judge_name(judge)
     cfg = {**(agent_config or {}), "judge": name, "use_prototypes": False, "use_calibration": False,
            "learn": False}
+    failed: list[str] = []
     scores, _ = score_groups(groups, memory, "full", judge=judge, agent_config=cfg, tag="calibrate",
-                             progress=progress)
+                             progress=progress, failures=failed)
+    if all(s is None for s in scores):
+        # said with the reason: "no scored hypotheses to fit on" alone (exploration's "score calibration not
+        # refitted: …" note) read as if there had been nothing to score, the cause of every failure dropped
+        raise InputError(f"score calibration: the critiques of all {len(groups)} calibration group(s) failed; "
+                         f"first: {failed[0] if failed else 'no reason given'}")
     # the first group the fit used: a first group whose critique failed is skipped by the fit, and naming it had
     # ``memory stats`` say the calibration was fitted from a group it never saw
     first = next((g.group_id for g, s in zip(groups, scores, strict=True) if s is not None), groups[0].group_id)

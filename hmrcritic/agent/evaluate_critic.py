@@ -58,8 +58,10 @@ RULES_K = 16
 def code_digest() -> str:
     """Hash of the agent's scoring and exploration code: an explored memory is never reused after it changed."""
     here = Path(__file__).parent
+    # learning_curve.py: its score_groups makes the scores the exploration's score calibration is fitted on (the
+    # calibration is stored in the memory); schema.py: the critique's fields every judge's scores pass through
     agent = ("judges.py", "nodes.py", "evidence.py", "groups.py", "prior.py", "graph.py", "explore.py", "mining.py",
-             "calibration.py", "api.py", "state.py")
+             "calibration.py", "api.py", "state.py", "learning_curve.py", "schema.py")
     memory = ("starter_rules.py", "maintenance.py", "rules.py", "schema.py", "store.py", "prototypes.py",
               "embeddings.py")
     # the hmr measures the evidence reads (joint limits, penetration, rotations, translation, metrics): a fix
@@ -141,9 +143,10 @@ def evaluate_critic(
     each variant.
 
     Returns the ``--json`` payload: ``rows`` (variant, spearman, kendall, top1_pa_mpjpe_mm, the same against
-    MPJPE and PVE, spearman_sem — the SE over groups, 0 with fewer than 2 — full_minus_spearman/sem, absent
-    where no group was scored by both), ``random_pa_mpjpe_mm``, ``oracle_pa_mpjpe_mm``, ``num_groups`` and
-    provenance (group source, memory version, work folder). ``warmup_groups=0`` scores the starter memory.
+    MPJPE and PVE, spearman_sem — the SE over groups, NaN (``null`` in ``result.json`` and ``--json``) with fewer
+    than 2, as are the paired SEs — full_minus_spearman/sem, absent where no group was scored by both),
+    ``random_pa_mpjpe_mm``, ``oracle_pa_mpjpe_mm``, ``num_groups`` and provenance (group source, memory
+    version, work folder). ``warmup_groups=0`` scores the starter memory.
     ``progress(stage, i, n)`` is called while exploring and scoring.
     """
     from hmrcritic.agent.explore import explore
@@ -197,6 +200,7 @@ def evaluate_critic(
     # held in use (made when missing) until its result is written: `runs prune` removed an evaluation's cache,
     # its explored memory with it, under the running command
     with in_use(workdir):
+        _claim_workdir(workdir, key)
         if progress is not None:
             progress("groups", len(eval_groups), len(eval_groups))
 
@@ -266,7 +270,7 @@ def evaluate_critic(
         for r in res["rows"]:
             rho = per_group[r["variant"]]
             rho = rho[np.isfinite(rho)]  # groups this variant scored
-            r["spearman_sem"] = float(rho.std(ddof=1) / math.sqrt(len(rho))) if len(rho) > 1 else 0.0
+            r["spearman_sem"] = _sem(rho)
         _paired_deltas(res["rows"], per_group)
         _paired_pearson_top1_deltas(res["rows"], scores, errors, seed=seed)
         payload = {
@@ -287,6 +291,38 @@ def evaluate_critic(
         return payload
 
 
+KEY_FILE = "key.json"  # the key of the settings the work folder's memory was explored under
+
+
+def _claim_workdir(workdir: Path, key: str) -> None:
+    """Record ``key`` in ``workdir`` (:data:`KEY_FILE`), or refuse a folder recorded under another key.
+
+    The default folder is named by the key; a ``workdir`` given (the API's, the benchmarks') was not checked, so
+    an evaluation with another seed, warm-up, judge or code version went on exploring the memory a previous one
+    had left there — explore counts a run of other settings as new rounds — and scored a memory explored under
+    two settings as if under its own. A folder without the record (made before it was kept) is taken as it is."""
+    f = workdir / KEY_FILE
+    try:
+        held = json.loads(f.read_text(encoding="utf-8")).get("key")
+    except FileNotFoundError:
+        held = None
+    except (OSError, ValueError, AttributeError) as exc:
+        raise InputError(f"evaluate-critic: {f} is unreadable ({type(exc).__name__}); it names the settings the "
+                         "memory there was explored under: give another work folder or remove that one") from exc
+    if held is None:
+        atomic_write_json(f, {"key": key})
+    elif held != key:
+        raise InputError(f"evaluate-critic: the work folder {workdir} holds an evaluation made with other settings "
+                         f"(key {held}, these are {key}: seed, warm-up, judge, reflections, group source or code "
+                         "differ); its memory would be explored further under these: give another work folder")
+
+
+def _sem(x: np.ndarray) -> float:
+    """Standard error of the mean of ``x``; NaN with fewer than 2 values, where it is undefined: a 0 there (one
+    group scored: ``--num-groups 1``, or all but one group failed) printed "± 0.000", a figure known exactly."""
+    return float(x.std(ddof=1) / math.sqrt(len(x))) if len(x) > 1 else float("nan")
+
+
 def _paired_deltas(rows: list[dict], per_group: dict[str, np.ndarray]) -> None:
     """Add ``full_minus_spearman`` and its paired standard error to every ablation row.
 
@@ -304,7 +340,7 @@ def _paired_deltas(rows: list[dict], per_group: dict[str, np.ndarray]) -> None:
         if not len(d):  # no group both scored: nothing to pair (a NaN mean with a 0 SE claimed a measurement)
             continue
         r["full_minus_spearman"] = float(d.mean())
-        r["full_minus_sem"] = float(d.std(ddof=1) / math.sqrt(len(d))) if len(d) > 1 else 0.0
+        r["full_minus_sem"] = _sem(d)
         r["full_minus_groups"] = int(len(d))
 
 
@@ -336,13 +372,13 @@ def _paired_pearson_top1_deltas(rows: list[dict], scores: dict[str, list], error
         # top-1 (tied best scores: the mean of their errors); negative = full's pick is better
         d = np.array([tied_top1_error(a[i], e[i]) - tied_top1_error(b[i], e[i]) for i in range(len(keep))])
         r["full_minus_top1_mm"] = float(d.mean())
-        r["full_minus_top1_sem"] = float(d.std(ddof=1) / math.sqrt(len(d))) if len(d) > 1 else 0.0
+        r["full_minus_top1_sem"] = _sem(d)
         boots = []
         for _ in range(n_boot if len(keep) > 1 else 0):
             idx = rng.integers(0, len(keep), len(keep))
             boots.append(pooled_pearson([a[i] for i in idx], [e[i] for i in idx])
                          - pooled_pearson([b[i] for i in idx], [e[i] for i in idx]))
-        r["full_minus_pearson_se"] = float(np.std(boots, ddof=1)) if len(boots) > 1 else 0.0
+        r["full_minus_pearson_se"] = float(np.std(boots, ddof=1)) if len(boots) > 1 else float("nan")
 
 
 def format_table(payload: dict[str, Any]) -> str:
@@ -355,13 +391,14 @@ def format_table(payload: dict[str, Any]) -> str:
              f"{'r pooled':>9}{'full − this: ρ (paired sem)':>30}{'r (bootstrap se)':>20}"
              f"{'top-1 mm (sem)':>18}"]
     for r in payload["rows"]:
-        delta = (f"{r['full_minus_spearman']:>+22.3f} ({r['full_minus_sem']:.3f})"
+        # "—" where a variant scored no group (its figures are NaN), or an SE is undefined (one group): the table
+        # printed "nan" for them
+        f = fmt_value
+        delta = (f"{r['full_minus_spearman']:>+22.3f} ({f(r['full_minus_sem'], '.3f')})"
                  if "full_minus_spearman" in r else "")
         if "full_minus_pearson" in r:
-            delta += (f"{r['full_minus_pearson']:>+12.3f} ({r['full_minus_pearson_se']:.3f})"
-                      f"{r['full_minus_top1_mm']:>+11.1f} ({r['full_minus_top1_sem']:.1f})")
-        # "—" where a variant scored no group (its figures are NaN): the table printed "nan" for them
-        f = fmt_value
+            delta += (f"{r['full_minus_pearson']:>+12.3f} ({f(r['full_minus_pearson_se'], '.3f')})"
+                      f"{r['full_minus_top1_mm']:>+11.1f} ({f(r['full_minus_top1_sem'], '.1f')})")
         sem = r["spearman_sem"] if r.get("groups_scored") else None  # 0 over no group is no measurement either
         lines.append(f"{r['variant']:<15}{f(r['spearman'], '>7.3f')}{f(sem, '>7.3f')}{f(r['kendall'], '>7.3f')}"
                      f"{f(r['spearman_mpjpe'], '>9.3f')}{f(r['spearman_pve'], '>7.3f')}"

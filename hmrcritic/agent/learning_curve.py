@@ -25,6 +25,7 @@ scoring (checked: a frozen memory that changed is an error).
 
 from __future__ import annotations
 
+import contextlib
 import math
 import tempfile
 from collections.abc import Callable, Sequence
@@ -360,16 +361,28 @@ CURVE_FILE = "learning_curve.json"  # the finished result
 
 
 def _curve_settings(split, heldout_split, batch_size, held, train_groups, num_generations, seed, source, judge,
-                    explore_kwargs) -> dict:
+                    explore_kwargs, tables=None) -> dict:
     """What decides the curve's rows except how many rounds: a resumed curve must have been run with these —
     the agent's settings too (``HMRCRITIC_*``: the held-out scoring and the exploration read them), or a curve
-    resumed under other ones mixed rows scored two ways in one table."""
+    resumed under other ones mixed rows scored two ways in one table. Also the critic's code
+    (:func:`~hmrcritic.agent.evaluate_critic.code_digest`) and, with ``tables``, the held-out groups' true errors:
+    ids name split indices, so a curve resumed after an upgrade, or after the held-out split was regenerated
+    (another ``--seed``, generator or body model; another ``--source``'s hypotheses), kept the old rows and
+    added rows of other code or other groups under the same ids."""
+    import hashlib
     import json
 
+    from hmrcritic.agent.evaluate_critic import code_digest
     from hmrcritic.agent.judges import judge_name
     from hmrcritic.agent.state import AgentConfig
 
-    return json.loads(json.dumps({
+    errors = None
+    if tables is not None:
+        h = hashlib.sha256()
+        for t in tables:
+            h.update(np.ascontiguousarray(np.asarray(t["pa_mpjpe"], np.float64)).tobytes() + b"|")
+        errors = h.hexdigest()[:16]
+    return json.loads(json.dumps({"code": code_digest(), "heldout_errors": errors,
         "split": split, "heldout_split": heldout_split, "batch_size": batch_size, "num_generations": num_generations,
         "seed": seed, "source": source, "judge": judge_name(judge), "explore_kwargs": explore_kwargs or {},
         "agent": AgentConfig().model_dump(exclude={"memory_dir", "chroma_url", "judge"}),
@@ -474,7 +487,14 @@ def learning_curve(
     # a folder (or None) is opened here, and closed here: left to the garbage collector, its Chroma database
     # files and threads stayed open after the call (a notebook's curve after curve kept one store each); a
     # store the caller passed in is the caller's to close
+    hold = contextlib.ExitStack()
     try:
+        # the memory held for the whole curve, not only while each round explores (explore re-enters the hold): a
+        # second curve (or an explore) on it was refused only at its first exploration, after it had scored round
+        # 0 and written its partial file — or, between two of the first's rounds, scored and explored rounds of a
+        # memory the first was exploring, each curve labelling rows with rounds the other had explored
+        if not getattr(mem, "read_only", False):
+            hold.enter_context(mem.exclusive("a learning curve"))
         out = Path(out_dir) if out_dir is not None else None
         explored = bool(explored_record(mem)["splits"]) or (Path(mem.path) / PROGRESS_FILE).exists()
         if explored and (out is None or not (out / PARTIAL_FILE).exists()):
@@ -488,8 +508,9 @@ def learning_curve(
         if not held:  # a split without groups: every round a row of NaN
             raise InputError(f"learning-curve: no held-out groups to score in split {heldout_split!r}")
         held_ids = [g.group_id for g in held]
+        tables = [error_table(g) for g in held]
         settings = _curve_settings(split, heldout_split, batch_size, held, train_groups, num_generations, seed, source,
-                                   judge, explore_kwargs)
+                                   judge, explore_kwargs, tables=tables)
         rows: list[dict] = []
         if explored:
             rows, why = _resume_rows(mem, out, settings)
@@ -510,7 +531,6 @@ def learning_curve(
             for row in rows:
                 if progress is not None:
                     progress(row)
-        tables = [error_table(g) for g in held]
 
         def evaluate(r: int) -> None:
             ro = frozen_copy(mem)
@@ -567,6 +587,7 @@ def learning_curve(
             (out / PARTIAL_FILE).unlink(missing_ok=True)
         return result
     finally:
+        hold.close()
         if mem is not memory:
             _close(mem)
 

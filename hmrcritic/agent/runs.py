@@ -378,10 +378,13 @@ def prune_runs(older_than_days: float = 7.0, root: str | Path | None = None, dry
     if orphans and not dry_run:
         _delete_threads(db, orphans)
     stale = [p for p in _entries(groups) if old(p)]
+    listed = {p: _contents(p) for p in stale}
     for i in range(0, len(stale), LOCK_BATCH):  # a batch of folders held at a time (open files are limited)
         with ExitStack() as held:  # each folder stays locked until it is gone, its threads with it
+            # looked at again once held: a critique of the group (``--fresh``, a resume) that ran and finished
+            # between the listing and the lock wrote into it, and its new result and thread went with the old folder
             free = [p for p in stale[i:i + LOCK_BATCH]
-                    if held.enter_context(_held_for_removal(p, create=not dry_run))]
+                    if held.enter_context(_held_for_removal(p, create=not dry_run)) and _contents(p) == listed[p]]
             threads = [t for p in free for t in by_folder.get(p.name, [])]
             removed["groups"] += len(free)
             removed["checkpoints"] += len(threads)
@@ -428,6 +431,22 @@ def prune_runs(older_than_days: float = 7.0, root: str | Path | None = None, dry
     after = before if dry_run else runs_usage(root)["total_bytes"]
     return {"root": str(root), "older_than_days": older_than_days, "dry_run": dry_run, "removed": removed,
             "bytes_before": before, "bytes_after": after}
+
+
+def _contents(folder: Path) -> frozenset | None:
+    """``(name, inode, mtime)`` of each entry directly in the run folder ``folder`` but its lock file (which prune
+    itself may make), to tell whether anything was written into it between two looks; None when unreadable."""
+    try:
+        with os.scandir(folder) as entries:
+            out = set()
+            for e in entries:
+                if e.name != IN_USE_FILE:
+                    with suppress(OSError):
+                        st = e.stat(follow_symlinks=False)
+                        out.add((e.name, st.st_ino, st.st_mtime_ns))
+            return frozenset(out)
+    except OSError:  # gone, or a file where a folder was
+        return None
 
 
 PRUNE_DB_TIMEOUT_S = 60.0  # how long prune's deletes and VACUUM wait for a critique writing its checkpoint

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import logging
 import os
+import re
 import time
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -98,6 +99,15 @@ def summarise_update(node: str, update: dict[str, Any]) -> dict[str, Any]:
     if "memory_written" in update:
         out["memory_written"] = update["memory_written"]
     return out
+
+
+ERROR_CHARS = 500  # of a run's error kept in its trace (the whole error is what the command itself printed)
+
+
+def _cut(text: str, chars: int) -> str:
+    """``text`` cut to ``chars`` characters, ending in "…" when it was cut: an error cut mid-word ("HTTP 401: inval")
+    read as the whole message, with nothing saying that more had been said."""
+    return text if len(text) <= chars else text[:chars - 1] + "…"
 
 
 def _copy_tree(obj: Any) -> Any:
@@ -198,7 +208,7 @@ class TraceWriter:
         "disk is full" with its way out read as "Permission denied: traces/<run>.jsonl" — and the trace file's
         lock was never let go (a later prune kept the file as "in use")."""
         try:
-            self._write({"event": "error", "error": scrub(f"{type(exc).__name__}: {exc}")[:500]})
+            self._write({"event": "error", "error": _cut(scrub(f"{type(exc).__name__}: {exc}"), ERROR_CHARS)})
             if self._held is not None:
                 self._flush()
         except OSError as failed:
@@ -363,6 +373,11 @@ def read_trace(run_id: str | None = None, last: bool = False) -> list[dict]:
 
 
 LINE_CHARS = 400  # a node's line is kept to about this long by listing fewer items of its longest lists
+_MORE = re.compile(r"… (\d+) more")  # how summarise_update ends a list it cut short
+
+# what a terminal acts on that redact.printable leaves: a carriage return (the rest of a line written over what
+# came before it: a group id "g\rX" printed "X" over the run's heading), vertical tab, form feed, NEL
+_CURSOR_MOVES = str.maketrans(dict.fromkeys("\r\x0b\x0c\x85", "?"))
 
 
 def _describe(changed: dict, room: int) -> str:
@@ -372,8 +387,16 @@ def _describe(changed: dict, room: int) -> str:
     5.91→5." (a number cut short, with nothing saying so). Lists now lose whole items from their end, the
     longest list first, and say how many are not shown."""
     ch = {k: v for k, v in changed.items() if k != "keys"}
-    lists = {k: [repr(x) for x in v] for k, v in ch.items() if isinstance(v, list)}
-    dropped = dict.fromkeys(lists, 0)
+    lists: dict[str, list[str]] = {}
+    dropped: dict[str, int] = {}
+    for k, v in ch.items():
+        if isinstance(v, list):
+            # a list the record itself cut short ends in "… N more" (summarise_update keeps a revision's first 20
+            # changes): counted with what is dropped here, not listed as one more item — a revision that moved 46
+            # hypotheses read "[12 changes, … 9 more]", the 26 the record left out lost in the 9
+            more = _MORE.fullmatch(v[-1]) if v and isinstance(v[-1], str) else None
+            lists[k] = [repr(x) for x in (v[:-1] if more else v)]
+            dropped[k] = int(more.group(1)) if more else 0
 
     def text() -> str:
         parts = []
@@ -410,17 +433,21 @@ def format_trace(records: list[dict]) -> str:
         elif r["event"] == "error":
             # a multi-line error (a validation error lists one field a line) stays indented under its run: its
             # later lines started at column 0, like the heading of another run
-            lines.append("  error: " + str(r["error"]).replace("\r", "").replace("\n", "\n         "))
+            lines.append("  error: " + str(r["error"]).replace("\r\n", "\n").replace("\n", "\n         "))
         elif r["event"] == "finish":
             lines.append(f"  finish  {r['seconds'] * 1000:.1f} ms total, {r['rounds']} revision round(s)")
     if records[-1]["event"] not in ("error", "finish"):
         lines.append("  (no finish recorded: the run was interrupted, or is still running)")
-    return "\n".join(lines)
+    return "\n".join(lines).translate(_CURSOR_MOVES)
+
+
+_MERMAID = {'"': "#quot;", "<": "#lt;", ">": "#gt;", "#": "#35;", **dict.fromkeys("\r\n\x0b\x0c\x85\u2028\u2029", " ")}
 
 
 def _mermaid_text(text: str) -> str:
-    """Text safe inside a quoted Mermaid label: quotes, angle brackets and ``#`` as Mermaid entity codes."""
-    return "".join({'"': "#quot;", "<": "#lt;", ">": "#gt;", "#": "#35;"}.get(c, c) for c in text.replace("\n", " "))
+    """Text safe inside a quoted Mermaid label: quotes, angle brackets and ``#`` as Mermaid entity codes, and each
+    line break a space (a ``\\r`` of an endpoint's error body, kept, wrote the rest of the label over its line)."""
+    return "".join(_MERMAID.get(c, c) for c in text)
 
 
 def trace_mermaid(records: list[dict]) -> str:
@@ -445,7 +472,7 @@ def trace_mermaid(records: list[dict]) -> str:
             lines += [f'    {name}["{_mermaid_text(label)}"]', f"    {prev} --> {name}"]
             prev = name
         elif r.get("event") == "error":
-            lines += [f'    run_error["{_mermaid_text("error: " + str(r.get("error", ""))[:160])}"]:::error',
+            lines += [f'    run_error["{_mermaid_text(_cut("error: " + str(r.get("error", "")), 160))}"]:::error',
                       f"    {prev} --> run_error"]
             prev = "run_error"
         elif r.get("event") == "finish":

@@ -13,7 +13,9 @@ structure, physical feasibility and image alignment). Beyond the paper, and why:
   0-1 rescaled, clamped, missing axes filled from ``overall``, scores written as fractions read on their scale,
   hypotheses named by their grid label or keying an object). Answers with the wrong hypotheses are rejected.
   Tool arguments sent as an object, and a 200 carrying an error object, are read as a conforming server would
-  have sent them (:func:`_tolerated`). Timeouts, 5xx, 408, 409, 429 (``Retry-After`` honoured, also on a 503;
+  have sent them (:func:`_tolerated`), as are an answer filed whole in the reasoning field (vLLM's
+  ``--reasoning-parser``) and one streamed unasked (:func:`_assembled`); a server on this machine is reached
+  directly, past any ``HTTP(S)_PROXY``. Timeouts, 5xx, 408, 409, 429 (``Retry-After`` honoured, also on a 503;
   not OpenAI's ``insufficient_quota``, which no wait cures) and unusable answers are retried with exponential
   backoff and jitter; then :class:`~hmrcritic.errors.JudgeError` names the group and the last reason in one line.
   ChatOpenAI's own retries are off (``max_retries=0``) so this policy is the only one in force.
@@ -612,7 +614,12 @@ def _tolerated(body: Any) -> tuple[int, Any] | None:
       method. (POST /chat/completions)"}``): a 404, which says where to look, rather than a 502 retried in vain;
     * tool-call ``arguments`` as a JSON object instead of a string (llama.cpp's server has sent them so): the
       client refused the message ("Input should be a valid string") on every retry of every group, and the
-      judge never left function calling. The object is what the string would have held."""
+      judge never left function calling. The object is what the string would have held;
+    * the whole answer in the message's reasoning field (``reasoning_content``, newer vLLM's ``reasoning``) and
+      ``content`` null: vLLM's ``--reasoning-parser`` files everything there when the model writes no
+      ``</think>`` (thinking turned off in the chat template, a model that answers at once). The client drops that
+      field, and every retry of every group failed as "the answer is empty" though the server had sent the
+      answer. Read as the content (not when the answer was cut at the output limit: that is all reasoning)."""
     if not isinstance(body, dict):
         return None
     if body.get("error") and not body.get("choices"):
@@ -624,6 +631,11 @@ def _tolerated(body: Any) -> tuple[int, Any] | None:
     for choice in body.get("choices") if isinstance(body.get("choices"), list) else []:
         message = choice.get("message") if isinstance(choice, dict) else None
         calls = message.get("tool_calls") if isinstance(message, dict) else None
+        reasoning = next((message.get(k) for k in ("reasoning_content", "reasoning") if isinstance(message, dict)
+                          and isinstance(message.get(k), str) and message[k].strip()), None)
+        if (reasoning is not None and not calls and not str(message.get("content") or "").strip()
+                and choice.get("finish_reason") != "length"):
+            message["content"], changed = reasoning, True
         for call in calls if isinstance(calls, list) else []:
             function = call.get("function") if isinstance(call, dict) else None
             if isinstance(function, dict) and isinstance(function.get("arguments"), dict | list):
@@ -634,9 +646,84 @@ def _tolerated(body: Any) -> tuple[int, Any] | None:
 _NOT_JSON = object()
 
 
-def _http_client():
-    """The openai client's default HTTP client, with :func:`_tolerated` applied to every 200 JSON answer."""
+def _assembled(text: str) -> dict | None:
+    """The chat completion that a stream of chunks (server-sent events) adds up to, or None when ``text`` is no
+    such stream. Some servers and proxies stream although the request did not ask to (a gateway that forces
+    ``stream: true``): the client failed on the events as "not JSON", and every group was retried as a 502 and
+    failed although each answer was whole. A chunk that is an error object is returned as it is (see
+    :func:`_tolerated`)."""
+    choices: dict[int, dict] = {}
+    head: dict = {}
+    for line in text.splitlines():
+        if not line.startswith("data:") or (data := line[5:].strip()) == "[DONE]":
+            continue
+        try:
+            chunk = json.loads(data)
+        except (ValueError, RecursionError):
+            return None
+        if not isinstance(chunk, dict):
+            return None
+        if chunk.get("error") and not chunk.get("choices"):
+            return chunk
+        head = {**head, **{k: chunk[k] for k in ("id", "created", "model", "usage") if chunk.get(k) is not None}}
+        for c in chunk.get("choices") or []:
+            if not isinstance(c, dict) or not isinstance(delta := c.get("delta") or {}, dict):
+                return None
+            out = choices.setdefault(int(c.get("index") or 0), {"content": "", "calls": {}, "finish": None,
+                                                                "reasoning": ""})
+            out["content"] += delta.get("content") or ""
+            out["reasoning"] += delta.get("reasoning_content") or delta.get("reasoning") or ""
+            out["finish"] = c.get("finish_reason") or out["finish"]
+            for call in delta.get("tool_calls") or []:
+                have = out["calls"].setdefault(int(call.get("index") or 0), {"id": "", "name": "", "arguments": ""})
+                function = call.get("function") or {}
+                have["id"] = call.get("id") or have["id"]
+                have["name"] += function.get("name") or ""
+                args = function.get("arguments") or ""
+                have["arguments"] += args if isinstance(args, str) else json.dumps(args)
+    if not choices:
+        return None
+    body = {"id": head.get("id", "chatcmpl-streamed"), "object": "chat.completion", "created": head.get("created", 0),
+            "model": head.get("model", ""), "choices": []}
+    if head.get("usage"):
+        body["usage"] = head["usage"]
+    for index, c in sorted(choices.items()):
+        message: dict = {"role": "assistant", "content": c["content"] or None}
+        if c["reasoning"]:
+            message["reasoning_content"] = c["reasoning"]
+        if c["calls"]:
+            message["tool_calls"] = [{"id": t["id"] or f"call_{i}", "type": "function",
+                                      "function": {"name": t["name"], "arguments": t["arguments"]}}
+                                     for i, t in sorted(c["calls"].items())]
+        body["choices"].append({"index": index, "message": message, "finish_reason": c["finish"] or "stop"})
+    return body
+
+
+def _loopback_host(base_url: str | None) -> str | None:
+    """The host of ``base_url`` as an httpx mount pattern writes it, when it is this machine (``localhost``,
+    127.0.0.0/8, ``::1``), else None."""
+    import ipaddress
+    from urllib.parse import urlsplit
+
+    host = (urlsplit(base_url).hostname or "") if base_url else ""
+    try:
+        loopback = host == "localhost" or host.endswith(".localhost") or ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return None
+    return (f"[{host}]" if ":" in host else host) if loopback else None
+
+
+def _http_client(base_url: str | None = None):
+    """The openai client's default HTTP client, with :func:`_tolerated` applied to every 200 JSON answer.
+
+    A server on this machine is reached directly, whatever ``HTTP_PROXY``/``HTTPS_PROXY``/``ALL_PROXY`` say
+    (``NO_PROXY`` is honoured as before for other hosts): through a proxy, ``127.0.0.1`` is the proxy's own
+    machine, so a running local vLLM or Ollama was reported as "cannot connect to http://127.0.0.1:8000/v1
+    (Connection refused)" (the proxy's refusal, or its 502) and the user went looking for a server that was up."""
     import openai
+
+    host = _loopback_host(base_url)
+    mounts = {f"all://{host}": None} if host is not None else None
 
     class Client(openai.DefaultHttpxClient):
         def send(self, request, **kwargs):
@@ -648,7 +735,14 @@ def _http_client():
                 body = json.loads(response.content)
             except (ValueError, RecursionError):
                 body = _NOT_JSON
-            if body is _NOT_JSON:
+            streamed = "text/event-stream" in response.headers.get("content-type", "")
+            try:  # a stream of odd chunks (an index that is no number) is read as the page it is, below
+                whole = _assembled(response.text) if body is _NOT_JSON and streamed else None
+            except (TypeError, ValueError, AttributeError):
+                whole = None
+            if whole is not None:
+                fixed = _tolerated(whole) or (200, whole)
+            elif body is _NOT_JSON:
                 # a 200 that is no JSON at all (a proxy's or captive portal's HTML page): the client failed on it
                 # as "AttributeError: 'str' object has no attribute 'choices'" and the page's words were lost; as
                 # a 502 with that body the error names them (VLMJudge._describe) and is retried as one
@@ -667,7 +761,7 @@ def _http_client():
             return type(response)(fixed[0], headers=headers, content=content, request=request,
                                   history=response.history)
 
-    return Client()
+    return Client(mounts=mounts)
 
 
 class EndpointUnusableError(JudgeError):
@@ -819,7 +913,7 @@ class VLMJudge:
             temperature=0,
             timeout=self.settings.timeout_s,
             max_retries=0,
-            http_client=_http_client(),
+            http_client=_http_client(self.settings.base_url),
             **({"max_tokens": int(self.settings.max_tokens)} if self.settings.max_tokens is not None else {}),
         )
         self._mode = MODES[0]
@@ -1063,13 +1157,19 @@ class VLMJudge:
                 self._runnables[key] = self._llm.with_structured_output(schema, method=mode, include_raw=True)
         return self._runnables[key]
 
+    def _backoff(self, attempt: int) -> float:
+        """Seconds to wait before try ``attempt + 1``: exponential, capped at ``backoff_max_s``, jittered. The
+        exponent stops at 60 (any base past its cap by then): ``2 ** (attempt - 1)`` as a float factor overflowed
+        past ~1,024 attempts (a large HMRCRITIC_VLM_RETRIES), failing the group with a bare OverflowError."""
+        return min(self.backoff_max_s, self.backoff_base_s * 2 ** min(attempt - 1, 60)) * random.uniform(0.5, 1.0)
+
     def _scrub(self, text: str) -> str:
         """One line, bounded, with the key (and anything else secret-looking, see :mod:`hmrcritic.redact`)
         removed, and printable: an endpoint's error body is untrusted text that ends up on a terminal (the CLI's
         error line, retry warnings, ``doctor``, ``trace``), and its escape sequences (``ESC]0;…BEL`` retitling
         the window, ``ESC[2J`` clearing it, a bidi override reversing what follows) passed through, as
         ``split()`` only takes whitespace out."""
-        text = " ".join(printable(self._unsecret(text)).split())
+        text = printable(" ".join(self._unsecret(text).split()))
         return text if len(text) <= 300 else text[:297] + "..."
 
     def _unsecret(self, text: str) -> str:
@@ -1172,9 +1272,8 @@ class VLMJudge:
             content = "".join(b if isinstance(b, str) else str(b.get("text", "")) for b in content)
         text = _answer_text(str(content or ""))
         if not text.strip():
-            # said as it is, not as "no JSON object in the answer": with vLLM's --reasoning-parser and thinking
-            # turned off the whole answer lands in the message's reasoning field (not read), and a model that
-            # thinks until its output limit leaves nothing after its reasoning
+            # said as it is, not as "no JSON object in the answer": a model that thinks until its output limit
+            # leaves nothing after its reasoning (an answer filed whole in the reasoning field is read: _tolerated)
             raise Unparseable("the answer is empty" + (" after the model's reasoning" if content else ""))
         return extract_json(text)
 
@@ -1307,9 +1406,7 @@ class VLMJudge:
             attempt += 1
             if fatal or attempt >= attempts:
                 break
-            delay = min(self.backoff_max_s, self.backoff_base_s * 2 ** (attempt - 1)) * random.uniform(
-                0.5, 1.0
-            )
+            delay = self._backoff(attempt)
             if wait_hint is not None:
                 delay = max(delay, min(wait_hint, self.max_retry_after_s))
             log.warning(

@@ -594,7 +594,13 @@ def validate_dataset(root: str | Path, max_errors: int = 50) -> ValidationReport
         warnings.append(f"{unreadable} {MANIFEST} line(s) hold no complete record (torn by an interrupted write, or "
                         "damaged): finetune skips them and trains on the groups that read; the export's next run "
                         "drops them")
-    referenced = {r.condition.path for r in records} | {r.hypotheses.path for r in records}
+    # Stopped at max_errors, the records after that line were never checked: their array files, pairs and failures
+    # read as orphans, as pairs of unknown groups (one error per pair, past the cap: a dataset moved without its
+    # groups/ folder listed hundreds of "refers to an unknown group" lines, and "pairs.jsonl: not the pairs of the
+    # manifest's groups") and as failed inputs, though the manifest holds those groups. They are taken from the
+    # whole manifest then, and the pairs are counted, not checked.
+    known = records if not stopped else read_manifest(root)
+    referenced = {r.condition.path for r in known} | {r.hypotheses.path for r in known}
     if (root / GROUPS).is_dir():
         orphans = [p for p in (root / GROUPS).glob("*.npz") if f"{GROUPS}/{p.name}" not in referenced]
         if orphans:
@@ -604,6 +610,9 @@ def validate_dataset(root: str | Path, max_errors: int = 50) -> ValidationReport
     if (root / PAIRS).exists():
         pairs = []
         for lineno, line in enumerate((root / PAIRS).read_text(encoding="utf-8", errors="replace").splitlines(), 1):
+            if stopped:
+                n_pairs += 1
+                continue
             try:
                 pair = json.loads(line)
                 pairs.append(pair)
@@ -613,7 +622,7 @@ def validate_dataset(root: str | Path, max_errors: int = 50) -> ValidationReport
             if not ok:
                 errors.append(f"{PAIRS}:{lineno}: malformed or refers to an unknown group")
             n_pairs += 1
-    if header.counts.get("finished") is not False:  # an export writes the pairs when it finishes
+    if header.counts.get("finished") is not False and not stopped:  # an export writes the pairs when it finishes
         expected_pairs = pair_records(records)
         if pairs is None and expected_pairs:
             errors.append(f"{PAIRS}: missing ({len(expected_pairs)} pairs expected; re-run the export to write it; "
@@ -629,7 +638,7 @@ def validate_dataset(root: str | Path, max_errors: int = 50) -> ValidationReport
         errors.append(f"{MANIFEST}: no groups (nothing to finetune on)")
     if header.counts.get("finished") is False:
         warnings.append(_UNFINISHED)
-    failed = open_failures(root, seen.keys())
+    failed = open_failures(root, {r.group_id for r in known})
     if failed:
         warnings.append(_failed_warning(root, failed))
     zero = sum(r.zero_variance for r in records)
@@ -746,6 +755,13 @@ class GroupPreferenceDataset(torch.utils.data.Dataset):
         read_ids = {r.group_id for r in self.records}
         if skip_zero_variance:
             self.records = [r for r in self.records if not r.zero_variance]
+            if read_ids and not self.records:
+                # the groups are there, each scored alike: "no complete groups" sent the user looking for a torn or
+                # unfinished export (and the failures note below, for inputs that failed, blamed those)
+                raise AssetError(f"{self.root / MANIFEST}: all {len(read_ids)} group(s) are zero-variance (every "
+                                 "hypothesis of a group scored alike), and skip_zero_variance=True skips them: no "
+                                 "preference to learn from; read them with skip_zero_variance=False, or export with "
+                                 "a judge or memory that tells the hypotheses apart")
         if not self.records:
             # an export whose every input failed (a VLM endpoint refused on its last groups: it finishes then, with
             # them as failures) holds none: say so, as the finetune's note does for an export that holds some

@@ -103,6 +103,8 @@ class ExportConfig:
             raise InputError(f"--steps (DDIM steps) must be in 1..1000, got {self.sample_steps}")
         if self.workers < 1:
             raise InputError(f"--workers must be ≥ 1, got {self.workers}")
+        if self.threads_per_worker < 1:  # else every group failed at set-up, each loading the model to fail again
+            raise InputError(f"threads_per_worker must be ≥ 1, got {self.threads_per_worker}")
         if self.limit is not None and self.limit < 1:
             raise InputError(f"--limit must be ≥ 1, got {self.limit}")
         if self.judge not in ("builtin", "vlm"):
@@ -284,7 +286,18 @@ class GroupWorker:
             return {**head, "ok": False, "stage": "setup", "error": _reason(exc)}
         try:
             sample = task["sample"]
+            # the dataset's checks, here: an input the writer refuses (an image size of 0, a negative focal length)
+            # or hypotheses it refuses (non-finite) were sampled and scored, and then the parent's write raised
+            # AssetError, which stopped the export; the same command stopped there again on every re-run, so the
+            # dataset could never be finished. Such a group is a failure of its own, as any broken input is.
+            cond = D.condition_arrays(sample.keypoints, sample.K, sample.image_size)
+            D.check_condition(cond, f"condition of {task['group_id']}")
             hyps = self._sample(sample, task["group_seed"])
+            arrays = {
+                k: np.ascontiguousarray(getattr(hyps, k)[0].detach().cpu().numpy().astype(np.float32))
+                for k in D.HYP_KEYS
+            }
+            D.check_hypotheses(arrays, f"hypotheses of {task['group_id']}", self.ctx.num_generations)
         except Exception as exc:  # a broken input or model: recorded, the run goes on
             return {**head, "ok": False, "stage": "sample", "error": _reason(exc)}
         try:
@@ -315,11 +328,6 @@ class GroupWorker:
 
         if isinstance(scored, ScoredGroup):  # the dataset keeps the result; the run's thread, folder and trace go
             forget_group(scored)
-        cond = D.condition_arrays(sample.keypoints, sample.K, sample.image_size)
-        arrays = {
-            k: np.ascontiguousarray(getattr(hyps, k)[0].detach().cpu().numpy().astype(np.float32))
-            for k in D.HYP_KEYS
-        }
         return {
             **head,
             "ok": True,
@@ -440,7 +448,9 @@ def _pool(ctx: WorkerContext, tasks: list[dict], workers: int) -> Iterator[dict]
                     yield {"group_id": task["group_id"], "input_id": task["input_id"],
                            "group_seed": task["group_seed"], "ok": False, "stage": "worker",
                            "error": "a worker process died while this group was pending (killed, out of memory, "
-                                    "or exited); a re-run retries it"}
+                                    "or exited — or it could not load its task: samples of a class defined in a "
+                                    "notebook or script's __main__ cannot reach spawned workers, use --workers 1 "
+                                    "or Ray); a re-run retries it"}
     except BaseException:
         # Ctrl-C (or an error, or the caller stopping early): nothing will write what the workers are computing
         # now, so stop them instead of waiting. A Ctrl-C reaches the workers too; each then took the next group
@@ -777,6 +787,23 @@ class _MemoryWatch:
         self.seq = seq
 
 
+def _check_picklable(samples: list[Any], workers: int) -> None:
+    """Worker processes get their samples pickled. One that does not pickle (its class defined inside a function,
+    an open file in an attribute) failed with a bare ``AttributeError: Can't pickle local object`` once the pool
+    started, after dataset.json was written (marked unfinished: validate advised re-running, which failed the same
+    way), though ``workers=1`` exports the same samples. Refused here, before anything is written. (Ray pickles
+    with cloudpickle, which takes such classes.)"""
+    import pickle
+
+    for s in samples:
+        try:
+            pickle.dumps(s)
+        except Exception as exc:
+            raise InputError(f"sample {s.sample_id!r} cannot be sent to worker processes (workers={workers}): it does "
+                             f"not pickle ({type(exc).__name__}: {exc}); define its class at module level, or "
+                             "export with workers=1") from None
+
+
 def _exclusive(out: Path):
     """Refuse a second export into the same folder while one runs (any process on this machine): both would
     sample and score every group, and the work of one is thrown away."""
@@ -810,6 +837,8 @@ def export(
             raise InputError(f"duplicate input id {input_id!r} in {cfg.source}: each input needs its own sample_id")
         seen.add(input_id)
     _import(cfg.score_group)  # configuration errors fail the run here, not every group in the workers
+    if cfg.workers > 1 and not cfg.ray_address:
+        _check_picklable(samples, cfg.workers)
     if cfg.judge == "vlm" and cfg.score_group == DEFAULT_SCORER:
         # the VLM judge's settings too (no key and no endpoint, a base URL with credentials, a bad HMRCRITIC_VLM_*
         # value): the agent makes its judge per group, so each was found once per input, the whole split sampled

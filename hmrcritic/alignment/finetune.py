@@ -35,6 +35,7 @@ from hmrcritic.alignment.dataset import FAILURES, GroupPreferenceDataset, not_at
 from hmrcritic.alignment.objectives import OBJECTIVES, ObjectiveConfig, compute_loss, frozen_reference
 from hmrcritic.alignment.stats import GroupStatTracker, zero_variance_mask
 from hmrcritic.errors import AssetError, HMRCriticError, InputError, check_number
+from hmrcritic.hmr.diffusion import DEFAULT_CHECKPOINT
 from hmrcritic.hmr.train import ema_update
 from hmrcritic.io import (
     append_jsonl,
@@ -344,9 +345,11 @@ def _finetune(cfg: FinetuneConfig, progress: bool | Callable[[dict], None], held
         raise InputError(f"--out must be a checkpoint file path, got a folder: {out}")
     # the aligned weights written over the base checkpoint: the base is gone (the frozen reference of every later
     # run with it), and a resume is refused as "another base model" since its hash changed under the state file
-    if cfg.model and out.resolve() == Path(cfg.model).expanduser().resolve():
-        raise InputError(f"--out {out} is the checkpoint being aligned (--model): the aligned model would replace "
-                         "its base; write it to another file")
+    # without --model the base is the shipped checkpoint, which --out must not name either
+    base = Path(cfg.model).expanduser() if cfg.model else DEFAULT_CHECKPOINT
+    if out.resolve() == base.resolve():
+        raise InputError(f"--out {out} is the checkpoint being aligned (--model, or the shipped base without it): "
+                         "the aligned model would replace its base; write it to another file")
     ds = GroupPreferenceDataset(cfg.data)
     data = _GroupTensors(ds, cfg.device)
     data_hash = dataset_hash(ds)
@@ -466,6 +469,15 @@ def _finetune(cfg: FinetuneConfig, progress: bool | Callable[[dict], None], held
             if out_obj.loss.requires_grad:
                 out_obj.loss.backward()
             gnorm = torch.nn.utils.clip_grad_norm_(policy.parameters(), cfg.grad_clip)
+            if not torch.isfinite(gnorm):
+                # a finite loss whose gradient overflows (a huge --beta): clipping by an infinite norm zeroed the
+                # step (a run that trained nothing and ended as if aligned) or, with an inf or NaN gradient, made
+                # every weight NaN, saved with the state; the log held "grad_norm": Infinity, which is not JSON
+                kept = (f"the last saved state, {cfg.state_path}, is kept" if cfg.state_path.exists()
+                        else f"no state was saved yet: --checkpoint-every is {cfg.checkpoint_every}")
+                raise TrainingDiverged(
+                    f"finetune diverged: the gradient norm is {float(gnorm)} at step {step + 1} (loss "
+                    f"{float(out_obj.loss.detach()):.4g}; {kept}); lower --beta or --lr")
             opt.step()
             ema_update(ema, policy, step, cfg.ema)
             window.append({**out_obj.metrics, "grad_norm": float(gnorm)})

@@ -48,7 +48,7 @@ import torch
 
 from hmrcritic.alignment.objectives import ObjectiveConfig
 from hmrcritic.errors import InputError
-from hmrcritic.io import atomic_write_json, atomic_write_text, sources_digest
+from hmrcritic.io import atomic_write_json, atomic_write_text, finite_json, sources_digest
 from hmrcritic.memory.store import holds_memory
 
 ROWS = ("base", "gpa", "gpa_linear", "gpa_no_base_loss", "dpo", "sft")
@@ -513,7 +513,9 @@ def _run(name: str, p: Preset, out: Path, model, progress) -> dict:
     log = _Log(out, progress)
     t_start = time.time()
     timings: dict[str, float] = {}
-    model_path = None if model is None else str(Path(model).resolve())
+    # `~` expanded as load_model (and so finetune, sample, evaluate) does: resolved first, `--model=~/base.pt` named
+    # a folder "~" under the working directory and the run stopped on a checkpoint that is not there
+    model_path = None if model is None else str(Path(model).expanduser().resolve())
     render_env = {"HMRCRITIC_RENDER": "1" if p.render else "0"}
 
     # 1. base
@@ -552,7 +554,8 @@ def _run(name: str, p: Preset, out: Path, model, progress) -> dict:
         with _env(**render_env):
             explore_rec = _explore(p, memory_dir, model_path, k_explore, log)
         explore_rec["seconds"] = round(time.time() - t0, 1)
-        atomic_write_json(explore_rec_path, explore_rec)
+        # strict JSON (NaN → null), as results.json below: a round of groups that could not be ranked has a NaN mean
+        atomic_write_json(explore_rec_path, finite_json(explore_rec))
     else:
         log(f"explore: done before ({explore_rec_path.name}), memory {explore_rec['version']}")
     timings["explore"] = explore_rec.get("seconds", 0.0)
@@ -680,7 +683,9 @@ def _run(name: str, p: Preset, out: Path, model, progress) -> dict:
         # one this table came from
         "torch_threads": torch.get_num_threads(),
     }
-    atomic_write_json(out / "results.json", result)
+    # strict JSON, as `--json` prints it: a NaN (an exploration round that ranked no group) was the bare word NaN,
+    # which jq, JavaScript and strict parsers refuse for the whole file
+    atomic_write_json(out / "results.json", finite_json(result))
     atomic_write_text(out / "results.md", format_table(result))
     try:
         plot_results(result, out / "results.png")

@@ -103,7 +103,8 @@ def scene_from_spec(spec: str):
     from hmrcritic.errors import InputError
 
     split, _, idx = spec.rpartition(":")
-    if not split or not idx.strip().lstrip("-").isdigit():
+    digits = idx.strip().lstrip("-")
+    if not split or not (digits.isascii() and digits.isdigit()):  # "²" is a digit to isdigit(), not to int()
         raise InputError(f"--scene must look like SPLIT:INDEX (e.g. test:3), got {spec!r}")
     from hmrcritic.hmr.data import load_split
 

@@ -126,17 +126,34 @@ def _render() -> dict:
 
 
 def _body() -> dict:
+    import tempfile
+
     import torch
 
-    from hmrcritic.hmr.body import load_body_model, resolve_model_path
+    from hmrcritic.hmr import mannequin
+    from hmrcritic.hmr.body import BodyModel, load_body_model, read_model_arrays, resolve_model_path
 
-    body = load_body_model()
+    file = resolve_model_path()
+    cached = None if file else mannequin.default_folder() / mannequin.FILE_NAME
+    try:
+        in_cache = cached is None or mannequin.is_current(cached)
+    except OSError:  # a file in the way, no permission: the folders check names it
+        in_cache = False
+    if in_cache:
+        body = load_body_model()
+    else:
+        # generated and checked in a temporary folder, not written into the cache: doctor reports and changes
+        # nothing under the home (it wrote the mannequin there), and a home that cannot be written (a file in its
+        # place, a read-only mount) failed this check too, as a "Not a directory" body model, beside the folders
+        # check that names the cause
+        with tempfile.TemporaryDirectory(prefix="hmrcritic-doctor-") as tmp:
+            body = BodyModel(read_model_arrays(mannequin.write_mannequin(tmp)), name="mannequin")
     z = torch.zeros(1, 3)
     out = body(torch.tensor([[torch.pi, 0.0, 0.0]]), torch.zeros(1, 69), torch.zeros(1, 10), z)
     height = float(out.vertices[0, :, 1].max() - out.vertices[0, :, 1].min())
     ok = bool(torch.isfinite(out.vertices).all()) and 0.5 < height < 2.5
-    file = resolve_model_path()
-    where = str(file) if file else "built-in mannequin (generated in cache)"
+    where = str(file) if file else "built-in mannequin (" + ("in cache)" if in_cache else
+                                                            "not in cache, or stale: generated on first use)")
     res = {"ok": ok, "model": body.name, "file": where,
            "vertices": int(body.num_vertices), "faces": int(len(body.faces)),
            "height_m": round(height, 3)}

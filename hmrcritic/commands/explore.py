@@ -212,7 +212,7 @@ def learning_curve_cmd(
     Interrupted, the same command continues from the last evaluated round (kept in --out).
     Example: `hmrcritic learning-curve --memory-dir /tmp/mem --rounds 5 --out results/`.
     """
-    from hmrcritic.agent.learning_curve import learning_curve
+    from hmrcritic.agent.learning_curve import fmt_value, learning_curve
     from hmrcritic.errors import InputError
 
     # refused before any work: --heldout-groups 0 explored every round and then wrote a curve of NaN (not JSON);
@@ -230,9 +230,10 @@ def learning_curve_cmd(
     out.mkdir(parents=True, exist_ok=True)  # a file in the way is refused now, not after round 0 was scored
 
     def progress(row: dict) -> None:
-        if not as_json:
-            typer.echo(f"round {row['round']}: ρ {row['spearman']:+.3f}  τ {row['kendall']:+.3f}  top-1 "
-                       f"{row['top1_pa_mpjpe_mm']:.1f} mm  rules {row['rules']}  prototypes {row['prototypes']}")
+        if not as_json:  # "—" for a round that scored no group (NaN figures): it printed "ρ +nan", as if measured
+            f = fmt_value
+            typer.echo(f"round {row['round']}: ρ {f(row['spearman'], '+.3f')}  τ {f(row['kendall'], '+.3f')}  top-1 "
+                       f"{f(row['top1_pa_mpjpe_mm'], '.1f')} mm  rules {row['rules']}  prototypes {row['prototypes']}")
         scored = row.get("groups_scored")
         # the groups scored (one entry each), not --heldout-groups: a held-out split smaller than that gives fewer
         # groups, and every round warned "scored 4 of 16 … (the critiques of the others failed)" with none failed
@@ -256,6 +257,18 @@ def learning_curve_cmd(
         typer.echo(json_text(res))
     else:
         typer.echo(f"wrote {out / 'learning_curve.json'} and {res.get('png')}")
+    rows = res.get("rows") or []
+    if rows and all(r.get("groups_scored") == 0 for r in rows):  # a row without the count is not known to be empty
+        # as explore-eval and evaluate-critic (``say_failed_groups``): a curve of no measurement at all exited 0,
+        # and a script read its table of nulls as a result
+        import sys
+
+        from hmrcritic.redact import printable
+
+        first = next((r["first_failure"] for r in rows if r.get("first_failure")), None)
+        print("error: learning-curve: no round scored any held-out group: every critique failed"
+              + (f" (first: {printable(first)})" if first else ""), file=sys.stderr)
+        raise SystemExit(1)  # (typer.Exit's code is lost under standalone_mode=False)
 
 
 def register(app: typer.Typer) -> None:

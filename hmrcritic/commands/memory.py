@@ -66,7 +66,7 @@ def describe_calibration(cal: dict | None) -> str:
 
     # judge, split and first group are words of whoever wrote the memory (an imported file's calibration): their
     # escape sequences reached the terminal from `memory stats` and `memory calibration`, a "\r" rewrote the line
-    judge, split, first = (" ".join(printable(cal[k]).split()) for k in ("judge", "split", "first_group"))
+    judge, split, first = (printable(" ".join(str(cal[k]).split())) for k in ("judge", "split", "first_group"))
     return (f"log s' = {cal['intercept']:.3f} + {cal['slope']:.3f}·log s ({judge} judge; fitted on "
             f"{cal['groups']} {split} groups from {first or '?'}, {cal['hypotheses']} "
             f"hypotheses: point-wise r {cal['pearson_before']:.3f} → {cal['pearson_after']:.3f})"
@@ -199,7 +199,7 @@ def search(
     for r, s in hits:  # a VLM's or an imported file's words: their escape sequences must not reach the terminal
         # one hit a line: a "\r" in a rule text sent the cursor back to overwrite the hit's similarity and id with
         # words of the text, and a newline split one hit over lines that read as hits without a score
-        typer.echo(f"{s:.3f}  {printable(r.rule_id):<28} {' '.join(printable(r.text).split())}")
+        typer.echo(f"{s:.3f}  {printable(r.rule_id):<28} {printable(' '.join(r.text.split()))}")
 
 
 @memory_app.command("export")
@@ -253,7 +253,7 @@ def reset(
 ) -> None:
     """Delete every rule and prototype and start again (seeded with the starter rules)."""
     from hmrcritic.config import env_chroma_url
-    from hmrcritic.memory.store import COLLECTIONS, MemoryStore, hold_exclusive, resetting
+    from hmrcritic.memory.store import COLLECTIONS, MemoryStore, hold_exclusive, reach_server, resetting
     from hmrcritic.redact import redact_url
 
     # the server MemoryStore would pick up from the environment is the one to drop (dropping the folder's
@@ -274,6 +274,8 @@ def reset(
         from hmrcritic.commands import confirm_or_stop
 
         confirm_or_stop(f"Delete all rules and prototypes in {where}?", "nothing deleted")
+    if chroma_url:  # before marking it: a reset that cannot reach the server must leave its memory openable
+        reach_server(chroma_url)
     # hold the memory before touching it: a reset refused because an exploration runs must delete nothing
     # marked as being reset before anything is dropped: a reset cut short is refused until run again
     with hold_exclusive(path, "a memory reset"), resetting(path, chroma_url):

@@ -136,13 +136,19 @@ def _closest_in_box(r: torch.Tensor, start: torch.Tensor, lo: torch.Tensor, hi: 
     x ± z matters) it moves x and then z to the member of the family inside the box, if there is one."""
     rt = r.transpose(-1, -2)
     x, y, z = start.unbind(-1)
+    # Each angle's rotation is built once per change and reused by the products that follow (three a sweep, not
+    # six); the products themselves are the same, in the same order, so the result is bit for bit the same.
+    ry, rz = axis_rotation("Y", y), axis_rotation("Z", z)
     for _ in range(sweeps):
-        a = axis_rotation("Y", y) @ axis_rotation("Z", z) @ rt  # trace(Rx(x) a)
+        a = ry @ rz @ rt  # trace(Rx(x) a)
         x = _best_angle(a[..., 1, 1] + a[..., 2, 2], a[..., 1, 2] - a[..., 2, 1], lo[..., 0], hi[..., 0])
-        b = axis_rotation("Z", z) @ rt @ axis_rotation("X", x)  # trace(Ry(y) b)
+        rx = axis_rotation("X", x)
+        b = rz @ rt @ rx  # trace(Ry(y) b)
         y = _best_angle(b[..., 0, 0] + b[..., 2, 2], b[..., 2, 0] - b[..., 0, 2], lo[..., 1], hi[..., 1])
-        c = rt @ axis_rotation("X", x) @ axis_rotation("Y", y)  # trace(Rz(z) c)
+        ry = axis_rotation("Y", y)
+        c = rt @ rx @ ry  # trace(Rz(z) c)
         z = _best_angle(c[..., 0, 0] + c[..., 1, 1], c[..., 0, 1] - c[..., 1, 0], lo[..., 2], hi[..., 2])
+        rz = axis_rotation("Z", z)
     return torch.stack([x, y, z], -1)
 
 

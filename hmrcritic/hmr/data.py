@@ -54,6 +54,9 @@ COCO17_NAMES = [
 # OpenPose BODY_25 index of each COCO-17 keypoint (BODY_25: 0 nose, 1 neck, 2-4 right arm, 5-7 left arm,
 # 8 mid-hip, 9-11 right leg, 12-14 left leg, 15/16 right/left eye, 17/18 right/left ear, 19-24 feet).
 BODY25_TO_COCO17 = [0, 16, 15, 18, 17, 5, 2, 6, 3, 7, 4, 12, 9, 13, 10, 14, 11]
+# OpenPose COCO-18 (0 nose, 1 neck, 2-4 right arm, 5-7 left arm, 8-10 right leg, 11-13 left leg, 14/15 right/left
+# eye, 16/17 right/left ear) index of each COCO-17 keypoint
+COCO18_TO_COCO17 = [0, 15, 14, 17, 16, 5, 2, 6, 3, 7, 4, 11, 8, 12, 9, 13, 10]
 
 LABEL_KEYS = ("global_orient", "body_pose", "betas", "transl", "joints3d", "keypoints_clean", "category")
 CONDITION_KEYS = ("keypoints", "smpl24_keypoints", "K", "image_size")
@@ -884,7 +887,7 @@ def read_image(path) -> np.ndarray:
 
     p = Path(path)
     if not p.is_file():
-        raise InputError(f"{p} is a folder; give the image file" if p.is_dir() else f"{p}: image file not found")
+        raise _not_a_file(p, "image")
     try:
         with Image.open(p) as im:
             im.load()
@@ -918,7 +921,20 @@ def _as_points(values, path: Path, what: str) -> np.ndarray:
         arr = np.asarray(values, dtype=np.float64)
     except (TypeError, ValueError):
         raise InputError(f"{path}: {what} must contain only numbers in a regular [x, y, c] layout") from None
+    except OverflowError:  # an integer past float range (json reads 1e400 as inf, but 10**400 written out as an int)
+        raise InputError(f"{path}: {what} holds a number too large to be a pixel coordinate") from None
     return arr
+
+
+def _not_a_file(p: Path, what: str) -> InputError:
+    """Why ``p`` cannot be read as a ``what`` file: a folder, nothing there, or something there that is no regular
+    file (a FIFO, a socket, a device; a shell's ``<(…)``). The last was "file not found", for a path that exists."""
+    if p.is_dir():
+        return InputError(f"{p} is a folder; give the {what} file")
+    if p.exists():
+        return InputError(f"{p}: not a regular file (a pipe, socket or device); save the {what} to a file and give "
+                          "that")
+    return InputError(f"{p}: {what} file not found")
 
 
 MAX_KEYPOINT_FILE_BYTES = 10_000_000
@@ -941,7 +957,7 @@ def _person_confidence(person: dict, key: str) -> float:
             c = a[:, 2] if a.ndim == 2 and a.shape[1] == 3 else a[2::3] if a.ndim == 1 else np.zeros(0)
         c = c[np.isfinite(c)]
         return float(np.clip(c, 0, None).sum())
-    except (TypeError, ValueError, KeyError, IndexError):
+    except (TypeError, ValueError, KeyError, IndexError, OverflowError):
         return -1.0
 
 
@@ -971,7 +987,8 @@ def read_keypoints_json(path, image_size=None) -> np.ndarray:
     Accepted forms: a list of 17 ``[x, y, c]``; 51 flat numbers; a COCO annotation ``{"keypoints": [51]}``
     (visibility flags 0/1/2 become confidence 0/0.5/1; values that are not all flags are read as confidences in
     [0, 1]), a list of them (detector results) or a COCO annotation file ``{"images", "annotations"}`` of one
-    image; OpenPose ``{"people": [{"pose_keypoints_2d": [75]}]}`` (BODY_25, mapped to COCO-17); MMPose
+    image; OpenPose ``{"people": [{"pose_keypoints_2d": [75]}]}`` (BODY_25, or COCO-18's 54 numbers, mapped to
+    COCO-17); MMPose
     ``[{"keypoints": [[x, y]], "keypoint_scores": [...]}]`` (or inside ``{"instance_info": [...]}``; its scores
     are not probabilities — RTMPose's exceed 1 — so they are clipped to [0, 1]; other formats' confidences up
     to 1.1, a heatmap peak just above 1, read as 1); Halpe-26 and
@@ -984,7 +1001,7 @@ def read_keypoints_json(path, image_size=None) -> np.ndarray:
     """
     p = Path(path)
     if not p.is_file():
-        raise InputError(f"{p} is a folder; give the keypoint file" if p.is_dir() else f"{p}: keypoint file not found")
+        raise _not_a_file(p, "keypoint")
     # a keypoint file is a few kB; a huge one is not keypoints (and is read whole into memory otherwise)
     if p.stat().st_size > MAX_KEYPOINT_FILE_BYTES:
         raise InputError(f"{p}: {p.stat().st_size} bytes is not a keypoint file (at most "
@@ -999,8 +1016,11 @@ def read_keypoints_json(path, image_size=None) -> np.ndarray:
         raise InputError(f"{p}: not valid JSON ({exc.msg} at line {exc.lineno})") from None
     except RecursionError:  # nested thousands deep: json's recursion limit, one line instead of a traceback
         raise InputError(f"{p}: JSON nested too deeply to be keypoints") from None
+    except ValueError:  # an integer of over 4,300 digits: Python's int-parsing limit (its message advises changing
+        # the interpreter's limit), raised as a bare ValueError, not a JSONDecodeError
+        raise InputError(f"{p}: holds a number thousands of digits long, not a keypoint coordinate") from None
     visibility_flags = False
-    body25 = False
+    body25 = openpose = False
     scores = None
     if isinstance(data, dict) and isinstance(data.get("instance_info"), list):  # MMPose's demo / inferencer
         data = data["instance_info"]
@@ -1022,13 +1042,19 @@ def read_keypoints_json(path, image_size=None) -> np.ndarray:
         person = _pick_person(people, "pose_keypoints_2d", p)
         if not isinstance(person, dict) or "pose_keypoints_2d" not in person:
             raise InputError(f"{p}: people[{people.index(person)}] has no 'pose_keypoints_2d'")
-        values, body25 = person["pose_keypoints_2d"], True
+        values, body25, openpose = person["pose_keypoints_2d"], True, True
     elif isinstance(data, dict) and "keypoints" in data:
         values, visibility_flags, scores = data["keypoints"], True, data.get("keypoint_scores")
     elif isinstance(data, list) and data and all(isinstance(d, dict) for d in data):
         if not all("keypoints" in d for d in data):
             raise InputError(f"{p}: list of objects without 'keypoints' (expected COCO annotations or MMPose "
                              "instances)")
+        # a COCO results file is one list for a whole dataset: the most confident person of all its images was
+        # taken (with "N people found"), as the annotation file of several images is refused above
+        images = {json.dumps(d["image_id"]) for d in data if "image_id" in d}
+        if len(images) > 1:
+            raise InputError(f"{p}: detector results for {len(images)} images (image_id); give a file with this "
+                             "image's results only")
         person = _pick_person(data, "keypoints", p)
         values, visibility_flags, scores = person["keypoints"], True, person.get("keypoint_scores")
     elif isinstance(data, list):
@@ -1041,6 +1067,10 @@ def read_keypoints_json(path, image_size=None) -> np.ndarray:
     else:
         raise InputError(f"{p}: unrecognised keypoint JSON (expected {KEYPOINT_FORMATS})")
     arr = _as_points(values, p, "keypoints")
+    if openpose and arr.ndim == 1 and arr.size == 54:
+        # OpenPose's COCO-18 model (--model_pose COCO) and AlphaPose's OpenPose output (--format open) write 18
+        # points (COCO-17's with a neck, in OpenPose's order), which were refused as "expected BODY_25"
+        arr, body25 = arr.reshape(18, 3)[COCO18_TO_COCO17].ravel(), False
     if scores is not None:  # MMPose: (n,2) points and their scores apart
         sc = _as_points(scores, p, "keypoint_scores").ravel()
         pts = arr
@@ -1057,7 +1087,8 @@ def read_keypoints_json(path, image_size=None) -> np.ndarray:
         arr = arr.reshape(-1, 3)[:17]  # Halpe-26 / COCO-WholeBody: body points first, in COCO-17 order
     if arr.size != expected or arr.ndim not in (1, 2) or (arr.ndim == 2 and arr.shape[1] != 3):
         if body25:
-            raise InputError(f"{p}: expected BODY_25 (25×3 = 75 numbers), got shape {list(arr.shape)}")
+            raise InputError(f"{p}: expected OpenPose BODY_25 (25×3 = 75 numbers) or COCO-18 (54), got shape "
+                             f"{list(arr.shape)}")
         hint = " ([x, y] without a confidence: give [x, y, c])" if arr.ndim == 2 and arr.shape[1] == 2 else ""
         raise InputError(f"{p}: expected COCO-17 (17 [x,y,c] or 51 numbers){hint}, got shape {list(arr.shape)}; "
                          f"accepted: {KEYPOINT_FORMATS}")

@@ -165,6 +165,13 @@ def condition_from_keypoints(
         raise InputError(f"keypoints must have shape (B,17,3) [u, v, conf], got {tuple(keypoints.shape)}")
     if K.shape != (keypoints.shape[0], 3, 3):
         raise InputError(f"K must have shape (B,3,3) matching keypoints, got {tuple(K.shape)}")
+    # a focal length of 0 (or one of them negative) or a NaN in K made the box feature inf/NaN: every hypothesis
+    # came out NaN, and sample_to_dir then blamed the checkpoint
+    bad = ~(torch.isfinite(K).flatten(1).all(-1) & (K[:, 0, 0] > 0) & (K[:, 1, 1] > 0))
+    if bool(bad.any()):
+        b = int(bad.nonzero()[0, 0])
+        raise InputError(f"K must be finite intrinsics with focal lengths fx, fy > 0 (pixels); input {b} has "
+                         f"{[[round(float(x), 3) for x in row] for row in K[b]]}")
     if image_size is None:
         image_size = 2 * K[:, :2, 2]  # principal point at the image centre
     image_size = _as_float_tensor("image_size", image_size, "(W, H) numbers, one pair or one per input",
@@ -608,7 +615,9 @@ def sample(
         if not math.isfinite(float(value)) or float(value) < 0:
             raise InputError(f"{name} must be a finite number ≥ 0, got {value}")
     device = model.alphas_cumprod.device
-    cond = cond.to(device)
+    # float32, as condition_from_keypoints gives it: a Condition built by hand from float64 arrays (numpy's default)
+    # failed in the network as "mat1 and mat2 must have the same dtype, but got Double and Float"
+    cond = Condition(*[None if v is None else v.to(device, torch.float32) for v in cond._values()])
     B, N = len(cond), num_generations
     # K / keypoints given as something that is not numbers (a string, ragged lists) are the one-line InputError
     # of condition_from_keypoints, not torch's bare TypeError / ValueError
@@ -638,15 +647,26 @@ def sample(
     guide_fn = None
     if guidance > 0 and have_2d:
         guide_fn = reprojection_energy(body, keypoints.repeat_interleave(N, 0), K.repeat_interleave(N, 0))
-    x0 = ddim_sample_x0(
-        model,
-        cond.repeat_interleave(N),
-        steps=steps,
-        eta=eta,
-        generator=generator,
-        guide_fn=guide_fn,
-        guidance=guidance,
-    )
+    # dropout draws from the global RNG, not ``generator``: a model left in training mode (a freshly built
+    # HMRDiffusion is) with dropout > 0 gave other hypotheses for the same seed at every call, and moved the caller's
+    # RNG. Sampled in eval mode, and put back; a model without dropout samples exactly as before
+    dropout = getattr(getattr(model, "config", None), "dropout", 0.0)
+    noisy = bool(getattr(model, "training", False)) and isinstance(dropout, int | float) and dropout > 0
+    if noisy:
+        model.eval()
+    try:
+        x0 = ddim_sample_x0(
+            model,
+            cond.repeat_interleave(N),
+            steps=steps,
+            eta=eta,
+            generator=generator,
+            guide_fn=guide_fn,
+            guidance=guidance,
+        )
+    finally:
+        if noisy:
+            model.train()
     params = x0_to_params(x0)
     transl = torch.zeros(B * N, 3, device=device)
     if solve_transl and have_2d:

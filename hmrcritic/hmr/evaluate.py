@@ -34,7 +34,7 @@ from collections.abc import Callable
 import numpy as np
 import torch
 
-from hmrcritic.errors import AssetError, InputError
+from hmrcritic.errors import AssetError, InputError, check_number
 from hmrcritic.hmr.diffusion import (
     X_DIM,
     HMRDiffusion,
@@ -292,6 +292,11 @@ def evaluate_model(
         raise InputError(f"model must be an HMRDiffusion, a checkpoint path or None (the shipped base model), got "
                          f"{type(model).__name__}")
     check_sampling_args(num_generations, steps, eta, guidance, model.num_timesteps)  # before any split is loaded
+    # as the sampler's arguments: limit=2.5 or a seed of 1.5 failed after the splits had loaded, as a bare
+    # "slice indices must be integers" or "manual_seed expected a long"
+    for name, value in (("--limit", limit), ("--batch-size", batch_size), ("--seed", seed)):
+        if value is not None or name != "--limit":
+            check_number(name, value, integer=True)
     if limit is not None and limit < 1:
         raise InputError(f"--limit must be ≥ 1 scene (or left out for the whole split), got {limit}")
     if batch_size < 1:
@@ -323,117 +328,126 @@ def evaluate_model(
     N = num_generations
     per_joint, vis_masks, occ_masks = [], [], []
     t0 = time.time()
+    # the caller's mode back afterwards: a model evaluated in the middle of its training (dropout on) was left in
+    # eval mode, and trained on without its dropout
+    was_training = bool(getattr(model, "training", False))
     model.eval()
-    for start in range(0, n, batch_size):
-        sl = slice(start, min(n, start + batch_size))
-        kp, K, size = data["keypoints"][sl].to(device), data["K"][sl].to(device), sizes[sl].to(device)
-        B = kp.shape[0]
-        cond = condition_from_keypoints(kp, K, size)
-        gen = torch.Generator(device=device).manual_seed(seed * 1_000_003 + start)
-        group = sample(
-            model, cond, num_generations=N, steps=steps, eta=eta, generator=gen, body=body, guidance=guidance
-        )
-        flat = group.flat()
-        gt = body(
-            data["global_orient"][sl].to(device),
-            data["body_pose"][sl].to(device),
-            data["betas"][sl].to(device),
-            data["transl"][sl].to(device),
-        )
-        # the hypotheses' bodies and their errors a block of rows at a time, in the (groups, N) layout of one pass over
-        # the batch (each row's values are that pass's); the vertices are kept only for a select_fn's context
-        rows: dict[str, list[torch.Tensor]] = {}
-        for gs, hs in _chunks(B, N):
-            ch = _rows((gs, hs), N)
-            g, h = gs.stop - gs.start, hs.stop - hs.start
-            out = body(flat["global_orient"][ch], flat["body_pose"][ch], flat["betas"][ch], flat["transl"][ch])
-            hj, hv = out.joints.reshape(g, h, 24, 3), out.vertices.reshape(g, h, -1, 3)
-            gj, gv = gt.joints[gs, None], gt.vertices[gs, None]
-            coco = body.coco17(out)
-            proj = _project(coco, K[gs].repeat_interleave(h, 0)).reshape(g, h, 17, 2)
-            # a visible keypoint's joint at or behind the camera: its reprojection error is not a distance
-            behind = (coco[..., 2].reshape(g, h, 17) <= 0) & (kp[gs, None, :, 2] > 0)
-            for name, v in (
-                ("joints", out.joints),
-                ("mpjpe", M.mpjpe(hj, gj, joint_set)),
-                ("pa_mpjpe", M.pa_mpjpe(hj, gj, joint_set)),
-                ("pve", M.pve(hv, gv, hj[..., 0, :], gj[..., 0, :])),
-                ("reproj", M.reprojection_error(proj, kp[gs, None].expand(g, h, 17, 3))),
-                ("behind", behind.any(-1)),
-                ("implausible", is_implausible(flat["body_pose"][ch], out.joints)),
-                *((("vertices", out.vertices),) if select_fn is not None else ()),
-            ):
-                rows.setdefault(name, []).append(v.reshape(g * h, *v.shape[2:]) if v.shape[:2] == (g, h) else v)
-            del out, hv, gv, coco, proj
-        joints = torch.cat(rows["joints"]).reshape(B, N, 24, 3)
-        verts = torch.cat(rows["vertices"]).reshape(B, N, -1, 3) if select_fn is not None else None
-        e_mpjpe, e_pa, e_pve, e_rep = (torch.cat(rows[k]).reshape(B, N) for k in ("mpjpe", "pa_mpjpe", "pve", "reproj"))
-        add("reproj_behind", torch.cat(rows["behind"]).float())
-        for name, e in (("mpjpe", e_mpjpe), ("pa_mpjpe", e_pa), ("pve", e_pve), ("reproj", e_rep)):
-            g = M.group_metrics(e, reduce=False)
-            add(f"{name}_mean", g["mean"])
-            add(f"{name}_best", g["best"])
-            add(f"{name}_median", g["median"])
-        # mean pose: average x0 over the group (6D re-orthonormalised); no translation: every metric below is
-        # root- or Procrustes-aligned
-        mp = x0_to_params(group.x0.mean(1))
-        mo = body(mp["global_orient"], mp["body_pose"], mp["betas"], None)
-        add("mpjpe_meanpose", M.mpjpe(mo.joints, gt.joints, joint_set))
-        add("pa_mpjpe_meanpose", M.pa_mpjpe(mo.joints, gt.joints, joint_set))
-        add("pve_meanpose", M.pve(mo.vertices, gt.vertices, mo.joints[:, 0], gt.joints[:, 0]))
-        add("implausible", torch.cat(rows.pop("implausible")).float())
-        vis, mapped = smpl_visibility(kp)
-        # one hypothesis has no spread: left out (None), not NaN per scene, which non_finite_dropped then
-        # counted and the report blamed on scenes without occluded or visible joints
-        if N > 1:
-            add("div_visible", M.mean_pairwise_distance(joints, vis & mapped, root_relative=True))
-            add("div_occluded", M.mean_pairwise_distance(joints, ~vis & mapped, root_relative=True))
-            add("div_all", M.mean_pairwise_distance(joints, None, root_relative=True))
-            # the same after similarity-aligning every hypothesis to the group mean: articulation only
-            aligned = M.procrustes_align(joints, joints.mean(1, keepdim=True))
-            add("div_visible_pa", M.mean_pairwise_distance(aligned, vis & mapped))
-            add("div_occluded_pa", M.mean_pairwise_distance(aligned, ~vis & mapped))
-            # per-joint spread (B,24) for the joint-balanced comparison (same joint visible vs occluded)
-            pair = torch.cat([_pair_spread(aligned[b : b + 1]) for b in range(B)]) * 1000.0
-            per_joint.append((pair / (N * (N - 1))).cpu())
-            vis_masks.append((vis & mapped).cpu())
-            occ_masks.append((~vis & mapped).cpu())
-        if select_fn is not None:
-            ctx = {
-                "group": group,
-                "keypoints": kp,
-                "K": K,
-                "image_size": size,
-                "joints": joints,
-                "vertices": verts,
-                "faces": body.faces,
-                "indices": torch.arange(sl.start, sl.stop),
-                "split": split,
-                "cond": cond,
-            }
-            choice = torch.as_tensor(select_fn(ctx), device=e_pa.device)
-            if tuple(choice.shape) not in ((B, N), (B,)):
-                raise ValueError(f"select_fn must return scores ({B},{N}) or indices ({B},), got {tuple(choice.shape)}")
-            unpicked = torch.zeros(B, dtype=torch.bool, device=e_pa.device)
-            if choice.ndim == 2:  # scores: a NaN never wins
-                idx = M.top1_index(choice).to(e_pa.device)
-                # a group scored all NaN (the critic failed on it) has no pick: argmax over all −inf gave index 0,
-                # the sampler's first hypothesis reported as the critic's; NaN instead, left out and counted
-                unpicked = torch.isnan(choice.to(torch.float64)).all(dim=-1).to(e_pa.device)
-            else:
-                idx = choice.long()
-                if ((idx < 0) | (idx >= N)).any():
-                    raise ValueError(f"select_fn chose hypothesis indices outside 0..{N - 1}: {idx.tolist()}")
-            for name, e in (("pa_mpjpe", e_pa), ("mpjpe", e_mpjpe), ("pve", e_pve)):
-                picked = e.gather(1, idx[:, None]).squeeze(1)
-                add(f"{name}_selected", torch.where(unpicked, torch.full_like(picked, float("nan")), picked))
-        if bank is not None:
-            nn_idx = nearest_neighbour(normalized_keypoints(kp, K, size).cpu(), bank)
-            no = body(*(bank_arr[k][nn_idx].to(device) for k in ("global_orient", "body_pose", "betas")), None)
-            add("nn_pa_mpjpe", M.pa_mpjpe(no.joints, gt.joints, joint_set))
-            add("nn_mpjpe", M.mpjpe(no.joints, gt.joints, joint_set))
-        if progress:
-            progress(sl.stop, n)
+    try:
+        for start in range(0, n, batch_size):
+            sl = slice(start, min(n, start + batch_size))
+            kp, K, size = data["keypoints"][sl].to(device), data["K"][sl].to(device), sizes[sl].to(device)
+            B = kp.shape[0]
+            cond = condition_from_keypoints(kp, K, size)
+            gen = torch.Generator(device=device).manual_seed(seed * 1_000_003 + start)
+            group = sample(
+                model, cond, num_generations=N, steps=steps, eta=eta, generator=gen, body=body, guidance=guidance
+            )
+            flat = group.flat()
+            gt = body(
+                data["global_orient"][sl].to(device),
+                data["body_pose"][sl].to(device),
+                data["betas"][sl].to(device),
+                data["transl"][sl].to(device),
+            )
+            # the hypotheses' bodies and their errors a block of rows at a time, in the (groups, N) layout of one pass
+            # over the batch (each row's values are that pass's); the vertices are kept only for a select_fn's context
+            rows: dict[str, list[torch.Tensor]] = {}
+            for gs, hs in _chunks(B, N):
+                ch = _rows((gs, hs), N)
+                g, h = gs.stop - gs.start, hs.stop - hs.start
+                out = body(flat["global_orient"][ch], flat["body_pose"][ch], flat["betas"][ch], flat["transl"][ch])
+                hj, hv = out.joints.reshape(g, h, 24, 3), out.vertices.reshape(g, h, -1, 3)
+                gj, gv = gt.joints[gs, None], gt.vertices[gs, None]
+                coco = body.coco17(out)
+                proj = _project(coco, K[gs].repeat_interleave(h, 0)).reshape(g, h, 17, 2)
+                # a visible keypoint's joint at or behind the camera: its reprojection error is not a distance
+                behind = (coco[..., 2].reshape(g, h, 17) <= 0) & (kp[gs, None, :, 2] > 0)
+                for name, v in (
+                    ("joints", out.joints),
+                    ("mpjpe", M.mpjpe(hj, gj, joint_set)),
+                    ("pa_mpjpe", M.pa_mpjpe(hj, gj, joint_set)),
+                    ("pve", M.pve(hv, gv, hj[..., 0, :], gj[..., 0, :])),
+                    ("reproj", M.reprojection_error(proj, kp[gs, None].expand(g, h, 17, 3))),
+                    ("behind", behind.any(-1)),
+                    ("implausible", is_implausible(flat["body_pose"][ch], out.joints)),
+                    *((("vertices", out.vertices),) if select_fn is not None else ()),
+                ):
+                    rows.setdefault(name, []).append(v.reshape(g * h, *v.shape[2:]) if v.shape[:2] == (g, h) else v)
+                del out, hv, gv, coco, proj
+            joints = torch.cat(rows["joints"]).reshape(B, N, 24, 3)
+            verts = torch.cat(rows["vertices"]).reshape(B, N, -1, 3) if select_fn is not None else None
+            e_mpjpe, e_pa, e_pve, e_rep = (torch.cat(rows[k]).reshape(B, N)
+                                           for k in ("mpjpe", "pa_mpjpe", "pve", "reproj"))
+            add("reproj_behind", torch.cat(rows["behind"]).float())
+            for name, e in (("mpjpe", e_mpjpe), ("pa_mpjpe", e_pa), ("pve", e_pve), ("reproj", e_rep)):
+                g = M.group_metrics(e, reduce=False)
+                add(f"{name}_mean", g["mean"])
+                add(f"{name}_best", g["best"])
+                add(f"{name}_median", g["median"])
+            # mean pose: average x0 over the group (6D re-orthonormalised); no translation: every metric below is
+            # root- or Procrustes-aligned
+            mp = x0_to_params(group.x0.mean(1))
+            mo = body(mp["global_orient"], mp["body_pose"], mp["betas"], None)
+            add("mpjpe_meanpose", M.mpjpe(mo.joints, gt.joints, joint_set))
+            add("pa_mpjpe_meanpose", M.pa_mpjpe(mo.joints, gt.joints, joint_set))
+            add("pve_meanpose", M.pve(mo.vertices, gt.vertices, mo.joints[:, 0], gt.joints[:, 0]))
+            add("implausible", torch.cat(rows.pop("implausible")).float())
+            vis, mapped = smpl_visibility(kp)
+            # one hypothesis has no spread: left out (None), not NaN per scene, which non_finite_dropped then
+            # counted and the report blamed on scenes without occluded or visible joints
+            if N > 1:
+                add("div_visible", M.mean_pairwise_distance(joints, vis & mapped, root_relative=True))
+                add("div_occluded", M.mean_pairwise_distance(joints, ~vis & mapped, root_relative=True))
+                add("div_all", M.mean_pairwise_distance(joints, None, root_relative=True))
+                # the same after similarity-aligning every hypothesis to the group mean: articulation only
+                aligned = M.procrustes_align(joints, joints.mean(1, keepdim=True))
+                add("div_visible_pa", M.mean_pairwise_distance(aligned, vis & mapped))
+                add("div_occluded_pa", M.mean_pairwise_distance(aligned, ~vis & mapped))
+                # per-joint spread (B,24) for the joint-balanced comparison (same joint visible vs occluded)
+                pair = torch.cat([_pair_spread(aligned[b : b + 1]) for b in range(B)]) * 1000.0
+                per_joint.append((pair / (N * (N - 1))).cpu())
+                vis_masks.append((vis & mapped).cpu())
+                occ_masks.append((~vis & mapped).cpu())
+            if select_fn is not None:
+                ctx = {
+                    "group": group,
+                    "keypoints": kp,
+                    "K": K,
+                    "image_size": size,
+                    "joints": joints,
+                    "vertices": verts,
+                    "faces": body.faces,
+                    "indices": torch.arange(sl.start, sl.stop),
+                    "split": split,
+                    "cond": cond,
+                }
+                choice = torch.as_tensor(select_fn(ctx), device=e_pa.device)
+                if tuple(choice.shape) not in ((B, N), (B,)):
+                    raise ValueError(f"select_fn must return scores ({B},{N}) or indices ({B},), got "
+                                     f"{tuple(choice.shape)}")
+                unpicked = torch.zeros(B, dtype=torch.bool, device=e_pa.device)
+                if choice.ndim == 2:  # scores: a NaN never wins
+                    idx = M.top1_index(choice).to(e_pa.device)
+                    # a group scored all NaN (the critic failed on it) has no pick: argmax over all −inf gave index 0,
+                    # the sampler's first hypothesis reported as the critic's; NaN instead, left out and counted
+                    unpicked = torch.isnan(choice.to(torch.float64)).all(dim=-1).to(e_pa.device)
+                else:
+                    idx = choice.long()
+                    if ((idx < 0) | (idx >= N)).any():
+                        raise ValueError(f"select_fn chose hypothesis indices outside 0..{N - 1}: {idx.tolist()}")
+                for name, e in (("pa_mpjpe", e_pa), ("mpjpe", e_mpjpe), ("pve", e_pve)):
+                    picked = e.gather(1, idx[:, None]).squeeze(1)
+                    add(f"{name}_selected", torch.where(unpicked, torch.full_like(picked, float("nan")), picked))
+            if bank is not None:
+                nn_idx = nearest_neighbour(normalized_keypoints(kp, K, size).cpu(), bank)
+                no = body(*(bank_arr[k][nn_idx].to(device) for k in ("global_orient", "body_pose", "betas")), None)
+                add("nn_pa_mpjpe", M.pa_mpjpe(no.joints, gt.joints, joint_set))
+                add("nn_mpjpe", M.mpjpe(no.joints, gt.joints, joint_set))
+            if progress:
+                progress(sl.stop, n)
+    finally:
+        if was_training:
+            model.train()
     elapsed = time.time() - t0
 
     dropped: dict[str, int] = {}  # result key → non-finite values its mean left out

@@ -26,7 +26,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from hmrcritic.errors import AssetError, InputError
+from hmrcritic.errors import AssetError, HMRCriticError, InputError
 from hmrcritic.hmr.diffusion import (
     DiffusionConfig,
     HMRDiffusion,
@@ -35,6 +35,11 @@ from hmrcritic.hmr.diffusion import (
     save_model,
 )
 from hmrcritic.io import append_jsonl, atomic_torch_save, atomic_write_jsonl, read_jsonl
+
+
+class TrainingDiverged(HMRCriticError):
+    """The training loss became NaN or infinite; nothing of that step was applied or saved (as finetune's)."""
+
 
 # COCO-17 limb groups that are occluded together (an arm, a leg, the face) in the limb-occlusion augmentation.
 LIMB_GROUPS = [
@@ -345,6 +350,14 @@ def _write(path: Path, what: str, kept: int, fn, *args) -> None:
         raise AssetError(f"train-base: cannot write the {what} {path}: {exc.strerror or exc}; {keep}") from None
 
 
+def _step_on_disk(state_path: Path, known: int) -> int:
+    """The step of the training state at ``state_path`` (``known`` when there is none or it cannot be read)."""
+    try:
+        return int(torch.load(state_path, map_location="cpu", weights_only=True)["step"])
+    except Exception:  # none yet, or unreadable: what this run knows it wrote
+        return known
+
+
 def _busy(by: str) -> AssetError:
     return AssetError(f"train-base: this run folder is in use by {by}; wait for it or give another --out")
 
@@ -434,6 +447,11 @@ def _train(cfg, out_dir: Path, data, resume, progress, device, stop_at, say) -> 
     if n < 2:
         raise InputError(f"need at least 2 training samples, got {n}")
     fingerprint = data.data_fingerprint()
+    # plain types, as model.pt is read back weights-only: a TrainData given with a Path or a numpy number in its
+    # source trained the whole run, then save_model refused model.pt (and a resume refused it again). A plain source
+    # is kept as the very object, so the pickle (model.pt's bytes) stays as it was
+    source = json.loads(json.dumps(data.source, default=str))
+    source = data.source if source == data.source else source
 
     torch.manual_seed(cfg.seed)
     model = HMRDiffusion(cfg.model).to(device)
@@ -535,6 +553,18 @@ def _train(cfg, out_dir: Path, data, resume, progress, device, stop_at, say) -> 
             for g in opt.param_groups:
                 g["lr"] = _lr_at(step, cfg)
             loss = model.loss(x0, cond, t=t, eps=eps, snr_gamma=cfg.snr_gamma, weighting=cfg.loss_weighting).mean()
+            if not bool(torch.isfinite(loss)):
+                # stop before the NaN reaches the weights, the state and the model: a diverged run trained on to the
+                # end and wrote a model.pt of NaN weights (its log full of NaN tokens), which sample then blamed on
+                # the checkpoint. As finetune stops.
+                if step == 0:  # no update made yet: the data gives it, and "lower the learning rate" would mislead
+                    raise TrainingDiverged(f"train-base cannot start: the loss is {float(loss.detach())} at step 1, "
+                                           "before any update, so the training data gives it (non-finite image "
+                                           "sizes or intrinsics?), not the learning rate")
+                kept = (f"the last checkpoint (step {saved_at}, {state_path}) is kept" if saved_at
+                        else "no checkpoint was written yet")
+                raise TrainingDiverged(f"train-base diverged: the loss is {float(loss.detach())} at step {step + 1} "
+                                       f"({kept}); lower the learning rate (TrainConfig.lr, now {cfg.lr})")
             opt.zero_grad(set_to_none=True)
             loss.backward()
             gnorm = torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.grad_clip)
@@ -571,6 +601,9 @@ def _train(cfg, out_dir: Path, data, resume, progress, device, stop_at, say) -> 
             if done == stop_at and done < cfg.steps:
                 return state_path
     except KeyboardInterrupt:
+        # the state on disk is where a re-run resumes: a Ctrl-C after a state was renamed into place but before
+        # ``saved_at`` caught up (the folder's fsync lies between) said "before the first checkpoint" beside it
+        saved_at = _step_on_disk(state_path, saved_at)
         say(f"interrupted at step {done}/{cfg.steps}; the last checkpoint is step {saved_at} ({state_path})"
             if saved_at else f"interrupted at step {done}/{cfg.steps}, before the first checkpoint")
         raise
@@ -578,7 +611,7 @@ def _train(cfg, out_dir: Path, data, resume, progress, device, stop_at, say) -> 
     extra = {
         "recipe": asdict(cfg),
         "seed": cfg.seed,
-        "data": data.source,
+        "data": source,
         "steps": cfg.steps,
         "final_loss": (read_jsonl(log_path) or [{}])[-1].get("loss"),
     }
@@ -657,12 +690,13 @@ def checkpoint_from_state(state_path: str | Path, dest: str | Path, step: int | 
     folder, where another
     ``train-base`` may already have trained on (``model_stepN.pt`` would hold a later step's weights).
     """
+    model = model_from_state(state_path)  # a missing or unreadable state: one AssetError naming it (a bare
+    # FileNotFoundError / UnpicklingError from the load below before)
     st = torch.load(state_path, map_location="cpu", weights_only=True)
     if step is not None and int(st["step"]) != step:
         raise InputError(f"train-base: {state_path} is at step {int(st['step'])}, not {step}: another train-base "
                          f"on {Path(state_path).parent} trained on meanwhile; run the same command again once it "
                          "has stopped")
-    model = model_from_state(state_path)
     cfg = TrainConfig.from_dict(st["config"])
     log = [r for r in read_jsonl(Path(state_path).parent / "log.jsonl") if r.get("step", 0) <= st["step"]]
     extra = {

@@ -665,6 +665,45 @@ class _DiskReads:
         return read
 
 
+class _Held:
+    """A collection a store fetched and keeps (:attr:`MemoryStore._cols`), whose calls turn Chroma's "Collection
+    [id] does not exist" — another process dropped it since (a `memory reset`, on disk or on the same server) —
+    into an AssetError naming the memory, after making the store forget what it fetched; all else passes through.
+
+    A memory on disk is reopened by a write batch, and a server's collections are fetched again by one, but a
+    read went to the collection fetched before: a critique's prototype recall after another process's reset
+    ended in Chroma's bare NotFoundError, naming neither the memory nor the reset, and so did every later read of
+    that store (each group of a long batch failed). The error is not retried into the new memory: what the
+    caller read before the reset (its rules, the version it recorded) would not belong with it."""
+
+    def __init__(self, target: Any, store: MemoryStore):
+        self._target = target
+        self._store = weakref.ref(store)
+
+    def __getattr__(self, name: str) -> Any:
+        if name in ("_target", "_store"):  # not set yet (a copy or unpickling): no endless recursion
+            raise AttributeError(name)
+        attr = getattr(self._target, name)
+        if not callable(attr):
+            return attr
+
+        def call(*args, **kwargs):
+            from chromadb.errors import NotFoundError
+
+            try:
+                return attr(*args, **kwargs)
+            except NotFoundError as exc:
+                store = self._store()
+                if store is None or "does not exist" not in str(exc):
+                    raise
+                store._forget_fetched()
+                raise AssetError(f"memory at {store.location} was reset or dropped by another process while this "
+                                 "one had it open (its collections are gone); run again: the memory is read anew"
+                                 ) from exc
+
+        return call
+
+
 def _http_client(url: str):
     import chromadb
 
@@ -673,8 +712,35 @@ def _http_client(url: str):
         client = chromadb.HttpClient(host=host, port=port, ssl=ssl, settings=_chroma_settings(credentials))
         client.heartbeat()
     except Exception as exc:
+        if _refused_credentials(exc):
+            # it answered: "cannot reach" sent the user to check that the server runs, not the password
+            fix = ("check the user and password in the URL" if credentials else
+                   "put user:password@ before the host in the URL (or set Chroma's CHROMA_CLIENT_AUTH_* variables)")
+            raise AssetError(scrub(f"the Chroma server at {redact_url(url)} refused "
+                                   f"{'the credentials' if credentials else 'access without credentials'} "
+                                   f"({' '.join(str(exc).split())[:200]}); {fix}")) from exc
         raise AssetError(scrub(f"cannot reach the Chroma server at {redact_url(url)}: {exc}")) from exc
     return _ServerProxy(client, redact_url(url))
+
+
+def reach_server(url: str) -> None:
+    """Connect to the Chroma server at ``url`` and let go again: an AssetError naming it when it cannot be reached
+    or refuses the credentials. For a job that marks the memory before its first call there (``memory reset``
+    marks it being reset): with the server down, the reset failed before it touched anything, and yet its mark
+    refused the intact server memory to every process after, telling the user to reset it."""
+    _close_http_client(_http_client(url))
+
+
+def _refused_credentials(exc: BaseException) -> bool:
+    """Whether the server answered the client's first calls with an authentication refusal (401 / 403): Chroma's
+    own auth errors, or the text of a refusal another server in front of it sent (Chroma passes that on as a bare
+    ValueError of the response body, without its status)."""
+    from chromadb.errors import AuthorizationError, ChromaAuthError
+
+    if isinstance(exc, AuthorizationError | ChromaAuthError):
+        return True
+    text = str(exc).lower()
+    return "unauthorized" in text or "forbidden" in text or "authenticat" in text
 
 
 _RESETTING: dict[str, int] = {}  # memory folders this process is resetting, how deep (under hold_exclusive)
@@ -1017,6 +1083,16 @@ class MemoryStore:
     def location(self) -> str:
         return redact_url(self.chroma_url) if self.chroma_url else str(self.path)
 
+    @property
+    def _folder_location(self) -> str:
+        """The memory as messages about its folder name it: a server memory's writers on this machine take their
+        lock (and exploration keeps its records) in the local folder, which an unwritable one was blamed on the
+        server for ("memory at http://host:8000 is not writable (Read-only file system)", "cannot create the
+        memory folder http://host:8000")."""
+        if not self.chroma_url:
+            return self.location
+        return f"{self.location} (its folder on this machine, {self.path}, for the write lock and records)"
+
     def _hint(self, command: str) -> str:
         """```hmrcritic memory COMMAND``` naming this memory (see :func:`cli_hint`)."""
         return cli_hint(command, self.path, self.chroma_url)
@@ -1069,7 +1145,7 @@ class MemoryStore:
                     f"{emb_id!r} (dim {dim}); rebuild it with {self._hint('reset --yes')} (export first "
                     f"with the old version to keep rules: {self._hint('export FILE')})"
                 )
-            self._cols[name] = col if self.chroma_url else _DiskReads(col, self.path)
+            self._cols[name] = _Held(col if self.chroma_url else _DiskReads(col, self.path), self)
         return missing
 
     def _create_missing(self, seed_starter: bool) -> None:
@@ -1091,7 +1167,7 @@ class MemoryStore:
                 metadata={"embedding_id": emb_id, "embedding_dim": dim, "hmrcritic_schema": SCHEMA_VERSION},
                 embedding_function=None,
             )
-            self._cols[name] = col if self.chroma_url else _DiskReads(col, self.path)
+            self._cols[name] = _Held(col if self.chroma_url else _DiskReads(col, self.path), self)
             created_rules |= name == RULES_COLLECTION
         if (created_rules and seed_starter) or finishing:
             from hmrcritic.memory.starter_rules import starter_embeddings, starter_rules
@@ -1111,6 +1187,12 @@ class MemoryStore:
                 raise AssetError(f"memory at {self.location} lacks collection {name!r}; run "
                                  f"{self._hint('reset --yes')}")
         return self._cols[name]
+
+    def _forget_fetched(self) -> None:
+        """Drop the collections, rules and version this store fetched: the next use fetches them anew."""
+        self._cols = {}
+        self._writes += 1
+        self.rules.invalidate()
 
     def _claim_path(self) -> None:
         """Count this embedded store among the users of its folder's Chroma system (:data:`_CLAIMS`), once until
@@ -1155,8 +1237,8 @@ class MemoryStore:
                     # a version read later inside the outer batch must see this write (exploration logs it)
                     self._writes += 1
                 return
-            _mkdir(self.path, self.location)
-            lock = _acquire_write_lock(self.path, self.location)
+            _mkdir(self.path, self._folder_location)
+            lock = _acquire_write_lock(self.path, self._folder_location)
             _WRITE_DEPTH[self._key] = 1
             seq = _read_seq(self.path)
             try:
@@ -1170,7 +1252,13 @@ class MemoryStore:
                         self._ensure_current()
                         self._open_collections()
                     else:
+                        # the server's collections as they are now, as a batch on disk reopens the folder: with
+                        # the ones fetched at open, another machine's replaced prototype was missing from the
+                        # running content sum (the version disagreed with the content for good), and after
+                        # its `memory reset` every write failed with Chroma's bare "Collection [id] does not exist"
+                        self._cols = {}
                         self._ensure_current()  # a closed server store: a new client before its first call
+                        self._open_collections()
                     self.rules.invalidate()
                     yield
             finally:
@@ -1180,7 +1268,7 @@ class MemoryStore:
                     _EPOCH[self._key] = _EPOCH.get(self._key, 0) + 1
                 self.rules.invalidate()
                 try:
-                    with _unwritable_as_error(self.path, self.location):
+                    with _unwritable_as_error(self.path, self._folder_location):
                         _SEQ_SEEN[self._key] = _bump_seq(self.path, seq)
                 finally:
                     _release_write_lock(self.path, lock)
@@ -1201,7 +1289,7 @@ class MemoryStore:
             try:
                 # a server's writers on this machine lock this folder (_write); none made it: none wrote here
                 if not (self.chroma_url and not self.path.is_dir()):
-                    lock = _acquire_write_lock(self.path, self.location)
+                    lock = _acquire_write_lock(self.path, self._folder_location)
             except UnwritableMemoryError:
                 if not self.read_only:
                     raise
@@ -1215,7 +1303,7 @@ class MemoryStore:
                 _WRITE_DEPTH.pop(self._key, None)
                 try:
                     if _SNAPSHOTS.pop(self._key, False):
-                        with _unwritable_as_error(self.path, self.location):
+                        with _unwritable_as_error(self.path, self._folder_location):
                             _SEQ_SEEN[self._key] = _bump_seq(self.path, _read_seq(self.path))
                 finally:
                     if lock is not None:
@@ -1397,7 +1485,7 @@ class MemoryStore:
         in any process on this machine (:func:`hold_exclusive`)."""
         if self.read_only:
             raise ReadOnlyMemoryError(f"memory at {self.location} is open read-only (frozen); {what} writes to it")
-        with hold_exclusive(self.path, what, location=self.location):
+        with hold_exclusive(self.path, what, location=self._folder_location):
             yield
 
     def _side_record(self, key: str) -> dict | None:
