@@ -24,6 +24,9 @@ def places(tmp_path):
 CASES = {
     "setting out of range": (["critique", "--scene", "test:1", "--no-render", "--max-reflections", "-3", "--fresh",
                               "--out", "{tmp}/c"], "max_reflections"),
+    # the agent settings' upper bounds (session 25) hold for the flag as for the variables
+    "setting above its bound": (["critique", "--scene", "test:1", "--no-render", "--max-reflections", "1000",
+                                 "--fresh", "--out", "{tmp}/c"], "less than or equal to 100"),
     "file where a folder goes": (["memory", "stats", "--memory-dir", "{afile}"], "a file is where a folder"),
     "too many hypotheses": (["sample", "--scene", "test:0", "-n", "5000", "--no-render", "--out", "{tmp}/s"],
                             "1..1024"),

@@ -49,6 +49,7 @@ def shipped(monkeypatch, tmp_path):
 
     monkeypatch.setattr(train, "train_base", fake_train)
     monkeypatch.setattr(train, "ship_model", fake_ship)
+    monkeypatch.setattr(diffusion, "ASSETS_DIR", tmp_path / "assets")  # --ship's write probe: not the package's
     monkeypatch.setattr(diffusion, "load_model", lambda path, device="cpu": object())
     monkeypatch.setattr(evaluate, "evaluate_model", lambda model, **kw: {"n_samples": kw["limit"]})
     monkeypatch.setattr(evaluate, "format_report", lambda res: "report")

@@ -22,6 +22,9 @@ from hmrcritic.config import env_chroma_url, env_flag, env_number
 from hmrcritic.config import memory_dir as _env_memory_dir
 from hmrcritic.redact import register_url
 
+# the most HMRCRITIC_MAX_REFLECTIONS, HMRCRITIC_RULES_K and HMRCRITIC_PROTOTYPES_K (and the fields) take
+MAX_REFLECTIONS, MAX_RULES_K, MAX_PROTOTYPES_K = 100, 10_000, 1_000
+
 
 def canonical_judge(name: str) -> str:
     """``VLM`` or `` builtin`` is the judge make_judge builds for it, while the judge cache, the model identity
@@ -39,9 +42,15 @@ class AgentConfig(BaseModel):
     model_config = ConfigDict(validate_default=True, allow_inf_nan=False)
 
     judge: str = Field(default_factory=lambda: (os.environ.get("HMRCRITIC_JUDGE") or "").strip() or "builtin")
-    max_reflections: int = Field(default_factory=lambda: env_number("HMRCRITIC_MAX_REFLECTIONS", 2, int), ge=0)
-    rules_k: int = Field(default_factory=lambda: env_number("HMRCRITIC_RULES_K", 16, int), ge=0)
-    prototypes_k: int = Field(default_factory=lambda: env_number("HMRCRITIC_PROTOTYPES_K", 5, int), ge=0)
+    # upper bounds far above any use (defaults 2, 16, 5): unbounded, ``HMRCRITIC_MAX_REFLECTIONS=99999999999999999999``
+    # passed doctor and became a LangGraph recursion limit of that size (a runaway loop never stopped), and a huge k
+    # asked Chroma for that many rules or prototypes per hypothesis
+    max_reflections: int = Field(default_factory=lambda: env_number(
+        "HMRCRITIC_MAX_REFLECTIONS", 2, int, maximum=MAX_REFLECTIONS), ge=0, le=MAX_REFLECTIONS)
+    rules_k: int = Field(default_factory=lambda: env_number("HMRCRITIC_RULES_K", 16, int, maximum=MAX_RULES_K),
+                         ge=0, le=MAX_RULES_K)
+    prototypes_k: int = Field(default_factory=lambda: env_number(
+        "HMRCRITIC_PROTOTYPES_K", 5, int, maximum=MAX_PROTOTYPES_K), ge=0, le=MAX_PROTOTYPES_K)
     ucb_c: float = Field(default_factory=lambda: env_number("HMRCRITIC_UCB_C", 1.0, float), ge=0)
     learn: bool = Field(default_factory=lambda: env_flag("HMRCRITIC_LEARN", False))
     render: bool = Field(default_factory=lambda: env_flag("HMRCRITIC_RENDER", True))

@@ -620,8 +620,10 @@ def _run(name: str, p: Preset, out: Path, model, progress) -> dict:
                     + (f" reward acc {acc:.2f}" if acc is not None and math.isfinite(acc) else ""))
 
             finetune(fcfg, progress=on_log)
+            # a finetune that resumed at its last step logs nothing in this process: its checkpoint holds the record
+            final = last or _checkpoint_final_log(ckpt)
             rec = {"objective": obj, "checkpoint": ckpt.name, "seconds": round(time.time() - t0, 1),
-                   "final_log": {k: v for k, v in last.items() if isinstance(v, int | float)}}
+                   "final_log": {k: v for k, v in final.items() if isinstance(v, int | float)}}
             atomic_write_json(rec_path, rec)
         else:
             log(f"finetune {obj}: done before ({ckpt.name})")
@@ -636,7 +638,10 @@ def _run(name: str, p: Preset, out: Path, model, progress) -> dict:
     for row in ("base", *p.objectives):
         # without critic_top1 nothing of k_explore is in the key: the data generator (and any scaled split
         # sizes) must be, or a regenerated test split reused the old base evaluation beside fresh aligned rows
-        k_ev = _key("eval", model_keys[row], eval_params, k_explore if p.critic_top1 else None,
+        # with critic_top1 the explored memory's version too: a memory deleted and explored again (a VLM judge
+        # answers otherwise) reused the base row's cached top-1 beside aligned rows scored with the new memory
+        top1 = [k_explore, explore_rec["version"]] if p.critic_top1 else None
+        k_ev = _key("eval", model_keys[row], eval_params, top1,
                     stage_code_digest("eval"), *([] if p.critic_top1 else [inputs_digest()["generator"], sizes]))
         ev_path = out / "eval" / f"{row}-{k_ev}.json"
         ev = _read_json(ev_path)
@@ -734,6 +739,18 @@ def _finetune_key(k_export: str, obj: str, common: dict, base_w: float) -> str:
         return _key("finetune", k_export, obj, {k: v for k, v in common.items() if k not in _IGNORED[obj]}, None,
                     stage_code_digest("finetune"))
     return _key("finetune", k_export, obj, common, base_w, stage_code_digest("finetune"))
+
+
+def _checkpoint_final_log(path: Path) -> dict:
+    """The last log record a finetune stored in its checkpoint's extra (``final_log``), {} when there is none."""
+    from hmrcritic.errors import AssetError
+    from hmrcritic.hmr.diffusion import read_checkpoint
+
+    try:
+        found = (read_checkpoint(path).get("extra") or {}).get("final_log")
+    except (AssetError, AttributeError):  # no checkpoint a finetune wrote: the record says nothing rather than fail
+        return {}
+    return found if isinstance(found, dict) else {}
 
 
 def _objective_settings(obj: str, p: Preset, base_w: float) -> dict:

@@ -153,12 +153,11 @@ def register(app: typer.Typer) -> None:
         group_id = group_id or content_group_id(sample, hyps)
         # a flag given beats the setting's HMRCRITIC_* variable; one not given leaves it to AgentConfig (fixed flag
         # defaults here overrode HMRCRITIC_JUDGE / _LEARN / _RENDER, which the config documents as the fallback)
-        given = {"judge": judge, "learn": learn, "render": render}
+        # --max-reflections through the constructor, with the other flags: checked against the field's bounds there
+        given = {"judge": judge, "learn": learn, "render": render, "max_reflections": max_reflections}
         cfg = AgentConfig(**{k: v for k, v in given.items() if v is not None})
         if memory is not None:
             cfg.memory_dir = str(memory)
-        if max_reflections is not None:
-            cfg.max_reflections = max_reflections
 
         def show(node, update, seconds):
             if not as_json:

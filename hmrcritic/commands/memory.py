@@ -106,7 +106,8 @@ def calibration(
 def rules(
     tags: str = typer.Option("", "--tags", help="Comma-separated query tags (default: none)."),
     k: int = typer.Option(0, "-k", min=0, help="Show only the k best (0 = all)."),
-    ucb_c: float = typer.Option(1.0, "--ucb-c", min=0.0, help="Exploration constant C of the UCB bonus."),
+    ucb_c: float = typer.Option(None, "--ucb-c", min=0.0,
+                                help="Exploration constant C of the UCB bonus (default: HMRCRITIC_UCB_C, else 1.0)."),
     include_retired: bool = typer.Option(False, "--all", help="Also list retired rules (at the end)."),
     memory_dir: Path = _DIR, chroma_url: str = _URL, as_json: bool = _JSON,
 ) -> None:
@@ -115,6 +116,12 @@ def rules(
 
     from hmrcritic.memory.starter_rules import TAG_VOCABULARY, normalise_tags
 
+    if ucb_c is None:
+        # the C the agent retrieves with (AgentConfig reads HMRCRITIC_UCB_C): a fixed 1.0 here listed the rules in
+        # another order than the critiques of a user with the variable set recalled them
+        from hmrcritic.config import env_number
+
+        ucb_c = env_number("HMRCRITIC_UCB_C", 1.0, float, minimum=0)
     if not math.isfinite(ucb_c):
         # ``--ucb-c inf`` passed the ``min=0`` check: every Ψ came out nan (∞ × 0 for an unused rule), listed in
         # an arbitrary order, and ``--json`` printed ``NaN``, which is not JSON

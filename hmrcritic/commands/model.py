@@ -61,7 +61,7 @@ def register(app: typer.Typer) -> None:
         resume: bool = typer.Option(
             True, "--resume/--no-resume",
             help="Continue from the run folder's last checkpoint (--no-resume: start over, deleting the folder's "
-            "state, log and model.pt)."
+            "state, log, model.pt and model_stepN.pt exports)."
         ),
         threads: int = typer.Option(1, help="torch CPU threads (1 = bitwise reproducible; fastest on a busy machine)."),
         max_samples: int = typer.Option(None, help="Use only the first N training scenes (quick runs)."),
@@ -97,6 +97,10 @@ def register(app: typer.Typer) -> None:
             raise InputError(f"train-base: --eval-limit must be ≥ 1 scene, got {eval_limit}")
         if ship and not (math.isfinite(guidance) and guidance >= 0):
             raise InputError(f"train-base: --guidance must be a finite number ≥ 0, got {guidance}")
+        if ship:  # ship_model found an unwritable assets folder only after the training and the evaluations
+            from hmrcritic.hmr.train import check_ship_dest
+
+            check_ship_dest()
         out = out or runs_dir() / f"train-base-seed{seed}"
         print(
             f"training base model -> {out} ({cfg.steps} steps, batch {cfg.batch_size}, seed {seed})",

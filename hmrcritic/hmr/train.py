@@ -18,6 +18,7 @@ from __future__ import annotations
 import copy
 import json
 import math
+import re
 import time
 from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
@@ -287,6 +288,7 @@ def ema_update(ema: torch.nn.Module, model: torch.nn.Module, step: int, max_deca
         pe.lerp_(pm, 1 - decay)
 
 
+_STOP_EXPORT = re.compile(r"model_step\d+\.pt")  # train-base --stop-at N's export of the state at step N
 STATE_FILES = ("state.pt", "log.jsonl", "model.pt")  # what a run writes into its folder (atomic temp files too)
 
 
@@ -532,6 +534,11 @@ def _train(cfg, out_dir: Path, data, resume, progress, device, stop_at, say) -> 
         state_path.unlink(missing_ok=True)
         if not resume:  # nor its model: until this run ends, model.pt would be the old run's beside the new state
             final_path.unlink(missing_ok=True)
+            # nor the old run's --stop-at exports: model_step300.pt of the old run sat beside the new run's
+            # state, read as this run's weights at that step (only that exact name: other files are the user's)
+            for old in out_dir.glob("model_step*.pt"):
+                if _STOP_EXPORT.fullmatch(old.name) and old.is_file():
+                    old.unlink(missing_ok=True)
 
     if cfg.batch_size > n and start < cfg.steps:
         # _batch_indices takes min(batch, n): the run printed "batch 64" and recorded it in its recipe while every
@@ -622,6 +629,29 @@ def _train(cfg, out_dir: Path, data, resume, progress, device, stop_at, say) -> 
 def loss_curve(out_dir: str | Path) -> list[dict]:
     """The logged loss records of a run (for plots and reports)."""
     return read_jsonl(Path(out_dir) / "log.jsonl")
+
+
+def check_ship_dest(dest_dir: str | Path | None = None) -> Path:
+    """Refuse at once a ``--ship`` whose destination (the package's assets folder by default) cannot be written.
+
+    ``ship_model`` learned it only after training and evaluating (~25 min at the recipe's size). The folder is
+    probed by writing a temporary file in it (an unnamed one where the system has them, removed on close):
+    ``os.access`` says yes to root even on a read-only mount."""
+    import tempfile
+
+    from hmrcritic.hmr.diffusion import ASSETS_DIR
+
+    dest = Path(dest_dir) if dest_dir is not None else ASSETS_DIR
+    try:
+        dest.mkdir(parents=True, exist_ok=True)
+        with tempfile.TemporaryFile(dir=dest) as fh:
+            fh.write(b"hmrcritic ship probe")
+            fh.flush()
+    except OSError as exc:
+        raise AssetError(f"train-base --ship installs the model into {dest}, which cannot be written "
+                         f"({exc.strerror or type(exc).__name__}); make it writable, or train without --ship "
+                         "and give the run's model.pt as --model") from None
+    return dest
 
 
 def ship_model(
