@@ -141,8 +141,18 @@ def say_failed_groups(res: dict, command: str) -> None:
                   + (f"; first: {printable(row['first_failure'])}" if row.get("first_failure") else ""),
                   file=sys.stderr)
     if rows and not any(row.get("groups_scored") for row in rows):
-        first = next((row["first_failure"] for row in rows if row.get("first_failure")), None)
-        print(f"error: {command}: no variant scored any group: every critique failed ("
-              + (f"first: {printable(first)}" if first else "with --judge vlm: check the endpoint, e.g. with "
-                 "`hmrcritic critique --scene test:0 --judge vlm`") + ")", file=sys.stderr)
-        raise SystemExit(1)  # (typer.Exit's code is lost under standalone_mode=False)
+        stop_nothing_scored(rows, f"{command}: no variant scored any group")
+
+
+def stop_nothing_scored(rows: list[dict], what: str) -> None:
+    """Exit 1 with ``error: <what>: every critique failed (first: …)``: an evaluation whose every row scored no
+    group has no numbers at all (explore-eval, evaluate-critic, learning-curve)."""
+    import sys
+
+    from hmrcritic.redact import printable
+
+    first = next((row["first_failure"] for row in rows if row.get("first_failure")), None)
+    print(f"error: {what}: every critique failed ("
+          + (f"first: {printable(first)}" if first else "with --judge vlm: check the endpoint, e.g. with "
+             "`hmrcritic critique --scene test:0 --judge vlm`") + ")", file=sys.stderr)
+    raise SystemExit(1)  # (typer.Exit's code is lost under standalone_mode=False)

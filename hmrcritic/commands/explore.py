@@ -259,16 +259,11 @@ def learning_curve_cmd(
         typer.echo(f"wrote {out / 'learning_curve.json'} and {res.get('png')}")
     rows = res.get("rows") or []
     if rows and all(r.get("groups_scored") == 0 for r in rows):  # a row without the count is not known to be empty
-        # as explore-eval and evaluate-critic (``say_failed_groups``): a curve of no measurement at all exited 0,
-        # and a script read its table of nulls as a result
-        import sys
+        # as explore-eval and evaluate-critic: a curve of no measurement at all exited 0, and a script read its
+        # table of nulls as a result
+        from hmrcritic.commands import stop_nothing_scored
 
-        from hmrcritic.redact import printable
-
-        first = next((r["first_failure"] for r in rows if r.get("first_failure")), None)
-        print("error: learning-curve: no round scored any held-out group: every critique failed"
-              + (f" (first: {printable(first)})" if first else ""), file=sys.stderr)
-        raise SystemExit(1)  # (typer.Exit's code is lost under standalone_mode=False)
+        stop_nothing_scored(rows, "learning-curve: no round scored any held-out group")
 
 
 def register(app: typer.Typer) -> None:
