@@ -7,27 +7,15 @@ from __future__ import annotations
 from pathlib import Path
 
 import pytest
+import test_review_s22_curve as s22
 
 from hmrcritic.errors import InputError
 
 pytestmark = pytest.mark.usefixtures("small_prior")  # tiny splits: no 20k-scene train split for the pose prior
 
 
-@pytest.fixture()
-def data(monkeypatch, tmp_path):
-    """A data folder of tiny train and test splits of other seeds."""
-    from hmrcritic.hmr.data import generate_split
-
-    monkeypatch.setenv("HMRCRITIC_DATA", str(tmp_path / "data"))
-    generate_split("train", n=6, seed=1, quiet=True)
-    generate_split("test", n=4, seed=2, quiet=True)
-    return tmp_path
-
-
-def _groups(split: str, n: int, g: int = 3):
-    from hmrcritic.agent.groups import make_groups
-
-    return make_groups(split, num_groups=n, num_generations=g, source="perturbed")[0]
+# tiny train and test splits of other seeds, and perturbed groups of them: session 22's curve tests' own
+data, _groups = s22.data, s22._groups
 
 
 def _stop_at(where: str, said: list | None = None):

@@ -2,24 +2,17 @@
 
 from __future__ import annotations
 
-import json
 import os
 
 import numpy as np
 import pytest
+import test_review_s17_inputs as s17
 
 from hmrcritic.errors import InputError
 from hmrcritic.hmr import data as D
 
-# a person in a 640x480 image: joint i at (300 + 5i, 100 + 20i); the left/right pairs differ in x
-XY = np.array([[300.0 + 5 * i, 100.0 + 20 * i] for i in range(17)])
-CONF = np.linspace(0.5, 0.95, 17)
-
-
-def write(tmp_path, name, obj):
-    p = tmp_path / name
-    p.write_text(json.dumps(obj))
-    return p
+# the person in a 640x480 image and the JSON writer of session 17's input tests
+XY, CONF, write = s17.XY, s17.CONF, s17.write
 
 
 @pytest.mark.filterwarnings("ignore:.*people found")
