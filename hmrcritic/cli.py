@@ -104,6 +104,34 @@ def _under_home(path) -> bool:
     return p == home or home in p.parents or p in home.parents
 
 
+def _fd_identity(fd: int) -> tuple[int, int] | None:
+    try:
+        st = os.fstat(fd)
+    except OSError:
+        return None
+    return st.st_dev, st.st_ino
+
+
+_STDOUT_AT_START: list[tuple[int, int] | None] = []  # fd 1's identity when main() began
+
+
+def _stdout_gone() -> bool:
+    """Whether nothing reads stdout any more (``| head -1`` exited): the write end of a pipe whose readers are all
+    gone polls as an error; and rich, on that broken pipe, points fd 1 at /dev/null before it exits, so a stdout
+    that is no longer the file it was at the start went the same way. Anything else — a terminal, a file, a pipe
+    still read — is not gone."""
+    import select
+
+    if _STDOUT_AT_START and _fd_identity(1) != _STDOUT_AT_START[-1]:
+        return True
+    try:
+        poller = select.poll()
+        poller.register(sys.__stdout__.fileno(), select.POLLOUT)
+        return any(ev & (select.POLLERR | select.POLLHUP) for _, ev in poller.poll(0))
+    except (AttributeError, OSError, ValueError):  # no poll (not Linux/macOS), no stdout: as typer assumed
+        return True
+
+
 def _os_error(exc: OSError) -> str:
     """One line naming the path and what to do, for the errors of the file system."""
     paths = " -> ".join(str(p) for p in (exc.filename, exc.filename2) if p)
@@ -154,19 +182,24 @@ def _is_terminal(stream) -> bool:
         return False
 
 
-def _validation_error(exc) -> str:
+def _validation_error(exc, argv: list[str] | None = None) -> str:
     """A pydantic ValidationError as one line: each bad setting, why, and the value given.
 
     An agent setting (AgentConfig) is named with its ``HMRCRITIC_*`` variable when that is set: most commands
     take these settings only from the environment, and "proto_level: … (got 2.0)" named a field the user never
-    typed (they wrote ``HMRCRITIC_PROTO_LEVEL=2``)."""
+    typed (they wrote ``HMRCRITIC_PROTO_LEVEL=2``). A setting typed as a flag (``evaluate-critic
+    --max-reflections -1``, ``explore --ucb-c -1``) is named with that flag for the same reason."""
+    typed = {a.split("=", 1)[0] for a in argv or () if a.startswith("--")}
     parts = []
     for err in exc.errors():
         where = ".".join(str(x) for x in err.get("loc", ())) or exc.title
         loc = err.get("loc", ())
         if exc.title == "AgentConfig" and len(loc) == 1:
             var = "HMRCRITIC_MEMORY" if loc[0] == "memory_dir" else f"HMRCRITIC_{str(loc[0]).upper()}"
-            if os.environ.get(var, "").strip():
+            flag = f"--{str(loc[0]).replace('_', '-')}"
+            if flag in typed:
+                where += f" ({flag})"
+            elif os.environ.get(var, "").strip():
                 where += f" ({var}={os.environ[var]!r} in the environment)"
         parts.append(f"{where}: {err.get('msg', 'invalid')} (got {err.get('input')!r})")
     return f"invalid {exc.title} setting: " + "; ".join(parts)
@@ -192,6 +225,7 @@ def _tolerant_streams() -> None:
 def main(argv: list[str] | None = None) -> int:
     """Console entry point: run the app, turn user errors into one line and a non-zero exit."""
     argv = list(sys.argv[1:] if argv is None else argv)
+    _STDOUT_AT_START[:] = [_fd_identity(1)]
     _tolerant_streams()
     debug = "--debug" in argv or env_debug()
     try:
@@ -292,6 +326,15 @@ def _main(argv: list[str], debug: bool) -> int:
         code = getattr(exc, "exit_code", None)
         if code is None:
             code = getattr(exc, "code", 0)
+        cause = exc.__context__
+        if code == 1 and isinstance(cause, OSError) and cause.errno == errno.EPIPE and not _stdout_gone():
+            # typer turns ANY broken pipe inside a command into a silent exit 1 (meant for `| head -1`); one from
+            # elsewhere — a worker process that died, a socket — ended the command without a word
+            if debug:
+                _print_traceback()  # the broken pipe, then the exit typer made of it
+            print(f"error: {printable(_os_error(cause))} (a pipe to another process or connection closed; not "
+                  "stdout)", file=sys.stderr)
+            return 2
         if code == 130 and _TERMINATED:  # export and finetune said what they kept; the code says SIGTERM
             return 143
         return int(code or 0)
@@ -334,7 +377,7 @@ def _main(argv: list[str], debug: bool) -> int:
         if isinstance(exc, pydantic.ValidationError):  # a setting out of range (AgentConfig and the like)
             if debug:
                 _print_traceback()
-            print(f"error: {printable(_validation_error(exc))}", file=sys.stderr)
+            print(f"error: {printable(_validation_error(exc, argv))}", file=sys.stderr)
             return 2
         if debug:
             _print_traceback()

@@ -165,10 +165,17 @@ def _not_dangling(path: Path, name: str) -> Path:
     A home linked to a drive that is not mounted: the memory (which resolves links) made the missing target on
     the disk below and learnt into a folder the drive hides once mounted, while every other writer failed with
     "File exists: <link> (a file is where a folder is needed)", and doctor called the folders fine."""
-    for p in (path, *path.parents):
-        if p.is_symlink() and not p.exists():
-            from hmrcritic.errors import InputError
+    from hmrcritic.errors import InputError
 
+    for p in (path, *path.parents):
+        try:
+            dangling = p.is_symlink() and not p.exists()
+        except OSError as exc:  # a name longer than the file system takes: a bare "OSError: [Errno 36] File name
+            # too long" out of every command, the variable unnamed
+            shown = str(path) if len(str(path)) <= 80 else str(path)[:80] + "…"
+            raise InputError(f"{name}: {shown} is not a usable folder ({exc.strerror or exc}); set it (or "
+                             "HMRCRITIC_HOME) to another path") from None
+        if dangling:
             raise InputError(f"{p} is a symbolic link to {os.readlink(p)}, which does not exist (a drive not mounted?)"
                              f"; create it, or set {name} or HMRCRITIC_HOME to another folder")
     return path

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import hashlib
 import html
+import os
 import re
 import shutil
 import time
@@ -24,6 +25,7 @@ from pathlib import Path
 import numpy as np
 
 from hmrcritic import config
+from hmrcritic.errors import InputError
 from hmrcritic.io import atomic_write_json, atomic_write_text
 
 
@@ -91,7 +93,7 @@ def run_demo(
     from hmrcritic.memory.store import MemoryStore
 
     t0 = time.perf_counter()
-    out = Path(out_dir)
+    out = _check_args(out_dir, num_scenes, num_generations, explore_rounds, explore_batch, seed, say)
     out.mkdir(parents=True, exist_ok=True)
     result = DemoResult(out_dir=str(out))
 
@@ -99,6 +101,10 @@ def run_demo(
     say(f"[1/4] body model: {body.name} ({body.num_vertices} vertices); base diffusion model: shipped checkpoint")
     model = load_model()
     scenes = load_split("test")
+    if num_scenes > len(scenes):  # an IndexError once the exploration and the first scenes had run
+        raise InputError(f"run_demo: num_scenes={num_scenes} is more than the test split holds ({len(scenes)} "
+                         f"scenes); use num_scenes={len(scenes)} or regenerate it: "
+                         "`hmrcritic data generate --split test`")
 
     say(f"[2/4] exploring {explore_rounds} × {explore_batch} labelled train groups to grow the critic's memory")
     # on disk in <out>/memory even when HMRCRITIC_CHROMA_URL names a shared Chroma server (chroma_url=""): a
@@ -174,6 +180,32 @@ def run_demo(
         f" | oracle best-of-{num_generations} {summary['oracle_best_pa_mpjpe_mm']:.1f}")
     say(f"      reports: {out / 'index.html'} ({result.seconds:.0f} s)")
     return result
+
+
+def _check_args(out_dir: str | Path, num_scenes: int, num_generations: int, explore_rounds: int, explore_batch: int,
+                seed: int, say: Callable[[str], None]) -> Path:
+    """The demo's arguments, checked before it touches anything, as the CLI checks its options: the demo resets
+    ``<out>/memory`` first, so from Python a group size over the sampler's cap wiped the earlier demo's memory and
+    then failed in the exploration, ``out_dir`` = the home folder wiped the memory every other command learns into,
+    and ``num_scenes=0`` failed as a TypeError after the whole exploration had run."""
+    from hmrcritic.hmr.diffusion import MAX_GENERATIONS
+
+    if not isinstance(out_dir, str | os.PathLike):
+        raise InputError(f"run_demo: out_dir must be a folder (str or Path), got {type(out_dir).__name__}")
+    out = Path(out_dir).expanduser()
+    if (out / "memory").resolve() == config.memory_dir().expanduser().resolve():
+        raise InputError(f"run_demo: out_dir {out} would put the demo's memory at {config.memory_dir()}, the memory "
+                         "the other commands use, which the demo's fresh start would wipe; give another folder")
+    for name, value, low, high in (("num_scenes", num_scenes, 1, None), ("num_generations", num_generations, 2,
+                                   MAX_GENERATIONS), ("explore_rounds", explore_rounds, 0, None),
+                                   ("explore_batch", explore_batch, 1, None), ("seed", seed, 0, 2**32 - 1)):
+        if isinstance(value, bool) or not isinstance(value, int | np.integer) or value < low or (
+                high is not None and value > high):
+            bounds = f"in {low}..{high}" if high is not None else f"≥ {low}"
+            raise InputError(f"run_demo: {name} must be an integer {bounds}, got {value!r}")
+    if not callable(say):
+        raise InputError(f"run_demo: say must be a callable taking one line, got {type(say).__name__}")
+    return out
 
 
 def _remove_stale_scenes(out: Path, num_scenes: int) -> list[str]:

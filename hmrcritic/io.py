@@ -248,11 +248,20 @@ def record_checksum(record: dict) -> str:
 
 
 def _string_keys(obj: Any) -> bool:
-    """Whether every dict key in ``obj`` (nested in dicts, lists and tuples) is already a string."""
-    if isinstance(obj, dict):
-        return all(isinstance(k, str) and _string_keys(v) for k, v in obj.items())
-    if isinstance(obj, list | tuple):
-        return all(_string_keys(v) for v in obj)
+    """Whether every dict key in ``obj`` (nested in dicts, lists and tuples) is already a string.
+
+    A walk with a stack of its own, not recursion: a line nested ~500 deep that ``json.loads`` reads raised
+    RecursionError here (two Python frames a level), which ended every reader of that log (``trace``, a finetune
+    resume, an export's failures) instead of skipping the line."""
+    stack = [obj]
+    while stack:
+        item = stack.pop()
+        if isinstance(item, dict):
+            if not all(isinstance(k, str) for k in item):
+                return False
+            stack.extend(item.values())
+        elif isinstance(item, list | tuple):
+            stack.extend(item)
     return True
 
 
@@ -293,6 +302,10 @@ def read_jsonl(path: str | os.PathLike, verify: bool = True) -> list[dict]:
     path = Path(path)
     if not path.exists():
         return []
+    if path.is_dir():  # a folder in the log's place: one line naming it, not a bare IsADirectoryError
+        from hmrcritic.errors import InputError
+
+        raise InputError(f"{path} is a folder, not a log file: move it away")
     out = []
     with open(path, encoding="utf-8", errors="replace") as fh:
         for line in fh:
@@ -307,7 +320,10 @@ def read_jsonl(path: str | os.PathLike, verify: bool = True) -> list[dict]:
                 continue
             if not isinstance(rec, dict):  # `5` or `[...]` parse but are no record
                 continue
-            if verify and "checksum" in rec and rec["checksum"] != record_checksum(rec):
+            try:
+                if verify and "checksum" in rec and rec["checksum"] != record_checksum(rec):
+                    continue
+            except RecursionError:  # deeper than the JSON encoder goes: not a record we wrote
                 continue
             out.append(rec)
     return out

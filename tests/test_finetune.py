@@ -259,7 +259,7 @@ def test_reader_and_finetuner_refuse_3d_label_keys(base_ckpt, tmp_path):
 def test_bad_config_is_a_clear_error(data_dir, base_ckpt, tmp_path):
     with pytest.raises(InputError, match="objective"):
         _cfg(data_dir, base_ckpt, tmp_path / "x.pt", objective="ppo")
-    with pytest.raises(InputError, match="scale_rewards"):
+    with pytest.raises(InputError, match="scale.rewards"):
         finetune(_cfg(data_dir, base_ckpt, tmp_path / "x.pt", scale_rewards="global"))
     with pytest.raises(AssetError):
         finetune(_cfg(tmp_path / "nothing", base_ckpt, tmp_path / "x.pt"))

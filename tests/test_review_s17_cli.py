@@ -175,7 +175,7 @@ def test_export_that_wrote_nothing_says_why_on_stderr(monkeypatch, capsys, tmp_p
     import hmrcritic.alignment.export as ex
 
     summary = SimpleNamespace(groups=0, failures=2, first_failure="test-000000: JudgeError: cannot connect",
-                              model_dump_json=lambda indent=None: json.dumps({"groups": 0, "failures": 2}))
+                              model_dump=lambda mode=None: {"groups": 0, "failures": 2})
     monkeypatch.setattr(ex, "export", lambda cfg, progress=False: summary)
     rc = main(["export", "--split", "test", "--num-generations", "2", "--no-memory", "--out", str(tmp_path / "ds"),
                "--json"])

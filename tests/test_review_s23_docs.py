@@ -88,11 +88,11 @@ def test_cli_export_on_a_dead_endpoint_exits_2_naming_it(tmp_path, monkeypatch, 
 
 @pytest.mark.parametrize("scale, fits", [(0.002, False), (0.0025, True)])
 def test_readme_split_scale_floor_of_the_pose_prior(tmp_path, monkeypatch, scale, fits):
-    """README: the pose prior needs 50 train scenes — a scale below 0.0025 leaves every builtin critique failing."""
+    """README: the pose prior needs 50 train scenes — a scale below 0.002475 leaves every builtin critique failing."""
     from hmrcritic.agent import prior
     from hmrcritic.errors import AssetError
 
-    assert "needs 50 scenes of it: below 0.0025" in _flat(README)
+    assert "needs 50 scenes of it: below 0.002475" in _flat(README)
     monkeypatch.setenv("HMRCRITIC_HOME", str(tmp_path / "home"))
     monkeypatch.setenv("HMRCRITIC_SPLIT_SIZE_SCALE", str(scale))
     monkeypatch.setattr(prior, "_CACHE", {})

@@ -79,6 +79,12 @@ class GroupResult:
     error: str | None = None
     error_type: str | None = None
 
+    def model_dump(self) -> dict[str, Any]:
+        """Plain JSON types, as ``ScoredGroup.model_dump()`` gives: ``dataclasses.asdict`` keeps the result a
+        ScoredGroup, which ``json.dumps`` refuses, so a batch's results could not be saved as they came."""
+        return {"group_id": self.group_id, "result": None if self.result is None else self.result.model_dump(),
+                "error": self.error, "error_type": self.error_type}
+
 
 UNUSABLE_IN_A_ROW = 3  # every batch path's (export, critique_groups, evaluations, exploration, VLMJudge's)
 
@@ -168,8 +174,15 @@ def load_hypotheses(source: Any, where: str = "hypotheses") -> dict[str, np.ndar
             arrays = {k: v[0] for k, v in arrays.items()}
     elif isinstance(source, dict):
         # .float(): numpy has no bfloat16 (a model run in bf16 gave a bare "unsupported ScalarType BFloat16")
-        arrays = {k: (v.detach().cpu().float().numpy() if hasattr(v, "detach") else np.asarray(v))
-                  for k, v in source.items()}
+        arrays = {}
+        for k, v in source.items():
+            if k not in HYP_KEYS and k != "poses":  # as for a file's: other keys are ignored unread
+                continue
+            try:
+                arrays[k] = v.detach().cpu().float().numpy() if hasattr(v, "detach") else np.asarray(v)
+            except (TypeError, ValueError, OverflowError):  # ragged lists ([[1, 2], [3]]): numpy's "inhomogeneous
+                # shape" ValueError came out bare, naming neither the array nor the argument
+                raise InputError(f"{where}: {k} is not a regular array of numbers (rows of unequal length?)") from None
     else:
         raise InputError(f"{where}: expected an .npz path, a dict of arrays or a HypothesisGroup")
     arrays = _common_layouts(arrays, where)
@@ -259,6 +272,9 @@ def _ten_betas(betas: np.ndarray, where: str) -> np.ndarray:
 
 
 def _sample_arrays(sample: Any) -> dict[str, np.ndarray]:
+    if not hasattr(sample, "keypoints"):  # None or a dict read "sample ?: keypoints have shape ()", naming no type
+        raise InputError(f"sample must be a Sample (hmrcritic.hmr.data: load_split(...)[i], sample_from_user(...)) "
+                         f"or an object with keypoints, K and image_size, got {type(sample).__name__}")
     sid = getattr(sample, "sample_id", "?")
     kp = np.asarray(getattr(sample, "keypoints", None), dtype=np.float32)
     if kp.shape != (17, 3):
@@ -522,6 +538,12 @@ def _agent_config(config: AgentConfig | dict | None, judge: Any, memory: Any, le
     if memory is not None and not isinstance(memory, str | Path) and not hasattr(memory, "rules"):
         raise InputError(f"memory must be a MemoryStore, a memory folder (str or Path) or None, got "
                          f"{type(memory).__name__}")
+    if judge is not None and not isinstance(judge, str) and not callable(getattr(judge, "critique", None)):
+        # judge=5 (or a class instead of its instance) ran the render node, then failed inside the graph as a
+        # JudgeError "AttributeError: 'int' object has no attribute 'critique'", leaving a thread behind
+        raise InputError(f"judge must be 'builtin', 'vlm', a Judge object (with a critique method) or None, got "
+                         f"{type(judge).__name__}")
+    _check_flag("learn", learn, none_ok=True)
     raw = config.model_dump() if isinstance(config, AgentConfig) else dict(config or {})
     unknown = sorted(set(raw) - set(AgentConfig.model_fields), key=str)  # keys of mixed types sort too
     if unknown:  # pydantic drops unknown keys: {"max_reflection": 0} ran with the default reflections, silently
@@ -544,6 +566,31 @@ def _agent_config(config: AgentConfig | dict | None, judge: Any, memory: Any, le
         where = ".".join(str(x) for x in err["loc"]) or "config"
         raise InputError(f"agent config: {where} {err['msg'].lower()} (got {err.get('input')!r})") from None
     return cfg  # its judge name is canonical (AgentConfig): "VLM" is "vlm" for every comparison
+
+
+def _check_flag(name: str, value: Any, none_ok: bool = False) -> None:
+    """Refuse a flag that is not a bool (numpy's too): ``bool("no")`` is True, so ``learn="false"`` — a value
+    read from a form, an env file or argparse — learned into the memory, and ``fresh="no"`` recomputed."""
+    if (value is None and none_ok) or isinstance(value, bool | np.bool_) or (
+            isinstance(value, int | np.integer) and value in (0, 1)):
+        return
+    raise InputError(f"{name} must be True or False{' (or None)' if none_ok else ''}, got {value!r}")
+
+
+def _check_hooks(on_update: Any, checkpointer: Any, graph: Any) -> None:
+    """The objects critique_group calls into, checked before any work: each failed only once the graph ran (a
+    TypeError "'int' object is not callable" after the render node, LangGraph's "Invalid checkpointer" for a path,
+    an AttributeError for a graph that is none), naming no argument."""
+    if on_update is not None and not callable(on_update):
+        raise InputError(f"on_update must be a callable (node, update, seconds) or None, got "
+                         f"{type(on_update).__name__}")
+    if checkpointer is not None and not callable(getattr(checkpointer, "get_tuple", None)):
+        raise InputError(f"checkpointer must be a LangGraph checkpoint saver or None, got {type(checkpointer).__name__}"
+                         " (for a SQLite file: hmrcritic.agent.graph.open_checkpointer(path))")
+    if graph is not None and not (callable(getattr(graph, "stream", None))
+                                  and callable(getattr(graph, "get_state", None))):
+        raise InputError(f"graph must be a compiled agent graph (hmrcritic.agent.graph.compile_graph) or None, got "
+                         f"{type(graph).__name__}")
 
 
 def _given_id(group_id: Any) -> str | None:
@@ -587,12 +634,17 @@ def critique_group(
     from hmrcritic.agent.trace import TraceWriter
 
     cfg = _agent_config(config, judge, memory, learn)
+    _check_flag("fresh", fresh)
+    _check_flag("keep", keep)
+    _check_hooks(on_update, checkpointer, graph)
     if cfg.learn and cfg.use_memory and getattr(memory, "read_only", False) is True:
         # memory_write refused it only after the whole critique had run, leaving a thread and run folder behind
         raise InputError(f"learn=True needs a writable memory: the MemoryStore at {getattr(memory, 'path', '?')} is "
                          "open read-only (read_only=True); open it writable, or critique with learn=False")
     if run_dir is not None and not isinstance(run_dir, str | Path):
         raise InputError(f"run_dir must be a folder (str or Path) or None, got {type(run_dir).__name__}")
+    if run_dir is not None:  # ``~`` is the home, as for memory= and the folder variables: "~/runs/g1" made a
+        run_dir = Path(run_dir).expanduser()  # folder named "~" in the notebook's working folder
     if run_dir is not None and Path(run_dir).is_file():  # a bare FileExistsError once the critique was to start
         raise InputError(f"run_dir must be a folder, got the file {run_dir}")
     if judge is None or isinstance(judge, str):  # an unknown name or a bad endpoint fails before any work
@@ -870,6 +922,16 @@ def critique_groups(
     cfg = _agent_config(config, judge, memory, learn)
     if isinstance(workers, bool) or not isinstance(workers, int | np.integer):
         raise InputError(f"workers must be an integer, got {type(workers).__name__}")
+    if progress is not None and not callable(progress):  # a TypeError once the first group was critiqued
+        raise InputError(f"progress must be a callable (done, total, result) or None, got {type(progress).__name__}")
+    import inspect
+
+    # a misspelt keyword (``fersh=True``) came back as every group's error, the whole batch critiqued for nothing
+    allowed = set(inspect.signature(critique_group).parameters) - {"sample", "hypotheses"}
+    unknown = sorted(set(kwargs) - allowed)
+    if unknown:
+        raise InputError(f"critique_groups: unknown argument(s) {', '.join(map(repr, unknown))} (critique_group "
+                         f"takes {', '.join(sorted(allowed))})")
     if isinstance(items, str | bytes | dict) or not hasattr(items, "__iter__"):
         raise InputError(f"items must be an iterable of (sample, hypotheses) pairs or dicts, got "
                          f"{type(items).__name__}")
@@ -960,5 +1022,13 @@ def critique_labelled(groups: Iterable[Any], memory: Any = None, config: AgentCo
 
 
 def write_scores(result: ScoredGroup, out_dir: str | Path) -> Path:
-    """``scores.json`` (the ScoredGroup) in ``out_dir``, atomically."""
-    return atomic_write_json(Path(out_dir) / "scores.json", result.model_dump())
+    """``scores.json`` (the ScoredGroup) in ``out_dir``, atomically; a :class:`GroupResult` of
+    :func:`critique_groups` writes its result (as :func:`~hmrcritic.agent.report.write_report` takes one): its own
+    dump (group_id, result, error) in scores.json is no ScoredGroup, and a report read from it would be wrong."""
+    if isinstance(result, GroupResult):
+        if result.result is None:
+            raise InputError(f"group {result.group_id} has no scores to write: {result.error}")
+        result = result.result
+    if not isinstance(result, ScoredGroup):  # an AttributeError "'dict' object has no attribute 'model_dump'"
+        raise InputError(f"write_scores: result must be a ScoredGroup or a GroupResult, got {type(result).__name__}")
+    return atomic_write_json(Path(out_dir).expanduser() / "scores.json", result.model_dump())

@@ -43,6 +43,7 @@ from hmrcritic.agent.learning_curve import (  # one list of variants for both to
     VARIANTS,
     fmt_value,
     pooled_pearson,
+    undefined_rho_notes,
 )
 from hmrcritic.agent.runs import in_use
 from hmrcritic.errors import InputError
@@ -146,7 +147,11 @@ def evaluate_critic(
     MPJPE and PVE, spearman_sem — the SE over groups, NaN (``null`` in ``result.json`` and ``--json``) with fewer
     than 2, as are the paired SEs — full_minus_spearman/sem, absent where no group was scored by both),
     ``random_pa_mpjpe_mm``, ``oracle_pa_mpjpe_mm``, ``num_groups`` and provenance (group source, memory
-    version, work folder). ``warmup_groups=0`` scores the starter memory.
+    version, work folder; ``explore_failed_groups``: explored groups whose critique failed, so the memory did not
+    learn from them; ``explore_stopped``: why the exploration ended short of ``warmup_groups``, where it did).
+    ``warmup_groups=0`` scores the starter memory. Written to ``result_file`` (``result-<key>.json`` in the work
+    folder, keyed by the exploration and the split, ``num_groups`` and variants scored) and to ``result.json``
+    there (the folder's latest: evaluations of one exploration share its folder and its explored memory).
     ``progress(stage, i, n)`` is called while exploring and scoring.
     """
     from hmrcritic.agent.explore import explore
@@ -197,6 +202,11 @@ def evaluate_critic(
                # the other's result.json (its payload's "workdir" then pointed at another memory's figures)
                **({"memory": str(Path(memory_dir).expanduser().resolve())} if memory_dir is not None else {}))
     workdir = Path(workdir) if workdir is not None else hconfig.runs_dir() / "evaluate" / key
+    # what this evaluation scores beside the exploration the folder is keyed by: the folder (and its explored
+    # memory, the cache) is shared by every evaluation of one exploration, so runs of another --num-groups,
+    # --variants or evaluated split wrote one result.json over the other — each keeps its own file as well
+    # (result.json stays the latest); the folder key is left alone, so an explored memory is still reused
+    eval_key = _key(explore=key, split=split, n=num_groups, variants=variants)
     # held in use (made when missing) until its result is written: `runs prune` removed an evaluation's cache,
     # its explored memory with it, under the running command
     with in_use(workdir):
@@ -205,6 +215,7 @@ def evaluate_critic(
             progress("groups", len(eval_groups), len(eval_groups))
 
         agent_config = {"max_reflections": max_reflections, "rules_k": rules_k}
+        stopped = ""  # why the exploration ended before warmup_groups, if it did
         if memory_dir is not None:
             memory_path = Path(memory_dir).expanduser()
             explored_groups = None
@@ -246,12 +257,19 @@ def evaluate_critic(
                         raise InputError(f"evaluate-critic: another evaluation with these settings is exploring "
                                          f"its memory now ({memory_path}); run this one when it has finished: it "
                                          "then reuses that explored memory and only scores") from None
-                    explore(mem, split=warmup_split, rounds=rounds, batch_size=batch_size, tau=tau, judge=judge,
-                            rules_k=rules_k, num_generations=num_generations, limit=warmup_groups, seed=seed + 1,
-                            source=used, max_reflections=max_reflections, progress=on_event)
+                    summary = explore(mem, split=warmup_split, rounds=rounds, batch_size=batch_size, tau=tau,
+                                      judge=judge, rules_k=rules_k, num_generations=num_generations,
+                                      limit=warmup_groups, seed=seed + 1, source=used,
+                                      max_reflections=max_reflections, progress=on_event)
+                    stopped = summary.stopped
             mem.close()  # (again, for warmup_groups=0: closing twice is harmless)
             # what the memory holds (a resumed exploration explores nothing new in this call)
             explored_groups = len(explored_record(memory_path)["splits"].get(warmup_split, {}).get("group_ids", []))
+        # the explored groups whose critique failed (a VLM endpoint error; not retried): recorded as explored, so
+        # "memory explored on 200 groups" hid a memory that learnt from fewer
+        explore_failed = explore_failed_groups(memory_path, None if memory_dir is not None else warmup_split)
+        # said only where the memory holds fewer groups than asked (a resumed call stops at the limit it reached)
+        stopped = stopped if explored_groups is not None and explored_groups < warmup_groups else ""
         starter = starter_memory(workdir / "starter") if "no_reflection" in variants else None
 
         def on_group(v: str, i: int, n: int) -> None:  # per group: a variant's 100 critiques take minutes
@@ -280,15 +298,41 @@ def evaluate_critic(
             "warmup_split": warmup_split if memory_dir is None else "(given memory)",
             "warmup_groups": warmup_groups if memory_dir is None else None,
             "explored_groups": explored_groups,
+            "explore_failed_groups": explore_failed,
+            **({"explore_stopped": stopped} if stopped else {}),
             "group_source": used,
             "judge": name,
             "memory_dir": str(memory_path),
             "workdir": str(workdir),
+            "result_file": str(workdir / f"result-{eval_key}.json"),
         }
         from hmrcritic.io import finite_json
 
-        atomic_write_json(workdir / "result.json", finite_json(payload))  # strict JSON, as --json prints it
+        saved = finite_json(payload)  # strict JSON, as --json prints it
+        atomic_write_json(Path(payload["result_file"]), saved)  # this evaluation's own
+        atomic_write_json(workdir / "result.json", saved)  # the latest evaluation of this folder
         return payload
+
+
+def explore_failed_groups(memory_path: Path, split: str | None = None) -> int:
+    """How many explored groups (of ``split``; None: of every split) the exploration log records as failed: their
+    critique raised (a VLM endpoint error), so the memory did not learn from them, though they count as explored.
+    Groups skipped as unrankable, or scored with only their prototypes lost, are not failures."""
+    from hmrcritic.agent.explore import read_log
+
+    failed: set[str] = set()
+    for rec in read_log(memory_path):
+        report = rec.get("report")
+        failures = report.get("failed") if isinstance(report, dict) else None  # a record of another shape: none
+        for f in failures if isinstance(failures, list) else []:
+            if not isinstance(f, dict) or (split is not None and not str(f.get("group_id", "")).startswith(
+                    f"{split}-")):
+                continue
+            # records from before kinds: the message says what it was
+            if (f["kind"] == "error" if "kind" in f
+                    else not str(f.get("error", "")).startswith(("skipped:", "prototypes skipped:"))):
+                failed.add(str(f.get("group_id")))
+    return len(failed)
 
 
 KEY_FILE = "key.json"  # the key of the settings the work folder's memory was explored under
@@ -384,6 +428,10 @@ def _paired_pearson_top1_deltas(rows: list[dict], scores: dict[str, list], error
 def format_table(payload: dict[str, Any]) -> str:
     src = (f"memory explored on {payload['explored_groups']} {payload['warmup_split']} groups"
            if payload.get("explored_groups") is not None else f"memory {payload['memory_dir']}")
+    if payload.get("explore_stopped"):  # fewer groups than --warmup-groups asked for
+        src += f" of {payload['warmup_groups']} asked (stopped: {payload['explore_stopped']})"
+    if payload.get("explore_failed_groups"):  # figures of a memory that learnt from fewer groups than it says
+        src += f" ({payload['explore_failed_groups']} of its explored groups failed: not learnt from)"
     lines = [f"critic evaluation on {payload['num_groups']} {payload['split']} groups of "
              f"{payload['num_generations']} ({payload['group_source']} hypotheses; {src}, version "
              f"{payload['memory_version']})",
@@ -410,6 +458,10 @@ def format_table(payload: dict[str, Any]) -> str:
                                         if r["groups_scored"] else "it has no figures"))
     lines.append(f"{'random pick':<52}{payload['random_pa_mpjpe_mm']:>7.1f} mm")
     lines.append(f"{'oracle best-of-N':<52}{payload['oracle_pa_mpjpe_mm']:>7.1f} mm")
+    lines += undefined_rho_notes(payload["rows"])
     lines.append("ρ, τ: mean within-group rank correlation of overall with −error; r pooled: point-wise Pearson of "
                  "overall with −PA-MPJPE over all hypotheses of all groups (do scores mean the same across groups?)")
+    if payload.get("result_file"):  # a manual payload (tests) has none
+        lines.append(f"wrote {payload['result_file']} (and {Path(payload['workdir']) / 'result.json'}, the "
+                     "latest evaluation of this exploration)")
     return "\n".join(lines)

@@ -341,7 +341,8 @@ def evidence_tags(evidence: dict[str, np.ndarray | list[float]], keypoints=None,
     """Tags for rule retrieval, from the memory's tag vocabulary (memory/starter_rules.TAG_VOCABULARY).
 
     A measure's tag is emitted when any hypothesis of the group reaches its ``tag_at`` (worse side); with
-    the 2D keypoints, ``occlusion`` (some confidence 0) and ``truncation`` (a keypoint outside the image).
+    the 2D keypoints, ``occlusion`` (some confidence 0) and ``truncation`` (a visible keypoint outside the image,
+    or with it 6 or more of the 17 unseen: a person cut by the frame whose detector dropped the points outside).
     Knee/elbow hyperextension also tags ``legs``/``arms``, the limbs it concerns.
     """
     tags: set[str] = set()

@@ -163,7 +163,8 @@ def explored_record(memory: Any) -> dict:
             data.setdefault("splits", {})
         check_side_record("explored_on", data)  # the check memory import applies: a split that is a list
         # of ids, not an object, failed later as a bare AttributeError
-    except (OSError, ValueError) as exc:
+    # RecursionError: JSON nested thousands deep, which came out of every evaluation's guard as a bare traceback
+    except (OSError, ValueError, RecursionError) as exc:
         raise InputError(f"{path}: unreadable exploration record ({str(exc).splitlines()[0]}); it guards against "
                          "evaluating on explored groups, so fix or delete it knowingly") from exc
     return data
@@ -210,6 +211,8 @@ def frozen_copy(memory: Any = None, root: str | Path | None = None):
     if getattr(memory, "chroma_url", None):
         return MemoryStore(chroma_url=memory.chroma_url, read_only=True)  # a server: read-only client
     src = _memory_path(memory)
+    if src.is_file():  # "… or `memory reset --yes --memory-dir afile`" offered to reset a memory onto a file
+        raise InputError(f"{src} is a file, not a memory folder")
     if not holds_memory(src):
         raise InputError(f"no memory at {src} to freeze; explore first or {cli_hint('reset --yes', src)}")
     dst_root = Path(root) if root is not None else config.runs_dir() / "frozen-memory"
@@ -347,7 +350,7 @@ def _read_progress(path: Path) -> dict:
             raise ValueError("not a JSON object")
         _check_progress(data)
         return data
-    except (OSError, ValueError) as exc:
+    except (OSError, ValueError, RecursionError) as exc:  # RecursionError: JSON nested thousands deep
         raise InputError(f"{f}: unreadable exploration progress record ({str(exc).splitlines()[0]}); restore it, or "
                          f"start the memory over with {cli_hint('reset --yes', path)} (deleting "
                          "the file alone would explore the same groups again and count them twice)") from exc
@@ -385,7 +388,8 @@ def _check_progress(data: dict) -> None:
             try:
                 bg = BatchGroup.from_json(x)
                 ok = all(v.ndim == 1 and len(v) == bg.n for v in (bg.overall, bg.error, *bg.evidence.values()))
-            except (KeyError, TypeError, ValueError, AttributeError):
+            # OverflowError: an integer of hundreds of digits in a score list ("int too large to convert to float")
+            except (KeyError, TypeError, ValueError, AttributeError, OverflowError):
                 ok = False
             if not ok:
                 raise ValueError(f"run {sig}: history group {i} is not a group record (group_id, and evidence, "
@@ -1268,4 +1272,7 @@ def _finish_pending(memory, emit) -> None:
 
 def read_log(memory: Any) -> list[dict]:
     """The exploration log (one record per finished batch)."""
-    return read_jsonl(_memory_path(memory) / LOG_FILE)
+    path = _memory_path(memory) / LOG_FILE
+    if path.exists() and not path.is_file():  # a folder there: "IsADirectoryError: [Errno 21]", the file unnamed
+        raise InputError(f"{path}: the exploration log is not a file (a folder?); move it away")
+    return read_jsonl(path)

@@ -159,7 +159,10 @@ def split_scene(scene_id: str) -> tuple[str, int] | None:
     from hmrcritic.hmr.data import SPLITS
 
     split, _, index = str(scene_id).rpartition("-")
-    return (split, int(index)) if split in SPLITS and index.isascii() and index.isdigit() else None
+    # at most 18 digits: an id with thousands (an imported memory's explored_on.json is any text) raised Python's
+    # int-parsing ValueError out of the learning curve; no split holds a scene past 10**18
+    return (split, int(index)) if split in SPLITS and index.isascii() and index.isdigit() and len(index) <= 18 \
+        else None
 
 
 def _indices(scenes, num_groups: int, start: int) -> list[int]:

@@ -211,7 +211,11 @@ def score_groups(groups: Sequence[Any], memory: Any, variant: str = "full", judg
 
 
 def correlation_row(scores: Sequence[np.ndarray | None], tables: Sequence[dict[str, np.ndarray]]) -> dict:
-    """Mean group-wise Spearman / Kendall of score vs −error per metric, and the critic's top-1 error."""
+    """Mean group-wise Spearman / Kendall of score vs −error per metric, and the critic's top-1 error.
+
+    A group whose ρ is undefined (constant scores — nothing ranked — or constant or NaN errors) counts as ρ = τ = 0
+    in the means; ``rho_undefined`` (``rho_undefined_mpjpe``, ``rho_undefined_pve``) says for how many of the
+    scored groups, so a mean near 0 made of such groups is not read as a critic that ranks at chance."""
     from hmrcritic.hmr.metrics import kendall_tau, spearman, tied_top1_error
 
     row: dict[str, Any] = {}
@@ -220,10 +224,12 @@ def correlation_row(scores: Sequence[np.ndarray | None], tables: Sequence[dict[s
     failed = [s is None for s in scores]
     for m in METRICS:
         rho, tau, top = [], [], []
+        undefined = 0
         for s, t in ok:
             e = np.asarray(t[m], np.float64)
             r = float(spearman(s, -e))
             k = float(kendall_tau(s, -e))
+            undefined += bool(np.isnan(r))
             rho.append(0.0 if np.isnan(r) else r)  # a constant score ranks nothing: counts as 0
             tau.append(0.0 if np.isnan(k) else k)
             top.append(tied_top1_error(s, e))  # tied best scores: the mean of their errors
@@ -234,6 +240,7 @@ def correlation_row(scores: Sequence[np.ndarray | None], tables: Sequence[dict[s
         row[f"spearman{suffix}"] = float(np.mean(rho)) if rho else float("nan")
         row[f"kendall{suffix}"] = float(np.mean(tau)) if tau else float("nan")
         row[f"top1_{m}_mm"] = float(np.mean(top)) if top else float("nan")
+        row[f"rho_undefined{suffix}"] = undefined  # of the groups scored: counted as 0 in the means above
     # the paper's point-wise correlation: all hypotheses of all groups pooled, so it also asks whether a
     # score means the same in an easy and a hard group (what calibration against prototypes is for)
     if ok:
@@ -403,8 +410,13 @@ def _resume_rows(mem, out_dir: Path | None, settings: dict) -> tuple[list[dict],
     try:
         part = json.loads(f.read_text(encoding="utf-8"))
         rows, memory, saved = part["rows"], part["memory"], part["settings"]
-        last = int(rows[-1]["round"])
-    except (OSError, ValueError, KeyError, IndexError, TypeError) as exc:
+        last = rows[-1]["round"]
+        # settings of another type failed the comparison below as "AttributeError: 'list' object has no attribute
+        # 'get'", a round of 1e400 as OverflowError, JSON nested thousands deep as RecursionError; a round of 2.7 or
+        # "2" (no curve writes one) was read as round 2
+        if not isinstance(saved, dict) or not isinstance(last, int) or isinstance(last, bool) or last < 0:
+            raise TypeError("not a curve's rows and settings")
+    except (OSError, ValueError, KeyError, IndexError, TypeError, RecursionError) as exc:
         return [], f"{f} is unreadable ({type(exc).__name__})"
     if memory != str(mem.path):
         return [], f"{f} is the curve of another memory ({memory})"
@@ -651,4 +663,17 @@ def format_rows(result: dict) -> str:
     blank = f"{'':>6} {'':>6} {'':>8} {'':>6} {'':>6}"
     lines.append(f"{'random pick':<15} {blank} {result['random_pa_mpjpe_mm']:>8.1f} {result['random_mpjpe_mm']:>10.1f}")
     lines.append(f"{'oracle':<15} {blank} {result['oracle_pa_mpjpe_mm']:>8.1f} {result['oracle_mpjpe_mm']:>10.1f}")
+    lines += undefined_rho_notes(result["rows"])
     return "\n".join(lines)
+
+
+def undefined_rho_notes(rows: Sequence[dict]) -> list[str]:
+    """A line per variant's row with groups whose ρ against −PA-MPJPE was undefined and counted as 0 (see
+    :func:`correlation_row`): its ρ and τ are means that include those zeros."""
+    out = []
+    for r in rows:
+        n = r.get("rho_undefined")
+        if n:
+            out.append(f"{r.get('variant')}: ρ undefined for {n} of {r.get('groups_scored')} scored groups (constant "
+                       "scores or errors), counted as 0 in its ρ and τ")
+    return out

@@ -126,6 +126,8 @@ def _train_poses() -> tuple[np.ndarray, str]:
 _CACHE: dict[str, PosePrior] = {}
 # Train poses the mixture is fitted on (a fixed subset: the cache key does not name the count)
 PRIOR_FIT_POSES = 3000
+# the fewest train poses a prior is fitted on (`hmrcritic doctor` checks HMRCRITIC_SPLIT_SIZE_SCALE against it)
+PRIOR_MIN_POSES = 50
 
 
 def get_pose_prior() -> PosePrior:
@@ -145,12 +147,12 @@ def get_pose_prior() -> PosePrior:
         except Exception:  # a corrupt cache file is regenerated, never trusted
             prior = None
     if prior is None:
-        if len(poses) < 50:
+        if len(poses) < PRIOR_MIN_POSES:
             # the split is there but small (a `data generate --split train --n 40`, HMRCRITIC_SPLIT_SIZE_SCALE under
-            # 0.0025): "generate the train split" sent the user to make what they had
-            raise AssetError(f"pose prior: only {len(poses)} train poses available, and it needs 50: regenerate the "
-                             "train split with more scenes (`hmrcritic data generate --split train`, or a larger "
-                             "HMRCRITIC_SPLIT_SIZE_SCALE)")
+            # 0.002475): "generate the train split" sent the user to make what they had
+            raise AssetError(f"pose prior: only {len(poses)} train poses available, and it needs {PRIOR_MIN_POSES}: "
+                             "regenerate the train split with more scenes (`hmrcritic data generate --split train`, "
+                             "or a larger HMRCRITIC_SPLIT_SIZE_SCALE)")
         rng = np.random.default_rng(0)
         sel = rng.permutation(len(poses))[:PRIOR_FIT_POSES]
         prior = fit_gmm(pose_features(poses[sel]))

@@ -105,6 +105,8 @@ def _embeddable(path: Path) -> tuple[bytes, str, str]:
         raise _Unavailable("is a folder, not an image") from None
     except OSError as exc:
         raise _Unavailable(f"cannot be read ({exc.strerror or type(exc).__name__})") from None
+    except ValueError:  # a NUL or a lone surrogate in a hand-edited scores.json's renders: no path the OS takes
+        raise _Unavailable("not a usable file path") from None
     mime = _browser_mime(raw)
     try:
         with Image.open(io.BytesIO(raw)) as im:
@@ -230,6 +232,13 @@ def _scored_group(result: Any) -> ScoredGroup:
                      f"GroupResult, got {type(result).__name__}")
 
 
+def _items(value: Any) -> list:
+    """A reflection's ``issues`` / ``changes`` as a list: a lone value is one item, None or "" none."""
+    if isinstance(value, list | tuple):
+        return list(value)
+    return [] if value is None or (isinstance(value, str) and not value) else [value]
+
+
 def render_html(result: ScoredGroup, image_path: str | None = None) -> str:
     result = _scored_group(result)
     by_index = {s.index: s for s in result.scores}
@@ -279,8 +288,9 @@ def render_html(result: ScoredGroup, image_path: str | None = None) -> str:
     if not result.reflections:
         parts.append("<p class='muted'>no reflection recorded</p>")
     for r in result.reflections:
-        issues = list(r.get("issues") or [])
-        changes = list(r.get("changes") or [])
+        # a number there (a hand-edited or foreign scores.json) failed as "TypeError: 'int' object is not iterable",
+        # and a string was listed a character an issue
+        issues, changes = (_items(r.get(k)) for k in ("issues", "changes"))
         parts.append(f"<p><b>round {_e(r.get('round'))}</b>: {_e(r.get('action'))} — {len(issues)} issue(s)"
                      f"</p><ul>")
         for issue in issues[:SHOWN]:

@@ -373,7 +373,7 @@ def prune_runs(older_than_days: float = 7.0, root: str | Path | None = None, dry
         by_folder.setdefault(folder, []).append(thread)
     # threads whose folder is not under groups/ (a blank id's "" is no folder: it named groups/ itself)
     orphans = [t for f, ts in by_folder.items() if not (f and (groups / f).exists()) for t in ts
-               if _orphaned(db, t, old, cutoff)]
+               if _orphaned(db, t, old, cutoff, dry_run)]
     removed["checkpoints"] = len(orphans)
     if orphans and not dry_run:
         _delete_threads(db, orphans)
@@ -497,29 +497,55 @@ def _delete_threads(db: Path, threads: list[str], batch: int = 256) -> None:
         raise checkpoint_error(db, exc) from None
 
 
-def _orphaned(db: Path, thread_id: str, old, cutoff: float) -> bool:
+def _orphaned(db: Path, thread_id: str, old, cutoff: float, dry_run: bool = False) -> bool:
     """Whether a thread with no folder under ``groups/`` can go: its stored run folder (``critique_group`` takes
     any ``run_dir``) is missing or older than the cutoff. A thread whose state names no folder is orphaned.
 
     A ``run_dir`` given as a relative path is stored as given: relative to the folder the critique ran in, which
     prune does not know. Looked up from prune's own folder it was "missing", and ``runs prune --older-than 7``
-    deleted the thread of a critique made a minute before; such a thread is as old as its last checkpoint."""
+    deleted the thread of a critique made a minute before; such a thread is as old as its last checkpoint.
+
+    A ``dry_run`` reads the thread read-only and makes no thread lock file: through :func:`open_checkpointer`
+    (whose set-up switches the database to WAL and migrates its tables) and :func:`thread_lock` (which creates
+    ``<db>.threads.lock``), ``runs prune --dry-run`` wrote into the runs folder it promised only to count."""
     from datetime import datetime
 
-    from hmrcritic.agent.graph import open_checkpointer
-
     try:
-        got = open_checkpointer(db).get_tuple({"configurable": {"thread_id": thread_id, "checkpoint_ns": ""}})
+        with _checkpoint_reader(db, dry_run) as saver:
+            got = saver.get_tuple({"configurable": {"thread_id": thread_id, "checkpoint_ns": ""}})
         run_dir = (got.checkpoint.get("channel_values") or {}).get("run_dir") if got is not None else None
     except Exception:  # an unreadable checkpoint cannot be resumed either
         return True
     if run_dir and not Path(run_dir).is_absolute():
-        with thread_lock(db, thread_id, wait=False) as free:
-            if not free:  # a critique of it running in another process (its folder cannot be checked)
-                return False
+        # no lock file: no other process has ever locked a thread of this database (none holds one now)
+        if not dry_run or os.path.exists(os.path.realpath(str(db)) + THREAD_LOCK_SUFFIX):
+            with thread_lock(db, thread_id, wait=False) as free:
+                if not free:  # a critique of it running in another process (its folder cannot be checked)
+                    return False
         try:
             return datetime.fromisoformat(str(got.checkpoint.get("ts"))).timestamp() < cutoff
         except (TypeError, ValueError, OverflowError):  # no date: kept (its folder may well be there)
             return False
     return not run_dir or old(Path(run_dir)) and not folder_in_use(run_dir)
 
+
+@contextmanager
+def _checkpoint_reader(db: Path, dry_run: bool):
+    """A SqliteSaver to read ``db``: the process's own (:func:`open_checkpointer`), or for a dry run one on a
+    read-only connection whose set-up is skipped (it would switch the database to WAL and migrate its tables)."""
+    from hmrcritic.agent.graph import open_checkpointer
+
+    if not dry_run:
+        yield open_checkpointer(db)
+        return
+    from langgraph.checkpoint.sqlite import SqliteSaver
+
+    con = sqlite3.connect(Path(os.path.abspath(db)).as_uri() + "?mode=ro", uri=True, timeout=DB_TIMEOUT_S)
+    try:
+        saver = SqliteSaver(con)
+        saver.is_setup = True  # the tables are there (_threads read them)
+        # what set-up finds out: a database from before langgraph's ``task_path`` column is read without it
+        saver._has_task_path = any(r[1] == "task_path" for r in con.execute("PRAGMA table_info(writes)"))
+        yield saver
+    finally:
+        con.close()

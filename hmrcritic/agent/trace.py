@@ -344,7 +344,8 @@ _FIELDS = {  # what format_trace and trace_mermaid read of each event, beside ru
 
 
 def _is_trace_record(rec: dict) -> bool:
-    fields = _FIELDS.get(rec.get("event"))
+    event = rec.get("event")  # a list or object there failed the lookup as "TypeError: unhashable type"
+    fields = _FIELDS.get(event) if isinstance(event, str) else None
     return (fields is not None and isinstance(rec.get("run_id"), str) and isinstance(rec.get("group_id"), str)
             and all(isinstance(rec.get(k), t) and not isinstance(rec.get(k), bool) for k, t in fields.items())
             and _float_or_none(rec.get("seconds")))
@@ -355,8 +356,8 @@ def _float_or_none(value: Any) -> bool:
     (an edited or damaged record) ended ``trace`` in "OverflowError: int too large to convert to float"."""
     try:
         float(value) if value is not None else None
-    except OverflowError:
-        return False
+    except (OverflowError, TypeError, ValueError):  # TypeError / ValueError: an object or text on a start or error
+        return False  # record, whose "seconds" _FIELDS does not type ("float() argument must be … not 'dict'")
     return True
 
 
@@ -365,6 +366,8 @@ def read_trace(run_id: str | None = None, last: bool = False) -> list[dict]:
     ``.jsonl`` of another tool (or of another version) in the traces folder, or a record edited by hand, ended
     ``trace`` in "error: KeyError: 'run_id'" (``--mermaid``: "KeyError: 'step'") with nothing naming the file."""
     path = resolve_run(run_id, last)
+    if not path.is_file():  # a folder of that name ended `trace` in "IsADirectoryError: [Errno 21] Is a directory"
+        raise InputError(f"{path} is not a trace file (a folder?); see `ls {path.parent}`")
     records = read_jsonl(path)
     kept = [r for r in records if _is_trace_record(r)]
     if records and not kept:
@@ -428,14 +431,15 @@ def format_trace(records: list[dict]) -> str:
             lines.append(f"  start{resumed}  judge={r['config'].get('judge')}"
                          f" learn={r['config'].get('learn')} max_reflections={r['config'].get('max_reflections')}")
         elif r["event"] == "node":
-            head = f"  {r['step']:>2}. {r['node']:<13} {r['seconds'] * 1000:8.1f} ms  "
+            # float first: an integer of 306 digits passes _float_or_none, but × 1000 no longer converts
+            head = f"  {r['step']:>2}. {r['node']:<13} {float(r['seconds']) * 1000:8.1f} ms  "
             lines.append(head + _describe(r["changed"], LINE_CHARS - len(head)))
         elif r["event"] == "error":
             # a multi-line error (a validation error lists one field a line) stays indented under its run: its
             # later lines started at column 0, like the heading of another run
             lines.append("  error: " + str(r["error"]).replace("\r\n", "\n").replace("\n", "\n         "))
         elif r["event"] == "finish":
-            lines.append(f"  finish  {r['seconds'] * 1000:.1f} ms total, {r['rounds']} revision round(s)")
+            lines.append(f"  finish  {float(r['seconds']) * 1000:.1f} ms total, {r['rounds']} revision round(s)")
     if records[-1]["event"] not in ("error", "finish"):
         lines.append("  (no finish recorded: the run was interrupted, or is still running)")
     return "\n".join(lines).translate(_CURSOR_MOVES)
@@ -468,7 +472,7 @@ def trace_mermaid(records: list[dict]) -> str:
             name = f"n{r['step']}"
             # "1: render", not "1. render": Mermaid 11 reads a label that opens with "1. " as a markdown list and
             # draws "Unsupported markdown: list" in the box (mermaid-js/mermaid#6111)
-            label = f"{r['step']}: {r['node']} · {r['seconds'] * 1000:.1f} ms"
+            label = f"{r['step']}: {r['node']} · {float(r['seconds']) * 1000:.1f} ms"
             lines += [f'    {name}["{_mermaid_text(label)}"]', f"    {prev} --> {name}"]
             prev = name
         elif r.get("event") == "error":
@@ -476,7 +480,7 @@ def trace_mermaid(records: list[dict]) -> str:
                       f"    {prev} --> run_error"]
             prev = "run_error"
         elif r.get("event") == "finish":
-            label = f"finish · {r['seconds'] * 1000:.1f} ms, {r['rounds']} revision round(s)"
+            label = f"finish · {float(r['seconds']) * 1000:.1f} ms, {r['rounds']} revision round(s)"
             lines += [f'    run_finish(["{_mermaid_text(label)}"])', f"    {prev} --> run_finish"]
             prev = "run_finish"
     lines += ["    classDef error fill:#fdd,stroke:#c33", "    classDef meta fill:none,stroke:none"]

@@ -472,6 +472,9 @@ def normalise_proposals(data: Any, ctx: JudgeContext) -> RuleProposals:
             continue
         text = " ".join(str(item["text"]).split())[:400]
         measure, comp = item.get("measure"), item.get("comparator")
+        # a measure that is a list or an object (not a name) raised "unhashable type" at the lookup below: the
+        # judge blamed the endpoint ("not a valid chat completion") and retried a usable answer
+        measure = measure if isinstance(measure, str) else None
         threshold, points = finite_float(item.get("threshold")), finite_float(item.get("points"))
         axis = item.get("axis") if item.get("axis") in AXES else None
         executable = (
@@ -487,7 +490,11 @@ def normalise_proposals(data: Any, ctx: JudgeContext) -> RuleProposals:
                 continue
         if text.lower() in known_texts:
             continue
-        tags = [str(t) for t in item.get("tags") or [] if isinstance(t, str | int)][:8]
+        # one tag written as a string is that tag (it was split into its letters); a number or an object is none
+        # (it raised "not iterable", retried as if the endpoint had sent no chat completion)
+        tags = item.get("tags")
+        tags = [tags] if isinstance(tags, str) else tags if isinstance(tags, list) else []
+        tags = [str(t) for t in tags if isinstance(t, str | int)][:8]
         out.append(
             ProposedRule(
                 text=text,
@@ -738,7 +745,8 @@ def _http_client(base_url: str | None = None):
             streamed = "text/event-stream" in response.headers.get("content-type", "")
             try:  # a stream of odd chunks (an index that is no number) is read as the page it is, below
                 whole = _assembled(response.text) if body is _NOT_JSON and streamed else None
-            except (TypeError, ValueError, AttributeError):
+            except (TypeError, ValueError, AttributeError, OverflowError):  # OverflowError: an index of Infinity
+                # (int(inf)): it came out of critique as a bare traceback
                 whole = None
             if whole is not None:
                 fixed = _tolerated(whole) or (200, whole)

@@ -306,9 +306,12 @@ def parse_manifest_line(line: str) -> GroupRecord | None:
         return None
     try:
         raw = json.loads(line)
-    except (json.JSONDecodeError, RecursionError):  # a line nested too deeply (hostile) is as unreadable
-        return None
-    if not isinstance(raw, dict) or raw.get("checksum") != record_checksum(raw):
+        # the checksum walks the record in Python: a line nested a few hundred deep, which json reads, raised
+        # RecursionError out of every reader (validate, finetune) instead of being a damaged line
+        if not isinstance(raw, dict) or raw.get("checksum") != record_checksum(raw):
+            return None
+    except (ValueError, RecursionError):  # a line nested too deeply (hostile) is as unreadable; ValueError: not
+        # JSON, or an integer of over 4,300 digits (Python's int-parsing limit, not a JSONDecodeError)
         return None
     try:
         return GroupRecord.model_validate(raw)
@@ -441,6 +444,9 @@ def write_pairs(root: str | Path, records: Iterable[GroupRecord]) -> int:
 
 def read_header(root: str | Path) -> DatasetHeader:
     path = Path(root) / HEADER
+    if Path(root).is_file():  # `finetune --data prefs.jsonl`: "prefs.jsonl/dataset.json: not a …" named no folder
+        raise AssetError(f"{root} is a file, not a group preference dataset folder (`hmrcritic export --out DIR` "
+                         "makes one)")
     if not path.exists():
         raise AssetError(f"{path}: not a group preference dataset (no {HEADER})")
     try:
@@ -550,10 +556,15 @@ def validate_dataset(root: str | Path, max_errors: int = 50) -> ValidationReport
             unreadable += 1
             try:
                 raw = json.loads(line)
-            except (json.JSONDecodeError, RecursionError):  # a RecursionError stopped validate with no file named
+            except (ValueError, RecursionError):  # a RecursionError stopped validate with no file named (and so
+                # did an integer of over 4,300 digits: a bare ValueError, not a JSONDecodeError)
                 errors.append(f"{where}: {torn}not valid JSON")
                 continue
-            if not isinstance(raw, dict) or raw.get("checksum") != record_checksum(raw):
+            try:
+                summed = isinstance(raw, dict) and raw.get("checksum") == record_checksum(raw)
+            except RecursionError:  # nested deeper than the checksum walks (a few hundred levels): no record is
+                summed = False
+            if not summed:
                 errors.append(f"{where}: {torn}checksum mismatch")
                 continue
             try:
@@ -617,7 +628,7 @@ def validate_dataset(root: str | Path, max_errors: int = 50) -> ValidationReport
                 pair = json.loads(line)
                 pairs.append(pair)
                 ok = pair["group_id"] in seen and {"prompt", "chosen", "rejected"} <= set(pair)
-            except (json.JSONDecodeError, RecursionError, KeyError, TypeError):
+            except (ValueError, RecursionError, KeyError, TypeError):  # ValueError: JSONDecodeError, huge integers
                 ok = False
             if not ok:
                 errors.append(f"{PAIRS}:{lineno}: malformed or refers to an unknown group")

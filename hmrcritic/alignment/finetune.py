@@ -26,7 +26,7 @@ import math
 import operator
 import time
 from collections.abc import Callable
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, fields
 from pathlib import Path
 
 import torch
@@ -35,7 +35,7 @@ from hmrcritic.alignment.dataset import FAILURES, GroupPreferenceDataset, not_at
 from hmrcritic.alignment.objectives import OBJECTIVES, ObjectiveConfig, compute_loss, frozen_reference
 from hmrcritic.alignment.stats import GroupStatTracker, zero_variance_mask
 from hmrcritic.errors import AssetError, HMRCriticError, InputError, check_number
-from hmrcritic.hmr.diffusion import DEFAULT_CHECKPOINT
+from hmrcritic.hmr.diffusion import DEFAULT_CHECKPOINT, damaged_member
 from hmrcritic.hmr.train import ema_update
 from hmrcritic.io import (
     append_jsonl,
@@ -53,6 +53,16 @@ class TrainingDiverged(HMRCriticError):
 
 _INT_FIELDS = ("num_generations", "steps", "batch_size", "t_min", "seed", "checkpoint_every", "log_every")
 _FLOAT_FIELDS = ("lr", "weight_decay", "beta", "gpa_weight", "base_loss_weight", "ema", "grad_clip")
+
+# The fields ``hmrcritic finetune`` has no flag for: a message names them as the field a Python caller sets, as
+# "--grad-clip must be …" sent CLI users after a flag that ``finetune --help`` does not list
+_NO_CLI_FLAG = ("weight_decay", "grad_clip", "log_every")
+
+
+def _option(name: str) -> str:
+    """What a message calls field ``name``: its ``hmrcritic finetune`` flag, else ``FinetuneConfig.<name>``."""
+    return f"FinetuneConfig.{name}" if name in _NO_CLI_FLAG else f"--{name.replace('_', '-')}"
+
 
 # Fields that may change between a run and its resumption (everything else must match).
 # ``threads`` too: it moves the weights only by float rounding (see FinetuneConfig.threads)
@@ -99,7 +109,7 @@ class FinetuneConfig:
             raise InputError(f"--objective must be one of {', '.join(OBJECTIVES)}, got {self.objective!r}")
         for name in ("num_generations", "steps", "batch_size", "checkpoint_every", "log_every"):
             if getattr(self, name) < 1:
-                raise InputError(f"--{name.replace('_', '-')} must be ≥ 1, got {getattr(self, name)}")
+                raise InputError(f"{_option(name)} must be ≥ 1, got {getattr(self, name)}")
         if not 0.0 <= self.ema < 1.0:
             raise InputError(f"--ema must be in [0, 1), got {self.ema}")
         # sft too: its "best of a group" of one hypothesis is a tie like any other, so every group was skipped and
@@ -117,9 +127,9 @@ class FinetuneConfig:
         if not 0 <= self.seed <= 2**32 - 1:
             raise InputError(f"--seed must be in 0..{2**32 - 1}, got {self.seed}")
         if not (math.isfinite(self.grad_clip) and self.grad_clip > 0):
-            raise InputError(f"--grad-clip must be a finite number > 0, got {self.grad_clip}")
+            raise InputError(f"{_option('grad_clip')} must be a finite number > 0, got {self.grad_clip}")
         if not (math.isfinite(self.weight_decay) and self.weight_decay >= 0):
-            raise InputError(f"--weight-decay must be a finite number ≥ 0, got {self.weight_decay}")
+            raise InputError(f"{_option('weight_decay')} must be a finite number ≥ 0, got {self.weight_decay}")
         self.objective_config()  # β and the loss weights: refused here, before any file is read or written
         # GPA's loss is gpa_weight · L_GPA + base_loss_weight · L_base: with both 0 it is 0 at every step, so no
         # weight moved and the run saved the base model as "aligned checkpoint" after all its steps
@@ -134,7 +144,7 @@ class FinetuneConfig:
         for name in (*_INT_FIELDS, *_FLOAT_FIELDS):
             value = getattr(self, name)
             if not (value is None and name == "t_min"):
-                check_number(f"--{name.replace('_', '-')}", value, integer=name in _INT_FIELDS)
+                check_number(_option(name), value, integer=name in _INT_FIELDS)
 
     def _plain_numbers(self) -> None:
         """The numbers as plain Python ints and floats (same values). A numpy or torch scalar passed the checks
@@ -157,7 +167,12 @@ class FinetuneConfig:
                 self.scale_rewards,
             )
         except ValueError as exc:
-            raise InputError(str(exc)) from None
+            # ObjectiveConfig names its fields ("scale_rewards must be …"); the user set a flag (--scale-rewards)
+            msg = str(exc)
+            name = msg.split(" ", 1)[0]
+            if name in {f.name for f in fields(ObjectiveConfig)}:
+                msg = _option(name) + msg[len(name):]
+            raise InputError(msg) from None
 
     @property
     def state_path(self) -> Path:
@@ -277,10 +292,19 @@ def _save_state(cfg: FinetuneConfig, policy, ema, opt, step: int, base_hash: str
 def _resume(cfg: FinetuneConfig, policy, ema, opt, base_hash: str, tracker: GroupStatTracker,
             data_hash: str | None = None) -> tuple[int, list, list[int]]:
     path = cfg.state_path
+    if member := damaged_member(path):  # torch.load reads a flipped byte in the weights as other weights
+        raise AssetError(f"cannot resume from {path}: it is damaged (its part {member} does not match the checksum "
+                         "it was written with); restore it, or use another --out, or --no-resume (which deletes it)")
     try:
         st = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as exc:
         raise AssetError(f"cannot resume from {path}: {type(exc).__name__}: {exc}") from None
+    # a torch file of other contents (a list, a model checkpoint given as --out's state) failed as "AttributeError:
+    # 'list' object has no attribute 'get'"; a state with a part missing or of another type (a hand edit, a bad
+    # restore) as a bare KeyError / RuntimeError / TypeError from deep in the loaders, the file never named
+    if not isinstance(st, dict) or not {"step", "policy", "ema", "opt", "torch_rng"} <= set(st):
+        raise AssetError(f"cannot resume from {path}: not a finetune state (the weights, optimizer and step a "
+                         "finetune saves); restore it, or use another --out, or --no-resume (which deletes it)")
     # --out names the state itself and --model the weights compared by base_hash; --data is compared by the hash
     # of its groups where the state has one (states saved before it: by the path)
     ignore = {"out", "model"} | ({"data"} if st.get("data_hash") is not None else set())
@@ -296,21 +320,47 @@ def _resume(cfg: FinetuneConfig, policy, ema, opt, base_hash: str, tracker: Grou
     if st.get("data_hash") not in (None, data_hash):
         raise InputError(f"{path} belongs to a run on other data than {cfg.data} holds now (the dataset changed "
                          "since); use another --out or --no-resume")
+    try:
+        step, window, threads_used = _load_resume_state(st, policy, ema, opt, tracker)
+    except (KeyError, TypeError, ValueError, RuntimeError, AttributeError, IndexError, OverflowError) as exc:
+        detail = (str(exc).strip().splitlines() or [""])[0][:200]
+        raise AssetError(f"cannot resume from {path}: its saved state is damaged ({type(exc).__name__}: {detail}); "
+                         "restore it, or use another --out, or --no-resume (which deletes it)") from None
+    if step > cfg.steps:
+        raise InputError(f"{path} is already at step {step}, past --steps {cfg.steps}: the saved model is "
+                         f"trained longer than asked; use --steps ≥ {step}, another --out or --no-resume")
+    # a record whose step is no number (not one a finetune wrote) is kept as it is, like one without a step: it
+    # failed the comparison as "TypeError: '<=' not supported between 'str' and 'int'"
+    kept = [r for r in read_jsonl(cfg.log_path)
+            if not (isinstance(r.get("step"), int | float) and not isinstance(r.get("step"), bool))
+            or r["step"] <= step]
+    atomic_write_jsonl(cfg.log_path, kept)
+    return step, window, threads_used
+
+
+def _load_resume_state(st: dict, policy, ema, opt, tracker: GroupStatTracker) -> tuple[int, list, list[int]]:
+    """Load a resume state's parts into the run's objects; raises what the loaders raise for a damaged part
+    (:func:`_resume` names the file). Every part is read and checked before the log is rewritten."""
     policy.load_state_dict(st["policy"])
     ema.load_state_dict(st["ema"])
     opt.load_state_dict(st["opt"])
     torch.set_rng_state(st["torch_rng"])
     if "cuda_rng" in st and torch.cuda.is_available():
         torch.cuda.set_rng_state_all(st["cuda_rng"])
-    step = int(st["step"])
-    if step > cfg.steps:
-        raise InputError(f"{path} is already at step {step}, past --steps {cfg.steps}: the saved model is "
-                         f"trained longer than asked; use --steps ≥ {step}, another --out or --no-resume")
-    kept = [r for r in read_jsonl(cfg.log_path) if r.get("step", 0) <= step]
-    atomic_write_jsonl(cfg.log_path, kept)
+    step = st["step"]
+    if not isinstance(step, int) or isinstance(step, bool) or step < 0:
+        raise ValueError(f"step {step!r} is not a step count")
+    window = st.get("window") or []
+    if not isinstance(window, list) or not all(
+            isinstance(m, dict) and all(isinstance(v, int | float) and not isinstance(v, bool) for v in m.values())
+            for m in window):
+        raise ValueError("'window' is not a list of logged metrics")
+    threads = st.get("threads_used") or []
+    if not isinstance(threads, list) or not all(isinstance(n, int) and not isinstance(n, bool) for n in threads):
+        raise ValueError("'threads_used' is not a list of thread counts")
     if st.get("tracker"):  # a state saved before the window was kept resumes with an empty one
         tracker.load_state_dict(st["tracker"])
-    return step, list(st.get("window") or []), [int(n) for n in st.get("threads_used") or []]
+    return step, list(window), list(threads)
 
 
 def finetune(config: FinetuneConfig, progress: bool | Callable[[dict], None] = False) -> Path:

@@ -88,6 +88,34 @@ def confirm_or_stop(question: str, unchanged: str) -> None:
         raise SystemExit(1)  # (typer.Exit's code is lost under standalone_mode=False)
 
 
+def made_folder(path):
+    """A context that makes folder ``path`` (and the folders above it that are missing) and, when the block fails
+    with them still empty, removes them again.
+
+    ``learning-curve --out lc`` made ``lc`` before its memory and settings were checked, and ``explore-eval --out
+    new/x.json`` made ``new``: a refused command (``--memory-dir`` naming a file, an unknown split) left an empty
+    folder behind, one a re-run with the mistake fixed then took for an earlier run's."""
+    import contextlib
+    from pathlib import Path
+
+    @contextlib.contextmanager
+    def made():
+        folder = Path(path).absolute()
+        missing = [p for p in (folder, *folder.parents) if not p.exists()]
+        folder.mkdir(parents=True, exist_ok=True)  # a file in the way or no permission: the OSError line now
+        try:
+            yield folder
+        except BaseException:
+            for p in missing:  # deepest first; one that got a file stays, and so do the folders above it
+                try:
+                    p.rmdir()
+                except OSError:
+                    break
+            raise
+
+    return made()
+
+
 def check_output_file(path, what: str) -> None:
     """Refuse, before the command's work, an output file name that names a device, a pipe, a terminal, a socket or
     a process's file descriptor (``memory export /dev/stdout | jq`` replaced the link with a regular file):

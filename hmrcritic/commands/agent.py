@@ -48,6 +48,30 @@ def _load_sample(scene, image, keypoints, focal):
     return sample_from_user(image, keypoints, focal=focal)
 
 
+def _agent_config(given: dict):
+    """``critique``'s AgentConfig from its flags (``None``: not given, the ``HMRCRITIC_*`` variable or default), with
+    a flag's bad value named with the flag too ("max_reflections (--max-reflections): …": the field alone is a name
+    the user never typed) and an unknown judge refused here, before any work, in make_judge's words."""
+    import pydantic
+
+    from hmrcritic.agent.state import AgentConfig
+
+    try:
+        cfg = AgentConfig(**{k: v for k, v in given.items() if v is not None})
+    except pydantic.ValidationError as exc:
+        flagged = [e for e in exc.errors() if len(e.get("loc", ())) == 1 and given.get(e["loc"][0]) is not None]
+        if not flagged:
+            raise  # a bad HMRCRITIC_* variable: cli.main names the variable
+        field = str(flagged[0]["loc"][0])
+        raise InputError(f"invalid AgentConfig setting: {field} (--{field.replace('_', '-')}): "
+                         f"{flagged[0].get('msg', 'invalid')} (got {flagged[0].get('input')!r})") from None
+    if cfg.judge.strip().lower() not in ("builtin", "vlm"):
+        from hmrcritic.agent.judges import make_judge
+
+        make_judge(cfg.judge)  # raises its one-line error
+    return cfg
+
+
 def note_new_memory(memory: Path | None, chroma_url: str | None = None) -> None:
     """Say on stderr when an explicit ``--memory-dir`` holds no memory yet.
 
@@ -63,8 +87,8 @@ def note_new_memory(memory: Path | None, chroma_url: str | None = None) -> None:
                    "explored memory is the folder `hmrcritic explore --memory-dir DIR` wrote)", err=True)
 
 
-def _check_out_dir(out: Path) -> None:
-    """Refuse an ``--out`` that cannot become a folder before anything runs.
+def _check_out_dir(out: Path, holds: str = "scores.json and report.html") -> None:
+    """Refuse an ``--out`` that cannot become a folder (for ``holds``) before anything runs (``sample`` too).
 
     The folder used to be made only after the critique, so ``--out some_file`` failed at the very end: with
     ``--learn`` the memory had already taken the group's prototypes and rule statistics, and the run was
@@ -73,7 +97,7 @@ def _check_out_dir(out: Path) -> None:
 
     out = out.absolute()
     if out.exists() and not out.is_dir():
-        raise InputError(f"--out {out} is a file; give a folder for scores.json and report.html")
+        raise InputError(f"--out {out} is a file; give a folder for {holds}")
     # the folder the new ones go into; a link counts as there even when what it names is not (``exists`` said no)
     first = next(p for p in (out, *out.parents) if os.path.lexists(p))
     if first.is_symlink() and not first.exists():
@@ -133,7 +157,6 @@ def register(app: typer.Typer) -> None:
         """
         from hmrcritic.agent.api import content_group_id, critique_group, load_hypotheses, write_scores
         from hmrcritic.agent.report import write_report
-        from hmrcritic.agent.state import AgentConfig
 
         if hypotheses is not None and model is not None:
             raise InputError("give --hypotheses (score these) or --model (sample new ones), not both")
@@ -142,6 +165,15 @@ def register(app: typer.Typer) -> None:
 
             check_sampling_args(n, steps=1)  # critique has no --steps option: only the group size is checked
         _check_out_dir(out)
+        # a flag given beats the setting's HMRCRITIC_* variable; one not given leaves it to AgentConfig (fixed flag
+        # defaults here overrode HMRCRITIC_JUDGE / _LEARN / _RENDER, which the config documents as the fallback)
+        # --max-reflections through the constructor, with the other flags: checked against the field's bounds there.
+        # Checked before the input is read: a bad --judge or --max-reflections was refused only after the scene's
+        # split had been generated (minutes on a fresh home) and the hypotheses sampled
+        given = {"judge": judge, "learn": learn, "render": render, "max_reflections": max_reflections}
+        cfg = _agent_config(given)
+        if memory is not None:
+            cfg.memory_dir = str(memory)
         note_new_memory(memory)
         with _stdout_to_stderr(as_json):
             sample = _load_sample(scene, image, keypoints, focal)
@@ -151,13 +183,6 @@ def register(app: typer.Typer) -> None:
         else:
             hyps = _hypotheses_from_model(sample, model, n, seed)
         group_id = group_id or content_group_id(sample, hyps)
-        # a flag given beats the setting's HMRCRITIC_* variable; one not given leaves it to AgentConfig (fixed flag
-        # defaults here overrode HMRCRITIC_JUDGE / _LEARN / _RENDER, which the config documents as the fallback)
-        # --max-reflections through the constructor, with the other flags: checked against the field's bounds there
-        given = {"judge": judge, "learn": learn, "render": render, "max_reflections": max_reflections}
-        cfg = AgentConfig(**{k: v for k, v in given.items() if v is not None})
-        if memory is not None:
-            cfg.memory_dir = str(memory)
 
         def show(node, update, seconds):
             if not as_json:
@@ -170,7 +195,10 @@ def register(app: typer.Typer) -> None:
         write_scores(result, out)
         report = write_report(result, out, image_path=getattr(sample, "image_path", None))
         if as_json:
-            typer.echo(result.model_dump_json(indent=2))
+            # json_text (ASCII, strict), not model_dump_json: that wrote a --group-id's "é" or a summary's "×" as
+            # the character, which a non-UTF-8 stdout (LC_ALL=C PYTHONUTF8=0, PYTHONIOENCODING=ascii) printed as
+            # \xe9 / \xd7 — no JSON escape, so the document did not parse — and a Latin-1 one as a non-UTF-8 byte
+            typer.echo(json_text(result.model_dump(mode="json")))
             return
         _print_table(result)
         typer.echo(f"scores: {out / 'scores.json'}\nreport: {report}\nrun: {result.run_id}"

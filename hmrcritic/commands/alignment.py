@@ -7,6 +7,7 @@ from pathlib import Path
 
 import typer
 
+from hmrcritic.commands import json_text
 from hmrcritic.errors import InputError
 
 
@@ -91,7 +92,9 @@ def _export_app() -> typer.Typer:
             print(f"interrupted: the {len(read_manifest(out))} group(s) in {out} are kept; run the same command "
                   "again to resume", file=sys.stderr)
             raise SystemExit(130) from None
-        print(summary.model_dump_json(indent=2) if as_json else format_summary(summary))
+        # ASCII and strict (json_text): model_dump_json wrote a path's "é" as the character, \xe9 on a non-UTF-8
+        # stdout, which is no JSON escape (see `critique --json`)
+        print(json_text(summary.model_dump(mode="json")) if as_json else format_summary(summary))
         if summary.groups == 0 and summary.failures:
             # why, on stderr too: it was only inside the summary (with --json, the JSON's first_failure), so a
             # script saw exit 1 and an empty stderr
@@ -116,7 +119,7 @@ def _export_app() -> typer.Typer:
                              "writes one)")
         rep = validate_dataset(path)
         if as_json:
-            print(rep.model_dump_json(indent=2))
+            print(json_text(rep.model_dump(mode="json")))  # ASCII and strict, as export's summary
         else:
             print(
                 f"{'OK' if rep.ok else 'INVALID'}: {rep.path}: {rep.groups} groups, "

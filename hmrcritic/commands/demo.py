@@ -40,6 +40,10 @@ def register(app: typer.Typer) -> None:
             raise InputError(f"demo: --out {out} would put the demo's memory at {config.memory_dir()}, the memory "
                              "the other commands use, which the demo's fresh start would wipe; give another "
                              "folder (e.g. --out out/demo)")
+        from hmrcritic.commands.agent import _check_out_dir
+
+        # a file as --out failed making the folder only after the test split had been generated (first use)
+        _check_out_dir(out, "the demo's reports, renders and memory")
         # the test split may be smaller than --scenes (``data generate --split test --n 3``, a split size scale):
         # said now, not as an IndexError after the exploration and the first scenes have run
         available = len(load_split("test"))

@@ -9,6 +9,7 @@ key is reported only as set / not set and is scrubbed from everything printed.
 from __future__ import annotations
 
 import json
+import math
 import os
 import platform
 import sys
@@ -195,6 +196,8 @@ def _folders() -> dict:
             settings[var] = config.env_number(var, default, float, low, above=above)
         except InputError as exc:
             problems.append(str(exc))
+    if "HMRCRITIC_SPLIT_SIZE_SCALE" in settings:
+        problems.extend(_split_scale_problem(settings["HMRCRITIC_SPLIT_SIZE_SCALE"]))
     res["settings"] = settings
     # the shared memory's address: `=http://host:80OO` or `=ftp://…` passed doctor, and then every command that
     # opens the memory failed on it ("chroma url … is not of the form http://host:port"); read, never reached
@@ -210,6 +213,33 @@ def _folders() -> dict:
         res["ok"] = False
         res["error"] = "; ".join(problems)
     return res
+
+
+def _split_scale_problem(scale: float) -> list[str]:
+    """Why ``HMRCRITIC_SPLIT_SIZE_SCALE`` = ``scale`` fails every builtin critique, if it does: the train split made
+    on first use holds ``round(20,000 × scale)`` scenes, and under :data:`PRIOR_MIN_POSES` the pose prior is refused
+    ("only 40 train poses available"). Doctor passed such a scale. A train split already there is kept whatever
+    the scale (``load_split``), so one that is large enough is no problem: its manifest's count is read, not the
+    split (``load_split`` loads the body model, which wrote the mannequin under the home doctor must leave alone)."""
+    from hmrcritic import config
+    from hmrcritic.agent.prior import PRIOR_MIN_POSES
+    from hmrcritic.hmr.data import SPLITS
+
+    size = SPLITS["train"][0]
+    if max(1, int(round(size * scale))) >= PRIOR_MIN_POSES:  # hmr.data.default_size("train")
+        return []
+    try:
+        manifest = json.loads((config.data_dir() / "train" / "manifest.json").read_text(encoding="utf-8"))
+        if isinstance(manifest, dict) and isinstance(manifest.get("n"), int) and manifest["n"] >= PRIOR_MIN_POSES:
+            return []
+    except (OSError, ValueError, RecursionError):  # none yet (or unreadable): it is made at this scale
+        pass
+    least = (PRIOR_MIN_POSES - 0.5) / size  # the smallest scale whose train split rounds to enough scenes
+    while int(round(size * least)) < PRIOR_MIN_POSES:
+        least = math.nextafter(least, math.inf)
+    return [f"HMRCRITIC_SPLIT_SIZE_SCALE={scale!r} makes a train split of {max(1, int(round(size * scale)))} "
+            f"scenes ({size:,} × the scale), and the builtin critic's pose prior needs {PRIOR_MIN_POSES} train "
+            f"poses: every builtin critique would fail; the smallest value that works is {least!r}"]
 
 
 def _checkpoint() -> dict:

@@ -2,11 +2,12 @@
 
 from __future__ import annotations
 
+import contextlib
 from pathlib import Path
 
 import typer
 
-from hmrcritic.commands import finite_json, json_text, say_failed_groups
+from hmrcritic.commands import finite_json, json_text, made_folder, say_failed_groups
 
 _DIR = typer.Option(None, "--memory-dir", help="Memory folder (default: HMRCRITIC_MEMORY or <home>/memory).")
 _JSON = typer.Option(False, "--json", help="Machine-readable output.")
@@ -171,16 +172,16 @@ def explore_eval_cmd(
         from hmrcritic.errors import InputError
 
         raise InputError(f"explore-eval: --num-groups must be ≥ 1, got {num_groups}")
-    if out is not None:  # a bad --out is refused now, not after minutes of scoring
-        if out.is_dir():
-            from hmrcritic.errors import InputError
+    if out is not None and out.is_dir():  # a bad --out is refused now, not after minutes of scoring
+        from hmrcritic.errors import InputError
 
-            raise InputError(f"explore-eval: --out {out} is a folder; give a file path, e.g. "
-                             f"{out / 'explore_eval.json'}")
-        out.parent.mkdir(parents=True, exist_ok=True)  # a file in the way or no permission: the OSError line now
-    res = explore_eval(memory_dir, split=split, num_groups=num_groups, num_generations=num_generations,
-                       seed=seed, source=source, judge=judge,
-                       variants=[v.strip() for v in variants.split(",") if v.strip()] if variants else None)
+        raise InputError(f"explore-eval: --out {out} is a folder; give a file path, e.g. "
+                         f"{out / 'explore_eval.json'}")
+    # the folder of --out now (a file in the way or no permission: the OSError line), gone again if refused later
+    with made_folder(out.parent) if out is not None else contextlib.nullcontext():
+        res = explore_eval(memory_dir, split=split, num_groups=num_groups, num_generations=num_generations,
+                           seed=seed, source=source, judge=judge,
+                           variants=[v.strip() for v in variants.split(",") if v.strip()] if variants else None)
     if out is not None:
         from hmrcritic.io import atomic_write_json
 
@@ -227,7 +228,6 @@ def learning_curve_cmd(
     if split == heldout_split:  # learning_curve refuses it too, but after --out was made: an empty folder was left
         raise InputError(f"learning-curve: the held-out split ({heldout_split}) must differ from the exploration "
                          f"split ({split})")
-    out.mkdir(parents=True, exist_ok=True)  # a file in the way is refused now, not after round 0 was scored
 
     def progress(row: dict) -> None:
         if not as_json:  # "—" for a round that scored no group (NaN figures): it printed "ρ +nan", as if measured
@@ -250,9 +250,13 @@ def learning_curve_cmd(
         if not as_json:
             typer.echo(line)
 
-    res = learning_curve(memory_dir, split=split, rounds=rounds, batch_size=batch_size, heldout_split=heldout_split,
-                         heldout_groups=heldout_groups, num_generations=num_generations, seed=seed, source=source,
-                         out_dir=out, explore_kwargs={"tau": tau}, progress=progress, status=status)
+    # made first (a file in the way is refused now, not after round 0 was scored); removed again, with the
+    # folders above it made for it, when the curve is refused before writing anything there (see made_folder)
+    with made_folder(out):
+        res = learning_curve(memory_dir, split=split, rounds=rounds, batch_size=batch_size,
+                             heldout_split=heldout_split, heldout_groups=heldout_groups,
+                             num_generations=num_generations, seed=seed, source=source, out_dir=out,
+                             explore_kwargs={"tau": tau}, progress=progress, status=status)
     if as_json:
         typer.echo(json_text(res))
     else:

@@ -221,6 +221,16 @@ def export(
 
     check_export_target(file)  # before the memory is opened: the user's first mistake is the one to hear about
     check_output_file(file, "memory export")
+    import os
+
+    # a file where the export's folder goes (``memory export notes.txt/mem.json``) failed only when writing, after
+    # the memory was opened — on a fresh home, the default memory created and seeded for an export that wrote nothing
+    first = next(p for p in file.absolute().parents if os.path.lexists(p))
+    if not first.is_dir():
+        from hmrcritic.errors import InputError
+
+        raise InputError(f"memory export: {first} is a file, so {file} cannot be written inside it (nothing was "
+                         "exported)")
     out = _open(memory_dir, chroma_url).export_json(file)
     explored = (f", the {out['explored_groups']} group ids it was explored or calibrated on (the evaluation guard)"
                 if out["explored_groups"] else "")

@@ -176,6 +176,11 @@ def register(app: typer.Typer) -> None:
 
         check_sampling_args(num_generations, steps, eta, guidance)
         device = check_device(device)  # None: HMRCRITIC_DEVICE, else cpu
+        from hmrcritic.commands.agent import _check_out_dir
+
+        # a file as --out failed only at the folder's making, after the scene's split had been generated (minutes
+        # on a fresh home) and the model loaded, as "File exists: out"
+        _check_out_dir(out, "hypotheses.npz and the renders")
         if scene and (image or keypoints):
             raise InputError("give either --scene or --image/--keypoints, not both")
         if scene:
@@ -190,6 +195,15 @@ def register(app: typer.Typer) -> None:
             raise InputError("need --image and --keypoints, or --scene SPLIT:INDEX")
         m = load_model(model, device=device)
         ddim_timesteps(m.num_timesteps, steps)  # steps ≤ the model's T, before the output folder is made
+        from hmrcritic.hmr.body import load_body_model
+        from hmrcritic.hmr.evaluate import trained_body_model
+
+        body = load_body_model(device=str(m.alphas_cumprod.device))  # the one sample_to_dir poses (cached)
+        # evaluate's report says so; sample posed another body's shapes and keypoints without a word
+        trained = trained_body_model(m, body)
+        if trained and trained != body.name:
+            _note(f"the model was trained on scenes of body model {trained}, not {body.name} (the body model in "
+                  "use): its hypotheses are posed on another body")
         summary = sample_to_dir(
             m,
             item,
@@ -201,6 +215,7 @@ def register(app: typer.Typer) -> None:
             seed=seed,
             obj=obj,
             render=render,
+            body=body,
         )
         if as_json:
             print(json.dumps(summary))

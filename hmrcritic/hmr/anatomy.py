@@ -256,7 +256,8 @@ CAPSULES = [
 def _capsule_pairs() -> list[tuple[int, int]]:
     """Pairs that can genuinely intersect: limbs vs torso/head, arms vs each other and vs legs, legs vs
     the other leg. Excluded: capsules within one limb chain, thigh–thigh (they meet at the crotch), head vs
-    upper arms (an arm raised beside the head is normal) and upper arms vs torso (shoulders attach there)."""
+    upper arms (an arm raised beside the head is normal), upper arms vs torso (shoulders attach there) and upper
+    arms vs thighs (elbows on the knees in a crouch, arms hugging the legs)."""
     names = [c[0] for c in CAPSULES]
     arm = ["upperarm", "forearm", "hand"]
     leg = ["thigh", "shin", "foot"]

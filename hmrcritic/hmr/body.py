@@ -425,7 +425,9 @@ def _validate(data: dict, path: Path) -> dict:
             out[k] = np.asarray(v)
         except Exception:
             raise AssetError(f"{path}: key '{k}' is not an array; {_LAYOUT_TEXT}") from None
-        if out[k].dtype == object or not np.issubdtype(out[k].dtype, np.number):
+        # complex numbers too: their imaginary part was dropped by the casts below (a warning, then other values)
+        if (out[k].dtype == object or not np.issubdtype(out[k].dtype, np.number)
+                or np.issubdtype(out[k].dtype, np.complexfloating)):
             raise AssetError(f"{path}: key '{k}' is not numeric (dtype {out[k].dtype}); {_LAYOUT_TEXT}")
     V = out["v_template"].shape[0] if out["v_template"].ndim == 2 else -1
     expect = {
@@ -452,6 +454,10 @@ def _validate(data: dict, path: Path) -> dict:
         out[k] = out[k].astype(np.float64)
         if not np.isfinite(out[k]).all():
             raise AssetError(f"{path}: key '{k}' contains NaN or inf")
+        # the model runs in float32: a value past its range (1e300, finite here) became inf there, and every
+        # vertex NaN with no word of the file
+        if out[k].size and np.abs(out[k]).max() > np.finfo(np.float32).max:
+            raise AssetError(f"{path}: key '{k}' holds values beyond float32 range (|x| > 3.4e38); {_LAYOUT_TEXT}")
     # smplx poses joints in index order, so each joint's parent must come before it (SMPL's own root
     # entry is -1 or 2**32-1 and is ignored); anything else raised a bare IndexError deep in smplx
     parents = out["kintree_table"][0, 1:].astype(np.int64)

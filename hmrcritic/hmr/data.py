@@ -609,7 +609,8 @@ def _manifest_and_id(folder: Path) -> tuple[dict | None, tuple[int, int] | None]
             m = json.loads(fh.read().decode("utf-8"))
     except FileNotFoundError:
         return None, None
-    except (OSError, ValueError) as exc:  # ValueError: bad JSON or bytes that are not UTF-8
+    except (OSError, ValueError, RecursionError) as exc:  # ValueError: bad JSON or bytes that are not UTF-8;
+        # RecursionError: JSON nested thousands deep (it came out of every command that reads the split as a traceback)
         # what to do, like every other damaged-split message: load_split does not regenerate over it by itself
         raise AssetError(f"{folder / 'manifest.json'}: unreadable split manifest ({exc}); regenerate the split "
                          f"(delete {folder})") from None
@@ -751,6 +752,10 @@ def load_split(
     return SceneSet(folder)
 
 
+# far past any shard generate_split writes (its splits hold at most tens of thousands of scenes)
+MAX_SHARD_SCENES = 2**31
+
+
 class SceneSet:
     """One split on disk, loaded lazily shard by shard. Indexing gives :class:`Sample`; :meth:`arrays`
     gives stacked arrays for batching. ``wild`` has ``has_labels = False``; its labels are only reachable
@@ -767,14 +772,16 @@ class SceneSet:
             self.has_labels: bool = bool(m["has_labels"])
             self._counts = [int(s["n"]) for s in m["shards"]]
             self._files = [str(s["file"]) for s in m["shards"]]
-        except (KeyError, TypeError, ValueError) as exc:
+        except (KeyError, TypeError, ValueError, OverflowError) as exc:  # OverflowError: a count of Infinity
             raise AssetError(f"{self.folder / 'manifest.json'}: not a split manifest (bad or missing "
                              f"{exc}); regenerate the split (delete {self.folder})") from None
         # a manifest edited to "shards": [] (or a count below 1) read as an empty split, and the first shard asked
-        # for raised a bare IndexError; a negative count misplaced every later scene
-        if not self._counts or min(self._counts) < 1:
+        # for raised a bare IndexError; a negative count misplaced every later scene; one past any split (1e300)
+        # made len() raise OverflowError
+        bad = [c for c in self._counts if not 1 <= c <= MAX_SHARD_SCENES]
+        if not self._counts or bad:
             raise AssetError(f"{self.folder / 'manifest.json'}: not a split manifest (no shards, or a shard of "
-                             f"{min(self._counts, default=0)} scenes); regenerate the split (delete {self.folder})")
+                             f"{str(bad[0] if bad else 0)[:20]} scenes); regenerate the split (delete {self.folder})")
         self._offsets = np.cumsum([0, *self._counts])
         self._cache: dict[int, dict[str, np.ndarray]] = {}
 
@@ -1028,7 +1035,8 @@ def read_keypoints_json(path, image_size=None) -> np.ndarray:
             raise InputError(f"{p}: MMPose JSON with no people")
     elif isinstance(data, dict) and isinstance(data.get("annotations"), list):  # a COCO annotation file
         anns = [a for a in data["annotations"] if isinstance(a, dict) and "keypoints" in a]
-        images = {a.get("image_id") for a in anns}
+        # as text, as for detector results below: an image_id that is a list or an object raised "unhashable type"
+        images = {json.dumps(a.get("image_id")) for a in anns}
         if not anns:
             raise InputError(f"{p}: COCO annotation file with no keypoint annotations")
         if len(images) > 1:
@@ -1140,6 +1148,14 @@ def read_keypoints_json(path, image_size=None) -> np.ndarray:
                           f"outside the {W}×{H} image: treated as hidden (a truncated person)", stacklevel=2)
             visible &= ~out
     arr[~visible] = 0.0
+    # the keypoints are returned as float32: a visible coordinate past its range (1e308 is finite in float64) came
+    # back as inf, breaking the reader's promise of finite keypoints silently (hidden points are 0 by now, and with
+    # image_size such a point lies outside the image and is hidden)
+    huge = np.abs(arr) > np.finfo(np.float32).max
+    if huge.any():
+        i = int(np.argwhere(huge)[0][0])
+        raise InputError(f"{p}: keypoint {i} ({COCO17_NAMES[i]}) holds a coordinate too large to be a pixel "
+                         f"({arr[i, 0]:.3g}, {arr[i, 1]:.3g})")
     return arr.astype(np.float32)
 
 

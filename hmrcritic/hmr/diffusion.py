@@ -719,6 +719,19 @@ def _refused_global(exc: BaseException) -> str | None:
     return found.group(1) if found else None
 
 
+def damaged_member(path: Path) -> str | None:
+    """The first member of the torch (zip) file at ``path`` whose bytes fail the CRC-32 the zip records for it, or
+    None. ``torch.load`` does not check them: a flipped byte inside the weights loaded as a model with other
+    weights, silently. A file that is no zip at all (or a torn one) is left to ``torch.load`` to refuse."""
+    import zipfile
+
+    try:
+        with zipfile.ZipFile(path) as zf:
+            return zf.testzip()
+    except Exception:  # noqa: BLE001 (not a zip, or one too torn to walk: torch.load says so, naming the file)
+        return None
+
+
 def read_checkpoint(path: str | Path) -> dict:
     """Load and validate a checkpoint file's payload (no model built). Raises AssetError naming the path."""
     path = Path(path)
@@ -730,6 +743,9 @@ def read_checkpoint(path: str | Path) -> dict:
                          + (f" (it holds {', '.join(found)})" if found else ""))
     if not path.is_file():
         raise AssetError(f"model checkpoint not found: {path}")
+    if member := damaged_member(path):
+        raise AssetError(f"model checkpoint {path} is damaged: its part {member} does not match the checksum it was "
+                         "written with (a bad copy or disk); copy it again or regenerate it")
     try:
         payload = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as exc:
@@ -758,6 +774,11 @@ def _state_mismatch(skeleton: nn.Module, state: dict) -> str:
     wrong = [f"{k} is {tuple(v.shape) if isinstance(v, torch.Tensor) else type(v).__name__} in the file, "
              f"{want[k]} in the model" for k, v in state.items()
              if k in want and not (isinstance(v, torch.Tensor) and tuple(v.shape) == want[k])]
+    # a tensor of the right shape but integers, booleans or complex numbers was cast into the float weights on load
+    # (truncated to whole numbers, 0/1, the imaginary part dropped): a model with other weights, no word said
+    real = {k for k, v in skeleton.state_dict().items() if v.is_floating_point()}
+    wrong += [f"{k} holds {v.dtype} numbers in the file, floats in the model" for k, v in state.items()
+              if k in real and isinstance(v, torch.Tensor) and tuple(v.shape) == want[k] and not v.is_floating_point()]
     found = (("missing", ", ", sorted(set(want) - set(state))),
              ("unexpected", ", ", sorted(map(str, set(state) - set(want)))), ("size mismatch:", "; ", wrong))
     return "; ".join(f"{what} {sep.join(items[:3])}" + (f" and {len(items) - 3} more" if len(items) > 3 else "")
@@ -806,6 +827,11 @@ def load_model(path: str | Path | None = None, device: str = "cpu") -> HMRDiffus
         raise AssetError(f"checkpoint config does not match this version of hmrcritic: {path} ({exc})") from None
     if detail := _state_mismatch(skeleton, state):
         raise AssetError(f"checkpoint weights do not match the model: {path} ({detail})")
+    # NaN / inf weights (no run of hmrcritic saves them: a diverging loss stops before the step) loaded, and every
+    # hypothesis sampled from the model was NaN, far from the file that made it so
+    if nonfinite := sorted(k for k, v in state.items() if v.is_floating_point() and not bool(torch.isfinite(v).all())):
+        raise AssetError(f"checkpoint {path} holds NaN or infinite weights ({', '.join(nonfinite[:3])}"
+                         f"{' …' if len(nonfinite) > 3 else ''}): not a usable model; regenerate it")
     model = HMRDiffusion(config)
     try:
         model.load_state_dict(state, strict=True)
@@ -814,7 +840,9 @@ def load_model(path: str | Path | None = None, device: str = "cpu") -> HMRDiffus
         detail = " ".join(s.strip() for s in first[:3])[:300]
         raise AssetError(f"checkpoint weights do not match the model: {path} ({detail})") from None
     model.checkpoint_path = str(path)
-    model.checkpoint_extra = payload.get("extra", {})
+    # another writer's "extra" (null, a list): the documented dict, as evaluate and train-base --ship read it
+    extra = payload.get("extra", {})
+    model.checkpoint_extra = extra if isinstance(extra, dict) else {}
     return model.to(device).eval()
 
 

@@ -489,7 +489,7 @@ def evaluate_model(
         # the one its training scenes were made with: a model trained on the mannequin's scenes and evaluated
         # with HMRCRITIC_BODY_MODEL set reported figures that said neither
         "body_model": getattr(body, "name", None),
-        "trained_body_model": _trained_body_model(model, body),
+        "trained_body_model": trained_body_model(model, body),
         "unit": "mm (3D), px (2D)",
         **{key: mean(key, name) for key, name in _FIGURES.items()},
         "diversity_visible_balanced_mm": bal_vis,
@@ -546,7 +546,7 @@ _SELECTED_FIGURES = {
 _PER_HYPOTHESIS = ("reproj_behind_camera_rate", "implausible_rate")  # one value per hypothesis, not per scene
 
 
-def _trained_body_model(model, body=None) -> str | None:
+def trained_body_model(model, body=None) -> str | None:
     """The body model of the scenes ``model`` was trained on, as its checkpoint records it (None: not recorded).
 
     By the file's content where the checkpoint and ``body`` both know it (``data.body_sha256``, as ``load_split``

@@ -464,6 +464,12 @@ def _train(cfg, out_dir: Path, data, resume, progress, device, stop_at, say) -> 
     opt = torch.optim.AdamW(model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
     start, run_loss, run_n = 0, 0.0, 0
     if resume and state_path.exists():
+        from hmrcritic.hmr.diffusion import damaged_member
+
+        # torch.load checks no CRC: a flipped byte in the weights resumed as a model with other weights
+        if member := damaged_member(state_path):
+            raise AssetError(f"cannot resume from {state_path}: its part {member} does not match the checksum it was "
+                             f"written with (a bad copy or disk); {_resume_hint(state_path)}")
         try:
             st = torch.load(state_path, map_location="cpu", weights_only=True)
             saved = st["config"]
@@ -698,6 +704,11 @@ def ship_model(
 
 def model_from_state(state_path: str | Path, device: str = "cpu") -> HMRDiffusion:
     """The EMA model of an unfinished run's ``state.pt`` (to evaluate a run while it trains)."""
+    from hmrcritic.hmr.diffusion import damaged_member
+
+    if Path(state_path).is_file() and (member := damaged_member(Path(state_path))):
+        raise AssetError(f"training state {state_path} is damaged: its part {member} does not match the checksum it "
+                         "was written with (a bad copy or disk)")
     try:
         st = torch.load(state_path, map_location="cpu", weights_only=True)
         model = HMRDiffusion(TrainConfig.from_dict(st["config"]).model)

@@ -295,11 +295,15 @@ class RuleMemory:
             self._col().update(ids=list(touched), metadatas=[rule_to_metadata(r) for r in touched.values()])
 
     def retire(self, rule_ids: list[str]) -> None:
-        """Exclude rules from retrieval without deleting them (their history stays in the version)."""
-        rules = self.get(list(rule_ids))
-        for r in rules:
-            r.retired = True
-        self.update(rules)
+        """Exclude rules from retrieval without deleting them (their history stays in the version).
+
+        Read and written back in one write batch: the records written carry their counts, so a use recorded by
+        another writer between a separate read and write was overwritten (lost)."""
+        with self._store._write():
+            rules = self.get(list(rule_ids))
+            for r in rules:
+                r.retired = True
+            self.update(rules)
 
     def merge_near_duplicates(self, threshold: float = 0.9) -> list[tuple[str, str]]:
         """Retire active rules that duplicate a kept one; returns ``(kept_id, merged_id)`` pairs.
@@ -310,12 +314,13 @@ class RuleMemory:
         cluster is the most used; it absorbs the merged rules' statistics, tags and condition."""
         from hmrcritic.memory.maintenance import plan_merges
 
-        rules = self.all()
-        if len(rules) < 2:
-            return []
-        plan = plan_merges(rules, self.embeddings([r.rule_id for r in rules]), text_threshold=threshold)
-        if plan.updates:
-            self.update(list(plan.updates.values()))
+        with self._store._write():  # one read-modify-write, as retire: the kept rule's counts are written back
+            rules = self.all()
+            if len(rules) < 2:
+                return []
+            plan = plan_merges(rules, self.embeddings([r.rule_id for r in rules]), text_threshold=threshold)
+            if plan.updates:
+                self.update(list(plan.updates.values()))
         return plan.merged
 
     def export_records(self) -> list[dict]:

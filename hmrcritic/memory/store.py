@@ -974,7 +974,8 @@ def _finite_vector(value, dim: int) -> bool:
     """Whether ``value`` is a list of ``dim`` finite numbers (a stored embedding that can be reused as is)."""
     try:
         v = np.asarray(value, dtype=np.float64)
-    except (TypeError, ValueError):
+    except (TypeError, ValueError, OverflowError):  # OverflowError: an integer past float range (10**400 written
+        # out), which stopped an import with a bare traceback
         return False
     return v.shape == (dim,) and bool(np.all(np.isfinite(v)))
 
@@ -1579,6 +1580,9 @@ class MemoryStore:
             raise InputError(f"memory import: no file {path}") from exc
         except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
             raise InputError(f"memory import: {path} is not readable JSON ({exc})".splitlines()[0]) from exc
+        except ValueError:  # an integer of over 4,300 digits: Python's int-parsing limit, not a JSONDecodeError
+            raise InputError(f"memory import: {path} is not a memory export (holds a number thousands of digits "
+                             "long)") from None
         except RecursionError:  # nested deeper than the parser goes: no export is
             raise InputError(f"memory import: {path} is not a memory export (JSON nested too deeply)") from None
         if not isinstance(data, dict) or data.get("format") != EXPORT_FORMAT:
