@@ -54,11 +54,13 @@ def mutate_file_bytes(data: bytes, rng: random.Random) -> bytes:
     return data + bytes(rng.randrange(256) for _ in range(rng.randint(1, 64)))  # garbage appended
 
 
-def _largest_member_span(path: Path) -> tuple[int, int]:
-    """(start, end) of the stored bytes of the zip's largest member (torch stores weights uncompressed)."""
+def _largest_member_span(path: Path, suffix: str | None = None) -> tuple[int, int]:
+    """(start, end) of the stored bytes of the zip's largest member, or of the member whose name ends in ``suffix``
+    (torch stores weights uncompressed)."""
     raw = path.read_bytes()
     with zipfile.ZipFile(path) as zf:
-        info = max(zf.infolist(), key=lambda i: i.file_size)
+        info = (max(zf.infolist(), key=lambda i: i.file_size) if suffix is None
+                else next(i for i in zf.infolist() if i.filename.endswith(suffix)))
     n, e = struct.unpack("<HH", raw[info.header_offset + 26:info.header_offset + 30])
     start = info.header_offset + 30 + n + e
     return start, start + info.compress_size

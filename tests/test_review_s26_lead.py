@@ -181,7 +181,7 @@ def test_a_flipped_byte_in_a_training_state_is_refused_by_resume_and_by_model_fr
     from hmrcritic.errors import AssetError
     from hmrcritic.hmr.train import TrainConfig, model_from_state, train_base
     from tests.test_review_s25_model import TINY
-    from tests.test_review_s26_fuzz2 import _flip
+    from tests.test_review_s26_fuzz2 import _flip, _largest_member_span
 
     sys.path.insert(0, str(Path(__file__).resolve().parent))
     from test_diffusion import _tiny_data
@@ -190,7 +190,7 @@ def test_a_flipped_byte_in_a_training_state_is_refused_by_resume_and_by_model_fr
     run = tmp_path / "run"
     train_base(cfg, run, data=_tiny_data(16))
     state = run / "state.pt"
-    lo, _ = _member_span(state, "/data/21")  # a tensor's bytes (the largest member is the pickle)
+    lo, _ = _largest_member_span(state, "/data/21")  # a tensor's bytes (the largest member is the pickle)
     damaged = _flip(state.read_bytes(), random.Random(1), lo, lo + 64)
     state.write_bytes(damaged)
     with pytest.raises(AssetError, match="state.pt is damaged: its part .* does not match the checksum"):
@@ -200,18 +200,6 @@ def test_a_flipped_byte_in_a_training_state_is_refused_by_resume_and_by_model_fr
                    data=_tiny_data(16))
     assert state.read_bytes() == damaged
 
-
-def _member_span(path, suffix: str) -> tuple[int, int]:
-    """(start, end) of the stored bytes of the zip member whose name ends in ``suffix`` (stored uncompressed)."""
-    import struct
-    import zipfile
-
-    raw = path.read_bytes()
-    with zipfile.ZipFile(path) as zf:
-        info = next(i for i in zf.infolist() if i.filename.endswith(suffix))
-    n, e = struct.unpack("<HH", raw[info.header_offset + 26:info.header_offset + 30])
-    start = info.header_offset + 30 + n + e
-    return start, start + info.compress_size
 
 
 def test_a_folder_in_a_logs_place_is_one_line_naming_it(tmp_path):

@@ -49,22 +49,13 @@ def _load_sample(scene, image, keypoints, focal):
 
 
 def _agent_config(given: dict):
-    """``critique``'s AgentConfig from its flags (``None``: not given, the ``HMRCRITIC_*`` variable or default), with
-    a flag's bad value named with the flag too ("max_reflections (--max-reflections): …": the field alone is a name
-    the user never typed) and an unknown judge refused here, before any work, in make_judge's words."""
-    import pydantic
-
+    """``critique``'s AgentConfig from its flags (``None``: not given, the ``HMRCRITIC_*`` variable or default),
+    built before any work: a bad value is pydantic's ValidationError, which ``cli.main`` words naming the flag typed
+    or the variable set ("max_reflections (--max-reflections): …"), and an unknown judge is refused here, in
+    make_judge's words."""
     from hmrcritic.agent.state import AgentConfig
 
-    try:
-        cfg = AgentConfig(**{k: v for k, v in given.items() if v is not None})
-    except pydantic.ValidationError as exc:
-        flagged = [e for e in exc.errors() if len(e.get("loc", ())) == 1 and given.get(e["loc"][0]) is not None]
-        if not flagged:
-            raise  # a bad HMRCRITIC_* variable: cli.main names the variable
-        field = str(flagged[0]["loc"][0])
-        raise InputError(f"invalid AgentConfig setting: {field} (--{field.replace('_', '-')}): "
-                         f"{flagged[0].get('msg', 'invalid')} (got {flagged[0].get('input')!r})") from None
+    cfg = AgentConfig(**{k: v for k, v in given.items() if v is not None})
     if cfg.judge.strip().lower() not in ("builtin", "vlm"):
         from hmrcritic.agent.judges import make_judge
 

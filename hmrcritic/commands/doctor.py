@@ -223,17 +223,18 @@ def _split_scale_problem(scale: float) -> list[str]:
     split (``load_split`` loads the body model, which wrote the mannequin under the home doctor must leave alone)."""
     from hmrcritic import config
     from hmrcritic.agent.prior import PRIOR_MIN_POSES
-    from hmrcritic.hmr.data import SPLITS
+    from hmrcritic.errors import AssetError
+    from hmrcritic.hmr.data import SPLITS, _manifest_and_id
 
     size = SPLITS["train"][0]
     if max(1, int(round(size * scale))) >= PRIOR_MIN_POSES:  # hmr.data.default_size("train")
         return []
     try:
-        manifest = json.loads((config.data_dir() / "train" / "manifest.json").read_text(encoding="utf-8"))
-        if isinstance(manifest, dict) and isinstance(manifest.get("n"), int) and manifest["n"] >= PRIOR_MIN_POSES:
-            return []
-    except (OSError, ValueError, RecursionError):  # none yet (or unreadable): it is made at this scale
-        pass
+        manifest, _ = _manifest_and_id(config.data_dir() / "train")
+    except AssetError:  # unreadable: made anew at this scale
+        manifest = None
+    if manifest is not None and isinstance(manifest.get("n"), int) and manifest["n"] >= PRIOR_MIN_POSES:
+        return []
     least = (PRIOR_MIN_POSES - 0.5) / size  # the smallest scale whose train split rounds to enough scenes
     while int(round(size * least)) < PRIOR_MIN_POSES:
         least = math.nextafter(least, math.inf)
