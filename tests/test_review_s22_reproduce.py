@@ -58,18 +58,10 @@ def test_reproduce_with_a_vlm_judge_and_no_endpoint_is_refused_before_sampling(t
         rp.reproduce("quick", out_dir=tmp_path / "run", overrides={"judge": "vlm"}, progress=False)
 
 
-def test_reproduce_does_not_reuse_evaluations_of_another_test_split(tmp_path, monkeypatch,
-                                                                    stand_in_stages):  # noqa: F811
-    """``load_split`` hands on a split generated with another ``--n`` / ``--seed`` as it is, and no cache key held
-    which scenes the data folder has: after ``hmrcritic data generate --split test --n 3 --seed 5`` a re-run said
-    "evaluate base: done before" (the default test scenes) beside aligned rows evaluated on the other scenes, one
-    table from two test sets. The size and seed of a split generated otherwise are in the keys now; a folder whose
-    splits are all the default ones (or not generated yet) keeps the keys it had."""
+def record_evaluations(monkeypatch) -> list[str]:
+    """Stand in for ``evaluate_model`` (reproduce's evaluation stage): the splits it is asked to evaluate, in order."""
     import hmrcritic.hmr.evaluate as hev
-    from hmrcritic.alignment import reproduce as rp
-    from hmrcritic.hmr.data import generate_split
 
-    monkeypatch.setenv("HMRCRITIC_DATA", str(tmp_path / "data"))
     evaluated: list[str] = []
 
     def evaluate_model(model, **k):
@@ -77,6 +69,21 @@ def test_reproduce_does_not_reuse_evaluations_of_another_test_split(tmp_path, mo
         return {"n_samples": 1}
 
     monkeypatch.setattr(hev, "evaluate_model", evaluate_model)
+    return evaluated
+
+
+def test_reproduce_does_not_reuse_evaluations_of_another_test_split(tmp_path, monkeypatch,
+                                                                    stand_in_stages):  # noqa: F811
+    """``load_split`` hands on a split generated with another ``--n`` / ``--seed`` as it is, and no cache key held
+    which scenes the data folder has: after ``hmrcritic data generate --split test --n 3 --seed 5`` a re-run said
+    "evaluate base: done before" (the default test scenes) beside aligned rows evaluated on the other scenes, one
+    table from two test sets. The size and seed of a split generated otherwise are in the keys now; a folder whose
+    splits are all the default ones (or not generated yet) keeps the keys it had."""
+    from hmrcritic.alignment import reproduce as rp
+    from hmrcritic.hmr.data import generate_split
+
+    monkeypatch.setenv("HMRCRITIC_DATA", str(tmp_path / "data"))
+    evaluated = record_evaluations(monkeypatch)
     out = tmp_path / "run"
     over = {"objectives": "gpa", "critic_top1": "false"}
     rp.reproduce("quick", out_dir=out, overrides=over, progress=False)

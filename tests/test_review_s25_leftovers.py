@@ -71,19 +71,14 @@ def test_critic_top1_evaluations_are_keyed_by_the_explored_memory_version(tmp_pa
     again (a VLM judge answers otherwise: another version) reused the base row's cached critic top-1, scored with the
     old memory, beside aligned rows scored with the new one. A re-exploration to the same version (the builtin
     judge is deterministic) still reuses it."""
-    import hmrcritic.hmr.evaluate as hev
+    from test_review_s22_reproduce import record_evaluations
+
     from hmrcritic.alignment import reproduce as rp
 
     explored = _memory_versions(monkeypatch, ["v0", second])
     selectors: list[str] = []
     monkeypatch.setattr(rp, "CriticSelector", lambda memory_dir, p, tag: selectors.append(tag) or (lambda ctx: None))
-    evaluated: list[str] = []
-
-    def evaluate_model(model, **k):
-        evaluated.append(k["split"])
-        return {"n_samples": 1}
-
-    monkeypatch.setattr(hev, "evaluate_model", evaluate_model)
+    evaluated = record_evaluations(monkeypatch)
     out = tmp_path / "run"
     over = {"objectives": "gpa"}  # critic_top1 on (the preset's)
     rp.reproduce("quick", out_dir=out, overrides=over, progress=False)

@@ -11,27 +11,21 @@ import pytest
 import torch
 
 from hmrcritic.alignment.objectives import ObjectiveConfig, compute_loss, frozen_reference
+from tests.test_review_s18_mutation import _LinearDenoiser
 
 # ---------------------------------------------------------------------------- alignment/objectives.py
 
 
-class _RecordingDenoiser(torch.nn.Module):
-    """ε_θ(x_t) = W x_t with a linear-β schedule; records every timestep it is asked to denoise at."""
+class _RecordingDenoiser(_LinearDenoiser):
+    """Session 18's linear denoiser that also records every timestep it is asked to denoise at."""
 
     def __init__(self, d=4, T=50):
-        super().__init__()
-        self.num_timesteps = T
-        self.alphas_cumprod = torch.cumprod(1 - torch.linspace(1e-4, 0.02, T), 0)
-        self.lin = torch.nn.Linear(d, d)
+        super().__init__(d, T)
         self.seen_t: list[torch.Tensor] = []
-
-    def q_sample(self, x0, t, eps):
-        ab = self.alphas_cumprod[t].unsqueeze(-1)
-        return ab.sqrt() * x0 + (1 - ab).sqrt() * eps
 
     def predict_eps(self, x_t, t, cond):
         self.seen_t.append(t.detach().clone())
-        return self.lin(x_t)
+        return super().predict_eps(x_t, t, cond)
 
 
 def _group_batch(B=4, G=3, D=4, seed=0):
