@@ -41,7 +41,17 @@ def main(argv: list[str] | None = None) -> int:
         shutil.rmtree(work, ignore_errors=True)  # its checkpoints, memory and run folders
 
 
+# the variables a run keeps: where the data and caches are, the body model, the device; the others are the agent's
+# settings and the memory's place, which the figures (the defaults, a memory of its own) must not take from the caller
+KEEP_VARIABLES = ("HMRCRITIC_HOME", "HMRCRITIC_DATA", "HMRCRITIC_CACHE", "HMRCRITIC_BODY_MODEL", "HMRCRITIC_DEVICE",
+                  "HMRCRITIC_DEBUG", "HMRCRITIC_SPLIT_SIZE_SCALE", "HMRCRITIC_MEMORY_LOCK_TIMEOUT")
+
+
 def _run(args, work: str) -> int:
+    # with the caller's HMRCRITIC_CHROMA_URL the benchmark's starter memory was their shared server's memory (its
+    # rules scored the groups), and HMRCRITIC_USE_MEMORY=0, another rules_k or reflections changed what was timed
+    for var in [v for v in os.environ if v.startswith("HMRCRITIC_") and v not in KEEP_VARIABLES]:
+        del os.environ[var]
     os.environ["HMRCRITIC_RUNS"] = str(Path(work) / "runs")  # keep the user's runs folder clean
     import torch
 
@@ -56,7 +66,7 @@ def _run(args, work: str) -> int:
 
     get_pose_prior()  # fitted/cached once; not part of the per-group cost
     groups, source = make_groups(args.split, args.groups + 1, args.num_generations, seed=0, source=args.source)
-    memory = MemoryStore(path=Path(work) / "memory")
+    memory = MemoryStore(path=Path(work) / "memory", chroma_url="")  # on disk, whatever the environment says
     saver = open_checkpointer(Path(work) / "bench.sqlite")
     rows = []
     for render in (False, True):

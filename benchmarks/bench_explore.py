@@ -50,6 +50,9 @@ def main(argv: list[str] | None = None) -> dict:
     scratch = None if args.home else tempfile.mkdtemp(prefix="hmrcritic-bench-explore-")
     os.environ["HMRCRITIC_HOME"] = args.home or scratch
     os.environ["HMRCRITIC_SPLIT_SIZE_SCALE"] = args.split_scale  # what --split-scale says, even if the env had one
+    # its memories live in the home: with the caller's HMRCRITIC_CHROMA_URL the 1k-rule memory was their shared
+    # server's memory, found not empty and reset (their rules and prototypes deleted), and exploration wrote there
+    os.environ.pop("HMRCRITIC_CHROMA_URL", None)
     try:
         return _run(args)
     finally:

@@ -87,6 +87,9 @@ def main() -> None:
         return
     if unknown := sorted(set(args.configs.split(",")) - set(CONFIGS)):
         ap.error(f"unknown config(s) {unknown}; choose from {', '.join(CONFIGS)}")
+    # the starter memory is a folder of the run (the workers inherit this environment): with the caller's
+    # HMRCRITIC_CHROMA_URL it was their shared server's memory, seeded there and scoring every group
+    os.environ.pop("HMRCRITIC_CHROMA_URL", None)
 
     from hmrcritic.hmr.data import generate_split
     from hmrcritic.hmr.diffusion import DEFAULT_CHECKPOINT, HMRDiffusion, save_model

@@ -48,7 +48,9 @@ def _pct(xs: list[float]) -> dict:
 
 
 def bench_prototypes(root: Path, size: int, n_queries: int) -> dict:
-    store = MemoryStore(root / f"protos-{size}", seed_starter=False)
+    # chroma_url="": on disk in the temporary folder; HMRCRITIC_CHROMA_URL sent 100k synthetic prototypes (and 1k
+    # synthetic rules) into the caller's shared server memory
+    store = MemoryStore(root / f"protos-{size}", seed_starter=False, chroma_url="")
     emb = pose_like(size, seed=size)
     protos = [Prototype(proto_id=f"p{i:07d}", embedding=emb[i].tolist(), overall=5.0, motion_structure=5.0,
                         physical_feasibility=5.0, image_alignment=5.0, source=f"bench/{i}")
@@ -93,7 +95,7 @@ def bench_prototypes(root: Path, size: int, n_queries: int) -> dict:
 
 
 def bench_rules(root: Path, n_rules: int, n_queries: int) -> dict:
-    store = MemoryStore(root / "rules", seed_starter=False)
+    store = MemoryStore(root / "rules", seed_starter=False, chroma_url="")
     rng = np.random.default_rng(1)
     tags = list(TAG_VOCABULARY)
     rules = []

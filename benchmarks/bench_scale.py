@@ -40,6 +40,9 @@ import numpy as np
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 RESULTS = Path(__file__).resolve().parent / "results" / "bench_scale.json"
 PARTS = ("long_run", "big_group", "memory_folders", "checkpointers", "recall")
+# the variables a run keeps (the data, caches, body model, device); HMRCRITIC_HOME is set to a temporary one
+KEEP_VARIABLES = ("HMRCRITIC_DATA", "HMRCRITIC_CACHE", "HMRCRITIC_BODY_MODEL", "HMRCRITIC_DEVICE", "HMRCRITIC_DEBUG",
+                  "HMRCRITIC_SPLIT_SIZE_SCALE", "HMRCRITIC_MEMORY_LOCK_TIMEOUT")
 
 
 def rss_mb() -> float:
@@ -86,13 +89,17 @@ def long_run(n_groups: int) -> list[dict]:
         cfg = AgentConfig(render=render, learn=False)
         tag = "render" if render else "plain"
         marks = {}
-        t0 = time.perf_counter()
+        t0, paused = time.perf_counter(), 0.0
         for i in range(n_groups):
             g = groups[i % len(groups)]
             critique_group(g.sample, g.hypotheses, config=cfg, group_id=f"{tag}-{i}")
             if i + 1 in (10, n_groups):
+                # the clock stops for the mark itself: the collection and the walk of the runs folder after group 10
+                # were inside the steady rate (ms_per_group_after_10) and the whole one, and are no critique's time
+                p0 = time.perf_counter()
                 gc.collect()
-                marks[i + 1] = (rss_mb(), time.perf_counter() - t0, runs_usage(root)["parts"]["checkpoints"]["bytes"])
+                marks[i + 1] = (rss_mb(), p0 - t0 - paused, runs_usage(root)["parts"]["checkpoints"]["bytes"])
+                paused += time.perf_counter() - p0
         usage = runs_usage(root)["parts"]
         pruned = prune_runs(0, root=root)
         (a, ta, ca), (b, tb, cb) = marks[10], marks[n_groups]
@@ -285,13 +292,14 @@ def main(argv: list[str] | None = None) -> int:
         ap.error(f"unknown part(s) {unknown}; choose from {', '.join(PARTS)}")
     if args.groups < 11:
         ap.error("--groups must be ≥ 11 (growth is measured after the first 10)")
+    if "memory_folders" in parts and args.folders < 2:  # one folder gave "not enough values to unpack"
+        ap.error("--folders must be ≥ 2 (growth is measured from the first folder to the last)")
     work = Path(tempfile.mkdtemp(prefix="bench-scale-"))
-    data = os.environ.get("HMRCRITIC_DATA")
+    # the defaults, in the temporary home: the caller's HMRCRITIC_CHROMA_URL put long_run's memory on their shared
+    # server, HMRCRITIC_JUDGE=vlm sent its groups to their endpoint, the other agent settings changed what was timed
+    for var in [v for v in os.environ if v.startswith("HMRCRITIC_") and v not in KEEP_VARIABLES]:
+        del os.environ[var]
     os.environ["HMRCRITIC_HOME"] = str(work / "home")
-    for var in ("HMRCRITIC_RUNS", "HMRCRITIC_MEMORY"):
-        os.environ.pop(var, None)
-    if data:
-        os.environ["HMRCRITIC_DATA"] = data
     import torch
 
     torch.set_num_threads(min(2, os.cpu_count() or 1))

@@ -93,6 +93,12 @@ def run(groups: int, hypotheses: int, latency: float, concurrencies: list[int], 
                     timeout_s=60.0,
                     max_retries=2,
                     max_concurrency=conc,
+                    # the grids as rendered, whatever the caller's HMRCRITIC_VLM_IMAGE_MAX_SIDE / _IMAGE_DETAIL /
+                    # _MAX_TOKENS say: with them the requests (and images_kb_per_group, read from the files) were
+                    # not the ones timed
+                    max_tokens=None,
+                    image_max_side=None,
+                    image_detail=None,
                 )
                 judge = VLMJudge(settings)
                 t0 = time.perf_counter()

@@ -39,7 +39,7 @@ def main() -> None:
     args = ap.parse_args()
     cfg = {"rules_k": 16, "use_prototypes": False, "use_calibration": False}
     with tempfile.TemporaryDirectory() as tmp:
-        mem = MemoryStore(path=Path(tmp) / "memory")
+        mem = MemoryStore(path=Path(tmp) / "memory", chroma_url="")  # never the HMRCRITIC_CHROMA_URL server's
         explore(mem, split="train", rounds=-(-args.warmup_groups // 8), batch_size=8, limit=args.warmup_groups,
                 seed=1, calibration_groups=0)
         frozen = frozen_copy(mem)

@@ -43,7 +43,7 @@ def main() -> None:
     with tempfile.TemporaryDirectory(prefix="hmrcritic-density-") as tmp:
         work = args.workdir or Path(tmp)
         t0 = time.time()
-        mem = MemoryStore(path=work / "memory")
+        mem = MemoryStore(path=work / "memory", chroma_url="")  # never the HMRCRITIC_CHROMA_URL server's
         rounds = -(-args.warmup_groups // args.batch_size)
         # the settings evaluate-critic explores with (evaluate_critic.py), only the prototype policy differs
         explore(mem, split="train", rounds=rounds, batch_size=args.batch_size, tau=0.5, judge="builtin",

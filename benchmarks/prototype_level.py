@@ -103,7 +103,7 @@ def main() -> None:
     result: dict = {"warmup_groups": args.warmup_groups, "heldout_groups": args.heldout_groups,
                     "prototypes_k": args.prototypes_k, "splits": {}}
     with tempfile.TemporaryDirectory() as tmp:
-        mem = MemoryStore(path=Path(tmp) / "memory")
+        mem = MemoryStore(path=Path(tmp) / "memory", chroma_url="")  # never the HMRCRITIC_CHROMA_URL server's
         explore(mem, split="train", rounds=-(-args.warmup_groups // 8), batch_size=8, limit=args.warmup_groups,
                 seed=1)
         frozen = frozen_copy(mem)

@@ -114,57 +114,67 @@ def run_demo(
         say("      (HMRCRITIC_CHROMA_URL is set: the demo keeps its own memory in its output folder, not on that "
             "server)")
     memory = MemoryStore(out / "memory", chroma_url="")
-    # a fresh memory every run: exploring on top of a previous demo's memory (other --seed, more rounds) would
-    # make the figures depend on how often the demo ran in this folder
-    memory.reset()
+    frozen = None
+    # both stores closed on the way out, failed or not: a Python caller running the demo again and again kept
+    # each run's database files and the frozen snapshot's hold open (about sixteen descriptors a run)
+    try:
+        # a fresh memory every run: exploring on top of a previous demo's memory (other --seed, more rounds) would
+        # make the figures depend on how often the demo ran in this folder
+        memory.reset()
 
-    def on_event(event: str, payload: dict) -> None:
-        if event == "rule_added":
-            text = payload.get("text") or payload.get("rule", {}).get("text", "")
-            result.rules_added.append(text)
-            say(f"      + learned rule: {text}")
-        elif event == "round":
-            rho = payload.get("mean_spearman", float("nan"))
-            say(f"      round {payload.get('round')}: {payload.get('groups')} groups, mean Spearman {rho:.2f}, "
-                f"{len(payload.get('rules_added', []))} rules added, {len(payload.get('retired', []))} retired")
-        elif event == "resumed":
-            say(f"      resuming: rounds {payload.get('rounds_done')} already explored")
-        elif event == "calibrated" and payload.get("calibration"):
-            cal = payload["calibration"]
-            say(f"      score calibration on {cal['groups']} more train groups: log s' = {cal['intercept']:.2f} + "
-                f"{cal['slope']:.2f}·log s (point-wise r {cal['pearson_before']:.2f} → {cal['pearson_after']:.2f})")
+        def on_event(event: str, payload: dict) -> None:
+            if event == "rule_added":
+                text = payload.get("text") or payload.get("rule", {}).get("text", "")
+                result.rules_added.append(text)
+                say(f"      + learned rule: {text}")
+            elif event == "round":
+                rho = payload.get("mean_spearman", float("nan"))
+                say(f"      round {payload.get('round')}: {payload.get('groups')} groups, mean Spearman {rho:.2f}, "
+                    f"{len(payload.get('rules_added', []))} rules added, {len(payload.get('retired', []))} retired")
+            elif event == "resumed":
+                say(f"      resuming: rounds {payload.get('rounds_done')} already explored")
+            elif event == "calibrated" and payload.get("calibration"):
+                cal = payload["calibration"]
+                say(f"      score calibration on {cal['groups']} more train groups: log s' = {cal['intercept']:.2f} + "
+                    f"{cal['slope']:.2f}·log s (point-wise r {cal['pearson_before']:.2f} → {cal['pearson_after']:.2f})")
 
-    explore(memory, split="train", rounds=explore_rounds, batch_size=explore_batch, seed=seed,
-            num_generations=num_generations, progress=on_event)
-    frozen = frozen_copy(memory)  # read-only snapshot: scoring never touches the explored memory
-    result.memory_version = frozen.version()
-    say(f"      memory frozen at version {result.memory_version}")
+        explore(memory, split="train", rounds=explore_rounds, batch_size=explore_batch, seed=seed,
+                num_generations=num_generations, progress=on_event)
+        frozen = frozen_copy(memory)  # read-only snapshot: scoring never touches the explored memory
+        result.memory_version = frozen.version()
+        say(f"      memory frozen at version {result.memory_version}")
 
-    say(f"[3/4] sampling {num_generations} hypotheses for {num_scenes} held-out test scenes and critiquing them")
-    # each --out its own threads: demos into two folders at once on one home shared "demo-<sample id>", and one's
-    # fresh critique re-rendered the run folder's grids while the other was writing its report from them
-    out_tag = hashlib.sha1(str(out.resolve()).encode("utf-8", "surrogateescape")).hexdigest()[:8]
-    for i in range(num_scenes):
-        item = scenes[i]
-        folder = out / f"scene_{i:02d}"
-        sample_to_dir(model, item, folder, num_generations=num_generations, seed=seed + i, obj=True, render=True,
-                      body=body)
-        hyps = dict(np.load(folder / "hypotheses.npz"))
-        res = critique_group(item, hyps, judge="builtin", memory=frozen, group_id=f"demo-{item.sample_id}-{out_tag}",
-                             fresh=True)
-        report = write_report(res, folder, image_path=item.image_path)
-        errors = np.asarray(true_errors(hyps, item, body), dtype=np.float64)
-        overall = np.array([s.overall for s in res.scores])
-        rho = float(spearman(overall, -errors)) if np.ptp(overall) > 0 else float("nan")
-        scene = DemoScene(
-            sample_id=str(item.sample_id), folder=str(folder), ranking=list(res.ranking),
-            errors_mm=[round(float(e), 2) for e in errors], top1_mm=float(errors[res.ranking[0]]),
-            mean_mm=float(errors.mean()), best_mm=float(errors.min()), spearman=rho, report=str(report),
-        )
-        result.scenes.append(scene)
-        say(f"      {item.sample_id} ({getattr(item, 'category', '') or '-'}): critic top-1 #{res.ranking[0]} "
-            f"PA-MPJPE {scene.top1_mm:.1f} mm | group mean {scene.mean_mm:.1f} | best {scene.best_mm:.1f} | "
-            f"ρ {rho:+.2f}")
+        say(f"[3/4] sampling {num_generations} hypotheses for {num_scenes} held-out test scenes and critiquing them")
+        # each --out its own threads: demos into two folders at once on one home shared "demo-<sample id>", and one's
+        # fresh critique re-rendered the run folder's grids while the other was writing its report from them
+        out_tag = hashlib.sha1(str(out.resolve()).encode("utf-8", "surrogateescape")).hexdigest()[:8]
+        for i in range(num_scenes):
+            item = scenes[i]
+            folder = out / f"scene_{i:02d}"
+            sample_to_dir(model, item, folder, num_generations=num_generations, seed=seed + i, obj=True, render=True,
+                          body=body)
+            hyps = dict(np.load(folder / "hypotheses.npz"))
+            res = critique_group(item, hyps, judge="builtin", memory=frozen,
+                                 group_id=f"demo-{item.sample_id}-{out_tag}", fresh=True)
+            report = write_report(res, folder, image_path=item.image_path)
+            errors = np.asarray(true_errors(hyps, item, body), dtype=np.float64)
+            overall = np.array([s.overall for s in res.scores])
+            rho = float(spearman(overall, -errors)) if np.ptp(overall) > 0 else float("nan")
+            scene = DemoScene(
+                sample_id=str(item.sample_id), folder=str(folder), ranking=list(res.ranking),
+                errors_mm=[round(float(e), 2) for e in errors], top1_mm=float(errors[res.ranking[0]]),
+                mean_mm=float(errors.mean()), best_mm=float(errors.min()), spearman=rho, report=str(report),
+            )
+            result.scenes.append(scene)
+            say(f"      {item.sample_id} ({getattr(item, 'category', '') or '-'}): critic top-1 #{res.ranking[0]} "
+                f"PA-MPJPE {scene.top1_mm:.1f} mm | group mean {scene.mean_mm:.1f} | best {scene.best_mm:.1f} | "
+                f"ρ {rho:+.2f}")
+    finally:
+        try:  # the memory closed even when the copy's close fails (its snapshot hold, its Chroma system)
+            if frozen is not None:
+                frozen.close()
+        finally:
+            memory.close()
 
     result.seconds = time.perf_counter() - t0
     summary = result.summary()

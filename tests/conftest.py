@@ -12,12 +12,25 @@ import textwrap
 
 import pytest
 
+
+def _is_developer_setting(name: str) -> bool:
+    """A variable of the developer's own set-up that the toolkit (or LangChain under it) reads. Left in place,
+    `make test` on a developer's machine followed it: ``HMRCRITIC_CHROMA_URL`` / ``HMRCRITIC_MEMORY`` pointed the
+    tests' memories — which they reset and fill — at the developer's shared Chroma server, ``HMRCRITIC_JUDGE=vlm``
+    or ``OPENAI_BASE_URL`` sent test groups to their endpoint, ``LANGSMITH_TRACING`` uploaded every test's trace,
+    ``HMRCRITIC_DEBUG`` turned the one-line errors the tests read into tracebacks. Tests that need one set it
+    themselves (monkeypatch). ``HMRCRITIC_TEST_*`` are the tests' own messages to the processes they start."""
+    if name.startswith("HMRCRITIC_TEST_"):
+        return False
+    prefixes = ("HMRCRITIC_", "OPENAI_", "LANGSMITH_", "LANGCHAIN_")
+    return name.startswith(prefixes) or name == "CHROMA_CLIENT_AUTH_CREDENTIALS"
+
+
+for _name in [n for n in os.environ if _is_developer_setting(n)]:
+    del os.environ[_name]
 _HOME = tempfile.mkdtemp(prefix="hmrcritic-test-home-")
 os.environ["HMRCRITIC_HOME"] = _HOME
 os.environ.setdefault("PYOPENGL_PLATFORM", "egl")
-os.environ.pop("HMRCRITIC_BODY_MODEL", None)
-os.environ.pop("OPENAI_API_KEY", None)
-os.environ.pop("HMRCRITIC_API_KEY", None)
 
 import torch  # noqa: E402
 

@@ -219,12 +219,13 @@ def test_other_objectives_run(objective, data_dir, base_ckpt, tmp_path):
 
 def test_gpa_raises_the_implicit_reward_of_better_hypotheses(data_dir, base_ckpt, tmp_path):
     """A short GPA run (no base loss, no EMA) must prefer high-scored hypotheses: the reward accuracy and
-    margin logged in the last steps beat those of the first steps."""
+    margin logged in the last steps beat those of the first steps. (10 steps: two windows of 5 that do not overlap;
+    the GPA loss falls from 0.69 to ~0.1 by step 6 at this learning rate, and the accuracy is 1.0 from step 2.)"""
     cfg = _cfg(
         data_dir,
         base_ckpt,
         tmp_path / "learn.pt",
-        steps=30,
+        steps=10,
         lr=3e-3,
         gpa_weight=1.0,
         base_loss_weight=0.0,

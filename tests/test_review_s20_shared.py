@@ -208,6 +208,8 @@ def test_a_learning_curve_is_not_resumed_under_other_agent_settings(tmp_path, mo
     import json
     from types import SimpleNamespace
 
+    from test_review_s26_fuzz2 import curve_row
+
     from hmrcritic.agent import learning_curve as lc
 
     held = [SimpleNamespace(group_id="test-000001")]
@@ -219,7 +221,7 @@ def test_a_learning_curve_is_not_resumed_under_other_agent_settings(tmp_path, mo
     first = settings()
     mem = SimpleNamespace(path=tmp_path / "memory")
     (tmp_path / lc.PARTIAL_FILE).write_text(json.dumps(
-        {"memory": str(mem.path), "settings": first, "rows": [{"round": 0}]}), encoding="utf-8")
+        {"memory": str(mem.path), "settings": first, "rows": [curve_row(0)]}), encoding="utf-8")
     monkeypatch.setenv("HMRCRITIC_MAX_REFLECTIONS", "0")
     rows, why = lc._resume_rows(mem, tmp_path, settings())
     assert rows == [] and "made with other settings (agent)" in why

@@ -401,20 +401,23 @@ def test_an_endpoint_echoing_the_key_leaks_it_into_no_file_and_no_output(tmp_pat
              env500),
             (["critique", "--scene", "test:1", "-n", "2", "--no-render", "--learn", "--debug", "--out",
               str(outs / "c")], chroma_env),
-            (["doctor", "--json", "--no-render"], chroma_env),
             (["export", "--split", "wild", "-n", "2", "--limit", "1", "--chroma-url", url, "--out",
               str(outs / "ds2")], chroma_env),
         ])
         assert ep401.hits > 0 and ep500.hits > 0  # the judge did reach the endpoints
-    more, c3 = _run_all([["trace", "--last", "--json"], ["doctor", "--json", "--no-render"],
+    # one doctor run reads both the keys with the VLM endpoint's settings and the Chroma address with its password
+    # (doctor reads neither the memory nor the runs: the two homes make no difference to it, and it reaches neither
+    # the endpoint nor the server)
+    more, c3 = _run_all([["trace", "--last", "--json"],
+                         (["doctor", "--json", "--no-render"], {**env, "HMRCRITIC_CHROMA_URL": url}),
                          ["memory", "export", str(outs / "mem.json")], ["runs", "stats", "--json"]], env)
     leaks += more
     failures = (outs / "ds" / "failures.jsonl").read_text()
     assert "500" in failures  # the failure records quote the endpoint's answer (and are checked below)
     # the VLM critique fails (key refused, 2), the export on the 500s writes no group (1), every command on the
-    # Chroma address fails (nothing answers there: none can have read the memory from the server) but doctor,
-    # which checks that address's form only ("read, never reached"): the server being down is no problem to it
-    assert codes == [2, 1, 2, 0, 2], codes
+    # Chroma address fails (nothing answers there: none can have read the memory from the server) but doctor (in
+    # c3), which checks that address's form only ("read, never reached"): the server being down is no problem to it
+    assert codes == [2, 1, 2, 2], codes
     assert c3 == [0, 0, 0, 0], c3
     leaks += _files_leaks(home, home2, outs)
     assert not leaks, leaks

@@ -474,6 +474,13 @@ def test_an_exploration_log_that_is_a_folder_is_an_input_error(tmp_path):
 # ------------------------------------------------------------------------------------------------ learning curve
 
 
+def curve_row(round_: int, version: str = "v0") -> dict:
+    """A learning-curve row as ``learning_curve`` appends it (the figures a resumed row must hold, see
+    ``learning_curve._ROW_KEYS``)."""
+    return {"round": round_, "spearman": 0.5, "kendall": 0.4, "top1_pa_mpjpe_mm": 80.0, "rules": 18, "prototypes": 0,
+            "memory_version": version}
+
+
 def _partial(tmp: Path) -> tuple[SimpleNamespace, Path, dict]:
     from hmrcritic.agent.learning_curve import PARTIAL_FILE
     from hmrcritic.io import atomic_write_json
@@ -482,8 +489,7 @@ def _partial(tmp: Path) -> tuple[SimpleNamespace, Path, dict]:
     mem_dir.mkdir()
     out.mkdir()
     settings = {"split": "train", "batch_size": 2, "heldout_errors": [[1.0, 2.0]]}
-    atomic_write_json(out / PARTIAL_FILE, {"rows": [{"round": 0, "memory_version": "v0"}], "memory": str(mem_dir),
-                                           "settings": settings})
+    atomic_write_json(out / PARTIAL_FILE, {"rows": [curve_row(0)], "memory": str(mem_dir), "settings": settings})
     return SimpleNamespace(path=str(mem_dir), version=lambda: "v0"), out, settings
 
 
@@ -555,9 +561,10 @@ def test_a_learning_curve_partial_file_of_another_shape_is_not_resumed(tmp_path,
     # the memory explored 2 rounds and still at the version the row records: a round 2.7 read as 2 was resumed
     (Path(mem.path) / PROGRESS_FILE).write_text(json.dumps({"runs": {}, "rounds_total": 2, "batches": []}))
     if edit == "round 2.7":  # the same file with round 2 is resumed: the refusal is the round's type alone
-        f.write_text(json.dumps({**doc, "rows": [{**doc["rows"][-1], "round": 2}]}), encoding="utf-8")
+        rows = [curve_row(r) for r in range(3)]
+        f.write_text(json.dumps({**doc, "rows": rows}), encoding="utf-8")
         assert _resume_rows(mem, out, settings)[0]
-        f.write_text(text, encoding="utf-8")
+        f.write_text(json.dumps({**doc, "rows": rows[:2] + [{**rows[2], "round": 2.7}]}), encoding="utf-8")
     rows, why = _resume_rows(mem, out, settings)
     assert rows == [] and str(f) in why
 

@@ -1250,22 +1250,60 @@ def _finish_pending(memory, emit) -> None:
     f = Path(memory.path) / PENDING_FILE
     if not f.exists():
         return
+
+    def refuse(why: str) -> InputError:
+        return InputError(f"{f}: unreadable pending exploration batch ({why}); part of it may have been written to "
+                          "the memory, so restore it, or start the memory over with "
+                          f"{cli_hint('reset --yes', memory.path, getattr(memory, 'chroma_url', None))}")
+
+    # the plan is written whole (atomic_write_json in _commit), so one that does not parse was not torn mid-write:
+    # it was damaged after (a disk error, an edit, a bad restore) and its batch may have been half applied. It was
+    # deleted as "torn before it was complete", and the memory went on half-updated with nothing left to say so;
+    # not UTF-8 (UnicodeDecodeError), a folder in its place (IsADirectoryError) or JSON nested thousands deep
+    # (RecursionError) came out as a bare traceback
     try:
         plan = json.loads(f.read_text(encoding="utf-8"))
-    except (OSError, json.JSONDecodeError):
-        f.unlink(missing_ok=True)  # torn before it was complete: nothing of it was applied
-        return
+    except IsADirectoryError as exc:
+        # no plan there to have been applied; and `memory reset` cannot unlink a folder either: it stopped half-way
+        # (collections deleted) and the memory refused to open until a reset finished, which failed the same way
+        raise InputError(f"{f}: unreadable pending exploration batch (a folder, not a file); move that folder "
+                         "away") from exc
+    except (OSError, ValueError, RecursionError) as exc:
+        raise refuse(f"{type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''}".rstrip(": ")) from exc
     # JSON of another shape (an edit, a bad restore; the file is written whole) failed every later explore and
-    # learning-curve at once as a bare AttributeError or KeyError, the memory stuck until someone read the code
+    # learning-curve at once as a bare AttributeError or KeyError, the memory stuck until someone read the code;
+    # records of the wrong type failed _apply_plan midway (a rule added, the rest not) or were written into the
+    # progress record (a round "2" that every later read of it refuses)
     if not isinstance(plan, dict) or not all(k in plan for k in ("batch_key", "sig", "r", "report")):
-        raise InputError(f"{f}: unreadable pending exploration batch (not a batch plan); part of it may have been "
-                         "written to the memory, so restore it, or start the memory over with "
-                         f"{cli_hint('reset --yes', memory.path, getattr(memory, 'chroma_url', None))}")
-    if plan.get("batch_key") in _read_progress(Path(memory.path)).get("batches", []):
+        raise refuse("not a batch plan")
+    applied = _read_progress(Path(memory.path)).get("batches", [])
+    if isinstance(plan["batch_key"], str) and plan["batch_key"] in applied:
         # applied in full (the progress record is written last), killed before the file went: its absolute rule
-        # records written again would undo every rule statistic counted since (a `critique --learn`)
+        # records written again would undo every rule statistic counted since (a `critique --learn`). Before the
+        # records are checked: they are not applied, and an older version's plan that today's models refuse (a
+        # NaN rule threshold) blocked every later exploration of a memory that was whole
         f.unlink(missing_ok=True)
         return
+    try:
+        if not (isinstance(plan["batch_key"], str) and isinstance(plan["sig"], str) and _is_count(plan["r"])
+                and isinstance(plan["report"], dict)):
+            raise TypeError("batch_key, sig, r or report of the wrong type")
+        for key, model in (("new_rules", Rule), ("rule_updates", Rule), ("prototypes", Prototype)):
+            for x in plan.get(key) or []:
+                model.model_validate(x)
+        if plan.get("new_rule_vectors") or plan.get("new_rules"):  # new rules without vectors: an IndexError
+            vecs = np.asarray(plan.get("new_rule_vectors") or [], np.float32)
+            if vecs.ndim != 2 or len(vecs) != len(plan.get("new_rules") or []):
+                raise ValueError("new_rule_vectors do not match new_rules")
+        # what _apply_plan copies into the progress record, checked as every later read of that record checks it:
+        # a history group of lists of other lengths, or rule_effects of another shape, passed a check of the plan's
+        # own, was applied, and made explore_progress.json unreadable (the plan gone, the error naming that file)
+        _check_progress({"runs": {plan["sig"]: {"rounds_done": [plan["r"]], "history": plan.get("history", []),
+                                                "settings": plan.get("settings", {}),
+                                                "spans": [plan.get("span", [0, 0])]}},
+                         "rule_effects": plan.get("rule_effects", {})})
+    except (KeyError, TypeError, ValueError, AttributeError, OverflowError) as exc:
+        raise refuse(f"not a batch plan: {str(exc).splitlines()[0] if str(exc) else type(exc).__name__}") from exc
     _apply_plan(memory, plan)
     emit("resumed", {"pending_batch": plan.get("batch_key")})
 

@@ -365,6 +365,30 @@ def explore_eval(
 
 PARTIAL_FILE = "learning_curve.partial.json"  # rows evaluated so far, beside the result (resume)
 CURVE_FILE = "learning_curve.json"  # the finished result
+PNG_FILE = "learning_curve.png"  # its plot
+# what a resumed row must hold: printed by `hmrcritic learning-curve`, plotted, compared on resume
+_ROW_KEYS = ("round", "spearman", "kendall", "top1_pa_mpjpe_mm", "rules", "prototypes", "memory_version")
+
+
+def _check_out_dir(out: Path) -> None:
+    """Refuse, before round 0 is scored, an ``out_dir`` the curve cannot be written into: a file there (or above
+    it), or a folder, a pipe or a device in the place of one of the curve's files. The partial file failed only
+    after round 0 was scored, the result and its PNG only after every round was explored and scored (the PNG's after
+    the result was written, the partial file left behind)."""
+    from hmrcritic.io import check_output_target
+
+    try:
+        there = next((p for p in (out, *out.parents) if p.exists()), None)
+        if there is not None and not there.is_dir():
+            raise InputError(f"learning-curve: --out {out}: {there} is a file, not a folder to write the curve into")
+        for name in (PARTIAL_FILE, CURVE_FILE, PNG_FILE):
+            if (out / name).is_dir():
+                raise InputError(f"learning-curve: --out {out} holds a folder named {name}, where the curve writes "
+                                 "that file; move it away or give another --out")
+            check_output_target(out / name, "learning-curve --out")
+    except OSError as exc:  # a folder on the path the user may not search: a bare PermissionError from the API
+        raise InputError(f"learning-curve: --out {out} cannot be checked ({exc.strerror or exc}); give another "
+                         "--out") from exc
 
 
 def _curve_settings(split, heldout_split, batch_size, held, train_groups, num_generations, seed, source, judge,
@@ -416,6 +440,13 @@ def _resume_rows(mem, out_dir: Path | None, settings: dict) -> tuple[list[dict],
         # "2" (no curve writes one) was read as round 2
         if not isinstance(saved, dict) or not isinstance(last, int) or isinstance(last, bool) or last < 0:
             raise TypeError("not a curve's rows and settings")
+        # rows 0, 1, … as evaluate() appends them, each with what is printed and plotted from it: a row that is not
+        # an object, or lacks a figure, was resumed and failed the progress line or the plot as a bare TypeError or
+        # KeyError (the plot after every later round was explored and scored); a gap in the rounds was kept
+        # (a round of true or 1.0 equals 1 in Python: only an int is a round)
+        rounds = [r.get("round") if isinstance(r, dict) and type(r.get("round")) is int else None for r in rows]
+        if rounds != list(range(len(rows))) or not all(all(k in r for k in _ROW_KEYS) for r in rows):
+            raise ValueError("not a curve's rows 0, 1, … with their figures")
     except (OSError, ValueError, KeyError, IndexError, TypeError, RecursionError) as exc:
         return [], f"{f} is unreadable ({type(exc).__name__})"
     if memory != str(mem.path):
@@ -494,6 +525,8 @@ def learning_curve(
                          f"{batch_size}, {heldout_groups}, {num_generations})")
     if heldout is not None and not len(heldout):
         raise InputError("learning-curve: no held-out groups to score (an empty list was given)")
+    if out_dir is not None:
+        _check_out_dir(Path(out_dir))
     make_judge(judge)
     mem = _open_memory(memory)
     # a folder (or None) is opened here, and closed here: left to the garbage collector, its Chroma database
@@ -595,7 +628,7 @@ def learning_curve(
             # per_group_spearman (and a round that scored none NaN means), which json.dumps wrote as the bare word NaN
             # that jq and other strict parsers refuse (the partial file keeps them: only this package reads it back)
             atomic_write_json(out / CURVE_FILE, finite_json(result))
-            result["png"] = str(plot_curve(rows, out / "learning_curve.png"))
+            result["png"] = str(plot_curve(rows, out / PNG_FILE))
             (out / PARTIAL_FILE).unlink(missing_ok=True)
         return result
     finally:

@@ -59,9 +59,12 @@ def explore_line(event: str, p: dict) -> str | None:
         # groups whose critique failed (a VLM endpoint error) are not retried: the round is recorded done, and they
         # stay guarded against evaluation; "8 groups" for a batch of 8 with 3 such failures hid that
         failed = _failed_groups(p.get("failed", []))
+        from hmrcritic.agent.learning_curve import fmt_value
+
+        # "—" for a round that scored no group (every group unrankable: skipped): it printed "mean ρ +nan"
         return (f"round {p['round']}: {p['groups']} groups"
                 + (f" ({failed} failed and will not be retried)" if failed else "")
-                + f", mean ρ {p['mean_spearman']:+.3f}, "
+                + f", mean ρ {fmt_value(p['mean_spearman'], '+.3f')}, "
                 f"{len(p['rules_added'])} rule(s) added, {len(p['retired'])} retired, "
                 f"{len(p['merged'])} merged, {p['prototypes']} prototypes ({p['seconds']:.1f} s)")
     if event == "resumed":
@@ -88,6 +91,23 @@ def explore_line(event: str, p: dict) -> str | None:
         return f"score calibration: {describe_calibration(p['calibration'])}" + (
             f"\n  note: {p['note']}" if p.get("note") else "")
     return None
+
+
+def curve_line(row: dict) -> str:
+    """The line `hmrcritic learning-curve` prints for one evaluated round (a row of
+    :func:`hmrcritic.agent.learning_curve.learning_curve`).
+
+    "—" for a round that scored no group (NaN figures): it printed "ρ +nan", as if measured. Groups whose ρ was
+    undefined (constant scores or errors; ``rho_undefined``) are said when there are any: they count as 0 in the
+    round's ρ and τ, and a ρ near 0 made of them read as a critic ranking at chance (explore-eval's table says so;
+    the per-round line did not, and learning-curve prints no other table)."""
+    from hmrcritic.agent.learning_curve import fmt_value as f
+
+    n = row.get("rho_undefined")
+    return (f"round {row['round']}: ρ {f(row['spearman'], '+.3f')}  τ {f(row['kendall'], '+.3f')}  top-1 "
+            f"{f(row['top1_pa_mpjpe_mm'], '.1f')} mm  rules {row['rules']}  prototypes {row['prototypes']}"
+            + (f"  (ρ undefined for {n} of {row.get('groups_scored')} scored groups, counted as 0 in ρ and τ)"
+               if n else ""))
 
 
 def _check_metric(metric: str) -> None:
@@ -177,6 +197,10 @@ def explore_eval_cmd(
 
         raise InputError(f"explore-eval: --out {out} is a folder; give a file path, e.g. "
                          f"{out / 'explore_eval.json'}")
+    if out is not None:  # a pipe, a device (/dev/stdout) or a link to one: refused at the write, after the scoring
+        from hmrcritic.commands import check_output_file
+
+        check_output_file(out, "explore-eval --out")
     # the folder of --out now (a file in the way or no permission: the OSError line), gone again if refused later
     with made_folder(out.parent) if out is not None else contextlib.nullcontext():
         res = explore_eval(memory_dir, split=split, num_groups=num_groups, num_generations=num_generations,
@@ -213,7 +237,7 @@ def learning_curve_cmd(
     Interrupted, the same command continues from the last evaluated round (kept in --out).
     Example: `hmrcritic learning-curve --memory-dir /tmp/mem --rounds 5 --out results/`.
     """
-    from hmrcritic.agent.learning_curve import fmt_value, learning_curve
+    from hmrcritic.agent.learning_curve import learning_curve
     from hmrcritic.errors import InputError
 
     # refused before any work: --heldout-groups 0 explored every round and then wrote a curve of NaN (not JSON);
@@ -230,10 +254,8 @@ def learning_curve_cmd(
                          f"split ({split})")
 
     def progress(row: dict) -> None:
-        if not as_json:  # "—" for a round that scored no group (NaN figures): it printed "ρ +nan", as if measured
-            f = fmt_value
-            typer.echo(f"round {row['round']}: ρ {f(row['spearman'], '+.3f')}  τ {f(row['kendall'], '+.3f')}  top-1 "
-                       f"{f(row['top1_pa_mpjpe_mm'], '.1f')} mm  rules {row['rules']}  prototypes {row['prototypes']}")
+        if not as_json:
+            typer.echo(curve_line(row))
         scored = row.get("groups_scored")
         # the groups scored (one entry each), not --heldout-groups: a held-out split smaller than that gives fewer
         # groups, and every round warned "scored 4 of 16 … (the critiques of the others failed)" with none failed

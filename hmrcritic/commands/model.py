@@ -102,6 +102,11 @@ def register(app: typer.Typer) -> None:
 
             check_ship_dest()
         out = out or runs_dir() / f"train-base-seed{seed}"
+        from hmrcritic.commands.agent import _check_out_dir
+
+        # --out is the run folder: a file there (a model.pt, taken for where the checkpoint goes) failed only at the
+        # folder's making, as "File exists", after "training base model -> FILE" had been printed as if it had begun
+        _check_out_dir(out, "the run (state.pt, log.jsonl, model.pt)")
         print(
             f"training base model -> {out} ({cfg.steps} steps, batch {cfg.batch_size}, seed {seed})",
             flush=True,

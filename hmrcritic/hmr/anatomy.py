@@ -203,6 +203,14 @@ def hyperextension(body_pose: torch.Tensor) -> torch.Tensor:
 
     Measured geometrically in the parent (thigh / upper-arm) frame: the angle of the child bone past the
     straight line on the side opposite to flexion (shin forward of the thigh; forearm behind the upper arm).
+
+    Deliberately not the Euler flexion angle, so it and the joint boxes of :func:`joint_limit_violation` can
+    disagree at a box's corners: an elbow twisted to x = -30° with its carrying angle at z = 20° and no flexion
+    (allowed by its box) puts the forearm 10.3° behind the arm line, just over ``is_implausible``'s 10° (and the
+    starter rule ``starter-hyperext-mild``); knees read at most 2.1° inside their box. Kept (decided in session
+    27): it is where the bone points, and only that corner crosses 10° (4 of 377,651 rotations of a 1° grid over
+    each elbow box); the shipped model's hypotheses stay far below it inside the box
+    (``python benchmarks/hyperextension_box.py``; tests/test_review_s27_hyperext.py pins the bound).
     """
     bp = _body_pose_23x3(body_pose, "hyperextension")
     idx = [BODY_JOINT_NAMES.index(n) for n in HYPEREXTENSION_JOINTS]

@@ -408,6 +408,10 @@ def _family_error(path: Path, family: str) -> AssetError:
                       f"SMPL_NEUTRAL.pkl / basicmodel_neutral_lbs_10_207_0_v1.1.0.pkl); {_LAYOUT_TEXT}")
 
 
+# the largest magnitude of any value in v_template, shapedirs, posedirs, J_regressor and weights (see _validate)
+MAX_MODEL_VALUE = 1e6
+
+
 def _validate(data: dict, path: Path) -> dict:
     """Check the SMPL layout; return a dict of arrays with fixed dtypes (plus optional extras)."""
     # a SMPL-X or SMPL+H file given by mistake (they sit beside SMPL in the same downloads) was refused for a
@@ -458,6 +462,14 @@ def _validate(data: dict, path: Path) -> dict:
         # vertex NaN with no word of the file
         if out[k].size and np.abs(out[k]).max() > np.finfo(np.float32).max:
             raise AssetError(f"{path}: key '{k}' holds values beyond float32 range (|x| > 3.4e38); {_LAYOUT_TEXT}")
+        # finite in float32 is not enough: 3e38 in v_template or shapedirs (times a β of 2) posed an inf template
+        # and NaN joints. No body model comes near MAX_MODEL_VALUE (SMPL's vertices are metres, its blend shapes,
+        # regressor and weights below 1; a model in millimetres stays under 1e4), and with every key under it the
+        # posing stays finite in float32 (SMPL's 6890 vertices × 1e6 regressor × (1e6 + 500·1e6 shape + 414·1e6
+        # pose) ≈ 6e18 per joint, ~1e37 once chained and skinned, under 3.4e38)
+        if out[k].size and np.abs(out[k]).max() >= MAX_MODEL_VALUE:
+            raise AssetError(f"{path}: key '{k}' holds a value of {np.abs(out[k]).max():.3g}, too large for a body "
+                             f"model (|x| < {MAX_MODEL_VALUE:g}: metres, or blend weights); {_LAYOUT_TEXT}")
     # smplx poses joints in index order, so each joint's parent must come before it (SMPL's own root
     # entry is -1 or 2**32-1 and is ignored); anything else raised a bare IndexError deep in smplx
     parents = out["kintree_table"][0, 1:].astype(np.int64)

@@ -32,7 +32,7 @@ import weakref
 import zipfile
 import zlib
 from dataclasses import dataclass
-from pathlib import Path
+from pathlib import Path, PurePath
 
 import numpy as np
 import torch
@@ -645,7 +645,7 @@ def _regenerate_command(manifest: dict) -> str:
     images (and a custom-size split came back at the default size)."""
     name = manifest.get("split")
     cmd = f"hmrcritic data generate --split {name}"
-    if name in SPLITS:
+    if isinstance(name, str) and name in SPLITS:  # a hand-edited "split": [...] raised "unhashable type" here
         n, seed = manifest.get("n"), manifest.get("seed")
         try:
             size = default_size(name)
@@ -653,7 +653,18 @@ def _regenerate_command(manifest: dict) -> str:
             size = None
         cmd += f" --n {n}" if isinstance(n, int) and n != size else ""
         cmd += f" --seed {seed}" if isinstance(seed, int) and seed != SPLITS[name][1] else ""
-    return cmd + (" --render" if manifest.get("images") else "")
+    return cmd + (" --render" if manifest.get("images") is True else "")  # "images": "no" is no rendered split
+
+
+def _split_file(folder: Path, name, manifest: dict) -> Path:
+    """The path of a file the manifest names (a shard, wild's labels), which must be a plain name inside the
+    split's folder: generate_split writes nothing else, and a hand-edited or foreign manifest's ``"../x.npz"`` or
+    absolute path read (and hashed, and trained on) a file from anywhere as if it were the split's own."""
+    name = str(name)
+    if name in ("", ".", "..") or PurePath(name).name != name:
+        raise AssetError(f"{Path(folder) / 'manifest.json'}: names the file {name[:200]!r}, which is not inside the "
+                         f"split's folder; regenerate the split: {_regenerate_command(manifest)}")
+    return Path(folder) / name
 
 
 def verify_split_files(manifest: dict, folder) -> None:
@@ -667,7 +678,7 @@ def verify_split_files(manifest: dict, folder) -> None:
     for entry in entries:
         if not isinstance(entry, dict) or "file" not in entry or "sha256" not in entry:
             continue  # the manifest reader has already refused a manifest without file names
-        path = Path(folder) / str(entry["file"])
+        path = _split_file(Path(folder), entry["file"], manifest)
         if not path.is_file():
             why = "is missing"
         elif sha256_file(path) != entry["sha256"]:
@@ -782,6 +793,19 @@ class SceneSet:
         if not self._counts or bad:
             raise AssetError(f"{self.folder / 'manifest.json'}: not a split manifest (no shards, or a shard of "
                              f"{str(bad[0] if bad else 0)[:20]} scenes); regenerate the split (delete {self.folder})")
+        # flags are JSON true/false in every manifest generate_split writes: a hand-edited "has_labels": "false"
+        # read as True (a non-empty string is), and a wild split's labels were looked for in shards that hold none
+        for flag in ("has_labels", "images"):
+            if flag in m and not isinstance(m[flag], bool):
+                v = m[flag]
+                shown = f"a JSON {'array' if isinstance(v, list) else 'object'}" if isinstance(v, list | dict) else (
+                    json.dumps(v)[:40])
+                raise AssetError(f"{self.folder / 'manifest.json'}: {flag} is {shown}, not true or false; regenerate "
+                                 f"the split: {_regenerate_command(m)}")
+        for name in self._files:
+            _split_file(self.folder, name, m)
+        if isinstance(m.get("labels_eval"), dict) and "file" in m["labels_eval"]:
+            _split_file(self.folder, m["labels_eval"]["file"], m)
         self._offsets = np.cumsum([0, *self._counts])
         self._cache: dict[int, dict[str, np.ndarray]] = {}
 
@@ -884,7 +908,7 @@ class SceneSet:
             raise AssetError(f"{self.folder / 'manifest.json'}: split {self.name} has no labels_eval entry; "
                              f"regenerate the split (delete {self.folder})")
         # the labels of another generation would score these scenes against others
-        return self._read(entry["file"], "evaluation labels", ("sample_id", *LABEL_KEYS))
+        return self._read(str(entry["file"]), "evaluation labels", ("sample_id", *LABEL_KEYS))
 
 
 # ------------------------------------------------------------------------------------------- user input
@@ -924,6 +948,17 @@ def read_image(path) -> np.ndarray:
 
 
 def _as_points(values, path: Path, what: str) -> np.ndarray:
+    # JSON true/false are no coordinates or confidences, but numpy reads them as 1.0/0.0: a `true` in a confidence
+    # slot (a visibility flag written as a boolean) was a point seen with full confidence, without a word. A walk
+    # with a stack of its own: json has already refused nesting deep enough to matter
+    stack = [values]
+    while stack:
+        v = stack.pop()
+        if isinstance(v, bool | np.bool_):
+            raise InputError(f"{path}: {what} holds true/false where numbers are expected (x, y and a confidence "
+                             "in [0, 1] per point)")
+        if isinstance(v, list | tuple):
+            stack.extend(v)
     try:
         arr = np.asarray(values, dtype=np.float64)
     except (TypeError, ValueError):

@@ -675,7 +675,7 @@ def ship_model(
     import hashlib
 
     from hmrcritic.hmr.diffusion import ASSETS_DIR, read_checkpoint
-    from hmrcritic.io import atomic_write_bytes, atomic_write_json
+    from hmrcritic.io import atomic_write_bytes, atomic_write_json, finite_json
 
     payload = read_checkpoint(model_path)
     dest = Path(dest_dir) if dest_dir is not None else ASSETS_DIR
@@ -698,7 +698,9 @@ def ship_model(
     }
     # each file atomically; a crash between the two leaves a pair whose sha256 disagree, which `doctor` reports
     atomic_write_bytes(pt, data)
-    js = atomic_write_json(dest / "base_model.json", meta)
+    # an evaluation figure that is NaN (a split whose hypotheses all diverged, no occluded scene) was written as the
+    # bare word NaN, which jq and other strict JSON readers refuse: null, as results.json and the other outputs say
+    js = atomic_write_json(dest / "base_model.json", finite_json(meta))
     return pt, js
 
 

@@ -12,9 +12,10 @@ the consensus, keypoint and prior rules were fitted on train groups
 builtin judge's generic evidence score: they are the judge's knowledge of which measures matter and how
 much (the judge alone weighs every measure the same). The hyperextension, joint-limit and self-penetration
 rules are not fitted that way: they are hard constraints at the thresholds of ``hmr/anatomy.is_implausible``
-with the paper's weight, because ranking by PA-MPJPE cannot learn that a pose is impossible (an implausible
-hypothesis is only ≈ 9 mm worse than its group on average), and a critic that barely deducts for it leaves
-GPA nothing to push away from (see docs/REPRODUCE.md).
+with the paper's point count (5 of its "take off 5–10 points"; the paper scores 0–100 and the built-in judge
+decays multiplicatively, so not the same weight: README), because ranking by PA-MPJPE cannot learn that a pose
+is impossible (an implausible hypothesis is only ≈ 9 mm worse than its group on average), and a critic that
+barely deducts for it leaves GPA nothing to push away from (see docs/REPRODUCE.md).
 ``pose_prior_nll`` is relative to the pose prior's typical value on plausible training poses.
 """
 
@@ -103,7 +104,7 @@ STARTER_RULES: list[Rule] = [
        "2 points.", ["alignment"], "silhouette_iou", "<", 0.6, 2.0, _IA),
     # Anatomically impossible poses (the thresholds of hmr/anatomy.is_implausible, the "implausible rate";
     # joint_limit_deg sums the joints' violations where the metric takes the worst joint, so the rule is stricter):
-    # hard constraints with the paper's weight ("visible self-penetration → take off 5-10 points"), not
+    # hard constraints with the paper's point count ("visible self-penetration → take off 5-10 points", of 100), not
     # fitted on PA-MPJPE ranking, which cannot tell that a pose is impossible.
     _h("starter-hyperext-mild", "A knee or elbow bent backwards by more than 10° is anatomically implausible "
        "→ take off 5 points.", ["hyperextension", "joint_limits", "legs", "arms"], "hyperextension_deg", ">",

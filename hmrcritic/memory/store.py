@@ -1498,7 +1498,9 @@ class MemoryStore:
             check_side_record(key, data)
         except FileNotFoundError:
             return None
-        except (OSError, ValueError) as exc:
+        except (OSError, ValueError, RecursionError) as exc:  # RecursionError: JSON nested thousands deep, which
+            # came out of `memory export` and every import into this memory as a traceback (the other readers of
+            # these records turn it into their clear error)
             raise InputError(f"{f}: unreadable exploration record ({str(exc).splitlines()[0]}); it travels with "
                              "the memory's exports and guards against evaluating on explored groups, so fix it or "
                              "move it aside knowingly") from exc
@@ -1508,16 +1510,23 @@ class MemoryStore:
         """Delete both collections and recreate them (seeded with the starter rules unless told not to)."""
         from chromadb.errors import NotFoundError
 
-        with self.exclusive("a memory reset"), resetting(self.path, self.chroma_url or ""), self._write():
-            for name in COLLECTIONS:
-                with suppress(NotFoundError, ValueError):
-                    self._client.delete_collection(name)
-            self._cols = {}
-            # what exploration recorded about the contents goes with them: a kept progress record would make
-            # the next exploration skip every round as already done, into an empty memory
-            for name in EXPLORE_FILES:
-                (self.path / name).unlink(missing_ok=True)
-            self._create_missing(seed_starter)
+        with self.exclusive("a memory reset"):
+            # a folder where an exploration record goes cannot be unlinked: the reset stopped half-way, the
+            # collections deleted and the memory marked unfinished, and every later reset stopped at it again
+            folders = [f for f in (self.path / n for n in EXPLORE_FILES) if f.is_dir() and not f.is_symlink()]
+            if folders:
+                raise InputError(f"{folders[0]}: a folder where the memory keeps an exploration record; move it "
+                                 "away, then reset again (nothing was deleted)")
+            with resetting(self.path, self.chroma_url or ""), self._write():
+                for name in COLLECTIONS:
+                    with suppress(NotFoundError, ValueError):
+                        self._client.delete_collection(name)
+                self._cols = {}
+                # what exploration recorded about the contents goes with them: a kept progress record would make
+                # the next exploration skip every round as already done, into an empty memory
+                for name in EXPLORE_FILES:
+                    (self.path / name).unlink(missing_ok=True)
+                self._create_missing(seed_starter)
 
     def export_json(self, path: str | os.PathLike) -> dict:
         """Write every rule and prototype (with embeddings) to a JSON file, with the calibration and the
@@ -1575,7 +1584,9 @@ class MemoryStore:
                              "it was being written (explore_pending.json); the next `hmrcritic explore` on this "
                              "memory finishes it first — run one, then import")
         try:
-            data = json.loads(path.read_text(encoding="utf-8"))
+            # bytes, as the keypoint reader does: json detects UTF-8 with a BOM and UTF-16/32 (an export re-saved by
+            # a Windows editor or PowerShell's `>`), which read_text("utf-8") refused as "Unexpected UTF-8 BOM"
+            data = json.loads(path.read_bytes())
         except FileNotFoundError as exc:
             raise InputError(f"memory import: no file {path}") from exc
         except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
