@@ -62,6 +62,31 @@ def _new_file_mode(path: Path) -> int:
         return 0o666 & ~_umask()
 
 
+def check_out_folder(out: str | os.PathLike, holds: str) -> None:
+    """Refuse an ``--out`` that cannot become a folder (for ``holds``) before a command's work: a file there or on
+    its path, or a dangling link on it. (``critique``, ``sample``, ``train-base``, ``demo`` and ``learning-curve``.)
+
+    The folder used to be made only after the work, so ``--out some_file`` failed at the very end: with
+    ``critique --learn`` the memory had already taken the group's prototypes and rule statistics, and the run was
+    checkpointed as finished, for a command that reported an error."""
+    from hmrcritic.errors import InputError
+
+    out = Path(out).absolute()
+    if out.exists() and not out.is_dir():
+        raise InputError(f"--out {out} is a file; give a folder for {holds}")
+    # the folder the new ones go into; a link counts as there even when what it names is not (``exists`` said no)
+    first = next(p for p in (out, *out.parents) if os.path.lexists(p))
+    if first.is_symlink() and not first.exists():
+        # a dangling link (to an unmounted drive, a removed folder) passed as "to be made" and failed only at the
+        # end, after the critique (and --learn's memory writes), as "File exists … a file is where a folder is
+        # needed"
+        raise InputError(f"--out {out}: {first} is a link to {os.readlink(first)}, which does not exist")
+    if not first.is_dir():
+        raise InputError(f"--out {out}: {first} is a file, so no folder can be made inside it")
+    if not os.access(first, os.W_OK | os.X_OK):
+        raise InputError(f"--out {out}: {first} is not writable")
+
+
 def check_output_target(path: str | os.PathLike, what: str = "") -> None:
     """Refuse a target that is no file to replace: a device, a pipe, a socket (through links), or a link to a
     process's file descriptor (``/dev/stdout`` → ``/proc/self/fd/1``, also when fd 1 is a regular file). ``what``

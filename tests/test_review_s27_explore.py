@@ -155,7 +155,7 @@ def test_learning_curve_api_refuses_an_out_dir_that_is_a_file(data):
     """``learning_curve(out_dir=<a file>)`` scored round 0 and then failed writing its partial file."""
     out = data / "afile"
     out.write_text("x")
-    with pytest.raises(InputError, match="is a file, not a folder"):
+    with pytest.raises(InputError, match="afile is a file, so no folder can be made inside it"):
         s22._curve(data / "mem", out / "sub", _groups("train", 2), _groups("test", 1), 0)
 
 

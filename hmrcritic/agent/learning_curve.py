@@ -375,12 +375,10 @@ def _check_out_dir(out: Path) -> None:
     it), or a folder, a pipe or a device in the place of one of the curve's files. The partial file failed only
     after round 0 was scored, the result and its PNG only after every round was explored and scored (the PNG's after
     the result was written, the partial file left behind)."""
-    from hmrcritic.io import check_output_target
+    from hmrcritic.io import check_out_folder, check_output_target
 
     try:
-        there = next((p for p in (out, *out.parents) if p.exists()), None)
-        if there is not None and not there.is_dir():
-            raise InputError(f"learning-curve: --out {out}: {there} is a file, not a folder to write the curve into")
+        check_out_folder(out, "the curve (learning_curve.json, .png and, while it runs, .partial.json)")
         for name in (PARTIAL_FILE, CURVE_FILE, PNG_FILE):
             if (out / name).is_dir():
                 raise InputError(f"learning-curve: --out {out} holds a folder named {name}, where the curve writes "

@@ -79,27 +79,11 @@ def note_new_memory(memory: Path | None, chroma_url: str | None = None) -> None:
 
 
 def _check_out_dir(out: Path, holds: str = "scores.json and report.html") -> None:
-    """Refuse an ``--out`` that cannot become a folder (for ``holds``) before anything runs (``sample`` too).
+    """Refuse an ``--out`` that cannot become a folder (for ``holds``) before anything runs (``sample``,
+    ``train-base`` and ``demo`` too): :func:`hmrcritic.io.check_out_folder`."""
+    from hmrcritic.io import check_out_folder
 
-    The folder used to be made only after the critique, so ``--out some_file`` failed at the very end: with
-    ``--learn`` the memory had already taken the group's prototypes and rule statistics, and the run was
-    checkpointed as finished, for a command that reported an error."""
-    import os
-
-    out = out.absolute()
-    if out.exists() and not out.is_dir():
-        raise InputError(f"--out {out} is a file; give a folder for {holds}")
-    # the folder the new ones go into; a link counts as there even when what it names is not (``exists`` said no)
-    first = next(p for p in (out, *out.parents) if os.path.lexists(p))
-    if first.is_symlink() and not first.exists():
-        # a dangling link (to an unmounted drive, a removed folder) passed as "to be made" and failed only at the
-        # end, after the critique (and --learn's memory writes), as "File exists … a file is where a folder is
-        # needed"
-        raise InputError(f"--out {out}: {first} is a link to {os.readlink(first)}, which does not exist")
-    if not first.is_dir():
-        raise InputError(f"--out {out}: {first} is a file, so no folder can be made inside it")
-    if not os.access(first, os.W_OK | os.X_OK):
-        raise InputError(f"--out {out}: {first} is not writable")
+    check_out_folder(out, holds)
 
 
 def register(app: typer.Typer) -> None:
