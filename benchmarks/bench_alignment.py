@@ -27,7 +27,7 @@ from pathlib import Path
 
 import numpy as np
 
-from hmrcritic.io import atomic_write_json
+from hmrcritic.io import atomic_write_json, finite_json
 
 RESULTS = Path(__file__).resolve().parent / "results" / "alignment.json"
 OBJECTIVES = ("gpa", "gpa_linear", "dpo", "sft")
@@ -217,7 +217,7 @@ def main(argv: list[str] | None = None) -> None:
         )
     atomic_write_json(
         args.out,
-        {
+        finite_json({
             "benchmark": "alignment.finetune",
             "model": model_note,
             "device": args.device,
@@ -226,7 +226,7 @@ def main(argv: list[str] | None = None) -> None:
             "python": platform.python_version(),
             "machine": platform.machine(),
             "results": rows,
-        },
+        }),
     )
     print(f"wrote {args.out}")
 

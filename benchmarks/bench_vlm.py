@@ -14,6 +14,7 @@ Writes benchmarks/results/vlm.json.
 from __future__ import annotations
 
 import argparse
+import json
 import math
 import platform
 import sys
@@ -32,7 +33,15 @@ from openai_stub_server import StubOpenAIServer  # noqa: E402
 from hmrcritic.agent.judges import JudgeContext  # noqa: E402
 from hmrcritic.agent.vlm import VLMJudge  # noqa: E402
 from hmrcritic.config import JudgeSettings  # noqa: E402
-from hmrcritic.io import atomic_write_json  # noqa: E402
+from hmrcritic.io import atomic_write_json, finite_json  # noqa: E402
+
+
+def request_bytes(body: dict) -> int:
+    """Bytes of the JSON body sent for a request the stub recorded (it keeps the body parsed). The openai client
+    serialises compactly (no spaces, non-ASCII as UTF-8: ``openai._utils._json.openapi_dumps``, httpx's defaults),
+    and dumping the parsed body the same way gives those bytes back; ``str(body)`` measured Python's repr of it
+    (spaces after every ``,`` and ``:``, ``True``/``None``, other quoting), not what went over the wire."""
+    return len(json.dumps(body, ensure_ascii=False, separators=(",", ":"), allow_nan=False).encode())
 
 
 def synthetic_grid(path: Path, n: int, tile: int, rng: np.random.Generator) -> None:
@@ -107,7 +116,7 @@ def run(groups: int, hypotheses: int, latency: float, concurrencies: list[int], 
                 assert srv.violations == [], srv.violations
                 assert all(len(c.scores) == hypotheses for c in out)
                 ideal = latency * math.ceil(groups / conc)
-                req_bytes = len(str(srv.requests[0].body).encode())
+                req_bytes = request_bytes(srv.requests[0].body)
                 results.append(
                     {
                         "concurrency": conc,
@@ -162,7 +171,7 @@ def main(argv: list[str] | None = None) -> None:
             f"{r['concurrency']:>11} {r['wall_s']:>8.2f} {r['groups_per_s']:>9.2f} {r['ideal_wall_s']:>8.1f} "
             f"{r['overhead_s_per_wave']:>16.3f} {r['max_in_flight']:>14} {r['speedup_vs_first']:>8.2f}"
         )
-    atomic_write_json(args.out, report)
+    atomic_write_json(args.out, finite_json(report))
     print(f"wrote {args.out}")
 
 

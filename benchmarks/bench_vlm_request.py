@@ -18,7 +18,6 @@ from __future__ import annotations
 import argparse
 import base64
 import io
-import json
 import os
 import platform
 import subprocess
@@ -30,10 +29,12 @@ from PIL import Image
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "tests"))
+sys.path.insert(0, str(ROOT / "benchmarks"))
 
+from bench_vlm import request_bytes  # noqa: E402
 from openai_stub_server import StubOpenAIServer  # noqa: E402
 
-from hmrcritic.io import atomic_write_json  # noqa: E402
+from hmrcritic.io import atomic_write_json, finite_json  # noqa: E402
 
 PATCH = 28  # px per image-token side (Qwen2-VL-style estimate)
 
@@ -54,7 +55,7 @@ def describe(request) -> dict:
     text_chars = len(system) + len(text)
     return {"kind": request.kind, "text_chars": text_chars, "text_tokens_est": text_chars // 4,
             "images": images, "image_tokens_est": sum(i["tokens_est"] for i in images),
-            "body_bytes": len(json.dumps(request.body))}
+            "body_bytes": request_bytes(request.body)}
 
 
 def measure(n: int, home: Path) -> list[dict]:
@@ -90,9 +91,9 @@ def main() -> None:
                 print(f"N = {n:3d} {what:<9} text {c['text_chars']:6d} chars (≈ {c['text_tokens_est']:5d} "
                       f"tokens)  images [{dims}] ≈ {c['image_tokens_est']:5d} tokens  body "
                       f"{c['body_bytes'] / 1e6:.2f} MB")
-    atomic_write_json(Path(args.out), {"command": "python benchmarks/bench_vlm_request.py --sizes "
-                                       + ",".join(map(str, sizes)), "patch_px": PATCH,
-                                       "python": platform.python_version(), "calls": rows})
+    atomic_write_json(Path(args.out), finite_json({"command": "python benchmarks/bench_vlm_request.py --sizes "
+                                                   + ",".join(map(str, sizes)), "patch_px": PATCH,
+                                                   "python": platform.python_version(), "calls": rows}))
     print(f"wrote {args.out}")
 
 

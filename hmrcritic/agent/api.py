@@ -62,6 +62,9 @@ class ScoredGroup(BaseModel):
     evidence: dict[str, list[float]] = Field(default_factory=dict)
     renders: dict[str, str] = Field(default_factory=dict)
     memory_written: dict[str, Any] = Field(default_factory=dict)
+    score_calibration: dict[str, Any] | None = Field(
+        None, description="the memory's score calibration (ScoreCalibration) the builtin judge applied to overall, "
+                          "which puts overall on the true-error scale; None: overall is the judge's own score")
     resumed: bool = Field(False, description="continued from a checkpoint (an interrupted or finished thread)")
     finished_earlier: bool = Field(False, description="the thread had finished before: nothing was recomputed")
 
@@ -895,7 +898,27 @@ def _scored(values: dict, cfg: AgentConfig, resumed: bool, run_id: str | None = 
         rules_applied=list(crit.get("rules_applied", [])), rules_recalled=values.get("rules", []),
         prototypes_recalled=prototype_hits(values), evidence=values.get("evidence", {}),
         renders=values.get("renders", {}), memory_written=values.get("memory_written", {}), resumed=resumed,
+        # only the builtin judge applies one (a calibration imported for a VLM judge reaches it unused)
+        score_calibration=values.get("calibration") if (values.get("judge") or cfg.judge) == "builtin" else None,
     )
+
+
+def overall_scale_note(result: ScoredGroup) -> str:
+    """One line saying what scale ``overall`` is on, for the tables and the report. Once exploration has fitted a
+    score calibration, the builtin judge maps overall onto the true-error scale (10·exp(−error / 60 mm)) while
+    the three axes stay its own 0–10 scores: a 10 / 10 / 9.6 hypothesis with overall 2.5 read as a contradiction,
+    and every overall dropping from ~8 to ~2.5 after ``explore`` read as the critic getting worse."""
+    axes = "motion, physical, image: the judge's own 0–10 axis scores"
+    cal = getattr(result, "score_calibration", None)  # a result read back from an older scores.json has none
+    if isinstance(cal, dict) and cal:
+        # the error is the one exploration settled on (--error-metric: PA-MPJPE unless chosen otherwise)
+        return (f"overall: on the true-error scale by this memory's score calibration (fitted on {cal.get('groups')} "
+                f"labelled groups), 10·exp(−error / 60 mm) with the error exploration learned from (PA-MPJPE by "
+                f"default): 10 at 0 mm, 3.7 at 60 mm, 1.4 at 120 mm; {axes}")
+    if getattr(result, "judge", None) == "builtin":
+        return (f"overall: the judge's own 0–10 score (this memory has no score calibration; `hmrcritic explore` "
+                f"fits one on labelled groups); {axes}")
+    return f"overall: the judge's own 0–10 score; {axes}"
 
 
 def critique_groups(

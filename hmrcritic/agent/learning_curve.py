@@ -605,7 +605,7 @@ def learning_curve(
             if event == "group":
                 what = p.get("error") or p.get("skipped") or f"ρ = {p['spearman']:+.3f}"
                 say(f"  [{p['index'] + 1}/{p['total']}] {p['group_id']}: {what}")
-            elif event == "calibrate" and p["index"] in (1, p["total"]):
+            elif event == "calibrate" and at_a_tenth(p["index"], p["total"]):
                 say(f"  calibrating scores: {p['index']}/{p['total']} held-out {split} groups")  # not always train
 
         if not rows:
@@ -670,6 +670,13 @@ def plot_curve(rows: Sequence[dict], path: str | Path) -> Path:
     return path
 
 
+def at_a_tenth(i: int, n: int) -> bool:
+    """Whether progress ``i`` of ``n`` (1-based, one call per item) is worth a line: the first, and each tenth of
+    the way (the last included), as ``export`` and ``evaluate-critic`` say theirs. At most 11 lines however many
+    items: the score calibration said only "1/32" and then "32/32", minutes apart, with no sign of life between."""
+    return i == 1 or 10 * i // max(n, 1) > 10 * (i - 1) // max(n, 1)
+
+
 def fmt_value(x: Any, spec: str) -> str:
     """``x`` formatted with ``spec``, or "—" in the width a number would take where there is none (None, NaN).
 
@@ -695,6 +702,10 @@ def format_rows(result: dict) -> str:
     lines.append(f"{'random pick':<15} {blank} {result['random_pa_mpjpe_mm']:>8.1f} {result['random_mpjpe_mm']:>10.1f}")
     lines.append(f"{'oracle':<15} {blank} {result['oracle_pa_mpjpe_mm']:>8.1f} {result['oracle_mpjpe_mm']:>10.1f}")
     lines += undefined_rho_notes(result["rows"])
+    # the columns named no units ("top1 PA 87.3" read as a score) nor what "r pts" is: said as evaluate-critic does
+    lines.append("ρ, τ: mean within-group rank correlation of overall with −error (PA-MPJPE unless named); r pts: "
+                 "point-wise Pearson r of overall with −PA-MPJPE over all hypotheses of all groups; top1 PA, top1 "
+                 "MPJPE: error of the top-ranked hypothesis in mm (random pick: of a random one; oracle: the best)")
     return "\n".join(lines)
 
 

@@ -822,6 +822,19 @@ def _connect_failure(exc: BaseException) -> str | None:
     return None
 
 
+def _base_url_source(url: str | None) -> str:
+    """Where the judge's base URL was set, to name in advice: the variable that holds it (as
+    :class:`JudgeSettings` reads them, HMRCRITIC_BASE_URL before OPENAI_BASE_URL), else the settings given in code."""
+    import os
+
+    for name in ("HMRCRITIC_BASE_URL", "OPENAI_BASE_URL"):
+        if (value := (os.environ.get(name) or "").strip()) and value == url:
+            return name
+        if value:  # set and not this URL: the one below it was not read either
+            break
+    return "JudgeSettings(base_url=...)"
+
+
 def _too_long(message: str) -> bool:
     """Is this 400 (422) a context overflow? vLLM says "This model's maximum context length is ..." when it counts
     the text alone, and "The decoder prompt (length 8825) is longer than the maximum model length of 8192" once the
@@ -1382,6 +1395,13 @@ class VLMJudge:
                     tls = any(w in words.lower() for w in ("ssl", "certificate", "tls"))
                     unusable = ("the TLS handshake fails (an https address for a plain http server, or a certificate "
                                 "not trusted)" if tls else "nothing answers there")
+                    if self.settings.base_url:
+                        # what to change, as for every other unusable endpoint: "Connection refused" alone (after
+                        # the retries) left the user to guess that no server runs at the address, or which setting
+                        # holds it
+                        ask = ("an https address for a plain http server, or a certificate not trusted?" if tls else
+                               "is a server running there?")
+                        reason += f": {ask} Else correct the address ({_base_url_source(self.settings.base_url)})"
             except openai.APIStatusError as exc:  # 401, 403, 404...: retrying will not help
                 if exc.status_code in (408, 409):  # a proxy's request timeout, a lock timeout: the openai
                     # client retries these itself, and its retries are off here (max_retries=0)

@@ -195,6 +195,10 @@ def load_inputs(cfg: ExportConfig) -> tuple[list[Any], str | None]:
         if not root.is_dir():
             raise InputError(f"--data {root}: not a folder")
         scenes = _load_data_dir(hdata, root)
+    # each shard against its manifest's sha256, as train-base and `data info` do: a shard replaced by another of
+    # the same size (another seed's, a copy gone wrong) was sampled and scored into the dataset without a word.
+    # Not wild's eval labels: an export never reads them (tests/test_finetune.py poisons them to show it)
+    hdata.verify_split_files(scenes.manifest, scenes.folder, labels=False)
     n = len(scenes) if cfg.limit is None else min(cfg.limit, len(scenes))
     return [strip_labels(scenes[i]) for i in range(n)], getattr(scenes, "name", cfg.split)
 
@@ -1065,11 +1069,17 @@ def _check_or_write_header(out: Path, header: D.DatasetHeader) -> None:
                              "critics; use another --out")
         if diff:
             # both values: the folder's alone ("num_generations=20") read as the setting this run was given
-            raise InputError(
-                f"{out} holds an export with different {', '.join(diff)} "
-                f"({'; '.join(f'{k}: {getattr(old, k)!r} there, {getattr(header, k)!r} now' for k in diff)}); "
-                "use another --out"
-            )
+            values = "; ".join(f"{k}: {getattr(old, k)!r} there, {getattr(header, k)!r} now" for k in diff)
+            records = D.read_manifest(out)
+            if not any(D.record_files_ok(out, r) for r in records):
+                # groups/ deleted (or every array damaged): the bare "different settings" read as a folder held by a
+                # healthy export and hid what is wrong. Its records stay: they are the old settings' work
+                raise InputError(
+                    f"{out} holds {len(records)} groups of an export with different {', '.join(diff)} ({values}), "
+                    f"and none of them has its arrays in {out / D.GROUPS} (deleted?): restore them, or use another "
+                    "--out (a re-run with the folder's settings samples its groups again)"
+                )
+            raise InputError(f"{out} holds an export with different {', '.join(diff)} ({values}); use another --out")
         header.counts = old.counts
     else:  # records without a header (it was deleted): only this export's own may be resumed, never mixed in
         for rec in D.read_manifest(out):

@@ -435,7 +435,7 @@ def _finetune(cfg: FinetuneConfig, progress: bool | Callable[[dict], None], held
         import sys
 
         print(f"note: the dataset's smallest group has {data.min_n} hypotheses; using G = {G} "
-              f"(asked for {cfg.num_generations})", file=sys.stderr)
+              f"({_generations_origin(cfg.num_generations)})", file=sys.stderr)
 
     torch.manual_seed(cfg.seed)
     base = _load_base(cfg)
@@ -614,6 +614,14 @@ def _mean_metrics(window: list[dict]) -> dict[str, float]:
 def _loss_text(loss: float | None) -> str:
     """The progress bar's loss: "–" until a step is logged (rather than "nan", which reads as a diverged run)."""
     return "–" if loss is None else f"{loss:.4f}"
+
+
+def _generations_origin(n: int) -> str:
+    """How the note on a smaller G names ``num_generations``: "default 20" where it is the default (``finetune``
+    without -n passes it), else "asked for 30". "asked for 20" on a command line without -n read as a setting the
+    user gave. (typer runs the command on its own copy of click, whose context says which options were typed only
+    through a private module: an explicit ``-n 20`` is called the default too, which it is.)"""
+    return f"default {n}" if n == FinetuneConfig.num_generations else f"asked for {n}"
 
 
 def _progress_bar(total: int, start: int, loss: float | None = None):

@@ -78,6 +78,25 @@ def note_new_memory(memory: Path | None, chroma_url: str | None = None) -> None:
                    "explored memory is the folder `hmrcritic explore --memory-dir DIR` wrote)", err=True)
 
 
+def note_unexplored_default_memory(memory: Path | None, chroma_url: str | None = None) -> None:
+    """Say on stderr when the default memory (``<home>/memory``, no ``--memory-dir``) was never explored.
+
+    It is the starter memory until ``hmrcritic explore`` runs: after ``make demo`` (which explores a memory of its
+    own under its --out) the README's next steps critiqued and exported with it, saying nothing. Called once the
+    inputs are read (a bad input's error stays the one line on stderr) — by ``export`` after its summary."""
+    from hmrcritic import config
+    from hmrcritic.memory.store import EXPLORE_FILES
+
+    if memory is not None or chroma_url or env_chroma_url():
+        return
+    default = config.memory_dir()
+    # explored_on.json / explore_progress.json: written by exploration (and by an import of an explored memory)
+    if not any((default / name).exists() for name in EXPLORE_FILES[:2]):
+        typer.echo(f"note: the memory at {default} was never explored (no explored rules, no score calibration): "
+                   "`hmrcritic explore` explores it, or give --memory-dir an explored one (the demo's is "
+                   "out/demo/memory)", err=True)
+
+
 def _check_out_dir(out: Path, holds: str = "scores.json and report.html") -> None:
     """Refuse an ``--out`` that cannot become a folder (for ``holds``) before anything runs (``sample``,
     ``train-base`` and ``demo`` too): :func:`hmrcritic.io.check_out_folder`."""
@@ -158,6 +177,7 @@ def register(app: typer.Typer) -> None:
         else:
             hyps = _hypotheses_from_model(sample, model, n, seed)
         group_id = group_id or content_group_id(sample, hyps)
+        note_unexplored_default_memory(memory)
 
         def show(node, update, seconds):
             if not as_json:
@@ -298,6 +318,9 @@ def _print_table(result) -> None:
     import sys
 
     Console(width=None if is_tty(sys.stdout) else 150).print(table)
+    from hmrcritic.agent.api import overall_scale_note
+
+    typer.echo(printable(overall_scale_note(result)))
     rounds = max(0, len(result.reflections) - 1)
     if rounds:
         typer.echo(f"self-reflection: {rounds} revision round(s)")

@@ -95,6 +95,10 @@ def _export_app() -> typer.Typer:
         # ASCII and strict (json_text): model_dump_json wrote a path's "é" as the character, \xe9 on a non-UTF-8
         # stdout, which is no JSON escape (see `critique --json`)
         print(json_text(summary.model_dump(mode="json")) if as_json else format_summary(summary))
+        if not no_memory and scorer is None:
+            from hmrcritic.commands.agent import note_unexplored_default_memory
+
+            note_unexplored_default_memory(memory, chroma_url)
         if summary.groups == 0 and summary.failures:
             # why, on stderr too: it was only inside the summary (with --json, the JSON's first_failure), so a
             # script saw exit 1 and an empty stderr
@@ -121,10 +125,16 @@ def _export_app() -> typer.Typer:
         if as_json:
             print(json_text(rep.model_dump(mode="json")))  # ASCII and strict, as export's summary
         else:
+            # pairs.jsonl is written when an export finishes: of one unfinished (interrupted, still running, stopped
+            # for its endpoint) "0 pairs" read as the DPO pairs missing, and a count is of an earlier run's file
+            pairs = f"{rep.pairs} pairs"
+            if _unfinished(path):
+                pairs = (f"{pairs} (of an earlier run; rewritten when the export finishes)" if rep.pairs else
+                         "pairs written when the export finishes")
             print(
                 f"{'OK' if rep.ok else 'INVALID'}: {rep.path}: {rep.groups} groups, "
                 f"{rep.hypotheses} hypotheses, "
-                f"{rep.pairs} pairs, zero-variance {100 * rep.zero_variance_share:.1f}%"
+                f"{pairs}, zero-variance {100 * rep.zero_variance_share:.1f}%"
             )
             for e in rep.errors:
                 print(f"  error: {e}")
@@ -135,6 +145,18 @@ def _export_app() -> typer.Typer:
                   + (f"; first: {rep.errors[0]}" if rep.errors else ""))
 
     return app
+
+
+def _unfinished(path: Path) -> bool:
+    """Is the export into ``path`` marked unfinished in its header? False when the header cannot be read (validate
+    reports that as an error of its own)."""
+    from hmrcritic.alignment.dataset import read_header
+    from hmrcritic.errors import AssetError
+
+    try:
+        return read_header(path).counts.get("finished") is False
+    except (AssetError, OSError):
+        return False
 
 
 def _bar_off_stdout(as_json: bool):

@@ -13,7 +13,13 @@ def register(app: typer.Typer) -> None:
         out: Path = typer.Option(Path("out/demo"), "--out", help="Output folder (reports, renders, memory)."),
         scenes: int = typer.Option(4, "--scenes", min=1, help="Held-out test scenes to run."),
         num_generations: int = typer.Option(16, "-n", "--num-generations", min=2, help="Hypotheses per scene."),
-        explore_rounds: int = typer.Option(2, "--explore-rounds", min=0, help="Exploration batches before scoring."),
+        # the calibration is fitted whatever the rounds (explore fits one where the memory has none): "0" read as
+        # the starter memory, which it is not
+        explore_rounds: int = typer.Option(
+            2, "--explore-rounds", min=0,
+            help="Exploration batches before scoring. The score calibration is fitted whatever the rounds (on the "
+                 "32 train groups after the explored ones): 0 learns no rules but still calibrates, so it is not the "
+                 "starter memory."),
         explore_batch: int = typer.Option(6, "--explore-batch", min=1, help="Labelled train groups per batch."),
         seed: int = typer.Option(0, "--seed", min=0, max=2**32 - 1,
                                  help="Sampling seed (exploration groups; scene i is sampled with seed + i)."),
@@ -40,10 +46,10 @@ def register(app: typer.Typer) -> None:
             raise InputError(f"demo: --out {out} would put the demo's memory at {config.memory_dir()}, the memory "
                              "the other commands use, which the demo's fresh start would wipe; give another "
                              "folder (e.g. --out out/demo)")
-        from hmrcritic.commands.agent import _check_out_dir
+        from hmrcritic.io import check_out_folder
 
         # a file as --out failed making the folder only after the test split had been generated (first use)
-        _check_out_dir(out, "the demo's reports, renders and memory")
+        check_out_folder(out, "the demo's reports, renders and memory")
         # the test split may be smaller than --scenes (``data generate --split test --n 3``, a split size scale):
         # said now, not as an IndexError after the exploration and the first scenes have run
         available = len(load_split("test"))

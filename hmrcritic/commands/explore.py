@@ -1,4 +1,4 @@
-"""``hmrcritic explore | explore-eval | learning-curve``: reflective knowledge construction (PAPER.md §3)."""
+"""``hmrcritic explore | explore-eval | learning-curve``: reflective knowledge construction (docs/PAPER.md §3)."""
 
 from __future__ import annotations
 
@@ -81,7 +81,11 @@ def explore_line(event: str, p: dict) -> str | None:
         todo = next(r for r in range(rounds) if r not in have) + 1 if rounds is not None else None
         return (f"resuming: round(s) {_rounds_text(done)} were done by an earlier run of this memory"
                 + (f"; continuing with round {todo} of {rounds}" if todo else ""))
-    if event == "calibrate" and p["index"] in (1, p["total"]):
+    if event == "calibrate":
+        from hmrcritic.agent.learning_curve import at_a_tenth
+
+        if not at_a_tenth(p["index"], p["total"]):
+            return None
         return f"  calibrating scores: {p['index']}/{p['total']} held-out groups"
     if event == "calibrated":
         from hmrcritic.commands.memory import describe_calibration

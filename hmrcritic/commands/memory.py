@@ -111,7 +111,7 @@ def rules(
     include_retired: bool = typer.Option(False, "--all", help="Also list retired rules (at the end)."),
     memory_dir: Path = _DIR, chroma_url: str = _URL, as_json: bool = _JSON,
 ) -> None:
-    """Rules sorted by retrieval score Ψ (PAPER.md §2) with their success rates."""
+    """Rules sorted by retrieval score Ψ (docs/PAPER.md §2) with their success rates."""
     import math
 
     from hmrcritic.memory.starter_rules import TAG_VOCABULARY, normalise_tags

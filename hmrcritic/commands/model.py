@@ -102,11 +102,11 @@ def register(app: typer.Typer) -> None:
 
             check_ship_dest()
         out = out or runs_dir() / f"train-base-seed{seed}"
-        from hmrcritic.commands.agent import _check_out_dir
+        from hmrcritic.io import check_out_folder
 
         # --out is the run folder: a file there (a model.pt, taken for where the checkpoint goes) failed only at the
         # folder's making, as "File exists", after "training base model -> FILE" had been printed as if it had begun
-        _check_out_dir(out, "the run (state.pt, log.jsonl, model.pt)")
+        check_out_folder(out, "the run (state.pt, log.jsonl, model.pt)")
         print(
             f"training base model -> {out} ({cfg.steps} steps, batch {cfg.batch_size}, seed {seed})",
             flush=True,
@@ -181,11 +181,11 @@ def register(app: typer.Typer) -> None:
 
         check_sampling_args(num_generations, steps, eta, guidance)
         device = check_device(device)  # None: HMRCRITIC_DEVICE, else cpu
-        from hmrcritic.commands.agent import _check_out_dir
+        from hmrcritic.io import check_out_folder
 
         # a file as --out failed only at the folder's making, after the scene's split had been generated (minutes
         # on a fresh home) and the model loaded, as "File exists: out"
-        _check_out_dir(out, "hypotheses.npz and the renders")
+        check_out_folder(out, "hypotheses.npz and the renders")
         if scene and (image or keypoints):
             raise InputError("give either --scene or --image/--keypoints, not both")
         if scene:

