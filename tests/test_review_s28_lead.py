@@ -27,7 +27,7 @@ def test_regenerating_a_split_whose_folder_is_a_link_regenerates_it_where_the_li
     assert len(load_split("test", root=home_data)) == 3
 
 
-def test_the_table_scores_json_and_report_say_what_scale_overall_is_on(tmp_path, capsys):
+def test_the_table_scores_json_and_report_say_what_scale_overall_is_on(tmp_path, capsys, monkeypatch):
     """Once exploration has fitted a score calibration, the builtin judge puts overall on the true-error scale while
     the axes stay its own scores: a 10 / 10 / 9.6 hypothesis at overall 2.5, and every overall falling from ~8 to
     ~2.5 after ``explore``, with nothing in the table, scores.json or the report saying why."""
@@ -39,7 +39,7 @@ def test_the_table_scores_json_and_report_say_what_scale_overall_is_on(tmp_path,
     args = ["critique", "--scene", "test:0", "-n", "4", "--no-render", "--memory-dir", str(mem), "--fresh"]
     assert main([*args, "--out", str(tmp_path / "raw")]) == 0
     out = capsys.readouterr().out
-    assert "overall: the judge's own 0–10 score (this memory has no score calibration" in out
+    assert "overall: the judge's own 0–10 score, no score calibration applied — exploring a memory fits one" in out
     raw = json.loads((tmp_path / "raw" / "scores.json").read_text())
     assert raw["score_calibration"] is None
 
@@ -48,14 +48,26 @@ def test_the_table_scores_json_and_report_say_what_scale_overall_is_on(tmp_path,
                                                pearson_before=0.2, pearson_after=0.3))
     assert main([*args, "--out", str(tmp_path / "cal")]) == 0
     out = capsys.readouterr().out
-    assert "overall: on the true-error scale by this memory's score calibration (fitted on 32 labelled groups)" in out
+    assert "overall: on the true-error scale by the memory's score calibration (fitted on 32 labelled groups)" in out
     cal = json.loads((tmp_path / "cal" / "scores.json").read_text())
     assert cal["score_calibration"]["slope"] == 1.5 and cal["score_calibration"]["judge"] == "builtin"
     assert cal["ranking"] == raw["ranking"]  # an increasing map: the same order, other numbers
     assert [s["overall"] for s in cal["scores"]] != [s["overall"] for s in raw["scores"]]
     assert [s["motion_structure"] for s in cal["scores"]] == [s["motion_structure"] for s in raw["scores"]]
     report = (tmp_path / "cal" / "report.html").read_text()
-    assert "true-error scale by this memory" in report
+    assert "true-error scale by the memory" in report
+
+    # said of the critique, not of the memory: a calibration switched off is not "a memory without one"
+    monkeypatch.setenv("HMRCRITIC_USE_CALIBRATION", "0")
+    assert main([*args, "--out", str(tmp_path / "off")]) == 0
+    assert "overall: the judge's own 0–10 score, no score calibration applied" in capsys.readouterr().out
+    assert json.loads((tmp_path / "off" / "scores.json").read_text())["score_calibration"] is None
+    # a scores.json from before the field says nothing about the scale rather than something false
+    from hmrcritic.agent.report import write_report
+
+    del cal["score_calibration"]
+    write_report(cal, tmp_path / "old")
+    assert "overall:" not in (tmp_path / "old" / "report.html").read_text()
 
 
 def test_the_default_memory_says_when_it_was_never_explored(tmp_path, monkeypatch, capsys):
@@ -77,6 +89,11 @@ def test_the_default_memory_says_when_it_was_never_explored(tmp_path, monkeypatc
     assert "never explored" in err.splitlines()[-1] and "never explored" not in out
 
     # what exploration leaves in the memory folder (its record of the splits it explored on) silences it
+    monkeypatch.setenv("HMRCRITIC_USE_MEMORY", "0")  # no memory read: nothing to say about it
+    assert main([*critique, "--out", str(tmp_path / "c4")]) == 0
+    assert "never explored" not in capsys.readouterr().err
+    monkeypatch.delenv("HMRCRITIC_USE_MEMORY")
+
     record = '{"splits": {"train": {"group_ids": []}}}'
     (tmp_path / "default-memory" / "explored_on.json").write_text(record, encoding="utf-8")
     assert main([*critique, "--out", str(tmp_path / "c3")]) == 0
@@ -105,3 +122,27 @@ def test_a_split_rewritten_at_the_same_inode_under_a_reader_is_said_regenerated(
         assert (folder / name).stat().st_ino == inode
     with pytest.raises(AssetError, match="was regenerated while this command was reading it"):
         scenes[3]
+
+
+def test_a_reader_is_not_stopped_by_a_touched_manifest_and_export_needs_no_images(tmp_path):
+    """The manifest's identity is its content: stat times (a ``touch``, a sync tool, an NFS client's cached
+    attributes) stopped a reader as if the split had been regenerated. Export checks the shards' checksums only: a
+    split whose rendered images were removed still exports (the builtin judge draws no grid for it)."""
+    import os
+    import shutil
+
+    import pytest
+
+    from hmrcritic.errors import AssetError
+    from hmrcritic.hmr.data import SceneSet, generate_split, verify_split_files
+
+    folder = generate_split("test", tmp_path / "test", n=4, seed=1, shard_size=2, render_images=True, quiet=True)
+    scenes = SceneSet(folder)
+    scenes[0]
+    os.utime(folder / "manifest.json", ns=(1, 1))
+    assert scenes[3].keypoints.shape == (17, 3)  # read, not "regenerated while this command was reading it"
+
+    shutil.rmtree(folder / "images")
+    with pytest.raises(AssetError, match="images"):
+        verify_split_files(scenes.manifest, folder)
+    verify_split_files(scenes.manifest, folder, labels=False, images=False)  # export's check

@@ -898,27 +898,34 @@ def _scored(values: dict, cfg: AgentConfig, resumed: bool, run_id: str | None = 
         rules_applied=list(crit.get("rules_applied", [])), rules_recalled=values.get("rules", []),
         prototypes_recalled=prototype_hits(values), evidence=values.get("evidence", {}),
         renders=values.get("renders", {}), memory_written=values.get("memory_written", {}), resumed=resumed,
-        # only the builtin judge applies one (a calibration imported for a VLM judge reaches it unused)
-        score_calibration=values.get("calibration") if (values.get("judge") or cfg.judge) == "builtin" else None,
+        # recall hands the judge the calibration fitted under its name; every judge but the VLM applies it (the
+        # builtin judge and its subclasses, which exploration calibrates); one imported for a VLM judge goes unused
+        score_calibration=values.get("calibration") if (values.get("judge") or cfg.judge) != "vlm" else None,
     )
 
 
 def overall_scale_note(result: ScoredGroup) -> str:
-    """One line saying what scale ``overall`` is on, for the tables and the report. Once exploration has fitted a
-    score calibration, the builtin judge maps overall onto the true-error scale (10·exp(−error / 60 mm)) while
-    the three axes stay its own 0–10 scores: a 10 / 10 / 9.6 hypothesis with overall 2.5 read as a contradiction,
-    and every overall dropping from ~8 to ~2.5 after ``explore`` read as the critic getting worse."""
+    """One line saying what scale ``overall`` is on, for the tables and the report ("" for a result that does not
+    say: a scores.json written before session 28). Once exploration has fitted a score calibration, the builtin judge
+    maps overall onto the true-error scale (10·exp(−error / 60 mm)) while the three axes stay its own 0–10 scores: a
+    10 / 10 / 9.6 hypothesis with overall 2.5 read as a contradiction, and every overall dropping from ~8 to ~2.5
+    after ``explore`` read as the critic getting worse. Said of this critique (what was applied), not of the memory
+    now: a calibration can be switched off (``use_calibration``, rules off) or fitted after the critique ran."""
+    if isinstance(result, BaseModel) and "score_calibration" not in result.model_fields_set:
+        return ""
     axes = "motion, physical, image: the judge's own 0–10 axis scores"
-    cal = getattr(result, "score_calibration", None)  # a result read back from an older scores.json has none
+    cal = getattr(result, "score_calibration", None)
     if isinstance(cal, dict) and cal:
         # the error is the one exploration settled on (--error-metric: PA-MPJPE unless chosen otherwise)
-        return (f"overall: on the true-error scale by this memory's score calibration (fitted on {cal.get('groups')} "
+        return (f"overall: on the true-error scale by the memory's score calibration (fitted on {cal.get('groups')} "
                 f"labelled groups), 10·exp(−error / 60 mm) with the error exploration learned from (PA-MPJPE by "
                 f"default): 10 at 0 mm, 3.7 at 60 mm, 1.4 at 120 mm; {axes}")
-    if getattr(result, "judge", None) == "builtin":
-        return (f"overall: the judge's own 0–10 score (this memory has no score calibration; `hmrcritic explore` "
-                f"fits one on labelled groups); {axes}")
-    return f"overall: the judge's own 0–10 score; {axes}"
+    # the builtin judge's summary says when labelled prototypes moved the group's level (judges.calibrate_level)
+    level = "level calibrated" in (getattr(result, "notes", "") or "")
+    return ("overall: the judge's own 0–10 score, no score calibration applied"
+            + (" (its level moved toward how similar past poses truly went)" if level else "")
+            + (" — exploring a memory fits one" if getattr(result, "judge", None) == "builtin" else "")
+            + f"; {axes}")
 
 
 def critique_groups(

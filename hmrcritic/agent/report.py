@@ -271,7 +271,7 @@ def render_html(result: ScoredGroup, image_path: str | None = None) -> str:
         "" if result.renders else "<p class='muted'>rendering was off for this run</p>",
         "<h2>Ranking</h2><table><tr><th>rank</th><th>hyp</th><th>overall</th>"
         + "".join(f"<th>{a.replace('_', ' ')}</th>" for a in AXES) + "<th class='l'>rationale</th></tr>",
-        *rows, "</table>", f"<p class='muted'>{_e(overall_scale_note(result))}</p>",
+        *rows, "</table>", f"<p class='muted'>{_e(note)}</p>" if (note := overall_scale_note(result)) else "",
     ]
     if result.evidence:
         names = list(result.evidence)

@@ -197,8 +197,9 @@ def load_inputs(cfg: ExportConfig) -> tuple[list[Any], str | None]:
         scenes = _load_data_dir(hdata, root)
     # each shard against its manifest's sha256, as train-base and `data info` do: a shard replaced by another of
     # the same size (another seed's, a copy gone wrong) was sampled and scored into the dataset without a word.
-    # Not wild's eval labels: an export never reads them (tests/test_finetune.py poisons them to show it)
-    hdata.verify_split_files(scenes.manifest, scenes.folder, labels=False)
+    # Not wild's eval labels (an export never reads them: tests/test_finetune.py poisons them to show it), nor the
+    # images' count, which export did not check before either (the builtin judge draws no grid for an export)
+    hdata.verify_split_files(scenes.manifest, scenes.folder, labels=False, images=False)
     n = len(scenes) if cfg.limit is None else min(cfg.limit, len(scenes))
     return [strip_labels(scenes[i]) for i in range(n)], getattr(scenes, "name", cfg.split)
 

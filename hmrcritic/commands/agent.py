@@ -177,7 +177,8 @@ def register(app: typer.Typer) -> None:
         else:
             hyps = _hypotheses_from_model(sample, model, n, seed)
         group_id = group_id or content_group_id(sample, hyps)
-        note_unexplored_default_memory(memory)
+        if cfg.use_memory:  # HMRCRITIC_USE_MEMORY=0: no memory is read, explored or not
+            note_unexplored_default_memory(memory)
 
         def show(node, update, seconds):
             if not as_json:
@@ -320,7 +321,8 @@ def _print_table(result) -> None:
     Console(width=None if is_tty(sys.stdout) else 150).print(table)
     from hmrcritic.agent.api import overall_scale_note
 
-    typer.echo(printable(overall_scale_note(result)))
+    if note := overall_scale_note(result):
+        typer.echo(printable(note))
     rounds = max(0, len(result.reflections) - 1)
     if rounds:
         typer.echo(f"self-reflection: {rounds} revision round(s)")

@@ -531,7 +531,12 @@ def generate_split(
         }
         atomic_write_json(stage / "manifest.json", manifest)
         old = _leftover_name("old", out)
-        with _split_lock(given):  # the lock load_split holds: beside the path the split is known by
+        import contextlib
+
+        with contextlib.ExitStack() as locks:
+            locks.enter_context(_split_lock(given))  # the lock load_split holds: beside the path the split is known by
+            if out != given:  # and beside the folder a link names, which other homes' links may name too
+                locks.enter_context(_split_lock(out))
             shutil.rmtree(old, ignore_errors=True)  # os.replace cannot move onto a non-empty folder
             if out.exists():
                 os.replace(out, old)
@@ -591,21 +596,23 @@ def _render_split(stage: Path, arrays: dict, ids: np.ndarray, body) -> None:
             Image.fromarray((m * 255).astype(np.uint8)).save(stage / "masks" / f"{ids[i]}.png")
 
 
-def _manifest_id(folder: Path) -> tuple[int, ...] | None:
-    """:func:`_file_id` of the split's manifest now (None when there is none): a regeneration swaps in a new
-    folder with a new manifest file, so a change says the split was replaced."""
+def _manifest_id(folder: Path) -> str | None:
+    """:func:`_content_id` of the split's manifest now (None when there is none): a regeneration swaps in a new
+    folder with a new manifest (its shards' checksums, its timings), so a change says the split was replaced."""
     try:
-        st = os.stat(folder / "manifest.json")
+        return _content_id((folder / "manifest.json").read_bytes())
     except OSError:
         return None
-    return _file_id(st)
 
 
-def _file_id(st: os.stat_result) -> tuple[int, ...]:
-    """``(device, inode, mtime_ns, size)``: the inode alone is not the file — a file system hands a deleted file's
-    inode to the next one made, so a split regenerated twice under a reader could show its manifest at the first
-    one's inode again (seen under a parallel test run), and the reader went on with another generation's shards."""
-    return st.st_dev, st.st_ino, st.st_mtime_ns, st.st_size
+def _content_id(raw: bytes) -> str:
+    """The manifest's identity is its content. Its ``(device, inode)`` was: a file system hands a deleted file's
+    inode to the next one made, so a split regenerated twice under a reader showed its manifest at the first one's
+    inode again (seen under a parallel test run) and the reader went on with another generation's shards; stat
+    times would stop a reader at a ``touch`` or differ between an NFS client's cached and fresh attributes."""
+    import hashlib
+
+    return hashlib.sha256(raw).hexdigest()
 
 
 def _manifest(folder: Path) -> dict | None:
@@ -613,12 +620,12 @@ def _manifest(folder: Path) -> dict | None:
     return _manifest_and_id(folder)[0]
 
 
-def _manifest_and_id(folder: Path) -> tuple[dict | None, tuple[int, ...] | None]:
-    """The split's manifest and the :func:`_manifest_id` of the very file read (``(None, None)``: none there)."""
+def _manifest_and_id(folder: Path) -> tuple[dict | None, str | None]:
+    """The split's manifest and the :func:`_manifest_id` of the very bytes read (``(None, None)``: none there)."""
     try:
         with open(folder / "manifest.json", "rb") as fh:
-            st = os.fstat(fh.fileno())
-            m = json.loads(fh.read().decode("utf-8"))
+            raw = fh.read()
+        m = json.loads(raw.decode("utf-8"))
     except FileNotFoundError:
         return None, None
     except (OSError, ValueError, RecursionError) as exc:  # ValueError: bad JSON or bytes that are not UTF-8;
@@ -629,7 +636,7 @@ def _manifest_and_id(folder: Path) -> tuple[dict | None, tuple[int, ...] | None]
     if not isinstance(m, dict):
         raise AssetError(f"{folder / 'manifest.json'}: not a split manifest (a JSON object expected); regenerate "
                          f"the split (delete {folder})")
-    return m, _file_id(st)
+    return m, _content_id(raw)
 
 
 # what Sample needs from every shard (labels are optional there: wild keeps them in labels_eval.npz)
@@ -694,12 +701,13 @@ def _split_file(folder: Path, name, manifest: dict) -> Path:
     return path
 
 
-def verify_split_files(manifest: dict, folder, labels: bool = True) -> None:
+def verify_split_files(manifest: dict, folder, labels: bool = True, images: bool = True) -> None:
     """Each shard (and wild's labels file) against the sha256 its manifest recorded: a file truncated, damaged or
     replaced since generation is named, instead of counted and summarised (``data info``) or trained on
     (``train-base``) as if it were whole. Hashing is cheap next to reading: the 20,000-scene train split (21 MB)
-    hashes in ~20 ms. Entries without a sha256 are not checked. ``labels=False`` leaves wild's labels file out: a
-    reader that never opens it (export, which sends conditions only) has no reason to refuse a split for it."""
+    hashes in ~20 ms. Entries without a sha256 are not checked. ``labels=False`` / ``images=False`` leave wild's
+    labels file / the rendered images out: a reader that never opens them (export, which sends conditions only) has
+    no reason to refuse a split for them."""
     entries = list(manifest.get("shards") or [])
     if labels and isinstance(manifest.get("labels_eval"), dict):
         entries.append(manifest["labels_eval"])
@@ -714,7 +722,7 @@ def verify_split_files(manifest: dict, folder, labels: bool = True) -> None:
         else:
             continue
         raise AssetError(f"{path} {why}; regenerate the split: {_regenerate_command(manifest)}")
-    if manifest.get("images") and isinstance(manifest.get("n"), int):
+    if images and manifest.get("images") and isinstance(manifest.get("n"), int):
         # the images hold no sha256 in the manifest, but a deleted images folder went unsaid ("images: True"),
         # while every sample read afterwards quietly had no image to overlay or align against
         found = sum(1 for f in (Path(folder) / "images").glob("*.png")) if (Path(folder) / "images").is_dir() else 0
