@@ -326,18 +326,27 @@ def check_base_url(url: str | None) -> str | None:
 
 MAX_TIMEOUT_S = 7 * 24 * 3600.0  # the longest judge timeout (HMRCRITIC_VLM_TIMEOUT): a week
 
+BASE_URL_VARS = ("HMRCRITIC_BASE_URL", "OPENAI_BASE_URL")  # the first one set wins
+
+
+def base_url_from_env() -> tuple[str | None, str | None]:
+    """The judge endpoint's base URL from the environment and the variable it came from, ``(None, None)`` when
+    unset: the default of :class:`JudgeSettings` and, in the VLM judge's advice, the setting to correct."""
+    for name in BASE_URL_VARS:
+        # blank is unset and the spaces around it are no part of it, as for the key: ``HMRCRITIC_BASE_URL=" "`` hid
+        # OPENAI_BASE_URL, and one from a Windows env file (``…/v1\r``) passed the URL check and then failed every
+        # judge with an httpx traceback ("Invalid non-printable ASCII character in URL")
+        value = (os.environ.get(name) or "").strip()
+        if value:
+            return value, name
+    return None, None
+
 
 @dataclass
 class JudgeSettings:
     """Where the VLM judge lives. Works with OpenAI, vLLM (:8000), Ollama (:11434), LM Studio (:1234)."""
 
-    # blank is unset and the spaces around it are no part of it, as for the key: ``HMRCRITIC_BASE_URL=" "`` hid
-    # OPENAI_BASE_URL, and one from a Windows env file (``…/v1\r``) passed the URL check and then failed every
-    # judge with an httpx traceback ("Invalid non-printable ASCII character in URL")
-    base_url: str | None = field(
-        default_factory=lambda: (os.environ.get("HMRCRITIC_BASE_URL") or "").strip()
-        or (os.environ.get("OPENAI_BASE_URL") or "").strip() or None
-    )
+    base_url: str | None = field(default_factory=lambda: base_url_from_env()[0])
     # empty counts as unset, as for every other setting: ``HMRCRITIC_VLM_MODEL=`` sent the model name "" to the
     # endpoint, and doctor and the memory and dataset keys took "" for a critic of its own
     model: str = field(default_factory=lambda: (os.environ.get("HMRCRITIC_VLM_MODEL") or "").strip() or "gpt-4o-mini")

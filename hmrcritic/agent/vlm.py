@@ -823,16 +823,12 @@ def _connect_failure(exc: BaseException) -> str | None:
 
 
 def _base_url_source(url: str | None) -> str:
-    """Where the judge's base URL was set, to name in advice: the variable that holds it (as
-    :class:`JudgeSettings` reads them, HMRCRITIC_BASE_URL before OPENAI_BASE_URL), else the settings given in code."""
-    import os
+    """Where the judge's base URL was set, to name in advice: the variable that holds it
+    (:func:`hmrcritic.config.base_url_from_env`), else the settings given in code."""
+    from hmrcritic.config import base_url_from_env
 
-    for name in ("HMRCRITIC_BASE_URL", "OPENAI_BASE_URL"):
-        if (value := (os.environ.get(name) or "").strip()) and value == url:
-            return name
-        if value:  # set and not this URL: the one below it was not read either
-            break
-    return "JudgeSettings(base_url=...)"
+    value, name = base_url_from_env()
+    return name if name and value == url else "JudgeSettings(base_url=...)"
 
 
 def _too_long(message: str) -> bool:
