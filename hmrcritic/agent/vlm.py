@@ -1389,14 +1389,13 @@ class VLMJudge:
                     # a TLS handshake that fails is a ConnectError too: something answers, and the stop's line
                     # ("nothing answers there") sent the user to restart a server that was running
                     tls = any(w in words.lower() for w in ("ssl", "certificate", "tls"))
-                    unusable = ("the TLS handshake fails (an https address for a plain http server, or a certificate "
-                                "not trusted)" if tls else "nothing answers there")
+                    tls_cause = "an https address for a plain http server, or a certificate not trusted"
+                    unusable = f"the TLS handshake fails ({tls_cause})" if tls else "nothing answers there"
                     if self.settings.base_url:
                         # what to change, as for every other unusable endpoint: "Connection refused" alone (after
                         # the retries) left the user to guess that no server runs at the address, or which setting
                         # holds it
-                        ask = ("an https address for a plain http server, or a certificate not trusted?" if tls else
-                               "is a server running there?")
+                        ask = f"{tls_cause}?" if tls else "is a server running there?"
                         reason += f": {ask} Else correct the address ({_base_url_source(self.settings.base_url)})"
             except openai.APIStatusError as exc:  # 401, 403, 404...: retrying will not help
                 if exc.status_code in (408, 409):  # a proxy's request timeout, a lock timeout: the openai

@@ -97,14 +97,6 @@ def note_unexplored_default_memory(memory: Path | None, chroma_url: str | None =
                    "out/demo/memory)", err=True)
 
 
-def _check_out_dir(out: Path, holds: str = "scores.json and report.html") -> None:
-    """Refuse an ``--out`` that cannot become a folder (for ``holds``) before anything runs (``sample``,
-    ``train-base`` and ``demo`` too): :func:`hmrcritic.io.check_out_folder`."""
-    from hmrcritic.io import check_out_folder
-
-    check_out_folder(out, holds)
-
-
 def register(app: typer.Typer) -> None:
     @app.command("critique")
     def critique_cmd(
@@ -158,7 +150,9 @@ def register(app: typer.Typer) -> None:
             from hmrcritic.hmr.diffusion import check_sampling_args
 
             check_sampling_args(n, steps=1)  # critique has no --steps option: only the group size is checked
-        _check_out_dir(out)
+        from hmrcritic.io import check_out_folder
+
+        check_out_folder(out, "scores.json and report.html")  # before anything runs (sample, train-base, demo too)
         # a flag given beats the setting's HMRCRITIC_* variable; one not given leaves it to AgentConfig (fixed flag
         # defaults here overrode HMRCRITIC_JUDGE / _LEARN / _RENDER, which the config documents as the fallback)
         # --max-reflections through the constructor, with the other flags: checked against the field's bounds there.
