@@ -240,6 +240,14 @@ def main(argv: list[str] | None = None) -> int:
 _TERMINATED: list[int] = []
 
 
+class Terminated(KeyboardInterrupt):
+    """The KeyboardInterrupt that SIGTERM raises (:func:`_terminate_as_interrupt`): everything that handles Ctrl-C
+    handles it, and what records the interrupt can say which signal it was. A bare KeyboardInterrupt has no message:
+    a critique's trace read "error: KeyboardInterrupt: " for a run that a service manager stopped."""
+
+    signal_name = "SIGTERM"
+
+
 @contextlib.contextmanager
 def _terminate_as_interrupt():
     """SIGTERM (``timeout``, ``kill``, systemd, ``docker stop``, CI cancelling a job) stops a command as Ctrl-C does.
@@ -262,7 +270,7 @@ def _terminate_as_interrupt():
     def on_term(signum, frame):
         _TERMINATED.append(signum)
         signal.signal(signal.SIGTERM, signal.SIG_DFL)
-        raise KeyboardInterrupt
+        raise Terminated
 
     signal.signal(signal.SIGTERM, on_term)
     try:

@@ -23,11 +23,15 @@ def _ctx(judge: str = "builtin", scorer: str = E.DEFAULT_SCORER) -> E.WorkerCont
     return E.WorkerContext(None, 4, 2, judge, scorer, False, None, None, 1)
 
 
-def test_only_the_builtin_judge_through_the_default_scorer_is_told_not_to_render():
+def test_only_the_builtin_judge_through_the_default_scorer_is_told_not_to_render(monkeypatch):
     assert E.GroupWorker(_ctx())._agent_config()["render"] is False
-    # the VLM reads the grids; a scorer of the user's own may read them too: both keep HMRCRITIC_RENDER
-    assert "render" not in E.GroupWorker(_ctx(judge="vlm"))._agent_config()
-    assert "render" not in E.GroupWorker(_ctx(scorer="test_export:fake_score"))._agent_config()
+    # the VLM reads the grids; a scorer of the user's own may read them too: both keep HMRCRITIC_RENDER (resolved
+    # once by the export since session 29, and recorded in its header)
+    for flag, want in (("0", False), ("1", True)):
+        monkeypatch.setenv("HMRCRITIC_RENDER", flag)
+        assert E.GroupWorker(_ctx())._agent_config()["render"] is False
+        assert E.GroupWorker(_ctx(judge="vlm"))._agent_config()["render"] is want
+        assert E.GroupWorker(_ctx(scorer="test_export:fake_score"))._agent_config()["render"] is want
 
 
 def _dataset(root) -> tuple[list[dict], dict[str, bytes]]:

@@ -252,14 +252,36 @@ def _common_layouts(arrays: dict, where: str) -> dict:
         if p.ndim == 1:
             p = p[None]
         if p.ndim != 2 or p.shape[1] != 72:
-            raise InputError(f"{where}: poses has shape {p.shape}, expected (N, 72) SMPL axis-angle (24 joints × 3; "
-                             "SMPL-X / SMPL+H poses hold more joints — keep their first 24 as SMPL's)")
+            raise InputError(f"{where}: poses has shape {p.shape}, expected (N, 72) SMPL axis-angle (24 joints × 3)"
+                             + _other_body_poses(p))
         arrays["global_orient"], arrays["body_pose"] = p[:, :3], p[:, 3:]
     for key, joints in (("global_orient", 1), ("body_pose", 23)):
         a = arrays.get(key)
         if a is not None and np.ndim(a) == 3 and np.shape(a)[1:] == (joints, 3):
             arrays[key] = np.asarray(a).reshape(np.shape(a)[0], joints * 3)
     return arrays
+
+
+# SMPL-X's and SMPL+H's axis-angle poses (smplx.joint_names): joint count → the model and what follows its 22 body
+# joints. Their first 22 are SMPL's (pelvis … right_wrist); SMPL's last two (22, 23) are its hands.
+_OTHER_BODIES = {55: ("SMPL-X", "jaw, eyes and 30 finger joints"), 52: ("SMPL+H", "30 finger joints")}
+
+
+def _other_body_poses(p: np.ndarray) -> str:
+    """The hint after a refused ``poses``: how SMPL-X's (N, 165) and SMPL+H's (N, 156) become SMPL's 72 numbers.
+    It said "keep their first 24 as SMPL's", which read SMPL-X's jaw and eyes (joints 22–24; SMPL+H's 22+ are
+    fingers) as SMPL's left and right hand."""
+    joints = p.shape[1] // 3 if p.ndim == 2 and p.shape[1] % 3 == 0 else \
+        p.shape[1] if p.ndim == 3 and p.shape[2] == 3 else None
+    if joints not in _OTHER_BODIES:  # another layout: the two common ones named, nothing guessed about this one
+        return ("; from SMPL-X (N, 165) or SMPL+H (N, 156) poses keep their first 22 joints, SMPL's pelvis … "
+                "right_wrist (poses[:, :66]), and append 6 zeros for SMPL's two hand joints: their joints 22 on "
+                "are jaw, eyes and fingers")
+    name, rest = _OTHER_BODIES[joints]
+    keep = ("poses[:, :22] and append 2 zero rotations" if p.ndim == 3
+            else "poses[:, :66] (22 joints × 3) and append 6 zeros")
+    return (f"; {name} poses share SMPL's first 22 joints (pelvis … right_wrist), then hold {rest}, not SMPL's "
+            f"two hand joints: keep {keep} for SMPL's hands (held flat)")
 
 
 def _ten_betas(betas: np.ndarray, where: str) -> np.ndarray:
@@ -904,6 +926,16 @@ def _scored(values: dict, cfg: AgentConfig, resumed: bool, run_id: str | None = 
     )
 
 
+def error_metric_name(metric: str) -> str:
+    """How a line names an ``explore --error-metric``: "PA-MPJPE", …, or the mix with its weights."""
+    from hmrcritic.agent.explore import MIX_WEIGHTS
+
+    names = {"pa_mpjpe": "PA-MPJPE", "mpjpe": "MPJPE", "pve": "PVE"}
+    if metric == "mix":
+        return "the mix " + " + ".join(f"{w:g}·{names[k]}" for k, w in MIX_WEIGHTS.items())
+    return names.get(metric, metric)
+
+
 def overall_scale_note(result: ScoredGroup) -> str:
     """One line saying what scale ``overall`` is on, for the tables and the report ("" for a result that does not
     say: a scores.json written before session 28). Once exploration has fitted a score calibration, the builtin judge
@@ -916,10 +948,12 @@ def overall_scale_note(result: ScoredGroup) -> str:
     axes = "motion, physical, image: the judge's own 0–10 axis scores"
     cal = getattr(result, "score_calibration", None)
     if isinstance(cal, dict) and cal:
-        # the error is the one exploration settled on (--error-metric: PA-MPJPE unless chosen otherwise)
+        # the error exploration learned from (--error-metric); a calibration fitted before it was recorded is
+        # PA-MPJPE's, as every calibration then was
+        metric = error_metric_name(str(cal.get("error_metric") or "pa_mpjpe"))
         return (f"overall: on the true-error scale by the memory's score calibration (fitted on {cal.get('groups')} "
-                f"labelled groups), 10·exp(−error / 60 mm) with the error exploration learned from (PA-MPJPE by "
-                f"default): 10 at 0 mm, 3.7 at 60 mm, 1.4 at 120 mm; {axes}")
+                f"labelled groups), 10·exp(−error / 60 mm) with error = {metric}, the error exploration learned "
+                f"from: 10 at 0 mm, 3.7 at 60 mm, 1.4 at 120 mm; {axes}")
     # the builtin judge's summary says when labelled prototypes moved the group's level (judges.calibrate_level)
     level = "level calibrated" in (getattr(result, "notes", "") or "")
     return ("overall: the judge's own 0–10 score, no score calibration applied"

@@ -38,7 +38,8 @@ MIN_SCORE = 1e-3  # log of a zero score is clipped here
 
 
 def fit_calibration(scores: Sequence[Any], errors: Sequence[Any], *, judge: str = "builtin", split: str = "",
-                    first_group: str = "", rules_fingerprint: str = "") -> ScoreCalibration:
+                    first_group: str = "", rules_fingerprint: str = "",
+                    error_metric: str = "pa_mpjpe") -> ScoreCalibration:
     """Least-squares ``log settled_overall(error) ≈ intercept + slope · log score`` over all hypotheses of all
     groups (None entries, groups the critic failed on, are skipped).
 
@@ -75,21 +76,27 @@ def fit_calibration(scores: Sequence[Any], errors: Sequence[Any], *, judge: str 
     intercept = float(y.mean() - slope * x.mean())
     cal = ScoreCalibration(judge=judge, slope=slope, intercept=intercept, groups=len(pairs), hypotheses=len(x),
                            split=split, first_group=first_group, pearson_before=pooled_pearson([s], [e]),
-                           pearson_after=0.0, rules_fingerprint=rules_fingerprint)
+                           pearson_after=0.0, rules_fingerprint=rules_fingerprint, error_metric=error_metric)
     cal.pearson_after = pooled_pearson([np.exp(cal.apply(x))], [e])
     return cal
 
 
 def calibrate_memory(memory: Any, groups: Sequence[Any], *, judge: Any = "builtin",
-                     agent_config: dict | None = None, split: str = "",
+                     agent_config: dict | None = None, split: str = "", error_metric: str = "pa_mpjpe",
                      progress: Callable[[int, int], None] | None = None) -> ScoreCalibration:
     """Score labelled ``groups`` with ``memory``'s rules (prototypes, and any old calibration, off), fit the
     map and store it in the memory. Returns it.
 
     The groups should be ones the memory did not learn from (exploration uses the next groups of its split);
-    ``progress(i, n)`` is called per group."""
+    ``progress(i, n)`` is called per group. ``error_metric`` is the error exploration learned from
+    (``explore --error-metric``): fitted on PA-MPJPE whatever the metric, a memory explored on MPJPE scored
+    ``overall`` on the PA-MPJPE scale while its rules and prototypes followed MPJPE, and the critique's note said
+    "the error exploration learned from"."""
+    from hmrcritic.agent.explore import exploration_error
+
     if not groups:
         raise InputError("score calibration: no labelled groups given")
+    errors = [exploration_error(g, error_metric) for g in groups]  # PA-MPJPE: the groups' own errors_mm
     name = judge_name(judge)
     cfg = {**(agent_config or {}), "judge": name, "use_prototypes": False, "use_calibration": False,
            "learn": False}
@@ -104,7 +111,7 @@ def calibrate_memory(memory: Any, groups: Sequence[Any], *, judge: Any = "builti
     # the first group the fit used: a first group whose critique failed is skipped by the fit, and naming it had
     # ``memory stats`` say the calibration was fitted from a group it never saw
     first = next((g.group_id for g, s in zip(groups, scores, strict=True) if s is not None), groups[0].group_id)
-    cal = fit_calibration(scores, [g.errors_mm for g in groups], judge=name, split=split,
-                          first_group=first, rules_fingerprint=memory.rules_fingerprint())
+    cal = fit_calibration(scores, errors, judge=name, split=split, first_group=first,
+                          rules_fingerprint=memory.rules_fingerprint(), error_metric=error_metric)
     memory.set_calibration(cal)
     return cal

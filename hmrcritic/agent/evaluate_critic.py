@@ -190,6 +190,11 @@ def evaluate_critic(
     make_judge(judge)
     AgentConfig.model_validate({"max_reflections": max_reflections, "rules_k": rules_k})
     name = judge_name(judge)
+    from hmrcritic.agent.groups import reads_images, verify_split
+
+    # the held-out split's shards against their manifest, as train-base and export check theirs (the exploration
+    # checks the warm-up split); scored without rendering, so its images only matter to a judge that sends them
+    verify_split(split, images=reads_images(judge))
     eval_groups, used = make_groups(split, num_groups, num_generations, seed=seed, source=source)
     # keyed by the source actually used ("auto" resolves to the model or, without one, perturbed ground
     # truth): a memory explored from one source is never reused for the other
@@ -257,8 +262,11 @@ def evaluate_critic(
                         raise InputError(f"evaluate-critic: another evaluation with these settings is exploring "
                                          f"its memory now ({memory_path}); run this one when it has finished: it "
                                          "then reuses that explored memory and only scores") from None
+                    # ucb_c: the one the variants score with (HMRCRITIC_UCB_C, in the key): explore's own 1.0
+                    # explored at C = 1 a memory then scored at the variable's C
                     summary = explore(mem, split=warmup_split, rounds=rounds, batch_size=batch_size, tau=tau,
-                                      judge=judge, rules_k=rules_k, num_generations=num_generations,
+                                      judge=judge, rules_k=rules_k, ucb_c=AgentConfig().ucb_c,
+                                      num_generations=num_generations,
                                       limit=warmup_groups, seed=seed + 1, source=used,
                                       max_reflections=max_reflections, progress=on_event)
                     stopped = summary.stopped

@@ -546,9 +546,10 @@ def explore(
     ``memory``: a writable MemoryStore or a folder (None → the configured memory). ``groups``: explicit
     :class:`~hmrcritic.agent.groups.LabelledGroup` objects instead of drawing them from ``split`` (their
     ``split`` is still the name recorded in ``explored_on.json``). ``progress(event, payload)`` is called with
-    ``"group"``, ``"rule_added"``, ``"rule_rejected"``, ``"round"``, ``"resumed"``, ``"calibrate"`` and
-    ``"calibrated"`` events. Calling again with more ``rounds`` continues where the last call stopped (same
-    split/batch size/seed/source).
+    ``"group"``, ``"rule_added"``, ``"rule_rejected"``, ``"round"`` (the :class:`RoundReport` and
+    ``prototypes_in_memory``, the memory's count after it), ``"resumed"``, ``"calibrate"``, ``"calibrated"`` and
+    ``"note"`` (``{"step", "text"}``: a slow first-use step about to run, such as the pose prior's fit) events.
+    Calling again with more ``rounds`` continues where the last call stopped (same split/batch size/seed/source).
 
     ``limit`` caps the run's groups in total, counted from its first (``start``), not this call's: a later call
     with the same ``limit`` explores nothing more ("limit of 10 groups reached"), one with a larger limit goes on
@@ -625,6 +626,10 @@ def explore(
                 # one uninterrupted run (the fit at the end of this call is what calibrates)
                 "use_calibration": False,
             })
+            if groups is None:  # the split's shards against their manifest, once (not per batch); see verify_split
+                from hmrcritic.agent.groups import reads_images, verify_split
+
+                verify_split(split, images=reads_images(judge_obj, cfg.render))
             custom = (None if groups is None
                       else hashlib.sha1(",".join(g.group_id for g in groups).encode()).hexdigest()[:10])
             settings = _settings(split, batch_size, seed, source, num_generations, error_metric, start, custom)
@@ -682,6 +687,7 @@ def explore(
                 # the limit cut the round short and the split goes on: not done, a later call explores the rest
                 cut = (n_here < want and len(batch) == n_here
                        and start + lo + n_here < (len(groups) if groups is not None else _split_size(split)))
+                _note_prior_fit(emit)
                 report = _run_batch(memory, app, saver, judge_obj, is_builtin, cfg, batch, r, sig, split, tau,
                                     error_metric, history, emit, max_new_rules=max_new_rules, min_gain=min_gain,
                                     retire_min_uses=retire_min_uses, retire_min_rate=retire_min_rate,
@@ -692,7 +698,9 @@ def explore(
                                                 **({"partial": True} if cut else {})},
                                     part=part)
                 summary.rounds.append(report)
-                emit("round", asdict(report))
+                # the report counts the prototypes this round stored; the memory's total beside it, counted (an
+                # import or a starter memory holds others): "13 prototypes" read as the total `memory stats` shows
+                emit("round", {**asdict(report), "prototypes_in_memory": memory.prototypes.count()})
             if resolved_source == "auto" and groups is None:  # nothing drawn in this call: what the run drew
                 resolved_source = explored_record(memory)["splits"].get(split, {}).get("source", "auto")
                 summary.source = resolved_source
@@ -746,6 +754,8 @@ def _maybe_calibrate(memory, summary: ExploreSummary, judge_obj, cfg, groups, sp
     rounds_total = int(prog.get("rounds_total", 0))
     fresh = (current is not None and current.judge == name
              and current.rules_fingerprint == memory.rules_fingerprint()
+             # fitted before the calibration followed --error-metric: PA-MPJPE whatever the memory explored on
+             and current.error_metric == summary.error_metric
              # None: fitted before the state was kept (or not by explore)
              and fitted.get("rules_state") in (None, state)
              # a round explored since the fit moves the calibration groups even where it left the rules alone
@@ -781,8 +791,10 @@ def _maybe_calibrate(memory, summary: ExploreSummary, judge_obj, cfg, groups, sp
     # must not leave its groups open to evaluation
     _add_explored(memory, split, [g.group_id for g in cal_groups], {}, key="calibration_group_ids")
     agent = cfg.model_dump(exclude={"memory_dir", "chroma_url"})
+    _note_prior_fit(emit)
     try:
         cal = calibrate_memory(memory, cal_groups, judge=judge_obj, agent_config=agent, split=split,
+                               error_metric=summary.error_metric,
                                progress=lambda i, total: emit("calibrate", {"index": i, "total": total}))
     except InputError as exc:
         summary.calibration_note = f"score calibration not refitted: {exc}{kept}"
@@ -797,6 +809,19 @@ def _maybe_calibrate(memory, summary: ExploreSummary, judge_obj, cfg, groups, sp
                                     "unexplored groups after the explored ones); with few groups the fit is noisy")
     emit("calibrated", {"calibration": summary.calibration,
                         **({"note": summary.calibration_note} if summary.calibration_note else {})})
+
+
+def _note_prior_fit(emit) -> None:
+    """A ``"note"`` event ahead of the pose prior's first fit, which the next critique would start without a word:
+    on a fresh home up to 10–14 s of silence (two busy cores) after the split's "(first use)" line and its
+    generation, before the first group's line
+    (:func:`hmrcritic.agent.prior.pose_prior_ready`). Nothing once it is loaded, so once per process."""
+    from hmrcritic import config
+    from hmrcritic.agent.prior import pose_prior_ready
+
+    if not pose_prior_ready():
+        emit("note", {"step": "pose_prior", "text": f"fitting the pose prior on the train split's poses into "
+                      f"{config.cache_dir() / 'pose_prior'} (first use)"})
 
 
 def _split_size(split: str) -> int:

@@ -126,6 +126,39 @@ def _split(split):
     return split
 
 
+def verify_split(split, images: bool) -> None:
+    """Check split ``split``'s shards (when it is a split's name) against their manifest's sha256 before its groups
+    are made, as ``train-base``, ``data info`` and ``export`` do (:func:`hmrcritic.hmr.data.verify_split_files`):
+    a shard truncated or replaced since generation (another generation's copied in) that still unpacks with the
+    rows listed was explored, calibrated on or scored without a word. Once per command, not per batch (hashing the
+    train split takes ~20 ms). Not wild's eval labels (a group needs the labels in the shards: wild is refused);
+    ``images``: whether the critique reads the split's images (a VLM judge sends them, a rendering one draws on
+    them; the builtin judge without rendering opens none). Given scenes (a list, a ``SceneSet``) are the
+    caller's. A split not generated yet (or out of date) is not made here: the groups' own read generates it
+    whole, and raises whatever else keeps it from being read."""
+    if not isinstance(split, str):
+        return
+    from hmrcritic.hmr.data import load_split, verify_split_files
+
+    try:
+        scenes = load_split(split, generate=False, quiet=True)
+    except AssetError:
+        return
+    manifest, folder = getattr(scenes, "manifest", None), getattr(scenes, "folder", None)
+    if isinstance(manifest, dict) and folder is not None:
+        verify_split_files(manifest, folder, labels=False, images=images)
+
+
+def reads_images(judge: Any, render: Any = None) -> bool:
+    """Whether critiques by ``judge`` (a name or a judge) read a sample's image: with rendering on (``render``
+    truthy), or a judge that is not the builtin one (the VLM judge sends the image whatever ``render`` says)."""
+    from hmrcritic.agent.judges import BuiltinJudge
+
+    if isinstance(judge, str):  # by its name: a VLM judge is not built a second time (the callers make theirs)
+        return bool(render) or judge.strip().lower() != "builtin"
+    return bool(render) or not isinstance(judge, BuiltinJudge)
+
+
 def _check_args(num_groups: int, num_generations: int, seed: int, start: int, batch: int = 1) -> None:
     """Refuse what would crash deep inside (``default_rng`` takes no negative seed, 0 hypotheses cannot be
     reshaped) or silently draw the wrong scenes (a negative ``start`` indexed from the end of the split, naming

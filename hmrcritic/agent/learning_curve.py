@@ -547,6 +547,10 @@ def learning_curve(
             raise InputError(f"learning-curve: the memory at {mem.location} has been explored already"
                              + (f" (a finished curve is in {out / CURVE_FILE})" if done else "")
                              + f"; give a fresh --memory-dir (or {cli_hint('reset --yes', mem.path, mem.chroma_url)})")
+        if heldout is None:  # its shards against the manifest (each round's exploration checks the train split)
+            from hmrcritic.agent.groups import reads_images, verify_split
+
+            verify_split(heldout_split, images=reads_images(judge))  # scored without rendering (score_groups)
         held = _heldout(heldout, heldout_split, heldout_groups, num_generations, seed, 0, source)
         if not held:  # a split without groups: every round a row of NaN
             raise InputError(f"learning-curve: no held-out groups to score in split {heldout_split!r}")
@@ -610,11 +614,18 @@ def learning_curve(
 
         if not rows:
             evaluate(0)
+        from hmrcritic.agent.state import AgentConfig
+
+        scoring = AgentConfig()
         where = split if train_groups is None else "the given groups"
         for r in range(rows[-1]["round"] + 1, rounds + 1):
             say(f"round {r}/{rounds}: exploring {batch_size} groups of {where}")
+            # rules_k and ucb_c as the rounds are scored (the HMRCRITIC_* variables the resume check records), not
+            # explore's own 16 and 1.0: a curve under HMRCRITIC_RULES_K=4 explored with 16 rules and scored with 4
             explore(mem, split=split, rounds=r, batch_size=batch_size, judge=judge, num_generations=num_generations,
-                    seed=seed, source=source, groups=train_groups, **{"progress": on_explore, **(explore_kwargs or {})})
+                    seed=seed, source=source, groups=train_groups,
+                    **{"progress": on_explore, "rules_k": scoring.rules_k, "ucb_c": scoring.ucb_c,
+                       **(explore_kwargs or {})})
             evaluate(r)
         result = {"rows": rows, "num_groups": len(held),
                   "heldout_split": heldout_split if heldout is None else "custom", "batch_size": batch_size,
@@ -670,11 +681,22 @@ def plot_curve(rows: Sequence[dict], path: str | Path) -> Path:
     return path
 
 
-def at_a_tenth(i: int, n: int) -> bool:
-    """Whether progress ``i`` of ``n`` (1-based, one call per item) is worth a line: the first, and each tenth of
-    the way (the last included), as ``export`` and ``evaluate-critic`` say theirs. At most 11 lines however many
-    items: the score calibration said only "1/32" and then "32/32", minutes apart, with no sign of life between."""
-    return i == 1 or 10 * i // max(n, 1) > 10 * (i - 1) // max(n, 1)
+def at_a_tenth(i: int, n: int, last: int | None = None) -> bool:
+    """Whether progress ``i`` of ``n`` is worth a line: the first, and each tenth of the way (the last included).
+    ``last``: the progress of the previous call (default ``i - 1``: one call per item; a caller told of batches
+    passes the last ``i`` it was told). At most 11 lines however many items: the score calibration said only
+    "1/32" and then "32/32", minutes apart, with no sign of life between.
+
+    The one rule of every plain progress line — the commands' :func:`hmrcritic.commands.progress_at_tenths`
+    (export, evaluate, evaluate-critic) and the calibration lines of explore and learning-curve — kept here, in
+    the agent, which the commands may import and not the other way round: two copies had drifted (export said
+    no first line, evaluate-critic a line every 10th item: 20 per stage of a 200-group warm-up)."""
+    prev = i - 1 if last is None else last
+
+    def tenth(k: int) -> int:
+        return 10 if k >= n else 10 * k // max(n, 1)
+
+    return prev < 1 <= i or tenth(i) > tenth(prev)
 
 
 def fmt_value(x: Any, spec: str) -> str:

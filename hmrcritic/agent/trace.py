@@ -120,6 +120,28 @@ def _copy_tree(obj: Any) -> Any:
     return obj
 
 
+def run_error_text(exc: BaseException) -> str:
+    """How a trace records the exception that ended a run: "<type>: <message>". An interrupt has no message of
+    its own: recorded as "KeyboardInterrupt: " (shown as "error: KeyboardInterrupt: "), a run stopped by Ctrl-C or
+    SIGTERM read as one that crashed on an empty error. It says what stopped the run now, SIGTERM where the
+    command line turned it into the interrupt (``cli.Terminated`` carries ``signal_name``)."""
+    if isinstance(exc, KeyboardInterrupt):
+        return f"KeyboardInterrupt: interrupted ({getattr(exc, 'signal_name', None) or 'Ctrl-C'})"
+    return f"{type(exc).__name__}: {exc}"
+
+
+def _shown_error(text: str) -> str:
+    """A trace's error record as ``trace`` (and ``--mermaid``) shows it: "error: …", and an interrupt as what it
+    was, not as an error — also one recorded before :func:`run_error_text` said which ("KeyboardInterrupt: ")."""
+    interrupt = _INTERRUPT.fullmatch(text)
+    if interrupt:
+        return interrupt.group(1) or "interrupted (Ctrl-C or SIGTERM)"
+    return "error: " + text
+
+
+_INTERRUPT = re.compile(r"KeyboardInterrupt:?\s*(interrupted \([\w-]+\))?\s*")
+
+
 class TraceWriter:
     """Appends a run's events to ``traces_dir()/<run_id>.jsonl`` as they happen.
 
@@ -208,7 +230,7 @@ class TraceWriter:
         "disk is full" with its way out read as "Permission denied: traces/<run>.jsonl" — and the trace file's
         lock was never let go (a later prune kept the file as "in use")."""
         try:
-            self._write({"event": "error", "error": _cut(scrub(f"{type(exc).__name__}: {exc}"), ERROR_CHARS)})
+            self._write({"event": "error", "error": _cut(scrub(run_error_text(exc)), ERROR_CHARS)})
             if self._held is not None:
                 self._flush()
         except OSError as failed:
@@ -437,7 +459,7 @@ def format_trace(records: list[dict]) -> str:
         elif r["event"] == "error":
             # a multi-line error (a validation error lists one field a line) stays indented under its run: its
             # later lines started at column 0, like the heading of another run
-            lines.append("  error: " + str(r["error"]).replace("\r\n", "\n").replace("\n", "\n         "))
+            lines.append("  " + _shown_error(str(r["error"])).replace("\r\n", "\n").replace("\n", "\n         "))
         elif r["event"] == "finish":
             lines.append(f"  finish  {float(r['seconds']) * 1000:.1f} ms total, {r['rounds']} revision round(s)")
     if records[-1]["event"] not in ("error", "finish"):
@@ -476,7 +498,7 @@ def trace_mermaid(records: list[dict]) -> str:
             lines += [f'    {name}["{_mermaid_text(label)}"]', f"    {prev} --> {name}"]
             prev = name
         elif r.get("event") == "error":
-            lines += [f'    run_error["{_mermaid_text(_cut("error: " + str(r.get("error", "")), 160))}"]:::error',
+            lines += [f'    run_error["{_mermaid_text(_cut(_shown_error(str(r.get("error", ""))), 160))}"]:::error',
                       f"    {prev} --> run_error"]
             prev = "run_error"
         elif r.get("event") == "finish":

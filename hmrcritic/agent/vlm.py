@@ -35,6 +35,7 @@ import email.utils
 import json
 import logging
 import math
+import os
 import random
 import re
 import threading
@@ -805,6 +806,10 @@ class GroupTooLargeError(EndpointUnusableError):
     endpoint_unusable = False
 
 
+OPENAI_API = "https://api.openai.com/v1"  # the openai client's default base URL
+# where the openai client finds a base URL of its own when given none (in this order)
+_CLIENT_URL_VARS = ("OPENAI_API_BASE", "LANGSMITH_GATEWAY", "OPENAI_BASE_URL")
+
 # error codes of a 400 that judged one group's content (a smaller or other group passes): no endpoint failure
 _FILTERED = ("content_filter", "content_policy_violation", "invalid_prompt")
 
@@ -829,6 +834,13 @@ def _base_url_source(url: str | None) -> str:
 
     value, name = base_url_from_env()
     return name if name and value == url else "JudgeSettings(base_url=...)"
+
+
+def _clip(text: str | None, most: int) -> str:
+    """``text`` of at most ``most`` characters, its middle left out where longer: an address keeps its host and
+    the path asked (``/chat/completions``), and the advice said after it stays within the 300-character line."""
+    text = text or ""
+    return text if len(text) <= most else f"{text[:most - 20]}...{text[-17:]}"
 
 
 def _too_long(message: str) -> bool:
@@ -1111,9 +1123,16 @@ class VLMJudge:
 
         Returns ``{"ok", "base_url", "model", "models", "error"}``; never raises, never shows the key.
         """
+        import openai
+
         out = {"ok": False, "base_url": redact_url(self.settings.base_url), "model": self.settings.model, "models": []}
         try:
             out["models"] = sorted(m.id for m in self._llm.root_client.models.list())
+        except openai.APIConnectionError as exc:  # the client's own words are "Connection error." and no more:
+            # where, why (refused, no such host) and what to change, as a critique says them
+            reason, advice, _ = self._unreachable(exc)
+            out["error"] = self._scrub(reason, advice)
+            return out
         except Exception as exc:  # noqa: BLE001 - reported, not raised
             out["error"] = self._describe(exc)
             return out
@@ -1180,14 +1199,55 @@ class VLMJudge:
         past ~1,024 attempts (a large HMRCRITIC_VLM_RETRIES), failing the group with a bare OverflowError."""
         return min(self.backoff_max_s, self.backoff_base_s * 2 ** min(attempt - 1, 60)) * random.uniform(0.5, 1.0)
 
-    def _scrub(self, text: str) -> str:
+    def _scrub(self, text: str, advice: str = "") -> str:
         """One line, bounded, with the key (and anything else secret-looking, see :mod:`hmrcritic.redact`)
         removed, and printable: an endpoint's error body is untrusted text that ends up on a terminal (the CLI's
         error line, retry warnings, ``doctor``, ``trace``), and its escape sequences (``ESC]0;…BEL`` retitling
         the window, ``ESC[2J`` clearing it, a bidi override reversing what follows) passed through, as
-        ``split()`` only takes whitespace out."""
-        text = printable(" ".join(self._unsecret(text).split()))
-        return text if len(text) <= 300 else text[:297] + "..."
+        ``split()`` only takes whitespace out. ``advice`` (what to change) follows ``text`` and is kept whole: the
+        cut takes ``text``'s end (an address, a server's words) instead; behind a long base URL the cut took the
+        advice, and the line named no setting."""
+        text, advice = (printable(" ".join(self._unsecret(part).split())) for part in (text, advice))
+        room = max(3, 300 - len(advice))
+        return (text if len(text) <= room else text[:room - 3] + "...") + advice
+
+    def _address(self) -> str:
+        """The address the judge's client calls, without credentials: the base URL, else the one the openai
+        client chose itself, "the OpenAI API" for its default."""
+        if self.settings.base_url:
+            return redact_url(self.settings.base_url) or ""
+        called = str(getattr(getattr(self._llm, "root_client", None), "base_url", OPENAI_API)).rstrip("/")
+        return "the OpenAI API" if called == OPENAI_API else redact_url(called) or called
+
+    def _unreachable(self, exc: BaseException) -> tuple[str, str, str]:
+        """``(reason, advice, unusable)`` for an ``APIConnectionError``; ``unusable`` is "" for a connection
+        dropped mid-answer (transient), else what is wrong with the endpoint (see :func:`_connect_failure`)."""
+        reason = f"cannot connect to {_clip(self._address(), 80)}"  # the transport's words follow
+        if (words := _connect_failure(exc)) is None:
+            return reason, "", ""
+        # a TLS handshake that fails is a ConnectError too: something answers, and the stop's line
+        # ("nothing answers there") sent the user to restart a server that was running
+        tls = any(w in words.lower() for w in ("ssl", "certificate", "tls"))
+        tls_cause = "an https address for a plain http server, or a certificate not trusted"
+        unusable = f"the TLS handshake fails ({tls_cause})" if tls else "nothing answers there"
+        if self.settings.base_url:
+            # what to change, as for every other unusable endpoint: "Connection refused" alone (after the
+            # retries) left the user to guess that no server runs at the address, or which setting holds it
+            ask = f"{tls_cause}?" if tls else "is a server running there?"
+            return (f"{reason} ({words})", f": {ask} Else correct the address "
+                    f"({_base_url_source(self.settings.base_url)})", unusable)
+        # no base URL: OpenAI's API, or an address the openai client took from the environment itself
+        # (langchain's OPENAI_API_BASE, LANGSMITH_GATEWAY). "cannot connect to the default OpenAI endpoint" had no
+        # advice, on an offline machine or with a local server meant, and named OpenAI for such an address too
+        local = "for a local server (vLLM, Ollama) set HMRCRITIC_BASE_URL"
+        if self._address() == "the OpenAI API":
+            online = "" if tls else " (is this machine online?)"
+            return (f"{reason} ({words})", f": no base URL is set, so the judge called OpenAI's API{online}; "
+                    f"{local}", unusable)
+        names = ", ".join(n for n in _CLIENT_URL_VARS
+                          if (os.environ.get(n) or "").strip().lower() not in ("", "0", "false", "no"))
+        return (f"{reason} ({words})", f": no base URL is set, so the openai client took this address from "
+                f"{names or 'its environment'}; correct it, or {local}", unusable)
 
     def _unsecret(self, text: str) -> str:
         """``text`` with the key masked, whole: before any cut, so that no part of a key is left to show."""
@@ -1221,12 +1281,14 @@ class VLMJudge:
         """Where a 404/405 came from, first (the message is cut at 300 characters): the URL asked, or the
         redirect that led there. A base URL without ``/v1`` (Ollama's ``http://host:11434``) or one that
         redirects (http to https: the client follows a 301 with a GET) was reported as a bare "HTTP 404" or
-        "HTTP 405" that named no address."""
+        "HTTP 405" that named no address. A long URL loses its middle here: whole, it pushed the advice after it
+        past the cut."""
         response = getattr(exc, "response", None)
-        url = redact_url(str(getattr(getattr(response, "request", None), "url", "") or "?"))
+        url = _clip(redact_url(str(getattr(getattr(response, "request", None), "url", "") or "?")), 80)
         history = getattr(response, "history", None) or []
         if history:
-            start = redact_url(str(history[0].request.url))
+            start = _clip(redact_url(str(history[0].request.url)), 50)
+            url = _clip(url, 50)
             as_get = ", which a redirected POST reaches as a GET" if history[0].status_code in (301, 302, 303) else ""
             return f"{start} redirected to {url}{as_get}: set HMRCRITIC_BASE_URL to the address it redirects to; "
         return (f"at {url} (OpenAI-compatible servers answer under /v1, e.g. http://localhost:11434/v1 for "
@@ -1306,6 +1368,7 @@ class VLMJudge:
             mode = self._mode
             wait_hint: float | None = None
             fatal = False
+            advice = ""  # what to change, said after ``reason`` and kept whole when the line is cut (_scrub)
             unusable = ""  # what is wrong with the endpoint itself, when that is why this attempt failed
             too_large = False  # ... for this group's size only: a smaller one may pass
             try:
@@ -1383,20 +1446,7 @@ class VLMJudge:
                     reason = f"server error ({self._describe(exc)})"
                     wait_hint = _retry_after_s(exc)  # a 503 (loading, overloaded) says when to come back
             except openai.APIConnectionError as exc:
-                reason = f"cannot connect to {redact_url(self.settings.base_url) or 'the default OpenAI endpoint'}"
-                if (words := _connect_failure(exc)) is not None:  # refused, no such host: not a dropped answer
-                    reason += f" ({words})"
-                    # a TLS handshake that fails is a ConnectError too: something answers, and the stop's line
-                    # ("nothing answers there") sent the user to restart a server that was running
-                    tls = any(w in words.lower() for w in ("ssl", "certificate", "tls"))
-                    tls_cause = "an https address for a plain http server, or a certificate not trusted"
-                    unusable = f"the TLS handshake fails ({tls_cause})" if tls else "nothing answers there"
-                    if self.settings.base_url:
-                        # what to change, as for every other unusable endpoint: "Connection refused" alone (after
-                        # the retries) left the user to guess that no server runs at the address, or which setting
-                        # holds it
-                        ask = f"{tls_cause}?" if tls else "is a server running there?"
-                        reason += f": {ask} Else correct the address ({_base_url_source(self.settings.base_url)})"
+                reason, advice, unusable = self._unreachable(exc)
             except openai.APIStatusError as exc:  # 401, 403, 404...: retrying will not help
                 if exc.status_code in (408, 409):  # a proxy's request timeout, a lock timeout: the openai
                     # client retries these itself, and its retries are off here (max_retries=0)
@@ -1437,14 +1487,14 @@ class VLMJudge:
                 group_id,
                 attempt,
                 attempts,
-                self._scrub(reason),
+                self._scrub(reason, advice),
                 delay,
             )
             time.sleep(delay)
         # Raised here, outside any except block, so no provider exception is chained to it.
         tries = f"after {attempt} attempt{'s' if attempt != 1 else ''}"
-        message = self._scrub(f"VLM judge failed for group {group_id} {tries}: {reason}")
+        message = self._scrub(f"VLM judge failed for group {group_id} {tries}: {reason}", advice)
         if unusable:  # of the last attempt: one refused connection amid timeouts is no dead endpoint
             cls = GroupTooLargeError if too_large else EndpointUnusableError
-            raise cls(message, redact_url(self.settings.base_url) or "the OpenAI API", unusable)
+            raise cls(message, self._address(), unusable)
         raise JudgeError(message)

@@ -153,6 +153,8 @@ class DatasetHeader(BaseModel):
     sample_steps: int
     seed: int
     x_dim: int | None = None
+    # the agent settings the groups were scored with (export.agent_settings); None: written before they were recorded
+    agent_settings: dict[str, Any] | None = None
     counts: dict[str, Any] = Field(default_factory=dict)
 
 
@@ -528,15 +530,20 @@ def validate_dataset(root: str | Path, max_errors: int = 50) -> ValidationReport
         # an export stopped before its first group leaves only its header: say so, and that re-running it completes
         # it (the bare "missing" read as a folder broken beyond repair)
         # (with no group written, a re-run takes the folder over whatever changed: the plain advice holds)
-        unfinished = ["the last export into this folder did not finish (interrupted or still running) before its first "
-                      "group; re-run the same export command to complete it"] \
-            if header.counts.get("finished") is False else []
+        unfinished = header.counts.get("finished") is False
+        notes = ["the last export into this folder did not finish (interrupted or still running) before its first "
+                 "group: nothing written yet; re-run the same export command to continue"] if unfinished else []
         # an export whose VLM endpoint could not be used from its first group stops with no group written: what
         # failed (and what was never tried) is in failures.jsonl, and "interrupted or still running" alone hid it
         failed = open_failures(root, ())
         if failed:
-            unfinished.append(_failed_warning(root, failed))
-        return ValidationReport(path=str(root), ok=False, errors=[f"{path}: missing"], warnings=unfinished)
+            notes.append(_failed_warning(root, failed))
+        # unfinished, it reads as the export interrupted after some groups does (a warning to re-run), not as a
+        # broken folder; it still fails (exit 1), as a finished export that wrote no group does: validate passes a
+        # folder finetune can train on, and finetune refuses this one. Finished, the missing manifest lost its groups
+        error = (f"{path}: missing: the export has not written its first group yet, so there is nothing to "
+                 "finetune on" if unfinished else f"{path}: missing")
+        return ValidationReport(path=str(root), ok=False, errors=[error], warnings=notes)
     seen: dict[str, tuple[int, str | None]] = {}  # group id → (its first line, its record's checksum)
     records: list[GroupRecord] = []
     stopped = False

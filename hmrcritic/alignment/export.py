@@ -45,7 +45,7 @@ from typing import Any
 
 import numpy as np
 import torch
-from pydantic import BaseModel, Field
+from pydantic import BaseModel, Field, ValidationError
 
 from hmrcritic.agent.api import UNUSABLE_IN_A_ROW, unusable_endpoint  # one rule for every batch path
 from hmrcritic.agent.schema import HypothesisScore
@@ -230,6 +230,9 @@ class WorkerContext:
     chroma_url: str | None
     threads: int
     model_hash: str | None = None  # what the export's header names: a worker loading other weights refuses
+    # the agent's settings, resolved once by the export (see agent_settings): a worker's own environment (another
+    # process, a Ray node) must not score with other reflections, rules_k or switches than the header records
+    agent_settings: dict | None = None
 
 
 def _import(spec: str) -> Callable:
@@ -343,23 +346,12 @@ class GroupWorker:
         }
 
     def _agent_config(self) -> dict:
-        """Agent settings (``AgentConfig`` fields): scoring only, never learning, on the frozen memory.
-
-        The builtin judge through the default scorer renders nothing (as exploration does): it never reads the
-        overlay and side grids, and :func:`~hmrcritic.agent.api.forget_group` deletes them with the run folder
-        once the scores are in the dataset. With ``HMRCRITIC_RENDER`` unset (on) every group drew two grids for
-        nothing: 5 groups of 16 took 5.5-5.7 s serially, 3.1 s without (``benchmarks/bench_export.py``), with the
-        same scores (the evidence does not depend on rendering)."""
-        out = {
-            "judge": self.ctx.judge,
-            "learn": False,
-            "memory_dir": self.ctx.memory,
-            "chroma_url": self.ctx.chroma_url,
-            "use_memory": self.ctx.use_memory,
-        }
-        if self.ctx.judge == "builtin" and self.ctx.score_group == DEFAULT_SCORER:
-            out["render"] = False  # a scorer of the user's own may read the renders: it keeps the setting
-        return out
+        """Agent settings (``AgentConfig`` fields): the export's resolved ones (:func:`agent_settings`) on the
+        frozen memory, scoring only."""
+        settings = self.ctx.agent_settings
+        if settings is None:  # a context made by a caller of its own: resolved here, as the export would
+            settings = agent_settings(self.ctx.judge, self.ctx.score_group, self.ctx.use_memory)
+        return {**settings, "memory_dir": self.ctx.memory, "chroma_url": self.ctx.chroma_url}
 
     def _sample(self, sample, group_seed: int):
         from hmrcritic.hmr.diffusion import condition_from_keypoints
@@ -867,6 +859,7 @@ def export(
         sample_steps=cfg.sample_steps,
         seed=cfg.seed,
         x_dim=x_dim,
+        agent_settings=agent_settings(cfg.judge, cfg.score_group, cfg.use_memory),
     )
     if cfg.ray_address:  # Ray missing or nothing at the address: one line now, before anything is written
         _ray_preflight(cfg.ray_address)
@@ -910,6 +903,7 @@ def export(
             cfg.chroma_url,
             cfg.threads_per_worker,
             mhash,
+            header.agent_settings,
         )
         if cfg.ray_address:
             executor, results = (
@@ -1029,6 +1023,34 @@ def _remove_temp_files(out: Path) -> None:
             tmp.unlink()
 
 
+def agent_settings(judge: str, score_group: str, use_memory: bool) -> dict:
+    """The agent settings (``AgentConfig`` fields but the memory's place) every group of an export is scored with:
+    its flags (judge, memory on/off), never learning, and the ``HMRCRITIC_*`` agent variables of the process that
+    starts the export (reflections, rules_k, prototypes_k, ucb_c, the use_* switches, proto weight and level).
+
+    Recorded in the header, so a resume under other variables is refused: ``HMRCRITIC_MAX_REFLECTIONS=0`` on the
+    first run and unset on the resume gave one dataset of groups scored two ways, and ``export validate`` said OK.
+
+    The builtin judge through the default scorer renders nothing (as exploration does): it never reads the
+    overlay and side grids, and :func:`~hmrcritic.agent.api.forget_group` deletes them with the run folder
+    once the scores are in the dataset. With ``HMRCRITIC_RENDER`` unset (on) every group drew two grids for
+    nothing: 5 groups of 16 took 5.5-5.7 s serially, 3.1 s without (``benchmarks/bench_export.py``), with the
+    same scores (the evidence does not depend on rendering)."""
+    from hmrcritic.agent.state import AgentConfig
+
+    fixed: dict[str, Any] = {"judge": judge, "learn": False, "use_memory": use_memory}
+    if judge == "builtin" and score_group == DEFAULT_SCORER:
+        fixed["render"] = False  # a scorer of the user's own may read the renders: it keeps the setting
+    try:
+        resolved = AgentConfig(**fixed, memory_dir=None, chroma_url=None)
+    except ValidationError as exc:  # a value of a variable out of range: one line naming it, before any sampling
+        err = exc.errors()[0]
+        name = str(err["loc"][0]) if err["loc"] else "?"
+        raise InputError(f"HMRCRITIC_{name.upper()}={err.get('input')!r}: {err['msg'].lower()}") from None
+    # learning settings are not recorded: an export never learns, so they change no score
+    return resolved.model_dump(exclude={"memory_dir", "chroma_url", "settle_with_labels", "success_tau"})
+
+
 def _judge_model(judge: str) -> str | None:
     """Which VLM scores the groups (model @ endpoint, no credentials): resuming an export with another
     HMRCRITIC_VLM_MODEL would mix two critics' scores in one dataset under one judge name. The string is
@@ -1037,6 +1059,19 @@ def _judge_model(judge: str) -> str | None:
     from hmrcritic.agent.evaluate_critic import judge_identity
 
     return judge_identity(judge) or None
+
+
+_FROM_FLAGS = {"judge", "learn", "use_memory"}  # agent settings an export takes from its flags, not the variables
+
+
+def _setting_change(key: str, there: Any, now: Any) -> str:
+    """"key: X there, Y now" for a header field that differs; for the agent settings only the ones that differ,
+    with the variable that sets each (the two whole dicts made one unreadable line)."""
+    if key == "agent_settings" and isinstance(there, dict) and isinstance(now, dict):
+        return "; ".join(f"agent setting {k}{'' if k in _FROM_FLAGS else f' (HMRCRITIC_{k.upper()})'}: "
+                         f"{there.get(k)!r} there, {now.get(k)!r} now"
+                         for k in sorted(there.keys() | now.keys()) if there.get(k) != now.get(k))
+    return f"{key}: {there!r} there, {now!r} now"
 
 
 def _check_or_write_header(out: Path, header: D.DatasetHeader) -> None:
@@ -1054,8 +1089,11 @@ def _check_or_write_header(out: Path, header: D.DatasetHeader) -> None:
             "sample_steps",
             "seed",
             "x_dim",
+            "agent_settings",
         )
-        diff = [k for k in keys if getattr(old, k) != getattr(header, k)]
+        # an export made before the agent's settings were recorded (None) resumes under any: they are unknown
+        diff = [k for k in keys if getattr(old, k) != getattr(header, k)
+                and not (k == "agent_settings" and old.agent_settings is None)]
         unknown_vlm = old.judge == header.judge == "vlm" and old.judge_model is None and header.judge_model is not None
         if (diff or unknown_vlm) and not D.read_manifest(out):
             # no group was written under the old settings (stopped with Ctrl-C at once, every group failed): nothing
@@ -1070,7 +1108,7 @@ def _check_or_write_header(out: Path, header: D.DatasetHeader) -> None:
                              "critics; use another --out")
         if diff:
             # both values: the folder's alone ("num_generations=20") read as the setting this run was given
-            values = "; ".join(f"{k}: {getattr(old, k)!r} there, {getattr(header, k)!r} now" for k in diff)
+            values = "; ".join(_setting_change(k, getattr(old, k), getattr(header, k)) for k in diff)
             records = D.read_manifest(out)
             if not any(D.record_files_ok(out, r) for r in records):
                 # groups/ deleted (or every array damaged): the bare "different settings" read as a folder held by a

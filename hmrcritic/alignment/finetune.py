@@ -489,6 +489,11 @@ def _finetune(cfg: FinetuneConfig, progress: bool | Callable[[dict], None], held
             print(f"note: {cfg.state_path} is already at step {start} of --steps {cfg.steps}: nothing left to "
                   f"train; writing {out} from it (a larger --steps trains on)", file=sys.stderr)
         else:
+            if start:
+                # a re-run to the same --out (a larger --steps, or the same command after a kill) continued the old
+                # run with only the progress bar starting part-way to show it: read as a fresh run of --steps steps
+                print(f"note: resuming from step {start} of {cfg.state_path} (to --steps {cfg.steps}; delete it "
+                      "or pass --no-resume to start over)", file=sys.stderr)
             bar = _progress_bar(cfg.steps, start, last.get("loss"))
     callback = progress if callable(progress) else None
     t0, timed = time.time(), 0  # steps run by this process in the open window (restored ones were not timed)

@@ -41,17 +41,20 @@ def expand_user_paths(app) -> None:
 
 def progress_at_tenths(line: str):
     """A ``(done, total)`` progress callback for a log or CI (no terminal): ``line`` (formatted with ``done`` and
-    ``total``) on stderr at each tenth of the way and at the end — ``\r`` updates piled up there as one line of
-    carriage returns, and a bar drawn nowhere showed no sign of life until its end."""
+    ``total``) on stderr at the first call, each tenth of the way and the end — ``\r`` updates piled up there as
+    one line of carriage returns, and a bar drawn nowhere showed no sign of life until its end. The rule is
+    :func:`hmrcritic.agent.learning_curve.at_a_tenth`, the one the agent's calibration lines follow; ``done`` may
+    jump (a batch at a time)."""
     import sys
 
-    said = [0]
+    from hmrcritic.agent.learning_curve import at_a_tenth
+
+    last = [0]
 
     def show(done: int, total: int) -> None:
-        tenth = 10 if done >= total else 10 * done // max(total, 1)
-        if tenth > said[0]:
-            said[0] = tenth
+        if at_a_tenth(done, total, last[0]):
             print(line.format(done=done, total=total), file=sys.stderr, flush=True)
+        last[0] = max(last[0], done)
 
     return show
 

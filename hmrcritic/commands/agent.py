@@ -10,7 +10,7 @@ from pathlib import Path
 
 import typer
 
-from hmrcritic.commands import is_tty, json_text, say_failed_groups, scene_from_spec
+from hmrcritic.commands import is_tty, json_text, progress_at_tenths, say_failed_groups, scene_from_spec
 from hmrcritic.config import env_chroma_url
 from hmrcritic.errors import InputError
 from hmrcritic.io import as_text
@@ -102,11 +102,15 @@ def register(app: typer.Typer) -> None:
     def critique_cmd(
         image: Path = typer.Option(None, "--image", help="Input image (with --keypoints)."),
         keypoints: Path = typer.Option(None, "--keypoints", help="Keypoint JSON in pixels: COCO-17 (list, COCO "
-                                                                 "results/annotations), OpenPose BODY_25, MMPose, "
-                                                                 "Halpe-26 or COCO-WholeBody."),
+                                                                 "results/annotations), OpenPose BODY_25 or COCO-18, "
+                                                                 "MMPose, AlphaPose (its COCO, Halpe-26 or OpenPose "
+                                                                 "output), Halpe-26 or COCO-WholeBody-133."),
         scene: str = typer.Option(None, "--scene", help="A synthetic scene instead of an image: SPLIT:INDEX."),
-        hypotheses: Path = typer.Option(None, "--hypotheses", help="Hypotheses .npz (global_orient, body_pose, "
-                                                                   "betas, transl with a leading N)."),
+        hypotheses: Path = typer.Option(None, "--hypotheses", help="Hypotheses .npz: global_orient, body_pose, "
+                                                                   "betas, transl with a leading N (as `sample` "
+                                                                   "writes), or poses (N,72) / (N,24,3), per-joint "
+                                                                   "(N,23,3) rotations, one betas/transl row shared "
+                                                                   "by all N."),
         model: str = typer.Option(None, "--model", help="Diffusion checkpoint to sample hypotheses from "
                                                         "(default: the shipped base model)."),
         n: int = typer.Option(16, "-n", "--num-generations",
@@ -260,9 +264,16 @@ def register(app: typer.Typer) -> None:
         """
         from hmrcritic.agent.evaluate_critic import evaluate_critic, format_table
 
+        # a line at each stage's first item and each tenth of it, as export and evaluate say theirs: a line every
+        # 10th item gave a 200-group warm-up 20 lines per stage, and a stage under 10 items none until its end.
+        # On stderr with --json too (stdout is the JSON alone): an hour-long --json run in CI showed no sign of life
+        stages: dict = {}
+
         def progress(stage, i, n):
-            if not as_json and (i == n or i % 10 == 0):
-                typer.echo(f"  {stage}: {i}/{n}", err=True)
+            if stage not in stages:  # (braces in a split's name are not format fields)
+                stages[stage] = progress_at_tenths("  " + stage.replace("{", "{{").replace("}", "}}")
+                                                   + ": {done}/{total}")
+            stages[stage](i, n)
 
         with _stdout_to_stderr(as_json):  # library chatter (e.g. split generation) must not break the JSON
             payload = evaluate_critic(split=split, num_groups=num_groups, num_generations=num_generations,

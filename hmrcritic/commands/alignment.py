@@ -121,7 +121,12 @@ def _export_app() -> typer.Typer:
         if not (path / "dataset.json").is_file():
             raise InputError(f"{path}: not a group preference dataset (no dataset.json; `hmrcritic export` "
                              "writes one)")
+        from hmrcritic.alignment.dataset import MANIFEST
+
         rep = validate_dataset(path)
+        # an export stopped (or still running) before its first group: "INVALID" read as a folder broken beyond
+        # repair, where one stopped a group later is OK with a warning; it fails all the same (nothing to train on)
+        empty = not rep.ok and _unfinished(path) and not (path / MANIFEST).exists()
         if as_json:
             print(json_text(rep.model_dump(mode="json")))  # ASCII and strict, as export's summary
         else:
@@ -132,7 +137,7 @@ def _export_app() -> typer.Typer:
                 pairs = (f"{pairs} (of an earlier run; rewritten when the export finishes)" if rep.pairs else
                          "pairs written when the export finishes")
             print(
-                f"{'OK' if rep.ok else 'INVALID'}: {rep.path}: {rep.groups} groups, "
+                f"{'OK' if rep.ok else 'UNFINISHED' if empty else 'INVALID'}: {rep.path}: {rep.groups} groups, "
                 f"{rep.hypotheses} hypotheses, "
                 f"{pairs}, zero-variance {100 * rep.zero_variance_share:.1f}%"
             )
@@ -140,6 +145,9 @@ def _export_app() -> typer.Typer:
                 print(f"  error: {e}")
             for w in rep.warnings:
                 print(f"  warning: {w}")
+        if empty:
+            _fail(f"{rep.path}: the export into it has not written its first group yet: nothing to finetune on; "
+                  "re-run the same export command to continue")
         if not rep.ok:
             _fail(f"{rep.path}: invalid dataset, {len(rep.errors)} error(s)"
                   + (f"; first: {rep.errors[0]}" if rep.errors else ""))

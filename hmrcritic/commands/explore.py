@@ -61,12 +61,16 @@ def explore_line(event: str, p: dict) -> str | None:
         failed = _failed_groups(p.get("failed", []))
         from hmrcritic.agent.learning_curve import fmt_value
 
-        # "—" for a round that scored no group (every group unrankable: skipped): it printed "mean ρ +nan"
+        # "—" for a round that scored no group (every group unrankable: skipped): it printed "mean ρ +nan".
+        # The prototypes the round stored, and the memory's total as counted after it: "13 prototypes" read as a
+        # total (README's learning curve and `memory stats` give totals), next to a memory holding 28
+        total = p.get("prototypes_in_memory")
         return (f"round {p['round']}: {p['groups']} groups"
                 + (f" ({failed} failed and will not be retried)" if failed else "")
                 + f", mean ρ {fmt_value(p['mean_spearman'], '+.3f')}, "
                 f"{len(p['rules_added'])} rule(s) added, {len(p['retired'])} retired, "
-                f"{len(p['merged'])} merged, {p['prototypes']} prototypes ({p['seconds']:.1f} s)")
+                f"{len(p['merged'])} merged, +{p['prototypes']} prototypes"
+                + (f" ({total} in memory)" if total is not None else "") + f" ({p['seconds']:.1f} s)")
     if event == "resumed":
         if "pending_batch" in p:
             return (f"resuming: wrote the rest of batch {p['pending_batch']}, which an interrupted run had finished "
@@ -87,6 +91,8 @@ def explore_line(event: str, p: dict) -> str | None:
         if not at_a_tenth(p["index"], p["total"]):
             return None
         return f"  calibrating scores: {p['index']}/{p['total']} held-out groups"
+    if event == "note":  # a slow first-use step about to start (the pose prior's fit): printed on stderr
+        return f"hmrcritic: {p['text']}"
     if event == "calibrated":
         from hmrcritic.commands.memory import describe_calibration
 
@@ -156,9 +162,10 @@ def explore_cmd(
     calibration_groups = CALIBRATION_GROUPS if calibration_groups is None else calibration_groups
 
     def progress(event: str, p: dict) -> None:
-        line = None if as_json else explore_line(event, p)
+        # a note on stderr, --json too, beside the split's "(first use)" line: stdout stays the reply
+        line = None if as_json and event != "note" else explore_line(event, p)
         if line is not None:
-            typer.echo(line)
+            typer.echo(line, err=event == "note")
 
     summary = explore(memory_dir, split=split, rounds=rounds, batch_size=batch_size, tau=tau, judge=judge,
                       error_metric=error_metric, ucb_c=ucb_c, rules_k=rules_k, num_generations=num_generations,
@@ -207,6 +214,10 @@ def explore_eval_cmd(
         check_output_file(out, "explore-eval --out")
     # the folder of --out now (a file in the way or no permission: the OSError line), gone again if refused later
     with made_folder(out.parent) if out is not None else contextlib.nullcontext():
+        from hmrcritic.agent.groups import reads_images, verify_split
+
+        # the held-out split's shards against their manifest (scored without rendering), as export checks its own
+        verify_split(split, images=reads_images(judge))
         res = explore_eval(memory_dir, split=split, num_groups=num_groups, num_generations=num_generations,
                            seed=seed, source=source, judge=judge,
                            variants=[v.strip() for v in variants.split(",") if v.strip()] if variants else None)

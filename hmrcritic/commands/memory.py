@@ -54,6 +54,11 @@ def stats(memory_dir: Path = _DIR, chroma_url: str = _URL, as_json: bool = _JSON
                 typer.echo(f"{'embedding ' + name:<26} {e['id']} (dim {e['dim']})")
         elif k == "calibration":
             typer.echo(f"{k:<26} {describe_calibration(v)}")
+        elif k == "read_only":
+            # how this command opened the memory, not a property of it: "read_only True" read as a frozen memory
+            # (the --json key keeps its name)
+            typer.echo(f"{'opened':<26} " + ("read-only (stats only reads it; not a setting of the memory)" if v else
+                                             "for writing (this command created and seeded it)"))
         else:
             typer.echo(f"{k:<26} {v}")
 
@@ -67,7 +72,11 @@ def describe_calibration(cal: dict | None) -> str:
     # judge, split and first group are words of whoever wrote the memory (an imported file's calibration): their
     # escape sequences reached the terminal from `memory stats` and `memory calibration`, a "\r" rewrote the line
     judge, split, first = (printable(" ".join(str(cal[k]).split())) for k in ("judge", "split", "first_group"))
-    return (f"log s' = {cal['intercept']:.3f} + {cal['slope']:.3f}·log s ({judge} judge; fitted on "
+    from hmrcritic.agent.api import error_metric_name
+
+    onto = error_metric_name(str(cal.get("error_metric") or "pa_mpjpe"))  # absent: fitted before it was recorded
+    return (f"log s' = {cal['intercept']:.3f} + {cal['slope']:.3f}·log s ({judge} judge; onto {printable(onto)}; "
+            f"fitted on "
             f"{cal['groups']} {split} groups from {first or '?'}, {cal['hypotheses']} "
             f"hypotheses: point-wise r {cal['pearson_before']:.3f} → {cal['pearson_after']:.3f})"
             + ("; STALE: the rules changed since" if cal.get("stale") else ""))

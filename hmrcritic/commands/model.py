@@ -154,7 +154,9 @@ def register(app: typer.Typer) -> None:
     def sample_cmd(
         image: Path = typer.Option(None, help="Input image (PNG/JPEG)."),
         keypoints: Path = typer.Option(None, help="2D keypoints JSON in pixels (COCO-17 list or COCO results/"
-                                                  "annotations, OpenPose BODY_25, MMPose, Halpe-26, COCO-WholeBody)."),
+                                                  "annotations, OpenPose BODY_25 or COCO-18, MMPose, AlphaPose (its "
+                                                  "COCO, Halpe-26 or OpenPose output), Halpe-26, "
+                                                  "COCO-WholeBody-133)."),
         scene: str = typer.Option(None, help="A synthetic scene instead: SPLIT:INDEX (e.g. test:3)."),
         num_generations: int = typer.Option(16, "-n", "--num-generations", help="Hypotheses to draw."),
         steps: int = typer.Option(10, help="DDIM steps."),

@@ -20,6 +20,7 @@ import os
 import pickle
 import threading
 import zipfile
+import zlib
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -330,9 +331,14 @@ def _read_raw(path: Path, allow_chumpy: bool) -> dict:
                         if "allow_pickle" not in str(exc):
                             raise
                         pickled.append(k)
+        except (zipfile.BadZipFile, EOFError, zlib.error) as exc:
+            # a member cut short or altered (a bad CRC): the archive is damaged, its layout is not the question, and
+            # the layout text ("expected ...") after it read as if the file were of another layout
+            raise AssetError(f"{path}: a damaged .npz body model ({type(exc).__name__}: {exc}); copy or convert it "
+                             "again") from None
         except Exception as exc:
             raise AssetError(
-                f"{path}: unreadable .npz body model ({type(exc).__name__}: {exc}); {_LAYOUT_TEXT}"
+                f"{path}: unreadable .npz body model ({type(exc).__name__}: {exc}); {_expected(allow_chumpy)}"
             ) from None
         # Members that are pickled objects are never loaded. Those the model does not use (SMPL-X's joint2num and
         # part2num dicts) are left out: one of them made a SMPL-X file read as "unreadable .npz" instead of being
@@ -351,7 +357,7 @@ def _read_raw(path: Path, allow_chumpy: bool) -> dict:
                          f"{_expected(allow_chumpy)}")
     if head.startswith(b"PK\x03\x04"):  # a zip's first entry without the zip's directory at its end: cut short
         raise AssetError(f"{path}: a truncated or corrupt .npz body model (a zip archive without its directory); "
-                         f"copy or convert it again; {_LAYOUT_TEXT}")
+                         "copy or convert it again")
     try:
         with open(path, "rb") as fh:
             data = _ModelUnpickler(fh, allow_chumpy).load()
@@ -374,6 +380,17 @@ def _read_raw(path: Path, allow_chumpy: bool) -> dict:
             "file (HMRCRITIC_BODY_MODEL or --body-model)"
         ) from None
     except Exception as exc:
+        if path.suffix.lower() == ".npz":
+            # an .npz is a zip archive: one that is none (and no pickle either) was told it is "not a readable body
+            # model" after an unpickling error, with the layout it should have
+            raise AssetError(f"{path}: not an .npz (a zip archive) though named one, nor a pickle "
+                             f"({type(exc).__name__}: {exc}); copy or download it again; "
+                             f"{_expected(allow_chumpy)}") from None
+        if isinstance(exc, EOFError) or "truncated" in str(exc):
+            # a pickle cut short (an interrupted copy or download): the layout text after it sent the user to check
+            # the file's keys, and ``body convert`` asked for the official .pkl it had been given
+            raise AssetError(f"{path}: the body model file is cut short ({type(exc).__name__}: {exc}); copy it "
+                             "again") from None
         raise AssetError(
             f"{path}: not a readable body model ({type(exc).__name__}: {exc}); {_expected(allow_chumpy)}"
         ) from None
@@ -544,6 +561,9 @@ def convert_smpl_pkl(src: str | Path, dst: str | Path) -> Path:
     plain = {k: _plain(v, k, src) for k, v in raw.items() if k in REQUIRED_LAYOUT or k == "J"}
     if isinstance(raw.get("vertex_ids"), dict):  # a non-SMPL mesh names its face vertices itself: keep them
         plain["vertex_ids"] = {str(k): int(v) for k, v in raw["vertex_ids"].items()}
+    elif isinstance(raw.get("vertex_ids"), np.ndarray):  # an .npz's form, 5 ints (_validate reads it as the dict):
+        # dropped, a converted mesh other than SMPL's 6890 vertices no longer loaded ("no 'vertex_ids'")
+        plain["vertex_ids"] = raw["vertex_ids"]
     arrays = _validate(plain, src)
     if "J" in plain and isinstance(plain["J"], np.ndarray):
         arrays["J"] = np.asarray(plain["J"], dtype=np.float64)

@@ -187,11 +187,29 @@ def sample(model, cond, num_generations: int = 16, steps: int = 10, eta: float =
     )
 
 
+def _verify(scenes, split: str, labels: bool) -> None:
+    """The split's shards (and, with ``labels``, wild's labels file) against their manifest's sha256 before they
+    are read, as train-base and export check theirs (:func:`hmrcritic.hmr.data.verify_split_files`): a shard
+    replaced since generation by one with the rows listed (another generation's copied in) was evaluated — or
+    searched as the nearest-neighbour bank — without a word, its figures reported as the split's. Not the images
+    (evaluation reads none). The split is named, as the other damage this module finds is."""
+    from hmrcritic.hmr.data import verify_split_files
+
+    manifest, folder = getattr(scenes, "manifest", None), getattr(scenes, "folder", None)
+    if not isinstance(manifest, dict) or folder is None:  # scenes of a caller's own (no manifest to check against)
+        return
+    try:
+        verify_split_files(manifest, folder, labels=labels, images=False)
+    except AssetError as exc:
+        raise AssetError(f"split {split!r} is damaged: {exc}") from None
+
+
 def _load_labelled(split: str, limit: int | None):
     """Inputs + 3D labels of a split as float tensors (``wild``: labels from its separate eval file)."""
     from hmrcritic.hmr.data import _regenerate_command, load_split
 
     scenes = load_split(split)
+    _verify(scenes, split, labels=True)  # wild's labels file is read below, its images are not
     n = len(scenes) if limit is None else min(limit, len(scenes))
     inputs = scenes.arrays(INPUT_KEYS)
     labels = scenes.eval_labels()
@@ -245,6 +263,7 @@ def _nn_bank():
     from hmrcritic.hmr.data import load_split
 
     tr = load_split("train")
+    _verify(tr, "train", labels=False)
     a = tr.arrays(INPUT_KEYS + ["global_orient", "body_pose", "betas"])
     a = {k: torch.as_tensor(np.asarray(v), dtype=torch.float32) for k, v in a.items()}
     size = a["image_size"].reshape(-1, 2).expand(a["keypoints"].shape[0], 2)
@@ -590,6 +609,18 @@ def _project(points: torch.Tensor, K: torch.Tensor) -> torch.Tensor:
     return uvw[..., :2] / uvw[..., 2:3].clamp_min(1e-6)
 
 
+def _left_out_why(key: str) -> str:
+    """Why the mean ``key`` leaves a scene out (the ways :func:`evaluate_model` gets a non-finite value for it)."""
+    if key.startswith(("diversity_visible", "diversity_occluded")) and "balanced" not in key:
+        seen = "visible" if key.startswith("diversity_visible") else "occluded"
+        return f"no {seen} joint in the scene, so no such diversity, or a non-finite hypothesis"
+    if key.startswith("diversity_"):
+        return "a non-finite hypothesis"
+    if key.endswith("_selected_mm"):
+        return "the critic scored none of the group's hypotheses, or the one it picked has no finite error"
+    return "no finite value: a non-finite hypothesis, or a failed Procrustes fit"
+
+
 def format_report(res: dict) -> str:
     """Human-readable table of an evaluation dict."""
     f = lambda v: "—" if v is None else f"{v:8.1f}"  # noqa: E731
@@ -625,11 +656,15 @@ def format_report(res: dict) -> str:
         lines.append(f"selected top-1 PA-MPJPE {f(res['pa_mpjpe_selected_mm'])} mm")
     dropped = res.get("non_finite_dropped") or {}  # .get: a result written before the field existed
     if dropped:
+        # the counts are what each mean LEFT OUT: "…, so they are over fewer than n: diversity_occluded_mm 4 of 20
+        # scenes" read as a mean over 4 scenes (it was over the other 16), and the one reason given, scenes without
+        # occluded or visible joints, read as every listed figure's
         n, N = res["n_samples"], res["num_generations"]
-        lines.append("note: these means leave out non-finite values, so they are over fewer than n: " + ", ".join(
-            f"{k} {v} of {n * N} hypotheses" if k in _PER_HYPOTHESIS else f"{k} {v} of {n} scenes"
-            for k, v in dropped.items())
-            + (" (a scene with no occluded, or no visible, joint has no such diversity)"
-               if any(k.startswith("diversity_") for k in dropped) else ""))
+        parts = []
+        for k, v in dropped.items():
+            total, unit = (n * N, "hypotheses") if k in _PER_HYPOTHESIS else (n, "scenes")
+            parts.append(f"{k} {v} of {total} {unit} left out ({_left_out_why(k)}), its mean over the other "
+                         f"{total - v}")
+        lines.append("note: these means leave out non-finite values: " + "; ".join(parts))
     lines.append(f"{res['hypotheses_per_s']} hypotheses/s, {res['seconds']} s")
     return "\n".join(lines)

@@ -123,6 +123,9 @@ class ScoreCalibration(BaseModel):
     pearson_before: float = Field(..., description="point-wise Pearson of overall with −error on the fit set")
     pearson_after: float
     rules_fingerprint: str = Field("", description="the active rule set it was fitted for")
+    error_metric: Literal["pa_mpjpe", "mpjpe", "pve", "mix"] = Field(
+        "pa_mpjpe", description="the true error it maps onto (exploration's --error-metric; absent from "
+                                "calibrations fitted before session 29: PA-MPJPE)")
 
     def apply(self, log_overall):
         """Calibrated log scores (capped at log 10). Increasing in ``log_overall``."""

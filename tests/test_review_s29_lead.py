@@ -1,0 +1,202 @@
+"""Session 29, the lead's fixes from the docs audit: the score calibration follows ``explore --error-metric``."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+
+import hmrcritic.agent.explore as ex
+from hmrcritic.memory.store import MemoryStore
+
+pytestmark = pytest.mark.usefixtures("explore_prior")
+
+
+@pytest.fixture(scope="module")
+def train(tmp_path_factory):
+    """8 labelled train groups of 8 hypotheses."""
+    from hmrcritic.agent.groups import groups_from_perturbed_gt
+    from hmrcritic.hmr.data import SceneSet, generate_split
+
+    folder = generate_split("train", tmp_path_factory.mktemp("s29lead") / "train", n=8, quiet=True)
+    return groups_from_perturbed_gt(SceneSet(folder), num_groups=8, num_generations=8, seed=0)
+
+
+_KW = dict(split="train", batch_size=2, tau=0.5, calibration_groups=2, merge_text=False, max_new_rules=0,
+           retire_min_uses=1000)
+
+
+def test_the_calibration_is_fitted_on_the_error_exploration_learned_from(train, tmp_path):
+    """``explore --error-metric mpjpe`` learned its rules and prototypes from MPJPE while the score calibration was
+    fitted on PA-MPJPE (the groups' ``errors_mm``), and the critique's line under the table said overall was on
+    "the error exploration learned from". The fit now uses the explored metric and records it."""
+    from hmrcritic.agent.calibration import fit_calibration
+    from hmrcritic.agent.learning_curve import score_groups
+
+    cals = {}
+    for metric in ("pa_mpjpe", "mpjpe"):
+        mem = MemoryStore(tmp_path / metric, chroma_url="")
+        ex.explore(mem, rounds=1, groups=train, error_metric=metric, **_KW)
+        cals[metric] = mem.calibration()
+        assert cals[metric] is not None and cals[metric].error_metric == metric
+        # the stored map is the least-squares fit onto that metric's errors of the calibration groups (#2–#3)
+        cal_groups = train[2:4]
+        cfg = {"use_prototypes": False, "use_calibration": False, "learn": False}
+        scores, _ = score_groups(cal_groups, mem, "full", agent_config=cfg, tag="t")
+        want = fit_calibration(scores, [ex.exploration_error(g, metric) for g in cal_groups], error_metric=metric)
+        assert (cals[metric].slope, cals[metric].intercept) == pytest.approx((want.slope, want.intercept), abs=1e-12)
+        mem.close()
+    mp = [ex.exploration_error(g, "mpjpe") for g in train[2:4]]
+    pa = [ex.exploration_error(g, "pa_mpjpe") for g in train[2:4]]
+    assert not np.allclose(np.concatenate(mp), np.concatenate(pa))  # the two fits had different errors to follow
+    assert cals["mpjpe"].intercept != cals["pa_mpjpe"].intercept
+
+
+def test_an_old_calibration_of_another_metric_is_refitted(train, tmp_path):
+    """A calibration stored before the metric was recorded reads as PA-MPJPE's: a memory explored on MPJPE then
+    kept it as fresh (same rules). Resuming that exploration refits it onto MPJPE."""
+    path = tmp_path / "m"
+    mem = MemoryStore(path, chroma_url="")
+    ex.explore(mem, rounds=1, groups=train, error_metric="mpjpe", **_KW)
+    cal = mem.calibration()
+    old = cal.model_copy(update={"error_metric": "pa_mpjpe", "intercept": cal.intercept + 0.5})
+    mem.set_calibration(old)
+    mem.close()
+    mem = MemoryStore(path, chroma_url="")
+    ex.explore(mem, rounds=1, groups=train, error_metric="mpjpe", **_KW)  # nothing left to explore: calibrates
+    again = mem.calibration()
+    mem.close()
+    assert again.error_metric == "mpjpe" and again.intercept == pytest.approx(cal.intercept, abs=1e-12)
+
+
+def test_the_lines_name_the_calibrations_metric():
+    """The critique's line and ``memory stats``/``memory calibration`` say which error overall is mapped onto; a
+    calibration written before the field (no ``error_metric``) is PA-MPJPE's."""
+    from hmrcritic.agent.api import ScoredGroup, overall_scale_note
+    from hmrcritic.commands.memory import describe_calibration
+    from hmrcritic.memory.schema import ScoreCalibration
+
+    cal = ScoreCalibration(slope=1.2, intercept=-0.3, groups=4, hypotheses=32, pearson_before=0.5,
+                           pearson_after=0.6, error_metric="pve").model_dump(mode="json")
+    scored = ScoredGroup(group_id="g", judge="builtin", scores=[], ranking=[], score_calibration=cal)
+    assert "error = PVE, the error exploration learned from" in overall_scale_note(scored)
+    assert "onto PVE;" in describe_calibration(cal)
+    old = {k: v for k, v in cal.items() if k != "error_metric"}
+    assert "error = PA-MPJPE" in overall_scale_note(ScoredGroup(group_id="g", judge="builtin", scores=[], ranking=[],
+                                                                score_calibration=old))
+    assert "onto PA-MPJPE;" in describe_calibration(old)
+    mix = overall_scale_note(ScoredGroup(group_id="g", judge="builtin", scores=[], ranking=[],
+                                         score_calibration={**cal, "error_metric": "mix"}))
+    assert "error = the mix 1.2·MPJPE + 2·PA-MPJPE + 0.7·PVE" in mix
+    with pytest.raises(ValueError):
+        ScoreCalibration(**{**cal, "error_metric": "chamfer"})
+
+
+# ----------------------------------------------------------------------------------- export: the agent's settings
+def seen_config_score(sample, hypotheses, judge="builtin", memory=None, config=None, group_id=None):
+    """The export's stand-in scorer, recording the agent settings each group was scored with in its rationale."""
+    from test_export import fake_score
+
+    scored = fake_score(sample, hypotheses, judge=judge, memory=memory, config=config, group_id=group_id)
+    for s in scored.scores:
+        s.rationale = f"max_reflections={config['max_reflections']} rules_k={config['rules_k']}"
+    return scored
+
+
+def test_an_export_resumed_under_other_agent_variables_is_refused(tmp_path, monkeypatch):
+    """A resume under other ``HMRCRITIC_*`` agent variables (reflections, rules_k, the use_* switches, …) went on
+    and mixed groups scored two ways in one dataset; ``export validate`` said OK. The header now records the
+    settings the groups are scored with, and a resume must match them (an export from before the field resumes)."""
+    from test_export import cfg_for, make_inputs, tiny_model
+
+    from hmrcritic.alignment import dataset as D
+    from hmrcritic.alignment.export import export
+    from hmrcritic.errors import InputError
+
+    model = tiny_model(tmp_path / "tiny.pt")
+    out = tmp_path / "ds"
+    kw = dict(score_group="test_review_s29_lead:seen_config_score")
+    monkeypatch.setenv("HMRCRITIC_MAX_REFLECTIONS", "0")
+    monkeypatch.setenv("HMRCRITIC_RULES_K", "3")
+    export(cfg_for(out, model, limit=2, **kw), inputs=make_inputs(3))
+    header = D.read_header(out)
+    assert header.agent_settings["max_reflections"] == 0 and header.agent_settings["rules_k"] == 3
+    assert header.agent_settings["learn"] is False and "memory_dir" not in header.agent_settings
+    monkeypatch.delenv("HMRCRITIC_MAX_REFLECTIONS")
+    with pytest.raises(InputError, match=r"different agent_settings \(agent setting max_reflections "
+                                         r"\(HMRCRITIC_MAX_REFLECTIONS\): 0 there, 2 now\); use another --out"):
+        export(cfg_for(out, model, **kw), inputs=make_inputs(3))
+    assert len(D.read_manifest(out)) == 2  # nothing written, nothing lost
+    monkeypatch.setenv("HMRCRITIC_MAX_REFLECTIONS", "0")
+    export(cfg_for(out, model, **kw), inputs=make_inputs(3))  # the same settings resume
+    recs = D.read_manifest(out)
+    assert len(recs) == 3
+    assert {s.rationale for r in recs for s in r.scores} == {"max_reflections=0 rules_k=3"}
+
+    # a header written before the field: unknown settings, resumed as before
+    raw = json.loads((out / D.HEADER).read_text())
+    raw.pop("agent_settings")
+    (out / D.HEADER).write_text(json.dumps(raw))
+    monkeypatch.delenv("HMRCRITIC_MAX_REFLECTIONS")
+    export(cfg_for(out, model, **kw), inputs=make_inputs(4))
+    assert len(D.read_manifest(out)) == 4
+
+
+def test_workers_score_with_the_settings_the_export_resolved(monkeypatch):
+    """A worker (another process, a Ray node) built its agent settings from its own environment: the header's
+    record would not have been what scored the groups. Workers take the export's resolved settings."""
+    from hmrcritic.alignment.export import DEFAULT_SCORER, GroupWorker, WorkerContext, agent_settings
+    from hmrcritic.errors import InputError
+
+    monkeypatch.setenv("HMRCRITIC_USE_RULES", "0")
+    monkeypatch.setenv("HMRCRITIC_RENDER", "1")
+    resolved = agent_settings("builtin", DEFAULT_SCORER, True)
+    assert resolved["use_rules"] is False and resolved["render"] is False  # builtin + default scorer: no renders
+    monkeypatch.setenv("HMRCRITIC_USE_RULES", "1")  # the worker's environment differs
+    ctx = WorkerContext(None, 4, 2, "builtin", DEFAULT_SCORER, True, "/m", None, 1, None, resolved)
+    got = GroupWorker(ctx)._agent_config()
+    assert got == {**resolved, "memory_dir": "/m", "chroma_url": None}
+    monkeypatch.setenv("HMRCRITIC_RULES_K", "-1")
+    with pytest.raises(InputError, match=r"HMRCRITIC_RULES_K=-1: input should be greater than or equal to 0"):
+        agent_settings("builtin", DEFAULT_SCORER, True)
+
+
+# ------------------------------------------------------------- evaluate-critic / learning-curve: explore as scored
+def _spy_explore(monkeypatch) -> list[dict]:
+    """The real explore, with the keyword arguments of each call kept."""
+    real, seen = ex.explore, []
+
+    def spy(*args, **kwargs):
+        seen.append(kwargs)
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(ex, "explore", spy)
+    return seen
+
+
+def test_evaluate_critic_explores_with_the_ucb_c_it_scores_with(monkeypatch, tmp_path):
+    """evaluate-critic explored at explore's own C = 1.0 whatever ``HMRCRITIC_UCB_C`` said, and scored its variants
+    at the variable's C (its key records the variable, so the memory explored is keyed by it too)."""
+    from hmrcritic.agent.evaluate_critic import evaluate_critic
+
+    monkeypatch.setenv("HMRCRITIC_DATA", str(tmp_path / "data"))
+    monkeypatch.setenv("HMRCRITIC_SPLIT_SIZE_SCALE", "0.002")  # train 40, test 2 scenes
+    monkeypatch.setenv("HMRCRITIC_UCB_C", "2.5")
+    seen = _spy_explore(monkeypatch)
+    evaluate_critic(split="test", num_groups=1, num_generations=3, warmup_groups=2, batch_size=2,
+                    variants=["full"], source="perturbed", workdir=tmp_path / "w")
+    assert [k["ucb_c"] for k in seen] == [2.5]
+
+
+def test_a_learning_curve_explores_with_the_rules_k_and_ucb_c_it_scores_with(train, monkeypatch, tmp_path):
+    """learning-curve's rounds explored with explore's own rules_k 16 and C 1.0 and were scored with the
+    ``HMRCRITIC_RULES_K`` / ``HMRCRITIC_UCB_C`` the curve's resume check records."""
+    from hmrcritic.agent.learning_curve import learning_curve
+
+    monkeypatch.setenv("HMRCRITIC_RULES_K", "4")
+    monkeypatch.setenv("HMRCRITIC_UCB_C", "0.5")
+    seen = _spy_explore(monkeypatch)
+    learning_curve(MemoryStore(tmp_path / "m", chroma_url=""), rounds=1, batch_size=2, train_groups=train[:2],
+                   heldout=train[6:8], explore_kwargs={"merge_text": False, "calibration_groups": 0})
+    assert [(k["rules_k"], k["ucb_c"]) for k in seen] == [(4, 0.5)]
