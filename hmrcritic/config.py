@@ -326,7 +326,10 @@ def check_base_url(url: str | None) -> str | None:
 
 MAX_TIMEOUT_S = 7 * 24 * 3600.0  # the longest judge timeout (HMRCRITIC_VLM_TIMEOUT): a week
 
-BASE_URL_VARS = ("HMRCRITIC_BASE_URL", "OPENAI_BASE_URL")  # the first one set wins
+# the first one set wins; none set: OpenAI's API, given to the client by name (vlm.OPENAI_API). OPENAI_API_BASE is
+# langchain's variable: ChatOpenAI followed it (and LANGSMITH_GATEWAY) on its own when given no base URL, so the
+# judge (and its key) went to an address this module called "the OpenAI API" in every identity, record and message
+BASE_URL_VARS = ("HMRCRITIC_BASE_URL", "OPENAI_BASE_URL", "OPENAI_API_BASE")
 
 
 def base_url_from_env() -> tuple[str | None, str | None]:

@@ -137,6 +137,10 @@ def run_demo(
                 cal = payload["calibration"]
                 say(f"      score calibration on {cal['groups']} more train groups: log s' = {cal['intercept']:.2f} + "
                     f"{cal['slope']:.2f}·log s (point-wise r {cal['pearson_before']:.2f} → {cal['pearson_after']:.2f})")
+                if payload.get("note"):  # a doubtful fit (few groups, a slope at its bound, r lowered) says why
+                    say(f"      note: {payload['note']}")
+            elif event == "note":  # a slow first-use step about to start (the pose prior's fit)
+                say(f"      {payload['text']}")
 
         explore(memory, split="train", rounds=explore_rounds, batch_size=explore_batch, seed=seed,
                 num_generations=num_generations, progress=on_event)

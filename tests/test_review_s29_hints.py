@@ -48,22 +48,30 @@ def _unusable(judge: VLMJudge) -> EndpointUnusableError:
     return info.value
 
 
-def test_no_base_url_and_an_address_from_openai_api_base_is_named(monkeypatch, refused_port):
+def test_langchains_openai_api_base_is_a_base_url_variable_and_the_gateway_is_not_followed(monkeypatch, refused_port):
     """No HMRCRITIC_BASE_URL or OPENAI_BASE_URL, but langchain's OPENAI_API_BASE (old tutorials' variable) set:
-    the openai client calls that address. The error named "the default OpenAI endpoint", with no advice."""
+    ChatOpenAI, given no base URL, called that address on its own while the judge's identity (memories, datasets,
+    messages) said "the OpenAI API", and with LANGSMITH_GATEWAY set it sent the OpenAI key to LangSmith's gateway.
+    OPENAI_API_BASE is now the last of the base URL variables, and with none set the client is given OpenAI's
+    address by name."""
     url = f"http://127.0.0.1:{refused_port}/v1"
     monkeypatch.setenv("HMRCRITIC_API_KEY", KEY)
     monkeypatch.setenv("OPENAI_API_BASE", url)
     monkeypatch.setenv("HMRCRITIC_VLM_RETRIES", "0")
     judge = VLMJudge(JudgeSettings(model="stub-vlm"))
-    assert judge.settings.base_url is None
+    assert judge.settings.base_url == url and judge.settings.describe() == f"stub-vlm @ {url}"
     err = _unusable(judge)
     message = str(err)
     assert f"cannot connect to {url}" in message and "refused" in message.lower()
-    assert "default OpenAI endpoint" not in message
-    assert "no base URL is set" in message and "OPENAI_API_BASE" in message and "HMRCRITIC_BASE_URL" in message
+    assert "is a server running there? Else correct the address (OPENAI_API_BASE)" in message
     assert err.endpoint == url and err.cause == "nothing answers there"
     assert KEY not in message
+
+    monkeypatch.delenv("OPENAI_API_BASE")
+    monkeypatch.setenv("LANGSMITH_GATEWAY", "true")
+    judge = VLMJudge(JudgeSettings(model="stub-vlm"))
+    assert judge.settings.base_url is None and judge.settings.describe() == "stub-vlm @ the OpenAI API"
+    assert str(judge._llm.root_client.base_url) == "https://api.openai.com/v1/"  # not the gateway's
 
 
 def _connection_error(port: int) -> openai.APIConnectionError:

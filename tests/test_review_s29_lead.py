@@ -200,3 +200,34 @@ def test_a_learning_curve_explores_with_the_rules_k_and_ucb_c_it_scores_with(tra
     learning_curve(MemoryStore(tmp_path / "m", chroma_url=""), rounds=1, batch_size=2, train_groups=train[:2],
                    heldout=train[6:8], explore_kwargs={"merge_text": False, "calibration_groups": 0})
     assert [(k["rules_k"], k["ucb_c"]) for k in seen] == [(4, 0.5)]
+
+
+# ------------------------------------------------------------------------------- a doubtful calibration is said
+def test_a_calibration_fitted_on_too_few_groups_is_said_to_be_doubtful(train, tmp_path):
+    """``explore --calibration-groups 2`` stored a fit whose slope sat at its cap and which lowered point-wise r on
+    its own groups, without a word, and every critique's overall then read 160–200 mm off. It is still stored (which
+    calibration a memory keeps is an exploration decision), and the exploration's note says why it is doubtful."""
+    from hmrcritic.agent.calibration import SLOPE_RANGE, calibration_doubts
+    from hmrcritic.commands.explore import explore_line
+    from hmrcritic.memory.schema import ScoreCalibration
+
+    base = dict(intercept=0.1, hypotheses=320, pearson_before=0.5, pearson_after=0.6)
+    assert calibration_doubts(ScoreCalibration(slope=0.5, groups=32, **base)) == []
+    # the demo's own fit: r 0.671 → 0.660 on 32 groups is the log-space fit's way, not a doubt
+    assert calibration_doubts(ScoreCalibration(slope=1.18, groups=32, **{**base, "pearson_before": 0.671,
+                                                                         "pearson_after": 0.660})) == []
+    doubts = calibration_doubts(ScoreCalibration(slope=SLOPE_RANGE[1], groups=2,
+                                                 **{**base, "pearson_after": 0.45}))
+    assert doubts == ["fitted on 2 group(s) only (fewer than 8)",
+                      "its slope is held at the bound 3 (the fit wanted more)",
+                      "it lowers point-wise r on its own fit (0.500 → 0.450)"]
+
+    events = []
+    mem = MemoryStore(tmp_path / "m", chroma_url="")
+    summary = ex.explore(mem, rounds=1, groups=train, progress=lambda e, p: events.append((e, p)), **_KW)
+    mem.close()
+    assert summary.calibration is not None  # stored as before
+    assert summary.calibration_note.startswith("this calibration is doubtful: fitted on 2 group(s) only")
+    assert "memory calibration --clear --memory-dir" in summary.calibration_note
+    line = [explore_line(e, p) for e, p in events if e == "calibrated"][0]
+    assert line.startswith("score calibration: log s' =") and "\n  note: this calibration is doubtful" in line

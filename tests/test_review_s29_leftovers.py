@@ -160,6 +160,11 @@ def test_explore_eval_and_learning_curve_refuse_a_replaced_held_out_shard(data, 
     assert main(["explore-eval", "--split", "test", "--num-groups", "2", "-n", "3", "--variants", "full",
                  "--source", "perturbed", "--memory-dir", str(tmp_path / "mem")]) == 2
     assert f"{shard} does not match its manifest" in _error(capsys)
+    from hmrcritic.agent.learning_curve import explore_eval
+
+    with pytest.raises(AssetError, match=re.escape(f"{shard} does not match its manifest")):  # the Python API too
+        explore_eval(tmp_path / "mem", split="test", num_groups=2, num_generations=3, source="perturbed",
+                     variants=["full"])
     with MemoryStore(tmp_path / "curve", chroma_url="") as store, \
             pytest.raises(AssetError, match=re.escape(f"{shard} does not match its manifest")):
         learning_curve(store, rounds=0, batch_size=1, heldout_groups=2, num_generations=3, source="perturbed")

@@ -740,7 +740,7 @@ def _maybe_calibrate(memory, summary: ExploreSummary, judge_obj, cfg, groups, sp
     stored (Ctrl-C, kill) left the previous call's calibration behind, which the rule fingerprint alone calls
     fresh when the round mined and retired nothing; the resumed call then kept it, and ended with another memory
     than one uninterrupted call. The rule state each fit was made for is kept in the progress record."""
-    from hmrcritic.agent.calibration import calibrate_memory
+    from hmrcritic.agent.calibration import calibrate_memory, calibration_doubts
 
     name = judge_name(judge_obj)
     mpath = Path(memory.path)
@@ -804,9 +804,16 @@ def _maybe_calibrate(memory, summary: ExploreSummary, judge_obj, cfg, groups, sp
     prog["calibration"] = {"rules_state": state, "judge": name, "rounds_total": rounds_total}
     atomic_write_json(mpath / PROGRESS_FILE, prog)
     summary.calibration = cal.model_dump(mode="json")
+    notes = []
     if len(cal_groups) < n:
-        summary.calibration_note = (f"score calibration fitted on {len(cal_groups)} of the {n} groups asked (no more "
-                                    "unexplored groups after the explored ones); with few groups the fit is noisy")
+        notes.append(f"score calibration fitted on {len(cal_groups)} of the {n} groups asked (no more "
+                     "unexplored groups after the explored ones); with few groups the fit is noisy")
+    doubts = calibration_doubts(cal)
+    if doubts:
+        notes.append(f"this calibration is doubtful: {'; '.join(doubts)}; it maps every overall score — refit with "
+                     f"more calibration groups (default {CALIBRATION_GROUPS}), or remove it with "
+                     f"{cli_hint('calibration --clear', memory.path, getattr(memory, 'chroma_url', None))}")
+    summary.calibration_note = "\n  note: ".join(notes)
     emit("calibrated", {"calibration": summary.calibration,
                         **({"note": summary.calibration_note} if summary.calibration_note else {})})
 

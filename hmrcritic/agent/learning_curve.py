@@ -297,6 +297,11 @@ def explore_eval(
     # built once to be refused now: an unknown name (``--judge foo``) or a VLM judge without an endpoint failed
     # every critique of every variant, and the run ended "every critique failed" without the reason
     make_judge(judge)
+    if groups is None:  # the held-out split's shards against their manifest, as export checks its own (the CLI
+        # checked, a notebook's explore_eval(split=…) did not)
+        from hmrcritic.agent.groups import reads_images, verify_split
+
+        verify_split(split, images=reads_images(judge, (agent_config or {}).get("render")))
     path = _memory_path(memory)
     frozen = frozen_copy(memory)
     # closed when scored: held against `runs prune` and with its Chroma files open for the store's life, a
@@ -611,6 +616,10 @@ def learning_curve(
                 say(f"  [{p['index'] + 1}/{p['total']}] {p['group_id']}: {what}")
             elif event == "calibrate" and at_a_tenth(p["index"], p["total"]):
                 say(f"  calibrating scores: {p['index']}/{p['total']} held-out {split} groups")  # not always train
+            elif event == "note":  # a slow first-use step about to start (the pose prior's fit)
+                say(f"  {p['text']}")
+            elif event == "calibrated" and p.get("note"):  # none fitted, or a doubtful fit: why
+                say(f"  note: {p['note']}")
 
         if not rows:
             evaluate(0)

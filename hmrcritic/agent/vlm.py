@@ -35,7 +35,6 @@ import email.utils
 import json
 import logging
 import math
-import os
 import random
 import re
 import threading
@@ -806,9 +805,7 @@ class GroupTooLargeError(EndpointUnusableError):
     endpoint_unusable = False
 
 
-OPENAI_API = "https://api.openai.com/v1"  # the openai client's default base URL
-# where the openai client finds a base URL of its own when given none (in this order)
-_CLIENT_URL_VARS = ("OPENAI_API_BASE", "LANGSMITH_GATEWAY", "OPENAI_BASE_URL")
+OPENAI_API = "https://api.openai.com/v1"  # the openai client's default base URL, given by name when none is set
 
 # error codes of a 400 that judged one group's content (a smaller or other group passes): no endpoint failure
 _FILTERED = ("content_filter", "content_policy_violation", "invalid_prompt")
@@ -937,7 +934,9 @@ class VLMJudge:
         self._secret = SecretStr(key or "")  # for scrubbing only; its repr is masked
         self._llm = ChatOpenAI(
             model=self.settings.model,
-            base_url=self.settings.base_url,
+            # by name when none is set: given None, ChatOpenAI takes LANGSMITH_GATEWAY (LangSmith's gateway, sent
+            # the OpenAI key) or the openai client's variables on its own, past config.BASE_URL_VARS
+            base_url=self.settings.base_url or OPENAI_API,
             api_key=SecretStr(key or NO_KEY_PLACEHOLDER),
             temperature=0,
             timeout=self.settings.timeout_s,
@@ -1212,12 +1211,8 @@ class VLMJudge:
         return (text if len(text) <= room else text[:room - 3] + "...") + advice
 
     def _address(self) -> str:
-        """The address the judge's client calls, without credentials: the base URL, else the one the openai
-        client chose itself, "the OpenAI API" for its default."""
-        if self.settings.base_url:
-            return redact_url(self.settings.base_url) or ""
-        called = str(getattr(getattr(self._llm, "root_client", None), "base_url", OPENAI_API)).rstrip("/")
-        return "the OpenAI API" if called == OPENAI_API else redact_url(called) or called
+        """The address the judge's client calls, without credentials: the base URL, else "the OpenAI API"."""
+        return (redact_url(self.settings.base_url) or "") if self.settings.base_url else "the OpenAI API"
 
     def _unreachable(self, exc: BaseException) -> tuple[str, str, str]:
         """``(reason, advice, unusable)`` for an ``APIConnectionError``; ``unusable`` is "" for a connection
@@ -1236,18 +1231,11 @@ class VLMJudge:
             ask = f"{tls_cause}?" if tls else "is a server running there?"
             return (f"{reason} ({words})", f": {ask} Else correct the address "
                     f"({_base_url_source(self.settings.base_url)})", unusable)
-        # no base URL: OpenAI's API, or an address the openai client took from the environment itself
-        # (langchain's OPENAI_API_BASE, LANGSMITH_GATEWAY). "cannot connect to the default OpenAI endpoint" had no
-        # advice, on an offline machine or with a local server meant, and named OpenAI for such an address too
-        local = "for a local server (vLLM, Ollama) set HMRCRITIC_BASE_URL"
-        if self._address() == "the OpenAI API":
-            online = "" if tls else " (is this machine online?)"
-            return (f"{reason} ({words})", f": no base URL is set, so the judge called OpenAI's API{online}; "
-                    f"{local}", unusable)
-        names = ", ".join(n for n in _CLIENT_URL_VARS
-                          if (os.environ.get(n) or "").strip().lower() not in ("", "0", "false", "no"))
-        return (f"{reason} ({words})", f": no base URL is set, so the openai client took this address from "
-                f"{names or 'its environment'}; correct it, or {local}", unusable)
+        # no base URL: OpenAI's API. "cannot connect to the default OpenAI endpoint" had no advice, on an offline
+        # machine or with a local server meant
+        online = "" if tls else " (is this machine online?)"
+        return (f"{reason} ({words})", f": no base URL is set, so the judge called OpenAI's API{online}; for a "
+                "local server (vLLM, Ollama) set HMRCRITIC_BASE_URL", unusable)
 
     def _unsecret(self, text: str) -> str:
         """``text`` with the key masked, whole: before any cut, so that no part of a key is left to show."""

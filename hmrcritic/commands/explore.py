@@ -214,10 +214,7 @@ def explore_eval_cmd(
         check_output_file(out, "explore-eval --out")
     # the folder of --out now (a file in the way or no permission: the OSError line), gone again if refused later
     with made_folder(out.parent) if out is not None else contextlib.nullcontext():
-        from hmrcritic.agent.groups import reads_images, verify_split
-
-        # the held-out split's shards against their manifest (scored without rendering), as export checks its own
-        verify_split(split, images=reads_images(judge))
+        # explore_eval checks the held-out split's shards against their manifest
         res = explore_eval(memory_dir, split=split, num_groups=num_groups, num_generations=num_generations,
                            seed=seed, source=source, judge=judge,
                            variants=[v.strip() for v in variants.split(",") if v.strip()] if variants else None)

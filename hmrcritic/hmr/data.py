@@ -15,7 +15,8 @@ evaluation reads them through :meth:`SceneSet.eval_labels`. A split is a folder
 ``data_dir()/<split>/`` with ``shard_*.npz`` and ``manifest.json``, written into a staging folder and
 swapped in atomically; :func:`load_split` generates it on first use under a file lock.
 
-The readers turn user files (PNG/JPEG image; COCO-17 or OpenPose BODY_25 JSON) into a :class:`Sample` and
+The readers turn user files (PNG/JPEG image; keypoint JSON: COCO-17, OpenPose BODY_25 / COCO-18, COCO results or
+annotations, MMPose, AlphaPose, Halpe-26, COCO-WholeBody-133 — see ``KEYPOINT_FORMATS``) into a :class:`Sample` and
 raise :class:`~hmrcritic.errors.InputError` naming the file and the problem for anything malformed.
 """
 
@@ -549,7 +550,11 @@ def generate_split(
 
 
 def _with_progress(label: str, total: int, quiet: bool, fn):
-    if quiet or total < 2000:
+    import sys
+
+    # a bar only on a terminal: off one (a log, CI, a pipe) rich's transient bar drew nothing and then wrote a blank
+    # line to stderr after the "(first use)" notice
+    if quiet or total < 2000 or not (getattr(sys.stderr, "isatty", None) and sys.stderr.isatty()):
         return fn(None)
     from rich.console import Console
     from rich.progress import Progress
@@ -1021,8 +1026,8 @@ MAX_KEYPOINT_FILE_BYTES = 10_000_000
 COCO17_PREFIX_FORMATS = {26: "Halpe-26", 133: "COCO-WholeBody-133"}
 # one person's keypoints as flat numbers: COCO-17, BODY_25, Halpe-26, COCO-WholeBody-133 (× [x, y, c])
 FLAT_PERSON_SIZES = (51, 75, 78, 399)
-KEYPOINT_FORMATS = ("a list of 17 [x,y,c] or 51 numbers (COCO-17), OpenPose {'people': [...]} (BODY_25), COCO "
-                    "results/annotations {'keypoints': [...]}, MMPose [{'keypoints', 'keypoint_scores'}], "
+KEYPOINT_FORMATS = ("a list of 17 [x,y,c] or 51 numbers (COCO-17), OpenPose {'people': [...]} (BODY_25 or COCO-18), "
+                    "COCO results/annotations {'keypoints': [...]}, MMPose [{'keypoints', 'keypoint_scores'}], "
                     "Halpe-26 or COCO-WholeBody-133; a list of people in any of the plain forms")
 
 
