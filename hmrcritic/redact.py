@@ -33,8 +33,9 @@ MASK = "***"
 # Chroma's own basic-auth variable (memory/store.py: it works when the server URL carries no credentials)
 SECRET_ENV_VARS = ("HMRCRITIC_API_KEY", "OPENAI_API_KEY", "LANGSMITH_API_KEY", "LANGCHAIN_API_KEY",
                    "CHROMA_CLIENT_AUTH_CREDENTIALS")
-# server addresses whose ``user:password@`` part is secret wherever it shows up
-URL_ENV_VARS = ("HMRCRITIC_CHROMA_URL", "HMRCRITIC_BASE_URL", "OPENAI_BASE_URL")
+# server addresses whose ``user:password@`` part is secret wherever it shows up: the Chroma server's and every one of
+# config.BASE_URL_VARS (kept in step by tests/test_review_s29_lead.py; config imports this module, not the reverse)
+URL_ENV_VARS = ("HMRCRITIC_CHROMA_URL", "HMRCRITIC_BASE_URL", "OPENAI_BASE_URL", "OPENAI_API_BASE")
 # Shorter values would mask ordinary words; real keys are far longer.
 MIN_SECRET_LEN = 6
 

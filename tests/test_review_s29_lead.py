@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 
 import numpy as np
 import pytest
@@ -35,7 +36,7 @@ def test_the_calibration_is_fitted_on_the_error_exploration_learned_from(train, 
     from hmrcritic.agent.learning_curve import score_groups
 
     cals = {}
-    for metric in ("pa_mpjpe", "mpjpe"):
+    for metric in ("pa_mpjpe", "mpjpe", "mix"):
         mem = MemoryStore(tmp_path / metric, chroma_url="")
         ex.explore(mem, rounds=1, groups=train, error_metric=metric, **_KW)
         cals[metric] = mem.calibration()
@@ -44,7 +45,9 @@ def test_the_calibration_is_fitted_on_the_error_exploration_learned_from(train, 
         cal_groups = train[2:4]
         cfg = {"use_prototypes": False, "use_calibration": False, "learn": False}
         scores, _ = score_groups(cal_groups, mem, "full", agent_config=cfg, tag="t")
-        want = fit_calibration(scores, [ex.exploration_error(g, metric) for g in cal_groups], error_metric=metric)
+        scale = 3.9 if metric == "mix" else 1.0  # the mix's weighted mean, in mm (its weights sum to 3.9)
+        want = fit_calibration(scores, [ex.exploration_error(g, metric) / scale for g in cal_groups],
+                               error_metric=metric)
         assert (cals[metric].slope, cals[metric].intercept) == pytest.approx((want.slope, want.intercept), abs=1e-12)
         mem.close()
     mp = [ex.exploration_error(g, "mpjpe") for g in train[2:4]]
@@ -88,7 +91,7 @@ def test_the_lines_name_the_calibrations_metric():
     assert "onto PA-MPJPE;" in describe_calibration(old)
     mix = overall_scale_note(ScoredGroup(group_id="g", judge="builtin", scores=[], ranking=[],
                                          score_calibration={**cal, "error_metric": "mix"}))
-    assert "error = the mix 1.2·MPJPE + 2·PA-MPJPE + 0.7·PVE" in mix
+    assert "error = the mix (1.2·MPJPE + 2·PA-MPJPE + 0.7·PVE) / 3.9, the error" in mix
     with pytest.raises(ValueError):
         ScoreCalibration(**{**cal, "error_metric": "chamfer"})
 
@@ -141,6 +144,7 @@ def test_an_export_resumed_under_other_agent_variables_is_refused(tmp_path, monk
     monkeypatch.delenv("HMRCRITIC_MAX_REFLECTIONS")
     export(cfg_for(out, model, **kw), inputs=make_inputs(4))
     assert len(D.read_manifest(out)) == 4
+    assert D.read_header(out).agent_settings is None  # still unknown: not this resume's settings claimed for all
 
 
 def test_workers_score_with_the_settings_the_export_resolved(monkeypatch):
@@ -230,4 +234,95 @@ def test_a_calibration_fitted_on_too_few_groups_is_said_to_be_doubtful(train, tm
     assert summary.calibration_note.startswith("this calibration is doubtful: fitted on 2 group(s) only")
     assert "memory calibration --clear --memory-dir" in summary.calibration_note
     line = [explore_line(e, p) for e, p in events if e == "calibrated"][0]
-    assert line.startswith("score calibration: log s' =") and "\n  note: this calibration is doubtful" in line
+    assert line.startswith("score calibration: log s' =") and "\n  note: " in line and "calibration is doubtful" in line
+
+
+# --------------------------------------------------------------- export: a server memory named by --chroma-url
+def resetting_score(sample, hypotheses, judge="builtin", memory=None, config=None, group_id=None):
+    """The export's stand-in scorer; at input img001 another machine (another local lock folder) adds a rule to
+    the server memory, as a `memory import` or an exploration there would."""
+    from test_export import fake_score
+
+    from hmrcritic.memory.schema import Rule
+
+    if sample.sample_id == "img001":
+        other = MemoryStore(os.environ["S29_OTHER_LOCK"], chroma_url=os.environ["S29_SERVER"])
+        other.rules.add([Rule(rule_id="rule-s29-elsewhere", text="a rule written on another machine")])
+        other.close()
+    return fake_score(sample, hypotheses, judge=judge, memory=memory, config=config, group_id=group_id)
+
+
+def test_an_export_from_a_server_named_by_chroma_url_notices_a_write_elsewhere(chroma_url, tmp_path, monkeypatch):
+    """With ``--chroma-url`` the export did not watch its memory at all (through HMRCRITIC_CHROMA_URL it did), and
+    writers on other machines leave no trace in this machine's folder: a reset of the server mid-export gave a
+    dataset scored by two memories under one header version, and `export validate` passed it. The server's
+    version is now read every SERVER_CHECK_S seconds (0 here) and the message names the server."""
+    from test_export import cfg_for, make_inputs, tiny_model
+
+    from hmrcritic.alignment import dataset as D
+    from hmrcritic.alignment import export as E
+    from hmrcritic.errors import InputError
+
+    MemoryStore(tmp_path / "lock", chroma_url=chroma_url).close()  # creates and seeds the server memory
+    monkeypatch.setenv("S29_OTHER_LOCK", str(tmp_path / "elsewhere"))
+    monkeypatch.setenv("S29_SERVER", chroma_url)
+    monkeypatch.setattr(E._MemoryWatch, "SERVER_CHECK_S", 0.0, raising=False)
+    model = tiny_model(tmp_path / "tiny.pt")
+    cfg = cfg_for(tmp_path / "ds", model, score_group="test_review_s29_lead:resetting_score", use_memory=True,
+                  memory=str(tmp_path / "lock"), chroma_url=chroma_url)
+    with pytest.raises(InputError, match=r"the memory on the Chroma server http://127\.0\.0\.1:\d+ changed while this "
+                                         r"export ran .* the 1 group\(s\) written so far are kept"):
+        E.export(cfg, inputs=make_inputs(4))
+    # img001, scored while the write happened, is not written either
+    assert [r.input_id for r in D.read_manifest(tmp_path / "ds")] == ["img000"]
+
+
+def test_validate_tells_a_record_scored_by_another_memory_version(tmp_path):
+    """``export validate`` compared each record's source, model, judge and seed with the header, not the memory
+    version the agent records per group: a dataset whose later groups another memory scored passed. For the
+    agent's own scorer a record of another version is now a mismatch; a scorer of the user's own is left alone."""
+    from test_export import cfg_for, make_inputs, tiny_model
+
+    from hmrcritic.alignment import dataset as D
+    from hmrcritic.alignment.export import export
+
+    export(cfg_for(tmp_path / "ds", tiny_model(tmp_path / "tiny.pt")), inputs=make_inputs(1))
+    rec = D.read_manifest(tmp_path / "ds")[0]
+    header = D.read_header(tmp_path / "ds")
+    assert rec.memory_version == "test-memory" and D.header_mismatch(header, rec) == []  # the stand-in scorer's
+    agent = header.model_copy(update={"scorer": D.DEFAULT_SCORER, "memory_version": "test-memory"})
+    assert D.header_mismatch(agent, rec) == []
+    later = agent.model_copy(update={"memory_version": "0123456789abcdef"})
+    assert D.header_mismatch(later, rec) == ["memory_version='test-memory'"]
+
+
+def test_a_calibrated_memorys_version_is_what_it_was_before_the_metric_was_recorded(tmp_path):
+    """The calibration's new ``error_metric`` field went into the memory's version hash, so every calibrated
+    memory got a new version on upgrading (the published memory versions, an export's resume check). A PA-MPJPE
+    calibration hashes as before (the value pinned here was computed by session 28's code); another metric's
+    calibration is another version."""
+    from hmrcritic.memory.schema import ScoreCalibration
+
+    mem = MemoryStore(tmp_path / "m", chroma_url="")
+    cal = ScoreCalibration(slope=0.49297862156256655, intercept=0.44425098844027455, groups=32, hypotheses=512,
+                           split="train", first_group="train-000200", pearson_before=0.6773126830569168,
+                           pearson_after=0.7615141405149971, rules_fingerprint="abc")
+    mem.set_calibration(cal)
+    assert mem.version() == "ff157c12bcd3bd24"
+    mem.set_calibration(cal.model_copy(update={"error_metric": "mpjpe"}))
+    assert mem.version() != "ff157c12bcd3bd24"
+    mem.close()
+
+
+def test_every_base_url_variable_has_its_credentials_masked(monkeypatch):
+    """OPENAI_API_BASE became a base URL variable without joining the variables whose ``user:password@`` is
+    masked: a password with a "/" (which the URL check reads as no credentials at all) was quoted back whole by
+    httpx's "Invalid port" error."""
+    from hmrcritic.config import BASE_URL_VARS
+    from hmrcritic.redact import URL_ENV_VARS, scrub
+
+    assert set(BASE_URL_VARS) <= set(URL_ENV_VARS)
+    for name in BASE_URL_VARS:
+        monkeypatch.setenv(name, "http://alice:Pa55w0rd/x@127.0.0.1:1/v1")
+        assert "Pa55w0rd" not in scrub("InvalidURL: Invalid port: 'Pa55w0rd/x'"), name
+        monkeypatch.delenv(name)

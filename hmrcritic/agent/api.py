@@ -65,7 +65,8 @@ class ScoredGroup(BaseModel):
     score_calibration: dict[str, Any] | None = Field(
         None, description="the memory's score calibration (ScoreCalibration) the builtin judge applied to overall, "
                           "which puts overall on the true-error scale; None: overall is the judge's own score")
-    resumed: bool = Field(False, description="continued from a checkpoint (an interrupted or finished thread)")
+    resumed: bool = Field(False, description="continued from a checkpoint (an unfinished thread — interrupted, or its "
+                                            "critique failed — or a finished one)")
     finished_earlier: bool = Field(False, description="the thread had finished before: nothing was recomputed")
 
     @property
@@ -94,15 +95,30 @@ UNUSABLE_IN_A_ROW = 3  # every batch path's (export, critique_groups, evaluation
 
 def unusable_endpoint(exc: BaseException | None) -> str | None:
     """``"<endpoint> (<what is wrong>)"`` when ``exc`` or what it wraps is the VLM judge's
-    ``EndpointUnusableError`` (read by its flag: the builtin path never imports the VLM module), else None."""
+    ``EndpointUnusableError`` (read by its flag: the builtin path never imports the VLM module), else None.
+
+    An error that names another kind of endpoint (``endpoint_kind``: a memory server that stopped answering, see
+    ``memory.store._ServerProxy``) gives ``"the <kind> at <endpoint> (<what is wrong>)"``, so that no batch says
+    "the VLM endpoint" of a Chroma server."""
     seen: set[int] = set()
     while exc is not None and id(exc) not in seen:
         seen.add(id(exc))
         if getattr(exc, "endpoint_unusable", False) is True:
             endpoint, cause = getattr(exc, "endpoint", ""), getattr(exc, "cause", "")
-            return scrub(f"{endpoint or 'the VLM endpoint'}" + (f" ({cause})" if cause else ""))
+            kind = getattr(exc, "endpoint_kind", "")
+            where = f"the {kind} at {endpoint}" if kind and endpoint else f"the {kind}" if kind else endpoint
+            return scrub(f"{where or 'the VLM endpoint'}" + (f" ({cause})" if cause else ""))
         exc = exc.__cause__ or exc.__context__
     return None
+
+
+MEMORY_SERVER = "the memory server"  # how unusable_endpoint begins for a Chroma server that stopped answering
+
+
+def unusable_subject(why: str | None) -> str:
+    """What cannot be used, for "… failed because <subject> cannot be used: <why>" (``why`` from
+    :func:`unusable_endpoint`): "the memory server" for a Chroma server, else "the VLM endpoint"."""
+    return MEMORY_SERVER if (why or "").startswith(MEMORY_SERVER) else "the VLM endpoint"
 
 
 # ------------------------------------------------------------------------------------------------ inputs
@@ -931,8 +947,9 @@ def error_metric_name(metric: str) -> str:
     from hmrcritic.agent.explore import MIX_WEIGHTS
 
     names = {"pa_mpjpe": "PA-MPJPE", "mpjpe": "MPJPE", "pve": "PVE"}
-    if metric == "mix":
-        return "the mix " + " + ".join(f"{w:g}·{names[k]}" for k, w in MIX_WEIGHTS.items())
+    if metric == "mix":  # the calibration maps the weighted mean (calibration.calibrate_memory), in mm
+        return (f"the mix ({' + '.join(f'{w:g}·{names[k]}' for k, w in MIX_WEIGHTS.items())}) / "
+                f"{sum(MIX_WEIGHTS.values()):g}")
     return names.get(metric, metric)
 
 
@@ -1022,8 +1039,8 @@ def critique_groups(
             why = stopped[0] if stopped else None
             in_flight[0] += why is None
         if why is not None:
-            return GroupResult(gid, error=f"not tried: {UNUSABLE_IN_A_ROW} groups in a row failed because the VLM "
-                               f"endpoint cannot be used: {why}", error_type="EndpointUnusableError")
+            return GroupResult(gid, error=f"not tried: {UNUSABLE_IN_A_ROW} groups in a row failed because "
+                               f"{unusable_subject(why)} cannot be used: {why}", error_type="EndpointUnusableError")
         res, exc = None, None
         try:
             res, exc = _one(job, gid)

@@ -813,7 +813,7 @@ def _maybe_calibrate(memory, summary: ExploreSummary, judge_obj, cfg, groups, sp
         notes.append(f"this calibration is doubtful: {'; '.join(doubts)}; it maps every overall score — refit with "
                      f"more calibration groups (default {CALIBRATION_GROUPS}), or remove it with "
                      f"{cli_hint('calibration --clear', memory.path, getattr(memory, 'chroma_url', None))}")
-    summary.calibration_note = "\n  note: ".join(notes)
+    summary.calibration_note = "; ".join(notes)  # one note (the callers lay it out)
     emit("calibrated", {"calibration": summary.calibration,
                         **({"note": summary.calibration_note} if summary.calibration_note else {})})
 
@@ -994,7 +994,7 @@ _NOTHING_LEARNT = ("nothing was learnt (no rule or prototype written, the round 
 def _run_batch(memory, app, saver, judge_obj, is_builtin, cfg, batch, r, sig, split, tau, metric, history,
                emit, *, max_new_rules, min_gain, retire_min_uses, retire_min_rate, merge_text, prototypes, settle,
                info, run_record: dict | None = None, part: int = 0) -> RoundReport:
-    from hmrcritic.agent.api import UNUSABLE_IN_A_ROW, critique_group, discard_run, unusable_endpoint
+    from hmrcritic.agent.api import UNUSABLE_IN_A_ROW, critique_group, discard_run, unusable_endpoint, unusable_subject
     from hmrcritic.agent.evidence import evidence_tags
     from hmrcritic.agent.nodes import load_bodies
     from hmrcritic.memory.embeddings import pose_embedding
@@ -1034,9 +1034,10 @@ def _run_batch(memory, app, saver, judge_obj, is_builtin, cfg, batch, r, sig, sp
                 unusable += 1
                 if unusable >= UNUSABLE_IN_A_ROW and not scored:
                     first = next(f for f in report.failed if f["kind"] == "error")
+                    why = unusable_endpoint(exc)
                     raise HMRCriticError(
-                        f"explore: round {round_no} stopped after {unusable} groups failed because the VLM "
-                        f"endpoint cannot be used: {unusable_endpoint(exc)}; {_NOTHING_LEARNT}; first: "
+                        f"explore: round {round_no} stopped after {unusable} groups failed because "
+                        f"{unusable_subject(why)} cannot be used: {why}; {_NOTHING_LEARNT}; first: "
                         f"{first['group_id']}: {first['error']}") from exc
             continue
         ev = {k: np.asarray(v, np.float64) for k, v in res.evidence.items()}

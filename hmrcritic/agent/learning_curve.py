@@ -162,7 +162,7 @@ def score_groups(groups: Sequence[Any], memory: Any, variant: str = "full", judg
     After ``UNUSABLE_IN_A_ROW`` groups in a row failed because the VLM endpoint itself cannot be used (nothing
     answers, the key or the model refused), the rest are not sent: they fail with "not tried" at once, instead of
     each after its retries (an evaluate-critic of 100 groups × 6 variants against a refused key took hours)."""
-    from hmrcritic.agent.api import UNUSABLE_IN_A_ROW, critique_group, discard_run, unusable_endpoint
+    from hmrcritic.agent.api import UNUSABLE_IN_A_ROW, critique_group, discard_run, unusable_endpoint, unusable_subject
     from hmrcritic.agent.graph import compile_graph, open_checkpointer
     from hmrcritic.agent.state import AgentConfig
 
@@ -180,8 +180,8 @@ def score_groups(groups: Sequence[Any], memory: Any, variant: str = "full", judg
             out.append(None)
             versions.append("")
             if failures is not None:
-                failures.append(f"{g.group_id}: not tried: {UNUSABLE_IN_A_ROW} groups in a row failed because the "
-                                f"VLM endpoint cannot be used: {stopped}")
+                failures.append(f"{g.group_id}: not tried: {UNUSABLE_IN_A_ROW} groups in a row failed because "
+                                f"{unusable_subject(stopped)} cannot be used: {stopped}")
             if progress is not None:
                 progress(len(out), len(groups))
             continue

@@ -448,8 +448,10 @@ def format_trace(records: list[dict]) -> str:
     lines = [f"run {records[0]['run_id']}  group {records[0]['group_id']}"]
     for r in records:
         if r["event"] == "start":
-            # a resumed run's steps count from its checkpoint: the nodes before it are in the interrupted run's trace
-            resumed = " (resumed: earlier nodes ran in an interrupted run of this group)" if r.get("resumed") else ""
+            # a resumed run's steps count from its checkpoint: the nodes before it are in the earlier run's trace (one
+            # interrupted, or whose critique failed: "interrupted" read false after a failure)
+            resumed = (" (resumed: earlier nodes ran in an earlier unfinished run of this group)"
+                       if r.get("resumed") else "")
             lines.append(f"  start{resumed}  judge={r['config'].get('judge')}"
                          f" learn={r['config'].get('learn')} max_reflections={r['config'].get('max_reflections')}")
         elif r["event"] == "node":

@@ -833,6 +833,31 @@ def _base_url_source(url: str | None) -> str:
     return name if name and value == url else "JudgeSettings(base_url=...)"
 
 
+def _key_source() -> tuple[str | None, list[str]]:
+    """``(the variable the judge's key came from or None, the others also set)``, read as
+    :func:`hmrcritic.config.api_key` reads them (the first one set and not blank wins), to name in a 401/403's
+    advice, never the key itself."""
+    import os
+
+    from hmrcritic.config import API_KEY_VARS
+
+    set_ = [v for v in API_KEY_VARS if (os.environ.get(v) or "").strip()]
+    return (set_[0], set_[1:]) if set_ else (None, [])
+
+
+def _key_advice(status: int, source: tuple[str | None, list[str]]) -> str:
+    """What to change after a 401/403: the variable the key was read from (which one wins, where both are set),
+    or both names where none is set. "(the key is refused)" alone left the user to guess which of the two
+    variables was sent, and a fixed OPENAI_API_KEY stayed refused behind a stale HMRCRITIC_API_KEY."""
+    name, others = source
+    if name is None:
+        return ": no key was sent (HMRCRITIC_API_KEY and OPENAI_API_KEY are both unset); set HMRCRITIC_API_KEY to " \
+               "the endpoint's key"
+    shadowed = f" (it wins over {', '.join(others)})" if others else ""
+    what = "a valid key for this endpoint" if status == 401 else "a key allowed this model and endpoint"
+    return f": the key sent is the one in {name}{shadowed}; set {what} there"
+
+
 def _clip(text: str | None, most: int) -> str:
     """``text`` of at most ``most`` characters, its middle left out where longer: an address keeps its host and
     the path asked (``/chat/completions``), and the advice said after it stays within the 300-character line."""
@@ -926,6 +951,7 @@ class VLMJudge:
         self.max_retry_after_s = max_retry_after_s
         self.send_input_image = send_input_image
         key = api_key()  # refuses a key that cannot go into an HTTP header, without showing it
+        self._key_source = _key_source()  # the variable the key came from, read with it: a 401/403 names it
         if not key and self.settings.base_url is None:  # retrying the OpenAI endpoint without a key cannot work
             raise InputError("the VLM judge has no endpoint and no key: set HMRCRITIC_API_KEY (or OPENAI_API_KEY) "
                              "for OpenAI, or HMRCRITIC_BASE_URL for a local server (vLLM, Ollama)")
@@ -1457,6 +1483,12 @@ class VLMJudge:
                         too_large = exc.status_code == 413  # this group's body: a smaller one may pass
                         if no_model:
                             unusable = f"the model {self.settings.model!r} is not served there"
+                        if exc.status_code in (401, 403):  # which variable to change, as README promises
+                            advice = _key_advice(exc.status_code, self._key_source)
+                            if self._key_source[0] is not None:
+                                var = self._key_source[0]
+                                unusable = (f"the key is refused: the one in {var}" if exc.status_code == 401
+                                            else f"access is denied to the key in {var}")
             except openai.OpenAIError as exc:
                 reason, fatal = self._describe(exc), True
             except (IndexError, KeyError, TypeError, AttributeError, ValueError) as exc:

@@ -480,6 +480,13 @@ def header_mismatch(header: DatasetHeader, rec: GroupRecord) -> list[str]:
         diff.append(f"num_hypotheses={rec.num_hypotheses!r}")
     if header.x_dim is not None and rec.x_dim != header.x_dim:
         diff.append(f"x_dim={rec.x_dim!r}")
+    if (header.scorer == DEFAULT_SCORER and header.memory_version != "none"
+            and rec.memory_version != header.memory_version):
+        # the agent's records carry the version of the memory that scored them, which the header names: a record of
+        # another version is a group scored by another memory (a server memory written meanwhile, from a machine the
+        # export could not watch). A scorer of the user's own says what it likes there; "none" is a header of an
+        # export without memory (or one written by hand, naming none).
+        diff.append(f"memory_version={rec.memory_version!r}")
     return diff
 
 
@@ -496,6 +503,10 @@ def write_header(root: str | Path, header: DatasetHeader) -> None:
 RERUN_ADVICE = ("re-run the same export command to complete it (if the memory it scores with changed since, that "
                 "re-run is refused: export into another --out, or use the groups written so far)")
 _UNFINISHED = f"the last export into this folder did not finish (interrupted or still running); {RERUN_ADVICE}"
+# the same for inputs that failed: an export stopped because its memory changed (its failures.jsonl lists the groups
+# not attempted) is refused by that re-run, which "re-running the export retries them" promised would work
+RETRY_ADVICE = ("re-running the same export retries them (if the memory it scores with changed since, that re-run is "
+                "refused: export into another --out)")
 
 
 class ValidationReport(BaseModel):
@@ -689,7 +700,7 @@ def open_failures(root: str | Path, present: Iterable[str]) -> list[str]:
 
 def _failed_warning(root: Path, failed: list[str]) -> str:
     return (f"{len(failed)} input(s) failed and are not in the dataset ({FAILURES}"
-            f"{not_attempted_note(root, failed)}); re-running the export retries them")
+            f"{not_attempted_note(root, failed)}); {RETRY_ADVICE}")
 
 
 def not_attempted_note(root: str | Path, failed: list[str]) -> str:
@@ -697,11 +708,14 @@ def not_attempted_note(root: str | Path, failed: list[str]) -> str:
     never tried (its latest record's stage ``not_attempted``: it stopped on an unusable VLM endpoint), else "".
     They were counted as failed inputs with nothing else said, so 250 groups never sent read as 250 that failed."""
     latest = {f["group_id"]: f for f in read_jsonl(Path(root) / FAILURES) if isinstance(f.get("group_id"), str)}
-    skipped = sum(latest.get(g, {}).get("stage") == "not_attempted" for g in failed)
+    skipped = [latest[g] for g in failed if latest.get(g, {}).get("stage") == "not_attempted"]
     if not skipped:
         return ""
-    return (f"; {skipped} of them were not attempted, the export having stopped because its VLM endpoint could not "
-            f"be used, and {len(failed) - skipped} were tried and failed")
+    # a Chroma memory server that stopped answering stops an export as an unusable VLM endpoint does
+    what = ("its memory server" if str(skipped[-1].get("endpoint_unusable") or "").startswith("the memory server")
+            else "its VLM endpoint")
+    return (f"; {len(skipped)} of them were not attempted, the export having stopped because {what} could not "
+            f"be used, and {len(failed) - len(skipped)} were tried and failed")
 
 
 def _check_record_files(root: Path, rec: GroupRecord) -> list[str]:
@@ -785,7 +799,7 @@ class GroupPreferenceDataset(torch.utils.data.Dataset):
             # them as failures) holds none: say so, as the finetune's note does for an export that holds some
             failed = open_failures(self.root, read_ids)
             why = (f"; {len(failed)} input(s) of the export failed and are not in the dataset ({FAILURES}, first: "
-                   f"{failed[0]}{not_attempted_note(self.root, failed)}): re-running the export retries them"
+                   f"{failed[0]}{not_attempted_note(self.root, failed)}): {RETRY_ADVICE}"
                    ) if failed else ""
             raise AssetError(f"{self.root / MANIFEST}: no complete groups{why}")
         self.verify = verify

@@ -22,7 +22,8 @@ A group whose scoring fails (e.g. :class:`JudgeError`) goes to ``failures.jsonl`
 the run continues; the next run retries it. Only when the VLM judge's endpoint itself is unusable (nothing
 answers there, the key or the model refused, every request refused) and ``UNUSABLE_IN_A_ROW`` groups in a row
 failed so, none written in between, and groups are still to come, does the run stop early with a
-:class:`JudgeError` naming the endpoint: the groups written stay, the ones not attempted go to ``failures.jsonl``
+:class:`JudgeError` naming the endpoint (an :class:`AssetError` naming the server, when it is the Chroma memory
+server that stopped answering): the groups written stay, the ones not attempted go to ``failures.jsonl``
 (stage ``not_attempted``), and the same command continues once the endpoint works. The memory must stay frozen
 for the whole run: when another process writes to it meanwhile (an exploration, ``critique --learn``), the run
 stops before writing a group scored after the change and keeps the ones before (:class:`_MemoryWatch`). Worker
@@ -47,7 +48,7 @@ import numpy as np
 import torch
 from pydantic import BaseModel, Field, ValidationError
 
-from hmrcritic.agent.api import UNUSABLE_IN_A_ROW, unusable_endpoint  # one rule for every batch path
+from hmrcritic.agent.api import MEMORY_SERVER, UNUSABLE_IN_A_ROW, unusable_endpoint  # one rule for every batch path
 from hmrcritic.agent.schema import HypothesisScore
 from hmrcritic.alignment import dataset as D
 from hmrcritic.errors import AssetError, InputError, JudgeError
@@ -382,11 +383,12 @@ def _reason(exc: BaseException) -> str:
 
 
 _WORKER: GroupWorker | None = None
+_STARTED = None  # a spawned worker's end of _pool's queue of (pid, group_id): which group each process took last
 
 
-def _pool_init(ctx: WorkerContext) -> None:
-    global _WORKER
-    _WORKER = GroupWorker(ctx)
+def _pool_init(ctx: WorkerContext, started=None) -> None:
+    global _WORKER, _STARTED
+    _WORKER, _STARTED = GroupWorker(ctx), started
     _exit_with_parent()
 
 
@@ -411,6 +413,10 @@ def _exit_with_parent() -> None:
 
 def _pool_run(task: dict) -> dict:
     assert _WORKER is not None
+    if _STARTED is not None:  # a SimpleQueue writes at once (no feeder thread a kill -9 would cut short)
+        import os
+
+        _STARTED.put((os.getpid(), task["group_id"]))
     return _WORKER.run(task)
 
 
@@ -424,43 +430,123 @@ def _serial(ctx: WorkerContext, tasks: list[dict]) -> Iterator[dict]:
         torch.set_num_threads(prev)
 
 
+_POOL_BREAKS = 3  # process pools in a row that may break before any group finishes in them (see _pool)
+
+
+def _death(pid: int, code: int | None) -> str:
+    """"pid P, exit code C: what it means" for a worker process that died."""
+    import signal
+
+    if code is not None and code < 0:
+        try:
+            name = signal.Signals(-code).name
+        except ValueError:
+            name = f"signal {-code}"
+        how = {9: "killed (SIGKILL: `kill -9`, or the out-of-memory killer)"}.get(-code, f"killed by {name}")
+    else:
+        how = "exited (os._exit, sys.exit or a crash in native code)" if code else "exited"
+    return f"pid {pid}, exit code {code}: {how}"
+
+
 def _pool(ctx: WorkerContext, tasks: list[dict], workers: int) -> Iterator[dict]:
     """Results as they finish. A worker process that dies (killed, out of memory, a ``SystemExit`` in a scorer)
-    breaks the pool: the groups not finished by then are reported failed (stage "worker") instead of waiting
-    forever on them, as ``multiprocessing.Pool`` did; a re-run retries them."""
+    breaks the pool, whose other workers are then stopped too: the groups the dead process was running fail
+    (stage "worker", naming its pid and exit code) and the others not finished go to a new pool. Before, every
+    group not finished — the healthy workers' too — failed, one ``kill -9`` costing the rest of the split.
+
+    Which process ran which group each worker says as it takes it (``_STARTED``). A process that died holding
+    none (it could not load its task: samples of a class of a notebook's or script's ``__main__`` do not unpickle
+    in a spawned worker) fails no group by itself; after ``_POOL_BREAKS`` pools in a row broke before any group
+    finished in them (every task kills its worker), the groups left fail instead of starting pool after pool.
+    A re-run retries every group failed so."""
     from concurrent.futures import FIRST_COMPLETED, ProcessPoolExecutor, wait
     from concurrent.futures.process import BrokenProcessPool
 
-    pool = ProcessPoolExecutor(workers, mp_context=mp.get_context("spawn"), initializer=_pool_init,
-                               initargs=(ctx,))
-    pending = {pool.submit(_pool_run, t): t for t in tasks}
+    spawn = mp.get_context("spawn")
+    todo, breaks, started = list(tasks), 0, None
     try:
-        while pending:
-            done, _ = wait(pending, return_when=FIRST_COMPLETED)
-            for fut in done:
-                task = pending.pop(fut)
-                try:
-                    yield fut.result()
-                except BrokenProcessPool:
-                    yield {"group_id": task["group_id"], "input_id": task["input_id"],
-                           "group_seed": task["group_seed"], "ok": False, "stage": "worker",
-                           "error": "a worker process died while this group was pending (killed, out of memory, "
-                                    "or exited — or it could not load its task: samples of a class defined in a "
-                                    "notebook or script's __main__ cannot reach spawned workers, use --workers 1 "
-                                    "or Ray); a re-run retries it"}
-    except BaseException:
-        # Ctrl-C (or an error, or the caller stopping early): nothing will write what the workers are computing
-        # now, so stop them instead of waiting. A Ctrl-C reaches the workers too; each then took the next group
-        # already queued for it and ran it whole while `shutdown(wait=True)` waited (minutes with a VLM judge,
-        # the terminal silent, the results thrown away). Killed here as when the export itself is killed.
-        for proc in list((getattr(pool, "_processes", None) or {}).values()):
-            with contextlib.suppress(Exception):
-                proc.terminate()
-        raise
+        while todo:
+            # a queue per pool: a worker killed while it writes holds the queue's lock for good, and the next pool's
+            # workers would wait on it for ever
+            started = spawn.SimpleQueue()
+            pool = ProcessPoolExecutor(min(workers, len(todo)), mp_context=spawn, initializer=_pool_init,
+                                       initargs=(ctx, started))
+            pending = {pool.submit(_pool_run, t): t for t in todo}
+            # pid → Process, their exit codes once the pool broke: taken now too (the pool spawns them as tasks are
+            # submitted), as a pool that breaks before its first wait returns may have dropped them by then
+            procs: dict[int, Any] = dict(getattr(pool, "_processes", None) or {})
+            holds: dict[int, str] = {}  # pid → the group it took last
+            finished: set[str] = set()
+            broke = False
+            try:
+                while pending:
+                    done, _ = wait(pending, return_when=FIRST_COMPLETED)
+                    procs.update(getattr(pool, "_processes", None) or {})
+                    _drain(started, holds)
+                    for fut in done:
+                        task = pending.pop(fut)
+                        try:
+                            res = fut.result()
+                        except BrokenProcessPool:
+                            broke = True
+                            continue
+                        finished.add(task["group_id"])
+                        yield res
+            except BaseException:
+                # Ctrl-C (or an error, or the caller stopping early): nothing will write what the workers are
+                # computing now, so stop them instead of waiting. A Ctrl-C reaches the workers too; each then took
+                # the next group already queued for it and ran it whole while `shutdown(wait=True)` waited (minutes
+                # with a VLM judge, the terminal silent, the results thrown away). Killed here as when the export
+                # itself is killed.
+                for proc in list((getattr(pool, "_processes", None) or {}).values()):
+                    with contextlib.suppress(Exception):
+                        proc.terminate()
+                raise
+            finally:
+                for fut in pending:
+                    fut.cancel()
+                pool.shutdown(wait=True, cancel_futures=True)
+            todo = [t for t in todo if t["group_id"] not in finished]
+            if not broke:
+                break
+            _drain(started, holds)
+            # the pool stops its other workers with SIGTERM once one died: those are no deaths of their own (unless
+            # nothing else died: then a SIGTERM from outside was what broke it)
+            codes = {pid: p.exitcode for pid, p in procs.items() if p.exitcode}
+            dead = {pid: c for pid, c in codes.items() if c != -15} or codes
+            held = {holds[pid]: _death(pid, c) for pid, c in dead.items() if holds.get(pid) in
+                    {t["group_id"] for t in todo}}
+            for task in [t for t in todo if t["group_id"] in held]:
+                yield _pool_failure(task, f"a worker process died while running this group ({held[task['group_id']]}"
+                                          "); a re-run retries it")
+            todo = [t for t in todo if t["group_id"] not in held]
+            breaks = 0 if finished else breaks + 1  # pools in a row that finished no group
+            if todo and breaks >= _POOL_BREAKS:
+                deaths = "; ".join(_death(pid, c) for pid, c in dead.items()) or "exit codes unknown"
+                hint = ("" if held else ": it could not load its task — samples of a class defined in a notebook or "
+                        "a script's __main__ do not reach spawned workers (use --workers 1, or Ray)")
+                for task in todo:
+                    yield _pool_failure(task, f"worker processes kept dying ({breaks} process pools in a row broke "
+                                              f"before any group finished in them; last: {deaths}){hint}; a re-run "
+                                              "retries this group")
+                return
+            started.close()
+            started = None
     finally:
-        for fut in pending:
-            fut.cancel()
-        pool.shutdown(wait=True, cancel_futures=True)
+        if started is not None:
+            started.close()
+
+
+def _drain(started, holds: dict[int, str]) -> None:
+    """Read the workers' (pid, group) messages as they come: unread, a full pipe would block their ``put``."""
+    while not started.empty():
+        pid, gid = started.get()
+        holds[pid] = gid
+
+
+def _pool_failure(task: dict, error: str) -> dict:
+    return {"group_id": task["group_id"], "input_id": task["input_id"], "group_seed": task["group_seed"],
+            "ok": False, "stage": "worker", "error": error}
 
 
 RAY_WORKER_DIED = "a Ray worker died while running this group (killed, out of memory, or exited); a re-run retries it"
@@ -707,6 +793,13 @@ def model_hash(model_path: str | None) -> tuple[str, int]:
     return state_dict_hash(model), int(model.X_DIM)
 
 
+def _memory_folder(cfg: ExportConfig) -> Path:
+    """The export memory's folder on this machine: the memory itself, or a server memory's local lock folder."""
+    from hmrcritic import config
+
+    return Path(cfg.memory) if cfg.memory else config.memory_dir()
+
+
 def frozen_memory(cfg: ExportConfig) -> tuple[str | None, str]:
     """Path and version of the frozen memory the workers open read-only.
 
@@ -715,13 +808,12 @@ def frozen_memory(cfg: ExportConfig) -> tuple[str | None, str]:
     """
     if not cfg.use_memory:
         return cfg.memory, "none"
-    from hmrcritic import config
     from hmrcritic.memory import MemoryStore
     from hmrcritic.memory.store import holds_memory
 
     path = cfg.memory
     if not cfg.chroma_url:
-        p = Path(cfg.memory) if cfg.memory else config.memory_dir()
+        p = _memory_folder(cfg)
         if not holds_memory(p):
             MemoryStore(p)  # seeds the starter rules
         path = str(p)
@@ -733,24 +825,34 @@ class _MemoryWatch:
     --learn``, an import): the workers' read-only stores see such writes, so later groups were scored by
     another memory than the one the dataset names, silently. Cheap per group: the memory's write sequence
     (bumped by every write batch) and whether a batch holds its write lock; only when either says so is the
-    version recomputed. An embedded memory only (a Chroma server's writers elsewhere leave no trace here)."""
+    version recomputed. A Chroma server's writers on this machine bump the same local sequence; writers on other
+    machines leave no trace here, so a server memory's version is also read every ``SERVER_CHECK_S`` seconds.
 
-    def __init__(self, path: str | None, version: str, seq: int):
-        """``seq``: :meth:`seq_of` the memory read *before* ``version`` was (a write in between then costs one
-        recomputation, never a miss)."""
+    A server named by ``--chroma-url`` was not watched at all (the same server through HMRCRITIC_CHROMA_URL was):
+    a ``memory reset`` of the server mid-export left a dataset of groups scored by two memories under one
+    header's version."""
+
+    SERVER_CHECK_S = 10.0
+
+    def __init__(self, path: str | None, version: str, seq: int, chroma_url: str | None = None):
+        """``path``: the memory's folder (a server memory's local lock folder), None for no memory. ``seq``:
+        :meth:`seq_of` the memory read *before* ``version`` was (a write in between then costs one recomputation,
+        never a miss). ``chroma_url``: as the export was given it (None: the environment's, as the store reads)."""
         from hmrcritic.memory import store as S
 
         self._S = S
         self.path = Path(path) if path else None
         self.version = version
         self.seq = seq
+        self.chroma_url = chroma_url
+        self.server = None if self.path is None else (chroma_url or S.config.env_chroma_url() or None)
+        self._last_server_check = time.monotonic()
 
     @staticmethod
     def seq_of(cfg: ExportConfig) -> int:
-        from hmrcritic import config
         from hmrcritic.memory.store import _read_seq
 
-        return _read_seq(Path(cfg.memory) if cfg.memory else config.memory_dir())
+        return _read_seq(_memory_folder(cfg))
 
     def _batch_running(self) -> bool:
         from filelock import FileLock, Timeout
@@ -770,17 +872,25 @@ class _MemoryWatch:
         if self.path is None:
             return
         seq = self._S._read_seq(self.path)
-        if seq == self.seq and not self._batch_running():
+        due = self.server is not None and time.monotonic() - self._last_server_check >= self.SERVER_CHECK_S
+        if seq == self.seq and not due and not self._batch_running():
             return
-        store = self._S.MemoryStore(self.path, read_only=True)
-        store.refresh()
-        now = store.version()
+        store = self._S.MemoryStore(self.path, chroma_url=self.chroma_url, read_only=True)
+        try:
+            store.refresh()
+            now = store.version()
+        finally:
+            store.close()
+        self._last_server_check = time.monotonic()
         if now != self.version:
+            where, copy = ((f"the memory on the Chroma server {redact_url(self.server)}", "`hmrcritic memory export` "
+                            "it and `memory import` the file into a folder of its own")
+                           if self.server else (f"memory at {self.path}", "a copy of the folder"))
             raise InputError(
-                f"memory at {self.path} changed while this export ran (version {self.version} → {now}): another "
-                "process wrote to it (an exploration, `critique --learn`, an import), so the groups still to come "
-                f"would not be scored by the memory this dataset names; the {kept} group(s) written so far are "
-                "kept. Export from a memory nothing writes to (a copy of the folder), into another --out")
+                f"{where} changed while this export ran (version {self.version} → {now}): another "
+                "process wrote to it (an exploration, `critique --learn`, an import, a reset), so the groups still to "
+                f"come would not be scored by the memory this dataset names; the {kept} group(s) written so far are "
+                f"kept. Export from a memory nothing writes to ({copy}), into another --out")
         self.seq = seq
 
 
@@ -846,7 +956,7 @@ def export(
     mhash, x_dim = model_hash(cfg.model)
     seq = _MemoryWatch.seq_of(cfg)
     memory, memory_version = frozen_memory(cfg)
-    watch = _MemoryWatch(memory if cfg.use_memory and not cfg.chroma_url else None, memory_version, seq)
+    watch = _MemoryWatch(_memory_folder(cfg) if cfg.use_memory else None, memory_version, seq, cfg.chroma_url)
     header = D.DatasetHeader(
         source=cfg.source,
         split=split_name,
@@ -922,8 +1032,9 @@ def export(
         # nothing left to do (a fully resumed export): no bar frozen at N/N with a blank rate and ETA
         bar = _progress(len(samples), done_here) if progress is True and tasks else None
         # groups in a row that failed because the judge's endpoint is unusable (refused connections, a refused
-        # key, no such model, every request refused), none written in between: each failed after its retries, and
-        # a down endpoint failed every group of the split in turn (an hour for 256 groups, to write nothing)
+        # key, no such model, every request refused) or the Chroma memory server stopped answering, none written in
+        # between: each failed after its retries, and a down endpoint failed every group of the split in turn (an
+        # hour for 256 groups, to write nothing)
         unusable_in_a_row, finished, stopped = 0, set(), None
         try:
             for res in results if tasks else ():
@@ -978,8 +1089,7 @@ def export(
         elapsed = time.time() - t_start
         reasons: dict[str, int] = {}
         for f in failures:
-            key = f["error"].split(":")[0]
-            reasons[key] = reasons.get(key, 0) + 1
+            reasons[_reason_key(f["error"])] = reasons.get(_reason_key(f["error"]), 0) + 1
         overall = [s.overall for r in records for s in r.scores]
         hist, edges = np.histogram(overall, bins=10, range=(0.0, 10.0))
         summary = ExportSummary(
@@ -1120,6 +1230,10 @@ def _check_or_write_header(out: Path, header: D.DatasetHeader) -> None:
                 )
             raise InputError(f"{out} holds an export with different {', '.join(diff)} ({values}); use another --out")
         header.counts = old.counts
+        if old.agent_settings is None and D.read_manifest(out):
+            # an export from before the settings were recorded: its groups' settings stay unknown, or the header
+            # would claim this run's for all of them (and refuse a later resume under the first run's)
+            header.agent_settings = None
     else:  # records without a header (it was deleted): only this export's own may be resumed, never mixed in
         for rec in D.read_manifest(out):
             diff = D.header_mismatch(header, rec)
@@ -1156,7 +1270,7 @@ def _write_group(out: Path, cfg: ExportConfig, res: dict, mhash: str, x_dim: int
 
 def _failure_line(res: dict) -> dict:
     """A failed group's line in failures.jsonl: its ids, stage and reason, and ``endpoint_unusable`` (the endpoint
-    and what is wrong with it) when the judge's endpoint itself was why."""
+    and what is wrong with it) when the judge's endpoint, or the memory server, itself was why."""
     keys = ("group_id", "input_id", "stage", "error", "endpoint_unusable")
     return {k: res[k] for k in keys if k in res}
 
@@ -1165,8 +1279,15 @@ def _stop_for_endpoint(out: Path, tasks: list[dict], finished: set, last: dict, 
     """The error that stops an export whose judge endpoint is unusable (see the loop in :func:`export`), once the
     groups not attempted are in failures.jsonl (stage ``not_attempted``, with ``endpoint_unusable``), so that they
     read as failed, not as missing or scored, and a re-run retries them. The groups written stay; the header says
-    unfinished; running the same command again once the endpoint works continues from here."""
-    why = f"the VLM endpoint cannot be used: {last['endpoint_unusable']}"
+    unfinished; running the same command again once the endpoint works continues from here.
+
+    A Chroma memory server that stopped answering stops it the same way (:func:`unusable_endpoint` names it "the
+    memory server at …"), as an AssetError that says so: it read "the VLM endpoint cannot be used", and "fix the
+    endpoint", for an export whose judge may be the builtin one."""
+    unusable = last["endpoint_unusable"]
+    memory = unusable.startswith(MEMORY_SERVER)
+    why = (f"{MEMORY_SERVER} cannot be used: {unusable.removeprefix(MEMORY_SERVER + ' at ')}" if memory
+           else f"the VLM endpoint cannot be used: {unusable}")
     skipped = [{"group_id": t["group_id"], "input_id": t["input_id"], "stage": "not_attempted",
                 "error": f"not attempted: the export stopped because {why}",
                 "endpoint_unusable": last["endpoint_unusable"]} for t in tasks if t["group_id"] not in finished]
@@ -1175,10 +1296,18 @@ def _stop_for_endpoint(out: Path, tasks: list[dict], finished: set, last: dict, 
     present = {r.group_id for r in D.read_manifest(out)}
     latest = {f["group_id"]: f for f in [*_failure_records(out), *skipped] if f["group_id"] not in present}
     _rewrite_failures(out, sorted(latest.values(), key=lambda f: order.get(f["group_id"], len(order))))
-    return JudgeError(
+    fix = "start the memory server again (or fix its address)" if memory else "fix the endpoint"
+    return (AssetError if memory else JudgeError)(
         f"export stopped: {UNUSABLE_IN_A_ROW} groups in a row failed because {why} (last: {last['group_id']}: "
         f"{last['error']}); the {kept} group(s) in {out} are kept, the {len(skipped)} not attempted are listed in "
-        f"{out / D.FAILURES}: fix the endpoint and run the same command again to continue")
+        f"{out / D.FAILURES}: {fix} and run the same command again to continue")
+
+
+def _reason_key(error: str) -> str:
+    """A failure's key in the summary's counts: its error type, or its message up to the first ":" or "(" (cut at
+    the ":" alone, "a worker process died … (killed, out of memory, or exited — or it could not load its task" was
+    a key, cut inside its parenthesis)."""
+    return error.split(":")[0].split("(")[0].strip() or error.split(":")[0]
 
 
 def _failure_records(out: Path) -> list[dict]:

@@ -31,7 +31,13 @@ from pathlib import Path
 
 import torch
 
-from hmrcritic.alignment.dataset import FAILURES, GroupPreferenceDataset, not_attempted_note, open_failures
+from hmrcritic.alignment.dataset import (
+    FAILURES,
+    RETRY_ADVICE,
+    GroupPreferenceDataset,
+    not_attempted_note,
+    open_failures,
+)
 from hmrcritic.alignment.objectives import OBJECTIVES, ObjectiveConfig, compute_loss, frozen_reference
 from hmrcritic.alignment.stats import GroupStatTracker, zero_variance_mask
 from hmrcritic.errors import AssetError, HMRCriticError, InputError, check_number
@@ -604,7 +610,7 @@ def _note_left_out(ds: GroupPreferenceDataset, data: str) -> None:
     if failed:  # a VLM endpoint down for most of an export left a few groups: trained on without a word
         print(f"note: {len(failed)} input(s) of the export into {data} failed and are not in the dataset "
               f"({FAILURES}, first: {failed[0]}{not_attempted_note(ds.root, failed)}): training on the {len(ds)} "
-              "group(s) it holds; re-running the export retries them", file=sys.stderr)
+              f"group(s) it holds; {RETRY_ADVICE}", file=sys.stderr)
     if ds.stale_advantages:
         print(f"note: {len(ds.stale_advantages)} group(s) of {data} store advantages that do not match their scores "
               f"(first: {ds.stale_advantages[0]}): unused, finetune recomputes them from the scores; {said}",

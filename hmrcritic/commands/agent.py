@@ -197,7 +197,7 @@ def register(app: typer.Typer) -> None:
         _print_table(result)
         typer.echo(f"scores: {out / 'scores.json'}\nreport: {report}\nrun: {result.run_id}"
                    + (" (finished earlier; use --fresh to recompute)" if result.finished_earlier
-                      else " (resumed an interrupted run)" if result.resumed else ""))
+                      else " (resumed an earlier unfinished run)" if result.resumed else ""))
 
     @app.command("trace")
     def trace_cmd(

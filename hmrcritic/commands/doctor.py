@@ -209,6 +209,11 @@ def _folders() -> dict:
             _parse_chroma_url(url)
         except InputError as exc:
             problems.append(f"HMRCRITIC_CHROMA_URL: {exc}")
+        else:  # where the memory is: the memory folder then holds only this machine's write lock (the text line
+            # showed that folder as "memory=" and the server only inside the judge line's agent settings)
+            from hmrcritic.redact import redact_url
+
+            res["memory_server"] = redact_url(url)
     if problems:
         res["ok"] = False
         res["error"] = "; ".join(problems)
@@ -491,8 +496,10 @@ def _summary(c: dict) -> str:
     if n == "body_model" and c["ok"]:
         return f"{c['model']}: {c['vertices']} vertices, {c['faces']} faces, rest height {c['height_m']} m"
     if n == "folders":
+        server = c.get("memory_server")
         return "; ".join(f"{k}={v['path']}" + ("" if v["exists"] else " (not yet created)")
-                         for k, v in c["folders"].items())
+                         + (" (its write lock only: the memory is on a Chroma server)" if server and k == "memory"
+                            else "") for k, v in c["folders"].items())
     if n == "checkpoint" and c["ok"]:
         return f"{c['path']} ({c['bytes'] / 1e6:.1f} MB, {c['parameters']:,} parameters)"
     if n == "judge":
@@ -502,8 +509,20 @@ def _summary(c: dict) -> str:
         changed = ", ".join(f"{v}={agent['values'][field[v]]}" for v in agent.get("from_environment", ()))
         return (f"judge {c.get('agent_judge')}; base_url={s.get('base_url') or '(none: OpenAI default)'}, "
                 f"model={s.get('model')}, api key {s.get('api_key')}, timeout {s.get('timeout_s')} s, "
-                f"retries {s.get('max_retries')}; agent settings: " + (changed or "defaults"))
+                f"retries {s.get('max_retries')}, concurrency {s.get('max_concurrency')}; agent settings: "
+                + (changed or "defaults"))
     return c.get("error", "")
+
+
+def _memory_line(c: dict) -> str:
+    """The text report's ``memory`` line, from the folders check: where the dual memory is. With
+    ``HMRCRITIC_CHROMA_URL`` set the folders line showed only the local memory folder (which then holds this
+    machine's write lock, nothing else) and the server appeared only inside the judge line's agent settings,
+    so a report did not say which memory a critique would read. The server is named, never contacted."""
+    folder = c["folders"]["memory"]
+    if c.get("memory_server"):
+        return f"Chroma server {c['memory_server']} (not contacted; its local lock folder: {folder['path']})"
+    return f"{folder['path']} (on disk" + ("" if folder["exists"] else ", not yet created") + ")"
 
 
 def register(app: typer.Typer) -> None:
@@ -524,6 +543,8 @@ def register(app: typer.Typer) -> None:
                 mark = "ok  " if c["ok"] else "FAIL"
                 line = _summary(c) if c["ok"] else c.get("error", "failed")
                 print(f"[{mark}] {c['name']:<11} {line}")
+                if c["name"] == "folders" and c["ok"]:  # a FAIL line names what is wrong with the folders
+                    print(f"[{mark}] {'memory':<11} {_memory_line(c)}")
             print("all checks passed" if report["ok"] else "some checks failed (see FAIL lines)")
         if not report["ok"]:
             # SystemExit rather than typer.Exit: cli.main runs click with standalone_mode=False, where

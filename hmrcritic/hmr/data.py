@@ -550,17 +550,18 @@ def generate_split(
 
 
 def _with_progress(label: str, total: int, quiet: bool, fn):
-    import sys
-
-    # a bar only on a terminal: off one (a log, CI, a pipe) rich's transient bar drew nothing and then wrote a blank
-    # line to stderr after the "(first use)" notice
-    if quiet or total < 2000 or not (getattr(sys.stderr, "isatty", None) and sys.stderr.isatty()):
+    if quiet or total < 2000:
         return fn(None)
     from rich.console import Console
     from rich.progress import Progress
 
-    # on stderr, beside the notice that data is being generated: stdout is the caller's (a --json reply, a pipe)
-    with Progress(transient=True, console=Console(stderr=True)) as prog:
+    # on stderr, beside the notice that data is being generated: stdout is the caller's (a --json reply, a pipe).
+    # A bar only where one is drawn (a terminal, a notebook): elsewhere (a log, CI, a pipe) rich's transient bar drew
+    # nothing and then wrote a blank line to stderr after the "(first use)" notice
+    console = Console(stderr=True)
+    if not (console.is_terminal or console.is_jupyter):
+        return fn(None)
+    with Progress(transient=True, console=console) as prog:
         task = prog.add_task(label, total=total)
         return fn(lambda k: prog.advance(task, k))
 

@@ -601,7 +601,12 @@ class _ServerProxy:
 
     A server that stops answering after the store opened (restarted, network gone) otherwise surfaces as
     httpx's bare ``ConnectError: [Errno 111] Connection refused``, which names neither Chroma nor the URL.
-    Collections it hands out are wrapped the same way; everything else passes through unchanged."""
+    Collections it hands out are wrapped the same way; everything else passes through unchanged.
+
+    The error carries what :func:`hmrcritic.agent.api.unusable_endpoint` reads (``endpoint_unusable``, ``endpoint``,
+    ``cause``, ``endpoint_kind``): every later group of a batch meets the same dead server, so an export stops after
+    ``UNUSABLE_IN_A_ROW`` of them, as for a VLM endpoint that cannot be used, instead of failing the rest one by one
+    (each group, and the run's exit 0, read as the judge's trouble)."""
 
     def __init__(self, target: Any, where: str):
         self._target = target
@@ -621,8 +626,11 @@ class _ServerProxy:
             try:
                 out = attr(*args, **kwargs)
             except httpx.TransportError as exc:
-                raise AssetError(scrub(f"the Chroma server at {self._where} stopped answering "
-                                       f"({type(exc).__name__}: {exc})")) from exc
+                err = AssetError(scrub(f"the Chroma server at {self._where} stopped answering "
+                                       f"({type(exc).__name__}: {exc})"))
+                err.endpoint_unusable, err.endpoint, err.cause = True, self._where, "stopped answering"
+                err.endpoint_kind = "memory server"
+                raise err from exc
             return _ServerProxy(out, self._where) if isinstance(out, Collection) else out
 
         return call
@@ -1393,7 +1401,9 @@ class MemoryStore:
         content: dict[str, Any] = {"rules": rules, "prototypes": [f"{total:032x}", count]}
         cal = self.calibration()
         if cal is not None:  # absent → the same version as before calibrations existed
-            content["calibration"] = cal.model_dump(mode="json")
+            # error_metric PA-MPJPE (every calibration before session 29 was) → the same version as before the field
+            content["calibration"] = cal.model_dump(
+                mode="json", exclude={"error_metric"} if cal.error_metric == "pa_mpjpe" else None)
         blob = json.dumps(content, sort_keys=True, separators=(",", ":"))
         return hashlib.sha256(blob.encode("utf-8")).hexdigest()[:16]
 
