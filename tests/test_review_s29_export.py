@@ -138,3 +138,58 @@ def test_samples_no_worker_can_load_fail_with_the_main_hint_after_a_few_pools(mo
     assert (s.groups, s.failures) == (0, 3), format_summary(s)
     fails = _failures(out)
     assert all("kept dying" in f["error"] and "__main__" in f["error"] for f in fails), fails
+
+
+def exiting_score(sample, hypotheses, **kw):
+    """fake_score, except that the worker process ends with os._exit(0) on the ids in HMRCRITIC_TEST_EXIT_IDS."""
+    if sample.sample_id in os.environ.get("HMRCRITIC_TEST_EXIT_IDS", "").split(","):
+        os._exit(0)
+    return fake_score(sample, hypotheses, **kw)
+
+
+@pytest.mark.slow
+def test_a_worker_that_exits_0_holding_a_group_is_the_one_blamed(model_path, tmp_path, monkeypatch, spawned):  # noqa: F811
+    """Exit codes of 0 were dropped: a worker ending with os._exit(0) inside a group was never found, its group was
+    retried pool after pool and failed with the hint about tasks that cannot be loaded (they were loaded)."""
+    monkeypatch.setenv("HMRCRITIC_TEST_EXIT_IDS", "img002")
+    out = tmp_path / "ds"
+    s = export(cfg_for(out, model_path, workers=2, score_group="test_review_s29_export:exiting_score"),
+               inputs=make_inputs(5))
+    assert (s.groups, s.failures) == (4, 1), format_summary(s)
+    [fail] = _failures(out)
+    assert fail["input_id"] == "img002" and "exit code 0" in fail["error"] and "__main__" not in fail["error"]
+
+
+def test_a_memory_server_gone_before_the_workers_open_it_stops_the_export(model_path, tmp_path, monkeypatch):  # noqa: F811
+    """A server that went after the export read its version and before a worker opened the memory (a new pool, a
+    replaced Ray actor): every group failed at its set-up, one by one, and the export ended 0. The unreachable
+    server's error now carries the same flags as one that stops answering."""
+    from conftest import start_chroma_server
+
+    import hmrcritic.alignment.export as E
+    from hmrcritic.memory.store import MemoryStore
+
+    proc, port = start_chroma_server(tmp_path / "srv")
+    real = E.frozen_memory
+
+    def then_the_server_goes(cfg):
+        got = real(cfg)
+        proc.kill()
+        proc.wait(timeout=10)
+        return got
+
+    try:
+        url = f"http://127.0.0.1:{port}"
+        MemoryStore(tmp_path / "lock", chroma_url=url).close()  # creates and seeds the server's memory
+        monkeypatch.setattr(E, "frozen_memory", then_the_server_goes)
+        out = tmp_path / "ds"
+        cfg = cfg_for(out, model_path, use_memory=True, memory=str(tmp_path / "lock"), chroma_url=url,
+                      score_group="test_review_s29_export:memory_score")
+        with pytest.raises(AssetError, match=r"the memory server cannot be used: .*cannot be reached"):
+            export(cfg, inputs=make_inputs(6))
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait(timeout=10)
+    fails = _failures(out)
+    assert [f["stage"] for f in fails] == ["setup"] * UNUSABLE_IN_A_ROW + ["not_attempted"] * 3, fails

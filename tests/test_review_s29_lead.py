@@ -277,25 +277,6 @@ def test_an_export_from_a_server_named_by_chroma_url_notices_a_write_elsewhere(c
     assert [r.input_id for r in D.read_manifest(tmp_path / "ds")] == ["img000"]
 
 
-def test_validate_tells_a_record_scored_by_another_memory_version(tmp_path):
-    """``export validate`` compared each record's source, model, judge and seed with the header, not the memory
-    version the agent records per group: a dataset whose later groups another memory scored passed. For the
-    agent's own scorer a record of another version is now a mismatch; a scorer of the user's own is left alone."""
-    from test_export import cfg_for, make_inputs, tiny_model
-
-    from hmrcritic.alignment import dataset as D
-    from hmrcritic.alignment.export import export
-
-    export(cfg_for(tmp_path / "ds", tiny_model(tmp_path / "tiny.pt")), inputs=make_inputs(1))
-    rec = D.read_manifest(tmp_path / "ds")[0]
-    header = D.read_header(tmp_path / "ds")
-    assert rec.memory_version == "test-memory" and D.header_mismatch(header, rec) == []  # the stand-in scorer's
-    agent = header.model_copy(update={"scorer": D.DEFAULT_SCORER, "memory_version": "test-memory"})
-    assert D.header_mismatch(agent, rec) == []
-    later = agent.model_copy(update={"memory_version": "0123456789abcdef"})
-    assert D.header_mismatch(later, rec) == ["memory_version='test-memory'"]
-
-
 def test_a_calibrated_memorys_version_is_what_it_was_before_the_metric_was_recorded(tmp_path):
     """The calibration's new ``error_metric`` field went into the memory's version hash, so every calibrated
     memory got a new version on upgrading (the published memory versions, an export's resume check). A PA-MPJPE
@@ -326,3 +307,16 @@ def test_every_base_url_variable_has_its_credentials_masked(monkeypatch):
         monkeypatch.setenv(name, "http://alice:Pa55w0rd/x@127.0.0.1:1/v1")
         assert "Pa55w0rd" not in scrub("InvalidURL: Invalid port: 'Pa55w0rd/x'"), name
         monkeypatch.delenv(name)
+
+
+def test_the_retry_advice_speaks_of_a_refusal_only_where_groups_are_written(tmp_path):
+    """A re-run after the export's memory changed is refused when the folder holds groups (another memory_version),
+    and "re-running the export retries them" promised otherwise; into a folder with none it takes the folder over,
+    so there the advice has no such clause."""
+    from hmrcritic.alignment import dataset as D
+
+    (tmp_path / D.FAILURES).write_text("")
+    some = D._failed_warning(tmp_path, ["g0"])
+    none = D._failed_warning(tmp_path, ["g0"], written=False)
+    assert some.endswith(D.RETRY_ADVICE) and "that re-run is refused" in some
+    assert none.endswith("re-running the same export retries them") and "refused" not in none

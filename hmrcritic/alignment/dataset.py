@@ -480,13 +480,9 @@ def header_mismatch(header: DatasetHeader, rec: GroupRecord) -> list[str]:
         diff.append(f"num_hypotheses={rec.num_hypotheses!r}")
     if header.x_dim is not None and rec.x_dim != header.x_dim:
         diff.append(f"x_dim={rec.x_dim!r}")
-    if (header.scorer == DEFAULT_SCORER and header.memory_version != "none"
-            and rec.memory_version != header.memory_version):
-        # the agent's records carry the version of the memory that scored them, which the header names: a record of
-        # another version is a group scored by another memory (a server memory written meanwhile, from a machine the
-        # export could not watch). A scorer of the user's own says what it likes there; "none" is a header of an
-        # export without memory (or one written by hand, naming none).
-        diff.append(f"memory_version={rec.memory_version!r}")
+    # not the memory version: the agent records "none" for a group scored with rules and prototypes off
+    # (HMRCRITIC_USE_RULES=0 …) under a header naming the memory, and a worker's store keeps the version it read at
+    # its start; the export's _MemoryWatch is what notices a memory written meanwhile
     return diff
 
 
@@ -548,7 +544,7 @@ def validate_dataset(root: str | Path, max_errors: int = 50) -> ValidationReport
         # failed (and what was never tried) is in failures.jsonl, and "interrupted or still running" alone hid it
         failed = open_failures(root, ())
         if failed:
-            notes.append(_failed_warning(root, failed))
+            notes.append(_failed_warning(root, failed, written=False))
         # unfinished, it reads as the export interrupted after some groups does (a warning to re-run), not as a
         # broken folder; it still fails (exit 1), as a finished export that wrote no group does: validate passes a
         # folder finetune can train on, and finetune refuses this one. Finished, the missing manifest lost its groups
@@ -698,9 +694,11 @@ def open_failures(root: str | Path, present: Iterable[str]) -> list[str]:
     return list(dict.fromkeys(g for g in ids if g not in present))
 
 
-def _failed_warning(root: Path, failed: list[str]) -> str:
+def _failed_warning(root: Path, failed: list[str], written: bool = True) -> str:
+    """``written``: the folder holds groups (a re-run after the memory changed is refused then; into a folder that
+    holds none it takes the folder over, whatever changed)."""
     return (f"{len(failed)} input(s) failed and are not in the dataset ({FAILURES}"
-            f"{not_attempted_note(root, failed)}); {RETRY_ADVICE}")
+            f"{not_attempted_note(root, failed)}); {RETRY_ADVICE if written else RETRY_ADVICE.split(' (')[0]}")
 
 
 def not_attempted_note(root: str | Path, failed: list[str]) -> str:
@@ -799,7 +797,7 @@ class GroupPreferenceDataset(torch.utils.data.Dataset):
             # them as failures) holds none: say so, as the finetune's note does for an export that holds some
             failed = open_failures(self.root, read_ids)
             why = (f"; {len(failed)} input(s) of the export failed and are not in the dataset ({FAILURES}, first: "
-                   f"{failed[0]}{not_attempted_note(self.root, failed)}): {RETRY_ADVICE}"
+                   f"{failed[0]}{not_attempted_note(self.root, failed)}): {RETRY_ADVICE.split(' (')[0]}"
                    ) if failed else ""
             raise AssetError(f"{self.root / MANIFEST}: no complete groups{why}")
         self.verify = verify

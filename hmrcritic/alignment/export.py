@@ -292,7 +292,10 @@ class GroupWorker:
         try:
             self._setup()
         except Exception as exc:  # the model, scorer or memory did not open: recorded, the next task retries
-            return {**head, "ok": False, "stage": "setup", "error": _reason(exc)}
+            failed = {**head, "ok": False, "stage": "setup", "error": _reason(exc)}
+            if endpoint := unusable_endpoint(exc):  # a memory server that cannot be reached stops the export
+                failed["endpoint_unusable"] = endpoint
+            return failed
         try:
             sample = task["sample"]
             # the dataset's checks, here: an input the writer refuses (an image size of 0, a negative focal length)
@@ -444,12 +447,12 @@ def _death(pid: int, code: int | None) -> str:
             name = f"signal {-code}"
         how = {9: "killed (SIGKILL: `kill -9`, or the out-of-memory killer)"}.get(-code, f"killed by {name}")
     else:
-        how = "exited (os._exit, sys.exit or a crash in native code)" if code else "exited"
+        how = "exited (os._exit or a crash in native code)" if code else "exited while running it (os._exit(0))"
     return f"pid {pid}, exit code {code}: {how}"
 
 
 def _pool(ctx: WorkerContext, tasks: list[dict], workers: int) -> Iterator[dict]:
-    """Results as they finish. A worker process that dies (killed, out of memory, a ``SystemExit`` in a scorer)
+    """Results as they finish. A worker process that dies (killed, out of memory, ``os._exit`` in a scorer)
     breaks the pool, whose other workers are then stopped too: the groups the dead process was running fail
     (stage "worker", naming its pid and exit code) and the others not finished go to a new pool. Before, every
     group not finished — the healthy workers' too — failed, one ``kill -9`` costing the rest of the split.
@@ -512,7 +515,8 @@ def _pool(ctx: WorkerContext, tasks: list[dict], workers: int) -> Iterator[dict]
             _drain(started, holds)
             # the pool stops its other workers with SIGTERM once one died: those are no deaths of their own (unless
             # nothing else died: then a SIGTERM from outside was what broke it)
-            codes = {pid: p.exitcode for pid, p in procs.items() if p.exitcode}
+            # exit code 0 counts too: a process that ended (os._exit(0)) holding an unfinished group died there
+            codes = {pid: p.exitcode for pid, p in procs.items() if p.exitcode is not None}
             dead = {pid: c for pid, c in codes.items() if c != -15} or codes
             held = {holds[pid]: _death(pid, c) for pid, c in dead.items() if holds.get(pid) in
                     {t["group_id"] for t in todo}}
@@ -520,7 +524,10 @@ def _pool(ctx: WorkerContext, tasks: list[dict], workers: int) -> Iterator[dict]
                 yield _pool_failure(task, f"a worker process died while running this group ({held[task['group_id']]}"
                                           "); a re-run retries it")
             todo = [t for t in todo if t["group_id"] not in held]
-            breaks = 0 if finished else breaks + 1  # pools in a row that finished no group
+            # pools in a row that finished no group (blaming the groups dead workers held is no progress: every
+            # group killing its worker would start a pool per group, seconds each); the groups left then fail as
+            # "kept dying", and a re-run retries them
+            breaks = 0 if finished else breaks + 1
             if todo and breaks >= _POOL_BREAKS:
                 deaths = "; ".join(_death(pid, c) for pid, c in dead.items()) or "exit codes unknown"
                 hint = ("" if held else ": it could not load its task — samples of a class defined in a notebook or "
@@ -845,7 +852,9 @@ class _MemoryWatch:
         self.version = version
         self.seq = seq
         self.chroma_url = chroma_url
-        self.server = None if self.path is None else (chroma_url or S.config.env_chroma_url() or None)
+        # chroma_url "" (the Python API's "on disk, whatever HMRCRITIC_CHROMA_URL says") is no server
+        self.server = None if self.path is None else (
+            chroma_url if chroma_url is not None else S.config.env_chroma_url()) or None
         self._last_server_check = time.monotonic()
 
     @staticmethod
@@ -875,12 +884,18 @@ class _MemoryWatch:
         due = self.server is not None and time.monotonic() - self._last_server_check >= self.SERVER_CHECK_S
         if seq == self.seq and not due and not self._batch_running():
             return
-        store = self._S.MemoryStore(self.path, chroma_url=self.chroma_url, read_only=True)
+        store = None
         try:
+            store = self._S.MemoryStore(self.path, chroma_url=self.chroma_url, read_only=True)
             store.refresh()
             now = store.version()
+        except AssetError as exc:
+            if not getattr(exc, "endpoint_unusable", False):
+                raise
+            return  # a memory server that went: the workers meet it too, and their failures stop the export
         finally:
-            store.close()
+            if store is not None:
+                store.close()
         self._last_server_check = time.monotonic()
         if now != self.version:
             where, copy = ((f"the memory on the Chroma server {redact_url(self.server)}", "`hmrcritic memory export` "
@@ -969,7 +984,7 @@ def export(
         sample_steps=cfg.sample_steps,
         seed=cfg.seed,
         x_dim=x_dim,
-        agent_settings=agent_settings(cfg.judge, cfg.score_group, cfg.use_memory),
+        agent_settings=(resolved := agent_settings(cfg.judge, cfg.score_group, cfg.use_memory)),
     )
     if cfg.ray_address:  # Ray missing or nothing at the address: one line now, before anything is written
         _ray_preflight(cfg.ray_address)
@@ -1013,7 +1028,7 @@ def export(
             cfg.chroma_url,
             cfg.threads_per_worker,
             mhash,
-            header.agent_settings,
+            resolved,  # not the header's: resuming an export from before they were recorded leaves that None
         )
         if cfg.ray_address:
             executor, results = (

@@ -285,7 +285,8 @@ def register(app: typer.Typer) -> None:
             # how many of them were never sent (stage not_attempted), as validate and the finetune's note say: "250
             # input(s) failed" read as 250 groups tried and failed
             why = (f"; {len(failed)} input(s) failed meanwhile{not_attempted_note(data, failed)}: see "
-                   f"{data / FAILURES} (an export whose VLM endpoint could not be used stops so)") if failed else ""
+                   f"{data / FAILURES} (an export whose VLM endpoint or memory server could not be used stops so)"
+                   ) if failed else ""
             raise AssetError(f"the export into {data} was interrupted (or is still running) before its first group "
                              f"was written{why}: nothing to finetune on; re-run that export to complete it")
         if unfinished:

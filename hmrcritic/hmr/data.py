@@ -552,14 +552,17 @@ def generate_split(
 def _with_progress(label: str, total: int, quiet: bool, fn):
     if quiet or total < 2000:
         return fn(None)
+    import sys
+
     from rich.console import Console
     from rich.progress import Progress
 
     # on stderr, beside the notice that data is being generated: stdout is the caller's (a --json reply, a pipe).
     # A bar only where one is drawn (a terminal, a notebook): elsewhere (a log, CI, a pipe) rich's transient bar drew
-    # nothing and then wrote a blank line to stderr after the "(first use)" notice
+    # nothing and then wrote a blank line to stderr after the "(first use)" notice. stderr itself, not rich's
+    # is_terminal: FORCE_COLOR (set by many CI systems) makes that True in a log too
     console = Console(stderr=True)
-    if not (console.is_terminal or console.is_jupyter):
+    if not (console.is_jupyter or (getattr(sys.stderr, "isatty", None) and sys.stderr.isatty())):
         return fn(None)
     with Progress(transient=True, console=console) as prog:
         task = prog.add_task(label, total=total)

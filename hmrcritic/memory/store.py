@@ -727,7 +727,12 @@ def _http_client(url: str):
             raise AssetError(scrub(f"the Chroma server at {redact_url(url)} refused "
                                    f"{'the credentials' if credentials else 'access without credentials'} "
                                    f"({' '.join(str(exc).split())[:200]}); {fix}")) from exc
-        raise AssetError(scrub(f"cannot reach the Chroma server at {redact_url(url)}: {exc}")) from exc
+        err = AssetError(scrub(f"cannot reach the Chroma server at {redact_url(url)}: {exc}"))
+        # as _ServerProxy's: an export's worker that opens the memory after the server went (a new process pool, a
+        # replaced Ray actor) failed every group at its setup, one by one, and the export ended 0
+        err.endpoint_unusable, err.endpoint, err.cause = True, redact_url(url), "cannot be reached"
+        err.endpoint_kind = "memory server"
+        raise err from exc
     return _ServerProxy(client, redact_url(url))
 
 
