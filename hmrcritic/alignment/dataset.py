@@ -501,7 +501,8 @@ RERUN_ADVICE = ("re-run the same export command to complete it (if the memory it
 _UNFINISHED = f"the last export into this folder did not finish (interrupted or still running); {RERUN_ADVICE}"
 # the same for inputs that failed: an export stopped because its memory changed (its failures.jsonl lists the groups
 # not attempted) is refused by that re-run, which "re-running the export retries them" promised would work
-RETRY_ADVICE = ("re-running the same export retries them (if the memory it scores with changed since, that re-run is "
+RETRY = "re-running the same export retries them"  # into a folder with no group: it takes the folder over
+RETRY_ADVICE = (f"{RETRY} (if the memory it scores with changed since, that re-run is "
                 "refused: export into another --out)")
 
 
@@ -698,7 +699,7 @@ def _failed_warning(root: Path, failed: list[str], written: bool = True) -> str:
     """``written``: the folder holds groups (a re-run after the memory changed is refused then; into a folder that
     holds none it takes the folder over, whatever changed)."""
     return (f"{len(failed)} input(s) failed and are not in the dataset ({FAILURES}"
-            f"{not_attempted_note(root, failed)}); {RETRY_ADVICE if written else RETRY_ADVICE.split(' (')[0]}")
+            f"{not_attempted_note(root, failed)}); {RETRY_ADVICE if written else RETRY}")
 
 
 def not_attempted_note(root: str | Path, failed: list[str]) -> str:
@@ -797,7 +798,7 @@ class GroupPreferenceDataset(torch.utils.data.Dataset):
             # them as failures) holds none: say so, as the finetune's note does for an export that holds some
             failed = open_failures(self.root, read_ids)
             why = (f"; {len(failed)} input(s) of the export failed and are not in the dataset ({FAILURES}, first: "
-                   f"{failed[0]}{not_attempted_note(self.root, failed)}): {RETRY_ADVICE.split(' (')[0]}"
+                   f"{failed[0]}{not_attempted_note(self.root, failed)}): {RETRY}"
                    ) if failed else ""
             raise AssetError(f"{self.root / MANIFEST}: no complete groups{why}")
         self.verify = verify

@@ -48,7 +48,12 @@ import numpy as np
 import torch
 from pydantic import BaseModel, Field, ValidationError
 
-from hmrcritic.agent.api import MEMORY_SERVER, UNUSABLE_IN_A_ROW, unusable_endpoint  # one rule for every batch path
+from hmrcritic.agent.api import (  # one rule for every batch path
+    MEMORY_SERVER,
+    UNUSABLE_IN_A_ROW,
+    unusable_endpoint,
+    unusable_subject,
+)
 from hmrcritic.agent.schema import HypothesisScore
 from hmrcritic.alignment import dataset as D
 from hmrcritic.errors import AssetError, InputError, JudgeError
@@ -1300,7 +1305,7 @@ def _stop_for_endpoint(out: Path, tasks: list[dict], finished: set, last: dict, 
     memory server at …"), as an AssetError that says so: it read "the VLM endpoint cannot be used", and "fix the
     endpoint", for an export whose judge may be the builtin one."""
     unusable = last["endpoint_unusable"]
-    memory = unusable.startswith(MEMORY_SERVER)
+    memory = unusable_subject(unusable) == MEMORY_SERVER
     why = (f"{MEMORY_SERVER} cannot be used: {unusable.removeprefix(MEMORY_SERVER + ' at ')}" if memory
            else f"the VLM endpoint cannot be used: {unusable}")
     skipped = [{"group_id": t["group_id"], "input_id": t["input_id"], "stage": "not_attempted",

@@ -626,11 +626,8 @@ class _ServerProxy:
             try:
                 out = attr(*args, **kwargs)
             except httpx.TransportError as exc:
-                err = AssetError(scrub(f"the Chroma server at {self._where} stopped answering "
-                                       f"({type(exc).__name__}: {exc})"))
-                err.endpoint_unusable, err.endpoint, err.cause = True, self._where, "stopped answering"
-                err.endpoint_kind = "memory server"
-                raise err from exc
+                raise _server_unusable(f"the Chroma server at {self._where} stopped answering "
+                                       f"({type(exc).__name__}: {exc})", self._where, "stopped answering") from exc
             return _ServerProxy(out, self._where) if isinstance(out, Collection) else out
 
         return call
@@ -712,6 +709,14 @@ class _Held:
         return call
 
 
+def _server_unusable(message: str, where: str, cause: str) -> AssetError:
+    """An AssetError for a Chroma server that cannot be used, carrying what
+    :func:`hmrcritic.agent.api.unusable_endpoint` reads, so a batch stops after a few groups meet it."""
+    err = AssetError(scrub(message))
+    err.endpoint_unusable, err.endpoint, err.cause, err.endpoint_kind = True, where, cause, "memory server"
+    return err
+
+
 def _http_client(url: str):
     import chromadb
 
@@ -727,12 +732,10 @@ def _http_client(url: str):
             raise AssetError(scrub(f"the Chroma server at {redact_url(url)} refused "
                                    f"{'the credentials' if credentials else 'access without credentials'} "
                                    f"({' '.join(str(exc).split())[:200]}); {fix}")) from exc
-        err = AssetError(scrub(f"cannot reach the Chroma server at {redact_url(url)}: {exc}"))
-        # as _ServerProxy's: an export's worker that opens the memory after the server went (a new process pool, a
-        # replaced Ray actor) failed every group at its setup, one by one, and the export ended 0
-        err.endpoint_unusable, err.endpoint, err.cause = True, redact_url(url), "cannot be reached"
-        err.endpoint_kind = "memory server"
-        raise err from exc
+        # flagged as _ServerProxy's: an export's worker that opens the memory after the server went (a new process
+        # pool, a replaced Ray actor) failed every group at its setup, one by one, and the export ended 0
+        raise _server_unusable(f"cannot reach the Chroma server at {redact_url(url)}: {exc}", redact_url(url),
+                               "cannot be reached") from exc
     return _ServerProxy(client, redact_url(url))
 
 
