@@ -14,7 +14,7 @@
    evidence_only), and the learning curve (held-out Spearman after each round, PNG beside the JSON).
 
     .venv/bin/python benchmarks/bench_explore.py                      # 4 rounds x 8 groups, 16 held out
-    .venv/bin/python benchmarks/bench_explore.py --rounds 2 --heldout 0
+    .venv/bin/python benchmarks/bench_explore.py --rounds 2 --heldout 0 --out /tmp/explore_quick.json
 Writes benchmarks/results/explore.json (and explore_curve/learning_curve.{png,json} beside it). Uses a
 temporary HMRCRITIC_HOME unless ``--home`` is given; the splits are generated there at ``--split-scale`` of
 their default size.

@@ -59,6 +59,8 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--repeats", type=int, default=3)
     ap.add_argument("--texts", type=int, default=256)
+    ap.add_argument("--out", type=Path, default=RESULTS,
+                    help="JSON to write (default: the one README cites; give another for a trial run)")
     args = ap.parse_args()
 
     first = {name: _first_vector_s(code, args.repeats) for name, code in _FIRST_VECTOR.items()}
@@ -92,7 +94,7 @@ def main() -> None:
         "machine": {"python": platform.python_version(), "processor": platform.machine(),
                     "cpus": os.cpu_count()},
     }
-    print(atomic_write_json(RESULTS, finite_json(out)))
+    print(atomic_write_json(args.out, finite_json(out)))
 
 
 if __name__ == "__main__":

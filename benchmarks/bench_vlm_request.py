@@ -8,7 +8,7 @@ reports the characters of the system and user text, an estimate of their tokens 
 and others count differently), and the JSON body's size.
 
     .venv/bin/python benchmarks/bench_vlm_request.py              # N = 4, 16, 64
-    .venv/bin/python benchmarks/bench_vlm_request.py --sizes 16   # one size
+    .venv/bin/python benchmarks/bench_vlm_request.py --sizes 16 --out /tmp/vlm_request_16.json  # one size
 Writes benchmarks/results/vlm_request.json. Uses a temporary home (first use generates the test split) and the
 default settings: the environment's ``HMRCRITIC_*`` variables are not passed on.
 """

@@ -19,6 +19,9 @@ Behaviours are scripted per request (a FIFO queue, then ``default``):
 ``trickle``     the good answer, one byte every ``trickle_s`` (a stalled stream: every read succeeds, the
                 call never ends)
 ``empty_choices`` / ``not_completion``  a 200 whose body is no chat completion (``choices: []`` / ``{"foo": 1}``)
+``rules``       a VLM that follows the prompt's rules literally: every hypothesis starts at 10 and loses what each
+                rule that holds for it shows "of 10"; it cites those rules. ``rules_raw`` reads a rule's own points
+                as points of 10 (the prompt before session 30 showed only those), floored at 0
 
 ``reject_response_format`` / ``reject_tools`` make the server answer 400 to those request forms (a server
 without structured outputs / without forced tool choice). ``latency_s`` is added to every chat request.
@@ -56,6 +59,8 @@ BEHAVIOURS = {
     "empty_choices",
     "not_completion",
     "cut_off",
+    "rules",
+    "rules_raw",
 }
 
 
@@ -176,6 +181,39 @@ def good_critique(text: str, scale: float = 10.0) -> dict:
             }
         )
     return {"scores": scores, "summary": "stub critique from the evidence table", "rules_applied": []}
+
+
+def _hyp_ids(text: str) -> list[int]:
+    """"0-5, 7" → [0, 1, 2, 3, 4, 5, 7] (the prompt's hypothesis ranges)."""
+    out: list[int] = []
+    for part in text.split(","):
+        a, _, b = part.strip().partition("-")
+        out += list(range(int(a), int(b or a) + 1))
+    return out
+
+
+def rule_following_critique(text: str, raw: bool = False) -> dict:
+    """Scores as a VLM that applies the prompt's rules literally: 10 less, per rule that holds for a hypothesis,
+    the amount the rule line shows "of 10" (a graded rule: the middle of the range it says it takes) — or with
+    ``raw`` its own points — floored at 0; every such rule cited."""
+    n, _, _, _ = parse_evidence(text)
+    overall = [10.0] * n
+    applied = []
+    for line in text.splitlines():
+        m = re.match(r"- \[(\S+)\] .*-> -([\d.]+) points.*?= -([\d.]+) of 10.*holds for hyp ([\d, -]+)", line)
+        if not m:
+            continue
+        rule_id, points, of_ten, held = m.group(1), float(m.group(2)), float(m.group(3)), _hyp_ids(m.group(4))
+        taking = re.search(r"\(taking ([\d.]+)(?:–([\d.]+))? of 10\)", line)
+        if taking:
+            of_ten = (float(taking.group(1)) + float(taking.group(2) or taking.group(1))) / 2
+        for i in held:
+            if i < n:
+                overall[i] -= points if raw else of_ten
+        applied.append(rule_id)
+    scores = [{"index": i, **{a: round(max(0.0, v), 3) for a in AXES}, "overall": round(max(0.0, v), 3),
+               "rationale": "stub: 10 less the rules that hold"} for i, v in enumerate(overall)]
+    return {"scores": scores, "summary": "stub critique from the rules", "rules_applied": applied}
 
 
 def good_rules(text: str) -> dict:
@@ -360,6 +398,8 @@ class StubOpenAIServer:
             answer = self.fixed_answer if b == "fixed" and self.fixed_answer else good_rules(text)
         elif b == "fixed" and self.fixed_answer:
             answer = self.fixed_answer
+        elif b in ("rules", "rules_raw"):
+            answer = rule_following_critique(text, raw=b == "rules_raw")
         else:
             answer = good_critique(text, scale=100.0 if b == "good100" else 10.0)
         if b == "wrong_count" and rec.kind == "critique":

@@ -225,7 +225,8 @@ def load_hypotheses(source: Any, where: str = "hypotheses") -> dict[str, np.ndar
         if key == "betas" and a.ndim == 2 and a.shape[1] != dim:
             a = _ten_betas(a, where)
         if a.ndim != 2 or a.shape[1] != dim:
-            raise InputError(f"{where}: {key} has shape {a.shape}, expected (N, {dim})")
+            raise InputError(f"{where}: {key} has shape {a.shape}, expected (N, {dim})"
+                             + (_other_body_pose(a) if key == "body_pose" else ""))
         n = a.shape[0] if n is None else n
         if n == 0:  # before the counts are compared: a shared (1, 10) betas read "betas has 1 hypotheses, others 0"
             raise InputError(f"{where}: no hypotheses")
@@ -298,6 +299,17 @@ def _other_body_poses(p: np.ndarray) -> str:
             else "poses[:, :66] (22 joints × 3) and append 6 zeros")
     return (f"; {name} poses share SMPL's first 22 joints (pelvis … right_wrist), then hold {rest}, not SMPL's "
             f"two hand joints: keep {keep} for SMPL's hands (held flat)")
+
+
+def _other_body_pose(a: np.ndarray) -> str:
+    """The hint after a refused ``body_pose`` of 21 joints: SMPL-X's and SMPL+H's ``body_pose`` (smplx's own output)
+    hold the 21 joints after the pelvis up to the wrists, (N, 63) or (N, 21, 3); SMPL's 23 add its two hand joints.
+    The bare "expected (N, 69)" left a SMPL-X user guessing which 6 numbers were missing, and where."""
+    if a.ndim == 0 or (a.shape[-1] != 63 and a.shape[-2:] != (21, 3)):
+        return ""
+    keep = "append 2 zero rotations" if a.shape[-1] == 3 else "append 6 zeros"
+    return ("; 21 joints are SMPL-X's or SMPL+H's body_pose (left_hip … right_wrist, which are SMPL's first 21 "
+            f"too): {keep} for SMPL's two hand joints (held flat)")
 
 
 def _ten_betas(betas: np.ndarray, where: str) -> np.ndarray:
@@ -947,7 +959,7 @@ def error_metric_name(metric: str) -> str:
     from hmrcritic.agent.explore import MIX_WEIGHTS
 
     names = {"pa_mpjpe": "PA-MPJPE", "mpjpe": "MPJPE", "pve": "PVE"}
-    if metric == "mix":  # the calibration maps the weighted mean (calibration.calibrate_memory), in mm
+    if metric == "mix":  # the weighted mean, in mm (explore.error_table), which the calibration maps
         return (f"the mix ({' + '.join(f'{w:g}·{names[k]}' for k, w in MIX_WEIGHTS.items())}) / "
                 f"{sum(MIX_WEIGHTS.values()):g}")
     return names.get(metric, metric)
@@ -998,6 +1010,8 @@ def critique_groups(
     answers, the key or the model refused, every request refused) for ``UNUSABLE_IN_A_ROW`` groups in a row, the
     groups not started yet are not sent: each gets an ``EndpointUnusableError`` result saying it was not tried,
     instead of failing in turn after its retries (a notebook's 200 groups took an hour to learn the key was wrong).
+    A Chroma memory server that stops answering (or cannot be reached) stops the batch the same way; its groups,
+    tried and not, are ``AssetError`` results naming the memory server.
     A success in between resets the count; timeouts, 429 and 5xx never count. With ``workers`` > 1 the groups not
     started wait for those in flight: one of them scored (the endpoint is back) sends them after all."""
     cfg = _agent_config(config, judge, memory, learn)
@@ -1038,9 +1052,11 @@ def critique_groups(
             cond.wait_for(lambda: not stopped or in_flight[0] == 0)
             why = stopped[0] if stopped else None
             in_flight[0] += why is None
-        if why is not None:
+        if why is not None:  # labelled as the failures that stopped the batch: a dead memory server's are AssetError
+            subject = unusable_subject(why)
             return GroupResult(gid, error=f"not tried: {UNUSABLE_IN_A_ROW} groups in a row failed because "
-                               f"{unusable_subject(why)} cannot be used: {why}", error_type="EndpointUnusableError")
+                               f"{subject} cannot be used: {why}",
+                               error_type="AssetError" if subject == MEMORY_SERVER else "EndpointUnusableError")
         res, exc = None, None
         try:
             res, exc = _one(job, gid)

@@ -117,15 +117,12 @@ def calibrate_memory(memory: Any, groups: Sequence[Any], *, judge: Any = "builti
     (``explore --error-metric``): fitted on PA-MPJPE whatever the metric, a memory explored on MPJPE scored
     ``overall`` on the PA-MPJPE scale while its rules and prototypes followed MPJPE, and the critique's note said
     "the error exploration learned from"."""
-    from hmrcritic.agent.explore import MIX_WEIGHTS, exploration_error
+    from hmrcritic.agent.explore import exploration_error
 
     if not groups:
         raise InputError("score calibration: no labelled groups given")
-    errors = [exploration_error(g, error_metric) for g in groups]  # PA-MPJPE: the groups' own errors_mm
-    if error_metric == "mix":
-        # exploration's mix is a weighted sum (~3.9× a millimetre error; it only ranks there): mapped as it is, a
-        # typical hypothesis (PA 50, MPJPE 80, PVE 90 mm) would deserve overall 0.13 of 10. The weighted mean is mm
-        errors = [e / sum(MIX_WEIGHTS.values()) for e in errors]
+    # PA-MPJPE: the groups' own errors_mm; the mix is the weighted mean, in mm (explore.error_table)
+    errors = [exploration_error(g, error_metric) for g in groups]
     name = judge_name(judge)
     cfg = {**(agent_config or {}), "judge": name, "use_prototypes": False, "use_calibration": False,
            "learn": False}

@@ -52,7 +52,8 @@ class Mistake(BaseModel):
     overall: float = Field(..., description="the critic's overall score")
     critic_rank: int = Field(..., description="0 = ranked best by the critic")
     true_rank: int = Field(..., description="0 = lowest true error")
-    error_mm: float = Field(..., description="true PA-MPJPE of this hypothesis")
+    error_mm: float = Field(..., description="true error of this hypothesis, mm (exploration's error metric: "
+                                             "PA-MPJPE by default)")
     evidence: dict[str, float] = Field(default_factory=dict, description="its evidence row")
     note: str = ""
 
@@ -231,6 +232,21 @@ def calibrate_level(log_overall: np.ndarray, level: tuple[float, float] | None,
 # A rule's points act multiplicatively: each point keeps exp(−POINT_DECAY) of the score. Subtracting and
 # clipping at 0 would tie every badly broken hypothesis at 0 and throw their ranking away.
 POINT_DECAY = 0.03
+# One point at weight 1, out of a 10 (≈ 0.3): a deduction smaller than that is too small to hold a critique to.
+ONE_POINT_OF_TEN = 10.0 * (1.0 - math.exp(-POINT_DECAY))
+
+
+def of_ten(rule: Rule, points) -> np.ndarray:
+    """A rule's points as what the built-in judge takes off a perfect 10 for them: ``10 · (1 − exp(−POINT_DECAY ·
+    points · weight))`` (weight: :func:`rule_weight`, 1 for a hard constraint).
+
+    Why: rule points are on the rule book's own scale (each point keeps exp(−0.03) of the score, as the built-in
+    judge applies them), while the VLM judge is asked to start at 10 and deduct. Shown a starter rule's raw "take off
+    8 points", a VLM following the prompt took 8 of 10 where the built-in judge takes 2.1; the starter rules firing on
+    one hypothesis sum to 7–29 points, which floored most of a group at 0 (tied, so no advantage between them). The
+    paper's deductions are of 100 (3–5 points for a flaw), close to these amounts, not 10 times them."""
+    weight = 1.0 if rule.hard else rule_weight(rule)
+    return 10.0 * (1.0 - np.exp(-POINT_DECAY * np.asarray(points, dtype=np.float64) * weight))
 # Weight of the generic evidence score (mean within-group rank of the measures, in [0, 1]) in log-score
 # units; one rule point is POINT_DECAY of the same units, so ten points outweigh the whole generic score.
 GENERIC_WEIGHT = 0.3

@@ -23,6 +23,7 @@ import numpy as np
 from langchain_core.runnables import RunnableConfig
 
 from hmrcritic.agent.judges import (
+    ONE_POINT_OF_TEN,
     POINT_DECAY,
     JudgeContext,
     PrototypeHit,
@@ -31,6 +32,7 @@ from hmrcritic.agent.judges import (
     dominance,
     hard_points,
     make_judge,
+    of_ten,
     prototype_consensus,
     settled_overall,
 )
@@ -377,12 +379,17 @@ def check_critique(ctx: JudgeContext, crit: dict | GroupCritique | None,
     _, _, fired = apply_rules(ctx.rules, ctx.evidence, n)
     by_id = {r.rule_id: r for r in ctx.rules}
     for rid, hits in fired.items():
-        pts = by_id[rid].condition.points
-        if rid not in c.rules_applied and pts >= 1.0:
-            not_low = [i for i in hits if overall[i] > 10.0 - pts + 0.5]
-            if not_low:
-                issues.append(ReflectionIssue(kind="rule", indices=not_low, rule_id=rid,
-                                              detail=f"rule {rid} fires on h{not_low} but was not applied"))
+        if rid in c.rules_applied:
+            continue
+        # held to what the rule takes off a 10 where it fires (the amount the VLM prompt shows, as the built-in
+        # judge deducts): the raw points were taken off the 0–10 score ("10 − 8 + 0.5"), so a hypothesis an uncited
+        # 8-point rule fires on had to score 2.5 or under, where the rule itself is worth 2.1 of 10
+        rule = by_id[rid]
+        off = of_ten(rule, rule.condition.deduction(ctx.evidence[rule.condition.measure]))
+        not_low = [i for i in hits if off[i] >= ONE_POINT_OF_TEN and overall[i] > 10.0 - off[i] + 0.5]
+        if not_low:
+            issues.append(ReflectionIssue(kind="rule", indices=not_low, rule_id=rid,
+                                          detail=f"rule {rid} fires on h{not_low} but was not applied"))
 
     # confident prototype consensus far from the score
     for i in range(min(n, len(ctx.prototypes))):
@@ -431,10 +438,12 @@ def neighbour_targets(overall: np.ndarray, pairwise_mm: np.ndarray, sigma_mm: fl
     hard constraints' deductions) is given back before averaging and taken off again after, so it passes
     through unchanged.
 
-    Why it is a consistency check: the true error is 1-Lipschitz in the pose — two hypotheses d mm apart
-    (Procrustes-aligned) cannot differ in PA-MPJPE by more than d — so near-identical poses deserve
+    Why it is a consistency check: the true error is close to 1-Lipschitz in the pose — two hypotheses d mm
+    apart (Procrustes-aligned) differ in PA-MPJPE by about d at most — so near-identical poses deserve
     near-identical scores, and a score far from its neighbours' is more likely noise in one measure than
-    knowledge. Averaging over the neighbours pools their evidence."""
+    knowledge. Averaging over the neighbours pools their evidence. (Not exactly 1-Lipschitz: d is a mean over
+    SMPL's 24 joints, PA-MPJPE over lsp14 with its own alignment, so a head moved far can change PA-MPJPE by
+    more than d. σ was picked on measured groups, not derived from the bound.)"""
     off = np.zeros(len(overall)) if offset is None else np.asarray(offset, np.float64)
     s = np.log(np.clip(np.asarray(overall, np.float64), 1e-6, None)) + off
     P = np.asarray(pairwise_mm, np.float64)
@@ -511,7 +520,8 @@ def memory_write(state: AgentState, config: RunnableConfig = None) -> dict:
     """When learning: one batch of prototypes (pose embeddings + settled scores) and the rule statistics.
 
     Runs only after the critique is final. Labelled groups (warm-up/exploration) settle prototypes on the
-    true error and count a rule use as a success when the group's Spearman ρ(overall, −error) ≥ τ; an
+    true error and count a rule use as a success by :func:`rule_outcomes` (the group's ranking is better with
+    the rule's points than with them given back; a rule that reorders nothing succeeds when ρ ≥ τ); an
     unlabelled group writes its final critique's scores and leaves the rule statistics alone (success
     cannot be judged without labels).
     """

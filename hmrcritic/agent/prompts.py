@@ -19,7 +19,9 @@ import math
 from collections.abc import Sequence
 from typing import Any
 
+from hmrcritic.agent.judges import of_ten
 from hmrcritic.agent.schema import AXES
+from hmrcritic.memory.schema import GRADED_CAP
 
 # Cap the long free-text pieces so a group of 20 with 5 prototypes each stays a few kB of text. Rules are not cut in
 # number: the recall bounds them (``AgentConfig.rules_k``), and the reflection holds the critique to every rule it
@@ -44,7 +46,9 @@ Then give `overall` (0-10): your ranking score for the hypothesis, mainly driven
 
 How to score:
 - Start every hypothesis at 10 and take points off for each flaw you see or measure (deductions). Apply \
-the memory rules you are given when their condition holds, and list the ids of the rules you applied.
+the memory rules you are given when their condition holds, and list the ids of the rules you applied. A rule's \
+own points are on the rule book's scale, where each point costs about 3% of the score: take off what its \
+condition shows "of 10" (8 points = 2.1 of 10), never its points from 10.
 - Use the spread of the scale: the best hypotheses of the group should score clearly above the worst. Give \
 equal scores only to hypotheses you cannot tell apart.
 - The evidence table holds measured values; trust it for what the renders cannot show (e.g. small \
@@ -63,7 +67,8 @@ truth: hypotheses it rated too high (over-rated) and too low (under-rated), each
 Propose at most two NEW rules that would have fixed the ranking and that a person can check. Write each as a \
 point deduction ("<condition> -> take off <k> points"). When a rule depends on one measured value, also give \
 its executable condition: `measure` (one of the evidence measure names shown), `comparator` (one of \
-> >= < <=), `threshold` (in the measure's unit) and `points` (0-10, taken off `overall`), and optionally \
+> >= < <=), `threshold` (in the measure's unit) and `points` (0-10, on the rule book's scale: each point costs \
+about 3% of `overall`, so 8 points take 2.1 of a 10), and optionally \
 `axis` (one of motion_structure, physical_feasibility, image_alignment). When the error grows with the \
 value, make the rule graded with `per`: take off `points` for every `per` units beyond the threshold (at most \
 3x points). Prefer thresholds that separate the over-rated from the under-rated hypotheses in the table. Do \
@@ -156,19 +161,31 @@ def rules_block(rules: Sequence[Any], evidence: dict[str, Sequence[float]] | Non
         if cond is not None:
             axis = f" on {cond.axis}" if cond.axis else ""
             graded = f" per {_fmt(cond.per)} beyond the threshold" if getattr(cond, "per", None) else ""
+            # the points as the built-in judge deducts them, of a 10 (judges.of_ten): the VLM deducts from 10
+            worth = f" = {_of_ten(rule, cond.points)} of 10"
+            if getattr(cond, "per", None):
+                worth += f" per {_fmt(cond.per)}, at most {_of_ten(rule, cond.points * GRADED_CAP)}"
             line += (
                 f"  (condition: {cond.measure} {cond.comparator} {_fmt(cond.threshold)} "
-                f"-> -{_fmt(cond.points)} points{graded}{axis})"
+                f"-> -{_fmt(cond.points)} points{graded}{worth}{axis})"
             )
             if evidence is not None and cond.measure in evidence:
                 held = [i for i, v in enumerate(evidence[cond.measure]) if cond.fires(float(v))]
                 line += f"  holds for hyp {_ids(held)}" if held else "  holds for no hypothesis"
+                if held and getattr(cond, "per", None):  # graded: how much it takes where it holds
+                    off = [float(of_ten(rule, p)) for p in cond.deduction(evidence[cond.measure])[held]]
+                    line += (f" (taking {_fmt(min(off))}–{_fmt(max(off))} of 10)" if max(off) - min(off) >= 0.05
+                             else f" (taking {_fmt(off[0])} of 10)")
             if getattr(cond, "hard", False):
                 line += "  HARD CONSTRAINT: the pose is impossible when it holds; always take the full points"
         if rule.n_used:
             line += f"  [worked {rule.n_success}/{rule.n_used} times]"
         lines.append(line)
     return "\n".join(lines)
+
+
+def _of_ten(rule: Any, points: float) -> str:
+    return f"-{_fmt(float(of_ten(rule, points)))}"
 
 
 def prototypes_block(prototypes: Sequence[Sequence[Any]]) -> str:

@@ -34,7 +34,7 @@ import torch
 from pydantic import BaseModel, Field, ValidationError, field_validator, model_validator
 
 from hmrcritic.agent.schema import HypothesisScore
-from hmrcritic.alignment.stats import advantages_np
+from hmrcritic.alignment.stats import ZERO_VARIANCE_TOL, advantages_np
 from hmrcritic.errors import AssetError
 from hmrcritic.io import (
     atomic_save_npz,
@@ -294,7 +294,7 @@ def build_record(**fields) -> GroupRecord:
     """A GroupRecord with advantages and the zero-variance flag derived from the overall scores."""
     overall = [s.overall for s in fields["scores"]]
     fields.setdefault("advantages", advantages_np(overall, "group"))
-    fields.setdefault("zero_variance", bool(max(overall) - min(overall) <= 1e-6))
+    fields.setdefault("zero_variance", bool(max(overall) - min(overall) <= ZERO_VARIANCE_TOL))  # the advantages' rule
     return GroupRecord(**fields)
 
 

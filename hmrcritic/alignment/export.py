@@ -1069,7 +1069,7 @@ def export(
                     append_jsonl(out / D.FAILURES, _failure_line(res))
                     unusable_in_a_row += 1 if res.get("endpoint_unusable") else 0
                 if bar is not None:
-                    bar[0].update(bar[1], advance=1)
+                    bar[0].update(bar[1], advance=1, failed=_failed_text(len(failures)))
                 elif callable(progress):
                     progress(done_here + new + len(failures), len(samples))
                 # (only while some group is still to come: stopping after the last one left a dataset whose every
@@ -1362,13 +1362,20 @@ def _progress(total: int, done: int):
         TextColumn("export"),
         BarColumn(),
         MofNCompleteColumn(),
+        TextColumn("{task.fields[failed]}"),
         RateColumn(),
         TextColumn("ETA"),
         TimeRemainingColumn(),
     )
-    task = prog.add_task("export", total=total, completed=done)
+    task = prog.add_task("export", total=total, completed=done, failed=_failed_text(0))
     prog.start()
     return prog, task
+
+
+def _failed_text(n: int) -> str:
+    """The bar's count of this run's failed groups. The bar counts every group tried, so an export whose judge
+    failed group after group (each after its retries) marched on like a healthy one until the summary at the end."""
+    return f"({n} failed)" if n else ""
 
 
 def _rate_line(s: ExportSummary) -> str:

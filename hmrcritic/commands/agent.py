@@ -123,7 +123,8 @@ def register(app: typer.Typer) -> None:
                  "groups differ."),
         judge: str = typer.Option(None, "--judge", help="builtin (offline) or vlm (OpenAI-compatible) "
                                                         "(default: HMRCRITIC_JUDGE or builtin)."),
-        out: Path = typer.Option(Path("critique_out"), "--out", help="Folder for scores.json and report.html."),
+        out: Path = typer.Option(Path("critique_out"), "--out", help="Folder for scores.json and report.html "
+                                                                      "(and the sampled hypotheses.npz)."),
         learn: bool = typer.Option(None, "--learn/--no-learn", help="Write prototypes/rule statistics to memory "
                                                                     "(default: HMRCRITIC_LEARN or no)."),
         render: bool = typer.Option(None, "--render/--no-render", help="Render overlays and side views; "
@@ -186,6 +187,13 @@ def register(app: typer.Typer) -> None:
             result = critique_group(sample, hyps, judge=judge, config=cfg, group_id=group_id, fresh=fresh,
                                     on_update=show)
         out.mkdir(parents=True, exist_ok=True)
+        sampled = None
+        if hypotheses is None:
+            # the sampled group beside its scores: scores.json's indices named rows of arrays kept only in the run
+            # folder's inputs.npz; --hypotheses reads this file back as the same group (the same group id)
+            from hmrcritic.io import atomic_save_npz
+
+            sampled = atomic_save_npz(out / "hypotheses.npz", **hyps)
         write_scores(result, out)
         report = write_report(result, out, image_path=getattr(sample, "image_path", None))
         if as_json:
@@ -195,7 +203,8 @@ def register(app: typer.Typer) -> None:
             typer.echo(json_text(result.model_dump(mode="json")))
             return
         _print_table(result)
-        typer.echo(f"scores: {out / 'scores.json'}\nreport: {report}\nrun: {result.run_id}"
+        typer.echo(f"scores: {out / 'scores.json'}\nreport: {report}\n"
+                   + (f"hypotheses: {sampled}\n" if sampled is not None else "") + f"run: {result.run_id}"
                    + (" (finished earlier; use --fresh to recompute)" if result.finished_earlier
                       else " (resumed an earlier unfinished run)" if result.resumed else ""))
 
