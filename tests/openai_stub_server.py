@@ -19,9 +19,10 @@ Behaviours are scripted per request (a FIFO queue, then ``default``):
 ``trickle``     the good answer, one byte every ``trickle_s`` (a stalled stream: every read succeeds, the
                 call never ends)
 ``empty_choices`` / ``not_completion``  a 200 whose body is no chat completion (``choices: []`` / ``{"foo": 1}``)
-``rules``       a VLM that follows the prompt's rules literally: every hypothesis starts at 10 and loses what each
-                rule that holds for it shows "of 10"; it cites those rules. ``rules_raw`` reads a rule's own points
-                as points of 10 (the prompt before session 30 showed only those), floored at 0
+``rules``       a VLM that follows the prompt's rules literally: every hypothesis starts at 10 and loses the
+                "together" amount the rules list gives it (without that line: the sum of what each rule that holds
+                shows "of 10"); it cites those rules. ``rules_raw`` takes a rule's own points from 10 (the prompt
+                before session 30 showed only those), ``rules_sum`` adds the "of 10" amounts; both floored at 0
 
 ``reject_response_format`` / ``reject_tools`` make the server answer 400 to those request forms (a server
 without structured outputs / without forced tool choice). ``latency_s`` is added to every chat request.
@@ -61,6 +62,7 @@ BEHAVIOURS = {
     "cut_off",
     "rules",
     "rules_raw",
+    "rules_sum",
 }
 
 
@@ -192,12 +194,18 @@ def _hyp_ids(text: str) -> list[int]:
     return out
 
 
-def rule_following_critique(text: str, raw: bool = False) -> dict:
-    """Scores as a VLM that applies the prompt's rules literally: 10 less, per rule that holds for a hypothesis,
-    the amount the rule line shows "of 10" (a graded rule: the middle of the range it says it takes) — or with
-    ``raw`` its own points — floored at 0; every such rule cited."""
+def rule_following_critique(text: str, reading: str = "rules") -> dict:
+    """Scores as a VLM that applies the prompt's rules literally: 10 less the "together" amount listed for a
+    hypothesis (``rules``), or per rule that holds for it the amount its line shows "of 10" (a graded rule: the
+    middle of the range it says it takes; ``rules_sum``, or ``rules`` without a together line) or its own points
+    (``rules_raw``) — floored at 0; every rule that holds cited."""
     n, _, _, _ = parse_evidence(text)
     overall = [10.0] * n
+    together = re.search(r"^Together, compounded .*?: (.*) of 10$", text, re.M)
+    if reading == "rules" and together:
+        for m in re.finditer(r"h(\d+) -([\d.]+)", together.group(1)):
+            if int(m.group(1)) < n:
+                overall[int(m.group(1))] -= float(m.group(2))
     applied = []
     for line in text.splitlines():
         m = re.match(r"- \[(\S+)\] .*-> -([\d.]+) points.*?= -([\d.]+) of 10.*holds for hyp ([\d, -]+)", line)
@@ -207,9 +215,10 @@ def rule_following_critique(text: str, raw: bool = False) -> dict:
         taking = re.search(r"\(taking ([\d.]+)(?:–([\d.]+))? of 10\)", line)
         if taking:
             of_ten = (float(taking.group(1)) + float(taking.group(2) or taking.group(1))) / 2
-        for i in held:
-            if i < n:
-                overall[i] -= points if raw else of_ten
+        if not (reading == "rules" and together):
+            for i in held:
+                if i < n:
+                    overall[i] -= points if reading == "rules_raw" else of_ten
         applied.append(rule_id)
     scores = [{"index": i, **{a: round(max(0.0, v), 3) for a in AXES}, "overall": round(max(0.0, v), 3),
                "rationale": "stub: 10 less the rules that hold"} for i, v in enumerate(overall)]
@@ -398,8 +407,8 @@ class StubOpenAIServer:
             answer = self.fixed_answer if b == "fixed" and self.fixed_answer else good_rules(text)
         elif b == "fixed" and self.fixed_answer:
             answer = self.fixed_answer
-        elif b in ("rules", "rules_raw"):
-            answer = rule_following_critique(text, raw=b == "rules_raw")
+        elif b in ("rules", "rules_raw", "rules_sum"):
+            answer = rule_following_critique(text, reading=b)
         else:
             answer = good_critique(text, scale=100.0 if b == "good100" else 10.0)
         if b == "wrong_count" and rec.kind == "critique":

@@ -104,7 +104,8 @@ def contract_export_fields(text: str) -> tuple[set, set, set, set]:
     # counts; resuming into it ..." -> the names before each "=" / "," up to the first ";"
     header = re.sub(r"\([^)]*\)", "", header.split(";")[0].replace("#", " "))
     header_fields = {re.match(r"\s*([a-z_]+)", part).group(1) for part in header.split(",")}
-    record = re.search(r"class GroupRecord\(BaseModel\): (.*?)\ndef ", text, flags=re.S).group(1)
+    # (up to the next definition or the reader's notes that follow it since session 30)
+    record = re.search(r"class GroupRecord\(BaseModel\): (.*?)\n(?:def |# ----)", text, flags=re.S).group(1)
     record_fields = set(re.findall(r"[a-z_]+", record.replace("condition/hypotheses", "condition, hypotheses")
                                    .replace("ArrayRef(path, sha256)", "").replace("list[HypothesisScore]", "")))
 

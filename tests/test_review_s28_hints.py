@@ -51,7 +51,7 @@ def test_a_refused_connection_says_what_to_change(monkeypatch):
         monkeypatch.setenv("HMRCRITIC_VLM_RETRIES", "0")
         message = _refused(VLMJudge(JudgeSettings(model="stub-vlm")))
         assert f"cannot connect to {url}" in message and "refused" in message.lower()
-        assert "is a server running there?" in message and "(HMRCRITIC_BASE_URL)" in message
+        assert "is a server running there?" in message and "(--base-url or HMRCRITIC_BASE_URL)" in message
         assert KEY not in message
         # from OPENAI_BASE_URL when HMRCRITIC_BASE_URL is unset (the order JudgeSettings reads them in)
         monkeypatch.delenv("HMRCRITIC_BASE_URL")

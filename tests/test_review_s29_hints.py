@@ -113,7 +113,8 @@ def test_check_endpoint_of_a_refused_address_says_where_and_what_to_change(monke
     assert not checked["ok"] and checked["models"] == []
     said = checked["error"]
     assert said.startswith(f"cannot connect to {url} (") and "refused" in said.lower(), said
-    assert said.endswith("): is a server running there? Else correct the address (HMRCRITIC_BASE_URL)"), said
+    assert said.endswith("): is a server running there? Else correct the address "
+                         "(--base-url or HMRCRITIC_BASE_URL)"), said
 
 
 # ----------------------------------------------------------------------------------- long addresses, cut advice
@@ -130,7 +131,7 @@ def test_a_refused_long_base_url_keeps_the_advice(monkeypatch, refused_port):
     monkeypatch.setenv("HMRCRITIC_VLM_RETRIES", "0")
     message = str(_unusable(VLMJudge(JudgeSettings(model="stub-vlm"))))
     assert len(message) <= 300
-    assert message.endswith(": is a server running there? Else correct the address (HMRCRITIC_BASE_URL)")
+    assert message.endswith(": is a server running there? Else correct the address (--base-url or HMRCRITIC_BASE_URL)")
     assert f"cannot connect to http://127.0.0.1:{refused_port}/gateway-route-segment/" in message
     assert "route-segment/v1 ([Errno 111] Connection refused)" in message  # its middle left out, not the words
 

@@ -71,7 +71,7 @@ def test_the_prompt_shows_each_rule_as_the_builtin_judge_deducts_it():
             _ctx(list(rules.values())))
     [req] = srv.requests
     text = _user_text(req.body)
-    assert "never its points from 10" in text, text[:2000]
+    assert "never take them from 10" in text and "not their sum" in text, text[:2000]
 
     def shown(rule_id: str) -> str:
         [line] = [ln for ln in text.splitlines() if ln.startswith(f"- [{rule_id}]")]
@@ -91,7 +91,14 @@ def test_the_prompt_shows_each_rule_as_the_builtin_judge_deducts_it():
     m = re.search(r"holds for hyp 2-3 \(taking ([\d.]+)–([\d.]+) of 10\)", shown("graded"))
     assert m, shown("graded")
     assert sorted(map(float, m.groups())) == pytest.approx(sorted(takes[2:]), rel=5e-3)
-    assert re.search(r"= -[\d.]+ of 10 per 10\.0, at most -[\d.]+", shown("graded")), shown("graded")
+    assert re.search(r"= -[\d.]+ of 10 per 10\.0, up to -[\d.]+", shown("graded")), shown("graded")
+    # the rules together, compounded as the built-in judge applies them (not the sum of the amounts)
+    together = re.search(r"^Together, compounded .*?: (.*) of 10$", text, re.M)
+    assert together, text
+    listed = {int(i): float(v) for i, v in re.findall(r"h(\d+) -([\d.]+)", together.group(1))}
+    without, with_all = _builtin([]), _builtin(list(rules.values()))
+    want = {i: 10.0 * (1.0 - w / o) for i, (w, o) in enumerate(zip(with_all, without, strict=True)) if w < o}
+    assert listed.keys() == want.keys() and all(listed[i] == pytest.approx(want[i], rel=5e-3) for i in want)
 
 
 def _critique(overall: list[float], applied: list[str]) -> GroupCritique:
@@ -114,8 +121,8 @@ def test_reflect_holds_an_uncited_rule_to_what_it_deducts_of_ten():
 
 
 def test_a_discredited_rule_is_not_held_against_the_critique():
-    """A soft rule that never helped has weight 0: the built-in judge takes nothing for it, and neither does the
-    reflection ask for it (it asked for its full raw points)."""
+    """A soft rule that never helped (0 of 40) has weight ≈ 0.05: the built-in judge takes next to nothing for it,
+    and neither does the reflection ask for it (it asked for its full raw points)."""
     rule = _rules()["trusted"].model_copy(update={"n_used": 40, "n_success": 0})
     assert max(_builtin_takes(rule)) < 0.3
     assert not [i for i in check_critique(_ctx([rule]), _critique([10, 10, 9, 8], [])) if i.kind == "rule"]
@@ -154,3 +161,47 @@ def test_a_vlm_following_the_rules_keeps_the_group_apart(tmp_path, explore_prior
         assert floored == 0 and not issues, (floored, issues)
     else:
         assert floored >= 3, floored  # the raw reading ties the worst of the groups at 0
+
+
+def test_a_vlm_is_held_to_the_rules_it_cites_and_to_small_ones():
+    """A VLM citing a rule while taking nothing off passed the check (only uncited rules were checked), and a flat
+    0.5 slack let any rule worth under 0.5 of 10 (1.7 points at weight 1) pass unapplied. For a VLM both are checked
+    now; the built-in judge (it deducts every rule it cites) is checked as before."""
+    rules = _rules()
+    small = Rule(rule_id="small", text="a little off -> take off 1.5 points", tags=["alignment"],
+                 condition=RuleCondition(measure="reproj_px", comparator=">", threshold=15.0, points=1.5))
+    ctx = _ctx([rules["trusted"], small])
+    untouched = _critique([10, 10, 9, 8], ["trusted", "small"])  # both cited, nothing taken off h0
+    flagged = {i.rule_id: i.indices for i in check_critique(ctx, untouched, judge="vlm") if i.kind == "rule"}
+    assert flagged == {"trusted": [0], "small": [0]}, flagged
+    assert not [i for i in check_critique(ctx, untouched) if i.kind == "rule"]  # the built-in reading
+    assert not [i for i in check_critique(ctx, untouched, judge="builtin") if i.kind == "rule"]
+    # taking what the lines show passes
+    takes = _builtin_takes(rules["trusted"])[0] + _builtin_takes(small)[0]
+    done = _critique([10 - takes, 10, 9, 8], ["trusted", "small"])
+    assert not [i for i in check_critique(ctx, done, judge="vlm") if i.kind == "rule"]
+    # an uncited 1.5-point rule is asked for (it passed under the flat slack)
+    uncited = [i for i in check_critique(ctx, _critique([10, 10, 9, 8], ["trusted"])) if i.kind == "rule"]
+    assert [(i.rule_id, i.indices) for i in uncited] == [("small", [0])]
+    assert "h0" in uncited[0].detail and "h[0]" not in uncited[0].detail and "of 10" in uncited[0].detail
+
+
+def test_the_neighbour_check_asks_a_vlm_only_about_close_poses():
+    """For a VLM the neighbour check flagged hypotheses whose nearest pose was 60–135 mm away (σ 20 mm) as
+    "near-identical", and one hypothesis scored 0 (read as 1e-6) pulled its neighbours' targets to ~0.01. A VLM is
+    asked only about poses within 2σ, a 0 reads as 0.1; the built-in judge's check is unchanged."""
+    import numpy as np
+
+    from hmrcritic.agent.nodes import NEIGHBOUR_SIGMA_MM
+
+    P = np.array([[0, 30, 100, 110], [30, 0, 100, 110], [100, 100, 0, 120], [110, 110, 120, 0]], float)
+    ctx = _ctx([])
+    far_apart = _critique([9.0, 9.0, 2.0, 8.0], [])
+    builtin = {i.indices[0] for i in check_critique(ctx, far_apart, pairwise_mm=P) if i.kind == "neighbours"}
+    vlm = {i.indices[0] for i in check_critique(ctx, far_apart, pairwise_mm=P, judge="vlm") if i.kind == "neighbours"}
+    assert {2, 3} <= builtin and vlm <= {0, 1} and not ({2, 3} & vlm), (builtin, vlm)
+    assert 2 * NEIGHBOUR_SIGMA_MM < 100
+    zero = _critique([9.0, 0.0, 9.0, 9.0], [])  # h0 and h1 close: a 0 beside a 9
+    targets = {i.indices[0]: i.target for i in check_critique(ctx, zero, pairwise_mm=P, judge="vlm")
+               if i.kind == "neighbours"}
+    assert targets.get(0, 1.0) > 0.05, targets  # not dragged to ~0 by log(1e-6)

@@ -193,7 +193,7 @@ def evaluate_critic(
     from hmrcritic.agent.groups import reads_images, verify_split
 
     # the held-out split's shards against their manifest, as train-base and export check theirs (the exploration
-    # checks the warm-up split); scored without rendering, so its images only matter to a judge that sends them
+    # checks the warm-up split); its images only matter to a judge that reads them (score_groups renders for it)
     verify_split(split, images=reads_images(judge))
     eval_groups, used = make_groups(split, num_groups, num_generations, seed=seed, source=source)
     # keyed by the source actually used ("auto" resolves to the model or, without one, perturbed ground

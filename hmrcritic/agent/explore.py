@@ -5,8 +5,8 @@ export and evaluation, with memory writes off) on batches of 3D-labelled groups.
 
 1. **Rule statistics.** Every rule put into a judgement (recalled into the judge's context) gets
    ``n_used += 1``; when the group's Spearman ρ(overall, −error) reaches τ the rules of that group also get
-   ``n_success += 1``. The error is PA-MPJPE by default (``mix`` = 1.2·MPJPE + 2.0·PA-MPJPE + 0.7·PVE, the
-   released code's ground-truth reward).
+   ``n_success += 1``. The error is PA-MPJPE by default (``mix`` = (1.2·MPJPE + 2.0·PA-MPJPE + 0.7·PVE) / 3.9,
+   the released code's ground-truth reward as a weighted mean in mm).
 2. **Prototypes.** Representative cases — the best and the worst hypothesis of each group and the
    hypotheses the critic misjudged most — are written with their pose embedding, rationale, tags, true
    PA-MPJPE and a *settled* overall score. Settled score (our choice; the paper does not say): the critic's
@@ -130,9 +130,9 @@ def error_table(group: Any, body: Any = None) -> dict[str, np.ndarray]:
         if isinstance(extra, dict):
             extra["errors"] = {k: v.tolist() for k, v in tab.items()}
     tab["pa_mpjpe"] = np.asarray(group.errors_mm, np.float64)
-    # the weighted mean, in mm: everything downstream reads ``error`` as millimetres — prototypes' error_mm (their
-    # level, settled_overall), settle="error", the miner's table, the calibration. The weighted sum (3.9× a mm
-    # error) ranks the same but settled a typical hypothesis at 0.13 of 10 and pulled every group's level down
+    # the weighted mean, in mm: what reads ``error`` beyond its ranking reads millimetres — settle="error"
+    # (settled_overall), the rule miner's error_mm column, the score calibration. The weighted sum (3.9× a mm error)
+    # ranks the same but settled a typical hypothesis at 0.13 of 10. (Prototypes keep their PA-MPJPE.)
     tab["mix"] = sum(w * tab[k] for k, w in MIX_WEIGHTS.items()) / sum(MIX_WEIGHTS.values())
     return tab
 
@@ -942,7 +942,10 @@ def _judge_proposals(judge_obj, res, bg: BatchGroup, round_no, validation, exist
                        overlay_grid_path=res.renders.get("overlay_grid"),
                        side_grid_path=res.renders.get("side_grid"))
     mistakes = _mistakes(bg)
-    if not mistakes:
+    rationale = {s.index: s.rationale for s in getattr(res, "scores", []) or []}
+    for m in mistakes:  # the table's notes promised "the critic's own rationale" and held only the verdict
+        if rationale.get(m.index):
+            m.note = f"{m.note}; the critic said: {rationale[m.index]}"
         return [], [Rejection("(judge)", f"group {res.group_id}: no clear mistake to show the judge")]
     try:
         props = judge_obj.propose_rules(ctx, mistakes)

@@ -247,6 +247,15 @@ def of_ten(rule: Rule, points) -> np.ndarray:
     paper's deductions are of 100 (3–5 points for a flaw), close to these amounts, not 10 times them."""
     weight = 1.0 if rule.hard else rule_weight(rule)
     return 10.0 * (1.0 - np.exp(-POINT_DECAY * np.asarray(points, dtype=np.float64) * weight))
+
+
+def rules_of_ten(rules: list[Rule], evidence: dict[str, list[float]], n: int) -> np.ndarray:
+    """(n,) what all the rules that hold take off a perfect 10 together, as the built-in judge applies them: they
+    compound (each keeps its share of what is left), ``10 · (1 − exp(−POINT_DECAY · Σ weighted points))``. A VLM
+    adding up each rule's :func:`of_ten` amount passed 10 on a hypothesis many rules held for (tying it at 0),
+    where the compounded amount stays under 10."""
+    off, _, _ = apply_rules(rules, evidence, n, weighted=True)
+    return 10.0 * (1.0 - np.exp(-POINT_DECAY * off))
 # Weight of the generic evidence score (mean within-group rank of the measures, in [0, 1]) in log-score
 # units; one rule point is POINT_DECAY of the same units, so ten points outweigh the whole generic score.
 GENERIC_WEIGHT = 0.3

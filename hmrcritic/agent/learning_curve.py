@@ -168,7 +168,15 @@ def score_groups(groups: Sequence[Any], memory: Any, variant: str = "full", judg
 
     if variant not in _VARIANT_CONFIG:
         raise InputError(f"variant {variant!r}: choose from {', '.join(VARIANTS)}")
-    cfg = AgentConfig.model_validate({"render": False, **(agent_config or {}), **_VARIANT_CONFIG[variant],
+    # rendered for a judge that reads images (the VLM judge), never for the builtin one, as exploration decides
+    # (explore.py: ``render = not is_builtin`` unless given): with render False for every judge, a VLM evaluation
+    # (evaluate-critic, explore-eval, learning-curve) sent the VLM no overlay or side grid and measured a text-only
+    # critic. A ``render`` in ``agent_config`` (exploration's calibration passes its own) is kept
+    from hmrcritic.agent.groups import reads_images
+
+    given = agent_config or {}
+    named = judge if judge is not None else given.get("judge") or AgentConfig().judge
+    cfg = AgentConfig.model_validate({"render": reads_images(named), **given, **_VARIANT_CONFIG[variant],
                                       "learn": False})
     saver = open_checkpointer()
     app = compile_graph(saver)
@@ -555,7 +563,8 @@ def learning_curve(
         if heldout is None:  # its shards against the manifest (each round's exploration checks the train split)
             from hmrcritic.agent.groups import reads_images, verify_split
 
-            verify_split(heldout_split, images=reads_images(judge))  # scored without rendering (score_groups)
+            # images for a judge that reads them (score_groups renders for it)
+            verify_split(heldout_split, images=reads_images(judge))
         held = _heldout(heldout, heldout_split, heldout_groups, num_generations, seed, 0, source)
         if not held:  # a split without groups: every round a row of NaN
             raise InputError(f"learning-curve: no held-out groups to score in split {heldout_split!r}")

@@ -31,6 +31,7 @@ from hmrcritic.agent.judges import (
     apply_rules,
     dominance,
     hard_points,
+    judge_name,
     make_judge,
     of_ten,
     prototype_consensus,
@@ -74,6 +75,14 @@ def get_memory(cfg: AgentConfig, config: dict | None = None):
             # dropped, not closed: a critique still using it keeps it; collected, it lets its folder go
             _MEMORIES.pop(next(iter(_MEMORIES)))
         return store
+
+
+def judge_in_use(cfg: AgentConfig, config: dict | None = None) -> str:
+    """The name of the judge :func:`get_judge` gives (an object handed in: its ``name``), without building one."""
+    injected = ((config or {}).get("configurable") or {}).get("judge")
+    if injected is not None and not isinstance(injected, str):
+        return canonical_judge(judge_name(injected))
+    return canonical_judge(injected) if injected else canonical_judge(cfg.judge)
 
 
 def get_judge(cfg: AgentConfig, config: dict | None = None):
@@ -352,10 +361,18 @@ PROTO_DISAGREEMENT = 2.0  # points on the 0-10 scale
 
 
 def check_critique(ctx: JudgeContext, crit: dict | GroupCritique | None,
-                   pairwise_mm: np.ndarray | None = None) -> list[ReflectionIssue]:
+                   pairwise_mm: np.ndarray | None = None, judge: str = "builtin") -> list[ReflectionIssue]:
     """The revise checks: invalid values, rankings that contradict strong evidence, disagreement with a
     confident prototype consensus, fired rules that were not applied, and (given the group's pairwise
-    Procrustes distances) near-identical poses scored apart (:func:`neighbour_issues`). Deterministic."""
+    Procrustes distances) near-identical poses scored apart (:func:`neighbour_issues`). Deterministic.
+
+    ``judge`` "vlm" (a judge that reads the rules and deducts by hand) is held further: a rule it cites must
+    also show in the score, and the neighbour check asks only about poses within ``2σ`` and reads a 0 as 0.1.
+    A VLM walk-through found it sent back on nearly every group, the nearest pose 60–135 mm away (σ = 20 mm)
+    called "near-identical", one hypothesis at 0 (log 1e-6) pulling its neighbours' targets to 0.01, and a
+    rule cited with nothing taken off passing. Other judges (the built-in one deducts every rule it cites)
+    are checked as before."""
+    vlm = canonical_judge(judge) == "vlm"
     n = ctx.num_hypotheses
     issues: list[ReflectionIssue] = []
     try:
@@ -375,21 +392,26 @@ def check_critique(ctx: JudgeContext, crit: dict | GroupCritique | None,
         return [ReflectionIssue(kind="invalid", indices=bad, detail="scores must be finite and in [0, 10]")]
     overall = np.array([s.overall for s in sorted(c.scores, key=lambda s: s.index)])
 
-    # fired rules that the critique did not apply
+    # fired rules that the critique did not apply (for a VLM: nor took off, cited or not)
     _, _, fired = apply_rules(ctx.rules, ctx.evidence, n)
     by_id = {r.rule_id: r for r in ctx.rules}
     for rid, hits in fired.items():
-        if rid in c.rules_applied:
+        cited = rid in c.rules_applied
+        if cited and not vlm:  # the built-in judge deducts every rule it cites
             continue
         # held to what the rule takes off a 10 where it fires (the amount the VLM prompt shows, as the built-in
         # judge deducts): the raw points were taken off the 0–10 score ("10 − 8 + 0.5"), so a hypothesis an uncited
-        # 8-point rule fires on had to score 2.5 or under, where the rule itself is worth 2.1 of 10
+        # 8-point rule fires on had to score 2.5 or under, where the rule itself is worth 2.1 of 10. The slack is
+        # half the amount, at most 0.5: a flat 0.5 let every rule worth under 0.5 of 10 (1.7 points) pass unapplied
         rule = by_id[rid]
         off = of_ten(rule, rule.condition.deduction(ctx.evidence[rule.condition.measure]))
-        not_low = [i for i in hits if off[i] >= ONE_POINT_OF_TEN and overall[i] > 10.0 - off[i] + 0.5]
+        not_low = [i for i in hits if off[i] >= ONE_POINT_OF_TEN and overall[i] > 10.0 - off[i] + min(0.5, off[i] / 2)]
         if not_low:
-            issues.append(ReflectionIssue(kind="rule", indices=not_low, rule_id=rid,
-                                          detail=f"rule {rid} fires on h{not_low} but was not applied"))
+            amount = _amounts(off[not_low])
+            detail = (f"rule {rid} is cited but {_hs(not_low)} kept a score above 10 less its {amount} of 10"
+                      if cited else f"rule {rid} holds for {_hs(not_low)} but was not applied: it takes {amount} "
+                                    "of 10")
+            issues.append(ReflectionIssue(kind="rule", indices=not_low, rule_id=rid, detail=detail))
 
     # confident prototype consensus far from the score
     for i in range(min(n, len(ctx.prototypes))):
@@ -408,19 +430,46 @@ def check_critique(ctx: JudgeContext, crit: dict | GroupCritique | None,
     dominated = dominance(ctx.rules, ctx.evidence, n)
     if dominated is not None:
         contra = dominated & (overall[:, None] > overall[None, :])
+        read = _dominance_measures(ctx.rules, ctx.evidence, n, fired)
         for i, j in zip(*np.nonzero(contra), strict=True):
+            # the measures compared, named: "every evidence measure" was false where rules fired (only the
+            # measures they read are compared), and a VLM could see h{i} better on another one in the table
             issues.append(ReflectionIssue(kind="contradiction", indices=[int(i), int(j)],
                                           detail=f"h{i} ranked above h{j} although h{j} is at least as good "
-                                                 "on every evidence measure and better on some"))
+                                                 f"on {read} and better on some"))
     if pairwise_mm is not None:
         # hard constraints applied by the critique are kept out of the smoothing: feasibility is not
         # Lipschitz in the pose the way the 3D error is, so a neighbour must not average a deduction away
         applied = [r for r in ctx.rules if r.rule_id in c.rules_applied]
         # on a calibrated scale log-score gaps are ``slope`` times the judge's own: the same check, rescaled
         scale = ctx.calibration.slope if ctx.calibration is not None else 1.0
-        issues += neighbour_issues(overall, pairwise_mm, tolerance=NEIGHBOUR_TOLERANCE * scale,
-                                   offset=scale * POINT_DECAY * hard_points(applied, ctx.evidence, n))
+        issues += neighbour_issues(np.maximum(overall, VLM_SCORE_FLOOR) if vlm else overall, pairwise_mm,
+                                   tolerance=NEIGHBOUR_TOLERANCE * scale,
+                                   offset=scale * POINT_DECAY * hard_points(applied, ctx.evidence, n),
+                                   max_nearest_mm=2 * NEIGHBOUR_SIGMA_MM if vlm else None)
     return issues
+
+
+# A VLM's 0 read as this in the neighbour check: log 1e-6 (the built-in judge never gives 0) outweighed every
+# other neighbour, so a hypothesis next to one scored 0 was asked to drop to ~0.01.
+VLM_SCORE_FLOOR = 0.1
+
+
+def _hs(indices) -> str:
+    return ", ".join(f"h{int(i)}" for i in indices)
+
+
+def _amounts(values) -> str:
+    lo, hi = float(np.min(values)), float(np.max(values))
+    return f"{lo:.2f}" if hi - lo < 0.005 else f"{lo:.2f}–{hi:.2f}"
+
+
+def _dominance_measures(rules, evidence: dict, n: int, fired: dict) -> str:
+    """The measures :func:`judges.dominance` compares, as the contradiction's detail names them."""
+    read = sorted({r.condition.measure for r in rules
+                   if r.condition is not None and r.rule_id in fired and r.condition.points > 0})
+    return ("every measure the rules that hold read (" + ", ".join(read) + ")") if read else \
+        "every evidence measure"
 
 
 # Neighbour consistency: kernel width (mm of Procrustes-aligned joint distance) and the log-score gap to the
@@ -455,10 +504,11 @@ def neighbour_targets(overall: np.ndarray, pairwise_mm: np.ndarray, sigma_mm: fl
 
 
 def neighbour_issues(overall: np.ndarray, pairwise_mm: np.ndarray, sigma_mm: float = NEIGHBOUR_SIGMA_MM,
-                     tolerance: float = NEIGHBOUR_TOLERANCE, offset: np.ndarray | None = None
-                     ) -> list[ReflectionIssue]:
+                     tolerance: float = NEIGHBOUR_TOLERANCE, offset: np.ndarray | None = None,
+                     max_nearest_mm: float | None = None) -> list[ReflectionIssue]:
     """One ``neighbours`` issue per hypothesis whose score is more than ``tolerance`` (log units, ≈ a 5 %
-    ratio) from what its pose-neighbours imply (:func:`neighbour_targets`); the target goes with it."""
+    ratio) from what its pose-neighbours imply (:func:`neighbour_targets`); the target goes with it.
+    ``max_nearest_mm``: only hypotheses with another pose at most that far (None: every one)."""
     n = len(overall)
     P = np.asarray(pairwise_mm, np.float64)
     # The kernel weights are normalised, so the nearest poses set the target even when none is near. With two
@@ -471,11 +521,13 @@ def neighbour_issues(overall: np.ndarray, pairwise_mm: np.ndarray, sigma_mm: flo
     out = []
     for i in np.nonzero(gap > tolerance)[0]:
         near = [int(j) for j in np.argsort(P[i]) if j != i][:3]
+        if max_nearest_mm is not None and P[i, near[0]] > max_nearest_mm:
+            continue
         out.append(ReflectionIssue(
             kind="neighbours", indices=[int(i)], target=float(target[i]),
             detail=f"h{i} scored {overall[i]:.2f} but its nearest poses (h{', h'.join(map(str, near))}; "
-                   f"{P[i, near[0]]:.0f}–{P[i, near[-1]]:.0f} mm apart) imply {target[i]:.2f}: near-identical "
-                   "poses must score alike"))
+                   f"{P[i, near[0]]:.0f}–{P[i, near[-1]]:.0f} mm apart) imply {target[i]:.2f}: poses this "
+                   "close should score alike"))
     return out
 
 
@@ -493,7 +545,8 @@ def reflect(state: AgentState, config: RunnableConfig = None) -> dict:
     """Check the critique; when something is wrong and rounds are left, ask for a revision."""
     cfg = AgentConfig.from_config(config)
     ctx = build_context({**state, "round": 0})
-    issues = check_critique(ctx, state.get("critique"), pairwise_mm=load_pairwise(state["run_dir"]))
+    issues = check_critique(ctx, state.get("critique"), pairwise_mm=load_pairwise(state["run_dir"]),
+                            judge=judge_in_use(cfg, config))
     rnd = int(state.get("round", 0))
     reflections = [dict(r) for r in state.get("reflections", [])]
     revise = bool(issues) and rnd < cfg.max_reflections

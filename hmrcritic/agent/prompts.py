@@ -19,7 +19,9 @@ import math
 from collections.abc import Sequence
 from typing import Any
 
-from hmrcritic.agent.judges import of_ten
+import numpy as np
+
+from hmrcritic.agent.judges import of_ten, rules_of_ten
 from hmrcritic.agent.schema import AXES
 from hmrcritic.memory.schema import GRADED_CAP
 
@@ -46,9 +48,11 @@ Then give `overall` (0-10): your ranking score for the hypothesis, mainly driven
 
 How to score:
 - Start every hypothesis at 10 and take points off for each flaw you see or measure (deductions). Apply \
-the memory rules you are given when their condition holds, and list the ids of the rules you applied. A rule's \
-own points are on the rule book's scale, where each point costs about 3% of the score: take off what its \
-condition shows "of 10" (8 points = 2.1 of 10), never its points from 10.
+the memory rules you are given when their condition holds, and list the ids of the rules you applied. A rule \
+takes the amount its line shows "of 10" (it depends on the rule's record). The points in a rule (its text, its \
+condition) are on the rule book's own scale, where each point costs about 3% of the score: never take them from \
+10. Rules compound (each takes its share of what is left): where several hold for a hypothesis, take off the \
+"together" amount listed after the rules, not their sum.
 - Use the spread of the scale: the best hypotheses of the group should score clearly above the worst. Give \
 equal scores only to hypotheses you cannot tell apart.
 - The evidence table holds measured values; trust it for what the renders cannot show (e.g. small \
@@ -68,7 +72,7 @@ Propose at most two NEW rules that would have fixed the ranking and that a perso
 point deduction ("<condition> -> take off <k> points"). When a rule depends on one measured value, also give \
 its executable condition: `measure` (one of the evidence measure names shown), `comparator` (one of \
 > >= < <=), `threshold` (in the measure's unit) and `points` (0-10, on the rule book's scale: each point costs \
-about 3% of `overall`, so 8 points take 2.1 of a 10), and optionally \
+about 3% of `overall`, so 8 points take 2.1 of a 10 and 10 points, the most, 2.6), and optionally \
 `axis` (one of motion_structure, physical_feasibility, image_alignment). When the error grows with the \
 value, make the rule graded with `per`: take off `points` for every `per` units beyond the threshold (at most \
 3x points). Prefer thresholds that separate the over-rated from the under-rated hypotheses in the table. Do \
@@ -142,7 +146,9 @@ def shown_rule_id(rule_id: Any) -> str:
     return "".join(str(rule_id).split())[:80]
 
 
-def rules_block(rules: Sequence[Any], evidence: dict[str, Sequence[float]] | None = None) -> str:
+def rules_block(rules: Sequence[Any], evidence: dict[str, Sequence[float]] | None = None, *,
+                header: str = "RULES from memory (apply when they hold; cite their ids in rules_applied):",
+                totals: bool = True) -> str:
     """Recalled rules with their ids, quoted text and (when present) the executable condition, with the
     hypotheses it holds for when ``evidence`` is given: the table's rounded values cannot always tell (0.1503
     reads "0.15" beside a threshold "> 0.15"), and the reflect node asks for a revision when a rule that holds
@@ -150,10 +156,14 @@ def rules_block(rules: Sequence[Any], evidence: dict[str, Sequence[float]] | Non
 
     Every rule given is shown: the first 12 only were, while the recall hands over up to ``rules_k`` (16 by
     default) rules that each fire on a hypothesis, and the reflection checks all of them, so a revise round (a paid
-    call) asked the VLM to apply a rule "[id]" it had never been shown, with no text or condition to apply."""
+    call) asked the VLM to apply a rule "[id]" it had never been shown, with no text or condition to apply.
+
+    Each condition shows its points as the built-in judge deducts them from a 10 (:func:`judges.of_ten`), and with
+    ``totals`` (the critique; not the rule miner's book) one line gives each hypothesis' rules together, compounded
+    (:func:`judges.rules_of_ten`): the VLM is asked to deduct from 10, and read raw points or added the amounts up."""
     if not rules:
-        return "RULES from memory: none recalled."
-    lines = ["RULES from memory (apply when they hold; cite their ids in rules_applied):"]
+        return header.split(" (", 1)[0].rstrip(":") + ": none recalled."
+    lines = [header]
     for rule in rules:
         rule_id = shown_rule_id(rule.rule_id)
         line = f"- [{rule_id}] {_quoted(rule.text, MAX_RULE_CHARS)}"
@@ -164,23 +174,38 @@ def rules_block(rules: Sequence[Any], evidence: dict[str, Sequence[float]] | Non
             # the points as the built-in judge deducts them, of a 10 (judges.of_ten): the VLM deducts from 10
             worth = f" = {_of_ten(rule, cond.points)} of 10"
             if getattr(cond, "per", None):
-                worth += f" per {_fmt(cond.per)}, at most {_of_ten(rule, cond.points * GRADED_CAP)}"
+                worth += f" per {_fmt(cond.per)}, up to {_of_ten(rule, cond.points * GRADED_CAP)}"
             line += (
                 f"  (condition: {cond.measure} {cond.comparator} {_fmt(cond.threshold)} "
                 f"-> -{_fmt(cond.points)} points{graded}{worth}{axis})"
             )
             if evidence is not None and cond.measure in evidence:
-                held = [i for i, v in enumerate(evidence[cond.measure]) if cond.fires(float(v))]
+                # where it takes something (a graded rule exactly at its threshold holds and takes 0): what the
+                # reflect node checks, judges.apply_rules
+                ded = cond.deduction(evidence[cond.measure])
+                held = [int(i) for i in np.nonzero(ded > 0)[0]]
                 line += f"  holds for hyp {_ids(held)}" if held else "  holds for no hypothesis"
                 if held and getattr(cond, "per", None):  # graded: how much it takes where it holds
-                    off = [float(of_ten(rule, p)) for p in cond.deduction(evidence[cond.measure])[held]]
+                    off = [float(of_ten(rule, p)) for p in ded[held]]
                     line += (f" (taking {_fmt(min(off))}–{_fmt(max(off))} of 10)" if max(off) - min(off) >= 0.05
                              else f" (taking {_fmt(off[0])} of 10)")
             if getattr(cond, "hard", False):
-                line += "  HARD CONSTRAINT: the pose is impossible when it holds; always take the full points"
+                line += ("  HARD CONSTRAINT: the pose is impossible when it holds; always take its full amount of 10 "
+                         "(its record never lessens it)")
+        else:  # judged from its text alone: a VLM read "take off 4 points" as 4 of 10
+            line += "  (no measured condition: judge from the text whether it holds; its points are on the rule " \
+                    "book's scale, about 3% of the score each)"
         if rule.n_used:
             line += f"  [worked {rule.n_success}/{rule.n_used} times]"
         lines.append(line)
+    if evidence is not None and totals:
+        n = max((len(v) for v in evidence.values()), default=0)
+        together = rules_of_ten([r for r in rules if getattr(r, "condition", None) is not None],
+                                {k: list(v) for k, v in evidence.items() if len(v) == n}, n)
+        several = [i for i in range(n) if together[i] > 0]
+        if several:
+            lines.append("Together, compounded (take this off a hypothesis, not the sum of its rules): "
+                         + ", ".join(f"h{i} -{_fmt(float(together[i]))}" for i in several) + " of 10")
     return "\n".join(lines)
 
 
@@ -285,7 +310,7 @@ def rule_mining_text(ctx: Any, mistakes: Sequence[Any], *, text_mode: bool = Fal
     """The user message for rule mining on one labelled group."""
     parts = [
         f"GROUP {ctx.group_id}: {ctx.num_hypotheses} hypotheses.",
-        rules_block(ctx.rules, ctx.evidence).replace("RULES from memory", "RULE BOOK (already known)", 1),
+        rules_block(ctx.rules, ctx.evidence, header="RULE BOOK (already known):", totals=False),
         evidence_table(ctx.evidence, ctx.measure_info),
         mistakes_table(mistakes),
         "Propose at most 2 new rules (an empty list is fine if no rule would help).",

@@ -59,7 +59,9 @@ class ProposedRule(BaseModel):
     measure: str | None = Field(None, description="evidence measure name for an executable condition")
     comparator: str | None = Field(None, description="one of > >= < <=")
     threshold: float | None = None
-    points: float | None = Field(None, description="points taken off `overall` (0-10 scale) when it fires")
+    points: float | None = Field(None, description="points (0-10) on the rule book's scale, taken off `overall` "
+                                                   "when it fires: each costs about 3% of the score, so 8 points "
+                                                   "take 2.1 of a 10")
     axis: str | None = Field(None, description="axis the deduction applies to, or None for overall only")
     per: float | None = Field(None, description="graded rule: take off `points` for every `per` units of the "
                                                 "measure beyond the threshold (at most 3× points); omit for a "

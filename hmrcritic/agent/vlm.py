@@ -830,6 +830,8 @@ def _base_url_source(url: str | None) -> str:
     from hmrcritic.config import base_url_from_env
 
     value, name = base_url_from_env()
+    if name == "HMRCRITIC_BASE_URL" and value == url:  # also where a command's --base-url puts it
+        return "--base-url or HMRCRITIC_BASE_URL"
     return name if name and value == url else "JudgeSettings(base_url=...)"
 
 

@@ -187,3 +187,89 @@ def stop_nothing_scored(rows: list[dict], what: str) -> None:
           + (f"first: {printable(first)}" if first else "with --judge vlm: check the endpoint, e.g. with "
              "`hmrcritic critique --scene test:0 --judge vlm`") + ")", file=sys.stderr)
     raise SystemExit(1)  # (typer.Exit's code is lost under standalone_mode=False)
+
+
+# ``--base-url`` / ``--vlm-model``: the VLM judge's endpoint and model on the command line, beside the variables
+BASE_URL_HELP = ("The VLM judge's OpenAI-compatible endpoint, e.g. http://localhost:8000/v1 (with --judge vlm; "
+                 "overrides HMRCRITIC_BASE_URL, OPENAI_BASE_URL and OPENAI_API_BASE; the key stays in "
+                 "HMRCRITIC_API_KEY or OPENAI_API_KEY).")
+VLM_MODEL_HELP = ("The VLM judge's model name (with --judge vlm; overrides HMRCRITIC_VLM_MODEL, default "
+                  "gpt-4o-mini).")
+
+
+def judge_endpoint(judge, base_url: str | None, vlm_model: str | None):
+    """A context in which the VLM judge's ``--base-url`` and ``--vlm-model`` are in force: set as
+    ``HMRCRITIC_BASE_URL`` / ``HMRCRITIC_VLM_MODEL`` (the first of the variables each is read from, so a flag beats
+    every variable), and put back as they were when the command ends, however it ends (a test or a notebook calling
+    ``cli.main`` twice sees no flag of the first call).
+
+    The environment is the one channel that reaches every reader: each ``JudgeSettings()`` of this process (the
+    judge, the thread and evaluation keys, the export's header) and the export's spawned worker processes (and a
+    local Ray cluster), which build their judges from the environment they inherit. A flag given with another judge
+    than ``vlm`` is unused: a note on stderr, nothing set (``judge`` None: ``HMRCRITIC_JUDGE``, else builtin, as
+    the agent settings read it). A URL is checked now, before any work, in the words of
+    :func:`hmrcritic.config.check_base_url` (credentials masked)."""
+    import contextlib
+    import os
+    import sys
+
+    @contextlib.contextmanager
+    def in_force():
+        if base_url is None and vlm_model is None:
+            yield
+            return
+        name = judge if judge is not None else (os.environ.get("HMRCRITIC_JUDGE") or "").strip() or "builtin"
+        key = name.strip().lower() if isinstance(name, str) else ""
+        if key != "vlm":
+            if key == "builtin":  # (an unknown judge is refused by the command, in make_judge's words)
+                given = " and ".join(f for f, v in (("--base-url", base_url), ("--vlm-model", vlm_model))
+                                     if v is not None)
+                print(f"note: {given} unused: the builtin judge sends no requests (only --judge vlm does)",
+                      file=sys.stderr)
+            yield
+            return
+        from hmrcritic.config import check_base_url
+        from hmrcritic.errors import InputError
+        from hmrcritic.redact import register_url
+
+        values: dict[str, str] = {}
+        if base_url is not None:
+            register_url(base_url)  # its credentials masked in every message from now on (it is refused below)
+            url = base_url.strip()
+            if not url:
+                raise InputError("--base-url is empty; give the endpoint, e.g. http://localhost:8000/v1")
+            try:
+                check_base_url(url)
+            except InputError as exc:
+                raise InputError(f"--base-url: {exc}") from None
+            values["HMRCRITIC_BASE_URL"] = url
+        if vlm_model is not None:
+            model = vlm_model.strip()
+            if not model:
+                raise InputError("--vlm-model is empty; give the model name the endpoint serves")
+            values["HMRCRITIC_VLM_MODEL"] = model
+        before = {k: os.environ.get(k) for k in values}
+        os.environ.update(values)
+        try:
+            yield
+        finally:
+            for k, v in before.items():
+                if v is None:
+                    os.environ.pop(k, None)
+                else:
+                    os.environ[k] = v
+
+    return in_force()
+
+
+def with_judge_endpoint(fn):
+    """Decorate a command that takes ``judge``, ``base_url`` and ``vlm_model``: its body runs in
+    :func:`judge_endpoint`. Typer reads the wrapped function's signature (options and help are unchanged)."""
+    import functools
+
+    @functools.wraps(fn)
+    def call(*args, **kwargs):
+        with judge_endpoint(kwargs.get("judge"), kwargs.get("base_url"), kwargs.get("vlm_model")):
+            return fn(*args, **kwargs)
+
+    return call

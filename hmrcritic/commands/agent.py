@@ -10,7 +10,16 @@ from pathlib import Path
 
 import typer
 
-from hmrcritic.commands import is_tty, json_text, progress_at_tenths, say_failed_groups, scene_from_spec
+from hmrcritic.commands import (
+    BASE_URL_HELP,
+    VLM_MODEL_HELP,
+    is_tty,
+    json_text,
+    progress_at_tenths,
+    say_failed_groups,
+    scene_from_spec,
+    with_judge_endpoint,
+)
 from hmrcritic.config import env_chroma_url
 from hmrcritic.errors import InputError
 from hmrcritic.io import as_text
@@ -99,6 +108,7 @@ def note_unexplored_default_memory(memory: Path | None, chroma_url: str | None =
 
 def register(app: typer.Typer) -> None:
     @app.command("critique")
+    @with_judge_endpoint
     def critique_cmd(
         image: Path = typer.Option(None, "--image", help="Input image (with --keypoints)."),
         keypoints: Path = typer.Option(None, "--keypoints", help="Keypoint JSON in pixels: COCO-17 (list, COCO "
@@ -123,8 +133,10 @@ def register(app: typer.Typer) -> None:
                  "groups differ."),
         judge: str = typer.Option(None, "--judge", help="builtin (offline) or vlm (OpenAI-compatible) "
                                                         "(default: HMRCRITIC_JUDGE or builtin)."),
+        base_url: str = typer.Option(None, "--base-url", help=BASE_URL_HELP),
+        vlm_model: str = typer.Option(None, "--vlm-model", help=VLM_MODEL_HELP),
         out: Path = typer.Option(Path("critique_out"), "--out", help="Folder for scores.json and report.html "
-                                                                      "(and the sampled hypotheses.npz)."),
+                                                                      "(and sampled_hypotheses.npz when it samples)."),
         learn: bool = typer.Option(None, "--learn/--no-learn", help="Write prototypes/rule statistics to memory "
                                                                     "(default: HMRCRITIC_LEARN or no)."),
         render: bool = typer.Option(None, "--render/--no-render", help="Render overlays and side views; "
@@ -190,10 +202,11 @@ def register(app: typer.Typer) -> None:
         sampled = None
         if hypotheses is None:
             # the sampled group beside its scores: scores.json's indices named rows of arrays kept only in the run
-            # folder's inputs.npz; --hypotheses reads this file back as the same group (the same group id)
+            # folder's inputs.npz; --hypotheses reads this file back as the same group (the same group id). Not
+            # "hypotheses.npz": that is `sample`'s file (with x0, K, …), which a critique into its folder replaced
             from hmrcritic.io import atomic_save_npz
 
-            sampled = atomic_save_npz(out / "hypotheses.npz", **hyps)
+            sampled = atomic_save_npz(out / "sampled_hypotheses.npz", **hyps)
         write_scores(result, out)
         report = write_report(result, out, image_path=getattr(sample, "image_path", None))
         if as_json:
@@ -247,6 +260,7 @@ def register(app: typer.Typer) -> None:
                    if as_json else printable(format_trace(records)))
 
     @app.command("evaluate-critic")
+    @with_judge_endpoint
     def evaluate_cmd(
         split: str = typer.Option("test", "--split", help="Labelled split to evaluate on."),
         num_groups: int = typer.Option(100, "--num-groups", help="Held-out groups to evaluate."),
@@ -259,6 +273,8 @@ def register(app: typer.Typer) -> None:
         variants: str = typer.Option(None, "--variants", help="Comma-separated variants (default: all)."),
         source: str = typer.Option("auto", "--source", help="Hypotheses: auto | model | perturbed."),
         judge: str = typer.Option("builtin", "--judge", help="builtin or vlm."),
+        base_url: str = typer.Option(None, "--base-url", help=BASE_URL_HELP),
+        vlm_model: str = typer.Option(None, "--vlm-model", help=VLM_MODEL_HELP),
         max_reflections: int = typer.Option(2, "--max-reflections", help="Revise rounds of the full agent."),
         seed: int = typer.Option(0, "--seed", min=0, max=2**32 - 1,
                                  help="Sampling seed of the evaluated groups (the warm-up groups use seed + 1)."),

@@ -452,6 +452,45 @@ def _vlm_unreachable() -> bool:
         return False
 
 
+# every HMRCRITIC_* variable hmrcritic reads (README's settings list; tests/test_review_s30_cli.py keeps it in step
+# with the names in the code). The tests' own messages to the processes they start are HMRCRITIC_TEST_*.
+KNOWN_SETTINGS = (
+    "HMRCRITIC_HOME", "HMRCRITIC_CACHE", "HMRCRITIC_DATA", "HMRCRITIC_RUNS", "HMRCRITIC_MEMORY",
+    "HMRCRITIC_CHROMA_URL", "HMRCRITIC_BODY_MODEL", "HMRCRITIC_DEVICE", "HMRCRITIC_DEBUG",
+    "HMRCRITIC_MEMORY_LOCK_TIMEOUT", "HMRCRITIC_SPLIT_SIZE_SCALE",
+    "HMRCRITIC_BASE_URL", "HMRCRITIC_API_KEY", "HMRCRITIC_VLM_MODEL", "HMRCRITIC_VLM_TIMEOUT",
+    "HMRCRITIC_VLM_RETRIES", "HMRCRITIC_VLM_CONCURRENCY", "HMRCRITIC_VLM_MAX_TOKENS",
+    "HMRCRITIC_VLM_IMAGE_MAX_SIDE", "HMRCRITIC_VLM_IMAGE_DETAIL",
+    "HMRCRITIC_JUDGE", "HMRCRITIC_MAX_REFLECTIONS", "HMRCRITIC_RULES_K", "HMRCRITIC_PROTOTYPES_K", "HMRCRITIC_UCB_C",
+    "HMRCRITIC_LEARN", "HMRCRITIC_RENDER", "HMRCRITIC_USE_MEMORY", "HMRCRITIC_USE_RULES", "HMRCRITIC_USE_PROTOTYPES",
+    "HMRCRITIC_USE_CALIBRATION", "HMRCRITIC_PROTO_WEIGHT", "HMRCRITIC_PROTO_LEVEL",
+)
+_PREFIX = "HMRCRITIC_"
+
+
+def unknown_settings(environ=None) -> list[str]:
+    """A warning for each ``HMRCRITIC_*`` variable in the environment that hmrcritic does not read, naming the
+    nearest known one where there is one: a misspelt setting (``HMRCRITIC_MODEL``, ``HMRCRITIC_BASEURL``) was
+    silently ignored and doctor said "all checks passed". Names only, never values (a misspelt key variable holds
+    a key). A lower-case ``hmrcritic_home`` is no setting either (names are case-sensitive here)."""
+    import difflib
+
+    from hmrcritic.redact import printable
+
+    environ = os.environ if environ is None else environ
+    tails = {k[len(_PREFIX):]: k for k in KNOWN_SETTINGS}
+    out = []
+    for name in sorted(environ):
+        if not name.upper().startswith(_PREFIX) or name in KNOWN_SETTINGS or name.startswith(_PREFIX + "TEST_"):
+            continue
+        # matched on the part after the prefix: every full name shares "HMRCRITIC_", which made anything "close"
+        tail = name[len(_PREFIX):].upper()
+        near = tails.get(tail) or next(iter(tails[t] for t in difflib.get_close_matches(tail, tails, n=1)), None)
+        out.append(f"{printable(name)} is set but hmrcritic reads no such variable (ignored)"
+                   + (f"; did you mean {near}?" if near else "; README's settings list names the ones it reads"))
+    return out
+
+
 CHECKS = [
     ("python", _python), ("torch", _torch), ("packages", _packages), ("gl_render", _render),
     ("body_model", _body), ("folders", _folders), ("checkpoint", _checkpoint), ("judge", _judge),
@@ -462,7 +501,7 @@ def run_checks(skip: tuple[str, ...] = ()) -> dict:
     """All checks as a JSON-safe dict ``{ok, gl_platform, checks: [...]}`` with the API key scrubbed."""
     checks = [_check(name, fn) for name, fn in CHECKS if name not in skip]
     report = {"ok": all(c["ok"] for c in checks), "gl_platform": os.environ.get("PYOPENGL_PLATFORM"),
-              "checks": checks}
+              "checks": checks, "warnings": unknown_settings()}  # warnings: said, never a failed check
     from hmrcritic.redact import scrub_tree
 
     # every string scrubbed as it is, not the JSON text: json.dumps writes a '"', a '\\' or a non-ASCII
@@ -545,7 +584,10 @@ def register(app: typer.Typer) -> None:
                 print(f"[{mark}] {c['name']:<11} {line}")
                 if c["name"] == "folders" and c["ok"]:  # a FAIL line names what is wrong with the folders
                     print(f"[{mark}] {'memory':<11} {_memory_line(c)}")
-            print("all checks passed" if report["ok"] else "some checks failed (see FAIL lines)")
+            for w in report["warnings"]:
+                print(f"[warn] {'settings':<11} {w}")
+            warned = f" ({len(report['warnings'])} warning(s): see warn lines)" if report["warnings"] else ""
+            print(("all checks passed" if report["ok"] else "some checks failed (see FAIL lines)") + warned)
         if not report["ok"]:
             # SystemExit rather than typer.Exit: cli.main runs click with standalone_mode=False, where
             # typer.Exit's code is returned by app() and lost; SystemExit reaches main's handler.

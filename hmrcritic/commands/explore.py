@@ -7,12 +7,22 @@ from pathlib import Path
 
 import typer
 
-from hmrcritic.commands import finite_json, json_text, made_folder, say_failed_groups
+from hmrcritic.commands import (
+    BASE_URL_HELP,
+    VLM_MODEL_HELP,
+    finite_json,
+    json_text,
+    made_folder,
+    say_failed_groups,
+    with_judge_endpoint,
+)
 
 _DIR = typer.Option(None, "--memory-dir", help="Memory folder (default: HMRCRITIC_MEMORY or <home>/memory).")
 _JSON = typer.Option(False, "--json", help="Machine-readable output.")
 _SOURCE = typer.Option("auto", "--source", help="Hypotheses: model | perturbed | auto (model if it loads).")
 _JUDGE = typer.Option("builtin", "--judge", help="builtin (offline) | vlm (OpenAI-compatible endpoint).")
+_BASE_URL = typer.Option(None, "--base-url", help=BASE_URL_HELP)
+_VLM_MODEL = typer.Option(None, "--vlm-model", help=VLM_MODEL_HELP)
 _SEED = typer.Option(0, "--seed", help="Sampling seed of the groups.", min=0, max=2**32 - 1)
 
 
@@ -134,6 +144,8 @@ def explore_cmd(
     batch_size: int = typer.Option(8, "--batch-size", help="Groups per batch."),
     tau: float = typer.Option(0.5, "--tau", help="Spearman a group must reach for its rules to succeed."),
     judge: str = _JUDGE,
+    base_url: str = _BASE_URL,
+    vlm_model: str = _VLM_MODEL,
     error_metric: str = typer.Option("pa_mpjpe", "--error-metric", help="pa_mpjpe | mpjpe | pve | mix."),
     ucb_c: float = typer.Option(1.0, "--ucb-c", help="UCB exploration constant C in rule retrieval Ψ."),
     rules_k: int = typer.Option(16, "--rules-k", help="Rules recalled per group."),
@@ -189,6 +201,8 @@ def explore_eval_cmd(
     seed: int = _SEED,
     source: str = _SOURCE,
     judge: str = _JUDGE,
+    base_url: str = _BASE_URL,
+    vlm_model: str = _VLM_MODEL,
     memory_dir: Path = _DIR,
     out: Path = typer.Option(None, "--out", help="Also write the JSON here."),
     as_json: bool = _JSON,
@@ -305,6 +319,6 @@ def learning_curve_cmd(
 
 
 def register(app: typer.Typer) -> None:
-    app.command("explore")(explore_cmd)
-    app.command("explore-eval")(explore_eval_cmd)
+    app.command("explore")(with_judge_endpoint(explore_cmd))
+    app.command("explore-eval")(with_judge_endpoint(explore_eval_cmd))
     app.command("learning-curve")(learning_curve_cmd)

@@ -26,7 +26,8 @@ class RuleCondition(BaseModel):
     measure: str
     comparator: Comparator
     threshold: float
-    points: float = Field(..., description="points taken off (0-10 scale) when the condition fires")
+    points: float = Field(..., description="points (0-10) on the rule book's scale, taken off when the condition "
+                                           "fires: each keeps exp(-0.03) of the score (judges.POINT_DECAY)")
     axis: str | None = Field(None, description="axis that loses the points besides overall; None = overall")
     per: float | None = Field(
         None, gt=0, description="graded rule: take off `points` for every `per` units beyond the threshold "
