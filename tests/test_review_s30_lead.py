@@ -167,3 +167,28 @@ def test_make_bench_runs_every_benchmark_as_readme_cites_it():
     assert cited, "README cites no benchmark command"
     for script, args in cited.items():
         assert args == {runs[script]}, (script, args, runs[script])
+
+
+def test_an_export_worker_with_another_vlm_endpoint_refuses(tmp_path, monkeypatch):
+    """``export --base-url/--vlm-model`` set the judge for this machine's processes only: a Ray node (or any
+    worker whose own environment names another endpoint or model) scored the groups with its own VLM while the
+    header and every record named the flags'. A worker now checks the judge it builds against the header's."""
+    from hmrcritic.alignment.export import GroupWorker, WorkerContext, _judge_model
+    from hmrcritic.errors import AssetError
+    from tests.test_export import tiny_model
+
+    model = tiny_model(tmp_path / "tiny.pt")
+    monkeypatch.setenv("HMRCRITIC_BASE_URL", "http://127.0.0.1:9/v1")
+    monkeypatch.setenv("HMRCRITIC_VLM_MODEL", "the-exports-model")
+    header_judge = _judge_model("vlm")
+    assert header_judge.startswith("the-exports-model @ http://127.0.0.1:9/v1")
+
+    def ctx(judge_model):
+        return WorkerContext(str(model), 4, 2, "vlm", "tests.test_export:fake_score", False, None, None, 1,
+                             judge_model=judge_model)
+
+    GroupWorker(ctx(header_judge))._setup()  # the same environment: fine
+    monkeypatch.setenv("HMRCRITIC_VLM_MODEL", "a-nodes-own-model")  # the worker's environment differs
+    with pytest.raises(AssetError, match="a-nodes-own-model .*the-exports-model .*HMRCRITIC_VLM_MODEL"):
+        GroupWorker(ctx(header_judge))._setup()
+    GroupWorker(ctx(None))._setup()  # the builtin judge (or an old context): nothing to compare

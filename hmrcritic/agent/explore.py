@@ -942,11 +942,12 @@ def _judge_proposals(judge_obj, res, bg: BatchGroup, round_no, validation, exist
                        overlay_grid_path=res.renders.get("overlay_grid"),
                        side_grid_path=res.renders.get("side_grid"))
     mistakes = _mistakes(bg)
+    if not mistakes:
+        return [], [Rejection("(judge)", f"group {res.group_id}: no clear mistake to show the judge")]
     rationale = {s.index: s.rationale for s in getattr(res, "scores", []) or []}
     for m in mistakes:  # the table's notes promised "the critic's own rationale" and held only the verdict
         if rationale.get(m.index):
             m.note = f"{m.note}; the critic said: {rationale[m.index]}"
-        return [], [Rejection("(judge)", f"group {res.group_id}: no clear mistake to show the judge")]
     try:
         props = judge_obj.propose_rules(ctx, mistakes)
     except Exception as exc:  # a judge that fails or answers garbage: log and go on

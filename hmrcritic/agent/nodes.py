@@ -81,7 +81,11 @@ def judge_in_use(cfg: AgentConfig, config: dict | None = None) -> str:
     """The name of the judge :func:`get_judge` gives (an object handed in: its ``name``), without building one."""
     injected = ((config or {}).get("configurable") or {}).get("judge")
     if injected is not None and not isinstance(injected, str):
-        return canonical_judge(judge_name(injected))
+        # a VLMJudge (or a subclass, whatever its name) is a VLM; another object by its name, if it is a string
+        if any(k.__name__ == "VLMJudge" for k in type(injected).__mro__):
+            return "vlm"
+        name = judge_name(injected)
+        return canonical_judge(name) if isinstance(name, str) else "custom"
     return canonical_judge(injected) if injected else canonical_judge(cfg.judge)
 
 
@@ -401,11 +405,13 @@ def check_critique(ctx: JudgeContext, crit: dict | GroupCritique | None,
             continue
         # held to what the rule takes off a 10 where it fires (the amount the VLM prompt shows, as the built-in
         # judge deducts): the raw points were taken off the 0–10 score ("10 − 8 + 0.5"), so a hypothesis an uncited
-        # 8-point rule fires on had to score 2.5 or under, where the rule itself is worth 2.1 of 10. The slack is
-        # half the amount, at most 0.5: a flat 0.5 let every rule worth under 0.5 of 10 (1.7 points) pass unapplied
+        # 8-point rule fires on had to score 2.5 or under, where the rule itself is worth 2.1 of 10. For a VLM the
+        # slack is half the amount, at most 0.5: a flat 0.5 let every rule worth under 0.5 of 10 (1.7 points) pass
+        # unapplied (other judges keep the flat 0.5: their checks are unchanged)
         rule = by_id[rid]
         off = of_ten(rule, rule.condition.deduction(ctx.evidence[rule.condition.measure]))
-        not_low = [i for i in hits if off[i] >= ONE_POINT_OF_TEN and overall[i] > 10.0 - off[i] + min(0.5, off[i] / 2)]
+        slack = np.minimum(0.5, off / 2) if vlm else np.full_like(off, 0.5)
+        not_low = [i for i in hits if off[i] >= ONE_POINT_OF_TEN and overall[i] > 10.0 - off[i] + slack[i]]
         if not_low:
             amount = _amounts(off[not_low])
             detail = (f"rule {rid} is cited but {_hs(not_low)} kept a score above 10 less its {amount} of 10"
@@ -446,7 +452,7 @@ def check_critique(ctx: JudgeContext, crit: dict | GroupCritique | None,
         issues += neighbour_issues(np.maximum(overall, VLM_SCORE_FLOOR) if vlm else overall, pairwise_mm,
                                    tolerance=NEIGHBOUR_TOLERANCE * scale,
                                    offset=scale * POINT_DECAY * hard_points(applied, ctx.evidence, n),
-                                   max_nearest_mm=2 * NEIGHBOUR_SIGMA_MM if vlm else None)
+                                   max_nearest_mm=2 * NEIGHBOUR_SIGMA_MM if vlm else None, shown=overall)
     return issues
 
 
@@ -505,10 +511,13 @@ def neighbour_targets(overall: np.ndarray, pairwise_mm: np.ndarray, sigma_mm: fl
 
 def neighbour_issues(overall: np.ndarray, pairwise_mm: np.ndarray, sigma_mm: float = NEIGHBOUR_SIGMA_MM,
                      tolerance: float = NEIGHBOUR_TOLERANCE, offset: np.ndarray | None = None,
-                     max_nearest_mm: float | None = None) -> list[ReflectionIssue]:
+                     max_nearest_mm: float | None = None, shown: np.ndarray | None = None
+                     ) -> list[ReflectionIssue]:
     """One ``neighbours`` issue per hypothesis whose score is more than ``tolerance`` (log units, ≈ a 5 %
     ratio) from what its pose-neighbours imply (:func:`neighbour_targets`); the target goes with it.
-    ``max_nearest_mm``: only hypotheses with another pose at most that far (None: every one)."""
+    ``max_nearest_mm``: only hypotheses with another pose at most that far (None: every one); ``shown``: the
+    scores the detail quotes (the judge's own, where ``overall`` was floored for the check)."""
+    shown = overall if shown is None else shown
     n = len(overall)
     P = np.asarray(pairwise_mm, np.float64)
     # The kernel weights are normalised, so the nearest poses set the target even when none is near. With two
@@ -525,7 +534,7 @@ def neighbour_issues(overall: np.ndarray, pairwise_mm: np.ndarray, sigma_mm: flo
             continue
         out.append(ReflectionIssue(
             kind="neighbours", indices=[int(i)], target=float(target[i]),
-            detail=f"h{i} scored {overall[i]:.2f} but its nearest poses (h{', h'.join(map(str, near))}; "
+            detail=f"h{i} scored {shown[i]:.2f} but its nearest poses (h{', h'.join(map(str, near))}; "
                    f"{P[i, near[0]]:.0f}–{P[i, near[-1]]:.0f} mm apart) imply {target[i]:.2f}: poses this "
                    "close should score alike"))
     return out

@@ -72,7 +72,7 @@ Propose at most two NEW rules that would have fixed the ranking and that a perso
 point deduction ("<condition> -> take off <k> points"). When a rule depends on one measured value, also give \
 its executable condition: `measure` (one of the evidence measure names shown), `comparator` (one of \
 > >= < <=), `threshold` (in the measure's unit) and `points` (0-10, on the rule book's scale: each point costs \
-about 3% of `overall`, so 8 points take 2.1 of a 10 and 10 points, the most, 2.6), and optionally \
+about 3% of `overall`, so 8 points take 2.1 of a 10 from a new step rule, 10 points, the most, 2.6), and optionally \
 `axis` (one of motion_structure, physical_feasibility, image_alignment). When the error grows with the \
 value, make the rule graded with `per`: take off `points` for every `per` units beyond the threshold (at most \
 3x points). Prefer thresholds that separate the over-rated from the under-rated hypotheses in the table. Do \

@@ -239,6 +239,9 @@ class WorkerContext:
     # the agent's settings, resolved once by the export (see agent_settings): a worker's own environment (another
     # process, a Ray node) must not score with other reflections, rules_k or switches than the header records
     agent_settings: dict | None = None
+    # the VLM judge (model @ endpoint) the header records: a worker whose own environment (a Ray node's; the
+    # --base-url/--vlm-model flags reach only this machine's processes) builds another refuses, not mislabels
+    judge_model: str | None = None
 
 
 def _import(spec: str) -> Callable:
@@ -278,6 +281,11 @@ class GroupWorker:
                 raise AssetError(f"the checkpoint {self.ctx.model or '(shipped base model)'} changed since this "
                                  f"export started (weights {self.ctx.model_hash} → {now}): another process rewrote "
                                  "it; run the export again (into another --out for the new weights)")
+        if self.ctx.judge_model is not None and _judge_model(self.ctx.judge) != self.ctx.judge_model:
+            raise AssetError(f"this worker's VLM judge is {_judge_model(self.ctx.judge)}, the export's "
+                             f"{self.ctx.judge_model}: the worker's own environment (a Ray node's) names another "
+                             "endpoint or model; give it the same HMRCRITIC_BASE_URL / HMRCRITIC_VLM_MODEL "
+                             "(--base-url / --vlm-model reach only this machine's processes)")
         self._score = _import(self.ctx.score_group)
         if self.ctx.use_memory:
             from hmrcritic.memory import MemoryStore
@@ -1034,6 +1042,7 @@ def export(
             cfg.threads_per_worker,
             mhash,
             resolved,  # not the header's: resuming an export from before they were recorded leaves that None
+            _judge_model(cfg.judge),
         )
         if cfg.ray_address:
             executor, results = (
