@@ -192,3 +192,34 @@ def test_an_export_worker_with_another_vlm_endpoint_refuses(tmp_path, monkeypatc
     with pytest.raises(AssetError, match="a-nodes-own-model .*the-exports-model .*HMRCRITIC_VLM_MODEL"):
         GroupWorker(ctx(header_judge))._setup()
     GroupWorker(ctx(None))._setup()  # the builtin judge (or an old context): nothing to compare
+
+
+def test_an_export_whose_workers_name_another_vlm_stops_naming_both(tmp_path, monkeypatch):
+    """The export hands its header's judge to the workers, and workers that build another one (their own
+    environment) fail as an unusable endpoint does: the export stops after UNUSABLE_IN_A_ROW groups, naming both,
+    instead of loading the model for every group of the split to fail it."""
+    import hmrcritic.alignment.export as E
+    from hmrcritic.agent.api import UNUSABLE_IN_A_ROW
+    from hmrcritic.errors import HMRCriticError
+    from tests.test_export import cfg_for, make_inputs, tiny_model
+
+    calls = []
+
+    def judge_model(judge):  # the export's own process (header, context), then a worker's other environment
+        calls.append(judge)
+        return "the-exports-model @ http://127.0.0.1:9/v1" if len(calls) <= 2 else "a-nodes-model @ http://n/v1"
+
+    monkeypatch.setattr(E, "_judge_model", judge_model)
+    monkeypatch.setenv("HMRCRITIC_BASE_URL", "http://127.0.0.1:9/v1")
+    loads = []
+    real_load = __import__("hmrcritic.hmr.diffusion", fromlist=["load_model"]).load_model
+    monkeypatch.setattr("hmrcritic.hmr.diffusion.load_model", lambda *a, **k: loads.append(1) or real_load(*a, **k))
+    cfg = cfg_for(tmp_path / "ds", tiny_model(tmp_path / "tiny.pt"), judge="vlm")
+    with pytest.raises(HMRCriticError) as info:
+        E.export(cfg, inputs=make_inputs(UNUSABLE_IN_A_ROW + 3))
+    message = str(info.value)
+    assert "a-nodes-model" in message and "the-exports-model" in message, message
+    assert len(loads) == 1  # the header's hash loads it once; the workers refused before loading it
+    lines = (tmp_path / "ds" / "failures.jsonl").read_text().splitlines()
+    failures = [__import__("json").loads(line) for line in lines]
+    assert [f["stage"] for f in failures][:UNUSABLE_IN_A_ROW] == ["setup"] * UNUSABLE_IN_A_ROW, failures

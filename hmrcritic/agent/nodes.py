@@ -15,6 +15,7 @@ from __future__ import annotations
 import contextlib
 import json
 import math
+import sys
 import threading
 from pathlib import Path
 from typing import Any
@@ -82,7 +83,8 @@ def judge_in_use(cfg: AgentConfig, config: dict | None = None) -> str:
     injected = ((config or {}).get("configurable") or {}).get("judge")
     if injected is not None and not isinstance(injected, str):
         # a VLMJudge (or a subclass, whatever its name) is a VLM; another object by its name, if it is a string
-        if any(k.__name__ == "VLMJudge" for k in type(injected).__mro__):
+        vlm = sys.modules.get("hmrcritic.agent.vlm")  # loaded whenever a VLMJudge exists; never imported here
+        if vlm is not None and isinstance(injected, vlm.VLMJudge):
             return "vlm"
         name = judge_name(injected)
         return canonical_judge(name) if isinstance(name, str) else "custom"

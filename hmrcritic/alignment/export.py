@@ -265,6 +265,7 @@ class GroupWorker:
     def _setup(self) -> None:
         if self._model is not None:
             return
+        self._check_judge()
         from hmrcritic.hmr.diffusion import load_model
 
         torch.set_num_threads(self.ctx.threads)
@@ -281,11 +282,6 @@ class GroupWorker:
                 raise AssetError(f"the checkpoint {self.ctx.model or '(shipped base model)'} changed since this "
                                  f"export started (weights {self.ctx.model_hash} → {now}): another process rewrote "
                                  "it; run the export again (into another --out for the new weights)")
-        if self.ctx.judge_model is not None and _judge_model(self.ctx.judge) != self.ctx.judge_model:
-            raise AssetError(f"this worker's VLM judge is {_judge_model(self.ctx.judge)}, the export's "
-                             f"{self.ctx.judge_model}: the worker's own environment (a Ray node's) names another "
-                             "endpoint or model; give it the same HMRCRITIC_BASE_URL / HMRCRITIC_VLM_MODEL "
-                             "(--base-url / --vlm-model reach only this machine's processes)")
         self._score = _import(self.ctx.score_group)
         if self.ctx.use_memory:
             from hmrcritic.memory import MemoryStore
@@ -294,6 +290,21 @@ class GroupWorker:
         # set last: a setup that failed half-way (the memory did not open) is retried by the next task, not
         # taken as done (every later group was scored without the frozen memory)
         self._model = model
+
+    def _check_judge(self) -> None:
+        """Refuse a VLM judge other than the header's, before the model is loaded: a worker's own environment (a
+        Ray node's; --base-url / --vlm-model reach only this machine's processes) scored the groups with its own
+        model or endpoint under the header's name. Flagged as an unusable endpoint, so the export stops after a
+        few such groups rather than failing the split one model load at a time."""
+        mine = _judge_model(self.ctx.judge) if self.ctx.judge_model is not None else None
+        if mine is not None and mine != self.ctx.judge_model:
+            exc = AssetError(f"this worker's VLM judge is {mine}, the export's {self.ctx.judge_model}: the worker's "
+                             "own environment (a Ray node's) names another endpoint, model or image setting; give "
+                             "it the same HMRCRITIC_BASE_URL / HMRCRITIC_VLM_MODEL / HMRCRITIC_VLM_IMAGE_* "
+                             "(--base-url / --vlm-model reach only this machine's processes)")
+            exc.endpoint_unusable, exc.endpoint = True, mine
+            exc.cause = f"not the export's judge {self.ctx.judge_model}"
+            raise exc
 
     def ping(self) -> bool:
         """Answers once the worker exists (a Ray actor waiting for a free CPU does not yet)."""

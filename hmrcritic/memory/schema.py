@@ -28,7 +28,7 @@ class RuleCondition(BaseModel):
     threshold: float
     points: float = Field(..., description="points (0-10) on the rule book's scale, taken off when the condition "
                                            "fires: each keeps exp(-0.03 · the rule's weight) of the score "
-                                           "(judges.POINT_DECAY, judges.rule_weight)")
+                                           "(judges.POINT_DECAY, judges.rule_weight; 1 for a hard rule)")
     axis: str | None = Field(None, description="axis that loses the points besides overall; None = overall")
     per: float | None = Field(
         None, gt=0, description="graded rule: take off `points` for every `per` units beyond the threshold "
