@@ -235,3 +235,18 @@ def test_vlm_rule_mining_is_asked_with_the_critics_rationale(tmp_path, explore_p
     assert mining, [r.kind for r in srv.requests]
     text = _user_text(mining[0].body)
     assert "the critic said:" in text and "stub: mean normalised badness" in text, text[-1500:]
+
+
+def test_a_contradiction_names_the_measures_it_compares():
+    """"h0 ranked above h1 although h1 is at least as good on every evidence measure" was false where rules fired:
+    only the measures those rules read are compared, and a VLM could see h0 better on another one in its table."""
+    rule = _rules()["trusted"]  # reproj_rel, fires on h0
+    ctx = _ctx([rule])
+    # h0 (worst reprojection) above h1: a contradiction on reproj_rel, while h0 is better on hyperextension_deg
+    [issue] = [i for i in check_critique(ctx, _critique([9.5, 9.0, 8.0, 7.0], ["trusted"]))
+               if i.kind == "contradiction" and i.indices == [0, 1]]
+    assert "on every measure the rules that hold read (reproj_rel)" in issue.detail, issue.detail
+    one = JudgeContext(group_id="g", num_hypotheses=4, evidence={"reproj_rel": [0.01, 0.2, 0.3, 0.4]},
+                       measure_info=INFO, rules=[])  # no rule: every measure compared, so said
+    plain = [i for i in check_critique(one, _critique([1.0, 9.0, 8.0, 7.0], [])) if i.kind == "contradiction"]
+    assert plain and all("on every evidence measure" in i.detail for i in plain)

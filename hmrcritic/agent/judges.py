@@ -311,6 +311,12 @@ def generic_badness(evidence: dict[str, list[float]], n: int) -> tuple[np.ndarra
     return overall, axes
 
 
+def dominance_measures(rules: list[Rule], fired: dict[str, list[int]]) -> set[str]:
+    """The measures :func:`dominance` compares: those the fired rules with points read (none: every measure)."""
+    return {r.condition.measure for r in rules
+            if r.condition is not None and r.rule_id in fired and r.condition.points > 0}
+
+
 def dominance(rules: list[Rule], evidence: dict[str, list[float]], n: int) -> np.ndarray | None:
     """(n, n) bool, ``[i, j]``: hypothesis j dominates i — no worse on every measure a fired rule reads (every
     measure when no rule fires: what the rule memory says matters for this group) and better on one. None
@@ -324,8 +330,7 @@ def dominance(rules: list[Rule], evidence: dict[str, list[float]], n: int) -> np
     from hmrcritic.agent.evidence import MEASURES
 
     _, _, fired = apply_rules(rules, evidence, n)
-    read = {r.condition.measure for r in rules
-            if r.condition is not None and r.rule_id in fired and r.condition.points > 0}
+    read = dominance_measures(rules, fired)
     rows = [np.asarray(v, dtype=np.float64) * (1.0 if MEASURES[k].higher_is_worse else -1.0)
             for k, v in evidence.items() if k in MEASURES and len(v) == n and (not read or k in read)]
     if not rows:

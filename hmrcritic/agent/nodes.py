@@ -31,6 +31,7 @@ from hmrcritic.agent.judges import (
     ReflectionIssue,
     apply_rules,
     dominance,
+    dominance_measures,
     hard_points,
     judge_name,
     make_judge,
@@ -438,7 +439,8 @@ def check_critique(ctx: JudgeContext, crit: dict | GroupCritique | None,
     dominated = dominance(ctx.rules, ctx.evidence, n)
     if dominated is not None:
         contra = dominated & (overall[:, None] > overall[None, :])
-        read = _dominance_measures(ctx.rules, ctx.evidence, n, fired)
+        read = sorted(dominance_measures(ctx.rules, fired))
+        read = f"every measure the rules that hold read ({', '.join(read)})" if read else "every evidence measure"
         for i, j in zip(*np.nonzero(contra), strict=True):
             # the measures compared, named: "every evidence measure" was false where rules fired (only the
             # measures they read are compared), and a VLM could see h{i} better on another one in the table
@@ -470,14 +472,6 @@ def _hs(indices) -> str:
 def _amounts(values) -> str:
     lo, hi = float(np.min(values)), float(np.max(values))
     return f"{lo:.2f}" if hi - lo < 0.005 else f"{lo:.2f}–{hi:.2f}"
-
-
-def _dominance_measures(rules, evidence: dict, n: int, fired: dict) -> str:
-    """The measures :func:`judges.dominance` compares, as the contradiction's detail names them."""
-    read = sorted({r.condition.measure for r in rules
-                   if r.condition is not None and r.rule_id in fired and r.condition.points > 0})
-    return ("every measure the rules that hold read (" + ", ".join(read) + ")") if read else \
-        "every evidence measure"
 
 
 # Neighbour consistency: kernel width (mm of Procrustes-aligned joint distance) and the log-score gap to the

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import json
 
+import typer
+
 from hmrcritic.io import finite_json  # noqa: F401  (re-exported: the commands' name for it)
 
 
@@ -195,6 +197,9 @@ BASE_URL_HELP = ("The VLM judge's OpenAI-compatible endpoint, e.g. http://localh
                  "HMRCRITIC_API_KEY or OPENAI_API_KEY).")
 VLM_MODEL_HELP = ("The VLM judge's model name (with --judge vlm; overrides HMRCRITIC_VLM_MODEL, default "
                   "gpt-4o-mini).")
+# the two options, one definition for every command that takes --judge (typer reads a shared default as is)
+BASE_URL_OPTION = typer.Option(None, "--base-url", help=BASE_URL_HELP)
+VLM_MODEL_OPTION = typer.Option(None, "--vlm-model", help=VLM_MODEL_HELP)
 
 
 def judge_endpoint(judge, base_url: str | None, vlm_model: str | None):
@@ -218,8 +223,10 @@ def judge_endpoint(judge, base_url: str | None, vlm_model: str | None):
         if base_url is None and vlm_model is None:
             yield
             return
+        from hmrcritic.agent.state import canonical_judge
+
         name = judge if judge is not None else (os.environ.get("HMRCRITIC_JUDGE") or "").strip() or "builtin"
-        key = name.strip().lower() if isinstance(name, str) else ""
+        key = canonical_judge(name) if isinstance(name, str) else ""
         if key != "vlm":
             if key == "builtin":  # (an unknown judge is refused by the command, in make_judge's words)
                 given = " and ".join(f for f, v in (("--base-url", base_url), ("--vlm-model", vlm_model))

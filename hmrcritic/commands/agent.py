@@ -11,8 +11,8 @@ from pathlib import Path
 import typer
 
 from hmrcritic.commands import (
-    BASE_URL_HELP,
-    VLM_MODEL_HELP,
+    BASE_URL_OPTION,
+    VLM_MODEL_OPTION,
     is_tty,
     json_text,
     progress_at_tenths,
@@ -133,8 +133,8 @@ def register(app: typer.Typer) -> None:
                  "groups differ."),
         judge: str = typer.Option(None, "--judge", help="builtin (offline) or vlm (OpenAI-compatible) "
                                                         "(default: HMRCRITIC_JUDGE or builtin)."),
-        base_url: str = typer.Option(None, "--base-url", help=BASE_URL_HELP),
-        vlm_model: str = typer.Option(None, "--vlm-model", help=VLM_MODEL_HELP),
+        base_url: str = BASE_URL_OPTION,
+        vlm_model: str = VLM_MODEL_OPTION,
         out: Path = typer.Option(Path("critique_out"), "--out", help="Folder for scores.json and report.html "
                                                                       "(and sampled_hypotheses.npz when it samples)."),
         learn: bool = typer.Option(None, "--learn/--no-learn", help="Write prototypes/rule statistics to memory "
@@ -273,8 +273,8 @@ def register(app: typer.Typer) -> None:
         variants: str = typer.Option(None, "--variants", help="Comma-separated variants (default: all)."),
         source: str = typer.Option("auto", "--source", help="Hypotheses: auto | model | perturbed."),
         judge: str = typer.Option("builtin", "--judge", help="builtin or vlm."),
-        base_url: str = typer.Option(None, "--base-url", help=BASE_URL_HELP),
-        vlm_model: str = typer.Option(None, "--vlm-model", help=VLM_MODEL_HELP),
+        base_url: str = BASE_URL_OPTION,
+        vlm_model: str = VLM_MODEL_OPTION,
         max_reflections: int = typer.Option(2, "--max-reflections", help="Revise rounds of the full agent."),
         seed: int = typer.Option(0, "--seed", min=0, max=2**32 - 1,
                                  help="Sampling seed of the evaluated groups (the warm-up groups use seed + 1)."),

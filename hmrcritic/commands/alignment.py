@@ -7,7 +7,7 @@ from pathlib import Path
 
 import typer
 
-from hmrcritic.commands import BASE_URL_HELP, VLM_MODEL_HELP, json_text, with_judge_endpoint
+from hmrcritic.commands import BASE_URL_OPTION, VLM_MODEL_OPTION, json_text, with_judge_endpoint
 from hmrcritic.errors import InputError
 
 
@@ -36,8 +36,8 @@ def _export_app() -> typer.Typer:
         model: Path = typer.Option(None, help="Diffusion checkpoint (default: the shipped base model)."),
         num_generations: int = typer.Option(20, "-n", "--num-generations", help="Hypotheses per group (G)."),
         judge: str = typer.Option("builtin", help="builtin (offline) or vlm (OpenAI-compatible endpoint)."),
-        base_url: str = typer.Option(None, "--base-url", help=BASE_URL_HELP),
-        vlm_model: str = typer.Option(None, "--vlm-model", help=VLM_MODEL_HELP),
+        base_url: str = BASE_URL_OPTION,
+        vlm_model: str = VLM_MODEL_OPTION,
         out: Path = typer.Option(None, help="Output dataset folder (re-run the same command to resume)."),
         workers: int = typer.Option(1, help="Worker processes (or Ray actors with --ray-address)."),
         ray_address: str = typer.Option(None, help="Ray cluster address, 'auto', or 'local' to start one "

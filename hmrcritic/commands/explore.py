@@ -8,8 +8,8 @@ from pathlib import Path
 import typer
 
 from hmrcritic.commands import (
-    BASE_URL_HELP,
-    VLM_MODEL_HELP,
+    BASE_URL_OPTION,
+    VLM_MODEL_OPTION,
     finite_json,
     json_text,
     made_folder,
@@ -21,8 +21,6 @@ _DIR = typer.Option(None, "--memory-dir", help="Memory folder (default: HMRCRITI
 _JSON = typer.Option(False, "--json", help="Machine-readable output.")
 _SOURCE = typer.Option("auto", "--source", help="Hypotheses: model | perturbed | auto (model if it loads).")
 _JUDGE = typer.Option("builtin", "--judge", help="builtin (offline) | vlm (OpenAI-compatible endpoint).")
-_BASE_URL = typer.Option(None, "--base-url", help=BASE_URL_HELP)
-_VLM_MODEL = typer.Option(None, "--vlm-model", help=VLM_MODEL_HELP)
 _SEED = typer.Option(0, "--seed", help="Sampling seed of the groups.", min=0, max=2**32 - 1)
 
 
@@ -144,8 +142,8 @@ def explore_cmd(
     batch_size: int = typer.Option(8, "--batch-size", help="Groups per batch."),
     tau: float = typer.Option(0.5, "--tau", help="Spearman a group must reach for its rules to succeed."),
     judge: str = _JUDGE,
-    base_url: str = _BASE_URL,
-    vlm_model: str = _VLM_MODEL,
+    base_url: str = BASE_URL_OPTION,
+    vlm_model: str = VLM_MODEL_OPTION,
     error_metric: str = typer.Option("pa_mpjpe", "--error-metric", help="pa_mpjpe | mpjpe | pve | mix."),
     ucb_c: float = typer.Option(1.0, "--ucb-c", help="UCB exploration constant C in rule retrieval Ψ."),
     rules_k: int = typer.Option(16, "--rules-k", help="Rules recalled per group."),
@@ -201,8 +199,8 @@ def explore_eval_cmd(
     seed: int = _SEED,
     source: str = _SOURCE,
     judge: str = _JUDGE,
-    base_url: str = _BASE_URL,
-    vlm_model: str = _VLM_MODEL,
+    base_url: str = BASE_URL_OPTION,
+    vlm_model: str = VLM_MODEL_OPTION,
     memory_dir: Path = _DIR,
     out: Path = typer.Option(None, "--out", help="Also write the JSON here."),
     as_json: bool = _JSON,
