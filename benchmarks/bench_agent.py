@@ -61,7 +61,7 @@ def _run(args, work: str) -> int:
     from hmrcritic.agent.groups import make_groups
     from hmrcritic.agent.prior import get_pose_prior
     from hmrcritic.agent.state import AgentConfig
-    from hmrcritic.io import atomic_write_json, finite_json
+    from hmrcritic.io import atomic_write_strict_json
     from hmrcritic.memory.store import MemoryStore
 
     get_pose_prior()  # fitted/cached once; not part of the per-group cost
@@ -91,7 +91,7 @@ def _run(args, work: str) -> int:
         print(f"{'on' if r['render'] else 'off':<12}{r['groups']:>8}{r['groups_per_s']:>10.2f}"
               f"{r['ms_per_group']:>10.0f}")
     out = Path(args.out)
-    atomic_write_json(out, finite_json(result))
+    atomic_write_strict_json(out, result)
     print(f"wrote {out}")
     return 0
 

@@ -27,7 +27,7 @@ from pathlib import Path
 
 import numpy as np
 
-from hmrcritic.io import atomic_write_json, finite_json
+from hmrcritic.io import atomic_write_strict_json
 
 RESULTS = Path(__file__).resolve().parent / "results" / "alignment.json"
 OBJECTIVES = ("gpa", "gpa_linear", "dpo", "sft")
@@ -215,9 +215,9 @@ def main(argv: list[str] | None = None) -> None:
             f"{r['objective']:<12}{r['steps_per_s']:>10.2f}{r['hypotheses_per_s']:>10.0f}"
             f"{r['peak_rss_mb']:>14.0f}{r['peak_python_alloc_mb']:>12.1f}"
         )
-    atomic_write_json(
+    atomic_write_strict_json(
         args.out,
-        finite_json({
+        {
             "benchmark": "alignment.finetune",
             "model": model_note,
             "device": args.device,
@@ -226,7 +226,7 @@ def main(argv: list[str] | None = None) -> None:
             "python": platform.python_version(),
             "machine": platform.machine(),
             "results": rows,
-        }),
+        },
     )
     print(f"wrote {args.out}")
 

@@ -27,7 +27,7 @@ from hmrcritic.hmr.diffusion import (
     sample,
 )
 from hmrcritic.hmr.train import TrainConfig
-from hmrcritic.io import atomic_write_json, finite_json
+from hmrcritic.io import atomic_write_strict_json
 
 RESULTS = Path(__file__).resolve().parent / "results" / "diffusion.json"
 
@@ -152,7 +152,7 @@ def main() -> None:
     }
     # a --quick smoke run never replaces the figures README cites
     path = args.out or (RESULTS.with_name("diffusion_quick.json") if args.quick else RESULTS)
-    atomic_write_json(path, finite_json(out))
+    atomic_write_strict_json(path, out)
     print(f"wrote {path}")
 
 

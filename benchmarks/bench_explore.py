@@ -70,7 +70,7 @@ def _run(args) -> dict:
     from hmrcritic import config
     from hmrcritic.agent.explore import explore
     from hmrcritic.agent.learning_curve import explore_eval, format_rows, learning_curve
-    from hmrcritic.io import atomic_write_json, finite_json
+    from hmrcritic.io import atomic_write_strict_json
     from hmrcritic.memory.schema import Rule, RuleCondition
     from hmrcritic.memory.starter_rules import TAG_VOCABULARY
     from hmrcritic.memory.store import MemoryStore
@@ -170,7 +170,7 @@ def _run(args) -> dict:
         print(f"held-out ({ev['num_groups']} groups of test):")
         print(format_rows(ev))
     out = Path(args.out)
-    atomic_write_json(out, finite_json(results))
+    atomic_write_strict_json(out, results)
     print(f"wrote {out}")
     return results
 

@@ -26,7 +26,7 @@ import tempfile
 import time
 from pathlib import Path
 
-from hmrcritic.io import atomic_write_json, finite_json
+from hmrcritic.io import atomic_write_strict_json
 
 RESULTS = Path(__file__).resolve().parent / "results" / "export.json"
 CONFIGS = {"serial": (1, None), "pool2": (2, None), "ray2": (2, "local")}
@@ -174,9 +174,9 @@ def main() -> None:
             f"{r['config']:<10}{r['groups_per_s']:>10.3f}{r['elapsed_s']:>11.1f}{r['peak_rss_parent_mb']:>15.0f}"
             f"{r['peak_rss_children_mb']:>15.0f}"
         )
-    atomic_write_json(
+    atomic_write_strict_json(
         args.out,
-        finite_json({
+        {
             "benchmark": "alignment.export",
             "model": note,
             "inputs": args.inputs,
@@ -186,7 +186,7 @@ def main() -> None:
             "cpus": os.cpu_count(),
             "python": platform.python_version(),
             "results": rows,
-        }),
+        },
     )
     print(f"wrote {args.out}")
     if any("error" in r for r in rows):  # recorded above, but a failed configuration is no benchmark: make says so

@@ -26,7 +26,7 @@ import numpy as np
 import torch
 
 import hmrcritic.config  # noqa: F401  (GL platform before pyrender)
-from hmrcritic.io import atomic_write_json, finite_json
+from hmrcritic.io import atomic_write_strict_json
 
 RESULTS = Path(__file__).resolve().parent / "results" / "foundation.json"
 
@@ -185,7 +185,7 @@ def main() -> None:
     res["machine"]["load_avg_1min_end"] = round(os.getloadavg()[0], 2)
     print(f"load average (1 min) at start / end: {m['load_avg_1min_start']} / {m['load_avg_1min_end']} "
           f"on {m['cpu_count']} CPUs")
-    atomic_write_json(args.out, finite_json(res))
+    atomic_write_strict_json(args.out, res)
     print(f"wrote {args.out}")
 
 

@@ -20,7 +20,7 @@ from pathlib import Path
 
 import numpy as np
 
-from hmrcritic.io import atomic_write_json, finite_json
+from hmrcritic.io import atomic_write_strict_json
 from hmrcritic.memory import MemoryStore, Prototype, Rule, pose_embedding
 from hmrcritic.memory.starter_rules import TAG_VOCABULARY
 
@@ -160,7 +160,7 @@ def main() -> None:
     print(f"rules={rules['rules']}: retrieve k=8 cached p50 {c['p50_ms']:.2f} ms p95 {c['p95_ms']:.2f} ms; "
           f"uncached p50 {u['p50_ms']:.2f} ms p95 {u['p95_ms']:.2f} ms; "
           f"record_use(8) {rules['record_use_8_rules_s']:.3f} s")
-    atomic_write_json(args.out, finite_json(result))
+    atomic_write_strict_json(args.out, result)
     print(f"wrote {args.out}")
 
 

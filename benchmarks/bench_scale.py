@@ -318,9 +318,9 @@ def main(argv: list[str] | None = None) -> int:
             result["recall"] = recall(work / "recall", args.prototypes, args.rules)
     finally:
         shutil.rmtree(work, ignore_errors=True)
-    from hmrcritic.io import atomic_write_json, finite_json
+    from hmrcritic.io import atomic_write_strict_json
 
-    atomic_write_json(args.out, finite_json(result))
+    atomic_write_strict_json(args.out, result)
     print(f"wrote {args.out}")
     return 0
 

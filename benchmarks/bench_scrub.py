@@ -17,7 +17,7 @@ import time
 from pathlib import Path
 
 from hmrcritic import redact
-from hmrcritic.io import atomic_write_json, finite_json
+from hmrcritic.io import atomic_write_strict_json
 
 RESULTS = Path(__file__).resolve().parent / "results" / "scrub.json"
 
@@ -59,9 +59,9 @@ def main() -> None:
     print(f"{'key':<24}" + "".join(f"{n + ' (' + str(len(t)) + ' ch)':>28}" for n, t in texts.items()))
     for row in rows:
         print(f"{row['key']:<24}" + "".join(f"{row[f'{n}_us']:>25.1f} µs" for n in texts))
-    atomic_write_json(args.out, finite_json({"rows": rows, "sizes": {n: len(t) for n, t in texts.items()},
-                                             "python": platform.python_version(), "machine": platform.machine(),
-                                             "when": time.strftime("%Y-%m-%d %H:%M:%S")}))
+    atomic_write_strict_json(args.out, {"rows": rows, "sizes": {n: len(t) for n, t in texts.items()},
+                                        "python": platform.python_version(), "machine": platform.machine(),
+                                        "when": time.strftime("%Y-%m-%d %H:%M:%S")})
     print(f"wrote {args.out}")
 
 

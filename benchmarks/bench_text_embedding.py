@@ -24,7 +24,7 @@ from pathlib import Path
 
 import numpy as np
 
-from hmrcritic.io import atomic_write_json, finite_json
+from hmrcritic.io import atomic_write_strict_json
 
 RESULTS = Path(__file__).resolve().parent / "results" / "text_embedding.json"
 
@@ -94,7 +94,7 @@ def main() -> None:
         "machine": {"python": platform.python_version(), "processor": platform.machine(),
                     "cpus": os.cpu_count()},
     }
-    print(atomic_write_json(args.out, finite_json(out)))
+    print(atomic_write_strict_json(args.out, out))
 
 
 if __name__ == "__main__":

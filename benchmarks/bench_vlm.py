@@ -33,7 +33,7 @@ from openai_stub_server import StubOpenAIServer  # noqa: E402
 from hmrcritic.agent.judges import JudgeContext  # noqa: E402
 from hmrcritic.agent.vlm import VLMJudge  # noqa: E402
 from hmrcritic.config import JudgeSettings  # noqa: E402
-from hmrcritic.io import atomic_write_json, finite_json  # noqa: E402
+from hmrcritic.io import atomic_write_strict_json  # noqa: E402
 
 
 def request_bytes(body: dict) -> int:
@@ -171,7 +171,7 @@ def main(argv: list[str] | None = None) -> None:
             f"{r['concurrency']:>11} {r['wall_s']:>8.2f} {r['groups_per_s']:>9.2f} {r['ideal_wall_s']:>8.1f} "
             f"{r['overhead_s_per_wave']:>16.3f} {r['max_in_flight']:>14} {r['speedup_vs_first']:>8.2f}"
         )
-    atomic_write_json(args.out, finite_json(report))
+    atomic_write_strict_json(args.out, report)
     print(f"wrote {args.out}")
 
 

@@ -34,7 +34,7 @@ sys.path.insert(0, str(ROOT / "benchmarks"))
 from bench_vlm import request_bytes  # noqa: E402
 from openai_stub_server import StubOpenAIServer  # noqa: E402
 
-from hmrcritic.io import atomic_write_json, finite_json  # noqa: E402
+from hmrcritic.io import atomic_write_strict_json  # noqa: E402
 
 PATCH = 28  # px per image-token side (Qwen2-VL-style estimate)
 
@@ -91,9 +91,9 @@ def main() -> None:
                 print(f"N = {n:3d} {what:<9} text {c['text_chars']:6d} chars (≈ {c['text_tokens_est']:5d} "
                       f"tokens)  images [{dims}] ≈ {c['image_tokens_est']:5d} tokens  body "
                       f"{c['body_bytes'] / 1e6:.2f} MB")
-    atomic_write_json(Path(args.out), finite_json({"command": "python benchmarks/bench_vlm_request.py --sizes "
-                                                   + ",".join(map(str, sizes)), "patch_px": PATCH,
-                                                   "python": platform.python_version(), "calls": rows}))
+    atomic_write_strict_json(Path(args.out), {"command": "python benchmarks/bench_vlm_request.py --sizes "
+                                              + ",".join(map(str, sizes)), "patch_px": PATCH,
+                                              "python": platform.python_version(), "calls": rows})
     print(f"wrote {args.out}")
 
 

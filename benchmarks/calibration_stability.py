@@ -23,7 +23,7 @@ from hmrcritic.agent.calibration import fit_calibration
 from hmrcritic.agent.explore import explore, frozen_copy
 from hmrcritic.agent.groups import make_groups
 from hmrcritic.agent.learning_curve import pooled_pearson, score_groups
-from hmrcritic.io import atomic_write_json, finite_json
+from hmrcritic.io import atomic_write_strict_json
 from hmrcritic.memory.store import MemoryStore
 
 RESULTS = Path(__file__).resolve().parent / "results" / "calibration_stability.json"
@@ -72,7 +72,7 @@ def main() -> None:
         print(f"{size:>7}{len(fits):>6}{row['slope_mean']:>9.3f} ± {row['slope_sd']:.3f}"
               f"{row['intercept_mean']:>9.3f} ± {row['intercept_sd']:.3f}"
               f"{row['test_pearson_mean']:>9.3f} (min {row['test_pearson_min']:.3f})")
-    atomic_write_json(args.json, finite_json(result))
+    atomic_write_strict_json(args.json, result)
     print(f"wrote {args.json}")
 
 

@@ -28,7 +28,7 @@ import torch
 from hmrcritic.alignment.reproduce import export_groups_with_labels
 from hmrcritic.hmr.anatomy import is_implausible
 from hmrcritic.hmr.metrics import pa_mpjpe
-from hmrcritic.io import atomic_write_json, finite_json
+from hmrcritic.io import atomic_write_strict_json
 
 
 def implausible_scoring(export_dir: str | Path, split: str = "wild") -> dict:
@@ -70,7 +70,7 @@ def main() -> None:
     for k, v in res.items():
         print(f"{k:32s} {v}")
     if args.json:
-        atomic_write_json(args.json, finite_json(res))
+        atomic_write_strict_json(args.json, res)
 
 
 if __name__ == "__main__":

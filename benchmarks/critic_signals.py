@@ -25,7 +25,7 @@ from hmrcritic.agent.api import critique_labelled
 from hmrcritic.agent.explore import error_table
 from hmrcritic.agent.groups import make_groups
 from hmrcritic.hmr.metrics import spearman
-from hmrcritic.io import atomic_write_json, finite_json
+from hmrcritic.io import atomic_write_strict_json
 from hmrcritic.memory.embeddings import pose_embedding
 
 RESULTS = Path(__file__).resolve().parent / "results" / "critic_signals.json"
@@ -82,7 +82,7 @@ def main() -> None:
         pear = float(np.corrcoef(allp, -alle)[0, 1])
         result["prototype_probe"].append({"k": k, "spearman_within_group": rho, "pearson_pointwise": pear})
         print(f"  k={k:<3} within-group Spearman {rho:+.3f}   point-wise Pearson {pear:+.3f}")
-    atomic_write_json(args.json, finite_json(result))
+    atomic_write_strict_json(args.json, result)
     print(f"wrote {args.json}")
 
 

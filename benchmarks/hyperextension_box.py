@@ -23,7 +23,7 @@ import torch
 
 from hmrcritic.hmr import anatomy as A
 from hmrcritic.hmr.rotations import euler_to_matrix, matrix_to_axis_angle
-from hmrcritic.io import atomic_write_json, finite_json
+from hmrcritic.io import atomic_write_strict_json
 
 RESULTS = Path(__file__).resolve().parent / "results" / "hyperextension_box.json"
 TOLERANCE_DEG = 10.0  # is_implausible's default limit_tol_deg and the mild starter rule's threshold
@@ -85,7 +85,7 @@ def main() -> None:
             "implausible_only_by_hyperextension": int(only_hx.sum()),
         }
         print(f"the shipped model's hypotheses ({len(groups)} test groups × 16): {out['model_hypotheses']}")
-    atomic_write_json(args.json, finite_json(out))
+    atomic_write_strict_json(args.json, out)
     print(f"wrote {args.json}")
 
 

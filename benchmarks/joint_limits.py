@@ -23,7 +23,7 @@ import torch
 
 from hmrcritic.hmr import anatomy as A
 from hmrcritic.hmr.rotations import axis_angle_to_matrix, euler_to_matrix, matrix_to_axis_angle, matrix_to_euler_xyz
-from hmrcritic.io import atomic_write_json, finite_json
+from hmrcritic.io import atomic_write_strict_json
 
 RESULTS = Path(__file__).resolve().parent / "results" / "joint_limits.json"
 
@@ -141,7 +141,7 @@ def main() -> None:
             "limit_flag_changes": int(((prev.amax(1) > 10) != (cur.amax(1) > 10)).sum()),
         }
         print(f"  the shipped model's hypotheses ({len(groups)} test groups × 16): {out['model_hypotheses']}")
-    atomic_write_json(args.json, finite_json(out))
+    atomic_write_strict_json(args.json, out)
     print(f"wrote {args.json}")
 
 

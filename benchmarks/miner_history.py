@@ -21,7 +21,7 @@ from pathlib import Path
 
 import hmrcritic.agent.explore as explore_mod
 from hmrcritic.agent.evaluate_critic import evaluate_critic
-from hmrcritic.io import atomic_write_json, finite_json
+from hmrcritic.io import atomic_write_strict_json
 
 RESULTS = Path(__file__).resolve().parent / "results" / "miner_history.json"
 
@@ -60,8 +60,8 @@ def main() -> None:
                       f"({row['seconds']:.0f} s)", flush=True)
         finally:
             explore_mod.HISTORY_GROUPS = default
-    atomic_write_json(args.json, finite_json({"seed": args.seed, "num_groups": args.num_groups,
-                                              "warmup_groups": args.warmup_groups, "default": default, "rows": rows}))
+    atomic_write_strict_json(args.json, {"seed": args.seed, "num_groups": args.num_groups,
+                                         "warmup_groups": args.warmup_groups, "default": default, "rows": rows})
     print(f"wrote {args.json}")
 
 

@@ -23,7 +23,7 @@ from pathlib import Path
 import hmrcritic.agent.judges as judges
 from hmrcritic.agent.evaluate_critic import RULES_K, evaluate_critic
 from hmrcritic.agent.explore import explore
-from hmrcritic.io import atomic_write_json, finite_json
+from hmrcritic.io import atomic_write_strict_json
 from hmrcritic.memory.store import MemoryStore
 
 RESULTS = Path(__file__).resolve().parent / "results" / "prototype_density.json"
@@ -77,7 +77,7 @@ def main() -> None:
             judges.PROTO_GAIN = default_gain
     result = {"warmup_groups": args.warmup_groups, "num_groups": args.num_groups, "seed": args.seed,
               "prototypes": n_protos, "explore_seconds": round(explore_s, 1), "rows": rows}
-    atomic_write_json(args.json, finite_json(result))
+    atomic_write_strict_json(args.json, result)
     print(f"wrote {args.json}")
 
 

@@ -30,7 +30,7 @@ from hmrcritic.agent.judges import calibrate_level, prototype_level, settled_ove
 from hmrcritic.agent.nodes import _hit
 from hmrcritic.agent.state import AgentConfig
 from hmrcritic.hmr.metrics import spearman
-from hmrcritic.io import atomic_write_json, finite_json
+from hmrcritic.io import atomic_write_strict_json
 from hmrcritic.memory.embeddings import pose_embedding
 from hmrcritic.memory.store import MemoryStore
 
@@ -126,7 +126,7 @@ def main() -> None:
         result["fitted_level_pearson_test"] = fitted_levels(scored_by_split["train"], scored_by_split["test"])
         print("test, level fitted on the held-out train groups: " + ", ".join(
             f"{k} → point-wise Pearson {v:.3f}" for k, v in result["fitted_level_pearson_test"].items()))
-    atomic_write_json(args.json, finite_json(result))
+    atomic_write_strict_json(args.json, result)
     print(f"wrote {args.json}")
 
 

@@ -41,7 +41,7 @@ from hmrcritic.agent.api import critique_labelled
 from hmrcritic.agent.explore import PROTOS_MISJUDGED
 from hmrcritic.agent.groups import make_groups
 from hmrcritic.hmr.metrics import spearman
-from hmrcritic.io import atomic_write_json, finite_json
+from hmrcritic.io import atomic_write_strict_json
 from hmrcritic.memory.embeddings import pose_embedding
 
 RESULTS = Path(__file__).resolve().parent / "results" / "prototype_probes.json"
@@ -249,8 +249,8 @@ def main() -> None:
         print(f"{name:<40}{p['alone_spearman_test']:>+9.3f}{p['delta_test']:>+10.4f}{p['delta_test_sem']:>8.4f}"
               f"{p['delta_train']:>+10.4f}")
     out = args.json or (RESULTS if args.bank == "all" else RESULTS.with_name(f"prototype_probes_{args.bank}.json"))
-    atomic_write_json(out, finite_json({"train_groups": len(train), "test_groups": len(test), "bank": args.bank,
-                                        "baseline": base, "probes": probes}))
+    atomic_write_strict_json(out, {"train_groups": len(train), "test_groups": len(test), "bank": args.bank,
+                                   "baseline": base, "probes": probes})
     print(f"wrote {out}")
 
 

@@ -345,6 +345,12 @@ def _main(argv: list[str], debug: bool) -> int:
             return 2
         if code == 130 and _TERMINATED:  # export and finetune said what they kept; the code says SIGTERM
             return 143
+        if code is not None and not isinstance(code, int):
+            # ``sys.exit("message")`` (a library's way to stop): Python prints the message and exits 1. int() of
+            # it raised a ValueError out of this handler: a traceback, the message unscrubbed, and exit 1 only by
+            # the interpreter's accident. Said as every error line is (scrubbed), exit 1: an unexpected stop
+            print(f"error: {printable(code)}", file=sys.stderr)
+            return 1
         return int(code or 0)
     except typer.Abort as exc:
         # a question (runs prune, memory reset) ends in Abort on Ctrl-C (or SIGTERM) and at the end of stdin;

@@ -307,7 +307,6 @@ def check_base_url(url: str | None) -> str | None:
     from hmrcritic.errors import InputError
     from hmrcritic.redact import redact_url
 
-    parts = urlsplit(url)
     shown = redact_url(url)
     # urlsplit drops a \r, \n or tab and leading spaces: the URL passed, and the HTTP client then refused it with
     # a traceback at the first critique (or sent every request to "%20http://…")
@@ -315,6 +314,18 @@ def check_base_url(url: str | None) -> str | None:
     if bad is not None:
         raise InputError(f"judge base URL {shown!r} has a space or control character at position {bad + 1} "
                          "(read from a file with Windows line endings?)")
+    try:
+        parts = urlsplit(url)
+        parts.port  # noqa: B018 - read for its ValueError
+    except ValueError:
+        # urlsplit's and .port's ValueError (an unclosed "[", a bracketed host that is no IP address, a port of
+        # letters or > 65535) left every command as "error: ValueError: Invalid IPv6 URL", exit 1 (an unexpected
+        # error, not bad input), and doctor's judge check died on it; a port of letters passed here and failed only
+        # at the first critique, after the data and memory were made. Its text is not quoted: "Port could not be
+        # cast to integer value as 'pa'" is a piece of the password of ``http://user:pa/ss@host``
+        raise InputError(f"judge base URL {shown!r} is not a valid URL (an unclosed '[', a bracketed host that is "
+                         "no IP address, or a port that is not a number in 0..65535); expected "
+                         "http(s)://host[:port]/path, e.g. http://localhost:8000/v1") from None
     if parts.scheme not in ("http", "https") or not parts.hostname:
         raise InputError(f"judge base URL {shown!r} is not of the form http(s)://host[:port]/path "
                          "(e.g. http://localhost:8000/v1 for vLLM)")

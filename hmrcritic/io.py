@@ -223,7 +223,15 @@ def atomic_write_jsonl(path: str | os.PathLike, records: Iterable[dict]) -> Path
 
 
 def atomic_write_json(path: str | os.PathLike, obj: Any, indent: int | None = 2) -> Path:
+    """Lax: a NaN is written as the bare word NaN (Python reads it back). For caches and state this package
+    reads back as floats; a file meant for other tools is :func:`atomic_write_strict_json`."""
     return atomic_write_text(path, json.dumps(obj, indent=indent, sort_keys=False, default=_json_default) + "\n")
+
+
+def atomic_write_strict_json(path: str | os.PathLike, obj: Any, indent: int | None = 2) -> Path:
+    """Strict JSON for other tools (results, benchmark figures): every NaN or ±inf as null
+    (:func:`finite_json`), which jq, JavaScript and strict parsers read; the bare word NaN they refuse."""
+    return atomic_write_json(path, finite_json(obj), indent=indent)
 
 
 def atomic_save_npz(path: str | os.PathLike, **arrays: np.ndarray) -> Path:

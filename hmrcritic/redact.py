@@ -18,7 +18,7 @@ runs uploaded to LangSmith — goes through :func:`scrub`, which removes
 * the user-info part of any URL (``scheme://user:password@host`` → ``scheme://***@host``);
 * the values of query parameters whose names look secret (``key``, ``token``, ``secret``, ``password``,
   ``auth``, ``sig`` … anywhere in the name);
-* ``Bearer`` / ``Basic`` credentials (a token of 8+ characters with at least one digit, so prose such as
+* ``Bearer`` (in any case) / ``Basic`` credentials (a token of 8+ characters with at least one digit, so prose such as
   "Basic authentication" survives).
 """
 
@@ -49,7 +49,9 @@ _SECRET_QUERY = re.compile(
     r"(?i)(?P<name>[?&;][a-z0-9_.\-]*(?:key|token|secret|passw|pwd|auth|sig|credential)[a-z0-9_.\-]*=)"
     r"[^&#\s'\"]+"
 )
-_AUTH_TOKEN = re.compile(r"\b(?P<kind>Bearer|Basic)(?P<sep>\s+)(?=[A-Za-z0-9._~+/=\-]*\d)[A-Za-z0-9._~+/=\-]{8,}")
+# "Bearer" in any case, as HTTP reads auth schemes (a header dumped or echoed lowercased, ``authorization: bearer …``,
+# kept its token in view); "Basic" only as written: "basic" is a word of prose
+_AUTH_TOKEN = re.compile(r"\b(?P<kind>(?i:bearer)|Basic)(?P<sep>\s+)(?=[A-Za-z0-9._~+/=\-]*\d)[A-Za-z0-9._~+/=\-]{8,}")
 
 
 def register_secret(value: str | None) -> None:

@@ -86,6 +86,7 @@ class _State:
     script: deque = field(default_factory=deque)
     requests: list = field(default_factory=list)
     violations: list = field(default_factory=list)
+    gets: list = field(default_factory=list)  # the paths of GET requests (doctor --probe's /models)
     arrivals: int = 0
     in_flight: int = 0
     max_in_flight: int = 0
@@ -309,6 +310,12 @@ class StubOpenAIServer:
             return list(self._state.violations)
 
     @property
+    def gets(self) -> list[str]:
+        """The paths of the GET requests received (``/v1/models``: an endpoint probe)."""
+        with self._state.lock:
+            return list(self._state.gets)
+
+    @property
     def arrivals(self) -> int:
         """Chat requests received so far, including unfinished ones (``requests`` lists finished ones)."""
         return self._state.arrivals
@@ -460,6 +467,8 @@ class StubOpenAIServer:
                     pass  # the client gave up (timeout): nothing to answer
 
             def do_GET(self) -> None:
+                with server._state.lock:
+                    server._state.gets.append(self.path)
                 if self.path.rstrip("/") == "/v1/models":
                     self._send(200, {}, {"object": "list", "data": [{"id": server.model, "object": "model"}]})
                 else:

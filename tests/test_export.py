@@ -25,7 +25,7 @@ import torch
 from hmrcritic.agent.schema import HypothesisScore
 from hmrcritic.alignment import dataset as D
 from hmrcritic.alignment.export import ExportConfig, export, format_summary
-from hmrcritic.errors import InputError, JudgeError
+from hmrcritic.errors import AssetError, InputError, JudgeError
 
 TESTS = Path(__file__).resolve().parent
 SCORER = "test_export:fake_score"
@@ -485,7 +485,8 @@ def test_validate_catches_a_dataset_out_of_step_with_itself(model_path, tmp_path
     cond = dict(np.load(root / rec.condition.path))
     cond["K"] = cond["K"] * 2
     np.savez(root / rec.condition.path, **cond)
-    with pytest.raises(Exception, match="cond"):
+    # AssetError naming the checksum, not any error whose text holds "cond" (the file's path alone matched it)
+    with pytest.raises(AssetError, match=r"cond.*checksum does not match manifest"):
         D.GroupPreferenceDataset(root)[0]
 
 

@@ -10,7 +10,7 @@ import sys
 import numpy as np
 import pytest
 
-from hmrcritic.errors import AssetError
+from hmrcritic.errors import AssetError, InputError
 from hmrcritic.memory import MemoryStore, Prototype
 from hmrcritic.memory.store import EXPLORE_FILES, HOLDER_NAME, LOCK_NAME
 
@@ -87,7 +87,7 @@ def test_an_export_during_an_exploration_guards_every_group_its_contents_learned
     assert "train-9" in data["explored_on"]["splits"]["train"]["group_ids"]
     dst = tmp_path / "dst"
     MemoryStore(dst).import_json(out)
-    with pytest.raises(Exception, match="was explored"):
+    with pytest.raises(InputError, match="was explored"):  # InputError: the CLI's one-line refusal, exit 2
         assert_not_explored(dst, "train", ["train-9"])
     assert not (dst / EXPLORE_FILES[2]).exists()
 

@@ -229,9 +229,13 @@ def test_group_arrays_with_a_zero_focal_or_size_or_the_wrong_count_are_refused(w
     elif what == "nan":
         hyps["x0"][1, 2] = np.nan
     cond = D.condition_arrays(np.ones((17, 3)), K, size)
-    with pytest.raises(AssetError):
+    if what in ("n", "nan"):  # the condition is good and passes: the hypotheses are what is refused
         D.check_condition(cond, "c")
-        D.check_hypotheses(hyps, "h", n=n + 1 if what == "n" else n)
+        with pytest.raises(AssetError, match=r"^h: x0 (has 3 hypotheses|contains non-finite)"):
+            D.check_hypotheses(hyps, "h", n=n + 1 if what == "n" else n)
+    else:
+        with pytest.raises(AssetError, match=r"^c: (K must be|image_size must be)"):
+            D.check_condition(cond, "c")
 
 
 def test_pairs_skip_tied_groups_and_pair_the_first_best_with_the_first_worst(tmp_path):

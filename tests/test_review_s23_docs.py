@@ -55,7 +55,7 @@ def test_readme_says_hmrcritic_debug_is_never_an_error(monkeypatch):
 def test_readme_doctor_row_names_its_options():
     row = next(line for line in README.splitlines() if line.startswith("| `hmrcritic doctor"))
     flags = set(re.findall(r"--[a-z][a-z-]*", row.split("|")[1]))
-    assert flags == {"--json", "--no-render"}
+    assert flags == {"--json", "--no-render", "--probe", "--base-url", "--vlm-model"}  # the last three: session 31
     shown = _help("doctor")
     assert all(f in shown for f in flags)
 

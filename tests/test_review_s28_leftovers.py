@@ -112,11 +112,16 @@ def test_an_export_with_some_arrays_left_is_still_refused_as_different_settings(
 def test_every_benchmark_writes_its_results_as_strict_json():
     """The scripts wrote their figures with ``json.dumps``' defaults: a NaN (a Spearman ρ of tied scores, a variant
     that scored no group) became the bare word NaN, which jq, JavaScript and strict parsers refuse for the whole
-    file. Each result goes through ``hmrcritic.io.finite_json`` (NaN → null) as ship_model's and reproduce's do."""
+    file. Each result goes through ``hmrcritic.io.finite_json`` (NaN → null) as ship_model's and reproduce's do —
+    since session 31 through ``hmrcritic.io.atomic_write_strict_json``, which applies it (tests/test_review_s31_lead.py
+    checks that writer)."""
     offenders, calls = [], 0
     for path in sorted(BENCH.glob("*.py")):
         for node in ast.walk(ast.parse(path.read_text())):
-            if isinstance(node, ast.Call) and getattr(node.func, "id", None) == "atomic_write_json":
+            name = getattr(node.func, "id", None) if isinstance(node, ast.Call) else None
+            if name == "atomic_write_strict_json":
+                calls += 1
+            elif name == "atomic_write_json":
                 calls += 1
                 obj = node.args[1] if len(node.args) > 1 else None
                 if not (isinstance(obj, ast.Call) and getattr(obj.func, "id", None) == "finite_json"):

@@ -513,6 +513,30 @@ def _judge_identity(settings: hconfig.JudgeSettings | None) -> str:
     return settings.describe() + (f" [{images}]" if images else "")
 
 
+def _custom_judge_identity(judge: Any) -> str:
+    """Which code a judge *object* is, when it is not the shipped builtin or VLM judge itself: its class
+    (module and name) and a digest of the class's source. Keyed by name alone, a ``BuiltinJudge`` subclass keeping
+    ``name = "builtin"`` was handed the real builtin judge's finished critiques, and a custom judge whose code
+    changed its own old ones. Empty for names, for ``BuiltinJudge`` / ``VLMJudge`` instances (their threads'
+    digests stay as they were) and for the judges' own classes; what an instance holds in its attributes is not
+    covered (``fresh=True`` re-runs)."""
+    import inspect
+
+    from hmrcritic.agent.judges import BuiltinJudge
+
+    if judge is None or isinstance(judge, str) or type(judge) is BuiltinJudge:
+        return ""
+    cls = type(judge)
+    if cls.__module__ == "hmrcritic.agent.vlm" and cls.__qualname__ == "VLMJudge":
+        return ""
+    try:
+        source = inspect.getsource(cls)
+    except (OSError, TypeError):  # a class typed into a REPL: no source to read, only its name
+        source = ""
+    code = hashlib.sha256(source.encode()).hexdigest()[:16] if source else "?"
+    return f"class {cls.__module__}.{cls.__qualname__} {code}"
+
+
 @functools.lru_cache(maxsize=1)
 def _critic_code() -> str:
     """The builtin critic's identity: the digest of the code its scores are a function of (the one explored
@@ -529,7 +553,16 @@ def _memory_identity(cfg: AgentConfig, memory: Any) -> str:
     """Which memory a store object passed as ``memory=`` is (its folder or server), as ``memory_dir`` says it for
     a folder: the settings name the configured memory, not the store the graph is handed, so a critique with
     ``MemoryStore(b)`` returned the finished critique made with ``MemoryStore(a)`` under a's memory version. Empty
-    for a folder or None (the config holds it), without memory, or for an object that names no location."""
+    for a folder or None (the config holds it), without memory, or for an object that names no location.
+
+    None with no folder configured is the home's memory, which the config names only as None: with
+    ``HMRCRITIC_RUNS`` outside the home (one checkpoint file for several homes), a critique in another home
+    returned the first home's finished critique "finished earlier" — its rules and memory version, not this
+    memory's. That memory is named then; where the runs folder is the home's own (the default) the checkpoint
+    file is the home's too, and the digests of those threads stay as they were."""
+    if memory is None and cfg.use_memory and cfg.memory_dir is None and not cfg.chroma_url:
+        folder = hconfig.memory_dir().absolute()
+        return "" if folder == (hconfig.runs_dir().parent / "memory").absolute() else f"memory=|{folder}"
     if memory is None or isinstance(memory, str | Path) or not cfg.use_memory:
         return ""
     path, url = getattr(memory, "path", None), getattr(memory, "chroma_url", None)
@@ -575,7 +608,12 @@ def _settings_digest(cfg: AgentConfig, image_path: Any, mask_path: Any, judge_id
 
 # --------------------------------------------------------------------------------------------------- runs
 def new_run_id(group_id: str) -> str:
-    stamp = time.strftime("%Y%m%d-%H%M%S", time.gmtime()) + f"-{int(time.time() * 1e6) % 1_000_000:06d}"
+    """``<UTC date-time>-<microseconds>-<group>``, from one reading of the clock: the seconds and the microseconds
+    were two readings, so a call at the turn of a second got the earlier second with the later microseconds — an id
+    that sorts before the runs made in the rest of that second (``trace`` lists the latest by name), and may equal
+    the id of one of them."""
+    now = time.time()
+    stamp = time.strftime("%Y%m%d-%H%M%S", time.gmtime(now)) + f"-{int(now * 1e6) % 1_000_000:06d}"
     return f"{stamp}-{safe_id(group_id)}"[:160]
 
 
@@ -727,6 +765,8 @@ def critique_group(
     identity = _judge_identity(judge_settings)
     if not identity and cfg.judge == "builtin":
         identity = f"builtin code {_critic_code()}"
+    if custom := _custom_judge_identity(judge):
+        identity = f"{identity} {custom}".strip()
     # the labels a learning critique writes into its prototypes: a re-run with labels of a group learned without
     # them (or with others) returned the finished thread, and the labels were silently never learned
     labels = (f"labels={hashlib.sha256(arrays['true_error_mm'].tobytes()).hexdigest()}"
@@ -734,6 +774,14 @@ def critique_group(
     settings = _settings_digest(cfg, image_path, arrays.get("mask_path"), identity, _memory_identity(cfg, memory),
                                 _body_identity(), labels)
 
+    if checkpointer is None and graph is not None:
+        # a graph compiled with its own checkpointer (``compile_graph(InMemorySaver())``) and no checkpointer=:
+        # the thread was read and run through the graph's, yet deleted (``fresh``, other inputs), locked and
+        # trimmed in the default database — a failed re-run left the old critique marked done beside the new
+        # inputs (returned "finished earlier" for them next time), and the trim deleted the default database's
+        # own thread of that group
+        own = getattr(graph, "checkpointer", None)
+        checkpointer = own if callable(getattr(own, "get_tuple", None)) else None
     saver = checkpointer if checkpointer is not None else open_checkpointer()
     app = graph if graph is not None else compile_graph(saver)
     # A throwaway run is never resumed, so it gets a thread (and run folder) of its own: two explorations of
@@ -853,7 +901,13 @@ def critique_group(
                     raise
         tracer.finish(values)
         if not keep:
-            saver.delete_thread(thread)
+            try:  # the group is scored: a database that cannot delete now (locked, full) must not lose the result
+                saver.delete_thread(thread)
+            except sqlite3.Error as exc:
+                import warnings
+
+                warnings.warn(f"{checkpoint_error(_saver_path(saver), exc)}; the throwaway thread {thread} is left "
+                              "for `hmrcritic runs prune`", stacklevel=2)
         _record_learned_scene(memory if memory is not None else cfg.memory_dir, cfg, sample)
         return _scored(values, cfg, resumed=start is None, run_id=run_id)
 

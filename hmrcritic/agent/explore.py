@@ -223,6 +223,13 @@ def frozen_copy(memory: Any = None, root: str | Path | None = None):
     # digested and copied with the source's writers held off: a copy taken while another process (an explore, a
     # critique --learn) wrote a batch mixed files from before and after it, and was named by a digest of neither
     with writers_held_off(src):
+        # with the writers held off, a pending plan is a batch killed mid-write (a live one holds the write lock):
+        # the snapshot left the plan out (SNAPSHOT_SKIP) and scored a half-written memory that no exploration ever
+        # ended with; the next explore finishes the batch first (_finish_pending), as `memory import` says too
+        if (src / PENDING_FILE).exists():
+            raise InputError(f"memory at {src} holds an exploration batch that was interrupted while it was being "
+                             f"written ({PENDING_FILE}); `hmrcritic explore --rounds 0` on it finishes the batch "
+                             "and explores nothing new — run it, then score the memory")
         dst = dst_root / _tree_digest(src)
         for _attempt in range(3):
             if not (dst / ".complete").exists():
@@ -282,6 +289,16 @@ def _add_explored(memory: Any, split: str, group_ids: list[str], info: dict, key
     rec[key] += [g for g in group_ids if g not in known]
     rec.update({k: v for k, v in info.items() if k not in ("group_ids", "calibration_group_ids")})
     atomic_write_json(_memory_path(memory) / EXPLORED_FILE, data)
+
+
+def _record_explored(memory: Any, split: str, group_ids: list[str], info: dict, key: str = "group_ids") -> None:
+    """:func:`_add_explored` with the memory folder's writers held off, as a learning critique records the scene it
+    learned from (``api._record_learned_scene``). Read, added to and written unlocked, a scene that a critique of
+    another process recorded between this read and this write was overwritten: learned from, and open to
+    evaluation. (The lock is taken here, not in ``_add_explored``: it is not re-entrant, and the critique's caller
+    holds it already.)"""
+    with writers_held_off(_memory_path(memory)):
+        _add_explored(memory, split, group_ids, info, key=key)
 
 
 # ------------------------------------------------------------------------------------------------ results
@@ -793,7 +810,7 @@ def _maybe_calibrate(memory, summary: ExploreSummary, judge_obj, cfg, groups, sp
         return
     # recorded before the fit, as explored groups are before scoring: a run killed after the fit was stored
     # must not leave its groups open to evaluation
-    _add_explored(memory, split, [g.group_id for g in cal_groups], {}, key="calibration_group_ids")
+    _record_explored(memory, split, [g.group_id for g in cal_groups], {}, key="calibration_group_ids")
     agent = cfg.model_dump(exclude={"memory_dir", "chroma_url"})
     _note_prior_fit(emit)
     try:
@@ -1014,7 +1031,7 @@ def _run_batch(memory, app, saver, judge_obj, is_builtin, cfg, batch, r, sig, sp
     batch_key = f"{sig}:r{r}" + (f"+{part}" if part else "")
     report = RoundReport(round=round_no, batch_key=batch_key)
     # recorded before scoring: the memory may learn from these groups from now on
-    _add_explored(memory, split, [g.group_id for g in batch], info)
+    _record_explored(memory, split, [g.group_id for g in batch], info)
 
     scored: list[tuple[Any, Any, BatchGroup]] = []
     skipped = unusable = 0

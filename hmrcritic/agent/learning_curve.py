@@ -414,7 +414,7 @@ def _curve_settings(split, heldout_split, batch_size, held, train_groups, num_ge
     import hashlib
     import json
 
-    from hmrcritic.agent.evaluate_critic import code_digest
+    from hmrcritic.agent.evaluate_critic import code_digest, judge_identity
     from hmrcritic.agent.judges import judge_name
     from hmrcritic.agent.state import AgentConfig
 
@@ -424,7 +424,12 @@ def _curve_settings(split, heldout_split, batch_size, held, train_groups, num_ge
         for t in tables:
             h.update(np.ascontiguousarray(np.asarray(t["pa_mpjpe"], np.float64)).tobytes() + b"|")
         errors = h.hexdigest()[:16]
+    # a VLM judge's model @ endpoint too (as evaluate-critic keys its exploration): a curve resumed under another
+    # HMRCRITIC_VLM_MODEL mixed rows of two models under one "vlm"; absent for the builtin judge, whose settings
+    # (and every partial file written before) stay as they were
+    ident = judge_identity(judge)
     return json.loads(json.dumps({"code": code_digest(), "heldout_errors": errors,
+        **({"judge_model": ident} if ident else {}),
         "split": split, "heldout_split": heldout_split, "batch_size": batch_size, "num_generations": num_generations,
         "seed": seed, "source": source, "judge": judge_name(judge), "explore_kwargs": explore_kwargs or {},
         "agent": AgentConfig().model_dump(exclude={"memory_dir", "chroma_url", "judge"}),
@@ -649,12 +654,12 @@ def learning_curve(
                   "heldout_split": heldout_split if heldout is None else "custom", "batch_size": batch_size,
                   "split": split}
         if out is not None:
-            from hmrcritic.io import finite_json
+            from hmrcritic.io import atomic_write_strict_json
 
             # strict JSON, as --json prints it: a held-out group whose critique failed is a NaN in its row's
             # per_group_spearman (and a round that scored none NaN means), which json.dumps wrote as the bare word NaN
             # that jq and other strict parsers refuse (the partial file keeps them: only this package reads it back)
-            atomic_write_json(out / CURVE_FILE, finite_json(result))
+            atomic_write_strict_json(out / CURVE_FILE, result)
             result["png"] = str(plot_curve(rows, out / PNG_FILE))
             (out / PARTIAL_FILE).unlink(missing_ok=True)
         return result

@@ -216,7 +216,13 @@ class TraceWriter:
         self._write({"event": "start", "time": self.t0, "resumed": resumed, "config": config})
         if self._held is None:
             self._hold_file()
-            _point_last_at(self.run_id)
+            try:  # the pointer is a convenience (see _pointer_lock): one that cannot be written (``LAST`` made a
+                # folder, no room for its temporary copy) failed the critique before it began, and the trace file
+                # stayed locked, as in use, for as long as its error was kept (a notebook's last traceback)
+                _point_last_at(self.run_id)
+            except OSError as failed:
+                log.warning("traces/LAST could not be pointed at run %s (%s); the critique goes on", self.run_id,
+                            scrub(failed))
 
     def node(self, node: str, update: dict, seconds: float) -> None:
         self.step += 1

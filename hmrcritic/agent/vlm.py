@@ -77,7 +77,9 @@ _SEMAPHORES_LOCK = threading.Lock()
 
 
 def endpoint_semaphore(base_url: str | None, limit: int) -> threading.BoundedSemaphore:
-    """The process-wide limiter for one endpoint: every judge talking to ``base_url`` shares it."""
+    """The process-wide limiter for one endpoint and limit: every judge talking to ``base_url`` with the same
+    ``max_concurrency`` shares it (judges of one endpoint with different limits each keep their own — a limit
+    is a judge's setting, and one shared semaphore cannot hold two sizes)."""
     key = (base_url or "default", max(1, int(limit)))
     with _SEMAPHORES_LOCK:
         if key not in _SEMAPHORES:
@@ -1349,13 +1351,13 @@ class VLMJudge:
 
     @staticmethod
     def _payload(result: Any) -> Any:
-        """The structured data of an answer: parsed object, tool-call arguments, or JSON found in text."""
-        if isinstance(result, dict) and "raw" in result:
-            if isinstance(result.get("parsed"), BaseModel):
-                return result["parsed"]
-            raw = result["raw"]
-        else:
-            raw = result
+        """The structured data of an answer: tool-call arguments, or JSON found in text.
+
+        The tool call's arguments as the model wrote them, not the object langchain validated from them
+        (``result["parsed"]``): pydantic's lax mode reads ``true`` as 1, so under function calling an
+        ``"overall": true`` was taken as a score of 1 and ``"index": true`` as hypothesis 1, which
+        :func:`normalise_critique` refuses (as in the other modes) when it sees the arguments themselves."""
+        raw = result["raw"] if isinstance(result, dict) and "raw" in result else result
         tool_calls = getattr(raw, "tool_calls", None) or []
         if tool_calls:
             return tool_calls[0].get("args")
@@ -1371,6 +1373,21 @@ class VLMJudge:
             # leaves nothing after its reasoning (an answer filed whole in the reasoning field is read: _tolerated)
             raise Unparseable("the answer is empty" + (" after the model's reasoning" if content else ""))
         return extract_json(text)
+
+    @staticmethod
+    def _whole_answer(completion: Any, validate) -> Any:
+        """``validate``'s reading of the content of a completion the openai client refused for its
+        ``finish_reason == "length"`` (json_schema mode: ``chat.completions.parse``), or None when it is not a
+        usable answer (then it really was cut). The rule of the other modes, where only an unusable answer is
+        blamed on the limit (:meth:`_check_complete` runs after the answer is read)."""
+        try:
+            message = completion.choices[0].message
+            if getattr(message, "refusal", None):
+                return None
+            text = _answer_text(str(message.content or ""))
+            return validate(extract_json(text)) if text.strip() else None
+        except (AttributeError, IndexError, KeyError, TypeError, ValueError):  # Unparseable is a ValueError
+            return None
 
     def _call(self, group_id: str, schema: type[BaseModel], build, validate):
         import openai
@@ -1401,7 +1418,12 @@ class VLMJudge:
             except _CutOff as exc:  # at temperature 0 a retry is cut at the same place
                 reason, fatal = str(exc), True
             except openai.LengthFinishReasonError as exc:  # the same, seen by the client's json_schema parsing
-                usage = getattr(getattr(exc, "completion", None), "usage", None)
+                # which raises it on any finish_reason "length", before the answer is read: a whole answer padded
+                # with whitespace to the limit (guided decoding does so) failed the group. Used when it is whole
+                completion = getattr(exc, "completion", None)
+                if (whole := self._whole_answer(completion, validate)) is not None:
+                    return whole
+                usage = getattr(completion, "usage", None)
                 reason, fatal = self._cut_off_reason(getattr(usage, "completion_tokens", None)), True
             except Unparseable as exc:
                 reason = f"unusable answer ({exc})"
@@ -1493,6 +1515,19 @@ class VLMJudge:
                                             else f"access is denied to the key in {var}")
             except openai.OpenAIError as exc:
                 reason, fatal = self._describe(exc), True
+                if "ContextOverflow" in type(exc).__name__ and (cause := exc.__cause__) is not None:
+                    # langchain-openai re-raises any API error but a 400 that says "exceeds the context window"
+                    # (a 500, a 413) as OpenAIAPIContextOverflowError, which has no status: it missed the branches
+                    # above and was reported without advice, as a plain failure. Told as they tell an overflow
+                    if started_in is not None:
+                        with self._mode_lock:
+                            self._mode = started_in
+                    status = getattr(cause, "status_code", None)
+                    reason = (f"endpoint rejected the request: {_request_hint('context window', images)} "
+                              f"({self._describe(cause)})")
+                    # (its cause may be a bare APIError without a status: no "HTTP None")
+                    unusable = f"it refuses the request (HTTP {status})" if status else "it refuses the request"
+                    too_large = True
             except (IndexError, KeyError, TypeError, AttributeError, ValueError) as exc:
                 # a 200 that is not a chat completion ({"choices": []}, an HTML page, {"foo": 1}): the client
                 # library fails on it in its own way; retried like any unusable answer

@@ -449,6 +449,9 @@ def read_header(root: str | Path) -> DatasetHeader:
     if Path(root).is_file():  # `finetune --data prefs.jsonl`: "prefs.jsonl/dataset.json: not a …" named no folder
         raise AssetError(f"{root} is a file, not a group preference dataset folder (`hmrcritic export --out DIR` "
                          "makes one)")
+    # `finetune --data typo` said "typo/dataset.json: not a group preference dataset", as if the folder were there
+    if not Path(root).exists():
+        raise AssetError(f"{root}: no such folder (`hmrcritic export --out DIR` makes a dataset)")
     if not path.exists():
         raise AssetError(f"{path}: not a group preference dataset (no {HEADER})")
     try:

@@ -38,7 +38,13 @@ from hmrcritic.alignment.dataset import (
     not_attempted_note,
     open_failures,
 )
-from hmrcritic.alignment.objectives import OBJECTIVES, ObjectiveConfig, compute_loss, frozen_reference
+from hmrcritic.alignment.objectives import (
+    OBJECTIVES,
+    UNUSED_SETTINGS,
+    ObjectiveConfig,
+    compute_loss,
+    frozen_reference,
+)
 from hmrcritic.alignment.stats import GroupStatTracker, zero_variance_mask
 from hmrcritic.errors import AssetError, HMRCriticError, InputError, check_number
 from hmrcritic.hmr.diffusion import DEFAULT_CHECKPOINT, damaged_member
@@ -113,7 +119,8 @@ class FinetuneConfig:
             self.objective, self.base_loss_weight = "gpa", 0.0
         if self.objective not in OBJECTIVES:
             raise InputError(f"--objective must be one of {', '.join(OBJECTIVES)}, got {self.objective!r}")
-        for name in ("num_generations", "steps", "batch_size", "checkpoint_every", "log_every"):
+        # (num_generations: its own bound, ≥ 2, below; -n 0 was told "≥ 1" and -n 1 then "≥ 2")
+        for name in ("steps", "batch_size", "checkpoint_every", "log_every"):
             if getattr(self, name) < 1:
                 raise InputError(f"{_option(name)} must be ≥ 1, got {getattr(self, name)}")
         if not 0.0 <= self.ema < 1.0:
@@ -268,6 +275,25 @@ def _settings_changed(saved: str | None, cfg: FinetuneConfig, ignore: set[str]) 
             if k not in ignore and old.get(k) != now.get(k)]
 
 
+def _saved_data(saved: str | None) -> str | None:
+    """The --data a saved state's settings name (as typed then), None when they are unreadable."""
+    try:
+        data = json.loads(saved).get("data") if isinstance(saved, str) else None
+    except (ValueError, AttributeError):
+        return None
+    return data if isinstance(data, str) else None
+
+
+def _same_path(a: str, b: str) -> bool:
+    """Do two --data paths name one folder? A saved path that does not exist from here (typed relative to another
+    folder, or deleted since) counts as the same: the message keeps "the dataset changed since" rather than name a
+    folder that may not be the one the run read."""
+    try:
+        return Path(a).expanduser().resolve() == Path(b).expanduser().resolve() or not Path(a).expanduser().exists()
+    except OSError:
+        return True
+
+
 def _save_state(cfg: FinetuneConfig, policy, ema, opt, step: int, base_hash: str,
                 window: list[dict] | None = None, tracker: GroupStatTracker | None = None,
                 data_hash: str | None = None, threads_used: list[int] | None = None) -> None:
@@ -313,7 +339,9 @@ def _resume(cfg: FinetuneConfig, policy, ema, opt, base_hash: str, tracker: Grou
                          "finetune saves); restore it, or use another --out, or --no-resume (which deletes it)")
     # --out names the state itself and --model the weights compared by base_hash; --data is compared by the hash
     # of its groups where the state has one (states saved before it: by the path)
-    ignore = {"out", "model"} | ({"data"} if st.get("data_hash") is not None else set())
+    # and the settings the objective does not read: another --t-min of a DPO run trains the very same weights
+    ignore = ({"out", "model", *UNUSED_SETTINGS.get(cfg.objective, ())}
+              | ({"data"} if st.get("data_hash") is not None else set()))
     changed = _settings_changed(st.get("config"), cfg, ignore)
     if changed:
         raise InputError(f"{path} belongs to a run with different settings ({'; '.join(changed)}); give the same "
@@ -324,8 +352,13 @@ def _resume(cfg: FinetuneConfig, policy, ema, opt, base_hash: str, tracker: Grou
     # the same --data path with other groups in it (re-exported, another judge, an export resumed meanwhile): the
     # settings match, but continuing would train one model on two datasets (states saved before this: not checked)
     if st.get("data_hash") not in (None, data_hash):
-        raise InputError(f"{path} belongs to a run on other data than {cfg.data} holds now (the dataset changed "
-                         "since); use another --out or --no-resume")
+        # another --data folder was told "the dataset changed since", sending the user to look for an edit of a
+        # dataset nobody touched: name the folder the run was trained on when it is another one
+        then = _saved_data(st.get("config"))
+        why = (f"{then} then, {cfg.data} now" if then is not None and not _same_path(then, cfg.data)
+               else "the dataset changed since")
+        raise InputError(f"{path} belongs to a run on other data than {cfg.data} holds now ({why}); use another "
+                         "--out or --no-resume")
     try:
         step, window, threads_used = _load_resume_state(st, policy, ema, opt, tracker)
     except (KeyError, TypeError, ValueError, RuntimeError, AttributeError, IndexError, OverflowError) as exc:
@@ -372,8 +405,12 @@ def _load_resume_state(st: dict, policy, ema, opt, tracker: GroupStatTracker) ->
 def finetune(config: FinetuneConfig, progress: bool | Callable[[dict], None] = False) -> Path:
     """Run (or resume) a finetune; returns the path of the final EMA checkpoint (``config.out``).
 
-    ``progress``: True for a rich progress bar, or a callable receiving each logged record. The caller's torch
-    thread count and global random state are as they were afterwards (the run seeds its own).
+    ``progress``: True for a rich progress bar, or a callable receiving each logged record. Only True prints the
+    notes on stderr (fewer hypotheses per group than ``num_generations``, another model's samples, settings the
+    objective ignores, a dataset of the held-out test split, groups left out): a caller with a callable or False reads
+    them from the checkpoint's extra (``num_generations_used``, ``data_model_hash``, ``data_split``) and
+    ``validate_dataset``. The caller's torch thread count and global random state are as they were afterwards (the
+    run seeds its own).
     """
     prev = torch.get_num_threads()
     if config.threads is not None:
@@ -406,6 +443,8 @@ def _finetune(cfg: FinetuneConfig, progress: bool | Callable[[dict], None], held
     if out.resolve() == base.resolve():
         raise InputError(f"--out {out} is the checkpoint being aligned (--model, or the shipped base without it): "
                          "the aligned model would replace its base; write it to another file")
+    if progress is True:
+        _note_unused(cfg)
     ds = GroupPreferenceDataset(cfg.data)
     data = _GroupTensors(ds, cfg.device)
     data_hash = dataset_hash(ds)
@@ -426,6 +465,7 @@ def _finetune(cfg: FinetuneConfig, progress: bool | Callable[[dict], None], held
               "tells apart to align on", file=sys.stderr)
     if progress is True:
         _note_left_out(ds, cfg.data)
+        _note_held_out_split(ds, cfg.data)
     written = ds.header.counts.get("groups")
     # (groups missing no more than the unreadable lines the note above counted: explained there already)
     if ds.header.counts.get("finished") is True and isinstance(written, int) and written != len(ds.records) \
@@ -577,6 +617,8 @@ def _finetune(cfg: FinetuneConfig, progress: bool | Callable[[dict], None], held
         "base_model_hash": base_hash,
         "data_model_hash": ds.header.model_hash,
         "data_groups": len(ds),
+        # the split the groups came from (the dataset header's): an evaluation on it measures inputs aligned on
+        "data_split": ds.header.split,
         "num_generations_used": G,
         "torch_threads": torch.get_num_threads(),
         # every count the run's steps ran at: a run resumed with another --threads recorded only the last one, so
@@ -614,6 +656,46 @@ def _note_left_out(ds: GroupPreferenceDataset, data: str) -> None:
     if ds.stale_advantages:
         print(f"note: {len(ds.stale_advantages)} group(s) of {data} store advantages that do not match their scores "
               f"(first: {ds.stale_advantages[0]}): unused, finetune recomputes them from the scores; {said}",
+              file=sys.stderr)
+
+
+def unused_settings(cfg: FinetuneConfig) -> list[str]:
+    """The settings given away from their defaults that ``cfg.objective`` does not read (objectives.UNUSED_SETTINGS),
+    as ``--flag value``."""
+    defaults = {f.name: f.default for f in fields(FinetuneConfig)}
+    return [f"{_option(name)} {getattr(cfg, name)}" for name in UNUSED_SETTINGS.get(cfg.objective, ())
+            if getattr(cfg, name) != defaults[name]]
+
+
+def _note_unused(cfg: FinetuneConfig) -> None:
+    """Say which given settings the objective ignores. ``--objective dpo --t-min 900`` (or ``--scale-rewards none``,
+    ``--gpa-weight``, ``sft --beta``) trained exactly the model the defaults train, without a word: a sweep of
+    them compared one model with itself."""
+    import sys
+
+    unused = unused_settings(cfg)
+    if unused:
+        what = ("a pairwise loss on each group's best and worst hypothesis over the full t range, without "
+                "advantages or a base loss" if cfg.objective == "dpo"
+                else "a plain denoising loss on each group's best hypothesis")
+        print(f"note: --objective {cfg.objective} does not use {', '.join(unused)}: ignored ({cfg.objective} is "
+              f"{what})", file=sys.stderr)
+
+
+# The split `hmrcritic evaluate` and `reproduce` score by default and keep out of every other stage
+HELD_OUT_SPLIT = "test"
+
+
+def _note_held_out_split(ds: GroupPreferenceDataset, data: str) -> None:
+    """Say so when the groups come from the held-out test split: `export --split test` is accepted (any split is
+    data), and the aligned model was then evaluated on the very inputs it was aligned on, with no word anywhere."""
+    import sys
+
+    if ds.header.split == HELD_OUT_SPLIT:
+        print(f"note: {data} holds groups of the {HELD_OUT_SPLIT} split, which `hmrcritic evaluate` scores by default: "
+              f"evaluating this model on {HELD_OUT_SPLIT} measures inputs it was aligned on (their 2D keypoints and "
+              "critic scores, not their labels); export --split wild to align on inputs `evaluate` (default --split "
+              "test) leaves alone",
               file=sys.stderr)
 
 

@@ -54,6 +54,14 @@ from hmrcritic.alignment.stats import SCALE_REWARDS, group_advantages, zero_vari
 
 OBJECTIVES = ("gpa", "gpa_linear", "dpo", "sft")
 
+# The ObjectiveConfig fields an objective does not read: DPO pairs the best and worst hypothesis over the full t range,
+# without advantages or a base loss; best-of-group SFT is a plain denoising loss, so β is unused too. ``finetune``
+# says so when one is set (a --t-min sweep of DPO trained the same model each time) and resumes whatever they are.
+UNUSED_SETTINGS = {
+    "dpo": ("t_min", "gpa_weight", "base_loss_weight", "scale_rewards"),
+    "sft": ("t_min", "gpa_weight", "base_loss_weight", "scale_rewards", "beta"),
+}
+
 
 @dataclass
 class ObjectiveConfig:
@@ -70,9 +78,11 @@ class ObjectiveConfig:
         if self.objective == "gpa_no_base_loss":
             self.objective, self.base_loss_weight = "gpa", 0.0
         if self.objective not in OBJECTIVES:
-            raise ValueError(f"objective must be one of {OBJECTIVES}, got {self.objective!r}")
+            raise ValueError(f"objective must be one of {', '.join(OBJECTIVES)}, got {self.objective!r}")
         if self.scale_rewards not in SCALE_REWARDS:
-            raise ValueError(f"scale_rewards must be one of {SCALE_REWARDS}, got {self.scale_rewards!r}")
+            # TRL's older boolean form is what a TRL user types: name its two values here
+            raise ValueError(f"scale_rewards must be one of {', '.join(SCALE_REWARDS)} (TRL's True is group, False "
+                             f"none), got {self.scale_rewards!r}")
         # A NaN β trains every weight to NaN and a negative one reverses the preference; both used to run to
         # the end and save the broken checkpoint.
         if not (math.isfinite(self.beta) and self.beta > 0):

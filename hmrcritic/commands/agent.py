@@ -42,19 +42,22 @@ def _hypotheses_from_model(sample, model_path: str | None, n: int, seed: int) ->
     return {k: v for k, v in group.numpy(0).items() if k != "x0"}
 
 
-def _load_sample(scene, image, keypoints, focal):
-    """The input: a synthetic scene (SPLIT:INDEX) or a user image + keypoint JSON."""
+def _load_sample(scene, image, keypoints, focal, person=None):
+    """The input: a synthetic scene (SPLIT:INDEX) or a user image + keypoint JSON (``person``: which of several
+    people, as ``sample --person`` takes it; its group id is the image's stem with ``_p<person>``)."""
     if scene:
         if image or keypoints:
             raise InputError("give either --scene or --image/--keypoints, not both")
         if focal is not None:
             raise InputError("--focal is for a user image; a synthetic scene has its own camera")
+        if person is not None:
+            raise InputError("--person applies to --keypoints files of several people; a --scene has one")
         return scene_from_spec(scene)
     if not image or not keypoints:
         raise InputError("give --image and --keypoints (or --scene SPLIT:INDEX)")
     from hmrcritic.hmr.data import sample_from_user
 
-    return sample_from_user(image, keypoints, focal=focal)
+    return sample_from_user(image, keypoints, focal=focal, person=person)
 
 
 def _agent_config(given: dict):
@@ -149,6 +152,9 @@ def register(app: typer.Typer) -> None:
                                                                "the inputs, so other inputs never collide)."),
         fresh: bool = typer.Option(False, "--fresh", help="Recompute even if this group was critiqued."),
         focal: float = typer.Option(None, "--focal", help="Focal length in px for a user image."),
+        person: int = typer.Option(
+            None, "--person", min=0,
+            help="Which person of a keypoint file of several (an index from 0; default: the most confident)."),
         as_json: bool = typer.Option(False, "--json", help="Print the scored group as JSON."),
     ) -> None:
         """Score a group of mesh hypotheses for one input and write a ranked table, scores.json and a
@@ -181,7 +187,7 @@ def register(app: typer.Typer) -> None:
             cfg.memory_dir = str(memory)
         note_new_memory(memory)
         with _stdout_to_stderr(as_json):
-            sample = _load_sample(scene, image, keypoints, focal)
+            sample = _load_sample(scene, image, keypoints, focal, person)
         group_id = as_text(group_id) if group_id is not None else None
         if hypotheses is not None:
             hyps = load_hypotheses(hypotheses)

@@ -240,7 +240,10 @@ def register(app: typer.Typer) -> None:
             ..., help="Output checkpoint (.pt); OUT.state.pt / OUT.log.jsonl beside it."
         ),
         model: Path = typer.Option(None, help="Base checkpoint (default: the shipped base model)."),
-        objective: str = typer.Option("gpa", help="gpa | gpa_linear | dpo | sft (best-of-group)."),
+        objective: str = typer.Option(
+            "gpa", help="gpa | gpa_linear | dpo | sft (best-of-group) | gpa_no_base_loss (= gpa with "
+                        "--base-loss-weight 0). dpo and sft ignore --t-min, --gpa-weight, --base-loss-weight and "
+                        "--scale-rewards; sft --beta too."),
         num_generations: int = typer.Option(20, "-n", "--num-generations",
                                              help="Stored hypotheses drawn per group and step (G)."),
         steps: int = typer.Option(200, help="Optimiser steps."),

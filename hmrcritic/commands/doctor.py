@@ -274,10 +274,14 @@ def _strip_userinfo(url: str | None) -> str | None:
     """A base URL with any ``user:password@`` removed (keys sometimes ride in URLs)."""
     if not url:
         return url
-    parts = urlsplit(url)
+    try:
+        parts = urlsplit(url)
+        port = parts.port
+    except ValueError:  # malformed (the base-URL check says why): shown as given, already redacted
+        return url
     if parts.username or parts.password:
         host = parts.hostname or ""
-        netloc = host + (f":{parts.port}" if parts.port else "")
+        netloc = host + (f":{port}" if port else "")
         return urlunsplit((parts.scheme, netloc, parts.path, parts.query, parts.fragment))
     return url
 
@@ -495,11 +499,37 @@ CHECKS = [
     ("python", _python), ("torch", _torch), ("packages", _packages), ("gl_render", _render),
     ("body_model", _body), ("folders", _folders), ("checkpoint", _checkpoint), ("judge", _judge),
 ]
+MODELS_SHOWN = 20  # of an endpoint's model list (OpenAI's own lists over a hundred)
 
 
-def run_checks(skip: tuple[str, ...] = ()) -> dict:
-    """All checks as a JSON-safe dict ``{ok, gl_platform, checks: [...]}`` with the API key scrubbed."""
+def _endpoint() -> dict:
+    """Contact the VLM endpoint (``--probe``): ``GET /models`` through the judge's own client, so the answer is
+    the one a VLM critique would meet first — refused, unknown host, a key refused, the model not served — in the
+    judge's words. No tokens are spent; it does not show that the model reads images or structured output (the
+    first critique does). Off by default: the other checks never touch the network."""
+    from hmrcritic.agent.vlm import VLMJudge
+    from hmrcritic.config import JudgeSettings
+
+    judge = VLMJudge(JudgeSettings())  # no base URL and no key: refused here in the judge's words
+    t0 = time.perf_counter()
+    got = judge.check_endpoint()
+    models = list(got.get("models") or [])
+    out = {"ok": bool(got["ok"]), "base_url": got.get("base_url"), "model": got.get("model"),
+           "models": models[:MODELS_SHOWN], "models_served": len(models),
+           "ms": round((time.perf_counter() - t0) * 1e3, 1)}
+    if not got["ok"]:
+        out["error"] = got.get("error") or "the endpoint did not answer"
+        if models:  # "not served here": which are
+            out["error"] += f" (it serves {', '.join(models[:5])}" + (", …)" if len(models) > 5 else ")")
+    return out
+
+
+def run_checks(skip: tuple[str, ...] = (), probe: bool = False) -> dict:
+    """All checks as a JSON-safe dict ``{ok, gl_platform, checks: [...]}`` with the API key scrubbed; with
+    ``probe`` also ``endpoint`` (the VLM endpoint contacted: :func:`_endpoint`)."""
     checks = [_check(name, fn) for name, fn in CHECKS if name not in skip]
+    if probe:
+        checks.append(_check("endpoint", _endpoint))
     report = {"ok": all(c["ok"] for c in checks), "gl_platform": os.environ.get("PYOPENGL_PLATFORM"),
               "checks": checks, "warnings": unknown_settings()}  # warnings: said, never a failed check
     from hmrcritic.redact import scrub_tree
@@ -541,6 +571,10 @@ def _summary(c: dict) -> str:
                             else "") for k, v in c["folders"].items())
     if n == "checkpoint" and c["ok"]:
         return f"{c['path']} ({c['bytes'] / 1e6:.1f} MB, {c['parameters']:,} parameters)"
+    if n == "endpoint":
+        served = (f"model {c['model']!r} served ({c['models_served']} listed)" if c["models_served"]
+                  else f"no model list (model {c['model']!r} assumed served)")
+        return f"{c['base_url'] or 'the OpenAI API'} answered in {c['ms']} ms; {served}"
     if n == "judge":
         s = c["settings"]
         agent = c.get("agent") or {}
@@ -564,31 +598,47 @@ def _memory_line(c: dict) -> str:
     return f"{folder['path']} (on disk" + ("" if folder["exists"] else ", not yet created") + ")"
 
 
+def _print_report(report: dict, as_json: bool) -> None:
+    """The report as JSON or one line per check; exit 1 when a check failed."""
+    if as_json:
+        print(json.dumps(report, indent=2))
+    else:
+        for c in report["checks"]:
+            mark = "ok  " if c["ok"] else "FAIL"
+            line = _summary(c) if c["ok"] else c.get("error", "failed")
+            print(f"[{mark}] {c['name']:<11} {line}")
+            if c["name"] == "folders" and c["ok"]:  # a FAIL line names what is wrong with the folders
+                print(f"[{mark}] {'memory':<11} {_memory_line(c)}")
+        for w in report["warnings"]:
+            print(f"[warn] {'settings':<11} {w}")
+        warned = f" ({len(report['warnings'])} warning(s): see warn lines)" if report["warnings"] else ""
+        print(("all checks passed" if report["ok"] else "some checks failed (see FAIL lines)") + warned)
+    if not report["ok"]:
+        # SystemExit rather than typer.Exit: cli.main runs click with standalone_mode=False, where
+        # typer.Exit's code is returned by app() and lost; SystemExit reaches main's handler.
+        raise SystemExit(1)
+
+
 def register(app: typer.Typer) -> None:
+    from hmrcritic.commands import BASE_URL_OPTION, VLM_MODEL_OPTION, judge_endpoint
+
     @app.command("doctor")
     def doctor_cmd(
         as_json: bool = typer.Option(False, "--json", help="Print the report as JSON."),
         no_render: bool = typer.Option(False, "--no-render", help="Skip the live GL render."),
+        probe: bool = typer.Option(
+            False, "--probe",
+            help="Also contact the VLM endpoint (GET /models: reachable, key accepted, model served; no tokens "
+                 "spent). Off by default: no other check uses the network."),
+        base_url: str = BASE_URL_OPTION,
+        vlm_model: str = VLM_MODEL_OPTION,
     ) -> None:
         """Check the installation: Python, torch, GL rendering, body model, folders, checkpoint, judge, settings.
 
-        Exits non-zero when a check fails. Example: hmrcritic doctor --json
+        Exits non-zero when a check fails. Examples: hmrcritic doctor --json;
+        hmrcritic doctor --probe --base-url http://127.0.0.1:8000/v1 --vlm-model NAME (the VLM judge's endpoint).
         """
-        report = run_checks(skip=("gl_render",) if no_render else ())
-        if as_json:
-            print(json.dumps(report, indent=2))
-        else:
-            for c in report["checks"]:
-                mark = "ok  " if c["ok"] else "FAIL"
-                line = _summary(c) if c["ok"] else c.get("error", "failed")
-                print(f"[{mark}] {c['name']:<11} {line}")
-                if c["name"] == "folders" and c["ok"]:  # a FAIL line names what is wrong with the folders
-                    print(f"[{mark}] {'memory':<11} {_memory_line(c)}")
-            for w in report["warnings"]:
-                print(f"[warn] {'settings':<11} {w}")
-            warned = f" ({len(report['warnings'])} warning(s): see warn lines)" if report["warnings"] else ""
-            print(("all checks passed" if report["ok"] else "some checks failed (see FAIL lines)") + warned)
-        if not report["ok"]:
-            # SystemExit rather than typer.Exit: cli.main runs click with standalone_mode=False, where
-            # typer.Exit's code is returned by app() and lost; SystemExit reaches main's handler.
-            raise SystemExit(1)
+        # the flags as every command with --judge reads them (for the VLM judge: doctor checks its settings)
+        with judge_endpoint("vlm" if base_url is not None or vlm_model is not None else None, base_url, vlm_model):
+            report = run_checks(skip=("gl_render",) if no_render else (), probe=probe)
+        _print_report(report, as_json)

@@ -10,7 +10,6 @@ import typer
 from hmrcritic.commands import (
     BASE_URL_OPTION,
     VLM_MODEL_OPTION,
-    finite_json,
     json_text,
     made_folder,
     say_failed_groups,
@@ -231,9 +230,9 @@ def explore_eval_cmd(
                            seed=seed, source=source, judge=judge,
                            variants=[v.strip() for v in variants.split(",") if v.strip()] if variants else None)
     if out is not None:
-        from hmrcritic.io import atomic_write_json
+        from hmrcritic.io import atomic_write_strict_json
 
-        atomic_write_json(out, finite_json(res))  # strict JSON, as --json prints it
+        atomic_write_strict_json(out, res)  # strict JSON, as --json prints it
     if as_json:
         typer.echo(json_text(res))
     else:
@@ -252,6 +251,9 @@ def learning_curve_cmd(
     tau: float = typer.Option(0.5, "--tau", help="Spearman a group must reach for its rules to succeed."),
     seed: int = _SEED,
     source: str = _SOURCE,
+    judge: str = _JUDGE,
+    base_url: str = BASE_URL_OPTION,
+    vlm_model: str = VLM_MODEL_OPTION,
     memory_dir: Path = typer.Option(..., "--memory-dir", help="A NEW (or starter) memory folder to explore into."),
     out: Path = typer.Option(Path("learning_curve"), "--out", help="Folder for learning_curve.json/.png."),
     as_json: bool = _JSON,
@@ -301,7 +303,7 @@ def learning_curve_cmd(
     with made_folder(out):
         res = learning_curve(memory_dir, split=split, rounds=rounds, batch_size=batch_size,
                              heldout_split=heldout_split, heldout_groups=heldout_groups,
-                             num_generations=num_generations, seed=seed, source=source, out_dir=out,
+                             num_generations=num_generations, seed=seed, source=source, judge=judge, out_dir=out,
                              explore_kwargs={"tau": tau}, progress=progress, status=status)
     if as_json:
         typer.echo(json_text(res))
@@ -319,4 +321,5 @@ def learning_curve_cmd(
 def register(app: typer.Typer) -> None:
     app.command("explore")(with_judge_endpoint(explore_cmd))
     app.command("explore-eval")(with_judge_endpoint(explore_eval_cmd))
-    app.command("learning-curve")(learning_curve_cmd)
+    # --judge since session 31 (the Python function always took one): the curve of a VLM judge from the CLI
+    app.command("learning-curve")(with_judge_endpoint(learning_curve_cmd))

@@ -167,6 +167,9 @@ def register(app: typer.Typer) -> None:
             0, help="Sampling seed: the same seed and inputs give the same hypotheses (one noise draw per batch, "
                     "so a scene sampled with other scenes gets other ones).", min=0, max=2**32 - 1),
         focal: float = typer.Option(None, help="Focal length in px for user images (default max(W,H))."),
+        person: int = typer.Option(
+            None, help="Which person of a keypoint file of several (an index from 0; default: the most confident).",
+            min=0),
         out: Path = typer.Option(..., help="Output folder."),
         obj: bool = typer.Option(False, "--obj", help="Also write one .obj mesh per hypothesis."),
         render: bool = typer.Option(True, "--render/--no-render", help="Write overlays, side views and grid.png."),
@@ -193,11 +196,13 @@ def register(app: typer.Typer) -> None:
         if scene:
             if focal is not None:  # a scene carries its own camera; taking the flag and ignoring it misleads
                 raise InputError("--focal applies to --image/--keypoints; a --scene has its own camera")
+            if person is not None:
+                raise InputError("--person applies to --keypoints files of several people; a --scene has one")
             item = scene_from_spec(scene)
         elif image and keypoints:
             from hmrcritic.hmr.data import sample_from_user
 
-            item = sample_from_user(image, keypoints, focal=focal)
+            item = sample_from_user(image, keypoints, focal=focal, person=person)
         else:
             raise InputError("need --image and --keypoints, or --scene SPLIT:INDEX")
         m = load_model(model, device=device)

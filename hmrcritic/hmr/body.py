@@ -614,13 +614,37 @@ def load_body_model(path: str | Path | None = None, device: str | torch.device =
             return model
         if name == "mannequin":
             mannequin.ensure_mannequin(file.parent)
-        model = BodyModel(read_model_arrays(file), name=name, device=dev)
+        arrays = read_model_arrays(file)
         if name != "mannequin":
             from hmrcritic.io import sha256_file
 
+            _warn_unless_metres(arrays["v_template"], file)
+            model = BodyModel(arrays, name=name, device=dev)
             model.source_sha256 = sha256_file(file)
+        else:
+            model = BodyModel(arrays, name=name, device=dev)
         _CACHE[key] = model
         return model
+
+
+REST_HEIGHT_M = (0.3, 3.0)  # a rest body outside this is not in metres (an infant is ~0.5 m, the tallest ~2.7 m)
+
+
+def _warn_unless_metres(v_template: np.ndarray, path: Path) -> None:
+    """Warn when a user's body file is evidently not in metres (SMPL's unit): a file in millimetres loaded and
+    sampled without a word, its hypotheses' ``transl`` some 3,000 "metres" from the camera. A warning, not a
+    refusal: the file is a valid SMPL layout, and an unusual body is the user's to judge."""
+    height = float(np.ptp(np.asarray(v_template)[:, 1])) if len(v_template) else 0.0
+    low, high = REST_HEIGHT_M
+    if low <= height <= high:
+        return
+    import warnings
+
+    guess = (" (millimetres?)" if 300 <= height <= 3000 else " (centimetres?)" if 30 <= height <= 300
+             else "")
+    warnings.warn(f"{path}: its rest body (betas 0) is {height:.4g} units tall; SMPL files are in metres, a body "
+                  f"{low}–{high} m tall{guess}: every length this model gives (joints, meshes, transl, errors in "
+                  "mm) is in its units", stacklevel=3)
 
 
 def clear_cache() -> None:

@@ -1049,18 +1049,26 @@ def _person_confidence(person: dict, key: str) -> float:
         return -1.0
 
 
-def _pick_person(people: list, key: str, path: Path) -> dict:
-    """The most confident of several detected people, saying which was taken.
+def _pick_person(people: list, key: str, path: Path, person: int | None = None) -> dict:
+    """The person ``person`` (an index, counting from 0) of several, or else the most confident one, saying which
+    was taken.
 
     OpenPose lists people in no useful order and detectors in theirs, so "the first" was often a small
     background person with a few weak points; the person with the highest summed keypoint confidence is the
-    subject (ties: the first)."""
+    subject (ties: the first). ``person`` picks another: a file of a whole group (a detector's output for a
+    multi-person image) had to be cut into one file per person to reach anyone but the most confident."""
+    if person is not None:
+        if not 0 <= person < len(people):
+            raise InputError(f"{path}: person {person} asked for, but the file holds {len(people)} "
+                             f"{'person' if len(people) == 1 else 'people'} (0..{len(people) - 1})")
+        return people[person]
     if len(people) == 1:
         return people[0]
     conf = [_person_confidence(d, key) if isinstance(d, dict) else -1.0 for d in people]
     i = int(np.argmax(conf))
     warnings.warn(f"{path}: {len(people)} people found; using the most confident (entry {i}, counting from 0); "
-                  "keep only the wanted person in the file to choose another", stacklevel=3)
+                  "keep only the wanted person in the file to choose another, or give its index (`sample --person "
+                  "I`, person=I)", stacklevel=3)
     return people[i]
 
 
@@ -1069,7 +1077,13 @@ def _pick_person(people: list, key: str, path: Path) -> dict:
 CONFIDENCE_SLACK = 1.1
 
 
-def read_keypoints_json(path, image_size=None) -> np.ndarray:
+def _check_person(person) -> None:
+    """``person`` is a person's index (an int ≥ 0) or None; anything else one InputError line."""
+    if person is not None and (isinstance(person, bool) or not isinstance(person, int | np.integer) or person < 0):
+        raise InputError(f"person must be a person's index (an int from 0) or None, got {repr(person)[:40]}")
+
+
+def read_keypoints_json(path, image_size=None, person: int | None = None) -> np.ndarray:
     """COCO-17 keypoints (17,3) ``[u, v, conf]`` in pixels from a JSON file, validated.
 
     Accepted forms: a list of 17 ``[x, y, c]``; 51 flat numbers; a COCO annotation ``{"keypoints": [51]}``
@@ -1085,8 +1099,10 @@ def read_keypoints_json(path, image_size=None) -> np.ndarray:
     keypoint confidence) is used and a warning says which. Coordinates normalised to [0, 1] are refused (they
     would be a person one pixel tall). With ``image_size`` (W,H), visible points more than 2 % past the border
     are hidden with a warning (a truncated person), unless more than a third of them are (keypoints of another
-    image: refused).
+    image: refused). ``person`` (an index from 0) takes that person of a file of several instead of the most
+    confident one; a file of one person takes only 0.
     """
+    _check_person(person)
     p = Path(path)
     if not p.is_file():
         raise _not_a_file(p, "keypoint")
@@ -1128,11 +1144,12 @@ def read_keypoints_json(path, image_size=None) -> np.ndarray:
         people = data["people"]
         if not isinstance(people, list) or not people:
             raise InputError(f"{p}: OpenPose JSON with no people")
-        person = _pick_person(people, "pose_keypoints_2d", p)
-        if not isinstance(person, dict) or "pose_keypoints_2d" not in person:
-            raise InputError(f"{p}: people[{people.index(person)}] has no 'pose_keypoints_2d'")
-        values, body25, openpose = person["pose_keypoints_2d"], True, True
+        chosen = _pick_person(people, "pose_keypoints_2d", p, person)
+        if not isinstance(chosen, dict) or "pose_keypoints_2d" not in chosen:
+            raise InputError(f"{p}: people[{people.index(chosen)}] has no 'pose_keypoints_2d'")
+        values, body25, openpose = chosen["pose_keypoints_2d"], True, True
     elif isinstance(data, dict) and "keypoints" in data:
+        _pick_person([data], "keypoints", p, person)  # one person: only person 0 (or None) is there
         values, visibility_flags, scores = data["keypoints"], True, data.get("keypoint_scores")
     elif isinstance(data, list) and data and all(isinstance(d, dict) for d in data):
         if not all("keypoints" in d for d in data):
@@ -1144,15 +1161,17 @@ def read_keypoints_json(path, image_size=None) -> np.ndarray:
         if len(images) > 1:
             raise InputError(f"{p}: detector results for {len(images)} images (image_id); give a file with this "
                              "image's results only")
-        person = _pick_person(data, "keypoints", p)
-        values, visibility_flags, scores = person["keypoints"], True, person.get("keypoint_scores")
+        chosen = _pick_person(data, "keypoints", p, person)
+        values, visibility_flags, scores = chosen["keypoints"], True, chosen.get("keypoint_scores")
     elif isinstance(data, list):
         values = data
         people = _as_points(data, p, "keypoints")
         if (people.ndim == 3 and people.shape[2] == 3) or (people.ndim == 2 and people.shape[1] in FLAT_PERSON_SIZES):
             # a plain list of people (a detector's raw array, one row per person, [x, y, c] points or flat) was
             # refused as "got shape [2, 17, 3]"; it is read as the other multi-person forms are
-            values = _pick_person([{"keypoints": q} for q in people.tolist()], "keypoints", p)["keypoints"]
+            values = _pick_person([{"keypoints": q} for q in people.tolist()], "keypoints", p, person)["keypoints"]
+        else:  # one person's points
+            _pick_person([{"keypoints": values}], "keypoints", p, person)
     else:
         raise InputError(f"{p}: unrecognised keypoint JSON (expected {KEYPOINT_FORMATS})")
     arr = _as_points(values, p, "keypoints")
@@ -1261,8 +1280,12 @@ def _exif_rotated(path) -> bool:
         return False
 
 
-def sample_from_user(image_path, keypoints_path, focal: float | None = None) -> Sample:
+def sample_from_user(image_path, keypoints_path, focal: float | None = None, person: int | None = None) -> Sample:
     """A :class:`Sample` from a user image + keypoint JSON; K defaults to focal = max(W, H), centred.
+
+    ``person`` (an index from 0) takes that person of a keypoint file of several (:func:`read_keypoints_json`;
+    None: the most confident); its id is then the image's file stem with ``_p<person>`` added, so the people of
+    one image are told apart (a critique's default ``group_id`` is the sample's id).
 
     Arguments of the wrong type (``focal="x"``, a path that is a number) are refused as :class:`InputError`
     before any file is read; numpy / torch scalars are focal lengths like any other number."""
@@ -1273,10 +1296,11 @@ def sample_from_user(image_path, keypoints_path, focal: float | None = None) -> 
         raise InputError(f"focal must be a number (pixels) or None, got {type(focal).__name__}")
     if focal is not None and not (math.isfinite(focal) and focal > 0):
         raise InputError(f"focal length must be a positive number, got {focal}")
+    _check_person(person)
     img = read_image(image_path)
     H, W = img.shape[:2]
     try:
-        kp = read_keypoints_json(keypoints_path, image_size=(W, H))
+        kp = read_keypoints_json(keypoints_path, image_size=(W, H), person=person)
     except InputError as exc:
         if "lies outside the" in str(exc) and _exif_rotated(image_path):
             # the size named is the upright one, not the one a file browser's "dimensions" may show: say so
@@ -1285,6 +1309,5 @@ def sample_from_user(image_path, keypoints_path, focal: float | None = None) -> 
                              ) from None
         raise
     K = camera.default_intrinsics(W, H, focal).numpy()
-    return Sample(
-        sample_id=as_text(Path(image_path).stem), keypoints=kp, K=K, image_size=(W, H), image_path=str(image_path)
-    )
+    sample_id = as_text(Path(image_path).stem) + ("" if person is None else f"_p{int(person)}")
+    return Sample(sample_id=sample_id, keypoints=kp, K=K, image_size=(W, H), image_path=str(image_path))

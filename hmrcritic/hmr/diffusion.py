@@ -26,6 +26,7 @@ sampler: DDIM with configurable steps and η (η = 0 deterministic, as the paper
 from __future__ import annotations
 
 import math
+import numbers
 import os
 from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
@@ -77,6 +78,42 @@ class DiffusionConfig:
     # runs ignored the keypoints entirely; with "v" high-noise steps are a direct keypoints → pose regression.
     prediction: str = "v"
 
+    def __post_init__(self) -> None:
+        # numpy / torch scalars (a sweep's np.linspace of β, a T from an array) as the plain numbers they hold: the
+        # config is saved in every checkpoint, which is read back weights-only, and a numpy scalar there made the
+        # finished model.pt unwritable (save_model refused it after the whole run). Plain values are kept as given.
+        for f in fields(self):
+            setattr(self, f.name, plain_number(getattr(self, f.name)))
+
+    def validate(self) -> None:
+        """Refuse (ValueError) a config no usable model has; :class:`HMRDiffusion` and ``TrainConfig`` call it.
+
+        The noise schedule is checked too: a β outside (0, 1) made some ᾱ_t negative (NaN after the square root), and
+        train-base then stopped with "the training data gives it (non-finite image sizes or intrinsics?)"; T = 0
+        failed at the first step as a bare "random_ expects 'from' to be less than 'to'"; a std floor of 0 divides a
+        constant dimension of the data by zero. Valid configs are untouched (nothing is computed here)."""
+        for name in ("d_model", "heads", "ff_mult"):  # heads=0 was a bare ZeroDivisionError below
+            value = getattr(self, name)
+            if isinstance(value, bool) or not isinstance(value, numbers.Integral) or value < 1:
+                raise ValueError(f"{name} must be an integer ≥ 1, got {value!r}")
+        d = self.d_model
+        if d % self.heads:
+            raise ValueError(f"d_model {d} must be divisible by heads {self.heads}")
+        if d % 2:  # the timestep embedding is d/2 cosines + d/2 sines: an odd d failed at the first forward pass
+            raise ValueError(f"d_model {d} must be even (sin/cos timestep embedding)")
+        if self.prediction not in ("v", "eps"):
+            raise ValueError(f"unknown prediction {self.prediction!r} (v or eps)")
+        if self.beta_schedule != "linear":
+            raise ValueError(f"unknown beta schedule {self.beta_schedule!r} (only 'linear')")
+        if isinstance(self.T, bool) or not isinstance(self.T, numbers.Integral) or self.T < 1:
+            raise ValueError(f"T (diffusion steps) must be an integer ≥ 1, got {self.T!r}")
+        for name in ("beta_start", "beta_end", "std_floor"):
+            value = getattr(self, name)
+            ok = isinstance(value, numbers.Real) and not isinstance(value, bool) and math.isfinite(value) and value > 0
+            if not ok or (name != "std_floor" and value >= 1):
+                what = "in (0, 1)" if name != "std_floor" else "a finite number > 0"
+                raise ValueError(f"{name} must be {what}, got {value!r}")
+
     @classmethod
     def from_dict(cls, d: dict) -> DiffusionConfig:
         names = {f.name for f in fields(cls)}
@@ -84,6 +121,18 @@ class DiffusionConfig:
         if unknown:
             raise ValueError(f"unknown DiffusionConfig fields {sorted(unknown)}")
         return cls(**d)
+
+
+def plain_number(value: Any) -> Any:
+    """A numpy scalar or a 0-d torch tensor as the Python number it holds; anything else unchanged.
+
+    For configs that are saved in checkpoints and training states, which are loaded weights-only (a numpy scalar
+    there is refused on load)."""
+    if isinstance(value, torch.Tensor) and value.ndim == 0 and not value.is_complex():
+        return value.item()
+    if isinstance(value, numbers.Number) and type(value) not in (int, float, bool, complex) and hasattr(value, "item"):
+        return value.item()
+    return value
 
 
 # -------------------------------------------------------------------------------------------- condition
@@ -236,16 +285,9 @@ class HMRDiffusion(nn.Module):
     def __init__(self, config: DiffusionConfig | None = None):
         super().__init__()
         self.config = config = config or DiffusionConfig()
+        config.validate()
         d = config.d_model
-        if d % config.heads:
-            raise ValueError(f"d_model {d} must be divisible by heads {config.heads}")
-        if d % 2:  # the timestep embedding is d/2 cosines + d/2 sines: an odd d failed at the first forward pass
-            raise ValueError(f"d_model {d} must be even (sin/cos timestep embedding)")
         self.num_timesteps = config.T
-        if config.prediction not in ("v", "eps"):
-            raise ValueError(f"unknown prediction {config.prediction!r} (v or eps)")
-        if config.beta_schedule != "linear":
-            raise ValueError(f"unknown beta schedule {config.beta_schedule!r} (only 'linear')")
         betas = torch.linspace(config.beta_start, config.beta_end, config.T, dtype=torch.float64)
         self.register_buffer("betas", betas.float())
         self.register_buffer("alphas_cumprod", torch.cumprod(1 - betas, 0).float())
@@ -945,6 +987,11 @@ def _sample_into(model: HMRDiffusion, item, out_dir: Path, num_generations: int,
         "guidance": guidance,
         "seed": seed,
         "model": getattr(model, "checkpoint_path", None),
+        # the body the hypotheses were posed on and their `transl` solved against: with a user's SMPL file the
+        # posed pelvis is J0(betas) + transl (docs/CONTRACTS.md), so the same npz posed on another body (the
+        # mannequin, whose J0 is 0) lands elsewhere; nothing in the folder said which body it was
+        "body_model": getattr(body, "name", None),
+        "body_sha256": getattr(body, "source_sha256", None),
         "files": files,
     }
     atomic_write_json(out_dir / "summary.json", summary)

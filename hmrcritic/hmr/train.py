@@ -21,18 +21,19 @@ import math
 import re
 import time
 from collections.abc import Callable
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
 
 import numpy as np
 import torch
 
-from hmrcritic.errors import AssetError, HMRCriticError, InputError
+from hmrcritic.errors import AssetError, HMRCriticError, InputError, check_number
 from hmrcritic.hmr.diffusion import (
     DiffusionConfig,
     HMRDiffusion,
     condition_from_keypoints,
     params_to_x0,
+    plain_number,
     save_model,
 )
 from hmrcritic.io import append_jsonl, atomic_torch_save, atomic_write_jsonl, read_jsonl
@@ -87,6 +88,30 @@ class TrainConfig:
     model: DiffusionConfig = field(default_factory=DiffusionConfig)
 
     def __post_init__(self) -> None:
+        # Types first, as the CLI's options are typed: from Python, steps=10.5, batch_size=2.5 or seed=1.5 passed
+        # the int() checks below and failed after the split was loaded as a bare TypeError / "manual_seed expected a
+        # long"; lr="1e-3" was a bare TypeError and ema="0.99" passed float() and failed at the first EMA update.
+        # numpy / torch scalars pass as any number (check_number).
+        for name in ("seed", "steps", "batch_size", "warmup", "threads", "log_every", "ckpt_every", "max_samples"):
+            if getattr(self, name) is not None or name != "max_samples":
+                check_number(f"train-base: {name.replace('_', '-')}", getattr(self, name), integer=True)
+        for name in ("lr", "min_lr", "weight_decay", "grad_clip", "ema", "snr_gamma", "aug_drop", "aug_limb",
+                     "aug_jitter", "aug_conf"):
+            if getattr(self, name) is not None or name != "snr_gamma":
+                check_number(f"train-base: {name.replace('_', '-')}", getattr(self, name))
+        # numpy / torch scalars as plain numbers: the recipe is saved in state.pt and model.pt, both read back
+        # weights-only, and an np.float32 lr (a sweep's np.linspace) trained the whole run, then model.pt was refused
+        # ("extra holds a value load_model cannot read back") and a resume read state.pt as corrupt
+        for f in fields(self):
+            setattr(self, f.name, plain_number(getattr(self, f.name)))
+        try:  # an unusable architecture or noise schedule, said before the split is loaded (HMRDiffusion's check)
+            if isinstance(self.model, dict):  # as from_dict reads it (a dict failed at HMRDiffusion: no attribute)
+                self.model = DiffusionConfig.from_dict(self.model)
+            if not isinstance(self.model, DiffusionConfig):
+                raise ValueError(f"must be a DiffusionConfig or a dict of its fields, got {type(self.model).__name__}")
+            self.model.validate()
+        except (TypeError, ValueError) as exc:
+            raise InputError(f"train-base: model config: {exc}") from None
         for name in ("steps", "batch_size", "threads", "log_every", "ckpt_every"):
             if int(getattr(self, name)) < 1:
                 raise InputError(f"train-base: {name.replace('_', '-')} must be ≥ 1, got {getattr(self, name)}")
@@ -161,6 +186,11 @@ class TrainData:
         if missing:
             raise InputError(f"training data lacks arrays {missing}")
         t = {k: torch.as_tensor(np.asarray(arrays[k]), dtype=torch.float32) for k in TRAIN_KEYS}
+        n = int(t["keypoints"].shape[0]) if t["keypoints"].ndim else 0
+        if t["image_size"].numel() % 2 or t["image_size"].numel() // 2 not in (1, n):
+            # else a bare "The expanded size of the tensor (4) must match the existing size (3)"
+            raise InputError(f"training data image_size must be one (W, H) pair or one per scene, got shape "
+                             f"{tuple(t['image_size'].shape)} for {n} scenes")
         image_size = t["image_size"].reshape(-1, 2).expand(t["keypoints"].shape[0], 2)
         lengths = {k: int(t[k].shape[0]) if t[k].ndim else 0 for k in TRAIN_KEYS if k != "image_size"}
         if len(set(lengths.values())) != 1:
@@ -394,6 +424,8 @@ def train_base(
     from hmrcritic.config import check_device
     from hmrcritic.io import exclusive_lock, remove_write_leftovers
 
+    if stop_at is not None:  # 2.5 never equals a step: the run trained on to the end instead of stopping
+        check_number("train-base: --stop-at", stop_at, integer=True)
     if stop_at is not None and stop_at < 1:
         raise InputError(f"train-base: --stop-at must be ≥ 1 step, got {stop_at}")
     check_device(device)

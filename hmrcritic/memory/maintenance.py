@@ -67,6 +67,10 @@ def same_condition(a: Rule, b: Rule, rel_tol: float = REL_TOL) -> bool:
 
 def _text_compatible(a: Rule, b: Rule) -> bool:
     ca, cb = a.condition, b.condition
+    # a hard constraint never merges with a rule that is not one: a condition-less (prose) rule used more, whose
+    # text read like it, absorbed it — the hard rule retired, its condition moved to a soft rule (session 31)
+    if a.hard != b.hard:
+        return False
     if ca is None or cb is None:
         return True
     return same_condition(a, b, rel_tol=REL_TOL)

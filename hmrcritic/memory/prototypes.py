@@ -123,6 +123,10 @@ class PrototypeMemory:
             total, count = self._store._proto_sum()
             old = self._store._get_all(PROTOTYPES_COLLECTION, include=["metadatas"], ids=ids)
             total = (total - proto_digest(old["ids"], old["metadatas"]) + proto_digest(ids, metas)) % _MOD
+            # the stored sum marked unknown (a count no collection has) while the records change: an upsert that
+            # failed or was killed after a batch had replaced prototypes (same ids, so the count stayed) left the
+            # old sum, whose count still matched, and the version described contents the memory no longer held
+            self._store._store_proto_sum(total, -1)
             self._store._upsert(PROTOTYPES_COLLECTION, ids, np.stack(vecs), metas, docs, progress=progress)
             # the count this sum accounts for, not the collection's count now: on a Chroma server another
             # machine's writer (whose file lock is its own) may have added records in between, and then the

@@ -17,6 +17,7 @@ between the query and the rule text (an hmrcritic extension, weight ``text_weigh
 
 from __future__ import annotations
 
+import difflib
 import hashlib
 import json
 import math
@@ -216,12 +217,35 @@ class RuleMemory:
             rule.rule_id = mined_rule_id(rule.text)
         return rule
 
+    @staticmethod
+    def check_condition(rule: Rule) -> Rule:
+        """``rule``, if its condition names a measure of the evidence registry and an axis of the critique
+        schema (or none). For rules new to a memory (:meth:`add`, ``memory import``): a misspelt measure was stored
+        and never fired, an unknown axis took its points off ``overall`` alone — both without a word. Rules already
+        stored are not re-checked (an update of one written by another release still works)."""
+        c = rule.condition
+        if c is None:
+            return rule
+        from hmrcritic.agent.evidence import MEASURES  # lazily, as maintenance reads it: memory is below agent
+        from hmrcritic.agent.schema import AXES
+
+        if c.measure not in MEASURES:
+            near = difflib.get_close_matches(c.measure, list(MEASURES), n=1)
+            raise InputError(f"rule {rule.rule_id or '(new)'}: condition measure {c.measure!r} is not an evidence "
+                             "measure" + (f" (did you mean {near[0]!r}?)" if near else "")
+                             + f"; known: {', '.join(sorted(MEASURES))}")
+        if c.axis is not None and c.axis not in AXES:
+            raise InputError(f"rule {rule.rule_id or '(new)'}: condition axis {c.axis!r} is not one of "
+                             f"{', '.join(AXES)} (or none: overall only)")
+        return rule
+
     def add(self, rules: list[Rule], embeddings: np.ndarray | None = None) -> list[str]:
         """Add new rules; returns their ids (generated from the text when ``rule_id`` is empty).
 
         A rule without id whose text is already stored maps to the existing id and is not added twice; an
-        explicit id that already exists is an InputError (use :meth:`update`)."""
-        rules = [self.validate(r) for r in rules]
+        explicit id that already exists is an InputError (use :meth:`update`). A condition on an unknown measure
+        or axis is an InputError (:meth:`check_condition`)."""
+        rules = [self.check_condition(self.validate(r)) for r in rules]
         if not rules:
             return []
         if embeddings is not None and np.shape(embeddings)[:1] != (len(rules),):
@@ -254,6 +278,11 @@ class RuleMemory:
         rules = [self.validate(r) for r in rules]
         if not rules:
             return
+        ids = [r.rule_id for r in rules]
+        if len(set(ids)) != len(ids):
+            # which copy should win is the caller's to say; Chroma refused the call with its bare DuplicateIDError
+            dup = sorted({i for i in ids if ids.count(i) > 1})
+            raise InputError(f"RuleMemory.update: rule id(s) {dup[:5]} listed more than once")
         with self._store._write():
             current = {r.rule_id: r for r in self._load_all()}
             missing = [r.rule_id for r in rules if r.rule_id not in current]
@@ -261,11 +290,13 @@ class RuleMemory:
                 raise InputError(f"cannot update unknown rule id(s) {missing[:5]} in {self._store.location}")
             changed_text = [r for r in rules if r.text != current[r.rule_id].text]
             same_text = [r for r in rules if r.text == current[r.rule_id].text]
+            # embedded before the first write: a text model that fails to load (AssetError) wrote the unchanged-text
+            # rules' records and then stopped, leaving half of one update (a maintenance plan, an import) applied
+            vecs = embed_text([r.text for r in changed_text]) if changed_text else None
             if same_text:
                 self._col().update(ids=[r.rule_id for r in same_text],
                                    metadatas=[rule_to_metadata(r) for r in same_text])
             if changed_text:
-                vecs = embed_text([r.text for r in changed_text])
                 self._store._upsert(RULES_COLLECTION, [r.rule_id for r in changed_text], vecs,
                                     [rule_to_metadata(r) for r in changed_text],
                                     [r.text for r in changed_text])
@@ -300,7 +331,7 @@ class RuleMemory:
         Read and written back in one write batch: the records written carry their counts, so a use recorded by
         another writer between a separate read and write was overwritten (lost)."""
         with self._store._write():
-            rules = self.get(list(rule_ids))
+            rules = self.get(list(dict.fromkeys(rule_ids)))  # an id listed twice is retired once (update refuses it)
             for r in rules:
                 r.retired = True
             self.update(rules)

@@ -1249,8 +1249,11 @@ class MemoryStore:
                     _WRITE_DEPTH[self._key] -= 1
                     if self._key in _SNAPSHOTS:
                         _SNAPSHOTS[self._key] = True
-                        with _REGISTRY_LOCK:
-                            _EPOCH[self._key] = _EPOCH.get(self._key, 0) + 1
+                    # every store on the folder drops what it cached, not only this one: the outer batch may go
+                    # through another store here, which read the rules (and version) before this nested write and,
+                    # keeping them, wrote the counts of before back over it (a use recorded here was lost)
+                    with _REGISTRY_LOCK:
+                        _EPOCH[self._key] = _EPOCH.get(self._key, 0) + 1
                     # a version read later inside the outer batch must see this write (exploration logs it)
                     self._writes += 1
                 return
@@ -1361,6 +1364,9 @@ class MemoryStore:
         col = self._collection(name)
         out: dict[str, list] = {"ids": [], **{k: [] for k in include}}
         if ids is not None:
+            # each id once: Chroma refuses a repeated id in one get (DuplicateIDError), which ended
+            # ``prototypes.get(["p", "p"])`` and ``rules.embeddings`` of a repeated id; the records found are the same
+            ids = list(dict.fromkeys(ids))
             chunks = [dict(ids=ids[s:s + _PAGE]) for s in range(0, len(ids), _PAGE)]
         else:
             n = col.count()
@@ -1417,7 +1423,9 @@ class MemoryStore:
 
     def verify_version(self) -> bool:
         """Recompute the prototype part of the version from every record and compare with the running
-        sum kept in collection metadata (they differ only after a crash between a write and its sum)."""
+        sum kept in collection metadata. They should never differ: a prototype write marks the stored sum
+        unknown before its first record and stores the new one after its last (:meth:`PrototypeMemory.add`), so
+        one cut short leaves a sum the next version rescans; a write by something else than ``add`` would not."""
         return self._compute_version(full=True) == self._compute_version()
 
     # Prototypes can number 100k+, so their part of the version is an order-independent running sum of
@@ -1677,7 +1685,8 @@ class MemoryStore:
             for kind, rid in [*(("rule", r.rule_id) for r, _ in rules),
                               *(("prototype", p.proto_id) for p in protos if p.proto_id != "")]:
                 _check_imported_id(kind, rid)
-            checked = [self.rules.validate(r) for r, _ in rules]
+            # a condition on an unknown measure or axis refused as RuleMemory.add refuses it (stored, it never fired)
+            checked = [self.rules.check_condition(self.rules.validate(r)) for r, _ in rules]
             proto_ids, _ = self.prototypes.check(protos)
         except InputError as exc:
             raise InputError(f"memory import: {path}: {exc} (nothing was imported)") from None
