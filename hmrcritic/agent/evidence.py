@@ -43,7 +43,11 @@ from hmrcritic.errors import InputError
 
 @dataclass(frozen=True)
 class MeasureSpec:
-    """What a measure means. ``scale`` is the value at which the builtin judge calls it clearly bad;
+    """What a measure means. ``scale`` is how far to the worse side a value is clearly bad — the value itself
+    when higher is worse, its shortfall from 1 when lower is worse (silhouette IoU 0.7): what :func:`badness`
+    divides by (the rationale's "worst evidence"), the unit rule mining and maintenance measure in, and what
+    :func:`decimals` rounds to. The built-in judge's scores do not read it: they rank each measure within the
+    group and leave thresholds to the rules.
     ``tag``/``tag_at`` make the retrieval tag emitted when any hypothesis of a group reaches ``tag_at``."""
 
     unit: str
@@ -300,7 +304,14 @@ def compute_evidence(inp: GroupInputs, prior=None) -> dict[str, np.ndarray]:
         result["floor_penetration_mm"] = pen.double().numpy()
         result["floating_mm"] = flo.double().numpy()
     for k, v in result.items():
-        result[k] = quantise(k, np.nan_to_num(v, nan=0.0, posinf=1e6, neginf=-1e6))
+        if np.isnan(v).any():
+            # validated inputs can still give one: a value finite in float64 but beyond float32's range (where
+            # the measures are computed) is inf there, and inf − inf or inf · 0 is NaN. Read as 0 it was the best
+            # value of its measure (a perfect reprojection, full consensus), so the most broken hypothesis looked
+            # the best; a measure that cannot be computed is an error, as a NaN input is.
+            raise InputError(f"evidence: {k} is NaN for hypotheses {np.flatnonzero(np.isnan(v)).tolist()[:8]} "
+                             "(an input beyond float32's range, about 3.4e38?)")
+        result[k] = quantise(k, np.nan_to_num(v, posinf=1e6, neginf=-1e6))
     return result
 
 

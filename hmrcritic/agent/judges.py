@@ -23,6 +23,7 @@ import numpy as np
 from pydantic import BaseModel, Field
 
 from hmrcritic.agent.schema import AXES, GroupCritique, HypothesisScore, ProposedRule, RuleProposals
+from hmrcritic.errors import JudgeError
 from hmrcritic.memory.schema import Rule, ScoreCalibration
 
 
@@ -339,6 +340,24 @@ def dominance(rules: list[Rule], evidence: dict[str, list[float]], n: int) -> np
     return (worse[:, :, None] >= worse[:, None, :]).all(0) & (worse[:, :, None] > worse[:, None, :]).any(0)
 
 
+def _check_evidence(ctx: JudgeContext) -> None:
+    """Refuse evidence the judge would misread, with a JudgeError naming it (scores of valid evidence unchanged).
+
+    Why: a NaN compares as neither less nor equal, so :func:`_mean_rank` gave it rank −0.5 — better than the best
+    of the group — and the hypothesis was scored on it (±inf ranks as the extreme it is, and is kept). A list with
+    another number of values than hypotheses was broadcast or failed deep in numpy (an IndexError in the
+    rationale). The graph's evidence (``compute_evidence``) is always finite and N long; this guards contexts
+    built by hand."""
+    n = ctx.num_hypotheses
+    for name, values in ctx.evidence.items():
+        v = np.asarray(values, dtype=np.float64)
+        if v.shape != (n,):
+            raise JudgeError(f"group {ctx.group_id}: evidence {name} has {v.size} value(s) for {n} hypotheses")
+        if np.isnan(v).any():  # ±inf ranks and fires as the worst/best value it is: kept
+            raise JudgeError(f"group {ctx.group_id}: evidence {name} is NaN for hypotheses "
+                             f"{np.flatnonzero(np.isnan(v)).tolist()[:8]}")
+
+
 class BuiltinJudge:
     """Deterministic, offline judge: scores from measured evidence, retrieved rules and prototypes.
 
@@ -394,6 +413,7 @@ class BuiltinJudge:
         return ctx.evidence
 
     def critique(self, ctx: JudgeContext) -> GroupCritique:
+        _check_evidence(ctx)
         if ctx.round > 0 and ctx.previous is not None and ctx.issues:
             return self.revise(ctx)
         n = ctx.num_hypotheses

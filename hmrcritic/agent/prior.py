@@ -172,6 +172,8 @@ def get_pose_prior() -> PosePrior:
                                   float(z["spread"]))
         except Exception:  # a corrupt cache file is regenerated, never trusted
             prior = None
+        if prior is not None and not _usable(prior):  # loaded, but NaN or mis-shaped: the same
+            prior = None
     if prior is None:
         if len(poses) < PRIOR_MIN_POSES:
             # the split is there but small (a `data generate --split train --n 40`, HMRCRITIC_SPLIT_SIZE_SCALE under
@@ -187,6 +189,19 @@ def get_pose_prior() -> PosePrior:
                         info=np.array(json.dumps({"n": int(len(sel)), "key": key})))
     _CACHE[home] = prior
     return prior
+
+
+def _usable(prior: PosePrior) -> bool:
+    """Whether a prior loaded from the cache can be used: shapes of one mixture on the 23 joints' 6D rotations,
+    every number finite, a positive spread. A file that loads is not yet a prior: one holding NaN made every
+    pose_prior_nll NaN (silently 0 before compute_evidence refused NaN), and a mis-shaped one failed at the first
+    critique instead of being refitted here."""
+    D = 23 * 6
+    w, mu, L = (np.asarray(a) for a in (prior.weights, prior.means, prior.chols))
+    C = w.shape[0] if w.ndim == 1 else -1
+    shapes = C >= 1 and mu.shape == (C, D) and L.shape == (C, D, D)
+    numbers = [w, mu, L, np.float64(prior.reference), np.float64(prior.spread)]
+    return bool(shapes and all(np.isfinite(a).all() for a in numbers) and prior.spread > 0)
 
 
 def set_pose_prior(prior: PosePrior | None) -> None:

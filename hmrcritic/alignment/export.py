@@ -825,10 +825,15 @@ def model_hash(model_path: str | None) -> tuple[str, int]:
 
 
 def _memory_folder(cfg: ExportConfig) -> Path:
-    """The export memory's folder on this machine: the memory itself, or a server memory's local lock folder."""
+    """The export memory's folder on this machine: the memory itself, or a server memory's local lock folder.
+
+    ``~`` expanded, as :class:`~hmrcritic.memory.MemoryStore` expands it: ``memory="~/mem"`` (the Python API, or
+    ``--memory-dir=~/mem``, which the shell leaves alone) had the workers score with ``$HOME/mem`` while the memory
+    watch read the write sequence and lock of a folder literally named ``~`` under the working folder, which never
+    changes, so a write to the memory during the export went unnoticed."""
     from hmrcritic import config
 
-    return Path(cfg.memory) if cfg.memory else config.memory_dir()
+    return Path(cfg.memory).expanduser() if cfg.memory else config.memory_dir()
 
 
 def frozen_memory(cfg: ExportConfig) -> tuple[str | None, str]:

@@ -541,9 +541,10 @@ def _run(name: str, p: Preset, out: Path, model, progress) -> dict:
 
     judge_model = _judge_model(p.judge)
     sizes = _split_sizes()
+    body = _body_key()
     k_explore = _key("explore", base_hash, explore_params, code_digest(), inputs_digest(),
                      *([judge_model] if judge_model is not None else []),  # builtin: its keys as before
-                     *([sizes] if sizes else []))
+                     *([sizes] if sizes else []), *([body] if body else []))
     memory_dir = out / f"memory-{k_explore}"
     explore_rec_path = out / f"explore-{k_explore}.json"
     explore_rec = _read_json(explore_rec_path)
@@ -642,7 +643,8 @@ def _run(name: str, p: Preset, out: Path, model, progress) -> dict:
         # answers otherwise) reused the base row's cached top-1 beside aligned rows scored with the new memory
         top1 = [k_explore, explore_rec["version"]] if p.critic_top1 else None
         k_ev = _key("eval", model_keys[row], eval_params, top1,
-                    stage_code_digest("eval"), *([] if p.critic_top1 else [inputs_digest()["generator"], sizes]))
+                    stage_code_digest("eval"), *([] if p.critic_top1 else [inputs_digest()["generator"], sizes]),
+                    *([body] if body and not p.critic_top1 else []))  # with critic_top1: in k_explore
         ev_path = out / "eval" / f"{row}-{k_ev}.json"
         ev = _read_json(ev_path)
         if ev is None:
@@ -731,6 +733,19 @@ def _split_sizes() -> dict | None:
     if generated:
         return {**sizes, "generated": generated}
     return None if all(sizes[name] == SPLITS[name][0] for name in SPLITS) else sizes
+
+
+def _body_key() -> str:
+    """Which body model the splits, the critic's measures and the evaluation's metrics pose with: the agent's
+    :func:`~hmrcritic.agent.api._body_identity` (the content hash of a ``HMRCRITIC_BODY_MODEL`` SMPL file), "" for
+    the built-in mannequin, whose cache keys stay as they were.
+
+    No key named it: after ``HMRCRITIC_BODY_MODEL`` was set (or its file replaced) the splits were regenerated with
+    the other body, yet a re-run into the same --out reused the first body's memory, dataset, finetunes and
+    evaluations, and printed their table as this body's."""
+    from hmrcritic.agent.api import _body_identity
+
+    return _body_identity()
 
 
 def _finetune_key(k_export: str, obj: str, common: dict, base_w: float) -> str:

@@ -976,6 +976,10 @@ def read_image(path) -> np.ndarray:
                 # 255, so the overlays and the report showed a white image; scale the 16-bit range to 8 bits
                 grey = np.asarray(im, dtype=np.float64)
                 scale = 257.0 if im.mode.startswith("I;16") or np.nanmax(grey, initial=0) > 255 else 1.0
+                if im.mode == "F" and np.nanmax(grey, initial=0) <= 1.0:
+                    # a float image in [0, 1] (a float TIFF export) was rounded to 0/1: a black image, overlaid
+                    # and critiqued without a word. Read as render._check_image reads a float array with max <= 1
+                    scale = 1.0 / 255.0
                 im = Image.fromarray(np.nan_to_num(grey / scale).clip(0, 255).round().astype(np.uint8))
             if im.mode in ("RGBA", "LA", "PA") or (im.mode == "P" and "transparency" in im.info):
                 # transparent pixels hold arbitrary colour (often black) under alpha 0: flatten onto white as a

@@ -14,7 +14,8 @@ joint correlations of real motion are reproduced:
 - standing (with arm archetypes hang/hold/hands-on-hips/wave), lying (supine, prone, on the side) and
   kneeling (a crouching variant) likewise.
 
-A small Gaussian perturbation, correlated along the spine/neck chains and between the two sides, is added,
+A small Gaussian perturbation, correlated along the spine/neck chains (the two sides' are independent; see
+:func:`_perturb`), is added,
 every angle is clamped into :data:`hmrcritic.hmr.anatomy.JOINT_LIMITS_DEG`, and samples whose bone capsules
 interpenetrate (checked with the approximate SMPL skeleton of :mod:`anatomy`) are redrawn. Angles follow
 the axis meanings documented in :mod:`hmrcritic.hmr.anatomy`. The result is a *synthetic* pose
@@ -151,7 +152,9 @@ def _standing(p: _Pose):
         p.arm_archetype(side, sgn)
     p.spine(p.nrm(3, 4), p.nrm(0, 5), -3 * w + p.nrm(0, 2))
     p.neck(p.nrm(0, 8), p.nrm(0, 15), p.nrm(0, 5))
-    p.g[:, 2] += 3 * w  # pelvis drops towards the relaxed side
+    # Rz(+) turns +x (the left side) upwards: the pelvis tilts up on the relaxed side (w > 0: the left), the
+    # opposite of a contrapposto's drop; kept, as a change would alter every generated split
+    p.g[:, 2] += 3 * w
 
 
 def _walking(p: _Pose):
@@ -306,7 +309,12 @@ _CHAIN = {
 
 def _perturb(p: _Pose):
     """Correlated Gaussian perturbation: spine/neck/hand joints inherit half of their parent's noise
-    (smooth bends rather than zig-zags), and a shared left/right component mirrors across the sides."""
+    (smooth bends rather than zig-zags).
+
+    The ``shared`` term was meant as one left/right component mirrored onto both sides, but each side adds the
+    draw of its own joint (``shared[:, j]``), so it only widens the noise of lateral joints (sd × 1.12) and the
+    two sides stay independent (measured |r| < 0.05). Kept: drawing it per left joint would change every
+    generated split, which is identified by its content."""
     noise = p.rng.normal(0, 1, (p.n, 23, 3)) * _NOISE_SD
     shared = p.rng.normal(0, 1, (p.n, 23, 3)) * _NOISE_SD * 0.5
     for j, name in enumerate(anatomy.BODY_JOINT_NAMES):

@@ -13,7 +13,8 @@ Why it looks like this:
   before the first import. EGL falls back to Mesa's llvmpipe software rasteriser when there is no GPU.
 - Creating a GL context costs ~100 ms and a scene + upload per frame ~25 ms, a reused scene ~12 ms per
   512² frame (STACK.md). So a :class:`Renderer` keeps one ``OffscreenRenderer`` (its framebuffer resized
-  when the output size changes) and one scene (camera + lights); each call only swaps the mesh node.
+  when the output size changes) and one scene (its camera; no lights: shading is baked, see below); each
+  call only swaps the mesh node.
   :func:`get_renderer` shares one per process.
 - Overlays are composited here from the depth mask, not by pyrender's background colour, so pixels the
   mesh does not cover are returned byte-identical to the input image.
