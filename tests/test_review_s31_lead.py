@@ -358,3 +358,27 @@ def test_doctor_names_a_malformed_base_url_in_the_checks_words(no_endpoint_vars,
         judge = next(c for c in json.loads(out)["checks"] if c["name"] == "judge")
         assert code == 1 and not judge["ok"], judge
         assert "ValueError" not in judge["error"] and "base URL" in judge["error"], judge["error"]
+
+
+def test_the_shipped_judges_keep_their_thread_identity(monkeypatch):
+    """Only judge objects of other classes get the class-and-source identity: a plain ``BuiltinJudge()`` and a plain
+    ``VLMJudge`` keep the digests their finished threads were made under; a subclass of either gets its own."""
+    from hmrcritic.agent.api import _custom_judge_identity
+    from hmrcritic.agent.judges import BuiltinJudge
+    from hmrcritic.agent.vlm import VLMJudge
+    from hmrcritic.config import JudgeSettings
+
+    monkeypatch.setenv("HMRCRITIC_API_KEY", "sk-s31-identity-0123456789")
+    vlm = VLMJudge(JudgeSettings(base_url="http://127.0.0.1:9/v1", model="m"))
+
+    class MyVLM(VLMJudge):
+        pass
+
+    class MyBuiltin(BuiltinJudge):
+        pass
+
+    assert _custom_judge_identity(BuiltinJudge()) == "" and _custom_judge_identity(vlm) == ""
+    assert _custom_judge_identity(None) == "" and _custom_judge_identity("builtin") == ""
+    mine = _custom_judge_identity(MyVLM(JudgeSettings(base_url="http://127.0.0.1:9/v1", model="m")))
+    assert mine.startswith(f"class {__name__}.") and "MyVLM" in mine
+    assert "MyBuiltin" in _custom_judge_identity(MyBuiltin())

@@ -18,6 +18,7 @@ import json
 import os
 import re
 import sqlite3
+import sys
 import threading
 import time
 import uuid
@@ -527,7 +528,8 @@ def _custom_judge_identity(judge: Any) -> str:
     if judge is None or isinstance(judge, str) or type(judge) is BuiltinJudge:
         return ""
     cls = type(judge)
-    if cls.__module__ == "hmrcritic.agent.vlm" and cls.__qualname__ == "VLMJudge":
+    vlm = sys.modules.get("hmrcritic.agent.vlm")  # loaded whenever a VLMJudge exists (as nodes.judge_in_use reads it)
+    if vlm is not None and cls is vlm.VLMJudge:
         return ""
     try:
         source = inspect.getsource(cls)
