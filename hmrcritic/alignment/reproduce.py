@@ -46,7 +46,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from hmrcritic.alignment.objectives import ObjectiveConfig
+from hmrcritic.alignment.objectives import UNUSED_SETTINGS, ObjectiveConfig
 from hmrcritic.errors import InputError
 from hmrcritic.io import atomic_write_json, atomic_write_text, finite_json, sources_digest
 from hmrcritic.memory.store import holds_memory
@@ -702,11 +702,12 @@ def _run(name: str, p: Preset, out: Path, model, progress) -> dict:
     return result
 
 
-# Settings an objective does not read (DPO ignores the GPA-only t_min, gpa_weight and base loss; SFT also β):
-# left out of its cache key, so tuning GPA does not re-run the baselines, and given to its finetune at their
-# defaults, so a killed baseline resumes whatever GPA setting changed meanwhile.
-_IGNORED = {"dpo": ("t_min", "gpa_weight", "base_loss_weight"), "sft": ("t_min", "gpa_weight", "base_loss_weight",
-                                                                       "beta")}
+# Settings an objective does not read (DPO ignores the GPA-only t_min, gpa_weight, base loss and scale_rewards; SFT
+# also β): left out of its cache key, so tuning GPA does not re-run the baselines, and given to its finetune at their
+# defaults, so a killed baseline resumes whatever GPA setting changed meanwhile. The one table finetune's own note
+# and resume read (objectives.UNUSED_SETTINGS); scale_rewards is in neither the key's settings nor the preset's
+# objective settings, so the keys are those the narrower copy gave.
+_IGNORED = UNUSED_SETTINGS
 
 
 def _split_sizes() -> dict | None:
