@@ -37,3 +37,31 @@ def __getattr__(name: str):
 
 def __dir__() -> list[str]:
     return sorted({*globals(), *_SUBMODULES})
+
+
+def _lazy_exports(package: str, names: dict[str, str], namespace: dict):
+    """``(__getattr__, __dir__)`` for a subpackage: ``names`` (name → defining module) and its submodules are
+    imported on first access, so ``import hmrcritic.hmr`` loads no torch and ``dir()`` / tab completion list them.
+
+    ``hmrcritic.agent.critique_group`` was an AttributeError, ``dir(hmrcritic.agent)`` listed none of the API (only
+    ``hmrcritic.memory`` exported its names) and ``hmrcritic.alignment.export`` was one after ``import hmrcritic``
+    alone. A name equal to a submodule's (``alignment.export``, ``agent.explore``) is the submodule, never the
+    function: the attribute would change from one to the other once the submodule was imported."""
+    def submodules() -> set[str]:
+        import pkgutil
+
+        return {m.name for m in pkgutil.iter_modules(namespace["__path__"])}
+
+    def __getattr__(name: str):
+        if name in names:
+            value = getattr(_importlib.import_module(names[name]), name)
+            namespace[name] = value  # found by the plain lookup from now on
+            return value
+        if not name.startswith("_") and name in submodules():
+            return _importlib.import_module(f"{package}.{name}")
+        raise AttributeError(f"module {package!r} has no attribute {name!r}")
+
+    def __dir__() -> list[str]:
+        return sorted({*namespace, *names, *submodules()})
+
+    return __getattr__, __dir__

@@ -10,6 +10,7 @@ from __future__ import annotations
 import contextlib
 import errno
 import importlib
+import logging
 import os
 import sys
 
@@ -72,6 +73,44 @@ def _root(
 
 
 expand_user_paths(app)  # every command's paths take ``~`` as the home folder (a quoted ``~/x`` reaches us as is)
+
+
+def _fold_help_cells() -> None:
+    """``--help`` at 80 columns folds a long word onto the next line instead of cutting it with "…".
+
+    typer's option table cut what did not fit its cell: finetune's help showed "--num-generatio…", "--base-loss-wei…"
+    and "--checkpoint-ev…" (option names a user could not type from the page), critique's "HMRCRITIC_BASE_UR…" and
+    "COCO-WholeBody-13…". The type column already folds; the name and help cells now do too (typer's own renderers,
+    their Text marked to fold). Left as typer draws it where its internals are not the ones this was written for."""
+    try:
+        from rich.text import Text
+        from typer import rich_utils
+
+        get_help = rich_utils._get_parameter_help
+        highlighters = {name: getattr(rich_utils, name) for name in ("highlighter", "negative_highlighter")}
+    except (ImportError, AttributeError):
+        return
+    if getattr(get_help, "folds", False):
+        return
+
+    def fold(renderable):
+        for text in (renderable, *getattr(renderable, "renderables", ())):
+            if isinstance(text, Text):
+                text.overflow = "fold"
+        return renderable
+
+    def folded_help(*args, **kwargs):
+        return fold(get_help(*args, **kwargs))
+
+    folded_help.folds = True
+    rich_utils._get_parameter_help = folded_help
+    for name, highlighter in highlighters.items():
+        folding = type(f"Folding{type(highlighter).__name__}", (type(highlighter),),
+                       {"__call__": lambda self, *a, **k: fold(super(type(self), self).__call__(*a, **k))})
+        setattr(rich_utils, name, folding())
+
+
+_fold_help_cells()
 
 
 def _print_traceback() -> None:
@@ -229,7 +268,7 @@ def main(argv: list[str] | None = None) -> int:
     _tolerant_streams()
     debug = "--debug" in argv or env_debug()
     try:
-        with _warnings_as_lines(debug), _terminate_as_interrupt():
+        with _warnings_as_lines(debug), _log_lines_scrubbed(), _terminate_as_interrupt():
             return _main(argv, debug)
     except KeyboardInterrupt:  # a signal between the command's own handling and the handler's removal
         return 143 if _TERMINATED else 130
@@ -304,6 +343,47 @@ def _warnings_as_lines(debug: bool):
         yield
     finally:
         warnings.formatwarning = before
+
+
+class _ScrubbedLastResort(logging.Handler):
+    """Python's last-resort handler (``logging.lastResort``: WARNING and above, the message alone, on the stderr of
+    the moment), secrets masked and terminal controls shown as "?" (:func:`hmrcritic.redact.printable`). As the last
+    resort, it prints only records no handler of their own logger's chain took (grpc's NullHandler keeps silencing
+    grpc)."""
+
+    def __init__(self) -> None:
+        super().__init__(logging.WARNING)
+
+    def emit(self, record: logging.LogRecord) -> None:
+        logger = logging.getLogger(record.name)
+        while logger is not None and logger is not logging.root:
+            if logger.handlers:
+                return
+            logger = logger.parent if logger.propagate else None
+        try:
+            sys.stderr.write(printable(self.format(record)) + "\n")  # the message (and a traceback it carries)
+        except Exception:  # a closed stderr, a message that cannot be formatted: as logging's own handlers do
+            self.handleError(record)
+
+
+@contextlib.contextmanager
+def _log_lines_scrubbed():
+    """Libraries' log records of WARNING and above on stderr, scrubbed, while a command runs.
+
+    With no handler configured Python prints such records through ``logging.lastResort`` as they are: LangSmith's
+    client logged "Failed to batch ingest runs: … for url: http://user:password@host/runs/batch" with the password
+    of ``LANGSMITH_ENDPOINT`` in full, where the same text as a warning or an error line was masked. A caller that
+    configured logging (a handler on the root logger) is left alone; in-process callers get the root logger back."""
+    root = logging.getLogger()
+    if root.handlers:
+        yield
+        return
+    handler = _ScrubbedLastResort()
+    root.addHandler(handler)
+    try:
+        yield
+    finally:
+        root.removeHandler(handler)
 
 
 _RESUME = ("the long commands (train-base, explore, learning-curve, export, finetune, reproduce, critique) keep what "

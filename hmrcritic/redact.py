@@ -16,14 +16,19 @@ runs uploaded to LangSmith — goes through :func:`scrub`, which removes
   ``user:password@host:port`` form without a scheme (as Chroma and Ray
   take it), which free text cannot tell from an e-mail address;
 * the user-info part of any URL (``scheme://user:password@host`` → ``scheme://***@host``);
-* the values of query parameters whose names look secret (``key``, ``token``, ``secret``, ``password``,
-  ``auth``, ``sig`` … anywhere in the name);
+* the values written under a secret name (:func:`secret_name`: ``key``, ``token``, ``secret``, ``password``,
+  ``auth``, ``sig`` … as whole words of the name — ``api_key``, ``accessToken``, ``X-Amz-Signature``, not
+  ``author``, ``keyboard``, ``monkey``), whether the process knows them or not: a query parameter or URL fragment
+  (``?api_key=…``, ``#access_token=…``, also percent-encoded: ``api%5Fkey=``, ``%3Ftoken%3D…``), a JSON field or
+  dict repr (``"api_key": "…"``, ``{'authorization': '…'}``) and a plainly secret ``name=value`` in free text
+  (``password=…``, ``api_key='…'``; a bare ``key=`` there is prose);
 * ``Bearer`` (in any case) / ``Basic`` credentials (a token of 8+ characters with at least one digit, so prose such as
   "Basic authentication" survives).
 """
 
 from __future__ import annotations
 
+import functools
 import os
 import re
 import threading
@@ -35,7 +40,10 @@ SECRET_ENV_VARS = ("HMRCRITIC_API_KEY", "OPENAI_API_KEY", "LANGSMITH_API_KEY", "
                    "CHROMA_CLIENT_AUTH_CREDENTIALS")
 # server addresses whose ``user:password@`` part is secret wherever it shows up: the Chroma server's and every one of
 # config.BASE_URL_VARS (kept in step by tests/test_review_s29_lead.py; config imports this module, not the reverse)
-URL_ENV_VARS = ("HMRCRITIC_CHROMA_URL", "HMRCRITIC_BASE_URL", "OPENAI_BASE_URL", "OPENAI_API_BASE")
+# ... and LangSmith's endpoint: its client's own log lines quote it whole ("Failed to batch ingest runs: … for url:
+# http://user:pw@host/runs/batch"), and an "Invalid port" error its password alone
+URL_ENV_VARS = ("HMRCRITIC_CHROMA_URL", "HMRCRITIC_BASE_URL", "OPENAI_BASE_URL", "OPENAI_API_BASE",
+                "LANGSMITH_ENDPOINT", "LANGCHAIN_ENDPOINT")
 # Shorter values would mask ordinary words; real keys are far longer.
 MIN_SECRET_LEN = 6
 
@@ -45,10 +53,53 @@ _extra_lock = threading.Lock()
 # up to the *last* "@" of the authority, as URL parsers read it: a password with an unencoded "@" in it
 # (``user:p@ss@host``) kept everything after its first "@" in view
 _URL_USERINFO = re.compile(r"(?P<scheme>\b[a-zA-Z][a-zA-Z0-9+.\-]*://)[^/\s?#'\"]+@")
-_SECRET_QUERY = re.compile(
-    r"(?i)(?P<name>[?&;][a-z0-9_.\-]*(?:key|token|secret|passw|pwd|auth|sig|credential)[a-z0-9_.\-]*=)"
-    r"[^&#\s'\"]+"
+# Secret values by the form they are written in, wherever the name before them is secret (:func:`secret_name`);
+# each pattern starts with one character to look for (a pattern starting any other way is tried at every position
+# of every text: 3-15 times as slow on a trace record).
+# ``?name=value`` after "?", "&", ";" or "#": a query parameter, or an OAuth implicit-flow fragment
+# (``#access_token=…``); also percent-encoded, as a URL nested in another's query carries them
+# (``next=%2Fcb%3Ftoken%3D…``: an encoded value ends where an encoded "&" or "#" starts the next parameter). The
+# name may be percent-encoded (``api%5Fkey=``: a server decodes it, so it was as secret as ``api_key=``).
+_SECRET_PARAM = re.compile(
+    r"(?P<lead>[?&;#%])(?P<hex>(?<=%)(?:3[Ff]|26|23|3[Bb])|(?<!%))(?P<name>[A-Za-z0-9_.\-%]{1,64}?)"
+    r"(?:=|(?P<enc>%3[Dd]))(?P<value>(?(enc)(?:(?!%2[6Ff]|%23)[^&#\s'\"])+|[^&#\s'\"]+))"
 )
+# ``name=value`` in free text (``password=hunter2``, ``api_key='sk-…'`` in a settings repr): found by its "=" after
+# a secret word, the name read back from there; only a plainly secret name — a bare ``key=`` or ``sig=`` is
+# prose or code here (``--set KEY=VALUE``). The value ends at a comma, ")" or ";" unless quoted.
+_SECRET_ASSIGN = re.compile(
+    r"=(?i:(?<=key=)|(?<=token=)|(?<=secret=)|(?<=password=)|(?<=passwd=)|(?<=pwd=)|(?<=credential=)"
+    r"|(?<=credentials=)|(?<=signature=)|(?<=authorization=)|(?<=passphrase=)|(?<=jwt=))"
+    r"(?P<value>\"[^\"\n]*\"|'[^'\n]*'|[^&#\s'\",;)]+)"
+)
+_ASSIGN_NAME = re.compile(r"[A-Za-z0-9_.\-%]{1,64}$")
+# ``"name": "value"``: a JSON body or a Python dict's repr quoted in an error (a 401 that echoes the request's
+# ``{"api_key": "…"}``, ``Headers({'authorization': 'Bearer …'})``), also JSON escaped inside JSON
+# (``\"token\": \"…\"``). Found by its ":", the name read back from there; the value runs to its closing quote,
+# past escaped quotes (a value cut off by the end of its line is left: no closing quote, no field).
+# (Read in runs between quotes and backslashes: one character at a time, a long value — a trace record's text —
+# took 100 µs.)
+_SECRET_FIELD = re.compile(
+    r""":(?P<ws>\s*)(?P<bs>\\?)(?P<vq>["'])(?P<value>(?:[^\\\n"']++|\\.|["'])*?)(?P=bs)(?P=vq)""")
+_FIELD_NAME = re.compile(r"""(?P<q>["'])(?P<name>[A-Za-z0-9_.\-]{1,64})\\?(?P=q)\s*$""")
+# The words of a parameter or field name that make it secret (the name split at "_", "-", ".", case changes and
+# digits: ``X-Amz-Signature``, ``accessToken``, ``api_key2``); a whole word, so ``author``, ``keyboard``, ``monkey``
+# and ``max_tokens`` are no secrets (matched anywhere in the name, they were masked)
+SECRET_NAME_WORDS = frozenset({
+    "key", "apikey", "token", "secret", "password", "passwd", "pwd", "auth", "authn", "authz", "authorization",
+    "sig", "signature", "credential", "credentials", "passphrase", "jwt", "bearer", "sessionid", "cookie"})
+# ... also a word ending in one of these (``accesstoken``, ``clientsecret``, ``dbpassword``, ``oauthsignature``)
+_SECRET_SUFFIXES = ("token", "secret", "password", "passwd", "pwd", "signature", "credential", "credentials")
+# ... or holding one of these anywhere (``passwordhash``, ``awsaccesskeyid``: no ordinary word does; "token" and
+# "secret" do: ``tokens``, ``tokenizer``, ``secretary``)
+_SECRET_INFIXES = ("passw", "credential", "apikey", "accesskey", "secretkey", "privatekey", "authtoken")
+# ... or in "key" after one of these (``apikey``, ``secretaccesskey``: "key" alone as a suffix is ``monkey``)
+_KEY_KINDS = ("api", "access", "secret", "private", "auth", "session", "signing", "master", "client",
+              "subscription", "app", "user", "encryption", "license", "account", "shared", "sas", "hmac")
+# the words that alone make only a query parameter or field secret, not free text's ``name=`` (``PWD=/home/…`` is a
+# shell's working directory)
+_WEAK_NAMES = frozenset({"key", "sig", "auth", "cookie", "bearer", "pwd"})
+_NAME_WORD = re.compile(r"[A-Z]+(?![a-z])|[A-Z]?[a-z]+|[0-9]+")
 # "Bearer" in any case, as HTTP reads auth schemes (a header dumped or echoed lowercased, ``authorization: bearer …``,
 # kept its token in view); "Basic" only as written: "basic" is a word of prose
 _AUTH_TOKEN = re.compile(r"\b(?P<kind>(?i:bearer)|Basic)(?P<sep>\s+)(?=[A-Za-z0-9._~+/=\-]*\d)[A-Za-z0-9._~+/=\-]{8,}")
@@ -192,6 +243,62 @@ def _mask_pieces(out: str, secrets: list[str]) -> str:
     return out
 
 
+@functools.lru_cache(maxsize=4096)
+def secret_name(name: str) -> bool:
+    """Whether a parameter or field called ``name`` carries a secret: one of its words (:data:`SECRET_NAME_WORDS`)
+    or a word ending like one (``accesstoken``, ``apikey``). Percent-decoded first (``api%5Fkey``)."""
+    from urllib.parse import unquote
+
+    for _ in range(2):  # encoded twice, as a URL inside another URL's query is
+        if "%" not in name:
+            break
+        name = unquote(name)
+    for word in _NAME_WORD.findall(name):
+        word = word.lower()
+        if (word in SECRET_NAME_WORDS or word.endswith(_SECRET_SUFFIXES) or any(p in word for p in _SECRET_INFIXES)
+                or (word.endswith("key") and word[:-3].endswith(_KEY_KINDS))):
+            return True
+    return False
+
+
+def _plain(name: str) -> str:
+    return re.sub(r"[^a-z]", "", name.lower())
+
+
+def _mask_params(text: str) -> str:
+    """``text`` with the values of its secret ``?name=value`` pairs masked (:data:`_SECRET_PARAM`).
+
+    A pair whose name is no secret is passed over only up to its "=": its value may hold the next pair
+    (``?model=m;auth_token=…``, a nested ``next=%2Fcb%3Ftoken%3D…``), which a plain ``re.sub`` would have
+    consumed with it."""
+    out: list[str] = []
+    done = at = 0
+    while (m := _SECRET_PARAM.search(text, at)) is not None:
+        if not secret_name(m.group("name")):
+            at = m.end("name")
+            continue
+        out += (text[done:m.start("value")], MASK)
+        done = at = m.end()
+    return "".join(out) + text[done:] if out else text
+
+
+def _mask_assign(m: re.Match) -> str:
+    name = _ASSIGN_NAME.search(m.string, max(0, m.start() - 64), m.start())
+    if name is None or not secret_name(name.group()) or _plain(name.group()) in _WEAK_NAMES:
+        return m.group(0)
+    value = m.group("value")
+    return "=" + (value[0] + MASK + value[0] if value[0] in "'\"" else MASK)
+
+
+def _mask_field(m: re.Match) -> str:
+    if not m.group("value"):
+        return m.group(0)
+    name = _FIELD_NAME.search(m.string, max(0, m.start() - 72), m.start())
+    if name is None or not secret_name(name.group("name")):
+        return m.group(0)
+    return ":" + m.group("ws") + m.group("bs") + m.group("vq") + MASK + m.group("bs") + m.group("vq")
+
+
 def scrub(text: Any) -> str:
     """``text`` as a string with every secret masked (see the module docstring for what counts)."""
     out = str(text)
@@ -200,7 +307,9 @@ def scrub(text: Any) -> str:
         out = out.replace(s, MASK)
     out = _mask_pieces(out, secrets)
     out = _URL_USERINFO.sub(lambda m: m.group("scheme") + MASK + "@", out)
-    out = _SECRET_QUERY.sub(lambda m: m.group("name") + MASK, out)
+    out = _SECRET_FIELD.sub(_mask_field, out)
+    out = _mask_params(out)
+    out = _SECRET_ASSIGN.sub(_mask_assign, out)
     return _AUTH_TOKEN.sub(lambda m: m.group("kind") + m.group("sep") + MASK, out)
 
 

@@ -45,7 +45,13 @@ HYP_KEYS = {"global_orient": 3, "body_pose": 69, "betas": 10, "transl": 3}
 
 
 class ScoredGroup(BaseModel):
-    """The agent's verdict on one group (what ``critique`` prints and exports consume)."""
+    """The agent's verdict on one group (what ``critique`` prints and exports consume).
+
+    ``scores``: one :class:`~hmrcritic.agent.schema.HypothesisScore` per hypothesis, in index order (axes,
+    ``overall``, ``rationale``); ``ranking``: the indices, best overall first; ``overall``: the overall scores as
+    a list. ``rules_recalled`` holds Rule dumps (``hmrcritic.memory.Rule.model_validate`` reads one back),
+    ``prototypes_recalled`` per hypothesis its prototype hits (dicts with ``similarity``), ``reflections`` the
+    reflect rounds. ``model_dump()`` is scores.json (:func:`write_scores`)."""
 
     group_id: str
     scores: list[HypothesisScore]
@@ -72,6 +78,8 @@ class ScoredGroup(BaseModel):
 
     @property
     def overall(self) -> list[float]:
+        """Each hypothesis's overall score (0–10, higher is better), in hypothesis index order (``ranking`` is
+        these indices best first; ``scores[i].rationale`` says why)."""
         return [s.overall for s in sorted(self.scores, key=lambda s: s.index)]
 
 
@@ -325,10 +333,23 @@ def _ten_betas(betas: np.ndarray, where: str) -> np.ndarray:
                      "model uses SMPL's 10 (refit the shape with 10, or drop the rest knowingly: betas[:, :10])")
 
 
+def _looks_like_hypotheses(value: Any) -> bool:
+    """A hypotheses argument (an .npz path, a dict of SMPL arrays, a HypothesisGroup) where the sample belongs."""
+    if isinstance(value, str | Path):
+        return str(value).lower().endswith(".npz")
+    if isinstance(value, Mapping):
+        return "body_pose" in value
+    return hasattr(value, "body_pose") and hasattr(value, "global_orient")
+
+
 def _sample_arrays(sample: Any) -> dict[str, np.ndarray]:
     if not hasattr(sample, "keypoints"):  # None or a dict read "sample ?: keypoints have shape ()", naming no type
+        # arguments swapped (``critique_group(group, sample)``) read "no group id … pass group_id=", which
+        # pointed at the wrong argument
+        swapped = (" — it looks like the hypotheses: the order is critique_group(sample, hypotheses)"
+                   if _looks_like_hypotheses(sample) else "")
         raise InputError(f"sample must be a Sample (hmrcritic.hmr.data: load_split(...)[i], sample_from_user(...)) "
-                         f"or an object with keypoints, K and image_size, got {type(sample).__name__}")
+                         f"or an object with keypoints, K and image_size, got {type(sample).__name__}{swapped}")
     sid = getattr(sample, "sample_id", "?")
     kp = np.asarray(getattr(sample, "keypoints", None), dtype=np.float32)
     if kp.shape != (17, 3):
@@ -744,11 +765,12 @@ def critique_group(
         from hmrcritic.agent.nodes import get_judge
 
         get_judge(cfg)
+    sample_arrays = _sample_arrays(sample)  # before the group id: a wrong sample is named as such
     gid = _given_id(group_id) or str(getattr(sample, "sample_id", None) or "")
     if not gid.strip():
         raise InputError("critique_group: no group id (group_id= is blank or missing and the sample has no "
                          "sample_id); pass group_id=")
-    arrays = {**_sample_arrays(sample), **load_hypotheses(hypotheses)}
+    arrays = {**sample_arrays, **load_hypotheses(hypotheses)}
     n = len(arrays["body_pose"])
     if true_errors_mm is not None:
         try:  # a string or another non-number was a bare ValueError / TypeError, not the documented InputError
@@ -1137,7 +1159,7 @@ def critique_groups(
             res = critique_group(**{"judge": judge, "memory": memory, "config": cfg, **kwargs, **job})
             return GroupResult(gid, result=res), None
         except HMRCriticError as exc:
-            return GroupResult(gid, error=str(exc), error_type=type(exc).__name__), exc
+            return GroupResult(gid, error=scrub(exc), error_type=type(exc).__name__), exc
         except Exception as exc:  # an unexpected failure still must not stop the other groups
             return GroupResult(gid, error=f"{type(exc).__name__}: {scrub(exc)}", error_type=type(exc).__name__), exc
 

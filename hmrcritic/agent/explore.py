@@ -1111,7 +1111,8 @@ def _run_batch(memory, app, saver, judge_obj, is_builtin, cfg, batch, r, sig, sp
         try:
             emb = pose_embedding(load_bodies(res.run_dir)["joints"])
         except Exception as exc:  # a vanished run folder loses this group's prototypes, not the batch
-            report.failed.append({"group_id": g.group_id, "error": f"prototypes skipped: {exc}", "kind": "prototypes"})
+            report.failed.append({"group_id": g.group_id, "error": f"prototypes skipped: {scrub(exc)}",
+                                  "kind": "prototypes"})
             continue
         by_idx = {s.index: s for s in res.scores}
         pa = np.asarray(g.errors_mm, np.float64)

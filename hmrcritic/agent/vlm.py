@@ -826,6 +826,22 @@ def _connect_failure(exc: BaseException) -> str | None:
     return None
 
 
+def _connect_timed_out(exc: BaseException) -> bool:
+    """Did ``exc`` (an ``APITimeoutError``) time out before the TCP connection was made (``ConnectTimeout`` under
+    the openai client), rather than while waiting for the answer? An address that drops packets (a host that is
+    off, a firewall, a VPN down) never completes the handshake: nothing answers there, as with a refused
+    connection, and each attempt fails the same way. It was retried as a slow answer and never counted as an
+    unusable endpoint, so a batch paid every group's retries. A read timeout (the server took the request and is
+    slow) stays transient."""
+    seen: set[int] = set()
+    while exc is not None and id(exc) not in seen:
+        seen.add(id(exc))
+        if type(exc).__name__ == "ConnectTimeout":
+            return True
+        exc = exc.__cause__ or exc.__context__
+    return False
+
+
 def _base_url_source(url: str | None) -> str:
     """Where the judge's base URL was set, to name in advice: the variable that holds it
     (:func:`hmrcritic.config.base_url_from_env`), else the settings given in code."""
@@ -976,6 +992,7 @@ class VLMJudge:
         )
         self._mode = MODES[0]
         self._mode_lock = threading.Lock()
+        self._mode_changes = 0  # every move of the shared mode, and every refusal confirming one (see _degrade)
         self._runnables: dict[tuple[str, str], Any] = {}
         self._semaphore = endpoint_semaphore(self.settings.base_url, self.settings.max_concurrency)
 
@@ -1245,8 +1262,26 @@ class VLMJudge:
         return (redact_url(self.settings.base_url) or "") if self.settings.base_url else "the OpenAI API"
 
     def _unreachable(self, exc: BaseException) -> tuple[str, str, str]:
-        """``(reason, advice, unusable)`` for an ``APIConnectionError``; ``unusable`` is "" for a connection
-        dropped mid-answer (transient), else what is wrong with the endpoint (see :func:`_connect_failure`)."""
+        """``(reason, advice, unusable)`` for an ``APIConnectionError`` (``APITimeoutError`` among them); ``unusable``
+        is "" for a connection dropped mid-answer or an answer too slow (transient), else what is wrong with the
+        endpoint (see :func:`_connect_failure`, :func:`_connect_timed_out`)."""
+        import openai
+
+        timeout = self.settings.timeout_s
+        if _connect_timed_out(exc):
+            # the handshake never completed: said as what happened ("nothing answered ... within"), not as a refusal
+            reason = f"nothing answered at {_clip(self._address(), 80)} within {timeout:g} s"
+            words = "connect timeout"
+            if self.settings.base_url:
+                return (f"{reason} ({words})", ": is a server running there, reachable from this machine (no "
+                        f"firewall dropping the packets)? Else correct the address "
+                        f"({_base_url_source(self.settings.base_url)})", f"nothing answered there within {timeout:g} s")
+            return (f"{reason} ({words})", ": no base URL is set, so the judge called OpenAI's API (is this machine "
+                    "online?); for a local server (vLLM, Ollama) set HMRCRITIC_BASE_URL",
+                    f"nothing answered there within {timeout:g} s")
+        if isinstance(exc, openai.APITimeoutError):  # connected, then no answer in time (doctor's GET /models):
+            # "cannot connect" sent the user looking for a server that was up and slow
+            return f"no answer from {_clip(self._address(), 80)} within {timeout:g} s", "", ""
         reason = f"cannot connect to {_clip(self._address(), 80)}"  # the transport's words follow
         if (words := _connect_failure(exc)) is None:
             return reason, "", ""
@@ -1312,17 +1347,40 @@ class VLMJudge:
         return (f"at {url} (OpenAI-compatible servers answer under /v1, e.g. http://localhost:11434/v1 for "
                 "Ollama: check HMRCRITIC_BASE_URL, and the model name): ")
 
-    def _degrade(self, failed_mode: str) -> bool:
-        """Step down from a structured-output method the endpoint rejected. False when none is left."""
+    def _degrade(self, failed_mode: str, own: dict) -> bool:
+        """Step down from a structured-output method the endpoint rejected. False when none is left.
+
+        ``own`` is the calling request's record of its own step-downs, for :meth:`_put_back`: ``changes`` (the
+        count of mode changes just after its latest step) and ``restore`` (the form it first stepped down from
+        since another call last touched the mode). A refusal of a form another call already stepped down from
+        confirms that step (the count moves), so no call may put it back any more."""
         with self._mode_lock:
-            if self._mode != failed_mode:  # another thread already stepped down
+            if self._mode != failed_mode:  # another thread already stepped down (or, rarely, put the mode back)
+                if MODES.index(self._mode) > MODES.index(failed_mode):
+                    self._mode_changes += 1
                 return True
             pos = MODES.index(failed_mode)
             if pos + 1 >= len(MODES):
                 return False
+            if own.get("changes") != self._mode_changes:  # its first step since the mode was last touched
+                own["restore"] = failed_mode
             self._mode = MODES[pos + 1]
+            self._mode_changes += 1
+            own["changes"] = self._mode_changes
             log.info("vlm judge: endpoint rejected %s; using %s from now on", failed_mode, self._mode)
             return True
+
+    def _put_back(self, own: dict) -> None:
+        """Undo this request's own step-downs (``own``, see :meth:`_degrade`) after it was refused in every form:
+        the request, not the forms, was at fault. Only while no other call has moved the mode or confirmed the
+        step since: a request refused in every form put the shared mode back on the form it had started in, and
+        undid the step-down another thread had made on its own refusal, so every later group paid that refused
+        request again (and the next such group undid it again)."""
+        with self._mode_lock:
+            if own.get("changes") is not None and own["changes"] == self._mode_changes:
+                self._mode = own["restore"]
+                self._mode_changes += 1
+                log.info("vlm judge: a request was refused in every form; using %s again", self._mode)
 
     def _check_complete(self, result: Any) -> None:
         """Raise :class:`_CutOff` when the endpoint stopped the answer at its output-token limit
@@ -1389,12 +1447,27 @@ class VLMJudge:
         except (AttributeError, IndexError, KeyError, TypeError, ValueError):  # Unparseable is a ValueError
             return None
 
+    @staticmethod
+    def _built(build, mode: str, retry_reason: str) -> tuple[list | None, str]:
+        """``(messages, "")``, or ``(None, what went wrong)`` when building the prompt itself fails (bad data in
+        the group's context, a bug): nothing was sent, and the same data fails the same way on every try. Built
+        inside the request's ``try``, such a ValueError/TypeError/KeyError was taken for a "malformed answer" of
+        the endpoint's and retried with backoff (and the model asked to fix "the previous answer"). A JudgeError
+        (an image that cannot be read) is already the group's one line and goes on as it is."""
+        try:
+            return build(mode, retry_reason), ""
+        except JudgeError:
+            raise
+        except Exception as exc:  # noqa: BLE001 - told as the group's failure, below
+            log.debug("vlm judge: building the prompt failed", exc_info=True)
+            return None, f"{type(exc).__name__}: {exc}"
+
     def _call(self, group_id: str, schema: type[BaseModel], build, validate):
         import openai
 
         attempts = 1 + max(0, int(self.settings.max_retries))
         attempt, retry_reason, reason = 0, "", ""
-        started_in: str | None = None  # the method this call stepped down from, if it did
+        own: dict = {}  # this call's own step-downs of the shared mode (_degrade), which it may undo (_put_back)
         stepped = 0  # step-downs in this call: at most one per simpler form, whatever other threads do to the mode
         images = 0
         while True:
@@ -1404,8 +1477,11 @@ class VLMJudge:
             advice = ""  # what to change, said after ``reason`` and kept whole when the line is cut (_scrub)
             unusable = ""  # what is wrong with the endpoint itself, when that is why this attempt failed
             too_large = False  # ... for this group's size only: a smaller one may pass
+            messages, unbuilt = self._built(build, mode, retry_reason)
+            if unbuilt:  # raised here, outside the except block (no traceback of the data rides along)
+                raise JudgeError(self._scrub(f"VLM judge failed for group {group_id}: cannot build the prompt "
+                                             f"({unbuilt}); nothing was sent"))
             try:
-                messages = build(mode, retry_reason)
                 images = sum(1 for part in getattr(messages[-1], "content", None) or []
                              if isinstance(part, dict) and part.get("type") == "image_url")
                 with self._semaphore:
@@ -1444,23 +1520,26 @@ class VLMJudge:
                 # content (it was resent as function calling and as text, three paid requests to the same flag):
                 # not resent as such. The step-down is for a server that refuses the form (bounded per call)
                 if (not overflow and not hint and not flagged and mode != MODES[-1]
-                        and stepped < len(MODES) - 1 and self._degrade(mode)):
-                    started_in, stepped = started_in or mode, stepped + 1
+                        and stepped < len(MODES) - 1 and self._degrade(mode, own)):
+                    stepped += 1
                     continue  # not an attempt: the same request in a simpler form
-                if started_in is not None and not flagged:
+                if not flagged:
                     # rejected in every form: the request, not the method, is at fault (e.g. an image
-                    # too large), so later groups go back to the method this call started with (a flag after a
-                    # step-down says nothing of the forms: the one refused stays refused)
-                    with self._mode_lock:
-                        self._mode = started_in
+                    # too large), so this call's own step-downs are undone, unless another call moved or confirmed
+                    # the mode since (_put_back) (a flag after a step-down says nothing of the forms: the one
+                    # refused stays refused)
+                    self._put_back(own)
                 # the advice first: the line is cut at 300 characters, and a server's words can fill them
                 reason = f"endpoint rejected the request{f': {hint}' if hint else ''} ({self._describe(exc)})"
                 fatal = True
                 if not flagged:
                     unusable = f"it refuses the request (HTTP {exc.status_code})"
                     too_large = overflow or _too_long(f"{exc} {getattr(exc, 'body', '')}")
-            except openai.APITimeoutError:
-                reason = f"no answer within {self.settings.timeout_s:g} s"
+            except openai.APITimeoutError as exc:
+                if _connect_timed_out(exc):  # nothing answered at the address: as a refused connection
+                    reason, advice, unusable = self._unreachable(exc)
+                else:  # the server took the request and is slow: transient
+                    reason = f"no answer within {self.settings.timeout_s:g} s"
             except openai.RateLimitError as exc:
                 if "insufficient_quota" in (getattr(exc, "code", None), getattr(exc, "type", None)):
                     # OpenAI's 429 for an account out of credit: no wait cures it, and each group retried it
@@ -1474,9 +1553,7 @@ class VLMJudge:
                 if _too_long(f"{exc} {getattr(exc, 'body', '')}"):
                     # llama.cpp before its 400 for this (ik_llama.cpp, LM Studio's MLX models still) answers a
                     # context overflow with a 500: it was retried with the backoff, to the same 500, without advice
-                    if started_in is not None:
-                        with self._mode_lock:
-                            self._mode = started_in
+                    self._put_back(own)
                     hint = _request_hint(f"{exc} {getattr(exc, 'body', '')}", images)
                     reason, fatal = f"endpoint rejected the request: {hint} ({self._describe(exc)})", True
                     unusable, too_large = f"it refuses the request (HTTP {exc.status_code})", True
@@ -1519,9 +1596,7 @@ class VLMJudge:
                     # langchain-openai re-raises any API error but a 400 that says "exceeds the context window"
                     # (a 500, a 413) as OpenAIAPIContextOverflowError, which has no status: it missed the branches
                     # above and was reported without advice, as a plain failure. Told as they tell an overflow
-                    if started_in is not None:
-                        with self._mode_lock:
-                            self._mode = started_in
+                    self._put_back(own)
                     status = getattr(cause, "status_code", None)
                     reason = (f"endpoint rejected the request: {_request_hint('context window', images)} "
                               f"({self._describe(cause)})")
@@ -1531,7 +1606,7 @@ class VLMJudge:
             except (IndexError, KeyError, TypeError, AttributeError, ValueError) as exc:
                 # a 200 that is not a chat completion ({"choices": []}, an HTML page, {"foo": 1}): the client
                 # library fails on it in its own way; retried like any unusable answer
-                reason = f"malformed answer ({type(exc).__name__}: {str(exc)[:120]})"
+                reason = f"malformed answer ({type(exc).__name__}: {self._unsecret(str(exc))[:120]})"  # mask, then cut
                 retry_reason = "the previous answer was not a valid chat completion"
             attempt += 1
             if fatal or attempt >= attempts:

@@ -211,11 +211,19 @@ def _check_real(arrays: dict[str, np.ndarray], where: str) -> None:
 
 
 def condition_arrays(keypoints: np.ndarray, K: np.ndarray, image_size) -> dict[str, np.ndarray]:
-    """The only inputs a condition file may hold: 2D keypoints (px + confidence), intrinsics, image size."""
+    """The only inputs a condition file may hold: 2D keypoints (px + confidence), intrinsics, image size.
+
+    The image size is whole pixels (W, H), stored as int64 (docs/CONTRACTS.md): a fractional one (640.5, 480) was
+    cut to (640, 480) here while the export sampled the group with 640.5, so the record named another condition
+    than the hypotheses were drawn from. Refused, as a NaN or an overflowing size is (cast, they read as garbage)."""
+    size = np.asarray(image_size, dtype=np.float64).reshape(2)
+    whole = np.asarray(size, dtype=np.int64) if np.isfinite(size).all() and (np.abs(size) < 2**53).all() else None
+    if whole is None or not np.array_equal(whole.astype(np.float64), size):
+        raise AssetError(f"image_size must be whole pixels (W, H), got {size.tolist()}")
     return {
         "keypoints": np.asarray(keypoints, dtype=np.float32).reshape(17, 3),
         "K": np.asarray(K, dtype=np.float32).reshape(3, 3),
-        "image_size": np.asarray(image_size, dtype=np.int64).reshape(2),
+        "image_size": whole,
     }
 
 
@@ -234,6 +242,8 @@ def check_condition(arrays: dict[str, np.ndarray], where: str) -> None:
         raise AssetError(f"{where}: K must be finite intrinsics with focal lengths > 0, got {K.tolist()}")
     if not (np.isfinite(size).all() and (size > 0).all()):
         raise AssetError(f"{where}: image_size must be (W, H) > 0, got {size.tolist()}")
+    if not np.array_equal(np.floor(size), size):  # a float file's 640.5 was read back cut to 640 (int64)
+        raise AssetError(f"{where}: image_size must be whole pixels (W, H), got {size.tolist()}")
 
 
 def check_hypotheses(arrays: dict[str, np.ndarray], where: str, n: int | None = None) -> tuple[int, int]:
@@ -453,7 +463,8 @@ def read_header(root: str | Path) -> DatasetHeader:
     if not Path(root).exists():
         raise AssetError(f"{root}: no such folder (`hmrcritic export --out DIR` makes a dataset)")
     if not path.exists():
-        raise AssetError(f"{path}: not a group preference dataset (no {HEADER})")
+        raise AssetError(f"{root}: not a group preference dataset (no {HEADER}; `hmrcritic export --out DIR` writes "
+                         "one)")
     try:
         header = DatasetHeader.model_validate_json(path.read_text(encoding="utf-8"))
     except ValidationError as exc:
@@ -814,7 +825,13 @@ class GroupPreferenceDataset(torch.utils.data.Dataset):
         cond = load_npz(self.root / rec.condition.path)
         hyps = load_npz(self.root / rec.hypotheses.path)
         check_condition(cond, str(self.root / rec.condition.path))
-        check_hypotheses(hyps, str(self.root / rec.hypotheses.path), rec.num_hypotheses)
+        _, width = check_hypotheses(hyps, str(self.root / rec.hypotheses.path), rec.num_hypotheses)
+        if width != rec.x_dim:
+            # as validate says it: with verify=False a group file of another kind of model (another width) was read
+            # as this dataset's (the items then disagreed in width), and with verify it read "checksum does not match"
+            raise AssetError(f"{self.root / rec.hypotheses.path}: x0 has {width} values per hypothesis, the record "
+                             f"says x_dim {rec.x_dim} (an array file of another model's export?); `hmrcritic export "
+                             f"validate {self.root}` lists such files")
         if self.verify:
             for arrays, ref in ((cond, rec.condition), (hyps, rec.hypotheses)):
                 if arrays_checksum(arrays) != ref.sha256:  # name the file that changed, not always the hypotheses

@@ -38,6 +38,8 @@ import dataclasses
 import hashlib
 import importlib
 import multiprocessing as mp
+import operator
+import os
 import time
 from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
@@ -56,7 +58,7 @@ from hmrcritic.agent.api import (  # one rule for every batch path
 )
 from hmrcritic.agent.schema import HypothesisScore
 from hmrcritic.alignment import dataset as D
-from hmrcritic.errors import AssetError, InputError, JudgeError
+from hmrcritic.errors import AssetError, InputError, JudgeError, check_number
 from hmrcritic.hmr.diffusion import MAX_GENERATIONS
 from hmrcritic.io import append_jsonl, atomic_write_jsonl, exclusive_lock, read_jsonl, record_checksum
 from hmrcritic.redact import redact_url, scrub
@@ -96,6 +98,7 @@ class ExportConfig:
     threads_per_worker: int = 1
 
     def __post_init__(self) -> None:
+        self._check_types()
         if (self.split is None) == (self.data is None):
             raise InputError("give exactly one of --split NAME or --data DIR")
         if self.num_generations < 2:
@@ -117,6 +120,31 @@ class ExportConfig:
             raise InputError(f"--judge must be builtin or vlm, got {self.judge!r}")
         if ":" not in self.score_group:
             raise InputError(f"score_group must be 'module:function', got {self.score_group!r}")
+
+    def _check_types(self) -> None:
+        """Values of the wrong type from the Python API refused in one line naming the field, as FinetuneConfig does:
+        ``num_generations="4"`` stopped in a comparison with "'<' not supported between str and int", and
+        ``out=5`` was taken (a folder named "5"). Numpy scalars pass as numbers and become plain ints (the header is
+        JSON); paths may be str or os.PathLike and become str."""
+        for name in ("num_generations", "workers", "seed", "sample_steps", "threads_per_worker", "limit"):
+            value = getattr(self, name)
+            if value is None and name == "limit":
+                continue
+            check_number(f"ExportConfig.{name}", value, integer=True)
+            setattr(self, name, operator.index(value))
+        for name in ("out", "split", "data", "model", "memory", "chroma_url", "ray_address", "judge", "score_group"):
+            value = getattr(self, name)
+            paths = name in ("out", "data", "model", "memory")
+            if value is None and name not in ("out", "judge", "score_group"):
+                continue
+            if not isinstance(value, str | os.PathLike if paths else str):
+                raise InputError(f"ExportConfig.{name} must be {'a path (str or Path)' if paths else 'a str'}"
+                                 f"{'' if name in ('out', 'judge', 'score_group') else ' or None'}, got "
+                                 f"{type(value).__name__}")
+            if paths:
+                setattr(self, name, os.fspath(value))
+        if not isinstance(self.use_memory, bool):
+            raise InputError(f"ExportConfig.use_memory must be True or False, got {type(self.use_memory).__name__}")
 
     @property
     def source(self) -> str:
@@ -326,7 +354,10 @@ class GroupWorker:
             # or hypotheses it refuses (non-finite) were sampled and scored, and then the parent's write raised
             # AssetError, which stopped the export; the same command stopped there again on every re-run, so the
             # dataset could never be finished. Such a group is a failure of its own, as any broken input is.
-            cond = D.condition_arrays(sample.keypoints, sample.K, sample.image_size)
+            try:  # before sampling: a fractional image size was sampled with as is and recorded cut to int64
+                cond = D.condition_arrays(sample.keypoints, sample.K, sample.image_size)
+            except AssetError as exc:
+                raise AssetError(f"input {task['input_id']!r}: {exc}") from None
             D.check_condition(cond, f"condition of {task['group_id']}")
             hyps = self._sample(sample, task["group_seed"])
             arrays = {
@@ -968,6 +999,8 @@ def export(
     progress: bool | Callable[[int, int], None] = False,
 ) -> ExportSummary:
     """Run (or resume) an export; returns the summary. ``inputs`` overrides ``split``/``data`` (samples)."""
+    if not isinstance(cfg, ExportConfig):  # a dict of settings stopped as "'dict' object has no attribute 'out'"
+        raise InputError(f"export: cfg must be an ExportConfig(out=..., split=...), got {type(cfg).__name__}")
     t_start = time.time()
     out = Path(cfg.out)
     if out.exists() and not out.is_dir():

@@ -118,7 +118,9 @@ class FinetuneConfig:
         if self.objective == "gpa_no_base_loss":
             self.objective, self.base_loss_weight = "gpa", 0.0
         if self.objective not in OBJECTIVES:
-            raise InputError(f"--objective must be one of {', '.join(OBJECTIVES)}, got {self.objective!r}")
+            # gpa_no_base_loss is taken above (gpa without the base loss), and --help lists it: so does this line
+            raise InputError(f"--objective must be one of {', '.join((*OBJECTIVES, 'gpa_no_base_loss'))}, got "
+                             f"{self.objective!r}")
         # (num_generations: its own bound, ≥ 2, below; -n 0 was told "≥ 1" and -n 1 then "≥ 2")
         for name in ("steps", "batch_size", "checkpoint_every", "log_every"):
             if getattr(self, name) < 1:
@@ -412,6 +414,8 @@ def finetune(config: FinetuneConfig, progress: bool | Callable[[dict], None] = F
     ``validate_dataset``. The caller's torch thread count and global random state are as they were afterwards (the
     run seeds its own).
     """
+    if not isinstance(config, FinetuneConfig):  # a dict stopped as "'dict' object has no attribute 'threads'"
+        raise InputError(f"finetune: config must be a FinetuneConfig(data=..., out=...), got {type(config).__name__}")
     prev = torch.get_num_threads()
     if config.threads is not None:
         torch.set_num_threads(config.threads)

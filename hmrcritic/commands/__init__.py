@@ -197,6 +197,12 @@ BASE_URL_HELP = ("The VLM judge's OpenAI-compatible endpoint, e.g. http://localh
                  "HMRCRITIC_API_KEY or OPENAI_API_KEY).")
 VLM_MODEL_HELP = ("The VLM judge's model name (with --judge vlm; overrides HMRCRITIC_VLM_MODEL, default "
                   "gpt-4o-mini).")
+# ``--judge``'s words, one text for every command that takes it (explore's said "builtin (offline) | vlm",
+# evaluate-critic's "builtin or vlm", export's and critique's other words for the same choice)
+JUDGE_HELP = "builtin (offline) or vlm (an OpenAI-compatible endpoint: --base-url, --vlm-model)."
+# one text for ``--chroma-url`` too: export's named no default, where it falls back to HMRCRITIC_CHROMA_URL as
+# every command does (MemoryStore reads it)
+CHROMA_URL_HELP = "Chroma server, http://host:port (default: HMRCRITIC_CHROMA_URL, else embedded on disk)."
 # the two options, one definition for every command that takes --judge (typer reads a shared default as is)
 BASE_URL_OPTION = typer.Option(None, "--base-url", help=BASE_URL_HELP)
 VLM_MODEL_OPTION = typer.Option(None, "--vlm-model", help=VLM_MODEL_HELP)
@@ -280,3 +286,8 @@ def with_judge_endpoint(fn):
             return fn(*args, **kwargs)
 
     return call
+
+
+# --keypoint-layout of `sample` and `critique`: a 17-point file's order cannot be told from the file
+KEYPOINT_LAYOUT_HELP = ("Order of a 17-point --keypoints file: coco17 (default) or h36m17 (Human3.6M-17: VideoPose3D, "
+                        "MotionBERT; mapped to COCO-17, eyes and ears hidden).")

@@ -12,6 +12,8 @@ import typer
 
 from hmrcritic.commands import (
     BASE_URL_OPTION,
+    JUDGE_HELP,
+    KEYPOINT_LAYOUT_HELP,
     VLM_MODEL_OPTION,
     is_tty,
     json_text,
@@ -42,7 +44,7 @@ def _hypotheses_from_model(sample, model_path: str | None, n: int, seed: int) ->
     return {k: v for k, v in group.numpy(0).items() if k != "x0"}
 
 
-def _load_sample(scene, image, keypoints, focal, person=None):
+def _load_sample(scene, image, keypoints, focal, person=None, keypoint_layout=None):
     """The input: a synthetic scene (SPLIT:INDEX) or a user image + keypoint JSON (``person``: which of several
     people, as ``sample --person`` takes it; its group id is the image's stem with ``_p<person>``)."""
     if scene:
@@ -52,12 +54,14 @@ def _load_sample(scene, image, keypoints, focal, person=None):
             raise InputError("--focal is for a user image; a synthetic scene has its own camera")
         if person is not None:
             raise InputError("--person applies to --keypoints files of several people; a --scene has one")
+        if keypoint_layout is not None:
+            raise InputError("--keypoint-layout applies to --keypoints files; a --scene has COCO-17 keypoints")
         return scene_from_spec(scene)
     if not image or not keypoints:
         raise InputError("give --image and --keypoints (or --scene SPLIT:INDEX)")
     from hmrcritic.hmr.data import sample_from_user
 
-    return sample_from_user(image, keypoints, focal=focal, person=person)
+    return sample_from_user(image, keypoints, focal=focal, person=person, keypoint_layout=keypoint_layout or "coco17")
 
 
 def _agent_config(given: dict):
@@ -134,8 +138,8 @@ def register(app: typer.Typer) -> None:
             help="Sampling seed (when sampling: without --hypotheses): the same seed gives the same group here. "
                  "Export seeds each input from (seed, input id) and evaluate-critic samples in batches, so their "
                  "groups differ."),
-        judge: str = typer.Option(None, "--judge", help="builtin (offline) or vlm (OpenAI-compatible) "
-                                                        "(default: HMRCRITIC_JUDGE or builtin)."),
+        judge: str = typer.Option(None, "--judge", help=JUDGE_HELP[:-1] + " (default: HMRCRITIC_JUDGE, else "
+                                                                          "builtin)."),
         base_url: str = BASE_URL_OPTION,
         vlm_model: str = VLM_MODEL_OPTION,
         out: Path = typer.Option(Path("critique_out"), "--out", help="Folder for scores.json and report.html "
@@ -147,7 +151,8 @@ def register(app: typer.Typer) -> None:
                                                                        "(default: HMRCRITIC_RENDER or yes)."),
         memory: Path = typer.Option(None, "--memory-dir", "--memory",
                                     help="Memory folder (default: HMRCRITIC_MEMORY or <home>/memory)."),
-        max_reflections: int = typer.Option(None, "--max-reflections", help="Revise rounds at most."),
+        max_reflections: int = typer.Option(None, "--max-reflections", help="Revise rounds at most (default: "
+                                            "HMRCRITIC_MAX_REFLECTIONS, else 2)."),
         group_id: str = typer.Option(None, "--group-id", help="Thread id (default: the sample id and a hash of "
                                                                "the inputs, so other inputs never collide)."),
         fresh: bool = typer.Option(False, "--fresh", help="Recompute even if this group was critiqued."),
@@ -155,6 +160,7 @@ def register(app: typer.Typer) -> None:
         person: int = typer.Option(
             None, "--person", min=0,
             help="Which person of a keypoint file of several (an index from 0; default: the most confident)."),
+        keypoint_layout: str = typer.Option(None, "--keypoint-layout", help=KEYPOINT_LAYOUT_HELP),
         as_json: bool = typer.Option(False, "--json", help="Print the scored group as JSON."),
     ) -> None:
         """Score a group of mesh hypotheses for one input and write a ranked table, scores.json and a
@@ -187,7 +193,7 @@ def register(app: typer.Typer) -> None:
             cfg.memory_dir = str(memory)
         note_new_memory(memory)
         with _stdout_to_stderr(as_json):
-            sample = _load_sample(scene, image, keypoints, focal, person)
+            sample = _load_sample(scene, image, keypoints, focal, person, keypoint_layout)
         group_id = as_text(group_id) if group_id is not None else None
         if hypotheses is not None:
             hyps = load_hypotheses(hypotheses)
@@ -277,8 +283,9 @@ def register(app: typer.Typer) -> None:
         memory_dir: Path = typer.Option(None, "--memory-dir",
                                         help="Score with this explored memory instead of exploring a new one."),
         variants: str = typer.Option(None, "--variants", help="Comma-separated variants (default: all)."),
-        source: str = typer.Option("auto", "--source", help="Hypotheses: auto | model | perturbed."),
-        judge: str = typer.Option("builtin", "--judge", help="builtin or vlm."),
+        source: str = typer.Option("auto", "--source",
+                                   help="Hypotheses: model | perturbed | auto (model if it loads)."),
+        judge: str = typer.Option("builtin", "--judge", help=JUDGE_HELP),
         base_url: str = BASE_URL_OPTION,
         vlm_model: str = VLM_MODEL_OPTION,
         max_reflections: int = typer.Option(2, "--max-reflections", help="Revise rounds of the full agent."),

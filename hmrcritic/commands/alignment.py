@@ -7,7 +7,14 @@ from pathlib import Path
 
 import typer
 
-from hmrcritic.commands import BASE_URL_OPTION, VLM_MODEL_OPTION, json_text, with_judge_endpoint
+from hmrcritic.commands import (
+    BASE_URL_OPTION,
+    CHROMA_URL_HELP,
+    JUDGE_HELP,
+    VLM_MODEL_OPTION,
+    json_text,
+    with_judge_endpoint,
+)
 from hmrcritic.errors import InputError
 
 
@@ -35,7 +42,7 @@ def _export_app() -> typer.Typer:
         data: Path = typer.Option(None, help="A split folder written by `hmrcritic data generate`."),
         model: Path = typer.Option(None, help="Diffusion checkpoint (default: the shipped base model)."),
         num_generations: int = typer.Option(20, "-n", "--num-generations", help="Hypotheses per group (G)."),
-        judge: str = typer.Option("builtin", help="builtin (offline) or vlm (OpenAI-compatible endpoint)."),
+        judge: str = typer.Option("builtin", help=JUDGE_HELP),
         base_url: str = BASE_URL_OPTION,
         vlm_model: str = VLM_MODEL_OPTION,
         out: Path = typer.Option(None, help="Output dataset folder (re-run the same command to resume)."),
@@ -47,8 +54,8 @@ def _export_app() -> typer.Typer:
             0, help="Export seed; per-group seeds derive from (seed, input id).", min=0, max=2**32 - 1),
         steps: int = typer.Option(10, help="DDIM sampling steps."),
         memory: Path = typer.Option(None, "--memory-dir", "--memory",
-                                    help="Frozen memory folder (default: the configured memory)."),
-        chroma_url: str = typer.Option(None, help="Chroma server URL for the memory (many workers/hosts)."),
+                                    help="Frozen memory folder (default: HMRCRITIC_MEMORY or <home>/memory)."),
+        chroma_url: str = typer.Option(None, help=CHROMA_URL_HELP),
         no_memory: bool = typer.Option(False, "--no-memory", help="Score without rule/prototype memory."),
         scorer: str = typer.Option(
             None, help="Custom scorer 'module:function' (critique_group's signature)."
@@ -121,9 +128,7 @@ def _export_app() -> typer.Typer:
         # nothing to validate is a usage error (one line, exit 2), not an INVALID dataset (exit 1)
         if not path.is_dir():
             raise InputError(f"{path}: no such folder" if not path.exists() else f"{path} is not a folder")
-        if not (path / "dataset.json").is_file():
-            raise InputError(f"{path}: not a group preference dataset (no dataset.json; `hmrcritic export` "
-                             "writes one)")
+        _require_header(path)
         from hmrcritic.alignment.dataset import MANIFEST
 
         rep = validate_dataset(path)
@@ -156,6 +161,17 @@ def _export_app() -> typer.Typer:
                   + (f"; first: {rep.errors[0]}" if rep.errors else ""))
 
     return app
+
+
+def _require_header(path: Path) -> None:
+    """A folder that holds no dataset.json is no export, said as one line with the command that writes one.
+
+    ``finetune --data`` on such a folder (an empty ``--out`` made ahead, a sample or critique folder, finetune run
+    before its export) said "DIR/dataset.json: not a group preference dataset (no dataset.json)": the file named
+    twice, and no word of what makes one, where ``export validate`` on the same folder said both."""
+    if path.is_dir() and not (path / "dataset.json").is_file():
+        raise InputError(f"{path}: not a group preference dataset (no dataset.json; `hmrcritic export --out "
+                         f"{path}` writes one)")
 
 
 def _unfinished(path: Path) -> bool:
@@ -277,6 +293,7 @@ def register(app: typer.Typer) -> None:
         from hmrcritic.config import check_device
         from hmrcritic.errors import AssetError
 
+        _require_header(data)
         try:
             unfinished = read_header(data).counts.get("finished") is False
             # the complete groups, as the dataset reader counts them (torn lines dropped; a small JSONL file)

@@ -9,6 +9,7 @@ import typer
 
 from hmrcritic.commands import (
     BASE_URL_OPTION,
+    JUDGE_HELP,
     VLM_MODEL_OPTION,
     json_text,
     made_folder,
@@ -19,7 +20,7 @@ from hmrcritic.commands import (
 _DIR = typer.Option(None, "--memory-dir", help="Memory folder (default: HMRCRITIC_MEMORY or <home>/memory).")
 _JSON = typer.Option(False, "--json", help="Machine-readable output.")
 _SOURCE = typer.Option("auto", "--source", help="Hypotheses: model | perturbed | auto (model if it loads).")
-_JUDGE = typer.Option("builtin", "--judge", help="builtin (offline) | vlm (OpenAI-compatible endpoint).")
+_JUDGE = typer.Option("builtin", "--judge", help=JUDGE_HELP)
 _SEED = typer.Option(0, "--seed", help="Sampling seed of the groups.", min=0, max=2**32 - 1)
 
 
@@ -127,6 +128,9 @@ def curve_line(row: dict) -> str:
                if n else ""))
 
 
+_SOURCE_WORDS = {"model": "hypotheses sampled by the model", "perturbed": "hypotheses perturbed from the labels"}
+
+
 def _check_metric(metric: str) -> None:
     from hmrcritic.agent.explore import ERROR_METRICS
     from hmrcritic.errors import InputError
@@ -150,7 +154,8 @@ def explore_cmd(
     limit: int = typer.Option(None, "--limit", help="At most this many groups in total."),
     seed: int = _SEED,
     source: str = _SOURCE,
-    max_reflections: int = typer.Option(None, "--max-reflections", help="Revise rounds per group (default: agent's)."),
+    max_reflections: int = typer.Option(None, "--max-reflections", help="Revise rounds per group (default: "
+                                                                  "HMRCRITIC_MAX_REFLECTIONS, else 2)."),
     calibration_groups: int = typer.Option(
         None, "--calibration-groups",
         help="Labelled groups after the explored ones to fit the score calibration on (builtin judge; 0 = skip; "
@@ -184,7 +189,9 @@ def explore_cmd(
         typer.echo(json_text(summary.as_dict()))
         return
     failed = sum(_failed_groups(r.failed) for r in summary.rounds)
-    typer.echo(f"explored {summary.groups} groups of {split} ({summary.source}); memory version "
+    # "(model)" / "(perturbed)" named the --source value without the option: say what the hypotheses were
+    made = _SOURCE_WORDS.get(summary.source, f"hypotheses: {summary.source}")
+    typer.echo(f"explored {summary.groups} groups of {split} ({made}); memory version "
                f"{summary.memory_version}; log {summary.log_path}"
                + (f"; {failed} group(s) failed and will not be retried" if failed else "")
                + (f"; stopped: {summary.stopped}" if summary.stopped else ""))

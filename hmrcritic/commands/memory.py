@@ -7,6 +7,8 @@ from pathlib import Path
 
 import typer
 
+from hmrcritic.commands import CHROMA_URL_HELP
+
 memory_app = typer.Typer(
     help="The critic's dual memory (Chroma): rules and prototypes.\n\n"
     "Examples: `hmrcritic memory stats`, `hmrcritic memory rules --tags legs,hyperextension`, "
@@ -18,8 +20,7 @@ memory_app = typer.Typer(
 _DIR = typer.Option(None, "--memory-dir", help="Memory folder (default: HMRCRITIC_MEMORY or <home>/memory).")
 # the default is the server HMRCRITIC_CHROMA_URL names, when set (MemoryStore falls back to it): "embedded on disk"
 # sent a user with the variable in a profile to `memory stats` expecting the folder, and it read the server
-_URL = typer.Option(None, "--chroma-url", help="Chroma server, http://host:port (default: HMRCRITIC_CHROMA_URL, "
-                    "else embedded on disk).")
+_URL = typer.Option(None, "--chroma-url", help=CHROMA_URL_HELP)
 _JSON = typer.Option(False, "--json", help="Machine-readable output.")
 
 

@@ -8,7 +8,7 @@ from pathlib import Path
 
 import typer
 
-from hmrcritic.commands import is_tty, progress_at_tenths, scene_from_spec
+from hmrcritic.commands import KEYPOINT_LAYOUT_HELP, is_tty, progress_at_tenths, scene_from_spec
 from hmrcritic.config import check_device
 from hmrcritic.errors import InputError
 
@@ -170,6 +170,7 @@ def register(app: typer.Typer) -> None:
         person: int = typer.Option(
             None, help="Which person of a keypoint file of several (an index from 0; default: the most confident).",
             min=0),
+        keypoint_layout: str = typer.Option(None, "--keypoint-layout", help=KEYPOINT_LAYOUT_HELP),
         out: Path = typer.Option(..., help="Output folder."),
         obj: bool = typer.Option(False, "--obj", help="Also write one .obj mesh per hypothesis."),
         render: bool = typer.Option(True, "--render/--no-render", help="Write overlays, side views and grid.png."),
@@ -198,11 +199,14 @@ def register(app: typer.Typer) -> None:
                 raise InputError("--focal applies to --image/--keypoints; a --scene has its own camera")
             if person is not None:
                 raise InputError("--person applies to --keypoints files of several people; a --scene has one")
+            if keypoint_layout is not None:
+                raise InputError("--keypoint-layout applies to --keypoints files; a --scene has COCO-17 keypoints")
             item = scene_from_spec(scene)
         elif image and keypoints:
             from hmrcritic.hmr.data import sample_from_user
 
-            item = sample_from_user(image, keypoints, focal=focal, person=person)
+            item = sample_from_user(image, keypoints, focal=focal, person=person,
+                                    keypoint_layout=keypoint_layout or "coco17")
         else:
             raise InputError("need --image and --keypoints, or --scene SPLIT:INDEX")
         m = load_model(model, device=device)

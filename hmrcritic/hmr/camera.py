@@ -25,7 +25,9 @@ def default_intrinsics(width: int, height: int, focal: float | None = None) -> t
 
 def project(points: torch.Tensor, K: torch.Tensor, eps: float = 1e-6) -> torch.Tensor:
     """(…,J,3) camera-frame points, K (3,3) or (…,3,3) → (…,J,2) pixels. Depth is clamped at ``eps`` so
-    points behind the camera do not produce NaNs (callers mark them invisible)."""
+    points behind the camera do not produce NaNs (callers mark them invisible). Reads fx, fy, cx, cy only: a skew
+    ``K[0,1]`` is not applied (no K here has one; ``critique_group`` refuses a skewed K), which keeps this in guided
+    sampling free of a check that would make the GPU wait."""
     K = torch.as_tensor(K, dtype=points.dtype, device=points.device)
     if K.dim() > 2 and K.dim() != points.dim():  # a (B,3,3) K under (B,N,J,3) points broadcast B against N
         raise ValueError(f"project: K {tuple(K.shape)} needs the leading dims of the points {tuple(points.shape)} "

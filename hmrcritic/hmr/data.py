@@ -58,6 +58,13 @@ BODY25_TO_COCO17 = [0, 16, 15, 18, 17, 5, 2, 6, 3, 7, 4, 12, 9, 13, 10, 14, 11]
 # OpenPose COCO-18 (0 nose, 1 neck, 2-4 right arm, 5-7 left arm, 8-10 right leg, 11-13 left leg, 14/15 right/left
 # eye, 16/17 right/left ear) index of each COCO-17 keypoint
 COCO18_TO_COCO17 = [0, 15, 14, 17, 16, 5, 2, 6, 3, 7, 4, 11, 8, 12, 9, 13, 10]
+# Human3.6M-17 (VideoPose3D / MotionBERT order: 0 pelvis, 1-3 right hip/knee/ankle, 4-6 left hip/knee/ankle,
+# 7 spine, 8 thorax, 9 neck/nose, 10 head, 11-13 left shoulder/elbow/wrist, 14-16 right shoulder/elbow/wrist)
+# index of each COCO-17 keypoint; -1: H36M has no such point (the eyes and ears), read as hidden. The point 9
+# is the nose in MotionBERT's and VideoPose3D's COCO→H36M conversions, which copy the COCO hips to 1 and 4.
+H36M17_TO_COCO17 = [9, -1, -1, -1, -1, 11, 14, 12, 15, 13, 16, 4, 1, 5, 2, 6, 3]
+# the orders a 17-point keypoint file may be in; both hold 17 points, so the reader cannot tell them apart
+KEYPOINT_LAYOUTS = ("coco17", "h36m17")
 
 LABEL_KEYS = ("global_orient", "body_pose", "betas", "transl", "joints3d", "keypoints_clean", "category")
 CONDITION_KEYS = ("keypoints", "smpl24_keypoints", "K", "image_size")
@@ -1087,7 +1094,59 @@ def _check_person(person) -> None:
         raise InputError(f"person must be a person's index (an int from 0) or None, got {repr(person)[:40]}")
 
 
-def read_keypoints_json(path, image_size=None, person: int | None = None) -> np.ndarray:
+def check_keypoint_layout(layout) -> str:
+    """``layout`` as one of :data:`KEYPOINT_LAYOUTS` (case, ``-`` and ``_`` ignored: ``"H36M-17"`` is
+    ``"h36m17"``), else one InputError line naming the choices."""
+    key = layout.strip().lower().replace("-", "").replace("_", "") if isinstance(layout, str) else None
+    if key not in KEYPOINT_LAYOUTS:
+        raise InputError(f"keypoint layout must be one of {', '.join(KEYPOINT_LAYOUTS)}, got {repr(layout)[:40]}")
+    return key
+
+
+def _from_h36m17(arr: np.ndarray) -> np.ndarray:
+    """(17,3) Human3.6M-17 points in COCO-17's order; the eyes and ears, which H36M lacks, hidden (confidence 0)."""
+    out = np.zeros((17, 3), dtype=arr.dtype)
+    src = np.asarray(H36M17_TO_COCO17)
+    out[src >= 0] = arr[src[src >= 0]]
+    return out
+
+
+# COCO-17's face points (nose, eyes, ears) lie within a head; read from a Human3.6M-17 file they are the pelvis, the
+# right leg and the left hip, which span about half the person, and the "nose" (the pelvis) lies midway between the
+# "left eye" and the "right ear" (the two hips). The reader warns when both hold: the face points span over this
+# share of the person's extent (the larger side of the visible points' box; at least three of them and 12 in all
+# visible) and point 0 lies within FACE_MIDPOINT_TOL of the distance between points 1 and 4 from their midpoint (so
+# that points in no body's order — a test's random points — do not warn for their spread alone). On the test split
+# (1,000 scenes, noisy keypoints) COCO-17 readings span 0.32 at most and none warns; the same scenes in H36M's order
+# read as COCO-17 warn in 434 (65 % of the 663 with enough points visible to judge; tests/test_review_s32_keypoints.py
+# checks both on 400 scenes of another seed).
+FACE_SPREAD_WARN = 0.4
+FACE_MIDPOINT_TOL = 0.15
+
+
+def _face_spread(arr: np.ndarray) -> float | None:
+    """The extent of the visible face points (COCO-17 0-4) over the person's, or None with fewer than 3 of them or 12
+    in all visible (a crop of the upper body is mostly its face and shoulders)."""
+    vis = arr[:, 2] > 0
+    if vis[:5].sum() < 3 or vis.sum() < 12:  # a head-and-shoulders crop is mostly face: no reading
+        return None
+    ext = lambda q: float(np.max(q.max(0) - q.min(0)))  # noqa: E731
+    body = ext(arr[vis, :2])
+    return ext(arr[:5][vis[:5], :2]) / body if body > 0 else None
+
+
+def _looks_like_h36m(arr: np.ndarray) -> float | None:
+    """The face points' share of the person (:func:`_face_spread`) when a COCO-17 reading looks like a Human3.6M-17
+    file (see FACE_SPREAD_WARN), else None."""
+    spread = _face_spread(arr)
+    if spread is None or spread <= FACE_SPREAD_WARN or not (arr[[0, 1, 4], 2] > 0).all():
+        return None
+    hips = np.linalg.norm(arr[1, :2] - arr[4, :2])
+    pelvis_off = np.linalg.norm(arr[0, :2] - (arr[1, :2] + arr[4, :2]) / 2)
+    return spread if pelvis_off <= FACE_MIDPOINT_TOL * hips else None
+
+
+def read_keypoints_json(path, image_size=None, person: int | None = None, layout: str = "coco17") -> np.ndarray:
     """COCO-17 keypoints (17,3) ``[u, v, conf]`` in pixels from a JSON file, validated.
 
     Accepted forms: a list of 17 ``[x, y, c]``; 51 flat numbers; a COCO annotation ``{"keypoints": [51]}``
@@ -1105,8 +1164,15 @@ def read_keypoints_json(path, image_size=None, person: int | None = None) -> np.
     are hidden with a warning (a truncated person), unless more than a third of them are (keypoints of another
     image: refused). ``person`` (an index from 0) takes that person of a file of several instead of the most
     confident one; a file of one person takes only 0.
+
+    17 points are read in COCO-17's order (``layout="coco17"``); ``layout="h36m17"`` reads a 17-point file in
+    Human3.6M-17's order (VideoPose3D, MotionBERT, MMPose's H36M models) and maps it to COCO-17, the eyes and ears
+    hidden (H36M has none; its pelvis, spine, thorax and head are not used). The two cannot be told apart for
+    sure, so a COCO-17 reading whose face points span over a third of the person warns that the file may be
+    H36M-17 (an H36M file read as COCO-17 gives wrong poses without an error).
     """
     _check_person(person)
+    layout = check_keypoint_layout(layout)
     p = Path(path)
     if not p.is_file():
         raise _not_a_file(p, "keypoint")
@@ -1195,6 +1261,11 @@ def read_keypoints_json(path, image_size=None, person: int | None = None) -> np.
         body25 = True
     n_points = arr.size // 3 if arr.ndim == 1 or (arr.ndim == 2 and arr.shape[1] == 3) else 0
     expected = 75 if body25 else 51
+    if layout == "h36m17" and (body25 or openpose or n_points != 17):
+        what = ("OpenPose points" if openpose or body25 else f"{COCO17_PREFIX_FORMATS[n_points]} points"
+                if n_points in COCO17_PREFIX_FORMATS else f"shape {list(arr.shape)}")
+        raise InputError(f"{p}: keypoint layout h36m17 is for files of 17 points in Human3.6M's order; this one "
+                         f"holds {what} (read it with the default layout, coco17)")
     if not body25 and arr.size % 3 == 0 and n_points in COCO17_PREFIX_FORMATS:
         arr = arr.reshape(-1, 3)[:17]  # Halpe-26 / COCO-WholeBody: body points first, in COCO-17 order
     if arr.size != expected or arr.ndim not in (1, 2) or (arr.ndim == 2 and arr.shape[1] != 3):
@@ -1207,6 +1278,12 @@ def read_keypoints_json(path, image_size=None, person: int | None = None) -> np.
     arr = arr.reshape(-1, 3)
     if body25:
         arr = arr[BODY25_TO_COCO17]
+    h36m = layout == "h36m17"
+    if h36m:
+        bad = ~np.isfinite(arr)
+        if bad.any():  # named by H36M's index: the mapped array drops some points and renumbers the rest
+            raise InputError(f"{p}: Human3.6M-17 keypoint {int(np.argwhere(bad)[0][0])} is NaN or infinite")
+        arr = _from_h36m17(arr)
     bad = ~np.isfinite(arr)
     if bad.any():
         i = int(np.argwhere(bad)[0][0])
@@ -1262,6 +1339,12 @@ def read_keypoints_json(path, image_size=None, person: int | None = None) -> np.
                           f"outside the {W}×{H} image: treated as hidden ({why})", stacklevel=2)
             visible &= ~out
     arr[~visible] = 0.0
+    spread = None if h36m or n_points != 17 else _looks_like_h36m(arr)
+    if spread is not None:
+        warnings.warn(f"{p}: the points read as the face (COCO-17's nose, eyes, ears: 0-4) span {spread:.0%} of the "
+                      "person, not a head's share: is the file in Human3.6M-17's order (VideoPose3D, MotionBERT)? "
+                      "Then read it with keypoint layout h36m17 (`--keypoint-layout h36m17`, "
+                      "layout='h36m17')", stacklevel=2)
     # the keypoints are returned as float32: a visible coordinate past its range (1e308 is finite in float64) came
     # back as inf, breaking the reader's promise of finite keypoints silently (hidden points are 0 by now, and with
     # image_size such a point lies outside the image and is hidden)
@@ -1284,12 +1367,14 @@ def _exif_rotated(path) -> bool:
         return False
 
 
-def sample_from_user(image_path, keypoints_path, focal: float | None = None, person: int | None = None) -> Sample:
+def sample_from_user(image_path, keypoints_path, focal: float | None = None, person: int | None = None,
+                     keypoint_layout: str = "coco17") -> Sample:
     """A :class:`Sample` from a user image + keypoint JSON; K defaults to focal = max(W, H), centred.
 
     ``person`` (an index from 0) takes that person of a keypoint file of several (:func:`read_keypoints_json`;
     None: the most confident); its id is then the image's file stem with ``_p<person>`` added, so the people of
-    one image are told apart (a critique's default ``group_id`` is the sample's id).
+    one image are told apart (a critique's default ``group_id`` is the sample's id). ``keypoint_layout``
+    ``"h36m17"`` reads a 17-point file in Human3.6M's order (see :func:`read_keypoints_json`).
 
     Arguments of the wrong type (``focal="x"``, a path that is a number) are refused as :class:`InputError`
     before any file is read; numpy / torch scalars are focal lengths like any other number."""
@@ -1301,10 +1386,11 @@ def sample_from_user(image_path, keypoints_path, focal: float | None = None, per
     if focal is not None and not (math.isfinite(focal) and focal > 0):
         raise InputError(f"focal length must be a positive number, got {focal}")
     _check_person(person)
+    keypoint_layout = check_keypoint_layout(keypoint_layout)
     img = read_image(image_path)
     H, W = img.shape[:2]
     try:
-        kp = read_keypoints_json(keypoints_path, image_size=(W, H), person=person)
+        kp = read_keypoints_json(keypoints_path, image_size=(W, H), person=person, layout=keypoint_layout)
     except InputError as exc:
         if "lies outside the" in str(exc) and _exif_rotated(image_path):
             # the size named is the upright one, not the one a file browser's "dimensions" may show: say so

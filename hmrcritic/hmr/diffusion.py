@@ -803,7 +803,9 @@ def read_checkpoint(path: str | Path) -> dict:
                          f"finetune's OUT.state.pt, at step {payload.get('step')}): {path}; give the .pt its run "
                          "writes when it finishes (train-base: model.pt in the run folder; finetune: OUT)")
     if not isinstance(payload, dict) or payload.get("format") != CHECKPOINT_FORMAT:
-        raise AssetError(f"not an hmrcritic diffusion checkpoint (missing format tag '{CHECKPOINT_FORMAT}'): {path}")
+        raise AssetError(f"not an hmrcritic diffusion checkpoint (missing format tag '{CHECKPOINT_FORMAT}'): {path}; "
+                         "give a checkpoint hmrcritic wrote (train-base's model.pt, finetune's --out, "
+                         "hmr.diffusion.save_model)")
     if payload.get("version") != CHECKPOINT_VERSION:
         raise AssetError(f"checkpoint version {payload.get('version')} unsupported (want {CHECKPOINT_VERSION}): {path}")
     return payload

@@ -92,7 +92,14 @@ def mpjpe(pred, gt, joint_set: str | None = "lsp14") -> Tensor:
     g, gr = select_joints(gt, joint_set)
     p = p - pr.unsqueeze(-2)
     g = g - gr.unsqueeze(-2)
-    return (p - g).norm(dim=-1).mean(dim=-1) * 1000.0
+    return _diverged_as_nan((p - g).norm(dim=-1).mean(dim=-1) * 1000.0)
+
+
+def _diverged_as_nan(err: Tensor) -> Tensor:
+    """An infinite error (a hypothesis with an inf coordinate) as NaN, as PA-MPJPE gives it: :func:`group_metrics`
+    skips NaN hypotheses, so an inf one made its group's MPJPE/PVE mean and worst inf (and the group dropped from an
+    evaluation's MPJPE while its PA-MPJPE kept it: the two figures covered different scenes)."""
+    return torch.where(torch.isinf(err), torch.full_like(err, float("nan")), err)
 
 
 def procrustes_align(pred, gt) -> Tensor:
@@ -167,7 +174,7 @@ def pve(pred_verts, gt_verts, pred_root=None, gt_root=None) -> Tensor:
         if root.shape[-1:] != (3,) or root.ndim != verts.ndim - 1:
             raise ValueError(f"pve: {name} {tuple(root.shape)} must be (…,3) with the leading dims of "
                              f"its vertices {tuple(verts.shape)}")
-    return ((pv - pr.unsqueeze(-2)) - (gv - gr.unsqueeze(-2))).norm(dim=-1).mean(dim=-1) * 1000.0
+    return _diverged_as_nan(((pv - pr.unsqueeze(-2)) - (gv - gr.unsqueeze(-2))).norm(dim=-1).mean(dim=-1) * 1000.0)
 
 
 def reprojection_error(joints2d_pred, keypoints, min_conf: float = 0.0) -> Tensor:

@@ -174,6 +174,33 @@ def scale_intrinsics(K, s: float) -> np.ndarray:
     return K2
 
 
+def _image_frame(img: np.ndarray, image_size, K: np.ndarray) -> tuple[int, int]:
+    """(W,H) of the frame ``K`` is in for an image ``img``: ``image_size`` when given, else the image's own size.
+
+    Both given and different: the image is taken as a resized picture of that frame (a half-resolution copy of the
+    photo the keypoints and K were computed on), as long as it has the frame's shape; an image of another shape (a
+    transposed or cropped one) cannot be matched to K, and is refused rather than drawn with the mesh misplaced."""
+    Wi, Hi = img.shape[1], img.shape[0]
+    if image_size is None:
+        return Wi, Hi
+    W, H = _size_from(image_size, K)
+    if (Wi, Hi) != (W, H) and abs(Hi - H * Wi / W) > 1 and abs(Wi - W * Hi / H) > 1:
+        raise InputError(f"the image is {Wi}×{Hi} px but image_size, the frame K and the keypoints are in, is "
+                         f"{W}×{H}: not the same picture at another resolution (a rotated or cropped image?), so "
+                         "the mesh cannot be placed on it; pass the image K belongs to, or no image_size")
+    return W, H
+
+
+def _rescale_K(K: np.ndarray, sx: float, sy: float) -> np.ndarray:
+    """K for the same frame resampled by ``sx`` across and ``sy`` down (pixel-centre convention kept)."""
+    K2 = np.array(K, dtype=np.float64)
+    K2[0, :2] *= sx
+    K2[1, 1] *= sy
+    K2[0, 2] = sx * (K2[0, 2] + 0.5) - 0.5
+    K2[1, 2] = sy * (K2[1, 2] + 0.5) - 0.5
+    return K2
+
+
 def _resize(img: np.ndarray, W: int, H: int) -> np.ndarray:
     from PIL import Image
 
@@ -318,11 +345,21 @@ class Renderer:
         """The mesh drawn over ``image`` (H,W,3) uint8; pixels the mesh does not cover stay unchanged.
 
         ``image=None`` draws on a plain ``bg_color`` (floats in [0,1]) canvas of ``image_size`` (W,H).
-        ``alpha`` blends the mesh with the image where it is drawn (1 = opaque).
+        ``alpha`` blends the mesh with the image where it is drawn (1 = opaque). With both, ``K`` is in the
+        ``image_size`` frame and ``image`` a resized picture of it (the output keeps the image's size); an image of
+        another shape is an :class:`InputError`.
         """
         if image is not None:
             img = _check_image(image)
-            image_size = (img.shape[1], img.shape[0])
+            Wi, Hi = img.shape[1], img.shape[0]
+            if image_size is not None:
+                # K is in the image_size frame: a resized image of it used to get K as it was, which put the mesh
+                # where K puts it in the frame's pixels, not the image's (half scale and off-centre on a half-size copy)
+                K = _check_K(K)
+                W, H = _image_frame(img, image_size, K)
+                if (Wi, Hi) != (W, H):
+                    K = _rescale_K(K, Wi / W, Hi / H)
+            image_size = (Wi, Hi)
         else:
             W, H = _size_from(image_size, _check_K(K))
             img = np.empty((H, W, 3), np.uint8)
@@ -392,7 +429,7 @@ class Renderer:
         K = _check_K(K)
         if image is not None:
             img = _check_image(image)
-            W, H = img.shape[1], img.shape[0]
+            W, H = _image_frame(img, image_size, K)  # the frame K is in; the image is resized into each tile below
         else:
             W, H = _size_from(image_size, K)
             img = np.full((H, W, 3), 255, np.uint8)

@@ -774,12 +774,33 @@ def checkpoint_from_state(state_path: str | Path, dest: str | Path, step: int | 
                          "has stopped")
     cfg = TrainConfig.from_dict(st["config"])
     log = [r for r in read_jsonl(Path(state_path).parent / "log.jsonl") if r.get("step", 0) <= st["step"]]
+    loss, window = _final_loss(log, st)
     extra = {
         "recipe": asdict(cfg),
         "seed": cfg.seed,
         "data": st.get("data_source") or {"split": cfg.split},  # states saved before it was recorded: the split
         "steps": int(st["step"]),
         "stop_at": int(st["step"]),
-        "final_loss": (log or [{}])[-1].get("loss"),
+        "final_loss": loss,
+        "final_loss_steps": window,
     }
     return save_model(model, dest, extra=extra)
+
+
+def _final_loss(log: list[dict], st: dict) -> tuple[float | None, list[int] | None]:
+    """The mean loss of the last steps a stopped run's state holds, and those steps ``[first, last]`` (1-based).
+
+    A run stopped between two log records (``--stop-at 11`` with ``log_every`` 10, a Ctrl-C after a checkpoint)
+    recorded the last logged window's mean (steps 1..10) as the loss of a model trained to step 11: the steps since
+    that record are in the state's ``log_window`` (their summed loss and count), which is what this takes then.
+    States without one (an older hmrcritic), or stopped on a log step: the last log record's window."""
+    step = int(st["step"])
+    window = st.get("log_window") or {}
+    n = int(window.get("n", 0) or 0)
+    if 0 < n <= step:
+        return float(window["loss"]) / n, [step - n + 1, step]
+    if not log or "loss" not in log[-1]:
+        return None, None
+    last = int(log[-1].get("step", step))
+    first = int(log[-2].get("step", 0)) + 1 if len(log) > 1 else 1
+    return log[-1]["loss"], [first, last]

@@ -1100,6 +1100,11 @@ class MemoryStore:
     def location(self) -> str:
         return redact_url(self.chroma_url) if self.chroma_url else str(self.path)
 
+    def __repr__(self) -> str:
+        # a notebook showed <hmrcritic.memory.store.MemoryStore object at 0x…>; the location is scrubbed (a
+        # server URL's password is masked)
+        return f"MemoryStore({self.location!r}{', read_only=True' if self.read_only else ''})"
+
     @property
     def _folder_location(self) -> str:
         """The memory as messages about its folder name it: a server memory's writers on this machine take their
