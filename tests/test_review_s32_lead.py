@@ -141,3 +141,16 @@ def test_messages_name_what_to_do(tmp_path):
     torch.save({"state_dict": {}}, tmp_path / "other.pt")
     with pytest.raises(AssetError, match="missing format tag.*; give a checkpoint hmrcritic wrote"):
         load_model(tmp_path / "other.pt")
+
+
+def test_runs_stats_names_the_folder_absolutely_and_counts_one_entry(tmp_path, monkeypatch, capsys):
+    from hmrcritic import cli
+
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setenv("HMRCRITIC_RUNS", "rel")
+    (tmp_path / "rel" / "traces").mkdir(parents=True)
+    (tmp_path / "rel" / "traces" / "one.jsonl").write_text("{}\n")
+    assert cli.main(["runs", "stats"]) == 0
+    out = capsys.readouterr().out
+    assert f"runs folder {tmp_path / 'rel'}:" in out
+    assert " 1 entry " in out and " 1 entries" not in out

@@ -11,6 +11,7 @@ traces only through a callback handler, and the agent takes no callbacks), and n
 from __future__ import annotations
 
 import logging
+import math
 import os
 import re
 import time
@@ -329,20 +330,44 @@ def _traces_left(d: Path) -> list[tuple[float, str]]:
     return out
 
 
+def _no_runs_yet(d: Path) -> str:
+    """What ``trace`` says when the traces folder ``d`` holds no trace: how one gets there, and which folder is
+    read. "no runs recorded yet in DIR" alone left a user who had just run an exploration (whose successful runs
+    keep no trace) or pointed HMRCRITIC_HOME elsewhere with nothing to go on."""
+    return (f"no runs recorded yet in {d}: a critique records one (`hmrcritic critique --scene test:0 --out DIR`; "
+            "exploration and evaluation keep only the traces of runs that failed); HMRCRITIC_RUNS, else "
+            "HMRCRITIC_HOME/runs, chooses the folder")
+
+
+def _listed(d: Path) -> list[tuple[float, str]]:
+    """:func:`_traces_left`, or none where ``d`` cannot be listed (missing, or no folder)."""
+    try:
+        return _traces_left(d)
+    except OSError:
+        return []
+
+
+def _newest(left: list[tuple[float, str]], what: str = "the newest trace") -> str:
+    return f"{what} is {max(left)[1]} (`hmrcritic trace {max(left)[1]}`)"
+
+
 def resolve_run(run_id: str | None = None, last: bool = False) -> Path:
     d = traces_dir()
     if last or not run_id:
         pointer = d / "LAST"
         run_id = _read_pointer(pointer)
         if run_id is None:
-            raise InputError(f"no runs recorded yet in {d}")
+            # no pointer beside traces (removed by hand, or written by a version without one): "no runs recorded
+            # yet" was untrue there
+            left = _listed(d)
+            raise InputError(f"{pointer} is missing: {_newest(left)}" if left else _no_runs_yet(d))
         if not run_id:  # an empty pointer would match every trace below
             raise InputError(f"{pointer} is empty: the last run is unknown; give a RUN_ID")
         if not (d / f"{run_id}.jsonl").is_file():
             # its trace deleted by hand: said so, with the newest one left. It fell through to the part-of-an-id
             # search below and `--last` answered "run '<id>' not found", an id the user never typed
-            left = _traces_left(d)
-            newest = f"; the newest trace left is {max(left)[1]} (`hmrcritic trace {max(left)[1]}`)" if left else ""
+            left = _listed(d)
+            newest = f"; {_newest(left, 'the newest trace left')}" if left else ""
             raise InputError(f"the last run {run_id} has no trace in {d} any more (deleted){newest}")
     elif run_id.endswith(".jsonl") and run_id != ".jsonl":
         # a trace's file name, as `ls` (which the messages below point to) shows it: the run id is its stem
@@ -359,7 +384,12 @@ def resolve_run(run_id: str | None = None, last: bool = False) -> Path:
             shown = ", ".join(m.stem for m in matches[-3:])
             raise InputError(f"run id {run_id!r} is ambiguous in {d}: {len(matches)} runs match (latest: {shown}); "
                              "give more of the id")
-        raise InputError(f"run {run_id!r} not found in {d}")
+        # where it was looked for and what to do next: no command lists the runs, `ls` does (an id is a file's stem)
+        if not _listed(d):
+            raise InputError(f"run {run_id!r} not found: {_no_runs_yet(d)}")
+        raise InputError(f"run {run_id!r} not found in {d}: `hmrcritic trace --last` shows the latest run, `ls {d}` "
+                         "lists them all (a run id is a file name there without .jsonl; a critique prints its own "
+                         "as \"run: ID\")")
     return path
 
 
@@ -376,7 +406,27 @@ def _is_trace_record(rec: dict) -> bool:
     fields = _FIELDS.get(event) if isinstance(event, str) else None
     return (fields is not None and isinstance(rec.get("run_id"), str) and isinstance(rec.get("group_id"), str)
             and all(isinstance(rec.get(k), t) and not isinstance(rec.get(k), bool) for k, t in fields.items())
-            and _float_or_none(rec.get("seconds")))
+            and _float_or_none(rec.get("seconds")) and _plain_json(rec))
+
+
+MAX_RECORD_DEPTH = 32  # of the nested dicts and lists of a trace record; what a TraceWriter writes is about 4 deep
+
+
+def _plain_json(rec: dict) -> bool:
+    """Whether ``rec`` holds only finite numbers and is at most :data:`MAX_RECORD_DEPTH` deep: what ``trace --json``
+    can print back as JSON. A record edited by hand (no checksum to fail) with ``NaN`` or ``Infinity``, which
+    Python's JSON reader accepts, was printed as such by ``--json`` (no JSON parser but Python's reads it), and one
+    nested a few hundred deep ended ``--json`` in "error: RecursionError" (scrubbed level by level)."""
+    stack = [(rec, 0)]
+    while stack:
+        item, depth = stack.pop()
+        if isinstance(item, float) and not math.isfinite(item):
+            return False
+        if isinstance(item, dict | list):
+            if depth >= MAX_RECORD_DEPTH:
+                return False
+            stack.extend((v, depth + 1) for v in (item.values() if isinstance(item, dict) else item))
+    return True
 
 
 def _float_or_none(value: Any) -> bool:
@@ -400,7 +450,28 @@ def read_trace(run_id: str | None = None, last: bool = False) -> list[dict]:
     kept = [r for r in records if _is_trace_record(r)]
     if records and not kept:
         raise InputError(f"{path} holds no hmrcritic trace records (a file of another tool or version?)")
+    # the lines read_jsonl skipped (torn, garbled, failing their checksum) and those that are no trace record: a
+    # trace cut short within its first record, or emptied, printed "(empty trace)" and exited 0, and one damaged in
+    # the middle showed its steps with one missing ("3. critique", "5. critique") and nothing saying why
+    lines = _line_count(path)
+    if not kept:
+        raise InputError(f"{path} is empty: its run was stopped (or the file cut short) before its first record "
+                         "was written" if not lines else f"{path} holds no readable trace record: it was cut "
+                         "short or damaged mid-write")
+    if lines > len(kept):
+        log.warning("%d of the %d lines of %s could not be read as trace records (cut short or damaged mid-write, "
+                    "or edited): the trace below lacks them", lines - len(kept), lines, path)
     return kept
+
+
+def _line_count(path: Path) -> int:
+    """The lines of ``path`` that are not blank (what :func:`~hmrcritic.io.read_jsonl` tries to read); 0 when it
+    cannot be read again (pruned since)."""
+    try:
+        with open(path, "rb") as fh:
+            return sum(1 for line in fh if line.strip())
+    except OSError:
+        return 0
 
 
 LINE_CHARS = 400  # a node's line is kept to about this long by listing fewer items of its longest lists

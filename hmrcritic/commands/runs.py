@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+from pathlib import Path
 
 import typer
 
@@ -43,9 +44,11 @@ def stats(as_json: bool = typer.Option(False, "--json", help="Machine-readable o
     if as_json:
         typer.echo(json.dumps(use, indent=2))
         return
-    typer.echo(f"runs folder {use['root']}: {_mb(use['total_bytes'])}")
+    # absolute: a relative HMRCRITIC_RUNS printed "runs folder rel", which says nothing once the shell is elsewhere
+    typer.echo(f"runs folder {Path(use['root']).absolute()}: {_mb(use['total_bytes'])}")
     for name, part in use["parts"].items():
-        typer.echo(f"  {name:<14}{part['count']:>8} entries  {_mb(part['bytes']):>14}")
+        noun = "entry" if part["count"] == 1 else "entries"
+        typer.echo(f"  {name:<14}{part['count']:>8} {noun:<8} {_mb(part['bytes']):>14}")
 
 
 @runs_app.command("prune")
