@@ -79,7 +79,7 @@ def _fold_help_cells() -> None:
     """``--help`` at 80 columns folds a long word onto the next line instead of cutting it with "…".
 
     typer's option table cut what did not fit its cell: finetune's help showed "--num-generatio…", "--base-loss-wei…"
-    and "--checkpoint-ev…" (option names a user could not type from the page), critique's "HMRCRITIC_BASE_UR…" and
+    and "--checkpoint-ev…" (option names a user could not type from the page), critique's variable names and
     "COCO-WholeBody-13…". The type column already folds; the name and help cells now do too (typer's own renderers,
     their Text marked to fold). Left as typer draws it where its internals are not the ones this was written for."""
     try:
@@ -109,8 +109,6 @@ def _fold_help_cells() -> None:
                        {"__call__": lambda self, *a, **k: fold(super(type(self), self).__call__(*a, **k))})
         setattr(rich_utils, name, folding())
 
-
-_fold_help_cells()
 
 
 def _print_traceback() -> None:
@@ -267,6 +265,8 @@ def main(argv: list[str] | None = None) -> int:
     _STDOUT_AT_START[:] = [_fd_identity(1)]
     _tolerant_streams()
     debug = "--debug" in argv or env_debug()
+    if len(argv) <= 1 or {"--help", "-h"} & set(argv):  # help may be drawn: only then (rich's import costs 60-100 ms)
+        _fold_help_cells()
     try:
         with _warnings_as_lines(debug), _log_lines_scrubbed(), _terminate_as_interrupt():
             return _main(argv, debug)
@@ -347,19 +347,12 @@ def _warnings_as_lines(debug: bool):
 
 class _ScrubbedLastResort(logging.Handler):
     """Python's last-resort handler (``logging.lastResort``: WARNING and above, the message alone, on the stderr of
-    the moment), secrets masked and terminal controls shown as "?" (:func:`hmrcritic.redact.printable`). As the last
-    resort, it prints only records no handler of their own logger's chain took (grpc's NullHandler keeps silencing
-    grpc)."""
+    the moment) with secrets masked and terminal controls shown as "?" (:func:`hmrcritic.redact.printable`)."""
 
     def __init__(self) -> None:
         super().__init__(logging.WARNING)
 
     def emit(self, record: logging.LogRecord) -> None:
-        logger = logging.getLogger(record.name)
-        while logger is not None and logger is not logging.root:
-            if logger.handlers:
-                return
-            logger = logger.parent if logger.propagate else None
         try:
             sys.stderr.write(printable(self.format(record)) + "\n")  # the message (and a traceback it carries)
         except Exception:  # a closed stderr, a message that cannot be formatted: as logging's own handlers do
@@ -368,22 +361,19 @@ class _ScrubbedLastResort(logging.Handler):
 
 @contextlib.contextmanager
 def _log_lines_scrubbed():
-    """Libraries' log records of WARNING and above on stderr, scrubbed, while a command runs.
+    """Log records no handler takes, printed scrubbed while a command runs.
 
-    With no handler configured Python prints such records through ``logging.lastResort`` as they are: LangSmith's
-    client logged "Failed to batch ingest runs: … for url: http://user:password@host/runs/batch" with the password
-    of ``LANGSMITH_ENDPOINT`` in full, where the same text as a warning or an error line was masked. A caller that
-    configured logging (a handler on the root logger) is left alone; in-process callers get the root logger back."""
-    root = logging.getLogger()
-    if root.handlers:
-        yield
-        return
-    handler = _ScrubbedLastResort()
-    root.addHandler(handler)
+    Python prints such records (WARNING and above) through ``logging.lastResort`` as they are: LangSmith's client
+    logged "Failed to batch ingest runs: … for url: http://user:password@host/runs/batch" with the password of
+    ``LANGSMITH_ENDPOINT`` in full, where the same text as a warning or an error line was masked. The last resort
+    itself is replaced (not a handler added to the root logger): Python still calls it only for records no handler
+    of their logger's chain took — a library's own NullHandler keeps it silent, a logger that does not propagate
+    reaches it too, and a ``logging.basicConfig()`` meanwhile still configures. In-process callers get theirs back."""
+    before, logging.lastResort = logging.lastResort, _ScrubbedLastResort()
     try:
         yield
     finally:
-        root.removeHandler(handler)
+        logging.lastResort = before
 
 
 _RESUME = ("the long commands (train-base, explore, learning-curve, export, finetune, reproduce, critique) keep what "

@@ -60,10 +60,15 @@ _URL_USERINFO = re.compile(r"(?P<scheme>\b[a-zA-Z][a-zA-Z0-9+.\-]*://)[^/\s?#'\"
 # (``#access_token=…``); also percent-encoded, as a URL nested in another's query carries them
 # (``next=%2Fcb%3Ftoken%3D…``: an encoded value ends where an encoded "&" or "#" starts the next parameter). The
 # name may be percent-encoded (``api%5Fkey=``: a server decodes it, so it was as secret as ``api_key=``).
-_SECRET_PARAM = re.compile(
+# The name is matched first and the value read only for a secret name: read with every pair, a value runs to the
+# end of a text without "&", "#", quotes or spaces ("x=1;x=1;…"), so each pair scanned the rest of the text (a 64 KB
+# line took 4 s).
+_PARAM_HEAD = re.compile(
     r"(?P<lead>[?&;#%])(?P<hex>(?<=%)(?:3[Ff]|26|23|3[Bb])|(?<!%))(?P<name>[A-Za-z0-9_.\-%]{1,64}?)"
-    r"(?:=|(?P<enc>%3[Dd]))(?P<value>(?(enc)(?:(?!%2[6Ff]|%23)[^&#\s'\"])+|[^&#\s'\"]+))"
+    r"(?:=|(?P<enc>%3[Dd]))"
 )
+_PLAIN_VALUE = re.compile(r"[^&#\s'\"]+")
+_ENCODED_VALUE = re.compile(r"(?:(?!%2[6Ff]|%23)[^&#\s'\"])+")
 # ``name=value`` in free text (``password=hunter2``, ``api_key='sk-…'`` in a settings repr): found by its "=" after
 # a secret word, the name read back from there; only a plainly secret name — a bare ``key=`` or ``sig=`` is
 # prose or code here (``--set KEY=VALUE``). The value ends at a comma, ")" or ";" unless quoted.
@@ -265,26 +270,54 @@ def _plain(name: str) -> str:
     return re.sub(r"[^a-z]", "", name.lower())
 
 
+# a field or free-text name that is one of these words alone is secret (``{"auth": …}``, ``"pwd": …``); "key" and
+# "sig" alone are not there (Chroma's ``{'key': 'legs', 'value': …}``, a sort key)
+_WHOLE_FIELD_NAMES = frozenset({"auth", "pwd", "cookie", "bearer"})
+
+
+@functools.lru_cache(maxsize=4096)
+def _secret_field_name(name: str) -> bool:
+    """:func:`secret_name` for a JSON field or a free-text ``name=``, where the weak words ("key", "sig", "auth" …)
+    count only as the whole name (:data:`_WHOLE_FIELD_NAMES`) or, for "key", after a word saying what kind of key
+    (``api_key``, ``secret_key``): in a query string ``?key=`` is an API key, but in a body or a repr ``sort_key``,
+    ``cache_key``, ``key_points`` and ``auth_mode`` are not secrets, and masking them hid what an error was about."""
+    if not secret_name(name):
+        return False
+    words = [w.lower() for w in _NAME_WORD.findall(name)]
+    for i, word in enumerate(words):
+        if word in _WEAK_NAMES:
+            if word == "key" and i > 0 and words[i - 1] in _KEY_KINDS:
+                return True
+            continue
+        if (word in SECRET_NAME_WORDS or word.endswith(_SECRET_SUFFIXES) or any(p in word for p in _SECRET_INFIXES)
+                or (word.endswith("key") and word[:-3].endswith(_KEY_KINDS))):
+            return True
+    return _plain(name) in _WHOLE_FIELD_NAMES
+
+
 def _mask_params(text: str) -> str:
-    """``text`` with the values of its secret ``?name=value`` pairs masked (:data:`_SECRET_PARAM`).
+    """``text`` with the values of its secret ``?name=value`` pairs masked (:data:`_PARAM_HEAD`).
 
     A pair whose name is no secret is passed over only up to its "=": its value may hold the next pair
     (``?model=m;auth_token=…``, a nested ``next=%2Fcb%3Ftoken%3D…``), which a plain ``re.sub`` would have
     consumed with it."""
     out: list[str] = []
     done = at = 0
-    while (m := _SECRET_PARAM.search(text, at)) is not None:
-        if not secret_name(m.group("name")):
+    while (m := _PARAM_HEAD.search(text, at)) is not None:
+        value = None
+        if secret_name(m.group("name")):
+            value = (_ENCODED_VALUE if m.group("enc") else _PLAIN_VALUE).match(text, m.end())
+        if value is None:
             at = m.end("name")
             continue
-        out += (text[done:m.start("value")], MASK)
-        done = at = m.end()
+        out += (text[done:m.end()], MASK)
+        done = at = value.end()
     return "".join(out) + text[done:] if out else text
 
 
 def _mask_assign(m: re.Match) -> str:
     name = _ASSIGN_NAME.search(m.string, max(0, m.start() - 64), m.start())
-    if name is None or not secret_name(name.group()) or _plain(name.group()) in _WEAK_NAMES:
+    if name is None or not _secret_field_name(name.group()) or _plain(name.group()) in _WEAK_NAMES:
         return m.group(0)
     value = m.group("value")
     return "=" + (value[0] + MASK + value[0] if value[0] in "'\"" else MASK)
@@ -294,7 +327,7 @@ def _mask_field(m: re.Match) -> str:
     if not m.group("value"):
         return m.group(0)
     name = _FIELD_NAME.search(m.string, max(0, m.start() - 72), m.start())
-    if name is None or not secret_name(name.group("name")):
+    if name is None or not _secret_field_name(name.group("name")):
         return m.group(0)
     return ":" + m.group("ws") + m.group("bs") + m.group("vq") + MASK + m.group("bs") + m.group("vq")
 

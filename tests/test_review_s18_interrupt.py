@@ -235,6 +235,7 @@ def test_sigterm_in_a_command_that_says_what_it_kept_still_exits_143(tmp_path):
     """export and finetune catch the interrupt to say what a re-run resumes from and leave by SystemExit(130):
     under SIGTERM the code is 143 all the same, after their own line."""
     (tmp_path / "prefs").mkdir()
+    (tmp_path / "prefs" / "dataset.json").write_text("{}")  # the command refuses a folder without one (session 32)
     proc = _run_until(_LONG_FINETUNE, "long job started", str(tmp_path / "prefs"), str(tmp_path / "ft.pt"))
     os.killpg(proc.pid, signal.SIGTERM)
     _, err = proc.communicate(timeout=60)

@@ -933,6 +933,10 @@ class _NotSent(Exception):
         self.why = why
 
 
+class _Unbuildable(Exception):
+    """Building a request's prompt failed (:meth:`VLMJudge._built`): the group fails at once, nothing sent."""
+
+
 class _CutOff(Exception):
     """The answer stopped where a retry would stop it again: the output-token limit, a refusal, a content filter."""
 
@@ -992,7 +996,7 @@ class VLMJudge:
         )
         self._mode = MODES[0]
         self._mode_lock = threading.Lock()
-        self._mode_changes = 0  # every move of the shared mode, and every refusal confirming one (see _degrade)
+        self._refusals = dict.fromkeys(MODES, 0)  # refusals of each form that stand (see _degrade, _put_back)
         self._runnables: dict[tuple[str, str], Any] = {}
         self._semaphore = endpoint_semaphore(self.settings.base_url, self.settings.max_concurrency)
 
@@ -1350,37 +1354,37 @@ class VLMJudge:
     def _degrade(self, failed_mode: str, own: dict) -> bool:
         """Step down from a structured-output method the endpoint rejected. False when none is left.
 
-        ``own`` is the calling request's record of its own step-downs, for :meth:`_put_back`: ``changes`` (the
-        count of mode changes just after its latest step) and ``restore`` (the form it first stepped down from
-        since another call last touched the mode). A refusal of a form another call already stepped down from
-        confirms that step (the count moves), so no call may put it back any more."""
+        The shared form is the most capable one no standing refusal is against: each refusal counts against its
+        form (``_refusals``) and is listed in ``own``, the calling request's record, so that :meth:`_put_back` can
+        withdraw that request's refusals alone. Counting (not a moved-or-not flag) keeps the outcome independent
+        of the order in which threads' refusals arrive."""
+        pos = MODES.index(failed_mode)
+        if pos + 1 >= len(MODES):
+            return False
         with self._mode_lock:
-            if self._mode != failed_mode:  # another thread already stepped down (or, rarely, put the mode back)
-                if MODES.index(self._mode) > MODES.index(failed_mode):
-                    self._mode_changes += 1
-                return True
-            pos = MODES.index(failed_mode)
-            if pos + 1 >= len(MODES):
-                return False
-            if own.get("changes") != self._mode_changes:  # its first step since the mode was last touched
-                own["restore"] = failed_mode
-            self._mode = MODES[pos + 1]
-            self._mode_changes += 1
-            own["changes"] = self._mode_changes
-            log.info("vlm judge: endpoint rejected %s; using %s from now on", failed_mode, self._mode)
-            return True
+            self._refusals[failed_mode] += 1
+            own.setdefault("refused", []).append(failed_mode)
+            self._settle("endpoint rejected %s; using %s from now on", failed_mode)
+        return True
 
     def _put_back(self, own: dict) -> None:
-        """Undo this request's own step-downs (``own``, see :meth:`_degrade`) after it was refused in every form:
-        the request, not the forms, was at fault. Only while no other call has moved the mode or confirmed the
-        step since: a request refused in every form put the shared mode back on the form it had started in, and
-        undid the step-down another thread had made on its own refusal, so every later group paid that refused
-        request again (and the next such group undid it again)."""
+        """Withdraw this request's refusals (``own``, see :meth:`_degrade`) after it was refused in every form: the
+        request, not the forms, was at fault. Another call's refusals stand: a request refused in every form put
+        the shared mode back on the form it had started in, undoing the step-down another thread had made on its own
+        refusal (every later group paid that refused request again), and a first fix that undid only a request's
+        own steps "unless the mode moved since" left the form on text for good when a refusal of json_schema
+        arrived between them."""
         with self._mode_lock:
-            if own.get("changes") is not None and own["changes"] == self._mode_changes:
-                self._mode = own["restore"]
-                self._mode_changes += 1
-                log.info("vlm judge: a request was refused in every form; using %s again", self._mode)
+            for form in own.pop("refused", []):
+                self._refusals[form] -= 1
+            self._settle("a request was refused in every form%s; using %s again", "")
+
+    def _settle(self, message: str, what: str) -> None:
+        """Set the shared mode to the most capable form without a standing refusal (under ``_mode_lock``)."""
+        mode = next((m for m in MODES[:-1] if self._refusals[m] == 0), MODES[-1])
+        if mode != self._mode:
+            self._mode = mode
+            log.info("vlm judge: " + message, what, mode)
 
     def _check_complete(self, result: Any) -> None:
         """Raise :class:`_CutOff` when the endpoint stopped the answer at its output-token limit
@@ -1448,19 +1452,22 @@ class VLMJudge:
             return None
 
     @staticmethod
-    def _built(build, mode: str, retry_reason: str) -> tuple[list | None, str]:
-        """``(messages, "")``, or ``(None, what went wrong)`` when building the prompt itself fails (bad data in
-        the group's context, a bug): nothing was sent, and the same data fails the same way on every try. Built
-        inside the request's ``try``, such a ValueError/TypeError/KeyError was taken for a "malformed answer" of
-        the endpoint's and retried with backoff (and the model asked to fix "the previous answer"). A JudgeError
-        (an image that cannot be read) is already the group's one line and goes on as it is."""
+    def _built(build, mode: str, retry_reason: str) -> list:
+        """The request's messages; :class:`_Unbuildable` when building the prompt itself fails (bad data in the
+        group's context, a bug): nothing was sent, and the same data fails the same way on every try. Such a
+        ValueError/TypeError/KeyError was taken for a "malformed answer" of the endpoint's and retried with backoff
+        (and the model asked to fix "the previous answer"). A JudgeError (an image that cannot be read) is already
+        the group's one line, and an API error (raised by a ``build`` that sends, as tests' do) the endpoint's:
+        both go on as they are."""
+        import openai
+
         try:
-            return build(mode, retry_reason), ""
-        except JudgeError:
+            return build(mode, retry_reason)
+        except (JudgeError, openai.OpenAIError):
             raise
-        except Exception as exc:  # noqa: BLE001 - told as the group's failure, below
+        except Exception as exc:  # noqa: BLE001 - told as the group's failure by _call
             log.debug("vlm judge: building the prompt failed", exc_info=True)
-            return None, f"{type(exc).__name__}: {exc}"
+            raise _Unbuildable(f"{type(exc).__name__}: {exc}") from None
 
     def _call(self, group_id: str, schema: type[BaseModel], build, validate):
         import openai
@@ -1477,11 +1484,8 @@ class VLMJudge:
             advice = ""  # what to change, said after ``reason`` and kept whole when the line is cut (_scrub)
             unusable = ""  # what is wrong with the endpoint itself, when that is why this attempt failed
             too_large = False  # ... for this group's size only: a smaller one may pass
-            messages, unbuilt = self._built(build, mode, retry_reason)
-            if unbuilt:  # raised here, outside the except block (no traceback of the data rides along)
-                raise JudgeError(self._scrub(f"VLM judge failed for group {group_id}: cannot build the prompt "
-                                             f"({unbuilt}); nothing was sent"))
             try:
+                messages = self._built(build, mode, retry_reason)
                 images = sum(1 for part in getattr(messages[-1], "content", None) or []
                              if isinstance(part, dict) and part.get("type") == "image_url")
                 with self._semaphore:
@@ -1491,6 +1495,9 @@ class VLMJudge:
                 except Unparseable:  # only an unusable answer is blamed on the cut (JSON modes often pad a
                     self._check_complete(result)  # complete answer with whitespace up to the limit)
                     raise
+            except _Unbuildable as exc:  # nothing was sent: not the endpoint's failure, and no retry cures it
+                raise JudgeError(self._scrub(f"VLM judge failed for group {group_id}: cannot build the prompt "
+                                             f"({exc}); nothing was sent")) from None
             except _CutOff as exc:  # at temperature 0 a retry is cut at the same place
                 reason, fatal = str(exc), True
             except openai.LengthFinishReasonError as exc:  # the same, seen by the client's json_schema parsing

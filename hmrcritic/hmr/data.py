@@ -1168,8 +1168,9 @@ def read_keypoints_json(path, image_size=None, person: int | None = None, layout
     17 points are read in COCO-17's order (``layout="coco17"``); ``layout="h36m17"`` reads a 17-point file in
     Human3.6M-17's order (VideoPose3D, MotionBERT, MMPose's H36M models) and maps it to COCO-17, the eyes and ears
     hidden (H36M has none; its pelvis, spine, thorax and head are not used). The two cannot be told apart for
-    sure, so a COCO-17 reading whose face points span over a third of the person warns that the file may be
-    H36M-17 (an H36M file read as COCO-17 gives wrong poses without an error).
+    sure, so a COCO-17 reading that looks like H36M-17 warns (its face points spanning over 0.4 of the person, point 0
+    midway between points 1 and 4: see FACE_SPREAD_WARN; an H36M file read as COCO-17 gives wrong poses without an
+    error).
     """
     _check_person(person)
     layout = check_keypoint_layout(layout)

@@ -21,6 +21,7 @@ import difflib
 import hashlib
 import json
 import math
+import warnings
 from typing import TYPE_CHECKING
 
 import numpy as np
@@ -28,7 +29,7 @@ import numpy as np
 from hmrcritic.errors import InputError
 from hmrcritic.memory.embeddings import embed_text
 from hmrcritic.memory.schema import Rule, RuleCondition
-from hmrcritic.memory.starter_rules import normalise_tags
+from hmrcritic.memory.starter_rules import TAG_VOCABULARY, normalise_tags
 
 if TYPE_CHECKING:
     from hmrcritic.memory.store import MemoryStore
@@ -212,7 +213,12 @@ class RuleMemory:
             # past a float, failed the write with "Cannot convert Python object to UpdateMetadataValue"
             raise InputError(f"rule {rule.rule_id or '(new)'}: n_used and round_created must fit in 64 bits "
                              f"(at most {INT_MAX} in size)")
-        rule.tags = normalise_tags(rule.tags)
+        given, rule.tags = rule.tags, normalise_tags(rule.tags)
+        dropped = [t for t in (given.split(",") if isinstance(given, str) else given) if not normalise_tags([t])]
+        if dropped:  # retrieval matches only the vocabulary's tags: an import's own tags were dropped without a word
+            warnings.warn(f"rule {rule.rule_id or '(new)'}: tag{'s' if len(dropped) > 1 else ''} "
+                          f"{', '.join(repr(str(t))[:40] for t in dropped)} not in the tag vocabulary, dropped "
+                          f"(known: {', '.join(TAG_VOCABULARY)})", stacklevel=3)
         if not rule.rule_id:
             rule.rule_id = mined_rule_id(rule.text)
         return rule
