@@ -310,6 +310,9 @@ def evaluate_critic(
             **({"explore_stopped": stopped} if stopped else {}),
             "group_source": used,
             "judge": name,
+            # which model at which endpoint (export's dataset.json and critique's scores.json say it): two VLMs'
+            # evaluations read the same otherwise
+            **({"judge_model": ident} if ident else {}),
             "memory_dir": str(memory_path),
             "workdir": str(workdir),
             "result_file": str(workdir / f"result-{eval_key}.json"),
@@ -442,7 +445,8 @@ def format_table(payload: dict[str, Any]) -> str:
         src += f" ({payload['explore_failed_groups']} of its explored groups failed: not learnt from)"
     lines = [f"critic evaluation on {payload['num_groups']} {payload['split']} groups of "
              f"{payload['num_generations']} ({payload['group_source']} hypotheses; {src}, version "
-             f"{payload['memory_version']})",
+             f"{payload['memory_version']}"
+             + (f"; judge {payload['judge']} {payload['judge_model']}" if payload.get("judge_model") else "") + ")",
              f"{'variant':<15}{'ρ PA':>7}{'± sem':>7}{'τ PA':>7}{'ρ MPJPE':>9}{'ρ PVE':>7}{'top-1 PA':>10}"
              f"{'r pooled':>9}{'full − this: ρ (paired sem)':>30}{'r (bootstrap se)':>20}"
              f"{'top-1 mm (sem)':>18}"]

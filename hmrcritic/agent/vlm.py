@@ -933,6 +933,11 @@ class _NotSent(Exception):
         self.why = why
 
 
+# said after "no answer within N s": every other endpoint failure names what to change (a slow model, a large group
+# or a cold start needs a longer wait)
+_SLOW_ADVICE = "; a slow server or a large group: raise HMRCRITIC_VLM_TIMEOUT (seconds)"
+
+
 class _Unbuildable(Exception):
     """Building a request's prompt failed (:meth:`VLMJudge._built`): the group fails at once, nothing sent."""
 
@@ -1364,7 +1369,9 @@ class VLMJudge:
         with self._mode_lock:
             self._refusals[failed_mode] += 1
             own.setdefault("refused", []).append(failed_mode)
-            self._settle("endpoint rejected %s; using %s from now on", failed_mode)
+            # a warning, once per step (not per group): at INFO a CLI user never learnt the judge had stepped down
+            self._settle("the endpoint refused %s requests; sending %s from now on", failed_mode,
+                         level=logging.WARNING)
         return True
 
     def _put_back(self, own: dict) -> None:
@@ -1379,12 +1386,12 @@ class VLMJudge:
                 self._refusals[form] -= 1
             self._settle("a request was refused in every form%s; using %s again", "")
 
-    def _settle(self, message: str, what: str) -> None:
+    def _settle(self, message: str, what: str, level: int = logging.INFO) -> None:
         """Set the shared mode to the most capable form without a standing refusal (under ``_mode_lock``)."""
         mode = next((m for m in MODES[:-1] if self._refusals[m] == 0), MODES[-1])
         if mode != self._mode:
             self._mode = mode
-            log.info("vlm judge: " + message, what, mode)
+            log.log(level, "vlm judge: " + message, what, mode)
 
     def _check_complete(self, result: Any) -> None:
         """Raise :class:`_CutOff` when the endpoint stopped the answer at its output-token limit
@@ -1512,7 +1519,7 @@ class VLMJudge:
                 reason = f"unusable answer ({exc})"
                 retry_reason = str(exc)
             except _Deadline:
-                reason = f"no answer within {self.settings.timeout_s:g} s"
+                reason, advice = f"no answer within {self.settings.timeout_s:g} s", _SLOW_ADVICE
             except (openai.BadRequestError, openai.UnprocessableEntityError) as exc:
                 # 422 too: servers built on axum/FastAPI validation (TGI among them) answer a request form
                 # they do not know (a json_schema response_format, forced tools) with 422, not 400
@@ -1546,7 +1553,7 @@ class VLMJudge:
                 if _connect_timed_out(exc):  # nothing answered at the address: as a refused connection
                     reason, advice, unusable = self._unreachable(exc)
                 else:  # the server took the request and is slow: transient
-                    reason = f"no answer within {self.settings.timeout_s:g} s"
+                    reason, advice = f"no answer within {self.settings.timeout_s:g} s", _SLOW_ADVICE
             except openai.RateLimitError as exc:
                 if "insufficient_quota" in (getattr(exc, "code", None), getattr(exc, "type", None)):
                     # OpenAI's 429 for an account out of credit: no wait cures it, and each group retried it
