@@ -258,12 +258,13 @@ def secret_name(name: str) -> bool:
         if "%" not in name:
             break
         name = unquote(name)
-    for word in _NAME_WORD.findall(name):
-        word = word.lower()
-        if (word in SECRET_NAME_WORDS or word.endswith(_SECRET_SUFFIXES) or any(p in word for p in _SECRET_INFIXES)
-                or (word.endswith("key") and word[:-3].endswith(_KEY_KINDS))):
-            return True
-    return False
+    return any(_secret_word(word.lower()) for word in _NAME_WORD.findall(name))
+
+
+def _secret_word(word: str) -> bool:
+    """One lower-case word of a name (:func:`secret_name`): a secret word, or one ending or holding like one."""
+    return (word in SECRET_NAME_WORDS or word.endswith(_SECRET_SUFFIXES) or any(p in word for p in _SECRET_INFIXES)
+            or (word.endswith("key") and word[:-3].endswith(_KEY_KINDS)))
 
 
 def _plain(name: str) -> str:
@@ -288,9 +289,7 @@ def _secret_field_name(name: str) -> bool:
         if word in _WEAK_NAMES:
             if word == "key" and i > 0 and words[i - 1] in _KEY_KINDS:
                 return True
-            continue
-        if (word in SECRET_NAME_WORDS or word.endswith(_SECRET_SUFFIXES) or any(p in word for p in _SECRET_INFIXES)
-                or (word.endswith("key") and word[:-3].endswith(_KEY_KINDS))):
+        elif _secret_word(word):
             return True
     return _plain(name) in _WHOLE_FIELD_NAMES
 

@@ -1277,32 +1277,28 @@ class VLMJudge:
         import openai
 
         timeout = self.settings.timeout_s
+        address = _clip(self._address(), 80)
         if _connect_timed_out(exc):
             # the handshake never completed: said as what happened ("nothing answered ... within"), not as a refusal
-            reason = f"nothing answered at {_clip(self._address(), 80)} within {timeout:g} s"
-            words = "connect timeout"
-            if self.settings.base_url:
-                return (f"{reason} ({words})", ": is a server running there, reachable from this machine (no "
-                        f"firewall dropping the packets)? Else correct the address "
-                        f"({_base_url_source(self.settings.base_url)})", f"nothing answered there within {timeout:g} s")
-            return (f"{reason} ({words})", ": no base URL is set, so the judge called OpenAI's API (is this machine "
-                    "online?); for a local server (vLLM, Ollama) set HMRCRITIC_BASE_URL",
-                    f"nothing answered there within {timeout:g} s")
-        if isinstance(exc, openai.APITimeoutError):  # connected, then no answer in time (doctor's GET /models):
-            # "cannot connect" sent the user looking for a server that was up and slow
-            return f"no answer from {_clip(self._address(), 80)} within {timeout:g} s", "", ""
-        reason = f"cannot connect to {_clip(self._address(), 80)}"  # the transport's words follow
-        if (words := _connect_failure(exc)) is None:
-            return reason, "", ""
-        # a TLS handshake that fails is a ConnectError too: something answers, and the stop's line
-        # ("nothing answers there") sent the user to restart a server that was running
-        tls = any(w in words.lower() for w in ("ssl", "certificate", "tls"))
-        tls_cause = "an https address for a plain http server, or a certificate not trusted"
-        unusable = f"the TLS handshake fails ({tls_cause})" if tls else "nothing answers there"
+            reason, words, tls = f"nothing answered at {address} within {timeout:g} s", "connect timeout", False
+            unusable = f"nothing answered there within {timeout:g} s"
+            ask = "is a server running there, reachable from this machine (no firewall dropping the packets)?"
+        else:
+            if isinstance(exc, openai.APITimeoutError):  # connected, then no answer in time (doctor's GET /models):
+                # "cannot connect" sent the user looking for a server that was up and slow
+                return f"no answer from {address} within {timeout:g} s", "", ""
+            reason = f"cannot connect to {address}"  # the transport's words follow
+            if (words := _connect_failure(exc)) is None:
+                return reason, "", ""
+            # a TLS handshake that fails is a ConnectError too: something answers, and the stop's line
+            # ("nothing answers there") sent the user to restart a server that was running
+            tls = any(w in words.lower() for w in ("ssl", "certificate", "tls"))
+            tls_cause = "an https address for a plain http server, or a certificate not trusted"
+            unusable = f"the TLS handshake fails ({tls_cause})" if tls else "nothing answers there"
+            ask = f"{tls_cause}?" if tls else "is a server running there?"
         if self.settings.base_url:
             # what to change, as for every other unusable endpoint: "Connection refused" alone (after the
             # retries) left the user to guess that no server runs at the address, or which setting holds it
-            ask = f"{tls_cause}?" if tls else "is a server running there?"
             return (f"{reason} ({words})", f": {ask} Else correct the address "
                     f"({_base_url_source(self.settings.base_url)})", unusable)
         # no base URL: OpenAI's API. "cannot connect to the default OpenAI endpoint" had no advice, on an offline
