@@ -110,6 +110,59 @@ def _fold_help_cells() -> None:
         setattr(rich_utils, name, folding())
 
 
+def _untyped_flags() -> None:
+    """``--help`` draws no type beside a flag: typer's option table showed ``--json <bool>``, ``--help <bool>``,
+    ``--resume/--no-resume <bool>``, read as options wanting a value (``--json true``, which is then an unexpected
+    extra argument). typer's plain help already leaves a flag's type out; its table now does too. Options that
+    take a value (and counting flags, ``-vvv``) keep theirs.
+
+    The one reader of ``TyperOption.display_type_rich`` besides that table is typer's plain help, and only for
+    options that are not flags: parsing, errors and completion never call it, so this changes what ``--help``
+    draws and nothing else. Applied as :func:`_fold_help_cells` is, only where help may be drawn."""
+    try:
+        from typer.core import TyperOption
+
+        shown = TyperOption.display_type_rich
+    except (ImportError, AttributeError):  # another typer: left as it draws it
+        return
+    if getattr(shown, "untyped_flags", False):
+        return
+
+    def display_type_rich(self, ctx):
+        if getattr(self, "is_flag", False) and not getattr(self, "count", False):
+            return None  # the table appends nothing for None
+        return shown(self, ctx)
+
+    display_type_rich.untyped_flags = True
+    TyperOption.display_type_rich = display_type_rich
+
+
+def _command_lines_joined() -> None:
+    """A command's line in its group's list (``hmrcritic --help``, ``memory --help``) is one paragraph, as on the
+    command's own page: typer kept the docstring's line breaks there, so "runs prune" read "…evaluation caches,"
+    then "then compact…" on a line of its own, and "memory export" broke after "explored" — sentences cut where
+    the source wraps, not where the terminal does. A first paragraph starting with ``\b`` (click's "keep my
+    lines") is left as written. Applied as :func:`_fold_help_cells` is, only where help may be drawn."""
+    try:
+        import inspect
+
+        from typer import rich_utils
+
+        make = rich_utils._make_command_help
+    except (ImportError, AttributeError):  # another typer: left as it draws it
+        return
+    if getattr(make, "joins_lines", False):
+        return
+
+    def joined(*args, help_text: str = "", **kwargs):
+        first, sep, rest = inspect.cleandoc(help_text).partition("\n\n")
+        if not first.startswith("\b"):
+            first = first.replace("\n", " ")
+        return make(*args, help_text=first + sep + rest, **kwargs)
+
+    joined.joins_lines = True
+    rich_utils._make_command_help = joined
+
 
 def _print_traceback() -> None:
     """``--debug``: the traceback of the exception being handled, with secrets masked and terminal controls shown
@@ -167,6 +220,71 @@ def _stdout_gone() -> bool:
         return any(ev & (select.POLLERR | select.POLLHUP) for _, ev in poller.poll(0))
     except (AttributeError, OSError, ValueError):  # no poll (not Linux/macOS), no stdout: as typer assumed
         return True
+
+
+def _stdout_failed(exc: OSError) -> bool:
+    """Whether ``exc`` is stdout refusing the command's output (``> /dev/full``, a full disk or quota under a
+    redirected stdout, an I/O error on it), rather than a file the command wrote.
+
+    Such a write carries no file name, and the line said only "No space left on device": read as the disk (or the
+    memory) of the work being full. The files the toolkit writes are named in their errors (hmrcritic.io), so an
+    error without a name is checked against stdout itself: the output still buffered in it, then a write of
+    nothing to its descriptor (which /dev/full and a broken device refuse), must fail with the same errno. A broken
+    pipe is left to typer and :func:`_stdout_gone`. Not recognised: a full disk under an unbuffered stdout
+    (``PYTHONUNBUFFERED=1``), which accepts an empty write again — its line stays the true "No space left"."""
+    stream = sys.stdout
+    if exc.filename is not None or exc.errno in (None, errno.EPIPE) or stream is None:
+        return False
+    try:
+        stream.flush()
+        os.write(stream.fileno(), b"")
+    except OSError as probe:  # io.UnsupportedOperation (a capture without a descriptor) has no errno
+        return probe.errno == exc.errno
+    except (AttributeError, ValueError):  # a replaced or closed stream
+        return False
+    return False
+
+
+def _stdout_error(exc: OSError) -> str:
+    """The line for :func:`_stdout_failed`: what failed (writing the output to stdout), why, and where stdout
+    points where the system says (``/dev/full``, the file it was redirected to)."""
+    where = ""
+    with contextlib.suppress(AttributeError, ValueError, OSError):
+        where = os.readlink(f"/proc/self/fd/{sys.stdout.fileno()}")
+    why = exc.strerror or str(exc) or type(exc).__name__
+    return f"writing the command's output to stdout failed: {why}" + (f" (stdout is {where})" if where else "")
+
+
+def _drop_stdout() -> None:
+    """Point the failed stdout at /dev/null and drop what it still buffers: Python flushes stdout again on exit,
+    and that second failure printed "Exception ignored in: <_io.TextIOWrapper name='<stdout>'…>" after the error
+    line and turned the exit code into 120. (Python's advice for a broken pipe; only for the process's own
+    stdout — a stream without a descriptor never reaches here.)"""
+    with contextlib.suppress(AttributeError, ValueError, OSError):
+        null = os.open(os.devnull, os.O_WRONLY)
+        try:
+            os.dup2(null, sys.stdout.fileno())
+        finally:
+            os.close(null)
+        sys.stdout.flush()
+
+
+def _flush_stdout(rc: int) -> int:
+    """Flush stdout before returning, so that output which failed to go out is said as :func:`_stdout_error`
+    (exit 2 where the command had succeeded) rather than by Python's exit ("Exception ignored …", exit 120). A
+    broken pipe is left as it was (``| head``: the reader has what it wanted)."""
+    try:
+        if sys.stdout is not None:
+            sys.stdout.flush()
+    except OSError as exc:
+        if exc.errno == errno.EPIPE:
+            return rc
+        print(f"error: {printable(_stdout_error(exc))}", file=sys.stderr)
+        _drop_stdout()
+        return rc or 2
+    except (AttributeError, ValueError):  # a replaced or closed stream
+        return rc
+    return rc
 
 
 def _os_error(exc: OSError) -> str:
@@ -267,9 +385,11 @@ def main(argv: list[str] | None = None) -> int:
     debug = "--debug" in argv or env_debug()
     if len(argv) <= 1 or {"--help", "-h"} & set(argv):  # help may be drawn: only then (rich's import costs 60-100 ms)
         _fold_help_cells()
+        _untyped_flags()
+        _command_lines_joined()
     try:
         with _warnings_as_lines(debug), _log_lines_scrubbed(), _terminate_as_interrupt():
-            return _main(argv, debug)
+            return _flush_stdout(_main(argv, debug))
     except KeyboardInterrupt:  # a signal between the command's own handling and the handler's removal
         return 143 if _TERMINATED else 130
 
@@ -442,6 +562,10 @@ def _main(argv: list[str], debug: bool) -> int:
     except OSError as exc:  # a file where a folder should be, no permission, disk full...
         if debug:
             _print_traceback()
+        if _stdout_failed(exc):  # `> /dev/full`: the output, not a file of the work
+            print(f"error: {printable(_stdout_error(exc))}", file=sys.stderr)
+            _drop_stdout()
+            return 2
         print(f"error: {printable(_os_error(exc))}", file=sys.stderr)
         return 2
     except Exception as exc:  # click usage errors and the like

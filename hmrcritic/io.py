@@ -362,6 +362,50 @@ def read_jsonl(path: str | os.PathLike, verify: bool = True) -> list[dict]:
     return out
 
 
+def not_a_file_error(p: Path, what: str) -> Exception:
+    """Why ``p`` cannot be read as a ``what`` file: a folder, nothing there, or something there that is no regular
+    file (a FIFO, a socket, a device; a shell's ``<(…)``). The last was "file not found", for a path that exists."""
+    from hmrcritic.errors import InputError
+
+    if p.is_dir():
+        return InputError(f"{p} is a folder; give the {what} file")
+    if p.exists():
+        return InputError(f"{p}: not a regular file (a pipe, socket or device); save the {what} to a file and give "
+                          "that")
+    return InputError(f"{p}: {what} file not found")
+
+
+def read_small_json(path: Path, what: str, max_bytes: int, nested_as: str | None = None,
+                    number_as: str | None = None) -> Any:
+    """The JSON value of a small input file (keypoints, intrinsics), every way it can fail an :class:`InputError`
+    naming the file: missing, a folder or pipe, too large to be ``what``, not text, not JSON, nested thousands deep,
+    a number of thousands of digits. Read as bytes: json detects UTF-8 with a BOM and UTF-16/32 (Windows tools and
+    PowerShell write those), which read_text("utf-8") refused. ``nested_as``/``number_as`` word the last two
+    errors ("too deeply to be keypoints", "not a keypoint coordinate")."""
+    from hmrcritic.errors import InputError
+
+    p = Path(path)
+    if not p.is_file():
+        raise not_a_file_error(p, what)
+    size = p.stat().st_size
+    if size > max_bytes:
+        limit = f"{max_bytes // 1_000_000} MB" if max_bytes >= 1_000_000 else f"{max_bytes // 1000} kB"
+        raise InputError(f"{p}: {size} bytes is not a{'n' if what[:1] in 'aeiou' else ''} {what} file (at most "
+                         f"{limit})")
+    try:
+        return json.loads(p.read_bytes())
+    except UnicodeDecodeError:
+        raise InputError(f"{p}: not a JSON text file") from None
+    except json.JSONDecodeError as exc:
+        raise InputError(f"{p}: not valid JSON ({exc.msg} at line {exc.lineno})") from None
+    except RecursionError:  # nested thousands deep: json's recursion limit, one line instead of a traceback
+        raise InputError(f"{p}: JSON nested too deeply to be {nested_as or what}") from None
+    except ValueError:  # an integer of over 4,300 digits: Python's int-parsing limit (its message advises changing
+        # the interpreter's limit), raised as a bare ValueError, not a JSONDecodeError
+        raise InputError(f"{p}: holds a number thousands of digits long, not {number_as or what + ' data'}"
+                         ) from None
+
+
 def _json_default(obj: Any) -> Any:
     if isinstance(obj, np.generic):
         return obj.item()

@@ -18,10 +18,11 @@ runs uploaded to LangSmith — goes through :func:`scrub`, which removes
 * the user-info part of any URL (``scheme://user:password@host`` → ``scheme://***@host``);
 * the values written under a secret name (:func:`secret_name`: ``key``, ``token``, ``secret``, ``password``,
   ``auth``, ``sig`` … as whole words of the name — ``api_key``, ``accessToken``, ``X-Amz-Signature``, not
-  ``author``, ``keyboard``, ``monkey``), whether the process knows them or not: a query parameter or URL fragment
-  (``?api_key=…``, ``#access_token=…``, also percent-encoded: ``api%5Fkey=``, ``%3Ftoken%3D…``), a JSON field or
-  dict repr (``"api_key": "…"``, ``{'authorization': '…'}``) and a plainly secret ``name=value`` in free text
-  (``password=…``, ``api_key='…'``; a bare ``key=`` there is prose);
+  ``author``, ``keyboard``, ``monkey``, nor a count of tokens: ``max_tokens``, ``token_count``), whether the
+  process knows them or not: a query parameter or URL fragment (``?api_key=…``, ``#access_token=…``, also
+  percent-encoded: ``api%5Fkey=``, ``%3Ftoken%3D…``), a JSON field or dict repr (``"api_key": "…"``,
+  ``{'authorization': '…'}``) and a plainly secret ``name=value`` in free text (``password=…``, ``api_key='…'``;
+  a bare ``key=`` there is prose);
 * ``Bearer`` (in any case) / ``Basic`` credentials (a token of 8+ characters with at least one digit, so prose such as
   "Basic authentication" survives).
 """
@@ -101,6 +102,13 @@ _SECRET_INFIXES = ("passw", "credential", "apikey", "accesskey", "secretkey", "p
 # ... or in "key" after one of these (``apikey``, ``secretaccesskey``: "key" alone as a suffix is ``monkey``)
 _KEY_KINDS = ("api", "access", "secret", "private", "auth", "session", "signing", "master", "client",
               "subscription", "app", "user", "encryption", "license", "account", "shared", "sas", "hmac")
+# ... but not "token" beside one of these words: it names a number of tokens then, not a credential (``token_count``,
+# ``token_budget``, ``max_token``, ``tokenLimit``, ``token_usage``; OpenAI's usage fields ``prompt_tokens``,
+# ``total_tokens`` are plural, no secret word at all). A trace or an error that quoted one showed "***" for a count.
+# Only the "token" word is excused: ``max_token_secret`` still holds "secret", ``id_token`` has no such neighbour.
+_TOKEN_MEASURES = frozenset({
+    "count", "counts", "budget", "budgets", "limit", "limits", "usage", "used", "num", "number", "total", "max",
+    "min", "length", "len", "quota"})
 # the words that alone make only a query parameter or field secret, not free text's ``name=`` (``PWD=/home/…`` is a
 # shell's working directory)
 _WEAK_NAMES = frozenset({"key", "sig", "auth", "cookie", "bearer", "pwd"})
@@ -258,7 +266,17 @@ def secret_name(name: str) -> bool:
         if "%" not in name:
             break
         name = unquote(name)
-    return any(_secret_word(word.lower()) for word in _NAME_WORD.findall(name))
+    words = [w.lower() for w in _NAME_WORD.findall(name)]
+    return any(_secret_word_at(words, i) for i in range(len(words)))
+
+
+def _secret_word_at(words: list[str], i: int) -> bool:
+    """Whether ``words[i]`` of a name makes it secret (:func:`_secret_word`), unless it is "token" next to a word
+    of counting (:data:`_TOKEN_MEASURES`): two set lookups per word, so a name costs what it did."""
+    if words[i] == "token" and ((i > 0 and words[i - 1] in _TOKEN_MEASURES)
+                                or (i + 1 < len(words) and words[i + 1] in _TOKEN_MEASURES)):
+        return False
+    return _secret_word(words[i])
 
 
 def _secret_word(word: str) -> bool:
@@ -289,7 +307,7 @@ def _secret_field_name(name: str) -> bool:
         if word in _WEAK_NAMES:
             if word == "key" and i > 0 and words[i - 1] in _KEY_KINDS:
                 return True
-        elif _secret_word(word):
+        elif _secret_word_at(words, i):
             return True
     return _plain(name) in _WHOLE_FIELD_NAMES
 

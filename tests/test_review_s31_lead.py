@@ -261,9 +261,10 @@ def test_critique_person_critiques_that_person(tmp_path, small_prior):
     assert code == 0
     scores = json.loads((out / "scores.json").read_text())
     assert re.fullmatch(r"group_p0-[0-9a-f]{8}", scores["group_id"]), scores["group_id"]  # + the inputs' digest
-    from hmrcritic.commands.agent import _load_sample
+    from hmrcritic.commands import load_input_sample
 
-    kp = _load_sample(None, str(tmp_path / "group.png"), str(kp_file), None, 0).keypoints  # what the CLI critiqued
+    # what the CLI critiqued
+    kp = load_input_sample(None, str(tmp_path / "group.png"), str(kp_file), person=0).keypoints
     assert abs(float(np.asarray(kp)[11:13, 0].mean()) - 150) < 1e-3
     assert main(["critique", "--scene", "test:0", "--person", "1", "--out", str(tmp_path / "s")]) == 2
 

@@ -159,12 +159,12 @@ def test_cli_takes_the_layout_and_refuses_it_for_a_scene(tmp_path, capsys):
     from PIL import Image
 
     from hmrcritic import cli
-    from hmrcritic.commands.agent import _load_sample
+    from hmrcritic.commands import load_input_sample
 
     img = tmp_path / "img.png"
     Image.new("RGB", (640, 480)).save(img)
     path = write(tmp_path, "h36m.json", as_h36m(standing_coco()).tolist())
-    sample = _load_sample(None, str(img), str(path), None, None, "h36m17")  # what `critique` reads its input with
+    sample = load_input_sample(None, str(img), str(path), keypoint_layout="h36m17")  # what `critique` reads
     assert (sample.keypoints[1:5, 2] == 0).all()
     for command in ("sample", "critique"):
         out = str(tmp_path / "o")

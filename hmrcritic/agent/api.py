@@ -38,10 +38,11 @@ from hmrcritic.agent.runs import checkpoint_error, in_use, thread_lock
 from hmrcritic.agent.schema import HypothesisScore
 from hmrcritic.agent.state import AgentConfig, canonical_judge, prototype_hits
 from hmrcritic.errors import HMRCriticError, InputError, InvalidCritiqueError
+from hmrcritic.hmr.smpl_arrays import SMPL_KEYS, check_smpl_arrays
 from hmrcritic.io import atomic_save_npz, atomic_write_json, npz_unpacked_bytes
 from hmrcritic.redact import scrub
 
-HYP_KEYS = {"global_orient": 3, "body_pose": 69, "betas": 10, "transl": 3}
+HYP_KEYS = SMPL_KEYS  # the four SMPL arrays a group of hypotheses holds (hmr.smpl_arrays checks them)
 
 
 class ScoredGroup(BaseModel):
@@ -151,10 +152,6 @@ def run_folder_name(thread_id: str) -> str:
     return f"{s[:100]}-{hashlib.sha1(thread_id.encode()).hexdigest()[:8]}"
 
 
-MAX_ABS_BETA = 50.0
-# metres: far past any telephoto framing (a person 1 km away renders), short of numbers that are not a placement —
-# an overflowed integer, or float32 rounding the body's own metre-scale size away
-MAX_ABS_TRANSL_M = 1e5
 
 
 # far above any group the sampler allows (MAX_GENERATIONS hypotheses of ~340 bytes each)
@@ -213,124 +210,10 @@ def load_hypotheses(source: Any, where: str = "hypotheses") -> dict[str, np.ndar
                 raise InputError(f"{where}: {k} is not a regular array of numbers (rows of unequal length?)") from None
     else:
         raise InputError(f"{where}: expected an .npz path, a dict of arrays or a HypothesisGroup")
-    arrays = _common_layouts(arrays, where)
-    out = {}
-    n = None
-    for key, dim in HYP_KEYS.items():
-        if key not in arrays:
-            if key == "transl":
-                continue
-            raise InputError(f"{where}: missing array {key!r} (needs global_orient, body_pose, betas, transl)")
-        dtype = np.asarray(arrays[key]).dtype
-        if not np.issubdtype(dtype, np.number):
-            raise InputError(f"{where}: {key} holds {dtype} values, expected numbers")
-        if np.issubdtype(dtype, np.complexfloating):  # the cast below dropped the imaginary part with a mere warning
-            raise InputError(f"{where}: {key} holds {dtype} values, expected real numbers")
-        a = np.asarray(arrays[key], dtype=np.float32)
-        if a.ndim == 3 and a.shape[0] == 1:  # group.numpy() of a one-input group: (1, N, …), as the group itself is
-            a = a[0]
-        if a.ndim == 1:
-            a = a[None]
-        if key == "betas" and a.ndim == 2 and a.shape[1] != dim:
-            a = _ten_betas(a, where)
-        if a.ndim != 2 or a.shape[1] != dim:
-            raise InputError(f"{where}: {key} has shape {a.shape}, expected (N, {dim})"
-                             + (_other_body_pose(a) if key == "body_pose" else ""))
-        n = a.shape[0] if n is None else n
-        if n == 0:  # before the counts are compared: a shared (1, 10) betas read "betas has 1 hypotheses, others 0"
-            raise InputError(f"{where}: no hypotheses")
-        if n > max_n:  # the evidence compares every pair of hypotheses: 100k of them fit in a 64 MiB file
-            raise InputError(f"{where}: {n} hypotheses; a group holds at most {max_n} (as `sample -n` and "
-                             "`export --num-generations` allow): critique it in parts")
-        if key in ("betas", "transl") and a.shape[0] == 1 and n > 1:
-            a = np.repeat(a, n, axis=0)  # one body shape / placement shared by every hypothesis (a common layout)
-        if a.shape[0] != n:
-            raise InputError(f"{where}: {key} has {a.shape[0]} hypotheses, others have {n}")
-        if not np.isfinite(a).all():
-            i = int(np.argwhere(~np.isfinite(a))[0][0])
-            raise InputError(f"{where}: {key} of hypothesis {i} contains NaN/inf")
-        out[key] = a
-    if "transl" not in out:
-        raise InputError(f"{where}: missing array 'transl' (camera translation per hypothesis)")
-    far = np.abs(out["transl"]).max(axis=1) > MAX_ABS_TRANSL_M
-    if far.any():
-        i = int(np.argmax(far))
-        raise InputError(f"{where}: transl of hypothesis {i} reaches {np.abs(out['transl'][i]).max():.3g}; the "
-                         f"camera translation is in metres (at most {MAX_ABS_TRANSL_M:g} accepted)")
-    big = np.abs(out["betas"]).max(axis=1) > MAX_ABS_BETA
-    if big.any():  # SMPL's shape space spans about ±5 standard deviations; far beyond it is not a body
-        i = int(np.argmax(big))
-        raise InputError(f"{where}: betas of hypothesis {i} reach {np.abs(out['betas'][i]).max():.3g}; SMPL shape "
-                         f"coefficients are standard deviations (|β| ≲ 5, at most {MAX_ABS_BETA:g} accepted)")
-    return out
-
-
-def _common_layouts(arrays: dict, where: str) -> dict:
-    """The layouts other SMPL tools write, read as ours (exactly: each is only a reshape or a split):
-    ``poses (N, 72)`` or ``(N, 24, 3)`` (AMASS, many fitting codes) split into global_orient and body_pose,
-    and per-joint ``(N, 23, 3)`` / ``(N, 1, 3)`` rotations flattened. Before, each was refused as "missing
-    global_orient" or "wrong shape", leaving the user to find the convention."""
-    arrays = dict(arrays)
-    if "poses" in arrays and "global_orient" not in arrays and "body_pose" not in arrays:
-        p = np.asarray(arrays.pop("poses"))
-        if p.ndim == 3 and p.shape[1:] == (24, 3):
-            p = p.reshape(p.shape[0], -1)
-        if p.ndim == 1:
-            p = p[None]
-        if p.ndim != 2 or p.shape[1] != 72:
-            raise InputError(f"{where}: poses has shape {p.shape}, expected (N, 72) SMPL axis-angle (24 joints × 3)"
-                             + _other_body_poses(p))
-        arrays["global_orient"], arrays["body_pose"] = p[:, :3], p[:, 3:]
-    for key, joints in (("global_orient", 1), ("body_pose", 23)):
-        a = arrays.get(key)
-        if a is not None and np.ndim(a) == 3 and np.shape(a)[1:] == (joints, 3):
-            arrays[key] = np.asarray(a).reshape(np.shape(a)[0], joints * 3)
-    return arrays
-
-
-# SMPL-X's and SMPL+H's axis-angle poses (smplx.joint_names): joint count → the model and what follows its 22 body
-# joints. Their first 22 are SMPL's (pelvis … right_wrist); SMPL's last two (22, 23) are its hands.
-_OTHER_BODIES = {55: ("SMPL-X", "jaw, eyes and 30 finger joints"), 52: ("SMPL+H", "30 finger joints")}
-
-
-def _other_body_poses(p: np.ndarray) -> str:
-    """The hint after a refused ``poses``: how SMPL-X's (N, 165) and SMPL+H's (N, 156) become SMPL's 72 numbers.
-    It said "keep their first 24 as SMPL's", which read SMPL-X's jaw and eyes (joints 22–24; SMPL+H's 22+ are
-    fingers) as SMPL's left and right hand."""
-    joints = p.shape[1] // 3 if p.ndim == 2 and p.shape[1] % 3 == 0 else \
-        p.shape[1] if p.ndim == 3 and p.shape[2] == 3 else None
-    if joints not in _OTHER_BODIES:  # another layout: the two common ones named, nothing guessed about this one
-        return ("; from SMPL-X (N, 165) or SMPL+H (N, 156) poses keep their first 22 joints, SMPL's pelvis … "
-                "right_wrist (poses[:, :66]), and append 6 zeros for SMPL's two hand joints: their joints 22 on "
-                "are jaw, eyes and fingers")
-    name, rest = _OTHER_BODIES[joints]
-    keep = ("poses[:, :22] and append 2 zero rotations" if p.ndim == 3
-            else "poses[:, :66] (22 joints × 3) and append 6 zeros")
-    return (f"; {name} poses share SMPL's first 22 joints (pelvis … right_wrist), then hold {rest}, not SMPL's "
-            f"two hand joints: keep {keep} for SMPL's hands (held flat)")
-
-
-def _other_body_pose(a: np.ndarray) -> str:
-    """The hint after a refused ``body_pose`` of 21 joints: SMPL-X's and SMPL+H's ``body_pose`` (smplx's own output)
-    hold the 21 joints after the pelvis up to the wrists, (N, 63) or (N, 21, 3); SMPL's 23 add its two hand joints.
-    The bare "expected (N, 69)" left a SMPL-X user guessing which 6 numbers were missing, and where."""
-    if a.ndim == 0 or (a.shape[-1] != 63 and a.shape[-2:] != (21, 3)):
-        return ""
-    keep = "append 2 zero rotations" if a.shape[-1] == 3 else "append 6 zeros"
-    return ("; 21 joints are SMPL-X's or SMPL+H's body_pose (left_hip … right_wrist, which are SMPL's first 21 "
-            f"too): {keep} for SMPL's two hand joints (held flat)")
-
-
-def _ten_betas(betas: np.ndarray, where: str) -> np.ndarray:
-    """SMPL's 10 shape coefficients from another count, where that is exact: fewer are the same body with the
-    rest zero; more (16, 300 from a fitting code) only when every coefficient past the tenth is zero."""
-    count = betas.shape[1]
-    if count < 10:
-        return np.concatenate([betas, np.zeros((betas.shape[0], 10 - count), betas.dtype)], axis=1)
-    if np.all(np.abs(betas[:, 10:]) < 1e-6):
-        return betas[:, :10]
-    raise InputError(f"{where}: betas has {count} coefficients and those past the tenth are not zero; the body "
-                     "model uses SMPL's 10 (refit the shape with 10, or drop the rest knowingly: betas[:, :10])")
+    # a group holds at most max_n: the evidence compares every pair of hypotheses (100k of them fit in a 64 MiB file)
+    return check_smpl_arrays(arrays, where, max_rows=max_n, too_many=lambda n: (
+        f"{where}: {n} hypotheses; a group holds at most {max_n} (as `sample -n` and `export --num-generations` "
+        "allow): critique it in parts"))
 
 
 def _looks_like_hypotheses(value: Any) -> bool:
@@ -652,6 +535,12 @@ def _agent_config(config: AgentConfig | dict | None, judge: Any, memory: Any, le
     if memory is not None and not isinstance(memory, str | Path) and not hasattr(memory, "rules"):
         raise InputError(f"memory must be a MemoryStore, a memory folder (str or Path) or None, got "
                          f"{type(memory).__name__}")
+    blank = memory if isinstance(memory, str) else (config.get("memory_dir") if isinstance(config, Mapping) else None)
+    if isinstance(blank, str) and not blank.strip():
+        # a folder of "" is Path("") — the working folder: memory=os.environ.get("MEM", "") made and seeded a memory
+        # (chroma.sqlite3, its lock files) in whatever folder the notebook ran from, without a word
+        raise InputError(f"{'memory' if memory is not None else 'agent config: memory_dir'} is blank: give a memory "
+                         "folder, or None for the configured memory")
     if judge is not None and not isinstance(judge, str) and not callable(getattr(judge, "critique", None)):
         # judge=5 (or a class instead of its instance) ran the render node, then failed inside the graph as a
         # JudgeError "AttributeError: 'int' object has no attribute 'critique'", leaving a thread behind
@@ -714,6 +603,26 @@ def _given_id(group_id: Any) -> str | None:
     return None if group_id is None or group_id == "" else str(group_id)
 
 
+def _new_memory_folder(memory: Any, config: Any, cfg: AgentConfig) -> Path | None:
+    """The memory folder the caller named (``memory="…"`` or ``config={"memory_dir": …}``) when it holds no memory
+    yet, else None: the critique then makes one there, seeded with the starter rules, and scores with it as if it were
+    the memory asked for. None without memory (``use_memory`` off), for a Chroma server (the memory is the
+    server's), for a store object, and for a folder from the environment or an ``AgentConfig`` object — the CLI's
+    route, which says so itself (``commands.agent.note_new_memory``), once."""
+    if not cfg.use_memory or cfg.chroma_url:
+        return None
+    if isinstance(memory, str | Path):
+        folder: Any = memory
+    elif memory is None and isinstance(config, Mapping) and config.get("memory_dir"):
+        folder = config["memory_dir"]
+    else:
+        return None
+    from hmrcritic.memory.store import holds_memory
+
+    path = Path(folder).expanduser()
+    return None if holds_memory(path) else path
+
+
 def critique_group(
     sample: Any,
     hypotheses: Any,
@@ -735,7 +644,15 @@ def critique_group(
 
     ``judge``: "builtin" | "vlm" | a Judge object; None takes the config's (``config={"judge": …}``, else
     HMRCRITIC_JUDGE, else builtin — a fixed "builtin" default here overrode both). ``memory``: a MemoryStore, a
-    memory folder, or None (the configured one). ``true_errors_mm`` (labelled groups only) lets ``memory_write``
+    memory folder, or None (the configured one). A folder that holds no memory yet (``memory=`` or
+    ``config={"memory_dir": …}``) is made and seeded with the starter rules, and the critique scores with that
+    unexplored memory: a ``UserWarning`` says so (a mistyped path critiqued without a word, where the CLI prints a
+    note). A warning, as this module's other "done, but you should know" cases are: a notebook shows it once per
+    message, a script's ``warnings`` filters (or ``pytest.warns``) can act on it, and nothing scored changes.
+    ``group_id``: the checkpoint thread (and run folder) of this critique, default the sample's ``sample_id``: the
+    same id with the same inputs and settings returns the finished critique (``finished_earlier``), with other
+    inputs it is refused once finished — :func:`content_group_id` gives the id per content that the CLI uses;
+    ``fresh=True`` recomputes. ``true_errors_mm`` (labelled groups only) lets ``memory_write``
     settle prototypes on the true error when learning; judges never see it. ``on_update(node, update,
     seconds)`` is called after each node (CLI progress). ``run_dir`` overrides the group's folder (default
     ``runs_dir()/groups/<id>``).
@@ -859,6 +776,13 @@ def critique_group(
             # finished thread without recording it
             _record_learned_scene(memory if memory is not None else cfg.memory_dir, cfg, sample)
             return _scored(values, cfg, resumed=True).model_copy(update={"finished_earlier": True})
+        new_memory = _new_memory_folder(memory, config, cfg)
+        if new_memory is not None:  # the graph about to run opens (makes) it; a finished thread returned above does not
+            import warnings
+
+            warnings.warn(f"no memory at {new_memory} yet: a new one with only the starter rules is made there and "
+                          "this critique scores with it (a mistyped path? an explored memory is the folder "
+                          "`hmrcritic explore --memory-dir DIR` wrote)", stacklevel=2)
         run_id = new_run_id(gid)
         tracer = TraceWriter(run_id, gid, only_on_error=not keep)
         # held while the graph runs, so that `runs prune` (any process) leaves this folder and thread alone; taken
@@ -976,14 +900,30 @@ def _keep_last_checkpoint(saver, thread: str, last_config: dict) -> None:
                         (str(thread), str(last)))
 
 
-def forget_group(result: ScoredGroup) -> None:
+def _scored_group(result: Any, caller: str) -> ScoredGroup:
+    """``result`` as a ScoredGroup: a :class:`GroupResult` of :func:`critique_groups` gives its result (one that
+    failed has none: an InputError with its error); anything else is an InputError naming ``caller``. A
+    GroupResult — what a batch hands a notebook — was a bare TypeError "expected str, bytes or os.PathLike object"
+    in :func:`discard_run` and :func:`forget_group`."""
+    if isinstance(result, GroupResult):
+        if result.result is None:
+            raise InputError(f"{caller}: group {result.group_id} has no result (it failed: {result.error})")
+        result = result.result
+    if not isinstance(result, ScoredGroup):
+        raise InputError(f"{caller}: result must be a ScoredGroup or a GroupResult, got {type(result).__name__}")
+    return result
+
+
+def forget_group(result: ScoredGroup | GroupResult) -> None:
     """Remove everything a *kept* critique left once its result is safely stored elsewhere (an export writes
     it to its dataset): the checkpoint thread, the run folder and the trace. A crash before that point still
     resumes the group's critique from its checkpoint. Done holding the thread (:func:`_one_critique_at_a_time`),
-    so that a critique of the same group id running meanwhile, here or in another process, is not cut off."""
+    so that a critique of the same group id running meanwhile, here or in another process, is not cut off.
+    A :class:`GroupResult` forgets its result's (an InputError when it failed: it has none)."""
     from hmrcritic.agent.graph import open_checkpointer
     from hmrcritic.agent.trace import repoint_last, traces_dir
 
+    result = _scored_group(result, "forget_group")
     saver = open_checkpointer()
     with _one_critique_at_a_time(saver, result.group_id, result.group_id):
         saver.delete_thread(result.group_id)
@@ -993,12 +933,17 @@ def forget_group(result: ScoredGroup) -> None:
         repoint_last()
 
 
-def discard_run(result: ScoredGroup | str | Path) -> None:
+def discard_run(result: ScoredGroup | GroupResult | str | Path) -> None:
     """Remove a throwaway critique's run folder (arrays, renders). Only folders inside ``runs_dir()`` or the
-    system temp folder are removed, so a result pointing elsewhere can never delete user files."""
+    system temp folder are removed, so a result pointing elsewhere can never delete user files. A
+    :class:`GroupResult` of a failed group has no run folder to name: nothing is removed."""
     import shutil
     import tempfile
 
+    if result is None or (isinstance(result, GroupResult) and result.result is None):
+        return
+    if not isinstance(result, str | os.PathLike):
+        result = _scored_group(result, "discard_run")
     raw = result.run_dir if isinstance(result, ScoredGroup) else result
     # an empty run_dir (ScoredGroup's default: one built from a scores.json without it) names no folder; as a Path
     # it was "." — the working folder, which was removed whole when the notebook ran inside the temp folder
@@ -1206,4 +1151,10 @@ def write_scores(result: ScoredGroup, out_dir: str | Path) -> Path:
         result = result.result
     if not isinstance(result, ScoredGroup):  # an AttributeError "'dict' object has no attribute 'model_dump'"
         raise InputError(f"write_scores: result must be a ScoredGroup or a GroupResult, got {type(result).__name__}")
-    return atomic_write_json(Path(out_dir).expanduser() / "scores.json", result.model_dump())
+    # a bare TypeError ("expected str, bytes or os.PathLike object") or FileExistsError out of the write before
+    if not isinstance(out_dir, str | os.PathLike):
+        raise InputError(f"write_scores: out_dir must be a folder (str or Path), got {type(out_dir).__name__}")
+    folder = Path(out_dir).expanduser()
+    if folder.exists() and not folder.is_dir():
+        raise InputError(f"write_scores: out_dir {folder} is a file, not a folder")
+    return atomic_write_json(folder / "scores.json", result.model_dump())

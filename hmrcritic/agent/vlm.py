@@ -933,6 +933,10 @@ class _NotSent(Exception):
         self.why = why
 
 
+# said after a 404 that names the model: the address is right, the model name is not one the server serves
+_MODEL_ADVICE = ("; give the name of a model it serves (--vlm-model or HMRCRITIC_VLM_MODEL; `hmrcritic doctor --probe` "
+                 "lists them)")
+
 # said after "no answer within N s": every other endpoint failure names what to change (a slow model, a large group
 # or a cold start needs a longer wait)
 _SLOW_ADVICE = "; a slow server or a large group: raise HMRCRITIC_VLM_TIMEOUT (seconds)"
@@ -1263,8 +1267,19 @@ class VLMJudge:
         cut takes ``text``'s end (an address, a server's words) instead; behind a long base URL the cut took the
         advice, and the line named no setting."""
         text, advice = (printable(" ".join(self._unsecret(part).split())) for part in (text, advice))
+        if advice[:1] in (";", ":") and text.endswith(".") and not text.endswith(".."):
+            text = text[:-1]  # a server's sentence ("The model `x` does not exist.") read ".; give the name ..."
         room = max(3, 300 - len(advice))
         return (text if len(text) <= room else text[:room - 3] + "...") + advice
+
+    def _rate_advice(self) -> str:
+        """What to change after a group's retries all met a 429: the two settings that bear on it, with their
+        values in force. The line ended at the server's "rate limit reached" and named no setting, although the
+        judge's own concurrency (per process) and retries decide how hard it presses the endpoint and how long it
+        waits it out (the server's Retry-After is honoured between tries)."""
+        s = self.settings
+        return (f"; the endpoint kept limiting the rate: send fewer requests at once (HMRCRITIC_VLM_CONCURRENCY, now "
+                f"{s.max_concurrency}) or allow more retries (HMRCRITIC_VLM_RETRIES, now {s.max_retries})")
 
     def _address(self) -> str:
         """The address the judge's client calls, without credentials: the base URL, else "the OpenAI API"."""
@@ -1314,10 +1329,10 @@ class VLMJudge:
         return scrub(text)
 
     def _describe(self, exc: Exception) -> str:
-        """``HTTP <status>: <message>``. A body that is not an OpenAI error object (Ollama's "404 page not found",
-        a proxy's HTML page, ``{"error": "<text>"}``, FastAPI's ``{"detail": ...}``) stays out of the client's
-        message ("Error code: 502"), so its words, without markup, are added: they were the only clue and were
-        dropped."""
+        """``HTTP <status>: <the server's message>`` (``HTTP <status>`` alone when it sent none). A body that is not
+        an OpenAI error object (Ollama's "404 page not found", a proxy's HTML page, ``{"error": "<text>"}``,
+        FastAPI's ``{"detail": ...}``) stays out of the client's message ("Error code: 502"), so its words, without
+        markup, are added: they were the only clue and were dropped."""
         status = getattr(exc, "status_code", None)
         message = getattr(exc, "message", None) or str(exc) or type(exc).__name__
         body = getattr(exc, "body", None)
@@ -1331,8 +1346,12 @@ class VLMJudge:
             words = body.get("detail", body.get("error", body)) if isinstance(body, dict) else body
             words = words if isinstance(words, str) else json.dumps(words, ensure_ascii=False, default=str)
             message = f"{message} - {' '.join(self._unsecret(words).split())[:200]}"
-        head = f"HTTP {status}" if status else type(exc).__name__
-        return self._scrub(f"{head}: {message}")
+        if not status:
+            return self._scrub(f"{type(exc).__name__}: {message}")
+        # the client's own "Error code: 401" prefix said the status a second time after ours ("HTTP 401: Error
+        # code: 401 - Incorrect API key provided"): dropped, the server's words follow the status once
+        words = re.sub(rf"^Error code: {status}\b(?:\s*-\s*)?", "", message, count=1).strip()
+        return self._scrub(f"HTTP {status}: {words}" if words else f"HTTP {status}")
 
     @staticmethod
     def _where(exc: Exception) -> str:
@@ -1487,6 +1506,8 @@ class VLMJudge:
             advice = ""  # what to change, said after ``reason`` and kept whole when the line is cut (_scrub)
             unusable = ""  # what is wrong with the endpoint itself, when that is why this attempt failed
             too_large = False  # ... for this group's size only: a smaller one may pass
+            rate_limited = False  # a 429 that a wait may cure (not a spent quota): said with its settings at the end
+            server_failed = False  # a 5xx: likewise, what to look at once the retries are spent
             try:
                 messages = self._built(build, mode, retry_reason)
                 images = sum(1 for part in getattr(messages[-1], "content", None) or []
@@ -1559,6 +1580,7 @@ class VLMJudge:
                 else:
                     reason = f"rate limited ({self._describe(exc)})"
                     wait_hint = _retry_after_s(exc)
+                    rate_limited = True
             except openai.InternalServerError as exc:
                 if _too_long(f"{exc} {getattr(exc, 'body', '')}"):
                     # llama.cpp before its 400 for this (ik_llama.cpp, LM Studio's MLX models still) answers a
@@ -1570,6 +1592,7 @@ class VLMJudge:
                 else:
                     reason = f"server error ({self._describe(exc)})"
                     wait_hint = _retry_after_s(exc)  # a 503 (loading, overloaded) says when to come back
+                    server_failed = True
             except openai.APIConnectionError as exc:
                 reason, advice, unusable = self._unreachable(exc)
             except openai.APIStatusError as exc:  # 401, 403, 404...: retrying will not help
@@ -1586,6 +1609,7 @@ class VLMJudge:
                         f"{exc} {getattr(exc, 'body', '')}", self.settings.model)
                     if no_model:
                         reason = f"the model {self.settings.model!r} is not served there: {reason}"
+                        advice = _MODEL_ADVICE
                     elif exc.status_code in (404, 405):
                         reason = self._where(exc) + reason
                     if 400 <= exc.status_code < 500:  # the key, the model, the path: the same for every group
@@ -1616,7 +1640,10 @@ class VLMJudge:
             except (IndexError, KeyError, TypeError, AttributeError, ValueError) as exc:
                 # a 200 that is not a chat completion ({"choices": []}, an HTML page, {"foo": 1}): the client
                 # library fails on it in its own way; retried like any unusable answer
-                reason = f"malformed answer ({type(exc).__name__}: {self._unsecret(str(exc))[:120]})"  # mask, then cut
+                # "malformed answer (IndexError: list index out of range)" told a user of the client's code, not of
+                # the server's answer: said as what it is, the library's words after it
+                reason = (f"malformed answer, not a chat completion ({type(exc).__name__}: "
+                          f"{self._unsecret(str(exc))[:120]})")  # mask, then cut
                 retry_reason = "the previous answer was not a valid chat completion"
             attempt += 1
             if fatal or attempt >= attempts:
@@ -1635,6 +1662,11 @@ class VLMJudge:
             time.sleep(delay)
         # Raised here, outside any except block, so no provider exception is chained to it.
         tries = f"after {attempt} attempt{'s' if attempt != 1 else ''}"
+        if rate_limited:  # the last attempt too: the retries ran out against the rate limit
+            advice = self._rate_advice()
+        elif server_failed:  # "server error (HTTP 500: internal error)" ended the line with no next step
+            advice = (f"; the server's own log says why (one still loading a model needs more retries: "
+                      f"HMRCRITIC_VLM_RETRIES, now {self.settings.max_retries})")
         message = self._scrub(f"VLM judge failed for group {group_id} {tries}: {reason}", advice)
         if unusable:  # of the last attempt: one refused connection amid timeouts is no dead endpoint
             cls = GroupTooLargeError if too_large else EndpointUnusableError

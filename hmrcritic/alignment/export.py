@@ -40,6 +40,7 @@ import importlib
 import multiprocessing as mp
 import operator
 import os
+import re
 import time
 from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
@@ -100,7 +101,7 @@ class ExportConfig:
     def __post_init__(self) -> None:
         self._check_types()
         if (self.split is None) == (self.data is None):
-            raise InputError("give exactly one of --split NAME or --data DIR")
+            raise InputError("give exactly one of --split NAME or --data DIR|FILE")
         if self.num_generations < 2:
             raise InputError(
                 f"--num-generations must be ≥ 2 (a group needs something to compare), got "
@@ -219,15 +220,23 @@ def _checked_inputs(inputs: Any) -> list[Any]:
 
 def load_inputs(cfg: ExportConfig) -> tuple[list[Any], str | None]:
     """The samples to export (labels stripped), in a deterministic order, at most ``limit``, and the name
-    of the split they come from."""
+    of the split they come from (None for a user's own inputs: ``--data`` naming an input list or an ``.npz`` of
+    keypoints, :func:`hmrcritic.hmr.userdata.read_inputs` — every entry read and checked before any sampling)."""
     from hmrcritic.hmr import data as hdata
 
     if cfg.split is not None:
         scenes = hdata.load_split(cfg.split)
     else:
         root = Path(cfg.data)
+        if root.is_file():  # the paper's setting: one's own images with 2D keypoints, no 3D labels
+            from hmrcritic.hmr.userdata import read_inputs
+
+            samples = read_inputs(root)
+            return samples[: cfg.limit] if cfg.limit is not None else samples, None
         if not root.is_dir():
-            raise InputError(f"--data {root}: not a folder")
+            raise InputError(f"--data {root}: not a split folder or an input list (.jsonl of image + keypoints "
+                             "files, or an .npz of keypoints, K, image_size)" + ("" if root.exists() else
+                                                                                  ": nothing there"))
         scenes = _load_data_dir(hdata, root)
     # each shard against its manifest's sha256, as train-base and `data info` do: a shard replaced by another of
     # the same size (another seed's, a copy gone wrong) was sampled and scored into the dataset without a word.
@@ -1374,11 +1383,29 @@ def _stop_for_endpoint(out: Path, tasks: list[dict], finished: set, last: dict, 
     present = {r.group_id for r in D.read_manifest(out)}
     latest = {f["group_id"]: f for f in [*_failure_records(out), *skipped] if f["group_id"] not in present}
     _rewrite_failures(out, sorted(latest.values(), key=lambda f: order.get(f["group_id"], len(order))))
-    fix = "start the memory server again (or fix its address)" if memory else "fix the endpoint"
+    detail = _last_failure(last["error"], "" if memory else unusable.partition(" (")[0])
+    kept_text = f"The {kept} group(s) written to {out} are kept" if kept else f"No group was written to {out} yet"
+    fix = ("start the memory server again (or fix its address) and run" if memory
+           else "once the endpoint works, run")  # what to fix is the last group's line's own advice
     return (AssetError if memory else JudgeError)(
-        f"export stopped: {UNUSABLE_IN_A_ROW} groups in a row failed because {why} (last: {last['group_id']}: "
-        f"{last['error']}); the {kept} group(s) in {out} are kept, the {len(skipped)} not attempted are listed in "
-        f"{out / D.FAILURES}: {fix} and run the same command again to continue")
+        f"export stopped: {UNUSABLE_IN_A_ROW} groups in a row failed because {why}. Last, group {last['group_id']}: "
+        f"{detail.rstrip('.')}. {kept_text}; the {len(skipped)} not attempted are listed "
+        f"in {out / D.FAILURES}: {fix} the same command again to continue")
+
+
+# the head of a VLM judge's line for one group, with the type the export gave it ("EndpointUnusableError: VLM judge
+# failed for group export-wild-000002-…-540ab33e after 1 attempt: "): the stop's line names the group already
+_JUDGE_HEAD = re.compile(r"^(?:\w+: )?VLM judge failed for group \S+ after \d+ attempts?: ")
+
+
+def _last_failure(error: str, endpoint: str) -> str:
+    """The last group's failure as the stop's line quotes it: without the judge's head (the group said again, by its
+    judge id) and without the endpoint's address where it names it whole (" to …", " at …": the line has just named
+    it). The stop's line said the address three times and the advice twice, in about 600 characters."""
+    error = _JUDGE_HEAD.sub("", error, count=1)
+    if endpoint:  # a path under it ("at …/v1/chat/completions", where a 404 was asked) stays: it says more
+        error = re.sub(rf" (?:to|at) {re.escape(endpoint)}(?=[\s(:;,)]|$)", "", error)
+    return error
 
 
 def _reason_key(error: str) -> str:

@@ -404,8 +404,13 @@ def _load_resume_state(st: dict, policy, ema, opt, tracker: GroupStatTracker) ->
     return step, list(window), list(threads)
 
 
-def finetune(config: FinetuneConfig, progress: bool | Callable[[dict], None] = False) -> Path:
+def finetune(config: FinetuneConfig, progress: bool | Callable[[dict], None] = False,
+             generations_given: bool | None = None) -> Path:
     """Run (or resume) a finetune; returns the path of the final EMA checkpoint (``config.out``).
+
+    ``generations_given``: whether the caller's user chose ``num_generations`` (the CLI: ``-n`` typed), for the note
+    on a dataset of smaller groups — "(asked for 20)" rather than "(default 20)"; None judges by the value alone.
+    Not a config field: the config is compared when a run resumes, and how a value was given is no setting.
 
     ``progress``: True for a rich progress bar, or a callable receiving each logged record. Only True prints the
     notes on stderr (fewer hypotheses per group than ``num_generations``, another model's samples, settings the
@@ -421,7 +426,7 @@ def finetune(config: FinetuneConfig, progress: bool | Callable[[dict], None] = F
         torch.set_num_threads(config.threads)
     try:
         with torch.random.fork_rng(devices=[]), contextlib.ExitStack() as held:  # manual_seed reseeded a notebook's RNG
-            return _finetune(config, progress, held)
+            return _finetune(config, progress, held, generations_given)
     finally:
         torch.set_num_threads(prev)  # the caller's setting (a notebook, reproduce's evaluation) back
 
@@ -430,7 +435,8 @@ def _busy(by: str) -> AssetError:
     return AssetError(f"finetune: this --out is in use by {by}; wait for it or give another --out")
 
 
-def _finetune(cfg: FinetuneConfig, progress: bool | Callable[[dict], None], held: contextlib.ExitStack) -> Path:
+def _finetune(cfg: FinetuneConfig, progress: bool | Callable[[dict], None], held: contextlib.ExitStack,
+              generations_given: bool | None = None) -> Path:
     from hmrcritic.config import check_device
 
     check_device(cfg.device)
@@ -485,7 +491,7 @@ def _finetune(cfg: FinetuneConfig, progress: bool | Callable[[dict], None], held
         import sys
 
         print(f"note: the dataset's smallest group has {data.min_n} hypotheses; using G = {G} "
-              f"({_generations_origin(cfg.num_generations)})", file=sys.stderr)
+              f"({_generations_origin(cfg.num_generations, generations_given)})", file=sys.stderr)
 
     torch.manual_seed(cfg.seed)
     base = _load_base(cfg)
@@ -713,12 +719,14 @@ def _loss_text(loss: float | None) -> str:
     return "–" if loss is None else f"{loss:.4f}"
 
 
-def _generations_origin(n: int) -> str:
-    """How the note on a smaller G names ``num_generations``: "default 20" where it is the default (``finetune``
-    without -n passes it), else "asked for 30". "asked for 20" on a command line without -n read as a setting the
-    user gave. (typer runs the command on its own copy of click, whose context says which options were typed only
-    through a private module: an explicit ``-n 20`` is called the default too, which it is.)"""
-    return f"default {n}" if n == FinetuneConfig.num_generations else f"asked for {n}"
+def _generations_origin(n: int, given: bool | None = None) -> str:
+    """How the note on a smaller G names ``num_generations``: "asked for 30" where the user chose it (``given``),
+    "default 20" where they did not; with ``given`` unknown (None, a Python caller), by the value: the default's
+    is called the default. "asked for 20" on a command line without -n read as a setting the user gave, and an
+    explicit ``-n 20`` as the default before the CLI passed ``given``."""
+    if given is None:
+        given = n != FinetuneConfig.num_generations
+    return f"asked for {n}" if given else f"default {n}"
 
 
 def _progress_bar(total: int, start: int, loss: float | None = None):

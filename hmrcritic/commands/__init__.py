@@ -148,6 +148,38 @@ def scene_from_spec(spec: str):
     return scenes[i]  # a damaged shard (short, missing an array) is refused by SceneSet, naming the split
 
 
+def load_input_sample(scene, image, keypoints, focal=None, principal_point=None, intrinsics=None, person=None,
+                      keypoint_layout=None):
+    """The one input of ``sample`` and ``critique``: a synthetic scene (SPLIT:INDEX) or a user image + keypoint JSON
+    with its camera (``--focal``/``--principal-point`` or ``--intrinsics``) and ``--person``/``--keypoint-layout``.
+    One function, so both commands take and refuse the same flags with the same words; a flag that cannot apply to
+    a scene is refused rather than ignored (a scene carries its own camera and one COCO-17 person)."""
+    from hmrcritic.errors import InputError
+
+    if scene:
+        if image or keypoints:
+            raise InputError("give either --scene or --image/--keypoints, not both")
+        camera = "is for a user image (--image/--keypoints); a --scene has its own camera"
+        for flag, value, why in (("--focal", focal, camera), ("--principal-point", principal_point, camera),
+                                 ("--intrinsics", intrinsics, camera),
+                                 ("--person", person, "applies to --keypoints files of several people; a --scene "
+                                                      "has one"),
+                                 ("--keypoint-layout", keypoint_layout, "applies to --keypoints files; a --scene "
+                                                                        "has COCO-17 keypoints")):
+            if value is not None:
+                raise InputError(f"{flag} {why}")
+        return scene_from_spec(scene)
+    if not image or not keypoints:
+        raise InputError("give --image and --keypoints (or --scene SPLIT:INDEX)")
+    from hmrcritic.hmr.data import sample_from_user
+    from hmrcritic.hmr.intrinsics import parse_principal_point
+
+    if principal_point is not None:
+        principal_point = parse_principal_point(principal_point)
+    return sample_from_user(image, keypoints, focal=focal, person=person, keypoint_layout=keypoint_layout or "coco17",
+                            principal_point=principal_point, intrinsics=intrinsics)
+
+
 def json_text(obj) -> str:
     """The one JSON document a ``--json`` prints: strict (no NaN), indented."""
     return json.dumps(finite_json(obj), indent=2, default=str, allow_nan=False)
@@ -291,3 +323,8 @@ def with_judge_endpoint(fn):
 # --keypoint-layout of `sample` and `critique`: a 17-point file's order cannot be told from the file
 KEYPOINT_LAYOUT_HELP = ("Order of a 17-point --keypoints file: coco17 (default) or h36m17 (Human3.6M-17: VideoPose3D, "
                         "MotionBERT; mapped to COCO-17, eyes and ears hidden).")
+FOCAL_HELP = "Focal length in px of a user image (default: max(W, H))."
+PRINCIPAL_POINT_HELP = ("CX,CY in px of a user image (default: its centre); for a crop, the photo's optical centre "
+                        "minus the crop's corner.")
+INTRINSICS_HELP = ("Camera calibration JSON for a user image instead of --focal/--principal-point: a 3x3 K, the 4 "
+                   "numbers fx fy cx cy, OpenCV's camera_matrix, or fx/fy/cx/cy fields (pixels of the image as used).")

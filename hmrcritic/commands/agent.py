@@ -12,14 +12,17 @@ import typer
 
 from hmrcritic.commands import (
     BASE_URL_OPTION,
+    FOCAL_HELP,
+    INTRINSICS_HELP,
     JUDGE_HELP,
     KEYPOINT_LAYOUT_HELP,
+    PRINCIPAL_POINT_HELP,
     VLM_MODEL_OPTION,
     is_tty,
     json_text,
+    load_input_sample,
     progress_at_tenths,
     say_failed_groups,
-    scene_from_spec,
     with_judge_endpoint,
 )
 from hmrcritic.config import env_chroma_url
@@ -44,24 +47,37 @@ def _hypotheses_from_model(sample, model_path: str | None, n: int, seed: int) ->
     return {k: v for k, v in group.numpy(0).items() if k != "x0"}
 
 
-def _load_sample(scene, image, keypoints, focal, person=None, keypoint_layout=None):
-    """The input: a synthetic scene (SPLIT:INDEX) or a user image + keypoint JSON (``person``: which of several
-    people, as ``sample --person`` takes it; its group id is the image's stem with ``_p<person>``)."""
-    if scene:
-        if image or keypoints:
-            raise InputError("give either --scene or --image/--keypoints, not both")
-        if focal is not None:
-            raise InputError("--focal is for a user image; a synthetic scene has its own camera")
-        if person is not None:
-            raise InputError("--person applies to --keypoints files of several people; a --scene has one")
-        if keypoint_layout is not None:
-            raise InputError("--keypoint-layout applies to --keypoints files; a --scene has COCO-17 keypoints")
-        return scene_from_spec(scene)
-    if not image or not keypoints:
-        raise InputError("give --image and --keypoints (or --scene SPLIT:INDEX)")
-    from hmrcritic.hmr.data import sample_from_user
+def _check_sampled_camera(path: Path, sample) -> None:
+    """Refuse hypotheses that ``hmrcritic sample`` drew under another camera than this critique's.
 
-    return sample_from_user(image, keypoints, focal=focal, person=person, keypoint_layout=keypoint_layout or "coco17")
+    ``sample`` stores the K and image size it solved each hypothesis' ``transl`` with; the critique projects the
+    bodies with its own. A ``--focal``/``--principal-point``/``--intrinsics`` given to one command and not the other
+    put every body off its keypoints: the reprojection evidence and the image-alignment scores then judged the
+    camera, not the bodies. Files of other tools (no K) and the API's arrays are not checked. The file was already
+    read whole by ``load_hypotheses`` (its size bounded), so reading two small members again is cheap and safe."""
+    import numpy as np
+
+    try:
+        with np.load(path, allow_pickle=False) as z:
+            if "K" not in z.files or "image_size" not in z.files:
+                return
+            K, size = np.asarray(z["K"], dtype=np.float64), np.asarray(z["image_size"], dtype=np.float64).ravel()
+    except Exception:  # a member that is no plain array: load_hypotheses ignored it, so does this check
+        return
+    if K.shape != (3, 3) or size.shape != (2,) or not (np.isfinite(K).all() and np.isfinite(size).all()):
+        return
+    ours = np.asarray(sample.K, dtype=np.float64)
+    our_size = np.asarray(sample.image_size, dtype=np.float64).ravel()
+    if np.allclose(K, ours, rtol=1e-4, atol=1e-3) and np.array_equal(size, our_size):
+        return
+
+    def cam(k, wh):
+        return (f"fx {k[0, 0]:g}, fy {k[1, 1]:g}, principal point ({k[0, 2]:g}, {k[1, 2]:g}) for a "
+                f"{wh[0]:g}x{wh[1]:g} image")
+
+    raise InputError(f"{path} was sampled with {cam(K, size)}; this critique's camera is {cam(ours, our_size)}: "
+                     "give critique the same image and --focal / --principal-point / --intrinsics as `sample`, or "
+                     "the bodies are judged off their keypoints")
 
 
 def _agent_config(given: dict):
@@ -156,7 +172,9 @@ def register(app: typer.Typer) -> None:
         group_id: str = typer.Option(None, "--group-id", help="Thread id (default: the sample id and a hash of "
                                                                "the inputs, so other inputs never collide)."),
         fresh: bool = typer.Option(False, "--fresh", help="Recompute even if this group was critiqued."),
-        focal: float = typer.Option(None, "--focal", help="Focal length in px for a user image."),
+        focal: float = typer.Option(None, "--focal", help=FOCAL_HELP),
+        principal_point: str = typer.Option(None, "--principal-point", metavar="CX,CY", help=PRINCIPAL_POINT_HELP),
+        intrinsics: Path = typer.Option(None, "--intrinsics", help=INTRINSICS_HELP),
         person: int = typer.Option(
             None, "--person", min=0,
             help="Which person of a keypoint file of several (an index from 0; default: the most confident)."),
@@ -192,11 +210,18 @@ def register(app: typer.Typer) -> None:
         if memory is not None:
             cfg.memory_dir = str(memory)
         note_new_memory(memory)
+        if cfg.judge == "vlm" and not cfg.render:
+            # the VLM's images are the render node's grids: without them it scores from the evidence table alone,
+            # which a user who turned rendering off for speed may not expect of a *vision* judge
+            typer.echo("note: rendering is off (--no-render or HMRCRITIC_RENDER), so the VLM judge sees no images: "
+                       "it scores from the evidence table alone", err=True)
         with _stdout_to_stderr(as_json):
-            sample = _load_sample(scene, image, keypoints, focal, person, keypoint_layout)
+            sample = load_input_sample(scene, image, keypoints, focal=focal, principal_point=principal_point,
+                                       intrinsics=intrinsics, person=person, keypoint_layout=keypoint_layout)
         group_id = as_text(group_id) if group_id is not None else None
         if hypotheses is not None:
             hyps = load_hypotheses(hypotheses)
+            _check_sampled_camera(hypotheses, sample)
         else:
             hyps = _hypotheses_from_model(sample, model, n, seed)
         group_id = group_id or content_group_id(sample, hyps)

@@ -23,6 +23,9 @@ def _export_app() -> typer.Typer:
         name="export",
         no_args_is_help=False,
         invoke_without_command=True,
+        # `export --split wild --out …` is the command itself: "export [OPTIONS] COMMAND [ARGS]..." told a new user
+        # that a sub-command was needed (validate is the only one, and optional)
+        subcommand_metavar="[COMMAND [ARGS]...]",
         # the group's help is what `export --help` shows (the callback's docstring is not): resuming and the
         # examples belong here, or the help never says that a killed export continues where it stopped
         help="Sample, critique and write scored hypothesis groups as a group preference dataset.\n\n"
@@ -39,7 +42,9 @@ def _export_app() -> typer.Typer:
     def export_cmd(
         ctx: typer.Context,
         split: str = typer.Option(None, help="A synthetic split to export (e.g. wild)."),
-        data: Path = typer.Option(None, help="A split folder written by `hmrcritic data generate`."),
+        data: Path = typer.Option(None, help="A split folder written by `hmrcritic data generate`, or your own "
+                                             "inputs: a .jsonl listing image + keypoints files (one object a line), "
+                                             "or an .npz of keypoints, K, image_size (README)."),
         model: Path = typer.Option(None, help="Diffusion checkpoint (default: the shipped base model)."),
         num_generations: int = typer.Option(20, "-n", "--num-generations", help="Hypotheses per group (G)."),
         judge: str = typer.Option("builtin", help=JUDGE_HELP),
@@ -68,7 +73,8 @@ def _export_app() -> typer.Typer:
         from hmrcritic.alignment.export import DEFAULT_SCORER, ExportConfig, export, format_summary
 
         if out is None:
-            raise InputError("export needs --out DIR (and --split NAME or --data DIR)")
+            raise InputError("export needs --out DIR (and --split NAME, or --data DIR|FILE: a split folder or your own "
+                             "input list)")
         if not no_memory:
             from hmrcritic.commands.agent import note_new_memory
 
@@ -246,11 +252,21 @@ def _saved_step(cfg) -> str:
             f"(state is saved every --checkpoint-every {cfg.checkpoint_every} steps)")
 
 
+def _typed(ctx, name: str) -> bool:
+    """Whether option ``name`` was given on the command line (not its default, not an environment variable).
+    typer's own copy of click names the sources in a private module: compared by name, not imported."""
+    try:
+        return getattr(ctx.get_parameter_source(name), "name", None) == "COMMANDLINE"
+    except (AttributeError, TypeError):  # a context without sources (a direct call): as if not typed
+        return False
+
+
 def register(app: typer.Typer) -> None:
     app.add_typer(_export_app(), name="export")
 
     @app.command("finetune")
     def finetune_cmd(
+        ctx: typer.Context,
         data: Path = typer.Option(..., help="Dataset folder written by `hmrcritic export`."),
         out: Path = typer.Option(
             ..., help="Output checkpoint (.pt); OUT.state.pt / OUT.log.jsonl beside it."
@@ -341,7 +357,7 @@ def register(app: typer.Typer) -> None:
             # progress=True with --json too: it is what turns on finetune's notes (another model's samples, all
             # groups tied, fewer hypotheses than -n), which --json dropped without a word; the bar goes to stderr
             with _bar_off_stdout(as_json):
-                path = finetune(cfg, progress=True)
+                path = finetune(cfg, progress=True, generations_given=_typed(ctx, "num_generations"))
         except KeyboardInterrupt:
             # typer turns Ctrl-C into a silent exit 130: say which step a re-run continues from (the state is saved
             # every --checkpoint-every steps, so the steps since are run again)

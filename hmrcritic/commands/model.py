@@ -8,7 +8,15 @@ from pathlib import Path
 
 import typer
 
-from hmrcritic.commands import KEYPOINT_LAYOUT_HELP, is_tty, progress_at_tenths, scene_from_spec
+from hmrcritic.commands import (
+    FOCAL_HELP,
+    INTRINSICS_HELP,
+    KEYPOINT_LAYOUT_HELP,
+    PRINCIPAL_POINT_HELP,
+    is_tty,
+    load_input_sample,
+    progress_at_tenths,
+)
 from hmrcritic.config import check_device
 from hmrcritic.errors import InputError
 
@@ -166,7 +174,9 @@ def register(app: typer.Typer) -> None:
         seed: int = typer.Option(
             0, help="Sampling seed: the same seed and inputs give the same hypotheses (one noise draw per batch, "
                     "so a scene sampled with other scenes gets other ones).", min=0, max=2**32 - 1),
-        focal: float = typer.Option(None, help="Focal length in px for user images (default max(W,H))."),
+        focal: float = typer.Option(None, help=FOCAL_HELP),
+        principal_point: str = typer.Option(None, "--principal-point", metavar="CX,CY", help=PRINCIPAL_POINT_HELP),
+        intrinsics: Path = typer.Option(None, "--intrinsics", help=INTRINSICS_HELP),
         person: int = typer.Option(
             None, help="Which person of a keypoint file of several (an index from 0; default: the most confident).",
             min=0),
@@ -192,23 +202,10 @@ def register(app: typer.Typer) -> None:
         # a file as --out failed only at the folder's making, after the scene's split had been generated (minutes
         # on a fresh home) and the model loaded, as "File exists: out"
         check_out_folder(out, "hypotheses.npz and the renders")
-        if scene and (image or keypoints):
-            raise InputError("give either --scene or --image/--keypoints, not both")
-        if scene:
-            if focal is not None:  # a scene carries its own camera; taking the flag and ignoring it misleads
-                raise InputError("--focal applies to --image/--keypoints; a --scene has its own camera")
-            if person is not None:
-                raise InputError("--person applies to --keypoints files of several people; a --scene has one")
-            if keypoint_layout is not None:
-                raise InputError("--keypoint-layout applies to --keypoints files; a --scene has COCO-17 keypoints")
-            item = scene_from_spec(scene)
-        elif image and keypoints:
-            from hmrcritic.hmr.data import sample_from_user
-
-            item = sample_from_user(image, keypoints, focal=focal, person=person,
-                                    keypoint_layout=keypoint_layout or "coco17")
-        else:
+        if not scene and not (image and keypoints):
             raise InputError("need --image and --keypoints, or --scene SPLIT:INDEX")
+        item = load_input_sample(scene, image, keypoints, focal=focal, principal_point=principal_point,
+                                 intrinsics=intrinsics, person=person, keypoint_layout=keypoint_layout)
         m = load_model(model, device=device)
         ddim_timesteps(m.num_timesteps, steps)  # steps ≤ the model's T, before the output folder is made
         from hmrcritic.hmr.body import load_body_model
@@ -244,7 +241,10 @@ def register(app: typer.Typer) -> None:
     @app.command("evaluate")
     def evaluate_cmd(
         model: Path = typer.Option(None, help="Checkpoint (default: the shipped base model)."),
-        split: str = typer.Option("test", help="test or wild (held out); train is in-sample."),
+        split: str = typer.Option(None, help="test or wild (held out); train is in-sample. (default: test)"),
+        data: Path = typer.Option(None, "--data", help="Your own labelled .npz instead of a split: keypoints (n,17,3) "
+                                                      "px, K, image_size, and SMPL labels global_orient, body_pose, "
+                                                      "betas, transl in the OpenCV camera frame (README)."),
         num_generations: int = typer.Option(16, "-n", "--num-generations", help="Hypotheses per input."),
         steps: int = typer.Option(10, help="DDIM steps."),
         eta: float = typer.Option(0.0, help="DDIM eta."),
@@ -264,13 +264,17 @@ def register(app: typer.Typer) -> None:
     ) -> None:
         """MPJPE / PA-MPJPE / PVE (mean, best-of-N, mean pose), reprojection, implausible rate, diversity.
 
-        Example: hmrcritic evaluate --split test --num-generations 16 --limit 200 --json
+        Examples: hmrcritic evaluate --split test --num-generations 16 --limit 200 --json
+                  hmrcritic evaluate --data my_labelled.npz -n 16
         """
         from hmrcritic.hmr.diffusion import load_model
         from hmrcritic.hmr.evaluate import evaluate_model, format_report
 
         if joint_set not in ("lsp14", "smpl24"):
             raise InputError(f"--joint-set must be lsp14 or smpl24, got {joint_set!r}")
+        if data is not None and split is not None:
+            raise InputError("give --split or --data (your own labelled .npz), not both")
+        split = split or "test"  # with --data: read by evaluate_model before the train split or any sampling
         from hmrcritic.hmr.diffusion import check_sampling_args
 
         check_sampling_args(num_generations, steps, eta, guidance)
@@ -290,7 +294,9 @@ def register(app: typer.Typer) -> None:
             guidance=guidance,
             progress=_eval_progress(),
             notify=_note,  # a leftover non-default split (a quick test's --n): its figures compare with no others
+            data=data,
         )
         if limit is not None and res["n_samples"] < limit:
-            _note(f"split {split!r} has only {res['n_samples']} scenes; evaluated all of them (--limit {limit})")
+            _note(f"{'split ' + repr(split) if data is None else str(data)} has only {res['n_samples']} scenes; "
+                  f"evaluated all of them (--limit {limit})")
         print(json.dumps(res) if as_json else format_report(res))

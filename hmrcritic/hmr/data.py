@@ -41,8 +41,18 @@ import torch
 from hmrcritic import config
 from hmrcritic.errors import AssetError, InputError
 from hmrcritic.hmr import anatomy, camera, poses
+from hmrcritic.hmr import intrinsics as intrinsics_mod
 from hmrcritic.hmr.rotations import axis_angle_to_matrix, matrix_to_axis_angle
-from hmrcritic.io import as_text, atomic_save_npz, atomic_write_json, newest_mtime, pid_alive, sha256_file
+from hmrcritic.io import (
+    as_text,
+    atomic_save_npz,
+    atomic_write_json,
+    newest_mtime,
+    not_a_file_error,
+    pid_alive,
+    read_small_json,
+    sha256_file,
+)
 
 GENERATOR_VERSION = f"scenes-1/{poses.GENERATOR_VERSION}"
 DEFAULT_IMAGE_SIZE = (256, 256)
@@ -971,7 +981,7 @@ def read_image(path) -> np.ndarray:
 
     p = Path(path)
     if not p.is_file():
-        raise _not_a_file(p, "image")
+        raise not_a_file_error(p, "image")
     try:
         with Image.open(p) as im:
             im.load()
@@ -1023,17 +1033,6 @@ def _as_points(values, path: Path, what: str) -> np.ndarray:
     except OverflowError:  # an integer past float range (json reads 1e400 as inf, but 10**400 written out as an int)
         raise InputError(f"{path}: {what} holds a number too large to be a pixel coordinate") from None
     return arr
-
-
-def _not_a_file(p: Path, what: str) -> InputError:
-    """Why ``p`` cannot be read as a ``what`` file: a folder, nothing there, or something there that is no regular
-    file (a FIFO, a socket, a device; a shell's ``<(…)``). The last was "file not found", for a path that exists."""
-    if p.is_dir():
-        return InputError(f"{p} is a folder; give the {what} file")
-    if p.exists():
-        return InputError(f"{p}: not a regular file (a pipe, socket or device); save the {what} to a file and give "
-                          "that")
-    return InputError(f"{p}: {what} file not found")
 
 
 MAX_KEYPOINT_FILE_BYTES = 10_000_000
@@ -1175,25 +1174,8 @@ def read_keypoints_json(path, image_size=None, person: int | None = None, layout
     _check_person(person)
     layout = check_keypoint_layout(layout)
     p = Path(path)
-    if not p.is_file():
-        raise _not_a_file(p, "keypoint")
-    # a keypoint file is a few kB; a huge one is not keypoints (and is read whole into memory otherwise)
-    if p.stat().st_size > MAX_KEYPOINT_FILE_BYTES:
-        raise InputError(f"{p}: {p.stat().st_size} bytes is not a keypoint file (at most "
-                         f"{MAX_KEYPOINT_FILE_BYTES // 1_000_000} MB)")
-    try:
-        # bytes: json detects UTF-8 with a BOM and UTF-16/32 (Windows tools and PowerShell write those), which
-        # read_text("utf-8") refused as "Unexpected UTF-8 BOM" / "not a JSON text file"
-        data = json.loads(p.read_bytes())
-    except UnicodeDecodeError:
-        raise InputError(f"{p}: not a JSON text file") from None
-    except json.JSONDecodeError as exc:
-        raise InputError(f"{p}: not valid JSON ({exc.msg} at line {exc.lineno})") from None
-    except RecursionError:  # nested thousands deep: json's recursion limit, one line instead of a traceback
-        raise InputError(f"{p}: JSON nested too deeply to be keypoints") from None
-    except ValueError:  # an integer of over 4,300 digits: Python's int-parsing limit (its message advises changing
-        # the interpreter's limit), raised as a bare ValueError, not a JSONDecodeError
-        raise InputError(f"{p}: holds a number thousands of digits long, not a keypoint coordinate") from None
+    data = read_small_json(p, "keypoint", MAX_KEYPOINT_FILE_BYTES, nested_as="keypoints",
+                           number_as="a keypoint coordinate")
     visibility_flags = False
     body25 = openpose = False
     scores = None
@@ -1369,8 +1351,12 @@ def _exif_rotated(path) -> bool:
 
 
 def sample_from_user(image_path, keypoints_path, focal: float | None = None, person: int | None = None,
-                     keypoint_layout: str = "coco17") -> Sample:
+                     keypoint_layout: str = "coco17", principal_point=None, intrinsics=None) -> Sample:
     """A :class:`Sample` from a user image + keypoint JSON; K defaults to focal = max(W, H), centred.
+
+    ``focal`` (pixels) and ``principal_point`` ``(cx, cy)`` (pixels of the image as used) replace those parts of
+    the default K — a crop of a larger photo keeps the photo's optical centre; ``intrinsics`` is a calibration JSON
+    file instead (:mod:`hmrcritic.hmr.intrinsics` lists its forms and checks).
 
     ``person`` (an index from 0) takes that person of a keypoint file of several (:func:`read_keypoints_json`;
     None: the most confident); its id is then the image's file stem with ``_p<person>`` added, so the people of
@@ -1386,6 +1372,10 @@ def sample_from_user(image_path, keypoints_path, focal: float | None = None, per
         raise InputError(f"focal must be a number (pixels) or None, got {type(focal).__name__}")
     if focal is not None and not (math.isfinite(focal) and focal > 0):
         raise InputError(f"focal length must be a positive number, got {focal}")
+    if intrinsics is not None and not isinstance(intrinsics, str | os.PathLike):
+        raise InputError(f"intrinsics must be a file path (str or Path), got {type(intrinsics).__name__}")
+    if principal_point is not None:
+        intrinsics_mod.check_principal_point(principal_point)
     _check_person(person)
     keypoint_layout = check_keypoint_layout(keypoint_layout)
     img = read_image(image_path)
@@ -1399,6 +1389,7 @@ def sample_from_user(image_path, keypoints_path, focal: float | None = None, per
                              "detectors read it; keypoints from a tool that ignored the rotation do not fit it)"
                              ) from None
         raise
-    K = camera.default_intrinsics(W, H, focal).numpy()
+    K = intrinsics_mod.user_intrinsics((W, H), focal=focal, principal_point=principal_point,
+                                       intrinsics=intrinsics)
     sample_id = as_text(Path(image_path).stem) + ("" if person is None else f"_p{int(person)}")
     return Sample(sample_id=sample_id, keypoints=kp, K=K, image_size=(W, H), image_path=str(image_path))

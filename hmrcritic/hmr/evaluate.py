@@ -288,8 +288,11 @@ def evaluate_model(
     progress: Callable[[int, int], None] | None = None,
     guidance: float = 0.0,
     notify: Callable[[str], None] | None = None,
+    data: str | os.PathLike | None = None,
 ) -> dict:
-    """Evaluate ``model`` on ``split``; returns a flat dict of figures (see module docstring).
+    """Evaluate ``model`` on ``split`` — or on a labelled ``.npz`` of one's own (``data``: the format is
+    :mod:`hmrcritic.hmr.userdata`'s; the figures' ``split`` is then its path); returns a flat dict of figures (see
+    module docstring).
 
     Deterministic for a given (model, split, limit, num_generations, steps, eta, batch_size, seed); the
     hypotheses go through the network, the body model and the metrics :data:`CHUNK_ROWS` rows at a time, which
@@ -328,7 +331,17 @@ def evaluate_model(
         raise InputError(f"joint set must be one of {', '.join(JOINT_SETS)}, got {joint_set!r}")
     device = model.alphas_cumprod.device
     body = body or load_body_model(device=str(device))
-    data, n = _load_labelled(split, limit)
+    if data is not None:
+        from hmrcritic.hmr.userdata import read_labelled
+
+        arrays, n = read_labelled(data, limit)
+        split = str(data)  # what the figures were measured on, in the result and its report
+        data = {k: torch.from_numpy(v) for k, v in arrays.items()}
+        if notify is not None and body.name == "mannequin":
+            notify("the labels are posed with the built-in mannequin body model: SMPL labels of a real dataset "
+                   "need HMRCRITIC_BODY_MODEL set to the SMPL file they were made with (hmrcritic body convert)")
+    else:
+        data, n = _load_labelled(split, limit)
     if n == 0:
         raise InputError(f"split {split!r} is empty")
     sizes = data["image_size"].reshape(-1, 2).expand(n, 2)

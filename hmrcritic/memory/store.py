@@ -1025,6 +1025,8 @@ class MemoryStore:
                              f"{type(path).__name__}")
         if chroma_url is not None and not isinstance(chroma_url, str):
             raise InputError(f"MemoryStore: chroma_url must be a URL string or None, got {type(chroma_url).__name__}")
+        if isinstance(path, str) and not path.strip():  # Path("") is the working folder: a memory was made there
+            raise InputError("MemoryStore: path is blank: give a memory folder, or None for the configured one")
         self.read_only = bool(read_only)
         # None: HMRCRITIC_CHROMA_URL decides; "" keeps the memory on disk whatever it says (a command's private
         # memory — a snapshot, an evaluation's cache, reproduce's scratch — never goes to a shared server)

@@ -1,0 +1,276 @@
+"""Your own data: labelled scenes for ``hmrcritic evaluate --data FILE.npz``, unlabelled inputs for ``hmrcritic
+export --data FILE`` (session 33; before, both took the built-in splits only).
+
+**Labelled scenes** (:func:`read_labelled`). Before, a user with labelled data of their own (3DPW, EMDB, a capture
+of theirs, converted) had to call :func:`hmrcritic.hmr.metrics.standard_metrics` themselves. One ``.npz``
+(``numpy.savez``) with a row per scene:
+
+- ``keypoints (n,17,3)``: COCO-17 ``[u, v, confidence]`` in pixels (confidence 0 = not visible);
+- ``K (n,3,3)`` or one ``(3,3)`` for all: pinhole intrinsics in pixels (no skew);
+- ``image_size (n,2)`` or one ``(2,)``: (W, H) in whole pixels;
+- the labels, SMPL parameters in the **OpenCV camera frame** (x right, y down, z forward; metres), as the built-in
+  splits hold them: ``global_orient (n,3)``, ``body_pose (n,69)``, ``betas (n,10)``, ``transl (n,3)`` — or the layouts
+  other SMPL tools write (``poses (n,72)``, per-joint ``(n,23,3)``, fewer betas: :mod:`hmrcritic.hmr.smpl_arrays`).
+
+The labels are posed with the body model in use (``HMRCRITIC_BODY_MODEL``, else the built-in mannequin), so SMPL
+labels of a real dataset need that SMPL file set; on the mannequin the figures compare the model's bodies with the
+mannequin posed as the labels say, which is what the shipped model was trained on — the evaluation says so.
+
+**Unlabelled inputs** (:func:`read_inputs`) — what the paper aligns on: images with 2D keypoints and no 3D labels.
+Either the same ``.npz`` without labels (an optional ``sample_id (n,)`` of strings names the rows), or a JSON lines
+file (or a JSON list) with one object per input::
+
+    {"image": "imgs/a.jpg", "keypoints": "kps/a.json"}
+    {"image": "imgs/b.jpg", "keypoints": "kps/b.json", "person": 1, "id": "b-second", "focal": 1400,
+     "principal_point": [900, 500]}
+
+``image`` and ``keypoints`` are read as ``sample``/``critique`` read them (any keypoint format they take); the
+optional ``id`` (default: the image's stem, with ``_p<person>``), ``person``, ``keypoint_layout``, ``focal``,
+``principal_point`` and ``intrinsics`` (a calibration file) are theirs too; relative paths are relative to the list's
+folder. Every entry is read before anything is sampled: a bad one stops the read naming its line.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import numpy as np
+
+from hmrcritic.errors import InputError
+from hmrcritic.hmr.smpl_arrays import check_smpl_arrays
+from hmrcritic.io import not_a_file_error, npz_unpacked_bytes
+
+# ~0.6 kB a scene: a million scenes fit
+MAX_LABELLED_BYTES = 1 << 30
+INPUT_KEYS = ("keypoints", "K", "image_size")
+FORMAT = ("keypoints (n,17,3) px, K (n,3,3) or (3,3), image_size (n,2) or (2,), and SMPL labels global_orient "
+          "(n,3), body_pose (n,69), betas (n,10), transl (n,3) in the OpenCV camera frame")
+
+
+def _load_npz(p: Path) -> dict[str, np.ndarray]:
+    """The arrays of an ``.npz`` archive (plain arrays only, size-bounded before anything is unpacked)."""
+    try:
+        loaded = np.load(p, allow_pickle=False)
+    except Exception as exc:  # never suggest allow_pickle: labels are plain float arrays
+        raise InputError(f"{p}: not a readable .npz archive of arrays ({type(exc).__name__}); expected {FORMAT}"
+                         ) from None
+    if not isinstance(loaded, np.lib.npyio.NpzFile):
+        raise InputError(f"{p}: a single .npy array, not an .npz archive; expected {FORMAT}")
+    with loaded as z:
+        size = npz_unpacked_bytes(z)
+        if size > MAX_LABELLED_BYTES:
+            raise InputError(f"{p}: would take {size / 2**30:.1f} GiB uncompressed (at most "
+                             f"{MAX_LABELLED_BYTES >> 30} GiB): split it")
+        try:
+            return {k: np.asarray(z[k]) for k in z.files}
+        except Exception as exc:
+            raise InputError(f"{p}: holds an array that is not plain numbers ({type(exc).__name__}); expected "
+                             f"{FORMAT}") from None
+
+
+def _numbers(a: np.ndarray, key: str, where: str) -> np.ndarray:
+    if not np.issubdtype(a.dtype, np.number) or np.issubdtype(a.dtype, np.complexfloating):
+        raise InputError(f"{where}: {key} holds {a.dtype} values, expected real numbers")
+    return a.astype(np.float64)
+
+
+def _per_scene(a: np.ndarray, key: str, shape: tuple, n: int, where: str) -> np.ndarray:
+    """``a`` as ``(n, *shape)``: one row per scene, or one shared by all."""
+    if a.shape == shape:
+        return np.broadcast_to(a, (n, *shape)).copy()
+    if a.shape != (n, *shape):
+        raise InputError(f"{where}: {key} has shape {a.shape}, expected ({n}, {', '.join(map(str, shape))}) or "
+                         f"{shape} for every scene")
+    return a
+
+
+def _first(mask: np.ndarray) -> int:
+    return int(np.argwhere(mask)[0][0])
+
+
+def _check_inputs(kp: np.ndarray, K: np.ndarray, size: np.ndarray, where: str) -> None:
+    """The inputs' checks, vectorised over the scenes (a python loop per scene took seconds at 100k)."""
+    vis = kp[..., 2] > 0
+    conf_ok = np.isfinite(kp[..., 2]) & (kp[..., 2] >= 0) & (kp[..., 2] <= 1.1)  # a heatmap peak may pass 1
+    if not conf_ok.all():
+        i = _first((~conf_ok).any(-1))
+        raise InputError(f"{where}: keypoint confidences of scene {i} are not in [0, 1]: "
+                         f"{np.round(kp[i, :, 2], 3).tolist()}")
+    bad = (vis & ~np.isfinite(kp[..., :2]).all(-1)).any(-1)
+    if bad.any():
+        raise InputError(f"{where}: a visible keypoint of scene {_first(bad)} is NaN/inf")
+    if not np.isfinite(K).all():
+        raise InputError(f"{where}: K of scene {_first(~np.isfinite(K).all((1, 2)))} contains NaN/inf")
+    fx, fy = K[:, 0, 0], K[:, 1, 1]
+    pinhole = ((fx > 0) & (fy > 0) & (np.abs(K[:, 0, 1]) <= 1e-6 * fx) & (np.abs(K[:, 1, 0]) <= 1e-6 * fy)
+               & np.isclose(K[:, 2], [0.0, 0.0, 1.0], atol=1e-6).all(-1))
+    if not pinhole.all():
+        i = _first(~pinhole)
+        raise InputError(f"{where}: K of scene {i} is not pinhole intrinsics [[fx, 0, cx], [0, fy, cy], [0, 0, 1]] "
+                         f"with fx, fy > 0: {np.round(K[i], 4).tolist()}")
+    whole = np.isfinite(size).all(-1) & (size > 0).all(-1) & (size == np.round(size)).all(-1)
+    if not whole.all():
+        i = _first(~whole)
+        raise InputError(f"{where}: image_size of scene {i} is {size[i].tolist()}, expected whole pixels (W, H) > 0")
+    normalised = (vis.any(-1) & (np.where(vis, np.abs(kp[..., 0]), 0).max(-1) <= 1.0)
+                  & (np.where(vis, np.abs(kp[..., 1]), 0).max(-1) <= 1.0) & (size.max(-1) > 2))
+    if normalised.any():
+        raise InputError(f"{where}: the keypoints of scene {_first(normalised)} lie within [0, 1]: give pixels "
+                         "(multiply u by W and v by H)")
+
+
+def read_labelled(path, limit: int | None = None) -> tuple[dict[str, np.ndarray], int]:
+    """Inputs and SMPL labels of a user's labelled ``.npz`` (the module docstring), checked, as float32 arrays with
+    one row per scene (``K (n,3,3)``, ``image_size (n,2)``), and the number of scenes kept (``limit``: the first
+    ones). Every error is one :class:`InputError` naming the file and, where it is one scene's, that scene."""
+    if not isinstance(path, str | os.PathLike):
+        raise InputError(f"data must be a file path (str or Path), got {type(path).__name__}")
+    p = Path(path)
+    if not p.is_file():
+        raise not_a_file_error(p, "labelled .npz")
+    where = str(p)
+    arrays = _load_npz(p)
+    missing = [k for k in INPUT_KEYS if k not in arrays]
+    if missing:
+        raise InputError(f"{where}: missing {', '.join(missing)}; expected {FORMAT}")
+    kp = _numbers(arrays["keypoints"], "keypoints", where)
+    if kp.ndim != 3 or kp.shape[1:] != (17, 3):
+        raise InputError(f"{where}: keypoints has shape {kp.shape}, expected (n, 17, 3) COCO-17 [u, v, confidence]")
+    n = kp.shape[0]
+    if n == 0:
+        raise InputError(f"{where}: no scenes")
+    K = _per_scene(_numbers(arrays["K"], "K", where), "K", (3, 3), n, where)
+    size = _per_scene(_numbers(arrays["image_size"], "image_size", where), "image_size", (2,), n, where)
+    labels = check_smpl_arrays({k: v for k, v in arrays.items() if k not in INPUT_KEYS}, where, rows="scenes",
+                               row="scene", shared_ok=False)
+    if labels["body_pose"].shape[0] != n:
+        raise InputError(f"{where}: the labels have {labels['body_pose'].shape[0]} scenes, keypoints {n}")
+    _check_inputs(kp, K, size, where)
+    behind = labels["transl"][:, 2] <= 0
+    if behind.any():
+        i = _first(behind)
+        raise InputError(f"{where}: scene {i}'s body is at depth {labels['transl'][i, 2]:.3g} m, behind the camera: "
+                         "the labels must be in the OpenCV camera frame (z forward); from a y-up / z-backward "
+                         "(OpenGL) frame negate y and z of transl and rotate global_orient by 180° about x")
+    keep = n if limit is None else min(int(limit), n)
+    out = {"keypoints": kp, "K": K, "image_size": size, **labels}
+    return {k: np.ascontiguousarray(v[:keep], dtype=np.float32) for k, v in out.items()}, keep
+
+
+INPUT_FIELDS = ("image", "keypoints", "id", "person", "keypoint_layout", "focal", "principal_point", "intrinsics")
+MAX_INPUT_LIST_BYTES = 64 << 20
+
+
+def _input_entries(p: Path) -> list[tuple[str, object]]:
+    """(where, parsed value) of each entry: ``FILE:LINE`` of a JSON lines file, ``FILE item N`` of a JSON list."""
+    import json
+
+    from hmrcritic.io import read_small_json
+
+    raw = p.read_bytes() if p.stat().st_size <= MAX_INPUT_LIST_BYTES else None
+    if raw is None:
+        raise InputError(f"{p}: larger than {MAX_INPUT_LIST_BYTES >> 20} MB: not an input list (split it)")
+    if raw.lstrip()[:1] == b"[":  # one JSON list
+        data = read_small_json(p, "input list", MAX_INPUT_LIST_BYTES)
+        return [(f"{p} item {i}", entry) for i, entry in enumerate(data, 1)]
+    entries = []
+    for number, line in enumerate(raw.decode("utf-8-sig", errors="replace").splitlines(), 1):
+        if not line.strip() or line.lstrip().startswith("#"):
+            continue
+        try:
+            entries.append((f"{p}:{number}", json.loads(line)))
+        except (ValueError, RecursionError):
+            raise InputError(f"{p}:{number}: not a JSON object ({line.strip()[:60]!r})") from None
+    return entries
+
+
+def _input_path(value, field: str, where: str, base: Path) -> Path:
+    if not isinstance(value, str) or not value.strip():
+        raise InputError(f"{where}: {field} must be a file path (text), got {value!r}")
+    path = Path(value).expanduser()
+    return path if path.is_absolute() else base / path
+
+
+def _sample_of(entry, where: str, base: Path):
+    """One input list entry as a :class:`hmrcritic.hmr.data.Sample` (labels: none), or an InputError at ``where``."""
+    from hmrcritic.hmr.data import sample_from_user
+
+    if not isinstance(entry, dict):
+        raise InputError(f"{where}: expected an object with image and keypoints, got {type(entry).__name__}")
+    unknown = sorted(set(entry) - set(INPUT_FIELDS))
+    if unknown:  # a typo ("keypoint", "princpal_point") dropped silently would export under the default camera
+        raise InputError(f"{where}: unknown field(s) {', '.join(unknown)} (known: {', '.join(INPUT_FIELDS)})")
+    missing = [k for k in ("image", "keypoints") if k not in entry]
+    if missing:
+        raise InputError(f"{where}: missing {' and '.join(missing)}")
+    kwargs = {k: entry[k] for k in ("person", "focal", "principal_point") if entry.get(k) is not None}
+    for k in ("person", "focal"):
+        if k in kwargs and (isinstance(kwargs[k], bool) or not isinstance(kwargs[k], int | float)):
+            raise InputError(f"{where}: {k} must be a number, got {kwargs[k]!r}")
+    if entry.get("intrinsics") is not None:
+        kwargs["intrinsics"] = _input_path(entry["intrinsics"], "intrinsics", where, base)
+    try:
+        sample = sample_from_user(_input_path(entry["image"], "image", where, base),
+                                  _input_path(entry["keypoints"], "keypoints", where, base),
+                                  keypoint_layout=entry.get("keypoint_layout") or "coco17", **kwargs)
+    except InputError as exc:
+        raise InputError(f"{where}: {exc}") from None
+    if entry.get("id") is not None:
+        if not isinstance(entry["id"], str | int) or isinstance(entry["id"], bool) or not str(entry["id"]).strip():
+            raise InputError(f"{where}: id must be text or a number, got {entry['id']!r}")
+        sample.sample_id = str(entry["id"])
+    return sample
+
+
+def _samples_of_npz(p: Path) -> list:
+    from hmrcritic.hmr.data import Sample
+
+    arrays = _load_npz(p)
+    where = str(p)
+    missing = [k for k in INPUT_KEYS if k not in arrays]
+    if missing:
+        raise InputError(f"{where}: missing {', '.join(missing)}; expected keypoints (n,17,3) px, K (n,3,3) or "
+                         "(3,3), image_size (n,2) or (2,), and optionally sample_id (n,)")
+    kp = _numbers(arrays["keypoints"], "keypoints", where)
+    if kp.ndim != 3 or kp.shape[1:] != (17, 3) or kp.shape[0] == 0:
+        raise InputError(f"{where}: keypoints has shape {kp.shape}, expected (n, 17, 3) COCO-17 [u, v, confidence]")
+    n = kp.shape[0]
+    K = _per_scene(_numbers(arrays["K"], "K", where), "K", (3, 3), n, where)
+    size = _per_scene(_numbers(arrays["image_size"], "image_size", where), "image_size", (2,), n, where)
+    _check_inputs(kp, K, size, where)
+    if "sample_id" in arrays:
+        ids = arrays["sample_id"]
+        if ids.shape != (n,) or ids.dtype.kind not in "UiS":
+            raise InputError(f"{where}: sample_id must be ({n},) strings or integers, got {ids.dtype} {ids.shape}")
+        ids = [i.decode(errors="replace") if isinstance(i, bytes) else str(i) for i in ids.tolist()]
+    else:
+        width = len(str(n - 1))
+        ids = [f"{p.stem}-{i:0{width}d}" for i in range(n)]
+    return [Sample(sample_id=ids[i], keypoints=kp[i].astype(np.float32), K=K[i].astype(np.float32),
+                   image_size=(int(size[i, 0]), int(size[i, 1]))) for i in range(n)]
+
+
+def read_inputs(path) -> list:
+    """Unlabelled inputs (:class:`hmrcritic.hmr.data.Sample`, no labels) from an ``.npz`` or an input list (the
+    module docstring), every one read and checked; ids must be unique. One :class:`InputError` naming the file
+    and the entry (a list's line) otherwise."""
+    if not isinstance(path, str | os.PathLike):
+        raise InputError(f"inputs must be a file path (str or Path), got {type(path).__name__}")
+    p = Path(path)
+    if not p.is_file():
+        raise not_a_file_error(p, "input list")
+    if p.suffix.lower() == ".npz":
+        samples = _samples_of_npz(p)
+    else:
+        entries = _input_entries(p)
+        if not entries:
+            raise InputError(f"{p}: no inputs listed")
+        samples = [_sample_of(entry, where, p.parent) for where, entry in entries]
+    first: dict[str, int] = {}
+    for i, s in enumerate(samples):
+        if s.sample_id in first:
+            raise InputError(f"{p}: inputs {first[s.sample_id] + 1} and {i + 1} have the same id {s.sample_id!r}; "
+                             "give each its own (\"id\" in the list, sample_id in an .npz)")
+        first[s.sample_id] = i
+    return samples

@@ -1,0 +1,44 @@
+"""The lead's own fixes of session 33, beside the camera flags (tests/test_review_s33_intrinsics.py)."""
+
+import socket
+
+import pytest
+
+pytestmark = pytest.mark.usefixtures("small_prior")
+
+
+def _closed_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@pytest.mark.parametrize("render", [False, True])
+def test_critique_says_a_vlm_without_renders_sees_no_images(tmp_path, monkeypatch, capsys, render):
+    """``critique --judge vlm --no-render`` sent the VLM the evidence table alone without a word: a user who turned
+    rendering off for speed would think a vision judge had looked at the bodies. The note is said before the input
+    is read; with rendering on it is not."""
+    from hmrcritic import cli
+
+    monkeypatch.setenv("OPENAI_API_KEY", "sk-test")
+    monkeypatch.setenv("HMRCRITIC_VLM_RETRIES", "0")
+    argv = ["critique", "--scene", "test:0", "-n", "2", "--judge", "vlm", "--base-url",
+            f"http://127.0.0.1:{_closed_port()}/v1", "--memory-dir", str(tmp_path / "m"), "--out", str(tmp_path / "o"),
+            "--render" if render else "--no-render"]
+    cli.main(argv)  # the endpoint refuses: the group fails, which is not what this test reads
+    err = capsys.readouterr().err
+    assert ("the VLM judge sees no images" in err) is (not render), err
+
+
+@pytest.mark.parametrize("blank", ["", "  "])
+def test_a_blank_memory_path_is_refused_not_made_in_the_working_folder(tmp_path, monkeypatch, blank):
+    """``MemoryStore("")`` is ``Path("")``, the working folder: a Chroma database and lock files appeared there
+    (found by session 33's API review for ``critique_group(memory="")``, refused there; this is the store's own
+    entry)."""
+    from hmrcritic.errors import InputError
+    from hmrcritic.memory.store import MemoryStore
+
+    monkeypatch.chdir(tmp_path)
+    with pytest.raises(InputError, match="path is blank"):
+        MemoryStore(blank)
+    assert list(tmp_path.iterdir()) == []
