@@ -106,9 +106,10 @@ _KEY_KINDS = ("api", "access", "secret", "private", "auth", "session", "signing"
 # ``token_budget``, ``max_token``, ``tokenLimit``, ``token_usage``; OpenAI's usage fields ``prompt_tokens``,
 # ``total_tokens`` are plural, no secret word at all). A trace or an error that quoted one showed "***" for a count.
 # Only the "token" word is excused: ``max_token_secret`` still holds "secret", ``id_token`` has no such neighbour.
+# Not "used", "num", "number": ``used_token``, ``token_number`` may name *which* token (the one used), a credential.
 _TOKEN_MEASURES = frozenset({
-    "count", "counts", "budget", "budgets", "limit", "limits", "usage", "used", "num", "number", "total", "max",
-    "min", "length", "len", "quota"})
+    "count", "counts", "budget", "budgets", "limit", "limits", "usage", "total", "max", "min", "length", "len",
+    "quota"})
 # the words that alone make only a query parameter or field secret, not free text's ``name=`` (``PWD=/home/…`` is a
 # shell's working directory)
 _WEAK_NAMES = frozenset({"key", "sig", "auth", "cookie", "bearer", "pwd"})

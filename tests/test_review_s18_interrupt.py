@@ -221,7 +221,7 @@ import sys, time
 import hmrcritic.alignment.finetune as F
 from hmrcritic.cli import main
 
-def finetune(cfg, progress=False):
+def finetune(cfg, progress=False, **kw):  # generations_given (session 33) and later keywords
     # to the process's own stdout: the command sends the library's output to stderr when stdout is a pipe
     print("long job started", file=sys.__stdout__, flush=True)
     time.sleep(120)

@@ -135,7 +135,8 @@ def test_critique_keeps_the_group_it_sampled_beside_its_scores(tmp_path, capsys,
     assert (out / "hypotheses.npz").read_bytes() == b"sample's own file"
     with np.load(out / "sampled_hypotheses.npz") as z:
         assert {k: z[k].shape for k in z.files} == {"global_orient": (4, 3), "body_pose": (4, 69),
-                                                    "betas": (4, 10), "transl": (4, 3)}
+                                                    "betas": (4, 10), "transl": (4, 3),
+                                                    "K": (3, 3), "image_size": (2,)}  # the camera: session 33
     first = __import__("json").loads((out / "scores.json").read_text())
 
     again = tmp_path / "again"

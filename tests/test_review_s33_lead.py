@@ -42,3 +42,23 @@ def test_a_blank_memory_path_is_refused_not_made_in_the_working_folder(tmp_path,
     with pytest.raises(InputError, match="path is blank"):
         MemoryStore(blank)
     assert list(tmp_path.iterdir()) == []
+
+
+def test_a_retry_after_date_without_a_zone_is_read_as_gmt(monkeypatch):
+    """``Retry-After: <date> -0000`` parsed as a naive datetime, read as local time: off by the machine's UTC offset
+    (found by session 33's VLM review). HTTP dates are GMT."""
+    import email.utils
+    import time
+    from types import SimpleNamespace
+
+    from hmrcritic.agent.vlm import _retry_after_s
+
+    monkeypatch.setenv("TZ", "America/New_York")  # UTC-5: a local reading is 5 h off
+    time.tzset()
+    try:
+        when = email.utils.formatdate(time.time() + 30, usegmt=False).rsplit(" ", 1)[0] + " -0000"
+        exc = SimpleNamespace(response=SimpleNamespace(headers={"retry-after": when}))
+        assert 25 <= _retry_after_s(exc) <= 31
+    finally:
+        monkeypatch.delenv("TZ")
+        time.tzset()

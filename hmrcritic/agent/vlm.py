@@ -16,8 +16,10 @@ structure, physical feasibility and image alignment). Beyond the paper, and why:
   have sent them (:func:`_tolerated`), as are an answer filed whole in the reasoning field (vLLM's
   ``--reasoning-parser``) and one streamed unasked (:func:`_assembled`); a server on this machine is reached
   directly, past any ``HTTP(S)_PROXY``. Timeouts, 5xx, 408, 409, 429 (``Retry-After`` honoured, also on a 503;
-  not OpenAI's ``insufficient_quota``, which no wait cures) and unusable answers are retried with exponential
-  backoff and jitter; then :class:`~hmrcritic.errors.JudgeError` names the group and the last reason in one line.
+  not OpenAI's ``insufficient_quota``, which no wait cures) and unusable answers (whose retry spells out the shape
+  asked for in the prompt) are retried with exponential backoff and jitter, as is a refused connection (not a TLS
+  handshake that fails for good); then :class:`~hmrcritic.errors.JudgeError` names the group and the last reason in
+  one line. A step down to a simpler form is warned of once the call that made it ends with it standing.
   ChatOpenAI's own retries are off (``max_retries=0``) so this policy is the only one in force.
 * A process-wide semaphore per endpoint bounds the requests in flight (``JudgeSettings.max_concurrency``);
   :meth:`VLMJudge.critique_many` fans groups out on a thread pool of that size.
@@ -31,6 +33,7 @@ from __future__ import annotations
 
 import asyncio
 import base64
+import datetime
 import email.utils
 import json
 import logging
@@ -170,7 +173,15 @@ def extract_json(text: str) -> Any:
             i = end  # not inside it: an entry of a quoted example is no answer either
     if first is not None:
         return first
-    raise Unparseable("no JSON object in the answer")
+    raise Unparseable(_NO_JSON)
+
+
+_NO_JSON = "no JSON object in the answer"
+# said after the retries all met an answer without JSON ("unusable answer (no JSON object in the answer)" named no
+# next step). Every form asked for JSON (a schema, a tool, the prompt's own words) and the retries said what was
+# wrong: the model does not follow that, and no setting of the judge's makes it. Another model does
+_NO_JSON_ADVICE = ("; the model does not answer in JSON as asked: use a model that follows JSON instructions "
+                   "(--vlm-model or HMRCRITIC_VLM_MODEL)")
 
 
 _DECODER = json.JSONDecoder()
@@ -609,6 +620,8 @@ def _retry_after_s(exc: Exception) -> float | None:
         when = email.utils.parsedate_to_datetime(value)
     except (TypeError, ValueError):
         return None
+    if when.tzinfo is None:  # "-0000" (RFC 5322's "zone unknown") parses naive: HTTP dates are GMT, not local time
+        when = when.replace(tzinfo=datetime.UTC)
     return max(0.0, when.timestamp() - time.time())
 
 
@@ -826,6 +839,19 @@ def _connect_failure(exc: BaseException) -> str | None:
     return None
 
 
+# a TLS handshake's failures that no retry cures (OpenSSL's words): an https address for a plain http server
+# (OpenSSL 3.2+ says "record layer failure"), a certificate not trusted or for another host. Others, such as an
+# EOF in the handshake (a server or proxy dropping connections under load), may pass on a retry
+_TLS_FOR_GOOD = ("wrong version number", "wrong_version_number", "record layer failure", "record_layer_failure",
+                 "certificate verify failed", "certificate_verify_failed")
+
+
+def _tls_for_good(exc: BaseException) -> bool:
+    """Is ``exc`` (an ``APIConnectionError``) a TLS handshake that fails the same way on every try?"""
+    words = (_connect_failure(exc) or "").lower()
+    return any(w in words for w in _TLS_FOR_GOOD)
+
+
 def _connect_timed_out(exc: BaseException) -> bool:
     """Did ``exc`` (an ``APITimeoutError``) time out before the TCP connection was made (``ConnectTimeout`` under
     the openai client), rather than while waiting for the answer? An address that drops packets (a host that is
@@ -1006,6 +1032,7 @@ class VLMJudge:
         self._mode = MODES[0]
         self._mode_lock = threading.Lock()
         self._refusals = dict.fromkeys(MODES, 0)  # refusals of each form that stand (see _degrade, _put_back)
+        self._warned: set[str] = set()  # forms whose standing refusal was warned of (_confirm)
         self._runnables: dict[tuple[str, str], Any] = {}
         self._semaphore = endpoint_semaphore(self.settings.base_url, self.settings.max_concurrency)
 
@@ -1384,10 +1411,27 @@ class VLMJudge:
         with self._mode_lock:
             self._refusals[failed_mode] += 1
             own.setdefault("refused", []).append(failed_mode)
-            # a warning, once per step (not per group): at INFO a CLI user never learnt the judge had stepped down
-            self._settle("the endpoint refused %s requests; sending %s from now on", failed_mode,
-                         level=logging.WARNING)
+            # at INFO: whether the form or the request is at fault is not known yet. The warning waits for the
+            # call's end (_confirm): said here, "refused json_schema requests; sending function_calling from now
+            # on" and the same for text preceded the error of a request refused in every form, which showed the
+            # forms were not at fault and put the mode back
+            self._settle("the endpoint refused a %s request; trying %s", failed_mode)
         return True
+
+    def _confirm(self, own: dict) -> None:
+        """Warn of this call's step-downs that stand as it ends (``own``, see :meth:`_degrade`; those of a request
+        refused in every form were withdrawn by :meth:`_put_back`): the simpler form answered, or the call failed
+        for another reason and the refusal stays counted, so the judge does send the simpler form from now on. Once
+        per form for the judge (a standing refusal is never withdrawn later), not once per group or thread."""
+        refused = own.pop("refused", [])
+        if not refused:
+            return
+        with self._mode_lock:
+            new = [form for form in dict.fromkeys(refused) if form not in self._warned]
+            self._warned.update(new)
+        if new:  # a CLI user sees warnings only: at INFO they never learnt the judge had stepped down
+            log.warning("vlm judge: the endpoint refused %s requests; sending %s from now on", " and ".join(new),
+                        MODES[max(MODES.index(form) for form in refused) + 1])
 
     def _put_back(self, own: dict) -> None:
         """Withdraw this request's refusals (``own``, see :meth:`_degrade`) after it was refused in every form: the
@@ -1401,12 +1445,13 @@ class VLMJudge:
                 self._refusals[form] -= 1
             self._settle("a request was refused in every form%s; using %s again", "")
 
-    def _settle(self, message: str, what: str, level: int = logging.INFO) -> None:
-        """Set the shared mode to the most capable form without a standing refusal (under ``_mode_lock``)."""
+    def _settle(self, message: str, what: str) -> None:
+        """Set the shared mode to the most capable form without a standing refusal (under ``_mode_lock``); said at
+        INFO (what a user is warned of waits for the call's end: :meth:`_confirm`)."""
         mode = next((m for m in MODES[:-1] if self._refusals[m] == 0), MODES[-1])
         if mode != self._mode:
             self._mode = mode
-            log.log(level, "vlm judge: " + message, what, mode)
+            log.info("vlm judge: " + message, what, mode)
 
     def _check_complete(self, result: Any) -> None:
         """Raise :class:`_CutOff` when the endpoint stopped the answer at its output-token limit
@@ -1492,13 +1537,26 @@ class VLMJudge:
             raise _Unbuildable(f"{type(exc).__name__}: {exc}") from None
 
     def _call(self, group_id: str, schema: type[BaseModel], build, validate):
+        """One group's request with the retry policy (:meth:`_tries`); its step-downs that stand are warned of as
+        it ends (:meth:`_confirm`), when it is known whether the form or the request was at fault."""
+        own: dict = {}  # this call's own step-downs of the shared mode (_degrade), which it may undo (_put_back)
+        try:
+            return self._tries(group_id, schema, build, validate, own)
+        finally:
+            self._confirm(own)
+
+    def _tries(self, group_id: str, schema: type[BaseModel], build, validate, own: dict):
         import openai
 
         attempts = 1 + max(0, int(self.settings.max_retries))
         attempt, retry_reason, reason = 0, "", ""
-        own: dict = {}  # this call's own step-downs of the shared mode (_degrade), which it may undo (_put_back)
         stepped = 0  # step-downs in this call: at most one per simpler form, whatever other threads do to the mode
         images = 0
+        # after an answer that could not be used, the prompt spells out the answer's shape (as text mode's does) in
+        # every form: under json_schema and function calling the shape travels only in the request's schema, which
+        # a server that ignores response_format (a proxy dropping it, an older local server) never shows the model.
+        # Each retry then asked it to "answer again" in a format it had not been told, and got the same prose
+        spell_out = False
         while True:
             mode = self._mode
             wait_hint: float | None = None
@@ -1508,8 +1566,9 @@ class VLMJudge:
             too_large = False  # ... for this group's size only: a smaller one may pass
             rate_limited = False  # a 429 that a wait may cure (not a spent quota): said with its settings at the end
             server_failed = False  # a 5xx: likewise, what to look at once the retries are spent
+            no_json = False  # an answer without JSON: likewise (the model does not follow the format asked)
             try:
-                messages = self._built(build, mode, retry_reason)
+                messages = self._built(build, "text" if spell_out else mode, retry_reason)
                 images = sum(1 for part in getattr(messages[-1], "content", None) or []
                              if isinstance(part, dict) and part.get("type") == "image_url")
                 with self._semaphore:
@@ -1534,7 +1593,8 @@ class VLMJudge:
                 reason, fatal = self._cut_off_reason(getattr(usage, "completion_tokens", None)), True
             except Unparseable as exc:
                 reason = f"unusable answer ({exc})"
-                retry_reason = str(exc)
+                retry_reason, spell_out = str(exc), True
+                no_json = str(exc) == _NO_JSON
             except _Deadline:
                 reason, advice = f"no answer within {self.settings.timeout_s:g} s", _SLOW_ADVICE
             except (openai.BadRequestError, openai.UnprocessableEntityError) as exc:
@@ -1595,6 +1655,9 @@ class VLMJudge:
                     server_failed = True
             except openai.APIConnectionError as exc:
                 reason, advice, unusable = self._unreachable(exc)
+                # a handshake refused for what the two ends are (https to a plain http server, a certificate not
+                # trusted) fails the same way on every try: each retry of each group waited its backoff for it
+                fatal = _tls_for_good(exc)
             except openai.APIStatusError as exc:  # 401, 403, 404...: retrying will not help
                 if exc.status_code in (408, 409):  # a proxy's request timeout, a lock timeout: the openai
                     # client retries these itself, and its retries are off here (max_retries=0)
@@ -1667,6 +1730,8 @@ class VLMJudge:
         elif server_failed:  # "server error (HTTP 500: internal error)" ended the line with no next step
             advice = (f"; the server's own log says why (one still loading a model needs more retries: "
                       f"HMRCRITIC_VLM_RETRIES, now {self.settings.max_retries})")
+        elif no_json:
+            advice = _NO_JSON_ADVICE
         message = self._scrub(f"VLM judge failed for group {group_id} {tries}: {reason}", advice)
         if unusable:  # of the last attempt: one refused connection amid timeouts is no dead endpoint
             cls = GroupTooLargeError if too_large else EndpointUnusableError

@@ -48,9 +48,11 @@ def _hypotheses_from_model(sample, model_path: str | None, n: int, seed: int) ->
 
 
 def _check_sampled_camera(path: Path, sample) -> None:
-    """Refuse hypotheses that ``hmrcritic sample`` drew under another camera than this critique's.
+    """Refuse hypotheses that ``hmrcritic sample`` (or a sampling ``critique``) drew under another camera than this
+    critique's.
 
-    ``sample`` stores the K and image size it solved each hypothesis' ``transl`` with; the critique projects the
+    ``sample`` (hypotheses.npz) and ``critique`` (sampled_hypotheses.npz) store the K and image size they solved
+    each hypothesis' ``transl`` with; the critique projects the
     bodies with its own. A ``--focal``/``--principal-point``/``--intrinsics`` given to one command and not the other
     put every body off its keypoints: the reprojection evidence and the image-alignment scores then judged the
     camera, not the bodies. Files of other tools (no K) and the API's arrays are not checked. The file was already
@@ -76,8 +78,8 @@ def _check_sampled_camera(path: Path, sample) -> None:
                 f"{wh[0]:g}x{wh[1]:g} image")
 
     raise InputError(f"{path} was sampled with {cam(K, size)}; this critique's camera is {cam(ours, our_size)}: "
-                     "give critique the same image and --focal / --principal-point / --intrinsics as `sample`, or "
-                     "the bodies are judged off their keypoints")
+                     "give critique the same image and --focal / --principal-point / --intrinsics as the run that "
+                     "sampled them, or the bodies are judged off their keypoints")
 
 
 def _agent_config(given: dict):
@@ -241,9 +243,14 @@ def register(app: typer.Typer) -> None:
             # the sampled group beside its scores: scores.json's indices named rows of arrays kept only in the run
             # folder's inputs.npz; --hypotheses reads this file back as the same group (the same group id). Not
             # "hypotheses.npz": that is `sample`'s file (with x0, K, …), which a critique into its folder replaced
+            import numpy as np
+
             from hmrcritic.io import atomic_save_npz
 
-            sampled = atomic_save_npz(out / "sampled_hypotheses.npz", **hyps)
+            # with the camera the transl were solved under, as `sample`'s file has it: read back with other camera
+            # flags, the group is refused (_check_sampled_camera) instead of judged off its keypoints
+            sampled = atomic_save_npz(out / "sampled_hypotheses.npz", **hyps, K=np.asarray(sample.K, np.float32),
+                                      image_size=np.asarray(sample.image_size, np.int64))
         write_scores(result, out)
         report = write_report(result, out, image_path=getattr(sample, "image_path", None))
         if as_json:

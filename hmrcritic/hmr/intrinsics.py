@@ -11,8 +11,16 @@ Accepted calibration files (JSON; numbers in pixels of the image as used — upr
 - a 3×3 matrix ``[[fx, 0, cx], [0, fy, cy], [0, 0, 1]]``, its 9 numbers row by row, or 4 numbers ``[fx, fy, cx, cy]``;
 - an object holding one of those under ``K``, ``camera_matrix``, ``intrinsics``, ``intrinsic`` or ``cam_K``
   (OpenCV's JSON ``{"rows": 3, "cols": 3, "data": [9]}`` too, as ``cv2.FileStorage`` writes a calibration);
-- an object with ``fx``, ``fy``, ``cx``, ``cy`` (``f`` for both focal lengths), or with ``focal_length`` (one number or
-  ``[fx, fy]``) and ``principal_point`` (``[cx, cy]``), as PyTorch3D-style camera files name them.
+- an object with ``fx``, ``fy``, ``cx``, ``cy`` (``f`` for both focal lengths; nerfstudio's ``transforms.json`` names
+  them ``fl_x``, ``fl_y``), or with ``focal_length`` (one number or ``[fx, fy]``) and ``principal_point``
+  (``[cx, cy]``), as PyTorch3D-style camera files name them;
+- Open3D's ``PinholeCameraIntrinsic`` JSON: ``intrinsic_matrix``, 9 numbers **column by column**, as Open3D writes it;
+- a COLMAP camera (``model`` and ``params``, as pycolmap's ``Camera.todict()`` and COLMAP-to-JSON scripts write it) of
+  a pinhole model or one whose extra parameters are distortion (``SIMPLE_PINHOLE``, ``PINHOLE``, ``SIMPLE_RADIAL``,
+  ``RADIAL``, ``OPENCV``, ``FULL_OPENCV``).
+
+A K written column by column where a row-major one is expected (numpy's ``K.T``) is refused saying so: the
+``[0, 0, 1]`` row is then a column.
 
 An object may say which image size the numbers are for (``width``/``height``, ``image_width``/``image_height`` or
 ``image_size: [W, H]``); a size that is not the image's is refused (intrinsics scale with the resolution, and
@@ -37,8 +45,15 @@ from hmrcritic.io import read_small_json
 MAX_INTRINSICS_FILE_BYTES = 1_000_000
 MATRIX_KEYS = ("K", "camera_matrix", "intrinsics", "intrinsic", "cam_K")
 DISTORTION_KEYS = ("dist_coeffs", "distortion_coefficients", "dist", "distortion", "D")
+# nerfstudio's transforms.json keeps its distortion as single numbers beside the focal lengths
+NERFSTUDIO_DISTORTION_KEYS = ("k1", "k2", "k3", "k4", "p1", "p2")
+# COLMAP camera models whose parameters are the pinhole's (their first ones) and lens distortion (the rest):
+# model -> (number of parameters, whether one focal length serves both axes)
+COLMAP_MODELS = {"SIMPLE_PINHOLE": (3, True), "PINHOLE": (4, False), "SIMPLE_RADIAL": (4, True),
+                 "RADIAL": (5, True), "OPENCV": (8, False), "FULL_OPENCV": (12, False)}
 FORMATS = ("a 3x3 K, its 9 numbers, [fx, fy, cx, cy], or an object with K / camera_matrix / intrinsics, "
-           "fx fy cx cy, or focal_length + principal_point")
+           "fx fy cx cy (fl_x fl_y), focal_length + principal_point, Open3D's intrinsic_matrix or a COLMAP "
+           "model + params")
 
 
 def _is_number(x) -> bool:
@@ -96,13 +111,44 @@ def _matrix_from_object(data: dict, where: str) -> np.ndarray:
         if not isinstance(data["principal_point"], list):
             raise InputError(f"{where}: principal_point must be [cx, cy]")
         return np.array([[fx, 0.0, cx], [0.0, fy, cy], [0.0, 0.0, 1.0]])
-    if any(k in data for k in ("fx", "fy", "f", "cx", "cy")):
-        fx, fy = data.get("fx", data.get("f")), data.get("fy", data.get("f"))
+    if "intrinsic_matrix" in data:  # Open3D's PinholeCameraIntrinsic: 9 numbers column by column
+        flat = _numbers(data["intrinsic_matrix"], f"{where}: intrinsic_matrix")
+        if len(flat) != 9:
+            raise InputError(f"{where}: intrinsic_matrix holds {len(flat)} numbers, Open3D writes 9 (column by "
+                             "column)")
+        return np.array(flat, dtype=np.float64).reshape(3, 3).T
+    if "model" in data and "params" in data:
+        return _colmap_matrix(data, where)
+    if any(k in data for k in ("fx", "fy", "f", "cx", "cy", "fl_x", "fl_y")):
+        fx = data.get("fx", data.get("fl_x", data.get("f")))
+        fy = data.get("fy", data.get("fl_y", data.get("f")))
         missing = [k for k, v in (("fx", fx), ("fy", fy), ("cx", data.get("cx")), ("cy", data.get("cy"))) if v is None]
         if missing:
             raise InputError(f"{where}: missing {', '.join(missing)} (give fx, fy, cx, cy; or f, cx, cy)")
         return _matrix_from([fx, fy, data["cx"], data["cy"]], where)
     raise InputError(f"{where}: no intrinsics found ({FORMATS})")
+
+
+def _colmap_model(data: dict) -> str | None:
+    """The COLMAP model name of a camera object, upper case; pycolmap's enum written as text
+    (``"CameraModelId.PINHOLE"``) too."""
+    model = data.get("model")
+    return model.rsplit(".", 1)[-1].upper() if isinstance(model, str) else None
+
+
+def _colmap_matrix(data: dict, where: str) -> np.ndarray:
+    """K of a COLMAP camera object (``model``, ``params``): the pinhole part of the models that have one."""
+    model = _colmap_model(data)
+    if model not in COLMAP_MODELS:
+        raise InputError(f"{where}: COLMAP model {data['model']!r} is not a pinhole camera with distortion "
+                         f"({', '.join(COLMAP_MODELS)}): undistort the images (colmap image_undistorter) and give "
+                         "the PINHOLE camera it writes")
+    count, one_focal = COLMAP_MODELS[model]
+    params = _numbers(data["params"], f"{where}: params")
+    if len(params) != count:
+        raise InputError(f"{where}: a COLMAP {model} camera has {count} params, this one {len(params)}")
+    fx, fy, rest = (params[0], params[0], params[1:]) if one_focal else (params[0], params[1], params[2:])
+    return np.array([[fx, 0.0, rest[0]], [0.0, fy, rest[1]], [0.0, 0.0, 1.0]])
 
 
 def _stated_size(data: dict, where: str) -> tuple[float, float] | None:
@@ -115,7 +161,22 @@ def _stated_size(data: dict, where: str) -> tuple[float, float] | None:
     return None
 
 
+def _distortion_warning(where: str, key: str) -> None:
+    warnings.warn(f"{where}: lens distortion ({key}) is not modelled — the model assumes a pinhole camera; "
+                  "give keypoints detected on the undistorted image", stacklevel=4)
+
+
 def _warn_distortion(data: dict, where: str) -> None:
+    model = _colmap_model(data)
+    if model in COLMAP_MODELS and "params" in data and not any(k in data for k in MATRIX_KEYS):
+        one_focal = COLMAP_MODELS[model][1]
+        if any(abs(c) > 1e-9 for c in _numbers(data["params"], where)[3 if one_focal else 4:]):
+            _distortion_warning(where, f"COLMAP {model} params")
+        return
+    single = [k for k in NERFSTUDIO_DISTORTION_KEYS if _is_number(data.get(k)) and abs(data[k]) > 1e-9]
+    if single:
+        _distortion_warning(where, ", ".join(single))
+        return
     for key in DISTORTION_KEYS:
         if key not in data:
             continue
@@ -125,8 +186,7 @@ def _warn_distortion(data: dict, where: str) -> None:
         except InputError:
             return
         if any(abs(c) > 1e-9 for c in coeffs):
-            warnings.warn(f"{where}: lens distortion ({key}) is not modelled — the model assumes a pinhole camera; "
-                          "give keypoints detected on the undistorted image", stacklevel=3)
+            _distortion_warning(where, key)
         return
 
 
@@ -145,6 +205,12 @@ def check_intrinsics(K, image_size: tuple[int, int], where: str = "intrinsics") 
         raise InputError(f"{where}: a skewed K (K[0][1] = {K[0, 1]:g}) is not supported: projection and rendering "
                          "read fx, fy, cx, cy only")
     if abs(K[1, 0]) > 1e-6 * fy or not np.allclose(K[2], [0.0, 0.0, 1.0], atol=1e-6):
+        if np.allclose(K[:, 2], [0.0, 0.0, 1.0], atol=1e-6) and abs(K[0, 1]) <= 1e-6 * fx:
+            # [[fx, 0, 0], [0, fy, 0], [cx, cy, 1]]: a row-major K's transpose (numpy's K.T, a column-major
+            # writer); the old message showed the matrix without saying what was wrong with it
+            raise InputError(f"{where}: K's rows and columns are swapped — its last column is [0, 0, 1], the "
+                             "principal point in its last row, as numpy's K.T writes it (Open3D's intrinsic_matrix "
+                             f"is read column by column): give it row by row, {np.round(K.T, 4).tolist()}")
         raise InputError(f"{where}: not a pinhole K (expected [[fx, 0, cx], [0, fy, cy], [0, 0, 1]]), got "
                          f"{np.round(K, 4).tolist()}")
     W, H = image_size
@@ -157,9 +223,46 @@ def check_intrinsics(K, image_size: tuple[int, int], where: str = "intrinsics") 
     return K.astype(np.float32)
 
 
-def read_intrinsics_json(path, image_size: tuple[int, int]) -> np.ndarray:
+def _swapped_advice(data: dict) -> str:
+    """Why a stated size can be this image's turned a quarter: a rotation (EXIF), or a file that writes (H, W).
+
+    Before, only the EXIF rotation was named, also for an image without one whose file wrote ``image_size`` as
+    PyTorch3D writes it, (height, width): the advice to swap fx/fy and cx/cy was then wrong."""
+    hw = (" — or the file writes image_size as [H, W] (PyTorch3D does): give width and height instead"
+          if "image_size" in data else "")
+    # an EXIF-rotated image never reaches here (its raw frame's calibration is turned upright): this one has none
+    return (" (turned a quarter, and the image has no EXIF orientation that would turn it: give the calibration of "
+            f"the image as it is stored{hw})")
+
+
+def _resize_or_crop_advice(K: np.ndarray) -> str:
+    """What to do with a calibration of another size; for a crop, the flags that say it without a new file."""
+    fx, fy, cx, cy = K[0, 0], K[1, 1], K[0, 2], K[1, 2]
+    flags = (f" — or, as fx = fy, focal {fx:g} and principal point ({cx:g} − x0, {cy:g} − y0) with the crop's "
+             "corner (x0, y0)" if abs(fx - fy) <= 1e-6 * fx else "")
+    return ("; scale fx and cx by the width ratio and fy and cy by the height ratio (for a resize), or subtract the "
+            f"crop's corner from cx, cy (for a crop{flags})")
+
+
+def upright_intrinsics(K: np.ndarray, raw_size: tuple[float, float], orientation: int) -> np.ndarray:
+    """K of an image's raw (stored) frame, ``raw_size`` (W, H), turned as its EXIF ``orientation`` (5-8) turns the
+    pixels upright (PIL's ``exif_transpose``: 5 transpose, 6 a quarter clockwise, 7 transverse, 8 a quarter
+    counter-clockwise). The focal lengths swap axes; the principal point moves as a pixel does — a phone photo
+    (6) takes a raw (cx, cy) to (H − cy, cx), not to (cy, cx)."""
+    Wr, Hr = raw_size
+    fx, fy, cx, cy = K[0, 0], K[1, 1], K[0, 2], K[1, 2]
+    cx_up, cy_up = {5: (cy, cx), 6: (Hr - cy, cx), 7: (Hr - cy, Wr - cx), 8: (cy, Wr - cx)}[orientation]
+    return np.array([[fy, 0.0, cx_up], [0.0, fx, cy_up], [0.0, 0.0, 1.0]])
+
+
+def read_intrinsics_json(path, image_size: tuple[int, int], exif_orientation: int | None = None) -> np.ndarray:
     """K (3,3) float32 from a calibration JSON file (formats: the module docstring), for an image of ``image_size``
-    (W, H) as used. Errors are :class:`InputError` naming the file."""
+    (W, H) as used (upright). Errors are :class:`InputError` naming the file.
+
+    A file that states the raw frame's size of an image whose ``exif_orientation`` (5-8) turns it upright is
+    turned with it (:func:`upright_intrinsics`): calibration tools see the sensor's frame, while the image (and its
+    keypoints, as OpenCV-based detectors read it) is used upright. Without a stated size the frame cannot be told:
+    such an image warns."""
     if not isinstance(path, str | os.PathLike):
         raise InputError(f"intrinsics must be a file path (str or Path), got {type(path).__name__}")
     p = Path(path)
@@ -169,13 +272,19 @@ def read_intrinsics_json(path, image_size: tuple[int, int]) -> np.ndarray:
         K = _matrix_from_object(data, where)
         size = _stated_size(data, where)
         W, H = image_size
+        rotated = exif_orientation in (5, 6, 7, 8)
         if size is not None and (abs(size[0] - W) > 0.5 or abs(size[1] - H) > 0.5):
             swapped = abs(size[0] - H) <= 0.5 and abs(size[1] - W) <= 0.5
-            raise InputError(
-                f"{where}: the intrinsics are for a {size[0]:g}x{size[1]:g} image, this one is {W}x{H}"
-                + (" (its EXIF orientation turns it upright: swap fx/fy and cx/cy for the upright image)" if swapped
-                   else "; scale fx and cx by the width ratio and fy and cy by the height ratio (for a resize), "
-                        "or subtract the crop's corner from cx, cy (for a crop)"))
+            if swapped and rotated:  # the raw frame's calibration of a photo used upright: turn it too
+                K = upright_intrinsics(K, size, exif_orientation)
+            else:
+                raise InputError(
+                    f"{where}: the intrinsics are for a {size[0]:g}x{size[1]:g} image, this one is {W}x{H}"
+                    + (_swapped_advice(data) if swapped else _resize_or_crop_advice(K)))
+        elif size is None and rotated:
+            warnings.warn(f"{where}: the image is turned upright by its EXIF orientation ({exif_orientation}); if "
+                          "this calibration is of its raw (sensor) frame, add its width and height to the file and "
+                          "it is turned with the image", stacklevel=3)
         _warn_distortion(data, where)
     else:
         K = _matrix_from(data, where)
@@ -196,16 +305,17 @@ def check_principal_point(value) -> tuple[float, float]:
 
 
 def user_intrinsics(image_size: tuple[int, int], focal: float | None = None, principal_point=None,
-                    intrinsics=None) -> np.ndarray:
+                    intrinsics=None, exif_orientation: int | None = None) -> np.ndarray:
     """K (3,3) float32 for a user image of ``image_size`` (W, H): a calibration file (``intrinsics``, a path), or
     the default guess — focal = max(W, H), principal point at the centre — with ``focal`` and/or
     ``principal_point`` (cx, cy) replacing its parts. A file together with either part is refused: which one wins
-    would be a guess."""
+    would be a guess. ``exif_orientation``: the image's tag, so a calibration of its raw frame is turned upright
+    (:func:`read_intrinsics_json`)."""
     W, H = image_size
     if intrinsics is not None:
         if focal is not None or principal_point is not None:
             raise InputError("give either an intrinsics file or focal / principal point, not both")
-        return read_intrinsics_json(intrinsics, image_size)
+        return read_intrinsics_json(intrinsics, image_size, exif_orientation=exif_orientation)
     K = camera.default_intrinsics(W, H, focal).numpy()
     if principal_point is not None:
         K[0, 2], K[1, 2] = check_principal_point(principal_point)
@@ -225,6 +335,7 @@ def parse_principal_point(text: str) -> tuple[float, float]:
 
 
 __all__ = [
+    "upright_intrinsics",
     "check_intrinsics",
     "check_principal_point",
     "parse_principal_point",

@@ -120,6 +120,39 @@ def _check_inputs(kp: np.ndarray, K: np.ndarray, size: np.ndarray, where: str) -
                          "(multiply u by W and v by H)")
 
 
+# a body's root (transl) projects within ~0.4 of its keypoints' box diagonal of the box's centre (the synthetic splits:
+# median 0.1, at most 0.4; SMPL's pelvis offset adds ~0.15); labels in a world frame land several boxes away
+OTHER_FRAME_MEDIAN_RATIO = 0.75
+
+
+def _warn_other_frame(kp: np.ndarray, K: np.ndarray, transl: np.ndarray, where: str) -> None:
+    """Warn when the labelled bodies, projected through K, are not where their keypoints are (most scenes).
+
+    The behind-the-camera refusal catches an OpenGL-frame file; a world-frame one (3DPW's ``trans``/``poses``
+    before its ``cam_poses`` are applied) usually has its bodies in front of the camera and was evaluated without
+    a word. Its transl does not enter the figures (they are root-aligned), but its global_orient does: MPJPE and
+    PVE then compare bodies turned as the world frame is. A warning, not an error: one scene's odd box (a person
+    mostly hidden) is no proof, so the median over the file decides."""
+    uvw = np.einsum("nij,nj->ni", K, transl)
+    uv = uvw[:, :2] / uvw[:, 2:]
+    vis = kp[..., 2] > 0
+    seen = vis.sum(-1) >= 2
+    if not seen.any():
+        return
+    lo = np.where(vis[..., None], kp[..., :2], np.inf).min(1)
+    hi = np.where(vis[..., None], kp[..., :2], -np.inf).max(1)
+    with np.errstate(divide="ignore", invalid="ignore"):
+        ratio = np.linalg.norm(uv - (lo + hi) / 2, axis=-1) / np.linalg.norm(hi - lo, axis=-1)
+    ratio = ratio[seen & np.isfinite(ratio)]
+    if ratio.size and np.median(ratio) > OTHER_FRAME_MEDIAN_RATIO:
+        import warnings
+
+        warnings.warn(f"{where}: the bodies (transl projected through K) lie a median {np.median(ratio):.1f} person "
+                      "sizes from their keypoints: the labels look to be in another frame than the camera's (3DPW's "
+                      "trans and poses are in the world frame: apply cam_poses first); transl does not enter the "
+                      "figures, but global_orient does (MPJPE and PVE compare the bodies as turned)", stacklevel=3)
+
+
 def read_labelled(path, limit: int | None = None) -> tuple[dict[str, np.ndarray], int]:
     """Inputs and SMPL labels of a user's labelled ``.npz`` (the module docstring), checked, as float32 arrays with
     one row per scene (``K (n,3,3)``, ``image_size (n,2)``), and the number of scenes kept (``limit``: the first
@@ -142,6 +175,10 @@ def read_labelled(path, limit: int | None = None) -> tuple[dict[str, np.ndarray]
         raise InputError(f"{where}: no scenes")
     K = _per_scene(_numbers(arrays["K"], "K", where), "K", (3, 3), n, where)
     size = _per_scene(_numbers(arrays["image_size"], "image_size", where), "image_size", (2,), n, where)
+    if not set(arrays) - {*INPUT_KEYS, "sample_id"}:
+        # inputs without labels, as export --data takes them: "missing array 'global_orient'" did not say that
+        raise InputError(f"{where}: no SMPL labels (global_orient, body_pose, betas, transl), only inputs: "
+                         "evaluate needs labelled scenes; inputs without labels are for export --data")
     labels = check_smpl_arrays({k: v for k, v in arrays.items() if k not in INPUT_KEYS}, where, rows="scenes",
                                row="scene", shared_ok=False)
     if labels["body_pose"].shape[0] != n:
@@ -153,6 +190,9 @@ def read_labelled(path, limit: int | None = None) -> tuple[dict[str, np.ndarray]
         raise InputError(f"{where}: scene {i}'s body is at depth {labels['transl'][i, 2]:.3g} m, behind the camera: "
                          "the labels must be in the OpenCV camera frame (z forward); from a y-up / z-backward "
                          "(OpenGL) frame negate y and z of transl and rotate global_orient by 180° about x")
+    _warn_other_frame(kp, K, labels["transl"], where)
+    if limit is not None and (isinstance(limit, bool) or not isinstance(limit, int) or limit < 1):
+        raise InputError(f"limit must be a whole number ≥ 1 of scenes (or None for all), got {limit!r}")
     keep = n if limit is None else min(int(limit), n)
     out = {"keypoints": kp, "K": K, "image_size": size, **labels}
     return {k: np.ascontiguousarray(v[:keep], dtype=np.float32) for k, v in out.items()}, keep
@@ -163,7 +203,14 @@ MAX_INPUT_LIST_BYTES = 64 << 20
 
 
 def _input_entries(p: Path) -> list[tuple[str, object]]:
-    """(where, parsed value) of each entry: ``FILE:LINE`` of a JSON lines file, ``FILE item N`` of a JSON list."""
+    """(where, parsed value) of each entry: ``FILE:LINE`` of a JSON lines file, ``FILE item N`` of a JSON list.
+
+    The text is decoded as json decodes a file — UTF-8 with or without a byte-order mark, UTF-16/32 — since
+    Windows tools write those: a JSON list behind a UTF-8 BOM was read as JSON lines ("line 1: not a JSON object
+    ('[')") and a PowerShell (UTF-16) list as garbage. Text that is not in one of them is refused naming its line,
+    not read with replacement characters (a cp1252 "é" became a "file not found" for a name with "?" in it).
+    Lines end at "\\n" only (a "\\r" before it dropped): str.splitlines also splits at U+2028 and U+0085, which
+    JSON allows unescaped inside a string (a file name)."""
     import json
 
     from hmrcritic.io import read_small_json
@@ -171,17 +218,32 @@ def _input_entries(p: Path) -> list[tuple[str, object]]:
     raw = p.read_bytes() if p.stat().st_size <= MAX_INPUT_LIST_BYTES else None
     if raw is None:
         raise InputError(f"{p}: larger than {MAX_INPUT_LIST_BYTES >> 20} MB: not an input list (split it)")
-    if raw.lstrip()[:1] == b"[":  # one JSON list
+    encoding = json.detect_encoding(raw)
+    try:
+        text = raw.decode(encoding)
+    except UnicodeDecodeError as exc:
+        line = raw[:exc.start].count(b"\n") + 1 if encoding.startswith("utf-8") else 1
+        raise InputError(f"{p}:{line}: not UTF-8 text (the list names files: save it as UTF-8)") from None
+    if text.lstrip("\ufeff \t\r\n")[:1] == "[":  # one JSON list
         data = read_small_json(p, "input list", MAX_INPUT_LIST_BYTES)
         return [(f"{p} item {i}", entry) for i, entry in enumerate(data, 1)]
     entries = []
-    for number, line in enumerate(raw.decode("utf-8-sig", errors="replace").splitlines(), 1):
+    text = text.lstrip("\ufeff")
+    for number, line in enumerate(text.split("\n"), 1):
+        line = line.removesuffix("\r")
         if not line.strip() or line.lstrip().startswith("#"):
             continue
         try:
             entries.append((f"{p}:{number}", json.loads(line)))
         except (ValueError, RecursionError):
-            raise InputError(f"{p}:{number}: not a JSON object ({line.strip()[:60]!r})") from None
+            hint = ""
+            try:  # one object written over several lines (indented): say what the two accepted layouts are
+                if isinstance(json.loads(text), dict):
+                    hint = ("; the file is one JSON object over several lines — a list has one object a line "
+                            "(JSON lines) or is a JSON list [{...}, {...}]")
+            except (ValueError, RecursionError):
+                pass
+            raise InputError(f"{p}:{number}: not a JSON object ({line.strip()[:60]!r}){hint}") from None
     return entries
 
 
@@ -213,12 +275,15 @@ def _sample_of(entry, where: str, base: Path):
     try:
         sample = sample_from_user(_input_path(entry["image"], "image", where, base),
                                   _input_path(entry["keypoints"], "keypoints", where, base),
-                                  keypoint_layout=entry.get("keypoint_layout") or "coco17", **kwargs)
+                                  keypoint_layout=entry.get("keypoint_layout") or "coco17",
+                                  decode_image=False, **kwargs)  # the header's size: a list of photos reads fast
     except InputError as exc:
         raise InputError(f"{where}: {exc}") from None
     if entry.get("id") is not None:
         if not isinstance(entry["id"], str | int) or isinstance(entry["id"], bool) or not str(entry["id"]).strip():
-            raise InputError(f"{where}: id must be text or a number, got {entry['id']!r}")
+            # "or a number" refused 1.5 under a message that allowed it: a float id (1.5, 3.0, 1e20 -> "1e+20")
+            # would not read back as written, so whole numbers only, and the message says so
+            raise InputError(f"{where}: id must be text or a whole number, got {entry['id']!r}")
         sample.sample_id = str(entry["id"])
     return sample
 
@@ -245,8 +310,9 @@ def _samples_of_npz(p: Path) -> list:
             raise InputError(f"{where}: sample_id must be ({n},) strings or integers, got {ids.dtype} {ids.shape}")
         ids = [i.decode(errors="replace") if isinstance(i, bytes) else str(i) for i in ids.tolist()]
     else:
-        width = len(str(n - 1))
-        ids = [f"{p.stem}-{i:0{width}d}" for i in range(n)]
+        # a fixed width, as the splits' ids have: padded to the row count, rows appended to the file renamed every
+        # row (kp-0 → kp-00) and a resumed export sampled the whole file again beside its old groups
+        ids = [f"{p.stem}-{i:06d}" for i in range(n)]
     return [Sample(sample_id=ids[i], keypoints=kp[i].astype(np.float32), K=K[i].astype(np.float32),
                    image_size=(int(size[i, 0]), int(size[i, 1]))) for i in range(n)]
 
