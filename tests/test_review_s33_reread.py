@@ -99,7 +99,7 @@ def test_a_raw_frame_calibration_of_a_rotated_photo_is_turned_with_it(tmp_path, 
     assert (K[0, 0], K[1, 1]) == (520, 500)  # the axes swap
     assert abs(K[0, 2] - (u + 0.5)) <= 0.5 and abs(K[1, 2] - (v + 0.5)) <= 0.5, (K[0, 2], K[1, 2], u, v)
     cam.write_text(json.dumps({"fx": 500, "fy": 520, "cx": cx, "cy": cy}))  # no size: which frame is unknown
-    with pytest.warns(UserWarning, match="add its width and height"):
+    with pytest.warns(UserWarning, match="give the file its width and height"):
         sample_from_user(img, kp, intrinsics=cam)
 
 

@@ -24,7 +24,11 @@ A K written column by column where a row-major one is expected (numpy's ``K.T``)
 
 An object may say which image size the numbers are for (``width``/``height``, ``image_width``/``image_height`` or
 ``image_size: [W, H]``); a size that is not the image's is refused (intrinsics scale with the resolution, and
-guessing whether a user resized or cropped would be wrong half the time). A skew or a last row other than
+guessing whether a user resized or cropped would be wrong half the time) — except the raw (stored) frame's size of
+a photo its EXIF orientation turns a quarter (5-8): calibration tools see the sensor's frame, so the K is turned
+upright with the pixels (:func:`upright_intrinsics`). Where the frame cannot be told (orientations 2-4 keep the
+size; a bare matrix states none), the K is taken as of the upright image and a warning gives the raw-frame
+reading's numbers. A skew or a last row other than
 ``[0, 0, 1]`` is refused: projection and rendering read fx, fy, cx, cy only. Non-zero lens distortion
 coefficients warn: the model assumes a pinhole camera, so keypoints should come from the undistorted image.
 """
@@ -245,14 +249,36 @@ def _resize_or_crop_advice(K: np.ndarray) -> str:
 
 
 def upright_intrinsics(K: np.ndarray, raw_size: tuple[float, float], orientation: int) -> np.ndarray:
-    """K of an image's raw (stored) frame, ``raw_size`` (W, H), turned as its EXIF ``orientation`` (5-8) turns the
-    pixels upright (PIL's ``exif_transpose``: 5 transpose, 6 a quarter clockwise, 7 transverse, 8 a quarter
-    counter-clockwise). The focal lengths swap axes; the principal point moves as a pixel does — a phone photo
-    (6) takes a raw (cx, cy) to (H − cy, cx), not to (cy, cx)."""
+    """K of an image's raw (stored) frame, ``raw_size`` (W, H), turned as its EXIF ``orientation`` (2-8) turns the
+    pixels upright (PIL's ``exif_transpose``: 2 mirror, 3 half turn, 4 flip, 5 transpose, 6 a quarter clockwise,
+    7 transverse, 8 a quarter counter-clockwise). For 5-8 the focal lengths swap axes; the principal point moves as
+    a pixel does — a phone photo (6) takes a raw (cx, cy) to (H − cy, cx), not to (cy, cx). (A mirror also flips
+    the camera's handedness; K cannot say that, and the keypoints are of the upright image anyway.)"""
     Wr, Hr = raw_size
     fx, fy, cx, cy = K[0, 0], K[1, 1], K[0, 2], K[1, 2]
+    if orientation in (2, 3, 4):
+        cx_up, cy_up = {2: (Wr - cx, cy), 3: (Wr - cx, Hr - cy), 4: (cx, Hr - cy)}[orientation]
+        return np.array([[fx, 0.0, cx_up], [0.0, fy, cy_up], [0.0, 0.0, 1.0]])
     cx_up, cy_up = {5: (cy, cx), 6: (Hr - cy, cx), 7: (Hr - cy, Wr - cx), 8: (cy, Wr - cx)}[orientation]
     return np.array([[fy, 0.0, cx_up], [0.0, fx, cy_up], [0.0, 0.0, 1.0]])
+
+
+def _warn_frame_unknown(where: str, K: np.ndarray, image_size, orientation: int | None, sized: bool) -> None:
+    """Warn where an EXIF-turned image's calibration may be of its raw frame and nothing tells which: orientations
+    2-4 keep the size (mirrored, upside down), and a calibration that states no size (a bare matrix) of a 5-8 one.
+    The principal point the raw-frame reading would give is said, so either reading is one edit away."""
+    if orientation not in (2, 3, 4, 5, 6, 7, 8) or (sized and orientation in (5, 6, 7, 8)):
+        return
+    W, H = image_size
+    raw = (W, H) if orientation in (2, 3, 4) else (H, W)
+    up = upright_intrinsics(K, raw, orientation)
+    turned = {2: "mirrored", 3: "turned a half", 4: "flipped"}.get(orientation, "turned a quarter")
+    warnings.warn(f"{where}: the image is {turned} upright by its EXIF orientation ({orientation}) and the "
+                  "calibration is taken as of the upright image; if it is of the raw (sensor) frame, the upright one "
+                  f"has fx {up[0, 0]:g}, fy {up[1, 1]:g}, principal point ({up[0, 2]:g}, {up[1, 2]:g})"
+                  + ("" if sized or orientation in (2, 3, 4) else
+                     " — or give the file its width and height (the raw frame's) and it is turned with the image"),
+                  stacklevel=4)
 
 
 def read_intrinsics_json(path, image_size: tuple[int, int], exif_orientation: int | None = None) -> np.ndarray:
@@ -281,13 +307,12 @@ def read_intrinsics_json(path, image_size: tuple[int, int], exif_orientation: in
                 raise InputError(
                     f"{where}: the intrinsics are for a {size[0]:g}x{size[1]:g} image, this one is {W}x{H}"
                     + (_swapped_advice(data) if swapped else _resize_or_crop_advice(K)))
-        elif size is None and rotated:
-            warnings.warn(f"{where}: the image is turned upright by its EXIF orientation ({exif_orientation}); if "
-                          "this calibration is of its raw (sensor) frame, add its width and height to the file and "
-                          "it is turned with the image", stacklevel=3)
+        else:
+            _warn_frame_unknown(where, K, image_size, exif_orientation, sized=size is not None)
         _warn_distortion(data, where)
     else:
         K = _matrix_from(data, where)
+        _warn_frame_unknown(where, K, image_size, exif_orientation, sized=False)
     return check_intrinsics(K, image_size, where)
 
 
