@@ -2,6 +2,7 @@
 
 import socket
 
+import numpy as np
 import pytest
 
 pytestmark = pytest.mark.usefixtures("small_prior")
@@ -62,3 +63,27 @@ def test_a_retry_after_date_without_a_zone_is_read_as_gmt(monkeypatch):
     finally:
         monkeypatch.delenv("TZ")
         time.tzset()
+
+
+def test_a_mask_with_a_damaged_exif_block_reads_as_stored(tmp_path):
+    """The mask reader turned masks upright as read_image turns images, and a damaged EXIF block (PIL's
+    ``SyntaxError: not a TIFF file``) escaped it as a bare SyntaxError; read_image now uses such an image as stored
+    (session 33's re-read), and so does the mask of it."""
+    from PIL import Image
+
+    from hmrcritic.agent.nodes import _read_mask
+
+    mask = Image.fromarray((np.arange(64 * 48).reshape(48, 64) % 2 * 255).astype(np.uint8))
+    mask.save(tmp_path / "m.webp", "WEBP", lossless=True, exif=b"Exif\x00\x00" + b"\x00" * 16)
+    m = _read_mask(str(tmp_path / "m.webp"), (64, 48))
+    assert m.shape == (48, 64) and m[0, 1] and not m[0, 0]
+
+
+def test_a_principal_point_of_strings_is_refused_as_a_focal_of_one_is():
+    """``"principal_point": ["1", "2"]`` in an input list passed float() while ``"focal": "1"`` was refused."""
+    from hmrcritic.errors import InputError
+    from hmrcritic.hmr.intrinsics import check_principal_point
+
+    with pytest.raises(InputError, match="principal_point must be"):
+        check_principal_point(["1", "2"])
+    assert check_principal_point((1, 2.5)) == (1.0, 2.5)

@@ -297,3 +297,25 @@ def test_an_input_lists_images_are_sized_from_their_headers(tmp_path, orientatio
     (tmp_path / "b.jpg").write_bytes(b"not an image")
     with pytest.raises(InputError, match="not a readable image"):
         hdata.image_size_of(tmp_path / "b.jpg")
+
+
+def test_a_resumed_export_refuses_an_input_changed_under_its_id(tmp_path, capsys, small_prior):
+    """An input list edited under the same id (a camera corrected) was skipped as "already done": the group sampled
+    under the old camera stayed in the dataset without a word (found by session 33's README walk)."""
+    from test_export import tiny_model
+
+    from hmrcritic.cli import main
+
+    model = tiny_model(tmp_path / "tiny.pt")
+    _photo(tmp_path, "a.png"), _kp_file(tmp_path, "a.json")
+    listing = tmp_path / "inputs.jsonl"
+    listing.write_text(json.dumps({"image": "a.png", "keypoints": "a.json", "focal": 1600}) + "\n")
+    argv = ["export", "--data", str(listing), "--model", str(model), "-n", "2", "--steps", "2", "--no-memory",
+            "--out", str(tmp_path / "ds")]
+    assert main(argv) == 0
+    assert main(argv) == 0  # unchanged: resumes, nothing to do
+    listing.write_text(json.dumps({"image": "a.png", "keypoints": "a.json", "focal": 1500}) + "\n")
+    capsys.readouterr()
+    assert main(argv) == 2
+    err = capsys.readouterr().err
+    assert "input 'a' has other K than when its group" in err and "give the changed input a new id" in err, err

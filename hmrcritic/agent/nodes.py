@@ -771,7 +771,9 @@ def _read_mask(path: str, size: tuple[int, int]) -> np.ndarray:
 
     try:
         with Image.open(path) as im:  # upright like the image it masks (hmr.data.read_image)
-            m = np.asarray(ImageOps.exif_transpose(im).convert("L")) > 127
+            with contextlib.suppress(SyntaxError):  # a damaged EXIF block: as stored, as read_image takes its image
+                im = ImageOps.exif_transpose(im)
+            m = np.asarray(im.convert("L")) > 127
     except (OSError, UnidentifiedImageError) as exc:
         raise InputError(f"mask {path}: cannot be read as an image ({exc})") from exc
     if (m.shape[1], m.shape[0]) != tuple(size):

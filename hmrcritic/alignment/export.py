@@ -218,6 +218,26 @@ def _checked_inputs(inputs: Any) -> list[Any]:
     return inputs
 
 
+def _check_unchanged(out: Path, record, sample) -> None:
+    """Refuse to resume past a done group whose input has changed since it was written.
+
+    Done groups are known by (source, input id, seed): an input list edited under the same id — a camera corrected,
+    keypoints re-detected — was skipped as "already done", keeping the group sampled and scored under the old one
+    without a word. Each record's condition file holds the input it was made from; compared as stored."""
+    try:
+        stored = D.load_npz(out / record.condition.path)
+        now = D.condition_arrays(sample.keypoints, sample.K, sample.image_size)
+    except (AssetError, InputError, ValueError):  # a damaged file: validate / repair say so; not this check's
+        return
+    changed = [k for k in ("keypoints", "K", "image_size") if k not in stored
+               or np.shape(stored[k]) != np.shape(now[k])
+               or not np.allclose(stored[k], now[k], rtol=1e-5, atol=1e-4, equal_nan=True)]
+    if changed:
+        raise InputError(f"input {record.input_id!r} has other {', '.join(changed)} than when its group "
+                         f"{record.group_id} was written to {out}: export into another --out, or give the changed "
+                         "input a new id")
+
+
 def load_inputs(cfg: ExportConfig) -> tuple[list[Any], str | None]:
     """The samples to export (labels stripped), in a deterministic order, at most ``limit``, and the name
     of the split they come from (None for a user's own inputs: ``--data`` naming an input list or an ``.npz`` of
@@ -1070,7 +1090,8 @@ def export(
         ).hexdigest()[:8]
 
         done, repaired = D.repair_manifest(out)
-        done_ids = {r.group_id for r in done}
+        done_by_id = {r.group_id: r for r in done}
+        done_ids = set(done_by_id)
         tasks, order = [], {}
         for i, s in enumerate(samples):
             input_id = str(s.sample_id)
@@ -1078,7 +1099,9 @@ def export(
             if gid in order:
                 raise InputError(f"duplicate input id {input_id!r} in {cfg.source}")
             order[gid] = i
-            if gid not in done_ids:
+            if gid in done_ids:
+                _check_unchanged(out, done_by_id[gid], s)
+            else:
                 tasks.append(
                     {
                         "group_id": gid,

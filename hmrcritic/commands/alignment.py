@@ -43,7 +43,7 @@ def _export_app() -> typer.Typer:
         ctx: typer.Context,
         split: str = typer.Option(None, help="A synthetic split to export (e.g. wild)."),
         data: Path = typer.Option(None, help="A split folder written by `hmrcritic data generate`, or your own "
-                                             "inputs: a .jsonl listing image + keypoints files (one object a line), "
+                                             "inputs: a JSON lines file (or a JSON list) of image + keypoints files, "
                                              "or an .npz of keypoints, K, image_size (README)."),
         model: Path = typer.Option(None, help="Diffusion checkpoint (default: the shipped base model)."),
         num_generations: int = typer.Option(20, "-n", "--num-generations", help="Hypotheses per group (G)."),

@@ -22,6 +22,7 @@ raise :class:`~hmrcritic.errors.InputError` naming the file and the problem for 
 
 from __future__ import annotations
 
+import contextlib
 import json
 import math
 import os
@@ -987,7 +988,10 @@ def read_image(path) -> np.ndarray:
             im.load()
             # upright as a viewer (and OpenCV-based keypoint detectors) show it: a phone photo stored sideways
             # with an EXIF orientation would otherwise not match its keypoints
-            im = ImageOps.exif_transpose(im)
+            # a damaged EXIF block (PIL's SyntaxError): used as stored, as exif_orientation reads it (none); it was a
+            # bare "SyntaxError: not a TIFF file" naming no image
+            with contextlib.suppress(SyntaxError):
+                im = ImageOps.exif_transpose(im)
             if im.mode in ("I", "F") or im.mode.startswith("I;16"):
                 # 16-bit grey (a PNG from a depth/IR/scientific camera): convert("RGB") clips every value above
                 # 255, so the overlays and the report showed a white image; scale the 16-bit range to 8 bits
@@ -1366,39 +1370,55 @@ def read_keypoints_json(path, image_size=None, person: int | None = None, layout
     return arr.astype(np.float32)
 
 
-def _png_late_exif(path: Path) -> bytes | None:
-    """A PNG's eXIf chunk found by its chunk headers alone (seeks, no pixel data read), or None."""
+def _png_late_chunks(path: Path) -> tuple[bytes | None, bool]:
+    """What PIL's ``load()`` of a PNG would add to its EXIF after the pixel data, by the chunk headers alone (seeks,
+    no pixel data read): the last eXIf chunk, and whether a text chunk (an XMP packet, ImageMagick's "Raw profile
+    type exif") follows the pixels. Stops where PIL's ``load_end`` does — IEND, an APNG's next frame — and at a
+    length past the end of the file, so a hostile length is never allocated."""
     import struct
 
+    exif, late_text, seen_idat = None, False, False
     with open(path, "rb") as f:
+        size = os.fstat(f.fileno()).st_size
         f.seek(8)  # the signature
         while len(head := f.read(8)) == 8:
             length, kind = struct.unpack(">I4s", head)
+            if kind == b"IEND" or (kind == b"fcTL" and seen_idat) or length > size - f.tell():
+                break
+            seen_idat = seen_idat or kind == b"IDAT"
             if kind == b"eXIf":
-                return f.read(length)
-            if kind == b"IEND":
-                return None
+                exif = f.read(length)
+                f.seek(4, 1)  # its CRC
+                continue
+            late_text = late_text or (seen_idat and kind in (b"tEXt", b"zTXt", b"iTXt"))
             f.seek(length + 4, 1)  # the data and its CRC
-    return None
+    return exif, late_text
 
 
 def _orientation_of(im, path: Path) -> int | None:
     """The EXIF orientation (1-8) of an opened image as PIL's ``exif_transpose`` reads it, without decoding pixels.
 
-    PIL's ``getexif`` of a PNG whose eXIf chunk is not ahead of the pixel data decodes the whole image to look for
-    it (0.05 s a 3 MP PNG, what :func:`image_size_of` avoids): such a PNG's chunks are walked instead. The tag is
-    compared as PIL compares it (a RATIONAL 6/1 turns the image as 6 does)."""
+    PIL's ``getexif`` of a PNG without an eXIf chunk ahead of the pixel data decodes the whole image to look further
+    (0.05 s a 3 MP PNG, what :func:`image_size_of` avoids): the chunks are walked instead and what ``load()`` would
+    find is put where PIL puts it; only a text chunk after the pixels (rare) is still read by decoding. The tag is
+    compared as PIL compares it (a RATIONAL 6/1 turns the image as 6 does); a damaged EXIF block (PIL's
+    SyntaxError) reads as none, as :func:`read_image` then uses the image as stored."""
     from PIL import Image
 
-    if im.format == "PNG" and "exif" not in im.info:
-        raw = _png_late_exif(path)
-        if raw is None:
-            return None
-        exif = Image.Exif()
-        exif.load(raw if raw.startswith(b"Exif\x00\x00") else b"Exif\x00\x00" + raw)
-        value = exif.get(0x0112)
-    else:
-        value = im.getexif().get(0x0112)
+    try:
+        if im.format == "PNG" and "exif" not in im.info:
+            raw, late_text = _png_late_chunks(path)
+            if late_text:
+                im.load()
+                value = im.getexif().get(0x0112)
+            else:
+                if raw is not None:
+                    im.info["exif"] = b"Exif\x00\x00" + raw  # as PIL's chunk_eXIf stores it
+                value = Image.Image.getexif(im).get(0x0112)  # the base class's: no load(); eXIf, raw profile, XMP
+        else:
+            value = im.getexif().get(0x0112)
+    except SyntaxError:
+        return None
     return next((o for o in range(1, 9) if value == o), None)
 
 

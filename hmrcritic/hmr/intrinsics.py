@@ -267,7 +267,9 @@ def _warn_frame_unknown(where: str, K: np.ndarray, image_size, orientation: int 
     """Warn where an EXIF-turned image's calibration may be of its raw frame and nothing tells which: orientations
     2-4 keep the size (mirrored, upside down), and a calibration that states no size (a bare matrix) of a 5-8 one.
     The principal point the raw-frame reading would give is said, so either reading is one edit away."""
-    if orientation not in (2, 3, 4, 5, 6, 7, 8) or (sized and orientation in (5, 6, 7, 8)):
+    # a stated size tells the frames of a quarter-turned photo apart, except a square one's
+    if orientation not in (2, 3, 4, 5, 6, 7, 8) or (sized and orientation in (5, 6, 7, 8)
+                                                    and image_size[0] != image_size[1]):
         return
     W, H = image_size
     raw = (W, H) if orientation in (2, 3, 4) else (H, W)
@@ -318,7 +320,8 @@ def read_intrinsics_json(path, image_size: tuple[int, int], exif_orientation: in
 
 def check_principal_point(value) -> tuple[float, float]:
     """``(cx, cy)`` as two finite floats, or :class:`InputError` (a string, a bool, one number, NaN)."""
-    if isinstance(value, str | bytes) or not hasattr(value, "__len__") or len(value) != 2:
+    if (isinstance(value, str | bytes) or not hasattr(value, "__len__") or len(value) != 2
+            or any(isinstance(v, str | bytes) for v in value)):  # ["1", "2"] passed float() while a focal "1" did not
         raise InputError(f"principal_point must be (cx, cy) in pixels, got {value!r}")
     try:
         cx, cy = (float(v) for v in value)

@@ -46,17 +46,21 @@ MAX_LABELLED_BYTES = 1 << 30
 INPUT_KEYS = ("keypoints", "K", "image_size")
 FORMAT = ("keypoints (n,17,3) px, K (n,3,3) or (3,3), image_size (n,2) or (2,), and SMPL labels global_orient "
           "(n,3), body_pose (n,69), betas (n,10), transl (n,3) in the OpenCV camera frame")
+# what export --data reads from an .npz: the inputs without labels (FORMAT's labels named export users' files wrong)
+INPUTS_FORMAT = ("keypoints (n,17,3) px, K (n,3,3) or (3,3), image_size (n,2) or (2,), and optionally sample_id "
+                 "(n,)")
 
 
-def _load_npz(p: Path) -> dict[str, np.ndarray]:
-    """The arrays of an ``.npz`` archive (plain arrays only, size-bounded before anything is unpacked)."""
+def _load_npz(p: Path, fmt: str = FORMAT) -> dict[str, np.ndarray]:
+    """The arrays of an ``.npz`` archive (plain arrays only, size-bounded before anything is unpacked); ``fmt``:
+    what the errors say is expected (labelled scenes, or :data:`INPUTS_FORMAT` for unlabelled inputs)."""
     try:
         loaded = np.load(p, allow_pickle=False)
     except Exception as exc:  # never suggest allow_pickle: labels are plain float arrays
-        raise InputError(f"{p}: not a readable .npz archive of arrays ({type(exc).__name__}); expected {FORMAT}"
+        raise InputError(f"{p}: not a readable .npz archive of arrays ({type(exc).__name__}); expected {fmt}"
                          ) from None
     if not isinstance(loaded, np.lib.npyio.NpzFile):
-        raise InputError(f"{p}: a single .npy array, not an .npz archive; expected {FORMAT}")
+        raise InputError(f"{p}: a single .npy array, not an .npz archive; expected {fmt}")
     with loaded as z:
         size = npz_unpacked_bytes(z)
         if size > MAX_LABELLED_BYTES:
@@ -66,7 +70,7 @@ def _load_npz(p: Path) -> dict[str, np.ndarray]:
             return {k: np.asarray(z[k]) for k in z.files}
         except Exception as exc:
             raise InputError(f"{p}: holds an array that is not plain numbers ({type(exc).__name__}); expected "
-                             f"{FORMAT}") from None
+                             f"{fmt}") from None
 
 
 def _numbers(a: np.ndarray, key: str, where: str) -> np.ndarray:
@@ -163,6 +167,11 @@ def read_labelled(path, limit: int | None = None) -> tuple[dict[str, np.ndarray]
     if not p.is_file():
         raise not_a_file_error(p, "labelled .npz")
     where = str(p)
+    if _is_json_text(p):
+        # an input list given to evaluate read "not a readable .npz archive of arrays (ValueError)": say which
+        # command takes it
+        raise InputError(f"{where}: a JSON file, not an .npz: evaluate --data takes labelled scenes as one .npz "
+                         f"({FORMAT}); a list of images and keypoint files without labels is for export --data")
     arrays = _load_npz(p)
     missing = [k for k in INPUT_KEYS if k not in arrays]
     if missing:
@@ -272,10 +281,12 @@ def _sample_of(entry, where: str, base: Path):
             raise InputError(f"{where}: {k} must be a number, got {kwargs[k]!r}")
     if entry.get("intrinsics") is not None:
         kwargs["intrinsics"] = _input_path(entry["intrinsics"], "intrinsics", where, base)
+    # outside the try below, which prefixes ``where``: _input_path's errors name it already (a null image read
+    # "inputs.jsonl:1: inputs.jsonl:1: image must be a file path")
+    image = _input_path(entry["image"], "image", where, base)
+    keypoints = _input_path(entry["keypoints"], "keypoints", where, base)
     try:
-        sample = sample_from_user(_input_path(entry["image"], "image", where, base),
-                                  _input_path(entry["keypoints"], "keypoints", where, base),
-                                  keypoint_layout=entry.get("keypoint_layout") or "coco17",
+        sample = sample_from_user(image, keypoints, keypoint_layout=entry.get("keypoint_layout") or "coco17",
                                   decode_image=False, **kwargs)  # the header's size: a list of photos reads fast
     except InputError as exc:
         raise InputError(f"{where}: {exc}") from None
@@ -291,12 +302,11 @@ def _sample_of(entry, where: str, base: Path):
 def _samples_of_npz(p: Path) -> list:
     from hmrcritic.hmr.data import Sample
 
-    arrays = _load_npz(p)
+    arrays = _load_npz(p, INPUTS_FORMAT)
     where = str(p)
     missing = [k for k in INPUT_KEYS if k not in arrays]
     if missing:
-        raise InputError(f"{where}: missing {', '.join(missing)}; expected keypoints (n,17,3) px, K (n,3,3) or "
-                         "(3,3), image_size (n,2) or (2,), and optionally sample_id (n,)")
+        raise InputError(f"{where}: missing {', '.join(missing)}; expected {INPUTS_FORMAT}")
     kp = _numbers(arrays["keypoints"], "keypoints", where)
     if kp.ndim != 3 or kp.shape[1:] != (17, 3) or kp.shape[0] == 0:
         raise InputError(f"{where}: keypoints has shape {kp.shape}, expected (n, 17, 3) COCO-17 [u, v, confidence]")
@@ -326,17 +336,49 @@ def read_inputs(path) -> list:
     p = Path(path)
     if not p.is_file():
         raise not_a_file_error(p, "input list")
-    if p.suffix.lower() == ".npz":
+    if p.suffix.lower() == ".npz" or _is_numpy_file(p):
         samples = _samples_of_npz(p)
+        lines = None
     else:
         entries = _input_entries(p)
         if not entries:
             raise InputError(f"{p}: no inputs listed")
         samples = [_sample_of(entry, where, p.parent) for where, entry in entries]
+        # a JSON lines file's places are "FILE:LINE" (a JSON list's "FILE item N": its items are the inputs)
+        lines = [where.removeprefix(f"{p}:") for where, _ in entries] if entries[0][0].startswith(f"{p}:") else []
     first: dict[str, int] = {}
     for i, s in enumerate(samples):
         if s.sample_id in first:
-            raise InputError(f"{p}: inputs {first[s.sample_id] + 1} and {i + 1} have the same id {s.sample_id!r}; "
+            j = first[s.sample_id]
+            if lines is None:  # an .npz: its rows, from 0 as numpy and the other .npz errors count them
+                which, place = f"sample_id rows {j} and {i}", " (rows from 0)"
+            else:
+                # with the line numbers: "inputs 1 and 2" sent a user to lines 1 and 2 of a list whose comments and
+                # blank lines put the two entries on lines 3 and 5 (the README promises "refused naming the line")
+                which, place = f"inputs {j + 1} and {i + 1}", f" (lines {lines[j]} and {lines[i]})" if lines else ""
+            raise InputError(f"{p}: {which} have the same id {s.sample_id!r}{place}; "
                              "give each its own (\"id\" in the list, sample_id in an .npz)")
         first[s.sample_id] = i
     return samples
+
+
+def _is_json_text(p: Path) -> bool:
+    """Whether ``p`` starts as a JSON list or object (after a UTF-8 byte-order mark and white space)."""
+    try:
+        with open(p, "rb") as f:
+            head = f.read(4096)
+    except OSError:
+        return False
+    return head.removeprefix(b"\xef\xbb\xbf").lstrip()[:1] in (b"{", b"[")
+
+
+def _is_numpy_file(p: Path) -> bool:
+    """An ``.npz`` (a zip) or ``.npy`` by its first bytes, whatever its name: ``export --data kp.npy`` was read as
+    an input list and refused as "kp.npy:1: not UTF-8 text (the list names files: save it as UTF-8)", which sent
+    the user to their text editor; read as an archive, it says it is a single .npy array, not an .npz."""
+    try:
+        with open(p, "rb") as f:
+            head = f.read(6)
+    except OSError:
+        return False
+    return head.startswith(b"PK\x03\x04") or head == b"\x93NUMPY"
