@@ -1082,6 +1082,12 @@ def export(
     out.mkdir(parents=True, exist_ok=True)  # only once inputs, model and memory are known to be good
     with _exclusive(out):  # one export per dataset folder at a time
         _remove_temp_files(out)
+        # before the header is rewritten as unfinished: a refused resume left a finished dataset marked unfinished,
+        # and validate / finetune told the user to re-run the very command that is refused
+        written = {r.group_id: r for r in D.read_manifest(out)}
+        for s in samples:
+            if (rec := written.get(D.group_id_for(cfg.source, str(s.sample_id), cfg.seed))) is not None:
+                _check_unchanged(out, rec, s)
         _check_or_write_header(out, header)
         # The agent's checkpointer thread of a group: new whenever anything that changes its critique changes.
         run_key = hashlib.sha256(
@@ -1090,8 +1096,7 @@ def export(
         ).hexdigest()[:8]
 
         done, repaired = D.repair_manifest(out)
-        done_by_id = {r.group_id: r for r in done}
-        done_ids = set(done_by_id)
+        done_ids = {r.group_id for r in done}
         tasks, order = [], {}
         for i, s in enumerate(samples):
             input_id = str(s.sample_id)
@@ -1099,9 +1104,7 @@ def export(
             if gid in order:
                 raise InputError(f"duplicate input id {input_id!r} in {cfg.source}")
             order[gid] = i
-            if gid in done_ids:
-                _check_unchanged(out, done_by_id[gid], s)
-            else:
+            if gid not in done_ids:
                 tasks.append(
                     {
                         "group_id": gid,

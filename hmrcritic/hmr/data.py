@@ -1370,7 +1370,7 @@ def read_keypoints_json(path, image_size=None, person: int | None = None, layout
     return arr.astype(np.float32)
 
 
-def _png_late_chunks(path: Path) -> tuple[bytes | None, bool]:
+def _png_late_chunks(path: Path, animated: bool = False) -> tuple[bytes | None, bool]:
     """What PIL's ``load()`` of a PNG would add to its EXIF after the pixel data, by the chunk headers alone (seeks,
     no pixel data read): the last eXIf chunk, and whether a text chunk (an XMP packet, ImageMagick's "Raw profile
     type exif") follows the pixels. Stops where PIL's ``load_end`` does — IEND, an APNG's next frame — and at a
@@ -1383,7 +1383,8 @@ def _png_late_chunks(path: Path) -> tuple[bytes | None, bool]:
         f.seek(8)  # the signature
         while len(head := f.read(8)) == 8:
             length, kind = struct.unpack(">I4s", head)
-            if kind == b"IEND" or (kind == b"fcTL" and seen_idat) or length > size - f.tell():
+            # an fcTL ends the first frame only of an animated PNG (PIL: ``is_animated``), as in load_end
+            if kind == b"IEND" or (kind == b"fcTL" and seen_idat and animated) or length > size - f.tell():
                 break
             seen_idat = seen_idat or kind == b"IDAT"
             if kind == b"eXIf":
@@ -1406,8 +1407,9 @@ def _orientation_of(im, path: Path) -> int | None:
     from PIL import Image
 
     try:
-        if im.format == "PNG" and "exif" not in im.info:
-            raw, late_text = _png_late_chunks(path)
+        # every PNG's chunks, also one with an eXIf ahead of the pixels: load() keeps the last eXIf of the file
+        if im.format == "PNG":
+            raw, late_text = _png_late_chunks(path, getattr(im, "is_animated", False))
             if late_text:
                 im.load()
                 value = im.getexif().get(0x0112)

@@ -363,13 +363,20 @@ def read_inputs(path) -> list:
 
 
 def _is_json_text(p: Path) -> bool:
-    """Whether ``p`` starts as a JSON list or object (after a UTF-8 byte-order mark and white space)."""
+    """Whether ``p`` starts as an input list does: a JSON list or object first, after a byte-order mark, blank and
+    ``#`` comment lines (which the input list reader skips), in any encoding json detects (UTF-8/16/32)."""
+    import json
+
     try:
         with open(p, "rb") as f:
             head = f.read(4096)
     except OSError:
         return False
-    return head.removeprefix(b"\xef\xbb\xbf").lstrip()[:1] in (b"{", b"[")
+    text = head.decode(json.detect_encoding(head), errors="ignore").lstrip("\ufeff")
+    for line in text.split("\n"):
+        if line.strip() and not line.lstrip().startswith("#"):
+            return line.lstrip()[:1] in ("{", "[")
+    return False
 
 
 def _is_numpy_file(p: Path) -> bool:
