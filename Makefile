@@ -50,6 +50,7 @@ bench: $(STAMP)
 	$(PY) benchmarks/bench_export.py --inputs 4
 	$(PY) benchmarks/bench_alignment.py --steps 4 --threads 1
 	$(PY) benchmarks/bench_scale.py
+	$(PY) benchmarks/bench_userdata.py --entries 100
 
 clean:
 	rm -rf $(VENV) .pytest_cache build *.egg-info

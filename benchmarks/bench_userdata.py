@@ -22,7 +22,7 @@ import numpy as np
 
 from hmrcritic.hmr.data import sample_from_user
 from hmrcritic.hmr.userdata import read_inputs, read_labelled
-from hmrcritic.io import atomic_write_strict_json
+from hmrcritic.io import atomic_write_strict_json, atomic_write_text
 
 RESULTS = Path(__file__).resolve().parent / "results" / "userdata.json"
 
@@ -53,12 +53,12 @@ def main() -> None:
         # one noisy photo (JPEG of noise: the worst case to decode), linked under every entry's name
         noise = rng.integers(0, 255, (args.height, args.width, 3), dtype=np.uint8)
         Image.fromarray(noise).save(root / "photo.jpg", quality=90)
-        (root / "kp.json").write_text(json.dumps(_person(args.width, args.height)))
+        atomic_write_text(root / "kp.json", json.dumps(_person(args.width, args.height)))
         lines = []
         for i in range(args.entries):
             (root / f"p{i:05d}.jpg").symlink_to(root / "photo.jpg")
             lines.append(json.dumps({"image": f"p{i:05d}.jpg", "keypoints": "kp.json"}))
-        (root / "inputs.jsonl").write_text("\n".join(lines) + "\n")
+        atomic_write_text(root / "inputs.jsonl", "\n".join(lines) + "\n")
 
         t0 = time.perf_counter()
         samples = read_inputs(root / "inputs.jsonl")
