@@ -406,6 +406,36 @@ def read_small_json(path: Path, what: str, max_bytes: int, nested_as: str | None
                          ) from None
 
 
+def read_npz(path: str | os.PathLike, expected: str, max_bytes: int, too_big: str,
+             keys: Iterable[str] | None = None) -> dict[str, np.ndarray]:
+    """The arrays of an ``.npz`` input file (hypotheses, labelled scenes, inputs), every way it can fail one
+    :class:`InputError` naming the file and ``expected`` (what it should hold): not an archive, a single ``.npy``,
+    an array that is no plain numbers (never read with ``allow_pickle``), or inflating past ``max_bytes`` — an .npz
+    is a zip, refused before anything is unpacked (``too_big``: what it then is not). ``keys``: only those are read,
+    the others left unread (a tool's pickled metadata beside the arrays must not refuse the file)."""
+    from hmrcritic.errors import InputError
+
+    where = str(path)
+    try:
+        loaded = np.load(path, allow_pickle=False)
+    except Exception as exc:  # never suggest allow_pickle: these files hold plain arrays
+        raise InputError(f"{where}: not a readable .npz archive of arrays ({type(exc).__name__}); expected "
+                         f"{expected}") from None
+    if not isinstance(loaded, np.lib.npyio.NpzFile):
+        raise InputError(f"{where}: a single .npy array, not an .npz archive; expected {expected}")
+    with loaded as z:
+        size = npz_unpacked_bytes(z)
+        if size > max_bytes:
+            raise InputError(f"{where}: would take {size / 2**20:.0f} MiB uncompressed (at most {max_bytes >> 20} "
+                             f"MiB): {too_big}")
+        wanted = None if keys is None else set(keys)
+        try:
+            return {k: np.asarray(z[k]) for k in z.files if wanted is None or k in wanted}
+        except Exception as exc:
+            raise InputError(f"{where}: holds an array that is not plain numbers ({type(exc).__name__}); expected "
+                             f"{expected}") from None
+
+
 def _json_default(obj: Any) -> Any:
     if isinstance(obj, np.generic):
         return obj.item()

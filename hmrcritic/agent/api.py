@@ -39,7 +39,7 @@ from hmrcritic.agent.schema import HypothesisScore
 from hmrcritic.agent.state import AgentConfig, canonical_judge, prototype_hits
 from hmrcritic.errors import HMRCriticError, InputError, InvalidCritiqueError
 from hmrcritic.hmr.smpl_arrays import SMPL_KEYS, check_smpl_arrays
-from hmrcritic.io import atomic_save_npz, atomic_write_json, npz_unpacked_bytes
+from hmrcritic.io import atomic_save_npz, atomic_write_json, read_npz
 from hmrcritic.redact import scrub
 
 HYP_KEYS = SMPL_KEYS  # the four SMPL arrays a group of hypotheses holds (hmr.smpl_arrays checks them)
@@ -170,26 +170,10 @@ def load_hypotheses(source: Any, where: str = "hypotheses") -> dict[str, np.ndar
         if path.is_dir():
             raise InputError(f"{where}: is a folder; give the hypotheses .npz file (e.g. the one `hmrcritic sample` "
                              "writes)")
-        try:
-            loaded = np.load(path, allow_pickle=False)
-        except Exception as exc:  # never suggest allow_pickle: a hypotheses file holds plain float arrays
-            raise InputError(f"{where}: not a readable .npz archive of float arrays ({type(exc).__name__})") from exc
-        if not isinstance(loaded, np.lib.npyio.NpzFile):
-            raise InputError(f"{where}: a single .npy array, not an .npz archive with global_orient, body_pose, "
-                             "betas, transl")
-        # an .npz is a zip: refuse one that would inflate past any group of hypotheses (1,024 of them take
-        # ~0.4 MB) before unpacking it, not after a small file of zeros took hundreds of MB of memory
-        size = npz_unpacked_bytes(loaded)
-        if size > MAX_HYPOTHESES_FILE_BYTES:
-            loaded.close()
-            raise InputError(f"{where}: would take {size / 2**20:.0f} MiB uncompressed (at most "
-                             f"{MAX_HYPOTHESES_FILE_BYTES >> 20} MiB): not a group of hypotheses")
-        try:
-            with loaded as z:  # only the arrays read below: any other key (a tool's pickled metadata, `sample`'s
-                # x0 / keypoints / K) is ignored unread, as CONTRACTS.md says — reading it refused the whole file
-                arrays = {k: np.asarray(z[k]) for k in z.files if k in HYP_KEYS or k == "poses"}
-        except Exception as exc:
-            raise InputError(f"{where}: not a readable .npz archive of float arrays ({type(exc).__name__})") from exc
+        # only the arrays read below: any other key (a tool's pickled metadata, `sample`'s x0 / keypoints / K) is
+        # ignored unread, as CONTRACTS.md says — reading it refused the whole file
+        arrays = read_npz(path, "global_orient, body_pose, betas, transl (float arrays with a leading N)",
+                          MAX_HYPOTHESES_FILE_BYTES, "not a group of hypotheses", keys=(*HYP_KEYS, "poses"))
     elif hasattr(source, "numpy") and hasattr(source, "body_pose") and not isinstance(source, dict):
         arrays = {k: np.asarray(v) for k, v in source.numpy().items()}
         if arrays["body_pose"].ndim == 3:

@@ -56,16 +56,17 @@ def _check_sampled_camera(path: Path, sample) -> None:
     bodies with its own. A ``--focal``/``--principal-point``/``--intrinsics`` given to one command and not the other
     put every body off its keypoints: the reprojection evidence and the image-alignment scores then judged the
     camera, not the bodies. Files of other tools (no K) and the API's arrays are not checked. The file was already
-    read whole by ``load_hypotheses`` (its size bounded), so reading two small members again is cheap and safe."""
+    read by ``load_hypotheses`` (its size bounded), so reading two small members again is cheap."""
     import numpy as np
 
+    from hmrcritic.agent.api import MAX_HYPOTHESES_FILE_BYTES
+    from hmrcritic.io import read_npz
+
     try:
-        with np.load(path, allow_pickle=False) as z:
-            if "K" not in z.files or "image_size" not in z.files:
-                return
-            K, size = np.asarray(z["K"], dtype=np.float64), np.asarray(z["image_size"], dtype=np.float64).ravel()
-    except Exception:  # a member that is no plain array: load_hypotheses ignored it, so does this check
-        return
+        z = read_npz(path, "K and image_size", MAX_HYPOTHESES_FILE_BYTES, "", keys=("K", "image_size"))
+        K, size = np.asarray(z["K"], dtype=np.float64), np.asarray(z["image_size"], dtype=np.float64).ravel()
+    except (InputError, KeyError, TypeError, ValueError):  # no camera stored (another tool's file), or no plain
+        return  # numbers: load_hypotheses ignored these members, so does this check
     if K.shape != (3, 3) or size.shape != (2,) or not (np.isfinite(K).all() and np.isfinite(size).all()):
         return
     ours = np.asarray(sample.K, dtype=np.float64)

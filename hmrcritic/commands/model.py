@@ -202,8 +202,6 @@ def register(app: typer.Typer) -> None:
         # a file as --out failed only at the folder's making, after the scene's split had been generated (minutes
         # on a fresh home) and the model loaded, as "File exists: out"
         check_out_folder(out, "hypotheses.npz and the renders")
-        if not scene and not (image and keypoints):
-            raise InputError("need --image and --keypoints, or --scene SPLIT:INDEX")
         item = load_input_sample(scene, image, keypoints, focal=focal, principal_point=principal_point,
                                  intrinsics=intrinsics, person=person, keypoint_layout=keypoint_layout)
         m = load_model(model, device=device)

@@ -39,7 +39,7 @@ import numpy as np
 
 from hmrcritic.errors import InputError
 from hmrcritic.hmr.smpl_arrays import check_smpl_arrays
-from hmrcritic.io import not_a_file_error, npz_unpacked_bytes
+from hmrcritic.io import not_a_file_error, read_npz
 
 # ~0.6 kB a scene: a million scenes fit
 MAX_LABELLED_BYTES = 1 << 30
@@ -52,25 +52,9 @@ INPUTS_FORMAT = ("keypoints (n,17,3) px, K (n,3,3) or (3,3), image_size (n,2) or
 
 
 def _load_npz(p: Path, fmt: str = FORMAT) -> dict[str, np.ndarray]:
-    """The arrays of an ``.npz`` archive (plain arrays only, size-bounded before anything is unpacked); ``fmt``:
-    what the errors say is expected (labelled scenes, or :data:`INPUTS_FORMAT` for unlabelled inputs)."""
-    try:
-        loaded = np.load(p, allow_pickle=False)
-    except Exception as exc:  # never suggest allow_pickle: labels are plain float arrays
-        raise InputError(f"{p}: not a readable .npz archive of arrays ({type(exc).__name__}); expected {fmt}"
-                         ) from None
-    if not isinstance(loaded, np.lib.npyio.NpzFile):
-        raise InputError(f"{p}: a single .npy array, not an .npz archive; expected {fmt}")
-    with loaded as z:
-        size = npz_unpacked_bytes(z)
-        if size > MAX_LABELLED_BYTES:
-            raise InputError(f"{p}: would take {size / 2**30:.1f} GiB uncompressed (at most "
-                             f"{MAX_LABELLED_BYTES >> 30} GiB): split it")
-        try:
-            return {k: np.asarray(z[k]) for k in z.files}
-        except Exception as exc:
-            raise InputError(f"{p}: holds an array that is not plain numbers ({type(exc).__name__}); expected "
-                             f"{fmt}") from None
+    """The arrays of an ``.npz`` archive (:func:`hmrcritic.io.read_npz`); ``fmt``: what the errors say is expected
+    (labelled scenes, or :data:`INPUTS_FORMAT` for unlabelled inputs)."""
+    return read_npz(p, fmt, MAX_LABELLED_BYTES, "split it")
 
 
 def _numbers(a: np.ndarray, key: str, where: str) -> np.ndarray:
