@@ -75,6 +75,19 @@ def _root(
 expand_user_paths(app)  # every command's paths take ``~`` as the home folder (a quoted ``~/x`` reaches us as is)
 
 
+def _wrap_once(owner, name: str, wrap) -> bool:
+    """Replace ``owner.name`` (a typer internal the help is drawn with) by ``wrap(original)``, once per process: help
+    may be drawn many times in one process (tests, a notebook), and a wrapper wrapped again applied itself twice.
+    False, leaving typer as it draws, where the internal is not there (another typer) or already wrapped."""
+    original = getattr(owner, name, None)
+    if original is None or getattr(original, "hmrcritic_wrapped", False):
+        return False
+    wrapper = wrap(original)
+    wrapper.hmrcritic_wrapped = True
+    setattr(owner, name, wrapper)
+    return True
+
+
 def _fold_help_cells() -> None:
     """``--help`` at 80 columns folds a long word onto the next line instead of cutting it with "…".
 
@@ -86,11 +99,8 @@ def _fold_help_cells() -> None:
         from rich.text import Text
         from typer import rich_utils
 
-        get_help = rich_utils._get_parameter_help
         highlighters = {name: getattr(rich_utils, name) for name in ("highlighter", "negative_highlighter")}
     except (ImportError, AttributeError):
-        return
-    if getattr(get_help, "folds", False):
         return
 
     def fold(renderable):
@@ -99,11 +109,11 @@ def _fold_help_cells() -> None:
                 text.overflow = "fold"
         return renderable
 
-    def folded_help(*args, **kwargs):
-        return fold(get_help(*args, **kwargs))
+    def folding_help(get_help):
+        return lambda *args, **kwargs: fold(get_help(*args, **kwargs))
 
-    folded_help.folds = True
-    rich_utils._get_parameter_help = folded_help
+    if not _wrap_once(rich_utils, "_get_parameter_help", folding_help):
+        return
     for name, highlighter in highlighters.items():
         folding = type(f"Folding{type(highlighter).__name__}", (type(highlighter),),
                        {"__call__": lambda self, *a, **k: fold(super(type(self), self).__call__(*a, **k))})
@@ -121,20 +131,17 @@ def _untyped_flags() -> None:
     draws and nothing else. Applied as :func:`_fold_help_cells` is, only where help may be drawn."""
     try:
         from typer.core import TyperOption
-
-        shown = TyperOption.display_type_rich
-    except (ImportError, AttributeError):  # another typer: left as it draws it
-        return
-    if getattr(shown, "untyped_flags", False):
+    except ImportError:  # another typer: left as it draws it
         return
 
-    def display_type_rich(self, ctx):
-        if getattr(self, "is_flag", False) and not getattr(self, "count", False):
-            return None  # the table appends nothing for None
-        return shown(self, ctx)
+    def untyped(shown):
+        def display_type_rich(self, ctx):
+            if getattr(self, "is_flag", False) and not getattr(self, "count", False):
+                return None  # the table appends nothing for None
+            return shown(self, ctx)
+        return display_type_rich
 
-    display_type_rich.untyped_flags = True
-    TyperOption.display_type_rich = display_type_rich
+    _wrap_once(TyperOption, "display_type_rich", untyped)
 
 
 def _command_lines_joined() -> None:
@@ -147,21 +154,18 @@ def _command_lines_joined() -> None:
         import inspect
 
         from typer import rich_utils
-
-        make = rich_utils._make_command_help
-    except (ImportError, AttributeError):  # another typer: left as it draws it
-        return
-    if getattr(make, "joins_lines", False):
+    except ImportError:  # another typer: left as it draws it
         return
 
-    def joined(*args, help_text: str = "", **kwargs):
-        first, sep, rest = inspect.cleandoc(help_text).partition("\n\n")
-        if not first.startswith("\b"):
-            first = first.replace("\n", " ")
-        return make(*args, help_text=first + sep + rest, **kwargs)
+    def joining(make):
+        def joined(*args, help_text: str = "", **kwargs):
+            first, sep, rest = inspect.cleandoc(help_text).partition("\n\n")
+            if not first.startswith("\b"):
+                first = first.replace("\n", " ")
+            return make(*args, help_text=first + sep + rest, **kwargs)
+        return joined
 
-    joined.joins_lines = True
-    rich_utils._make_command_help = joined
+    _wrap_once(rich_utils, "_make_command_help", joining)
 
 
 def _print_traceback() -> None:
