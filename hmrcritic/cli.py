@@ -78,12 +78,13 @@ expand_user_paths(app)  # every command's paths take ``~`` as the home folder (a
 def _wrap_once(owner, name: str, wrap) -> bool:
     """Replace ``owner.name`` (a typer internal the help is drawn with) by ``wrap(original)``, once per process: help
     may be drawn many times in one process (tests, a notebook), and a wrapper wrapped again applied itself twice.
-    False, leaving typer as it draws, where the internal is not there (another typer) or already wrapped."""
+    False, leaving typer as it draws, where the internal is not there (another typer) or already wrapped. A
+    property is marked on its getter (a property object takes no attributes)."""
     original = getattr(owner, name, None)
-    if original is None or getattr(original, "hmrcritic_wrapped", False):
+    if original is None or getattr(getattr(original, "fget", original), "hmrcritic_wrapped", False):
         return False
     wrapper = wrap(original)
-    wrapper.hmrcritic_wrapped = True
+    getattr(wrapper, "fget", wrapper).hmrcritic_wrapped = True
     setattr(owner, name, wrapper)
     return True
 
@@ -166,6 +167,166 @@ def _command_lines_joined() -> None:
         return joined
 
     _wrap_once(rich_utils, "_make_command_help", joining)
+
+
+def _argument_names_upper() -> None:
+    """A positional argument is named as click, man pages and the docstrings here name it: ``QUERY``, ``RUN_ID``.
+
+    typer drew its own name in three ways: ``memory search [OPTIONS] {query}`` on the usage line (braces no shell
+    user reads as "required"), ``query`` in the arguments table, and "Missing argument 'query'." in the error,
+    while the command's text said "Rules nearest in meaning to QUERY" and ``trace``'s "with a RUN_ID". Now the
+    name is the parameter's in capitals (an explicit ``metavar`` as given), required ones bare and optional ones
+    in brackets (``[RUN_ID]``), ``...`` after one taking several — in rich and plain help and in usage errors
+    alike. Display only: typer reads ``display_name_raw`` and ``_usage_display_name`` to draw, never to parse.
+    Cheap (no rich import), so applied on every run: usage errors print the usage line too."""
+    try:
+        from typer.core import TyperArgument
+    except ImportError:  # another typer: left as it draws it
+        return
+    if not isinstance(getattr(TyperArgument, "display_name_raw", None), property) or \
+            not callable(getattr(TyperArgument, "_usage_display_name", None)):
+        return
+
+    def upper(raw):
+        def display_name_raw(self) -> str:
+            if self.metavar is not None or not self.name:
+                return raw.fget(self)
+            return self.name.upper()
+        return property(display_name_raw)
+
+    def usage(_original):
+        def _usage_display_name(self) -> str:
+            name = self.display_name_raw if self.required else f"[{self.display_name_raw}]"
+            return name + ("..." if self.nargs != 1 else "")
+        return _usage_display_name
+
+    _wrap_once(TyperArgument, "display_name_raw", upper)
+    _wrap_once(TyperArgument, "_usage_display_name", usage)
+
+
+def _block_kept(paragraph: str, width: int) -> str:
+    """``paragraph`` (lines of an example block) as click's "keep my lines" paragraph (a ``\\b`` line first), each
+    line that does not fit ``width`` folded onto lines indented 4 more than its own (click keeps ``\\b`` lines
+    as they are, and a long example ran past the terminal's edge). Folded at spaces only: an option name or a path
+    is never cut at its hyphen or slash."""
+    import textwrap
+
+    out = []
+    for line in paragraph.splitlines():
+        lead = line[:len(line) - len(line.lstrip())]
+        out.extend(textwrap.wrap(line.strip(), width=max(width, len(lead) + 20), initial_indent=lead,
+                                 subsequent_indent=lead + "    ", break_long_words=False,
+                                 break_on_hyphens=False) or [""])
+    return "\n".join(["\b", *out])
+
+
+def _plain_help_blocks_kept() -> None:
+    """Plain ``--help`` keeps an example block's lines. Plain is ``TYPER_USE_RICH=0`` (or another "off" word), which
+    typer reads once at import: click draws the help then. ``NO_COLOR``, ``TERM=dumb`` and a piped stdout keep
+    rich's layout, only without colour.
+
+    click rewraps every paragraph of a command's text, so ``export``'s four example commands ran together into
+    one paragraph ("Examples:   hmrcritic export --split wild … --out runs/wild-prefs   hmrcritic export …"), and
+    so did ``finetune``'s, ``reproduce``'s, ``evaluate``'s and ``sample``'s — commands nobody could copy. A
+    paragraph after the first with an indented line is a block written line by line (the docstrings' examples):
+    it is handed to click marked ``\\b`` (click's own "keep my lines"), its long lines folded at spaces. Prose
+    paragraphs are rewrapped as before, and rich help (typer's, which keeps these lines itself) never calls this
+    (``HelpFormatter.write_text``: the text of plain help and its epilog only). Applied only where help may be
+    drawn."""
+    try:
+        from typer._click.formatting import HelpFormatter
+    except ImportError:  # another typer: left as it draws it
+        return
+
+    def keeping(write_text):
+        def kept(self, text: str) -> None:
+            first, *rest = text.split("\n\n")
+            width = self.width - self.current_indent
+            rest = [_block_kept(p, width) if _is_block(p) and not p.startswith("\b") else p for p in rest]
+            return write_text(self, "\n\n".join([first, *rest]))
+        return kept
+
+    _wrap_once(HelpFormatter, "write_text", keeping)
+
+
+def _is_block(paragraph: str) -> bool:
+    """A paragraph written line by line (an indented line: the docstrings' example commands), or click-marked."""
+    return paragraph.startswith("\b") or any(line[:1].isspace() for line in paragraph.splitlines())
+
+
+def _rich_help_paragraphs() -> None:
+    """Rich ``--help``: a command's later paragraphs break where the terminal does, and examples keep their indent.
+
+    typer joins the first paragraph's lines but kept every later one's as the source wraps them: ``reproduce``
+    read "…skips finished stages, and a" / "changed setting re-runs…" (cut at the docstring's column 100, at any
+    terminal width), ``learning-curve``, ``explore`` and ``doctor`` likewise — what :func:`_command_lines_joined`
+    mended in the command lists. A prose paragraph is now one line for rich to wrap; a block (:func:`_is_block`)
+    keeps its lines. typer also dedented the later paragraphs together (``inspect.cleandoc``): where the examples
+    were the only one ("Examples:" then "  hmrcritic …", in ``critique``, ``finetune``, ``trace``), they lost their
+    indent and read as prose; a blank first line makes "Examples:" count in that dedent, which removes it again.
+    Markdown mode is left as typer draws it. Applied as :func:`_fold_help_cells` is, only where help may be
+    drawn."""
+    try:
+        from typer import rich_utils
+    except ImportError:  # another typer: left as it draws it
+        return
+
+    def mending(fix):
+        def mended(paragraphs, markup_mode):
+            if markup_mode != "rich":
+                return fix(paragraphs, markup_mode)
+            return "\n" + fix([p if _is_block(p) else p.replace("\n", " ") for p in paragraphs], markup_mode)
+        return mended
+
+    _wrap_once(rich_utils, "_fix_linebreaks", mending)
+
+
+def _plain_command_lines_whole() -> None:
+    """Plain help lists a command with its whole first paragraph, as rich help does (:func:`_command_lines_joined`).
+
+    click cut each to one line and "...": ``hmrcritic --help`` read "doctor  Check the installation: Python,
+    torch, GL rendering,..." and "export  Sample, critique and write scored hypothesis groups as...", where the
+    command's own page and rich help say the whole sentence. click's list wraps the full text in its column.
+    ``Command.get_short_help_str`` is read by the plain command list alone here (rich lists from ``help``;
+    shell completion is off). A command with its own ``short_help``, or deprecated, is left to click. Applied
+    only where help may be drawn."""
+    try:
+        import inspect
+
+        from typer._click.core import Command
+    except ImportError:  # another typer: left as it draws it
+        return
+
+    def whole(short_help):
+        def get_short_help_str(self, limit: int = 45) -> str:
+            if self.short_help or not self.help or self.deprecated:
+                return short_help(self, limit)
+            first = inspect.cleandoc(self.help).partition("\f")[0].split("\n\n")[0]
+            return " ".join(word for word in first.split() if word != "\b")
+        return get_short_help_str
+
+    _wrap_once(Command, "get_short_help_str", whole)
+
+
+def _plain_help_hyphens_kept() -> None:
+    """Plain ``--help`` folds its lines at spaces only, as rich help does: click's wrapper also broke at hyphens,
+    so option help read "(with --ray-" / "address)", "--base-url, --vlm-" / "model)" — an option a user types
+    from the page cut in two. ``typer._click._textwrap.TextWrapper`` is used by click's help formatting alone
+    (``formatting.wrap_text``: help text, option and command lists, the usage line). Applied only where help may
+    be drawn."""
+    try:
+        from typer._click import _textwrap
+    except ImportError:  # another typer: left as it draws it
+        return
+
+    def no_hyphen_breaks(wrapper):
+        class SpacesOnlyTextWrapper(wrapper):
+            def __init__(self, *args, **kwargs):
+                kwargs.setdefault("break_on_hyphens", False)
+                super().__init__(*args, **kwargs)
+        return SpacesOnlyTextWrapper
+
+    _wrap_once(_textwrap, "TextWrapper", no_hyphen_breaks)
 
 
 def _print_traceback() -> None:
@@ -391,6 +552,11 @@ def main(argv: list[str] | None = None) -> int:
         _fold_help_cells()
         _untyped_flags()
         _command_lines_joined()
+        _plain_help_blocks_kept()
+        _rich_help_paragraphs()
+        _plain_command_lines_whole()
+        _plain_help_hyphens_kept()
+    _argument_names_upper()  # usage errors print the usage line too
     try:
         with _warnings_as_lines(debug), _log_lines_scrubbed(), _terminate_as_interrupt():
             return _flush_stdout(_main(argv, debug))

@@ -24,7 +24,13 @@ runs uploaded to LangSmith — goes through :func:`scrub`, which removes
   ``{'authorization': '…'}``) and a plainly secret ``name=value`` in free text (``password=…``, ``api_key='…'``;
   a bare ``key=`` there is prose);
 * ``Bearer`` (in any case) / ``Basic`` credentials (a token of 8+ characters with at least one digit, so prose such as
-  "Basic authentication" survives).
+  "Basic authentication" survives);
+* the value of a raw HTTP header line of a secret header (:data:`SECRET_HEADERS`: ``X-API-Key: …``, Azure's
+  ``api-key: …``, ``Cookie: …``, ``Proxy-Authorization: …`` …, in any case) quoted in free text — an error body, a
+  proxy's or ``curl -v``'s dump — when the value holds such a token (8+ characters with a digit: "Cookie: none" and
+  "X-Auth-Token: see the docs" stay readable; under an authorization header also a ``Basic`` credential that decodes
+  to ``user:password``, digit or not, and only the credential: its scheme and what follows stay). Only those names:
+  a general ``Name: value`` rule would mask prose.
 """
 
 from __future__ import annotations
@@ -117,6 +123,32 @@ _NAME_WORD = re.compile(r"[A-Z]+(?![a-z])|[A-Z]?[a-z]+|[0-9]+")
 # "Bearer" in any case, as HTTP reads auth schemes (a header dumped or echoed lowercased, ``authorization: bearer …``,
 # kept its token in view); "Basic" only as written: "basic" is a word of prose
 _AUTH_TOKEN = re.compile(r"\b(?P<kind>(?i:bearer)|Basic)(?P<sep>\s+)(?=[A-Za-z0-9._~+/=\-]*\d)[A-Za-z0-9._~+/=\-]{8,}")
+
+# Raw HTTP header lines that carry a credential (``X-API-Key: abcd1234efgh`` in an endpoint's error body or a proxy's
+# debug dump): a closed list of names, in any case, as HTTP reads header names; a general ``Name: value`` rule would
+# mask prose ("Note: …", "Token: the number of tokens"). Found by their ":" (one character to look for, as the other
+# patterns: a pattern starting with the names is tried at every position of every text), behind a name ending one of
+# four ways (its last letter checked first: a 58 KB trace text's 1,100 ":" cost 65 µs with the four tried at each, 27
+# with it); the whole name is read back from there (:func:`_mask_header`) and must be one of these, at a line start
+# or after whitespace, a quote, "{" or ",". The value runs to the end of the line, a quote, a comma or a backslash
+# (an escaped ``\r\n`` inside a JSON string ends the line too) and is masked only when it holds a token as the
+# Bearer rule reads one: 8+ characters with a digit.
+SECRET_HEADERS = frozenset({
+    "authorization", "proxy-authorization", "cookie", "set-cookie", "x-api-key", "api-key", "x-goog-api-key",
+    "x-auth-token", "x-access-token", "x-api-token", "private-token", "x-vault-token", "x-amz-security-token",
+    "x-subscription-token", "ocp-apim-subscription-key", "x-functions-key", "x-rapidapi-key"})
+# ... of which these carry ``<scheme> <credential>``: only the credential is masked (``Authorization: Bearer ***``,
+# GitHub's ``Authorization: token ***``), and what follows it stays ("… failed")
+_AUTH_HEADERS = frozenset({"authorization", "proxy-authorization"})
+_HEADER_LINE = re.compile(
+    r":(?<=[nNeEyY]:)(?i:(?<=authorization:)|(?<=cookie:)|(?<=-key:)|(?<=-token:))"
+    r"(?P<ws>[ \t]*)(?P<value>[^\s'\",\\](?:[^\r\n'\",\\]*[^\s'\",\\])?)"
+)
+_HEADER_NAME = re.compile(r"(?:^|(?<=[\s'\"{,]))(?P<name>[A-Za-z][A-Za-z0-9\-]{0,39})$")
+_AUTH_VALUE = re.compile(r"(?P<scheme>[A-Za-z]+[ \t]+)?(?P<cred>\S+)")
+# a token as the Bearer rule (:data:`_AUTH_TOKEN`) reads one: 8+ of its characters, one a digit; tried only where a
+# run of them starts (tried at every position, a value of 60,000 letters took each one's run to its end: seconds)
+_TOKEN_SHAPE = re.compile(r"(?<![A-Za-z0-9._~+/=\-])(?=[A-Za-z0-9._~+/=\-]*\d)[A-Za-z0-9._~+/=\-]{8,}")
 
 
 def register_secret(value: str | None) -> None:
@@ -350,6 +382,36 @@ def _mask_field(m: re.Match) -> str:
     return ":" + m.group("ws") + m.group("bs") + m.group("vq") + MASK + m.group("bs") + m.group("vq")
 
 
+def _basic_credentials(scheme: str | None, cred: str) -> bool:
+    """Whether ``cred`` after ``Basic`` in an authorization header is base64 of ``user:password``: a digit-free one
+    (``dXNlcjpwYXNz``, "user:pass") is no token by shape, yet under that header and scheme it is the password."""
+    import base64
+    import binascii
+
+    if not scheme or scheme.strip().lower() != "basic" or len(cred) < 8:
+        return False
+    try:
+        return b":" in base64.b64decode(cred, validate=True)
+    except (binascii.Error, ValueError):
+        return False
+
+
+def _mask_header(m: re.Match) -> str:
+    """One raw header line's value masked (:data:`_HEADER_LINE`), if its whole name is a secret header's."""
+    start = m.start()
+    name = _HEADER_NAME.search(m.string[max(0, start - 41):start])
+    if name is None or (start > 41 and name.start() == 0) or name.group("name").lower() not in SECRET_HEADERS:
+        return m.group(0)  # "Max-Api-Key:", "xapi-key:": no header of the list (a window's start is no boundary)
+    value = m.group("value")
+    if name.group("name").lower() in _AUTH_HEADERS:
+        auth = _AUTH_VALUE.match(value)
+        cred = auth.group("cred")
+        if not (_TOKEN_SHAPE.search(cred) or _basic_credentials(auth.group("scheme"), cred)):
+            return m.group(0)
+        return ":" + m.group("ws") + (auth.group("scheme") or "") + MASK + value[auth.end():]
+    return m.group(0) if _TOKEN_SHAPE.search(value) is None else ":" + m.group("ws") + MASK
+
+
 def scrub(text: Any) -> str:
     """``text`` as a string with every secret masked (see the module docstring for what counts)."""
     out = str(text)
@@ -361,6 +423,7 @@ def scrub(text: Any) -> str:
     out = _SECRET_FIELD.sub(_mask_field, out)
     out = _mask_params(out)
     out = _SECRET_ASSIGN.sub(_mask_assign, out)
+    out = _HEADER_LINE.sub(_mask_header, out)
     return _AUTH_TOKEN.sub(lambda m: m.group("kind") + m.group("sep") + MASK, out)
 
 

@@ -46,13 +46,9 @@ def _value_types(path: list[str]) -> set[str]:
 def untouched_typer(monkeypatch):
     """main() adjusts typer's help drawing for the rest of the process (as it does in the console); put it back
     after each test so other tests see typer as it ships."""
-    from typer import core, rich_utils
+    from test_review_s34_cli import put_typer_back
 
-    monkeypatch.setattr(core.TyperOption, "display_type_rich", core.TyperOption.display_type_rich)
-    monkeypatch.setattr(rich_utils, "_get_parameter_help", rich_utils._get_parameter_help)
-    monkeypatch.setattr(rich_utils, "_make_command_help", rich_utils._make_command_help)
-    for name in ("highlighter", "negative_highlighter"):
-        monkeypatch.setattr(rich_utils, name, getattr(rich_utils, name))
+    put_typer_back(monkeypatch)
 
 
 @pytest.mark.parametrize("columns", ["80", "120"])

@@ -759,7 +759,12 @@ def critique_group(
             # recorded below, left the memory learned from a scene no record named, and the re-run returned the
             # finished thread without recording it
             _record_learned_scene(memory if memory is not None else cfg.memory_dir, cfg, sample)
-            return _scored(values, cfg, resumed=True).model_copy(update={"finished_earlier": True})
+            result = _scored(values, cfg, resumed=True).model_copy(update={"finished_earlier": True})
+            if keep:  # the run it printed is the one `trace --last` shows (a throwaway thread is never reused)
+                from hmrcritic.agent.trace import point_last_at_finished
+
+                point_last_at_finished(result.run_id)
+            return result
         new_memory = _new_memory_folder(memory, config, cfg)
         if new_memory is not None:  # the graph about to run opens (makes) it; a finished thread returned above does not
             import warnings
@@ -1011,7 +1016,8 @@ def critique_groups(
 ) -> list[GroupResult]:
     """Critique many groups; ``items`` are ``(sample, hypotheses)`` pairs or dicts of
     :func:`critique_group` keyword arguments. A failing group yields a :class:`GroupResult` with ``error``
-    and the others go on. ``workers`` > 1 runs groups in threads (useful for a VLM endpoint).
+    and the others go on. ``workers`` > 1 runs groups in threads (useful for a VLM endpoint); below 1 is an
+    :class:`InputError`, as export's ``--workers`` is.
 
     When the VLM endpoint itself cannot be used (:class:`~hmrcritic.agent.vlm.EndpointUnusableError`: nothing
     answers, the key or the model refused, every request refused) for ``UNUSABLE_IN_A_ROW`` groups in a row, the
@@ -1024,6 +1030,8 @@ def critique_groups(
     cfg = _agent_config(config, judge, memory, learn)
     if isinstance(workers, bool) or not isinstance(workers, int | np.integer):
         raise InputError(f"workers must be an integer, got {type(workers).__name__}")
+    if workers < 1:  # 0 or a negative count ran the groups one at a time, as if 1 had been asked for
+        raise InputError(f"workers must be at least 1, got {int(workers)}")
     if progress is not None and not callable(progress):  # a TypeError once the first group was critiqued
         raise InputError(f"progress must be a callable (done, total, result) or None, got {type(progress).__name__}")
     import inspect

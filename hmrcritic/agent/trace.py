@@ -60,6 +60,19 @@ def _point_last_at(run_id: str) -> None:
         atomic_write_text(d / "LAST", run_id + "\n")
 
 
+def point_last_at_finished(run_id: str) -> None:
+    """Point ``LAST`` at a finished run a critique returned again (its group, its settings: nothing re-ran), so that
+    ``trace --last`` shows the run the critique printed, not whatever ran before it. Only a run whose trace is still
+    on disk; the pointer is a convenience, so a failure to write it is logged, never raised."""
+    d = traces_dir()
+    if not (d / f"{run_id}.jsonl").is_file():
+        return
+    try:
+        _point_last_at(run_id)
+    except OSError as failed:
+        log.warning("traces/LAST could not be pointed at run %s (%s)", run_id, scrub(failed))
+
+
 def summarise_update(node: str, update: dict[str, Any]) -> dict[str, Any]:
     """A short, human-readable account of a node's state update (never the arrays or the full texts)."""
     out: dict[str, Any] = {"keys": sorted(update)}
@@ -381,9 +394,11 @@ def resolve_run(run_id: str | None = None, last: bool = False) -> Path:
         if len(matches) == 1:
             return matches[0]
         if matches:
-            shown = ", ".join(m.stem for m in matches[-3:])
-            raise InputError(f"run id {run_id!r} is ambiguous in {d}: {len(matches)} runs match (latest: {shown}); "
-                             "give more of the id")
+            # newest first, as "latest" says (run ids open with their start time): the oldest of the three was
+            # listed first, so the run a user had just made came last, after the word "latest"
+            shown = ", ".join(m.stem for m in reversed(matches[-3:]))
+            raise InputError(f"run id {run_id!r} is ambiguous in {d}: {len(matches)} runs match (latest first: "
+                             f"{shown}); give more of the id")
         # where it was looked for and what to do next: no command lists the runs, `ls` does (an id is a file's stem)
         if not _listed(d):
             raise InputError(f"run {run_id!r} not found: {_no_runs_yet(d)}")

@@ -326,6 +326,7 @@ KEYPOINT_LAYOUT_HELP = ("Order of a 17-point --keypoints file: coco17 (default) 
 FOCAL_HELP = "Focal length in px of a user image (default: max(W, H))."
 PRINCIPAL_POINT_HELP = ("CX,CY in px of a user image (default: its centre); for a crop, the photo's optical centre "
                         "minus the crop's corner, with --focal the photo's.")
-INTRINSICS_HELP = ("Camera calibration JSON for a user image instead of --focal/--principal-point: a 3x3 K, the 4 "
-                   "numbers fx fy cx cy, OpenCV's camera_matrix, fx/fy/cx/cy or focal_length + principal_point "
-                   "fields, nerfstudio, Open3D or COLMAP cameras (README; pixels of the image as used).")
+INTRINSICS_HELP = ("Camera calibration file (JSON, or YAML for .yaml/.yml) for a user image instead of "
+                   "--focal/--principal-point: a 3x3 K, the 4 numbers fx fy cx cy, OpenCV's camera_matrix, "
+                   "fx/fy/cx/cy or focal_length + principal_point fields, nerfstudio, Open3D, COLMAP or ROS "
+                   "CameraInfo / camera_calibration cameras (README; pixels of the image as used).")

@@ -12,11 +12,11 @@ def register(app: typer.Typer) -> None:
 
     @data_app.command("generate")
     def generate(
-        split: str = typer.Option(..., "--split", help="train, wild or test"),
-        n: int = typer.Option(None, "--n", help="number of scenes (default: the split's size)"),
-        seed: int = typer.Option(None, "--seed", help="override the split's fixed seed", min=0, max=2**32 - 1),
-        render: bool = typer.Option(False, "--render", help="also render images and masks (slow)"),
-        as_json: bool = typer.Option(False, "--json", help="print the manifest as JSON"),
+        split: str = typer.Option(..., "--split", help="train, wild or test."),
+        n: int = typer.Option(None, "--n", help="Number of scenes (default: the split's size)."),
+        seed: int = typer.Option(None, "--seed", help="Override the split's fixed seed.", min=0, max=2**32 - 1),
+        render: bool = typer.Option(False, "--render", help="Also render images and masks (slow)."),
+        as_json: bool = typer.Option(False, "--json", help="Print the manifest as JSON."),
     ) -> None:
         """Generate a split into the data folder (replacing an existing one atomically)."""
         from hmrcritic.errors import InputError
@@ -35,8 +35,8 @@ def register(app: typer.Typer) -> None:
 
     @data_app.command("info")
     def info(
-        split: str = typer.Option(..., "--split", help="train, wild or test"),
-        as_json: bool = typer.Option(False, "--json", help="machine-readable output"),
+        split: str = typer.Option(..., "--split", help="train, wild or test."),
+        as_json: bool = typer.Option(False, "--json", help="Machine-readable output."),
     ) -> None:
         """Summarise a generated split (size, seed, labels, visibility)."""
         import numpy as np

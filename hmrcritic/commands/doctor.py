@@ -36,7 +36,13 @@ def _check(name: str, fn) -> dict:
     except Exception as exc:  # doctor reports, it does not crash
         # scrubbed before it is cut: a key or password straddling the 400th character lost its end, and the part
         # left matched no secret in run_checks' scrub, so the report showed most of it
-        res = {"ok": False, "error": _scrub(f"{type(exc).__name__}: {exc}").splitlines()[0][:400]}
+        # hmrcritic's own errors in their own words, as every command prints them: "[FAIL] endpoint InputError: the
+        # VLM judge has no endpoint…" put a class name before a sentence written for the user; an unexpected
+        # exception keeps its type, which is what says what it was
+        from hmrcritic.errors import HMRCriticError
+
+        text = str(exc) if isinstance(exc, HMRCriticError) else f"{type(exc).__name__}: {exc}"
+        res = {"ok": False, "error": _scrub(text).splitlines()[0][:400]}
     res.setdefault("ok", True)
     res["seconds"] = round(time.perf_counter() - t0, 3)
     return {"name": name, **res}
@@ -163,6 +169,16 @@ def _body() -> dict:
     return res
 
 
+def _folder_fix(bad: list[str]) -> str:
+    """The way out for the folders ``bad`` ("memory", "runs", …) that cannot be written: the variable that chose
+    each. "set HMRCRITIC_HOME to a writable folder" alone was wrong where ``HMRCRITIC_MEMORY`` (or ``_CACHE``,
+    ``_DATA``, ``_RUNS``) named the folder: a new home changes nothing there, and the FAIL line stayed."""
+    own = [f"HMRCRITIC_{k.upper()}" for k in bad if os.environ.get(f"HMRCRITIC_{k.upper()}")]
+    if len(own) == len(bad):
+        return "set " + " / ".join(own) + " to a writable folder (or unset it)"
+    return ("set HMRCRITIC_HOME to a writable folder" + (f", and {' / '.join(own)} (or unset it)" if own else ""))
+
+
 def _folders() -> dict:
     from hmrcritic import config
 
@@ -184,7 +200,7 @@ def _folders() -> dict:
         # the FAIL line is all the text report shows: it names the folders, not just their roles, and the way out
         problems.append("not writable: " + ", ".join(
             f"{k}={out[k]['path']}" + (f" ({out[k]['file_in_the_way']} is a file)" if "file_in_the_way" in out[k]
-                                       else "") for k in bad) + "; set HMRCRITIC_HOME to a writable folder")
+                                       else "") for k in bad) + "; " + _folder_fix(bad))
     # the data and memory settings the folders' commands read: `=abc` or `=-2` passed doctor, and then every
     # memory write (the lock's wait) or first-use data generation failed
     from hmrcritic.errors import InputError
@@ -620,7 +636,7 @@ def _print_report(report: dict, as_json: bool) -> None:
 
 
 def register(app: typer.Typer) -> None:
-    from hmrcritic.commands import BASE_URL_OPTION, VLM_MODEL_OPTION, judge_endpoint
+    from hmrcritic.commands import BASE_URL_HELP, VLM_MODEL_HELP, judge_endpoint
 
     @app.command("doctor")
     def doctor_cmd(
@@ -630,13 +646,18 @@ def register(app: typer.Typer) -> None:
             False, "--probe",
             help="Also contact the VLM endpoint (GET /models: reachable, key accepted, model served; no tokens "
                  "spent). Off by default: no other check uses the network."),
-        base_url: str = BASE_URL_OPTION,
-        vlm_model: str = VLM_MODEL_OPTION,
+        # doctor has no --judge: the shared texts' "with --judge vlm" said otherwise
+        base_url: str = typer.Option(None, "--base-url", help=BASE_URL_HELP.replace(
+            "with --judge vlm; ", "the endpoint checked, contacted only with --probe; ")),
+        vlm_model: str = typer.Option(None, "--vlm-model", help=VLM_MODEL_HELP.replace("with --judge vlm; ", "")),
     ) -> None:
         """Check the installation: Python, torch, GL rendering, body model, folders, checkpoint, judge, settings.
 
-        Exits non-zero when a check fails. Examples: hmrcritic doctor --json;
-        hmrcritic doctor --probe --base-url http://127.0.0.1:8000/v1 --vlm-model NAME (the VLM judge's endpoint).
+        Exits non-zero when a check fails.
+
+        Examples:
+          hmrcritic doctor --json
+          hmrcritic doctor --probe --base-url http://localhost:8000/v1 --vlm-model M
         """
         # the flags as every command with --judge reads them (for the VLM judge: doctor checks its settings)
         with judge_endpoint("vlm" if base_url is not None or vlm_model is not None else None, base_url, vlm_model):

@@ -49,19 +49,26 @@ def stats(memory_dir: Path = _DIR, chroma_url: str = _URL, as_json: bool = _JSON
     if as_json:
         _print_json(st)
         return
+    rows: list[tuple[str, str]] = []
     for k, v in st.items():
         if k == "embeddings":
-            for name, e in v.items():
-                typer.echo(f"{'embedding ' + name:<26} {e['id']} (dim {e['dim']})")
+            rows += [(f"embedding {name}", f"{e['id']} (dim {e['dim']})") for name, e in v.items()]
         elif k == "calibration":
-            typer.echo(f"{k:<26} {describe_calibration(v)}")
+            rows.append((k, describe_calibration(v)))
         elif k == "read_only":
             # how this command opened the memory, not a property of it: "read_only True" read as a frozen memory
             # (the --json key keeps its name)
-            typer.echo(f"{'opened':<26} " + ("read-only (stats only reads it; not a setting of the memory)" if v else
-                                             "for writing (this command created and seeded it)"))
+            rows.append(("opened", "read-only (stats only reads it; not a setting of the memory)" if v else
+                         "for writing (this command created and seeded it)"))
+        elif isinstance(v, dict):  # rules_by_origin: a Python dict's repr ("{'starter': 18, …}") was printed
+            rows.append((k, ", ".join(f"{a} {b}" for a, b in v.items())))
         else:
-            typer.echo(f"{k:<26} {v}")
+            rows.append((k, str(v)))
+    # one column for the values: "embedding episodic_prototypes" (29 characters) pushed its value out of the
+    # 26-character column the others line up in
+    width = max(26, *(len(label) + 1 for label, _ in rows))
+    for label, value in rows:
+        typer.echo(f"{label:<{width}} {value}")
 
 
 def describe_calibration(cal: dict | None) -> str:
@@ -99,6 +106,9 @@ def calibration(
             # as _open: a mistyped --memory-dir must not create and seed a new memory just to clear nothing there
             from hmrcritic.errors import InputError
 
+            if Path(memory_dir).exists() and not Path(memory_dir).is_dir():  # in the words of the other commands
+                raise InputError(f"a file is where a folder is needed: {Path(memory_dir).absolute()} (a memory is a "
+                                 "folder)")
             raise InputError(f"memory calibration --clear: no memory at {memory_dir}; nothing to clear")
         store = MemoryStore(memory_dir, chroma_url=chroma_url)
         store.set_calibration(None)
@@ -208,6 +218,7 @@ def search(
 
         raise InputError("memory search: give some text to search for, e.g. 'knee bent backwards'")
     hits = _open(memory_dir, chroma_url).rules.search(query, k=k)
+    _note_cut_query(query)
     if as_json:
         _print_json([{**r.model_dump(mode="json"), "similarity": s} for r, s in hits])
         return
@@ -217,6 +228,23 @@ def search(
         # one hit a line: a "\r" in a rule text sent the cursor back to overwrite the hit's similarity and id with
         # words of the text, and a newline split one hit over lines that read as hits without a score
         typer.echo(f"{s:.3f}  {printable(r.rule_id):<28} {printable(' '.join(r.text.split()))}")
+
+
+def _note_cut_query(query: str) -> None:
+    """A note on stderr when the text model read only the start of ``query``: it keeps 256 word pieces and drops
+    the rest without a word, so a long query (a pasted paragraph) was answered for its first sentences as if for
+    the whole of it (a 10,000-character one: other rules, other similarities than its words asked for)."""
+    from hmrcritic.memory.embeddings import _text_model
+
+    model = _text_model()
+    tokenizer = getattr(model, "tokenizer", None)
+    if tokenizer is None:  # another encoder: nothing to say
+        return
+    enc = tokenizer.encode(query)
+    if enc.overflowing:
+        read = max((end for _, end in enc.offsets), default=0)  # where the last word piece read ends
+        typer.echo(f"note: the query is longer than the text model reads ({model.max_length} word pieces): only "
+                   f"its first {read:,} of {len(query):,} characters were compared", err=True)
 
 
 @memory_app.command("export")
@@ -257,6 +285,9 @@ def import_(
     """Merge an exported memory into this one (new ids added; a known rule is replaced only when the file's
     copy has more uses, or with --overwrite). The groups the file's memory was explored on join this memory's
     record, so evaluation stays refused on them; its exploration progress is taken when this memory has none."""
+    import os
+
+    from hmrcritic.config import env_chroma_url
     from hmrcritic.memory.store import MemoryStore
 
     if not file.exists() or file.is_dir():  # exists: /dev/stdin (an export piped in) is no regular file
@@ -266,10 +297,44 @@ def import_(
 
         raise InputError(f"memory import: {'a folder, not a file:' if file.is_dir() else 'no file'} {file} "
                          "(nothing was imported)")
-    store = MemoryStore(memory_dir, chroma_url=chroma_url)
-    counts = store.import_json(file, overwrite=overwrite)
+    # the folder this import creates, if it does (a new --memory-dir, the top one of the folders made for it): the
+    # file is checked only once the memory is open, so an import of another JSON, a newer export or a truncated
+    # file said "nothing was imported" and left a new memory seeded with the starter rules in the named folder
+    made = None
+    if memory_dir is not None and not (chroma_url or env_chroma_url()):
+        probe = Path(memory_dir).absolute()
+        while not os.path.lexists(probe) and probe != probe.parent:
+            made, probe = probe, probe.parent
+    from contextlib import nullcontext
+
+    from hmrcritic.memory.store import hold_exclusive
+
+    # held for the import (the store's own hold is re-entrant) from before the memory is made: a second import
+    # into the same new folder fails to take it at once, outside the clean-up below, so it never removes a memory
+    # the first one made and filled
+    with hold_exclusive(memory_dir, "a memory import") if made is not None else nullcontext():
+        store = None
+        try:
+            store = MemoryStore(memory_dir, chroma_url=chroma_url)
+            counts = store.import_json(file, overwrite=overwrite)
+        except BaseException:
+            if made is not None:
+                import shutil
+
+                if store is not None:
+                    store.close()
+                shutil.rmtree(made, ignore_errors=True)
+            raise
     counts["version"] = store.version()
-    _print_json(counts) if as_json else typer.echo(", ".join(f"{k}: {v}" for k, v in counts.items()))
+    if as_json:
+        _print_json(counts)
+        return
+    typer.echo(f"imported {file} into {store.location}: " + ", ".join(f"{k}: {v}" for k, v in counts.items()))
+    if counts["rules_skipped"]:
+        # "rules_skipped: 18" alone read as a failed import (a new memory is seeded with the starter rules, which an
+        # export of another memory holds too)
+        typer.echo(f"{counts['rules_skipped']} rule(s) skipped: this memory holds them already, used as often or "
+                   "more (--overwrite replaces them with the file's)")
 
 
 @memory_app.command("reset")
@@ -294,7 +359,19 @@ def reset(
         path = config.memory_dir()
     # the folder by name: "in the default memory folder?" did not say that HMRCRITIC_MEMORY (set in a profile,
     # a job's environment) had moved it somewhere else; no password in the prompt
-    where = redact_url(chroma_url) or str(path)
+    # absolute: "Delete all rules and prototypes in m2?" named the folder relative to a working directory the
+    # question does not show (the line after a reset names it absolute)
+    where = redact_url(chroma_url) or str(Path(path).absolute())
+    if not chroma_url:
+        probe = Path(path).absolute()
+        while not probe.exists() and probe != probe.parent:
+            probe = probe.parent
+        if not probe.is_dir():
+            # as every other memory command says it, and before the question: a reset of a memory folder that is a
+            # file asked to delete it and then failed as "File exists: … (… is a file, where a folder is needed)"
+            from hmrcritic.errors import InputError
+
+            raise InputError(f"a file is where a folder is needed: {probe} (a memory is a folder)")
     # asked on stderr, as `runs prune` asks: on stdout the question went into `… > reset.log` and the command
     # sat waiting for an answer nobody could see
     if not yes:

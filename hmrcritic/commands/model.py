@@ -190,8 +190,9 @@ def register(app: typer.Typer) -> None:
     ) -> None:
         """Draw a group of SMPL hypotheses for one input and write them (npz, renders, optional meshes).
 
-        Examples: hmrcritic sample --image me.jpg --keypoints me.json -n 16 --out out/
-                  hmrcritic sample --scene test:0 -n 16 --out out/ --obj
+        Examples:
+          hmrcritic sample --image me.jpg --keypoints me.json -n 16 --out out/
+          hmrcritic sample --scene test:0 -n 16 --out out/ --obj
         """
         from hmrcritic.hmr.diffusion import check_sampling_args, ddim_timesteps, load_model, sample_to_dir
 
@@ -262,8 +263,9 @@ def register(app: typer.Typer) -> None:
     ) -> None:
         """MPJPE / PA-MPJPE / PVE (mean, best-of-N, mean pose), reprojection, implausible rate, diversity.
 
-        Examples: hmrcritic evaluate --split test --num-generations 16 --limit 200 --json
-                  hmrcritic evaluate --data my_labelled.npz -n 16
+        Examples:
+          hmrcritic evaluate --split test --num-generations 16 --limit 200 --json
+          hmrcritic evaluate --data my_labelled.npz -n 16
         """
         from hmrcritic.hmr.diffusion import load_model
         from hmrcritic.hmr.evaluate import evaluate_model, format_report

@@ -13,7 +13,8 @@ def register(app: typer.Typer) -> None:
         quick: bool = typer.Option(False, "--quick", help="Tiny preset (a couple of minutes; what the tests run)."),
         out: Path = typer.Option(None, help="Run folder (default: <runs>/reproduce-<preset>); re-run to resume."),
         model: Path = typer.Option(None, help="Base checkpoint (default: the shipped base model)."),
-        set_: list[str] = typer.Option(None, "--set", help="Override a preset field, KEY=VALUE (repeatable), "
+        set_: list[str] = typer.Option(None, "--set", metavar="KEY=VALUE",
+                                       help="Override a preset field, KEY=VALUE (repeatable), "
                                        "e.g. --set lr=3e-4 --set objectives=gpa,dpo."),
         as_json: bool = typer.Option(False, "--json", help="Print the results as JSON (progress goes to stderr)."),
     ) -> None:

@@ -18,6 +18,21 @@ def _mb(n: int) -> str:
     return f"{n / 1e6:,.1f} MB"
 
 
+# what each part of the runs folder is, in README's words (``--json`` keeps the folder names as keys). The text
+# printed the folder names: "removed: 2 groups, …, 0 frozen-memory" read as the critic's memory being pruned
+# (which prune never touches), "1 groups" as a typo, and neither matched README's "checkpoint threads, run folders,
+# traces, memory snapshots, evaluation caches"
+_PARTS = {"checkpoints": ("checkpoint thread", "checkpoint threads"), "groups": ("run folder", "run folders"),
+          "traces": ("trace", "traces"), "frozen-memory": ("memory snapshot", "memory snapshots"),
+          "evaluate": ("evaluation cache", "evaluation caches")}
+
+
+def _part(key: str, count: int | None = None) -> str:
+    """The words for part ``key`` of the runs folder (``count`` of them, when given; an unknown key as it is)."""
+    one, many = _PARTS.get(key, (key, key))
+    return many if count is None else f"{count} {one if count == 1 else many}"
+
+
 def _runs_root():
     """The runs folder, refused when a file stands where it (or a folder above it) goes.
 
@@ -48,7 +63,7 @@ def stats(as_json: bool = typer.Option(False, "--json", help="Machine-readable o
     typer.echo(f"runs folder {Path(use['root']).absolute()}: {_mb(use['total_bytes'])}")
     for name, part in use["parts"].items():
         noun = "entry" if part["count"] == 1 else "entries"
-        typer.echo(f"  {name:<14}{part['count']:>8} {noun:<8} {_mb(part['bytes']):>14}")
+        typer.echo(f"  {_part(name):<20}{part['count']:>8} {noun:<8} {_mb(part['bytes']):>14}")
 
 
 @runs_app.command("prune")
@@ -80,8 +95,8 @@ def prune(
         typer.echo(json.dumps(out, indent=2))
         return
     verb = "would remove" if dry_run else "removed"
-    what = ", ".join(f"{v} {k}" for k, v in out["removed"].items())
-    typer.echo(f"{verb}: {what}")
+    what = ", ".join(_part(k, v) for k, v in out["removed"].items())
+    typer.echo(f"{verb}: {what} (the critic's memory is never touched)")
     if not dry_run:
         typer.echo(f"runs folder {_mb(out['bytes_before'])} -> {_mb(out['bytes_after'])}")
 

@@ -6,7 +6,8 @@ is solved through K. A crop of a larger photo keeps the photo's optical centre, 
 centre: with the default (centred) K a person at the crop's middle reads as seen head-on although the camera saw
 them off-axis, and the body is tilted to match. So a user who knows their camera gives it here.
 
-Accepted calibration files (JSON; numbers in pixels of the image as used — upright, as its EXIF orientation says):
+Accepted calibration files (JSON, or YAML for a ``.yaml``/``.yml`` file; numbers in pixels of the image as used —
+upright, as its EXIF orientation says):
 
 - a 3×3 matrix ``[[fx, 0, cx], [0, fy, cy], [0, 0, 1]]``, its 9 numbers row by row, or 4 numbers ``[fx, fy, cx, cy]``;
 - an object holding one of those under ``K``, ``camera_matrix``, ``intrinsics``, ``intrinsic`` or ``cam_K``
@@ -17,7 +18,17 @@ Accepted calibration files (JSON; numbers in pixels of the image as used — upr
 - Open3D's ``PinholeCameraIntrinsic`` JSON: ``intrinsic_matrix``, 9 numbers **column by column**, as Open3D writes it;
 - a COLMAP camera (``model`` and ``params``, as pycolmap's ``Camera.todict()`` and COLMAP-to-JSON scripts write it) of
   a pinhole model or one whose extra parameters are distortion (``SIMPLE_PINHOLE``, ``PINHOLE``, ``SIMPLE_RADIAL``,
-  ``RADIAL``, ``OPENCV``, ``FULL_OPENCV``).
+  ``RADIAL``, ``OPENCV``, ``FULL_OPENCV``);
+- ROS's camera calibration: ``sensor_msgs/CameraInfo`` as JSON (ROS 1 ``K``, ``D``; ROS 2 lower case ``k``, ``d``;
+  with ``width``/``height``), and the YAML file ``camera_calibration`` writes (``image_width``, ``image_height``,
+  ``camera_matrix: {rows, cols, data}``, ``distortion_coefficients``; its rectification and projection matrices are
+  not read: K is the raw image's camera);
+- the YAML file OpenCV's ``cv2.FileStorage`` writes by default (a ``%YAML:1.0`` first line, ``!!opencv-matrix``
+  nodes).
+
+YAML is read with PyYAML's safe loader (pinned: chromadb, transformers and langchain-core need it), which builds plain
+lists, numbers and strings only; its one addition reads OpenCV's ``!!opencv-matrix`` tag as the mapping it is, and
+numbers such as ``1e-3`` (YAML 1.2 and OpenCV write them; YAML 1.1 reads them as text) as numbers.
 
 A K written column by column where a row-major one is expected (numpy's ``K.T``) is refused saying so: the
 ``[0, 0, 1]`` row is then a column.
@@ -35,6 +46,7 @@ coefficients warn: the model assumes a pinhole camera, so keypoints should come 
 
 from __future__ import annotations
 
+import functools
 import math
 import os
 import warnings
@@ -44,11 +56,11 @@ import numpy as np
 
 from hmrcritic.errors import InputError
 from hmrcritic.hmr import camera
-from hmrcritic.io import read_small_json
+from hmrcritic.io import not_a_file_error, read_small_json
 
 MAX_INTRINSICS_FILE_BYTES = 1_000_000
 MATRIX_KEYS = ("K", "camera_matrix", "intrinsics", "intrinsic", "cam_K")
-DISTORTION_KEYS = ("dist_coeffs", "distortion_coefficients", "dist", "distortion", "D")
+DISTORTION_KEYS = ("dist_coeffs", "distortion_coefficients", "dist", "distortion", "D", "d")
 # nerfstudio's transforms.json keeps its distortion as single numbers beside the focal lengths
 NERFSTUDIO_DISTORTION_KEYS = ("k1", "k2", "k3", "k4", "p1", "p2")
 # COLMAP camera models whose parameters are the pinhole's (their first ones) and lens distortion (the rest):
@@ -56,8 +68,12 @@ NERFSTUDIO_DISTORTION_KEYS = ("k1", "k2", "k3", "k4", "p1", "p2")
 COLMAP_MODELS = {"SIMPLE_PINHOLE": (3, True), "PINHOLE": (4, False), "SIMPLE_RADIAL": (4, True),
                  "RADIAL": (5, True), "OPENCV": (8, False), "FULL_OPENCV": (12, False)}
 FORMATS = ("a 3x3 K, its 9 numbers, [fx, fy, cx, cy], or an object with K / camera_matrix / intrinsics, "
-           "fx fy cx cy (fl_x fl_y), focal_length + principal_point, Open3D's intrinsic_matrix or a COLMAP "
-           "model + params")
+           "fx fy cx cy (fl_x fl_y), focal_length + principal_point, Open3D's intrinsic_matrix, a COLMAP "
+           "model + params or ROS CameraInfo's k")
+YAML_SUFFIXES = (".yaml", ".yml")
+# ROS 2's sensor_msgs/CameraInfo names K and D in lower case (ROS 1's ``K``, ``D`` are read as above). Looked for
+# only after every other form: a lone "k" beside fx, fy, cx, cy may be something else of a camera file.
+ROS2_MATRIX_KEY = "k"
 
 
 def _is_number(x) -> bool:
@@ -130,6 +146,8 @@ def _matrix_from_object(data: dict, where: str) -> np.ndarray:
         if missing:
             raise InputError(f"{where}: missing {', '.join(missing)} (give fx, fy, cx, cy; or f, cx, cy)")
         return _matrix_from([fx, fy, data["cx"], data["cy"]], where)
+    if ROS2_MATRIX_KEY in data:
+        return _matrix_from(data[ROS2_MATRIX_KEY], f"{where}: {ROS2_MATRIX_KEY}")
     raise InputError(f"{where}: no intrinsics found ({FORMATS})")
 
 
@@ -283,9 +301,85 @@ def _warn_frame_unknown(where: str, K: np.ndarray, image_size, orientation: int 
                   stacklevel=4)
 
 
+def _yaml_float_pattern():
+    import re
+
+    # YAML 1.1 (PyYAML) reads a float only with a "." and a signed exponent: "1e-3", "5.0e2" were text
+    return re.compile(r"^[-+]?(?:[0-9][0-9_]*\.?[0-9_]*|\.[0-9_]+)[eE][-+]?[0-9]+$")
+
+
+@functools.lru_cache(maxsize=1)
+def _calibration_loader():
+    """PyYAML's SafeLoader (what ``yaml.safe_load`` uses: plain data only, no Python objects; its libyaml twin
+    CSafeLoader where there is one) and two additions, on a subclass (SafeLoader itself stays as it was for every
+    other user in the process): OpenCV's ``!!opencv-matrix`` tag (``tag:yaml.org,2002:opencv-matrix``), read as the
+    mapping it is (rows, cols, dt, data), which SafeLoader refuses as an unknown tag, and YAML 1.2's floats without
+    a "." or an exponent sign."""
+    import yaml
+
+    # libyaml's parser where PyYAML was built with it (the wheels are): the pure-Python one took 8 s on a 750 KB
+    # file, a size the bound lets through
+    class CalibrationLoader(getattr(yaml, "CSafeLoader", yaml.SafeLoader)):
+        pass
+
+    def opencv_matrix(loader, node):
+        if not isinstance(node, yaml.MappingNode):
+            raise yaml.constructor.ConstructorError(None, None, "an !!opencv-matrix must be a mapping",
+                                                    node.start_mark)
+        return loader.construct_mapping(node, deep=True)
+
+    CalibrationLoader.add_constructor("tag:yaml.org,2002:opencv-matrix", opencv_matrix)
+    CalibrationLoader.add_implicit_resolver("tag:yaml.org,2002:float", _yaml_float_pattern(), list("-+0123456789."))
+    return CalibrationLoader
+
+
+def _read_yaml(p: Path):
+    """The value of a small YAML calibration file, every way it can fail an :class:`InputError` naming the file, as
+    JSON's are (:func:`hmrcritic.io.read_small_json`): bounded in size before it is read, safe-loaded, and only a
+    mapping or a matrix (a list) kept — any text is a YAML scalar, so a wrong file read as one string."""
+    if not p.is_file():
+        raise not_a_file_error(p, "intrinsics")
+    size = p.stat().st_size
+    if size > MAX_INTRINSICS_FILE_BYTES:
+        raise InputError(f"{p}: {size} bytes is not an intrinsics file (at most "
+                         f"{MAX_INTRINSICS_FILE_BYTES // 1_000_000} MB)")
+    try:
+        import yaml
+    except ImportError:
+        raise InputError(f"{p}: reading a YAML calibration needs PyYAML (pip install pyyaml), or give it as JSON"
+                         ) from None
+    raw = p.read_bytes()
+    if raw.lstrip(b"\xef\xbb\xbf").startswith(b"%YAML:"):
+        # OpenCV's "%YAML:1.0" directive is no YAML (PyYAML wants "%YAML 1.0"): the line is dropped, its newline kept
+        # so an error's line number is still the file's
+        raw = raw[raw.find(b"\n"):] if b"\n" in raw else b""
+    try:
+        # a SafeLoader subclass: plain data only. Every document, the empty ones dropped: ``ros2 topic echo --once
+        # /camera_info > cam.yaml`` (and ROS 1's rostopic echo) ends the message with "---", an empty second one
+        docs = [d for d in yaml.load_all(raw, Loader=_calibration_loader()) if d is not None]
+    except yaml.YAMLError as exc:
+        mark = getattr(exc, "problem_mark", None)
+        problem = getattr(exc, "problem", None) or str(exc).splitlines()[0]
+        raise InputError(f"{p}: not valid YAML ({problem}"
+                         + (f" at line {mark.line + 1})" if mark is not None else ")")) from None
+    except RecursionError:
+        raise InputError(f"{p}: YAML nested too deeply to be intrinsics") from None
+    except ValueError:  # an integer of thousands of digits (Python's int-parsing limit)
+        raise InputError(f"{p}: holds a number thousands of digits long, not intrinsics data") from None
+    if len(docs) > 1:
+        raise InputError(f"{p}: holds {len(docs)} YAML documents (\"---\" between them): give one calibration")
+    data = docs[0] if docs else None
+    if not isinstance(data, dict | list):
+        raise InputError(f"{p}: holds no calibration: a YAML mapping of fields (or a matrix) is needed, this file is "
+                         + ("empty" if data is None else "plain text" if isinstance(data, str)
+                            else f"a single {type(data).__name__}") + f" ({FORMATS})")
+    return data
+
+
 def read_intrinsics_json(path, image_size: tuple[int, int], exif_orientation: int | None = None) -> np.ndarray:
-    """K (3,3) float32 from a calibration JSON file (formats: the module docstring), for an image of ``image_size``
-    (W, H) as used (upright). Errors are :class:`InputError` naming the file.
+    """K (3,3) float32 from a calibration file (formats: the module docstring; YAML for a ``.yaml``/``.yml`` name,
+    else JSON), for an image of ``image_size`` (W, H) as used (upright). Errors are :class:`InputError` naming the
+    file.
 
     A file that states the raw frame's size of an image whose ``exif_orientation`` (5-8) turns it upright is
     turned with it (:func:`upright_intrinsics`): calibration tools see the sensor's frame, while the image (and its
@@ -294,7 +388,8 @@ def read_intrinsics_json(path, image_size: tuple[int, int], exif_orientation: in
     if not isinstance(path, str | os.PathLike):
         raise InputError(f"intrinsics must be a file path (str or Path), got {type(path).__name__}")
     p = Path(path)
-    data = read_small_json(p, "intrinsics", MAX_INTRINSICS_FILE_BYTES)
+    data = (_read_yaml(p) if p.suffix.lower() in YAML_SUFFIXES
+            else read_small_json(p, "intrinsics", MAX_INTRINSICS_FILE_BYTES))
     where = str(p)
     if isinstance(data, dict):
         K = _matrix_from_object(data, where)

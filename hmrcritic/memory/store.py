@@ -734,8 +734,12 @@ def _http_client(url: str):
                                    f"({' '.join(str(exc).split())[:200]}); {fix}")) from exc
         # flagged as _ServerProxy's: an export's worker that opens the memory after the server went (a new process
         # pool, a replaced Ray actor) failed every group at its setup, one by one, and the export ended 0
-        raise _server_unusable(f"cannot reach the Chroma server at {redact_url(url)}: {exc}", redact_url(url),
-                               "cannot be reached") from exc
+        # an address set once in a profile (HMRCRITIC_CHROMA_URL) is easily forgotten: say where it came from and
+        # that the memory on disk is one unset away
+        origin = ("" if url != config.env_chroma_url() else
+                  " (from HMRCRITIC_CHROMA_URL; unset it to use the memory folder on disk)")
+        raise _server_unusable(f"cannot reach the Chroma server at {redact_url(url)}{origin}: {exc}",
+                               redact_url(url), "cannot be reached") from exc
     return _ServerProxy(client, redact_url(url))
 
 
