@@ -189,13 +189,15 @@ def _argument_names_upper() -> None:
 
     def upper(raw):
         def display_name_raw(self) -> str:
-            if self.metavar is not None or not self.name:
+            if not _IN_MAIN or self.metavar is not None or not self.name:
                 return raw.fget(self)
             return self.name.upper()
         return property(display_name_raw)
 
-    def usage(_original):
+    def usage(original):
         def _usage_display_name(self) -> str:
+            if not _IN_MAIN:  # another typer program in this process: as its typer draws it
+                return original(self)
             name = self.display_name_raw if self.required else f"[{self.display_name_raw}]"
             return name + ("..." if self.nargs != 1 else "")
         return _usage_display_name
@@ -548,7 +550,9 @@ def main(argv: list[str] | None = None) -> int:
     _STDOUT_AT_START[:] = [_fd_identity(1)]
     _tolerant_streams()
     debug = "--debug" in argv or env_debug()
-    if len(argv) <= 1 or {"--help", "-h"} & set(argv):  # help may be drawn: only then (rich's import costs 60-100 ms)
+    # help may be drawn: only then (rich's import costs 60-100 ms); a group named without its command draws its help
+    # (no_args_is_help) with --debug too: `hmrcritic memory --debug` was drawn without these
+    if len([a for a in argv if a != "--debug"]) <= 1 or {"--help", "-h"} & set(argv):
         _fold_help_cells()
         _untyped_flags()
         _command_lines_joined()
@@ -557,11 +561,19 @@ def main(argv: list[str] | None = None) -> int:
         _plain_command_lines_whole()
         _plain_help_hyphens_kept()
     _argument_names_upper()  # usage errors print the usage line too
+    _IN_MAIN.append(True)
     try:
         with _warnings_as_lines(debug), _log_lines_scrubbed(), _terminate_as_interrupt():
             return _flush_stdout(_main(argv, debug))
     except KeyboardInterrupt:  # a signal between the command's own handling and the handler's removal
         return 143 if _TERMINATED else 130
+    finally:
+        _IN_MAIN.pop()
+
+
+# one entry per main() running: the wraps of typer's classes draw hmrcritic's way only then, and leave another
+# typer program in the same process (a notebook, a test suite) as its typer draws it
+_IN_MAIN: list[bool] = []
 
 
 # The signal that stopped this run (SIGTERM), set by _terminate_as_interrupt's handler: the exit code and line say

@@ -140,12 +140,21 @@ SECRET_HEADERS = frozenset({
 # ... of which these carry ``<scheme> <credential>``: only the credential is masked (``Authorization: Bearer ***``,
 # GitHub's ``Authorization: token ***``), and what follows it stays ("… failed")
 _AUTH_HEADERS = frozenset({"authorization", "proxy-authorization"})
-_HEADER_LINE = re.compile(
+_HEADER_HEAD = re.compile(
     r":(?<=[nNeEyY]:)(?i:(?<=authorization:)|(?<=cookie:)|(?<=-key:)|(?<=-token:))"
-    r"(?P<ws>[ \t]*)(?P<value>[^\s'\",\\](?:[^\r\n'\",\\]*[^\s'\",\\])?)"
+    r"(?P<ws>[ \t]*)(?P<q>\\?[\"']?)"
 )
-_HEADER_NAME = re.compile(r"(?:^|(?<=[\s'\"{,]))(?P<name>[A-Za-z][A-Za-z0-9\-]{0,39})$")
-_AUTH_VALUE = re.compile(r"(?P<scheme>[A-Za-z]+[ \t]+)?(?P<cred>\S+)")
+# read only after a secret name (:func:`_mask_headers`), so a line of many "-key:" is scanned once. A value runs
+# to the end of the line, a quote or a backslash; past a comma that starts another ``name=`` (requests joins
+# repeated Set-Cookie headers with ", ") and past a cookie's quoted value (``sid="…"``, RFC 6265)
+_HEADER_VALUE = re.compile(r"""(?:=\"[^\"\r\n\\]*\"|,(?=[ \t]*[A-Za-z0-9_.~!#$%&*+^`|-]+=)|[^\r\n'\",\\])+""")
+_HEADER_NAME = re.compile(r"(?:^|(?<=[\s'\"{,(\[;])|(?<=\\[rnt]))(?P<name>[A-Za-z][A-Za-z0-9\-]{0,39})$")
+# ``('x-api-key', '…')``, ``(b'cookie', b'…')``: httpx's Headers repr of repeated names, http.client's
+# getheaders(), raw header lists
+_HEADER_TUPLE = re.compile(
+    r"""\((?P<lead>\s*b?(?P<q>['"])(?P<name>[A-Za-z][A-Za-z0-9\-]{0,39})(?P=q)\s*,\s*b?(?P<vq>['"]))"""
+    r"""(?P<value>(?:[^\\\n"']++|\\.|(?!(?P=vq))["'])*)(?P=vq)""")
+_AUTH_VALUE = re.compile(r"(?P<scheme>[A-Za-z]+[ \t]+)?(?P<cred>[^\s'\",\\]+)")
 # a token as the Bearer rule (:data:`_AUTH_TOKEN`) reads one: 8+ of its characters, one a digit; tried only where a
 # run of them starts (tried at every position, a value of 60,000 letters took each one's run to its end: seconds)
 _TOKEN_SHAPE = re.compile(r"(?<![A-Za-z0-9._~+/=\-])(?=[A-Za-z0-9._~+/=\-]*\d)[A-Za-z0-9._~+/=\-]{8,}")
@@ -377,7 +386,7 @@ def _mask_field(m: re.Match) -> str:
     if not m.group("value"):
         return m.group(0)
     name = _FIELD_NAME.search(m.string, max(0, m.start() - 72), m.start())
-    if name is None or not _secret_field_name(name.group("name")):
+    if name is None or not (_secret_field_name(name.group("name")) or name.group("name").lower() in SECRET_HEADERS):
         return m.group(0)
     return ":" + m.group("ws") + m.group("bs") + m.group("vq") + MASK + m.group("bs") + m.group("vq")
 
@@ -396,20 +405,44 @@ def _basic_credentials(scheme: str | None, cred: str) -> bool:
         return False
 
 
-def _mask_header(m: re.Match) -> str:
-    """One raw header line's value masked (:data:`_HEADER_LINE`), if its whole name is a secret header's."""
-    start = m.start()
-    name = _HEADER_NAME.search(m.string[max(0, start - 41):start])
-    if name is None or (start > 41 and name.start() == 0) or name.group("name").lower() not in SECRET_HEADERS:
-        return m.group(0)  # "Max-Api-Key:", "xapi-key:": no header of the list (a window's start is no boundary)
-    value = m.group("value")
-    if name.group("name").lower() in _AUTH_HEADERS:
-        auth = _AUTH_VALUE.match(value)
-        cred = auth.group("cred")
-        if not (_TOKEN_SHAPE.search(cred) or _basic_credentials(auth.group("scheme"), cred)):
-            return m.group(0)
-        return ":" + m.group("ws") + (auth.group("scheme") or "") + MASK + value[auth.end():]
-    return m.group(0) if _TOKEN_SHAPE.search(value) is None else ":" + m.group("ws") + MASK
+def _mask_headers(text: str) -> str:
+    """``text`` with the values of its raw secret header lines masked (:data:`_HEADER_HEAD`). A name that is no
+    secret header's is passed over at its ":" (its value may hold the next header: ``Idempotency-Key: 1
+    X-API-Key: …``); an authorization header's credential alone is read and masked, and what follows is read on."""
+    out: list[str] = []
+    done = at = 0
+    while (m := _HEADER_HEAD.search(text, at)) is not None:
+        at = m.end()
+        start = m.start()
+        name = _HEADER_NAME.search(text[max(0, start - 41):start])
+        if name is None or (start > 41 and name.start() == 0) or name.group("name").lower() not in SECRET_HEADERS:
+            continue
+        if name.group("name").lower() in _AUTH_HEADERS:
+            auth = _AUTH_VALUE.match(text, m.end())
+            if auth is None:
+                continue
+            cred = auth.group("cred")
+            at = auth.end()
+            if _TOKEN_SHAPE.search(cred) or _basic_credentials(auth.group("scheme"), cred):
+                out += (text[done:auth.start("cred")], MASK)
+                done = at
+            continue
+        value = _HEADER_VALUE.match(text, m.end())
+        if value is None:
+            continue
+        at = value.end()
+        if _TOKEN_SHAPE.search(value.group()) is not None:
+            kept = len(value.group()) - len(value.group().rstrip())  # trailing blanks stay
+            out += (text[done:value.start()], MASK)
+            done = value.end() - kept
+    return "".join(out) + text[done:] if out else text
+
+
+def _mask_tuple(m: re.Match) -> str:
+    name = m.group("name")
+    if not m.group("value") or not (name.lower() in SECRET_HEADERS or _secret_field_name(name)):
+        return m.group(0)
+    return "(" + m.group("lead") + MASK + m.group("vq")
 
 
 def scrub(text: Any) -> str:
@@ -423,7 +456,8 @@ def scrub(text: Any) -> str:
     out = _SECRET_FIELD.sub(_mask_field, out)
     out = _mask_params(out)
     out = _SECRET_ASSIGN.sub(_mask_assign, out)
-    out = _HEADER_LINE.sub(_mask_header, out)
+    out = _mask_headers(out)
+    out = _HEADER_TUPLE.sub(_mask_tuple, out)
     return _AUTH_TOKEN.sub(lambda m: m.group("kind") + m.group("sep") + MASK, out)
 
 

@@ -54,3 +54,57 @@ def test_an_unreachable_server_from_the_environment_says_where_its_address_came_
     with pytest.raises(AssetError, match="cannot reach") as given:
         MemoryStore(tmp_path / "m", chroma_url=url)
     assert "HMRCRITIC_CHROMA_URL" not in str(given.value)
+
+
+def test_a_dry_prune_says_what_it_would_free(tmp_path, capsys):
+    """``runs prune --dry-run --json`` reported ``bytes_after == bytes_before`` — a script read it as "a prune frees
+    nothing". Its ``bytes_after`` is now the estimate: the runs folder less the files it would remove, which a
+    real prune of the same entries then frees (the checkpoint database's compaction aside: none here)."""
+    import os
+    import time
+
+    from hmrcritic.agent.runs import prune_runs, runs_usage
+
+    root = tmp_path / "runs"
+    old = time.time() - 30 * 86400
+    for part, name, size in (("traces", "old.jsonl", 5000), ("traces", "new.jsonl", 700),
+                             ("frozen-memory", "snap/chroma.sqlite3", 20000), ("evaluate", "key/result.json", 300)):
+        p = root / part / name
+        p.parent.mkdir(parents=True, exist_ok=True)
+        p.write_bytes(b"x" * size)
+        if name != "new.jsonl":
+            os.utime(p, (old, old))
+            os.utime(p.parent, (old, old))
+    before = runs_usage(root)["total_bytes"]
+    dry = prune_runs(7, root=root, dry_run=True)
+    assert dry["bytes_before"] == before and dry["bytes_after"] == before - 25300
+    assert runs_usage(root)["total_bytes"] == before  # nothing removed
+    real = prune_runs(7, root=root)
+    # what a real prune leaves besides: the pointer at the newest trace left (``traces/LAST``) and its lock file
+    assert real["removed"] == dry["removed"] and 0 <= real["bytes_after"] - dry["bytes_after"] < 100
+
+
+def test_train_base_refuses_an_export_folder_as_its_out(tmp_path):
+    """``train-base --out DATASET_DIR`` wrote model.pt, state.pt and log.jsonl in among an export's files (found by
+    the session's alignment walk); it is refused before anything is written."""
+    from hmrcritic.errors import InputError
+    from hmrcritic.hmr.train import TrainConfig, train_base
+
+    ds = tmp_path / "ds"
+    ds.mkdir()
+    (ds / "dataset.json").write_text("{}")
+    with pytest.raises(InputError, match="is a group preference dataset"):
+        train_base(TrainConfig(steps=1), ds)
+    assert sorted(p.name for p in ds.iterdir()) == ["dataset.json"]
+
+
+def test_metrics_read_a_reversed_numpy_view():
+    """``group_spearman(np.arange(5.)[::-1], …)`` raised "At least one stride … negative" (torch refuses numpy
+    views with negative strides); found by the session's mutation audit of mining."""
+    import numpy as np
+
+    from hmrcritic.hmr.metrics import spearman
+
+    x = np.arange(5.0)
+    assert float(spearman(x[::-1], x)) == pytest.approx(-1.0)
+    assert float(spearman(x[::-1].copy(), x)) == pytest.approx(-1.0)

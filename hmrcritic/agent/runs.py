@@ -362,6 +362,7 @@ def prune_runs(older_than_days: float = 7.0, root: str | Path | None = None, dry
             return True
 
     removed = {"groups": 0, "checkpoints": 0, "traces": 0, "frozen-memory": 0, "evaluate": 0}
+    would_free = 0  # a dry run: the bytes of the files it would remove (the database's compaction not foreseen)
     db = root / "checkpoints.sqlite"
     groups = root / "groups"
     by_folder: dict[str, list[str]] = {}
@@ -389,6 +390,7 @@ def prune_runs(older_than_days: float = 7.0, root: str | Path | None = None, dry
             removed["groups"] += len(free)
             removed["checkpoints"] += len(threads)
             if dry_run:
+                would_free += sum(_tree_bytes(p) for p in free)
                 continue
             if threads:
                 _delete_threads(db, threads)
@@ -412,7 +414,9 @@ def prune_runs(older_than_days: float = 7.0, root: str | Path | None = None, dry
                 if not free:
                     continue
                 removed[part] += 1
-                if not dry_run:
+                if dry_run:
+                    would_free += _tree_bytes(p)
+                else:
                     shutil.rmtree(p, ignore_errors=True) if p.is_dir() else p.unlink(missing_ok=True)
     if not dry_run:
         repoint_last(root / "traces")
@@ -428,7 +432,8 @@ def prune_runs(older_than_days: float = 7.0, root: str | Path | None = None, dry
             raise AssetError(f"{checkpoint_error(db, exc)}; the old runs were removed, but the file was not "
                              "compacted: `hmrcritic runs prune` compacts it once it can (VACUUM needs room for "
                              "a copy of it)") from None
-    after = before if dry_run else runs_usage(root)["total_bytes"]
+    # a dry run's "after" is its estimate: read as the real figure, ``before`` (as it was) said a prune frees nothing
+    after = before - would_free if dry_run else runs_usage(root)["total_bytes"]
     return {"root": str(root), "older_than_days": older_than_days, "dry_run": dry_run, "removed": removed,
             "bytes_before": before, "bytes_after": after}
 

@@ -65,10 +65,12 @@ def point_last_at_finished(run_id: str) -> None:
     ``trace --last`` shows the run the critique printed, not whatever ran before it. Only a run whose trace is still
     on disk; the pointer is a convenience, so a failure to write it is logged, never raised."""
     d = traces_dir()
-    if not (d / f"{run_id}.jsonl").is_file():
+    if not d.is_dir():
         return
     try:
-        _point_last_at(run_id)
+        with _pointer_lock(d):  # checked under the lock: a prune that removed it meanwhile has repointed LAST
+            if (d / f"{run_id}.jsonl").is_file():
+                atomic_write_text(d / "LAST", run_id + "\n")
     except OSError as failed:
         log.warning("traces/LAST could not be pointed at run %s (%s)", run_id, scrub(failed))
 

@@ -472,8 +472,12 @@ def read_header(root: str | Path) -> DatasetHeader:
     except UnicodeDecodeError as exc:  # e.g. re-saved as UTF-16 by an editor: a bare decode error named no file
         raise AssetError(f"{path}: malformed header: not UTF-8 text ({exc.reason} at byte {exc.start})") from None
     if header.format_version != FORMAT_VERSION:
+        # "unsupported (this reads 1)" left a user to guess which side is out of date and what to do about it
+        newer = header.format_version > FORMAT_VERSION
         raise AssetError(
-            f"{path}: format_version {header.format_version} unsupported (this reads {FORMAT_VERSION})"
+            f"{path}: format_version {header.format_version} unsupported (this hmrcritic reads {FORMAT_VERSION}): "
+            + ("the dataset was written by a newer hmrcritic; read it with that version (or upgrade)" if newer else
+               "the dataset was written by an older hmrcritic; export it again into a new folder")
         )
     return header
 

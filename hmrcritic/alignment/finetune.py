@@ -47,12 +47,13 @@ from hmrcritic.alignment.objectives import (
 )
 from hmrcritic.alignment.stats import GroupStatTracker, zero_variance_mask
 from hmrcritic.errors import AssetError, HMRCriticError, InputError, check_number
-from hmrcritic.hmr.diffusion import DEFAULT_CHECKPOINT, damaged_member
+from hmrcritic.hmr.diffusion import CHECKPOINT_FORMAT, DEFAULT_CHECKPOINT, damaged_member
 from hmrcritic.hmr.train import ema_update
 from hmrcritic.io import (
     append_jsonl,
     atomic_torch_save,
     atomic_write_jsonl,
+    check_output_target,
     exclusive_lock,
     read_jsonl,
     remove_write_leftovers,
@@ -431,6 +432,47 @@ def finetune(config: FinetuneConfig, progress: bool | Callable[[dict], None] = F
         torch.set_num_threads(prev)  # the caller's setting (a notebook, reproduce's evaluation) back
 
 
+def _refuse_foreign_out(out: Path, data: str) -> None:
+    """Refuse an ``out`` that already holds a file no finetune wrote: the aligned weights would replace it.
+
+    Only a finetune's own checkpoint (a re-run, a resume, ``--no-resume``) or an empty file (``mktemp``) may be
+    written over — an empty file only outside the ``data`` folder (an all-tied export's ``pairs.jsonl`` is
+    empty, and is the dataset's all the same). ``--out runs/prefs/dataset.json`` (or ``manifest.jsonl``)
+    replaced the dataset's header with a torch file, so the dataset being trained on could no longer be read;
+    ``--out runs/base/model.pt`` silently replaced a train-base model that was not ``--model``; ``--out notes.txt``
+    a user's file. Checked before the dataset is read, so nothing is written and no step is spent. The file is
+    opened memory-mapped (a large checkpoint is not read into memory).
+
+    A device, pipe or socket (``--out /dev/null``, a FIFO) is refused here too: the final atomic write refused it
+    only after every step had run, with the state and log already written beside it."""
+    check_output_target(out, "finetune --out")
+    try:
+        if not out.is_file():
+            return
+        in_data = Path(data).resolve() in out.resolve().parents
+        if out.stat().st_size == 0 and not in_data:
+            return
+    except OSError:  # unreadable metadata: the write below reports it
+        return
+    try:
+        payload = torch.load(out, map_location="cpu", weights_only=True, mmap=True)
+    except Exception:  # noqa: BLE001 (not a torch file, or one the weights-only loader refuses)
+        payload = None
+    if isinstance(payload, dict) and payload.get("format") == CHECKPOINT_FORMAT:
+        if isinstance(payload.get("extra"), dict) and "finetune" in payload["extra"]:
+            return  # an earlier finetune's result: re-running to the same --out rewrites it, as documented
+        what = ("a model checkpoint that no finetune wrote (train-base's model.pt, or a model saved by "
+                "hmr.diffusion.save_model)")
+    elif isinstance(payload, dict) and {"step", "ema", "opt"} <= set(payload):
+        what = "a training state (train-base's state.pt or a finetune's OUT.state.pt)"
+    elif in_data:
+        what = f"a file of the dataset being trained on ({data})"
+    else:
+        what = "not a model checkpoint"
+    raise InputError(f"--out {out} already exists and is {what}: finetune would replace it with the aligned weights; "
+                     "give a new file path (or delete that file first)")
+
+
 def _busy(by: str) -> AssetError:
     return AssetError(f"finetune: this --out is in use by {by}; wait for it or give another --out")
 
@@ -453,6 +495,7 @@ def _finetune(cfg: FinetuneConfig, progress: bool | Callable[[dict], None], held
     if out.resolve() == base.resolve():
         raise InputError(f"--out {out} is the checkpoint being aligned (--model, or the shipped base without it): "
                          "the aligned model would replace its base; write it to another file")
+    _refuse_foreign_out(out, cfg.data)
     if progress is True:
         _note_unused(cfg)
     ds = GroupPreferenceDataset(cfg.data)

@@ -269,7 +269,8 @@ def register(app: typer.Typer) -> None:
         ctx: typer.Context,
         data: Path = typer.Option(..., help="Dataset folder written by `hmrcritic export`."),
         out: Path = typer.Option(
-            ..., help="Output checkpoint (.pt); OUT.state.pt / OUT.log.jsonl beside it."
+            ..., help="Output checkpoint (.pt); OUT.state.pt / OUT.log.jsonl beside it. A file already there must "
+                      "be an earlier finetune's checkpoint (it is rewritten); any other file is refused."
         ),
         model: Path = typer.Option(None, help="Base checkpoint (default: the shipped base model)."),
         objective: str = typer.Option(

@@ -173,7 +173,10 @@ def _folder_fix(bad: list[str]) -> str:
     """The way out for the folders ``bad`` ("memory", "runs", …) that cannot be written: the variable that chose
     each. "set HMRCRITIC_HOME to a writable folder" alone was wrong where ``HMRCRITIC_MEMORY`` (or ``_CACHE``,
     ``_DATA``, ``_RUNS``) named the folder: a new home changes nothing there, and the FAIL line stayed."""
-    own = [f"HMRCRITIC_{k.upper()}" for k in bad if os.environ.get(f"HMRCRITIC_{k.upper()}")]
+    from hmrcritic.config import _env_path_value
+
+    # as config reads them: a blank one (" ", a Windows env file's "\r") is unset, and chose nothing
+    own = [f"HMRCRITIC_{k.upper()}" for k in bad if _env_path_value(f"HMRCRITIC_{k.upper()}")]
     if len(own) == len(bad):
         return "set " + " / ".join(own) + " to a writable folder (or unset it)"
     return ("set HMRCRITIC_HOME to a writable folder" + (f", and {' / '.join(own)} (or unset it)" if own else ""))

@@ -234,13 +234,14 @@ def _note_cut_query(query: str) -> None:
     """A note on stderr when the text model read only the start of ``query``: it keeps 256 word pieces and drops
     the rest without a word, so a long query (a pasted paragraph) was answered for its first sentences as if for
     the whole of it (a 10,000-character one: other rules, other similarities than its words asked for)."""
-    from hmrcritic.memory.embeddings import _text_model
+    from hmrcritic.memory.embeddings import LONE_SURROGATE, _text_model
 
     model = _text_model()
     tokenizer = getattr(model, "tokenizer", None)
     if tokenizer is None:  # another encoder: nothing to say
         return
-    enc = tokenizer.encode(query)
+    # as embed_text reads it: the tokenizer refuses a lone surrogate (a non-UTF-8 byte of argv) with a TypeError
+    enc = tokenizer.encode(LONE_SURROGATE.sub("\ufffd", query))
     if enc.overflowing:
         read = max((end for _, end in enc.offsets), default=0)  # where the last word piece read ends
         typer.echo(f"note: the query is longer than the text model reads ({model.max_length} word pieces): only "

@@ -97,7 +97,10 @@ def prune(
     verb = "would remove" if dry_run else "removed"
     what = ", ".join(_part(k, v) for k, v in out["removed"].items())
     typer.echo(f"{verb}: {what} (the critic's memory is never touched)")
-    if not dry_run:
+    if dry_run:
+        typer.echo(f"runs folder {_mb(out['bytes_before'])} -> about {_mb(out['bytes_after'])} (the files it would "
+                   "remove; a prune also compacts the checkpoint database)")
+    else:
         typer.echo(f"runs folder {_mb(out['bytes_before'])} -> {_mb(out['bytes_after'])}")
 
 

@@ -329,6 +329,10 @@ def _calibration_loader():
         return loader.construct_mapping(node, deep=True)
 
     CalibrationLoader.add_constructor("tag:yaml.org,2002:opencv-matrix", opencv_matrix)
+    # the other nodes cv2.FileStorage writes (!!opencv-nd-matrix, !!opencv-sparse-matrix) beside a camera matrix:
+    # read as the mappings they are, so the file is not refused over a node that is never used
+    CalibrationLoader.add_multi_constructor("tag:yaml.org,2002:opencv-",
+                                            lambda loader, _suffix, node: opencv_matrix(loader, node))
     CalibrationLoader.add_implicit_resolver("tag:yaml.org,2002:float", _yaml_float_pattern(), list("-+0123456789."))
     return CalibrationLoader
 
@@ -356,6 +360,11 @@ def _read_yaml(p: Path):
     try:
         # a SafeLoader subclass: plain data only. Every document, the empty ones dropped: ``ros2 topic echo --once
         # /camera_info > cam.yaml`` (and ROS 1's rostopic echo) ends the message with "---", an empty second one
+        # an alias (``*name``) shares its anchor's node, and whatever walks the value (a message's repr, a check)
+        # expands it: a 600-byte file of nested aliases made 10**9 numbers (minutes, gigabytes). No calibration
+        # writer (OpenCV, ROS, JSON) writes one: refused before anything is built
+        if any(isinstance(event, yaml.AliasEvent) for event in yaml.parse(raw, Loader=_calibration_loader())):
+            raise InputError(f"{p}: YAML aliases (*name) are not read in a calibration file: write the values out")
         docs = [d for d in yaml.load_all(raw, Loader=_calibration_loader()) if d is not None]
     except yaml.YAMLError as exc:
         mark = getattr(exc, "problem_mark", None)

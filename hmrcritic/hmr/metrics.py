@@ -48,7 +48,10 @@ def _as_tensor(x) -> Tensor:
     """Tensors pass through; float64 arrays stay float64 (ranks must not gain ties); others become float32."""
     if isinstance(x, Tensor):
         return x
-    t = torch.as_tensor(np.asarray(x))
+    a = np.asarray(x)
+    if any(step < 0 for step in a.strides):  # a reversed view (``x[::-1]``): torch refuses negative strides
+        a = a.copy()
+    t = torch.as_tensor(a)
     return t if t.dtype == torch.float64 else t.to(torch.float32)
 
 

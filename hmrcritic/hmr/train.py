@@ -431,6 +431,11 @@ def train_base(
     check_device(device)
     say = notify or (lambda _msg: None)
     out_dir = Path(out_dir)
+    if (out_dir / "dataset.json").is_file():  # an export's folder (its header; hmr reads no alignment module)
+        # model.pt, state.pt and log.jsonl were written in among the dataset's files, which `export validate` still
+        # passed: a folder of two jobs that a later export resume or prune reads as its own
+        raise InputError(f"train-base: --out {out_dir} is a group preference dataset (`hmrcritic export` wrote "
+                         "dataset.json there); give train-base its own run folder")
     out_dir.mkdir(parents=True, exist_ok=True)
     prev_threads = torch.get_num_threads()
     torch.set_num_threads(cfg.threads)
