@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import contextlib
 import errno
+import functools
 import importlib
 import logging
 import os
@@ -84,6 +85,11 @@ def _wrap_once(owner, name: str, wrap) -> bool:
     if original is None or getattr(getattr(original, "fget", original), "hmrcritic_wrapped", False):
         return False
     wrapper = wrap(original)
+    # outside main() (another typer program in this process) the original draws: see _IN_MAIN
+    if isinstance(original, property):
+        wrapper = property(lambda self, inner=wrapper.fget: (inner if _IN_MAIN else original.fget)(self))
+    elif not isinstance(original, type):
+        wrapper = functools.wraps(original)(lambda *a, inner=wrapper, **k: (inner if _IN_MAIN else original)(*a, **k))
     getattr(wrapper, "fget", wrapper).hmrcritic_wrapped = True
     setattr(owner, name, wrapper)
     return True
@@ -117,7 +123,8 @@ def _fold_help_cells() -> None:
         return
     for name, highlighter in highlighters.items():
         folding = type(f"Folding{type(highlighter).__name__}", (type(highlighter),),
-                       {"__call__": lambda self, *a, **k: fold(super(type(self), self).__call__(*a, **k))})
+                       {"__call__": lambda self, *a, **k: (fold if _IN_MAIN else (lambda r: r))(
+                           super(type(self), self).__call__(*a, **k))})
         setattr(rich_utils, name, folding())
 
 
@@ -324,7 +331,8 @@ def _plain_help_hyphens_kept() -> None:
     def no_hyphen_breaks(wrapper):
         class SpacesOnlyTextWrapper(wrapper):
             def __init__(self, *args, **kwargs):
-                kwargs.setdefault("break_on_hyphens", False)
+                if _IN_MAIN:
+                    kwargs.setdefault("break_on_hyphens", False)
                 super().__init__(*args, **kwargs)
         return SpacesOnlyTextWrapper
 

@@ -93,6 +93,7 @@ _ASSIGN_NAME = re.compile(r"[A-Za-z0-9_.\-%]{1,64}$")
 # took 100 µs.)
 _SECRET_FIELD = re.compile(
     r""":(?P<ws>\s*)(?P<bs>\\?)(?P<vq>["'])(?P<value>(?:[^\\\n"']++|\\.|["'])*?)(?P=bs)(?P=vq)""")
+_PAIR_NAME = re.compile(r"""["'](?:name|key)\\?["']\s*:\s*\\?["'](?P<name>[A-Za-z0-9_.\-]{1,64})\\?["']\s*,\s*\\?$""")
 _FIELD_NAME = re.compile(r"""(?P<q>["'])(?P<name>[A-Za-z0-9_.\-]{1,64})\\?(?P=q)\s*$""")
 # The words of a parameter or field name that make it secret (the name split at "_", "-", ".", case changes and
 # digits: ``X-Amz-Signature``, ``accessToken``, ``api_key2``); a whole word, so ``author``, ``keyboard``, ``monkey``
@@ -147,12 +148,13 @@ _HEADER_HEAD = re.compile(
 # read only after a secret name (:func:`_mask_headers`), so a line of many "-key:" is scanned once. A value runs
 # to the end of the line, a quote or a backslash; past a comma that starts another ``name=`` (requests joins
 # repeated Set-Cookie headers with ", ") and past a cookie's quoted value (``sid="…"``, RFC 6265)
-_HEADER_VALUE = re.compile(r"""(?:=\"[^\"\r\n\\]*\"|,(?=[ \t]*[A-Za-z0-9_.~!#$%&*+^`|-]+=)|[^\r\n'\",\\])+""")
+_HEADER_VALUE = re.compile(r"""(?:=\"[^\"\r\n\\]*\"|,(?=[ \t]*(?:[A-Za-z0-9_.~!#$%&*+^`|-]+="""
+                           r"""|\d{1,2}[ -][A-Za-z]{3}[ -]\d))|[^\r\n'\",\\])+""")
 _HEADER_NAME = re.compile(r"(?:^|(?<=[\s'\"{,(\[;])|(?<=\\[rnt]))(?P<name>[A-Za-z][A-Za-z0-9\-]{0,39})$")
 # ``('x-api-key', '…')``, ``(b'cookie', b'…')``: httpx's Headers repr of repeated names, http.client's
 # getheaders(), raw header lists
 _HEADER_TUPLE = re.compile(
-    r"""\((?P<lead>\s*b?(?P<q>['"])(?P<name>[A-Za-z][A-Za-z0-9\-]{0,39})(?P=q)\s*,\s*b?(?P<vq>['"]))"""
+    r"""\((?P<lead>\s*b?(?P<q>['"])(?P<name>[A-Za-z][A-Za-z0-9_.\-]{0,63})(?P=q)\s*,\s*b?(?P<vq>['"]))"""
     r"""(?P<value>(?:[^\\\n"']++|\\.|(?!(?P=vq))["'])*)(?P=vq)""")
 _AUTH_VALUE = re.compile(r"(?P<scheme>[A-Za-z]+[ \t]+)?(?P<cred>[^\s'\",\\]+)")
 # a token as the Bearer rule (:data:`_AUTH_TOKEN`) reads one: 8+ of its characters, one a digit; tried only where a
@@ -386,7 +388,13 @@ def _mask_field(m: re.Match) -> str:
     if not m.group("value"):
         return m.group(0)
     name = _FIELD_NAME.search(m.string, max(0, m.start() - 72), m.start())
-    if name is None or not (_secret_field_name(name.group("name")) or name.group("name").lower() in SECRET_HEADERS):
+    if name is None:
+        return m.group(0)
+    field = name.group("name")
+    if field.lower() == "value":  # {"name": "X-Api-Key", "value": "…"}: HAR, Postman ("key"), Kubernetes env lists
+        pair = _PAIR_NAME.search(m.string, max(0, name.start() - 80), name.start())
+        field = pair.group("name") if pair else field
+    if not (_secret_field_name(field) or field.lower() in SECRET_HEADERS):
         return m.group(0)
     return ":" + m.group("ws") + m.group("bs") + m.group("vq") + MASK + m.group("bs") + m.group("vq")
 
@@ -422,10 +430,9 @@ def _mask_headers(text: str) -> str:
             if auth is None:
                 continue
             cred = auth.group("cred")
-            at = auth.end()
             if _TOKEN_SHAPE.search(cred) or _basic_credentials(auth.group("scheme"), cred):
                 out += (text[done:auth.start("cred")], MASK)
-                done = at
+                done = at = auth.end()
             continue
         value = _HEADER_VALUE.match(text, m.end())
         if value is None:

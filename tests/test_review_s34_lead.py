@@ -108,3 +108,28 @@ def test_metrics_read_a_reversed_numpy_view():
     x = np.arange(5.0)
     assert float(spearman(x[::-1], x)) == pytest.approx(-1.0)
     assert float(spearman(x[::-1].copy(), x)) == pytest.approx(-1.0)
+
+
+def test_ctrl_c_before_the_first_checkpoint_says_nothing_was_saved(tmp_path):
+    """A Ctrl-C before train-base's first checkpoint said "before the first checkpoint", and the CLI went on "run the
+    same command again to resume" — nothing was saved, the re-run starts over (found by the session's model walk)."""
+    import sys
+    from pathlib import Path
+
+    from hmrcritic.hmr import train
+    from hmrcritic.hmr.diffusion import DiffusionConfig
+
+    sys.path.insert(0, str(Path(__file__).resolve().parent))
+    from test_diffusion import _tiny_data
+
+    def interrupted(_rec):
+        raise KeyboardInterrupt
+
+    cfg = train.TrainConfig(steps=12, batch_size=8, warmup=2, lr=3e-3, log_every=1, ckpt_every=5, threads=1,
+                            model=DiffusionConfig(d_model=32, layers=1, heads=2))
+    said: list[str] = []
+    with pytest.raises(KeyboardInterrupt):
+        train.train_base(cfg, tmp_path / "run", data=_tiny_data(32, 0), progress=interrupted, notify=said.append)
+    assert not (tmp_path / "run" / "state.pt").exists()
+    assert any("before the first checkpoint (every 5 steps): nothing was saved, so the same command starts over"
+               in line for line in said), said

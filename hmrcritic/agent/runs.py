@@ -54,6 +54,12 @@ def _tree_bytes(path: Path) -> int:
     return total
 
 
+def _entry_bytes(path: Path) -> int:
+    """What removing entry ``path`` frees, as :func:`runs_usage` counts it: nothing for a link (its target was never
+    counted, and is not removed)."""
+    return 0 if path.is_symlink() else _tree_bytes(path)
+
+
 def _entries(folder: Path, pattern: str = "*") -> list[Path]:
     return sorted(folder.glob(pattern)) if folder.is_dir() else []
 
@@ -390,7 +396,7 @@ def prune_runs(older_than_days: float = 7.0, root: str | Path | None = None, dry
             removed["groups"] += len(free)
             removed["checkpoints"] += len(threads)
             if dry_run:
-                would_free += sum(_tree_bytes(p) for p in free)
+                would_free += sum(_entry_bytes(p) for p in free)
                 continue
             if threads:
                 _delete_threads(db, threads)
@@ -415,7 +421,7 @@ def prune_runs(older_than_days: float = 7.0, root: str | Path | None = None, dry
                     continue
                 removed[part] += 1
                 if dry_run:
-                    would_free += _tree_bytes(p)
+                    would_free += _entry_bytes(p)
                 else:
                     shutil.rmtree(p, ignore_errors=True) if p.is_dir() else p.unlink(missing_ok=True)
     if not dry_run:

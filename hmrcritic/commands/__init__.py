@@ -144,7 +144,8 @@ def scene_from_spec(spec: str):
     scenes = load_split(split)
     i = int(idx)
     if not 0 <= i < len(scenes):
-        raise InputError(f"--scene index {i} out of range for split {split!r} ({len(scenes)} scenes)")
+        raise InputError(f"--scene index {i} out of range for split {split!r} ({len(scenes)} scenes: "
+                         f"0..{len(scenes) - 1})")
     return scenes[i]  # a damaged shard (short, missing an array) is refused by SceneSet, naming the split
 
 

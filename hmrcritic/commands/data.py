@@ -32,6 +32,8 @@ def register(app: typer.Typer) -> None:
         else:
             secs = f"{info['seconds']} s, {info['cpu_seconds']} s CPU"
             typer.echo(f"split {split}: {info['n']} scenes in {folder} ({secs})")
+            if info.get("images") is True:  # --render said nothing of where its images went (the slow part)
+                typer.echo(f"images in {folder / 'images'}, masks in {folder / 'masks'} (PNG, one per scene id)")
 
     @data_app.command("info")
     def info(

@@ -54,6 +54,39 @@ def _note(msg: str) -> None:
     print(f"hmrcritic: {msg}", file=sys.stderr, flush=True)
 
 
+def _check_run_folder(out: Path, resume: bool) -> None:
+    """Refuse a resuming ``train-base --out`` that holds a ``model.pt`` but no ``state.pt``: not this command's run
+    (a finetune or downloaded checkpoint put there), which the run overwrote at its end without a word.
+
+    A train-base run keeps its ``state.pt`` beside its ``model.pt``; ``--no-resume`` says to start over (it deletes
+    the folder's ``model.pt`` itself), so it is let through."""
+    if resume and (out / "model.pt").is_file() and not (out / "state.pt").exists():  # the folder train_base uses
+        raise InputError(f"train-base: --out {out} holds a model.pt but no state.pt, so it is not a train-base run "
+                         "to resume, and this run would overwrite that model.pt; give another --out, or "
+                         "--no-resume to start over here (it deletes that model.pt)")
+
+
+def _check_steps(steps: int, model) -> None:
+    """``--steps`` against the model's diffusion timesteps, naming the flag: the sampler's own check said "DDIM steps
+    must be in 1..1000", where the lower bound (checked before the model loads) names ``--steps``."""
+    if steps > model.num_timesteps:
+        raise InputError(f"--steps: DDIM steps must be in 1..{model.num_timesteps} (the model's diffusion "
+                         f"timesteps), got {steps}")
+
+
+def _keep_replaced_base_model(out: Path) -> None:
+    """Copy the package's current ``base_model.pt``/``.json`` into the run folder before ``--ship`` replaces them,
+    so the model every figure was measured on can be put back (``cp``) where no git checkout holds it."""
+    import shutil
+
+    from hmrcritic.hmr.diffusion import ASSETS_DIR
+
+    for name in ("base_model.pt", "base_model.json"):
+        if (ASSETS_DIR / name).is_file():
+            shutil.copy2(ASSETS_DIR / name, out / f"replaced_{name}")
+            print(f"kept the replaced {name}: {out / f'replaced_{name}'}", flush=True)
+
+
 def register(app: typer.Typer) -> None:
     @app.command("train-base")
     def train_base_cmd(
@@ -115,6 +148,20 @@ def register(app: typer.Typer) -> None:
         # --out is the run folder: a file there (a model.pt, taken for where the checkpoint goes) failed only at the
         # folder's making, as "File exists", after "training base model -> FILE" had been printed as if it had begun
         check_out_folder(out, "the run (state.pt, log.jsonl, model.pt)")
+        _check_run_folder(Path(out), resume)
+        if stop_at is not None and stop_at >= cfg.steps:
+            # the run trained all its steps and wrote model.pt, not the model_step<N>.pt the flag promises
+            _note(f"--stop-at {stop_at} is not before the run's last step ({cfg.steps}): it trains all {cfg.steps} "
+                  "steps and writes model.pt")
+            stop_at = None
+        if ship:
+            from hmrcritic.hmr.diffusion import ASSETS_DIR
+
+            # the install replaced the package's model without a word before the run (a 20-step trial with --ship
+            # became the default model of sample, evaluate, critique and export): said now, and the old one is kept
+            _note(f"--ship: after training and evaluating, this run's model replaces {ASSETS_DIR / 'base_model.pt'} "
+                  f"(and base_model.json), the default model of every command; the one there now is kept in {out} "
+                  "as replaced_base_model.pt/.json")
         print(
             f"training base model -> {out} ({cfg.steps} steps, batch {cfg.batch_size}, seed {seed})",
             flush=True,
@@ -155,6 +202,7 @@ def register(app: typer.Typer) -> None:
             cmd += f" --threads {threads}" if threads != 1 else ""
             cmd += (f" --stop-at {stop_at}" if stop_at else "") + f" --ship --eval-limit {eval_limit}"
             cmd += f" --guidance {guidance}" if guidance != 30.0 else ""  # str(float) round-trips; :g may not
+            _keep_replaced_base_model(Path(out))
             pt, js = ship_model(path, evals, command=cmd)
             print(f"shipped: {pt} ({pt.stat().st_size / 1e6:.1f} MB), {js}")
 
@@ -194,7 +242,7 @@ def register(app: typer.Typer) -> None:
           hmrcritic sample --image me.jpg --keypoints me.json -n 16 --out out/
           hmrcritic sample --scene test:0 -n 16 --out out/ --obj
         """
-        from hmrcritic.hmr.diffusion import check_sampling_args, ddim_timesteps, load_model, sample_to_dir
+        from hmrcritic.hmr.diffusion import check_sampling_args, load_model, sample_to_dir
 
         check_sampling_args(num_generations, steps, eta, guidance)
         device = check_device(device)  # None: HMRCRITIC_DEVICE, else cpu
@@ -206,7 +254,7 @@ def register(app: typer.Typer) -> None:
         item = load_input_sample(scene, image, keypoints, focal=focal, principal_point=principal_point,
                                  intrinsics=intrinsics, person=person, keypoint_layout=keypoint_layout)
         m = load_model(model, device=device)
-        ddim_timesteps(m.num_timesteps, steps)  # steps ≤ the model's T, before the output folder is made
+        _check_steps(steps, m)  # steps ≤ the model's T, before the output folder is made
         from hmrcritic.hmr.body import load_body_model
         from hmrcritic.hmr.evaluate import trained_body_model
 
@@ -275,11 +323,16 @@ def register(app: typer.Typer) -> None:
         if data is not None and split is not None:
             raise InputError("give --split or --data (your own labelled .npz), not both")
         split = split or "test"  # with --data: read by evaluate_model before the train split or any sampling
+        if data is None and split == "train":
+            # --help says "train is in-sample", the report did not: a user's first figures looked far better than test's
+            _note("split 'train' is the base model's own training data: these figures are in-sample, not comparable "
+                  "with test or wild")
         from hmrcritic.hmr.diffusion import check_sampling_args
 
         check_sampling_args(num_generations, steps, eta, guidance)
         device = check_device(device)  # None: HMRCRITIC_DEVICE, else cpu
         m = load_model(model, device=device)
+        _check_steps(steps, m)
         res = evaluate_model(
             m,
             split=split,

@@ -363,7 +363,9 @@ def _read_yaml(p: Path):
         # an alias (``*name``) shares its anchor's node, and whatever walks the value (a message's repr, a check)
         # expands it: a 600-byte file of nested aliases made 10**9 numbers (minutes, gigabytes). No calibration
         # writer (OpenCV, ROS, JSON) writes one: refused before anything is built
-        if any(isinstance(event, yaml.AliasEvent) for event in yaml.parse(raw, Loader=_calibration_loader())):
+        # (parsed for them only where one can be: an alias is written with "*", and the parse doubles the read)
+        if b"*" in raw and any(isinstance(event, yaml.AliasEvent)
+                               for event in yaml.parse(raw, Loader=_calibration_loader())):
             raise InputError(f"{p}: YAML aliases (*name) are not read in a calibration file: write the values out")
         docs = [d for d in yaml.load_all(raw, Loader=_calibration_loader()) if d is not None]
     except yaml.YAMLError as exc:

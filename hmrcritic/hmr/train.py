@@ -655,7 +655,8 @@ def _train(cfg, out_dir: Path, data, resume, progress, device, stop_at, say) -> 
         # ``saved_at`` caught up (the folder's fsync lies between) said "before the first checkpoint" beside it
         saved_at = _step_on_disk(state_path, saved_at)
         say(f"interrupted at step {done}/{cfg.steps}; the last checkpoint is step {saved_at} ({state_path})"
-            if saved_at else f"interrupted at step {done}/{cfg.steps}, before the first checkpoint")
+            if saved_at else f"interrupted at step {done}/{cfg.steps}, before the first checkpoint (every "
+                             f"{cfg.ckpt_every} steps): nothing was saved, so the same command starts over")
         raise
 
     extra = {
