@@ -93,7 +93,7 @@ _ASSIGN_NAME = re.compile(r"[A-Za-z0-9_.\-%]{1,64}$")
 # took 100 µs.)
 _SECRET_FIELD = re.compile(
     r""":(?P<ws>\s*)(?P<bs>\\?)(?P<vq>["'])(?P<value>(?:[^\\\n"']++|\\.|["'])*?)(?P=bs)(?P=vq)""")
-_PAIR_NAME = re.compile(r"""["'](?:name|key)\\?["']\s*:\s*\\?["'](?P<name>[A-Za-z0-9_.\-]{1,64})\\?["']\s*,\s*\\?$""")
+_PAIR_NAME = re.compile(r"""["'](?i:name|key)\\?["']\s*:\s*\\?["'](?P<name>[A-Za-z0-9_.\-]{1,64})\\?["']\s*,\s*\\?$""")
 _FIELD_NAME = re.compile(r"""(?P<q>["'])(?P<name>[A-Za-z0-9_.\-]{1,64})\\?(?P=q)\s*$""")
 # The words of a parameter or field name that make it secret (the name split at "_", "-", ".", case changes and
 # digits: ``X-Amz-Signature``, ``accessToken``, ``api_key2``); a whole word, so ``author``, ``keyboard``, ``monkey``

@@ -74,17 +74,30 @@ def _check_steps(steps: int, model) -> None:
                          f"timesteps), got {steps}")
 
 
-def _keep_replaced_base_model(out: Path) -> None:
+def _keep_replaced_base_model(out: Path, model: Path) -> None:
     """Copy the package's current ``base_model.pt``/``.json`` into the run folder before ``--ship`` replaces them,
-    so the model every figure was measured on can be put back (``cp``) where no git checkout holds it."""
+    so the model every figure was measured on can be put back (``cp``) where no git checkout holds it.
+
+    A backup already in the run folder is kept: it is the model this run first replaced. Copied again, a second
+    ``--ship`` of the run (or one run again after ship_model failed between the .pt and the .json) put this run's
+    own weights over it, and the original was kept nowhere. Nothing is copied either where the assets already
+    hold this run's model (nothing would be replaced)."""
+    import filecmp
     import shutil
 
     from hmrcritic.hmr.diffusion import ASSETS_DIR
 
+    shipped = ASSETS_DIR / "base_model.pt"
+    if shipped.is_file() and filecmp.cmp(shipped, model, shallow=False):
+        print(f"{shipped} is already this run's model: nothing to keep", flush=True)
+        return
     for name in ("base_model.pt", "base_model.json"):
-        if (ASSETS_DIR / name).is_file():
-            shutil.copy2(ASSETS_DIR / name, out / f"replaced_{name}")
-            print(f"kept the replaced {name}: {out / f'replaced_{name}'}", flush=True)
+        kept = out / f"replaced_{name}"
+        if kept.exists():
+            print(f"the {name} this run first replaced stays kept: {kept}", flush=True)
+        elif (ASSETS_DIR / name).is_file():
+            shutil.copy2(ASSETS_DIR / name, kept)
+            print(f"kept the replaced {name}: {kept}", flush=True)
 
 
 def register(app: typer.Typer) -> None:
@@ -202,7 +215,7 @@ def register(app: typer.Typer) -> None:
             cmd += f" --threads {threads}" if threads != 1 else ""
             cmd += (f" --stop-at {stop_at}" if stop_at else "") + f" --ship --eval-limit {eval_limit}"
             cmd += f" --guidance {guidance}" if guidance != 30.0 else ""  # str(float) round-trips; :g may not
-            _keep_replaced_base_model(Path(out))
+            _keep_replaced_base_model(Path(out), path)
             pt, js = ship_model(path, evals, command=cmd)
             print(f"shipped: {pt} ({pt.stat().st_size / 1e6:.1f} MB), {js}")
 
