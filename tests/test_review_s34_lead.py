@@ -133,3 +133,38 @@ def test_ctrl_c_before_the_first_checkpoint_says_nothing_was_saved(tmp_path):
     assert not (tmp_path / "run" / "state.pt").exists()
     assert any("before the first checkpoint (every 5 steps): nothing was saved, so the same command starts over"
                in line for line in said), said
+
+
+def test_a_second_person_warning_names_the_flag_on_both_commands(tmp_path):
+    """The several-people warning told a `critique` user to run `sample --person I` (found by the critique walk)."""
+    import json
+    import warnings
+
+    from hmrcritic.hmr.data import read_keypoints_json
+
+    person = [[100.0 + 10 * k, 200.0 + 5 * k, 0.9] for k in range(17)]
+    path = tmp_path / "two.json"
+    path.write_text(json.dumps([person, [[x + 300, y, c * 0.5] for x, y, c in person]]))
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        read_keypoints_json(path)
+    text = " ".join(str(w.message) for w in caught)
+    assert "`--person I` on sample or critique" in text and "`sample --person" not in text
+
+
+def test_another_judge_on_a_finished_group_names_both_ways_out(tmp_path):
+    """A group critiqued with one judge and asked again with another was refused in API words only ("use
+    fresh=True (--fresh)"); `--group-id`, which keeps the first result too, was not named."""
+    from test_agent_graph import FlakyJudge, cfg, make_group
+
+    from hmrcritic.agent.graph import open_checkpointer
+    from hmrcritic.errors import InputError
+    from hmrcritic.memory.store import MemoryStore
+
+    memory = MemoryStore(tmp_path / "mem")
+    saver = open_checkpointer(tmp_path / "ckpt.sqlite")
+    s, h, _ = make_group(5, sample_id="two-judges")
+    critique_group(s, h, memory=memory, config=cfg(), checkpointer=saver, run_dir=tmp_path / "g")
+    with pytest.raises(InputError, match=r"\(--fresh\) to critique it again with .* \(replacing it\), or another "
+                                         r"group_id= \(--group-id\) to keep both"):
+        critique_group(s, h, judge=FlakyJudge(), memory=memory, config=cfg(), checkpointer=saver, run_dir=tmp_path / "g")

@@ -740,7 +740,8 @@ def critique_group(
             # rather than mixing two judges in one critique.
             if values.get("done"):
                 raise InputError(f"group {gid} was critiqued with the {values['judge']} judge; use fresh=True "
-                                 f"(--fresh) to critique it again with {cfg.judge}")
+                                 f"(--fresh) to critique it again with {cfg.judge} (replacing it), or another "
+                                 "group_id= (--group-id) to keep both")
             saver.delete_thread(thread)
             values = {}
         if values and values.get("settings_digest") != settings:

@@ -239,6 +239,26 @@ def _items(value: Any) -> list:
     return [] if value is None or (isinstance(value, str) and not value) else [value]
 
 
+def memory_written_note(result: ScoredGroup) -> str:
+    """One line on what a learning critique (``--learn``) wrote to the memory, "" when it wrote nothing.
+
+    ``critique --learn`` printed the same table as a critique that learnt nothing, and the report did not say it
+    either: the only trace was ``scores.json``'s ``memory_written`` and a changed memory version. Rule outcomes are
+    counted only for inputs with true errors (a labelled scene), so a photo of one's own records none — said here,
+    or the 0 reads as a failure. A finished critique returned again says its writes were made back then."""
+    w = result.memory_written if isinstance(result.memory_written, Mapping) else {}
+    protos, rules = (int(finite_float(w.get(k), 0.0)) for k in ("prototypes", "rules_recorded"))
+    if not (protos or rules):
+        return ""
+    text = (f"learned: {protos} prototype(s) and {rules} rule outcome(s) written to the memory (now version "
+            f"{result.memory_version})")
+    if not rules:
+        text += "; rule outcomes are counted only for inputs with true errors (labelled scenes)"
+    if result.finished_earlier:
+        text += "; written when this group was first critiqued, not by this run"
+    return text
+
+
 def render_html(result: ScoredGroup, image_path: str | None = None) -> str:
     result = _scored_group(result)
     by_index = {s.index: s for s in result.scores}
@@ -265,6 +285,7 @@ def render_html(result: ScoredGroup, image_path: str | None = None) -> str:
         f"<code>{_e(result.run_id)}</code> · {len(result.scores)} hypotheses · "
         f"{max(0, len(result.reflections) - 1)} revision round(s)</p>",
         f"<p>{_e(result.notes)}</p>" if result.notes else "",
+        f"<p>{_e(learned)}</p>" if (learned := memory_written_note(result)) else "",
         "<h2>Renders</h2>",
         *renders,
         _img(image_path, "input image") if image_path else "",

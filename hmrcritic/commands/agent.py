@@ -95,7 +95,29 @@ def _agent_config(given: dict):
         from hmrcritic.agent.judges import make_judge
 
         make_judge(cfg.judge)  # raises its one-line error
+    if cfg.judge.strip().lower() == "vlm":
+        _check_vlm_endpoint()
     return cfg
+
+
+def _check_vlm_endpoint() -> None:
+    """Refuse ``--judge vlm`` with neither an endpoint nor a key before any work, naming ``--base-url``.
+
+    ``VLMJudge`` refuses it too, but only once the critique starts — after the image was read and the hypotheses
+    sampled (on a fresh home, after the training split was generated) — and in words that name only the variables:
+    a user of ``critique`` was not told of the ``--base-url`` flag beside it. Runs inside ``with_judge_endpoint``,
+    so a ``--base-url`` given is already ``HMRCRITIC_BASE_URL`` here. An unusable key is left to ``VLMJudge``,
+    which says what is wrong with it."""
+    from hmrcritic.config import JudgeSettings, api_key
+
+    try:
+        if api_key() or JudgeSettings().base_url is not None:
+            return
+    except InputError:
+        return
+    raise InputError("the VLM judge has no endpoint and no key: give --base-url URL for a local OpenAI-compatible "
+                     "server (vLLM, Ollama; e.g. http://127.0.0.1:8000/v1) or set HMRCRITIC_BASE_URL, or set "
+                     "HMRCRITIC_API_KEY (or OPENAI_API_KEY) for OpenAI")
 
 
 def note_new_memory(memory: Path | None, chroma_url: str | None = None) -> None:
@@ -402,3 +424,7 @@ def _print_table(result) -> None:
     rounds = max(0, len(result.reflections) - 1)
     if rounds:
         typer.echo(f"self-reflection: {rounds} revision round(s)")
+    from hmrcritic.agent.report import memory_written_note
+
+    if note := memory_written_note(result):  # --learn said nothing of what it wrote
+        typer.echo(printable(note))

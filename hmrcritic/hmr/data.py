@@ -1108,8 +1108,8 @@ def _pick_person(people: list, key: str, path: Path, person: int | None = None) 
     conf = [_person_confidence(d, key) if isinstance(d, dict) else -1.0 for d in people]
     i = int(np.argmax(conf))
     warnings.warn(f"{path}: {len(people)} people found; using the most confident (entry {i}, counting from 0); "
-                  "keep only the wanted person in the file to choose another, or give its index (`sample --person "
-                  "I`, person=I)", stacklevel=3)
+                  "keep only the wanted person in the file to choose another, or give its index (`--person I` on "
+                  "sample or critique, person=I)", stacklevel=3)
     return people[i]
 
 
