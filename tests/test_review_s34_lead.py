@@ -167,4 +167,5 @@ def test_another_judge_on_a_finished_group_names_both_ways_out(tmp_path):
     critique_group(s, h, memory=memory, config=cfg(), checkpointer=saver, run_dir=tmp_path / "g")
     with pytest.raises(InputError, match=r"\(--fresh\) to critique it again with .* \(replacing it\), or another "
                                          r"group_id= \(--group-id\) to keep both"):
-        critique_group(s, h, judge=FlakyJudge(), memory=memory, config=cfg(), checkpointer=saver, run_dir=tmp_path / "g")
+        critique_group(s, h, judge=FlakyJudge(), memory=memory, config=cfg(), checkpointer=saver,
+                       run_dir=tmp_path / "g")
