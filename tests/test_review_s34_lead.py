@@ -169,3 +169,15 @@ def test_another_judge_on_a_finished_group_names_both_ways_out(tmp_path):
                                          r"group_id= \(--group-id\) to keep both"):
         critique_group(s, h, judge=FlakyJudge(), memory=memory, config=cfg(), checkpointer=saver,
                        run_dir=tmp_path / "g")
+
+
+def test_a_vlm_judge_without_endpoint_names_the_flag_every_judge_command_takes(monkeypatch):
+    """explore, explore-eval, learning-curve, export: the refusal named only the variables, not the `--base-url` every
+    command with --judge takes (found by the critic walk; critique checks before reading its input)."""
+    from hmrcritic.agent.vlm import VLMJudge
+    from hmrcritic.errors import InputError
+
+    for name in ("HMRCRITIC_BASE_URL", "OPENAI_BASE_URL", "OPENAI_API_BASE", "HMRCRITIC_API_KEY", "OPENAI_API_KEY"):
+        monkeypatch.delenv(name, raising=False)
+    with pytest.raises(InputError, match=r"give --base-url URL \(or set HMRCRITIC_BASE_URL\) for a local server"):
+        VLMJudge()

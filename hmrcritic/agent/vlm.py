@@ -1012,8 +1012,10 @@ class VLMJudge:
         key = api_key()  # refuses a key that cannot go into an HTTP header, without showing it
         self._key_source = _key_source()  # the variable the key came from, read with it: a 401/403 names it
         if not key and self.settings.base_url is None:  # retrying the OpenAI endpoint without a key cannot work
-            raise InputError("the VLM judge has no endpoint and no key: set HMRCRITIC_API_KEY (or OPENAI_API_KEY) "
-                             "for OpenAI, or HMRCRITIC_BASE_URL for a local server (vLLM, Ollama)")
+            # every command with --judge takes --base-url (session 30): named first, as the flag a user is at
+            raise InputError("the VLM judge has no endpoint and no key: give --base-url URL (or set "
+                             "HMRCRITIC_BASE_URL) for a local server (vLLM, Ollama), or set HMRCRITIC_API_KEY (or "
+                             "OPENAI_API_KEY) for OpenAI")
         register_secret(key)
         guard_langsmith()
         self._secret = SecretStr(key or "")  # for scrubbing only; its repr is masked

@@ -115,6 +115,8 @@ def curve_line(row: dict) -> str:
     """The line `hmrcritic learning-curve` prints for one evaluated round (a row of
     :func:`hmrcritic.agent.learning_curve.learning_curve`).
 
+    ρ and τ are against −PA-MPJPE, as the top-1 error is (the line names it).
+
     "—" for a round that scored no group (NaN figures): it printed "ρ +nan", as if measured. Groups whose ρ was
     undefined (constant scores or errors; ``rho_undefined``) are said when there are any: they count as 0 in the
     round's ρ and τ, and a ρ near 0 made of them read as a critic ranking at chance (explore-eval's table says so;
@@ -122,13 +124,19 @@ def curve_line(row: dict) -> str:
     from hmrcritic.agent.learning_curve import fmt_value as f
 
     n = row.get("rho_undefined")
-    return (f"round {row['round']}: ρ {f(row['spearman'], '+.3f')}  τ {f(row['kendall'], '+.3f')}  top-1 "
+    # "top-1 62.0 mm" named no error while evaluate-critic's table says "top-1 PA", explore-eval's "top1 PA" and
+    # README's curve "top-1 PA-MPJPE (mm)": a reader of the line alone could take it for MPJPE (larger, and
+    # learning-curve's JSON holds only the PA-MPJPE figure, top1_pa_mpjpe_mm)
+    return (f"round {row['round']}: ρ {f(row['spearman'], '+.3f')}  τ {f(row['kendall'], '+.3f')}  top-1 PA-MPJPE "
             f"{f(row['top1_pa_mpjpe_mm'], '.1f')} mm  rules {row['rules']}  prototypes {row['prototypes']}"
             + (f"  (ρ undefined for {n} of {row.get('groups_scored')} scored groups, counted as 0 in ρ and τ)"
                if n else ""))
 
 
-_SOURCE_WORDS = {"model": "hypotheses sampled by the model", "perturbed": "hypotheses perturbed from the labels"}
+# "auto": no group explored in this call (--rounds 0, or every round done before), so the source was never resolved;
+# it printed "(hypotheses: auto)", the flag's value read as if it were what the hypotheses were
+_SOURCE_WORDS = {"model": "hypotheses sampled by the model", "perturbed": "hypotheses perturbed from the labels",
+                 "auto": "hypotheses: the model's if it loads, else perturbed from the labels"}
 
 
 def _check_metric(metric: str) -> None:
@@ -139,11 +147,28 @@ def _check_metric(metric: str) -> None:
         raise InputError(f"--error-metric {metric!r}: choose one of {', '.join(ERROR_METRICS)}")
 
 
+def _check_explore_flags(rounds: int, batch_size: int, tau: float, num_generations: int,
+                         calibration_groups: int) -> None:
+    """Out-of-range flags refused in one line that names the flag, as learning-curve's are. ``explore`` refused them
+    too, but in its own words, two at a time and without the flag: "need rounds ≥ 0 and batch size ≥ 1 (got 3, 0)"
+    left a user to work out which of the two was wrong, "need ≥ 2 hypotheses per group and calibration groups ≥ 0
+    (got 16, -1)" named neither -n nor --calibration-groups, and "τ = 2.0" not --tau."""
+    from hmrcritic.errors import InputError
+
+    for flag, value, low, unit in (("--rounds", rounds, 0, ""), ("--batch-size", batch_size, 1, ""),
+                                   ("--num-generations", num_generations, 2, " hypotheses per group"),
+                                   ("--calibration-groups", calibration_groups, 0, "")):
+        if value < low:
+            raise InputError(f"explore: {flag} must be ≥ {low}{unit}, got {value}")
+    if not -1 <= tau <= 1:  # NaN too: a comparison with it is false
+        raise InputError(f"explore: --tau {tau} is not a Spearman value in [-1, 1]")
+
+
 def explore_cmd(
     split: str = typer.Option("train", "--split", help="Labelled split to explore (never the one you evaluate on)."),
     rounds: int = typer.Option(3, "--rounds", help="Exploration rounds (one batch each)."),
     batch_size: int = typer.Option(8, "--batch-size", help="Groups per batch."),
-    tau: float = typer.Option(0.5, "--tau", help="Spearman a group must reach for its rules to succeed."),
+    tau: float = typer.Option(0.5, "--tau", help="Spearman a group must reach for its rules to succeed, in [-1, 1]."),
     judge: str = _JUDGE,
     base_url: str = BASE_URL_OPTION,
     vlm_model: str = VLM_MODEL_OPTION,
@@ -174,12 +199,16 @@ def explore_cmd(
 
     _check_metric(error_metric)
     calibration_groups = CALIBRATION_GROUPS if calibration_groups is None else calibration_groups
+    _check_explore_flags(rounds, batch_size, tau, num_generations, calibration_groups)
 
     def progress(event: str, p: dict) -> None:
-        # a note on stderr, --json too, beside the split's "(first use)" line: stdout stays the reply
-        line = None if as_json and event != "note" else explore_line(event, p)
+        # a note on stderr, --json too, beside the split's "(first use)" line: stdout stays the reply. With --json
+        # the progress lines go to stderr too (README: "--json prints one JSON document on stdout and everything
+        # else (progress, notes) on stderr"): they were dropped, so a long `explore --json` said nothing for
+        # minutes, not even "resuming: …" or "nothing to explore", while evaluate-critic --json logs its stages
+        line = explore_line(event, p)
         if line is not None:
-            typer.echo(line, err=event == "note")
+            typer.echo(line, err=as_json or event == "note")
 
     summary = explore(memory_dir, split=split, rounds=rounds, batch_size=batch_size, tau=tau, judge=judge,
                       error_metric=error_metric, ucb_c=ucb_c, rules_k=rules_k, num_generations=num_generations,
@@ -287,8 +316,7 @@ def learning_curve_cmd(
                          f"split ({split})")
 
     def progress(row: dict) -> None:
-        if not as_json:
-            typer.echo(curve_line(row))
+        typer.echo(curve_line(row), err=as_json)  # --json: on stderr, as explore's lines (stdout is the JSON)
         scored = row.get("groups_scored")
         # the groups scored (one entry each), not --heldout-groups: a held-out split smaller than that gives fewer
         # groups, and every round warned "scored 4 of 16 … (the critiques of the others failed)" with none failed
@@ -302,8 +330,8 @@ def learning_curve_cmd(
                        err=True)
 
     def status(line: str) -> None:
-        if not as_json:
-            typer.echo(line)
+        # --json: on stderr, not dropped: a resumed curve said nothing of its resume, nor of the rounds it explored
+        typer.echo(line, err=as_json)
 
     # made first (a file in the way is refused now, not after round 0 was scored); removed again, with the
     # folders above it made for it, when the curve is refused before writing anything there (see made_folder)
