@@ -52,7 +52,7 @@ def test_learning_critique_says_what_it_wrote():
     """``critique --learn`` printed nothing of what it wrote to the memory; the line says it, and why an unlabelled
     photo records no rule outcomes."""
     note = memory_written_note(_group(memory_written={"prototypes": 4, "rules_recorded": 0, "success": None}))
-    assert "4 prototype(s)" in note and "abc123" in note and "labelled" in note
+    assert "4 prototype(s)" in note and "abc123" in note and "rule outcomes need true errors" in note
     assert memory_written_note(_group(memory_written={"prototypes": 0, "rules_recorded": 0})) == ""
     assert memory_written_note(_group()) == ""
     again = memory_written_note(_group(memory_written={"prototypes": 4, "rules_recorded": 2}, finished_earlier=True))

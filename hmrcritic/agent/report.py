@@ -243,17 +243,21 @@ def memory_written_note(result: ScoredGroup) -> str:
     """One line on what a learning critique (``--learn``) wrote to the memory, "" when it wrote nothing.
 
     ``critique --learn`` printed the same table as a critique that learnt nothing, and the report did not say it
-    either: the only trace was ``scores.json``'s ``memory_written`` and a changed memory version. Rule outcomes are
-    counted only for inputs with true errors (a labelled scene), so a photo of one's own records none — said here,
-    or the 0 reads as a failure. A finished critique returned again says its writes were made back then."""
+    either: the only trace was ``scores.json``'s ``memory_written`` and a changed memory version. Rule outcomes
+    are counted only where true errors are given (exploration; ``true_errors_mm=`` in Python), so a CLI critique
+    records none — said here, or the 0 reads as a failure. A finished critique returned again says its writes were
+    made back then."""
     w = result.memory_written if isinstance(result.memory_written, Mapping) else {}
     protos, rules = (int(finite_float(w.get(k), 0.0)) for k in ("prototypes", "rules_recorded"))
     if not (protos or rules):
         return ""
-    text = (f"learned: {protos} prototype(s) and {rules} rule outcome(s) written to the memory (now version "
-            f"{result.memory_version})")
-    if not rules:
-        text += "; rule outcomes are counted only for inputs with true errors (labelled scenes)"
+    # a finished critique returned again carries the version of its first run (api._scored), not today's
+    version = "version {} then" if result.finished_earlier else "now version {}"
+    text = (f"learned: {protos} prototype(s) and {rules} rule outcome(s) written to the memory "
+            f"({version.format(result.memory_version)})")
+    if not rules:  # the CLI passes no true errors, not even for --scene: exploration (or Python) records them
+        text += ("; rule outcomes need true errors: `hmrcritic explore` records them, or the Python API's "
+                 "true_errors_mm=")
     if result.finished_earlier:
         text += "; written when this group was first critiqued, not by this run"
     return text

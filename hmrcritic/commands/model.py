@@ -83,6 +83,7 @@ def _keep_replaced_base_model(out: Path, model: Path) -> None:
     own weights over it, and the original was kept nowhere. Nothing is copied either where the assets already
     hold this run's model (nothing would be replaced)."""
     import filecmp
+    import os
     import shutil
 
     from hmrcritic.hmr.diffusion import ASSETS_DIR
@@ -91,12 +92,22 @@ def _keep_replaced_base_model(out: Path, model: Path) -> None:
     if shipped.is_file() and filecmp.cmp(shipped, model, shallow=False):
         print(f"{shipped} is already this run's model: nothing to keep", flush=True)
         return
+    kept_pt = out / "replaced_base_model.pt"
     for name in ("base_model.pt", "base_model.json"):
         kept = out / f"replaced_{name}"
         if kept.exists():
             print(f"the {name} this run first replaced stays kept: {kept}", flush=True)
+        elif name == "base_model.json" and kept_pt.is_file() and not (
+                shipped.is_file() and filecmp.cmp(shipped, kept_pt, shallow=False)):
+            # another run shipped since the .pt was kept: the assets' .json describes that run's model, and kept
+            # beside this .pt it made a pair of one model's weights and another's figures
+            print(f"note: {ASSETS_DIR / name} no longer goes with the kept {kept_pt}: not kept", flush=True)
         elif (ASSETS_DIR / name).is_file():
-            shutil.copy2(ASSETS_DIR / name, kept)
+            # copied under another name and renamed into place: a copy cut short (a full disk, Ctrl-C) never takes
+            # the backup's name, where a re-run would keep it as the original and ship over the real one
+            partial = kept.with_name(f"{kept.name}.partial")
+            shutil.copy2(ASSETS_DIR / name, partial)
+            os.replace(partial, kept)
             print(f"kept the replaced {name}: {kept}", flush=True)
 
 
