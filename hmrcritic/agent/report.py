@@ -247,18 +247,21 @@ def memory_written_note(result: ScoredGroup) -> str:
     are counted only where true errors are given (exploration; ``true_errors_mm=`` in Python), so a CLI critique
     records none — said here, or the 0 reads as a failure. A finished critique returned again says its writes were
     made back then."""
-    w = result.memory_written if isinstance(result.memory_written, Mapping) else {}
+    # read as the table reads a result: any object with the fields it shows (a stand-in without the newer ones)
+    written = getattr(result, "memory_written", None)
+    w = written if isinstance(written, Mapping) else {}
     protos, rules = (int(finite_float(w.get(k), 0.0)) for k in ("prototypes", "rules_recorded"))
     if not (protos or rules):
         return ""
     # a finished critique returned again carries the version of its first run (api._scored), not today's
-    version = "version {} then" if result.finished_earlier else "now version {}"
+    earlier = bool(getattr(result, "finished_earlier", False))
+    version = "version {} then" if earlier else "now version {}"
     text = (f"learned: {protos} prototype(s) and {rules} rule outcome(s) written to the memory "
             f"({version.format(result.memory_version)})")
     if not rules:  # the CLI passes no true errors, not even for --scene: exploration (or Python) records them
         text += ("; rule outcomes need true errors: `hmrcritic explore` records them, or the Python API's "
                  "true_errors_mm=")
-    if result.finished_earlier:
+    if earlier:
         text += "; written when this group was first critiqued, not by this run"
     return text
 
