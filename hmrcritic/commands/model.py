@@ -66,14 +66,6 @@ def _check_run_folder(out: Path, resume: bool) -> None:
                          "--no-resume to start over here (it deletes that model.pt)")
 
 
-def _check_steps(steps: int, model) -> None:
-    """``--steps`` against the model's diffusion timesteps, naming the flag: the sampler's own check said "DDIM steps
-    must be in 1..1000", where the lower bound (checked before the model loads) names ``--steps``."""
-    if steps > model.num_timesteps:
-        raise InputError(f"--steps: DDIM steps must be in 1..{model.num_timesteps} (the model's diffusion "
-                         f"timesteps), got {steps}")
-
-
 def _keep_replaced_base_model(out: Path, model: Path) -> None:
     """Copy the package's current ``base_model.pt``/``.json`` into the run folder before ``--ship`` replaces them,
     so the model every figure was measured on can be put back (``cp``) where no git checkout holds it.
@@ -278,7 +270,8 @@ def register(app: typer.Typer) -> None:
         item = load_input_sample(scene, image, keypoints, focal=focal, principal_point=principal_point,
                                  intrinsics=intrinsics, person=person, keypoint_layout=keypoint_layout)
         m = load_model(model, device=device)
-        _check_steps(steps, m)  # steps ≤ the model's T, before the output folder is made
+        # steps ≤ the model's T, before the output folder is made
+        check_sampling_args(num_generations, steps, eta, guidance, num_timesteps=m.num_timesteps)
         from hmrcritic.hmr.body import load_body_model
         from hmrcritic.hmr.evaluate import trained_body_model
 
@@ -355,8 +348,7 @@ def register(app: typer.Typer) -> None:
 
         check_sampling_args(num_generations, steps, eta, guidance)
         device = check_device(device)  # None: HMRCRITIC_DEVICE, else cpu
-        m = load_model(model, device=device)
-        _check_steps(steps, m)
+        m = load_model(model, device=device)  # evaluate_model checks --steps against its timesteps first
         res = evaluate_model(
             m,
             split=split,

@@ -461,8 +461,9 @@ def check_sampling_args(num_generations: int, steps: int, eta: float = 0.0, guid
         raise InputError(f"--num-generations must be in 1..{MAX_GENERATIONS}, got {num_generations}")
     if steps < 1:
         raise InputError(f"--steps (DDIM steps) must be ≥ 1, got {steps}")
-    if num_timesteps is not None:
-        ddim_timesteps(num_timesteps, steps)
+    if num_timesteps is not None and steps > num_timesteps:  # in the flag's words, as the lower bound above
+        raise InputError(f"--steps: DDIM steps must be in 1..{num_timesteps} (the model's diffusion timesteps), "
+                         f"got {steps}")
     for name, value in (("eta", eta), ("guidance", guidance)):
         if not math.isfinite(float(value)) or float(value) < 0:
             raise InputError(f"--{name} must be a finite number ≥ 0, got {value}")
