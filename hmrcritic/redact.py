@@ -384,6 +384,11 @@ def _mask_assign(m: re.Match) -> str:
     return "=" + (value[0] + MASK + value[0] if value[0] in "'\"" else MASK)
 
 
+def _secret_name(name: str) -> bool:
+    """A field, pair or tuple name whose value is secret: a secret field name (whole words) or a secret header's."""
+    return _secret_field_name(name) or name.lower() in SECRET_HEADERS
+
+
 def _mask_field(m: re.Match) -> str:
     if not m.group("value"):
         return m.group(0)
@@ -394,7 +399,7 @@ def _mask_field(m: re.Match) -> str:
     if field.lower() == "value":  # {"name": "X-Api-Key", "value": "…"}: HAR, Postman ("key"), Kubernetes env lists
         pair = _PAIR_NAME.search(m.string, max(0, name.start() - 80), name.start())
         field = pair.group("name") if pair else field
-    if not (_secret_field_name(field) or field.lower() in SECRET_HEADERS):
+    if not _secret_name(field):
         return m.group(0)
     return ":" + m.group("ws") + m.group("bs") + m.group("vq") + MASK + m.group("bs") + m.group("vq")
 
@@ -447,7 +452,7 @@ def _mask_headers(text: str) -> str:
 
 def _mask_tuple(m: re.Match) -> str:
     name = m.group("name")
-    if not m.group("value") or not (name.lower() in SECRET_HEADERS or _secret_field_name(name)):
+    if not m.group("value") or not _secret_name(name):
         return m.group(0)
     return "(" + m.group("lead") + MASK + m.group("vq")
 
