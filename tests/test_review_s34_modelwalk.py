@@ -19,20 +19,37 @@ def _error(capsys) -> str:
     return err[0]
 
 
+def temporary_assets(tmp_path):
+    """A stand-in for the package's assets folder, holding a base_model.pt/.json of known bytes."""
+    assets = tmp_path / "assets"
+    assets.mkdir()
+    (assets / "base_model.pt").write_bytes(b"the shipped weights")
+    (assets / "base_model.json").write_text('{"eval": "the shipped figures"}')
+    return assets
+
+
+def stand_in_train_base(monkeypatch, assets, fake_train, fake_ship) -> None:
+    """``train-base`` with training and installing replaced by ``fake_train``/``fake_ship``, loading and evaluation
+    by trivial stand-ins, and the package's assets by ``assets`` (shared by the session's train-base tests)."""
+    import hmrcritic.hmr.diffusion as diffusion
+    import hmrcritic.hmr.evaluate as evaluate
+    import hmrcritic.hmr.train as train
+
+    monkeypatch.setattr(train, "train_base", fake_train)
+    monkeypatch.setattr(train, "ship_model", fake_ship)
+    monkeypatch.setattr(diffusion, "ASSETS_DIR", assets)
+    monkeypatch.setattr(diffusion, "load_model", lambda path, device="cpu": object())
+    monkeypatch.setattr(evaluate, "evaluate_model", lambda model, **kw: {"n_samples": kw["limit"]})
+    monkeypatch.setattr(evaluate, "format_report", lambda res: "report")
+
+
 @pytest.fixture()
 def fake_run(monkeypatch, tmp_path):
     """``train-base`` with training, loading, evaluation and installing replaced by stand-ins (as
     test_review_s21_hmrtrain's ``shipped``); the stand-in training makes the run folder and its model.pt, and the
     package's assets are a temporary folder holding a base_model.pt/.json of known bytes."""
-    import hmrcritic.hmr.diffusion as diffusion
-    import hmrcritic.hmr.evaluate as evaluate
-    import hmrcritic.hmr.train as train
-
     seen: dict = {"trained": 0}
-    assets = tmp_path / "assets"
-    assets.mkdir()
-    (assets / "base_model.pt").write_bytes(b"the shipped weights")
-    (assets / "base_model.json").write_text('{"eval": "the shipped figures"}')
+    assets = temporary_assets(tmp_path)
 
     def fake_train(cfg, out, **kw):
         seen["trained"] += 1
@@ -47,12 +64,7 @@ def fake_run(monkeypatch, tmp_path):
         (assets / "base_model.pt").write_bytes(b"new weights")
         return assets / "base_model.pt", assets / "base_model.json"
 
-    monkeypatch.setattr(train, "train_base", fake_train)
-    monkeypatch.setattr(train, "ship_model", fake_ship)
-    monkeypatch.setattr(diffusion, "ASSETS_DIR", assets)
-    monkeypatch.setattr(diffusion, "load_model", lambda path, device="cpu": object())
-    monkeypatch.setattr(evaluate, "evaluate_model", lambda model, **kw: {"n_samples": kw["limit"]})
-    monkeypatch.setattr(evaluate, "format_report", lambda res: "report")
+    stand_in_train_base(monkeypatch, assets, fake_train, fake_ship)
     return seen
 
 

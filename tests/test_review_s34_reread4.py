@@ -9,6 +9,7 @@ from __future__ import annotations
 import json
 
 import pytest
+from test_review_s34_modelwalk import stand_in_train_base, temporary_assets
 
 from hmrcritic.cli import main
 
@@ -19,15 +20,8 @@ def fake_run(monkeypatch, tmp_path):
     writes the run's model.pt bytes over the temporary assets' base_model.pt, then its .json (``seen["fail_json"]``
     makes that second write fail as a full disk would, after the .pt was replaced: ship_model writes them one by
     one)."""
-    import hmrcritic.hmr.diffusion as diffusion
-    import hmrcritic.hmr.evaluate as evaluate
-    import hmrcritic.hmr.train as train
-
     seen: dict = {"trained": 0, "fail_json": False}
-    assets = tmp_path / "assets"
-    assets.mkdir()
-    (assets / "base_model.pt").write_bytes(b"the shipped weights")
-    (assets / "base_model.json").write_text('{"eval": "the shipped figures"}')
+    assets = temporary_assets(tmp_path)
 
     def fake_train(cfg, out, **kw):
         seen["trained"] += 1
@@ -43,12 +37,7 @@ def fake_run(monkeypatch, tmp_path):
         (assets / "base_model.json").write_text('{"eval": "the new figures"}')
         return assets / "base_model.pt", assets / "base_model.json"
 
-    monkeypatch.setattr(train, "train_base", fake_train)
-    monkeypatch.setattr(train, "ship_model", fake_ship)
-    monkeypatch.setattr(diffusion, "ASSETS_DIR", assets)
-    monkeypatch.setattr(diffusion, "load_model", lambda path, device="cpu": object())
-    monkeypatch.setattr(evaluate, "evaluate_model", lambda model, **kw: {"n_samples": kw["limit"]})
-    monkeypatch.setattr(evaluate, "format_report", lambda res: "report")
+    stand_in_train_base(monkeypatch, assets, fake_train, fake_ship)
     return seen
 
 

@@ -10,6 +10,7 @@ import json
 import shutil
 
 import pytest
+from test_review_s34_modelwalk import stand_in_train_base, temporary_assets
 
 from hmrcritic.cli import main
 
@@ -19,15 +20,8 @@ def fake_run(monkeypatch, tmp_path):
     """``train-base`` with training, loading, evaluation and installing replaced by stand-ins over a temporary
     assets folder holding the package's (original) model pair; ``seen["model"]`` is the bytes the next training
     writes (another run's model), the stand-in ship writes model.pt's bytes and a .json naming them."""
-    import hmrcritic.hmr.diffusion as diffusion
-    import hmrcritic.hmr.evaluate as evaluate
-    import hmrcritic.hmr.train as train
-
     seen: dict = {"model": b"weights of run X"}
-    assets = tmp_path / "assets"
-    assets.mkdir()
-    (assets / "base_model.pt").write_bytes(b"the shipped weights")
-    (assets / "base_model.json").write_text('{"eval": "the shipped figures"}')
+    assets = temporary_assets(tmp_path)
 
     def fake_train(cfg, out, **kw):
         out.mkdir(parents=True, exist_ok=True)
@@ -42,12 +36,7 @@ def fake_run(monkeypatch, tmp_path):
         (assets / "base_model.json").write_text(json.dumps({"eval": f"figures of {data.decode()}"}))
         return assets / "base_model.pt", assets / "base_model.json"
 
-    monkeypatch.setattr(train, "train_base", fake_train)
-    monkeypatch.setattr(train, "ship_model", fake_ship)
-    monkeypatch.setattr(diffusion, "ASSETS_DIR", assets)
-    monkeypatch.setattr(diffusion, "load_model", lambda path, device="cpu": object())
-    monkeypatch.setattr(evaluate, "evaluate_model", lambda model, **kw: {"n_samples": kw["limit"]})
-    monkeypatch.setattr(evaluate, "format_report", lambda res: "report")
+    stand_in_train_base(monkeypatch, assets, fake_train, fake_ship)
     return seen
 
 
