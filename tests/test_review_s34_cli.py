@@ -12,19 +12,9 @@ import sys
 
 import pytest
 import typer
+from test_review_s33_cli import _command_paths  # every command and sub-command, as the words that reach it
 
 from hmrcritic.cli import app, main
-
-
-def _command_paths() -> list[list[str]]:
-    """Every command and sub-command of the CLI, as the words that reach it (the root is [])."""
-    def walk(cmd, path):
-        yield path
-        for name, sub in sorted(getattr(cmd, "commands", {}).items()):
-            if not sub.hidden:
-                yield from walk(sub, [*path, name])
-
-    return list(walk(typer.main.get_command(app), []))
 
 
 def _arguments(path: list[str]) -> list:
