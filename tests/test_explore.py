@@ -493,5 +493,5 @@ def test_explore_eval_table_shows_pointwise_r():
     res = json.loads((Path(__file__).resolve().parents[1] / "docs/results/explore_eval.json").read_text())
     text = format_rows(res)
     full = next(r for r in res["rows"] if r["variant"] == "full")
-    assert "r pts" in text.splitlines()[0]
+    assert "r pooled" in text.splitlines()[0]
     assert f"{full['pearson_pointwise']:.3f}" in next(ln for ln in text.splitlines() if ln.startswith("full "))

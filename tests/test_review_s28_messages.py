@@ -98,8 +98,8 @@ def test_learning_curve_calibration_progress_is_said_between_first_and_last(monk
 
 
 def test_explore_eval_table_names_its_units():
-    """The table's "top1 PA" / "top1 MPJPE" figures are mm and "r pts" a point-wise Pearson r; it said neither
-    (evaluate-critic's table does). The legend is a line under the table; --json is the result as it was."""
+    """The table's "top-1 PA" / "top-1 MPJPE" figures are mm and "r pooled" a point-wise Pearson r; it said neither
+    (evaluate-critic's table does; session 35 named the columns as evaluate-critic's table does). The legend is a line under the table; --json is the result as it was."""
     import json
     from pathlib import Path
 
@@ -110,8 +110,8 @@ def test_explore_eval_table_names_its_units():
     lines = format_rows(res).splitlines()
     assert lines[0].split()[0] == "variant"  # the heading stays the first line
     legend = lines[-1]
-    assert "r pts: point-wise Pearson r" in legend
-    assert "top1 PA, top1 MPJPE: error of the top-ranked hypothesis in mm" in legend
+    assert "r pooled: point-wise Pearson r" in legend
+    assert "top-1 PA, top-1 MPJPE: error of the top-ranked hypothesis in mm" in legend
     assert json.dumps(res, sort_keys=True) == before
 
 

@@ -371,9 +371,27 @@ def explore_eval(
             "num_groups": len(held),
             "split": split if groups is None else "custom",
             "memory_version": before,
+            # what scored what, as evaluate-critic's payload records it: two results of other group sizes, sources
+            # or judges (the model's groups vs perturbed ground truth; the builtin judge vs a VLM) read the same
+            **_scoring_record(held, tables, judge),
         }
     finally:
         _close(frozen)
+
+
+def _scoring_record(held: Sequence[Any], tables: Sequence[dict], judge: Any) -> dict:
+    """``num_generations`` (the groups' size, from their error tables; None when they differ), ``group_source``
+    (the groups' source — ``model`` / ``perturbed`` — or ``mixed``), ``judge`` and, for a VLM, ``judge_model``
+    (model @ endpoint, no credentials), read from the groups scored and the judge that scored them."""
+    from hmrcritic.agent.evaluate_critic import judge_identity
+    from hmrcritic.agent.judges import judge_name
+
+    sizes = {len(t["pa_mpjpe"]) for t in tables}
+    sources = {str(getattr(g, "source", "perturbed")) for g in held}
+    ident = judge_identity(judge)
+    return {"num_generations": sizes.pop() if len(sizes) == 1 else None,
+            "group_source": sources.pop() if len(sources) == 1 else "mixed",
+            "judge": judge_name(judge), **({"judge_model": ident} if ident else {})}
 
 
 PARTIAL_FILE = "learning_curve.partial.json"  # rows evaluated so far, beside the result (resume)
@@ -734,22 +752,24 @@ def fmt_value(x: Any, spec: str) -> str:
 
 def format_rows(result: dict) -> str:
     """A plain-text table of :func:`explore_eval` rows (CLI/benchmarks), point-wise Pearson r included."""
-    head = (f"{'variant':<15} {'ρ PA':>6} {'τ PA':>6} {'ρ MPJPE':>8} {'ρ PVE':>6} {'r pts':>6} {'top1 PA':>8} "
-            f"{'top1 MPJPE':>10}")
+    # named as evaluate-critic's table names them ("r pooled", "top-1 PA"): the two tables of one critic said
+    # "r pts" / "top1 PA" here and "r pooled" / "top-1 PA" there for the same figures
+    head = (f"{'variant':<15} {'ρ PA':>6} {'τ PA':>6} {'ρ MPJPE':>8} {'ρ PVE':>6} {'r pooled':>8} {'top-1 PA':>8} "
+            f"{'top-1 MPJPE':>11}")
     lines = [head]
     for r in result["rows"]:
         f = fmt_value
         lines.append(f"{r['variant']:<15} {f(r['spearman'], '>6.3f')} {f(r['kendall'], '>6.3f')} "
                      f"{f(r['spearman_mpjpe'], '>8.3f')} {f(r['spearman_pve'], '>6.3f')} "
-                     f"{f(r.get('pearson_pointwise'), '>6.3f')} {f(r['top1_pa_mpjpe_mm'], '>8.1f')} "
-                     f"{f(r['top1_mpjpe_mm'], '>10.1f')}")
-    blank = f"{'':>6} {'':>6} {'':>8} {'':>6} {'':>6}"
-    lines.append(f"{'random pick':<15} {blank} {result['random_pa_mpjpe_mm']:>8.1f} {result['random_mpjpe_mm']:>10.1f}")
-    lines.append(f"{'oracle':<15} {blank} {result['oracle_pa_mpjpe_mm']:>8.1f} {result['oracle_mpjpe_mm']:>10.1f}")
+                     f"{f(r.get('pearson_pointwise'), '>8.3f')} {f(r['top1_pa_mpjpe_mm'], '>8.1f')} "
+                     f"{f(r['top1_mpjpe_mm'], '>11.1f')}")
+    blank = f"{'':>6} {'':>6} {'':>8} {'':>6} {'':>8}"
+    lines.append(f"{'random pick':<15} {blank} {result['random_pa_mpjpe_mm']:>8.1f} {result['random_mpjpe_mm']:>11.1f}")
+    lines.append(f"{'oracle':<15} {blank} {result['oracle_pa_mpjpe_mm']:>8.1f} {result['oracle_mpjpe_mm']:>11.1f}")
     lines += undefined_rho_notes(result["rows"])
     # the columns named no units ("top1 PA 87.3" read as a score) nor what "r pts" is: said as evaluate-critic does
-    lines.append("ρ, τ: mean within-group rank correlation of overall with −error (PA-MPJPE unless named); r pts: "
-                 "point-wise Pearson r of overall with −PA-MPJPE over all hypotheses of all groups; top1 PA, top1 "
+    lines.append("ρ, τ: mean within-group rank correlation of overall with −error (PA-MPJPE unless named); r pooled: "
+                 "point-wise Pearson r of overall with −PA-MPJPE over all hypotheses of all groups; top-1 PA, top-1 "
                  "MPJPE: error of the top-ranked hypothesis in mm (random pick: of a random one; oracle: the best)")
     return "\n".join(lines)
 
