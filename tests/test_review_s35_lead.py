@@ -36,3 +36,28 @@ def test_explore_eval_table_names_its_columns_as_evaluate_critic_does():
     head = format_rows(res).splitlines()[0]
     assert "r pooled" in head and "top-1 PA" in head and "top-1 MPJPE" in head
     assert "r pts" not in head and "top1" not in head
+
+
+def test_train_base_refuses_a_resume_under_other_settings_before_loading_the_split(tmp_path, monkeypatch):
+    """A resume whose state.pt was written under another recipe (or is damaged) was refused only after the train
+    split was loaded — or generated, minutes on a fresh home. The state's own checks come first now."""
+    import sys
+    from dataclasses import replace
+    from pathlib import Path
+
+    import hmrcritic.hmr.train as train
+    from hmrcritic.errors import AssetError
+
+    sys.path.insert(0, str(Path(__file__).resolve().parent))
+    from test_train_resume import TINY, _cfg, _data
+
+    cfg = _cfg()
+    train.train_base(cfg, tmp_path, data=_data(), stop_at=5)
+    loads = []
+    monkeypatch.setattr(train, "load_train_data", lambda *a, **k: loads.append(a) or _data())
+    with pytest.raises(AssetError, match="different training config"):
+        train.train_base(replace(cfg, model=replace(TINY, layers=2)), tmp_path)
+    (tmp_path / "state.pt").write_bytes(b"not a state")
+    with pytest.raises(AssetError, match="cannot resume"):
+        train.train_base(cfg, tmp_path)
+    assert loads == []  # refused before the split was read

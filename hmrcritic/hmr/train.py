@@ -472,6 +472,32 @@ def _foreign_log(log_path: Path) -> bool:
     return bool(lines) and not torn_first and (not records or not ours or len(lines) - len(records) > 1)
 
 
+def _resume_state(state_path: Path, cfg) -> dict:
+    """The training state in ``state_path``, checked to be whole and written under ``cfg`` (else AssetError)."""
+    from hmrcritic.hmr.diffusion import damaged_member
+
+    # torch.load checks no CRC: a flipped byte in the weights resumed as a model with other weights
+    if member := damaged_member(state_path):
+        raise AssetError(f"cannot resume from {state_path}: its part {member} does not match the checksum it was "
+                         f"written with (a bad copy or disk); {_resume_hint(state_path)}")
+    try:
+        st = torch.load(state_path, map_location="cpu", weights_only=True)
+        saved = st["config"]
+    except Exception as exc:
+        raise AssetError(f"cannot resume from {state_path}: it is corrupt or not a training state "
+                         f"({_one_line(exc)}); {_resume_hint(state_path)}") from None
+    try:
+        same = TrainConfig.from_dict(saved) == cfg
+    except Exception:
+        same = False
+    if not same:
+        raise AssetError(
+            f"{state_path} was written by a different training config ({_config_diff(saved, cfg)}); "
+            "use another --out or --no-resume"
+        )
+    return st
+
+
 def _train(cfg, out_dir: Path, data, resume, progress, device, stop_at, say) -> Path:
     state_path, log_path, final_path = out_dir / "state.pt", out_dir / "log.jsonl", out_dir / "model.pt"
     if not state_path.exists() and _foreign_log(log_path):
@@ -479,6 +505,9 @@ def _train(cfg, out_dir: Path, data, resume, progress, device, stop_at, say) -> 
         # train-base run, and its log.jsonl would be deleted at step 0
         raise InputError(f"train-base: {log_path} is not a train-base loss log (another tool's file?) and there is "
                          f"no {state_path.name} beside it; give another --out, or move the file away to train here")
+    # the state's own checks before the data is loaded: a resume under other settings (or of a damaged state) was
+    # refused only after the split was read — or generated, minutes on a fresh home
+    st = _resume_state(state_path, cfg) if resume and state_path.exists() else None
     if data is None:
         data = load_train_data(cfg.split, cfg.max_samples)
         _say_if_not_the_default_split(data.source, cfg.split, say)
@@ -500,28 +529,7 @@ def _train(cfg, out_dir: Path, data, resume, progress, device, stop_at, say) -> 
         p.requires_grad_(False)
     opt = torch.optim.AdamW(model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
     start, run_loss, run_n = 0, 0.0, 0
-    if resume and state_path.exists():
-        from hmrcritic.hmr.diffusion import damaged_member
-
-        # torch.load checks no CRC: a flipped byte in the weights resumed as a model with other weights
-        if member := damaged_member(state_path):
-            raise AssetError(f"cannot resume from {state_path}: its part {member} does not match the checksum it was "
-                             f"written with (a bad copy or disk); {_resume_hint(state_path)}")
-        try:
-            st = torch.load(state_path, map_location="cpu", weights_only=True)
-            saved = st["config"]
-        except Exception as exc:
-            raise AssetError(f"cannot resume from {state_path}: it is corrupt or not a training state "
-                             f"({_one_line(exc)}); {_resume_hint(state_path)}") from None
-        try:
-            same = TrainConfig.from_dict(saved) == cfg
-        except Exception:
-            same = False
-        if not same:
-            raise AssetError(
-                f"{state_path} was written by a different training config ({_config_diff(saved, cfg)}); "
-                "use another --out or --no-resume"
-            )
+    if st is not None:
         known = st.get("data_sha256")
         # A state written before the data and the RNG streams were recorded (an older hmrcritic) cannot be checked
         # against the data: it resumed on a regenerated split without a word, and the resume said it continued
