@@ -87,19 +87,28 @@ def info(
 
 @body_app.command("export-obj")
 def export_obj(
-    out: Path = typer.Argument(..., help="Output .obj path."),
+    out: Path = typer.Argument(..., help="Output .obj path (.obj is added to a name without an extension; another "
+                               "extension is refused)."),
     body_model: Path | None = _BODY_MODEL_OPT,
 ) -> None:
     """Write the template mesh (zero pose, betas = 0) as a Wavefront .obj."""
     from hmrcritic.commands import check_output_file
     from hmrcritic.errors import InputError
-    from hmrcritic.hmr.body import export_template_obj, load_body_model
+    from hmrcritic.hmr.body import export_template_obj, load_body_model, obj_output_path
 
-    if out.expanduser().is_dir():
-        raise InputError(f"body export-obj: output {out} is a folder; give a file name (e.g. {out / 'body.obj'})")
-    check_output_file(out.expanduser(), "body export-obj: output")
-    path = export_template_obj(_one_line(load_body_model, body_model), out)
-    print(f"wrote {path}")
+    what = "body export-obj: output"
+    # the name as given first (a folder, a pipe: said as such), then the file actually written: `x` becomes
+    # `x.obj`, which may itself be a folder or a special file; all before the body model is loaded
+    given = out.expanduser()
+    for path in (given, None):
+        path = path or obj_output_path(out, what)
+        shown = str(out) if path == given else f"{path} (.obj added to {out})"
+        if path.is_dir():
+            raise InputError(f"{what} {shown} is a folder; give a file name (e.g. {path / 'body.obj'})")
+        check_output_file(path, what)
+    written = export_template_obj(_one_line(load_body_model, body_model), path)
+    added = "" if written == given else f" (.obj added to {out})"
+    print(f"wrote {written}{added}")
 
 
 def register(app: typer.Typer) -> None:

@@ -614,7 +614,16 @@ def load_body_model(path: str | Path | None = None, device: str | torch.device =
             return model
         if name == "mannequin":
             mannequin.ensure_mannequin(file.parent)
-        arrays = read_model_arrays(file)
+        try:
+            arrays = read_model_arrays(file)
+        except AssetError as exc:
+            if path is not None or name == "mannequin":
+                raise
+            # the file came from the environment, not the command line: "body model file not found: SMPL.pkl" from
+            # a `body info` or `sample` given no body model sent a user who had forgotten an exported variable
+            # looking for the file's name in their command
+            raise AssetError(f"HMRCRITIC_BODY_MODEL: {exc}; or unset HMRCRITIC_BODY_MODEL to use the built-in "
+                             "mannequin") from None
         if name != "mannequin":
             from hmrcritic.io import sha256_file
 
@@ -668,13 +677,34 @@ def body_info(model: BodyModel) -> dict:
     }
 
 
+def obj_output_path(out: str | Path, what: str = "export_template_obj: output") -> Path:
+    """The file a template export writes for ``out``: a name ending in ``.obj`` (any case) as given; a name without
+    an extension with ``.obj`` added (``body export-obj mannequin`` wrote a file named ``mannequin`` that no mesh
+    viewer or file dialog offered as a mesh); any other extension refused, before anything is loaded or written:
+    the file is Wavefront OBJ text, which a ``.ply``/``.stl`` reader rejects, and ``body export-obj
+    SMPL_NEUTRAL.pkl`` (a slip for ``info --body-model``) replaced the user's body model with a mesh."""
+    path = Path(out).expanduser()
+    if path.name.lower().endswith(".obj"):
+        return path
+    if not path.suffix and path.name and not path.name.endswith("."):
+        return path.with_name(path.name + ".obj")
+    # a name of "." or "..", a folder, gets the file name inside it (with_name refuses an empty name)
+    example = (path / "body.obj" if path.name in ("", ".", "..")
+               else path.with_name((path.stem.rstrip(".") or "body") + ".obj"))
+    raise InputError(f"{what} {out} is named {path.suffix or repr(path.name)}, but the template is written as a "
+                     f"Wavefront .obj; name it .obj (e.g. {example})")
+
+
 def export_template_obj(model: BodyModel, out: str | Path) -> Path:
-    """The zero-pose, betas-0 mesh as a Wavefront .obj (atomic write)."""
+    """The zero-pose, betas-0 mesh as a Wavefront .obj (atomic write) at :func:`obj_output_path` of ``out``: the
+    path returned is the file written (``.obj`` added to a name without an extension)."""
     from hmrcritic.io import atomic_write_text
+
+    out = obj_output_path(out)
 
     with torch.no_grad():
         verts = model.template().vertices[0].cpu().numpy()
     lines = [f"# hmrcritic body model: {model.name}"]
     lines += [f"v {x:.6f} {y:.6f} {z:.6f}" for x, y, z in verts]
     lines += [f"f {a + 1} {b + 1} {c + 1}" for a, b, c in model.faces]
-    return atomic_write_text(Path(out).expanduser(), "\n".join(lines) + "\n")
+    return atomic_write_text(out, "\n".join(lines) + "\n")
