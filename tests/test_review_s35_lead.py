@@ -61,3 +61,22 @@ def test_train_base_refuses_a_resume_under_other_settings_before_loading_the_spl
     with pytest.raises(AssetError, match="cannot resume"):
         train.train_base(cfg, tmp_path)
     assert loads == []  # refused before the split was read
+
+
+def test_train_base_api_refuses_a_folder_holding_another_model(tmp_path):
+    """`train-base` refused a --out holding a model.pt but no state.pt (not a run of its own: the run overwrote
+    that model at its end), but only in the CLI: train_base() from Python overwrote it without a word."""
+    import sys
+    from pathlib import Path
+
+    from hmrcritic.errors import InputError
+    from hmrcritic.hmr.train import train_base
+
+    sys.path.insert(0, str(Path(__file__).resolve().parent))
+    from test_train_resume import _cfg, _data
+
+    (tmp_path / "model.pt").write_bytes(b"someone's model")
+    with pytest.raises(InputError, match="holds a model.pt but no state.pt"):
+        train_base(_cfg(), tmp_path, data=_data())
+    assert (tmp_path / "model.pt").read_bytes() == b"someone's model"
+    assert train_base(_cfg(), tmp_path, data=_data(), resume=False).name == "model.pt"  # --no-resume: starts over

@@ -54,18 +54,6 @@ def _note(msg: str) -> None:
     print(f"hmrcritic: {msg}", file=sys.stderr, flush=True)
 
 
-def _check_run_folder(out: Path, resume: bool) -> None:
-    """Refuse a resuming ``train-base --out`` that holds a ``model.pt`` but no ``state.pt``: not this command's run
-    (a finetune or downloaded checkpoint put there), which the run overwrote at its end without a word.
-
-    A train-base run keeps its ``state.pt`` beside its ``model.pt``; ``--no-resume`` says to start over (it deletes
-    the folder's ``model.pt`` itself), so it is let through."""
-    if resume and (out / "model.pt").is_file() and not (out / "state.pt").exists():  # the folder train_base uses
-        raise InputError(f"train-base: --out {out} holds a model.pt but no state.pt, so it is not a train-base run "
-                         "to resume, and this run would overwrite that model.pt; give another --out, or "
-                         "--no-resume to start over here (it deletes that model.pt)")
-
-
 def _keep_replaced_base_model(out: Path, model: Path) -> None:
     """Copy the package's current ``base_model.pt``/``.json`` into the run folder before ``--ship`` replaces them,
     so the model every figure was measured on can be put back (``cp``) where no git checkout holds it.
@@ -139,7 +127,7 @@ def register(app: typer.Typer) -> None:
         from dataclasses import replace
 
         from hmrcritic.config import runs_dir
-        from hmrcritic.hmr.train import TrainConfig, ship_model, train_base
+        from hmrcritic.hmr.train import TrainConfig, check_run_folder, ship_model, train_base
 
         cfg = TrainConfig(seed=seed, threads=threads, max_samples=max_samples)
         if steps is not None:
@@ -164,7 +152,7 @@ def register(app: typer.Typer) -> None:
         # --out is the run folder: a file there (a model.pt, taken for where the checkpoint goes) failed only at the
         # folder's making, as "File exists", after "training base model -> FILE" had been printed as if it had begun
         check_out_folder(out, "the run (state.pt, log.jsonl, model.pt)")
-        _check_run_folder(Path(out), resume)
+        check_run_folder(Path(out), resume)  # train_base checks too; here before the lines below are printed
         if stop_at is not None and stop_at >= cfg.steps:
             # the run trained all its steps and wrote model.pt, not the model_step<N>.pt the flag promises
             _note(f"--stop-at {stop_at} is not before the run's last step ({cfg.steps}): it trains all {cfg.steps} "

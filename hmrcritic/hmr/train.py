@@ -394,6 +394,19 @@ def _busy(by: str) -> AssetError:
     return AssetError(f"train-base: this run folder is in use by {by}; wait for it or give another --out")
 
 
+def check_run_folder(out: Path, resume: bool) -> None:
+    """Refuse a resuming ``train-base --out`` that holds a ``model.pt`` but no ``state.pt``: not this command's run
+    (a finetune or downloaded checkpoint put there), which the run overwrote at its end without a word. Checked by
+    :func:`train_base` itself since session 35 (before, only the CLI did: a notebook's run overwrote it).
+
+    A train-base run keeps its ``state.pt`` beside its ``model.pt``; ``--no-resume`` says to start over (it deletes
+    the folder's ``model.pt`` itself), so it is let through."""
+    if resume and (out / "model.pt").is_file() and not (out / "state.pt").exists():  # the folder train_base uses
+        raise InputError(f"train-base: --out {out} holds a model.pt but no state.pt, so it is not a train-base run "
+                         "to resume, and this run would overwrite that model.pt; give another --out, or "
+                         "--no-resume to start over here (it deletes that model.pt)")
+
+
 def _resume_hint(state_path: Path) -> str:
     return f"delete {state_path} or pass --no-resume to start over, or give another --out"
 
@@ -436,6 +449,7 @@ def train_base(
         # passed: a folder of two jobs that a later export resume or prune reads as its own
         raise InputError(f"train-base: --out {out_dir} is a group preference dataset (`hmrcritic export` wrote "
                          "dataset.json there); give train-base its own run folder")
+    check_run_folder(out_dir, resume)
     out_dir.mkdir(parents=True, exist_ok=True)
     prev_threads = torch.get_num_threads()
     torch.set_num_threads(cfg.threads)
