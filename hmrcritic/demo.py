@@ -113,7 +113,13 @@ def run_demo(
     if config.env_chroma_url():
         say("      (HMRCRITIC_CHROMA_URL is set: the demo keeps its own memory in its output folder, not on that "
             "server)")
+    # said, not done silently: a second demo into the same folder explored the same rules again and a user took
+    # the repeat for a fault (or expected the demo to build on the first run, which it does not)
+    earlier = (out / "memory").is_dir() and any((out / "memory").iterdir())
     memory = MemoryStore(out / "memory", chroma_url="")
+    if earlier:
+        say(f"      starting afresh: the memory an earlier demo explored in {out / 'memory'} is replaced (each run's "
+            "figures are its own)")
     frozen = None
     # both stores closed on the way out, failed or not: a Python caller running the demo again and again kept
     # each run's database files and the frozen snapshot's hold open (about sixteen descriptors a run)
@@ -129,16 +135,25 @@ def run_demo(
                 say(f"      + learned rule: {text}")
             elif event == "round":
                 rho = payload.get("mean_spearman", float("nan"))
+                added = len(payload.get("rules_added", []))  # "1 rules added" read as a typo
                 say(f"      round {payload.get('round')}: {payload.get('groups')} groups, mean Spearman {rho:.2f}, "
-                    f"{len(payload.get('rules_added', []))} rules added, {len(payload.get('retired', []))} retired")
+                    f"{added} {'rule' if added == 1 else 'rules'} added, {len(payload.get('retired', []))} retired")
             elif event == "resumed":
                 say(f"      resuming: rounds {payload.get('rounds_done')} already explored")
+            elif event == "calibrate" and payload.get("index") == 1:
+                # the score calibration critiques 32 more groups after the last round: about as long as the whole
+                # exploration, and the demo said nothing in between (it looked stuck after "round 2")
+                say(f"      calibrating scores on {payload.get('total')} more train groups …")
             elif event == "calibrated" and payload.get("calibration"):
                 cal = payload["calibration"]
                 say(f"      score calibration on {cal['groups']} more train groups: log s' = {cal['intercept']:.2f} + "
                     f"{cal['slope']:.2f}·log s (point-wise r {cal['pearson_before']:.2f} → {cal['pearson_after']:.2f})")
                 if payload.get("note"):  # a doubtful fit (few groups, a slope at its bound, r lowered) says why
                     say(f"      note: {payload['note']}")
+            elif event == "calibrated" and payload.get("note"):
+                # no calibration fitted ("score calibration not refitted: the critiques of all 32 … failed"): the
+                # demo dropped the note, and its scores were then the judge's own with nothing saying so
+                say(f"      note: {payload['note']}")
             elif event == "note":  # a slow first-use step about to start (the pose prior's fit)
                 say(f"      {payload['text']}")
 
@@ -188,7 +203,8 @@ def run_demo(
     atomic_write_text(out / "index.html", _index_html(result, summary))
     stale = _remove_stale_scenes(out, num_scenes)  # only now: a failed run leaves the earlier run's folders alone
     if stale:
-        say(f"      removed {len(stale)} scene folder(s) of an earlier demo run in {out}: {', '.join(stale)}")
+        say(f"      removed {len(stale)} scene folder{'' if len(stale) == 1 else 's'} of an earlier demo run in {out}: "
+            f"{', '.join(stale)}")
     say("[4/4] PA-MPJPE (mm, lsp14, Procrustes-aligned) over the demo scenes: "
         f"critic top-1 {summary['critic_top1_pa_mpjpe_mm']:.1f} | random pick {summary['random_pick_pa_mpjpe_mm']:.1f}"
         f" | oracle best-of-{num_generations} {summary['oracle_best_pa_mpjpe_mm']:.1f}")

@@ -254,3 +254,13 @@ def test_long_reflection_lists_say_how_many_are_not_shown(scored):
     html = render_html(res)
     assert "45 issue(s)" in html and "issue 29<" in html and "issue 30<" not in html
     assert "15 more issue(s) not shown" in html and "11 more change(s) not shown" in html
+
+
+def test_report_says_revision_rounds_in_the_right_number(scored):
+    """report.html said "1 revision round(s)" — a template left unfilled (session 35: trace and critique too)."""
+    res = fresh(scored)
+    first = list(res.reflections[:1]) or [{}]
+    for n, words in ((1, "1 revision round<"), (2, "2 revision rounds<")):
+        res.reflections = first * (n + 1)
+        text = render_html(res)
+        assert words in text and "round(s)" not in text

@@ -80,3 +80,13 @@ def test_train_base_api_refuses_a_folder_holding_another_model(tmp_path):
         train_base(_cfg(), tmp_path, data=_data())
     assert (tmp_path / "model.pt").read_bytes() == b"someone's model"
     assert train_base(_cfg(), tmp_path, data=_data(), resume=False).name == "model.pt"  # --no-resume: starts over
+
+
+def test_trace_json_alone_is_told_what_it_needs(capsys):
+    """`trace --json` with neither a run id nor --last was told "give a RUN_ID or --last (or --mermaid)", and
+    `--mermaid --json` is refused in turn."""
+    from hmrcritic.cli import main
+
+    assert main(["trace", "--json"]) == 2
+    err = capsys.readouterr().err
+    assert "--json prints a run's trace records: give a RUN_ID or --last" in err and "--mermaid" not in err, err

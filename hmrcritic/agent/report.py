@@ -20,6 +20,7 @@ from typing import Any
 
 from hmrcritic.agent.api import ScoredGroup, overall_scale_note
 from hmrcritic.agent.schema import AXES, finite_float
+from hmrcritic.agent.trace import revision_rounds_text
 from hmrcritic.io import atomic_write_text
 
 MAX_EMBED_WIDTH = 1600  # px: wider images are embedded downscaled (the page itself is at most 1400 px wide)
@@ -290,7 +291,7 @@ def render_html(result: ScoredGroup, image_path: str | None = None) -> str:
         + (f" (<code>{_e(result.judge_model)}</code>)" if result.judge_model else "")
         + f" · memory version <code>{_e(result.memory_version)}</code> · run "
         f"<code>{_e(result.run_id)}</code> · {len(result.scores)} hypotheses · "
-        f"{max(0, len(result.reflections) - 1)} revision round(s)</p>",
+        f"{revision_rounds_text(max(0, len(result.reflections) - 1))}</p>",
         f"<p>{_e(result.notes)}</p>" if result.notes else "",
         f"<p>{_e(learned)}</p>" if (learned := memory_written_note(result)) else "",
         "<h2>Renders</h2>",

@@ -535,6 +535,12 @@ def _describe(changed: dict, room: int) -> str:
     return desc
 
 
+def revision_rounds_text(n: int) -> str:
+    """``n`` revision rounds in words: "2 revision round(s)" (every finished run's last line, text and Mermaid)
+    read as a template left unfilled. Also critique's table line and report.html."""
+    return f"{n} revision round" + ("" if n == 1 else "s")
+
+
 def format_trace(records: list[dict]) -> str:
     """The node sequence with timings and what each node changed, one line per node."""
     if not records:
@@ -557,7 +563,7 @@ def format_trace(records: list[dict]) -> str:
             # later lines started at column 0, like the heading of another run
             lines.append("  " + _shown_error(str(r["error"])).replace("\r\n", "\n").replace("\n", "\n         "))
         elif r["event"] == "finish":
-            lines.append(f"  finish  {float(r['seconds']) * 1000:.1f} ms total, {r['rounds']} revision round(s)")
+            lines.append(f"  finish  {float(r['seconds']) * 1000:.1f} ms total, {revision_rounds_text(r['rounds'])}")
     if records[-1]["event"] not in ("error", "finish"):
         lines.append("  (no finish recorded: the run was interrupted, or is still running)")
     return "\n".join(lines).translate(_CURSOR_MOVES)
@@ -598,7 +604,7 @@ def trace_mermaid(records: list[dict]) -> str:
                       f"    {prev} --> run_error"]
             prev = "run_error"
         elif r.get("event") == "finish":
-            label = f"finish · {float(r['seconds']) * 1000:.1f} ms, {r['rounds']} revision round(s)"
+            label = f"finish · {float(r['seconds']) * 1000:.1f} ms, {revision_rounds_text(r['rounds'])}"
             lines += [f'    run_finish(["{_mermaid_text(label)}"])', f"    {prev} --> run_finish"]
             prev = "run_finish"
     lines += ["    classDef error fill:#fdd,stroke:#c33", "    classDef meta fill:none,stroke:none"]

@@ -313,8 +313,9 @@ def register(app: typer.Typer) -> None:
             return
         from hmrcritic.agent.trace import format_trace, read_trace, trace_mermaid
 
-        if not run_id and not last:
-            raise InputError("give a RUN_ID or --last (or --mermaid)")
+        if not run_id and not last:  # `--json` alone was told "(or --mermaid)", which --json then refuses
+            raise InputError("--json prints a run's trace records: give a RUN_ID or --last" if as_json else
+                             "give a RUN_ID or --last (or --mermaid)")
         if mermaid and as_json:
             raise InputError("give --mermaid or --json, not both")
         from hmrcritic.redact import printable, scrub_tree
@@ -423,7 +424,9 @@ def _print_table(result) -> None:
         typer.echo(printable(note))
     rounds = max(0, len(result.reflections) - 1)
     if rounds:
-        typer.echo(f"self-reflection: {rounds} revision round(s)")
+        from hmrcritic.agent.trace import revision_rounds_text
+
+        typer.echo(f"self-reflection: {revision_rounds_text(rounds)}")
     from hmrcritic.agent.report import memory_written_note
 
     if note := memory_written_note(result):  # --learn said nothing of what it wrote

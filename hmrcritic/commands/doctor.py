@@ -599,7 +599,12 @@ def _summary(c: dict) -> str:
         agent = c.get("agent") or {}
         field = {_agent_var(f): f for f in agent.get("values", {})}  # the value as read (and masked), not as set
         changed = ", ".join(f"{v}={agent['values'][field[v]]}" for v in agent.get("from_environment", ()))
-        return (f"judge {c.get('agent_judge')}; base_url={s.get('base_url') or '(none: OpenAI default)'}, "
+        # the builtin judge's line listed "base_url=(none: OpenAI default), … api key not set" as if it were its
+        # own set-up, which a new user read as something to fix; the JSON's note says whose settings these are
+        judge = c.get("agent_judge")
+        whose = "judge builtin (needs no endpoint); the VLM judge's settings:" if judge == "builtin" else \
+            f"judge {judge};"
+        return (f"{whose} base_url={s.get('base_url') or '(none: OpenAI default)'}, "
                 f"model={s.get('model')}, api key {s.get('api_key')}, timeout {s.get('timeout_s')} s, "
                 f"retries {s.get('max_retries')}, concurrency {s.get('max_concurrency')}; agent settings: "
                 + (changed or "defaults"))
@@ -617,17 +622,29 @@ def _memory_line(c: dict) -> str:
     return f"{folder['path']} (on disk" + ("" if folder["exists"] else ", not yet created") + ")"
 
 
-def _print_report(report: dict, as_json: bool) -> None:
-    """The report as JSON or one line per check; exit 1 when a check failed."""
+def _print_report(report: dict, as_json: bool, skipped: tuple[str, ...] = ()) -> None:
+    """The report as JSON or one line per check; exit 1 when a check failed. ``skipped``: the checks left out on
+    request (``--no-render``), each shown in its place as such in the text: the render line just went missing, and
+    "all checks passed" read as if the GL stack had been tried."""
     if as_json:
         print(json.dumps(report, indent=2))
     else:
+        order = {name: i for i, (name, _) in enumerate(CHECKS)}
+        todo = sorted(skipped, key=lambda n: order.get(n, len(order)))
+
+        def skip_before(pos: int) -> None:  # the skipped checks that CHECKS lists before position ``pos``
+            while todo and order.get(todo[0], len(order)) < pos:
+                name = todo.pop(0)
+                print(f"[skip] {name:<11} not run" + (" (--no-render)" if name == "gl_render" else ""))
+
         for c in report["checks"]:
+            skip_before(order.get(c["name"], len(order)))
             mark = "ok  " if c["ok"] else "FAIL"
             line = _summary(c) if c["ok"] else c.get("error", "failed")
             print(f"[{mark}] {c['name']:<11} {line}")
             if c["name"] == "folders" and c["ok"]:  # a FAIL line names what is wrong with the folders
                 print(f"[{mark}] {'memory':<11} {_memory_line(c)}")
+        skip_before(len(order) + 1)
         for w in report["warnings"]:
             print(f"[warn] {'settings':<11} {w}")
         warned = f" ({len(report['warnings'])} warning(s): see warn lines)" if report["warnings"] else ""
@@ -665,4 +682,4 @@ def register(app: typer.Typer) -> None:
         # the flags as every command with --judge reads them (for the VLM judge: doctor checks its settings)
         with judge_endpoint("vlm" if base_url is not None or vlm_model is not None else None, base_url, vlm_model):
             report = run_checks(skip=("gl_render",) if no_render else (), probe=probe)
-        _print_report(report, as_json)
+        _print_report(report, as_json, skipped=("gl_render",) if no_render else ())

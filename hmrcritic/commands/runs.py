@@ -33,6 +33,13 @@ def _part(key: str, count: int | None = None) -> str:
     return many if count is None else f"{count} {one if count == 1 else many}"
 
 
+def _parts_text(counts: dict[str, int], nonzero: bool = False) -> str:
+    """``counts`` (a part's key: how many) in words, in the order ``runs stats`` lists the parts (a prune listed run
+    folders before checkpoint threads, stats the other way round); ``nonzero``: only the parts with any."""
+    keys = [k for k in _PARTS if k in counts] + [k for k in counts if k not in _PARTS]
+    return ", ".join(_part(k, counts[k]) for k in keys if counts[k] or not nonzero)
+
+
 def _runs_root():
     """The runs folder, refused when a file stands where it (or a folder above it) goes.
 
@@ -89,19 +96,34 @@ def prune(
     if not dry_run and not yes:  # asked on stderr: stdout is for the result (--json)
         from hmrcritic.commands import confirm_or_stop
 
-        confirm_or_stop(f"Remove runs older than {older_than:g} days from {root}?", "nothing removed")
+        # what would go, counted first: "Remove runs older than 0 days from DIR?" gave nothing to decide on (a
+        # user answered for a folder of unknown size, or was asked about an empty one); the count is of now
+        would = prune_runs(older_than_days=older_than, root=root, dry_run=True)
+        what = _parts_text(would["removed"], nonzero=True)
+        freed = would["bytes_before"] - would["bytes_after"]
+        confirm_or_stop(f"Remove runs older than {older_than:g} days from {root} "
+                        + (f"({what}: {'about ' + _mb(freed) if freed >= 5e4 else 'under 0.1 MB'})?" if what
+                           else "(none found now)?"), "nothing removed")  # "about 0.0 MB" read as nothing
     out = prune_runs(older_than_days=older_than, root=root, dry_run=dry_run)
     if as_json:
         typer.echo(json.dumps(out, indent=2))
         return
     verb = "would remove" if dry_run else "removed"
-    what = ", ".join(_part(k, v) for k, v in out["removed"].items())
-    typer.echo(f"{verb}: {what} (the critic's memory is never touched)")
+    typer.echo(f"{verb}: {_parts_text(out['removed'])} (the critic's memory is never touched)")
     if dry_run:
         typer.echo(f"runs folder {_mb(out['bytes_before'])} -> about {_mb(out['bytes_after'])} (the files it would "
                    "remove; a prune also compacts the checkpoint database)")
     else:
         typer.echo(f"runs folder {_mb(out['bytes_before'])} -> {_mb(out['bytes_after'])}")
+        # what stayed, and why: `--older-than 0` ("everything") beside a running critique left its run folder,
+        # thread and trace without a word, and `runs stats` then showed them as if the prune had missed them
+        from hmrcritic.agent.runs import runs_usage
+
+        left = _parts_text({k: v["count"] for k, v in runs_usage(root)["parts"].items()}, nonzero=True)
+        if left:
+            why = ("written since, or held by a running command" if older_than == 0 else
+                   f"newer than {older_than:g} days, or held by a running command")
+            typer.echo(f"kept: {left} ({why})")
 
 
 def register(app: typer.Typer) -> None:
