@@ -29,8 +29,13 @@ runs uploaded to LangSmith — goes through :func:`scrub`, which removes
   ``api-key: …``, ``Cookie: …``, ``Proxy-Authorization: …`` …, in any case) quoted in free text — an error body, a
   proxy's or ``curl -v``'s dump — when the value holds such a token (8+ characters with a digit: "Cookie: none" and
   "X-Auth-Token: see the docs" stay readable; under an authorization header also a ``Basic`` credential that decodes
-  to ``user:password``, digit or not, and only the credential: its scheme and what follows stay). Only those names:
-  a general ``Name: value`` rule would mask prose.
+  to ``user:password``, digit or not, and only the credential: its scheme and what follows stay). Only those names
+  and (since session 35) secret field names written as an environment or config key (``OPENAI_API_KEY:  …`` in
+  ``kubectl describe``, ``api_key: …`` in YAML): a general ``Name: value`` rule would mask prose;
+* since session 35: keys of well-known services by their prefix (``sk-…``, ``hf_…``, ``ghp_…``, ``glpat-…``,
+  ``xoxb-…``: the prefix stays), curl's ``-u user:password``, a secret field's bytes value (``b'…'``), a secret
+  field quoted inside another field's string (a request body in a trace message), and in :func:`scrub_tree` a
+  credential-like string under a secret key (LangSmith run inputs ``{"api_key": "…"}``).
 """
 
 from __future__ import annotations
@@ -91,8 +96,9 @@ _ASSIGN_NAME = re.compile(r"[A-Za-z0-9_.\-%]{1,64}$")
 # past escaped quotes (a value cut off by the end of its line is left: no closing quote, no field).
 # (Read in runs between quotes and backslashes: one character at a time, a long value — a trace record's text —
 # took 100 µs.)
+# (a ``b`` before the quote: a bytes value's repr, ``{'api_key': b'…'}``)
 _SECRET_FIELD = re.compile(
-    r""":(?P<ws>\s*)(?P<bs>\\?)(?P<vq>["'])(?P<value>(?:[^\\\n"']++|\\.|["'])*?)(?P=bs)(?P=vq)""")
+    r""":(?P<ws>\s*)(?P<b>b?)(?P<bs>\\?)(?P<vq>["'])(?P<value>(?:[^\\\n"']++|\\.|["'])*?)(?P=bs)(?P=vq)""")
 _PAIR_NAME = re.compile(r"""["'](?i:name|key)\\?["']\s*:\s*\\?["'](?P<name>[A-Za-z0-9_.\-]{1,64})\\?["']\s*,\s*\\?$""")
 _FIELD_NAME = re.compile(r"""(?P<q>["'])(?P<name>[A-Za-z0-9_.\-]{1,64})\\?(?P=q)\s*$""")
 # The words of a parameter or field name that make it secret (the name split at "_", "-", ".", case changes and
@@ -123,6 +129,17 @@ _WEAK_NAMES = frozenset({"key", "sig", "auth", "cookie", "bearer", "pwd"})
 _NAME_WORD = re.compile(r"[A-Z]+(?![a-z])|[A-Z]?[a-z]+|[0-9]+")
 # "Bearer" in any case, as HTTP reads auth schemes (a header dumped or echoed lowercased, ``authorization: bearer …``,
 # kept its token in view); "Basic" only as written: "basic" is a word of prose
+# Keys of well-known services by their prefix, known to the process or not (a traceback quoting another tool's key,
+# a user pasting one into a prompt): OpenAI/Anthropic ``sk-…`` (``sk-proj-``, ``sk-ant-``), Hugging Face ``hf_…``,
+# GitHub ``ghp_``/``gho_``/``ghu_``/``ghs_``/``ghr_``/``github_pat_``, GitLab ``glpat-``, Slack ``xoxb-`` …: the
+# prefix stays (it says which service), 16+ characters after it with a digit or capital are masked. Found by the
+# "-" or "_" ending the prefix (one character to look for, as the patterns above).
+# curl's ``-u user:password`` / ``--user user:password`` (a command line quoted in a log or an error): the password
+_CURL_USER = re.compile(r"-(?:(?<=\s-)u[ \t]*|(?<=\s-)-user[ \t=]+)(?P<user>['\"]?[^\s:'\"]+:)(?P<pw>[^\s'\"]+)")
+_VENDOR_KEY = re.compile(
+    r"[-_](?:(?<=\bsk-)|(?<=\bhf_)|(?<=\bgh[pousr]_)|(?<=\bgithub_pat_)|(?<=\bglpat-)|(?<=\bxox[abeoprs]-))"
+    r"(?=[A-Za-z0-9_\-]*[0-9A-Z])[A-Za-z0-9_\-]{16,}"
+)
 _AUTH_TOKEN = re.compile(r"\b(?P<kind>(?i:bearer)|Basic)(?P<sep>\s+)(?=[A-Za-z0-9._~+/=\-]*\d)[A-Za-z0-9._~+/=\-]{8,}")
 
 # Raw HTTP header lines that carry a credential (``X-API-Key: abcd1234efgh`` in an endpoint's error body or a proxy's
@@ -141,8 +158,12 @@ SECRET_HEADERS = frozenset({
 # ... of which these carry ``<scheme> <credential>``: only the credential is masked (``Authorization: Bearer ***``,
 # GitHub's ``Authorization: token ***``), and what follows it stays ("… failed")
 _AUTH_HEADERS = frozenset({"authorization", "proxy-authorization"})
+# Also (session 35) an environment or YAML listing's ``NAME: value`` under a secret field name ending one of these
+# ways — ``kubectl describe``'s ``OPENAI_API_KEY:  sk-…``, a config's ``api_key: …``, ``client_secret:``,
+# ``db_password:`` — read as a secret header's value is (masked when it holds a token's shape).
 _HEADER_HEAD = re.compile(
-    r":(?<=[nNeEyY]:)(?i:(?<=authorization:)|(?<=cookie:)|(?<=-key:)|(?<=-token:))"
+    r":(?<=[nNeEyYtTdD]:)(?i:(?<=authorization:)|(?<=cookie:)|(?<=-key:)|(?<=-token:)|(?<=_key:)|(?<=_token:)"
+    r"|(?<=secret:)|(?<=password:))"
     r"(?P<ws>[ \t]*)(?P<q>\\?[\"']?)"
 )
 # read only after a secret name (:func:`_mask_headers`), so a line of many "-key:" is scanned once. A value runs
@@ -150,7 +171,7 @@ _HEADER_HEAD = re.compile(
 # repeated Set-Cookie headers with ", ") and past a cookie's quoted value (``sid="…"``, RFC 6265)
 _HEADER_VALUE = re.compile(r"""(?:=\"[^\"\r\n\\]*\"|,(?=[ \t]*(?:[A-Za-z0-9_.~!#$%&*+^`|-]+="""
                            r"""|\d{1,2}[ -][A-Za-z]{3}[ -]\d))|[^\r\n'\",\\])+""")
-_HEADER_NAME = re.compile(r"(?:^|(?<=[\s'\"{,(\[;])|(?<=\\[rnt]))(?P<name>[A-Za-z][A-Za-z0-9\-]{0,39})$")
+_HEADER_NAME = re.compile(r"(?:^|(?<=[\s'\"{,(\[;])|(?<=\\[rnt]))(?P<name>[A-Za-z][A-Za-z0-9_\-]{0,39})$")
 # ``('x-api-key', '…')``, ``(b'cookie', b'…')``: httpx's Headers repr of repeated names, http.client's
 # getheaders(), raw header lists
 _HEADER_TUPLE = re.compile(
@@ -400,8 +421,15 @@ def _mask_field(m: re.Match) -> str:
         pair = _PAIR_NAME.search(m.string, max(0, name.start() - 80), name.start())
         field = pair.group("name") if pair else field
     if not _secret_name(field):
-        return m.group(0)
-    return ":" + m.group("ws") + m.group("bs") + m.group("vq") + MASK + m.group("bs") + m.group("vq")
+        # a field that is no secret may quote one: a trace message whose content is a request body
+        # (``{"content": "{\"api_key\": \"…\"}"}``), an error string holding a dict repr (``"bad body
+        # {'password': '…'}"``). Matched whole here, its inside was never read; read now, as a text of its own
+        value = m.group("value")
+        inner = _SECRET_FIELD.sub(_mask_field, value) if ":" in value else value
+        if inner == value:
+            return m.group(0)
+        return m.string[m.start():m.start("value")] + inner + m.string[m.end("value"):m.end()]
+    return ":" + m.group("ws") + m.group("b") + m.group("bs") + m.group("vq") + MASK + m.group("bs") + m.group("vq")
 
 
 def _basic_credentials(scheme: str | None, cred: str) -> bool:
@@ -418,6 +446,15 @@ def _basic_credentials(scheme: str | None, cred: str) -> bool:
         return False
 
 
+def _secret_header_name(name: str) -> bool:
+    """A name whose ``Name: value`` line is read as a secret header's: one of :data:`SECRET_HEADERS`, or a secret
+    field name (not a weak word alone: ``Key:``, ``Auth:`` are prose) written as an environment variable or a
+    config key is (``OPENAI_API_KEY``, ``client_secret``, ``password``). A hyphenated name is a header's: only the
+    closed list (``Max-Api-Key: …`` is no header of ours to read)."""
+    low = name.lower()
+    return low in SECRET_HEADERS or ("-" not in name and _secret_field_name(name) and _plain(name) not in _WEAK_NAMES)
+
+
 def _mask_headers(text: str) -> str:
     """``text`` with the values of its raw secret header lines masked (:data:`_HEADER_HEAD`). A name that is no
     secret header's is passed over at its ":" (its value may hold the next header: ``Idempotency-Key: 1
@@ -428,7 +465,7 @@ def _mask_headers(text: str) -> str:
         at = m.end()
         start = m.start()
         name = _HEADER_NAME.search(text[max(0, start - 41):start])
-        if name is None or (start > 41 and name.start() == 0) or name.group("name").lower() not in SECRET_HEADERS:
+        if name is None or (start > 41 and name.start() == 0) or not _secret_header_name(name.group("name")):
             continue
         if name.group("name").lower() in _AUTH_HEADERS:
             auth = _AUTH_VALUE.match(text, m.end())
@@ -470,6 +507,8 @@ def scrub(text: Any) -> str:
     out = _SECRET_ASSIGN.sub(_mask_assign, out)
     out = _mask_headers(out)
     out = _HEADER_TUPLE.sub(_mask_tuple, out)
+    out = _CURL_USER.sub(lambda m: m.group(0)[:m.start("pw") - m.start()] + MASK, out)
+    out = _VENDOR_KEY.sub(lambda m: m.group(0)[0] + MASK, out)
     return _AUTH_TOKEN.sub(lambda m: m.group("kind") + m.group("sep") + MASK, out)
 
 
@@ -506,12 +545,23 @@ def redact_url(url: str | None) -> str | None:
     return scrub(url)
 
 
+def _secret_entry(key: Any, value: Any) -> bool:
+    """Whether ``value`` under dict key ``key`` is a credential to mask whole: a secret field name
+    (:func:`_secret_name`: ``api_key``, ``password``, ``authorization``) over a string with no whitespace in it (a
+    key, a token, a password), or one holding a token's shape (``Bearer …``). The key and the value were scrubbed
+    apart, and a value alone has no secret shape (LangSmith run inputs ``{"api_key": "…"}`` uploaded it); a status
+    under such a name stays readable (doctor's ``"api_key": "not set"``)."""
+    if not (isinstance(key, str) and isinstance(value, str) and value and _secret_name(key)):
+        return False
+    return value != MASK and (not any(c.isspace() for c in value) or _TOKEN_SHAPE.search(value) is not None)
+
+
 def scrub_tree(obj: Any) -> Any:
     """:func:`scrub` applied to every string inside nested dicts, lists and tuples (keys included)."""
     if isinstance(obj, str):
         return scrub(obj)
     if isinstance(obj, dict):
-        return {scrub_tree(k): scrub_tree(v) for k, v in obj.items()}
+        return {scrub_tree(k): MASK if _secret_entry(k, v) else scrub_tree(v) for k, v in obj.items()}
     if isinstance(obj, (list, tuple)):
         return type(obj)(scrub_tree(v) for v in obj)
     return obj
