@@ -391,7 +391,8 @@ def prune_runs(older_than_days: float = 7.0, root: str | Path | None = None, dry
             # looked at again once held: a critique of the group (``--fresh``, a resume) that ran and finished
             # between the listing and the lock wrote into it, and its new result and thread went with the old folder
             free = [p for p in stale[i:i + LOCK_BATCH]
-                    if held.enter_context(_held_for_removal(p, create=not dry_run)) and _contents(p) == listed[p]]
+                    if held.enter_context(_held_for_removal(p, create=not dry_run and not p.is_symlink()))
+                    and _contents(p) == listed[p]]
             threads = [t for p in free for t in by_folder.get(p.name, [])]
             removed["groups"] += len(free)
             removed["checkpoints"] += len(threads)
@@ -401,7 +402,7 @@ def prune_runs(older_than_days: float = 7.0, root: str | Path | None = None, dry
             if threads:
                 _delete_threads(db, threads)
             for p in free:
-                shutil.rmtree(p, ignore_errors=True) if p.is_dir() else p.unlink(missing_ok=True)
+                _remove_entry(p)
     from hmrcritic.agent.trace import repoint_last, trace_in_use
 
     for part, pattern in (("traces", "*.jsonl"), ("frozen-memory", "*"), ("evaluate", "*")):
@@ -416,14 +417,14 @@ def prune_runs(older_than_days: float = 7.0, root: str | Path | None = None, dry
             # and so does one a running command holds (hold_shared: a demo's or an evaluation's memory snapshot,
             # an evaluate-critic's cache, a snapshot being copied), whatever its age: removed under a running
             # command, its next read failed ("memory … lacks collection 'semantic_rules'") or its result was lost
-            with _held_for_removal(p, create=not dry_run) as free:
+            with _held_for_removal(p, create=not dry_run and not p.is_symlink()) as free:
                 if not free:
                     continue
                 removed[part] += 1
                 if dry_run:
                     would_free += _entry_bytes(p)
                 else:
-                    shutil.rmtree(p, ignore_errors=True) if p.is_dir() else p.unlink(missing_ok=True)
+                    _remove_entry(p)
     if not dry_run:
         repoint_last(root / "traces")
     if vacuum and not dry_run and db.exists() and (removed["checkpoints"] or _mostly_free(db)):
@@ -442,6 +443,15 @@ def prune_runs(older_than_days: float = 7.0, root: str | Path | None = None, dry
     after = before - would_free if dry_run else runs_usage(root)["total_bytes"]
     return {"root": str(root), "older_than_days": older_than_days, "dry_run": dry_run, "removed": removed,
             "bytes_before": before, "bytes_after": after}
+
+
+def _remove_entry(p: Path) -> None:
+    """Remove the entry ``p`` of the runs folder: a link is unlinked and its target left (as _entry_bytes counts
+    it); ``shutil.rmtree`` refuses a link, and with ``ignore_errors`` prune counted it removed while it stayed."""
+    if p.is_symlink() or not p.is_dir():
+        p.unlink(missing_ok=True)
+    else:
+        shutil.rmtree(p, ignore_errors=True)
 
 
 def _contents(folder: Path) -> frozenset | None:
