@@ -98,6 +98,8 @@ def main() -> None:
     ap.add_argument("--out", type=Path, default=None,
                     help="JSON to write (default: results/diffusion.json; diffusion_quick.json with --quick)")
     args = ap.parse_args()
+    if min(args.repeat, args.inputs, args.threads) < 1:  # --repeat 0 timed nothing and reported 0.0 hyp/s
+        ap.error("--repeat, --inputs and --threads must each be ≥ 1")
     torch.set_num_threads(args.threads)
     dev = args.device
     if DEFAULT_CHECKPOINT.exists():

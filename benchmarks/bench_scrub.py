@@ -37,6 +37,8 @@ def main() -> None:
     ap.add_argument("--reps", type=int, default=7, help="Timing repeats (the best is reported).")
     ap.add_argument("--out", type=Path, default=RESULTS)
     args = ap.parse_args()
+    if args.reps < 1:  # with none, nothing was timed: every figure read "inf µs" and the JSON held nulls
+        ap.error("--reps must be ≥ 1 (the best of the repeats is reported)")
     for v in (*redact.SECRET_ENV_VARS, *redact.URL_ENV_VARS):
         os.environ.pop(v, None)
     rnd = random.Random(0)

@@ -157,6 +157,10 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument("--tile", type=int, default=192, help="px per hypothesis tile in the synthetic grids")
     ap.add_argument("--out", type=Path, default=ROOT / "benchmarks" / "results" / "vlm.json")
     args = ap.parse_args(argv)
+    if args.groups < 1 or args.hypotheses < 1:  # 0 groups: an IndexError on the first request, 0 waves next
+        ap.error("--groups and --hypotheses must be ≥ 1")
+    if min(args.concurrency) < 1:
+        ap.error("--concurrency values must each be ≥ 1")
     report = run(args.groups, args.hypotheses, args.latency, args.concurrency, args.tile)
     print(
         f"VLM judge: {args.groups} groups x {args.hypotheses} hypotheses, {args.latency:g} s per call, "

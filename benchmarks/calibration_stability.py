@@ -14,6 +14,7 @@ Writes benchmarks/results/calibration_stability.json (or ``--json PATH``).
 from __future__ import annotations
 
 import argparse
+import os
 import tempfile
 from pathlib import Path
 
@@ -39,6 +40,9 @@ def main() -> None:
     args = ap.parse_args()
     cfg = {"rules_k": 16, "use_prototypes": False, "use_calibration": False}
     with tempfile.TemporaryDirectory() as tmp:
+        # the exploration's checkpointer (runs_dir()/checkpoints.sqlite) and frozen_copy (runs_dir()/frozen-memory)
+        # follow HMRCRITIC_RUNS: without this they stayed in the caller's runs folder, a copy of the explored memory
+        os.environ["HMRCRITIC_RUNS"] = str(Path(tmp) / "runs")
         mem = MemoryStore(path=Path(tmp) / "memory", chroma_url="")  # never the HMRCRITIC_CHROMA_URL server's
         explore(mem, split="train", rounds=-(-args.warmup_groups // 8), batch_size=8, limit=args.warmup_groups,
                 seed=1, calibration_groups=0)

@@ -15,6 +15,7 @@ full − no_prototypes ρ. Writes benchmarks/results/miner_history.json (or ``--
 from __future__ import annotations
 
 import argparse
+import os
 import tempfile
 import time
 from pathlib import Path
@@ -38,6 +39,9 @@ def main() -> None:
     default = explore_mod.HISTORY_GROUPS
     rows = []
     with tempfile.TemporaryDirectory(prefix="hmrcritic-history-") as tmp:
+        # the exploration's checkpointer (runs_dir()/checkpoints.sqlite) and frozen_copy (runs_dir()/frozen-memory)
+        # follow HMRCRITIC_RUNS: without this they stayed in the caller's runs folder, a copy of the explored memory
+        os.environ["HMRCRITIC_RUNS"] = str(Path(tmp) / "runs")
         try:
             for size in args.sizes:
                 explore_mod.HISTORY_GROUPS = size

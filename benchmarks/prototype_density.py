@@ -16,6 +16,7 @@ Writes benchmarks/results/prototype_density.json (or ``--json PATH``).
 from __future__ import annotations
 
 import argparse
+import os
 import tempfile
 import time
 from pathlib import Path
@@ -42,6 +43,9 @@ def main() -> None:
 
     with tempfile.TemporaryDirectory(prefix="hmrcritic-density-") as tmp:
         work = args.workdir or Path(tmp)
+        # the exploration's checkpointer (runs_dir()/checkpoints.sqlite) and frozen_copy (runs_dir()/frozen-memory)
+        # follow HMRCRITIC_RUNS: without this they stayed in the caller's runs folder, a copy of the explored memory
+        os.environ["HMRCRITIC_RUNS"] = str(Path(tmp) / "runs")
         t0 = time.time()
         mem = MemoryStore(path=work / "memory", chroma_url="")  # never the HMRCRITIC_CHROMA_URL server's
         rounds = -(-args.warmup_groups // args.batch_size)
