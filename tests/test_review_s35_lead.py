@@ -90,3 +90,17 @@ def test_trace_json_alone_is_told_what_it_needs(capsys):
     assert main(["trace", "--json"]) == 2
     err = capsys.readouterr().err
     assert "--json prints a run's trace records: give a RUN_ID or --last" in err and "--mermaid" not in err, err
+
+
+def test_a_manifest_without_a_generator_version_is_said_to_be_no_split_manifest(tmp_path, monkeypatch):
+    """A `{}` (or hand-made) manifest.json was reported as "made by generator None, not this one's …"."""
+    from hmrcritic.errors import AssetError
+    from hmrcritic.hmr.data import load_split
+
+    monkeypatch.setenv("HMRCRITIC_DATA", str(tmp_path / "data"))  # never the suite's shared splits
+    folder = tmp_path / "data" / "test"
+    folder.mkdir(parents=True)
+    (folder / "manifest.json").write_text("{}")
+    with pytest.raises(AssetError, match="not a split manifest") as info:
+        load_split("test", generate=False)
+    assert "None" not in str(info.value)

@@ -792,6 +792,8 @@ def load_split(
             # HMRCRITIC_BODY_MODEL does not use, sent `data info` users to `data generate`, which replaces it
             if m is None:
                 why = "not found"
+            elif "generator_version" not in m:  # a `{}` or hand-made manifest read "made by generator None"
+                why = "its manifest.json is not a split manifest (no generator_version)"
             elif m.get("generator_version") != GENERATOR_VERSION:
                 why = f"made by generator {m.get('generator_version')}, not this one's {GENERATOR_VERSION}"
             elif not same_body(m):
