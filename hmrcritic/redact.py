@@ -64,7 +64,9 @@ _extra_lock = threading.Lock()
 
 # up to the *last* "@" of the authority, as URL parsers read it: a password with an unencoded "@" in it
 # (``user:p@ss@host``) kept everything after its first "@" in view
-_URL_USERINFO = re.compile(r"(?P<scheme>\b[a-zA-Z][a-zA-Z0-9+.\-]*://)[^/\s?#'\"]+@")
+# (a scheme of at most 32 characters, as real ones are: unbounded, every letter of a run like "sk-sk-sk-…" began a
+# scheme read to the run's end — quadratic, seconds for 64 KB)
+_URL_USERINFO = re.compile(r"(?P<scheme>\b[a-zA-Z][a-zA-Z0-9+.\-]{0,31}://)[^/\s?#'\"]+@")
 # Secret values by the form they are written in, wherever the name before them is secret (:func:`secret_name`);
 # each pattern starts with one character to look for (a pattern starting any other way is tried at every position
 # of every text: 3-15 times as slow on a trace record).
@@ -96,11 +98,12 @@ _ASSIGN_NAME = re.compile(r"[A-Za-z0-9_.\-%]{1,64}$")
 # past escaped quotes (a value cut off by the end of its line is left: no closing quote, no field).
 # (Read in runs between quotes and backslashes: one character at a time, a long value — a trace record's text —
 # took 100 µs.)
-# (a ``b`` before the quote: a bytes value's repr, ``{'api_key': b'…'}``)
+# (a ``b`` before the quote: a bytes value's repr, ``{'api_key': b'…'}``; any number of backslashes before the
+# quotes: JSON quoted inside JSON inside JSON, ``\\\"api_key\\\": …``)
 _SECRET_FIELD = re.compile(
-    r""":(?P<ws>\s*)(?P<b>b?)(?P<bs>\\?)(?P<vq>["'])(?P<value>(?:[^\\\n"']++|\\.|["'])*?)(?P=bs)(?P=vq)""")
+    r""":(?P<ws>\s*)(?P<b>b?)(?P<bs>\\*)(?P<vq>["'])(?P<value>(?:[^\\\n"']++|\\.|["'])*?)(?P=bs)(?P=vq)""")
 _PAIR_NAME = re.compile(r"""["'](?i:name|key)\\?["']\s*:\s*\\?["'](?P<name>[A-Za-z0-9_.\-]{1,64})\\?["']\s*,\s*\\?$""")
-_FIELD_NAME = re.compile(r"""(?P<q>["'])(?P<name>[A-Za-z0-9_.\-]{1,64})\\?(?P=q)\s*$""")
+_FIELD_NAME = re.compile(r"""(?P<q>["'])(?P<name>[A-Za-z0-9_.\-]{1,64})\\*(?P=q)\s*$""")
 # The words of a parameter or field name that make it secret (the name split at "_", "-", ".", case changes and
 # digits: ``X-Amz-Signature``, ``accessToken``, ``api_key2``); a whole word, so ``author``, ``keyboard``, ``monkey``
 # and ``max_tokens`` are no secrets (matched anywhere in the name, they were masked)
@@ -138,7 +141,7 @@ _NAME_WORD = re.compile(r"[A-Z]+(?![a-z])|[A-Z]?[a-z]+|[0-9]+")
 _CURL_USER = re.compile(r"-(?:(?<=\s-)u[ \t]*|(?<=\s-)-user[ \t=]+)(?P<user>['\"]?[^\s:'\"]+:)(?P<pw>[^\s'\"]+)")
 _VENDOR_KEY = re.compile(
     r"[-_](?:(?<=\bsk-)|(?<=\bhf_)|(?<=\bgh[pousr]_)|(?<=\bgithub_pat_)|(?<=\bglpat-)|(?<=\bxox[abeoprs]-))"
-    r"(?=[A-Za-z0-9_\-]*[0-9A-Z])[A-Za-z0-9_\-]{16,}"
+    r"[A-Za-z0-9_\-]{16,}+"
 )
 _AUTH_TOKEN = re.compile(r"\b(?P<kind>(?i:bearer)|Basic)(?P<sep>\s+)(?=[A-Za-z0-9._~+/=\-]*\d)[A-Za-z0-9._~+/=\-]{8,}")
 
@@ -162,8 +165,8 @@ _AUTH_HEADERS = frozenset({"authorization", "proxy-authorization"})
 # ways — ``kubectl describe``'s ``OPENAI_API_KEY:  sk-…``, a config's ``api_key: …``, ``client_secret:``,
 # ``db_password:`` — read as a secret header's value is (masked when it holds a token's shape).
 _HEADER_HEAD = re.compile(
-    r":(?<=[nNeEyYtTdD]:)(?i:(?<=authorization:)|(?<=cookie:)|(?<=-key:)|(?<=-token:)|(?<=_key:)|(?<=_token:)"
-    r"|(?<=secret:)|(?<=password:))"
+    r":(?<=[nNeEyYtTdDsS]:)(?i:(?<=authorization:)|(?<=cookie:)|(?<=key:)|(?<=token:)"
+    r"|(?<=secret:)|(?<=password:)|(?<=passwd:)|(?<=credential:)|(?<=credentials:)|(?<=signature:))"
     r"(?P<ws>[ \t]*)(?P<q>\\?[\"']?)"
 )
 # read only after a secret name (:func:`_mask_headers`), so a line of many "-key:" is scanned once. A value runs
@@ -494,6 +497,29 @@ def _mask_tuple(m: re.Match) -> str:
     return "(" + m.group("lead") + MASK + m.group("vq")
 
 
+def _mask_vendor(m: re.Match) -> str:
+    """A run after a service's prefix, masked when it has a key's shape: a capital beside a digit or a small
+    letter (random keys mix them; ``sk-learn_wrapper_v2`` does not) and, after ``hf_`` / ``gh?_``, no "_" (their
+    keys are alphanumeric: ``hf_hub_download_v2`` is a name). Read here, once per run: as a lookahead it was read
+    from every prefix in a run to its end, quadratic on "sk-sk-sk-…" (16 s for 64 KB)."""
+    run = m.group(0)
+    head = m.string[max(0, m.start() - 10):m.start() + 1]
+    if "_" in run[1:] and (head.endswith("hf_") or re.search(r"\bgh[pousr]_$", head)):
+        return run
+    upper = any(c.isupper() for c in run)
+    return run[0] + MASK if upper and any(c.isdigit() or c.islower() for c in run) else run
+
+
+def _mask_curl_user(m: re.Match) -> str:
+    """curl's ``-u user:password``, only on a line with ``curl`` before it (``docker run -u 1000:1000``,
+    ``sudo -u a:b`` are other tools' user flags); looked back at most 200 characters."""
+    start = m.start()
+    line = m.string[max(0, start - 200):start].rpartition("\n")[2]
+    if "curl" not in line:
+        return m.group(0)
+    return m.group(0)[:m.start("pw") - start] + MASK
+
+
 def scrub(text: Any) -> str:
     """``text`` as a string with every secret masked (see the module docstring for what counts)."""
     out = str(text)
@@ -507,8 +533,8 @@ def scrub(text: Any) -> str:
     out = _SECRET_ASSIGN.sub(_mask_assign, out)
     out = _mask_headers(out)
     out = _HEADER_TUPLE.sub(_mask_tuple, out)
-    out = _CURL_USER.sub(lambda m: m.group(0)[:m.start("pw") - m.start()] + MASK, out)
-    out = _VENDOR_KEY.sub(lambda m: m.group(0)[0] + MASK, out)
+    out = _CURL_USER.sub(_mask_curl_user, out)
+    out = _VENDOR_KEY.sub(_mask_vendor, out)
     return _AUTH_TOKEN.sub(lambda m: m.group("kind") + m.group("sep") + MASK, out)
 
 
@@ -550,10 +576,22 @@ def _secret_entry(key: Any, value: Any) -> bool:
     (:func:`_secret_name`: ``api_key``, ``password``, ``authorization``) over a string with no whitespace in it (a
     key, a token, a password), or one holding a token's shape (``Bearer …``). The key and the value were scrubbed
     apart, and a value alone has no secret shape (LangSmith run inputs ``{"api_key": "…"}`` uploaded it); a status
-    under such a name stays readable (doctor's ``"api_key": "not set"``)."""
+    under such a name stays readable (doctor's ``"api_key": "set"`` / ``"not set"``)."""
     if not (isinstance(key, str) and isinstance(value, str) and value and _secret_name(key)):
         return False
-    return value != MASK and (not any(c.isspace() for c in value) or _TOKEN_SHAPE.search(value) is not None)
+    # a word shorter than MIN_SECRET_LEN is a status (doctor's ``"api_key": "set"``), as scrub's floor reads it
+    return value != MASK and ((len(value) >= MIN_SECRET_LEN and not any(c.isspace() for c in value))
+                              or _TOKEN_SHAPE.search(value) is not None)
+
+
+def _scrub_entry(key: Any, value: Any) -> Any:
+    """``value`` under dict key ``key`` scrubbed: masked whole when a credential (:func:`_secret_entry`), and so
+    each string of a list or tuple under a secret key (``{"api_key": ["sk-…"]}``, a list of candidate keys)."""
+    if _secret_entry(key, value):
+        return MASK
+    if isinstance(value, (list, tuple)) and isinstance(key, str) and _secret_name(key):
+        return type(value)(MASK if _secret_entry(key, v) else scrub_tree(v) for v in value)
+    return scrub_tree(value)
 
 
 def scrub_tree(obj: Any) -> Any:
@@ -561,7 +599,7 @@ def scrub_tree(obj: Any) -> Any:
     if isinstance(obj, str):
         return scrub(obj)
     if isinstance(obj, dict):
-        return {scrub_tree(k): MASK if _secret_entry(k, v) else scrub_tree(v) for k, v in obj.items()}
+        return {scrub_tree(k): _scrub_entry(k, v) for k, v in obj.items()}
     if isinstance(obj, (list, tuple)):
         return type(obj)(scrub_tree(v) for v in obj)
     return obj
