@@ -24,6 +24,21 @@ _URL = typer.Option(None, "--chroma-url", help=CHROMA_URL_HELP)
 _JSON = typer.Option(False, "--json", help="Machine-readable output.")
 
 
+def _check_url(chroma_url: str | None) -> str | None:
+    """``--chroma-url`` as given, refused when it is empty or blank.
+
+    ``--chroma-url "$URL"`` with the variable unset or empty reached the commands as ``""``, which each read its
+    own way: ``memory stats`` opened the memory folder on disk whatever HMRCRITIC_CHROMA_URL said, while
+    ``memory reset --yes`` fell back to that variable's server (or, with none set, reset the memory on disk, not
+    the server the script meant); ``" "`` was taken as a server address ("cannot reach the Chroma server at  :")."""
+    if chroma_url is not None and not chroma_url.strip():
+        from hmrcritic.errors import InputError
+
+        raise InputError("--chroma-url is empty: give the Chroma server's address (http://host:port), or leave the "
+                         "option out to use HMRCRITIC_CHROMA_URL, else the memory folder on disk (nothing was done)")
+    return chroma_url
+
+
 def _open(memory_dir: Path | None, chroma_url: str | None):
     """Open for reading: read-only when a memory exists (never modifies it); a missing default memory is
     created and seeded, which is what every other command would see. A ``--memory-dir`` that holds no memory
@@ -31,6 +46,7 @@ def _open(memory_dir: Path | None, chroma_url: str | None):
     from hmrcritic import config
     from hmrcritic.memory.store import MemoryStore, holds_memory
 
+    chroma_url = _check_url(chroma_url)
     path = memory_dir or config.memory_dir()
     # a server named by HMRCRITIC_CHROMA_URL is read as one named by --chroma-url: whether the local folder held
     # a memory on disk decided it, so an empty server was created and seeded by a look, or refused, by that
@@ -101,7 +117,7 @@ def calibration(
     if clear:
         from hmrcritic.config import env_chroma_url
 
-        server = chroma_url or env_chroma_url()
+        server = _check_url(chroma_url) or env_chroma_url()
         if memory_dir is not None and not server and not holds_memory(Path(memory_dir)):
             # as _open: a mistyped --memory-dir must not create and seed a new memory just to clear nothing there
             from hmrcritic.errors import InputError
@@ -258,6 +274,7 @@ def export(
     from hmrcritic.commands import check_output_file
     from hmrcritic.memory.store import check_export_target
 
+    _check_url(chroma_url)
     check_export_target(file)  # before the memory is opened: the user's first mistake is the one to hear about
     check_output_file(file, "memory export")
     import os
@@ -291,6 +308,7 @@ def import_(
     from hmrcritic.config import env_chroma_url
     from hmrcritic.memory.store import MemoryStore
 
+    _check_url(chroma_url)
     if not file.exists() or file.is_dir():  # exists: /dev/stdin (an export piped in) is no regular file
         # before the memory is opened: opening a --memory-dir that holds none creates and seeds one, so a mistyped
         # file name left a new memory folder behind (or the default memory created) for an import that did nothing
@@ -336,6 +354,15 @@ def import_(
         # export of another memory holds too)
         typer.echo(f"{counts['rules_skipped']} rule(s) skipped: this memory holds them already, used as often or "
                    "more (--overwrite replaces them with the file's)")
+    taken = [what for what, got in ((f"the {counts['explored_groups']} explored group ids (the evaluation guard)",
+                                     counts["explored_groups"]),
+                                    ("the exploration progress", counts["explore_progress"])) if got]
+    if store.chroma_url and taken:
+        # "imported … into http://host:8000: … explored_groups: 2" read as if the guard were now on the server,
+        # for every machine; a server memory keeps these records in the local folder (README), so a process
+        # using another --memory-dir (another machine) neither sees the guard nor the progress
+        typer.echo(f"note: {' and '.join(taken)} went into this machine's folder for the server memory, "
+                   f"{store.path}, not onto the server: explore and evaluate it from here, with that folder")
 
 
 @memory_app.command("reset")
@@ -346,12 +373,12 @@ def reset(
 ) -> None:
     """Delete every rule and prototype and start again (seeded with the starter rules)."""
     from hmrcritic.config import env_chroma_url
-    from hmrcritic.memory.store import COLLECTIONS, MemoryStore, hold_exclusive, reach_server, resetting
+    from hmrcritic.memory.store import COLLECTIONS, EXPLORE_FILES, MemoryStore, hold_exclusive, reach_server, resetting
     from hmrcritic.redact import redact_url
 
     # the server MemoryStore would pick up from the environment is the one to drop (dropping the folder's
     # collections instead left a mismatched server memory failing on the very check that says to reset it)
-    chroma_url = chroma_url or env_chroma_url()
+    chroma_url = _check_url(chroma_url) or env_chroma_url()
 
     path = memory_dir
     if path is None:
@@ -373,17 +400,30 @@ def reset(
             from hmrcritic.errors import InputError
 
             raise InputError(f"a file is where a folder is needed: {probe} (a memory is a folder)")
+    location = None
+    if chroma_url:
+        # before the question (and so before marking it): a server that is down or refuses the password was asked
+        # about ("Delete all rules … ? [y/N]: y") and only then said to be unreachable; a reset that cannot reach
+        # the server must also leave its memory openable
+        reach_server(chroma_url)
+        folder = Path(path).expanduser().resolve()
+        # "in http://host:8000?" did not say it was a server, nor that the exploration records the server
+        # memory keeps in this machine's folder go with it (reset deletes them)
+        records = [n for n in EXPLORE_FILES if (folder / n).exists()]
+        where = f"the memory on the Chroma server at {where}" + (
+            f" (and its exploration records in {folder})" if records else "")
+        # as MemoryStore.exclusive names a server memory: "memory at <folder> is busy with a memory reset" named
+        # only the lock folder, not the server the other reset is working on
+        location = f"{redact_url(chroma_url)} (its folder on this machine, {folder}, for the write lock and records)"
     # asked on stderr, as `runs prune` asks: on stdout the question went into `… > reset.log` and the command
     # sat waiting for an answer nobody could see
     if not yes:
         from hmrcritic.commands import confirm_or_stop
 
         confirm_or_stop(f"Delete all rules and prototypes in {where}?", "nothing deleted")
-    if chroma_url:  # before marking it: a reset that cannot reach the server must leave its memory openable
-        reach_server(chroma_url)
     # hold the memory before touching it: a reset refused because an exploration runs must delete nothing
     # marked as being reset before anything is dropped: a reset cut short is refused until run again
-    with hold_exclusive(path, "a memory reset"), resetting(path, chroma_url):
+    with hold_exclusive(path, "a memory reset", location=location), resetting(path, chroma_url):
         # drops without opening, so it works even on a memory built with another embedding (disk or server)
         MemoryStore.drop_collections(Path(path), list(COLLECTIONS), chroma_url=chroma_url)
         store = MemoryStore(path, chroma_url=chroma_url, seed_starter=False)
