@@ -128,7 +128,7 @@ def test_doctor_says_the_memory_is_on_the_chroma_server(monkeypatch, capsys, tmp
     assert "Chroma server http://***@chroma.lab:8123 (not contacted; its local lock folder: " in memory
     assert str(tmp_path / "memory") in memory
     (folders,) = [line for line in lines if line[7:].startswith("folders ")]
-    assert "its write lock only" in folders
+    assert "its write lock and exploration records only" in folders
     assert "pw-s29-chroma" not in "\n".join(lines)
     report = doctor.run_checks(skip=tuple(n for n, _ in doctor.CHECKS if n != "folders"))
     assert report["checks"][0]["memory_server"] == "http://***@chroma.lab:8123"

@@ -88,9 +88,24 @@ def confirm_or_stop(question: str, unchanged: str) -> None:
         # did not say that nothing was changed or that --yes exists. Abort: cli.main says both, exit 1
         print(f"{question} [y/N]: ", end="", file=sys.stderr, flush=True)
         raise typer.Abort()
-    if not typer.confirm(question, err=True):
+    answer = typer.confirm(question, err=True)
+    if not _typed_at_terminal(sys.stdin):
+        # an answer piped in is not echoed, so nothing ended the prompt's line: the next message ran onto it
+        # ("[y/N]: not confirmed: …", "[y/N]: error: …"). (The end of stdin raises Abort above: cli.main starts
+        # its own line for that.)
+        print(file=sys.stderr)
+    if not answer:
         print(f"not confirmed: {unchanged}", file=sys.stderr)
         raise SystemExit(1)  # (typer.Exit's code is lost under standalone_mode=False)
+
+
+def _typed_at_terminal(stream) -> bool:
+    """Whether ``stream`` is a terminal, where the answer's Enter is echoed and ends the prompt's line; False for
+    a pipe, a file, or a replaced stream without ``isatty`` (or a closed one)."""
+    try:
+        return bool(stream.isatty())
+    except (AttributeError, ValueError, OSError):
+        return False
 
 
 def made_folder(path):

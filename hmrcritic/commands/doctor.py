@@ -228,8 +228,9 @@ def _folders() -> dict:
             _parse_chroma_url(url)
         except InputError as exc:
             problems.append(f"HMRCRITIC_CHROMA_URL: {exc}")
-        else:  # where the memory is: the memory folder then holds only this machine's write lock (the text line
-            # showed that folder as "memory=" and the server only inside the judge line's agent settings)
+        else:  # where the memory is: the memory folder then holds this machine's write lock and the exploration
+            # records (README), not the rules and prototypes (the text line showed that folder as "memory=" and the
+            # server only inside the judge line's agent settings)
             from hmrcritic.redact import redact_url
 
             res["memory_server"] = redact_url(url)
@@ -586,8 +587,8 @@ def _summary(c: dict) -> str:
     if n == "folders":
         server = c.get("memory_server")
         return "; ".join(f"{k}={v['path']}" + ("" if v["exists"] else " (not yet created)")
-                         + (" (its write lock only: the memory is on a Chroma server)" if server and k == "memory"
-                            else "") for k, v in c["folders"].items())
+                         + (" (its write lock and exploration records only: the rules and prototypes are on a "
+                            "Chroma server)" if server and k == "memory" else "") for k, v in c["folders"].items())
     if n == "checkpoint" and c["ok"]:
         return f"{c['path']} ({c['bytes'] / 1e6:.1f} MB, {c['parameters']:,} parameters)"
     if n == "endpoint":
@@ -614,11 +615,12 @@ def _summary(c: dict) -> str:
 def _memory_line(c: dict) -> str:
     """The text report's ``memory`` line, from the folders check: where the dual memory is. With
     ``HMRCRITIC_CHROMA_URL`` set the folders line showed only the local memory folder (which then holds this
-    machine's write lock, nothing else) and the server appeared only inside the judge line's agent settings,
-    so a report did not say which memory a critique would read. The server is named, never contacted."""
+    machine's write lock and the exploration records) and the server appeared only inside the judge line's agent
+    settings, so a report did not say which memory a critique would read. The server is named, never contacted."""
     folder = c["folders"]["memory"]
     if c.get("memory_server"):
-        return f"Chroma server {c['memory_server']} (not contacted; its local lock folder: {folder['path']})"
+        return (f"Chroma server {c['memory_server']} (not contacted; its local lock folder: {folder['path']}, "
+                "which also keeps its exploration records)")
     return f"{folder['path']} (on disk" + ("" if folder["exists"] else ", not yet created") + ")"
 
 

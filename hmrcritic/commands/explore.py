@@ -220,8 +220,10 @@ def explore_cmd(
     failed = sum(_failed_groups(r.failed) for r in summary.rounds)
     # "(model)" / "(perturbed)" named the --source value without the option: say what the hypotheses were
     made = _SOURCE_WORDS.get(summary.source, f"hypotheses: {summary.source}")
+    # the memory by its location (a server's URL, password masked; else its folder): "memory version …; log
+    # <folder>" named only the local folder of a memory on a Chroma server, never the server that was explored
     typer.echo(f"explored {summary.groups} groups of {split} ({made}); memory version "
-               f"{summary.memory_version}; log {summary.log_path}"
+               f"{summary.memory_version} at {summary.memory}; log {summary.log_path}"
                + (f"; {failed} group(s) failed and will not be retried" if failed else "")
                + (f"; stopped: {summary.stopped}" if summary.stopped else ""))
 

@@ -353,9 +353,12 @@ def _acquire_write_lock(path: Path, location: str):
     except Timeout:
         who, pid = _lock_holder(path)
         stop = f", stop that process if it is stuck (kill {pid})" if pid is not None else ""
+        # not for a memory on a Chroma server (a location other than the folder, MemoryStore._folder_location):
+        # the lock is the local folder's, and another folder would let two writers at the one server memory
+        longer = ("set HMRCRITIC_MEMORY_LOCK_TIMEOUT to wait longer, or use another --memory-dir"
+                  if location == str(path) else "or set HMRCRITIC_MEMORY_LOCK_TIMEOUT to wait longer")
         raise AssetError(f"memory at {location} stayed locked by another writer for {timeout:.0f} s: {who} (lock "
-                         f"file {path / LOCK_NAME}); wait for it to finish and run again{stop}, set "
-                         "HMRCRITIC_MEMORY_LOCK_TIMEOUT to wait longer, or use another --memory-dir") from None
+                         f"file {path / LOCK_NAME}); wait for it to finish and run again{stop}, {longer}") from None
     rec = {"pid": os.getpid(), "host": socket.gethostname(), "command": _command_line(),
            "since": time.strftime("%Y-%m-%d %H:%M:%S")}
     with suppress(OSError):  # only informs a waiting writer: never worth failing the write for
@@ -590,6 +593,14 @@ def _parse_chroma_url(url: str) -> tuple[str, int, bool, str | None]:
         raise InputError(f"chroma url {shown!r} is not of the form http://host:port ({exc})") from None
     if u.scheme not in ("http", "https") or not u.hostname:
         raise InputError(f"chroma url {shown!r} is not of the form http://host:port")
+    # the client takes host and port only: "http://host:P/chroma" talked to the server's root while every message
+    # named ".../chroma", so a server behind a path prefix was never the one reached. A bare trailing "/" is fine
+    extra = [what for what, there in (("a path", u.path not in ("", "/") or u.params), ("a query", u.query),
+                                      ("a fragment", u.fragment)) if there]
+    if extra:
+        raise InputError(f"chroma url {shown!r} has {' and '.join(extra)}, which a Chroma server address cannot "
+                         "have (the client would connect to the server's root); give it as "
+                         "http(s)://[user:password@]host:port")
     # user:password in the URL used to be dropped, so a server that requires auth refused with a puzzling 401
     credentials = f"{unquote(u.username or '')}:{unquote(u.password or '')}" if u.username or u.password else None
     return u.hostname, port or (443 if u.scheme == "https" else 8000), u.scheme == "https", credentials
@@ -626,8 +637,14 @@ class _ServerProxy:
             try:
                 out = attr(*args, **kwargs)
             except httpx.TransportError as exc:
+                # with a way on: the bare cause left the user to guess whether to retry, and whether a long
+                # job's work so far was lost (`explore`, `export` and `learning-curve` resume where they stopped,
+                # as README says of any interruption; other commands simply run again)
                 raise _server_unusable(f"the Chroma server at {self._where} stopped answering "
-                                       f"({type(exc).__name__}: {exc})", self._where, "stopped answering") from exc
+                                       f"({type(exc).__name__}: {exc}); check that it still runs and answers "
+                                       "there, then run the same command again (explore, export and "
+                                       "learning-curve resume where they stopped)",
+                                       self._where, "stopped answering") from exc
             return _ServerProxy(out, self._where) if isinstance(out, Collection) else out
 
         return call
@@ -725,19 +742,20 @@ def _http_client(url: str):
         client = chromadb.HttpClient(host=host, port=port, ssl=ssl, settings=_chroma_settings(credentials))
         client.heartbeat()
     except Exception as exc:
+        # an address set once in a profile (HMRCRITIC_CHROMA_URL) is easily forgotten: say where it came from and
+        # that the memory on disk is one unset away — for a refused password as for a server not reached (a
+        # refusal said only "check the user and password in the URL", not which URL setting to look in)
+        origin = ("" if url != config.env_chroma_url() else
+                  " (from HMRCRITIC_CHROMA_URL; unset it to use the memory folder on disk)")
         if _refused_credentials(exc):
             # it answered: "cannot reach" sent the user to check that the server runs, not the password
             fix = ("check the user and password in the URL" if credentials else
                    "put user:password@ before the host in the URL (or set Chroma's CHROMA_CLIENT_AUTH_* variables)")
-            raise AssetError(scrub(f"the Chroma server at {redact_url(url)} refused "
+            raise AssetError(scrub(f"the Chroma server at {redact_url(url)}{origin} refused "
                                    f"{'the credentials' if credentials else 'access without credentials'} "
                                    f"({' '.join(str(exc).split())[:200]}); {fix}")) from exc
         # flagged as _ServerProxy's: an export's worker that opens the memory after the server went (a new process
         # pool, a replaced Ray actor) failed every group at its setup, one by one, and the export ended 0
-        # an address set once in a profile (HMRCRITIC_CHROMA_URL) is easily forgotten: say where it came from and
-        # that the memory on disk is one unset away
-        origin = ("" if url != config.env_chroma_url() else
-                  " (from HMRCRITIC_CHROMA_URL; unset it to use the memory folder on disk)")
         raise _server_unusable(f"cannot reach the Chroma server at {redact_url(url)}{origin}: {exc}",
                                redact_url(url), "cannot be reached") from exc
     return _ServerProxy(client, redact_url(url))
@@ -868,7 +886,8 @@ def _reset_running(path: Path) -> str | None:
 
 
 @contextmanager
-def hold_exclusive(path: str | os.PathLike, what: str, location: str | None = None) -> Iterator[None]:
+def hold_exclusive(path: str | os.PathLike, what: str, location: str | None = None,
+                   on_server: bool | None = None) -> Iterator[None]:
     """Hold the memory at ``path`` for one long job (an exploration, an import, a reset) against every other
     such job, in any process on this machine.
 
@@ -876,7 +895,10 @@ def hold_exclusive(path: str | os.PathLike, what: str, location: str | None = No
     also count the other's groups (an audit found rule statistics doubled, both runs exiting 0). So a
     second job fails at once and names the first, rather than waiting for hours. Re-entrant within a
     process (an exploration that imports or resets holds it already). A function of the folder rather than
-    of an open store, so that ``memory reset`` can hold it while it drops collections it cannot open."""
+    of an open store, so that ``memory reset`` can hold it while it drops collections it cannot open.
+
+    ``on_server``: the memory is on a Chroma server (``location`` names it), whose busy message then does not
+    suggest another ``--memory-dir``; None infers it from a ``location`` other than the folder itself."""
     path = Path(path).expanduser().resolve()
     key = str(path)
     with _REGISTRY_LOCK:
@@ -892,10 +914,17 @@ def hold_exclusive(path: str | os.PathLike, what: str, location: str | None = No
         return
     _mkdir(path, location or str(path))
     lock_file = path / EXCLUSIVE_NAME
+    # "or use another --memory-dir" is no way on for a memory on a Chroma server: the lock is the local folder's,
+    # so a second folder lets two jobs write the one server memory at once (the doubled statistics this lock is
+    # for). A location other than the folder itself names such a memory (MemoryStore._folder_location and
+    # `memory reset` build it so)
+    if on_server is None:
+        on_server = location is not None and location != key
+    elsewhere = "" if on_server else " or use another --memory-dir"
 
     def busy(by: str) -> InputError:
-        return InputError(f"memory at {location or path} is busy with {by}; wait for it to finish or use "
-                          f"another --memory-dir (lock file {lock_file})")
+        return InputError(f"memory at {location or path} is busy with {by}; wait for it to finish{elsewhere} "
+                          f"(lock file {lock_file})")
 
     with ExitStack() as stack:
         with _unwritable_as_error(path, location or str(path)):  # taking the lock only, not the job inside it
@@ -1523,7 +1552,7 @@ class MemoryStore:
         in any process on this machine (:func:`hold_exclusive`)."""
         if self.read_only:
             raise ReadOnlyMemoryError(f"memory at {self.location} is open read-only (frozen); {what} writes to it")
-        with hold_exclusive(self.path, what, location=self._folder_location):
+        with hold_exclusive(self.path, what, location=self._folder_location, on_server=bool(self.chroma_url)):
             yield
 
     def _side_record(self, key: str) -> dict | None:
