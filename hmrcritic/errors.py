@@ -45,3 +45,21 @@ def check_number(name: str, value: Any, integer: bool = False) -> None:
     except (TypeError, ValueError, RuntimeError):
         raise InputError(f"{name} must be {'an integer' if integer else 'a number'}, got "
                          f"{type(value).__name__}") from None
+
+
+def warn_caller(message: str, category: type[Warning] = UserWarning) -> None:
+    """``warnings.warn`` attributed to the first frame outside the hmrcritic package: the caller's line (a notebook
+    cell, a script), however deep in the package the warning was raised. Each call site counted a fixed
+    ``stacklevel``, which pointed at a library line whenever the path to it was deeper (``load_intrinsics`` through
+    ``sample_to_dir``, ``read_keypoints`` through ``critique_image``), and Python's "default" filter then showed one
+    warning per library line instead of one per line of the caller's code. (Python 3.12's ``skip_file_prefixes``
+    does this; the project runs on 3.11.)"""
+    import os
+    import sys
+    import warnings
+
+    package = os.path.dirname(os.path.abspath(__file__)) + os.sep
+    level, frame = 1, sys._getframe(1)  # noqa: SLF001 - the only way to walk the stack without inspect's cost
+    while frame is not None and os.path.abspath(frame.f_code.co_filename).startswith(package):
+        level, frame = level + 1, frame.f_back
+    warnings.warn(message, category, stacklevel=level + 1)

@@ -104,3 +104,25 @@ def test_a_manifest_without_a_generator_version_is_said_to_be_no_split_manifest(
     with pytest.raises(AssetError, match="not a split manifest") as info:
         load_split("test", generate=False)
     assert "None" not in str(info.value)
+
+
+def test_a_library_warning_points_at_the_callers_line(tmp_path):
+    """Warnings counted a fixed ``stacklevel`` at each call site, which pointed at a library line whenever the path
+    from the caller was deeper (or shallower) than that count; they name the caller's own line now."""
+    import json
+    import warnings
+
+    from PIL import Image
+
+    from hmrcritic.hmr.data import read_keypoints_json, sample_from_user
+
+    person = [[100.0 + 5 * i, 100.0 + 9 * i, 0.9] for i in range(17)]
+    path = tmp_path / "two.json"
+    path.write_text(json.dumps([{"keypoints": person}, {"keypoints": [[x, y, 0.5] for x, y, _ in person]}]))
+    image = tmp_path / "photo.png"
+    Image.new("RGB", (640, 480), (90, 90, 90)).save(image)
+    for call in (lambda: read_keypoints_json(path, image_size=(640, 480)), lambda: sample_from_user(image, path)):
+        with warnings.catch_warnings(record=True) as got:
+            warnings.simplefilter("always")
+            call()
+        assert got and all(w.filename == __file__ for w in got), [(w.filename, w.lineno) for w in got]

@@ -37,7 +37,7 @@ from hmrcritic.agent.judges import judge_name
 from hmrcritic.agent.runs import checkpoint_error, in_use, thread_lock
 from hmrcritic.agent.schema import HypothesisScore
 from hmrcritic.agent.state import AgentConfig, canonical_judge, prototype_hits
-from hmrcritic.errors import HMRCriticError, InputError, InvalidCritiqueError
+from hmrcritic.errors import HMRCriticError, InputError, InvalidCritiqueError, warn_caller
 from hmrcritic.hmr.smpl_arrays import SMPL_KEYS, check_smpl_arrays
 from hmrcritic.io import atomic_save_npz, atomic_write_json, read_npz
 from hmrcritic.redact import scrub
@@ -768,11 +768,9 @@ def critique_group(
             return result
         new_memory = _new_memory_folder(memory, config, cfg)
         if new_memory is not None:  # the graph about to run opens (makes) it; a finished thread returned above does not
-            import warnings
-
-            warnings.warn(f"no memory at {new_memory} yet: a new one with only the starter rules is made there and "
-                          "this critique scores with it (a mistyped path? an explored memory is the folder "
-                          "`hmrcritic explore --memory-dir DIR` wrote)", stacklevel=2)
+            warn_caller(f"no memory at {new_memory} yet: a new one with only the starter rules is made there and "
+                        "this critique scores with it (a mistyped path? an explored memory is the folder "
+                        "`hmrcritic explore --memory-dir DIR` wrote)")
         run_id = new_run_id(gid)
         tracer = TraceWriter(run_id, gid, only_on_error=not keep)
         # held while the graph runs, so that `runs prune` (any process) leaves this folder and thread alone; taken
@@ -842,10 +840,8 @@ def critique_group(
             try:  # the group is scored: a database that cannot delete now (locked, full) must not lose the result
                 saver.delete_thread(thread)
             except sqlite3.Error as exc:
-                import warnings
-
-                warnings.warn(f"{checkpoint_error(_saver_path(saver), exc)}; the throwaway thread {thread} is left "
-                              "for `hmrcritic runs prune`", stacklevel=2)
+                warn_caller(f"{checkpoint_error(_saver_path(saver), exc)}; the throwaway thread {thread} is left "
+                            "for `hmrcritic runs prune`")
         _record_learned_scene(memory if memory is not None else cfg.memory_dir, cfg, sample)
         return _scored(values, cfg, resumed=start is None, run_id=run_id)
 

@@ -28,7 +28,7 @@ import numpy as np
 import torch
 
 from hmrcritic import config
-from hmrcritic.errors import AssetError, InputError
+from hmrcritic.errors import AssetError, InputError, warn_caller
 from hmrcritic.hmr import mannequin
 
 SMPL_JOINT_NAMES: list[str] = [
@@ -647,13 +647,11 @@ def _warn_unless_metres(v_template: np.ndarray, path: Path) -> None:
     low, high = REST_HEIGHT_M
     if low <= height <= high:
         return
-    import warnings
-
     guess = (" (millimetres?)" if 300 <= height <= 3000 else " (centimetres?)" if 30 <= height <= 300
              else "")
-    warnings.warn(f"{path}: its rest body (betas 0) is {height:.4g} units tall; SMPL files are in metres, a body "
-                  f"{low}–{high} m tall{guess}: every length this model gives (joints, meshes, transl, errors in "
-                  "mm) is in its units", stacklevel=3)
+    warn_caller(f"{path}: its rest body (betas 0) is {height:.4g} units tall; SMPL files are in metres, a body "
+                f"{low}–{high} m tall{guess}: every length this model gives (joints, meshes, transl, errors in "
+                "mm) is in its units")
 
 
 def clear_cache() -> None:

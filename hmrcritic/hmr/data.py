@@ -29,7 +29,6 @@ import os
 import shutil
 import sys
 import time
-import warnings
 import weakref
 import zipfile
 import zlib
@@ -40,7 +39,7 @@ import numpy as np
 import torch
 
 from hmrcritic import config
-from hmrcritic.errors import AssetError, InputError
+from hmrcritic.errors import AssetError, InputError, warn_caller
 from hmrcritic.hmr import anatomy, camera, poses
 from hmrcritic.hmr import intrinsics as intrinsics_mod
 from hmrcritic.hmr.rotations import axis_angle_to_matrix, matrix_to_axis_angle
@@ -1109,9 +1108,9 @@ def _pick_person(people: list, key: str, path: Path, person: int | None = None) 
         return people[0]
     conf = [_person_confidence(d, key) if isinstance(d, dict) else -1.0 for d in people]
     i = int(np.argmax(conf))
-    warnings.warn(f"{path}: {len(people)} people found; using the most confident (entry {i}, counting from 0); "
-                  "keep only the wanted person in the file to choose another, or give its index (`--person I` on "
-                  "sample or critique, person=I)", stacklevel=3)
+    warn_caller(f"{path}: {len(people)} people found; using the most confident (entry {i}, counting from 0); "
+                "keep only the wanted person in the file to choose another, or give its index (`--person I` on "
+                "sample or critique, person=I)")
     return people[i]
 
 
@@ -1351,16 +1350,16 @@ def read_keypoints_json(path, image_size=None, person: int | None = None, layout
                 by = max(-u[far], u[far] - W, -v[far], v[far] - H)
                 why += (f"? {far} ({COCO17_NAMES[far]}) lies {by:.4g} px past the border: keypoints of another image "
                         "or image size?")
-            warnings.warn(f"{p}: keypoint{'s' if out.sum() > 1 else ''} {names} lie{'' if out.sum() > 1 else 's'} "
-                          f"outside the {W}×{H} image: treated as hidden ({why})", stacklevel=2)
+            warn_caller(f"{p}: keypoint{'s' if out.sum() > 1 else ''} {names} lie{'' if out.sum() > 1 else 's'} "
+                        f"outside the {W}×{H} image: treated as hidden ({why})")
             visible &= ~out
     arr[~visible] = 0.0
     spread = None if h36m or n_points != 17 else _looks_like_h36m(arr)
     if spread is not None:
-        warnings.warn(f"{p}: the points read as the face (COCO-17's nose, eyes, ears: 0-4) span {spread:.0%} of the "
-                      "person, not a head's share: is the file in Human3.6M-17's order (VideoPose3D, MotionBERT)? "
-                      "Then read it with keypoint layout h36m17 (`--keypoint-layout h36m17`, "
-                      "layout='h36m17')", stacklevel=2)
+        warn_caller(f"{p}: the points read as the face (COCO-17's nose, eyes, ears: 0-4) span {spread:.0%} of the "
+                    "person, not a head's share: is the file in Human3.6M-17's order (VideoPose3D, MotionBERT)? "
+                    "Then read it with keypoint layout h36m17 (`--keypoint-layout h36m17`, "
+                    "layout='h36m17')")
     # the keypoints are returned as float32: a visible coordinate past its range (1e308 is finite in float64) came
     # back as inf, breaking the reader's promise of finite keypoints silently (hidden points are 0 by now, and with
     # image_size such a point lies outside the image and is hidden)

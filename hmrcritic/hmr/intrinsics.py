@@ -49,12 +49,11 @@ from __future__ import annotations
 import functools
 import math
 import os
-import warnings
 from pathlib import Path
 
 import numpy as np
 
-from hmrcritic.errors import InputError
+from hmrcritic.errors import InputError, warn_caller
 from hmrcritic.hmr import camera
 from hmrcritic.io import not_a_file_error, read_small_json
 
@@ -184,8 +183,8 @@ def _stated_size(data: dict, where: str) -> tuple[float, float] | None:
 
 
 def _distortion_warning(where: str, key: str) -> None:
-    warnings.warn(f"{where}: lens distortion ({key}) is not modelled — the model assumes a pinhole camera; "
-                  "give keypoints detected on the undistorted image", stacklevel=4)
+    warn_caller(f"{where}: lens distortion ({key}) is not modelled — the model assumes a pinhole camera; "
+                "give keypoints detected on the undistorted image")
 
 
 def _warn_distortion(data: dict, where: str) -> None:
@@ -293,12 +292,11 @@ def _warn_frame_unknown(where: str, K: np.ndarray, image_size, orientation: int 
     raw = (W, H) if orientation in (2, 3, 4) else (H, W)
     up = upright_intrinsics(K, raw, orientation)
     turned = {2: "mirrored", 3: "turned a half", 4: "flipped"}.get(orientation, "turned a quarter")
-    warnings.warn(f"{where}: the image is {turned} upright by its EXIF orientation ({orientation}) and the "
-                  "calibration is taken as of the upright image; if it is of the raw (sensor) frame, the upright one "
-                  f"has fx {up[0, 0]:g}, fy {up[1, 1]:g}, principal point ({up[0, 2]:g}, {up[1, 2]:g})"
-                  + ("" if sized or orientation in (2, 3, 4) else
-                     " — or give the file its width and height (the raw frame's) and it is turned with the image"),
-                  stacklevel=4)
+    warn_caller(f"{where}: the image is {turned} upright by its EXIF orientation ({orientation}) and the "
+                "calibration is taken as of the upright image; if it is of the raw (sensor) frame, the upright one "
+                f"has fx {up[0, 0]:g}, fy {up[1, 1]:g}, principal point ({up[0, 2]:g}, {up[1, 2]:g})"
+                + ("" if sized or orientation in (2, 3, 4) else
+                   " — or give the file its width and height (the raw frame's) and it is turned with the image"))
 
 
 def _yaml_float_pattern():

@@ -37,7 +37,7 @@ from pathlib import Path
 
 import numpy as np
 
-from hmrcritic.errors import InputError
+from hmrcritic.errors import InputError, warn_caller
 from hmrcritic.hmr.smpl_arrays import check_smpl_arrays
 from hmrcritic.io import not_a_file_error, read_npz
 
@@ -133,12 +133,10 @@ def _warn_other_frame(kp: np.ndarray, K: np.ndarray, transl: np.ndarray, where: 
         ratio = np.linalg.norm(uv - (lo + hi) / 2, axis=-1) / np.linalg.norm(hi - lo, axis=-1)
     ratio = ratio[seen & np.isfinite(ratio)]
     if ratio.size and np.median(ratio) > OTHER_FRAME_MEDIAN_RATIO:
-        import warnings
-
-        warnings.warn(f"{where}: the bodies (transl projected through K) lie a median {np.median(ratio):.1f} person "
-                      "sizes from their keypoints: the labels look to be in another frame than the camera's (3DPW's "
-                      "trans and poses are in the world frame: apply cam_poses first); transl does not enter the "
-                      "figures, but global_orient does (MPJPE and PVE compare the bodies as turned)", stacklevel=3)
+        warn_caller(f"{where}: the bodies (transl projected through K) lie a median {np.median(ratio):.1f} person "
+                    "sizes from their keypoints: the labels look to be in another frame than the camera's (3DPW's "
+                    "trans and poses are in the world frame: apply cam_poses first); transl does not enter the "
+                    "figures, but global_orient does (MPJPE and PVE compare the bodies as turned)")
 
 
 def read_labelled(path, limit: int | None = None) -> tuple[dict[str, np.ndarray], int]:

@@ -21,12 +21,11 @@ import difflib
 import hashlib
 import json
 import math
-import warnings
 from typing import TYPE_CHECKING
 
 import numpy as np
 
-from hmrcritic.errors import InputError
+from hmrcritic.errors import InputError, warn_caller
 from hmrcritic.memory.embeddings import embed_text
 from hmrcritic.memory.schema import Rule, RuleCondition
 from hmrcritic.memory.starter_rules import TAG_VOCABULARY, normalise_tags
@@ -216,9 +215,9 @@ class RuleMemory:
         given, rule.tags = rule.tags, normalise_tags(rule.tags)
         dropped = [t for t in (given.split(",") if isinstance(given, str) else given) if not normalise_tags([t])]
         if dropped:  # retrieval matches only the vocabulary's tags: an import's own tags were dropped without a word
-            warnings.warn(f"rule {rule.rule_id or '(new)'}: tag{'s' if len(dropped) > 1 else ''} "
-                          f"{', '.join(repr(str(t))[:40] for t in dropped)} not in the tag vocabulary, dropped "
-                          f"(known: {', '.join(TAG_VOCABULARY)})", stacklevel=3)
+            warn_caller(f"rule {rule.rule_id or '(new)'}: tag{'s' if len(dropped) > 1 else ''} "
+                        f"{', '.join(repr(str(t))[:40] for t in dropped)} not in the tag vocabulary, dropped "
+                        f"(known: {', '.join(TAG_VOCABULARY)})")
         if not rule.rule_id:
             rule.rule_id = mined_rule_id(rule.text)
         return rule
