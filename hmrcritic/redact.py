@@ -506,16 +506,28 @@ def _mask_vendor(m: re.Match) -> str:
     head = m.string[max(0, m.start() - 10):m.start() + 1]
     if "_" in run[1:] and (head.endswith("hf_") or re.search(r"\bgh[pousr]_$", head)):
         return run
-    upper = any(c.isupper() for c in run)
-    return run[0] + MASK if upper and any(c.isdigit() or c.islower() for c in run) else run
+    if any(c.isupper() for c in run) and any(c.isdigit() or c.islower() for c in run):
+        return run[0] + MASK
+    # a lower-case key: DeepSeek's and DashScope's "sk-" + 32 hex digits, Slack's "xoxp-…-<hex>" (3d73515 masked
+    # them; a capital alone let them through): digits among letters and no "_" (sk-learn_wrapper_v2 is a name)
+    if "_" not in run and sum(c.isdigit() for c in run) >= 4 and any(c.isalpha() for c in run):
+        return run[0] + MASK
+    return run
+
+
+# how far back ``curl`` is looked for before a ``-u`` (a long ``-d`` body may come first), and the end of a line
+# that no backslash continues (a command written over several lines is one command)
+_CURL_LOOKBACK = 2000
+_LINE_END = re.compile(r"(?<![\\\r])\n|(?<!\\)\r\n")
 
 
 def _mask_curl_user(m: re.Match) -> str:
-    """curl's ``-u user:password``, only on a line with ``curl`` before it (``docker run -u 1000:1000``,
-    ``sudo -u a:b`` are other tools' user flags); looked back at most 200 characters."""
-    start = m.start()
-    line = m.string[max(0, start - 200):start].rpartition("\n")[2]
-    if "curl" not in line:
+    """curl's ``-u user:password``, only in a command with ``curl`` before it (``docker run -u 1000:1000``,
+    ``sudo -u a:b`` are other tools' user flags), on its line or one it continues with a trailing backslash;
+    looked back at most _CURL_LOOKBACK characters."""
+    text, start = m.string, m.start()
+    curl = text.rfind("curl", max(0, start - _CURL_LOOKBACK), start)
+    if curl < 0 or _LINE_END.search(text, curl, start):
         return m.group(0)
     return m.group(0)[:m.start("pw") - start] + MASK
 
@@ -571,6 +583,11 @@ def redact_url(url: str | None) -> str | None:
     return scrub(url)
 
 
+# what a setting's status says under its secret name (doctor's ``"api_key": "set"``): no credential; a short
+# password ("admin") still is one, as scrub of the same dict's text reads it
+_STATUS_WORDS = frozenset({"set", "unset", "none", "null", "empty", "missing", "true", "false", "yes", "no"})
+
+
 def _secret_entry(key: Any, value: Any) -> bool:
     """Whether ``value`` under dict key ``key`` is a credential to mask whole: a secret field name
     (:func:`_secret_name`: ``api_key``, ``password``, ``authorization``) over a string with no whitespace in it (a
@@ -579,9 +596,8 @@ def _secret_entry(key: Any, value: Any) -> bool:
     under such a name stays readable (doctor's ``"api_key": "set"`` / ``"not set"``)."""
     if not (isinstance(key, str) and isinstance(value, str) and value and _secret_name(key)):
         return False
-    # a word shorter than MIN_SECRET_LEN is a status (doctor's ``"api_key": "set"``), as scrub's floor reads it
-    return value != MASK and ((len(value) >= MIN_SECRET_LEN and not any(c.isspace() for c in value))
-                              or _TOKEN_SHAPE.search(value) is not None)
+    return value != MASK and value.lower() not in _STATUS_WORDS and (
+        not any(c.isspace() for c in value) or _TOKEN_SHAPE.search(value) is not None)
 
 
 def _scrub_entry(key: Any, value: Any) -> Any:

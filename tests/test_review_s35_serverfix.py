@@ -226,4 +226,4 @@ def test_an_answer_typed_at_a_terminal_adds_no_blank_line(monkeypatch, capsys):
 
     monkeypatch.setattr(sys, "stdin", Tty("y\n"))
     confirm_or_stop("Delete it?", "nothing deleted")
-    assert capsys.readouterr().err == "Delete it? [y/N]:"  # the terminal echoes the Enter itself
+    assert capsys.readouterr().err == "Delete it? [y/N]: "  # the terminal echoes the Enter itself

@@ -88,7 +88,12 @@ def confirm_or_stop(question: str, unchanged: str) -> None:
         # did not say that nothing was changed or that --yes exists. Abort: cli.main says both, exit 1
         print(f"{question} [y/N]: ", end="", file=sys.stderr, flush=True)
         raise typer.Abort()
-    answer = typer.confirm(question, err=True)
+    from contextlib import redirect_stdout
+
+    # typer's confirm writes the prompt's last character (its space) with input(), i.e. to stdout: every piped
+    # answer put " " before the command's result (`memory reset > reset.log`, `runs prune --json`)
+    with redirect_stdout(sys.stderr):
+        answer = typer.confirm(question, err=True)
     if not _typed_at_terminal(sys.stdin):
         # an answer piped in is not echoed, so nothing ended the prompt's line: the next message ran onto it
         # ("[y/N]: not confirmed: …", "[y/N]: error: …"). (The end of stdin raises Abort above: cli.main starts
