@@ -138,7 +138,8 @@ _NAME_WORD = re.compile(r"[A-Z]+(?![a-z])|[A-Z]?[a-z]+|[0-9]+")
 # prefix stays (it says which service), 16+ characters after it with a digit or capital are masked. Found by the
 # "-" or "_" ending the prefix (one character to look for, as the patterns above).
 # curl's ``-u user:password`` / ``--user user:password`` (a command line quoted in a log or an error): the password
-_CURL_USER = re.compile(r"-(?:(?<=\s-)u[ \t]*|(?<=\s-)-user[ \t=]+)(?P<user>['\"]?[^\s:'\"]+:)(?P<pw>[^\s'\"]+)")
+_CURL_USER = re.compile(r"-(?:(?<=\s-)[A-Za-z0-9#:]*?u[ \t]*|(?<=\s-)-user[ \t=]+)"
+                        r"(?P<user>(?P<uq>['\"])?[^\s:'\"]+:)(?P<pw>(?(uq)[^'\"\n]+|[^\s'\"]+))")
 _VENDOR_KEY = re.compile(
     r"[-_](?:(?<=\bsk-)|(?<=\bhf_)|(?<=\bgh[pousr]_)|(?<=\bgithub_pat_)|(?<=\bglpat-)|(?<=\bxox[abeoprs]-))"
     r"[A-Za-z0-9_\-]{16,}+"
@@ -518,18 +519,33 @@ def _mask_vendor(m: re.Match) -> str:
 # how far back ``curl`` is looked for before a ``-u`` (a long ``-d`` body may come first), and the end of a line
 # that no backslash continues (a command written over several lines is one command)
 _CURL_LOOKBACK = 2000
-_LINE_END = re.compile(r"(?<![\\\r])\n|(?<!\\)\r\n")
+_LINE_END = re.compile(r"(?<![\\\r^`])\n|(?<![\\^`])\r\n")
+_CURL_WORD = re.compile(r"\bcurl\b")
 
 
-def _mask_curl_user(m: re.Match) -> str:
-    """curl's ``-u user:password``, only in a command with ``curl`` before it (``docker run -u 1000:1000``,
-    ``sudo -u a:b`` are other tools' user flags), on its line or one it continues with a trailing backslash;
-    looked back at most _CURL_LOOKBACK characters."""
-    text, start = m.string, m.start()
-    curl = text.rfind("curl", max(0, start - _CURL_LOOKBACK), start)
-    if curl < 0 or _LINE_END.search(text, curl, start):
-        return m.group(0)
-    return m.group(0)[:m.start("pw") - start] + MASK
+def _mask_curl_users(text: str) -> str:
+    """curl's ``-u user:password``, only in a command with ``curl`` (a word: not ``libcurl``) before it, on its
+    line or one it continues (a trailing backslash, cmd.exe's ``^``, PowerShell's backtick), at most
+    _CURL_LOOKBACK characters back. The curls and line ends are found once per text (read from each ``-u``, a
+    line of many took a regex over 2,000 characters each: 1 s for 64 KB)."""
+    if "curl" not in text:
+        return text
+    import bisect
+
+    curls = [c.start() for c in _CURL_WORD.finditer(text)]
+    ends = [e.start() for e in _LINE_END.finditer(text)]
+
+    def mask(m: re.Match) -> str:
+        start = m.start()
+        i = bisect.bisect_right(curls, start - 4) - 1
+        if i < 0 or start - curls[i] > _CURL_LOOKBACK:
+            return m.group(0)
+        j = bisect.bisect_left(ends, start) - 1
+        if j >= 0 and ends[j] >= curls[i]:
+            return m.group(0)
+        return m.group(0)[:m.start("pw") - start] + MASK
+
+    return _CURL_USER.sub(mask, text) if curls else text
 
 
 def scrub(text: Any) -> str:
@@ -545,7 +561,7 @@ def scrub(text: Any) -> str:
     out = _SECRET_ASSIGN.sub(_mask_assign, out)
     out = _mask_headers(out)
     out = _HEADER_TUPLE.sub(_mask_tuple, out)
-    out = _CURL_USER.sub(_mask_curl_user, out)
+    out = _mask_curl_users(out)
     out = _VENDOR_KEY.sub(_mask_vendor, out)
     return _AUTH_TOKEN.sub(lambda m: m.group("kind") + m.group("sep") + MASK, out)
 
@@ -596,8 +612,15 @@ def _secret_entry(key: Any, value: Any) -> bool:
     under such a name stays readable (doctor's ``"api_key": "set"`` / ``"not set"``)."""
     if not (isinstance(key, str) and isinstance(value, str) and value and _secret_name(key)):
         return False
-    return value != MASK and value.lower() not in _STATUS_WORDS and (
-        not any(c.isspace() for c in value) or _TOKEN_SHAPE.search(value) is not None)
+    if value == MASK or value.lower() in _STATUS_WORDS:
+        return False
+    if not any(c.isspace() for c in value) or _TOKEN_SHAPE.search(value) is not None:
+        return True
+    # ``<scheme> <credential>`` (an authorization value): a digit-free Bearer token or Basic ``user:password`` has
+    # no token shape, yet scrub of the same dict's text masks it (the field is secret)
+    auth = _AUTH_VALUE.fullmatch(value.strip())
+    scheme = auth.group("scheme") if auth is not None else None
+    return scheme is not None and (scheme.strip().lower() == "bearer" or _basic_credentials(scheme, auth.group("cred")))
 
 
 def _scrub_entry(key: Any, value: Any) -> Any:

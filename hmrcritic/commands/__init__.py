@@ -88,19 +88,22 @@ def confirm_or_stop(question: str, unchanged: str) -> None:
         # did not say that nothing was changed or that --yes exists. Abort: cli.main says both, exit 1
         print(f"{question} [y/N]: ", end="", file=sys.stderr, flush=True)
         raise typer.Abort()
-    from contextlib import redirect_stdout
+    import io
+    from contextlib import redirect_stderr, redirect_stdout
 
     # typer's confirm writes the prompt's last character (its space) with input(), i.e. to stdout: every piped
-    # answer put " " before the command's result (`memory reset > reset.log`, `runs prune --json`)
-    with redirect_stdout(sys.stderr):
+    # answer put " " before the command's result (`memory reset > reset.log`, `runs prune --json`). With stderr
+    # closed (`2>&-`) input() failed ("lost sys.stderr"): the prompt goes nowhere then, the answer is still read
+    err = sys.stderr if sys.stderr is not None else io.StringIO()
+    with redirect_stdout(err), redirect_stderr(err):
         answer = typer.confirm(question, err=True)
     if not _typed_at_terminal(sys.stdin):
         # an answer piped in is not echoed, so nothing ended the prompt's line: the next message ran onto it
         # ("[y/N]: not confirmed: …", "[y/N]: error: …"). (The end of stdin raises Abort above: cli.main starts
         # its own line for that.)
-        print(file=sys.stderr)
+        print(file=err)
     if not answer:
-        print(f"not confirmed: {unchanged}", file=sys.stderr)
+        print(f"not confirmed: {unchanged}", file=err)
         raise SystemExit(1)  # (typer.Exit's code is lost under standalone_mode=False)
 
 
