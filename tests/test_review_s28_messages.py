@@ -99,7 +99,8 @@ def test_learning_curve_calibration_progress_is_said_between_first_and_last(monk
 
 def test_explore_eval_table_names_its_units():
     """The table's "top-1 PA" / "top-1 MPJPE" figures are mm and "r pooled" a point-wise Pearson r; it said neither
-    (evaluate-critic's table does; session 35 named the columns as evaluate-critic's table does). The legend is a line under the table; --json is the result as it was."""
+    (evaluate-critic's table does; session 35 named the columns as evaluate-critic's table does). The legend is a
+    line under the table; --json is the result as it was."""
     import json
     from pathlib import Path
 
