@@ -37,6 +37,18 @@ import torch  # noqa: E402
 torch.set_num_threads(2)
 
 
+@pytest.fixture
+def clean_secrets(monkeypatch):
+    """No key or address variable set and nothing registered: only the form of a secret can mask it (the scrubber's
+    tests; returns :mod:`hmrcritic.redact`)."""
+    from hmrcritic import redact
+
+    for v in redact.SECRET_ENV_VARS + redact.URL_ENV_VARS:
+        monkeypatch.delenv(v, raising=False)
+    monkeypatch.setattr(redact, "_extra", set())
+    return redact
+
+
 @pytest.fixture(scope="session")
 def body():
     """The built-in body model (the mannequin)."""

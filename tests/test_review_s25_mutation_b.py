@@ -11,18 +11,6 @@ import warnings
 import numpy as np
 import pytest
 
-from hmrcritic import redact
-
-
-@pytest.fixture
-def clean_secrets(monkeypatch):
-    """No key or address variable set and nothing registered: only what a test sets is a known secret."""
-    for v in redact.SECRET_ENV_VARS + redact.URL_ENV_VARS:
-        monkeypatch.delenv(v, raising=False)
-    monkeypatch.setattr(redact, "_extra", set())
-    return redact
-
-
 # --- redact ---------------------------------------------------------------------------------------------------
 
 def test_a_signature_query_value_is_masked(clean_secrets):

@@ -12,15 +12,6 @@ import pytest
 from hmrcritic import redact
 
 
-@pytest.fixture
-def clean_secrets(monkeypatch):
-    """No key or address variable set and nothing registered: only the form of a secret can mask it."""
-    for v in redact.SECRET_ENV_VARS + redact.URL_ENV_VARS:
-        monkeypatch.delenv(v, raising=False)
-    monkeypatch.setattr(redact, "_extra", set())
-    return redact
-
-
 @pytest.mark.parametrize("text, secret", [
     ('401: request body {"model": "m", "api_key": "sk-FORM-json-0001"}', "sk-FORM-json-0001"),
     ("request {'token': 'FORM-dict-0002', 'n': 1}", "FORM-dict-0002"),

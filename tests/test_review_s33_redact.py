@@ -11,16 +11,6 @@ import pytest
 
 from hmrcritic import redact
 
-
-@pytest.fixture
-def clean_secrets(monkeypatch):
-    """No key or address variable set and nothing registered: only the form of a secret can mask it."""
-    for v in redact.SECRET_ENV_VARS + redact.URL_ENV_VARS:
-        monkeypatch.delenv(v, raising=False)
-    monkeypatch.setattr(redact, "_extra", set())
-    return redact
-
-
 VALUE = "zQ7vXz9KqP2wL5"  # mixes cases and digits, as a token does; unknown to the process
 
 READABLE = ["token_budget", "max_tokens", "token_count", "tokens_used", "num_tokens", "prompt_tokens",

@@ -21,16 +21,6 @@ from hmrcritic import redact
 from hmrcritic.errors import InputError
 from hmrcritic.hmr import intrinsics as I
 
-
-@pytest.fixture
-def clean_secrets(monkeypatch):
-    """No key or address variable set and nothing registered: only the form of a secret can mask it."""
-    for v in redact.SECRET_ENV_VARS + redact.URL_ENV_VARS:
-        monkeypatch.delenv(v, raising=False)
-    monkeypatch.setattr(redact, "_extra", set())
-    return redact
-
-
 # ------------------------------------------------------------------------------------------ 1. header lines
 HEADER_LINES = [
     ("X-Auth-Token: 9f8e7d6c5b4a3210", "9f8e7d6c5b4a3210"),

@@ -10,19 +10,13 @@ from __future__ import annotations
 
 import pytest
 
-from hmrcritic import redact
 from hmrcritic.redact import scrub, scrub_tree
 
 # mixes cases and digits, as a token does; unknown to the process unless a test registers it
 TOKEN = "zQ7vXz9KqP2wL5"
 
 
-@pytest.fixture(autouse=True)
-def clean_secrets(monkeypatch):
-    """No key or address variable set and nothing registered: only the form of a secret can mask it."""
-    for v in redact.SECRET_ENV_VARS + redact.URL_ENV_VARS:
-        monkeypatch.delenv(v, raising=False)
-    monkeypatch.setattr(redact, "_extra", set())
+pytestmark = pytest.mark.usefixtures("clean_secrets")
 
 
 def _hidden(text: str, secret: str = TOKEN) -> str:

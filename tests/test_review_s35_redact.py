@@ -15,11 +15,9 @@ KEY = "Ab3dEf6hIj9kLm2nOp5q"  # a key's shape: mixed case and digits, known to n
 
 
 @pytest.fixture(autouse=True)
-def _no_known_secrets(monkeypatch, tmp_path):
-    """Only the shape rules under test: no key of the environment masks the values by itself."""
+def _no_known_secrets(clean_secrets, monkeypatch, tmp_path):
+    """Only the shape rules under test (conftest's clean_secrets), in a home of its own."""
     monkeypatch.setenv("HMRCRITIC_HOME", str(tmp_path / "home"))
-    for name in (*redact.SECRET_ENV_VARS, *redact.URL_ENV_VARS):
-        monkeypatch.delenv(name, raising=False)
 
 
 def test_key_status_set_stays_readable_in_scrub_tree():

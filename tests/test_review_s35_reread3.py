@@ -11,7 +11,6 @@ import time
 
 import pytest
 
-from hmrcritic import redact
 from hmrcritic.redact import scrub, scrub_tree
 
 KEY = "Ab3dEf6hIj9kLm2nOp5q"  # a key's shape, known to no one
@@ -19,11 +18,9 @@ HEX = "4f8a9b2c1d3e4f5a6b7c8d9e0f1a2b3c"  # 32 lower-case hex digits: DeepSeek's
 
 
 @pytest.fixture(autouse=True)
-def _no_known_secrets(monkeypatch, tmp_path):
-    """Only the shape rules under test: no key of the environment masks the values by itself."""
+def _no_known_secrets(clean_secrets, monkeypatch, tmp_path):
+    """Only the shape rules under test (conftest's clean_secrets), in a home of its own."""
     monkeypatch.setenv("HMRCRITIC_HOME", str(tmp_path / "home"))
-    for name in (*redact.SECRET_ENV_VARS, *redact.URL_ENV_VARS):
-        monkeypatch.delenv(name, raising=False)
 
 
 # ---- redact.py (389e1a5) ----------------------------------------------------------------------------------
