@@ -130,20 +130,21 @@ _TOKEN_MEASURES = frozenset({
 # shell's working directory)
 _WEAK_NAMES = frozenset({"key", "sig", "auth", "cookie", "bearer", "pwd"})
 _NAME_WORD = re.compile(r"[A-Z]+(?![a-z])|[A-Z]?[a-z]+|[0-9]+")
-# "Bearer" in any case, as HTTP reads auth schemes (a header dumped or echoed lowercased, ``authorization: bearer …``,
-# kept its token in view); "Basic" only as written: "basic" is a word of prose
-# Keys of well-known services by their prefix, known to the process or not (a traceback quoting another tool's key,
-# a user pasting one into a prompt): OpenAI/Anthropic ``sk-…`` (``sk-proj-``, ``sk-ant-``), Hugging Face ``hf_…``,
-# GitHub ``ghp_``/``gho_``/``ghu_``/``ghs_``/``ghr_``/``github_pat_``, GitLab ``glpat-``, Slack ``xoxb-`` …: the
-# prefix stays (it says which service), 16+ characters after it with a digit or capital are masked. Found by the
-# "-" or "_" ending the prefix (one character to look for, as the patterns above).
-# curl's ``-u user:password`` / ``--user user:password`` (a command line quoted in a log or an error): the password
+# curl's ``-u user:password`` / ``--user user:password`` / ``-fsSLu user:password`` (a command line quoted in a log
+# or an error): the password, quoted or not (:func:`_mask_curl_users` decides whether a curl command holds it)
 _CURL_USER = re.compile(r"-(?:(?<=\s-)[A-Za-z0-9#:]*?u[ \t]*|(?<=\s-)-user[ \t=]+)"
                         r"(?P<user>(?P<uq>['\"])?[^\s:'\"]+:)(?P<pw>(?(uq)[^'\"\n]+|[^\s'\"]+))")
+# Keys of well-known services by their prefix, known to the process or not (a traceback quoting another tool's key,
+# a user pasting one into a prompt): OpenAI/Anthropic/DeepSeek ``sk-…`` (``sk-proj-``, ``sk-ant-``), Hugging Face
+# ``hf_…``, GitHub ``ghp_``/``gho_``/``ghu_``/``ghs_``/``ghr_``/``github_pat_``, GitLab ``glpat-``, Slack ``xoxb-`` …:
+# the prefix stays (it says which service), a run of 16+ characters after it in a key's shape is masked
+# (:func:`_mask_vendor`). Found by the "-" or "_" ending the prefix (one character to look for, as the patterns above).
 _VENDOR_KEY = re.compile(
     r"[-_](?:(?<=\bsk-)|(?<=\bhf_)|(?<=\bgh[pousr]_)|(?<=\bgithub_pat_)|(?<=\bglpat-)|(?<=\bxox[abeoprs]-))"
     r"[A-Za-z0-9_\-]{16,}+"
 )
+# "Bearer" in any case, as HTTP reads auth schemes (a header dumped or echoed lowercased, ``authorization: bearer …``,
+# kept its token in view); "Basic" only as written: "basic" is a word of prose
 _AUTH_TOKEN = re.compile(r"\b(?P<kind>(?i:bearer)|Basic)(?P<sep>\s+)(?=[A-Za-z0-9._~+/=\-]*\d)[A-Za-z0-9._~+/=\-]{8,}")
 
 # Raw HTTP header lines that carry a credential (``X-API-Key: abcd1234efgh`` in an endpoint's error body or a proxy's
