@@ -92,7 +92,7 @@ def test_explore_summary_does_not_print_the_raw_auto_source(monkeypatch, capsys,
     import hmrcritic.agent.explore as ex
 
     summary = SimpleNamespace(as_dict=dict, rounds=[], groups=0, source="auto", memory_version="x", log_path="log",
-                              stopped=None)
+                              stopped=None, memory=str(tmp_path / "m"))  # its memory: named since session 35
     monkeypatch.setattr(ex, "explore", lambda *a, **k: summary)
     assert main(["explore", "--rounds", "0", "--memory-dir", str(tmp_path / "m")]) == 0
     out = capsys.readouterr().out
