@@ -97,7 +97,7 @@ def confirm_or_stop(question: str, unchanged: str) -> None:
     err = sys.stderr if sys.stderr is not None else io.StringIO()
     with redirect_stdout(err), redirect_stderr(err):
         answer = typer.confirm(question, err=True)
-    if not _typed_at_terminal(sys.stdin):
+    if not is_tty(sys.stdin):  # at a terminal the answer's Enter is echoed and ends the line
         # an answer piped in is not echoed, so nothing ended the prompt's line: the next message ran onto it
         # ("[y/N]: not confirmed: …", "[y/N]: error: …"). (The end of stdin raises Abort above: cli.main starts
         # its own line for that.)
@@ -105,15 +105,6 @@ def confirm_or_stop(question: str, unchanged: str) -> None:
     if not answer:
         print(f"not confirmed: {unchanged}", file=err)
         raise SystemExit(1)  # (typer.Exit's code is lost under standalone_mode=False)
-
-
-def _typed_at_terminal(stream) -> bool:
-    """Whether ``stream`` is a terminal, where the answer's Enter is echoed and ends the prompt's line; False for
-    a pipe, a file, or a replaced stream without ``isatty`` (or a closed one)."""
-    try:
-        return bool(stream.isatty())
-    except (AttributeError, ValueError, OSError):
-        return False
 
 
 def made_folder(path):
