@@ -299,20 +299,16 @@ def evaluate_critic(
             r["spearman_sem"] = _sem(rho)
         _paired_deltas(res["rows"], per_group)
         _paired_pearson_top1_deltas(res["rows"], scores, errors, seed=seed)
+        # num_generations, group_source, judge and judge_model come with explore_eval's result (read from the groups
+        # and the judge that scored them: the same values this payload wrote again before session 35's re-read)
         payload = {
             **res,
-            "num_generations": int(num_generations),
             "split": split,
             "warmup_split": warmup_split if memory_dir is None else "(given memory)",
             "warmup_groups": warmup_groups if memory_dir is None else None,
             "explored_groups": explored_groups,
             "explore_failed_groups": explore_failed,
             **({"explore_stopped": stopped} if stopped else {}),
-            "group_source": used,
-            "judge": name,
-            # which model at which endpoint (export's dataset.json and critique's scores.json say it): two VLMs'
-            # evaluations read the same otherwise
-            **({"judge_model": ident} if ident else {}),
             "memory_dir": str(memory_path),
             "workdir": str(workdir),
             "result_file": str(workdir / f"result-{eval_key}.json"),
