@@ -209,7 +209,7 @@ def main(argv: list[str] | None = None) -> None:
         f"finetune on {args.device}, G={args.G}, batch {args.batch} groups, {args.threads} threads "
         f"({model_note})"
     )
-    print(f"{'objective':<12}{'steps/s':>10}{'hyp/s':>10}{'peak RSS MB':>14}{'py peak MB':>12}")
+    print(f"{'objective':<12}{'steps/s':>10}{'hyp/s':>10}{'peak RSS MiB':>14}{'py peak MiB':>12}")
     for r in rows:
         print(
             f"{r['objective']:<12}{r['steps_per_s']:>10.2f}{r['hypotheses_per_s']:>10.0f}"

@@ -165,7 +165,7 @@ def main() -> None:
         f"export of {args.inputs} wild inputs, G={args.G}, {args.steps} DDIM steps ({note}), "
         f"{os.cpu_count()} CPUs"
     )
-    print(f"{'config':<10}{'groups/s':>10}{'elapsed s':>11}{'RSS parent MB':>15}{'RSS worker MB':>15}")
+    print(f"{'config':<10}{'groups/s':>10}{'elapsed s':>11}{'RSS parent MiB':>15}{'RSS worker MiB':>15}")
     for r in rows:
         if "error" in r:
             print(f"{r['config']:<10}{'failed':>10}")

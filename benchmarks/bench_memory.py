@@ -47,6 +47,24 @@ def _pct(xs: list[float]) -> dict:
             "mean_ms": round(float(a.mean()), 3), "n": len(xs)}
 
 
+# below this many samples a p95 is (by linear interpolation) little more than the largest one: said so when printed
+FEW_FOR_P95 = 20
+
+
+def _samples_line(protos: list[dict], rules: dict) -> str:
+    """How many timings each percentile of the tables is of (the JSON's ``n``): with the default 200 queries a
+    16-pose "p95" is of 12 batches and write16's of 5 writes, which the table alone did not say. The counts do
+    not depend on the memory's size (one line for every row)."""
+    first = protos[0] if protos else {}
+    counts = [(label, stats["n"]) for label, stats in (
+        ("q1", first.get("query_single_k5")), ("q16", first.get("query_group16_k5")),
+        ("write16", first.get("write_group16")), ("rules cached", rules["retrieve_cached_k8"]),
+        ("rules uncached", rules["retrieve_uncached_k8"])) if stats is not None]
+    few = [label for label, n in counts if n < FEW_FOR_P95]
+    note = f"; a p95 of under {FEW_FOR_P95} samples is near the largest one: {', '.join(few)}" if few else ""
+    return "samples per percentile: " + ", ".join(f"{label} {n}" for label, n in counts) + note
+
+
 def bench_prototypes(root: Path, size: int, n_queries: int) -> dict:
     # chroma_url="": on disk in the temporary folder; HMRCRITIC_CHROMA_URL sent 100k synthetic prototypes (and 1k
     # synthetic rules) into the caller's shared server memory
@@ -138,6 +156,8 @@ def main() -> None:
         ap.error("--queries must be ≥ 16 (group queries take 16 poses at a time)")
     if min(args.sizes) < 50:
         ap.error("--sizes must each be ≥ 50 (self-recall is measured on 50 stored entries)")
+    if args.rules < 1:
+        ap.error("--rules must be ≥ 1 (retrieval from an empty rule memory measures nothing)")
     root = Path(tempfile.mkdtemp(prefix="hmrcritic-bench-memory-"))
     try:
         protos = [bench_prototypes(root, s, args.queries) for s in args.sizes]
@@ -160,6 +180,7 @@ def main() -> None:
     print(f"rules={rules['rules']}: retrieve k=8 cached p50 {c['p50_ms']:.2f} ms p95 {c['p95_ms']:.2f} ms; "
           f"uncached p50 {u['p50_ms']:.2f} ms p95 {u['p95_ms']:.2f} ms; "
           f"record_use(8) {rules['record_use_8_rules_s']:.3f} s")
+    print(_samples_line(protos, rules))
     atomic_write_strict_json(args.out, result)
     print(f"wrote {args.out}")
 

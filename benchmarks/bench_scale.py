@@ -116,7 +116,7 @@ def long_run(n_groups: int) -> list[dict]:
             "checkpoint_kb_per_group_after_10": round((cb - ca) / 1024 / max(1, n_groups - 10), 1),
             "prune_bytes_before": pruned["bytes_before"], "prune_bytes_after": pruned["bytes_after"],
         })
-    print(f"{'render':<8}{'groups':>7}{'RSS@10 MB':>10}{'RSS end':>9}{'KB/group':>9}{'ms/group':>9}{'ms/g >10':>9}"
+    print(f"{'render':<8}{'groups':>7}{'RSS@10 MiB':>10}{'RSS end':>9}{'KB/group':>9}{'ms/group':>9}{'ms/g >10':>9}"
           f"{'ckpt KB/g':>10}{'growth':>8}{'run KB/g':>9}{'prune →':>10}")
     for r in rows:
         d = r["disk_kb_per_group"]
@@ -210,7 +210,7 @@ def memory_folders(root: Path, n_folders: int, n_protos: int) -> dict:
     row = {"folders": n_folders, "prototypes": n_protos, "rss_mb_per_folder": round((r1 - r0) / k, 2),
            "fds_per_folder": round((f1 - f0) / k, 2), "threads_per_folder": round((t1 - t0) / k, 2),
            "fds_end": f1, "threads_end": t1}
-    print(f"memory folders: {n_folders} × {n_protos} prototypes: {row['rss_mb_per_folder']:+.2f} MB, "
+    print(f"memory folders: {n_folders} × {n_protos} prototypes: {row['rss_mb_per_folder']:+.2f} MiB, "
           f"{row['fds_per_folder']:+.2f} open files, {row['threads_per_folder']:+.2f} threads per folder")
     return row
 

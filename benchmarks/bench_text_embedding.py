@@ -62,6 +62,13 @@ def main() -> None:
     ap.add_argument("--out", type=Path, default=RESULTS,
                     help="JSON to write (default: the one README cites; give another for a trial run)")
     args = ap.parse_args()
+    # refused before anything runs, as the other benchmarks refuse a zero count: with no repeat the median of
+    # nothing was a StatisticsError traceback; with no text the throughput was 0 texts/s and the vector comparison
+    # a ValueError, after minutes of fresh interpreters
+    if args.repeats < 1:
+        ap.error("--repeats must be ≥ 1 (each first-vector figure is the median of the repeats)")
+    if args.texts < 1:
+        ap.error("--texts must be ≥ 1 (throughput embeds that many texts)")
 
     first = {name: _first_vector_s(code, args.repeats) for name, code in _FIRST_VECTOR.items()}
 

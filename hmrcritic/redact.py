@@ -33,9 +33,11 @@ runs uploaded to LangSmith — goes through :func:`scrub`, which removes
   and (since session 35) secret field names written as an environment or config key (``OPENAI_API_KEY:  …`` in
   ``kubectl describe``, ``api_key: …`` in YAML): a general ``Name: value`` rule would mask prose;
 * since session 35: keys of well-known services by their prefix (``sk-…``, ``hf_…``, ``ghp_…``, ``glpat-…``,
-  ``xoxb-…``: the prefix stays), curl's ``-u user:password``, a secret field's bytes value (``b'…'``), a secret
-  field quoted inside another field's string (a request body in a trace message), and in :func:`scrub_tree` a
-  credential-like string under a secret key (LangSmith run inputs ``{"api_key": "…"}``).
+  ``xoxb-…``; since session 36 also ``gsk_…``, ``xapp-…``, ``sk_live_…``, ``r8_…``, ``npm_…``, ``pplx-…``, AWS
+  ``AKIA…``/``ASIA…`` and Google ``AIza…``: the prefix stays), curl's ``-u user:password``, a secret field's
+  bytes value (``b'…'``), a secret field quoted inside another field's string (a request body in a trace message),
+  and in :func:`scrub_tree` a credential-like string under a secret key (LangSmith run inputs
+  ``{"api_key": "…"}``).
 """
 
 from __future__ import annotations
@@ -139,10 +141,27 @@ _CURL_USER = re.compile(r"-(?:(?<=\s-)[A-Za-z0-9#:]*?u[ \t]*|(?<=\s-)-user[ \t=]
 # ``hf_…``, GitHub ``ghp_``/``gho_``/``ghu_``/``ghs_``/``ghr_``/``github_pat_``, GitLab ``glpat-``, Slack ``xoxb-`` …:
 # the prefix stays (it says which service), a run of 16+ characters after it in a key's shape is masked
 # (:func:`_mask_vendor`). Found by the "-" or "_" ending the prefix (one character to look for, as the patterns above).
+# Since session 36 also Groq ``gsk_``, Slack's app-level ``xapp-``, Stripe's ``sk_live_`` / ``rk_live_`` (and
+# ``_test_``), Replicate ``r8_``, npm ``npm_`` and Perplexity ``pplx-`` (:data:`_ALNUM_PREFIX` says which of them
+# are alphanumeric after the prefix and long: there a run with "_" or of under 24 characters is a name).
 _VENDOR_KEY = re.compile(
-    r"[-_](?:(?<=\bsk-)|(?<=\bhf_)|(?<=\bgh[pousr]_)|(?<=\bgithub_pat_)|(?<=\bglpat-)|(?<=\bxox[abeoprs]-))"
+    r"[-_](?:(?<=\bsk-)|(?<=\bhf_)|(?<=\bgh[pousr]_)|(?<=\bgithub_pat_)|(?<=\bglpat-)|(?<=\bxox[abeoprs]-)"
+    r"|(?<=\bgsk_)|(?<=\bxapp-)|(?<=\b[rs]k_live_)|(?<=\b[rs]k_test_)|(?<=\br8_)|(?<=\bnpm_)|(?<=\bpplx-))"
     r"[A-Za-z0-9_\-]{16,}+"
 )
+# the prefixes whose keys are alphanumeric after them: a run holding "_" is an identifier (``hf_hub_download_v2``,
+# ``npm_config_cache``, ``sk_live_stream_handler``); of these, the session-36 ones are also 24+ characters long
+# (Groq 52, Replicate 37, npm 36, Stripe 24 or more): a shorter run is a name (``r8_Block2Conv3x3Norm``)
+_ALNUM_PREFIX = re.compile(r"\b(?:hf|gh[pousr]|(?P<long>gsk|r8|npm|[rs]k_live|[rs]k_test))_$")
+_LONG_PREFIX_MIN = 24
+# Keys whose prefix ends in a letter, found by their leading "A" (one character to look for): AWS access key ids
+# ``AKIA`` / ``ASIA`` + 16 capitals or digits, Google API keys ``AIza`` + 35 of ``[A-Za-z0-9_-]``; each a whole
+# word of exactly that length (``AKIANE``, ``ASIAPACIFIC``, ``ASIA_PACIFIC_…`` are words). An AWS id needs a digit
+# among its 16: a 20-capital word (``ASIAPACIFICNORTHEAST``) is a constant's name; an id without one (about 1 in 28
+# of them, their 16 being base32) stays in view, which costs less — an id alone grants nothing without its secret
+# key, and that one is masked under its name (``aws_secret_access_key``). The 4-letter prefix stays.
+_LETTER_PREFIX_KEY = re.compile(
+    r"A(?<=\bA)(?:[KS]IA(?=[A-Z]{0,15}[0-9])[A-Z0-9]{16}(?![A-Za-z0-9_])|Iza[A-Za-z0-9_\-]{35}(?![A-Za-z0-9_\-]))")
 # "Bearer" in any case, as HTTP reads auth schemes (a header dumped or echoed lowercased, ``authorization: bearer …``,
 # kept its token in view); "Basic" only as written: "basic" is a word of prose
 _AUTH_TOKEN = re.compile(r"\b(?P<kind>(?i:bearer)|Basic)(?P<sep>\s+)(?=[A-Za-z0-9._~+/=\-]*\d)[A-Za-z0-9._~+/=\-]{8,}")
@@ -506,7 +525,8 @@ def _mask_vendor(m: re.Match) -> str:
     from every prefix in a run to its end, quadratic on "sk-sk-sk-…" (16 s for 64 KB)."""
     run = m.group(0)
     head = m.string[max(0, m.start() - 10):m.start() + 1]
-    if "_" in run[1:] and (head.endswith("hf_") or re.search(r"\bgh[pousr]_$", head)):
+    alnum = _ALNUM_PREFIX.search(head)
+    if alnum is not None and ("_" in run[1:] or (alnum.group("long") and len(run) - 1 < _LONG_PREFIX_MIN)):
         return run
     if any(c.isupper() for c in run) and any(c.isdigit() or c.islower() for c in run):
         return run[0] + MASK
@@ -564,6 +584,7 @@ def scrub(text: Any) -> str:
     out = _HEADER_TUPLE.sub(_mask_tuple, out)
     out = _mask_curl_users(out)
     out = _VENDOR_KEY.sub(_mask_vendor, out)
+    out = _LETTER_PREFIX_KEY.sub(lambda m: m.group(0)[:4] + MASK, out)
     return _AUTH_TOKEN.sub(lambda m: m.group("kind") + m.group("sep") + MASK, out)
 
 
