@@ -20,7 +20,7 @@ import typer
 import hmrcritic.config  # noqa: F401  (sets PYOPENGL_PLATFORM and offline flags before anything imports pyrender)
 from hmrcritic.commands import expand_user_paths
 from hmrcritic.config import env_debug
-from hmrcritic.errors import HMRCriticError
+from hmrcritic.errors import HMRCriticError, InputError
 from hmrcritic.redact import printable
 
 app = typer.Typer(
@@ -211,6 +211,48 @@ def _argument_names_upper() -> None:
 
     _wrap_once(TyperArgument, "display_name_raw", upper)
     _wrap_once(TyperArgument, "_usage_display_name", usage)
+
+
+def _empty_paths_refused() -> None:
+    """A path option or argument given as an empty (or blank) string is refused with one line, before the command
+    runs.
+
+    The parser reads ``""`` as ``Path("")``, which is ``Path(".")``: ``--out "$RUN"`` with ``RUN`` unset wrote an
+    export's dataset.json, shards and locks, an exploration's Chroma files or a reproduce run into the current folder
+    (a checkout, a home), and ``memory stats --memory-dir ""`` read the current folder as a memory. ``.`` typed as
+    such is still the current folder. Checked on the raw value, the only place the two differ: typer's
+    ``process_value`` (its coercion), for every parameter whose type is a path. Applied on every run of
+    :func:`main`, as :func:`_argument_names_upper` is; another typer program in this process is left as it was."""
+    try:
+        from typer.core import _TyperParameter
+    except ImportError:  # another typer: left as it parses
+        return
+    if not callable(getattr(_TyperParameter, "process_value", None)):
+        return
+
+    def refusing(original):
+        def process_value(self, ctx, value):
+            if _is_path_param(self):  # (_wrap_once calls this only inside main())
+                for item in value if isinstance(value, list | tuple) else (value,):
+                    if isinstance(item, str) and not item.strip():
+                        name = self.opts[0] if self.opts and self.opts[0].startswith("-") else \
+                            (self.name or "PATH").upper()
+                        raise InputError(f"{name} is empty: give a path (\".\" for the current folder; a shell "
+                                         "variable that is not set reads as empty)")
+            return original(self, ctx, value)
+        return process_value
+
+    _wrap_once(_TyperParameter, "process_value", refusing)
+
+
+def _is_path_param(param) -> bool:
+    """Whether a typer parameter's values are paths (``Path``, ``Path | None``, ``list[Path]``)."""
+    import typing
+    from pathlib import PurePath
+
+    annotation = getattr(getattr(param, "type_descriptor", None), "annotation", None)
+    kinds = typing.get_args(annotation) or (annotation,)
+    return any(isinstance(k, type) and issubclass(k, PurePath) for k in kinds)
 
 
 def _block_kept(paragraph: str, width: int) -> str:
@@ -569,6 +611,7 @@ def main(argv: list[str] | None = None) -> int:
         _plain_command_lines_whole()
         _plain_help_hyphens_kept()
     _argument_names_upper()  # usage errors print the usage line too
+    _empty_paths_refused()
     _IN_MAIN.append(True)
     try:
         with _warnings_as_lines(debug), _log_lines_scrubbed(), _terminate_as_interrupt():

@@ -47,7 +47,7 @@ import numpy as np
 import torch
 
 from hmrcritic.alignment.objectives import UNUSED_SETTINGS, ObjectiveConfig
-from hmrcritic.errors import InputError
+from hmrcritic.errors import AssetError, InputError
 from hmrcritic.io import atomic_write_json, atomic_write_text, finite_json, sources_digest
 from hmrcritic.memory.store import holds_memory
 
@@ -101,6 +101,11 @@ class Preset:
 
     def __post_init__(self) -> None:
         self.objectives = tuple(self.objectives)
+        # `--set objectives=` (an empty value, or only commas) ran the exploration and the export, which only the
+        # finetunes read, and wrote a table of the base row alone: almost certainly not what was meant
+        if not self.objectives:
+            raise InputError(f"preset field objectives is empty; give at least one of {', '.join(OBJECTIVE_ROWS)} "
+                             "(e.g. --set objectives=gpa,sft), or leave it out for all of them")
         bad = [o for o in self.objectives if o not in OBJECTIVE_ROWS]
         if bad:
             raise InputError(f"unknown objective(s) {bad}; choose from {', '.join(OBJECTIVE_ROWS)}")
@@ -322,7 +327,8 @@ def _explore(preset: Preset, memory_dir: Path, model_path: str | None, key: str,
                                    model=load_model(model_path), steps=preset.sample_steps)
         want = {"split": "train", "rounds": preset.explore_rounds, "batch_size": preset.explore_batch,
                 "num_generations": preset.explore_generations, "seed": preset.seed, "judge": preset.judge,
-                "render": preset.render, "groups": groups}
+                "render": preset.render, "groups": groups,
+                "progress": lambda event, payload: _explore_event(log, event, payload)}
         result = engine(store, **{k: v for k, v in want.items() if k in params})
         summary = result.model_dump() if hasattr(result, "model_dump") else (
             asdict(result) if dataclasses.is_dataclass(result) else result if isinstance(result, dict) else {})
@@ -333,6 +339,32 @@ def _explore(preset: Preset, memory_dir: Path, model_path: str | None, key: str,
     store.refresh()
     return {"engine": engine_name, "version": store.version(), "stats": store.stats(),
             "summary": json.loads(json.dumps(summary, default=str))}
+
+
+def _explore_event(log: _Log, event: str, p: dict) -> None:
+    """Log the exploration engine's round, calibration and first-use events (its per-group events are not).
+
+    The engine was called without ``progress``: the explore stage, a minute or more on 2 shared cores (its groups
+    and those its score calibration is fitted on), logged one line and then nothing until the export began, while
+    every later stage logs its steps. Display only: what the engine does is the same with or without it."""
+    if event == "round":
+        rho = p.get("mean_spearman")
+        rho_text = f"{rho:+.3f}" if isinstance(rho, int | float) and math.isfinite(rho) else "—"
+        log(f"explore round {p['round']}: {p['groups']} groups, mean Spearman {rho_text}, "
+            f"{len(p.get('rules_added') or [])} rule(s) added, +{p.get('prototypes', 0)} prototypes "
+            f"({p.get('seconds', 0.0):.0f} s)")
+    elif event == "calibrate":
+        _every(log, "explore: score calibration", int(p["index"]), int(p["total"]))
+    elif event == "calibrated":
+        cal, note = p.get("calibration"), p.get("note")
+        if cal:  # a fitted one may come with a note (a doubtful fit, fewer groups than asked): said too
+            log("explore: score calibration fitted" + (f" on {cal['groups']} held-out train groups"
+                                                        if isinstance(cal, dict) and "groups" in cal else "")
+                + (f" ({note})" if note else ""))
+        else:
+            log(f"explore: score calibration: {note or 'not fitted'}")
+    elif event == "note":
+        log(f"explore: {p.get('text', '')}")
 
 
 def _explore_minimal(preset: Preset, store, model_path: str | None, key: str, log: _Log) -> dict:
@@ -486,7 +518,8 @@ def reproduce(
 
     name = preset if isinstance(preset, str) else "custom"
     p = make_preset(preset, overrides)
-    out = Path(out_dir) if out_dir is not None else hconfig.runs_dir() / f"reproduce-{name}"
+    # `~` expanded as the CLI's paths are (commands.__init__): reproduce(out_dir="~/repro") made a folder "~" here
+    out = Path(out_dir).expanduser() if out_dir is not None else hconfig.runs_dir() / f"reproduce-{name}"
     if out.exists() and not out.is_dir():
         raise InputError(f"--out must be a folder, got a file: {out}")
     out.mkdir(parents=True, exist_ok=True)
@@ -517,6 +550,13 @@ def _run(name: str, p: Preset, out: Path, model, progress) -> dict:
     # a folder "~" under the working directory and the run stopped on a checkpoint that is not there
     model_path = None if model is None else str(Path(model).expanduser().resolve())
     render_env = {"HMRCRITIC_RENDER": "1" if p.render else "0"}
+
+    # which settings this run changed: a `--set` that was misspelt is refused, but one given to the wrong run folder
+    # or forgotten on a re-run showed only in the table's first line, after the run
+    if name in PRESETS:
+        changed = [f"{f.name}={_setting_text(getattr(p, f.name))}" for f in dataclasses.fields(Preset)
+                   if getattr(p, f.name) != getattr(PRESETS[name], f.name)]
+        log(f"preset {name}" + (f" with {', '.join(changed)}" if changed else " (no --set)") + f"; run folder {out}")
 
     # 1. base
     base = load_model(model_path)
@@ -606,7 +646,11 @@ def _run(name: str, p: Preset, out: Path, model, progress) -> dict:
         rec_path = out / "models" / f"{obj}-{k_ft}.json"
         rec = _read_json(rec_path)
         if rec is None or not ckpt.exists():
-            log(f"finetune {obj}: {p.steps} steps × {p.batch_size} groups × G={p.num_generations}, lr {p.lr}")
+            state = Path(str(ckpt) + ".state.pt")  # FinetuneConfig.state_path: where a killed finetune resumes
+            # a resumed finetune's first logged step is the one after its saved state ("3/6" right after the
+            # line announcing 6 steps): say so, or a new user reads it as steps lost
+            log(f"finetune {obj}: {p.steps} steps × {p.batch_size} groups × G={p.num_generations}, lr {p.lr}"
+                + (f" (resuming from {state.name})" if state.exists() else ""))
             t0 = time.time()
             fcfg = FinetuneConfig(data=str(wild_dir), out=str(ckpt), model=model_path, objective=obj,
                                   num_generations=p.num_generations, steps=p.steps, batch_size=p.batch_size,
@@ -620,7 +664,10 @@ def _run(name: str, p: Preset, out: Path, model, progress) -> dict:
                 log(f"finetune {obj}: {r['step']}/{r['total']} loss {r.get('loss', float('nan')):.4f}"
                     + (f" reward acc {acc:.2f}" if acc is not None and math.isfinite(acc) else ""))
 
-            finetune(fcfg, progress=on_log)
+            try:
+                finetune(fcfg, progress=on_log)
+            except (AssetError, InputError) as exc:
+                raise _unresumable(exc, obj, state) from None
             # a finetune that resumed at its last step logs nothing in this process: its checkpoint holds the record
             final = last or _checkpoint_final_log(ckpt)
             rec = {"objective": obj, "checkpoint": ckpt.name, "seconds": round(time.time() - t0, 1),
@@ -670,7 +717,8 @@ def _run(name: str, p: Preset, out: Path, model, progress) -> dict:
         quality = critic_quality(wild_dir, "wild")
     except Exception as exc:  # a diagnostic must never cost the table (e.g. a data folder without labels)
         quality = {"error": f"{type(exc).__name__}: {exc}"}
-    log(f"critic quality on the exported wild groups (labels read for this diagnostic only): {quality}")
+    log(f"critic quality on the exported wild groups (labels read for this diagnostic only): "
+        f"{_quality_text(quality)}")
     rows = [_row(r, evals[r]) for r in ("base", *p.objectives)]
     result = {
         "rows": rows,
@@ -776,6 +824,42 @@ def _objective_settings(obj: str, p: Preset, base_w: float) -> dict:
     out = {"beta": p.beta, "t_min": p.t_min, "gpa_weight": p.gpa_weight, "base_loss_weight": base_w}
     defaults = {f.name: f.default for f in dataclasses.fields(FinetuneConfig)}
     return {k: (defaults[k] if k in _IGNORED.get(obj, ()) else v) for k, v in out.items()}
+
+
+def _setting_text(v: Any) -> str:
+    """A preset value as ``--set`` takes it (``objectives=gpa,sft``, ``t_min=none``)."""
+    if isinstance(v, tuple):
+        return ",".join(map(str, v))
+    return "none" if v is None else str(v).lower() if isinstance(v, bool) else str(v)
+
+
+def _unresumable(exc: Exception, obj: str, state: Path) -> Exception:
+    """``exc`` from a finetune, with what to do in ``reproduce`` when it refused the saved ``state``.
+
+    The finetuner's advice names its own flags ("use another --out, or --no-resume (which deletes it)"), or, for a
+    file torch cannot read (a state cut short by a full disk), none at all; ``reproduce`` has neither flag, and
+    ``hmrcritic reproduce --no-resume`` is "No such option". Other errors pass through unchanged."""
+    text = str(exc)
+    if str(state) not in text:
+        return exc
+    first = (text.strip().splitlines() or [""])[0]
+    if len(first) > 400:
+        first = first[:400] + "…"
+    return type(exc)(f"finetune {obj}: {first.rstrip('.')}. In `hmrcritic reproduce` (which has no --no-resume): "
+                     f"delete {state} to train {obj} again from step 0, then run the same command again (the other "
+                     "stages are kept)")
+
+
+def _quality_text(q: dict) -> str:
+    """The critic-quality diagnostic as words and units (it was logged as a Python dict: {'groups': 8, ...})."""
+    if not q:
+        return "no labelled group to measure it on"
+    if "error" in q:
+        return f"not measured ({q['error']})"
+    rho = q.get("spearman_mean")
+    return (f"{q.get('groups')} groups, mean Spearman {'—' if rho is None else f'{rho:+.3f}'}; PA-MPJPE of the "
+            f"critic's top-1 {q.get('pa_mpjpe_top1_mm')} mm vs group mean {q.get('pa_mpjpe_mean_mm')} mm vs "
+            f"oracle best {q.get('pa_mpjpe_best_mm')} mm")
 
 
 def _every(log: _Log, what: str, i: int, n: int) -> None:
