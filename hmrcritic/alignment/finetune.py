@@ -333,7 +333,10 @@ def _resume(cfg: FinetuneConfig, policy, ema, opt, base_hash: str, tracker: Grou
     try:
         st = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as exc:
-        raise AssetError(f"cannot resume from {path}: {type(exc).__name__}: {exc}") from None
+        # a state cut short (a full disk, a copy stopped) failed with torch's whole reader text and no way out
+        detail = (str(exc).strip().splitlines() or [""])[0][:200]
+        raise AssetError(f"cannot resume from {path}: it is not a readable torch file ({type(exc).__name__}: "
+                         f"{detail}); restore it, or use another --out, or --no-resume (which deletes it)") from None
     # a torch file of other contents (a list, a model checkpoint given as --out's state) failed as "AttributeError:
     # 'list' object has no attribute 'get'"; a state with a part missing or of another type (a hand edit, a bad
     # restore) as a bare KeyError / RuntimeError / TypeError from deep in the loaders, the file never named
