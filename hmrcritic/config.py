@@ -112,9 +112,17 @@ def _env_path(name: str, default: Path) -> Path:
     return _not_dangling(_expand(value, name) if value else default, name)
 
 
-def _expand(value: str, name: str) -> Path:
+def expand_user(value: str) -> Path:
+    """Path ``value`` with a leading ``~`` expanded as the settings' folders are (:func:`_expand`): what the CLI's
+    path options and the Python API's folder arguments take (``Path.expanduser`` raised a bare RuntimeError for
+    ``~nouser/x``, "Could not determine home directory.", exit 1)."""
+    return _expand(value, None)
+
+
+def _expand(value: str, name: str | None) -> Path:
     """Path ``value`` of variable ``name`` with a leading ``~`` expanded, ``~`` being :func:`_user_home` (as the
-    default home's): an InputError naming the variable for a ``~user`` that is no account here.
+    default home's): an InputError naming the variable (or, with ``name`` None, the path) for a ``~user`` that is no
+    account here.
 
     ``Path.expanduser`` took an empty HOME as it is (``HOME= HMRCRITIC_HOME=~/hm`` made the home ``/hm``), and
     raised a bare RuntimeError for ``~nouser/x``: every command failed with "RuntimeError: Could not determine
@@ -127,8 +135,8 @@ def _expand(value: str, name: str) -> Path:
         from hmrcritic.errors import InputError
 
         user = value[1:].split("/", 1)[0]
-        raise InputError(f"{name}={value!r}: there is no user {user!r} on this machine for ~{user} to name the "
-                         "home folder of; give the folder's full path") from None
+        raise InputError(f"{f'{name}={value!r}' if name else value}: there is no user {user!r} on this machine "
+                         f"for ~{user} to name the home folder of; give the folder's full path") from None
 
 
 # ``host:port`` (a name, an IPv4 address or a bracketed IPv6 one; a port of digits): what follows the last "@" of a

@@ -518,8 +518,12 @@ def reproduce(
 
     name = preset if isinstance(preset, str) else "custom"
     p = make_preset(preset, overrides)
+    # "" is Path("."): reproduce(out_dir=os.environ.get("RUN", "")) ran the whole loop into the current folder
+    if out_dir is not None and not str(out_dir).strip():
+        raise InputError('out_dir is empty: give a folder ("." for the current one), or None for '
+                         f"{hconfig.runs_dir() / f'reproduce-{name}'}")
     # `~` expanded as the CLI's paths are (commands.__init__): reproduce(out_dir="~/repro") made a folder "~" here
-    out = Path(out_dir).expanduser() if out_dir is not None else hconfig.runs_dir() / f"reproduce-{name}"
+    out = hconfig.expand_user(str(out_dir)) if out_dir is not None else hconfig.runs_dir() / f"reproduce-{name}"
     if out.exists() and not out.is_dir():
         raise InputError(f"--out must be a folder, got a file: {out}")
     out.mkdir(parents=True, exist_ok=True)

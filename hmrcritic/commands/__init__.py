@@ -22,10 +22,16 @@ def expand_user_paths(app) -> None:
     import functools
     from pathlib import PurePath
 
+    def expanded(v: PurePath):
+        from hmrcritic.config import expand_user
+
+        # as the HMRCRITIC_* folders are: `~user` of no account is one line, not Python's bare RuntimeError
+        return type(v)(expand_user(str(v))) if str(v).startswith("~") else v
+
     def expanding(fn):
         @functools.wraps(fn)
         def call(*args, **kwargs):
-            return fn(*args, **{k: v.expanduser() if isinstance(v, PurePath) else v for k, v in kwargs.items()})
+            return fn(*args, **{k: expanded(v) if isinstance(v, PurePath) else v for k, v in kwargs.items()})
 
         call.expands_user_paths = True
         return call

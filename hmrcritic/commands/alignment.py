@@ -71,6 +71,11 @@ def _export_app() -> typer.Typer:
         if ctx.invoked_subcommand is not None:
             return
         from hmrcritic.alignment.export import DEFAULT_SCORER, ExportConfig, export, format_summary
+        from hmrcritic.commands.memory import check_chroma_url
+
+        # "" (`--chroma-url "$URL"`, URL unset) was the API's "on disk, whatever HMRCRITIC_CHROMA_URL says": the
+        # groups were scored against the memory on disk, not the server; refused as the memory commands refuse it
+        chroma_url = check_chroma_url(chroma_url)
 
         if out is None:
             raise InputError("export needs --out DIR (and --split NAME, or --data DIR|FILE: a split folder or your own "

@@ -24,7 +24,7 @@ _URL = typer.Option(None, "--chroma-url", help=CHROMA_URL_HELP)
 _JSON = typer.Option(False, "--json", help="Machine-readable output.")
 
 
-def _check_url(chroma_url: str | None) -> str | None:
+def check_chroma_url(chroma_url: str | None) -> str | None:
     """``--chroma-url`` as given, refused when it is empty or blank.
 
     ``--chroma-url "$URL"`` with the variable unset or empty reached the commands as ``""``, which each read its
@@ -46,7 +46,7 @@ def _open(memory_dir: Path | None, chroma_url: str | None):
     from hmrcritic import config
     from hmrcritic.memory.store import MemoryStore, holds_memory
 
-    chroma_url = _check_url(chroma_url)
+    chroma_url = check_chroma_url(chroma_url)
     path = memory_dir or config.memory_dir()
     # a server named by HMRCRITIC_CHROMA_URL is read as one named by --chroma-url: whether the local folder held
     # a memory on disk decided it, so an empty server was created and seeded by a look, or refused, by that
@@ -117,7 +117,7 @@ def calibration(
     if clear:
         from hmrcritic.config import env_chroma_url
 
-        server = _check_url(chroma_url) or env_chroma_url()
+        server = check_chroma_url(chroma_url) or env_chroma_url()
         if memory_dir is not None and not server and not holds_memory(Path(memory_dir)):
             # as _open: a mistyped --memory-dir must not create and seed a new memory just to clear nothing there
             from hmrcritic.errors import InputError
@@ -274,7 +274,7 @@ def export(
     from hmrcritic.commands import check_output_file
     from hmrcritic.memory.store import check_export_target
 
-    _check_url(chroma_url)
+    check_chroma_url(chroma_url)
     check_export_target(file)  # before the memory is opened: the user's first mistake is the one to hear about
     check_output_file(file, "memory export")
     import os
@@ -308,7 +308,7 @@ def import_(
     from hmrcritic.config import env_chroma_url
     from hmrcritic.memory.store import MemoryStore
 
-    _check_url(chroma_url)
+    check_chroma_url(chroma_url)
     if not file.exists() or file.is_dir():  # exists: /dev/stdin (an export piped in) is no regular file
         # before the memory is opened: opening a --memory-dir that holds none creates and seeds one, so a mistyped
         # file name left a new memory folder behind (or the default memory created) for an import that did nothing
@@ -378,7 +378,7 @@ def reset(
 
     # the server MemoryStore would pick up from the environment is the one to drop (dropping the folder's
     # collections instead left a mismatched server memory failing on the very check that says to reset it)
-    chroma_url = _check_url(chroma_url) or env_chroma_url()
+    chroma_url = check_chroma_url(chroma_url) or env_chroma_url()
 
     path = memory_dir
     if path is None:
