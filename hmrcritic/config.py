@@ -119,6 +119,34 @@ def expand_user(value: str) -> Path:
     return _expand(value, None)
 
 
+def path_text(value, name: str) -> str:
+    """A file or folder argument of the Python API as text, checked as the CLI checks its path options: a str or
+    os.PathLike, not empty or blank, a leading ``~`` expanded (:func:`expand_user`) and any other text kept as given
+    (a recorded setting — an export header's paths, a finetune state's data path, a sample's image_path — reads as
+    before). An InputError naming ``name`` else.
+
+    ``""`` is ``Path(".")``: ``write_report(r, os.environ.get("OUT", ""))``, ``train_base(cfg, "")``,
+    ``export(ExportConfig(out=""))``, ``critique_group(run_dir="")`` wrote into the working folder (the last one then
+    removed by ``discard_run`` when that folder was under the temp folder); ``" "`` made a folder named by a space;
+    a quoted ``"~/x"`` reached from Python, where no shell expands it, a folder named ``~`` there; ``"~nouser/x"``
+    was a bare RuntimeError. A ``Path(".")`` (``Path("")`` is the same object) is the current folder, as ``.`` is
+    on the command line."""
+    from hmrcritic.errors import InputError
+
+    if isinstance(value, bytes) or not isinstance(value, str | os.PathLike):
+        raise InputError(f"{name} must be a path (str or Path), got {type(value).__name__}")
+    text = os.fspath(value)
+    if not isinstance(text, str) or not text.strip():
+        raise InputError(f'{name} is empty: give a path ("." for the current folder; a variable that is not set '
+                         "reads as empty)")
+    return str(_expand(text, name)) if text.startswith("~") else text
+
+
+def path_arg(value, name: str) -> Path:
+    """:func:`path_text` as a Path."""
+    return Path(path_text(value, name))
+
+
 def _expand(value: str, name: str | None) -> Path:
     """Path ``value`` of variable ``name`` with a leading ``~`` expanded, ``~`` being :func:`_user_home` (as the
     default home's): an InputError naming the variable (or, with ``name`` None, the path) for a ``~user`` that is no

@@ -222,7 +222,7 @@ def _check_args(out_dir: str | Path, num_scenes: int, num_generations: int, expl
 
     if not isinstance(out_dir, str | os.PathLike):
         raise InputError(f"run_demo: out_dir must be a folder (str or Path), got {type(out_dir).__name__}")
-    out = Path(out_dir).expanduser()
+    out = config.path_arg(out_dir, "run_demo: out_dir")
     if (out / "memory").resolve() == config.memory_dir().expanduser().resolve():
         raise InputError(f"run_demo: out_dir {out} would put the demo's memory at {config.memory_dir()}, the memory "
                          "the other commands use, which the demo's fresh start would wipe; give another folder")

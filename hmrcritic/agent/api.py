@@ -659,7 +659,7 @@ def critique_group(
     if run_dir is not None and not isinstance(run_dir, str | Path):
         raise InputError(f"run_dir must be a folder (str or Path) or None, got {type(run_dir).__name__}")
     if run_dir is not None:  # ``~`` is the home, as for memory= and the folder variables: "~/runs/g1" made a
-        run_dir = Path(run_dir).expanduser()  # folder named "~" in the notebook's working folder
+        run_dir = hconfig.path_arg(run_dir, "critique_group: run_dir")  # folder named "~" in the working folder
     if run_dir is not None and Path(run_dir).is_file():  # a bare FileExistsError once the critique was to start
         raise InputError(f"run_dir must be a folder, got the file {run_dir}")
     if judge is None or isinstance(judge, str):  # an unknown name or a bad endpoint fails before any work
@@ -1143,7 +1143,7 @@ def write_scores(result: ScoredGroup, out_dir: str | Path) -> Path:
     # a bare TypeError ("expected str, bytes or os.PathLike object") or FileExistsError out of the write before
     if not isinstance(out_dir, str | os.PathLike):
         raise InputError(f"write_scores: out_dir must be a folder (str or Path), got {type(out_dir).__name__}")
-    folder = Path(out_dir).expanduser()
+    folder = hconfig.path_arg(out_dir, "write_scores: out_dir")
     if folder.exists() and not folder.is_dir():
         raise InputError(f"write_scores: out_dir {folder} is a file, not a folder")
     return atomic_write_json(folder / "scores.json", result.model_dump())

@@ -173,6 +173,10 @@ def evaluate_critic(
     if warmup_groups < 0 or batch_size < 1:
         raise InputError(f"evaluate-critic: need --warmup-groups ≥ 0 and --batch-size ≥ 1 "
                          f"(got {warmup_groups}, {batch_size})")
+    if memory_dir is not None:
+        memory_dir = hconfig.path_arg(memory_dir, "evaluate-critic: memory_dir")
+    if workdir is not None:
+        workdir = hconfig.path_arg(workdir, "evaluate-critic: workdir")
     if memory_dir is not None and not Path(memory_dir).expanduser().is_dir():
         # said before any work: found after sampling every held-out group (seconds to minutes) and making an
         # empty run folder under runs/evaluate, a mistyped path cost all that

@@ -560,7 +560,10 @@ def learning_curve(
     if heldout is not None and not len(heldout):
         raise InputError("learning-curve: no held-out groups to score (an empty list was given)")
     if out_dir is not None:
-        _check_out_dir(Path(out_dir))
+        from hmrcritic.config import path_arg
+
+        out_dir = path_arg(out_dir, "learning-curve: out_dir")
+        _check_out_dir(out_dir)
     make_judge(judge)
     mem = _open_memory(memory)
     # a folder (or None) is opened here, and closed here: left to the garbage collector, its Chroma database

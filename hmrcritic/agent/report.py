@@ -365,9 +365,10 @@ def write_report(result: ScoredGroup, out_dir: str | Path, image_path: str | Non
     """Write ``<out_dir>/report.html`` and return its path; ``out_dir`` ending in ``.html`` (and not an existing
     folder) is the report file itself — ``write_report(r, "out/report.html")`` made a folder ``report.html`` with
     the report inside. ``result``: see :func:`_scored_group`."""
+    from hmrcritic.config import path_arg
     from hmrcritic.errors import InputError
 
-    out = Path(out_dir).expanduser()
+    out = path_arg(out_dir, "write_report: out_dir")
     target = out if out.suffix.lower() in (".html", ".htm") and not out.is_dir() else out / "report.html"
     blocked = next((d for d in (target.parent, *target.parent.parents) if d.is_file()), None)
     if blocked is not None:  # a FileExistsError / NotADirectoryError from deep inside the atomic write

@@ -142,8 +142,10 @@ class ExportConfig:
                 raise InputError(f"ExportConfig.{name} must be {'a path (str or Path)' if paths else 'a str'}"
                                  f"{'' if name in ('out', 'judge', 'score_group') else ' or None'}, got "
                                  f"{type(value).__name__}")
-            if paths:
-                setattr(self, name, os.fspath(value))
+            if paths:  # "" refused and "~" expanded, as the CLI's path options (config.path_text)
+                from hmrcritic.config import path_text
+
+                setattr(self, name, path_text(value, f"ExportConfig.{name}"))
         if not isinstance(self.use_memory, bool):
             raise InputError(f"ExportConfig.use_memory must be True or False, got {type(self.use_memory).__name__}")
 

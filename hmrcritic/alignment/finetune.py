@@ -114,8 +114,11 @@ class FinetuneConfig:
     def __post_init__(self) -> None:
         self._check_types()
         self._plain_numbers()
-        self.data, self.out = str(self.data), str(self.out)
-        self.model = None if self.model is None else str(self.model)
+        from hmrcritic.config import path_text
+
+        # "" refused and "~" expanded, as the CLI's path options; other text as given (a resume compares it)
+        self.data, self.out = path_text(self.data, "--data"), path_text(self.out, "--out")
+        self.model = None if self.model is None else path_text(self.model, "--model")
         if self.objective == "gpa_no_base_loss":
             self.objective, self.base_loss_weight = "gpa", 0.0
         if self.objective not in OBJECTIVES:

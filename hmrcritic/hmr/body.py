@@ -580,7 +580,7 @@ _LOCK = threading.Lock()
 def resolve_model_path(path: str | Path | None = None) -> Path | None:
     """The model file in use: ``path``, else ``HMRCRITIC_BODY_MODEL``, else None (the mannequin)."""
     if path is not None:
-        return Path(path).expanduser()
+        return config.path_arg(path, "body model path")
     return config.body_model_path()
 
 

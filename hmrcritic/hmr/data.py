@@ -385,7 +385,7 @@ def _corrupt(uv, pts_c, box, cfg, W, H, rng, limbs, face) -> np.ndarray:
 
 # ------------------------------------------------------------------------------------------ split files
 def _split_root(root) -> Path:
-    return Path(root) if root is not None else config.data_dir()
+    return config.path_arg(root, "root") if root is not None else config.data_dir()
 
 
 # Scenes are built in memory before they are written (about 1.3 KB a scene, twice that at the peak): a million is
@@ -1461,6 +1461,10 @@ def sample_from_user(image_path, keypoints_path, focal: float | None = None, per
     for name, value in (("image_path", image_path), ("keypoints_path", keypoints_path)):
         if not isinstance(value, str | os.PathLike):
             raise InputError(f"{name} must be a file path (str or Path), got {type(value).__name__}")
+    # ``~`` expanded as load_model's path is (from Python no shell does); any other text kept as given: it is the
+    # sample's image_path, which a critique's settings digest reads
+    image_path, keypoints_path = (config.path_text(v, name) if os.fspath(v).startswith("~") else v
+                                  for name, v in (("image_path", image_path), ("keypoints_path", keypoints_path)))
     if focal is not None and (isinstance(focal, str | bytes | bool) or not hasattr(focal, "__float__")):
         raise InputError(f"focal must be a number (pixels) or None, got {type(focal).__name__}")
     if focal is not None and not (math.isfinite(focal) and focal > 0):

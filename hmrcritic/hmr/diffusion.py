@@ -837,6 +837,7 @@ def load_model(path: str | Path | None = None, device: str = "cpu") -> HMRDiffus
     :class:`AssetError` naming the path; a path that is not one (a number, "") :class:`InputError`. ``~`` is
     expanded, as by :func:`~hmrcritic.hmr.body.load_body_model`.
     """
+    from hmrcritic import config as hconfig
     from hmrcritic.config import check_device
 
     check_device(device)
@@ -848,7 +849,7 @@ def load_model(path: str | Path | None = None, device: str = "cpu") -> HMRDiffus
                          f"{type(path).__name__}")
     if path is not None and not str(path).strip():
         raise InputError("model checkpoint path is empty; give the .pt file (or None for the shipped model)")
-    path = Path(path).expanduser() if path is not None else DEFAULT_CHECKPOINT
+    path = hconfig.path_arg(path, "model checkpoint path") if path is not None else DEFAULT_CHECKPOINT
     payload = read_checkpoint(path)
     state = payload.get("state_dict")
     if not isinstance(state, dict):

@@ -434,7 +434,7 @@ def train_base(
     recipe or on other training data. One process per folder at a time. ``notify`` gets one-line messages
     (resuming, nothing left to do, interrupted).
     """
-    from hmrcritic.config import check_device
+    from hmrcritic.config import check_device, path_arg
     from hmrcritic.io import exclusive_lock, remove_write_leftovers
 
     if stop_at is not None:  # 2.5 never equals a step: the run trained on to the end instead of stopping
@@ -443,7 +443,7 @@ def train_base(
         raise InputError(f"train-base: --stop-at must be ≥ 1 step, got {stop_at}")
     check_device(device)
     say = notify or (lambda _msg: None)
-    out_dir = Path(out_dir)
+    out_dir = path_arg(out_dir, "train-base: out_dir")
     if (out_dir / "dataset.json").is_file():  # an export's folder (its header; hmr reads no alignment module)
         # model.pt, state.pt and log.jsonl were written in among the dataset's files, which `export validate` still
         # passed: a folder of two jobs that a later export resume or prune reads as its own

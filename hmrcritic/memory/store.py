@@ -1065,7 +1065,8 @@ class MemoryStore:
         # memory — a snapshot, an evaluation's cache, reproduce's scratch — never goes to a shared server)
         url = config.env_chroma_url() if chroma_url is None else chroma_url
         self.chroma_url = url or None
-        self.path = Path(path).expanduser().resolve() if path is not None else config.memory_dir().resolve()
+        self.path = (config.path_arg(path, "MemoryStore: path").resolve() if path is not None
+                     else config.memory_dir().resolve())
         self._key = str(self.path)
         self._cols: dict[str, Any] = {}
         self._gen_seen = -1
