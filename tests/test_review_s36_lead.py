@@ -28,3 +28,35 @@ def test_a_finetune_state_cut_short_is_refused_with_what_to_do(finetuned, tmp_pa
     assert msg.endswith("restore it, or use another --out, or --no-resume (which deletes it)")
     assert "\n" not in msg
     assert state.read_bytes() == cut
+
+
+@pytest.mark.parametrize("entry", ["reproduce_model", "generate_split", "read_labelled", "explored_record"])
+@pytest.mark.parametrize("value", ["", " ", "~nosuchuser-s36/x"])
+def test_more_path_arguments_refuse_empty_and_unknown_home_in_one_line(tmp_path, monkeypatch, entry, value):
+    """The sites the API review listed beside its fix: `reproduce(model=…)` (a bad one also left an empty run folder
+    with its lock), `generate_split(out_dir="")` (the working folder), `read_labelled` (what `evaluate --data`
+    reads: a quoted `~` not expanded) and the explored-record reader's memory path took "" as the working folder
+    and `~nouser` as a bare RuntimeError. Each is one InputError now, and nothing is written."""
+    from hmrcritic.errors import InputError
+
+    monkeypatch.chdir(tmp_path)
+    if entry == "reproduce_model":
+        from hmrcritic.alignment.reproduce import reproduce
+
+        call = lambda: reproduce("quick", out_dir=tmp_path / "run", model=value, progress=False)  # noqa: E731
+    elif entry == "generate_split":
+        from hmrcritic.hmr.data import generate_split
+
+        call = lambda: generate_split("test", n=2, out_dir=value)  # noqa: E731
+    elif entry == "read_labelled":
+        from hmrcritic.hmr.userdata import read_labelled
+
+        call = lambda: read_labelled(value)  # noqa: E731
+    else:
+        from hmrcritic.agent.explore import explored_record
+
+        call = lambda: explored_record(value)  # noqa: E731
+    with pytest.raises(InputError) as err:
+        call()
+    assert "\n" not in str(err.value)
+    assert list(tmp_path.iterdir()) == []

@@ -148,7 +148,9 @@ def exploration_error(group: Any, metric: str = "pa_mpjpe", body: Any = None) ->
 # --------------------------------------------------------------------------------------- explored sidecar
 def _memory_path(memory: Any) -> Path:
     if isinstance(memory, str | Path):
-        return Path(memory).expanduser().resolve()
+        from hmrcritic import config
+
+        return config.path_arg(memory, "memory").resolve()
     if memory is None:
         from hmrcritic import config
 

@@ -526,6 +526,9 @@ def reproduce(
     out = hconfig.expand_user(str(out_dir)) if out_dir is not None else hconfig.runs_dir() / f"reproduce-{name}"
     if out.exists() and not out.is_dir():
         raise InputError(f"--out must be a folder, got a file: {out}")
+    # checked before the run folder is made ("" refused, "~" expanded; `~nouser` one line): a bad --model left an
+    # empty run folder with its lock behind
+    model = None if model is None else str(hconfig.path_arg(model, "--model"))
     out.mkdir(parents=True, exist_ok=True)
     from filelock import FileLock, Timeout
 
@@ -552,7 +555,7 @@ def _run(name: str, p: Preset, out: Path, model, progress) -> dict:
     timings: dict[str, float] = {}
     # `~` expanded as load_model (and so finetune, sample, evaluate) does: resolved first, `--model=~/base.pt` named
     # a folder "~" under the working directory and the run stopped on a checkpoint that is not there
-    model_path = None if model is None else str(Path(model).expanduser().resolve())
+    model_path = None if model is None else str(Path(model).resolve())  # `~` expanded by reproduce()
     render_env = {"HMRCRITIC_RENDER": "1" if p.render else "0"}
 
     # which settings this run changed: a `--set` that was misspelt is refused, but one given to the wrong run folder

@@ -494,7 +494,7 @@ def generate_split(
         raise InputError(f"split {name}: n must be ≥ 1, got {n}")
     if n > MAX_SCENES:
         raise _too_many(f"split {name}: n", n)
-    given = out = Path(out_dir) if out_dir is not None else _split_root(None) / name
+    given = out = config.path_arg(out_dir, "out_dir") if out_dir is not None else _split_root(None) / name
     if out.is_symlink() and out.is_dir():
         # a split folder that is a link (the data on another drive): the new split replaces the folder it names,
         # there. Moving the link aside swapped the new split into the home in its place and left the link behind

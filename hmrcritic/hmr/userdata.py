@@ -37,6 +37,7 @@ from pathlib import Path
 
 import numpy as np
 
+from hmrcritic import config
 from hmrcritic.errors import InputError, warn_caller
 from hmrcritic.hmr.smpl_arrays import check_smpl_arrays
 from hmrcritic.io import not_a_file_error, read_npz
@@ -145,7 +146,7 @@ def read_labelled(path, limit: int | None = None) -> tuple[dict[str, np.ndarray]
     ones). Every error is one :class:`InputError` naming the file and, where it is one scene's, that scene."""
     if not isinstance(path, str | os.PathLike):
         raise InputError(f"data must be a file path (str or Path), got {type(path).__name__}")
-    p = Path(path)
+    p = config.path_arg(path, "data")  # "" refused, "~" expanded, as every path argument
     if not p.is_file():
         raise not_a_file_error(p, "labelled .npz")
     where = str(p)
