@@ -108,7 +108,7 @@ def _env_path_value(name: str) -> str:
 
 
 def _env_path(name: str, default: Path) -> Path:
-    value = _not_an_address(name, _env_path_value(name))
+    value = not_an_address(name, _env_path_value(name))
     return _not_dangling(_expand(value, name) if value else default, name)
 
 
@@ -172,7 +172,7 @@ def _expand(value: str, name: str | None) -> Path:
 _SCHEMELESS_ADDRESS = re.compile(r"(?:[A-Za-z0-9][A-Za-z0-9.\-]*|\[[0-9A-Fa-f:.]+\]):\d{1,5}")
 
 
-def _not_an_address(name: str, value: str) -> str:
+def not_an_address(name: str, value: str) -> str:
     """``value`` of folder variable ``name``, unless it is a server address: an InputError (password masked).
 
     A server address where a folder goes (``HMRCRITIC_MEMORY=http://user:pw@host:8000``, meant for a shared
@@ -221,7 +221,7 @@ def home_dir() -> Path:
     """Root of everything the toolkit writes (cache, data, memory) unless overridden per folder."""
     from hmrcritic.errors import InputError
 
-    home = _not_an_address("HMRCRITIC_HOME", _env_path_value("HMRCRITIC_HOME"))
+    home = not_an_address("HMRCRITIC_HOME", _env_path_value("HMRCRITIC_HOME"))
     if home:
         return _expand(home, "HMRCRITIC_HOME")
     xdg = _env_path_value("XDG_DATA_HOME")

@@ -222,7 +222,7 @@ def test_debug_is_on_for_every_yes_value_and_never_raises(env, raw, on):
 
 @pytest.mark.parametrize("value", ["localhost:8000", "chroma.internal:8000", "10.0.0.5:8000"])
 def test_a_bare_host_and_port_as_the_memory_folder_is_refused(env, value):
-    """_not_an_address: ``host:port`` (no user part, no scheme) is a server address as Chroma takes it, not a folder."""
+    """not_an_address: ``host:port`` (no user part, no scheme) is a server address as Chroma takes it, not a folder."""
     from hmrcritic import config
     from hmrcritic.errors import InputError
 

@@ -523,7 +523,7 @@ def reproduce(
         raise InputError('out_dir is empty: give a folder ("." for the current one), or None for '
                          f"{hconfig.runs_dir() / f'reproduce-{name}'}")
     # `~` expanded as the CLI's paths are (commands.__init__): reproduce(out_dir="~/repro") made a folder "~" here
-    out = hconfig.expand_user(str(out_dir)) if out_dir is not None else hconfig.runs_dir() / f"reproduce-{name}"
+    out = hconfig.path_arg(out_dir, "out_dir") if out_dir is not None else hconfig.runs_dir() / f"reproduce-{name}"
     if out.exists() and not out.is_dir():
         raise InputError(f"--out must be a folder, got a file: {out}")
     # checked before the run folder is made ("" refused, "~" expanded; `~nouser` one line): a bad --model left an

@@ -1065,6 +1065,8 @@ class MemoryStore:
         # memory — a snapshot, an evaluation's cache, reproduce's scratch — never goes to a shared server)
         url = config.env_chroma_url() if chroma_url is None else chroma_url
         self.chroma_url = url or None
+        if path is not None:  # a server's address is no folder, as HMRCRITIC_MEMORY's is not (password masked)
+            config.not_an_address("MemoryStore: path", config.path_text(path, "MemoryStore: path"))
         self.path = (config.path_arg(path, "MemoryStore: path").resolve() if path is not None
                      else config.memory_dir().resolve())
         self._key = str(self.path)
