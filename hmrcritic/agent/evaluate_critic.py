@@ -177,10 +177,10 @@ def evaluate_critic(
         memory_dir = hconfig.path_arg(memory_dir, "evaluate-critic: memory_dir")
     if workdir is not None:
         workdir = hconfig.path_arg(workdir, "evaluate-critic: workdir")
-    if memory_dir is not None and not Path(memory_dir).expanduser().is_dir():
+    if memory_dir is not None and not memory_dir.is_dir():
         # said before any work: found after sampling every held-out group (seconds to minutes) and making an
         # empty run folder under runs/evaluate, a mistyped path cost all that
-        what = "is a file, not a memory folder" if Path(memory_dir).expanduser().exists() else "does not exist"
+        what = "is a file, not a memory folder" if memory_dir.exists() else "does not exist"
         raise InputError(f"evaluate-critic: --memory-dir {memory_dir} {what}; give the folder `hmrcritic explore "
                          "--memory-dir DIR` wrote, or leave it out to explore a new memory")
     # refused before the held-out groups are sampled (minutes with the model): an unknown --judge or a VLM judge
@@ -209,7 +209,7 @@ def evaluate_critic(
                **({"judge_model": ident} if ident else {}),
                # the memory brought: without it, evaluations of two memories shared one folder, each overwriting
                # the other's result.json (its payload's "workdir" then pointed at another memory's figures)
-               **({"memory": str(Path(memory_dir).expanduser().resolve())} if memory_dir is not None else {}))
+               **({"memory": str(memory_dir.resolve())} if memory_dir is not None else {}))
     workdir = Path(workdir) if workdir is not None else hconfig.runs_dir() / "evaluate" / key
     # what this evaluation scores beside the exploration the folder is keyed by: the folder (and its explored
     # memory, the cache) is shared by every evaluation of one exploration, so runs of another --num-groups,
@@ -226,7 +226,7 @@ def evaluate_critic(
         agent_config = {"max_reflections": max_reflections, "rules_k": rules_k}
         stopped = ""  # why the exploration ended before warmup_groups, if it did
         if memory_dir is not None:
-            memory_path = Path(memory_dir).expanduser()
+            memory_path = memory_dir
             explored_groups = None
         else:
             memory_path = workdir / "memory"

@@ -147,13 +147,11 @@ def exploration_error(group: Any, metric: str = "pa_mpjpe", body: Any = None) ->
 
 # --------------------------------------------------------------------------------------- explored sidecar
 def _memory_path(memory: Any) -> Path:
-    if isinstance(memory, str | Path):
-        from hmrcritic import config
+    from hmrcritic import config
 
+    if isinstance(memory, str | Path):
         return config.path_arg(memory, "memory").resolve()
     if memory is None:
-        from hmrcritic import config
-
         return config.memory_dir().resolve()
     return Path(memory.path)
 

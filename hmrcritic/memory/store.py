@@ -1065,10 +1065,12 @@ class MemoryStore:
         # memory — a snapshot, an evaluation's cache, reproduce's scratch — never goes to a shared server)
         url = config.env_chroma_url() if chroma_url is None else chroma_url
         self.chroma_url = url or None
-        if path is not None:  # a server's address is no folder, as HMRCRITIC_MEMORY's is not (password masked)
-            config.not_an_address("MemoryStore: path", config.path_text(path, "MemoryStore: path"))
-        self.path = (config.path_arg(path, "MemoryStore: path").resolve() if path is not None
-                     else config.memory_dir().resolve())
+        if path is not None:  # "" refused, "~" expanded; a server's address is no folder, as HMRCRITIC_MEMORY's
+            # is not (password masked)
+            where = "MemoryStore: path"
+            self.path = Path(config.not_an_address(where, config.path_text(path, where))).resolve()
+        else:
+            self.path = config.memory_dir().resolve()
         self._key = str(self.path)
         self._cols: dict[str, Any] = {}
         self._gen_seen = -1
