@@ -172,6 +172,9 @@ def _expand(value: str, name: str | None) -> Path:
 _SCHEMELESS_ADDRESS = re.compile(r"(?:[A-Za-z0-9][A-Za-z0-9.\-]*|\[[0-9A-Fa-f:.]+\]):\d{1,5}")
 
 
+_COLLAPSED_SCHEME = re.compile(r"(https?|chroma):/(?!/)", re.IGNORECASE)
+
+
 def not_an_address(name: str, value: str) -> str:
     """``value`` of folder variable ``name``, unless it is a server address: an InputError (password masked).
 
@@ -182,6 +185,10 @@ def not_an_address(name: str, value: str) -> str:
     So is one without a scheme, as Chroma and Ray take it: ``[user[:password]@]host:port``, a numeric port and no
     "/" in the host part, not starting as a path does (``/``, ``~``, ``.``): ``HMRCRITIC_MEMORY=bob:pw@host:8000`` made
     a folder of that name, password and all. A folder really named like that (``run:1``) is ``./run:1``."""
+    # a URL whose "//" a Path made "/" (`--memory-dir http://u:pw@h:8000` reaches us as "http:/u:pw@h:8000"): read
+    # as the URL it was, so it is refused as one and its password masked (the masker reads "scheme://" only)
+    if (collapsed := _COLLAPSED_SCHEME.match(value)) is not None:
+        value = f"{collapsed.group(1)}://{value[collapsed.end():]}"
     # with a scheme it is no folder, whatever is after its "@": "write it ./http://…" was offered for one
     schemeless = ("://" not in value and not value.startswith(("/", "~", ".", "\\"))
                   and _SCHEMELESS_ADDRESS.fullmatch(value.rpartition("@")[2]) is not None)
@@ -189,7 +196,9 @@ def not_an_address(name: str, value: str) -> str:
         from hmrcritic.errors import InputError
         from hmrcritic.redact import redact_url
 
-        hint = "; a memory on a Chroma server is named by HMRCRITIC_CHROMA_URL" if name == "HMRCRITIC_MEMORY" else ""
+        hint = {"HMRCRITIC_MEMORY": "; a memory on a Chroma server is named by HMRCRITIC_CHROMA_URL",
+                "MemoryStore: path": "; a memory on a Chroma server is named by --chroma-url (chroma_url= in Python)"
+                }.get(name, "")
         folder = f" (a folder of that name: write it ./{redact_url(value)})" if schemeless else ""
         raise InputError(f"{name}={redact_url(value)!r} is a server address, not a folder{hint}{folder}")
     return value

@@ -60,3 +60,19 @@ def test_more_path_arguments_refuse_empty_and_unknown_home_in_one_line(tmp_path,
         call()
     assert "\n" not in str(err.value)
     assert list(tmp_path.iterdir()) == []
+
+
+@pytest.mark.parametrize("given", ["http://u:pw-s36@h:8000", "HTTPS://u:pw-s36@h:8000/x"])
+def test_a_server_address_as_memory_dir_is_refused_with_its_password_masked(tmp_path, monkeypatch, capsys, given):
+    """`--memory-dir http://u:pw@h:8000` reaches the store as `Path(...)` text, "http:/u:pw@h:8000" (a Path makes
+    "//" one "/"): it was read as a schemeless address whose "user" is "http:/u", and the error line printed the
+    password (the masker reads "scheme://" only). Read as the URL it was: refused, masked, the option named."""
+    from hmrcritic import cli
+
+    monkeypatch.setenv("HMRCRITIC_HOME", str(tmp_path / "home"))
+    monkeypatch.chdir(tmp_path)
+    assert cli.main(["memory", "stats", "--memory-dir", given]) == 2
+    err = capsys.readouterr().err
+    assert "is a server address, not a folder" in err and "--chroma-url" in err, err
+    assert "pw-s36" not in err
+    assert not any(p.name.lower().startswith("http") for p in tmp_path.iterdir())
