@@ -172,10 +172,13 @@ def _expand(value: str, name: str | None) -> Path:
 _SCHEMELESS_ADDRESS = re.compile(r"(?:[A-Za-z0-9][A-Za-z0-9.\-]*|\[[0-9A-Fa-f:.]+\]):\d{1,5}")
 
 
-_COLLAPSED_SCHEME = re.compile(r"(https?|chroma):/(?!/)", re.IGNORECASE)
+# "scheme:/" (a Path made "//" one "/") or "scheme:///": http(s)/chroma always, any other scheme when a user part
+# follows (only an address has one), so the masker, which reads "scheme://" only, finds it
+_COLLAPSED_SCHEME = re.compile(r"(?:(https?|chroma)|([A-Za-z][A-Za-z0-9+.\-]{0,31})(?=:/+[^/@]*@)):/+",
+                               re.IGNORECASE)
 
 
-def not_an_address(name: str, value: str) -> str:
+def not_an_address(name: str, value: str, bare_too: bool = True) -> str:
     """``value`` of folder variable ``name``, unless it is a server address: an InputError (password masked).
 
     A server address where a folder goes (``HMRCRITIC_MEMORY=http://user:pw@host:8000``, meant for a shared
@@ -184,13 +187,15 @@ def not_an_address(name: str, value: str) -> str:
 
     So is one without a scheme, as Chroma and Ray take it: ``[user[:password]@]host:port``, a numeric port and no
     "/" in the host part, not starting as a path does (``/``, ``~``, ``.``): ``HMRCRITIC_MEMORY=bob:pw@host:8000`` made
-    a folder of that name, password and all. A folder really named like that (``run:1``) is ``./run:1``."""
+    a folder of that name, password and all. A folder really named like that (``run:1``) is ``./run:1``.
+    ``bare_too=False`` refuses only an address with a scheme: for a path that went through a ``Path`` (which drops
+    the ``./`` of ``./run:1``, the spelling asked for)."""
     # a URL whose "//" a Path made "/" (`--memory-dir http://u:pw@h:8000` reaches us as "http:/u:pw@h:8000"): read
     # as the URL it was, so it is refused as one and its password masked (the masker reads "scheme://" only)
     if (collapsed := _COLLAPSED_SCHEME.match(value)) is not None:
-        value = f"{collapsed.group(1)}://{value[collapsed.end():]}"
+        value = f"{collapsed.group(1) or collapsed.group(2)}://{value[collapsed.end():]}"
     # with a scheme it is no folder, whatever is after its "@": "write it ./http://…" was offered for one
-    schemeless = ("://" not in value and not value.startswith(("/", "~", ".", "\\"))
+    schemeless = (bare_too and "://" not in value and not value.startswith(("/", "~", ".", "\\"))
                   and _SCHEMELESS_ADDRESS.fullmatch(value.rpartition("@")[2]) is not None)
     if "://" in value or schemeless:
         from hmrcritic.errors import InputError

@@ -1068,7 +1068,9 @@ class MemoryStore:
         if path is not None:  # "" refused, "~" expanded; a server's address is no folder, as HMRCRITIC_MEMORY's
             # is not (password masked)
             where = "MemoryStore: path"
-            self.path = Path(config.not_an_address(where, config.path_text(path, where))).resolve()
+            # only an address with a scheme: what reaches here was mostly a Path (--memory-dir, config.memory_dir(),
+            # AgentConfig's str of it), which drops the "./" of ``./run:1``, the spelling the refusal asks for
+            self.path = Path(config.not_an_address(where, config.path_text(path, where), bare_too=False)).resolve()
         else:
             self.path = config.memory_dir().resolve()
         self._key = str(self.path)
