@@ -199,7 +199,10 @@ def evaluate_critic(
     # the held-out split's shards against their manifest, as train-base and export check theirs (the exploration
     # checks the warm-up split); its images only matter to a judge that reads them (score_groups renders for it)
     verify_split(split, images=reads_images(judge))
-    eval_groups, used = make_groups(split, num_groups, num_generations, seed=seed, source=source)
+    # the sampling is said as it goes ("groups: 24/120"): with the model, a minute or more on 2 shared cores in
+    # which evaluate-critic printed nothing, and "groups" was said only once all were drawn
+    eval_groups, used = make_groups(split, num_groups, num_generations, seed=seed, source=source,
+                                    progress=None if progress is None else (lambda i, n: progress("groups", i, n)))
     # keyed by the source actually used ("auto" resolves to the model or, without one, perturbed ground
     # truth): a memory explored from one source is never reused for the other
     ident = judge_identity(judge)  # only a VLM has one ("" for the builtin judge: not a key entry)

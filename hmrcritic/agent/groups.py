@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import os
 from collections import Counter
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -223,9 +224,12 @@ def groups_from_perturbed_gt(split="test", num_groups: int = 20, num_generations
 
 
 def groups_from_model(split="test", num_groups: int = 20, num_generations: int = 16, seed: int = 0,
-                      start: int = 0, model=None, steps: int = 10, batch: int = 8) -> list[LabelledGroup]:
+                      start: int = 0, model=None, steps: int = 10, batch: int = 8,
+                      progress: Callable[[int, int], None] | None = None) -> list[LabelledGroup]:
     """Groups sampled by the diffusion model (``model``: a loaded model or a checkpoint path; default: the shipped
-    base checkpoint)."""
+    base checkpoint). ``progress(done, total)`` is called after each batch of ``batch`` groups: sampling the
+    hundreds of groups an evaluation or ``reproduce``'s exploration needs takes tens of seconds on a CPU, and
+    the commands said nothing meanwhile. Display only: the groups are the same with or without it."""
     from hmrcritic.hmr import diffusion
     from hmrcritic.hmr.body import load_body_model
 
@@ -256,17 +260,25 @@ def groups_from_model(split="test", num_groups: int = 20, num_generations: int =
             hyps = {k: v for k, v in group.numpy(b).items() if k != "x0"}
             out.append(LabelledGroup(ids[idx[b0 + b]], s, hyps, true_errors(hyps, s, body),
                                      source="model"))
+        if progress is not None:
+            progress(len(out), len(idx))
     return out
 
 
 def make_groups(split="test", num_groups: int = 20, num_generations: int = 16, seed: int = 0,
-                start: int = 0, source: str = "auto", model_path=None) -> tuple[list[LabelledGroup], str]:
-    """Groups from ``source`` ("model" | "perturbed" | "auto": the model if it loads, else perturbed)."""
+                start: int = 0, source: str = "auto", model_path=None,
+                progress: Callable[[int, int], None] | None = None) -> tuple[list[LabelledGroup], str]:
+    """Groups from ``source`` ("model" | "perturbed" | "auto": the model if it loads, else perturbed).
+    ``progress(done, total)``: as :func:`groups_from_model` (perturbed groups, made in a moment, report once)."""
     _check_args(num_groups, num_generations, seed, start)  # before a model is loaded for nothing
     model = group_model(source, model_path)
     if model is not None:
-        return groups_from_model(split, num_groups, num_generations, seed, start, model=model), "model"
-    return groups_from_perturbed_gt(split, num_groups, num_generations, seed, start), "perturbed"
+        return groups_from_model(split, num_groups, num_generations, seed, start, model=model,
+                                 progress=progress), "model"
+    got = groups_from_perturbed_gt(split, num_groups, num_generations, seed, start)
+    if progress is not None:
+        progress(len(got), len(got))
+    return got, "perturbed"
 
 
 def group_model(source: str = "auto", model_path=None):
