@@ -94,3 +94,24 @@ def test_reproduce_explore_stage_passes_a_sampling_progress(tmp_path, monkeypatc
     rp._explore(rp.make_preset("quick"), tmp_path / "memory", None, "k", rp._Log(tmp_path, lines.append))
     said = [line.split("] ", 1)[1] for line in lines]  # after the time stamp
     assert said == ["explore: sampling train groups: 8/35", "explore: sampling train groups: 35/35"]
+
+
+@pytest.mark.parametrize("field", ["data", "out", "model"])
+def test_finetune_config_names_its_python_fields(tmp_path, field):
+    """``FinetuneConfig(data="")`` was refused as ``--data is empty``: a flag the Python caller never wrote (the CLI
+    refuses its own empty or unknown-home paths before the config is made). Named as ExportConfig names its own."""
+    from hmrcritic.alignment.finetune import FinetuneConfig
+    from hmrcritic.errors import InputError
+
+    given = {"data": str(tmp_path / "d"), "out": str(tmp_path / "o.pt"), field: ""}
+    with pytest.raises(InputError, match=rf"^FinetuneConfig\.{field} is empty"):
+        FinetuneConfig(**given)
+
+
+def test_reproduce_names_its_model_argument(tmp_path):
+    from hmrcritic.alignment.reproduce import reproduce
+    from hmrcritic.errors import InputError
+
+    with pytest.raises(InputError, match=r"^model is empty") as err:
+        reproduce("quick", out_dir=tmp_path / "run", model=" ", progress=False)
+    assert "--model" not in str(err.value)

@@ -116,9 +116,11 @@ class FinetuneConfig:
         self._plain_numbers()
         from hmrcritic.config import path_text
 
-        # "" refused and "~" expanded, as the CLI's path options; other text as given (a resume compares it)
-        self.data, self.out = path_text(self.data, "--data"), path_text(self.out, "--out")
-        self.model = None if self.model is None else path_text(self.model, "--model")
+        # "" refused and "~" expanded, as the CLI's path options; other text as given (a resume compares it). Named
+        # as the Python caller wrote them, as ExportConfig's are (the CLI refuses its own spellings before this)
+        self.data = path_text(self.data, "FinetuneConfig.data")
+        self.out = path_text(self.out, "FinetuneConfig.out")
+        self.model = None if self.model is None else path_text(self.model, "FinetuneConfig.model")
         if self.objective == "gpa_no_base_loss":
             self.objective, self.base_loss_weight = "gpa", 0.0
         if self.objective not in OBJECTIVES:

@@ -529,7 +529,8 @@ def reproduce(
         raise InputError(f"--out must be a folder, got a file: {out}")
     # checked before the run folder is made ("" refused, "~" expanded; `~nouser` one line): a bad --model left an
     # empty run folder with its lock behind
-    model = None if model is None else str(hconfig.path_arg(model, "--model"))
+    # (named as the Python caller wrote it: the CLI refuses an empty or unknown-home --model before this)
+    model = None if model is None else str(hconfig.path_arg(model, "model"))
     out.mkdir(parents=True, exist_ok=True)
     from filelock import FileLock, Timeout
 
