@@ -45,6 +45,46 @@ from hmrcritic.redact import scrub
 HYP_KEYS = SMPL_KEYS  # the four SMPL arrays a group of hypotheses holds (hmr.smpl_arrays checks them)
 
 
+def unknown_keyword_hints(unknown: Iterable[str], known: Iterable[str]) -> str:
+    """``'fersh' (did you mean 'fresh'?), 'x'``: the unknown keywords, each with the closest known one if any."""
+    import difflib
+
+    known = list(known)
+    return ", ".join(f"{k!r}" + (f" (did you mean {m[0]!r}?)" if (m := difflib.get_close_matches(
+        str(k), known, n=1)) else "") for k in unknown)
+
+
+def keywords_checked(fn):
+    """``fn`` with its arguments checked against its signature first: a misspelt keyword (``fersh=True``), a
+    missing or an extra argument is one :class:`InputError` line naming the function, the closest real keyword and
+    the ones it takes. Python 3.11's own TypeError ("got an unexpected keyword argument 'fersh'") came out as a
+    traceback and named no keyword that exists. The wrapper keeps the name, docstring and signature
+    (``inspect.signature`` follows ``__wrapped__``: help(), tab completion, :func:`critique_groups`' check)."""
+    import inspect
+
+    sig = inspect.signature(fn)
+    params = [p.name for p in sig.parameters.values() if p.kind not in (p.VAR_POSITIONAL, p.VAR_KEYWORD)]
+    # a class's __init__ (a config dataclass) is named as the class, and its self is not listed
+    name = fn.__qualname__.removesuffix(".__init__")
+    shown = [p for p in params if p != "self"]
+
+    @functools.wraps(fn)
+    def checked(*args, **kwargs):
+        try:
+            sig.bind(*args, **kwargs)
+        except TypeError as exc:
+            unknown = [k for k in kwargs if k not in params]
+            why = (f"unknown argument(s) {unknown_keyword_hints(unknown, params)}" if unknown
+                   else str(exc))
+            raise InputError(f"{name}: {why} ({name} takes {', '.join(shown)})") from None
+        return fn(*args, **kwargs)
+
+    return checked
+
+
+SHOWN_RANKS = 10  # ranking entries a printed ScoredGroup shows; the rest are "…"
+
+
 class ScoredGroup(BaseModel):
     """The agent's verdict on one group (what ``critique`` prints and exports consume).
 
@@ -54,22 +94,33 @@ class ScoredGroup(BaseModel):
     ``prototypes_recalled`` per hypothesis its prototype hits (dicts with ``similarity``), ``reflections`` the
     reflect rounds. ``model_dump()`` is scores.json (:func:`write_scores`)."""
 
-    group_id: str
-    scores: list[HypothesisScore]
+    # every field says what it holds (help(ScoredGroup), ScoredGroup.model_fields[name].description): only five did,
+    # the rest documented in CONTRACTS.md alone
+    group_id: str = Field(..., description="the checkpoint thread (and run folder) of this critique")
+    scores: list[HypothesisScore] = Field(..., description="one HypothesisScore per hypothesis, in index order: "
+                                                            "the three axes, overall and the rationale")
     ranking: list[int] = Field(..., description="hypothesis indices, best overall first")
-    memory_version: str = "none"
-    judge: str = "builtin"
+    memory_version: str = Field("none", description="MemoryStore.version() the recall read ('none' without "
+                                                    "memory); after a learning write, the version after it")
+    judge: str = Field("builtin", description="the judge that scored: 'builtin', 'vlm' or a Judge object's name")
     judge_model: str | None = Field(None, description="the VLM behind judge vlm: model @ endpoint")
-    reflections: list[dict[str, Any]] = Field(default_factory=list)
-    notes: str = ""
-    run_dir: str = ""
-    run_id: str = ""
-    rules_applied: list[str] = Field(default_factory=list)
-    rules_recalled: list[dict[str, Any]] = Field(default_factory=list)
-    prototypes_recalled: list[list[dict[str, Any]]] = Field(default_factory=list)
-    evidence: dict[str, list[float]] = Field(default_factory=dict)
-    renders: dict[str, str] = Field(default_factory=dict)
-    memory_written: dict[str, Any] = Field(default_factory=dict)
+    reflections: list[dict[str, Any]] = Field(default_factory=list, description="the reflect rounds: round, "
+                                              "action, issues, changes")
+    notes: str = Field("", description="the judge's summary of the group")
+    run_dir: str = Field("", description="the run folder (inputs, evidence, renders), absolute")
+    run_id: str = Field("", description="the run that produced these scores; its trace is "
+                                        "runs_dir()/traces/<run_id>.jsonl (`hmrcritic trace`)")
+    rules_applied: list[str] = Field(default_factory=list, description="ids of the recalled rules the judge applied")
+    rules_recalled: list[dict[str, Any]] = Field(default_factory=list, description="the recalled rules as Rule "
+                                                 "dumps (hmrcritic.memory.Rule.model_validate reads one back)")
+    prototypes_recalled: list[list[dict[str, Any]]] = Field(default_factory=list, description="per hypothesis, "
+                                                            "its recalled prototype hits (dicts with similarity)")
+    evidence: dict[str, list[float]] = Field(default_factory=dict, description="measure name → one value per "
+                                             "hypothesis, in index order")
+    renders: dict[str, str] = Field(default_factory=dict, description="render name (overlay_grid, side_grid) → "
+                                    "image path; empty when rendering was off")
+    memory_written: dict[str, Any] = Field(default_factory=dict, description="what a learning critique wrote to "
+                                           "the memory (prototypes, rules_recorded); empty otherwise")
     score_calibration: dict[str, Any] | None = Field(
         None, description="the memory's score calibration (ScoreCalibration) the builtin judge applied to overall, "
                           "which puts overall on the true-error scale; None: overall is the judge's own score")
@@ -82,6 +133,25 @@ class ScoredGroup(BaseModel):
         """Each hypothesis's overall score (0–10, higher is better), in hypothesis index order (``ranking`` is
         these indices best first; ``scores[i].rationale`` says why)."""
         return [s.overall for s in sorted(self.scores, key=lambda s: s.index)]
+
+    def __repr__(self) -> str:
+        """One line: the id, judge, size, ranking, best and worst overall, memory version and run folder.
+
+        pydantic's repr printed every field — 11,800 characters for a group of 8, 80,000 on one line for 64 (each
+        rationale, rule dump and evidence value) — when a notebook cell ended with the result. ``model_dump()``
+        (or ``scores.json``, :func:`write_scores`) holds the whole record; ``write_report`` shows it."""
+        ranking = self.ranking[:SHOWN_RANKS]
+        ranks = f"[{', '.join(map(str, ranking))}{', …' if len(self.ranking) > len(ranking) else ''}]"
+        by_index = {s.index: s.overall for s in self.scores}
+        ends = ""
+        if self.ranking and self.ranking[0] in by_index and self.ranking[-1] in by_index:
+            best, worst = self.ranking[0], self.ranking[-1]
+            ends = f", best h{best} {by_index[best]:.2f}, worst h{worst} {by_index[worst]:.2f}"
+        earlier = ", finished_earlier" if self.finished_earlier else ", resumed" if self.resumed else ""
+        return (f"ScoredGroup(group_id={self.group_id!r}, judge={self.judge!r}, {len(self.scores)} hypotheses, "
+                f"ranking={ranks}{ends}, memory_version={self.memory_version!r}{earlier}, run_dir={self.run_dir!r})")
+
+    __str__ = __repr__  # print(result): pydantic's __str__ is the every-field dump too
 
 
 @dataclass
@@ -218,14 +288,28 @@ def _sample_arrays(sample: Any) -> dict[str, np.ndarray]:
         raise InputError(f"sample must be a Sample (hmrcritic.hmr.data: load_split(...)[i], sample_from_user(...)) "
                          f"or an object with keypoints, K and image_size, got {type(sample).__name__}{swapped}")
     sid = getattr(sample, "sample_id", "?")
-    kp = np.asarray(getattr(sample, "keypoints", None), dtype=np.float32)
+
+    def numbers(name: str, what: str, dtype: Any) -> np.ndarray:
+        """The sample's field ``name`` as an array of ``dtype``, or one InputError naming the sample and the field.
+        numpy's "could not convert string to float: 'abc'" / "inhomogeneous shape" came out bare, and keypoints
+        from a differentiable detector (a tensor that requires grad) were torch's RuntimeError."""
+        value = getattr(sample, name, None)
+        if hasattr(value, "detach"):  # a torch tensor: the numbers, off the graph and the device (bf16: numpy has none)
+            value = value.detach().cpu()
+            value = value.float() if value.is_floating_point() else value
+        try:
+            return np.asarray(value, dtype=dtype)
+        except (TypeError, ValueError, OverflowError, RuntimeError):
+            raise InputError(f"sample {sid}: {what} must be numbers, got {type(value).__name__}") from None
+
+    kp = numbers("keypoints", "keypoints (17, 3) COCO-17 [u, v, conf]", np.float32)
     if kp.shape != (17, 3):
         raise InputError(f"sample {sid}: keypoints have shape {kp.shape}, expected (17, 3) COCO-17 [u, v, conf]")
     if not np.isfinite(kp).all():
         raise InputError(f"sample {sid}: keypoints contain NaN/inf")
     if not (kp[:, 2] > 0).any():
         raise InputError(f"sample {sid}: no keypoint has confidence > 0")
-    K = np.asarray(getattr(sample, "K", None), dtype=np.float32)
+    K = numbers("K", "intrinsics K (3, 3)", np.float32)
     if K.shape != (3, 3) or not np.isfinite(K).all():
         raise InputError(f"sample {sid}: intrinsics K must be a finite (3, 3) matrix, got shape {K.shape}")
     if (not np.allclose(K[2], [0, 0, 1], atol=1e-6) or abs(float(K[1, 0])) > 1e-6 or abs(float(K[0, 1])) > 1e-6
@@ -236,7 +320,7 @@ def _sample_arrays(sample: Any) -> dict[str, np.ndarray]:
         # all of another camera, without a word
         raise InputError(f"sample {sid}: intrinsics K must be [[fx, 0, cx], [0, fy, cy], [0, 0, 1]] with fx, fy > 0 "
                          f"(no skew), got {np.round(K, 4).tolist()}")
-    size = np.asarray(getattr(sample, "image_size", None), dtype=np.int64).reshape(-1)
+    size = numbers("image_size", "image_size (W, H)", np.int64).reshape(-1)
     if size.shape != (2,) or (size <= 0).any():
         raise InputError(f"sample {sid}: image_size must be (W, H) > 0")
     out = {"keypoints": kp, "K": K, "image_size": size}
@@ -263,6 +347,7 @@ def _inputs_digest(arrays: dict[str, np.ndarray]) -> str:
     return h.hexdigest()[:16]
 
 
+@keywords_checked
 def content_group_id(sample: Any, hypotheses: Any) -> str:
     """``<sample id>-<8 hex digits of the inputs>``: the group id the CLI uses when none is given.
 
@@ -607,6 +692,7 @@ def _new_memory_folder(memory: Any, config: Any, cfg: AgentConfig) -> Path | Non
     return None if holds_memory(path) else path
 
 
+@keywords_checked
 def critique_group(
     sample: Any,
     hypotheses: Any,
@@ -900,6 +986,7 @@ def _scored_group(result: Any, caller: str) -> ScoredGroup:
     return result
 
 
+@keywords_checked
 def forget_group(result: ScoredGroup | GroupResult) -> None:
     """Remove everything a *kept* critique left once its result is safely stored elsewhere (an export writes
     it to its dataset): the checkpoint thread, the run folder and the trace. A crash before that point still
@@ -919,6 +1006,7 @@ def forget_group(result: ScoredGroup | GroupResult) -> None:
         repoint_last()
 
 
+@keywords_checked
 def discard_run(result: ScoredGroup | GroupResult | str | Path) -> None:
     """Remove a throwaway critique's run folder (arrays, renders). Only folders inside ``runs_dir()`` or the
     system temp folder are removed, so a result pointing elsewhere can never delete user files. A
@@ -1000,6 +1088,7 @@ def overall_scale_note(result: ScoredGroup) -> str:
             + f"; {axes}")
 
 
+@keywords_checked
 def critique_groups(
     items: Iterable[tuple[Any, Any] | dict],
     judge: Any = None,
@@ -1036,9 +1125,10 @@ def critique_groups(
     # a misspelt keyword (``fersh=True``) came back as every group's error, the whole batch critiqued for nothing
     allowed = set(inspect.signature(critique_group).parameters) - {"sample", "hypotheses"}
     unknown = sorted(set(kwargs) - allowed)
-    if unknown:
-        raise InputError(f"critique_groups: unknown argument(s) {', '.join(map(repr, unknown))} (critique_group "
-                         f"takes {', '.join(sorted(allowed))})")
+    if unknown:  # with the closest keyword of either function (``wrokers=2``: workers), as critique_group says it
+        own = [p for p in inspect.signature(critique_groups).parameters if p != "kwargs"]
+        raise InputError(f"critique_groups: unknown argument(s) {unknown_keyword_hints(unknown, [*own, *allowed])} "
+                         f"(critique_groups takes {', '.join(own)} and critique_group's {', '.join(sorted(allowed))})")
     if isinstance(items, str | bytes | dict) or not hasattr(items, "__iter__"):
         raise InputError(f"items must be an iterable of (sample, hypotheses) pairs or dicts, got "
                          f"{type(items).__name__}")
@@ -1130,6 +1220,7 @@ def critique_labelled(groups: Iterable[Any], memory: Any = None, config: AgentCo
         yield g, res, joints
 
 
+@keywords_checked
 def write_scores(result: ScoredGroup, out_dir: str | Path) -> Path:
     """``scores.json`` (the ScoredGroup) in ``out_dir``, atomically; a :class:`GroupResult` of
     :func:`critique_groups` writes its result (as :func:`~hmrcritic.agent.report.write_report` takes one): its own

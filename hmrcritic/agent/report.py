@@ -14,11 +14,12 @@ import base64
 import html
 import io
 import math
+import os
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
-from hmrcritic.agent.api import ScoredGroup, overall_scale_note
+from hmrcritic.agent.api import ScoredGroup, keywords_checked, overall_scale_note
 from hmrcritic.agent.schema import AXES, finite_float
 from hmrcritic.agent.trace import revision_rounds_text
 from hmrcritic.io import atomic_write_text
@@ -267,8 +268,27 @@ def memory_written_note(result: ScoredGroup) -> str:
     return text
 
 
+def _image_arg(image_path: Any) -> str | None:
+    """The input image argument as a path text: None or "" is no image (a sample without one passes its
+    ``image_path``, None or ""); a leading ``~`` is the home, as for every file argument (README) — ``"~/photo.png"``
+    was looked for in a folder named ``~`` and reported missing; anything but a path is an InputError (a bare
+    TypeError from pathlib before)."""
+    if image_path is None or (isinstance(image_path, str) and not image_path):
+        return None
+    from hmrcritic.config import path_text
+    from hmrcritic.errors import InputError
+
+    if isinstance(image_path, bytes) or not isinstance(image_path, str | os.PathLike):
+        raise InputError(f"report: image_path must be a path (str or Path) or None, got {type(image_path).__name__}")
+    return path_text(image_path, "report: image_path")
+
+
+@keywords_checked
 def render_html(result: ScoredGroup, image_path: str | None = None) -> str:
+    """The report page as text (what :func:`write_report` writes). ``image_path``: the input image, shown beside
+    the renders (None or "": none)."""
     result = _scored_group(result)
+    image_path = _image_arg(image_path)
     by_index = {s.index: s for s in result.scores}
     rows = []
     for rank, i in enumerate(_order(result)):
@@ -361,10 +381,13 @@ def render_html(result: ScoredGroup, image_path: str | None = None) -> str:
     return "\n".join(p for p in parts if p)
 
 
+@keywords_checked
 def write_report(result: ScoredGroup, out_dir: str | Path, image_path: str | None = None) -> Path:
     """Write ``<out_dir>/report.html`` and return its path; ``out_dir`` ending in ``.html`` (and not an existing
     folder) is the report file itself — ``write_report(r, "out/report.html")`` made a folder ``report.html`` with
-    the report inside. ``result``: see :func:`_scored_group`."""
+    the report inside. ``result``: see :func:`_scored_group`; ``image_path``: the input image to show (None or "":
+    none; a missing file is a note in the report, not an error). The path returned is ``out_dir``'s as given
+    (relative stays relative). Arguments of the wrong type or name are one InputError line."""
     from hmrcritic.config import path_arg
     from hmrcritic.errors import InputError
 
