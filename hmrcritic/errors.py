@@ -7,7 +7,9 @@ prints that line and exits non-zero; a traceback is shown only with ``--debug``.
 
 from __future__ import annotations
 
+import functools
 import operator
+from collections.abc import Iterable
 from typing import Any
 
 
@@ -63,3 +65,47 @@ def warn_caller(message: str, category: type[Warning] = UserWarning) -> None:
     while frame is not None and os.path.abspath(frame.f_code.co_filename).startswith(package):
         level, frame = level + 1, frame.f_back
     warnings.warn(message, category, stacklevel=level + 1)
+
+
+def unknown_keyword_hints(unknown: Iterable[str], known: Iterable[str]) -> str:
+    """``'fersh' (did you mean 'fresh'?), 'x'``: the unknown keywords, each with the closest known one if any."""
+    import difflib
+
+    known = list(known)
+    return ", ".join(f"{k!r}" + (f" (did you mean {m[0]!r}?)" if (m := difflib.get_close_matches(
+        str(k), known, n=1)) else "") for k in unknown)
+
+
+def keywords_checked(fn):
+    """``fn`` with its arguments checked against its signature first: a misspelt keyword (``fersh=True``), a
+    missing or an extra argument is one :class:`InputError` line naming the function, the closest real keyword and
+    the ones it takes. Python 3.11's own TypeError ("got an unexpected keyword argument 'fersh'") came out as a
+    traceback and named no keyword that exists. The wrapper keeps the name, docstring and signature
+    (``inspect.signature`` follows ``__wrapped__``: help(), tab completion, :func:`critique_groups`' check)."""
+    import inspect
+
+    sig = inspect.signature(fn)
+    params = [p.name for p in sig.parameters.values() if p.kind not in (p.VAR_POSITIONAL, p.VAR_KEYWORD)]
+    # a class's __init__ (a config dataclass) is named as the class, and its self is not listed
+    name = fn.__qualname__.removesuffix(".__init__")
+    shown = [p for p in params if p != "self"]
+
+    @functools.wraps(fn)
+    def checked(*args, **kwargs):
+        try:
+            sig.bind(*args, **kwargs)
+        except TypeError as exc:
+            unknown = [k for k in kwargs if k not in params]
+            why = (f"unknown argument(s) {unknown_keyword_hints(unknown, params)}" if unknown
+                   else str(exc))
+            raise InputError(f"{name}: {why} ({name} takes {', '.join(shown)})") from None
+        return fn(*args, **kwargs)
+
+    return checked
+
+
+def keywords_checked_init(cls):
+    """Class decorator (above ``@dataclass``): ``cls``'s constructor checked as :func:`keywords_checked` checks a
+    function — ``ExportConfig(num_generation=8)`` was Python's bare TypeError naming no field that exists."""
+    cls.__init__ = keywords_checked(cls.__init__)
+    return cls

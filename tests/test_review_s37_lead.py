@@ -115,3 +115,116 @@ def test_reproduce_names_its_model_argument(tmp_path):
     with pytest.raises(InputError, match=r"^model is empty") as err:
         reproduce("quick", out_dir=tmp_path / "run", model=" ", progress=False)
     assert "--model" not in str(err.value)
+
+
+def _api(name):
+    import importlib
+
+    module, attr = name.rsplit(".", 1)
+    return getattr(importlib.import_module(module), attr)
+
+
+@pytest.mark.parametrize(("entry", "kwargs", "hint"), [
+    ("hmrcritic.alignment.export.ExportConfig", {"out": "x", "num_generation": 8}, "num_generations"),
+    ("hmrcritic.alignment.finetune.FinetuneConfig", {"data": "d", "out": "o", "learning_rate": 1e-4}, None),
+    ("hmrcritic.alignment.finetune.FinetuneConfig", {"data": "d", "out": "o", "batchsize": 4}, "batch_size"),
+    ("hmrcritic.hmr.evaluate.evaluate_model", {"model": None, "limt": 2}, "limit"),
+    ("hmrcritic.hmr.data.load_split", {"name": "test", "genrate": False}, "generate"),
+    ("hmrcritic.hmr.data.generate_split", {"name": "test", "outdir": "x"}, "out_dir"),
+    ("hmrcritic.hmr.data.sample_from_user", {"image_path": "a.png", "keypoints_path": "k.json", "focl": 5.0}, "focal"),
+    ("hmrcritic.hmr.diffusion.sample", {"model": None, "cond": None, "num_generation": 4}, "num_generations"),
+    ("hmrcritic.hmr.diffusion.condition_from_keypoints", {"keypoints": None, "K": None, "imagesize": (2, 2)},
+     "image_size"),
+    ("hmrcritic.hmr.diffusion.load_model", {"devcie": "cpu"}, "device"),
+    ("hmrcritic.hmr.body.load_body_model", {"pth": None}, "path"),
+    ("hmrcritic.memory.MemoryStore", {"pth": "x"}, "path"),
+])
+def test_a_misspelt_keyword_of_the_python_api_is_one_line_with_the_closest_name(tmp_path, monkeypatch, entry,
+                                                                                  kwargs, hint):
+    """The API walk fixed critique_group & co.; the rest of README's Python API (configs, loaders, sampling,
+    memory) still answered a misspelt keyword with Python's bare TypeError naming no keyword that exists. Checked
+    before anything runs: nothing is written."""
+    from hmrcritic.errors import InputError
+
+    monkeypatch.chdir(tmp_path)
+    name = entry.rsplit(".", 1)[1]
+    wrong = next(k for k in kwargs if k not in ("out", "data", "model", "name", "image_path", "keypoints_path",
+                                                "cond", "keypoints", "K"))
+    with pytest.raises(InputError) as err:
+        _api(entry)(**kwargs)
+    text = str(err.value)
+    assert text.startswith(f"{name}: unknown argument(s) {wrong!r}") and "\n" not in text
+    assert (f"(did you mean {hint!r}?)" in text) if hint else "did you mean" not in text
+    assert "self" not in text.split(" takes ", 1)[1]
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_a_missing_argument_of_a_config_is_one_line():
+    from hmrcritic.alignment.finetune import FinetuneConfig
+    from hmrcritic.errors import InputError
+
+    with pytest.raises(InputError, match=r"^FinetuneConfig: missing a required argument: 'out' \(FinetuneConfig "
+                                         r"takes data, out, model"):
+        FinetuneConfig(data="d")
+
+
+def test_a_checked_entry_keeps_its_signature_and_runs_as_before():
+    import inspect
+
+    from hmrcritic.alignment.export import ExportConfig
+    from hmrcritic.hmr.diffusion import sample
+
+    assert list(inspect.signature(ExportConfig).parameters)[:2] == ["out", "split"]
+    assert list(inspect.signature(sample).parameters)[:3] == ["model", "cond", "num_generations"]
+    assert sample.__name__ == "sample" and "hypotheses" in (sample.__doc__ or "").lower()
+    cfg = ExportConfig("out", split="wild", num_generations=8)  # positional and keyword, as before
+    assert cfg.split == "wild" and cfg.num_generations == 8
+
+
+def test_samples_and_groups_print_as_one_line():
+    """``split[0]`` printed 79 lines of arrays and a HypothesisGroup of 64 16,000 characters at the end of a
+    notebook cell; one line each now, saying what a user looks for."""
+    import torch
+
+    from hmrcritic.hmr.data import load_split
+    from hmrcritic.hmr.diffusion import condition_from_keypoints, load_model, sample
+
+    s = load_split("test", quiet=True)[0]
+    text = repr(s)
+    visible = int((np.asarray(s.keypoints)[:, 2] > 0).sum())
+    assert "\n" not in text and len(text) < 300
+    assert text.startswith(f"Sample(sample_id={s.sample_id!r}, {visible}/17 keypoints visible, image_size=")
+    assert text.endswith("labelled)") and "unlabelled" not in text  # the test split has labels
+    kp = torch.as_tensor(s.keypoints)[None]
+    K = torch.as_tensor(s.K)[None]
+    g = sample(load_model(), condition_from_keypoints(kp, K, torch.as_tensor([s.image_size])), num_generations=3,
+               steps=2, generator=torch.Generator().manual_seed(0))
+    assert repr(g).startswith("HypothesisGroup(B=1, N=3, device='cpu', dtype='float32'") and "\n" not in repr(g)
+
+
+def test_a_split_takes_slices_and_refuses_other_indices_in_one_line():
+    from hmrcritic.errors import InputError
+    from hmrcritic.hmr.data import load_split
+
+    split = load_split("test", quiet=True)
+    first = split[:3]
+    assert [s.sample_id for s in first] == [split[i].sample_id for i in range(3)]
+    assert [s.sample_id for s in split[-2:]] == [split[len(split) - 2].sample_id, split[len(split) - 1].sample_id]
+    assert split[np.int64(1)].sample_id == split[1].sample_id
+    for bad in ("a", 1.0, True, None):
+        with pytest.raises(InputError, match=r"^split test: index must be an integer"):
+            split[bad]
+    with pytest.raises(IndexError):  # iteration's end is still an IndexError
+        split[len(split)]
+
+
+def test_rule_search_refuses_a_k_or_query_of_the_wrong_type(tmp_path):
+    from hmrcritic.errors import InputError
+    from hmrcritic.memory import MemoryStore
+
+    store = MemoryStore(tmp_path / "m")
+    with pytest.raises(InputError, match="^k must be an integer, got str"):
+        store.rules.search("knee", k="3")
+    with pytest.raises(InputError, match="query_text must be text, got int"):
+        store.rules.search(5)
+    assert len(store.rules.search("knee bent backwards", k=2)) == 2

@@ -37,49 +37,19 @@ from hmrcritic.agent.judges import judge_name
 from hmrcritic.agent.runs import checkpoint_error, in_use, thread_lock
 from hmrcritic.agent.schema import HypothesisScore
 from hmrcritic.agent.state import AgentConfig, canonical_judge, prototype_hits
-from hmrcritic.errors import HMRCriticError, InputError, InvalidCritiqueError, warn_caller
+from hmrcritic.errors import (
+    HMRCriticError,
+    InputError,
+    InvalidCritiqueError,
+    keywords_checked,
+    unknown_keyword_hints,
+    warn_caller,
+)
 from hmrcritic.hmr.smpl_arrays import SMPL_KEYS, check_smpl_arrays
 from hmrcritic.io import atomic_save_npz, atomic_write_json, read_npz
 from hmrcritic.redact import scrub
 
 HYP_KEYS = SMPL_KEYS  # the four SMPL arrays a group of hypotheses holds (hmr.smpl_arrays checks them)
-
-
-def unknown_keyword_hints(unknown: Iterable[str], known: Iterable[str]) -> str:
-    """``'fersh' (did you mean 'fresh'?), 'x'``: the unknown keywords, each with the closest known one if any."""
-    import difflib
-
-    known = list(known)
-    return ", ".join(f"{k!r}" + (f" (did you mean {m[0]!r}?)" if (m := difflib.get_close_matches(
-        str(k), known, n=1)) else "") for k in unknown)
-
-
-def keywords_checked(fn):
-    """``fn`` with its arguments checked against its signature first: a misspelt keyword (``fersh=True``), a
-    missing or an extra argument is one :class:`InputError` line naming the function, the closest real keyword and
-    the ones it takes. Python 3.11's own TypeError ("got an unexpected keyword argument 'fersh'") came out as a
-    traceback and named no keyword that exists. The wrapper keeps the name, docstring and signature
-    (``inspect.signature`` follows ``__wrapped__``: help(), tab completion, :func:`critique_groups`' check)."""
-    import inspect
-
-    sig = inspect.signature(fn)
-    params = [p.name for p in sig.parameters.values() if p.kind not in (p.VAR_POSITIONAL, p.VAR_KEYWORD)]
-    # a class's __init__ (a config dataclass) is named as the class, and its self is not listed
-    name = fn.__qualname__.removesuffix(".__init__")
-    shown = [p for p in params if p != "self"]
-
-    @functools.wraps(fn)
-    def checked(*args, **kwargs):
-        try:
-            sig.bind(*args, **kwargs)
-        except TypeError as exc:
-            unknown = [k for k in kwargs if k not in params]
-            why = (f"unknown argument(s) {unknown_keyword_hints(unknown, params)}" if unknown
-                   else str(exc))
-            raise InputError(f"{name}: {why} ({name} takes {', '.join(shown)})") from None
-        return fn(*args, **kwargs)
-
-    return checked
 
 
 SHOWN_RANKS = 10  # ranking entries a printed ScoredGroup shows; the rest are "…"

@@ -19,9 +19,10 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
-from hmrcritic.agent.api import ScoredGroup, keywords_checked, overall_scale_note
+from hmrcritic.agent.api import ScoredGroup, overall_scale_note
 from hmrcritic.agent.schema import AXES, finite_float
 from hmrcritic.agent.trace import revision_rounds_text
+from hmrcritic.errors import keywords_checked
 from hmrcritic.io import atomic_write_text
 
 MAX_EMBED_WIDTH = 1600  # px: wider images are embedded downscaled (the page itself is at most 1400 px wide)

@@ -59,7 +59,7 @@ from hmrcritic.agent.api import (  # one rule for every batch path
 )
 from hmrcritic.agent.schema import HypothesisScore
 from hmrcritic.alignment import dataset as D
-from hmrcritic.errors import AssetError, InputError, JudgeError, check_number
+from hmrcritic.errors import AssetError, InputError, JudgeError, check_number, keywords_checked_init
 from hmrcritic.hmr.diffusion import MAX_GENERATIONS
 from hmrcritic.io import append_jsonl, atomic_write_jsonl, exclusive_lock, read_jsonl, record_checksum
 from hmrcritic.redact import redact_url, scrub
@@ -79,6 +79,7 @@ LABEL_FIELDS = (
 )
 
 
+@keywords_checked_init
 @dataclass
 class ExportConfig:
     out: str

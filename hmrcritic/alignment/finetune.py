@@ -46,7 +46,7 @@ from hmrcritic.alignment.objectives import (
     frozen_reference,
 )
 from hmrcritic.alignment.stats import GroupStatTracker, zero_variance_mask
-from hmrcritic.errors import AssetError, HMRCriticError, InputError, check_number
+from hmrcritic.errors import AssetError, HMRCriticError, InputError, check_number, keywords_checked_init
 from hmrcritic.hmr.diffusion import CHECKPOINT_FORMAT, DEFAULT_CHECKPOINT, damaged_member
 from hmrcritic.hmr.train import ema_update
 from hmrcritic.io import (
@@ -82,6 +82,7 @@ def _option(name: str) -> str:
 _RESUMABLE_CHANGES = {"steps", "checkpoint_every", "log_every", "progress", "threads"}
 
 
+@keywords_checked_init
 @dataclass
 class FinetuneConfig:
     data: str

@@ -28,7 +28,7 @@ import numpy as np
 import torch
 
 from hmrcritic import config
-from hmrcritic.errors import AssetError, InputError, warn_caller
+from hmrcritic.errors import AssetError, InputError, keywords_checked, warn_caller
 from hmrcritic.hmr import mannequin
 
 SMPL_JOINT_NAMES: list[str] = [
@@ -584,6 +584,7 @@ def resolve_model_path(path: str | Path | None = None) -> Path | None:
     return config.body_model_path()
 
 
+@keywords_checked
 def load_body_model(path: str | Path | None = None, device: str | torch.device = "cpu") -> BodyModel:
     """Load (once per (file, device)) the body model: ``path`` → ``HMRCRITIC_BODY_MODEL`` → the mannequin,
     generated on first use into ``cache_dir()/mannequin/SMPL_MANNEQUIN.pkl``.

@@ -25,6 +25,7 @@ from __future__ import annotations
 import contextlib
 import json
 import math
+import operator
 import os
 import shutil
 import sys
@@ -39,7 +40,7 @@ import numpy as np
 import torch
 
 from hmrcritic import config
-from hmrcritic.errors import AssetError, InputError, warn_caller
+from hmrcritic.errors import AssetError, InputError, keywords_checked, warn_caller
 from hmrcritic.hmr import anatomy, camera, poses
 from hmrcritic.hmr import intrinsics as intrinsics_mod
 from hmrcritic.hmr.rotations import axis_angle_to_matrix, matrix_to_axis_angle
@@ -163,6 +164,20 @@ class Sample:
     @property
     def has_labels(self) -> bool:
         return self.body_pose is not None
+
+    def __repr__(self) -> str:
+        """One line: the id, what is visible, the image and whether it is labelled. The dataclass repr printed
+        every array (79 lines for one sample) when a notebook cell ended with ``split[0]``; the arrays are the
+        fields themselves."""
+        try:
+            kp = np.asarray(self.keypoints, dtype=np.float64).reshape(-1, 3)
+            seen = f"{int((kp[:, 2] > 0).sum())}/{len(kp)} keypoints visible"
+        except (TypeError, ValueError):  # a hand-made sample with other keypoints still prints
+            seen = f"keypoints of type {type(self.keypoints).__name__}"
+        extra = "".join(f", {name}={getattr(self, name)!r}" for name in ("image_path", "category")
+                        if getattr(self, name) is not None)
+        return (f"Sample(sample_id={self.sample_id!r}, {seen}, image_size={tuple(self.image_size)!r}"
+                f"{extra}, {'labelled' if self.has_labels else 'unlabelled'})")
 
 
 # ------------------------------------------------------------------------------------- scene generation
@@ -467,6 +482,7 @@ def _remove_dead_leftovers(out: Path) -> list[Path]:
     return removed
 
 
+@keywords_checked
 def generate_split(
     name: str,
     out_dir=None,
@@ -757,6 +773,7 @@ def verify_split_files(manifest: dict, folder, labels: bool = True, images: bool
                              f"regenerate the split: {_regenerate_command(manifest)}")
 
 
+@keywords_checked
 def load_split(
     name: str, root=None, generate: bool = True, n: int | None = None, quiet: bool = False
 ) -> SceneSet:
@@ -925,7 +942,19 @@ class SceneSet:
     def keys(self) -> list[str]:
         return list(self._shard(0).keys())
 
-    def __getitem__(self, i: int) -> Sample:
+    def __getitem__(self, i: int | slice) -> Sample | list[Sample]:
+        """Sample ``i`` (negative counts from the end), or a list of them for a slice (``split[:5]``). An index
+        that is not an integer is one InputError line — ``split["a"]`` was a bare TypeError from a comparison, and
+        a slice one too."""
+        if isinstance(i, slice):
+            return [self[j] for j in range(*i.indices(len(self)))]
+        if isinstance(i, bool):
+            raise InputError(f"split {self.name}: index must be an integer, got bool")
+        try:
+            i = operator.index(i)
+        except TypeError:
+            raise InputError(f"split {self.name}: index must be an integer or a slice, got "
+                             f"{type(i).__name__}") from None
         if i < 0:
             i += len(self)
         if not 0 <= i < len(self):
@@ -1441,6 +1470,7 @@ def _exif_rotated(path) -> bool:
     return exif_orientation(path) in (5, 6, 7, 8)
 
 
+@keywords_checked
 def sample_from_user(image_path, keypoints_path, focal: float | None = None, person: int | None = None,
                      keypoint_layout: str = "coco17", principal_point=None, intrinsics=None,
                      decode_image: bool = True) -> Sample:

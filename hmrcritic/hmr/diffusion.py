@@ -35,7 +35,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from hmrcritic.errors import AssetError, InputError, check_number
+from hmrcritic.errors import AssetError, InputError, check_number, keywords_checked
 from hmrcritic.hmr.rotations import axis_angle_to_rot6d, rot6d_to_axis_angle
 
 NUM_JOINTS = 24
@@ -196,6 +196,7 @@ def _as_float_tensor(name: str, value: Any, expected: str, device: torch.device 
         raise InputError(f"{name} must be {expected}, got {type(value).__name__}") from None
 
 
+@keywords_checked
 def condition_from_keypoints(
     keypoints: torch.Tensor, K: torch.Tensor, image_size: torch.Tensor | tuple[int, int] | None = None
 ) -> Condition:
@@ -425,6 +426,14 @@ class HypothesisGroup:
     def num_generations(self) -> int:
         return int(self.x0.shape[1])
 
+    def __repr__(self) -> str:
+        """One line: the batch, group size, device and dtype. The dataclass repr printed every tensor (16,000
+        characters for a group of 64) when a notebook cell ended with ``sample(...)``; :meth:`numpy` gives the
+        arrays."""
+        return (f"HypothesisGroup(B={int(self.x0.shape[0])}, N={self.num_generations}, "
+                f"device={str(self.x0.device)!r}, dtype={str(self.x0.dtype).removeprefix('torch.')!r}, "
+                f"extra={sorted(self.extra)!r})")
+
     def flat(self) -> dict[str, torch.Tensor]:
         """(B·N, …) views, for one batched body-model call."""
         return {k: getattr(self, k).reshape(-1, getattr(self, k).shape[-1]) for k in self._keys()}
@@ -609,6 +618,7 @@ def reprojection_energy(body, keypoints: torch.Tensor, K: torch.Tensor):
 
 
 @torch.no_grad()
+@keywords_checked
 def sample(
     model: HMRDiffusion,
     cond: Condition,
@@ -830,6 +840,7 @@ def _state_mismatch(skeleton: nn.Module, state: dict) -> str:
                      for what, sep, items in found if items)[:300]
 
 
+@keywords_checked
 def load_model(path: str | Path | None = None, device: str = "cpu") -> HMRDiffusion:
     """Load a checkpoint (None → the shipped ``hmrcritic/assets/base_model.pt``), in eval mode on ``device``.
 

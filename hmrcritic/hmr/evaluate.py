@@ -34,7 +34,7 @@ from collections.abc import Callable
 import numpy as np
 import torch
 
-from hmrcritic.errors import AssetError, InputError, check_number
+from hmrcritic.errors import AssetError, InputError, check_number, keywords_checked
 from hmrcritic.hmr.diffusion import (
     X_DIM,
     HMRDiffusion,
@@ -272,6 +272,7 @@ def _nn_bank():
 
 
 @torch.no_grad()
+@keywords_checked
 def evaluate_model(
     model: HMRDiffusion | str | os.PathLike | None,
     split: str = "test",

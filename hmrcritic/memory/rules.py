@@ -25,7 +25,7 @@ from typing import TYPE_CHECKING
 
 import numpy as np
 
-from hmrcritic.errors import InputError, warn_caller
+from hmrcritic.errors import InputError, check_number, warn_caller
 from hmrcritic.memory.embeddings import embed_text
 from hmrcritic.memory.schema import Rule, RuleCondition
 from hmrcritic.memory.starter_rules import TAG_VOCABULARY, normalise_tags
@@ -185,7 +185,12 @@ class RuleMemory:
         return {i: 1.0 - float(d) for i, d in zip(res["ids"][0], res["distances"][0], strict=True)}
 
     def search(self, query_text: str, k: int = 10, include_retired: bool = False) -> list[tuple[Rule, float]]:
-        """Rules nearest in meaning to ``query_text`` (``memory search``), with cosine similarity."""
+        """Rules nearest in meaning to ``query_text`` (``memory search``), with cosine similarity. A ``k`` or a
+        query of the wrong type is one InputError line (``k="3"`` was a TypeError from the slice, a query of 5 was
+        embedded as the text "5")."""
+        check_number("k", k, integer=True)
+        if not isinstance(query_text, str):
+            raise InputError(f"rules.search: query_text must be text, got {type(query_text).__name__}")
         by_id = {r.rule_id: r for r in self._load_all()}
         sims = self.text_similarity(query_text)
         ranked = sorted(sims.items(), key=lambda kv: (-kv[1], kv[0]))
