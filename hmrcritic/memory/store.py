@@ -46,7 +46,7 @@ from urllib.parse import unquote, urlparse
 import numpy as np
 
 from hmrcritic import config
-from hmrcritic.errors import AssetError, InputError
+from hmrcritic.errors import AssetError, InputError, keywords_checked
 from hmrcritic.io import atomic_write_json, exclusive_lock, pid_alive
 from hmrcritic.memory.embeddings import POSE_DIM, POSE_EMBEDDING_ID, TEXT_DIM, TEXT_EMBEDDING_ID
 from hmrcritic.memory.prototypes import PROTOTYPES_COLLECTION, PrototypeMemory, proto_digest
@@ -987,6 +987,13 @@ def check_side_record(key: str, data: Any) -> None:
                 raise ValueError(f"split {split!r}: {k} is not a list of group ids")
 
 
+def _explored_count(rec: dict | None) -> int:
+    """Distinct group ids per split of an ``explored_on.json`` record (a group both learned from and calibrated
+    on counts once), summed over splits: what export and import report as ``explored_groups``."""
+    return sum(len({g for k in _EXPLORED_ID_KEYS for g in r.get(k, [])})
+               for r in (rec or {}).get("splits", {}).values())
+
+
 def merge_explored(ours: dict | None, theirs: dict) -> tuple[dict, int]:
     """``explored_on.json`` guarding both memories' groups: per split, the union of the learned-from and the
     calibration group ids (ours first, in order), other fields ours where both have them. Returns the merged
@@ -1050,6 +1057,7 @@ class MemoryStore:
     (``seed_starter``). A read-only store never creates anything: a missing memory is an AssetError.
     """
 
+    @keywords_checked
     def __init__(self, path: str | os.PathLike | None = None, chroma_url: str | None = None,
                  read_only: bool = False, seed_starter: bool = True):
         # wrong types fail here in one line (not as a TypeError from Path or urlparse), before anything is opened
@@ -1626,8 +1634,7 @@ class MemoryStore:
         data.update(side)
         atomic_write_json(path, data, indent=None)
         # distinct ids per split: a later round may learn from groups a calibration was fitted on (in both lists)
-        explored = sum(len({g for k in _EXPLORED_ID_KEYS for g in rec.get(k, [])})
-                       for rec in side.get("explored_on", {}).get("splits", {}).values())
+        explored = _explored_count(side.get("explored_on"))
         return {"rules": len(data["rules"]), "prototypes": len(data["prototypes"]),
                 "version": data["version"], "explored_groups": explored}
 
@@ -1747,9 +1754,10 @@ class MemoryStore:
         with self._write():
             explored_added = 0
             if "explored_on" in side:  # the guard first: an import cut short is over-guarded, never under
-                merged, explored_added = merge_explored(ours_explored, side["explored_on"])
-                if explored_added:
+                merged, changed = merge_explored(ours_explored, side["explored_on"])
+                if changed:
                     atomic_write_json(self.path / EXPORTED_FILES["explored_on"], merged)
+                explored_added = _explored_count(merged) - _explored_count(ours_explored)
             current = {r.rule_id: r for r in self.rules.all(include_retired=True)}
             new = [(r, e) for r, e in rules if r.rule_id not in current]
             upd = [r for r, _ in rules
