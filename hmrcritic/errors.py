@@ -86,6 +86,9 @@ def keywords_checked(fn):
 
     sig = inspect.signature(fn)
     params = [p.name for p in sig.parameters.values() if p.kind not in (p.VAR_POSITIONAL, p.VAR_KEYWORD)]
+    # a function with **kwargs takes any keyword: a bind that fails there failed for another reason (a missing or
+    # an extra positional argument), and naming its forwarded keywords "unknown" hid that reason
+    any_keyword = any(p.kind is p.VAR_KEYWORD for p in sig.parameters.values())
     # a class's __init__ (a config dataclass) is named as the class, and its self is not listed
     name = fn.__qualname__.removesuffix(".__init__")
     shown = [p for p in params if p != "self"]
@@ -95,7 +98,7 @@ def keywords_checked(fn):
         try:
             sig.bind(*args, **kwargs)
         except TypeError as exc:
-            unknown = [k for k in kwargs if k not in params]
+            unknown = [] if any_keyword else [k for k in kwargs if k not in params]
             why = (f"unknown argument(s) {unknown_keyword_hints(unknown, params)}" if unknown
                    else str(exc))
             raise InputError(f"{name}: {why} ({name} takes {', '.join(shown)})") from None

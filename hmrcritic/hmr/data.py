@@ -169,14 +169,20 @@ class Sample:
         """One line: the id, what is visible, the image and whether it is labelled. The dataclass repr printed
         every array (79 lines for one sample) when a notebook cell ended with ``split[0]``; the arrays are the
         fields themselves."""
-        try:
-            kp = np.asarray(self.keypoints, dtype=np.float64).reshape(-1, 3)
+        try:  # a repr never raises: a tensor that requires grad, on a device, of a dtype numpy lacks still prints
+            kp = self.keypoints
+            kp = kp.detach().cpu().float() if hasattr(kp, "detach") else kp
+            kp = np.asarray(kp, dtype=np.float64).reshape(-1, 3)
             seen = f"{int((kp[:, 2] > 0).sum())}/{len(kp)} keypoints visible"
-        except (TypeError, ValueError):  # a hand-made sample with other keypoints still prints
+        except Exception:  # a hand-made sample with other keypoints still prints
             seen = f"keypoints of type {type(self.keypoints).__name__}"
+        try:
+            size = tuple(int(v) for v in self.image_size)
+        except Exception:  # None, a single number: shown as given
+            size = self.image_size
         extra = "".join(f", {name}={getattr(self, name)!r}" for name in ("image_path", "category")
                         if getattr(self, name) is not None)
-        return (f"Sample(sample_id={self.sample_id!r}, {seen}, image_size={tuple(self.image_size)!r}"
+        return (f"Sample(sample_id={self.sample_id!r}, {seen}, image_size={size!r}"
                 f"{extra}, {'labelled' if self.has_labels else 'unlabelled'})")
 
 
