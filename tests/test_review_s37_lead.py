@@ -228,3 +228,56 @@ def test_rule_search_refuses_a_k_or_query_of_the_wrong_type(tmp_path):
     with pytest.raises(InputError, match="query_text must be text, got int"):
         store.rules.search(5)
     assert len(store.rules.search("knee bent backwards", k=2)) == 2
+
+
+def test_memory_import_merges_a_guard_written_while_it_waited_for_the_lock(tmp_path, monkeypatch):
+    """``import_json`` read the memory's explored record before taking the write lock and merged into that copy: an
+    exploration of another process that wrote the guard in between (the import waiting on its lock) lost its groups
+    from explored_on.json — the guard that keeps evaluations off explored groups. Read again under the lock."""
+    import contextlib
+    import json
+
+    from hmrcritic.memory import MemoryStore
+    from hmrcritic.memory import store as store_mod
+
+    name = store_mod.EXPORTED_FILES["explored_on"]
+    src = MemoryStore(tmp_path / "src", chroma_url="", seed_starter=False)
+    (tmp_path / "src" / name).write_text(json.dumps({"splits": {"train": {"group_ids": ["a"]}}}))
+    f = tmp_path / "e.json"
+    src.export_json(f)
+    src.close()
+    dst = MemoryStore(tmp_path / "dst", chroma_url="", seed_starter=False)
+    (tmp_path / "dst" / name).write_text(json.dumps({"splits": {"train": {"group_ids": ["x"]}}}))
+    real_write = dst._write
+    done = []
+
+    @contextlib.contextmanager
+    def write_after_another_process():
+        if not done:  # the other process's exploration commits while this import waits for the lock
+            done.append(1)
+            (tmp_path / "dst" / name).write_text(json.dumps({"splits": {"train": {"group_ids": ["x", "y"]}}}))
+        with real_write():
+            yield
+
+    monkeypatch.setattr(dst, "_write", write_after_another_process)
+    try:
+        assert dst.import_json(f)["explored_groups"] == 1  # "a" is what the import added
+    finally:
+        dst.close()
+    guard = json.loads((tmp_path / "dst" / name).read_text())
+    assert guard["splits"]["train"]["group_ids"] == ["x", "y", "a"]
+
+
+def test_a_scored_group_built_without_validation_still_prints_and_meta_keypoints_are_one_line():
+    """The one-line repr read fields a ``model_construct`` record may lack (an AttributeError where pydantic's own
+    repr printed), and a keypoint tensor on the meta device was a bare NotImplementedError from ``.cpu()``."""
+    import torch
+
+    from hmrcritic.agent.api import ScoredGroup, _sample_arrays
+    from hmrcritic.errors import InputError
+
+    assert "group_id='g'" in repr(ScoredGroup.model_construct(group_id="g"))
+    s = type("S", (), {"sample_id": "m", "keypoints": torch.zeros(17, 3, device="meta"), "K": np.eye(3),
+                       "image_size": (4, 4)})()
+    with pytest.raises(InputError, match="^sample m: keypoints"):
+        _sample_arrays(s)

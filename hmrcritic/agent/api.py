@@ -110,6 +110,12 @@ class ScoredGroup(BaseModel):
         pydantic's repr printed every field — 11,800 characters for a group of 8, 80,000 on one line for 64 (each
         rationale, rule dump and evidence value) — when a notebook cell ended with the result. ``model_dump()``
         (or ``scores.json``, :func:`write_scores`) holds the whole record; ``write_report`` shows it."""
+        try:
+            return self._summary()
+        except Exception:  # a record made without validation (model_construct) lacking fields: pydantic's repr
+            return super().__repr__()
+
+    def _summary(self) -> str:
         ranking = self.ranking[:SHOWN_RANKS]
         ranks = f"[{', '.join(map(str, ranking))}{', …' if len(self.ranking) > len(ranking) else ''}]"
         by_index = {s.index: s.overall for s in self.scores}
@@ -264,12 +270,12 @@ def _sample_arrays(sample: Any) -> dict[str, np.ndarray]:
         numpy's "could not convert string to float: 'abc'" / "inhomogeneous shape" came out bare, and keypoints
         from a differentiable detector (a tensor that requires grad) were torch's RuntimeError."""
         value = getattr(sample, name, None)
-        if hasattr(value, "detach"):  # a torch tensor: the numbers, off the graph and the device (bf16: numpy has none)
-            value = value.detach().cpu()
-            value = value.float() if value.is_floating_point() else value
         try:
+            if hasattr(value, "detach"):  # a torch tensor: off the graph and the device (bf16: numpy has none)
+                value = value.detach().cpu()
+                value = value.float() if value.is_floating_point() else value
             return np.asarray(value, dtype=dtype)
-        except (TypeError, ValueError, OverflowError, RuntimeError):
+        except (TypeError, ValueError, OverflowError, RuntimeError, NotImplementedError):  # (a meta tensor)
             raise InputError(f"sample {sid}: {what} must be numbers, got {type(value).__name__}") from None
 
     kp = numbers("keypoints", "keypoints (17, 3) COCO-17 [u, v, conf]", np.float32)

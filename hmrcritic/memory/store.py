@@ -1754,6 +1754,9 @@ class MemoryStore:
         with self._write():
             explored_added = 0
             if "explored_on" in side:  # the guard first: an import cut short is over-guarded, never under
+                # read again under the lock: an exploration of another process that wrote the guard between the
+                # check above and this lock had its groups dropped by a merge of the stale copy
+                ours_explored = self._side_record("explored_on")
                 merged, changed = merge_explored(ours_explored, side["explored_on"])
                 if changed:
                     atomic_write_json(self.path / EXPORTED_FILES["explored_on"], merged)
