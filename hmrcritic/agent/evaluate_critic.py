@@ -222,9 +222,7 @@ def evaluate_critic(
     # held in use (made when missing) until its result is written: `runs prune` removed an evaluation's cache,
     # its explored memory with it, under the running command
     with in_use(workdir):
-        _claim_workdir(workdir, key)
-        if progress is not None:
-            progress("groups", len(eval_groups), len(eval_groups))
+        _claim_workdir(workdir, key)  # (the groups' end was said by make_groups: a second one repeated it)
 
         agent_config = {"max_reflections": max_reflections, "rules_k": rules_k}
         stopped = ""  # why the exploration ended before warmup_groups, if it did

@@ -223,6 +223,13 @@ def groups_from_perturbed_gt(split="test", num_groups: int = 20, num_generations
     return out
 
 
+def _check_progress(progress) -> None:
+    """``progress`` must be a ``(done, total)`` callable or None, said before any group is made: ``progress=True``
+    (what reproduce and finetune take) was "'bool' object is not callable" once the groups were sampled."""
+    if progress is not None and not callable(progress):
+        raise InputError(f"progress must be a callable (done, total) or None, got {type(progress).__name__}")
+
+
 def groups_from_model(split="test", num_groups: int = 20, num_generations: int = 16, seed: int = 0,
                       start: int = 0, model=None, steps: int = 10, batch: int = 8,
                       progress: Callable[[int, int], None] | None = None) -> list[LabelledGroup]:
@@ -234,6 +241,7 @@ def groups_from_model(split="test", num_groups: int = 20, num_generations: int =
     from hmrcritic.hmr.body import load_body_model
 
     _check_args(num_groups, num_generations, seed, start, batch)
+    _check_progress(progress)
     scenes = _split(split)
     # a checkpoint path is loaded, as make_groups(model_path=...) does: passing it as model= failed as
     # "'str' object has no attribute 'eval'"
@@ -271,6 +279,7 @@ def make_groups(split="test", num_groups: int = 20, num_generations: int = 16, s
     """Groups from ``source`` ("model" | "perturbed" | "auto": the model if it loads, else perturbed).
     ``progress(done, total)``: as :func:`groups_from_model` (perturbed groups, made in a moment, report once)."""
     _check_args(num_groups, num_generations, seed, start)  # before a model is loaded for nothing
+    _check_progress(progress)
     model = group_model(source, model_path)
     if model is not None:
         return groups_from_model(split, num_groups, num_generations, seed, start, model=model,
