@@ -743,6 +743,20 @@ def at_a_tenth(i: int, n: int, last: int | None = None) -> bool:
     return prev < 1 <= i or tenth(i) > tenth(prev)
 
 
+def tenths_progress(emit: Callable[[int, int], None]) -> Callable[[int, int], None]:
+    """A ``(done, total)`` callback passing on to ``emit`` the calls :func:`at_a_tenth` keeps — the first, each
+    tenth, the end — for progress told a batch at a time (``done`` may jump; the same figure twice is said once).
+    The commands' :func:`hmrcritic.commands.progress_at_tenths` and reproduce's stage lines both use it."""
+    last = [0]
+
+    def show(done: int, total: int) -> None:
+        if at_a_tenth(done, total, last[0]):
+            emit(done, total)
+        last[0] = max(last[0], done)
+
+    return show
+
+
 def fmt_value(x: Any, spec: str) -> str:
     """``x`` formatted with ``spec``, or "—" in the width a number would take where there is none (None, NaN).
 

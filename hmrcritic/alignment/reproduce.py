@@ -878,16 +878,9 @@ def _tenths(log: _Log, what: str) -> Callable[[int, int], None]:
     Sampling the explore stage's groups (its rounds' and its calibration's: 56 of 20 hypotheses in the full
     preset, 35 of 6 in ``--quick``) took tens of seconds on 2 shared cores in which the stage had logged only that
     it began."""
-    from hmrcritic.agent.learning_curve import at_a_tenth
+    from hmrcritic.agent.learning_curve import tenths_progress
 
-    last = [0]
-
-    def show(done: int, total: int) -> None:
-        if at_a_tenth(done, total, last[0]):
-            log(f"{what}: {done}/{total}")
-        last[0] = max(last[0], done)
-
-    return show
+    return tenths_progress(lambda done, total: log(f"{what}: {done}/{total}"))
 
 
 def _every(log: _Log, what: str, i: int, n: int) -> None:

@@ -55,16 +55,10 @@ def progress_at_tenths(line: str):
     jump (a batch at a time)."""
     import sys
 
-    from hmrcritic.agent.learning_curve import at_a_tenth
+    from hmrcritic.agent.learning_curve import tenths_progress
 
-    last = [0]
-
-    def show(done: int, total: int) -> None:
-        if at_a_tenth(done, total, last[0]):
-            print(line.format(done=done, total=total), file=sys.stderr, flush=True)
-        last[0] = max(last[0], done)
-
-    return show
+    return tenths_progress(lambda done, total: print(line.format(done=done, total=total), file=sys.stderr,
+                                                     flush=True))
 
 
 def is_tty(stream) -> bool:
