@@ -189,6 +189,10 @@ def evaluate_critic(
     from hmrcritic.agent.judges import make_judge
     from hmrcritic.agent.state import AgentConfig
 
+    if progress is not None and not callable(progress):  # make_groups gets it inside a lambda: its own check
+        # passed it, and progress=True failed as "'bool' object is not callable" once the groups were made
+        raise InputError(f"evaluate-critic: progress must be a callable (stage, i, n) or None, got "
+                         f"{type(progress).__name__}")
     if not -1 <= tau <= 1:
         raise InputError(f"evaluate-critic: tau {tau} is not a Spearman value in [-1, 1]")
     make_judge(judge)

@@ -72,7 +72,7 @@ from hmrcritic.agent.mining import (
     validate_proposal,
 )
 from hmrcritic.agent.runs import hold_shared, in_use, remove_if_unheld
-from hmrcritic.errors import AssetError, HMRCriticError, InputError, check_number
+from hmrcritic.errors import AssetError, HMRCriticError, InputError, check_number, keywords_checked
 from hmrcritic.io import append_jsonl, atomic_write_json, read_jsonl
 from hmrcritic.memory.schema import Prototype, Rule
 from hmrcritic.memory.store import (
@@ -532,6 +532,7 @@ def _check_types(memory: Any, groups: Any, **values: Any) -> None:
                              f"errors_mm), got {type(groups[bad]).__name__}")
 
 
+@keywords_checked
 def explore(
     memory: Any = None,
     split: str = "train",

@@ -59,7 +59,7 @@ from hmrcritic.agent.api import (  # one rule for every batch path
 )
 from hmrcritic.agent.schema import HypothesisScore
 from hmrcritic.alignment import dataset as D
-from hmrcritic.errors import AssetError, InputError, JudgeError, check_number, keywords_checked_init
+from hmrcritic.errors import AssetError, InputError, JudgeError, check_number, keywords_checked, keywords_checked_init
 from hmrcritic.hmr.diffusion import MAX_GENERATIONS
 from hmrcritic.io import append_jsonl, atomic_write_jsonl, exclusive_lock, read_jsonl, record_checksum
 from hmrcritic.redact import redact_url, scrub
@@ -1025,6 +1025,7 @@ def _exclusive(out: Path):
         f"{out}: another export into this folder is running — {by}; wait for it, or re-run afterwards to resume"))
 
 
+@keywords_checked
 def export(
     cfg: ExportConfig,
     inputs: list[Any] | None = None,

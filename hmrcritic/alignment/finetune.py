@@ -46,7 +46,14 @@ from hmrcritic.alignment.objectives import (
     frozen_reference,
 )
 from hmrcritic.alignment.stats import GroupStatTracker, zero_variance_mask
-from hmrcritic.errors import AssetError, HMRCriticError, InputError, check_number, keywords_checked_init
+from hmrcritic.errors import (
+    AssetError,
+    HMRCriticError,
+    InputError,
+    check_number,
+    keywords_checked,
+    keywords_checked_init,
+)
 from hmrcritic.hmr.diffusion import CHECKPOINT_FORMAT, DEFAULT_CHECKPOINT, damaged_member
 from hmrcritic.hmr.train import ema_update
 from hmrcritic.io import (
@@ -414,6 +421,7 @@ def _load_resume_state(st: dict, policy, ema, opt, tracker: GroupStatTracker) ->
     return step, list(window), list(threads)
 
 
+@keywords_checked
 def finetune(config: FinetuneConfig, progress: bool | Callable[[dict], None] = False,
              generations_given: bool | None = None) -> Path:
     """Run (or resume) a finetune; returns the path of the final EMA checkpoint (``config.out``).

@@ -430,9 +430,12 @@ class HypothesisGroup:
         """One line: the batch, group size, device and dtype. The dataclass repr printed every tensor (16,000
         characters for a group of 64) when a notebook cell ended with ``sample(...)``; :meth:`numpy` gives the
         arrays."""
-        return (f"HypothesisGroup(B={int(self.x0.shape[0])}, N={self.num_generations}, "
-                f"device={str(self.x0.device)!r}, dtype={str(self.x0.dtype).removeprefix('torch.')!r}, "
-                f"extra={sorted(self.extra)!r})")
+        try:
+            return (f"HypothesisGroup(B={int(self.x0.shape[0])}, N={self.num_generations}, "
+                    f"device={str(self.x0.device)!r}, dtype={str(self.x0.dtype).removeprefix('torch.')!r}, "
+                    f"extra={sorted(self.extra)!r})")
+        except Exception:  # a hand-built group (x0 None or 1-D, extra None) still prints, as a Sample does
+            return f"HypothesisGroup(x0 of type {type(self.x0).__name__}, extra of type {type(self.extra).__name__})"
 
     def flat(self) -> dict[str, torch.Tensor]:
         """(B·N, …) views, for one batched body-model call."""
