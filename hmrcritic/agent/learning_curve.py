@@ -503,6 +503,25 @@ def _resume_rows(mem, out_dir: Path | None, settings: dict) -> tuple[list[dict],
                 "changed outside this curve")
 
 
+def _check_explore_kwargs(explore: Callable, explore_kwargs: dict | None) -> None:
+    """Refuse ``explore_kwargs`` explore would not take, before the held-out groups are sampled and round 0 is
+    scored: explore's own keyword check said a misspelt key only when round 1 began (minutes later), and a key the
+    curve sets itself (``seed``, ``split``, ...) was Python's "got multiple values" TypeError there."""
+    import inspect
+
+    params = inspect.signature(explore).parameters
+    if any(p.kind is p.VAR_KEYWORD for p in params.values()):  # a stand-in taking **kwargs takes any keyword
+        return
+    own = {"memory", "split", "rounds", "batch_size", "judge", "num_generations", "seed", "source", "groups"}
+    taken = [p for p in params if p not in own]
+    bad = [k for k in (explore_kwargs or {}) if k not in taken]
+    if bad:
+        from hmrcritic.errors import unknown_keyword_hints
+
+        raise InputError(f"learning-curve: explore_kwargs {unknown_keyword_hints(bad, taken)} not taken (the curve "
+                         f"sets {', '.join(sorted(own))} itself; explore_kwargs may give {', '.join(taken)})")
+
+
 def learning_curve(
     memory: Any,
     *,
@@ -551,6 +570,7 @@ def learning_curve(
                          f"split ({split})")
     if rounds < 0:
         raise InputError(f"learning-curve: need rounds ≥ 0, got {rounds}")
+    _check_explore_kwargs(explore, explore_kwargs)
     # refused before round 0 is scored (the CLI checks its flags; the Python API did not): a batch size of 0 or an
     # unknown judge failed only when round 1 began, no held-out groups or groups of one hypothesis explored every
     # round to a curve of NaN or of nothing ranked
